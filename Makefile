@@ -1,0 +1,34 @@
+# The few commands a person types. Each creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTOS := $(wildcard protos/selfmodel/v1/*.proto)
+
+.PHONY: run test protos lint bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(INSTALLED)
+	$(VENV)/bin/selfmodel cluster up
+
+test: $(INSTALLED)
+	$(PY) -m pytest
+
+protos: $(INSTALLED)
+	$(PY) protos/generate.py
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(INSTALLED)
+	$(PY) benchmarks/node_latency.py
+
+clean:
+	rm -rf $(VENV) data
