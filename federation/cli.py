@@ -1,2 +1,158 @@
-def main() -> None:
-    pass
+"""The ``selfmodel`` command line: run nodes and clusters, write and inspect beliefs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from federation.client import Client, parse_subject
+from node.errors import SelfModelError
+
+DEFAULT_TARGET = "127.0.0.1:7070"
+
+
+def _node(args: argparse.Namespace) -> int:
+    from node.policy import PolicyBook
+    from node.server import ConfigError, NodeConfig, serve
+    from node.store import StoreError
+
+    policies = PolicyBook()
+    if args.policies:
+        with open(args.policies, "rb") as f:
+            policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
+    config = NodeConfig(
+        name=args.name,
+        data_dir=Path(args.data),
+        listen=args.listen,
+        metrics_listen=args.metrics or None,
+        fsync=not args.no_fsync,
+        policies=policies,
+    )
+    try:
+        serve(config)
+    except (ConfigError, StoreError) as exc:
+        print(f"selfmodel node: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.target, agent=args.agent, token=args.token, tenant=args.tenant)
+
+
+def _print(msg: Any) -> None:
+    print(json.dumps(json_format.MessageToDict(msg), indent=2, ensure_ascii=False))
+
+
+def _observe(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        written = client.observe(
+            parse_subject(args.subject, args.tenant),
+            args.statement,
+            confidence=args.confidence,
+            context=args.context,
+            key=args.key,
+        )
+    print(json.dumps({"observation_id": written.observation_id, "key": written.key,
+                      "handoff_token": written.token}, indent=2))  # fmt: skip
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from selfmodel.v1 import selfmodel_pb2
+
+    with _client(args) as client:
+        req = selfmodel_pb2.GetSelfModelRequest(
+            subject=client._req.subject(parse_subject(args.subject, args.tenant)),
+            include_uncertain=True,
+            contexts=args.context or [],
+            at_least=args.at_least or "",
+        )
+        _print(client._call(client._stub.GetSelfModel, req))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print(client.explain(parse_subject(args.subject, args.tenant), args.context, args.key))
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(client.forget(parse_subject(args.subject, args.tenant)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfmodel", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run one node until SIGTERM or Ctrl-C")
+    node.add_argument("--name", default="local", help="node name (default: local)")
+    node.add_argument("--data", default="data/local", help="data directory (default: data/local)")
+    node.add_argument("--listen", default=DEFAULT_TARGET, help=f"gRPC address (default: {DEFAULT_TARGET})")
+    node.add_argument("--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)")
+    node.add_argument("--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)")
+    node.add_argument("--policies", help="TOML file with a [policies] table")
+    node.set_defaults(run=_node)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=DEFAULT_TARGET, help=f"node address (default: {DEFAULT_TARGET})")
+        p.add_argument("--agent", default="cli", help="agent id for development nodes (default: cli)")
+        p.add_argument("--token", help="bearer token")
+        p.add_argument("--tenant", default="default", help="tenant of kind:id subjects (default: default)")
+
+    obs = sub.add_parser("observe", help="record an observation")
+    obs.add_argument("subject", help="tenant/kind/id or kind:id, e.g. user:u-42")
+    obs.add_argument("statement")
+    obs.add_argument("--context", required=True)
+    obs.add_argument("--confidence", type=float, required=True)
+    obs.add_argument("--key", default="")
+    client_args(obs)
+    obs.set_defaults(run=_observe)
+
+    show = sub.add_parser("show", help="print a subject's resolved self-model (uncertain included)")
+    show.add_argument("subject")
+    show.add_argument("--context", action="append", help="only this context (repeatable)")
+    show.add_argument("--at-least", help="a handoff token to wait for")
+    client_args(show)
+    show.set_defaults(run=_show)
+
+    explain = sub.add_parser("explain", help="every observation of a slot and why the winner won")
+    explain.add_argument("subject")
+    explain.add_argument("context")
+    explain.add_argument("key")
+    client_args(explain)
+    explain.set_defaults(run=_explain)
+
+    forget = sub.add_parser("forget", help="erase a subject on every node")
+    forget.add_argument("subject")
+    client_args(forget)
+    forget.set_defaults(run=_forget)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = args.run(args)
+    except SelfModelError as exc:
+        print(f"selfmodel {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    except ValueError as exc:
+        print(f"selfmodel {args.command}: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

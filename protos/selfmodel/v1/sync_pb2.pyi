@@ -347,3 +347,52 @@ class StateExchange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateExchange: _TypeAlias = StateExchange  # noqa: Y015
+
+@_typing.final
+class SubjectPosition(_message.Message):
+    """What a handoff token holds: the causal position of each subject a write touched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    generation: _builtins.int
+    @_builtins.property
+    def subject(self) -> _model_pb2.Subject: ...
+    @_builtins.property
+    def context(self) -> Global___CausalContext: ...
+    def __init__(
+        self,
+        *,
+        subject: _model_pb2.Subject | None = ...,
+        generation: _builtins.int = ...,
+        context: Global___CausalContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "generation", b"generation", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectPosition: _TypeAlias = SubjectPosition  # noqa: Y015
+
+@_typing.final
+class HandoffToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectPosition]: ...
+    def __init__(
+        self,
+        *,
+        positions: _abc.Iterable[Global___SubjectPosition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["positions", b"positions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandoffToken: _TypeAlias = HandoffToken  # noqa: Y015

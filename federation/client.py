@@ -1,0 +1,475 @@
+"""The Python client library: a small typed surface that reads like the problem.
+
+    client = Client("127.0.0.1:7070", agent="sales_agent", tenant="acme")
+    written = client.observe(user("u-42"), "Motivated by quick time-to-value",
+                             confidence=0.82, context="purchase_motivation")
+    support.self_model(user("u-42"), at_least=written.token).beliefs(context="purchase_motivation")
+
+Calls are retried with jittered exponential backoff on UNAVAILABLE only (an Observe replaces the
+same source's earlier observation in its slot, so a retried write cannot double-count). Any
+other failure raises the domain exception of node.errors that the node raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.observation import Evidence, Subject, SubjectKind
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from node.errors import BY_STATUS, SelfModelError
+
+T = TypeVar("T")
+
+DEFAULT_TENANT = "default"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def user(id: str, tenant: str | None = None) -> SubjectRef:
+    return SubjectRef(SubjectKind.USER, id, tenant)
+
+
+def team(id: str, tenant: str | None = None) -> SubjectRef:
+    return SubjectRef(SubjectKind.TEAM, id, tenant)
+
+
+def org(id: str, tenant: str | None = None) -> SubjectRef:
+    return SubjectRef(SubjectKind.ORG, id, tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRef:
+    """A subject whose tenant defaults to the client's."""
+
+    kind: SubjectKind
+    id: str
+    tenant: str | None = None
+
+    def resolve(self, tenant: str) -> Subject:
+        return Subject(self.tenant or tenant, self.kind, self.id)
+
+
+SubjectLike = SubjectRef | Subject | str
+
+
+def parse_subject(text: str, tenant: str = DEFAULT_TENANT) -> Subject:
+    """``tenant/kind/id``, ``kind/id`` or ``kind:id`` (kind: user, team or org)."""
+    parts = text.replace(":", "/", 1).split("/") if "/" not in text else text.split("/")
+    if len(parts) == 2:
+        parts = [tenant, *parts]
+    if len(parts) != 3 or parts[1].upper() not in SubjectKind.__members__:
+        raise ValueError(f"subject {text!r} must be tenant/kind/id or kind:id (kind: user|team|org)")
+    return Subject(parts[0], SubjectKind[parts[1].upper()], parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Stance:
+    source: str
+    statement: str
+    confidence: float
+    observed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BeliefView:
+    context: str
+    key: str
+    statement: str
+    confidence: float
+    uncertain: bool
+    supporters: tuple[Stance, ...]
+    dissenters: tuple[Stance, ...]
+    changed_at: dt.datetime
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class SelfModelView:
+    subject: Subject
+    node: str
+    token: str
+    all_beliefs: tuple[BeliefView, ...]
+
+    def beliefs(self, context: str | None = None) -> list[BeliefView]:
+        return [b for b in self.all_beliefs if context is None or b.context == context]
+
+    def belief(self, context: str, key: str) -> BeliefView | None:
+        return next((b for b in self.all_beliefs if b.context == context and b.key == key), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    observation_id: str
+    key: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retracted:
+    count: int
+    token: str
+
+
+def _time(ts: Any) -> dt.datetime:
+    return ts.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+
+
+def _stance(msg: model_pb2.Support) -> Stance:
+    return Stance(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
+
+
+def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
+    beliefs = tuple(
+        BeliefView(
+            b.context,
+            b.key,
+            b.statement,
+            b.confidence,
+            b.uncertain,
+            tuple(_stance(s) for s in b.supporters),
+            tuple(_stance(s) for s in b.dissenters),
+            _time(b.changed_at),
+            b.policy,
+        )
+        for b in msg.beliefs
+    )
+    subject = Subject(msg.subject.tenant, SubjectKind(msg.subject.kind), msg.subject.id)
+    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs)
+
+
+def error_from_rpc(exc: grpc.RpcError) -> SelfModelError:
+    code = exc.code()  # type: ignore[attr-defined]
+    cls = BY_STATUS.get(code.name, SelfModelError)
+    details = exc.details() or code.name  # type: ignore[attr-defined]
+    if cls.__name__ == "InvalidArgument":
+        field, _, reason = details.partition(": ")
+        return BY_STATUS["INVALID_ARGUMENT"](field, reason)  # type: ignore[call-arg]
+    return cls(details)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+class _Requests:
+    """Builds requests; shared by the sync and asyncio clients."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+    def subject(self, subject: SubjectLike) -> model_pb2.Subject:
+        if isinstance(subject, SubjectRef):
+            subject = subject.resolve(self.tenant)
+        elif isinstance(subject, str):
+            subject = parse_subject(subject, self.tenant)
+        return model_pb2.Subject(tenant=subject.tenant, kind=int(subject.kind), id=subject.id)  # type: ignore[arg-type]
+
+    def observe(
+        self,
+        subject: SubjectLike,
+        statement: str,
+        confidence: float,
+        context: str,
+        key: str,
+        evidence: Iterable[Evidence],
+    ) -> selfmodel_pb2.ObserveRequest:
+        req = selfmodel_pb2.ObserveRequest(
+            subject=self.subject(subject),
+            context=context,
+            key=key,
+            statement=statement,
+            confidence=confidence,
+        )
+        for ev in evidence:
+            e = req.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
+            if ev.time_ms:
+                e.time.FromMilliseconds(ev.time_ms)
+        return req
+
+    def get(
+        self,
+        subject: SubjectLike,
+        at_least: str | None,
+        contexts: Sequence[str],
+        min_confidence: float,
+        include_uncertain: bool,
+    ) -> selfmodel_pb2.GetSelfModelRequest:
+        return selfmodel_pb2.GetSelfModelRequest(
+            subject=self.subject(subject),
+            contexts=list(contexts),
+            min_confidence=min_confidence,
+            include_uncertain=include_uncertain,
+            at_least=at_least or "",
+        )
+
+
+def _metadata(agent: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    md = []
+    if agent:
+        md.append(("x-agent-id", agent))
+    if token:
+        md.append(("authorization", f"Bearer {token}"))
+    return tuple(md)
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+class Client:
+    """A synchronous client bound to one node and one agent identity."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7070",
+        *,
+        agent: str | None = None,
+        token: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 5,
+    ) -> None:
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=_channel_options())
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=_channel_options())
+        self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
+        self._md = _metadata(agent, token)
+        self._req = _Requests(tenant)
+        self.timeout_s = timeout_s
+        self._retrying = Retrying(
+            retry=retry_if_exception(_is_unavailable),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            reraise=True,
+        )
+
+    def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return self._retrying(
+                method, request, timeout=timeout_s or self.timeout_s, metadata=self._md
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    def observe(
+        self,
+        subject: SubjectLike,
+        statement: str,
+        *,
+        confidence: float,
+        context: str,
+        key: str = "",
+        evidence: Iterable[Evidence] = (),
+    ) -> Observed:
+        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        reply = self._call(self._stub.Observe, req)
+        return Observed(reply.observation_id, reply.key, reply.handoff_token)
+
+    def observe_batch(self, requests: Sequence[selfmodel_pb2.ObserveRequest]) -> str:
+        reply = self._call(
+            self._stub.ObserveBatch, selfmodel_pb2.ObserveBatchRequest(observations=requests)
+        )
+        return str(reply.handoff_token)
+
+    def retract(
+        self, subject: SubjectLike, context: str, key: str, *, source: str = ""
+    ) -> Retracted:
+        req = selfmodel_pb2.RetractRequest(
+            subject=self._req.subject(subject), context=context, key=key, source=source
+        )
+        reply = self._call(self._stub.Retract, req)
+        return Retracted(reply.retracted, reply.handoff_token)
+
+    def self_model(
+        self,
+        subject: SubjectLike,
+        *,
+        at_least: str | None = None,
+        contexts: Sequence[str] = (),
+        min_confidence: float = 0.0,
+        include_uncertain: bool = False,
+        timeout_s: float | None = None,
+    ) -> SelfModelView:
+        req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
+        return view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+
+    def explain(
+        self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
+    ) -> selfmodel_pb2.Explanation:
+        req = selfmodel_pb2.ExplainBeliefRequest(
+            subject=self._req.subject(subject), context=context, key=key, at_least=at_least or ""
+        )
+        reply: selfmodel_pb2.Explanation = self._call(self._stub.ExplainBelief, req)
+        return reply
+
+    def watch(
+        self,
+        subject: SubjectLike,
+        *,
+        contexts: Sequence[str] = (),
+        include_uncertain: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[SelfModelView]:
+        """The subject's model now, then after every change; ends when the call is cancelled."""
+        req = selfmodel_pb2.WatchSelfModelRequest(
+            subject=self._req.subject(subject),
+            contexts=list(contexts),
+            include_uncertain=include_uncertain,
+        )
+        stream = self._stub.WatchSelfModel(req, timeout=timeout_s, metadata=self._md)
+        try:
+            for msg in stream:
+                yield view_from_proto(msg)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return
+            raise error_from_rpc(exc) from exc
+        finally:
+            stream.cancel()
+
+    def forget(self, subject: SubjectLike) -> str:
+        req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
+        return str(self._call(self._stub.ForgetSubject, req).handoff_token)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The asyncio flavour of Client, with the same methods as coroutines."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7070",
+        *,
+        agent: str | None = None,
+        token: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 5,
+    ) -> None:
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=_channel_options())
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=_channel_options())
+        self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
+        self._md = _metadata(agent, token)
+        self._req = _Requests(tenant)
+        self.timeout_s = timeout_s
+        self._attempts = attempts
+
+    async def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_unavailable),
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    return await method(
+                        request, timeout=timeout_s or self.timeout_s, metadata=self._md
+                    )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def observe(
+        self,
+        subject: SubjectLike,
+        statement: str,
+        *,
+        confidence: float,
+        context: str,
+        key: str = "",
+        evidence: Iterable[Evidence] = (),
+    ) -> Observed:
+        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        reply = await self._call(self._stub.Observe, req)
+        return Observed(reply.observation_id, reply.key, reply.handoff_token)
+
+    async def retract(
+        self, subject: SubjectLike, context: str, key: str, *, source: str = ""
+    ) -> Retracted:
+        req = selfmodel_pb2.RetractRequest(
+            subject=self._req.subject(subject), context=context, key=key, source=source
+        )
+        reply = await self._call(self._stub.Retract, req)
+        return Retracted(reply.retracted, reply.handoff_token)
+
+    async def self_model(
+        self,
+        subject: SubjectLike,
+        *,
+        at_least: str | None = None,
+        contexts: Sequence[str] = (),
+        min_confidence: float = 0.0,
+        include_uncertain: bool = False,
+        timeout_s: float | None = None,
+    ) -> SelfModelView:
+        req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
+        return view_from_proto(await self._call(self._stub.GetSelfModel, req, timeout_s))
+
+    async def explain(
+        self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
+    ) -> selfmodel_pb2.Explanation:
+        req = selfmodel_pb2.ExplainBeliefRequest(
+            subject=self._req.subject(subject), context=context, key=key, at_least=at_least or ""
+        )
+        reply: selfmodel_pb2.Explanation = await self._call(self._stub.ExplainBelief, req)
+        return reply
+
+    async def watch(
+        self, subject: SubjectLike, *, contexts: Sequence[str] = (), include_uncertain: bool = False
+    ) -> AsyncIterator[SelfModelView]:
+        req = selfmodel_pb2.WatchSelfModelRequest(
+            subject=self._req.subject(subject),
+            contexts=list(contexts),
+            include_uncertain=include_uncertain,
+        )
+        call = self._stub.WatchSelfModel(req, metadata=self._md)
+        try:
+            async for msg in call:
+                yield view_from_proto(msg)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def forget(self, subject: SubjectLike) -> str:
+        req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
+        return str((await self._call(self._stub.ForgetSubject, req)).handoff_token)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,325 @@
+"""The node's application layer: turns requests into CRDT deltas, commits them, answers reads.
+
+Read-modify-write of one subject is serialized by a striped lock held until the batch is
+durable, so a reader never sees an unacknowledged write and per-subject changes reach the store
+in order; different subjects share fsyncs through the store's group commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sync.causal import CausalContext
+from sync.codec import Position, encode_token
+from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta, slot_dots
+from sync.hlc import ClockSkewError, HybridClock, wall_ms
+from sync.observation import Evidence, Observation, Subject
+
+from node import metrics
+from node.errors import HandoffTimeout, ResourceExhausted
+from node.policy import PolicyBook
+from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
+from node.store import Change, Store
+
+STRIPES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationInput:
+    subject: Subject
+    context: str
+    key: str  # "" means: the normalized statement
+    statement: str
+    confidence: float
+    evidence: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    observation_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    written: tuple[Written, ...]
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    state: SubjectState
+    beliefs: tuple[Belief, ...]
+    token: str
+    resolved_ms: int
+
+
+@dataclass(slots=True)
+class Subscription:
+    subject: Subject
+    changed: threading.Event = field(default_factory=threading.Event)
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    merged: int
+    refused: int
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicyBook | None = None,
+        *,
+        clock: HybridClock | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+        max_watchers: int = 1024,
+    ) -> None:
+        self.store = store
+        self.policies = policies or PolicyBook()
+        self.clock = clock or HybridClock(high_water=store.hlc_high_water)
+        self.node = store.node
+        self.actor = store.actor
+        self._now_ms = now_ms
+        self._stripes = [threading.Lock() for _ in range(STRIPES)]
+        self._merged = threading.Condition()
+        self._watchers: dict[Subject, list[Subscription]] = {}
+        self._watch_lock = threading.Lock()
+        self._watch_count = 0
+        self.max_watchers = max_watchers
+        self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...]]] = {}
+
+    # -- writes --------------------------------------------------------------------------
+
+    def observe(self, source: str, inputs: Sequence[ObservationInput]) -> WriteResult:
+        """Records the observations of one source, all in one durable batch."""
+        by_subject: dict[Subject, list[tuple[int, ObservationInput]]] = {}
+        for i, item in enumerate(inputs):
+            by_subject.setdefault(item.subject, []).append((i, item))
+        written: list[Written | None] = [None] * len(inputs)
+        with self._locked(by_subject):
+            changes, positions = [], {}
+            for subject, items in by_subject.items():
+                state = self.state(subject)
+                old, delta = state, None
+                for i, item in items:
+                    step, state = self._observe_one(state, source, item)
+                    delta = step if delta is None else merge(delta, step)
+                    obs = next(iter(step.observations.values()))
+                    written[i] = Written(str(obs.dot), obs.key)
+                changes.append(Change(old, state, delta))
+                positions[subject] = (state.generation, state.context)
+            self._commit(changes)
+        metrics.OBSERVATIONS.inc(len(inputs))
+        return WriteResult(tuple(w for w in written if w is not None), encode_token(positions))
+
+    def _observe_one(
+        self, state: SubjectState, source: str, item: ObservationInput
+    ) -> tuple[SubjectState, SubjectState]:
+        key = item.key or normalize_statement(item.statement)
+        policy = self.policies.for_context(item.context)
+        mine = slot_dots(state, item.context, key, source)
+        superseded = set(mine)
+        others = [d for d in slot_dots(state, item.context, key) if d not in superseded]
+        evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
+        obs = Observation(
+            dot=state.next_dot(self.actor),
+            context=item.context,
+            key=key,
+            source=source,
+            statement=item.statement,
+            confidence=item.confidence,
+            evidence=item.evidence,
+            hlc=self.clock.now(),
+            origin=self.node,
+        )
+        delta = observe_delta(state, obs, [*mine, *evicted])
+        return delta, merge(state, delta)
+
+    def retract(self, subject: Subject, context: str, key: str, source: str) -> tuple[int, str]:
+        """Withdraws ``source``'s observations in a slot; returns how many and a token."""
+        with self._locked([subject]):
+            state = self.state(subject)
+            dots = slot_dots(state, context, key, source)
+            if dots:
+                delta = retract_delta(state, self.actor, dots)
+                new = merge(state, delta)
+                self._commit([Change(state, new, delta)])
+                state = new
+            token = encode_token({subject: (state.generation, state.context)})
+        return len(dots), token
+
+    def forget(self, subject: Subject) -> str:
+        """Erases the subject everywhere: a new generation, and its old rows purged from disk."""
+        with self._locked([subject]):
+            state = self.state(subject)
+            delta = erase_delta(state, self.actor)
+            new = merge(state, delta)
+            self._commit([Change(state, new, delta)])
+            self.store.purge(subject)
+            token = encode_token({subject: (new.generation, new.context)})
+        metrics.FORGOTTEN.inc()
+        return token
+
+    def merge_remote(self, deltas: Iterable[SubjectState]) -> MergeOutcome:
+        """Merges states or deltas from a peer; a delta from a clock too far ahead is refused."""
+        accepted: dict[Subject, SubjectState] = {}
+        refused = 0
+        for delta in deltas:
+            try:
+                for obs in delta.observations.values():
+                    self.clock.check(obs.hlc)
+            except ClockSkewError as exc:
+                refused += 1
+                metrics.CLOCK_SKEW_REFUSED.inc()
+                metrics.log.warning("refused a delta for %s: %s", delta.subject, exc)
+                continue
+            have = accepted.get(delta.subject)
+            accepted[delta.subject] = delta if have is None else merge(have, delta)
+        for delta in accepted.values():
+            for obs in delta.observations.values():
+                self.clock.observe(obs.hlc)
+        merged = 0
+        with self._locked(accepted):
+            changes = []
+            for subject, delta in accepted.items():
+                state = self.state(subject)
+                new = merge(state, delta)
+                if new.generation != state.generation or new.context != state.context:
+                    changes.append(Change(state, new, None))
+                    merged += 1
+            if changes:
+                self._commit(changes)
+                for change in changes:
+                    if change.new.generation > change.old.generation:  # type: ignore[union-attr]
+                        self.store.purge(change.new.subject)
+        return MergeOutcome(merged, refused)
+
+    def _commit(self, changes: list[Change]) -> None:
+        self.store.commit(changes)
+        for change in changes:
+            self._notify(change.new.subject)
+        with self._merged:
+            self._merged.notify_all()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def state(self, subject: Subject) -> SubjectState:
+        return self.store.load(subject) or SubjectState(subject)
+
+    def wait_for(
+        self, subject: Subject, positions: dict[Subject, Position] | None, timeout_s: float
+    ) -> SubjectState:
+        """The subject's state once it covers the token's position for it, else HandoffTimeout."""
+        position = positions.get(subject) if positions else None
+        state = self.state(subject)
+        if position is None or state.covers(*position):
+            return state
+        deadline = time.monotonic() + timeout_s
+        with self._merged:
+            while True:
+                state = self.state(subject)
+                if state.covers(*position):
+                    return state
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    metrics.HANDOFF_TIMEOUTS.inc()
+                    raise HandoffTimeout(
+                        f"node {self.node} has not yet merged the handoff token's position for "
+                        f"{subject} (waited {timeout_s:.3f}s); retry later or read on the writer's node"
+                    )
+                self._merged.wait(remaining)
+
+    def model(
+        self,
+        subject: Subject,
+        positions: dict[Subject, Position] | None = None,
+        timeout_s: float = 0.0,
+    ) -> ModelView:
+        state = self.wait_for(subject, positions, timeout_s)
+        now = self._now_ms()
+        cached = self._resolved.get(subject)
+        if cached is not None and cached[0] is state and cached[1] == now // 1000:
+            beliefs = cached[2]
+        else:
+            beliefs = tuple(resolve(state.observations.values(), self.policies, now))
+            if len(self._resolved) > 50_000:
+                self._resolved.clear()
+            self._resolved[subject] = (state, now // 1000, beliefs)
+        token = encode_token({subject: (state.generation, state.context)})
+        return ModelView(state, beliefs, token, now)
+
+    def explain(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        positions: dict[Subject, Position] | None = None,
+        timeout_s: float = 0.0,
+    ) -> tuple[Explanation | None, str]:
+        state = self.wait_for(subject, positions, timeout_s)
+        found = [o for o in state.observations.values() if o.context == context and o.key == key]
+        token = encode_token({subject: (state.generation, state.context)})
+        if not found:
+            return None, token
+        return explain_slot(found, self.policies.for_context(context), self.policies, self._now_ms()), token
+
+    def position(self, subject: Subject) -> tuple[int, CausalContext]:
+        state = self.state(subject)
+        return state.generation, state.context
+
+    # -- watch ---------------------------------------------------------------------------
+
+    def subscribe(self, subject: Subject) -> Subscription:
+        with self._watch_lock:
+            if self._watch_count >= self.max_watchers:
+                raise ResourceExhausted(
+                    f"node {self.node} serves at most {self.max_watchers} watches; close one first"
+                )
+            sub = Subscription(subject)
+            self._watchers.setdefault(subject, []).append(sub)
+            self._watch_count += 1
+            metrics.WATCHES.set(self._watch_count)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._watch_lock:
+            subs = self._watchers.get(sub.subject, [])
+            if sub in subs:
+                subs.remove(sub)
+                self._watch_count -= 1
+                if not subs:
+                    del self._watchers[sub.subject]
+            sub.closed = True
+            sub.changed.set()
+            metrics.WATCHES.set(self._watch_count)
+
+    def close_watches(self) -> None:
+        with self._watch_lock:
+            subs = [s for group in self._watchers.values() for s in group]
+        for sub in subs:
+            self.unsubscribe(sub)
+
+    def _notify(self, subject: Subject) -> None:
+        subs = self._watchers.get(subject)
+        if subs:
+            for sub in list(subs):
+                sub.changed.set()
+
+    @contextlib.contextmanager
+    def _locked(self, subjects: Iterable[Subject]) -> Iterator[None]:
+        indexes = sorted({zlib.crc32(s.storage_key()) % STRIPES for s in subjects})
+        for i in indexes:
+            self._stripes[i].acquire()
+        try:
+            yield
+        finally:
+            for i in reversed(indexes):
+                self._stripes[i].release()

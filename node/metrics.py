@@ -1,0 +1,154 @@
+"""Prometheus metrics of a node: the standard grpc_server_* families and selfmodel_* figures.
+
+No user, subject or agent ids are ever used as label values: only methods, codes and peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger("selfmodel.node")
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+
+GRPC_STARTED = Counter(
+    "grpc_server_started_total", "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)  # fmt: skip
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total", "RPCs completed on the server, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)  # fmt: skip
+GRPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds", "Response latency of RPCs handled by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"], buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+GRPC_MSG_RECEIVED = Counter(
+    "grpc_server_msg_received_total", "Stream messages received on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)  # fmt: skip
+GRPC_MSG_SENT = Counter(
+    "grpc_server_msg_sent_total", "Stream messages sent by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)  # fmt: skip
+
+OBSERVATIONS = Counter("selfmodel_observations_total", "Observations accepted from agents.")
+FORGOTTEN = Counter("selfmodel_subjects_forgotten_total", "Subjects erased by ForgetSubject.")
+WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
+HANDOFF_TIMEOUTS = Counter(
+    "selfmodel_handoff_timeouts_total", "Reads whose handoff token was not merged in time."
+)
+CLOCK_SKEW_REFUSED = Counter(
+    "selfmodel_clock_skew_refused_total", "Remote deltas refused: timestamp too far ahead."
+)
+COMMIT_GROUPS = Counter("selfmodel_commit_groups_total", "Group commits written to RocksDB.")
+COMMIT_BATCHES = Counter("selfmodel_commit_batches_total", "Mutations written by group commits.")
+COMMIT_SECONDS = Histogram(
+    "selfmodel_commit_seconds", "Time to write one group commit (fsync included when on).",
+    buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+STORE_BYTES = Gauge("selfmodel_store_bytes", "Bytes in RocksDB (SST files and memtables).")
+SUBJECTS = Gauge("selfmodel_subjects", "Subjects stored (RocksDB's estimate).")
+
+
+def record_commit(batches: int, seconds: float) -> None:
+    COMMIT_GROUPS.inc()
+    COMMIT_BATCHES.inc(batches)
+    COMMIT_SECONDS.observe(seconds)
+
+
+def watch_store(size_bytes: Callable[[], int], subjects: Callable[[], int]) -> None:
+    STORE_BYTES.set_function(size_bytes)
+    SUBJECTS.set_function(subjects)
+
+
+def _code_name(context: grpc.ServicerContext) -> str:
+    code = context.code()  # type: ignore[attr-defined]
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return str(code)
+
+
+class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Counts and times every RPC, as go-grpc-prometheus names the families."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        _, _, full = handler_call_details.method.partition("/")
+        service, _, method = full.partition("/")
+        if handler.unary_unary:
+            return handler._replace(
+                unary_unary=_wrap_unary(handler.unary_unary, "unary", service, method)
+            )
+        if handler.unary_stream:
+            return handler._replace(
+                unary_stream=_wrap_stream(handler.unary_stream, "server_stream", service, method)
+            )
+        if handler.stream_stream:
+            return handler._replace(
+                stream_stream=_wrap_stream(handler.stream_stream, "bidi_stream", service, method)
+            )
+        return handler
+
+
+def _wrap_unary(fn: Callable[..., Any], kind: str, service: str, method: str) -> Callable[..., Any]:
+    started = GRPC_STARTED.labels(kind, service, method)
+    handling = GRPC_HANDLING.labels(kind, service, method)
+
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+        started.inc()
+        t0 = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            response = fn(request, context)
+            code = _code_name(context)
+            return response
+        except BaseException:
+            code = _code_name(context)
+            if code == "OK":
+                code = "UNKNOWN"
+            raise
+        finally:
+            handling.observe(time.perf_counter() - t0)
+            GRPC_HANDLED.labels(kind, service, method, code).inc()
+
+    return wrapped
+
+
+def _wrap_stream(fn: Callable[..., Any], kind: str, service: str, method: str) -> Callable[..., Any]:
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        GRPC_STARTED.labels(kind, service, method).inc()
+        sent = GRPC_MSG_SENT.labels(kind, service, method)
+        t0 = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            for item in fn(request, context):
+                sent.inc()
+                yield item
+            code = _code_name(context)
+        except BaseException:
+            code = _code_name(context)
+            if code == "OK":
+                code = "CANCELLED" if not context.is_active() else "UNKNOWN"
+            raise
+        finally:
+            GRPC_HANDLING.labels(kind, service, method).observe(time.perf_counter() - t0)
+            GRPC_HANDLED.labels(kind, service, method, code).inc()
+
+    return wrapped

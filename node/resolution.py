@@ -1,0 +1,210 @@
+"""Resolution of a slot's competing observations into one belief, and why it won.
+
+Pure and deterministic: the same observations, policy and ``now`` always give the same belief,
+whatever order the observations come in. Resolution happens at read time and is never replicated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sync.hlc import physical_ms
+from sync.observation import Observation
+
+from node.policy import ContextPolicy, PolicyBook
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_statement(statement: str) -> str:
+    """The form under which statements are compared: case- and whitespace-insensitive."""
+    return _SPACE.sub(" ", statement).strip().rstrip(".!").strip().casefold()
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One source's stance in a slot."""
+
+    source: str
+    statement: str
+    confidence: float
+    observed_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Belief:
+    context: str
+    key: str
+    statement: str
+    confidence: float
+    supporters: tuple[Position, ...]
+    dissenters: tuple[Position, ...]
+    uncertain: bool
+    changed_ms: int
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Weighted:
+    observation: Observation
+    weight: float
+    reliability: float
+    recency: float
+    evidence_factor: float
+    below_minimum: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    statement: str
+    support: float
+    sources: tuple[str, ...]
+    newest_hlc: int
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    belief: Belief
+    observations: tuple[Weighted, ...]
+    candidates: tuple[Candidate, ...]
+    reason: str
+
+
+def recency(age_ms: int, half_life_s: float | None) -> float:
+    if half_life_s is None or age_ms <= 0:
+        return 1.0
+    return math.pow(0.5, age_ms / 1000.0 / half_life_s)
+
+
+def evidence_factor(count: int, discount: float) -> float:
+    return 1.0 - discount * math.pow(0.5, count)
+
+
+def explain_slot(
+    observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook, now_ms: int
+) -> Explanation:
+    """Resolves one slot (all observations share context and key; at least one)."""
+    if not observations:
+        raise ValueError("a slot to resolve needs at least one observation")
+    first = observations[0]
+    # Newest first: a slot keeps at most max_observations; older ones do not count.
+    ordered = sorted(observations, key=lambda o: (o.hlc, o.dot), reverse=True)
+    ordered = ordered[: policy.max_observations]
+    weighted = tuple(_weigh(o, policy, book, now_ms) for o in ordered)
+    eligible = [w for w in weighted if not w.below_minimum] or list(weighted)
+
+    candidates = _candidates(eligible)
+    if policy.policy == "latest":
+        winner_obs = eligible[0].observation  # newest by (hlc, dot)
+        winner_norm = normalize_statement(winner_obs.statement)
+        confidence = winner_obs.confidence
+        winner = next(c for c in candidates if normalize_statement(c.statement) == winner_norm)
+        reason = f"newest observation wins under 'latest' (from {winner_obs.source})"
+    else:
+        winner = candidates[0]
+        winner_norm = normalize_statement(winner.statement)
+        confidence = winner.support
+        reason = _weighted_reason(candidates)
+
+    uncertain = all(w.below_minimum for w in weighted) or confidence < policy.min_confidence
+    if uncertain:
+        reason += f"; uncertain: confidence {confidence:.2f} is below the minimum {policy.min_confidence:.2f}"
+
+    supporters, dissenters = [], []
+    for w in weighted:
+        o = w.observation
+        p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
+        (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
+    belief = Belief(
+        context=first.context,
+        key=first.key,
+        statement=winner.statement,
+        confidence=round(confidence, 6),
+        supporters=tuple(supporters),
+        dissenters=tuple(dissenters),
+        uncertain=uncertain,
+        changed_ms=physical_ms(max(o.hlc for o in observations)),
+        policy=policy.policy,
+    )
+    return Explanation(belief, weighted, tuple(candidates), reason)
+
+
+def resolve(
+    observations: Iterable[Observation], book: PolicyBook, now_ms: int
+) -> list[Belief]:
+    """Every slot's belief, ordered by (context, key)."""
+    slots: dict[tuple[str, str], list[Observation]] = {}
+    for obs in observations:
+        slots.setdefault((obs.context, obs.key), []).append(obs)
+    return [
+        explain_slot(slots[slot], book.for_context(slot[0]), book, now_ms).belief
+        for slot in sorted(slots)
+    ]
+
+
+def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, now_ms: int) -> Weighted:
+    reliability = book.reliability_of(o.source, o.context)
+    rec = recency(now_ms - physical_ms(o.hlc), policy.half_life_s)
+    ev = evidence_factor(len(o.evidence), policy.evidence_discount)
+    return Weighted(
+        observation=o,
+        weight=o.confidence * reliability * rec * ev,
+        reliability=reliability,
+        recency=rec,
+        evidence_factor=ev,
+        below_minimum=o.confidence < policy.min_confidence,
+    )
+
+
+def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
+    """Distinct statements, strongest first; ties go to the newer, then the smaller statement."""
+    groups: dict[str, list[Weighted]] = {}
+    for w in weighted:  # newest first, so a group's first statement is its newest wording
+        groups.setdefault(normalize_statement(w.observation.statement), []).append(w)
+    candidates = []
+    for members in groups.values():
+        miss = 1.0
+        for w in members:
+            miss *= 1.0 - w.weight
+        candidates.append(
+            Candidate(
+                statement=members[0].observation.statement,
+                support=1.0 - miss,
+                sources=tuple(sorted({w.observation.source for w in members})),
+                newest_hlc=max(w.observation.hlc for w in members),
+            )
+        )
+    candidates.sort(key=lambda c: (-round(c.support, 12), -c.newest_hlc, normalize_statement(c.statement)))
+    return candidates
+
+
+def _weighted_reason(candidates: Sequence[Candidate]) -> str:
+    win = candidates[0]
+    text = f"{win.statement!r} has the highest support {win.support:.2f} from {', '.join(win.sources)}"
+    if len(candidates) > 1:
+        runner = candidates[1]
+        if round(runner.support, 12) == round(win.support, 12):
+            tie = "newer" if runner.newest_hlc != win.newest_hlc else "lexically smaller"
+            text += f"; tied with {runner.statement!r}, won as the {tie}"
+        else:
+            text += f" over {runner.statement!r} at {runner.support:.2f}"
+    return text
+
+
+def select(
+    beliefs: Iterable[Belief],
+    contexts: frozenset[str] = frozenset(),
+    min_confidence: float = 0.0,
+    include_uncertain: bool = False,
+) -> list[Belief]:
+    """The beliefs a reader asked for: some contexts, a confidence floor, uncertain or not."""
+    return [
+        b
+        for b in beliefs
+        if (not contexts or b.context in contexts)
+        and b.confidence >= min_confidence
+        and (include_uncertain or not b.uncertain)
+    ]

@@ -1,0 +1,223 @@
+"""The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
+
+Domain errors become gRPC status codes here, in one place (``_edge``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+
+from node import convert, validation
+from node.engine import Engine
+from node.errors import InvalidArgument, PermissionDenied, SelfModelError
+from node.resolution import select
+from node.validation import Limits
+
+log = logging.getLogger("selfmodel.node")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ANONYMOUS = "anonymous"
+AGENT_HEADER = "x-agent-id"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the source of its observations, and what it may do."""
+
+    agent: str
+    role: str = "agent"  # agent | operator
+    tenant: str | None = None  # None: any tenant (development without tokens)
+
+
+def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Principal:
+    """Development identity: the agent id from ``x-agent-id`` metadata, else ``anonymous``."""
+    for k, v in context.invocation_metadata():
+        if k == AGENT_HEADER:
+            return Principal(validation.source(str(v), AGENT_HEADER, limits))
+    return Principal(ANONYMOUS)
+
+
+def _edge(fn: F) -> F:
+    """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
+
+    @functools.wraps(fn)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except SelfModelError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log")
+
+    return wrapped  # type: ignore[return-value]
+
+
+class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits,
+        identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.identify = identify
+
+    def _wait_s(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        cap = self.limits.max_handoff_wait_s
+        if remaining is None or not math.isfinite(remaining):
+            return cap
+        return max(0.0, min(cap, remaining - 0.05))
+
+    def _check_tenant(self, who: Principal, tenant: str) -> None:
+        if who.tenant is not None and who.tenant != tenant:
+            raise PermissionDenied(f"agent {who.agent} may not use tenant {tenant!r}")
+
+    @_edge
+    def Observe(
+        self, request: selfmodel_pb2.ObserveRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.ObserveResponse:
+        who = self.identify(context, self.limits)
+        item = validation.observation(request, "", self.limits)
+        self._check_tenant(who, item.subject.tenant)
+        result = self.engine.observe(who.agent, [item])
+        w = result.written[0]
+        return selfmodel_pb2.ObserveResponse(
+            observation_id=w.observation_id, key=w.key, handoff_token=result.token
+        )
+
+    @_edge
+    def ObserveBatch(
+        self, request: selfmodel_pb2.ObserveBatchRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.ObserveBatchResponse:
+        who = self.identify(context, self.limits)
+        if not request.observations:
+            raise InvalidArgument("observations", "must hold at least one observation")
+        if len(request.observations) > self.limits.max_batch:
+            raise InvalidArgument(
+                "observations", f"must hold at most {self.limits.max_batch} observations"
+            )
+        items = [
+            validation.observation(o, f"observations[{i}]", self.limits)
+            for i, o in enumerate(request.observations)
+        ]
+        for item in items:
+            self._check_tenant(who, item.subject.tenant)
+        result = self.engine.observe(who.agent, items)
+        reply = selfmodel_pb2.ObserveBatchResponse(handoff_token=result.token)
+        for w in result.written:
+            reply.results.add(observation_id=w.observation_id, key=w.key, handoff_token=result.token)
+        return reply
+
+    @_edge
+    def Retract(
+        self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.RetractResponse:
+        who = self.identify(context, self.limits)
+        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        self._check_tenant(who, subject.tenant)
+        ctx = validation.context_name(request.context, "context", self.limits)
+        key = validation.key(request.key, "key", self.limits)
+        if not key:
+            raise InvalidArgument("key", "is required: name the slot to retract")
+        source = who.agent
+        if request.source and request.source != who.agent:
+            if who.role != "operator":
+                raise PermissionDenied(
+                    f"agent {who.agent} may retract only its own observations, not {request.source!r}'s"
+                )
+            source = validation.source(request.source, "source", self.limits)
+        count, token = self.engine.retract(subject, ctx, key, source)
+        return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
+
+    @_edge
+    def GetSelfModel(
+        self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
+    ) -> model_pb2.SelfModelSnapshot:
+        who = self.identify(context, self.limits)
+        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        self._check_tenant(who, subject.tenant)
+        contexts = validation.contexts(request.contexts, "contexts", self.limits)
+        floor = validation.unit_interval(request.min_confidence, "min_confidence")
+        positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        view = self.engine.model(subject, positions, self._wait_s(context))
+        beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
+        return convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
+
+    @_edge
+    def ExplainBelief(
+        self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.Explanation:
+        who = self.identify(context, self.limits)
+        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        self._check_tenant(who, subject.tenant)
+        ctx = validation.context_name(request.context, "context", self.limits)
+        key = validation.key(request.key, "key", self.limits)
+        if not key:
+            raise InvalidArgument("key", "is required: name the slot to explain")
+        positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        found, token = self.engine.explain(subject, ctx, key, positions, self._wait_s(context))
+        return convert.explanation(subject, ctx, key, found, token)
+
+    def WatchSelfModel(
+        self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[model_pb2.SelfModelSnapshot]:
+        try:
+            who = self.identify(context, self.limits)
+            subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+            self._check_tenant(who, subject.tenant)
+            contexts = validation.contexts(request.contexts, "contexts", self.limits)
+            floor = validation.unit_interval(request.min_confidence, "min_confidence")
+            sub = self.engine.subscribe(subject)
+        except SelfModelError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
+        context.add_callback(lambda: self.engine.unsubscribe(sub))
+        try:
+            last: list[Any] | None = None
+            while context.is_active() and not sub.closed:
+                sub.changed.clear()
+                view = self.engine.model(subject)
+                beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
+                if beliefs != last:
+                    last = beliefs
+                    yield convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
+                sub.changed.wait(1.0)
+        finally:
+            self.engine.unsubscribe(sub)
+
+    @_edge
+    def ForgetSubject(
+        self, request: selfmodel_pb2.ForgetSubjectRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.ForgetSubjectResponse:
+        who = self.identify(context, self.limits)
+        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        self._check_tenant(who, subject.tenant)
+        if who.tenant is not None and who.role != "operator":
+            raise PermissionDenied(f"only an operator may forget a subject, not agent {who.agent}")
+        return selfmodel_pb2.ForgetSubjectResponse(handoff_token=self.engine.forget(subject))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, engine: Engine, status: Callable[[], admin_pb2.NodeStatus]) -> None:
+        self.engine = engine
+        self.status = status
+
+    @_edge
+    def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.NodeStatus:
+        return self.status()
+
+
+__all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

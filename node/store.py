@@ -1,0 +1,342 @@
+"""The node's RocksDB store: subject states, outbox, peer positions, digests and meta.
+
+Every mutation writes state + outbox + digest in one WriteBatch with the WAL on. With
+``sync=True`` concurrent writers share one fsync (group commit): the first waiting writer leads,
+takes every batch queued behind it, writes them as one synced batch, wakes the others and hands
+the lead to the next queued writer. Outbox sequence numbers are assigned by the leader, so they
+follow commit order exactly and a crash can never leave a hole below an acknowledged entry.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rocksdict
+
+from sync.codec import decode_state, encode_state
+from sync.crdt import SubjectState
+from sync.observation import Subject
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
+BUCKETS = 1024
+_EMPTY_HASH = bytes(16)
+
+
+class StoreError(Exception):
+    pass
+
+
+def bucket_of(subject_key: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(subject_key, digest_size=4).digest(), "big") % BUCKETS
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
+
+
+@dataclass(slots=True)
+class Change:
+    """One subject's transition, and the delta to replicate (None: nothing to send)."""
+
+    old: SubjectState | None
+    new: SubjectState
+    delta: SubjectState | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    changes: Sequence[Change]
+    extra: Sequence[tuple[str, bytes, bytes | None]]
+    event: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    error: BaseException | None = None
+    last_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    batches: int
+    groups: int
+    fsync_seconds: float
+
+
+class Store:
+    """Thread-safe. Callers serialize read-modify-write of one subject (see node.engine)."""
+
+    def __init__(
+        self,
+        path: Path,
+        node: str,
+        *,
+        sync: bool = True,
+        outbox: bool = False,
+        cache_size: int = 20_000,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
+        try:
+            self._db = rocksdict.Rdict(str(path), opts, column_families=cf_opts)
+        except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
+            raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
+        self.path = path
+        self._cf = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
+        self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        self._write_opts = rocksdict.WriteOptions()
+        self._write_opts.sync = sync
+        self.sync = sync
+        self.outbox_enabled = outbox
+        self._on_commit = on_commit
+
+        meta = self._cf["meta"]
+        stored_node = meta.get(b"node")
+        if stored_node is not None and stored_node.decode() != node:
+            self._db.close()
+            raise StoreError(
+                f"{path} holds the data of node {stored_node.decode()!r}, not {node!r}: "
+                "give each node its own data directory"
+            )
+        schema = meta.get(b"schema")
+        if schema is not None and int(schema) != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(f"{path} has schema {int(schema)}, this build reads {SCHEMA_VERSION}")
+        self.node = node
+        # A new incarnation on every start, fsynced before anything else: counters of a new
+        # actor can never collide with ones a crashed predecessor handed out.
+        self.incarnation = int(meta.get(b"incarnation", b"0")) + 1
+        boot = rocksdict.WriteBatch(raw_mode=True)
+        boot.put(b"node", node.encode(), self._handle["meta"])
+        boot.put(b"schema", str(SCHEMA_VERSION).encode(), self._handle["meta"])
+        boot.put(b"incarnation", str(self.incarnation).encode(), self._handle["meta"])
+        synced = rocksdict.WriteOptions()
+        synced.sync = True
+        self._db.write(boot, synced)
+        self.actor = f"{node}.{self.incarnation}"
+        self.hlc_high_water = int(meta.get(b"hlc", b"0"))
+        self.outbox_seq = int(meta.get(b"outbox_seq", b"0"))
+
+        self._buckets = [_EMPTY_HASH] * BUCKETS
+        self._reload_buckets()
+
+        self._cache: collections.OrderedDict[Subject, SubjectState] = collections.OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self._closed = False
+        self.hlc = self.hlc_high_water
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load(self, subject: Subject) -> SubjectState | None:
+        cached = self._cache.get(subject)
+        if cached is not None:
+            return cached
+        raw = self._cf["state"].get(subject.storage_key())
+        if raw is None:
+            return None
+        state = decode_state(raw)
+        self._remember(state)
+        return state
+
+    def subjects(self, tenant: str | None = None) -> Iterator[Subject]:
+        prefix = b"" if tenant is None else tenant.encode() + b"\x00"
+        for key in self._cf["state"].keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield Subject.from_storage_key(key)
+
+    def bucket_hashes(self) -> list[bytes]:
+        return list(self._buckets)
+
+    def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]:
+        prefix = b"S" + bucket.to_bytes(2, "big")
+        found = []
+        for key, value in self._cf["digest"].items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            found.append((Subject.from_storage_key(key[3:]), value))
+        return found
+
+    def outbox(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        entries = []
+        for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
+            entries.append((int.from_bytes(key, "big"), value))
+            if len(entries) >= limit:
+                break
+        return entries
+
+    def get_meta(self, cf: str, key: bytes) -> bytes | None:
+        value: bytes | None = self._cf[cf].get(key)
+        return value
+
+    # -- writes --------------------------------------------------------------------------
+
+    def commit(
+        self, changes: Sequence[Change], extra: Sequence[tuple[str, bytes, bytes | None]] = ()
+    ) -> int:
+        """Durably writes the changes (and extra (cf, key, value|None) rows) as one batch.
+
+        Returns the outbox sequence of the last delta written (0 when none). Blocks until the
+        batch is on disk per the fsync setting; raises StoreError when the write failed.
+        """
+        pending = _Pending(changes, extra)
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            self._queue.append(pending)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            pending.event.wait()
+            if not pending.finished:
+                self._lead()
+        else:
+            self._lead()
+        if pending.error is not None:
+            raise StoreError(f"write failed: {pending.error}") from pending.error
+        return pending.last_seq
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue, []
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            self._write_group(group)
+        except Exception as exc:  # surfaced to every writer of the group
+            log.exception("group commit of %d batches failed", len(group))
+            error = exc
+            self._reload_buckets()
+        elapsed = time.perf_counter() - started
+        if error is None:
+            for p in group:
+                for change in p.changes:
+                    self._remember(change.new)
+        for p in group:
+            p.error = error
+            p.finished = True
+            p.event.set()
+        if self._on_commit is not None:
+            self._on_commit(len(group), elapsed)
+        with self._lock:
+            if self._queue:
+                self._queue[0].event.set()  # not finished: it wakes up as the next leader
+            else:
+                self._leading = False
+
+    def _write_group(self, group: list[_Pending]) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        state_cf, outbox_cf, digest_cf = (self._handle[n] for n in ("state", "outbox", "digest"))
+        seq = self.outbox_seq
+        touched: dict[int, bytes] = {}
+        hlc = self.hlc
+        for p in group:
+            for change in p.changes:
+                new = change.new
+                key = new.subject.storage_key()
+                batch.put(key, encode_state(new), state_cf)
+                bucket = bucket_of(key)
+                old_digest = change.old.digest() if change.old is not None else _EMPTY_HASH
+                new_digest = new.digest()
+                if old_digest != new_digest:
+                    current = touched.get(bucket, self._buckets[bucket])
+                    touched[bucket] = _xor(_xor(current, old_digest), new_digest)
+                    batch.put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
+                if change.delta is not None:
+                    for obs in change.delta.observations.values():
+                        hlc = max(hlc, obs.hlc)
+                    if self.outbox_enabled:
+                        seq += 1
+                        batch.put(seq.to_bytes(8, "big"), encode_state(change.delta), outbox_cf)
+                p.last_seq = seq
+            for cf, key, value in p.extra:
+                if value is None:
+                    batch.delete(key, self._handle[cf])
+                else:
+                    batch.put(key, value, self._handle[cf])
+        for bucket, value in touched.items():
+            batch.put(b"B" + bucket.to_bytes(2, "big"), value, digest_cf)
+        meta = self._handle["meta"]
+        if seq != self.outbox_seq:
+            batch.put(b"outbox_seq", str(seq).encode(), meta)
+        if hlc != self.hlc:
+            batch.put(b"hlc", str(hlc).encode(), meta)
+        self._db.write(batch, self._write_opts)
+        self.outbox_seq = seq
+        self.hlc = hlc
+        for bucket, value in touched.items():
+            self._buckets[bucket] = value
+
+    def _reload_buckets(self) -> None:
+        self._buckets = [_EMPTY_HASH] * BUCKETS
+        for key, value in self._cf["digest"].items(from_key=b"B"):
+            if not key.startswith(b"B"):
+                break
+            self._buckets[int.from_bytes(key[1:3], "big")] = value
+
+    def _remember(self, state: SubjectState) -> None:
+        cache = self._cache
+        cache[state.subject] = state
+        cache.move_to_end(state.subject)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def trim_outbox(self, upto: int) -> None:
+        """Drops outbox entries up to and including ``upto`` (acknowledged by every peer)."""
+        if upto > 0:
+            self._cf["outbox"].delete_range((0).to_bytes(8, "big"), (upto + 1).to_bytes(8, "big"))
+
+    def purge(self, subject: Subject) -> None:
+        """Removes a forgotten subject's old data from RocksDB's files, not only from view.
+
+        Drops its deltas from the outbox, flushes the memtables (so the WAL holding the old
+        rows becomes obsolete) and compacts the subject's key range, so no SST file or log
+        keeps a superseded version of its observations.
+        """
+        key = subject.storage_key()
+        doomed = [
+            k
+            for k, v in self._cf["outbox"].items()
+            if decode_state(v).subject == subject
+        ]
+        for k in doomed:
+            self._cf["outbox"].delete(k)
+        for name in ("state", "outbox", "digest"):
+            self._cf[name].flush(True)
+        self._cf["state"].compact_range(key, key + b"\xff")
+        self._cf["outbox"].compact_range(None, None)
+        self._db.flush_wal(True)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for name in COLUMN_FAMILIES:
+            for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                total += self._cf[name].property_int_value(prop) or 0
+        return total
+
+    def estimate_subjects(self) -> int:
+        return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for name in COLUMN_FAMILIES:
+            self._cf[name].flush(True)
+        self._db.close()

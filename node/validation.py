@@ -1,0 +1,143 @@
+"""Validation of every client-controlled field; errors name the field and the rule.
+
+Everything here runs before any state is touched, so a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from selfmodel.v1 import model_pb2, selfmodel_pb2
+from sync.codec import InvalidToken, Position, decode_token
+from sync.observation import Evidence, Subject, SubjectKind
+
+from node.engine import ObservationInput
+from node.errors import InvalidArgument
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
+_CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
+_KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+_EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_id: int = 128
+    max_context: int = 64
+    max_key: int = 128
+    max_statement: int = 2000
+    max_evidence: int = 16
+    max_evidence_ref: int = 1024
+    max_evidence_quote: int = 2000
+    max_batch: int = 500
+    max_filter_contexts: int = 64
+    max_token: int = 65536
+    max_handoff_wait_s: float = 30.0
+
+
+def identifier(value: str, field: str, limit: int) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            field, "may hold only letters, digits and _ . : @ + - and must start with a letter or digit"
+        )
+    return value
+
+
+def context_name(value: str, field: str, limits: Limits) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > limits.max_context:
+        raise InvalidArgument(field, f"must be at most {limits.max_context} characters, got {len(value)}")
+    if not _CONTEXT.fullmatch(value):
+        raise InvalidArgument(field, "must be lowercase snake_case (a-z, 0-9, _), starting with a letter")
+    return value
+
+
+def key(value: str, field: str, limits: Limits) -> str:
+    if not value:
+        return ""
+    if len(value) > limits.max_key:
+        raise InvalidArgument(field, f"must be at most {limits.max_key} characters, got {len(value)}")
+    if not _KEY.fullmatch(value):
+        raise InvalidArgument(field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit")
+    return value
+
+
+def text(value: str, field: str, limit: int, *, required: bool) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(field, "is required and must not be blank")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
+    if _CONTROL.search(value):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def unit_interval(value: float, field: str) -> float:
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidArgument(field, f"must be a finite number within [0, 1], got {value}")
+    return value
+
+
+def subject(msg: model_pb2.Subject, field: str, limits: Limits, present: bool = True) -> Subject:
+    if not present:
+        raise InvalidArgument(field, "is required")
+    tenant = identifier(msg.tenant, f"{field}.tenant", limits.max_id)
+    if msg.kind not in (1, 2, 3):
+        raise InvalidArgument(f"{field}.kind", "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG")
+    return Subject(tenant, SubjectKind(msg.kind), identifier(msg.id, f"{field}.id", limits.max_id))
+
+
+def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -> ObservationInput:
+    prefix = f"{field}." if field else ""
+    subj = subject(msg.subject, f"{prefix}subject", limits, msg.HasField("subject"))
+    context = context_name(msg.context, f"{prefix}context", limits)
+    slot_key = key(msg.key, f"{prefix}key", limits)
+    statement = text(msg.statement, f"{prefix}statement", limits.max_statement, required=True)
+    confidence = unit_interval(msg.confidence, f"{prefix}confidence")
+    if len(msg.evidence) > limits.max_evidence:
+        raise InvalidArgument(
+            f"{prefix}evidence", f"must hold at most {limits.max_evidence} items, got {len(msg.evidence)}"
+        )
+    evidence = []
+    for i, ev in enumerate(msg.evidence):
+        at = f"{prefix}evidence[{i}]"
+        if not _EVIDENCE_KIND.fullmatch(ev.kind) or len(ev.kind) > 32:
+            raise InvalidArgument(f"{at}.kind", "must be a short lowercase word such as 'message' or 'ticket'")
+        text(ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False)
+        text(ev.quote, f"{at}.quote", limits.max_evidence_quote, required=False)
+        time_ms = 0
+        if ev.HasField("time"):
+            if ev.time.seconds < 0 or ev.time.seconds > 253402300799 or not 0 <= ev.time.nanos < 10**9:
+                raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
+            time_ms = ev.time.ToMilliseconds()
+        evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
+    return ObservationInput(subj, context, slot_key, statement, confidence, tuple(evidence))
+
+
+def contexts(values: list[str] | tuple[str, ...], field: str, limits: Limits) -> frozenset[str]:
+    if len(values) > limits.max_filter_contexts:
+        raise InvalidArgument(field, f"must name at most {limits.max_filter_contexts} contexts")
+    return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))
+
+
+def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Position] | None:
+    if not value:
+        return None
+    if len(value) > limits.max_token:
+        raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+    try:
+        return decode_token(value)
+    except InvalidToken as exc:
+        raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+
+
+def source(value: str, field: str, limits: Limits) -> str:
+    return identifier(value, field, limits.max_id)

@@ -1,0 +1,89 @@
+"""Dots and causal contexts: which events a replica has seen.
+
+A dot ``(actor, counter)`` names one event. An actor is a node incarnation, so counters are never
+reused even after a crash. A causal context is a version vector (every counter up to n) plus the
+dots seen beyond it; it is kept compact, so two contexts holding the same dots are equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Dot:
+    actor: str
+    counter: int
+
+    def __str__(self) -> str:
+        return f"{self.actor}:{self.counter}"
+
+    @classmethod
+    def parse(cls, text: str) -> Dot:
+        actor, _, counter = text.rpartition(":")
+        if not actor or not counter.isdigit():
+            raise ValueError(f"not a dot: {text!r}")
+        return cls(actor, int(counter))
+
+
+@dataclass(frozen=True, slots=True)
+class CausalContext:
+    """Immutable by convention: ``vector`` is never mutated after construction."""
+
+    vector: Mapping[str, int] = field(default_factory=dict)
+    cloud: frozenset[Dot] = frozenset()
+
+    @classmethod
+    def of(cls, dots: Iterable[Dot]) -> CausalContext:
+        return _compact({}, set(dots))
+
+    def __contains__(self, dot: object) -> bool:
+        if not isinstance(dot, Dot):
+            return False
+        return dot.counter <= self.vector.get(dot.actor, 0) or dot in self.cloud
+
+    def max_counter(self, actor: str) -> int:
+        top = self.vector.get(actor, 0)
+        for dot in self.cloud:
+            if dot.actor == actor and dot.counter > top:
+                top = dot.counter
+        return top
+
+    def join(self, other: CausalContext) -> CausalContext:
+        if not other.vector and not other.cloud:
+            return self
+        vector = dict(self.vector)
+        for actor, counter in other.vector.items():
+            if counter > vector.get(actor, 0):
+                vector[actor] = counter
+        return _compact(vector, set(self.cloud) | set(other.cloud))
+
+    def includes(self, other: CausalContext) -> bool:
+        """True when every dot of ``other`` is in this context."""
+        for actor, counter in other.vector.items():
+            have = self.vector.get(actor, 0)
+            if counter > have and any(
+                Dot(actor, c) not in self.cloud for c in range(have + 1, counter + 1)
+            ):
+                return False
+        return all(dot in self for dot in other.cloud)
+
+    def is_empty(self) -> bool:
+        return not self.vector and not self.cloud
+
+
+def _compact(vector: dict[str, int], cloud: set[Dot]) -> CausalContext:
+    changed = True
+    while changed and cloud:
+        changed = False
+        for dot in sorted(cloud):
+            have = vector.get(dot.actor, 0)
+            if dot.counter <= have:
+                cloud.discard(dot)
+                changed = True
+            elif dot.counter == have + 1:
+                vector[dot.actor] = dot.counter
+                cloud.discard(dot)
+                changed = True
+    return CausalContext({a: c for a, c in vector.items() if c > 0}, frozenset(cloud))

@@ -1,0 +1,140 @@
+"""Subject states and handoff tokens to and from their protobuf form (storage and wire alike)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+
+from google.protobuf.message import DecodeError
+from selfmodel.v1 import model_pb2, sync_pb2
+
+from sync.causal import CausalContext, Dot
+from sync.crdt import SubjectState
+from sync.observation import Evidence, Observation, Subject, SubjectKind
+
+
+def subject_to_proto(subject: Subject) -> model_pb2.Subject:
+    return model_pb2.Subject(tenant=subject.tenant, kind=int(subject.kind), id=subject.id)  # type: ignore[arg-type]
+
+
+def subject_from_proto(msg: model_pb2.Subject) -> Subject:
+    return Subject(msg.tenant, SubjectKind(msg.kind), msg.id)
+
+
+def context_to_proto(context: CausalContext, msg: sync_pb2.CausalContext) -> None:
+    for actor, counter in sorted(context.vector.items()):
+        msg.vector.add(actor=actor, counter=counter)
+    for dot in sorted(context.cloud):
+        msg.cloud.add(actor=dot.actor, counter=dot.counter)
+
+
+def context_from_proto(msg: sync_pb2.CausalContext) -> CausalContext:
+    return CausalContext(
+        {e.actor: e.counter for e in msg.vector},
+        frozenset(Dot(d.actor, d.counter) for d in msg.cloud),
+    )
+
+
+def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
+    msg.kind = evidence.kind
+    msg.ref = evidence.ref
+    msg.quote = evidence.quote
+    if evidence.time_ms:
+        msg.time.FromMilliseconds(evidence.time_ms)
+
+
+def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
+    time_ms = msg.time.ToMilliseconds() if msg.HasField("time") else 0
+    return Evidence(msg.kind, msg.ref, msg.quote, time_ms)
+
+
+def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
+    msg = sync_pb2.SubjectState(generation=state.generation)
+    msg.subject.CopyFrom(subject_to_proto(state.subject))
+    context_to_proto(state.context, msg.context)
+    for dot in sorted(state.observations):
+        obs = state.observations[dot]
+        o = msg.observations.add(
+            context=obs.context,
+            key=obs.key,
+            source=obs.source,
+            statement=obs.statement,
+            confidence=obs.confidence,
+            hlc=obs.hlc,
+            origin=obs.origin,
+        )
+        o.dot.actor = dot.actor
+        o.dot.counter = dot.counter
+        for ev in obs.evidence:
+            evidence_to_proto(ev, o.evidence.add())
+    return msg
+
+
+def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
+    subject = subject_from_proto(msg.subject)
+    observations = {}
+    for o in msg.observations:
+        dot = Dot(o.dot.actor, o.dot.counter)
+        observations[dot] = Observation(
+            dot,
+            o.context,
+            o.key,
+            o.source,
+            o.statement,
+            o.confidence,
+            tuple(evidence_from_proto(e) for e in o.evidence),
+            o.hlc,
+            o.origin,
+        )
+    return SubjectState(subject, msg.generation, context_from_proto(msg.context), observations)
+
+
+def encode_state(state: SubjectState) -> bytes:
+    return state_to_proto(state).SerializeToString(deterministic=True)
+
+
+def decode_state(raw: bytes) -> SubjectState:
+    return state_from_proto(sync_pb2.SubjectState.FromString(raw))
+
+
+class InvalidToken(ValueError):
+    pass
+
+
+Position = tuple[int, CausalContext]
+
+
+def encode_token(positions: Mapping[Subject, Position]) -> str:
+    msg = sync_pb2.HandoffToken()
+    for subject in sorted(positions):
+        generation, context = positions[subject]
+        p = msg.positions.add(generation=generation)
+        p.subject.CopyFrom(subject_to_proto(subject))
+        context_to_proto(context, p.context)
+    return base64.urlsafe_b64encode(msg.SerializeToString(deterministic=True)).decode().rstrip("=")
+
+
+def decode_token(token: str) -> dict[Subject, Position]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        msg = sync_pb2.HandoffToken.FromString(raw)
+        return {
+            subject_from_proto(p.subject): (p.generation, context_from_proto(p.context))
+            for p in msg.positions
+        }
+    except (binascii.Error, DecodeError, ValueError) as exc:
+        raise InvalidToken(f"not a handoff token: {exc}") from exc
+
+
+def merge_tokens(tokens: Iterable[str]) -> str:
+    """One token covering every position of the given tokens (the later position per subject)."""
+    merged: dict[Subject, Position] = {}
+    for token in tokens:
+        for subject, (generation, context) in decode_token(token).items():
+            have = merged.get(subject)
+            if have is None or generation > have[0]:
+                merged[subject] = (generation, context)
+            elif generation == have[0]:
+                merged[subject] = (generation, have[1].join(context))
+    return encode_token(merged)

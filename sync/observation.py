@@ -1,0 +1,60 @@
+"""The replicated values: subjects, evidence and observations."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sync.causal import Dot
+
+
+class SubjectKind(enum.IntEnum):
+    USER = 1
+    TEAM = 2
+    ORG = 3
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Subject:
+    tenant: str
+    kind: SubjectKind
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.kind.name.lower()}/{self.id}"
+
+    def storage_key(self) -> bytes:
+        """Tenant first, so one tenant (and one subject) is one prefix scan; ids never hold NUL."""
+        return b"%s\x00%c%s" % (self.tenant.encode(), self.kind, self.id.encode())
+
+    @classmethod
+    def from_storage_key(cls, raw: bytes) -> Subject:
+        tenant, _, rest = raw.partition(b"\x00")
+        return cls(tenant.decode(), SubjectKind(rest[0]), rest[1:].decode())
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    kind: str
+    ref: str = ""
+    quote: str = ""
+    time_ms: int = 0  # 0: unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one source asserted once about one slot (context, key) of a subject."""
+
+    dot: Dot
+    context: str
+    key: str
+    source: str
+    statement: str
+    confidence: float
+    evidence: tuple[Evidence, ...]
+    hlc: int
+    origin: str  # the node that accepted it
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        return (self.context, self.key)
