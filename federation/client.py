@@ -26,7 +26,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from node.errors import BY_STATUS, SelfModelError
@@ -256,7 +256,7 @@ class Client:
         self._retrying = Retrying(
             retry=retry_if_exception(_is_unavailable),
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
             reraise=True,
         )
 
@@ -387,7 +387,7 @@ class AsyncClient:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_is_unavailable),
                 stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
                 reraise=True,
             ):
                 with attempt:

@@ -20,7 +20,7 @@ class ContextPolicy:
     # At most this many observations are kept per slot; the oldest are superseded.
     max_observations: int = 32
     # Weight of an observation without evidence: 1 - discount; each piece halves the discount.
-    evidence_discount: float = 0.25
+    evidence_discount: float = 0.1
 
     def __post_init__(self) -> None:
         if self.policy not in ("latest", "weighted"):

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import NodeProcess
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Starts real node processes on free loopback ports; every one is stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def start(name: str = "local", *args: str) -> NodeProcess:
+        node = NodeProcess(name, tmp_path / name / "data", args)
+        node.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        if node.proc is not None:
+            try:
+                node.proc.send_signal(18)  # SIGCONT, in case a test paused it
+            except ProcessLookupError:
+                pass
+        node.stop()

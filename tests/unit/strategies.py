@@ -1,0 +1,281 @@
+"""Shared builders and hypothesis strategies for the pure core.
+
+``simulate`` plays a random event sequence on 2-4 replicas of one subject: local observes (each
+superseding the same source's earlier dots in the slot), retracts, occasional erases, and
+deliveries of deltas (duplicated, reordered, lost) and of full states between replicas. Besides
+the replicas' states it records, independently of the CRDT, what every event did, so tests can
+compare the CRDT against a plain reference model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from sync.causal import CausalContext, Dot
+from sync.crdt import (
+    SubjectState,
+    erase_delta,
+    merge,
+    observe_delta,
+    retract_delta,
+    slot_dots,
+)
+from sync.hlc import pack
+from sync.observation import Evidence, Observation, Subject, SubjectKind
+
+# Fixed derandomized runs: every failure replays, and print_blob prints the reproduction blob.
+LAWS = settings(
+    max_examples=200,
+    derandomize=True,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+SUBJECT = Subject("acme", SubjectKind.USER, "u-42")
+ACTORS = ("a.1", "b.1", "c.1", "d.1")
+SOURCES = ("sales_agent", "support_agent", "bot")
+CONTEXT = "budget"
+KEYS = ("amount", "owner")
+STATEMENTS = ("ten thousand", "Ten thousand.", "fifty thousand", "unknown")
+BASE_MS = 1_700_000_000_000
+
+
+def observation(
+    actor: str = "a.1",
+    counter: int = 1,
+    *,
+    context: str = CONTEXT,
+    key: str = "amount",
+    source: str = "sales_agent",
+    statement: str = "ten thousand",
+    confidence: float = 0.8,
+    ms: int = BASE_MS,
+    logical: int = 0,
+    evidence: Iterable[Evidence] = (Evidence("message", "crm://msg/1"),),
+    origin: str | None = None,
+) -> Observation:
+    return Observation(
+        dot=Dot(actor, counter),
+        context=context,
+        key=key,
+        source=source,
+        statement=statement,
+        confidence=confidence,
+        evidence=tuple(evidence),
+        hlc=pack(ms, logical),
+        origin=origin if origin is not None else actor.split(".")[0],
+    )
+
+
+# --- random event sequences ----------------------------------------------------------------
+
+# Each op names replicas, sources and keys by index (taken modulo the number present), so one
+# strategy serves any number of replicas, shrinks well and prints readably.
+@dataclass(frozen=True)
+class Observe:
+    replica: int
+    source: int
+    key: int
+    statement: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Retract:
+    replica: int
+    source: int
+    key: int
+
+
+@dataclass(frozen=True)
+class Erase:
+    replica: int
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Delivers one delta already produced (any, so duplicated, reordered; some never: lost)."""
+
+    replica: int
+    pick: int
+
+
+@dataclass(frozen=True)
+class FullState:
+    replica: int
+    target: int
+
+
+Op = Observe | Retract | Erase | Deliver | FullState
+
+_replica = st.integers(0, 3)
+_source = st.integers(0, len(SOURCES) - 1)
+_key = st.integers(0, len(KEYS) - 1)
+_observe = st.builds(
+    Observe,
+    _replica,
+    _source,
+    _key,
+    st.integers(0, len(STATEMENTS) - 1),
+    st.sampled_from([0.2, 0.5, 0.9]),
+)
+_retract = st.builds(Retract, _replica, _source, _key)
+_erase = st.builds(Erase, _replica)
+_deliver = st.builds(Deliver, _replica, st.integers(0, 1_000))
+_full = st.builds(FullState, _replica, _replica)
+
+# Observes and deliveries are frequent, erases rare.
+ops = st.lists(
+    st.one_of(_observe, _observe, _observe, _retract, _deliver, _deliver, _full, _erase),
+    max_size=40,
+)
+
+
+@dataclass
+class Issued:
+    """An observation as the reference model knows it: unique by its hlc (one per step)."""
+
+    generation: int
+    observation: Observation
+
+
+@dataclass
+class Retraction:
+    generation: int
+    removes: frozenset[Dot]
+    seen: CausalContext  # the retracting replica's context when it retracted
+    delta: SubjectState
+
+
+@dataclass
+class Erasure:
+    generation: int  # the new generation
+    erased_hlcs: frozenset[int]  # observations the erasing replica held
+    delta: SubjectState
+
+
+@dataclass
+class Run:
+    actors: list[str]
+    replicas: list[SubjectState]
+    deltas: list[SubjectState] = field(default_factory=list)
+    history: list[SubjectState] = field(default_factory=list)
+    issued: list[Issued] = field(default_factory=list)
+    removed: set[tuple[int, Dot]] = field(default_factory=set)  # (generation, dot) removed
+    retractions: list[Retraction] = field(default_factory=list)
+    erasures: list[Erasure] = field(default_factory=list)
+    observe_deltas: list[SubjectState] = field(default_factory=list)
+
+    def expected_observations(self) -> dict[Dot, Observation]:
+        """The reference model: what every replica holds once every event reached it."""
+        if not self.deltas:
+            return {}
+        top = max(d.generation for d in self.deltas)
+        return {
+            i.observation.dot: i.observation
+            for i in self.issued
+            if i.generation == top and (top, i.observation.dot) not in self.removed
+        }
+
+
+def simulate(n_replicas: int, events: Sequence[Op]) -> Run:
+    actors = list(ACTORS[:n_replicas])
+    run = Run(actors, [SubjectState(SUBJECT) for _ in actors])
+    for step, op in enumerate(events):
+        r = op.replica % n_replicas
+        state, actor = run.replicas[r], actors[r]
+        match op:
+            case Observe():
+                source, key = SOURCES[op.source], KEYS[op.key]
+                supersedes = slot_dots(state, CONTEXT, key, source)
+                obs = observation(
+                    actor,
+                    state.next_dot(actor).counter,
+                    key=key,
+                    source=source,
+                    statement=STATEMENTS[op.statement],
+                    confidence=op.confidence,
+                    ms=BASE_MS + step,
+                )
+                delta = observe_delta(state, obs, supersedes)
+                run.issued.append(Issued(state.generation, obs))
+                run.removed.update((state.generation, d) for d in supersedes)
+                run.observe_deltas.append(delta)
+            case Retract():
+                source, key = SOURCES[op.source], KEYS[op.key]
+                removes = slot_dots(state, CONTEXT, key, source)
+                delta = retract_delta(state, actor, removes)
+                run.removed.update((state.generation, d) for d in removes)
+                run.retractions.append(
+                    Retraction(state.generation, frozenset(removes), state.context, delta)
+                )
+            case Erase():
+                delta = erase_delta(state, actor)
+                held = frozenset(o.hlc for o in state.observations.values())
+                run.erasures.append(Erasure(delta.generation, held, delta))
+            case Deliver():
+                if not run.deltas:
+                    continue
+                run.replicas[r] = merge(state, run.deltas[op.pick % len(run.deltas)])
+                run.history.append(run.replicas[r])
+                continue
+            case FullState():
+                target = op.target % n_replicas
+                run.replicas[target] = merge(run.replicas[target], state)
+                run.history.append(run.replicas[target])
+                continue
+        run.deltas.append(delta)
+        run.replicas[r] = merge(state, delta)
+        run.history.append(run.replicas[r])
+    return run
+
+
+runs = st.builds(simulate, st.integers(2, 4), ops)
+
+
+def fold(states: Iterable[SubjectState]) -> SubjectState:
+    acc = SubjectState(SUBJECT)
+    for s in states:
+        acc = merge(acc, s)
+    return acc
+
+
+# --- random values for the codec and resolution ------------------------------------------
+
+names = st.text(st.characters(codec="utf-8"), max_size=12)
+dots = st.builds(Dot, st.sampled_from(ACTORS), st.integers(1, 2**40))
+contexts = st.builds(CausalContext.of, st.lists(dots, max_size=12))
+evidence = st.builds(
+    Evidence,
+    names,
+    names,
+    names,
+    st.one_of(st.just(0), st.integers(1, 2**40)),
+)
+subjects = st.builds(Subject, names, st.sampled_from(SubjectKind), names)
+
+
+@st.composite
+def random_states(draw: st.DrawFn) -> SubjectState:
+    """Arbitrary (not necessarily reachable) states: every field a codec has to carry."""
+    observed = draw(st.lists(dots, max_size=6, unique=True))
+    observations = {
+        d: Observation(
+            dot=d,
+            context=draw(names),
+            key=draw(names),
+            source=draw(names),
+            statement=draw(names),
+            confidence=draw(st.floats(0.0, 1.0)),
+            evidence=tuple(draw(st.lists(evidence, max_size=3))),
+            hlc=draw(st.integers(0, 2**63 - 1)),
+            origin=draw(names),
+        )
+        for d in observed
+    }
+    context = draw(contexts).join(CausalContext.of(observed))
+    return SubjectState(draw(subjects), draw(st.integers(0, 2**63)), context, observations)
