@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from federation import cluster
 from federation.client import Client, parse_subject
 from node.errors import SelfModelError
 
@@ -23,24 +24,45 @@ def _node(args: argparse.Namespace) -> int:
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
-    policies = PolicyBook()
-    if args.policies:
-        with open(args.policies, "rb") as f:
-            policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
-    config = NodeConfig(
-        name=args.name,
-        data_dir=Path(args.data),
-        listen=args.listen,
-        metrics_listen=args.metrics or None,
-        fsync=not args.no_fsync,
-        policies=policies,
-    )
     try:
+        if args.cluster:
+            config = cluster.node_config(cluster.load(Path(args.cluster)), args.name)
+            if args.no_fsync:
+                config.fsync = False
+        else:
+            policies = PolicyBook()
+            if args.policies:
+                with open(args.policies, "rb") as f:
+                    policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
+            config = NodeConfig(
+                name=args.name,
+                data_dir=Path(args.data),
+                listen=args.listen,
+                metrics_listen=args.metrics or None,
+                fsync=not args.no_fsync,
+                policies=policies,
+            )
         serve(config)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, cluster.ClusterFileError, FileNotFoundError) as exc:
         print(f"selfmodel node: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from federation import launcher
+
+    config = cluster.load(Path(args.config) if args.config else None)
+    return launcher.up(config, token=args.token)
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from federation import launcher
+
+    config = cluster.load(Path(args.config) if args.config else None)
+    rows = launcher.status_rows(config, args.token)
+    print(launcher.format_table(rows))
+    return 0 if all(r[3] == "serving" for r in rows) else 1
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -103,7 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)")
     node.add_argument("--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)")
     node.add_argument("--policies", help="TOML file with a [policies] table")
+    node.add_argument("--cluster", help="cluster file: run its node --name (other flags then ignored)")
     node.set_defaults(run=_node)
+
+    clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
+    clus_sub = clus.add_subparsers(dest="cluster_command", required=True)
+    up = clus_sub.add_parser("up", help="start every node of the cluster file; Ctrl-C stops them")
+    up.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
+    up.add_argument("--token", help="operator token for the status queries")
+    up.set_defaults(run=_cluster_up)
+    status = clus_sub.add_parser("status", help="every node's peers, outbox depth and lag")
+    status.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
+    status.add_argument("--token", help="operator token")
+    status.set_defaults(run=_cluster_status)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help=f"node address (default: {DEFAULT_TARGET})")

@@ -163,13 +163,20 @@ class Engine:
             delta = erase_delta(state, self.actor)
             new = merge(state, delta)
             self._commit([Change(state, new, delta)])
-            self.store.purge(subject)
+            self.store.purge(subject, new.generation)
             token = encode_token({subject: (new.generation, new.context)})
         metrics.FORGOTTEN.inc()
         return token
 
-    def merge_remote(self, deltas: Iterable[SubjectState]) -> MergeOutcome:
-        """Merges states or deltas from a peer; a delta from a clock too far ahead is refused."""
+    def merge_remote(
+        self,
+        deltas: Iterable[SubjectState],
+        extra: Sequence[tuple[str, bytes, bytes | None]] = (),
+    ) -> MergeOutcome:
+        """Merges states or deltas from a peer; a delta from a clock too far ahead is refused.
+
+        ``extra`` rows (the origin's position) are written in the same batch as the merge.
+        """
         accepted: dict[Subject, SubjectState] = {}
         refused = 0
         for delta in deltas:
@@ -195,15 +202,17 @@ class Engine:
                 if new.generation != state.generation or new.context != state.context:
                     changes.append(Change(state, new, None))
                     merged += 1
-            if changes:
-                self._commit(changes)
+            if changes or extra:
+                self._commit(changes, extra)
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
-                        self.store.purge(change.new.subject)
+                        self.store.purge(change.new.subject, change.new.generation)
         return MergeOutcome(merged, refused)
 
-    def _commit(self, changes: list[Change]) -> None:
-        self.store.commit(changes)
+    def _commit(
+        self, changes: list[Change], extra: Sequence[tuple[str, bytes, bytes | None]] = ()
+    ) -> None:
+        self.store.commit(changes, extra)
         for change in changes:
             self._notify(change.new.subject)
         with self._merged:

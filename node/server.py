@@ -17,18 +17,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from sync.hlc import HybridClock
+from sync.replicator import Replicator, SyncSettings
 
 from node import metrics
 from node.engine import Engine
 from node.policy import PolicyBook
+from node.replication import (
+    SERVER_OPTIONS,
+    PeerConfig,
+    SyncServicer,
+    build_replicator,
+    header_peer_name,
+)
 from node.servicer import AdminServicer, Principal, SelfModelServicer, identify_by_header
 from node.store import Store
 from node.validation import Limits
 
 log = logging.getLogger("selfmodel.node")
 
-SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin")
+SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "selfmodel.v1.Sync")
 
 
 class ConfigError(Exception):
@@ -50,6 +59,16 @@ class NodeConfig:
     grace_s: float = 10.0
     # Set by the security layer: resolves a call's principal (None: development, x-agent-id).
     identify: Callable[[grpc.ServicerContext, Limits], Principal] | None = None
+    max_clock_offset_ms: int = 60_000
+    # Federation: the peers this node streams to, every node of the cluster, sync settings.
+    peers: tuple[PeerConfig, ...] = ()
+    members: frozenset[str] = frozenset()
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    # Sync on its own port with mutual TLS (peer_listen), or on the agents' port without TLS.
+    peer_listen: str | None = None
+    peer_server_credentials: grpc.ServerCredentials | None = None
+    peer_channel_credentials: grpc.ChannelCredentials | None = None
+    peer_identity: Callable[[grpc.ServicerContext], str | None] = header_peer_name
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -77,6 +96,8 @@ class RunningNode:
     health: health.HealthServicer
     port: int
     metrics_port: int | None
+    replicator: Replicator | None = None
+    peer_port: int | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -92,6 +113,8 @@ class RunningNode:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.engine.close_watches()
+        if self.replicator is not None:
+            self.replicator.stop()
         self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
         self.store.close()
         if self._metrics_server is not None:
@@ -106,6 +129,13 @@ def start(config: NodeConfig) -> RunningNode:
             f"refusing to serve {config.listen} without credentials: without a token file a node "
             "binds loopback only (127.0.0.1 or ::1)"
         )
+    if config.peer_listen and config.peer_server_credentials is None:
+        peer_host, _ = split_address(config.peer_listen)
+        if not is_loopback(peer_host):
+            raise ConfigError(
+                f"refusing to serve Sync on {config.peer_listen} without mutual TLS: give the "
+                "cluster file a [cluster.tls] section, or bind loopback"
+            )
     if config.identify is None:
         log.warning(
             "AUTHENTICATION IS OFF: node %s trusts the x-agent-id header; loopback only, "
@@ -113,13 +143,19 @@ def start(config: NodeConfig) -> RunningNode:
             config.name,
         )
     store = Store(
-        config.data_dir, config.name, sync=config.fsync, on_commit=metrics.record_commit
+        config.data_dir,
+        config.name,
+        sync=config.fsync,
+        outbox=bool(config.peers),
+        on_commit=metrics.record_commit,
     )
-    engine = Engine(store, config.policies, max_watchers=config.max_watchers)
+    clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
+    engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *SERVER_OPTIONS,
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
@@ -131,8 +167,17 @@ def start(config: NodeConfig) -> RunningNode:
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
         SelfModelServicer(engine, config.limits, identify), server
     )
+    replicator = None
+    if config.peers:
+        replicator = build_replicator(
+            engine, config.peers, config.sync, config.peer_channel_credentials
+        )
+    sync_pb2_grpc.add_SyncServicer_to_server(
+        SyncServicer(engine, config.members or frozenset(p.name for p in config.peers), config.peer_identity),
+        server,
+    )
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(engine, lambda: node_status(config, engine)), server
+        AdminServicer(engine, lambda: node_status(config, engine, replicator)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -143,10 +188,20 @@ def start(config: NodeConfig) -> RunningNode:
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    bound = server.add_insecure_port(config.listen)
-    if bound == 0:
+    try:
+        bound = server.add_insecure_port(config.listen)
+        peer_port = None
+        if config.peer_listen:
+            if config.peer_server_credentials is None:
+                peer_port = server.add_insecure_port(config.peer_listen)
+            else:
+                peer_port = server.add_secure_port(config.peer_listen, config.peer_server_credentials)
+    except RuntimeError as exc:
         store.close()
-        raise ConfigError(f"cannot listen on {config.listen}")
+        raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}: {exc}") from exc
+    if bound == 0 or peer_port == 0:
+        store.close()
+        raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}")
     server.start()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -157,13 +212,26 @@ def start(config: NodeConfig) -> RunningNode:
         mhost, mport = split_address(config.metrics_listen)
         metrics_server, _ = start_http_server(mport, addr=mhost)
         metrics_port = metrics_server.server_port
+    if replicator is not None:
+        replicator.start()
     return RunningNode(
-        config, server, engine, store, health_servicer, bound, metrics_port, metrics_server
+        config,
+        server,
+        engine,
+        store,
+        health_servicer,
+        bound,
+        metrics_port,
+        replicator,
+        peer_port,
+        metrics_server,
     )
 
 
-def node_status(config: NodeConfig, engine: Engine) -> admin_pb2.NodeStatus:
-    return admin_pb2.NodeStatus(
+def node_status(
+    config: NodeConfig, engine: Engine, replicator: Replicator | None
+) -> admin_pb2.NodeStatus:
+    status = admin_pb2.NodeStatus(
         node=config.name,
         domain=config.domain,
         actor=engine.actor,
@@ -172,13 +240,29 @@ def node_status(config: NodeConfig, engine: Engine) -> admin_pb2.NodeStatus:
         outbox_seq=engine.store.outbox_seq,
         serving=True,
     )
+    addresses = {p.name: p.address for p in config.peers}
+    for peer in replicator.states() if replicator is not None else []:
+        status.peers.add(
+            name=peer.name,
+            address=addresses.get(peer.name, ""),
+            connected=peer.connected,
+            acked_seq=peer.acked,
+            outbox_depth=max(0, engine.store.outbox_seq - peer.acked),
+            lag_seconds=peer.lag_s,
+        )
+    return status
 
 
 def serve(config: NodeConfig) -> None:
     """Runs a node until SIGTERM or SIGINT, then shuts it down gracefully."""
     node = start(config)
-    metrics_at = f" metrics http://{split_address(config.metrics_listen or ':0')[0]}:{node.metrics_port}/metrics" if node.metrics_port else ""
-    print(f"selfmodel node {config.name} listening on {node.address}{metrics_at}", flush=True)
+    line = f"selfmodel node {config.name} listening on {node.address}"
+    if node.metrics_port is not None:
+        mhost, _ = split_address(config.metrics_listen or ":0")
+        line += f" metrics http://{mhost}:{node.metrics_port}/metrics"
+    if node.peer_port is not None:
+        line += f" peers {split_address(config.peer_listen or ':0')[0]}:{node.peer_port}"
+    print(line, flush=True)
     done = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

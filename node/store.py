@@ -53,6 +53,13 @@ class Change:
     delta: SubjectState | None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    written_ms: int
+    delta: bytes  # an encoded SubjectState
+
+
 @dataclass(slots=True)
 class _Pending:
     changes: Sequence[Change]
@@ -137,6 +144,7 @@ class Store:
         self._queue: list[_Pending] = []
         self._leading = False
         self._closed = False
+        self._outbox_grew = threading.Condition()
         self.hlc = self.hlc_high_water
 
     # -- reads ---------------------------------------------------------------------------
@@ -171,13 +179,37 @@ class Store:
             found.append((Subject.from_storage_key(key[3:]), value))
         return found
 
-    def outbox(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+    def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` outbox entries with a sequence above ``after``, in order."""
         entries = []
         for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
-            entries.append((int.from_bytes(key, "big"), value))
+            entries.append(OutboxEntry(int.from_bytes(key, "big"), int.from_bytes(value[:8], "big"), value[8:]))
             if len(entries) >= limit:
                 break
         return entries
+
+    def outbox_first(self) -> int:
+        """The lowest sequence still in the outbox (outbox_seq + 1 when it is empty)."""
+        for key in self._cf["outbox"].keys():
+            return int.from_bytes(key, "big")
+        return self.outbox_seq + 1
+
+    def wait_outbox(self, after: int, timeout_s: float) -> bool:
+        """Waits until the outbox holds a sequence above ``after``; False on timeout."""
+        with self._outbox_grew:
+            return self._outbox_grew.wait_for(lambda: self.outbox_seq > after or self._closed, timeout_s)
+
+    def position(self, kind: str, peer: str) -> int:
+        """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged its."""
+        raw = self._cf["peers"].get(f"{kind}:{peer}".encode())
+        return int(raw) if raw is not None else 0
+
+    def set_position(self, kind: str, peer: str, seq: int) -> None:
+        self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
+
+    @staticmethod
+    def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
+        return ("peers", f"{kind}:{peer}".encode(), str(seq).encode())
 
     def get_meta(self, cf: str, key: bytes) -> bytes | None:
         value: bytes | None = self._cf[cf].get(key)
@@ -243,6 +275,7 @@ class Store:
         batch = rocksdict.WriteBatch(raw_mode=True)
         state_cf, outbox_cf, digest_cf = (self._handle[n] for n in ("state", "outbox", "digest"))
         seq = self.outbox_seq
+        now_ms = time.time_ns() // 1_000_000
         touched: dict[int, bytes] = {}
         hlc = self.hlc
         for p in group:
@@ -262,7 +295,8 @@ class Store:
                         hlc = max(hlc, obs.hlc)
                     if self.outbox_enabled:
                         seq += 1
-                        batch.put(seq.to_bytes(8, "big"), encode_state(change.delta), outbox_cf)
+                        entry = now_ms.to_bytes(8, "big") + encode_state(change.delta)
+                        batch.put(seq.to_bytes(8, "big"), entry, outbox_cf)
                 p.last_seq = seq
             for cf, key, value in p.extra:
                 if value is None:
@@ -277,10 +311,14 @@ class Store:
         if hlc != self.hlc:
             batch.put(b"hlc", str(hlc).encode(), meta)
         self._db.write(batch, self._write_opts)
+        wrote_outbox = seq != self.outbox_seq
         self.outbox_seq = seq
         self.hlc = hlc
         for bucket, value in touched.items():
             self._buckets[bucket] = value
+        if wrote_outbox:
+            with self._outbox_grew:
+                self._outbox_grew.notify_all()
 
     def _reload_buckets(self) -> None:
         self._buckets = [_EMPTY_HASH] * BUCKETS
@@ -301,19 +339,20 @@ class Store:
         if upto > 0:
             self._cf["outbox"].delete_range((0).to_bytes(8, "big"), (upto + 1).to_bytes(8, "big"))
 
-    def purge(self, subject: Subject) -> None:
+    def purge(self, subject: Subject, generation: int) -> None:
         """Removes a forgotten subject's old data from RocksDB's files, not only from view.
 
-        Drops its deltas from the outbox, flushes the memtables (so the WAL holding the old
+        Drops its deltas of generations below ``generation`` from the outbox (the erase itself
+        stays, to reach the peers), flushes the memtables (so the WAL holding the old
         rows becomes obsolete) and compacts the subject's key range, so no SST file or log
         keeps a superseded version of its observations.
         """
         key = subject.storage_key()
-        doomed = [
-            k
-            for k, v in self._cf["outbox"].items()
-            if decode_state(v).subject == subject
-        ]
+        doomed = []
+        for k, v in self._cf["outbox"].items():
+            delta = decode_state(v[8:])
+            if delta.subject == subject and delta.generation < generation:
+                doomed.append(k)
         for k in doomed:
             self._cf["outbox"].delete(k)
         for name in ("state", "outbox", "digest"):
@@ -337,6 +376,8 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+        with self._outbox_grew:
+            self._outbox_grew.notify_all()
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
         self._db.close()

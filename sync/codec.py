@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import DecodeError
@@ -104,6 +105,10 @@ class InvalidToken(ValueError):
 
 Position = tuple[int, CausalContext]
 
+# What encode_token emits: URL-safe base64 without padding. The decoder would silently drop any
+# other character, so a mangled token could read as "no position" instead of failing.
+_TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
+
 
 def encode_token(positions: Mapping[Subject, Position]) -> str:
     msg = sync_pb2.HandoffToken()
@@ -116,6 +121,8 @@ def encode_token(positions: Mapping[Subject, Position]) -> str:
 
 
 def decode_token(token: str) -> dict[Subject, Position]:
+    if not _TOKEN_ALPHABET.fullmatch(token):
+        raise InvalidToken("not a handoff token: only URL-safe base64 characters are allowed")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         msg = sync_pb2.HandoffToken.FromString(raw)

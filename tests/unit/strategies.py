@@ -86,7 +86,12 @@ class Observe:
 
 @dataclass(frozen=True)
 class Retract:
+    """Retracts the dots of one source in one slot: those of the replica's ``pick``-th
+    observation (so retracts usually remove something), or of ``source`` and ``key`` when the
+    replica holds none."""
+
     replica: int
+    pick: int
     source: int
     key: int
 
@@ -123,16 +128,14 @@ _observe = st.builds(
     st.integers(0, len(STATEMENTS) - 1),
     st.sampled_from([0.2, 0.5, 0.9]),
 )
-_retract = st.builds(Retract, _replica, _source, _key)
+_retract = st.builds(Retract, _replica, st.integers(0, 1_000), _source, _key)
 _erase = st.builds(Erase, _replica)
 _deliver = st.builds(Deliver, _replica, st.integers(0, 1_000))
 _full = st.builds(FullState, _replica, _replica)
 
 # Observes and deliveries are frequent, erases rare.
-ops = st.lists(
-    st.one_of(_observe, _observe, _observe, _retract, _deliver, _deliver, _full, _erase),
-    max_size=40,
-)
+_weighted = [_observe] * 6 + [_retract] * 3 + [_deliver] * 5 + [_full] * 2 + [_erase]
+ops = st.lists(st.sampled_from(_weighted).flatmap(lambda op: op), min_size=4, max_size=40)
 
 
 @dataclass
@@ -207,6 +210,10 @@ def simulate(n_replicas: int, events: Sequence[Op]) -> Run:
                 run.observe_deltas.append(delta)
             case Retract():
                 source, key = SOURCES[op.source], KEYS[op.key]
+                if state.observations:
+                    held = sorted(state.observations.values(), key=lambda o: o.dot)
+                    target = held[op.pick % len(held)]
+                    source, key = target.source, target.key
                 removes = slot_dots(state, CONTEXT, key, source)
                 delta = retract_delta(state, actor, removes)
                 run.removed.update((state.generation, d) for d in removes)

@@ -1,0 +1,238 @@
+"""The cluster file (TOML): the nodes, their domains, addresses, peers and the sync settings.
+
+    [cluster]
+    data = "data"                 # data root; a node's data defaults to <data>/<name>
+    fsync = true
+    max_clock_offset_ms = 60000
+    [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s
+    [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name
+    ca = "certs/ca.crt"
+    cert = "certs/{node}.crt"
+    key = "certs/{node}.key"
+    [cluster.auth]
+    tokens = "tokens.toml"        # optional; without it nodes serve loopback only
+
+    [[node]]
+    name = "sales"
+    domain = "sales"
+    address = "127.0.0.1:7070"    # agents (SelfModel, Admin, health, reflection)
+    peer_address = "127.0.0.1:7170"  # Sync between nodes; required with TLS
+    metrics = "127.0.0.1:9470"
+    peers = ["support", "billing"]   # default: every other node (full replication)
+
+Relative paths are relative to the file's folder (for the embedded default: the working folder).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sync.replicator import SyncSettings
+
+from node import tls
+from node.policy import PolicyBook
+from node.replication import PeerConfig
+from node.server import NodeConfig
+
+DEFAULT_CLUSTER = """\
+# The embedded default: three domain nodes on loopback, data under ./data.
+[cluster]
+data = "data"
+fsync = true
+
+[cluster.sync]
+anti_entropy_s = 10
+
+[[node]]
+name = "sales"
+domain = "sales"
+address = "127.0.0.1:7070"
+metrics = "127.0.0.1:9470"
+
+[[node]]
+name = "support"
+domain = "support"
+address = "127.0.0.1:7071"
+metrics = "127.0.0.1:9471"
+
+[[node]]
+name = "billing"
+domain = "billing"
+address = "127.0.0.1:7072"
+metrics = "127.0.0.1:9472"
+"""
+
+
+class ClusterFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    domain: str
+    address: str
+    peer_address: str
+    metrics: str | None
+    data: Path
+    peers: tuple[str, ...]
+    # Where this node reaches each peer, when not at the peer's own peer_address (fault proxies).
+    routes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    nodes: tuple[NodeSpec, ...]
+    fsync: bool = True
+    max_clock_offset_ms: int = 60_000
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    tls: Mapping[str, TlsFiles] | None = None  # per node
+    tokens: Path | None = None
+    policies: PolicyBook = field(default_factory=PolicyBook)
+    source: Path | None = None  # the file it was read from (None: embedded default)
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise ClusterFileError(f"no node named {name!r} in the cluster file; it has {self.names()}")
+
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def peers_of(self, name: str) -> tuple[PeerConfig, ...]:
+        me = self.node(name)
+        return tuple(
+            PeerConfig(p, me.routes.get(p, self.node(p).peer_address)) for p in me.peers
+        )
+
+
+def load(path: Path | None) -> Cluster:
+    """Reads a cluster file, or the embedded default when ``path`` is None."""
+    if path is None:
+        return parse(tomllib.loads(DEFAULT_CLUSTER), Path.cwd(), None)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ClusterFileError(f"cannot read cluster file {path}: {exc}") from exc
+    return parse(raw, path.resolve().parent, path.resolve())
+
+
+def _path(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
+
+
+def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
+    cluster = raw.get("cluster", {})
+    unknown = set(cluster) - {"data", "fsync", "max_clock_offset_ms", "sync", "tls", "auth"}
+    if unknown:
+        raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
+    data_root = _path(base, cluster.get("data", "data"))
+    specs = raw.get("node", [])
+    if not specs:
+        raise ClusterFileError("the cluster file names no [[node]]")
+    names = [s.get("name", "") for s in specs]
+    if len(set(names)) != len(names) or not all(names):
+        raise ClusterFileError(f"every [[node]] needs a unique name, got {names}")
+    nodes = []
+    for s in specs:
+        unknown = set(s) - {"name", "domain", "address", "peer_address", "metrics", "data", "peers", "routes"}
+        if unknown:
+            raise ClusterFileError(f"node {s['name']}: unknown keys {sorted(unknown)}")
+        if "address" not in s:
+            raise ClusterFileError(f"node {s['name']}: address is required (HOST:PORT)")
+        peers = tuple(s.get("peers", [n for n in names if n != s["name"]]))
+        for p in peers:
+            if p not in names or p == s["name"]:
+                raise ClusterFileError(f"node {s['name']}: peer {p!r} is not another node of the file")
+        nodes.append(
+            NodeSpec(
+                name=s["name"],
+                domain=s.get("domain", s["name"]),
+                address=s["address"],
+                peer_address=s.get("peer_address", s["address"]),
+                metrics=s.get("metrics") or None,
+                data=_path(base, s["data"]) if "data" in s else data_root / s["name"],
+                peers=peers,
+                routes=dict(s.get("routes", {})),
+            )
+        )
+    sync_raw = cluster.get("sync", {})
+    try:
+        sync = SyncSettings(**sync_raw)
+    except TypeError as exc:
+        raise ClusterFileError(f"[cluster.sync]: {exc}") from exc
+    tls = None
+    if "tls" in cluster:
+        t = cluster["tls"]
+        missing = {"ca", "cert", "key"} - set(t)
+        if missing:
+            raise ClusterFileError(f"[cluster.tls] needs ca, cert and key; missing {sorted(missing)}")
+        tls = {
+            n.name: TlsFiles(
+                _path(base, t["ca"]),
+                _path(base, t["cert"].format(node=n.name)),
+                _path(base, t["key"].format(node=n.name)),
+            )
+            for n in nodes
+        }
+        for n in nodes:
+            if n.peer_address == n.address:
+                raise ClusterFileError(
+                    f"node {n.name}: with [cluster.tls] give a peer_address for Sync apart from "
+                    "the agents' address"
+                )
+    auth = cluster.get("auth", {})
+    tokens = _path(base, auth["tokens"]) if "tokens" in auth else None
+    try:
+        policies = PolicyBook.from_config(raw.get("policies", {}))
+    except ValueError as exc:
+        raise ClusterFileError(f"[policies]: {exc}") from exc
+    return Cluster(
+        nodes=tuple(nodes),
+        fsync=bool(cluster.get("fsync", True)),
+        max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
+        sync=sync,
+        tls=tls,
+        tokens=tokens,
+        policies=policies,
+        source=source,
+    )
+
+
+def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig:
+    """The NodeConfig of one node of the cluster file."""
+    spec = cluster.node(name)
+    config = NodeConfig(
+        name=spec.name,
+        domain=spec.domain,
+        data_dir=spec.data,
+        listen=spec.address,
+        metrics_listen=spec.metrics,
+        fsync=cluster.fsync,
+        policies=cluster.policies,
+        identify=identify,
+        max_clock_offset_ms=cluster.max_clock_offset_ms,
+        peers=cluster.peers_of(name),
+        members=frozenset(cluster.names()),
+        sync=cluster.sync,
+        peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
+    )
+    if cluster.tls is not None:
+        files = cluster.tls[name]
+        config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)
+        config.peer_channel_credentials = tls.channel_credentials(files.ca, files.cert, files.key)
+        config.peer_identity = tls.peer_common_name
+    return config

@@ -1,0 +1,146 @@
+"""Runs every node of a cluster file as its own process on this machine, and reports status."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+
+from federation.cluster import DEFAULT_CLUSTER, Cluster
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    log: Path
+
+
+def effective_file(cluster: Cluster) -> Path:
+    """The cluster file the nodes read: the given one, or the embedded default written under data/."""
+    if cluster.source is not None:
+        return cluster.source
+    path = cluster.nodes[0].data.parent / "cluster.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_CLUSTER)
+    return path
+
+
+def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
+    path = effective_file(cluster)
+    children: list[Child] = []
+    for spec in cluster.nodes:
+        spec.data.parent.mkdir(parents=True, exist_ok=True)
+        log_path = spec.data.parent / f"{spec.name}.log"
+        with open(log_path, "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "federation", "node", "--cluster", str(path), "--name", spec.name, *extra],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        children.append(Child(spec.name, proc, log_path))
+    return children
+
+
+def wait_started(children: list[Child], out: TextIO) -> bool:
+    ok = True
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for child in children:
+        assert child.proc.stdout is not None
+        line = _readline(child.proc.stdout, max(0.1, deadline - time.monotonic()))
+        if "listening on" not in line:
+            ok = False
+            tail = "".join(child.log.read_text().splitlines(keepends=True)[-15:]) if child.log.exists() else ""
+            print(f"node {child.name} did not start (see {child.log}):\n{tail}", file=out)
+    return ok
+
+
+def _readline(stream: TextIO, timeout_s: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return result[0] if result else ""
+
+
+def stop_children(children: list[Child], timeout_s: float = 15.0) -> None:
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+        if child.proc.stdout is not None:
+            child.proc.stdout.close()
+
+
+def status_rows(cluster: Cluster, token: str | None = None, timeout_s: float = 2.0) -> list[list[str]]:
+    rows = []
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    for spec in cluster.nodes:
+        try:
+            with grpc.insecure_channel(spec.address) as channel:
+                status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                    admin_pb2.GetStatusRequest(), timeout=timeout_s, metadata=metadata
+                )
+            connected = sum(p.connected for p in status.peers)
+            depth = max((p.outbox_depth for p in status.peers), default=0)
+            lag = max((p.lag_seconds for p in status.peers), default=0.0)
+            rows.append([
+                spec.name, spec.domain, spec.address, "serving",
+                f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s", str(status.incarnation),
+            ])  # fmt: skip
+        except grpc.RpcError as exc:
+            rows.append([spec.name, spec.domain, spec.address, f"down ({exc.code().name})", "-", "-", "-", "-"])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    header = ["node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def up(cluster: Cluster, out: TextIO = sys.stdout, token: str | None = None) -> int:
+    """Starts every node, prints the status table, and stops them all on Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    children = start_children(cluster)
+    try:
+        if not wait_started(children, out):
+            return 1
+        time.sleep(0.5)  # let the peers connect before the first status
+        print(format_table(status_rows(cluster, token)), file=out)
+        print(f"\n{len(children)} nodes running; logs in {children[0].log.parent}/. Ctrl-C stops them.", file=out, flush=True)
+        reported: set[str] = set()
+        while not stop.wait(1.0):
+            for child in children:
+                code = child.proc.poll()
+                if code is not None and child.name not in reported:
+                    reported.add(child.name)
+                    print(f"node {child.name} exited with code {code}; see {child.log}", file=out, flush=True)
+            if len(reported) == len(children):
+                return 1
+        print("stopping the cluster...", file=out, flush=True)
+        return 0
+    finally:
+        stop_children(children)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,256 @@
+"""The node's side of replication: the sync layer's ports over RocksDB and gRPC, and the Sync servicer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from sync import metrics as sync_metrics
+from sync.codec import state_from_proto, state_to_proto, subject_from_proto, subject_to_proto
+from sync.crdt import SubjectState
+from sync.observation import Subject
+from sync.ports import Batch, Merged
+from sync.replicator import Replicator, SyncSettings
+
+from node.engine import Engine
+from node.store import Store
+
+log = logging.getLogger("selfmodel.node")
+
+NODE_HEADER = "x-selfmodel-node"
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Reconnect quickly after a peer comes back; our own backoff spaces the sessions.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+CALL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    name: str
+    address: str
+
+
+class StoreOutbox:
+    """sync.ports.DeltaLog over the store's outbox column family."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def read(self, after: int, limit: int) -> Batch | None:
+        entries = self.store.outbox(after, limit)
+        if not entries:
+            return None
+        return Batch(entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms)
+
+    def first_seq(self) -> int:
+        return self.store.outbox_first()
+
+    def last_seq(self) -> int:
+        return self.store.outbox_seq
+
+    def wait(self, after: int, timeout_s: float) -> bool:
+        return self.store.wait_outbox(after, timeout_s)
+
+    def trim(self, upto: int) -> None:
+        self.store.trim_outbox(upto)
+
+    def oldest_unacked_ms(self, acked: int) -> int | None:
+        if acked >= self.store.outbox_seq:
+            return None
+        entries = self.store.outbox(acked, 1)
+        return entries[0].written_ms if entries else None
+
+
+class EngineReplica:
+    """sync.ports.Replica over the engine (merges) and the store (digests, positions)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+
+    def merge(self, states: Iterable[SubjectState]) -> Merged:
+        outcome = self.engine.merge_remote(states)
+        return Merged(outcome.merged, outcome.refused)
+
+    def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
+        return [s for s in (self.store.load(subject) for subject in subjects) if s is not None]
+
+    def bucket_hashes(self) -> list[bytes]:
+        return self.store.bucket_hashes()
+
+    def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]:
+        return self.store.bucket_digests(bucket)
+
+    def acked(self, peer: str) -> int:
+        return self.store.position("acked", peer)
+
+    def set_acked(self, peer: str, seq: int) -> None:
+        self.store.set_position("acked", peer, seq)
+
+
+class GrpcPeerLink:
+    """sync.ports.PeerLink over a gRPC channel to the peer's Sync service."""
+
+    def __init__(self, me: str, address: str, credentials: grpc.ChannelCredentials | None) -> None:
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=_KEEPALIVE)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=_KEEPALIVE)
+        self._stub = sync_pb2_grpc.SyncStub(self._channel)
+        self._md = ((NODE_HEADER, me),)
+        self._me = me
+        self._call: grpc.Future | None = None
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+        def requests() -> Iterator[sync_pb2.ReplicateBatch]:
+            for batch in batches:
+                msg = sync_pb2.ReplicateBatch(
+                    origin=self._me, first_seq=batch.first_seq, last_seq=batch.last_seq
+                )
+                for raw in batch.deltas:
+                    msg.deltas.add().MergeFromString(raw)
+                yield msg
+
+        call = self._stub.Replicate(requests(), metadata=self._md)
+        self._call = call
+        for ack in call:
+            yield ack.acked_seq
+
+    def buckets(self) -> list[bytes]:
+        reply = self._stub.GetBuckets(sync_pb2.GetBucketsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md)
+        return list(reply.hashes)
+
+    def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
+        reply = self._stub.GetDigests(
+            sync_pb2.GetDigestsRequest(buckets=list(buckets)), timeout=CALL_TIMEOUT_S, metadata=self._md
+        )
+        return [(subject_from_proto(d.subject), d.digest) for d in reply.digests]
+
+    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
+        msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
+        reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
+        return [state_from_proto(s) for s in reply.states]
+
+    def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+
+
+class SyncServicer(sync_pb2_grpc.SyncServicer):
+    """Receives deltas and anti-entropy calls from peers named in the cluster file."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        members: frozenset[str],
+        peer_name: Callable[[grpc.ServicerContext], str | None],
+    ) -> None:
+        self.engine = engine
+        self.members = members
+        self._peer_name = peer_name
+
+    def _authorize(self, context: grpc.ServicerContext) -> str:
+        name = self._peer_name(context)
+        if name is None or name not in self.members or name == self.engine.node:
+            sync_metrics.PEERS_REFUSED.inc()
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"caller {name!r} is not a peer of node {self.engine.node} in the cluster file",
+            )
+        return name  # type: ignore[return-value]
+
+    def Replicate(
+        self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.ReplicateAck]:
+        peer = self._authorize(context)
+        for batch in request_iterator:
+            if batch.origin != peer:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer} may not send deltas of {batch.origin!r}")
+            deltas = [state_from_proto(d) for d in batch.deltas]
+            sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
+            sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
+            outcome = self.engine.merge_remote(
+                deltas, extra=[Store.position_row("applied", peer, batch.last_seq)]
+            )
+            yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=outcome.refused)
+
+    def GetBuckets(self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext) -> sync_pb2.Buckets:
+        self._authorize(context)
+        return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
+
+    def GetDigests(self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext) -> sync_pb2.Digests:
+        self._authorize(context)
+        reply = sync_pb2.Digests()
+        for bucket in request.buckets:
+            if bucket >= len(self.engine.store.bucket_hashes()):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range")
+            for subject, digest in self.engine.store.bucket_digests(bucket):
+                d = reply.digests.add(digest=digest)
+                d.subject.CopyFrom(subject_to_proto(subject))
+        return reply
+
+    def ExchangeStates(self, request: sync_pb2.StateExchange, context: grpc.ServicerContext) -> sync_pb2.StateExchange:
+        self._authorize(context)
+        incoming = [state_from_proto(s) for s in request.states]
+        self.engine.merge_remote(incoming)
+        reply = sync_pb2.StateExchange()
+        for state in incoming:
+            mine = self.engine.store.load(state.subject)
+            if mine is not None:
+                reply.states.append(state_to_proto(mine))
+        return reply
+
+
+def header_peer_name(context: grpc.ServicerContext) -> str | None:
+    """Without TLS (loopback development clusters): the node name the caller states."""
+    for key, value in context.invocation_metadata():
+        if key == NODE_HEADER:
+            return str(value)
+    return None
+
+
+def build_replicator(
+    engine: Engine,
+    peers: Sequence[PeerConfig],
+    settings: SyncSettings,
+    credentials: grpc.ChannelCredentials | None,
+) -> Replicator:
+    def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
+        return lambda: GrpcPeerLink(engine.node, peer.address, credentials)
+
+    return Replicator(
+        StoreOutbox(engine.store),
+        EngineReplica(engine),
+        {p.name: connector(p) for p in peers},
+        settings,
+    )
+
+
+__all__ = [
+    "SERVER_OPTIONS",
+    "EngineReplica",
+    "GrpcPeerLink",
+    "PeerConfig",
+    "StoreOutbox",
+    "SyncServicer",
+    "build_replicator",
+    "header_peer_name",
+]

@@ -1,0 +1,61 @@
+"""What the sync layer needs from storage and transport, as small Protocols.
+
+node/ implements them over RocksDB and gRPC; tests can pass in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sync.crdt import SubjectState
+from sync.observation import Subject
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A run of outbox entries, labelled with its sequence range."""
+
+    first_seq: int
+    last_seq: int
+    deltas: Sequence[bytes]  # encoded SubjectStates
+    oldest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    merged: int
+    refused: int
+
+
+class DeltaLog(Protocol):
+    """The local outbox: deltas by sequence."""
+
+    def read(self, after: int, limit: int) -> Batch | None: ...
+    def first_seq(self) -> int: ...
+    def last_seq(self) -> int: ...
+    def wait(self, after: int, timeout_s: float) -> bool: ...
+    def trim(self, upto: int) -> None: ...
+    def oldest_unacked_ms(self, acked: int) -> int | None: ...
+
+
+class Replica(Protocol):
+    """The local replica: merges, digests, and where each peer stands."""
+
+    def merge(self, states: Iterable[SubjectState]) -> Merged: ...
+    def states(self, subjects: Iterable[Subject]) -> list[SubjectState]: ...
+    def bucket_hashes(self) -> list[bytes]: ...
+    def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]: ...
+    def acked(self, peer: str) -> int: ...
+    def set_acked(self, peer: str, seq: int) -> None: ...
+
+
+class PeerLink(Protocol):
+    """A connection to one peer's Sync service."""
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]: ...
+    def buckets(self) -> list[bytes]: ...
+    def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]: ...
+    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]: ...
+    def close(self) -> None: ...

@@ -1,0 +1,265 @@
+"""Streams the outbox to every peer, trims it, and runs anti-entropy.
+
+One sender thread per peer streams batches from the peer's last acknowledgement; the peer
+merges each batch and acknowledges it. Sessions that fail reconnect with full-jitter exponential
+backoff (tenacity), so a restarted cluster does not reconnect in lockstep. The outbox is trimmed
+to the lowest acknowledgement of the peers still within retention; a peer that falls further
+behind is dropped from it and caught up by anti-entropy when it returns. Anti-entropy also runs
+on every (re)connect and periodically, so convergence never depends on a delta getting through.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from tenacity import RetryCallState, wait_random_exponential
+
+from sync import metrics
+from sync.antientropy import Round, reconcile
+from sync.ports import Batch, DeltaLog, PeerLink, Replica
+
+log = logging.getLogger("selfmodel.sync")
+
+
+class OutboxGap(Exception):
+    """The outbox was trimmed past the peer's position while streaming to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    batch_size: int = 256
+    retention_entries: int = 100_000
+    retention_s: float = 3600.0
+    anti_entropy_s: float = 10.0
+    backoff_max_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    name: str
+    connected: bool
+    acked: int
+    lag_s: float
+    dropped: bool
+
+
+class PeerReplicator:
+    def __init__(
+        self,
+        peer: str,
+        outbox: DeltaLog,
+        replica: Replica,
+        connect: Callable[[], PeerLink],
+        settings: SyncSettings,
+        on_ack: Callable[[], None],
+    ) -> None:
+        self.peer = peer
+        self._outbox = outbox
+        self._replica = replica
+        self._connect = connect
+        self._settings = settings
+        self._on_ack = on_ack
+        self._stop = threading.Event()
+        self._wake_anti_entropy = threading.Event()
+        self.connected = False
+        self.acked = replica.acked(peer)
+        self.dropped = False
+        self._threads = [
+            threading.Thread(target=self._stream_forever, name=f"sync-{peer}", daemon=True),
+            threading.Thread(target=self._anti_entropy_forever, name=f"ae-{peer}", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake_anti_entropy.set()
+        for t in self._threads:
+            t.join(timeout_s)
+
+    def state(self) -> PeerState:
+        return PeerState(self.peer, self.connected, self.acked, self.lag_s(), self.dropped)
+
+    def lag_s(self) -> float:
+        oldest = self._outbox.oldest_unacked_ms(self.acked)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+
+    # -- delta stream ----------------------------------------------------------------------
+
+    def _stream_forever(self) -> None:
+        wait = wait_random_exponential(multiplier=0.1, max=self._settings.backoff_max_s)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._session()
+                failures = 0
+            except Exception as exc:  # any failure ends the session; we reconnect
+                failures += 1
+                metrics.REPLICATION_ERRORS.labels(self.peer).inc()
+                log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
+            finally:
+                self._set_connected(False)
+            state = RetryCallState(None, None, (), {})
+            state.attempt_number = max(1, failures)
+            self._stop.wait(wait(state))
+
+    def _session(self) -> None:
+        link = self._connect()
+        try:
+            self.run_anti_entropy(link)
+            first = self._outbox.first_seq()
+            if self.acked < first - 1:
+                # Trimmed past the peer while it was away: the round above shipped every
+                # subject it lacked, so it may resume from the oldest delta still kept.
+                log.info("peer %s was behind the outbox retention; caught up by anti-entropy", self.peer)
+                self.acked = first - 1
+                self._replica.set_acked(self.peer, self.acked)
+            self.dropped = False
+            self._set_connected(True)
+            for ack in link.replicate(self._batches(self.acked)):
+                if ack > self.acked:
+                    self.acked = ack
+                    self._replica.set_acked(self.peer, ack)
+                    self._on_ack()
+                self._report()
+                if self._stop.is_set():
+                    break
+        finally:
+            link.close()
+
+    def _batches(self, position: int) -> Iterator[Batch]:
+        while not self._stop.is_set():
+            batch = self._outbox.read(position, self._settings.batch_size)
+            if batch is None:
+                self._report()
+                self._outbox.wait(position, 0.5)
+                continue
+            if batch.first_seq != position + 1:
+                raise OutboxGap(f"outbox starts at {batch.first_seq}, peer needs {position + 1}")
+            metrics.DELTAS_SENT.labels(self.peer).inc(len(batch.deltas))
+            metrics.BYTES_SENT.labels(self.peer).inc(sum(len(d) for d in batch.deltas))
+            yield batch
+            position = batch.last_seq
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            metrics.PEER_CONNECTED.labels(self.peer).set(1 if up else 0)
+
+    def _report(self) -> None:
+        metrics.REPLICATION_LAG.labels(self.peer).set(self.lag_s())
+        metrics.OUTBOX_DEPTH.labels(self.peer).set(max(0, self._outbox.last_seq() - self.acked))
+
+    # -- anti-entropy ----------------------------------------------------------------------
+
+    def run_anti_entropy(self, link: PeerLink) -> Round:
+        try:
+            result = reconcile(self._replica, link)
+        except Exception:
+            metrics.ANTI_ENTROPY_ROUNDS.labels(self.peer, "error").inc()
+            raise
+        metrics.ANTI_ENTROPY_ROUNDS.labels(self.peer, "ok").inc()
+        if result.repaired_here:
+            metrics.ANTI_ENTROPY_REPAIRED.labels(self.peer).inc(result.repaired_here)
+            log.info("anti-entropy with %s repaired %d subjects", self.peer, result.repaired_here)
+        return result
+
+    def trigger_anti_entropy(self) -> None:
+        self._wake_anti_entropy.set()
+
+    def _anti_entropy_forever(self) -> None:
+        period = self._settings.anti_entropy_s
+        while not self._stop.is_set():
+            self._wake_anti_entropy.wait(period * random.uniform(0.8, 1.2))
+            self._wake_anti_entropy.clear()
+            if self._stop.is_set():
+                return
+            try:
+                link = self._connect()
+                try:
+                    self.run_anti_entropy(link)
+                finally:
+                    link.close()
+            except Exception as exc:
+                log.debug("anti-entropy with %s failed: %s", self.peer, _describe(exc))
+            self._report()
+
+
+class Replicator:
+    """All peers of one node, and the outbox trimming they agree on."""
+
+    def __init__(
+        self,
+        outbox: DeltaLog,
+        replica: Replica,
+        peers: dict[str, Callable[[], PeerLink]],
+        settings: SyncSettings | None = None,
+    ) -> None:
+        self.settings = settings or SyncSettings()
+        self._outbox = outbox
+        self._trim_lock = threading.Lock()
+        self.peers = {
+            name: PeerReplicator(name, outbox, replica, connect, self.settings, self.trim)
+            for name, connect in peers.items()
+        }
+
+    def start(self) -> None:
+        for p in self.peers.values():
+            p.start()
+        threading.Thread(target=self._report_connected, name="sync-report", daemon=True).start()
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
+        for p in self.peers.values():
+            p.stop()
+
+    def _report_connected(self) -> None:
+        while getattr(self, "_running", False):
+            metrics.PEERS_CONNECTED.set(sum(p.connected for p in self.peers.values()))
+            self.trim()
+            time.sleep(1.0)
+
+    def trim(self) -> None:
+        """Trims to the lowest acknowledgement of the peers still within retention."""
+        with self._trim_lock:
+            last = self._outbox.last_seq()
+            floor = last - self.settings.retention_entries
+            keep: list[int] = []
+            now_ms = time.time() * 1000
+            for p in self.peers.values():
+                oldest = self._outbox.oldest_unacked_ms(p.acked)
+                too_old = oldest is not None and now_ms - oldest > self.settings.retention_s * 1000
+                if p.acked < floor or too_old:
+                    if not p.dropped:
+                        p.dropped = True
+                        metrics.PEERS_DROPPED.labels(p.peer).inc()
+                        log.warning(
+                            "peer %s is behind the outbox retention; dropping it from the outbox "
+                            "(anti-entropy will catch it up)",
+                            p.peer,
+                        )
+                    continue
+                keep.append(p.acked)
+            upto = min(keep) if keep else last
+            self._outbox.trim(upto)
+
+    def states(self) -> list[PeerState]:
+        return [p.state() for p in self.peers.values()]
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            return f"{code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        except Exception:
+            pass
+    return f"{type(exc).__name__}: {exc}"

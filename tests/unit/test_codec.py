@@ -1,0 +1,138 @@
+"""Subject states and handoff tokens survive their protobuf form unchanged."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sync.causal import CausalContext, Dot
+from sync.codec import (
+    InvalidToken,
+    decode_state,
+    decode_token,
+    encode_state,
+    encode_token,
+    merge_tokens,
+)
+from sync.crdt import SubjectState
+from sync.observation import Evidence, Subject, SubjectKind
+
+from tests.unit.strategies import (
+    LAWS,
+    SUBJECT,
+    Run,
+    contexts,
+    observation,
+    random_states,
+    runs,
+    subjects,
+)
+
+OTHER = Subject("acme", SubjectKind.TEAM, "t-7")
+
+
+@LAWS
+@given(state=random_states())
+def test_a_state_round_trips_through_its_encoding(state: SubjectState) -> None:
+    raw = encode_state(state)
+    back = decode_state(raw)
+    assert back == state
+    assert encode_state(back) == raw  # deterministic bytes: equal states store equal values
+    assert back.digest() == state.digest()
+
+
+@LAWS
+@given(run=runs)
+def test_every_state_of_a_replicated_run_round_trips(run: Run) -> None:
+    for state in [*run.deltas, *run.replicas]:
+        assert decode_state(encode_state(state)) == state
+
+
+def test_evidence_time_and_every_observation_field_survive() -> None:
+    obs = observation(
+        "a.1",
+        3,
+        evidence=(Evidence("ticket", "zendesk://1", "we have ten seats", 1_700_000_000_123),),
+        confidence=0.8125,
+        origin="sales",
+    )
+    state = SubjectState(SUBJECT, 4, CausalContext.of([obs.dot]), {obs.dot: obs})
+    (back,) = decode_state(encode_state(state)).observations.values()
+    assert back == obs
+    assert back.evidence[0].time_ms == 1_700_000_000_123
+
+
+@LAWS
+@given(positions=st.dictionaries(subjects, st.tuples(st.integers(0, 2**63), contexts), max_size=4))
+def test_a_token_round_trips(positions: dict[Subject, tuple[int, CausalContext]]) -> None:
+    token = encode_token(positions)
+    assert set(token) <= set(string.ascii_letters + string.digits + "-_")  # safe in a header
+    assert decode_token(token) == positions
+
+
+def _ctx(*dots: tuple[str, int]) -> CausalContext:
+    return CausalContext.of(Dot(a, c) for a, c in dots)
+
+
+def test_merge_tokens_keeps_the_later_position_of_each_subject() -> None:
+    early = encode_token({SUBJECT: (0, _ctx(("a.1", 1))), OTHER: (1, _ctx(("a.1", 1)))})
+    later = encode_token({SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2)))})
+    erased = encode_token({OTHER: (2, _ctx(("b.1", 1)))})
+    merged = decode_token(merge_tokens([early, later, erased]))
+    assert merged == {SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2))), OTHER: (2, _ctx(("b.1", 1)))}
+    # Order does not matter, and an older generation never replaces a newer one.
+    assert decode_token(merge_tokens([erased, later, early])) == merged
+
+
+def test_merge_tokens_joins_concurrent_positions_of_one_generation() -> None:
+    a = encode_token({SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2)))})
+    b = encode_token({SUBJECT: (0, _ctx(("b.1", 1)))})
+    merged = decode_token(merge_tokens([a, b]))
+    assert merged == {SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2), ("b.1", 1)))}
+
+
+def test_merge_of_no_tokens_is_the_empty_token() -> None:
+    assert decode_token(merge_tokens([])) == {}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "not a token",
+        "x",
+        "AAAA",
+        "hello-world",
+        "😀",
+        "!!!",  # no base64 character at all
+        "$$$$",
+        "Cg.A",
+        "EAE=",  # padding is never part of a token
+        "EA+E",  # standard, not URL-safe, base64
+    ],
+)
+def test_a_garbage_token_is_refused(token: str) -> None:
+    with pytest.raises(InvalidToken, match="not a handoff token"):
+        decode_token(token)
+    with pytest.raises(InvalidToken):
+        merge_tokens([encode_token({SUBJECT: (0, _ctx(("a.1", 1)))}), token])
+
+
+@LAWS
+@given(
+    token=st.text(min_size=1, max_size=20).filter(
+        lambda t: not set(t) <= set(string.ascii_letters + string.digits + "-_")
+    )
+)
+def test_a_token_with_any_character_outside_its_alphabet_is_refused(token: str) -> None:
+    """A mangled token must fail loudly, never read as "no position" (a silently stale read)."""
+    with pytest.raises(InvalidToken):
+        decode_token(token)
+
+
+def test_a_token_naming_no_subject_kind_is_refused() -> None:
+    # The bytes of a position whose subject has kind 0 (unspecified).
+    with pytest.raises(InvalidToken):
+        decode_token("CgIQBQ")

@@ -1,0 +1,272 @@
+"""The laws of the per-subject delta CRDT, over random event sequences on 2-4 replicas.
+
+Deltas are duplicated, reordered and lost (``Deliver`` picks any delta already produced, some are
+never picked) and full states are merged (``FullState``); see ``strategies.simulate``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sync.causal import CausalContext, Dot
+from sync.crdt import (
+    SubjectState,
+    digest,
+    erase_delta,
+    merge,
+    observe_delta,
+    retract_delta,
+    slot_dots,
+)
+from sync.observation import Subject, SubjectKind
+
+from tests.unit.strategies import (
+    LAWS,
+    SUBJECT,
+    Run,
+    fold,
+    observation,
+    runs,
+)
+
+
+def _pool(run: Run, kind: str) -> list[SubjectState]:
+    pool = run.deltas if kind == "deltas" else [*run.history, *run.replicas]
+    return pool or [SubjectState(SUBJECT)]
+
+
+def _converged(run: Run, rnd: random.Random) -> list[SubjectState]:
+    """Every replica, after receiving every delta once more in its own random order, some twice."""
+    out = []
+    for state in run.replicas:
+        deliveries = list(run.deltas)
+        if deliveries:
+            deliveries += rnd.choices(run.deltas, k=len(run.deltas) // 2)
+        rnd.shuffle(deliveries)
+        for delta in deliveries:
+            state = merge(state, delta)
+        out.append(state)
+    return out
+
+
+# --- merge is a join: commutative, associative, idempotent -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["deltas", "states"])
+@LAWS
+@given(run=runs, data=st.data())
+def test_merge_is_commutative_associative_and_idempotent(
+    kind: str, run: Run, data: st.DataObject
+) -> None:
+    pool = _pool(run, kind)
+    a, b, c = (data.draw(st.sampled_from(pool)) for _ in range(3))
+    assert merge(a, b) == merge(b, a)
+    assert merge(merge(a, b), c) == merge(a, merge(b, c))
+    assert merge(a, a) == a
+    assert merge(a, merge(a, b)) == merge(a, b)
+
+
+def test_merge_refuses_states_of_different_subjects() -> None:
+    other = Subject(SUBJECT.tenant, SubjectKind.TEAM, SUBJECT.id)
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge(SubjectState(SUBJECT), SubjectState(other))
+
+
+# --- convergence ----------------------------------------------------------------------------
+
+
+@LAWS
+@given(run=runs, rnd=st.randoms(use_true_random=False))
+def test_replicas_converge_once_every_delta_is_delivered_in_any_order(
+    run: Run, rnd: random.Random
+) -> None:
+    converged = _converged(run, rnd)
+    assert all(state == converged[0] for state in converged)
+    assert converged[0] == fold(run.deltas)
+    assert dict(converged[0].observations) == run.expected_observations()
+
+
+@LAWS
+@given(run=runs, rnd=st.randoms(use_true_random=False))
+def test_replicas_converge_by_full_state_exchange_alone(run: Run, rnd: random.Random) -> None:
+    """Anti-entropy heals whatever the delta stream lost: each replica merges all the others."""
+    snapshots = list(run.replicas)
+    converged = []
+    for state in snapshots:
+        others = list(snapshots)
+        rnd.shuffle(others)
+        for other in others:
+            state = merge(state, other)
+        converged.append(state)
+    assert all(state == converged[0] for state in converged)
+    assert converged[0] == fold(run.deltas)
+    assert dict(converged[0].observations) == run.expected_observations()
+
+
+# --- digest -----------------------------------------------------------------------------------
+
+
+@LAWS
+@given(run=runs, rnd=st.randoms(use_true_random=False))
+def test_equal_digests_mean_equal_states(run: Run, rnd: random.Random) -> None:
+    seen = [*run.history, *run.deltas, *run.replicas, *_converged(run, rnd)]
+    for _ in range(20):
+        seen.append(merge(rnd.choice(seen), rnd.choice(seen)))
+    by_digest: dict[bytes, SubjectState] = {}
+    for state in seen:
+        assert state.digest() == digest(state.generation, state.context)
+        first = by_digest.setdefault(state.digest(), state)
+        assert state.generation == first.generation
+        assert state.context == first.context
+        assert state.observations == first.observations
+
+
+def test_digest_tells_apart_generation_and_context() -> None:
+    ctx = CausalContext.of([Dot("a.1", 1), Dot("a.1", 3)])
+    assert digest(0, ctx) != digest(1, ctx)
+    assert digest(0, ctx) != digest(0, ctx.join(CausalContext.of([Dot("a.1", 2)])))
+    assert digest(0, ctx) != digest(0, CausalContext.of([Dot("b.1", 1), Dot("a.1", 3)]))
+    assert digest(0, CausalContext.of([Dot("a.1", 2), Dot("a.1", 1)])) == digest(
+        0, CausalContext({"a.1": 2})
+    )
+
+
+# --- erase: the higher generation wins outright -----------------------------------------------
+
+
+@LAWS
+@given(run=runs, rnd=st.randoms(use_true_random=False))
+def test_erase_removes_everything_observed_before_it(run: Run, rnd: random.Random) -> None:
+    final = _converged(run, rnd)[0]
+    hlcs = {o.hlc for o in final.observations.values()}
+    issued_at = {i.observation.hlc: i.generation for i in run.issued}
+    for erasure in run.erasures:
+        assert final.generation >= erasure.generation
+        assert not hlcs & erasure.erased_hlcs
+    # Nothing issued at an older generation survives, whoever issued it and when it arrives.
+    assert all(issued_at[h] == final.generation for h in hlcs)
+    for delta in run.observe_deltas:
+        if delta.generation < final.generation:
+            assert merge(final, delta) == final
+            assert merge(delta, final) == final
+
+
+@LAWS
+@given(run=runs)
+def test_observe_at_an_older_generation_never_comes_back_after_an_erase(run: Run) -> None:
+    for erasure in run.erasures:
+        for delta in run.observe_deltas:
+            if delta.generation < erasure.generation:
+                assert merge(erasure.delta, delta) == erasure.delta
+                assert merge(delta, erasure.delta) == erasure.delta
+
+
+def test_forgotten_subject_never_returns_when_a_concurrent_write_arrives_late() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    first = observe_delta(a, observation("a.1", 1))
+    a, b = merge(a, first), merge(b, first)
+    # b writes at generation 0 while a erases; then they exchange in both directions.
+    late = observe_delta(b, observation("b.1", 1, source="bot"))
+    b = merge(b, late)
+    erase = erase_delta(a, "a.1")
+    a = merge(a, erase)
+    assert a.generation == 1 and not a.observations
+    a, b = merge(a, late), merge(b, erase)
+    assert a == b
+    assert not a.observations
+    # A write after the erase lives in the new generation.
+    new = observation("a.1", a.next_dot("a.1").counter, statement="new")
+    assert dict(merge(merge(b, late), observe_delta(a, new)).observations) == {new.dot: new}
+
+
+# --- observed-remove ----------------------------------------------------------------------
+
+
+@LAWS
+@given(run=runs)
+def test_a_retract_removes_only_what_it_saw(run: Run) -> None:
+    """A retract never removes an observation it did not see (a concurrent one survives)."""
+    for retraction in run.retractions:
+        assert all(dot in retraction.seen for dot in retraction.removes)
+        for delta in run.observe_deltas:
+            if delta.generation != retraction.generation:
+                continue
+            ((dot, obs),) = delta.observations.items()
+            merged = merge(delta, retraction.delta)
+            assert merged == merge(retraction.delta, delta)
+            if dot in retraction.seen:
+                assert (dot in retraction.removes) == (dot not in merged.observations)
+            else:
+                assert merged.observations.get(dot) == obs
+
+
+def test_a_concurrent_observation_survives_a_retract() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    old = observe_delta(a, observation("a.1", 1, statement="ten"))
+    a, b = merge(a, old), merge(b, old)
+    # a's source observes again (superseding its old dot) while b retracts what it saw.
+    new = observe_delta(
+        a,
+        observation("a.1", 2, statement="twenty"),
+        slot_dots(a, "budget", "amount", "sales_agent"),
+    )
+    retract = retract_delta(b, "b.1", slot_dots(b, "budget", "amount", "sales_agent"))
+    a, b = merge(merge(a, new), retract), merge(merge(b, retract), new)
+    assert a == b
+    assert [o.statement for o in a.observations.values()] == ["twenty"]
+
+
+def test_a_retract_delivered_before_the_observation_it_removes_still_removes_it() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    obs = observe_delta(a, observation("a.1", 1))
+    a = merge(a, obs)
+    retract = retract_delta(a, "a.1", [Dot("a.1", 1)])
+    b = merge(merge(b, retract), obs)  # out of order
+    assert not b.observations
+    assert b == merge(a, retract)
+
+
+# --- covers --------------------------------------------------------------------------------
+
+
+@LAWS
+@given(run=runs, data=st.data())
+def test_a_state_covers_every_position_it_merged(run: Run, data: st.DataObject) -> None:
+    pool = [*run.history, *run.deltas, *run.replicas]
+    x = data.draw(st.sampled_from(pool))
+    y = data.draw(st.sampled_from(pool))
+    merged = merge(y, x)
+    assert merged.covers(x.generation, x.context)
+    assert merged.covers(y.generation, y.context)
+    # And only those: y covers x's position exactly when merging x would change nothing.
+    assert y.covers(x.generation, x.context) == (merged == y)
+
+
+def test_covers_compares_generations_first() -> None:
+    state = SubjectState(SUBJECT, 2, CausalContext.of([Dot("a.1", 1)]))
+    assert state.covers(1, CausalContext.of([Dot("z.1", 99)]))
+    assert not state.covers(3, CausalContext())
+    assert state.covers(2, CausalContext.of([Dot("a.1", 1)]))
+    assert not state.covers(2, CausalContext.of([Dot("a.1", 2)]))
+
+
+def test_next_dot_never_reuses_a_counter_seen_beyond_the_vector() -> None:
+    state = SubjectState(SUBJECT, 0, CausalContext.of([Dot("a.1", 1), Dot("a.1", 5)]))
+    assert state.next_dot("a.1") == Dot("a.1", 6)
+    assert state.next_dot("b.1") == Dot("b.1", 1)
+
+
+def test_slot_dots_are_one_slot_of_one_source_oldest_first() -> None:
+    obs = [
+        observation("a.1", 3, ms=30),
+        observation("a.1", 1, ms=10),
+        observation("a.1", 2, ms=20, source="bot"),
+        observation("a.1", 4, ms=40, key="owner"),
+    ]
+    state = SubjectState(SUBJECT, 0, CausalContext.of(o.dot for o in obs), {o.dot: o for o in obs})
+    assert slot_dots(state, "budget", "amount", "sales_agent") == [Dot("a.1", 1), Dot("a.1", 3)]
+    assert slot_dots(state, "budget", "amount") == [Dot("a.1", n) for n in (1, 2, 3)]
+    assert slot_dots(state, "budget", "missing") == []

@@ -1,0 +1,113 @@
+"""The hybrid logical clock: monotonic, seeded across restarts, and immune to one bad clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sync.hlc import LOGICAL_MASK, ClockSkewError, HybridClock, pack, physical_ms
+
+from tests.unit.strategies import LAWS
+
+T0 = 1_700_000_000_000
+
+
+class FakeWall:
+    """A wall clock the test sets, forwards and backwards."""
+
+    def __init__(self, ms: int = T0) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def test_pack_orders_by_physical_time_then_logical_counter() -> None:
+    assert physical_ms(pack(T0, 5)) == T0
+    assert pack(T0, 0) < pack(T0, 1) < pack(T0, LOGICAL_MASK) < pack(T0 + 1, 0)
+
+
+def test_now_follows_the_wall_clock_when_it_moves_forward() -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall)
+    assert clock.now() == pack(T0)
+    wall.ms += 250
+    assert clock.now() == pack(T0 + 250)
+    assert clock.last == pack(T0 + 250)
+
+
+def test_now_stays_monotonic_when_the_wall_clock_goes_backward() -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall)
+    first = clock.now()
+    wall.ms -= 5_000
+    second = clock.now()
+    third = clock.now()
+    assert first < second < third
+    assert physical_ms(third) == T0  # the logical counter advances, not a fake physical time
+
+
+@LAWS
+@given(steps=st.lists(st.integers(-10_000, 10_000), max_size=50))
+def test_now_is_strictly_increasing_whatever_the_wall_clock_does(steps: list[int]) -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall)
+    stamps = [clock.now()]
+    for step in steps:
+        wall.ms += step
+        stamps.append(clock.now())
+        assert physical_ms(stamps[-1]) >= wall.ms  # never behind the wall clock
+    assert all(a < b for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+def test_logical_overflow_still_increases() -> None:
+    clock = HybridClock(FakeWall(), high_water=pack(T0, LOGICAL_MASK))
+    assert clock.now() == pack(T0 + 1, 0)
+
+
+def test_a_seeded_high_water_mark_is_respected_after_a_restart() -> None:
+    """A node that restarts with its wall clock behind its persisted high water never goes back."""
+    high_water = pack(T0 + 60_000, 7)
+    clock = HybridClock(FakeWall(T0), high_water=high_water)
+    assert clock.last == high_water
+    assert clock.now() == high_water + 1
+    assert clock.now() == high_water + 2
+
+
+def test_a_remote_timestamp_beyond_the_maximum_offset_is_refused_and_moves_nothing() -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall, max_offset_ms=1_000)
+    before = clock.now()
+    remote = pack(T0 + 1_001)
+    with pytest.raises(ClockSkewError) as refused:
+        clock.check(remote)
+    assert refused.value.ahead_ms == 1_001
+    assert "1001 ms ahead" in str(refused.value)
+    with pytest.raises(ClockSkewError):
+        clock.observe(remote)
+    assert clock.last == before
+    assert clock.now() == before + 1  # the wall did not move: only the logical counter did
+
+
+def test_a_remote_timestamp_at_the_maximum_offset_is_accepted() -> None:
+    clock = HybridClock(FakeWall(), max_offset_ms=1_000)
+    clock.check(pack(T0 + 1_000, LOGICAL_MASK))
+    clock.observe(pack(T0 + 1_000, 3))
+    assert clock.last == pack(T0 + 1_000, 3)
+
+
+def test_an_accepted_remote_timestamp_ahead_moves_the_clock_past_it() -> None:
+    clock = HybridClock(FakeWall(), max_offset_ms=60_000)
+    clock.now()
+    remote = pack(T0 + 30_000, 9)
+    clock.observe(remote)
+    assert clock.last == remote
+    assert clock.now() > remote
+
+
+def test_a_remote_timestamp_behind_does_not_move_the_clock_back() -> None:
+    clock = HybridClock(FakeWall())
+    ours = clock.now()
+    clock.observe(pack(T0 - 10_000))
+    assert clock.last == ours
+    assert clock.now() > ours
