@@ -61,6 +61,10 @@ class PolicyBook:
         days as ``half_life_days``), ``reliability.<source> = 0.8`` or
         ``reliability.<source> = {<context> = 0.8, "*" = 0.9}``.
         """
+        unknown = set(raw) - {"default", "contexts", "reliability"}
+        if unknown:
+            known = ["contexts", "default", "reliability"]
+            raise ValueError(f"unknown policy sections {sorted(unknown)}; known: {known}")
         default = _policy(raw.get("default", {}), ContextPolicy())
         contexts = {name: _policy(v, default) for name, v in raw.get("contexts", {}).items()}
         reliability: dict[tuple[str, str], float] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -166,6 +167,17 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self.engine = engine
         self.members = members
         self._peer_name = peer_name
+        self._streams: set[grpc.ServicerContext] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Ends every incoming delta stream, so a graceful shutdown does not wait on them."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+        for context in streams:
+            context.cancel()
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
         name = self._peer_name(context)
@@ -181,6 +193,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
     ) -> Iterator[sync_pb2.ReplicateAck]:
         peer = self._authorize(context)
+        with self._lock:
+            if self._closed:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.engine.node} is shutting down")
+            self._streams.add(context)
+        context.add_callback(lambda: self._forget_stream(context))
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer} may not send deltas of {batch.origin!r}")
@@ -191,6 +208,10 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 deltas, extra=[Store.position_row("applied", peer, batch.last_seq)]
             )
             yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=outcome.refused)
+
+    def _forget_stream(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._streams.discard(context)
 
     def GetBuckets(self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext) -> sync_pb2.Buckets:
         self._authorize(context)

@@ -20,8 +20,11 @@ _SPACE = re.compile(r"\s+")
 
 
 def normalize_statement(statement: str) -> str:
-    """The form under which statements are compared: case- and whitespace-insensitive."""
-    return _SPACE.sub(" ", statement).strip().rstrip(".!").strip().casefold()
+    """The form under which statements are compared: case- and whitespace-insensitive.
+
+    Idempotent: final stops and the spaces between them go at once ("Yes. ." is "yes").
+    """
+    return _SPACE.sub(" ", statement).rstrip(" .!").strip().casefold()
 
 
 @dataclass(frozen=True, slots=True)

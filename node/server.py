@@ -97,6 +97,7 @@ class RunningNode:
     port: int
     metrics_port: int | None
     replicator: Replicator | None = None
+    sync_servicer: SyncServicer | None = None
     peer_port: int | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -112,9 +113,11 @@ class RunningNode:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self.engine.close_watches()
         if self.replicator is not None:
             self.replicator.stop()
+        if self.sync_servicer is not None:
+            self.sync_servicer.close()
+        self.engine.close_watches()
         self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
         self.store.close()
         if self._metrics_server is not None:
@@ -172,10 +175,10 @@ def start(config: NodeConfig) -> RunningNode:
         replicator = build_replicator(
             engine, config.peers, config.sync, config.peer_channel_credentials
         )
-    sync_pb2_grpc.add_SyncServicer_to_server(
-        SyncServicer(engine, config.members or frozenset(p.name for p in config.peers), config.peer_identity),
-        server,
+    sync_servicer = SyncServicer(
+        engine, config.members or frozenset(p.name for p in config.peers), config.peer_identity
     )
+    sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(engine, lambda: node_status(config, engine, replicator)), server
     )
@@ -223,6 +226,7 @@ def start(config: NodeConfig) -> RunningNode:
         bound,
         metrics_port,
         replicator,
+        sync_servicer,
         peer_port,
         metrics_server,
     )

@@ -67,6 +67,7 @@ class PeerReplicator:
         self._stop = threading.Event()
         self._wake_anti_entropy = threading.Event()
         self.connected = False
+        self._link: PeerLink | None = None
         self.acked = replica.acked(peer)
         self.dropped = False
         self._threads = [
@@ -81,6 +82,9 @@ class PeerReplicator:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake_anti_entropy.set()
+        link = self._link
+        if link is not None:
+            link.close()
         for t in self._threads:
             t.join(timeout_s)
 
@@ -112,6 +116,7 @@ class PeerReplicator:
 
     def _session(self) -> None:
         link = self._connect()
+        self._link = link
         try:
             self.run_anti_entropy(link)
             first = self._outbox.first_seq()
@@ -132,6 +137,7 @@ class PeerReplicator:
                 if self._stop.is_set():
                     break
         finally:
+            self._link = None
             link.close()
 
     def _batches(self, position: int) -> Iterator[Batch]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes import NodeProcess
+from tests.nodes import LocalCluster, NodeProcess
 
 
 @pytest.fixture
@@ -27,3 +27,18 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
             except ProcessLookupError:
                 pass
         node.stop()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Starts local clusters of real node processes; every node and proxy is stopped at teardown."""
+    clusters: list[LocalCluster] = []
+
+    def make(names: tuple[str, ...] = ("sales", "support", "billing"), **kwargs: object) -> LocalCluster:
+        cluster = LocalCluster(tmp_path / f"cluster{len(clusters)}", names, **kwargs)  # type: ignore[arg-type]
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()

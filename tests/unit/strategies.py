@@ -135,7 +135,7 @@ _full = st.builds(FullState, _replica, _replica)
 
 # Observes and deliveries are frequent, erases rare.
 _weighted = [_observe] * 6 + [_retract] * 3 + [_deliver] * 5 + [_full] * 2 + [_erase]
-ops = st.lists(st.sampled_from(_weighted).flatmap(lambda op: op), min_size=4, max_size=40)
+ops = st.lists(st.sampled_from(_weighted).flatmap(lambda op: op), min_size=4, max_size=30)
 
 
 @dataclass

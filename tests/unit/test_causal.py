@@ -13,13 +13,13 @@ from tests.unit.strategies import LAWS
 
 # Few actors and small counters, so contexts overlap, fill gaps and compact often.
 small_dots = st.builds(Dot, st.sampled_from(["a.1", "b.1", "c.2"]), st.integers(1, 12))
-dot_lists = st.lists(small_dots, max_size=30)
+dot_lists = st.lists(small_dots, max_size=20)
 
 
 @st.composite
 def built_contexts(draw: st.DrawFn) -> CausalContext:
     """A context built the ways the system builds them: from dots and by joining contexts."""
-    parts = draw(st.lists(dot_lists, min_size=1, max_size=4))
+    parts = draw(st.lists(dot_lists, min_size=1, max_size=3))
     ctx = CausalContext()
     for part in parts:
         ctx = ctx.join(CausalContext.of(part))

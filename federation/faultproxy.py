@@ -1,0 +1,93 @@
+"""A TCP proxy that injects faults on one directed link between two nodes.
+
+Modes: ``pass`` forwards; ``delay`` forwards after a delay; ``blackhole`` keeps connections open
+but silently discards everything (a stalled network); ``cut`` closes every connection and refuses
+new ones (a partition that the sender notices). Used by the fault tests and benchmarks/chaos.py;
+it listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Literal
+
+Mode = Literal["pass", "delay", "blackhole", "cut"]
+
+
+class FaultProxy:
+    def __init__(self, target: tuple[str, int], listen_host: str = "127.0.0.1") -> None:
+        self.target = target
+        self._server = socket.create_server((listen_host, 0))
+        self.address = f"{listen_host}:{self._server.getsockname()[1]}"
+        self.mode: Mode = "pass"
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"proxy-{self.address}", daemon=True).start()
+
+    def set(self, mode: Mode, delay_s: float = 0.0) -> None:
+        with self._lock:
+            self.mode = mode
+            self.delay_s = delay_s
+            doomed = list(self._conns) if mode == "cut" else []
+        for s in doomed:
+            _close(s)
+
+    def close(self) -> None:
+        self._closed = True
+        self.set("cut")
+        _close(self._server)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.mode == "cut":
+                _close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2.0)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                mode, delay = self.mode, self.delay_s
+                if mode == "cut":
+                    break
+                if mode == "blackhole":
+                    continue
+                if mode == "delay" and delay > 0:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(src)
+                self._conns.discard(dst)
+            _close(src)
+            _close(dst)
+
+
+def _close(s: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        s.close()

@@ -1,0 +1,272 @@
+"""Local clusters of real node processes, for the tests and the benchmarks.
+
+Every node runs as its own `selfmodel node` process on free loopback ports; with proxies on,
+each directed link between two nodes goes through a FaultProxy so a test can partition, stall,
+delay or cut it. Everything started here is stopped by ``stop()`` (use it as a context manager).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+
+from federation.client import Client
+from federation.faultproxy import FaultProxy, Mode
+
+_LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(address: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node at {address} not healthy after {timeout_s}s")
+            time.sleep(0.05)
+
+
+@dataclass
+class NodeProcess:
+    """One `selfmodel node` process; restartable on the same data directory and port."""
+
+    name: str
+    data_dir: Path
+    args: Sequence[str] = ()
+    port: int = 0
+    cluster_file: Path | None = None
+    proc: subprocess.Popen[str] | None = None
+    address: str = ""
+    metrics_port: int | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "federation", "node", "--name", self.name]
+        if self.cluster_file is not None:
+            return [*base, "--cluster", str(self.cluster_file), *self.args]
+        return [
+            *base,
+            "--data", str(self.data_dir),
+            "--listen", f"127.0.0.1:{self.port}",
+            "--metrics", "127.0.0.1:0",
+            *self.args,
+        ]  # fmt: skip
+
+    def start(self) -> NodeProcess:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = _LISTENING.search(line)
+        if not match:
+            self.kill()
+            raise RuntimeError(f"node {self.name} did not start: {line!r}\n{self.log()}")
+        self.address = match.group(1)
+        self.port = int(self.address.rsplit(":", 1)[1])
+        self.metrics_port = int(match.group(2)) if match.group(2) else None
+        wait_healthy(self.address)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused node cannot handle SIGTERM
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no flush."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._close()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def _close(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class LocalCluster:
+    """N nodes with full replication, each directed link behind a fault proxy."""
+
+    def __init__(
+        self,
+        root: Path,
+        names: Sequence[str] = ("sales", "support", "billing"),
+        *,
+        sync: dict[str, Any] | None = None,
+        proxies: bool = True,
+        fsync: bool = False,
+        max_clock_offset_ms: int = 60_000,
+    ) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port() for name in names}
+        self.proxies: dict[tuple[str, str], FaultProxy] = {}
+        if proxies:
+            for a in names:
+                for b in names:
+                    if a != b:
+                        self.proxies[(a, b)] = FaultProxy(("127.0.0.1", self.ports[b]))
+        settings = {"anti_entropy_s": 2.0, "backoff_max_s": 1.0, **(sync or {})}
+        lines = [
+            "[cluster]",
+            f'data = "{root}"',
+            f"fsync = {'true' if fsync else 'false'}",
+            f"max_clock_offset_ms = {max_clock_offset_ms}",
+            "[cluster.sync]",
+            *(f"{k} = {v!r}" for k, v in settings.items()),
+        ]
+        for name in names:
+            lines += [
+                "[[node]]",
+                f'name = "{name}"',
+                f'address = "127.0.0.1:{self.ports[name]}"',
+                'metrics = "127.0.0.1:0"',
+            ]
+            routes = {b: p.address for (a, b), p in self.proxies.items() if a == name}
+            if routes:
+                lines.append("routes = {" + ", ".join(f'{k} = "{v}"' for k, v in routes.items()) + "}")
+        self.file = root / "cluster.toml"
+        self.file.write_text("\n".join(lines) + "\n")
+        self.nodes = {
+            name: NodeProcess(name, root / name, port=self.ports[name], cluster_file=self.file)
+            for name in names
+        }
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> LocalCluster:
+        try:
+            for node in self.nodes.values():
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        for proxy in self.proxies.values():
+            proxy.close()
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def client(self, name: str, agent: str, tenant: str = "acme", **kwargs: Any) -> Client:
+        return Client(self.address(name), agent=agent, tenant=tenant, **kwargs)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def links(self, a: str, b: str, mode: Mode, delay_s: float = 0.0) -> None:
+        """Sets both directions between a and b."""
+        for pair in ((a, b), (b, a)):
+            self.proxies[pair].set(mode, delay_s)
+
+    def partition(self, *groups: Iterable[str], mode: Mode = "cut") -> None:
+        side = {name: i for i, g in enumerate(groups) for name in g}
+        for (a, b), proxy in self.proxies.items():
+            proxy.set(mode if side.get(a, -1) != side.get(b, -2) else "pass")
+
+    def heal(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.set("pass")
+
+    # -- convergence -----------------------------------------------------------------------
+
+    def bucket_hashes(self, name: str) -> list[bytes]:
+        other = next(n for n in self.nodes if n != name)
+        with grpc.insecure_channel(self.address(name)) as channel:
+            reply = sync_pb2_grpc.SyncStub(channel).GetBuckets(
+                sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=(("x-selfmodel-node", other),)
+            )
+        return list(reply.hashes)
+
+    def converged(self, names: Iterable[str] | None = None) -> bool:
+        hashes = [self.bucket_hashes(n) for n in (names or self.nodes)]
+        return all(h == hashes[0] for h in hashes)
+
+    def wait_converged(self, timeout_s: float = 30.0, names: Iterable[str] | None = None) -> float:
+        """Seconds until every node holds identical digests; TimeoutError otherwise."""
+        started = time.monotonic()
+        chosen = list(names or self.nodes)
+        while True:
+            try:
+                if self.converged(chosen):
+                    return time.monotonic() - started
+            except grpc.RpcError:
+                pass
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"nodes {chosen} did not converge within {timeout_s}s")
+            time.sleep(0.1)
