@@ -29,6 +29,9 @@ _KEEPALIVE = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # A fresh connection per link: a connection stalled by a broken network must not be shared
+    # by the next session's channel (gRPC pools subchannels across channels by default).
+    ("grpc.use_local_subchannel_pool", 1),
     # Reconnect quickly after a peer comes back; our own backoff spaces the sessions.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),

@@ -4,8 +4,13 @@ Every event (observe, retract, erase) gets a fresh dot. An observe's delta carri
 observation and, in its context, the dots it supersedes; a retract's delta carries only the dots
 it removes (observed-remove: a concurrent new observation survives); an erase raises the
 generation, and the higher generation wins a merge outright. A delta is itself a state, so
-``merge`` is commutative, associative and idempotent, and ``(generation, context)`` is an exact
-digest of a state: replicas that saw the same events hold the same observations.
+``merge`` is commutative, associative and idempotent.
+
+``(generation, context)`` pins the observations down only when deltas are merged in causal order
+(a delta after the deltas of the dots it removes): a replica that merged an observe delta but not
+the delta of the dot it superseded holds that dot in its context while still showing what the
+missing delta superseded. ``digest`` therefore also covers the observations' dots, so equal
+digests mean equal states whatever the delivery order, and anti-entropy repairs such a replica.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class SubjectState:
         return self.context.includes(context)
 
     def digest(self) -> bytes:
-        return digest(self.generation, self.context)
+        return digest(self.generation, self.context, self.observations)
 
 
 def merge(a: SubjectState, b: SubjectState) -> SubjectState:
@@ -80,13 +85,16 @@ def erase_delta(state: SubjectState, actor: str) -> SubjectState:
     )
 
 
-def digest(generation: int, context: CausalContext) -> bytes:
+def digest(generation: int, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:
+    """An exact digest of a state: its generation, context and the dots of its observations."""
     h = hashlib.blake2b(digest_size=16)
     h.update(generation.to_bytes(8, "big"))
     for actor, counter in sorted(context.vector.items()):
         h.update(b"v%s\x00%d\x00" % (actor.encode(), counter))
     for dot in sorted(context.cloud):
         h.update(b"c%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
+    for dot in sorted(observed):
+        h.update(b"o%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
     return h.digest()
 
 

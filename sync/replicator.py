@@ -68,6 +68,7 @@ class PeerReplicator:
         self._wake_anti_entropy = threading.Event()
         self.connected = False
         self._link: PeerLink | None = None
+        self._ae_link: PeerLink | None = None
         self.acked = replica.acked(peer)
         self.dropped = False
         self._threads = [
@@ -82,9 +83,9 @@ class PeerReplicator:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._wake_anti_entropy.set()
-        link = self._link
-        if link is not None:
-            link.close()
+        for link in (self._link, self._ae_link):
+            if link is not None:
+                link.close()
         for t in self._threads:
             t.join(timeout_s)
 
@@ -189,9 +190,11 @@ class PeerReplicator:
                 return
             try:
                 link = self._connect()
+                self._ae_link = link
                 try:
                     self.run_anti_entropy(link)
                 finally:
+                    self._ae_link = None
                     link.close()
             except Exception as exc:
                 log.debug("anti-entropy with %s failed: %s", self.peer, _describe(exc))
@@ -211,6 +214,7 @@ class Replicator:
         self.settings = settings or SyncSettings()
         self._outbox = outbox
         self._trim_lock = threading.Lock()
+        self._stopped = threading.Event()
         self.peers = {
             name: PeerReplicator(name, outbox, replica, connect, self.settings, self.trim)
             for name, connect in peers.items()
@@ -219,19 +223,21 @@ class Replicator:
     def start(self) -> None:
         for p in self.peers.values():
             p.start()
-        threading.Thread(target=self._report_connected, name="sync-report", daemon=True).start()
-        self._running = True
+        threading.Thread(target=self._housekeeping, name="sync-housekeeping", daemon=True).start()
 
     def stop(self) -> None:
-        self._running = False
+        self._stopped.set()
         for p in self.peers.values():
             p.stop()
 
-    def _report_connected(self) -> None:
-        while getattr(self, "_running", False):
+    def _housekeeping(self) -> None:
+        """Trims the outbox (also when no acknowledgement arrives) and reports peer counts."""
+        while not self._stopped.wait(1.0):
             metrics.PEERS_CONNECTED.set(sum(p.connected for p in self.peers.values()))
-            self.trim()
-            time.sleep(1.0)
+            try:
+                self.trim()
+            except Exception:
+                log.exception("outbox trim failed")
 
     def trim(self) -> None:
         """Trims to the lowest acknowledgement of the peers still within retention."""

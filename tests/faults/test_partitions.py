@@ -1,0 +1,170 @@
+"""Faults injected into real clusters: partitions, kill -9, long absences, flapping links."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from federation.client import Client, user
+from node.errors import SelfModelError
+
+pytestmark = pytest.mark.faults
+
+CTX = "purchase_motivation"
+
+
+def model_of(client: Client, subject_id: str) -> list[tuple]:
+    view = client.self_model(user(subject_id), include_uncertain=True)
+    return [
+        (b.context, b.key, b.statement, b.confidence, b.uncertain,
+         tuple(s.source for s in b.supporters), tuple(s.source for s in b.dissenters))
+        for b in view.all_beliefs
+    ]  # fmt: skip
+
+
+def assert_same_models(cluster, subjects: list[str]) -> dict[str, list[tuple]]:
+    models: dict[str, dict[str, list[tuple]]] = {}
+    for name in cluster.nodes:
+        with cluster.client(name, "auditor") as c:
+            models[name] = {s: model_of(c, s) for s in subjects}
+    first = next(iter(models.values()))
+    for name, m in models.items():
+        assert m == first, f"node {name} resolved differently"
+    return first
+
+
+def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_identical_state(make_cluster):
+    cluster = make_cluster()
+    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
+        for i in range(1, 6):
+            sales.observe(user(f"s{i}"), f"Budget is {i}0k", confidence=0.7, context="budget", key="amount")
+            support.observe(user(f"s{i}"), "Prefers email", confidence=0.8, context="channel_pref", key="channel")
+        cluster.wait_converged()
+
+        cluster.partition({"sales"}, {"support", "billing"})
+        # sales side
+        sales.observe(user("s1"), "Budget is 99k", confidence=0.9, context="budget", key="amount")
+        assert sales.retract(user("s2"), "budget", "amount").count == 1
+        sales.forget(user("s3"))
+        sales.observe(user("s6"), "New lead", confidence=0.9, context=CTX)
+        # support side, concurrently
+        support.observe(user("s1"), "Budget is 5k", confidence=0.95, context="budget", key="amount")
+        support.observe(user("s3"), "Written before seeing the forget", confidence=0.9, context=CTX)
+        support.forget(user("s4"))
+        assert support.retract(user("s5"), "channel_pref", "channel").count == 1
+        with cluster.client("billing", "billing_agent") as billing:
+            billing.observe(user("s6"), "Asked for an invoice", confidence=0.8, context="billing_events")
+        with pytest.raises(TimeoutError):
+            cluster.wait_converged(timeout_s=1.0)
+
+        cluster.heal()
+        elapsed = cluster.wait_converged(timeout_s=30)
+        print(f"converged {elapsed:.2f}s after heal")
+
+    models = assert_same_models(cluster, [f"s{i}" for i in range(1, 7)])
+    s1 = {b[1]: b for b in models["s1"]}
+    assert s1["amount"][2] == "Budget is 5k"  # the more confident concurrent write wins
+    assert "sales_agent" in s1["amount"][6]  # and the loser stays visible as a dissenter
+    assert all(b[0] != "budget" for b in models["s2"])
+    assert models["s3"] == [] and models["s4"] == []
+    assert all(b[0] != "channel_pref" for b in models["s5"])
+    assert {b[0] for b in models["s6"]} == {CTX, "billing_events"}
+
+
+def test_a_node_killed_with_kill_9_and_restarted_catches_up(make_cluster):
+    cluster = make_cluster()
+    cluster.nodes["billing"].kill()
+    with cluster.client("sales", "sales_agent") as sales:
+        for i in range(30):
+            sales.observe(user("u-k9"), f"fact {i}", confidence=0.8, context="facts", key=f"k{i}")
+    cluster.nodes["billing"].start()
+    cluster.wait_converged(timeout_s=30)
+    with cluster.client("billing", "reader") as billing:
+        assert len(billing.self_model(user("u-k9")).beliefs("facts")) == 30
+
+
+def test_a_node_away_past_the_outbox_retention_catches_up_through_anti_entropy(make_cluster):
+    cluster = make_cluster(("sales", "support"), sync={"retention_entries": 5, "anti_entropy_s": 60.0})
+    cluster.nodes["support"].stop()
+    with cluster.client("sales", "sales_agent") as sales:
+        for i in range(40):
+            sales.observe(user(f"away-{i % 8}"), f"fact {i}", confidence=0.8, context="facts", key=f"k{i}")
+    # the outbox was trimmed past support's position while it was away
+    deadline = time.monotonic() + 10
+    while "retention" not in cluster.nodes["sales"].log():
+        assert time.monotonic() < deadline, "sales never dropped the absent peer from its outbox"
+        time.sleep(0.2)
+    cluster.nodes["support"].start()
+    cluster.wait_converged(timeout_s=30)
+    with cluster.client("support", "reader") as support:
+        total = sum(len(support.self_model(user(f"away-{j}")).beliefs("facts")) for j in range(8))
+    assert total == 40
+    assert "caught up by anti-entropy" in cluster.nodes["sales"].log()
+
+
+def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
+    cluster = make_cluster(sync={"anti_entropy_s": 1.0})
+    rng = random.Random(20261124)
+    acked: list[tuple[str, str]] = []  # (subject, key)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(node: str) -> None:
+        with cluster.client(node, f"{node}_agent", timeout_s=2.0, attempts=1) as c:
+            i = 0
+            while not stop.is_set() and i < 400:
+                subject, key = f"flap-{i % 10}", f"{node}-{i}"
+                try:
+                    c.observe(user(subject), f"{node} says {i}", confidence=0.8, context="facts", key=key)
+                    with lock:
+                        acked.append((subject, key))
+                except SelfModelError:
+                    pass
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in cluster.nodes]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(8):
+            a, b = rng.sample(sorted(cluster.nodes), 2)
+            cluster.links(a, b, rng.choice(["cut", "blackhole", "delay"]), delay_s=0.05)
+            time.sleep(0.5)
+            cluster.heal()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    cluster.heal()
+    cluster.wait_converged(timeout_s=45)
+    for name in cluster.nodes:
+        with cluster.client(name, "auditor") as c:
+            present = {
+                (f"flap-{j}", b.key)
+                for j in range(10)
+                for b in c.self_model(user(f"flap-{j}")).beliefs("facts")
+            }
+        missing = set(acked) - present
+        assert not missing, f"{name} lost {len(missing)} acknowledged writes, e.g. {sorted(missing)[:3]}"
+    assert len(acked) > 50
+
+
+def test_a_forgotten_subject_never_comes_back(make_cluster):
+    cluster = make_cluster()
+    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
+        sales.observe(user("gone"), "Secret preference", confidence=0.9, context=CTX)
+        cluster.wait_converged()
+        cluster.partition({"sales"}, {"support", "billing"})
+        sales.forget(user("gone"))
+        support.observe(user("gone"), "Written on the other side", confidence=0.9, context=CTX, key="late")
+        cluster.heal()
+        cluster.wait_converged(timeout_s=30)
+    cluster.nodes["billing"].kill()
+    cluster.nodes["billing"].start()
+    cluster.wait_converged(timeout_s=30)
+    for name in cluster.nodes:
+        with cluster.client(name, "auditor") as c:
+            assert c.self_model(user("gone"), include_uncertain=True).all_beliefs == (), name
