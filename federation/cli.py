@@ -121,11 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run one node until SIGTERM or Ctrl-C")
     node.add_argument("--name", default="local", help="node name (default: local)")
     node.add_argument("--data", default="data/local", help="data directory (default: data/local)")
-    node.add_argument("--listen", default=DEFAULT_TARGET, help=f"gRPC address (default: {DEFAULT_TARGET})")
-    node.add_argument("--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)")
-    node.add_argument("--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)")
+    node.add_argument(
+        "--listen", default=DEFAULT_TARGET, help=f"gRPC address (default: {DEFAULT_TARGET})"
+    )
+    node.add_argument(
+        "--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)"
+    )
+    node.add_argument(
+        "--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)"
+    )
     node.add_argument("--policies", help="TOML file with a [policies] table")
-    node.add_argument("--cluster", help="cluster file: run its node --name (other flags then ignored)")
+    node.add_argument(
+        "--cluster", help="cluster file: run its node --name (other flags then ignored)"
+    )
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
@@ -140,10 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_cluster_status)
 
     def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--target", default=DEFAULT_TARGET, help=f"node address (default: {DEFAULT_TARGET})")
-        p.add_argument("--agent", default="cli", help="agent id for development nodes (default: cli)")
+        p.add_argument(
+            "--target", default=DEFAULT_TARGET, help=f"node address (default: {DEFAULT_TARGET})"
+        )
+        p.add_argument(
+            "--agent", default="cli", help="agent id for development nodes (default: cli)"
+        )
         p.add_argument("--token", help="bearer token")
-        p.add_argument("--tenant", default="default", help="tenant of kind:id subjects (default: default)")
+        p.add_argument(
+            "--tenant", default="default", help="tenant of kind:id subjects (default: default)"
+        )
 
     obs = sub.add_parser("observe", help="record an observation")
     obs.add_argument("subject", help="tenant/kind/id or kind:id, e.g. user:u-42")

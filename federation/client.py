@@ -19,8 +19,6 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
-from sync.observation import Evidence, Subject, SubjectKind
 from tenacity import (
     AsyncRetrying,
     Retrying,
@@ -30,6 +28,8 @@ from tenacity import (
 )
 
 from node.errors import BY_STATUS, SelfModelError
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.observation import Evidence, Subject, SubjectKind
 
 T = TypeVar("T")
 
@@ -70,7 +70,9 @@ def parse_subject(text: str, tenant: str = DEFAULT_TENANT) -> Subject:
     if len(parts) == 2:
         parts = [tenant, *parts]
     if len(parts) != 3 or parts[1].upper() not in SubjectKind.__members__:
-        raise ValueError(f"subject {text!r} must be tenant/kind/id or kind:id (kind: user|team|org)")
+        raise ValueError(
+            f"subject {text!r} must be tenant/kind/id or kind:id (kind: user|team|org)"
+        )
     return Subject(parts[0], SubjectKind[parts[1].upper()], parts[2])
 
 
@@ -342,7 +344,7 @@ class Client:
                 return
             raise error_from_rpc(exc) from exc
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]
 
     def forget(self, subject: SubjectLike) -> str:
         req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
@@ -466,7 +468,7 @@ class AsyncClient:
         return str((await self._call(self._stub.ForgetSubject, req)).handoff_token)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

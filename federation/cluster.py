@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sync.replicator import SyncSettings
-
 from node import tls
 from node.policy import PolicyBook
 from node.replication import PeerConfig
 from node.server import NodeConfig
+from sync.replicator import SyncSettings
 
 DEFAULT_CLUSTER = """\
 # The embedded default: three domain nodes on loopback, data under ./data.
@@ -113,9 +112,7 @@ class Cluster:
 
     def peers_of(self, name: str) -> tuple[PeerConfig, ...]:
         me = self.node(name)
-        return tuple(
-            PeerConfig(p, me.routes.get(p, self.node(p).peer_address)) for p in me.peers
-        )
+        return tuple(PeerConfig(p, me.routes.get(p, self.node(p).peer_address)) for p in me.peers)
 
 
 def load(path: Path | None) -> Cluster:
@@ -148,7 +145,16 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         raise ClusterFileError(f"every [[node]] needs a unique name, got {names}")
     nodes = []
     for s in specs:
-        unknown = set(s) - {"name", "domain", "address", "peer_address", "metrics", "data", "peers", "routes"}
+        unknown = set(s) - {
+            "name",
+            "domain",
+            "address",
+            "peer_address",
+            "metrics",
+            "data",
+            "peers",
+            "routes",
+        }
         if unknown:
             raise ClusterFileError(f"node {s['name']}: unknown keys {sorted(unknown)}")
         if "address" not in s:
@@ -156,7 +162,9 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         peers = tuple(s.get("peers", [n for n in names if n != s["name"]]))
         for p in peers:
             if p not in names or p == s["name"]:
-                raise ClusterFileError(f"node {s['name']}: peer {p!r} is not another node of the file")
+                raise ClusterFileError(
+                    f"node {s['name']}: peer {p!r} is not another node of the file"
+                )
         nodes.append(
             NodeSpec(
                 name=s["name"],
@@ -179,7 +187,9 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         t = cluster["tls"]
         missing = {"ca", "cert", "key"} - set(t)
         if missing:
-            raise ClusterFileError(f"[cluster.tls] needs ca, cert and key; missing {sorted(missing)}")
+            raise ClusterFileError(
+                f"[cluster.tls] needs ca, cert and key; missing {sorted(missing)}"
+            )
         tls = {
             n.name: TlsFiles(
                 _path(base, t["ca"]),

@@ -22,10 +22,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
+from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
 START_TIMEOUT_S = 30.0
@@ -190,7 +190,9 @@ class LocalCluster:
             ]
             routes = {b: p.address for (a, b), p in self.proxies.items() if a == name}
             if routes:
-                lines.append("routes = {" + ", ".join(f'{k} = "{v}"' for k, v in routes.items()) + "}")
+                lines.append(
+                    "routes = {" + ", ".join(f'{k} = "{v}"' for k, v in routes.items()) + "}"
+                )
         self.file = root / "cluster.toml"
         self.file.write_text("\n".join(lines) + "\n")
         self.nodes = {
@@ -202,7 +204,10 @@ class LocalCluster:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -10,12 +10,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import grpc
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 from federation.cluster import DEFAULT_CLUSTER, Cluster
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0
 
@@ -28,7 +28,7 @@ class Child:
 
 
 def effective_file(cluster: Cluster) -> Path:
-    """The cluster file the nodes read: the given one, or the embedded default written under data/."""
+    """The cluster file the nodes read: the given one, or the embedded default under data/."""
     if cluster.source is not None:
         return cluster.source
     path = cluster.nodes[0].data.parent / "cluster.toml"
@@ -45,7 +45,17 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
         log_path = spec.data.parent / f"{spec.name}.log"
         with open(log_path, "a") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "federation", "node", "--cluster", str(path), "--name", spec.name, *extra],
+                [
+                    sys.executable,
+                    "-m",
+                    "federation",
+                    "node",
+                    "--cluster",
+                    str(path),
+                    "--name",
+                    spec.name,
+                    *extra,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -62,12 +72,16 @@ def wait_started(children: list[Child], out: TextIO) -> bool:
         line = _readline(child.proc.stdout, max(0.1, deadline - time.monotonic()))
         if "listening on" not in line:
             ok = False
-            tail = "".join(child.log.read_text().splitlines(keepends=True)[-15:]) if child.log.exists() else ""
+            tail = (
+                "".join(child.log.read_text().splitlines(keepends=True)[-15:])
+                if child.log.exists()
+                else ""
+            )
             print(f"node {child.name} did not start (see {child.log}):\n{tail}", file=out)
     return ok
 
 
-def _readline(stream: TextIO, timeout_s: float) -> str:
+def _readline(stream: IO[str], timeout_s: float) -> str:
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
     reader.start()
@@ -90,7 +104,9 @@ def stop_children(children: list[Child], timeout_s: float = 15.0) -> None:
             child.proc.stdout.close()
 
 
-def status_rows(cluster: Cluster, token: str | None = None, timeout_s: float = 2.0) -> list[list[str]]:
+def status_rows(
+    cluster: Cluster, token: str | None = None, timeout_s: float = 2.0
+) -> list[list[str]]:
     rows = []
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     for spec in cluster.nodes:
@@ -104,17 +120,32 @@ def status_rows(cluster: Cluster, token: str | None = None, timeout_s: float = 2
             lag = max((p.lag_seconds for p in status.peers), default=0.0)
             rows.append([
                 spec.name, spec.domain, spec.address, "serving",
-                f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s", str(status.incarnation),
+                f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s",
+                str(status.incarnation),
             ])  # fmt: skip
         except grpc.RpcError as exc:
-            rows.append([spec.name, spec.domain, spec.address, f"down ({exc.code().name})", "-", "-", "-", "-"])
+            rows.append(
+                [
+                    spec.name,
+                    spec.domain,
+                    spec.address,
+                    f"down ({exc.code().name})",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
     return rows
 
 
 def format_table(rows: list[list[str]]) -> str:
     header = ["node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -128,14 +159,23 @@ def up(cluster: Cluster, out: TextIO = sys.stdout, token: str | None = None) -> 
             return 1
         time.sleep(0.5)  # let the peers connect before the first status
         print(format_table(status_rows(cluster, token)), file=out)
-        print(f"\n{len(children)} nodes running; logs in {children[0].log.parent}/. Ctrl-C stops them.", file=out, flush=True)
+        print(
+            f"\n{len(children)} nodes running; logs in {children[0].log.parent}/. "
+            "Ctrl-C stops them.",
+            file=out,
+            flush=True,
+        )
         reported: set[str] = set()
         while not stop.wait(1.0):
             for child in children:
                 code = child.proc.poll()
                 if code is not None and child.name not in reported:
                     reported.add(child.name)
-                    print(f"node {child.name} exited with code {code}; see {child.log}", file=out, flush=True)
+                    print(
+                        f"node {child.name} exited with code {code}; see {child.log}",
+                        file=out,
+                        flush=True,
+                    )
             if len(reported) == len(children):
                 return 1
         print("stopping the cluster...", file=out, flush=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from node.resolution import Belief, Explanation, Position
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
 from sync.observation import Subject
-
-from node.resolution import Belief, Explanation, Position
 
 
 def _position(p: Position, msg: model_pb2.Support) -> None:

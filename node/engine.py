@@ -14,17 +14,16 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sync.causal import CausalContext
-from sync.codec import Position, encode_token
-from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta, slot_dots
-from sync.hlc import ClockSkewError, HybridClock, wall_ms
-from sync.observation import Evidence, Observation, Subject
-
 from node import metrics
 from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
+from sync.causal import CausalContext
+from sync.codec import Position, encode_token
+from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta, slot_dots
+from sync.hlc import ClockSkewError, HybridClock, wall_ms
+from sync.observation import Evidence, Observation, Subject
 
 STRIPES = 256
 
@@ -242,7 +241,8 @@ class Engine:
                     metrics.HANDOFF_TIMEOUTS.inc()
                     raise HandoffTimeout(
                         f"node {self.node} has not yet merged the handoff token's position for "
-                        f"{subject} (waited {timeout_s:.3f}s); retry later or read on the writer's node"
+                        f"{subject} (waited {timeout_s:.3f}s); retry with a longer deadline "
+                        "or read on the writer's node"
                     )
                 self._merged.wait(remaining)
 
@@ -278,7 +278,9 @@ class Engine:
         token = encode_token({subject: (state.generation, state.context)})
         if not found:
             return None, token
-        return explain_slot(found, self.policies.for_context(context), self.policies, self._now_ms()), token
+        return explain_slot(
+            found, self.policies.for_context(context), self.policies, self._now_ms()
+        ), token
 
     def position(self, subject: Subject) -> tuple[int, CausalContext]:
         state = self.state(subject)

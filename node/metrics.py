@@ -79,14 +79,14 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return str(code)
 
 
-class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Counts and times every RPC, as go-grpc-prometheus names the families."""
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -131,7 +131,9 @@ def _wrap_unary(fn: Callable[..., Any], kind: str, service: str, method: str) ->
     return wrapped
 
 
-def _wrap_stream(fn: Callable[..., Any], kind: str, service: str, method: str) -> Callable[..., Any]:
+def _wrap_stream(
+    fn: Callable[..., Any], kind: str, service: str, method: str
+) -> Callable[..., Any]:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         GRPC_STARTED.labels(kind, service, method).inc()
         sent = GRPC_MSG_SENT.labels(kind, service, method)

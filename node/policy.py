@@ -32,7 +32,9 @@ class ContextPolicy:
         if self.max_observations < 1:
             raise ValueError(f"max_observations must be at least 1, got {self.max_observations}")
         if not 0.0 <= self.evidence_discount < 1.0:
-            raise ValueError(f"evidence_discount must be within [0, 1), got {self.evidence_discount}")
+            raise ValueError(
+                f"evidence_discount must be within [0, 1), got {self.evidence_discount}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,9 @@ def _policy(raw: Mapping[str, Any], base: ContextPolicy) -> ContextPolicy:
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown policy fields {sorted(unknown)}; known: {sorted(known)}")
-    half_life = raw.get("half_life_days", None if base.half_life_s is None else base.half_life_s / DAY_S)
+    half_life = raw.get(
+        "half_life_days", None if base.half_life_s is None else base.half_life_s / DAY_S
+    )
     return ContextPolicy(
         policy=raw.get("policy", base.policy),
         min_confidence=float(raw.get("min_confidence", base.min_confidence)),

@@ -1,4 +1,4 @@
-"""The node's side of replication: the sync layer's ports over RocksDB and gRPC, and the Sync servicer."""
+"""The node's side of replication: the sync ports over RocksDB and gRPC, and the Sync servicer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+
+from node.engine import Engine
+from node.store import Store
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import state_from_proto, state_to_proto, subject_from_proto, subject_to_proto
@@ -15,9 +19,6 @@ from sync.crdt import SubjectState
 from sync.observation import Subject
 from sync.ports import Batch, Merged
 from sync.replicator import Replicator, SyncSettings
-
-from node.engine import Engine
-from node.store import Store
 
 log = logging.getLogger("selfmodel.node")
 
@@ -61,7 +62,9 @@ class StoreOutbox:
         entries = self.store.outbox(after, limit)
         if not entries:
             return None
-        return Batch(entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms)
+        return Batch(
+            entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms
+        )
 
     def first_seq(self) -> int:
         return self.store.outbox_first()
@@ -120,7 +123,7 @@ class GrpcPeerLink:
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         self._md = ((NODE_HEADER, me),)
         self._me = me
-        self._call: grpc.Future | None = None
+        self._call: Any = None
 
     def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
         def requests() -> Iterator[sync_pb2.ReplicateBatch]:
@@ -138,12 +141,16 @@ class GrpcPeerLink:
             yield ack.acked_seq
 
     def buckets(self) -> list[bytes]:
-        reply = self._stub.GetBuckets(sync_pb2.GetBucketsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md)
+        reply = self._stub.GetBuckets(
+            sync_pb2.GetBucketsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md
+        )
         return list(reply.hashes)
 
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
         reply = self._stub.GetDigests(
-            sync_pb2.GetDigestsRequest(buckets=list(buckets)), timeout=CALL_TIMEOUT_S, metadata=self._md
+            sync_pb2.GetDigestsRequest(buckets=list(buckets)),
+            timeout=CALL_TIMEOUT_S,
+            metadata=self._md,
         )
         return [(subject_from_proto(d.subject), d.digest) for d in reply.digests]
 
@@ -180,7 +187,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             self._closed = True
             streams = list(self._streams)
         for context in streams:
-            context.cancel()
+            context.cancel()  # type: ignore[no-untyped-call]
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
         name = self._peer_name(context)
@@ -198,12 +205,17 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         peer = self._authorize(context)
         with self._lock:
             if self._closed:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"node {self.engine.node} is shutting down")
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"node {self.engine.node} is shutting down"
+                )
             self._streams.add(context)
         context.add_callback(lambda: self._forget_stream(context))
         for batch in request_iterator:
             if batch.origin != peer:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer} may not send deltas of {batch.origin!r}")
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{peer} may not send deltas of {batch.origin!r}",
+                )
             deltas = [state_from_proto(d) for d in batch.deltas]
             sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
             sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
@@ -216,22 +228,30 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         with self._lock:
             self._streams.discard(context)
 
-    def GetBuckets(self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext) -> sync_pb2.Buckets:
+    def GetBuckets(
+        self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.Buckets:
         self._authorize(context)
         return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
 
-    def GetDigests(self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext) -> sync_pb2.Digests:
+    def GetDigests(
+        self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.Digests:
         self._authorize(context)
         reply = sync_pb2.Digests()
         for bucket in request.buckets:
             if bucket >= len(self.engine.store.bucket_hashes()):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range"
+                )
             for subject, digest in self.engine.store.bucket_digests(bucket):
                 d = reply.digests.add(digest=digest)
                 d.subject.CopyFrom(subject_to_proto(subject))
         return reply
 
-    def ExchangeStates(self, request: sync_pb2.StateExchange, context: grpc.ServicerContext) -> sync_pb2.StateExchange:
+    def ExchangeStates(
+        self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
+    ) -> sync_pb2.StateExchange:
         self._authorize(context)
         incoming = [state_from_proto(s) for s in request.states]
         self.engine.merge_remote(incoming)

@@ -11,10 +11,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from node.policy import ContextPolicy, PolicyBook
 from sync.hlc import physical_ms
 from sync.observation import Observation
-
-from node.policy import ContextPolicy, PolicyBook
 
 _SPACE = re.compile(r"\s+")
 
@@ -114,9 +113,13 @@ def explain_slot(
 
     uncertain = all(w.below_minimum for w in weighted) or confidence < policy.min_confidence
     if uncertain:
-        reason += f"; uncertain: confidence {confidence:.2f} is below the minimum {policy.min_confidence:.2f}"
+        reason += (
+            f"; uncertain: confidence {confidence:.2f} is below the minimum "
+            f"{policy.min_confidence:.2f}"
+        )
 
-    supporters, dissenters = [], []
+    supporters: list[Position] = []
+    dissenters: list[Position] = []
     for w in weighted:
         o = w.observation
         p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
@@ -135,9 +138,7 @@ def explain_slot(
     return Explanation(belief, weighted, tuple(candidates), reason)
 
 
-def resolve(
-    observations: Iterable[Observation], book: PolicyBook, now_ms: int
-) -> list[Belief]:
+def resolve(observations: Iterable[Observation], book: PolicyBook, now_ms: int) -> list[Belief]:
     """Every slot's belief, ordered by (context, key)."""
     slots: dict[tuple[str, str], list[Observation]] = {}
     for obs in observations:
@@ -180,13 +181,17 @@ def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
                 newest_hlc=max(w.observation.hlc for w in members),
             )
         )
-    candidates.sort(key=lambda c: (-round(c.support, 12), -c.newest_hlc, normalize_statement(c.statement)))
+    candidates.sort(
+        key=lambda c: (-round(c.support, 12), -c.newest_hlc, normalize_statement(c.statement))
+    )
     return candidates
 
 
 def _weighted_reason(candidates: Sequence[Candidate]) -> str:
     win = candidates[0]
-    text = f"{win.statement!r} has the highest support {win.support:.2f} from {', '.join(win.sources)}"
+    text = (
+        f"{win.statement!r} has the highest support {win.support:.2f} from {', '.join(win.sources)}"
+    )
     if len(candidates) > 1:
         runner = candidates[1]
         if round(runner.support, 12) == round(win.support, 12):

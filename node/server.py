@@ -17,9 +17,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
-from sync.hlc import HybridClock
-from sync.replicator import Replicator, SyncSettings
 
 from node import metrics
 from node.engine import Engine
@@ -34,6 +31,9 @@ from node.replication import (
 from node.servicer import AdminServicer, Principal, SelfModelServicer, identify_by_header
 from node.store import Store
 from node.validation import Limits
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from sync.hlc import HybridClock
+from sync.replicator import Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
 
@@ -126,7 +126,7 @@ class RunningNode:
 
 
 def start(config: NodeConfig) -> RunningNode:
-    host, port = split_address(config.listen)
+    host, _ = split_address(config.listen)
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
@@ -198,10 +198,14 @@ def start(config: NodeConfig) -> RunningNode:
             if config.peer_server_credentials is None:
                 peer_port = server.add_insecure_port(config.peer_listen)
             else:
-                peer_port = server.add_secure_port(config.peer_listen, config.peer_server_credentials)
+                peer_port = server.add_secure_port(
+                    config.peer_listen, config.peer_server_credentials
+                )
     except RuntimeError as exc:
         store.close()
-        raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}: {exc}") from exc
+        raise ConfigError(
+            f"cannot listen on {config.listen} / {config.peer_listen}: {exc}"
+        ) from exc
     if bound == 0 or peer_port == 0:
         store.close()
         raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}")

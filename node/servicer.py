@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 
 from node import convert, validation
 from node.engine import Engine
 from node.errors import InvalidArgument, PermissionDenied, SelfModelError
 from node.resolution import select
 from node.validation import Limits
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 
 log = logging.getLogger("selfmodel.node")
 
@@ -57,7 +57,9 @@ def _edge(fn: F) -> F:
             context.abort(grpc.StatusCode[exc.status], str(exc))
         except Exception:
             log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log")
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log"
+            )
 
     return wrapped  # type: ignore[return-value]
 
@@ -117,7 +119,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         result = self.engine.observe(who.agent, items)
         reply = selfmodel_pb2.ObserveBatchResponse(handoff_token=result.token)
         for w in result.written:
-            reply.results.add(observation_id=w.observation_id, key=w.key, handoff_token=result.token)
+            reply.results.add(
+                observation_id=w.observation_id, key=w.key, handoff_token=result.token
+            )
         return reply
 
     @_edge
@@ -125,7 +129,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.RetractResponse:
         who = self.identify(context, self.limits)
-        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
         self._check_tenant(who, subject.tenant)
         ctx = validation.context_name(request.context, "context", self.limits)
         key = validation.key(request.key, "key", self.limits)
@@ -135,7 +141,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         if request.source and request.source != who.agent:
             if who.role != "operator":
                 raise PermissionDenied(
-                    f"agent {who.agent} may retract only its own observations, not {request.source!r}'s"
+                    f"agent {who.agent} may retract only its own observations, "
+                    f"not {request.source!r}'s"
                 )
             source = validation.source(request.source, "source", self.limits)
         count, token = self.engine.retract(subject, ctx, key, source)
@@ -146,7 +153,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> model_pb2.SelfModelSnapshot:
         who = self.identify(context, self.limits)
-        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
         self._check_tenant(who, subject.tenant)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
@@ -160,7 +169,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
         who = self.identify(context, self.limits)
-        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
         self._check_tenant(who, subject.tenant)
         ctx = validation.context_name(request.context, "context", self.limits)
         key = validation.key(request.key, "key", self.limits)
@@ -175,7 +186,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     ) -> Iterator[model_pb2.SelfModelSnapshot]:
         try:
             who = self.identify(context, self.limits)
-            subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+            subject = validation.subject(
+                request.subject, "subject", self.limits, request.HasField("subject")
+            )
             self._check_tenant(who, subject.tenant)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
@@ -191,7 +204,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                 beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
                 if beliefs != last:
                     last = beliefs
-                    yield convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
+                    yield convert.snapshot(
+                        subject, beliefs, view.token, view.resolved_ms, self.engine.node
+                    )
                 sub.changed.wait(1.0)
         finally:
             self.engine.unsubscribe(sub)
@@ -201,7 +216,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.ForgetSubjectRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ForgetSubjectResponse:
         who = self.identify(context, self.limits)
-        subject = validation.subject(request.subject, "subject", self.limits, request.HasField("subject"))
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
         self._check_tenant(who, subject.tenant)
         if who.tenant is not None and who.role != "operator":
             raise PermissionDenied(f"only an operator may forget a subject, not agent {who.agent}")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import rocksdict
 
@@ -96,11 +97,12 @@ class Store:
         opts.create_missing_column_families(True)
         cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
         try:
-            self._db = rocksdict.Rdict(str(path), opts, column_families=cf_opts)
+            self._db: Any = rocksdict.Rdict(str(path), opts, column_families=cf_opts)
         except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
             raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
         self.path = path
-        self._cf = {name: self._db.get_column_family(name) for name in COLUMN_FAMILIES}
+        # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
+        self._cf: dict[str, Any] = {n: self._db.get_column_family(n) for n in COLUMN_FAMILIES}
         self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = sync
@@ -183,24 +185,29 @@ class Store:
         """Up to ``limit`` outbox entries with a sequence above ``after``, in order."""
         entries = []
         for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
-            entries.append(OutboxEntry(int.from_bytes(key, "big"), int.from_bytes(value[:8], "big"), value[8:]))
+            entries.append(
+                OutboxEntry(int.from_bytes(key, "big"), int.from_bytes(value[:8], "big"), value[8:])
+            )
             if len(entries) >= limit:
                 break
         return entries
 
     def outbox_first(self) -> int:
         """The lowest sequence still in the outbox (outbox_seq + 1 when it is empty)."""
-        for key in self._cf["outbox"].keys():
+        for key in self._cf["outbox"].keys():  # noqa: SIM118 - an Rdict, not a dict
             return int.from_bytes(key, "big")
         return self.outbox_seq + 1
 
     def wait_outbox(self, after: int, timeout_s: float) -> bool:
         """Waits until the outbox holds a sequence above ``after``; False on timeout."""
         with self._outbox_grew:
-            return self._outbox_grew.wait_for(lambda: self.outbox_seq > after or self._closed, timeout_s)
+            return self._outbox_grew.wait_for(
+                lambda: self.outbox_seq > after or self._closed, timeout_s
+            )
 
     def position(self, kind: str, peer: str) -> int:
-        """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged its."""
+        """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged
+        ``peer``'s outbox."""
         raw = self._cf["peers"].get(f"{kind}:{peer}".encode())
         return int(raw) if raw is not None else 0
 

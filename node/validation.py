@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-from selfmodel.v1 import model_pb2, selfmodel_pb2
-from sync.codec import InvalidToken, Position, decode_token
-from sync.observation import Evidence, Subject, SubjectKind
 
 from node.engine import ObservationInput
 from node.errors import InvalidArgument
+from selfmodel.v1 import model_pb2, selfmodel_pb2
+from sync.codec import InvalidToken, Position, decode_token
+from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
 _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
@@ -45,7 +45,8 @@ def identifier(value: str, field: str, limit: int) -> str:
         raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
     if not _ID.fullmatch(value):
         raise InvalidArgument(
-            field, "may hold only letters, digits and _ . : @ + - and must start with a letter or digit"
+            field,
+            "may hold only letters, digits and _ . : @ + - and must start with a letter or digit",
         )
     return value
 
@@ -54,9 +55,13 @@ def context_name(value: str, field: str, limits: Limits) -> str:
     if not value:
         raise InvalidArgument(field, "is required")
     if len(value) > limits.max_context:
-        raise InvalidArgument(field, f"must be at most {limits.max_context} characters, got {len(value)}")
+        raise InvalidArgument(
+            field, f"must be at most {limits.max_context} characters, got {len(value)}"
+        )
     if not _CONTEXT.fullmatch(value):
-        raise InvalidArgument(field, "must be lowercase snake_case (a-z, 0-9, _), starting with a letter")
+        raise InvalidArgument(
+            field, "must be lowercase snake_case (a-z, 0-9, _), starting with a letter"
+        )
     return value
 
 
@@ -64,9 +69,13 @@ def key(value: str, field: str, limits: Limits) -> str:
     if not value:
         return ""
     if len(value) > limits.max_key:
-        raise InvalidArgument(field, f"must be at most {limits.max_key} characters, got {len(value)}")
+        raise InvalidArgument(
+            field, f"must be at most {limits.max_key} characters, got {len(value)}"
+        )
     if not _KEY.fullmatch(value):
-        raise InvalidArgument(field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit")
+        raise InvalidArgument(
+            field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit"
+        )
     return value
 
 
@@ -91,7 +100,9 @@ def subject(msg: model_pb2.Subject, field: str, limits: Limits, present: bool = 
         raise InvalidArgument(field, "is required")
     tenant = identifier(msg.tenant, f"{field}.tenant", limits.max_id)
     if msg.kind not in (1, 2, 3):
-        raise InvalidArgument(f"{field}.kind", "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG")
+        raise InvalidArgument(
+            f"{field}.kind", "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG"
+        )
     return Subject(tenant, SubjectKind(msg.kind), identifier(msg.id, f"{field}.id", limits.max_id))
 
 
@@ -104,25 +115,32 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
     if len(msg.evidence) > limits.max_evidence:
         raise InvalidArgument(
-            f"{prefix}evidence", f"must hold at most {limits.max_evidence} items, got {len(msg.evidence)}"
+            f"{prefix}evidence",
+            f"must hold at most {limits.max_evidence} items, got {len(msg.evidence)}",
         )
     evidence = []
     for i, ev in enumerate(msg.evidence):
         at = f"{prefix}evidence[{i}]"
         if not _EVIDENCE_KIND.fullmatch(ev.kind) or len(ev.kind) > 32:
-            raise InvalidArgument(f"{at}.kind", "must be a short lowercase word such as 'message' or 'ticket'")
+            raise InvalidArgument(
+                f"{at}.kind", "must be a short lowercase word such as 'message' or 'ticket'"
+            )
         text(ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False)
         text(ev.quote, f"{at}.quote", limits.max_evidence_quote, required=False)
         time_ms = 0
         if ev.HasField("time"):
-            if ev.time.seconds < 0 or ev.time.seconds > 253402300799 or not 0 <= ev.time.nanos < 10**9:
+            if (
+                ev.time.seconds < 0
+                or ev.time.seconds > 253402300799
+                or not 0 <= ev.time.nanos < 10**9
+            ):
                 raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
             time_ms = ev.time.ToMilliseconds()
         evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
     return ObservationInput(subj, context, slot_key, statement, confidence, tuple(evidence))
 
 
-def contexts(values: list[str] | tuple[str, ...], field: str, limits: Limits) -> frozenset[str]:
+def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str]:
     if len(values) > limits.max_filter_contexts:
         raise InvalidArgument(field, f"must name at most {limits.max_filter_contexts} contexts")
     return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))

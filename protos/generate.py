@@ -45,7 +45,9 @@ def generate(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT, help="where to write (default: next to the .proto files)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT, help="where to write (default: next to the .proto files)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     generate(args.out.resolve())

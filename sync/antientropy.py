@@ -34,10 +34,10 @@ def reconcile(replica: Replica, link: PeerLink, chunk: int = CHUNK) -> Round:
         return Round(0, 0, 0)
     subjects: list[Subject] = []
     for start in range(0, len(differing), 64):
-        part = differing[start : start + 64]
-        remote = dict(link.digests(part))
+        buckets = differing[start : start + 64]
+        remote = dict(link.digests(buckets))
         local: dict[Subject, bytes] = {}
-        for b in part:
+        for b in buckets:
             local.update(replica.bucket_digests(b))
         for subject in sorted(set(remote) | set(local)):
             if remote.get(subject) != local.get(subject):

@@ -8,8 +8,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import DecodeError
-from selfmodel.v1 import model_pb2, sync_pb2
 
+from selfmodel.v1 import model_pb2, sync_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState
 from sync.observation import Evidence, Observation, Subject, SubjectKind

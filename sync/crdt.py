@@ -51,9 +51,7 @@ def merge(a: SubjectState, b: SubjectState) -> SubjectState:
     if a.generation != b.generation:
         return a if a.generation > b.generation else b
     a_obs, b_obs = a.observations, b.observations
-    observations = {
-        dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context
-    }
+    observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context}
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
@@ -80,9 +78,7 @@ def retract_delta(state: SubjectState, actor: str, removes: Iterable[Dot]) -> Su
 
 def erase_delta(state: SubjectState, actor: str) -> SubjectState:
     """Forgets everything about the subject: a new generation holding only the erase's dot."""
-    return SubjectState(
-        state.subject, state.generation + 1, CausalContext.of([Dot(actor, 1)]), {}
-    )
+    return SubjectState(state.subject, state.generation + 1, CausalContext.of([Dot(actor, 1)]), {})
 
 
 def digest(generation: int, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:

@@ -9,17 +9,27 @@ REPLICATION_LAG = Gauge(
     "Age of the oldest local delta a peer has not acknowledged (0 when caught up).",
     ["peer"],
 )
-OUTBOX_DEPTH = Gauge("selfmodel_outbox_depth", "Deltas in the outbox not yet acknowledged by a peer.", ["peer"])
-PEER_CONNECTED = Gauge("selfmodel_peer_connected", "1 while the delta stream to a peer is up.", ["peer"])
+OUTBOX_DEPTH = Gauge(
+    "selfmodel_outbox_depth", "Deltas in the outbox not yet acknowledged by a peer.", ["peer"]
+)
+PEER_CONNECTED = Gauge(
+    "selfmodel_peer_connected", "1 while the delta stream to a peer is up.", ["peer"]
+)
 PEERS_CONNECTED = Gauge("selfmodel_peers_connected", "Peers whose delta stream is up.")
 DELTAS_SENT = Counter("selfmodel_deltas_sent_total", "Deltas streamed to a peer.", ["peer"])
-BYTES_SENT = Counter("selfmodel_replication_bytes_sent_total", "Delta bytes streamed to a peer.", ["peer"])
-DELTAS_RECEIVED = Counter("selfmodel_deltas_received_total", "Deltas received from a peer.", ["peer"])
+BYTES_SENT = Counter(
+    "selfmodel_replication_bytes_sent_total", "Delta bytes streamed to a peer.", ["peer"]
+)
+DELTAS_RECEIVED = Counter(
+    "selfmodel_deltas_received_total", "Deltas received from a peer.", ["peer"]
+)
 BYTES_RECEIVED = Counter(
     "selfmodel_replication_bytes_received_total", "Delta bytes received from a peer.", ["peer"]
 )
 ANTI_ENTROPY_ROUNDS = Counter(
-    "selfmodel_anti_entropy_rounds_total", "Anti-entropy rounds run with a peer.", ["peer", "result"]
+    "selfmodel_anti_entropy_rounds_total",
+    "Anti-entropy rounds run with a peer.",
+    ["peer", "result"],
 )
 ANTI_ENTROPY_REPAIRED = Counter(
     "selfmodel_anti_entropy_subjects_repaired_total",
@@ -36,5 +46,6 @@ REPLICATION_ERRORS = Counter(
 )
 PEERS_REFUSED = Counter(
     "selfmodel_peer_refused_total",
-    "Sync calls refused: the caller is not a node of the cluster file (or has no valid certificate).",
+    "Sync calls refused: the caller is not a node of the cluster file (or has no valid "
+    "certificate).",
 )

@@ -111,7 +111,7 @@ class PeerReplicator:
                 log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
             finally:
                 self._set_connected(False)
-            state = RetryCallState(None, None, (), {})
+            state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
             state.attempt_number = max(1, failures)
             self._stop.wait(wait(state))
 
@@ -124,7 +124,9 @@ class PeerReplicator:
             if self.acked < first - 1:
                 # Trimmed past the peer while it was away: the round above shipped every
                 # subject it lacked, so it may resume from the oldest delta still kept.
-                log.info("peer %s was behind the outbox retention; caught up by anti-entropy", self.peer)
+                log.info(
+                    "peer %s was behind the outbox retention; caught up by anti-entropy", self.peer
+                )
                 self.acked = first - 1
                 self._replica.set_acked(self.peer, self.acked)
             self.dropped = False

@@ -21,12 +21,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
     yield start
     for node in started:
-        if node.proc is not None:
-            try:
-                node.proc.send_signal(18)  # SIGCONT, in case a test paused it
-            except ProcessLookupError:
-                pass
-        node.stop()
+        node.stop()  # sends SIGCONT first, in case a test paused it
 
 
 @pytest.fixture
@@ -34,7 +29,9 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """Starts local clusters of real node processes; every node and proxy is stopped at teardown."""
     clusters: list[LocalCluster] = []
 
-    def make(names: tuple[str, ...] = ("sales", "support", "billing"), **kwargs: object) -> LocalCluster:
+    def make(
+        names: tuple[str, ...] = ("sales", "support", "billing"), **kwargs: object
+    ) -> LocalCluster:
         cluster = LocalCluster(tmp_path / f"cluster{len(clusters)}", names, **kwargs)  # type: ignore[arg-type]
         clusters.append(cluster)
         return cluster.start()

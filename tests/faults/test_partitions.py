@@ -36,12 +36,25 @@ def assert_same_models(cluster, subjects: list[str]) -> dict[str, list[tuple]]:
     return first
 
 
-def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_identical_state(make_cluster):
+def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_identical_state(
+    make_cluster,
+):
     cluster = make_cluster()
-    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
+    with (
+        cluster.client("sales", "sales_agent") as sales,
+        cluster.client("support", "support_agent") as support,
+    ):
         for i in range(1, 6):
-            sales.observe(user(f"s{i}"), f"Budget is {i}0k", confidence=0.7, context="budget", key="amount")
-            support.observe(user(f"s{i}"), "Prefers email", confidence=0.8, context="channel_pref", key="channel")
+            sales.observe(
+                user(f"s{i}"), f"Budget is {i}0k", confidence=0.7, context="budget", key="amount"
+            )
+            support.observe(
+                user(f"s{i}"),
+                "Prefers email",
+                confidence=0.8,
+                context="channel_pref",
+                key="channel",
+            )
         cluster.wait_converged()
 
         cluster.partition({"sales"}, {"support", "billing"})
@@ -56,7 +69,9 @@ def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_iden
         support.forget(user("s4"))
         assert support.retract(user("s5"), "channel_pref", "channel").count == 1
         with cluster.client("billing", "billing_agent") as billing:
-            billing.observe(user("s6"), "Asked for an invoice", confidence=0.8, context="billing_events")
+            billing.observe(
+                user("s6"), "Asked for an invoice", confidence=0.8, context="billing_events"
+            )
         with pytest.raises(TimeoutError):
             cluster.wait_converged(timeout_s=1.0)
 
@@ -87,11 +102,15 @@ def test_a_node_killed_with_kill_9_and_restarted_catches_up(make_cluster):
 
 
 def test_a_node_away_past_the_outbox_retention_catches_up_through_anti_entropy(make_cluster):
-    cluster = make_cluster(("sales", "support"), sync={"retention_entries": 5, "anti_entropy_s": 60.0})
+    cluster = make_cluster(
+        ("sales", "support"), sync={"retention_entries": 5, "anti_entropy_s": 60.0}
+    )
     cluster.nodes["support"].stop()
     with cluster.client("sales", "sales_agent") as sales:
         for i in range(40):
-            sales.observe(user(f"away-{i % 8}"), f"fact {i}", confidence=0.8, context="facts", key=f"k{i}")
+            sales.observe(
+                user(f"away-{i % 8}"), f"fact {i}", confidence=0.8, context="facts", key=f"k{i}"
+            )
     # the outbox was trimmed past support's position while it was away
     deadline = time.monotonic() + 10
     while "retention" not in cluster.nodes["sales"].log():
@@ -118,7 +137,9 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
             while not stop.is_set() and i < 400:
                 subject, key = f"flap-{i % 10}", f"{node}-{i}"
                 try:
-                    c.observe(user(subject), f"{node} says {i}", confidence=0.8, context="facts", key=key)
+                    c.observe(
+                        user(subject), f"{node} says {i}", confidence=0.8, context="facts", key=key
+                    )
                     with lock:
                         acked.append((subject, key))
                 except SelfModelError:
@@ -148,18 +169,25 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
                 for b in c.self_model(user(f"flap-{j}")).beliefs("facts")
             }
         missing = set(acked) - present
-        assert not missing, f"{name} lost {len(missing)} acknowledged writes, e.g. {sorted(missing)[:3]}"
+        assert not missing, (
+            f"{name} lost {len(missing)} acknowledged writes, e.g. {sorted(missing)[:3]}"
+        )
     assert len(acked) > 50
 
 
 def test_a_forgotten_subject_never_comes_back(make_cluster):
     cluster = make_cluster()
-    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
+    with (
+        cluster.client("sales", "sales_agent") as sales,
+        cluster.client("support", "support_agent") as support,
+    ):
         sales.observe(user("gone"), "Secret preference", confidence=0.9, context=CTX)
         cluster.wait_converged()
         cluster.partition({"sales"}, {"support", "billing"})
         sales.forget(user("gone"))
-        support.observe(user("gone"), "Written on the other side", confidence=0.9, context=CTX, key="late")
+        support.observe(
+            user("gone"), "Written on the other side", confidence=0.9, context=CTX, key="late"
+        )
         cluster.heal()
         cluster.wait_converged(timeout_s=30)
     cluster.nodes["billing"].kill()

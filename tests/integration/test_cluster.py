@@ -30,7 +30,9 @@ def wait_for(predicate, timeout_s: float = 10.0, every_s: float = 0.05):
 def test_a_write_on_sales_is_visible_on_support_and_billing(make_cluster):
     cluster = make_cluster()
     with cluster.client("sales", "sales_agent") as sales:
-        sales.observe(user("u-1"), "Motivated by quick time-to-value", confidence=0.82, context=CONTEXT)
+        sales.observe(
+            user("u-1"), "Motivated by quick time-to-value", confidence=0.82, context=CONTEXT
+        )
     for name in ("support", "billing"):
         with cluster.client(name, "reader") as reader:
             model = wait_for(lambda r=reader: r.self_model(user("u-1")).beliefs(CONTEXT))
@@ -43,7 +45,10 @@ def test_a_support_read_with_the_handoff_token_of_a_sales_write_always_sees_it(m
     cluster = make_cluster()
     # Slow the sales -> support link so an unguarded read would be stale.
     cluster.proxies[("sales", "support")].set("delay", 0.2)
-    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
+    with (
+        cluster.client("sales", "sales_agent") as sales,
+        cluster.client("support", "support_agent") as support,
+    ):
         for i in range(10):
             statement = f"Plan preference {i}"
             written = sales.observe(
@@ -57,8 +62,13 @@ def test_a_support_read_with_the_handoff_token_of_a_sales_write_always_sees_it(m
 def test_an_unmet_handoff_token_answers_deadline_exceeded_with_a_clear_message(make_cluster):
     cluster = make_cluster(("sales", "support"))
     cluster.partition({"sales"}, {"support"})
-    with cluster.client("sales", "sales_agent") as sales, cluster.client("support", "support_agent") as support:
-        written = sales.observe(user("u-cut"), "Prefers chat", confidence=0.9, context="channel_pref", key="channel")
+    with (
+        cluster.client("sales", "sales_agent") as sales,
+        cluster.client("support", "support_agent") as support,
+    ):
+        written = sales.observe(
+            user("u-cut"), "Prefers chat", confidence=0.9, context="channel_pref", key="channel"
+        )
         started = time.monotonic()
         with pytest.raises(HandoffTimeout, match="has not yet merged"):
             support.self_model(user("u-cut"), at_least=written.token, timeout_s=0.5)
@@ -85,7 +95,9 @@ def test_a_watch_on_billing_receives_a_sales_write(make_cluster):
         first = seen.get(timeout=10)
         assert first.beliefs() == []
         with cluster.client("sales", "sales_agent") as sales:
-            sales.observe(user("u-watch"), "Motivated by compliance", confidence=0.8, context=CONTEXT)
+            sales.observe(
+                user("u-watch"), "Motivated by compliance", confidence=0.8, context=CONTEXT
+            )
         deadline = time.monotonic() + 10
         while True:
             view = seen.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -101,7 +113,8 @@ def test_cluster_status_shows_every_node_serving_with_its_peers_connected(make_c
     deadline = time.monotonic() + 15
     while True:
         out = subprocess.run(
-            [sys.executable, "-m", "federation", "cluster", "status", "--config", str(cluster.file)],
+            [sys.executable, "-m", "federation", "cluster", "status",
+             "--config", str(cluster.file)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         rows = [line.split() for line in out.stdout.splitlines()[1:]]

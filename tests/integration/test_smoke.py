@@ -5,9 +5,10 @@ from federation.client import Client, user
 
 def test_sales_agent_writes_and_support_agent_reads_the_same_belief(start_node):
     node = start_node()
-    with Client(node.address, agent="sales_agent", tenant="acme") as sales, Client(
-        node.address, agent="support_agent", tenant="acme"
-    ) as support:
+    with (
+        Client(node.address, agent="sales_agent", tenant="acme") as sales,
+        Client(node.address, agent="support_agent", tenant="acme") as support,
+    ):
         written = sales.observe(
             user("u-42"),
             "Motivated by quick time-to-value",
