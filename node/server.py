@@ -150,7 +150,6 @@ def start(config: NodeConfig) -> RunningNode:
         config.name,
         sync=config.fsync,
         outbox=bool(config.peers),
-        on_commit=metrics.record_commit,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)

@@ -14,13 +14,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import rocksdict
 
+from node import metrics
 from sync.codec import decode_state, encode_state
 from sync.crdt import SubjectState
 from sync.observation import Subject
@@ -89,7 +90,6 @@ class Store:
         sync: bool = True,
         outbox: bool = False,
         cache_size: int = 20_000,
-        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         opts = rocksdict.Options(raw_mode=True)
@@ -108,7 +108,6 @@ class Store:
         self._write_opts.sync = sync
         self.sync = sync
         self.outbox_enabled = outbox
-        self._on_commit = on_commit
 
         meta = self._cf["meta"]
         stored_node = meta.get(b"node")
@@ -270,8 +269,7 @@ class Store:
             p.error = error
             p.finished = True
             p.event.set()
-        if self._on_commit is not None:
-            self._on_commit(len(group), elapsed)
+        metrics.record_commit(len(group), elapsed)
         with self._lock:
             if self._queue:
                 self._queue[0].event.set()  # not finished: it wakes up as the next leader
@@ -387,4 +385,10 @@ class Store:
             self._outbox_grew.notify_all()
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
+        for cf in self._cf.values():
+            cf.close()
         self._db.close()
+        # Column-family handles keep the database (and its LOCK file) alive until dropped.
+        self._cf.clear()
+        self._handle.clear()
+        self._db = None
