@@ -3,6 +3,7 @@
 from federation.client import (
     AsyncClient,
     BeliefView,
+    CachedModel,
     Client,
     Observed,
     Retracted,
@@ -27,6 +28,7 @@ from sync.observation import Evidence, Subject, SubjectKind
 __all__ = [
     "AsyncClient",
     "BeliefView",
+    "CachedModel",
     "Client",
     "Evidence",
     "HandoffTimeout",
