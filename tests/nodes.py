@@ -1,4 +1,4 @@
-"""Real node processes for integration and fault tests: started on free loopback ports, always stopped."""
+"""Real node processes for integration and fault tests: on free loopback ports, always stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,11 @@ class NodeProcess:
         ]  # fmt: skip
         log = open(self.log_path, "a")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
         assert self.proc.stdout is not None
@@ -77,7 +82,9 @@ class NodeProcess:
         match = _LISTENING.search(line)
         if not match:
             self.kill()
-            raise RuntimeError(f"node {self.name} did not start: {line!r}\n{self.log_path.read_text()}")
+            raise RuntimeError(
+                f"node {self.name} did not start: {line!r}\n{self.log_path.read_text()}"
+            )
         self.address = match.group(1)
         self.port = int(self.address.rsplit(":", 1)[1])
         self.metrics_port = int(match.group(2)) if match.group(2) else None
@@ -124,6 +131,13 @@ class NodeProcess:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+    def metrics(self, timeout_s: float = 5.0) -> str:
+        """The node's Prometheus exposition text (GET /metrics)."""
+        assert self.metrics_port is not None, f"node {self.name} serves no metrics"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return str(reply.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
