@@ -15,6 +15,7 @@ from sync.observation import Evidence, Subject, SubjectKind
 
 from node.engine import ObservationInput
 from node.errors import InvalidArgument
+from node.resolution import normalize_statement
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
 _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
@@ -67,6 +68,19 @@ def key(value: str, field: str, limits: Limits) -> str:
         raise InvalidArgument(field, f"must be at most {limits.max_key} characters, got {len(value)}")
     if not _KEY.fullmatch(value):
         raise InvalidArgument(field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit")
+    return value
+
+
+def slot_key(value: str, field: str, limits: Limits) -> str:
+    """A slot's key as Explain and Retract name it: the agent's key, or, for a slot written
+    without one, the normalized statement that Observe derived and returned as its key."""
+    if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
+        return value
+    text(value, field, limits.max_statement, required=True)
+    if normalize_statement(value) != value:
+        raise InvalidArgument(
+            field, "must be a key given on write, or the key Observe returned (a statement's form)"
+        )
     return value
 
 
