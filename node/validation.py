@@ -22,6 +22,7 @@ _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 _EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # urlsafe base64, as encode_token writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +148,17 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
         return None
     if len(value) > limits.max_token:
         raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+    # base64 decoding skips characters outside its alphabet, so '!!!' would decode to an empty
+    # token and a mangled token would silently ask for no position at all: a stale read.
+    if not _TOKEN.fullmatch(value):
+        raise InvalidArgument(field, "is not a handoff token returned by a write (bad characters)")
     try:
-        return decode_token(value)
+        positions = decode_token(value)
     except InvalidToken as exc:
         raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+    if not positions:
+        raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
+    return positions
 
 
 def source(value: str, field: str, limits: Limits) -> str:
