@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -130,6 +131,22 @@ def test_graceful_sigterm_exits_zero_and_the_data_persists(start_node):
     with Client(node.address, agent="support_agent", tenant=TENANT) as client:
         model = client.self_model(user("u-graceful"))
     assert {b.statement for b in model.all_beliefs} == {f"Fact {i}" for i in range(20)}
+
+
+def test_sigterm_ends_open_watches_and_exits_zero_promptly(start_node):
+    node = start_node("watched")
+    with Client(node.address, agent="sales_agent", tenant=TENANT) as client:
+        client.observe(user("u-watched"), "Prefers email", confidence=0.8, context="style")
+        views = client.watch(user("u-watched"), timeout_s=WAIT_S)
+        first = next(views)
+        assert [b.statement for b in first.all_beliefs] == ["Prefers email"]
+        assert node.proc is not None
+        started = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        rest = list(views)  # the node ends the stream itself; no deadline needed to get out
+        assert time.monotonic() - started < 5.0, "an open watch held up the shutdown"
+        assert rest == []
+    assert node.stop() == 0
 
 
 def test_forget_removes_the_subject_and_its_bytes_from_every_file(start_node):
