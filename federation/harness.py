@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,13 @@ class NodeProcess:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+    def metrics(self, timeout_s: float = 5.0) -> str:
+        """The node's Prometheus exposition text (GET /metrics)."""
+        assert self.metrics_port is not None, f"node {self.name} serves no metrics"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return str(reply.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

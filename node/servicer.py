@@ -134,7 +134,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         )
         self._check_tenant(who, subject.tenant)
         ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.key(request.key, "key", self.limits)
+        key = validation.slot_key(request.key, "key", self.limits)
         if not key:
             raise InvalidArgument("key", "is required: name the slot to retract")
         source = who.agent
@@ -174,7 +174,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         )
         self._check_tenant(who, subject.tenant)
         ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.key(request.key, "key", self.limits)
+        key = validation.slot_key(request.key, "key", self.limits)
         if not key:
             raise InvalidArgument("key", "is required: name the slot to explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)

@@ -360,10 +360,17 @@ class Store:
                 doomed.append(k)
         for k in doomed:
             self._cf["outbox"].delete(k)
-        for name in ("state", "outbox", "digest"):
+        # Every column family: a WAL file is deleted only once no family has unflushed rows in
+        # it, and each commit also writes meta (the HLC high-water mark).
+        for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
-        self._cf["state"].compact_range(key, key + b"\xff")
-        self._cf["outbox"].compact_range(None, None)
+        # Forced at the bottommost level: otherwise RocksDB may merely move the old files down
+        # a level ("trivial move"), keeping the erased observations in them.
+        rewrite = rocksdict.CompactOptions()
+        rewrite.set_exclusive_manual_compaction(True)
+        rewrite.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+        self._cf["state"].compact_range(key, key + b"\xff", rewrite)
+        self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
 
     def size_bytes(self) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from node.engine import ObservationInput
 from node.errors import InvalidArgument
+from node.resolution import normalize_statement
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.codec import InvalidToken, Position, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
@@ -21,6 +22,7 @@ _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 _EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # urlsafe base64, as encode_token writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,19 @@ def key(value: str, field: str, limits: Limits) -> str:
     if not _KEY.fullmatch(value):
         raise InvalidArgument(
             field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit"
+        )
+    return value
+
+
+def slot_key(value: str, field: str, limits: Limits) -> str:
+    """A slot's key as Explain and Retract name it: the agent's key, or, for a slot written
+    without one, the normalized statement that Observe derived and returned as its key."""
+    if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
+        return value
+    text(value, field, limits.max_statement, required=True)
+    if normalize_statement(value) != value:
+        raise InvalidArgument(
+            field, "must be a key given on write, or the key Observe returned (a statement's form)"
         )
     return value
 
@@ -151,10 +166,17 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
         return None
     if len(value) > limits.max_token:
         raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+    # base64 decoding skips characters outside its alphabet, so '!!!' would decode to an empty
+    # token and a mangled token would silently ask for no position at all: a stale read.
+    if not _TOKEN.fullmatch(value):
+        raise InvalidArgument(field, "is not a handoff token returned by a write (bad characters)")
     try:
-        return decode_token(value)
+        positions = decode_token(value)
     except InvalidToken as exc:
         raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+    if not positions:
+        raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
+    return positions
 
 
 def source(value: str, field: str, limits: Limits) -> str:
