@@ -15,6 +15,7 @@ from federation.client import (
     user,
 )
 from node.errors import (
+    DeadlineExceeded,
     HandoffTimeout,
     InvalidArgument,
     NotFound,
@@ -31,6 +32,7 @@ __all__ = [
     "CachedModel",
     "Client",
     "Evidence",
+    "DeadlineExceeded",
     "HandoffTimeout",
     "InvalidArgument",
     "NotFound",

@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from node.errors import BY_STATUS, SelfModelError
+from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -157,6 +157,8 @@ def error_from_rpc(exc: grpc.RpcError) -> SelfModelError:
     code = exc.code()  # type: ignore[attr-defined]
     cls = BY_STATUS.get(code.name, SelfModelError)
     details = exc.details() or code.name  # type: ignore[attr-defined]
+    if cls is DeadlineExceeded and "handoff token" in details:
+        return HandoffTimeout(details)
     if cls.__name__ == "InvalidArgument":
         field, _, reason = details.partition(": ")
         return BY_STATUS["INVALID_ARGUMENT"](field, reason)  # type: ignore[call-arg]
