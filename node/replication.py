@@ -14,8 +14,15 @@ from node.engine import Engine
 from node.store import Store
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
-from sync.codec import state_from_proto, state_to_proto, subject_from_proto, subject_to_proto
+from sync.codec import (
+    delta_from_proto,
+    state_from_proto,
+    state_to_proto,
+    subject_from_proto,
+    subject_to_proto,
+)
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Subject
 from sync.ports import Batch, Merged
 from sync.replicator import Replicator, SyncSettings
@@ -93,7 +100,7 @@ class EngineReplica:
         self.store = engine.store
 
     def merge(self, states: Iterable[SubjectState]) -> Merged:
-        outcome = self.engine.merge_remote(states)
+        outcome = self.engine.merge_remote(Delta(s) for s in states)
         return Merged(outcome.merged, outcome.refused)
 
     def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
@@ -216,7 +223,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
-            deltas = [state_from_proto(d) for d in batch.deltas]
+            deltas = [delta_from_proto(d) for d in batch.deltas]
             sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
             sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
             outcome = self.engine.merge_remote(
@@ -254,7 +261,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     ) -> sync_pb2.StateExchange:
         self._authorize(context)
         incoming = [state_from_proto(s) for s in request.states]
-        self.engine.merge_remote(incoming)
+        self.engine.merge_remote(Delta(s) for s in incoming)
         reply = sync_pb2.StateExchange()
         for state in incoming:
             mine = self.engine.store.load(state.subject)

@@ -22,8 +22,9 @@ from typing import Any
 import rocksdict
 
 from node import metrics
-from sync.codec import decode_state, encode_state
+from sync.codec import decode_delta, decode_state, encode_delta, encode_state
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Subject
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,14 @@ class Change:
 
     old: SubjectState | None
     new: SubjectState
-    delta: SubjectState | None
+    delta: Delta | None
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     seq: int
     written_ms: int
-    delta: bytes  # an encoded SubjectState
+    delta: bytes  # an encoded Delta (a SubjectState with its event dots)
 
 
 @dataclass(slots=True)
@@ -296,11 +297,11 @@ class Store:
                     touched[bucket] = _xor(_xor(current, old_digest), new_digest)
                     batch.put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
                 if change.delta is not None:
-                    for obs in change.delta.observations.values():
+                    for obs in change.delta.state.observations.values():
                         hlc = max(hlc, obs.hlc)
                     if self.outbox_enabled:
                         seq += 1
-                        entry = now_ms.to_bytes(8, "big") + encode_state(change.delta)
+                        entry = now_ms.to_bytes(8, "big") + encode_delta(change.delta)
                         batch.put(seq.to_bytes(8, "big"), entry, outbox_cf)
                 p.last_seq = seq
             for cf, key, value in p.extra:
@@ -355,7 +356,7 @@ class Store:
         key = subject.storage_key()
         doomed = []
         for k, v in self._cf["outbox"].items():
-            delta = decode_state(v[8:])
+            delta = decode_delta(v[8:]).state
             if delta.subject == subject and delta.generation < generation:
                 doomed.append(k)
         for k in doomed:

@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 from node.engine import Engine, ObservationInput
 from node.store import Store, StoreError
 from sync.causal import CausalContext, Dot
-from sync.codec import decode_state
+from sync.codec import decode_delta
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
 from sync.observation import Observation, Subject, SubjectKind
 
@@ -75,10 +76,10 @@ def test_concurrent_writers_share_group_commits_and_the_outbox_has_no_holes(tmp_
     reopened.close()
 
 
-def remote_delta(subject: Subject, hlc: int) -> SubjectState:
+def remote_delta(subject: Subject, hlc: int) -> Delta:
     dot = Dot("remote.1", 1)
     obs = Observation(dot, "facts", "k", "peer_agent", "from the future", 0.9, (), hlc, "remote")
-    return SubjectState(subject, 0, CausalContext.of([dot]), {dot: obs})
+    return Delta(SubjectState(subject, 0, CausalContext.of([dot]), {dot: obs}), frozenset([dot]))
 
 
 def test_a_delta_from_a_clock_too_far_ahead_is_refused_counted_and_never_moves_the_clock(
@@ -121,7 +122,7 @@ def test_forget_keeps_the_erase_in_the_outbox_but_purges_older_deltas(tmp_path: 
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1", "Secret detail")])
     engine.forget(U1)
-    deltas = [decode_state(e.delta) for e in store.outbox(0, 100)]
+    deltas = [decode_delta(e.delta).state for e in store.outbox(0, 100)]
     assert [(d.subject, d.generation) for d in deltas] == [(U1, 1)]
     assert all(not d.observations for d in deltas)
     store.close()
