@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
 
 from node import metrics
+from node.decoding import StrictDecodingInterceptor
 from node.engine import Engine
 from node.policy import PolicyBook
 from node.servicer import AdminServicer, Principal, SelfModelServicer, identify_by_header
@@ -104,7 +105,8 @@ def start(config: NodeConfig) -> RunningNode:
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
-            "binds loopback only (127.0.0.1 or ::1)"
+            "binds loopback only (127.0.0.1 or ::1); pass a token file to serve other addresses "
+            "(selfmodel node --tokens FILE; create tokens with `selfmodel token create`)"
         )
     if config.identify is None:
         log.warning(
@@ -123,16 +125,16 @@ def start(config: NodeConfig) -> RunningNode:
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
-        interceptors=[metrics.ServerMetricsInterceptor()],
+        interceptors=[metrics.ServerMetricsInterceptor(), StrictDecodingInterceptor()],
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
     )
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
-        SelfModelServicer(engine, config.limits, identify), server
+        SelfModelServicer(engine, config.limits, identify, domain=config.domain), server
     )
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(engine, lambda: node_status(config, engine)), server
+        AdminServicer(engine, lambda: node_status(config, engine), identify, config.limits), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
