@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from federation import tokens
 from federation.client import Client, parse_subject
 from node.errors import SelfModelError
 
@@ -19,6 +20,7 @@ DEFAULT_TARGET = "127.0.0.1:7070"
 
 
 def _node(args: argparse.Namespace) -> int:
+    from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
@@ -29,6 +31,7 @@ def _node(args: argparse.Namespace) -> int:
             policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
     config = NodeConfig(
         name=args.name,
+        domain=args.domain,
         data_dir=Path(args.data),
         listen=args.listen,
         metrics_listen=args.metrics or None,
@@ -36,8 +39,10 @@ def _node(args: argparse.Namespace) -> int:
         policies=policies,
     )
     try:
+        if args.tokens:
+            config.identify = TokenBook(Path(args.tokens)).identify
         serve(config)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, TokenFileError) as exc:
         print(f"selfmodel node: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)")
     node.add_argument("--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)")
     node.add_argument("--policies", help="TOML file with a [policies] table")
+    node.add_argument("--domain", default="", help="the domain this node serves, e.g. sales")
+    node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.set_defaults(run=_node)
 
     def client_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("subject")
     client_args(forget)
     forget.set_defaults(run=_forget)
+    tokens.add_commands(sub)
     return parser
 
 
