@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from federation import tokens
+from federation import certs, tokens
 from federation.client import Client, parse_subject
 from node.errors import SelfModelError
 
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(forget)
     forget.set_defaults(run=_forget)
     tokens.add_commands(sub)
+    certs.add_commands(sub)
     return parser
 
 
