@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter
 
 from node.errors import PermissionDenied, Unauthenticated
-from node.validation import Limits
+
+if TYPE_CHECKING:  # node.validation imports the engine; the CLI's token commands need neither
+    from node.validation import Limits
 
 log = logging.getLogger("selfmodel.node")
 

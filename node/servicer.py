@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.observation import Subject
 
 from node import convert, validation
 from node.audit import AuditRecord
@@ -77,7 +78,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             return cap
         return max(0.0, min(cap, remaining - 0.05))
 
-    def _audit(self, who: Principal, action: str, subject: Any) -> AuditRecord:
+    def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
         return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
 
     @_edge
