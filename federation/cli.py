@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from federation import cluster
+from federation import certs, cluster, tokens
 from federation.client import Client, parse_subject
 from node.errors import SelfModelError
 
@@ -20,15 +20,16 @@ DEFAULT_TARGET = "127.0.0.1:7070"
 
 
 def _node(args: argparse.Namespace) -> int:
+    from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
     try:
         if args.cluster:
-            config = cluster.node_config(cluster.load(Path(args.cluster)), args.name)
-            if args.no_fsync:
-                config.fsync = False
+            spec = cluster.load(Path(args.cluster))
+            config = cluster.node_config(spec, args.name)
+            tokens_file = args.tokens or spec.tokens
         else:
             policies = PolicyBook()
             if args.policies:
@@ -36,14 +37,25 @@ def _node(args: argparse.Namespace) -> int:
                     policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
             config = NodeConfig(
                 name=args.name,
+                domain=args.domain,
                 data_dir=Path(args.data),
                 listen=args.listen,
                 metrics_listen=args.metrics or None,
-                fsync=not args.no_fsync,
                 policies=policies,
             )
+            tokens_file = args.tokens
+        if args.no_fsync:
+            config.fsync = False
+        if tokens_file:
+            config.identify = TokenBook(Path(tokens_file)).identify
         serve(config)
-    except (ConfigError, StoreError, cluster.ClusterFileError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        StoreError,
+        TokenFileError,
+        cluster.ClusterFileError,
+        FileNotFoundError,
+    ) as exc:
         print(f"selfmodel node: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -134,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--cluster", help="cluster file: run its node --name (other flags then ignored)"
     )
+    node.add_argument("--domain", default="", help="the domain this node serves, e.g. sales")
+    node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
@@ -186,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("subject")
     client_args(forget)
     forget.set_defaults(run=_forget)
+    tokens.add_commands(sub)
+    certs.add_commands(sub)
     return parser
 
 

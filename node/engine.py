@@ -8,6 +8,7 @@ in order; different subjects share fsyncs through the store's group commit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import zlib
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from node import metrics
+from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
@@ -96,6 +98,7 @@ class Engine:
         self.max_watchers = max_watchers
         self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...]]] = {}
         self._held = CausalBuffer()
+        self.audit = AuditLog(store)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -146,27 +149,46 @@ class Engine:
         delta = observe_delta(state, obs, [*mine, *evicted])
         return delta, merge(state, delta)
 
-    def retract(self, subject: Subject, context: str, key: str, source: str) -> tuple[int, str]:
-        """Withdraws ``source``'s observations in a slot; returns how many and a token."""
+    def retract(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        source: str,
+        audit: AuditRecord | None = None,
+    ) -> tuple[int, str]:
+        """Withdraws ``source``'s observations in a slot; returns how many and a token.
+
+        With ``audit`` the action is recorded (slot and count added to its detail) in the same
+        batch, even when there was nothing to withdraw.
+        """
         with self._locked([subject]):
             state = self.state(subject)
             dots = slot_dots(state, context, key, source)
+            if audit is not None:
+                detail = slot_detail(context, key, source, len(dots))
+                audit = dataclasses.replace(audit, detail=detail)
             if dots:
                 event = state.next_dot(self.actor)
                 delta = retract_delta(state, self.actor, dots)
                 new = merge(state, delta)
-                self._commit([Change(state, new, Delta(delta, frozenset([event])))])
+                self._commit([Change(state, new, Delta(delta, frozenset([event])))], audit)
                 state = new
+            elif audit is not None:
+                self._commit([], audit)
             token = encode_token({subject: (state.generation, state.context)})
         return len(dots), token
 
-    def forget(self, subject: Subject) -> str:
-        """Erases the subject everywhere: a new generation, and its old rows purged from disk."""
+    def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
+        """Erases the subject everywhere: a new generation, and its old rows purged from disk.
+
+        With ``audit`` the erase is recorded in the audit log in the same batch.
+        """
         with self._locked([subject]):
             state = self.state(subject)
             delta = erase_delta(state, self.actor)
             new = merge(state, delta)
-            self._commit([Change(state, new, Delta(delta, delta.context.dots()))])
+            self._commit([Change(state, new, Delta(delta, delta.context.dots()))], audit)
             self.store.purge(subject, new.generation)
             token = encode_token({subject: (new.generation, new.context)})
         metrics.FORGOTTEN.inc()
@@ -213,16 +235,23 @@ class Engine:
                     merged += 1
             metrics.DELTAS_HELD.set(self._held.held)
             if changes or extra:
-                self._commit(changes, extra)
+                self._commit(changes, extra=extra)
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
         return MergeOutcome(merged, refused)
 
     def _commit(
-        self, changes: list[Change], extra: Sequence[tuple[str, bytes, bytes | None]] = ()
+        self,
+        changes: list[Change],
+        audit: AuditRecord | None = None,
+        extra: Sequence[tuple[str, bytes, bytes | None]] = (),
     ) -> None:
-        self.store.commit(changes, extra)
+        if audit is None:
+            self.store.commit(changes, extra)
+        else:
+            with self.audit.appending(audit) as row:
+                self.store.commit(changes, [*extra, row])
         for change in changes:
             self._notify(change.new.subject)
         with self._merged:

@@ -12,6 +12,7 @@ import grpc
 
 from node.engine import Engine
 from node.store import Store
+from node.tls import PEERS_REFUSED
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import (
@@ -199,7 +200,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def _authorize(self, context: grpc.ServicerContext) -> str:
         name = self._peer_name(context)
         if name is None or name not in self.members or name == self.engine.node:
-            sync_metrics.PEERS_REFUSED.inc()
+            PEERS_REFUSED.labels("no_certificate" if name is None else "unknown_node").inc()
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"caller {name!r} is not a peer of node {self.engine.node} in the cluster file",

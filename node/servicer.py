@@ -9,17 +9,20 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from node import convert, validation
+from node.audit import AuditRecord
+from node.auth import Principal
 from node.engine import Engine
-from node.errors import InvalidArgument, PermissionDenied, SelfModelError
+from node.errors import InvalidArgument, SelfModelError
+from node.quota import ConnectionQuota
 from node.resolution import select
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
 
@@ -27,15 +30,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ANONYMOUS = "anonymous"
 AGENT_HEADER = "x-agent-id"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the source of its observations, and what it may do."""
-
-    agent: str
-    role: str = "agent"  # agent | operator
-    tenant: str | None = None  # None: any tenant (development without tokens)
 
 
 def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Principal:
@@ -70,10 +64,28 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         engine: Engine,
         limits: Limits,
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
+        *,
+        domain: str = "",
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.identify = identify
+        self.domain = domain  # the node's domain, which a principal's domain globs must match
+        self.watches = ConnectionQuota(limits.max_watches_per_connection)
+
+    def _caller_and_subject(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> tuple[Principal, Subject]:
+        """Who calls, and the subject it names, refused unless it is of the caller's tenant.
+
+        Checked before anything is read, so the answer never depends on the subject existing.
+        """
+        who = self.identify(context, self.limits)
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
+        who.check_tenant(subject.tenant)
+        return who, subject
 
     def _wait_s(self, context: grpc.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -82,9 +94,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             return cap
         return max(0.0, min(cap, remaining - 0.05))
 
-    def _check_tenant(self, who: Principal, tenant: str) -> None:
-        if who.tenant is not None and who.tenant != tenant:
-            raise PermissionDenied(f"agent {who.agent} may not use tenant {tenant!r}")
+    def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
+        return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
 
     @_edge
     def Observe(
@@ -92,7 +103,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     ) -> selfmodel_pb2.ObserveResponse:
         who = self.identify(context, self.limits)
         item = validation.observation(request, "", self.limits)
-        self._check_tenant(who, item.subject.tenant)
+        who.check_tenant(item.subject.tenant)
+        who.check_write(item.context, self.domain)
         result = self.engine.observe(who.agent, [item])
         w = result.written[0]
         return selfmodel_pb2.ObserveResponse(
@@ -114,8 +126,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             validation.observation(o, f"observations[{i}]", self.limits)
             for i, o in enumerate(request.observations)
         ]
+        if len({item.subject for item in items}) > self.limits.max_batch_subjects:
+            raise InvalidArgument(
+                "observations", f"may name at most {self.limits.max_batch_subjects} subjects"
+            )
         for item in items:
-            self._check_tenant(who, item.subject.tenant)
+            who.check_tenant(item.subject.tenant)
+            who.check_write(item.context, self.domain)
         result = self.engine.observe(who.agent, items)
         reply = selfmodel_pb2.ObserveBatchResponse(handoff_token=result.token)
         for w in result.written:
@@ -128,35 +145,27 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def Retract(
         self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.RetractResponse:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        who, subject = self._caller_and_subject(request, context)
         ctx = validation.context_name(request.context, "context", self.limits)
         key = validation.slot_key(request.key, "key", self.limits)
         if not key:
             raise InvalidArgument("key", "is required: name the slot to retract")
         source = who.agent
+        audit = None
         if request.source and request.source != who.agent:
-            if who.role != "operator":
-                raise PermissionDenied(
-                    f"agent {who.agent} may retract only its own observations, "
-                    f"not {request.source!r}'s"
-                )
+            who.check_source(request.source)
             source = validation.source(request.source, "source", self.limits)
-        count, token = self.engine.retract(subject, ctx, key, source)
+            audit = self._audit(who, "retract_on_behalf", subject)
+        else:
+            who.check_write(ctx, self.domain)
+        count, token = self.engine.retract(subject, ctx, key, source, audit)
         return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
 
     @_edge
     def GetSelfModel(
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> model_pb2.SelfModelSnapshot:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
@@ -168,11 +177,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        _, subject = self._caller_and_subject(request, context)
         ctx = validation.context_name(request.context, "context", self.limits)
         key = validation.slot_key(request.key, "key", self.limits)
         if not key:
@@ -185,17 +190,23 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
     ) -> Iterator[model_pb2.SelfModelSnapshot]:
         try:
-            who = self.identify(context, self.limits)
-            subject = validation.subject(
-                request.subject, "subject", self.limits, request.HasField("subject")
-            )
-            self._check_tenant(who, subject.tenant)
+            _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
-            sub = self.engine.subscribe(subject)
+            release = self.watches.acquire(context.peer())
+            try:
+                sub = self.engine.subscribe(subject)
+            except SelfModelError:
+                release()
+                raise
         except SelfModelError as exc:
             context.abort(grpc.StatusCode[exc.status], str(exc))
-        context.add_callback(lambda: self.engine.unsubscribe(sub))
+
+        def on_end() -> None:
+            self.engine.unsubscribe(sub)
+            release()
+
+        context.add_callback(on_end)
         try:
             last: list[Any] | None = None
             while context.is_active() and not sub.closed:
@@ -209,32 +220,48 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     )
                 sub.changed.wait(1.0)
         finally:
-            self.engine.unsubscribe(sub)
+            on_end()
 
     @_edge
     def ForgetSubject(
         self, request: selfmodel_pb2.ForgetSubjectRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ForgetSubjectResponse:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
-        if who.tenant is not None and who.role != "operator":
-            raise PermissionDenied(f"only an operator may forget a subject, not agent {who.agent}")
-        return selfmodel_pb2.ForgetSubjectResponse(handoff_token=self.engine.forget(subject))
+        who, subject = self._caller_and_subject(request, context)
+        who.check_operator("forget a subject")
+        token = self.engine.forget(subject, self._audit(who, "forget", subject))
+        return selfmodel_pb2.ForgetSubjectResponse(handoff_token=token)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, engine: Engine, status: Callable[[], admin_pb2.NodeStatus]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        status: Callable[[], admin_pb2.NodeStatus],
+        identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
+        limits: Limits | None = None,
+    ) -> None:
         self.engine = engine
         self.status = status
+        self.identify = identify
+        self.limits = limits or Limits()
 
     @_edge
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.NodeStatus:
+        self.identify(context, self.limits)
         return self.status()
+
+    @_edge
+    def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListAuditResponse:
+        who = self.identify(context, self.limits)
+        who.check_operator("read the audit log")
+        after = validation.audit_cursor(request.after, "after")
+        limit = min(request.limit or 100, 1000)
+        entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
+        return convert.audit_page(entries, cursor)
 
 
 __all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import rocksdict
 
@@ -217,6 +217,24 @@ class Store:
     @staticmethod
     def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
         return ("peers", f"{kind}:{peer}".encode(), str(seq).encode())
+
+    def scan(
+        self, cf: str, after: bytes = b"", limit: int = 100, *, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` rows of a column family in key order, strictly after ``after``
+        (forward only), or the last rows first with ``reverse``."""
+        rows: list[tuple[bytes, bytes]] = []
+        if limit <= 0:
+            return rows
+        table = self._cf[cf]
+        items = table.items(backwards=True) if reverse else table.items(from_key=after)
+        for key, value in items:
+            if not reverse and key == after:
+                continue
+            rows.append(cast(tuple[bytes, bytes], (key, value)))
+            if len(rows) >= limit:
+                break
+        return rows
 
     def get_meta(self, cf: str, key: bytes) -> bytes | None:
         value: bytes | None = self._cf[cf].get(key)

@@ -38,6 +38,8 @@ class Limits:
     max_filter_contexts: int = 64
     max_token: int = 65536
     max_handoff_wait_s: float = 30.0
+    max_batch_subjects: int = 100
+    max_watches_per_connection: int = 16
 
 
 def identifier(value: str, field: str, limit: int) -> str:
@@ -181,3 +183,12 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
 
 def source(value: str, field: str, limits: Limits) -> str:
     return identifier(value, field, limits.max_id)
+
+
+def audit_cursor(value: str, field: str) -> bytes:
+    """A cursor of the audit log: empty (from the start) or one returned by ListAudit."""
+    if not value:
+        return b""
+    if len(value) != 32 or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise InvalidArgument(field, "must be empty or a cursor returned by ListAudit")
+    return bytes.fromhex(value)
