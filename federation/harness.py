@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
+from federation.launcher import die_with_parent
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
@@ -92,6 +93,7 @@ class NodeProcess:
                 stderr=log,
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent,
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

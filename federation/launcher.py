@@ -27,6 +27,18 @@ class Child:
     log: Path
 
 
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM it when the parent dies, so no node outlives its launcher
+    (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def effective_file(cluster: Cluster) -> Path:
     """The cluster file the nodes read: the given one, or the embedded default under data/."""
     if cluster.source is not None:
@@ -59,6 +71,7 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
+                preexec_fn=die_with_parent,
             )
         children.append(Child(spec.name, proc, log_path))
     return children

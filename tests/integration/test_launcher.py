@@ -59,3 +59,37 @@ def test_cluster_up_serves_every_node_and_ctrl_c_stops_them_all(tmp_path: Path):
             proc.wait()
         for pid in node_pids(config):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_nodes_do_not_outlive_a_killed_launcher(tmp_path: Path):
+    port = free_port()
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        f'[cluster]\ndata = "data"\nfsync = false\n\n[[node]]\nname = "solo"\n'
+        f'address = "127.0.0.1:{port}"\nmetrics = "127.0.0.1:0"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "federation", "cluster", "up", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops them" not in proc.stdout.readline():
+            assert time.monotonic() < deadline and proc.poll() is None
+        assert len(node_pids(config)) == 1
+        proc.kill()  # no chance to stop its children
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while node_pids(config):
+            assert time.monotonic() < deadline, "the node outlived its launcher"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in node_pids(config):
+            os.kill(pid, signal.SIGKILL)
