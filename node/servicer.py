@@ -219,6 +219,10 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                         subject, beliefs, view.token, view.resolved_ms, self.engine.node
                     )
                 sub.changed.wait(1.0)
+        except Exception:
+            # A failure inside the stream must end it with a status, never kill the node.
+            log.exception("WatchSelfModel of %s failed", subject)
+            context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
         finally:
             on_end()
 
