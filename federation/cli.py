@@ -64,7 +64,13 @@ def _node(args: argparse.Namespace) -> int:
 def _cluster_up(args: argparse.Namespace) -> int:
     from federation import launcher
 
-    config = cluster.load(Path(args.config) if args.config else None)
+    if args.tls and args.config:
+        raise ValueError("--tls applies to the embedded default; a cluster file has [cluster.tls]")
+    config = cluster.load(Path(args.config) if args.config else None, tls=args.tls)
+    if args.tls:
+        certs_dir = config.nodes[0].data.parent / "certs"
+        certs.create_cluster_certs(certs_dir, config.names())
+        print(f"mutual TLS between nodes, certificates in {certs_dir}/")
     return launcher.up(config, token=args.token)
 
 
@@ -155,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = clus_sub.add_parser("up", help="start every node of the cluster file; Ctrl-C stops them")
     up.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
     up.add_argument("--token", help="operator token for the status queries")
+    up.add_argument(
+        "--tls", action="store_true", help="embedded default with mutual TLS between the nodes"
+    )
     up.set_defaults(run=_cluster_up)
     status = clus_sub.add_parser("status", help="every node's peers, outbox depth and lag")
     status.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")

@@ -14,7 +14,7 @@ from typing import IO, TextIO
 
 import grpc
 
-from federation.cluster import DEFAULT_CLUSTER, Cluster
+from federation.cluster import Cluster, default_cluster_text
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0
@@ -45,7 +45,8 @@ def effective_file(cluster: Cluster) -> Path:
         return cluster.source
     path = cluster.nodes[0].data.parent / "cluster.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEFAULT_CLUSTER)
+    # Paths in a cluster file are relative to its folder, which is the data root itself.
+    path.write_text(default_cluster_text(data=".", tls=cluster.tls is not None))
     return path
 
 
