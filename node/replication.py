@@ -10,9 +10,13 @@ from typing import Any
 
 import grpc
 
+from node import validation
 from node.engine import Engine
+from node.errors import InvalidArgument
+from node.servicer import aborted, map_errors
 from node.store import Store
 from node.tls import PEERS_REFUSED
+from node.validation import Limits
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import (
@@ -181,9 +185,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         engine: Engine,
         members: frozenset[str],
         peer_name: Callable[[grpc.ServicerContext], str | None],
+        limits: Limits,
     ) -> None:
         self.engine = engine
         self.members = members
+        self.limits = limits
         self._peer_name = peer_name
         self._streams: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
@@ -218,12 +224,27 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 )
             self._streams.add(context)
         context.add_callback(lambda: self._forget_stream(context))
+        try:
+            yield from self._replicate(peer, request_iterator, context)
+        except Exception:
+            if aborted(context) or not context.is_active():
+                raise
+            log.exception("delta stream from %s failed", peer)
+            context.abort(grpc.StatusCode.INTERNAL, "merging the stream failed; see the node's log")
+
+    def _replicate(
+        self,
+        peer: str,
+        request_iterator: Iterator[sync_pb2.ReplicateBatch],
+        context: grpc.ServicerContext,
+    ) -> Iterator[sync_pb2.ReplicateAck]:
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
+            self._check(context, batch.deltas, "deltas")
             deltas = [delta_from_proto(d) for d in batch.deltas]
             sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
             sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
@@ -232,16 +253,29 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             )
             yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=outcome.refused)
 
+    def _check(
+        self, context: grpc.ServicerContext, states: Sequence[sync_pb2.SubjectState], field: str
+    ) -> None:
+        try:
+            for i, msg in enumerate(states):
+                validation.remote_state(msg, f"{field}[{i}]", self.limits)
+        except InvalidArgument as exc:
+            sync_metrics.REPLICATION_ERRORS.labels(self._peer_name(context) or "unknown").inc()
+            log.warning("refused a malformed state from a peer: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
         with self._lock:
             self._streams.discard(context)
 
+    @map_errors
     def GetBuckets(
         self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
     ) -> sync_pb2.Buckets:
         self._authorize(context)
         return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
 
+    @map_errors
     def GetDigests(
         self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext
     ) -> sync_pb2.Digests:
@@ -257,10 +291,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 d.subject.CopyFrom(subject_to_proto(subject))
         return reply
 
+    @map_errors
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
         self._authorize(context)
+        self._check(context, request.states, "states")
         incoming = [state_from_proto(s) for s in request.states]
         self.engine.merge_remote(Delta(s) for s in incoming)
         reply = sync_pb2.StateExchange()

@@ -177,7 +177,10 @@ def start(config: NodeConfig) -> RunningNode:
             engine, config.peers, config.sync, config.peer_channel_credentials
         )
     sync_servicer = SyncServicer(
-        engine, config.members or frozenset(p.name for p in config.peers), config.peer_identity
+        engine,
+        config.members or frozenset(p.name for p in config.peers),
+        config.peer_identity,
+        config.limits,
     )
     sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(

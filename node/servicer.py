@@ -1,6 +1,7 @@
 """The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
 
-Domain errors become gRPC status codes here, in one place (``_edge``).
+Domain errors become gRPC status codes here, in one place (``map_errors``, which the Sync
+servicer uses too).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Princip
     return Principal(ANONYMOUS)
 
 
-def _edge(fn: F) -> F:
+def map_errors(fn: F) -> F:
     """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
 
     @functools.wraps(fn)
@@ -50,12 +51,20 @@ def _edge(fn: F) -> F:
         except SelfModelError as exc:
             context.abort(grpc.StatusCode[exc.status], str(exc))
         except Exception:
+            if aborted(context):
+                raise  # the handler chose its status with context.abort: keep it
             log.exception("%s failed", fn.__name__)
             context.abort(
                 grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log"
             )
 
     return wrapped  # type: ignore[return-value]
+
+
+def aborted(context: grpc.ServicerContext) -> bool:
+    """True once the handler called ``context.abort`` (which raises a bare Exception)."""
+    code = context.code()  # type: ignore[attr-defined]
+    return code is not None and code != grpc.StatusCode.OK
 
 
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
@@ -97,7 +106,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
         return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
 
-    @_edge
+    @map_errors
     def Observe(
         self, request: selfmodel_pb2.ObserveRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ObserveResponse:
@@ -111,7 +120,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             observation_id=w.observation_id, key=w.key, handoff_token=result.token
         )
 
-    @_edge
+    @map_errors
     def ObserveBatch(
         self, request: selfmodel_pb2.ObserveBatchRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ObserveBatchResponse:
@@ -141,7 +150,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             )
         return reply
 
-    @_edge
+    @map_errors
     def Retract(
         self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.RetractResponse:
@@ -161,7 +170,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         count, token = self.engine.retract(subject, ctx, key, source, audit)
         return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
 
-    @_edge
+    @map_errors
     def GetSelfModel(
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> model_pb2.SelfModelSnapshot:
@@ -173,7 +182,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
         return convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
 
-    @_edge
+    @map_errors
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
@@ -220,13 +229,15 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     )
                 sub.changed.wait(1.0)
         except Exception:
+            if aborted(context):
+                raise
             # A failure inside the stream must end it with a status, never kill the node.
             log.exception("WatchSelfModel of %s failed", subject)
             context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
         finally:
             on_end()
 
-    @_edge
+    @map_errors
     def ForgetSubject(
         self, request: selfmodel_pb2.ForgetSubjectRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ForgetSubjectResponse:
@@ -249,14 +260,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.identify = identify
         self.limits = limits or Limits()
 
-    @_edge
+    @map_errors
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.NodeStatus:
         self.identify(context, self.limits)
         return self.status()
 
-    @_edge
+    @map_errors
     def ListAudit(
         self, request: admin_pb2.ListAuditRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListAuditResponse:
