@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ from google.protobuf import json_format
 
 from federation import certs, cluster, tokens
 from federation.client import Client, parse_subject
+from federation.launcher import PARENT_ENV, die_with_parent
 from node.errors import SelfModelError
 
 DEFAULT_TARGET = "127.0.0.1:7070"
@@ -25,6 +27,9 @@ def _node(args: argparse.Namespace) -> int:
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit():
+        die_with_parent(int(parent))
     try:
         if args.cluster:
             spec = cluster.load(Path(args.cluster))

@@ -27,7 +27,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
-from federation.launcher import die_with_parent
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
@@ -94,7 +93,6 @@ class NodeProcess:
                 stderr=log,
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=die_with_parent,
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

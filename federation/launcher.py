@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,16 +28,24 @@ class Child:
     log: Path
 
 
-def die_with_parent() -> None:
-    """In a child before exec: SIGTERM it when the parent dies, so no node outlives its launcher
-    (Linux; elsewhere a no-op)."""
+PARENT_ENV = "SELFMODEL_PARENT_PID"
+
+
+def die_with_parent(parent: int) -> None:
+    """Called by a node at start: SIGTERM it when its launcher dies (Linux; elsewhere a no-op).
+
+    Done in the node itself rather than in a ``preexec_fn``, which can deadlock a child forked
+    from a threaded parent; if the launcher died before this ran, the node stops at once.
+    """
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def effective_file(cluster: Cluster) -> Path:
@@ -72,7 +81,7 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
-                preexec_fn=die_with_parent,
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
             )
         children.append(Child(spec.name, proc, log_path))
     return children
