@@ -393,14 +393,21 @@ class Store:
         self._db.flush_wal(True)
 
     def size_bytes(self) -> int:
-        total = 0
-        for name in COLUMN_FAMILIES:
-            for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
-                total += self._cf[name].property_int_value(prop) or 0
-        return total
+        """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
+        with self._lock:
+            if self._closed:
+                return 0
+            total = 0
+            for name in COLUMN_FAMILIES:
+                for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                    total += self._cf[name].property_int_value(prop) or 0
+            return total
 
     def estimate_subjects(self) -> int:
-        return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
+        with self._lock:
+            if self._closed:
+                return 0
+            return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
         with self._lock:

@@ -126,3 +126,11 @@ def test_forget_keeps_the_erase_in_the_outbox_but_purges_older_deltas(tmp_path: 
     assert [(d.subject, d.generation) for d in deltas] == [(U1, 1)]
     assert all(not d.observations for d in deltas)
     store.close()
+
+
+def test_store_figures_read_zero_after_close_instead_of_failing_a_scrape(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales")
+    Engine(store).observe("agent", [item(U1, "k1")])
+    assert store.size_bytes() > 0 and store.estimate_subjects() >= 0
+    store.close()
+    assert (store.size_bytes(), store.estimate_subjects()) == (0, 0)
