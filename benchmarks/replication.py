@@ -298,9 +298,17 @@ class Figures:
     visible_ms: list[float] = field(default_factory=list)  # ack -> visible, per other node
     unseen: int = 0
     first_error: str = ""
+    writer_cpu_ms: float = float("nan")  # CPU time of the written node per write issued
+    peer_cpu_ms: float = float("nan")  # CPU time of each other node per write (mean)
 
     def p(self, values: Sequence[float], q: float) -> float:
         return percentile(sorted(values), q)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -353,9 +361,15 @@ def measure_node(cluster: Any, cell: str, rate: float, duration_s: float) -> Fig
         for _, conn in watchers:
             if _expect(conn, "watcher") != "ready":
                 raise RuntimeError("a watcher got no initial snapshot")
+        pids = [cluster.nodes[n].proc.pid for n in names]
+        cpu0 = [process_cpu_s(pid) for pid in pids]
         measured, _, _, figures = _drive(
             "node", cluster.address(writer_node), cell, rate, duration_s, 0, watchers
         )
+        used = [process_cpu_s(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        issued = rate * (WARMUP_S + duration_s)
+        figures.writer_cpu_ms = used[0] / issued * 1000
+        figures.peer_cpu_ms = sum(used[1:]) / len(used[1:]) / issued * 1000
         for _, conn in watchers:
             conn.send("stop")
         events = [_expect(conn, "watcher") for _, conn in watchers]
@@ -474,20 +488,34 @@ def run(args: argparse.Namespace) -> list[Cell]:
 
 
 def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
+    def ms(value: float) -> str:
+        return f"{value:.2f}ms"
+
     header = (
-        f"{'nodes':>5} {'writes/s':>8} {'writes':>7} {'ack p50':>8} {'ack p99':>8} "
-        f"{'vis p50':>8} {'vis p99':>8} {'floor p50':>9} {'floor p99':>9} {'p99 ratio':>9} "
-        f"{'unseen':>6} {'errors':>6}"
+        f"{'nodes':>5} {'writes/s':>8} {'writes':>7} {'vis p50':>9} {'vis p99':>9} "
+        f"{'floor p50':>9} {'floor p99':>9} {'p99 ratio':>9} {'unseen':>6} {'errors':>6}"
     )
-    lines = [header, "-" * len(header)]
+    lines = ["time to visible", header, "-" * len(header)]
     for c in cells:
         n, f = c.node, c.floor
         lines.append(
-            f"{c.nodes:>5} {c.rate:>8g} {n.writes:>7} {n.p(n.ack_ms, 0.5):>6.2f}ms "
-            f"{n.p(n.ack_ms, 0.99):>6.2f}ms {n.p(n.visible_ms, 0.5):>6.2f}ms "
-            f"{n.p(n.visible_ms, 0.99):>6.2f}ms {f.p(f.visible_ms, 0.5):>7.2f}ms "
-            f"{f.p(f.visible_ms, 0.99):>7.2f}ms {c.ratio:>8.1f}x {n.unseen + f.unseen:>6} "
+            f"{c.nodes:>5} {c.rate:>8g} {n.writes:>7} {ms(n.p(n.visible_ms, 0.5)):>9} "
+            f"{ms(n.p(n.visible_ms, 0.99)):>9} {ms(f.p(f.visible_ms, 0.5)):>9} "
+            f"{ms(f.p(f.visible_ms, 0.99)):>9} {c.ratio:>8.1f}x {n.unseen + f.unseen:>6} "
             f"{n.errors + n.skipped + f.errors + f.skipped:>6}"
+        )
+    header = (
+        f"{'nodes':>5} {'writes/s':>8} {'Observe p50':>11} {'Observe p99':>11} "
+        f"{'Publish p50':>11} {'Publish p99':>11} {'CPU/write n1':>12} {'CPU/write peer':>14}"
+    )
+    lines += ["", "call latency (call -> ack) and node CPU time per write", header]
+    lines.append("-" * len(header))
+    for c in cells:
+        n, f = c.node, c.floor
+        lines.append(
+            f"{c.nodes:>5} {c.rate:>8g} {ms(n.p(n.ack_ms, 0.5)):>11} {ms(n.p(n.ack_ms, 0.99)):>11} "
+            f"{ms(f.p(f.ack_ms, 0.5)):>11} {ms(f.p(f.ack_ms, 0.99)):>11} "
+            f"{ms(n.writer_cpu_ms):>12} {ms(n.peer_cpu_ms):>14}"
         )
     for c in cells:
         for what, fig in (("node", c.node), ("floor", c.floor)):
@@ -501,8 +529,8 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
             f"3 nodes: {verdict} ({target.ratio:.1f}x)"
         )
     lines.append(
-        f"vis = Observe ack on n1 -> first WatchSelfModel snapshot covering it on each other node; "
-        f"floor = Publish ack -> receipt on each subscriber; ack = Observe call -> ack; "
+        "vis = Observe ack on n1 -> first WatchSelfModel snapshot covering it on each other node; "
+        "floor = Publish ack -> receipt on each subscriber; "
         f"fsync {'off' if args.no_fsync else 'on (node default)'}"
     )
     return "\n".join(lines)
