@@ -371,19 +371,26 @@ class Store:
     def purge(self, subject: Subject, generation: int) -> None:
         """Removes a forgotten subject's old data from RocksDB's files, not only from view.
 
-        Drops its deltas of generations below ``generation`` from the outbox (the erase itself
+        Empties its deltas of generations below ``generation`` in the outbox (the erase itself
         stays, to reach the peers), flushes the memtables (so the WAL holding the old
         rows becomes obsolete) and compacts the subject's key range, so no SST file or log
         keeps a superseded version of its observations.
+
+        The old deltas are replaced by empty ones (merging them changes nothing), never
+        deleted: a peer that has not acknowledged them yet must find the sequence unbroken,
+        since a hole in the outbox reads as entries trimmed past the peer.
         """
         key = subject.storage_key()
-        doomed = []
-        for k, v in self._cf["outbox"].items():
-            delta = decode_state(v[8:])
-            if delta.subject == subject and delta.generation < generation:
-                doomed.append(k)
-        for k in doomed:
-            self._cf["outbox"].delete(k)
+        empty = encode_state(SubjectState(subject))
+        with self._outbox_lock:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            outbox = self._handle["outbox"]
+            start = (self._outbox_trimmed + 1).to_bytes(8, "big")
+            for k, v in self._cf["outbox"].items(from_key=start):
+                delta = decode_state(v[8:])
+                if delta.subject == subject and delta.generation < generation:
+                    batch.put(k, v[:8] + empty, outbox)
+            self._db.write(batch, self._unsynced)
         for name in ("state", "outbox", "digest"):
             self._cf[name].flush(True)
         self._cf["state"].compact_range(key, key + b"\xff")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from node.engine import Engine, ObservationInput
 from node.store import Store
+from sync.codec import decode_state
+from sync.crdt import SubjectState, merge
 from sync.observation import Subject, SubjectKind
 
 
@@ -64,3 +66,27 @@ def test_trimming_after_every_write_keeps_outbox_reads_as_fast_as_at_the_start(
     store.close()
     first, last = sorted(read_us[:200])[100], sorted(read_us[-200:])[100]
     assert last < max(10 * first, 200), f"outbox read {first:.0f} us at first, {last:.0f} us later"
+
+
+def test_a_forget_empties_the_subjects_old_deltas_without_leaving_a_hole_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "db", "n1", sync=False, outbox=True)
+    engine = Engine(store)
+    observe(engine, "gone", "secret-one")
+    observe(engine, "kept", "public")
+    observe(engine, "gone", "secret-two")
+    store.trim_outbox(1)  # every peer has the first delta; one has not seen the rest
+    engine.forget(subject("gone"))
+    entries = store.outbox(0, 100)
+    # A peer at 1 reads 2, 3, 4 in order: no gap that would read as a trimmed outbox.
+    assert [e.seq for e in entries] == [2, 3, 4]
+    assert not any(b"secret" in e.delta for e in entries)
+    kept, emptied, erase = (decode_state(e.delta) for e in entries)
+    assert kept.subject == subject("kept") and len(kept.observations) == 1
+    assert emptied == SubjectState(subject("gone"))
+    assert erase.generation == 1
+    # Merging the emptied delta changes nothing, wherever it lands.
+    for state in (engine.state(subject("gone")), SubjectState(subject("gone"))):
+        assert merge(state, emptied) == state
+    store.close()
