@@ -106,7 +106,10 @@ class PeerReplicator:
                 self._session()
                 failures = 0
             except Exception as exc:  # any failure ends the session; we reconnect
-                failures += 1
+                # Back off by the failures since the last session that got going (it is still
+                # marked connected here), so one bad spell does not slow every later
+                # reconnect down to the maximum.
+                failures = 1 if self.connected else failures + 1
                 metrics.REPLICATION_ERRORS.labels(self.peer).inc()
                 log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
             finally:
