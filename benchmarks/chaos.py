@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
+import json
 import os
 import random
 import shutil
@@ -66,6 +68,8 @@ CALL_TIMEOUT_S = 2.0
 # Probes start this long after a fault was undone, and stop this long before the next fault.
 SETTLE_S = 0.5
 GUARD_S = 1.0
+# Probes this long after the last fault was undone are reported apart, as "settled".
+SETTLED_S = 2.0
 
 Key = tuple[str, str]  # (subject id, observation key)
 
@@ -83,7 +87,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--faults",
         default=",".join(FAULTS),
-        help=f"comma-separated fault kinds to draw from: {', '.join(FAULTS)}",
+        help=f"comma-separated fault kinds to draw from: {', '.join(FAULTS)}; or none (a "
+        "baseline: the same load and probes without faults)",
     )
     p.add_argument("--writers-per-node", type=int, default=2, help="writer threads per node")
     p.add_argument("--rate", type=float, default=100.0, help="writes/s across the cluster")
@@ -98,10 +103,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
     p.add_argument("--keep", action="store_true", help="keep the data directory and node logs")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--json", type=Path, default=None, help="write the probe samples here")
     args = p.parse_args(argv)
     if not 2 <= args.nodes <= 9:
         p.error("--nodes must be within 2..9")
-    unknown = set(args.faults.split(",")) - set(FAULTS)
+    unknown = set(args.faults.split(",")) - {*FAULTS, "none"}
     if unknown:
         p.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
     if args.duration <= 0 or args.fault_every < 1.0 or args.rate <= 0:
@@ -127,6 +133,7 @@ class Probe:
     seq: int
     node: str
     acked_at: float
+    since_undo: float  # seconds since the last fault was undone
 
 
 class Ledger:
@@ -155,10 +162,13 @@ class Window:
         self._lock = threading.Lock()
         self._open_from = float("inf")
         self._open_until = 0.0
+        self.undone_at = time.monotonic()
 
     def open(self, until: float) -> None:
+        """Called when the last fault was undone (or before the first one)."""
         with self._lock:
-            self._open_from, self._open_until = time.monotonic() + SETTLE_S, until - GUARD_S
+            self.undone_at = time.monotonic()
+            self._open_from, self._open_until = self.undone_at + SETTLE_S, until - GUARD_S
 
     def close(self) -> None:
         with self._lock:
@@ -363,7 +373,8 @@ class Load:
                 self.clients.drop(node, "prober")
                 self.ledger.error("probe", exc)
                 continue
-            self.probes.append(Probe(seq, node, time.monotonic()))
+            acked_at = time.monotonic()
+            self.probes.append(Probe(seq, node, acked_at, acked_at - self.window.undone_at))
 
     def _watcher(self, node: str) -> None:
         while self._running():
@@ -408,6 +419,8 @@ class Faults:
         kind = self.rng.choice(self.kinds)
         c, names, rng = self.cluster, self.names, self.rng
         victim = rng.choice(names)
+        if kind == "none":
+            return kind, "no fault (baseline)", lambda: None
         if kind in ("partition", "split"):
             size = 1 if kind == "partition" else max(1, len(names) // 2)
             minority = sorted(rng.sample(names, size))
@@ -476,6 +489,9 @@ class Report:
     convergence_s: float = float("nan")
     restart_s: list[float] = field(default_factory=list)
     visible_ms: list[float] = field(default_factory=list)
+    visible_settled_ms: list[float] = field(default_factory=list)
+    # (seconds since the last fault was undone, ms to visible, writing node, watching node)
+    samples: list[tuple[float, float, str, str]] = field(default_factory=list)
     probes: int = 0
     probes_unseen: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -493,8 +509,8 @@ class Report:
             and self.retract_missed == 0
         )
 
-    def visible_p(self, q: float) -> float:
-        return percentile(sorted(self.visible_ms), q)
+    def visible_p(self, q: float, settled: bool = False) -> float:
+        return percentile(sorted(self.visible_settled_ms if settled else self.visible_ms), q)
 
     def render(self) -> str:
         def verdict(n: int) -> str:
@@ -524,10 +540,13 @@ class Report:
                 if self.converged
                 else "convergence after heal          NEVER (timed out)"
             ),
-            f"time-to-visible (fault-free) p50 {self.visible_p(0.5):.1f} ms, "
+            f"time-to-visible, fault-free  p50 {self.visible_p(0.5):.1f} ms, "
             f"p99 {self.visible_p(0.99):.1f} ms, max {max(self.visible_ms, default=0):.1f} ms "
-            f"({len(self.visible_ms)} samples of {self.probes} probes; {self.probes_unseen} "
-            "never seen)",
+            f"({len(self.visible_ms)} samples of {self.probes} probes, from {SETTLE_S:g} s after "
+            f"a fault was undone; {self.probes_unseen} never seen)",
+            f"  of which settled           p50 {self.visible_p(0.5, True):.1f} ms, "
+            f"p99 {self.visible_p(0.99, True):.1f} ms ({len(self.visible_settled_ms)} samples, "
+            f"from {SETTLED_S:g} s after a fault was undone)",
         ]
         if self.restart_s:
             lines.append(
@@ -575,7 +594,11 @@ def visibility(load: Load, report: Report) -> None:
             if i == len(seqs):
                 report.probes_unseen += 1
                 continue
-            report.visible_ms.append(max(0.0, times[i] - probe.acked_at) * 1000)
+            latency_ms = max(0.0, times[i] - probe.acked_at) * 1000
+            report.visible_ms.append(latency_ms)
+            if probe.since_undo >= SETTLED_S:
+                report.visible_settled_ms.append(latency_ms)
+            report.samples.append((probe.since_undo, latency_ms, probe.node, watcher))
 
 
 def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
@@ -718,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chaos run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(report.render(), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(dataclasses.asdict(report)))
     print(f"seed {report.seed} (replay: --seed {report.seed})", flush=True)
     return 0 if report.passed else 1
 
