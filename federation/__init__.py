@@ -1,1 +1,53 @@
-"""federation"""
+"""Federation: the client library, cluster file, local launcher and command line."""
+
+from federation.client import (
+    AsyncClient,
+    BeliefView,
+    CachedModel,
+    Client,
+    Observed,
+    Retracted,
+    SelfModelView,
+    Stance,
+    org,
+    parse_subject,
+    team,
+    user,
+)
+from node.errors import (
+    DeadlineExceeded,
+    HandoffTimeout,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SelfModelError,
+    Unauthenticated,
+)
+from sync.observation import Evidence, Subject, SubjectKind
+
+__all__ = [
+    "AsyncClient",
+    "BeliefView",
+    "CachedModel",
+    "Client",
+    "DeadlineExceeded",
+    "Evidence",
+    "HandoffTimeout",
+    "InvalidArgument",
+    "NotFound",
+    "Observed",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Retracted",
+    "SelfModelError",
+    "SelfModelView",
+    "Stance",
+    "Subject",
+    "SubjectKind",
+    "Unauthenticated",
+    "org",
+    "parse_subject",
+    "team",
+    "user",
+]

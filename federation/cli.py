@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -12,23 +13,28 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from federation import cluster
+from federation import certs, cluster, tokens
 from federation.client import Client, parse_subject
+from federation.launcher import PARENT_ENV, die_with_parent
 from node.errors import SelfModelError
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 
 
 def _node(args: argparse.Namespace) -> int:
+    from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent.isdigit():
+        die_with_parent(int(parent))
     try:
         if args.cluster:
-            config = cluster.node_config(cluster.load(Path(args.cluster)), args.name)
-            if args.no_fsync:
-                config.fsync = False
+            spec = cluster.load(Path(args.cluster))
+            config = cluster.node_config(spec, args.name)
+            tokens_file = args.tokens or spec.tokens
         else:
             policies = PolicyBook()
             if args.policies:
@@ -36,14 +42,25 @@ def _node(args: argparse.Namespace) -> int:
                     policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
             config = NodeConfig(
                 name=args.name,
+                domain=args.domain,
                 data_dir=Path(args.data),
                 listen=args.listen,
                 metrics_listen=args.metrics or None,
-                fsync=not args.no_fsync,
                 policies=policies,
             )
+            tokens_file = args.tokens
+        if args.no_fsync:
+            config.fsync = False
+        if tokens_file:
+            config.identify = TokenBook(Path(tokens_file)).identify
         serve(config)
-    except (ConfigError, StoreError, cluster.ClusterFileError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        StoreError,
+        TokenFileError,
+        cluster.ClusterFileError,
+        FileNotFoundError,
+    ) as exc:
         print(f"selfmodel node: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -52,7 +69,13 @@ def _node(args: argparse.Namespace) -> int:
 def _cluster_up(args: argparse.Namespace) -> int:
     from federation import launcher
 
-    config = cluster.load(Path(args.config) if args.config else None)
+    if args.tls and args.config:
+        raise ValueError("--tls applies to the embedded default; a cluster file has [cluster.tls]")
+    config = cluster.load(Path(args.config) if args.config else None, tls=args.tls)
+    if args.tls:
+        certs_dir = config.nodes[0].data.parent / "certs"
+        certs.create_cluster_certs(certs_dir, config.names())
+        print(f"mutual TLS between nodes, certificates in {certs_dir}/")
     return launcher.up(config, token=args.token)
 
 
@@ -134,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--cluster", help="cluster file: run its node --name (other flags then ignored)"
     )
+    node.add_argument("--domain", default="", help="the domain this node serves, e.g. sales")
+    node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
@@ -141,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = clus_sub.add_parser("up", help="start every node of the cluster file; Ctrl-C stops them")
     up.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
     up.add_argument("--token", help="operator token for the status queries")
+    up.add_argument(
+        "--tls", action="store_true", help="embedded default with mutual TLS between the nodes"
+    )
     up.set_defaults(run=_cluster_up)
     status = clus_sub.add_parser("status", help="every node's peers, outbox depth and lag")
     status.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
@@ -186,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("subject")
     client_args(forget)
     forget.set_defaults(run=_forget)
+    tokens.add_commands(sub)
+    certs.add_commands(sub)
     return parser
 
 

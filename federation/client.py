@@ -13,6 +13,8 @@ other failure raises the domain exception of node.errors that the node raised.
 from __future__ import annotations
 
 import datetime as dt
+import random
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from node.errors import BY_STATUS, SelfModelError
+from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -155,6 +157,8 @@ def error_from_rpc(exc: grpc.RpcError) -> SelfModelError:
     code = exc.code()  # type: ignore[attr-defined]
     cls = BY_STATUS.get(code.name, SelfModelError)
     details = exc.details() or code.name  # type: ignore[attr-defined]
+    if cls is DeadlineExceeded and "handoff token" in details:
+        return HandoffTimeout(details)
     if cls.__name__ == "InvalidArgument":
         field, _, reason = details.partition(": ")
         return BY_STATUS["INVALID_ARGUMENT"](field, reason)  # type: ignore[call-arg]
@@ -350,6 +354,12 @@ class Client:
         req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
         return str(self._call(self._stub.ForgetSubject, req).handoff_token)
 
+    def cached(
+        self, subject: SubjectLike, *, contexts: Sequence[str] = (), include_uncertain: bool = False
+    ) -> CachedModel:
+        """A local copy of the subject's model, kept current by a watch stream."""
+        return CachedModel(self, subject, contexts, include_uncertain)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -358,6 +368,80 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CachedModel:
+    """A subject's model kept current by a watch stream, so repeated reads cost microseconds.
+
+    While the stream is up, ``get()`` is never staler than the node's push delay; while it is
+    down (node restarting, network cut), ``get()`` reads from the node directly and the stream
+    reconnects in the background with jittered backoff.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        subject: SubjectLike,
+        contexts: Sequence[str] = (),
+        include_uncertain: bool = False,
+    ) -> None:
+        self._client = client
+        self._subject = subject
+        self._contexts = tuple(contexts)
+        self._include_uncertain = include_uncertain
+        self._request = selfmodel_pb2.WatchSelfModelRequest(
+            subject=client._req.subject(subject),
+            contexts=list(contexts),
+            include_uncertain=include_uncertain,
+        )
+        self._view: SelfModelView | None = None
+        self._live = threading.Event()
+        self._closed = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._follow, name="selfmodel-cache", daemon=True)
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        return self._live.is_set()
+
+    def get(self, wait_s: float = 2.0) -> SelfModelView:
+        if self._live.wait(wait_s) and self._view is not None:
+            return self._view
+        return self._client.self_model(
+            self._subject, contexts=self._contexts, include_uncertain=self._include_uncertain
+        )
+
+    def close(self) -> None:
+        self._closed.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        self._thread.join(5)
+
+    def __enter__(self) -> CachedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _follow(self) -> None:
+        failures = 0
+        while not self._closed.is_set():
+            try:
+                self._stream = self._client._stub.WatchSelfModel(
+                    self._request, metadata=self._client._md
+                )
+                for msg in self._stream:
+                    self._view = view_from_proto(msg)
+                    self._live.set()
+                    failures = 0
+            except grpc.RpcError:
+                pass
+            finally:
+                self._live.clear()
+            failures += 1
+            self._closed.wait(min(2.0, 0.05 * 2 ** min(failures, 6)) * random.random())
 
 
 class AsyncClient:

@@ -37,33 +37,50 @@ from node.replication import PeerConfig
 from node.server import NodeConfig
 from sync.replicator import SyncSettings
 
-DEFAULT_CLUSTER = """\
-# The embedded default: three domain nodes on loopback, data under ./data.
-[cluster]
-data = "data"
-fsync = true
+DEFAULT_NODES = (  # name, agents' port, peers' port (with TLS), metrics port
+    ("sales", 7070, 7170, 9470),
+    ("support", 7071, 7171, 9471),
+    ("billing", 7072, 7172, 9472),
+)
 
-[cluster.sync]
-anti_entropy_s = 10
 
-[[node]]
-name = "sales"
-domain = "sales"
-address = "127.0.0.1:7070"
-metrics = "127.0.0.1:9470"
+def default_cluster_text(data: str = "data", tls: bool = False) -> str:
+    """The embedded default: three domain nodes on loopback, data under ``data``.
 
-[[node]]
-name = "support"
-domain = "support"
-address = "127.0.0.1:7071"
-metrics = "127.0.0.1:9471"
+    With ``tls`` the nodes talk Sync over mutual TLS on their own ports, with the certificates
+    of ``selfmodel certs create`` under ``<data>/certs``.
+    """
+    lines = [
+        "# The embedded default: three domain nodes on loopback.",
+        "[cluster]",
+        f'data = "{data}"',
+        "fsync = true",
+        "",
+        "[cluster.sync]",
+        "anti_entropy_s = 10",
+    ]
+    if tls:
+        lines += [
+            "",
+            "[cluster.tls]",
+            f'ca = "{data}/certs/ca.pem"',
+            f'cert = "{data}/certs/{{node}}.pem"',
+            f'key = "{data}/certs/{{node}}.key"',
+        ]
+    for name, port, peer_port, metrics_port in DEFAULT_NODES:
+        lines += [
+            "",
+            "[[node]]",
+            f'name = "{name}"',
+            f'domain = "{name}"',
+            f'address = "127.0.0.1:{port}"',
+            *([f'peer_address = "127.0.0.1:{peer_port}"'] if tls else []),
+            f'metrics = "127.0.0.1:{metrics_port}"',
+        ]
+    return "\n".join(lines) + "\n"
 
-[[node]]
-name = "billing"
-domain = "billing"
-address = "127.0.0.1:7072"
-metrics = "127.0.0.1:9472"
-"""
+
+DEFAULT_CLUSTER = default_cluster_text()
 
 
 class ClusterFileError(ValueError):
@@ -115,10 +132,10 @@ class Cluster:
         return tuple(PeerConfig(p, me.routes.get(p, self.node(p).peer_address)) for p in me.peers)
 
 
-def load(path: Path | None) -> Cluster:
-    """Reads a cluster file, or the embedded default when ``path`` is None."""
+def load(path: Path | None, *, tls: bool = False) -> Cluster:
+    """Reads a cluster file, or the embedded default (optionally with TLS) when ``path`` is None."""
     if path is None:
-        return parse(tomllib.loads(DEFAULT_CLUSTER), Path.cwd(), None)
+        return parse(tomllib.loads(default_cluster_text(tls=tls)), Path.cwd(), None)
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

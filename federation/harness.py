@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
@@ -146,6 +148,13 @@ class NodeProcess:
             self.proc.stdout.close()
         self.proc = None
 
+    def metrics(self, timeout_s: float = 5.0) -> str:
+        """The node's Prometheus exposition text (GET /metrics)."""
+        assert self.metrics_port is not None, f"node {self.name} serves no metrics"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return str(reply.read().decode())
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
@@ -162,16 +171,22 @@ class LocalCluster:
         proxies: bool = True,
         fsync: bool = False,
         max_clock_offset_ms: int = 60_000,
+        tls: bool = False,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in names}
+        # With TLS, Sync has its own port per node (mutual TLS); without, it shares the agents'.
+        self.peer_ports = {name: free_port() for name in names} if tls else dict(self.ports)
+        self.certs = root / "certs" if tls else None
+        if self.certs is not None:
+            create_cluster_certs(self.certs, list(names))
         self.proxies: dict[tuple[str, str], FaultProxy] = {}
         if proxies:
             for a in names:
                 for b in names:
                     if a != b:
-                        self.proxies[(a, b)] = FaultProxy(("127.0.0.1", self.ports[b]))
+                        self.proxies[(a, b)] = FaultProxy(("127.0.0.1", self.peer_ports[b]))
         settings = {"anti_entropy_s": 2.0, "backoff_max_s": 1.0, **(sync or {})}
         lines = [
             "[cluster]",
@@ -181,11 +196,19 @@ class LocalCluster:
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
+        if self.certs is not None:
+            lines += [
+                "[cluster.tls]",
+                f'ca = "{self.certs}/ca.pem"',
+                f'cert = "{self.certs}/{{node}}.pem"',
+                f'key = "{self.certs}/{{node}}.key"',
+            ]
         for name in names:
             lines += [
                 "[[node]]",
                 f'name = "{name}"',
                 f'address = "127.0.0.1:{self.ports[name]}"',
+                f'peer_address = "127.0.0.1:{self.peer_ports[name]}"',
                 'metrics = "127.0.0.1:0"',
             ]
             routes = {b: p.address for (a, b), p in self.proxies.items() if a == name}
@@ -250,9 +273,19 @@ class LocalCluster:
 
     # -- convergence -----------------------------------------------------------------------
 
+    def peer_channel(self, name: str, as_node: str) -> grpc.Channel:
+        """A channel to ``name``'s Sync service, presenting ``as_node``'s certificate under TLS."""
+        target = f"127.0.0.1:{self.peer_ports[name]}"
+        if self.certs is None:
+            return grpc.insecure_channel(target)
+        creds = channel_credentials(
+            self.certs / "ca.pem", self.certs / f"{as_node}.pem", self.certs / f"{as_node}.key"
+        )
+        return grpc.secure_channel(target, creds)
+
     def bucket_hashes(self, name: str) -> list[bytes]:
         other = next(n for n in self.nodes if n != name)
-        with grpc.insecure_channel(self.address(name)) as channel:
+        with self.peer_channel(name, other) as channel:
             reply = sync_pb2_grpc.SyncStub(channel).GetBuckets(
                 sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=(("x-selfmodel-node", other),)
             )

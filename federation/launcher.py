@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import IO, TextIO
 
 import grpc
 
-from federation.cluster import DEFAULT_CLUSTER, Cluster
+from federation.cluster import Cluster, default_cluster_text
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0
@@ -27,13 +28,34 @@ class Child:
     log: Path
 
 
+PARENT_ENV = "SELFMODEL_PARENT_PID"
+
+
+def die_with_parent(parent: int) -> None:
+    """Called by a node at start: SIGTERM it when its launcher dies (Linux; elsewhere a no-op).
+
+    Done in the node itself rather than in a ``preexec_fn``, which can deadlock a child forked
+    from a threaded parent; if the launcher died before this ran, the node stops at once.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def effective_file(cluster: Cluster) -> Path:
     """The cluster file the nodes read: the given one, or the embedded default under data/."""
     if cluster.source is not None:
         return cluster.source
     path = cluster.nodes[0].data.parent / "cluster.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEFAULT_CLUSTER)
+    # Paths in a cluster file are relative to its folder, which is the data root itself.
+    path.write_text(default_cluster_text(data=".", tls=cluster.tls is not None))
     return path
 
 
@@ -59,6 +81,7 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
             )
         children.append(Child(spec.name, proc, log_path))
     return children

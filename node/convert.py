@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from node.audit import AuditEntry
 from node.resolution import Belief, Explanation, Position
-from selfmodel.v1 import model_pb2, selfmodel_pb2
+from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
 from sync.observation import Subject
@@ -73,4 +74,22 @@ def explanation(
     for c in found.candidates:
         cand = msg.candidates.add(statement=c.statement, support=c.support, sources=c.sources)
         cand.newest.FromMilliseconds(physical_ms(c.newest_hlc))
+    return msg
+
+
+def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAuditResponse:
+    msg = admin_pb2.ListAuditResponse(next_cursor=cursor)
+    for e in entries:
+        r = e.record
+        item = msg.entries.add(
+            cursor=e.cursor,
+            node=e.node,
+            actor=r.actor,
+            actor_role=r.role,
+            actor_tenant=r.actor_tenant,
+            action=r.action,
+            detail=r.detail,
+        )
+        item.time.FromMilliseconds(e.time_ms)
+        item.subject.CopyFrom(subject_to_proto(r.subject))
     return msg

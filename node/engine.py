@@ -8,6 +8,7 @@ in order; different subjects share fsyncs through the store's group commit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import zlib
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from node import metrics
+from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
@@ -22,6 +24,7 @@ from node.store import Change, Store
 from sync.causal import CausalContext
 from sync.codec import Position, encode_token
 from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta, slot_dots
+from sync.delivery import CausalBuffer, Delta
 from sync.hlc import ClockSkewError, HybridClock, wall_ms
 from sync.observation import Evidence, Observation, Subject
 
@@ -94,6 +97,8 @@ class Engine:
         self._watch_count = 0
         self.max_watchers = max_watchers
         self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...]]] = {}
+        self._held = CausalBuffer()
+        self.audit = AuditLog(store)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -107,13 +112,15 @@ class Engine:
             changes, positions = [], {}
             for subject, items in by_subject.items():
                 state = self.state(subject)
-                old, delta = state, None
+                old, delta, events = state, None, set()
                 for i, item in items:
                     step, state = self._observe_one(state, source, item)
                     delta = step if delta is None else merge(delta, step)
                     obs = next(iter(step.observations.values()))
+                    events.add(obs.dot)
                     written[i] = Written(str(obs.dot), obs.key)
-                changes.append(Change(old, state, delta))
+                assert delta is not None
+                changes.append(Change(old, state, Delta(delta, frozenset(events))))
                 positions[subject] = (state.generation, state.context)
             self._commit(changes)
         metrics.OBSERVATIONS.inc(len(inputs))
@@ -142,26 +149,46 @@ class Engine:
         delta = observe_delta(state, obs, [*mine, *evicted])
         return delta, merge(state, delta)
 
-    def retract(self, subject: Subject, context: str, key: str, source: str) -> tuple[int, str]:
-        """Withdraws ``source``'s observations in a slot; returns how many and a token."""
+    def retract(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        source: str,
+        audit: AuditRecord | None = None,
+    ) -> tuple[int, str]:
+        """Withdraws ``source``'s observations in a slot; returns how many and a token.
+
+        With ``audit`` the action is recorded (slot and count added to its detail) in the same
+        batch, even when there was nothing to withdraw.
+        """
         with self._locked([subject]):
             state = self.state(subject)
             dots = slot_dots(state, context, key, source)
+            if audit is not None:
+                detail = slot_detail(context, key, source, len(dots))
+                audit = dataclasses.replace(audit, detail=detail)
             if dots:
+                event = state.next_dot(self.actor)
                 delta = retract_delta(state, self.actor, dots)
                 new = merge(state, delta)
-                self._commit([Change(state, new, delta)])
+                self._commit([Change(state, new, Delta(delta, frozenset([event])))], audit)
                 state = new
+            elif audit is not None:
+                self._commit([], audit)
             token = encode_token({subject: (state.generation, state.context)})
         return len(dots), token
 
-    def forget(self, subject: Subject) -> str:
-        """Erases the subject everywhere: a new generation, and its old rows purged from disk."""
+    def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
+        """Erases the subject everywhere: a new generation, and its old rows purged from disk.
+
+        With ``audit`` the erase is recorded in the audit log in the same batch.
+        """
         with self._locked([subject]):
             state = self.state(subject)
             delta = erase_delta(state, self.actor)
             new = merge(state, delta)
-            self._commit([Change(state, new, delta)])
+            self._commit([Change(state, new, Delta(delta, delta.context.dots()))], audit)
             self.store.purge(subject, new.generation)
             token = encode_token({subject: (new.generation, new.context)})
         metrics.FORGOTTEN.inc()
@@ -169,49 +196,62 @@ class Engine:
 
     def merge_remote(
         self,
-        deltas: Iterable[SubjectState],
+        deltas: Iterable[Delta],
         extra: Sequence[tuple[str, bytes, bytes | None]] = (),
     ) -> MergeOutcome:
-        """Merges states or deltas from a peer; a delta from a clock too far ahead is refused.
+        """Merges deltas or whole states from a peer, in causal order (sync.delivery).
 
-        ``extra`` rows (the origin's position) are written in the same batch as the merge.
+        A delta from a clock too far ahead is refused and counted; ``extra`` rows (the
+        origin's position) are written in the same batch as the merge.
         """
-        accepted: dict[Subject, SubjectState] = {}
+        accepted: dict[Subject, list[Delta]] = {}
         refused = 0
         for delta in deltas:
             try:
-                for obs in delta.observations.values():
+                for obs in delta.state.observations.values():
                     self.clock.check(obs.hlc)
             except ClockSkewError as exc:
                 refused += 1
                 metrics.CLOCK_SKEW_REFUSED.inc()
-                metrics.log.warning("refused a delta for %s: %s", delta.subject, exc)
+                metrics.log.warning("refused a delta for %s: %s", delta.state.subject, exc)
                 continue
-            have = accepted.get(delta.subject)
-            accepted[delta.subject] = delta if have is None else merge(have, delta)
-        for delta in accepted.values():
-            for obs in delta.observations.values():
-                self.clock.observe(obs.hlc)
+            accepted.setdefault(delta.state.subject, []).append(delta)
+        for group in accepted.values():
+            for delta in group:
+                for obs in delta.state.observations.values():
+                    self.clock.observe(obs.hlc)
         merged = 0
         with self._locked(accepted):
             changes = []
-            for subject, delta in accepted.items():
+            for subject, group in accepted.items():
                 state = self.state(subject)
-                new = merge(state, delta)
-                if new.generation != state.generation or new.context != state.context:
+                new = self._held.apply(state, group)
+                if (
+                    new.generation != state.generation
+                    or new.context != state.context
+                    or new.observations.keys() != state.observations.keys()
+                ):
                     changes.append(Change(state, new, None))
                     merged += 1
+            metrics.DELTAS_HELD.set(self._held.held)
             if changes or extra:
-                self._commit(changes, extra)
+                self._commit(changes, extra=extra)
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
         return MergeOutcome(merged, refused)
 
     def _commit(
-        self, changes: list[Change], extra: Sequence[tuple[str, bytes, bytes | None]] = ()
+        self,
+        changes: list[Change],
+        audit: AuditRecord | None = None,
+        extra: Sequence[tuple[str, bytes, bytes | None]] = (),
     ) -> None:
-        self.store.commit(changes, extra)
+        if audit is None:
+            self.store.commit(changes, extra)
+        else:
+            with self.audit.appending(audit) as row:
+                self.store.commit(changes, [*extra, row])
         for change in changes:
             self._notify(change.new.subject)
         with self._merged:

@@ -38,10 +38,14 @@ class NotFound(SelfModelError):
     status = "NOT_FOUND"
 
 
-class HandoffTimeout(SelfModelError):
-    """The local node had not merged the handoff token's position before the deadline."""
+class DeadlineExceeded(SelfModelError):
+    """The call's deadline passed before the node answered."""
 
     status = "DEADLINE_EXCEEDED"
+
+
+class HandoffTimeout(DeadlineExceeded):
+    """The local node had not merged the handoff token's position before the deadline."""
 
 
 class ResourceExhausted(SelfModelError):
@@ -60,7 +64,7 @@ BY_STATUS: dict[str, type[SelfModelError]] = {
         Unauthenticated,
         PermissionDenied,
         NotFound,
-        HandoffTimeout,
+        DeadlineExceeded,
         ResourceExhausted,
         Unavailable,
     )

@@ -46,6 +46,10 @@ WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
 HANDOFF_TIMEOUTS = Counter(
     "selfmodel_handoff_timeouts_total", "Reads whose handoff token was not merged in time."
 )
+DELTAS_HELD = Gauge(
+    "selfmodel_deltas_held",
+    "Remote deltas waiting for a delta they depend on (causal delivery).",
+)
 CLOCK_SKEW_REFUSED = Counter(
     "selfmodel_clock_skew_refused_total", "Remote deltas refused: timestamp too far ahead."
 )

@@ -10,12 +10,24 @@ from typing import Any
 
 import grpc
 
+from node import validation
 from node.engine import Engine
+from node.errors import InvalidArgument
+from node.servicer import aborted, map_errors
 from node.store import Store
+from node.tls import PEERS_REFUSED
+from node.validation import Limits
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
-from sync.codec import state_from_proto, state_to_proto, subject_from_proto, subject_to_proto
+from sync.codec import (
+    delta_from_proto,
+    state_from_proto,
+    state_to_proto,
+    subject_from_proto,
+    subject_to_proto,
+)
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Subject
 from sync.ports import Batch, Merged
 from sync.replicator import Replicator, SyncSettings
@@ -93,7 +105,7 @@ class EngineReplica:
         self.store = engine.store
 
     def merge(self, states: Iterable[SubjectState]) -> Merged:
-        outcome = self.engine.merge_remote(states)
+        outcome = self.engine.merge_remote(Delta(s) for s in states)
         return Merged(outcome.merged, outcome.refused)
 
     def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
@@ -173,9 +185,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         engine: Engine,
         members: frozenset[str],
         peer_name: Callable[[grpc.ServicerContext], str | None],
+        limits: Limits,
     ) -> None:
         self.engine = engine
         self.members = members
+        self.limits = limits
         self._peer_name = peer_name
         self._streams: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
@@ -192,7 +206,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def _authorize(self, context: grpc.ServicerContext) -> str:
         name = self._peer_name(context)
         if name is None or name not in self.members or name == self.engine.node:
-            sync_metrics.PEERS_REFUSED.inc()
+            PEERS_REFUSED.labels("no_certificate" if name is None else "unknown_node").inc()
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"caller {name!r} is not a peer of node {self.engine.node} in the cluster file",
@@ -210,13 +224,28 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 )
             self._streams.add(context)
         context.add_callback(lambda: self._forget_stream(context))
+        try:
+            yield from self._replicate(peer, request_iterator, context)
+        except Exception:
+            if aborted(context) or not context.is_active():
+                raise
+            log.exception("delta stream from %s failed", peer)
+            context.abort(grpc.StatusCode.INTERNAL, "merging the stream failed; see the node's log")
+
+    def _replicate(
+        self,
+        peer: str,
+        request_iterator: Iterator[sync_pb2.ReplicateBatch],
+        context: grpc.ServicerContext,
+    ) -> Iterator[sync_pb2.ReplicateAck]:
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
-            deltas = [state_from_proto(d) for d in batch.deltas]
+            self._check(context, batch.deltas, "deltas")
+            deltas = [delta_from_proto(d) for d in batch.deltas]
             sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
             sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
             outcome = self.engine.merge_remote(
@@ -224,16 +253,29 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             )
             yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=outcome.refused)
 
+    def _check(
+        self, context: grpc.ServicerContext, states: Sequence[sync_pb2.SubjectState], field: str
+    ) -> None:
+        try:
+            for i, msg in enumerate(states):
+                validation.remote_state(msg, f"{field}[{i}]", self.limits)
+        except InvalidArgument as exc:
+            sync_metrics.REPLICATION_ERRORS.labels(self._peer_name(context) or "unknown").inc()
+            log.warning("refused a malformed state from a peer: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
         with self._lock:
             self._streams.discard(context)
 
+    @map_errors
     def GetBuckets(
         self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
     ) -> sync_pb2.Buckets:
         self._authorize(context)
         return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
 
+    @map_errors
     def GetDigests(
         self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext
     ) -> sync_pb2.Digests:
@@ -249,12 +291,14 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 d.subject.CopyFrom(subject_to_proto(subject))
         return reply
 
+    @map_errors
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
         self._authorize(context)
+        self._check(context, request.states, "states")
         incoming = [state_from_proto(s) for s in request.states]
-        self.engine.merge_remote(incoming)
+        self.engine.merge_remote(Delta(s) for s in incoming)
         reply = sync_pb2.StateExchange()
         for state in incoming:
             mine = self.engine.store.load(state.subject)

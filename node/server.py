@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from node import metrics
+from node.decoding import StrictDecodingInterceptor
 from node.engine import Engine
 from node.policy import PolicyBook
 from node.replication import (
@@ -130,7 +131,8 @@ def start(config: NodeConfig) -> RunningNode:
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
-            "binds loopback only (127.0.0.1 or ::1)"
+            "binds loopback only (127.0.0.1 or ::1); pass a token file to serve other addresses "
+            "(selfmodel node --tokens FILE; create tokens with `selfmodel token create`)"
         )
     if config.peer_listen and config.peer_server_credentials is None:
         peer_host, _ = split_address(config.peer_listen)
@@ -150,7 +152,6 @@ def start(config: NodeConfig) -> RunningNode:
         config.name,
         sync=config.fsync,
         outbox=bool(config.peers),
-        on_commit=metrics.record_commit,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
@@ -162,13 +163,13 @@ def start(config: NodeConfig) -> RunningNode:
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
-        interceptors=[metrics.ServerMetricsInterceptor()],
+        interceptors=[metrics.ServerMetricsInterceptor(), StrictDecodingInterceptor()],
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
     )
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
-        SelfModelServicer(engine, config.limits, identify), server
+        SelfModelServicer(engine, config.limits, identify, domain=config.domain), server
     )
     replicator = None
     if config.peers:
@@ -176,11 +177,17 @@ def start(config: NodeConfig) -> RunningNode:
             engine, config.peers, config.sync, config.peer_channel_credentials
         )
     sync_servicer = SyncServicer(
-        engine, config.members or frozenset(p.name for p in config.peers), config.peer_identity
+        engine,
+        config.members or frozenset(p.name for p in config.peers),
+        config.peer_identity,
+        config.limits,
     )
     sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(engine, lambda: node_status(config, engine, replicator)), server
+        AdminServicer(
+            engine, lambda: node_status(config, engine, replicator), identify, config.limits
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,6 +1,7 @@
 """The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
 
-Domain errors become gRPC status codes here, in one place (``_edge``).
+Domain errors become gRPC status codes here, in one place (``map_errors``, which the Sync
+servicer uses too).
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
 from node import convert, validation
+from node.audit import AuditRecord
+from node.auth import Principal
 from node.engine import Engine
-from node.errors import InvalidArgument, PermissionDenied, SelfModelError
+from node.errors import InvalidArgument, SelfModelError
+from node.quota import ConnectionQuota
 from node.resolution import select
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
 
@@ -27,15 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ANONYMOUS = "anonymous"
 AGENT_HEADER = "x-agent-id"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the source of its observations, and what it may do."""
-
-    agent: str
-    role: str = "agent"  # agent | operator
-    tenant: str | None = None  # None: any tenant (development without tokens)
 
 
 def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Principal:
@@ -46,7 +41,7 @@ def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Princip
     return Principal(ANONYMOUS)
 
 
-def _edge(fn: F) -> F:
+def map_errors(fn: F) -> F:
     """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
 
     @functools.wraps(fn)
@@ -56,6 +51,8 @@ def _edge(fn: F) -> F:
         except SelfModelError as exc:
             context.abort(grpc.StatusCode[exc.status], str(exc))
         except Exception:
+            if aborted(context):
+                raise  # the handler chose its status with context.abort: keep it
             log.exception("%s failed", fn.__name__)
             context.abort(
                 grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log"
@@ -64,16 +61,40 @@ def _edge(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
+def aborted(context: grpc.ServicerContext) -> bool:
+    """True once the handler called ``context.abort`` (which raises a bare Exception)."""
+    code = context.code()  # type: ignore[attr-defined]
+    return code is not None and code != grpc.StatusCode.OK
+
+
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def __init__(
         self,
         engine: Engine,
         limits: Limits,
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
+        *,
+        domain: str = "",
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.identify = identify
+        self.domain = domain  # the node's domain, which a principal's domain globs must match
+        self.watches = ConnectionQuota(limits.max_watches_per_connection)
+
+    def _caller_and_subject(
+        self, request: Any, context: grpc.ServicerContext
+    ) -> tuple[Principal, Subject]:
+        """Who calls, and the subject it names, refused unless it is of the caller's tenant.
+
+        Checked before anything is read, so the answer never depends on the subject existing.
+        """
+        who = self.identify(context, self.limits)
+        subject = validation.subject(
+            request.subject, "subject", self.limits, request.HasField("subject")
+        )
+        who.check_tenant(subject.tenant)
+        return who, subject
 
     def _wait_s(self, context: grpc.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -82,24 +103,24 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             return cap
         return max(0.0, min(cap, remaining - 0.05))
 
-    def _check_tenant(self, who: Principal, tenant: str) -> None:
-        if who.tenant is not None and who.tenant != tenant:
-            raise PermissionDenied(f"agent {who.agent} may not use tenant {tenant!r}")
+    def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
+        return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
 
-    @_edge
+    @map_errors
     def Observe(
         self, request: selfmodel_pb2.ObserveRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ObserveResponse:
         who = self.identify(context, self.limits)
         item = validation.observation(request, "", self.limits)
-        self._check_tenant(who, item.subject.tenant)
+        who.check_tenant(item.subject.tenant)
+        who.check_write(item.context, self.domain)
         result = self.engine.observe(who.agent, [item])
         w = result.written[0]
         return selfmodel_pb2.ObserveResponse(
             observation_id=w.observation_id, key=w.key, handoff_token=result.token
         )
 
-    @_edge
+    @map_errors
     def ObserveBatch(
         self, request: selfmodel_pb2.ObserveBatchRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ObserveBatchResponse:
@@ -114,8 +135,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             validation.observation(o, f"observations[{i}]", self.limits)
             for i, o in enumerate(request.observations)
         ]
+        if len({item.subject for item in items}) > self.limits.max_batch_subjects:
+            raise InvalidArgument(
+                "observations", f"may name at most {self.limits.max_batch_subjects} subjects"
+            )
         for item in items:
-            self._check_tenant(who, item.subject.tenant)
+            who.check_tenant(item.subject.tenant)
+            who.check_write(item.context, self.domain)
         result = self.engine.observe(who.agent, items)
         reply = selfmodel_pb2.ObserveBatchResponse(handoff_token=result.token)
         for w in result.written:
@@ -124,39 +150,31 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             )
         return reply
 
-    @_edge
+    @map_errors
     def Retract(
         self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.RetractResponse:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        who, subject = self._caller_and_subject(request, context)
         ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.key(request.key, "key", self.limits)
+        key = validation.slot_key(request.key, "key", self.limits)
         if not key:
             raise InvalidArgument("key", "is required: name the slot to retract")
         source = who.agent
+        audit = None
         if request.source and request.source != who.agent:
-            if who.role != "operator":
-                raise PermissionDenied(
-                    f"agent {who.agent} may retract only its own observations, "
-                    f"not {request.source!r}'s"
-                )
+            who.check_source(request.source)
             source = validation.source(request.source, "source", self.limits)
-        count, token = self.engine.retract(subject, ctx, key, source)
+            audit = self._audit(who, "retract_on_behalf", subject)
+        else:
+            who.check_write(ctx, self.domain)
+        count, token = self.engine.retract(subject, ctx, key, source, audit)
         return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
 
-    @_edge
+    @map_errors
     def GetSelfModel(
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> model_pb2.SelfModelSnapshot:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
@@ -164,17 +182,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
         return convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
 
-    @_edge
+    @map_errors
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
+        _, subject = self._caller_and_subject(request, context)
         ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.key(request.key, "key", self.limits)
+        key = validation.slot_key(request.key, "key", self.limits)
         if not key:
             raise InvalidArgument("key", "is required: name the slot to explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
@@ -185,17 +199,23 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
     ) -> Iterator[model_pb2.SelfModelSnapshot]:
         try:
-            who = self.identify(context, self.limits)
-            subject = validation.subject(
-                request.subject, "subject", self.limits, request.HasField("subject")
-            )
-            self._check_tenant(who, subject.tenant)
+            _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
-            sub = self.engine.subscribe(subject)
+            release = self.watches.acquire(context.peer())
+            try:
+                sub = self.engine.subscribe(subject)
+            except SelfModelError:
+                release()
+                raise
         except SelfModelError as exc:
             context.abort(grpc.StatusCode[exc.status], str(exc))
-        context.add_callback(lambda: self.engine.unsubscribe(sub))
+
+        def on_end() -> None:
+            self.engine.unsubscribe(sub)
+            release()
+
+        context.add_callback(on_end)
         try:
             last: list[Any] | None = None
             while context.is_active() and not sub.closed:
@@ -208,33 +228,55 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                         subject, beliefs, view.token, view.resolved_ms, self.engine.node
                     )
                 sub.changed.wait(1.0)
+        except Exception:
+            if aborted(context):
+                raise
+            # A failure inside the stream must end it with a status, never kill the node.
+            log.exception("WatchSelfModel of %s failed", subject)
+            context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
         finally:
-            self.engine.unsubscribe(sub)
+            on_end()
 
-    @_edge
+    @map_errors
     def ForgetSubject(
         self, request: selfmodel_pb2.ForgetSubjectRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ForgetSubjectResponse:
-        who = self.identify(context, self.limits)
-        subject = validation.subject(
-            request.subject, "subject", self.limits, request.HasField("subject")
-        )
-        self._check_tenant(who, subject.tenant)
-        if who.tenant is not None and who.role != "operator":
-            raise PermissionDenied(f"only an operator may forget a subject, not agent {who.agent}")
-        return selfmodel_pb2.ForgetSubjectResponse(handoff_token=self.engine.forget(subject))
+        who, subject = self._caller_and_subject(request, context)
+        who.check_operator("forget a subject")
+        token = self.engine.forget(subject, self._audit(who, "forget", subject))
+        return selfmodel_pb2.ForgetSubjectResponse(handoff_token=token)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, engine: Engine, status: Callable[[], admin_pb2.NodeStatus]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        status: Callable[[], admin_pb2.NodeStatus],
+        identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
+        limits: Limits | None = None,
+    ) -> None:
         self.engine = engine
         self.status = status
+        self.identify = identify
+        self.limits = limits or Limits()
 
-    @_edge
+    @map_errors
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.NodeStatus:
+        self.identify(context, self.limits)
         return self.status()
+
+    @map_errors
+    def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListAuditResponse:
+        who = self.identify(context, self.limits)
+        who.check_operator("read the audit log")
+        after = validation.audit_cursor(request.after, "after")
+        limit = min(request.limit or 100, 1000)
+        entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
+        return convert.audit_page(entries, cursor)
 
 
 __all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

@@ -14,15 +14,17 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import rocksdict
 
-from sync.codec import decode_state, encode_state
+from node import metrics
+from sync.codec import decode_delta, decode_state, encode_delta, encode_state
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Subject
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,14 @@ class Change:
 
     old: SubjectState | None
     new: SubjectState
-    delta: SubjectState | None
+    delta: Delta | None
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     seq: int
     written_ms: int
-    delta: bytes  # an encoded SubjectState
+    delta: bytes  # an encoded Delta (a SubjectState with its event dots)
 
 
 @dataclass(slots=True)
@@ -89,7 +91,6 @@ class Store:
         sync: bool = True,
         outbox: bool = False,
         cache_size: int = 20_000,
-        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         opts = rocksdict.Options(raw_mode=True)
@@ -108,7 +109,6 @@ class Store:
         self._write_opts.sync = sync
         self.sync = sync
         self.outbox_enabled = outbox
-        self._on_commit = on_commit
 
         meta = self._cf["meta"]
         stored_node = meta.get(b"node")
@@ -226,6 +226,24 @@ class Store:
     def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
         return ("peers", f"{kind}:{peer}".encode(), str(seq).encode())
 
+    def scan(
+        self, cf: str, after: bytes = b"", limit: int = 100, *, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` rows of a column family in key order, strictly after ``after``
+        (forward only), or the last rows first with ``reverse``."""
+        rows: list[tuple[bytes, bytes]] = []
+        if limit <= 0:
+            return rows
+        table = self._cf[cf]
+        items = table.items(backwards=True) if reverse else table.items(from_key=after)
+        for key, value in items:
+            if not reverse and key == after:
+                continue
+            rows.append(cast(tuple[bytes, bytes], (key, value)))
+            if len(rows) >= limit:
+                break
+        return rows
+
     def get_meta(self, cf: str, key: bytes) -> bytes | None:
         value: bytes | None = self._cf[cf].get(key)
         return value
@@ -278,8 +296,7 @@ class Store:
             p.error = error
             p.finished = True
             p.event.set()
-        if self._on_commit is not None:
-            self._on_commit(len(group), elapsed)
+        metrics.record_commit(len(group), elapsed)
         with self._lock:
             if self._queue:
                 self._queue[0].event.set()  # not finished: it wakes up as the next leader
@@ -306,11 +323,11 @@ class Store:
                     touched[bucket] = _xor(_xor(current, old_digest), new_digest)
                     batch.put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
                 if change.delta is not None:
-                    for obs in change.delta.observations.values():
+                    for obs in change.delta.state.observations.values():
                         hlc = max(hlc, obs.hlc)
                     if self.outbox_enabled:
                         seq += 1
-                        entry = now_ms.to_bytes(8, "big") + encode_state(change.delta)
+                        entry = now_ms.to_bytes(8, "big") + encode_delta(change.delta)
                         batch.put(seq.to_bytes(8, "big"), entry, outbox_cf)
                 p.last_seq = seq
             for cf, key, value in p.extra:
@@ -381,20 +398,27 @@ class Store:
         since a hole in the outbox reads as entries trimmed past the peer.
         """
         key = subject.storage_key()
-        empty = encode_state(SubjectState(subject))
+        empty = encode_delta(Delta(SubjectState(subject)))
         with self._outbox_lock:
             batch = rocksdict.WriteBatch(raw_mode=True)
             outbox = self._handle["outbox"]
             start = (self._outbox_trimmed + 1).to_bytes(8, "big")
             for k, v in self._cf["outbox"].items(from_key=start):
-                delta = decode_state(v[8:])
+                delta = decode_delta(v[8:]).state
                 if delta.subject == subject and delta.generation < generation:
                     batch.put(k, v[:8] + empty, outbox)
             self._db.write(batch, self._unsynced)
-        for name in ("state", "outbox", "digest"):
+        # Every column family: a WAL file is deleted only once no family has unflushed rows in
+        # it, and each commit also writes meta (the HLC high-water mark).
+        for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
-        self._cf["state"].compact_range(key, key + b"\xff")
-        self._cf["outbox"].compact_range(None, None)
+        # Forced at the bottommost level: otherwise RocksDB may merely move the old files down
+        # a level ("trivial move"), keeping the erased observations in them.
+        rewrite = rocksdict.CompactOptions()
+        rewrite.set_exclusive_manual_compaction(True)
+        rewrite.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+        self._cf["state"].compact_range(key, key + b"\xff", rewrite)
+        self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
 
     def size_bytes(self) -> int:
@@ -416,4 +440,10 @@ class Store:
             self._outbox_grew.notify_all()
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
+        for cf in self._cf.values():
+            cf.close()
         self._db.close()
+        # Column-family handles keep the database (and its LOCK file) alive until dropped.
+        self._cf.clear()
+        self._handle.clear()
+        self._db = None

@@ -1,35 +1,81 @@
-"""Mutual TLS between nodes: credentials from PEM files and the verified peer's name."""
+"""Mutual TLS between nodes: gRPC credentials from PEM files, and the verified peer's name.
+
+The server side requires and verifies a client certificate issued by the cluster's CA, so a
+peer without one, or with one from another CA, fails the handshake before any call runs. A
+handshake failure never reaches Python, so it can only be counted by the connecting side; what
+a node can count is an authenticated peer that is not in the cluster file (``require_peer``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from typing import cast
 
 import grpc
+from prometheus_client import Counter
+
+from node.errors import PermissionDenied
+
+PemSource = Path | str | bytes  # bytes: PEM content; str or Path: a file holding it
+
+PEERS_REFUSED = Counter(
+    "selfmodel_peers_refused_total",
+    "Node-to-node calls refused: no verified client certificate, or one of a node not in the "
+    "cluster file.",
+    ["reason"],
+)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot read TLS file {path}: {exc}") from exc
+def read_pem(source: PemSource) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
 
 
-def server_credentials(ca: Path, cert: Path, key: Path) -> grpc.ServerCredentials:
-    """Requires and verifies a client certificate signed by the cluster's CA."""
+def server_credentials(ca: PemSource, cert: PemSource, key: PemSource) -> grpc.ServerCredentials:
+    """Serves with ``cert``/``key`` and requires every client to present a cert of ``ca``."""
     return grpc.ssl_server_credentials(
-        [(_read(key), _read(cert))], root_certificates=_read(ca), require_client_auth=True
+        [(read_pem(key), read_pem(cert))],
+        root_certificates=read_pem(ca),
+        require_client_auth=True,
     )
 
 
-def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
+def channel_credentials(ca: PemSource, cert: PemSource, key: PemSource) -> grpc.ChannelCredentials:
+    """Trusts only servers with a cert of ``ca`` and presents ``cert``/``key`` as the client."""
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+        root_certificates=read_pem(ca), private_key=read_pem(key), certificate_chain=read_pem(cert)
     )
 
 
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
-    """The CN of the caller's verified certificate (a node name), or None without one."""
-    names = context.auth_context().get("x509_common_name")
-    if not names:
+    """The CN of the caller's verified client certificate; None on a plaintext or anonymous call."""
+    auth = cast(dict[str, list[bytes]], context.auth_context())
+    if auth.get("transport_security_type") != [b"ssl"]:
         return None
-    return bytes(names[0]).decode()
+    names = auth.get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else None
+
+
+def require_peer(context: grpc.ServicerContext, allowed: Collection[str]) -> str:
+    """The calling node's name, or PermissionDenied (counted) when it is not one of ``allowed``."""
+    name = peer_common_name(context)
+    if name is None:
+        PEERS_REFUSED.labels("no_certificate").inc()
+        raise PermissionDenied(
+            "node-to-node calls need mutual TLS: connect with a certificate of the cluster's CA"
+        )
+    if name not in allowed:
+        PEERS_REFUSED.labels("unknown_node").inc()
+        raise PermissionDenied(
+            f"certificate of node {name!r}, which is not in the cluster file: add it there first"
+        )
+    return name
+
+
+__all__ = [
+    "channel_credentials",
+    "peer_common_name",
+    "read_pem",
+    "require_peer",
+    "server_credentials",
+]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from node.engine import ObservationInput
 from node.errors import InvalidArgument
-from selfmodel.v1 import model_pb2, selfmodel_pb2
+from node.resolution import normalize_statement
+from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
 from sync.codec import InvalidToken, Position, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -21,6 +22,7 @@ _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 _EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # urlsafe base64, as encode_token writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ class Limits:
     max_filter_contexts: int = 64
     max_token: int = 65536
     max_handoff_wait_s: float = 30.0
+    max_batch_subjects: int = 100
+    max_watches_per_connection: int = 16
 
 
 def identifier(value: str, field: str, limit: int) -> str:
@@ -75,6 +79,19 @@ def key(value: str, field: str, limits: Limits) -> str:
     if not _KEY.fullmatch(value):
         raise InvalidArgument(
             field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit"
+        )
+    return value
+
+
+def slot_key(value: str, field: str, limits: Limits) -> str:
+    """A slot's key as Explain and Retract name it: the agent's key, or, for a slot written
+    without one, the normalized statement that Observe derived and returned as its key."""
+    if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
+        return value
+    text(value, field, limits.max_statement, required=True)
+    if normalize_statement(value) != value:
+        raise InvalidArgument(
+            field, "must be a key given on write, or the key Observe returned (a statement's form)"
         )
     return value
 
@@ -151,11 +168,83 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
         return None
     if len(value) > limits.max_token:
         raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+    # base64 decoding skips characters outside its alphabet, so '!!!' would decode to an empty
+    # token and a mangled token would silently ask for no position at all: a stale read.
+    if not _TOKEN.fullmatch(value):
+        raise InvalidArgument(field, "is not a handoff token returned by a write (bad characters)")
     try:
-        return decode_token(value)
+        positions = decode_token(value)
     except InvalidToken as exc:
         raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+    if not positions:
+        raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
+    return positions
 
 
 def source(value: str, field: str, limits: Limits) -> str:
     return identifier(value, field, limits.max_id)
+
+
+def audit_cursor(value: str, field: str) -> bytes:
+    """A cursor of the audit log: empty (from the start) or one returned by ListAudit."""
+    if not value:
+        return b""
+    if len(value) != 32 or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise InvalidArgument(field, "must be empty or a cursor returned by ListAudit")
+    return bytes.fromhex(value)
+
+
+MAX_COUNTER = 2**62
+MAX_REMOTE_OBSERVATIONS = 100_000
+
+
+def _dot(actor: str, counter: int, field: str, limits: Limits) -> None:
+    identifier(actor, f"{field}.actor", limits.max_id)
+    if not 1 <= counter <= MAX_COUNTER:
+        raise InvalidArgument(f"{field}.counter", f"must be within [1, 2^62], got {counter}")
+
+
+def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None:
+    """A state or delta from a peer holds to the same bounds as agents' input, or is refused.
+
+    Peers are authenticated, but a buggy or compromised one must not plant an observation no
+    agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind).
+    """
+    subject(msg.subject, f"{field}.subject", limits, msg.HasField("subject"))
+    if msg.generation > MAX_COUNTER:
+        raise InvalidArgument(f"{field}.generation", "is out of range")
+    entries = len(msg.context.vector) + len(msg.context.cloud) + len(msg.events)
+    if entries > MAX_REMOTE_OBSERVATIONS or len(msg.observations) > MAX_REMOTE_OBSERVATIONS:
+        raise InvalidArgument(field, "holds more dots or observations than any subject may")
+    for i, e in enumerate(msg.context.vector):
+        _dot(e.actor, e.counter, f"{field}.context.vector[{i}]", limits)
+    for i, d in enumerate(msg.context.cloud):
+        _dot(d.actor, d.counter, f"{field}.context.cloud[{i}]", limits)
+    for i, d in enumerate(msg.events):
+        _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
+    known = {e.actor: e.counter for e in msg.context.vector}
+    cloud = {(d.actor, d.counter) for d in msg.context.cloud}
+    for i, o in enumerate(msg.observations):
+        at = f"{field}.observations[{i}]"
+        _dot(o.dot.actor, o.dot.counter, f"{at}.dot", limits)
+        if o.dot.counter > known.get(o.dot.actor, 0) and (o.dot.actor, o.dot.counter) not in cloud:
+            raise InvalidArgument(f"{at}.dot", "is not in the state's causal context")
+        context_name(o.context, f"{at}.context", limits)
+        if not o.key or len(o.key) > limits.max_statement or _CONTROL.search(o.key):
+            raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
+        identifier(o.source, f"{at}.source", limits.max_id)
+        text(o.statement, f"{at}.statement", limits.max_statement, required=True)
+        unit_interval(o.confidence, f"{at}.confidence")
+        if len(o.evidence) > limits.max_evidence:
+            raise InvalidArgument(
+                f"{at}.evidence", f"must hold at most {limits.max_evidence} items"
+            )
+        for j, ev in enumerate(o.evidence):
+            text(ev.kind, f"{at}.evidence[{j}].kind", 32, required=False)
+            text(ev.ref, f"{at}.evidence[{j}].ref", limits.max_evidence_ref, required=False)
+            text(ev.quote, f"{at}.evidence[{j}].quote", limits.max_evidence_quote, required=False)
+            if not 0 <= ev.time.seconds <= 253402300799 or not 0 <= ev.time.nanos < 10**9:
+                raise InvalidArgument(f"{at}.evidence[{j}].time", "must be a valid timestamp")
+        if o.hlc >= 2**63:
+            raise InvalidArgument(f"{at}.hlc", "is out of range")
+        identifier(o.origin, f"{at}.origin", limits.max_id)

@@ -1,1 +1,26 @@
-"""sync"""
+"""The sync layer: the per-subject CRDT, hybrid logical clock, replication and anti-entropy.
+
+The CRDT (causal, crdt, hlc, observation) imports neither gRPC nor RocksDB; the replicator
+reaches storage and peers only through the Protocols of sync.ports.
+"""
+
+from sync.causal import CausalContext, Dot
+from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta
+from sync.hlc import ClockSkewError, HybridClock
+from sync.observation import Evidence, Observation, Subject, SubjectKind
+
+__all__ = [
+    "CausalContext",
+    "ClockSkewError",
+    "Dot",
+    "Evidence",
+    "HybridClock",
+    "Observation",
+    "Subject",
+    "SubjectKind",
+    "SubjectState",
+    "erase_delta",
+    "merge",
+    "observe_delta",
+    "retract_delta",
+]

@@ -69,6 +69,11 @@ class CausalContext:
                 return False
         return all(dot in self for dot in other.cloud)
 
+    def dots(self) -> frozenset[Dot]:
+        """Every dot, the vector's ranges spelled out (for small contexts such as a delta's)."""
+        spelled = {Dot(a, c) for a, top in self.vector.items() for c in range(1, top + 1)}
+        return frozenset(spelled | self.cloud)
+
     def is_empty(self) -> bool:
         return not self.vector and not self.cloud
 

@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from selfmodel.v1 import model_pb2, sync_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 
 
@@ -89,6 +90,26 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
             o.origin,
         )
     return SubjectState(subject, msg.generation, context_from_proto(msg.context), observations)
+
+
+def delta_to_proto(delta: Delta) -> sync_pb2.SubjectState:
+    msg = state_to_proto(delta.state)
+    for dot in sorted(delta.events or ()):
+        msg.events.add(actor=dot.actor, counter=dot.counter)
+    return msg
+
+
+def delta_from_proto(msg: sync_pb2.SubjectState) -> Delta:
+    events = frozenset(Dot(d.actor, d.counter) for d in msg.events) or None
+    return Delta(state_from_proto(msg), events)
+
+
+def encode_delta(delta: Delta) -> bytes:
+    return delta_to_proto(delta).SerializeToString(deterministic=True)
+
+
+def decode_delta(raw: bytes) -> Delta:
+    return delta_from_proto(sync_pb2.SubjectState.FromString(raw))
 
 
 def encode_state(state: SubjectState) -> bytes:

@@ -44,8 +44,3 @@ PEERS_DROPPED = Counter(
 REPLICATION_ERRORS = Counter(
     "selfmodel_replication_errors_total", "Delta stream sessions that ended in an error.", ["peer"]
 )
-PEERS_REFUSED = Counter(
-    "selfmodel_peer_refused_total",
-    "Sync calls refused: the caller is not a node of the cluster file (or has no valid "
-    "certificate).",
-)

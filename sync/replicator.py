@@ -67,6 +67,7 @@ class PeerReplicator:
         self._stop = threading.Event()
         self._wake_anti_entropy = threading.Event()
         self.connected = False
+        metrics.PEER_CONNECTED.labels(peer).set(0)  # exported from the start, not first change
         self._link: PeerLink | None = None
         self._ae_link: PeerLink | None = None
         self.acked = replica.acked(peer)

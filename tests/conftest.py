@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,20 +9,36 @@ import pytest
 from tests.nodes import LocalCluster, NodeProcess
 
 
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Starts real node processes on free loopback ports; every one is stopped at teardown."""
+@contextlib.contextmanager
+def _node_starter(root: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Starts nodes under ``root``; on exit every one is resumed (if paused) and stopped."""
     started: list[NodeProcess] = []
 
     def start(name: str = "local", *args: str) -> NodeProcess:
-        node = NodeProcess(name, tmp_path / name / "data", args)
+        node = NodeProcess(name, root / name / "data", args)
         node.data_dir.parent.mkdir(parents=True, exist_ok=True)
         started.append(node)
         return node.start()
 
-    yield start
-    for node in started:
-        node.stop()  # sends SIGCONT first, in case a test paused it
+    try:
+        yield start
+    finally:
+        for node in started:
+            node.stop()  # resumes a paused node first
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Starts real node processes on free loopback ports; every one is stopped at teardown."""
+    with _node_starter(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One real node shared by the tests of a module (for tables of cheap cases); always stopped."""
+    with _node_starter(tmp_path_factory.mktemp("module_node")) as start:
+        yield start("shared")
 
 
 @pytest.fixture
@@ -36,6 +53,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
         clusters.append(cluster)
         return cluster.start()
 
-    yield make
-    for cluster in clusters:
-        cluster.stop()
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.stop()

@@ -7,6 +7,7 @@ import string
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sync.causal import CausalContext, Dot
 from sync.codec import (
     InvalidToken,
@@ -18,10 +19,9 @@ from sync.codec import (
 )
 from sync.crdt import SubjectState
 from sync.observation import Evidence, Subject, SubjectKind
-
 from tests.unit.strategies import (
-    LAWS,
     SUBJECT,
+    VALUES,
     Run,
     contexts,
     observation,
@@ -33,7 +33,7 @@ from tests.unit.strategies import (
 OTHER = Subject("acme", SubjectKind.TEAM, "t-7")
 
 
-@LAWS
+@VALUES
 @given(state=random_states())
 def test_a_state_round_trips_through_its_encoding(state: SubjectState) -> None:
     raw = encode_state(state)
@@ -43,7 +43,7 @@ def test_a_state_round_trips_through_its_encoding(state: SubjectState) -> None:
     assert back.digest() == state.digest()
 
 
-@LAWS
+@VALUES
 @given(run=runs)
 def test_every_state_of_a_replicated_run_round_trips(run: Run) -> None:
     for state in [*run.deltas, *run.replicas]:
@@ -64,7 +64,7 @@ def test_evidence_time_and_every_observation_field_survive() -> None:
     assert back.evidence[0].time_ms == 1_700_000_000_123
 
 
-@LAWS
+@VALUES
 @given(positions=st.dictionaries(subjects, st.tuples(st.integers(0, 2**63), contexts), max_size=4))
 def test_a_token_round_trips(positions: dict[Subject, tuple[int, CausalContext]]) -> None:
     token = encode_token(positions)
@@ -120,7 +120,7 @@ def test_a_garbage_token_is_refused(token: str) -> None:
         merge_tokens([encode_token({SUBJECT: (0, _ctx(("a.1", 1)))}), token])
 
 
-@LAWS
+@VALUES
 @given(
     token=st.text(min_size=1, max_size=20).filter(
         lambda t: not set(t) <= set(string.ascii_letters + string.digits + "-_")

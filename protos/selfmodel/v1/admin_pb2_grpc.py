@@ -39,6 +39,11 @@ class AdminStub:
                 request_serializer=selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_admin__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/selfmodel.v1.Admin/ListAudit',
+                request_serializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -50,6 +55,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit log of operator actions (forget, retract on behalf of another source), oldest
+        first. Operators only; an operator sees the entries about its own tenant's subjects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=selfmodel_dot_v1_dot_admin__pb2.NodeStatus.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class Admin:
             '/selfmodel.v1.Admin/GetStatus',
             selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             selfmodel_dot_v1_dot_admin__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.Admin/ListAudit',
+            selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

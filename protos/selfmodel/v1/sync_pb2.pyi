@@ -148,6 +148,7 @@ class SubjectState(_message.Message):
     GENERATION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -155,6 +156,12 @@ class SubjectState(_message.Message):
     def context(self) -> Global___CausalContext: ...
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredObservation]: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dot]:
+        """Deltas only: the dots of the events the delta creates. A receiver merges a delta once every
+        other dot of its context is known there (causal delivery); empty means a whole state.
+        """
+
     def __init__(
         self,
         *,
@@ -162,10 +169,11 @@ class SubjectState(_message.Message):
         generation: _builtins.int = ...,
         context: Global___CausalContext | None = ...,
         observations: _abc.Iterable[Global___StoredObservation] | None = ...,
+        events: _abc.Iterable[Global___Dot] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "generation", b"generation", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "events", b"events", "generation", b"generation", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

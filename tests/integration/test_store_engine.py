@@ -1,0 +1,128 @@
+"""The engine over a real RocksDB store, without gRPC: durability, ordering, clock safety."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from node.engine import Engine, ObservationInput
+from node.store import Store, StoreError
+from sync.causal import CausalContext, Dot
+from sync.codec import decode_delta
+from sync.crdt import SubjectState
+from sync.delivery import Delta
+from sync.hlc import HybridClock, pack, wall_ms
+from sync.observation import Observation, Subject, SubjectKind
+
+U1 = Subject("acme", SubjectKind.USER, "u-1")
+
+
+def item(
+    subject: Subject, key: str, statement: str = "x", confidence: float = 0.8
+) -> ObservationInput:
+    return ObservationInput(subject, "facts", key, statement, confidence)
+
+
+def test_every_start_is_a_new_incarnation_and_a_new_actor(tmp_path: Path):
+    actors = []
+    for _ in range(3):
+        store = Store(tmp_path / "db", "sales")
+        actors.append(store.actor)
+        store.close()
+    assert actors == ["sales.1", "sales.2", "sales.3"]
+
+
+def test_a_data_directory_of_another_node_is_refused(tmp_path: Path):
+    Store(tmp_path / "db", "sales").close()
+    with pytest.raises(StoreError, match="holds the data of node 'sales'"):
+        Store(tmp_path / "db", "support")
+
+
+def test_concurrent_writers_share_group_commits_and_the_outbox_has_no_holes(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    engine = Engine(store)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(40):
+                engine.observe(
+                    f"agent{w}", [item(Subject("acme", SubjectKind.USER, f"u{w}"), f"k{i}")]
+                )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    entries = store.outbox(0, 10_000)
+    assert [e.seq for e in entries] == list(range(1, 321))
+    groups = REGISTRY.get_sample_value("selfmodel_commit_groups_total") or 0
+    batches = REGISTRY.get_sample_value("selfmodel_commit_batches_total") or 0
+    assert batches >= 320 and groups < batches, "no group commit ever carried two writers"
+    store.close()
+
+    reopened = Store(tmp_path / "db", "sales", outbox=True)
+    for w in range(8):
+        state = reopened.load(Subject("acme", SubjectKind.USER, f"u{w}"))
+        assert state is not None and len(state.observations) == 40
+    assert reopened.outbox_seq == 320
+    reopened.close()
+
+
+def remote_delta(subject: Subject, hlc: int) -> Delta:
+    dot = Dot("remote.1", 1)
+    obs = Observation(dot, "facts", "k", "peer_agent", "from the future", 0.9, (), hlc, "remote")
+    return Delta(SubjectState(subject, 0, CausalContext.of([dot]), {dot: obs}), frozenset([dot]))
+
+
+def test_a_delta_from_a_clock_too_far_ahead_is_refused_counted_and_never_moves_the_clock(
+    tmp_path: Path,
+):
+    store = Store(tmp_path / "db", "sales")
+    clock = HybridClock(max_offset_ms=1_000, high_water=store.hlc_high_water)
+    engine = Engine(store, clock=clock)
+    before = REGISTRY.get_sample_value("selfmodel_clock_skew_refused_total") or 0
+    last = clock.last
+
+    outcome = engine.merge_remote([remote_delta(U1, pack(wall_ms() + 3_600_000))])
+
+    assert (outcome.merged, outcome.refused) == (0, 1)
+    assert engine.state(U1).observations == {}
+    assert clock.last == last
+    assert REGISTRY.get_sample_value("selfmodel_clock_skew_refused_total") == before + 1
+
+    ok = engine.merge_remote([remote_delta(U1, pack(wall_ms() + 10))])
+    assert (ok.merged, ok.refused) == (1, 0)
+    assert len(engine.state(U1).observations) == 1
+    store.close()
+
+
+def test_remote_merges_write_the_origin_position_in_the_same_batch(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales")
+    engine = Engine(store)
+    engine.merge_remote(
+        [remote_delta(U1, pack(wall_ms()))], extra=[Store.position_row("applied", "support", 7)]
+    )
+    store.close()
+    reopened = Store(tmp_path / "db", "sales")
+    assert reopened.position("applied", "support") == 7
+    assert reopened.load(U1) is not None
+    reopened.close()
+
+
+def test_forget_keeps_the_erase_in_the_outbox_but_purges_older_deltas(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales", outbox=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1", "Secret detail")])
+    engine.forget(U1)
+    deltas = [decode_delta(e.delta).state for e in store.outbox(0, 100)]
+    assert [(d.subject, d.generation) for d in deltas] == [(U1, 1)]
+    assert all(not d.observations for d in deltas)
+    store.close()
