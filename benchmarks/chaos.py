@@ -490,8 +490,9 @@ class Report:
     restart_s: list[float] = field(default_factory=list)
     visible_ms: list[float] = field(default_factory=list)
     visible_settled_ms: list[float] = field(default_factory=list)
-    # (seconds since the last fault was undone, ms to visible, writing node, watching node)
-    samples: list[tuple[float, float, str, str]] = field(default_factory=list)
+    # (seconds into the run, seconds since the last fault was undone, ms to visible,
+    #  writing node, watching node)
+    samples: list[tuple[float, float, float, str, str]] = field(default_factory=list)
     probes: int = 0
     probes_unseen: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -598,7 +599,8 @@ def visibility(load: Load, report: Report) -> None:
             report.visible_ms.append(latency_ms)
             if probe.since_undo >= SETTLED_S:
                 report.visible_settled_ms.append(latency_ms)
-            report.samples.append((probe.since_undo, latency_ms, probe.node, watcher))
+            at = probe.acked_at - load.started
+            report.samples.append((at, probe.since_undo, latency_ms, probe.node, watcher))
 
 
 def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
