@@ -56,3 +56,32 @@ def test_a_forget_while_peers_lag_does_not_stall_the_delta_stream_to_them(
         assert log.count("delta stream to billing ended") == ended, (
             "the delta stream to billing keeps failing after the forget:\n" + log[-1500:]
         )
+
+
+def peers_connected(cluster: LocalCluster, node: str) -> bool:
+    with grpc.insecure_channel(cluster.address(node)) as channel:
+        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=5
+        )
+    return all(p.connected for p in status.peers)
+
+
+def test_a_restarted_node_gets_deltas_at_once_not_after_its_peers_backoff(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(
+        ("sales", "billing"), sync={"anti_entropy_s": 600.0, "backoff_max_s": 20.0}
+    )
+    cluster.nodes["billing"].kill()
+    time.sleep(6.0)  # sales' stream to billing fails over and over: its backoff grows
+    cluster.nodes["billing"].start()
+    deadline = time.monotonic() + 10
+    while not peers_connected(cluster, "billing"):  # billing is back and reached sales
+        assert time.monotonic() < deadline, "billing never connected to sales"
+        time.sleep(0.05)
+    with cluster.client("sales", "sales_agent") as sales:
+        written = sales.observe(user("u"), "After the restart", confidence=0.9, context="facts")
+    with cluster.client("billing", "reader") as billing:
+        # Through the delta stream (no anti-entropy round is due): sales retried as soon as
+        # billing opened its own session, instead of sleeping out up to 20 s of backoff.
+        billing.self_model(user("u"), at_least=written.token, timeout_s=3.0)

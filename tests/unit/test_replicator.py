@@ -76,16 +76,17 @@ class Link:
 class Waits(threading.Event):
     """Records each backoff instead of sleeping; stops the loop after ``limit`` of them."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, stop: threading.Event) -> None:
         super().__init__()
         self.limit = limit
+        self.stop = stop
         self.seen: list[float] = []
 
     def wait(self, timeout: float | None = None) -> bool:
         self.seen.append(timeout or 0.0)
         if len(self.seen) >= self.limit:
-            self.set()
-        return self.is_set()
+            self.stop.set()
+        return False
 
 
 def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> None:
@@ -100,8 +101,8 @@ def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> 
 
     settings = SyncSettings(backoff_max_s=5.0)
     peer = PeerReplicator("billing", Outbox(), Replica(), connect, settings, lambda: None)
-    waits = Waits(limit=14)
-    peer._stop = waits
+    waits = Waits(limit=14, stop=peer._stop)
+    peer._retry = waits
     peer._stream_forever()
     assert len(waits.seen) == 14
     assert max(waits.seen[:8]) > 1.0  # backed off while the peer was away
