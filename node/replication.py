@@ -186,11 +186,14 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         members: frozenset[str],
         peer_name: Callable[[grpc.ServicerContext], str | None],
         limits: Limits,
+        on_peer_session: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.members = members
         self.limits = limits
         self._peer_name = peer_name
+        # Told when a peer starts a delta stream or an anti-entropy round: it is reachable.
+        self._on_peer_session = on_peer_session
         self._streams: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -217,6 +220,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
     ) -> Iterator[sync_pb2.ReplicateAck]:
         peer = self._authorize(context)
+        if self._on_peer_session is not None:
+            self._on_peer_session(peer)
         with self._lock:
             if self._closed:
                 context.abort(
@@ -272,7 +277,9 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def GetBuckets(
         self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
     ) -> sync_pb2.Buckets:
-        self._authorize(context)
+        peer = self._authorize(context)
+        if self._on_peer_session is not None:
+            self._on_peer_session(peer)
         return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
 
     @map_errors

@@ -181,6 +181,7 @@ def start(config: NodeConfig) -> RunningNode:
         config.members or frozenset(p.name for p in config.peers),
         config.peer_identity,
         config.limits,
+        on_peer_session=replicator.peer_seen if replicator is not None else None,
     )
     sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, server)
     admin_pb2_grpc.add_AdminServicer_to_server(

@@ -66,6 +66,7 @@ class PeerReplicator:
         self._on_ack = on_ack
         self._stop = threading.Event()
         self._wake_anti_entropy = threading.Event()
+        self._retry = threading.Event()  # cuts a reconnect backoff short (see wake)
         self.connected = False
         metrics.PEER_CONNECTED.labels(peer).set(0)  # exported from the start, not first change
         self._link: PeerLink | None = None
@@ -83,12 +84,21 @@ class PeerReplicator:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._retry.set()
         self._wake_anti_entropy.set()
         for link in (self._link, self._ae_link):
             if link is not None:
                 link.close()
         for t in self._threads:
             t.join(timeout_s)
+
+    def wake(self) -> None:
+        """The peer just opened a session with this node, so it is reachable again: if the
+        delta stream to it is waiting out a reconnect backoff, it retries now rather than up
+        to backoff_max_s later. Only a wake during the wait counts, so a peer that reaches us
+        while we cannot reach it does not turn the backoff into a busy loop."""
+        if not self.connected:
+            self._retry.set()
 
     def state(self) -> PeerState:
         return PeerState(self.peer, self.connected, self.acked, self.lag_s(), self.dropped)
@@ -107,14 +117,19 @@ class PeerReplicator:
                 self._session()
                 failures = 0
             except Exception as exc:  # any failure ends the session; we reconnect
-                failures += 1
+                # Back off by the failures since the last session that got going (it is still
+                # marked connected here), so one bad spell does not slow every later
+                # reconnect down to the maximum.
+                failures = 1 if self.connected else failures + 1
                 metrics.REPLICATION_ERRORS.labels(self.peer).inc()
                 log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
             finally:
                 self._set_connected(False)
             state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
             state.attempt_number = max(1, failures)
-            self._stop.wait(wait(state))
+            self._retry.clear()
+            if not self._stop.is_set():
+                self._retry.wait(wait(state))
 
     def _session(self) -> None:
         link = self._connect()
@@ -265,6 +280,12 @@ class Replicator:
                 keep.append(p.acked)
             upto = min(keep) if keep else last
             self._outbox.trim(upto)
+
+    def peer_seen(self, name: str) -> None:
+        """A peer opened a session (a delta stream or an anti-entropy round) with this node."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            peer.wake()
 
     def states(self) -> list[PeerState]:
         return [p.state() for p in self.peers.values()]

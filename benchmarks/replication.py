@@ -1,0 +1,560 @@
+#!/usr/bin/env python3
+"""Replication visibility: from an Observe acknowledged on one node to WatchSelfModel elsewhere.
+
+What runs, per cell (nodes x writes/s), all on loopback, data in a temporary directory:
+
+- a fresh-subject run on a LocalCluster of real ``selfmodel node`` processes (no fault proxies,
+  the node defaults: fsync on, unless --no-fsync);
+- one writer process: an open-loop, rate-limited writer of Observe calls to the first node
+  (a call every 1/rate s whatever the previous calls are doing, at most 1,024 in flight),
+  round-robin over 8 subjects, each write superseding the writer's own previous one in the
+  slot, so the subjects stay small;
+- one watcher process per other node, holding a WatchSelfModel stream per subject. A write is
+  visible on a node at the first snapshot whose handoff token covers the write's dot;
+- the floor, in the same run and at the same rates: a tiny gRPC server in its own process with
+  a unary ``Publish`` that pushes each message to every ``Subscribe`` stream (one subscriber
+  process per other node), with the same kind of writer. Time from publish ack to receipt.
+
+Times are time.monotonic(), which is system-wide on Linux, so processes compare them directly.
+A write seen before its ack reached the writer counts as 0 ms. Only writes issued during the
+measured interval count (after a one-second warm-up).
+
+    python benchmarks/replication.py            # 3 and 5 nodes x 100 and 1,000 writes/s
+    python benchmarks/replication.py --quick    # 3 s per cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT / "protos", ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+# The node processes need the same imports as this script.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+
+import grpc  # noqa: E402
+
+TENANT = "acme"
+CONTEXT = "replication"
+SUBJECTS = 8
+MAX_IN_FLIGHT = 1024
+WARMUP_S = 1.0
+DRAIN_S = 3.0
+PUSH_SERVICE = "bench.v1.Push"
+PUBLISH = f"/{PUSH_SERVICE}/Publish"
+SUBSCRIBE = f"/{PUSH_SERVICE}/Subscribe"
+TARGET_RATIO = 3.0  # p99 visibility / p99 floor at 100 writes/s on 3 nodes, at most
+AGENT_MD = (("x-agent-id", "bench_writer"),)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Time from an Observe acknowledged on one node to its visibility through "
+        "WatchSelfModel on every other node, beside a bare gRPC stream-push floor.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--nodes", default="3,5", help="comma-separated cluster sizes")
+    p.add_argument("--rates", default="100,1000", help="comma-separated writes/s")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
+    p.add_argument("--quick", action="store_true", help="3 s per cell")
+    p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (WAL still on)")
+    p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
+    p.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
+    args = p.parse_args(argv)
+    args.node_counts = [int(n) for n in args.nodes.split(",")]
+    args.rate_list = [float(r) for r in args.rates.split(",")]
+    if args.quick:
+        args.duration = 3.0
+    if any(n < 2 for n in args.node_counts) or any(r <= 0 for r in args.rate_list):
+        p.error("--nodes must be at least 2 and --rates positive")
+    return args
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args, child), daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _expect(conn: Connection, what: str, timeout_s: float = 30.0) -> Any:
+    if not conn.poll(timeout_s):
+        raise TimeoutError(f"{what} did not answer within {timeout_s} s")
+    return conn.recv()
+
+
+def _reap(procs: Sequence[Any]) -> None:
+    for proc in procs:
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+def _subject(cell: str, k: int) -> Any:
+    from selfmodel.v1 import model_pb2
+
+    return model_pb2.Subject(tenant=TENANT, kind=model_pb2.SUBJECT_KIND_USER, id=f"{cell}-{k}")
+
+
+def _writer(
+    kind: str, target: str, cell: str, rate: float, seconds: float, pad: int, conn: Connection
+) -> None:
+    """Open loop: call number i is issued at start + i/rate; records (i, sent, acked, reply)."""
+    from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    count = int(rate * seconds)
+    if kind == "node":
+        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        call: Any = stub.Observe
+        requests: list[Any] = [
+            selfmodel_pb2.ObserveRequest(
+                subject=_subject(cell, i % SUBJECTS),
+                context=CONTEXT,
+                key="latest",
+                statement=f"value {i}",
+                confidence=0.9,
+            )
+            for i in range(count)
+        ]
+    else:
+        call = channel.unary_unary(PUBLISH, None, None)
+        requests = [i.to_bytes(8, "big") + bytes(pad) for i in range(count)]
+    records: list[tuple[int, float, float, str]] = []
+    errors: list[str] = []
+    in_flight = threading.Semaphore(MAX_IN_FLIGHT)
+    skipped = 0
+
+    def done(i: int, sent: float, fut: Any) -> None:
+        acked = time.monotonic()
+        in_flight.release()
+        try:
+            reply = fut.result()
+        except grpc.RpcError as exc:
+            errors.append(f"{exc.code().name}: {exc.details()}")
+            return
+        records.append((i, sent, acked, reply.observation_id if kind == "node" else ""))
+
+    with contextlib.suppress(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(channel).result(timeout=10)
+    conn.send("ready")
+    start_at = conn.recv()
+    for i, req in enumerate(requests):
+        slot = start_at + i / rate
+        delay = slot - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if not in_flight.acquire(blocking=False):
+            skipped += 1
+            continue
+        sent = time.monotonic()
+        fut = call.future(req, timeout=10.0, metadata=AGENT_MD)
+        fut.add_done_callback(lambda f, i=i, sent=sent: done(i, sent, f))
+    deadline = time.monotonic() + 12.0  # the calls in flight end within their 10 s timeout
+    for _ in range(MAX_IN_FLIGHT):
+        if not in_flight.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            break
+    conn.send((records, errors, skipped))
+    channel.close()
+
+
+def _watcher(target: str, cell: str, conn: Connection) -> None:
+    """A WatchSelfModel stream per subject; records (received, subject index, handoff token)."""
+    from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    events: list[tuple[float, int, str]] = []
+    first = [threading.Event() for _ in range(SUBJECTS)]
+    calls: list[Any] = []
+
+    def follow(k: int) -> None:
+        req = selfmodel_pb2.WatchSelfModelRequest(subject=_subject(cell, k), contexts=[CONTEXT])
+        call = stub.WatchSelfModel(req, metadata=(("x-agent-id", "bench_watcher"),))
+        calls.append(call)
+        with contextlib.suppress(grpc.RpcError):
+            for snapshot in call:
+                events.append((time.monotonic(), k, snapshot.handoff_token))
+                first[k].set()
+
+    threads = [threading.Thread(target=follow, args=(k,), daemon=True) for k in range(SUBJECTS)]
+    for t in threads:
+        t.start()
+    ok = all(e.wait(30) for e in first)
+    conn.send("ready" if ok else "no initial snapshot")
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    for call in calls:
+        call.cancel()
+    for t in threads:
+        t.join(5)
+    conn.send(events)
+    channel.close()
+
+
+def _push_server(conn: Connection) -> None:
+    """The floor: Publish pushes the message to every Subscribe stream, then answers."""
+    subscribers: list[queue.SimpleQueue[bytes]] = []
+    lock = threading.Lock()
+
+    def publish(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            targets = list(subscribers)
+        for q in targets:
+            q.put(request)
+        return b""
+
+    def subscribe(request: bytes, context: grpc.ServicerContext) -> Any:
+        q: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        with lock:
+            subscribers.append(q)
+        yield b"subscribed"
+        while context.is_active():
+            try:
+                yield q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=256 + 64, thread_name_prefix="rpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    handlers = {
+        "Publish": grpc.unary_unary_rpc_method_handler(publish),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PUSH_SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    conn.send(port)
+    with contextlib.suppress(EOFError, KeyboardInterrupt):
+        conn.recv()
+    server.stop(0).wait()
+
+
+def _subscriber(target: str, conn: Connection) -> None:
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_stream(SUBSCRIBE, None, None)(b"")
+    received: list[tuple[float, int]] = []
+    subscribed = threading.Event()
+
+    def follow() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for msg in call:
+                if msg == b"subscribed":
+                    subscribed.set()
+                    continue
+                received.append((time.monotonic(), int.from_bytes(msg[:8], "big")))
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    conn.send("ready" if subscribed.wait(30) else "not subscribed")
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    call.cancel()  # type: ignore[no-untyped-call]
+    t.join(5)
+    conn.send(received)
+    channel.close()
+
+
+# -- measurement ---------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    writes: int = 0
+    errors: int = 0
+    skipped: int = 0
+    ack_ms: list[float] = field(default_factory=list)  # call sent -> ack
+    visible_ms: list[float] = field(default_factory=list)  # ack -> visible, per other node
+    unseen: int = 0
+    first_error: str = ""
+    acked_total: int = 0  # acknowledged writes, warm-up included
+    writer_cpu_ms: float = float("nan")  # CPU time of the written node per acknowledged write
+    peer_cpu_ms: float = float("nan")  # CPU time of each other node per write (mean)
+
+    def p(self, values: Sequence[float], q: float) -> float:
+        return percentile(sorted(values), q)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def _drive(
+    kind: str,
+    target: str,
+    cell: str,
+    rate: float,
+    duration_s: float,
+    pad: int,
+    observers: Sequence[tuple[Any, Connection]],
+) -> tuple[list[tuple[int, float, float, str]], float, float, Figures]:
+    """Runs the writer against ready observers; returns its records and the measured interval."""
+    figures = Figures()
+    proc, conn = _spawn(_writer, kind, target, cell, rate, WARMUP_S + duration_s, pad)
+    try:
+        if _expect(conn, "writer") != "ready":
+            raise RuntimeError("writer did not start")
+        start_at = time.monotonic() + 0.2
+        conn.send(start_at)
+        records, errors, skipped = _expect(conn, "writer", WARMUP_S + duration_s + 30)
+    finally:
+        _reap([proc])
+    time.sleep(DRAIN_S if rate <= 100 else DRAIN_S * 2)
+    figures.errors, figures.skipped = len(errors), skipped
+    figures.first_error = errors[0] if errors else ""
+    measured_from = start_at + WARMUP_S
+    measured = [r for r in records if r[1] >= measured_from]
+    figures.writes = len(measured)
+    figures.acked_total = len(records)
+    figures.ack_ms = [(acked - sent) * 1000 for _, sent, acked, _ in measured]
+    return measured, measured_from, measured_from + duration_s, figures
+
+
+def measure_node(cluster: Any, cell: str, rate: float, duration_s: float) -> Figures:
+    from sync.causal import Dot
+    from sync.codec import decode_token
+
+    names = list(cluster.nodes)
+    writer_node, others = names[0], names[1:]
+    watchers = [_spawn(_watcher, cluster.address(n), cell) for n in others]
+    events: list[list[tuple[float, int, str]]] = []
+    try:
+        for _, conn in watchers:
+            if _expect(conn, "watcher") != "ready":
+                raise RuntimeError("a watcher got no initial snapshot")
+        pids = [cluster.nodes[n].proc.pid for n in names]
+        cpu0 = [process_cpu_s(pid) for pid in pids]
+        measured, _, _, figures = _drive(
+            "node", cluster.address(writer_node), cell, rate, duration_s, 0, watchers
+        )
+        used = [process_cpu_s(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        done = max(1, figures.acked_total)
+        figures.writer_cpu_ms = used[0] / done * 1000
+        figures.peer_cpu_ms = sum(used[1:]) / len(used[1:]) / done * 1000
+        for _, conn in watchers:
+            conn.send("stop")
+        events = [_expect(conn, "watcher") for _, conn in watchers]
+    finally:
+        _reap([p for p, _ in watchers])
+    if not measured:
+        return figures
+    actor = Dot.parse(measured[0][3]).actor
+    # Per watcher and subject: when each snapshot arrived and how far it covers the writer.
+    covered: list[dict[int, tuple[list[int], list[float]]]] = []
+    for per_node in events:
+        index: dict[int, tuple[list[int], list[float]]] = {}
+        for at, k, token in per_node:
+            counters, times = index.setdefault(k, ([], []))
+            position = next(iter(decode_token(token).values()), None)
+            upto = position[1].vector.get(actor, 0) if position is not None else 0
+            counters.append(max(upto, counters[-1] if counters else 0))
+            times.append(at)
+        covered.append(index)
+    for i, _, acked, observation_id in measured:
+        dot = Dot.parse(observation_id)
+        for index in covered:
+            counters, times = index.get(i % SUBJECTS, ([], []))
+            j = bisect.bisect_left(counters, dot.counter)
+            if j == len(counters):
+                figures.unseen += 1
+            else:
+                figures.visible_ms.append(max(0.0, times[j] - acked) * 1000)
+    return figures
+
+
+def measure_floor(subscribers: int, rate: float, duration_s: float, pad: int) -> Figures:
+    server, server_conn = _spawn(_push_server)
+    subs: list[tuple[Any, Connection]] = []
+    try:
+        target = f"127.0.0.1:{_expect(server_conn, 'push server')}"
+        subs = [_spawn(_subscriber, target) for _ in range(subscribers)]
+        for _, conn in subs:
+            if _expect(conn, "subscriber") != "ready":
+                raise RuntimeError("a subscriber did not subscribe")
+        measured, _, _, figures = _drive("floor", target, "floor", rate, duration_s, pad, subs)
+        for _, conn in subs:
+            conn.send("stop")
+        received = [dict((seq, at) for at, seq in _expect(conn, "subscriber")) for _, conn in subs]
+    finally:
+        with contextlib.suppress(OSError):
+            server_conn.send(None)
+        _reap([p for p, _ in subs] + [server])
+    for i, _, acked, _ in measured:
+        for got in received:
+            at = got.get(i)
+            if at is None:
+                figures.unseen += 1
+            else:
+                figures.visible_ms.append(max(0.0, at - acked) * 1000)
+    return figures
+
+
+@dataclass
+class Cell:
+    nodes: int
+    rate: float
+    node: Figures
+    floor: Figures
+
+    @property
+    def ratio(self) -> float:
+        floor = self.floor.p(self.floor.visible_ms, 0.99)
+        return self.node.p(self.node.visible_ms, 0.99) / floor if floor > 0 else float("inf")
+
+
+def snapshot_size() -> int:
+    """Bytes of a typical snapshot pushed by the watch (one belief), to size the floor's message."""
+    from selfmodel.v1 import model_pb2
+
+    snap = model_pb2.SelfModelSnapshot(
+        subject=_subject("r3x100", 0), node="n2", handoff_token="x" * 60
+    )
+    belief = snap.beliefs.add(
+        context=CONTEXT, key="latest", statement="value 12345", confidence=0.9
+    )
+    belief.supporters.add(source="bench_writer", statement="value 12345", confidence=0.9)
+    return snap.ByteSize()
+
+
+def run(args: argparse.Namespace) -> list[Cell]:
+    from federation.harness import LocalCluster
+
+    cells: list[Cell] = []
+    pad = max(0, snapshot_size() - 8)
+    parent = args.data or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="selfmodel-replication-", dir=parent))
+    try:
+        for n in args.node_counts:
+            names = [f"n{i}" for i in range(1, n + 1)]
+            cluster = LocalCluster(
+                root / f"cluster{n}",
+                names,
+                proxies=False,
+                fsync=not args.no_fsync,
+                sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
+            )
+            with cluster:
+                cluster.wait_converged(timeout_s=30)
+                for rate in args.rate_list:
+                    cell = f"r{n}x{rate:g}"
+                    print(f"  {n} nodes, {rate:g} writes/s: replication ...", flush=True)
+                    node = measure_node(cluster, cell, rate, args.duration)
+                    print(f"  {n} nodes, {rate:g} writes/s: push floor ...", flush=True)
+                    floor = measure_floor(n - 1, rate, args.duration, pad)
+                    cells.append(Cell(n, rate, node, floor))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return cells
+
+
+def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
+    def ms(value: float) -> str:
+        return f"{value:.2f}ms"
+
+    header = (
+        f"{'nodes':>5} {'writes/s':>8} {'acked/s':>7} {'vis p50':>9} {'vis p99':>9} "
+        f"{'floor p50':>9} {'floor p99':>9} {'p99 ratio':>9} {'unseen':>6} {'errors':>6}"
+    )
+    lines = ["time to visible", header, "-" * len(header)]
+    for c in cells:
+        n, f = c.node, c.floor
+        lines.append(
+            f"{c.nodes:>5} {c.rate:>8g} {n.writes / args.duration:>7.0f} "
+            f"{ms(n.p(n.visible_ms, 0.5)):>9} "
+            f"{ms(n.p(n.visible_ms, 0.99)):>9} {ms(f.p(f.visible_ms, 0.5)):>9} "
+            f"{ms(f.p(f.visible_ms, 0.99)):>9} {c.ratio:>8.1f}x {n.unseen + f.unseen:>6} "
+            f"{n.errors + n.skipped + f.errors + f.skipped:>6}"
+        )
+    header = (
+        f"{'nodes':>5} {'writes/s':>8} {'Observe p50':>11} {'Observe p99':>11} "
+        f"{'Publish p50':>11} {'Publish p99':>11} {'CPU/write n1':>12} {'CPU/write peer':>14}"
+    )
+    lines += ["", "call latency (call -> ack) and node CPU time per write", header]
+    lines.append("-" * len(header))
+    for c in cells:
+        n, f = c.node, c.floor
+        lines.append(
+            f"{c.nodes:>5} {c.rate:>8g} {ms(n.p(n.ack_ms, 0.5)):>11} {ms(n.p(n.ack_ms, 0.99)):>11} "
+            f"{ms(f.p(f.ack_ms, 0.5)):>11} {ms(f.p(f.ack_ms, 0.99)):>11} "
+            f"{ms(n.writer_cpu_ms):>12} {ms(n.peer_cpu_ms):>14}"
+        )
+    for c in cells:
+        for what, fig in (("node", c.node), ("floor", c.floor)):
+            if fig.first_error:
+                lines.append(f"  {c.nodes}x{c.rate:g} {what}: first error {fig.first_error}")
+    target = next((c for c in cells if c.nodes == 3 and c.rate == 100), None)
+    if target is not None:
+        verdict = "PASS" if target.ratio <= TARGET_RATIO else "MISS"
+        lines.append(
+            f"target: p99 visibility within {TARGET_RATIO:g}x the push floor at 100 writes/s on "
+            f"3 nodes: {verdict} ({target.ratio:.1f}x)"
+        )
+    lines.append(
+        "vis = Observe ack on n1 -> first WatchSelfModel snapshot covering it on each other node; "
+        "floor = Publish ack -> receipt on each subscriber; acked/s = Observe calls issued in "
+        "the measured interval and acknowledged; errors = failed or skipped calls; "
+        f"fsync {'off' if args.no_fsync else 'on (node default)'}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(
+        f"replication: nodes {args.nodes}, rates {args.rates} writes/s, {args.duration:g} s per "
+        f"cell, fsync {'off' if args.no_fsync else 'on'}; {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}",
+        flush=True,
+    )
+    cells = run(args)
+    print(render(cells, args), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps([dataclasses.asdict(c) for c in cells]))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,110 @@
+"""The delta stream's reconnects: backoff grows with consecutive failures only."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator, Sequence
+
+from sync.crdt import SubjectState
+from sync.observation import Subject
+from sync.ports import Batch, Merged
+from sync.replicator import PeerReplicator, SyncSettings
+
+BUCKETS = [bytes(16)] * 4
+
+
+class Outbox:
+    def read(self, after: int, limit: int) -> Batch | None:
+        return None
+
+    def first_seq(self) -> int:
+        return 1
+
+    def last_seq(self) -> int:
+        return 0
+
+    def wait(self, after: int, timeout_s: float) -> bool:
+        return False
+
+    def trim(self, upto: int) -> None:
+        pass
+
+    def oldest_unacked_ms(self, acked: int) -> int | None:
+        return None
+
+
+class Replica:
+    def merge(self, states: object) -> Merged:
+        return Merged(0, 0)
+
+    def states(self, subjects: object) -> list[SubjectState]:
+        return []
+
+    def bucket_hashes(self) -> list[bytes]:
+        return list(BUCKETS)
+
+    def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]:
+        return []
+
+    def acked(self, peer: str) -> int:
+        return 0
+
+    def set_acked(self, peer: str, seq: int) -> None:
+        pass
+
+
+class Link:
+    """Answers anti-entropy (nothing differs), then breaks once the stream starts."""
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+        raise ConnectionError("the link broke")
+
+    def buckets(self) -> list[bytes]:
+        return list(BUCKETS)
+
+    def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
+        return []
+
+    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class Waits(threading.Event):
+    """Records each backoff instead of sleeping; stops the loop after ``limit`` of them."""
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        super().__init__()
+        self.limit = limit
+        self.stop = stop
+        self.seen: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.seen.append(timeout or 0.0)
+        if len(self.seen) >= self.limit:
+            self.stop.set()
+        return False
+
+
+def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> None:
+    random.seed(7)
+    attempts = []
+
+    def connect() -> Link:
+        attempts.append(1)
+        if len(attempts) <= 8:  # the peer is away for a while
+            raise ConnectionError("connection refused")
+        return Link()  # back: anti-entropy and the stream start, then the link breaks, again
+
+    settings = SyncSettings(backoff_max_s=5.0)
+    peer = PeerReplicator("billing", Outbox(), Replica(), connect, settings, lambda: None)
+    waits = Waits(limit=14, stop=peer._stop)
+    peer._retry = waits
+    peer._stream_forever()
+    assert len(waits.seen) == 14
+    assert max(waits.seen[:8]) > 1.0  # backed off while the peer was away
+    # Every failure after a session that got going is a first failure: a short wait.
+    assert max(waits.seen[8:]) <= 0.2, waits.seen
