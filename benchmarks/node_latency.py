@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -196,6 +197,9 @@ class ClientPool:
         return [conn.recv() for conn in self._conns[: self._busy]]
 
     def close(self) -> None:
+        """Ends every client process; idempotent."""
+        if not self._procs:
+            return
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
@@ -203,6 +207,7 @@ class ClientPool:
             proc.join(5)
             if proc.is_alive():
                 proc.terminate()
+        self._procs, self._conns = [], []
 
 
 # -- echo server ---------------------------------------------------------------------------
@@ -319,7 +324,23 @@ def agent_metadata(i: int) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass
+class Sample:
+    """One scenario measured once (one round)."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+    server_cpu_s: float
+    client_cpu_s: float
+    commits: tuple[float, float] | None  # (group commits, mutations) during the round
+    late_s: float
+    first_error: str
+
+
+@dataclass
 class Figures:
+    """One scenario over every round: latencies pooled, calls/s over the summed time."""
+
     name: str
     server: str
     clients: int
@@ -333,7 +354,65 @@ class Figures:
     server_cpu_us: float  # server process CPU time per call, all threads
     client_cpu_us: float  # client processes' CPU time per call
     late_s: float
+    writes_per_commit: float | None = None  # the node's group commit: mutations per batch
     first_error: str = ""
+
+    @classmethod
+    def of(cls, name: str, server: str, clients: int, samples: Sequence[Sample]) -> Figures:
+        latencies = sorted(x for sample in samples for x in sample.latencies)
+        calls = len(latencies)
+        seconds = sum(sample.seconds for sample in samples)
+        commits = [sample.commits for sample in samples if sample.commits is not None]
+        groups = sum(c[0] for c in commits)
+
+        def per_call(total_s: float) -> float:
+            return total_s / calls * 1e6 if calls else float("nan")
+
+        return cls(
+            name=name,
+            server=server,
+            clients=clients,
+            calls=calls,
+            errors=sum(sample.errors for sample in samples),
+            seconds=seconds,
+            p50_ms=percentile(latencies, 0.50) * 1e3,
+            p99_ms=percentile(latencies, 0.99) * 1e3,
+            mean_ms=sum(latencies) / calls * 1e3 if calls else float("nan"),
+            throughput=calls / seconds if seconds > 0 else 0.0,
+            server_cpu_us=per_call(sum(sample.server_cpu_s for sample in samples)),
+            client_cpu_us=per_call(sum(sample.client_cpu_s for sample in samples)),
+            late_s=max(sample.late_s for sample in samples),
+            writes_per_commit=sum(c[1] for c in commits) / groups if groups else None,
+            first_error=next((x.first_error for x in samples if x.first_error), ""),
+        )
+
+
+@dataclass(frozen=True)
+class Server:
+    label: str
+    pid: int
+    address: str
+    metrics_port: int | None = None
+
+
+def commit_counts(metrics_port: int | None) -> tuple[float, float] | None:
+    """(group commits, mutations committed) from the node's Prometheus endpoint."""
+    if metrics_port is None:
+        return None
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("selfmodel_commit_groups_total", "selfmodel_commit_batches_total"):
+            found[name] = float(value)
+    if len(found) != 2:
+        return None
+    return found["selfmodel_commit_groups_total"], found["selfmodel_commit_batches_total"]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -356,17 +435,14 @@ class Bench:
     def measure(
         self,
         name: str,
-        server: str,
-        server_pid: int,
-        target: str,
+        server: Server,
         method: str,
         requests_per_client: Sequence[Sequence[bytes]],
         profile: bool = False,
-    ) -> Figures:
-        clients = len(requests_per_client)
+    ) -> Sample:
         tasks = [
             Task(
-                target=target,
+                target=server.address,
                 method=method,
                 requests=reqs,
                 metadata=agent_metadata(i),
@@ -380,39 +456,32 @@ class Bench:
         start_at = time.monotonic() + 0.05
         stop_at = start_at + self.duration_s
         recording = (
-            self.profiler.record(name, server_pid, stop_at - time.monotonic())
+            self.profiler.record(name, server.pid, stop_at - time.monotonic())
             if profile and self.profiler is not None
             else contextlib.nullcontext()
         )
         with recording:
             self.pool.start(start_at, stop_at)
             time.sleep(max(0.0, start_at - time.monotonic()))
-            cpu0 = process_cpu_s(server_pid)
+            cpu0 = process_cpu_s(server.pid)
+            commits0 = commit_counts(server.metrics_port)
             time.sleep(max(0.0, stop_at - time.monotonic()))
-            server_cpu = process_cpu_s(server_pid) - cpu0
+            server_cpu = process_cpu_s(server.pid) - cpu0
             outcomes = self.pool.collect()
-        latencies = sorted(x for o in outcomes for x in o.latencies)
-        errors = sum(o.errors for o in outcomes)
-        seconds = max(o.ended_at for o in outcomes) - start_at
-        calls = len(latencies)
-        figures = Figures(
-            name=name,
-            server=server,
-            clients=clients,
-            calls=calls,
-            errors=errors,
-            seconds=seconds,
-            p50_ms=percentile(latencies, 0.50) * 1e3,
-            p99_ms=percentile(latencies, 0.99) * 1e3,
-            mean_ms=(sum(latencies) / calls * 1e3) if calls else float("nan"),
-            throughput=calls / seconds if seconds > 0 else 0.0,
-            server_cpu_us=server_cpu / calls * 1e6 if calls else float("nan"),
-            client_cpu_us=sum(o.cpu_s for o in outcomes) / calls * 1e6 if calls else float("nan"),
+            commits1 = commit_counts(server.metrics_port)
+        commits = None
+        if commits0 is not None and commits1 is not None:
+            commits = (commits1[0] - commits0[0], commits1[1] - commits0[1])
+        return Sample(
+            latencies=[x for o in outcomes for x in o.latencies],
+            errors=sum(o.errors for o in outcomes),
+            seconds=max(o.ended_at for o in outcomes) - start_at,
+            server_cpu_s=server_cpu,
+            client_cpu_s=sum(o.cpu_s for o in outcomes),
+            commits=commits,
             late_s=max(o.late_s for o in outcomes),
             first_error=next((o.first_error for o in outcomes if o.first_error), ""),
         )
-        print(_row(figures), flush=True)
-        return figures
 
 
 def process_cpu_s(pid: int) -> float:
@@ -475,6 +544,8 @@ def _row(f: Figures) -> str:
         f"{f.p50_ms:>7.3f} {f.p99_ms:>7.3f} {f.mean_ms:>7.3f} {f.throughput:>7.0f} "
         f"{f.server_cpu_us:>8.0f} {f.client_cpu_us:>8.0f}"
     )
+    if f.writes_per_commit is not None:
+        row += f"\n    group commit: {f.writes_per_commit:.1f} writes per batch written"
     if f.first_error:
         row += f"\n    first error: {f.first_error}"
     if f.late_s > 0.05:
@@ -566,14 +637,15 @@ def markdown(
         *[f"- {n}" for n in notes],
         "",
         "| scenario | server | clients | calls | errors | p50 ms | p99 ms | mean ms | calls/s "
-        "| server CPU µs/call | client CPU µs/call |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU µs/call | client CPU µs/call | writes per commit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for f in figures:
         lines.append(
             f"| {f.name} | {f.server} | {f.clients} | {f.calls} | {f.errors} | {f.p50_ms:.3f} "
             f"| {f.p99_ms:.3f} | {f.mean_ms:.3f} | {f.throughput:.0f} | {f.server_cpu_us:.0f} "
-            f"| {f.client_cpu_us:.0f} |"
+            f"| {f.client_cpu_us:.0f} "
+            f"| {'' if f.writes_per_commit is None else f'{f.writes_per_commit:.1f}'} |"
         )
     lines += ["", "| ratio | value | target | verdict |", "|---|--:|---|---|"]
     for x in rs:
@@ -595,13 +667,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--duration",
         type=float,
-        default=8.0,
-        help="seconds measured per scenario (default: 8; 10 scenarios)",
+        default=2.5,
+        help="seconds measured per scenario and round (default: 2.5; 10 scenarios)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times every scenario is measured, interleaved; figures pool the rounds (default: 3)",
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="about 15 s in all: 0.8 s per scenario, fewer warm-up calls",
+        help="about 15 s in all: one round of 0.8 s per scenario, fewer warm-up calls",
     )
     p.add_argument(
         "--clients",
@@ -675,9 +753,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)  # fmt: skip
     if args.quick:
         args.duration = min(args.duration, 0.8)
+        args.rounds = 1
         args.warmup_calls = min(args.warmup_calls, 30)
-    if args.clients < 1 or args.duration <= 0 or args.beliefs < 1:
-        p.error("--clients, --duration and --beliefs must be positive")
+    if min(args.clients, args.rounds, args.beliefs) < 1 or args.duration <= 0:
+        p.error("--clients, --rounds, --duration and --beliefs must be positive")
     return args
 
 
@@ -728,49 +807,65 @@ def describe(args: argparse.Namespace, captured: Captured, nproc: str) -> list[s
         f"Clients: separate processes (1, then {args.clients}), one channel and one call in "
         "flight each, pre-serialized requests, replies not decoded (the same for node and echo).",
         f"Each scenario: {args.warmup_calls} warm-up calls per client, then {args.duration:g} s "
-        f"measured. Nodes, echo and clients share this machine's {nproc} CPUs; 'srv CPU' is the "
+        f"measured, {args.rounds} round(s) interleaved and pooled. Nodes, echo and clients share "
+        f"this machine's {nproc} CPUs; 'srv CPU' is the "
         "server process's CPU time per call, 'cli CPU' the clients'.",
     ]
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    server: Server
+    method: str
+    requests_per_client: Sequence[Sequence[bytes]]
+    profile: bool
+
+    @property
+    def clients(self) -> int:
+        return len(self.requests_per_client)
+
+
 def scenarios(
-    bench: Bench,
-    args: argparse.Namespace,
-    durable: tuple[int, str],
-    nofsync: tuple[int, str],
-    echo: EchoServer,
-    captured: Captured,
-) -> list[Figures]:
+    args: argparse.Namespace, durable: Server, nofsync: Server, echo: Server, captured: Captured
+) -> list[Scenario]:
     """Each node scenario right after its echo twin, sequential first, then concurrent."""
-    figures = []
+    out = []
     pe = args.profile_echo
     if args.only in (None, "get"):
         for label, n in (("seq", 1), ("conc", args.clients)):
             requests = [[captured.get_request]] * n
-            figures.append(
-                bench.measure(f"echo-get {label}", "echo", echo.pid, echo.address,
-                              ECHO_GET_METHOD, requests, pe)
-            )  # fmt: skip
-            figures.append(
-                bench.measure(f"get {label}", "node", durable[0], durable[1], GET_METHOD,
-                              requests, True)
-            )  # fmt: skip
+            out.append(Scenario(f"echo-get {label}", echo, ECHO_GET_METHOD, requests, pe))
+            out.append(Scenario(f"get {label}", durable, GET_METHOD, requests, True))
     if args.only in (None, "observe"):
         for label, n in (("seq", 1), ("conc", args.clients)):
             writers = [observe_requests(f"e{label}", w, REQUESTS_PER_WRITER) for w in range(n)]
-            figures.append(
-                bench.measure(f"echo-observe {label}", "echo", echo.pid, echo.address,
-                              ECHO_OBSERVE_METHOD, writers, pe)
-            )  # fmt: skip
-            for (pid, address), kind in ((durable, "fsync"), (nofsync, "no-fsync")):
+            out.append(Scenario(f"echo-observe {label}", echo, ECHO_OBSERVE_METHOD, writers, pe))
+            for node, kind in ((durable, "fsync"), (nofsync, "no-fsync")):
                 writers = [
                     observe_requests(f"{kind}{label}", w, REQUESTS_PER_WRITER) for w in range(n)
                 ]
-                figures.append(
-                    bench.measure(f"observe {kind} {label}", f"node {kind}", pid, address,
-                                  OBSERVE_METHOD, writers, True)
-                )  # fmt: skip
-    return figures
+                out.append(Scenario(f"observe {kind} {label}", node, OBSERVE_METHOD, writers, True))
+    return out
+
+
+def run_rounds(bench: Bench, plan: Sequence[Scenario], rounds: int) -> list[Figures]:
+    """Every scenario once per round, in the same order, so background load hits node and echo
+    alike; prints a progress line per measurement."""
+    samples: dict[str, list[Sample]] = {s.name: [] for s in plan}
+    for r in range(1, rounds + 1):
+        for sc in plan:
+            sample = bench.measure(
+                f"{sc.name} r{r}", sc.server, sc.method, sc.requests_per_client, sc.profile
+            )
+            samples[sc.name].append(sample)
+            one = Figures.of(sc.name, sc.server.label, sc.clients, [sample])
+            print(
+                f"  round {r}/{rounds}  {sc.name:<22} p50 {one.p50_ms:7.3f} ms  "
+                f"p99 {one.p99_ms:7.3f} ms  {one.throughput:6.0f} calls/s",
+                flush=True,
+            )
+    return [Figures.of(sc.name, sc.server.label, sc.clients, samples[sc.name]) for sc in plan]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -798,28 +893,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             node.data_dir.parent.mkdir(parents=True)
             stack.callback(_stop_node, node)
             nodes.append(node.start())
-        durable, nofsync = ((n.proc.pid, n.address) for n in nodes if n.proc is not None)
-        captured = seed(durable[1], args.beliefs, args.timeout)
-        echo = EchoServer(
+        durable, nofsync = (
+            Server(label, n.proc.pid, n.address, n.metrics_port)
+            for n, label in zip(nodes, ("node", "node no-fsync"), strict=True)
+            if n.proc is not None
+        )
+        captured = seed(durable.address, args.beliefs, args.timeout)
+        echo_process = EchoServer(
             {"SelfModelSized": captured.get_reply, "ObserveSized": captured.observe_reply}
         )
-        stack.callback(echo.stop)
+        stack.callback(echo_process.stop)
+        echo = Server("echo", echo_process.pid, echo_process.address)
 
         notes = describe(args, captured, info["nproc"])
         print()
         for n in notes:
             print(f"  {n}")
         print()
-        print(HEADER)
-        print(UNITS)
-        print("-" * len(HEADER))
         profiler = None
         if args.py_spy:
             profiler = Profiler(args.py_spy, args.py_spy_format, args.py_spy_rate, args.py_spy_gil)
         bench = Bench(
             pool, args.duration, args.warmup_calls, args.max_calls, args.timeout, profiler
         )
-        figures = scenarios(bench, args, durable, nofsync, echo, captured)
+        plan = scenarios(args, durable, nofsync, echo, captured)
+        figures = run_rounds(bench, plan, args.rounds)
+        pool.close()  # the clients go before the servers
+
+    print()
+    print(HEADER)
+    print(UNITS)
+    print("-" * len(HEADER))
+    for f in figures:
+        print(_row(f))
 
     rs: list[Ratio] = []
     if args.only is None:
