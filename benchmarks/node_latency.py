@@ -870,7 +870,7 @@ def run_rounds(bench: Bench, plan: Sequence[Scenario], rounds: int) -> list[Figu
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from tests.nodes import NodeProcess
+    from federation.harness import NodeProcess
 
     command = "python " + " ".join(sys.argv if argv is None else ["node_latency.py", *argv])
     info = machine()
