@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -134,3 +135,44 @@ def test_store_figures_read_zero_after_close_instead_of_failing_a_scrape(tmp_pat
     assert store.size_bytes() > 0 and store.estimate_subjects() >= 0
     store.close()
     assert (store.size_bytes(), store.estimate_subjects()) == (0, 0)
+
+
+def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    synced: list[str] = []
+    fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fdatasync(fd)
+
+    def live_wals() -> list[str]:
+        return sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".log"))
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    before = live_wals()
+    assert before and sorted(set(synced)) == before
+
+    engine.forget(U1)  # flushes the memtables: RocksDB switches to a new WAL
+    synced.clear()
+    engine.observe("agent", [item(U1, "k2")])
+    after = live_wals()
+    assert after != before and sorted(set(synced)) == after
+    store.close()
+    reopened = Store(tmp_path / "db", "sales")
+    state = reopened.load(U1)
+    assert state is not None and [o.key for o in state.observations.values()] == ["k2"]
+    reopened.close()
+
+
+def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    store = Store(tmp_path / "db", "sales", sync=False)
+    Engine(store).observe("agent", [item(U1, "k")])
+    assert synced == []
+    store.close()
