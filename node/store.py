@@ -110,6 +110,7 @@ class Store:
         except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
             raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
         self.path = path
+        self._dir = str(path)
         # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
         self._cf: dict[str, Any] = {n: self._db.get_column_family(n) for n in COLUMN_FAMILIES}
         self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
@@ -117,6 +118,7 @@ class Store:
         self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal
         self.sync = sync
         self._wal_names: set[str] = set()  # WAL files known to have a durable directory entry
+        self._wal_failed: OSError | None = None  # a failed WAL sync stops every later write
         self.outbox_enabled = outbox
 
         meta = self._cf["meta"]
@@ -191,12 +193,17 @@ class Store:
         return found
 
     def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` outbox entries with a sequence above ``after``, in order."""
+        """Up to ``limit`` outbox entries with a sequence above ``after``, in order.
+
+        Only committed entries: not one of a group whose WAL sync is still under way.
+        """
         entries = []
+        last = self.outbox_seq
         for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
-            entries.append(
-                OutboxEntry(int.from_bytes(key, "big"), int.from_bytes(value[:8], "big"), value[8:])
-            )
+            seq = int.from_bytes(key, "big")
+            if seq > last:
+                break
+            entries.append(OutboxEntry(seq, int.from_bytes(value[:8], "big"), value[8:]))
             if len(entries) >= limit:
                 break
         return entries
@@ -305,6 +312,11 @@ class Store:
                 self._leading = False
 
     def _write_group(self, group: list[_Pending]) -> None:
+        if self._wal_failed is not None:
+            raise StoreError(
+                f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
+                "until it is restarted"
+            )
         batch = rocksdict.WriteBatch(raw_mode=True)
         state_cf, outbox_cf, digest_cf = (self._handle[n] for n in ("state", "outbox", "digest"))
         seq = self.outbox_seq
@@ -345,7 +357,15 @@ class Store:
             batch.put(b"hlc", str(hlc).encode(), meta)
         self._db.write(batch, self._write_opts)
         if self.sync:
-            self._sync_wal()
+            try:
+                self._sync_wal()
+            except OSError as exc:
+                # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
+                # kernel may drop the dirty pages, so a later sync could succeed over a hole.
+                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
+                # what is on disk.
+                self._wal_failed = exc
+                raise
         wrote_outbox = seq != self.outbox_seq
         self.outbox_seq = seq
         self.hlc = hlc
@@ -365,10 +385,10 @@ class Store:
         open: a deleted WAL (of a forgotten subject, say) must not live on. ``os.open``,
         ``os.fdatasync`` and ``os.fsync`` release the GIL.
         """
-        names = {n for n in os.listdir(self.path) if n.endswith(".log")}
+        names = {n for n in os.listdir(self._dir) if n.endswith(".log")}
         for name in sorted(names):
             try:
-                fd = os.open(self.path / name, os.O_RDONLY)
+                fd = os.open(os.path.join(self._dir, name), os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
@@ -376,7 +396,7 @@ class Store:
             finally:
                 os.close(fd)
         if not names <= self._wal_names:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self._dir, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import threading
 from pathlib import Path
@@ -176,3 +178,33 @@ def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, monkeypatch: pytes
     Engine(store).observe("agent", [item(U1, "k")])
     assert synced == []
     store.close()
+
+
+def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A logged failure's traceback would keep the store's column-family handles (its LOCK) alive.
+    caplog.set_level(logging.CRITICAL, logger="node.store")
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fdatasync", failing)
+        with pytest.raises(StoreError, match="Input/output error"):
+            engine.observe("agent", [item(U1, "k2")])
+    with pytest.raises(StoreError, match="refuses writes until it is restarted"):
+        engine.observe("agent", [item(U1, "k3")])
+    assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]
+    store.close()
+    del engine, store
+    gc.collect()  # the failed writes' tracebacks are in reference cycles holding the handles
+
+    reopened = Store(tmp_path / "db", "sales", sync=True)
+    Engine(reopened).observe("agent", [item(U1, "k4")])
+    state = reopened.load(U1)
+    assert state is not None and "k4" in {o.key for o in state.observations.values()}
+    reopened.close()
