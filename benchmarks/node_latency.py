@@ -332,7 +332,7 @@ class Sample:
     seconds: float
     server_cpu_s: float
     client_cpu_s: float
-    commits: tuple[float, float] | None  # (group commits, mutations) during the round
+    commits: tuple[float, float, float] | None  # (group commits, mutations, seconds) in the round
     late_s: float
     first_error: str
 
@@ -355,6 +355,7 @@ class Figures:
     client_cpu_us: float  # client processes' CPU time per call
     late_s: float
     writes_per_commit: float | None = None  # the node's group commit: mutations per batch
+    commit_ms: float | None = None  # mean time to write (and sync) one group commit
     first_error: str = ""
 
     @classmethod
@@ -383,8 +384,16 @@ class Figures:
             client_cpu_us=per_call(sum(sample.client_cpu_s for sample in samples)),
             late_s=max(sample.late_s for sample in samples),
             writes_per_commit=sum(c[1] for c in commits) / groups if groups else None,
+            commit_ms=sum(c[2] for c in commits) / groups * 1e3 if groups else None,
             first_error=next((x.first_error for x in samples if x.first_error), ""),
         )
+
+
+COMMIT_FIGURES = (
+    "selfmodel_commit_groups_total",
+    "selfmodel_commit_batches_total",
+    "selfmodel_commit_seconds_sum",
+)
 
 
 @dataclass(frozen=True)
@@ -395,8 +404,8 @@ class Server:
     metrics_port: int | None = None
 
 
-def commit_counts(metrics_port: int | None) -> tuple[float, float] | None:
-    """(group commits, mutations committed) from the node's Prometheus endpoint."""
+def commit_counts(metrics_port: int | None) -> tuple[float, float, float] | None:
+    """(group commits, mutations committed, seconds spent committing) from the node's metrics."""
     if metrics_port is None:
         return None
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -408,11 +417,12 @@ def commit_counts(metrics_port: int | None) -> tuple[float, float] | None:
     found = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("selfmodel_commit_groups_total", "selfmodel_commit_batches_total"):
+        if name in COMMIT_FIGURES:
             found[name] = float(value)
-    if len(found) != 2:
+    if len(found) != len(COMMIT_FIGURES):
         return None
-    return found["selfmodel_commit_groups_total"], found["selfmodel_commit_batches_total"]
+    groups, batches, seconds = (found[name] for name in COMMIT_FIGURES)
+    return groups, batches, seconds
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -471,7 +481,11 @@ class Bench:
             commits1 = commit_counts(server.metrics_port)
         commits = None
         if commits0 is not None and commits1 is not None:
-            commits = (commits1[0] - commits0[0], commits1[1] - commits0[1])
+            commits = (
+                commits1[0] - commits0[0],
+                commits1[1] - commits0[1],
+                commits1[2] - commits0[2],
+            )
         return Sample(
             latencies=[x for o in outcomes for x in o.latencies],
             errors=sum(o.errors for o in outcomes),
@@ -546,6 +560,8 @@ def _row(f: Figures) -> str:
     )
     if f.writes_per_commit is not None:
         row += f"\n    group commit: {f.writes_per_commit:.1f} writes per batch written"
+        if f.commit_ms is not None:
+            row += f", {f.commit_ms:.2f} ms to write (and sync) a batch"
     if f.first_error:
         row += f"\n    first error: {f.first_error}"
     if f.late_s > 0.05:
