@@ -117,7 +117,9 @@ class Store:
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal
         self.sync = sync
-        self._wal_names: set[str] = set()  # WAL files known to have a durable directory entry
+        self._wal_lock = threading.Lock()
+        self._wal_files: dict[str, int] = {}  # live WAL file -> descriptor kept to sync it
+        self._wal_versions: tuple[int, ...] = ()  # memtable versions when they were listed
         self._wal_failed: OSError | None = None  # a failed WAL sync stops every later write
         self.outbox_enabled = outbox
 
@@ -380,28 +382,50 @@ class Store:
 
         Called by the group's leader right after its unsynced write, which RocksDB has already
         written to the OS (``manual_wal_flush`` is off). Every live WAL is synced, not only the
-        newest, so a WAL switch between the write and this call loses nothing; a WAL deleted
-        meanwhile was obsolete, its memtables flushed to synced SST files. No descriptor is kept
-        open: a deleted WAL (of a forgotten subject, say) must not live on. ``os.open``,
-        ``os.fdatasync`` and ``os.fsync`` release the GIL.
+        newest, so a WAL switch around the write loses nothing; a WAL deleted meanwhile was
+        obsolete, its memtables flushed to synced SST files. The files are listed again only
+        when a memtable version changed: RocksDB creates a WAL only when it switches a memtable,
+        which installs a new version of that column family. Each call that blocks releases the
+        GIL and must win it back, so the common case makes one: ``os.fdatasync`` per WAL.
         """
+        with self._wal_lock:
+            versions = self._memtable_versions()
+            if versions != self._wal_versions:
+                self._list_wal_files()
+                self._wal_versions = versions
+            for fd in self._wal_files.values():
+                os.fdatasync(fd)
+
+    def _memtable_versions(self) -> tuple[int, ...]:
+        """Every column family's super-version number (read from RocksDB's memory)."""
+        cfs = [self._db, *self._cf.values()]
+        return tuple(cf.property_int_value("rocksdb.current-super-version-number") for cf in cfs)
+
+    def _list_wal_files(self) -> None:
         names = {n for n in os.listdir(self._dir) if n.endswith(".log")}
-        for name in sorted(names):
+        for gone in self._wal_files.keys() - names:
+            os.close(self._wal_files.pop(gone))
+        new = False
+        for name in sorted(names - self._wal_files.keys()):
             try:
-                fd = os.open(os.path.join(self._dir, name), os.O_RDONLY)
+                self._wal_files[name] = os.open(os.path.join(self._dir, name), os.O_RDONLY)
             except FileNotFoundError:
                 continue
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        if not names <= self._wal_names:
+            new = True
+        if new:
             fd = os.open(self._dir, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self._wal_names = names
+
+    def _release_wal_files(self) -> None:
+        """Closes the WAL descriptors, so a WAL RocksDB deletes (after a forget) is really gone."""
+        with self._wal_lock:
+            for fd in self._wal_files.values():
+                os.close(fd)
+            self._wal_files.clear()
+            self._wal_versions = ()
 
     def _reload_buckets(self) -> None:
         self._buckets = [_EMPTY_HASH] * BUCKETS
@@ -450,6 +474,7 @@ class Store:
         self._cf["state"].compact_range(key, key + b"\xff", rewrite)
         self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
+        self._release_wal_files()
 
     def size_bytes(self) -> int:
         """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
@@ -480,6 +505,7 @@ class Store:
         for cf in self._cf.values():
             cf.close()
         self._db.close()
+        self._release_wal_files()
         # Column-family handles keep the database (and its LOCK file) alive until dropped.
         self._cf.clear()
         self._handle.clear()

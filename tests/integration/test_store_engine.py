@@ -171,6 +171,43 @@ def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch
     reopened.close()
 
 
+def open_files() -> set[str]:
+    """Base names of the files this process holds open (deleted ones included)."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        names.add(os.path.basename(target.removesuffix(" (deleted)")))
+    return names
+
+
+def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    synced: list[str] = []
+    fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    before = set(synced)
+    for cf in ("state", "digest", "meta"):  # as RocksDB does when memtables fill up
+        store._cf[cf].flush(True)
+    synced.clear()
+    engine.observe("agent", [item(U1, "k2")])
+    live = {n for n in os.listdir(tmp_path / "db") if n.endswith(".log")}
+    assert set(synced) == live and live != before
+    assert not (before - live) & open_files(), "a deleted WAL is still held open"
+    store.close()
+
+
 def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     synced: list[int] = []
     monkeypatch.setattr(os, "fdatasync", synced.append)
