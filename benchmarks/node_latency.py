@@ -638,6 +638,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "os": f"{platform.system()} {platform.release()}",
+        "load": f"{os.getloadavg()[0]:.1f}",
     }
 
 
@@ -648,20 +649,22 @@ def markdown(
         f"Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {info['nproc']} CPUs, {info['cpu']}, {info['os']}  ",
         f"Python {info['python']}, grpcio {info['grpcio']}  ",
+        f"Load average (1 min) at the start and the end: {info['load']}  ",
         f"Command: `{command}`",
         "",
         *[f"- {n}" for n in notes],
         "",
         "| scenario | server | clients | calls | errors | p50 ms | p99 ms | mean ms | calls/s "
-        "| server CPU µs/call | client CPU µs/call | writes per commit |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU µs/call | client CPU µs/call | writes per commit | ms per commit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for f in figures:
         lines.append(
             f"| {f.name} | {f.server} | {f.clients} | {f.calls} | {f.errors} | {f.p50_ms:.3f} "
             f"| {f.p99_ms:.3f} | {f.mean_ms:.3f} | {f.throughput:.0f} | {f.server_cpu_us:.0f} "
             f"| {f.client_cpu_us:.0f} "
-            f"| {'' if f.writes_per_commit is None else f'{f.writes_per_commit:.1f}'} |"
+            f"| {'' if f.writes_per_commit is None else f'{f.writes_per_commit:.1f}'} "
+            f"| {'' if f.commit_ms is None else f'{f.commit_ms:.2f}'} |"
         )
     lines += ["", "| ratio | value | target | verdict |", "|---|--:|---|---|"]
     for x in rs:
@@ -951,7 +954,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rs = ratios({f.name: f for f in figures}, args.clients)
         for x in rs:
             print(_ratio_row(x))
-    print(f"\n({time.monotonic() - started:.0f} s in all; targets are informational)")
+    info["load"] = f"{info['load']}, {os.getloadavg()[0]:.1f}"
+    print(
+        f"\n({time.monotonic() - started:.0f} s in all; load average {info['load']} at the start "
+        "and the end; targets are informational)"
+    )
     if args.markdown:
         args.markdown.write_text(markdown(command, info, notes, figures, rs))
         print(f"wrote {args.markdown}")
