@@ -11,7 +11,10 @@ included, which stops every other thread of the node for each fsync and leaves n
 (one write per fsync, measured). So the leader writes the batch without sync (RocksDB has then
 handed the WAL record to the OS) and fdatasyncs the live WAL files itself, GIL released: the
 same durability as RocksDB's own WAL sync (which uses fdatasync too), while the other threads
-keep queueing batches for the next group.
+keep queueing batches for the next group. Until the sync returns, the group's writers are not
+answered, the state cache and ``outbox()`` do not show the batch and the counters do not move;
+only direct RocksDB reads (a subject missing from the cache, a bucket's digests) could see it
+early.
 """
 
 from __future__ import annotations
