@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from node.audit import AuditEntry
-from node.resolution import Belief, Explanation, Position
+from node.engine import ModelView
+from node.resolution import Belief, Explanation, Position, select
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
@@ -42,6 +44,54 @@ def snapshot(
     for b in beliefs:
         belief_to_proto(b, msg.beliefs.add())
     return msg
+
+
+class SnapshotReplies:
+    """GetSelfModel replies, serialized once per model view and filter, then shared.
+
+    Building and serializing the protobuf of a model (50 beliefs: about 12 KB) costs several
+    times what the rest of a read does. The engine hands out the same ``beliefs`` tuple while
+    the subject's state and the second stay the same, so the serialized beliefs, subject, token
+    and node are kept per (subject, filter) and reused while that tuple is; only ``resolved_at``
+    is encoded per call and appended. Protobuf parses concatenated encodings as one message,
+    and ``resolved_at`` is absent from the cached part, so the reply reads exactly as one
+    built from scratch.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Subject, frozenset[str], float, bool], tuple[ModelView, bytes]]
+        self._entries = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reply(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> bytes:
+        key = (subject, contexts, min_confidence, include_uncertain)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0].beliefs is view.beliefs and hit[0].token == view.token:
+            body = hit[1]
+        else:
+            beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
+            msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
+            msg.ClearField("resolved_at")
+            body = msg.SerializeToString()
+            with self._lock:
+                while len(self._entries) >= self.max_entries:
+                    del self._entries[next(iter(self._entries))]  # the oldest entry
+                self._entries[key] = (view, body)
+        stamp = model_pb2.SelfModelSnapshot()
+        stamp.resolved_at.FromMilliseconds(view.resolved_ms)
+        return body + stamp.SerializeToString()
 
 
 def explanation(

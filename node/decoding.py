@@ -30,6 +30,12 @@ def _decoder(
 
 
 class StrictDecodingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
+    """gRPC asks for every call; a method's decoding handler is built once and reused (which
+    also lets the metrics interceptor around it reuse its own)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -38,41 +44,52 @@ class StrictDecodingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc, t
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        decode = _decoder(handler.request_deserializer, handler_call_details.method)
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _strict(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-            def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
-                return inner(decode(raw, context), context)
 
-            return handler._replace(request_deserializer=None, unary_unary=unary_unary)
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
+def _strict(handler: Any, method: str) -> Any:
+    """The handler, decoding its requests itself."""
+    decode = _decoder(handler.request_deserializer, method)
+    if handler.unary_unary:
+        inner = handler.unary_unary
 
-            def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
-                request = decode(raw, context)
-                yield from inner_us(request, context)
+        def unary_unary(raw: bytes, context: grpc.ServicerContext) -> Any:
+            return inner(decode(raw, context), context)
 
-            return handler._replace(request_deserializer=None, unary_stream=unary_stream)
+        return handler._replace(request_deserializer=None, unary_unary=unary_unary)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
 
-        def each(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
-            for raw in requests:
-                yield decode(raw, context)
+        def unary_stream(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+            request = decode(raw, context)
+            yield from inner_us(request, context)
 
-        if handler.stream_unary:
-            inner_su = handler.stream_unary
+        return handler._replace(request_deserializer=None, unary_stream=unary_stream)
 
-            def stream_unary(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                return inner_su(each(requests, context), context)
+    def each(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        for raw in requests:
+            yield decode(raw, context)
 
-            return handler._replace(request_deserializer=None, stream_unary=stream_unary)
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
 
-            def stream_stream(
-                requests: Iterator[bytes], context: grpc.ServicerContext
-            ) -> Iterator[Any]:
-                return inner_ss(each(requests, context), context)  # type: ignore[no-any-return]
+        def stream_unary(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return inner_su(each(requests, context), context)
 
-            return handler._replace(request_deserializer=None, stream_stream=stream_stream)
-        return handler
+        return handler._replace(request_deserializer=None, stream_unary=stream_unary)
+    if handler.stream_stream:
+        inner_ss = handler.stream_stream
+
+        def stream_stream(
+            requests: Iterator[bytes], context: grpc.ServicerContext
+        ) -> Iterator[Any]:
+            return inner_ss(each(requests, context), context)  # type: ignore[no-any-return]
+
+        return handler._replace(request_deserializer=None, stream_stream=stream_stream)
+    return handler

@@ -96,7 +96,8 @@ class Engine:
         self._watch_lock = threading.Lock()
         self._watch_count = 0
         self.max_watchers = max_watchers
-        self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...]]] = {}
+        # subject -> (state, second, beliefs, token): one resolution per state and second.
+        self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
 
@@ -296,13 +297,13 @@ class Engine:
         now = self._now_ms()
         cached = self._resolved.get(subject)
         if cached is not None and cached[0] is state and cached[1] == now // 1000:
-            beliefs = cached[2]
+            _, _, beliefs, token = cached
         else:
             beliefs = tuple(resolve(state.observations.values(), self.policies, now))
+            token = encode_token({subject: (state.generation, state.context)})
             if len(self._resolved) > 50_000:
                 self._resolved.clear()
-            self._resolved[subject] = (state, now // 1000, beliefs)
-        token = encode_token({subject: (state.generation, state.context)})
+            self._resolved[subject] = (state, now // 1000, beliefs, token)
         return ModelView(state, beliefs, token, now)
 
     def explain(

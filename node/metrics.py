@@ -84,7 +84,14 @@ def _code_name(context: grpc.ServicerContext) -> str:
 
 
 class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts and times every RPC, as go-grpc-prometheus names the families."""
+    """Counts and times every RPC, as go-grpc-prometheus names the families.
+
+    gRPC asks the interceptor for every call; the wrapped handler of a method (and its label
+    children) is built once and reused, so a call costs the counting, not the wrapping.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
 
     def intercept_service(
         self,
@@ -94,26 +101,49 @@ class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        _, _, full = handler_call_details.method.partition("/")
-        service, _, method = full.partition("/")
-        if handler.unary_unary:
-            return handler._replace(
-                unary_unary=_wrap_unary(handler.unary_unary, "unary", service, method)
-            )
-        if handler.unary_stream:
-            return handler._replace(
-                unary_stream=_wrap_stream(handler.unary_stream, "server_stream", service, method)
-            )
-        if handler.stream_stream:
-            return handler._replace(
-                stream_stream=_wrap_stream(handler.stream_stream, "bidi_stream", service, method)
-            )
-        return handler
+        known = self._wrapped.get(handler_call_details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler, handler_call_details.method)
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+
+def _wrap(handler: Any, full_method: str) -> Any:
+    _, _, full = full_method.partition("/")
+    service, _, method = full.partition("/")
+    if handler.unary_unary:
+        return handler._replace(
+            unary_unary=_wrap_unary(handler.unary_unary, "unary", service, method)
+        )
+    if handler.unary_stream:
+        return handler._replace(
+            unary_stream=_wrap_stream(handler.unary_stream, "server_stream", service, method)
+        )
+    if handler.stream_stream:
+        return handler._replace(
+            stream_stream=_wrap_stream(handler.stream_stream, "bidi_stream", service, method)
+        )
+    return handler
+
+
+def _handled(kind: str, service: str, method: str) -> Callable[[str], Any]:
+    """The grpc_server_handled_total child of a method for a code, created on first use."""
+    children: dict[str, Any] = {}
+
+    def child(code: str) -> Any:
+        found = children.get(code)
+        if found is None:
+            found = children.setdefault(code, GRPC_HANDLED.labels(kind, service, method, code))
+        return found
+
+    return child
 
 
 def _wrap_unary(fn: Callable[..., Any], kind: str, service: str, method: str) -> Callable[..., Any]:
     started = GRPC_STARTED.labels(kind, service, method)
     handling = GRPC_HANDLING.labels(kind, service, method)
+    handled = _handled(kind, service, method)
 
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
         started.inc()
@@ -130,7 +160,7 @@ def _wrap_unary(fn: Callable[..., Any], kind: str, service: str, method: str) ->
             raise
         finally:
             handling.observe(time.perf_counter() - t0)
-            GRPC_HANDLED.labels(kind, service, method, code).inc()
+            handled(code).inc()
 
     return wrapped
 
@@ -138,9 +168,13 @@ def _wrap_unary(fn: Callable[..., Any], kind: str, service: str, method: str) ->
 def _wrap_stream(
     fn: Callable[..., Any], kind: str, service: str, method: str
 ) -> Callable[..., Any]:
+    started = GRPC_STARTED.labels(kind, service, method)
+    sent = GRPC_MSG_SENT.labels(kind, service, method)
+    handling = GRPC_HANDLING.labels(kind, service, method)
+    handled = _handled(kind, service, method)
+
     def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        GRPC_STARTED.labels(kind, service, method).inc()
-        sent = GRPC_MSG_SENT.labels(kind, service, method)
+        started.inc()
         t0 = time.perf_counter()
         code = "UNKNOWN"
         try:
@@ -154,7 +188,7 @@ def _wrap_stream(
                 code = "CANCELLED" if not context.is_active() else "UNKNOWN"
             raise
         finally:
-            GRPC_HANDLING.labels(kind, service, method).observe(time.perf_counter() - t0)
-            GRPC_HANDLED.labels(kind, service, method, code).inc()
+            handling.observe(time.perf_counter() - t0)
+            handled(code).inc()
 
     return wrapped

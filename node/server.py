@@ -29,7 +29,13 @@ from node.replication import (
     build_replicator,
     header_peer_name,
 )
-from node.servicer import AdminServicer, Principal, SelfModelServicer, identify_by_header
+from node.servicer import (
+    AdminServicer,
+    Principal,
+    SelfModelServicer,
+    SerializedReplies,
+    identify_by_header,
+)
 from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
@@ -163,7 +169,11 @@ def start(config: NodeConfig) -> RunningNode:
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
-        interceptors=[metrics.ServerMetricsInterceptor(), StrictDecodingInterceptor()],
+        interceptors=[
+            metrics.ServerMetricsInterceptor(),
+            StrictDecodingInterceptor(),
+            SerializedReplies(),
+        ],
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
     )

@@ -67,6 +67,38 @@ def aborted(context: grpc.ServicerContext) -> bool:
     return code is not None and code != grpc.StatusCode.OK
 
 
+class SerializedReplies(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Lets a unary method answer with its reply already serialized, as GetSelfModel does.
+
+    A reply that is ``bytes`` goes out as it is; any other is serialized as the generated code
+    says. The handler wrapped for a method is built once and reused.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.response_serializer is None:
+            return handler
+        method = handler_call_details.method
+        known = self._handlers.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        serialize = handler.response_serializer
+
+        def serialize_unless_bytes(reply: Any) -> bytes:
+            return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
+
+        wrapped = handler._replace(response_serializer=serialize_unless_bytes)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def __init__(
         self,
@@ -81,6 +113,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self.identify = identify
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
+        self._replies = convert.SnapshotReplies()
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -171,16 +204,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
 
     @map_errors
-    def GetSelfModel(
+    def GetSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
-    ) -> model_pb2.SelfModelSnapshot:
+    ) -> bytes:
+        """The serialized SelfModelSnapshot (see SerializedReplies and convert.SnapshotReplies)."""
         _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
         view = self.engine.model(subject, positions, self._wait_s(context))
-        beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
-        return convert.snapshot(subject, beliefs, view.token, view.resolved_ms, self.engine.node)
+        return self._replies.reply(
+            subject, view, contexts, floor, request.include_uncertain, self.engine.node
+        )
 
     @map_errors
     def ExplainBelief(

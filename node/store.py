@@ -5,6 +5,16 @@ Every mutation writes state + outbox + digest in one WriteBatch with the WAL on.
 takes every batch queued behind it, writes them as one synced batch, wakes the others and hands
 the lead to the next queued writer. Outbox sequence numbers are assigned by the leader, so they
 follow commit order exactly and a crash can never leave a hole below an acknowledged entry.
+
+The sync itself is not RocksDB's: rocksdict holds the GIL through a ``sync=True`` write, fsync
+included, which stops every other thread of the node for each fsync and leaves nothing to group
+(one write per fsync, measured). So the leader writes the batch without sync (RocksDB has then
+handed the WAL record to the OS) and fdatasyncs the live WAL files itself, GIL released: the
+same durability as RocksDB's own WAL sync (which uses fdatasync too), while the other threads
+keep queueing batches for the next group. Until the sync returns, the group's writers are not
+answered, the state cache and ``outbox()`` do not show the batch and the counters do not move;
+only direct RocksDB reads (a subject missing from the cache, a bucket's digests) could see it
+early.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -102,12 +113,17 @@ class Store:
         except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
             raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
         self.path = path
+        self._dir = str(path)
         # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
         self._cf: dict[str, Any] = {n: self._db.get_column_family(n) for n in COLUMN_FAMILIES}
         self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._write_opts = rocksdict.WriteOptions()
-        self._write_opts.sync = sync
+        self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal
         self.sync = sync
+        self._wal_lock = threading.Lock()
+        self._wal_files: dict[str, int] = {}  # live WAL file -> descriptor kept to sync it
+        self._wal_versions: tuple[int, ...] = ()  # memtable versions when they were listed
+        self._wal_failed: OSError | None = None  # a failed WAL sync stops every later write
         self.outbox_enabled = outbox
 
         meta = self._cf["meta"]
@@ -186,12 +202,17 @@ class Store:
         return found
 
     def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
-        """Up to ``limit`` outbox entries with a sequence above ``after``, in order."""
+        """Up to ``limit`` outbox entries with a sequence above ``after``, in order.
+
+        Only committed entries: not one of a group whose WAL sync is still under way.
+        """
         entries = []
+        last = self.outbox_seq
         for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
-            entries.append(
-                OutboxEntry(int.from_bytes(key, "big"), int.from_bytes(value[:8], "big"), value[8:])
-            )
+            seq = int.from_bytes(key, "big")
+            if seq > last:
+                break
+            entries.append(OutboxEntry(seq, int.from_bytes(value[:8], "big"), value[8:]))
             if len(entries) >= limit:
                 break
         return entries
@@ -304,6 +325,11 @@ class Store:
                 self._leading = False
 
     def _write_group(self, group: list[_Pending]) -> None:
+        if self._wal_failed is not None:
+            raise StoreError(
+                f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
+                "until it is restarted"
+            )
         batch = rocksdict.WriteBatch(raw_mode=True)
         state_cf, outbox_cf, digest_cf = (self._handle[n] for n in ("state", "outbox", "digest"))
         seq = self.outbox_seq
@@ -343,6 +369,16 @@ class Store:
         if hlc != self.hlc:
             batch.put(b"hlc", str(hlc).encode(), meta)
         self._db.write(batch, self._write_opts)
+        if self.sync:
+            try:
+                self._sync_wal()
+            except OSError as exc:
+                # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
+                # kernel may drop the dirty pages, so a later sync could succeed over a hole.
+                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
+                # what is on disk.
+                self._wal_failed = exc
+                raise
         wrote_outbox = seq != self.outbox_seq
         self.outbox_seq = seq
         self.hlc = hlc
@@ -351,6 +387,56 @@ class Store:
         if wrote_outbox:
             with self._outbox_grew:
                 self._outbox_grew.notify_all()
+
+    def _sync_wal(self) -> None:
+        """fdatasyncs every live WAL file, and the directory when a new one appeared.
+
+        Called by the group's leader right after its unsynced write, which RocksDB has already
+        written to the OS (``manual_wal_flush`` is off). Every live WAL is synced, not only the
+        newest, so a WAL switch around the write loses nothing; a WAL deleted meanwhile was
+        obsolete, its memtables flushed to synced SST files. The files are listed again only
+        when a memtable version changed: RocksDB creates a WAL only when it switches a memtable,
+        which installs a new version of that column family. Each call that blocks releases the
+        GIL and must win it back, so the common case makes one: ``os.fdatasync`` per WAL.
+        """
+        with self._wal_lock:
+            versions = self._memtable_versions()
+            if versions != self._wal_versions:
+                self._list_wal_files()
+                self._wal_versions = versions
+            for fd in self._wal_files.values():
+                os.fdatasync(fd)
+
+    def _memtable_versions(self) -> tuple[int, ...]:
+        """Every column family's super-version number (read from RocksDB's memory)."""
+        cfs = [self._db, *self._cf.values()]
+        return tuple(cf.property_int_value("rocksdb.current-super-version-number") for cf in cfs)
+
+    def _list_wal_files(self) -> None:
+        names = {n for n in os.listdir(self._dir) if n.endswith(".log")}
+        for gone in self._wal_files.keys() - names:
+            os.close(self._wal_files.pop(gone))
+        new = False
+        for name in sorted(names - self._wal_files.keys()):
+            try:
+                self._wal_files[name] = os.open(os.path.join(self._dir, name), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            new = True
+        if new:
+            fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _release_wal_files(self) -> None:
+        """Closes the WAL descriptors, so a WAL RocksDB deletes (after a forget) is really gone."""
+        with self._wal_lock:
+            for fd in self._wal_files.values():
+                os.close(fd)
+            self._wal_files.clear()
+            self._wal_versions = ()
 
     def _reload_buckets(self) -> None:
         self._buckets = [_EMPTY_HASH] * BUCKETS
@@ -420,6 +506,7 @@ class Store:
         self._cf["state"].compact_range(key, key + b"\xff", rewrite)
         self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
+        self._release_wal_files()
 
     def size_bytes(self) -> int:
         """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
@@ -450,6 +537,7 @@ class Store:
         for cf in self._cf.values():
             cf.close()
         self._db.close()
+        self._release_wal_files()
         # Column-family handles keep the database (and its LOCK file) alive until dropped.
         self._cf.clear()
         self._handle.clear()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import threading
 from pathlib import Path
 
@@ -134,3 +137,111 @@ def test_store_figures_read_zero_after_close_instead_of_failing_a_scrape(tmp_pat
     assert store.size_bytes() > 0 and store.estimate_subjects() >= 0
     store.close()
     assert (store.size_bytes(), store.estimate_subjects()) == (0, 0)
+
+
+def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    synced: list[str] = []
+    fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fdatasync(fd)
+
+    def live_wals() -> list[str]:
+        return sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".log"))
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    before = live_wals()
+    assert before and sorted(set(synced)) == before
+
+    engine.forget(U1)  # flushes the memtables: RocksDB switches to a new WAL
+    synced.clear()
+    engine.observe("agent", [item(U1, "k2")])
+    after = live_wals()
+    assert after != before and sorted(set(synced)) == after
+    store.close()
+    reopened = Store(tmp_path / "db", "sales")
+    state = reopened.load(U1)
+    assert state is not None and [o.key for o in state.observations.values()] == ["k2"]
+    reopened.close()
+
+
+def open_files() -> set[str]:
+    """Base names of the files this process holds open (deleted ones included)."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        names.add(os.path.basename(target.removesuffix(" (deleted)")))
+    return names
+
+
+def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    synced: list[str] = []
+    fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    before = set(synced)
+    for cf in ("state", "digest", "meta"):  # as RocksDB does when memtables fill up
+        store._cf[cf].flush(True)
+    synced.clear()
+    engine.observe("agent", [item(U1, "k2")])
+    live = {n for n in os.listdir(tmp_path / "db") if n.endswith(".log")}
+    assert set(synced) == live and live != before
+    assert not (before - live) & open_files(), "a deleted WAL is still held open"
+    store.close()
+
+
+def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    store = Store(tmp_path / "db", "sales", sync=False)
+    Engine(store).observe("agent", [item(U1, "k")])
+    assert synced == []
+    store.close()
+
+
+def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A logged failure's traceback would keep the store's column-family handles (its LOCK) alive.
+    caplog.set_level(logging.CRITICAL, logger="node.store")
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fdatasync", failing)
+        with pytest.raises(StoreError, match="Input/output error"):
+            engine.observe("agent", [item(U1, "k2")])
+    with pytest.raises(StoreError, match="refuses writes until it is restarted"):
+        engine.observe("agent", [item(U1, "k3")])
+    assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]
+    store.close()
+    del engine, store
+    gc.collect()  # the failed writes' tracebacks are in reference cycles holding the handles
+
+    reopened = Store(tmp_path / "db", "sales", sync=True)
+    Engine(reopened).observe("agent", [item(U1, "k4")])
+    state = reopened.load(U1)
+    assert state is not None and "k4" in {o.key for o in state.observations.values()}
+    reopened.close()

@@ -1,0 +1,77 @@
+"""A cached, pre-serialized GetSelfModel reply reads exactly like one built from scratch."""
+
+from __future__ import annotations
+
+from node import convert
+from node.engine import ModelView
+from node.resolution import Belief, Position, select
+from selfmodel.v1 import model_pb2
+from sync.crdt import SubjectState
+from sync.observation import Subject, SubjectKind
+
+U1 = Subject("acme", SubjectKind.USER, "u-1")
+STATE = SubjectState(U1)
+
+
+def belief(context: str, key: str, confidence: float, uncertain: bool = False) -> Belief:
+    stance = Position("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
+    return Belief(
+        context, key, f"{key} holds", confidence, (stance,), (), uncertain, 1_700_000_000_000,
+        "weighted",
+    )  # fmt: skip
+
+
+BELIEFS = (
+    belief("budget", "ceiling", 0.9),
+    belief("budget", "owner", 0.3, uncertain=True),
+    belief("communication_style", "tone", 0.7),
+)
+
+
+def expected(view: ModelView, contexts: frozenset[str], floor: float, uncertain: bool) -> bytes:
+    beliefs = select(view.beliefs, contexts, floor, uncertain)
+    msg = convert.snapshot(U1, beliefs, view.token, view.resolved_ms, "sales")
+    return msg.SerializeToString(deterministic=True)
+
+
+def parsed(raw: bytes) -> bytes:
+    return model_pb2.SelfModelSnapshot.FromString(raw).SerializeToString(deterministic=True)
+
+
+def test_the_reply_parses_to_the_snapshot_built_from_scratch_for_every_filter():
+    replies = convert.SnapshotReplies()
+    view = ModelView(STATE, BELIEFS, "token-1", 1_700_000_123_456)
+    for contexts, floor, uncertain in [
+        (frozenset(), 0.0, False),
+        (frozenset(), 0.0, True),
+        (frozenset({"budget"}), 0.0, True),
+        (frozenset(), 0.8, False),
+    ]:
+        for _ in range(2):  # built, then from the cache
+            raw = replies.reply(U1, view, contexts, floor, uncertain, "sales")
+            assert parsed(raw) == expected(view, contexts, floor, uncertain)
+
+
+def test_a_cached_reply_carries_each_call_s_resolution_time_and_follows_new_beliefs():
+    replies = convert.SnapshotReplies()
+    first = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_100)
+    replies.reply(U1, first, frozenset(), 0.0, False, "sales")
+
+    same_beliefs_later = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_900)
+    raw = replies.reply(U1, same_beliefs_later, frozenset(), 0.0, False, "sales")
+    assert parsed(raw) == expected(same_beliefs_later, frozenset(), 0.0, False)
+    assert model_pb2.SelfModelSnapshot.FromString(raw).resolved_at.ToMilliseconds() == (
+        1_700_000_000_900
+    )
+
+    changed = ModelView(STATE, BELIEFS[:1], "token-2", 1_700_000_001_000)
+    raw = replies.reply(U1, changed, frozenset(), 0.0, False, "sales")
+    assert parsed(raw) == expected(changed, frozenset(), 0.0, False)
+
+
+def test_the_cache_stays_bounded():
+    replies = convert.SnapshotReplies(max_entries=3)
+    view = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_000)
+    for i in range(10):
+        replies.reply(U1, view, frozenset(), i / 10, False, "sales")
+    assert len(replies) == 3
