@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from node.interceptors import HandlerWrapper
+
 
 def _decoder(
     parse: Callable[[bytes], Any], method: str
@@ -29,28 +31,18 @@ def _decoder(
     return decode
 
 
-class StrictDecodingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
-    """gRPC asks for every call; a method's decoding handler is built once and reused (which
-    also lets the metrics interceptor around it reuse its own)."""
+class StrictDecodingInterceptor(HandlerWrapper):
+    """Decodes requests itself, so an undecodable one is INVALID_ARGUMENT, not INTERNAL.
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+    Its wrapped handler is built once per method, which also lets the metrics interceptor
+    around it reuse its own.
+    """
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = _strict(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def applies(self, handler: Any) -> bool:
+        return handler.request_deserializer is not None
+
+    def wrap(self, handler: Any, method: str) -> Any:
+        return _strict(handler, method)
 
 
 def _strict(handler: Any, method: str) -> Any:

@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from node.interceptors import HandlerWrapper
+
 log = logging.getLogger("selfmodel.node")
 
 _LATENCY_BUCKETS = (
@@ -83,30 +85,15 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return str(code)
 
 
-class ServerMetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class ServerMetricsInterceptor(HandlerWrapper):
     """Counts and times every RPC, as go-grpc-prometheus names the families.
 
     gRPC asks the interceptor for every call; the wrapped handler of a method (and its label
     children) is built once and reused, so a call costs the counting, not the wrapping.
     """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        known = self._wrapped.get(handler_call_details.method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = _wrap(handler, handler_call_details.method)
-        self._wrapped[handler_call_details.method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: Any, method: str) -> Any:
+        return _wrap(handler, method)
 
 
 def _wrap(handler: Any, full_method: str) -> Any:

@@ -19,6 +19,7 @@ from node.audit import AuditRecord
 from node.auth import Principal
 from node.engine import Engine
 from node.errors import InvalidArgument, SelfModelError
+from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import select
 from node.validation import Limits
@@ -67,36 +68,23 @@ def aborted(context: grpc.ServicerContext) -> bool:
     return code is not None and code != grpc.StatusCode.OK
 
 
-class SerializedReplies(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class SerializedReplies(HandlerWrapper):
     """Lets a unary method answer with its reply already serialized, as GetSelfModel does.
 
     A reply that is ``bytes`` goes out as it is; any other is serialized as the generated code
-    says. The handler wrapped for a method is built once and reused.
+    says.
     """
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+    def applies(self, handler: Any) -> bool:
+        return handler.unary_unary is not None and handler.response_serializer is not None
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.response_serializer is None:
-            return handler
-        method = handler_call_details.method
-        known = self._handlers.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
+    def wrap(self, handler: Any, method: str) -> Any:
         serialize = handler.response_serializer
 
         def serialize_unless_bytes(reply: Any) -> bytes:
             return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
 
-        wrapped = handler._replace(response_serializer=serialize_unless_bytes)
-        self._handlers[method] = (handler, wrapped)
-        return wrapped
+        return handler._replace(response_serializer=serialize_unless_bytes)
 
 
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
