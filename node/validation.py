@@ -42,45 +42,48 @@ class Limits:
     max_watches_per_connection: int = 16
 
 
-def identifier(value: str, field: str, limit: int) -> str:
+def _matching(value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str) -> str:
+    """One rule for every bounded name: required, at most ``limit`` long, of ``pattern``."""
     if not value:
         raise InvalidArgument(field, "is required")
     if len(value) > limit:
         raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
-    if not _ID.fullmatch(value):
-        raise InvalidArgument(
-            field,
-            "may hold only letters, digits and _ . : @ + - and must start with a letter or digit",
-        )
+    if not pattern.fullmatch(value):
+        raise InvalidArgument(field, rule)
     return value
+
+
+def identifier(value: str, field: str, limit: int) -> str:
+    return _matching(
+        value,
+        field,
+        limit,
+        _ID,
+        "may hold only letters, digits and _ . : @ + - and must start with a letter or digit",
+    )
 
 
 def context_name(value: str, field: str, limits: Limits) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    if len(value) > limits.max_context:
-        raise InvalidArgument(
-            field, f"must be at most {limits.max_context} characters, got {len(value)}"
-        )
-    if not _CONTEXT.fullmatch(value):
-        raise InvalidArgument(
-            field, "must be lowercase snake_case (a-z, 0-9, _), starting with a letter"
-        )
-    return value
+    return _matching(
+        value,
+        field,
+        limits.max_context,
+        _CONTEXT,
+        "must be lowercase snake_case (a-z, 0-9, _), starting with a letter",
+    )
 
 
 def key(value: str, field: str, limits: Limits) -> str:
+    """Optional: empty means the slot's key is the normalized statement."""
     if not value:
         return ""
-    if len(value) > limits.max_key:
-        raise InvalidArgument(
-            field, f"must be at most {limits.max_key} characters, got {len(value)}"
-        )
-    if not _KEY.fullmatch(value):
-        raise InvalidArgument(
-            field, "may hold only a-z, 0-9, _ . - and must start with a letter or digit"
-        )
-    return value
+    return _matching(
+        value,
+        field,
+        limits.max_key,
+        _KEY,
+        "may hold only a-z, 0-9, _ . - and must start with a letter or digit",
+    )
 
 
 def slot_key(value: str, field: str, limits: Limits) -> str:
