@@ -655,6 +655,19 @@ def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
 # -- run -----------------------------------------------------------------------------------
 
 
+def start_cluster(make: Callable[[int], LocalCluster], attempts: int = 3) -> LocalCluster:
+    """Starts a cluster, again with fresh ports when another process took one of its free
+    ports before a node could bind it (the harness picks free ports, then starts the nodes)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return make(attempt).start()  # start() stops what it started when it fails
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts:
+                raise
+            print("a free port was taken before a node bound it; again with new ports", flush=True)
+    raise AssertionError("unreachable")
+
+
 def run(args: argparse.Namespace) -> Report:
     """One chaos run; never leaves a process behind (the cluster is stopped in ``finally``)."""
     say: Callable[[str], None] = (lambda _: None) if args.quiet else lambda s: print(s, flush=True)
@@ -671,15 +684,19 @@ def run(args: argparse.Namespace) -> Report:
         f"{args.rate:g} writes/s, a fault every ~{args.fault_every:g} s from {args.faults}",
         flush=True,
     )
-    cluster = LocalCluster(
-        root,
-        names,
-        sync={"anti_entropy_s": args.anti_entropy_s, "backoff_max_s": args.backoff_max_s},
-        fsync=not args.no_fsync,
-    )
+
+    def make(attempt: int) -> LocalCluster:
+        return LocalCluster(
+            root / f"cluster{attempt}",
+            names,
+            sync={"anti_entropy_s": args.anti_entropy_s, "backoff_max_s": args.backoff_max_s},
+            fsync=not args.no_fsync,
+        )
+
+    cluster: LocalCluster | None = None
     load: Load | None = None
     try:
-        cluster.start()
+        cluster = start_cluster(make)
         cluster.wait_converged(timeout_s=30)
         window = Window()
         faults = Faults(cluster, rng, args.faults.split(","))
@@ -727,7 +744,8 @@ def run(args: argparse.Namespace) -> Report:
     finally:
         if load is not None and not load.stop.is_set():
             load.finish()
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         if args.keep or not report.passed:
             print(f"data and node logs kept in {root}", flush=True)
         else:

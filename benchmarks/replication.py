@@ -457,6 +457,19 @@ def snapshot_size() -> int:
     return snap.ByteSize()
 
 
+def start_cluster(make: Callable[[int], Any], attempts: int = 3) -> Any:
+    """Starts a cluster, again with fresh ports when another process took one of its free
+    ports before a node could bind it (the harness picks free ports, then starts the nodes)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return make(attempt).start()  # start() stops what it started when it fails
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts:
+                raise
+            print("a free port was taken before a node bound it; again with new ports", flush=True)
+    raise AssertionError("unreachable")
+
+
 def run(args: argparse.Namespace) -> list[Cell]:
     from federation.harness import LocalCluster
 
@@ -468,14 +481,18 @@ def run(args: argparse.Namespace) -> list[Cell]:
     try:
         for n in args.node_counts:
             names = [f"n{i}" for i in range(1, n + 1)]
-            cluster = LocalCluster(
-                root / f"cluster{n}",
-                names,
-                proxies=False,
-                fsync=not args.no_fsync,
-                sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
-            )
-            with cluster:
+
+            def make(attempt: int, n: int = n, names: list[str] = names) -> LocalCluster:
+                return LocalCluster(
+                    root / f"cluster{n}-{attempt}",
+                    names,
+                    proxies=False,
+                    fsync=not args.no_fsync,
+                    sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
+                )
+
+            cluster = start_cluster(make)
+            try:
                 cluster.wait_converged(timeout_s=30)
                 for rate in args.rate_list:
                     cell = f"r{n}x{rate:g}"
@@ -484,6 +501,8 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     print(f"  {n} nodes, {rate:g} writes/s: push floor ...", flush=True)
                     floor = measure_floor(n - 1, rate, args.duration, pad)
                     cells.append(Cell(n, rate, node, floor))
+            finally:
+                cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return cells
