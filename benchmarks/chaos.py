@@ -57,7 +57,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from federation.client import Client, user  # noqa: E402
-from federation.harness import LocalCluster  # noqa: E402
+from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
 from node.errors import SelfModelError  # noqa: E402
 
 FAULTS = ("partition", "split", "kill", "pause", "delay")
@@ -655,19 +655,6 @@ def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
 # -- run -----------------------------------------------------------------------------------
 
 
-def start_cluster(make: Callable[[int], LocalCluster], attempts: int = 3) -> LocalCluster:
-    """Starts a cluster, again with fresh ports when another process took one of its free
-    ports before a node could bind it (the harness picks free ports, then starts the nodes)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return make(attempt).start()  # start() stops what it started when it fails
-        except RuntimeError as exc:
-            if "Address already in use" not in str(exc) or attempt == attempts:
-                raise
-            print("a free port was taken before a node bound it; again with new ports", flush=True)
-    raise AssertionError("unreachable")
-
-
 def run(args: argparse.Namespace) -> Report:
     """One chaos run; never leaves a process behind (the cluster is stopped in ``finally``)."""
     say: Callable[[str], None] = (lambda _: None) if args.quiet else lambda s: print(s, flush=True)
@@ -696,7 +683,7 @@ def run(args: argparse.Namespace) -> Report:
     cluster: LocalCluster | None = None
     load: Load | None = None
     try:
-        cluster = start_cluster(make)
+        cluster = start_with_fresh_ports(make)
         cluster.wait_converged(timeout_s=30)
         window = Window()
         faults = Faults(cluster, rng, args.faults.split(","))

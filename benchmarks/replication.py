@@ -457,21 +457,8 @@ def snapshot_size() -> int:
     return snap.ByteSize()
 
 
-def start_cluster(make: Callable[[int], Any], attempts: int = 3) -> Any:
-    """Starts a cluster, again with fresh ports when another process took one of its free
-    ports before a node could bind it (the harness picks free ports, then starts the nodes)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return make(attempt).start()  # start() stops what it started when it fails
-        except RuntimeError as exc:
-            if "Address already in use" not in str(exc) or attempt == attempts:
-                raise
-            print("a free port was taken before a node bound it; again with new ports", flush=True)
-    raise AssertionError("unreachable")
-
-
 def run(args: argparse.Namespace) -> list[Cell]:
-    from federation.harness import LocalCluster
+    from federation.harness import LocalCluster, start_with_fresh_ports
 
     cells: list[Cell] = []
     pad = max(0, snapshot_size() - 8)
@@ -491,7 +478,7 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
                 )
 
-            cluster = start_cluster(make)
+            cluster = start_with_fresh_ports(make)
             try:
                 cluster.wait_converged(timeout_s=30)
                 for rate in args.rate_list:

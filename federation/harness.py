@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -157,6 +157,19 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def start_with_fresh_ports(make: Callable[[int], LocalCluster], attempts: int = 3) -> LocalCluster:
+    """Starts ``make(attempt)``, again with fresh ports when another process took one of its free
+    ports before a node could bind it (ports are picked first, then the nodes start)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return make(attempt).start()  # start() stops what it started when it fails
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts:
+                raise
+            print("a free port was taken before a node bound it; again with new ports", flush=True)
+    raise AssertionError("unreachable")
 
 
 class LocalCluster:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.harness import start_with_fresh_ports
 from tests.nodes import LocalCluster, NodeProcess
 
 
@@ -49,9 +50,13 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     def make(
         names: tuple[str, ...] = ("sales", "support", "billing"), **kwargs: object
     ) -> LocalCluster:
-        cluster = LocalCluster(tmp_path / f"cluster{len(clusters)}", names, **kwargs)  # type: ignore[arg-type]
-        clusters.append(cluster)
-        return cluster.start()
+        def attempt(n: int) -> LocalCluster:
+            root = tmp_path / f"cluster{len(clusters)}-{n}"
+            cluster = LocalCluster(root, names, **kwargs)  # type: ignore[arg-type]
+            clusters.append(cluster)
+            return cluster
+
+        return start_with_fresh_ports(attempt)
 
     try:
         yield make
