@@ -117,6 +117,14 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         who.check_tenant(subject.tenant)
         return who, subject
 
+    def _slot(self, request: Any, action: str) -> tuple[str, str]:
+        """The (context, key) a request names; the key is required to name one slot."""
+        ctx = validation.context_name(request.context, "context", self.limits)
+        key = validation.slot_key(request.key, "key", self.limits)
+        if not key:
+            raise InvalidArgument("key", f"is required: name the slot to {action}")
+        return ctx, key
+
     def _wait_s(self, context: grpc.ServicerContext) -> float:
         remaining = context.time_remaining()
         cap = self.limits.max_handoff_wait_s
@@ -176,10 +184,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.RetractRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.RetractResponse:
         who, subject = self._caller_and_subject(request, context)
-        ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.slot_key(request.key, "key", self.limits)
-        if not key:
-            raise InvalidArgument("key", "is required: name the slot to retract")
+        ctx, key = self._slot(request, "retract")
         source = who.agent
         audit = None
         if request.source and request.source != who.agent:
@@ -210,10 +215,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
         _, subject = self._caller_and_subject(request, context)
-        ctx = validation.context_name(request.context, "context", self.limits)
-        key = validation.slot_key(request.key, "key", self.limits)
-        if not key:
-            raise InvalidArgument("key", "is required: name the slot to explain")
+        ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
         found, token = self.engine.explain(subject, ctx, key, positions, self._wait_s(context))
         return convert.explanation(subject, ctx, key, found, token)
