@@ -199,11 +199,15 @@ class Engine:
         self,
         deltas: Iterable[Delta],
         extra: Sequence[tuple[str, bytes, bytes | None]] = (),
+        *,
+        durable: bool = True,
     ) -> MergeOutcome:
         """Merges deltas or whole states from a peer, in causal order (sync.delivery).
 
         A delta from a clock too far ahead is refused and counted; ``extra`` rows (the
-        origin's position) are written in the same batch as the merge.
+        origin's position) are written in the same batch as the merge. With ``durable=False``
+        the merge is shown to readers and watches as soon as RocksDB has it, before its WAL
+        sync; the caller then calls ``store.sync_written()`` before acknowledging it.
         """
         accepted: dict[Subject, list[Delta]] = {}
         refused = 0
@@ -236,7 +240,7 @@ class Engine:
                     merged += 1
             metrics.DELTAS_HELD.set(self._held.held)
             if changes or extra:
-                self._commit(changes, extra=extra)
+                self._commit(changes, extra=extra, durable=durable)
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
@@ -247,9 +251,10 @@ class Engine:
         changes: list[Change],
         audit: AuditRecord | None = None,
         extra: Sequence[tuple[str, bytes, bytes | None]] = (),
+        durable: bool = True,
     ) -> None:
         if audit is None:
-            self.store.commit(changes, extra)
+            self.store.commit(changes, extra, durable=durable)
         else:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])

@@ -253,9 +253,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             deltas = [delta_from_proto(d) for d in batch.deltas]
             sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
             sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
+            # Watches and readers here see the batch as soon as RocksDB has it; the origin learns
+            # it may trim only once it is on disk here (until then it keeps resending it).
             outcome = self.engine.merge_remote(
-                deltas, extra=[Store.position_row("applied", peer, batch.last_seq)]
+                deltas, extra=[Store.position_row("applied", peer, batch.last_seq)], durable=False
             )
+            self.engine.store.sync_written()
             yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=outcome.refused)
 
     def _check(

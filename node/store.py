@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -44,6 +45,8 @@ SCHEMA_VERSION = 1
 COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
 BUCKETS = 1024
 _EMPTY_HASH = bytes(16)
+# The newest outbox entries, kept in memory too: a peer that keeps up reads them from here.
+OUTBOX_TAIL = 1024
 
 
 class StoreError(Exception):
@@ -78,6 +81,7 @@ class OutboxEntry:
 class _Pending:
     changes: Sequence[Change]
     extra: Sequence[tuple[str, bytes, bytes | None]]
+    durable: bool = True
     event: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
     error: BaseException | None = None
@@ -168,6 +172,12 @@ class Store:
         self._outbox_lock = threading.Lock()
         self._outbox_trimmed = self._first_outbox_key(0) - 1
         self._unsynced = rocksdict.WriteOptions()
+        # Consecutive committed entries ending at outbox_seq (see outbox); guarded by _tail_lock.
+        self._tail: collections.deque[OutboxEntry] = collections.deque(maxlen=OUTBOX_TAIL)
+        self._tail_lock = threading.Lock()
+        # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
+        self._written_groups = 0
+        self._synced_groups = 0
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -204,8 +214,14 @@ class Store:
     def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` outbox entries with a sequence above ``after``, in order.
 
-        Only committed entries: not one of a group whose WAL sync is still under way.
+        Only committed entries: not one of a group whose WAL sync is still under way. A peer
+        that keeps up asks for the newest ones, served from memory; older ones from RocksDB.
         """
+        with self._tail_lock:
+            tail = self._tail
+            if tail and tail[0].seq <= after + 1:
+                start = after + 1 - tail[0].seq
+                return list(itertools.islice(tail, start, start + limit))
         entries = []
         last = self.outbox_seq
         for key, value in self._cf["outbox"].items(from_key=(after + 1).to_bytes(8, "big")):
@@ -272,14 +288,23 @@ class Store:
     # -- writes --------------------------------------------------------------------------
 
     def commit(
-        self, changes: Sequence[Change], extra: Sequence[tuple[str, bytes, bytes | None]] = ()
+        self,
+        changes: Sequence[Change],
+        extra: Sequence[tuple[str, bytes, bytes | None]] = (),
+        *,
+        durable: bool = True,
     ) -> int:
-        """Durably writes the changes (and extra (cf, key, value|None) rows) as one batch.
+        """Writes the changes (and extra (cf, key, value|None) rows) as one batch.
 
         Returns the outbox sequence of the last delta written (0 when none). Blocks until the
-        batch is on disk per the fsync setting; raises StoreError when the write failed.
+        batch is on disk per the fsync setting, or with ``durable=False`` only until RocksDB
+        has it (readable, and safe from a crash of this process but not of the machine: see
+        sync_written); raises StoreError when the write failed. Batches with outbox entries
+        are always durable: the outbox only ever shows entries on disk.
         """
-        pending = _Pending(changes, extra)
+        if not durable and any(c.delta is not None for c in changes):
+            raise ValueError("a batch with outbox entries must be durable")
+        pending = _Pending(changes, extra, durable)
         with self._lock:
             if self._closed:
                 raise StoreError("store is closed")
@@ -336,6 +361,7 @@ class Store:
         now_ms = time.time_ns() // 1_000_000
         touched: dict[int, bytes] = {}
         hlc = self.hlc
+        entries: list[OutboxEntry] = []
         for p in group:
             for change in p.changes:
                 new = change.new
@@ -353,8 +379,10 @@ class Store:
                         hlc = max(hlc, obs.hlc)
                     if self.outbox_enabled:
                         seq += 1
-                        entry = now_ms.to_bytes(8, "big") + encode_delta(change.delta)
-                        batch.put(seq.to_bytes(8, "big"), entry, outbox_cf)
+                        raw = encode_delta(change.delta)
+                        entries.append(OutboxEntry(seq, now_ms, raw))
+                        row = now_ms.to_bytes(8, "big") + raw
+                        batch.put(seq.to_bytes(8, "big"), row, outbox_cf)
                 p.last_seq = seq
             for cf, key, value in p.extra:
                 if value is None:
@@ -369,17 +397,13 @@ class Store:
         if hlc != self.hlc:
             batch.put(b"hlc", str(hlc).encode(), meta)
         self._db.write(batch, self._write_opts)
-        if self.sync:
-            try:
-                self._sync_wal()
-            except OSError as exc:
-                # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
-                # kernel may drop the dirty pages, so a later sync could succeed over a hole.
-                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
-                # what is on disk.
-                self._wal_failed = exc
-                raise
+        self._written_groups += 1
+        if self.sync and any(p.durable for p in group):
+            self._sync_wal()
         wrote_outbox = seq != self.outbox_seq
+        if entries:
+            with self._tail_lock:
+                self._tail.extend(entries)
         self.outbox_seq = seq
         self.hlc = hlc
         for bucket, value in touched.items():
@@ -387,6 +411,15 @@ class Store:
         if wrote_outbox:
             with self._outbox_grew:
                 self._outbox_grew.notify_all()
+
+    def sync_written(self) -> None:
+        """Makes every batch written so far durable (those of ``commit(durable=False)``).
+
+        One sync covers every batch written before it started, so concurrent callers share
+        syncs as group commit does. Nothing to do without fsync.
+        """
+        if self.sync and self._synced_groups < self._written_groups:
+            self._sync_wal()
 
     def _sync_wal(self) -> None:
         """fdatasyncs every live WAL file, and the directory when a new one appeared.
@@ -400,12 +433,26 @@ class Store:
         GIL and must win it back, so the common case makes one: ``os.fdatasync`` per WAL.
         """
         with self._wal_lock:
-            versions = self._memtable_versions()
-            if versions != self._wal_versions:
-                self._list_wal_files()
-                self._wal_versions = versions
-            for fd in self._wal_files.values():
-                os.fdatasync(fd)
+            if self._wal_failed is not None:
+                raise StoreError(f"the WAL could not be synced ({self._wal_failed})")
+            covered = self._written_groups
+            if self._synced_groups >= covered:
+                return  # a sync that started after our write already finished
+            try:
+                versions = self._memtable_versions()
+                if versions != self._wal_versions:
+                    self._list_wal_files()
+                    self._wal_versions = versions
+                for fd in self._wal_files.values():
+                    os.fdatasync(fd)
+            except OSError as exc:
+                # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
+                # kernel may drop the dirty pages, so a later sync could succeed over a hole.
+                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
+                # what is on disk.
+                self._wal_failed = exc
+                raise
+            self._synced_groups = covered
 
     def _memtable_versions(self) -> tuple[int, ...]:
         """Every column family's super-version number (read from RocksDB's memory)."""
@@ -470,6 +517,9 @@ class Store:
                 batch.delete(seq.to_bytes(8, "big"), outbox)
             self._db.write(batch, self._unsynced)
             self._outbox_trimmed = upto
+            with self._tail_lock:
+                while self._tail and self._tail[0].seq <= upto:
+                    self._tail.popleft()
 
     def purge(self, subject: Subject, generation: int) -> None:
         """Removes a forgotten subject's old data from RocksDB's files, not only from view.
@@ -494,6 +544,8 @@ class Store:
                 if delta.subject == subject and delta.generation < generation:
                     batch.put(k, v[:8] + empty, outbox)
             self._db.write(batch, self._unsynced)
+            with self._tail_lock:
+                self._tail.clear()  # read from RocksDB, purged, until new entries refill it
         # Every column family: a WAL file is deleted only once no family has unflushed rows in
         # it, and each commit also writes meta (the HLC high-water mark).
         for name in COLUMN_FAMILIES:

@@ -56,14 +56,12 @@ class PeerReplicator:
         replica: Replica,
         connect: Callable[[], PeerLink],
         settings: SyncSettings,
-        on_ack: Callable[[], None],
     ) -> None:
         self.peer = peer
         self._outbox = outbox
         self._replica = replica
         self._connect = connect
         self._settings = settings
-        self._on_ack = on_ack
         self._stop = threading.Event()
         self._wake_anti_entropy = threading.Event()
         self._retry = threading.Event()  # cuts a reconnect backoff short (see wake)
@@ -72,6 +70,7 @@ class PeerReplicator:
         self._link: PeerLink | None = None
         self._ae_link: PeerLink | None = None
         self.acked = replica.acked(peer)
+        self._persisted = self.acked  # the acknowledgement last written to the replica
         self.dropped = False
         self._threads = [
             threading.Thread(target=self._stream_forever, name=f"sync-{peer}", daemon=True),
@@ -144,15 +143,12 @@ class PeerReplicator:
                     "peer %s was behind the outbox retention; caught up by anti-entropy", self.peer
                 )
                 self.acked = first - 1
-                self._replica.set_acked(self.peer, self.acked)
+                self.persist()
             self.dropped = False
             self._set_connected(True)
             for ack in link.replicate(self._batches(self.acked)):
-                if ack > self.acked:
-                    self.acked = ack
-                    self._replica.set_acked(self.peer, ack)
-                    self._on_ack()
-                self._report()
+                # Only in memory here: persist() writes it down, then the outbox is trimmed.
+                self.acked = max(self.acked, ack)
                 if self._stop.is_set():
                     break
         finally:
@@ -163,7 +159,6 @@ class PeerReplicator:
         while not self._stop.is_set():
             batch = self._outbox.read(position, self._settings.batch_size)
             if batch is None:
-                self._report()
                 self._outbox.wait(position, 0.5)
                 continue
             if batch.first_seq != position + 1:
@@ -177,8 +172,21 @@ class PeerReplicator:
         if up != self.connected:
             self.connected = up
             metrics.PEER_CONNECTED.labels(self.peer).set(1 if up else 0)
+        self.report()
 
-    def _report(self) -> None:
+    def persist(self) -> None:
+        """Writes the peer's latest acknowledgement down (before the outbox is trimmed to it).
+
+        Done once a second, not per acknowledgement: a position lost in a crash only makes
+        the restarted node resend deltas the peer has merged, which changes nothing there.
+        """
+        acked = self.acked
+        if acked != self._persisted:
+            self._replica.set_acked(self.peer, acked)
+            self._persisted = acked
+
+    def report(self) -> None:
+        """Exports the peer's lag and outbox depth."""
         metrics.REPLICATION_LAG.labels(self.peer).set(self.lag_s())
         metrics.OUTBOX_DEPTH.labels(self.peer).set(max(0, self._outbox.last_seq() - self.acked))
 
@@ -216,7 +224,7 @@ class PeerReplicator:
                     link.close()
             except Exception as exc:
                 log.debug("anti-entropy with %s failed: %s", self.peer, _describe(exc))
-            self._report()
+            self.report()
 
 
 class Replicator:
@@ -234,7 +242,7 @@ class Replicator:
         self._trim_lock = threading.Lock()
         self._stopped = threading.Event()
         self.peers = {
-            name: PeerReplicator(name, outbox, replica, connect, self.settings, self.trim)
+            name: PeerReplicator(name, outbox, replica, connect, self.settings)
             for name, connect in peers.items()
         }
 
@@ -247,15 +255,25 @@ class Replicator:
         self._stopped.set()
         for p in self.peers.values():
             p.stop()
+        for p in self.peers.values():
+            p.persist()
 
     def _housekeeping(self) -> None:
-        """Trims the outbox (also when no acknowledgement arrives) and reports peer counts."""
+        """Once a second: persists the peers' acknowledgements, trims the outbox to them and
+        reports lag and depth (kept off the delta stream, which only sends and counts acks)."""
         while not self._stopped.wait(1.0):
-            metrics.PEERS_CONNECTED.set(sum(p.connected for p in self.peers.values()))
-            try:
-                self.trim()
-            except Exception:
-                log.exception("outbox trim failed")
+            self.housekeep()
+
+    def housekeep(self) -> None:
+        metrics.PEERS_CONNECTED.set(sum(p.connected for p in self.peers.values()))
+        try:
+            for p in self.peers.values():
+                p.persist()
+            self.trim()
+        except Exception:
+            log.exception("outbox trim failed")
+        for p in self.peers.values():
+            p.report()
 
     def trim(self) -> None:
         """Trims to the lowest acknowledgement of the peers still within retention."""

@@ -100,7 +100,7 @@ def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> 
         return Link()  # back: anti-entropy and the stream start, then the link breaks, again
 
     settings = SyncSettings(backoff_max_s=5.0)
-    peer = PeerReplicator("billing", Outbox(), Replica(), connect, settings, lambda: None)
+    peer = PeerReplicator("billing", Outbox(), Replica(), connect, settings)
     waits = Waits(limit=14, stop=peer._stop)
     peer._retry = waits
     peer._stream_forever()
