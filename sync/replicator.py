@@ -37,6 +37,8 @@ class SyncSettings:
     retention_s: float = 3600.0
     anti_entropy_s: float = 10.0
     backoff_max_s: float = 5.0
+    # Idle this long with deltas unacknowledged, the stream asks the peer for its ack.
+    ack_request_s: float = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +158,17 @@ class PeerReplicator:
             link.close()
 
     def _batches(self, position: int) -> Iterator[Batch]:
+        asked = self.acked  # the position an acknowledgement was last asked for
         while not self._stop.is_set():
             batch = self._outbox.read(position, self._settings.batch_size)
             if batch is None:
-                self._outbox.wait(position, 0.5)
+                if asked >= position or self.acked >= position:
+                    self._outbox.wait(position, 0.5)
+                elif not self._outbox.wait(position, self._settings.ack_request_s):
+                    # Idle with deltas unacknowledged: the receiver acknowledges on its own only
+                    # every so often, so ask (a batch without deltas is answered at once).
+                    asked = position
+                    yield Batch(position + 1, position, [], 0)
                 continue
             if batch.first_seq != position + 1:
                 raise OutboxGap(f"outbox starts at {batch.first_seq}, peer needs {position + 1}")

@@ -108,3 +108,49 @@ def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> 
     assert max(waits.seen[:8]) > 1.0  # backed off while the peer was away
     # Every failure after a session that got going is a first failure: a short wait.
     assert max(waits.seen[8:]) <= 0.2, waits.seen
+
+
+class Filled(Outbox):
+    """Entries 1..3, then nothing new: every wait times out; the stream stops after ``waits``."""
+
+    def __init__(self, peer_stop: threading.Event | None = None, waits: int = 3) -> None:
+        self.waits: list[float] = []
+        self.stop = peer_stop
+        self.limit = waits
+
+    def read(self, after: int, limit: int) -> Batch | None:
+        if after >= 3:
+            return None
+        return Batch(after + 1, 3, [b"d"] * (3 - after), 0)
+
+    def last_seq(self) -> int:
+        return 3
+
+    def wait(self, after: int, timeout_s: float) -> bool:
+        self.waits.append(timeout_s)
+        if self.stop is not None and len(self.waits) >= self.limit:
+            self.stop.set()
+        return False
+
+
+def test_an_idle_stream_asks_once_for_the_ack_of_what_it_sent() -> None:
+    outbox = Filled()
+    peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings(ack_request_s=0.02))
+    outbox.stop = peer._stop
+    sent = list(peer._batches(0))
+    assert sent[0] == Batch(1, 3, [b"d"] * 3, 0)
+    # Nothing new within ack_request_s: a batch without deltas asks for the acknowledgement,
+    # once; from then on the stream waits for new entries with the ordinary timeout.
+    assert [(b.first_seq, b.last_seq, list(b.deltas)) for b in sent[1:]] == [(4, 3, [])]
+    assert outbox.waits == [0.02, 0.5, 0.5]
+
+
+def test_a_stream_whose_deltas_are_acknowledged_never_asks() -> None:
+    outbox = Filled()
+    peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings())
+    outbox.stop = peer._stop
+    stream = peer._batches(0)
+    next(stream)
+    peer.acked = 3  # the receiver acknowledged on its own
+    assert list(stream) == []
+    assert outbox.waits == [0.5, 0.5, 0.5]

@@ -181,6 +181,11 @@ Global___SubjectState: _TypeAlias = SubjectState  # noqa: Y015
 
 @_typing.final
 class ReplicateBatch(_message.Message):
+    """The receiver acknowledges at most every few tens of milliseconds, and always answers a
+    batch without deltas (last_seq = the sender's position) at once: a sender with
+    unacknowledged deltas and nothing new to send asks for its acknowledgement that way.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORIGIN_FIELD_NUMBER: _builtins.int
@@ -215,13 +220,15 @@ Global___ReplicateBatch: _TypeAlias = ReplicateBatch  # noqa: Y015
 
 @_typing.final
 class ReplicateAck(_message.Message):
+    """Everything up to acked_seq is merged and on disk at the receiver."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACKED_SEQ_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
     acked_seq: _builtins.int
     refused: _builtins.int
-    """deltas refused (clock skew), not retried"""
+    """deltas refused (clock skew) since the previous ack, not retried"""
     def __init__(
         self,
         *,
