@@ -128,6 +128,37 @@ class EngineReplica:
         self.store.set_position("acked", peer, seq)
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_batch_origin(origin: str) -> bytes:
+    raw = origin.encode()
+    return b"\x0a" + _varint(len(raw)) + raw if raw else b""
+
+
+def encode_batch(origin: bytes, batch: Batch) -> bytes:
+    """The ReplicateBatch of a run of outbox entries, serialized without parsing its deltas.
+
+    The bytes protobuf's own serializer would produce (fields in number order, zeros left
+    out): the stored deltas are already serialized SubjectStates, so decoding them only to
+    encode them again would cost the sender a parse and a serialization per delta.
+    """
+    parts = [origin]
+    if batch.first_seq:
+        parts += (b"\x10", _varint(batch.first_seq))
+    if batch.last_seq:
+        parts += (b"\x18", _varint(batch.last_seq))
+    for raw in batch.deltas:
+        parts += (b"\x22", _varint(len(raw)), raw)
+    return b"".join(parts)
+
+
 class GrpcPeerLink:
     """sync.ports.PeerLink over a gRPC channel to the peer's Sync service."""
 
@@ -137,21 +168,19 @@ class GrpcPeerLink:
         else:
             self._channel = grpc.secure_channel(address, credentials, options=_KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
+        # Sends batches already serialized (encode_batch): the deltas are stored encoded.
+        self._replicate = self._channel.stream_stream(
+            "/selfmodel.v1.Sync/Replicate",
+            request_serializer=None,
+            response_deserializer=sync_pb2.ReplicateAck.FromString,
+        )
         self._md = ((NODE_HEADER, me),)
         self._me = me
         self._call: Any = None
 
     def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
-        def requests() -> Iterator[sync_pb2.ReplicateBatch]:
-            for batch in batches:
-                msg = sync_pb2.ReplicateBatch(
-                    origin=self._me, first_seq=batch.first_seq, last_seq=batch.last_seq
-                )
-                for raw in batch.deltas:
-                    msg.deltas.add().MergeFromString(raw)
-                yield msg
-
-        call = self._stub.Replicate(requests(), metadata=self._md)
+        origin = encode_batch_origin(self._me)
+        call = self._replicate((encode_batch(origin, b) for b in batches), metadata=self._md)
         self._call = call
         for ack in call:
             yield ack.acked_seq

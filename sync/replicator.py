@@ -159,6 +159,8 @@ class PeerReplicator:
 
     def _batches(self, position: int) -> Iterator[Batch]:
         asked = self.acked  # the position an acknowledgement was last asked for
+        deltas_sent = metrics.DELTAS_SENT.labels(self.peer)
+        bytes_sent = metrics.BYTES_SENT.labels(self.peer)
         while not self._stop.is_set():
             batch = self._outbox.read(position, self._settings.batch_size)
             if batch is None:
@@ -172,8 +174,8 @@ class PeerReplicator:
                 continue
             if batch.first_seq != position + 1:
                 raise OutboxGap(f"outbox starts at {batch.first_seq}, peer needs {position + 1}")
-            metrics.DELTAS_SENT.labels(self.peer).inc(len(batch.deltas))
-            metrics.BYTES_SENT.labels(self.peer).inc(sum(len(d) for d in batch.deltas))
+            deltas_sent.inc(len(batch.deltas))
+            bytes_sent.inc(sum(len(d) for d in batch.deltas))
             yield batch
             position = batch.last_seq
 
