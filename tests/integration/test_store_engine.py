@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from node.engine import Engine, ObservationInput
-from node.store import Store, StoreError
+from node.store import Change, Store, StoreError
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta
 from sync.crdt import SubjectState
@@ -247,3 +247,34 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
     state = reopened.load(U1)
     assert state is not None and "k4" in {o.key for o in state.observations.values()}
     reopened.close()
+
+
+def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A receiver merges a peer's batch unsynced, shows it, and syncs before acknowledging."""
+    peer = Engine(Store(tmp_path / "peer", "support", sync=False))
+    peer.observe("agent", [item(U1, "k1")])
+    synced: list[int] = []
+    fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        synced.append(fd)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    store = Store(tmp_path / "db", "sales", sync=True)
+    engine = Engine(store)
+    engine.merge_remote([Delta(peer.state(U1))], durable=False)
+    assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]  # shown at once
+    assert synced == []
+    store.sync_written()
+    assert synced, "sync_written did not sync the WAL"
+    count = len(synced)
+    store.sync_written()  # nothing written since: nothing to sync
+    assert len(synced) == count
+    with pytest.raises(ValueError, match="must be durable"):
+        engine.store.commit(
+            [Change(None, engine.state(U1), Delta(engine.state(U1)))], durable=False
+        )
+    store.close()
