@@ -72,7 +72,9 @@ class PeerReplicator:
         self._link: PeerLink | None = None
         self._ae_link: PeerLink | None = None
         self.acked = replica.acked(peer)
-        self._persisted = self.acked  # the acknowledgement last written to the replica
+        # The acknowledgement last written to the replica: the outbox is trimmed to it, never
+        # past, so a restart after a crash resumes the peer from an entry still kept.
+        self.persisted = self.acked
         self.dropped = False
         self._threads = [
             threading.Thread(target=self._stream_forever, name=f"sync-{peer}", daemon=True),
@@ -192,9 +194,9 @@ class PeerReplicator:
         the restarted node resend deltas the peer has merged, which changes nothing there.
         """
         acked = self.acked
-        if acked != self._persisted:
+        if acked != self.persisted:
             self._replica.set_acked(self.peer, acked)
-            self._persisted = acked
+            self.persisted = acked
 
     def report(self) -> None:
         """Exports the peer's lag and outbox depth."""
@@ -287,16 +289,16 @@ class Replicator:
             p.report()
 
     def trim(self) -> None:
-        """Trims to the lowest acknowledgement of the peers still within retention."""
+        """Trims to the lowest persisted acknowledgement of the peers still within retention."""
         with self._trim_lock:
             last = self._outbox.last_seq()
             floor = last - self.settings.retention_entries
             keep: list[int] = []
             now_ms = time.time() * 1000
             for p in self.peers.values():
-                oldest = self._outbox.oldest_unacked_ms(p.acked)
+                oldest = self._outbox.oldest_unacked_ms(p.persisted)
                 too_old = oldest is not None and now_ms - oldest > self.settings.retention_s * 1000
-                if p.acked < floor or too_old:
+                if p.persisted < floor or too_old:
                     if not p.dropped:
                         p.dropped = True
                         metrics.PEERS_DROPPED.labels(p.peer).inc()
@@ -306,7 +308,7 @@ class Replicator:
                             p.peer,
                         )
                     continue
-                keep.append(p.acked)
+                keep.append(p.persisted)
             upto = min(keep) if keep else last
             self._outbox.trim(upto)
 
