@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -82,7 +82,7 @@ class _Pending:
     changes: Sequence[Change]
     extra: Sequence[tuple[str, bytes, bytes | None]]
     durable: bool = True
-    event: threading.Event = field(default_factory=threading.Event)
+    event: threading.Event | None = None  # only a writer that waits (not the leader) has one
     finished: bool = False
     error: BaseException | None = None
     last_seq: int = 0
@@ -312,7 +312,9 @@ class Store:
             lead = not self._leading
             if lead:
                 self._leading = True
-        if not lead:
+            else:
+                pending.event = threading.Event()
+        if pending.event is not None:
             pending.event.wait()
             if not pending.finished:
                 self._lead()
@@ -341,11 +343,13 @@ class Store:
         for p in group:
             p.error = error
             p.finished = True
-            p.event.set()
+            if p.event is not None:
+                p.event.set()
         metrics.record_commit(len(group), elapsed)
         with self._lock:
             if self._queue:
-                self._queue[0].event.set()  # not finished: it wakes up as the next leader
+                # Not finished: it wakes up as the next leader. Every queued writer waits.
+                cast(threading.Event, self._queue[0].event).set()
             else:
                 self._leading = False
 
