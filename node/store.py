@@ -34,8 +34,9 @@ from typing import Any, cast
 import rocksdict
 
 from node import metrics
+from sync.causal import CausalContext
 from sync.codec import decode_delta, decode_state, encode_delta, encode_state
-from sync.crdt import SubjectState
+from sync.crdt import SubjectState, digest
 from sync.delivery import Delta
 from sync.observation import Subject
 
@@ -45,6 +46,8 @@ SCHEMA_VERSION = 1
 COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
 BUCKETS = 1024
 _EMPTY_HASH = bytes(16)
+# The digest of a subject never written: the empty state the engine starts it from.
+_UNWRITTEN_DIGEST = digest(0, CausalContext())
 # The newest outbox entries, kept in memory too: a peer that keeps up reads them from here.
 OUTBOX_TAIL = 1024
 
@@ -160,7 +163,11 @@ class Store:
         self._buckets = [_EMPTY_HASH] * BUCKETS
         self._reload_buckets()
 
-        self._cache: collections.OrderedDict[Subject, SubjectState] = collections.OrderedDict()
+        # subject -> (state, its digest when known): the digest computed when the state was
+        # written, so the subject's next write needs no digest of its old state.
+        self._cache: collections.OrderedDict[Subject, tuple[SubjectState, bytes | None]] = (
+            collections.OrderedDict()
+        )
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -184,13 +191,22 @@ class Store:
     def load(self, subject: Subject) -> SubjectState | None:
         cached = self._cache.get(subject)
         if cached is not None:
-            return cached
+            return cached[0]
         raw = self._cf["state"].get(subject.storage_key())
         if raw is None:
             return None
         state = decode_state(raw)
-        self._remember(state)
+        self._remember(state, None)
         return state
+
+    def _digest(self, state: SubjectState) -> bytes:
+        """``state.digest()``, from the cache when it holds this very state."""
+        cached = self._cache.get(state.subject)
+        if cached is not None and cached[0] is state and cached[1] is not None:
+            return cached[1]
+        if not state.generation and not state.observations and state.context.is_empty():
+            return _UNWRITTEN_DIGEST
+        return state.digest()
 
     def subjects(self, tenant: str | None = None) -> Iterator[Subject]:
         prefix = b"" if tenant is None else tenant.encode() + b"\x00"
@@ -329,17 +345,16 @@ class Store:
             group, self._queue = self._queue, []
         started = time.perf_counter()
         error: BaseException | None = None
+        written: list[tuple[SubjectState, bytes]] = []
         try:
-            self._write_group(group)
+            written = self._write_group(group)
         except Exception as exc:  # surfaced to every writer of the group
             log.exception("group commit of %d batches failed", len(group))
             error = exc
             self._reload_buckets()
         elapsed = time.perf_counter() - started
-        if error is None:
-            for p in group:
-                for change in p.changes:
-                    self._remember(change.new)
+        for state, state_digest in written:
+            self._remember(state, state_digest)
         for p in group:
             p.error = error
             p.finished = True
@@ -353,7 +368,8 @@ class Store:
             else:
                 self._leading = False
 
-    def _write_group(self, group: list[_Pending]) -> None:
+    def _write_group(self, group: list[_Pending]) -> list[tuple[SubjectState, bytes]]:
+        """Writes the group as one batch; returns every new state written, with its digest."""
         if self._wal_failed is not None:
             raise StoreError(
                 f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
@@ -366,14 +382,16 @@ class Store:
         touched: dict[int, bytes] = {}
         hlc = self.hlc
         entries: list[OutboxEntry] = []
+        written: list[tuple[SubjectState, bytes]] = []
         for p in group:
             for change in p.changes:
                 new = change.new
                 key = new.subject.storage_key()
                 batch.put(key, encode_state(new), state_cf)
                 bucket = bucket_of(key)
-                old_digest = change.old.digest() if change.old is not None else _EMPTY_HASH
+                old_digest = self._digest(change.old) if change.old is not None else _EMPTY_HASH
                 new_digest = new.digest()
+                written.append((new, new_digest))
                 if old_digest != new_digest:
                     current = touched.get(bucket, self._buckets[bucket])
                     touched[bucket] = _xor(_xor(current, old_digest), new_digest)
@@ -415,6 +433,7 @@ class Store:
         if wrote_outbox:
             with self._outbox_grew:
                 self._outbox_grew.notify_all()
+        return written
 
     def sync_written(self) -> None:
         """Makes every batch written so far durable (those of ``commit(durable=False)``).
@@ -496,9 +515,9 @@ class Store:
                 break
             self._buckets[int.from_bytes(key[1:3], "big")] = value
 
-    def _remember(self, state: SubjectState) -> None:
+    def _remember(self, state: SubjectState, state_digest: bytes | None) -> None:
         cache = self._cache
-        cache[state.subject] = state
+        cache[state.subject] = (state, state_digest)
         cache.move_to_end(state.subject)
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
