@@ -20,15 +20,25 @@ def subject_to_proto(subject: Subject) -> model_pb2.Subject:
     return model_pb2.Subject(tenant=subject.tenant, kind=int(subject.kind), id=subject.id)  # type: ignore[arg-type]
 
 
+def _fill_subject(subject: Subject, msg: model_pb2.Subject) -> None:
+    """Sets ``msg`` (a field of a message being built: no temporary to copy in) to ``subject``."""
+    msg.tenant = subject.tenant
+    msg.kind = subject.kind  # type: ignore[assignment]
+    msg.id = subject.id
+
+
 def subject_from_proto(msg: model_pb2.Subject) -> Subject:
     return Subject(msg.tenant, SubjectKind(msg.kind), msg.id)
 
 
 def context_to_proto(context: CausalContext, msg: sync_pb2.CausalContext) -> None:
+    add_entry = msg.vector.add
     for actor, counter in sorted(context.vector.items()):
-        msg.vector.add(actor=actor, counter=counter)
-    for dot in sorted(context.cloud):
-        msg.cloud.add(actor=dot.actor, counter=dot.counter)
+        add_entry(actor=actor, counter=counter)
+    if context.cloud:
+        add_dot = msg.cloud.add
+        for dot in sorted(context.cloud):
+            add_dot(actor=dot.actor, counter=dot.counter)
 
 
 def context_from_proto(msg: sync_pb2.CausalContext) -> CausalContext:
@@ -53,11 +63,13 @@ def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
 
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     msg = sync_pb2.SubjectState(generation=state.generation)
-    msg.subject.CopyFrom(subject_to_proto(state.subject))
+    _fill_subject(state.subject, msg.subject)
     context_to_proto(state.context, msg.context)
-    for dot in sorted(state.observations):
-        obs = state.observations[dot]
-        o = msg.observations.add(
+    observations = state.observations
+    add = msg.observations.add
+    for dot in sorted(observations):
+        obs = observations[dot]
+        o = add(
             context=obs.context,
             key=obs.key,
             source=obs.source,
@@ -136,7 +148,7 @@ def encode_token(positions: Mapping[Subject, Position]) -> str:
     for subject in sorted(positions):
         generation, context = positions[subject]
         p = msg.positions.add(generation=generation)
-        p.subject.CopyFrom(subject_to_proto(subject))
+        _fill_subject(subject, p.subject)
         context_to_proto(context, p.context)
     return base64.urlsafe_b64encode(msg.SerializeToString(deterministic=True)).decode().rstrip("=")
 
