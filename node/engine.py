@@ -7,12 +7,11 @@ in order; different subjects share fsyncs through the store's group commit.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from node import metrics
@@ -370,13 +369,24 @@ class Engine:
             for sub in list(subs):
                 sub.changed.set()
 
-    @contextlib.contextmanager
-    def _locked(self, subjects: Iterable[Subject]) -> Iterator[None]:
+    def _locked(self, subjects: Iterable[Subject]) -> _Held:
+        """Holds the subjects' stripe locks (taken in index order, so writers never deadlock)."""
         indexes = sorted({zlib.crc32(s.storage_key()) % STRIPES for s in subjects})
-        for i in indexes:
-            self._stripes[i].acquire()
-        try:
-            yield
-        finally:
-            for i in reversed(indexes):
-                self._stripes[i].release()
+        return _Held([self._stripes[i] for i in indexes])
+
+
+class _Held:
+    """A context manager over locks: a class, cheaper than a generator on every write."""
+
+    __slots__ = ("_locks",)
+
+    def __init__(self, locks: list[threading.Lock]) -> None:
+        self._locks = locks
+
+    def __enter__(self) -> None:
+        for lock in self._locks:
+            lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
