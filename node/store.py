@@ -60,8 +60,10 @@ def bucket_of(subject_key: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(subject_key, digest_size=4).digest(), "big") % BUCKETS
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
+def _xor(a: bytes, b: bytes, c: bytes) -> bytes:
+    return (
+        int.from_bytes(a, "big") ^ int.from_bytes(b, "big") ^ int.from_bytes(c, "big")
+    ).to_bytes(16, "big")
 
 
 @dataclass(slots=True)
@@ -376,9 +378,13 @@ class Store:
                 "until it is restarted"
             )
         batch = rocksdict.WriteBatch(raw_mode=True)
-        state_cf, outbox_cf, digest_cf = (self._handle[n] for n in ("state", "outbox", "digest"))
+        put = batch.put
+        handle = self._handle
+        state_cf, outbox_cf, digest_cf = handle["state"], handle["outbox"], handle["digest"]
+        outbox_enabled = self.outbox_enabled
         seq = self.outbox_seq
         now_ms = time.time_ns() // 1_000_000
+        now_row = now_ms.to_bytes(8, "big")
         touched: dict[int, bytes] = {}
         hlc = self.hlc
         entries: list[OutboxEntry] = []
@@ -387,24 +393,25 @@ class Store:
             for change in p.changes:
                 new = change.new
                 key = new.subject.storage_key()
-                batch.put(key, encode_state(new), state_cf)
-                bucket = bucket_of(key)
+                put(key, encode_state(new), state_cf)
                 old_digest = self._digest(change.old) if change.old is not None else _EMPTY_HASH
                 new_digest = new.digest()
                 written.append((new, new_digest))
                 if old_digest != new_digest:
+                    bucket = bucket_of(key)
                     current = touched.get(bucket, self._buckets[bucket])
-                    touched[bucket] = _xor(_xor(current, old_digest), new_digest)
-                    batch.put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
-                if change.delta is not None:
-                    for obs in change.delta.state.observations.values():
-                        hlc = max(hlc, obs.hlc)
-                    if self.outbox_enabled:
+                    touched[bucket] = _xor(current, old_digest, new_digest)
+                    put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
+                delta = change.delta
+                if delta is not None:
+                    for obs in delta.state.observations.values():
+                        if obs.hlc > hlc:
+                            hlc = obs.hlc
+                    if outbox_enabled:
                         seq += 1
-                        raw = encode_delta(change.delta)
+                        raw = encode_delta(delta)
                         entries.append(OutboxEntry(seq, now_ms, raw))
-                        row = now_ms.to_bytes(8, "big") + raw
-                        batch.put(seq.to_bytes(8, "big"), row, outbox_cf)
+                        put(seq.to_bytes(8, "big"), now_row + raw, outbox_cf)
                 p.last_seq = seq
             for cf, key, value in p.extra:
                 if value is None:
