@@ -95,14 +95,14 @@ class Principal:
 
     def check_write(self, context: str, domain: str) -> None:
         """Refuses a context outside the principal's write globs, or a node outside its domains."""
-        if not any(fnmatchcase(context, g) for g in self.write):
+        if not _matches_any(context, self.write):
             PERMISSION_REFUSED.labels("context").inc()
             allowed = ", ".join(self.write) or "no context"
             raise PermissionDenied(
                 f"agent {self.agent} may not write context {context!r}: its token allows "
                 f"{allowed}; ask an operator for a token that covers it"
             )
-        if not any(fnmatchcase(domain, g) for g in self.domains):
+        if not _matches_any(domain, self.domains):
             PERMISSION_REFUSED.labels("domain").inc()
             raise PermissionDenied(
                 f"agent {self.agent} may not write through this node (domain {domain!r}): its "
@@ -128,6 +128,11 @@ class Principal:
 
 
 # -- the token file ------------------------------------------------------------------------
+
+
+def _matches_any(name: str, globs: tuple[str, ...]) -> bool:
+    """Whether a glob matches ``name``; "*" (the usual grant) matches any name without fnmatch."""
+    return any(g == "*" or fnmatchcase(name, g) for g in globs)
 
 
 class TokenFileError(Exception):
