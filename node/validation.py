@@ -23,6 +23,7 @@ _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 _EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # urlsafe base64, as encode_token writes it
+_KINDS = {kind.value: kind for kind in SubjectKind}  # a lookup, cheaper than SubjectKind(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +120,12 @@ def subject(msg: model_pb2.Subject, field: str, limits: Limits, present: bool = 
     if not present:
         raise InvalidArgument(field, "is required")
     tenant = identifier(msg.tenant, f"{field}.tenant", limits.max_id)
-    if msg.kind not in (1, 2, 3):
+    kind = _KINDS.get(msg.kind)
+    if kind is None:
         raise InvalidArgument(
             f"{field}.kind", "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG"
         )
-    return Subject(tenant, SubjectKind(msg.kind), identifier(msg.id, f"{field}.id", limits.max_id))
+    return Subject(tenant, kind, identifier(msg.id, f"{field}.id", limits.max_id))
 
 
 def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -> ObservationInput:
@@ -133,13 +135,14 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
     slot_key = key(msg.key, f"{prefix}key", limits)
     statement = text(msg.statement, f"{prefix}statement", limits.max_statement, required=True)
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
-    if len(msg.evidence) > limits.max_evidence:
+    items = msg.evidence
+    if len(items) > limits.max_evidence:
         raise InvalidArgument(
             f"{prefix}evidence",
-            f"must hold at most {limits.max_evidence} items, got {len(msg.evidence)}",
+            f"must hold at most {limits.max_evidence} items, got {len(items)}",
         )
     evidence = []
-    for i, ev in enumerate(msg.evidence):
+    for i, ev in enumerate(items):
         at = f"{prefix}evidence[{i}]"
         if not _EVIDENCE_KIND.fullmatch(ev.kind) or len(ev.kind) > 32:
             raise InvalidArgument(
