@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from node import metrics
 from node.decoding import StrictDecodingInterceptor
 from node.engine import Engine
+from node.interceptors import Chain
 from node.policy import PolicyBook
 from node.replication import (
     SERVER_OPTIONS,
@@ -171,9 +172,9 @@ def start(config: NodeConfig) -> RunningNode:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
         interceptors=[
-            metrics.ServerMetricsInterceptor(),
-            StrictDecodingInterceptor(),
-            SerializedReplies(),
+            Chain(
+                metrics.ServerMetricsInterceptor(), StrictDecodingInterceptor(), SerializedReplies()
+            )
         ],
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
