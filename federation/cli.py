@@ -130,6 +130,15 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from selfmodel.v1 import admin_pb2
+
+    with _client(args) as client:
+        req = admin_pb2.ListAuditRequest(after=args.after, limit=args.limit)
+        _print(client._call(client._admin.ListAudit, req))
+    return 0
+
+
 def _forget(args: argparse.Namespace) -> int:
     with _client(args) as client:
         print(client.forget(parse_subject(args.subject, args.tenant)))
@@ -214,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("subject")
     client_args(forget)
     forget.set_defaults(run=_forget)
+
+    audit = sub.add_parser("audit", help="the node's log of operator actions (operators only)")
+    audit.add_argument("--after", default="", help="continue after this cursor (next_cursor)")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
+    client_args(audit)
+    audit.set_defaults(run=_audit)
     tokens.add_commands(sub)
     certs.add_commands(sub)
     return parser

@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
-from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence, Subject, SubjectKind
 
 T = TypeVar("T")
@@ -124,6 +124,21 @@ class Observed:
 class Retracted:
     count: int
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action of the node's audit log (see Admin.ListAudit)."""
+
+    cursor: str
+    time: dt.datetime
+    node: str
+    actor: str
+    actor_role: str
+    actor_tenant: str
+    action: str  # forget | retract_on_behalf
+    subject: Subject
+    detail: str
 
 
 def _time(ts: Any) -> dt.datetime:
@@ -256,6 +271,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=_channel_options())
         self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._md = _metadata(agent, token)
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
@@ -353,6 +369,27 @@ class Client:
     def forget(self, subject: SubjectLike) -> str:
         req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
         return str(self._call(self._stub.ForgetSubject, req).handoff_token)
+
+    def audit(self, after: str = "", limit: int = 100) -> tuple[list[AuditEntry], str]:
+        """Up to ``limit`` audit entries after the cursor ``after``, oldest first, and the cursor
+        to continue from ("" once there is nothing further). Operators only."""
+        req = admin_pb2.ListAuditRequest(after=after, limit=limit)
+        reply = self._call(self._admin.ListAudit, req)
+        entries = [
+            AuditEntry(
+                e.cursor,
+                _time(e.time),
+                e.node,
+                e.actor,
+                e.actor_role,
+                e.actor_tenant,
+                e.action,
+                Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
+                e.detail,
+            )
+            for e in reply.entries
+        ]
+        return entries, str(reply.next_cursor)
 
     def cached(
         self, subject: SubjectLike, *, contexts: Sequence[str] = (), include_uncertain: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from federation import tokens
+from federation.cli import main
 from federation.client import Client, user
 from node.errors import PermissionDenied, Unauthenticated
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -251,7 +253,7 @@ def test_the_source_is_the_tokens_agent_whatever_the_call_claims(secured: Secure
 
 
 def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_audit_shows_it(
-    secured: Secured,
+    secured: Secured, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with secured.client("sales") as sales:
         sales.observe(user("u-1"), "12 people", confidence=0.9, context="team", key="team_size")
@@ -295,6 +297,26 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
     rest = admin.ListAudit(admin_pb2.ListAuditRequest(after=page.next_cursor),
                            metadata=secured.md("operator"), timeout=5)  # fmt: skip
     assert [e.action for e in rest.entries] == ["forget"]
+    # The same log through the client library and the command line.
+    with secured.client("operator") as ops:
+        first, cursor = ops.audit(limit=1)
+        more, end = ops.audit(after=cursor)
+    assert [(e.action, e.subject.id, e.actor) for e in first + more] == [
+        ("retract_on_behalf", "u-1", "acme_ops"), ("forget", "u-2", "acme_ops")
+    ]  # fmt: skip
+    assert first[0].time.year >= 2026 and end == ""
+    with secured.client("support") as support, pytest.raises(PermissionDenied):
+        support.audit()
+    cli = [
+        "audit", "--target", secured.node.address, "--token", secured.tokens["operator"],
+        "--limit", "1",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as ended:
+        main(cli)
+    assert ended.value.code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [e["action"] for e in printed["entries"]] == ["retract_on_behalf"]
+    assert printed["nextCursor"] == cursor
 
 
 def run_node(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
