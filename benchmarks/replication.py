@@ -13,7 +13,10 @@ What runs, per cell (nodes x writes/s), all on loopback, data in a temporary dir
   visible on a node at the first snapshot whose handoff token covers the write's dot;
 - the floor, in the same run and at the same rates: a tiny gRPC server in its own process with
   a unary ``Publish`` that pushes each message to every ``Subscribe`` stream (one subscriber
-  process per other node), with the same kind of writer. Time from publish ack to receipt.
+  process per other node), with the same kind of writer. Time from publish ack to receipt;
+- the relay floor (informational): the same, but the origin hands each message to a client
+  stream per relay process, and each relay pushes it to its subscriber, the two hops a write
+  takes from one node to a watcher on another.
 
 Times are time.monotonic(), which is system-wide on Linux, so processes compare them directly.
 A write seen before its ack reached the writer counts as 0 ms. Only writes issued during the
@@ -66,6 +69,7 @@ DRAIN_S = 3.0
 PUSH_SERVICE = "bench.v1.Push"
 PUBLISH = f"/{PUSH_SERVICE}/Publish"
 SUBSCRIBE = f"/{PUSH_SERVICE}/Subscribe"
+FORWARD = f"/{PUSH_SERVICE}/Forward"
 TARGET_RATIO = 3.0  # p99 visibility / p99 floor at 100 writes/s on 3 nodes, at most
 AGENT_MD = (("x-agent-id", "bench_writer"),)
 
@@ -221,16 +225,34 @@ def _watcher(target: str, cell: str, conn: Connection) -> None:
     channel.close()
 
 
-def _push_server(conn: Connection) -> None:
-    """The floor: Publish pushes the message to every Subscribe stream, then answers."""
+def _push_server(relays: Sequence[str], conn: Connection) -> None:
+    """The floor: Publish pushes the message to every Subscribe stream, then answers.
+
+    With ``relays`` (the relay floor's origin), Publish instead hands the message to one
+    client stream per relay (``Forward``, as a node streams its outbox to each peer), and each
+    relay pushes what it receives to its own Subscribe streams (as a peer's watch does).
+    """
     subscribers: list[queue.SimpleQueue[bytes]] = []
     lock = threading.Lock()
+    outgoing: list[queue.SimpleQueue[bytes | None]] = [queue.SimpleQueue() for _ in relays]
 
-    def publish(request: bytes, context: grpc.ServicerContext) -> bytes:
+    def push(request: bytes) -> None:
         with lock:
             targets = list(subscribers)
         for q in targets:
             q.put(request)
+
+    def publish(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if outgoing:
+            for out in outgoing:
+                out.put(request)
+        else:
+            push(request)
+        return b""
+
+    def forward(requests: Any, context: grpc.ServicerContext) -> bytes:
+        for request in requests:
+            push(request)
         return b""
 
     def subscribe(request: bytes, context: grpc.ServicerContext) -> Any:
@@ -250,14 +272,31 @@ def _push_server(conn: Connection) -> None:
     )
     handlers = {
         "Publish": grpc.unary_unary_rpc_method_handler(publish),
+        "Forward": grpc.stream_unary_rpc_method_handler(forward),
         "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PUSH_SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+
+    def drain(out: queue.SimpleQueue[bytes | None]) -> Any:
+        while (msg := out.get()) is not None:
+            yield msg
+
+    channels = [grpc.insecure_channel(target) for target in relays]
+    calls = [
+        ch.stream_unary(FORWARD, None, None).future(drain(out))
+        for ch, out in zip(channels, outgoing, strict=True)
+    ]
     conn.send(port)
     with contextlib.suppress(EOFError, KeyboardInterrupt):
         conn.recv()
+    for out in outgoing:
+        out.put(None)
+    for call in calls:
+        call.cancel()  # type: ignore[no-untyped-call]
+    for ch in channels:
+        ch.close()
     server.stop(0).wait()
 
 
@@ -403,12 +442,21 @@ def measure_node(cluster: Any, cell: str, rate: float, duration_s: float) -> Fig
     return figures
 
 
-def measure_floor(subscribers: int, rate: float, duration_s: float, pad: int) -> Figures:
-    server, server_conn = _spawn(_push_server)
+def measure_floor(
+    subscribers: int, rate: float, duration_s: float, pad: int, relay: bool = False
+) -> Figures:
+    """The push floor; with ``relay``, the relay floor: origin -> stream -> relay -> subscriber."""
+    relays: list[tuple[Any, Connection]] = []
     subs: list[tuple[Any, Connection]] = []
+    spawned: list[tuple[Any, Connection]] = []
     try:
-        target = f"127.0.0.1:{_expect(server_conn, 'push server')}"
-        subs = [_spawn(_subscriber, target) for _ in range(subscribers)]
+        targets: list[str] = []
+        if relay:
+            relays = [_spawn(_push_server, []) for _ in range(subscribers)]
+            targets = [f"127.0.0.1:{_expect(conn, 'relay')}" for _, conn in relays]
+        spawned.append(_spawn(_push_server, targets))
+        target = f"127.0.0.1:{_expect(spawned[0][1], 'push server')}"
+        subs = [_spawn(_subscriber, t) for t in (targets or [target] * subscribers)]
         for _, conn in subs:
             if _expect(conn, "subscriber") != "ready":
                 raise RuntimeError("a subscriber did not subscribe")
@@ -417,9 +465,11 @@ def measure_floor(subscribers: int, rate: float, duration_s: float, pad: int) ->
             conn.send("stop")
         received = [dict((seq, at) for at, seq in _expect(conn, "subscriber")) for _, conn in subs]
     finally:
-        with contextlib.suppress(OSError):
-            server_conn.send(None)
-        _reap([p for p, _ in subs] + [server])
+        for _, conn in [*spawned, *relays]:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        _reap([p for p, _ in subs] + [p for p, _ in spawned])
+        _reap([p for p, _ in relays])
     for i, _, acked, _ in measured:
         for got in received:
             at = got.get(i)
@@ -436,10 +486,16 @@ class Cell:
     rate: float
     node: Figures
     floor: Figures
+    relay: Figures
 
     @property
     def ratio(self) -> float:
         floor = self.floor.p(self.floor.visible_ms, 0.99)
+        return self.node.p(self.node.visible_ms, 0.99) / floor if floor > 0 else float("inf")
+
+    @property
+    def relay_ratio(self) -> float:
+        floor = self.relay.p(self.relay.visible_ms, 0.99)
         return self.node.p(self.node.visible_ms, 0.99) / floor if floor > 0 else float("inf")
 
 
@@ -487,7 +543,9 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     node = measure_node(cluster, cell, rate, args.duration)
                     print(f"  {n} nodes, {rate:g} writes/s: push floor ...", flush=True)
                     floor = measure_floor(n - 1, rate, args.duration, pad)
-                    cells.append(Cell(n, rate, node, floor))
+                    print(f"  {n} nodes, {rate:g} writes/s: relay floor ...", flush=True)
+                    relay = measure_floor(n - 1, rate, args.duration, pad, relay=True)
+                    cells.append(Cell(n, rate, node, floor, relay))
             finally:
                 cluster.stop()
     finally:
@@ -526,8 +584,21 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
             f"{ms(f.p(f.ack_ms, 0.5)):>11} {ms(f.p(f.ack_ms, 0.99)):>11} "
             f"{ms(n.writer_cpu_ms):>12} {ms(n.peer_cpu_ms):>14}"
         )
+    header = (
+        f"{'nodes':>5} {'writes/s':>8} {'vis p99':>9} {'relay p50':>9} {'relay p99':>9} "
+        f"{'vs relay':>9} {'unseen':>6} {'errors':>6}"
+    )
+    lines += ["", "beside the relay floor (origin -> stream -> relay -> watcher: a node's hops)"]
+    lines += [header, "-" * len(header)]
     for c in cells:
-        for what, fig in (("node", c.node), ("floor", c.floor)):
+        n, r = c.node, c.relay
+        lines.append(
+            f"{c.nodes:>5} {c.rate:>8g} {ms(n.p(n.visible_ms, 0.99)):>9} "
+            f"{ms(r.p(r.visible_ms, 0.5)):>9} {ms(r.p(r.visible_ms, 0.99)):>9} "
+            f"{c.relay_ratio:>8.1f}x {r.unseen:>6} {r.errors + r.skipped:>6}"
+        )
+    for c in cells:
+        for what, fig in (("node", c.node), ("floor", c.floor), ("relay", c.relay)):
             if fig.first_error:
                 lines.append(f"  {c.nodes}x{c.rate:g} {what}: first error {fig.first_error}")
     target = next((c for c in cells if c.nodes == 3 and c.rate == 100), None)
@@ -539,7 +610,9 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
         )
     lines.append(
         "vis = Observe ack on n1 -> first WatchSelfModel snapshot covering it on each other node; "
-        "floor = Publish ack -> receipt on each subscriber; acked/s = Observe calls issued in "
+        "floor = Publish ack -> receipt on each subscriber; relay floor = the same through one "
+        "client stream and a relay process per subscriber (informational, not the target's "
+        "floor); acked/s = Observe calls issued in "
         "the measured interval and acknowledged; errors = failed or skipped calls; "
         f"fsync {'off' if args.no_fsync else 'on (node default)'}"
     )
