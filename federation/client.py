@@ -141,6 +141,24 @@ class AuditEntry:
     detail: str
 
 
+def _audit_page(reply: admin_pb2.ListAuditResponse) -> tuple[list[AuditEntry], str]:
+    entries = [
+        AuditEntry(
+            e.cursor,
+            _time(e.time),
+            e.node,
+            e.actor,
+            e.actor_role,
+            e.actor_tenant,
+            e.action,
+            Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
+            e.detail,
+        )
+        for e in reply.entries
+    ]
+    return entries, str(reply.next_cursor)
+
+
 def _time(ts: Any) -> dt.datetime:
     return ts.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
 
@@ -374,22 +392,7 @@ class Client:
         """Up to ``limit`` audit entries after the cursor ``after``, oldest first, and the cursor
         to continue from ("" once there is nothing further). Operators only."""
         req = admin_pb2.ListAuditRequest(after=after, limit=limit)
-        reply = self._call(self._admin.ListAudit, req)
-        entries = [
-            AuditEntry(
-                e.cursor,
-                _time(e.time),
-                e.node,
-                e.actor,
-                e.actor_role,
-                e.actor_tenant,
-                e.action,
-                Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
-                e.detail,
-            )
-            for e in reply.entries
-        ]
-        return entries, str(reply.next_cursor)
+        return _audit_page(self._call(self._admin.ListAudit, req))
 
     def cached(
         self, subject: SubjectLike, *, contexts: Sequence[str] = (), include_uncertain: bool = False
@@ -500,6 +503,7 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=_channel_options())
         self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._md = _metadata(agent, token)
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
@@ -587,6 +591,10 @@ class AsyncClient:
     async def forget(self, subject: SubjectLike) -> str:
         req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
         return str((await self._call(self._stub.ForgetSubject, req)).handoff_token)
+
+    async def audit(self, after: str = "", limit: int = 100) -> tuple[list[AuditEntry], str]:
+        req = admin_pb2.ListAuditRequest(after=after, limit=limit)
+        return _audit_page(await self._call(self._admin.ListAudit, req))
 
     async def close(self) -> None:
         await self._channel.close(None)

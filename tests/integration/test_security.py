@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from federation import tokens
 from federation.cli import main
-from federation.client import Client, user
+from federation.client import AsyncClient, AuditEntry, Client, user
 from node.errors import PermissionDenied, Unauthenticated
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.nodes import NodeProcess, free_port
@@ -307,6 +308,13 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
     assert first[0].time.year >= 2026 and end == ""
     with secured.client("support") as support, pytest.raises(PermissionDenied):
         support.audit()
+
+    async def asynchronously() -> list[AuditEntry]:
+        async with AsyncClient(secured.node.address, token=secured.tokens["operator"]) as ops:
+            entries, _ = await ops.audit()
+        return entries
+
+    assert asyncio.run(asynchronously()) == first + more
     cli = [
         "audit", "--target", secured.node.address, "--token", secured.tokens["operator"],
         "--limit", "1",
