@@ -174,20 +174,26 @@ def test_store_figures_read_zero_after_close_instead_of_failing_a_scrape(tmp_pat
     assert (store.size_bytes(), store.estimate_subjects()) == (0, 0)
 
 
-def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The base names of the files fdatasynced from now on (each still synced for real)."""
+    names: list[str] = []
     fdatasync = os.fdatasync
 
     def recording(fd: int) -> None:
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        names.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
         fdatasync(fd)
 
+    monkeypatch.setattr(os, "fdatasync", recording)
+    return names
+
+
+def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch(
+    tmp_path: Path, synced: list[str]
+):
     def live_wals() -> list[str]:
         return sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".log"))
 
-    monkeypatch.setattr(os, "fdatasync", recording)
     store = Store(tmp_path / "db", "sales", sync=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
@@ -219,16 +225,8 @@ def open_files() -> set[str]:
 
 
 def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced: list[str]
 ):
-    synced: list[str] = []
-    fdatasync = os.fdatasync
-
-    def recording(fd: int) -> None:
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", recording)
     store = Store(tmp_path / "db", "sales", sync=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
@@ -243,9 +241,7 @@ def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
     store.close()
 
 
-def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    synced: list[int] = []
-    monkeypatch.setattr(os, "fdatasync", synced.append)
+def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, synced: list[str]):
     store = Store(tmp_path / "db", "sales", sync=False)
     Engine(store).observe("agent", [item(U1, "k")])
     assert synced == []
@@ -283,19 +279,11 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
 
 
 def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced: list[str]
 ):
     """A receiver merges a peer's batch unsynced, shows it, and syncs before acknowledging."""
     peer = Engine(Store(tmp_path / "peer", "support", sync=False))
     peer.observe("agent", [item(U1, "k1")])
-    synced: list[int] = []
-    fdatasync = os.fdatasync
-
-    def recording(fd: int) -> None:
-        synced.append(fd)
-        fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", recording)
     store = Store(tmp_path / "db", "sales", sync=True)
     engine = Engine(store)
     engine.merge_remote([Delta(peer.state(U1))], durable=False)
