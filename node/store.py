@@ -429,7 +429,6 @@ class Store:
         self._written_groups += 1
         if self.sync and any(p.durable for p in group):
             self._sync_wal()
-        wrote_outbox = seq != self.outbox_seq
         if entries:
             with self._tail_lock:
                 self._tail.extend(entries)
@@ -437,7 +436,7 @@ class Store:
         self.hlc = hlc
         for bucket, value in touched.items():
             self._buckets[bucket] = value
-        if wrote_outbox:
+        if entries:  # the outbox grew (its sequence moves exactly when entries are written)
             with self._outbox_grew:
                 self._outbox_grew.notify_all()
         return written
