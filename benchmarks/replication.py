@@ -18,6 +18,11 @@ What runs, per cell (nodes x writes/s), all on loopback, data in a temporary dir
   stream per relay process, and each relay pushes it to its subscriber, the two hops a write
   takes from one node to a watcher on another.
 
+The node, push-floor and relay-floor runs of a cell take turns (``--rounds``, default 3, each
+measuring duration/rounds seconds) and pool their samples: this machine's speed drifts by up to
+~1.8x from one minute to the next (``receive_path.py`` shows it), and a ratio of two runs taken
+minutes apart measures that drift as much as the node.
+
 Times are time.monotonic(), which is system-wide on Linux, so processes compare them directly.
 A write seen before its ack reached the writer counts as 0 ms. Only writes issued during the
 measured interval count (after a one-second warm-up).
@@ -33,6 +38,7 @@ import bisect
 import contextlib
 import dataclasses
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -83,6 +89,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nodes", default="3,5", help="comma-separated cluster sizes")
     p.add_argument("--rates", default="100,1000", help="comma-separated writes/s")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the cell's node, push-floor and relay-floor runs take turns this many times, "
+        "each measuring duration/rounds seconds, so a change of machine speed hits all three",
+    )
     p.add_argument("--quick", action="store_true", help="3 s per cell")
     p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (WAL still on)")
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
@@ -94,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration = 3.0
     if any(n < 2 for n in args.node_counts) or any(r <= 0 for r in args.rate_list):
         p.error("--nodes must be at least 2 and --rates positive")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     return args
 
 
@@ -344,6 +359,25 @@ class Figures:
     def p(self, values: Sequence[float], q: float) -> float:
         return percentile(sorted(values), q)
 
+    def absorb(self, other: Figures) -> None:
+        """Adds another round's samples and counts; CPU per write weighted by its writes."""
+        total = self.acked_total + other.acked_total
+        for attr in ("writer_cpu_ms", "peer_cpu_ms"):
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            if math.isnan(mine) or math.isnan(theirs):
+                value = theirs if math.isnan(mine) else mine
+            else:
+                value = (mine * self.acked_total + theirs * other.acked_total) / max(1, total)
+            setattr(self, attr, value)
+        self.writes += other.writes
+        self.errors += other.errors
+        self.skipped += other.skipped
+        self.ack_ms += other.ack_ms
+        self.visible_ms += other.visible_ms
+        self.unseen += other.unseen
+        self.first_error = self.first_error or other.first_error
+        self.acked_total = total
+
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (Linux /proc)."""
@@ -538,13 +572,17 @@ def run(args: argparse.Namespace) -> list[Cell]:
             try:
                 cluster.wait_converged(timeout_s=30)
                 for rate in args.rate_list:
-                    cell = f"r{n}x{rate:g}"
-                    print(f"  {n} nodes, {rate:g} writes/s: replication ...", flush=True)
-                    node = measure_node(cluster, cell, rate, args.duration)
-                    print(f"  {n} nodes, {rate:g} writes/s: push floor ...", flush=True)
-                    floor = measure_floor(n - 1, rate, args.duration, pad)
-                    print(f"  {n} nodes, {rate:g} writes/s: relay floor ...", flush=True)
-                    relay = measure_floor(n - 1, rate, args.duration, pad, relay=True)
+                    node, floor, relay = Figures(), Figures(), Figures()
+                    seconds = args.duration / args.rounds
+                    for r in range(1, args.rounds + 1):
+                        step = f"  {n} nodes, {rate:g} writes/s, round {r}/{args.rounds}:"
+                        print(f"{step} replication ...", flush=True)
+                        cell = f"r{n}x{rate:g}-{r}"  # fresh subjects each round
+                        node.absorb(measure_node(cluster, cell, rate, seconds))
+                        print(f"{step} push floor ...", flush=True)
+                        floor.absorb(measure_floor(n - 1, rate, seconds, pad))
+                        print(f"{step} relay floor ...", flush=True)
+                        relay.absorb(measure_floor(n - 1, rate, seconds, pad, relay=True))
                     cells.append(Cell(n, rate, node, floor, relay))
             finally:
                 cluster.stop()
@@ -623,7 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print(
         f"replication: nodes {args.nodes}, rates {args.rates} writes/s, {args.duration:g} s per "
-        f"cell, fsync {'off' if args.no_fsync else 'on'}; {os.cpu_count()} CPUs, "
+        f"cell in {args.rounds} rounds, fsync {'off' if args.no_fsync else 'on'}; "
+        f"{os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, grpcio {grpc.__version__}",
         flush=True,
     )

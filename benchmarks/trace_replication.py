@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cell = replication.parse_args(
         ["--nodes", str(args.nodes), "--rates", f"{args.rate:g}",
-         "--duration", f"{args.duration:g}", *(["--no-fsync"] if args.no_fsync else [])]
+         "--duration", f"{args.duration:g}", "--rounds", "1",
+         *(["--no-fsync"] if args.no_fsync else [])]
     )  # fmt: skip
     cells = replication.run(cell)
     print(replication.render(cells, cell), "", sep="\n")
