@@ -22,6 +22,7 @@ DEFAULT_TARGET = "127.0.0.1:7070"
 
 
 def _node(args: argparse.Namespace) -> int:
+    from node import tls
     from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
     from node.server import ConfigError, NodeConfig, serve
@@ -51,6 +52,12 @@ def _node(args: argparse.Namespace) -> int:
             tokens_file = args.tokens
         if args.no_fsync:
             config.fsync = False
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if args.tls_cert:
+            config.server_credentials = tls.agent_server_credentials(
+                Path(args.tls_cert), Path(args.tls_key)
+            )
         if tokens_file:
             config.identify = TokenBook(Path(tokens_file)).identify
         serve(config)
@@ -89,7 +96,14 @@ def _cluster_status(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.target, agent=args.agent, token=args.token, tenant=args.tenant)
+    credentials = None
+    if args.ca:
+        from node import tls
+
+        credentials = tls.agent_channel_credentials(Path(args.ca))
+    return Client(
+        args.target, agent=args.agent, token=args.token, tenant=args.tenant, credentials=credentials
+    )
 
 
 def _print(msg: Any) -> None:
@@ -168,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--domain", default="", help="the domain this node serves, e.g. sales")
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
+    node.add_argument("--tls-cert", help="PEM certificate: serve the agents' port over TLS")
+    node.add_argument("--tls-key", help="PEM private key of --tls-cert")
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
@@ -192,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--agent", default="cli", help="agent id for development nodes (default: cli)"
         )
         p.add_argument("--token", help="bearer token")
+        p.add_argument("--ca", help="PEM CA certificate: connect over TLS, trusting only it")
         p.add_argument(
             "--tenant", default="default", help="tenant of kind:id subjects (default: default)"
         )

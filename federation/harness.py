@@ -39,9 +39,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(address: str, timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_healthy(
+    address: str,
+    timeout_s: float = START_TIMEOUT_S,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -67,6 +76,7 @@ class NodeProcess:
     proc: subprocess.Popen[str] | None = None
     address: str = ""
     metrics_port: int | None = None
+    credentials: grpc.ChannelCredentials | None = None  # to reach a node serving TLS
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +113,7 @@ class NodeProcess:
         self.address = match.group(1)
         self.port = int(self.address.rsplit(":", 1)[1])
         self.metrics_port = int(match.group(2)) if match.group(2) else None
-        wait_healthy(self.address)
+        wait_healthy(self.address, credentials=self.credentials)
         return self
 
     @property

@@ -68,6 +68,9 @@ class NodeConfig:
     grace_s: float = 10.0
     # Set by the security layer: resolves a call's principal (None: development, x-agent-id).
     identify: Callable[[grpc.ServicerContext, Limits], Principal] | None = None
+    # TLS on the agents' port (server-authenticated: agents verify the node, tokens stay
+    # secret on the wire); None serves it in plaintext.
+    server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
     # Federation: the peers this node streams to, every node of the cluster, sync settings.
     peers: tuple[PeerConfig, ...] = ()
@@ -149,6 +152,17 @@ def start(config: NodeConfig) -> RunningNode:
                 f"refusing to serve Sync on {config.peer_listen} without mutual TLS: give the "
                 "cluster file a [cluster.tls] section, or bind loopback"
             )
+    if config.server_credentials is not None and config.peers and not config.peer_listen:
+        raise ConfigError(
+            f"node {config.name}: with TLS on the agents' port, Sync needs a port of its own: "
+            "give the node a peer_address and the cluster file a [cluster.tls] section"
+        )
+    if config.identify is not None and config.server_credentials is None and not is_loopback(host):
+        log.warning(
+            "TLS IS OFF on %s: bearer tokens cross the network in the clear; serve the agents' "
+            "port with --tls-cert and --tls-key",
+            config.listen,
+        )
     if config.identify is None:
         log.warning(
             "AUTHENTICATION IS OFF: node %s trusts the x-agent-id header; loopback only, "
@@ -212,7 +226,10 @@ def start(config: NodeConfig) -> RunningNode:
     )
     reflection.enable_server_reflection(names, server)
     try:
-        bound = server.add_insecure_port(config.listen)
+        if config.server_credentials is None:
+            bound = server.add_insecure_port(config.listen)
+        else:
+            bound = server.add_secure_port(config.listen, config.server_credentials)
         peer_port = None
         if config.peer_listen:
             if config.peer_server_credentials is None:

@@ -1,4 +1,5 @@
-"""Mutual TLS between nodes: gRPC credentials from PEM files, and the verified peer's name.
+"""TLS: mutual between nodes, server-authenticated on the agents' port; gRPC credentials from
+PEM files, and the verified peer's name.
 
 The server side requires and verifies a client certificate issued by the cluster's CA, so a
 peer without one, or with one from another CA, fails the handshake before any call runs. A
@@ -47,6 +48,16 @@ def channel_credentials(ca: PemSource, cert: PemSource, key: PemSource) -> grpc.
     )
 
 
+def agent_server_credentials(cert: PemSource, key: PemSource) -> grpc.ServerCredentials:
+    """The agents' port: serves with ``cert``/``key``; agents show tokens, not certs."""
+    return grpc.ssl_server_credentials([(read_pem(key), read_pem(cert))])
+
+
+def agent_channel_credentials(ca: PemSource) -> grpc.ChannelCredentials:
+    """An agent's side: trusts only a node whose certificate ``ca`` issued."""
+    return grpc.ssl_channel_credentials(root_certificates=read_pem(ca))
+
+
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
     """The CN of the caller's verified client certificate; None on a plaintext or anonymous call."""
     auth = cast(dict[str, list[bytes]], context.auth_context())
@@ -73,6 +84,8 @@ def require_peer(context: grpc.ServicerContext, allowed: Collection[str]) -> str
 
 
 __all__ = [
+    "agent_channel_credentials",
+    "agent_server_credentials",
     "channel_credentials",
     "peer_common_name",
     "read_pem",
