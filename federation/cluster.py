@@ -10,6 +10,7 @@
     ca = "certs/ca.crt"
     cert = "certs/{node}.crt"
     key = "certs/{node}.key"
+    agents = false                # true: the agents' port too, with the node's certificate
     [cluster.auth]
     tokens = "tokens.toml"        # optional; without it nodes serve loopback only
 
@@ -31,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from node import tls
 from node.policy import PolicyBook
@@ -115,6 +118,7 @@ class Cluster:
     max_clock_offset_ms: int = 60_000
     sync: SyncSettings = field(default_factory=SyncSettings)
     tls: Mapping[str, TlsFiles] | None = None  # per node
+    agents_tls: bool = False  # the agents' port over TLS too (with tls)
     tokens: Path | None = None
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
@@ -127,6 +131,12 @@ class Cluster:
 
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
+
+    def agent_credentials(self) -> grpc.ChannelCredentials | None:
+        """What an agent (or the launcher) needs to reach the nodes: their CA under agents TLS."""
+        if self.tls is None or not self.agents_tls:
+            return None
+        return tls.agent_channel_credentials(next(iter(self.tls.values())).ca)
 
     def peers_of(self, name: str) -> tuple[PeerConfig, ...]:
         me = self.node(name)
@@ -201,6 +211,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     except TypeError as exc:
         raise ClusterFileError(f"[cluster.sync]: {exc}") from exc
     tls = None
+    agents_tls = False
     if "tls" in cluster:
         t = cluster["tls"]
         missing = {"ca", "cert", "key"} - set(t)
@@ -208,6 +219,9 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
             raise ClusterFileError(
                 f"[cluster.tls] needs ca, cert and key; missing {sorted(missing)}"
             )
+        agents_tls = t.get("agents", False)
+        if not isinstance(agents_tls, bool):
+            raise ClusterFileError("[cluster.tls] agents must be true or false")
         tls = {
             n.name: TlsFiles(
                 _path(base, t["ca"]),
@@ -234,6 +248,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
         sync=sync,
         tls=tls,
+        agents_tls=agents_tls,
         tokens=tokens,
         policies=policies,
         source=source,
@@ -263,4 +278,6 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)
         config.peer_channel_credentials = tls.channel_credentials(files.ca, files.cert, files.key)
         config.peer_identity = tls.peer_common_name
+        if cluster.agents_tls:
+            config.server_credentials = tls.agent_server_credentials(files.cert, files.key)
     return config

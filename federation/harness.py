@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
+from node.tls import agent_channel_credentials
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
@@ -195,7 +196,10 @@ class LocalCluster:
         fsync: bool = False,
         max_clock_offset_ms: int = 60_000,
         tls: bool = False,
+        agents_tls: bool = False,
     ) -> None:
+        if agents_tls and not tls:
+            raise ValueError("agents_tls needs tls (the nodes' certificates)")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in names}
@@ -225,6 +229,7 @@ class LocalCluster:
                 f'ca = "{self.certs}/ca.pem"',
                 f'cert = "{self.certs}/{{node}}.pem"',
                 f'key = "{self.certs}/{{node}}.key"',
+                f"agents = {'true' if agents_tls else 'false'}",
             ]
         for name in names:
             lines += [
@@ -241,8 +246,20 @@ class LocalCluster:
                 )
         self.file = root / "cluster.toml"
         self.file.write_text("\n".join(lines) + "\n")
+        # What agents (and this harness) present to reach the nodes: their CA under agents TLS.
+        self.agent_credentials = (
+            agent_channel_credentials(self.certs / "ca.pem")
+            if agents_tls and self.certs is not None
+            else None
+        )
         self.nodes = {
-            name: NodeProcess(name, root / name, port=self.ports[name], cluster_file=self.file)
+            name: NodeProcess(
+                name,
+                root / name,
+                port=self.ports[name],
+                cluster_file=self.file,
+                credentials=self.agent_credentials,
+            )
             for name in names
         }
 
@@ -276,6 +293,7 @@ class LocalCluster:
         return f"127.0.0.1:{self.ports[name]}"
 
     def client(self, name: str, agent: str, tenant: str = "acme", **kwargs: Any) -> Client:
+        kwargs.setdefault("credentials", self.agent_credentials)
         return Client(self.address(name), agent=agent, tenant=tenant, **kwargs)
 
     # -- faults ----------------------------------------------------------------------------

@@ -132,9 +132,14 @@ def status_rows(
 ) -> list[list[str]]:
     rows = []
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    credentials = cluster.agent_credentials()
     for spec in cluster.nodes:
         try:
-            with grpc.insecure_channel(spec.address) as channel:
+            with (
+                grpc.insecure_channel(spec.address)
+                if credentials is None
+                else grpc.secure_channel(spec.address, credentials)
+            ) as channel:
                 status = admin_pb2_grpc.AdminStub(channel).GetStatus(
                     admin_pb2.GetStatusRequest(), timeout=timeout_s, metadata=metadata
                 )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from federation import cluster
 from federation.certs import ClusterCerts, create_cluster_certs
 from federation.cli import main
 from federation.client import Client, user
@@ -119,3 +121,30 @@ def test_tls_on_the_agents_port_needs_sync_on_a_port_of_its_own(
     with pytest.raises(ConfigError, match="Sync needs a port of its own"):
         start(config)
     assert not (tmp_path / "data").exists()  # refused before the store was opened
+
+
+def cluster_text(certs: ClusterCerts, agents: str) -> str:
+    return f"""
+[cluster.tls]
+ca = "{certs.ca}"
+cert = "{certs.nodes["local"].cert}"
+key = "{certs.nodes["local"].key}"
+agents = {agents}
+[[node]]
+name = "local"
+address = "127.0.0.1:7070"
+peer_address = "127.0.0.1:7170"
+"""
+
+
+def test_the_cluster_file_turns_agents_tls_on_per_cluster(
+    certs: ClusterCerts, tmp_path: Path
+) -> None:
+    on = cluster.parse(tomllib.loads(cluster_text(certs, "true")), tmp_path, None)
+    assert cluster.node_config(on, "local").server_credentials is not None
+    assert on.agent_credentials() is not None
+    off = cluster.parse(tomllib.loads(cluster_text(certs, "false")), tmp_path, None)
+    assert cluster.node_config(off, "local").server_credentials is None
+    assert off.agent_credentials() is None
+    with pytest.raises(cluster.ClusterFileError, match="agents must be true or false"):
+        cluster.parse(tomllib.loads(cluster_text(certs, '"yes"')), tmp_path, None)

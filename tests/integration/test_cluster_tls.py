@@ -10,6 +10,9 @@ import pytest
 
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import user
+from federation.cluster import load as load_cluster
+from federation.launcher import status_rows
+from node.errors import Unavailable
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 
@@ -32,6 +35,26 @@ def test_a_node_pair_with_mutual_tls_replicates(make_cluster):
         model = support.self_model(user("u-tls"), at_least=written.token, timeout_s=20)
         assert [b.statement for b in model.beliefs("channel_pref")] == ["Prefers calls"]
     cluster.wait_converged()
+
+
+def test_with_agents_tls_agents_and_the_status_table_reach_the_nodes_over_tls(make_cluster):
+    cluster = make_cluster(("sales", "support"), tls=True, agents_tls=True)
+    with (
+        cluster.client("sales", "sales_agent") as sales,
+        cluster.client("support", "reader") as support,
+    ):
+        written = sales.observe(user("u-atls"), "Prefers chat", confidence=0.9, context="channel")
+        model = support.self_model(user("u-atls"), at_least=written.token, timeout_s=20)
+        assert [b.statement for b in model.beliefs("channel")] == ["Prefers chat"]
+    with (
+        cluster.client("sales", "plain", credentials=None, attempts=1, timeout_s=3) as plain,
+        pytest.raises(Unavailable),
+    ):
+        plain.self_model(user("u-atls"))
+    spec = load_cluster(cluster.file)
+    assert spec.agents_tls
+    rows = status_rows(spec)
+    assert [(r[0], r[3]) for r in rows] == [("sales", "serving"), ("support", "serving")]
 
 
 def test_sync_refuses_a_certificate_of_another_ca_or_none_and_an_unknown_node(
