@@ -30,6 +30,7 @@ from tenacity import (
 )
 
 from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
+from node.tls import open_channel
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -284,10 +285,7 @@ class Client:
         timeout_s: float = 10.0,
         attempts: int = 5,
     ) -> None:
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=_channel_options())
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=_channel_options())
+        self._channel = open_channel(target, credentials, _channel_options())
         self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._md = _metadata(agent, token)

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
-from node.tls import agent_channel_credentials
+from node.tls import agent_channel_credentials, open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
@@ -46,12 +46,7 @@ def wait_healthy(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
-    channel = (
-        grpc.insecure_channel(address)
-        if credentials is None
-        else grpc.secure_channel(address, credentials)
-    )
-    with channel:
+    with open_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

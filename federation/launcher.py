@@ -16,6 +16,7 @@ from typing import IO, TextIO
 import grpc
 
 from federation.cluster import Cluster, default_cluster_text
+from node.tls import open_channel
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0
@@ -135,11 +136,7 @@ def status_rows(
     credentials = cluster.agent_credentials()
     for spec in cluster.nodes:
         try:
-            with (
-                grpc.insecure_channel(spec.address)
-                if credentials is None
-                else grpc.secure_channel(spec.address, credentials)
-            ) as channel:
+            with open_channel(spec.address, credentials) as channel:
                 status = admin_pb2_grpc.AdminStub(channel).GetStatus(
                     admin_pb2.GetStatusRequest(), timeout=timeout_s, metadata=metadata
                 )

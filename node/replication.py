@@ -16,7 +16,7 @@ from node.engine import Engine
 from node.errors import InvalidArgument
 from node.servicer import aborted, map_errors
 from node.store import Store
-from node.tls import PEERS_REFUSED
+from node.tls import PEERS_REFUSED, open_channel
 from node.validation import Limits
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
@@ -163,10 +163,7 @@ class GrpcPeerLink:
     """sync.ports.PeerLink over a gRPC channel to the peer's Sync service."""
 
     def __init__(self, me: str, address: str, credentials: grpc.ChannelCredentials | None) -> None:
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=_KEEPALIVE)
-        else:
-            self._channel = grpc.secure_channel(address, credentials, options=_KEEPALIVE)
+        self._channel = open_channel(address, credentials, _KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
         self._replicate = self._channel.stream_stream(

@@ -9,9 +9,9 @@ a node can count is an authenticated peer that is not in the cluster file (``req
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from prometheus_client import Counter
@@ -46,6 +46,17 @@ def channel_credentials(ca: PemSource, cert: PemSource, key: PemSource) -> grpc.
     return grpc.ssl_channel_credentials(
         root_certificates=read_pem(ca), private_key=read_pem(key), certificate_chain=read_pem(cert)
     )
+
+
+def open_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel over TLS with ``credentials``, else in plaintext."""
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def agent_server_credentials(cert: PemSource, key: PemSource) -> grpc.ServerCredentials:
@@ -87,6 +98,7 @@ __all__ = [
     "agent_channel_credentials",
     "agent_server_credentials",
     "channel_credentials",
+    "open_channel",
     "peer_common_name",
     "read_pem",
     "require_peer",
