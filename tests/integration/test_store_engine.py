@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -29,13 +31,35 @@ def item(
     return ObservationInput(subject, "facts", key, statement, confidence)
 
 
-def test_every_start_is_a_new_incarnation_and_a_new_actor(tmp_path: Path):
-    actors = []
+def test_every_start_is_a_new_incarnation_and_the_actor_changes_only_after_an_unclean_stop(
+    tmp_path: Path,
+):
+    seen = []
     for _ in range(3):
         store = Store(tmp_path / "db", "sales")
-        actors.append(store.actor)
+        seen.append((store.incarnation, store.actor))
         store.close()
-    assert actors == ["sales.1", "sales.2", "sales.3"]
+    assert seen == [(1, "sales.1"), (2, "sales.1"), (3, "sales.1")]
+    # A process that dies without closing its store (as after kill -9): a new actor.
+    die = (
+        "import os, sys; from pathlib import Path; from node.store import Store; "
+        "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", die, str(tmp_path / "db")], check=True, timeout=60)
+    for expected in [(5, "sales.5"), (6, "sales.5")]:
+        store = Store(tmp_path / "db", "sales")
+        assert (store.incarnation, store.actor) == expected
+        store.close()
+
+
+def test_a_kept_actor_goes_on_counting_where_it_stopped(tmp_path: Path):
+    subject = Subject("acme", SubjectKind.USER, "u-counter")
+    ids = []
+    for i in range(2):
+        store = Store(tmp_path / "db", "sales")
+        ids.append(Engine(store).observe("agent", [item(subject, f"k{i}")]).written[0])
+        store.close()
+    assert [w.observation_id for w in ids] == ["sales.1:1", "sales.1:2"]
 
 
 def test_a_data_directory_of_another_node_is_refused(tmp_path: Path):
