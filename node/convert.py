@@ -39,7 +39,7 @@ def snapshot(
     subject: Subject, beliefs: Iterable[Belief], token: str, resolved_ms: int, node: str
 ) -> model_pb2.SelfModelSnapshot:
     msg = model_pb2.SelfModelSnapshot(handoff_token=token, node=node)
-    msg.subject.CopyFrom(subject_to_proto(subject))
+    subject_to_proto(subject, msg.subject)
     msg.resolved_at.FromMilliseconds(resolved_ms)
     for b in beliefs:
         belief_to_proto(b, msg.beliefs.add())
@@ -98,7 +98,7 @@ def explanation(
     subject: Subject, context: str, key: str, found: Explanation | None, token: str
 ) -> selfmodel_pb2.Explanation:
     msg = selfmodel_pb2.Explanation(context=context, key=key, handoff_token=token)
-    msg.subject.CopyFrom(subject_to_proto(subject))
+    subject_to_proto(subject, msg.subject)
     if found is None:
         return msg
     msg.policy = found.belief.policy
@@ -141,5 +141,5 @@ def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAudi
             detail=r.detail,
         )
         item.time.FromMilliseconds(e.time_ms)
-        item.subject.CopyFrom(subject_to_proto(r.subject))
+        subject_to_proto(r.subject, item.subject)
     return msg

@@ -337,7 +337,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 )
             for subject, digest in self.engine.store.bucket_digests(bucket):
                 d = reply.digests.add(digest=digest)
-                d.subject.CopyFrom(subject_to_proto(subject))
+                subject_to_proto(subject, d.subject)
         return reply
 
     @map_errors

@@ -16,11 +16,7 @@ from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 
 
-def subject_to_proto(subject: Subject) -> model_pb2.Subject:
-    return model_pb2.Subject(tenant=subject.tenant, kind=int(subject.kind), id=subject.id)  # type: ignore[arg-type]
-
-
-def _fill_subject(subject: Subject, msg: model_pb2.Subject) -> None:
+def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
     """Sets ``msg`` (a field of a message being built: no temporary to copy in) to ``subject``."""
     msg.tenant = subject.tenant
     msg.kind = subject.kind  # type: ignore[assignment]
@@ -63,7 +59,7 @@ def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
 
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     msg = sync_pb2.SubjectState(generation=state.generation)
-    _fill_subject(state.subject, msg.subject)
+    subject_to_proto(state.subject, msg.subject)
     context_to_proto(state.context, msg.context)
     observations = state.observations
     add = msg.observations.add
@@ -148,7 +144,7 @@ def encode_token(positions: Mapping[Subject, Position]) -> str:
     for subject in sorted(positions):
         generation, context = positions[subject]
         p = msg.positions.add(generation=generation)
-        _fill_subject(subject, p.subject)
+        subject_to_proto(subject, p.subject)
         context_to_proto(context, p.context)
     return base64.urlsafe_b64encode(msg.SerializeToString(deterministic=True)).decode().rstrip("=")
 
