@@ -15,7 +15,7 @@ from node import validation
 from node.engine import Engine
 from node.errors import InvalidArgument
 from node.servicer import aborted, map_errors
-from node.store import Store
+from node.store import BUCKETS, Store
 from node.tls import PEERS_REFUSED, open_channel
 from node.validation import Limits
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
@@ -331,7 +331,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self._authorize(context)
         reply = sync_pb2.Digests()
         for bucket in request.buckets:
-            if bucket >= len(self.engine.store.bucket_hashes()):
+            if bucket >= BUCKETS:
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range"
                 )
