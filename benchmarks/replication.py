@@ -591,50 +591,57 @@ def run(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
+def _table(title: str, columns: Sequence[tuple[str, int]], rows: list[list[str]]) -> list[str]:
+    """A titled table: every cell right-aligned to its column's width, one space apart."""
+    header = " ".join(name.rjust(width) for name, width in columns)
+    lines = [title, header, "-" * len(header)]
+    for row in rows:
+        lines.append(" ".join(cell.rjust(w) for cell, (_, w) in zip(row, columns, strict=True)))
+    return lines
+
+
 def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
     def ms(value: float) -> str:
         return f"{value:.2f}ms"
 
-    header = (
-        f"{'nodes':>5} {'writes/s':>8} {'acked/s':>7} {'vis p50':>9} {'vis p99':>9} "
-        f"{'floor p50':>9} {'floor p99':>9} {'p99 ratio':>9} {'unseen':>6} {'errors':>6}"
-    )
-    lines = ["time to visible", header, "-" * len(header)]
-    for c in cells:
-        n, f = c.node, c.floor
-        lines.append(
-            f"{c.nodes:>5} {c.rate:>8g} {n.writes / args.duration:>7.0f} "
-            f"{ms(n.p(n.visible_ms, 0.5)):>9} "
-            f"{ms(n.p(n.visible_ms, 0.99)):>9} {ms(f.p(f.visible_ms, 0.5)):>9} "
-            f"{ms(f.p(f.visible_ms, 0.99)):>9} {c.ratio:>8.1f}x {n.unseen + f.unseen:>6} "
-            f"{n.errors + n.skipped + f.errors + f.skipped:>6}"
-        )
-    header = (
-        f"{'nodes':>5} {'writes/s':>8} {'Observe p50':>11} {'Observe p99':>11} "
-        f"{'Publish p50':>11} {'Publish p99':>11} {'CPU/write n1':>12} {'CPU/write peer':>14}"
-    )
-    lines += ["", "call latency (call -> ack) and node CPU time per write", header]
-    lines.append("-" * len(header))
-    for c in cells:
-        n, f = c.node, c.floor
-        lines.append(
-            f"{c.nodes:>5} {c.rate:>8g} {ms(n.p(n.ack_ms, 0.5)):>11} {ms(n.p(n.ack_ms, 0.99)):>11} "
-            f"{ms(f.p(f.ack_ms, 0.5)):>11} {ms(f.p(f.ack_ms, 0.99)):>11} "
-            f"{ms(n.writer_cpu_ms):>12} {ms(n.peer_cpu_ms):>14}"
-        )
-    header = (
-        f"{'nodes':>5} {'writes/s':>8} {'vis p99':>9} {'relay p50':>9} {'relay p99':>9} "
-        f"{'vs relay':>9} {'unseen':>6} {'errors':>6}"
-    )
-    lines += ["", "beside the relay floor (origin -> stream -> relay -> watcher: a node's hops)"]
-    lines += [header, "-" * len(header)]
-    for c in cells:
-        n, r = c.node, c.relay
-        lines.append(
-            f"{c.nodes:>5} {c.rate:>8g} {ms(n.p(n.visible_ms, 0.99)):>9} "
-            f"{ms(r.p(r.visible_ms, 0.5)):>9} {ms(r.p(r.visible_ms, 0.99)):>9} "
-            f"{c.relay_ratio:>8.1f}x {r.unseen:>6} {r.errors + r.skipped:>6}"
-        )
+    lines = _table(
+        "time to visible",
+        [("nodes", 5), ("writes/s", 8), ("acked/s", 7), ("vis p50", 9), ("vis p99", 9),
+         ("floor p50", 9), ("floor p99", 9), ("p99 ratio", 9), ("unseen", 6), ("errors", 6)],
+        [
+            [str(c.nodes), f"{c.rate:g}", f"{c.node.writes / args.duration:.0f}",
+             ms(c.node.p(c.node.visible_ms, 0.5)), ms(c.node.p(c.node.visible_ms, 0.99)),
+             ms(c.floor.p(c.floor.visible_ms, 0.5)), ms(c.floor.p(c.floor.visible_ms, 0.99)),
+             f"{c.ratio:.1f}x", str(c.node.unseen + c.floor.unseen),
+             str(c.node.errors + c.node.skipped + c.floor.errors + c.floor.skipped)]
+            for c in cells
+        ],
+    )  # fmt: skip
+    lines.append("")
+    lines += _table(
+        "call latency (call -> ack) and node CPU time per write",
+        [("nodes", 5), ("writes/s", 8), ("Observe p50", 11), ("Observe p99", 11),
+         ("Publish p50", 11), ("Publish p99", 11), ("CPU/write n1", 12), ("CPU/write peer", 14)],
+        [
+            [str(c.nodes), f"{c.rate:g}",
+             ms(c.node.p(c.node.ack_ms, 0.5)), ms(c.node.p(c.node.ack_ms, 0.99)),
+             ms(c.floor.p(c.floor.ack_ms, 0.5)), ms(c.floor.p(c.floor.ack_ms, 0.99)),
+             ms(c.node.writer_cpu_ms), ms(c.node.peer_cpu_ms)]
+            for c in cells
+        ],
+    )  # fmt: skip
+    lines.append("")
+    lines += _table(
+        "beside the relay floor (origin -> stream -> relay -> watcher: a node's hops)",
+        [("nodes", 5), ("writes/s", 8), ("vis p99", 9), ("relay p50", 9), ("relay p99", 9),
+         ("vs relay", 9), ("unseen", 6), ("errors", 6)],
+        [
+            [str(c.nodes), f"{c.rate:g}", ms(c.node.p(c.node.visible_ms, 0.99)),
+             ms(c.relay.p(c.relay.visible_ms, 0.5)), ms(c.relay.p(c.relay.visible_ms, 0.99)),
+             f"{c.relay_ratio:.1f}x", str(c.relay.unseen), str(c.relay.errors + c.relay.skipped)]
+            for c in cells
+        ],
+    )  # fmt: skip
     for c in cells:
         for what, fig in (("node", c.node), ("floor", c.floor), ("relay", c.relay)):
             if fig.first_error:
