@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from federation import certs, cluster, tokens
@@ -159,6 +161,48 @@ def _forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    """grpc.health.v1 Check of one node: exit 0 only while it answers SERVING.
+
+    With ``--cluster`` the cluster file says where the node listens, whether its agents' port
+    speaks TLS and which CA to trust; the node is ``--name``, else this machine's hostname (a
+    StatefulSet pod's or a compose service's), so one probe command serves every node.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from node import tls
+
+    target, credentials, server_name = args.target, None, args.server_name
+    if args.cluster:
+        spec = cluster.load(Path(args.cluster))
+        name = args.name or socket.gethostname()
+        if name not in spec.names():
+            raise ValueError(
+                f"{args.cluster} has no node named {name!r} (pass --name; nodes: "
+                f"{', '.join(spec.names())})"
+            )
+        target = cluster.dial_address(spec.node(name).address)
+        credentials = spec.agent_credentials()
+        server_name = server_name or name
+    elif args.ca:
+        credentials = tls.agent_channel_credentials(Path(args.ca))
+    options = []
+    if credentials is not None and server_name:
+        # Dialed by address (loopback, in a probe): check the certificate against the node's name.
+        options.append(("grpc.ssl_target_name_override", server_name))
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    with tls.open_channel(target, credentials, options) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            failure = f"{exc.code().name}: {exc.details()}"
+            print(f"selfmodel health: {target}: {failure}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfmodel", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -246,6 +290,30 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
     client_args(audit)
     audit.set_defaults(run=_audit)
+
+    health = sub.add_parser(
+        "health", help="grpc.health.v1 check of a node: exit 0 only while it is SERVING"
+    )
+    health.add_argument(
+        "--target",
+        default=os.environ.get("SELFMODEL_HEALTH_TARGET", DEFAULT_TARGET),
+        help="node address (default: $SELFMODEL_HEALTH_TARGET, else %(default)s)",
+    )
+    health.add_argument("--ca", help="PEM CA certificate: connect over TLS, trusting only it")
+    health.add_argument(
+        "--server-name", help="the name to check the node's certificate against (TLS)"
+    )
+    health.add_argument(
+        "--cluster",
+        help="cluster file: check its node --name at its address, over TLS when its agents' "
+        "port is (overrides --target and --ca)",
+    )
+    health.add_argument("--name", help="node of --cluster (default: this machine's hostname)")
+    health.add_argument("--service", default="", help="service to check (default: the node)")
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait (default: %(default)s)"
+    )
+    health.set_defaults(run=_health)
     tokens.add_commands(sub)
     certs.add_commands(sub)
     return parser

@@ -154,6 +154,16 @@ def load(path: Path | None, *, tls: bool = False) -> Cluster:
     return parse(raw, path.resolve().parent, path.resolve())
 
 
+def dial_address(listen: str) -> str:
+    """Where a process on the node's own machine reaches an address the node listens on: a
+    wildcard host (``0.0.0.0``, ``[::]``, empty) becomes loopback; any other stays as it is."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        return listen
+    loopback = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host)
+    return f"{loopback}:{port}" if loopback else listen
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from node.replication import PeerConfig
 from node.server import ConfigError, NodeConfig, start
 from node.tls import agent_channel_credentials, agent_server_credentials
 from tests.nodes import NodeProcess
+from tests.unit.test_deploy import agents_tls_probe_command
 
 
 def cli(*argv: str) -> int | str | None:
@@ -148,3 +150,36 @@ def test_the_cluster_file_turns_agents_tls_on_per_cluster(
     assert off.agent_credentials() is None
     with pytest.raises(cluster.ClusterFileError, match="agents must be true or false"):
         cluster.parse(tomllib.loads(cluster_text(certs, '"yes"')), tmp_path, None)
+
+
+def test_health_checks_a_tls_node_by_address_or_through_the_cluster_file(
+    tls_node: NodeProcess,
+    certs: ClusterCerts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, ca = tls_node.address, str(certs.ca)
+    assert cli("health", "--target", address, "--ca", ca) == 0
+    assert capsys.readouterr().out.strip() == f"{address}: SERVING"
+    assert cli("health", "--target", address, "--ca", ca, "--server-name", "local") == 0
+    # Its certificate names local, localhost and 127.0.0.1; plaintext gets no answer either.
+    assert cli("health", "--target", address, "--ca", ca, "--server-name", "billing") == 1
+    assert cli("health", "--target", address, "--timeout", "2") == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+    # The agents-tls component's probe, in a pod whose hostname is the node's name.
+    file = tmp_path / "cluster.toml"
+    file.write_text(cluster_text(certs, "true").replace("127.0.0.1:7070", address))
+    probe = agents_tls_probe_command()
+    argv = probe[1:]
+    argv[argv.index("--cluster") + 1] = str(file)
+    monkeypatch.setattr(socket, "gethostname", lambda: "local")
+    assert cli(*argv) == 0
+    monkeypatch.setattr(socket, "gethostname", lambda: "selfmodel-7")
+    assert cli(*argv) == 2
+    assert "no node named 'selfmodel-7'" in capsys.readouterr().err
+    assert cli(*argv, "--name", "local") == 0
+    # With agents TLS off in the file, the probe speaks plaintext, which this node refuses.
+    file.write_text(cluster_text(certs, "false").replace("127.0.0.1:7070", address))
+    assert cli(*argv, "--name", "local", "--timeout", "2") == 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.nodes import NodeProcess
 from tests.unit.test_deploy import healthcheck_command
@@ -13,10 +14,11 @@ from tests.unit.test_deploy import healthcheck_command
 
 def _run_healthcheck(target: str) -> subprocess.CompletedProcess[str]:
     command = healthcheck_command()
-    assert command[0] == "python"
+    assert command[0] == "selfmodel"
+    executable = Path(sys.executable).with_name("selfmodel")  # the environment's console script
     env = {**os.environ, "SELFMODEL_HEALTH_TARGET": target}
     return subprocess.run(
-        [sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=30
+        [str(executable), *command[1:]], env=env, capture_output=True, text=True, timeout=30
     )
 
 
@@ -26,6 +28,8 @@ def test_docker_healthcheck_passes_while_the_node_serves_and_fails_once_it_stopp
     node = start_node()
     serving = _run_healthcheck(node.address)
     assert serving.returncode == 0, serving.stderr
+    assert serving.stdout.strip() == f"{node.address}: SERVING"
     node.stop()
     stopped = _run_healthcheck(node.address)
-    assert stopped.returncode != 0
+    assert stopped.returncode == 1
+    assert "UNAVAILABLE" in stopped.stderr

@@ -492,6 +492,73 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
 
 
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """As much of Kubernetes' strategic merge patch as deploy/k8s's patches use: maps merge, a
+    null deletes its key, lists of named maps (containers) merge item by item by name."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = strategic_merge(merged[key], value) if key in merged else value
+        return merged
+    named = [*base, *patch] if isinstance(base, list) and isinstance(patch, list) else []
+    if named and all(isinstance(item, dict) and "name" in item for item in named):
+        merged_list = list(base)
+        for item in patch:
+            at = [i for i, old in enumerate(merged_list) if old["name"] == item["name"]]
+            if at:
+                merged_list[at[0]] = strategic_merge(merged_list[at[0]], item)
+            else:
+                merged_list.append(item)
+        return merged_list
+    return patch
+
+
+def test_strategic_merge_follows_kubernetes_for_maps_nulls_and_named_lists() -> None:
+    base = {"a": {"grpc": {"port": 1}, "keep": 1}, "cs": [{"name": "x", "v": 1}, {"name": "y"}]}
+    patch = {"a": {"grpc": None, "exec": {"command": ["c"]}}, "cs": [{"name": "y", "v": 2}]}
+    assert strategic_merge(base, patch) == {
+        "a": {"keep": 1, "exec": {"command": ["c"]}},
+        "cs": [{"name": "x", "v": 1}, {"name": "y", "v": 2}],
+    }
+
+
+AGENTS_TLS = K8S / "agents-tls"
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def agents_tls_statefulset() -> dict[str, Any]:
+    """deploy/k8s's StatefulSet with the agents-tls component's patch applied."""
+    component = load_yaml(AGENTS_TLS / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    [ref] = component["patches"]
+    patch = load_yaml(AGENTS_TLS / ref["path"])
+    assert (patch["kind"], patch["metadata"]["name"]) == ("StatefulSet", "selfmodel")
+    return strategic_merge(statefulset(), patch)  # type: ignore[no-any-return]
+
+
+def agents_tls_probe_command() -> list[str]:
+    """The exec probes' command of the agents-tls component (also run by tests/integration)."""
+    [container] = agents_tls_statefulset()["spec"]["template"]["spec"]["containers"]
+    commands = {tuple(container[p]["exec"]["command"]) for p in PROBES}
+    assert len(commands) == 1, commands
+    return list(commands.pop())
+
+
+def test_the_agents_tls_component_probes_with_selfmodel_health_on_the_pods_cluster_file() -> None:
+    [container] = agents_tls_statefulset()["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    for probe in PROBES:
+        handlers = {"exec", "grpc", "httpGet", "tcpSocket"} & container[probe].keys()
+        assert handlers == {"exec"}, probe
+    command = agents_tls_probe_command()
+    assert command == ["selfmodel", "health", "--cluster", args[args.index("--cluster") + 1]]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # a WAL replay's time
+
+
 def _k8s_versions() -> list[str]:
     validate = pytest.importorskip(
         "kubernetes_validate.utils",
@@ -503,13 +570,15 @@ def _k8s_versions() -> list[str]:
 
 def test_kubernetes_manifests_validate_against_the_schemas() -> None:
     """Strict (unknown fields fail) against the oldest Kubernetes deploy/ supports (1.27: gRPC
-    probes and PVC retention) and the newest one kubernetes-validate ships (offline schemas)."""
+    probes and PVC retention) and the newest one kubernetes-validate ships (offline schemas);
+    the StatefulSet also as the agents-tls component patches it."""
     versions = _k8s_versions()
     from kubernetes_validate import utils
 
     assert versions, "kubernetes-validate ships no schema of 1.27 or later"
+    documents = [*k8s_documents(), (AGENTS_TLS / "probes.yaml", agents_tls_statefulset())]
     for version in {versions[0], versions[-1]}:
-        for path, doc in k8s_documents():
+        for path, doc in documents:
             try:
                 utils.validate(doc, version, strict=True)
             except utils.ValidationError as exc:
@@ -540,7 +609,20 @@ def test_the_image_installs_every_package_and_exposes_the_cluster_ports() -> Non
     assert re.search(r"^USER selfmodel:selfmodel$", dockerfile, re.M)
     assert re.search(r"^STOPSIGNAL SIGTERM$", dockerfile, re.M)
     assert re.search(r'^VOLUME \["/data"\]$', dockerfile, re.M)
-    assert "grpc_health.v1" in healthcheck_command()[-1]
+    assert healthcheck_command() == ["selfmodel", "health"]
+
+
+def test_compose_checks_each_node_through_the_cluster_file_it_runs() -> None:
+    """The check follows the cluster file (address, TLS on the agents' port), for the node the
+    container's hostname names."""
+    services = compose()["services"]
+    for name in DOMAINS:
+        service = services[name]
+        test = service["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "selfmodel", "health"], name
+        command = service["command"]
+        assert test[test.index("--cluster") + 1] == command[command.index("--cluster") + 1]
+        assert "--name" not in test and service["hostname"] == name
 
 
 def healthcheck_command() -> list[str]:
