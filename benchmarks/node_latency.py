@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -575,6 +576,20 @@ class Ratio:
     value: float
     target: str  # "" when informational
     passed: bool | None
+    # The same ratio within each round: node and echo measured a minute or less apart, so the
+    # spread shows how far the machine's drift moves the pooled value.
+    rounds: tuple[float, ...] = ()
+
+
+def with_rounds(pooled: list[Ratio], per_round: list[list[Ratio]]) -> list[Ratio]:
+    return [
+        dataclasses.replace(x, rounds=tuple(r[i].value for r in per_round))
+        for i, x in enumerate(pooled)
+    ]
+
+
+def _rounds(x: Ratio) -> str:
+    return " ".join(f"{v:.2f}" for v in x.rounds)
 
 
 def ratios(fig: dict[str, Figures], clients: int) -> list[Ratio]:
@@ -622,7 +637,7 @@ def ratios(fig: dict[str, Figures], clients: int) -> list[Ratio]:
 
 def _ratio_row(x: Ratio) -> str:
     verdict = "" if x.passed is None else ("PASS" if x.passed else "MISS")
-    return f"{x.name:<54} {x.value:>7.2f}   {x.target or 'info':<8} {verdict}"
+    return f"{x.name:<54} {x.value:>7.2f}   {x.target or 'info':<8} {verdict:<7} {_rounds(x)}"
 
 
 def machine() -> dict[str, str]:
@@ -666,10 +681,16 @@ def markdown(
             f"| {'' if f.writes_per_commit is None else f'{f.writes_per_commit:.1f}'} "
             f"| {'' if f.commit_ms is None else f'{f.commit_ms:.2f}'} |"
         )
-    lines += ["", "| ratio | value | target | verdict |", "|---|--:|---|---|"]
+    lines += [
+        "",
+        "| ratio | value (rounds pooled) | target | verdict | each round |",
+        "|---|--:|---|---|---|",
+    ]
     for x in rs:
         verdict = "" if x.passed is None else ("PASS" if x.passed else "MISS")
-        lines.append(f"| {x.name} | {x.value:.2f} | {x.target or 'info'} | {verdict} |")
+        lines.append(
+            f"| {x.name} | {x.value:.2f} | {x.target or 'info'} | {verdict} | {_rounds(x)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -693,7 +714,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=3,
-        help="times every scenario is measured, interleaved; figures pool the rounds (default: 3)",
+        help="times every scenario is measured, interleaved; figures pool the rounds, ratios are "
+        "also shown per round (default: 3)",
     )
     p.add_argument(
         "--quick",
@@ -868,23 +890,30 @@ def scenarios(
     return out
 
 
-def run_rounds(bench: Bench, plan: Sequence[Scenario], rounds: int) -> list[Figures]:
+def run_rounds(
+    bench: Bench, plan: Sequence[Scenario], rounds: int
+) -> tuple[list[Figures], list[dict[str, Figures]]]:
     """Every scenario once per round, in the same order, so background load hits node and echo
-    alike; prints a progress line per measurement."""
+    alike; prints a progress line per measurement. Returns the figures of all rounds pooled, and
+    each round's on its own (by scenario name)."""
     samples: dict[str, list[Sample]] = {s.name: [] for s in plan}
+    per_round: list[dict[str, Figures]] = []
     for r in range(1, rounds + 1):
+        per_round.append({})
         for sc in plan:
             sample = bench.measure(
                 f"{sc.name} r{r}", sc.server, sc.method, sc.requests_per_client, sc.profile
             )
             samples[sc.name].append(sample)
             one = Figures.of(sc.name, sc.server.label, sc.clients, [sample])
+            per_round[-1][sc.name] = one
             print(
                 f"  round {r}/{rounds}  {sc.name:<22} p50 {one.p50_ms:7.3f} ms  "
                 f"p99 {one.p99_ms:7.3f} ms  {one.throughput:6.0f} calls/s",
                 flush=True,
             )
-    return [Figures.of(sc.name, sc.server.label, sc.clients, samples[sc.name]) for sc in plan]
+    pooled = [Figures.of(sc.name, sc.server.label, sc.clients, samples[sc.name]) for sc in plan]
+    return pooled, per_round
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -936,7 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool, args.duration, args.warmup_calls, args.max_calls, args.timeout, profiler
         )
         plan = scenarios(args, durable, nofsync, echo, captured)
-        figures = run_rounds(bench, plan, args.rounds)
+        figures, per_round = run_rounds(bench, plan, args.rounds)
         pool.close()  # the clients go before the servers
 
     print()
@@ -949,9 +978,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rs: list[Ratio] = []
     if args.only is None:
         print()
-        print(f"{'ratio':<54} {'value':>7}   {'target':<8} verdict")
-        print("-" * 82)
-        rs = ratios({f.name: f for f in figures}, args.clients)
+        print(f"{'ratio':<54} {'value':>7}   {'target':<8} {'verdict':<7} each round")
+        print("-" * 96)
+        rs = with_rounds(
+            ratios({f.name: f for f in figures}, args.clients),
+            [ratios(r, args.clients) for r in per_round],
+        )
         for x in rs:
             print(_ratio_row(x))
     info["load"] = f"{info['load']}, {os.getloadavg()[0]:.1f}"
