@@ -173,19 +173,22 @@ def _health(args: argparse.Namespace) -> int:
     from node import tls
 
     target, credentials, server_name = args.target, None, args.server_name
-    if args.cluster:
-        spec = cluster.load(Path(args.cluster))
-        name = args.name or socket.gethostname()
-        if name not in spec.names():
-            raise ValueError(
-                f"{args.cluster} has no node named {name!r} (pass --name; nodes: "
-                f"{', '.join(spec.names())})"
-            )
-        target = cluster.dial_address(spec.node(name).address)
-        credentials = spec.agent_credentials()
-        server_name = server_name or name
-    elif args.ca:
-        credentials = tls.agent_channel_credentials(Path(args.ca))
+    try:
+        if args.cluster:
+            spec = cluster.load(Path(args.cluster))
+            name = args.name or socket.gethostname()
+            if name not in spec.names():
+                raise ValueError(
+                    f"{args.cluster} has no node named {name!r} (pass --name; nodes: "
+                    f"{', '.join(spec.names())})"
+                )
+            target = cluster.dial_address(spec.node(name).address)
+            server_name = server_name or name
+            credentials = spec.agent_credentials()
+        elif args.ca:
+            credentials = tls.agent_channel_credentials(Path(args.ca))
+    except OSError as exc:  # the cluster file itself is a ClusterFileError
+        raise ValueError(f"cannot read the CA certificate: {exc}") from exc
     options = []
     if credentials is not None and server_name:
         # Dialed by address (loopback, in a probe): check the certificate against the node's name.

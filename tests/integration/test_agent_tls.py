@@ -167,6 +167,8 @@ def test_health_checks_a_tls_node_by_address_or_through_the_cluster_file(
     assert cli("health", "--target", address, "--ca", ca, "--server-name", "billing") == 1
     assert cli("health", "--target", address, "--timeout", "2") == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+    assert cli("health", "--target", address, "--ca", str(tmp_path / "missing.pem")) == 2
+    assert "cannot read the CA certificate" in capsys.readouterr().err
 
     # The agents-tls component's probe, in a pod whose hostname is the node's name.
     file = tmp_path / "cluster.toml"

@@ -12,8 +12,8 @@ from tests.nodes import NodeProcess
 from tests.unit.test_deploy import healthcheck_command
 
 
-def _run_healthcheck(target: str) -> subprocess.CompletedProcess[str]:
-    command = healthcheck_command()
+def _run_healthcheck(target: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [*healthcheck_command(), *extra]
     assert command[0] == "selfmodel"
     executable = Path(sys.executable).with_name("selfmodel")  # the environment's console script
     env = {**os.environ, "SELFMODEL_HEALTH_TARGET": target}
@@ -29,6 +29,9 @@ def test_docker_healthcheck_passes_while_the_node_serves_and_fails_once_it_stopp
     serving = _run_healthcheck(node.address)
     assert serving.returncode == 0, serving.stderr
     assert serving.stdout.strip() == f"{node.address}: SERVING"
+    unknown = _run_healthcheck(node.address, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
     node.stop()
     stopped = _run_healthcheck(node.address)
     assert stopped.returncode == 1
