@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -148,28 +149,22 @@ class Store:
             self._db.close()
             raise StoreError(f"{path} has schema {int(schema)}, this build reads {SCHEMA_VERSION}")
         self.node = node
-        # A new incarnation on every start, fsynced before anything else. The actor that names
-        # this node's dots is new too, unless the previous incarnation closed cleanly (see
-        # close): then every dot it handed out is on disk and its counters simply go on, so
-        # causal contexts do not gain an actor per restart. After a crash, counters handed out
-        # but not yet on disk may have left the node, so a new actor never collides with them.
+        # A new incarnation on every start, fsynced before anything else, and a new actor to
+        # name this run's dots, never used before anywhere: its random part is what makes it
+        # so. The incarnation alone is not enough: a node started on an empty directory after
+        # losing its disk, or on a restored backup, counts incarnations again from where that
+        # directory stopped, and would hand out dots its earlier runs already gave other
+        # writes, which every peer would then drop as seen (tests/integration/test_store_engine).
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1
-        previous_actor = meta.get(b"actor")
-        clean = meta.get(b"closed_cleanly") == str(self.incarnation - 1).encode()
-        if clean and previous_actor is not None:
-            self.actor = previous_actor.decode()
-        else:
-            self.actor = f"{node}.{self.incarnation}"
+        self.actor = f"{node}.{self.incarnation}.{secrets.token_hex(4)}"
         meta_cf = self._handle["meta"]
         boot = rocksdict.WriteBatch(raw_mode=True)
         boot.put(b"node", node.encode(), meta_cf)
         boot.put(b"schema", str(SCHEMA_VERSION).encode(), meta_cf)
         boot.put(b"incarnation", str(self.incarnation).encode(), meta_cf)
-        boot.put(b"actor", self.actor.encode(), meta_cf)
-        boot.delete(b"closed_cleanly", meta_cf)
-        self._synced = rocksdict.WriteOptions()
-        self._synced.sync = True
-        self._db.write(boot, self._synced)
+        synced = rocksdict.WriteOptions()
+        synced.sync = True
+        self._db.write(boot, synced)
         self.hlc_high_water = int(meta.get(b"hlc", b"0"))
         self.outbox_seq = int(meta.get(b"outbox_seq", b"0"))
 
@@ -618,25 +613,15 @@ class Store:
             return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
-        """Flushes and closes RocksDB; marks the close clean when no write was under way.
-
-        The mark lets the next start keep this incarnation's actor (see __init__): written
-        after the flush, synced, and only when no group commit was in flight and the WAL never
-        failed, so every dot this actor handed out is on disk.
-        """
+        """Flushes the memtables and closes RocksDB."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            idle = not self._leading and not self._queue
         with self._outbox_grew:
             self._outbox_grew.notify_all()
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
-        if idle and self._wal_failed is None:
-            mark = rocksdict.WriteBatch(raw_mode=True)
-            mark.put(b"closed_cleanly", str(self.incarnation).encode(), self._handle["meta"])
-            self._db.write(mark, self._synced)
         for cf in self._cf.values():
             cf.close()
         self._db.close()

@@ -1,10 +1,9 @@
 """Dots and causal contexts: which events a replica has seen.
 
-A dot ``(actor, counter)`` names one event. An actor is a node from one unclean stop to the next
-(node.store: a start after a crash takes a new actor), so counters are never reused even after a
-crash, and clean restarts do not add actors to every context. A causal context is a version
-vector (every counter up to n) plus the dots seen beyond it; it is kept compact, so two contexts
-holding the same dots are equal.
+A dot ``(actor, counter)`` names one event. An actor is one run of a node, named with a random
+part (node.store), so counters are never reused: not after a crash, nor by a node started afresh
+or from a backup. A causal context is a version vector (every counter up to n) plus the dots seen
+beyond it; it is kept compact, so two contexts holding the same dots are equal.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,35 +33,72 @@ def item(
     return ObservationInput(subject, "facts", key, statement, confidence)
 
 
-def test_every_start_is_a_new_incarnation_and_the_actor_changes_only_after_an_unclean_stop(
-    tmp_path: Path,
-):
+def test_every_start_is_a_new_incarnation_with_an_actor_never_used_before(tmp_path: Path):
     seen = []
     for _ in range(3):
         store = Store(tmp_path / "db", "sales")
         seen.append((store.incarnation, store.actor))
         store.close()
-    assert seen == [(1, "sales.1"), (2, "sales.1"), (3, "sales.1")]
-    # A process that dies without closing its store (as after kill -9): a new actor.
+    assert [incarnation for incarnation, _ in seen] == [1, 2, 3]
+    for incarnation, actor in seen:
+        assert re.fullmatch(rf"sales\.{incarnation}\.[0-9a-f]{{8}}", actor), actor
+    # A process that dies without closing its store (as after kill -9): the same.
     die = (
         "import os, sys; from pathlib import Path; from node.store import Store; "
         "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", die, str(tmp_path / "db")], check=True, timeout=60)
-    for expected in [(5, "sales.5"), (6, "sales.5")]:
-        store = Store(tmp_path / "db", "sales")
-        assert (store.incarnation, store.actor) == expected
-        store.close()
+    store = Store(tmp_path / "db", "sales")
+    seen.append((store.incarnation, store.actor))
+    store.close()
+    assert seen[-1][0] == 5
+    assert len({actor for _, actor in seen}) == len(seen)
 
 
-def test_a_kept_actor_goes_on_counting_where_it_stopped(tmp_path: Path):
-    subject = Subject("acme", SubjectKind.USER, "u-counter")
-    ids = []
+def _keys(engine: Engine, subject: Subject) -> set[str]:
+    return {o.key for o in engine.state(subject).observations.values()}
+
+
+def test_a_node_started_afresh_after_losing_its_disk_never_reuses_a_dot(tmp_path: Path):
+    """Its peers fill it in by anti-entropy; a write it takes before they have must not name
+    a dot its old self handed out, or every peer would drop the write as one it has seen."""
+    peer = Engine(Store(tmp_path / "peer", "support"))
+    lost = Engine(Store(tmp_path / "lost", "sales"))
+    lost.observe("agent", [item(U1, "plan", "Pro")])
+    peer.merge_remote([Delta(lost.state(U1))])
+    lost.store.close()
+    fresh = Engine(Store(tmp_path / "fresh", "sales"))  # same node, empty directory
+    fresh.observe("agent", [item(U1, "seats", "12")])
+    peer.merge_remote([Delta(fresh.state(U1))])
+    assert _keys(peer, U1) == {"plan", "seats"}
+    fresh.merge_remote([Delta(peer.state(U1))])
+    assert fresh.state(U1).digest() == peer.state(U1).digest()
+    fresh.store.close()
+    peer.store.close()
+
+
+def test_a_node_restored_from_a_backup_never_reuses_a_dot_it_handed_out_since(tmp_path: Path):
+    """A copy of the data directory taken while the node was stopped (a cold backup), restored
+    after the node wrote on through a restart: the restored node must not count again from
+    where the copy stopped."""
+    peer = Engine(Store(tmp_path / "peer", "support"))
+    Store(tmp_path / "sales", "sales").close()
+    shutil.copytree(tmp_path / "sales", tmp_path / "backup")
     for i in range(2):
-        store = Store(tmp_path / "db", "sales")
-        ids.append(Engine(store).observe("agent", [item(subject, f"k{i}")]).written[0])
-        store.close()
-    assert [w.observation_id for w in ids] == ["sales.1:1", "sales.1:2"]
+        engine = Engine(Store(tmp_path / "sales", "sales"))
+        engine.observe("agent", [item(U1, f"after-backup-{i}")])
+        peer.merge_remote([Delta(engine.state(U1))])
+        engine.store.close()
+    shutil.rmtree(tmp_path / "sales")
+    shutil.copytree(tmp_path / "backup", tmp_path / "sales")
+    restored = Engine(Store(tmp_path / "sales", "sales"))
+    restored.observe("agent", [item(U1, "after-restore")])
+    peer.merge_remote([Delta(restored.state(U1))])
+    assert _keys(peer, U1) == {"after-backup-0", "after-backup-1", "after-restore"}
+    restored.merge_remote([Delta(peer.state(U1))])
+    assert restored.state(U1).digest() == peer.state(U1).digest()
+    restored.store.close()
+    peer.store.close()
 
 
 def test_a_data_directory_of_another_node_is_refused(tmp_path: Path):
