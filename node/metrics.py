@@ -62,6 +62,12 @@ COMMIT_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )  # fmt: skip
 STORE_BYTES = Gauge("selfmodel_store_bytes", "Bytes in RocksDB (SST files and memtables).")
+CONTEXT_ENTRIES_MAX = Gauge(
+    "selfmodel_causal_context_entries_max",
+    "The most entries (one per actor, plus dots beyond them) in the causal context of any "
+    "subject this node wrote since it started. Each start of a node adds an actor; handoff "
+    "tokens carry the context, about 33 characters an entry, and are refused above 65,536.",
+)
 SUBJECTS = Gauge("selfmodel_subjects", "Subjects stored (RocksDB's estimate).")
 
 
@@ -71,9 +77,12 @@ def record_commit(batches: int, seconds: float) -> None:
     COMMIT_SECONDS.observe(seconds)
 
 
-def watch_store(size_bytes: Callable[[], int], subjects: Callable[[], int]) -> None:
+def watch_store(
+    size_bytes: Callable[[], int], subjects: Callable[[], int], context_entries: Callable[[], int]
+) -> None:
     STORE_BYTES.set_function(size_bytes)
     SUBJECTS.set_function(subjects)
+    CONTEXT_ENTRIES_MAX.set_function(context_entries)
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

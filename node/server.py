@@ -251,7 +251,9 @@ def start(config: NodeConfig) -> RunningNode:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     metrics_server, metrics_port = None, None
-    metrics.watch_store(store.size_bytes, store.estimate_subjects)
+    metrics.watch_store(
+        store.size_bytes, store.estimate_subjects, lambda: store.context_entries_max
+    )
     if config.metrics_listen:
         mhost, mport = split_address(config.metrics_listen)
         metrics_server, _ = start_http_server(mport, addr=mhost)

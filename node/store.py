@@ -193,6 +193,9 @@ class Store:
         # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
         self._written_groups = 0
         self._synced_groups = 0
+        # The largest causal context written since the start (metrics: every start of a node
+        # adds an actor to the contexts it writes from then on, and handoff tokens carry them).
+        self.context_entries_max = 0
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -363,6 +366,9 @@ class Store:
         elapsed = time.perf_counter() - started
         for state, state_digest in written:
             self._remember(state, state_digest)
+            entries = len(state.context.vector) + len(state.context.cloud)
+            if entries > self.context_entries_max:
+                self.context_entries_max = entries
         for p in group:
             p.error = error
             p.finished = True

@@ -362,3 +362,20 @@ def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
             [Change(None, engine.state(U1), Delta(engine.state(U1)))], durable=False
         )
     store.close()
+
+
+def test_the_store_tracks_the_largest_causal_context_it_wrote(tmp_path: Path):
+    """Exported as selfmodel_causal_context_entries_max: each start of a node adds an actor."""
+    sales = Engine(Store(tmp_path / "sales", "sales"))
+    assert sales.store.context_entries_max == 0
+    sales.observe("agent", [item(U1, "plan")])
+    assert sales.store.context_entries_max == 1
+    for run in range(3):  # three runs of support write the subject, sales merges each
+        support = Engine(Store(tmp_path / "support", "support"))
+        support.merge_remote([Delta(sales.state(U1))])
+        support.observe("agent", [item(U1, f"seats-{run}")])
+        sales.merge_remote([Delta(support.state(U1))])
+        support.store.close()
+    assert len(sales.state(U1).context.vector) == 4
+    assert sales.store.context_entries_max == 4
+    sales.store.close()
