@@ -65,8 +65,9 @@ STORE_BYTES = Gauge("selfmodel_store_bytes", "Bytes in RocksDB (SST files and me
 CONTEXT_ENTRIES_MAX = Gauge(
     "selfmodel_causal_context_entries_max",
     "The most entries (one per actor, plus dots beyond them) in the causal context of any "
-    "subject this node wrote since it started. Each start of a node adds an actor; handoff "
-    "tokens carry the context, about 33 characters an entry, and are refused above 65,536.",
+    "subject this node wrote since it started. A start that takes a new actor adds one; "
+    "handoff tokens carry the context, about 33 characters an entry, and are refused above "
+    "65,536.",
 )
 SUBJECTS = Gauge("selfmodel_subjects", "Subjects stored (RocksDB's estimate).")
 

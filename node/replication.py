@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,16 @@ CALL_TIMEOUT_S = 30.0
 # A receiver acknowledges a delta stream at most this often (see ReplicateBatch in sync.proto):
 # each acknowledgement costs both nodes a message, and the receiver a WAL sync.
 ACK_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class RunClaim:
+    """This run, as a node claims it at its peers (Sync.ClaimRun), and where to note the
+    incarnations they had on record for the node (Store.note_incarnation)."""
+
+    incarnation: int
+    run: int
+    note_incarnation: Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +173,13 @@ def encode_batch(origin: bytes, batch: Batch) -> bytes:
 class GrpcPeerLink:
     """sync.ports.PeerLink over a gRPC channel to the peer's Sync service."""
 
-    def __init__(self, me: str, address: str, credentials: grpc.ChannelCredentials | None) -> None:
+    def __init__(
+        self,
+        me: str,
+        address: str,
+        credentials: grpc.ChannelCredentials | None,
+        run: RunClaim | None = None,
+    ) -> None:
         self._channel = open_channel(address, credentials, _KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
@@ -173,9 +190,16 @@ class GrpcPeerLink:
         )
         self._md = ((NODE_HEADER, me),)
         self._me = me
+        self._run = run  # recorded by the peer before each delta stream
         self._call: Any = None
 
     def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+        if self._run is not None:  # a peer this run's start missed learns of it here
+            try:
+                self.claim_run(0, self._run, CALL_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # a peer of an older version
+                    raise
         origin = encode_batch_origin(self._me)
         call = self._replicate((encode_batch(origin, b) for b in batches), metadata=self._md)
         self._call = call
@@ -195,6 +219,16 @@ class GrpcPeerLink:
             metadata=self._md,
         )
         return [(subject_from_proto(d.subject), d.digest) for d in reply.digests]
+
+    def claim_run(self, previous: int, run: RunClaim, timeout_s: float) -> bool:
+        """Sync.ClaimRun: the peer records ``run`` as ours; True if it granted the claim."""
+        request = sync_pb2.ClaimRunRequest(
+            previous=previous, run=run.run, incarnation=run.incarnation
+        )
+        reply = self._stub.ClaimRun(request, timeout=timeout_s, metadata=self._md)
+        if reply.recorded_incarnation >= run.incarnation:
+            run.note_incarnation(reply.recorded_incarnation)
+        return bool(reply.granted)
 
     def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
         msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
@@ -341,6 +375,20 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         return reply
 
     @map_errors
+    def ClaimRun(
+        self, request: sync_pb2.ClaimRunRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.ClaimRunReply:
+        peer = self._authorize(context)
+        if request.run == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run: must not be 0")
+        if self._on_peer_session is not None:
+            self._on_peer_session(peer)
+        granted, recorded = self.engine.store.claim_run(
+            peer, request.previous, request.run, request.incarnation
+        )
+        return sync_pb2.ClaimRunReply(granted=granted, recorded_incarnation=recorded)
+
+    @map_errors
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
@@ -364,6 +412,40 @@ def header_peer_name(context: grpc.ServicerContext) -> str | None:
     return None
 
 
+CLAIM_TIMEOUT_S = 2.0
+
+
+def claim_run(
+    store: Store,
+    peers: Sequence[PeerConfig],
+    credentials: grpc.ChannelCredentials | None,
+    timeout_s: float = CLAIM_TIMEOUT_S,
+) -> bool:
+    """At start, before any write: asks every peer to record this run as the node's latest.
+
+    True only if every peer was reached and granted the claim to follow the previous run,
+    which must have closed cleanly: then the node may resume that run's actor (Store.resume_actor).
+    A peer that is down, slow or without a record of the previous run means a new actor, which
+    is always safe; the claim is sent even then, so that the peers know this run.
+    """
+    previous = store.previous_run if store.resumable is not None else 0
+    run = RunClaim(store.incarnation, store.run, store.note_incarnation)
+
+    def ask(peer: PeerConfig) -> bool:
+        link = GrpcPeerLink(store.node, peer.address, credentials)
+        try:
+            return link.claim_run(previous, run, timeout_s)
+        except grpc.RpcError as exc:
+            log.info("peer %s did not take this run's claim: %s", peer.name, exc.code().name)
+            return False
+        finally:
+            link.close()
+
+    with ThreadPoolExecutor(max_workers=len(peers) or 1) as pool:
+        granted = list(pool.map(ask, peers))
+    return previous != 0 and all(granted)
+
+
 def build_replicator(
     engine: Engine,
     peers: Sequence[PeerConfig],
@@ -371,7 +453,9 @@ def build_replicator(
     credentials: grpc.ChannelCredentials | None,
 ) -> Replicator:
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(engine.node, peer.address, credentials)
+        store = engine.store
+        run = RunClaim(store.incarnation, store.run, store.note_incarnation)
+        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run)
 
     return Replicator(
         StoreOutbox(engine.store),
@@ -386,8 +470,10 @@ __all__ = [
     "EngineReplica",
     "GrpcPeerLink",
     "PeerConfig",
+    "RunClaim",
     "StoreOutbox",
     "SyncServicer",
     "build_replicator",
+    "claim_run",
     "header_peer_name",
 ]

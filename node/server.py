@@ -29,6 +29,7 @@ from node.replication import (
     PeerConfig,
     SyncServicer,
     build_replicator,
+    claim_run,
     header_peer_name,
 )
 from node.servicer import (
@@ -174,6 +175,22 @@ def start(config: NodeConfig) -> RunningNode:
         config.name,
         sync=config.fsync,
         outbox=bool(config.peers),
+    )
+    # Resume the previous run's actor only if every node that may have this node's dots first
+    # hand vouched for it: its peers, and any member that could call its Sync service (one that
+    # lists it as a peer while it does not list that one is never asked, so never resume then).
+    # Without any, no other copy of this directory can have sent its dots anywhere.
+    peer_names = {p.name for p in config.peers}
+    members = (config.members or frozenset(peer_names)) - {config.name}
+    granted = bool(config.peers) and claim_run(store, config.peers, config.peer_channel_credentials)
+    if store.resumable is not None and members <= peer_names and (granted or not members):
+        store.resume_actor()
+    log.info(
+        "node %s: run %d, actor %s (%s)",
+        config.name,
+        store.run,
+        store.actor,
+        "resumed" if store.actor == store.resumable else "new",
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)

@@ -149,22 +149,37 @@ class Store:
             self._db.close()
             raise StoreError(f"{path} has schema {int(schema)}, this build reads {SCHEMA_VERSION}")
         self.node = node
-        # A new incarnation on every start, fsynced before anything else, and a new actor to
-        # name this run's dots, never used before anywhere: its random part is what makes it
-        # so. The incarnation alone is not enough: a node started on an empty directory after
-        # losing its disk, or on a restored backup, counts incarnations again from where that
-        # directory stopped, and would hand out dots its earlier runs already gave other
-        # writes, which every peer would then drop as seen (tests/integration/test_store_engine).
+        # A new incarnation and a new run on every start, fsynced before anything else, and a
+        # new actor to name this run's dots, never used before anywhere: its random part is what
+        # makes it so. Counting alone is not enough: a node started on an empty directory after
+        # losing its disk, or on a restored backup, counts again from where that directory
+        # stopped, and would hand out dots its earlier runs already gave other writes, which
+        # every peer would then drop as seen (tests/integration/test_store_engine).
+        #
+        # The previous run's actor may be resumed instead (resume_actor), so that restarts do not
+        # add an actor to every causal context, but only when that run closed cleanly (see
+        # close) and every peer then grants this run's claim to follow it (node.server): the
+        # peers' records show that no other copy of this directory ran on with the actor.
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1
+        self.previous_run = int(meta.get(b"run", b"0"))
+        previous_actor = meta.get(b"actor")
+        clean = self.previous_run and meta.get(b"closed_cleanly") == str(self.previous_run).encode()
+        self.resumable = previous_actor.decode() if clean and previous_actor is not None else None
+        self.run = secrets.randbits(63) or 1
         self.actor = f"{node}.{self.incarnation}.{secrets.token_hex(4)}"
         meta_cf = self._handle["meta"]
         boot = rocksdict.WriteBatch(raw_mode=True)
         boot.put(b"node", node.encode(), meta_cf)
         boot.put(b"schema", str(SCHEMA_VERSION).encode(), meta_cf)
         boot.put(b"incarnation", str(self.incarnation).encode(), meta_cf)
-        synced = rocksdict.WriteOptions()
-        synced.sync = True
-        self._db.write(boot, synced)
+        boot.put(b"run", str(self.run).encode(), meta_cf)
+        boot.put(b"actor", self.actor.encode(), meta_cf)
+        boot.delete(b"closed_cleanly", meta_cf)  # this run is not closed yet
+        self._synced = rocksdict.WriteOptions()
+        self._synced.sync = True
+        self._db.write(boot, self._synced)
+        self._claims_lock = threading.Lock()
+        self._incarnation_floor = self.incarnation  # the incarnation on disk (note_incarnation)
         self.hlc_high_water = int(meta.get(b"hlc", b"0"))
         self.outbox_seq = int(meta.get(b"outbox_seq", b"0"))
 
@@ -193,8 +208,8 @@ class Store:
         # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
         self._written_groups = 0
         self._synced_groups = 0
-        # The largest causal context written since the start (metrics: every start of a node
-        # adds an actor to the contexts it writes from then on, and handoff tokens carry them).
+        # The largest causal context written since the start (metrics: a start that takes a new
+        # actor adds one to the contexts written from then on, and handoff tokens carry them).
         self.context_entries_max = 0
 
     # -- reads ---------------------------------------------------------------------------
@@ -276,6 +291,56 @@ class Store:
             return self._outbox_grew.wait_for(
                 lambda: self.outbox_seq > after or self._closed, timeout_s
             )
+
+    def resume_actor(self) -> None:
+        """Names this run's writes with the previous run's actor, whose counters go on.
+
+        Only for a run whose every peer granted its claim (node.server): the previous run closed
+        cleanly, so every dot it handed out is in this directory, and the peers' records show
+        that no other copy of the directory has run on with the actor since. Before any write.
+        """
+        if self.resumable is None:
+            raise StoreError("the previous run did not close cleanly: its actor is not resumable")
+        with self._lock:
+            if self._written_groups or self._queue or self._leading:
+                raise StoreError("the actor can only be resumed before the first write")
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(b"actor", self.resumable.encode(), self._handle["meta"])
+            self._db.write(batch, self._synced)
+            self.actor = self.resumable
+
+    def claim_run(self, peer: str, previous: int, run: int, incarnation: int) -> tuple[bool, int]:
+        """Grants ``peer``'s claim only if the run recorded for it was ``previous``; returns
+        whether it did, and the incarnation recorded before (0 when none).
+
+        Records ``run`` as the peer's latest (synced) when granted, or when ``incarnation`` is
+        later than the recorded run's: so of two runs claiming to follow the same one at most
+        one is granted, a run of a stale copy of the peer's directory never is, and a late
+        call of a run that has ended does not bring its record back.
+        """
+        key = f"run:{peer}".encode()
+        with self._claims_lock:
+            raw = self._cf["peers"].get(key)
+            recorded_incarnation, recorded = (
+                (int(x) for x in raw.split(b":")) if raw is not None else (0, 0)
+            )
+            granted = previous != 0 and recorded == previous
+            if granted or incarnation > recorded_incarnation:
+                batch = rocksdict.WriteBatch(raw_mode=True)
+                batch.put(key, f"{incarnation}:{run}".encode(), self._handle["peers"])
+                self._db.write(batch, self._synced)
+        return granted, recorded_incarnation
+
+    def note_incarnation(self, seen: int) -> None:
+        """A peer had a run of this node at incarnation ``seen`` on record (Sync.ClaimRun): the
+        next start counts on from above it. This run keeps its own."""
+        with self._claims_lock:
+            if seen <= self._incarnation_floor:
+                return
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(b"incarnation", str(seen).encode(), self._handle["meta"])
+            self._db.write(batch, self._synced)
+            self._incarnation_floor = seen
 
     def position(self, kind: str, peer: str) -> int:
         """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged
@@ -619,15 +684,25 @@ class Store:
             return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def close(self) -> None:
-        """Flushes the memtables and closes RocksDB."""
+        """Flushes and closes RocksDB; marks the run closed cleanly when no write was under way.
+
+        The mark lets the next run resume this run's actor (see __init__): written after the
+        flush, synced, and only when no group commit was in flight and the WAL never failed, so
+        every dot this run handed out is on disk.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            idle = not self._leading and not self._queue
         with self._outbox_grew:
             self._outbox_grew.notify_all()
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
+        if idle and self._wal_failed is None:
+            mark = rocksdict.WriteBatch(raw_mode=True)
+            mark.put(b"closed_cleanly", str(self.run).encode(), self._handle["meta"])
+            self._db.write(mark, self._synced)
         for cf in self._cf.values():
             cf.close()
         self._db.close()

@@ -1,9 +1,10 @@
 """Dots and causal contexts: which events a replica has seen.
 
-A dot ``(actor, counter)`` names one event. An actor is one run of a node, named with a random
-part (node.store), so counters are never reused: not after a crash, nor by a node started afresh
-or from a backup. A causal context is a version vector (every counter up to n) plus the dots seen
-beyond it; it is kept compact, so two contexts holding the same dots are equal.
+A dot ``(actor, counter)`` names one event. An actor is named with a random part when a run of a
+node takes it, and a later run resumes it only when that is safe (node.store, Sync.ClaimRun), so
+counters are never reused: not after a crash, nor by a node started afresh or from a backup. A
+causal context is a version vector (every counter up to n) plus the dots seen beyond it; it is
+kept compact, so two contexts holding the same dots are equal.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
+import grpc
 import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = pytest.mark.faults
 
@@ -28,10 +30,15 @@ def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_p
         support.self_model(user("u-disk"), at_least=first.token, timeout_s=10)
 
     node = cluster.nodes["sales"]
+    for _ in range(2):  # runs 2 and 3
+        node.stop()
+        node.start()
+    assert incarnation(cluster, "sales") == 3
     node.kill()
     shutil.rmtree(node.data_dir)  # the disk is gone; the node starts afresh
     cluster.partition(["sales"], ["support"])  # and writes before anti-entropy refills it
     node.start()
+    assert incarnation(cluster, "sales") == 1  # counting again from an empty directory
     with cluster.client("sales", "sales_agent") as sales:
         second = sales.observe(
             user("u-disk"), "12 seats", confidence=0.9, context="facts", key="seats"
@@ -48,3 +55,15 @@ def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_p
             "plan",
             "seats",
         }
+    # support had run 3 of sales on record and told it so: its next start counts on from there.
+    node.stop()
+    node.start()
+    assert incarnation(cluster, "sales") == 4
+
+
+def incarnation(cluster: LocalCluster, name: str) -> int:
+    with grpc.insecure_channel(cluster.address(name)) as channel:
+        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=5.0
+        )
+    return int(status.incarnation)

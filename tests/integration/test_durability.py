@@ -30,7 +30,8 @@ def incarnation(node: NodeProcess) -> tuple[int, str]:
             admin_pb2.GetStatusRequest(), timeout=5.0
         )
     assert status.node == node.name
-    assert re.fullmatch(rf"{node.name}\.{status.incarnation}\.[0-9a-f]{{8}}", status.actor)
+    # node.incarnation.random: the incarnation that took the actor (a later one may resume it)
+    assert re.fullmatch(rf"{node.name}\.[0-9]+\.[0-9a-f]{{8}}", status.actor)
     return int(status.incarnation), status.actor
 
 
@@ -126,6 +127,7 @@ def test_every_acknowledged_write_survives_kill_9_mid_stream(start_node):
 
 def test_graceful_sigterm_exits_zero_and_the_data_persists(start_node):
     node = start_node("graceful")
+    before = incarnation(node)
     with Client(node.address, agent="sales_agent", tenant=TENANT) as client:
         for i in range(20):
             client.observe(user("u-graceful"), f"Fact {i}", confidence=0.8, context="facts")
@@ -133,7 +135,9 @@ def test_graceful_sigterm_exits_zero_and_the_data_persists(start_node):
     assert "stopped" in node.log()
 
     node.start()
-    assert incarnation(node)[0] == 2
+    # A clean stop and no peer to vouch against it: the actor goes on (tests/faults/
+    # test_actor_resume has the rules with peers).
+    assert incarnation(node) == (2, before[1])
     with Client(node.address, agent="support_agent", tenant=TENANT) as client:
         model = client.self_model(user("u-graceful"))
     assert {b.statement for b in model.all_beliefs} == {f"Fact {i}" for i in range(20)}

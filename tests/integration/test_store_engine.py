@@ -365,7 +365,7 @@ def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
 
 
 def test_the_store_tracks_the_largest_causal_context_it_wrote(tmp_path: Path):
-    """Exported as selfmodel_causal_context_entries_max: each start of a node adds an actor."""
+    """Exported as selfmodel_causal_context_entries_max: a start with a new actor adds one."""
     sales = Engine(Store(tmp_path / "sales", "sales"))
     assert sales.store.context_entries_max == 0
     sales.observe("agent", [item(U1, "plan")])
@@ -379,3 +379,59 @@ def test_the_store_tracks_the_largest_causal_context_it_wrote(tmp_path: Path):
     assert len(sales.state(U1).context.vector) == 4
     assert sales.store.context_entries_max == 4
     sales.store.close()
+
+
+def test_only_a_run_that_closed_cleanly_is_resumable_and_only_before_a_write(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales")
+    first_actor, first_run = store.actor, store.run
+    assert store.resumable is None  # nothing ran before
+    store.close()
+    store = Store(tmp_path / "db", "sales")
+    assert (store.previous_run, store.resumable) == (first_run, first_actor)
+    assert store.actor != first_actor  # a new actor unless the node decides to resume
+    store.resume_actor()
+    assert store.actor == first_actor
+    engine = Engine(store)
+    assert engine.observe("agent", [item(U1, "k")]).written[0].observation_id == f"{first_actor}:1"
+    with pytest.raises(StoreError, match="before the first write"):
+        store.resume_actor()
+    # Dying without close (kill -9): the next run may not resume.
+    die = (
+        "import os, sys; from pathlib import Path; from node.store import Store; "
+        "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
+    )
+    store.close()
+    subprocess.run([sys.executable, "-c", die, str(tmp_path / "db")], check=True, timeout=60)
+    store = Store(tmp_path / "db", "sales")
+    assert store.resumable is None
+    with pytest.raises(StoreError, match="did not close cleanly"):
+        store.resume_actor()
+    store.close()
+
+
+def test_a_peer_grants_one_claim_per_recorded_run_and_keeps_records_moving_forward(
+    tmp_path: Path,
+):
+    store = Store(tmp_path / "peer", "support")
+    assert store.claim_run("sales", 0, 11, 1) == (False, 0)  # a first run: recorded, no grant
+    assert store.claim_run("sales", 11, 12, 2) == (True, 1)  # follows the recorded run
+    assert store.claim_run("sales", 11, 13, 2) == (False, 2)  # a second copy of run 11...
+    assert store.claim_run("sales", 0, 14, 1) == (False, 2)  # ...and a late call of an ended run
+    assert store.claim_run("sales", 12, 15, 3) == (True, 2)  # ...left the record at run 12
+    assert store.claim_run("billing", 15, 16, 3) == (False, 0)  # records are per node
+    store.close()
+    store = Store(tmp_path / "peer", "support")  # records are on disk
+    assert store.claim_run("sales", 15, 17, 4) == (True, 3)
+    store.close()
+
+
+def test_a_node_counts_its_incarnations_on_from_what_its_peers_had_on_record(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales")  # an empty directory: incarnation 1...
+    assert store.incarnation == 1
+    store.note_incarnation(7)  # ...but a peer had run 7 of this node on record
+    store.note_incarnation(5)
+    assert store.incarnation == 1  # this run keeps its own
+    store.close()
+    store = Store(tmp_path / "db", "sales")
+    assert store.incarnation == 8
+    store.close()

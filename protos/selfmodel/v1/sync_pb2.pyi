@@ -411,3 +411,58 @@ class HandoffToken(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandoffToken: _TypeAlias = HandoffToken  # noqa: Y015
+
+@_typing.final
+class ClaimRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    previous: _builtins.int
+    """The run the caller's data directory says ran last and closed cleanly; 0 when none did."""
+    run: _builtins.int
+    """The caller's run now starting (random, never 0)."""
+    incarnation: _builtins.int
+    """The caller's incarnation in this run: a record only moves to a later incarnation, unless the
+    claim is granted, so a late call of a run that has ended cannot bring its record back.
+    """
+    def __init__(
+        self,
+        *,
+        previous: _builtins.int = ...,
+        run: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "previous", b"previous", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRunRequest: _TypeAlias = ClaimRunRequest  # noqa: Y015
+
+@_typing.final
+class ClaimRunReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTED_FIELD_NUMBER: _builtins.int
+    RECORDED_INCARNATION_FIELD_NUMBER: _builtins.int
+    granted: _builtins.bool
+    recorded_incarnation: _builtins.int
+    """The incarnation of the caller's run the receiver had on record (0: none). A node started on
+    an empty or restored directory counts its incarnations on from above it at its next start.
+    """
+    def __init__(
+        self,
+        *,
+        granted: _builtins.bool = ...,
+        recorded_incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "recorded_incarnation", b"recorded_incarnation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRunReply: _TypeAlias = ClaimRunReply  # noqa: Y015

@@ -54,6 +54,11 @@ class SyncStub:
                 request_serializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
                 _registered_method=True)
+        self.ClaimRun = channel.unary_unary(
+                '/selfmodel.v1.Sync/ClaimRun',
+                request_serializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.FromString,
+                _registered_method=True)
 
 
 class SyncServicer:
@@ -87,6 +92,16 @@ class SyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimRun(self, request, context):
+        """The receiver records `run` as the caller's latest run, durably, and grants the claim if the
+        run it had recorded before was `previous`. A node claims at its start, and keeps its previous
+        run's actor only when every peer grants (node.store: Store.resume_actor); it claims again
+        with `previous` 0 (record only) before each delta stream, for peers it missed at its start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +124,11 @@ def add_SyncServicer_to_server(servicer, server):
                     servicer.ExchangeStates,
                     request_deserializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
                     response_serializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
+            ),
+            'ClaimRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimRun,
+                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +239,33 @@ class Sync:
             '/selfmodel.v1.Sync/ExchangeStates',
             selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
             selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.Sync/ClaimRun',
+            selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
+            selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class SyncStub:
     """Anti-entropy: the receiver's subject digests in the named buckets."""
     ExchangeStates: _grpc.UnaryUnaryMultiCallable[_sync_pb2.StateExchange, _sync_pb2.StateExchange]
     """Anti-entropy: whole subject states; the receiver merges them and answers with its own."""
+    ClaimRun: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ClaimRunRequest, _sync_pb2.ClaimRunReply]
+    """The receiver records `run` as the caller's latest run, durably, and grants the claim if the
+    run it had recorded before was `previous`. A node claims at its start, and keeps its previous
+    run's actor only when every peer grants (node.store: Store.resume_actor); it claims again
+    with `previous` 0 (record only) before each delta stream, for peers it missed at its start.
+    """
 
 @_typing.type_check_only
 class SyncAsyncStub(SyncStub):
@@ -54,6 +60,12 @@ class SyncAsyncStub(SyncStub):
     """Anti-entropy: the receiver's subject digests in the named buckets."""
     ExchangeStates: _aio.UnaryUnaryMultiCallable[_sync_pb2.StateExchange, _sync_pb2.StateExchange]  # type: ignore[assignment]
     """Anti-entropy: whole subject states; the receiver merges them and answers with its own."""
+    ClaimRun: _aio.UnaryUnaryMultiCallable[_sync_pb2.ClaimRunRequest, _sync_pb2.ClaimRunReply]  # type: ignore[assignment]
+    """The receiver records `run` as the caller's latest run, durably, and grants the claim if the
+    run it had recorded before was `previous`. A node claims at its start, and keeps its previous
+    run's actor only when every peer grants (node.store: Store.resume_actor); it claims again
+    with `previous` 0 (record only) before each delta stream, for peers it missed at its start.
+    """
 
 class SyncServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +99,17 @@ class SyncServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.StateExchange, _abc.Awaitable[_sync_pb2.StateExchange]]:
         """Anti-entropy: whole subject states; the receiver merges them and answers with its own."""
+
+    @_abc_1.abstractmethod
+    def ClaimRun(
+        self,
+        request: _sync_pb2.ClaimRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.ClaimRunReply, _abc.Awaitable[_sync_pb2.ClaimRunReply]]:
+        """The receiver records `run` as the caller's latest run, durably, and grants the claim if the
+        run it had recorded before was `previous`. A node claims at its start, and keeps its previous
+        run's actor only when every peer grants (node.store: Store.resume_actor); it claims again
+        with `previous` 0 (record only) before each delta stream, for peers it missed at its start.
+        """
 
 def add_SyncServicer_to_server(servicer: SyncServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
