@@ -9,7 +9,8 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   shared subjects, retracting some of their own earlier writes, and writing to a dedicated
   "forget" subject that a forgetter thread forgets every few seconds on a random node;
 - a fault every few seconds, chosen with a seeded RNG: partition of one node, majority split
-  (cut or blackholed links), kill -9 and restart, SIGSTOP then SIGCONT, delay on a node's links;
+  (cut or blackholed links), kill -9 and restart, SIGSTOP then SIGCONT, delay on a node's links
+  (and, with --faults ...,stop, a clean stop and restart, whose restart may resume the actor);
   between two faults the cluster runs fault-free;
 - probes during the fault-free periods: an Observe on one node, watched through WatchSelfModel
   on every other node (time-to-visible = first snapshot covering it minus the Observe ack);
@@ -61,6 +62,8 @@ from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E40
 from node.errors import SelfModelError  # noqa: E402
 
 FAULTS = ("partition", "split", "kill", "pause", "delay")
+# Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.
+OPTIONAL_FAULTS = ("stop",)
 FACTS = "facts"
 PROBE = "probe"
 PROBE_SUBJECT = "probe"
@@ -87,8 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--faults",
         default=",".join(FAULTS),
-        help=f"comma-separated fault kinds to draw from: {', '.join(FAULTS)}; or none (a "
-        "baseline: the same load and probes without faults)",
+        help=f"comma-separated fault kinds to draw from: {', '.join(FAULTS + OPTIONAL_FAULTS)}"
+        f" (default: {', '.join(FAULTS)}); or none (a baseline: the same load and probes "
+        "without faults)",
     )
     p.add_argument("--writers-per-node", type=int, default=2, help="writer threads per node")
     p.add_argument("--rate", type=float, default=100.0, help="writes/s across the cluster")
@@ -107,9 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 2 <= args.nodes <= 9:
         p.error("--nodes must be within 2..9")
-    unknown = set(args.faults.split(",")) - {*FAULTS, "none"}
+    unknown = set(args.faults.split(",")) - {*FAULTS, *OPTIONAL_FAULTS, "none"}
     if unknown:
-        p.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        p.error(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS + OPTIONAL_FAULTS)}")
     if args.duration <= 0 or args.fault_every < 1.0 or args.rate <= 0:
         p.error("--duration and --rate must be positive, --fault-every at least 1 s")
     if args.seed is None:
@@ -432,6 +436,10 @@ class Faults:
             c.nodes[victim].kill()
             self.killed.add(victim)
             return kind, f"kill -9 {victim}, then restart", lambda: self._restart(victim)
+        if kind == "stop":  # a clean stop: the restart may resume the node's actor
+            c.nodes[victim].stop()
+            self.killed.add(victim)
+            return kind, f"stop {victim} (SIGTERM), then restart", lambda: self._restart(victim)
         if kind == "pause":
             c.nodes[victim].pause()
             self.paused.add(victim)
@@ -551,7 +559,7 @@ class Report:
         ]
         if self.restart_s:
             lines.append(
-                f"restarts after kill -9       {len(self.restart_s):>8}   "
+                f"restarts (kill -9 or stop)   {len(self.restart_s):>8}   "
                 f"(max {max(self.restart_s):.1f} s to healthy)"
             )
         if self.lost_examples:
