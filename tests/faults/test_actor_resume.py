@@ -17,6 +17,7 @@ import pytest
 from federation.client import user
 from federation.harness import LocalCluster
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from tests.faults.test_delta_stream import wait_acked
 
 pytestmark = pytest.mark.faults
 
@@ -39,11 +40,18 @@ def write(cluster: LocalCluster, key: str) -> str:
     return written.observation_id
 
 
+def on_record(cluster: LocalCluster) -> None:
+    """Until sales' delta stream to support has started, so support has sales' run on record
+    (when both start together, sales' claim at its start finds support not up yet)."""
+    wait_acked(cluster, "sales", "support", 1)
+
+
 def test_a_clean_restart_with_every_peer_up_keeps_the_actor_and_goes_on_counting(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = make_cluster(("sales", "support"))
     first = write(cluster, "k1")
+    on_record(cluster)
     before = actor(cluster, "sales")
     assert first == f"{before}:1"
     cluster.nodes["sales"].stop()
@@ -79,12 +87,15 @@ def test_a_node_restored_from_a_cold_backup_does_not_resume_the_actor_that_ran_o
     longer has on record: it takes a new actor, and its write reaches the peer."""
     cluster = make_cluster(("sales", "support"))
     write(cluster, "before-backup")
+    on_record(cluster)
+    first = actor(cluster, "sales")
     node = cluster.nodes["sales"]
     node.stop()
     backup = node.data_dir.parent / "sales-backup"
     shutil.copytree(node.data_dir, backup)
     node.start()
     resumed = actor(cluster, "sales")
+    assert resumed == first
     write(cluster, "after-backup")  # resumed's counter 2, on support too
     node.stop()
     shutil.rmtree(node.data_dir)

@@ -11,6 +11,7 @@ import pytest
 from federation.client import user
 from federation.harness import LocalCluster
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from tests.faults.test_delta_stream import wait_acked
 
 pytestmark = pytest.mark.faults
 
@@ -55,7 +56,10 @@ def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_p
             "plan",
             "seats",
         }
-    # support had run 3 of sales on record and told it so: its next start counts on from there.
+    # support had run 3 of sales on record and told it so when sales' delta stream to it
+    # started (the write may have reached support by its own anti-entropy before that): its
+    # next start counts on from there.
+    wait_acked(cluster, "sales", "support", 1)
     node.stop()
     node.start()
     assert incarnation(cluster, "sales") == 4
