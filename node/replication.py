@@ -72,6 +72,10 @@ class RunClaim:
     run: int
     note_incarnation: Callable[[int], None]
 
+    @classmethod
+    def of(cls, store: Store) -> RunClaim:
+        return cls(store.incarnation, store.run, store.note_incarnation)
+
 
 @dataclass(frozen=True, slots=True)
 class PeerConfig:
@@ -429,7 +433,7 @@ def claim_run(
     is always safe; the claim is sent even then, so that the peers know this run.
     """
     previous = store.previous_run if store.resumable is not None else 0
-    run = RunClaim(store.incarnation, store.run, store.note_incarnation)
+    run = RunClaim.of(store)
 
     def ask(peer: PeerConfig) -> bool:
         link = GrpcPeerLink(store.node, peer.address, credentials)
@@ -452,9 +456,9 @@ def build_replicator(
     settings: SyncSettings,
     credentials: grpc.ChannelCredentials | None,
 ) -> Replicator:
+    run = RunClaim.of(engine.store)
+
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        store = engine.store
-        run = RunClaim(store.incarnation, store.run, store.note_incarnation)
         return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run)
 
     return Replicator(

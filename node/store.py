@@ -304,9 +304,7 @@ class Store:
         with self._lock:
             if self._written_groups or self._queue or self._leading:
                 raise StoreError("the actor can only be resumed before the first write")
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            batch.put(b"actor", self.resumable.encode(), self._handle["meta"])
-            self._db.write(batch, self._synced)
+            self._cf["meta"].put(b"actor", self.resumable.encode(), self._synced)
             self.actor = self.resumable
 
     def claim_run(self, peer: str, previous: int, run: int, incarnation: int) -> tuple[bool, int]:
@@ -326,9 +324,7 @@ class Store:
             )
             granted = previous != 0 and recorded == previous
             if granted or incarnation > recorded_incarnation:
-                batch = rocksdict.WriteBatch(raw_mode=True)
-                batch.put(key, f"{incarnation}:{run}".encode(), self._handle["peers"])
-                self._db.write(batch, self._synced)
+                self._cf["peers"].put(key, f"{incarnation}:{run}".encode(), self._synced)
         return granted, recorded_incarnation
 
     def note_incarnation(self, seen: int) -> None:
@@ -337,9 +333,7 @@ class Store:
         with self._claims_lock:
             if seen <= self._incarnation_floor:
                 return
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            batch.put(b"incarnation", str(seen).encode(), self._handle["meta"])
-            self._db.write(batch, self._synced)
+            self._cf["meta"].put(b"incarnation", str(seen).encode(), self._synced)
             self._incarnation_floor = seen
 
     def position(self, kind: str, peer: str) -> int:
@@ -700,9 +694,7 @@ class Store:
         for name in COLUMN_FAMILIES:
             self._cf[name].flush(True)
         if idle and self._wal_failed is None:
-            mark = rocksdict.WriteBatch(raw_mode=True)
-            mark.put(b"closed_cleanly", str(self.run).encode(), self._handle["meta"])
-            self._db.write(mark, self._synced)
+            self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
         for cf in self._cf.values():
             cf.close()
         self._db.close()
