@@ -141,6 +141,8 @@ def create(
         entries = _read(token_file)
         while True:
             token = secrets.token_urlsafe(32)
+            if token.startswith("-"):
+                continue  # a command line would read it as an option (`--token -x...`)
             digest = hash_token(token)
             if not find(entries, id=digest[:12]):
                 break

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from federation import tokens
 from federation.cli import main
 from node.auth import TokenBook, hash_token, load_tokens
 from node.errors import Unauthenticated
@@ -79,3 +80,16 @@ def test_token_create_refuses_bad_names(tmp_path: Path, capsys: pytest.CaptureFi
                        "--agent", "bad agent", "--tenant", "acme")  # fmt: skip
     assert code == 2 and "agent 'bad agent' is not valid" in err
     assert not (tmp_path / "t.toml").exists()
+
+
+def test_a_token_never_starts_with_a_dash_so_the_command_line_takes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One in 64 URL-safe tokens would start with '-', which `--token -x...` reads as an option."""
+    drawn = iter(["-" + "a" * 42, "b" * 43])
+    monkeypatch.setattr(tokens.secrets, "token_urlsafe", lambda n: next(drawn))
+    f = ("--file", str(tmp_path / "tokens.toml"))
+    code, out, _ = run(capsys, "token", "create", *f, "--agent", "a1", "--tenant", "acme")
+    assert code == 0 and out.strip() == "b" * 43
+    code, out, _ = run(capsys, "token", "revoke", *f, "--token", out.strip())
+    assert code == 0 and "a1" in out
