@@ -1,7 +1,7 @@
 """Strict request decoding: a request that is not a valid message is INVALID_ARGUMENT.
 
 grpcio decodes requests before the servicer runs and answers a decode failure with INTERNAL
-("Exception deserializing request!"), which reads like a bug in the node. This interceptor
+("Exception deserializing request!"), which reads like a bug in the node. This wrapper
 takes decoding over, so hostile or corrupt bytes get a status that says what is wrong.
 """
 
@@ -31,12 +31,8 @@ def _decoder(
     return decode
 
 
-class StrictDecodingInterceptor(HandlerWrapper):
-    """Decodes requests itself, so an undecodable one is INVALID_ARGUMENT, not INTERNAL.
-
-    Its wrapped handler is built once per method, which also lets the metrics interceptor
-    around it reuse its own.
-    """
+class StrictDecoding(HandlerWrapper):
+    """Decodes requests itself, so an undecodable one is INVALID_ARGUMENT, not INTERNAL."""
 
     def applies(self, handler: Any) -> bool:
         return handler.request_deserializer is not None

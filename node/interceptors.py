@@ -1,19 +1,22 @@
-"""The one mechanism the node's server interceptors share."""
+"""The one mechanism the node's method wrappers share: each wraps a handler once, at registration.
+
+The wrappers (metrics, strict decoding, pre-serialized replies) could be server interceptors,
+but gRPC runs its interceptor pipeline on every call: a pipeline step, a continuation and a
+lookup of the wrapped handler, all under the GIL that bounds the node's throughput. Registered
+through ``WrappingRegistrar`` instead, the server holds the wrapped handlers themselves and a
+call costs only what the wrappers do.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import grpc
 
 
-class HandlerWrapper(grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
-    """Wraps a method's handler once and reuses it: gRPC asks an interceptor on every call, so a
-    call then costs what the wrapper does, not building it."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+class HandlerWrapper:
+    """Wraps a method's handler, when it applies to it."""
 
     def applies(self, handler: Any) -> bool:
         return True
@@ -21,32 +24,11 @@ class HandlerWrapper(grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
     def wrap(self, handler: Any, method: str) -> Any:
         raise NotImplementedError
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or not self.applies(handler):
-            return handler
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self.wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
 
 class Chain(HandlerWrapper):
-    """Several wrappers as one interceptor, the first outermost.
-
-    gRPC runs its interceptor pipeline on every call, each interceptor a lookup and a
-    continuation; chained here, a call costs one lookup of the fully wrapped handler.
-    """
+    """Several wrappers as one, the first outermost."""
 
     def __init__(self, *wrappers: HandlerWrapper) -> None:
-        super().__init__()
         self._wrappers = wrappers
 
     def wrap(self, handler: Any, method: str) -> Any:
@@ -54,3 +36,60 @@ class Chain(HandlerWrapper):
             if wrapper.applies(handler):
                 handler = wrapper.wrap(handler, method)
         return handler
+
+
+class WrappingRegistrar:
+    """Stands in for the server when a service registers, so its handlers go in wrapped.
+
+    The generated ``add_*Servicer_to_server`` functions (and those of health and reflection)
+    take any object with gRPC's two registration methods: given this one, every method handler
+    is wrapped once, then registered on the real server.
+    """
+
+    def __init__(self, server: grpc.Server, wrapper: HandlerWrapper) -> None:
+        self._server = server
+        self._wrapper = wrapper
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        # grpcio >= 1.63, which the type stubs do not know yet
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service,
+            {name: self._wrapper.wrap(h, f"/{service}/{name}") for name, h in handlers.items()},
+        )
+
+    def add_generic_rpc_handlers(
+        self, handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGeneric(h, self._wrapper) for h in handlers)
+        )
+
+
+def wrapping(server: grpc.Server, wrapper: HandlerWrapper) -> grpc.Server:
+    """A WrappingRegistrar for ``server``, typed as the server it stands in for at registration."""
+    return cast(grpc.Server, WrappingRegistrar(server, wrapper))
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A generic handler whose method handlers come out wrapped (each wrapped once).
+
+    gRPC asks generic handlers only for methods that are not registered, which every method of
+    the node's services is; this keeps any other path wrapped all the same.
+    """
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], wrapper: HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrapper = wrapper
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrapper.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped

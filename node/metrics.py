@@ -95,11 +95,11 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return str(code)
 
 
-class ServerMetricsInterceptor(HandlerWrapper):
+class ServerMetrics(HandlerWrapper):
     """Counts and times every RPC, as go-grpc-prometheus names the families.
 
-    gRPC asks the interceptor for every call; the wrapped handler of a method (and its label
-    children) is built once and reused, so a call costs the counting, not the wrapping.
+    A method's handler and its label children are wrapped once, at registration (see
+    node.interceptors), so a call costs the counting, not the wrapping.
     """
 
     def wrap(self, handler: Any, method: str) -> Any:

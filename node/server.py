@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from node import metrics
-from node.decoding import StrictDecodingInterceptor
+from node.decoding import StrictDecoding
 from node.engine import Engine
-from node.interceptors import Chain
+from node.interceptors import Chain, wrapping
 from node.policy import PolicyBook
 from node.replication import (
     SERVER_OPTIONS,
@@ -202,17 +202,17 @@ def start(config: NodeConfig) -> RunningNode:
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
-        interceptors=[
-            Chain(
-                metrics.ServerMetricsInterceptor(), StrictDecodingInterceptor(), SerializedReplies()
-            )
-        ],
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
     )
+    # Every service registers through this, so its handlers are counted and timed, decode
+    # requests strictly and may answer pre-serialized replies (wrapped once, not per call).
+    services = wrapping(
+        server, Chain(metrics.ServerMetrics(), StrictDecoding(), SerializedReplies())
+    )
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
-        SelfModelServicer(engine, config.limits, identify, domain=config.domain), server
+        SelfModelServicer(engine, config.limits, identify, domain=config.domain), services
     )
     replicator = None
     if config.peers:
@@ -226,22 +226,22 @@ def start(config: NodeConfig) -> RunningNode:
         config.limits,
         on_peer_session=replicator.peer_seen if replicator is not None else None,
     )
-    sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, server)
+    sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, services)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
             engine, lambda: node_status(config, engine, replicator), identify, config.limits
         ),
-        server,
+        services,
     )
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = (
         selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModel"].full_name,
         admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, services)
     try:
         if config.server_credentials is None:
             bound = server.add_insecure_port(config.listen)
