@@ -5,7 +5,8 @@
     fsync = true
     max_clock_offset_ms = 60000
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
-                                  # backoff_max_s, ack_request_s (see sync.replicator.SyncSettings)
+                                  # backoff_max_s, ack_request_s, claim_wait_s
+                                  # (see sync.replicator.SyncSettings)
     [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name
     ca = "certs/ca.crt"
     cert = "certs/{node}.crt"

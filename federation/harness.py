@@ -91,6 +91,11 @@ class NodeProcess:
         ]  # fmt: skip
 
     def start(self) -> NodeProcess:
+        self.launch()
+        return self.await_started()
+
+    def launch(self) -> None:
+        """Starts the process; await_started then waits until it serves."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
@@ -100,7 +105,9 @@ class NodeProcess:
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        assert self.proc.stdout is not None
+
+    def await_started(self) -> NodeProcess:
+        assert self.proc is not None and self.proc.stdout is not None
         line = self.proc.stdout.readline()
         match = _LISTENING.search(line)
         if not match:
@@ -209,7 +216,12 @@ class LocalCluster:
                 for b in names:
                     if a != b:
                         self.proxies[(a, b)] = FaultProxy(("127.0.0.1", self.peer_ports[b]))
-        settings = {"anti_entropy_s": 2.0, "backoff_max_s": 1.0, **(sync or {})}
+        settings = {
+            "anti_entropy_s": 2.0,
+            "backoff_max_s": 1.0,
+            "claim_wait_s": 3.0,
+            **(sync or {}),
+        }
         lines = [
             "[cluster]",
             f'data = "{root}"',
@@ -270,9 +282,13 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> LocalCluster:
+        """Starts every node at once, as a cluster comes up (nodes claim their runs from each
+        other at start), then waits until each serves."""
         try:
             for node in self.nodes.values():
-                node.start()
+                node.launch()
+            for node in self.nodes.values():
+                node.await_started()
         except BaseException:
             self.stop()
             raise

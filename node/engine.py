@@ -87,7 +87,6 @@ class Engine:
         self.policies = policies or PolicyBook()
         self.clock = clock or HybridClock(high_water=store.hlc_high_water)
         self.node = store.node
-        self.actor = store.actor
         self._now_ms = now_ms
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._merged = threading.Condition()
@@ -263,6 +262,11 @@ class Engine:
             self._merged.notify_all()
 
     # -- reads ---------------------------------------------------------------------------
+
+    @property
+    def actor(self) -> str:
+        """What this run's writes are named by: the store's actor, decided at start."""
+        return self.store.actor
 
     def state(self, subject: Subject) -> SubjectState:
         return self.store.load(subject) or SubjectState(subject)

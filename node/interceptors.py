@@ -93,3 +93,37 @@ class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         wrapped = self._wrapper.wrap(handler, method)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class Gate(HandlerWrapper):
+    """Refuses calls with UNAVAILABLE until opened, but for the methods it lets through.
+
+    A starting node serves before it takes writes: it asks its peers to vouch for its previous
+    run while they, started with it, ask it the same (node.server.start). Until it has decided,
+    only those claims, health and reflection are answered.
+    """
+
+    def __init__(self, reason: str, let_through: tuple[str, ...]) -> None:
+        self.reason = reason
+        self.let_through = let_through  # method prefixes, e.g. "/grpc.health.v1.Health/"
+        self.is_open = False
+
+    def open(self) -> None:
+        self.is_open = True
+
+    def wrap(self, handler: Any, method: str) -> Any:
+        if method.startswith(self.let_through):
+            return handler
+        kind = next(
+            k
+            for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, k) is not None
+        )
+        inner = getattr(handler, kind)
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if not self.is_open:
+                context.abort(grpc.StatusCode.UNAVAILABLE, self.reason)
+            return inner(request, context)  # a reply, or the iterator of a streaming method
+
+        return handler._replace(**{kind: guarded})

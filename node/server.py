@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from node import metrics
 from node.decoding import StrictDecoding
 from node.engine import Engine
-from node.interceptors import Chain, wrapping
+from node.interceptors import Chain, Gate, wrapping
 from node.policy import PolicyBook
 from node.replication import (
     SERVER_OPTIONS,
@@ -176,22 +176,6 @@ def start(config: NodeConfig) -> RunningNode:
         sync=config.fsync,
         outbox=bool(config.peers),
     )
-    # Resume the previous run's actor only if every node that may have this node's dots first
-    # hand vouched for it: its peers, and any member that could call its Sync service (one that
-    # lists it as a peer while it does not list that one is never asked, so never resume then).
-    # Without any, no other copy of this directory can have sent its dots anywhere.
-    peer_names = {p.name for p in config.peers}
-    members = (config.members or frozenset(peer_names)) - {config.name}
-    granted = bool(config.peers) and claim_run(store, config.peers, config.peer_channel_credentials)
-    if store.resumable is not None and members <= peer_names and (granted or not members):
-        store.resume_actor()
-    log.info(
-        "node %s: run %d, actor %s (%s)",
-        config.name,
-        store.run,
-        store.actor,
-        "resumed" if store.actor == store.resumable else "new",
-    )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
     options = [
@@ -205,10 +189,16 @@ def start(config: NodeConfig) -> RunningNode:
         options=options,
         maximum_concurrent_rpcs=config.max_watchers + 1024,
     )
-    # Every service registers through this, so its handlers are counted and timed, decode
-    # requests strictly and may answer pre-serialized replies (wrapped once, not per call).
+    # Until the node has decided its actor (below), only run claims, health and reflection.
+    gate = Gate(
+        f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
+        ("/selfmodel.v1.Sync/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
+    )
+    # Every service registers through this, so its handlers are counted and timed, wait for
+    # the gate, decode requests strictly and may answer pre-serialized replies (wrapped once,
+    # not per call).
     services = wrapping(
-        server, Chain(metrics.ServerMetrics(), StrictDecoding(), SerializedReplies())
+        server, Chain(metrics.ServerMetrics(), gate, StrictDecoding(), SerializedReplies())
     )
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
@@ -263,7 +253,16 @@ def start(config: NodeConfig) -> RunningNode:
     if bound == 0 or peer_port == 0:
         store.close()
         raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}")
+    for name in ("", *SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
+    try:
+        decide_actor(config, store)
+    except BaseException:
+        server.stop(0).wait()
+        store.close()
+        raise
+    gate.open()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -290,6 +289,35 @@ def start(config: NodeConfig) -> RunningNode:
         sync_servicer,
         peer_port,
         metrics_server,
+    )
+
+
+def decide_actor(config: NodeConfig, store: Store) -> None:
+    """Resumes the previous run's actor if that is safe, else keeps the new one; logs which.
+
+    Resume only if every node that may have this node's dots first hand vouched for it: its
+    peers, and any member that could call its Sync service (one that lists it as a peer while
+    it does not list that one is never asked, so never resume then). Without any, no other
+    copy of this directory can have sent its dots anywhere. Peers started at the same moment
+    are asked again for up to ``claim_wait_s``, while this node answers their claims.
+    """
+    peer_names = {p.name for p in config.peers}
+    members = (config.members or frozenset(peer_names)) - {config.name}
+    resumable = store.resumable is not None and members <= peer_names
+    granted = bool(config.peers) and claim_run(
+        store,
+        config.peers,
+        config.peer_channel_credentials,
+        wait_s=config.sync.claim_wait_s if resumable else 0.0,
+    )
+    if resumable and (granted or not members):
+        store.resume_actor()
+    log.info(
+        "node %s: run %d, actor %s (%s)",
+        config.name,
+        store.run,
+        store.actor,
+        "resumed" if store.actor == store.resumable else "new",
     )
 
 

@@ -39,6 +39,10 @@ class SyncSettings:
     backoff_max_s: float = 5.0
     # Idle this long with deltas unacknowledged, the stream asks the peer for its ack.
     ack_request_s: float = 0.02
+    # At start, how long a node that may resume its previous run's actor keeps asking peers it
+    # cannot reach yet to vouch for that run (node.replication.claim_run): peers started at the
+    # same moment need this long to serve. Writes wait for the answer; reads and Sync too.
+    claim_wait_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
