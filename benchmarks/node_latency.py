@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -214,8 +215,13 @@ class ClientPool:
 # -- echo server ---------------------------------------------------------------------------
 
 
-def _serve_echo(replies: dict[str, bytes], conn: Connection) -> None:
-    """The floor: a threaded grpc.server like the node's, answering fixed bytes, no protobuf."""
+def _serve_echo(replies: dict[str, bytes], cpus: frozenset[int], conn: Connection) -> None:
+    """The floor: a threaded grpc.server like the node's, answering fixed bytes, no protobuf.
+
+    On ``cpus`` when given, as ``selfmodel node --cpus`` runs the node (before any thread
+    starts, so every thread inherits the mask)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
@@ -236,10 +242,10 @@ def _serve_echo(replies: dict[str, bytes], conn: Connection) -> None:
 
 
 class EchoServer:
-    def __init__(self, replies: dict[str, bytes]) -> None:
+    def __init__(self, replies: dict[str, bytes], cpus: frozenset[int] = frozenset()) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_echo, args=(replies, child), daemon=True)
+        self._proc = ctx.Process(target=_serve_echo, args=(replies, cpus, child), daemon=True)
         self._proc.start()
         child.close()
         if not self._conn.poll(30):
@@ -332,6 +338,7 @@ class Sample:
     errors: int
     seconds: float
     server_cpu_s: float
+    server_switches: int  # context switches of the server process's threads
     client_cpu_s: float
     commits: tuple[float, float, float] | None  # (group commits, mutations, seconds) in the round
     late_s: float
@@ -353,6 +360,7 @@ class Figures:
     mean_ms: float
     throughput: float
     server_cpu_us: float  # server process CPU time per call, all threads
+    server_switches: float  # the server's context switches per call, all threads
     client_cpu_us: float  # client processes' CPU time per call
     late_s: float
     writes_per_commit: float | None = None  # the node's group commit: mutations per batch
@@ -382,6 +390,9 @@ class Figures:
             mean_ms=sum(latencies) / calls * 1e3 if calls else float("nan"),
             throughput=calls / seconds if seconds > 0 else 0.0,
             server_cpu_us=per_call(sum(sample.server_cpu_s for sample in samples)),
+            server_switches=(
+                sum(sample.server_switches for sample in samples) / calls if calls else math.nan
+            ),
             client_cpu_us=per_call(sum(sample.client_cpu_s for sample in samples)),
             late_s=max(sample.late_s for sample in samples),
             writes_per_commit=sum(c[1] for c in commits) / groups if groups else None,
@@ -474,10 +485,11 @@ class Bench:
         with recording:
             self.pool.start(start_at, stop_at)
             time.sleep(max(0.0, start_at - time.monotonic()))
-            cpu0 = process_cpu_s(server.pid)
+            cpu0, switches0 = process_cpu_s(server.pid), context_switches(server.pid)
             commits0 = commit_counts(server.metrics_port)
             time.sleep(max(0.0, stop_at - time.monotonic()))
             server_cpu = process_cpu_s(server.pid) - cpu0
+            switches = context_switches(server.pid) - switches0
             outcomes = self.pool.collect()
             commits1 = commit_counts(server.metrics_port)
         commits = None
@@ -492,6 +504,7 @@ class Bench:
             errors=sum(o.errors for o in outcomes),
             seconds=max(o.ended_at for o in outcomes) - start_at,
             server_cpu_s=server_cpu,
+            server_switches=switches,
             client_cpu_s=sum(o.cpu_s for o in outcomes),
             commits=commits,
             late_s=max(o.late_s for o in outcomes),
@@ -506,6 +519,26 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of every live thread of a process (Linux /proc).
+
+    Each one a thread that gave up its CPU, mostly to wait for the GIL or for I/O: what
+    ``selfmodel node --cpus`` cuts (see the README)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.rpartition(":")[2])
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 class Profiler:
@@ -548,16 +581,17 @@ class Profiler:
 
 HEADER = (
     f"{'scenario':<22} {'server':<13} {'clients':>7} {'calls':>7} {'err':>3} "
-    f"{'p50 ms':>7} {'p99 ms':>7} {'mean ms':>7} {'calls/s':>7} {'srv CPU':>8} {'cli CPU':>8}"
+    f"{'p50 ms':>7} {'p99 ms':>7} {'mean ms':>7} {'calls/s':>7} {'srv CPU':>8} {'cli CPU':>8} "
+    f"{'srv cs':>7}"
 )
-UNITS = f"{'':<78} {'us/call':>8} {'us/call':>8}"
+UNITS = f"{'':<78} {'us/call':>8} {'us/call':>8} {'/call':>7}"
 
 
 def _row(f: Figures) -> str:
     row = (
         f"{f.name:<22} {f.server:<13} {f.clients:>7} {f.calls:>7} {f.errors:>3} "
         f"{f.p50_ms:>7.3f} {f.p99_ms:>7.3f} {f.mean_ms:>7.3f} {f.throughput:>7.0f} "
-        f"{f.server_cpu_us:>8.0f} {f.client_cpu_us:>8.0f}"
+        f"{f.server_cpu_us:>8.0f} {f.client_cpu_us:>8.0f} {f.server_switches:>7.1f}"
     )
     if f.writes_per_commit is not None:
         row += f"\n    group commit: {f.writes_per_commit:.1f} writes per batch written"
@@ -670,14 +704,15 @@ def markdown(
         *[f"- {n}" for n in notes],
         "",
         "| scenario | server | clients | calls | errors | p50 ms | p99 ms | mean ms | calls/s "
-        "| server CPU µs/call | client CPU µs/call | writes per commit | ms per commit |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU µs/call | client CPU µs/call | server context switches/call "
+        "| writes per commit | ms per commit |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for f in figures:
         lines.append(
             f"| {f.name} | {f.server} | {f.clients} | {f.calls} | {f.errors} | {f.p50_ms:.3f} "
             f"| {f.p99_ms:.3f} | {f.mean_ms:.3f} | {f.throughput:.0f} | {f.server_cpu_us:.0f} "
-            f"| {f.client_cpu_us:.0f} "
+            f"| {f.client_cpu_us:.0f} | {f.server_switches:.1f} "
             f"| {'' if f.writes_per_commit is None else f'{f.writes_per_commit:.1f}'} "
             f"| {'' if f.commit_ms is None else f'{f.commit_ms:.2f}'} |"
         )
@@ -786,12 +821,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --py-spy, profile the echo server's scenarios too",
     )
     p.add_argument(
+        "--cpus",
+        default=str(max(os.sched_getaffinity(0))),
+        help="run the node and the echo alike on these CPUs only ('none': on any CPU); "
+        "default: the last CPU, one per node as the README advises",
+    )
+    p.add_argument(
         "--only",
         choices=("get", "observe"),
         default=None,
         help="run only the GetSelfModel or only the Observe scenarios (no ratios)",
     )
     args = p.parse_args(argv)  # fmt: skip
+    from node.server import ConfigError, parse_cpus
+
+    try:
+        args.cpus = frozenset() if args.cpus in ("", "none") else parse_cpus(args.cpus)
+    except ConfigError as exc:
+        p.error(str(exc))
     if args.quick:
         args.duration = min(args.duration, 0.8)
         args.rounds = 1
@@ -845,12 +892,19 @@ def describe(args: argparse.Namespace, captured: Captured, nproc: str) -> list[s
         "echo: a bare threaded grpc.server in its own process, configured like the node's (same "
         "thread pool and options), generic bytes-in/bytes-out handlers answering the reply "
         "captured from the node (same serialized size), no interceptor.",
+        (
+            f"Node and echo processes run on CPU(s) {','.join(map(str, sorted(args.cpus)))} only "
+            "(selfmodel node --cpus; the echo pinned alike); clients on any CPU."
+            if args.cpus
+            else "Node and echo processes run on any CPU (--cpus none)."
+        ),
         f"Clients: separate processes (1, then {args.clients}), one channel and one call in "
         "flight each, pre-serialized requests, replies not decoded (the same for node and echo).",
         f"Each scenario: {args.warmup_calls} warm-up calls per client, then {args.duration:g} s "
         f"measured, {args.rounds} round(s) interleaved and pooled. Nodes, echo and clients share "
         f"this machine's {nproc} CPUs; 'srv CPU' is the "
-        "server process's CPU time per call, 'cli CPU' the clients'.",
+        "server process's CPU time per call, 'cli CPU' the clients', 'srv cs' the server's "
+        "context switches per call (its threads waiting for the GIL or for I/O).",
     ]
 
 
@@ -936,7 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = ClientPool(args.clients)  # spawns while the nodes start
         stack.callback(pool.close)
         nodes = []
-        for name, extra in (("durable", ()), ("nofsync", ("--no-fsync",))):
+        pin = ("--cpus", ",".join(map(str, sorted(args.cpus)))) if args.cpus else ()
+        for name, extra in (("durable", pin), ("nofsync", ("--no-fsync", *pin))):
             node = NodeProcess(name, tmp / name / "data", extra)
             node.data_dir.parent.mkdir(parents=True)
             stack.callback(_stop_node, node)
@@ -948,7 +1003,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         captured = seed(durable.address, args.beliefs, args.timeout)
         echo_process = EchoServer(
-            {"SelfModelSized": captured.get_reply, "ObserveSized": captured.observe_reply}
+            {"SelfModelSized": captured.get_reply, "ObserveSized": captured.observe_reply},
+            args.cpus,
         )
         stack.callback(echo_process.stop)
         echo = Server("echo", echo_process.pid, echo_process.address)

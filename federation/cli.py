@@ -27,7 +27,7 @@ def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
-    from node.server import ConfigError, NodeConfig, serve
+    from node.server import ConfigError, NodeConfig, parse_cpus, pin_to_cpus, serve
     from node.store import StoreError
 
     parent = os.environ.get(PARENT_ENV)
@@ -62,6 +62,8 @@ def _node(args: argparse.Namespace) -> int:
             )
         if tokens_file:
             config.identify = TokenBook(Path(tokens_file)).identify
+        if args.cpus:
+            pin_to_cpus(parse_cpus(args.cpus))
         serve(config)
     except (
         ConfigError,
@@ -231,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.add_argument("--tls-cert", help="PEM certificate: serve the agents' port over TLS")
     node.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    node.add_argument(
+        "--cpus",
+        help="run the node on these CPUs only, e.g. 1 or 0-1 (one CPU per node serves the most "
+        "calls: see the README)",
+    )
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
