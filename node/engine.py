@@ -22,7 +22,15 @@ from node.resolution import Belief, Explanation, explain_slot, normalize_stateme
 from node.store import Change, Store
 from sync.causal import CausalContext
 from sync.codec import Position, encode_token
-from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta, slot_dots
+from sync.crdt import (
+    SubjectState,
+    apply_observe,
+    erase_delta,
+    merge,
+    observe_delta,
+    retract_delta,
+    slot_dots,
+)
 from sync.delivery import CausalBuffer, Delta
 from sync.hlc import ClockSkewError, HybridClock, wall_ms
 from sync.observation import Evidence, Observation, Subject
@@ -145,8 +153,8 @@ class Engine:
             hlc=self.clock.now(),
             origin=self.node,
         )
-        delta = observe_delta(state, obs, [*mine, *evicted])
-        return delta, merge(state, delta)
+        removed = [*mine, *evicted]
+        return observe_delta(state, obs, removed), apply_observe(state, obs, removed)
 
     def retract(
         self,

@@ -61,6 +61,18 @@ class CausalContext:
                 vector[actor] = counter
         return _compact(vector, set(self.cloud) | set(other.cloud))
 
+    def add(self, dot: Dot) -> CausalContext:
+        """This context with ``dot``: ``self.join(CausalContext.of([dot]))``, cheaper."""
+        if dot in self:
+            return self
+        if dot.counter != self.vector.get(dot.actor, 0) + 1:
+            return CausalContext(self.vector, self.cloud | {dot})  # beyond a gap: compact still
+        vector = dict(self.vector)
+        vector[dot.actor] = dot.counter
+        if any(d.actor == dot.actor for d in self.cloud):  # the gap it closes may join the cloud
+            return _compact(vector, set(self.cloud))
+        return CausalContext(vector, self.cloud)
+
     def includes(self, other: CausalContext) -> bool:
         """True when every dot of ``other`` is in this context."""
         for actor, counter in other.vector.items():

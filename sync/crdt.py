@@ -71,6 +71,24 @@ def observe_delta(
     )
 
 
+def apply_observe(
+    state: SubjectState, observation: Observation, supersedes: Iterable[Dot] = ()
+) -> SubjectState:
+    """``merge(state, observe_delta(state, observation, supersedes))``, without a general merge.
+
+    For the replica making the observation: its dot is ``state.next_dot(actor)`` and every
+    superseded dot one of ``state``'s observations. So the result is ``state`` without those,
+    with the observation, and with its dot in the context.
+    """
+    observations = dict(state.observations)
+    for dot in supersedes:
+        del observations[dot]
+    observations[observation.dot] = observation
+    return SubjectState(
+        state.subject, state.generation, state.context.add(observation.dot), observations
+    )
+
+
 def retract_delta(state: SubjectState, actor: str, removes: Iterable[Dot]) -> SubjectState:
     dots = [state.next_dot(actor), *removes]
     return SubjectState(state.subject, state.generation, CausalContext.of(dots), {})

@@ -104,6 +104,15 @@ def test_join_is_a_union_commutative_associative_and_idempotent(
 
 
 @VALUES
+@given(ctx=built_contexts(), dot=small_dots)
+def test_adding_a_dot_is_joining_the_context_of_that_dot(ctx: CausalContext, dot: Dot) -> None:
+    added = ctx.add(dot)
+    assert added == ctx.join(CausalContext.of([dot]))
+    assert _dots(added) == _dots(ctx) | {dot}
+    assert _is_compact(added)
+
+
+@VALUES
 @given(a=built_contexts(), b=built_contexts())
 def test_includes_is_the_subset_relation(a: CausalContext, b: CausalContext) -> None:
     assert a.includes(b) == (_dots(b) <= _dots(a))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
     SubjectState,
+    apply_observe,
     digest,
     erase_delta,
     merge,
@@ -66,6 +67,19 @@ def test_merge_is_commutative_associative_and_idempotent(run: Run, data: st.Data
         assert merge(merge(a, b), c) == merge(a, merge(b, c))
         assert merge(a, a) == a
         assert merge(a, merge(a, b)) == merge(a, b)
+
+
+@LAWS
+@given(run=runs, data=st.data())
+def test_observing_locally_is_merging_the_observe_delta(run: Run, data: st.DataObject) -> None:
+    """The engine's fast path for its own writes (apply_observe) is exactly the merge."""
+    state = data.draw(st.sampled_from(_pool(run, "states")))
+    actor = data.draw(st.sampled_from(run.actors))
+    held = sorted(state.observations)
+    supersedes = data.draw(st.lists(st.sampled_from(held), unique=True) if held else st.just([]))
+    obs = observation(actor, state.next_dot(actor).counter, statement="new")
+    delta = observe_delta(state, obs, supersedes)
+    assert apply_observe(state, obs, supersedes) == merge(state, delta)
 
 
 def test_merge_refuses_states_of_different_subjects() -> None:
