@@ -88,7 +88,10 @@ class _Pending:
     changes: Sequence[Change]
     extra: Sequence[tuple[str, bytes, bytes | None]]
     durable: bool = True
-    event: threading.Event | None = None  # only a writer that waits (not the leader) has one
+    # Held while a writer waits (a first leader has none): released once, when its batch is
+    # written, or when it is its turn to lead. A bare lock: waking a writer is one release, with
+    # none of an Event's Python-level bookkeeping under the GIL that bounds the node.
+    wake: threading.Lock | None = None
     finished: bool = False
     error: BaseException | None = None
     last_seq: int = 0
@@ -399,18 +402,19 @@ class Store:
             if lead:
                 self._leading = True
             else:
-                pending.event = threading.Event()
-        if pending.event is not None:
-            pending.event.wait()
+                pending.wake = threading.Lock()
+                pending.wake.acquire()
+        if pending.wake is not None:
+            pending.wake.acquire()  # until the leader releases it
             if not pending.finished:
-                self._lead()
+                self._lead(pending)
         else:
-            self._lead()
+            self._lead(pending)
         if pending.error is not None:
             raise StoreError(f"write failed: {pending.error}") from pending.error
         return pending.last_seq
 
-    def _lead(self) -> None:
+    def _lead(self, mine: _Pending) -> None:
         with self._lock:
             group, self._queue = self._queue, []
         started = time.perf_counter()
@@ -431,13 +435,13 @@ class Store:
         for p in group:
             p.error = error
             p.finished = True
-            if p.event is not None:
-                p.event.set()
+            if p.wake is not None and p is not mine:
+                p.wake.release()
         metrics.record_commit(len(group), elapsed)
         with self._lock:
             if self._queue:
                 # Not finished: it wakes up as the next leader. Every queued writer waits.
-                cast(threading.Event, self._queue[0].event).set()
+                cast(threading.Lock, self._queue[0].wake).release()
             else:
                 self._leading = False
 
