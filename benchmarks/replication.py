@@ -18,6 +18,11 @@ What runs, per cell (nodes x writes/s), all on loopback, data in a temporary dir
   stream per relay process, and each relay pushes it to its subscriber, the two hops a write
   takes from one node to a watcher on another.
 
+Node i runs on one CPU, the i-th of ``--cpus`` round robin (default: every CPU of this machine),
+as the README advises one CPU per node; the floor's origin runs where node 1 runs and relay i
+where node i + 2 runs. Writer, watchers and subscribers run on any CPU. ``--cpus none``: every
+process on any CPU.
+
 The node, push-floor and relay-floor runs of a cell take turns (``--rounds``, default 3, each
 measuring duration/rounds seconds) and pool their samples: this machine's speed drifts by up to
 ~1.8x from one minute to the next (``receive_path.py`` shows it), and a ratio of two runs taken
@@ -100,7 +105,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (WAL still on)")
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
     p.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
+    p.add_argument(
+        "--cpus",
+        default=",".join(map(str, sorted(os.sched_getaffinity(0)))),
+        help="give node i (and the floor's i-th server process) CPU i of this list, round "
+        "robin: one CPU per node as the README advises ('none': any CPU); default: every CPU",
+    )
     args = p.parse_args(argv)
+    from node.server import ConfigError, parse_cpus
+
+    try:
+        args.cpus = [] if args.cpus in ("", "none") else sorted(parse_cpus(args.cpus))
+    except ConfigError as exc:
+        p.error(str(exc))
     args.node_counts = [int(n) for n in args.nodes.split(",")]
     args.rate_list = [float(r) for r in args.rates.split(",")]
     if args.quick:
@@ -122,6 +139,18 @@ def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
     proc.start()
     child.close()
     return proc, parent
+
+
+def pin(pid: int, cpus: Sequence[int], i: int) -> None:
+    """Every thread of process ``pid`` on CPU ``cpus[i % len(cpus)]`` (none: left alone).
+
+    Threads it starts later inherit the mask of the thread that starts them."""
+    if not cpus:
+        return
+    cpu = {cpus[i % len(cpus)]}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpu)
 
 
 def _expect(conn: Connection, what: str, timeout_s: float = 30.0) -> Any:
@@ -477,9 +506,16 @@ def measure_node(cluster: Any, cell: str, rate: float, duration_s: float) -> Fig
 
 
 def measure_floor(
-    subscribers: int, rate: float, duration_s: float, pad: int, relay: bool = False
+    subscribers: int,
+    rate: float,
+    duration_s: float,
+    pad: int,
+    relay: bool = False,
+    cpus: Sequence[int] = (),
 ) -> Figures:
-    """The push floor; with ``relay``, the relay floor: origin -> stream -> relay -> subscriber."""
+    """The push floor; with ``relay``, the relay floor: origin -> stream -> relay -> subscriber.
+
+    The origin runs where node 1 runs, relay i where node i + 2 runs (``cpus``, as ``pin``)."""
     relays: list[tuple[Any, Connection]] = []
     subs: list[tuple[Any, Connection]] = []
     spawned: list[tuple[Any, Connection]] = []
@@ -488,8 +524,11 @@ def measure_floor(
         if relay:
             relays = [_spawn(_push_server, []) for _ in range(subscribers)]
             targets = [f"127.0.0.1:{_expect(conn, 'relay')}" for _, conn in relays]
+            for i, (proc, _) in enumerate(relays):
+                pin(proc.pid, cpus, i + 1)
         spawned.append(_spawn(_push_server, targets))
         target = f"127.0.0.1:{_expect(spawned[0][1], 'push server')}"
+        pin(spawned[0][0].pid, cpus, 0)
         subs = [_spawn(_subscriber, t) for t in (targets or [target] * subscribers)]
         for _, conn in subs:
             if _expect(conn, "subscriber") != "ready":
@@ -569,6 +608,10 @@ def run(args: argparse.Namespace) -> list[Cell]:
                 )
 
             cluster = start_with_fresh_ports(make)
+            for i, name in enumerate(names):
+                node_proc = cluster.nodes[name].proc
+                assert node_proc is not None
+                pin(node_proc.pid, args.cpus, i)
             try:
                 cluster.wait_converged(timeout_s=30)
                 for rate in args.rate_list:
@@ -580,9 +623,11 @@ def run(args: argparse.Namespace) -> list[Cell]:
                         cell = f"r{n}x{rate:g}-{r}"  # fresh subjects each round
                         node.absorb(measure_node(cluster, cell, rate, seconds))
                         print(f"{step} push floor ...", flush=True)
-                        floor.absorb(measure_floor(n - 1, rate, seconds, pad))
+                        floor.absorb(measure_floor(n - 1, rate, seconds, pad, cpus=args.cpus))
                         print(f"{step} relay floor ...", flush=True)
-                        relay.absorb(measure_floor(n - 1, rate, seconds, pad, relay=True))
+                        relay.absorb(
+                            measure_floor(n - 1, rate, seconds, pad, relay=True, cpus=args.cpus)
+                        )
                     cells.append(Cell(n, rate, node, floor, relay))
             finally:
                 cluster.stop()
@@ -659,7 +704,12 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
         "client stream and a relay process per subscriber (informational, not the target's "
         "floor); acked/s = Observe calls issued in "
         "the measured interval and acknowledged; errors = failed or skipped calls; "
-        f"fsync {'off' if args.no_fsync else 'on (node default)'}"
+        f"fsync {'off' if args.no_fsync else 'on (node default)'}; "
+        + (
+            f"node i and the floor's i-th server on CPU i of {args.cpus}, round robin"
+            if args.cpus
+            else "every process on any CPU (--cpus none)"
+        )
     )
     return "\n".join(lines)
 
