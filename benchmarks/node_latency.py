@@ -10,6 +10,9 @@ What runs (all on loopback, data in a temporary directory that is removed afterw
   with a reply captured from the node, so the message sizes are exactly the node's. It is the
   floor: what a Python gRPC server costs before it does any work.
 
+Node and echo run on the same one CPU (``--cpus``, default: the last CPU), as the README advises
+a node to run; ``--cpus none`` lets both run on any CPU.
+
 What is measured, each sequentially (1 client) and with concurrent clients:
 
 - ``GetSelfModel`` of a subject holding 50 beliefs (seeded by 50 observations with distinct
