@@ -145,12 +145,10 @@ def pin(pid: int, cpus: Sequence[int], i: int) -> None:
     """Every thread of process ``pid`` on CPU ``cpus[i % len(cpus)]`` (none: left alone).
 
     Threads it starts later inherit the mask of the thread that starts them."""
-    if not cpus:
-        return
-    cpu = {cpus[i % len(cpus)]}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), cpu)
+    from node.server import pin_to_cpus
+
+    if cpus:
+        pin_to_cpus(frozenset([cpus[i % len(cpus)]]), pid)
 
 
 def _expect(conn: Connection, what: str, timeout_s: float = 30.0) -> Any:

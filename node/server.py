@@ -375,8 +375,9 @@ def parse_cpus(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def pin_to_cpus(cpus: frozenset[int]) -> None:
-    """Runs every thread of this process, and every thread it starts later, on ``cpus`` only.
+def pin_to_cpus(cpus: frozenset[int], pid: int | None = None) -> None:
+    """Runs every thread of this process (or of process ``pid``), and every thread it starts
+    later, on ``cpus`` only.
 
     A node's throughput is bounded by its GIL, which its threads hand to one another several
     times per call (the gRPC poll thread, the handler, the group commit). On one CPU a
@@ -392,7 +393,7 @@ def pin_to_cpus(cpus: frozenset[int]) -> None:
             f"--cpus {','.join(map(str, sorted(cpus)))}: this process may run only on CPUs "
             f"{','.join(map(str, sorted(allowed)))}"
         )
-    for tid in os.listdir("/proc/self/task"):
+    for tid in os.listdir(f"/proc/{'self' if pid is None else pid}/task"):
         try:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:  # a thread that ended meanwhile
