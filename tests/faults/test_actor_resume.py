@@ -22,8 +22,6 @@ from federation.harness import LocalCluster, free_port
 from node.replication import NODE_HEADER, PeerConfig
 from node.server import NodeConfig, RunningNode, start
 from selfmodel.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
     model_pb2,
     selfmodel_pb2,
     selfmodel_pb2_grpc,
@@ -32,16 +30,13 @@ from selfmodel.v1 import (
 )
 from sync.replicator import SyncSettings
 from tests.faults.test_delta_stream import wait_acked
+from tests.nodes import node_status
 
 pytestmark = pytest.mark.faults
 
 
 def actor(cluster: LocalCluster, name: str) -> str:
-    with grpc.insecure_channel(cluster.address(name)) as channel:
-        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=5.0
-        )
-    return str(status.actor)
+    return str(node_status(cluster.address(name)).actor)
 
 
 def write(cluster: LocalCluster, key: str) -> str:

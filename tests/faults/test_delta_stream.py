@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import grpc
 import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from tests.nodes import node_status
 
 pytestmark = pytest.mark.faults
 
@@ -18,14 +17,12 @@ pytestmark = pytest.mark.faults
 def wait_acked(cluster: LocalCluster, node: str, peer: str, seq: int) -> None:
     """Until ``node`` knows that ``peer`` acknowledged its outbox up to ``seq``."""
     deadline = time.monotonic() + 10
-    with grpc.insecure_channel(cluster.address(node)) as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        while True:
-            status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
-            if any(p.name == peer and p.acked_seq >= seq for p in status.peers):
-                return
-            assert time.monotonic() < deadline, f"{peer} never acknowledged {node}'s {seq}"
-            time.sleep(0.05)
+    while True:
+        status = node_status(cluster.address(node))
+        if any(p.name == peer and p.acked_seq >= seq for p in status.peers):
+            return
+        assert time.monotonic() < deadline, f"{peer} never acknowledged {node}'s {seq}"
+        time.sleep(0.05)
 
 
 def test_a_forget_while_peers_lag_does_not_stall_the_delta_stream_to_them(
@@ -59,11 +56,7 @@ def test_a_forget_while_peers_lag_does_not_stall_the_delta_stream_to_them(
 
 
 def peers_connected(cluster: LocalCluster, node: str) -> bool:
-    with grpc.insecure_channel(cluster.address(node)) as channel:
-        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=5
-        )
-    return all(p.connected for p in status.peers)
+    return all(p.connected for p in node_status(cluster.address(node)).peers)
 
 
 def test_a_restarted_node_gets_deltas_at_once_not_after_its_peers_backoff(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-import grpc
 import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 from tests.faults.test_delta_stream import wait_acked
+from tests.nodes import node_status
 
 pytestmark = pytest.mark.faults
 
@@ -66,8 +65,4 @@ def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_p
 
 
 def incarnation(cluster: LocalCluster, name: str) -> int:
-    with grpc.insecure_channel(cluster.address(name)) as channel:
-        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=5.0
-        )
-    return int(status.incarnation)
+    return int(node_status(cluster.address(name)).incarnation)

@@ -9,13 +9,10 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
-
 from federation.client import Client, user
 from node.errors import SelfModelError
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 from sync.observation import Evidence
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, node_status
 
 TENANT = "acme"
 WRITERS = 4
@@ -25,10 +22,7 @@ WAIT_S = 20.0
 
 def incarnation(node: NodeProcess) -> tuple[int, str]:
     """The node's incarnation and the actor naming its dots."""
-    with grpc.insecure_channel(node.address) as channel:
-        status = admin_pb2_grpc.AdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=5.0
-        )
+    status = node_status(node.address)
     assert status.node == node.name
     # node.incarnation.random: the incarnation that took the actor (a later one may resume it)
     assert re.fullmatch(rf"{node.name}\.[0-9]+\.[0-9a-f]{{8}}", status.actor)
