@@ -33,6 +33,15 @@ def item(
     return ObservationInput(subject, "facts", key, statement, confidence)
 
 
+def die_without_closing(path: Path) -> None:
+    """A process that opens the store of node sales at ``path`` and exits without closing it."""
+    die = (
+        "import os, sys; from pathlib import Path; from node.store import Store; "
+        "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", die, str(path)], check=True, timeout=60)
+
+
 def test_every_start_is_a_new_incarnation_with_an_actor_never_used_before(tmp_path: Path):
     seen = []
     for _ in range(3):
@@ -42,12 +51,7 @@ def test_every_start_is_a_new_incarnation_with_an_actor_never_used_before(tmp_pa
     assert [incarnation for incarnation, _ in seen] == [1, 2, 3]
     for incarnation, actor in seen:
         assert re.fullmatch(rf"sales\.{incarnation}\.[0-9a-f]{{8}}", actor), actor
-    # A process that dies without closing its store (as after kill -9): the same.
-    die = (
-        "import os, sys; from pathlib import Path; from node.store import Store; "
-        "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
-    )
-    subprocess.run([sys.executable, "-c", die, str(tmp_path / "db")], check=True, timeout=60)
+    die_without_closing(tmp_path / "db")  # as after kill -9: the same
     store = Store(tmp_path / "db", "sales")
     seen.append((store.incarnation, store.actor))
     store.close()
@@ -395,13 +399,8 @@ def test_only_a_run_that_closed_cleanly_is_resumable_and_only_before_a_write(tmp
     assert engine.observe("agent", [item(U1, "k")]).written[0].observation_id == f"{first_actor}:1"
     with pytest.raises(StoreError, match="before the first write"):
         store.resume_actor()
-    # Dying without close (kill -9): the next run may not resume.
-    die = (
-        "import os, sys; from pathlib import Path; from node.store import Store; "
-        "Store(Path(sys.argv[1]), 'sales'); os._exit(0)"
-    )
     store.close()
-    subprocess.run([sys.executable, "-c", die, str(tmp_path / "db")], check=True, timeout=60)
+    die_without_closing(tmp_path / "db")  # as after kill -9: the next run may not resume
     store = Store(tmp_path / "db", "sales")
     assert store.resumable is None
     with pytest.raises(StoreError, match="did not close cleanly"):
