@@ -12,9 +12,24 @@ included, which stops every other thread of the node for each fsync and leaves n
 handed the WAL record to the OS) and fdatasyncs the live WAL files itself, GIL released: the
 same durability as RocksDB's own WAL sync (which uses fdatasync too), while the other threads
 keep queueing batches for the next group. Until the sync returns, the group's writers are not
-answered, the state cache and ``outbox()`` do not show the batch and the counters do not move;
-only direct RocksDB reads (a subject missing from the cache, a bucket's digests) could see it
-early.
+answered, the state cache does not show the batch and the counters do not move; only direct
+RocksDB reads (a subject missing from the cache, a bucket's digests) could see it early.
+
+The outbox shows a group's entries as soon as RocksDB has them, while the WAL syncs: the
+delta streams ship them to the peers in parallel with the local sync (as a Raft leader sends
+entries to its followers while it appends them to its own log), which takes the sync off the
+time from a write to its visibility elsewhere. A peer may so merge a write that this node then
+loses, which costs nothing a CRDT cares about:
+
+- if the sync fails, the writers get an error, but the write may exist on peers (like a write
+  whose answer was lost), and this node refuses every later write until restarted;
+- if the machine crashes before the sync, the next run finds no clean close (``close``) and
+  takes a new actor, so no dot of the lost writes is ever handed out again; anti-entropy
+  brings the writes back from the peers that have them;
+- the outbox positions stay consistent: the WAL is replayed as a prefix, so a peer's
+  acknowledgement written down here implies the entries it covers survived; and the delta
+  streams clamp a recorded acknowledgement to the outbox's end all the same
+  (sync.replicator.PeerReplicator).
 """
 
 from __future__ import annotations
@@ -205,7 +220,7 @@ class Store:
         self._outbox_lock = threading.Lock()
         self._outbox_trimmed = self._first_outbox_key(0) - 1
         self._unsynced = rocksdict.WriteOptions()
-        # Consecutive committed entries ending at outbox_seq (see outbox); guarded by _tail_lock.
+        # Consecutive written entries ending at outbox_seq (see outbox); guarded by _tail_lock.
         self._tail: collections.deque[OutboxEntry] = collections.deque(maxlen=OUTBOX_TAIL)
         self._tail_lock = threading.Lock()
         # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
@@ -259,8 +274,9 @@ class Store:
     def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
         """Up to ``limit`` outbox entries with a sequence above ``after``, in order.
 
-        Only committed entries: not one of a group whose WAL sync is still under way. A peer
-        that keeps up asks for the newest ones, served from memory; older ones from RocksDB.
+        Entries RocksDB has, including those of a group whose WAL sync is still under way (see
+        the module's doc). A peer that keeps up asks for the newest ones, served from memory;
+        older ones from RocksDB.
         """
         with self._tail_lock:
             tail = self._tail
@@ -389,7 +405,7 @@ class Store:
         batch is on disk per the fsync setting, or with ``durable=False`` only until RocksDB
         has it (readable, and safe from a crash of this process but not of the machine: see
         sync_written); raises StoreError when the write failed. Batches with outbox entries
-        are always durable: the outbox only ever shows entries on disk.
+        are always durable (their entries are shipped during the sync: see the module's doc).
         """
         if not durable and any(c.delta is not None for c in changes):
             raise ValueError("a batch with outbox entries must be durable")
@@ -502,18 +518,18 @@ class Store:
             batch.put(b"hlc", str(hlc).encode(), meta)
         self._db.write(batch, self._write_opts)
         self._written_groups += 1
-        if self.sync and any(p.durable for p in group):
-            self._sync_wal()
+        self.outbox_seq = seq
         if entries:
+            # Shipped to the peers while the WAL syncs, not after: see "The outbox" above.
             with self._tail_lock:
                 self._tail.extend(entries)
-        self.outbox_seq = seq
+            with self._outbox_grew:
+                self._outbox_grew.notify_all()
+        if self.sync and any(p.durable for p in group):
+            self._sync_wal()
         self.hlc = hlc
         for bucket, value in touched.items():
             self._buckets[bucket] = value
-        if entries:  # the outbox grew (its sequence moves exactly when entries are written)
-            with self._outbox_grew:
-                self._outbox_grew.notify_all()
         return written
 
     def sync_written(self) -> None:

@@ -6,7 +6,9 @@ wraps a few functions of the node once ``node.server`` is imported and appends o
 event to ``<dir>/<node name>.trace``: ``<time.monotonic()> <event> [detail]``. Events:
 
 - ``obs_in`` / ``obs_out``: an Observe call enters / leaves the servicer;
-- ``commit`` / ``commit_in``: a group commit with / without outbox entries is written;
+- ``commit`` / ``commit_in``: a group commit with / without outbox entries is written (the
+  former when RocksDB has it, before its WAL sync; the latter after the sync); ``synced``: a
+  WAL sync returned;
 - ``send <peer>``: the delta stream to a peer takes a batch;
 - ``recv <peer>``: the Sync servicer has a batch from a peer; ``merged <peer>``: it yields an ack;
 - ``notify``: watches of a subject are woken; ``wyield``: a watch yields a snapshot;
@@ -57,11 +59,30 @@ def _install(directory: str, name: str) -> None:
         from sync import replicator
 
         write_group = store.Store._write_group
+        sync_wal = store.Store._sync_wal
+        traced_seq = [0]
+
+        def committed(self: Any) -> None:
+            # Once per group with outbox entries, when RocksDB has it: the delta streams may
+            # ship it from then on, while the WAL syncs.
+            if self.outbox_seq != traced_seq[0]:
+                traced_seq[0] = self.outbox_seq
+                rec("commit")
+
+        def _sync_wal(self: Any) -> Any:
+            committed(self)
+            try:
+                return sync_wal(self)
+            finally:
+                rec("synced")
 
         def _write_group(self: Any, group: Any) -> Any:
             before = self.outbox_seq
             written = write_group(self, group)
-            rec("commit" if self.outbox_seq != before else "commit_in")
+            if self.outbox_seq == before:
+                rec("commit_in")
+            else:
+                committed(self)  # without fsync: nothing recorded it yet
             return written
 
         batches = replicator.PeerReplicator._batches
@@ -106,6 +127,7 @@ def _install(directory: str, name: str) -> None:
                 rec("obs_out")
 
         store.Store._write_group = _write_group  # type: ignore[method-assign]
+        store.Store._sync_wal = _sync_wal  # type: ignore[method-assign]
         replicator.PeerReplicator._batches = _batches  # type: ignore[method-assign]
         replication.SyncServicer._replicate = _replicate  # type: ignore[method-assign, assignment]
         engine.Engine._notify = _notify  # type: ignore[method-assign]

@@ -345,6 +345,61 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
     reopened.close()
 
 
+def test_a_group_s_outbox_entries_are_shipped_while_its_wal_syncs_not_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The delta streams may send a write to the peers in parallel with its local sync."""
+    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    during: list[tuple[list[int], bool, bool]] = []
+    fdatasync = os.fdatasync
+
+    def syncing(fd: int) -> None:
+        # What a peer's delta stream sees while the group's sync is under way.
+        shown = [e.seq for e in store.outbox(0, 10)]
+        cached = any(o.key == "k2" for o in engine.state(U1).observations.values())
+        during.append((shown, store.wait_outbox(1, 0.0), cached))
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", syncing)
+    engine.observe("agent", [item(U1, "k2")])
+    # The entry is shipped during the sync; the writer, and readers here, see it after.
+    assert during == [([1, 2], True, False)]
+    store.close()
+
+
+def test_a_write_whose_sync_failed_may_be_on_peers_so_its_actor_is_never_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.CRITICAL, logger="node.store")
+    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])
+    actor = store.actor
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fdatasync", failing)
+        with pytest.raises(StoreError, match="Input/output error"):
+            engine.observe("agent", [item(U1, "k2")])
+    shipped = [decode_delta(e.delta) for e in store.outbox(1, 10)]
+    assert [o.key for d in shipped for o in d.state.observations.values()] == ["k2"]
+    store.close()
+    del engine, store
+    gc.collect()  # the failed write's traceback is in a reference cycle holding the handles
+
+    # A peer may hold the unacknowledged write's dot: the next run must not hand it out again.
+    reopened = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    assert reopened.resumable is None
+    with pytest.raises(StoreError, match="not resumable"):
+        reopened.resume_actor()
+    assert reopened.actor != actor
+    reopened.close()
+
+
 def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
     tmp_path: Path, synced: list[str]
 ):

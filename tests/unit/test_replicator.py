@@ -154,3 +154,31 @@ def test_a_stream_whose_deltas_are_acknowledged_never_asks() -> None:
     peer.acked = 3  # the receiver acknowledged on its own
     assert list(stream) == []
     assert outbox.waits == [0.5, 0.5, 0.5]
+
+
+class Acked(Replica):
+    def acked(self, peer: str) -> int:
+        return 9  # written down before a machine crash took entries 4..9 of the outbox
+
+
+class Growing(Outbox):
+    """Entries 1..end; ``end`` moves as the node writes."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+
+    def read(self, after: int, limit: int) -> Batch | None:
+        if after >= self.end:
+            return None
+        return Batch(after + 1, self.end, [b"d"] * (self.end - after), 0)
+
+    def last_seq(self) -> int:
+        return self.end
+
+
+def test_a_recorded_acknowledgement_past_the_outbox_s_end_streams_from_the_end() -> None:
+    outbox = Growing(3)
+    peer = PeerReplicator("billing", outbox, Acked(), Link, SyncSettings())
+    assert peer.acked == 3
+    outbox.end = 5  # the entries that take numbers 4 and 5 after the crash are new writes
+    assert next(peer._batches(peer.acked)) == Batch(4, 5, [b"d", b"d"], 0)
