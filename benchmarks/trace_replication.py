@@ -19,6 +19,7 @@ during the measured writes. The hooks cost a little: absolute figures run slight
 
     python benchmarks/trace_replication.py
     python benchmarks/trace_replication.py --rate 200 --duration 20 --no-fsync
+    python benchmarks/trace_replication.py --cpus none
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=100.0, help="writes/s")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--no-fsync", action="store_true", help="nodes without fsync")
+    p.add_argument(
+        "--cpus", default=None, help="as replication.py's --cpus ('none': any CPU); default: its"
+    )
     p.add_argument("--keep", type=Path, default=None, help="copy the raw traces to this folder")
     args = p.parse_args(argv)
     if args.nodes < 2 or args.rate <= 0:
@@ -140,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cell = replication.parse_args(
         ["--nodes", str(args.nodes), "--rates", f"{args.rate:g}",
          "--duration", f"{args.duration:g}", "--rounds", "1",
-         *(["--no-fsync"] if args.no_fsync else [])]
+         *(["--no-fsync"] if args.no_fsync else []),
+         *(["--cpus", args.cpus] if args.cpus is not None else [])]
     )  # fmt: skip
     cells = replication.run(cell)
     print(replication.render(cells, cell), "", sep="\n")
