@@ -26,10 +26,10 @@ loses, which costs nothing a CRDT cares about:
 - if the machine crashes before the sync, the next run finds no clean close (``close``) and
   takes a new actor, so no dot of the lost writes is ever handed out again; anti-entropy
   brings the writes back from the peers that have them;
-- the outbox positions stay consistent: the WAL is replayed as a prefix, so a peer's
-  acknowledgement written down here implies the entries it covers survived; and the delta
-  streams clamp a recorded acknowledgement to the outbox's end all the same
-  (sync.replicator.PeerReplicator).
+- the outbox positions stay consistent: RocksDB replays the WAL as a prefix, so a peer's
+  acknowledgement written down here implies that the entries it covers survived. Should a
+  machine crash ever break that (across a WAL switch, say), the delta streams clamp a
+  recorded acknowledgement to the outbox's end (sync.replicator.PeerReplicator).
 """
 
 from __future__ import annotations
@@ -520,7 +520,7 @@ class Store:
         self._written_groups += 1
         self.outbox_seq = seq
         if entries:
-            # Shipped to the peers while the WAL syncs, not after: see "The outbox" above.
+            # Shipped to the peers while the WAL syncs, not after: see the module's doc.
             with self._tail_lock:
                 self._tail.extend(entries)
             with self._outbox_grew:

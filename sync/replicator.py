@@ -75,10 +75,10 @@ class PeerReplicator:
         metrics.PEER_CONNECTED.labels(peer).set(0)  # exported from the start, not first change
         self._link: PeerLink | None = None
         self._ae_link: PeerLink | None = None
-        # Clamped to the outbox's end: entries are shipped while their WAL syncs (node.store), so
-        # after a machine crash a recorded acknowledgement could name entries the crash took.
-        # The peer would then miss the new entries that reuse their numbers; anti-entropy
-        # would catch it up, but a stream that starts from the end loses nothing to begin with.
+        # Clamped to the outbox's end: entries are shipped while their WAL syncs (node.store).
+        # Should a machine crash take entries a recorded acknowledgement names, the new entries
+        # that reuse their numbers would be skipped; anti-entropy would catch the peer up, but
+        # a stream that starts from the end skips nothing to begin with.
         self.acked = min(replica.acked(peer), outbox.last_seq())
         # The acknowledgement last written to the replica: the outbox is trimmed to it, never
         # past, so a restart after a crash resumes the peer from an entry still kept.
