@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from federation.client import SelfModelView, user
 from node.errors import HandoffTimeout
 
 CONTEXT = "purchase_motivation"
+SLOW_DISK = Path(__file__).resolve().parents[1] / "hooks" / "slow_disk"
 
 
 def wait_for(predicate, timeout_s: float = 10.0, every_s: float = 0.05):
@@ -105,6 +108,45 @@ def test_a_watch_on_billing_receives_a_sales_write(make_cluster):
                 break
         assert view.node == "billing"
         assert view.beliefs(CONTEXT)[0].statement == "Motivated by compliance"
+        t.join(5)
+
+
+def test_a_peer_shows_a_write_while_the_written_node_is_still_syncing_it(make_cluster, monkeypatch):
+    """sales ships a write to its peers during its WAL sync, not after (node/store.py): with a
+    slow disk on sales, billing's watch has the write before the writer has its answer."""
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(SLOW_DISK), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    monkeypatch.setenv("SELFMODEL_TEST_SLOW_FDATASYNC", "sales=0.5")
+    cluster = make_cluster(fsync=True)
+    seen: queue.Queue[tuple[float, SelfModelView]] = queue.Queue()
+    with (
+        cluster.client("billing", "billing_agent") as billing,
+        cluster.client("sales", "sales_agent") as sales,
+    ):
+        stream = billing.watch(user("u-early"), timeout_s=20)
+
+        def consume() -> None:
+            for view in stream:
+                seen.put((time.monotonic(), view))
+                if view.beliefs(CONTEXT):
+                    return
+
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        assert seen.get(timeout=10)[1].beliefs() == []
+        called = time.monotonic()
+        written = sales.observe(
+            user("u-early"), "Motivated by speed", confidence=0.8, context=CONTEXT
+        )
+        answered = time.monotonic()
+        assert answered - called >= 0.5, "the slow disk is not in place"
+        at, view = seen.get(timeout=10)
+        assert [b.statement for b in view.beliefs(CONTEXT)] == ["Motivated by speed"]
+        assert at < answered, f"billing saw it {at - answered:.3f}s after the answer"
+        # Nothing else changed: the token of the write is covered where it was shown.
+        assert billing.self_model(user("u-early"), at_least=written.token, timeout_s=5)
         t.join(5)
 
 
