@@ -315,14 +315,15 @@ def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, synced: list[str])
     store.close()
 
 
-def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
+def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted_anew(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     # A logged failure's traceback would keep the store's column-family handles (its LOCK) alive.
     caplog.set_level(logging.CRITICAL, logger="node.store")
-    store = Store(tmp_path / "db", "sales", sync=True)
+    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
+    actor = store.actor
 
     def failing(fd: int) -> None:
         raise OSError(5, "Input/output error")
@@ -334,11 +335,19 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted(
     with pytest.raises(StoreError, match="refuses writes until it is restarted"):
         engine.observe("agent", [item(U1, "k3")])
     assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]
+    # The failed write was shipped to the peers during its sync: they may hold its dot.
+    shipped = [decode_delta(e.delta) for e in store.outbox(1, 10)]
+    assert [o.key for d in shipped for o in d.state.observations.values()] == ["k2"]
     store.close()
     del engine, store
     gc.collect()  # the failed writes' tracebacks are in reference cycles holding the handles
 
-    reopened = Store(tmp_path / "db", "sales", sync=True)
+    # So the next run never hands that dot out again: it cannot resume the actor.
+    reopened = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    assert reopened.resumable is None
+    with pytest.raises(StoreError, match="not resumable"):
+        reopened.resume_actor()
+    assert reopened.actor != actor
     Engine(reopened).observe("agent", [item(U1, "k4")])
     state = reopened.load(U1)
     assert state is not None and "k4" in {o.key for o in state.observations.values()}
@@ -367,37 +376,6 @@ def test_a_group_s_outbox_entries_are_shipped_while_its_wal_syncs_not_after(
     # The entry is shipped during the sync; the writer, and readers here, see it after.
     assert during == [([1, 2], True, False)]
     store.close()
-
-
-def test_a_write_whose_sync_failed_may_be_on_peers_so_its_actor_is_never_resumed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-):
-    caplog.set_level(logging.CRITICAL, logger="node.store")
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
-    engine = Engine(store)
-    engine.observe("agent", [item(U1, "k1")])
-    actor = store.actor
-
-    def failing(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(os, "fdatasync", failing)
-        with pytest.raises(StoreError, match="Input/output error"):
-            engine.observe("agent", [item(U1, "k2")])
-    shipped = [decode_delta(e.delta) for e in store.outbox(1, 10)]
-    assert [o.key for d in shipped for o in d.state.observations.values()] == ["k2"]
-    store.close()
-    del engine, store
-    gc.collect()  # the failed write's traceback is in a reference cycle holding the handles
-
-    # A peer may hold the unacknowledged write's dot: the next run must not hand it out again.
-    reopened = Store(tmp_path / "db", "sales", sync=True, outbox=True)
-    assert reopened.resumable is None
-    with pytest.raises(StoreError, match="not resumable"):
-        reopened.resume_actor()
-    assert reopened.actor != actor
-    reopened.close()
 
 
 def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
