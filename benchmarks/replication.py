@@ -19,8 +19,8 @@ What runs, per cell (nodes x writes/s), all on loopback, data in a temporary dir
   takes from one node to a watcher on another.
 
 Node i runs on one CPU, the i-th of ``--cpus`` round robin (default: every CPU of this machine),
-as the README advises one CPU per node; the floor's origin runs where node 1 runs and relay i
-where node i + 2 runs. Writer, watchers and subscribers run on any CPU. ``--cpus none``: every
+as the README advises one CPU per node (``selfmodel node --cpus``, through LocalCluster's
+``node_args``); the floor's origin runs where node 1 runs and relay i where node i + 2 runs. Writer, watchers and subscribers run on any CPU. ``--cpus none``: every
 process on any CPU.
 
 The node, push-floor and relay-floor runs of a cell take turns (``--rounds``, default 3, each
@@ -146,9 +146,8 @@ def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
 
 
 def pin(pid: int, cpus: Sequence[int], i: int) -> None:
-    """Every thread of process ``pid`` on CPU ``cpus[i % len(cpus)]`` (none: left alone).
-
-    Threads it starts later inherit the mask of the thread that starts them."""
+    """Every thread of floor process ``pid`` on CPU ``cpus[i % len(cpus)]``, as node i runs
+    (none: left alone). Threads it starts later inherit the mask of the thread starting them."""
     from node.server import pin_to_cpus
 
     if cpus:
@@ -615,20 +614,29 @@ def run(args: argparse.Namespace) -> list[Cell]:
         for n in args.node_counts:
             names = [f"n{i}" for i in range(1, n + 1)]
 
-            def make(attempt: int, n: int = n, names: list[str] = names) -> LocalCluster:
+            # Node i on one CPU, as an operator runs it (selfmodel node --cpus), before it starts.
+            pinned = (
+                {m: ("--cpus", str(args.cpus[i % len(args.cpus)])) for i, m in enumerate(names)}
+                if args.cpus
+                else {}
+            )
+
+            def make(
+                attempt: int,
+                n: int = n,
+                names: list[str] = names,
+                pinned: dict[str, tuple[str, str]] = pinned,
+            ) -> LocalCluster:
                 return LocalCluster(
                     root / f"cluster{n}-{attempt}",
                     names,
                     proxies=False,
                     fsync=not args.no_fsync,
                     sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
+                    node_args=pinned,
                 )
 
             cluster = start_with_fresh_ports(make)
-            for i, name in enumerate(names):
-                node_proc = cluster.nodes[name].proc
-                assert node_proc is not None
-                pin(node_proc.pid, args.cpus, i)
             try:
                 cluster.wait_converged(timeout_s=30)
                 for rate in args.rate_list:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -199,7 +199,9 @@ class LocalCluster:
         max_clock_offset_ms: int = 60_000,
         tls: bool = False,
         agents_tls: bool = False,
+        node_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``)."""
         if agents_tls and not tls:
             raise ValueError("agents_tls needs tls (the nodes' certificates)")
         self.root = root
@@ -263,6 +265,7 @@ class LocalCluster:
             name: NodeProcess(
                 name,
                 root / name,
+                args=tuple((node_args or {}).get(name, ())),
                 port=self.ports[name],
                 cluster_file=self.file,
                 credentials=self.agent_credentials,

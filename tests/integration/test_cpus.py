@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from federation.client import Client, user
+from federation.harness import LocalCluster
 from node.server import ConfigError, parse_cpus
 from tests.nodes import NodeProcess
 
@@ -42,6 +43,18 @@ def test_every_thread_of_a_node_run_with_cpus_runs_there(
     threads = thread_cpus(node.proc.pid)
     assert len(threads) > 4  # gRPC's own threads and the handlers' among them
     assert all(cpus == {cpu} for cpus in threads.values()), threads
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_a_local_cluster_passes_each_node_its_own_arguments(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    cluster = make_cluster(("sales", "support"), node_args={"sales": ["--cpus", str(cpu)]})
+    sales, support = (cluster.nodes[n].proc for n in ("sales", "support"))
+    assert sales is not None and support is not None
+    assert all(cpus == {cpu} for cpus in thread_cpus(sales.pid).values())
+    assert all(cpus == os.sched_getaffinity(0) for cpus in thread_cpus(support.pid).values())
 
 
 @pytest.mark.parametrize(
