@@ -20,8 +20,8 @@ What runs, per cell (nodes x writes/s), all on loopback, data in a temporary dir
 
 Node i runs on one CPU, the i-th of ``--cpus`` round robin (default: every CPU of this machine),
 as the README advises one CPU per node (``selfmodel node --cpus``, through LocalCluster's
-``node_args``); the floor's origin runs where node 1 runs and relay i where node i + 2 runs. Writer, watchers and subscribers run on any CPU. ``--cpus none``: every
-process on any CPU.
+``node_args``); the floor's origin runs where node 1 runs and relay i where node i + 2 runs.
+Writer, watchers and subscribers run on any CPU. ``--cpus none``: every process on any CPU.
 
 The node, push-floor and relay-floor runs of a cell take turns (``--rounds``, default 3, each
 measuring duration/rounds seconds) and pool their samples: this machine's speed drifts by up to
