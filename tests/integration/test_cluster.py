@@ -14,6 +14,7 @@ import pytest
 
 from federation.client import SelfModelView, user
 from node.errors import HandoffTimeout
+from tests.nodes import node_status
 
 CONTEXT = "purchase_motivation"
 SLOW_DISK = Path(__file__).resolve().parents[1] / "hooks" / "slow_disk"
@@ -120,6 +121,12 @@ def test_a_peer_shows_a_write_while_the_written_node_is_still_syncing_it(make_cl
     )
     monkeypatch.setenv("SELFMODEL_TEST_SLOW_FDATASYNC", "sales=0.5")
     cluster = make_cluster(fsync=True)
+    # The delta stream from sales to billing is up, so the write does not wait for it to connect.
+    wait_for(
+        lambda: any(
+            p.connected for p in node_status(cluster.address("sales")).peers if p.name == "billing"
+        )
+    )
     seen: queue.Queue[tuple[float, SelfModelView]] = queue.Queue()
     with (
         cluster.client("billing", "billing_agent") as billing,
