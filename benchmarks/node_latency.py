@@ -221,10 +221,12 @@ class ClientPool:
 def _serve_echo(replies: dict[str, bytes], cpus: frozenset[int], conn: Connection) -> None:
     """The floor: a threaded grpc.server like the node's, answering fixed bytes, no protobuf.
 
-    On ``cpus`` when given, as ``selfmodel node --cpus`` runs the node (before any thread
-    starts, so every thread inherits the mask)."""
+    On ``cpus`` when given, pinned as ``selfmodel node --cpus`` pins the node (before any
+    thread starts, so every thread inherits the mask)."""
+    from node.server import pin_to_cpus
+
     if cpus:
-        os.sched_setaffinity(0, cpus)
+        pin_to_cpus(cpus)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],

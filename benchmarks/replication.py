@@ -145,13 +145,18 @@ def _spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
     return proc, parent
 
 
+def cpu_of(cpus: Sequence[int], i: int) -> int:
+    """The CPU of node i, and of the floor's i-th server process: ``cpus`` round robin."""
+    return cpus[i % len(cpus)]
+
+
 def pin(pid: int, cpus: Sequence[int], i: int) -> None:
-    """Every thread of floor process ``pid`` on CPU ``cpus[i % len(cpus)]``, as node i runs
-    (none: left alone). Threads it starts later inherit the mask of the thread starting them."""
+    """Every thread of floor process ``pid`` on ``cpu_of(cpus, i)``, as node i runs (no
+    ``cpus``: left alone). Threads it starts later inherit the mask of the thread starting them."""
     from node.server import pin_to_cpus
 
     if cpus:
-        pin_to_cpus(frozenset([cpus[i % len(cpus)]]), pid)
+        pin_to_cpus(frozenset([cpu_of(cpus, i)]), pid)
 
 
 def _expect(conn: Connection, what: str, timeout_s: float = 30.0) -> Any:
@@ -616,7 +621,7 @@ def run(args: argparse.Namespace) -> list[Cell]:
 
             # Node i on one CPU, as an operator runs it (selfmodel node --cpus), before it starts.
             pinned = (
-                {m: ("--cpus", str(args.cpus[i % len(args.cpus)])) for i, m in enumerate(names)}
+                {m: ("--cpus", str(cpu_of(args.cpus, i))) for i, m in enumerate(names)}
                 if args.cpus
                 else {}
             )
