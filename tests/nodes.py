@@ -1,5 +1,7 @@
 """Real node processes for integration and fault tests (see federation/harness.py)."""
 
+import time
+
 import grpc
 
 from federation.harness import LocalCluster, NodeProcess, free_port, wait_healthy
@@ -14,4 +16,28 @@ def node_status(address: str) -> admin_pb2.NodeStatus:
         )
 
 
-__all__ = ["LocalCluster", "NodeProcess", "free_port", "node_status", "wait_healthy"]
+def peers_connected(cluster: LocalCluster, node: str) -> bool:
+    """Whether ``node``'s delta stream to every peer is up."""
+    return all(p.connected for p in node_status(cluster.address(node)).peers)
+
+
+def wait_acked(cluster: LocalCluster, node: str, peer: str, seq: int) -> None:
+    """Until ``node`` knows that ``peer`` acknowledged its outbox up to ``seq``."""
+    deadline = time.monotonic() + 10
+    while True:
+        status = node_status(cluster.address(node))
+        if any(p.name == peer and p.acked_seq >= seq for p in status.peers):
+            return
+        assert time.monotonic() < deadline, f"{peer} never acknowledged {node}'s {seq}"
+        time.sleep(0.05)
+
+
+__all__ = [
+    "LocalCluster",
+    "NodeProcess",
+    "free_port",
+    "node_status",
+    "peers_connected",
+    "wait_acked",
+    "wait_healthy",
+]

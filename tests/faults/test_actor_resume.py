@@ -29,8 +29,7 @@ from selfmodel.v1 import (
     sync_pb2_grpc,
 )
 from sync.replicator import SyncSettings
-from tests.faults.test_delta_stream import wait_acked
-from tests.nodes import node_status
+from tests.nodes import node_status, wait_acked
 
 pytestmark = pytest.mark.faults
 

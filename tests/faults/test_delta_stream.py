@@ -9,20 +9,9 @@ import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
-from tests.nodes import node_status
+from tests.nodes import peers_connected, wait_acked
 
 pytestmark = pytest.mark.faults
-
-
-def wait_acked(cluster: LocalCluster, node: str, peer: str, seq: int) -> None:
-    """Until ``node`` knows that ``peer`` acknowledged its outbox up to ``seq``."""
-    deadline = time.monotonic() + 10
-    while True:
-        status = node_status(cluster.address(node))
-        if any(p.name == peer and p.acked_seq >= seq for p in status.peers):
-            return
-        assert time.monotonic() < deadline, f"{peer} never acknowledged {node}'s {seq}"
-        time.sleep(0.05)
 
 
 def test_a_forget_while_peers_lag_does_not_stall_the_delta_stream_to_them(
@@ -53,10 +42,6 @@ def test_a_forget_while_peers_lag_does_not_stall_the_delta_stream_to_them(
         assert log.count("delta stream to billing ended") == ended, (
             "the delta stream to billing keeps failing after the forget:\n" + log[-1500:]
         )
-
-
-def peers_connected(cluster: LocalCluster, node: str) -> bool:
-    return all(p.connected for p in node_status(cluster.address(node)).peers)
 
 
 def test_a_restarted_node_gets_deltas_at_once_not_after_its_peers_backoff(

@@ -9,8 +9,7 @@ import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
-from tests.faults.test_delta_stream import wait_acked
-from tests.nodes import node_status
+from tests.nodes import node_status, wait_acked
 
 pytestmark = pytest.mark.faults
 

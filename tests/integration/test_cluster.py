@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from federation.client import SelfModelView, user
+from federation.client import Client, SelfModelView, SubjectLike, user
 from node.errors import HandoffTimeout
-from tests.nodes import node_status
+from tests.nodes import peers_connected
 
 CONTEXT = "purchase_motivation"
 SLOW_DISK = Path(__file__).resolve().parents[1] / "hooks" / "slow_disk"
+Seen = tuple[float, SelfModelView]  # a watch's view, and when it arrived (time.monotonic)
 
 
 def wait_for(predicate, timeout_s: float = 10.0, every_s: float = 0.05):
@@ -82,21 +83,28 @@ def test_an_unmet_handoff_token_answers_deadline_exceeded_with_a_clear_message(m
         assert model.belief("channel_pref", "channel").statement == "Prefers chat"
 
 
+def follow(client: Client, subject: SubjectLike) -> tuple[queue.Queue[Seen], threading.Thread]:
+    """Follows the subject's watch in a thread: each view and when it arrived, until one holds
+    a belief in CONTEXT."""
+    seen: queue.Queue[Seen] = queue.Queue()
+    stream = client.watch(subject, timeout_s=20)
+
+    def consume() -> None:
+        for view in stream:
+            seen.put((time.monotonic(), view))
+            if view.beliefs(CONTEXT):
+                return
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    return seen, t
+
+
 def test_a_watch_on_billing_receives_a_sales_write(make_cluster):
     cluster = make_cluster()
-    seen: queue.Queue[SelfModelView] = queue.Queue()
     with cluster.client("billing", "billing_agent") as billing:
-        stream = billing.watch(user("u-watch"), timeout_s=20)
-
-        def consume() -> None:
-            for view in stream:
-                seen.put(view)
-                if view.beliefs(CONTEXT):
-                    return
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
-        first = seen.get(timeout=10)
+        seen, t = follow(billing, user("u-watch"))
+        _, first = seen.get(timeout=10)
         assert first.beliefs() == []
         with cluster.client("sales", "sales_agent") as sales:
             sales.observe(
@@ -104,7 +112,7 @@ def test_a_watch_on_billing_receives_a_sales_write(make_cluster):
             )
         deadline = time.monotonic() + 10
         while True:
-            view = seen.get(timeout=max(0.1, deadline - time.monotonic()))
+            _, view = seen.get(timeout=max(0.1, deadline - time.monotonic()))
             if view.beliefs(CONTEXT):
                 break
         assert view.node == "billing"
@@ -121,27 +129,13 @@ def test_a_peer_shows_a_write_while_the_written_node_is_still_syncing_it(make_cl
     )
     monkeypatch.setenv("SELFMODEL_TEST_SLOW_FDATASYNC", "sales=0.5")
     cluster = make_cluster(fsync=True)
-    # The delta stream from sales to billing is up, so the write does not wait for it to connect.
-    wait_for(
-        lambda: any(
-            p.connected for p in node_status(cluster.address("sales")).peers if p.name == "billing"
-        )
-    )
-    seen: queue.Queue[tuple[float, SelfModelView]] = queue.Queue()
+    # The delta streams from sales are up, so the write does not wait for one to connect.
+    wait_for(lambda: peers_connected(cluster, "sales"))
     with (
         cluster.client("billing", "billing_agent") as billing,
         cluster.client("sales", "sales_agent") as sales,
     ):
-        stream = billing.watch(user("u-early"), timeout_s=20)
-
-        def consume() -> None:
-            for view in stream:
-                seen.put((time.monotonic(), view))
-                if view.beliefs(CONTEXT):
-                    return
-
-        t = threading.Thread(target=consume, daemon=True)
-        t.start()
+        seen, t = follow(billing, user("u-early"))
         assert seen.get(timeout=10)[1].beliefs() == []
         called = time.monotonic()
         written = sales.observe(
