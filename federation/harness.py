@@ -200,8 +200,13 @@ class LocalCluster:
         tls: bool = False,
         agents_tls: bool = False,
         node_args: Mapping[str, Sequence[str]] | None = None,
+        policies: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``)."""
+        """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``).
+
+        ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
+        (``{"default": {"half_life_days": 0}}``).
+        """
         if agents_tls and not tls:
             raise ValueError("agents_tls needs tls (the nodes' certificates)")
         self.root = root
@@ -232,6 +237,8 @@ class LocalCluster:
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
+        for section, fields in (policies or {}).items():
+            lines += [f"[policies.{section}]", *(f"{k} = {v!r}" for k, v in fields.items())]
         if self.certs is not None:
             lines += [
                 "[cluster.tls]",

@@ -36,10 +36,18 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
 
 @pytest.fixture(scope="module")
-def module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+def module_node_args() -> tuple[str, ...]:
+    """More ``selfmodel node`` arguments for a module's shared node; a module may override it."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def module_node(
+    tmp_path_factory: pytest.TempPathFactory, module_node_args: tuple[str, ...]
+) -> Iterator[NodeProcess]:
     """One real node shared by the tests of a module (for tables of cheap cases); always stopped."""
     with _node_starter(tmp_path_factory.mktemp("module_node")) as start:
-        yield start("shared")
+        yield start("shared", *module_node_args)
 
 
 @pytest.fixture

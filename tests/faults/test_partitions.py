@@ -16,6 +16,11 @@ pytestmark = pytest.mark.faults
 CTX = "purchase_motivation"
 
 
+# Beliefs that never fade: the nodes are read one after another, and under a half-life a
+# confidence moves with the clock between the reads (now and then across its sixth digit).
+NEVER_FADE = {"default": {"half_life_days": 0}}
+
+
 def model_of(client: Client, subject_id: str) -> list[tuple]:
     view = client.self_model(user(subject_id), include_uncertain=True)
     return [
@@ -39,7 +44,7 @@ def assert_same_models(cluster, subjects: list[str]) -> dict[str, list[tuple]]:
 def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_identical_state(
     make_cluster,
 ):
-    cluster = make_cluster()
+    cluster = make_cluster(policies=NEVER_FADE)
     with (
         cluster.client("sales", "sales_agent") as sales,
         cluster.client("support", "support_agent") as support,
@@ -80,6 +85,10 @@ def test_a_two_sided_partition_with_writes_retractions_and_forgets_heals_to_iden
         print(f"converged {elapsed:.2f}s after heal")
 
     models = assert_same_models(cluster, [f"s{i}" for i in range(1, 7)])
+    for name in cluster.nodes:  # every node read the cluster file's [policies]
+        with cluster.client(name, "auditor") as c:
+            explained = c.explain(user("s1"), "budget", "amount")
+            assert {w.recency for w in explained.observations} == {1.0}, name
     s1 = {b[1]: b for b in models["s1"]}
     assert s1["amount"][2] == "Budget is 5k"  # the more confident concurrent write wins
     assert "sales_agent" in s1["amount"][6]  # and the loser stays visible as a dissenter

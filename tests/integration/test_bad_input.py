@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -253,12 +254,28 @@ def _case_id(case: Case) -> str:
 
 
 @pytest.fixture(scope="module")
+def module_node_args(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """The shared node's beliefs never fade, so two reads of an unchanged model are equal.
+
+    A refused request must leave the model as it was to the last digit. Under the default 90-day
+    half-life a belief's confidence moves with the clock between the two reads, and now and then
+    it crosses a digit of the six it is rounded to.
+    """
+    policies = tmp_path_factory.mktemp("policies") / "policies.toml"
+    policies.write_text("[policies.default]\nhalf_life_days = 0\n")
+    return ("--policies", str(policies))
+
+
+@pytest.fixture(scope="module")
 def stub(module_node) -> Iterator[selfmodel_pb2_grpc.SelfModelStub]:
     with Client(module_node.address, agent=SEED_AGENT, tenant=TENANT) as seeder:
         written = seeder.observe(
             user(SEEDED_ID), STATEMENT, confidence=0.8, context=CONTEXT, key=KEY
         )
         assert written.key == KEY
+        time.sleep(0.01)  # old enough to have faded, had the node not read --policies
+        explained = seeder.explain(user(SEEDED_ID), CONTEXT, KEY)
+        assert [w.recency for w in explained.observations] == [1.0]
     with grpc.insecure_channel(module_node.address) as channel:
         yield selfmodel_pb2_grpc.SelfModelStub(channel)
 
