@@ -45,13 +45,19 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import rocksdict
 
 from node import metrics
 from sync.causal import CausalContext
-from sync.codec import decode_delta, decode_state, encode_delta, encode_state
+from sync.codec import (
+    EncodedObservations,
+    decode_delta,
+    decode_state,
+    encode_delta,
+    encode_state_reusing,
+)
 from sync.crdt import SubjectState, digest
 from sync.delivery import Delta
 from sync.observation import Subject
@@ -96,6 +102,16 @@ class OutboxEntry:
     seq: int
     written_ms: int
     delta: bytes  # an encoded Delta (a SubjectState with its event dots)
+
+
+class _Cached(NamedTuple):
+    """A subject's latest state, as the store's cache keeps it."""
+
+    state: SubjectState
+    # Computed when the state was written, so the subject's next write needs no digest of it.
+    digest: bytes | None
+    # Its observations' bytes when written here, reused by the next write (encode_state_reusing).
+    encoded: EncodedObservations | None
 
 
 @dataclass(slots=True)
@@ -204,11 +220,7 @@ class Store:
         self._buckets = [_EMPTY_HASH] * BUCKETS
         self._reload_buckets()
 
-        # subject -> (state, its digest when known): the digest computed when the state was
-        # written, so the subject's next write needs no digest of its old state.
-        self._cache: collections.OrderedDict[Subject, tuple[SubjectState, bytes | None]] = (
-            collections.OrderedDict()
-        )
+        self._cache: collections.OrderedDict[Subject, _Cached] = collections.OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -235,19 +247,19 @@ class Store:
     def load(self, subject: Subject) -> SubjectState | None:
         cached = self._cache.get(subject)
         if cached is not None:
-            return cached[0]
+            return cached.state
         raw = self._cf["state"].get(subject.storage_key())
         if raw is None:
             return None
         state = decode_state(raw)
-        self._remember(state, None)
+        self._remember(_Cached(state, None, None))
         return state
 
     def _digest(self, state: SubjectState) -> bytes:
         """``state.digest()``, from the cache when it holds this very state."""
         cached = self._cache.get(state.subject)
-        if cached is not None and cached[0] is state and cached[1] is not None:
-            return cached[1]
+        if cached is not None and cached.state is state and cached.digest is not None:
+            return cached.digest
         if not state.generation and not state.observations and state.context.is_empty():
             return _UNWRITTEN_DIGEST
         return state.digest()
@@ -435,7 +447,7 @@ class Store:
             group, self._queue = self._queue, []
         started = time.perf_counter()
         error: BaseException | None = None
-        written: list[tuple[SubjectState, bytes]] = []
+        written: list[_Cached] = []
         try:
             written = self._write_group(group)
         except Exception as exc:  # surfaced to every writer of the group
@@ -443,8 +455,9 @@ class Store:
             error = exc
             self._reload_buckets()
         elapsed = time.perf_counter() - started
-        for state, state_digest in written:
-            self._remember(state, state_digest)
+        for cached in written:
+            self._remember(cached)
+            state = cached.state
             entries = len(state.context.vector) + len(state.context.cloud)
             if entries > self.context_entries_max:
                 self.context_entries_max = entries
@@ -461,8 +474,9 @@ class Store:
             else:
                 self._leading = False
 
-    def _write_group(self, group: list[_Pending]) -> list[tuple[SubjectState, bytes]]:
-        """Writes the group as one batch; returns every new state written, with its digest."""
+    def _write_group(self, group: list[_Pending]) -> list[_Cached]:
+        """Writes the group as one batch; returns every new state written, with its digest and
+        its observations' bytes."""
         if self._wal_failed is not None:
             raise StoreError(
                 f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
@@ -479,15 +493,20 @@ class Store:
         touched: dict[int, bytes] = {}
         hlc = self.hlc
         entries: list[OutboxEntry] = []
-        written: list[tuple[SubjectState, bytes]] = []
+        written: list[_Cached] = []
+        cache = self._cache
         for p in group:
             for change in p.changes:
                 new = change.new
                 key = new.subject.storage_key()
-                put(key, encode_state(new), state_cf)
+                cached = cache.get(new.subject)
+                raw, encoded = encode_state_reusing(
+                    new, cached.encoded if cached is not None else None
+                )
+                put(key, raw, state_cf)
                 old_digest = self._digest(change.old) if change.old is not None else _EMPTY_HASH
                 new_digest = new.digest()
-                written.append((new, new_digest))
+                written.append(_Cached(new, new_digest, encoded))
                 if old_digest != new_digest:
                     bucket = bucket_of(key)
                     current = touched.get(bucket, self._buckets[bucket])
@@ -612,10 +631,11 @@ class Store:
                 break
             self._buckets[int.from_bytes(key[1:3], "big")] = value
 
-    def _remember(self, state: SubjectState, state_digest: bytes | None) -> None:
+    def _remember(self, cached: _Cached) -> None:
         cache = self._cache
-        cache[state.subject] = (state, state_digest)
-        cache.move_to_end(state.subject)
+        subject = cached.state.subject
+        cache[subject] = cached
+        cache.move_to_end(subject)
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
 

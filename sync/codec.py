@@ -57,6 +57,21 @@ def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
     return Evidence(msg.kind, msg.ref, msg.quote, time_ms)
 
 
+def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> None:
+    """Sets ``o`` (a new, empty message) to ``obs``."""
+    o.context = obs.context
+    o.key = obs.key
+    o.source = obs.source
+    o.statement = obs.statement
+    o.confidence = obs.confidence
+    o.hlc = obs.hlc
+    o.origin = obs.origin
+    o.dot.actor = obs.dot.actor
+    o.dot.counter = obs.dot.counter
+    for ev in obs.evidence:
+        evidence_to_proto(ev, o.evidence.add())
+
+
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     msg = sync_pb2.SubjectState(generation=state.generation)
     subject_to_proto(state.subject, msg.subject)
@@ -64,20 +79,7 @@ def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     observations = state.observations
     add = msg.observations.add
     for dot in sorted(observations):
-        obs = observations[dot]
-        o = add(
-            context=obs.context,
-            key=obs.key,
-            source=obs.source,
-            statement=obs.statement,
-            confidence=obs.confidence,
-            hlc=obs.hlc,
-            origin=obs.origin,
-        )
-        o.dot.actor = dot.actor
-        o.dot.counter = dot.counter
-        for ev in obs.evidence:
-            evidence_to_proto(ev, o.evidence.add())
+        observation_to_proto(observations[dot], add())
     return msg
 
 
@@ -122,6 +124,60 @@ def decode_delta(raw: bytes) -> Delta:
 
 def encode_state(state: SubjectState) -> bytes:
     return state_to_proto(state).SerializeToString(deterministic=True)
+
+
+# Each observation of an encoded state, as the state's bytes hold it: (the observation encoded,
+# its field's bytes). See encode_state_reusing.
+EncodedObservations = dict[Dot, tuple[Observation, bytes]]
+
+_OBSERVATIONS_TAG = b"\x22"  # SubjectState.observations: field 4, length-delimited
+
+
+def encode_state_reusing(
+    state: SubjectState, known: EncodedObservations | None = None
+) -> tuple[bytes, EncodedObservations]:
+    """``encode_state(state)``, reusing the bytes of observations encoded before; and each
+    observation's bytes, for the next encoding of the subject.
+
+    A write changes one or two observations of a subject and keeps the rest, so encoding the
+    whole state again made a write's cost grow with the subject's size. A field of ``known`` is
+    reused only for the very observation object it encoded (never by dot alone: a forget starts
+    a new generation whose dots start again). The bytes are exactly encode_state's: a message's
+    fields in field-number order (subject, generation, context, then the observations by dot),
+    a repeated field its elements one after another.
+    """
+    head = sync_pb2.SubjectState(generation=state.generation)
+    subject_to_proto(state.subject, head.subject)
+    context_to_proto(state.context, head.context)
+    parts = [head.SerializeToString(deterministic=True)]
+    fields: EncodedObservations = {}
+    observations = state.observations
+    reusable = (known or {}).get
+    for dot in sorted(observations):
+        obs = observations[dot]
+        entry = reusable(dot)
+        if entry is None or entry[0] is not obs:
+            o = sync_pb2.StoredObservation()
+            observation_to_proto(obs, o)
+            raw = o.SerializeToString(deterministic=True)
+            entry = (obs, _OBSERVATIONS_TAG + _varint(len(raw)) + raw)
+        fields[dot] = entry
+        parts.append(entry[1])
+    return b"".join(parts), fields
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
 
 
 def decode_state(raw: bytes) -> SubjectState:

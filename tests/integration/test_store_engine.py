@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from node.engine import Engine, ObservationInput
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
-from sync.codec import decode_delta
+from sync.codec import decode_delta, decode_state, encode_state
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
@@ -197,6 +197,53 @@ def test_forget_keeps_the_erase_in_the_outbox_and_no_delta_keeps_the_data(tmp_pa
     assert deltas[-1].subject == U1 and deltas[-1].generation == 1  # the erase reaches peers
     assert all(not d.observations for d in deltas)
     assert not any(b"Secret detail" in e.delta for e in entries)
+    store.close()
+
+
+def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_write(
+    tmp_path: Path,
+):
+    """Each write encodes only the observations it adds (the rest are the bytes of the write
+    before): what RocksDB holds is still exactly ``encode_state`` of the state, and reads back as
+    it, through supersedes, merges, retractions, a forget that starts the dots again, a
+    restart with an empty cache and a cache too small to hold the subject."""
+    store = Store(tmp_path / "db", "sales", cache_size=1)
+    engine = Engine(store)
+    other = Subject("acme", SubjectKind.USER, "u-2")
+
+    def stored_is_encoded() -> None:
+        state = engine.state(U1)
+        raw = store.get_meta("state", U1.storage_key())
+        assert raw == encode_state(state)
+        assert decode_state(raw) == state
+
+    for key in ("k1", "k2", "k3"):
+        engine.observe("sales_agent", [item(U1, key, f"first {key}")])
+        stored_is_encoded()
+    engine.observe("support_agent", [item(U1, "k1", "another view")])
+    engine.observe("sales_agent", [item(U1, "k2", "superseded")])
+    stored_is_encoded()
+    engine.merge_remote([remote_delta(U1, pack(wall_ms()))])
+    stored_is_encoded()
+    engine.retract(U1, "facts", "k3", "sales_agent")
+    stored_is_encoded()
+    engine.observe("sales_agent", [item(other, "k1")])  # U1 leaves the cache of one
+    engine.observe("sales_agent", [item(U1, "k4")])
+    stored_is_encoded()
+    store.close()
+    store = Store(tmp_path / "db", "sales", cache_size=1)
+    engine = Engine(store)
+    engine.observe("sales_agent", [item(U1, "k5")])
+    stored_is_encoded()
+    engine.forget(U1)
+    stored_is_encoded()
+    for key in ("k1", "k2"):  # the new generation hands out dots the old one had
+        engine.observe("sales_agent", [item(U1, key, f"after the forget {key}")])
+        stored_is_encoded()
+    assert {o.statement for o in engine.state(U1).observations.values()} == {
+        "after the forget k1",
+        "after the forget k2",
+    }
     store.close()
 
 

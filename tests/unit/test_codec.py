@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import string
 
 import pytest
@@ -17,6 +18,7 @@ from sync.codec import (
     decode_token,
     encode_delta,
     encode_state,
+    encode_state_reusing,
     encode_token,
     merge_tokens,
 )
@@ -127,6 +129,40 @@ def test_tokens_encode_to_the_characters_of_the_reference_encoder(
     positions: dict[Subject, tuple[int, CausalContext]],
 ) -> None:
     assert encode_token(positions) == _reference_token(positions)
+
+
+@VALUES
+@given(state=random_states(), before=random_states())
+def test_a_state_encoded_reusing_earlier_bytes_has_exactly_the_bytes_of_encode_state(
+    state: SubjectState, before: SubjectState
+) -> None:
+    _, stale = encode_state_reusing(before)  # other observations, perhaps under the same dots
+    raw, encoded = encode_state_reusing(state, stale)
+    assert raw == encode_state(state)
+    assert set(encoded) == set(state.observations)
+    again, _ = encode_state_reusing(state, encoded)
+    assert again == raw
+
+
+@VALUES
+@given(state=random_states())
+def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
+    state: SubjectState,
+) -> None:
+    _, encoded = encode_state_reusing(state)
+    copies = {dot: (dataclasses.replace(obs), b"not these") for dot, (obs, _) in encoded.items()}
+    assert encode_state_reusing(state, copies)[0] == encode_state(state)  # equal, not the same
+    marks = {dot: (obs, b"<%d>" % i) for i, (dot, (obs, _)) in enumerate(sorted(encoded.items()))}
+    head = encode_state(dataclasses.replace(state, observations={}))
+    reused, _ = encode_state_reusing(state, marks)
+    assert reused == head + b"".join(mark for _, mark in marks.values())
+
+
+@pytest.mark.parametrize("length", [0, 100, 127, 128, 2_000, 16_383, 16_384, 300_000])
+def test_observations_of_every_length_encode_reusing_to_the_bytes_of_encode_state(length: int):
+    obs = observation("a.1", 1, statement="x" * length)
+    state = SubjectState(SUBJECT, 0, CausalContext.of([obs.dot]), {obs.dot: obs})
+    assert encode_state_reusing(state)[0] == encode_state(state)
 
 
 def test_evidence_time_and_every_observation_field_survive() -> None:
