@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sync.causal import Dot
 
@@ -14,8 +15,10 @@ class SubjectKind(enum.IntEnum):
     ORG = 3
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Subject:
+class Subject(NamedTuple):
+    """A tuple, as Dot is (sync.causal): a subject keys the store's cache, the engine's locks
+    and every token, and a tuple hashes and compares in C."""
+
     tenant: str
     kind: SubjectKind
     id: str
