@@ -222,6 +222,10 @@ class Store:
 
         self._cache: collections.OrderedDict[Subject, _Cached] = collections.OrderedDict()
         self._cache_size = cache_size
+        # Guards filling the cache: write groups cached (counted), and a read's state cached
+        # only if none was since it read RocksDB (see load).
+        self._cache_lock = threading.Lock()
+        self._cache_writes = 0
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._leading = False
@@ -248,11 +252,17 @@ class Store:
         cached = self._cache.get(subject)
         if cached is not None:
             return cached.state
+        writes = self._cache_writes
         raw = self._cf["state"].get(subject.storage_key())
         if raw is None:
             return None
         state = decode_state(raw)
-        self._remember(_Cached(state, None, None))
+        with self._cache_lock:
+            # Cached only if no write group was cached since the read: else these bytes may be
+            # older than what the cache holds by now, and the subject's next write would build
+            # on them, dropping a write and handing out its dot again.
+            if self._cache_writes == writes and subject not in self._cache:
+                self._remember(_Cached(state, None, None))
         return state
 
     def _digest(self, state: SubjectState) -> bytes:
@@ -455,8 +465,11 @@ class Store:
             error = exc
             self._reload_buckets()
         elapsed = time.perf_counter() - started
+        with self._cache_lock:
+            for cached in written:
+                self._remember(cached)
+            self._cache_writes += 1
         for cached in written:
-            self._remember(cached)
             state = cached.state
             entries = len(state.context.vector) + len(state.context.cloud)
             if entries > self.context_entries_max:
@@ -632,6 +645,7 @@ class Store:
             self._buckets[int.from_bytes(key[1:3], "big")] = value
 
     def _remember(self, cached: _Cached) -> None:
+        """Caches a state (with _cache_lock held)."""
         cache = self._cache
         subject = cached.state.subject
         cache[subject] = cached

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from node import store as store_module
 from node.engine import Engine, ObservationInput
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
@@ -244,6 +245,43 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
         "after the forget k1",
         "after the forget k2",
     }
+    store.close()
+
+
+def test_a_read_that_raced_a_write_never_leaves_the_older_state_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A reader that missed the cache reads the subject from RocksDB; a write lands (and even
+    leaves the cache again) before it has decoded what it read. The older state must not be
+    cached then: the next write would build on it, dropping the landed write and handing out its
+    dot again."""
+    store = Store(tmp_path / "db", "sales", cache_size=1)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1", "before")])
+    engine.observe("agent", [item(Subject("acme", SubjectKind.USER, "u-2"), "k1")])  # evicts U1
+    read, go_on = threading.Event(), threading.Event()
+    decode = store_module.decode_state
+
+    def slow_for_the_reader(raw: bytes) -> SubjectState:
+        if threading.current_thread().name == "reader":
+            read.set()
+            assert go_on.wait(10)
+        return decode(raw)
+
+    monkeypatch.setattr(store_module, "decode_state", slow_for_the_reader)
+    reader = threading.Thread(target=engine.state, args=(U1,), name="reader")
+    reader.start()
+    assert read.wait(10)  # the reader has the older bytes
+    written = engine.observe("agent", [item(U1, "k2", "landed while the reader decoded")])
+    engine.observe("agent", [item(Subject("acme", SubjectKind.USER, "u-2"), "k2")])  # evicts U1
+    go_on.set()
+    reader.join(10)
+
+    engine.observe("agent", [item(U1, "k3", "after")])
+    state = engine.state(U1)
+    assert {o.key for o in state.observations.values()} == {"k1", "k2", "k3"}
+    assert len({o.dot for o in state.observations.values()}) == 3
+    assert written.written[0].observation_id in {str(o.dot) for o in state.observations.values()}
     store.close()
 
 
