@@ -23,6 +23,16 @@ from node.errors import SelfModelError
 DEFAULT_TARGET = "127.0.0.1:7070"
 
 
+def _positive_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
+    return value
+
+
 def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
@@ -54,6 +64,8 @@ def _node(args: argparse.Namespace) -> int:
             tokens_file = args.tokens
         if args.no_fsync:
             config.fsync = False
+        if args.cache_mb is not None:
+            config.cache_mb = args.cache_mb
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
@@ -227,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--policies", help="TOML file with a [policies] table")
     node.add_argument(
-        "--cluster", help="cluster file: run its node --name (other flags then ignored)"
+        "--cache-mb",
+        type=_positive_mb,
+        help="memory for subject states kept in memory (default: 256, or the cluster file's)",
+    )
+    node.add_argument(
+        "--cluster",
+        help="cluster file: run its node --name (its settings replace --data, --listen, "
+        "--metrics, --domain and --policies)",
     )
     node.add_argument("--domain", default="", help="the domain this node serves, e.g. sales")
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")

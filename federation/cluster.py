@@ -4,6 +4,7 @@
     data = "data"                 # data root; a node's data defaults to <data>/<name>
     fsync = true
     max_clock_offset_ms = 60000
+    cache_mb = 256                # memory per node for subject states kept in memory
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
                                   # backoff_max_s, ack_request_s, claim_wait_s
                                   # (see sync.replicator.SyncSettings)
@@ -28,6 +29,7 @@ Relative paths are relative to the file's folder (for the embedded default: the 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,6 +119,7 @@ class Cluster:
     nodes: tuple[NodeSpec, ...]
     fsync: bool = True
     max_clock_offset_ms: int = 60_000
+    cache_mb: float = 256.0
     sync: SyncSettings = field(default_factory=SyncSettings)
     tls: Mapping[str, TlsFiles] | None = None  # per node
     agents_tls: bool = False  # the agents' port over TLS too (with tls)
@@ -165,6 +168,12 @@ def dial_address(listen: str) -> str:
     return f"{loopback}:{port}" if loopback else listen
 
 
+def _cache_mb(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ClusterFileError(f"[cluster] cache_mb must be a positive number, got {value!r}")
+    return float(value)
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p
@@ -172,7 +181,8 @@ def _path(base: Path, value: str) -> Path:
 
 def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     cluster = raw.get("cluster", {})
-    unknown = set(cluster) - {"data", "fsync", "max_clock_offset_ms", "sync", "tls", "auth"}
+    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth"}
+    unknown = set(cluster) - known
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
     data_root = _path(base, cluster.get("data", "data"))
@@ -257,6 +267,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         nodes=tuple(nodes),
         fsync=bool(cluster.get("fsync", True)),
         max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
+        cache_mb=_cache_mb(cluster.get("cache_mb", 256)),
         sync=sync,
         tls=tls,
         agents_tls=agents_tls,
@@ -276,6 +287,7 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         listen=spec.address,
         metrics_listen=spec.metrics,
         fsync=cluster.fsync,
+        cache_mb=cluster.cache_mb,
         policies=cluster.policies,
         identify=identify,
         max_clock_offset_ms=cluster.max_clock_offset_ms,

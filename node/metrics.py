@@ -70,6 +70,11 @@ CONTEXT_ENTRIES_MAX = Gauge(
     "65,536.",
 )
 SUBJECTS = Gauge("selfmodel_subjects", "Subjects stored (RocksDB's estimate).")
+STATE_CACHE_BYTES = Gauge(
+    "selfmodel_state_cache_bytes",
+    "Estimated memory of the subject states this node keeps in memory (at most its cache_mb, "
+    "but for one state larger than that).",
+)
 
 
 def record_commit(batches: int, seconds: float) -> None:
@@ -79,11 +84,15 @@ def record_commit(batches: int, seconds: float) -> None:
 
 
 def watch_store(
-    size_bytes: Callable[[], int], subjects: Callable[[], int], context_entries: Callable[[], int]
+    size_bytes: Callable[[], int],
+    subjects: Callable[[], int],
+    context_entries: Callable[[], int],
+    cache_bytes: Callable[[], int],
 ) -> None:
     STORE_BYTES.set_function(size_bytes)
     SUBJECTS.set_function(subjects)
     CONTEXT_ENTRIES_MAX.set_function(context_entries)
+    STATE_CACHE_BYTES.set_function(cache_bytes)
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

@@ -63,6 +63,7 @@ class NodeConfig:
     listen: str = "127.0.0.1:7070"
     metrics_listen: str | None = "127.0.0.1:0"
     fsync: bool = True
+    cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
     policies: PolicyBook = field(default_factory=PolicyBook)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
@@ -176,6 +177,7 @@ def start(config: NodeConfig) -> RunningNode:
         config.name,
         sync=config.fsync,
         outbox=bool(config.peers),
+        cache_mb=config.cache_mb,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
@@ -269,7 +271,10 @@ def start(config: NodeConfig) -> RunningNode:
 
     metrics_server, metrics_port = None, None
     metrics.watch_store(
-        store.size_bytes, store.estimate_subjects, lambda: store.context_entries_max
+        store.size_bytes,
+        store.estimate_subjects,
+        lambda: store.context_entries_max,
+        store.cache_bytes,
     )
     if config.metrics_listen:
         mhost, mport = split_address(config.metrics_listen)

@@ -89,3 +89,13 @@ def test_no_label_value_holds_a_user_agent_or_tenant_id(scraped):
     ]
     assert leaked == []
     assert "zq7x" not in scraped, "no id anywhere in the exposition, not even in help text"
+
+
+def test_a_node_keeps_its_cached_states_within_cache_mb_and_shows_their_memory(start_node):
+    budget_mb = 0.003  # about one cached subject of one belief
+    node = start_node("small-cache", "--cache-mb", str(budget_mb))
+    with Client(node.address, agent=AGENT, tenant=TENANT) as client:
+        for i in range(3):
+            client.observe(user(f"{SUBJECT}-{i}"), "Statement", confidence=0.8, context="budget")
+    cached = one(node.metrics(), "selfmodel_state_cache_bytes")
+    assert 0 < cached <= budget_mb * 2**20  # three of them would not fit

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from sync.codec import decode_delta, decode_state, encode_state
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
-from sync.observation import Observation, Subject, SubjectKind
+from sync.observation import Evidence, Observation, Subject, SubjectKind
 
 U1 = Subject("acme", SubjectKind.USER, "u-1")
 
@@ -282,6 +283,75 @@ def test_a_read_that_raced_a_write_never_leaves_the_older_state_in_the_cache(
     assert {o.key for o in state.observations.values()} == {"k1", "k2", "k3"}
     assert len({o.dot for o in state.observations.values()}) == 3
     assert written.written[0].observation_id in {str(o.dot) for o in state.observations.values()}
+    store.close()
+
+
+def _evidence(k: int, n: int) -> tuple[Evidence, ...]:
+    return tuple(
+        Evidence("call", f"crm://call/{k}-{i}", f"quote {k} {i} " + "q" * 40) for i in range(n)
+    )
+
+
+SHAPES = {  # observations as agents write them: every string its own object
+    "short": lambda s, k: ObservationInput(s, "facts", f"k{k}", f"x{k}", 0.8),
+    "typical": lambda s, k: ObservationInput(
+        s,
+        "motivation",
+        f"fact-{k}",
+        f"Fact {k} about how {s.id} decides to buy",
+        0.8,
+        _evidence(k, 1),
+    ),
+    "long": lambda s, k: ObservationInput(
+        s, "motivation", f"fact-{k}", f"{k} {s.id} " + "y" * 1500, 0.8, _evidence(k, 4)
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("beliefs", [1, 120])
+def test_the_state_cache_estimates_its_memory_on_the_high_side(
+    tmp_path: Path, shape: str, beliefs: int
+):
+    """What an operator's --cache-mb bounds: the states a node keeps in memory, written here
+    (with their encoding kept) or read back from RocksDB, measured with tracemalloc."""
+    subjects = [Subject("acme", SubjectKind.USER, f"u{i}") for i in range(10)]
+    for reread in (False, True):
+        store = Store(tmp_path / "db", "sales", sync=False)
+        engine = Engine(store)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for subject in subjects:
+                if reread:
+                    engine.state(subject)
+                else:
+                    for k in range(beliefs):
+                        engine.observe("agent", [SHAPES[shape](subject, k)])
+            gc.collect()
+            used, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        estimate = store.cache_bytes()
+        assert used <= estimate <= 1.8 * used, (reread, used, estimate)
+        store.close()
+
+
+def test_the_state_cache_keeps_within_its_memory_budget_and_keeps_the_newest(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales", sync=False, cache_mb=0.25)
+    engine = Engine(store)
+    subjects = [Subject("acme", SubjectKind.USER, f"u{i}") for i in range(40)]
+    for k in range(20):
+        for subject in subjects:
+            engine.observe("agent", [SHAPES["typical"](subject, k)])
+            assert 0 < store.cache_bytes() <= 0.25 * 2**20
+    cached = [s for s in subjects if store._cache.get(s) is not None]
+    assert subjects[-1] in cached and len(cached) < len(subjects)
+    assert cached == subjects[-len(cached) :]  # the least recently written went first
+    huge = Subject("acme", SubjectKind.USER, "huge")
+    engine.observe("agent", [SHAPES["long"](huge, k) for k in range(100)])
+    assert store.cache_bytes() > 0.25 * 2**20  # a state above the budget alone is still kept
+    assert list(store._cache) == [huge]
     store.close()
 
 
