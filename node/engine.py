@@ -1,8 +1,10 @@
 """The node's application layer: turns requests into CRDT deltas, commits them, answers reads.
 
 Read-modify-write of one subject is serialized by a striped lock held until the batch is
-durable, so a reader never sees an unacknowledged write and per-subject changes reach the store
-in order; different subjects share fsyncs through the store's group commit.
+durable, so per-subject changes reach the store in order and each builds on the last; different
+subjects share fsyncs through the store's group commit. Readers take no lock: they see what
+the store's cache shows, a write once it is acknowledged (a subject missing from the cache is
+read from RocksDB, where a write may show while it syncs: see node.store).
 """
 
 from __future__ import annotations

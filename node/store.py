@@ -13,7 +13,9 @@ handed the WAL record to the OS) and fdatasyncs the live WAL files itself, GIL r
 same durability as RocksDB's own WAL sync (which uses fdatasync too), while the other threads
 keep queueing batches for the next group. Until the sync returns, the group's writers are not
 answered, the state cache does not show the batch and the counters do not move; only direct
-RocksDB reads (a subject missing from the cache, a bucket's digests) could see it early.
+RocksDB reads (a subject missing from the cache, a bucket's digests) could see it early. Such a
+read fills the cache only if no write group was cached while it read (``load``), so the cache
+never holds a state older than one it held before.
 
 The outbox shows a group's entries as soon as RocksDB has them, while the WAL syncs: the
 delta streams ship them to the peers in parallel with the local sync (as a Raft leader sends
