@@ -485,6 +485,29 @@ class Store:
             error = exc
             self._reload_buckets()
         elapsed = time.perf_counter() - started
+        try:
+            self._note_written(written)
+            metrics.record_commit(len(group), elapsed)
+        except Exception:  # the group is written: answer its writers and pass the lead on anyway
+            log.exception("bookkeeping after a group commit failed; emptying the state cache")
+            with self._cache_lock:
+                self._cache.clear()
+                self._cache_cost = 0
+                self._cache_writes += 1
+        for p in group:
+            p.error = error
+            p.finished = True
+            if p.wake is not None and p is not mine:
+                p.wake.release()
+        with self._lock:
+            if self._queue:
+                # Not finished: it wakes up as the next leader. Every queued writer waits.
+                cast(threading.Lock, self._queue[0].wake).release()
+            else:
+                self._leading = False
+
+    def _note_written(self, written: list[_Cached]) -> None:
+        """Caches a written group's states (the group's writers are answered after)."""
         with self._cache_lock:
             for cached in written:
                 self._remember(cached)
@@ -494,18 +517,6 @@ class Store:
             entries = len(state.context.vector) + len(state.context.cloud)
             if entries > self.context_entries_max:
                 self.context_entries_max = entries
-        for p in group:
-            p.error = error
-            p.finished = True
-            if p.wake is not None and p is not mine:
-                p.wake.release()
-        metrics.record_commit(len(group), elapsed)
-        with self._lock:
-            if self._queue:
-                # Not finished: it wakes up as the next leader. Every queued writer waits.
-                cast(threading.Lock, self._queue[0].wake).release()
-            else:
-                self._leading = False
 
     def _write_group(self, group: list[_Pending]) -> list[_Cached]:
         """Writes the group as one batch; returns every new state written, with its digest and

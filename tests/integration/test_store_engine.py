@@ -288,6 +288,33 @@ def test_a_read_that_raced_a_write_never_leaves_the_older_state_in_the_cache(
     store.close()
 
 
+def test_a_group_whose_bookkeeping_fails_is_still_answered_and_the_next_write_builds_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The group is durable by then: its writers get their answer, the lead passes on (a leader
+    that raised here left every later write waiting), and no stale state stays cached."""
+    store = Store(tmp_path / "db", "sales")
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])  # U1 cached
+
+    def broken(cached: object) -> None:
+        raise RuntimeError("bookkeeping broke")
+
+    monkeypatch.setattr(store, "_remember", broken)
+    with caplog.at_level(logging.ERROR, logger="node.store"):
+        first = engine.observe("agent", [item(U1, "k2")])
+    assert "emptying the state cache" in caplog.text
+    monkeypatch.undo()
+    second = threading.Thread(target=engine.observe, args=("agent", [item(U1, "k3")]), daemon=True)
+    second.start()
+    second.join(10)
+    assert not second.is_alive(), "the next write waited for a lead never passed on"
+    state = engine.state(U1)
+    assert {o.key for o in state.observations.values()} == {"k1", "k2", "k3"}
+    assert first.written[0].observation_id in {str(o.dot) for o in state.observations.values()}
+    store.close()
+
+
 def test_writers_and_cold_readers_hammering_a_tiny_cache_lose_nothing(tmp_path: Path):
     """Threads switching every microsecond: writers on six subjects, readers that mostly miss a
     cache of two. Every acknowledged write is kept, under its own dot, and no call fails (an
