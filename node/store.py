@@ -484,16 +484,18 @@ class Store:
             log.exception("group commit of %d batches failed", len(group))
             error = exc
             self._reload_buckets()
+            if self._wal_failed is None:
+                # RocksDB may hold the group all the same, and the store still takes writes:
+                # none may build on a cached state older than RocksDB's. (A store whose WAL
+                # sync failed takes none, and keeps showing what it acknowledged.)
+                self._empty_cache()
         elapsed = time.perf_counter() - started
         try:
             self._note_written(written)
             metrics.record_commit(len(group), elapsed)
         except Exception:  # the group is written: answer its writers and pass the lead on anyway
             log.exception("bookkeeping after a group commit failed; emptying the state cache")
-            with self._cache_lock:
-                self._cache.clear()
-                self._cache_cost = 0
-                self._cache_writes += 1
+            self._empty_cache()
         for p in group:
             p.error = error
             p.finished = True
@@ -505,6 +507,14 @@ class Store:
                 cast(threading.Lock, self._queue[0].wake).release()
             else:
                 self._leading = False
+
+    def _empty_cache(self) -> None:
+        """Drops every cached state, for when RocksDB may hold newer ones: later reads load
+        what RocksDB has (and a read racing this caches nothing: see load)."""
+        with self._cache_lock:
+            self._cache.clear()
+            self._cache_cost = 0
+            self._cache_writes += 1
 
     def _note_written(self, written: list[_Cached]) -> None:
         """Caches a written group's states (the group's writers are answered after)."""

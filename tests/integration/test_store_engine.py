@@ -315,6 +315,35 @@ def test_a_group_whose_bookkeeping_fails_is_still_answered_and_the_next_write_bu
     store.close()
 
 
+def test_after_a_group_fails_past_its_rocksdb_write_the_next_write_builds_on_rocksdb_s_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """The writer got an error, but RocksDB has its write (and its dot, shipped to the peers):
+    the store still takes writes, so the next one must not build on the older cached state."""
+    caplog.set_level(logging.CRITICAL, logger="node.store")
+    store = Store(tmp_path / "db", "sales", outbox=True)
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1")])  # U1 cached
+    grew = store._outbox_grew
+
+    class Broken:
+        def __enter__(self) -> None:
+            raise RuntimeError("after the write")
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    store._outbox_grew = Broken()  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="after the write"):
+        engine.observe("agent", [item(U1, "k2")])
+    store._outbox_grew = grew
+    engine.observe("agent", [item(U1, "k3")])
+    state = engine.state(U1)
+    assert sorted(o.key for o in state.observations.values()) == ["k1", "k2", "k3"]
+    assert len({o.dot for o in state.observations.values()}) == 3
+    store.close()
+
+
 def test_writers_and_cold_readers_hammering_a_tiny_cache_lose_nothing(tmp_path: Path):
     """Threads switching every microsecond: writers on six subjects, readers that mostly miss a
     cache of two. Every acknowledged write is kept, under its own dot, and no call fails (an
