@@ -445,7 +445,7 @@ def test_the_state_cache_estimates_its_memory_on_the_high_side(
         finally:
             tracemalloc.stop()
         estimate = store.cache_bytes()
-        assert used <= estimate <= 1.8 * used, (reread, used, estimate)
+        assert used <= estimate <= 2.2 * used, (reread, used, estimate)  # 1.1-1.75 measured
         store.close()
 
 
