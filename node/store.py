@@ -116,6 +116,18 @@ class _Cached(NamedTuple):
     encoded: EncodedObservations | None
     cost: int  # its estimated memory (cache_cost)
 
+    @classmethod
+    def of(
+        cls,
+        state: SubjectState,
+        stored_bytes: int,
+        digest: bytes | None = None,
+        encoded: EncodedObservations | None = None,
+    ) -> _Cached:
+        """The entry of ``state``, whose encoding is ``stored_bytes`` long."""
+        cost = cache_cost(len(state.observations), stored_bytes, encoded is not None)
+        return cls(state, digest, encoded, cost)
+
 
 def cache_cost(observations: int, stored_bytes: int, encoded: bool) -> int:
     """About the memory a cached state takes: 1.25 KiB for the entry, 0.75 KiB per observation
@@ -280,14 +292,13 @@ class Store:
             # older than what the cache holds by now, and the subject's next write would build
             # on them, dropping a write and handing out its dot again.
             if self._cache_writes == writes and subject not in self._cache:
-                self._remember(
-                    _Cached(state, None, None, cache_cost(len(state.observations), len(raw), False))
-                )
+                self._remember(_Cached.of(state, len(raw)))
         return state
 
-    def _digest(self, state: SubjectState) -> bytes:
-        """``state.digest()``, from the cache when it holds this very state."""
-        cached = self._cache.get(state.subject)
+    @staticmethod
+    def _digest(state: SubjectState, cached: _Cached | None) -> bytes:
+        """``state.digest()``, from ``cached`` (the cache's entry of its subject) when that holds
+        this very state."""
         if cached is not None and cached.state is state and cached.digest is not None:
             return cached.digest
         if not state.generation and not state.observations and state.context.is_empty():
@@ -558,13 +569,10 @@ class Store:
                     new, cached.encoded if cached is not None else None
                 )
                 put(key, raw, state_cf)
-                old_digest = self._digest(change.old) if change.old is not None else _EMPTY_HASH
+                old = change.old
+                old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
                 new_digest = new.digest()
-                written.append(
-                    _Cached(
-                        new, new_digest, encoded, cache_cost(len(new.observations), len(raw), True)
-                    )
-                )
+                written.append(_Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:
                     bucket = bucket_of(key)
                     current = touched.get(bucket, self._buckets[bucket])
