@@ -72,10 +72,16 @@ def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> Non
         evidence_to_proto(ev, o.evidence.add())
 
 
-def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
+def _state_head(state: SubjectState) -> sync_pb2.SubjectState:
+    """The state's message without its observations."""
     msg = sync_pb2.SubjectState(generation=state.generation)
     subject_to_proto(state.subject, msg.subject)
     context_to_proto(state.context, msg.context)
+    return msg
+
+
+def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
+    msg = _state_head(state)
     observations = state.observations
     add = msg.observations.add
     for dot in sorted(observations):
@@ -146,10 +152,7 @@ def encode_state_reusing(
     fields in field-number order (subject, generation, context, then the observations by dot),
     a repeated field its elements one after another.
     """
-    head = sync_pb2.SubjectState(generation=state.generation)
-    subject_to_proto(state.subject, head.subject)
-    context_to_proto(state.context, head.context)
-    parts = [head.SerializeToString(deterministic=True)]
+    parts = [_state_head(state).SerializeToString(deterministic=True)]
     fields: EncodedObservations = {}
     observations = state.observations
     reusable = (known or {}).get
