@@ -579,18 +579,21 @@ class Cell:
 
     @property
     def ratio(self) -> float:
-        floor = self.floor.p(self.floor.visible_ms, 0.99)
-        return self.node.p(self.node.visible_ms, 0.99) / floor if floor > 0 else float("inf")
+        return p99_ratio(self.node, self.floor, "visible_ms")
 
     @property
     def issued_ratio(self) -> float:
-        floor = self.floor.p(self.floor.issued_ms, 0.99)
-        return self.node.p(self.node.issued_ms, 0.99) / floor if floor > 0 else float("inf")
+        return p99_ratio(self.node, self.floor, "issued_ms")
 
     @property
     def relay_ratio(self) -> float:
-        floor = self.relay.p(self.relay.visible_ms, 0.99)
-        return self.node.p(self.node.visible_ms, 0.99) / floor if floor > 0 else float("inf")
+        return p99_ratio(self.node, self.relay, "visible_ms")
+
+
+def p99_ratio(node: Figures, floor: Figures, times: str) -> float:
+    """The node's p99 of ``times`` (a Figures list) over the floor's (inf over a floor of 0)."""
+    under = floor.p(getattr(floor, times), 0.99)
+    return node.p(getattr(node, times), 0.99) / under if under > 0 else float("inf")
 
 
 def snapshot_size() -> int:
