@@ -185,6 +185,15 @@ def start_with_fresh_ports(make: Callable[[int], LocalCluster], attempts: int = 
     raise AssertionError("unreachable")
 
 
+def policies_toml(policies: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``[policies.<section>]`` tables of scalars as TOML lines (``{"default": {...}}``), for a
+    cluster file or a node's --policies file."""
+    lines = []
+    for section, fields in policies.items():
+        lines += [f"[policies.{section}]", *(f"{k} = {v!r}" for k, v in fields.items())]
+    return lines
+
+
 class LocalCluster:
     """N nodes with full replication, each directed link behind a fault proxy."""
 
@@ -237,8 +246,7 @@ class LocalCluster:
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
-        for section, fields in (policies or {}).items():
-            lines += [f"[policies.{section}]", *(f"{k} = {v!r}" for k, v in fields.items())]
+        lines += policies_toml(policies or {})
         if self.certs is not None:
             lines += [
                 "[cluster.tls]",

@@ -7,6 +7,11 @@ import grpc
 from federation.harness import LocalCluster, NodeProcess, free_port, wait_healthy
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
+# Policies under which beliefs never fade: two reads of an unchanged model are then equal. Under
+# the default half-life a confidence moves with the clock between them, now and then across the
+# sixth digit it is rounded to.
+NEVER_FADE = {"default": {"half_life_days": 0}}
+
 
 def node_status(address: str) -> admin_pb2.NodeStatus:
     """Admin.GetStatus of the node serving plaintext at ``address``."""

@@ -10,15 +10,11 @@ import pytest
 
 from federation.client import Client, user
 from node.errors import SelfModelError
+from tests.nodes import NEVER_FADE
 
 pytestmark = pytest.mark.faults
 
 CTX = "purchase_motivation"
-
-
-# Beliefs that never fade: the nodes are read one after another, and under a half-life a
-# confidence moves with the clock between the reads (now and then across its sixth digit).
-NEVER_FADE = {"default": {"half_life_days": 0}}
 
 
 def model_of(client: Client, subject_id: str) -> list[tuple]:

@@ -20,7 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import Client, user
+from federation.harness import policies_toml
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from tests.nodes import NEVER_FADE
 
 TENANT = "acme"
 SEED_AGENT = "seed_agent"
@@ -255,14 +257,10 @@ def _case_id(case: Case) -> str:
 
 @pytest.fixture(scope="module")
 def module_node_args(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
-    """The shared node's beliefs never fade, so two reads of an unchanged model are equal.
-
-    A refused request must leave the model as it was to the last digit. Under the default 90-day
-    half-life a belief's confidence moves with the clock between the two reads, and now and then
-    it crosses a digit of the six it is rounded to.
-    """
+    """The shared node's beliefs never fade (NEVER_FADE): a refused request must leave the model
+    as it was to the last digit, however long the two reads around it are apart."""
     policies = tmp_path_factory.mktemp("policies") / "policies.toml"
-    policies.write_text("[policies.default]\nhalf_life_days = 0\n")
+    policies.write_text("\n".join(policies_toml(NEVER_FADE)) + "\n")
     return ("--policies", str(policies))
 
 
