@@ -25,12 +25,12 @@ DEFAULT_TARGET = "127.0.0.1:7070"
 
 def _positive_mb(text: str) -> float:
     try:
-        value = float(text)
+        mb = cluster.positive_mb(float(text))
     except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
+        mb = None
+    if mb is None:
         raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
-    return value
+    return mb
 
 
 def _node(args: argparse.Namespace) -> int:

@@ -168,10 +168,18 @@ def dial_address(listen: str) -> str:
     return f"{loopback}:{port}" if loopback else listen
 
 
-def _cache_mb(value: Any) -> float:
+def positive_mb(value: Any) -> float | None:
+    """``value`` as a number of MiB (cache_mb) when it is a positive, finite number, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ClusterFileError(f"[cluster] cache_mb must be a positive number, got {value!r}")
+        return None
     return float(value)
+
+
+def _cache_mb(value: Any) -> float:
+    mb = positive_mb(value)
+    if mb is None:
+        raise ClusterFileError(f"[cluster] cache_mb must be a positive number, got {value!r}")
+    return mb
 
 
 def _path(base: Path, value: str) -> Path:
