@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
@@ -23,7 +24,7 @@ from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
 from sync.causal import CausalContext
-from sync.codec import Position, encode_token
+from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
     SubjectState,
     apply_observe,
@@ -40,8 +41,7 @@ from sync.observation import Evidence, Observation, Subject
 STRIPES = 256
 
 
-@dataclass(frozen=True, slots=True)
-class ObservationInput:
+class ObservationInput(NamedTuple):
     subject: Subject
     context: str
     key: str  # "" means: the normalized statement
@@ -50,14 +50,12 @@ class ObservationInput:
     evidence: tuple[Evidence, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
+class Written(NamedTuple):
     observation_id: str
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     written: tuple[Written, ...]
     token: str
 
@@ -118,7 +116,7 @@ class Engine:
             by_subject.setdefault(item.subject, []).append((i, item))
         written: list[Written | None] = [None] * len(inputs)
         with self._locked(by_subject):
-            changes, positions = [], {}
+            changes = []
             for subject, items in by_subject.items():
                 state = self.state(subject)
                 old, delta, events = state, None, set()
@@ -130,10 +128,11 @@ class Engine:
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
-                positions[subject] = (state.generation, state.context)
             self._commit(changes)
+        changes.sort(key=_subject_of)
+        token = token_of_positions([change.position for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
-        return WriteResult(tuple(w for w in written if w is not None), encode_token(positions))
+        return WriteResult(tuple(w for w in written if w is not None), token)
 
     def _observe_one(
         self, state: SubjectState, source: str, item: ObservationInput
@@ -180,12 +179,13 @@ class Engine:
             if dots:
                 event = state.next_dot(self.actor)
                 delta = retract_delta(state, self.actor, dots)
-                new = merge(state, delta)
-                self._commit([Change(state, new, Delta(delta, frozenset([event])))], audit)
-                state = new
-            elif audit is not None:
-                self._commit([], audit)
-            token = encode_token({subject: (state.generation, state.context)})
+                change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
+                self._commit([change], audit)
+                token = token_of_positions([change.position])
+            else:
+                if audit is not None:
+                    self._commit([], audit)
+                token = encode_token({subject: (state.generation, state.context)})
         return len(dots), token
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
@@ -196,10 +196,10 @@ class Engine:
         with self._locked([subject]):
             state = self.state(subject)
             delta = erase_delta(state, self.actor)
-            new = merge(state, delta)
-            self._commit([Change(state, new, Delta(delta, delta.context.dots()))], audit)
-            self.store.purge(subject, new.generation)
-            token = encode_token({subject: (new.generation, new.context)})
+            change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
+            self._commit([change], audit)
+            self.store.purge(subject, change.new.generation)
+            token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
 
@@ -387,6 +387,10 @@ class Engine:
         """Holds the subjects' stripe locks (taken in index order, so writers never deadlock)."""
         indexes = sorted({zlib.crc32(s.storage_key()) % STRIPES for s in subjects})
         return _Held([self._stripes[i] for i in indexes])
+
+
+def _subject_of(change: Change) -> Subject:
+    return change.new.subject
 
 
 class _Held:

@@ -97,10 +97,12 @@ class Change:
     old: SubjectState | None
     new: SubjectState
     delta: Delta | None
+    # Set by the commit: the new state's encoded position (encode_position), from which the
+    # writer's handoff token is made (token_of_positions) with no encoding of its own.
+    position: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
+class OutboxEntry(NamedTuple):
     seq: int
     written_ms: int
     delta: bytes  # an encoded Delta (a SubjectState with its event dots)
@@ -565,7 +567,7 @@ class Store:
                 new = change.new
                 key = new.subject.storage_key()
                 cached = cache.get(new.subject)
-                raw, encoded = encode_state_reusing(
+                raw, change.position, encoded = encode_state_reusing(
                     new, cached.encoded if cached is not None else None
                 )
                 put(key, raw, state_cf)

@@ -97,16 +97,14 @@ class CausalContext:
 
 
 def _compact(vector: dict[str, int], cloud: set[Dot]) -> CausalContext:
-    changed = True
-    while changed and cloud:
-        changed = False
-        for dot in sorted(cloud):
-            have = vector.get(dot.actor, 0)
-            if dot.counter <= have:
-                cloud.discard(dot)
-                changed = True
-            elif dot.counter == have + 1:
-                vector[dot.actor] = dot.counter
-                cloud.discard(dot)
-                changed = True
-    return CausalContext({a: c for a, c in vector.items() if c > 0}, frozenset(cloud))
+    """The context of ``vector``'s ranges and ``cloud``'s dots, each cloud dot that extends (or
+    falls within) its actor's range moved into it. One pass in dot order does it all: a dot that
+    closes a gap comes before the dots beyond the gap."""
+    beyond = []
+    for dot in sorted(cloud):
+        have = vector.get(dot.actor, 0)
+        if dot.counter == have + 1:
+            vector[dot.actor] = dot.counter
+        elif dot.counter > have:
+            beyond.append(dot)
+    return CausalContext({a: c for a, c in vector.items() if c > 0}, frozenset(beyond))

@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -72,16 +73,25 @@ def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> Non
         evidence_to_proto(ev, o.evidence.add())
 
 
-def _state_head(state: SubjectState) -> sync_pb2.SubjectState:
-    """The state's message without its observations."""
-    msg = sync_pb2.SubjectState(generation=state.generation)
-    subject_to_proto(state.subject, msg.subject)
-    context_to_proto(state.context, msg.context)
+def _state_head(subject: Subject, generation: int, context: CausalContext) -> sync_pb2.SubjectState:
+    """A state's message without its observations: its subject, generation and context."""
+    msg = sync_pb2.SubjectState(generation=generation)
+    subject_to_proto(subject, msg.subject)
+    context_to_proto(context, msg.context)
     return msg
 
 
+def encode_position(subject: Subject, generation: int, context: CausalContext) -> bytes:
+    """A SubjectPosition's bytes, as handoff tokens hold them.
+
+    They are also the first bytes of the state's encoding (SubjectState's fields 1-3 are the
+    position's), which is how a write's token costs no encoding of its own (encode_state_reusing).
+    """
+    return _state_head(subject, generation, context).SerializeToString(deterministic=True)
+
+
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
-    msg = _state_head(state)
+    msg = _state_head(state.subject, state.generation, state.context)
     observations = state.observations
     add = msg.observations.add
     for dot in sorted(observations):
@@ -136,14 +146,21 @@ def encode_state(state: SubjectState) -> bytes:
 # its field's bytes). See encode_state_reusing.
 EncodedObservations = dict[Dot, tuple[Observation, bytes]]
 
+
+class EncodedState(NamedTuple):
+    raw: bytes  # encode_state's bytes
+    position: bytes  # encode_position's bytes of the state: the first bytes of ``raw``
+    observations: EncodedObservations  # for the subject's next encoding
+
+
 _OBSERVATIONS_TAG = b"\x22"  # SubjectState.observations: field 4, length-delimited
 
 
 def encode_state_reusing(
     state: SubjectState, known: EncodedObservations | None = None
-) -> tuple[bytes, EncodedObservations]:
-    """``encode_state(state)``, reusing the bytes of observations encoded before; and each
-    observation's bytes, for the next encoding of the subject.
+) -> EncodedState:
+    """``encode_state(state)``, reusing the bytes of observations encoded before; with the
+    state's position and each observation's bytes, for the next encoding of the subject.
 
     A write changes one or two observations of a subject and keeps the rest, so encoding the
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
@@ -152,7 +169,8 @@ def encode_state_reusing(
     fields in field-number order (subject, generation, context, then the observations by dot),
     a repeated field its elements one after another.
     """
-    parts = [_state_head(state).SerializeToString(deterministic=True)]
+    position = encode_position(state.subject, state.generation, state.context)
+    parts = [position]
     fields: EncodedObservations = {}
     observations = state.observations
     reusable = (known or {}).get
@@ -166,7 +184,7 @@ def encode_state_reusing(
             entry = (obs, _OBSERVATIONS_TAG + _varint(len(raw)) + raw)
         fields[dot] = entry
         parts.append(entry[1])
-    return b"".join(parts), fields
+    return EncodedState(b"".join(parts), position, fields)
 
 
 def _varint(n: int) -> bytes:
@@ -199,13 +217,18 @@ _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def encode_token(positions: Mapping[Subject, Position]) -> str:
-    msg = sync_pb2.HandoffToken()
-    for subject in sorted(positions):
-        generation, context = positions[subject]
-        p = msg.positions.add(generation=generation)
-        subject_to_proto(subject, p.subject)
-        context_to_proto(context, p.context)
-    return base64.urlsafe_b64encode(msg.SerializeToString(deterministic=True)).decode().rstrip("=")
+    return token_of_positions(
+        encode_position(subject, *positions[subject]) for subject in sorted(positions)
+    )
+
+
+_POSITIONS_TAG = b"\x0a"  # HandoffToken.positions: field 1, length-delimited
+
+
+def token_of_positions(encoded: Iterable[bytes]) -> str:
+    """The token of positions already encoded (encode_position), given in subject order."""
+    raw = b"".join(_POSITIONS_TAG + _varint(len(p)) + p for p in encoded)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_token(token: str) -> dict[Subject, Position]:

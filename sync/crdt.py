@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from sync.causal import CausalContext, Dot
 from sync.observation import Observation, Subject
 
 
-@dataclass(frozen=True, slots=True)
-class SubjectState:
-    """Immutable by convention: ``observations`` is never mutated after construction."""
+class SubjectState(NamedTuple):
+    """Immutable by convention: ``observations`` is never mutated after construction.
+
+    The value types built on every write (this, Observation, Evidence, Delta and the engine's
+    inputs and results) are tuples: one is built in C, where a frozen dataclass sets each
+    field through ``object.__setattr__``, several times slower for the ten or so each write
+    builds.
+    """
 
     subject: Subject
     generation: int = 0
-    context: CausalContext = field(default_factory=CausalContext)
-    observations: Mapping[Dot, Observation] = field(default_factory=dict)
+    context: CausalContext = CausalContext()
+    observations: Mapping[Dot, Observation] = MappingProxyType({})
 
     def next_dot(self, actor: str) -> Dot:
         return Dot(actor, self.context.max_counter(actor) + 1)

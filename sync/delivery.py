@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState, merge
 from sync.observation import Subject
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
+class Delta(NamedTuple):
     """A state to merge and the dots of the events it creates; ``events`` None: a whole state."""
 
     state: SubjectState

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from sync.causal import Dot
@@ -36,17 +35,16 @@ class Subject(NamedTuple):
         return cls(tenant.decode(), SubjectKind(rest[0]), rest[1:].decode())
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(NamedTuple):
     kind: str
     ref: str = ""
     quote: str = ""
     time_ms: int = 0  # 0: unknown
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What one source asserted once about one slot (context, key) of a subject."""
+class Observation(NamedTuple):
+    """What one source asserted once about one slot (context, key) of a subject. A tuple, as
+    SubjectState is (see there)."""
 
     dot: Dot
     context: str

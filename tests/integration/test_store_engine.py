@@ -22,7 +22,7 @@ from node import store as store_module
 from node.engine import Engine, ObservationInput
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
-from sync.codec import decode_delta, decode_state, encode_state
+from sync.codec import decode_delta, decode_state, decode_token, encode_state
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
@@ -210,44 +210,46 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
     """Each write encodes only the observations it adds (the rest are the bytes of the write
     before): what RocksDB holds is still exactly ``encode_state`` of the state, and reads back as
     it, through supersedes, merges, retractions, a forget that starts the dots again, a
-    restart with an empty cache and a cache too small to hold the subject."""
+    restart with an empty cache and a cache too small to hold the subject. Each write's token,
+    made from the start of those bytes, names the position the write left."""
     store = Store(tmp_path / "db", "sales", cache_size=1)
     engine = Engine(store)
     other = Subject("acme", SubjectKind.USER, "u-2")
 
-    def stored_is_encoded() -> None:
+    def stored_is_encoded(token: str | None = None) -> None:
         state = engine.state(U1)
         raw = store.get_meta("state", U1.storage_key())
         assert raw == encode_state(state)
         assert decode_state(raw) == state
+        if token is not None:
+            assert decode_token(token) == {U1: (state.generation, state.context)}
+
+    def observe(subject: Subject, key: str, statement: str = "x", source: str = "sales_agent"):
+        return engine.observe(source, [item(subject, key, statement)]).token
 
     for key in ("k1", "k2", "k3"):
-        engine.observe("sales_agent", [item(U1, key, f"first {key}")])
-        stored_is_encoded()
-    engine.observe("support_agent", [item(U1, "k1", "another view")])
-    engine.observe("sales_agent", [item(U1, "k2", "superseded")])
-    stored_is_encoded()
+        stored_is_encoded(observe(U1, key, f"first {key}"))
+    observe(U1, "k1", "another view", source="support_agent")
+    stored_is_encoded(observe(U1, "k2", "superseded"))
     engine.merge_remote([remote_delta(U1, pack(wall_ms()))])
     stored_is_encoded()
-    engine.retract(U1, "facts", "k3", "sales_agent")
-    stored_is_encoded()
-    engine.observe("sales_agent", [item(other, "k1")])  # U1 leaves the cache of one
-    engine.observe("sales_agent", [item(U1, "k4")])
-    stored_is_encoded()
+    stored_is_encoded(engine.retract(U1, "facts", "k3", "sales_agent")[1])
+    stored_is_encoded(engine.retract(U1, "facts", "k3", "sales_agent")[1])  # nothing to retract
+    observe(other, "k1")  # U1 leaves the cache of one
+    stored_is_encoded(observe(U1, "k4"))
     store.close()
     store = Store(tmp_path / "db", "sales", cache_size=1)
     engine = Engine(store)
-    engine.observe("sales_agent", [item(U1, "k5")])
-    stored_is_encoded()
-    engine.forget(U1)
-    stored_is_encoded()
+    stored_is_encoded(observe(U1, "k5"))
+    stored_is_encoded(engine.forget(U1))
     for key in ("k1", "k2"):  # the new generation hands out dots the old one had
-        engine.observe("sales_agent", [item(U1, key, f"after the forget {key}")])
-        stored_is_encoded()
+        stored_is_encoded(observe(U1, key, f"after the forget {key}"))
     assert {o.statement for o in engine.state(U1).observations.values()} == {
         "after the forget k1",
         "after the forget k2",
     }
+    both = engine.observe("sales_agent", [item(other, "k9"), item(U1, "k9")]).token
+    assert decode_token(both) == {s: engine.position(s) for s in (U1, other)}
     store.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import string
 
 import pytest
@@ -17,10 +16,12 @@ from sync.codec import (
     decode_state,
     decode_token,
     encode_delta,
+    encode_position,
     encode_state,
     encode_state_reusing,
     encode_token,
     merge_tokens,
+    token_of_positions,
 )
 from sync.crdt import SubjectState
 from sync.delivery import Delta
@@ -132,16 +133,28 @@ def test_tokens_encode_to_the_characters_of_the_reference_encoder(
 
 
 @VALUES
+@given(states=st.lists(random_states(), max_size=4, unique_by=lambda s: s.subject))
+def test_a_token_made_from_the_positions_of_encoded_states_is_their_token(
+    states: list[SubjectState],
+) -> None:
+    """A write's token comes from the position its state's encoding starts with (node.store)."""
+    states.sort(key=lambda s: s.subject)
+    token = token_of_positions([encode_state_reusing(s).position for s in states])
+    assert token == encode_token({s.subject: (s.generation, s.context) for s in states})
+
+
+@VALUES
 @given(state=random_states(), before=random_states())
 def test_a_state_encoded_reusing_earlier_bytes_has_exactly_the_bytes_of_encode_state(
     state: SubjectState, before: SubjectState
 ) -> None:
-    _, stale = encode_state_reusing(before)  # other observations, perhaps under the same dots
-    raw, encoded = encode_state_reusing(state, stale)
+    stale = encode_state_reusing(before).observations  # others, perhaps under the same dots
+    raw, position, encoded = encode_state_reusing(state, stale)
     assert raw == encode_state(state)
+    assert position == encode_position(state.subject, state.generation, state.context)
+    assert raw.startswith(position)
     assert set(encoded) == set(state.observations)
-    again, _ = encode_state_reusing(state, encoded)
-    assert again == raw
+    assert encode_state_reusing(state, encoded).raw == raw
 
 
 @VALUES
@@ -149,12 +162,12 @@ def test_a_state_encoded_reusing_earlier_bytes_has_exactly_the_bytes_of_encode_s
 def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
     state: SubjectState,
 ) -> None:
-    _, encoded = encode_state_reusing(state)
-    copies = {dot: (dataclasses.replace(obs), b"not these") for dot, (obs, _) in encoded.items()}
-    assert encode_state_reusing(state, copies)[0] == encode_state(state)  # equal, not the same
+    encoded = encode_state_reusing(state).observations
+    copies = {dot: (obs._replace(), b"not these") for dot, (obs, _) in encoded.items()}
+    assert encode_state_reusing(state, copies).raw == encode_state(state)  # equal, not the same
     marks = {dot: (obs, b"<%d>" % i) for i, (dot, (obs, _)) in enumerate(sorted(encoded.items()))}
-    head = encode_state(dataclasses.replace(state, observations={}))
-    reused, _ = encode_state_reusing(state, marks)
+    head = encode_state(state._replace(observations={}))
+    reused = encode_state_reusing(state, marks).raw
     assert reused == head + b"".join(mark for _, mark in marks.values())
 
 
@@ -162,7 +175,7 @@ def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
 def test_observations_of_every_length_encode_reusing_to_the_bytes_of_encode_state(length: int):
     obs = observation("a.1", 1, statement="x" * length)
     state = SubjectState(SUBJECT, 0, CausalContext.of([obs.dot]), {obs.dot: obs})
-    assert encode_state_reusing(state)[0] == encode_state(state)
+    assert encode_state_reusing(state).raw == encode_state(state)
 
 
 def test_evidence_time_and_every_observation_field_survive() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from typing import Any
@@ -467,7 +466,7 @@ def test_a_policy_book_from_config_resolves_like_one_built_by_hand() -> None:
     ]
     book = PolicyBook.from_config(CONFIG)
     assert belief_of(obs, book).statement == "x"  # 'latest' in budget, whatever reliability
-    in_style = [dataclasses.replace(o, context="style") for o in obs]
+    in_style = [o._replace(context="style") for o in obs]
     assert belief_of(in_style, book).statement == "y"  # weighted by default, bot only in budget
 
 
