@@ -132,7 +132,7 @@ class Principal:
 
 def _matches_any(name: str, globs: tuple[str, ...]) -> bool:
     """Whether a glob matches ``name``; "*" (the usual grant) matches any name without fnmatch."""
-    return any(g == "*" or fnmatchcase(name, g) for g in globs)
+    return "*" in globs or any(fnmatchcase(name, g) for g in globs)
 
 
 class TokenFileError(Exception):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
-from sync.causal import CausalContext
+from sync.causal import CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
     SubjectState,
@@ -33,6 +32,7 @@ from sync.crdt import (
     observe_delta,
     retract_delta,
     slot_dots,
+    slot_observations,
 )
 from sync.delivery import CausalBuffer, Delta
 from sync.hlc import ClockSkewError, HybridClock, wall_ms
@@ -118,13 +118,13 @@ class Engine:
         with self._locked(by_subject):
             changes = []
             for subject, items in by_subject.items():
-                state = self.state(subject)
-                old, delta, events = state, None, set()
+                old = state = self.state(subject)
+                delta: SubjectState | None = None
+                events = []
                 for i, item in items:
-                    step, state = self._observe_one(state, source, item)
+                    obs, step, state = self._observe_one(state, source, item)
                     delta = step if delta is None else merge(delta, step)
-                    obs = next(iter(step.observations.values()))
-                    events.add(obs.dot)
+                    events.append(obs.dot)
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
@@ -136,12 +136,14 @@ class Engine:
 
     def _observe_one(
         self, state: SubjectState, source: str, item: ObservationInput
-    ) -> tuple[SubjectState, SubjectState]:
+    ) -> tuple[Observation, SubjectState, SubjectState]:
+        """The observation, its delta and the state after it."""
         key = item.key or normalize_statement(item.statement)
         policy = self.policies.for_context(item.context)
-        mine = slot_dots(state, item.context, key, source)
-        superseded = set(mine)
-        others = [d for d in slot_dots(state, item.context, key) if d not in superseded]
+        mine: list[Dot] = []  # the source's own, which this observation supersedes
+        others: list[Dot] = []
+        for obs in slot_observations(state, item.context, key):
+            (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
             dot=state.next_dot(self.actor),
@@ -155,7 +157,7 @@ class Engine:
             origin=self.node,
         )
         removed = [*mine, *evicted]
-        return observe_delta(state, obs, removed), apply_observe(state, obs, removed)
+        return obs, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
 
     def retract(
         self,
@@ -384,8 +386,11 @@ class Engine:
                 sub.changed.set()
 
     def _locked(self, subjects: Iterable[Subject]) -> _Held:
-        """Holds the subjects' stripe locks (taken in index order, so writers never deadlock)."""
-        indexes = sorted({zlib.crc32(s.storage_key()) % STRIPES for s in subjects})
+        """Holds the subjects' stripe locks (taken in index order, so writers never deadlock).
+
+        A stripe is the subject's hash, the same for a subject throughout the process (locks are
+        not shared with other processes, so the per-process salt of str hashes is harmless)."""
+        indexes = sorted({hash(s) % STRIPES for s in subjects})
         return _Held([self._stripes[i] for i in indexes])
 
 

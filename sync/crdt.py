@@ -118,12 +118,21 @@ def digest(generation: int, context: CausalContext, observed: Iterable[Dot] = ()
     return h.digest()
 
 
+def slot_observations(state: SubjectState, context: str, key: str) -> list[Observation]:
+    """A slot's observations, oldest first."""
+    found = [o for o in state.observations.values() if o.context == context and o.key == key]
+    found.sort(key=_age)
+    return found
+
+
+def _age(obs: Observation) -> tuple[int, Dot]:
+    return obs.hlc, obs.dot
+
+
 def slot_dots(state: SubjectState, context: str, key: str, source: str | None = None) -> list[Dot]:
     """The dots of a slot's observations, optionally of one source only, oldest first."""
-    found = [
-        obs
-        for obs in state.observations.values()
-        if obs.context == context and obs.key == key and (source is None or obs.source == source)
+    return [
+        obs.dot
+        for obs in slot_observations(state, context, key)
+        if source is None or obs.source == source
     ]
-    found.sort(key=lambda o: (o.hlc, o.dot))
-    return [o.dot for o in found]
