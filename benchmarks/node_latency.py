@@ -218,15 +218,20 @@ class ClientPool:
 # -- echo server ---------------------------------------------------------------------------
 
 
-def _serve_echo(replies: dict[str, bytes], cpus: frozenset[int], conn: Connection) -> None:
+def _serve_echo(
+    replies: dict[str, bytes], cpus: frozenset[int], batch: bool, conn: Connection
+) -> None:
     """The floor: a threaded grpc.server like the node's, answering fixed bytes, no protobuf.
 
-    On ``cpus`` when given, pinned as ``selfmodel node --cpus`` pins the node (before any
-    thread starts, so every thread inherits the mask)."""
-    from node.server import pin_to_cpus
+    On ``cpus`` when given, pinned as ``selfmodel node --cpus`` pins the node, and with
+    ``batch`` under SCHED_BATCH as ``selfmodel node --sched-batch`` runs it (both before any
+    thread starts, so every thread inherits them)."""
+    from node.server import pin_to_cpus, schedule_as_batch
 
     if cpus:
         pin_to_cpus(cpus)
+    if batch:
+        schedule_as_batch()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
@@ -247,10 +252,14 @@ def _serve_echo(replies: dict[str, bytes], cpus: frozenset[int], conn: Connectio
 
 
 class EchoServer:
-    def __init__(self, replies: dict[str, bytes], cpus: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, replies: dict[str, bytes], cpus: frozenset[int] = frozenset(), batch: bool = False
+    ) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_echo, args=(replies, cpus, child), daemon=True)
+        self._proc = ctx.Process(
+            target=_serve_echo, args=(replies, cpus, batch, child), daemon=True
+        )
         self._proc.start()
         child.close()
         if not self._conn.poll(30):
@@ -832,6 +841,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "default: the last CPU, one per node as the README advises",
     )
     p.add_argument(
+        "--sched-batch",
+        action="store_true",
+        help="run the node (selfmodel node --sched-batch) and the echo alike under SCHED_BATCH",
+    )
+    p.add_argument(
         "--only",
         choices=("get", "observe"),
         default=None,
@@ -902,6 +916,11 @@ def describe(args: argparse.Namespace, captured: Captured, nproc: str) -> list[s
             "(selfmodel node --cpus; the echo pinned alike); clients on any CPU."
             if args.cpus
             else "Node and echo processes run on any CPU (--cpus none)."
+        ),
+        *(
+            ["Node and echo threads run under SCHED_BATCH (selfmodel node --sched-batch)."]
+            if args.sched_batch
+            else []
         ),
         f"Clients: separate processes (1, then {args.clients}), one channel and one call in "
         "flight each, pre-serialized requests, replies not decoded (the same for node and echo).",
@@ -996,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(pool.close)
         nodes = []
         pin = ("--cpus", ",".join(map(str, sorted(args.cpus)))) if args.cpus else ()
+        if args.sched_batch:
+            pin = (*pin, "--sched-batch")
         for name, extra in (("durable", pin), ("nofsync", ("--no-fsync", *pin))):
             node = NodeProcess(name, tmp / name / "data", extra)
             node.data_dir.parent.mkdir(parents=True)
@@ -1010,6 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo_process = EchoServer(
             {"SelfModelSized": captured.get_reply, "ObserveSized": captured.observe_reply},
             args.cpus,
+            args.sched_batch,
         )
         stack.callback(echo_process.stop)
         echo = Server("echo", echo_process.pid, echo_process.address)

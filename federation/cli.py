@@ -37,7 +37,14 @@ def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
-    from node.server import ConfigError, NodeConfig, parse_cpus, pin_to_cpus, serve
+    from node.server import (
+        ConfigError,
+        NodeConfig,
+        parse_cpus,
+        pin_to_cpus,
+        schedule_as_batch,
+        serve,
+    )
     from node.store import StoreError
 
     parent = os.environ.get(PARENT_ENV)
@@ -76,6 +83,8 @@ def _node(args: argparse.Namespace) -> int:
             config.identify = TokenBook(Path(tokens_file)).identify
         if args.cpus:
             pin_to_cpus(parse_cpus(args.cpus))
+        if args.sched_batch:
+            schedule_as_batch()
         serve(config)
     except (
         ConfigError,
@@ -256,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpus",
         help="run the node on these CPUs only, e.g. 1 or 0-1 (one CPU per node serves the most "
         "calls: see the README)",
+    )
+    node.add_argument(
+        "--sched-batch",
+        action="store_true",
+        help="run the node's threads under Linux's SCHED_BATCH policy: fewer context switches "
+        "and about 7%% more calls served; for a node with a CPU of its own (see the README)",
     )
     node.set_defaults(run=_node)
 

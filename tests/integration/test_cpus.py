@@ -1,5 +1,6 @@
 """``selfmodel node --cpus``: every thread of the node, and every thread it starts later, runs
-on the CPUs given (one CPU per node serves the most calls: see the README)."""
+on the CPUs given (one CPU per node serves the most calls: see the README); and
+``--sched-batch``: every thread runs under SCHED_BATCH."""
 
 from __future__ import annotations
 
@@ -43,6 +44,33 @@ def test_every_thread_of_a_node_run_with_cpus_runs_there(
     threads = thread_cpus(node.proc.pid)
     assert len(threads) > 4  # gRPC's own threads and the handlers' among them
     assert all(cpus == {cpu} for cpus in threads.values()), threads
+
+
+def thread_policies(pid: int) -> dict[int, int]:
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found[int(tid)] = os.sched_getscheduler(int(tid))
+        except ProcessLookupError:
+            continue
+    return found
+
+
+def test_every_thread_of_a_node_run_with_sched_batch_runs_under_it(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    batch = start_node("batch", "--sched-batch")
+    plain = start_node("plain")
+    for node in (batch, plain):
+        with Client(node.address, agent="sales_agent", tenant="acme") as client:
+            for i in range(20):  # starts handler threads, and a group commit's
+                client.observe(user(f"u-{i}"), "Batched", confidence=0.5, context="facts")
+            client.self_model(user("u-1"))
+    assert batch.proc is not None and plain.proc is not None
+    policies = thread_policies(batch.proc.pid)
+    assert len(policies) > 4  # gRPC's own threads and the handlers' among them
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    assert set(thread_policies(plain.proc.pid).values()) == {os.SCHED_OTHER}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
