@@ -8,6 +8,10 @@ stated it, so the subjects keep their size. The floor writes what the store writ
 call, to a RocksDB of its own with the WAL on: one batch of the subject's stored state (the
 same bytes), a 16-byte digest row and a 16-byte bucket row.
 
+With ``--through servicer`` each call goes through ``SelfModelServicer.Observe`` instead, from
+the request's bytes (decoding, the caller's identity, validation, the engine, the reply): the
+handler a node runs for a durable ``Observe``, without gRPC and the fsync.
+
 It prints the CPU time per call (pooled over ``--rounds``, node and floor alternating), the
 ratio node / floor at each size, and how each grows from a subject of one belief. The node
 stores a subject's whole state in one row (DESIGN.md section 4), so some growth is the storage
@@ -15,6 +19,7 @@ layout's; the floor shows how much.
 
     python benchmarks/write_path.py
     python benchmarks/write_path.py --sizes 1,50,200 --calls 2000 --rounds 3
+    python benchmarks/write_path.py --through servicer --sizes 1
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "protos", ROOT):
@@ -34,7 +40,11 @@ for _path in (ROOT / "protos", ROOT):
 import rocksdict  # noqa: E402
 
 from node.engine import Engine, ObservationInput  # noqa: E402
+from node.servicer import AGENT_HEADER, SelfModelServicer  # noqa: E402
 from node.store import Store  # noqa: E402
+from node.validation import Limits  # noqa: E402
+from selfmodel.v1 import selfmodel_pb2  # noqa: E402
+from sync.codec import evidence_to_proto, subject_to_proto  # noqa: E402
 from sync.observation import Evidence, Subject, SubjectKind  # noqa: E402
 
 SOURCE = "bench_agent"
@@ -51,6 +61,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subjects", type=int, default=64, help="subjects written in turn (64)")
     p.add_argument("--calls", type=int, default=2000, help="calls per size and round (2000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, node and floor alternating (3)")
+    p.add_argument(
+        "--through",
+        choices=("engine", "servicer"),
+        default="engine",
+        help="call Engine.observe (default), or SelfModelServicer.Observe on the request's bytes",
+    )
     args = p.parse_args(argv)
     args.sizes = [int(x) for x in args.sizes.split(",")]
     if min(args.sizes) < 1 or args.subjects < 1 or args.calls < 1 or args.rounds < 1:
@@ -69,10 +85,39 @@ def item(subject: Subject, k: int) -> ObservationInput:
     )
 
 
+def request(subject: Subject, k: int) -> bytes:
+    """``item(subject, k)`` as an agent sends it."""
+    i = item(subject, k)
+    msg = selfmodel_pb2.ObserveRequest(
+        context=i.context,
+        key=i.key,
+        statement=i.statement,
+        confidence=i.confidence,
+    )
+    subject_to_proto(subject, msg.subject)
+    for ev in i.evidence:
+        evidence_to_proto(ev, msg.evidence.add())
+    return msg.SerializeToString()
+
+
+class _Call:
+    """What the servicer reads of a call's gRPC context: the caller's metadata (and, on an
+    error, the status it sets)."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((AGENT_HEADER, SOURCE),)
+
+    def code(self) -> Any:
+        return None
+
+    def abort(self, code: Any, details: str) -> None:
+        raise RuntimeError(f"the servicer refused a benchmark call: {code} {details}")
+
+
 class NodeWrites:
     """An engine on its own store, its subjects seeded to ``size`` beliefs each."""
 
-    def __init__(self, root: Path, size: int, subjects: int) -> None:
+    def __init__(self, root: Path, size: int, subjects: int, through: str = "engine") -> None:
         self.store = Store(root / "node", "bench", sync=False)
         self.engine = Engine(self.store)
         self.subjects = [Subject("bench", SubjectKind.USER, f"u-{j:03d}") for j in range(subjects)]
@@ -81,6 +126,21 @@ class NodeWrites:
                 self.engine.observe(SOURCE, [item(subject, k)])
         self.size = size
         self.calls = 0
+        if through == "servicer":
+            servicer = SelfModelServicer(self.engine, Limits())
+            parse, call = selfmodel_pb2.ObserveRequest.FromString, _Call()
+            requests = [[request(s, k) for s in self.subjects] for k in range(size)]
+
+            def observe(subject: int, k: int) -> None:
+                servicer.Observe(parse(requests[k][subject]), call)  # type: ignore[arg-type]
+
+            self._observe = observe
+        else:
+
+            def observe(subject: int, k: int) -> None:
+                self.engine.observe(SOURCE, [item(self.subjects[subject], k)])
+
+            self._observe = observe
         stored = self.store.get_meta("state", self.subjects[0].storage_key())
         assert stored is not None
         self.stored = stored  # a subject's bytes in RocksDB: the floor writes as many
@@ -88,8 +148,7 @@ class NodeWrites:
     def call(self) -> None:
         i = self.calls
         self.calls += 1
-        subject = self.subjects[i % len(self.subjects)]
-        self.engine.observe(SOURCE, [item(subject, (i // len(self.subjects)) % self.size)])
+        self._observe(i % len(self.subjects), (i // len(self.subjects)) % self.size)
 
     def close(self) -> None:
         self.store.close()
@@ -129,7 +188,8 @@ def cpu_per_call_us(call: Callable[[], None], calls: int) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print(
-        f"write path: Observe on subjects of {args.sizes} beliefs, {args.subjects} subjects, "
+        f"write path: Observe through the {args.through} on subjects of {args.sizes} beliefs, "
+        f"{args.subjects} subjects, "
         f"{args.calls} calls x {args.rounds} rounds per size; Python {sys.version.split()[0]}"
     )
     node_us: dict[int, float] = {}
@@ -138,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="selfmodel-write-path-") as tmp:
         for size in args.sizes:
             root = Path(tmp) / f"size-{size}"
-            node = NodeWrites(root, size, args.subjects)
+            node = NodeWrites(root, size, args.subjects, args.through)
             floor = FloorWrites(root, node.stored, args.subjects)
             try:
                 cpu_per_call_us(node.call, min(200, args.calls))  # warm both up
