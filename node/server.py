@@ -413,12 +413,12 @@ def schedule_as_batch(pid: int | None = None) -> None:
     policy a woken thread preempts the thread that woke it, finds the GIL still held by that
     thread, and sleeps again: two switches where one would do (a group commit's followers, each
     released by the leader, pay this on every write). Under SCHED_BATCH the woken thread runs
-    once its waker blocks, and takes the GIL at once. Measured with benchmarks/node_latency.py
-    on one CPU: a durable Observe's context switches fell from 12.7 to 7.5, and the node served
-    about 7% more of them (a bare gRPC server gains about 6%: see benchmarks/RESULTS.md). The
-    cost is the same rule towards other processes: the node's threads no longer preempt them on
-    waking, so give the node a CPU of its own (--cpus). Threads inherit the policy of the
-    thread that starts them, so set it before starting the node.
+    once its waker blocks, and takes the GIL at once. Measured on one CPU with 8 writers
+    (benchmarks/RESULTS.md, eighth session): a durable Observe's context switches fell from
+    12.7 to 7.5, and the node served about 7% more of them (a bare gRPC server gains about
+    6%). The cost is the same rule towards other processes: the node's threads no longer preempt
+    them on waking, so give the node a CPU of its own (--cpus). Threads inherit the policy of
+    the thread that starts them, so set it before starting the node.
     """
     for tid in os.listdir(f"/proc/{'self' if pid is None else pid}/task"):
         try:
