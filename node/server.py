@@ -398,16 +398,12 @@ def pin_to_cpus(cpus: frozenset[int], pid: int | None = None) -> None:
             f"--cpus {','.join(map(str, sorted(cpus)))}: this process may run only on CPUs "
             f"{','.join(map(str, sorted(allowed)))}"
         )
-    for tid in os.listdir(f"/proc/{'self' if pid is None else pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:  # a thread that ended meanwhile
-            continue
+    _each_thread(lambda tid: os.sched_setaffinity(tid, cpus), pid)
 
 
-def schedule_as_batch(pid: int | None = None) -> None:
-    """Runs every thread of this process (or of process ``pid``), and every thread it starts
-    later, under Linux's SCHED_BATCH policy: a thread woken by another does not preempt it.
+def schedule_as_batch() -> None:
+    """Runs every thread of this process, and every thread it starts later, under Linux's
+    SCHED_BATCH policy: a thread woken by another does not preempt it.
 
     A node's threads hand the GIL to one another several times per call. Under the default
     policy a woken thread preempts the thread that woke it, finds the GIL still held by that
@@ -420,15 +416,21 @@ def schedule_as_batch(pid: int | None = None) -> None:
     them on waking, so give the node a CPU of its own (--cpus). Threads inherit the policy of
     the thread that starts them, so set it before starting the node.
     """
+    try:
+        _each_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0)))
+    except PermissionError as exc:
+        raise ConfigError(
+            f"--sched-batch: this process may not change its scheduling policy ({exc})"
+        ) from exc
+
+
+def _each_thread(apply: Callable[[int], None], pid: int | None = None) -> None:
+    """Calls ``apply`` with the id of every thread of this process (or of process ``pid``)."""
     for tid in os.listdir(f"/proc/{'self' if pid is None else pid}/task"):
         try:
-            os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
+            apply(int(tid))
         except ProcessLookupError:  # a thread that ended meanwhile
             continue
-        except PermissionError as exc:
-            raise ConfigError(
-                f"--sched-batch: this process may not change its scheduling policy ({exc})"
-            ) from exc
 
 
 def serve(config: NodeConfig) -> None:

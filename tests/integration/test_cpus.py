@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,15 +18,22 @@ from federation.harness import LocalCluster
 from node.server import ConfigError, parse_cpus
 from tests.nodes import NodeProcess
 
+T = TypeVar("T")
 
-def thread_cpus(pid: int) -> dict[int, set[int]]:
+
+def per_thread(pid: int, read: Callable[[int], T]) -> dict[int, T]:
+    """``read`` of every live thread of process ``pid``, by thread id."""
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            found[int(tid)] = os.sched_getaffinity(int(tid))
-        except ProcessLookupError:
+            found[int(tid)] = read(int(tid))
+        except ProcessLookupError:  # a thread that ended meanwhile
             continue
     return found
+
+
+def thread_cpus(pid: int) -> dict[int, set[int]]:
+    return per_thread(pid, os.sched_getaffinity)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
@@ -46,16 +54,6 @@ def test_every_thread_of_a_node_run_with_cpus_runs_there(
     assert all(cpus == {cpu} for cpus in threads.values()), threads
 
 
-def thread_policies(pid: int) -> dict[int, int]:
-    found = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            found[int(tid)] = os.sched_getscheduler(int(tid))
-        except ProcessLookupError:
-            continue
-    return found
-
-
 def test_every_thread_of_a_node_run_with_sched_batch_runs_under_it(
     start_node: Callable[..., NodeProcess],
 ) -> None:
@@ -67,10 +65,10 @@ def test_every_thread_of_a_node_run_with_sched_batch_runs_under_it(
                 client.observe(user(f"u-{i}"), "Batched", confidence=0.5, context="facts")
             client.self_model(user("u-1"))
     assert batch.proc is not None and plain.proc is not None
-    policies = thread_policies(batch.proc.pid)
+    policies = per_thread(batch.proc.pid, os.sched_getscheduler)
     assert len(policies) > 4  # gRPC's own threads and the handlers' among them
     assert set(policies.values()) == {os.SCHED_BATCH}, policies
-    assert set(thread_policies(plain.proc.pid).values()) == {os.SCHED_OTHER}
+    assert set(per_thread(plain.proc.pid, os.sched_getscheduler).values()) == {os.SCHED_OTHER}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
