@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
@@ -14,11 +15,11 @@ import threading
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from node import store as store_module
 from node.engine import Engine, ObservationInput
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
@@ -265,15 +266,24 @@ def test_a_read_that_raced_a_write_never_leaves_the_older_state_in_the_cache(
     engine.observe("agent", [item(U1, "k1", "before")])
     engine.observe("agent", [item(Subject("acme", SubjectKind.USER, "u-2"), "k1")])  # evicts U1
     read, go_on = threading.Event(), threading.Event()
-    decode = store_module.decode_state
 
-    def slow_for_the_reader(raw: bytes) -> SubjectState:
-        if threading.current_thread().name == "reader":
-            read.set()
-            assert go_on.wait(10)
-        return decode(raw)
+    class SlowForTheReader:
+        """The state column family, holding the reader between its read and its decoding."""
 
-    monkeypatch.setattr(store_module, "decode_state", slow_for_the_reader)
+        def __init__(self, table: Any) -> None:
+            self._table = table
+
+        def get(self, key: bytes) -> bytes | None:
+            raw: bytes | None = self._table.get(key)
+            if threading.current_thread().name == "reader":
+                read.set()
+                assert go_on.wait(10)
+            return raw
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._table, name)
+
+    monkeypatch.setitem(store._cf, "state", SlowForTheReader(store._cf["state"]))
     reader = threading.Thread(target=engine.state, args=(U1,), name="reader")
     reader.start()
     assert read.wait(10)  # the reader has the older bytes
@@ -299,14 +309,23 @@ def test_a_group_whose_bookkeeping_fails_is_still_answered_and_the_next_write_bu
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])  # U1 cached
 
-    def broken(cached: object) -> None:
-        raise RuntimeError("bookkeeping broke")
+    class BreaksOnce(collections.OrderedDict[Subject, Any]):
+        """The state cache, failing the first state cached into it once armed."""
 
-    monkeypatch.setattr(store, "_remember", broken)
+        armed = broke = False
+
+        def __setitem__(self, subject: Subject, cached: Any) -> None:
+            if self.armed and not self.broke:
+                self.broke = True
+                raise RuntimeError("bookkeeping broke")
+            super().__setitem__(subject, cached)
+
+    store._cache = BreaksOnce(store._cache)
+    store._cache.armed = True
     with caplog.at_level(logging.ERROR, logger="node.store"):
         first = engine.observe("agent", [item(U1, "k2")])
     assert "emptying the state cache" in caplog.text
-    monkeypatch.undo()
+    assert store._cache.broke
     second = threading.Thread(target=engine.observe, args=("agent", [item(U1, "k3")]), daemon=True)
     second.start()
     second.join(10)
@@ -549,15 +568,15 @@ def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch
 
 
 def open_files() -> set[str]:
-    """Base names of the files this process holds open (deleted ones included)."""
-    names = set()
+    """The paths of the files this process holds open (deleted ones included)."""
+    paths = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        names.add(os.path.basename(target.removesuffix(" (deleted)")))
-    return names
+        paths.add(target.removesuffix(" (deleted)"))
+    return paths
 
 
 def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
@@ -573,7 +592,8 @@ def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
     engine.observe("agent", [item(U1, "k2")])
     live = {n for n in os.listdir(tmp_path / "db") if n.endswith(".log")}
     assert set(synced) == live and live != before
-    assert not (before - live) & open_files(), "a deleted WAL is still held open"
+    gone = {str(tmp_path / "db" / name) for name in before - live}
+    assert not gone & open_files(), "a deleted WAL is still held open"
     store.close()
 
 
