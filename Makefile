@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/selfmodel/v1/*.proto)
+# The hot modules run compiled by mypyc where a C compiler is available (sync/native.py says
+# which, and never lets a stale build run); any change to what they are compiled against rebuilds.
+NATIVE := $(VENV)/.native
+NATIVE_INPUTS := $(wildcard node/*.py sync/*.py protos/selfmodel/v1/*.pyi) tools/build_native.py
 
 .PHONY: run test protos lint bench clean
 
@@ -13,10 +17,14 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(INSTALLED)
+$(NATIVE): $(INSTALLED) $(NATIVE_INPUTS)
+	$(PY) tools/build_native.py
+	touch $@
+
+run: $(NATIVE)
 	$(VENV)/bin/selfmodel cluster up
 
-test: $(INSTALLED)
+test: $(NATIVE)
 	$(PY) -m pytest
 
 protos: $(INSTALLED)
@@ -27,8 +35,8 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(INSTALLED)
+bench: $(NATIVE)
 	$(PY) benchmarks/node_latency.py
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data build *.so node/*.so sync/*.so

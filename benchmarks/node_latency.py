@@ -63,6 +63,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import grpc  # noqa: E402
 
+from sync import native  # noqa: E402
+
 ECHO_SERVICE = "bench.v1.Echo"
 GET_METHOD = "/selfmodel.v1.SelfModel/GetSelfModel"
 OBSERVE_METHOD = "/selfmodel.v1.SelfModel/Observe"
@@ -702,6 +704,8 @@ def machine() -> dict[str, str]:
         "grpcio": grpc.__version__,
         "os": f"{platform.system()} {platform.release()}",
         "load": f"{os.getloadavg()[0]:.1f}",
+        # the nodes decide alike: same tree, same environment (see sync/native.py)
+        "build": "compiled by mypyc" if native.choose() else "pure Python",
     }
 
 
@@ -711,7 +715,7 @@ def markdown(
     lines = [
         f"Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {info['nproc']} CPUs, {info['cpu']}, {info['os']}  ",
-        f"Python {info['python']}, grpcio {info['grpcio']}  ",
+        f"Python {info['python']}, grpcio {info['grpcio']}, node {info['build']}  ",
         f"Load average (1 min) at the start and the end: {info['load']}  ",
         f"Command: `{command}`",
         "",
@@ -1002,7 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     print(
         f"selfmodel node latency: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
-        f"grpcio {info['grpcio']}"
+        f"grpcio {info['grpcio']}, node {info['build']}"
     )
     started = time.monotonic()
     with contextlib.ExitStack() as stack:

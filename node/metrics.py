@@ -14,6 +14,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from node.interceptors import HandlerWrapper
+from sync import native
 
 log = logging.getLogger("selfmodel.node")
 
@@ -75,6 +76,13 @@ STATE_CACHE_BYTES = Gauge(
     "Estimated memory of the subject states this node keeps in memory (at most its cache_mb, "
     "but for one state larger than that).",
 )
+
+COMPILED = Gauge(
+    "selfmodel_compiled",
+    "1 when the hot modules run compiled by mypyc, 0 when they run as pure Python (no C "
+    "compiler where it was installed, or sources changed since the build: see sync/native.py).",
+)
+COMPILED.set(1 if native.choose() else 0)
 
 
 def record_commit(batches: int, seconds: float) -> None:

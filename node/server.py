@@ -43,6 +43,7 @@ from node.servicer import (
 from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from sync import native
 from sync.hlc import HybridClock
 from sync.replicator import Replicator, SyncSettings
 
@@ -319,11 +320,12 @@ def decide_actor(config: NodeConfig, store: Store) -> None:
     if resumable and (granted or not members):
         store.resume_actor()
     log.info(
-        "node %s: run %d, actor %s (%s)",
+        "node %s: run %d, actor %s (%s), %s",
         config.name,
         store.run,
         store.actor,
         "resumed" if store.actor == store.resumable else "new",
+        "compiled" if native.choose() else "pure Python",
     )
 
 

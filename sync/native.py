@@ -1,0 +1,137 @@
+"""Which modules run compiled, and the guard that never lets a stale build run.
+
+`make` compiles the modules of COMPILED with mypyc (tools/build_native.py) where a C compiler
+is available. The extensions land beside their sources, and Python imports an extension before
+a source of the same name. So an extension built from older sources would run code that is no
+longer in the tree: `git checkout`, or an edit followed by a bare `pytest`, would test the wrong
+code without a word.
+
+`sync/__init__.py` calls `choose()` before it imports anything else (and `node` imports `sync`
+first), so it decides for the whole process, once. The build is used only when it is whole and
+no source of `node/` or `sync/` is newer than any of its extensions. Otherwise every compiled
+module is imported from its source, with a warning that says how to rebuild: all or nothing,
+because compiled modules call each other directly, never through the module attributes an
+interpreted one would replace. `SELFMODEL_PURE_PYTHON=1` asks for the sources outright.
+
+This module imports nothing from the project: the build script loads it by path.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+# The write and read paths' hot modules. Compiling only sync/ gains about 1%; the gain is in the
+# engine, store, validation and servicer (benchmarks/RESULTS.md, "Compiling the hot modules").
+COMPILED = (
+    "sync.causal",
+    "sync.crdt",
+    "sync.observation",
+    "sync.codec",
+    "sync.hlc",
+    "sync.delivery",
+    "node.engine",
+    "node.store",
+    "node.validation",
+    "node.servicer",
+)
+
+# mypyc puts the code of all the modules in one shared library named after the group (here
+# sync/native__mypyc, inside a package so that it imports wherever the packages do); each
+# module's own extension is a small shim that loads it.
+GROUP = "sync.native"
+PACKAGES = ("node", "sync")
+ROOT = Path(__file__).resolve().parent.parent
+
+ASK_FOR_SOURCES = "SELFMODEL_PURE_PYTHON"
+
+_chosen: bool | None = None
+
+
+def source_of(module: str, root: Path = ROOT) -> Path:
+    return root.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def extension_of(module: str, root: Path = ROOT) -> Path | None:
+    """The module's built extension beside its source, if there is one."""
+    base = root.joinpath(*module.split("."))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = base.with_name(base.name + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def extensions(root: Path = ROOT) -> dict[str, Path]:
+    """Every built extension in the compiled packages, by module name, whether listed or not."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).glob("*.so")):
+            name = path.name.split(".", 1)[0]
+            if not name.endswith("__mypyc"):
+                found[f"{package}.{name}"] = path
+    return found
+
+
+def group_library(root: Path = ROOT) -> Path | None:
+    return extension_of(f"{GROUP}__mypyc", root)
+
+
+def why_not_compiled(root: Path = ROOT, modules: Sequence[str] = COMPILED) -> str | None:
+    """Why the build beside the sources must not run (None when it may); '' when there is none."""
+    built = extensions(root)
+    library = group_library(root)
+    if not built and library is None:
+        return ""
+    if set(built) != set(modules) or library is None:
+        return "the build is incomplete"
+    oldest = min(path.stat().st_mtime for path in (*built.values(), library))
+    for package in PACKAGES:
+        for source in sorted((root / package).glob("*.py")):
+            if source.stat().st_mtime > oldest:
+                return f"{source.relative_to(root)} changed since the build"
+    return None
+
+
+class _FromSource(importlib.abc.MetaPathFinder):
+    """Imports the named modules from their .py files, never from the extensions beside them."""
+
+    def __init__(self, modules: dict[str, Path]) -> None:
+        self._modules = modules
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        source = self._modules.get(fullname)
+        if source is None:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def choose() -> bool:
+    """Decides, once per process, whether the compiled build runs; True when it does."""
+    global _chosen
+    if _chosen is not None:
+        return _chosen
+    built = extensions()
+    reason = why_not_compiled()
+    if os.environ.get(ASK_FOR_SOURCES) == "1":
+        reason = reason or f"{ASK_FOR_SOURCES}=1"
+    elif reason:
+        warnings.warn(
+            f"selfmodel runs as pure Python: {reason}; `make` rebuilds the compiled modules",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if reason is not None and built:
+        modules = {name: source_of(name) for name in (*COMPILED, *built)}
+        sys.meta_path.insert(0, _FromSource(modules))
+    _chosen = reason is None
+    return _chosen
