@@ -44,6 +44,7 @@ from node.servicer import AGENT_HEADER, SelfModelServicer  # noqa: E402
 from node.store import Store  # noqa: E402
 from node.validation import Limits  # noqa: E402
 from selfmodel.v1 import selfmodel_pb2  # noqa: E402
+from sync import native  # noqa: E402
 from sync.codec import evidence_to_proto, subject_to_proto  # noqa: E402
 from sync.observation import Evidence, Subject, SubjectKind  # noqa: E402
 
@@ -190,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"write path: Observe through the {args.through} on subjects of {args.sizes} beliefs, "
         f"{args.subjects} subjects, "
-        f"{args.calls} calls x {args.rounds} rounds per size; Python {sys.version.split()[0]}"
+        f"{args.calls} calls x {args.rounds} rounds per size; Python {sys.version.split()[0]}, "
+        f"{'compiled by mypyc' if native.choose() else 'pure Python'}"
     )
     node_us: dict[int, float] = {}
     floor_us: dict[int, float] = {}

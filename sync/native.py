@@ -41,6 +41,15 @@ COMPILED = (
     "node.store",
     "node.validation",
     "node.servicer",
+    "node.interceptors",
+    "node.metrics",
+    "node.decoding",
+    "node.auth",
+    "node.audit",
+    "node.quota",
+    "node.convert",
+    "node.resolution",
+    "node.policy",
 )
 
 # mypyc puts the code of all the modules in one shared library named after the group (here
