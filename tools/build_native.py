@@ -62,11 +62,12 @@ def main() -> int:
     started = time.monotonic()
     try:
         build(native)
-    except (Exception, SystemExit) as error:  # setuptools reports a failed compile by exiting
+    except (Exception, SystemExit) as error:  # mypyc and setuptools report failures by exiting
         remove_extensions(native)
-        print(
-            f"build_native: not compiled ({error}); selfmodel runs as pure Python", file=sys.stderr
-        )
+        why = error.code if isinstance(error, SystemExit) else error  # mypyc exits with 1
+        if isinstance(why, int):
+            why = f"exit status {why}, its errors are above"
+        print(f"build_native: not compiled ({why}); runs as pure Python", file=sys.stderr)
         return 1 if args.require else 0
     # setuptools skips compiling C that did not change and copies the extension with its old
     # time; the build is of today's sources all the same, and sync.native goes by the times.
