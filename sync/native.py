@@ -8,10 +8,10 @@ code without a word.
 
 `sync/__init__.py` calls `choose()` before it imports anything else (and `node` imports `sync`
 first), so it decides for the whole process, once. The build is used only when it is whole and
-no source of `node/` or `sync/` is newer than any of its extensions. Otherwise every compiled
-module is imported from its source, with a warning that says how to rebuild: all or nothing,
-because compiled modules call each other directly, never through the module attributes an
-interpreted one would replace. `SELFMODEL_PURE_PYTHON=1` asks for the sources outright.
+no source of `node/` or `sync/` is newer than any of its extensions. Otherwise every module of
+those packages is imported from its source, with a warning that says how to rebuild: all or
+nothing, because compiled modules call each other directly, never through the module attributes
+an interpreted one would replace. `SELFMODEL_PURE_PYTHON=1` asks for the sources outright.
 
 This module imports nothing from the project: the build script loads it by path.
 """
@@ -57,6 +57,7 @@ COMPILED = (
 # sync/native__mypyc, inside a package so that it imports wherever the packages do); each
 # module's own extension is a small shim that loads it.
 GROUP = "sync.native"
+LIBRARY = f"{GROUP}__mypyc"
 PACKAGES = ("node", "sync")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,40 +70,23 @@ def source_of(module: str, root: Path = ROOT) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def extension_of(module: str, root: Path = ROOT) -> Path | None:
-    """The module's built extension beside its source, if there is one."""
-    base = root.joinpath(*module.split("."))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = base.with_name(base.name + suffix)
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def extensions(root: Path = ROOT) -> dict[str, Path]:
-    """Every built extension in the compiled packages, by module name, whether listed or not."""
-    found = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).glob("*.so")):
-            name = path.name.split(".", 1)[0]
-            if not name.endswith("__mypyc"):
-                found[f"{package}.{name}"] = path
-    return found
-
-
-def group_library(root: Path = ROOT) -> Path | None:
-    return extension_of(f"{GROUP}__mypyc", root)
+def built(root: Path = ROOT) -> dict[str, Path]:
+    """Every extension in the compiled packages by module name, listed or not, LIBRARY too."""
+    return {
+        f"{package}.{path.name.split('.', 1)[0]}": path
+        for package in PACKAGES
+        for path in sorted((root / package).glob("*.so"))
+    }
 
 
 def why_not_compiled(root: Path = ROOT, modules: Sequence[str] = COMPILED) -> str | None:
     """Why the build beside the sources must not run (None when it may); '' when there is none."""
-    built = extensions(root)
-    library = group_library(root)
-    if not built and library is None:
+    extensions = built(root)
+    if not extensions:
         return ""
-    if set(built) != set(modules) or library is None:
+    if set(extensions) != {*modules, LIBRARY}:
         return "the build is incomplete"
-    oldest = min(path.stat().st_mtime for path in (*built.values(), library))
+    oldest = min(path.stat().st_mtime for path in extensions.values())
     for package in PACKAGES:
         for source in sorted((root / package).glob("*.py")):
             if source.stat().st_mtime > oldest:
@@ -111,18 +95,20 @@ def why_not_compiled(root: Path = ROOT, modules: Sequence[str] = COMPILED) -> st
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
-    """Imports the named modules from their .py files, never from the extensions beside them."""
-
-    def __init__(self, modules: dict[str, Path]) -> None:
-        self._modules = modules
+    """Imports every module of the compiled packages from its .py file, never from an extension
+    beside it."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        source = self._modules.get(fullname)
-        if source is None:
+        if fullname.partition(".")[0] not in PACKAGES:
             return None
-        return importlib.util.spec_from_file_location(fullname, source)
+        source = source_of(fullname)
+        if source.exists():
+            return importlib.util.spec_from_file_location(fullname, source)
+        if any(source.parent.glob(f"{source.stem}.*.so")):  # built once, its source gone since
+            raise ModuleNotFoundError(f"No module named {fullname!r} (only a build of it)")
+        return None  # a package (its __init__.py is a source already), or nothing of ours
 
 
 def choose() -> bool:
@@ -130,7 +116,6 @@ def choose() -> bool:
     global _chosen
     if _chosen is not None:
         return _chosen
-    built = extensions()
     reason = why_not_compiled()
     if os.environ.get(ASK_FOR_SOURCES) == "1":
         reason = reason or f"{ASK_FOR_SOURCES}=1"
@@ -140,8 +125,7 @@ def choose() -> bool:
             RuntimeWarning,
             stacklevel=2,
         )
-    if reason is not None and built:
-        modules = {name: source_of(name) for name in (*COMPILED, *built)}
-        sys.meta_path.insert(0, _FromSource(modules))
+    if reason is not None:  # whatever was built, none of it loads
+        sys.meta_path.insert(0, _FromSource())
     _chosen = reason is None
     return _chosen

@@ -33,10 +33,8 @@ def load_native() -> ModuleType:
 
 def remove_extensions(native: ModuleType) -> None:
     # Unlinked, never overwritten: a process that has one mapped keeps its copy intact.
-    stale = [*native.extensions(ROOT).values(), native.group_library(ROOT)]
-    for path in stale:
-        if path is not None:
-            path.unlink()
+    for path in native.built(ROOT).values():
+        path.unlink()
 
 
 def build(native: ModuleType) -> None:
@@ -71,7 +69,7 @@ def main() -> int:
         return 1 if args.require else 0
     # setuptools skips compiling C that did not change and copies the extension with its old
     # time; the build is of today's sources all the same, and sync.native goes by the times.
-    for path in [*native.extensions(ROOT).values(), native.group_library(ROOT)]:
+    for path in native.built(ROOT).values():
         os.utime(path)
     print(
         f"build_native: compiled {len(native.COMPILED)} modules with mypyc "

@@ -29,7 +29,7 @@ def tree(root: Path, built: tuple[str, ...] = MODULES, library: bool = True) -> 
         extension = native.source_of(module, root).with_suffix(SUFFIX)
         extension.write_bytes(b"")
     if library:
-        native.source_of(f"{native.GROUP}__mypyc", root).with_suffix(SUFFIX).write_bytes(b"")
+        native.source_of(native.LIBRARY, root).with_suffix(SUFFIX).write_bytes(b"")
     later = max(p.stat().st_mtime for p in root.rglob("*.py")) + 10
     for path in root.rglob(f"*{SUFFIX}"):
         os.utime(path, (later, later))
@@ -128,6 +128,23 @@ def test_after_an_edit_a_process_imports_every_module_from_source_and_says_so(bu
         str(built_copy / "sync/crdt.py"),
     ]
     assert "sync/hlc.py changed since the build; `make` rebuilds" in stale.stderr
+
+
+def test_a_module_whose_source_is_gone_is_not_loaded_from_an_unused_build(built_copy: Path):
+    (built_copy / "node" / "quota.py").unlink()
+    edited = built_copy / "node" / "policy.py"
+    build = max(path.stat().st_mtime for path in built_copy.rglob(f"*{SUFFIX}"))
+    os.utime(edited, (build + 60,) * 2)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import node.quota"],
+        cwd=built_copy,
+        env={**os.environ, "PYTHONPATH": f"{built_copy}:{ROOT / 'protos'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode == 1
+    assert "No module named 'node.quota' (only a build of it)" in gone.stderr
 
 
 @pytest.mark.slow
