@@ -39,13 +39,13 @@ for _path in (ROOT / "protos", ROOT):
 
 import rocksdict  # noqa: E402
 
+from federation.client import _Requests  # noqa: E402
 from node.engine import Engine, ObservationInput  # noqa: E402
 from node.servicer import AGENT_HEADER, SelfModelServicer  # noqa: E402
 from node.store import Store  # noqa: E402
 from node.validation import Limits  # noqa: E402
 from selfmodel.v1 import selfmodel_pb2  # noqa: E402
 from sync import native  # noqa: E402
-from sync.codec import evidence_to_proto, subject_to_proto  # noqa: E402
 from sync.observation import Evidence, Subject, SubjectKind  # noqa: E402
 
 SOURCE = "bench_agent"
@@ -87,17 +87,11 @@ def item(subject: Subject, k: int) -> ObservationInput:
 
 
 def request(subject: Subject, k: int) -> bytes:
-    """``item(subject, k)`` as an agent sends it."""
+    """``item(subject, k)`` as an agent sends it (built by the client library)."""
     i = item(subject, k)
-    msg = selfmodel_pb2.ObserveRequest(
-        context=i.context,
-        key=i.key,
-        statement=i.statement,
-        confidence=i.confidence,
+    msg = _Requests(subject.tenant).observe(
+        subject, i.statement, i.confidence, i.context, i.key, i.evidence
     )
-    subject_to_proto(subject, msg.subject)
-    for ev in i.evidence:
-        evidence_to_proto(ev, msg.evidence.add())
     return msg.SerializeToString()
 
 
