@@ -158,7 +158,7 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
                 or not 0 <= ev.time.nanos < 10**9
             ):
                 raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
-            time_ms = ev.time.ToMilliseconds()
+            time_ms = ev.time.seconds * 1000 + ev.time.nanos // 1_000_000  # ToMilliseconds
         evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
     return ObservationInput(subj, context, slot_key, statement, confidence, tuple(evidence))
 

@@ -225,10 +225,14 @@ def encode_token(positions: Mapping[Subject, Position]) -> str:
 _POSITIONS_TAG = b"\x0a"  # HandoffToken.positions: field 1, length-delimited
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def token_of_positions(encoded: Iterable[bytes]) -> str:
     """The token of positions already encoded (encode_position), given in subject order."""
     raw = b"".join(_POSITIONS_TAG + _varint(len(p)) + p for p in encoded)
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    # base64.urlsafe_b64encode, without its two interpreted wrappers around binascii
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def decode_token(token: str) -> dict[Subject, Position]:
