@@ -90,16 +90,20 @@ def _xor(a: bytes, b: bytes, c: bytes) -> bytes:
     ).to_bytes(16, "big")
 
 
-@dataclass(slots=True)
 class Change:
-    """One subject's transition, and the delta to replicate (None: nothing to send)."""
+    """One subject's transition, and the delta to replicate (None: nothing to send).
 
-    old: SubjectState | None
-    new: SubjectState
-    delta: Delta | None
-    # Set by the commit: the new state's encoded position (encode_position), from which the
-    # writer's handoff token is made (token_of_positions) with no encoding of its own.
-    position: bytes = b""
+    Like every class made on each write here, a plain class rather than a dataclass: mypyc
+    compiles its ``__init__``, while a dataclass's generated one runs interpreted.
+    """
+
+    def __init__(self, old: SubjectState | None, new: SubjectState, delta: Delta | None) -> None:
+        self.old = old
+        self.new = new
+        self.delta = delta
+        # Set by the commit: the new state's encoded position (encode_position), from which
+        # the writer's handoff token is made (token_of_positions) with no encoding of its own.
+        self.position = b""
 
 
 class OutboxEntry(NamedTuple):
@@ -141,18 +145,26 @@ def cache_cost(observations: int, stored_bytes: int, encoded: bool) -> int:
     return 1280 + 768 * observations + stored_bytes * per_byte // 2
 
 
-@dataclass(slots=True)
 class _Pending:
-    changes: Sequence[Change]
-    extra: Sequence[tuple[str, bytes, bytes | None]]
-    durable: bool = True
-    # Held while a writer waits (a first leader has none): released once, when its batch is
-    # written, or when it is its turn to lead. A bare lock: waking a writer is one release, with
-    # none of an Event's Python-level bookkeeping under the GIL that bounds the node.
-    wake: threading.Lock | None = None
-    finished: bool = False
-    error: BaseException | None = None
-    last_seq: int = 0
+    """A writer's batch in the group commit's queue (a plain class: see Change)."""
+
+    def __init__(
+        self,
+        changes: Sequence[Change],
+        extra: Sequence[tuple[str, bytes, bytes | None]],
+        durable: bool,
+    ) -> None:
+        self.changes = changes
+        self.extra = extra
+        self.durable = durable
+        # Held while a writer waits (a first leader has none): released once, when its batch
+        # is written, or when it is its turn to lead. A bare lock: waking a writer is one
+        # release, with none of an Event's Python-level bookkeeping under the GIL that bounds
+        # the node.
+        self.wake: threading.Lock | None = None
+        self.finished = False
+        self.error: BaseException | None = None
+        self.last_seq = 0
 
 
 @dataclass(frozen=True, slots=True)
