@@ -73,6 +73,9 @@ class NodeProcess:
     address: str = ""
     metrics_port: int | None = None
     credentials: grpc.ChannelCredentials | None = None  # to reach a node serving TLS
+    # The checkout whose code (and generated contracts) the node runs; None: this process's
+    # working directory and import path.
+    cwd: Path | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,13 +100,12 @@ class NodeProcess:
     def launch(self) -> None:
         """Starts the process; await_started then waits until it serves."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.cwd is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.cwd / "protos"), str(self.cwd)])
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                self.command(),
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                self.command(), stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=self.cwd
             )
 
     def await_started(self) -> NodeProcess:

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Two builds of the node side by side: CPU per durable Observe, under one load, at one time.
+
+``node_latency.py`` compares a node with the echo floor, one after the other; on a shared
+machine one 3-round run of its 8-writer ratio moves by +-10%, so a change worth 3% needs many
+runs to show. This one answers "did my change make a durable write cheaper?" in about two
+minutes, to about 1%:
+
+- a node of this checkout and a node of another (``BASE``, a checkout with its own compiled
+  modules, see below) run at the same time, pinned to the same one CPU, each on its own
+  temporary data directory with fsync on;
+- each round loads both at once, ``--writers`` client processes each (one call in flight,
+  pre-serialized ``Observe`` requests as ``node_latency.py`` sends, another subject per call);
+- the kernel shares the CPU between the two nodes, so whatever else the machine does slows both
+  alike: the ratio of their CPU time per call is the figure, and the ratio of their calls.
+
+It prints both per round and their mean, median and standard deviation, and whether each node
+runs compiled (``selfmodel_compiled``). Making a BASE of an earlier commit, built with this
+checkout's virtualenv:
+
+    git worktree add --detach /tmp/base HEAD~1
+    (cd /tmp/base && $PWD/.venv/bin/python tools/build_native.py)
+    .venv/bin/python benchmarks/ab_observe.py /tmp/base
+    git worktree remove --force /tmp/base
+
+Both nodes use this checkout's virtualenv (its grpcio, protobuf and rocksdict), and each its own
+code and generated contracts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import node_latency as nl
+
+from federation.harness import NodeProcess
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", type=Path, help="the other checkout (with its compiled modules)")
+    p.add_argument("--writers", type=int, default=4, help="client processes per node (4)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds (10)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per round (3)")
+    p.add_argument(
+        "--cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help="the one CPU both nodes run on (default: the last)",
+    )
+    args = p.parse_args(argv)
+    if not (args.base / "federation").is_dir():
+        p.error(f"{args.base} is not a selfmodel checkout")
+    if min(args.writers, args.rounds) < 1 or args.rounds < 2 or args.duration <= 0:
+        p.error("--writers must be positive, --rounds at least 2 and --duration positive")
+    return args
+
+
+def compiled(metrics_port: int | None) -> str:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("selfmodel_compiled "):
+                return "compiled" if float(line.split()[1]) == 1 else "pure Python"
+    return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    trees = {"this": nl.ROOT, "base": args.base.resolve()}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ab-observe-")))
+        pool = nl.ClientPool(2 * args.writers)
+        stack.callback(pool.close)
+        nodes: dict[str, NodeProcess] = {}
+        for name, tree in trees.items():
+            node = NodeProcess(name, tmp / name / "data", ("--cpus", str(args.cpu)), cwd=tree)
+            stack.callback(nl._stop_node, node)
+            nodes[name] = node.start()
+        pids = {name: node.proc.pid for name, node in nodes.items() if node.proc is not None}
+        for name, node in nodes.items():
+            print(f"{name:4}  {trees[name]}  ({compiled(node.metrics_port)})")
+        print(
+            f"durable Observe, {args.writers} writers per node, both nodes on CPU {args.cpu}, "
+            f"{args.rounds} rounds of {args.duration:g} s\n"
+        )
+        cpu_ratios, call_ratios = [], []
+        for r in range(args.rounds):
+            order = ["this", "base"] if r % 2 == 0 else ["base", "this"]  # who gets clients first
+            tasks = [
+                nl.Task(
+                    target=nodes[name].address,
+                    method=nl.OBSERVE_METHOD,
+                    requests=nl.observe_requests(f"{name}{r}", w, nl.REQUESTS_PER_WRITER),
+                    metadata=nl.agent_metadata(w),
+                    warmup_calls=200,
+                    max_calls=500_000,
+                    timeout_s=10.0,
+                )
+                for name in order
+                for w in range(args.writers)
+            ]
+            pool.send(tasks)
+            start_at = time.monotonic() + 0.05
+            stop_at = start_at + args.duration
+            pool.start(start_at, stop_at)
+            time.sleep(max(0.0, start_at - time.monotonic()))
+            cpu0 = {n: nl.process_cpu_s(pids[n]) for n in order}
+            time.sleep(max(0.0, stop_at - time.monotonic()))
+            cpu1 = {n: nl.process_cpu_s(pids[n]) for n in order}
+            outcomes = pool.collect()
+            errors = sum(o.errors for o in outcomes)
+            if errors:
+                first = next(o.first_error for o in outcomes if o.first_error)
+                print(f"round {r + 1}: {errors} calls failed, first: {first}", file=sys.stderr)
+                return 1
+            calls = {
+                name: sum(len(o.latencies) for o in outcomes[i * args.writers :][: args.writers])
+                for i, name in enumerate(order)
+            }
+            per_call = {n: (cpu1[n] - cpu0[n]) / calls[n] * 1e6 for n in order}
+            cpu_ratios.append(per_call["base"] / per_call["this"])
+            call_ratios.append(calls["this"] / calls["base"])
+            rates = {n: calls[n] / args.duration for n in order}
+            print(
+                f"round {r + 1:2}  this {rates['this']:6.0f}/s {per_call['this']:5.0f} µs CPU/call"
+                f"   base {rates['base']:6.0f}/s {per_call['base']:5.0f} µs CPU/call"
+                f"   CPU base/this {cpu_ratios[-1]:.3f}   calls this/base {call_ratios[-1]:.3f}",
+                flush=True,
+            )
+        print()
+        for label, values in (
+            ("CPU per call, base / this", cpu_ratios),
+            ("calls, this / base", call_ratios),
+        ):
+            print(
+                f"{label:26} mean {statistics.mean(values):.3f}  median "
+                f"{statistics.median(values):.3f}  sd {statistics.stdev(values):.3f}"
+            )
+        print("(above 1: this checkout costs less CPU per durable Observe, or serves more)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
