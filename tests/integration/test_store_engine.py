@@ -110,6 +110,31 @@ def test_a_node_restored_from_a_backup_never_reuses_a_dot_it_handed_out_since(tm
     peer.store.close()
 
 
+def test_a_reader_waiting_for_a_handoff_token_wakes_when_the_write_arrives(tmp_path: Path):
+    """The merge wakes it: a reader that missed the wake-up would wait out its deadline."""
+    sales = Engine(Store(tmp_path / "sales", "sales"))
+    support = Engine(Store(tmp_path / "support", "support"))
+    token = decode_token(sales.observe("sales_agent", [item(U1, "plan", "Pro")]).token)
+    results: list[Any] = []
+
+    def read() -> None:
+        try:
+            results.append(support.wait_for(U1, token, timeout_s=60))
+        except Exception as exc:
+            results.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(timeout=0.3)  # it waits by now (else it finds the write merged, and passes)
+    support.merge_remote([Delta(sales.state(U1))])
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the merge did not wake the waiting reader"
+    assert len(results) == 1 and isinstance(results[0], SubjectState), results
+    assert _keys(support, U1) == {"plan"}
+    sales.store.close()
+    support.store.close()
+
+
 def test_a_data_directory_of_another_node_is_refused(tmp_path: Path):
     Store(tmp_path / "db", "sales").close()
     with pytest.raises(StoreError, match="holds the data of node 'sales'"):
