@@ -12,7 +12,9 @@ minutes, to about 1%:
 - each round loads both at once, ``--writers`` client processes each (one call in flight,
   pre-serialized ``Observe`` requests as ``node_latency.py`` sends, another subject per call);
 - the kernel shares the CPU between the two nodes, so whatever else the machine does slows both
-  alike: the ratio of their CPU time per call is the figure, and the ratio of their calls.
+  alike: the ratio of their CPU time per call is the figure, and the ratio of their calls;
+- the node started first costs 1-3% more per call (two nodes of one build alike), so the
+  nodes are started again, in the other order, for the second half of the rounds.
 
 It prints both per round and their mean, median and standard deviation, and whether each node
 runs compiled (``selfmodel_compiled``). Making a BASE of an earlier commit, built with this
@@ -60,8 +62,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.base / "federation").is_dir():
         p.error(f"{args.base} is not a selfmodel checkout")
-    if min(args.writers, args.rounds) < 1 or args.rounds < 2 or args.duration <= 0:
-        p.error("--writers must be positive, --rounds at least 2 and --duration positive")
+    if args.writers < 1 or args.rounds < 4 or args.duration <= 0:
+        p.error("--writers must be positive, --rounds at least 4 and --duration positive")
     return args
 
 
@@ -74,69 +76,98 @@ def compiled(metrics_port: int | None) -> str:
     return "unknown"
 
 
+def start_nodes(
+    trees: dict[str, Path], first: str, tmp: Path, cpu: int, stack: contextlib.ExitStack
+) -> dict[str, NodeProcess]:
+    """A node of each tree, ``first``'s started first; each stopped when ``stack`` closes."""
+    nodes: dict[str, NodeProcess] = {}
+    for name in sorted(trees, key=lambda n: n != first):
+        data = tmp / f"{name}-{first}-first" / "data"
+        node = NodeProcess(name, data, ("--cpus", str(cpu)), cwd=trees[name])
+        stack.callback(nl._stop_node, node)
+        nodes[name] = node.start()
+    return nodes
+
+
+def load_round(
+    pool: nl.ClientPool, nodes: dict[str, NodeProcess], r: int, args: argparse.Namespace
+) -> tuple[float, float]:
+    """One round: (CPU per call base / this, calls this / base)."""
+    order = ["this", "base"] if r % 2 == 0 else ["base", "this"]  # whose clients come first
+    tasks = [
+        nl.Task(
+            target=nodes[name].address,
+            method=nl.OBSERVE_METHOD,
+            requests=nl.observe_requests(f"{name}{r}", w, nl.REQUESTS_PER_WRITER),
+            metadata=nl.agent_metadata(w),
+            warmup_calls=200,
+            max_calls=500_000,
+            timeout_s=10.0,
+        )
+        for name in order
+        for w in range(args.writers)
+    ]
+    pids = {name: node.proc.pid for name, node in nodes.items() if node.proc is not None}
+    pool.send(tasks)
+    start_at = time.monotonic() + 0.05
+    stop_at = start_at + args.duration
+    pool.start(start_at, stop_at)
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    cpu0 = {n: nl.process_cpu_s(pids[n]) for n in order}
+    time.sleep(max(0.0, stop_at - time.monotonic()))
+    cpu1 = {n: nl.process_cpu_s(pids[n]) for n in order}
+    outcomes = pool.collect()
+    errors = sum(o.errors for o in outcomes)
+    if errors:
+        first = next(o.first_error for o in outcomes if o.first_error)
+        raise RuntimeError(f"{errors} calls failed, first: {first}")
+    calls = {
+        name: sum(len(o.latencies) for o in outcomes[i * args.writers :][: args.writers])
+        for i, name in enumerate(order)
+    }
+    per_call = {n: (cpu1[n] - cpu0[n]) / calls[n] * 1e6 for n in order}
+    rates = {n: calls[n] / args.duration for n in order}
+    cpu_ratio, call_ratio = per_call["base"] / per_call["this"], calls["this"] / calls["base"]
+    print(
+        f"round {r + 1:2}  this {rates['this']:6.0f}/s {per_call['this']:5.0f} µs CPU/call"
+        f"   base {rates['base']:6.0f}/s {per_call['base']:5.0f} µs CPU/call"
+        f"   CPU base/this {cpu_ratio:.3f}   calls this/base {call_ratio:.3f}",
+        flush=True,
+    )
+    return cpu_ratio, call_ratio
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     trees = {"this": nl.ROOT, "base": args.base.resolve()}
+    print(
+        f"durable Observe, {args.writers} writers per node, both nodes on CPU {args.cpu}, "
+        f"{args.rounds} rounds of {args.duration:g} s"
+    )
+    cpu_ratios: list[float] = []
+    call_ratios: list[float] = []
+    halves: list[float] = []
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ab-observe-")))
         pool = nl.ClientPool(2 * args.writers)
         stack.callback(pool.close)
-        nodes: dict[str, NodeProcess] = {}
-        for name, tree in trees.items():
-            node = NodeProcess(name, tmp / name / "data", ("--cpus", str(args.cpu)), cwd=tree)
-            stack.callback(nl._stop_node, node)
-            nodes[name] = node.start()
-        pids = {name: node.proc.pid for name, node in nodes.items() if node.proc is not None}
-        for name, node in nodes.items():
-            print(f"{name:4}  {trees[name]}  ({compiled(node.metrics_port)})")
-        print(
-            f"durable Observe, {args.writers} writers per node, both nodes on CPU {args.cpu}, "
-            f"{args.rounds} rounds of {args.duration:g} s\n"
-        )
-        cpu_ratios, call_ratios = [], []
-        for r in range(args.rounds):
-            order = ["this", "base"] if r % 2 == 0 else ["base", "this"]  # who gets clients first
-            tasks = [
-                nl.Task(
-                    target=nodes[name].address,
-                    method=nl.OBSERVE_METHOD,
-                    requests=nl.observe_requests(f"{name}{r}", w, nl.REQUESTS_PER_WRITER),
-                    metadata=nl.agent_metadata(w),
-                    warmup_calls=200,
-                    max_calls=500_000,
-                    timeout_s=10.0,
-                )
-                for name in order
-                for w in range(args.writers)
-            ]
-            pool.send(tasks)
-            start_at = time.monotonic() + 0.05
-            stop_at = start_at + args.duration
-            pool.start(start_at, stop_at)
-            time.sleep(max(0.0, start_at - time.monotonic()))
-            cpu0 = {n: nl.process_cpu_s(pids[n]) for n in order}
-            time.sleep(max(0.0, stop_at - time.monotonic()))
-            cpu1 = {n: nl.process_cpu_s(pids[n]) for n in order}
-            outcomes = pool.collect()
-            errors = sum(o.errors for o in outcomes)
-            if errors:
-                first = next(o.first_error for o in outcomes if o.first_error)
-                print(f"round {r + 1}: {errors} calls failed, first: {first}", file=sys.stderr)
-                return 1
-            calls = {
-                name: sum(len(o.latencies) for o in outcomes[i * args.writers :][: args.writers])
-                for i, name in enumerate(order)
-            }
-            per_call = {n: (cpu1[n] - cpu0[n]) / calls[n] * 1e6 for n in order}
-            cpu_ratios.append(per_call["base"] / per_call["this"])
-            call_ratios.append(calls["this"] / calls["base"])
-            rates = {n: calls[n] / args.duration for n in order}
-            print(
-                f"round {r + 1:2}  this {rates['this']:6.0f}/s {per_call['this']:5.0f} µs CPU/call"
-                f"   base {rates['base']:6.0f}/s {per_call['base']:5.0f} µs CPU/call"
-                f"   CPU base/this {cpu_ratios[-1]:.3f}   calls this/base {call_ratios[-1]:.3f}",
-                flush=True,
-            )
+        # The node started first costs a little more per call (1-3% with both nodes alike,
+        # measured): each half of the rounds starts the nodes in the other order.
+        for half, first in enumerate(("this", "base")):
+            with contextlib.ExitStack() as running:
+                nodes = start_nodes(trees, first, tmp, args.cpu, running)
+                print(f"\n{first} started first:")
+                for name, node in nodes.items():
+                    print(f"  {name:4}  {trees[name]}  ({compiled(node.metrics_port)})")
+                rounds = range(half * args.rounds // 2, (half + 1) * args.rounds // 2)
+                try:
+                    results = [load_round(pool, nodes, r, args) for r in rounds]
+                except RuntimeError as exc:
+                    print(f"failed: {exc}", file=sys.stderr)
+                    return 1
+            cpu_ratios += [c for c, _ in results]
+            call_ratios += [k for _, k in results]
+            halves.append(statistics.mean(c for c, _ in results))
         print()
         for label, values in (
             ("CPU per call, base / this", cpu_ratios),
@@ -146,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{label:26} mean {statistics.mean(values):.3f}  median "
                 f"{statistics.median(values):.3f}  sd {statistics.stdev(values):.3f}"
             )
+        print(
+            f"CPU per call, base / this, by half (this first, base first): {halves[0]:.3f} "
+            f"{halves[1]:.3f}"
+        )
         print("(above 1: this checkout costs less CPU per durable Observe, or serves more)")
     return 0
 
