@@ -93,8 +93,8 @@ def _xor(a: bytes, b: bytes, c: bytes) -> bytes:
 class Change:
     """One subject's transition, and the delta to replicate (None: nothing to send).
 
-    Like every class made on each write here, a plain class rather than a dataclass: mypyc
-    compiles its ``__init__``, while a dataclass's generated one runs interpreted.
+    A plain class rather than a dataclass, as ``_Pending`` is: mypyc compiles its
+    ``__init__``, while the one ``dataclasses`` generates runs interpreted, on every write.
     """
 
     def __init__(self, old: SubjectState | None, new: SubjectState, delta: Delta | None) -> None:
