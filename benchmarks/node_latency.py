@@ -705,7 +705,7 @@ def machine() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "load": f"{os.getloadavg()[0]:.1f}",
         # the nodes decide alike: same tree, same environment (see sync/native.py)
-        "build": "compiled by mypyc" if native.choose() else "pure Python",
+        "build": native.described(),
     }
 
 

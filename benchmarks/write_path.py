@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"write path: Observe through the {args.through} on subjects of {args.sizes} beliefs, "
         f"{args.subjects} subjects, "
         f"{args.calls} calls x {args.rounds} rounds per size; Python {sys.version.split()[0]}, "
-        f"{'compiled by mypyc' if native.choose() else 'pure Python'}"
+        f"{native.described()}"
     )
     node_us: dict[int, float] = {}
     floor_us: dict[int, float] = {}

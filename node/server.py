@@ -325,7 +325,7 @@ def decide_actor(config: NodeConfig, store: Store) -> None:
         store.run,
         store.actor,
         "resumed" if store.actor == store.resumable else "new",
-        "compiled" if native.choose() else "pure Python",
+        native.described(),
     )
 
 

@@ -129,3 +129,8 @@ def choose() -> bool:
         sys.meta_path.insert(0, _FromSource())
     _chosen = reason is None
     return _chosen
+
+
+def described() -> str:
+    """What this process runs, in words: "compiled by mypyc" or "pure Python"."""
+    return "compiled by mypyc" if choose() else "pure Python"
