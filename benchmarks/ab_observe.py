@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,12 +67,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def compiled(metrics_port: int | None) -> str:
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith("selfmodel_compiled "):
-                return "compiled" if float(line.split()[1]) == 1 else "pure Python"
-    return "unknown"
+    """What a node runs, as its selfmodel_compiled gauge says."""
+    value = nl.scrape(metrics_port).get("selfmodel_compiled") if metrics_port else None
+    if value is None:
+        return "unknown"
+    return "compiled" if value == 1 else "pure Python"
 
 
 def start_nodes(

@@ -432,21 +432,28 @@ class Server:
     metrics_port: int | None = None
 
 
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The unlabelled samples a node's metrics endpoint shows, by name (OSError if it cannot)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name and not name.startswith("#") and "{" not in name:
+            samples[name] = float(value.split()[0])
+    return samples
+
+
 def commit_counts(metrics_port: int | None) -> tuple[float, float, float] | None:
     """(group commits, mutations committed, seconds spent committing) from the node's metrics."""
     if metrics_port is None:
         return None
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
+        samples = scrape(metrics_port)
     except OSError:
         return None
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in COMMIT_FIGURES:
-            found[name] = float(value)
+    found = {name: samples[name] for name in COMMIT_FIGURES if name in samples}
     if len(found) != len(COMMIT_FIGURES):
         return None
     groups, batches, seconds = (found[name] for name in COMMIT_FIGURES)
