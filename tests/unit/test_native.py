@@ -44,12 +44,17 @@ def test_a_whole_build_newer_than_every_source_runs(tmp_path: Path):
     assert native.why_not_compiled(tree(tmp_path), MODULES) is None
 
 
+def edit_after_the_build(source: Path, root: Path) -> None:
+    """Gives ``source`` a time a minute after the newest extension under ``root``."""
+    build = max(path.stat().st_mtime for path in root.rglob(f"*{SUFFIX}"))
+    os.utime(source, (build + 60,) * 2)
+
+
 def test_a_build_older_than_any_source_of_its_packages_does_not_run(tmp_path: Path):
     root = tree(tmp_path)
     edited = root / "node" / "policy.py"  # not compiled, but compiled against
     edited.write_text("")
-    build = max(path.stat().st_mtime for path in root.rglob(f"*{SUFFIX}"))
-    os.utime(edited, (build + 60,) * 2)
+    edit_after_the_build(edited, root)
     assert native.why_not_compiled(root, MODULES) == "node/policy.py changed since the build"
 
 
@@ -76,8 +81,8 @@ def test_where_a_c_compiler_is_the_hot_modules_run_compiled():
     assert node.engine.__file__.endswith(SUFFIX)
 
 
-def imported_from(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    script = "import node.engine, sync.crdt; print(node.engine.__file__); print(sync.crdt.__file__)"
+def run_in(root: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a Python process importing the packages of ``root``."""
     return subprocess.run(
         [sys.executable, "-c", script],
         cwd=root,
@@ -85,8 +90,14 @@ def imported_from(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
+
+
+def imported_from(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    script = "import node.engine, sync.crdt; print(node.engine.__file__); print(sync.crdt.__file__)"
+    run = run_in(root, script, **env)
+    run.check_returncode()
+    return run
 
 
 def sources(root: Path) -> list[str]:
@@ -111,38 +122,21 @@ def test_a_process_imports_the_build_and_the_sources_when_asked(built_copy: Path
     ]
     assert "RuntimeWarning" not in compiled.stderr
     asked = imported_from(built_copy, SELFMODEL_PURE_PYTHON="1")
-    assert asked.stdout.split() == [
-        str(built_copy / "node/engine.py"),
-        str(built_copy / "sync/crdt.py"),
-    ]
+    assert asked.stdout.split() == sources(built_copy)
     assert "RuntimeWarning" not in asked.stderr
 
 
 def test_after_an_edit_a_process_imports_every_module_from_source_and_says_so(built_copy: Path):
-    edited = built_copy / "sync" / "hlc.py"
-    build = max(path.stat().st_mtime for path in built_copy.rglob(f"*{SUFFIX}"))
-    os.utime(edited, (build + 60,) * 2)
+    edit_after_the_build(built_copy / "sync" / "hlc.py", built_copy)
     stale = imported_from(built_copy)
-    assert stale.stdout.split() == [
-        str(built_copy / "node/engine.py"),
-        str(built_copy / "sync/crdt.py"),
-    ]
+    assert stale.stdout.split() == sources(built_copy)
     assert "sync/hlc.py changed since the build; `make` rebuilds" in stale.stderr
 
 
 def test_a_module_whose_source_is_gone_is_not_loaded_from_an_unused_build(built_copy: Path):
     (built_copy / "node" / "quota.py").unlink()
-    edited = built_copy / "node" / "policy.py"
-    build = max(path.stat().st_mtime for path in built_copy.rglob(f"*{SUFFIX}"))
-    os.utime(edited, (build + 60,) * 2)
-    gone = subprocess.run(
-        [sys.executable, "-c", "import node.quota"],
-        cwd=built_copy,
-        env={**os.environ, "PYTHONPATH": f"{built_copy}:{ROOT / 'protos'}"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    edit_after_the_build(built_copy / "node" / "policy.py", built_copy)
+    gone = run_in(built_copy, "import node.quota")
     assert gone.returncode == 1
     assert "No module named 'node.quota' (only a build of it)" in gone.stderr
 
