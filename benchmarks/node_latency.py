@@ -63,6 +63,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import grpc  # noqa: E402
 
+from node import transport  # noqa: E402
 from sync import native  # noqa: E402
 
 ECHO_SERVICE = "bench.v1.Echo"
@@ -920,8 +921,9 @@ def describe(args: argparse.Namespace, captured: Captured, nproc: str) -> list[s
         f"every call (cycling through {REQUESTS_PER_WRITER}): concurrent writers never share a "
         "subject.",
         "echo: a bare threaded grpc.server in its own process, configured like the node's (same "
-        "thread pool and options), generic bytes-in/bytes-out handlers answering the reply "
-        "captured from the node (same serialized size), no interceptor.",
+        f"thread pool and options, same gRPC experiments: {transport.ENV}="
+        f"{transport.experiments() or '(empty)'}), generic bytes-in/bytes-out handlers "
+        "answering the reply captured from the node (same serialized size), no interceptor.",
         (
             f"Node and echo processes run on CPU(s) {','.join(map(str, sorted(args.cpus)))} only "
             "(selfmodel node --cpus; the echo pinned alike); clients on any CPU."
@@ -1007,6 +1009,10 @@ def run_rounds(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # The nodes, the echo and the clients are started with the gRPC experiments a node runs
+    # with (node.transport), so the floor is served as the node is. This process's own gRPC,
+    # imported already, keeps what it read.
+    transport.configure()
     from federation.harness import NodeProcess
 
     command = "python " + " ".join(sys.argv if argv is None else ["node_latency.py", *argv])

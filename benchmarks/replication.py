@@ -75,6 +75,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import grpc  # noqa: E402
 
+from node import transport  # noqa: E402
+
 TENANT = "acme"
 CONTEXT = "replication"
 SUBJECTS = 8
@@ -767,11 +769,15 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Nodes, floors and clients start with the gRPC experiments a node runs with
+    # (node.transport), so the floors are served as the nodes are.
+    transport.configure()
     print(
         f"replication: nodes {args.nodes}, rates {args.rates} writes/s, {args.duration:g} s per "
         f"cell in {args.rounds} rounds, fsync {'off' if args.no_fsync else 'on'}; "
         f"{os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, grpcio {grpc.__version__}",
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
+        f"{transport.ENV}={transport.experiments() or '(empty)'}",
         flush=True,
     )
     cells = run(args)

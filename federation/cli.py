@@ -12,13 +12,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import grpc
-from google.protobuf import json_format
+from node import transport
 
-from federation import certs, cluster, tokens
-from federation.client import Client, parse_subject
-from federation.launcher import PARENT_ENV, die_with_parent
-from node.errors import SelfModelError
+transport.configure()  # before anything imports gRPC, which reads it once (see node.transport)
+
+import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+
+from federation import certs, cluster, tokens  # noqa: E402
+from federation.client import Client, parse_subject  # noqa: E402
+from federation.launcher import PARENT_ENV, die_with_parent  # noqa: E402
+from node.errors import SelfModelError  # noqa: E402
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 

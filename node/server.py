@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from node import metrics
+from node import metrics, transport
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
@@ -320,12 +320,13 @@ def decide_actor(config: NodeConfig, store: Store) -> None:
     if resumable and (granted or not members):
         store.resume_actor()
     log.info(
-        "node %s: run %d, actor %s (%s), %s",
+        "node %s: run %d, actor %s (%s), %s, %s",
         config.name,
         store.run,
         store.actor,
         "resumed" if store.actor == store.resumable else "new",
         native.described(),
+        transport.described(),
     )
 
 

@@ -48,3 +48,9 @@ def test_a_watch_fed_cache_serves_reads_locally_and_follows_changes(start_node):
             while cache.live:
                 assert time.monotonic() < deadline, "the cache did not notice its stream ended"
                 time.sleep(0.05)
+
+
+def test_a_node_says_what_it_runs(start_node):
+    node = start_node()
+    [started] = [line for line in node.log().splitlines() if "actor" in line]
+    assert "iomgr's listener" in started  # node.transport, set by the command line
