@@ -17,8 +17,14 @@ minutes, to about 1%:
   nodes are started again, in the other order, for the second half of the rounds.
 
 It prints both per round and their mean, median and standard deviation, and whether each node
-runs compiled (``selfmodel_compiled``). Making a BASE of an earlier commit, built with this
-checkout's virtualenv:
+runs compiled (``selfmodel_compiled``). ``--this-env`` and ``--base-env`` set variables in one
+node's environment, so one checkout can be measured against itself under two settings:
+
+    .venv/bin/python benchmarks/ab_observe.py . --base-env GRPC_EXPERIMENTS=
+
+(this checkout on the gRPC listener it chooses, node.transport, against gRPC's default one).
+
+Making a BASE of an earlier commit, built with this checkout's virtualenv:
 
     git worktree add --detach /tmp/base HEAD~1
     (cd /tmp/base && $PWD/.venv/bin/python tools/build_native.py)
@@ -58,7 +64,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=max(os.sched_getaffinity(0)),
         help="the one CPU both nodes run on (default: the last)",
     )
+    for who in ("this", "base"):
+        p.add_argument(
+            f"--{who}-env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"set in the {who} node's environment (repeatable)",
+        )
     args = p.parse_args(argv)
+    for option in ("this_env", "base_env"):
+        pairs = [item.partition("=") for item in getattr(args, option)]
+        if any(not key or not eq for key, eq, _ in pairs):
+            p.error(f"--{option.replace('_', '-')} takes KEY=VALUE")
+        setattr(args, option, {key: value for key, _, value in pairs})
     if not (args.base / "federation").is_dir():
         p.error(f"{args.base} is not a selfmodel checkout")
     if args.writers < 1 or args.rounds < 4 or args.duration <= 0:
@@ -75,13 +94,19 @@ def compiled(metrics_port: int | None) -> str:
 
 
 def start_nodes(
-    trees: dict[str, Path], first: str, tmp: Path, cpu: int, stack: contextlib.ExitStack
+    trees: dict[str, Path],
+    envs: dict[str, dict[str, str]],
+    first: str,
+    tmp: Path,
+    cpu: int,
+    stack: contextlib.ExitStack,
 ) -> dict[str, NodeProcess]:
-    """A node of each tree, ``first``'s started first; each stopped when ``stack`` closes."""
+    """A node of each tree (with its extra environment), ``first``'s started first; each
+    stopped when ``stack`` closes."""
     nodes: dict[str, NodeProcess] = {}
     for name in sorted(trees, key=lambda n: n != first):
         data = tmp / f"{name}-{first}-first" / "data"
-        node = NodeProcess(name, data, ("--cpus", str(cpu)), cwd=trees[name])
+        node = NodeProcess(name, data, ("--cpus", str(cpu)), cwd=trees[name], env=envs[name])
         stack.callback(nl._stop_node, node)
         nodes[name] = node.start()
     return nodes
@@ -138,6 +163,7 @@ def load_round(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     trees = {"this": nl.ROOT, "base": args.base.resolve()}
+    envs = {"this": args.this_env, "base": args.base_env}
     print(
         f"durable Observe, {args.writers} writers per node, both nodes on CPU {args.cpu}, "
         f"{args.rounds} rounds of {args.duration:g} s"
@@ -153,10 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # measured): each half of the rounds starts the nodes in the other order.
         for half, first in enumerate(("this", "base")):
             with contextlib.ExitStack() as running:
-                nodes = start_nodes(trees, first, tmp, args.cpu, running)
+                nodes = start_nodes(trees, envs, first, tmp, args.cpu, running)
                 print(f"\n{first} started first:")
                 for name, node in nodes.items():
-                    print(f"  {name:4}  {trees[name]}  ({compiled(node.metrics_port)})")
+                    extra = "".join(f", {k}={v!r}" for k, v in envs[name].items())
+                    print(f"  {name:4}  {trees[name]}  ({compiled(node.metrics_port)}{extra})")
                 rounds = range(half * args.rounds // 2, (half + 1) * args.rounds // 2)
                 try:
                     results = [load_round(pool, nodes, r, args) for r in rounds]

@@ -76,6 +76,8 @@ class NodeProcess:
     # The checkout whose code (and generated contracts) the node runs; None: this process's
     # working directory and import path.
     cwd: Path | None = None
+    # Set in the node's environment over this process's (GRPC_EXPERIMENTS, say).
+    env: Mapping[str, str] = field(default_factory=dict)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +102,7 @@ class NodeProcess:
     def launch(self) -> None:
         """Starts the process; await_started then waits until it serves."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.cwd is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(self.cwd / "protos"), str(self.cwd)])
         with open(self.log_path, "a") as log:

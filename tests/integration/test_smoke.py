@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import pytest
+
 from federation.client import Client, user
+from tests.nodes import NodeProcess
 
 
 def test_sales_agent_writes_and_support_agent_reads_the_same_belief(start_node):
@@ -50,7 +53,21 @@ def test_a_watch_fed_cache_serves_reads_locally_and_follows_changes(start_node):
                 time.sleep(0.05)
 
 
-def test_a_node_says_what_it_runs(start_node):
-    node = start_node()
-    [started] = [line for line in node.log().splitlines() if "actor" in line]
-    assert "iomgr's listener" in started  # node.transport, set by the command line
+@pytest.mark.parametrize(
+    ("env", "listener"),
+    [
+        ({}, "iomgr's listener"),  # node.transport, set by the command line
+        ({"GRPC_EXPERIMENTS": ""}, "gRPC's default listener"),  # an operator's value is kept
+        ({"GRPC_EXPERIMENTS": "-event_engine_client"}, "GRPC_EXPERIMENTS=-event_engine_client"),
+    ],
+)
+def test_a_node_says_which_grpc_listener_it_asked_for(tmp_path, env, listener):
+    node = NodeProcess("local", tmp_path / "local" / "data", env=env)
+    try:
+        node.start()
+        [started] = [line for line in node.log().splitlines() if "actor" in line]
+        assert started.endswith(f"compiled by mypyc, {listener}") or started.endswith(
+            f"pure Python, {listener}"
+        )
+    finally:
+        node.stop()
