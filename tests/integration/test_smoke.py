@@ -61,7 +61,8 @@ def test_a_watch_fed_cache_serves_reads_locally_and_follows_changes(start_node):
         ({"GRPC_EXPERIMENTS": "-event_engine_client"}, "GRPC_EXPERIMENTS=-event_engine_client"),
     ],
 )
-def test_a_node_says_which_grpc_listener_it_asked_for(tmp_path, env, listener):
+def test_a_node_says_which_grpc_listener_it_asked_for(tmp_path, monkeypatch, env, listener):
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)  # whatever this process was given
     node = NodeProcess("local", tmp_path / "local" / "data", env=env)
     try:
         node.start()
