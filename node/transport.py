@@ -36,8 +36,9 @@ def configure() -> None:
 
     Only effective before ``grpc`` is imported; ``described`` says whether it was."""
     global _configured_in_time
+    given = ENV in os.environ  # by the environment this process started with, gRPC read it
     os.environ.setdefault(ENV, NODE_EXPERIMENTS)
-    _configured_in_time = "grpc" not in sys.modules
+    _configured_in_time = given or "grpc" not in sys.modules
 
 
 def experiments() -> str:

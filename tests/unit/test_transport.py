@@ -61,7 +61,8 @@ def test_the_package_still_exports_the_client_library_lazily():
 
     assert federation.Client is Client
     assert federation.SelfModelError is SelfModelError
-    for name in federation.__all__:  # each one resolves, from the module _FROM names
+    assert sorted(federation._MODULE_OF) == sorted(federation.__all__)
+    for name in federation.__all__:
         assert getattr(federation, name) is not None
     try:
         federation.NoSuchName  # noqa: B018
@@ -80,3 +81,13 @@ def test_described_says_when_configure_came_too_late(monkeypatch):
 
     transport.configure()
     assert transport.described().startswith("gRPC imported before GRPC_EXPERIMENTS was set")
+
+
+def test_described_trusts_a_value_the_process_started_with(monkeypatch):
+    # gRPC read it at import, however late configure comes.
+    monkeypatch.setenv(transport.ENV, transport.NODE_EXPERIMENTS)
+    monkeypatch.setattr(transport, "_configured_in_time", None)
+    import grpc  # noqa: F401
+
+    transport.configure()
+    assert transport.described() == "iomgr's listener"
