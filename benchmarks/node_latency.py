@@ -246,6 +246,11 @@ def _serve_echo(
 
     handlers = {name: answer(reply) for name, reply in replies.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
+    serve_until_told(server, conn)
+
+
+def serve_until_told(server: grpc.Server, conn: Connection) -> None:
+    """Serves on a free loopback port, sends (pid, port) to the parent, stops when it says so."""
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     conn.send((os.getpid(), port))
@@ -254,20 +259,19 @@ def _serve_echo(
     server.stop(0).wait()
 
 
-class EchoServer:
-    def __init__(
-        self, replies: dict[str, bytes], cpus: frozenset[int] = frozenset(), batch: bool = False
-    ) -> None:
+class ServerProcess:
+    """A floor server in a spawned process: ``target(*args, conn)`` serves, sends (pid, port)
+    through ``conn`` and stops when the parent sends anything (or closes the pipe)."""
+
+    def __init__(self, target: Any, args: tuple[Any, ...], what: str) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_serve_echo, args=(replies, cpus, batch, child), daemon=True
-        )
+        self._proc = ctx.Process(target=target, args=(*args, child), daemon=True)
         self._proc.start()
         child.close()
         if not self._conn.poll(30):
             self._proc.terminate()
-            raise RuntimeError("echo server did not start within 30 s")
+            raise RuntimeError(f"{what} did not start within 30 s")
         self.pid, port = self._conn.recv()
         self.address = f"127.0.0.1:{port}"
         with grpc.insecure_channel(self.address) as channel:
@@ -279,6 +283,13 @@ class EchoServer:
         self._proc.join(10)
         if self._proc.is_alive():
             self._proc.terminate()
+
+
+class EchoServer(ServerProcess):
+    def __init__(
+        self, replies: dict[str, bytes], cpus: frozenset[int] = frozenset(), batch: bool = False
+    ) -> None:
+        super().__init__(_serve_echo, (replies, cpus, batch), "echo server")
 
 
 # -- workload ------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -73,12 +72,7 @@ def _threaded(durable: bool, path: str, conn: Connection) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Call": handler}),)
     )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    conn.send((os.getpid(), port))
-    with contextlib.suppress(EOFError, KeyboardInterrupt):
-        conn.recv()
-    server.stop(0).wait()
+    nl.serve_until_told(server, conn)
 
 
 class _Committer:
@@ -150,32 +144,11 @@ def _serve(kind: str, durable: bool, path: str, cpu: int, conn: Connection) -> N
     (_threaded if kind == "threaded" else _asyncio)(durable, path, conn)
 
 
-class ServerProcess:
-    def __init__(self, kind: str, durable: bool, path: Path, cpu: int) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_serve, args=(kind, durable, str(path), cpu, child), daemon=True
-        )
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(30):
-            self._proc.terminate()
-            raise RuntimeError(f"the {kind} server did not start within 30 s")
-        pid, port = self._conn.recv()
-        self.server = nl.Server(
-            f"{kind} {'durable' if durable else 'echo'}", pid, f"127.0.0.1:{port}"
-        )
-        with grpc.insecure_channel(self.server.address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=10)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.send(None)
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
+def start(kind: str, durable: bool, path: Path, cpu: int) -> tuple[nl.ServerProcess, nl.Server]:
+    """A server of ``kind`` (threaded or asyncio), echo or durable, in a process of its own."""
+    label = f"{kind} {'durable' if durable else 'echo'}"
+    process = nl.ServerProcess(_serve, (kind, durable, str(path), cpu), f"the {label} server")
+    return process, nl.Server(label, process.pid, process.address)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -212,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers: dict[tuple[str, str], nl.Server] = {}
         for kind in KINDS:
             for workload in WORKLOADS:
-                process = ServerProcess(kind, workload == "durable", tmp / f"{kind}.log", args.cpu)
+                process, server = start(kind, workload == "durable", tmp / f"{kind}.log", args.cpu)
                 stack.callback(process.stop)
-                servers[kind, workload] = process.server
+                servers[kind, workload] = server
         bench = nl.Bench(pool, args.duration, 200, 10**9, 10.0)
         for r in range(args.rounds):
             for clients in (1, args.clients):
