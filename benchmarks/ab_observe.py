@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -58,19 +57,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--writers", type=int, default=4, help="client processes per node (4)")
     p.add_argument("--rounds", type=int, default=10, help="rounds (10)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per round (3)")
-    p.add_argument(
-        "--cpu",
-        type=int,
-        default=max(os.sched_getaffinity(0)),
-        help="the one CPU both nodes run on (default: the last)",
-    )
+    nl.add_cpu_option(p, "both nodes run on")
     for who in ("this", "base"):
         p.add_argument(
             f"--{who}-env",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help=f"set in the {who} node's environment (repeatable)",
+            help=f"set in {'this checkout' if who == 'this' else 'BASE'}'s node's environment "
+            "(repeatable)",
         )
     args = p.parse_args(argv)
     for option in ("this_env", "base_env"):

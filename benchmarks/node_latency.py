@@ -249,6 +249,16 @@ def _serve_echo(
     serve_until_told(server, conn)
 
 
+def add_cpu_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--cpu N``: the one CPU ``what`` (the last by default, where ``--cpus`` pins the node)."""
+    p.add_argument(
+        "--cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help=f"the one CPU {what} (default: the last)",
+    )
+
+
 def serve_until_told(server: grpc.Server, conn: Connection) -> None:
     """Serves on a free loopback port, sends (pid, port) to the parent, stops when it says so."""
     port = server.add_insecure_port("127.0.0.1:0")

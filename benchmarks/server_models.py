@@ -156,12 +156,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, every scenario in each (3)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (3)")
-    p.add_argument(
-        "--cpu",
-        type=int,
-        default=max(os.sched_getaffinity(0)),
-        help="the one CPU every server runs on (default: the last)",
-    )
+    nl.add_cpu_option(p, "every server runs on")
     args = p.parse_args(argv)
     if args.clients < 1 or args.rounds < 1 or args.duration <= 0:
         p.error("--clients and --rounds must be positive, and --duration too")
