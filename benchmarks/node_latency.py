@@ -235,11 +235,7 @@ def _serve_echo(
         pin_to_cpus(cpus)
     if batch:
         schedule_as_batch()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
-        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=SERVER_MAX_CONCURRENT_RPCS,
-    )
+    server = threaded_server()
 
     def answer(reply: bytes) -> Any:
         return grpc.unary_unary_rpc_method_handler(lambda request, context: reply)
@@ -249,13 +245,12 @@ def _serve_echo(
     serve_until_told(server, conn)
 
 
-def add_cpu_option(p: argparse.ArgumentParser, what: str) -> None:
-    """``--cpu N``: the one CPU ``what`` (the last by default, where ``--cpus`` pins the node)."""
-    p.add_argument(
-        "--cpu",
-        type=int,
-        default=max(os.sched_getaffinity(0)),
-        help=f"the one CPU {what} (default: the last)",
+def threaded_server() -> grpc.Server:
+    """A threaded grpc.server configured as the node configures its own (node.server)."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
+        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=SERVER_MAX_CONCURRENT_RPCS,
     )
 
 
@@ -777,6 +772,16 @@ def markdown(
 
 
 # -- main ----------------------------------------------------------------------------------
+
+
+def add_cpu_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--cpu N``: the one CPU ``what`` (the last by default, where ``--cpus`` pins the node)."""
+    p.add_argument(
+        "--cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help=f"the one CPU {what} (default: the last)",
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

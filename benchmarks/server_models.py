@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -52,26 +51,33 @@ KINDS = ("threaded", "asyncio")
 WORKLOADS = ("echo", "durable")
 
 
-def _threaded(durable: bool, path: str, conn: Connection) -> None:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=nl.SERVER_WORKERS, thread_name_prefix="rpc"),
-        options=[*nl.CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=nl.SERVER_MAX_CONCURRENT_RPCS,
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    append = threading.Lock()
-
-    def call(request: bytes, context: Any) -> bytes:
-        if durable:
-            with append:
-                os.write(fd, request)
-            os.fdatasync(fd)
-        return REPLY
-
+def _register(server: Any, call: Any) -> None:
+    """``call`` as the one method, /bench.v1.Models/Call, of a threaded or asyncio server."""
     handler = grpc.unary_unary_rpc_method_handler(call)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Call": handler}),)
     )
+
+
+def _threaded(durable: bool, path: str, conn: Connection) -> None:
+    server = nl.threaded_server()
+
+    if durable:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        append = threading.Lock()
+
+        def call(request: bytes, context: Any) -> bytes:
+            with append:
+                os.write(fd, request)
+            os.fdatasync(fd)
+            return REPLY
+
+    else:
+
+        def call(request: bytes, context: Any) -> bytes:
+            return REPLY
+
+    _register(server, call)
     nl.serve_until_told(server, conn)
 
 
@@ -122,10 +128,7 @@ def _asyncio(durable: bool, path: str, conn: Connection) -> None:
                 await committer.submit(request)
             return REPLY
 
-        handler = grpc.unary_unary_rpc_method_handler(call)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Call": handler}),)
-        )
+        _register(server, call)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         conn.send((os.getpid(), port))
