@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -336,9 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3.0, help="seconds to wait (default: %(default)s)"
     )
     health.set_defaults(run=_health)
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark of this checkout's benchmarks/ (load, handoff, chaos, replication, "
+        "node_latency); its own --help lists its options",
+    )
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(run=_bench)
     tokens.add_commands(sub)
     certs.add_commands(sub)
     return parser
+
+
+BENCHMARKS = ("load", "handoff", "chaos", "replication", "node_latency")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    if not script.exists():
+        raise ValueError(f"no {script}: the benchmarks come with a checkout, not the package")
+    return subprocess.call([sys.executable, str(script), *args.options])
 
 
 def main(argv: list[str] | None = None) -> None:
