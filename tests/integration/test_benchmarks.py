@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, load
+from benchmarks import handoff, load, scale
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -85,3 +85,14 @@ def test_the_command_line_runs_a_benchmark_of_the_checkout() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--summary-k" in done.stdout
+
+
+def test_scale_fills_a_node_and_reads_every_user_whole(tmp_path: Path) -> None:
+    args = scale.parse_args(
+        ["--users", "60", "--small-users", "5", "--reads", "20", "--data", str(tmp_path)]
+    )
+    report = scale.run(args)
+    print(report.render())
+    assert report.observations == 61 * 100
+    assert len(report.small) == len(report.large) == len(report.across) == 20
+    assert report.startup_s > 0 and report.store_mb > 0 and report.peak_rss_mb > 0
