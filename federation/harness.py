@@ -217,12 +217,14 @@ class LocalCluster:
         policies: Mapping[str, Mapping[str, Any]] | None = None,
         tokens: Path | None = None,
         peer_secret: bool | None = None,
+        peer_ports: bool = False,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``).
 
         ``tokens``: the token file every node authenticates agents with ([cluster.auth]);
         ``peer_secret``: the nodes prove their names to each other with a secret created under
-        ``root`` (default: with tokens, which need peer authentication, and without TLS).
+        ``root`` (default: with tokens, which need peer authentication, and without TLS);
+        ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -232,8 +234,10 @@ class LocalCluster:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in names}
-        # With TLS, Sync has its own port per node (mutual TLS); without, it shares the agents'.
-        self.peer_ports = {name: free_port() for name in names} if tls else dict(self.ports)
+        # With TLS, Sync has its own port per node (mutual TLS); without, it shares the agents'
+        # unless asked otherwise.
+        own = tls or peer_ports
+        self.peer_ports = {name: free_port() for name in names} if own else dict(self.ports)
         self.certs = root / "certs" if tls else None
         if self.certs is not None:
             create_cluster_certs(self.certs, list(names))
