@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,14 @@ from federation import tokens
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import user
 from federation.harness import LocalCluster
-from node.peers import NODE_HEADER, TOKEN_HEADER, peer_token, read_secrets
-from node.store import BUCKETS
-from selfmodel.v1 import model_pb2, sync_pb2
+from node.engine import Engine
+from node.errors import InvalidArgument
+from node.peers import NODE_HEADER, TOKEN_HEADER, PeerAuth, peer_token, read_secrets
+from node.replication import EngineReplica, GrpcPeerLink
+from node.store import BUCKETS, Store
+from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
+from sync.crdt import SubjectState
+from sync.observation import Subject, SubjectKind
 
 METHODS = ("Replicate", "GetBuckets", "GetDigests", "ExchangeStates", "ClaimRun")
 REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -277,3 +283,48 @@ def test_the_attack_script_is_refused_at_every_step_and_the_data_stays(
         assert done.returncode == 0, done.stdout + done.stderr
         assert len(lines) == 6 and all(": REFUSED (" in line for line in lines[:5]), lines
     assert snapshot(cluster, made) == before
+
+
+class HostilePeer(sync_pb2_grpc.SyncServicer):
+    """A peer whose anti-entropy replies carry whatever the test sets."""
+
+    def __init__(self) -> None:
+        self.reply = sync_pb2.StateExchange()
+
+    def ExchangeStates(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.reply
+
+
+def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: Path) -> None:
+    peer = HostilePeer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    sync_pb2_grpc.add_SyncServicer_to_server(peer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    store = Store(tmp_path / "sales", "sales", sync=False)
+    try:
+        engine = Engine(store)
+        subject = Subject("acme", SubjectKind.USER, "victim")
+        auth = PeerAuth("sales", frozenset({"support"}))
+        link = GrpcPeerLink(auth, f"127.0.0.1:{port}", None)
+        asked = [SubjectState(subject)]
+        # a reply no agent could have written: a NaN confidence
+        peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 0, observe=True)])
+        peer.reply.states[0].observations[0].confidence = float("nan")
+        with pytest.raises(InvalidArgument, match="confidence"):
+            link.exchange(asked)
+        # a well-formed erase: merged, and audited as the peer's act
+        peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 3, observe=False)])
+        states = link.exchange(asked)
+        link.close()
+        assert EngineReplica(engine).merge(states, source="support").merged == 1
+        [entry], _ = engine.audit.list()
+        assert (entry.record.actor, entry.record.role, entry.record.action) == (
+            "support",
+            "peer",
+            "forget",
+        )
+        assert entry.record.subject == subject and "0 -> 3" in entry.record.detail
+    finally:
+        store.close()
+        server.stop(0).wait()
