@@ -12,17 +12,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from node import transport
+import grpc
+from google.protobuf import json_format
 
-transport.configure()  # before anything imports gRPC, which reads it once (see node.transport)
-
-import grpc  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
-
-from federation import certs, cluster, tokens  # noqa: E402
-from federation.client import Client, parse_subject  # noqa: E402
-from federation.launcher import PARENT_ENV, die_with_parent  # noqa: E402
-from node.errors import SelfModelError  # noqa: E402
+from federation import certs, cluster, tokens
+from federation.client import Client, parse_subject
+from federation.launcher import PARENT_ENV, die_with_parent
+from node.errors import SelfModelError
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 
@@ -42,14 +38,7 @@ def _node(args: argparse.Namespace) -> int:
     from node.auth import TokenBook, TokenFileError
     from node.peers import PeerAuthError
     from node.policy import PolicyBook
-    from node.server import (
-        ConfigError,
-        NodeConfig,
-        parse_cpus,
-        pin_to_cpus,
-        schedule_as_batch,
-        serve,
-    )
+    from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
     parent = os.environ.get(PARENT_ENV)
@@ -86,10 +75,6 @@ def _node(args: argparse.Namespace) -> int:
             )
         if tokens_file:
             config.identify = TokenBook(Path(tokens_file)).identify
-        if args.cpus:
-            pin_to_cpus(parse_cpus(args.cpus))
-        if args.sched_batch:
-            schedule_as_batch()
         serve(config)
     except (
         ConfigError,
@@ -302,17 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.add_argument("--tls-cert", help="PEM certificate: serve the agents' port over TLS")
     node.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    node.add_argument(
-        "--cpus",
-        help="run the node on these CPUs only, e.g. 1 or 0-1 (one CPU per node serves the most "
-        "calls: see the README)",
-    )
-    node.add_argument(
-        "--sched-batch",
-        action="store_true",
-        help="run the node's threads under Linux's SCHED_BATCH policy: fewer context switches "
-        "and about 7%% more calls served; for a node with a CPU of its own (see the README)",
-    )
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
