@@ -210,8 +210,9 @@ def start(config: NodeConfig) -> RunningNode:
     # With a peers' port of its own, Sync is served there only: the agents' port refuses it.
     peer_server = None
     if config.peer_listen:
-        others = len(auth.members)
-        peer_server = _grpc_server(config, 2 * others + 8, 8 * others + 64)
+        # A thread per call (delta streams hold theirs), so none waits behind another's stream.
+        calls = 8 * len(auth.members) + 64
+        peer_server = _grpc_server(config, calls, calls)
         peer_services = wrapping(peer_server, chain)
         sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
