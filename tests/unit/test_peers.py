@@ -234,3 +234,28 @@ def test_a_peer_owns_the_actors_named_after_it_only() -> None:
         "support.1",
     ]
     assert foreign_actors({"eu.support.1.aa"}, "eu") == ["eu.support.1.aa"]
+
+
+def test_cluster_up_creates_the_peer_secret_the_cluster_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from federation import launcher
+
+    started: list[cluster.Cluster] = []
+
+    def up(spec: cluster.Cluster, token: str | None = None) -> int:
+        started.append(spec)
+        return 0
+
+    monkeypatch.setattr(launcher, "up", up)
+    (tmp_path / "c.toml").write_text(
+        '[cluster.auth]\npeer_secret = "secrets/peer.secret"\n'
+        '[[node]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+    )
+    with pytest.raises(SystemExit) as done:
+        main(["cluster", "up", "--config", str(tmp_path / "c.toml")])
+    assert done.value.code == 0 and len(started) == 1
+    [secret] = read_secrets(tmp_path / "secrets" / "peer.secret")
+    with pytest.raises(SystemExit):
+        main(["cluster", "up", "--config", str(tmp_path / "c.toml")])
+    assert read_secrets(tmp_path / "secrets" / "peer.secret") == (secret,)  # kept as it was
