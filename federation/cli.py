@@ -37,6 +37,7 @@ def _positive_mb(text: str) -> float:
 def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
+    from node.peers import PeerAuthError
     from node.policy import PolicyBook
     from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
@@ -80,11 +81,42 @@ def _node(args: argparse.Namespace) -> int:
         ConfigError,
         StoreError,
         TokenFileError,
+        PeerAuthError,
         cluster.ClusterFileError,
         FileNotFoundError,
     ) as exc:
         print(f"selfmodel node: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _peer_secret_create(args: argparse.Namespace) -> int:
+    from node import peers
+
+    path = Path(args.file)
+    if not args.add and path.exists():
+        raise ValueError(
+            f"{path} exists: pass --add to add a secret to it (a rotation), or choose a new file"
+        )
+    peers.create_secret(path, add=args.add)
+    count = len(peers.read_secrets(path))
+    print(
+        f"{'added a secret to' if args.add else 'wrote'} {path} (mode 600, {count} secret(s)); "
+        "name it in the cluster file: [cluster.auth] peer_secret"
+    )
+    return 0
+
+
+def _peer_secret_promote(args: argparse.Namespace) -> int:
+    """Moves the last secret of the file (the one added) first: nodes sign with it from their
+    next start; or, ``--retire``, keeps the first alone."""
+    from node import peers
+
+    path = Path(args.file)
+    found = peers.read_secrets(path)
+    kept = found[:1] if args.retire else found[-1:] + found[:-1]
+    path.write_text("".join(s.decode() + "\n" for s in kept))
+    print(f"{path}: {len(kept)} secret(s) verify, the first signs")
     return 0
 
 
@@ -98,6 +130,11 @@ def _cluster_up(args: argparse.Namespace) -> int:
         certs_dir = config.nodes[0].data.parent / "certs"
         certs.create_cluster_certs(certs_dir, config.names())
         print(f"mutual TLS between nodes, certificates in {certs_dir}/")
+    if config.peer_secret is not None and not config.peer_secret.exists():
+        from node import peers
+
+        peers.create_secret(config.peer_secret)
+        print(f"created the cluster's peer secret {config.peer_secret}")
     return launcher.up(config, token=args.token)
 
 
@@ -345,6 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(run=_bench)
+    secret = sub.add_parser(
+        "peer-secret", help="the secret that proves each node's name to its peers (no TLS)"
+    )
+    secret_sub = secret.add_subparsers(dest="secret_command", required=True)
+    create = secret_sub.add_parser("create", help="write a new random secret (mode 600)")
+    create.add_argument("file")
+    create.add_argument(
+        "--add", action="store_true", help="add it after the file's secrets (rotation, step 1)"
+    )
+    create.set_defaults(run=_peer_secret_create)
+    promote = secret_sub.add_parser(
+        "promote", help="the secret added last signs from now on (rotation, step 2)"
+    )
+    promote.add_argument("file")
+    promote.add_argument(
+        "--retire",
+        action="store_true",
+        help="instead keep the signing secret only, dropping the others (rotation, step 3)",
+    )
+    promote.set_defaults(run=_peer_secret_promote)
     tokens.add_commands(sub)
     certs.add_commands(sub)
     return parser

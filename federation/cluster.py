@@ -15,6 +15,8 @@
     agents = false                # true: the agents' port too, with the node's certificate
     [cluster.auth]
     tokens = "tokens.toml"        # optional; without it nodes serve loopback only
+    peer_secret = "peer.secret"   # where TLS is off: proves each node's name to its peers
+                                  # (`selfmodel peer-secret create FILE`; see docs/security.md)
 
     [[node]]
     name = "sales"
@@ -38,7 +40,7 @@ from typing import Any
 
 import grpc
 
-from node import tls
+from node import peers, tls
 from node.policy import PolicyBook
 from node.replication import PeerConfig
 from node.server import NodeConfig
@@ -124,6 +126,7 @@ class Cluster:
     tls: Mapping[str, TlsFiles] | None = None  # per node
     agents_tls: bool = False  # the agents' port over TLS too (with tls)
     tokens: Path | None = None
+    peer_secret: Path | None = None  # file of the cluster's peer secrets (node.peers)
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
 
@@ -266,7 +269,11 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
                     "the agents' address"
                 )
     auth = cluster.get("auth", {})
+    unknown = set(auth) - {"tokens", "peer_secret"}
+    if unknown:
+        raise ClusterFileError(f"unknown [cluster.auth] keys {sorted(unknown)}")
     tokens = _path(base, auth["tokens"]) if "tokens" in auth else None
+    peer_secret = _path(base, auth["peer_secret"]) if "peer_secret" in auth else None
     try:
         policies = PolicyBook.from_config(raw.get("policies", {}))
     except ValueError as exc:
@@ -280,6 +287,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         tls=tls,
         agents_tls=agents_tls,
         tokens=tokens,
+        peer_secret=peer_secret,
         policies=policies,
         source=source,
     )
@@ -304,11 +312,12 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
     )
+    if cluster.peer_secret is not None:
+        config.peer_secrets = peers.read_secrets(cluster.peer_secret)
     if cluster.tls is not None:
         files = cluster.tls[name]
         config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)
         config.peer_channel_credentials = tls.channel_credentials(files.ca, files.cert, files.key)
-        config.peer_identity = tls.peer_common_name
         if cluster.agents_tls:
             config.server_credentials = tls.agent_server_credentials(files.cert, files.key)
     return config

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
+from node.peers import PeerAuth, create_secret, read_secrets
 from node.tls import agent_channel_credentials, open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
@@ -217,9 +218,17 @@ class LocalCluster:
         node_args: Mapping[str, Sequence[str]] | None = None,
         node_prefix: Mapping[str, Sequence[str]] | None = None,
         policies: Mapping[str, Mapping[str, Any]] | None = None,
+        tokens: Path | None = None,
+        peer_secret: bool | None = None,
+        peer_ports: bool = False,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--no-fsync``);
         ``node_prefix``: a command to run those nodes under (``taskset -c 1``).
+
+        ``tokens``: the token file every node authenticates agents with ([cluster.auth]);
+        ``peer_secret``: the nodes prove their names to each other with a secret created under
+        ``root`` (default: with tokens, which need peer authentication, and without TLS);
+        ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -229,11 +238,18 @@ class LocalCluster:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in names}
-        # With TLS, Sync has its own port per node (mutual TLS); without, it shares the agents'.
-        self.peer_ports = {name: free_port() for name in names} if tls else dict(self.ports)
+        # With TLS, Sync has its own port per node (mutual TLS); without, it shares the agents'
+        # unless asked otherwise.
+        own = tls or peer_ports
+        self.peer_ports = {name: free_port() for name in names} if own else dict(self.ports)
         self.certs = root / "certs" if tls else None
         if self.certs is not None:
             create_cluster_certs(self.certs, list(names))
+        if peer_secret is None:
+            peer_secret = tokens is not None and not tls
+        self.peer_secret = root / "peer.secret" if peer_secret else None
+        if self.peer_secret is not None and not self.peer_secret.exists():
+            create_secret(self.peer_secret)
         self.proxies: dict[tuple[str, str], FaultProxy] = {}
         if proxies:
             for a in names:
@@ -255,6 +271,12 @@ class LocalCluster:
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
         lines += policies_toml(policies or {})
+        if tokens is not None or self.peer_secret is not None:
+            lines.append("[cluster.auth]")
+            if tokens is not None:
+                lines.append(f'tokens = "{tokens}"')
+            if self.peer_secret is not None:
+                lines.append(f'peer_secret = "{self.peer_secret}"')
         if self.certs is not None:
             lines += [
                 "[cluster.tls]",
@@ -362,11 +384,17 @@ class LocalCluster:
         )
         return grpc.secure_channel(target, creds)
 
+    def peer_metadata(self, as_node: str) -> tuple[tuple[str, str], ...]:
+        """The metadata of a Sync call from ``as_node``: its name, and its peer token when the
+        cluster has a peer secret."""
+        secrets = read_secrets(self.peer_secret) if self.peer_secret is not None else ()
+        return PeerAuth(as_node, frozenset(), secrets=secrets).metadata()
+
     def bucket_hashes(self, name: str) -> list[bytes]:
         other = next(n for n in self.nodes if n != name)
         with self.peer_channel(name, other) as channel:
             reply = sync_pb2_grpc.SyncStub(channel).GetBuckets(
-                sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=(("x-selfmodel-node", other),)
+                sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=self.peer_metadata(other)
             )
         return list(reply.hashes)
 

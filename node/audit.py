@@ -110,12 +110,25 @@ class AuditLog:
         cursor never misses a row committed behind it. Audited actions are rare; the
         serialization costs nothing that matters.
         """
+        with self.appending_all([record]) as rows:
+            yield rows[0]
+
+    @contextlib.contextmanager
+    def appending_all(self, records: list[AuditRecord]) -> Iterator[list[tuple[str, bytes, bytes]]]:
+        """Yields the rows of ``records``, in order, to commit together (see ``appending``);
+        none, and no lock held, for no records."""
+        if not records:
+            yield []
+            return
         with self._lock:
-            ms = max(self._now_ms(), self._last[0])
-            seq = self._last[1] + 1 if ms == self._last[0] else 0
-            self._last = (ms, seq)
-            key = ms.to_bytes(8, "big") + seq.to_bytes(8, "big")
-            yield CF, key, _encode(record, ms, self.store.node)
+            rows = []
+            for record in records:
+                ms = max(self._now_ms(), self._last[0])
+                seq = self._last[1] + 1 if ms == self._last[0] else 0
+                self._last = (ms, seq)
+                key = ms.to_bytes(8, "big") + seq.to_bytes(8, "big")
+                rows.append((CF, key, _encode(record, ms, self.store.node)))
+            yield rows
 
     def list(
         self,

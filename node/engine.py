@@ -211,13 +211,15 @@ class Engine:
         extra: Sequence[tuple[str, bytes, bytes | None]] = (),
         *,
         durable: bool = True,
+        source: str = "",
     ) -> MergeOutcome:
         """Merges deltas or whole states from a peer, in causal order (sync.delivery).
 
         A delta from a clock too far ahead is refused and counted; ``extra`` rows (the
         origin's position) are written in the same batch as the merge. With ``durable=False``
         the merge is shown to readers and watches as soon as RocksDB has it, before its WAL
-        sync; the caller then calls ``store.sync_written()`` before acknowledging it.
+        sync; the caller then calls ``store.sync_written()`` before acknowledging it. An erase
+        merged here (a raised generation) is audited in the same batch, as peer ``source``'s.
         """
         accepted: dict[Subject, list[Delta]] = {}
         refused = 0
@@ -238,9 +240,12 @@ class Engine:
         merged = 0
         with self._locked(accepted):
             changes = []
+            erased: list[AuditRecord] = []
             for subject, group in accepted.items():
                 state = self.state(subject)
                 new = self._held.apply(state, group)
+                if new.generation > state.generation:
+                    erased.append(_peer_erase(source, state, new))
                 if (
                     new.generation != state.generation
                     or new.context != state.context
@@ -250,7 +255,8 @@ class Engine:
                     merged += 1
             metrics.DELTAS_HELD.set(self._held.held)
             if changes or extra:
-                self._commit(changes, extra=extra, durable=durable)
+                with self.audit.appending_all(erased) as rows:
+                    self._commit(changes, extra=[*extra, *rows], durable=durable)
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
@@ -392,6 +398,13 @@ class Engine:
         not shared with other processes, so the per-process salt of str hashes is harmless)."""
         indexes = sorted({hash(s) % STRIPES for s in subjects})
         return _Held([self._stripes[i] for i in indexes])
+
+
+def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
+    """The audit record of an erase that arrived from ``peer``."""
+    who = peer or "unknown"
+    detail = f"erase received from peer {who}: generation {old.generation} -> {new.generation}"
+    return AuditRecord(who, "peer", "forget", new.subject, detail)
 
 
 def _subject_of(change: Change) -> Subject:

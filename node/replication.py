@@ -15,9 +15,10 @@ import grpc
 from node import validation
 from node.engine import Engine
 from node.errors import InvalidArgument
+from node.peers import NODE_HEADER, PeerAuth, PeerRefused, foreign_actors
 from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
-from node.tls import PEERS_REFUSED, open_channel
+from node.tls import open_channel
 from node.validation import Limits
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
@@ -36,7 +37,6 @@ from sync.replicator import Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
 
-NODE_HEADER = "x-selfmodel-node"
 _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 5_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -123,8 +123,8 @@ class EngineReplica:
         self.engine = engine
         self.store = engine.store
 
-    def merge(self, states: Iterable[SubjectState]) -> Merged:
-        outcome = self.engine.merge_remote(Delta(s) for s in states)
+    def merge(self, states: Iterable[SubjectState], source: str = "") -> Merged:
+        outcome = self.engine.merge_remote((Delta(s) for s in states), source=source)
         return Merged(outcome.merged, outcome.refused)
 
     def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
@@ -179,10 +179,11 @@ class GrpcPeerLink:
 
     def __init__(
         self,
-        me: str,
+        auth: PeerAuth,
         address: str,
         credentials: grpc.ChannelCredentials | None,
         run: RunClaim | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._channel = open_channel(address, credentials, _KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
@@ -192,8 +193,9 @@ class GrpcPeerLink:
             request_serializer=None,
             response_deserializer=sync_pb2.ReplicateAck.FromString,
         )
-        self._md = ((NODE_HEADER, me),)
-        self._me = me
+        self._md = auth.metadata()
+        self._me = auth.node
+        self._limits = limits or Limits()
         self._run = run  # recorded by the peer before each delta stream
         self._call: Any = None
 
@@ -237,6 +239,9 @@ class GrpcPeerLink:
     def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
         msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
         reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
+        # A peer's reply holds to the bounds of what it may send us as a caller.
+        for i, s in enumerate(reply.states):
+            validation.remote_state(s, f"ExchangeStates reply states[{i}]", self._limits)
         return [state_from_proto(s) for s in reply.states]
 
     def close(self) -> None:
@@ -251,15 +256,13 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def __init__(
         self,
         engine: Engine,
-        members: frozenset[str],
-        peer_name: Callable[[grpc.ServicerContext], str | None],
+        auth: PeerAuth,
         limits: Limits,
         on_peer_session: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
-        self.members = members
+        self.auth = auth
         self.limits = limits
-        self._peer_name = peer_name
         # Told when a peer starts a delta stream or an anti-entropy round: it is reachable.
         self._on_peer_session = on_peer_session
         self._streams: set[grpc.ServicerContext] = set()
@@ -275,14 +278,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             context.cancel()  # type: ignore[no-untyped-call]
 
     def _authorize(self, context: grpc.ServicerContext) -> str:
-        name = self._peer_name(context)
-        if name is None or name not in self.members or name == self.engine.node:
-            PEERS_REFUSED.labels("no_certificate" if name is None else "unknown_node").inc()
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"caller {name!r} is not a peer of node {self.engine.node} in the cluster file",
-            )
-        return name  # type: ignore[return-value]
+        try:
+            return self.auth.authenticate(context)
+        except PeerRefused as refused:
+            context.abort(refused.status, str(refused))
+            raise  # abort raises; this line only tells the type checker
 
     def Replicate(
         self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
@@ -320,7 +320,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
             if batch.deltas:
-                self._check(context, batch.deltas, "deltas")
+                self._check(context, peer, batch.deltas, "deltas")
+                self._check_own(context, peer, batch.deltas)
                 deltas = [delta_from_proto(d) for d in batch.deltas]
                 sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
                 sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
@@ -330,6 +331,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                     deltas,
                     extra=[Store.position_row("applied", peer, batch.last_seq)],
                     durable=False,
+                    source=peer,
                 )
                 refused += outcome.refused
                 if time.monotonic() - acked_at < ACK_INTERVAL_S:
@@ -339,15 +341,37 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             acked_at, refused = time.monotonic(), 0
 
     def _check(
-        self, context: grpc.ServicerContext, states: Sequence[sync_pb2.SubjectState], field: str
+        self,
+        context: grpc.ServicerContext,
+        peer: str,
+        states: Sequence[sync_pb2.SubjectState],
+        field: str,
     ) -> None:
         try:
             for i, msg in enumerate(states):
                 validation.remote_state(msg, f"{field}[{i}]", self.limits)
         except InvalidArgument as exc:
-            sync_metrics.REPLICATION_ERRORS.labels(self._peer_name(context) or "unknown").inc()
-            log.warning("refused a malformed state from a peer: %s", exc)
+            sync_metrics.REPLICATION_ERRORS.labels(peer).inc()
+            log.warning("refused a malformed state from peer %s: %s", peer, exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def _check_own(
+        self, context: grpc.ServicerContext, peer: str, deltas: Sequence[sync_pb2.SubjectState]
+    ) -> None:
+        """A delta stream carries the sender's own writes only: every new observation and event
+        is a dot of one of its actors (``<peer>.<run>.<random>``). Other nodes' writes reach a
+        node from their own streams, or as whole states through anti-entropy."""
+        for i, msg in enumerate(deltas):
+            actors = {o.dot.actor for o in msg.observations} | {d.actor for d in msg.events}
+            foreign = foreign_actors(actors, peer)
+            if foreign:
+                sync_metrics.REPLICATION_ERRORS.labels(peer).inc()
+                log.warning("refused a delta of %s from peer %s", foreign[0], peer)
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"deltas[{i}]: peer {peer} may send dots of its own actors only, "
+                    f"got {foreign[0]!r}",
+                )
 
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -396,24 +420,16 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
-        self._authorize(context)
-        self._check(context, request.states, "states")
+        peer = self._authorize(context)
+        self._check(context, peer, request.states, "states")
         incoming = [state_from_proto(s) for s in request.states]
-        self.engine.merge_remote(Delta(s) for s in incoming)
+        self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
         reply = sync_pb2.StateExchange()
         for state in incoming:
             mine = self.engine.store.load(state.subject)
             if mine is not None:
                 reply.states.append(state_to_proto(mine))
         return reply
-
-
-def header_peer_name(context: grpc.ServicerContext) -> str | None:
-    """Without TLS (loopback development clusters): the node name the caller states."""
-    for key, value in context.invocation_metadata():
-        if key == NODE_HEADER:
-            return str(value)
-    return None
 
 
 CLAIM_TIMEOUT_S = 2.0
@@ -423,6 +439,7 @@ CLAIM_RETRY_S = 0.2  # between claims to a peer not up yet
 def claim_run(
     store: Store,
     peers: Sequence[PeerConfig],
+    auth: PeerAuth,
     credentials: grpc.ChannelCredentials | None,
     timeout_s: float = CLAIM_TIMEOUT_S,
     wait_s: float = 0.0,
@@ -444,7 +461,7 @@ def claim_run(
 
     def ask(peer: PeerConfig) -> bool:
         while True:
-            link = GrpcPeerLink(store.node, peer.address, credentials)
+            link = GrpcPeerLink(auth, peer.address, credentials)
             try:
                 return link.claim_run(previous, run, timeout_s)
             except grpc.RpcError as exc:
@@ -470,12 +487,14 @@ def build_replicator(
     engine: Engine,
     peers: Sequence[PeerConfig],
     settings: SyncSettings,
+    auth: PeerAuth,
     credentials: grpc.ChannelCredentials | None,
+    limits: Limits,
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run)
+        return lambda: GrpcPeerLink(auth, peer.address, credentials, run, limits)
 
     return Replicator(
         StoreOutbox(engine.store),
@@ -486,6 +505,7 @@ def build_replicator(
 
 
 __all__ = [
+    "NODE_HEADER",
     "SERVER_OPTIONS",
     "EngineReplica",
     "GrpcPeerLink",
@@ -495,5 +515,4 @@ __all__ = [
     "SyncServicer",
     "build_replicator",
     "claim_run",
-    "header_peer_name",
 ]

@@ -23,6 +23,7 @@ from node import metrics
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
+from node.peers import PeerAuth, PeerAuthError, decide, refusing
 from node.policy import PolicyBook
 from node.replication import (
     SERVER_OPTIONS,
@@ -30,7 +31,6 @@ from node.replication import (
     SyncServicer,
     build_replicator,
     claim_run,
-    header_peer_name,
 )
 from node.servicer import (
     AdminServicer,
@@ -78,11 +78,13 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...] = ()
     members: frozenset[str] = frozenset()
     sync: SyncSettings = field(default_factory=SyncSettings)
-    # Sync on its own port with mutual TLS (peer_listen), or on the agents' port without TLS.
+    # Sync on its own port (peer_listen), or on the agents' port. Peers authenticate by
+    # mutual TLS (the credentials: the certificate names the caller) or by peer tokens of the
+    # cluster's secrets (node.peers); neither: loopback development only.
     peer_listen: str | None = None
     peer_server_credentials: grpc.ServerCredentials | None = None
     peer_channel_credentials: grpc.ChannelCredentials | None = None
-    peer_identity: Callable[[grpc.ServicerContext], str | None] = header_peer_name
+    peer_secrets: tuple[bytes, ...] = ()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -113,6 +115,7 @@ class RunningNode:
     replicator: Replicator | None = None
     sync_servicer: SyncServicer | None = None
     peer_port: int | None = None
+    peer_server: grpc.Server | None = None  # serves Sync on peer_listen
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -132,7 +135,10 @@ class RunningNode:
         if self.sync_servicer is not None:
             self.sync_servicer.close()
         self.engine.close_watches()
-        self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        grace = self.config.grace_s if grace_s is None else grace_s
+        stopped = [s.stop(grace) for s in (self.server, self.peer_server) if s is not None]
+        for done in stopped:
+            done.wait()
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -147,13 +153,7 @@ def start(config: NodeConfig) -> RunningNode:
             "binds loopback only (127.0.0.1 or ::1); pass a token file to serve other addresses "
             "(selfmodel node --tokens FILE; create tokens with `selfmodel token create`)"
         )
-    if config.peer_listen and config.peer_server_credentials is None:
-        peer_host, _ = split_address(config.peer_listen)
-        if not is_loopback(peer_host):
-            raise ConfigError(
-                f"refusing to serve Sync on {config.peer_listen} without mutual TLS: give the "
-                "cluster file a [cluster.tls] section, or bind loopback"
-            )
+    auth = peer_auth(config)
     if config.server_credentials is not None and config.peers and not config.peer_listen:
         raise ConfigError(
             f"node {config.name}: with TLS on the agents' port, Sync needs a port of its own: "
@@ -180,17 +180,6 @@ def start(config: NodeConfig) -> RunningNode:
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-        *SERVER_OPTIONS,
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
-        options=options,
-        maximum_concurrent_rpcs=config.max_watchers + 1024,
-    )
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
@@ -199,9 +188,9 @@ def start(config: NodeConfig) -> RunningNode:
     # Every service registers through this, so its handlers are counted and timed, wait for
     # the gate, decode requests strictly and may answer pre-serialized replies (wrapped once,
     # not per call).
-    services = wrapping(
-        server, Chain(metrics.ServerMetrics(), gate, StrictDecoding(), SerializedReplies())
-    )
+    chain = Chain(metrics.ServerMetrics(), gate, StrictDecoding(), SerializedReplies())
+    server = _grpc_server(config, config.max_watchers + 64, config.max_watchers + 1024)
+    services = wrapping(server, chain)
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
         SelfModelServicer(engine, config.limits, identify, domain=config.domain), services
@@ -209,23 +198,41 @@ def start(config: NodeConfig) -> RunningNode:
     replicator = None
     if config.peers:
         replicator = build_replicator(
-            engine, config.peers, config.sync, config.peer_channel_credentials
+            engine, config.peers, config.sync, auth, config.peer_channel_credentials, config.limits
         )
     sync_servicer = SyncServicer(
         engine,
-        config.members or frozenset(p.name for p in config.peers),
-        config.peer_identity,
+        auth,
         config.limits,
         on_peer_session=replicator.peer_seen if replicator is not None else None,
     )
-    sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, services)
+    health_servicer = health.HealthServicer()
+    # With a peers' port of its own, Sync is served there only: the agents' port refuses it.
+    peer_server = None
+    if config.peer_listen:
+        # A thread per call (delta streams hold theirs), so none waits behind another's stream.
+        calls = 8 * len(auth.members) + 64
+        peer_server = _grpc_server(config, calls, calls)
+        peer_services = wrapping(peer_server, chain)
+        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
+        wrong_port = refusing(
+            config.name,
+            "agents_port",
+            f"node {config.name} serves Sync on its peers' port {config.peer_listen}, "
+            "not on the agents' port",
+        )
+        sync_pb2_grpc.add_SyncServicer_to_server(
+            SyncServicer(engine, wrong_port, config.limits), services
+        )
+    else:
+        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, services)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
             engine, lambda: node_status(config, engine, replicator), identify, config.limits
         ),
         services,
     )
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = (
         selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModel"].full_name,
@@ -240,11 +247,11 @@ def start(config: NodeConfig) -> RunningNode:
         else:
             bound = server.add_secure_port(config.listen, config.server_credentials)
         peer_port = None
-        if config.peer_listen:
+        if peer_server is not None and config.peer_listen:
             if config.peer_server_credentials is None:
-                peer_port = server.add_insecure_port(config.peer_listen)
+                peer_port = peer_server.add_insecure_port(config.peer_listen)
             else:
-                peer_port = server.add_secure_port(
+                peer_port = peer_server.add_secure_port(
                     config.peer_listen, config.peer_server_credentials
                 )
     except RuntimeError as exc:
@@ -257,11 +264,14 @@ def start(config: NodeConfig) -> RunningNode:
         raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}")
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server.start()
+    servers = [s for s in (server, peer_server) if s is not None]
+    for s in servers:
+        s.start()
     try:
-        decide_actor(config, store)
+        decide_actor(config, store, auth)
     except BaseException:
-        server.stop(0).wait()
+        for s in servers:
+            s.stop(0).wait()
         store.close()
         raise
     gate.open()
@@ -293,11 +303,59 @@ def start(config: NodeConfig) -> RunningNode:
         replicator,
         sync_servicer,
         peer_port,
+        peer_server,
         metrics_server,
     )
 
 
-def decide_actor(config: NodeConfig, store: Store) -> None:
+def peer_auth(config: NodeConfig) -> PeerAuth:
+    """How the node authenticates its peers (node.peers.decide), or ConfigError naming the
+    setting to add; a development cluster trusting node headers is logged loudly."""
+    members = config.members or frozenset(p.name for p in config.peers)
+    hosts = [split_address(a)[0] for a in (config.listen, config.peer_listen) if a]
+    try:
+        auth = decide(
+            config.name,
+            members - {config.name},
+            tls=config.peer_server_credentials is not None,
+            secrets=config.peer_secrets,
+            tokens=config.identify is not None,
+            exposed=not all(is_loopback(h) for h in hosts),
+        )
+    except PeerAuthError as exc:
+        raise ConfigError(str(exc)) from None
+    if auth.trust_header:
+        log.warning(
+            "PEER AUTHENTICATION IS OFF: node %s trusts the x-selfmodel-node header on Sync; "
+            "loopback only, for local development",
+            config.name,
+        )
+    elif auth.secrets and not auth.tls and config.peer_listen:
+        peer_host, _ = split_address(config.peer_listen)
+        if not is_loopback(peer_host):
+            log.warning(
+                "TLS IS OFF between nodes on %s: peer tokens and replicated data cross the "
+                "network in the clear; add [cluster.tls] on an untrusted network",
+                config.peer_listen,
+            )
+    return auth
+
+
+def _grpc_server(config: NodeConfig, max_workers: int, max_rpcs: int) -> grpc.Server:
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        *SERVER_OPTIONS,
+    ]
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        options=options,
+        maximum_concurrent_rpcs=max_rpcs,
+    )
+
+
+def decide_actor(config: NodeConfig, store: Store, auth: PeerAuth) -> None:
     """Resumes the previous run's actor if that is safe, else keeps the new one; logs which.
 
     Resume only if every node that may have this node's dots first hand vouched for it: its
@@ -312,6 +370,7 @@ def decide_actor(config: NodeConfig, store: Store) -> None:
     granted = bool(config.peers) and claim_run(
         store,
         config.peers,
+        auth,
         config.peer_channel_credentials,
         wait_s=config.sync.claim_wait_s if resumable else 0.0,
     )

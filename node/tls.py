@@ -22,8 +22,8 @@ PemSource = Path | str | bytes  # bytes: PEM content; str or Path: a file holdin
 
 PEERS_REFUSED = Counter(
     "selfmodel_peers_refused_total",
-    "Node-to-node calls refused: no verified client certificate, or one of a node not in the "
-    "cluster file.",
+    "Sync calls refused, by reason: no_certificate, no_credentials, bad_token (no valid peer "
+    "token), unknown_node (not another node of the cluster file), no_peers, agents_port.",
     ["reason"],
 )
 

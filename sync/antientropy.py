@@ -24,7 +24,7 @@ class Round:
     repaired_here: int
 
 
-def reconcile(replica: Replica, link: PeerLink, chunk: int = CHUNK) -> Round:
+def reconcile(replica: Replica, link: PeerLink, chunk: int = CHUNK, source: str = "") -> Round:
     mine = replica.bucket_hashes()
     theirs = link.buckets()
     if len(mine) != len(theirs):
@@ -48,5 +48,5 @@ def reconcile(replica: Replica, link: PeerLink, chunk: int = CHUNK) -> Round:
         have = {s.subject: s for s in replica.states(part)}
         outgoing = [have.get(s, SubjectState(s)) for s in part]
         incoming = link.exchange(outgoing)
-        repaired += replica.merge(incoming).merged
+        repaired += replica.merge(incoming, source).merged
     return Round(len(differing), len(subjects), repaired)

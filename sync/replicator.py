@@ -215,7 +215,7 @@ class PeerReplicator:
 
     def run_anti_entropy(self, link: PeerLink) -> Round:
         try:
-            result = reconcile(self._replica, link)
+            result = reconcile(self._replica, link, source=self.peer)
         except Exception:
             metrics.ANTI_ENTROPY_ROUNDS.labels(self.peer, "error").inc()
             raise

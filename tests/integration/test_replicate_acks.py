@@ -26,7 +26,7 @@ from sync.observation import Observation, Subject, SubjectKind
 
 PEER_MD = ((NODE_HEADER, "support"),)
 SUBJECT = Subject("acme", SubjectKind.USER, "acked")
-ACTOR = "support.99"
+ACTOR = "support.99.5eed0001"  # an actor of `support` (<node>.<run>.<random>)
 
 
 def batch(seq: int, clock: HybridClock) -> sync_pb2.ReplicateBatch:

@@ -35,7 +35,7 @@ class Outbox:
 
 
 class Replica:
-    def merge(self, states: object) -> Merged:
+    def merge(self, states: object, source: str = "") -> Merged:
         return Merged(0, 0)
 
     def states(self, subjects: object) -> list[SubjectState]:
