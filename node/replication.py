@@ -31,8 +31,8 @@ from sync.codec import (
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject
-from sync.ports import Batch, Merged
-from sync.replicator import Replicator, SyncSettings
+from sync.ports import Batch, Exchanged, Merged, StatesRefused
+from sync.replicator import MAX_MESSAGE_BYTES, Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
 
@@ -42,8 +42,6 @@ _KEEPALIVE = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
     # A fresh connection per link: a connection stalled by a broken network must not be shared
     # by the next session's channel (gRPC pools subchannels across channels by default).
     ("grpc.use_local_subchannel_pool", 1),
@@ -58,6 +56,17 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 CALL_TIMEOUT_S = 30.0
+# What a peer answers to states it will not take (a message too large, a malformed state): the
+# same states would be refused again, unlike after UNAVAILABLE or DEADLINE_EXCEEDED.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 # A receiver acknowledges a delta stream at most this often (see ReplicateBatch in sync.proto):
 # each acknowledgement costs both nodes a message, and the receiver a WAL sync.
 ACK_INTERVAL_S = 0.05
@@ -89,10 +98,16 @@ class StoreOutbox:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def read(self, after: int, limit: int) -> Batch | None:
+    def read(self, after: int, limit: int, max_bytes: int) -> Batch | None:
         entries = self.store.outbox(after, limit)
         if not entries:
             return None
+        size = len(entries[0].delta)
+        for n, entry in enumerate(entries[1:], 1):
+            size += len(entry.delta)
+            if size > max_bytes:
+                entries = entries[:n]
+                break
         return Batch(
             entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms
         )
@@ -183,8 +198,15 @@ class GrpcPeerLink:
         address: str,
         credentials: grpc.ChannelCredentials | None,
         run: RunClaim | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self._channel = open_channel(address, credentials, _KEEPALIVE)
+        # The same limit as the node's server: what one node sends, the other takes.
+        options = [
+            *_KEEPALIVE,
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = open_channel(address, credentials, options)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
         self._replicate = self._channel.stream_stream(
@@ -234,10 +256,18 @@ class GrpcPeerLink:
             run.note_incarnation(reply.recorded_incarnation)
         return bool(reply.granted)
 
-    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
+    def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
         msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
-        reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
-        return [state_from_proto(s) for s in reply.states]
+        try:
+            reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
+        except grpc.RpcError as exc:
+            if exc.code() in _REFUSALS:
+                raise StatesRefused(f"{exc.code().name}: {exc.details()}") from exc
+            raise
+        return Exchanged(
+            [state_from_proto(s) for s in reply.states],
+            [(subject_from_proto(r.subject), r.reason) for r in reply.refused],
+        )
 
     def close(self) -> None:
         if self._call is not None:
@@ -255,10 +285,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         peer_name: Callable[[grpc.ServicerContext], str | None],
         limits: Limits,
         on_peer_session: Callable[[str], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.engine = engine
         self.members = members
         self.limits = limits
+        self._max_reply = max_message_bytes // 2
         self._peer_name = peer_name
         # Told when a peer starts a delta stream or an anti-entropy round: it is reachable.
         self._on_peer_session = on_peer_session
@@ -396,15 +428,31 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
-        self._authorize(context)
-        self._check(context, request.states, "states")
-        incoming = [state_from_proto(s) for s in request.states]
-        self.engine.merge_remote(Delta(s) for s in incoming)
+        peer = self._authorize(context)
         reply = sync_pb2.StateExchange()
-        for state in incoming:
-            mine = self.engine.store.load(state.subject)
+        incoming = []
+        for i, msg in enumerate(request.states):
+            try:
+                validation.remote_state(msg, f"states[{i}]", self.limits)
+            except InvalidArgument as exc:  # this state only: the others are merged
+                log.warning("refused a malformed state from %s: %s", peer, exc)
+                refused = reply.refused.add(reason=f"malformed: {exc}")
+                refused.subject.CopyFrom(msg.subject)
+                continue
+            incoming.append(state_from_proto(msg))
+        # A subject refused here (clock, limits) leaves the others merged.
+        outcome = self.engine.merge_remote(Delta(s) for s in incoming)
+        for subject, reason in outcome.reasons:
+            subject_to_proto(subject, reply.refused.add(reason=reason).subject)
+        size = 0
+        for subject in dict.fromkeys(s.subject for s in incoming):
+            mine = self.engine.store.load(subject)
             if mine is not None:
-                reply.states.append(state_to_proto(mine))
+                msg = state_to_proto(mine)
+                size += msg.ByteSize()
+                if size > self._max_reply:  # left to this node's own anti-entropy to the caller
+                    break
+                reply.states.append(msg)
         return reply
 
 
@@ -471,17 +519,19 @@ def build_replicator(
     peers: Sequence[PeerConfig],
     settings: SyncSettings,
     credentials: grpc.ChannelCredentials | None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run)
+        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run, max_message_bytes)
 
     return Replicator(
         StoreOutbox(engine.store),
         EngineReplica(engine),
         {p.name: connector(p) for p in peers},
         settings,
+        max_message_bytes,
     )
 
 
