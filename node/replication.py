@@ -428,19 +428,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
-        peer = self._authorize(context)
+        self._authorize(context)
+        # A malformed state refuses the call (the caller then sends its states one by one);
+        # a subject refused by the merge (clock, limits) is named in the reply, the rest merged.
+        self._check(context, request.states, "states")
+        incoming = [state_from_proto(s) for s in request.states]
         reply = sync_pb2.StateExchange()
-        incoming = []
-        for i, msg in enumerate(request.states):
-            try:
-                validation.remote_state(msg, f"states[{i}]", self.limits)
-            except InvalidArgument as exc:  # this state only: the others are merged
-                log.warning("refused a malformed state from %s: %s", peer, exc)
-                refused = reply.refused.add(reason=f"malformed: {exc}")
-                refused.subject.CopyFrom(msg.subject)
-                continue
-            incoming.append(state_from_proto(msg))
-        # A subject refused here (clock, limits) leaves the others merged.
         outcome = self.engine.merge_remote(Delta(s) for s in incoming)
         for subject, reason in outcome.reasons:
             subject_to_proto(subject, reply.refused.add(reason=reason).subject)

@@ -345,11 +345,11 @@ Global___Digests: _TypeAlias = Digests  # noqa: Y015
 
 @_typing.final
 class StateExchange(_message.Message):
-    """A request carries states in parts well under the message limit (sync.bounds.split). A reply
-    carries the receiver's states of the same subjects as far as they fit under half its message
-    limit (the rest reach the caller by the receiver's own anti-entropy), and the subjects whose
-    states it refused (malformed, or past its subject limits), each with the reason: the others
-    are merged all the same.
+    """A request carries states in parts well under the message limit (sync.bounds.split); one
+    malformed state makes it INVALID_ARGUMENT. A reply carries the receiver's states of the same
+    subjects as far as they fit under half its message limit (the rest reach the caller by the
+    receiver's own anti-entropy), and the subjects whose states its merge refused (clock skew,
+    past its subject limits), each with the reason: the others are merged all the same.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
