@@ -129,19 +129,22 @@ class Engine:
             footprints = []
             for subject, items in by_subject.items():
                 old = state = self.state(subject)
-                footprint = self.footprint(state)
                 delta: SubjectState | None = None
                 events = []
+                gone: list[Observation] = []  # of ``old``: removed by the request's writes
                 for i, item in items:
                     before = state.observations
                     obs, removed, step, state = self._observe_one(state, source, item)
-                    footprint = footprint.changed([before[d] for d in removed], [obs])
+                    gone += [before[d] for d in removed if d in old.observations]
                     delta = step if delta is None else merge(delta, step)
                     events.append(obs.dot)
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
+                added = [state.observations[d] for d in events if d in state.observations]
+                previous = self.footprint(old)
+                footprint = previous.changed(gone, added)
                 found = excess(state, footprint, self.subject_limits)
-                if found is not None and grew(self.footprint(old), footprint):
+                if found is not None and grew(previous, footprint):
                     metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
                     raise ResourceExhausted(
                         f"subject {subject} {found.describe()}; nothing of this request was "
