@@ -147,6 +147,12 @@ class RunningNode:
 
 def start(config: NodeConfig) -> RunningNode:
     host, _ = split_address(config.listen)
+    if config.subject_limits.max_bytes > config.max_message_bytes // 2:
+        raise ConfigError(
+            f"max_subject_bytes ({config.subject_limits.max_bytes}) must be at most half of "
+            f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
+            "takes up to about 1.5 times its state"
+        )
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
@@ -185,12 +191,6 @@ def start(config: NodeConfig) -> RunningNode:
         cache_mb=config.cache_mb,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
-    if config.subject_limits.max_bytes > config.max_message_bytes // 2:
-        raise ConfigError(
-            f"max_subject_bytes ({config.subject_limits.max_bytes}) must be at most half of "
-            f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
-            "takes up to about 1.5 times its state"
-        )
     engine = Engine(
         store,
         config.policies,
