@@ -22,7 +22,7 @@ from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
-from sync.bounds import Excess, Footprint, SubjectLimits, excess, grew
+from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew
 from sync.causal import CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
@@ -40,8 +40,6 @@ from sync.hlc import ClockSkewError, HybridClock, wall_ms
 from sync.observation import Evidence, Observation, Subject
 
 STRIPES = 256
-# The slots counted by the footprints the engine keeps, in all (about 100 bytes each).
-FOOTPRINT_SLOTS = 200_000
 
 
 class ObservationInput(NamedTuple):
@@ -113,12 +111,7 @@ class Engine:
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
-        # subject -> (generation, context, footprint) of its latest state: a write counts only
-        # what it changes. Not the state itself, which would keep it in memory past the
-        # store's cache; bounded by the slots the footprints count (FOOTPRINT_SLOTS).
-        self._footprints: dict[Subject, tuple[int, CausalContext, Footprint]] = {}
-        self._footprint_slots = 0
-        self._footprint_lock = threading.Lock()  # writers of different subjects share them
+        self._footprints = Footprints()  # of subjects' latest states: a write counts its change
         # Subjects whose refused merges were logged: once each (bounded like _footprints).
         self._refused_logged: set[Subject] = set()
 
@@ -338,33 +331,11 @@ class Engine:
         return found
 
     def footprint(self, state: SubjectState) -> Footprint:
-        """What ``state`` holds as the subject limits count it (kept for the next write).
-
-        A kept footprint is the state's when its generation, context and observation count
-        are: the engine keeps the footprint of every state it commits, so another state with
-        the same position would have to be one merged out of causal order (sync.delivery)."""
-        cached = self._footprints.get(state.subject)
-        if (
-            cached is not None
-            and cached[0] == state.generation
-            and cached[2].observations == len(state.observations)
-            and cached[1] == state.context
-        ):
-            return cached[2]
-        footprint = Footprint.of(state)
-        self._remember_footprint(state, footprint)
-        return footprint
+        """What ``state`` holds as the subject limits count it (kept for the next write)."""
+        return self._footprints.of(state)
 
     def _remember_footprint(self, state: SubjectState, footprint: Footprint) -> None:
-        with self._footprint_lock:
-            replaced = self._footprints.pop(state.subject, None)
-            if replaced is not None:
-                self._footprint_slots -= len(replaced[2].slots)
-            self._footprints[state.subject] = (state.generation, state.context, footprint)
-            self._footprint_slots += len(footprint.slots)
-            while self._footprint_slots > FOOTPRINT_SLOTS and len(self._footprints) > 1:
-                oldest = next(iter(self._footprints))
-                self._footprint_slots -= len(self._footprints.pop(oldest)[2].slots)
+        self._footprints.remember(state, footprint)
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -22,13 +22,14 @@ merging the parts, in any order and into any replica, equals merging the whole s
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState
-from sync.observation import Observation
+from sync.observation import Observation, Subject
 
 # A string field: tag, a length prefix of up to 3 bytes (under 2 MiB), the UTF-8 bytes.
 _STRING = 4
@@ -140,6 +141,52 @@ class Footprint(NamedTuple):
             count += 1
             size += observation_bytes(obs)
         return Footprint(slots, count, size)
+
+
+class Footprints:
+    """The footprints of subjects' latest states, so that a write counts only its change.
+
+    Kept by position (generation, context, observation count), not with the state, which would
+    stay in memory past the store's cache; bounded by the slots they count (``max_slots``,
+    about 100 bytes each), the least recently kept dropped first. Thread-safe.
+
+    A kept footprint is a state's when its position is: whoever commits a state keeps its
+    footprint, so another state with the same position would have to be one merged out of
+    causal order (sync.delivery), which is then counted anew.
+    """
+
+    def __init__(self, max_slots: int = 200_000) -> None:
+        self.max_slots = max_slots
+        self._kept: dict[Subject, tuple[int, CausalContext, Footprint]] = {}
+        self._slots = 0
+        self._lock = threading.Lock()
+
+    def of(self, state: SubjectState) -> Footprint:
+        kept = self._kept.get(state.subject)
+        if (
+            kept is not None
+            and kept[0] == state.generation
+            and kept[2].observations == len(state.observations)
+            and kept[1] == state.context
+        ):
+            return kept[2]
+        footprint = Footprint.of(state)
+        self.remember(state, footprint)
+        return footprint
+
+    def remember(self, state: SubjectState, footprint: Footprint) -> None:
+        with self._lock:
+            replaced = self._kept.pop(state.subject, None)
+            if replaced is not None:
+                self._slots -= len(replaced[2].slots)
+            self._kept[state.subject] = (state.generation, state.context, footprint)
+            self._slots += len(footprint.slots)
+            while self._slots > self.max_slots and len(self._kept) > 1:
+                oldest = next(iter(self._kept))
+                self._slots -= len(self._kept.pop(oldest)[2].slots)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 class Excess(NamedTuple):

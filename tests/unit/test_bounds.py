@@ -13,6 +13,7 @@ from node.resolution import resolve
 from node.server import NodeConfig
 from sync.bounds import (
     Footprint,
+    Footprints,
     SubjectLimits,
     excess,
     observation_bytes,
@@ -176,3 +177,19 @@ def test_the_excess_names_the_limit_and_its_setting(n: int) -> None:
     found = excess(apply_observe(state, obs), Footprint.of(state).changed((), [obs]), limits)
     assert found is not None and found.limit == "observations"
     assert "max_subject_observations" in found.describe() and str(n) in found.describe()
+
+
+def test_kept_footprints_are_bounded_by_their_slots_and_found_by_position() -> None:
+    kept = Footprints(max_slots=30)
+    states = []
+    for i in range(10):
+        subject = SUBJECT._replace(id=f"u-{i}")
+        held = {Dot("a.1", c): _largest_observation(c, c)._replace(evidence=()) for c in (1, 2, 3)}
+        states.append(SubjectState(subject, 0, CausalContext.of(held), held))
+        assert kept.of(states[-1]) == Footprint.of(states[-1])
+    assert len(kept) == 10  # 30 slots in all
+    grown = apply_observe(states[0], _largest_observation(4, 4)._replace(evidence=()))
+    assert kept.of(grown) == Footprint.of(grown)  # a new position: counted anew
+    assert len(kept) == 9  # 31 slots: the least recently kept (u-1) dropped
+    other = states[0]._replace(observations={})  # the same position, fewer observations
+    assert kept.of(other) == Footprint.of(other)
