@@ -9,8 +9,11 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   shared subjects, retracting some of their own earlier writes, and writing to a dedicated
   "forget" subject that a forgetter thread forgets every few seconds on a random node;
 - a fault every few seconds, chosen with a seeded RNG: partition of one node, majority split
-  (cut or blackholed links), kill -9 and restart, SIGSTOP then SIGCONT, delay on a node's links
-  (and, with --faults ...,stop, a clean stop and restart, whose restart may resume the actor);
+  (cut or blackholed links), kill -9 and restart, SIGSTOP then SIGCONT, delay on a node's links,
+  an oversized subject (a writer on one node fills a subject of its own with 1.9 KB statements
+  in batches until the node refuses a write past the subject limits; every acknowledged one must
+  then be on every node, and GetSelfModel of it must work everywhere) (and, with --faults
+  ...,stop, a clean stop and restart, whose restart may resume the actor);
   between two faults the cluster runs fault-free;
 - probes during the fault-free periods: an Observe on one node, watched through WatchSelfModel
   on every other node (time-to-visible = first snapshot covering it minus the Observe ack);
@@ -59,9 +62,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from federation.client import Client, user  # noqa: E402
 from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
-from node.errors import SelfModelError  # noqa: E402
+from node.errors import ResourceExhausted, SelfModelError  # noqa: E402
+from selfmodel.v1 import model_pb2, selfmodel_pb2  # noqa: E402
 
-FAULTS = ("partition", "split", "kill", "pause", "delay")
+FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.
 OPTIONAL_FAULTS = ("stop",)
 FACTS = "facts"
@@ -75,6 +79,10 @@ GUARD_S = 1.0
 SETTLED_S = 2.0
 
 Key = tuple[str, str]  # (subject id, observation key)
+# The oversize fault's statements: 1.9 KB each, as the writes that asked for subject limits.
+FILLER = "lorem ipsum dolor sit amet " * 70
+FILL_BATCH = 50
+FILL_GRACE_S = 10.0  # how long the fault's undo waits for the fill to reach the limit
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -151,6 +159,8 @@ class Ledger:
         self.retract_missed: list[Key] = []
         self.forgets: list[Forget] = []
         self.errors: Counter[str] = Counter()
+        # Per oversized subject: acknowledged observations, and whether a write reached the limit.
+        self.filled: dict[str, tuple[int, bool]] = {}
 
     def error(self, what: str, exc: BaseException) -> None:
         code = getattr(exc.__cause__, "code", None)
@@ -339,6 +349,46 @@ class Load:
             if regular:
                 mine.append(key)
 
+    def fill(self, node: str, subject: str, stop: threading.Event) -> None:
+        """Fills ``subject`` on ``node`` until the node refuses a write past the subject limits
+        (in batches, then one by one), or ``stop``. A refused batch is written not at all."""
+        agent = f"{node}-filler"
+        ledger, step, i, limited = self.ledger, FILL_BATCH, 0, False
+        target = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id=subject)
+        for _ in range(2000):
+            if stop.is_set() or not self._running():
+                break
+            keys = [(subject, f"fill-{i + j}") for j in range(step)]
+            batch = [
+                selfmodel_pb2.ObserveRequest(
+                    subject=target, context=FACTS, key=k, statement=f"{k} {FILLER}", confidence=0.8
+                )
+                for _, k in keys
+            ]
+            try:
+                self.clients.get(node, agent).observe_batch(batch)
+            except ResourceExhausted:
+                if step == 1:
+                    limited = True
+                    break
+                step = 1
+                continue
+            except SelfModelError as exc:
+                self.clients.drop(node, agent)
+                ledger.error("fill", exc)
+                with ledger.lock:
+                    ledger.failed.update(keys)
+                i += step
+                continue
+            acked_at = time.monotonic()
+            with ledger.lock:
+                for key in keys:
+                    ledger.acked[key] = acked_at
+            i += step
+        with ledger.lock:
+            taken = sum(1 for key in ledger.acked if key[0] == subject)
+            ledger.filled[subject] = (taken, limited)
+
     def _forgetter(self, seed: int) -> None:
         rng = random.Random(seed)
         interval = self.args.forget_every
@@ -417,6 +467,9 @@ class Faults:
         self.killed: set[str] = set()
         self.paused: set[str] = set()
         self.restart_s: list[float] = []
+        # Set by run: fills a subject (the oversize fault); its subjects are numbered.
+        self.fill: Callable[[str, str, threading.Event], None] | None = None
+        self.fills = 0
 
     def apply(self) -> tuple[str, str, Callable[[], None]]:
         """Starts a random fault; returns its kind, its description and how to undo it."""
@@ -440,6 +493,21 @@ class Faults:
             c.nodes[victim].stop()
             self.killed.add(victim)
             return kind, f"stop {victim} (SIGTERM), then restart", lambda: self._restart(victim)
+        if kind == "oversize" and self.fill is not None:
+            subject = f"oversize-{self.fills}"
+            self.fills += 1
+            stop = threading.Event()
+            filler = threading.Thread(
+                target=self.fill, args=(victim, subject, stop), name="filler", daemon=True
+            )
+            filler.start()
+
+            def undo() -> None:  # the fill may finish (it takes a few seconds), then stops
+                filler.join(FILL_GRACE_S)
+                stop.set()
+                filler.join(CALL_TIMEOUT_S * 3)
+
+            return kind, f"fill {subject} on {victim} up to the subject limits", undo
         if kind == "pause":
             c.nodes[victim].pause()
             self.paused.add(victim)
@@ -493,6 +561,8 @@ class Report:
     resurrected_examples: list[str] = field(default_factory=list)
     retracted_back: int = 0  # retracted writes present again
     retract_missed: int = 0  # a Retract of its own acknowledged write found nothing
+    oversized: int = 0  # subjects the oversize fault filled
+    oversized_to_limit: int = 0  # of those, filled until the node refused a write
     converged: bool = False
     convergence_s: float = float("nan")
     restart_s: list[float] = field(default_factory=list)
@@ -557,6 +627,11 @@ class Report:
             f"p99 {self.visible_p(0.99, True):.1f} ms ({len(self.visible_settled_ms)} samples, "
             f"from {SETTLED_S:g} s after a fault was undone)",
         ]
+        if self.oversized:
+            lines.append(
+                f"oversized subjects           {self.oversized:>8}   "
+                f"({self.oversized_to_limit} filled until a write was refused at the limit)"
+            )
         if self.restart_s:
             lines.append(
                 f"restarts (kill -9 or stop)   {len(self.restart_s):>8}   "
@@ -698,6 +773,7 @@ def run(args: argparse.Namespace) -> Report:
         started = time.monotonic()
         end = started + args.duration
         load = Load(cluster, args, end + 1.0, window)
+        faults.fill = load.fill
         load.start()
         while True:
             quiet = args.fault_every * rng.uniform(0.4, 0.6)
@@ -733,6 +809,8 @@ def run(args: argparse.Namespace) -> Report:
         visibility(load, report)
         audit(cluster, load.ledger, report)
         report.errors = dict(load.ledger.errors)
+        report.oversized = len(load.ledger.filled)
+        report.oversized_to_limit = sum(limited for _, limited in load.ledger.filled.values())
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
         raise

@@ -34,6 +34,12 @@ def _positive_mb(text: str) -> float:
     return mb
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
@@ -68,6 +74,14 @@ def _node(args: argparse.Namespace) -> int:
             config.fsync = False
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
+        config.subject_limits = cluster.subject_limits(
+            config.subject_limits,
+            max_subject_slots=args.max_subject_slots,
+            max_subject_observations=args.max_subject_observations,
+            max_subject_bytes=args.max_subject_bytes,
+        )
+        if args.max_message_bytes is not None:
+            config.max_message_bytes = args.max_message_bytes
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
@@ -278,6 +292,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-mb",
         type=_positive_mb,
         help="memory for subject states kept in memory (default: 256, or the cluster file's)",
+    )
+    for option, default, what in (
+        ("--max-subject-slots", "1000", "slots"),
+        ("--max-subject-observations", "2000", "observations"),
+        ("--max-subject-bytes", "1048576", "bytes of encoded state"),
+    ):
+        node.add_argument(
+            option,
+            type=_positive_int,
+            help=f"at most this many {what} per subject; a write past it is refused with "
+            f"RESOURCE_EXHAUSTED (default: {default}, or the cluster file's)",
+        )
+    node.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        help="the largest gRPC message the node sends or takes, from agents and peers alike "
+        "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
     )
     node.add_argument(
         "--cluster",

@@ -5,6 +5,10 @@
     fsync = true
     max_clock_offset_ms = 60000
     cache_mb = 256                # memory per node for subject states kept in memory
+    max_subject_slots = 1000      # per subject (sync.bounds.SubjectLimits); a write past a
+    max_subject_observations = 2000  # limit is refused with RESOURCE_EXHAUSTED
+    max_subject_bytes = 1048576   # encoded state; at most half of max_message_bytes
+    max_message_bytes = 4194304   # every gRPC message a node sends or takes (agents and peers)
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
                                   # backoff_max_s, ack_request_s, claim_wait_s
                                   # (see sync.replicator.SyncSettings)
@@ -31,6 +35,7 @@ Relative paths are relative to the file's folder (for the embedded default: the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping
@@ -44,6 +49,7 @@ from node import peers, tls
 from node.policy import PolicyBook
 from node.replication import PeerConfig
 from node.server import NodeConfig
+from sync.bounds import SubjectLimits
 from sync.replicator import SyncSettings
 
 DEFAULT_NODES = (  # name, agents' port, peers' port (with TLS), metrics port
@@ -122,6 +128,8 @@ class Cluster:
     fsync: bool = True
     max_clock_offset_ms: int = 60_000
     cache_mb: float = 256.0
+    subject_limits: SubjectLimits = field(default_factory=SubjectLimits)
+    max_message_bytes: int = 4 * 1024 * 1024
     sync: SyncSettings = field(default_factory=SyncSettings)
     tls: Mapping[str, TlsFiles] | None = None  # per node
     agents_tls: bool = False  # the agents' port over TLS too (with tls)
@@ -185,6 +193,19 @@ def _cache_mb(value: Any) -> float:
     return mb
 
 
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ClusterFileError(f"[cluster] {name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def subject_limits(base: SubjectLimits, **settings: int | None) -> SubjectLimits:
+    """``base`` with the settings given (``max_subject_slots``, ``max_subject_observations``,
+    ``max_subject_bytes``; None: unchanged)."""
+    given = {name.removeprefix("max_subject_"): v for name, v in settings.items() if v is not None}
+    return dataclasses.replace(base, **{f"max_{k}": v for k, v in given.items()})
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p
@@ -192,7 +213,13 @@ def _path(base: Path, value: str) -> Path:
 
 def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     cluster = raw.get("cluster", {})
-    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth"}
+    limit_keys = (
+        "max_subject_slots",
+        "max_subject_observations",
+        "max_subject_bytes",
+        "max_message_bytes",
+    )
+    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth", *limit_keys}
     unknown = set(cluster) - known
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
@@ -278,11 +305,15 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         policies = PolicyBook.from_config(raw.get("policies", {}))
     except ValueError as exc:
         raise ClusterFileError(f"[policies]: {exc}") from exc
+    limits = {k: _positive_int(k, cluster[k]) for k in limit_keys if k in cluster}
+    max_message_bytes = limits.pop("max_message_bytes", 4 * 1024 * 1024)
     return Cluster(
         nodes=tuple(nodes),
         fsync=bool(cluster.get("fsync", True)),
         max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
         cache_mb=_cache_mb(cluster.get("cache_mb", 256)),
+        subject_limits=subject_limits(SubjectLimits(), **limits),
+        max_message_bytes=max_message_bytes,
         sync=sync,
         tls=tls,
         agents_tls=agents_tls,
@@ -304,6 +335,8 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         metrics_listen=spec.metrics,
         fsync=cluster.fsync,
         cache_mb=cluster.cache_mb,
+        subject_limits=cluster.subject_limits,
+        max_message_bytes=cluster.max_message_bytes,
         policies=cluster.policies,
         identify=identify,
         max_clock_offset_ms=cluster.max_clock_offset_ms,

@@ -143,10 +143,16 @@ def status_rows(
             connected = sum(p.connected for p in status.peers)
             depth = max((p.outbox_depth for p in status.peers), default=0)
             lag = max((p.lag_seconds for p in status.peers), default=0.0)
+            # Peers whose sessions fail or that refused subjects: "name:failing/skipped".
+            failing = ",".join(
+                f"{p.name}:{p.failing_sessions}/{p.skipped_subjects}"
+                for p in status.peers
+                if p.failing_sessions or p.skipped_subjects
+            )
             rows.append([
                 spec.name, spec.domain, spec.address, "serving",
                 f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s",
-                str(status.incarnation),
+                str(status.incarnation), failing or "-",
             ])  # fmt: skip
         except grpc.RpcError as exc:
             rows.append(
@@ -159,13 +165,17 @@ def status_rows(
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
     return rows
 
 
 def format_table(rows: list[list[str]]) -> str:
-    header = ["node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation"]
+    header = [
+        "node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation",
+        "failing/skipped",
+    ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -22,6 +22,7 @@ from node.errors import HandoffTimeout, ResourceExhausted
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
+from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew
 from sync.causal import CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
@@ -79,6 +80,8 @@ class Subscription:
 class MergeOutcome:
     merged: int
     refused: int
+    # The subjects whose deltas were refused, each with why (the first reason of each).
+    reasons: tuple[tuple[Subject, str], ...] = ()
 
 
 class Engine:
@@ -90,6 +93,7 @@ class Engine:
         clock: HybridClock | None = None,
         now_ms: Callable[[], int] = wall_ms,
         max_watchers: int = 1024,
+        subject_limits: SubjectLimits | None = None,
     ) -> None:
         self.store = store
         self.policies = policies or PolicyBook()
@@ -106,6 +110,10 @@ class Engine:
         self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
+        self.subject_limits = subject_limits or SubjectLimits()
+        self._footprints = Footprints()  # of subjects' latest states: a write counts its change
+        # Subjects whose refused merges were logged: once each (bounded like _footprints).
+        self._refused_logged: set[Subject] = set()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -117,18 +125,35 @@ class Engine:
         written: list[Written | None] = [None] * len(inputs)
         with self._locked(by_subject):
             changes = []
+            footprints = []
             for subject, items in by_subject.items():
                 old = state = self.state(subject)
                 delta: SubjectState | None = None
                 events = []
+                gone: list[Observation] = []  # of ``old``: removed by the request's writes
                 for i, item in items:
-                    obs, step, state = self._observe_one(state, source, item)
+                    before = state.observations
+                    obs, removed, step, state = self._observe_one(state, source, item)
+                    gone += [before[d] for d in removed if d in old.observations]
                     delta = step if delta is None else merge(delta, step)
                     events.append(obs.dot)
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
+                added = [state.observations[d] for d in events if d in state.observations]
+                previous = self.footprint(old)
+                footprint = previous.changed(gone, added)
+                found = excess(state, footprint, self.subject_limits)
+                if found is not None and grew(previous, footprint):
+                    metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
+                    raise ResourceExhausted(
+                        f"subject {subject} {found.describe()}; nothing of this request was "
+                        "written (retract or forget some of its observations first)"
+                    )
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
+                footprints.append((state, footprint))
             self._commit(changes)
+            for state, footprint in footprints:
+                self._remember_footprint(state, footprint)
         changes.sort(key=_subject_of)
         token = token_of_positions([change.position for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
@@ -136,8 +161,8 @@ class Engine:
 
     def _observe_one(
         self, state: SubjectState, source: str, item: ObservationInput
-    ) -> tuple[Observation, SubjectState, SubjectState]:
-        """The observation, its delta and the state after it."""
+    ) -> tuple[Observation, list[Dot], SubjectState, SubjectState]:
+        """The observation, the dots it removes, its delta and the state after it."""
         key = item.key or normalize_statement(item.statement)
         policy = self.policies.for_context(item.context)
         mine: list[Dot] = []  # the source's own, which this observation supersedes
@@ -157,7 +182,7 @@ class Engine:
             origin=self.node,
         )
         removed = [*mine, *evicted]
-        return obs, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
+        return obs, removed, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
 
     def retract(
         self,
@@ -223,12 +248,14 @@ class Engine:
         """
         accepted: dict[Subject, list[Delta]] = {}
         refused = 0
+        reasons: dict[Subject, str] = {}
         for delta in deltas:
             try:
                 for obs in delta.state.observations.values():
                     self.clock.check(obs.hlc)
             except ClockSkewError as exc:
                 refused += 1
+                reasons.setdefault(delta.state.subject, f"clock skew: {exc}")
                 metrics.CLOCK_SKEW_REFUSED.inc()
                 metrics.log.warning("refused a delta for %s: %s", delta.state.subject, exc)
                 continue
@@ -251,6 +278,11 @@ class Engine:
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
+                    found = self._past_limits(state, new)
+                    if found is not None:
+                        refused += len(group)
+                        reasons.setdefault(subject, f"subject {subject} {found.describe()}")
+                        continue
                     changes.append(Change(state, new, None))
                     merged += 1
             metrics.DELTAS_HELD.set(self._held.held)
@@ -260,7 +292,7 @@ class Engine:
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
-        return MergeOutcome(merged, refused)
+        return MergeOutcome(merged, refused, tuple(reasons.items()))
 
     def _commit(
         self,
@@ -278,6 +310,38 @@ class Engine:
             self._notify(change.new.subject)
         with self._merged:
             self._merged.notify_all()
+
+    def _past_limits(self, old: SubjectState, new: SubjectState) -> Excess | None:
+        """The limit (logged once per subject, counted) a merge would take ``old`` past, growing
+        it, to ``new``: a peer with larger limits sent it. A subject already past them (limits
+        lowered since) may still take merges that do not grow it."""
+        before = self.footprint(old)
+        if new.generation == old.generation:
+            removed = [o for d, o in old.observations.items() if d not in new.observations]
+            added = [o for d, o in new.observations.items() if d not in old.observations]
+            after = before.changed(removed, added)
+        else:
+            after = Footprint.of(new)
+        found = excess(new, after, self.subject_limits)
+        if found is None or not grew(before, after):
+            self._remember_footprint(new, after)
+            return None
+        metrics.SUBJECT_LIMIT_REFUSED.labels("merge", found.limit).inc()
+        if new.subject not in self._refused_logged:
+            if len(self._refused_logged) > 10_000:
+                self._refused_logged.clear()
+            self._refused_logged.add(new.subject)
+            metrics.log.warning(
+                "refused to merge a peer's state of %s: it %s", new.subject, found.describe()
+            )
+        return found
+
+    def footprint(self, state: SubjectState) -> Footprint:
+        """What ``state`` holds as the subject limits count it (kept for the next write)."""
+        return self._footprints.of(state)
+
+    def _remember_footprint(self, state: SubjectState, footprint: Footprint) -> None:
+        self._footprints.remember(state, footprint)
 
     # -- reads ---------------------------------------------------------------------------
 

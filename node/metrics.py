@@ -53,6 +53,11 @@ DELTAS_HELD = Gauge(
     "selfmodel_deltas_held",
     "Remote deltas waiting for a delta they depend on (causal delivery).",
 )
+SUBJECT_LIMIT_REFUSED = Counter(
+    "selfmodel_subject_limit_refused_total",
+    "Writes (an agent's) and merges (a peer's) refused for taking a subject past its limits.",
+    ["kind", "limit"],
+)
 CLOCK_SKEW_REFUSED = Counter(
     "selfmodel_clock_skew_refused_total", "Remote deltas refused: timestamp too far ahead."
 )

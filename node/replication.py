@@ -32,8 +32,8 @@ from sync.codec import (
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject
-from sync.ports import Batch, Merged
-from sync.replicator import Replicator, SyncSettings
+from sync.ports import Batch, Exchanged, Merged, StatesRefused
+from sync.replicator import MAX_MESSAGE_BYTES, Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
 
@@ -42,8 +42,6 @@ _KEEPALIVE = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
     # A fresh connection per link: a connection stalled by a broken network must not be shared
     # by the next session's channel (gRPC pools subchannels across channels by default).
     ("grpc.use_local_subchannel_pool", 1),
@@ -58,6 +56,17 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 CALL_TIMEOUT_S = 30.0
+# What a peer answers to states it will not take (a message too large, a malformed state): the
+# same states would be refused again, unlike after UNAVAILABLE or DEADLINE_EXCEEDED.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 # A receiver acknowledges a delta stream at most this often (see ReplicateBatch in sync.proto):
 # each acknowledgement costs both nodes a message, and the receiver a WAL sync.
 ACK_INTERVAL_S = 0.05
@@ -89,10 +98,16 @@ class StoreOutbox:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def read(self, after: int, limit: int) -> Batch | None:
+    def read(self, after: int, limit: int, max_bytes: int) -> Batch | None:
         entries = self.store.outbox(after, limit)
         if not entries:
             return None
+        size = len(entries[0].delta)
+        for n, entry in enumerate(entries[1:], 1):
+            size += len(entry.delta)
+            if size > max_bytes:
+                entries = entries[:n]
+                break
         return Batch(
             entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms
         )
@@ -184,8 +199,15 @@ class GrpcPeerLink:
         credentials: grpc.ChannelCredentials | None,
         run: RunClaim | None = None,
         limits: Limits | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self._channel = open_channel(address, credentials, _KEEPALIVE)
+        # The same limit as the node's server: what one node sends, the other takes.
+        options = [
+            *_KEEPALIVE,
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channel = open_channel(address, credentials, options)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
         self._replicate = self._channel.stream_stream(
@@ -236,13 +258,21 @@ class GrpcPeerLink:
             run.note_incarnation(reply.recorded_incarnation)
         return bool(reply.granted)
 
-    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
+    def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
         msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
-        reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
+        try:
+            reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
+        except grpc.RpcError as exc:
+            if exc.code() in _REFUSALS:
+                raise StatesRefused(f"{exc.code().name}: {exc.details()}") from exc
+            raise
         # A peer's reply holds to the bounds of what it may send us as a caller.
         for i, s in enumerate(reply.states):
             validation.remote_state(s, f"ExchangeStates reply states[{i}]", self._limits)
-        return [state_from_proto(s) for s in reply.states]
+        return Exchanged(
+            [state_from_proto(s) for s in reply.states],
+            [(subject_from_proto(r.subject), r.reason) for r in reply.refused],
+        )
 
     def close(self) -> None:
         if self._call is not None:
@@ -259,10 +289,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         auth: PeerAuth,
         limits: Limits,
         on_peer_session: Callable[[str], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.engine = engine
         self.auth = auth
         self.limits = limits
+        self._max_reply = max_message_bytes // 2
         # Told when a peer starts a delta stream or an anti-entropy round: it is reachable.
         self._on_peer_session = on_peer_session
         self._streams: set[grpc.ServicerContext] = set()
@@ -421,14 +453,23 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
         peer = self._authorize(context)
+        # A malformed state refuses the call (the caller then sends its states one by one);
+        # a subject refused by the merge (clock, limits) is named in the reply, the rest merged.
         self._check(context, peer, request.states, "states")
         incoming = [state_from_proto(s) for s in request.states]
-        self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
         reply = sync_pb2.StateExchange()
-        for state in incoming:
-            mine = self.engine.store.load(state.subject)
+        outcome = self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
+        for subject, reason in outcome.reasons:
+            subject_to_proto(subject, reply.refused.add(reason=reason).subject)
+        size = 0
+        for subject in dict.fromkeys(s.subject for s in incoming):
+            mine = self.engine.store.load(subject)
             if mine is not None:
-                reply.states.append(state_to_proto(mine))
+                msg = state_to_proto(mine)
+                size += msg.ByteSize()
+                if size > self._max_reply:  # left to this node's own anti-entropy to the caller
+                    break
+                reply.states.append(msg)
         return reply
 
 
@@ -490,17 +531,19 @@ def build_replicator(
     auth: PeerAuth,
     credentials: grpc.ChannelCredentials | None,
     limits: Limits,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(auth, peer.address, credentials, run, limits)
+        return lambda: GrpcPeerLink(auth, peer.address, credentials, run, limits, max_message_bytes)
 
     return Replicator(
         StoreOutbox(engine.store),
         EngineReplica(engine),
         {p.name: connector(p) for p in peers},
         settings,
+        max_message_bytes,
     )
 
 

@@ -42,6 +42,7 @@ from node.servicer import (
 from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from sync.bounds import SubjectLimits
 from sync.hlc import HybridClock
 from sync.replicator import Replicator, SyncSettings
 
@@ -66,7 +67,10 @@ class NodeConfig:
     policies: PolicyBook = field(default_factory=PolicyBook)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
+    # Every message this node sends or takes, from agents and peers alike; the subject limits
+    # keep a subject's state (and its GetSelfModel reply) well under it (sync.bounds).
     max_message_bytes: int = 4 * 1024 * 1024
+    subject_limits: SubjectLimits = field(default_factory=SubjectLimits)
     grace_s: float = 10.0
     # Set by the security layer: resolves a call's principal (None: development, x-agent-id).
     identify: Callable[[grpc.ServicerContext, Limits], Principal] | None = None
@@ -147,6 +151,12 @@ class RunningNode:
 
 def start(config: NodeConfig) -> RunningNode:
     host, _ = split_address(config.listen)
+    if config.subject_limits.max_bytes > config.max_message_bytes // 2:
+        raise ConfigError(
+            f"max_subject_bytes ({config.subject_limits.max_bytes}) must be at most half of "
+            f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
+            "takes up to about 1.5 times its state"
+        )
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
@@ -179,7 +189,13 @@ def start(config: NodeConfig) -> RunningNode:
         cache_mb=config.cache_mb,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
-    engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
+    engine = Engine(
+        store,
+        config.policies,
+        clock=clock,
+        max_watchers=config.max_watchers,
+        subject_limits=config.subject_limits,
+    )
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
@@ -198,13 +214,20 @@ def start(config: NodeConfig) -> RunningNode:
     replicator = None
     if config.peers:
         replicator = build_replicator(
-            engine, config.peers, config.sync, auth, config.peer_channel_credentials, config.limits
+            engine,
+            config.peers,
+            config.sync,
+            auth,
+            config.peer_channel_credentials,
+            config.limits,
+            config.max_message_bytes,
         )
     sync_servicer = SyncServicer(
         engine,
         auth,
         config.limits,
         on_peer_session=replicator.peer_seen if replicator is not None else None,
+        max_message_bytes=config.max_message_bytes,
     )
     health_servicer = health.HealthServicer()
     # With a peers' port of its own, Sync is served there only: the agents' port refuses it.
@@ -420,6 +443,8 @@ def node_status(
             acked_seq=peer.acked,
             outbox_depth=max(0, engine.store.outbox_seq - peer.acked),
             lag_seconds=peer.lag_s,
+            failing_sessions=peer.failing_sessions,
+            skipped_subjects=peer.skipped_subjects,
         )
     return status
 

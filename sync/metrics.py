@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge
 
 REPLICATION_LAG = Gauge(
     "selfmodel_replication_lag_seconds",
-    "Age of the oldest local delta a peer has not acknowledged (0 when caught up).",
+    "Age of the oldest local delta a peer has not acknowledged, or the time since the peer "
+    "last took everything anti-entropy offered it when longer (0 when caught up).",
     ["peer"],
 )
 OUTBOX_DEPTH = Gauge(
@@ -43,4 +44,19 @@ PEERS_DROPPED = Counter(
 )
 REPLICATION_ERRORS = Counter(
     "selfmodel_replication_errors_total", "Delta stream sessions that ended in an error.", ["peer"]
+)
+FAILING_SESSIONS = Gauge(
+    "selfmodel_peer_failing_sessions",
+    "Sessions with a peer (delta stream or anti-entropy) failed since one last succeeded.",
+    ["peer"],
+)
+SKIPPED_SUBJECTS = Gauge(
+    "selfmodel_peer_skipped_subjects",
+    "Subjects the last anti-entropy round could not replicate to a peer (it refused them).",
+    ["peer"],
+)
+SUBJECTS_REFUSED = Counter(
+    "selfmodel_peer_subjects_refused_total",
+    "Subjects a peer refused in anti-entropy rounds (each round counts each again).",
+    ["peer"],
 )

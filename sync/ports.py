@@ -24,6 +24,20 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class Exchanged:
+    """A peer's answer to an anti-entropy exchange: its states of (some of) the subjects sent,
+    and the subjects whose states it refused, each with its reason."""
+
+    states: Sequence[SubjectState]
+    refused: Sequence[tuple[Subject, str]] = ()
+
+
+class StatesRefused(Exception):
+    """The peer answered an exchange, refusing it whole (a state too large or malformed):
+    unlike a broken connection, sending the same states again fails the same way."""
+
+
+@dataclass(frozen=True, slots=True)
 class Merged:
     merged: int
     refused: int
@@ -32,7 +46,11 @@ class Merged:
 class DeltaLog(Protocol):
     """The local outbox: deltas by sequence."""
 
-    def read(self, after: int, limit: int) -> Batch | None: ...
+    def read(self, after: int, limit: int, max_bytes: int) -> Batch | None:
+        """At most ``limit`` entries after ``after``, of at most ``max_bytes`` in all (but
+        always the first entry, however large), or None when there are none."""
+        ...
+
     def first_seq(self) -> int: ...
     def last_seq(self) -> int: ...
     def wait(self, after: int, timeout_s: float) -> bool: ...
@@ -58,5 +76,8 @@ class PeerLink(Protocol):
     def replicate(self, batches: Iterator[Batch]) -> Iterator[int]: ...
     def buckets(self) -> list[bytes]: ...
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]: ...
-    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]: ...
+    def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
+        """Raises StatesRefused when the peer refuses the exchange whole."""
+        ...
+
     def close(self) -> None: ...

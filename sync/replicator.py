@@ -6,6 +6,11 @@ backoff (tenacity), so a restarted cluster does not reconnect in lockstep. The o
 to the lowest acknowledgement of the peers still within retention; a peer that falls further
 behind is dropped from it and caught up by anti-entropy when it returns. Anti-entropy also runs
 on every (re)connect and periodically, so convergence never depends on a delta getting through.
+
+Batches and anti-entropy chunks stay under a quarter of the message limit; a delta too large to
+stream (over half of it) is left to anti-entropy, which splits it. A peer that refuses a subject
+or a whole session is behind: its lag counts from when it last took everything anti-entropy
+offered, so it grows while the peer cannot catch up, and its failed sessions are counted.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from sync import metrics
 from sync.antientropy import Round, reconcile
+from sync.observation import Subject
 from sync.ports import Batch, DeltaLog, PeerLink, Replica
 
 log = logging.getLogger("selfmodel.sync")
@@ -45,6 +51,11 @@ class SyncSettings:
     claim_wait_s: float = 5.0
 
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Errors of a session that say the peer could not be reached, not that it refused something.
+_UNREACHABLE = frozenset({"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"})
+
+
 @dataclass(frozen=True, slots=True)
 class PeerState:
     name: str
@@ -52,6 +63,8 @@ class PeerState:
     acked: int
     lag_s: float
     dropped: bool
+    failing_sessions: int = 0
+    skipped_subjects: int = 0
 
 
 class PeerReplicator:
@@ -62,8 +75,18 @@ class PeerReplicator:
         replica: Replica,
         connect: Callable[[], PeerLink],
         settings: SyncSettings,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.peer = peer
+        self._max_bytes = max_message_bytes // 4  # a batch or an anti-entropy chunk
+        self._max_delta = max_message_bytes // 2  # a delta the stream may carry
+        # Sessions (stream or anti-entropy) failed since one last succeeded; the subjects the
+        # last round could not replicate (each logged once); since when the peer is behind
+        # for a reason the outbox does not show (monotonic seconds), or None.
+        self.failing_sessions = 0
+        self.skipped: tuple[tuple[Subject, str], ...] = ()
+        self._logged: set[Subject] = set()
+        self._behind_since: float | None = None
         self._outbox = outbox
         self._replica = replica
         self._connect = connect
@@ -73,6 +96,8 @@ class PeerReplicator:
         self._retry = threading.Event()  # cuts a reconnect backoff short (see wake)
         self.connected = False
         metrics.PEER_CONNECTED.labels(peer).set(0)  # exported from the start, not first change
+        metrics.FAILING_SESSIONS.labels(peer).set(0)
+        metrics.SKIPPED_SUBJECTS.labels(peer).set(0)
         self._link: PeerLink | None = None
         self._ae_link: PeerLink | None = None
         # Clamped to the outbox's end: entries are shipped while their WAL syncs (node.store).
@@ -112,11 +137,33 @@ class PeerReplicator:
             self._retry.set()
 
     def state(self) -> PeerState:
-        return PeerState(self.peer, self.connected, self.acked, self.lag_s(), self.dropped)
+        return PeerState(
+            self.peer,
+            self.connected,
+            self.acked,
+            self.lag_s(),
+            self.dropped,
+            self.failing_sessions,
+            len(self.skipped),
+        )
 
     def lag_s(self) -> float:
         oldest = self._outbox.oldest_unacked_ms(self.acked)
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        behind = self._behind_since
+        return lag if behind is None else max(lag, time.monotonic() - behind)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A session ended in ``exc``: counted; a refusal (not a peer out of reach) means the
+        peer is behind until an anti-entropy round gets everything through."""
+        self.failing_sessions += 1
+        metrics.FAILING_SESSIONS.labels(self.peer).set(self.failing_sessions)
+        if _code(exc) not in _UNREACHABLE and not isinstance(exc, ConnectionError):
+            self._fell_behind()
+
+    def _fell_behind(self) -> None:
+        if self._behind_since is None:
+            self._behind_since = time.monotonic()
 
     # -- delta stream ----------------------------------------------------------------------
 
@@ -133,6 +180,7 @@ class PeerReplicator:
                 # reconnect down to the maximum.
                 failures = 1 if self.connected else failures + 1
                 metrics.REPLICATION_ERRORS.labels(self.peer).inc()
+                self._failed(exc)
                 log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
             finally:
                 self._set_connected(False)
@@ -172,7 +220,7 @@ class PeerReplicator:
         deltas_sent = metrics.DELTAS_SENT.labels(self.peer)
         bytes_sent = metrics.BYTES_SENT.labels(self.peer)
         while not self._stop.is_set():
-            batch = self._outbox.read(position, self._settings.batch_size)
+            batch = self._outbox.read(position, self._settings.batch_size, self._max_bytes)
             if batch is None:
                 if asked >= position or self.acked >= position:
                     self._outbox.wait(position, 0.5)
@@ -184,6 +232,17 @@ class PeerReplicator:
                 continue
             if batch.first_seq != position + 1:
                 raise OutboxGap(f"outbox starts at {batch.first_seq}, peer needs {position + 1}")
+            if len(batch.deltas) == 1 and len(batch.deltas[0]) > self._max_delta:
+                # Too large for the peer to take in one message: anti-entropy ships the
+                # subject in parts instead. The empty batch moves the peer past it.
+                log.warning(
+                    "a delta of %d bytes is too large to stream to %s; left to anti-entropy",
+                    len(batch.deltas[0]),
+                    self.peer,
+                )
+                self._fell_behind()
+                self._wake_anti_entropy.set()
+                batch = Batch(batch.first_seq, batch.last_seq, [], batch.oldest_ms)
             deltas_sent.inc(len(batch.deltas))
             bytes_sent.inc(sum(len(d) for d in batch.deltas))
             yield batch
@@ -214,8 +273,9 @@ class PeerReplicator:
     # -- anti-entropy ----------------------------------------------------------------------
 
     def run_anti_entropy(self, link: PeerLink) -> Round:
+        started = time.monotonic()
         try:
-            result = reconcile(self._replica, link, source=self.peer)
+            result = reconcile(self._replica, link, max_bytes=self._max_bytes, source=self.peer)
         except Exception:
             metrics.ANTI_ENTROPY_ROUNDS.labels(self.peer, "error").inc()
             raise
@@ -223,7 +283,32 @@ class PeerReplicator:
         if result.repaired_here:
             metrics.ANTI_ENTROPY_REPAIRED.labels(self.peer).inc(result.repaired_here)
             log.info("anti-entropy with %s repaired %d subjects", self.peer, result.repaired_here)
+        self._round_done(result, started)
         return result
+
+    def _round_done(self, result: Round, started: float) -> None:
+        """A round went through: the peer has everything but what it refused."""
+        self.failing_sessions = 0
+        metrics.FAILING_SESSIONS.labels(self.peer).set(0)
+        self.skipped = tuple(result.skipped)
+        metrics.SKIPPED_SUBJECTS.labels(self.peer).set(len(self.skipped))
+        if self.skipped:
+            metrics.SUBJECTS_REFUSED.labels(self.peer).inc(len(self.skipped))
+            self._fell_behind()
+            if len(self._logged) > 10_000:
+                self._logged.clear()
+            for subject, reason in self.skipped:
+                if subject not in self._logged:
+                    self._logged.add(subject)
+                    log.warning(
+                        "peer %s refused subject %s; replicating the others: %s",
+                        self.peer,
+                        subject,
+                        reason,
+                    )
+        elif self._behind_since is not None and self._behind_since <= started:
+            self._behind_since = None  # what it lacked when the round began, it now has
+            self._logged.clear()
 
     def trigger_anti_entropy(self) -> None:
         self._wake_anti_entropy.set()
@@ -245,6 +330,7 @@ class PeerReplicator:
                     link.close()
             except Exception as exc:
                 log.debug("anti-entropy with %s failed: %s", self.peer, _describe(exc))
+                self._failed(exc)
             self.report()
 
 
@@ -257,13 +343,14 @@ class Replicator:
         replica: Replica,
         peers: dict[str, Callable[[], PeerLink]],
         settings: SyncSettings | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.settings = settings or SyncSettings()
         self._outbox = outbox
         self._trim_lock = threading.Lock()
         self._stopped = threading.Event()
         self.peers = {
-            name: PeerReplicator(name, outbox, replica, connect, self.settings)
+            name: PeerReplicator(name, outbox, replica, connect, self.settings, max_message_bytes)
             for name, connect in peers.items()
         }
 
@@ -328,6 +415,17 @@ class Replicator:
 
     def states(self) -> list[PeerState]:
         return [p.state() for p in self.peers.values()]
+
+
+def _code(exc: BaseException) -> str | None:
+    """The gRPC status code's name of ``exc``, if it has one (sync/ does not import gRPC)."""
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            return str(code().name)
+        except Exception:
+            return None
+    return None
 
 
 def _describe(exc: BaseException) -> str:

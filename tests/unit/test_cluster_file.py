@@ -10,6 +10,8 @@ import pytest
 
 from federation.cli import main
 from federation.cluster import ClusterFileError, dial_address, node_config, parse
+from node.server import ConfigError, NodeConfig, start
+from sync.bounds import SubjectLimits
 
 
 @pytest.mark.parametrize(
@@ -53,3 +55,41 @@ def test_selfmodel_node_refuses_a_cache_mb_that_is_not_a_positive_number(
         main(["node", "--cache-mb", value])
     assert exit.value.code == 2
     assert f"must be a positive number of MiB, got {value!r}" in capsys.readouterr().err
+
+
+def test_subject_limits_and_the_message_size_reach_the_node_and_default(tmp_path: Path) -> None:
+    default = node_config(parse(_file(""), tmp_path, None), "sales")
+    assert default.subject_limits == SubjectLimits()
+    assert default.max_message_bytes == 4 * 1024 * 1024
+    lines = "\n".join(
+        [
+            "max_subject_slots = 10",
+            "max_subject_observations = 20",
+            "max_subject_bytes = 30000",
+            "max_message_bytes = 65536",
+        ]
+    )
+    config = node_config(parse(_file(lines), tmp_path, None), "sales")
+    assert config.subject_limits == SubjectLimits(10, 20, 30000)
+    assert config.max_message_bytes == 65536
+
+
+@pytest.mark.parametrize("key", ["max_subject_slots", "max_subject_bytes", "max_message_bytes"])
+@pytest.mark.parametrize("value", ["0", "-1", "true", '"10"', "1.5"])
+def test_a_limit_that_is_not_a_positive_whole_number_is_refused(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    with pytest.raises(ClusterFileError, match=f"{key} must be a positive whole number"):
+        parse(_file(f"{key} = {value}"), tmp_path, None)
+
+
+def test_a_subject_size_over_half_the_message_size_is_refused_at_start(tmp_path: Path) -> None:
+    config = NodeConfig(
+        data_dir=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_listen=None,
+        subject_limits=SubjectLimits(max_bytes=3 * 1024 * 1024),
+    )
+    with pytest.raises(ConfigError, match=r"max_subject_bytes .* half of max_message"):
+        start(config)
+    assert not (tmp_path / "data").exists()  # refused before anything was opened

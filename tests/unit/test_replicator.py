@@ -8,14 +8,14 @@ from collections.abc import Iterator, Sequence
 
 from sync.crdt import SubjectState
 from sync.observation import Subject
-from sync.ports import Batch, Merged
+from sync.ports import Batch, Exchanged, Merged
 from sync.replicator import PeerReplicator, SyncSettings
 
 BUCKETS = [bytes(16)] * 4
 
 
 class Outbox:
-    def read(self, after: int, limit: int) -> Batch | None:
+    def read(self, after: int, limit: int, max_bytes: int = 0) -> Batch | None:
         return None
 
     def first_seq(self) -> int:
@@ -66,8 +66,8 @@ class Link:
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
         return []
 
-    def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
-        return []
+    def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
+        return Exchanged([])
 
     def close(self) -> None:
         pass
@@ -118,7 +118,7 @@ class Filled(Outbox):
         self.stop = peer_stop
         self.limit = waits
 
-    def read(self, after: int, limit: int) -> Batch | None:
+    def read(self, after: int, limit: int, max_bytes: int = 0) -> Batch | None:
         if after >= 3:
             return None
         return Batch(after + 1, 3, [b"d"] * (3 - after), 0)
@@ -167,7 +167,7 @@ class Growing(Outbox):
     def __init__(self, end: int) -> None:
         self.end = end
 
-    def read(self, after: int, limit: int) -> Batch | None:
+    def read(self, after: int, limit: int, max_bytes: int = 0) -> Batch | None:
         if after >= self.end:
             return None
         return Batch(after + 1, self.end, [b"d"] * (self.end - after), 0)

@@ -45,12 +45,21 @@ class PeerStatus(_message.Message):
     ACKED_SEQ_FIELD_NUMBER: _builtins.int
     OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
     LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    FAILING_SESSIONS_FIELD_NUMBER: _builtins.int
+    SKIPPED_SUBJECTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     connected: _builtins.bool
     acked_seq: _builtins.int
     outbox_depth: _builtins.int
     lag_seconds: _builtins.float
+    """The longer of the oldest unacknowledged delta's age and the time since the peer last
+    took everything anti-entropy offered it: it grows while the peer cannot catch up.
+    """
+    failing_sessions: _builtins.int
+    """Sessions with the peer (delta stream or anti-entropy) that failed since one last succeeded."""
+    skipped_subjects: _builtins.int
+    """Subjects the last anti-entropy round could not replicate to the peer (it refused them)."""
     def __init__(
         self,
         *,
@@ -60,10 +69,12 @@ class PeerStatus(_message.Message):
         acked_seq: _builtins.int = ...,
         outbox_depth: _builtins.int = ...,
         lag_seconds: _builtins.float = ...,
+        failing_sessions: _builtins.int = ...,
+        skipped_subjects: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "lag_seconds", b"lag_seconds", "name", b"name", "outbox_depth", b"outbox_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "failing_sessions", b"failing_sessions", "lag_seconds", b"lag_seconds", "name", b"name", "outbox_depth", b"outbox_depth", "skipped_subjects", b"skipped_subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

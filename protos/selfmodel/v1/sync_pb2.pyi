@@ -345,23 +345,57 @@ Global___Digests: _TypeAlias = Digests  # noqa: Y015
 
 @_typing.final
 class StateExchange(_message.Message):
+    """A request carries states in parts well under the message limit (sync.bounds.split); one
+    malformed state makes it INVALID_ARGUMENT. A reply carries the receiver's states of the same
+    subjects as far as they fit under half its message limit (the rest reach the caller by the
+    receiver's own anti-entropy), and the subjects whose states its merge refused (clock skew,
+    past its subject limits), each with the reason: the others are merged all the same.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATES_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectState]: ...
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedState]: ...
     def __init__(
         self,
         *,
         states: _abc.Iterable[Global___SubjectState] | None = ...,
+        refused: _abc.Iterable[Global___RefusedState] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateExchange: _TypeAlias = StateExchange  # noqa: Y015
+
+@_typing.final
+class RefusedState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def subject(self) -> _model_pb2.Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: _model_pb2.Subject | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedState: _TypeAlias = RefusedState  # noqa: Y015
 
 @_typing.final
 class SubjectPosition(_message.Message):
