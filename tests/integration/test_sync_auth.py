@@ -315,7 +315,7 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
             link.exchange(asked)
         # a well-formed erase: merged, and audited as the peer's act
         peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 3, observe=False)])
-        states = link.exchange(asked)
+        states = link.exchange(asked).states
         link.close()
         assert EngineReplica(engine).merge(states, source="support").merged == 1
         [entry], _ = engine.audit.list()

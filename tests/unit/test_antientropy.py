@@ -29,7 +29,7 @@ class Replica:
         self.held = {s.subject: s for s in states}
         self.merged: list[SubjectState] = []
 
-    def merge(self, states: Iterable[SubjectState]) -> Merged:
+    def merge(self, states: Iterable[SubjectState], source: str = "") -> Merged:
         states = list(states)
         self.merged += states
         return Merged(len(states), 0)
