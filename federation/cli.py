@@ -37,6 +37,21 @@ def _positive_mb(text: str) -> float:
     return mb
 
 
+def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of at least {minimum}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
@@ -77,6 +92,9 @@ def _node(args: argparse.Namespace) -> int:
             config.fsync = False
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
+        for setting in ("min_free_mb", "disk_probe_s", "max_connections", "connection_idle_s"):
+            if getattr(args, setting) is not None:
+                setattr(config, setting, getattr(args, setting))
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
@@ -255,6 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-mb",
         type=_positive_mb,
         help="memory for subject states kept in memory (default: 256, or the cluster file's)",
+    )
+    node.add_argument(
+        "--min-free-mb",
+        type=_at_least(0.0, float),
+        help="suspend writes while the data directory's disk has less free space than this "
+        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
+    )
+    node.add_argument(
+        "--disk-probe-s",
+        type=_at_least(0.01, float),
+        help="how often a node whose writes are suspended checks for room again (default: 5)",
+    )
+    node.add_argument(
+        "--max-connections",
+        type=_at_least(1, int),
+        help="TCP connections the node accepts at once, across its ports (default: 1024, or "
+        "the cluster file's [cluster.connections] max)",
+    )
+    node.add_argument(
+        "--connection-idle-s",
+        type=_at_least(0.01, float),
+        help="close a connection without calls after this many seconds (default: 300)",
     )
     node.add_argument(
         "--cluster",

@@ -15,6 +15,8 @@
     agents = false                # true: the agents' port too, with the node's certificate
     [cluster.auth]
     tokens = "tokens.toml"        # optional; without it nodes serve loopback only
+    [cluster.storage]             # min_free_mb, probe_s (docs/operating.md)
+    [cluster.connections]         # max, idle_s, handshake_s (docs/operating.md)
 
     [[node]]
     name = "sales"
@@ -126,6 +128,8 @@ class Cluster:
     tokens: Path | None = None
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
+    # NodeConfig fields set by [cluster.storage] and [cluster.connections] (NODE_TABLES).
+    node_settings: Mapping[str, float] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -182,6 +186,36 @@ def _cache_mb(value: Any) -> float:
     return mb
 
 
+# Each table's keys, and the NodeConfig field each sets (a positive number).
+NODE_TABLES: dict[str, dict[str, str]] = {
+    "storage": {"min_free_mb": "min_free_mb", "probe_s": "disk_probe_s"},
+    "connections": {
+        "max": "max_connections",
+        "idle_s": "connection_idle_s",
+        "handshake_s": "handshake_timeout_s",
+    },
+}
+
+
+def _node_settings(cluster: Mapping[str, Any]) -> dict[str, float]:
+    settings: dict[str, float] = {}
+    for table, keys in NODE_TABLES.items():
+        raw = cluster.get(table, {})
+        unknown = set(raw) - set(keys)
+        if unknown:
+            raise ClusterFileError(
+                f"[cluster.{table}]: unknown keys {sorted(unknown)}; it takes {sorted(keys)}"
+            )
+        for key, value in raw.items():
+            minimum = 0 if key == "min_free_mb" else 0.001
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+                raise ClusterFileError(
+                    f"[cluster.{table}] {key} must be a number of at least {minimum}, got {value!r}"
+                )
+            settings[keys[key]] = value
+    return settings
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p
@@ -189,7 +223,16 @@ def _path(base: Path, value: str) -> Path:
 
 def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     cluster = raw.get("cluster", {})
-    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth"}
+    known = {
+        "data",
+        "fsync",
+        "max_clock_offset_ms",
+        "cache_mb",
+        "sync",
+        "tls",
+        "auth",
+        *NODE_TABLES,
+    }
     unknown = set(cluster) - known
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
@@ -282,6 +325,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         tokens=tokens,
         policies=policies,
         source=source,
+        node_settings=_node_settings(cluster),
     )
 
 
@@ -304,6 +348,8 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
     )
+    for setting, value in cluster.node_settings.items():
+        setattr(config, setting, type(getattr(config, setting))(value))
     if cluster.tls is not None:
         files = cluster.tls[name]
         config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)

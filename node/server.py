@@ -20,8 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from node import metrics, transport
+from node import connections, metrics, transport
 from node.decoding import StrictDecoding
+from node.diskwatch import DiskWatch
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.policy import PolicyBook
@@ -76,6 +77,15 @@ class NodeConfig:
     # secret on the wire); None serves it in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
+    # Writes are suspended while the data directory's disk has less free space than this, and
+    # resume (checked every disk_probe_s) once it has it again (node.diskwatch).
+    min_free_mb: float = 64.0
+    disk_probe_s: float = 5.0
+    # TCP connections per listening port, and when idle or half-open ones are closed
+    # (node.connections); the bound is lowered to fit the open-file limit.
+    max_connections: int = 1024
+    connection_idle_s: float = 300.0
+    handshake_timeout_s: float = 10.0
     # Federation: the peers this node streams to, every node of the cluster, sync settings.
     peers: tuple[PeerConfig, ...] = ()
     members: frozenset[str] = frozenset()
@@ -115,6 +125,7 @@ class RunningNode:
     replicator: Replicator | None = None
     sync_servicer: SyncServicer | None = None
     peer_port: int | None = None
+    disk_watch: DiskWatch | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -135,6 +146,8 @@ class RunningNode:
             self.sync_servicer.close()
         self.engine.close_watches()
         self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self.disk_watch is not None:
+            self.disk_watch.stop()
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -182,11 +195,18 @@ def start(config: NodeConfig) -> RunningNode:
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
     engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
+    ports = 2 if config.peer_listen else 1
+    max_connections = connections.connection_bound(
+        config.max_connections, ports, connections.open_file_limit()
+    )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
         *SERVER_OPTIONS,
+        *connections.server_options(
+            max_connections, config.connection_idle_s, config.handshake_timeout_s
+        ),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_watchers + 64, thread_name_prefix="rpc"),
@@ -269,6 +289,14 @@ def start(config: NodeConfig) -> RunningNode:
     gate.open()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    disk_watch = DiskWatch(
+        store,
+        health_servicer,
+        min_free_bytes=int(config.min_free_mb * 2**20),
+        probe_s=config.disk_probe_s,
+    )
+    disk_watch.start()
+    threading.Thread(target=_verify, args=(store,), name="verify", daemon=True).start()
 
     metrics_server, metrics_port = None, None
     metrics.watch_store(
@@ -295,8 +323,20 @@ def start(config: NodeConfig) -> RunningNode:
         replicator,
         sync_servicer,
         peer_port,
+        disk_watch,
         metrics_server,
     )
+
+
+def _verify(store: Store) -> None:
+    """Reads every stored state once after start, so that a subject whose SST block is
+    corrupt is found (and repaired from peers: Store.quarantine) without waiting for a read."""
+    try:
+        found = store.verify()
+    except Exception as exc:  # the store closed meanwhile, say: the next start verifies again
+        log.info("node %s: verifying the store stopped: %s", store.node, exc)
+        return
+    log.info("node %s: store verified, %d corrupt subject(s) found", store.node, found)
 
 
 def decide_actor(config: NodeConfig, store: Store) -> None:
@@ -354,7 +394,11 @@ def node_status(
         incarnation=engine.store.incarnation,
         subjects=engine.store.estimate_subjects(),
         outbox_seq=engine.store.outbox_seq,
-        serving=True,
+        serving=engine.store.suspended is None,
+        problems=[
+            *([f"writes suspended: {engine.store.suspended}"] if engine.store.suspended else []),
+            *engine.store.problems,
+        ],
     )
     addresses = {p.name: p.address for p in config.peers}
     for peer in replicator.states() if replicator is not None else []:

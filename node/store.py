@@ -37,6 +37,8 @@ loses, which costs nothing a CRDT cares about:
 from __future__ import annotations
 
 import collections
+import errno
+import gc
 import hashlib
 import itertools
 import logging
@@ -44,7 +46,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -52,6 +54,7 @@ from typing import Any, NamedTuple, cast
 import rocksdict
 
 from node import metrics
+from node.errors import SelfModelError, Unavailable
 from sync.causal import CausalContext
 from sync.codec import (
     EncodedObservations,
@@ -80,6 +83,33 @@ class StoreError(Exception):
     pass
 
 
+def _db_options(strict: bool) -> rocksdict.Options:
+    """RocksDB's options: ``strict`` refuses to open over any corrupt WAL record (absolute
+    consistency); otherwise recovery stops at the first one (point in time, RocksDB's default)."""
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_paranoid_checks(True)
+    mode = rocksdict.DBRecoveryMode
+    opts.set_wal_recovery_mode(mode.absolute_consistency() if strict else mode.point_in_time())
+    return opts
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    return str(exc).startswith("Corruption")
+
+
+def disk_failure(exc: BaseException) -> str | None:
+    """What a failed write says about the disk (``no space`` or ``I/O error``), or None when
+    the failure is no I/O error (RocksDB raises plain Exceptions whose text says which)."""
+    if isinstance(exc, OSError):
+        return "no space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "I/O error"
+    text = str(exc)
+    if not text.startswith("IO error"):
+        return None
+    return "no space" if "No space left" in text or "quota" in text.lower() else "I/O error"
+
+
 def bucket_of(subject_key: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(subject_key, digest_size=4).digest(), "big") % BUCKETS
 
@@ -104,6 +134,8 @@ class Change:
         # Set by the commit: the new state's encoded position (encode_position), from which
         # the writer's handoff token is made (token_of_positions) with no encoding of its own.
         self.position = b""
+        # The digest stored for the old state, when it is not the old state's (see quarantine).
+        self.old_digest: bytes | None = None
 
 
 class OutboxEntry(NamedTuple):
@@ -189,20 +221,20 @@ class Store:
     ) -> None:
         """``cache_size`` and ``cache_mb``: at most that many subject states kept in memory, of
         about that much memory in all (see cache_cost)."""
-        path.mkdir(parents=True, exist_ok=True)
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        opts.create_missing_column_families(True)
-        cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
         try:
-            self._db: Any = rocksdict.Rdict(str(path), opts, column_families=cf_opts)
-        except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
-            raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {path}: {exc.strerror}") from exc
         self.path = path
         self._dir = str(path)
-        # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
-        self._cf: dict[str, Any] = {n: self._db.get_column_family(n) for n in COLUMN_FAMILIES}
-        self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        # What is wrong with this store, for status and health (node.diskwatch): corruption
+        # found at open or in a read, and why writes are suspended (None while they are not).
+        self.problems: list[str] = []
+        self.suspended: str | None = None
+        self._db: Any
+        self._cf: dict[str, Any]
+        self._handle: dict[str, Any]
+        self._open_db()
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal
         self.sync = sync
@@ -239,7 +271,11 @@ class Store:
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1
         self.previous_run = int(meta.get(b"run", b"0"))
         previous_actor = meta.get(b"actor")
-        clean = self.previous_run and meta.get(b"closed_cleanly") == str(self.previous_run).encode()
+        clean = (
+            self.previous_run
+            and meta.get(b"closed_cleanly") == str(self.previous_run).encode()
+            and not self.problems  # never resume over a damaged WAL
+        )
         self.resumable = previous_actor.decode() if clean and previous_actor is not None else None
         self.run = secrets.randbits(63) or 1
         self.actor = f"{node}.{self.incarnation}.{secrets.token_hex(4)}"
@@ -286,9 +322,225 @@ class Store:
         # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
         self._written_groups = 0
         self._synced_groups = 0
+        # Serializes quarantines (see quarantine), each checked again under it.
+        self._quarantine_lock = threading.Lock()
+        # Set after a failed write: RocksDB's WAL writer is broken until the store reopens it.
+        self._reopen_needed = False
+        # Called with the reason (None: resumed) when writes are suspended or resume.
+        self.on_suspension: Callable[[str | None], None] | None = None
         # The largest causal context written since the start (metrics: a start that takes a new
         # actor adds one to the contexts written from then on, and handoff tokens carry them).
         self.context_entries_max = 0
+
+    # -- opening, faults and recovery ------------------------------------------------------
+
+    def _open_db(self) -> None:
+        """Opens RocksDB, refusing at first any corrupt WAL record (absolute consistency).
+
+        When recovery finds one, the store is opened again up to it (point in time) and the
+        damage is reported (``problems``, the log, a metric): the writes after it are lost here,
+        so this run takes a new actor (never the previous one: __init__) and anti-entropy brings
+        them back from the peers that have them.
+        """
+        cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
+        try:
+            db = rocksdict.Rdict(self._dir, _db_options(strict=True), column_families=cf_opts)
+        except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
+            if not _is_corruption(exc):
+                raise StoreError(f"cannot open RocksDB at {self.path}: {exc}") from exc
+            self._report(
+                "wal",
+                f"RocksDB found its write-ahead log in {self.path} damaged ({exc}); opened with "
+                "the writes before the damage, the later ones come back from peers",
+            )
+            try:
+                db = rocksdict.Rdict(self._dir, _db_options(strict=False), column_families=cf_opts)
+            except Exception as again:
+                raise StoreError(f"cannot open RocksDB at {self.path}: {again}") from again
+        self._db = db
+        # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
+        self._cf = {n: db.get_column_family(n) for n in COLUMN_FAMILIES}
+        self._handle = {name: db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+
+    def _report(self, kind: str, problem: str) -> None:
+        """Records damage found in the store (status, log, metric); the list stays bounded."""
+        if len(self.problems) < 100:
+            self.problems.append(problem)
+        metrics.STORE_CORRUPTION.labels(kind).inc()
+        log.error("node %s: %s", self.node if hasattr(self, "node") else self.path, problem)
+
+    def quarantine(self, subject: Subject, exc: BaseException) -> SubjectState | None:
+        """Stops vouching for a subject whose stored state RocksDB finds corrupt; returns None,
+        the state it is read as from then on.
+
+        Its state is written down as the empty state, and its digest with it: the digest row,
+        stored apart, would otherwise keep matching the peers' and anti-entropy would never
+        repair it. The empty state's digest differs from any written one, so anti-entropy
+        brings the subject's state back from the peers. A new actor is taken first, as after
+        a crash: the lost state may have held dots of this run that no peer has yet.
+        """
+        key = subject.storage_key()
+        with self._quarantine_lock:
+            try:
+                raw = self._cf["state"].get(key)
+            except Exception as again:
+                if not _is_corruption(again):
+                    raise
+            else:  # rewritten since it was found corrupt: no longer so
+                return None if raw is None else self.load(subject)
+            self._report(
+                "sst", f"the stored state of {subject} is corrupt ({exc}); repaired from peers"
+            )
+            stored = self._cf["digest"].get(b"S" + bucket_of(key).to_bytes(2, "big") + key)
+            self.renew_actor()
+            change = Change(None, SubjectState(subject), None)
+            change.old_digest = stored if stored is not None else _EMPTY_HASH
+            self.commit([change])
+        return None
+
+    def renew_actor(self) -> None:
+        """Names this run's later writes with a new actor, in a new incarnation (synced)."""
+        with self._claims_lock:
+            self.incarnation = max(self.incarnation, self._incarnation_floor) + 1
+            self._incarnation_floor = self.incarnation
+            actor = f"{self.node}.{self.incarnation}.{secrets.token_hex(4)}"
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            meta = self._handle["meta"]
+            batch.put(b"incarnation", str(self.incarnation).encode(), meta)
+            batch.put(b"actor", actor.encode(), meta)
+            self._db.write(batch, self._synced)
+            self.actor = actor
+            self.resumable = None
+
+    def suspend(self, kind: str, detail: str, *, reopen: bool = False) -> None:
+        """Refuses writes from now on (UNAVAILABLE) until resume_writes; ``kind``: ``no space``,
+        ``low space`` or ``I/O error``. Logs and tells ``on_suspension`` once per suspension."""
+        if reopen:
+            self._reopen_needed = True
+        what = {
+            "no space": "the disk holding its data directory is full",
+            "low space": "the disk holding its data directory is nearly full",
+        }.get(kind, "writing to its data directory failed")
+        reason = f"{what} ({self.path}: {detail})"
+        with self._lock:
+            if self.suspended is not None:
+                return
+            self.suspended = reason
+        metrics.STORE_SUSPENSIONS.labels(kind).inc()
+        metrics.STORE_WRITABLE.set(0)
+        log.error("node %s: writes suspended: %s", self.node, reason)
+        if self.on_suspension is not None:
+            self.on_suspension(reason)
+
+    def _refusal(self) -> Unavailable:
+        return Unavailable(
+            f"node {self.node} refuses writes: {self.suspended or 'its last write failed'}; they "
+            "resume by themselves once the disk has room again (retry, or write on another node)"
+        )
+
+    def resume_writes(self) -> bool:
+        """Takes writes again after a suspension; False while it cannot yet.
+
+        After a failed write RocksDB's WAL writer stays broken (it answers every later write
+        with the first error), so RocksDB is closed and opened again: it recovers what its WAL
+        holds, as at a start, and this run takes a new actor, as after a crash (a write that
+        failed may have reached the WAL or a peer with dots it would otherwise hand out again).
+        The actor's synced write is the probe: it fails while the disk is still full.
+        """
+        with self._lock:
+            if self.suspended is None:
+                return True
+            if self._closed or self._leading or self._queue:
+                return False
+            self._leading = True  # no group commit while RocksDB is reopened (none is queued)
+        try:
+            if self._reopen_needed:
+                self._reopen()
+                self._reopen_needed = False
+        except Exception as exc:
+            log.debug("node %s: writes stay suspended: %s", self.node, exc)
+            return False
+        finally:
+            with self._lock:
+                self._leading = False
+        with self._lock:
+            self.suspended = None
+        metrics.STORE_WRITABLE.set(1)
+        log.warning("node %s: writes resumed (actor %s)", self.node, self.actor)
+        if self.on_suspension is not None:
+            self.on_suspension(None)
+        return True
+
+    def room_needed(self) -> int:
+        """Free bytes that reopening RocksDB needs: recovery writes its memtables to SST files
+        (twice their size, with a MiB to spare)."""
+        with self._lock:
+            if self._db is None:
+                return 2**20
+            tables = sum(
+                self._cf[name].property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+                for name in COLUMN_FAMILIES
+            )
+        return 2 * tables + 2**20
+
+    def _reopen(self) -> None:
+        """Closes RocksDB and opens it again; reloads what this run keeps in memory of it."""
+        self._close_db()
+        self._open_db()
+        meta = self._cf["meta"]
+        self.outbox_seq = int(meta.get(b"outbox_seq", b"0"))
+        self.hlc = max(self.hlc, int(meta.get(b"hlc", b"0")))
+        self._reload_buckets()
+        self._empty_cache()
+        with self._tail_lock:
+            self._tail.clear()  # read from RocksDB until new entries refill it
+        self._wal_failed = None
+        self._synced_groups = self._written_groups
+        self._reopen_needed = True  # until the probe below succeeds
+        self.renew_actor()
+
+    def _close_db(self) -> None:
+        """Closes RocksDB; a close that fails (a broken WAL writer cannot flush) still closes."""
+        for cf in self._cf.values():
+            try:
+                cf.close()
+            except Exception as exc:
+                log.debug("closing a column family: %s", exc)
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception as exc:  # expected after a failed write: the WAL writer is broken
+                log.debug("node %s: RocksDB closed with an error: %s", self.node, exc)
+        self._release_wal_files()
+        # Column-family handles keep the database (and its LOCK file) alive until dropped, and
+        # a failed write's traceback holds some (in the frames of a reference cycle).
+        self._cf = {}
+        self._handle = {}
+        self._db = None
+        gc.collect()
+
+    def verify(self) -> int:
+        """Reads every stored state, quarantining those RocksDB finds corrupt; returns how many.
+
+        A get per subject (listed by its digest row), not a scan: an iterator over a corrupt
+        block ends there without an error, hiding the subjects after it.
+        """
+        found = 0
+        after = b"S"
+        while True:
+            rows = self.scan("digest", after, 1000)
+            keys = [k for k, _ in rows if k.startswith(b"S")]
+            for k in keys:
+                try:
+                    self._cf["state"].get(k[3:])
+                except Exception as exc:
+                    if not _is_corruption(exc):
+                        raise
+                    self.quarantine(Subject.from_storage_key(k[3:]), exc)
+                    found += 1
+            if len(keys) < len(rows) or len(rows) < 1000:
+                return found
+            after = rows[-1][0]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -297,7 +549,12 @@ class Store:
         if cached is not None:
             return cached.state
         writes = self._cache_writes
-        raw = self._cf["state"].get(subject.storage_key())
+        try:
+            raw = self._cf["state"].get(subject.storage_key())
+        except Exception as exc:
+            if not _is_corruption(exc):
+                raise
+            return self.quarantine(subject, exc)
         if raw is None:
             return None
         state = decode_state(raw)
@@ -480,6 +737,8 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreError("store is closed")
+            if self.suspended is not None:
+                raise self._refusal()
             self._queue.append(pending)
             lead = not self._leading
             if lead:
@@ -494,6 +753,10 @@ class Store:
         else:
             self._lead(pending)
         if pending.error is not None:
+            if isinstance(pending.error, SelfModelError):
+                raise pending.error
+            if disk_failure(pending.error) is not None:
+                raise self._refusal() from pending.error
             raise StoreError(f"write failed: {pending.error}") from pending.error
         return pending.last_seq
 
@@ -506,8 +769,13 @@ class Store:
         try:
             written = self._write_group(group)
         except Exception as exc:  # surfaced to every writer of the group
-            log.exception("group commit of %d batches failed", len(group))
             error = exc
+            failure = disk_failure(exc)
+            if failure is not None:
+                self._reopen_needed = True
+                self.suspend(failure, str(exc))
+            elif not isinstance(exc, SelfModelError):
+                log.exception("group commit of %d batches failed", len(group))
             self._reload_buckets()
             if self._wal_failed is None:
                 # RocksDB may hold the group all the same, and the store still takes writes:
@@ -556,11 +824,8 @@ class Store:
     def _write_group(self, group: list[_Pending]) -> list[_Cached]:
         """Writes the group as one batch; returns every new state written, with its digest and
         its observations' bytes."""
-        if self._wal_failed is not None:
-            raise StoreError(
-                f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
-                "until it is restarted"
-            )
+        if self.suspended is not None:
+            raise self._refusal()
         batch = rocksdict.WriteBatch(raw_mode=True)
         put = batch.put
         handle = self._handle
@@ -584,7 +849,10 @@ class Store:
                 )
                 put(key, raw, state_cf)
                 old = change.old
-                old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
+                if change.old_digest is not None:
+                    old_digest = change.old_digest
+                else:
+                    old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
                 new_digest = new.digest()
                 written.append(_Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:
@@ -653,7 +921,7 @@ class Store:
         """
         with self._wal_lock:
             if self._wal_failed is not None:
-                raise StoreError(f"the WAL could not be synced ({self._wal_failed})")
+                raise self._refusal()
             covered = self._written_groups
             if self._synced_groups >= covered:
                 return  # a sync that started after our write already finished
@@ -667,8 +935,8 @@ class Store:
             except OSError as exc:
                 # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
                 # kernel may drop the dirty pages, so a later sync could succeed over a hole.
-                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
-                # what is on disk.
+                # Like RocksDB after a failed WAL sync: no further write until RocksDB is
+                # reopened (resume_writes), which recovers what is on disk, as a restart does.
                 self._wal_failed = exc
                 raise
             self._synced_groups = covered
@@ -795,7 +1063,7 @@ class Store:
     def size_bytes(self) -> int:
         """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._db is None:
                 return 0
             total = 0
             for name in COLUMN_FAMILIES:
@@ -805,7 +1073,7 @@ class Store:
 
     def estimate_subjects(self) -> int:
         with self._lock:
-            if self._closed:
+            if self._closed or self._db is None:
                 return 0
             return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
 
@@ -813,8 +1081,9 @@ class Store:
         """Flushes and closes RocksDB; marks the run closed cleanly when no write was under way.
 
         The mark lets the next run resume this run's actor (see __init__): written after the
-        flush, synced, and only when no group commit was in flight and the WAL never failed, so
-        every dot this run handed out is on disk.
+        flush, synced, and only when no group commit was in flight and no write ever failed, so
+        every dot this run handed out is on disk. A store whose writes are suspended (a full
+        disk) closes all the same, unmarked.
         """
         with self._lock:
             if self._closed:
@@ -823,15 +1092,12 @@ class Store:
             idle = not self._leading and not self._queue
         with self._outbox_grew:
             self._outbox_grew.notify_all()
-        for name in COLUMN_FAMILIES:
-            self._cf[name].flush(True)
-        if idle and self._wal_failed is None:
-            self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
-        for cf in self._cf.values():
-            cf.close()
-        self._db.close()
-        self._release_wal_files()
-        # Column-family handles keep the database (and its LOCK file) alive until dropped.
-        self._cf.clear()
-        self._handle.clear()
-        self._db = None
+        if self._db is not None and self.suspended is None:
+            try:
+                for name in COLUMN_FAMILIES:
+                    self._cf[name].flush(True)
+                if idle and self._wal_failed is None:
+                    self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
+            except Exception as exc:
+                log.error("node %s: closing without a clean mark: %s", self.node, exc)
+        self._close_db()
