@@ -92,7 +92,13 @@ def _node(args: argparse.Namespace) -> int:
             config.fsync = False
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
-        for setting in ("min_free_mb", "disk_probe_s", "max_connections", "connection_idle_s"):
+        for setting in (
+            "min_free_mb",
+            "disk_probe_s",
+            "max_connections",
+            "connection_idle_s",
+            "handshake_timeout_s",
+        ):
             if getattr(args, setting) is not None:
                 setattr(config, setting, getattr(args, setting))
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -295,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--connection-idle-s",
         type=_at_least(0.01, float),
         help="close a connection without calls after this many seconds (default: 300)",
+    )
+    node.add_argument(
+        "--handshake-timeout-s",
+        type=_at_least(0.01, float),
+        help="close a connection that has not finished its HTTP/2 handshake after this many "
+        "seconds (default: 10)",
     )
     node.add_argument(
         "--cluster",
