@@ -3,11 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PROTOS := $(wildcard protos/selfmodel/v1/*.proto)
-# The hot modules run compiled by mypyc where a C compiler is available (sync/native.py says
-# which, and never lets a stale build run); any change to what they are compiled against rebuilds.
-NATIVE := $(VENV)/.native
-NATIVE_INPUTS := $(wildcard node/*.py sync/*.py protos/selfmodel/v1/*.pyi) tools/build_native.py
 
 .PHONY: run test protos lint bench clean
 
@@ -17,14 +12,10 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(NATIVE): $(INSTALLED) $(NATIVE_INPUTS)
-	$(PY) tools/build_native.py
-	touch $@
-
-run: $(NATIVE)
+run: $(INSTALLED)
 	$(VENV)/bin/selfmodel cluster up
 
-test: $(NATIVE)
+test: $(INSTALLED)
 	$(PY) -m pytest
 
 protos: $(INSTALLED)
@@ -35,8 +26,8 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(NATIVE)
+bench: $(INSTALLED)
 	$(PY) benchmarks/node_latency.py
 
 clean:
-	rm -rf $(VENV) data build *.so node/*.so sync/*.so
+	rm -rf $(VENV) data build

@@ -10,8 +10,9 @@ What runs (all on loopback, data in a temporary directory that is removed afterw
   with a reply captured from the node, so the message sizes are exactly the node's. It is the
   floor: what a Python gRPC server costs before it does any work.
 
-Node and echo run on the same one CPU (``--cpus``, default: the last CPU), as the README advises
-a node to run; ``--cpus none`` lets both run on any CPU.
+Node and echo run on the same one CPU (``--cpus``, default: the last CPU; the node under
+``taskset``, as docs/operating.md shows an operator pinning a node); ``--cpus none`` lets both
+run on any CPU.
 
 What is measured, each sequentially (1 client) and with concurrent clients:
 
@@ -62,9 +63,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 import grpc  # noqa: E402
-
-from node import transport  # noqa: E402
-from sync import native  # noqa: E402
 
 ECHO_SERVICE = "bench.v1.Echo"
 GET_METHOD = "/selfmodel.v1.SelfModel/GetSelfModel"
@@ -226,15 +224,12 @@ def _serve_echo(
 ) -> None:
     """The floor: a threaded grpc.server like the node's, answering fixed bytes, no protobuf.
 
-    On ``cpus`` when given, pinned as ``selfmodel node --cpus`` pins the node, and with
-    ``batch`` under SCHED_BATCH as ``selfmodel node --sched-batch`` runs it (both before any
-    thread starts, so every thread inherits them)."""
-    from node.server import pin_to_cpus, schedule_as_batch
-
+    On ``cpus`` when given and with ``batch`` under SCHED_BATCH, as ``operator_prefix`` runs the
+    node (set before any thread starts, so every thread inherits them)."""
     if cpus:
-        pin_to_cpus(cpus)
+        os.sched_setaffinity(0, cpus)
     if batch:
-        schedule_as_batch()
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     server = threaded_server()
 
     def answer(reply: bytes) -> Any:
@@ -243,6 +238,34 @@ def _serve_echo(
     handlers = {name: answer(reply) for name, reply in replies.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
     serve_until_told(server, conn)
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset writes it: ``1``, ``0,2``, ``0-3``."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            cpus.update(range(int(first), int(last if sep else first) + 1))
+    except ValueError:
+        raise ValueError(f"--cpus {text!r}: give CPU numbers, e.g. 1, 0,2 or 0-3") from None
+    if not cpus or min(cpus) < 0:
+        raise ValueError(f"--cpus {text!r}: give CPU numbers, e.g. 1, 0,2 or 0-3")
+    return frozenset(cpus)
+
+
+def operator_prefix(cpus: frozenset[int], batch: bool = False) -> tuple[str, ...]:
+    """The command prefix an operator pins a node with: ``taskset`` to ``cpus``, ``chrt`` for
+    SCHED_BATCH (docs/operating.md)."""
+    prefix = ("taskset", "-c", ",".join(map(str, sorted(cpus)))) if cpus else ()
+    return (*prefix, "chrt", "--batch", "0") if batch else prefix
+
+
+def pin_process(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus``; threads it starts later inherit the mask."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def threaded_server() -> grpc.Server:
@@ -565,7 +588,7 @@ def context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of every live thread of a process (Linux /proc).
 
     Each one a thread that gave up its CPU, mostly to wait for the GIL or for I/O: what
-    ``selfmodel node --cpus`` cuts (see the README)."""
+    pinning a node to one CPU cuts (docs/performance.md)."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -728,8 +751,6 @@ def machine() -> dict[str, str]:
         "grpcio": grpc.__version__,
         "os": f"{platform.system()} {platform.release()}",
         "load": f"{os.getloadavg()[0]:.1f}",
-        # the nodes decide alike: same tree, same environment (see sync/native.py)
-        "build": native.described(),
     }
 
 
@@ -775,7 +796,7 @@ def markdown(
 
 
 def add_cpu_option(p: argparse.ArgumentParser, what: str) -> None:
-    """``--cpu N``: the one CPU ``what`` (the last by default, where ``--cpus`` pins the node)."""
+    """``--cpu N``: the one CPU ``what`` (the last by default)."""
     p.add_argument(
         "--cpu",
         type=int,
@@ -875,13 +896,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cpus",
         default=str(max(os.sched_getaffinity(0))),
-        help="run the node and the echo alike on these CPUs only ('none': on any CPU); "
-        "default: the last CPU, one per node as the README advises",
+        help="run the node (under taskset) and the echo alike on these CPUs only ('none': on "
+        "any CPU); default: the last CPU",
     )
     p.add_argument(
         "--sched-batch",
         action="store_true",
-        help="run the node (selfmodel node --sched-batch) and the echo alike under SCHED_BATCH",
+        help="run the node (under chrt --batch) and the echo alike under SCHED_BATCH",
     )
     p.add_argument(
         "--only",
@@ -890,11 +911,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run only the GetSelfModel or only the Observe scenarios (no ratios)",
     )
     args = p.parse_args(argv)  # fmt: skip
-    from node.server import ConfigError, parse_cpus
-
     try:
         args.cpus = frozenset() if args.cpus in ("", "none") else parse_cpus(args.cpus)
-    except ConfigError as exc:
+    except ValueError as exc:
         p.error(str(exc))
     if args.quick:
         args.duration = min(args.duration, 0.8)
@@ -947,17 +966,16 @@ def describe(args: argparse.Namespace, captured: Captured, nproc: str) -> list[s
         f"every call (cycling through {REQUESTS_PER_WRITER}): concurrent writers never share a "
         "subject.",
         "echo: a bare threaded grpc.server in its own process, configured like the node's (same "
-        f"thread pool and options, same gRPC experiments: {transport.ENV}="
-        f"{transport.experiments() or '(empty)'}), generic bytes-in/bytes-out handlers "
+        "thread pool and options, same environment), generic bytes-in/bytes-out handlers "
         "answering the reply captured from the node (same serialized size), no interceptor.",
         (
             f"Node and echo processes run on CPU(s) {','.join(map(str, sorted(args.cpus)))} only "
-            "(selfmodel node --cpus; the echo pinned alike); clients on any CPU."
+            "(the node under taskset, the echo pinned alike); clients on any CPU."
             if args.cpus
             else "Node and echo processes run on any CPU (--cpus none)."
         ),
         *(
-            ["Node and echo threads run under SCHED_BATCH (selfmodel node --sched-batch)."]
+            ["Node and echo threads run under SCHED_BATCH (the node under chrt --batch)."]
             if args.sched_batch
             else []
         ),
@@ -1035,17 +1053,13 @@ def run_rounds(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # The nodes, the echo and the clients are started with the gRPC experiments a node runs
-    # with (node.transport), so the floor is served as the node is. This process's own gRPC,
-    # imported already, keeps what it read.
-    transport.configure()
     from federation.harness import NodeProcess
 
     command = "python " + " ".join(sys.argv if argv is None else ["node_latency.py", *argv])
     info = machine()
     print(
         f"selfmodel node latency: {info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
-        f"grpcio {info['grpcio']}, node {info['build']}"
+        f"grpcio {info['grpcio']}"
     )
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -1057,11 +1071,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = ClientPool(args.clients)  # spawns while the nodes start
         stack.callback(pool.close)
         nodes = []
-        pin = ("--cpus", ",".join(map(str, sorted(args.cpus)))) if args.cpus else ()
-        if args.sched_batch:
-            pin = (*pin, "--sched-batch")
-        for name, extra in (("durable", pin), ("nofsync", ("--no-fsync", *pin))):
-            node = NodeProcess(name, tmp / name / "data", extra)
+        prefix = operator_prefix(args.cpus, args.sched_batch)
+        for name, extra in (("durable", ()), ("nofsync", ("--no-fsync",))):
+            node = NodeProcess(name, tmp / name / "data", extra, prefix=prefix)
             node.data_dir.parent.mkdir(parents=True)
             stack.callback(_stop_node, node)
             nodes.append(node.start())

@@ -75,7 +75,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import grpc  # noqa: E402
 
-from node import transport  # noqa: E402
+from benchmarks.node_latency import operator_prefix, parse_cpus, pin_process  # noqa: E402
 
 TENANT = "acme"
 CONTEXT = "replication"
@@ -115,14 +115,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--cpus",
         default=",".join(map(str, sorted(os.sched_getaffinity(0)))),
         help="give node i (and the floor's i-th server process) CPU i of this list, round "
-        "robin: one CPU per node as the README advises ('none': any CPU); default: every CPU",
+        "robin, one CPU per node ('none': any CPU); default: every CPU",
     )
     args = p.parse_args(argv)
-    from node.server import ConfigError, parse_cpus
-
     try:
         args.cpus = [] if args.cpus in ("", "none") else sorted(parse_cpus(args.cpus))
-    except ConfigError as exc:
+    except ValueError as exc:
         p.error(str(exc))
     args.node_counts = [int(n) for n in args.nodes.split(",")]
     args.rate_list = [float(r) for r in args.rates.split(",")]
@@ -155,10 +153,8 @@ def cpu_of(cpus: Sequence[int], i: int) -> int:
 def pin(pid: int, cpus: Sequence[int], i: int) -> None:
     """Every thread of floor process ``pid`` on ``cpu_of(cpus, i)``, as node i runs (no
     ``cpus``: left alone). Threads it starts later inherit the mask of the thread starting them."""
-    from node.server import pin_to_cpus
-
     if cpus:
-        pin_to_cpus(frozenset([cpu_of(cpus, i)]), pid)
+        pin_process(pid, frozenset([cpu_of(cpus, i)]))
 
 
 def _expect(conn: Connection, what: str, timeout_s: float = 30.0) -> Any:
@@ -624,18 +620,18 @@ def run(args: argparse.Namespace) -> list[Cell]:
         for n in args.node_counts:
             names = [f"n{i}" for i in range(1, n + 1)]
 
-            # Node i on one CPU, as an operator runs it (selfmodel node --cpus), before it starts.
-            pinned = (
-                {m: ("--cpus", str(cpu_of(args.cpus, i))) for i, m in enumerate(names)}
+            # Node i on one CPU, as an operator pins it (taskset), from its start.
+            pinned = {
+                m: operator_prefix(frozenset([cpu_of(args.cpus, i)]))
+                for i, m in enumerate(names)
                 if args.cpus
-                else {}
-            )
+            }
 
             def make(
                 attempt: int,
                 n: int = n,
                 names: list[str] = names,
-                pinned: dict[str, tuple[str, str]] = pinned,
+                pinned: dict[str, tuple[str, ...]] = pinned,
             ) -> LocalCluster:
                 return LocalCluster(
                     root / f"cluster{n}-{attempt}",
@@ -643,7 +639,7 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     proxies=False,
                     fsync=not args.no_fsync,
                     sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
-                    node_args=pinned,
+                    node_prefix=pinned,
                 )
 
             cluster = start_with_fresh_ports(make)
@@ -769,15 +765,11 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Nodes, floors and clients start with the gRPC experiments a node runs with
-    # (node.transport), so the floors are served as the nodes are.
-    transport.configure()
     print(
         f"replication: nodes {args.nodes}, rates {args.rates} writes/s, {args.duration:g} s per "
         f"cell in {args.rounds} rounds, fsync {'off' if args.no_fsync else 'on'}; "
         f"{os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
-        f"{transport.ENV}={transport.experiments() or '(empty)'}",
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}",
         flush=True,
     )
     cells = run(args)

@@ -7,22 +7,19 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from node import transport
+import grpc
+from google.protobuf import json_format
 
-transport.configure()  # before anything imports gRPC, which reads it once (see node.transport)
-
-import grpc  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
-
-from federation import certs, cluster, tokens  # noqa: E402
-from federation.client import Client, parse_subject  # noqa: E402
-from federation.launcher import PARENT_ENV, die_with_parent  # noqa: E402
-from node.errors import SelfModelError  # noqa: E402
+from federation import certs, cluster, tokens
+from federation.client import Client, parse_subject
+from federation.launcher import PARENT_ENV, die_with_parent
+from node.errors import SelfModelError
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 
@@ -56,14 +53,7 @@ def _node(args: argparse.Namespace) -> int:
     from node import tls
     from node.auth import TokenBook, TokenFileError
     from node.policy import PolicyBook
-    from node.server import (
-        ConfigError,
-        NodeConfig,
-        parse_cpus,
-        pin_to_cpus,
-        schedule_as_batch,
-        serve,
-    )
+    from node.server import ConfigError, NodeConfig, serve
     from node.store import StoreError
 
     parent = os.environ.get(PARENT_ENV)
@@ -109,10 +99,6 @@ def _node(args: argparse.Namespace) -> int:
             )
         if tokens_file:
             config.identify = TokenBook(Path(tokens_file)).identify
-        if args.cpus:
-            pin_to_cpus(parse_cpus(args.cpus))
-        if args.sched_batch:
-            schedule_as_batch()
         serve(config)
     except (
         ConfigError,
@@ -317,17 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.add_argument("--tls-cert", help="PEM certificate: serve the agents' port over TLS")
     node.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    node.add_argument(
-        "--cpus",
-        help="run the node on these CPUs only, e.g. 1 or 0-1 (one CPU per node serves the most "
-        "calls: see the README)",
-    )
-    node.add_argument(
-        "--sched-batch",
-        action="store_true",
-        help="run the node's threads under Linux's SCHED_BATCH policy: fewer context switches "
-        "and about 7%% more calls served; for a node with a CPU of its own (see the README)",
-    )
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")
@@ -414,9 +389,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3.0, help="seconds to wait (default: %(default)s)"
     )
     health.set_defaults(run=_health)
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark of this checkout's benchmarks/ (load, handoff, chaos, replication, "
+        "node_latency); its own --help lists its options",
+    )
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(run=_bench)
     tokens.add_commands(sub)
     certs.add_commands(sub)
     return parser
+
+
+BENCHMARKS = ("load", "handoff", "chaos", "replication", "node_latency")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    if not script.exists():
+        raise ValueError(f"no {script}: the benchmarks come with a checkout, not the package")
+    return subprocess.call([sys.executable, str(script), *args.options])
 
 
 def main(argv: list[str] | None = None) -> None:

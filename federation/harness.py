@@ -76,15 +76,17 @@ class NodeProcess:
     # The checkout whose code (and generated contracts) the node runs; None: this process's
     # working directory and import path.
     cwd: Path | None = None
-    # Set in the node's environment over this process's (GRPC_EXPERIMENTS, say).
+    # Set in the node's environment over this process's.
     env: Mapping[str, str] = field(default_factory=dict)
+    # Runs the node under another command, as an operator may (``taskset -c 1``, ``chrt``).
+    prefix: Sequence[str] = ()
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir.parent / f"{self.name}.log"
 
     def command(self) -> list[str]:
-        base = [sys.executable, "-m", "federation", "node", "--name", self.name]
+        base = [*self.prefix, sys.executable, "-m", "federation", "node", "--name", self.name]
         if self.cluster_file is not None:
             return [*base, "--cluster", str(self.cluster_file), *self.args]
         return [
@@ -213,9 +215,11 @@ class LocalCluster:
         tls: bool = False,
         agents_tls: bool = False,
         node_args: Mapping[str, Sequence[str]] | None = None,
+        node_prefix: Mapping[str, Sequence[str]] | None = None,
         policies: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``).
+        """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--no-fsync``);
+        ``node_prefix``: a command to run those nodes under (``taskset -c 1``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -285,6 +289,7 @@ class LocalCluster:
                 name,
                 root / name,
                 args=tuple((node_args or {}).get(name, ())),
+                prefix=tuple((node_prefix or {}).get(name, ())),
                 port=self.ports[name],
                 cluster_file=self.file,
                 credentials=self.agent_credentials,

@@ -1,6 +1,5 @@
 """One node: servicers, the belief engine and resolution, the RocksDB store, metrics, bootstrap."""
 
-import sync  # noqa: F401  (first: it decides whether the compiled build runs, see sync.native)
 from node.errors import SelfModelError
 from node.policy import ContextPolicy, PolicyBook
 from node.resolution import Belief, explain_slot, resolve

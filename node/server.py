@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
-import os
 import signal
 import sys
 import threading
@@ -20,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from node import connections, metrics, transport
+from node import connections, metrics
 from node.decoding import StrictDecoding
 from node.diskwatch import DiskWatch
 from node.engine import Engine
@@ -44,7 +43,6 @@ from node.servicer import (
 from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
-from sync import native
 from sync.hlc import HybridClock
 from sync.replicator import Replicator, SyncSettings
 
@@ -360,13 +358,11 @@ def decide_actor(config: NodeConfig, store: Store) -> None:
     if resumable and (granted or not members):
         store.resume_actor()
     log.info(
-        "node %s: run %d, actor %s (%s), %s, %s",
+        "node %s: run %d, actor %s (%s)",
         config.name,
         store.run,
         store.actor,
         "resumed" if store.actor == store.resumable else "new",
-        native.described(),
-        transport.described(),
     )
 
 
@@ -411,73 +407,6 @@ def node_status(
             lag_seconds=peer.lag_s,
         )
     return status
-
-
-def parse_cpus(text: str) -> frozenset[int]:
-    """A CPU list as taskset and cgroups write it: ``1``, ``0,2``, ``0-3``."""
-    cpus: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, sep, last = part.strip().partition("-")
-            cpus.update(range(int(first), int(last if sep else first) + 1))
-    except ValueError:
-        raise ConfigError(f"--cpus {text!r}: give CPU numbers, e.g. 1, 0,2 or 0-3") from None
-    if not cpus or min(cpus) < 0:
-        raise ConfigError(f"--cpus {text!r}: give CPU numbers, e.g. 1, 0,2 or 0-3")
-    return frozenset(cpus)
-
-
-def pin_to_cpus(cpus: frozenset[int], pid: int | None = None) -> None:
-    """Runs every thread of this process (or of process ``pid``), and every thread it starts
-    later, on ``cpus`` only.
-
-    A node's throughput is bounded by its GIL, which its threads hand to one another several
-    times per call (the gRPC poll thread, the handler, the group commit). On one CPU a
-    handoff is a switch on a core whose caches are warm; across CPUs it wakes a thread on
-    another core, which costs far more (an inter-processor interrupt, dearer still on a VM).
-    Measured with benchmarks/node_latency.py: one CPU takes a node's context switches per
-    durable Observe from 28 to 12 and its durable writes per second up by 40%. Threads started
-    later inherit the mask of the thread that starts them, so pin before starting the node.
-    """
-    allowed = os.sched_getaffinity(0)
-    if not cpus <= allowed:
-        raise ConfigError(
-            f"--cpus {','.join(map(str, sorted(cpus)))}: this process may run only on CPUs "
-            f"{','.join(map(str, sorted(allowed)))}"
-        )
-    _each_thread(lambda tid: os.sched_setaffinity(tid, cpus), pid)
-
-
-def schedule_as_batch() -> None:
-    """Runs every thread of this process, and every thread it starts later, under Linux's
-    SCHED_BATCH policy: a thread woken by another does not preempt it.
-
-    A node's threads hand the GIL to one another several times per call. Under the default
-    policy a woken thread preempts the thread that woke it, finds the GIL still held by that
-    thread, and sleeps again: two switches where one would do (a group commit's followers, each
-    released by the leader, pay this on every write). Under SCHED_BATCH the woken thread runs
-    once its waker blocks, and takes the GIL at once. Measured on one CPU with 8 writers
-    (benchmarks/RESULTS.md, eighth session): a durable Observe's context switches fell from
-    12.7 to 7.5, and the node served about 7% more of them (a bare gRPC server gains about
-    6%). The cost is the same rule towards other processes: the node's threads no longer preempt
-    them on waking, so give the node a CPU of its own (--cpus). Threads inherit the policy of
-    the thread that starts them, so set it before starting the node.
-    """
-    try:
-        _each_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0)))
-    except PermissionError as exc:
-        raise ConfigError(
-            f"--sched-batch: this process may not change its scheduling policy ({exc})"
-        ) from exc
-
-
-def _each_thread(apply: Callable[[int], None], pid: int | None = None) -> None:
-    """Calls ``apply`` with the id of every thread of this process (or of process ``pid``)."""
-    for tid in os.listdir(f"/proc/{'self' if pid is None else pid}/task"):
-        try:
-            apply(int(tid))
-        except ProcessLookupError:  # a thread that ended meanwhile
-            continue
 
 
 def serve(config: NodeConfig) -> None:

@@ -4,14 +4,10 @@ The CRDT (causal, crdt, hlc, observation) imports neither gRPC nor RocksDB; the 
 reaches storage and peers only through the Protocols of sync.ports.
 """
 
-from sync.native import choose
-
-choose()  # compiled or from source, decided before any compiled module can load
-
-from sync.causal import CausalContext, Dot  # noqa: E402
-from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta  # noqa: E402
-from sync.hlc import ClockSkewError, HybridClock  # noqa: E402
-from sync.observation import Evidence, Observation, Subject, SubjectKind  # noqa: E402
+from sync.causal import CausalContext, Dot
+from sync.crdt import SubjectState, erase_delta, merge, observe_delta, retract_delta
+from sync.hlc import ClockSkewError, HybridClock
+from sync.observation import Evidence, Observation, Subject, SubjectKind
 
 __all__ = [
     "CausalContext",

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import pytest
-
 from federation.client import Client, user
-from tests.nodes import NodeProcess
 
 
 def test_sales_agent_writes_and_support_agent_reads_the_same_belief(start_node):
@@ -51,24 +48,3 @@ def test_a_watch_fed_cache_serves_reads_locally_and_follows_changes(start_node):
             while cache.live:
                 assert time.monotonic() < deadline, "the cache did not notice its stream ended"
                 time.sleep(0.05)
-
-
-@pytest.mark.parametrize(
-    ("env", "listener"),
-    [
-        ({}, "iomgr's listener"),  # node.transport, set by the command line
-        ({"GRPC_EXPERIMENTS": ""}, "gRPC's default listener"),  # an operator's value is kept
-        ({"GRPC_EXPERIMENTS": "-event_engine_client"}, "GRPC_EXPERIMENTS=-event_engine_client"),
-    ],
-)
-def test_a_node_says_which_grpc_listener_it_asked_for(tmp_path, monkeypatch, env, listener):
-    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)  # whatever this process was given
-    node = NodeProcess("local", tmp_path / "local" / "data", env=env)
-    try:
-        node.start()
-        [started] = [line for line in node.log().splitlines() if "actor" in line]
-        assert started.endswith(f"compiled by mypyc, {listener}") or started.endswith(
-            f"pure Python, {listener}"
-        )
-    finally:
-        node.stop()
