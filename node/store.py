@@ -485,6 +485,7 @@ class Store:
 
     def _reopen(self) -> None:
         """Closes RocksDB and opens it again; reloads what this run keeps in memory of it."""
+        self._wal_failed = None  # its traceback's frames hold column-family handles
         self._close_db()
         self._open_db()
         meta = self._cf["meta"]
@@ -494,7 +495,6 @@ class Store:
         self._empty_cache()
         with self._tail_lock:
             self._tail.clear()  # read from RocksDB until new entries refill it
-        self._wal_failed = None
         self._synced_groups = self._written_groups
         self._reopen_needed = True  # until the probe below succeeds
         self.renew_actor()
@@ -686,7 +686,10 @@ class Store:
         return int(raw) if raw is not None else 0
 
     def set_position(self, kind: str, peer: str, seq: int) -> None:
-        self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
+        """Records a position; skipped while writes are suspended (a position recorded lower
+        than it is only makes a peer resend deltas it has)."""
+        if self.suspended is None:
+            self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
 
     @staticmethod
     def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
@@ -1009,7 +1012,8 @@ class Store:
         """
         with self._outbox_lock:
             start = self._outbox_trimmed + 1
-            if upto < start:
+            # Skipped while writes are suspended: a later acknowledgement trims them.
+            if upto < start or self.suspended is not None:
                 return
             batch = rocksdict.WriteBatch(raw_mode=True)
             outbox = self._handle["outbox"]
