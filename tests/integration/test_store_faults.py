@@ -111,7 +111,7 @@ def test_a_corrupt_subject_is_quarantined_its_digest_rewritten_and_the_actor_ren
 def test_a_damaged_wal_is_reported_at_open_and_the_actor_is_not_resumed(tmp_path: Path):
     store = Store(tmp_path / "db", "sales")
     Engine(store).observe("agent", [item(U1, f"k{i}") for i in range(100)])
-    store._db.flush_wal(True)  # noqa: SLF001 - the WAL as a crash would leave it
+    store._db.flush_wal(True)  # the WAL as a crash would leave it
     wal = max((tmp_path / "db").glob("*.log"), key=lambda p: p.stat().st_size)
     size = wal.stat().st_size
     os.truncate(wal, size // 2 + 7)
