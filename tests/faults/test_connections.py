@@ -21,6 +21,8 @@ from federation.client import Client, user
 from node.errors import SelfModelError
 from tests.nodes import NodeProcess
 
+pytestmark = pytest.mark.faults
+
 FILE_LIMIT = 512
 FLOOD = 2_000
 WAIT_S = 30.0

@@ -21,6 +21,8 @@ from federation.client import Client, user
 from node.errors import Unavailable
 from tests.nodes import NodeProcess, node_status
 
+pytestmark = pytest.mark.faults
+
 WAIT_S = 30.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
