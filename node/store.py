@@ -24,7 +24,8 @@ time from a write to its visibility elsewhere. A peer may so merge a write that 
 loses, which costs nothing a CRDT cares about:
 
 - if the sync fails, the writers get an error, but the write may exist on peers (like a write
-  whose answer was lost), and this node refuses every later write until restarted;
+  whose answer was lost), and this node refuses every later write until it has reopened
+  RocksDB under a new actor (node.storefaults), as a restart would;
 - if the machine crashes before the sync, the next run finds no clean close (``close``) and
   takes a new actor, so no dot of the lost writes is ever handed out again; anti-entropy
   brings the writes back from the peers that have them;
