@@ -207,6 +207,8 @@ class Store(StoreFaults):
         # found at open or in a read, and why writes are suspended (None while they are not).
         self.problems: list[str] = []
         self.suspended: str | None = None
+        self._reopened = threading.Event()
+        self._reopened.set()
         self._open_db()
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal

@@ -29,6 +29,10 @@ log = logging.getLogger("node.store")
 COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
 
 
+# How long a read waits for RocksDB to be reopened.
+REOPEN_WAIT_S = 10.0
+
+
 class StoreError(Exception):
     pass
 
@@ -58,6 +62,25 @@ def disk_failure(exc: BaseException) -> str | None:
     if not text.startswith("IO error"):
         return None
     return "no space" if "No space left" in text or "quota" in text.lower() else "I/O error"
+
+
+class _Reopening(dict[str, Any]):
+    """A store's column families while RocksDB is closed: a lookup waits until it is open
+    again and answers from the new ones, or raises UNAVAILABLE (a store closed for good, or
+    one that could not be opened yet). Found keys cost nothing: only missing ones come here."""
+
+    def __init__(self, store: StoreFaults, attribute: str) -> None:
+        super().__init__()
+        self._store = store
+        self._attribute = attribute
+
+    def __missing__(self, name: str) -> Any:
+        store = self._store
+        if store._reopened.wait(REOPEN_WAIT_S):
+            current = getattr(store, self._attribute)
+            if not isinstance(current, _Reopening):
+                return current[name]
+        raise Unavailable(f"node {store.node} has its store closed (reopening it); retry")
 
 
 class StoreFaults:
@@ -93,6 +116,7 @@ class StoreFaults:
     resumable: str | None
     outbox_seq: int
     hlc: int
+    _reopened: threading.Event  # clear while RocksDB is being reopened
 
     def _reload_buckets(self) -> None:
         raise NotImplementedError
@@ -224,10 +248,17 @@ class StoreFaults:
         return 2 * tables + 2**20
 
     def _reopen(self) -> None:
-        """Closes RocksDB and opens it again; reloads what this run keeps in memory of it."""
-        self._wal_failed = None  # its traceback's frames hold column-family handles
-        self._close_db()
-        self._open_db()
+        """Closes RocksDB and opens it again; reloads what this run keeps in memory of it.
+
+        Meanwhile a reader that looks up a column family waits for the new one (_Reopening).
+        """
+        self._reopened.clear()
+        try:
+            self._wal_failed = None  # its traceback's frames hold column-family handles
+            self._close_db()
+            self._open_db()
+        finally:
+            self._reopened.set()
         meta = self._cf["meta"]
         self.outbox_seq = int(meta.get(b"outbox_seq", b"0"))
         self.hlc = max(self.hlc, int(meta.get(b"hlc", b"0")))
@@ -254,7 +285,7 @@ class StoreFaults:
         self._release_wal_files()
         # Column-family handles keep the database (and its LOCK file) alive until dropped, and
         # a failed write's traceback holds some (in the frames of a reference cycle).
-        self._cf = {}
-        self._handle = {}
+        self._cf = _Reopening(self, "_cf")
+        self._handle = _Reopening(self, "_handle")
         self._db = None
         gc.collect()

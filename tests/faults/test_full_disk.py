@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federation.client import Client, user
 from node.errors import Unavailable
-from tests.nodes import NodeProcess, node_status
+from tests.nodes import LocalCluster, NodeProcess, node_status
 
 pytestmark = pytest.mark.faults
 
@@ -177,3 +177,40 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
             assert "Traceback" not in log, log
         finally:
             node.stop()
+
+
+def test_a_node_with_a_full_disk_catches_up_with_its_peers_once_freed(tmp_path: Path):
+    """Its peers' deltas are refused while its disk is full, never acknowledged as merged;
+    once it has room it merges them, and what it acknowledged before is still there."""
+    cluster = LocalCluster(tmp_path / "cluster", ("sales", "support"), proxies=False)
+    with small_disk(tmp_path / "cluster" / "support", 24) as disk:
+        cluster.nodes["support"].args = ("--min-free-mb", "0", "--disk-probe-s", "0.2")
+        try:
+            cluster.start()
+            with cluster.client("sales", "writer", attempts=1) as sales:
+                before = sales.observe(user("u-peer"), "Before", confidence=0.8, context="facts")
+            with cluster.client("support", "reader") as support:
+                support.self_model(user("u-peer"), at_least=before.token, timeout_s=WAIT_S)
+            filler = fill(disk)
+            with cluster.client("sales", "writer", attempts=1) as sales:
+                written = []
+                for i in range(50):
+                    statement = f"While full {i} " + "z" * 1000
+                    written.append(
+                        sales.observe(user("u-peer"), statement, confidence=0.8, context="facts")
+                    )
+            wait_until(
+                lambda: health(cluster.address("support"), "selfmodel.v1.SelfModel") == NOT_SERVING,
+                "support's writes were not suspended by its peer's deltas on a full disk",
+            )
+            filler.unlink()
+            with cluster.client("support", "reader") as support:
+                model = support.self_model(
+                    user("u-peer"), at_least=written[-1].token, timeout_s=WAIT_S
+                )
+            assert len(model.all_beliefs) == 51
+            cluster.wait_converged(WAIT_S)
+            log = cluster.nodes["support"].log()
+            assert log.count("writes suspended") == 1 and "Traceback" not in log, log
+        finally:
+            cluster.stop()
