@@ -207,8 +207,9 @@ def _node_settings(cluster: Mapping[str, Any]) -> dict[str, float]:
                 f"[cluster.{table}]: unknown keys {sorted(unknown)}; it takes {sorted(keys)}"
             )
         for key, value in raw.items():
-            minimum = 0 if key == "min_free_mb" else 0.001
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            minimum: float = {"min_free_mb": 0, "max": 1}.get(key, 0.001)
+            kinds = int if key == "max" else int | float
+            if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
                 raise ClusterFileError(
                     f"[cluster.{table}] {key} must be a number of at least {minimum}, got {value!r}"
                 )
