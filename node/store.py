@@ -338,11 +338,12 @@ class Store(StoreFaults):
             self.commit([change])
         return None
 
-    def verify(self) -> int:
+    def verify(self, pause_s: float = 0.0) -> int:
         """Reads every stored state, quarantining those RocksDB finds corrupt; returns how many.
 
         A get per subject (listed by its digest row), not a scan: an iterator over a corrupt
-        block ends there without an error, hiding the subjects after it.
+        block ends there without an error, hiding the subjects after it. ``pause_s`` after each
+        thousand subjects leaves the node's other threads most of the time.
         """
         found = 0
         after = b"S"
@@ -360,6 +361,7 @@ class Store(StoreFaults):
             if len(keys) < len(rows) or len(rows) < 1000:
                 return found
             after = rows[-1][0]
+            time.sleep(pause_s)
 
     # -- reads ---------------------------------------------------------------------------
 
