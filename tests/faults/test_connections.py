@@ -41,8 +41,11 @@ class LimitedNode(NodeProcess):
 def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
     """``count`` TCP connections to ``port`` that never send a byte, open until the end."""
     opened: list[socket.socket] = []
+    deadline = time.monotonic() + WAIT_S
     try:
         for _ in range(count):
+            if time.monotonic() > deadline:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.settimeout(5.0)
             try:
