@@ -34,10 +34,19 @@ def _positive_mb(text: str) -> float:
     return mb
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return int(text)
+def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of at least {minimum}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -82,6 +91,15 @@ def _node(args: argparse.Namespace) -> int:
         )
         if args.max_message_bytes is not None:
             config.max_message_bytes = args.max_message_bytes
+        for setting in (
+            "min_free_mb",
+            "disk_probe_s",
+            "max_connections",
+            "connection_idle_s",
+            "handshake_timeout_s",
+        ):
+            if getattr(args, setting) is not None:
+                setattr(config, setting, getattr(args, setting))
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
@@ -300,15 +318,43 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         node.add_argument(
             option,
-            type=_positive_int,
+            type=_at_least(1, int),
             help=f"at most this many {what} per subject; a write past it is refused with "
             f"RESOURCE_EXHAUSTED (default: {default}, or the cluster file's)",
         )
     node.add_argument(
         "--max-message-bytes",
-        type=_positive_int,
+        type=_at_least(1, int),
         help="the largest gRPC message the node sends or takes, from agents and peers alike "
         "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
+    )
+    node.add_argument(
+        "--min-free-mb",
+        type=_at_least(0.0, float),
+        help="suspend writes while the data directory's disk has less free space than this "
+        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
+    )
+    node.add_argument(
+        "--disk-probe-s",
+        type=_at_least(0.01, float),
+        help="how often a node whose writes are suspended checks for room again (default: 5)",
+    )
+    node.add_argument(
+        "--max-connections",
+        type=_at_least(1, int),
+        help="TCP connections the node accepts at once, across its ports (default: 1024, or "
+        "the cluster file's [cluster.connections] max)",
+    )
+    node.add_argument(
+        "--connection-idle-s",
+        type=_at_least(0.01, float),
+        help="close a connection without calls after this many seconds (default: 300)",
+    )
+    node.add_argument(
+        "--handshake-timeout-s",
+        type=_at_least(0.01, float),
+        help="close a connection that has not finished its HTTP/2 handshake after this many "
+        "seconds (default: 10)",
     )
     node.add_argument(
         "--cluster",

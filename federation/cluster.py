@@ -21,6 +21,8 @@
     tokens = "tokens.toml"        # optional; without it nodes serve loopback only
     peer_secret = "peer.secret"   # where TLS is off: proves each node's name to its peers
                                   # (`selfmodel peer-secret create FILE`; see docs/security.md)
+    [cluster.storage]             # min_free_mb, probe_s (docs/operating.md)
+    [cluster.connections]         # max, idle_s, handshake_s (docs/operating.md)
 
     [[node]]
     name = "sales"
@@ -137,6 +139,8 @@ class Cluster:
     peer_secret: Path | None = None  # file of the cluster's peer secrets (node.peers)
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
+    # NodeConfig fields set by [cluster.storage] and [cluster.connections] (NODE_TABLES).
+    node_settings: Mapping[str, float] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -206,6 +210,37 @@ def subject_limits(base: SubjectLimits, **settings: int | None) -> SubjectLimits
     return dataclasses.replace(base, **{f"max_{k}": v for k, v in given.items()})
 
 
+# Each table's keys, and the NodeConfig field each sets (a positive number).
+NODE_TABLES: dict[str, dict[str, str]] = {
+    "storage": {"min_free_mb": "min_free_mb", "probe_s": "disk_probe_s"},
+    "connections": {
+        "max": "max_connections",
+        "idle_s": "connection_idle_s",
+        "handshake_s": "handshake_timeout_s",
+    },
+}
+
+
+def _node_settings(cluster: Mapping[str, Any]) -> dict[str, float]:
+    settings: dict[str, float] = {}
+    for table, keys in NODE_TABLES.items():
+        raw = cluster.get(table, {})
+        unknown = set(raw) - set(keys)
+        if unknown:
+            raise ClusterFileError(
+                f"[cluster.{table}]: unknown keys {sorted(unknown)}; it takes {sorted(keys)}"
+            )
+        for key, value in raw.items():
+            minimum: float = {"min_free_mb": 0, "max": 1}.get(key, 0.001)
+            kinds = int if key == "max" else int | float
+            if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+                raise ClusterFileError(
+                    f"[cluster.{table}] {key} must be a number of at least {minimum}, got {value!r}"
+                )
+            settings[keys[key]] = value
+    return settings
+
+
 def _path(base: Path, value: str) -> Path:
     p = Path(value)
     return p if p.is_absolute() else base / p
@@ -219,7 +254,17 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         "max_subject_bytes",
         "max_message_bytes",
     )
-    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth", *limit_keys}
+    known = {
+        "data",
+        "fsync",
+        "max_clock_offset_ms",
+        "cache_mb",
+        "sync",
+        "tls",
+        "auth",
+        *limit_keys,
+        *NODE_TABLES,
+    }
     unknown = set(cluster) - known
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
@@ -321,6 +366,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         peer_secret=peer_secret,
         policies=policies,
         source=source,
+        node_settings=_node_settings(cluster),
     )
 
 
@@ -347,6 +393,8 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
     )
     if cluster.peer_secret is not None:
         config.peer_secrets = peers.read_secrets(cluster.peer_secret)
+    for setting, value in cluster.node_settings.items():
+        setattr(config, setting, type(getattr(config, setting))(value))
     if cluster.tls is not None:
         files = cluster.tls[name]
         config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)

@@ -76,6 +76,28 @@ CONTEXT_ENTRIES_MAX = Gauge(
     "65,536.",
 )
 SUBJECTS = Gauge("selfmodel_subjects", "Subjects stored (RocksDB's estimate).")
+STORE_WRITABLE = Gauge(
+    "selfmodel_store_writable",
+    "1 while the node takes writes, 0 while they are suspended (its data directory's disk is "
+    "full or nearly so, or a write to it failed); they resume by themselves.",
+)
+STORE_WRITABLE.set(1)
+STORE_SUSPENSIONS = Counter(
+    "selfmodel_store_suspensions_total",
+    "Times writes were suspended, by why: no space (a write failed for lack of space), low "
+    "space (free space under min_free_mb), I/O error.",
+    ["reason"],
+)
+STORE_FREE_BYTES = Gauge(
+    "selfmodel_store_free_bytes", "Free bytes on the disk holding the data directory."
+)
+STORE_CORRUPTION = Counter(
+    "selfmodel_store_corruption_total",
+    "Damage RocksDB found in the store: wal (a damaged write-ahead log at start: the writes "
+    "after the damage come back from peers), sst (a subject's stored state: repaired from "
+    "peers).",
+    ["kind"],
+)
 STATE_CACHE_BYTES = Gauge(
     "selfmodel_state_cache_bytes",
     "Estimated memory of the subject states this node keeps in memory (at most its cache_mb, "

@@ -14,7 +14,7 @@ import grpc
 
 from node import validation
 from node.engine import Engine
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, SelfModelError
 from node.peers import NODE_HEADER, PeerAuth, PeerRefused, foreign_actors
 from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
@@ -331,6 +331,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         context.add_callback(lambda: self._forget_stream(context))
         try:
             yield from self._replicate(peer, request_iterator, context)
+        except SelfModelError as exc:  # a refusal (writes suspended on a full disk, say)
+            context.abort(grpc.StatusCode[exc.status], str(exc))
         except Exception:
             if aborted(context) or not context.is_active():
                 raise

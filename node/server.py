@@ -19,8 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from node import metrics
+from node import connections, metrics
 from node.decoding import StrictDecoding
+from node.diskwatch import DiskWatch
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.peers import PeerAuth, PeerAuthError, decide, refusing
@@ -78,6 +79,15 @@ class NodeConfig:
     # secret on the wire); None serves it in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
+    # Writes are suspended while the data directory's disk has less free space than this, and
+    # resume (checked every disk_probe_s) once it has it again (node.diskwatch).
+    min_free_mb: float = 64.0
+    disk_probe_s: float = 5.0
+    # TCP connections per listening port, and when idle or half-open ones are closed
+    # (node.connections); the bound is lowered to fit the open-file limit.
+    max_connections: int = 1024
+    connection_idle_s: float = 300.0
+    handshake_timeout_s: float = 10.0
     # Federation: the peers this node streams to, every node of the cluster, sync settings.
     peers: tuple[PeerConfig, ...] = ()
     members: frozenset[str] = frozenset()
@@ -120,6 +130,7 @@ class RunningNode:
     sync_servicer: SyncServicer | None = None
     peer_port: int | None = None
     peer_server: grpc.Server | None = None  # serves Sync on peer_listen
+    disk_watch: DiskWatch | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -143,6 +154,8 @@ class RunningNode:
         stopped = [s.stop(grace) for s in (self.server, self.peer_server) if s is not None]
         for done in stopped:
             done.wait()
+        if self.disk_watch is not None:
+            self.disk_watch.stop()
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -205,7 +218,12 @@ def start(config: NodeConfig) -> RunningNode:
     # the gate, decode requests strictly and may answer pre-serialized replies (wrapped once,
     # not per call).
     chain = Chain(metrics.ServerMetrics(), gate, StrictDecoding(), SerializedReplies())
-    server = _grpc_server(config, config.max_watchers + 64, config.max_watchers + 1024)
+    max_connections = connections.connection_bound(
+        config.max_connections, 2 if config.peer_listen else 1, connections.open_file_limit()
+    )
+    server = _grpc_server(
+        config, config.max_watchers + 64, config.max_watchers + 1024, max_connections
+    )
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
@@ -235,7 +253,7 @@ def start(config: NodeConfig) -> RunningNode:
     if config.peer_listen:
         # A thread per call (delta streams hold theirs), so none waits behind another's stream.
         calls = 8 * len(auth.members) + 64
-        peer_server = _grpc_server(config, calls, calls)
+        peer_server = _grpc_server(config, calls, calls, max_connections)
         peer_services = wrapping(peer_server, chain)
         sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
@@ -300,6 +318,14 @@ def start(config: NodeConfig) -> RunningNode:
     gate.open()
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    disk_watch = DiskWatch(
+        store,
+        health_servicer,
+        min_free_bytes=int(config.min_free_mb * 2**20),
+        probe_s=config.disk_probe_s,
+    )
+    disk_watch.start()
+    threading.Thread(target=_verify, args=(store,), name="verify", daemon=True).start()
 
     metrics_server, metrics_port = None, None
     metrics.watch_store(
@@ -327,6 +353,7 @@ def start(config: NodeConfig) -> RunningNode:
         sync_servicer,
         peer_port,
         peer_server,
+        disk_watch,
         metrics_server,
     )
 
@@ -364,18 +391,35 @@ def peer_auth(config: NodeConfig) -> PeerAuth:
     return auth
 
 
-def _grpc_server(config: NodeConfig, max_workers: int, max_rpcs: int) -> grpc.Server:
+def _grpc_server(
+    config: NodeConfig, max_workers: int, max_rpcs: int, max_connections: int
+) -> grpc.Server:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
         *SERVER_OPTIONS,
+        *connections.server_options(
+            max_connections, config.connection_idle_s, config.handshake_timeout_s
+        ),
     ]
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=max_rpcs,
     )
+
+
+def _verify(store: Store) -> None:
+    """Reads every stored state once after start, so that a subject whose SST block is
+    corrupt is found (and repaired from peers: Store.quarantine) without waiting for a read;
+    paced (about a minute per million subjects) so the node's calls keep the GIL."""
+    try:
+        found = store.verify(pause_s=0.05)
+    except Exception as exc:  # the store closed meanwhile, say: the next start verifies again
+        log.info("node %s: verifying the store stopped: %s", store.node, exc)
+        return
+    log.info("node %s: store verified, %d corrupt subject(s) found", store.node, found)
 
 
 def decide_actor(config: NodeConfig, store: Store, auth: PeerAuth) -> None:
@@ -432,7 +476,11 @@ def node_status(
         incarnation=engine.store.incarnation,
         subjects=engine.store.estimate_subjects(),
         outbox_seq=engine.store.outbox_seq,
-        serving=True,
+        serving=engine.store.suspended is None,
+        problems=[
+            *([f"writes suspended: {engine.store.suspended}"] if engine.store.suspended else []),
+            *engine.store.problems,
+        ],
     )
     addresses = {p.name: p.address for p in config.peers}
     for peer in replicator.states() if replicator is not None else []:

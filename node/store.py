@@ -24,7 +24,8 @@ time from a write to its visibility elsewhere. A peer may so merge a write that 
 loses, which costs nothing a CRDT cares about:
 
 - if the sync fails, the writers get an error, but the write may exist on peers (like a write
-  whose answer was lost), and this node refuses every later write until restarted;
+  whose answer was lost), and this node refuses every later write until it has reopened
+  RocksDB under a new actor (node.storefaults), as a restart would;
 - if the machine crashes before the sync, the next run finds no clean close (``close``) and
   takes a new actor, so no dot of the lost writes is ever handed out again; anti-entropy
   brings the writes back from the peers that have them;
@@ -44,14 +45,24 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 import rocksdict
 
 from node import metrics
+from node.errors import SelfModelError
+from node.storefaults import (
+    COLUMN_FAMILIES,
+    StoreFaults,
+    disk_failure,
+    is_corruption,
+)
+from node.storefaults import (
+    StoreError as StoreError,  # raised by Store: importable from here
+)
 from sync.causal import CausalContext
 from sync.codec import (
     EncodedObservations,
@@ -67,17 +78,12 @@ from sync.observation import Subject
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
 BUCKETS = 1024
 _EMPTY_HASH = bytes(16)
 # The digest of a subject never written: the empty state the engine starts it from.
 _UNWRITTEN_DIGEST = digest(0, CausalContext())
 # The newest outbox entries, kept in memory too: a peer that keeps up reads them from here.
 OUTBOX_TAIL = 1024
-
-
-class StoreError(Exception):
-    pass
 
 
 def bucket_of(subject_key: bytes) -> int:
@@ -104,6 +110,8 @@ class Change:
         # Set by the commit: the new state's encoded position (encode_position), from which
         # the writer's handoff token is made (token_of_positions) with no encoding of its own.
         self.position = b""
+        # The digest stored for the old state, when it is not the old state's (see quarantine).
+        self.old_digest: bytes | None = None
 
 
 class OutboxEntry(NamedTuple):
@@ -174,7 +182,7 @@ class CommitStats:
     fsync_seconds: float
 
 
-class Store:
+class Store(StoreFaults):
     """Thread-safe. Callers serialize read-modify-write of one subject (see node.engine)."""
 
     def __init__(
@@ -189,20 +197,19 @@ class Store:
     ) -> None:
         """``cache_size`` and ``cache_mb``: at most that many subject states kept in memory, of
         about that much memory in all (see cache_cost)."""
-        path.mkdir(parents=True, exist_ok=True)
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        opts.create_missing_column_families(True)
-        cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
         try:
-            self._db: Any = rocksdict.Rdict(str(path), opts, column_families=cf_opts)
-        except Exception as exc:  # rocksdict raises plain Exception for a locked or corrupt db
-            raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {path}: {exc.strerror}") from exc
         self.path = path
         self._dir = str(path)
-        # Raw-mode column families hold bytes only; rocksdict's stubs type values as any scalar.
-        self._cf: dict[str, Any] = {n: self._db.get_column_family(n) for n in COLUMN_FAMILIES}
-        self._handle = {name: self._db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
+        # What is wrong with this store, for status and health (node.diskwatch): corruption
+        # found at open or in a read, and why writes are suspended (None while they are not).
+        self.problems: list[str] = []
+        self.suspended: str | None = None
+        self._reopened = threading.Event()
+        self._reopened.set()
+        self._open_db()
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = False  # with sync=True the leader syncs the WAL: _sync_wal
         self.sync = sync
@@ -239,7 +246,11 @@ class Store:
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1
         self.previous_run = int(meta.get(b"run", b"0"))
         previous_actor = meta.get(b"actor")
-        clean = self.previous_run and meta.get(b"closed_cleanly") == str(self.previous_run).encode()
+        clean = (
+            self.previous_run
+            and meta.get(b"closed_cleanly") == str(self.previous_run).encode()
+            and not self.problems  # never resume over a damaged WAL
+        )
         self.resumable = previous_actor.decode() if clean and previous_actor is not None else None
         self.run = secrets.randbits(63) or 1
         self.actor = f"{node}.{self.incarnation}.{secrets.token_hex(4)}"
@@ -286,9 +297,71 @@ class Store:
         # Groups written to RocksDB, and how many of them a WAL sync covers (see sync_written).
         self._written_groups = 0
         self._synced_groups = 0
+        # Serializes quarantines (see quarantine), each checked again under it.
+        self._quarantine_lock = threading.Lock()
+        # Set after a failed write: RocksDB's WAL writer is broken until the store reopens it.
+        self._reopen_needed = False
+        # Called with the reason (None: resumed) when writes are suspended or resume.
+        self.on_suspension: Callable[[str | None], None] | None = None
         # The largest causal context written since the start (metrics: a start that takes a new
         # actor adds one to the contexts written from then on, and handoff tokens carry them).
         self.context_entries_max = 0
+
+    # -- damage found in the store (the rest of its fault handling: node.storefaults) --
+
+    def quarantine(self, subject: Subject, exc: BaseException) -> SubjectState | None:
+        """Stops vouching for a subject whose stored state RocksDB finds corrupt; returns None,
+        the state it is read as from then on.
+
+        Its state is written down as the empty state, and its digest with it: the digest row,
+        stored apart, would otherwise keep matching the peers' and anti-entropy would never
+        repair it. The empty state's digest differs from any written one, so anti-entropy
+        brings the subject's state back from the peers. A new actor is taken first, as after
+        a crash: the lost state may have held dots of this run that no peer has yet.
+        """
+        key = subject.storage_key()
+        with self._quarantine_lock:
+            try:
+                raw = self._cf["state"].get(key)
+            except Exception as again:
+                if not is_corruption(again):
+                    raise
+            else:  # rewritten since it was found corrupt: no longer so
+                return None if raw is None else self.load(subject)
+            self._report(
+                "sst", f"the stored state of {subject} is corrupt ({exc}); repaired from peers"
+            )
+            stored = self._cf["digest"].get(b"S" + bucket_of(key).to_bytes(2, "big") + key)
+            self.renew_actor()
+            change = Change(None, SubjectState(subject), None)
+            change.old_digest = stored if stored is not None else _EMPTY_HASH
+            self.commit([change])
+        return None
+
+    def verify(self, pause_s: float = 0.0) -> int:
+        """Reads every stored state, quarantining those RocksDB finds corrupt; returns how many.
+
+        A get per subject (listed by its digest row), not a scan: an iterator over a corrupt
+        block ends there without an error, hiding the subjects after it. ``pause_s`` after each
+        thousand subjects leaves the node's other threads most of the time.
+        """
+        found = 0
+        after = b"S"
+        while True:
+            rows = self.scan("digest", after, 1000)
+            keys = [k for k, _ in rows if k.startswith(b"S")]
+            for k in keys:
+                try:
+                    self._cf["state"].get(k[3:])
+                except Exception as exc:
+                    if not is_corruption(exc):
+                        raise
+                    self.quarantine(Subject.from_storage_key(k[3:]), exc)
+                    found += 1
+            if len(keys) < len(rows) or len(rows) < 1000:
+                return found
+            after = rows[-1][0]
+            time.sleep(pause_s)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -297,7 +370,12 @@ class Store:
         if cached is not None:
             return cached.state
         writes = self._cache_writes
-        raw = self._cf["state"].get(subject.storage_key())
+        try:
+            raw = self._cf["state"].get(subject.storage_key())
+        except Exception as exc:
+            if not is_corruption(exc):
+                raise
+            return self.quarantine(subject, exc)
         if raw is None:
             return None
         state = decode_state(raw)
@@ -429,7 +507,10 @@ class Store:
         return int(raw) if raw is not None else 0
 
     def set_position(self, kind: str, peer: str, seq: int) -> None:
-        self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
+        """Records a position; skipped while writes are suspended (a position recorded lower
+        than it is only makes a peer resend deltas it has)."""
+        if self.suspended is None:
+            self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
 
     @staticmethod
     def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
@@ -480,6 +561,8 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreError("store is closed")
+            if self.suspended is not None:
+                raise self._refusal()
             self._queue.append(pending)
             lead = not self._leading
             if lead:
@@ -494,6 +577,10 @@ class Store:
         else:
             self._lead(pending)
         if pending.error is not None:
+            if isinstance(pending.error, SelfModelError):
+                raise pending.error
+            if disk_failure(pending.error) is not None:
+                raise self._refusal() from pending.error
             raise StoreError(f"write failed: {pending.error}") from pending.error
         return pending.last_seq
 
@@ -506,8 +593,13 @@ class Store:
         try:
             written = self._write_group(group)
         except Exception as exc:  # surfaced to every writer of the group
-            log.exception("group commit of %d batches failed", len(group))
             error = exc
+            failure = disk_failure(exc)
+            if failure is not None:
+                self._reopen_needed = True
+                self.suspend(failure, str(exc))
+            elif not isinstance(exc, SelfModelError):
+                log.exception("group commit of %d batches failed", len(group))
             self._reload_buckets()
             if self._wal_failed is None:
                 # RocksDB may hold the group all the same, and the store still takes writes:
@@ -556,11 +648,8 @@ class Store:
     def _write_group(self, group: list[_Pending]) -> list[_Cached]:
         """Writes the group as one batch; returns every new state written, with its digest and
         its observations' bytes."""
-        if self._wal_failed is not None:
-            raise StoreError(
-                f"the WAL could not be synced ({self._wal_failed}); this node refuses writes "
-                "until it is restarted"
-            )
+        if self.suspended is not None:
+            raise self._refusal()
         batch = rocksdict.WriteBatch(raw_mode=True)
         put = batch.put
         handle = self._handle
@@ -584,7 +673,10 @@ class Store:
                 )
                 put(key, raw, state_cf)
                 old = change.old
-                old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
+                if change.old_digest is not None:
+                    old_digest = change.old_digest
+                else:
+                    old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
                 new_digest = new.digest()
                 written.append(_Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:
@@ -653,7 +745,7 @@ class Store:
         """
         with self._wal_lock:
             if self._wal_failed is not None:
-                raise StoreError(f"the WAL could not be synced ({self._wal_failed})")
+                raise self._refusal()
             covered = self._written_groups
             if self._synced_groups >= covered:
                 return  # a sync that started after our write already finished
@@ -667,8 +759,8 @@ class Store:
             except OSError as exc:
                 # The batch is in RocksDB but perhaps not on disk, and after a failed fsync the
                 # kernel may drop the dirty pages, so a later sync could succeed over a hole.
-                # Like RocksDB after a failed WAL sync: no further write; a restart recovers
-                # what is on disk.
+                # Like RocksDB after a failed WAL sync: no further write until RocksDB is
+                # reopened (resume_writes), which recovers what is on disk, as a restart does.
                 self._wal_failed = exc
                 raise
             self._synced_groups = covered
@@ -741,7 +833,8 @@ class Store:
         """
         with self._outbox_lock:
             start = self._outbox_trimmed + 1
-            if upto < start:
+            # Skipped while writes are suspended: a later acknowledgement trims them.
+            if upto < start or self.suspended is not None:
                 return
             batch = rocksdict.WriteBatch(raw_mode=True)
             outbox = self._handle["outbox"]
@@ -795,7 +888,7 @@ class Store:
     def size_bytes(self) -> int:
         """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._db is None:
                 return 0
             total = 0
             for name in COLUMN_FAMILIES:
@@ -805,7 +898,7 @@ class Store:
 
     def estimate_subjects(self) -> int:
         with self._lock:
-            if self._closed:
+            if self._closed or self._db is None:
                 return 0
             return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
 
@@ -813,8 +906,9 @@ class Store:
         """Flushes and closes RocksDB; marks the run closed cleanly when no write was under way.
 
         The mark lets the next run resume this run's actor (see __init__): written after the
-        flush, synced, and only when no group commit was in flight and the WAL never failed, so
-        every dot this run handed out is on disk.
+        flush, synced, and only when no group commit was in flight and no write ever failed, so
+        every dot this run handed out is on disk. A store whose writes are suspended (a full
+        disk) closes all the same, unmarked.
         """
         with self._lock:
             if self._closed:
@@ -823,15 +917,12 @@ class Store:
             idle = not self._leading and not self._queue
         with self._outbox_grew:
             self._outbox_grew.notify_all()
-        for name in COLUMN_FAMILIES:
-            self._cf[name].flush(True)
-        if idle and self._wal_failed is None:
-            self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
-        for cf in self._cf.values():
-            cf.close()
-        self._db.close()
-        self._release_wal_files()
-        # Column-family handles keep the database (and its LOCK file) alive until dropped.
-        self._cf.clear()
-        self._handle.clear()
-        self._db = None
+        if self._db is not None and self.suspended is None:
+            try:
+                for name in COLUMN_FAMILIES:
+                    self._cf[name].flush(True)
+                if idle and self._wal_failed is None:
+                    self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
+            except Exception as exc:
+                log.error("node %s: closing without a clean mark: %s", self.node, exc)
+        self._close_db()

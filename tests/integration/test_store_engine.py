@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from node.engine import Engine, ObservationInput
+from node.errors import Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta, decode_state, decode_token, encode_state
@@ -629,7 +630,7 @@ def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, synced: list[str])
     store.close()
 
 
-def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted_anew(
+def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_reopened_anew(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     # A logged failure's traceback would keep the store's column-family handles (its LOCK) alive.
@@ -644,9 +645,9 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_restarted_a
 
     with monkeypatch.context() as patched:
         patched.setattr(os, "fdatasync", failing)
-        with pytest.raises(StoreError, match="Input/output error"):
+        with pytest.raises(Unavailable, match="Input/output error"):
             engine.observe("agent", [item(U1, "k2")])
-    with pytest.raises(StoreError, match="refuses writes until it is restarted"):
+    with pytest.raises(Unavailable, match=f"node sales refuses writes: .*{tmp_path / 'db'}"):
         engine.observe("agent", [item(U1, "k3")])
     assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]
     # The failed write was shipped to the peers during its sync: they may hold its dot.

@@ -93,3 +93,37 @@ def test_a_subject_size_over_half_the_message_size_is_refused_at_start(tmp_path:
     with pytest.raises(ConfigError, match=r"max_subject_bytes .* half of max_message"):
         start(config)
     assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_storage_and_connection_settings_reach_the_node_with_their_defaults(tmp_path: Path) -> None:
+    default = node_config(parse(_file(""), tmp_path, None), "sales")
+    assert (default.min_free_mb, default.disk_probe_s) == (64.0, 5.0)
+    assert (default.max_connections, default.connection_idle_s) == (1024, 300.0)
+    assert default.handshake_timeout_s == 10.0
+    lines = (
+        "[cluster.storage]\nmin_free_mb = 0\nprobe_s = 0.5\n"
+        "[cluster.connections]\nmax = 100\nidle_s = 60\nhandshake_s = 2"
+    )
+    config = node_config(parse(_file(lines), tmp_path, None), "sales")
+    assert (config.min_free_mb, config.disk_probe_s) == (0.0, 0.5)
+    assert (config.max_connections, config.connection_idle_s) == (100, 60.0)
+    assert config.handshake_timeout_s == 2.0
+    assert isinstance(config.max_connections, int)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("[cluster.storage]\nmin_free = 1", r"\[cluster.storage\]: unknown keys \['min_free'\]"),
+        ("[cluster.storage]\nmin_free_mb = -1", r"min_free_mb must be a number of at least 0"),
+        ("[cluster.connections]\nmax = 0", r"\[cluster.connections\] max must be a number"),
+        ('[cluster.connections]\nidle_s = "5"', r"idle_s must be a number"),
+        ("[cluster.connections]\nmax = true", r"max must be a number"),
+        ("[cluster.connections]\nmax = 2.5", r"max must be a number of at least 1"),
+    ],
+)
+def test_a_bad_storage_or_connection_setting_is_refused_naming_it(
+    tmp_path: Path, lines: str, message: str
+) -> None:
+    with pytest.raises(ClusterFileError, match=message):
+        parse(_file(lines), tmp_path, None)

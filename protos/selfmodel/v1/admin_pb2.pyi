@@ -92,6 +92,7 @@ class NodeStatus(_message.Message):
     OUTBOX_SEQ_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     domain: _builtins.str
     actor: _builtins.str
@@ -99,8 +100,13 @@ class NodeStatus(_message.Message):
     subjects: _builtins.int
     outbox_seq: _builtins.int
     serving: _builtins.bool
+    """False while the node refuses writes (its data directory's disk is full, say)."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What is wrong with the node's store: why writes are suspended, damage found in it."""
+
     def __init__(
         self,
         *,
@@ -112,10 +118,11 @@ class NodeStatus(_message.Message):
         outbox_seq: _builtins.int = ...,
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
         serving: _builtins.bool = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "serving", b"serving", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "problems", b"problems", "serving", b"serving", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
