@@ -76,22 +76,40 @@ class SnapshotReplies:
         include_uncertain: bool,
         node: str,
     ) -> bytes:
+        body = self.body(subject, view, contexts, min_confidence, include_uncertain, node)
+        return body + self.stamp(view)
+
+    def body(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> bytes:
+        """The reply without its ``resolved_at``: the same bytes object for every caller of one
+        view and filter (a watch compares it with the last it sent)."""
         key = (subject, contexts, min_confidence, include_uncertain)
         hit = self._entries.get(key)
         if hit is not None and hit[0].beliefs is view.beliefs and hit[0].token == view.token:
-            body = hit[1]
-        else:
-            beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
-            msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
-            msg.ClearField("resolved_at")
-            body = msg.SerializeToString()
-            with self._lock:
-                while len(self._entries) >= self.max_entries:
-                    del self._entries[next(iter(self._entries))]  # the oldest entry
-                self._entries[key] = (view, body)
+            return hit[1]
+        beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
+        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
+        msg.ClearField("resolved_at")
+        body = msg.SerializeToString()
+        with self._lock:
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]  # the oldest entry
+            self._entries[key] = (view, body)
+        return body
+
+    @staticmethod
+    def stamp(view: ModelView) -> bytes:
+        """The ``resolved_at`` field of a reply, appended to its body."""
         stamp = model_pb2.SelfModelSnapshot()
         stamp.resolved_at.FromMilliseconds(view.resolved_ms)
-        return body + stamp.SerializeToString()
+        return stamp.SerializeToString()
 
 
 def explanation(
