@@ -42,6 +42,7 @@ from node import tls
 from node.policy import PolicyBook
 from node.replication import PeerConfig
 from node.server import NodeConfig
+from node.validation import Limits
 from sync.replicator import SyncSettings
 
 DEFAULT_NODES = (  # name, agents' port, peers' port (with TLS), metrics port
@@ -126,6 +127,8 @@ class Cluster:
     tokens: Path | None = None
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
+    limits: Limits = field(default_factory=Limits)  # [cluster.limits]
+    max_watchers: int = 256  # [cluster.limits] max_watchers: open watches per node
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -189,7 +192,7 @@ def _path(base: Path, value: str) -> Path:
 
 def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     cluster = raw.get("cluster", {})
-    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth"}
+    known = {"data", "fsync", "max_clock_offset_ms", "cache_mb", "sync", "tls", "auth", "limits"}
     unknown = set(cluster) - known
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
@@ -265,6 +268,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
                     f"node {n.name}: with [cluster.tls] give a peer_address for Sync apart from "
                     "the agents' address"
                 )
+    limits, max_watchers = _limits(cluster.get("limits", {}))
     auth = cluster.get("auth", {})
     tokens = _path(base, auth["tokens"]) if "tokens" in auth else None
     try:
@@ -282,7 +286,31 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         tokens=tokens,
         policies=policies,
         source=source,
+        limits=limits,
+        max_watchers=max_watchers,
     )
+
+
+def _limits(raw: Mapping[str, Any]) -> tuple[Limits, int]:
+    """``[cluster.limits]``: any field of node.validation.Limits, and ``max_watchers``; each a
+    positive number of the field's type."""
+    defaults = Limits()
+    fields = {"max_watchers": 256, **{k: getattr(defaults, k) for k in Limits.__slots__}}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ClusterFileError(
+            f"unknown [cluster.limits] keys {sorted(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    for key, value in raw.items():
+        kind = type(fields[key])
+        ok = type(value) in ((int, float) if kind is float else (int,))
+        if not ok or not math.isfinite(value) or value <= 0:
+            raise ClusterFileError(
+                f"[cluster.limits] {key} must be a positive {kind.__name__}, got {value!r}"
+            )
+    values = dict(raw)
+    max_watchers = int(values.pop("max_watchers", 256))
+    return Limits(**values), max_watchers
 
 
 def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig:
@@ -303,6 +331,8 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         members=frozenset(cluster.names()),
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
+        limits=cluster.limits,
+        max_watchers=cluster.max_watchers,
     )
     if cluster.tls is not None:
         files = cluster.tls[name]

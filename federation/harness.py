@@ -214,8 +214,11 @@ class LocalCluster:
         agents_tls: bool = False,
         node_args: Mapping[str, Sequence[str]] | None = None,
         policies: Mapping[str, Mapping[str, Any]] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--cpus 1``).
+
+        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_handoff_waits": 3}``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -250,6 +253,8 @@ class LocalCluster:
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
+        if limits:
+            lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in limits.items())]
         lines += policies_toml(policies or {})
         if self.certs is not None:
             lines += [

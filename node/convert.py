@@ -60,8 +60,11 @@ class SnapshotReplies:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._entries: dict[tuple[Subject, frozenset[str], float, bool], tuple[ModelView, bytes]]
-        self._entries = {}
+        # (subject, filter) -> (view, body, body with that view's resolved_at, once a watch
+        # asked for it)
+        self._entries: dict[
+            tuple[Subject, frozenset[str], float, bool], tuple[ModelView, bytes, bytes | None]
+        ] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -76,10 +79,10 @@ class SnapshotReplies:
         include_uncertain: bool,
         node: str,
     ) -> bytes:
-        body = self.body(subject, view, contexts, min_confidence, include_uncertain, node)
+        _, body, _ = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
         return body + self.stamp(view)
 
-    def body(
+    def shared(
         self,
         subject: Subject,
         view: ModelView,
@@ -87,22 +90,42 @@ class SnapshotReplies:
         min_confidence: float,
         include_uncertain: bool,
         node: str,
-    ) -> bytes:
-        """The reply without its ``resolved_at``: the same bytes object for every caller of one
-        view and filter (a watch compares it with the last it sent)."""
+    ) -> tuple[bytes, bytes]:
+        """The reply without and with ``resolved_at`` (of the first view it was built for):
+        the same two bytes objects for every caller of one view and filter, so the watches of
+        a subject hold one copy of a snapshot between them, not one each."""
+        key = (subject, contexts, min_confidence, include_uncertain)
+        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
+        first, body, whole = entry
+        if whole is None:
+            whole = body + self.stamp(first)
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._entries[key] = (first, body, whole)
+        return body, whole
+
+    def _entry(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> tuple[ModelView, bytes, bytes | None]:
         key = (subject, contexts, min_confidence, include_uncertain)
         hit = self._entries.get(key)
         if hit is not None and hit[0].beliefs is view.beliefs and hit[0].token == view.token:
-            return hit[1]
+            return hit
         beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
         msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
         msg.ClearField("resolved_at")
-        body = msg.SerializeToString()
+        entry = (view, msg.SerializeToString(), None)
         with self._lock:
             while len(self._entries) >= self.max_entries:
                 del self._entries[next(iter(self._entries))]  # the oldest entry
-            self._entries[key] = (view, body)
-        return body
+            self._entries[key] = entry
+        return entry
 
     @staticmethod
     def stamp(view: ModelView) -> bytes:

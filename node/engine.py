@@ -370,6 +370,9 @@ class Engine:
         cached = self._resolved.get(subject)
         if cached is None or cached[0] is not state or cached[1] != now // 1000:
             with self._resolving[hash(subject) % STRIPES]:
+                # The latest state (it covers whatever this one did): readers that loaded states
+                # a change apart then share its resolution instead of resolving each in turn.
+                state = self.state(subject)
                 cached = self._resolved.get(subject)
                 if cached is None or cached[0] is not state or cached[1] != now // 1000:
                     cause = "fade" if cached is not None and cached[0] is state else "change"
@@ -379,7 +382,7 @@ class Engine:
                     if len(self._resolved) > 50_000:
                         self._resolved.clear()
                     cached = self._resolved[subject] = (state, now // 1000, beliefs, token)
-        return ModelView(state, cached[2], cached[3], now)
+        return ModelView(cached[0], cached[2], cached[3], now)
 
     def explain(
         self,

@@ -282,12 +282,12 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                body = self._replies.body(
+                body, whole = self._replies.shared(
                     subject, view, contexts, floor, request.include_uncertain, node
                 )
                 if body != last:
                     last = body
-                    yield body + self._replies.stamp(view)
+                    yield whole
                 sub.changed.wait(1.0)
         except SelfModelError as exc:
             context.abort(grpc.StatusCode[exc.status], str(exc))
