@@ -20,13 +20,8 @@ import grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 
 from federation import certs, cluster, tokens  # noqa: E402
-from federation.client import (  # noqa: E402
-    TOKEN_ENV,
-    TOKEN_FILE_ENV,
-    Client,
-    bearer_token,
-    parse_subject,
-)
+from federation.bearer import TOKEN_ENV, TOKEN_FILE_ENV, bearer_token  # noqa: E402
+from federation.client import Client, parse_subject  # noqa: E402
 from federation.launcher import PARENT_ENV, die_with_parent  # noqa: E402
 from node.errors import SelfModelError  # noqa: E402
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from federation import cli
-from federation.client import TOKEN_ENV, TOKEN_FILE_ENV, Client, bearer_token
+from federation.bearer import TOKEN_ENV, TOKEN_FILE_ENV, bearer_token
+from federation.client import Client
 
 
 def test_an_explicit_token_then_a_file_then_the_environment(tmp_path: Path) -> None:
