@@ -21,6 +21,7 @@ from node.engine import Engine
 from node.errors import InvalidArgument, PermissionDenied, SelfModelError, Unauthenticated
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
+from node.resolution import Belief
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Subject
@@ -275,18 +276,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         tokens_seen = self.tokens.version if self.tokens is not None else 0
         node = self.engine.node
         try:
-            last: bytes | None = None
+            last: list[Belief] | None = None
             while context.is_active() and not sub.closed:
                 sub.changed.clear()
                 if self.tokens is not None and self.tokens.version != tokens_seen:
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                body, whole = self._replies.shared(
+                beliefs, whole = self._replies.shared(
                     subject, view, contexts, floor, request.include_uncertain, node
                 )
-                if body != last:
-                    last = body
+                if beliefs != last:
+                    last = beliefs
                     yield whole
                 sub.changed.wait(1.0)
         except SelfModelError as exc:
