@@ -264,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=DEFAULT_TARGET, help=f"gRPC address (default: {DEFAULT_TARGET})"
     )
     node.add_argument(
-        "--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)"
+        "--metrics",
+        default="127.0.0.1:9470",
+        help="Prometheus HTTP address ('' to disable; loopback only without --tokens)",
     )
     node.add_argument(
         "--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)"

@@ -318,15 +318,6 @@ def test_without_tokens_a_node_refuses_to_serve_metrics_beyond_loopback(
     assert "--tokens" in line
 
 
-def test_with_a_token_file_a_node_may_serve_metrics_beyond_loopback(
-    start_node: Callable[..., NodeProcess], tmp_path: Path
-) -> None:
-    file = tmp_path / "tokens.toml"
-    tokens.create(file, "a", "acme", write=["*"])
-    node = start_node("open", "--tokens", str(file), "--metrics", f"0.0.0.0:{free_port()}")
-    assert "selfmodel_watches" in node.metrics()
-
-
 def test_unread_watches_share_one_resolution_per_change_and_hold_one_snapshot_each(
     start_node: Callable[..., NodeProcess],
 ) -> None:
