@@ -24,11 +24,9 @@ from node.auth import hash_token, load_tokens, render_tokens
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.causal import CausalContext
 from sync.codec import decode_token, encode_token
-from sync.observation import Subject, SubjectKind
 from tests.nodes import LocalCluster, NodeProcess, free_port
 
 SUBJECT = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1")
-U1 = Subject("acme", SubjectKind.USER, "u-1")
 WAIT_S = 10.0
 
 
