@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import json_format
 
 from federation import certs, cluster, tokens
+from federation.bearer import TOKEN_ENV, TOKEN_FILE_ENV, bearer_token
 from federation.client import Client, parse_subject
 from federation.launcher import PARENT_ENV, die_with_parent
 from node.errors import SelfModelError
@@ -107,7 +108,7 @@ def _node(args: argparse.Namespace) -> int:
                 Path(args.tls_cert), Path(args.tls_key)
             )
         if tokens_file:
-            config.identify = TokenBook(Path(tokens_file)).identify
+            config.tokens = TokenBook(Path(tokens_file))
         serve(config)
     except (
         ConfigError,
@@ -167,14 +168,14 @@ def _cluster_up(args: argparse.Namespace) -> int:
 
         peers.create_secret(config.peer_secret)
         print(f"created the cluster's peer secret {config.peer_secret}")
-    return launcher.up(config, token=args.token)
+    return launcher.up(config, token=bearer_token(args.token, args.token_file))
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
     from federation import launcher
 
     config = cluster.load(Path(args.config) if args.config else None)
-    rows = launcher.status_rows(config, args.token)
+    rows = launcher.status_rows(config, bearer_token(args.token, args.token_file))
     print(launcher.format_table(rows))
     return 0 if all(r[3] == "serving" for r in rows) else 1
 
@@ -186,7 +187,12 @@ def _client(args: argparse.Namespace) -> Client:
 
         credentials = tls.agent_channel_credentials(Path(args.ca))
     return Client(
-        args.target, agent=args.agent, token=args.token, tenant=args.tenant, credentials=credentials
+        args.target,
+        agent=args.agent,
+        token=args.token,
+        token_file=args.token_file,
+        tenant=args.tenant,
+        credentials=credentials,
     )
 
 
@@ -288,6 +294,19 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def token_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--token and --token-file; without either, $SELFMODEL_TOKEN or $SELFMODEL_TOKEN_FILE."""
+    p.add_argument(
+        "--token",
+        help=f"{what} (visible in ps and shell history: prefer --token-file or ${TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--token-file",
+        help=f"file whose first line is the {what}; without --token or --token-file, "
+        f"${TOKEN_ENV} holds the token or ${TOKEN_FILE_ENV} names its file",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfmodel", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -300,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=DEFAULT_TARGET, help=f"gRPC address (default: {DEFAULT_TARGET})"
     )
     node.add_argument(
-        "--metrics", default="127.0.0.1:9470", help="Prometheus HTTP address ('' to disable)"
+        "--metrics",
+        default="127.0.0.1:9470",
+        help="Prometheus HTTP address ('' to disable; loopback only without --tokens)",
     )
     node.add_argument(
         "--no-fsync", action="store_true", help="do not fsync each group commit (WAL stays on)"
@@ -371,14 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     clus_sub = clus.add_subparsers(dest="cluster_command", required=True)
     up = clus_sub.add_parser("up", help="start every node of the cluster file; Ctrl-C stops them")
     up.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
-    up.add_argument("--token", help="operator token for the status queries")
+    token_args(up, "operator token for the status queries")
     up.add_argument(
         "--tls", action="store_true", help="embedded default with mutual TLS between the nodes"
     )
     up.set_defaults(run=_cluster_up)
     status = clus_sub.add_parser("status", help="every node's peers, outbox depth and lag")
     status.add_argument("--config", help="cluster file (default: the embedded three-node cluster)")
-    status.add_argument("--token", help="operator token")
+    token_args(status, "operator token")
     status.set_defaults(run=_cluster_status)
 
     def client_args(p: argparse.ArgumentParser) -> None:
@@ -388,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--agent", default="cli", help="agent id for development nodes (default: cli)"
         )
-        p.add_argument("--token", help="bearer token")
+        token_args(p, "bearer token")
         p.add_argument("--ca", help="PEM CA certificate: connect over TLS, trusting only it")
         p.add_argument(
             "--tenant", default="default", help="tenant of kind:id subjects (default: default)"

@@ -13,6 +13,7 @@ other failure raises the domain exception of node.errors that the node raised.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -29,6 +30,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from federation.bearer import bearer_token
 from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from node.tls import open_channel
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -284,11 +286,15 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 10.0,
         attempts: int = 5,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``token``, else ``token_file``, else $SELFMODEL_TOKEN or $SELFMODEL_TOKEN_FILE is the
+        bearer token sent (see ``bearer_token``); ``agent`` names the caller on a development
+        node without tokens."""
         self._channel = open_channel(target, credentials, _channel_options())
         self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
-        self._md = _metadata(agent, token)
+        self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
         self._retrying = Retrying(
@@ -495,14 +501,18 @@ class AsyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         timeout_s: float = 10.0,
         attempts: int = 5,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``token``, else ``token_file``, else $SELFMODEL_TOKEN or $SELFMODEL_TOKEN_FILE is the
+        bearer token sent (see ``bearer_token``); ``agent`` names the caller on a development
+        node without tokens."""
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=_channel_options())
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=_channel_options())
         self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
-        self._md = _metadata(agent, token)
+        self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
         self._attempts = attempts

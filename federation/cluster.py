@@ -51,6 +51,7 @@ from node import peers, tls
 from node.policy import PolicyBook
 from node.replication import PeerConfig
 from node.server import NodeConfig
+from node.validation import Limits
 from sync.bounds import SubjectLimits
 from sync.replicator import SyncSettings
 
@@ -141,6 +142,8 @@ class Cluster:
     source: Path | None = None  # the file it was read from (None: embedded default)
     # NodeConfig fields set by [cluster.storage] and [cluster.connections] (NODE_TABLES).
     node_settings: Mapping[str, float] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # [cluster.limits]
+    max_watchers: int = 256  # [cluster.limits] max_watchers: open watches per node
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -264,6 +267,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         "auth",
         *limit_keys,
         *NODE_TABLES,
+        "limits",
     }
     unknown = set(cluster) - known
     if unknown:
@@ -340,6 +344,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
                     f"node {n.name}: with [cluster.tls] give a peer_address for Sync apart from "
                     "the agents' address"
                 )
+    limits, max_watchers = _limits(cluster.get("limits", {}))
     auth = cluster.get("auth", {})
     unknown = set(auth) - {"tokens", "peer_secret"}
     if unknown:
@@ -350,14 +355,14 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         policies = PolicyBook.from_config(raw.get("policies", {}))
     except ValueError as exc:
         raise ClusterFileError(f"[policies]: {exc}") from exc
-    limits = {k: _positive_int(k, cluster[k]) for k in limit_keys if k in cluster}
-    max_message_bytes = limits.pop("max_message_bytes", 4 * 1024 * 1024)
+    sizes = {k: _positive_int(k, cluster[k]) for k in limit_keys if k in cluster}
+    max_message_bytes = sizes.pop("max_message_bytes", 4 * 1024 * 1024)
     return Cluster(
         nodes=tuple(nodes),
         fsync=bool(cluster.get("fsync", True)),
         max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
         cache_mb=_cache_mb(cluster.get("cache_mb", 256)),
-        subject_limits=subject_limits(SubjectLimits(), **limits),
+        subject_limits=subject_limits(SubjectLimits(), **sizes),
         max_message_bytes=max_message_bytes,
         sync=sync,
         tls=tls,
@@ -367,7 +372,31 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         policies=policies,
         source=source,
         node_settings=_node_settings(cluster),
+        limits=limits,
+        max_watchers=max_watchers,
     )
+
+
+def _limits(raw: Mapping[str, Any]) -> tuple[Limits, int]:
+    """``[cluster.limits]``: any field of node.validation.Limits, and ``max_watchers``; each a
+    positive number of the field's type."""
+    defaults = Limits()
+    fields = {"max_watchers": 256, **{k: getattr(defaults, k) for k in Limits.__slots__}}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ClusterFileError(
+            f"unknown [cluster.limits] keys {sorted(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    for key, value in raw.items():
+        kind = type(fields[key])
+        ok = type(value) in ((int, float) if kind is float else (int,))
+        if not ok or not math.isfinite(value) or value <= 0:
+            raise ClusterFileError(
+                f"[cluster.limits] {key} must be a positive {kind.__name__}, got {value!r}"
+            )
+    values = dict(raw)
+    max_watchers = int(values.pop("max_watchers", 256))
+    return Limits(**values), max_watchers
 
 
 def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig:
@@ -390,6 +419,8 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         members=frozenset(cluster.names()),
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
+        limits=cluster.limits,
+        max_watchers=cluster.max_watchers,
     )
     if cluster.peer_secret is not None:
         config.peer_secrets = peers.read_secrets(cluster.peer_secret)

@@ -221,6 +221,7 @@ class LocalCluster:
         tokens: Path | None = None,
         peer_secret: bool | None = None,
         peer_ports: bool = False,
+        limits: Mapping[str, Any] | None = None,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--no-fsync``);
         ``node_prefix``: a command to run those nodes under (``taskset -c 1``).
@@ -229,6 +230,8 @@ class LocalCluster:
         ``peer_secret``: the nodes prove their names to each other with a secret created under
         ``root`` (default: with tokens, which need peer authentication, and without TLS);
         ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
+
+        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_handoff_waits": 3}``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -270,6 +273,8 @@ class LocalCluster:
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
+        if limits:
+            lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in limits.items())]
         lines += policies_toml(policies or {})
         if tokens is not None or self.peer_secret is not None:
             lines.append("[cluster.auth]")

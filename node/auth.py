@@ -39,6 +39,7 @@ ROLES = ("agent", "operator")
 TOKEN_FILE_VERSION = 1
 MAX_TOKEN_CHARS = 512
 RELOAD_INTERVAL_S = 1.0
+WATCH_PERIOD_S = 0.2  # how often a node's own thread looks for a changed token file
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]{0,127}")
@@ -302,7 +303,9 @@ class TokenBook:
     """The token file as the node sees it: loaded at start, reloaded when the file changes.
 
     A reload that fails (a hand edit that broke the file) keeps the previous tokens, logs an
-    error and counts it; the next change to the file is tried again.
+    error and counts it; the next change to the file is tried again. ``version`` counts the
+    reloads; ``watch`` reloads on a thread of its own and tells a listener (the node ends the
+    open watches of a revoked token that way, without waiting for a call).
     """
 
     path: Path
@@ -312,6 +315,7 @@ class TokenBook:
     _stamp: tuple[int, int, int] | None = None
     _next_check: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = 0
 
     def __post_init__(self) -> None:
         self._stamp = self._stat()
@@ -352,8 +356,29 @@ class TokenBook:
                 log.error("token file not reloaded, keeping the previous tokens: %s", exc)
                 return
             self._entries = entries
+            self.version += 1
             TOKEN_RELOADS.labels("ok").inc()
             log.info("token file %s reloaded: %d entries", self.path, len(entries))
+
+    def watch(
+        self, on_change: Callable[[], None], period_s: float = WATCH_PERIOD_S
+    ) -> Callable[[], None]:
+        """Looks for a changed file every ``period_s`` on a daemon thread, reloads it and calls
+        ``on_change`` after each reload; returns the function that stops the thread."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(period_s):
+                seen = self.version
+                self.refresh(force=True)
+                if self.version != seen:
+                    try:
+                        on_change()
+                    except Exception:
+                        log.exception("a token file listener failed")
+
+        threading.Thread(target=run, name="token-file", daemon=True).start()
+        return stop.set
 
     def principal(self, token: str) -> Principal:
         """The principal of a plain token, or Unauthenticated (unknown or revoked)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from node.audit import AuditEntry
 from node.engine import ModelView
@@ -46,6 +47,13 @@ def snapshot(
     return msg
 
 
+class _Reply(NamedTuple):
+    view: ModelView  # the view it was built from
+    beliefs: list[Belief]  # the view's beliefs the filter selects
+    body: bytes  # the reply without resolved_at
+    whole: bytes | None  # the body with the view's resolved_at, once a watch asked for it
+
+
 class SnapshotReplies:
     """GetSelfModel replies, serialized once per model view and filter, then shared.
 
@@ -55,13 +63,12 @@ class SnapshotReplies:
     and node are kept per (subject, filter) and reused while that tuple is; only ``resolved_at``
     is encoded per call and appended. Protobuf parses concatenated encodings as one message,
     and ``resolved_at`` is absent from the cached part, so the reply reads exactly as one
-    built from scratch.
+    built from scratch. Watches share the whole reply too (``shared``).
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._entries: dict[tuple[Subject, frozenset[str], float, bool], tuple[ModelView, bytes]]
-        self._entries = {}
+        self._entries: dict[tuple[Subject, frozenset[str], float, bool], _Reply] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -76,22 +83,60 @@ class SnapshotReplies:
         include_uncertain: bool,
         node: str,
     ) -> bytes:
+        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
+        return entry.body + self.stamp(view)
+
+    def shared(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> tuple[list[Belief], bytes]:
+        """The beliefs the filter selects and the reply, with the ``resolved_at`` of the first
+        view it was built for: the same objects for every caller of one view and filter, so the
+        watches of a subject hold one copy of a snapshot between them, not one each."""
+        key = (subject, contexts, min_confidence, include_uncertain)
+        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
+        whole = entry.whole
+        if whole is None:
+            whole = entry.body + self.stamp(entry.view)
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._entries[key] = entry._replace(whole=whole)
+        return entry.beliefs, whole
+
+    def _entry(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> _Reply:
         key = (subject, contexts, min_confidence, include_uncertain)
         hit = self._entries.get(key)
-        if hit is not None and hit[0].beliefs is view.beliefs and hit[0].token == view.token:
-            body = hit[1]
-        else:
-            beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
-            msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
-            msg.ClearField("resolved_at")
-            body = msg.SerializeToString()
-            with self._lock:
-                while len(self._entries) >= self.max_entries:
-                    del self._entries[next(iter(self._entries))]  # the oldest entry
-                self._entries[key] = (view, body)
+        if hit is not None and hit.view.beliefs is view.beliefs and hit.view.token == view.token:
+            return hit
+        beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
+        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
+        msg.ClearField("resolved_at")
+        entry = _Reply(view, beliefs, msg.SerializeToString(), None)
+        with self._lock:
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]  # the oldest entry
+            self._entries[key] = entry
+        return entry
+
+    @staticmethod
+    def stamp(view: ModelView) -> bytes:
+        """The ``resolved_at`` field of a reply, appended to its body."""
         stamp = model_pb2.SelfModelSnapshot()
         stamp.resolved_at.FromMilliseconds(view.resolved_ms)
-        return body + stamp.SerializeToString()
+        return stamp.SerializeToString()
 
 
 def explanation(

@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import HandoffTimeout, ResourceExhausted
+from node.errors import HandoffTimeout, InvalidArgument, ResourceExhausted
+from node.handoff import DEFAULT_LEAD, WaitSlots, implausible
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
@@ -94,6 +95,10 @@ class Engine:
         now_ms: Callable[[], int] = wall_ms,
         max_watchers: int = 1024,
         subject_limits: SubjectLimits | None = None,
+        members: frozenset[str] = frozenset(),
+        max_handoff_waits: int = 32,
+        max_handoff_waits_per_principal: int = 4,
+        max_handoff_lead: int = DEFAULT_LEAD,
     ) -> None:
         self.store = store
         self.policies = policies or PolicyBook()
@@ -106,6 +111,13 @@ class Engine:
         self._watch_lock = threading.Lock()
         self._watch_count = 0
         self.max_watchers = max_watchers
+        # The nodes whose actors a handoff token may name (node.handoff.implausible).
+        self.members = members | {store.node}
+        self.waits = WaitSlots(store.node, max_handoff_waits, max_handoff_waits_per_principal)
+        self.max_handoff_lead = max_handoff_lead
+        # One resolution at a time per stripe of subjects: readers of one subject that find the
+        # cache stale (every watcher of it, woken by one change) resolve it once, not each.
+        self._resolving = [threading.Lock() for _ in range(STRIPES)]
         # subject -> (state, second, beliefs, token): one resolution per state and second.
         self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
@@ -354,13 +366,50 @@ class Engine:
         return self.store.load(subject) or SubjectState(subject)
 
     def wait_for(
-        self, subject: Subject, positions: dict[Subject, Position] | None, timeout_s: float
+        self,
+        subject: Subject,
+        positions: dict[Subject, Position] | None,
+        timeout_s: float,
+        holder: str = "",
     ) -> SubjectState:
-        """The subject's state once it covers the token's position for it, else HandoffTimeout."""
-        position = positions.get(subject) if positions else None
+        """The subject's state once it covers the token's position for it.
+
+        A token that names no position of ``subject``, or a position no node can have issued
+        (node.handoff), is InvalidArgument at once; a wait beyond the node's or ``holder``'s
+        share of waits is ResourceExhausted at once; a wait that runs out is HandoffTimeout.
+        """
         state = self.state(subject)
-        if position is None or state.covers(*position):
+        if positions is None:
             return state
+        position = positions.get(subject)
+        if position is None:
+            named = ", ".join(str(s) for s in sorted(positions)[:3])
+            raise InvalidArgument(
+                "at_least",
+                f"is a handoff token of {named}{', ...' if len(positions) > 3 else ''}, not of "
+                f"{subject}: pass a token that a write or read of {subject} returned",
+            )
+        if state.covers(*position):
+            return state
+        why = implausible(
+            state, *position, actor=self.actor, members=self.members, lead=self.max_handoff_lead
+        )
+        if why is not None:
+            metrics.HANDOFF_REFUSED.labels("implausible").inc()
+            raise InvalidArgument("at_least", f"{why}: no node has issued that position")
+        try:
+            release = self.waits.acquire(holder or "anonymous")
+        except ResourceExhausted:
+            metrics.HANDOFF_REFUSED.labels("busy").inc()
+            raise
+        metrics.HANDOFF_WAITS.inc()
+        try:
+            return self._wait_covered(subject, position, timeout_s)
+        finally:
+            release()
+            metrics.HANDOFF_WAITS.dec()
+
+    def _wait_covered(self, subject: Subject, position: Position, timeout_s: float) -> SubjectState:
         deadline = time.monotonic() + timeout_s
         with self._merged:
             while True:
@@ -382,19 +431,28 @@ class Engine:
         subject: Subject,
         positions: dict[Subject, Position] | None = None,
         timeout_s: float = 0.0,
+        holder: str = "",
     ) -> ModelView:
-        state = self.wait_for(subject, positions, timeout_s)
+        """The subject's resolved model: resolved once per state and second, shared by every
+        reader of it (readers that find it stale at once wait for one of them to resolve it)."""
+        state = self.wait_for(subject, positions, timeout_s, holder)
         now = self._now_ms()
         cached = self._resolved.get(subject)
-        if cached is not None and cached[0] is state and cached[1] == now // 1000:
-            _, _, beliefs, token = cached
-        else:
-            beliefs = tuple(resolve(state.observations.values(), self.policies, now))
-            token = encode_token({subject: (state.generation, state.context)})
-            if len(self._resolved) > 50_000:
-                self._resolved.clear()
-            self._resolved[subject] = (state, now // 1000, beliefs, token)
-        return ModelView(state, beliefs, token, now)
+        if cached is None or cached[0] is not state or cached[1] != now // 1000:
+            with self._resolving[hash(subject) % STRIPES]:
+                # The latest state (it covers whatever this one did): readers that loaded states
+                # a change apart then share its resolution instead of resolving each in turn.
+                state = self.state(subject)
+                cached = self._resolved.get(subject)
+                if cached is None or cached[0] is not state or cached[1] != now // 1000:
+                    cause = "fade" if cached is not None and cached[0] is state else "change"
+                    metrics.RESOLUTIONS.labels(cause).inc()
+                    beliefs = tuple(resolve(state.observations.values(), self.policies, now))
+                    token = encode_token({subject: (state.generation, state.context)})
+                    if len(self._resolved) > 50_000:
+                        self._resolved.clear()
+                    cached = self._resolved[subject] = (state, now // 1000, beliefs, token)
+        return ModelView(cached[0], cached[2], cached[3], now)
 
     def explain(
         self,
@@ -403,8 +461,9 @@ class Engine:
         key: str,
         positions: dict[Subject, Position] | None = None,
         timeout_s: float = 0.0,
+        holder: str = "",
     ) -> tuple[Explanation | None, str]:
-        state = self.wait_for(subject, positions, timeout_s)
+        state = self.wait_for(subject, positions, timeout_s, holder)
         found = [o for o in state.observations.values() if o.context == context and o.key == key]
         token = encode_token({subject: (state.generation, state.context)})
         if not found:
@@ -442,6 +501,17 @@ class Engine:
             sub.closed = True
             sub.changed.set()
             metrics.WATCHES.set(self._watch_count)
+
+    def wake_watches(self) -> None:
+        """Wakes every watch at once (its stream then checks its caller's token again)."""
+        with self._watch_lock:
+            subs = [s for group in self._watchers.values() for s in group]
+        for sub in subs:
+            sub.changed.set()
+
+    def count_subjects(self, tenant: str) -> int:
+        """How many subjects of ``tenant`` this node holds (an exact count of its key range)."""
+        return sum(1 for _ in self.store.subjects(tenant))
 
     def close_watches(self) -> None:
         with self._watch_lock:

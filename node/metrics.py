@@ -49,6 +49,26 @@ WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
 HANDOFF_TIMEOUTS = Counter(
     "selfmodel_handoff_timeouts_total", "Reads whose handoff token was not merged in time."
 )
+HANDOFF_WAITS = Gauge(
+    "selfmodel_handoff_waits", "Reads waiting for their handoff token's position (node.handoff)."
+)
+HANDOFF_REFUSED = Counter(
+    "selfmodel_handoff_refused_total",
+    "Reads with a handoff token refused at once, by reason (implausible: a position no node "
+    "issued; busy: the node's or the principal's waits are all taken).",
+    ["reason"],
+)
+RESOLUTIONS = Counter(
+    "selfmodel_resolutions_total",
+    "Subject models resolved, by cause (change: a new state; fade: a new second of the same "
+    "state). Every reader and watcher of one state shares one resolution.",
+    ["cause"],
+)
+WATCHES_ENDED = Counter(
+    "selfmodel_watches_ended_total",
+    "Watch streams the node ended, by reason (revoked: the caller's token no longer allows it).",
+    ["reason"],
+)
 DELTAS_HELD = Gauge(
     "selfmodel_deltas_held",
     "Remote deltas waiting for a delta they depend on (causal delivery).",

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from node import connections, metrics
+from node.auth import TokenBook
 from node.decoding import StrictDecoding
 from node.diskwatch import DiskWatch
 from node.engine import Engine
@@ -75,6 +76,9 @@ class NodeConfig:
     grace_s: float = 10.0
     # Set by the security layer: resolves a call's principal (None: development, x-agent-id).
     identify: Callable[[grpc.ServicerContext, Limits], Principal] | None = None
+    # The token file: identifies callers (when ``identify`` is None) and, on each reload, has
+    # open watches check their caller again.
+    tokens: TokenBook | None = None
     # TLS on the agents' port (server-authenticated: agents verify the node, tokens stay
     # secret on the wire); None serves it in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
@@ -133,6 +137,7 @@ class RunningNode:
     disk_watch: DiskWatch | None = None
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
+    _stop_token_watch: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -145,6 +150,8 @@ class RunningNode:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        if self._stop_token_watch is not None:
+            self._stop_token_watch()
         if self.replicator is not None:
             self.replicator.stop()
         if self.sync_servicer is not None:
@@ -170,12 +177,22 @@ def start(config: NodeConfig) -> RunningNode:
             f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
             "takes up to about 1.5 times its state"
         )
+    if config.identify is None and config.tokens is not None:
+        config.identify = config.tokens.identify
     if config.identify is None and not is_loopback(host):
         raise ConfigError(
             f"refusing to serve {config.listen} without credentials: without a token file a node "
             "binds loopback only (127.0.0.1 or ::1); pass a token file to serve other addresses "
             "(selfmodel node --tokens FILE; create tokens with `selfmodel token create`)"
         )
+    if config.identify is None and config.metrics_listen:
+        metrics_host, _ = split_address(config.metrics_listen)
+        if not is_loopback(metrics_host):
+            raise ConfigError(
+                f"refusing to serve metrics on {config.metrics_listen} without a token file: "
+                "without one a node binds loopback only; bind metrics to 127.0.0.1, or pass a "
+                "token file (selfmodel node --tokens FILE)"
+            )
     auth = peer_auth(config)
     if config.server_credentials is not None and config.peers and not config.peer_listen:
         raise ConfigError(
@@ -202,12 +219,17 @@ def start(config: NodeConfig) -> RunningNode:
         cache_mb=config.cache_mb,
     )
     clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
+    limits = config.limits
     engine = Engine(
         store,
         config.policies,
         clock=clock,
         max_watchers=config.max_watchers,
         subject_limits=config.subject_limits,
+        members=config.members | {p.name for p in config.peers},
+        max_handoff_waits=limits.max_handoff_waits,
+        max_handoff_waits_per_principal=limits.max_handoff_waits_per_principal,
+        max_handoff_lead=limits.max_handoff_lead,
     )
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
@@ -221,13 +243,17 @@ def start(config: NodeConfig) -> RunningNode:
     max_connections = connections.connection_bound(
         config.max_connections, 2 if config.peer_listen else 1, connections.open_file_limit()
     )
-    server = _grpc_server(
-        config, config.max_watchers + 64, config.max_watchers + 1024, max_connections
-    )
+    # A watch and a handoff wait each hold a thread while open: both are bounded, and 64
+    # threads beyond them stay for every other call.
+    held = config.max_watchers + limits.max_handoff_waits
+    server = _grpc_server(config, held + 64, held + 1024, max_connections)
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
-        SelfModelServicer(engine, config.limits, identify, domain=config.domain), services
+        SelfModelServicer(
+            engine, config.limits, identify, domain=config.domain, tokens=config.tokens
+        ),
+        services,
     )
     replicator = None
     if config.peers:
@@ -340,6 +366,9 @@ def start(config: NodeConfig) -> RunningNode:
         metrics_port = metrics_server.server_port
     if replicator is not None:
         replicator.start()
+    stop_token_watch = None
+    if config.tokens is not None:
+        stop_token_watch = config.tokens.watch(engine.wake_watches)
     _settle_garbage_collector()
     return RunningNode(
         config,
@@ -355,6 +384,7 @@ def start(config: NodeConfig) -> RunningNode:
         peer_server,
         disk_watch,
         metrics_server,
+        _stop_token_watch=stop_token_watch,
     )
 
 

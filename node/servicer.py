@@ -14,16 +14,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from node import convert, validation
+from node import convert, metrics, validation
 from node.audit import AuditRecord
-from node.auth import Principal
+from node.auth import Principal, TokenBook
 from node.engine import Engine
-from node.errors import InvalidArgument, SelfModelError
+from node.errors import InvalidArgument, PermissionDenied, SelfModelError, Unauthenticated
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
-from node.resolution import select
+from node.resolution import Belief
 from node.validation import Limits
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
@@ -82,14 +82,16 @@ def aborted(context: grpc.ServicerContext) -> bool:
 
 
 class SerializedReplies(HandlerWrapper):
-    """Lets a unary method answer with its reply already serialized, as GetSelfModel does.
+    """Lets a method answer with its replies already serialized, as GetSelfModel and
+    WatchSelfModel do.
 
     A reply that is ``bytes`` goes out as it is; any other is serialized as the generated code
     says.
     """
 
     def applies(self, handler: Any) -> bool:
-        return handler.unary_unary is not None and handler.response_serializer is not None
+        answers = handler.unary_unary is not None or handler.unary_stream is not None
+        return answers and handler.response_serializer is not None
 
     def wrap(self, handler: Any, method: str) -> Any:
         serialize = handler.response_serializer
@@ -100,6 +102,11 @@ class SerializedReplies(HandlerWrapper):
         return handler._replace(response_serializer=serialize_unless_bytes)
 
 
+def _holder(who: Principal) -> str:
+    """Whose share of the node's handoff waits a call takes: its token, else its agent id."""
+    return f"token {who.token_id}" if who.token_id else f"agent {who.agent}"
+
+
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def __init__(
         self,
@@ -108,11 +115,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         *,
         domain: str = "",
+        tokens: TokenBook | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.identify = identify
         self.domain = domain  # the node's domain, which a principal's domain globs must match
+        self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
         self._replies = convert.SnapshotReplies()
 
@@ -214,11 +223,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> bytes:
         """The serialized SelfModelSnapshot (see SerializedReplies and convert.SnapshotReplies)."""
-        _, subject = self._caller_and_subject(request, context)
+        who, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        view = self.engine.model(subject, positions, self._wait_s(context))
+        view = self.engine.model(subject, positions, self._wait_s(context), _holder(who))
         return self._replies.reply(
             subject, view, contexts, floor, request.include_uncertain, self.engine.node
         )
@@ -227,15 +236,25 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
-        _, subject = self._caller_and_subject(request, context)
+        who, subject = self._caller_and_subject(request, context)
         ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        found, token = self.engine.explain(subject, ctx, key, positions, self._wait_s(context))
+        found, token = self.engine.explain(
+            subject, ctx, key, positions, self._wait_s(context), _holder(who)
+        )
         return convert.explanation(subject, ctx, key, found, token)
 
-    def WatchSelfModel(
+    def WatchSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[model_pb2.SelfModelSnapshot]:
+    ) -> Iterator[bytes]:
+        """Serialized SelfModelSnapshots (see SerializedReplies): the model, then each change.
+
+        A watcher that falls behind skips to the latest model: a stream holds at most the one
+        snapshot being sent, and every watcher of a subject shares one resolution and one
+        encoding of each change (Engine.model, convert.SnapshotReplies). When the token file
+        is reloaded the stream checks its caller's token again, and ends UNAUTHENTICATED
+        (revoked or removed) or PERMISSION_DENIED (narrowed to another tenant).
+        """
         try:
             _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
@@ -254,18 +273,25 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             release()
 
         context.add_callback(on_end)
+        tokens_seen = self.tokens.version if self.tokens is not None else 0
+        node = self.engine.node
         try:
-            last: list[Any] | None = None
+            last: list[Belief] | None = None
             while context.is_active() and not sub.closed:
                 sub.changed.clear()
+                if self.tokens is not None and self.tokens.version != tokens_seen:
+                    tokens_seen = self.tokens.version
+                    self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                beliefs = select(view.beliefs, contexts, floor, request.include_uncertain)
+                beliefs, whole = self._replies.shared(
+                    subject, view, contexts, floor, request.include_uncertain, node
+                )
                 if beliefs != last:
                     last = beliefs
-                    yield convert.snapshot(
-                        subject, beliefs, view.token, view.resolved_ms, self.engine.node
-                    )
+                    yield whole
                 sub.changed.wait(1.0)
+        except SelfModelError as exc:
+            context.abort(grpc.StatusCode[exc.status], str(exc))
         except Exception:
             if aborted(context):
                 raise
@@ -274,6 +300,14 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
         finally:
             on_end()
+
+    def _still_allowed(self, request: Any, context: grpc.ServicerContext) -> None:
+        """Checks an open watch's caller again (after a token file reload); counts an end."""
+        try:
+            self._caller_and_subject(request, context)
+        except (Unauthenticated, PermissionDenied) as exc:
+            metrics.WATCHES_ENDED.labels("revoked").inc()
+            raise type(exc)(f"watch ended: {exc}") from None
 
     @map_errors
     def ForgetSubject(
@@ -302,8 +336,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.NodeStatus:
-        self.identify(context, self.limits)
-        return self.status()
+        who = self.identify(context, self.limits)
+        status = self.status()
+        if who.tenant is not None:  # the subject count of the caller's tenant, for its operators
+            status.subjects = self.engine.count_subjects(who.tenant) if who.is_operator else 0
+        return status
 
     @map_errors
     def ListAudit(

@@ -39,6 +39,9 @@ class Limits:
     max_filter_contexts: int = 64
     max_token: int = 65536
     max_handoff_wait_s: float = 30.0
+    max_handoff_waits: int = 32  # reads waiting for a handoff token at once, per node
+    max_handoff_waits_per_principal: int = 4  # of those, per principal (token or agent)
+    max_handoff_lead: int = 100_000  # how far a token's counter may lead the node's (handoff)
     max_batch_subjects: int = 100
     max_watches_per_connection: int = 16
 

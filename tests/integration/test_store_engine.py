@@ -114,7 +114,8 @@ def test_a_node_restored_from_a_backup_never_reuses_a_dot_it_handed_out_since(tm
 def test_a_reader_waiting_for_a_handoff_token_wakes_when_the_write_arrives(tmp_path: Path):
     """The merge wakes it: a reader that missed the wake-up would wait out its deadline."""
     sales = Engine(Store(tmp_path / "sales", "sales"))
-    support = Engine(Store(tmp_path / "support", "support"))
+    # Its cluster's nodes: a token naming an actor of none of them is refused, not waited on.
+    support = Engine(Store(tmp_path / "support", "support"), members=frozenset({"sales"}))
     token = decode_token(sales.observe("sales_agent", [item(U1, "plan", "Pro")]).token)
     results: list[Any] = []
 

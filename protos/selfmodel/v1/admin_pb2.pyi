@@ -98,6 +98,9 @@ class NodeStatus(_message.Message):
     actor: _builtins.str
     incarnation: _builtins.int
     subjects: _builtins.int
+    """Subjects held: with a token file, of the caller's tenant for its operators (0 for an
+    agent); on a development node without tokens, the node's estimate across all tenants.
+    """
     outbox_seq: _builtins.int
     serving: _builtins.bool
     """False while the node refuses writes (its data directory's disk is full, say)."""

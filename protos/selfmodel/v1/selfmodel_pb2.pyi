@@ -194,7 +194,10 @@ class GetSelfModelRequest(_message.Message):
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     at_least: _builtins.str
-    """A handoff token: wait (within the call's deadline) until this node has merged that position."""
+    """A handoff token: wait (within the call's deadline) until this node has merged that position.
+    It must name this subject (else INVALID_ARGUMENT), and a position some node has issued
+    (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
+    """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property

@@ -111,7 +111,9 @@ class SelfModelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSelfModel(self, request, context):
-        """The subject's model now, then again after every change to it.
+        """The subject's model now, then again after every change to it (a slow reader gets the
+        latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
+        revoked, removed or narrowed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,10 @@ class SelfModelStub:
     ExplainBelief: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.Explanation]
     """Every observation of one slot, its weight, and why the winner won."""
     WatchSelfModel: _grpc.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _model_pb2.SelfModelSnapshot]
-    """The subject's model now, then again after every change to it."""
+    """The subject's model now, then again after every change to it (a slow reader gets the
+    latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
+    revoked, removed or narrowed.
+    """
     ForgetSubject: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]
     """Erases every observation about a subject on every node."""
 
@@ -65,7 +68,10 @@ class SelfModelAsyncStub(SelfModelStub):
     ExplainBelief: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.Explanation]  # type: ignore[assignment]
     """Every observation of one slot, its weight, and why the winner won."""
     WatchSelfModel: _aio.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _model_pb2.SelfModelSnapshot]  # type: ignore[assignment]
-    """The subject's model now, then again after every change to it."""
+    """The subject's model now, then again after every change to it (a slow reader gets the
+    latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
+    revoked, removed or narrowed.
+    """
     ForgetSubject: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]  # type: ignore[assignment]
     """Erases every observation about a subject on every node."""
 
@@ -116,7 +122,10 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmodel_pb2.WatchSelfModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_model_pb2.SelfModelSnapshot], _abc.AsyncIterator[_model_pb2.SelfModelSnapshot]]:
-        """The subject's model now, then again after every change to it."""
+        """The subject's model now, then again after every change to it (a slow reader gets the
+        latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
+        revoked, removed or narrowed.
+        """
 
     @_abc_1.abstractmethod
     def ForgetSubject(
