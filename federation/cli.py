@@ -75,6 +75,7 @@ def _node(args: argparse.Namespace) -> int:
             tokens_file = args.tokens
         if args.no_fsync:
             config.fsync = False
+        config.accept_saved_clock = args.accept_saved_clock
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -275,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the node's threads under Linux's SCHED_BATCH policy: fewer context switches "
         "and about 7%% more calls served; for a node with a CPU of its own (see the README)",
+    )
+    node.add_argument(
+        "--accept-saved-clock",
+        action="store_true",
+        help="take writes at once even when the clock saved by the previous run is further "
+        "ahead of the wall clock than max_clock_offset_ms (peers hold the new deltas back "
+        "until their clocks allow them); without it the node refuses writes until the wall "
+        "clock catches up (see docs/operating.md)",
     )
     node.set_defaults(run=_node)
 

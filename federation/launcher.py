@@ -143,9 +143,16 @@ def status_rows(
             connected = sum(p.connected for p in status.peers)
             depth = max((p.outbox_depth for p in status.peers), default=0)
             lag = max((p.lag_seconds for p in status.peers), default=0.0)
+            # Deltas peers hold back for their clocks (resent), and those they rejected.
+            pending = sum(p.deltas_pending for p in status.peers)
+            invalid = sum(p.deltas_refused_invalid for p in status.peers)
+            state = "serving"
+            if status.writes_refused:
+                state = f"refusing writes: clock {status.clock_ahead_ms} ms ahead"
             rows.append([
-                spec.name, spec.domain, spec.address, "serving",
+                spec.name, spec.domain, spec.address, state,
                 f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s",
+                f"{pending} held, {invalid} invalid" if pending or invalid else "0",
                 str(status.incarnation),
             ])  # fmt: skip
         except grpc.RpcError as exc:
@@ -159,13 +166,16 @@ def status_rows(
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
     return rows
 
 
 def format_table(rows: list[list[str]]) -> str:
-    header = ["node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation"]
+    header = [
+        "node", "domain", "address", "state", "peers", "outbox", "lag", "refused", "incarnation"
+    ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -18,11 +18,11 @@ from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import HandoffTimeout, ResourceExhausted
+from node.errors import HandoffTimeout, ResourceExhausted, Unavailable
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
-from sync.causal import CausalContext, Dot
+from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
     SubjectState,
@@ -35,7 +35,7 @@ from sync.crdt import (
     slot_observations,
 )
 from sync.delivery import CausalBuffer, Delta
-from sync.hlc import ClockSkewError, HybridClock, wall_ms
+from sync.hlc import ClockAheadError, ClockSkewError, HybridClock, physical_ms, wall_ms
 from sync.observation import Evidence, Observation, Subject
 
 STRIPES = 256
@@ -77,8 +77,14 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class MergeOutcome:
+    """``refused``: the indexes of the input deltas not merged because a timestamp is ahead of
+    this node's clock bound (merged once it allows them); ``held_back``: observations left out
+    of whole states for the same reason (the rest of each state merged)."""
+
     merged: int
-    refused: int
+    refused: tuple[int, ...] = ()
+    held_back: int = 0
+    reason: str = ""
 
 
 class Engine:
@@ -111,6 +117,7 @@ class Engine:
 
     def observe(self, source: str, inputs: Sequence[ObservationInput]) -> WriteResult:
         """Records the observations of one source, all in one durable batch."""
+        self._check_clock()
         by_subject: dict[Subject, list[tuple[int, ObservationInput]]] = {}
         for i, item in enumerate(inputs):
             by_subject.setdefault(item.subject, []).append((i, item))
@@ -146,14 +153,14 @@ class Engine:
             (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
-            dot=state.next_dot(self.actor),
+            dot=self._next_dot(state),
             context=item.context,
             key=key,
             source=source,
             statement=item.statement,
             confidence=item.confidence,
             evidence=item.evidence,
-            hlc=self.clock.now(),
+            hlc=self._mint(),
             origin=self.node,
         )
         removed = [*mine, *evicted]
@@ -172,6 +179,7 @@ class Engine:
         With ``audit`` the action is recorded (slot and count added to its detail) in the same
         batch, even when there was nothing to withdraw.
         """
+        self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
             dots = slot_dots(state, context, key, source)
@@ -179,7 +187,7 @@ class Engine:
                 detail = slot_detail(context, key, source, len(dots))
                 audit = dataclasses.replace(audit, detail=detail)
             if dots:
-                event = state.next_dot(self.actor)
+                event = self._next_dot(state)
                 delta = retract_delta(state, self.actor, dots)
                 change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
                 self._commit([change], audit)
@@ -195,8 +203,14 @@ class Engine:
 
         With ``audit`` the erase is recorded in the audit log in the same batch.
         """
+        self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
+            if state.generation >= MAX_COUNTER:
+                raise ResourceExhausted(
+                    f"{subject}: erase generation {state.generation} is at the bound every "
+                    f"replica accepts ({MAX_COUNTER}); the subject cannot be erased again"
+                )
             delta = erase_delta(state, self.actor)
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit)
@@ -204,6 +218,34 @@ class Engine:
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
+
+    def _check_clock(self) -> None:
+        """Refuses a write while the clock would mint timestamps peers refuse (sync.hlc)."""
+        if self.clock.refusing_ms():
+            try:
+                self.clock.now()
+            except ClockAheadError as exc:
+                metrics.WRITES_REFUSED.labels("clock_ahead").inc()
+                raise Unavailable(f"node {self.node}: {exc}") from exc
+
+    def _mint(self) -> int:
+        try:
+            return self.clock.now()
+        except ClockAheadError as exc:
+            metrics.WRITES_REFUSED.labels("clock_ahead").inc()
+            raise Unavailable(f"node {self.node}: {exc}") from exc
+
+    def _next_dot(self, state: SubjectState) -> Dot:
+        """The subject's next dot of this node's actor, never one peers would refuse."""
+        dot = state.next_dot(self.actor)
+        if dot.counter > MAX_COUNTER:
+            metrics.WRITES_REFUSED.labels("counter_exhausted").inc()
+            raise ResourceExhausted(
+                f"{state.subject}: the next event counter of actor {self.actor} would be "
+                f"{dot.counter}, beyond the bound every replica accepts ({MAX_COUNTER}); "
+                "this subject takes no more events from this node"
+            )
+        return dot
 
     def merge_remote(
         self,
@@ -214,22 +256,32 @@ class Engine:
     ) -> MergeOutcome:
         """Merges deltas or whole states from a peer, in causal order (sync.delivery).
 
-        A delta from a clock too far ahead is refused and counted; ``extra`` rows (the
+        A delta with a timestamp too far ahead of this node's clock is refused (its index
+        reported, counted), whole: a delta is one event. A whole state (``events`` None) with
+        such observations merges without them and without their dots, so the rest of the subject
+        is repaired and the held-back part arrives once the clock allows it. ``extra`` rows (the
         origin's position) are written in the same batch as the merge. With ``durable=False``
         the merge is shown to readers and watches as soon as RocksDB has it, before its WAL
         sync; the caller then calls ``store.sync_written()`` before acknowledging it.
         """
         accepted: dict[Subject, list[Delta]] = {}
-        refused = 0
-        for delta in deltas:
-            try:
-                for obs in delta.state.observations.values():
-                    self.clock.check(obs.hlc)
-            except ClockSkewError as exc:
-                refused += 1
-                metrics.CLOCK_SKEW_REFUSED.inc()
-                metrics.log.warning("refused a delta for %s: %s", delta.state.subject, exc)
-                continue
+        refused: list[int] = []
+        held_back = 0
+        reason = ""
+        for index, delta in enumerate(deltas):
+            too_new = self._too_new(delta.state)
+            if too_new:
+                first = self._skew(too_new[0].hlc)
+                reason = reason or str(first)
+                metrics.CLOCK_SKEW_REFUSED.inc(len(too_new))
+                if delta.events is not None:
+                    refused.append(index)
+                    continue
+                held_back += len(too_new)
+                rest = without(delta.state, too_new)
+                if rest is None:
+                    continue
+                delta = Delta(rest)
             accepted.setdefault(delta.state.subject, []).append(delta)
         for group in accepted.values():
             for delta in group:
@@ -254,7 +306,21 @@ class Engine:
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
-        return MergeOutcome(merged, refused)
+        return MergeOutcome(merged, tuple(refused), held_back, reason)
+
+    def _too_new(self, state: SubjectState) -> list[Observation]:
+        """The state's observations whose timestamps this node's clock refuses, oldest first."""
+        limit = self.clock.wall() + self.clock.max_offset_ms
+        found = [o for o in state.observations.values() if physical_ms(o.hlc) > limit]
+        found.sort(key=_hlc_of)
+        return found
+
+    def _skew(self, hlc: int) -> ClockSkewError:
+        try:
+            self.clock.check(hlc)
+        except ClockSkewError as exc:
+            return exc
+        return ClockSkewError(physical_ms(hlc), self.clock.wall(), self.clock.max_offset_ms)
 
     def _commit(
         self,
@@ -392,6 +458,42 @@ class Engine:
         not shared with other processes, so the per-process salt of str hashes is harmless)."""
         indexes = sorted({hash(s) % STRIPES for s in subjects})
         return _Held([self._stripes[i] for i in indexes])
+
+
+# The most dots ``without`` moves from a version vector to the cloud to take a dot out.
+MAX_SPLIT = 10_000
+
+
+def without(state: SubjectState, observations: Sequence[Observation]) -> SubjectState | None:
+    """``state`` as if the events of ``observations`` had not happened yet: neither they nor
+    their dots (so a later merge of the full state still adds them). None when that would
+    spell out more than MAX_SPLIT dots of the context."""
+    dots = {o.dot for o in observations}
+    kept = {dot: o for dot, o in state.observations.items() if dot not in dots}
+    context = state.context
+    by_actor: dict[str, list[int]] = {}
+    for dot in dots:
+        by_actor.setdefault(dot.actor, []).append(dot.counter)
+    vector = dict(context.vector)
+    cloud = set(context.cloud) - dots
+    for actor, counters in by_actor.items():
+        top = vector.get(actor, 0)
+        low = min(counters)
+        if low <= top:  # the vector's range splits: below the first removed, the rest beyond
+            if top - low > MAX_SPLIT:
+                return None
+            vector[actor] = low - 1
+            cloud.update(Dot(actor, c) for c in range(low + 1, top + 1) if c not in counters)
+    return SubjectState(
+        state.subject,
+        state.generation,
+        CausalContext.of(cloud).join(CausalContext({a: c for a, c in vector.items() if c > 0})),
+        kept,
+    )
+
+
+def _hlc_of(obs: Observation) -> int:
+    return obs.hlc
 
 
 def _subject_of(change: Change) -> Subject:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from sync.codec import (
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject
-from sync.ports import Batch, Merged
+from sync.ports import Ack, Batch, Merged
 from sync.replicator import Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
@@ -125,7 +126,7 @@ class EngineReplica:
 
     def merge(self, states: Iterable[SubjectState]) -> Merged:
         outcome = self.engine.merge_remote(Delta(s) for s in states)
-        return Merged(outcome.merged, outcome.refused)
+        return Merged(outcome.merged, outcome.held_back)
 
     def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
         return [s for s in (self.store.load(subject) for subject in subjects) if s is not None]
@@ -171,6 +172,8 @@ def encode_batch(origin: bytes, batch: Batch) -> bytes:
         parts += (b"\x18", _varint(batch.last_seq))
     for raw in batch.deltas:
         parts += (b"\x22", _varint(len(raw)), raw)
+    if batch.resent:
+        parts.append(b"\x30\x01")
     return b"".join(parts)
 
 
@@ -183,7 +186,11 @@ class GrpcPeerLink:
         address: str,
         credentials: grpc.ChannelCredentials | None,
         run: RunClaim | None = None,
+        limits: Limits | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
+        self._limits = limits or Limits()
+        self._refusals = refusals or Refusals(address)
         self._channel = open_channel(address, credentials, _KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
@@ -197,7 +204,7 @@ class GrpcPeerLink:
         self._run = run  # recorded by the peer before each delta stream
         self._call: Any = None
 
-    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
         if self._run is not None:  # a peer this run's start missed learns of it here
             try:
                 self.claim_run(0, self._run, CALL_TIMEOUT_S)
@@ -208,7 +215,9 @@ class GrpcPeerLink:
         call = self._replicate((encode_batch(origin, b) for b in batches), metadata=self._md)
         self._call = call
         for ack in call:
-            yield ack.acked_seq
+            yield Ack(
+                ack.acked_seq, ack.deferred_seqs, ack.rejected_seqs, ack.merged_seqs, ack.reason
+            )
 
     def buckets(self) -> list[bytes]:
         reply = self._stub.GetBuckets(
@@ -237,7 +246,13 @@ class GrpcPeerLink:
     def exchange(self, states: Sequence[SubjectState]) -> list[SubjectState]:
         msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
         reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
-        return [state_from_proto(s) for s in reply.states]
+        # The peer's states hold to the same rules as its deltas: one that breaks them is left
+        # out (and logged once), the others merge.
+        return [
+            state_from_proto(s)
+            for i, s in enumerate(reply.states)
+            if self._refusals.valid(s, f"states[{i}]", self._limits)
+        ]
 
     def close(self) -> None:
         if self._call is not None:
@@ -265,6 +280,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self._streams: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._refusals = Refusals(engine.node)
 
     def close(self) -> None:
         """Ends every incoming delta stream, so a graceful shutdown does not wait on them."""
@@ -311,43 +327,59 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         request_iterator: Iterator[sync_pb2.ReplicateBatch],
         context: grpc.ServicerContext,
     ) -> Iterator[sync_pb2.ReplicateAck]:
+        """Merges each batch and acknowledges the stream's position, naming the deltas it
+        refused: deferred (a timestamp ahead of this node's clock bound) or rejected (invalid).
+        A refused delta is never merged nor acknowledged as merged, and never ends the stream.
+        """
         acked_at = -ACK_INTERVAL_S
-        refused = 0
+        top = 0  # the stream's position: the last sequence of its latest batch in order
+        ack = sync_pb2.ReplicateAck()
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
+            if not batch.resent:
+                top = max(top, batch.last_seq)
             if batch.deltas:
-                self._check(context, batch.deltas, "deltas")
-                deltas = [delta_from_proto(d) for d in batch.deltas]
-                sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
+                if batch.last_seq - batch.first_seq + 1 != len(batch.deltas):
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"deltas: the batch holds {len(batch.deltas)} deltas for sequences "
+                        f"{batch.first_seq}..{batch.last_seq}",
+                    )
+                sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(batch.deltas))
                 sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
+                seqs, deltas = [], []
+                for i, msg in enumerate(batch.deltas):
+                    seq = batch.first_seq + i
+                    if self._refusals.valid(msg, f"deltas[{i}] (seq {seq})", self.limits, peer):
+                        seqs.append(seq)
+                        deltas.append(delta_from_proto(msg))
+                    else:
+                        ack.rejected_seqs.append(seq)
+                        ack.reason = ack.reason or self._refusals.last
+                        sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
                 # Watches and readers here see the batch as soon as RocksDB has it; the origin
                 # learns it may trim only once it is on disk here (until then it resends it).
-                outcome = self.engine.merge_remote(
-                    deltas,
-                    extra=[Store.position_row("applied", peer, batch.last_seq)],
-                    durable=False,
-                )
-                refused += outcome.refused
+                extra = [] if batch.resent else [Store.position_row("applied", peer, top)]
+                outcome = self.engine.merge_remote(deltas, extra=extra, durable=False)
+                deferred = {seqs[i] for i in outcome.refused}
+                if deferred:
+                    ack.deferred_seqs.extend(sorted(deferred))
+                    ack.reason = ack.reason or outcome.reason
+                    sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "clock").inc(len(deferred))
+                    self._refusals.deferred(peer, outcome.reason)
+                if batch.resent:
+                    ack.merged_seqs.extend(seq for seq in seqs if seq not in deferred)
                 if time.monotonic() - acked_at < ACK_INTERVAL_S:
                     continue  # acknowledged with a later batch, or when the origin asks
             self.engine.store.sync_written()
-            yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=refused)
-            acked_at, refused = time.monotonic(), 0
-
-    def _check(
-        self, context: grpc.ServicerContext, states: Sequence[sync_pb2.SubjectState], field: str
-    ) -> None:
-        try:
-            for i, msg in enumerate(states):
-                validation.remote_state(msg, f"{field}[{i}]", self.limits)
-        except InvalidArgument as exc:
-            sync_metrics.REPLICATION_ERRORS.labels(self._peer_name(context) or "unknown").inc()
-            log.warning("refused a malformed state from a peer: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            ack.acked_seq = top
+            ack.refused = len(ack.deferred_seqs) + len(ack.rejected_seqs)
+            yield ack
+            acked_at, ack = time.monotonic(), sync_pb2.ReplicateAck()
 
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -396,9 +428,15 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def ExchangeStates(
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
-        self._authorize(context)
-        self._check(context, request.states, "states")
-        incoming = [state_from_proto(s) for s in request.states]
+        peer = self._authorize(context)
+        # A state that breaks a rule is left out (logged once); the others merge, so one bad
+        # subject does not stop the repair of the rest.
+        incoming = []
+        for i, msg in enumerate(request.states):
+            if self._refusals.valid(msg, f"states[{i}]", self.limits, peer):
+                incoming.append(state_from_proto(msg))
+            else:
+                sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
         self.engine.merge_remote(Delta(s) for s in incoming)
         reply = sync_pb2.StateExchange()
         for state in incoming:
@@ -406,6 +444,54 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             if mine is not None:
                 reply.states.append(state_to_proto(mine))
         return reply
+
+
+class Refusals:
+    """Validates what a peer sends (node.validation.remote_state) and logs each refusal once:
+    a delta sent again, or a state every anti-entropy round ships, is not logged again."""
+
+    def __init__(self, where: str, remember: int = 4096) -> None:
+        self._where = where
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._remember = remember
+        self._lock = threading.Lock()
+        self.last = ""
+
+    def valid(self, msg: sync_pb2.SubjectState, field: str, limits: Limits, peer: str = "") -> bool:
+        try:
+            validation.remote_state(msg, field, limits)
+        except InvalidArgument as exc:
+            self.last = f"{exc.field.rpartition('.')[2] or exc.field}: {exc.reason}"
+            subject = f"{msg.subject.tenant}/{msg.subject.id}"
+            if self._first((peer, f"{subject} {exc.reason}")):
+                log.warning(
+                    "refused %s of %s from %s (logged once): %s",
+                    field,
+                    subject,
+                    peer or self._where,
+                    exc,
+                )
+            return False
+        return True
+
+    def deferred(self, peer: str, reason: str) -> None:
+        if self._first((peer, "clock")):
+            log.warning(
+                "holding back deltas from %s until this node's clock allows them (logged once "
+                "per peer; selfmodel_deltas_refused_from_peer_total counts them): %s",
+                peer,
+                reason,
+            )
+
+    def _first(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._remember:
+                self._seen.popitem(last=False)
+            return True
 
 
 def header_peer_name(context: grpc.ServicerContext) -> str | None:
@@ -471,11 +557,13 @@ def build_replicator(
     peers: Sequence[PeerConfig],
     settings: SyncSettings,
     credentials: grpc.ChannelCredentials | None,
+    limits: Limits | None = None,
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run)
+        refusals = Refusals(peer.name)
+        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run, limits, refusals)
 
     return Replicator(
         StoreOutbox(engine.store),

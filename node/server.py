@@ -44,12 +44,14 @@ from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
 from sync import native
-from sync.hlc import HybridClock
+from sync.hlc import HybridClock, wall_ms
 from sync.replicator import Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
 
 SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "selfmodel.v1.Sync")
+# For tests only: milliseconds added to the node's wall clock, to run a node whose clock is off.
+CLOCK_OFFSET_ENV = "SELFMODEL_TEST_CLOCK_OFFSET_MS"
 
 
 class ConfigError(Exception):
@@ -76,6 +78,11 @@ class NodeConfig:
     # secret on the wire); None serves it in plaintext.
     server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
+    # Write with a saved clock ahead of the wall clock (beyond max_clock_offset_ms) at once,
+    # instead of refusing writes until the wall clock catches up (--accept-saved-clock).
+    accept_saved_clock: bool = False
+    # For tests only (CLOCK_OFFSET_ENV): milliseconds added to the wall clock the node reads.
+    clock_offset_ms: int = 0
     # Federation: the peers this node streams to, every node of the cluster, sync settings.
     peers: tuple[PeerConfig, ...] = ()
     members: frozenset[str] = frozenset()
@@ -180,8 +187,10 @@ def start(config: NodeConfig) -> RunningNode:
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
     )
-    clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
-    engine = Engine(store, config.policies, clock=clock, max_watchers=config.max_watchers)
+    clock = start_clock(config, store.hlc_high_water)
+    engine = Engine(
+        store, config.policies, clock=clock, now_ms=clock.wall, max_watchers=config.max_watchers
+    )
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -211,7 +220,7 @@ def start(config: NodeConfig) -> RunningNode:
     replicator = None
     if config.peers:
         replicator = build_replicator(
-            engine, config.peers, config.sync, config.peer_channel_credentials
+            engine, config.peers, config.sync, config.peer_channel_credentials, config.limits
         )
     sync_servicer = SyncServicer(
         engine,
@@ -299,6 +308,76 @@ def start(config: NodeConfig) -> RunningNode:
     )
 
 
+def start_clock(config: NodeConfig, high_water: int) -> HybridClock:
+    """The node's hybrid clock, seeded with its saved high-water mark; says loudly when that
+    mark is beyond the wall clock plus max_clock_offset_ms, and what the node does about it."""
+    wall = wall_ms
+    offset = config.clock_offset_ms or int(os.environ.get(CLOCK_OFFSET_ENV, "0") or 0)
+    if offset:
+        log.warning("TEST ONLY: node %s reads its wall clock %+d ms off", config.name, offset)
+
+        def wall() -> int:
+            return wall_ms() + offset
+
+    clock = HybridClock(
+        wall,
+        max_offset_ms=config.max_clock_offset_ms,
+        high_water=high_water,
+        accept_ahead=config.accept_saved_clock,
+    )
+    metrics.CLOCK_AHEAD.set_function(lambda: clock.ahead_ms() / 1000)
+    ahead = clock.ahead_ms()
+    if ahead <= config.max_clock_offset_ms:
+        clock.accept_ahead = False  # the override is for this start's jump only
+        return clock
+    if config.accept_saved_clock:
+        log.warning(
+            "CLOCK AHEAD: node %s's saved clock is %d ms ahead of its wall clock (beyond "
+            "max_clock_offset_ms = %d); taking writes anyway (--accept-saved-clock): peers hold "
+            "its new deltas back, unacknowledged, for up to %d ms until their clocks allow them",
+            config.name,
+            ahead,
+            config.max_clock_offset_ms,
+            ahead - config.max_clock_offset_ms,
+        )
+        return clock
+    wait_ms = clock.refusing_ms()
+    log.error(
+        "CLOCK AHEAD: node %s's saved clock is %d ms ahead of its wall clock (a run whose clock "
+        "was ahead saved it), beyond max_clock_offset_ms = %d: refusing writes (UNAVAILABLE) "
+        "for %d ms, until the wall clock catches up; reads and replication go on. To write "
+        "now with the saved clock, restart with --accept-saved-clock",
+        config.name,
+        ahead,
+        config.max_clock_offset_ms,
+        wait_ms,
+    )
+    timer = threading.Timer(wait_ms / 1000 + 0.01, _clock_caught_up, (config.name, clock))
+    timer.daemon = True
+    timer.start()
+    return clock
+
+
+def _clock_caught_up(name: str, clock: HybridClock) -> None:
+    if clock.refusing_ms():
+        timer = threading.Timer(clock.refusing_ms() / 1000 + 0.01, _clock_caught_up, (name, clock))
+        timer.daemon = True
+        timer.start()
+        return
+    log.warning("node %s: the wall clock caught up with the saved clock; taking writes", name)
+
+
+def clock_refusal(clock: HybridClock) -> str:
+    """Why the clock refuses writes now, or "" when it does not."""
+    wait_ms = clock.refusing_ms()
+    if not wait_ms:
+        return ""
+    return (
+        f"clock ahead: the hybrid clock is {clock.ahead_ms()} ms ahead of the wall clock, beyond "
+        f"max_clock_offset_ms = {clock.max_offset_ms}; writes refused for another {wait_ms} ms"
+    )
+
+
 def decide_actor(config: NodeConfig, store: Store) -> None:
     """Resumes the previous run's actor if that is safe, else keeps the new one; logs which.
 
@@ -355,6 +434,8 @@ def node_status(
         subjects=engine.store.estimate_subjects(),
         outbox_seq=engine.store.outbox_seq,
         serving=True,
+        clock_ahead_ms=engine.clock.ahead_ms(),
+        writes_refused=clock_refusal(engine.clock),
     )
     addresses = {p.name: p.address for p in config.peers}
     for peer in replicator.states() if replicator is not None else []:
@@ -365,6 +446,10 @@ def node_status(
             acked_seq=peer.acked,
             outbox_depth=max(0, engine.store.outbox_seq - peer.acked),
             lag_seconds=peer.lag_s,
+            deltas_pending=peer.pending,
+            deltas_refused_clock=peer.refused_clock,
+            deltas_refused_invalid=peer.refused_invalid,
+            last_refusal=peer.last_refusal,
         )
     return status
 

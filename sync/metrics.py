@@ -44,3 +44,21 @@ PEERS_DROPPED = Counter(
 REPLICATION_ERRORS = Counter(
     "selfmodel_replication_errors_total", "Delta stream sessions that ended in an error.", ["peer"]
 )
+DELTAS_REFUSED_BY_PEER = Counter(
+    "selfmodel_deltas_refused_by_peer_total",
+    "This node's deltas a peer refused: clock (a timestamp ahead of the peer's clock bound; "
+    "resent until merged) or invalid (never mergeable; left to the operator).",
+    ["peer", "reason"],
+)
+DELTAS_PENDING = Gauge(
+    "selfmodel_deltas_pending_at_peer",
+    "This node's deltas a peer refused for its clock and has not merged yet (resent with "
+    "backoff; the outbox keeps them).",
+    ["peer"],
+)
+DELTAS_REFUSED_FROM_PEER = Counter(
+    "selfmodel_deltas_refused_from_peer_total",
+    "Deltas received from a peer and refused here: clock (held back until this node's clock "
+    "allows them) or invalid.",
+    ["peer", "reason"],
+)

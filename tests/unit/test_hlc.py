@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync.hlc import LOGICAL_MASK, ClockSkewError, HybridClock, pack, physical_ms
+from sync.hlc import (
+    LOGICAL_MASK,
+    ClockAheadError,
+    ClockSkewError,
+    HybridClock,
+    pack,
+    physical_ms,
+)
 from tests.unit.strategies import VALUES
 
 T0 = 1_700_000_000_000
@@ -113,3 +120,56 @@ def test_a_remote_timestamp_behind_does_not_move_the_clock_back() -> None:
     clock.observe(pack(T0 - 10_000))
     assert clock.last == ours
     assert clock.now() > ours
+
+
+def test_a_saved_clock_beyond_the_offset_mints_nothing_until_the_wall_clock_catches_up() -> None:
+    """The bound holds where timestamps are minted: peers would refuse anything beyond it."""
+    wall = FakeWall()
+    saved = pack(T0 + 150_000)
+    clock = HybridClock(wall, max_offset_ms=60_000, high_water=saved)
+    assert clock.ahead_ms() == 150_000
+    assert clock.refusing_ms() == 90_000
+    with pytest.raises(ClockAheadError) as refused:
+        clock.now()
+    assert (refused.value.ahead_ms, refused.value.wait_ms) == (150_000, 90_000)
+    assert "150000 ms ahead" in str(refused.value)
+    assert "max_clock_offset_ms = 60000" in str(refused.value)
+    assert "--accept-saved-clock" in str(refused.value)
+    assert clock.last == saved  # a refusal moves nothing
+    wall.ms += 89_999
+    assert clock.refusing_ms() == 1
+    with pytest.raises(ClockAheadError):
+        clock.now()
+    wall.ms += 1
+    assert clock.refusing_ms() == 0
+    assert clock.now() == saved + 1
+
+
+def test_the_operator_may_accept_a_saved_clock_ahead() -> None:
+    clock = HybridClock(
+        FakeWall(), max_offset_ms=60_000, high_water=pack(T0 + 150_000), accept_ahead=True
+    )
+    assert clock.refusing_ms() == 0
+    assert clock.now() == pack(T0 + 150_000) + 1
+
+
+@VALUES
+@given(
+    saved_ahead=st.integers(-100_000, 300_000),
+    steps=st.lists(st.integers(-5_000, 50_000), max_size=30),
+)
+def test_no_timestamp_is_ever_minted_beyond_the_wall_clock_plus_the_offset(
+    saved_ahead: int, steps: list[int]
+) -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall, max_offset_ms=60_000, high_water=pack(T0 + saved_ahead))
+    minted = []
+    for step in steps:
+        wall.ms += step
+        try:
+            minted.append(clock.now())
+        except ClockAheadError:
+            assert clock.refusing_ms() > 0
+            continue
+        assert physical_ms(minted[-1]) <= wall.ms + 60_000
+    assert all(a < b for a, b in itertools.pairwise(minted))

@@ -45,12 +45,23 @@ class PeerStatus(_message.Message):
     ACKED_SEQ_FIELD_NUMBER: _builtins.int
     OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
     LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    DELTAS_PENDING_FIELD_NUMBER: _builtins.int
+    DELTAS_REFUSED_CLOCK_FIELD_NUMBER: _builtins.int
+    DELTAS_REFUSED_INVALID_FIELD_NUMBER: _builtins.int
+    LAST_REFUSAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     connected: _builtins.bool
     acked_seq: _builtins.int
     outbox_depth: _builtins.int
     lag_seconds: _builtins.float
+    deltas_pending: _builtins.int
+    """This node's deltas the peer refused for its clock and has not merged yet (resent)."""
+    deltas_refused_clock: _builtins.int
+    """This node's deltas the peer refused since this node started: for its clock, and as invalid."""
+    deltas_refused_invalid: _builtins.int
+    last_refusal: _builtins.str
+    """the peer's reason for its latest refusal, empty if none"""
     def __init__(
         self,
         *,
@@ -60,10 +71,14 @@ class PeerStatus(_message.Message):
         acked_seq: _builtins.int = ...,
         outbox_depth: _builtins.int = ...,
         lag_seconds: _builtins.float = ...,
+        deltas_pending: _builtins.int = ...,
+        deltas_refused_clock: _builtins.int = ...,
+        deltas_refused_invalid: _builtins.int = ...,
+        last_refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "lag_seconds", b"lag_seconds", "name", b"name", "outbox_depth", b"outbox_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "deltas_pending", b"deltas_pending", "deltas_refused_clock", b"deltas_refused_clock", "deltas_refused_invalid", b"deltas_refused_invalid", "lag_seconds", b"lag_seconds", "last_refusal", b"last_refusal", "name", b"name", "outbox_depth", b"outbox_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,6 +96,8 @@ class NodeStatus(_message.Message):
     OUTBOX_SEQ_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
+    CLOCK_AHEAD_MS_FIELD_NUMBER: _builtins.int
+    WRITES_REFUSED_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     domain: _builtins.str
     actor: _builtins.str
@@ -88,6 +105,10 @@ class NodeStatus(_message.Message):
     subjects: _builtins.int
     outbox_seq: _builtins.int
     serving: _builtins.bool
+    clock_ahead_ms: _builtins.int
+    """Milliseconds this node's hybrid clock is ahead of its wall clock (0 when it is not)."""
+    writes_refused: _builtins.str
+    """Why writes are refused, empty while they are taken (e.g. the clock is ahead)."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
     def __init__(
@@ -101,10 +122,12 @@ class NodeStatus(_message.Message):
         outbox_seq: _builtins.int = ...,
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
         serving: _builtins.bool = ...,
+        clock_ahead_ms: _builtins.int = ...,
+        writes_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "serving", b"serving", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "clock_ahead_ms", b"clock_ahead_ms", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "serving", b"serving", "subjects", b"subjects", "writes_refused", b"writes_refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
