@@ -10,7 +10,10 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   "forget" subject that a forgetter thread forgets every few seconds on a random node;
 - a fault every few seconds, chosen with a seeded RNG: partition of one node, majority split
   (cut or blackholed links), kill -9 and restart, SIGSTOP then SIGCONT, delay on a node's links
-  (and, with --faults ...,stop, a clean stop and restart, whose restart may resume the actor);
+  (and, with --faults ...,stop, a clean stop and restart, whose restart may resume the actor),
+  a clock jump (a node restarted with its clock 30 or 90 s ahead, then restarted with its clock
+  fixed: beyond max_clock_offset_ms, peers hold its deltas back, unacknowledged, and the fixed
+  node refuses writes until its wall clock catches up with the clock it saved);
   between two faults the cluster runs fault-free;
 - probes during the fault-free periods: an Observe on one node, watched through WatchSelfModel
   on every other node (time-to-visible = first snapshot covering it minus the Observe ack);
@@ -60,8 +63,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from federation.client import Client, user  # noqa: E402
 from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
 from node.errors import SelfModelError  # noqa: E402
+from node.server import CLOCK_OFFSET_ENV  # noqa: E402
 
-FAULTS = ("partition", "split", "kill", "pause", "delay")
+FAULTS = ("partition", "split", "kill", "pause", "delay", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.
 OPTIONAL_FAULTS = ("stop",)
 FACTS = "facts"
@@ -416,6 +420,7 @@ class Faults:
         self.names = sorted(cluster.nodes)
         self.killed: set[str] = set()
         self.paused: set[str] = set()
+        self.skewed: set[str] = set()
         self.restart_s: list[float] = []
 
     def apply(self) -> tuple[str, str, Callable[[], None]]:
@@ -440,6 +445,14 @@ class Faults:
             c.nodes[victim].stop()
             self.killed.add(victim)
             return kind, f"stop {victim} (SIGTERM), then restart", lambda: self._restart(victim)
+        if kind == "clock":  # the node runs with its clock ahead, then with it fixed
+            ahead_ms = rng.choice((30_000, 90_000))
+            self._set_clock(victim, ahead_ms)
+            return (
+                kind,
+                f"clock of {victim} {ahead_ms // 1000} s ahead (restart), then fixed (restart)",
+                lambda: self._set_clock(victim, 0),
+            )
         if kind == "pause":
             c.nodes[victim].pause()
             self.paused.add(victim)
@@ -456,6 +469,21 @@ class Faults:
         self.restart_s.append(time.monotonic() - started)
         self.killed.discard(name)
 
+    def _set_clock(self, name: str, ahead_ms: int) -> None:
+        """Restarts ``name`` with its wall clock ``ahead_ms`` off (node.server's test-only
+        offset); 0 fixes it."""
+        node = self.cluster.nodes[name]
+        node.stop()
+        self.killed.add(name)
+        env = {k: v for k, v in node.env.items() if k != CLOCK_OFFSET_ENV}
+        if ahead_ms:
+            env[CLOCK_OFFSET_ENV] = str(ahead_ms)
+            self.skewed.add(name)
+        else:
+            self.skewed.discard(name)
+        node.env = env
+        self._restart(name)
+
     def _resume(self, name: str) -> None:
         self.cluster.nodes[name].resume()
         self.paused.discard(name)
@@ -466,6 +494,8 @@ class Faults:
             self._resume(name)
         for name in sorted(self.killed):
             self._restart(name)
+        for name in sorted(self.skewed):
+            self._set_clock(name, 0)
 
 
 # -- report --------------------------------------------------------------------------------
