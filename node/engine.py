@@ -221,12 +221,10 @@ class Engine:
 
     def _check_clock(self) -> None:
         """Refuses a write while the clock would mint timestamps peers refuse (sync.hlc)."""
-        if self.clock.refusing_ms():
-            try:
-                self.clock.now()
-            except ClockAheadError as exc:
-                metrics.WRITES_REFUSED.labels("clock_ahead").inc()
-                raise Unavailable(f"node {self.node}: {exc}") from exc
+        refusal = self.clock.refusal()
+        if refusal is not None:
+            metrics.WRITES_REFUSED.labels("clock_ahead").inc()
+            raise Unavailable(f"node {self.node}: {refusal}")
 
     def _mint(self) -> int:
         try:

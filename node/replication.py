@@ -31,6 +31,7 @@ from sync.codec import (
 )
 from sync.crdt import SubjectState
 from sync.delivery import Delta
+from sync.hlc import PeerOffsets
 from sync.observation import Subject
 from sync.ports import Ack, Batch, Merged
 from sync.replicator import Replicator, SyncSettings
@@ -188,8 +189,11 @@ class GrpcPeerLink:
         run: RunClaim | None = None,
         limits: Limits | None = None,
         refusals: Refusals | None = None,
+        on_peer_wall: Callable[[int], None] | None = None,
     ) -> None:
         self._limits = limits or Limits()
+        # Told the peer's wall clock from each reply that carries it (sync.hlc.PeerOffsets).
+        self._on_peer_wall = on_peer_wall
         self._refusals = refusals or Refusals(address)
         self._channel = open_channel(address, credentials, _KEEPALIVE)
         self._stub = sync_pb2_grpc.SyncStub(self._channel)
@@ -215,6 +219,8 @@ class GrpcPeerLink:
         call = self._replicate((encode_batch(origin, b) for b in batches), metadata=self._md)
         self._call = call
         for ack in call:
+            if ack.wall_ms and self._on_peer_wall is not None:
+                self._on_peer_wall(ack.wall_ms)
             yield Ack(
                 ack.acked_seq, ack.deferred_seqs, ack.rejected_seqs, ack.merged_seqs, ack.reason
             )
@@ -223,6 +229,8 @@ class GrpcPeerLink:
         reply = self._stub.GetBuckets(
             sync_pb2.GetBucketsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md
         )
+        if reply.wall_ms and self._on_peer_wall is not None:
+            self._on_peer_wall(reply.wall_ms)
         return list(reply.hashes)
 
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
@@ -378,6 +386,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             self.engine.store.sync_written()
             ack.acked_seq = top
             ack.refused = len(ack.deferred_seqs) + len(ack.rejected_seqs)
+            ack.wall_ms = self.engine.clock.wall()
             yield ack
             acked_at, ack = time.monotonic(), sync_pb2.ReplicateAck()
 
@@ -392,7 +401,9 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
-        return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
+        return sync_pb2.Buckets(
+            hashes=self.engine.store.bucket_hashes(), wall_ms=self.engine.clock.wall()
+        )
 
     @map_errors
     def GetDigests(
@@ -561,9 +572,21 @@ def build_replicator(
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
+    clock = engine.clock
+    offsets = clock.peer_offsets = PeerOffsets(len(peers))
+
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
         refusals = Refusals(peer.name)
-        return lambda: GrpcPeerLink(engine.node, peer.address, credentials, run, limits, refusals)
+        gauge = sync_metrics.PEER_CLOCK_OFFSET.labels(peer.name)
+
+        def on_peer_wall(peer_wall_ms: int) -> None:
+            now = clock.wall()
+            offsets.sample(peer.name, peer_wall_ms, now)
+            gauge.set((offsets.ahead_ms(peer.name, now) or 0) / 1000)
+
+        return lambda: GrpcPeerLink(
+            engine.node, peer.address, credentials, run, limits, refusals, on_peer_wall
+        )
 
     return Replicator(
         StoreOutbox(engine.store),

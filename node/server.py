@@ -369,13 +369,8 @@ def _clock_caught_up(name: str, clock: HybridClock) -> None:
 
 def clock_refusal(clock: HybridClock) -> str:
     """Why the clock refuses writes now, or "" when it does not."""
-    wait_ms = clock.refusing_ms()
-    if not wait_ms:
-        return ""
-    return (
-        f"clock ahead: the hybrid clock is {clock.ahead_ms()} ms ahead of the wall clock, beyond "
-        f"max_clock_offset_ms = {clock.max_offset_ms}; writes refused for another {wait_ms} ms"
-    )
+    refusal = clock.refusal()
+    return "" if refusal is None else f"clock ahead: {refusal}"
 
 
 def decide_actor(config: NodeConfig, store: Store) -> None:
@@ -438,6 +433,12 @@ def node_status(
         writes_refused=clock_refusal(engine.clock),
     )
     addresses = {p.name: p.address for p in config.peers}
+    offsets, wall = engine.clock.peer_offsets, engine.clock.wall()
+
+    def offset(peer: str) -> int:
+        ahead = offsets.ahead_ms(peer, wall) if offsets is not None else None
+        return ahead or 0
+
     for peer in replicator.states() if replicator is not None else []:
         status.peers.add(
             name=peer.name,
@@ -450,6 +451,7 @@ def node_status(
             deltas_refused_clock=peer.refused_clock,
             deltas_refused_invalid=peer.refused_invalid,
             last_refusal=peer.last_refusal,
+            clock_offset_ms=offset(peer.name),
         )
     return status
 

@@ -8,12 +8,16 @@ The same bound holds where timestamps are minted: ``now`` never returns a timest
 than ``max_offset_ms`` ahead of the local wall clock (peers would refuse it). A clock seeded with
 a high-water mark beyond that (a run whose wall clock was ahead) raises ``ClockAheadError`` until
 the wall clock catches up, unless the operator accepted the saved clock (``accept_ahead``).
+And a node whose wall clock is itself ahead of a majority of the cluster's by more than the
+offset (``PeerOffsets``, from its peers' replies) mints nothing until its clock is fixed: it takes
+itself out of writing rather than pushing its skew onto the others.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 LOGICAL_BITS = 16
@@ -59,6 +63,63 @@ class ClockAheadError(Exception):
         )
 
 
+class ClockAheadOfPeersError(ClockAheadError):
+    """This node's wall clock is ahead of most of the cluster's by more than the offset."""
+
+    def __init__(self, ahead_ms: int, max_offset_ms: int, peers: list[str]) -> None:
+        Exception.__init__(
+            self,
+            f"this node's wall clock is at least {ahead_ms} ms ahead of its peers "
+            f"{', '.join(peers)}, beyond max_clock_offset_ms = {max_offset_ms}: writes are "
+            "refused until the clocks agree (fix this machine's clock, e.g. with NTP)",
+        )
+        self.ahead_ms = ahead_ms
+        self.max_offset_ms = max_offset_ms
+        self.wait_ms = 0
+        self.peers = peers
+
+
+class PeerOffsets:
+    """How far this node's wall clock is ahead of each peer's, from the peers' replies.
+
+    A sample is the local wall clock when a reply arrived minus the peer's wall clock when it
+    answered: the true offset plus the reply's delay, never less. So the smallest of a peer's
+    samples of the last ``window_ms`` is kept (a reply delayed by a pause or a slow link only
+    makes the node look further ahead for as long as no fresher reply has come). Thread-safe.
+    """
+
+    def __init__(self, peers: int, window_ms: int = 10_000, samples: int = 16) -> None:
+        self.peers = peers
+        self.window_ms = window_ms
+        self._samples: dict[str, deque[tuple[int, int]]] = {}
+        self._max = samples
+        self._lock = threading.Lock()
+
+    def sample(self, peer: str, peer_wall_ms: int, local_ms: int) -> None:
+        with self._lock:
+            kept = self._samples.setdefault(peer, deque(maxlen=self._max))
+            kept.append((local_ms, local_ms - peer_wall_ms))
+
+    def ahead_ms(self, peer: str, now_ms: int) -> int | None:
+        """The estimate for ``peer``, or None without a recent reply."""
+        with self._lock:
+            recent = [o for at, o in self._samples.get(peer, ()) if now_ms - at <= self.window_ms]
+        return min(recent) if recent else None
+
+    def beyond(self, max_offset_ms: int, now_ms: int) -> tuple[int, list[str]] | None:
+        """``(ahead_ms, peers)`` when this node's clock is more than ``max_offset_ms`` ahead of a
+        majority of the cluster (itself included, so a node of two never refuses on its own:
+        which of the two is off cannot be told); else None."""
+        ahead = {}
+        for peer in list(self._samples):
+            offset = self.ahead_ms(peer, now_ms)
+            if offset is not None and offset > max_offset_ms:
+                ahead[peer] = offset
+        if 2 * len(ahead) <= self.peers + 1:
+            return None
+        return min(ahead.values()), sorted(ahead)
+
+
 class HybridClock:
     """Monotonic across calls and across restarts (seeded with the persisted high-water mark).
 
@@ -80,6 +141,7 @@ class HybridClock:
         self.accept_ahead = accept_ahead
         self._last = high_water
         self._lock = threading.Lock()
+        self.peer_offsets: PeerOffsets | None = None  # set where the node has peers
 
     @property
     def last(self) -> int:
@@ -94,12 +156,27 @@ class HybridClock:
         return max(0, physical_ms(self._last) - self._wall())
 
     def refusing_ms(self) -> int:
-        """How much longer ``now`` refuses to mint (0: it mints)."""
+        """How much longer ``now`` refuses to mint for the saved clock (0: it does not)."""
         if self.accept_ahead:
             return 0
         return max(0, physical_ms(self._last + 1) - self._wall() - self.max_offset_ms)
 
+    def refusal(self) -> ClockAheadError | None:
+        """Why ``now`` would refuse to mint now, or None."""
+        if self.peer_offsets is not None:
+            beyond = self.peer_offsets.beyond(self.max_offset_ms, self._wall())
+            if beyond is not None:
+                return ClockAheadOfPeersError(beyond[0], self.max_offset_ms, beyond[1])
+        wait_ms = self.refusing_ms()
+        if wait_ms:
+            return ClockAheadError(wait_ms + self.max_offset_ms, self.max_offset_ms)
+        return None
+
     def now(self) -> int:
+        if self.peer_offsets is not None:
+            beyond = self.peer_offsets.beyond(self.max_offset_ms, self._wall())
+            if beyond is not None:
+                raise ClockAheadOfPeersError(beyond[0], self.max_offset_ms, beyond[1])
         with self._lock:
             wall = self._wall()
             candidate = pack(wall)

@@ -62,3 +62,9 @@ DELTAS_REFUSED_FROM_PEER = Counter(
     "allows them) or invalid.",
     ["peer", "reason"],
 )
+PEER_CLOCK_OFFSET = Gauge(
+    "selfmodel_peer_clock_offset_seconds",
+    "How far this node's wall clock is ahead of a peer's (negative: behind), from the peer's "
+    "recent replies. Beyond max_clock_offset_ms with most of the cluster, the node refuses writes.",
+    ["peer"],
+)

@@ -251,3 +251,31 @@ def test_a_bad_counter_is_refused_once_and_never_jams_the_stream_nor_is_minted(
     status = peer(cluster, "sales", "support")
     assert status.deltas_refused_invalid == 0 and status.deltas_pending == 0
     assert status.acked_seq == node_status(cluster.address("sales")).outbox_seq
+
+
+def test_a_node_whose_clock_is_ahead_of_most_of_its_cluster_takes_no_writes(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """CockroachDB's rule: the node out of bounds stops writing instead of pushing its skew."""
+    cluster = make_cluster(sync={"anti_entropy_s": 1.0})
+    restart(cluster, "billing", 600_000)
+    wait_until("billing saw its peers' clocks", lambda: "ahead of its peers" in node_status(
+        cluster.address("billing")).writes_refused, 10)  # fmt: skip
+    status = node_status(cluster.address("billing"))
+    assert all(p.clock_offset_ms >= 590_000 for p in status.peers), status
+    assert metric(cluster, "billing", "selfmodel_peer_clock_offset_seconds", peer="sales") > 590
+    with (
+        cluster.client("billing", "agent", attempts=1) as billing,
+        pytest.raises(Unavailable, match="ahead of its peers sales, support"),
+    ):
+        billing.observe(user("u"), "Skewed", confidence=0.9, context="facts", key="k")
+    with cluster.client("sales", "agent", attempts=1) as sales:  # the others write on
+        written = sales.observe(user("u"), "Fine", confidence=0.9, context="facts", key="k")
+    # The clock is fixed: billing writes again, and everything converges.
+    restart(cluster, "billing", 0)
+    with cluster.client("billing", "agent", attempts=1) as billing:
+        billing.self_model(user("u"), at_least=written.token, timeout_s=10.0)
+        again = billing.observe(user("u"), "Fixed", confidence=0.9, context="facts", key="b")
+    with cluster.client("support", "reader") as support:
+        support.self_model(user("u"), at_least=again.token, timeout_s=10.0)
+    cluster.wait_converged(15)

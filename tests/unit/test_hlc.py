@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from sync.hlc import (
     LOGICAL_MASK,
     ClockAheadError,
+    ClockAheadOfPeersError,
     ClockSkewError,
     HybridClock,
+    PeerOffsets,
     pack,
     physical_ms,
 )
@@ -173,3 +175,42 @@ def test_no_timestamp_is_ever_minted_beyond_the_wall_clock_plus_the_offset(
             continue
         assert physical_ms(minted[-1]) <= wall.ms + 60_000
     assert all(a < b for a, b in itertools.pairwise(minted))
+
+
+# -- a node ahead of most of its cluster takes itself out of writing --------------------------
+
+
+def test_a_node_ahead_of_a_majority_of_its_cluster_mints_nothing() -> None:
+    wall = FakeWall()
+    clock = HybridClock(wall, max_offset_ms=60_000)
+    clock.peer_offsets = offsets = PeerOffsets(peers=2)
+    offsets.sample("a", T0 - 600_000, T0)  # this node's clock is 10 minutes ahead of a's
+    assert clock.refusal() is None  # one peer of three nodes is no majority
+    clock.now()
+    offsets.sample("b", T0 - 600_000, T0)
+    refusal = clock.refusal()
+    assert isinstance(refusal, ClockAheadOfPeersError)
+    assert refusal.peers == ["a", "b"] and refusal.ahead_ms == 600_000
+    assert "ahead of its peers a, b" in str(refusal)
+    before = clock.last
+    with pytest.raises(ClockAheadOfPeersError):
+        clock.now()
+    assert clock.last == before
+    wall.ms += 10_001  # the samples age out: no recent evidence, no refusal
+    assert clock.refusal() is None
+
+
+def test_the_smallest_recent_sample_counts_a_late_reply_does_not_refuse() -> None:
+    offsets = PeerOffsets(peers=2)
+    offsets.sample("a", T0 - 100, T0)
+    offsets.sample("a", T0 - 90_000, T0 + 10)  # a reply read 90 s late (a pause): not an offset
+    offsets.sample("b", T0 - 200, T0)
+    assert offsets.ahead_ms("a", T0 + 10) == 100
+    assert offsets.beyond(60_000, T0 + 10) is None
+
+
+def test_in_a_cluster_of_two_neither_node_refuses_on_its_own() -> None:
+    """Which of two clocks is off cannot be told: the peer holds back what is too new."""
+    offsets = PeerOffsets(peers=1)
+    offsets.sample("a", T0 - 600_000, T0)
+    assert offsets.beyond(60_000, T0) is None

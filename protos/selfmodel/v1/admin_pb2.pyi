@@ -49,6 +49,7 @@ class PeerStatus(_message.Message):
     DELTAS_REFUSED_CLOCK_FIELD_NUMBER: _builtins.int
     DELTAS_REFUSED_INVALID_FIELD_NUMBER: _builtins.int
     LAST_REFUSAL_FIELD_NUMBER: _builtins.int
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     connected: _builtins.bool
@@ -62,6 +63,10 @@ class PeerStatus(_message.Message):
     deltas_refused_invalid: _builtins.int
     last_refusal: _builtins.str
     """the peer's reason for its latest refusal, empty if none"""
+    clock_offset_ms: _builtins.int
+    """How far this node's wall clock is ahead of the peer's (negative: behind), from the peer's
+    recent replies; 0 until it has replied.
+    """
     def __init__(
         self,
         *,
@@ -75,10 +80,11 @@ class PeerStatus(_message.Message):
         deltas_refused_clock: _builtins.int = ...,
         deltas_refused_invalid: _builtins.int = ...,
         last_refusal: _builtins.str = ...,
+        clock_offset_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "deltas_pending", b"deltas_pending", "deltas_refused_clock", b"deltas_refused_clock", "deltas_refused_invalid", b"deltas_refused_invalid", "lag_seconds", b"lag_seconds", "last_refusal", b"last_refusal", "name", b"name", "outbox_depth", b"outbox_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "clock_offset_ms", b"clock_offset_ms", "connected", b"connected", "deltas_pending", b"deltas_pending", "deltas_refused_clock", b"deltas_refused_clock", "deltas_refused_invalid", b"deltas_refused_invalid", "lag_seconds", b"lag_seconds", "last_refusal", b"last_refusal", "name", b"name", "outbox_depth", b"outbox_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

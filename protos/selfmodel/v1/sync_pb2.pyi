@@ -236,12 +236,15 @@ class ReplicateAck(_message.Message):
     REJECTED_SEQS_FIELD_NUMBER: _builtins.int
     MERGED_SEQS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WALL_MS_FIELD_NUMBER: _builtins.int
     acked_seq: _builtins.int
     """Every delta of the stream up to this sequence was merged, or is listed below as refused."""
     refused: _builtins.int
     """deltas refused since the previous ack (deferred plus rejected)"""
     reason: _builtins.str
     """why the first refusal since the previous ack was refused"""
+    wall_ms: _builtins.int
+    """the receiver's wall clock when it acknowledged, as in Buckets"""
     @_builtins.property
     def deferred_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Refused for now: a timestamp beyond the receiver's clock bound (max_clock_offset_ms). Not
@@ -265,10 +268,11 @@ class ReplicateAck(_message.Message):
         rejected_seqs: _abc.Iterable[_builtins.int] | None = ...,
         merged_seqs: _abc.Iterable[_builtins.int] | None = ...,
         reason: _builtins.str = ...,
+        wall_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "deferred_seqs", b"deferred_seqs", "merged_seqs", b"merged_seqs", "reason", b"reason", "refused", b"refused", "rejected_seqs", b"rejected_seqs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "deferred_seqs", b"deferred_seqs", "merged_seqs", b"merged_seqs", "reason", b"reason", "refused", b"refused", "rejected_seqs", b"rejected_seqs", "wall_ms", b"wall_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +298,11 @@ class Buckets(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HASHES_FIELD_NUMBER: _builtins.int
+    WALL_MS_FIELD_NUMBER: _builtins.int
+    wall_ms: _builtins.int
+    """The receiver's wall clock (Unix milliseconds) when it answered: the caller estimates how far
+    its own clock is ahead (sync.hlc.PeerOffsets). 0 from a node that does not say.
+    """
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """one per bucket, index = bucket"""
@@ -302,10 +311,11 @@ class Buckets(_message.Message):
         self,
         *,
         hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        wall_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "wall_ms", b"wall_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
