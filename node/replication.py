@@ -381,6 +381,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                     self._refusals.deferred(peer, outcome.reason)
                 if batch.resent:
                     ack.merged_seqs.extend(seq for seq in seqs if seq not in deferred)
+                    if seqs and not deferred:  # held back no longer: a later deferral is news
+                        self._refusals.forget(peer, "clock")
                 if time.monotonic() - acked_at < ACK_INTERVAL_S:
                     continue  # acknowledged with a later batch, or when the origin asks
             self.engine.store.sync_written()
@@ -493,6 +495,10 @@ class Refusals:
                 peer,
                 reason,
             )
+
+    def forget(self, peer: str, what: str) -> None:
+        with self._lock:
+            self._seen.pop((peer, what), None)
 
     def _first(self, key: tuple[str, str]) -> bool:
         with self._lock:
