@@ -62,8 +62,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from federation.client import Client, user  # noqa: E402
 from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
+from node.clock import CLOCK_OFFSET_ENV  # noqa: E402
 from node.errors import SelfModelError  # noqa: E402
-from node.server import CLOCK_OFFSET_ENV  # noqa: E402
 
 FAULTS = ("partition", "split", "kill", "pause", "delay", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.

@@ -36,6 +36,7 @@ from sync.crdt import (
 )
 from sync.delivery import CausalBuffer, Delta
 from sync.hlc import ClockAheadError, ClockSkewError, HybridClock, physical_ms, wall_ms
+from sync.holdback import too_new, without
 from sync.observation import Evidence, Observation, Subject
 
 STRIPES = 256
@@ -308,10 +309,7 @@ class Engine:
 
     def _too_new(self, state: SubjectState) -> list[Observation]:
         """The state's observations whose timestamps this node's clock refuses, oldest first."""
-        limit = self.clock.wall() + self.clock.max_offset_ms
-        found = [o for o in state.observations.values() if physical_ms(o.hlc) > limit]
-        found.sort(key=_hlc_of)
-        return found
+        return too_new(state, self.clock.wall() + self.clock.max_offset_ms)
 
     def _skew(self, hlc: int) -> ClockSkewError:
         try:
@@ -456,42 +454,6 @@ class Engine:
         not shared with other processes, so the per-process salt of str hashes is harmless)."""
         indexes = sorted({hash(s) % STRIPES for s in subjects})
         return _Held([self._stripes[i] for i in indexes])
-
-
-# The most dots ``without`` moves from a version vector to the cloud to take a dot out.
-MAX_SPLIT = 10_000
-
-
-def without(state: SubjectState, observations: Sequence[Observation]) -> SubjectState | None:
-    """``state`` as if the events of ``observations`` had not happened yet: neither they nor
-    their dots (so a later merge of the full state still adds them). None when that would
-    spell out more than MAX_SPLIT dots of the context."""
-    dots = {o.dot for o in observations}
-    kept = {dot: o for dot, o in state.observations.items() if dot not in dots}
-    context = state.context
-    by_actor: dict[str, list[int]] = {}
-    for dot in dots:
-        by_actor.setdefault(dot.actor, []).append(dot.counter)
-    vector = dict(context.vector)
-    cloud = set(context.cloud) - dots
-    for actor, counters in by_actor.items():
-        top = vector.get(actor, 0)
-        low = min(counters)
-        if low <= top:  # the vector's range splits: below the first removed, the rest beyond
-            if top - low > MAX_SPLIT:
-                return None
-            vector[actor] = low - 1
-            cloud.update(Dot(actor, c) for c in range(low + 1, top + 1) if c not in counters)
-    return SubjectState(
-        state.subject,
-        state.generation,
-        CausalContext.of(cloud).join(CausalContext({a: c for a, c in vector.items() if c > 0})),
-        kept,
-    )
-
-
-def _hlc_of(obs: Observation) -> int:
-    return obs.hlc
 
 
 def _subject_of(change: Change) -> Subject:

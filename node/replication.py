@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ from typing import Any
 
 import grpc
 
-from node import validation
 from node.engine import Engine
-from node.errors import InvalidArgument
+from node.refusals import Refusals
 from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
 from node.tls import PEERS_REFUSED, open_channel
@@ -457,58 +455,6 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             if mine is not None:
                 reply.states.append(state_to_proto(mine))
         return reply
-
-
-class Refusals:
-    """Validates what a peer sends (node.validation.remote_state) and logs each refusal once:
-    a delta sent again, or a state every anti-entropy round ships, is not logged again."""
-
-    def __init__(self, where: str, remember: int = 4096) -> None:
-        self._where = where
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._remember = remember
-        self._lock = threading.Lock()
-        self.last = ""
-
-    def valid(self, msg: sync_pb2.SubjectState, field: str, limits: Limits, peer: str = "") -> bool:
-        try:
-            validation.remote_state(msg, field, limits)
-        except InvalidArgument as exc:
-            self.last = f"{exc.field.rpartition('.')[2] or exc.field}: {exc.reason}"
-            subject = f"{msg.subject.tenant}/{msg.subject.id}"
-            if self._first((peer, f"{subject} {exc.reason}")):
-                log.warning(
-                    "refused %s of %s from %s (logged once): %s",
-                    field,
-                    subject,
-                    peer or self._where,
-                    exc,
-                )
-            return False
-        return True
-
-    def deferred(self, peer: str, reason: str) -> None:
-        if self._first((peer, "clock")):
-            log.warning(
-                "holding back deltas from %s until this node's clock allows them (logged once "
-                "per peer; selfmodel_deltas_refused_from_peer_total counts them): %s",
-                peer,
-                reason,
-            )
-
-    def forget(self, peer: str, what: str) -> None:
-        with self._lock:
-            self._seen.pop((peer, what), None)
-
-    def _first(self, key: tuple[str, str]) -> bool:
-        with self._lock:
-            if key in self._seen:
-                self._seen.move_to_end(key)
-                return False
-            self._seen[key] = None
-            if len(self._seen) > self._remember:
-                self._seen.popitem(last=False)
-            return True
 
 
 def header_peer_name(context: grpc.ServicerContext) -> str | None:

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import user
 from federation.harness import LocalCluster
+from node.clock import CLOCK_OFFSET_ENV
 from node.errors import ResourceExhausted, Unavailable
-from node.server import CLOCK_OFFSET_ENV
 from selfmodel.v1 import admin_pb2, sync_pb2, sync_pb2_grpc
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import state_to_proto
