@@ -2,10 +2,12 @@
 
 A whole state (anti-entropy) may hold observations whose timestamps are further ahead than the
 receiver's clock allows. Refusing the whole state would block the repair of everything else in
-the subject, so the receiver merges the state as if those observations' events had not happened
-yet: without them and without their dots. The digests then still differ, so a later round ships
-the subject again and merges the held-back part once the clock allows it; ``merge`` of the full
-state adds it, since its dots were never recorded as seen.
+the subject, so the receiver merges the state without those observations and without their
+dots. The digests then still differ, so a later round ships the subject again and merges the
+held-back part once the clock allows it; ``merge`` of the full state adds it, since its dots were
+never recorded as seen. What a held-back observation superseded (the same source's earlier
+observation in its slot) stays in the context, so it is removed at once: until the held-back
+part merges, that source has no observation in the slot on the receiver.
 """
 
 from __future__ import annotations
