@@ -94,11 +94,14 @@ class PeerOffsets:
         self._samples: dict[str, deque[tuple[int, int]]] = {}
         self._max = samples
         self._lock = threading.Lock()
+        # beyond()'s answer for a 100 ms step of the wall clock: every write asks.
+        self._cached: tuple[int, int, tuple[int, list[str]] | None] = (-1, -1, None)
 
     def sample(self, peer: str, peer_wall_ms: int, local_ms: int) -> None:
         with self._lock:
             kept = self._samples.setdefault(peer, deque(maxlen=self._max))
             kept.append((local_ms, local_ms - peer_wall_ms))
+            self._cached = (-1, -1, None)
 
     def ahead_ms(self, peer: str, now_ms: int) -> int | None:
         """The estimate for ``peer``, or None without a recent reply."""
@@ -110,6 +113,14 @@ class PeerOffsets:
         """``(ahead_ms, peers)`` when this node's clock is more than ``max_offset_ms`` ahead of a
         majority of the cluster (itself included, so a node of two never refuses on its own:
         which of the two is off cannot be told); else None."""
+        step, bound, answer = self._cached
+        if step == now_ms // 100 and bound == max_offset_ms:
+            return answer
+        answer = self._beyond(max_offset_ms, now_ms)
+        self._cached = (now_ms // 100, max_offset_ms, answer)
+        return answer
+
+    def _beyond(self, max_offset_ms: int, now_ms: int) -> tuple[int, list[str]] | None:
         ahead = {}
         for peer in list(self._samples):
             offset = self.ahead_ms(peer, now_ms)
