@@ -13,7 +13,10 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   an oversized subject (a writer on one node fills a subject of its own with 1.9 KB statements
   in batches until the node refuses a write past the subject limits; every acknowledged one must
   then be on every node, and GetSelfModel of it must work everywhere) (and, with --faults
-  ...,stop, a clean stop and restart, whose restart may resume the actor);
+  ...,stop, a clean stop and restart, whose restart may resume the actor),
+  a clock jump (a node restarted with its clock 30 or 90 s ahead, then restarted with its clock
+  fixed: beyond max_clock_offset_ms, peers hold its deltas back, unacknowledged, and the fixed
+  node refuses writes until its wall clock catches up with the clock it saved);
   between two faults the cluster runs fault-free;
 - probes during the fault-free periods: an Observe on one node, watched through WatchSelfModel
   on every other node (time-to-visible = first snapshot covering it minus the Observe ack);
@@ -62,10 +65,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from federation.client import Client, user  # noqa: E402
 from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
+from node.clock import CLOCK_OFFSET_ENV  # noqa: E402
 from node.errors import ResourceExhausted, SelfModelError  # noqa: E402
 from selfmodel.v1 import model_pb2, selfmodel_pb2  # noqa: E402
 
-FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize")
+FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.
 OPTIONAL_FAULTS = ("stop",)
 FACTS = "facts"
@@ -466,6 +470,7 @@ class Faults:
         self.names = sorted(cluster.nodes)
         self.killed: set[str] = set()
         self.paused: set[str] = set()
+        self.skewed: set[str] = set()
         self.restart_s: list[float] = []
         # Set by run: fills a subject (the oversize fault); its subjects are numbered.
         self.fill: Callable[[str, str, threading.Event], None] | None = None
@@ -508,6 +513,14 @@ class Faults:
                 filler.join(CALL_TIMEOUT_S * 3)
 
             return kind, f"fill {subject} on {victim} up to the subject limits", undo
+        if kind == "clock":  # the node runs with its clock ahead, then with it fixed
+            ahead_ms = rng.choice((30_000, 90_000))
+            self._set_clock(victim, ahead_ms)
+            return (
+                kind,
+                f"clock of {victim} {ahead_ms // 1000} s ahead (restart), then fixed (restart)",
+                lambda: self._set_clock(victim, 0),
+            )
         if kind == "pause":
             c.nodes[victim].pause()
             self.paused.add(victim)
@@ -524,6 +537,21 @@ class Faults:
         self.restart_s.append(time.monotonic() - started)
         self.killed.discard(name)
 
+    def _set_clock(self, name: str, ahead_ms: int) -> None:
+        """Restarts ``name`` with its wall clock ``ahead_ms`` off (node.server's test-only
+        offset); 0 fixes it."""
+        node = self.cluster.nodes[name]
+        node.stop()
+        self.killed.add(name)
+        env = {k: v for k, v in node.env.items() if k != CLOCK_OFFSET_ENV}
+        if ahead_ms:
+            env[CLOCK_OFFSET_ENV] = str(ahead_ms)
+            self.skewed.add(name)
+        else:
+            self.skewed.discard(name)
+        node.env = env
+        self._restart(name)
+
     def _resume(self, name: str) -> None:
         self.cluster.nodes[name].resume()
         self.paused.discard(name)
@@ -534,6 +562,8 @@ class Faults:
             self._resume(name)
         for name in sorted(self.killed):
             self._restart(name)
+        for name in sorted(self.skewed):
+            self._set_clock(name, 0)
 
 
 # -- report --------------------------------------------------------------------------------

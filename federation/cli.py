@@ -82,6 +82,7 @@ def _node(args: argparse.Namespace) -> int:
             tokens_file = args.tokens
         if args.no_fsync:
             config.fsync = False
+        config.accept_saved_clock = args.accept_saved_clock
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
         config.subject_limits = cluster.subject_limits(
@@ -386,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--tokens", help="token file: authenticate every call (else loopback only)")
     node.add_argument("--tls-cert", help="PEM certificate: serve the agents' port over TLS")
     node.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    node.add_argument(
+        "--accept-saved-clock",
+        action="store_true",
+        help="take writes at once even when the clock saved by the previous run is further "
+        "ahead of the wall clock than max_clock_offset_ms (peers hold the new deltas back "
+        "until their clocks allow them); without it the node refuses writes until the wall "
+        "clock catches up (see docs/operating.md)",
+    )
     node.set_defaults(run=_node)
 
     clus = sub.add_parser("cluster", help="run or inspect a whole cluster")

@@ -149,9 +149,18 @@ def status_rows(
                 for p in status.peers
                 if p.failing_sessions or p.skipped_subjects
             )
+            # Deltas peers hold back for their clocks (resent), and those they rejected.
+            pending = sum(p.deltas_pending for p in status.peers)
+            invalid = sum(p.deltas_refused_invalid for p in status.peers)
+            state = "serving"
+            if status.writes_refused:
+                state = f"refusing writes: clock {status.clock_ahead_ms} ms ahead"
+            elif not status.serving:
+                state = "writes suspended"
             rows.append([
-                spec.name, spec.domain, spec.address, "serving",
+                spec.name, spec.domain, spec.address, state,
                 f"{connected}/{len(status.peers)}", str(depth), f"{lag:.3f}s",
+                f"{pending} held, {invalid} invalid" if pending or invalid else "0",
                 str(status.incarnation), failing or "-",
             ])  # fmt: skip
         except grpc.RpcError as exc:
@@ -166,6 +175,7 @@ def status_rows(
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
     return rows
@@ -173,8 +183,8 @@ def status_rows(
 
 def format_table(rows: list[list[str]]) -> str:
     header = [
-        "node", "domain", "address", "state", "peers", "outbox", "lag", "incarnation",
-        "failing/skipped",
+        "node", "domain", "address", "state", "peers", "outbox", "lag", "refused",
+        "incarnation", "failing/skipped",
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [

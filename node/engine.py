@@ -18,13 +18,13 @@ from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import HandoffTimeout, InvalidArgument, ResourceExhausted
+from node.errors import HandoffTimeout, InvalidArgument, ResourceExhausted, Unavailable
 from node.handoff import DEFAULT_LEAD, WaitSlots, implausible
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
 from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew
-from sync.causal import CausalContext, Dot
+from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
     SubjectState,
@@ -37,7 +37,8 @@ from sync.crdt import (
     slot_observations,
 )
 from sync.delivery import CausalBuffer, Delta
-from sync.hlc import ClockSkewError, HybridClock, wall_ms
+from sync.hlc import ClockAheadError, ClockSkewError, HybridClock, physical_ms, wall_ms
+from sync.holdback import too_new, without
 from sync.observation import Evidence, Observation, Subject
 
 STRIPES = 256
@@ -79,9 +80,18 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class MergeOutcome:
+    """``refused``: the indexes of the input deltas not merged because a timestamp is ahead of
+    this node's clock bound (merged once it allows them); ``held_back``: observations left out
+    of whole states for the same reason (the rest of each state merged)."""
+
     merged: int
-    refused: int
-    # The subjects whose deltas were refused, each with why (the first reason of each).
+    refused: tuple[int, ...] = ()
+    held_back: int = 0
+    reason: str = ""
+    # Indexes of the input deltas refused for good: their subject would pass this node's
+    # subject limits (sync.bounds).
+    limited: tuple[int, ...] = ()
+    # The subjects refused or held back (clock, limits), each with why (the first reason).
     reasons: tuple[tuple[Subject, str], ...] = ()
 
 
@@ -131,6 +141,7 @@ class Engine:
 
     def observe(self, source: str, inputs: Sequence[ObservationInput]) -> WriteResult:
         """Records the observations of one source, all in one durable batch."""
+        self._check_clock()
         by_subject: dict[Subject, list[tuple[int, ObservationInput]]] = {}
         for i, item in enumerate(inputs):
             by_subject.setdefault(item.subject, []).append((i, item))
@@ -183,14 +194,14 @@ class Engine:
             (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
-            dot=state.next_dot(self.actor),
+            dot=self._next_dot(state),
             context=item.context,
             key=key,
             source=source,
             statement=item.statement,
             confidence=item.confidence,
             evidence=item.evidence,
-            hlc=self.clock.now(),
+            hlc=self._mint(),
             origin=self.node,
         )
         removed = [*mine, *evicted]
@@ -209,6 +220,7 @@ class Engine:
         With ``audit`` the action is recorded (slot and count added to its detail) in the same
         batch, even when there was nothing to withdraw.
         """
+        self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
             dots = slot_dots(state, context, key, source)
@@ -216,7 +228,7 @@ class Engine:
                 detail = slot_detail(context, key, source, len(dots))
                 audit = dataclasses.replace(audit, detail=detail)
             if dots:
-                event = state.next_dot(self.actor)
+                event = self._next_dot(state)
                 delta = retract_delta(state, self.actor, dots)
                 change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
                 self._commit([change], audit)
@@ -232,8 +244,14 @@ class Engine:
 
         With ``audit`` the erase is recorded in the audit log in the same batch.
         """
+        self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
+            if state.generation >= MAX_COUNTER:
+                raise ResourceExhausted(
+                    f"{subject}: erase generation {state.generation} is at the bound every "
+                    f"replica accepts ({MAX_COUNTER}); the subject cannot be erased again"
+                )
             delta = erase_delta(state, self.actor)
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit)
@@ -241,6 +259,32 @@ class Engine:
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
+
+    def _check_clock(self) -> None:
+        """Refuses a write while the clock would mint timestamps peers refuse (sync.hlc)."""
+        refusal = self.clock.refusal()
+        if refusal is not None:
+            metrics.WRITES_REFUSED.labels("clock_ahead").inc()
+            raise Unavailable(f"node {self.node}: {refusal}")
+
+    def _mint(self) -> int:
+        try:
+            return self.clock.now()
+        except ClockAheadError as exc:
+            metrics.WRITES_REFUSED.labels("clock_ahead").inc()
+            raise Unavailable(f"node {self.node}: {exc}") from exc
+
+    def _next_dot(self, state: SubjectState) -> Dot:
+        """The subject's next dot of this node's actor, never one peers would refuse."""
+        dot = state.next_dot(self.actor)
+        if dot.counter > MAX_COUNTER:
+            metrics.WRITES_REFUSED.labels("counter_exhausted").inc()
+            raise ResourceExhausted(
+                f"{state.subject}: the next event counter of actor {self.actor} would be "
+                f"{dot.counter}, beyond the bound every replica accepts ({MAX_COUNTER}); "
+                "this subject takes no more events from this node"
+            )
+        return dot
 
     def merge_remote(
         self,
@@ -252,25 +296,38 @@ class Engine:
     ) -> MergeOutcome:
         """Merges deltas or whole states from a peer, in causal order (sync.delivery).
 
-        A delta from a clock too far ahead is refused and counted; ``extra`` rows (the
+        A delta with a timestamp too far ahead of this node's clock is refused (its index
+        reported, counted), whole: a delta is one event. A whole state (``events`` None) with
+        such observations merges without them and without their dots, so the rest of the subject
+        is repaired and the held-back part arrives once the clock allows it. ``extra`` rows (the
         origin's position) are written in the same batch as the merge. With ``durable=False``
         the merge is shown to readers and watches as soon as RocksDB has it, before its WAL
         sync; the caller then calls ``store.sync_written()`` before acknowledging it. An erase
         merged here (a raised generation) is audited in the same batch, as peer ``source``'s.
         """
         accepted: dict[Subject, list[Delta]] = {}
-        refused = 0
+        indexes: dict[Subject, list[int]] = {}
+        refused: list[int] = []
+        limited: list[int] = []
+        held_back = 0
+        reason = ""
         reasons: dict[Subject, str] = {}
-        for delta in deltas:
-            try:
-                for obs in delta.state.observations.values():
-                    self.clock.check(obs.hlc)
-            except ClockSkewError as exc:
-                refused += 1
-                reasons.setdefault(delta.state.subject, f"clock skew: {exc}")
-                metrics.CLOCK_SKEW_REFUSED.inc()
-                metrics.log.warning("refused a delta for %s: %s", delta.state.subject, exc)
-                continue
+        for index, delta in enumerate(deltas):
+            too_new = self._too_new(delta.state)
+            if too_new:
+                first = self._skew(too_new[0].hlc)
+                reason = reason or str(first)
+                reasons.setdefault(delta.state.subject, f"clock skew: {first}")
+                metrics.CLOCK_SKEW_REFUSED.inc(len(too_new))
+                if delta.events is not None:
+                    refused.append(index)
+                    continue
+                held_back += len(too_new)
+                rest = without(delta.state, too_new)
+                if rest is None:
+                    continue
+                delta = Delta(rest)
+            indexes.setdefault(delta.state.subject, []).append(index)
             accepted.setdefault(delta.state.subject, []).append(delta)
         for group in accepted.values():
             for delta in group:
@@ -292,7 +349,7 @@ class Engine:
                 ):
                     found = self._past_limits(state, new)
                     if found is not None:
-                        refused += len(group)
+                        limited += indexes[subject]
                         reasons.setdefault(subject, f"subject {subject} {found.describe()}")
                         continue
                     changes.append(Change(state, new, None))
@@ -304,7 +361,20 @@ class Engine:
                 for change in changes:
                     if change.new.generation > change.old.generation:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.generation)
-        return MergeOutcome(merged, refused, tuple(reasons.items()))
+        return MergeOutcome(
+            merged, tuple(refused), held_back, reason, tuple(limited), tuple(reasons.items())
+        )
+
+    def _too_new(self, state: SubjectState) -> list[Observation]:
+        """The state's observations whose timestamps this node's clock refuses, oldest first."""
+        return too_new(state, self.clock.wall() + self.clock.max_offset_ms)
+
+    def _skew(self, hlc: int) -> ClockSkewError:
+        try:
+            self.clock.check(hlc)
+        except ClockSkewError as exc:
+            return exc
+        return ClockSkewError(physical_ms(hlc), self.clock.wall(), self.clock.max_offset_ms)
 
     def _commit(
         self,

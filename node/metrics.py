@@ -79,7 +79,20 @@ SUBJECT_LIMIT_REFUSED = Counter(
     ["kind", "limit"],
 )
 CLOCK_SKEW_REFUSED = Counter(
-    "selfmodel_clock_skew_refused_total", "Remote deltas refused: timestamp too far ahead."
+    "selfmodel_clock_skew_refused_total",
+    "Remote observations refused (held back until this node's clock allows them): timestamp "
+    "further ahead of this node's wall clock than max_clock_offset_ms.",
+)
+CLOCK_AHEAD = Gauge(
+    "selfmodel_clock_ahead_seconds",
+    "How far this node's hybrid clock is ahead of its wall clock (0 when it is not); beyond "
+    "max_clock_offset_ms the node refuses writes (UNAVAILABLE) until the wall clock catches up.",
+)
+WRITES_REFUSED = Counter(
+    "selfmodel_writes_refused_total",
+    "Writes refused before any change: clock_ahead (the clock is beyond max_clock_offset_ms), "
+    "counter_exhausted (the next event counter would pass the bound peers accept).",
+    ["reason"],
 )
 COMMIT_GROUPS = Counter("selfmodel_commit_groups_total", "Group commits written to RocksDB.")
 COMMIT_BATCHES = Counter("selfmodel_commit_batches_total", "Mutations written by group commits.")

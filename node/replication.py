@@ -12,10 +12,10 @@ from typing import Any
 
 import grpc
 
-from node import validation
 from node.engine import Engine
-from node.errors import InvalidArgument, SelfModelError
+from node.errors import SelfModelError
 from node.peers import NODE_HEADER, PeerAuth, PeerRefused, foreign_actors
+from node.refusals import Refusals
 from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
 from node.tls import open_channel
@@ -31,8 +31,9 @@ from sync.codec import (
 )
 from sync.crdt import SubjectState
 from sync.delivery import Delta
+from sync.hlc import PeerOffsets
 from sync.observation import Subject
-from sync.ports import Batch, Exchanged, Merged, StatesRefused
+from sync.ports import Ack, Batch, Exchanged, Merged, StatesRefused
 from sync.replicator import MAX_MESSAGE_BYTES, Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
@@ -140,7 +141,7 @@ class EngineReplica:
 
     def merge(self, states: Iterable[SubjectState], source: str = "") -> Merged:
         outcome = self.engine.merge_remote((Delta(s) for s in states), source=source)
-        return Merged(outcome.merged, outcome.refused)
+        return Merged(outcome.merged, outcome.held_back + len(outcome.limited))
 
     def states(self, subjects: Iterable[Subject]) -> list[SubjectState]:
         return [s for s in (self.store.load(subject) for subject in subjects) if s is not None]
@@ -186,6 +187,8 @@ def encode_batch(origin: bytes, batch: Batch) -> bytes:
         parts += (b"\x18", _varint(batch.last_seq))
     for raw in batch.deltas:
         parts += (b"\x22", _varint(len(raw)), raw)
+    if batch.resent:
+        parts.append(b"\x30\x01")
     return b"".join(parts)
 
 
@@ -200,7 +203,12 @@ class GrpcPeerLink:
         run: RunClaim | None = None,
         limits: Limits | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        refusals: Refusals | None = None,
+        on_peer_wall: Callable[[int], None] | None = None,
     ) -> None:
+        # Told the peer's wall clock from each reply that carries it (sync.hlc.PeerOffsets).
+        self._on_peer_wall = on_peer_wall
+        self._refusals = refusals or Refusals(address)
         # The same limit as the node's server: what one node sends, the other takes.
         options = [
             *_KEEPALIVE,
@@ -221,7 +229,7 @@ class GrpcPeerLink:
         self._run = run  # recorded by the peer before each delta stream
         self._call: Any = None
 
-    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
         if self._run is not None:  # a peer this run's start missed learns of it here
             try:
                 self.claim_run(0, self._run, CALL_TIMEOUT_S)
@@ -232,12 +240,18 @@ class GrpcPeerLink:
         call = self._replicate((encode_batch(origin, b) for b in batches), metadata=self._md)
         self._call = call
         for ack in call:
-            yield ack.acked_seq
+            if ack.wall_ms and self._on_peer_wall is not None:
+                self._on_peer_wall(ack.wall_ms)
+            yield Ack(
+                ack.acked_seq, ack.deferred_seqs, ack.rejected_seqs, ack.merged_seqs, ack.reason
+            )
 
     def buckets(self) -> list[bytes]:
         reply = self._stub.GetBuckets(
             sync_pb2.GetBucketsRequest(), timeout=CALL_TIMEOUT_S, metadata=self._md
         )
+        if reply.wall_ms and self._on_peer_wall is not None:
+            self._on_peer_wall(reply.wall_ms)
         return list(reply.hashes)
 
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]:
@@ -266,11 +280,14 @@ class GrpcPeerLink:
             if exc.code() in _REFUSALS:
                 raise StatesRefused(f"{exc.code().name}: {exc.details()}") from exc
             raise
-        # A peer's reply holds to the bounds of what it may send us as a caller.
-        for i, s in enumerate(reply.states):
-            validation.remote_state(s, f"ExchangeStates reply states[{i}]", self._limits)
+        # The peer's states hold to the same rules as a caller's: one that breaks them is left
+        # out (and logged once), the others merge.
         return Exchanged(
-            [state_from_proto(s) for s in reply.states],
+            [
+                state_from_proto(s)
+                for i, s in enumerate(reply.states)
+                if self._refusals.valid(s, f"ExchangeStates reply states[{i}]", self._limits)
+            ],
             [(subject_from_proto(r.subject), r.reason) for r in reply.refused],
         )
 
@@ -300,6 +317,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self._streams: set[grpc.ServicerContext] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._refusals = Refusals(engine.node)
 
     def close(self) -> None:
         """Ends every incoming delta stream, so a graceful shutdown does not wait on them."""
@@ -345,49 +363,69 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         request_iterator: Iterator[sync_pb2.ReplicateBatch],
         context: grpc.ServicerContext,
     ) -> Iterator[sync_pb2.ReplicateAck]:
+        """Merges each batch and acknowledges the stream's position, naming the deltas it
+        refused: deferred (a timestamp ahead of this node's clock bound) or rejected (invalid).
+        A refused delta is never merged nor acknowledged as merged, and never ends the stream.
+        """
         acked_at = -ACK_INTERVAL_S
-        refused = 0
+        top = 0  # the stream's position: the last sequence of its latest batch in order
+        ack = sync_pb2.ReplicateAck()
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{peer} may not send deltas of {batch.origin!r}",
                 )
+            if not batch.resent:
+                top = max(top, batch.last_seq)
             if batch.deltas:
-                self._check(context, peer, batch.deltas, "deltas")
+                if batch.last_seq - batch.first_seq + 1 != len(batch.deltas):
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"deltas: the batch holds {len(batch.deltas)} deltas for sequences "
+                        f"{batch.first_seq}..{batch.last_seq}",
+                    )
+                sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(batch.deltas))
                 self._check_own(context, peer, batch.deltas)
-                deltas = [delta_from_proto(d) for d in batch.deltas]
-                sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(deltas))
                 sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
+                seqs, deltas = [], []
+                for i, msg in enumerate(batch.deltas):
+                    seq = batch.first_seq + i
+                    if self._refusals.valid(msg, f"deltas[{i}] (seq {seq})", self.limits, peer):
+                        seqs.append(seq)
+                        deltas.append(delta_from_proto(msg))
+                    else:
+                        ack.rejected_seqs.append(seq)
+                        ack.reason = ack.reason or self._refusals.last
+                        sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
                 # Watches and readers here see the batch as soon as RocksDB has it; the origin
                 # learns it may trim only once it is on disk here (until then it resends it).
-                outcome = self.engine.merge_remote(
-                    deltas,
-                    extra=[Store.position_row("applied", peer, batch.last_seq)],
-                    durable=False,
-                    source=peer,
-                )
-                refused += outcome.refused
+                extra = [] if batch.resent else [Store.position_row("applied", peer, top)]
+                outcome = self.engine.merge_remote(deltas, extra=extra, durable=False, source=peer)
+                deferred = {seqs[i] for i in outcome.refused}
+                if deferred:
+                    ack.deferred_seqs.extend(sorted(deferred))
+                    ack.reason = ack.reason or outcome.reason
+                    sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "clock").inc(len(deferred))
+                    self._refusals.deferred(peer, outcome.reason)
+                if outcome.limited:  # past this node's subject limits: resending cannot help
+                    ack.rejected_seqs.extend(seqs[i] for i in outcome.limited)
+                    ack.reason = ack.reason or outcome.reasons[0][1]
+                    sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "limits").inc(
+                        len(outcome.limited)
+                    )
+                if batch.resent:
+                    ack.merged_seqs.extend(seq for seq in seqs if seq not in deferred)
+                    if seqs and not deferred:  # held back no longer: a later deferral is news
+                        self._refusals.forget(peer, "clock")
                 if time.monotonic() - acked_at < ACK_INTERVAL_S:
                     continue  # acknowledged with a later batch, or when the origin asks
             self.engine.store.sync_written()
-            yield sync_pb2.ReplicateAck(acked_seq=batch.last_seq, refused=refused)
-            acked_at, refused = time.monotonic(), 0
-
-    def _check(
-        self,
-        context: grpc.ServicerContext,
-        peer: str,
-        states: Sequence[sync_pb2.SubjectState],
-        field: str,
-    ) -> None:
-        try:
-            for i, msg in enumerate(states):
-                validation.remote_state(msg, f"{field}[{i}]", self.limits)
-        except InvalidArgument as exc:
-            sync_metrics.REPLICATION_ERRORS.labels(peer).inc()
-            log.warning("refused a malformed state from peer %s: %s", peer, exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            ack.acked_seq = top
+            ack.refused = len(ack.deferred_seqs) + len(ack.rejected_seqs)
+            ack.wall_ms = self.engine.clock.wall()
+            yield ack
+            acked_at, ack = time.monotonic(), sync_pb2.ReplicateAck()
 
     def _check_own(
         self, context: grpc.ServicerContext, peer: str, deltas: Sequence[sync_pb2.SubjectState]
@@ -418,7 +456,9 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
-        return sync_pb2.Buckets(hashes=self.engine.store.bucket_hashes())
+        return sync_pb2.Buckets(
+            hashes=self.engine.store.bucket_hashes(), wall_ms=self.engine.clock.wall()
+        )
 
     @map_errors
     def GetDigests(
@@ -455,10 +495,15 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
     ) -> sync_pb2.StateExchange:
         peer = self._authorize(context)
-        # A malformed state refuses the call (the caller then sends its states one by one);
-        # a subject refused by the merge (clock, limits) is named in the reply, the rest merged.
-        self._check(context, peer, request.states, "states")
-        incoming = [state_from_proto(s) for s in request.states]
+        # A state that breaks a rule is left out (logged once); the others merge, so one bad
+        # subject does not stop the repair of the rest; a subject refused by the merge
+        # (clock, limits) is named in the reply.
+        incoming = []
+        for i, msg in enumerate(request.states):
+            if self._refusals.valid(msg, f"states[{i}]", self.limits, peer):
+                incoming.append(state_from_proto(msg))
+            else:
+                sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
         reply = sync_pb2.StateExchange()
         outcome = self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
         for subject, reason in outcome.reasons:
@@ -537,8 +582,28 @@ def build_replicator(
 ) -> Replicator:
     run = RunClaim.of(engine.store)
 
+    clock = engine.clock
+    offsets = clock.peer_offsets = PeerOffsets(len(peers))
+
     def connector(peer: PeerConfig) -> Callable[[], GrpcPeerLink]:
-        return lambda: GrpcPeerLink(auth, peer.address, credentials, run, limits, max_message_bytes)
+        refusals = Refusals(peer.name)
+        gauge = sync_metrics.PEER_CLOCK_OFFSET.labels(peer.name)
+
+        def on_peer_wall(peer_wall_ms: int) -> None:
+            now = clock.wall()
+            offsets.sample(peer.name, peer_wall_ms, now)
+            gauge.set((offsets.ahead_ms(peer.name, now) or 0) / 1000)
+
+        return lambda: GrpcPeerLink(
+            auth,
+            peer.address,
+            credentials,
+            run,
+            limits,
+            max_message_bytes,
+            refusals,
+            on_peer_wall,
+        )
 
     return Replicator(
         StoreOutbox(engine.store),

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from node import connections, metrics
 from node.auth import TokenBook
+from node.clock import clock_refusal, start_clock
 from node.decoding import StrictDecoding
 from node.diskwatch import DiskWatch
 from node.engine import Engine
@@ -45,7 +46,6 @@ from node.store import Store
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
 from sync.bounds import SubjectLimits
-from sync.hlc import HybridClock
 from sync.replicator import Replicator, SyncSettings
 
 log = logging.getLogger("selfmodel.node")
@@ -92,6 +92,11 @@ class NodeConfig:
     max_connections: int = 1024
     connection_idle_s: float = 300.0
     handshake_timeout_s: float = 10.0
+    # Write with a saved clock ahead of the wall clock (beyond max_clock_offset_ms) at once,
+    # instead of refusing writes until the wall clock catches up (--accept-saved-clock).
+    accept_saved_clock: bool = False
+    # For tests only (node.clock.CLOCK_OFFSET_ENV): milliseconds added to the wall clock read.
+    clock_offset_ms: int = 0
     # Federation: the peers this node streams to, every node of the cluster, sync settings.
     peers: tuple[PeerConfig, ...] = ()
     members: frozenset[str] = frozenset()
@@ -218,12 +223,13 @@ def start(config: NodeConfig) -> RunningNode:
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
     )
-    clock = HybridClock(max_offset_ms=config.max_clock_offset_ms, high_water=store.hlc_high_water)
+    clock = start_clock(config, store.hlc_high_water)
     limits = config.limits
     engine = Engine(
         store,
         config.policies,
         clock=clock,
+        now_ms=clock.wall,
         max_watchers=config.max_watchers,
         subject_limits=config.subject_limits,
         members=config.members | {p.name for p in config.peers},
@@ -506,13 +512,21 @@ def node_status(
         incarnation=engine.store.incarnation,
         subjects=engine.store.estimate_subjects(),
         outbox_seq=engine.store.outbox_seq,
-        serving=engine.store.suspended is None,
+        serving=engine.store.suspended is None and not clock_refusal(engine.clock),
         problems=[
             *([f"writes suspended: {engine.store.suspended}"] if engine.store.suspended else []),
             *engine.store.problems,
         ],
+        clock_ahead_ms=engine.clock.ahead_ms(),
+        writes_refused=clock_refusal(engine.clock),
     )
     addresses = {p.name: p.address for p in config.peers}
+    offsets, wall = engine.clock.peer_offsets, engine.clock.wall()
+
+    def offset(peer: str) -> int:
+        ahead = offsets.ahead_ms(peer, wall) if offsets is not None else None
+        return ahead or 0
+
     for peer in replicator.states() if replicator is not None else []:
         status.peers.add(
             name=peer.name,
@@ -523,6 +537,11 @@ def node_status(
             lag_seconds=peer.lag_s,
             failing_sessions=peer.failing_sessions,
             skipped_subjects=peer.skipped_subjects,
+            deltas_pending=peer.pending,
+            deltas_refused_clock=peer.refused_clock,
+            deltas_refused_invalid=peer.refused_invalid,
+            last_refusal=peer.last_refusal,
+            clock_offset_ms=offset(peer.name),
         )
     return status
 

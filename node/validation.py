@@ -14,6 +14,7 @@ from node.engine import ObservationInput
 from node.errors import InvalidArgument
 from node.resolution import normalize_statement
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
+from sync.causal import MAX_COUNTER, CausalContext, counter_in_range
 from sync.codec import InvalidToken, Position, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -187,6 +188,9 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
         raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
     if not positions:
         raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
+    for held, (gen, context) in positions.items():
+        generation(gen, f"{field} ({held}).generation")
+        _position(context, f"{field} ({held})")
     return positions
 
 
@@ -203,14 +207,34 @@ def audit_cursor(value: str, field: str) -> bytes:
     return bytes.fromhex(value)
 
 
-MAX_COUNTER = 2**62
 MAX_REMOTE_OBSERVATIONS = 100_000
 
 
-def _dot(actor: str, counter: int, field: str, limits: Limits) -> None:
+def counter(value: int, field: str) -> int:
+    """A dot's counter, from an agent's token, a peer's delta or an anti-entropy reply alike:
+    within [1, MAX_COUNTER], the same bound the engine mints within (sync.causal)."""
+    if not counter_in_range(value):
+        raise InvalidArgument(field, f"must be within [1, 2^62], got {value}")
+    return value
+
+
+def generation(value: int, field: str) -> int:
+    """An erase generation: within [0, MAX_COUNTER] (ForgetSubject refuses to pass it)."""
+    if not 0 <= value <= MAX_COUNTER:
+        raise InvalidArgument(field, f"must be within [0, 2^62], got {value}")
+    return value
+
+
+def _dot(actor: str, value: int, field: str, limits: Limits) -> None:
     identifier(actor, f"{field}.actor", limits.max_id)
-    if not 1 <= counter <= MAX_COUNTER:
-        raise InvalidArgument(f"{field}.counter", f"must be within [1, 2^62], got {counter}")
+    counter(value, f"{field}.counter")
+
+
+def _position(context: CausalContext, field: str) -> None:
+    for actor, top in context.vector.items():
+        counter(top, f"{field}.context.vector[{actor}]")
+    for dot in context.cloud:
+        counter(dot.counter, f"{field}.context.cloud[{dot.actor}]")
 
 
 def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None:
@@ -220,8 +244,7 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
     agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind).
     """
     subject(msg.subject, f"{field}.subject", limits, msg.HasField("subject"))
-    if msg.generation > MAX_COUNTER:
-        raise InvalidArgument(f"{field}.generation", "is out of range")
+    generation(msg.generation, f"{field}.generation")
     entries = len(msg.context.vector) + len(msg.context.cloud) + len(msg.events)
     if entries > MAX_REMOTE_OBSERVATIONS or len(msg.observations) > MAX_REMOTE_OBSERVATIONS:
         raise InvalidArgument(field, "holds more dots or observations than any subject may")

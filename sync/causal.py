@@ -13,6 +13,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+# The largest counter (and erase generation) any replica accepts, from agents, peers and
+# anti-entropy alike (node.validation), and so the largest any replica mints: a dot beyond it
+# would be refused by every peer and jam the delta stream carrying it.
+MAX_COUNTER = 2**62
+
+
+def counter_in_range(counter: int) -> bool:
+    """True for a counter every replica accepts: within [1, MAX_COUNTER]."""
+    return 1 <= counter <= MAX_COUNTER
+
 
 class Dot(NamedTuple):
     """A tuple, so that hashing, comparing and sorting dots (every merge, digest and encoding

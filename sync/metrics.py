@@ -60,3 +60,27 @@ SUBJECTS_REFUSED = Counter(
     "Subjects a peer refused in anti-entropy rounds (each round counts each again).",
     ["peer"],
 )
+DELTAS_REFUSED_BY_PEER = Counter(
+    "selfmodel_deltas_refused_by_peer_total",
+    "This node's deltas a peer refused: clock (a timestamp ahead of the peer's clock bound; "
+    "resent until merged) or invalid (never mergeable; left to the operator).",
+    ["peer", "reason"],
+)
+DELTAS_PENDING = Gauge(
+    "selfmodel_deltas_pending_at_peer",
+    "This node's deltas a peer refused for its clock and has not merged yet (resent with "
+    "backoff; the outbox keeps them).",
+    ["peer"],
+)
+DELTAS_REFUSED_FROM_PEER = Counter(
+    "selfmodel_deltas_refused_from_peer_total",
+    "Deltas received from a peer and refused here: clock (held back until this node's clock "
+    "allows them) or invalid.",
+    ["peer", "reason"],
+)
+PEER_CLOCK_OFFSET = Gauge(
+    "selfmodel_peer_clock_offset_seconds",
+    "How far this node's wall clock is ahead of a peer's (negative: behind), from the peer's "
+    "recent replies. Beyond max_clock_offset_ms with most of the cluster, the node refuses writes.",
+    ["peer"],
+)

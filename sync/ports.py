@@ -21,6 +21,7 @@ class Batch:
     last_seq: int
     deltas: Sequence[bytes]  # encoded SubjectStates
     oldest_ms: int
+    resent: bool = False  # deltas the peer deferred, sent again (not the stream's position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,20 @@ class StatesRefused(Exception):
 @dataclass(frozen=True, slots=True)
 class Merged:
     merged: int
-    refused: int
+    refused: int  # observations held back (ahead of the clock bound) or states over the limits
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A peer's acknowledgement of a delta stream: every delta up to ``acked_seq`` was merged
+    or is named in ``deferred`` (refused for now: resend later) or ``rejected`` (refused for
+    good); ``merged`` names deltas sent again that the peer has now merged."""
+
+    acked_seq: int
+    deferred: Sequence[int] = ()
+    rejected: Sequence[int] = ()
+    merged: Sequence[int] = ()
+    reason: str = ""
 
 
 class DeltaLog(Protocol):
@@ -73,7 +87,7 @@ class Replica(Protocol):
 class PeerLink(Protocol):
     """A connection to one peer's Sync service."""
 
-    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]: ...
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]: ...
     def buckets(self) -> list[bytes]: ...
     def digests(self, buckets: Sequence[int]) -> list[tuple[Subject, bytes]]: ...
     def exchange(self, states: Sequence[SubjectState]) -> Exchanged:

@@ -11,6 +11,13 @@ Batches and anti-entropy chunks stay under a quarter of the message limit; a del
 stream (over half of it) is left to anti-entropy, which splits it. A peer that refuses a subject
 or a whole session is behind: its lag counts from when it last took everything anti-entropy
 offered, so it grows while the peer cannot catch up, and its failed sessions are counted.
+
+A peer may refuse a delta without ending the stream: for now (a timestamp ahead of its clock
+bound: ``deferred``) or for good (a delta breaking a rule: ``rejected``). A deferred delta is not
+delivered: the outbox is trimmed only below it, and it is sent again, alone, with full-jitter
+backoff that grows while the peer keeps deferring it; the deltas after it flow meanwhile. A
+rejected one cannot be merged by sending it again: it is counted and logged once. Both show per
+peer in the metrics and in ``PeerState``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from tenacity import RetryCallState, wait_random_exponential
 from sync import metrics
 from sync.antientropy import Round, reconcile
 from sync.observation import Subject
-from sync.ports import Batch, DeltaLog, PeerLink, Replica
+from sync.ports import Ack, Batch, DeltaLog, PeerLink, Replica
 
 log = logging.getLogger("selfmodel.sync")
 
@@ -65,6 +72,14 @@ class PeerState:
     dropped: bool
     failing_sessions: int = 0
     skipped_subjects: int = 0
+    pending: int = 0  # deltas the peer deferred and has not merged yet
+    refused_clock: int = 0  # deltas the peer deferred, since this node started
+    refused_invalid: int = 0  # deltas the peer rejected, since this node started
+    last_refusal: str = ""
+
+
+# Deltas the peer deferred, sent again per round; the rest wait for the next round.
+RESEND_BATCH = 64
 
 
 class PeerReplicator:
@@ -109,6 +124,17 @@ class PeerReplicator:
         # past, so a restart after a crash resumes the peer from an entry still kept.
         self.persisted = self.acked
         self.dropped = False
+        # Refusals (see the module docstring), guarded by _refusals_lock: the stream's request
+        # iterator (gRPC's thread) resends, the session's thread reads the acknowledgements.
+        self._refusals_lock = threading.Lock()
+        self.deferred: set[int] = set()
+        self._in_flight: set[int] = set()  # resent, not yet answered
+        self._resend_round = 0
+        self._resend_at = 0.0
+        self._resend_wait = wait_random_exponential(multiplier=0.1, max=settings.backoff_max_s)
+        self.refused_clock = 0
+        self.refused_invalid = 0
+        self.last_refusal = ""
         self._threads = [
             threading.Thread(target=self._stream_forever, name=f"sync-{peer}", daemon=True),
             threading.Thread(target=self._anti_entropy_forever, name=f"ae-{peer}", daemon=True),
@@ -140,15 +166,27 @@ class PeerReplicator:
         return PeerState(
             self.peer,
             self.connected,
-            self.acked,
+            self.delivered,
             self.lag_s(),
             self.dropped,
             self.failing_sessions,
             len(self.skipped),
+            len(self.deferred),
+            self.refused_clock,
+            self.refused_invalid,
+            self.last_refusal,
         )
 
+    @property
+    def delivered(self) -> int:
+        """The position the peer holds everything up to: its acknowledgement, but below the
+        oldest delta it deferred (what the outbox may be trimmed to)."""
+        with self._refusals_lock:
+            oldest = min(self.deferred, default=None)
+        return self.acked if oldest is None else min(self.acked, oldest - 1)
+
     def lag_s(self) -> float:
-        oldest = self._outbox.oldest_unacked_ms(self.acked)
+        oldest = self._outbox.oldest_unacked_ms(self.delivered)
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
         behind = self._behind_since
         return lag if behind is None else max(lag, time.monotonic() - behind)
@@ -170,19 +208,30 @@ class PeerReplicator:
     def _stream_forever(self) -> None:
         wait = wait_random_exponential(multiplier=0.1, max=self._settings.backoff_max_s)
         failures = 0
+        last_error = ""
         while not self._stop.is_set():
+            started, acked = time.monotonic(), self.acked
             try:
                 self._session()
                 failures = 0
             except Exception as exc:  # any failure ends the session; we reconnect
-                # Back off by the failures since the last session that got going (it is still
-                # marked connected here), so one bad spell does not slow every later
-                # reconnect down to the maximum.
-                failures = 1 if self.connected else failures + 1
+                # Back off by the failures since the last session that did some good: one
+                # the peer acknowledged deltas in, or that stayed up for longer than the
+                # longest backoff. A session that connects and then fails at once (a peer that
+                # ends every stream) is one more failure, so its backoff grows.
+                useful = (
+                    self.acked > acked or time.monotonic() - started > self._settings.backoff_max_s
+                )
+                failures = 1 if useful else failures + 1
                 metrics.REPLICATION_ERRORS.labels(self.peer).inc()
                 self._failed(exc)
-                log.info("delta stream to %s ended: %s", self.peer, _describe(exc))
+                error = _describe(exc)
+                if error != last_error or useful:  # once per cause, not once per retry
+                    log.info("delta stream to %s ended: %s", self.peer, error)
+                last_error = error
             finally:
+                with self._refusals_lock:
+                    self._in_flight.clear()  # unanswered: sent again by the next session
                 self._set_connected(False)
             state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
             state.attempt_number = max(1, failures)
@@ -208,23 +257,109 @@ class PeerReplicator:
             self._set_connected(True)
             for ack in link.replicate(self._batches(self.acked)):
                 # Only in memory here: persist() writes it down, then the outbox is trimmed.
-                self.acked = max(self.acked, ack)
+                self._acknowledged(ack)
                 if self._stop.is_set():
                     break
         finally:
             self._link = None
             link.close()
 
+    def _acknowledged(self, ack: Ack) -> None:
+        """Takes in a peer's acknowledgement: its position, and what it refused or merged."""
+        with self._refusals_lock:
+            for seq in ack.merged:
+                self.deferred.discard(seq)
+                self._in_flight.discard(seq)
+            newly = [seq for seq in ack.deferred if seq not in self.deferred]
+            for seq in ack.deferred:
+                self._in_flight.discard(seq)
+                self.deferred.add(seq)
+            for seq in ack.rejected:
+                self._in_flight.discard(seq)
+                self.deferred.discard(seq)
+            if newly and self._resend_round == 0:
+                self._schedule_resend()
+            if not self.deferred:
+                self._resend_round = 0
+            pending = len(self.deferred)
+        self.acked = max(self.acked, ack.acked_seq)
+        if ack.reason:
+            self.last_refusal = ack.reason
+        if newly:
+            self.refused_clock += len(newly)
+            metrics.DELTAS_REFUSED_BY_PEER.labels(self.peer, "clock").inc(len(newly))
+            if pending == len(newly):  # the peer started refusing: said once, not per resend
+                log.warning(
+                    "peer %s refused %d deltas for now (sent again until merged): %s",
+                    self.peer,
+                    len(newly),
+                    ack.reason,
+                )
+        if ack.rejected:
+            self.refused_invalid += len(ack.rejected)
+            metrics.DELTAS_REFUSED_BY_PEER.labels(self.peer, "invalid").inc(len(ack.rejected))
+            log.error(
+                "peer %s rejected deltas %s for good (not sent again): %s",
+                self.peer,
+                ", ".join(map(str, ack.rejected)),
+                ack.reason,
+            )
+        if ack.merged and not pending:
+            log.info("peer %s merged every delta it had refused", self.peer)
+        metrics.DELTAS_PENDING.labels(self.peer).set(pending)
+
+    def _schedule_resend(self) -> None:
+        """Sets when deferred deltas go again: full jitter, growing with each round they stay
+        deferred. Called with _refusals_lock held."""
+        self._resend_round += 1
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = self._resend_round
+        self._resend_at = time.monotonic() + self._resend_wait(state)
+
+    def _resends(self) -> Iterator[Batch]:
+        """The deferred deltas due to go again, each alone (the peer may defer it again)."""
+        with self._refusals_lock:
+            if self._in_flight or not self.deferred or time.monotonic() < self._resend_at:
+                return
+            due = sorted(self.deferred)[:RESEND_BATCH]
+            self._in_flight.update(due)
+            self._schedule_resend()
+        for seq in due:
+            batch = self._outbox.read(seq - 1, 1, self._max_bytes)
+            if batch is None or batch.first_seq != seq:  # trimmed: left to anti-entropy
+                with self._refusals_lock:
+                    self.deferred.discard(seq)
+                    self._in_flight.discard(seq)
+                continue
+            yield Batch(seq, seq, batch.deltas[:1], batch.oldest_ms, resent=True)
+
+    def _resend_due_in(self) -> float | None:
+        with self._refusals_lock:
+            if self._in_flight or not self.deferred:
+                return None
+            return max(0.0, self._resend_at - time.monotonic())
+
     def _batches(self, position: int) -> Iterator[Batch]:
         asked = self.acked  # the position an acknowledgement was last asked for
         deltas_sent = metrics.DELTAS_SENT.labels(self.peer)
         bytes_sent = metrics.BYTES_SENT.labels(self.peer)
         while not self._stop.is_set():
+            resent = False
+            for again in self._resends():
+                resent = True
+                deltas_sent.inc(1)
+                yield again
+            if resent:
+                asked = -1  # the resent deltas need an answer, too
             batch = self._outbox.read(position, self._settings.batch_size, self._max_bytes)
             if batch is None:
-                if asked >= position or self.acked >= position:
-                    self._outbox.wait(position, 0.5)
-                elif not self._outbox.wait(position, self._settings.ack_request_s):
+                due = self._resend_due_in()
+                idle_s = 0.5 if due is None else min(0.5, due)
+                with self._refusals_lock:
+                    answered = not self._in_flight
+                if asked >= position or (self.acked >= position and answered):
+                    self._outbox.wait(position, idle_s)
+                elif not self._outbox.wait(position, min(idle_s, self._settings.ack_request_s)):
                     # Idle with deltas unacknowledged: the receiver acknowledges on its own only
                     # every so often, so ask (a batch without deltas is answered at once).
                     asked = position
@@ -260,7 +395,7 @@ class PeerReplicator:
         Done once a second, not per acknowledgement: a position lost in a crash only makes
         the restarted node resend deltas the peer has merged, which changes nothing there.
         """
-        acked = self.acked
+        acked = self.delivered
         if acked != self.persisted:
             self._replica.set_acked(self.peer, acked)
             self.persisted = acked
@@ -268,7 +403,7 @@ class PeerReplicator:
     def report(self) -> None:
         """Exports the peer's lag and outbox depth."""
         metrics.REPLICATION_LAG.labels(self.peer).set(self.lag_s())
-        metrics.OUTBOX_DEPTH.labels(self.peer).set(max(0, self._outbox.last_seq() - self.acked))
+        metrics.OUTBOX_DEPTH.labels(self.peer).set(max(0, self._outbox.last_seq() - self.delivered))
 
     # -- anti-entropy ----------------------------------------------------------------------
 

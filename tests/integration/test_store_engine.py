@@ -195,14 +195,103 @@ def test_a_delta_from_a_clock_too_far_ahead_is_refused_counted_and_never_moves_t
 
     outcome = engine.merge_remote([remote_delta(U1, pack(wall_ms() + 3_600_000))])
 
-    assert (outcome.merged, outcome.refused) == (0, 1)
+    assert (outcome.merged, outcome.refused) == (0, (0,))
     assert engine.state(U1).observations == {}
     assert clock.last == last
     assert REGISTRY.get_sample_value("selfmodel_clock_skew_refused_total") == before + 1
 
     ok = engine.merge_remote([remote_delta(U1, pack(wall_ms() + 10))])
-    assert (ok.merged, ok.refused) == (1, 0)
+    assert (ok.merged, ok.refused) == (1, ())
     assert len(engine.state(U1).observations) == 1
+    store.close()
+
+
+def test_anti_entropy_of_a_subject_with_one_observation_too_new_repairs_the_rest(
+    tmp_path: Path,
+):
+    """A whole state merges without its too-new observation (nor that observation's dot), and
+    the same state merges whole once the clock allows it."""
+    store = Store(tmp_path / "db", "sales")
+    wall = [wall_ms()]
+    clock = HybridClock(lambda: wall[0], max_offset_ms=1_000, high_water=store.hlc_high_water)
+    engine = Engine(store, clock=clock)
+    dots = [Dot("remote.1", c) for c in (1, 2, 3)]
+    stamps = [pack(wall[0]), pack(wall[0] + 600_000), pack(wall[0] + 1)]
+    observations = {
+        dot: Observation(dot, "facts", f"k{dot.counter}", "agent", "s", 0.9, (), hlc, "remote")
+        for dot, hlc in zip(dots, stamps, strict=True)
+    }
+    state = SubjectState(U1, 0, CausalContext.of(dots), observations)
+
+    outcome = engine.merge_remote([Delta(state)])
+
+    assert (outcome.merged, outcome.refused, outcome.held_back) == (1, (), 1)
+    assert "ahead" in outcome.reason
+    merged = engine.state(U1)
+    assert set(merged.observations) == {dots[0], dots[2]}
+    assert dots[1] not in merged.context  # not recorded as seen: a later merge still adds it
+    assert merged.digest() != state.digest()
+
+    wall[0] += 600_000
+    again = engine.merge_remote([Delta(state)])
+    assert (again.merged, again.refused, again.held_back) == (1, (), 0)
+    assert engine.state(U1).digest() == state.digest()
+    store.close()
+
+
+def test_a_write_whose_next_counter_would_pass_the_bound_is_refused_at_the_writer(
+    tmp_path: Path,
+):
+    """Peers refuse a counter beyond MAX_COUNTER, so the writer never mints one."""
+    from node.errors import ResourceExhausted
+    from sync.causal import MAX_COUNTER
+
+    store = Store(tmp_path / "db", "sales")
+    engine = Engine(store)
+    at_bound = SubjectState(U1, 0, CausalContext({engine.actor: MAX_COUNTER}))
+    engine.merge_remote([Delta(at_bound)])
+    outbox = store.outbox_seq
+
+    with pytest.raises(ResourceExhausted, match=r"beyond the bound every replica accepts"):
+        engine.observe("agent", [item(U1, "k")])
+    with pytest.raises(ResourceExhausted, match=r"beyond the bound"):
+        engine.observe("agent", [item(U1, "k")])
+    assert store.outbox_seq == outbox  # nothing minted, nothing queued for peers
+    assert engine.state(U1).observations == {}
+    engine.observe("agent", [item(Subject("acme", SubjectKind.USER, "u-2"), "k")])  # others go on
+    store.close()
+
+
+def test_a_node_whose_saved_clock_is_beyond_the_offset_refuses_writes_until_it_is_not(
+    tmp_path: Path,
+):
+    from node.errors import Unavailable
+
+    store = Store(tmp_path / "db", "sales")
+    wall = [wall_ms()]
+    saved = pack(wall[0] + 150_000)
+    clock = HybridClock(lambda: wall[0], max_offset_ms=60_000, high_water=saved)
+    engine = Engine(store, clock=clock)
+    before = (
+        REGISTRY.get_sample_value("selfmodel_writes_refused_total", {"reason": "clock_ahead"}) or 0
+    )
+
+    for write in (
+        lambda: engine.observe("agent", [item(U1, "k")]),
+        lambda: engine.retract(U1, "facts", "k", "agent"),
+        lambda: engine.forget(U1),
+    ):
+        with pytest.raises(Unavailable, match=r"150000 ms ahead.*max_clock_offset_ms = 60000"):
+            write()
+    assert store.outbox_seq == 0 and clock.last == saved
+    assert (
+        REGISTRY.get_sample_value("selfmodel_writes_refused_total", {"reason": "clock_ahead"})
+        == before + 3
+    )
+
+    wall[0] += 90_000  # now exactly max_clock_offset_ms behind the saved clock
+    engine.observe("agent", [item(U1, "k")])
+    assert clock.last > saved
     store.close()
 
 

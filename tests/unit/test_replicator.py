@@ -6,9 +6,11 @@ import random
 import threading
 from collections.abc import Iterator, Sequence
 
+from tenacity import RetryCallState
+
 from sync.crdt import SubjectState
 from sync.observation import Subject
-from sync.ports import Batch, Exchanged, Merged
+from sync.ports import Ack, Batch, Exchanged, Merged
 from sync.replicator import PeerReplicator, SyncSettings
 
 BUCKETS = [bytes(16)] * 4
@@ -57,7 +59,7 @@ class Replica:
 class Link:
     """Answers anti-entropy (nothing differs), then breaks once the stream starts."""
 
-    def replicate(self, batches: Iterator[Batch]) -> Iterator[int]:
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
         raise ConnectionError("the link broke")
 
     def buckets(self) -> list[bytes]:
@@ -89,7 +91,9 @@ class Waits(threading.Event):
         return False
 
 
-def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> None:
+def test_a_session_that_connects_then_fails_at_once_keeps_the_backoff_growing() -> None:
+    """A peer that ends every stream as soon as it starts is not a session that got going:
+    without this the stream retried several times a second for good (a jammed delta)."""
     random.seed(7)
     attempts = []
 
@@ -106,8 +110,37 @@ def test_a_session_that_got_going_resets_the_backoff_of_the_next_reconnect() -> 
     peer._stream_forever()
     assert len(waits.seen) == 14
     assert max(waits.seen[:8]) > 1.0  # backed off while the peer was away
-    # Every failure after a session that got going is a first failure: a short wait.
-    assert max(waits.seen[8:]) <= 0.2, waits.seen
+    assert max(waits.seen[8:]) > 1.0, waits.seen  # and still does: nothing got through
+
+
+class Acknowledging(Link):
+    """Acknowledges what the stream sent, then breaks."""
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
+        first = next(batches)
+        yield Ack(first.last_seq)
+        raise ConnectionError("the link broke")
+
+
+def test_a_session_the_peer_acknowledged_deltas_in_resets_the_backoff() -> None:
+    random.seed(7)
+    attempts = []
+    outbox = Growing(0)
+
+    def connect() -> Link:
+        attempts.append(1)
+        if len(attempts) <= 8:
+            raise ConnectionError("connection refused")
+        outbox.end += 1  # a new write each time, which the next session delivers
+        return Acknowledging()
+
+    peer = PeerReplicator("billing", outbox, Replica(), connect, SyncSettings(backoff_max_s=5.0))
+    waits = Waits(limit=14, stop=peer._stop)
+    peer._retry = waits
+    peer._stream_forever()
+    assert max(waits.seen[:8]) > 1.0
+    assert max(waits.seen[8:]) <= 0.2, waits.seen  # each failure follows progress: a first one
+    assert peer.acked == 6
 
 
 class Filled(Outbox):
@@ -182,3 +215,75 @@ def test_a_recorded_acknowledgement_past_the_outbox_s_end_streams_from_the_end()
     assert peer.acked == 3
     outbox.end = 5  # the entries that take numbers 4 and 5 after the crash are new writes
     assert next(peer._batches(peer.acked)) == Batch(4, 5, [b"d", b"d"], 0)
+
+
+class Recording(Replica):
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def set_acked(self, peer: str, seq: int) -> None:
+        self.written.append(seq)
+
+
+def attempts_of(peer: PeerReplicator) -> list[int]:
+    """Replaces the resend backoff with one that records its attempt numbers (and waits 0)."""
+    seen: list[int] = []
+
+    def wait(state: RetryCallState) -> float:
+        seen.append(state.attempt_number)
+        return 0.0
+
+    peer._resend_wait = wait  # type: ignore[assignment]
+    return seen
+
+
+def test_a_deferred_delta_is_not_delivered_and_goes_again_alone_until_merged() -> None:
+    outbox, replica = Growing(3), Recording()
+    peer = PeerReplicator("billing", outbox, replica, Link, SyncSettings())
+    attempts = attempts_of(peer)
+
+    peer._acknowledged(Ack(3, deferred=[2], reason="observations[0].hlc: 600000 ms ahead"))
+
+    assert peer.acked == 3 and peer.delivered == 1  # the outbox keeps 2 and what follows
+    peer.persist()
+    assert replica.written == [1]
+    state = peer.state()
+    assert (state.acked, state.pending, state.refused_clock) == (1, 1, 1)
+    assert "ahead" in state.last_refusal
+    # The stream goes on from 3; the deferred delta goes again alone, marked as resent.
+    outbox.end = 4
+    stream = peer._batches(3)
+    assert next(stream) == Batch(2, 2, [b"d"], 0, resent=True)
+    assert next(stream) == Batch(4, 4, [b"d"], 0)
+    # Deferred again: resent again, with a backoff one step longer each round.
+    peer._acknowledged(Ack(4, deferred=[2]))
+    assert next(peer._resends()) == Batch(2, 2, [b"d"], 0, resent=True)
+    peer._acknowledged(Ack(4, deferred=[2]))
+    assert attempts == [1, 2, 3]
+    assert peer.state().refused_clock == 1  # one refusal, however often it went again
+    # Merged at last: delivered, and the next refusal starts the backoff afresh.
+    next(peer._resends())
+    peer._acknowledged(Ack(4, merged=[2]))
+    assert peer.delivered == 4 and peer.state().pending == 0
+    peer.persist()
+    assert replica.written == [1, 4]
+    peer._acknowledged(Ack(4, deferred=[3]))
+    assert attempts[-1] == 1
+
+
+def test_a_rejected_delta_is_counted_and_not_sent_again() -> None:
+    peer = PeerReplicator("billing", Growing(3), Recording(), Link, SyncSettings())
+    peer._acknowledged(Ack(3, rejected=[2], reason="counter: must be within [1, 2^62]"))
+    state = peer.state()
+    assert (state.acked, state.pending, state.refused_invalid) == (3, 0, 1)
+    assert list(peer._resends()) == []
+
+
+def test_a_deferred_delta_trimmed_meanwhile_is_left_to_anti_entropy() -> None:
+    outbox = Growing(3)
+    peer = PeerReplicator("billing", outbox, Recording(), Link, SyncSettings())
+    attempts_of(peer)
+    peer._acknowledged(Ack(3, deferred=[2]))
+    outbox.read = lambda after, limit: Batch(3, 3, [b"d"], 0)  # type: ignore[method-assign]
+    assert list(peer._resends()) == []
+    assert peer.delivered == 3

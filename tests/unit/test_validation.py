@@ -6,7 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node import validation
-from selfmodel.v1 import model_pb2, selfmodel_pb2
+from node.errors import InvalidArgument
+from node.validation import Limits
+from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
+from sync.causal import MAX_COUNTER, CausalContext, Dot, counter_in_range
+from sync.codec import encode_token
+from sync.observation import Subject, SubjectKind
 
 
 @given(st.integers(0, 253402300799), st.integers(0, 10**9 - 1))
@@ -21,3 +26,58 @@ def test_an_evidence_time_becomes_what_protobuf_reads_as_its_milliseconds(second
     request.evidence[0].time.seconds, request.evidence[0].time.nanos = seconds, nanos
     item = validation.observation(request, "", validation.Limits())
     assert item.evidence[0].time_ms == request.evidence[0].time.ToMilliseconds()
+
+
+# -- counters and generations: one bound, from agents, peers and anti-entropy alike -----------
+
+U1 = Subject("acme", SubjectKind.USER, "u-1")
+
+
+def remote(counter: int, generation: int = 0) -> sync_pb2.SubjectState:
+    msg = sync_pb2.SubjectState(generation=generation)
+    msg.subject.tenant, msg.subject.kind, msg.subject.id = "acme", 1, "u-1"
+    msg.context.vector.add(actor="sales.1.abcd", counter=counter)
+    return msg
+
+
+@given(st.integers(-(2**64), 2**64))
+def test_a_counter_is_in_range_exactly_when_every_replica_accepts_it(counter: int) -> None:
+    assert counter_in_range(counter) == (1 <= counter <= MAX_COUNTER)
+
+
+def test_a_peer_state_at_the_counter_bound_passes_and_one_past_it_is_refused() -> None:
+    validation.remote_state(remote(MAX_COUNTER), "deltas[0]", Limits())
+    try:
+        validation.remote_state(remote(MAX_COUNTER + 1), "deltas[0]", Limits())
+    except InvalidArgument as exc:
+        assert exc.field == "deltas[0].context.vector[0].counter"
+        assert "2^62" in exc.reason and str(MAX_COUNTER + 1) in exc.reason
+    else:
+        raise AssertionError("a counter past the bound passed")
+
+
+def test_a_peer_state_with_a_generation_past_the_bound_is_refused() -> None:
+    validation.remote_state(remote(1, MAX_COUNTER), "states[0]", Limits())
+    try:
+        validation.remote_state(remote(1, MAX_COUNTER + 1), "states[0]", Limits())
+    except InvalidArgument as exc:
+        assert exc.field == "states[0].generation"
+    else:
+        raise AssertionError("a generation past the bound passed")
+
+
+def test_an_agents_handoff_token_holds_to_the_same_counter_bound() -> None:
+    ok = encode_token({U1: (0, CausalContext({"sales.1.abcd": MAX_COUNTER}))})
+    assert validation.handoff_token(ok, "at_least", Limits())
+    for context in (
+        CausalContext({"sales.1.abcd": MAX_COUNTER + 1}),
+        CausalContext({}, frozenset([Dot("sales.1.abcd", MAX_COUNTER + 1)])),
+    ):
+        token = encode_token({U1: (0, context)})
+        try:
+            validation.handoff_token(token, "at_least", Limits())
+        except InvalidArgument as exc:
+            assert exc.field.startswith("at_least")
+            assert "2^62" in exc.reason
+        else:
+            raise AssertionError("a token naming a counter past the bound passed")

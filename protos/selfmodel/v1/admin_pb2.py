@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/admin.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\x12\n\x10GetStatusRequest\"\xb0\x01\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x06 \x01(\x01\x12\x18\n\x10\x66\x61iling_sessions\x18\x07 \x01(\x04\x12\x18\n\x10skipped_subjects\x18\x08 \x01(\r\"\xc0\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\x12\x10\n\x08subjects\x18\x05 \x01(\x04\x12\x12\n\noutbox_seq\x18\x06 \x01(\x04\x12\'\n\x05peers\x18\x07 \x03(\x0b\x32\x18.selfmodel.v1.PeerStatus\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x10\n\x08problems\x18\x14 \x03(\t\"0\n\x10ListAuditRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xd5\x01\n\nAuditEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_role\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x63tor_tenant\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12&\n\x07subject\x18\x08 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"S\n\x11ListAuditResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.selfmodel.v1.AuditEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t2\x9c\x01\n\x05\x41\x64min\x12\x45\n\tGetStatus\x12\x1e.selfmodel.v1.GetStatusRequest\x1a\x18.selfmodel.v1.NodeStatus\x12L\n\tListAudit\x12\x1e.selfmodel.v1.ListAuditRequest\x1a\x1f.selfmodel.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/admin.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\x12\n\x10GetStatusRequest\"\xb5\x02\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x06 \x01(\x01\x12\x18\n\x10\x66\x61iling_sessions\x18\x07 \x01(\x04\x12\x18\n\x10skipped_subjects\x18\x08 \x01(\r\x12\x16\n\x0e\x64\x65ltas_pending\x18\t \x01(\x04\x12\x1c\n\x14\x64\x65ltas_refused_clock\x18\n \x01(\x04\x12\x1e\n\x16\x64\x65ltas_refused_invalid\x18\x0b \x01(\x04\x12\x14\n\x0clast_refusal\x18\x0c \x01(\t\x12\x17\n\x0f\x63lock_offset_ms\x18\r \x01(\x03\"\xf0\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\x12\x10\n\x08subjects\x18\x05 \x01(\x04\x12\x12\n\noutbox_seq\x18\x06 \x01(\x04\x12\'\n\x05peers\x18\x07 \x03(\x0b\x32\x18.selfmodel.v1.PeerStatus\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x10\n\x08problems\x18\x14 \x03(\t\x12\x16\n\x0e\x63lock_ahead_ms\x18\t \x01(\x04\x12\x16\n\x0ewrites_refused\x18\n \x01(\t\"0\n\x10ListAuditRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xd5\x01\n\nAuditEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_role\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x63tor_tenant\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12&\n\x07subject\x18\x08 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"S\n\x11ListAuditResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.selfmodel.v1.AuditEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t2\x9c\x01\n\x05\x41\x64min\x12\x45\n\tGetStatus\x12\x1e.selfmodel.v1.GetStatusRequest\x1a\x18.selfmodel.v1.NodeStatus\x12L\n\tListAudit\x12\x1e.selfmodel.v1.ListAuditRequest\x1a\x1f.selfmodel.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,15 +36,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=101
   _globals['_GETSTATUSREQUEST']._serialized_end=119
   _globals['_PEERSTATUS']._serialized_start=122
-  _globals['_PEERSTATUS']._serialized_end=298
-  _globals['_NODESTATUS']._serialized_start=301
-  _globals['_NODESTATUS']._serialized_end=493
-  _globals['_LISTAUDITREQUEST']._serialized_start=495
-  _globals['_LISTAUDITREQUEST']._serialized_end=543
-  _globals['_AUDITENTRY']._serialized_start=546
-  _globals['_AUDITENTRY']._serialized_end=759
-  _globals['_LISTAUDITRESPONSE']._serialized_start=761
-  _globals['_LISTAUDITRESPONSE']._serialized_end=844
-  _globals['_ADMIN']._serialized_start=847
-  _globals['_ADMIN']._serialized_end=1003
+  _globals['_PEERSTATUS']._serialized_end=431
+  _globals['_NODESTATUS']._serialized_start=434
+  _globals['_NODESTATUS']._serialized_end=674
+  _globals['_LISTAUDITREQUEST']._serialized_start=676
+  _globals['_LISTAUDITREQUEST']._serialized_end=724
+  _globals['_AUDITENTRY']._serialized_start=727
+  _globals['_AUDITENTRY']._serialized_end=940
+  _globals['_LISTAUDITRESPONSE']._serialized_start=942
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1025
+  _globals['_ADMIN']._serialized_start=1028
+  _globals['_ADMIN']._serialized_end=1184
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,11 @@ class PeerStatus(_message.Message):
     LAG_SECONDS_FIELD_NUMBER: _builtins.int
     FAILING_SESSIONS_FIELD_NUMBER: _builtins.int
     SKIPPED_SUBJECTS_FIELD_NUMBER: _builtins.int
+    DELTAS_PENDING_FIELD_NUMBER: _builtins.int
+    DELTAS_REFUSED_CLOCK_FIELD_NUMBER: _builtins.int
+    DELTAS_REFUSED_INVALID_FIELD_NUMBER: _builtins.int
+    LAST_REFUSAL_FIELD_NUMBER: _builtins.int
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     connected: _builtins.bool
@@ -60,6 +65,17 @@ class PeerStatus(_message.Message):
     """Sessions with the peer (delta stream or anti-entropy) that failed since one last succeeded."""
     skipped_subjects: _builtins.int
     """Subjects the last anti-entropy round could not replicate to the peer (it refused them)."""
+    deltas_pending: _builtins.int
+    """This node's deltas the peer refused for its clock and has not merged yet (resent)."""
+    deltas_refused_clock: _builtins.int
+    """This node's deltas the peer refused since this node started: for its clock, and as invalid."""
+    deltas_refused_invalid: _builtins.int
+    last_refusal: _builtins.str
+    """the peer's reason for its latest refusal, empty if none"""
+    clock_offset_ms: _builtins.int
+    """How far this node's wall clock is ahead of the peer's (negative: behind), from the peer's
+    recent replies; 0 until it has replied.
+    """
     def __init__(
         self,
         *,
@@ -71,10 +87,15 @@ class PeerStatus(_message.Message):
         lag_seconds: _builtins.float = ...,
         failing_sessions: _builtins.int = ...,
         skipped_subjects: _builtins.int = ...,
+        deltas_pending: _builtins.int = ...,
+        deltas_refused_clock: _builtins.int = ...,
+        deltas_refused_invalid: _builtins.int = ...,
+        last_refusal: _builtins.str = ...,
+        clock_offset_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "connected", b"connected", "failing_sessions", b"failing_sessions", "lag_seconds", b"lag_seconds", "name", b"name", "outbox_depth", b"outbox_depth", "skipped_subjects", b"skipped_subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "address", b"address", "clock_offset_ms", b"clock_offset_ms", "connected", b"connected", "deltas_pending", b"deltas_pending", "deltas_refused_clock", b"deltas_refused_clock", "deltas_refused_invalid", b"deltas_refused_invalid", "failing_sessions", b"failing_sessions", "lag_seconds", b"lag_seconds", "last_refusal", b"last_refusal", "name", b"name", "outbox_depth", b"outbox_depth", "skipped_subjects", b"skipped_subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -93,6 +114,8 @@ class NodeStatus(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
+    CLOCK_AHEAD_MS_FIELD_NUMBER: _builtins.int
+    WRITES_REFUSED_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     domain: _builtins.str
     actor: _builtins.str
@@ -104,6 +127,10 @@ class NodeStatus(_message.Message):
     outbox_seq: _builtins.int
     serving: _builtins.bool
     """False while the node refuses writes (its data directory's disk is full, say)."""
+    clock_ahead_ms: _builtins.int
+    """Milliseconds this node's hybrid clock is ahead of its wall clock (0 when it is not)."""
+    writes_refused: _builtins.str
+    """Why writes are refused, empty while they are taken (e.g. the clock is ahead)."""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
     @_builtins.property
@@ -122,10 +149,12 @@ class NodeStatus(_message.Message):
         peers: _abc.Iterable[Global___PeerStatus] | None = ...,
         serving: _builtins.bool = ...,
         problems: _abc.Iterable[_builtins.str] | None = ...,
+        clock_ahead_ms: _builtins.int = ...,
+        writes_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "problems", b"problems", "serving", b"serving", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "clock_ahead_ms", b"clock_ahead_ms", "domain", b"domain", "incarnation", b"incarnation", "node", b"node", "outbox_seq", b"outbox_seq", "peers", b"peers", "problems", b"problems", "serving", b"serving", "subjects", b"subjects", "writes_refused", b"writes_refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

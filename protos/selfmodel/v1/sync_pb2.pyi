@@ -193,12 +193,17 @@ class ReplicateBatch(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     DELTAS_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    RESENT_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     """the sending node"""
     first_seq: _builtins.int
     """outbox sequence range carried by this batch"""
     last_seq: _builtins.int
     sent_at_ms: _builtins.int
+    resent: _builtins.bool
+    """Deltas sent again after the receiver deferred them (ReplicateAck.deferred_seqs): not the
+    stream's position; the receiver names those it merges in ReplicateAck.merged_seqs.
+    """
     @_builtins.property
     def deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectState]: ...
     def __init__(
@@ -209,10 +214,11 @@ class ReplicateBatch(_message.Message):
         last_seq: _builtins.int = ...,
         deltas: _abc.Iterable[Global___SubjectState] | None = ...,
         sent_at_ms: _builtins.int = ...,
+        resent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "first_seq", b"first_seq", "last_seq", b"last_seq", "origin", b"origin", "sent_at_ms", b"sent_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deltas", b"deltas", "first_seq", b"first_seq", "last_seq", b"last_seq", "origin", b"origin", "resent", b"resent", "sent_at_ms", b"sent_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,18 +232,47 @@ class ReplicateAck(_message.Message):
 
     ACKED_SEQ_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    DEFERRED_SEQS_FIELD_NUMBER: _builtins.int
+    REJECTED_SEQS_FIELD_NUMBER: _builtins.int
+    MERGED_SEQS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WALL_MS_FIELD_NUMBER: _builtins.int
     acked_seq: _builtins.int
+    """Every delta of the stream up to this sequence was merged, or is listed below as refused."""
     refused: _builtins.int
-    """deltas refused (clock skew) since the previous ack, not retried"""
+    """deltas refused since the previous ack (deferred plus rejected)"""
+    reason: _builtins.str
+    """why the first refusal since the previous ack was refused"""
+    wall_ms: _builtins.int
+    """the receiver's wall clock when it acknowledged, as in Buckets"""
+    @_builtins.property
+    def deferred_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Refused for now: a timestamp beyond the receiver's clock bound (max_clock_offset_ms). Not
+        merged; the sender keeps them and sends them again later.
+        """
+
+    @_builtins.property
+    def rejected_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Refused for good: the delta breaks a rule (a counter out of range, say). Not merged."""
+
+    @_builtins.property
+    def merged_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Deltas sent again (below the stream's position) that were merged since the previous ack."""
+
     def __init__(
         self,
         *,
         acked_seq: _builtins.int = ...,
         refused: _builtins.int = ...,
+        deferred_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        rejected_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        merged_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        reason: _builtins.str = ...,
+        wall_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "refused", b"refused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "deferred_seqs", b"deferred_seqs", "merged_seqs", b"merged_seqs", "reason", b"reason", "refused", b"refused", "rejected_seqs", b"rejected_seqs", "wall_ms", b"wall_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +298,11 @@ class Buckets(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HASHES_FIELD_NUMBER: _builtins.int
+    WALL_MS_FIELD_NUMBER: _builtins.int
+    wall_ms: _builtins.int
+    """The receiver's wall clock (Unix milliseconds) when it answered: the caller estimates how far
+    its own clock is ahead (sync.hlc.PeerOffsets). 0 from a node that does not say.
+    """
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """one per bucket, index = bucket"""
@@ -271,10 +311,11 @@ class Buckets(_message.Message):
         self,
         *,
         hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        wall_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "wall_ms", b"wall_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
