@@ -63,7 +63,7 @@ def test_a_merge_that_takes_a_subject_past_the_limits_is_refused_with_its_reason
         subject_limits=SubjectLimits(max_observations=5),
     )
     outcome = small.merge_remote([Delta(big.state(A)), Delta(big.state(B))])
-    assert (outcome.merged, outcome.refused) == (1, 1)
+    assert (outcome.merged, len(outcome.limited)) == (1, 1)
     ((subject, reason),) = outcome.reasons
     assert subject == A and "10 observations" in reason and "max_subject_observations" in reason
     assert small.state(A) == SubjectState(A)

@@ -18,7 +18,6 @@ from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import user
 from federation.harness import LocalCluster
 from node.engine import Engine
-from node.errors import InvalidArgument
 from node.peers import NODE_HEADER, TOKEN_HEADER, PeerAuth, peer_token, read_secrets
 from node.replication import EngineReplica, GrpcPeerLink
 from node.store import BUCKETS, Store
@@ -311,8 +310,7 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
         # a reply no agent could have written: a NaN confidence
         peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 0, observe=True)])
         peer.reply.states[0].observations[0].confidence = float("nan")
-        with pytest.raises(InvalidArgument, match="confidence"):
-            link.exchange(asked)
+        assert link.exchange(asked).states == []  # left out, the rest of a reply merges
         # a well-formed erase: merged, and audited as the peer's act
         peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 3, observe=False)])
         states = link.exchange(asked).states

@@ -284,6 +284,6 @@ def test_a_deferred_delta_trimmed_meanwhile_is_left_to_anti_entropy() -> None:
     peer = PeerReplicator("billing", outbox, Recording(), Link, SyncSettings())
     attempts_of(peer)
     peer._acknowledged(Ack(3, deferred=[2]))
-    outbox.read = lambda after, limit: Batch(3, 3, [b"d"], 0)  # type: ignore[method-assign]
+    outbox.read = lambda after, limit, max_bytes: Batch(3, 3, [b"d"], 0)  # type: ignore[method-assign]
     assert list(peer._resends()) == []
     assert peer.delivered == 3
