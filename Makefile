@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/selfmodel/v1/*.proto)
 NATIVE := $(VENV)/.native
 NATIVE_INPUTS := $(wildcard node/*.py sync/*.py protos/selfmodel/v1/*.pyi) tools/build_native.py
 
-.PHONY: run test protos lint bench clean
+.PHONY: run test test-meta protos lint bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(NATIVE)
 
 test: $(NATIVE)
 	$(PY) -m pytest
+
+# Checks of the tests themselves (pytest marker meta): each fault test fails with the fault
+# proxies passing everything through, and each mutant of tests/mutations.py is caught.
+test-meta: $(NATIVE)
+	$(PY) -m pytest -m meta
 
 protos: $(INSTALLED)
 	$(PY) protos/generate.py
