@@ -173,7 +173,7 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
         for window in range(8):
             a, b = rng.sample(sorted(cluster.nodes), 2)
             mode = ("cut", "blackhole", "delay")[window % 3]
-            cluster.links(a, b, mode, delay_s=1.5)  # a delayed ack takes 3 s to come back
+            cluster.links(a, b, mode, delay_s=3.0)  # a delayed ack takes 6 s to come back
             started = time.monotonic()
             heads = {a: positions(cluster, a, b)[0], b: positions(cluster, b, a)[0]}
             # Writes in flight during the window: both ends wrote on past their heads.
