@@ -146,11 +146,15 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
     failed: list[BaseException] = []
     lock = threading.Lock()
     stop = threading.Event()
+    writing = threading.Event()  # set while a window is on, and at its heal
 
     def writer(node: str) -> None:
         # A node takes writes whatever its links do: every write must be acknowledged.
         with cluster.client(node, f"{node}_agent", timeout_s=10.0, attempts=1) as c:
             for i in range(3000):
+                while not writing.wait(0.05):  # between windows, once both ends caught up
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
                 subject, key = f"flap-{i % 10}", f"{node}-{i}"
@@ -173,6 +177,7 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
         for window in range(8):
             a, b = rng.sample(sorted(cluster.nodes), 2)
             mode = ("cut", "blackhole", "delay")[window % 3]
+            writing.set()
             cluster.links(a, b, mode, delay_s=3.0)  # a delayed ack takes 6 s to come back
             started = time.monotonic()
             heads = {a: positions(cluster, a, b)[0], b: positions(cluster, b, a)[0]}
@@ -190,6 +195,7 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
                     f"of {x}<->{y} ({peer_acked} > {heads[x]}): the fault did not take effect"
                 )
             cluster.heal()
+            writing.clear()
             for x, y in ((a, b), (b, a)):
                 head = positions(cluster, x, y)[0]
                 wait_until(
@@ -198,6 +204,7 @@ def test_no_acknowledged_write_is_lost_while_links_flap(make_cluster):
                 )
     finally:
         stop.set()
+        writing.set()
         for t in threads:
             t.join(30)
     assert not failed, f"a node refused a write while its links flapped: {failed[0]!r}"
