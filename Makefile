@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test protos lint bench clean
+.PHONY: run test test-meta protos lint bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m pytest
+
+# Checks of the tests themselves (pytest marker meta): each fault test fails with the fault
+# proxies passing everything through, and each mutant of tests/mutations.py is caught.
+test-meta: $(NATIVE)
+	$(PY) -m pytest -m meta
 
 protos: $(INSTALLED)
 	$(PY) protos/generate.py

@@ -4,17 +4,27 @@ Modes: ``pass`` forwards; ``delay`` forwards after a delay; ``blackhole`` keeps 
 but silently discards everything (a stalled network); ``cut`` closes every connection and refuses
 new ones (a partition that the sender notices). Used by the fault tests and benchmarks/chaos.py;
 it listens on loopback only.
+
+``SELFMODEL_FAULTPROXY=off`` in the environment makes every proxy pass everything through,
+whatever mode is set: a fault test run that way must fail, which proves the test depends on its
+fault (tests/faults/test_fault_off.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
 from typing import Literal
 
 Mode = Literal["pass", "delay", "blackhole", "cut"]
+OFF_ENV = "SELFMODEL_FAULTPROXY"  # "off": every proxy only forwards
+
+
+def faults_off() -> bool:
+    return os.environ.get(OFF_ENV, "").lower() == "off"
 
 
 class FaultProxy:
@@ -27,9 +37,12 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
+        self._off = faults_off()
         threading.Thread(target=self._accept, name=f"proxy-{self.address}", daemon=True).start()
 
     def set(self, mode: Mode, delay_s: float = 0.0) -> None:
+        if self._off and not self._closed:
+            mode, delay_s = "pass", 0.0
         with self._lock:
             self.mode = mode
             self.delay_s = delay_s

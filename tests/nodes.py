@@ -1,6 +1,8 @@
 """Real node processes for integration and fault tests (see federation/harness.py)."""
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
@@ -11,6 +13,7 @@ from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 # the default half-life a confidence moves with the clock between them, now and then across the
 # sixth digit it is rounded to.
 NEVER_FADE = {"default": {"half_life_days": 0}}
+T = TypeVar("T")
 
 
 def node_status(address: str) -> admin_pb2.NodeStatus:
@@ -24,6 +27,22 @@ def node_status(address: str) -> admin_pb2.NodeStatus:
 def peers_connected(cluster: LocalCluster, node: str) -> bool:
     """Whether ``node``'s delta stream to every peer is up."""
     return all(p.connected for p in node_status(cluster.address(node)).peers)
+
+
+def positions(cluster: LocalCluster, node: str, peer: str) -> tuple[int, int]:
+    """``node``'s outbox head, and how far ``peer`` has acknowledged it."""
+    status = node_status(cluster.address(node))
+    [acked] = [p.acked_seq for p in status.peers if p.name == peer]
+    return status.outbox_seq, acked
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = 15.0) -> T:
+    """Polls ``predicate`` until it holds (returning its value); fails naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
+        time.sleep(0.05)
+    return value
 
 
 def wait_acked(cluster: LocalCluster, node: str, peer: str, seq: int) -> None:
@@ -43,6 +62,8 @@ __all__ = [
     "free_port",
     "node_status",
     "peers_connected",
+    "positions",
     "wait_acked",
     "wait_healthy",
+    "wait_until",
 ]

@@ -9,11 +9,13 @@ import pytest
 
 from federation.client import user
 from federation.harness import LocalCluster
+from node.errors import HandoffTimeout
 from tests.nodes import node_status, wait_acked
 
 pytestmark = pytest.mark.faults
 
 
+@pytest.mark.proxy
 def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_peers(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
@@ -43,6 +45,8 @@ def test_a_node_back_on_an_empty_disk_is_refilled_and_its_new_writes_reach_its_p
             user("u-disk"), "12 seats", confidence=0.9, context="facts", key="seats"
         )
         assert {b.key for b in sales.self_model(user("u-disk")).beliefs("facts")} == {"seats"}
+    with cluster.client("support", "reader") as support, pytest.raises(HandoffTimeout):
+        support.self_model(user("u-disk"), at_least=second.token, timeout_s=0.5)  # partitioned
     cluster.heal()
 
     with cluster.client("support", "reader") as support:

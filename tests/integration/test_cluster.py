@@ -46,10 +46,14 @@ def test_a_write_on_sales_is_visible_on_support_and_billing(make_cluster):
     cluster.wait_converged()
 
 
+@pytest.mark.proxy
 def test_a_support_read_with_the_handoff_token_of_a_sales_write_always_sees_it(make_cluster):
     cluster = make_cluster()
-    # Slow the sales -> support link so an unguarded read would be stale.
-    cluster.proxies[("sales", "support")].set("delay", 0.2)
+    # Slow every link into support so that an unguarded read would be stale: each chunk is
+    # held 0.5 s on its way.
+    for origin in ("sales", "billing"):
+        cluster.proxies[(origin, "support")].set("delay", 0.5)
+    early = []  # writes support had merged within 0.1 s
     with (
         cluster.client("sales", "sales_agent") as sales,
         cluster.client("support", "support_agent") as support,
@@ -59,11 +63,19 @@ def test_a_support_read_with_the_handoff_token_of_a_sales_write_always_sees_it(m
             written = sales.observe(
                 user("u-handoff"), statement, confidence=0.9, context="plan", key="plan_preference"
             )
+            try:
+                support.self_model(user("u-handoff"), at_least=written.token, timeout_s=0.1)
+                early.append(i)
+            except HandoffTimeout:
+                pass  # the delay holds the write back
             model = support.self_model(user("u-handoff"), at_least=written.token, timeout_s=10)
             belief = model.belief("plan", "plan_preference")
             assert belief is not None and belief.statement == statement, f"stale read at write {i}"
+    # The delay took effect: support had not merged the writes 0.1 s after they were answered.
+    assert len(early) <= 2, f"support had merged writes {early} within 0.1 s: no delay held"
 
 
+@pytest.mark.proxy
 def test_an_unmet_handoff_token_answers_deadline_exceeded_with_a_clear_message(make_cluster):
     cluster = make_cluster(("sales", "support"))
     cluster.partition({"sales"}, {"support"})

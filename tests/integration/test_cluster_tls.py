@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import grpc
 import pytest
@@ -12,8 +11,9 @@ from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import user
 from federation.cluster import load as load_cluster
 from federation.launcher import status_rows
-from node.errors import Unavailable
+from node.errors import HandoffTimeout, Unavailable
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from tests.nodes import wait_until
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -115,10 +115,20 @@ def test_a_node_whose_certificate_is_not_of_the_cluster_ca_cannot_replicate(make
         cluster.client("sales", "sales_agent") as sales,
         cluster.client("support", "reader") as support,
     ):
-        sales.observe(user("u-cut"), "Secret", confidence=0.9, context="facts")
-        time.sleep(3)
+        written = sales.observe(user("u-cut"), "Secret", confidence=0.9, context="facts")
+
+        def failed_sessions(node: str, peer: str) -> float:
+            text = cluster.nodes[node].metrics()
+            return metric(text, "selfmodel_replication_errors_total", peer=peer)
+
+        # Both sides tried again, each at least twice, after the write was in sales' outbox:
+        # every session (an anti-entropy round, then the delta stream) failed its handshake.
+        since = {n: failed_sessions(n, p) for n, p in (("sales", "support"), ("support", "sales"))}
+        for node, peer in (("sales", "support"), ("support", "sales")):
+            wait_until(
+                lambda n=node, p=peer: failed_sessions(n, p) >= since[n] + 2,
+                f"{node} tried to reach {peer} twice more",
+            )
         assert support.self_model(user("u-cut")).beliefs() == []
-    errors = metric(
-        cluster.nodes["support"].metrics(), "selfmodel_replication_errors_total", peer="sales"
-    )
-    assert errors >= 1, "the connecting side counts its refused sessions"
+        with pytest.raises(HandoffTimeout):
+            support.self_model(user("u-cut"), at_least=written.token, timeout_s=0.5)

@@ -1,4 +1,4 @@
-"""The delta stream's acknowledgements, against a real node: coalesced, and asked for.
+"""The delta stream's acknowledgements, against a real node: in order, and asked for.
 
 The test calls `sales` as its peer `support` (peers are named by header on loopback) and
 drives the stream by hand, so it sees exactly which batches `sales` acknowledges.
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 
 from federation.client import user
-from node.replication import ACK_INTERVAL_S, NODE_HEADER
+from node.replication import NODE_HEADER
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync.causal import CausalContext, Dot
 from sync.codec import delta_to_proto
@@ -66,7 +66,6 @@ def test_the_receiver_coalesces_acks_and_answers_an_ask_at_once(make_cluster):
         outgoing.put(batch(1, clock))
         assert acks.get(timeout=10) == 1  # the first batch of a stream is acknowledged at once
 
-        started = time.monotonic()
         for seq in range(2, 42):
             outgoing.put(batch(seq, clock))
         # Every batch is merged (and visible) whether or not it was acknowledged on its own.
@@ -77,13 +76,12 @@ def test_the_receiver_coalesces_acks_and_answers_an_ask_at_once(make_cluster):
             ] != ["fact 41"]:
                 assert time.monotonic() < deadline, "the stream's last delta never showed"
                 time.sleep(0.005)
-        elapsed = time.monotonic() - started
         seen = []
         while not acks.empty():
             seen.append(acks.get())
-        # At most one acknowledgement per interval, not one per batch.
-        assert len(seen) <= 1 + elapsed / ACK_INTERVAL_S, (seen, elapsed)
-        assert seen == sorted(seen)
+        # Acknowledgements only move forward. How many there are depends on the interval
+        # (tests/unit/test_ack_coalescing.py counts them on a clock it moves).
+        assert seen == sorted(seen) and all(1 < s <= 41 for s in seen), seen
 
         # A batch without deltas asks: it is answered at once with everything merged so far.
         outgoing.put(sync_pb2.ReplicateBatch(origin="support", first_seq=42, last_seq=41))

@@ -56,6 +56,10 @@ PRINCIPALS = {
     "elsewhere": ("sales_agent", "acme", "agent", ["*"], ["support"]),
     "globex": ("globex_agent", "globex", "agent", ["*"], ["*"]),
     "globex_ops": ("globex_ops", "globex", "operator", ["*"], ["*"]),
+    # Tenants a prefix or case match would confuse with acme.
+    "acme2": ("near_agent", "acme2", "agent", ["*"], ["*"]),
+    "acm": ("near_agent", "acm", "agent", ["*"], ["*"]),
+    "ACME": ("near_agent", "ACME", "agent", ["*"], ["*"]),
 }
 
 
@@ -228,6 +232,48 @@ def test_tenant_a_learns_nothing_about_tenant_b_subjects(secured: Secured) -> No
         assert answer == full_status(missing[method]), method
     [belief] = get(secured, "operator").beliefs
     assert belief.statement == "Wants quick time-to-value"
+
+
+def test_tenants_near_acme_by_prefix_case_or_look_alike_are_refused_both_ways(
+    secured: Secured,
+) -> None:
+    """Exact tenant match: acme2, acm and ACME neither read nor write acme's subjects, nor acme
+    theirs; an empty or look-alike tenant is no tenant at all."""
+    with secured.client("sales") as sales:
+        sales.observe(user("u-1"), "Wants quick time-to-value", confidence=0.8,
+                      context="purchase_motivation", key="motivation")  # fmt: skip
+    stub = secured.stub()
+    for near in ("acme2", "acm", "ACME"):
+        # near's agent on acme's subject: refused, whatever the method
+        for call in (
+            lambda n=near: get(secured, n),
+            lambda n=near: stub.Observe(observe(), metadata=secured.md(n), timeout=5),
+            lambda n=near: next(stub.WatchSelfModel(
+                selfmodel_pb2.WatchSelfModelRequest(subject=subject("acme", "u-1")),
+                metadata=secured.md(n), timeout=5)),
+        ):  # fmt: skip
+            code, details = status_of(call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (near, details)
+            assert f"of tenant {near!r} may not use subjects of tenant 'acme'" in details
+        # acme's agent on near's subject of the same id: refused too
+        code, details = status_of(lambda n=near: get(secured, "sales", tenant=n))
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (near, details)
+        assert f"of tenant 'acme' may not use subjects of tenant {near!r}" in details
+        # near's own u-1 is its own: it holds nothing of acme's, and writing it leaves acme's be
+        assert not get(secured, near, tenant=near).beliefs
+        stub.Observe(observe(tenant=near, statement=f"Written by {near}"),
+                     metadata=secured.md(near), timeout=5)  # fmt: skip
+        assert [b.statement for b in get(secured, near, tenant=near).beliefs] == [
+            f"Written by {near}"
+        ]
+    for nowhere in ("", "\u0430cme"):  # empty; Cyrillic a
+        for who in ("sales", "acme2"):
+            code, details = status_of(lambda t=nowhere, w=who: get(secured, w, tenant=t))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (nowhere, details)
+            assert details.startswith("subject.tenant: "), details
+    [belief] = get(secured, "operator").beliefs
+    assert belief.statement == "Wants quick time-to-value"
+    assert [s.source for s in belief.supporters] == ["sales_agent"]
 
 
 def test_the_source_is_the_tokens_agent_whatever_the_call_claims(secured: Secured) -> None:

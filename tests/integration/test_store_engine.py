@@ -125,9 +125,19 @@ def test_a_reader_waiting_for_a_handoff_token_wakes_when_the_write_arrives(tmp_p
         except Exception as exc:
             results.append(exc)
 
-    reader = threading.Thread(target=read)
+    waiting = threading.Event()
+
+    class Observed(threading.Condition):
+        """The engine's merge condition, telling when a reader begins to wait on it."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting.set()  # under the lock, after the reader found the position not merged
+            return super().wait(timeout)
+
+    support._merged = Observed()
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    reader.join(timeout=0.3)  # it waits by now (else it finds the write merged, and passes)
+    assert waiting.wait(10), "the reader never began to wait"
     support.merge_remote([Delta(sales.state(U1))])
     reader.join(timeout=30)
     assert not reader.is_alive(), "the merge did not wake the waiting reader"

@@ -2,7 +2,10 @@
 
 ``simulate`` plays a random event sequence on 2-4 replicas of one subject: local observes (each
 superseding the same source's earlier dots in the slot), retracts, occasional erases, and
-deliveries of deltas (duplicated, reordered, lost) and of full states between replicas. Besides
+deliveries of deltas (duplicated, reordered, lost) and of full states between replicas. Slots
+span two contexts, and an observe may take the very timestamp another replica's newest
+observation has (a tie, where ordering rules bite: hybrid clocks of different nodes can meet).
+``subject_runs`` plays such sequences for several subjects that share an id. Besides
 the replicas' states it records, independently of the CRDT, what every event did, so tests can
 compare the CRDT against a plain reference model.
 """
@@ -41,9 +44,16 @@ LAWS = settings(
 VALUES = settings(LAWS, max_examples=100)
 
 SUBJECT = Subject("acme", SubjectKind.USER, "u-42")
+# Subjects alike but for their tenant or kind: they must never mix.
+SUBJECTS = (
+    SUBJECT,
+    Subject("acme", SubjectKind.TEAM, "u-42"),
+    Subject("acme2", SubjectKind.USER, "u-42"),
+)
 ACTORS = ("a.1", "b.1", "c.1", "d.1")
 SOURCES = ("sales_agent", "support_agent", "bot")
 CONTEXT = "budget"
+CONTEXTS = (CONTEXT, "channel_pref")
 KEYS = ("amount", "owner")
 STATEMENTS = ("ten thousand", "Ten thousand.", "fifty thousand", "unknown")
 BASE_MS = 1_700_000_000_000
@@ -88,6 +98,8 @@ class Observe:
     key: int
     statement: int
     confidence: float
+    context: int = 0
+    tie: bool = False  # take the timestamp of another replica's newest observation
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class Retract:
     pick: int
     source: int
     key: int
+    context: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,12 +147,16 @@ def decode_op(n: int) -> Op:
     n, replica = divmod(n, 4)
     n, source = divmod(n, len(SOURCES))
     n, key = divmod(n, len(KEYS))
+    n, context = divmod(n, len(CONTEXTS))
     match _KINDS[kind]:
         case "observe":
             n, statement = divmod(n, len(STATEMENTS))
-            return Observe(replica, source, key, statement, (0.2, 0.5, 0.9)[n % 3])
+            n, confidence = divmod(n, 3)
+            tie = n % 3 == 2  # a third of the observes try for a tie
+            conf = (0.2, 0.5, 0.9)[confidence]
+            return Observe(replica, source, key, statement, conf, context, tie)
         case "retract":
-            return Retract(replica, n, source, key)
+            return Retract(replica, n, source, key, context)
         case "deliver":
             return Deliver(replica, n)
         case "full":
@@ -148,12 +165,13 @@ def decode_op(n: int) -> Op:
             return Erase(replica)
 
 
-ops = st.lists(st.integers(0, 2**20 - 1).map(decode_op), min_size=4, max_size=25)
+ops = st.lists(st.integers(0, 2**24 - 1).map(decode_op), min_size=4, max_size=25)
 
 
 @dataclass
 class Issued:
-    """An observation as the reference model knows it: unique by its hlc (one per step)."""
+    """An observation as the reference model knows it: unique with its generation (hlcs may
+    tie, and dots restart with each generation)."""
 
     generation: int
     observation: Observation
@@ -170,7 +188,7 @@ class Retraction:
 @dataclass
 class Erasure:
     generation: int  # the new generation
-    erased_hlcs: frozenset[int]  # observations the erasing replica held
+    erased: frozenset[Observation]  # what the erasing replica held (dots restart per generation)
     delta: SubjectState
 
 
@@ -213,26 +231,36 @@ def causally_ready(state: SubjectState, delta: SubjectState, event: Dot) -> bool
     return all(dot in known for dot in dots_of(delta.context) - {event})
 
 
-def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run:
+def simulate(
+    n_replicas: int, script: Sequence[Op], causal: bool = False, subject: Subject = SUBJECT
+) -> Run:
     """Plays ``script``; with ``causal`` a delta is delivered only once it is causally ready
     (as a replicator that buffers early deltas would), otherwise in any order."""
     actors = list(ACTORS[:n_replicas])
-    run = Run(actors, [SubjectState(SUBJECT) for _ in actors])
+    run = Run(actors, [SubjectState(subject) for _ in actors])
+    clocks = [0] * n_replicas  # each replica's newest hlc: its clock never goes back
     for step, op in enumerate(script):
         r = op.replica % n_replicas
         state, actor = run.replicas[r], actors[r]
         match op:
             case Observe():
-                source, key = SOURCES[op.source], KEYS[op.key]
-                supersedes = slot_dots(state, CONTEXT, key, source)
+                source, key, context = SOURCES[op.source], KEYS[op.key], CONTEXTS[op.context]
+                supersedes = slot_dots(state, context, key, source)
+                hlc = pack(BASE_MS + step, 0)
+                others = [i.observation for i in run.issued if i.observation.dot.actor != actor]
+                if op.tie and others and others[-1].hlc > clocks[r]:
+                    hlc = others[-1].hlc  # the same instant on another node's clock
+                clocks[r] = hlc
                 obs = observation(
                     actor,
                     state.next_dot(actor).counter,
+                    context=context,
                     key=key,
                     source=source,
                     statement=STATEMENTS[op.statement],
                     confidence=op.confidence,
-                    ms=BASE_MS + step,
+                    ms=hlc >> 16,
+                    logical=hlc & 0xFFFF,
                 )
                 delta = observe_delta(state, obs, supersedes)
                 event = obs.dot
@@ -240,12 +268,12 @@ def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run
                 run.removed.update((state.generation, d) for d in supersedes)
                 run.observe_deltas.append(delta)
             case Retract():
-                source, key = SOURCES[op.source], KEYS[op.key]
+                source, key, context = SOURCES[op.source], KEYS[op.key], CONTEXTS[op.context]
                 if state.observations:
                     held = sorted(state.observations.values(), key=lambda o: o.dot)
                     chosen = held[op.pick % len(held)]
-                    source, key = chosen.source, chosen.key
-                removes = slot_dots(state, CONTEXT, key, source)
+                    source, key, context = chosen.source, chosen.key, chosen.context
+                removes = slot_dots(state, context, key, source)
                 delta = retract_delta(state, actor, removes)
                 event = state.next_dot(actor)
                 run.removed.update((state.generation, d) for d in removes)
@@ -255,7 +283,7 @@ def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run
             case Erase():
                 delta = erase_delta(state, actor)
                 (event,) = dots_of(delta.context)
-                erased = frozenset(o.hlc for o in state.observations.values())
+                erased = frozenset(state.observations.values())
                 run.erasures.append(Erasure(delta.generation, erased, delta))
             case Deliver():
                 if not run.deltas:
@@ -282,13 +310,23 @@ runs = st.builds(simulate, st.integers(2, 4), ops)
 causal_runs = st.builds(simulate, st.integers(2, 4), ops, st.just(True))
 
 
+@st.composite
+def subject_runs(draw: st.DrawFn) -> list[Run]:
+    """One run for each of two or three subjects alike but for tenant or kind (SUBJECTS)."""
+    chosen = draw(st.lists(st.sampled_from(SUBJECTS), min_size=2, max_size=3, unique=True))
+    return [
+        draw(st.builds(simulate, st.integers(2, 3), ops, st.just(False), st.just(s)))
+        for s in chosen
+    ]
+
+
 # A plain Random seeded by hypothesis: cheaper than st.randoms() (whose every call is a draw),
 # and the failing seed is printed with the example, so a failure still replays.
 shuffles = st.builds(random.Random, st.integers(0, 2**32 - 1))
 
 
-def fold(states: Iterable[SubjectState]) -> SubjectState:
-    acc = SubjectState(SUBJECT)
+def fold(states: Iterable[SubjectState], subject: Subject = SUBJECT) -> SubjectState:
+    acc = SubjectState(subject)
     for s in states:
         acc = merge(acc, s)
     return acc

@@ -168,6 +168,27 @@ def test_a_principal_uses_only_its_own_tenant() -> None:
             who.check_tenant("globex")
 
 
+# Tenants a prefix, suffix, case or look-alike match would confuse with "acme".
+NEAR_ACME = ("acme2", "acm", "ACME", "", "\u0430cme", "acme\u200b", "acme ")  # Cyrillic a; ZWSP
+
+
+@pytest.mark.parametrize("other", NEAR_ACME)
+def test_a_tenant_is_matched_exactly_never_by_prefix_case_or_look_alike(other: str) -> None:
+    for who in (AGENT, OPERATOR):
+        with pytest.raises(PermissionDenied, match="may not use subjects of tenant"):
+            who.check_tenant(other)
+        near = Principal(who.agent, who.role, other, who.write, who.domains)
+        with pytest.raises(PermissionDenied, match="may not use subjects of tenant 'acme'"):
+            near.check_tenant("acme")
+
+
+@pytest.mark.parametrize("tenant", ["", "\u0430cme", "acme\u200b", "ac me"])
+def test_a_token_file_naming_a_tenant_no_subject_could_have_is_refused(tenant: str) -> None:
+    text = f'[[tokens]]\nsha256 = "{"a" * 64}"\nagent = "a"\ntenant = "{tenant}"\n'
+    with pytest.raises(TokenFileError, match="tenant"):
+        parse_tokens(text)
+
+
 def test_a_principal_writes_only_contexts_of_its_globs_through_nodes_of_its_domains() -> None:
     AGENT.check_write("purchase_motivation", "sales")
     AGENT.check_write("budget", "sales")

@@ -33,6 +33,7 @@ from tests.unit.strategies import (
     observation,
     runs,
     shuffles,
+    subject_runs,
 )
 
 
@@ -100,6 +101,25 @@ def test_replicas_converge_once_every_delta_is_delivered_in_any_order(
     assert all(state == converged[0] for state in converged)
     assert converged[0] == fold(run.deltas)
     assert dict(converged[0].observations) == run.expected_observations()
+
+
+@LAWS
+@given(several=subject_runs(), rnd=shuffles)
+def test_deltas_of_subjects_alike_but_for_tenant_or_kind_converge_each_to_its_own_state(
+    several: list[Run], rnd: random.Random
+) -> None:
+    """A node holds many subjects: deltas of all of them arrive interleaved, and each lands in
+    its own subject's state, which ends as if that subject's deltas had come alone."""
+    deltas = [d for run in several for d in run.deltas]
+    rnd.shuffle(deltas)
+    held: dict[Subject, SubjectState] = {}
+    for delta in deltas:
+        held[delta.subject] = merge(held.get(delta.subject, SubjectState(delta.subject)), delta)
+    for run in several:
+        subject = run.replicas[0].subject
+        alone = fold(run.deltas, subject)
+        assert held.get(subject, SubjectState(subject)) == alone
+        assert dict(alone.observations) == run.expected_observations()
 
 
 @LAWS
@@ -197,13 +217,13 @@ def test_digest_tells_apart_generation_context_and_observations() -> None:
 @given(run=runs, rnd=shuffles)
 def test_erase_removes_everything_observed_before_it(run: Run, rnd: random.Random) -> None:
     final = _converged(run, rnd)[0]
-    hlcs = {o.hlc for o in final.observations.values()}
-    issued_at = {i.observation.hlc: i.generation for i in run.issued}
+    kept = set(final.observations.values())
+    issued = {(i.generation, i.observation) for i in run.issued}
     for erasure in run.erasures:
         assert final.generation >= erasure.generation
-        assert not hlcs & erasure.erased_hlcs
+        assert not kept & erasure.erased
     # Nothing issued at an older generation survives, whoever issued it and when it arrives.
-    assert all(issued_at[h] == final.generation for h in hlcs)
+    assert all((final.generation, o) in issued for o in kept)
     for delta in run.observe_deltas:
         if delta.generation < final.generation:
             assert merge(final, delta) == final

@@ -50,8 +50,9 @@ _SUFFIXES = {
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool is not installed (Debian/Ubuntu: apt-get install prometheus); "
-    "the Prometheus files are then checked by the Python tests only",
+    reason="PROMTOOL IS NOT INSTALLED: the promtool checks of deploy/prometheus are skipped "
+    "(Debian/Ubuntu: apt-get install prometheus, as .ci/run does); the Prometheus files are "
+    "then checked by the Python tests only",
 )
 
 
@@ -653,14 +654,104 @@ def test_promtool_accepts_the_compose_prometheus_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_promtool_accepts_the_kubernetes_prometheus_config(tmp_path: Path) -> None:
+def _has_kubernetes_sd(tmp_path: Path) -> bool:
     probe = tmp_path / "probe.yml"
     probe.write_text("scrape_configs: [{job_name: p, kubernetes_sd_configs: [{role: pod}]}]\n")
-    if _promtool("check", "config", str(probe), cwd=tmp_path).returncode != 0:
-        pytest.skip("this promtool has no Kubernetes service discovery (Debian builds it without)")
-    result = _promtool("check", "config", "prometheus.k8s.yml")
+    return _promtool("check", "config", str(probe), cwd=tmp_path).returncode == 0
+
+
+@needs_promtool
+def test_promtool_accepts_the_kubernetes_prometheus_config(tmp_path: Path) -> None:
+    """With Kubernetes discovery in this promtool, the file as it is. Debian builds promtool
+    without it: then the file with each kubernetes_sd_configs block swapped for a static target,
+    so promtool still checks everything else (globals, rule files, every relabelling), and
+    test_the_kubernetes_scrape_job_discovers_the_node_pods checks the discovery block."""
+    if _has_kubernetes_sd(tmp_path):
+        result = _promtool("check", "config", "prometheus.k8s.yml")
+        assert result.returncode == 0, result.stdout + result.stderr
+        return
+    config = load_yaml(PROMETHEUS / "prometheus.k8s.yml")
+    jobs = [job for job in config["scrape_configs"] if "kubernetes_sd_configs" in job]
+    assert jobs, "prometheus.k8s.yml has no Kubernetes discovery"
+    for job in jobs:
+        del job["kubernetes_sd_configs"]
+        job["static_configs"] = [{"targets": ["selfmodel-0.selfmodel.selfmodel:9470"]}]
+    (tmp_path / "prometheus.k8s.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for rules in config.get("rule_files", []):
+        shutil.copy(PROMETHEUS / rules, tmp_path / rules)
+    result = _promtool("check", "config", "prometheus.k8s.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# kubernetes_sd_config as Prometheus documents it: its fields, its roles, and the meta labels a
+# pod target carries (role pod).
+K8S_SD_FIELDS = {
+    "api_server", "role", "kubeconfig_file", "namespaces", "selectors", "attach_metadata",
+    "basic_auth", "authorization", "oauth2", "proxy_url", "no_proxy", "proxy_from_environment",
+    "proxy_connect_header", "follow_redirects", "enable_http2", "tls_config",
+}  # fmt: skip
+K8S_SD_ROLES = {"node", "service", "pod", "endpoints", "endpointslice", "ingress"}
+POD_META = re.compile(
+    r"__meta_kubernetes_(namespace|pod_(name|ip|uid|ready|phase|node_name|host_ip"
+    r"|controller_kind|controller_name|container_(init|name|id|image|port_name|port_number"
+    r"|port_protocol)|(label|labelpresent|annotation|annotationpresent)_[a-zA-Z0-9_]+))"
+)
+RELABEL_ACTIONS = {
+    "replace", "keep", "drop", "keepequal", "dropequal", "hashmod", "labelmap", "labeldrop",
+    "labelkeep", "lowercase", "uppercase",
+}  # fmt: skip
+
+
+def _label_name(key: str) -> str:
+    """A Kubernetes label as Prometheus names it in __meta_kubernetes_pod_label_<name>."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def test_the_kubernetes_scrape_job_discovers_the_node_pods() -> None:
+    """Where promtool cannot check Kubernetes discovery: its fields are ones Prometheus knows,
+    and its relabelling keeps exactly the pods and port deploy/k8s defines."""
+    config = load_yaml(PROMETHEUS / "prometheus.k8s.yml")
+    [job] = [j for j in config["scrape_configs"] if "kubernetes_sd_configs" in j]
+    namespace = load_yaml(K8S / "kustomization.yaml")["namespace"]
+    for sd in job["kubernetes_sd_configs"]:
+        assert set(sd) <= K8S_SD_FIELDS, set(sd) - K8S_SD_FIELDS
+        assert sd["role"] == "pod", sd  # the relabelling below reads pod meta labels
+        assert set(sd.get("namespaces", {})) <= {"names", "own_namespace"}
+        assert sd["namespaces"]["names"] == [namespace]
+    template = statefulset()["spec"]["template"]
+    pod_labels = {
+        f"__meta_kubernetes_pod_label_{_label_name(k)}": v
+        for k, v in template["metadata"]["labels"].items()
+    }
+    ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"]
+             for p in c.get("ports", [])}  # fmt: skip
+    kept = []
+    for rule in job["relabel_configs"]:
+        action = rule.get("action", "replace")
+        assert action in RELABEL_ACTIONS, rule
+        sources = rule.get("source_labels", [])
+        for label in sources:
+            assert POD_META.fullmatch(label), f"{label} is no meta label of a pod target"
+        re.compile(rule.get("regex", "(.*)"))
+        if action == "keep":
+            [label] = sources
+            kept.append(label)
+            regex = re.compile(rule["regex"])
+            if label.startswith("__meta_kubernetes_pod_label_"):
+                assert label in pod_labels, f"the node pods have no label for {label}"
+                assert regex.fullmatch(pod_labels[label]), (label, pod_labels[label])
+            elif label == "__meta_kubernetes_pod_container_port_name":
+                assert [p for p in ports if regex.fullmatch(p)] == ["metrics"], ports
+        if action == "replace" and "target_label" in rule:
+            assert rule["target_label"] in TARGET_LABELS, rule
+    # Only the node pods' metrics port is kept, and every series gets the node's name.
+    assert set(kept) == {
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+        "__meta_kubernetes_pod_container_port_name",
+    }
+    assert {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "node"} in job[
+        "relabel_configs"
+    ]
 
 
 @needs_promtool

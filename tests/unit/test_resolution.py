@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from node.policy import DAY_S, ContextPolicy, PolicyBook
@@ -22,7 +22,15 @@ from node.resolution import (
 )
 from sync.hlc import physical_ms
 from sync.observation import Evidence, Observation
-from tests.unit.strategies import VALUES, Run, fold, observation, runs, shuffles
+from tests.unit.strategies import (
+    VALUES,
+    Run,
+    fold,
+    observation,
+    runs,
+    shuffles,
+    subject_runs,
+)
 
 NOW = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -117,6 +125,40 @@ def test_a_belief_accounts_for_each_kept_observation_once(
         best = max(c.support for c in explanation.candidates)
         assert math.isclose(explanation.candidates[0].support, best)
         assert belief.confidence == round(best, 6)
+
+
+def _has_tie(run: Run) -> bool:
+    """Two actors' observations at one timestamp, both still held once everything merged."""
+    held = list(fold(run.deltas).observations.values())
+    return any(a.hlc == b.hlc and a.dot.actor != b.dot.actor for a in held for b in held)
+
+
+def test_the_random_runs_hold_ties_several_contexts_and_several_subjects() -> None:
+    """What the properties below rely on the strategies to produce, found by hypothesis."""
+    search = settings(VALUES, max_examples=1000, phases=[Phase.generate])
+    assert _has_tie(find(runs, _has_tie, settings=search))
+    find(
+        runs,
+        lambda r: len({o.context for o in fold(r.deltas).observations.values()}) > 1,
+        settings=search,
+    )
+    several = find(subject_runs(), lambda rs: all(r.deltas for r in rs), settings=search)
+    assert len({r.replicas[0].subject for r in several}) == len(several) >= 2
+
+
+@VALUES
+@given(several=subject_runs(), rnd=shuffles)
+def test_each_subject_resolves_from_its_own_deltas_whatever_else_arrives(
+    several: list[Run], rnd: random.Random
+) -> None:
+    deltas = [d for run in several for d in run.deltas]
+    rnd.shuffle(deltas)
+    now = NOW + 1_000
+    for run in several:
+        subject = run.replicas[0].subject
+        mine = fold((d for d in deltas if d.subject == subject), subject)
+        expected = resolve(fold(run.deltas, subject).observations.values(), WEIGHTED, now)
+        assert resolve(mine.observations.values(), WEIGHTED, now) == expected
 
 
 @VALUES

@@ -1,0 +1,63 @@
+"""federation/faultproxy.py: SELFMODEL_FAULTPROXY=off leaves every link passing."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from federation.faultproxy import OFF_ENV, FaultProxy
+
+
+@pytest.fixture
+def echo() -> tuple[str, int]:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[:2]
+
+
+def roundtrip(proxy: FaultProxy) -> bytes:
+    host, port = proxy.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"ping")
+        return s.recv(4)
+
+
+@pytest.mark.parametrize("mode", ["cut", "blackhole", "delay"])
+def test_with_faults_off_a_proxy_forwards_whatever_mode_is_set(
+    echo: tuple[str, int], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv(OFF_ENV, "off")
+    proxy = FaultProxy(echo)
+    try:
+        proxy.set(mode, delay_s=30.0)  # type: ignore[arg-type]
+        assert (proxy.mode, proxy.delay_s) == ("pass", 0.0)
+        assert roundtrip(proxy) == b"ping"
+    finally:
+        proxy.close()
+
+
+def test_with_faults_on_a_cut_proxy_refuses(
+    echo: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(OFF_ENV, raising=False)
+    proxy = FaultProxy(echo)
+    try:
+        proxy.set("cut")
+        assert proxy.mode == "cut"
+        try:
+            got = roundtrip(proxy)
+        except OSError:  # reset by the proxy
+            got = b""
+        assert got == b"", "a cut proxy forwarded"
+    finally:
+        proxy.close()

@@ -1,0 +1,273 @@
+"""node.validation.remote_state: what a peer sends holds to the bounds of what an agent sends.
+
+One case per rule: a state that is valid but for one field is refused, naming that field; the
+same state with the field at its bound is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from node import validation
+from node.errors import InvalidArgument
+from selfmodel.v1 import model_pb2, sync_pb2
+
+LIMITS = validation.Limits()
+State = sync_pb2.SubjectState
+
+
+def valid() -> State:
+    """A subject with one observation whose dot is in the state's causal context."""
+    msg = State(
+        subject=model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1"),
+        generation=1,
+    )
+    msg.context.vector.add(actor="sales.1", counter=2)
+    msg.context.cloud.add(actor="support.1", counter=5)
+    msg.events.add(actor="sales.1", counter=2)
+    o = msg.observations.add(
+        context="budget",
+        key="amount",
+        source="sales_agent",
+        statement="Budget is 10k",
+        confidence=0.8,
+        hlc=1_700_000_000_000 << 16,
+        origin="sales",
+    )
+    o.dot.actor, o.dot.counter = "sales.1", 2
+    o.evidence.add(kind="message", ref="crm://1", quote="we have 10k")
+    return msg
+
+
+def check(msg: State) -> None:
+    validation.remote_state(msg, "deltas[0]", LIMITS)
+
+
+def refused(change: Callable[[State], object]) -> InvalidArgument:
+    msg = valid()
+    change(msg)
+    with pytest.raises(InvalidArgument) as caught:
+        check(msg)
+    return caught.value
+
+
+def obs(msg: State) -> sync_pb2.StoredObservation:
+    return msg.observations[0]
+
+
+def test_a_valid_state_is_accepted() -> None:
+    check(valid())
+    check(State(subject=valid().subject))  # an empty state of a subject (after a forget)
+
+
+def _set(target: Callable[[State], object], name: str, value: object) -> Callable[[State], None]:
+    return lambda msg: setattr(target(msg), name, value)
+
+
+def _obs_field(name: str, value: object) -> Callable[[State], None]:
+    return _set(obs, name, value)
+
+
+BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
+    # case: (change, field named, words of the reason)
+    "no subject": (lambda m: m.ClearField("subject"), "deltas[0].subject", "required"),
+    "empty tenant": (_set(lambda m: m.subject, "tenant", ""), "deltas[0].subject.tenant", ""),
+    "look-alike tenant": (
+        _set(lambda m: m.subject, "tenant", "\u0430cme"),  # Cyrillic a
+        "deltas[0].subject.tenant",
+        "letters",
+    ),
+    "unknown kind": (_set(lambda m: m.subject, "kind", 99), "deltas[0].subject.kind", "SUBJECT"),
+    "long id": (_set(lambda m: m.subject, "id", "u" * 129), "deltas[0].subject.id", "at most 128"),
+    "generation": (_set(lambda m: m, "generation", 2**62 + 1), "deltas[0].generation", "range"),
+    "vector actor": (
+        _set(lambda m: m.context.vector[0], "actor", "bad actor"),
+        "deltas[0].context.vector[0].actor",
+        "letters",
+    ),
+    "vector counter 0": (
+        _set(lambda m: m.context.vector[0], "counter", 0),
+        "deltas[0].context.vector[0].counter",
+        "[1, 2^62]",
+    ),
+    "vector counter too big": (
+        _set(lambda m: m.context.vector[0], "counter", 2**62 + 1),
+        "deltas[0].context.vector[0].counter",
+        "[1, 2^62]",
+    ),
+    "cloud counter": (
+        _set(lambda m: m.context.cloud[0], "counter", 0),
+        "deltas[0].context.cloud[0].counter",
+        "[1, 2^62]",
+    ),
+    "cloud actor": (
+        _set(lambda m: m.context.cloud[0], "actor", ""),
+        "deltas[0].context.cloud[0].actor",
+        "required",
+    ),
+    "event counter": (
+        _set(lambda m: m.events[0], "counter", 2**64 - 1),
+        "deltas[0].events[0].counter",
+        "[1, 2^62]",
+    ),
+    "event actor": (
+        _set(lambda m: m.events[0], "actor", "x\x00y"),
+        "deltas[0].events[0].actor",
+        "letters",
+    ),
+    "dot counter": (
+        _set(lambda m: obs(m).dot, "counter", 0),
+        "deltas[0].observations[0].dot.counter",
+        "[1, 2^62]",
+    ),
+    "dot outside the context": (
+        _set(lambda m: obs(m).dot, "counter", 3),
+        "deltas[0].observations[0].dot",
+        "causal context",
+    ),
+    "dot of an unknown actor": (
+        _set(lambda m: obs(m).dot, "actor", "billing.1"),
+        "deltas[0].observations[0].dot",
+        "causal context",
+    ),
+    "context": (
+        _obs_field("context", "Bad-Context"),
+        "deltas[0].observations[0].context",
+        "snake_case",
+    ),
+    "long context": (
+        _obs_field("context", "x" * 65),
+        "deltas[0].observations[0].context",
+        "at most 64",
+    ),
+    "empty key": (_obs_field("key", ""), "deltas[0].observations[0].key", "slot key"),
+    "long key": (_obs_field("key", "k" * 2001), "deltas[0].observations[0].key", "slot key"),
+    "control key": (_obs_field("key", "a\x01"), "deltas[0].observations[0].key", "slot key"),
+    "source": (_obs_field("source", "bad source"), "deltas[0].observations[0].source", "letters"),
+    "blank statement": (
+        _obs_field("statement", " "),
+        "deltas[0].observations[0].statement",
+        "blank",
+    ),
+    "long statement": (
+        _obs_field("statement", "y" * 2001),
+        "deltas[0].observations[0].statement",
+        "at most 2000",
+    ),
+    "control statement": (
+        _obs_field("statement", "ctl\x07"),
+        "deltas[0].observations[0].statement",
+        "control",
+    ),
+    "NaN confidence": (
+        _obs_field("confidence", math.nan),
+        "deltas[0].observations[0].confidence",
+        "[0, 1]",
+    ),
+    "infinite confidence": (
+        _obs_field("confidence", math.inf),
+        "deltas[0].observations[0].confidence",
+        "[0, 1]",
+    ),
+    "negative confidence": (
+        _obs_field("confidence", -0.1),
+        "deltas[0].observations[0].confidence",
+        "[0, 1]",
+    ),
+    "confidence above 1": (
+        _obs_field("confidence", 1.5),
+        "deltas[0].observations[0].confidence",
+        "[0, 1]",
+    ),
+    "too much evidence": (
+        lambda m: [obs(m).evidence.add(kind="message") for _ in range(LIMITS.max_evidence)],
+        "deltas[0].observations[0].evidence",
+        f"at most {LIMITS.max_evidence}",
+    ),
+    "evidence kind": (
+        _set(lambda m: obs(m).evidence[0], "kind", "k" * 33),
+        "deltas[0].observations[0].evidence[0].kind",
+        "at most 32",
+    ),
+    "evidence ref": (
+        _set(lambda m: obs(m).evidence[0], "ref", "r" * 1025),
+        "deltas[0].observations[0].evidence[0].ref",
+        "at most 1024",
+    ),
+    "evidence quote": (
+        _set(lambda m: obs(m).evidence[0], "quote", "q\x00"),
+        "deltas[0].observations[0].evidence[0].quote",
+        "control",
+    ),
+    "evidence time": (
+        _set(lambda m: obs(m).evidence[0].time, "seconds", 253402300800),
+        "deltas[0].observations[0].evidence[0].time",
+        "valid timestamp",
+    ),
+    "evidence nanos": (
+        _set(lambda m: obs(m).evidence[0].time, "nanos", -1),
+        "deltas[0].observations[0].evidence[0].time",
+        "valid timestamp",
+    ),
+    "hlc": (_obs_field("hlc", 2**63), "deltas[0].observations[0].hlc", "range"),
+    "origin": (_obs_field("origin", ""), "deltas[0].observations[0].origin", "required"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_state_breaking_one_rule_is_refused_naming_the_field(case: str) -> None:
+    change, field, words = BROKEN[case]
+    error = refused(change)
+    assert error.field == field, str(error)
+    assert words in error.reason, str(error)
+
+
+def test_a_state_with_more_dots_than_any_subject_may_hold_is_refused() -> None:
+    def many(msg: State) -> None:
+        msg.context.cloud.extend(
+            sync_pb2.Dot(actor="support.1", counter=c)
+            for c in range(1, validation.MAX_REMOTE_OBSERVATIONS + 1)
+        )
+
+    error = refused(many)
+    assert error.field == "deltas[0]" and "more dots or observations" in error.reason
+
+
+def test_a_state_with_more_observations_than_any_subject_may_hold_is_refused() -> None:
+    def many(msg: State) -> None:
+        extra = [sync_pb2.StoredObservation()] * validation.MAX_REMOTE_OBSERVATIONS
+        msg.observations.extend(extra)  # counted before any of them is looked at
+
+    error = refused(many)
+    assert error.field == "deltas[0]" and "more dots or observations" in error.reason
+
+
+ACCEPTED: dict[str, Callable[[State], object]] = {
+    "confidence 0": _obs_field("confidence", 0.0),
+    "confidence 1": _obs_field("confidence", 1.0),
+    "counter 2^62": lambda m: (
+        setattr(m.context.vector[0], "counter", 2**62),
+        setattr(obs(m).dot, "counter", 2**62),
+    ),
+    "dot in the cloud": lambda m: (
+        setattr(obs(m).dot, "actor", "support.1"),
+        setattr(obs(m).dot, "counter", 5),
+    ),
+    "generation 2^62": _set(lambda m: m, "generation", 2**62),
+    "statement of 2000": _obs_field("statement", "y" * 2000),
+    "a normalized statement as key": _obs_field("key", "budget is 10k"),
+    "16 evidence items": lambda m: [
+        obs(m).evidence.add(kind="message") for _ in range(LIMITS.max_evidence - 1)
+    ],
+    "no evidence time": lambda m: obs(m).evidence[0].ClearField("time"),
+}
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_a_state_at_the_bound_of_a_rule_is_accepted(case: str) -> None:
+    msg = valid()
+    ACCEPTED[case](msg)
+    check(msg)
