@@ -20,7 +20,7 @@ test: $(INSTALLED)
 
 # Checks of the tests themselves (pytest marker meta): each fault test fails with the fault
 # proxies passing everything through, and each mutant of tests/mutations.py is caught.
-test-meta: $(NATIVE)
+test-meta: $(INSTALLED)
 	$(PY) -m pytest -m meta
 
 protos: $(INSTALLED)
