@@ -760,7 +760,7 @@ def markdown(
     lines = [
         f"Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {info['nproc']} CPUs, {info['cpu']}, {info['os']}  ",
-        f"Python {info['python']}, grpcio {info['grpcio']}, node {info['build']}  ",
+        f"Python {info['python']}, grpcio {info['grpcio']}  ",
         f"Load average (1 min) at the start and the end: {info['load']}  ",
         f"Command: `{command}`",
         "",
