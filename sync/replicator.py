@@ -102,6 +102,7 @@ class PeerReplicator:
         self.skipped: tuple[tuple[Subject, str], ...] = ()
         self._logged: set[Subject] = set()
         self._behind_since: float | None = None
+        self._streamed = False  # the current session got as far as streaming deltas
         self._outbox = outbox
         self._replica = replica
         self._connect = connect
@@ -211,6 +212,7 @@ class PeerReplicator:
         last_error = ""
         while not self._stop.is_set():
             started, acked = time.monotonic(), self.acked
+            self._streamed = False
             try:
                 self._session()
                 failures = 0
@@ -226,7 +228,8 @@ class PeerReplicator:
                 metrics.REPLICATION_ERRORS.labels(self.peer).inc()
                 self._failed(exc)
                 error = _describe(exc)
-                if error != last_error or useful:  # once per cause, not once per retry
+                # Once per cause, not once per retry: a stream that was up and ended is news.
+                if error != last_error or useful or self._streamed:
                     log.info("delta stream to %s ended: %s", self.peer, error)
                 last_error = error
             finally:
@@ -255,6 +258,7 @@ class PeerReplicator:
                 self.persist()
             self.dropped = False
             self._set_connected(True)
+            self._streamed = True
             for ack in link.replicate(self._batches(self.acked)):
                 # Only in memory here: persist() writes it down, then the outbox is trimmed.
                 self._acknowledged(ack)
