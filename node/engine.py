@@ -187,20 +187,22 @@ class Engine:
             else:
                 if audit is not None:
                     self._commit([], audit)
-                token = encode_token({subject: (state.generation, state.context)})
+                token = encode_token({subject: state.context})
         return len(dots), token
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
-        """Erases the subject everywhere: a new generation, and its old rows purged from disk.
+        """Erases the subject everywhere: every observation before now, wherever written (an
+        erase bound), and their rows purged from disk. Writes after it, here or on a node that
+        merged it, are kept (sync.crdt).
 
         With ``audit`` the erase is recorded in the audit log in the same batch.
         """
         with self._locked([subject]):
             state = self.state(subject)
-            delta = erase_delta(state, self.actor)
+            delta = erase_delta(state, self.actor, self.clock.now())
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit)
-            self.store.purge(subject, change.new.generation)
+            self.store.purge(subject, change.new.erased)
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
@@ -223,6 +225,7 @@ class Engine:
         refused = 0
         for delta in deltas:
             try:
+                self.clock.check(delta.state.erased.hlc)
                 for obs in delta.state.observations.values():
                     self.clock.check(obs.hlc)
             except ClockSkewError as exc:
@@ -233,6 +236,9 @@ class Engine:
             accepted.setdefault(delta.state.subject, []).append(delta)
         for group in accepted.values():
             for delta in group:
+                # Past every merged timestamp, the bound's too: a write made here after the
+                # erase is ordered after it on every node, so the erase never reaches it.
+                self.clock.observe(delta.state.erased.hlc)
                 for obs in delta.state.observations.values():
                     self.clock.observe(obs.hlc)
         merged = 0
@@ -242,7 +248,7 @@ class Engine:
                 state = self.state(subject)
                 new = self._held.apply(state, group)
                 if (
-                    new.generation != state.generation
+                    new.erased != state.erased
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
@@ -252,8 +258,8 @@ class Engine:
             if changes or extra:
                 self._commit(changes, extra=extra, durable=durable)
                 for change in changes:
-                    if change.new.generation > change.old.generation:  # type: ignore[union-attr]
-                        self.store.purge(change.new.subject, change.new.generation)
+                    if change.new.erased != change.old.erased:  # type: ignore[union-attr]
+                        self.store.purge(change.new.subject, change.new.erased)
         return MergeOutcome(merged, refused)
 
     def _commit(
@@ -289,13 +295,13 @@ class Engine:
         """The subject's state once it covers the token's position for it, else HandoffTimeout."""
         position = positions.get(subject) if positions else None
         state = self.state(subject)
-        if position is None or state.covers(*position):
+        if position is None or state.covers(position):
             return state
         deadline = time.monotonic() + timeout_s
         with self._merged:
             while True:
                 state = self.state(subject)
-                if state.covers(*position):
+                if state.covers(position):
                     return state
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -320,7 +326,7 @@ class Engine:
             _, _, beliefs, token = cached
         else:
             beliefs = tuple(resolve(state.observations.values(), self.policies, now))
-            token = encode_token({subject: (state.generation, state.context)})
+            token = encode_token({subject: state.context})
             if len(self._resolved) > 50_000:
                 self._resolved.clear()
             self._resolved[subject] = (state, now // 1000, beliefs, token)
@@ -336,16 +342,15 @@ class Engine:
     ) -> tuple[Explanation | None, str]:
         state = self.wait_for(subject, positions, timeout_s)
         found = [o for o in state.observations.values() if o.context == context and o.key == key]
-        token = encode_token({subject: (state.generation, state.context)})
+        token = encode_token({subject: state.context})
         if not found:
             return None, token
         return explain_slot(
             found, self.policies.for_context(context), self.policies, self._now_ms()
         ), token
 
-    def position(self, subject: Subject) -> tuple[int, CausalContext]:
-        state = self.state(subject)
-        return state.generation, state.context
+    def position(self, subject: Subject) -> CausalContext:
+        return self.state(subject).context
 
     # -- watch ---------------------------------------------------------------------------
 

@@ -217,15 +217,21 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
     agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind).
     """
     subject(msg.subject, f"{field}.subject", limits, msg.HasField("subject"))
-    if msg.generation > MAX_COUNTER:
-        raise InvalidArgument(f"{field}.generation", "is out of range")
+    if msg.erased.hlc >= 2**63:
+        raise InvalidArgument(f"{field}.erased.hlc", "is out of range")
+    seen = msg.erased.seen
     entries = len(msg.context.vector) + len(msg.context.cloud) + len(msg.events)
+    entries += len(seen.vector) + len(seen.cloud)
     if entries > MAX_REMOTE_OBSERVATIONS or len(msg.observations) > MAX_REMOTE_OBSERVATIONS:
         raise InvalidArgument(field, "holds more dots or observations than any subject may")
     for i, e in enumerate(msg.context.vector):
         _dot(e.actor, e.counter, f"{field}.context.vector[{i}]", limits)
     for i, d in enumerate(msg.context.cloud):
         _dot(d.actor, d.counter, f"{field}.context.cloud[{i}]", limits)
+    for i, e in enumerate(seen.vector):
+        _dot(e.actor, e.counter, f"{field}.erased.seen.vector[{i}]", limits)
+    for i, d in enumerate(seen.cloud):
+        _dot(d.actor, d.counter, f"{field}.erased.seen.cloud[{i}]", limits)
     for i, d in enumerate(msg.events):
         _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
     known = {e.actor: e.counter for e in msg.context.vector}

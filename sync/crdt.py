@@ -1,14 +1,30 @@
-"""One delta-state CRDT per subject: ``(erase generation, causal context, observations)``.
+"""One delta-state CRDT per subject: ``(erase bound, causal context, observations)``.
 
-Every event (observe, retract, erase) gets a fresh dot. An observe's delta carries its new
-observation and, in its context, the dots it supersedes; a retract's delta carries only the dots
-it removes (observed-remove: a concurrent new observation survives); an erase raises the
-generation, and the higher generation wins a merge outright. A delta is itself a state, so
-``merge`` is commutative, associative and idempotent.
+Every event (observe, retract, erase) gets a fresh dot, and dots are never reused: an erase
+keeps the context, so counters go on after it. An observe's delta carries its new observation
+and, in its context, the dots it supersedes; a retract's delta carries only the dots it removes
+(observed-remove: a concurrent new observation survives).
 
-``(generation, context)`` pins the observations down only when deltas are merged in causal order
-(a delta after the deltas of the dots it removes): a replica that merged an observe delta but not
-the delta of the dot it superseded holds that dot in its context while still showing what the
+An erase records a bound: its hybrid timestamp and the causal context of the replica that
+erased. An observation is erased by a bound iff it happened before the erase: its dot is in the
+bound's context (the eraser had seen it), or its timestamp is strictly below the bound's. The
+timestamp test is what reaches observations the eraser had not seen: hybrid clocks order every
+event after everything its replica had merged (a replica's clock moves past every timestamp it
+merges, erase bounds included), so an observation written after its replica merged the erase
+has a later timestamp and is never erased by it, and one written anywhere before the erase's
+timestamp is, wherever and whenever it arrives. A concurrent write (on the other side of a
+partition) is ordered by the same total order on every node: before the erase's timestamp it is
+erased, after it it stays. Bounds merge by maximum of timestamps and union of contexts, so
+concurrent erases compose and the later bound wins. A state's observations are never erased by
+its own bound (merge drops them as soon as a bound reaches them).
+
+A delta is itself a state, so ``merge`` is commutative, associative and idempotent. The
+context alone is a state's position (handoff tokens): a bound reaches a replica only together
+with its erase's dot, so a replica whose context holds the erase has merged its bound.
+
+The context pins the observations down only when deltas are merged in causal order (a delta
+after the deltas of the dots it removes): a replica that merged an observe delta but not the
+delta of the dot it superseded holds that dot in its context while still showing what the
 missing delta superseded. ``digest`` therefore also covers the observations' dots, so equal
 digests mean equal states whatever the delivery order, and anti-entropy repairs such a replica.
 """
@@ -24,6 +40,30 @@ from sync.causal import CausalContext, Dot
 from sync.observation import Observation, Subject
 
 
+class EraseBound(NamedTuple):
+    """What the subject's erases reach: everything before ``hlc`` or with its dot in ``seen``.
+
+    ``hlc`` 0 with an empty ``seen`` (the default) is no erase at all.
+    """
+
+    hlc: int = 0
+    seen: CausalContext = CausalContext()
+
+    def erases(self, obs: Observation) -> bool:
+        return obs.hlc < self.hlc or obs.dot in self.seen
+
+    def join(self, other: EraseBound) -> EraseBound:
+        """The bound of both erases: the later timestamp, every dot either had seen."""
+        if other.hlc <= self.hlc and self.seen.includes(other.seen):
+            return self
+        if self.hlc <= other.hlc and other.seen.includes(self.seen):
+            return other
+        return EraseBound(max(self.hlc, other.hlc), self.seen.join(other.seen))
+
+
+NO_ERASE = EraseBound()
+
+
 class SubjectState(NamedTuple):
     """Immutable by convention: ``observations`` is never mutated after construction.
 
@@ -34,34 +74,36 @@ class SubjectState(NamedTuple):
     """
 
     subject: Subject
-    generation: int = 0
+    erased: EraseBound = NO_ERASE
     context: CausalContext = CausalContext()
     observations: Mapping[Dot, Observation] = MappingProxyType({})
 
     def next_dot(self, actor: str) -> Dot:
         return Dot(actor, self.context.max_counter(actor) + 1)
 
-    def covers(self, generation: int, context: CausalContext) -> bool:
-        """True when this state has merged the position ``(generation, context)``."""
-        if self.generation != generation:
-            return self.generation > generation
+    def covers(self, context: CausalContext) -> bool:
+        """True when this state has merged the position ``context`` (a bound comes with its
+        erase's dot, so the context says which erases were merged too)."""
         return self.context.includes(context)
 
     def digest(self) -> bytes:
-        return digest(self.generation, self.context, self.observations)
+        return digest(self.erased, self.context, self.observations)
 
 
 def merge(a: SubjectState, b: SubjectState) -> SubjectState:
     if a.subject != b.subject:
         raise ValueError(f"cannot merge states of {a.subject} and {b.subject}")
-    if a.generation != b.generation:
-        return a if a.generation > b.generation else b
+    erased = a.erased.join(b.erased)
     a_obs, b_obs = a.observations, b.observations
     observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context}
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
-    return SubjectState(a.subject, a.generation, a.context.join(b.context), observations)
+    # A side's observations are spared by its own bound: only a bound that grew erases more.
+    if erased != a.erased or erased != b.erased:
+        erases = erased.erases
+        observations = {dot: obs for dot, obs in observations.items() if not erases(obs)}
+    return SubjectState(a.subject, erased, a.context.join(b.context), observations)
 
 
 def observe_delta(
@@ -70,10 +112,7 @@ def observe_delta(
     """The delta of a new observation (whose dot is ``state.next_dot(actor)``)."""
     dots = [observation.dot, *supersedes]
     return SubjectState(
-        state.subject,
-        state.generation,
-        CausalContext.of(dots),
-        {observation.dot: observation},
+        state.subject, NO_ERASE, CausalContext.of(dots), {observation.dot: observation}
     )
 
 
@@ -82,33 +121,49 @@ def apply_observe(
 ) -> SubjectState:
     """``merge(state, observe_delta(state, observation, supersedes))``, without a general merge.
 
-    For the replica making the observation: its dot is ``state.next_dot(actor)`` and every
-    superseded dot one of ``state``'s observations. So the result is ``state`` without those,
-    with the observation, and with its dot in the context.
+    For the replica making the observation: its dot is ``state.next_dot(actor)``, every
+    superseded dot one of ``state``'s observations, and its timestamp after ``state``'s bound
+    (the replica's clock has passed it). So the result is ``state`` without those, with the
+    observation, and with its dot in the context.
     """
     observations = dict(state.observations)
     for dot in supersedes:
         del observations[dot]
     observations[observation.dot] = observation
     return SubjectState(
-        state.subject, state.generation, state.context.add(observation.dot), observations
+        state.subject, state.erased, state.context.add(observation.dot), observations
     )
 
 
 def retract_delta(state: SubjectState, actor: str, removes: Iterable[Dot]) -> SubjectState:
     dots = [state.next_dot(actor), *removes]
-    return SubjectState(state.subject, state.generation, CausalContext.of(dots), {})
+    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {})
 
 
-def erase_delta(state: SubjectState, actor: str) -> SubjectState:
-    """Forgets everything about the subject: a new generation holding only the erase's dot."""
-    return SubjectState(state.subject, state.generation + 1, CausalContext.of([Dot(actor, 1)]), {})
+def erase_delta(state: SubjectState, actor: str, hlc: int) -> SubjectState:
+    """Erases every observation before ``hlc`` (the erase's timestamp, after everything
+    ``state``'s replica merged) and every one ``state`` has seen: the bound, and the erase's dot
+    (``state.next_dot(actor)``) as the delta's context."""
+    bound = EraseBound(hlc, state.context).join(state.erased)
+    return SubjectState(state.subject, bound, CausalContext.of([state.next_dot(actor)]), {})
 
 
-def digest(generation: int, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:
-    """An exact digest of a state: its generation, context and the dots of its observations."""
+def without_erased(state: SubjectState, bound: EraseBound) -> SubjectState:
+    """``state`` without the observations ``bound`` erases, its bound and context unchanged:
+    merging it anywhere equals merging ``state`` and then the erase (what an outbox keeps of a
+    delta once the subject is erased)."""
+    observations = {d: o for d, o in state.observations.items() if not bound.erases(o)}
+    return SubjectState(state.subject, state.erased, state.context, observations)
+
+
+def digest(erased: EraseBound, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:
+    """An exact digest of a state: its bound, context and the dots of its observations."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(generation.to_bytes(8, "big"))
+    h.update(erased.hlc.to_bytes(8, "big"))
+    for actor, counter in sorted(erased.seen.vector.items()):
+        h.update(b"e%s\x00%d\x00" % (actor.encode(), counter))
+    for dot in sorted(erased.seen.cloud):
+        h.update(b"f%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
     for actor, counter in sorted(context.vector.items()):
         h.update(b"v%s\x00%d\x00" % (actor.encode(), counter))
     for dot in sorted(context.cloud):

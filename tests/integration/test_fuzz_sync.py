@@ -38,7 +38,10 @@ floats = st.one_of(st.sampled_from([0.0, 1.0, -0.1, 1.5, math.nan, math.inf]), s
 
 @st.composite
 def states(draw: st.DrawFn) -> sync_pb2.SubjectState:
-    msg = sync_pb2.SubjectState(generation=draw(st.sampled_from([0, 0, 1, 2**63])))
+    msg = sync_pb2.SubjectState()
+    msg.erased.hlc = draw(st.sampled_from([0, 0, 1, 2**63]))
+    for _ in range(draw(st.integers(0, 2))):
+        msg.erased.seen.vector.add(actor=draw(ids), counter=draw(counters))
     if draw(st.integers(0, 9)):  # now and then no subject at all
         msg.subject.CopyFrom(
             model_pb2.Subject(

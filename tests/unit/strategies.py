@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
+    NO_ERASE,
+    EraseBound,
     SubjectState,
     erase_delta,
     merge,
@@ -155,13 +157,11 @@ ops = st.lists(st.integers(0, 2**20 - 1).map(decode_op), min_size=4, max_size=25
 class Issued:
     """An observation as the reference model knows it: unique by its hlc (one per step)."""
 
-    generation: int
     observation: Observation
 
 
 @dataclass
 class Retraction:
-    generation: int
     removes: frozenset[Dot]
     seen: CausalContext  # the retracting replica's context when it retracted
     delta: SubjectState
@@ -169,7 +169,7 @@ class Retraction:
 
 @dataclass
 class Erasure:
-    generation: int  # the new generation
+    hlc: int  # the erase's timestamp: its step, like every event's
     erased_hlcs: frozenset[int]  # observations the erasing replica held
     delta: SubjectState
 
@@ -181,21 +181,23 @@ class Run:
     deltas: list[SubjectState] = field(default_factory=list)
     history: list[SubjectState] = field(default_factory=list)
     issued: list[Issued] = field(default_factory=list)
-    removed: set[tuple[int, Dot]] = field(default_factory=set)  # (generation, dot) removed
+    removed: set[Dot] = field(default_factory=set)  # superseded or retracted
     retractions: list[Retraction] = field(default_factory=list)
     erasures: list[Erasure] = field(default_factory=list)
     observe_deltas: list[SubjectState] = field(default_factory=list)
     events: list[Dot] = field(default_factory=list)  # the dot of each delta's own event
 
     def expected_observations(self) -> dict[Dot, Observation]:
-        """The reference model: what every replica holds once every event reached it."""
-        if not self.deltas:
-            return {}
-        top = max(d.generation for d in self.deltas)
+        """The reference model: what every replica holds once every event reached it.
+
+        Every observation issued, less those superseded or retracted and those issued before
+        any erase (steps are one total order, as hybrid timestamps are on real nodes).
+        """
+        last_erase = max((e.hlc for e in self.erasures), default=0)
         return {
             i.observation.dot: i.observation
             for i in self.issued
-            if i.generation == top and (top, i.observation.dot) not in self.removed
+            if i.observation.dot not in self.removed and i.observation.hlc > last_erase
         }
 
 
@@ -207,10 +209,7 @@ def dots_of(context: CausalContext) -> set[Dot]:
 
 def causally_ready(state: SubjectState, delta: SubjectState, event: Dot) -> bool:
     """True when ``state`` already merged every dot ``delta`` removes (a causal delivery)."""
-    if delta.generation < state.generation:
-        return True  # merging it changes nothing
-    known = state.context if delta.generation == state.generation else CausalContext()
-    return all(dot in known for dot in dots_of(delta.context) - {event})
+    return all(dot in state.context for dot in dots_of(delta.context) - {event})
 
 
 def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run:
@@ -236,8 +235,8 @@ def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run
                 )
                 delta = observe_delta(state, obs, supersedes)
                 event = obs.dot
-                run.issued.append(Issued(state.generation, obs))
-                run.removed.update((state.generation, d) for d in supersedes)
+                run.issued.append(Issued(obs))
+                run.removed.update(supersedes)
                 run.observe_deltas.append(delta)
             case Retract():
                 source, key = SOURCES[op.source], KEYS[op.key]
@@ -248,15 +247,14 @@ def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run
                 removes = slot_dots(state, CONTEXT, key, source)
                 delta = retract_delta(state, actor, removes)
                 event = state.next_dot(actor)
-                run.removed.update((state.generation, d) for d in removes)
-                run.retractions.append(
-                    Retraction(state.generation, frozenset(removes), state.context, delta)
-                )
+                run.removed.update(removes)
+                run.retractions.append(Retraction(frozenset(removes), state.context, delta))
             case Erase():
-                delta = erase_delta(state, actor)
+                hlc = pack(BASE_MS + step)
+                delta = erase_delta(state, actor, hlc)
                 (event,) = dots_of(delta.context)
                 erased = frozenset(o.hlc for o in state.observations.values())
-                run.erasures.append(Erasure(delta.generation, erased, delta))
+                run.erasures.append(Erasure(hlc, erased, delta))
             case Deliver():
                 if not run.deltas:
                     continue
@@ -328,4 +326,10 @@ def random_states(draw: st.DrawFn) -> SubjectState:
         for d in observed
     }
     context = draw(contexts).join(CausalContext.of(observed))
-    return SubjectState(draw(subjects), draw(st.integers(0, 2**63)), context, observations)
+    erased = draw(
+        st.one_of(
+            st.just(NO_ERASE),
+            st.builds(EraseBound, st.integers(1, 2**63 - 1), contexts),
+        )
+    )
+    return SubjectState(draw(subjects), erased, context, observations)

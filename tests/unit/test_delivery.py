@@ -45,7 +45,7 @@ def test_a_delta_naming_an_unknown_superseded_dot_waits_for_it():
     buffer = CausalBuffer()
     b = buffer.apply(b, [c1, c2])  # a1 has not arrived: c2 names it
     assert not ready(b, c2) and buffer.held == 1
-    assert not b.covers(c.generation, c.context)  # so a handoff read on b waits
+    assert not b.covers(c.context)  # so a handoff read on b waits
     b = buffer.apply(b, [a1])
     assert buffer.held == 0
     assert b == c
@@ -102,7 +102,7 @@ def test_whoever_covers_a_writers_position_shows_nothing_the_writer_removed(seed
                     inbox[other].append(delta)
         for replica in states.values():
             for snap in snapshots:
-                if replica.covers(snap.generation, snap.context):
+                if replica.covers(snap.context):
                     shown = {d for d in replica.observations if d in snap.context}
                     assert shown <= set(snap.observations), (seed, step)
     for x in actors:  # deliver everything: all replicas converge

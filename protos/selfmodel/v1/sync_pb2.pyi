@@ -141,15 +141,42 @@ class StoredObservation(_message.Message):
 Global___StoredObservation: _TypeAlias = StoredObservation  # noqa: Y015
 
 @_typing.final
+class EraseBound(_message.Message):
+    """What the subject's erases reach: every observation whose hybrid timestamp is below `hlc`, or
+    whose dot is in `seen` (the erasing replica's causal context). Bounds merge by the maximum
+    timestamp and the union of contexts. Absent: no erase.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HLC_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    hlc: _builtins.int
+    @_builtins.property
+    def seen(self) -> Global___CausalContext: ...
+    def __init__(
+        self,
+        *,
+        hlc: _builtins.int = ...,
+        seen: Global___CausalContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seen", b"seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hlc", b"hlc", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseBound: _TypeAlias = EraseBound  # noqa: Y015
+
+@_typing.final
 class SubjectState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
-    GENERATION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
-    generation: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -162,18 +189,20 @@ class SubjectState(_message.Message):
         other dot of its context is known there (causal delivery); empty means a whole state.
         """
 
+    @_builtins.property
+    def erased(self) -> Global___EraseBound: ...
     def __init__(
         self,
         *,
         subject: _model_pb2.Subject | None = ...,
-        generation: _builtins.int = ...,
         context: Global___CausalContext | None = ...,
         observations: _abc.Iterable[Global___StoredObservation] | None = ...,
         events: _abc.Iterable[Global___Dot] | None = ...,
+        erased: Global___EraseBound | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "events", b"events", "generation", b"generation", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -365,14 +394,14 @@ Global___StateExchange: _TypeAlias = StateExchange  # noqa: Y015
 
 @_typing.final
 class SubjectPosition(_message.Message):
-    """What a handoff token holds: the causal position of each subject a write touched."""
+    """What a handoff token holds: the causal position of each subject a write touched.
+    The context alone: an erase's bound reaches a node together with the erase's dot.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
-    GENERATION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
-    generation: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -381,12 +410,11 @@ class SubjectPosition(_message.Message):
         self,
         *,
         subject: _model_pb2.Subject | None = ...,
-        generation: _builtins.int = ...,
         context: Global___CausalContext | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "generation", b"generation", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
