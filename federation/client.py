@@ -16,7 +16,7 @@ import datetime as dt
 import random
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -96,8 +96,12 @@ class BeliefView:
     uncertain: bool
     supporters: tuple[Stance, ...]
     dissenters: tuple[Stance, ...]
-    changed_at: dt.datetime
+    changed_at: dt.datetime  # the newest observation's time
     policy: str
+    # How old the belief was when read (the node's resolved_at minus changed_at): staleness,
+    # reported beside the confidence, which never depends on when it is read. Not compared:
+    # two reads of the same belief are equal whenever they were made.
+    age: dt.timedelta = field(default=dt.timedelta(0), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,7 @@ def _stance(msg: model_pb2.Support) -> Stance:
 
 
 def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
+    resolved = _time(msg.resolved_at)
     beliefs = tuple(
         BeliefView(
             b.context,
@@ -178,8 +183,9 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             b.uncertain,
             tuple(_stance(s) for s in b.supporters),
             tuple(_stance(s) for s in b.dissenters),
-            _time(b.changed_at),
+            changed := _time(b.changed_at),
             b.policy,
+            max(resolved - changed, dt.timedelta(0)),
         )
         for b in msg.beliefs
     )

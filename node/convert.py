@@ -51,11 +51,11 @@ class SnapshotReplies:
 
     Building and serializing the protobuf of a model (50 beliefs: about 12 KB) costs several
     times what the rest of a read does. The engine hands out the same ``beliefs`` tuple while
-    the subject's state and the second stay the same, so the serialized beliefs, subject, token
-    and node are kept per (subject, filter) and reused while that tuple is; only ``resolved_at``
-    is encoded per call and appended. Protobuf parses concatenated encodings as one message,
-    and ``resolved_at`` is absent from the cached part, so the reply reads exactly as one
-    built from scratch.
+    the subject's state stays the same (resolution never depends on the read instant), so the
+    serialized beliefs, subject, token and node are kept per (subject, filter) and reused while
+    that tuple is; only ``resolved_at`` is encoded per call and appended. Protobuf parses
+    concatenated encodings as one message, and ``resolved_at`` is absent from the cached part,
+    so the reply reads exactly as one built from scratch.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:

@@ -102,8 +102,8 @@ class Engine:
         self._watch_lock = threading.Lock()
         self._watch_count = 0
         self.max_watchers = max_watchers
-        # subject -> (state, second, beliefs, token): one resolution per state and second.
-        self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...], str]] = {}
+        # subject -> (state, beliefs, token): one resolution per state (a pure function of it).
+        self._resolved: dict[Subject, tuple[SubjectState, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
 
@@ -320,17 +320,16 @@ class Engine:
         timeout_s: float = 0.0,
     ) -> ModelView:
         state = self.wait_for(subject, positions, timeout_s)
-        now = self._now_ms()
         cached = self._resolved.get(subject)
-        if cached is not None and cached[0] is state and cached[1] == now // 1000:
-            _, _, beliefs, token = cached
+        if cached is not None and cached[0] is state:
+            _, beliefs, token = cached
         else:
-            beliefs = tuple(resolve(state.observations.values(), self.policies, now))
+            beliefs = tuple(resolve(state.observations.values(), self.policies))
             token = encode_token({subject: state.context})
             if len(self._resolved) > 50_000:
                 self._resolved.clear()
-            self._resolved[subject] = (state, now // 1000, beliefs, token)
-        return ModelView(state, beliefs, token, now)
+            self._resolved[subject] = (state, beliefs, token)
+        return ModelView(state, beliefs, token, self._now_ms())
 
     def explain(
         self,
@@ -345,9 +344,7 @@ class Engine:
         token = encode_token({subject: state.context})
         if not found:
             return None, token
-        return explain_slot(
-            found, self.policies.for_context(context), self.policies, self._now_ms()
-        ), token
+        return explain_slot(found, self.policies.for_context(context), self.policies), token
 
     def position(self, subject: Subject) -> CausalContext:
         return self.state(subject).context

@@ -1,7 +1,22 @@
 """Resolution of a slot's competing observations into one belief, and why it won.
 
-Pure and deterministic: the same observations, policy and ``now`` always give the same belief,
-whatever order the observations come in. Resolution happens at read time and is never replicated.
+A pure function of the replicated state: the same observations and policy give the same belief,
+confidence and explanation on every node, whatever order the observations came in and whenever
+it is read. Resolution happens at read time and is never replicated. One definition serves every
+policy:
+
+- an observation's *weight* is confidence x source reliability x recency x evidence factor,
+  where recency decays with the observation's age relative to the newest observation of its
+  slot (never relative to the reader's clock: nodes reading at different instants agree);
+- an observation is *below the minimum* when its weight is below the context's minimum
+  confidence; those count only when every observation of the slot is below it;
+- a statement's *support* is the noisy-OR of the weights of its counted observations;
+- the winner is the strongest support (``weighted``) or the statement of the newest counted
+  observation (``latest``), and the belief's *confidence* is the winner's support;
+- a belief is *uncertain* exactly when its confidence is below the minimum.
+
+A belief's staleness is its age, reported beside its confidence: the reader's clock minus
+``changed_ms`` (the newest observation's time), never folded into the confidence.
 """
 
 from __future__ import annotations
@@ -86,7 +101,7 @@ def evidence_factor(count: int, discount: float) -> float:
 
 
 def explain_slot(
-    observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook, now_ms: int
+    observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook
 ) -> Explanation:
     """Resolves one slot (all observations share context and key; at least one)."""
     if not observations:
@@ -95,23 +110,23 @@ def explain_slot(
     # Newest first: a slot keeps at most max_observations; older ones do not count.
     ordered = sorted(observations, key=lambda o: (o.hlc, o.dot), reverse=True)
     ordered = ordered[: policy.max_observations]
-    weighted = tuple(_weigh(o, policy, book, now_ms) for o in ordered)
-    eligible = [w for w in weighted if not w.below_minimum] or list(weighted)
+    newest_ms = physical_ms(ordered[0].hlc)
+    weighted = tuple(_weigh(o, policy, book, newest_ms) for o in ordered)
+    counted = [w for w in weighted if not w.below_minimum] or list(weighted)
 
-    candidates = _candidates(eligible)
+    candidates = _candidates(counted)
     if policy.policy == "latest":
-        winner_obs = eligible[0].observation  # newest by (hlc, dot)
+        winner_obs = counted[0].observation  # newest by (hlc, dot)
         winner_norm = normalize_statement(winner_obs.statement)
-        confidence = winner_obs.confidence
         winner = next(c for c in candidates if normalize_statement(c.statement) == winner_norm)
         reason = f"newest observation wins under 'latest' (from {winner_obs.source})"
     else:
         winner = candidates[0]
         winner_norm = normalize_statement(winner.statement)
-        confidence = winner.support
         reason = _weighted_reason(candidates)
+    confidence = round(winner.support, 6)  # as reported, and as compared with the minimum
 
-    uncertain = all(w.below_minimum for w in weighted) or confidence < policy.min_confidence
+    uncertain = confidence < policy.min_confidence
     if uncertain:
         reason += (
             f"; uncertain: confidence {confidence:.2f} is below the minimum "
@@ -128,7 +143,7 @@ def explain_slot(
         context=first.context,
         key=first.key,
         statement=winner.statement,
-        confidence=round(confidence, 6),
+        confidence=confidence,
         supporters=tuple(supporters),
         dissenters=tuple(dissenters),
         uncertain=uncertain,
@@ -138,28 +153,29 @@ def explain_slot(
     return Explanation(belief, weighted, tuple(candidates), reason)
 
 
-def resolve(observations: Iterable[Observation], book: PolicyBook, now_ms: int) -> list[Belief]:
+def resolve(observations: Iterable[Observation], book: PolicyBook) -> list[Belief]:
     """Every slot's belief, ordered by (context, key)."""
     slots: dict[tuple[str, str], list[Observation]] = {}
     for obs in observations:
         slots.setdefault((obs.context, obs.key), []).append(obs)
     return [
-        explain_slot(slots[slot], book.for_context(slot[0]), book, now_ms).belief
-        for slot in sorted(slots)
+        explain_slot(slots[slot], book.for_context(slot[0]), book).belief for slot in sorted(slots)
     ]
 
 
-def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, now_ms: int) -> Weighted:
+def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, newest_ms: int) -> Weighted:
+    """``o`` weighed within its slot, whose newest observation is from ``newest_ms``."""
     reliability = book.reliability_of(o.source, o.context)
-    rec = recency(now_ms - physical_ms(o.hlc), policy.half_life_s)
+    rec = recency(newest_ms - physical_ms(o.hlc), policy.half_life_s)
     ev = evidence_factor(len(o.evidence), policy.evidence_discount)
+    weight = o.confidence * reliability * rec * ev
     return Weighted(
         observation=o,
-        weight=o.confidence * reliability * rec * ev,
+        weight=weight,
         reliability=reliability,
         recency=rec,
         evidence_factor=ev,
-        below_minimum=o.confidence < policy.min_confidence,
+        below_minimum=weight < policy.min_confidence,
     )
 
 

@@ -269,12 +269,17 @@ class ObservationWeight(_message.Message):
     confidence: _builtins.float
     origin_node: _builtins.str
     weight: _builtins.float
-    """The observation's weight in the resolution and its factors."""
+    """The observation's weight in the resolution and its factors: weight = confidence x
+    reliability x recency x evidence_factor, recency decaying with the observation's age
+    relative to the newest observation of the slot (never to the reader's clock).
+    """
     reliability: _builtins.float
     recency: _builtins.float
     evidence_factor: _builtins.float
     below_minimum: _builtins.bool
-    """Below the context's minimum confidence: kept for audit, never counted as fact."""
+    """The weight is below the context's minimum confidence: kept for audit, and counted only
+    when every observation of the slot is below it.
+    """
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
     @_builtins.property
