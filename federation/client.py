@@ -127,8 +127,11 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class Retracted:
-    count: int
+    count: int  # how many the node held and withdrew
     token: str
+    # The withdrawal is recorded: the source's observations in the slot from before it are
+    # withdrawn wherever written, including ones the node had not merged yet.
+    recorded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +342,7 @@ class Client:
             subject=self._req.subject(subject), context=context, key=key, source=source
         )
         reply = self._call(self._stub.Retract, req)
-        return Retracted(reply.retracted, reply.handoff_token)
+        return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
 
     def self_model(
         self,
@@ -550,7 +553,7 @@ class AsyncClient:
             subject=self._req.subject(subject), context=context, key=key, source=source
         )
         reply = await self._call(self._stub.Retract, req)
-        return Retracted(reply.retracted, reply.handoff_token)
+        return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
 
     async def self_model(
         self,

@@ -117,6 +117,7 @@ def explanation(
             recency=w.recency,
             evidence_factor=w.evidence_factor,
             below_minimum=w.below_minimum,
+            superseded=w.superseded,
         )
         item.observed_at.FromMilliseconds(physical_ms(o.hlc))
         for ev in o.evidence:

@@ -167,28 +167,25 @@ class Engine:
         source: str,
         audit: AuditRecord | None = None,
     ) -> tuple[int, str]:
-        """Withdraws ``source``'s observations in a slot; returns how many and a token.
+        """Withdraws ``source``'s observations in a slot from before now, wherever written;
+        returns how many this node held and a token.
 
-        With ``audit`` the action is recorded (slot and count added to its detail) in the same
-        batch, even when there was nothing to withdraw.
+        The withdrawal is recorded (sync.crdt) even when this node holds none of them: it
+        applies to those it merges later, from before the retract's time. With ``audit`` the
+        action is recorded (slot and count added to its detail) in the same batch.
         """
         with self._locked([subject]):
             state = self.state(subject)
-            dots = slot_dots(state, context, key, source)
+            count = len(slot_dots(state, context, key, source))
             if audit is not None:
-                detail = slot_detail(context, key, source, len(dots))
+                detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
-            if dots:
-                event = state.next_dot(self.actor)
-                delta = retract_delta(state, self.actor, dots)
-                change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
-                self._commit([change], audit)
-                token = token_of_positions([change.position])
-            else:
-                if audit is not None:
-                    self._commit([], audit)
-                token = encode_token({subject: state.context})
-        return len(dots), token
+            event = state.next_dot(self.actor)
+            delta = retract_delta(state, self.actor, context, key, source, self.clock.now())
+            change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
+            self._commit([change], audit)
+            token = token_of_positions([change.position])
+        return count, token
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
         """Erases the subject everywhere: every observation before now, wherever written (an
@@ -226,6 +223,8 @@ class Engine:
         for delta in deltas:
             try:
                 self.clock.check(delta.state.erased.hlc)
+                for hlc in delta.state.withdrawals.values():
+                    self.clock.check(hlc)
                 for obs in delta.state.observations.values():
                     self.clock.check(obs.hlc)
             except ClockSkewError as exc:
@@ -239,6 +238,8 @@ class Engine:
                 # Past every merged timestamp, the bound's too: a write made here after the
                 # erase is ordered after it on every node, so the erase never reaches it.
                 self.clock.observe(delta.state.erased.hlc)
+                for hlc in delta.state.withdrawals.values():
+                    self.clock.observe(hlc)
                 for obs in delta.state.observations.values():
                     self.clock.observe(obs.hlc)
         merged = 0
@@ -249,6 +250,7 @@ class Engine:
                 new = self._held.apply(state, group)
                 if (
                     new.erased != state.erased
+                    or new.withdrawals != state.withdrawals
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):

@@ -5,6 +5,10 @@ confidence and explanation on every node, whatever order the observations came i
 it is read. Resolution happens at read time and is never replicated. One definition serves every
 policy:
 
+- one source holds one position per slot: its newest observation by the cluster-wide total
+  order (hybrid clock, then id); its older ones, wherever written, are shown as superseded and
+  never counted (the same agent's correction wins over its stale statement on another node,
+  and its same statement written on two nodes counts once);
 - an observation's *weight* is confidence x source reliability x recency x evidence factor,
   where recency decays with the observation's age relative to the newest observation of its
   slot (never relative to the reader's clock: nodes reading at different instants agree);
@@ -21,6 +25,7 @@ A belief's staleness is its age, reported beside its confidence: the reader's cl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -72,6 +77,7 @@ class Weighted:
     recency: float
     evidence_factor: float
     below_minimum: bool
+    superseded: bool = False  # a newer observation of its source in the slot replaces it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +113,18 @@ def explain_slot(
     if not observations:
         raise ValueError("a slot to resolve needs at least one observation")
     first = observations[0]
-    # Newest first: a slot keeps at most max_observations; older ones do not count.
+    # Newest first, each source's newest only: a slot keeps at most max_observations; older
+    # ones do not count.
     ordered = sorted(observations, key=lambda o: (o.hlc, o.dot), reverse=True)
-    ordered = ordered[: policy.max_observations]
-    newest_ms = physical_ms(ordered[0].hlc)
-    weighted = tuple(_weigh(o, policy, book, newest_ms) for o in ordered)
+    current: list[Observation] = []
+    replaced: list[Observation] = []
+    sources: set[str] = set()
+    for o in ordered:
+        (replaced if o.source in sources else current).append(o)
+        sources.add(o.source)
+    current = current[: policy.max_observations]
+    newest_ms = physical_ms(current[0].hlc)
+    weighted = tuple(_weigh(o, policy, book, newest_ms) for o in current)
     counted = [w for w in weighted if not w.below_minimum] or list(weighted)
 
     candidates = _candidates(counted)
@@ -139,6 +152,9 @@ def explain_slot(
         o = w.observation
         p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
         (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
+    superseded = tuple(
+        dataclasses.replace(_weigh(o, policy, book, newest_ms), superseded=True) for o in replaced
+    )
     belief = Belief(
         context=first.context,
         key=first.key,
@@ -150,7 +166,7 @@ def explain_slot(
         changed_ms=physical_ms(max(o.hlc for o in observations)),
         policy=policy.policy,
     )
-    return Explanation(belief, weighted, tuple(candidates), reason)
+    return Explanation(belief, weighted + superseded, tuple(candidates), reason)
 
 
 def resolve(observations: Iterable[Observation], book: PolicyBook) -> list[Belief]:

@@ -315,7 +315,12 @@ class Store:
         this very state."""
         if cached is not None and cached.state is state and cached.digest is not None:
             return cached.digest
-        if state.erased == NO_ERASE and not state.observations and state.context.is_empty():
+        if (
+            state.erased == NO_ERASE
+            and not state.observations
+            and not state.withdrawals
+            and state.context.is_empty()
+        ):
             return _UNWRITTEN_DIGEST
         return state.digest()
 

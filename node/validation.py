@@ -221,7 +221,7 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         raise InvalidArgument(f"{field}.erased.hlc", "is out of range")
     seen = msg.erased.seen
     entries = len(msg.context.vector) + len(msg.context.cloud) + len(msg.events)
-    entries += len(seen.vector) + len(seen.cloud)
+    entries += len(seen.vector) + len(seen.cloud) + len(msg.withdrawals)
     if entries > MAX_REMOTE_OBSERVATIONS or len(msg.observations) > MAX_REMOTE_OBSERVATIONS:
         raise InvalidArgument(field, "holds more dots or observations than any subject may")
     for i, e in enumerate(msg.context.vector):
@@ -232,6 +232,14 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         _dot(e.actor, e.counter, f"{field}.erased.seen.vector[{i}]", limits)
     for i, d in enumerate(seen.cloud):
         _dot(d.actor, d.counter, f"{field}.erased.seen.cloud[{i}]", limits)
+    for i, w in enumerate(msg.withdrawals):
+        at = f"{field}.withdrawals[{i}]"
+        context_name(w.context, f"{at}.context", limits)
+        if not w.key or len(w.key) > limits.max_statement or _CONTROL.search(w.key):
+            raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
+        identifier(w.source, f"{at}.source", limits.max_id)
+        if not 0 < w.hlc < 2**63:
+            raise InvalidArgument(f"{at}.hlc", "is out of range")
     for i, d in enumerate(msg.events):
         _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
     known = {e.actor: e.counter for e in msg.context.vector}

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from selfmodel.v1 import model_pb2, sync_pb2
 from sync.causal import CausalContext, Dot
-from sync.crdt import NO_ERASE, EraseBound, SubjectState
+from sync.crdt import NO_ERASE, NO_WITHDRAWALS, EraseBound, SubjectState, Withdrawals
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 
@@ -102,6 +102,17 @@ def _erased_from_proto(msg: sync_pb2.SubjectState) -> EraseBound:
     return EraseBound(msg.erased.hlc, context_from_proto(msg.erased.seen))
 
 
+def _withdrawals_to_proto(withdrawals: Withdrawals, msg: sync_pb2.SubjectState) -> None:
+    for (context, key, source), hlc in sorted(withdrawals.items()):
+        msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
+
+
+def _withdrawals_from_proto(msg: sync_pb2.SubjectState) -> Withdrawals:
+    if not msg.withdrawals:
+        return NO_WITHDRAWALS
+    return {(w.context, w.key, w.source): w.hlc for w in msg.withdrawals}
+
+
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     msg = _state_head(state.subject, state.context)
     observations = state.observations
@@ -109,6 +120,7 @@ def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     for dot in sorted(observations):
         observation_to_proto(observations[dot], add())
     _erased_to_proto(state.erased, msg)
+    _withdrawals_to_proto(state.withdrawals, msg)
     return msg
 
 
@@ -129,7 +141,11 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
             o.origin,
         )
     return SubjectState(
-        subject, _erased_from_proto(msg), context_from_proto(msg.context), observations
+        subject,
+        _erased_from_proto(msg),
+        context_from_proto(msg.context),
+        observations,
+        _withdrawals_from_proto(msg),
     )
 
 
@@ -181,7 +197,8 @@ def encode_state_reusing(
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
     reused only for the very observation object it encoded (never by dot alone). The bytes are
     exactly encode_state's: a message's fields in field-number order (subject, context, the
-    observations by dot, then the erase bound), a repeated field its elements one after another.
+    observations by dot, the erase bound, the withdrawals), a repeated field its elements one
+    after another.
     """
     position = encode_position(state.subject, state.context)
     parts = [position]
@@ -198,10 +215,11 @@ def encode_state_reusing(
             entry = (obs, _OBSERVATIONS_TAG + _varint(len(raw)) + raw)
         fields[dot] = entry
         parts.append(entry[1])
-    if state.erased != NO_ERASE:
-        bound = sync_pb2.SubjectState()
-        _erased_to_proto(state.erased, bound)
-        parts.append(bound.SerializeToString(deterministic=True))
+    if state.erased != NO_ERASE or state.withdrawals:
+        tail = sync_pb2.SubjectState()  # fields 6 and 7, after the observations
+        _erased_to_proto(state.erased, tail)
+        _withdrawals_to_proto(state.withdrawals, tail)
+        parts.append(tail.SerializeToString(deterministic=True))
     return EncodedState(b"".join(parts), position, fields)
 
 

@@ -1,9 +1,15 @@
-"""One delta-state CRDT per subject: ``(erase bound, causal context, observations)``.
+"""One delta-state CRDT per subject: ``(erase bound, causal context, observations, withdrawals)``.
 
 Every event (observe, retract, erase) gets a fresh dot, and dots are never reused: an erase
 keeps the context, so counters go on after it. An observe's delta carries its new observation
-and, in its context, the dots it supersedes; a retract's delta carries only the dots it removes
-(observed-remove: a concurrent new observation survives).
+and, in its context, the dots it supersedes.
+
+A retract records a withdrawal: ``(context, key, source) -> timestamp``. Every observation of
+that source in that slot from before the retract's timestamp is withdrawn, wherever it was
+written, including ones the retracting replica had not seen; a later one (the source's next
+statement) is not. Withdrawals merge by the later timestamp per (slot, source), and one at or
+below the erase bound's timestamp says nothing the bound does not (it is dropped). The retract's
+delta also names, in its context, the dots the retracting replica withdrew.
 
 An erase records a bound: its hybrid timestamp and the causal context of the replica that
 erased. An observation is erased by a bound iff it happened before the erase: its dot is in the
@@ -16,7 +22,7 @@ timestamp is, wherever and whenever it arrives. A concurrent write (on the other
 partition) is ordered by the same total order on every node: before the erase's timestamp it is
 erased, after it it stays. Bounds merge by maximum of timestamps and union of contexts, so
 concurrent erases compose and the later bound wins. A state's observations are never erased by
-its own bound (merge drops them as soon as a bound reaches them).
+its own bound nor by its own withdrawals (merge drops them as soon as either reaches them).
 
 A delta is itself a state, so ``merge`` is commutative, associative and idempotent. The
 context alone is a state's position (handoff tokens): a bound reaches a replica only together
@@ -63,6 +69,15 @@ class EraseBound(NamedTuple):
 
 NO_ERASE = EraseBound()
 
+# (context, key, source) -> the timestamp before which that source's observations in that slot
+# are withdrawn.
+Withdrawals = Mapping[tuple[str, str, str], int]
+NO_WITHDRAWALS: Withdrawals = MappingProxyType({})
+
+
+def withdrawn(withdrawals: Withdrawals, obs: Observation) -> bool:
+    return obs.hlc < withdrawals.get((obs.context, obs.key, obs.source), 0)
+
 
 class SubjectState(NamedTuple):
     """Immutable by convention: ``observations`` is never mutated after construction.
@@ -77,6 +92,7 @@ class SubjectState(NamedTuple):
     erased: EraseBound = NO_ERASE
     context: CausalContext = CausalContext()
     observations: Mapping[Dot, Observation] = MappingProxyType({})
+    withdrawals: Withdrawals = NO_WITHDRAWALS
 
     def next_dot(self, actor: str) -> Dot:
         return Dot(actor, self.context.max_counter(actor) + 1)
@@ -87,7 +103,7 @@ class SubjectState(NamedTuple):
         return self.context.includes(context)
 
     def digest(self) -> bytes:
-        return digest(self.erased, self.context, self.observations)
+        return digest(self.erased, self.context, self.observations, self.withdrawals)
 
 
 def merge(a: SubjectState, b: SubjectState) -> SubjectState:
@@ -99,11 +115,33 @@ def merge(a: SubjectState, b: SubjectState) -> SubjectState:
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
-    # A side's observations are spared by its own bound: only a bound that grew erases more.
+    withdrawals = _join_withdrawals(a.withdrawals, b.withdrawals, erased)
+    # A side's observations are spared by its own bound and withdrawals: only what grew
+    # removes more.
     if erased != a.erased or erased != b.erased:
         erases = erased.erases
         observations = {dot: obs for dot, obs in observations.items() if not erases(obs)}
-    return SubjectState(a.subject, erased, a.context.join(b.context), observations)
+    if withdrawals != a.withdrawals or withdrawals != b.withdrawals:
+        observations = {
+            dot: obs for dot, obs in observations.items() if not withdrawn(withdrawals, obs)
+        }
+    context = a.context.join(b.context)
+    return SubjectState(a.subject, erased, context, observations, withdrawals)
+
+
+def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Withdrawals:
+    """The later withdrawal per (slot, source), less those the bound makes moot."""
+    if not b and not a:
+        return a
+    joined = dict(a)
+    for slot, hlc in b.items():
+        if hlc > joined.get(slot, 0):
+            joined[slot] = hlc
+    if erased.hlc:
+        joined = {slot: hlc for slot, hlc in joined.items() if hlc > erased.hlc}
+    if joined == a:
+        return a
+    return joined
 
 
 def observe_delta(
@@ -131,13 +169,23 @@ def apply_observe(
         del observations[dot]
     observations[observation.dot] = observation
     return SubjectState(
-        state.subject, state.erased, state.context.add(observation.dot), observations
+        state.subject,
+        state.erased,
+        state.context.add(observation.dot),
+        observations,
+        state.withdrawals,
     )
 
 
-def retract_delta(state: SubjectState, actor: str, removes: Iterable[Dot]) -> SubjectState:
-    dots = [state.next_dot(actor), *removes]
-    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {})
+def retract_delta(
+    state: SubjectState, actor: str, context: str, key: str, source: str, hlc: int
+) -> SubjectState:
+    """Withdraws ``source``'s observations in the slot from before ``hlc`` (the retract's
+    timestamp, after everything ``state``'s replica merged), wherever written; the delta's
+    context holds the retract's dot and the dots ``state`` shows withdrawn."""
+    dots = [state.next_dot(actor), *slot_dots(state, context, key, source)]
+    withdrawal = {(context, key, source): hlc}
+    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {}, withdrawal)
 
 
 def erase_delta(state: SubjectState, actor: str, hlc: int) -> SubjectState:
@@ -153,11 +201,17 @@ def without_erased(state: SubjectState, bound: EraseBound) -> SubjectState:
     merging it anywhere equals merging ``state`` and then the erase (what an outbox keeps of a
     delta once the subject is erased)."""
     observations = {d: o for d, o in state.observations.items() if not bound.erases(o)}
-    return SubjectState(state.subject, state.erased, state.context, observations)
+    return state._replace(observations=observations)
 
 
-def digest(erased: EraseBound, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:
-    """An exact digest of a state: its bound, context and the dots of its observations."""
+def digest(
+    erased: EraseBound,
+    context: CausalContext,
+    observed: Iterable[Dot] = (),
+    withdrawals: Withdrawals = NO_WITHDRAWALS,
+) -> bytes:
+    """An exact digest of a state: its bound, context, the dots of its observations and its
+    withdrawals."""
     h = hashlib.blake2b(digest_size=16)
     h.update(erased.hlc.to_bytes(8, "big"))
     for actor, counter in sorted(erased.seen.vector.items()):
@@ -170,6 +224,8 @@ def digest(erased: EraseBound, context: CausalContext, observed: Iterable[Dot] =
         h.update(b"c%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
     for dot in sorted(observed):
         h.update(b"o%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
+    for (ctx, key, source), hlc in sorted(withdrawals.items()):
+        h.update(b"w%s\x00%s\x00%s\x00%d\x00" % (ctx.encode(), key.encode(), source.encode(), hlc))
     return h.digest()
 
 

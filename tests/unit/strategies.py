@@ -162,9 +162,12 @@ class Issued:
 
 @dataclass
 class Retraction:
-    removes: frozenset[Dot]
+    removes: frozenset[Dot]  # what the retracting replica held of the source in the slot
     seen: CausalContext  # the retracting replica's context when it retracted
     delta: SubjectState
+    key: str
+    source: str
+    hlc: int  # the retract's timestamp: its step
 
 
 @dataclass
@@ -190,15 +193,24 @@ class Run:
     def expected_observations(self) -> dict[Dot, Observation]:
         """The reference model: what every replica holds once every event reached it.
 
-        Every observation issued, less those superseded or retracted and those issued before
-        any erase (steps are one total order, as hybrid timestamps are on real nodes).
+        Every observation issued, less those superseded, those of a retracted source and slot
+        from before the retract, and those from before any erase, wherever written (steps are
+        one total order, as hybrid timestamps are on real nodes).
         """
         last_erase = max((e.hlc for e in self.erasures), default=0)
         return {
             i.observation.dot: i.observation
             for i in self.issued
-            if i.observation.dot not in self.removed and i.observation.hlc > last_erase
+            if i.observation.dot not in self.removed
+            and i.observation.hlc > last_erase
+            and not self.withdrawn(i.observation)
         }
+
+    def withdrawn(self, obs: Observation) -> bool:
+        return any(
+            r.key == obs.key and r.source == obs.source and obs.hlc < r.hlc
+            for r in self.retractions
+        )
 
 
 def dots_of(context: CausalContext) -> set[Dot]:
@@ -245,10 +257,13 @@ def simulate(n_replicas: int, script: Sequence[Op], causal: bool = False) -> Run
                     chosen = held[op.pick % len(held)]
                     source, key = chosen.source, chosen.key
                 removes = slot_dots(state, CONTEXT, key, source)
-                delta = retract_delta(state, actor, removes)
+                hlc = pack(BASE_MS + step)
+                delta = retract_delta(state, actor, CONTEXT, key, source, hlc)
                 event = state.next_dot(actor)
                 run.removed.update(removes)
-                run.retractions.append(Retraction(frozenset(removes), state.context, delta))
+                run.retractions.append(
+                    Retraction(frozenset(removes), state.context, delta, key, source, hlc)
+                )
             case Erase():
                 hlc = pack(BASE_MS + step)
                 delta = erase_delta(state, actor, hlc)
@@ -332,4 +347,7 @@ def random_states(draw: st.DrawFn) -> SubjectState:
             st.builds(EraseBound, st.integers(1, 2**63 - 1), contexts),
         )
     )
-    return SubjectState(draw(subjects), erased, context, observations)
+    withdrawals = draw(
+        st.dictionaries(st.tuples(names, names, names), st.integers(1, 2**63 - 1), max_size=3)
+    )
+    return SubjectState(draw(subjects), erased, context, observations, withdrawals)

@@ -98,6 +98,8 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
             e.quote = ev.quote
             if ev.time_ms:
                 e.time.FromMilliseconds(ev.time_ms)
+    for (context, key, source), hlc in sorted(state.withdrawals.items()):
+        msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
     return msg
 
 
@@ -168,8 +170,8 @@ def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
     copies = {dot: (obs._replace(), b"not these") for dot, (obs, _) in encoded.items()}
     assert encode_state_reusing(state, copies).raw == encode_state(state)  # equal, not the same
     marks = {dot: (obs, b"<%d>" % i) for i, (dot, (obs, _)) in enumerate(sorted(encoded.items()))}
-    head = encode_state(state._replace(observations={}, erased=NO_ERASE))
-    bound = encode_state(state._replace(observations={}))[len(head) :]  # field 6, after them
+    head = encode_state(state._replace(observations={}, erased=NO_ERASE, withdrawals={}))
+    bound = encode_state(state._replace(observations={}))[len(head) :]  # fields 6-7, after them
     reused = encode_state_reusing(state, marks).raw
     assert reused == head + b"".join(mark for _, mark in marks.values()) + bound
 

@@ -228,12 +228,12 @@ def test_a_forget_always_erases_a_write_that_happened_before_it(
 @given(run=runs, rnd=shuffles)
 def test_a_forget_never_erases_a_write_that_happened_after_it(run: Run, rnd: random.Random) -> None:
     """Wherever written, and whether or not the writer had merged the forget: a write after it
-    (by the total order of timestamps) survives unless its own source replaced or retracted it."""
+    (by the total order of timestamps) survives unless its source replaced or withdrew it."""
     final = _converged(run, rnd)[0]
     last_erase = max((e.hlc for e in run.erasures), default=0)
     for issued in run.issued:
         obs = issued.observation
-        if obs.hlc > last_erase and obs.dot not in run.removed:
+        if obs.hlc > last_erase and obs.dot not in run.removed and not run.withdrawn(obs):
             assert final.observations.get(obs.dot) == obs
 
 
@@ -310,49 +310,79 @@ def test_concurrent_forgets_compose_and_the_later_bound_wins() -> None:
     assert not merged.observations
 
 
-# --- observed-remove ----------------------------------------------------------------------
+# --- retract: a withdrawal in causal time ---------------------------------------------------
 
 
 @LAWS
 @given(run=runs)
-def test_a_retract_removes_only_what_it_saw(run: Run) -> None:
-    """A retract never removes an observation it did not see (a concurrent one survives)."""
+def test_a_retract_withdraws_its_source_in_the_slot_before_its_time_wherever_written(
+    run: Run,
+) -> None:
+    """Seen or not by the retracting replica; and never an observation after the retract (the
+    source's next statement, or a concurrent one made later elsewhere)."""
     for retraction in run.retractions:
         assert all(dot in retraction.seen for dot in retraction.removes)
         for delta in run.observe_deltas:
             ((dot, obs),) = delta.observations.items()
             merged = merge(delta, retraction.delta)
             assert merged == merge(retraction.delta, delta)
-            if dot in retraction.seen:
-                assert (dot in retraction.removes) == (dot not in merged.observations)
-            else:
+            hit = (obs.key, obs.source) == (retraction.key, retraction.source)
+            if hit and obs.hlc < retraction.hlc:
+                assert dot not in merged.observations
+            elif dot not in retraction.seen:
                 assert merged.observations.get(dot) == obs
+            else:
+                assert (dot in retraction.removes) == (dot not in merged.observations)
 
 
-def test_a_concurrent_observation_survives_a_retract() -> None:
+def test_an_observation_made_after_a_concurrent_retract_survives_it() -> None:
     a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
-    old = observe_delta(a, observation("a.1", 1, statement="ten"))
+    old = observe_delta(a, observation("a.1", 1, statement="ten", ms=1_000))
     a, b = merge(a, old), merge(b, old)
-    # a's source observes again (superseding its old dot) while b retracts what it saw.
+    # b retracts what sales_agent said; then, on a, it says something new.
+    retract = retract_delta(b, "b.1", "budget", "amount", "sales_agent", pack(2_000))
     new = observe_delta(
         a,
-        observation("a.1", 2, statement="twenty"),
+        observation("a.1", 2, statement="twenty", ms=3_000),
         slot_dots(a, "budget", "amount", "sales_agent"),
     )
-    retract = retract_delta(b, "b.1", slot_dots(b, "budget", "amount", "sales_agent"))
     a, b = merge(merge(a, new), retract), merge(merge(b, retract), new)
     assert a == b
     assert [o.statement for o in a.observations.values()] == ["twenty"]
+
+
+def test_a_retract_withdraws_an_observation_of_its_source_it_had_not_merged() -> None:
+    """Written on a before the retract on b, which had not merged it: withdrawn everywhere."""
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    unseen = observe_delta(a, observation("a.1", 1, statement="fifty people", ms=1_000))
+    a = merge(a, unseen)
+    retract = retract_delta(b, "b.1", "budget", "amount", "sales_agent", pack(2_000))
+    b = merge(b, retract)
+    other = observe_delta(a, observation("a.1", 2, source="bot", ms=1_500))
+    a = merge(a, other)
+    a, b = merge(a, retract), merge(merge(b, other), unseen)
+    assert a == b
+    assert [o.source for o in a.observations.values()] == ["bot"]  # another source stays
+    assert a.withdrawals == {("budget", "amount", "sales_agent"): pack(2_000)}
 
 
 def test_a_retract_delivered_before_the_observation_it_removes_still_removes_it() -> None:
     a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
     obs = observe_delta(a, observation("a.1", 1))
     a = merge(a, obs)
-    retract = retract_delta(a, "a.1", [Dot("a.1", 1)])
+    retract = retract_delta(a, "a.1", "budget", "amount", "sales_agent", pack(BASE_MS + 1))
     b = merge(merge(b, retract), obs)  # out of order
     assert not b.observations
     assert b == merge(a, retract)
+
+
+def test_a_forget_makes_earlier_withdrawals_moot() -> None:
+    """A withdrawal at or below the erase bound says nothing more: it is not kept."""
+    a = SubjectState(SUBJECT)
+    a = merge(a, retract_delta(a, "a.1", "budget", "amount", "bot", pack(1_000)))
+    a = merge(a, retract_delta(a, "a.1", "budget", "owner", "bot", pack(3_000)))
+    a = merge(a, erase_delta(a, "a.1", pack(2_000)))
+    assert a.withdrawals == {("budget", "owner", "bot"): pack(3_000)}
 
 
 # --- covers --------------------------------------------------------------------------------

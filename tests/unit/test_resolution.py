@@ -105,8 +105,18 @@ def test_a_belief_accounts_for_each_kept_observation_once(
     policy = book.for_context(obs[0].context)
     explanation = explain_slot(slot, policy, book)
     belief = explanation.belief
-    kept = sorted(slot, key=lambda o: (o.hlc, o.dot), reverse=True)[: policy.max_observations]
-    assert [w.observation for w in explanation.observations] == kept
+    newest_first = sorted(slot, key=lambda o: (o.hlc, o.dot), reverse=True)
+    current = [
+        o
+        for i, o in enumerate(newest_first)
+        if o.source not in {p.source for p in newest_first[:i]}
+    ]
+    kept = current[: policy.max_observations]
+    counted = [w.observation for w in explanation.observations if not w.superseded]
+    assert counted == kept
+    assert [w.observation for w in explanation.observations if w.superseded] == [
+        o for o in newest_first if o not in current
+    ]
     positions = [Position(o.source, o.statement, o.confidence, physical_ms(o.hlc)) for o in kept]
     assert sorted([*belief.supporters, *belief.dissenters], key=repr) == sorted(positions, key=repr)
     winner = normalize_statement(belief.statement)
@@ -245,13 +255,15 @@ def test_an_observation_below_the_minimum_never_outweighs_one_above_it() -> None
 
 def test_latest_picks_the_newest_by_hybrid_clock() -> None:
     book = PolicyBook(contexts={"budget": ContextPolicy(policy="latest")})
-    old = observation("z.1", 9, statement="10k", confidence=0.95, ms=NOW - DAY_MS, evidence=ev(3))
+    old = observation(
+        "z.1", 9, source="bot", statement="10k", confidence=0.95, ms=NOW - DAY_MS, evidence=ev(3)
+    )
     new = observation("a.1", 1, statement="20k", confidence=0.6, ms=NOW, evidence=())
     belief = belief_of([new, old], book)
     # Its confidence is its support, as under 'weighted': 0.6 without evidence.
     expected = round(0.6 * evidence_factor(0, ContextPolicy().evidence_discount), 6)
     assert (belief.statement, belief.confidence, belief.policy) == ("20k", expected, "latest")
-    assert [p.source for p in belief.dissenters] == ["sales_agent"]
+    assert [p.source for p in belief.dissenters] == ["bot"]
     # Within one millisecond the logical counter orders them.
     first = observation("z.1", 9, statement="first", ms=NOW, logical=0)
     second = observation("a.1", 1, statement="second", ms=NOW, logical=1)
@@ -577,3 +589,45 @@ def test_one_source_at_0_8_against_two_at_0_52_never_flips_with_time(policy: str
         belief = belief_of(_shifted(written, later), book)
         assert (belief.statement, belief.confidence) == (first.statement, first.confidence)
     assert first.statement == ("ten" if policy == "weighted" else "twenty")
+
+
+# --- one source, one position per slot ---------------------------------------------------------
+
+
+@VALUES
+@given(obs=slot_observations(), book=books, rnd=shuffles)
+def test_a_source_holds_one_position_per_slot_its_newest(
+    obs: list[Observation], book: PolicyBook, rnd: random.Random
+) -> None:
+    """Whatever node each observation was written on: only the source's newest (by hybrid
+    clock, then id) counts, so it is never both supporter and dissenter, and adding its older
+    observations back changes nothing."""
+    slot = [o for o in obs if o.slot == obs[0].slot]
+    newest: dict[str, Observation] = {}
+    for o in slot:
+        if o.source not in newest or (o.hlc, o.dot) > (newest[o.source].hlc, newest[o.source].dot):
+            newest[o.source] = o
+    (belief,) = resolve(slot, book)
+    stances = [p.source for p in (*belief.supporters, *belief.dissenters)]
+    assert len(stances) == len(set(stances))
+    only_newest = list(newest.values())
+    rnd.shuffle(only_newest)
+    assert resolve(only_newest, book) == [belief]
+
+
+def test_an_agents_correction_on_another_node_wins_over_its_stale_statement() -> None:
+    stale = observation("sales.1", 1, key="team_size", statement="50 people", ms=NOW)
+    fixed = observation("support.1", 1, key="team_size", statement="solo", ms=NOW + 1_000)
+    for book in (WEIGHTED, PolicyBook(default=ContextPolicy(policy="latest"))):
+        belief = belief_of([stale, fixed], book)
+        assert belief.statement == "solo"
+        assert [p.statement for p in belief.supporters] == ["solo"]
+        assert belief.dissenters == ()
+        explanation = explain_slot([stale, fixed], book.default, book)
+        assert [w.superseded for w in explanation.observations] == [False, True]
+
+
+def test_the_same_agents_same_statement_on_two_nodes_counts_once() -> None:
+    one = observation("sales.1", 1, statement="ten", confidence=0.6, ms=NOW, evidence=())
+    again = observation("support.1", 1, statement="ten", confidence=0.6, ms=NOW + 1, evidence=())
+    assert belief_of([one, again], NO_DECAY).confidence == belief_of([again], NO_DECAY).confidence

@@ -166,17 +166,24 @@ class RetractResponse(_message.Message):
 
     RETRACTED_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
     retracted: _builtins.int
+    """How many of the source's observations in the slot this node held and withdrew."""
     handoff_token: _builtins.str
+    recorded: _builtins.bool
+    """The withdrawal is recorded: it also withdraws the source's observations in the slot from
+    before the retract that this node has not merged yet, wherever they were written.
+    """
     def __init__(
         self,
         *,
         retracted: _builtins.int = ...,
         handoff_token: _builtins.str = ...,
+        recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "retracted", b"retracted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "recorded", b"recorded", "retracted", b"retracted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,6 +270,7 @@ class ObservationWeight(_message.Message):
     RECENCY_FIELD_NUMBER: _builtins.int
     EVIDENCE_FACTOR_FIELD_NUMBER: _builtins.int
     BELOW_MINIMUM_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
     source: _builtins.str
     statement: _builtins.str
@@ -279,6 +287,10 @@ class ObservationWeight(_message.Message):
     below_minimum: _builtins.bool
     """The weight is below the context's minimum confidence: kept for audit, and counted only
     when every observation of the slot is below it.
+    """
+    superseded: _builtins.bool
+    """A newer observation of the same source in this slot replaces it (by hybrid clock, then
+    id, on every node): shown, never counted. One source holds one position per slot.
     """
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
@@ -299,10 +311,11 @@ class ObservationWeight(_message.Message):
         recency: _builtins.float = ...,
         evidence_factor: _builtins.float = ...,
         below_minimum: _builtins.bool = ...,
+        superseded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "superseded", b"superseded", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

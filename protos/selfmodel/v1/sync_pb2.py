@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17selfmodel/v1/sync.proto\x12\x0cselfmodel.v1\x1a\x18selfmodel/v1/model.proto\"%\n\x03\x44ot\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\".\n\x0cVersionEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"]\n\rCausalContext\x12*\n\x06vector\x18\x01 \x03(\x0b\x32\x1a.selfmodel.v1.VersionEntry\x12 \n\x05\x63loud\x18\x02 \x03(\x0b\x32\x11.selfmodel.v1.Dot\"\xcf\x01\n\x11StoredObservation\x12\x1e\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x11.selfmodel.v1.Dot\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12(\n\x08\x65vidence\x18\x07 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x0b\n\x03hlc\x18\x08 \x01(\x04\x12\x0e\n\x06origin\x18\t \x01(\t\"D\n\nEraseBound\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12)\n\x04seen\x18\x02 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContext\"\xfa\x01\n\x0cSubjectState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12,\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContext\x12\x35\n\x0cobservations\x18\x04 \x03(\x0b\x32\x1f.selfmodel.v1.StoredObservation\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.selfmodel.v1.Dot\x12(\n\x06\x65rased\x18\x06 \x01(\x0b\x32\x18.selfmodel.v1.EraseBoundJ\x04\x08\x02\x10\x03R\ngeneration\"\x85\x01\n\x0eReplicateBatch\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12*\n\x06\x64\x65ltas\x18\x04 \x03(\x0b\x32\x1a.selfmodel.v1.SubjectState\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\"2\n\x0cReplicateAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\r\"\x13\n\x11GetBucketsRequest\"\x19\n\x07\x42uckets\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"$\n\x11GetDigestsRequest\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\"G\n\rSubjectDigest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"7\n\x07\x44igests\x12,\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x1b.selfmodel.v1.SubjectDigest\";\n\rStateExchange\x12*\n\x06states\x18\x01 \x03(\x0b\x32\x1a.selfmodel.v1.SubjectState\"y\n\x0fSubjectPosition\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12,\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContextJ\x04\x08\x02\x10\x03R\ngeneration\"@\n\x0cHandoffToken\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.SubjectPosition\"E\n\x0f\x43laimRunRequest\x12\x10\n\x08previous\x18\x01 \x01(\x06\x12\x0b\n\x03run\x18\x02 \x01(\x06\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\">\n\rClaimRunReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x1c\n\x14recorded_incarnation\x18\x02 \x01(\x04\x32\xf1\x02\n\x04Sync\x12I\n\tReplicate\x12\x1c.selfmodel.v1.ReplicateBatch\x1a\x1a.selfmodel.v1.ReplicateAck(\x01\x30\x01\x12\x44\n\nGetBuckets\x12\x1f.selfmodel.v1.GetBucketsRequest\x1a\x15.selfmodel.v1.Buckets\x12\x44\n\nGetDigests\x12\x1f.selfmodel.v1.GetDigestsRequest\x1a\x15.selfmodel.v1.Digests\x12J\n\x0e\x45xchangeStates\x12\x1b.selfmodel.v1.StateExchange\x1a\x1b.selfmodel.v1.StateExchange\x12\x46\n\x08\x43laimRun\x12\x1d.selfmodel.v1.ClaimRunRequest\x1a\x1b.selfmodel.v1.ClaimRunReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17selfmodel/v1/sync.proto\x12\x0cselfmodel.v1\x1a\x18selfmodel/v1/model.proto\"%\n\x03\x44ot\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\".\n\x0cVersionEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"]\n\rCausalContext\x12*\n\x06vector\x18\x01 \x03(\x0b\x32\x1a.selfmodel.v1.VersionEntry\x12 \n\x05\x63loud\x18\x02 \x03(\x0b\x32\x11.selfmodel.v1.Dot\"\xcf\x01\n\x11StoredObservation\x12\x1e\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x11.selfmodel.v1.Dot\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12(\n\x08\x65vidence\x18\x07 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x0b\n\x03hlc\x18\x08 \x01(\x04\x12\x0e\n\x06origin\x18\t \x01(\t\"D\n\nEraseBound\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12)\n\x04seen\x18\x02 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContext\"G\n\nWithdrawal\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"\xa9\x02\n\x0cSubjectState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12,\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContext\x12\x35\n\x0cobservations\x18\x04 \x03(\x0b\x32\x1f.selfmodel.v1.StoredObservation\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.selfmodel.v1.Dot\x12(\n\x06\x65rased\x18\x06 \x01(\x0b\x32\x18.selfmodel.v1.EraseBound\x12-\n\x0bwithdrawals\x18\x07 \x03(\x0b\x32\x18.selfmodel.v1.WithdrawalJ\x04\x08\x02\x10\x03R\ngeneration\"\x85\x01\n\x0eReplicateBatch\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12*\n\x06\x64\x65ltas\x18\x04 \x03(\x0b\x32\x1a.selfmodel.v1.SubjectState\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\"2\n\x0cReplicateAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\r\"\x13\n\x11GetBucketsRequest\"\x19\n\x07\x42uckets\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"$\n\x11GetDigestsRequest\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\"G\n\rSubjectDigest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"7\n\x07\x44igests\x12,\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x1b.selfmodel.v1.SubjectDigest\";\n\rStateExchange\x12*\n\x06states\x18\x01 \x03(\x0b\x32\x1a.selfmodel.v1.SubjectState\"y\n\x0fSubjectPosition\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12,\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1b.selfmodel.v1.CausalContextJ\x04\x08\x02\x10\x03R\ngeneration\"@\n\x0cHandoffToken\x12\x30\n\tpositions\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.SubjectPosition\"E\n\x0f\x43laimRunRequest\x12\x10\n\x08previous\x18\x01 \x01(\x06\x12\x0b\n\x03run\x18\x02 \x01(\x06\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\">\n\rClaimRunReply\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x1c\n\x14recorded_incarnation\x18\x02 \x01(\x04\x32\xf1\x02\n\x04Sync\x12I\n\tReplicate\x12\x1c.selfmodel.v1.ReplicateBatch\x1a\x1a.selfmodel.v1.ReplicateAck(\x01\x30\x01\x12\x44\n\nGetBuckets\x12\x1f.selfmodel.v1.GetBucketsRequest\x1a\x15.selfmodel.v1.Buckets\x12\x44\n\nGetDigests\x12\x1f.selfmodel.v1.GetDigestsRequest\x1a\x15.selfmodel.v1.Digests\x12J\n\x0e\x45xchangeStates\x12\x1b.selfmodel.v1.StateExchange\x1a\x1b.selfmodel.v1.StateExchange\x12\x46\n\x08\x43laimRun\x12\x1d.selfmodel.v1.ClaimRunRequest\x1a\x1b.selfmodel.v1.ClaimRunReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,32 +42,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOREDOBSERVATION']._serialized_end=457
   _globals['_ERASEBOUND']._serialized_start=459
   _globals['_ERASEBOUND']._serialized_end=527
-  _globals['_SUBJECTSTATE']._serialized_start=530
-  _globals['_SUBJECTSTATE']._serialized_end=780
-  _globals['_REPLICATEBATCH']._serialized_start=783
-  _globals['_REPLICATEBATCH']._serialized_end=916
-  _globals['_REPLICATEACK']._serialized_start=918
-  _globals['_REPLICATEACK']._serialized_end=968
-  _globals['_GETBUCKETSREQUEST']._serialized_start=970
-  _globals['_GETBUCKETSREQUEST']._serialized_end=989
-  _globals['_BUCKETS']._serialized_start=991
-  _globals['_BUCKETS']._serialized_end=1016
-  _globals['_GETDIGESTSREQUEST']._serialized_start=1018
-  _globals['_GETDIGESTSREQUEST']._serialized_end=1054
-  _globals['_SUBJECTDIGEST']._serialized_start=1056
-  _globals['_SUBJECTDIGEST']._serialized_end=1127
-  _globals['_DIGESTS']._serialized_start=1129
-  _globals['_DIGESTS']._serialized_end=1184
-  _globals['_STATEEXCHANGE']._serialized_start=1186
-  _globals['_STATEEXCHANGE']._serialized_end=1245
-  _globals['_SUBJECTPOSITION']._serialized_start=1247
-  _globals['_SUBJECTPOSITION']._serialized_end=1368
-  _globals['_HANDOFFTOKEN']._serialized_start=1370
-  _globals['_HANDOFFTOKEN']._serialized_end=1434
-  _globals['_CLAIMRUNREQUEST']._serialized_start=1436
-  _globals['_CLAIMRUNREQUEST']._serialized_end=1505
-  _globals['_CLAIMRUNREPLY']._serialized_start=1507
-  _globals['_CLAIMRUNREPLY']._serialized_end=1569
-  _globals['_SYNC']._serialized_start=1572
-  _globals['_SYNC']._serialized_end=1941
+  _globals['_WITHDRAWAL']._serialized_start=529
+  _globals['_WITHDRAWAL']._serialized_end=600
+  _globals['_SUBJECTSTATE']._serialized_start=603
+  _globals['_SUBJECTSTATE']._serialized_end=900
+  _globals['_REPLICATEBATCH']._serialized_start=903
+  _globals['_REPLICATEBATCH']._serialized_end=1036
+  _globals['_REPLICATEACK']._serialized_start=1038
+  _globals['_REPLICATEACK']._serialized_end=1088
+  _globals['_GETBUCKETSREQUEST']._serialized_start=1090
+  _globals['_GETBUCKETSREQUEST']._serialized_end=1109
+  _globals['_BUCKETS']._serialized_start=1111
+  _globals['_BUCKETS']._serialized_end=1136
+  _globals['_GETDIGESTSREQUEST']._serialized_start=1138
+  _globals['_GETDIGESTSREQUEST']._serialized_end=1174
+  _globals['_SUBJECTDIGEST']._serialized_start=1176
+  _globals['_SUBJECTDIGEST']._serialized_end=1247
+  _globals['_DIGESTS']._serialized_start=1249
+  _globals['_DIGESTS']._serialized_end=1304
+  _globals['_STATEEXCHANGE']._serialized_start=1306
+  _globals['_STATEEXCHANGE']._serialized_end=1365
+  _globals['_SUBJECTPOSITION']._serialized_start=1367
+  _globals['_SUBJECTPOSITION']._serialized_end=1488
+  _globals['_HANDOFFTOKEN']._serialized_start=1490
+  _globals['_HANDOFFTOKEN']._serialized_end=1554
+  _globals['_CLAIMRUNREQUEST']._serialized_start=1556
+  _globals['_CLAIMRUNREQUEST']._serialized_end=1625
+  _globals['_CLAIMRUNREPLY']._serialized_start=1627
+  _globals['_CLAIMRUNREPLY']._serialized_end=1689
+  _globals['_SYNC']._serialized_start=1692
+  _globals['_SYNC']._serialized_end=2061
 # @@protoc_insertion_point(module_scope)

@@ -169,6 +169,38 @@ class EraseBound(_message.Message):
 Global___EraseBound: _TypeAlias = EraseBound  # noqa: Y015
 
 @_typing.final
+class Withdrawal(_message.Message):
+    """A retract: every observation of `source` in the slot (context, key) whose hybrid timestamp is
+    below `hlc` is withdrawn, wherever it was written. Per (slot, source) the later one holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HLC_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    key: _builtins.str
+    source: _builtins.str
+    hlc: _builtins.int
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        key: _builtins.str = ...,
+        source: _builtins.str = ...,
+        hlc: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "hlc", b"hlc", "key", b"key", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Withdrawal: _TypeAlias = Withdrawal  # noqa: Y015
+
+@_typing.final
 class SubjectState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -177,6 +209,7 @@ class SubjectState(_message.Message):
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
+    WITHDRAWALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -191,6 +224,10 @@ class SubjectState(_message.Message):
 
     @_builtins.property
     def erased(self) -> Global___EraseBound: ...
+    @_builtins.property
+    def withdrawals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Withdrawal]:
+        """Ordered by (context, key, source); none at or below the erase bound's timestamp."""
+
     def __init__(
         self,
         *,
@@ -199,10 +236,11 @@ class SubjectState(_message.Message):
         observations: _abc.Iterable[Global___StoredObservation] | None = ...,
         events: _abc.Iterable[Global___Dot] | None = ...,
         erased: Global___EraseBound | None = ...,
+        withdrawals: _abc.Iterable[Global___Withdrawal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "observations", b"observations", "subject", b"subject", "withdrawals", b"withdrawals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
