@@ -217,6 +217,14 @@ class _Requests:
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
+        # The token of the last model read per subject: what the next observation of that
+        # subject is based on (ObserveRequest.based_on), unless the caller says otherwise.
+        self.read: dict[tuple[str, int, str], str] = {}
+
+    def remember(self, view: SelfModelView) -> SelfModelView:
+        s = view.subject
+        self.read[(s.tenant, int(s.kind), s.id)] = view.token
+        return view
 
     def subject(self, subject: SubjectLike) -> model_pb2.Subject:
         if isinstance(subject, SubjectRef):
@@ -233,13 +241,18 @@ class _Requests:
         context: str,
         key: str,
         evidence: Iterable[Evidence],
+        based_on: str | None = None,
     ) -> selfmodel_pb2.ObserveRequest:
+        subj = self.subject(subject)
+        if based_on is None:
+            based_on = self.read.get((subj.tenant, int(subj.kind), subj.id), "")
         req = selfmodel_pb2.ObserveRequest(
-            subject=self.subject(subject),
+            subject=subj,
             context=context,
             key=key,
             statement=statement,
             confidence=confidence,
+            based_on=based_on,
         )
         for ev in evidence:
             e = req.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
@@ -324,8 +337,11 @@ class Client:
         context: str,
         key: str = "",
         evidence: Iterable[Evidence] = (),
+        based_on: str | None = None,
     ) -> Observed:
-        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        """Records an observation. ``based_on``: the handoff token of the model read it rests
+        on; by default the last model of this subject read through this client ("" for none)."""
+        req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
         reply = self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
@@ -355,7 +371,9 @@ class Client:
         timeout_s: float | None = None,
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
-        return view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+        return self._req.remember(
+            view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+        )
 
     def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
@@ -541,8 +559,11 @@ class AsyncClient:
         context: str,
         key: str = "",
         evidence: Iterable[Evidence] = (),
+        based_on: str | None = None,
     ) -> Observed:
-        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        """Records an observation. ``based_on``: the handoff token of the model read it rests
+        on; by default the last model of this subject read through this client ("" for none)."""
+        req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
         reply = await self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
@@ -566,7 +587,8 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
-        return view_from_proto(await self._call(self._stub.GetSelfModel, req, timeout_s))
+        reply = await self._call(self._stub.GetSelfModel, req, timeout_s)
+        return self._req.remember(view_from_proto(reply))
 
     async def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None

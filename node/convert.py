@@ -118,6 +118,8 @@ def explanation(
             evidence_factor=w.evidence_factor,
             below_minimum=w.below_minimum,
             superseded=w.superseded,
+            independent=w.independent,
+            dependence=w.dependence,
         )
         item.observed_at.FromMilliseconds(physical_ms(o.hlc))
         for ev in o.evidence:

@@ -48,6 +48,7 @@ class ObservationInput(NamedTuple):
     statement: str
     confidence: float
     evidence: tuple[Evidence, ...] = ()
+    based_on: CausalContext | None = None  # the context of the read it was based on
 
 
 class Written(NamedTuple):
@@ -155,6 +156,7 @@ class Engine:
             evidence=item.evidence,
             hlc=self.clock.now(),
             origin=self.node,
+            based_on=item.based_on,
         )
         removed = [*mine, *evicted]
         return obs, observe_delta(state, obs, removed), apply_observe(state, obs, removed)

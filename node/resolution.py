@@ -14,7 +14,12 @@ policy:
   slot (never relative to the reader's clock: nodes reading at different instants agree);
 - an observation is *below the minimum* when its weight is below the context's minimum
   confidence; those count only when every observation of the slot is below it;
-- a statement's *support* is the noisy-OR of the weights of its counted observations;
+- an observation is *independent* unless it re-asserts what another source said in the model
+  its agent read (``based_on``) without new evidence, or cites only evidence an independent
+  observation of the same statement already cites (one piece of evidence counts once); the
+  strongest is counted first;
+- a statement's *support* is the noisy-OR of the weights of its counted, independent
+  observations (agents repeating each other do not make a belief surer);
 - the winner is the strongest support (``weighted``) or the statement of the newest counted
   observation (``latest``), and the belief's *confidence* is the winner's support;
 - a belief is *uncertain* exactly when its confidence is below the minimum.
@@ -32,8 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from node.policy import ContextPolicy, PolicyBook
+from sync.causal import Dot
 from sync.hlc import physical_ms
-from sync.observation import Observation
+from sync.observation import Evidence, Observation
 
 _SPACE = re.compile(r"\s+")
 
@@ -78,6 +84,8 @@ class Weighted:
     evidence_factor: float
     below_minimum: bool
     superseded: bool = False  # a newer observation of its source in the slot replaces it
+    independent: bool = True
+    dependence: str = ""  # why it is not independent
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +132,7 @@ def explain_slot(
         sources.add(o.source)
     current = current[: policy.max_observations]
     newest_ms = physical_ms(current[0].hlc)
-    weighted = tuple(_weigh(o, policy, book, newest_ms) for o in current)
+    weighted = _independence(tuple(_weigh(o, policy, book, newest_ms) for o in current), ordered)
     counted = [w for w in weighted if not w.below_minimum] or list(weighted)
 
     candidates = _candidates(counted)
@@ -195,6 +203,43 @@ def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, newest_ms: i
     )
 
 
+def _piece(evidence: Evidence) -> tuple[str, str]:
+    """What makes two citations one piece of evidence: its kind and reference (or quote)."""
+    return (evidence.kind, evidence.ref or evidence.quote)
+
+
+def _independence(
+    weighted: tuple[Weighted, ...], slot: Sequence[Observation]
+) -> tuple[Weighted, ...]:
+    """``weighted`` with each observation's independence (see the module docstring); ``slot``
+    is every observation of the slot, for what an agent read."""
+    cited: dict[str, dict[tuple[str, str], str]] = {}  # statement -> piece -> citing source
+    judged: dict[Dot, Weighted] = {}
+    for w in sorted(weighted, key=lambda w: (-w.weight, w.observation.hlc, w.observation.dot)):
+        o = w.observation
+        statement = normalize_statement(o.statement)
+        pieces = {_piece(e) for e in o.evidence if e.ref or e.quote}
+        reason = ""
+        if o.based_on is not None:
+            read = [p for p in slot if p.source != o.source and p.dot in o.based_on]
+            echoed = sorted(
+                {p.source for p in read if normalize_statement(p.statement) == statement}
+            )
+            if echoed and pieces <= {_piece(e) for p in read for e in p.evidence}:
+                reason = (
+                    f"re-asserts what its agent read from {', '.join(echoed)} without new evidence"
+                )
+        known = cited.setdefault(statement, {})
+        if not reason and pieces and pieces <= known.keys():
+            by = ", ".join(sorted({known[p] for p in pieces}))
+            reason = f"cites only evidence already counted (from {by})"
+        if not reason:
+            for p in pieces:
+                known.setdefault(p, o.source)
+        judged[o.dot] = dataclasses.replace(w, independent=not reason, dependence=reason)
+    return tuple(judged[w.observation.dot] for w in weighted)
+
+
 def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
     """Distinct statements, strongest first; ties go to the newer, then the smaller statement."""
     groups: dict[str, list[Weighted]] = {}
@@ -204,7 +249,8 @@ def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
     for members in groups.values():
         miss = 1.0
         for w in members:
-            miss *= 1.0 - w.weight
+            if w.independent:
+                miss *= 1.0 - w.weight
         candidates.append(
             Candidate(
                 statement=members[0].observation.statement,

@@ -14,6 +14,7 @@ from node.engine import ObservationInput
 from node.errors import InvalidArgument
 from node.resolution import normalize_statement
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
+from sync.causal import CausalContext
 from sync.codec import InvalidToken, Position, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -160,7 +161,11 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
                 raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
             time_ms = ev.time.seconds * 1000 + ev.time.nanos // 1_000_000  # ToMilliseconds
         evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
-    return ObservationInput(subj, context, slot_key, statement, confidence, tuple(evidence))
+    read = handoff_token(msg.based_on, f"{prefix}based_on", limits)  # None when empty
+    based_on = None if read is None else read.get(subj, CausalContext())
+    return ObservationInput(
+        subj, context, slot_key, statement, confidence, tuple(evidence), based_on
+    )
 
 
 def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str]:
@@ -267,4 +272,11 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
                 raise InvalidArgument(f"{at}.evidence[{j}].time", "must be a valid timestamp")
         if o.hlc >= 2**63:
             raise InvalidArgument(f"{at}.hlc", "is out of range")
+        read = o.based_on
+        if len(read.vector) + len(read.cloud) > MAX_REMOTE_OBSERVATIONS:
+            raise InvalidArgument(f"{at}.based_on", "holds more dots than any subject may")
+        for j, e in enumerate(read.vector):
+            _dot(e.actor, e.counter, f"{at}.based_on.vector[{j}]", limits)
+        for j, d in enumerate(read.cloud):
+            _dot(d.actor, d.counter, f"{at}.based_on.cloud[{j}]", limits)
         identifier(o.origin, f"{at}.origin", limits.max_id)

@@ -71,6 +71,9 @@ def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> Non
     o.dot.counter = obs.dot.counter
     for ev in obs.evidence:
         evidence_to_proto(ev, o.evidence.add())
+    if obs.based_on is not None:
+        o.based_on.SetInParent()
+        context_to_proto(obs.based_on, o.based_on)
 
 
 def _state_head(subject: Subject, context: CausalContext) -> sync_pb2.SubjectState:
@@ -139,6 +142,7 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
             tuple(evidence_from_proto(e) for e in o.evidence),
             o.hlc,
             o.origin,
+            context_from_proto(o.based_on) if o.HasField("based_on") else None,
         )
     return SubjectState(
         subject,

@@ -337,6 +337,7 @@ def random_states(draw: st.DrawFn) -> SubjectState:
             evidence=tuple(draw(st.lists(evidence, max_size=3))),
             hlc=draw(st.integers(0, 2**63 - 1)),
             origin=draw(names),
+            based_on=draw(st.one_of(st.none(), contexts)),
         )
         for d in observed
     }

@@ -98,6 +98,9 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
             e.quote = ev.quote
             if ev.time_ms:
                 e.time.FromMilliseconds(ev.time_ms)
+        if obs.based_on is not None:
+            o.based_on.SetInParent()
+            _reference_context(obs.based_on, o.based_on)
     for (context, key, source), hlc in sorted(state.withdrawals.items()):
         msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
     return msg

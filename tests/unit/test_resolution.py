@@ -20,6 +20,7 @@ from node.resolution import (
     recency,
     resolve,
 )
+from sync.causal import CausalContext
 from sync.hlc import physical_ms
 from sync.observation import Evidence, Observation
 from tests.unit.strategies import VALUES, Run, fold, observation, runs, shuffles
@@ -631,3 +632,58 @@ def test_the_same_agents_same_statement_on_two_nodes_counts_once() -> None:
     one = observation("sales.1", 1, statement="ten", confidence=0.6, ms=NOW, evidence=())
     again = observation("support.1", 1, statement="ten", confidence=0.6, ms=NOW + 1, evidence=())
     assert belief_of([one, again], NO_DECAY).confidence == belief_of([again], NO_DECAY).confidence
+
+
+# --- independence: no echo chamber --------------------------------------------------------------
+
+
+def _read(*obs: Observation) -> CausalContext:
+    return CausalContext.of(o.dot for o in obs)
+
+
+def test_agents_repeating_what_they_read_add_no_support() -> None:
+    """0.54 stayed 0.54: agents reading a belief and writing it back, without new evidence."""
+    first = observation("a.1", 1, source="a", statement="churn risk", confidence=0.6, evidence=())
+    chain = [first]
+    for n, source in enumerate(["b", "c", "d", "e"], start=2):
+        echo = observation(
+            "a.1", n, source=source, statement="churn risk", confidence=0.6, ms=NOW + n,
+            evidence=(),
+        )._replace(based_on=_read(*chain))  # fmt: skip
+        chain.append(echo)
+        assert belief_of(chain, NO_DECAY).confidence == pytest.approx(0.54)
+    explanation = explain_slot(chain, NO_DECAY.default, NO_DECAY)
+    flags = {w.observation.source: (w.independent, w.dependence) for w in explanation.observations}
+    assert flags["a"] == (True, "")
+    assert not flags["e"][0] and "re-asserts what its agent read from a, b, c, d" in flags["e"][1]
+    assert len(explanation.belief.supporters) == 5  # all still shown as supporters
+
+
+def test_a_re_assertion_with_new_evidence_is_independent() -> None:
+    first = observation("a.1", 1, source="a", statement="x", confidence=0.6, evidence=())
+    seen = observation(
+        "a.1", 2, source="b", statement="x", confidence=0.6, evidence=ev(1), ms=NOW + 1
+    )._replace(based_on=_read(first))
+    assert belief_of([first, seen], NO_DECAY).confidence > belief_of([first], NO_DECAY).confidence
+
+
+def test_a_source_replacing_its_own_statement_after_reading_it_still_counts() -> None:
+    mine = observation("a.1", 1, source="a", statement="x", confidence=0.6, evidence=())
+    again = observation(
+        "a.1", 2, source="a", statement="x", confidence=0.9, evidence=(), ms=NOW + 1
+    )._replace(based_on=_read(mine))
+    assert belief_of([mine, again], NO_DECAY).confidence == pytest.approx(0.81)
+
+
+def test_one_piece_of_evidence_counts_once() -> None:
+    ticket = (Evidence("ticket", "zendesk://4411"),)
+    a = observation("a.1", 1, source="a", statement="x", confidence=0.7, evidence=ticket)
+    b = observation("b.1", 1, source="b", statement="x", confidence=0.6, evidence=ticket)
+    explanation = explain_slot([a, b], NO_DECAY.default, NO_DECAY)
+    flags = {w.observation.source: w for w in explanation.observations}
+    assert flags["a"].independent and not flags["b"].independent
+    assert "already counted (from a)" in flags["b"].dependence
+    assert explanation.belief.confidence == round(flags["a"].weight, 6)
+    # Other evidence, or a different statement, is independent.
+    c = b._replace(evidence=(Evidence("call", "gong://1"),))
+    assert belief_of([a, c], NO_DECAY).confidence > belief_of([a], NO_DECAY).confidence

@@ -107,6 +107,7 @@ class StoredObservation(_message.Message):
     EVIDENCE_FIELD_NUMBER: _builtins.int
     HLC_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    BASED_ON_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     source: _builtins.str
@@ -119,6 +120,10 @@ class StoredObservation(_message.Message):
     def dot(self) -> Global___Dot: ...
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
+    @_builtins.property
+    def based_on(self) -> Global___CausalContext:
+        """Absent: the agent did not say what it had read."""
+
     def __init__(
         self,
         *,
@@ -131,10 +136,11 @@ class StoredObservation(_message.Message):
         evidence: _abc.Iterable[_model_pb2.Evidence] | None = ...,
         hlc: _builtins.int = ...,
         origin: _builtins.str = ...,
+        based_on: Global___CausalContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "source", b"source", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "source", b"source", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
