@@ -602,6 +602,8 @@ class Store:
                     for obs in delta.state.observations.values():
                         if obs.hlc > hlc:
                             hlc = obs.hlc
+                    # A forget's or retract's timestamp too: writes after a restart follow it.
+                    hlc = max(hlc, delta.state.erased.hlc, *delta.state.withdrawals.values())
                     if outbox_enabled:
                         seq += 1
                         raw = encode_delta(delta)

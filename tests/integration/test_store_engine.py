@@ -785,3 +785,19 @@ def test_a_node_counts_its_incarnations_on_from_what_its_peers_had_on_record(tmp
     store = Store(tmp_path / "db", "sales")
     assert store.incarnation == 8
     store.close()
+
+
+def test_a_forget_and_a_retract_move_the_saved_clock_so_writes_after_a_restart_follow_them(
+    tmp_path: Path,
+):
+    store = Store(tmp_path / "db", "sales")
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1", "before")])
+    engine.forget(U1)
+    erased_at = engine.state(U1).erased.hlc
+    engine.retract(U1, "facts", "k2", "agent")
+    (withdrawn_at,) = engine.state(U1).withdrawals.values()
+    store.close()
+    store = Store(tmp_path / "db", "sales")
+    assert store.hlc_high_water >= max(erased_at, withdrawn_at)
+    store.close()
