@@ -26,7 +26,8 @@ its own bound nor by its own withdrawals (merge drops them as soon as either rea
 
 A delta is itself a state, so ``merge`` is commutative, associative and idempotent. The
 context alone is a state's position (handoff tokens): a bound reaches a replica only together
-with its erase's dot, so a replica whose context holds the erase has merged its bound.
+with its erase's dot, and a withdrawal with its retract's dot, so a replica whose context holds
+those events has merged what they record.
 
 The context pins the observations down only when deltas are merged in causal order (a delta
 after the deltas of the dots it removes): a replica that merged an observe delta but not the
