@@ -24,12 +24,14 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   every node holds identical bucket hashes, then read every subject on every node.
 
 Bookkeeping, as the clients saw it: a write is *acknowledged* when Observe answered; a failed
-call (timeout, unavailable) has an unknown outcome and is not counted. A write to a forget
-subject acknowledged before the forget was issued counts as *forgotten* (it must be gone
-everywhere; if it is still there the subject *came back*); one acknowledged after the forget was
-issued was concurrent with it and is not counted. A write retracted with an acknowledged
-Retract must be gone everywhere. Every other acknowledged write must be present on every node,
-else it is *lost*. Exit code 1 when anything was lost, came back, or did not converge.
+call (timeout, unavailable) has an unknown outcome and is not counted. Writers keep writing to
+the previous forget subject too, after its forget. A write to a forget subject acknowledged
+before the forget was issued counts as *forgotten* (it must be gone everywhere; if it is still
+there the subject *came back*); one issued after the forget was acknowledged happened after it
+and must be present (a forget never erases a later write: docs/semantics.md); one in between
+was concurrent with it and is not counted. A write retracted with an acknowledged Retract must
+be gone everywhere. Every other acknowledged write must be present on every node, else it is
+*lost*. Exit code 1 when anything was lost, came back, or did not converge.
 
     python benchmarks/chaos.py                         # 5 nodes, 120 s
     python benchmarks/chaos.py --nodes 3 --duration 30 --seed 7
@@ -142,6 +144,7 @@ class Forget:
     issued_at: float
     node: str
     ok: bool = False
+    acked_at: float = float("inf")
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Ledger:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.acked: dict[Key, float] = {}
+        self.issued: dict[Key, float] = {}  # of acknowledged writes: when the call was made
         self.failed: set[Key] = set()
         self.retracted: set[Key] = set()
         self.retract_missed: list[Key] = []
@@ -255,9 +259,13 @@ class Load:
         self._watch_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def forget_subject(self) -> str:
+    def forget_subject(self, rng: random.Random) -> str:
+        """The subject the forgetter forgets next, or (half the time) the one it forgot last."""
         with self._forget_lock:
-            return f"forget-{self._forget_index}"
+            index = self._forget_index
+        if index and rng.random() < 0.5:
+            index -= 1
+        return f"forget-{index}"
 
     def start(self) -> None:
         rng = random.Random(self.args.seed)
@@ -332,11 +340,12 @@ class Load:
                         ledger.retract_missed.append(key)
                 continue
             if roll < args.retract_ratio + args.forget_ratio:
-                subject, regular = self.forget_subject(), False
+                subject, regular = self.forget_subject(rng), False
             else:
                 epoch = int((time.monotonic() - self.started) // 10)
                 subject, regular = f"s{epoch}-{rng.randrange(16)}", True
             key = (subject, f"{agent}-{i}")
+            issued_at = time.monotonic()
             try:
                 self.clients.get(node, agent).observe(
                     user(subject), f"{agent} fact {i}", confidence=0.8, context=FACTS, key=key[1]
@@ -350,6 +359,7 @@ class Load:
             acked_at = time.monotonic()
             with ledger.lock:
                 ledger.acked[key] = acked_at
+                ledger.issued[key] = issued_at
             if regular:
                 mine.append(key)
 
@@ -408,6 +418,7 @@ class Load:
             try:
                 self.clients.get(node, "forgetter").forget(user(subject))
                 forget.ok = True
+                forget.acked_at = time.monotonic()
             except SelfModelError as exc:
                 self.clients.drop(node, "forgetter")
                 self.ledger.error("forget", exc)
@@ -580,6 +591,7 @@ class Report:
     acknowledged: int = 0  # acknowledged Observe calls (all subjects but the probe)
     retracted: int = 0  # of those, retracted by an acknowledged Retract
     forgotten: int = 0  # of those, written to a subject before its acknowledged forget
+    after_forget: int = 0  # of those, issued after the forget was acknowledged: must be present
     concurrent_with_forget: int = 0  # written while a forget was in flight (not counted)
     uncertain: int = 0  # a later Retract or the forget failed: outcome unknown (not counted)
     failed_calls: int = 0
@@ -633,6 +645,7 @@ class Report:
             f"  retracted (acknowledged)   {self.retracted:>8}",
             f"  forgotten (before forget)  {self.forgotten:>8}   in {self.forgets} forgets "
             f"({self.forgets_failed} failed)",
+            f"  after a forget             {self.after_forget:>8}   must be present",
             f"  concurrent with a forget   {self.concurrent_with_forget:>8}   not counted",
             f"  uncertain                  {self.uncertain:>8}   not counted (a later call failed)",
             f"failed calls (not counted)   {self.failed_calls:>8}",
@@ -730,8 +743,10 @@ def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
             not_counted.update(keys)
             continue
         before = {k for k in keys if ledger.acked[k] < f.issued_at}
-        concurrent = set(keys) - before
+        after = {k for k in keys if ledger.issued[k] > f.acked_at}
+        concurrent = set(keys) - before - after
         forgotten |= before
+        report.after_forget += len(after)  # not in not_counted: expected present
         report.concurrent_with_forget += len(concurrent)
         not_counted |= concurrent
         resurrect_candidates[f.subject] = before

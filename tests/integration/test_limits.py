@@ -123,7 +123,8 @@ def test_a_handoff_wait_is_bounded_by_the_node_whatever_the_deadline(
     local_node: Callable[..., RunningNode],
 ) -> None:
     node = local_node(limits=Limits(max_handoff_wait_s=0.3))
-    future = encode_token({Subject("acme", SubjectKind.USER, "u-1"): (7, CausalContext())})
+    ahead = CausalContext({"elsewhere.1.0": 7})  # a position this node has not merged
+    future = encode_token({Subject("acme", SubjectKind.USER, "u-1"): ahead})
     req = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT, at_least=future)
     with grpc.insecure_channel(node.address) as channel:
         started = time.monotonic()

@@ -11,6 +11,7 @@ import pytest
 
 from node import replication
 from node.engine import Engine
+from node.peers import PeerAuth
 from node.replication import ACK_INTERVAL_S, SyncServicer
 from node.store import Store
 from node.validation import Limits
@@ -36,9 +37,7 @@ def receiver(
     clock = Clock()
     monkeypatch.setattr(replication, "time", clock)
     store = Store(tmp_path / "db", "sales", sync=False, outbox=True)
-    servicer = SyncServicer(
-        Engine(store), frozenset({"sales", "support"}), lambda _: "support", Limits()
-    )
+    servicer = SyncServicer(Engine(store), PeerAuth("sales", frozenset({"support"})), Limits())
     yield servicer, clock
     store.close()
     del servicer, store
