@@ -23,7 +23,15 @@ from node.handoff import DEFAULT_LEAD, WaitSlots, implausible
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
-from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew
+from sync.bounds import (
+    Excess,
+    Footprint,
+    Footprints,
+    SubjectLimits,
+    excess,
+    grew,
+    head_bytes,
+)
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
@@ -233,10 +241,31 @@ class Engine:
                 audit = dataclasses.replace(audit, detail=detail)
             event = self._next_dot(state)
             delta = retract_delta(state, self.actor, context, key, source, self._mint())
-            change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
+            new = merge(state, delta)
+            self._check_withdrawal(state, new)
+            change = Change(state, new, Delta(delta, frozenset([event])))
             self._commit([change], audit)
             token = token_of_positions([change.position])
         return count, token
+
+    def _check_withdrawal(self, old: SubjectState, new: SubjectState) -> None:
+        """Refuses a retract whose new withdrawal (recorded even where nothing is withdrawn)
+        would grow the subject past its size limit."""
+        if len(new.withdrawals) <= len(old.withdrawals):
+            return
+        gone = [o for d, o in old.observations.items() if d not in new.observations]
+        before = self.footprint(old)
+        after = before.changed(gone, [])
+        found = excess(new, after, self.subject_limits)
+        if found is None or head_bytes(new) + after.observation_bytes <= (
+            head_bytes(old) + before.observation_bytes
+        ):
+            return
+        metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
+        raise ResourceExhausted(
+            f"subject {new.subject} {found.describe()}; the retract was not recorded (forget "
+            "the subject, or retract where its observations are)"
+        )
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
         """Erases the subject everywhere: every observation before now, wherever written (an
