@@ -25,7 +25,7 @@ from node.errors import Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta, decode_state, decode_token, encode_state
-from sync.crdt import NO_ERASE, SubjectState
+from sync.crdt import NO_ERASE, EraseBound, SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
 from sync.observation import Evidence, Observation, Subject, SubjectKind
@@ -248,6 +248,38 @@ def test_anti_entropy_of_a_subject_with_one_observation_too_new_repairs_the_rest
     again = engine.merge_remote([Delta(state)])
     assert (again.merged, again.refused, again.held_back) == (1, (), 0)
     assert engine.state(U1).digest() == state.digest()
+    store.close()
+
+
+def test_a_state_whose_erase_bound_or_withdrawal_is_too_new_is_refused_whole_until_the_clock_allows(
+    tmp_path: Path,
+):
+    """An erase bound or a withdrawal is one event's and cannot be taken out of a whole state
+    without its dot staying in the context (a position claimed but not held): such a state is
+    refused whole, is not acknowledged as merged, and merges once the clock allows it."""
+    store = Store(tmp_path / "db", "sales")
+    wall = [wall_ms()]
+    clock = HybridClock(lambda: wall[0], max_offset_ms=1_000, high_water=store.hlc_high_water)
+    engine = Engine(store, clock=clock)
+    engine.observe("agent", [item(U1, "k", "a fact")])
+    erase = Dot("remote.1", 1)
+    ahead = pack(wall[0] + 600_000)
+    erased = SubjectState(U1, EraseBound(ahead), CausalContext.of([erase]))
+    withdrawn = SubjectState(
+        U1, NO_ERASE, CausalContext.of([Dot("remote.1", 2)]), {}, {("facts", "k", "agent"): ahead}
+    )
+    before = engine.state(U1)
+
+    outcome = engine.merge_remote([Delta(erased), Delta(withdrawn)])
+
+    assert (outcome.merged, outcome.refused) == (0, (0, 1))
+    assert "ahead" in outcome.reason and dict(outcome.reasons)[U1].startswith("clock skew")
+    assert engine.state(U1) == before  # neither the bound nor the erase's dot recorded
+
+    wall[0] += 600_000
+    again = engine.merge_remote([Delta(erased)])
+    assert (again.merged, again.refused) == (1, ())
+    assert not engine.state(U1).observations and erase in engine.state(U1).context
     store.close()
 
 
