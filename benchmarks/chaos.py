@@ -24,12 +24,17 @@ What runs (loopback only, data in a temporary directory removed afterwards unles
   every node holds identical bucket hashes, then read every subject on every node.
 
 Bookkeeping, as the clients saw it: a write is *acknowledged* when Observe answered; a failed
-call (timeout, unavailable) has an unknown outcome and is not counted. A write to a forget
-subject acknowledged before the forget was issued counts as *forgotten* (it must be gone
-everywhere; if it is still there the subject *came back*); one acknowledged after the forget was
-issued was concurrent with it and is not counted. A write retracted with an acknowledged
-Retract must be gone everywhere. Every other acknowledged write must be present on every node,
-else it is *lost*. Exit code 1 when anything was lost, came back, or did not converge.
+call (timeout, unavailable) has an unknown outcome and is not counted. Writers keep writing to
+the previous forget subject too, after its forget. A write to a forget subject acknowledged
+before the forget was issued counts as *forgotten* (it must be gone everywhere; if it is still
+there the subject *came back*); one issued after the forget was acknowledged happened after it
+and must be present (a forget never erases a later write: docs/semantics.md); one in between
+was concurrent with it and is not counted (a forget orders writes by hybrid clock: while a
+clock fault is in effect, "before" and "after" leave the margin by which the writing or the
+forgetting node's timestamps may run ahead of real time). A write retracted with an
+acknowledged Retract must be gone everywhere. Every other acknowledged write must be present
+on every node, else it is *lost*. Exit code 1 when anything was lost, came back, or did not
+converge.
 
     python benchmarks/chaos.py                         # 5 nodes, 120 s
     python benchmarks/chaos.py --nodes 3 --duration 30 --seed 7
@@ -67,7 +72,8 @@ from federation.client import Client, user  # noqa: E402
 from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
 from node.clock import CLOCK_OFFSET_ENV  # noqa: E402
 from node.errors import ResourceExhausted, SelfModelError  # noqa: E402
-from selfmodel.v1 import model_pb2, selfmodel_pb2  # noqa: E402
+from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2, sync_pb2_grpc  # noqa: E402
+from sync.hlc import physical_ms  # noqa: E402
 
 FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.
@@ -83,6 +89,9 @@ GUARD_S = 1.0
 SETTLED_S = 2.0
 
 Key = tuple[str, str]  # (subject id, observation key)
+# The cluster's max_clock_offset_ms (LocalCluster's default), in seconds: peers hold back
+# timestamps further ahead of their clocks.
+CLOCK_OFFSET_S = 60.0
 # The oversize fault's statements: 1.9 KB each, as the writes that asked for subject limits.
 FILLER = "lorem ipsum dolor sit amet " * 70
 FILL_BATCH = 50
@@ -142,6 +151,22 @@ class Forget:
     issued_at: float
     node: str
     ok: bool = False
+    acked_at: float = float("inf")
+
+
+@dataclass
+class Skew:
+    """A clock fault: ``node`` ran ``ahead`` seconds ahead from ``start`` until ``fixed``."""
+
+    node: str
+    start: float
+    ahead: float
+    fixed: float = float("inf")
+
+
+def writer(key: Key) -> str:
+    """The node a write was made on (its key is ``<node>-w<n>-<i>``)."""
+    return key[1].rsplit("-", 2)[0]
 
 
 @dataclass
@@ -158,6 +183,7 @@ class Ledger:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.acked: dict[Key, float] = {}
+        self.issued: dict[Key, float] = {}  # of acknowledged writes: when the call was made
         self.failed: set[Key] = set()
         self.retracted: set[Key] = set()
         self.retract_missed: list[Key] = []
@@ -255,9 +281,13 @@ class Load:
         self._watch_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def forget_subject(self) -> str:
+    def forget_subject(self, rng: random.Random) -> str:
+        """The subject the forgetter forgets next, or (half the time) the one it forgot last."""
         with self._forget_lock:
-            return f"forget-{self._forget_index}"
+            index = self._forget_index
+        if index and rng.random() < 0.5:
+            index -= 1
+        return f"forget-{index}"
 
     def start(self) -> None:
         rng = random.Random(self.args.seed)
@@ -332,11 +362,12 @@ class Load:
                         ledger.retract_missed.append(key)
                 continue
             if roll < args.retract_ratio + args.forget_ratio:
-                subject, regular = self.forget_subject(), False
+                subject, regular = self.forget_subject(rng), False
             else:
                 epoch = int((time.monotonic() - self.started) // 10)
                 subject, regular = f"s{epoch}-{rng.randrange(16)}", True
             key = (subject, f"{agent}-{i}")
+            issued_at = time.monotonic()
             try:
                 self.clients.get(node, agent).observe(
                     user(subject), f"{agent} fact {i}", confidence=0.8, context=FACTS, key=key[1]
@@ -350,6 +381,7 @@ class Load:
             acked_at = time.monotonic()
             with ledger.lock:
                 ledger.acked[key] = acked_at
+                ledger.issued[key] = issued_at
             if regular:
                 mine.append(key)
 
@@ -408,6 +440,7 @@ class Load:
             try:
                 self.clients.get(node, "forgetter").forget(user(subject))
                 forget.ok = True
+                forget.acked_at = time.monotonic()
             except SelfModelError as exc:
                 self.clients.drop(node, "forgetter")
                 self.ledger.error("forget", exc)
@@ -471,6 +504,7 @@ class Faults:
         self.killed: set[str] = set()
         self.paused: set[str] = set()
         self.skewed: set[str] = set()
+        self.skews: list[Skew] = []
         self.restart_s: list[float] = []
         # Set by run: fills a subject (the oversize fault); its subjects are numbered.
         self.fill: Callable[[str, str, threading.Event], None] | None = None
@@ -547,8 +581,12 @@ class Faults:
         if ahead_ms:
             env[CLOCK_OFFSET_ENV] = str(ahead_ms)
             self.skewed.add(name)
+            self.skews.append(Skew(name, time.monotonic(), ahead_ms / 1000))
         else:
             self.skewed.discard(name)
+            for skew in self.skews:
+                if skew.node == name:
+                    skew.fixed = min(skew.fixed, time.monotonic())
         node.env = env
         self._restart(name)
 
@@ -580,6 +618,7 @@ class Report:
     acknowledged: int = 0  # acknowledged Observe calls (all subjects but the probe)
     retracted: int = 0  # of those, retracted by an acknowledged Retract
     forgotten: int = 0  # of those, written to a subject before its acknowledged forget
+    after_forget: int = 0  # of those, issued after the forget was acknowledged: must be present
     concurrent_with_forget: int = 0  # written while a forget was in flight (not counted)
     uncertain: int = 0  # a later Retract or the forget failed: outcome unknown (not counted)
     failed_calls: int = 0
@@ -633,6 +672,7 @@ class Report:
             f"  retracted (acknowledged)   {self.retracted:>8}",
             f"  forgotten (before forget)  {self.forgotten:>8}   in {self.forgets} forgets "
             f"({self.forgets_failed} failed)",
+            f"  after a forget             {self.after_forget:>8}   must be present",
             f"  concurrent with a forget   {self.concurrent_with_forget:>8}   not counted",
             f"  uncertain                  {self.uncertain:>8}   not counted (a later call failed)",
             f"failed calls (not counted)   {self.failed_calls:>8}",
@@ -716,22 +756,75 @@ def visibility(load: Load, report: Report) -> None:
             report.samples.append((at, probe.since_undo, latency_ms, probe.node, watcher))
 
 
-def audit(cluster: LocalCluster, ledger: Ledger, report: Report) -> None:
-    """Reads every subject on every node and classifies every acknowledged write."""
+def push(skews: Sequence[Skew], node: str, at: float) -> float:
+    """How far ahead of real time a hybrid timestamp ``node`` mints at ``at`` may be: its own
+    clock fault's offset while it runs skewed; else the offset (at most the peers' allowed
+    offset, beyond which they hold its timestamps back) of a fault whose timestamps the node
+    may have merged, until the wall clock catches up with them."""
+    most = 0.0
+    for k in skews:
+        if k.node == node and k.start <= at <= k.fixed:
+            most = max(most, k.ahead)
+        elif k.start + max(0.0, k.ahead - CLOCK_OFFSET_S) <= at <= k.fixed + k.ahead:
+            most = max(most, min(k.ahead, CLOCK_OFFSET_S))
+    return most
+
+
+def erase_bounds(cluster: LocalCluster, subjects: Sequence[str]) -> dict[str, float]:
+    """Each subject's erase bound (wall-clock seconds) as a node holds it once converged, read
+    as a peer reads it (ExchangeStates of empty states answers the node's own)."""
+    if not subjects:
+        return {}
+    name, other = sorted(cluster.nodes)[:2]
+    ask = sync_pb2.StateExchange(
+        states=[
+            sync_pb2.SubjectState(
+                subject=model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id=s)
+            )
+            for s in subjects
+        ]
+    )
+    with cluster.peer_channel(name, other) as channel:
+        reply = sync_pb2_grpc.SyncStub(channel).ExchangeStates(
+            ask, timeout=10.0, metadata=cluster.peer_metadata(other)
+        )
+    return {s.subject.id: physical_ms(s.erased.hlc) / 1000 for s in reply.states if s.erased.hlc}
+
+
+def audit(
+    cluster: LocalCluster, ledger: Ledger, report: Report, skews: Sequence[Skew] = ()
+) -> None:
+    """Reads every subject on every node and classifies every acknowledged write.
+
+    A forget erases what happened before it by hybrid clock (docs/semantics.md); with a clock
+    fault in effect, timestamps may run ahead of real time, so "before" leaves that margin and
+    "after" is judged against the subject's erase bound itself."""
     forgotten: set[Key] = set()
     not_counted: set[Key] = set(ledger.failed)
     resurrect_candidates: dict[str, set[Key]] = {}
     by_subject: dict[str, list[Key]] = defaultdict(list)
     for key in ledger.acked:
         by_subject[key[0]].append(key)
+    wall = time.time() - time.monotonic()  # monotonic seconds to wall-clock seconds
+    bounds = erase_bounds(cluster, sorted({f.subject for f in ledger.forgets if f.ok}))
     for f in ledger.forgets:
         keys = by_subject.get(f.subject, [])
         if not f.ok:
             not_counted.update(keys)
             continue
-        before = {k for k in keys if ledger.acked[k] < f.issued_at}
-        concurrent = set(keys) - before
+        # Before a forget: acknowledged, with its node's timestamps as far ahead as a clock
+        # fault let them be, before the forget was issued. After the subject's erase bound:
+        # issued after the bound's time (a hybrid clock is never behind its wall clock).
+        bound = bounds.get(f.subject)
+        before = {
+            k
+            for k in keys
+            if ledger.acked[k] + push(skews, writer(k), ledger.acked[k]) < f.issued_at
+        }
+        after = {k for k in keys if bound is not None and ledger.issued[k] + wall > bound}
+        concurrent = set(keys) - before - after
         forgotten |= before
+        report.after_forget += len(after)  # not in not_counted: expected present
         report.concurrent_with_forget += len(concurrent)
         not_counted |= concurrent
         resurrect_candidates[f.subject] = before
@@ -837,7 +930,7 @@ def run(args: argparse.Namespace) -> Report:
             report.converged = False
         report.restart_s = faults.restart_s
         visibility(load, report)
-        audit(cluster, load.ledger, report)
+        audit(cluster, load.ledger, report, faults.skews)
         report.errors = dict(load.ledger.errors)
         report.oversized = len(load.ledger.filled)
         report.oversized_to_limit = sum(limited for _, limited in load.ledger.filled.values())

@@ -503,7 +503,7 @@ def measure_node(cluster: Any, cell: str, rate: float, duration_s: float) -> Fig
         for at, k, token in per_node:
             counters, times = index.setdefault(k, ([], []))
             position = next(iter(decode_token(token).values()), None)
-            upto = position[1].vector.get(actor, 0) if position is not None else 0
+            upto = position.vector.get(actor, 0) if position is not None else 0
             counters.append(max(upto, counters[-1] if counters else 0))
             times.append(at)
         covered.append(index)

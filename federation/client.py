@@ -17,7 +17,7 @@ import os
 import random
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -98,8 +98,12 @@ class BeliefView:
     uncertain: bool
     supporters: tuple[Stance, ...]
     dissenters: tuple[Stance, ...]
-    changed_at: dt.datetime
+    changed_at: dt.datetime  # the newest observation's time
     policy: str
+    # How old the belief was when read (the node's resolved_at minus changed_at): staleness,
+    # reported beside the confidence, which never depends on when it is read. Not compared:
+    # two reads of the same belief are equal whenever they were made.
+    age: dt.timedelta = field(default=dt.timedelta(0), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +129,11 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class Retracted:
-    count: int
+    count: int  # how many the node held and withdrew
     token: str
+    # The withdrawal is recorded: the source's observations in the slot from before it are
+    # withdrawn wherever written, including ones the node had not merged yet.
+    recorded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,7 @@ def _stance(msg: model_pb2.Support) -> Stance:
 
 
 def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
+    resolved = _time(msg.resolved_at)
     beliefs = tuple(
         BeliefView(
             b.context,
@@ -180,8 +188,9 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             b.uncertain,
             tuple(_stance(s) for s in b.supporters),
             tuple(_stance(s) for s in b.dissenters),
-            _time(b.changed_at),
+            changed := _time(b.changed_at),
             b.policy,
+            max(resolved - changed, dt.timedelta(0)),
         )
         for b in msg.beliefs
     )
@@ -210,6 +219,14 @@ class _Requests:
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
+        # The token of the last model read per subject: what the next observation of that
+        # subject is based on (ObserveRequest.based_on), unless the caller says otherwise.
+        self.read: dict[tuple[str, int, str], str] = {}
+
+    def remember(self, view: SelfModelView) -> SelfModelView:
+        s = view.subject
+        self.read[(s.tenant, int(s.kind), s.id)] = view.token
+        return view
 
     def subject(self, subject: SubjectLike) -> model_pb2.Subject:
         if isinstance(subject, SubjectRef):
@@ -226,13 +243,18 @@ class _Requests:
         context: str,
         key: str,
         evidence: Iterable[Evidence],
+        based_on: str | None = None,
     ) -> selfmodel_pb2.ObserveRequest:
+        subj = self.subject(subject)
+        if based_on is None:
+            based_on = self.read.get((subj.tenant, int(subj.kind), subj.id), "")
         req = selfmodel_pb2.ObserveRequest(
-            subject=self.subject(subject),
+            subject=subj,
             context=context,
             key=key,
             statement=statement,
             confidence=confidence,
+            based_on=based_on,
         )
         for ev in evidence:
             e = req.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
@@ -321,8 +343,11 @@ class Client:
         context: str,
         key: str = "",
         evidence: Iterable[Evidence] = (),
+        based_on: str | None = None,
     ) -> Observed:
-        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        """Records an observation. ``based_on``: the handoff token of the model read it rests
+        on; by default the last model of this subject read through this client ("" for none)."""
+        req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
         reply = self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
@@ -339,7 +364,7 @@ class Client:
             subject=self._req.subject(subject), context=context, key=key, source=source
         )
         reply = self._call(self._stub.Retract, req)
-        return Retracted(reply.retracted, reply.handoff_token)
+        return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
 
     def self_model(
         self,
@@ -352,7 +377,9 @@ class Client:
         timeout_s: float | None = None,
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
-        return view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+        return self._req.remember(
+            view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+        )
 
     def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
@@ -542,8 +569,11 @@ class AsyncClient:
         context: str,
         key: str = "",
         evidence: Iterable[Evidence] = (),
+        based_on: str | None = None,
     ) -> Observed:
-        req = self._req.observe(subject, statement, confidence, context, key, evidence)
+        """Records an observation. ``based_on``: the handoff token of the model read it rests
+        on; by default the last model of this subject read through this client ("" for none)."""
+        req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
         reply = await self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
@@ -554,7 +584,7 @@ class AsyncClient:
             subject=self._req.subject(subject), context=context, key=key, source=source
         )
         reply = await self._call(self._stub.Retract, req)
-        return Retracted(reply.retracted, reply.handoff_token)
+        return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
 
     async def self_model(
         self,
@@ -567,7 +597,8 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
-        return view_from_proto(await self._call(self._stub.GetSelfModel, req, timeout_s))
+        reply = await self._call(self._stub.GetSelfModel, req, timeout_s)
+        return self._req.remember(view_from_proto(reply))
 
     async def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None

@@ -59,11 +59,12 @@ class SnapshotReplies:
 
     Building and serializing the protobuf of a model (50 beliefs: about 12 KB) costs several
     times what the rest of a read does. The engine hands out the same ``beliefs`` tuple while
-    the subject's state and the second stay the same, so the serialized beliefs, subject, token
-    and node are kept per (subject, filter) and reused while that tuple is; only ``resolved_at``
-    is encoded per call and appended. Protobuf parses concatenated encodings as one message,
-    and ``resolved_at`` is absent from the cached part, so the reply reads exactly as one
-    built from scratch. Watches share the whole reply too (``shared``).
+    the subject's state stays the same (resolution never depends on the read instant), so the
+    serialized beliefs, subject, token and node are kept per (subject, filter) and reused while
+    that tuple is; only ``resolved_at`` is encoded per call and appended. Protobuf parses
+    concatenated encodings as one message, and ``resolved_at`` is absent from the cached part,
+    so the reply reads exactly as one built from scratch. Watches share the whole reply too
+    (``shared``).
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -162,6 +163,9 @@ def explanation(
             recency=w.recency,
             evidence_factor=w.evidence_factor,
             below_minimum=w.below_minimum,
+            superseded=w.superseded,
+            independent=w.independent,
+            dependence=w.dependence,
         )
         item.observed_at.FromMilliseconds(physical_ms(o.hlc))
         for ev in o.evidence:

@@ -23,7 +23,15 @@ from node.handoff import DEFAULT_LEAD, WaitSlots, implausible
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
-from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew
+from sync.bounds import (
+    Excess,
+    Footprint,
+    Footprints,
+    SubjectLimits,
+    excess,
+    grew,
+    head_bytes,
+)
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
 from sync.crdt import (
@@ -51,6 +59,7 @@ class ObservationInput(NamedTuple):
     statement: str
     confidence: float
     evidence: tuple[Evidence, ...] = ()
+    based_on: CausalContext | None = None  # the context of the read it was based on
 
 
 class Written(NamedTuple):
@@ -128,8 +137,8 @@ class Engine:
         # One resolution at a time per stripe of subjects: readers of one subject that find the
         # cache stale (every watcher of it, woken by one change) resolve it once, not each.
         self._resolving = [threading.Lock() for _ in range(STRIPES)]
-        # subject -> (state, second, beliefs, token): one resolution per state and second.
-        self._resolved: dict[Subject, tuple[SubjectState, int, tuple[Belief, ...], str]] = {}
+        # subject -> (state, beliefs, token): one resolution per state (a pure function of it).
+        self._resolved: dict[Subject, tuple[SubjectState, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
@@ -203,6 +212,7 @@ class Engine:
             evidence=item.evidence,
             hlc=self._mint(),
             origin=self.node,
+            based_on=item.based_on,
         )
         removed = [*mine, *evicted]
         return obs, removed, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
@@ -215,47 +225,63 @@ class Engine:
         source: str,
         audit: AuditRecord | None = None,
     ) -> tuple[int, str]:
-        """Withdraws ``source``'s observations in a slot; returns how many and a token.
+        """Withdraws ``source``'s observations in a slot from before now, wherever written;
+        returns how many this node held and a token.
 
-        With ``audit`` the action is recorded (slot and count added to its detail) in the same
-        batch, even when there was nothing to withdraw.
+        The withdrawal is recorded (sync.crdt) even when this node holds none of them: it
+        applies to those it merges later, from before the retract's time. With ``audit`` the
+        action is recorded (slot and count added to its detail) in the same batch.
         """
         self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
-            dots = slot_dots(state, context, key, source)
+            count = len(slot_dots(state, context, key, source))
             if audit is not None:
-                detail = slot_detail(context, key, source, len(dots))
+                detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
-            if dots:
-                event = self._next_dot(state)
-                delta = retract_delta(state, self.actor, dots)
-                change = Change(state, merge(state, delta), Delta(delta, frozenset([event])))
-                self._commit([change], audit)
-                token = token_of_positions([change.position])
-            else:
-                if audit is not None:
-                    self._commit([], audit)
-                token = encode_token({subject: (state.generation, state.context)})
-        return len(dots), token
+            event = self._next_dot(state)
+            delta = retract_delta(state, self.actor, context, key, source, self._mint())
+            new = merge(state, delta)
+            self._check_withdrawal(state, new)
+            change = Change(state, new, Delta(delta, frozenset([event])))
+            self._commit([change], audit)
+            token = token_of_positions([change.position])
+        return count, token
+
+    def _check_withdrawal(self, old: SubjectState, new: SubjectState) -> None:
+        """Refuses a retract whose new withdrawal (recorded even where nothing is withdrawn)
+        would grow the subject past its size limit."""
+        if len(new.withdrawals) <= len(old.withdrawals):
+            return
+        gone = [o for d, o in old.observations.items() if d not in new.observations]
+        before = self.footprint(old)
+        after = before.changed(gone, [])
+        found = excess(new, after, self.subject_limits)
+        if found is None or head_bytes(new) + after.observation_bytes <= (
+            head_bytes(old) + before.observation_bytes
+        ):
+            return
+        metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
+        raise ResourceExhausted(
+            f"subject {new.subject} {found.describe()}; the retract was not recorded (forget "
+            "the subject, or retract where its observations are)"
+        )
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
-        """Erases the subject everywhere: a new generation, and its old rows purged from disk.
+        """Erases the subject everywhere: every observation before now, wherever written (an
+        erase bound), and their rows purged from disk. Writes after it, here or on a node that
+        merged it, are kept (sync.crdt).
 
         With ``audit`` the erase is recorded in the audit log in the same batch.
         """
         self._check_clock()
         with self._locked([subject]):
             state = self.state(subject)
-            if state.generation >= MAX_COUNTER:
-                raise ResourceExhausted(
-                    f"{subject}: erase generation {state.generation} is at the bound every "
-                    f"replica accepts ({MAX_COUNTER}); the subject cannot be erased again"
-                )
-            delta = erase_delta(state, self.actor)
+            self._next_dot(state)  # the erase's dot, within the bound every replica accepts
+            delta = erase_delta(state, self.actor, self._mint())
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit)
-            self.store.purge(subject, change.new.generation)
+            self.store.purge(subject, change.new.erased)
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
@@ -303,7 +329,7 @@ class Engine:
         origin's position) are written in the same batch as the merge. With ``durable=False``
         the merge is shown to readers and watches as soon as RocksDB has it, before its WAL
         sync; the caller then calls ``store.sync_written()`` before acknowledging it. An erase
-        merged here (a raised generation) is audited in the same batch, as peer ``source``'s.
+        merged here (an advanced erase bound) is audited in the same batch, as peer ``source``'s.
         """
         accepted: dict[Subject, list[Delta]] = {}
         indexes: dict[Subject, list[int]] = {}
@@ -313,6 +339,15 @@ class Engine:
         reason = ""
         reasons: dict[Subject, str] = {}
         for index, delta in enumerate(deltas):
+            marks = self._too_new_marks(delta.state)
+            if marks is not None:
+                # An erase bound or a withdrawal is one event's, and cannot be taken out of a
+                # whole state without leaving its dot in the context: refused whole.
+                reason = reason or str(marks)
+                reasons.setdefault(delta.state.subject, f"clock skew: {marks}")
+                metrics.CLOCK_SKEW_REFUSED.inc()
+                refused.append(index)
+                continue
             too_new = self._too_new(delta.state)
             if too_new:
                 first = self._skew(too_new[0].hlc)
@@ -331,6 +366,11 @@ class Engine:
             accepted.setdefault(delta.state.subject, []).append(delta)
         for group in accepted.values():
             for delta in group:
+                # Past every merged timestamp, the bound's too: a write made here after the
+                # erase is ordered after it on every node, so the erase never reaches it.
+                self.clock.observe(delta.state.erased.hlc)
+                for hlc in delta.state.withdrawals.values():
+                    self.clock.observe(hlc)
                 for obs in delta.state.observations.values():
                     self.clock.observe(obs.hlc)
         merged = 0
@@ -340,10 +380,11 @@ class Engine:
             for subject, group in accepted.items():
                 state = self.state(subject)
                 new = self._held.apply(state, group)
-                if new.generation > state.generation:
+                if new.erased != state.erased:
                     erased.append(_peer_erase(source, state, new))
                 if (
-                    new.generation != state.generation
+                    new.erased != state.erased
+                    or new.withdrawals != state.withdrawals
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
@@ -359,11 +400,18 @@ class Engine:
                 with self.audit.appending_all(erased) as rows:
                     self._commit(changes, extra=[*extra, *rows], durable=durable)
                 for change in changes:
-                    if change.new.generation > change.old.generation:  # type: ignore[union-attr]
-                        self.store.purge(change.new.subject, change.new.generation)
+                    if change.new.erased != change.old.erased:  # type: ignore[union-attr]
+                        self.store.purge(change.new.subject, change.new.erased)
         return MergeOutcome(
             merged, tuple(refused), held_back, reason, tuple(limited), tuple(reasons.items())
         )
+
+    def _too_new_marks(self, state: SubjectState) -> ClockSkewError | None:
+        """Why this node's clock refuses the state's erase bound or a withdrawal, if it does."""
+        for hlc in (state.erased.hlc, *state.withdrawals.values()):
+            if physical_ms(hlc) > self.clock.wall() + self.clock.max_offset_ms:
+                return self._skew(hlc)
+        return None
 
     def _too_new(self, state: SubjectState) -> list[Observation]:
         """The state's observations whose timestamps this node's clock refuses, oldest first."""
@@ -398,12 +446,10 @@ class Engine:
         it, to ``new``: a peer with larger limits sent it. A subject already past them (limits
         lowered since) may still take merges that do not grow it."""
         before = self.footprint(old)
-        if new.generation == old.generation:
-            removed = [o for d, o in old.observations.items() if d not in new.observations]
-            added = [o for d, o in new.observations.items() if d not in old.observations]
-            after = before.changed(removed, added)
-        else:
-            after = Footprint.of(new)
+        # Dots are never reused (an erase keeps the context), so the change is the difference.
+        removed = [o for d, o in old.observations.items() if d not in new.observations]
+        added = [o for d, o in new.observations.items() if d not in old.observations]
+        after = before.changed(removed, added)
         found = excess(new, after, self.subject_limits)
         if found is None or not grew(before, after):
             self._remember_footprint(new, after)
@@ -459,10 +505,10 @@ class Engine:
                 f"is a handoff token of {named}{', ...' if len(positions) > 3 else ''}, not of "
                 f"{subject}: pass a token that a write or read of {subject} returned",
             )
-        if state.covers(*position):
+        if state.covers(position):
             return state
         why = implausible(
-            state, *position, actor=self.actor, members=self.members, lead=self.max_handoff_lead
+            state, position, actor=self.actor, members=self.members, lead=self.max_handoff_lead
         )
         if why is not None:
             metrics.HANDOFF_REFUSED.labels("implausible").inc()
@@ -484,7 +530,7 @@ class Engine:
         with self._merged:
             while True:
                 state = self.state(subject)
-                if state.covers(*position):
+                if state.covers(position):
                     return state
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -503,26 +549,25 @@ class Engine:
         timeout_s: float = 0.0,
         holder: str = "",
     ) -> ModelView:
-        """The subject's resolved model: resolved once per state and second, shared by every
-        reader of it (readers that find it stale at once wait for one of them to resolve it)."""
+        """The subject's resolved model: resolved once per state (resolution is a pure function
+        of it), shared by every reader of it (readers that find it stale at once wait for one of
+        them to resolve it)."""
         state = self.wait_for(subject, positions, timeout_s, holder)
-        now = self._now_ms()
         cached = self._resolved.get(subject)
-        if cached is None or cached[0] is not state or cached[1] != now // 1000:
+        if cached is None or cached[0] is not state:
             with self._resolving[hash(subject) % STRIPES]:
                 # The latest state (it covers whatever this one did): readers that loaded states
                 # a change apart then share its resolution instead of resolving each in turn.
                 state = self.state(subject)
                 cached = self._resolved.get(subject)
-                if cached is None or cached[0] is not state or cached[1] != now // 1000:
-                    cause = "fade" if cached is not None and cached[0] is state else "change"
-                    metrics.RESOLUTIONS.labels(cause).inc()
-                    beliefs = tuple(resolve(state.observations.values(), self.policies, now))
-                    token = encode_token({subject: (state.generation, state.context)})
+                if cached is None or cached[0] is not state:
+                    metrics.RESOLUTIONS.labels("change").inc()
+                    beliefs = tuple(resolve(state.observations.values(), self.policies))
+                    token = encode_token({subject: state.context})
                     if len(self._resolved) > 50_000:
                         self._resolved.clear()
-                    cached = self._resolved[subject] = (state, now // 1000, beliefs, token)
-        return ModelView(cached[0], cached[2], cached[3], now)
+                    cached = self._resolved[subject] = (state, beliefs, token)
+        return ModelView(cached[0], cached[1], cached[2], self._now_ms())
 
     def explain(
         self,
@@ -535,16 +580,13 @@ class Engine:
     ) -> tuple[Explanation | None, str]:
         state = self.wait_for(subject, positions, timeout_s, holder)
         found = [o for o in state.observations.values() if o.context == context and o.key == key]
-        token = encode_token({subject: (state.generation, state.context)})
+        token = encode_token({subject: state.context})
         if not found:
             return None, token
-        return explain_slot(
-            found, self.policies.for_context(context), self.policies, self._now_ms()
-        ), token
+        return explain_slot(found, self.policies.for_context(context), self.policies), token
 
-    def position(self, subject: Subject) -> tuple[int, CausalContext]:
-        state = self.state(subject)
-        return state.generation, state.context
+    def position(self, subject: Subject) -> CausalContext:
+        return self.state(subject).context
 
     # -- watch ---------------------------------------------------------------------------
 
@@ -607,7 +649,10 @@ class Engine:
 def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
     """The audit record of an erase that arrived from ``peer``."""
     who = peer or "unknown"
-    detail = f"erase received from peer {who}: generation {old.generation} -> {new.generation}"
+    detail = (
+        f"erase received from peer {who}: erase bound {physical_ms(old.erased.hlc)} -> "
+        f"{physical_ms(new.erased.hlc)} (ms since the epoch)"
+    )
     return AuditRecord(who, "peer", "forget", new.subject, detail)
 
 

@@ -6,17 +6,18 @@ thread until it is answered: waits are therefore bounded in time (``max_handoff_
 number per node and per principal (``WaitSlots``), and a position no node can have issued is
 refused at once (``implausible``) instead of being waited on.
 
-The rule for "no node can have issued it", for a token's position ``(generation, context)`` of a
-subject whose local state is ``(g, c)`` (a token at or below the local generation, or covered,
-is answered at once and never judged):
+The rule for "no node can have issued it", for a token's position (a causal context) of a
+subject whose local state has the context ``c`` (a position ``c`` covers is answered at once and
+never judged; an erase's bound travels with its dot, so the context alone is the position):
 
 - an actor is named ``<node>.<run>.<random>`` (node.store); an actor the local state has never
   seen, whose node is neither this node nor a member of its cluster, was issued by no node;
 - this run's own actor issues every one of its dots here, in the state it writes: a counter of
-  it beyond what the local state holds (of the token's generation) was never issued;
-- any other actor: a counter more than ``lead`` past the highest the local state holds for it,
-  or a generation more than ``lead`` past the local one, is refused as made up (a legitimate
-  lead is the writes of one actor to one subject not yet replicated here).
+  it beyond what the local state holds was never issued (dots are never reused: an erase keeps
+  the context, so a later write's counter follows it);
+- any other actor: a counter more than ``lead`` past the highest the local state holds for it
+  is refused as made up (a legitimate lead is the writes of one actor to one subject not yet
+  replicated here).
 """
 
 from __future__ import annotations
@@ -47,23 +48,15 @@ def _top_counters(context: CausalContext) -> dict[str, int]:
 
 def implausible(
     state: SubjectState,
-    generation: int,
     context: CausalContext,
     *,
     actor: str,
     members: Iterable[str],
     lead: int = DEFAULT_LEAD,
 ) -> str | None:
-    """Why no node can have issued the position ``(generation, context)`` of ``state``'s subject,
-    or None when it may have been (see the module docstring for the rule)."""
-    if generation < state.generation:
-        return None  # the local state is of a later generation: it covers the position
-    if generation > state.generation + lead:
-        return (
-            f"names generation {generation} of {state.subject}, more than {lead} past the "
-            f"{state.generation} this node holds (setting max_handoff_lead)"
-        )
-    known = _top_counters(state.context) if generation == state.generation else {}
+    """Why no node can have issued the position ``context`` of ``state``'s subject, or None
+    when it may have been (see the module docstring for the rule)."""
+    known = _top_counters(state.context)
     seen = state.context.vector.keys() | {d.actor for d in state.context.cloud}
     nodes = set(members)
     for name, counter in sorted(_top_counters(context).items()):

@@ -60,8 +60,8 @@ HANDOFF_REFUSED = Counter(
 )
 RESOLUTIONS = Counter(
     "selfmodel_resolutions_total",
-    "Subject models resolved, by cause (change: a new state; fade: a new second of the same "
-    "state). Every reader and watcher of one state shares one resolution.",
+    "Subject models resolved, by cause (change: a new state; resolution is a pure function "
+    "of the state). Every reader and watcher of one state shares one resolution.",
     ["cause"],
 )
 WATCHES_ENDED = Counter(

@@ -1,19 +1,45 @@
 """Resolution of a slot's competing observations into one belief, and why it won.
 
-Pure and deterministic: the same observations, policy and ``now`` always give the same belief,
-whatever order the observations come in. Resolution happens at read time and is never replicated.
+A pure function of the replicated state: the same observations and policy give the same belief,
+confidence and explanation on every node, whatever order the observations came in and whenever
+it is read. Resolution happens at read time and is never replicated. One definition serves every
+policy:
+
+- one source holds one position per slot: its newest observation by the cluster-wide total
+  order (hybrid clock, then id); its older ones, wherever written, are shown as superseded and
+  never counted (the same agent's correction wins over its stale statement on another node,
+  and its same statement written on two nodes counts once);
+- an observation's *weight* is confidence x source reliability x recency x evidence factor,
+  where recency decays with the observation's age relative to the newest observation of its
+  slot (never relative to the reader's clock: nodes reading at different instants agree);
+- an observation is *below the minimum* when its weight is below the context's minimum
+  confidence; those count only when every observation of the slot is below it;
+- an observation is *independent* unless it re-asserts what another source said in the model
+  its agent read (``based_on``) without new evidence, or cites only evidence an independent
+  observation of the same statement already cites (one piece of evidence counts once); the
+  strongest is counted first;
+- a statement's *support* is the noisy-OR of the weights of its counted, independent
+  observations (agents repeating each other do not make a belief surer);
+- the winner is the strongest support (``weighted``) or the statement of the newest counted
+  observation (``latest``), and the belief's *confidence* is the winner's support;
+- a belief is *uncertain* exactly when its confidence is below the minimum.
+
+A belief's staleness is its age, reported beside its confidence: the reader's clock minus
+``changed_ms`` (the newest observation's time), never folded into the confidence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from node.policy import ContextPolicy, PolicyBook
+from sync.causal import Dot
 from sync.hlc import physical_ms
-from sync.observation import Observation
+from sync.observation import Evidence, Observation
 
 _SPACE = re.compile(r"\s+")
 
@@ -57,6 +83,9 @@ class Weighted:
     recency: float
     evidence_factor: float
     below_minimum: bool
+    superseded: bool = False  # a newer observation of its source in the slot replaces it
+    independent: bool = True
+    dependence: str = ""  # why it is not independent
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,32 +115,39 @@ def evidence_factor(count: int, discount: float) -> float:
 
 
 def explain_slot(
-    observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook, now_ms: int
+    observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook
 ) -> Explanation:
     """Resolves one slot (all observations share context and key; at least one)."""
     if not observations:
         raise ValueError("a slot to resolve needs at least one observation")
     first = observations[0]
-    # Newest first: a slot keeps at most max_observations; older ones do not count.
+    # Newest first, each source's newest only: a slot keeps at most max_observations; older
+    # ones do not count.
     ordered = sorted(observations, key=lambda o: (o.hlc, o.dot), reverse=True)
-    ordered = ordered[: policy.max_observations]
-    weighted = tuple(_weigh(o, policy, book, now_ms) for o in ordered)
-    eligible = [w for w in weighted if not w.below_minimum] or list(weighted)
+    current: list[Observation] = []
+    replaced: list[Observation] = []
+    sources: set[str] = set()
+    for o in ordered:
+        (replaced if o.source in sources else current).append(o)
+        sources.add(o.source)
+    current = current[: policy.max_observations]
+    newest_ms = physical_ms(current[0].hlc)
+    weighted = _independence(tuple(_weigh(o, policy, book, newest_ms) for o in current), ordered)
+    counted = [w for w in weighted if not w.below_minimum] or list(weighted)
 
-    candidates = _candidates(eligible)
+    candidates = _candidates(counted)
     if policy.policy == "latest":
-        winner_obs = eligible[0].observation  # newest by (hlc, dot)
+        winner_obs = counted[0].observation  # newest by (hlc, dot)
         winner_norm = normalize_statement(winner_obs.statement)
-        confidence = winner_obs.confidence
         winner = next(c for c in candidates if normalize_statement(c.statement) == winner_norm)
         reason = f"newest observation wins under 'latest' (from {winner_obs.source})"
     else:
         winner = candidates[0]
         winner_norm = normalize_statement(winner.statement)
-        confidence = winner.support
         reason = _weighted_reason(candidates)
+    confidence = round(winner.support, 6)  # as reported, and as compared with the minimum
 
-    uncertain = all(w.below_minimum for w in weighted) or confidence < policy.min_confidence
+    uncertain = confidence < policy.min_confidence
     if uncertain:
         reason += (
             f"; uncertain: confidence {confidence:.2f} is below the minimum "
@@ -124,43 +160,84 @@ def explain_slot(
         o = w.observation
         p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
         (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
+    superseded = tuple(
+        dataclasses.replace(_weigh(o, policy, book, newest_ms), superseded=True) for o in replaced
+    )
     belief = Belief(
         context=first.context,
         key=first.key,
         statement=winner.statement,
-        confidence=round(confidence, 6),
+        confidence=confidence,
         supporters=tuple(supporters),
         dissenters=tuple(dissenters),
         uncertain=uncertain,
         changed_ms=physical_ms(max(o.hlc for o in observations)),
         policy=policy.policy,
     )
-    return Explanation(belief, weighted, tuple(candidates), reason)
+    return Explanation(belief, weighted + superseded, tuple(candidates), reason)
 
 
-def resolve(observations: Iterable[Observation], book: PolicyBook, now_ms: int) -> list[Belief]:
+def resolve(observations: Iterable[Observation], book: PolicyBook) -> list[Belief]:
     """Every slot's belief, ordered by (context, key)."""
     slots: dict[tuple[str, str], list[Observation]] = {}
     for obs in observations:
         slots.setdefault((obs.context, obs.key), []).append(obs)
     return [
-        explain_slot(slots[slot], book.for_context(slot[0]), book, now_ms).belief
-        for slot in sorted(slots)
+        explain_slot(slots[slot], book.for_context(slot[0]), book).belief for slot in sorted(slots)
     ]
 
 
-def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, now_ms: int) -> Weighted:
+def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, newest_ms: int) -> Weighted:
+    """``o`` weighed within its slot, whose newest observation is from ``newest_ms``."""
     reliability = book.reliability_of(o.source, o.context)
-    rec = recency(now_ms - physical_ms(o.hlc), policy.half_life_s)
+    rec = recency(newest_ms - physical_ms(o.hlc), policy.half_life_s)
     ev = evidence_factor(len(o.evidence), policy.evidence_discount)
+    weight = o.confidence * reliability * rec * ev
     return Weighted(
         observation=o,
-        weight=o.confidence * reliability * rec * ev,
+        weight=weight,
         reliability=reliability,
         recency=rec,
         evidence_factor=ev,
-        below_minimum=o.confidence < policy.min_confidence,
+        below_minimum=weight < policy.min_confidence,
     )
+
+
+def _piece(evidence: Evidence) -> tuple[str, str]:
+    """What makes two citations one piece of evidence: its kind and reference (or quote)."""
+    return (evidence.kind, evidence.ref or evidence.quote)
+
+
+def _independence(
+    weighted: tuple[Weighted, ...], slot: Sequence[Observation]
+) -> tuple[Weighted, ...]:
+    """``weighted`` with each observation's independence (see the module docstring); ``slot``
+    is every observation of the slot, for what an agent read."""
+    cited: dict[str, dict[tuple[str, str], str]] = {}  # statement -> piece -> citing source
+    judged: dict[Dot, Weighted] = {}
+    for w in sorted(weighted, key=lambda w: (-w.weight, w.observation.hlc, w.observation.dot)):
+        o = w.observation
+        statement = normalize_statement(o.statement)
+        pieces = {_piece(e) for e in o.evidence if e.ref or e.quote}
+        reason = ""
+        if o.based_on is not None:
+            read = [p for p in slot if p.source != o.source and p.dot in o.based_on]
+            echoed = sorted(
+                {p.source for p in read if normalize_statement(p.statement) == statement}
+            )
+            if echoed and pieces <= {_piece(e) for p in read for e in p.evidence}:
+                reason = (
+                    f"re-asserts what its agent read from {', '.join(echoed)} without new evidence"
+                )
+        known = cited.setdefault(statement, {})
+        if not reason and pieces and pieces <= known.keys():
+            by = ", ".join(sorted({known[p] for p in pieces}))
+            reason = f"cites only evidence already counted (from {by})"
+        if not reason:
+            for p in pieces:
+                known.setdefault(p, o.source)
+        judged[o.dot] = dataclasses.replace(w, independent=not reason, dependence=reason)
+    return tuple(judged[w.observation.dot] for w in weighted)
 
 
 def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
@@ -172,7 +249,8 @@ def _candidates(weighted: Sequence[Weighted]) -> list[Candidate]:
     for members in groups.values():
         miss = 1.0
         for w in members:
-            miss *= 1.0 - w.weight
+            if w.independent:
+                miss *= 1.0 - w.weight
         candidates.append(
             Candidate(
                 statement=members[0].observation.statement,

@@ -216,7 +216,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         else:
             who.check_write(ctx, self.domain)
         count, token = self.engine.retract(subject, ctx, key, source, audit)
-        return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token)
+        return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token, recorded=True)
 
     @map_errors
     def GetSelfModel(  # type: ignore[override]

@@ -71,7 +71,7 @@ from sync.codec import (
     encode_delta,
     encode_state_reusing,
 )
-from sync.crdt import SubjectState, digest
+from sync.crdt import NO_ERASE, EraseBound, SubjectState, digest, without_erased
 from sync.delivery import Delta
 from sync.observation import Subject
 
@@ -81,7 +81,7 @@ SCHEMA_VERSION = 1
 BUCKETS = 1024
 _EMPTY_HASH = bytes(16)
 # The digest of a subject never written: the empty state the engine starts it from.
-_UNWRITTEN_DIGEST = digest(0, CausalContext())
+_UNWRITTEN_DIGEST = digest(NO_ERASE, CausalContext())
 # The newest outbox entries, kept in memory too: a peer that keeps up reads them from here.
 OUTBOX_TAIL = 1024
 
@@ -393,7 +393,12 @@ class Store(StoreFaults):
         this very state."""
         if cached is not None and cached.state is state and cached.digest is not None:
             return cached.digest
-        if not state.generation and not state.observations and state.context.is_empty():
+        if (
+            state.erased == NO_ERASE
+            and not state.observations
+            and not state.withdrawals
+            and state.context.is_empty()
+        ):
             return _UNWRITTEN_DIGEST
         return state.digest()
 
@@ -689,6 +694,8 @@ class Store(StoreFaults):
                     for obs in delta.state.observations.values():
                         if obs.hlc > hlc:
                             hlc = obs.hlc
+                    # A forget's or retract's timestamp too: writes after a restart follow it.
+                    hlc = max(hlc, delta.state.erased.hlc, *delta.state.withdrawals.values())
                     if outbox_enabled:
                         seq += 1
                         raw = encode_delta(delta)
@@ -846,28 +853,30 @@ class Store(StoreFaults):
                 while self._tail and self._tail[0].seq <= upto:
                     self._tail.popleft()
 
-    def purge(self, subject: Subject, generation: int) -> None:
-        """Removes a forgotten subject's old data from RocksDB's files, not only from view.
+    def purge(self, subject: Subject, erased: EraseBound) -> None:
+        """Removes a forgotten subject's erased data from RocksDB's files, not only from view.
 
-        Empties its deltas of generations below ``generation`` in the outbox (the erase itself
+        Drops the observations ``erased`` reaches from its deltas in the outbox (the erase itself
         stays, to reach the peers), flushes the memtables (so the WAL holding the old
         rows becomes obsolete) and compacts the subject's key range, so no SST file or log
         keeps a superseded version of its observations.
 
-        The old deltas are replaced by empty ones (merging them changes nothing), never
-        deleted: a peer that has not acknowledged them yet must find the sequence unbroken,
-        since a hole in the outbox reads as entries trimmed past the peer.
+        A delta keeps its context and events (merging it equals merging the original and then
+        the erase), and is never deleted: a peer that has not acknowledged it yet must find the
+        sequence unbroken, since a hole in the outbox reads as entries trimmed past the peer.
         """
         key = subject.storage_key()
-        empty = encode_delta(Delta(SubjectState(subject)))
         with self._outbox_lock:
             batch = rocksdict.WriteBatch(raw_mode=True)
             outbox = self._handle["outbox"]
             start = (self._outbox_trimmed + 1).to_bytes(8, "big")
             for k, v in self._cf["outbox"].items(from_key=start):
-                delta = decode_delta(v[8:]).state
-                if delta.subject == subject and delta.generation < generation:
-                    batch.put(k, v[:8] + empty, outbox)
+                delta = decode_delta(v[8:])
+                if delta.state.subject != subject:
+                    continue
+                kept = without_erased(delta.state, erased)
+                if len(kept.observations) != len(delta.state.observations):
+                    batch.put(k, v[:8] + encode_delta(Delta(kept, delta.events)), outbox)
             self._db.write(batch, self._unsynced)
             with self._tail_lock:
                 self._tail.clear()  # read from RocksDB, purged, until new entries refill it

@@ -14,7 +14,7 @@ from node.engine import ObservationInput
 from node.errors import InvalidArgument
 from node.resolution import normalize_statement
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
-from sync.causal import MAX_COUNTER, CausalContext, counter_in_range
+from sync.causal import CausalContext, counter_in_range
 from sync.codec import InvalidToken, Position, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -164,7 +164,11 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
                 raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
             time_ms = ev.time.seconds * 1000 + ev.time.nanos // 1_000_000  # ToMilliseconds
         evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
-    return ObservationInput(subj, context, slot_key, statement, confidence, tuple(evidence))
+    read = handoff_token(msg.based_on, f"{prefix}based_on", limits)  # None when empty
+    based_on = None if read is None else read.get(subj, CausalContext())
+    return ObservationInput(
+        subj, context, slot_key, statement, confidence, tuple(evidence), based_on
+    )
 
 
 def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str]:
@@ -188,8 +192,7 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
         raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
     if not positions:
         raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
-    for held, (gen, context) in positions.items():
-        generation(gen, f"{field} ({held}).generation")
+    for held, context in positions.items():
         _position(context, f"{field} ({held})")
     return positions
 
@@ -218,10 +221,10 @@ def counter(value: int, field: str) -> int:
     return value
 
 
-def generation(value: int, field: str) -> int:
-    """An erase generation: within [0, MAX_COUNTER] (ForgetSubject refuses to pass it)."""
-    if not 0 <= value <= MAX_COUNTER:
-        raise InvalidArgument(field, f"must be within [0, 2^62], got {value}")
+def hlc(value: int, field: str) -> int:
+    """A hybrid timestamp of an erase bound or a withdrawal: within [1, 2^63)."""
+    if not 0 < value < 2**63:
+        raise InvalidArgument(field, f"must be within [1, 2^63), got {value}")
     return value
 
 
@@ -244,14 +247,28 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
     agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind).
     """
     subject(msg.subject, f"{field}.subject", limits, msg.HasField("subject"))
-    generation(msg.generation, f"{field}.generation")
+    if msg.HasField("erased"):
+        hlc(msg.erased.hlc, f"{field}.erased.hlc")
+    seen = msg.erased.seen
     entries = len(msg.context.vector) + len(msg.context.cloud) + len(msg.events)
+    entries += len(seen.vector) + len(seen.cloud) + len(msg.withdrawals)
     if entries > MAX_REMOTE_OBSERVATIONS or len(msg.observations) > MAX_REMOTE_OBSERVATIONS:
         raise InvalidArgument(field, "holds more dots or observations than any subject may")
     for i, e in enumerate(msg.context.vector):
         _dot(e.actor, e.counter, f"{field}.context.vector[{i}]", limits)
     for i, d in enumerate(msg.context.cloud):
         _dot(d.actor, d.counter, f"{field}.context.cloud[{i}]", limits)
+    for i, e in enumerate(seen.vector):
+        _dot(e.actor, e.counter, f"{field}.erased.seen.vector[{i}]", limits)
+    for i, d in enumerate(seen.cloud):
+        _dot(d.actor, d.counter, f"{field}.erased.seen.cloud[{i}]", limits)
+    for i, w in enumerate(msg.withdrawals):
+        at = f"{field}.withdrawals[{i}]"
+        context_name(w.context, f"{at}.context", limits)
+        if not w.key or len(w.key) > limits.max_statement or _CONTROL.search(w.key):
+            raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
+        identifier(w.source, f"{at}.source", limits.max_id)
+        hlc(w.hlc, f"{at}.hlc")
     for i, d in enumerate(msg.events):
         _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
     known = {e.actor: e.counter for e in msg.context.vector}
@@ -279,4 +296,11 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
                 raise InvalidArgument(f"{at}.evidence[{j}].time", "must be a valid timestamp")
         if o.hlc >= 2**63:
             raise InvalidArgument(f"{at}.hlc", "is out of range")
+        read = o.based_on
+        if len(read.vector) + len(read.cloud) > MAX_REMOTE_OBSERVATIONS:
+            raise InvalidArgument(f"{at}.based_on", "holds more dots than any subject may")
+        for j, e in enumerate(read.vector):
+            _dot(e.actor, e.counter, f"{at}.based_on.vector[{j}]", limits)
+        for j, d in enumerate(read.cloud):
+            _dot(d.actor, d.counter, f"{at}.based_on.cloud[{j}]", limits)
         identifier(o.origin, f"{at}.origin", limits.max_id)

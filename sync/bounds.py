@@ -14,9 +14,11 @@ removes (``Footprint.changed``), without encoding the subject.
 
 ``split`` cuts a state into parts that each stay under a size and each remain a correct delta:
 a part's causal context holds exactly the dots of the observations it carries, or, for the
-parts that carry no observation, dots the state removed. A part whose context held a dot of an
-observation it does not carry would make the receiver drop that observation as removed. So
-merging the parts, in any order and into any replica, equals merging the whole state.
+parts that carry no observation, dots the state removed; the erase bound and the withdrawals
+go first, in a part of their own with an empty context (they apply wherever they are merged).
+A part whose context held a dot of an observation it does not carry would make the receiver
+drop that observation as removed. So merging the parts, in any order and into any replica,
+equals merging the whole state.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sync.causal import CausalContext, Dot
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, EraseBound, SubjectState
 from sync.observation import Observation, Subject
 
 # A string field: tag, a length prefix of up to 3 bytes (under 2 MiB), the UTF-8 bytes.
@@ -40,8 +42,12 @@ _OBSERVATION = 4 + 17 + 5 * _STRING + 9 + 11
 _EVIDENCE = 4 + 3 * _STRING + 19
 # A version vector entry or a cloud dot: frame (2), actor's prefix, counter (11).
 _CONTEXT_ENTRY = 2 + _STRING + 11
-# A state's head: subject (frame, tenant and id prefixes, kind), generation, context's frame.
-_HEAD = 4 + 2 * _STRING + 2 + 11 + 4
+# A state's head: subject (frame, tenant and id prefixes, kind), context's frame.
+_HEAD = 4 + 2 * _STRING + 2 + 4
+# An erase bound: its frame, timestamp (11) and the frame of the context it had seen.
+_BOUND = 4 + 11 + 4
+# A withdrawal: its frame, three strings' prefixes (context, key, source), a timestamp (11).
+_WITHDRAWAL = 4 + 3 * _STRING + 11
 
 
 def _utf8(text: str) -> int:
@@ -69,15 +75,31 @@ def dot_bytes(dot: Dot) -> int:
     return _CONTEXT_ENTRY + _utf8(dot.actor)
 
 
-def head_bytes(state: SubjectState) -> int:
-    """At most the encoding of ``state`` without its observations: subject, generation, context."""
-    subject = state.subject
-    size = _HEAD + _utf8(subject.tenant) + _utf8(subject.id)
-    for actor in state.context.vector:
+def _context_bytes(context: CausalContext) -> int:
+    size = 0
+    for actor in context.vector:
         size += _CONTEXT_ENTRY + _utf8(actor)
-    for dot in state.context.cloud:
+    for dot in context.cloud:
         size += dot_bytes(dot)
     return size
+
+
+def marks_bytes(state: SubjectState) -> int:
+    """At most the encoding of ``state``'s erase bound and withdrawals."""
+    size = 0
+    if state.erased != NO_ERASE:
+        size += _BOUND + _context_bytes(state.erased.seen)
+    for context, key, source in state.withdrawals:
+        size += _WITHDRAWAL + _utf8(context) + _utf8(key) + _utf8(source)
+    return size
+
+
+def head_bytes(state: SubjectState) -> int:
+    """At most the encoding of ``state`` without its observations: subject, context, erase bound
+    and withdrawals."""
+    subject = state.subject
+    size = _HEAD + _utf8(subject.tenant) + _utf8(subject.id)
+    return size + _context_bytes(state.context) + marks_bytes(state)
 
 
 def state_bytes(state: SubjectState) -> int:
@@ -146,7 +168,7 @@ class Footprint(NamedTuple):
 class Footprints:
     """The footprints of subjects' latest states, so that a write counts only its change.
 
-    Kept by position (generation, context, observation count), not with the state, which would
+    Kept by position (erase bound, context, observation count), not with the state, which would
     stay in memory past the store's cache; bounded by the slots they count (``max_slots``,
     about 100 bytes each), the least recently kept dropped first. Thread-safe.
 
@@ -157,7 +179,7 @@ class Footprints:
 
     def __init__(self, max_slots: int = 200_000) -> None:
         self.max_slots = max_slots
-        self._kept: dict[Subject, tuple[int, CausalContext, Footprint]] = {}
+        self._kept: dict[Subject, tuple[EraseBound, CausalContext, Footprint]] = {}
         self._slots = 0
         self._lock = threading.Lock()
 
@@ -165,7 +187,7 @@ class Footprints:
         kept = self._kept.get(state.subject)
         if (
             kept is not None
-            and kept[0] == state.generation
+            and kept[0] == state.erased
             and kept[2].observations == len(state.observations)
             and kept[1] == state.context
         ):
@@ -179,7 +201,7 @@ class Footprints:
             replaced = self._kept.pop(state.subject, None)
             if replaced is not None:
                 self._slots -= len(replaced[2].slots)
-            self._kept[state.subject] = (state.generation, state.context, footprint)
+            self._kept[state.subject] = (state.erased, state.context, footprint)
             self._slots += len(footprint.slots)
             while self._slots > self.max_slots and len(self._kept) > 1:
                 oldest = next(iter(self._kept))
@@ -234,43 +256,46 @@ def split(state: SubjectState, max_bytes: int) -> list[SubjectState]:
     """``state`` as parts of at most ``max_bytes`` each (by ``state_bytes``; a single observation
     larger than that is a part of its own), whose merge in any order equals ``state``.
 
-    The parts that carry removed dots only come first: a receiver that has merged some parts
-    but not yet the others then never shows an observation a part it has merged removed. A
-    state that removed more than MAX_SPELLED dots past its actors' first observations is not
-    split (one part: itself).
+    The erase bound and withdrawals come first (one part, whatever its size), then the parts
+    that carry removed dots only: a receiver that has merged some parts but not yet the others
+    then never shows an observation a part it has merged erased or removed. A state that
+    removed more than MAX_SPELLED dots past its actors' first observations is not split (one
+    part: itself).
     """
-    subject, generation = state.subject, state.generation
+    subject = state.subject
     removed = _removed(state.context, set(state.observations))
     if removed is None:
         return [state]
     prefixes, spelled = removed
-    budget = max_bytes - head_bytes(SubjectState(subject, generation))
+    budget = max_bytes - head_bytes(SubjectState(subject))
     parts: list[SubjectState] = []
+    if state.erased != NO_ERASE or state.withdrawals:
+        parts.append(SubjectState(subject, state.erased, withdrawals=state.withdrawals))
     vector: dict[str, int] = prefixes
     dots: list[Dot] = []
     size = sum(_CONTEXT_ENTRY + _utf8(actor) for actor in prefixes)
     for dot in spelled:
         step = dot_bytes(dot)
         if (vector or dots) and size + step > budget:
-            parts.append(SubjectState(subject, generation, _context(vector, dots)))
+            parts.append(SubjectState(subject, context=_context(vector, dots)))
             vector, dots, size = {}, [], 0
         dots.append(dot)
         size += step
     if vector or dots:
-        parts.append(SubjectState(subject, generation, _context(vector, dots)))
+        parts.append(SubjectState(subject, context=_context(vector, dots)))
     chunk: dict[Dot, Observation] = {}
     size = 0
     for dot in sorted(state.observations):
         obs = state.observations[dot]
         step = observation_bytes(obs) + dot_bytes(dot)
         if chunk and size + step > budget:
-            parts.append(SubjectState(subject, generation, CausalContext.of(chunk), chunk))
+            parts.append(SubjectState(subject, NO_ERASE, CausalContext.of(chunk), chunk))
             chunk, size = {}, 0
         chunk[dot] = obs
         size += step
     if chunk:
-        parts.append(SubjectState(subject, generation, CausalContext.of(chunk), chunk))
-    return parts or [SubjectState(subject, generation)]
+        parts.append(SubjectState(subject, NO_ERASE, CausalContext.of(chunk), chunk))
+    return parts or [SubjectState(subject)]
 
 
 def _context(vector: dict[str, int], dots: list[Dot]) -> CausalContext:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-# The largest counter (and erase generation) any replica accepts, from agents, peers and
+# The largest counter any replica accepts, from agents, peers and
 # anti-entropy alike (node.validation), and so the largest any replica mints: a dot beyond it
 # would be refused by every peer and jam the delta stream carrying it.
 MAX_COUNTER = 2**62

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from selfmodel.v1 import model_pb2, sync_pb2
 from sync.causal import CausalContext, Dot
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, NO_WITHDRAWALS, EraseBound, SubjectState, Withdrawals
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 
@@ -71,31 +71,59 @@ def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> Non
     o.dot.counter = obs.dot.counter
     for ev in obs.evidence:
         evidence_to_proto(ev, o.evidence.add())
+    if obs.based_on is not None:
+        o.based_on.SetInParent()
+        context_to_proto(obs.based_on, o.based_on)
 
 
-def _state_head(subject: Subject, generation: int, context: CausalContext) -> sync_pb2.SubjectState:
-    """A state's message without its observations: its subject, generation and context."""
-    msg = sync_pb2.SubjectState(generation=generation)
+def _state_head(subject: Subject, context: CausalContext) -> sync_pb2.SubjectState:
+    """A state's message without its observations and bound: its subject and context."""
+    msg = sync_pb2.SubjectState()
     subject_to_proto(subject, msg.subject)
     context_to_proto(context, msg.context)
     return msg
 
 
-def encode_position(subject: Subject, generation: int, context: CausalContext) -> bytes:
+def encode_position(subject: Subject, context: CausalContext) -> bytes:
     """A SubjectPosition's bytes, as handoff tokens hold them.
 
-    They are also the first bytes of the state's encoding (SubjectState's fields 1-3 are the
+    They are also the first bytes of the state's encoding (SubjectState's fields 1 and 3 are the
     position's), which is how a write's token costs no encoding of its own (encode_state_reusing).
     """
-    return _state_head(subject, generation, context).SerializeToString(deterministic=True)
+    return _state_head(subject, context).SerializeToString(deterministic=True)
+
+
+def _erased_to_proto(erased: EraseBound, msg: sync_pb2.SubjectState) -> None:
+    if erased != NO_ERASE:
+        msg.erased.hlc = erased.hlc
+        context_to_proto(erased.seen, msg.erased.seen)
+
+
+def _erased_from_proto(msg: sync_pb2.SubjectState) -> EraseBound:
+    if not msg.HasField("erased"):
+        return NO_ERASE
+    return EraseBound(msg.erased.hlc, context_from_proto(msg.erased.seen))
+
+
+def _withdrawals_to_proto(withdrawals: Withdrawals, msg: sync_pb2.SubjectState) -> None:
+    for (context, key, source), hlc in sorted(withdrawals.items()):
+        msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
+
+
+def _withdrawals_from_proto(msg: sync_pb2.SubjectState) -> Withdrawals:
+    if not msg.withdrawals:
+        return NO_WITHDRAWALS
+    return {(w.context, w.key, w.source): w.hlc for w in msg.withdrawals}
 
 
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
-    msg = _state_head(state.subject, state.generation, state.context)
+    msg = _state_head(state.subject, state.context)
     observations = state.observations
     add = msg.observations.add
     for dot in sorted(observations):
         observation_to_proto(observations[dot], add())
+    _erased_to_proto(state.erased, msg)
+    _withdrawals_to_proto(state.withdrawals, msg)
     return msg
 
 
@@ -114,8 +142,15 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
             tuple(evidence_from_proto(e) for e in o.evidence),
             o.hlc,
             o.origin,
+            context_from_proto(o.based_on) if o.HasField("based_on") else None,
         )
-    return SubjectState(subject, msg.generation, context_from_proto(msg.context), observations)
+    return SubjectState(
+        subject,
+        _erased_from_proto(msg),
+        context_from_proto(msg.context),
+        observations,
+        _withdrawals_from_proto(msg),
+    )
 
 
 def delta_to_proto(delta: Delta) -> sync_pb2.SubjectState:
@@ -164,12 +199,12 @@ def encode_state_reusing(
 
     A write changes one or two observations of a subject and keeps the rest, so encoding the
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
-    reused only for the very observation object it encoded (never by dot alone: a forget starts
-    a new generation whose dots start again). The bytes are exactly encode_state's: a message's
-    fields in field-number order (subject, generation, context, then the observations by dot),
-    a repeated field its elements one after another.
+    reused only for the very observation object it encoded (never by dot alone). The bytes are
+    exactly encode_state's: a message's fields in field-number order (subject, context, the
+    observations by dot, the erase bound, the withdrawals), a repeated field its elements one
+    after another.
     """
-    position = encode_position(state.subject, state.generation, state.context)
+    position = encode_position(state.subject, state.context)
     parts = [position]
     fields: EncodedObservations = {}
     observations = state.observations
@@ -184,6 +219,11 @@ def encode_state_reusing(
             entry = (obs, _OBSERVATIONS_TAG + _varint(len(raw)) + raw)
         fields[dot] = entry
         parts.append(entry[1])
+    if state.erased != NO_ERASE or state.withdrawals:
+        tail = sync_pb2.SubjectState()  # fields 6 and 7, after the observations
+        _erased_to_proto(state.erased, tail)
+        _withdrawals_to_proto(state.withdrawals, tail)
+        parts.append(tail.SerializeToString(deterministic=True))
     return EncodedState(b"".join(parts), position, fields)
 
 
@@ -209,7 +249,8 @@ class InvalidToken(ValueError):
     pass
 
 
-Position = tuple[int, CausalContext]
+# A subject's position: the causal context a state has merged (SubjectState.covers).
+Position = CausalContext
 
 # What encode_token emits: URL-safe base64 without padding. The decoder would silently drop any
 # other character, so a mangled token could read as "no position" instead of failing.
@@ -218,7 +259,7 @@ _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
 def encode_token(positions: Mapping[Subject, Position]) -> str:
     return token_of_positions(
-        encode_position(subject, *positions[subject]) for subject in sorted(positions)
+        encode_position(subject, positions[subject]) for subject in sorted(positions)
     )
 
 
@@ -241,22 +282,16 @@ def decode_token(token: str) -> dict[Subject, Position]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         msg = sync_pb2.HandoffToken.FromString(raw)
-        return {
-            subject_from_proto(p.subject): (p.generation, context_from_proto(p.context))
-            for p in msg.positions
-        }
+        return {subject_from_proto(p.subject): context_from_proto(p.context) for p in msg.positions}
     except (binascii.Error, DecodeError, ValueError) as exc:
         raise InvalidToken(f"not a handoff token: {exc}") from exc
 
 
 def merge_tokens(tokens: Iterable[str]) -> str:
-    """One token covering every position of the given tokens (the later position per subject)."""
+    """One token covering every position of the given tokens (their contexts joined per subject)."""
     merged: dict[Subject, Position] = {}
     for token in tokens:
-        for subject, (generation, context) in decode_token(token).items():
+        for subject, context in decode_token(token).items():
             have = merged.get(subject)
-            if have is None or generation > have[0]:
-                merged[subject] = (generation, context)
-            elif generation == have[0]:
-                merged[subject] = (generation, have[1].join(context))
+            merged[subject] = context if have is None else have.join(context)
     return encode_token(merged)

@@ -1,14 +1,37 @@
-"""One delta-state CRDT per subject: ``(erase generation, causal context, observations)``.
+"""One delta-state CRDT per subject: ``(erase bound, causal context, observations, withdrawals)``.
 
-Every event (observe, retract, erase) gets a fresh dot. An observe's delta carries its new
-observation and, in its context, the dots it supersedes; a retract's delta carries only the dots
-it removes (observed-remove: a concurrent new observation survives); an erase raises the
-generation, and the higher generation wins a merge outright. A delta is itself a state, so
-``merge`` is commutative, associative and idempotent.
+Every event (observe, retract, erase) gets a fresh dot, and dots are never reused: an erase
+keeps the context, so counters go on after it. An observe's delta carries its new observation
+and, in its context, the dots it supersedes.
 
-``(generation, context)`` pins the observations down only when deltas are merged in causal order
-(a delta after the deltas of the dots it removes): a replica that merged an observe delta but not
-the delta of the dot it superseded holds that dot in its context while still showing what the
+A retract records a withdrawal: ``(context, key, source) -> timestamp``. Every observation of
+that source in that slot from before the retract's timestamp is withdrawn, wherever it was
+written, including ones the retracting replica had not seen; a later one (the source's next
+statement) is not. Withdrawals merge by the later timestamp per (slot, source), and one at or
+below the erase bound's timestamp says nothing the bound does not (it is dropped). The retract's
+delta also names, in its context, the dots the retracting replica withdrew.
+
+An erase records a bound: its hybrid timestamp and the causal context of the replica that
+erased. An observation is erased by a bound iff it happened before the erase: its dot is in the
+bound's context (the eraser had seen it), or its timestamp is strictly below the bound's. The
+timestamp test is what reaches observations the eraser had not seen: hybrid clocks order every
+event after everything its replica had merged (a replica's clock moves past every timestamp it
+merges, erase bounds included), so an observation written after its replica merged the erase
+has a later timestamp and is never erased by it, and one written anywhere before the erase's
+timestamp is, wherever and whenever it arrives. A concurrent write (on the other side of a
+partition) is ordered by the same total order on every node: before the erase's timestamp it is
+erased, after it it stays. Bounds merge by maximum of timestamps and union of contexts, so
+concurrent erases compose and the later bound wins. A state's observations are never erased by
+its own bound nor by its own withdrawals (merge drops them as soon as either reaches them).
+
+A delta is itself a state, so ``merge`` is commutative, associative and idempotent. The
+context alone is a state's position (handoff tokens): a bound reaches a replica only together
+with its erase's dot, and a withdrawal with its retract's dot, so a replica whose context holds
+those events has merged what they record.
+
+The context pins the observations down only when deltas are merged in causal order (a delta
+after the deltas of the dots it removes): a replica that merged an observe delta but not the
+delta of the dot it superseded holds that dot in its context while still showing what the
 missing delta superseded. ``digest`` therefore also covers the observations' dots, so equal
 digests mean equal states whatever the delivery order, and anti-entropy repairs such a replica.
 """
@@ -24,6 +47,39 @@ from sync.causal import CausalContext, Dot
 from sync.observation import Observation, Subject
 
 
+class EraseBound(NamedTuple):
+    """What the subject's erases reach: everything before ``hlc`` or with its dot in ``seen``.
+
+    ``hlc`` 0 with an empty ``seen`` (the default) is no erase at all.
+    """
+
+    hlc: int = 0
+    seen: CausalContext = CausalContext()
+
+    def erases(self, obs: Observation) -> bool:
+        return obs.hlc < self.hlc or obs.dot in self.seen
+
+    def join(self, other: EraseBound) -> EraseBound:
+        """The bound of both erases: the later timestamp, every dot either had seen."""
+        if other.hlc <= self.hlc and self.seen.includes(other.seen):
+            return self
+        if self.hlc <= other.hlc and other.seen.includes(self.seen):
+            return other
+        return EraseBound(max(self.hlc, other.hlc), self.seen.join(other.seen))
+
+
+NO_ERASE = EraseBound()
+
+# (context, key, source) -> the timestamp before which that source's observations in that slot
+# are withdrawn.
+Withdrawals = Mapping[tuple[str, str, str], int]
+NO_WITHDRAWALS: Withdrawals = MappingProxyType({})
+
+
+def withdrawn(withdrawals: Withdrawals, obs: Observation) -> bool:
+    return obs.hlc < withdrawals.get((obs.context, obs.key, obs.source), 0)
+
+
 class SubjectState(NamedTuple):
     """Immutable by convention: ``observations`` is never mutated after construction.
 
@@ -34,34 +90,59 @@ class SubjectState(NamedTuple):
     """
 
     subject: Subject
-    generation: int = 0
+    erased: EraseBound = NO_ERASE
     context: CausalContext = CausalContext()
     observations: Mapping[Dot, Observation] = MappingProxyType({})
+    withdrawals: Withdrawals = NO_WITHDRAWALS
 
     def next_dot(self, actor: str) -> Dot:
         return Dot(actor, self.context.max_counter(actor) + 1)
 
-    def covers(self, generation: int, context: CausalContext) -> bool:
-        """True when this state has merged the position ``(generation, context)``."""
-        if self.generation != generation:
-            return self.generation > generation
+    def covers(self, context: CausalContext) -> bool:
+        """True when this state has merged the position ``context`` (a bound comes with its
+        erase's dot, so the context says which erases were merged too)."""
         return self.context.includes(context)
 
     def digest(self) -> bytes:
-        return digest(self.generation, self.context, self.observations)
+        return digest(self.erased, self.context, self.observations, self.withdrawals)
 
 
 def merge(a: SubjectState, b: SubjectState) -> SubjectState:
     if a.subject != b.subject:
         raise ValueError(f"cannot merge states of {a.subject} and {b.subject}")
-    if a.generation != b.generation:
-        return a if a.generation > b.generation else b
+    erased = a.erased.join(b.erased)
     a_obs, b_obs = a.observations, b.observations
     observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context}
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
-    return SubjectState(a.subject, a.generation, a.context.join(b.context), observations)
+    withdrawals = _join_withdrawals(a.withdrawals, b.withdrawals, erased)
+    # A side's observations are spared by its own bound and withdrawals: only what grew
+    # removes more.
+    if erased != a.erased or erased != b.erased:
+        erases = erased.erases
+        observations = {dot: obs for dot, obs in observations.items() if not erases(obs)}
+    if withdrawals != a.withdrawals or withdrawals != b.withdrawals:
+        observations = {
+            dot: obs for dot, obs in observations.items() if not withdrawn(withdrawals, obs)
+        }
+    context = a.context.join(b.context)
+    return SubjectState(a.subject, erased, context, observations, withdrawals)
+
+
+def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Withdrawals:
+    """The later withdrawal per (slot, source), less those the bound makes moot."""
+    if not b and not a:
+        return a
+    joined = dict(a)
+    for slot, hlc in b.items():
+        if hlc > joined.get(slot, 0):
+            joined[slot] = hlc
+    if erased.hlc:
+        joined = {slot: hlc for slot, hlc in joined.items() if hlc > erased.hlc}
+    if joined == a:
+        return a
+    return joined
 
 
 def observe_delta(
@@ -70,10 +151,7 @@ def observe_delta(
     """The delta of a new observation (whose dot is ``state.next_dot(actor)``)."""
     dots = [observation.dot, *supersedes]
     return SubjectState(
-        state.subject,
-        state.generation,
-        CausalContext.of(dots),
-        {observation.dot: observation},
+        state.subject, NO_ERASE, CausalContext.of(dots), {observation.dot: observation}
     )
 
 
@@ -82,39 +160,73 @@ def apply_observe(
 ) -> SubjectState:
     """``merge(state, observe_delta(state, observation, supersedes))``, without a general merge.
 
-    For the replica making the observation: its dot is ``state.next_dot(actor)`` and every
-    superseded dot one of ``state``'s observations. So the result is ``state`` without those,
-    with the observation, and with its dot in the context.
+    For the replica making the observation: its dot is ``state.next_dot(actor)``, every
+    superseded dot one of ``state``'s observations, and its timestamp after ``state``'s bound
+    (the replica's clock has passed it). So the result is ``state`` without those, with the
+    observation, and with its dot in the context.
     """
     observations = dict(state.observations)
     for dot in supersedes:
         del observations[dot]
     observations[observation.dot] = observation
     return SubjectState(
-        state.subject, state.generation, state.context.add(observation.dot), observations
+        state.subject,
+        state.erased,
+        state.context.add(observation.dot),
+        observations,
+        state.withdrawals,
     )
 
 
-def retract_delta(state: SubjectState, actor: str, removes: Iterable[Dot]) -> SubjectState:
-    dots = [state.next_dot(actor), *removes]
-    return SubjectState(state.subject, state.generation, CausalContext.of(dots), {})
+def retract_delta(
+    state: SubjectState, actor: str, context: str, key: str, source: str, hlc: int
+) -> SubjectState:
+    """Withdraws ``source``'s observations in the slot from before ``hlc`` (the retract's
+    timestamp, after everything ``state``'s replica merged), wherever written; the delta's
+    context holds the retract's dot and the dots ``state`` shows withdrawn."""
+    dots = [state.next_dot(actor), *slot_dots(state, context, key, source)]
+    withdrawal = {(context, key, source): hlc}
+    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {}, withdrawal)
 
 
-def erase_delta(state: SubjectState, actor: str) -> SubjectState:
-    """Forgets everything about the subject: a new generation holding only the erase's dot."""
-    return SubjectState(state.subject, state.generation + 1, CausalContext.of([Dot(actor, 1)]), {})
+def erase_delta(state: SubjectState, actor: str, hlc: int) -> SubjectState:
+    """Erases every observation before ``hlc`` (the erase's timestamp, after everything
+    ``state``'s replica merged) and every one ``state`` has seen: the bound, and the erase's dot
+    (``state.next_dot(actor)``) as the delta's context."""
+    bound = EraseBound(hlc, state.context).join(state.erased)
+    return SubjectState(state.subject, bound, CausalContext.of([state.next_dot(actor)]), {})
 
 
-def digest(generation: int, context: CausalContext, observed: Iterable[Dot] = ()) -> bytes:
-    """An exact digest of a state: its generation, context and the dots of its observations."""
+def without_erased(state: SubjectState, bound: EraseBound) -> SubjectState:
+    """``state`` without the observations ``bound`` erases, its bound and context unchanged:
+    merging it anywhere equals merging ``state`` and then the erase (what an outbox keeps of a
+    delta once the subject is erased)."""
+    observations = {d: o for d, o in state.observations.items() if not bound.erases(o)}
+    return state._replace(observations=observations)
+
+
+def digest(
+    erased: EraseBound,
+    context: CausalContext,
+    observed: Iterable[Dot] = (),
+    withdrawals: Withdrawals = NO_WITHDRAWALS,
+) -> bytes:
+    """An exact digest of a state: its bound, context, the dots of its observations and its
+    withdrawals."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(generation.to_bytes(8, "big"))
+    h.update(erased.hlc.to_bytes(8, "big"))
+    for actor, counter in sorted(erased.seen.vector.items()):
+        h.update(b"e%s\x00%d\x00" % (actor.encode(), counter))
+    for dot in sorted(erased.seen.cloud):
+        h.update(b"f%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
     for actor, counter in sorted(context.vector.items()):
         h.update(b"v%s\x00%d\x00" % (actor.encode(), counter))
     for dot in sorted(context.cloud):
         h.update(b"c%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
     for dot in sorted(observed):
         h.update(b"o%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
+    for (ctx, key, source), hlc in sorted(withdrawals.items()):
+        h.update(b"w%s\x00%s\x00%s\x00%d\x00" % (ctx.encode(), key.encode(), source.encode(), hlc))
     return h.digest()
 
 

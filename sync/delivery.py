@@ -2,11 +2,13 @@
 
 A delta names in its context the dots it creates (its events) and the dots it supersedes or
 retracts. If a replica merged a delta naming a dot it had never seen, that dot would enter the
-context without its own effects (what *it* superseded), and ``(generation, context)`` would claim
-a position the replica does not hold: a handoff read could be stale. So a delta waits here until
-every dot it names but does not create is in the replica's context. Whole states (anti-entropy)
-carry their full causal past and are always ready. A delta held too long is harmless: the digests
-differ, so anti-entropy ships the whole state, after which the held delta is ready or redundant.
+context without its own effects (what *it* superseded), and the context would claim a position
+the replica does not hold: a handoff read could be stale. So a delta waits here until every dot
+it names but does not create is in the replica's context. An erase's delta names only its own
+dot (its bound reaches observations wherever they are), so it is always ready. Whole states
+(anti-entropy) carry their full causal past and are always ready. A delta held too long is
+harmless: the digests differ, so anti-entropy ships the whole state, after which the held delta
+is ready or redundant.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ class Delta(NamedTuple):
 
 
 def ready(state: SubjectState, delta: Delta) -> bool:
-    if delta.events is None or delta.state.generation < state.generation:
-        return True  # a whole state, or a delta the erase already made moot
-    known = state.context if delta.state.generation == state.generation else CausalContext()
-    return known.join(CausalContext.of(delta.events)).includes(delta.state.context)
+    if delta.events is None:
+        return True  # a whole state
+    return state.context.join(CausalContext.of(delta.events)).includes(delta.state.context)
 
 
 class CausalBuffer:

@@ -49,7 +49,7 @@ def without(state: SubjectState, observations: Sequence[Observation]) -> Subject
             vector[actor] = low - 1
             cloud.update(Dot(actor, c) for c in range(low + 1, top + 1) if c not in counters)
     context = CausalContext.of(cloud).join(CausalContext({a: c for a, c in vector.items() if c}))
-    return SubjectState(state.subject, state.generation, context, kept)
+    return state._replace(context=context, observations=kept)
 
 
 def _hlc_of(obs: Observation) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from sync.causal import Dot
+from sync.causal import CausalContext, Dot
 
 
 class SubjectKind(enum.IntEnum):
@@ -55,6 +55,9 @@ class Observation(NamedTuple):
     evidence: tuple[Evidence, ...]
     hlc: int
     origin: str  # the node that accepted it
+    # The model its agent read before writing it (the read's causal context), if it said so:
+    # what it may merely repeat (node.resolution: independence).
+    based_on: CausalContext | None = None
 
     @property
     def slot(self) -> tuple[str, str]:

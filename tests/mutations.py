@@ -48,8 +48,13 @@ MINIMUM_TESTS = (
     "test_an_observation_below_the_minimum_never_outweighs_one_above_it",
     "tests/unit/test_resolution.py::"
     "test_a_belief_whose_weighted_support_falls_below_the_minimum_is_uncertain",
+    "tests/unit/test_resolution.py::"
+    "test_an_observation_below_the_minimum_is_flagged_in_the_explanation",
 )
-FORGET_TESTS = ("tests/unit/test_crdt_laws.py::test_erase_removes_everything_observed_before_it",)
+FORGET_TESTS = (
+    "tests/unit/test_crdt_laws.py::test_a_forget_always_erases_a_write_that_happened_before_it",
+    "tests/unit/test_crdt_laws.py::test_concurrent_forgets_compose_and_the_later_bound_wins",
+)
 
 MUTANTS = (
     Mutant(
@@ -82,32 +87,31 @@ MUTANTS = (
         PEER_TESTS,
     ),
     Mutant(
-        "peer generation unbounded",
+        "peer erase bound unbounded",
         "node/validation.py",
-        "    if msg.generation > MAX_COUNTER:",
-        "    if False:",
+        '        hlc(msg.erased.hlc, f"{field}.erased.hlc")',
+        "        pass",
         PEER_TESTS,
     ),
     Mutant(
         "minimum confidence ignored for the belief",
         "node/resolution.py",
-        "    uncertain = all(w.below_minimum for w in weighted) or confidence"
-        " < policy.min_confidence",
-        "    uncertain = all(w.below_minimum for w in weighted)",
+        "    uncertain = confidence < policy.min_confidence",
+        "    uncertain = False",
         MINIMUM_TESTS,
     ),
     Mutant(
         "minimum confidence ignored for observations",
         "node/resolution.py",
-        "        below_minimum=o.confidence < policy.min_confidence,",
+        "        below_minimum=weight < policy.min_confidence,",
         "        below_minimum=False,",
         MINIMUM_TESTS,
     ),
     Mutant(
         "forget bound: the older erase wins",
         "sync/crdt.py",
-        "        return a if a.generation > b.generation else b",
-        "        return a if a.generation < b.generation else b",
+        "        return EraseBound(max(self.hlc, other.hlc), self.seen.join(other.seen))",
+        "        return EraseBound(min(self.hlc, other.hlc), self.seen.join(other.seen))",
         FORGET_TESTS,
     ),
 )

@@ -31,3 +31,4 @@ def test_a_short_chaos_run_loses_no_acknowledged_write_and_no_forgotten_subject_
     assert report.retract_missed == 0, f"a retract missed its own write {replay}"
     assert len(report.faults) >= 4 and report.forgets >= 2
     assert report.acknowledged > 1000 and report.forgotten > 0 and report.retracted > 0
+    assert report.after_forget > 0  # writes after a forget were checked present (lost == 0)

@@ -19,7 +19,7 @@ from node.errors import ResourceExhausted, Unavailable
 from selfmodel.v1 import admin_pb2, sync_pb2, sync_pb2_grpc
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import state_to_proto
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, SubjectState
 from sync.hlc import pack, wall_ms
 from sync.observation import Observation, Subject, SubjectKind
 from tests.nodes import node_status
@@ -200,7 +200,7 @@ def batch(
 def one_observation(actor: str, counter: int, key: str) -> SubjectState:
     dot = Dot(actor, counter)
     obs = Observation(dot, "facts", key, "agent", key, 0.9, (), pack(wall_ms()), "support")
-    return SubjectState(U, 0, CausalContext.of([dot]), {dot: obs})
+    return SubjectState(U, NO_ERASE, CausalContext.of([dot]), {dot: obs})
 
 
 def replicate(
@@ -238,7 +238,7 @@ def test_a_bad_counter_is_refused_once_and_never_jams_the_stream_nor_is_minted(
     # A counter exactly at the bound, for sales' own actor: valid, but sales' next dot there
     # would pass it. The write is refused at the writer; nothing jams the stream to support.
     actor = node_status(cluster.address("sales")).actor
-    at_bound = SubjectState(U, 0, CausalContext({actor: MAX_COUNTER}))
+    at_bound = SubjectState(U, NO_ERASE, CausalContext({actor: MAX_COUNTER}))
     replicate(cluster, [batch(3, [at_bound])])
     ended = cluster.nodes["sales"].log().count("delta stream to support ended")
     with cluster.client("sales", "agent", attempts=1) as sales:

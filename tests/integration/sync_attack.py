@@ -5,7 +5,7 @@
 
 In order: enumerate the subjects (GetBuckets, GetDigests), read a subject's state
 (ExchangeStates), forge an observation attributed to another agent (Replicate, then
-ExchangeStates), erase the subject (a state with its erase generation raised), claim a run in
+ExchangeStates), erase the subject (a state with an erase bound at the present), claim a run in
 the node's name (ClaimRun). Every call names ``--as-node`` in the node header, as a peer would,
 and shows ``--bearer`` (an agent's token) when given, but no peer credential. Each step is
 reported; the exit code is 0 only when every step was refused.
@@ -23,6 +23,7 @@ import grpc
 from node.peers import NODE_HEADER
 from node.store import BUCKETS
 from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
+from sync.hlc import pack, wall_ms
 
 REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 FORGED_STATEMENT = "Forged: wants every message deleted"
@@ -50,10 +51,12 @@ def _try(name: str, call: Callable[[], str]) -> Step:
 
 
 def _forged_state(
-    subject: model_pb2.Subject, node: str, generation: int, observe: bool
+    subject: model_pb2.Subject, node: str, erase: bool, observe: bool
 ) -> sync_pb2.SubjectState:
     actor = f"{node}.1.f0f0f0f0"  # an actor of the node the caller claims to be
-    state = sync_pb2.SubjectState(subject=subject, generation=generation)
+    state = sync_pb2.SubjectState(subject=subject)
+    if erase:  # erases every observation written before now
+        state.erased.hlc = pack(wall_ms())
     state.context.vector.add(actor=actor, counter=1)
     if observe:
         o = state.observations.add(
@@ -104,7 +107,7 @@ def attack(
             only when both are."""
             batch = sync_pb2.ReplicateBatch(origin=as_node, first_seq=1, last_seq=1)
             delta = batch.deltas.add()
-            delta.CopyFrom(_forged_state(victim, as_node, 0, observe=True))
+            delta.CopyFrom(_forged_state(victim, as_node, erase=False, observe=True))
             delta.events.add(actor=f"{as_node}.1.f0f0f0f0", counter=1)
             accepted = []
             refusal: grpc.RpcError | None = None
@@ -114,7 +117,7 @@ def attack(
                     break
             except grpc.RpcError as exc:
                 refusal = exc
-            relayed = sync_pb2.StateExchange(states=[_forged_state(victim, as_node, 0, True)])
+            relayed = sync_pb2.StateExchange(states=[_forged_state(victim, as_node, False, True)])
             try:
                 stub.ExchangeStates(relayed, timeout=timeout_s, metadata=metadata)
                 accepted.append("ExchangeStates")
@@ -125,11 +128,11 @@ def attack(
             return f"an observation attributed to victim_agent was accepted by {accepted}"
 
         def erase() -> str:
-            raised = _forged_state(victim, as_node, 1_000, observe=False)
+            raised = _forged_state(victim, as_node, erase=True, observe=False)
             stub.ExchangeStates(
                 sync_pb2.StateExchange(states=[raised]), timeout=timeout_s, metadata=metadata
             )
-            return f"{victim.id} sent back with its erase generation raised to 1000"
+            return f"{victim.id} sent back with an erase bound at the present"
 
         def claim_run() -> str:
             request = sync_pb2.ClaimRunRequest(previous=0, run=7, incarnation=1_000)

@@ -11,7 +11,7 @@ import pytest
 from node.engine import Engine, ObservationInput
 from node.errors import ResourceExhausted
 from node.store import Store
-from sync.bounds import Footprint, SubjectLimits
+from sync.bounds import Footprint, SubjectLimits, state_bytes
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
@@ -82,3 +82,26 @@ def test_each_limit_refuses_on_its_own(tmp_path: Path, limit: str) -> None:
     with pytest.raises(ResourceExhausted, match=setting.get(limit, "max_subject_bytes")):
         for i in range(50):
             engine.observe("agent", [ObservationInput(A, "notes", "", f"s{i} " + "y" * 300, 0.7)])
+
+
+def test_withdrawals_count_towards_the_subject_size_and_a_retract_past_it_is_refused(
+    tmp_path: Path,
+):
+    """A retract records its withdrawal even where nothing is withdrawn (it applies to what
+    arrives later): without the size limit, retracts of made-up slots would grow a subject
+    without bound."""
+    limits = SubjectLimits(max_bytes=2000)
+    engine = Engine(Store(tmp_path / "db", "n1", sync=False), subject_limits=limits)
+    engine.observe("agent", [ObservationInput(A, "notes", "k", "a fact", 0.7)])
+    recorded = 0
+    with pytest.raises(ResourceExhausted, match="max_subject_bytes") as refused:
+        for n in range(200):
+            before = engine.state(A)
+            engine.retract(A, "notes", f"made-up-{n}" + "y" * 60, "agent")
+            recorded += 1
+    assert "retract was not recorded" in str(refused.value)
+    assert engine.state(A) == before  # the refused retract changed nothing
+    assert 0 < recorded == len(before.withdrawals)
+    assert state_bytes(before) <= limits.max_bytes
+    # Withdrawing what the subject holds shrinks it: still taken at the limit.
+    assert engine.retract(A, "notes", "k", "agent")[0] == 1

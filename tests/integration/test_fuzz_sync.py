@@ -50,7 +50,7 @@ marks = itertools.count()  # every example's statements are its own: "fact <n>"
 
 
 FIELDS = (
-    "generation", "subject", "tenant", "kind", "id", "vector", "cloud", "context", "key",
+    "erased", "subject", "tenant", "kind", "id", "vector", "cloud", "context", "key",
     "source", "statement", "confidence", "hlc", "origin", "dot", "in_context", "evidence",
     "events",
 )  # fmt: skip
@@ -67,11 +67,13 @@ def states(draw: st.DrawFn, hostile: str | None) -> sync_pb2.SubjectState:
     def pick(field: str, good: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]) -> Any:
         return draw(anything if field in spoiled else good)
 
-    msg = sync_pb2.SubjectState(
-        generation=pick(
-            "generation", st.sampled_from([0, 0, 1]), st.sampled_from([2**62 + 1, 2**63])
-        )
-    )
+    msg = sync_pb2.SubjectState()
+    # An erase bound: valid ones erase none of the fuzzed observations (hlc 1, nothing seen).
+    if "erased" in spoiled or draw(st.integers(0, 3)) == 0:
+        msg.erased.SetInParent()
+        msg.erased.hlc = pick("erased", st.just(1), st.sampled_from([0, 1, 2**63, 2**64 - 1]))
+        for _ in range(pick("erased", st.just(0), st.integers(0, 2))):
+            msg.erased.seen.vector.add(actor=draw(ids), counter=draw(counters))
     if pick("subject", st.just(True), st.just(False)):
         msg.subject.CopyFrom(
             model_pb2.Subject(
@@ -135,7 +137,7 @@ def _dot_ok(actor: str, counter: int) -> bool:
 
 
 REASONS = (
-    "subject", "subject kind", "generation", "a dot", "a dot outside the causal context",
+    "subject", "subject kind", "erase bound", "a dot", "a dot outside the causal context",
     "context", "key", "source or origin", "statement", "confidence", "evidence", "hlc",
 )  # fmt: skip
 
@@ -147,8 +149,10 @@ def invalid(msg: sync_pb2.SubjectState) -> str | None:
         return "subject"
     if s.kind not in (1, 2, 3):
         return "subject kind"
-    if msg.generation > 2**62:
-        return "generation"
+    if msg.HasField("erased"):  # a bound: a timestamp and the dots the eraser had seen
+        seen = [*msg.erased.seen.vector, *msg.erased.seen.cloud]
+        if not 0 < msg.erased.hlc < 2**63 or not all(_dot_ok(d.actor, d.counter) for d in seen):
+            return "erase bound"
     dots = [*msg.context.vector, *msg.context.cloud, *msg.events]
     if not all(_dot_ok(d.actor, d.counter) for d in dots):
         return "a dot"

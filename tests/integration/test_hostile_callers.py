@@ -160,8 +160,8 @@ def test_a_token_taken_back_ends_its_open_watches_within_a_second_and_others_go_
 
 def made_up(state_token: str, actor: str, counter: int) -> str:
     """``state_token``'s position with a dot ``actor:counter`` added."""
-    [(subject, (generation, context))] = decode_token(state_token).items()
-    return encode_token({subject: (generation, CausalContext({**context.vector, actor: counter}))})
+    [(subject, context)] = decode_token(state_token).items()
+    return encode_token({subject: CausalContext({**context.vector, actor: counter})})
 
 
 def test_made_up_handoff_positions_are_refused_at_once_and_ordinary_calls_still_answer(

@@ -19,7 +19,7 @@ from node.replication import NODE_HEADER
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync.causal import CausalContext, Dot
 from sync.codec import delta_to_proto
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock
 from sync.observation import Observation, Subject, SubjectKind
@@ -36,7 +36,9 @@ def batch(seq: int, clock: HybridClock) -> sync_pb2.ReplicateBatch:
         dot, "facts", "k", "peer_agent", f"fact {seq}", 0.9, (), clock.now(), "support"
     )
     dots = [dot] + ([Dot(ACTOR, seq - 1)] if seq > 1 else [])
-    delta = Delta(SubjectState(SUBJECT, 0, CausalContext.of(dots), {dot: obs}), frozenset(dots))
+    delta = Delta(
+        SubjectState(SUBJECT, NO_ERASE, CausalContext.of(dots), {dot: obs}), frozenset(dots)
+    )
     msg = sync_pb2.ReplicateBatch(origin="support", first_seq=seq, last_seq=seq)
     msg.deltas.append(delta_to_proto(delta))
     return msg

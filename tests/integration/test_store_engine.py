@@ -25,7 +25,7 @@ from node.errors import Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta, decode_state, decode_token, encode_state
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, EraseBound, SubjectState
 from sync.delivery import Delta
 from sync.hlc import HybridClock, pack, wall_ms
 from sync.observation import Evidence, Observation, Subject, SubjectKind
@@ -191,7 +191,9 @@ def test_concurrent_writers_share_group_commits_and_the_outbox_has_no_holes(tmp_
 def remote_delta(subject: Subject, hlc: int) -> Delta:
     dot = Dot("remote.1", 1)
     obs = Observation(dot, "facts", "k", "peer_agent", "from the future", 0.9, (), hlc, "remote")
-    return Delta(SubjectState(subject, 0, CausalContext.of([dot]), {dot: obs}), frozenset([dot]))
+    return Delta(
+        SubjectState(subject, NO_ERASE, CausalContext.of([dot]), {dot: obs}), frozenset([dot])
+    )
 
 
 def test_a_delta_from_a_clock_too_far_ahead_is_refused_counted_and_never_moves_the_clock(
@@ -231,7 +233,7 @@ def test_anti_entropy_of_a_subject_with_one_observation_too_new_repairs_the_rest
         dot: Observation(dot, "facts", f"k{dot.counter}", "agent", "s", 0.9, (), hlc, "remote")
         for dot, hlc in zip(dots, stamps, strict=True)
     }
-    state = SubjectState(U1, 0, CausalContext.of(dots), observations)
+    state = SubjectState(U1, NO_ERASE, CausalContext.of(dots), observations)
 
     outcome = engine.merge_remote([Delta(state)])
 
@@ -249,6 +251,38 @@ def test_anti_entropy_of_a_subject_with_one_observation_too_new_repairs_the_rest
     store.close()
 
 
+def test_a_state_whose_erase_bound_or_withdrawal_is_too_new_is_refused_whole_until_the_clock_allows(
+    tmp_path: Path,
+):
+    """An erase bound or a withdrawal is one event's and cannot be taken out of a whole state
+    without its dot staying in the context (a position claimed but not held): such a state is
+    refused whole, is not acknowledged as merged, and merges once the clock allows it."""
+    store = Store(tmp_path / "db", "sales")
+    wall = [wall_ms()]
+    clock = HybridClock(lambda: wall[0], max_offset_ms=1_000, high_water=store.hlc_high_water)
+    engine = Engine(store, clock=clock)
+    engine.observe("agent", [item(U1, "k", "a fact")])
+    erase = Dot("remote.1", 1)
+    ahead = pack(wall[0] + 600_000)
+    erased = SubjectState(U1, EraseBound(ahead), CausalContext.of([erase]))
+    withdrawn = SubjectState(
+        U1, NO_ERASE, CausalContext.of([Dot("remote.1", 2)]), {}, {("facts", "k", "agent"): ahead}
+    )
+    before = engine.state(U1)
+
+    outcome = engine.merge_remote([Delta(erased), Delta(withdrawn)])
+
+    assert (outcome.merged, outcome.refused) == (0, (0, 1))
+    assert "ahead" in outcome.reason and dict(outcome.reasons)[U1].startswith("clock skew")
+    assert engine.state(U1) == before  # neither the bound nor the erase's dot recorded
+
+    wall[0] += 600_000
+    again = engine.merge_remote([Delta(erased)])
+    assert (again.merged, again.refused) == (1, ())
+    assert not engine.state(U1).observations and erase in engine.state(U1).context
+    store.close()
+
+
 def test_a_write_whose_next_counter_would_pass_the_bound_is_refused_at_the_writer(
     tmp_path: Path,
 ):
@@ -258,7 +292,7 @@ def test_a_write_whose_next_counter_would_pass_the_bound_is_refused_at_the_write
 
     store = Store(tmp_path / "db", "sales")
     engine = Engine(store)
-    at_bound = SubjectState(U1, 0, CausalContext({engine.actor: MAX_COUNTER}))
+    at_bound = SubjectState(U1, NO_ERASE, CausalContext({engine.actor: MAX_COUNTER}))
     engine.merge_remote([Delta(at_bound)])
     outbox = store.outbox_seq
 
@@ -325,7 +359,7 @@ def test_forget_keeps_the_erase_in_the_outbox_and_no_delta_keeps_the_data(tmp_pa
     engine.forget(U1)
     entries = store.outbox(0, 100)
     deltas = [decode_delta(e.delta).state for e in entries]
-    assert deltas[-1].subject == U1 and deltas[-1].generation == 1  # the erase reaches peers
+    assert deltas[-1].subject == U1 and deltas[-1].erased.hlc  # the erase reaches peers
     assert all(not d.observations for d in deltas)
     assert not any(b"Secret detail" in e.delta for e in entries)
     store.close()
@@ -336,7 +370,7 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
 ):
     """Each write encodes only the observations it adds (the rest are the bytes of the write
     before): what RocksDB holds is still exactly ``encode_state`` of the state, and reads back as
-    it, through supersedes, merges, retractions, a forget that starts the dots again, a
+    it, through supersedes, merges, retractions, a forget (after which the dots go on), a
     restart with an empty cache and a cache too small to hold the subject. Each write's token,
     made from the start of those bytes, names the position the write left."""
     store = Store(tmp_path / "db", "sales", cache_size=1)
@@ -349,7 +383,7 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
         assert raw == encode_state(state)
         assert decode_state(raw) == state
         if token is not None:
-            assert decode_token(token) == {U1: (state.generation, state.context)}
+            assert decode_token(token) == {U1: state.context}
 
     def observe(subject: Subject, key: str, statement: str = "x", source: str = "sales_agent"):
         return engine.observe(source, [item(subject, key, statement)]).token
@@ -369,8 +403,10 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
     engine = Engine(store)
     stored_is_encoded(observe(U1, "k5"))
     stored_is_encoded(engine.forget(U1))
-    for key in ("k1", "k2"):  # the new generation hands out dots the old one had
+    before = engine.state(U1).context
+    for key in ("k1", "k2"):  # dots go on after the forget: none names two observations
         stored_is_encoded(observe(U1, key, f"after the forget {key}"))
+        assert not any(d in before for d in engine.state(U1).observations)
     assert {o.statement for o in engine.state(U1).observations.values()} == {
         "after the forget k1",
         "after the forget k2",
@@ -881,4 +917,20 @@ def test_a_node_counts_its_incarnations_on_from_what_its_peers_had_on_record(tmp
     store.close()
     store = Store(tmp_path / "db", "sales")
     assert store.incarnation == 8
+    store.close()
+
+
+def test_a_forget_and_a_retract_move_the_saved_clock_so_writes_after_a_restart_follow_them(
+    tmp_path: Path,
+):
+    store = Store(tmp_path / "db", "sales")
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k1", "before")])
+    engine.forget(U1)
+    erased_at = engine.state(U1).erased.hlc
+    engine.retract(U1, "facts", "k2", "agent")
+    (withdrawn_at,) = engine.state(U1).withdrawals.values()
+    store.close()
+    store = Store(tmp_path / "db", "sales")
+    assert store.hlc_high_water >= max(erased_at, withdrawn_at)
     store.close()

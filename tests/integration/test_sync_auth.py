@@ -23,6 +23,7 @@ from node.replication import EngineReplica, GrpcPeerLink
 from node.store import BUCKETS, Store
 from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
 from sync.crdt import SubjectState
+from sync.hlc import pack, physical_ms, wall_ms
 from sync.observation import Subject, SubjectKind
 
 METHODS = ("Replicate", "GetBuckets", "GetDigests", "ExchangeStates", "ClaimRun")
@@ -41,9 +42,11 @@ def agent_tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return file, made
 
 
-def forged_state(node: str, generation: int, observe: bool) -> sync_pb2.SubjectState:
+def forged_state(node: str, erase: bool, observe: bool) -> sync_pb2.SubjectState:
     actor = f"{node}.1.f00d"
-    state = sync_pb2.SubjectState(subject=VICTIM, generation=generation)
+    state = sync_pb2.SubjectState(subject=VICTIM)
+    if erase:  # erases every observation written before now
+        state.erased.hlc = pack(wall_ms())
     state.context.vector.add(actor=actor, counter=1)
     if observe:
         o = state.observations.add(
@@ -58,15 +61,15 @@ def request(method: str, claimed: str) -> Any:
     """A request of ``method`` that would change or reveal the node's data if it were served."""
     if method == "Replicate":
         batch = sync_pb2.ReplicateBatch(origin=claimed, first_seq=1, last_seq=1)
-        batch.deltas.append(forged_state(claimed, 0, observe=True))
+        batch.deltas.append(forged_state(claimed, erase=False, observe=True))
         batch.deltas[0].events.add(actor=f"{claimed}.1.f00d", counter=1)
         return batch
     if method == "GetBuckets":
         return sync_pb2.GetBucketsRequest()
     if method == "GetDigests":
         return sync_pb2.GetDigestsRequest(buckets=range(BUCKETS))
-    if method == "ExchangeStates":  # an erase: the subject with its generation raised
-        return sync_pb2.StateExchange(states=[forged_state(claimed, 1_000, observe=False)])
+    if method == "ExchangeStates":  # an erase: the subject with an erase bound at the present
+        return sync_pb2.StateExchange(states=[forged_state(claimed, erase=True, observe=False)])
     return sync_pb2.ClaimRunRequest(previous=0, run=7, incarnation=1_000)
 
 
@@ -232,7 +235,7 @@ def test_a_peer_sends_its_own_dots_only_and_its_erases_are_audited(
     with grpc.insecure_channel(cluster.address("sales")) as channel:
         # support's own credentials, but a delta of an actor of sales
         batch = request("Replicate", "support")
-        batch.deltas[0].CopyFrom(forged_state("sales", 0, observe=True))
+        batch.deltas[0].CopyFrom(forged_state("sales", erase=False, observe=True))
         batch.deltas[0].events.add(actor="sales.1.f00d", counter=1)
         replicate = channel.stream_stream(
             "/selfmodel.v1.Sync/Replicate",
@@ -308,11 +311,15 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
         link = GrpcPeerLink(auth, f"127.0.0.1:{port}", None)
         asked = [SubjectState(subject)]
         # a reply no agent could have written: a NaN confidence
-        peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 0, observe=True)])
+        peer.reply = sync_pb2.StateExchange(
+            states=[forged_state("support", erase=False, observe=True)]
+        )
         peer.reply.states[0].observations[0].confidence = float("nan")
         assert link.exchange(asked).states == []  # left out, the rest of a reply merges
         # a well-formed erase: merged, and audited as the peer's act
-        peer.reply = sync_pb2.StateExchange(states=[forged_state("support", 3, observe=False)])
+        peer.reply = sync_pb2.StateExchange(
+            states=[forged_state("support", erase=True, observe=False)]
+        )
         states = link.exchange(asked).states
         link.close()
         assert EngineReplica(engine).merge(states, source="support").merged == 1
@@ -322,7 +329,8 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
             "peer",
             "forget",
         )
-        assert entry.record.subject == subject and "0 -> 3" in entry.record.detail
+        bound = physical_ms(states[0].erased.hlc)
+        assert entry.record.subject == subject and f"bound 0 -> {bound}" in entry.record.detail
     finally:
         store.close()
         server.stop(0).wait()

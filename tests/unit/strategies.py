@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
+    NO_ERASE,
+    EraseBound,
     SubjectState,
     erase_delta,
     merge,
@@ -170,25 +172,27 @@ ops = st.lists(st.integers(0, 2**24 - 1).map(decode_op), min_size=4, max_size=25
 
 @dataclass
 class Issued:
-    """An observation as the reference model knows it: unique with its generation (hlcs may
-    tie, and dots restart with each generation)."""
+    """An observation as the reference model knows it: unique by its dot (hlcs may tie, dots
+    are never reused)."""
 
-    generation: int
     observation: Observation
 
 
 @dataclass
 class Retraction:
-    generation: int
-    removes: frozenset[Dot]
+    removes: frozenset[Dot]  # what the retracting replica held of the source in the slot
     seen: CausalContext  # the retracting replica's context when it retracted
     delta: SubjectState
+    key: str
+    source: str
+    hlc: int  # the retract's timestamp: its step
+    context: str = CONTEXT
 
 
 @dataclass
 class Erasure:
-    generation: int  # the new generation
-    erased: frozenset[Observation]  # what the erasing replica held (dots restart per generation)
+    hlc: int  # the erase's timestamp: its step, like every event's
+    erased: frozenset[Observation]  # what the erasing replica held
     delta: SubjectState
 
 
@@ -199,22 +203,33 @@ class Run:
     deltas: list[SubjectState] = field(default_factory=list)
     history: list[SubjectState] = field(default_factory=list)
     issued: list[Issued] = field(default_factory=list)
-    removed: set[tuple[int, Dot]] = field(default_factory=set)  # (generation, dot) removed
+    removed: set[Dot] = field(default_factory=set)  # superseded or retracted
     retractions: list[Retraction] = field(default_factory=list)
     erasures: list[Erasure] = field(default_factory=list)
     observe_deltas: list[SubjectState] = field(default_factory=list)
     events: list[Dot] = field(default_factory=list)  # the dot of each delta's own event
 
     def expected_observations(self) -> dict[Dot, Observation]:
-        """The reference model: what every replica holds once every event reached it."""
-        if not self.deltas:
-            return {}
-        top = max(d.generation for d in self.deltas)
+        """The reference model: what every replica holds once every event reached it.
+
+        Every observation issued, less those superseded, those of a retracted source and slot
+        from before the retract, and those from before any erase, wherever written (steps are
+        one total order, as hybrid timestamps are on real nodes).
+        """
+        last_erase = max((e.hlc for e in self.erasures), default=0)
         return {
             i.observation.dot: i.observation
             for i in self.issued
-            if i.generation == top and (top, i.observation.dot) not in self.removed
+            if i.observation.dot not in self.removed
+            and i.observation.hlc > last_erase
+            and not self.withdrawn(i.observation)
         }
+
+    def withdrawn(self, obs: Observation) -> bool:
+        return any(
+            (r.context, r.key, r.source) == (obs.context, obs.key, obs.source) and obs.hlc < r.hlc
+            for r in self.retractions
+        )
 
 
 def dots_of(context: CausalContext) -> set[Dot]:
@@ -223,12 +238,15 @@ def dots_of(context: CausalContext) -> set[Dot]:
     )
 
 
+def newest_stamp(state: SubjectState) -> int:
+    """The newest timestamp a state carries: of an observation, its bound or a withdrawal."""
+    stamps = [o.hlc for o in state.observations.values()]
+    return max([state.erased.hlc, *state.withdrawals.values(), *stamps])
+
+
 def causally_ready(state: SubjectState, delta: SubjectState, event: Dot) -> bool:
     """True when ``state`` already merged every dot ``delta`` removes (a causal delivery)."""
-    if delta.generation < state.generation:
-        return True  # merging it changes nothing
-    known = state.context if delta.generation == state.generation else CausalContext()
-    return all(dot in known for dot in dots_of(delta.context) - {event})
+    return all(dot in state.context for dot in dots_of(delta.context) - {event})
 
 
 def simulate(
@@ -238,7 +256,9 @@ def simulate(
     (as a replicator that buffers early deltas would), otherwise in any order."""
     actors = list(ACTORS[:n_replicas])
     run = Run(actors, [SubjectState(subject) for _ in actors])
-    clocks = [0] * n_replicas  # each replica's newest hlc: its clock never goes back
+    # Each replica's clock: past every timestamp it minted or merged (hybrid clocks), so a tie
+    # never takes a timestamp from before an erase or retract the replica has merged.
+    clocks = [0] * n_replicas
     for step, op in enumerate(script):
         r = op.replica % n_replicas
         state, actor = run.replicas[r], actors[r]
@@ -264,8 +284,8 @@ def simulate(
                 )
                 delta = observe_delta(state, obs, supersedes)
                 event = obs.dot
-                run.issued.append(Issued(state.generation, obs))
-                run.removed.update((state.generation, d) for d in supersedes)
+                run.issued.append(Issued(obs))
+                run.removed.update(supersedes)
                 run.observe_deltas.append(delta)
             case Retract():
                 source, key, context = SOURCES[op.source], KEYS[op.key], CONTEXTS[op.context]
@@ -274,17 +294,21 @@ def simulate(
                     chosen = held[op.pick % len(held)]
                     source, key, context = chosen.source, chosen.key, chosen.context
                 removes = slot_dots(state, context, key, source)
-                delta = retract_delta(state, actor, removes)
+                hlc = pack(BASE_MS + step)
+                clocks[r] = hlc
+                delta = retract_delta(state, actor, context, key, source, hlc)
                 event = state.next_dot(actor)
-                run.removed.update((state.generation, d) for d in removes)
+                run.removed.update(removes)
                 run.retractions.append(
-                    Retraction(state.generation, frozenset(removes), state.context, delta)
+                    Retraction(frozenset(removes), state.context, delta, key, source, hlc, context)
                 )
             case Erase():
-                delta = erase_delta(state, actor)
+                hlc = pack(BASE_MS + step)
+                delta = erase_delta(state, actor, hlc)
                 (event,) = dots_of(delta.context)
+                clocks[r] = hlc
                 erased = frozenset(state.observations.values())
-                run.erasures.append(Erasure(delta.generation, erased, delta))
+                run.erasures.append(Erasure(hlc, erased, delta))
             case Deliver():
                 if not run.deltas:
                     continue
@@ -292,11 +316,13 @@ def simulate(
                 if causal and not causally_ready(state, run.deltas[pick], run.events[pick]):
                     continue
                 run.replicas[r] = merge(state, run.deltas[pick])
+                clocks[r] = max(clocks[r], newest_stamp(run.deltas[pick]))
                 run.history.append(run.replicas[r])
                 continue
             case FullState():
                 target = op.target % n_replicas
                 run.replicas[target] = merge(run.replicas[target], state)
+                clocks[target] = max(clocks[target], clocks[r])
                 run.history.append(run.replicas[target])
                 continue
         run.deltas.append(delta)
@@ -362,8 +388,18 @@ def random_states(draw: st.DrawFn) -> SubjectState:
             evidence=tuple(draw(st.lists(evidence, max_size=3))),
             hlc=draw(st.integers(0, 2**63 - 1)),
             origin=draw(names),
+            based_on=draw(st.one_of(st.none(), contexts)),
         )
         for d in observed
     }
     context = draw(contexts).join(CausalContext.of(observed))
-    return SubjectState(draw(subjects), draw(st.integers(0, 2**63)), context, observations)
+    erased = draw(
+        st.one_of(
+            st.just(NO_ERASE),
+            st.builds(EraseBound, st.integers(1, 2**63 - 1), contexts),
+        )
+    )
+    withdrawals = draw(
+        st.dictionaries(st.tuples(names, names, names), st.integers(1, 2**63 - 1), max_size=3)
+    )
+    return SubjectState(draw(subjects), erased, context, observations, withdrawals)

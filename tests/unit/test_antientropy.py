@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from sync.antientropy import reconcile
 from sync.bounds import state_bytes
 from sync.causal import CausalContext, Dot
-from sync.crdt import SubjectState, merge
+from sync.crdt import NO_ERASE, SubjectState, merge
 from sync.observation import Subject, SubjectKind
 from sync.ports import Exchanged, Merged, StatesRefused
 from sync.replicator import PeerReplicator, SyncSettings
@@ -21,7 +21,7 @@ def _state(subject: Subject, n: int, text: str = "x" * 500) -> SubjectState:
     held = {
         Dot("a.1", i): observation("a.1", i, key=f"k{i}", statement=text) for i in range(1, n + 1)
     }
-    return SubjectState(subject, 0, CausalContext.of(held), held)
+    return SubjectState(subject, NO_ERASE, CausalContext.of(held), held)
 
 
 class Replica:

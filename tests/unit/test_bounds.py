@@ -22,7 +22,7 @@ from sync.bounds import (
 )
 from sync.causal import CausalContext, Dot
 from sync.codec import encode_state, encode_token
-from sync.crdt import SubjectState, apply_observe, merge
+from sync.crdt import NO_ERASE, SubjectState, apply_observe, merge
 from sync.observation import Evidence, Observation
 from tests.unit.strategies import LAWS, SUBJECT, VALUES, Run, random_states, runs, shuffles
 
@@ -72,7 +72,7 @@ def test_state_bytes_is_an_upper_bound_of_the_encoding(state: SubjectState) -> N
 
 def test_a_largest_observation_encodes_within_its_estimate() -> None:
     obs = _largest_observation(1, 0)
-    state = SubjectState(SUBJECT, 0, CausalContext.of([obs.dot]), {obs.dot: obs})
+    state = SubjectState(SUBJECT, NO_ERASE, CausalContext.of([obs.dot]), {obs.dot: obs})
     assert len(encode_state(state)) <= state_bytes(state)
     assert observation_bytes(obs) > 200_000  # why counts alone cannot bound a subject's size
 
@@ -88,8 +88,8 @@ def test_a_subject_at_the_default_limits_is_well_under_the_message_limit() -> No
     ):
         state = _filled(limits, make)
         assert len(encode_state(state)) <= limits.max_bytes <= message // 4
-        beliefs = resolve(state.observations.values(), PolicyBook(), 0)
-        token = encode_token({SUBJECT: (state.generation, state.context)})
+        beliefs = resolve(state.observations.values(), PolicyBook())
+        token = encode_token({SUBJECT: state.context})
         reply = snapshot(SUBJECT, beliefs, token, 0, "n" * 128)
         assert reply.ByteSize() <= message // 2, (len(state.observations), reply.ByteSize())
 
@@ -151,10 +151,10 @@ def test_a_part_never_names_an_observation_it_does_not_carry() -> None:
     # Dots 1..5 observed, 6..9 removed (superseded or retracted), 10 observed.
     last = obs[0]._replace(dot=Dot(obs[0].dot.actor, 10))
     held = {o.dot: o for o in [*obs, last]}
-    state = SubjectState(SUBJECT, 0, CausalContext({obs[0].dot.actor: 10}), held)
+    state = SubjectState(SUBJECT, NO_ERASE, CausalContext({obs[0].dot.actor: 10}), held)
     parts = split(state, 9000)
     assert len(parts) > 2
-    receiver = SubjectState(SUBJECT, 0, CausalContext.of([obs[0].dot]), {obs[0].dot: obs[0]})
+    receiver = SubjectState(SUBJECT, NO_ERASE, CausalContext.of([obs[0].dot]), {obs[0].dot: obs[0]})
     for part in parts:
         receiver = merge(receiver, part)
         assert obs[0].dot in receiver.observations  # no part removes what another carries
@@ -163,7 +163,7 @@ def test_a_part_never_names_an_observation_it_does_not_carry() -> None:
 
 def test_a_state_with_too_many_removed_dots_to_spell_is_not_split() -> None:
     obs = _largest_observation(1, 0)
-    state = SubjectState(SUBJECT, 0, CausalContext({obs.dot.actor: 2**40}), {obs.dot: obs})
+    state = SubjectState(SUBJECT, NO_ERASE, CausalContext({obs.dot.actor: 2**40}), {obs.dot: obs})
     assert split(state, 1000) == [state]
 
 
@@ -185,7 +185,7 @@ def test_kept_footprints_are_bounded_by_their_slots_and_found_by_position() -> N
     for i in range(10):
         subject = SUBJECT._replace(id=f"u-{i}")
         held = {Dot("a.1", c): _largest_observation(c, c)._replace(evidence=()) for c in (1, 2, 3)}
-        states.append(SubjectState(subject, 0, CausalContext.of(held), held))
+        states.append(SubjectState(subject, NO_ERASE, CausalContext.of(held), held))
         assert kept.of(states[-1]) == Footprint.of(states[-1])
     assert len(kept) == 10  # 30 slots in all
     grown = apply_observe(states[0], _largest_observation(4, 4)._replace(evidence=()))

@@ -23,7 +23,7 @@ from sync.codec import (
     merge_tokens,
     token_of_positions,
 )
-from sync.crdt import SubjectState
+from sync.crdt import NO_ERASE, EraseBound, SubjectState
 from sync.delivery import Delta
 from sync.observation import Evidence, Subject, SubjectKind
 from tests.unit.strategies import (
@@ -72,8 +72,11 @@ def _reference_context(context: CausalContext, msg: sync_pb2.CausalContext) -> N
 
 
 def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
-    msg = sync_pb2.SubjectState(generation=state.generation)
+    msg = sync_pb2.SubjectState()
     msg.subject.CopyFrom(_reference_subject(state.subject))
+    if state.erased.hlc or not state.erased.seen.is_empty():
+        msg.erased.hlc = state.erased.hlc
+        _reference_context(state.erased.seen, msg.erased.seen)
     _reference_context(state.context, msg.context)
     for dot in sorted(state.observations):
         obs = state.observations[dot]
@@ -95,6 +98,11 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
             e.quote = ev.quote
             if ev.time_ms:
                 e.time.FromMilliseconds(ev.time_ms)
+        if obs.based_on is not None:
+            o.based_on.SetInParent()
+            _reference_context(obs.based_on, o.based_on)
+    for (context, key, source), hlc in sorted(state.withdrawals.items()):
+        msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
     return msg
 
 
@@ -105,13 +113,12 @@ def _reference_delta(delta: Delta) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
-def _reference_token(positions: dict[Subject, tuple[int, CausalContext]]) -> str:
+def _reference_token(positions: dict[Subject, CausalContext]) -> str:
     msg = sync_pb2.HandoffToken()
     for subject in sorted(positions):
-        generation, context = positions[subject]
-        p = msg.positions.add(generation=generation)
+        p = msg.positions.add()
         p.subject.CopyFrom(_reference_subject(subject))
-        _reference_context(context, p.context)
+        _reference_context(positions[subject], p.context)
     return base64.urlsafe_b64encode(msg.SerializeToString(deterministic=True)).decode().rstrip("=")
 
 
@@ -125,9 +132,9 @@ def test_states_and_deltas_encode_to_the_bytes_of_the_reference_encoder(
 
 
 @VALUES
-@given(positions=st.dictionaries(subjects, st.tuples(st.integers(0, 2**63), contexts), max_size=4))
+@given(positions=st.dictionaries(subjects, contexts, max_size=4))
 def test_tokens_encode_to_the_characters_of_the_reference_encoder(
-    positions: dict[Subject, tuple[int, CausalContext]],
+    positions: dict[Subject, CausalContext],
 ) -> None:
     assert encode_token(positions) == _reference_token(positions)
 
@@ -140,7 +147,7 @@ def test_a_token_made_from_the_positions_of_encoded_states_is_their_token(
     """A write's token comes from the position its state's encoding starts with (node.store)."""
     states.sort(key=lambda s: s.subject)
     token = token_of_positions([encode_state_reusing(s).position for s in states])
-    assert token == encode_token({s.subject: (s.generation, s.context) for s in states})
+    assert token == encode_token({s.subject: s.context for s in states})
 
 
 @VALUES
@@ -151,7 +158,7 @@ def test_a_state_encoded_reusing_earlier_bytes_has_exactly_the_bytes_of_encode_s
     stale = encode_state_reusing(before).observations  # others, perhaps under the same dots
     raw, position, encoded = encode_state_reusing(state, stale)
     assert raw == encode_state(state)
-    assert position == encode_position(state.subject, state.generation, state.context)
+    assert position == encode_position(state.subject, state.context)
     assert raw.startswith(position)
     assert set(encoded) == set(state.observations)
     assert encode_state_reusing(state, encoded).raw == raw
@@ -166,15 +173,16 @@ def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
     copies = {dot: (obs._replace(), b"not these") for dot, (obs, _) in encoded.items()}
     assert encode_state_reusing(state, copies).raw == encode_state(state)  # equal, not the same
     marks = {dot: (obs, b"<%d>" % i) for i, (dot, (obs, _)) in enumerate(sorted(encoded.items()))}
-    head = encode_state(state._replace(observations={}))
+    head = encode_state(state._replace(observations={}, erased=NO_ERASE, withdrawals={}))
+    bound = encode_state(state._replace(observations={}))[len(head) :]  # fields 6-7, after them
     reused = encode_state_reusing(state, marks).raw
-    assert reused == head + b"".join(mark for _, mark in marks.values())
+    assert reused == head + b"".join(mark for _, mark in marks.values()) + bound
 
 
 @pytest.mark.parametrize("length", [0, 100, 127, 128, 2_000, 16_383, 16_384, 300_000])
 def test_observations_of_every_length_encode_reusing_to_the_bytes_of_encode_state(length: int):
     obs = observation("a.1", 1, statement="x" * length)
-    state = SubjectState(SUBJECT, 0, CausalContext.of([obs.dot]), {obs.dot: obs})
+    state = SubjectState(SUBJECT, NO_ERASE, CausalContext.of([obs.dot]), {obs.dot: obs})
     assert encode_state_reusing(state).raw == encode_state(state)
 
 
@@ -186,15 +194,15 @@ def test_evidence_time_and_every_observation_field_survive() -> None:
         confidence=0.8125,
         origin="sales",
     )
-    state = SubjectState(SUBJECT, 4, CausalContext.of([obs.dot]), {obs.dot: obs})
+    state = SubjectState(SUBJECT, EraseBound(4), CausalContext.of([obs.dot]), {obs.dot: obs})
     (back,) = decode_state(encode_state(state)).observations.values()
     assert back == obs
     assert back.evidence[0].time_ms == 1_700_000_000_123
 
 
 @VALUES
-@given(positions=st.dictionaries(subjects, st.tuples(st.integers(0, 2**63), contexts), max_size=4))
-def test_a_token_round_trips(positions: dict[Subject, tuple[int, CausalContext]]) -> None:
+@given(positions=st.dictionaries(subjects, contexts, max_size=4))
+def test_a_token_round_trips(positions: dict[Subject, CausalContext]) -> None:
     token = encode_token(positions)
     assert set(token) <= set(string.ascii_letters + string.digits + "-_")  # safe in a header
     assert decode_token(token) == positions
@@ -205,20 +213,19 @@ def _ctx(*dots: tuple[str, int]) -> CausalContext:
 
 
 def test_merge_tokens_keeps_the_later_position_of_each_subject() -> None:
-    early = encode_token({SUBJECT: (0, _ctx(("a.1", 1))), OTHER: (1, _ctx(("a.1", 1)))})
-    later = encode_token({SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2)))})
-    erased = encode_token({OTHER: (2, _ctx(("b.1", 1)))})
+    early = encode_token({SUBJECT: _ctx(("a.1", 1)), OTHER: _ctx(("a.1", 1))})
+    later = encode_token({SUBJECT: _ctx(("a.1", 1), ("a.1", 2))})
+    erased = encode_token({OTHER: _ctx(("a.1", 1), ("b.1", 1))})
     merged = decode_token(merge_tokens([early, later, erased]))
-    assert merged == {SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2))), OTHER: (2, _ctx(("b.1", 1)))}
-    # Order does not matter, and an older generation never replaces a newer one.
-    assert decode_token(merge_tokens([erased, later, early])) == merged
+    assert merged == {SUBJECT: _ctx(("a.1", 1), ("a.1", 2)), OTHER: _ctx(("a.1", 1), ("b.1", 1))}
+    assert decode_token(merge_tokens([erased, later, early])) == merged  # in any order
 
 
-def test_merge_tokens_joins_concurrent_positions_of_one_generation() -> None:
-    a = encode_token({SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2)))})
-    b = encode_token({SUBJECT: (0, _ctx(("b.1", 1)))})
+def test_merge_tokens_joins_concurrent_positions() -> None:
+    a = encode_token({SUBJECT: _ctx(("a.1", 1), ("a.1", 2))})
+    b = encode_token({SUBJECT: _ctx(("b.1", 1))})
     merged = decode_token(merge_tokens([a, b]))
-    assert merged == {SUBJECT: (0, _ctx(("a.1", 1), ("a.1", 2), ("b.1", 1)))}
+    assert merged == {SUBJECT: _ctx(("a.1", 1), ("a.1", 2), ("b.1", 1))}
 
 
 def test_merge_of_no_tokens_is_the_empty_token() -> None:
@@ -245,7 +252,7 @@ def test_a_garbage_token_is_refused(token: str) -> None:
     with pytest.raises(InvalidToken, match="not a handoff token"):
         decode_token(token)
     with pytest.raises(InvalidToken):
-        merge_tokens([encode_token({SUBJECT: (0, _ctx(("a.1", 1)))}), token])
+        merge_tokens([encode_token({SUBJECT: _ctx(("a.1", 1))}), token])
 
 
 @VALUES

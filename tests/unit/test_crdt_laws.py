@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
+    NO_ERASE,
+    EraseBound,
     SubjectState,
     apply_observe,
     digest,
@@ -23,8 +25,10 @@ from sync.crdt import (
     retract_delta,
     slot_dots,
 )
+from sync.hlc import pack
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import (
+    BASE_MS,
     LAWS,
     SUBJECT,
     Run,
@@ -78,7 +82,8 @@ def test_observing_locally_is_merging_the_observe_delta(run: Run, data: st.DataO
     actor = data.draw(st.sampled_from(run.actors))
     held = sorted(state.observations)
     supersedes = data.draw(st.lists(st.sampled_from(held), unique=True) if held else st.just([]))
-    obs = observation(actor, state.next_dot(actor).counter, statement="new")
+    # after every event of the run, as a replica's clock is past everything it merged
+    obs = observation(actor, state.next_dot(actor).counter, statement="new", ms=BASE_MS + 100)
     delta = observe_delta(state, obs, supersedes)
     assert apply_observe(state, obs, supersedes) == merge(state, delta)
 
@@ -156,18 +161,19 @@ def test_equal_digests_mean_equal_states(run: Run, rnd: random.Random) -> None:
 
 @LAWS
 @given(run=causal_runs, rnd=shuffles)
-def test_under_causal_delivery_generation_and_context_pin_the_observations_down(
+def test_under_causal_delivery_the_context_pins_the_bound_and_observations_down(
     run: Run, rnd: random.Random
 ) -> None:
-    """What handoff tokens rely on: a replica at a (generation, context) shows what the writer
-    showed there, once every delta is merged after the deltas of the dots it removes."""
+    """What handoff tokens rely on: a replica at a context shows what the writer showed there
+    (erases included), once every delta is merged after the deltas of the dots it removes."""
     seen = [*run.history, *run.replicas]
     for _ in range(20):
         seen.append(merge(rnd.choice(seen), rnd.choice(seen)))
     by_position: dict[bytes, SubjectState] = {}
     for state in seen:
-        first = by_position.setdefault(digest(state.generation, state.context), state)
+        first = by_position.setdefault(digest(NO_ERASE, state.context), state)
         assert first.observations == state.observations
+        assert first.erased == state.erased
 
 
 def _out_of_causal_order() -> tuple[SubjectState, SubjectState]:
@@ -191,118 +197,213 @@ def test_a_replica_that_missed_a_superseding_delta_has_a_different_digest() -> N
     b, c = _out_of_causal_order()
     assert [o.statement for o in c.observations.values()] == ["thirty"]
     assert sorted(o.statement for o in b.observations.values()) == ["ten", "thirty"]
-    assert (b.generation, b.context) == (c.generation, c.context)
+    assert (b.erased, b.context) == (c.erased, c.context)
     assert b.digest() != c.digest()  # so anti-entropy ships the states ...
     assert merge(b, c) == c  # ... and that repairs b
 
 
-def test_digest_tells_apart_generation_context_and_observations() -> None:
+def test_digest_tells_apart_bound_context_and_observations() -> None:
     ctx = CausalContext.of([Dot("a.1", 1), Dot("a.1", 3)])
-    assert digest(0, ctx) != digest(1, ctx)
-    assert digest(0, ctx) != digest(0, ctx.join(CausalContext.of([Dot("a.1", 2)])))
-    assert digest(0, ctx) != digest(0, CausalContext.of([Dot("b.1", 1), Dot("a.1", 3)]))
-    assert digest(0, ctx, [Dot("a.1", 1)]) != digest(0, ctx, [Dot("a.1", 3)])
-    assert digest(0, ctx, [Dot("a.1", 1), Dot("a.1", 3)]) == digest(
-        0, ctx, [Dot("a.1", 3), Dot("a.1", 1)]
+    none = NO_ERASE
+    assert digest(none, ctx) != digest(EraseBound(1), ctx)
+    assert digest(EraseBound(1), ctx) != digest(EraseBound(2), ctx)
+    assert digest(EraseBound(1), ctx) != digest(EraseBound(1, ctx), ctx)
+    assert digest(EraseBound(1, CausalContext.of([Dot("a.1", 1)])), ctx) != digest(
+        EraseBound(1, CausalContext.of([Dot("a.1", 3)])), ctx
     )
-    assert digest(0, CausalContext.of([Dot("a.1", 2), Dot("a.1", 1)])) == digest(
-        0, CausalContext({"a.1": 2})
+    assert digest(none, ctx) != digest(none, ctx.join(CausalContext.of([Dot("a.1", 2)])))
+    assert digest(none, ctx) != digest(none, CausalContext.of([Dot("b.1", 1), Dot("a.1", 3)]))
+    assert digest(none, ctx, [Dot("a.1", 1)]) != digest(none, ctx, [Dot("a.1", 3)])
+    assert digest(none, ctx, [Dot("a.1", 1), Dot("a.1", 3)]) == digest(
+        none, ctx, [Dot("a.1", 3), Dot("a.1", 1)]
+    )
+    assert digest(none, CausalContext.of([Dot("a.1", 2), Dot("a.1", 1)])) == digest(
+        none, CausalContext({"a.1": 2})
     )
 
 
-# --- erase: the higher generation wins outright -----------------------------------------------
+# --- erase: a bound in causal time ----------------------------------------------------------
 
 
 @LAWS
 @given(run=runs, rnd=shuffles)
-def test_erase_removes_everything_observed_before_it(run: Run, rnd: random.Random) -> None:
+def test_a_forget_always_erases_a_write_that_happened_before_it(
+    run: Run, rnd: random.Random
+) -> None:
+    """Whatever the erasing replica had seen: what it held, and what was written anywhere
+    before its timestamp and reached it only later (or never)."""
     final = _converged(run, rnd)[0]
-    kept = set(final.observations.values())
-    issued = {(i.generation, i.observation) for i in run.issued}
     for erasure in run.erasures:
-        assert final.generation >= erasure.generation
-        assert not kept & erasure.erased
-    # Nothing issued at an older generation survives, whoever issued it and when it arrives.
-    assert all((final.generation, o) in issued for o in kept)
+        assert final.erased.hlc >= erasure.hlc
+        for obs in final.observations.values():
+            assert obs.hlc > erasure.hlc
+            assert obs not in erasure.erased
     for delta in run.observe_deltas:
-        if delta.generation < final.generation:
+        if any(o.hlc < final.erased.hlc for o in delta.observations.values()):
             assert merge(final, delta) == final
             assert merge(delta, final) == final
 
 
 @LAWS
-@given(run=runs)
-def test_observe_at_an_older_generation_never_comes_back_after_an_erase(run: Run) -> None:
-    for erasure in run.erasures:
-        for delta in run.observe_deltas:
-            if delta.generation < erasure.generation:
-                assert merge(erasure.delta, delta) == erasure.delta
-                assert merge(delta, erasure.delta) == erasure.delta
-
-
-def test_forgotten_subject_never_returns_when_a_concurrent_write_arrives_late() -> None:
-    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
-    first = observe_delta(a, observation("a.1", 1))
-    a, b = merge(a, first), merge(b, first)
-    # b writes at generation 0 while a erases; then they exchange in both directions.
-    late = observe_delta(b, observation("b.1", 1, source="bot"))
-    b = merge(b, late)
-    erase = erase_delta(a, "a.1")
-    a = merge(a, erase)
-    assert a.generation == 1 and not a.observations
-    a, b = merge(a, late), merge(b, erase)
-    assert a == b
-    assert not a.observations
-    # A write after the erase lives in the new generation.
-    new = observation("a.1", a.next_dot("a.1").counter, statement="new")
-    assert dict(merge(merge(b, late), observe_delta(a, new)).observations) == {new.dot: new}
-
-
-# --- observed-remove ----------------------------------------------------------------------
+@given(run=runs, rnd=shuffles)
+def test_a_forget_never_erases_a_write_that_happened_after_it(run: Run, rnd: random.Random) -> None:
+    """Wherever written, and whether or not the writer had merged the forget: a write after it
+    (by the total order of timestamps) survives unless its source replaced or withdrew it."""
+    final = _converged(run, rnd)[0]
+    last_erase = max((e.hlc for e in run.erasures), default=0)
+    for issued in run.issued:
+        obs = issued.observation
+        if obs.hlc > last_erase and obs.dot not in run.removed and not run.withdrawn(obs):
+            assert final.observations.get(obs.dot) == obs
 
 
 @LAWS
 @given(run=runs)
-def test_a_retract_removes_only_what_it_saw(run: Run) -> None:
-    """A retract never removes an observation it did not see (a concurrent one survives)."""
+def test_an_erase_and_an_earlier_write_merge_to_the_erase_in_either_order(run: Run) -> None:
+    for erasure in run.erasures:
+        for delta in run.observe_deltas:
+            ((obs),) = delta.observations.values()
+            if obs.hlc < erasure.hlc:
+                merged = merge(erasure.delta, delta)
+                assert merged == merge(delta, erasure.delta)
+                assert not merged.observations
+                assert merged.context == erasure.delta.context.join(delta.context)
+
+
+@LAWS
+@given(run=runs)
+def test_dots_are_never_reused_after_a_forget(run: Run) -> None:
+    """An observation id names one observation for ever (finding: ids restarted at 1)."""
+    events = run.events
+    assert len(events) == len(set(events))
+    ids = [i.observation.dot for i in run.issued]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_write_after_a_forget_on_the_other_side_of_a_partition_survives() -> None:
+    """a forgets while cut off from b; b writes a second later; both orders of healing keep it."""
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    first = observe_delta(a, observation("a.1", 1, ms=1_000))
+    a, b = merge(a, first), merge(b, first)
+    erase = erase_delta(a, "a.1", pack(2_000))
+    a = merge(a, erase)
+    assert not a.observations
+    later = observe_delta(b, observation("b.1", 1, source="bot", ms=3_000))
+    b = merge(b, later)
+    a, b = merge(a, later), merge(b, erase)
+    assert a == b
+    assert [o.dot for o in a.observations.values()] == [Dot("b.1", 1)]
+
+
+def test_a_second_forget_erases_a_write_made_before_it_that_it_had_not_seen() -> None:
+    """forget on a, write on a, forget again on c (cut off, never saw the write): heal, gone."""
+    a, c = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    first = erase_delta(a, "a.1", pack(1_000))
+    a = merge(a, first)
+    phone = observe_delta(a, observation("a.1", 2, key="phone", ms=2_000))
+    a = merge(a, phone)
+    second = erase_delta(c, "c.1", pack(3_000))
+    c = merge(c, second)
+    a, c = merge(a, second), merge(merge(c, first), phone)
+    assert a == c
+    assert not a.observations
+    assert a.erased.hlc == pack(3_000)
+
+
+def test_a_write_after_a_forget_gets_a_new_id() -> None:
+    a = merge(SubjectState(SUBJECT), observe_delta(SubjectState(SUBJECT), observation("a.1", 1)))
+    a = merge(a, erase_delta(a, "a.1", pack(BASE_MS + 1)))
+    assert a.next_dot("a.1") == Dot("a.1", 3)  # 1: the observation, 2: the erase
+
+
+def test_concurrent_forgets_compose_and_the_later_bound_wins() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    x = observe_delta(a, observation("a.1", 1, ms=1_000))
+    a = merge(a, x)
+    y = observe_delta(b, observation("b.1", 1, source="bot", ms=2_500))
+    b = merge(b, y)
+    early = erase_delta(a, "a.1", pack(2_000))  # saw x, not y, and y is after it
+    late = erase_delta(b, "b.1", pack(3_000))  # saw y, not x, and x is before it
+    merged = merge(merge(a, early), merge(b, late))
+    assert merged.erased.hlc == pack(3_000)
+    assert merged.erased.seen == a.context.join(b.context)
+    assert not merged.observations
+
+
+# --- retract: a withdrawal in causal time ---------------------------------------------------
+
+
+@LAWS
+@given(run=runs)
+def test_a_retract_withdraws_its_source_in_the_slot_before_its_time_wherever_written(
+    run: Run,
+) -> None:
+    """Seen or not by the retracting replica; and never an observation after the retract (the
+    source's next statement, or a concurrent one made later elsewhere)."""
     for retraction in run.retractions:
         assert all(dot in retraction.seen for dot in retraction.removes)
         for delta in run.observe_deltas:
-            if delta.generation != retraction.generation:
-                continue
             ((dot, obs),) = delta.observations.items()
             merged = merge(delta, retraction.delta)
             assert merged == merge(retraction.delta, delta)
-            if dot in retraction.seen:
-                assert (dot in retraction.removes) == (dot not in merged.observations)
-            else:
+            slot = (retraction.context, retraction.key, retraction.source)
+            hit = (obs.context, obs.key, obs.source) == slot
+            if hit and obs.hlc < retraction.hlc:
+                assert dot not in merged.observations
+            elif dot not in retraction.seen:
                 assert merged.observations.get(dot) == obs
+            else:
+                assert (dot in retraction.removes) == (dot not in merged.observations)
 
 
-def test_a_concurrent_observation_survives_a_retract() -> None:
+def test_an_observation_made_after_a_concurrent_retract_survives_it() -> None:
     a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
-    old = observe_delta(a, observation("a.1", 1, statement="ten"))
+    old = observe_delta(a, observation("a.1", 1, statement="ten", ms=1_000))
     a, b = merge(a, old), merge(b, old)
-    # a's source observes again (superseding its old dot) while b retracts what it saw.
+    # b retracts what sales_agent said; then, on a, it says something new.
+    retract = retract_delta(b, "b.1", "budget", "amount", "sales_agent", pack(2_000))
     new = observe_delta(
         a,
-        observation("a.1", 2, statement="twenty"),
+        observation("a.1", 2, statement="twenty", ms=3_000),
         slot_dots(a, "budget", "amount", "sales_agent"),
     )
-    retract = retract_delta(b, "b.1", slot_dots(b, "budget", "amount", "sales_agent"))
     a, b = merge(merge(a, new), retract), merge(merge(b, retract), new)
     assert a == b
     assert [o.statement for o in a.observations.values()] == ["twenty"]
+
+
+def test_a_retract_withdraws_an_observation_of_its_source_it_had_not_merged() -> None:
+    """Written on a before the retract on b, which had not merged it: withdrawn everywhere."""
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    unseen = observe_delta(a, observation("a.1", 1, statement="fifty people", ms=1_000))
+    a = merge(a, unseen)
+    retract = retract_delta(b, "b.1", "budget", "amount", "sales_agent", pack(2_000))
+    b = merge(b, retract)
+    other = observe_delta(a, observation("a.1", 2, source="bot", ms=1_500))
+    a = merge(a, other)
+    a, b = merge(a, retract), merge(merge(b, other), unseen)
+    assert a == b
+    assert [o.source for o in a.observations.values()] == ["bot"]  # another source stays
+    assert a.withdrawals == {("budget", "amount", "sales_agent"): pack(2_000)}
 
 
 def test_a_retract_delivered_before_the_observation_it_removes_still_removes_it() -> None:
     a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
     obs = observe_delta(a, observation("a.1", 1))
     a = merge(a, obs)
-    retract = retract_delta(a, "a.1", [Dot("a.1", 1)])
+    retract = retract_delta(a, "a.1", "budget", "amount", "sales_agent", pack(BASE_MS + 1))
     b = merge(merge(b, retract), obs)  # out of order
     assert not b.observations
     assert b == merge(a, retract)
+
+
+def test_a_forget_makes_earlier_withdrawals_moot() -> None:
+    """A withdrawal at or below the erase bound says nothing more: it is not kept."""
+    a = SubjectState(SUBJECT)
+    a = merge(a, retract_delta(a, "a.1", "budget", "amount", "bot", pack(1_000)))
+    a = merge(a, retract_delta(a, "a.1", "budget", "owner", "bot", pack(3_000)))
+    a = merge(a, erase_delta(a, "a.1", pack(2_000)))
+    assert a.withdrawals == {("budget", "owner", "bot"): pack(3_000)}
 
 
 # --- covers --------------------------------------------------------------------------------
@@ -315,9 +416,9 @@ def test_a_state_covers_every_position_it_merged(run: Run, data: st.DataObject) 
     x = data.draw(st.sampled_from(pool))
     y = data.draw(st.sampled_from(pool))
     merged = merge(y, x)
-    assert merged.covers(x.generation, x.context)
-    assert merged.covers(y.generation, y.context)
-    assert y.covers(y.generation, y.context)
+    assert merged.covers(x.context)
+    assert merged.covers(y.context)
+    assert y.covers(y.context)
 
 
 @LAWS
@@ -328,26 +429,31 @@ def test_under_causal_delivery_a_state_covers_exactly_what_it_merged(
     """y covers x's position exactly when merging x into y would change nothing."""
     x = data.draw(st.sampled_from([*run.history, *run.deltas, *run.replicas]))
     y = data.draw(st.sampled_from([*run.history, *run.replicas]))
-    assert y.covers(x.generation, x.context) == (merge(y, x) == y)
+    assert y.covers(x.context) == (merge(y, x) == y)
 
 
 def test_merging_out_of_causal_order_claims_a_position_it_does_not_hold() -> None:
     """Why deltas go through sync.delivery: a plain merge can cover c yet show what c removed."""
     b, c = _out_of_causal_order()
-    assert b.covers(c.generation, c.context)
+    assert b.covers(c.context)
     assert b.observations != c.observations
 
 
-def test_covers_compares_generations_first() -> None:
-    state = SubjectState(SUBJECT, 2, CausalContext.of([Dot("a.1", 1)]))
-    assert state.covers(1, CausalContext.of([Dot("z.1", 99)]))
-    assert not state.covers(3, CausalContext())
-    assert state.covers(2, CausalContext.of([Dot("a.1", 1)]))
-    assert not state.covers(2, CausalContext.of([Dot("a.1", 2)]))
+def test_a_token_of_an_erased_write_is_covered_by_the_state_after_the_erase() -> None:
+    """A reader holding the token of a write a later forget erased gets the state after the
+    forget; a token of a write after the forget waits for that write."""
+    a = SubjectState(SUBJECT)
+    old = observe_delta(a, observation("a.1", 1, ms=1_000))
+    a = merge(a, old)
+    written_before = a.context
+    a = merge(a, erase_delta(a, "a.1", pack(2_000)))
+    assert a.covers(written_before) and not a.observations
+    new = observe_delta(a, observation("a.1", 3, ms=3_000))
+    assert not a.covers(merge(a, new).context)
 
 
 def test_next_dot_never_reuses_a_counter_seen_beyond_the_vector() -> None:
-    state = SubjectState(SUBJECT, 0, CausalContext.of([Dot("a.1", 1), Dot("a.1", 5)]))
+    state = SubjectState(SUBJECT, NO_ERASE, CausalContext.of([Dot("a.1", 1), Dot("a.1", 5)]))
     assert state.next_dot("a.1") == Dot("a.1", 6)
     assert state.next_dot("b.1") == Dot("b.1", 1)
 
@@ -359,7 +465,9 @@ def test_slot_dots_are_one_slot_of_one_source_oldest_first() -> None:
         observation("a.1", 2, ms=20, source="bot"),
         observation("a.1", 4, ms=40, key="owner"),
     ]
-    state = SubjectState(SUBJECT, 0, CausalContext.of(o.dot for o in obs), {o.dot: o for o in obs})
+    state = SubjectState(
+        SUBJECT, NO_ERASE, CausalContext.of(o.dot for o in obs), {o.dot: o for o in obs}
+    )
     assert slot_dots(state, "budget", "amount", "sales_agent") == [Dot("a.1", 1), Dot("a.1", 3)]
     assert slot_dots(state, "budget", "amount") == [Dot("a.1", n) for n in (1, 2, 3)]
     assert slot_dots(state, "budget", "missing") == []

@@ -23,12 +23,11 @@ def observe(state: SubjectState, actor: str, source: str, key: str, ms: int) -> 
     )
 
 
-def retract(state: SubjectState, actor: str, source: str, key: str) -> Delta | None:
-    dots = slot_dots(state, "budget", key, source)
-    if not dots:
+def retract(state: SubjectState, actor: str, source: str, key: str, ms: int) -> Delta | None:
+    if not slot_dots(state, "budget", key, source):
         return None
     event = state.next_dot(actor)
-    return Delta(retract_delta(state, actor, dots), frozenset([event]))
+    return Delta(retract_delta(state, actor, "budget", key, source, pack(ms)), frozenset([event]))
 
 
 def test_a_delta_naming_an_unknown_superseded_dot_waits_for_it():
@@ -45,7 +44,7 @@ def test_a_delta_naming_an_unknown_superseded_dot_waits_for_it():
     buffer = CausalBuffer()
     b = buffer.apply(b, [c1, c2])  # a1 has not arrived: c2 names it
     assert not ready(b, c2) and buffer.held == 1
-    assert not b.covers(c.generation, c.context)  # so a handoff read on b waits
+    assert not b.covers(c.context)  # so a handoff read on b waits
     b = buffer.apply(b, [a1])
     assert buffer.held == 0
     assert b == c
@@ -89,7 +88,7 @@ def test_whoever_covers_a_writers_position_shows_nothing_the_writer_removed(seed
             source, key = rng.choice(["s1", "s2"]), rng.choice(["amount", "owner"])
             state = states[actor]
             delta = (
-                retract(state, actor, source, key)
+                retract(state, actor, source, key, step)
                 if rng.random() < 0.25
                 else observe(state, actor, source, key, step)
             )
@@ -102,7 +101,7 @@ def test_whoever_covers_a_writers_position_shows_nothing_the_writer_removed(seed
                     inbox[other].append(delta)
         for replica in states.values():
             for snap in snapshots:
-                if replica.covers(snap.generation, snap.context):
+                if replica.covers(snap.context):
                     shown = {d for d in replica.observations if d in snap.context}
                     assert shown <= set(snap.observations), (seed, step)
     for x in actors:  # deliver everything: all replicas converge

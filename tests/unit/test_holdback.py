@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
-from sync.crdt import SubjectState, merge
+from sync.crdt import NO_ERASE, SubjectState, merge
 from sync.hlc import pack
 from sync.holdback import MAX_SPLIT, too_new, without
 from sync.observation import Observation, Subject, SubjectKind
@@ -25,7 +25,7 @@ def obs(actor: str, counter: int, at_ms: int) -> Observation:
 
 def test_a_state_without_its_too_new_observation_keeps_the_rest_and_forgets_the_dot() -> None:
     held = [obs("a", 1, T0), obs("a", 2, T0 + 600_000), obs("a", 3, T0)]
-    state = SubjectState(U, 0, CausalContext({"a": 4}), {o.dot: o for o in held})
+    state = SubjectState(U, NO_ERASE, CausalContext({"a": 4}), {o.dot: o for o in held})
     assert too_new(state, T0 + 60_000) == [held[1]]
     rest = without(state, too_new(state, T0 + 60_000))
     assert rest is not None
@@ -37,7 +37,7 @@ def test_a_state_without_its_too_new_observation_keeps_the_rest_and_forgets_the_
 
 def test_a_split_that_would_spell_out_too_many_dots_is_refused() -> None:
     early = obs("a", 1, T0 + 600_000)
-    state = SubjectState(U, 0, CausalContext({"a": MAX_SPLIT + 2}), {early.dot: early})
+    state = SubjectState(U, NO_ERASE, CausalContext({"a": MAX_SPLIT + 2}), {early.dot: early})
     assert without(state, [early]) is None
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from node.engine import Engine, ObservationInput
 from node.store import Store
+from sync.causal import Dot
 from sync.codec import decode_state
-from sync.crdt import SubjectState, merge
+from sync.crdt import merge
 from sync.observation import Subject, SubjectKind
 
 
@@ -88,9 +89,10 @@ def test_a_forget_empties_the_subjects_old_deltas_without_leaving_a_hole_in_the_
     assert not any(b"secret" in e.delta for e in entries)
     kept, emptied, erase = (decode_state(e.delta) for e in entries)
     assert kept.subject == subject("kept") and len(kept.observations) == 1
-    assert emptied == SubjectState(subject("gone"))
-    assert erase.generation == 1
-    # Merging the emptied delta changes nothing, wherever it lands.
-    for state in (engine.state(subject("gone")), SubjectState(subject("gone"))):
-        assert merge(state, emptied) == state
+    assert emptied.subject == subject("gone") and not emptied.observations
+    assert Dot(store.actor, 2) in emptied.context  # its dot still reaches the peer
+    assert erase.erased.hlc and not erase.observations  # the erase reaches peers
+    # Merging the emptied delta changes nothing where the erase is.
+    state = engine.state(subject("gone"))
+    assert merge(state, emptied) == state
     store.close()

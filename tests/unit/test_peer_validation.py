@@ -23,8 +23,9 @@ def valid() -> State:
     """A subject with one observation whose dot is in the state's causal context."""
     msg = State(
         subject=model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1"),
-        generation=1,
     )
+    msg.erased.hlc = 1 << 16
+    msg.erased.seen.vector.add(actor="sales.1", counter=1)
     msg.context.vector.add(actor="sales.1", counter=2)
     msg.context.cloud.add(actor="support.1", counter=5)
     msg.events.add(actor="sales.1", counter=2)
@@ -82,7 +83,16 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
     ),
     "unknown kind": (_set(lambda m: m.subject, "kind", 99), "deltas[0].subject.kind", "SUBJECT"),
     "long id": (_set(lambda m: m.subject, "id", "u" * 129), "deltas[0].subject.id", "at most 128"),
-    "generation": (_set(lambda m: m, "generation", 2**62 + 1), "deltas[0].generation", "range"),
+    "erase bound timestamp": (
+        _set(lambda m: m.erased, "hlc", 2**63),
+        "deltas[0].erased.hlc",
+        "2^63",
+    ),
+    "erase bound dot": (
+        _set(lambda m: m.erased.seen.vector[0], "counter", 2**62 + 1),
+        "deltas[0].erased.seen.vector[0].counter",
+        "2^62",
+    ),
     "vector actor": (
         _set(lambda m: m.context.vector[0], "actor", "bad actor"),
         "deltas[0].context.vector[0].actor",
@@ -256,7 +266,7 @@ ACCEPTED: dict[str, Callable[[State], object]] = {
         setattr(obs(m).dot, "actor", "support.1"),
         setattr(obs(m).dot, "counter", 5),
     ),
-    "generation 2^62": _set(lambda m: m, "generation", 2**62),
+    "erase bound timestamp 2^63 - 1": _set(lambda m: m.erased, "hlc", 2**63 - 1),
     "statement of 2000": _obs_field("statement", "y" * 2000),
     "a normalized statement as key": _obs_field("key", "budget is 10k"),
     "16 evidence items": lambda m: [

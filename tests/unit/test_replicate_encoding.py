@@ -16,7 +16,8 @@ seqs = st.one_of(
 
 @st.composite
 def deltas(draw: st.DrawFn) -> bytes:
-    msg = sync_pb2.SubjectState(generation=draw(seqs))
+    msg = sync_pb2.SubjectState()
+    msg.erased.hlc = draw(seqs)
     msg.subject.tenant = draw(st.sampled_from(["acme", "", "t" * 200]))
     msg.subject.id = draw(st.text(max_size=40))
     for _ in range(draw(st.integers(0, 3))):

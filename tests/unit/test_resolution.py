@@ -20,6 +20,7 @@ from node.resolution import (
     recency,
     resolve,
 )
+from sync.causal import CausalContext
 from sync.hlc import physical_ms
 from sync.observation import Evidence, Observation
 from tests.unit.strategies import (
@@ -43,8 +44,8 @@ def ev(n: int) -> tuple[Evidence, ...]:
     return tuple(Evidence("message", f"crm://msg/{i}") for i in range(n))
 
 
-def belief_of(obs: list[Observation], book: PolicyBook = WEIGHTED, now: int = NOW) -> Belief:
-    (belief,) = resolve(obs, book, now)
+def belief_of(obs: list[Observation], book: PolicyBook = WEIGHTED) -> Belief:
+    (belief,) = resolve(obs, book)
     return belief
 
 
@@ -97,11 +98,11 @@ def test_any_permutation_of_the_same_observations_gives_the_same_beliefs(
 ) -> None:
     shuffled = list(obs)
     rnd.shuffle(shuffled)
-    assert resolve(shuffled, book, NOW) == resolve(obs, book, NOW)
+    assert resolve(shuffled, book) == resolve(obs, book)
     slot = [o for o in obs if o.slot == obs[0].slot]
     shuffled_slot = [o for o in shuffled if o.slot == obs[0].slot]
     policy = book.for_context(obs[0].context)
-    assert explain_slot(shuffled_slot, policy, book, NOW) == explain_slot(slot, policy, book, NOW)
+    assert explain_slot(shuffled_slot, policy, book) == explain_slot(slot, policy, book)
 
 
 @VALUES
@@ -111,10 +112,20 @@ def test_a_belief_accounts_for_each_kept_observation_once(
 ) -> None:
     slot = [o for o in obs if o.slot == obs[0].slot]
     policy = book.for_context(obs[0].context)
-    explanation = explain_slot(slot, policy, book, NOW)
+    explanation = explain_slot(slot, policy, book)
     belief = explanation.belief
-    kept = sorted(slot, key=lambda o: (o.hlc, o.dot), reverse=True)[: policy.max_observations]
-    assert [w.observation for w in explanation.observations] == kept
+    newest_first = sorted(slot, key=lambda o: (o.hlc, o.dot), reverse=True)
+    current = [
+        o
+        for i, o in enumerate(newest_first)
+        if o.source not in {p.source for p in newest_first[:i]}
+    ]
+    kept = current[: policy.max_observations]
+    counted = [w.observation for w in explanation.observations if not w.superseded]
+    assert counted == kept
+    assert [w.observation for w in explanation.observations if w.superseded] == [
+        o for o in newest_first if o not in current
+    ]
     positions = [Position(o.source, o.statement, o.confidence, physical_ms(o.hlc)) for o in kept]
     assert sorted([*belief.supporters, *belief.dissenters], key=repr) == sorted(positions, key=repr)
     winner = normalize_statement(belief.statement)
@@ -153,12 +164,11 @@ def test_each_subject_resolves_from_its_own_deltas_whatever_else_arrives(
 ) -> None:
     deltas = [d for run in several for d in run.deltas]
     rnd.shuffle(deltas)
-    now = NOW + 1_000
     for run in several:
         subject = run.replicas[0].subject
         mine = fold((d for d in deltas if d.subject == subject), subject)
-        expected = resolve(fold(run.deltas, subject).observations.values(), WEIGHTED, now)
-        assert resolve(mine.observations.values(), WEIGHTED, now) == expected
+        expected = resolve(fold(run.deltas, subject).observations.values(), WEIGHTED)
+        assert resolve(mine.observations.values(), WEIGHTED) == expected
 
 
 @VALUES
@@ -169,12 +179,11 @@ def test_merging_deltas_in_any_order_then_resolving_gives_the_same_beliefs(
     book = PolicyBook(contexts={"budget": ContextPolicy(max_observations=2)})
     deltas = list(run.deltas)
     rnd.shuffle(deltas)
-    now = NOW + 1_000
-    expected = resolve(fold(run.deltas).observations.values(), book, now)
-    assert resolve(fold(deltas).observations.values(), book, now) == expected
+    expected = resolve(fold(run.deltas).observations.values(), book)
+    assert resolve(fold(deltas).observations.values(), book) == expected
     for replica in run.replicas:  # a replica that then receives everything agrees too
         rnd.shuffle(deltas)
-        assert resolve(fold([replica, *deltas]).observations.values(), book, now) == expected
+        assert resolve(fold([replica, *deltas]).observations.values(), book) == expected
 
 
 # --- normalization ----------------------------------------------------------------------------
@@ -242,7 +251,7 @@ def test_the_newer_more_confident_better_evidenced_source_wins_and_the_loser_dis
         assert belief.supporters == (Position("support_agent", "25 people", 0.85, NOW - HOUR_MS),)
         assert belief.dissenters == (Position("sales_agent", "10 people", 0.6, NOW - 2 * DAY_MS),)
         discount = ContextPolicy().evidence_discount
-        expected = 0.85 * recency(HOUR_MS, 90 * DAY_S) * evidence_factor(2, discount)
+        expected = 0.85 * evidence_factor(2, discount)  # the newest of its slot: no decay
         assert belief.confidence == pytest.approx(expected, abs=1e-6)
         assert belief.changed_ms == NOW - HOUR_MS
         assert belief.policy == "weighted"
@@ -256,7 +265,7 @@ def test_a_belief_below_the_minimum_confidence_is_uncertain() -> None:
     assert not belief_of([observation(confidence=0.9, evidence=ev(3))]).uncertain
     strict = PolicyBook(contexts={"budget": ContextPolicy(min_confidence=0.95)})
     assert belief_of([observation(confidence=0.9, evidence=ev(3))], strict).uncertain
-    assert "uncertain" in explain_slot([low], ContextPolicy(), WEIGHTED, NOW).reason
+    assert "uncertain" in explain_slot([low], ContextPolicy(), WEIGHTED).reason
 
 
 def test_a_belief_whose_weighted_support_falls_below_the_minimum_is_uncertain() -> None:
@@ -267,7 +276,9 @@ def test_a_belief_whose_weighted_support_falls_below_the_minimum_is_uncertain() 
     assert belief.confidence < 0.5
     assert belief.uncertain
     latest = PolicyBook(default=ContextPolicy(policy="latest", min_confidence=0.5))
-    assert not belief_of([bare], latest).uncertain  # 'latest' reports the observation's own
+    # One definition under every policy: the same confidence, the same test against the minimum.
+    assert belief_of([bare], latest).confidence == belief.confidence
+    assert belief_of([bare], latest).uncertain
 
 
 def test_an_observation_below_the_minimum_never_outweighs_one_above_it() -> None:
@@ -286,23 +297,27 @@ def test_an_observation_below_the_minimum_never_outweighs_one_above_it() -> None
 
 def test_latest_picks_the_newest_by_hybrid_clock() -> None:
     book = PolicyBook(contexts={"budget": ContextPolicy(policy="latest")})
-    old = observation("z.1", 9, statement="10k", confidence=0.95, ms=NOW - DAY_MS, evidence=ev(3))
+    old = observation(
+        "z.1", 9, source="bot", statement="10k", confidence=0.95, ms=NOW - DAY_MS, evidence=ev(3)
+    )
     new = observation("a.1", 1, statement="20k", confidence=0.6, ms=NOW, evidence=())
     belief = belief_of([new, old], book)
-    assert (belief.statement, belief.confidence, belief.policy) == ("20k", 0.6, "latest")
-    assert [p.source for p in belief.dissenters] == ["sales_agent"]
+    # Its confidence is its support, as under 'weighted': 0.6 without evidence.
+    expected = round(0.6 * evidence_factor(0, ContextPolicy().evidence_discount), 6)
+    assert (belief.statement, belief.confidence, belief.policy) == ("20k", expected, "latest")
+    assert [p.source for p in belief.dissenters] == ["bot"]
     # Within one millisecond the logical counter orders them.
     first = observation("z.1", 9, statement="first", ms=NOW, logical=0)
     second = observation("a.1", 1, statement="second", ms=NOW, logical=1)
     assert belief_of([second, first], book).statement == "second"
-    reason = explain_slot([new, old], book.for_context("budget"), book, NOW).reason
+    reason = explain_slot([new, old], book.for_context("budget"), book).reason
     assert "latest" in reason and "sales_agent" in reason
 
 
 def test_a_tie_goes_to_the_newer_statement() -> None:
     old = observation("a.1", 2, source="sales_agent", statement="alpha", ms=NOW - DAY_MS)
     new = observation("b.1", 1, source="support_agent", statement="beta", ms=NOW)
-    explanation = explain_slot([old, new], NO_DECAY.default, NO_DECAY, NOW)
+    explanation = explain_slot([old, new], NO_DECAY.default, NO_DECAY)
     assert explanation.belief.statement == "beta"
     assert explanation.candidates[0].support == explanation.candidates[1].support
     assert "newer" in explanation.reason
@@ -316,18 +331,19 @@ def test_a_tie_at_the_same_time_goes_to_the_lexically_smaller_statement(
     alpha = observation("a.1", alpha_counter, source="sales_agent", statement="alpha")
     beta = observation("a.1", 3 - alpha_counter, source="support_agent", statement="Beta")
     for obs in ([alpha, beta], [beta, alpha]):
-        explanation = explain_slot(obs, NO_DECAY.default, NO_DECAY, NOW)
+        explanation = explain_slot(obs, NO_DECAY.default, NO_DECAY)
         assert explanation.belief.statement == "alpha"
         assert "lexically smaller" in explanation.reason
 
 
 def test_recency_decay_lets_a_newer_contradiction_win() -> None:
-    book = PolicyBook(contexts={"budget": ContextPolicy(half_life_s=7 * DAY_S)})
+    decaying = ContextPolicy(half_life_s=7 * DAY_S, min_confidence=0.3)  # both count
+    book = PolicyBook(contexts={"budget": decaying})
     old = observation(
         "a.1", 1, source="sales_agent", statement="ten", confidence=0.7, ms=NOW - 7 * DAY_MS
     )
     new = observation("b.1", 1, source="bot", statement="twenty", confidence=0.7, ms=NOW)
-    explanation = explain_slot([old, new], book.for_context("budget"), book, NOW)
+    explanation = explain_slot([old, new], book.for_context("budget"), book)
     weights = {w.observation.statement: w for w in explanation.observations}
     assert weights["ten"].recency == pytest.approx(0.5)
     assert weights["twenty"].recency == 1.0
@@ -364,7 +380,7 @@ def test_reliability_from_the_policy_book_lowers_a_sources_weight() -> None:
     assert belief_of([bot, human]).statement == "enterprise"
     for reliability in ({("bot", "budget"): 0.2}, {("bot", "*"): 0.2}):
         book = PolicyBook(reliability=reliability)
-        explanation = explain_slot([bot, human], book.default, book, NOW)
+        explanation = explain_slot([bot, human], book.default, book)
         (weighted_bot,) = (w for w in explanation.observations if w.observation.source == "bot")
         assert weighted_bot.reliability == 0.2
         expected = 0.9 * 0.2 * weighted_bot.recency * weighted_bot.evidence_factor
@@ -393,7 +409,7 @@ def test_only_the_newest_observations_of_a_slot_count() -> None:
     )
     assert belief_of([oldest, middle, newest]).statement == "huge"
     book = PolicyBook(contexts={"budget": ContextPolicy(max_observations=2)})
-    explanation = explain_slot([oldest, newest, middle], book.for_context("budget"), book, NOW)
+    explanation = explain_slot([oldest, newest, middle], book.for_context("budget"), book)
     assert [w.observation for w in explanation.observations] == [newest, middle]
     belief = explanation.belief
     assert belief.statement == "small"
@@ -433,12 +449,13 @@ def test_the_explanation_lists_every_observation_its_weight_and_why_the_winner_w
             origin="billing",
         ),
     ]
-    explanation = explain_slot(obs, ContextPolicy(), WEIGHTED, NOW)
+    explanation = explain_slot(obs, ContextPolicy(), WEIGHTED)
     assert {w.observation.dot for w in explanation.observations} == {o.dot for o in obs}
     for w in explanation.observations:
         o = w.observation
         assert w.reliability == 1.0
-        assert w.recency == pytest.approx(recency(NOW - physical_ms(o.hlc), 90 * DAY_S))
+        # relative to the slot's newest observation (support_agent's, a day before NOW)
+        assert w.recency == pytest.approx(recency(NOW - DAY_MS - physical_ms(o.hlc), 90 * DAY_S))
         assert w.evidence_factor == evidence_factor(
             len(o.evidence), ContextPolicy().evidence_discount
         )
@@ -460,7 +477,7 @@ def test_the_explanation_lists_every_observation_its_weight_and_why_the_winner_w
 
 def test_explaining_an_empty_slot_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one observation"):
-        explain_slot([], ContextPolicy(), WEIGHTED, NOW)
+        explain_slot([], ContextPolicy(), WEIGHTED)
 
 
 def test_resolve_orders_beliefs_by_context_then_key() -> None:
@@ -469,12 +486,12 @@ def test_resolve_orders_beliefs_by_context_then_key() -> None:
         observation("a.1", 2, context="budget", key="owner"),
         observation("a.1", 3, context="budget", key="amount"),
     ]
-    assert [(b.context, b.key) for b in resolve(obs, WEIGHTED, NOW)] == [
+    assert [(b.context, b.key) for b in resolve(obs, WEIGHTED)] == [
         ("budget", "amount"),
         ("budget", "owner"),
         ("style", "tone"),
     ]
-    assert resolve([], WEIGHTED, NOW) == []
+    assert resolve([], WEIGHTED) == []
 
 
 # --- the policy book --------------------------------------------------------------------------
@@ -503,13 +520,17 @@ def test_a_policy_book_parses_from_config() -> None:
 
 def test_a_policy_book_from_config_resolves_like_one_built_by_hand() -> None:
     obs = [
-        observation("a.1", 1, source="bot", statement="x", confidence=0.6, ms=NOW),
+        observation("a.1", 1, source="support_agent", statement="x", confidence=0.6, ms=NOW),
         observation("b.1", 1, source="sales_agent", statement="y", ms=NOW - DAY_MS),
     ]
     book = PolicyBook.from_config(CONFIG)
-    assert belief_of(obs, book).statement == "x"  # 'latest' in budget, whatever reliability
+    assert belief_of(obs, book).statement == "x"  # 'latest' in budget
     in_style = [o._replace(context="style") for o in obs]
-    assert belief_of(in_style, book).statement == "y"  # weighted by default, bot only in budget
+    assert belief_of(in_style, book).statement == "y"  # weighted by default
+    # bot's reliability in budget (0.2) puts its weight below the minimum (0.4), under 'latest'
+    # too: one definition of the minimum for every policy.
+    by_bot = [obs[0]._replace(source="bot"), obs[1]]
+    assert belief_of(by_bot, book).statement == "y"
 
 
 @pytest.mark.parametrize(
@@ -542,5 +563,168 @@ def test_a_policy_book_refuses_unknown_fields_and_out_of_range_values(
 def test_an_observation_below_the_minimum_is_flagged_in_the_explanation() -> None:
     policy = ContextPolicy(min_confidence=0.5)
     low = observation("a.1", 1, confidence=0.49)
-    (weighted,) = explain_slot([low], policy, WEIGHTED, NOW).observations
+    (weighted,) = explain_slot([low], policy, WEIGHTED).observations
     assert weighted.below_minimum
+
+
+# --- a pure function of the state: no read instant, one definition of the minimum -----------
+
+
+def _shifted(obs: list[Observation], by_ms: int) -> list[Observation]:
+    return [o._replace(hlc=o.hlc + (by_ms << 16)) for o in obs]
+
+
+def _without_times(beliefs: list[Belief]) -> list[tuple[Any, ...]]:
+    def stances(ps: tuple[Position, ...]) -> tuple[tuple[str, str, float], ...]:
+        return tuple((p.source, p.statement, p.confidence) for p in ps)
+
+    return [
+        (b.context, b.key, b.statement, b.confidence, b.uncertain, b.policy,
+         stances(b.supporters), stances(b.dissenters))
+        for b in beliefs
+    ]  # fmt: skip
+
+
+@VALUES
+@given(obs=slot_observations(), book=books, rnd=shuffles, later=st.integers(0, 400 * DAY_MS))
+def test_any_order_and_any_age_of_the_same_state_gives_the_same_answer(
+    obs: list[Observation], book: PolicyBook, rnd: random.Random, later: int
+) -> None:
+    """Reading the same state later is reading it with every observation equally older: the
+    winner, confidence, supporters and dissenters stay (only the times move with the state)."""
+    shuffled = _shifted(obs, later)
+    rnd.shuffle(shuffled)
+    assert _without_times(resolve(shuffled, book)) == _without_times(resolve(obs, book))
+
+
+@VALUES
+@given(obs=slot_observations(), book=books)
+def test_uncertain_means_the_reported_confidence_is_below_the_minimum_under_every_policy(
+    obs: list[Observation], book: PolicyBook
+) -> None:
+    slot = [o for o in obs if o.slot == obs[0].slot]
+    policy = book.for_context(obs[0].context)
+    explanation = explain_slot(slot, policy, book)
+    belief = explanation.belief
+    assert belief.uncertain == (belief.confidence < policy.min_confidence)
+    winner = normalize_statement(belief.statement)
+    (support,) = (
+        c.support for c in explanation.candidates if normalize_statement(c.statement) == winner
+    )
+    assert belief.confidence == round(support, 6)
+    for w in explanation.observations:
+        assert w.below_minimum == (w.weight < policy.min_confidence)
+
+
+@pytest.mark.parametrize("policy", ["weighted", "latest"])
+def test_one_source_at_0_8_against_two_at_0_52_never_flips_with_time(policy: str) -> None:
+    """Decay scaled every weight by the reader's clock before the noisy-OR, which does not keep
+    the ranking: 0.8 won when written and lost to two 0.52s half a day later."""
+    book = PolicyBook(default=ContextPolicy(policy=policy, min_confidence=0.3, half_life_s=DAY_S))
+    written = [
+        observation("a.1", 1, source="sales_agent", statement="ten", confidence=0.8, ms=NOW),
+        observation("b.1", 1, source="support_agent", statement="twenty", confidence=0.52, ms=NOW),
+        observation("c.1", 1, source="bot", statement="twenty", confidence=0.52, ms=NOW, logical=0),
+    ]
+    first = belief_of(written, book)
+    for later in (0, HOUR_MS, 12 * HOUR_MS + 42 * 60_000, DAY_MS, 30 * DAY_MS):
+        belief = belief_of(_shifted(written, later), book)
+        assert (belief.statement, belief.confidence) == (first.statement, first.confidence)
+    assert first.statement == ("ten" if policy == "weighted" else "twenty")
+
+
+# --- one source, one position per slot ---------------------------------------------------------
+
+
+@VALUES
+@given(obs=slot_observations(), book=books, rnd=shuffles)
+def test_a_source_holds_one_position_per_slot_its_newest(
+    obs: list[Observation], book: PolicyBook, rnd: random.Random
+) -> None:
+    """Whatever node each observation was written on: only the source's newest (by hybrid
+    clock, then id) counts, so it is never both supporter and dissenter, and adding its older
+    observations back changes nothing."""
+    slot = [o for o in obs if o.slot == obs[0].slot]
+    newest: dict[str, Observation] = {}
+    for o in slot:
+        if o.source not in newest or (o.hlc, o.dot) > (newest[o.source].hlc, newest[o.source].dot):
+            newest[o.source] = o
+    (belief,) = resolve(slot, book)
+    stances = [p.source for p in (*belief.supporters, *belief.dissenters)]
+    assert len(stances) == len(set(stances))
+    only_newest = list(newest.values())
+    rnd.shuffle(only_newest)
+    assert resolve(only_newest, book) == [belief]
+
+
+def test_an_agents_correction_on_another_node_wins_over_its_stale_statement() -> None:
+    stale = observation("sales.1", 1, key="team_size", statement="50 people", ms=NOW)
+    fixed = observation("support.1", 1, key="team_size", statement="solo", ms=NOW + 1_000)
+    for book in (WEIGHTED, PolicyBook(default=ContextPolicy(policy="latest"))):
+        belief = belief_of([stale, fixed], book)
+        assert belief.statement == "solo"
+        assert [p.statement for p in belief.supporters] == ["solo"]
+        assert belief.dissenters == ()
+        explanation = explain_slot([stale, fixed], book.default, book)
+        assert [w.superseded for w in explanation.observations] == [False, True]
+
+
+def test_the_same_agents_same_statement_on_two_nodes_counts_once() -> None:
+    one = observation("sales.1", 1, statement="ten", confidence=0.6, ms=NOW, evidence=())
+    again = observation("support.1", 1, statement="ten", confidence=0.6, ms=NOW + 1, evidence=())
+    assert belief_of([one, again], NO_DECAY).confidence == belief_of([again], NO_DECAY).confidence
+
+
+# --- independence: no echo chamber --------------------------------------------------------------
+
+
+def _read(*obs: Observation) -> CausalContext:
+    return CausalContext.of(o.dot for o in obs)
+
+
+def test_agents_repeating_what_they_read_add_no_support() -> None:
+    """0.54 stayed 0.54: agents reading a belief and writing it back, without new evidence."""
+    first = observation("a.1", 1, source="a", statement="churn risk", confidence=0.6, evidence=())
+    chain = [first]
+    for n, source in enumerate(["b", "c", "d", "e"], start=2):
+        echo = observation(
+            "a.1", n, source=source, statement="churn risk", confidence=0.6, ms=NOW + n,
+            evidence=(),
+        )._replace(based_on=_read(*chain))  # fmt: skip
+        chain.append(echo)
+        assert belief_of(chain, NO_DECAY).confidence == pytest.approx(0.54)
+    explanation = explain_slot(chain, NO_DECAY.default, NO_DECAY)
+    flags = {w.observation.source: (w.independent, w.dependence) for w in explanation.observations}
+    assert flags["a"] == (True, "")
+    assert not flags["e"][0] and "re-asserts what its agent read from a, b, c, d" in flags["e"][1]
+    assert len(explanation.belief.supporters) == 5  # all still shown as supporters
+
+
+def test_a_re_assertion_with_new_evidence_is_independent() -> None:
+    first = observation("a.1", 1, source="a", statement="x", confidence=0.6, evidence=())
+    seen = observation(
+        "a.1", 2, source="b", statement="x", confidence=0.6, evidence=ev(1), ms=NOW + 1
+    )._replace(based_on=_read(first))
+    assert belief_of([first, seen], NO_DECAY).confidence > belief_of([first], NO_DECAY).confidence
+
+
+def test_a_source_replacing_its_own_statement_after_reading_it_still_counts() -> None:
+    mine = observation("a.1", 1, source="a", statement="x", confidence=0.6, evidence=())
+    again = observation(
+        "a.1", 2, source="a", statement="x", confidence=0.9, evidence=(), ms=NOW + 1
+    )._replace(based_on=_read(mine))
+    assert belief_of([mine, again], NO_DECAY).confidence == pytest.approx(0.81)
+
+
+def test_one_piece_of_evidence_counts_once() -> None:
+    ticket = (Evidence("ticket", "zendesk://4411"),)
+    a = observation("a.1", 1, source="a", statement="x", confidence=0.7, evidence=ticket)
+    b = observation("b.1", 1, source="b", statement="x", confidence=0.6, evidence=ticket)
+    explanation = explain_slot([a, b], NO_DECAY.default, NO_DECAY)
+    flags = {w.observation.source: w for w in explanation.observations}
+    assert flags["a"].independent and not flags["b"].independent
+    assert "already counted (from a)" in flags["b"].dependence
+    assert explanation.belief.confidence == round(flags["a"].weight, 6)
+    # Other evidence, or a different statement, is independent.
+    c = b._replace(evidence=(Evidence("call", "gong://1"),))
+    assert belief_of([a, c], NO_DECAY).confidence > belief_of([a], NO_DECAY).confidence

@@ -28,13 +28,16 @@ def test_an_evidence_time_becomes_what_protobuf_reads_as_its_milliseconds(second
     assert item.evidence[0].time_ms == request.evidence[0].time.ToMilliseconds()
 
 
-# -- counters and generations: one bound, from agents, peers and anti-entropy alike -----------
+# -- counters and erase bounds: one bound, from agents, peers and anti-entropy alike ----------
 
 U1 = Subject("acme", SubjectKind.USER, "u-1")
 
 
-def remote(counter: int, generation: int = 0) -> sync_pb2.SubjectState:
-    msg = sync_pb2.SubjectState(generation=generation)
+def remote(counter: int, erased_hlc: int | None = None, seen: int = 1) -> sync_pb2.SubjectState:
+    msg = sync_pb2.SubjectState()
+    if erased_hlc is not None:
+        msg.erased.hlc = erased_hlc
+        msg.erased.seen.vector.add(actor="sales.1.abcd", counter=seen)
     msg.subject.tenant, msg.subject.kind, msg.subject.id = "acme", 1, "u-1"
     msg.context.vector.add(actor="sales.1.abcd", counter=counter)
     return msg
@@ -56,24 +59,29 @@ def test_a_peer_state_at_the_counter_bound_passes_and_one_past_it_is_refused() -
         raise AssertionError("a counter past the bound passed")
 
 
-def test_a_peer_state_with_a_generation_past_the_bound_is_refused() -> None:
-    validation.remote_state(remote(1, MAX_COUNTER), "states[0]", Limits())
-    try:
-        validation.remote_state(remote(1, MAX_COUNTER + 1), "states[0]", Limits())
-    except InvalidArgument as exc:
-        assert exc.field == "states[0].generation"
-    else:
-        raise AssertionError("a generation past the bound passed")
+def test_a_peer_state_with_an_erase_bound_out_of_range_is_refused() -> None:
+    validation.remote_state(remote(1, 2**63 - 1, MAX_COUNTER), "states[0]", Limits())
+    for bad, field in (
+        (remote(1, 2**63), "states[0].erased.hlc"),
+        (remote(1, 0), "states[0].erased.hlc"),
+        (remote(1, 1, MAX_COUNTER + 1), "states[0].erased.seen.vector[0].counter"),
+    ):
+        try:
+            validation.remote_state(bad, "states[0]", Limits())
+        except InvalidArgument as exc:
+            assert exc.field == field, (exc.field, field)
+        else:
+            raise AssertionError(f"an erase bound out of range passed: {field}")
 
 
 def test_an_agents_handoff_token_holds_to_the_same_counter_bound() -> None:
-    ok = encode_token({U1: (0, CausalContext({"sales.1.abcd": MAX_COUNTER}))})
+    ok = encode_token({U1: CausalContext({"sales.1.abcd": MAX_COUNTER})})
     assert validation.handoff_token(ok, "at_least", Limits())
     for context in (
         CausalContext({"sales.1.abcd": MAX_COUNTER + 1}),
         CausalContext({}, frozenset([Dot("sales.1.abcd", MAX_COUNTER + 1)])),
     ):
-        token = encode_token({U1: (0, context)})
+        token = encode_token({U1: context})
         try:
             validation.handoff_token(token, "at_least", Limits())
         except InvalidArgument as exc:

@@ -132,7 +132,10 @@ Global___Support: _TypeAlias = Support  # noqa: Y015
 
 @_typing.final
 class Belief(_message.Message):
-    """The resolved answer of one slot (subject, context, key)."""
+    """The resolved answer of one slot (subject, context, key).
+    A pure function of the subject's replicated state: every node shows the same belief for the
+    same state, whenever it is read (docs/semantics.md).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -149,15 +152,20 @@ class Belief(_message.Message):
     key: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
+    """The winning statement's support, under every policy: the noisy-OR of its observations'
+    weights (confidence x reliability x recency within the slot x evidence).
+    """
     uncertain: _builtins.bool
-    """True when the belief is below its context's minimum confidence: kept, but not a fact."""
+    """True exactly when `confidence` is below its context's minimum confidence: kept, not a fact."""
     policy: _builtins.str
     @_builtins.property
     def supporters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Support]: ...
     @_builtins.property
     def dissenters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Support]: ...
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """The newest observation's time; the belief's age is the snapshot's resolved_at minus this."""
+
     def __init__(
         self,
         *,

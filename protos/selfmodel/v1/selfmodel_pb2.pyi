@@ -34,11 +34,17 @@ class ObserveRequest(_message.Message):
     STATEMENT_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    BASED_ON_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     """Optional: without it the slot's key is the normalized statement."""
     statement: _builtins.str
     confidence: _builtins.float
+    based_on: _builtins.str
+    """Optional: the handoff token of the read of this subject the agent based this observation
+    on (the Python client sets it after a read). Re-asserting what another source said there,
+    without new evidence, adds no independent support.
+    """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -52,10 +58,11 @@ class ObserveRequest(_message.Message):
         statement: _builtins.str = ...,
         confidence: _builtins.float = ...,
         evidence: _abc.Iterable[_model_pb2.Evidence] | None = ...,
+        based_on: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "context", b"context", "evidence", b"evidence", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "evidence", b"evidence", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,17 +173,24 @@ class RetractResponse(_message.Message):
 
     RETRACTED_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
     retracted: _builtins.int
+    """How many of the source's observations in the slot this node held and withdrew."""
     handoff_token: _builtins.str
+    recorded: _builtins.bool
+    """The withdrawal is recorded: it also withdraws the source's observations in the slot from
+    before the retract that this node has not merged yet, wherever they were written.
+    """
     def __init__(
         self,
         *,
         retracted: _builtins.int = ...,
         handoff_token: _builtins.str = ...,
+        recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "retracted", b"retracted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "recorded", b"recorded", "retracted", b"retracted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,18 +280,36 @@ class ObservationWeight(_message.Message):
     RECENCY_FIELD_NUMBER: _builtins.int
     EVIDENCE_FACTOR_FIELD_NUMBER: _builtins.int
     BELOW_MINIMUM_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_FIELD_NUMBER: _builtins.int
+    DEPENDENCE_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
     source: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
     origin_node: _builtins.str
     weight: _builtins.float
-    """The observation's weight in the resolution and its factors."""
+    """The observation's weight in the resolution and its factors: weight = confidence x
+    reliability x recency x evidence_factor, recency decaying with the observation's age
+    relative to the newest observation of the slot (never to the reader's clock).
+    """
     reliability: _builtins.float
     recency: _builtins.float
     evidence_factor: _builtins.float
     below_minimum: _builtins.bool
-    """Below the context's minimum confidence: kept for audit, never counted as fact."""
+    """The weight is below the context's minimum confidence: kept for audit, and counted only
+    when every observation of the slot is below it.
+    """
+    superseded: _builtins.bool
+    """A newer observation of the same source in this slot replaces it (by hybrid clock, then
+    id, on every node): shown, never counted. One source holds one position per slot.
+    """
+    independent: _builtins.bool
+    """False when it adds no independent support to its statement: it re-asserts what its agent
+    read from another source without new evidence, or cites only evidence already counted.
+    """
+    dependence: _builtins.str
+    """Why it is not independent; empty when it is."""
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
     @_builtins.property
@@ -297,10 +329,13 @@ class ObservationWeight(_message.Message):
         recency: _builtins.float = ...,
         evidence_factor: _builtins.float = ...,
         below_minimum: _builtins.bool = ...,
+        superseded: _builtins.bool = ...,
+        independent: _builtins.bool = ...,
+        dependence: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "dependence", b"dependence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "independent", b"independent", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "superseded", b"superseded", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,6 +107,7 @@ class StoredObservation(_message.Message):
     EVIDENCE_FIELD_NUMBER: _builtins.int
     HLC_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    BASED_ON_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     source: _builtins.str
@@ -119,6 +120,10 @@ class StoredObservation(_message.Message):
     def dot(self) -> Global___Dot: ...
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
+    @_builtins.property
+    def based_on(self) -> Global___CausalContext:
+        """Absent: the agent did not say what it had read."""
+
     def __init__(
         self,
         *,
@@ -131,25 +136,86 @@ class StoredObservation(_message.Message):
         evidence: _abc.Iterable[_model_pb2.Evidence] | None = ...,
         hlc: _builtins.int = ...,
         origin: _builtins.str = ...,
+        based_on: Global___CausalContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dot", b"dot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "source", b"source", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "source", b"source", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoredObservation: _TypeAlias = StoredObservation  # noqa: Y015
 
 @_typing.final
+class EraseBound(_message.Message):
+    """What the subject's erases reach: every observation whose hybrid timestamp is below `hlc`, or
+    whose dot is in `seen` (the erasing replica's causal context). Bounds merge by the maximum
+    timestamp and the union of contexts. Absent: no erase.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HLC_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    hlc: _builtins.int
+    @_builtins.property
+    def seen(self) -> Global___CausalContext: ...
+    def __init__(
+        self,
+        *,
+        hlc: _builtins.int = ...,
+        seen: Global___CausalContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seen", b"seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hlc", b"hlc", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseBound: _TypeAlias = EraseBound  # noqa: Y015
+
+@_typing.final
+class Withdrawal(_message.Message):
+    """A retract: every observation of `source` in the slot (context, key) whose hybrid timestamp is
+    below `hlc` is withdrawn, wherever it was written. Per (slot, source) the later one holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    HLC_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    key: _builtins.str
+    source: _builtins.str
+    hlc: _builtins.int
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        key: _builtins.str = ...,
+        source: _builtins.str = ...,
+        hlc: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "hlc", b"hlc", "key", b"key", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Withdrawal: _TypeAlias = Withdrawal  # noqa: Y015
+
+@_typing.final
 class SubjectState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
-    GENERATION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
-    generation: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    WITHDRAWALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -162,18 +228,25 @@ class SubjectState(_message.Message):
         other dot of its context is known there (causal delivery); empty means a whole state.
         """
 
+    @_builtins.property
+    def erased(self) -> Global___EraseBound: ...
+    @_builtins.property
+    def withdrawals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Withdrawal]:
+        """Ordered by (context, key, source); none at or below the erase bound's timestamp."""
+
     def __init__(
         self,
         *,
         subject: _model_pb2.Subject | None = ...,
-        generation: _builtins.int = ...,
         context: Global___CausalContext | None = ...,
         observations: _abc.Iterable[Global___StoredObservation] | None = ...,
         events: _abc.Iterable[Global___Dot] | None = ...,
+        erased: Global___EraseBound | None = ...,
+        withdrawals: _abc.Iterable[Global___Withdrawal] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "events", b"events", "generation", b"generation", "observations", b"observations", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "observations", b"observations", "subject", b"subject", "withdrawals", b"withdrawals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,14 +513,14 @@ Global___RefusedState: _TypeAlias = RefusedState  # noqa: Y015
 
 @_typing.final
 class SubjectPosition(_message.Message):
-    """What a handoff token holds: the causal position of each subject a write touched."""
+    """What a handoff token holds: the causal position of each subject a write touched.
+    The context alone: an erase's bound reaches a node together with the erase's dot.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
-    GENERATION_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
-    generation: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -456,12 +529,11 @@ class SubjectPosition(_message.Message):
         self,
         *,
         subject: _model_pb2.Subject | None = ...,
-        generation: _builtins.int = ...,
         context: Global___CausalContext | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "generation", b"generation", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
