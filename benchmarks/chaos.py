@@ -47,7 +47,6 @@ import bisect
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import shutil
 import sys
@@ -59,21 +58,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "protos", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-# The node processes need the same imports as this script.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
-
-from federation.client import Client, user  # noqa: E402
-from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
-from node.clock import CLOCK_OFFSET_ENV  # noqa: E402
-from node.errors import ResourceExhausted, SelfModelError  # noqa: E402
-from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2, sync_pb2_grpc  # noqa: E402
-from sync.hlc import physical_ms  # noqa: E402
+from federation.client import Client, user
+from federation.harness import LocalCluster, start_with_fresh_ports
+from node.clock import CLOCK_OFFSET_ENV
+from node.errors import ResourceExhausted, SelfModelError
+from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2, sync_pb2_grpc
+from sync.hlc import physical_ms
 
 FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -50,17 +49,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "protos", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-# The node processes need the same imports as this script.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
-
-from federation.client import SelfModelView, user  # noqa: E402
-from federation.harness import LocalCluster, start_with_fresh_ports  # noqa: E402
+from federation.client import SelfModelView, user
+from federation.harness import LocalCluster, start_with_fresh_ports
 
 STRATEGIES = ("selfmodel+token", "selfmodel", "transcript", "summary", "none")
 CONTEXTS = (

@@ -61,15 +61,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "protos", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-# The node processes need the same imports as this script.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
-
 OPS = ("read", "observe", "batch", "retract", "explain", "watch", "handoff")
 DEFAULT_MIX = "read=70,observe=15,batch=3,retract=2,explain=3,watch=2,handoff=5"
 CONTEXTS = ("purchase_motivation", "communication_style", "budget", "team_size", "channel")

@@ -64,18 +64,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "protos", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-# The node processes need the same imports as this script.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
-
-import grpc  # noqa: E402
-
-from benchmarks.node_latency import operator_prefix, parse_cpus, pin_process  # noqa: E402
+import grpc
+from node_latency import operator_prefix, parse_cpus, pin_process  # beside this script
 
 TENANT = "acme"
 CONTEXT = "replication"

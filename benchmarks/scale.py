@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -37,20 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "protos", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-# The node processes need the same imports as this script.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "protos"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-)
+import grpc
 
-import grpc  # noqa: E402
-
-from federation.client import Client, user  # noqa: E402
-from federation.harness import NodeProcess  # noqa: E402
-from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc  # noqa: E402
+from federation.client import Client, user
+from federation.harness import NodeProcess
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 
 TENANT = "scale"
 AGENTS = 5
