@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federation.client import Client, user
 from node.errors import Unavailable
-from tests.nodes import LocalCluster, NodeProcess, node_status
+from tests.nodes import LocalCluster, NodeProcess, node_status, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -68,13 +67,6 @@ def health(address: str, service: str) -> int:
             health_pb2.HealthCheckRequest(service=service), timeout=5.0
         )
     return int(reply.status)
-
-
-def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def metric(node: NodeProcess, name: str) -> float:
@@ -130,6 +122,7 @@ def test_a_full_disk_refuses_writes_clearly_reports_it_and_resumes_once_freed(tm
                 wait_until(
                     lambda: health(node.address, "selfmodel.v1.SelfModel") == SERVING,
                     "writes never resumed after the disk was freed",
+                    WAIT_S,
                 )
                 client.observe(user("u-disk"), "After the disk was freed", confidence=0.8,
                                context="facts")  # fmt: skip
@@ -163,6 +156,7 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
                 wait_until(
                     lambda: health(node.address, "selfmodel.v1.SelfModel") == NOT_SERVING,
                     "writes not suspended under min_free_mb",
+                    WAIT_S,
                 )
                 with pytest.raises(Unavailable, match=r"nearly full.*min_free_mb"):
                     client.observe(user("u-floor"), "Refused", confidence=0.8, context="facts")
@@ -170,6 +164,7 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
                 wait_until(
                     lambda: health(node.address, "selfmodel.v1.SelfModel") == SERVING,
                     "writes never resumed",
+                    WAIT_S,
                 )
                 client.observe(user("u-floor"), "After", confidence=0.8, context="facts")
             log = node.log()
@@ -202,6 +197,7 @@ def test_a_node_with_a_full_disk_catches_up_with_its_peers_once_freed(tmp_path: 
             wait_until(
                 lambda: health(cluster.address("support"), "selfmodel.v1.SelfModel") == NOT_SERVING,
                 "support's writes were not suspended by its peer's deltas on a full disk",
+                WAIT_S,
             )
             filler.unlink()
             with cluster.client("support", "reader") as support:

@@ -4,8 +4,6 @@ them replicates to a peer that was down, and a peer that refuses a subject takes
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,22 +14,11 @@ from federation.harness import LocalCluster
 from federation.launcher import status_rows
 from node.errors import ResourceExhausted
 from selfmodel.v1 import selfmodel_pb2
-from tests.nodes import node_status
+from tests.nodes import node_status, wait_until
 
 CONTEXT = "notes"
 # 1.9 KB statements, as the finding that asked for these limits wrote them.
 FILLER = "lorem ipsum dolor sit amet " * 70
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, every_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(every_s)
 
 
 def batch(client: Client, subject: str, start: int, n: int) -> list[selfmodel_pb2.ObserveRequest]:
@@ -108,7 +95,11 @@ def test_subjects_filled_to_the_limit_replicate_to_a_peer_that_was_down(make_clu
             writer.observe(user(f"u-small-{i}"), "small", confidence=0.8, context=CONTEXT)
     cluster.nodes["billing"].start()
     for subject in full:
-        wait_for(lambda s=subject: beliefs_on(cluster, "billing", s) == taken[s], 120)
+        wait_until(
+            lambda s=subject: beliefs_on(cluster, "billing", s) == taken[s],
+            f"billing got {subject}",
+            120,
+        )
     cluster.wait_converged(60)
     for node in cluster.nodes:
         for subject in full:
@@ -130,16 +121,19 @@ def test_a_subject_a_peer_refuses_leaves_the_others_replicating_and_shows(make_c
         for i in range(10):
             writer.observe(user(f"u-fine-{i}"), "fine", confidence=0.8, context=CONTEXT)
     for i in range(10):
-        wait_for(lambda i=i: beliefs_on(cluster, "support", f"u-fine-{i}") == 1, 30)
+        wait_until(
+            lambda i=i: beliefs_on(cluster, "support", f"u-fine-{i}") == 1, f"u-fine-{i}", 30
+        )
 
     def refused_peer() -> Any:
         (peer,) = node_status(cluster.address("sales")).peers
         return peer if peer.skipped_subjects == 1 else None
 
-    first = wait_for(refused_peer, 30)
+    first = wait_until(refused_peer, "support refused the subject", 30)
     assert first.lag_seconds > 0
-    later = wait_for(
+    later = wait_until(
         lambda: (p := refused_peer()) is not None and p.lag_seconds > first.lag_seconds + 1 and p,
+        "support's lag grew",
         30,
     )
     assert later.outbox_depth == 0  # the stream went on: only the lag shows the peer is behind
@@ -147,12 +141,12 @@ def test_a_subject_a_peer_refuses_leaves_the_others_replicating_and_shows(make_c
     # Writes after the refusal still reach support, by the stream and anti-entropy alike.
     with cluster.client("sales", "writer") as writer:
         writer.observe(user("u-after"), "after", confidence=0.8, context=CONTEXT)
-    wait_for(lambda: beliefs_on(cluster, "support", "u-after") == 1, 30)
+    wait_until(lambda: beliefs_on(cluster, "support", "u-after") == 1, "u-after", 30)
     sales_metrics = cluster.nodes["sales"].metrics()
     assert re.search(r'selfmodel_peer_skipped_subjects\{peer="support"\} 1\.0', sales_metrics)
     # Exported once a second: at least 2 s, and growing.
     lag = r'selfmodel_replication_lag_seconds\{peer="support"\} ([2-9]|[1-9][0-9]+)\.'
-    wait_for(lambda: re.search(lag, cluster.nodes["sales"].metrics()), 30)
+    wait_until(lambda: re.search(lag, cluster.nodes["sales"].metrics()), "the lag metric", 30)
     support_metrics = cluster.nodes["support"].metrics()
     assert 'selfmodel_subject_limit_refused_total{kind="merge",limit="observations"}' in (
         support_metrics
