@@ -66,6 +66,8 @@ class NodeConfig:
     metrics_listen: str | None = "127.0.0.1:0"
     fsync: bool = True
     cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
+    # Memory for resolved snapshots and their serialized replies (node.snapshots).
+    snapshot_cache_mb: float = 64.0
     policies: PolicyBook = field(default_factory=PolicyBook)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
@@ -236,6 +238,7 @@ def start(config: NodeConfig) -> RunningNode:
         max_handoff_waits=limits.max_handoff_waits,
         max_handoff_waits_per_principal=limits.max_handoff_waits_per_principal,
         max_handoff_lead=limits.max_handoff_lead,
+        snapshot_cache_mb=config.snapshot_cache_mb,
     )
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
@@ -366,6 +369,7 @@ def start(config: NodeConfig) -> RunningNode:
         lambda: store.context_entries_max,
         store.cache_bytes,
     )
+    metrics.watch_snapshots(lambda: engine.snapshots.cost_bytes, lambda: len(engine.snapshots))
     if config.metrics_listen:
         mhost, mport = split_address(config.metrics_listen)
         metrics_server, _ = start_http_server(mport, addr=mhost)

@@ -123,7 +123,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies()
+        self._replies = convert.SnapshotReplies(engine.snapshots)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -227,10 +227,10 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        limit = request.max_positions if request.HasField("max_positions") else None
+        want = convert.Filter(contexts, floor, request.include_uncertain, limit)
         view = self.engine.model(subject, positions, self._wait_s(context), _holder(who))
-        return self._replies.reply(
-            subject, view, contexts, floor, request.include_uncertain, self.engine.node
-        )
+        return self._replies.reply(subject, view, want, self.engine.node)
 
     @map_errors
     def ExplainBelief(
@@ -259,6 +259,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
+            want = convert.Filter(contexts, floor, request.include_uncertain)
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -283,9 +284,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                beliefs, whole = self._replies.shared(
-                    subject, view, contexts, floor, request.include_uncertain, node
-                )
+                beliefs, whole = self._replies.shared(subject, view, want, node)
                 if beliefs != last:
                     last = beliefs
                     yield whole

@@ -205,12 +205,19 @@ class GetSelfModelRequest(_message.Message):
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
     AT_LEAST_FIELD_NUMBER: _builtins.int
+    MAX_POSITIONS_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     at_least: _builtins.str
     """A handoff token: wait (within the call's deadline) until this node has merged that position.
     It must name this subject (else INVALID_ARGUMENT), and a position some node has issued
     (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
+    """
+    max_positions: _builtins.int
+    """How many of each belief's supporters and of its dissenters the reply lists (newest first):
+    unset, all of them (the default); 0, none (a summary: their counts only, in each belief's
+    supporter_count and dissenter_count); N, the N newest of each. ExplainBelief always tells
+    the whole story of a slot.
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -226,12 +233,15 @@ class GetSelfModelRequest(_message.Message):
         min_confidence: _builtins.float = ...,
         include_uncertain: _builtins.bool = ...,
         at_least: _builtins.str = ...,
+        max_positions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "max_positions", b"max_positions", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_positions: _TypeAlias = _typing.Literal["max_positions"]  # noqa: Y015
+    _WhichOneofArgType__max_positions: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_positions) -> _WhichOneofReturnType__max_positions | None: ...
 
 Global___GetSelfModelRequest: _TypeAlias = GetSelfModelRequest  # noqa: Y015
 

@@ -1,0 +1,262 @@
+"""Resolved snapshots: each subject's model, resolved once per state and kept until it changes.
+
+A subject's beliefs are a pure function of its state and the policy book (node.resolution), and
+a slot's belief depends on that slot's observations alone. A snapshot keeps, per slot, its
+observations and its belief; the snapshot of the subject's next state re-resolves only the slots
+whose observations differ. Dots are never reused and an observation never changes, so the
+difference of two states' dot sets is exactly what changed between them, whatever happened in
+between (writes, merges, retracts, erases, held-back deltas): a snapshot built this way equals
+one resolved from scratch (tests/unit/test_snapshots.py checks it).
+
+Nothing in a snapshot depends on the read's instant: recency decays within a slot, never
+against the reader's clock (docs/semantics.md), so a snapshot never grows stale with time, only
+with a change, and only ``resolved_at`` is stamped per read.
+
+A snapshot also keeps the serialized replies built from it (``replies``, filled by
+node.convert), so a read of an unchanged subject serializes nothing. The snapshots of all
+subjects together stay within a memory budget (``Snapshots``): the least recently used go first,
+and a subject whose snapshot went is resolved again, whole, on its next read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from node.locks import SubjectLocks
+from node.policy import PolicyBook
+from node.resolution import Belief, explain_slot
+from sync.codec import encode_token
+from sync.crdt import SubjectState
+from sync.observation import Observation, Subject
+
+Slot = tuple[str, str]  # (context, key)
+
+# Serialized replies kept per snapshot (per filter and detail asked for); the oldest goes first.
+MAX_REPLIES = 8
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SlotIndex:
+    """One state of a subject with its observations grouped by slot."""
+
+    state: SubjectState
+    slots: Mapping[Slot, tuple[Observation, ...]]
+
+    def slot(self, context: str, key: str) -> tuple[Observation, ...]:
+        return self.slots.get((context, key), ())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """The resolved model of one state of a subject."""
+
+    index: SlotIndex
+    policies: PolicyBook
+    by_slot: Mapping[Slot, Belief]
+    beliefs: tuple[Belief, ...]  # ordered by (context, key)
+    token: str  # the handoff token of the state's position
+    # Serialized replies built from it (node.convert), by what they were built for.
+    replies: dict[Hashable, bytes] = field(default_factory=dict)
+
+    @property
+    def state(self) -> SubjectState:
+        return self.index.state
+
+    @property
+    def cost(self) -> int:
+        """About the memory it takes, with the state it holds (erring high): 1 KiB, 0.75 KiB per
+        observation (node.store.cache_cost's estimate), 0.5 KiB per belief and 0.2 KiB per
+        supporter or dissenter, plus its replies' bytes."""
+        positions = sum(len(b.supporters) + len(b.dissenters) for b in self.beliefs)
+        replies = sum(len(r) for r in self.replies.values())
+        observations = len(self.state.observations)
+        return 1024 + 768 * observations + 512 * len(self.beliefs) + 192 * positions + replies
+
+
+def index_of(state: SubjectState) -> SlotIndex:
+    slots: dict[Slot, list[Observation]] = {}
+    for obs in state.observations.values():
+        slots.setdefault((obs.context, obs.key), []).append(obs)
+    return SlotIndex(state, {s: tuple(o) for s, o in slots.items()})
+
+
+def advance_index(previous: SlotIndex, state: SubjectState) -> tuple[SlotIndex, set[Slot]]:
+    """The index of ``state`` (a later state of the same subject) and the slots whose
+    observations differ from ``previous``'s: the work is the difference, not the subject."""
+    if previous.state is state:
+        return previous, set()
+    old, new = previous.state.observations, state.observations
+    gone = old.keys() - new.keys()
+    added = new.keys() - old.keys()
+    touched: set[Slot] = set()
+    for dot in gone:
+        obs = old[dot]
+        touched.add((obs.context, obs.key))
+    fresh: dict[Slot, list[Observation]] = {}
+    for dot in added:
+        obs = new[dot]
+        slot = (obs.context, obs.key)
+        touched.add(slot)
+        fresh.setdefault(slot, []).append(obs)
+    slots = dict(previous.slots)
+    for slot in touched:
+        kept = [o for o in slots.get(slot, ()) if o.dot not in gone]
+        kept += fresh.get(slot, ())
+        if kept:
+            slots[slot] = tuple(kept)
+        else:
+            slots.pop(slot, None)
+    return SlotIndex(state, slots), touched
+
+
+def resolve_snapshot(state: SubjectState, policies: PolicyBook) -> Snapshot:
+    """The snapshot of ``state``, every slot resolved."""
+    index = index_of(state)
+    return _snapshot(index, policies, {}, set(index.slots))
+
+
+def advance(previous: Snapshot, state: SubjectState) -> Snapshot:
+    """The snapshot of ``state`` (a later state of the same subject under the same policies):
+    ``previous`` with the slots whose observations differ resolved again."""
+    index, touched = advance_index(previous.index, state)
+    return _snapshot(index, previous.policies, previous.by_slot, touched)
+
+
+def _snapshot(
+    index: SlotIndex, policies: PolicyBook, resolved: Mapping[Slot, Belief], touched: set[Slot]
+) -> Snapshot:
+    by_slot = dict(resolved)
+    for slot in touched:
+        found = index.slots.get(slot)
+        if found:
+            by_slot[slot] = explain_slot(found, policies.for_context(slot[0]), policies).belief
+        else:
+            by_slot.pop(slot, None)
+    beliefs = tuple(by_slot[s] for s in sorted(by_slot))
+    state = index.state
+    token = encode_token({state.subject: state.context})
+    return Snapshot(index, policies, by_slot, beliefs, token)
+
+
+class _Kept(NamedTuple):
+    snapshot: Snapshot | None
+    latest: SlotIndex  # the latest index (a write may have moved it past the snapshot's)
+    cost: int
+
+
+class Snapshots:
+    """The latest snapshot and slot index of each subject used, within ``budget_bytes`` (least
+    recently used dropped first; never the one just kept, however large). Thread-safe:
+    ``resolve`` and ``index`` of one subject run one at a time (readers that find a snapshot
+    stale at once wait for one of them to resolve it, then share it)."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[Subject, _Kept] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._subject_locks = SubjectLocks()
+
+    def serialized(self, subject: Subject) -> threading.Lock:
+        """The lock under which ``subject``'s snapshot and index change (one per stripe)."""
+        return self._subject_locks.of(subject)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def cost_bytes(self) -> int:
+        """The estimated memory of what is kept (Snapshot.cost, or the index's, when kept)."""
+        return self._bytes
+
+    def get(self, subject: Subject) -> Snapshot | None:
+        kept = self._entries.get(subject)
+        return None if kept is None else kept.snapshot
+
+    def resolve(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
+        """The snapshot of ``state``, kept; True when built from the subject's previous snapshot
+        or index (only the changed slots resolved), False when resolved whole."""
+        with self.serialized(state.subject):
+            return self.resolve_locked(state, policies)
+
+    def resolve_locked(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
+        """``resolve``, with ``serialized(state.subject)`` held by the caller."""
+        kept = self._entries.get(state.subject)
+        previous = None if kept is None else kept.snapshot
+        if previous is not None and previous.policies is policies:
+            if previous.state is state:
+                return previous, True
+            snapshot, incremental = advance(previous, state), True
+        else:
+            snapshot, incremental = resolve_snapshot(state, policies), False
+        index = kept.latest if kept is not None and _newer(kept.latest, state) else snapshot.index
+        self._keep(state.subject, snapshot, index)
+        return snapshot, incremental
+
+    def index(self, state: SubjectState) -> SlotIndex:
+        """``state`` with its observations by slot, from the subject's latest index (kept)."""
+        with self.serialized(state.subject):
+            return self._index(state)
+
+    def _index(self, state: SubjectState) -> SlotIndex:
+        kept = self._entries.get(state.subject)
+        if kept is None:
+            index = index_of(state)
+            self._keep(state.subject, None, index)
+            return index
+        index, _ = advance_index(kept.latest, state)
+        if index is not kept.latest:
+            self._keep(state.subject, kept.snapshot, index)
+        return index
+
+    def add_reply(self, snapshot: Snapshot, key: Hashable, body: bytes) -> None:
+        """Keeps a serialized reply of ``snapshot`` (at most MAX_REPLIES, the oldest dropped),
+        counted against the budget while the snapshot is its subject's."""
+        replies = snapshot.replies
+        subject = snapshot.state.subject
+        with self._lock:
+            if key in replies:
+                return
+            while len(replies) >= MAX_REPLIES:
+                del replies[next(iter(replies))]
+            replies[key] = body
+            kept = self._entries.get(subject)
+        if kept is not None and kept.snapshot is snapshot:
+            self._keep(subject, snapshot, kept.latest)
+
+    def _keep(self, subject: Subject, snapshot: Snapshot | None, index: SlotIndex) -> None:
+        with self._lock:
+            # Under the lock: add_reply may be adding to the snapshot's replies.
+            cost = snapshot.cost if snapshot is not None else 0
+            if snapshot is None or index is not snapshot.index:
+                cost += 512 + 128 * len(index.state.observations)
+            replaced = self._entries.get(subject)
+            if replaced is not None:
+                self._bytes -= replaced.cost
+            self._entries[subject] = _Kept(snapshot, index, cost)
+            self._entries.move_to_end(subject)
+            self._bytes += cost
+            while len(self._entries) > 1 and self._bytes > self.budget_bytes:
+                self._bytes -= self._entries.popitem(last=False)[1].cost
+
+
+def _newer(index: SlotIndex, state: SubjectState) -> bool:
+    """Whether ``index`` is of a state past ``state`` (a write moved it on meanwhile)."""
+    return index.state is not state and index.state.covers(state.context)
+
+
+__all__ = [
+    "MAX_REPLIES",
+    "Slot",
+    "SlotIndex",
+    "Snapshot",
+    "Snapshots",
+    "advance",
+    "advance_index",
+    "index_of",
+    "resolve_snapshot",
+]
