@@ -177,8 +177,8 @@ class Engine:
         policy = self.policies.for_context(item.context)
         mine: list[Dot] = []  # the source's own, which this observation supersedes
         others: list[Dot] = []
-        slot = self.snapshots.index(state).slot(item.context, key)
-        for obs in sorted(slot, key=_age):  # oldest first
+        index = self.snapshots.index(state)
+        for obs in sorted(index.slot(item.context, key), key=_age):  # oldest first
             (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
@@ -194,7 +194,9 @@ class Engine:
             based_on=item.based_on,
         )
         removed = [*mine, *evicted]
-        return obs, removed, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
+        new = apply_observe(state, obs, removed)
+        self.snapshots.written(index, new, removed, obs)  # the next write's and read's start
+        return obs, removed, observe_delta(state, obs, removed), new
 
     def retract(
         self,

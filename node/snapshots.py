@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.resolution import Belief, explain_slot
+from sync.causal import Dot
 from sync.codec import encode_token
 from sync.crdt import SubjectState
 from sync.observation import Observation, Subject
@@ -84,33 +86,59 @@ def index_of(state: SubjectState) -> SlotIndex:
     return SlotIndex(state, {s: tuple(o) for s, o in slots.items()})
 
 
-def advance_index(previous: SlotIndex, state: SubjectState) -> tuple[SlotIndex, set[Slot]]:
-    """The index of ``state`` (a later state of the same subject) and the slots whose
-    observations differ from ``previous``'s: the work is the difference, not the subject."""
+def advance_index(previous: SlotIndex, state: SubjectState) -> SlotIndex:
+    """The index of ``state`` (another state of the same subject), from ``previous``: its
+    unchanged slots keep their very tuples, and the work is the difference of the two states'
+    dot sets (set operations in C), not a walk of the subject."""
     if previous.state is state:
-        return previous, set()
+        return previous
     old, new = previous.state.observations, state.observations
     gone = old.keys() - new.keys()
-    added = new.keys() - old.keys()
-    touched: set[Slot] = set()
+    changed: dict[Slot, list[Observation]] = {}
     for dot in gone:
         obs = old[dot]
-        touched.add((obs.context, obs.key))
-    fresh: dict[Slot, list[Observation]] = {}
-    for dot in added:
+        changed.setdefault((obs.context, obs.key), [])
+    for dot in new.keys() - old.keys():
         obs = new[dot]
-        slot = (obs.context, obs.key)
-        touched.add(slot)
-        fresh.setdefault(slot, []).append(obs)
-    slots = dict(previous.slots)
-    for slot in touched:
-        kept = [o for o in slots.get(slot, ()) if o.dot not in gone]
-        kept += fresh.get(slot, ())
+        changed.setdefault((obs.context, obs.key), []).append(obs)
+    return _replaced(previous.slots, state, changed, gone)
+
+
+def after_write(
+    previous: SlotIndex, state: SubjectState, removed: Iterable[Dot], added: Observation
+) -> SlotIndex:
+    """The index of ``state``: ``previous``'s state with ``added`` written to its slot and
+    ``removed`` (dots of that slot) gone. The work is the slot's."""
+    slot = (added.context, added.key)
+    return _replaced(previous.slots, state, {slot: [added]}, set(removed))
+
+
+def _replaced(
+    slots: Mapping[Slot, tuple[Observation, ...]],
+    state: SubjectState,
+    changed: dict[Slot, list[Observation]],
+    gone: AbstractSet[Dot],
+) -> SlotIndex:
+    """``slots`` with each changed slot's observations less ``gone``, plus the added ones."""
+    out = dict(slots)
+    for slot, added in changed.items():
+        kept = [o for o in out.get(slot, ()) if o.dot not in gone]
+        kept += added
         if kept:
-            slots[slot] = tuple(kept)
+            out[slot] = tuple(kept)
         else:
-            slots.pop(slot, None)
-    return SlotIndex(state, slots), touched
+            out.pop(slot, None)
+    return SlotIndex(state, out)
+
+
+def touched(previous: SlotIndex, index: SlotIndex) -> set[Slot]:
+    """The slots whose observations may differ between two indexes of one subject: those whose
+    tuples are not the very same objects (an index made from another keeps the tuples of the
+    slots it did not change), in O(slots)."""
+    before = previous.slots
+    found = {slot for slot, obs in index.slots.items() if before.get(slot) is not obs}
+    found.update(before.keys() - index.slots.keys())
+    return found
 
 
 def resolve_snapshot(state: SubjectState, policies: PolicyBook) -> Snapshot:
@@ -119,11 +147,10 @@ def resolve_snapshot(state: SubjectState, policies: PolicyBook) -> Snapshot:
     return _snapshot(index, policies, {}, set(index.slots))
 
 
-def advance(previous: Snapshot, state: SubjectState) -> Snapshot:
-    """The snapshot of ``state`` (a later state of the same subject under the same policies):
-    ``previous`` with the slots whose observations differ resolved again."""
-    index, touched = advance_index(previous.index, state)
-    return _snapshot(index, previous.policies, previous.by_slot, touched)
+def advance(previous: Snapshot, index: SlotIndex) -> Snapshot:
+    """The snapshot of ``index``'s state (another state of the subject, under the same
+    policies): ``previous`` with the slots whose observations differ resolved again."""
+    return _snapshot(index, previous.policies, previous.by_slot, touched(previous.index, index))
 
 
 def _snapshot(
@@ -190,27 +217,36 @@ class Snapshots:
         if previous is not None and previous.policies is policies:
             if previous.state is state:
                 return previous, True
-            snapshot, incremental = advance(previous, state), True
+            assert kept is not None
+            snapshot = advance(previous, advance_index(kept.latest, state))
+            incremental = True
         else:
             snapshot, incremental = resolve_snapshot(state, policies), False
-        index = kept.latest if kept is not None and _newer(kept.latest, state) else snapshot.index
-        self._keep(state.subject, snapshot, index)
+        self._keep(state.subject, snapshot, snapshot.index)
         return snapshot, incremental
 
     def index(self, state: SubjectState) -> SlotIndex:
         """``state`` with its observations by slot, from the subject's latest index (kept)."""
         with self.serialized(state.subject):
-            return self._index(state)
-
-    def _index(self, state: SubjectState) -> SlotIndex:
-        kept = self._entries.get(state.subject)
-        if kept is None:
-            index = index_of(state)
-            self._keep(state.subject, None, index)
+            kept = self._entries.get(state.subject)
+            if kept is None:
+                index = index_of(state)
+                self._keep(state.subject, None, index)
+                return index
+            index = advance_index(kept.latest, state)
+            if index is not kept.latest:
+                self._keep(state.subject, kept.snapshot, index)
             return index
-        index, _ = advance_index(kept.latest, state)
-        if index is not kept.latest:
-            self._keep(state.subject, kept.snapshot, index)
+
+    def written(
+        self, before: SlotIndex, state: SubjectState, removed: Iterable[Dot], added: Observation
+    ) -> SlotIndex:
+        """The index of ``state``, written from ``before``'s state (``after_write``), kept as
+        the subject's latest: the subject's next write and read start from it."""
+        index = after_write(before, state, removed, added)
+        with self.serialized(state.subject):
+            kept = self._entries.get(state.subject)
+            self._keep(state.subject, None if kept is None else kept.snapshot, index)
         return index
 
     def add_reply(self, snapshot: Snapshot, key: Hashable, body: bytes) -> None:
@@ -244,11 +280,6 @@ class Snapshots:
                 self._bytes -= self._entries.popitem(last=False)[1].cost
 
 
-def _newer(index: SlotIndex, state: SubjectState) -> bool:
-    """Whether ``index`` is of a state past ``state`` (a write moved it on meanwhile)."""
-    return index.state is not state and index.state.covers(state.context)
-
-
 __all__ = [
     "MAX_REPLIES",
     "Slot",
@@ -257,6 +288,8 @@ __all__ = [
     "Snapshots",
     "advance",
     "advance_index",
+    "after_write",
     "index_of",
     "resolve_snapshot",
+    "touched",
 ]
