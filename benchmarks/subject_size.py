@@ -71,6 +71,17 @@ ECHO = node_latency.ECHO_SERVICE
 TENANT = node_latency.TENANT
 CONTEXTS = node_latency.CONTEXTS
 FLEET_MIX = "read=70,observe=25,handoff=5"
+
+
+# Whether the contracts have GetSelfModelRequest.max_positions (not before it was added: the
+# summary read of an earlier build is then its full read, to measure an earlier build alike).
+def _has_summaries() -> bool:
+    from selfmodel.v1 import selfmodel_pb2
+
+    return "max_positions" in selfmodel_pb2.GetSelfModelRequest.DESCRIPTOR.fields_by_name
+
+
+SUMMARIES = _has_summaries()
 TARGETS = {
     "read / echo p50, 15 slots x 100 sources": 1.3,
     "summary read / fresh read p50, 15 slots x 100 sources": 1.3,
@@ -148,7 +159,7 @@ def read_request(subject_id: str, max_positions: int | None = None) -> bytes:
     from selfmodel.v1 import selfmodel_pb2
 
     req = selfmodel_pb2.GetSelfModelRequest(subject=subject_msg(subject_id))
-    if max_positions is not None:
+    if max_positions is not None and SUMMARIES:
         req.max_positions = max_positions
     return req.SerializeToString()
 
@@ -366,6 +377,11 @@ def render(report: Report) -> str:
         f"fresh subject: read p50 {fr['p50_ms']:.3f} ms (CPU {fr['cpu_us']:.0f} us/call); "
         f"write on a new subject p50 {fw['p50_ms']:.3f} ms (CPU {fw['cpu_us']:.0f} us/call); "
         f"echo of the write's reply p50 {ew['p50_ms']:.3f} ms (CPU {ew['cpu_us']:.0f} us/call)",
+        *(
+            []
+            if SUMMARIES
+            else ["(these contracts have no max_positions: 'summary' is a full read)"]
+        ),
         "growth against the smallest shape: read p50 " + ", ".join(growth(report, "read")),
         "  read CPU " + ", ".join(growth(report, "read", "cpu_us")),
         "  write p50 " + ", ".join(growth(report, "write")),

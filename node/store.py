@@ -71,7 +71,7 @@ from sync.codec import (
     encode_delta,
     encode_state_reusing,
 )
-from sync.crdt import NO_ERASE, EraseBound, SubjectState, digest, without_erased
+from sync.crdt import NO_ERASE, EraseBound, SubjectState, digest, digest_with, without_erased
 from sync.delivery import Delta
 from sync.observation import Subject
 
@@ -150,7 +150,9 @@ def cache_cost(observations: int, stored_bytes: int, encoded: bool) -> int:
     to 200 observations with short and long text; the tests check that it errs on the high side.
     """
     per_byte = 5 if encoded else 3  # halves
-    return 1280 + 768 * observations + stored_bytes * per_byte // 2
+    # The kept encoding's order, fields and digest parts (sync.codec.EncodedObservations).
+    order = 256 + 128 * observations if encoded else 0
+    return 1280 + 768 * observations + stored_bytes * per_byte // 2 + order
 
 
 class _Pending:
@@ -682,7 +684,12 @@ class Store(StoreFaults):
                     old_digest = change.old_digest
                 else:
                     old_digest = self._digest(old, cached) if old is not None else _EMPTY_HASH
-                new_digest = new.digest()
+                part = encoded.digest_part()  # the observations' part, kept in order
+                new_digest = (
+                    new.digest()
+                    if part is None
+                    else digest_with(new.erased, new.context, part, new.withdrawals)
+                )
                 written.append(_Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:
                     bucket = bucket_of(key)
