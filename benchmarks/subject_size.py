@@ -195,7 +195,7 @@ def capture(channel: grpc.Channel, shape: Shape, timeout_s: float) -> bytes:
     model = model_pb2.SelfModelSnapshot.FromString(reply)
     if len(model.beliefs) != shape.slots:
         raise RuntimeError(f"{shape.name}: seeded {shape.slots} slots, read {len(model.beliefs)}")
-    shape.observations = sum(b.supporter_count + b.dissenter_count for b in model.beliefs)
+    shape.observations = sum(len(b.supporters) + len(b.dissenters) for b in model.beliefs)
     shape.reply_bytes, shape.summary_bytes = len(reply), len(summary)
     return reply
 

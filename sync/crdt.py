@@ -112,7 +112,15 @@ def merge(a: SubjectState, b: SubjectState) -> SubjectState:
         raise ValueError(f"cannot merge states of {a.subject} and {b.subject}")
     erased = a.erased.join(b.erased)
     a_obs, b_obs = a.observations, b.observations
-    observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context}
+    seen = b.context
+    if sum(seen.vector.values()) + len(seen.cloud) < len(a_obs) // 2:
+        # A delta into a larger state: walk the delta's dots, not the state's (the same result).
+        observations = dict(a_obs)
+        for dot in seen.dots():
+            if dot in observations and dot not in b_obs:
+                del observations[dot]
+    else:
+        observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in seen}
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
