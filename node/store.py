@@ -71,7 +71,15 @@ from sync.codec import (
     encode_delta,
     encode_state_reusing,
 )
-from sync.crdt import NO_ERASE, EraseBound, SubjectState, digest, digest_with, without_erased
+from sync.crdt import (
+    NO_ERASE,
+    EraseBound,
+    SubjectState,
+    digest,
+    digest_with,
+    observed_change,
+    without_erased,
+)
 from sync.delivery import Delta
 from sync.observation import Subject
 
@@ -675,11 +683,14 @@ class Store(StoreFaults):
                 new = change.new
                 key = new.subject.storage_key()
                 cached = cache.get(new.subject)
+                old, delta = change.old, change.delta
+                changed = None  # a local write's own change: no diff of the whole subject
+                if cached is not None and cached.state is old and delta is not None:
+                    changed = observed_change(cached.state, new, delta.state)
                 raw, change.position, encoded = encode_state_reusing(
-                    new, cached.encoded if cached is not None else None
+                    new, cached.encoded if cached is not None else None, changed
                 )
                 put(key, raw, state_cf)
-                old = change.old
                 if change.old_digest is not None:
                     old_digest = change.old_digest
                 else:
@@ -696,7 +707,6 @@ class Store(StoreFaults):
                     current = touched.get(bucket, self._buckets[bucket])
                     touched[bucket] = _xor(current, old_digest, new_digest)
                     put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
-                delta = change.delta
                 if delta is not None:
                     for obs in delta.state.observations.values():
                         if obs.hlc > hlc:

@@ -153,6 +153,25 @@ def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Wit
     return joined
 
 
+def observed_change(
+    old: SubjectState, new: SubjectState, delta: SubjectState
+) -> tuple[list[Dot], list[Dot]] | None:
+    """The dots of ``old`` gone from ``new`` and the dots of ``new`` not in ``old``, where
+    ``new`` is ``merge(old, delta)`` for a delta of observes (no erase bound, no withdrawal),
+    found from the delta's few dots instead of both states'; None for any other delta."""
+    seen = delta.context
+    if delta.erased != NO_ERASE or delta.withdrawals or len(seen.cloud) > 64:
+        return None
+    if sum(seen.vector.values()) > 64:
+        return None
+    was, now = old.observations, new.observations
+    gone = [dot for dot in seen.dots() if dot in was and dot not in now]
+    added = [dot for dot in delta.observations if dot in now and dot not in was]
+    if len(now) != len(was) - len(gone) + len(added):
+        return None  # not merge(old, delta): no shortcut
+    return gone, added
+
+
 def observe_delta(
     state: SubjectState, observation: Observation, supersedes: Iterable[Dot] = ()
 ) -> SubjectState:

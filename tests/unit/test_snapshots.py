@@ -20,7 +20,7 @@ from node.snapshots import (
     touched,
 )
 from sync.codec import encode_state, encode_state_reusing
-from sync.crdt import SubjectState, apply_observe, digest_with
+from sync.crdt import SubjectState, apply_observe, digest_with, merge, observed_change
 from sync.observation import Observation, Subject, SubjectKind
 from tests.unit.strategies import LAWS, SUBJECT, Run, observation, runs
 
@@ -55,6 +55,29 @@ def test_an_encoding_spliced_from_the_previous_one_has_the_bytes_and_digest_of_t
         assert part is not None
         assert digest_with(state.erased, state.context, part, state.withdrawals) == state.digest()
         assert sorted(encoded) == sorted(state.observations) == encoded.order
+
+
+@LAWS
+@given(run=runs)
+def test_an_observe_s_own_change_is_the_difference_of_the_states_and_splices_alike(
+    run: Run,
+) -> None:
+    """``observed_change`` (what a local write hands the encoder) equals the set difference of
+    the states' dots, whenever it answers; the splice it drives has encode_state's bytes."""
+    answered = 0
+    for old in [*run.history, *run.replicas]:
+        known = encode_state_reusing(old).observations
+        for delta in run.observe_deltas:
+            new = merge(old, delta)
+            change = observed_change(old, new, delta)
+            if change is None:
+                continue
+            answered += 1
+            gone, added = change
+            assert set(gone) == old.observations.keys() - new.observations.keys()
+            assert set(added) == new.observations.keys() - old.observations.keys()
+            assert encode_state_reusing(new, known, change).raw == encode_state(new)
+    assert answered or not run.observe_deltas
 
 
 def test_only_the_slots_whose_tuples_changed_are_touched() -> None:
