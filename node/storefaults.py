@@ -26,7 +26,7 @@ from node.errors import Unavailable
 log = logging.getLogger("node.store")
 
 # The column families of a node's RocksDB (node.store).
-COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
+COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit", "requests")
 
 
 # How long a read waits for RocksDB to be reopened.
