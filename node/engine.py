@@ -345,7 +345,8 @@ class Engine:
         if request is None:
             return []
         expired = self.store.scan(idempotency.CF, b"T", idempotency.SWEEP)
-        return idempotency.record_rows(request, op, self._now_ms(), replay, expired)
+        previous = self.store.get_meta(idempotency.CF, request.row_key())
+        return idempotency.record_rows(request, op, self._now_ms(), replay, expired, previous)
 
     def _token(self, subjects: Sequence[Subject]) -> str:
         """The handoff token of the subjects' positions now."""

@@ -93,9 +93,15 @@ def record_rows(
     now_ms: int,
     replay: Replay,
     expired: Sequence[tuple[bytes, bytes]],
+    previous: bytes | None = None,
 ) -> list[Row]:
-    """The rows recording a keyed call, and deleting ``expired`` (time-index rows, oldest
-    first, as ``Store.scan(CF, b"T")`` lists them) with their records when past the window."""
+    """The rows recording a keyed call (replacing ``previous``, its key's record past the
+    window, and its time-index row), and deleting ``expired`` (time-index rows, oldest first,
+    as ``Store.scan(CF, b"T")`` lists them) with their records when past the window.
+
+    Each record has one time-index row, of its own time: so a sweep never deletes a record
+    written again since (but for one written in a concurrent batch: its retry is then
+    recognised by its observations, not by this node's record)."""
     key = request.row_key()
     value = {"ms": now_ms, "op": op, "fp": request.fingerprint, "ids": list(replay.ids)}
     value["retracted"] = replay.retracted
@@ -103,15 +109,19 @@ def record_rows(
         (CF, key, json.dumps(value, separators=(",", ":")).encode()),
         (CF, _time_key(now_ms, key), b""),
     ]
+    if previous is not None:
+        before = int(json.loads(previous)["ms"])
+        if before != now_ms:
+            rows.append((CF, _time_key(before, key), None))
     for time_key, _ in expired[:SWEEP]:
         if (
             not time_key.startswith(b"T")
             or int.from_bytes(time_key[1:9], "big") + (request.window_ms) >= now_ms
         ):
             break
-        rows += [(CF, time_key, None)]
-        if time_key[9:] != key:
-            rows += [(CF, time_key[9:], None)]
+        if time_key[9:] == key:
+            continue  # the previous record of this very key, replaced above
+        rows += [(CF, time_key, None), (CF, time_key[9:], None)]
     return rows
 
 
