@@ -28,7 +28,7 @@ from sync.hlc import physical_ms
 from sync.observation import Subject
 
 CF = "requests"
-SWEEP = 64
+SWEEP = 4
 Row = tuple[str, bytes, bytes | None]
 
 

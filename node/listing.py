@@ -77,7 +77,10 @@ def subjects_page(
                 "page_token",
                 "was issued for another listing (another tenant or kind): list again without it",
             )
-        after = bytes.fromhex(str(value.get("after", "")))
+        try:
+            after = bytes.fromhex(value.get("after", ""))
+        except (TypeError, ValueError):
+            raise InvalidArgument("page_token", "is not a page token of ListSubjects") from None
     found: list[Subject] = []
     last = after
     budget = size * SCAN_FACTOR

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,7 +94,10 @@ def test_a_token_is_refused_for_another_tenant_or_kind_and_garbage_is_refused() 
     for tenant, kind in (("globex", None), ("acme", SubjectKind.USER)):
         with pytest.raises(InvalidArgument, match="page_token: was issued for another listing"):
             subjects_page(keys, keys.load, tenant, kind, token, 2)
-    for garbage in ("x", "e30", "!!!", token[:-3]):
+    crafted = base64.urlsafe_b64encode(
+        json.dumps({"v": 1, "of": "ListSubjects", "listing": ["acme", 0], "after": ["z"]}).encode()
+    ).decode()
+    for garbage in ("x", "e30", "!!!", token[:-3], crafted):
         with pytest.raises(InvalidArgument, match="page_token"):
             subjects_page(keys, keys.load, "acme", None, garbage, 2)
 
