@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.replication import encode_batch, encode_batch_origin
 from selfmodel.v1 import sync_pb2
+from sync.codec import encode_batch, encode_batch_origin
 from sync.ports import Batch
 
 seqs = st.one_of(
