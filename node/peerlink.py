@@ -74,6 +74,8 @@ class RunClaim:
 
 @dataclass(frozen=True, slots=True)
 class PeerConfig:
+    """A peer as the cluster file names it, and the address this node reaches it at."""
+
     name: str
     address: str
 

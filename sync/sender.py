@@ -59,6 +59,8 @@ class PeerState:
 
 
 class PeerReplicator:
+    """The delta stream to one peer and the anti-entropy rounds with it, each on a thread."""
+
     def __init__(
         self,
         peer: str,
