@@ -234,8 +234,9 @@ class GetSelfModelRequest(_message.Message):
     (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
     """
     page_size: _builtins.int
-    """Optional paging of the beliefs, in (context, key) order: at most this many per reply; 0
-    means every belief in one reply. At most the node's max_page_size (default 1000).
+    """Optional paging of the beliefs, in (context, key) order: at most this many per reply. 0
+    means every belief in one reply, or 100 when page_token is set. At most the node's
+    max_page_size (default 1000), else INVALID_ARGUMENT.
     """
     page_token: _builtins.str
     """The next_page_token of the previous page of this subject's read; empty: the first page.
