@@ -333,9 +333,12 @@ class Engine:
         now = self._now_ms()
         raw = self.store.get_meta(idempotency.CF, request.row_key())
         found = idempotency.recorded(raw, request, op, now)
+        where = "record"
         if found is None and items:
             states = [self.state(s) for s in subjects]
-            found = idempotency.replicated(states, request, items, now)
+            found, where = idempotency.replicated(states, request, items, now), "observations"
+        if found is not None:
+            metrics.REPLAYED.labels(op, where).inc()
         return found
 
     def _request_rows(

@@ -67,6 +67,8 @@ def test_a_write_repeated_on_another_node_after_replication_records_nothing_new(
         again = on_support.observe(subject, "Prefers email", **WRITE, idempotency_key="k-1")  # type: ignore[arg-type]
         assert (again.observation_id, again.key) == (first.observation_id, first.key)
         assert ids(on_support, subject) == [first.observation_id]
+        replayed = 'selfmodel_writes_replayed_total{call="observe",found="observations"} 1.0'
+        assert replayed in cluster.nodes["support"].metrics()
 
         batch = [
             selfmodel_pb2.ObserveRequest(

@@ -37,6 +37,8 @@ def test_a_retried_observe_is_answered_as_the_first_and_records_nothing_new(
         assert (again.observation_id, again.key) == (first.observation_id, first.key)
         assert ids(sales, subject) == [first.observation_id]
         assert sales.self_model(subject, at_least=again.token).belief(*SLOT) is not None
+        replayed = 'selfmodel_writes_replayed_total{call="observe",found="record"} 1.0'
+        assert replayed in node.metrics()
 
         with pytest.raises(InvalidArgument, match=r"idempotency_key.*different request"):
             sales.observe(
