@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from federation import tokens
-from federation.client import Client, SelfModelView, team, user
+from federation.client import AsyncClient, Client, SelfModelView, team, user
 from node.errors import InvalidArgument, PermissionDenied
 from selfmodel.v1 import selfmodel_pb2
 from sync.observation import Subject, SubjectKind
@@ -190,3 +191,33 @@ def test_policy_and_contexts_say_what_resolution_applies(node: Node) -> None:
         assert [c.context for c in contexts] == ["budget", "interests"]
         assert contexts[0] == budget
         assert acme.contexts(user("u-empty")) == []
+
+
+def test_the_async_client_reads_as_the_sync_one(node: Node) -> None:
+    subjects = [user(f"a-{i}") for i in range(4)]
+    with node.client("acme") as acme:
+        for i, s in enumerate(subjects):
+            acme.observe(s, f"Plan {i}", confidence=0.8, context="plans", key="plan")
+            acme.observe(s, f"Size {i}", confidence=0.8, context="budget", key="size")
+        expected = (
+            acme.subjects(page_size=3),
+            acme.self_model(subjects[0], page_size=1, include_uncertain=True),
+            acme.self_models(subjects)[0],
+            acme.contexts(subjects[0]),
+            acme.policy("budget"),
+        )
+
+    async def read() -> tuple[object, ...]:
+        token = node.tokens["acme"]
+        async with AsyncClient(node.process.address, token=token, tenant="acme") as acme:
+            return (
+                await acme.subjects(page_size=3),
+                await acme.self_model(subjects[0], page_size=1, include_uncertain=True),
+                (await acme.self_models(subjects))[0],
+                await acme.contexts(subjects[0]),
+                await acme.policy("budget"),
+            )
+
+    got = asyncio.run(read())
+    assert got == expected
+    assert expected[0].next_page_token and expected[1].next_page_token  # type: ignore[attr-defined]
