@@ -181,6 +181,10 @@ class RollupIndex:
     def members(self, group: Subject) -> frozenset[Subject]:
         return frozenset(self._members.get(group, ()))
 
+    def direct_groups(self, member: Subject) -> frozenset[Subject]:
+        """The groups holding ``member`` itself (a user's teams, a team's organizations)."""
+        return frozenset(self._groups.get(member, ()))
+
     def groups_of(self, user: Subject) -> frozenset[Subject]:
         """Every group whose roll-up counts ``user``: its teams and their organizations."""
         teams = self._groups.get(user, set())
