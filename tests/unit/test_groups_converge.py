@@ -62,8 +62,12 @@ class Replica:
             self.apply_user(delta)
 
 
-_KINDS = ("join",) * 3 + ("leave", "team joins", "team leaves", "forget") + ("observe",) * 4
-_KINDS += ("deliver",) * 4
+_KINDS = (
+    *("join",) * 3,
+    *("leave", "team joins", "team leaves", "forget"),
+    *("observe",) * 4,
+    *("deliver",) * 4,
+)
 
 
 def simulate(
