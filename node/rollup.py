@@ -146,6 +146,19 @@ def compute_rollup(
     return _ordered(tallies, group, len(users))
 
 
+def select_rollup(
+    rollup: GroupRollup, contexts: frozenset[str] = frozenset(), min_confidence: float = 0.0
+) -> GroupRollup:
+    """The rows a reader asked for: some contexts, a floor on the mean confidence (as
+    node.resolution.select filters a member's beliefs)."""
+    rows = tuple(
+        r
+        for r in rollup.beliefs
+        if (not contexts or r.context in contexts) and r.mean_confidence >= min_confidence
+    )
+    return GroupRollup(rollup.group, rollup.users, rows)
+
+
 class RollupIndex:
     """Every group's roll-up, kept incrementally. Not thread-safe: the caller serializes.
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.resolution import Belief
-from node.rollup import GroupRollup, Holder, RollupIndex, compute_rollup
+from node.rollup import GroupRollup, Holder, RollupIndex, compute_rollup, select_rollup
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import LAWS
 
@@ -149,6 +149,21 @@ def test_a_team_rollup_counts_holders_share_mean_confidence_and_newest_change() 
         Holder(ANN, 0.8, 100),
         Holder(BOB, 0.6, 300),
     )
+
+
+def test_a_reader_selects_rows_by_context_and_mean_confidence() -> None:
+    models = {
+        ANN: [
+            belief("budget", "amount", "fifty", 0.8, 1),
+            belief("channel", "pref", "email", 0.6, 1),
+        ]
+    }
+    index = _index(models)
+    index.add_member(T1, ANN)
+    rollup = index.rollup(T1)
+    assert [r.context for r in select_rollup(rollup, frozenset({"channel"})).beliefs] == ["channel"]
+    assert [r.context for r in select_rollup(rollup, min_confidence=0.7).beliefs] == ["budget"]
+    assert select_rollup(rollup).users == 1
 
 
 def test_when_the_newest_holder_leaves_the_rollup_shows_the_next_newest() -> None:
