@@ -328,18 +328,10 @@ class Engine:
         subjects: Sequence[Subject],
         items: Sequence[tuple[int, Subject, str, str, str]] = (),
     ) -> Replay | None:
-        """The first answer of a keyed call seen before: recorded here, or (observations)
-        merged from the node that took it. Called with the subjects' locks held."""
-        now = self._now_ms()
-        raw = self.store.get_meta(idempotency.CF, request.row_key())
-        found = idempotency.recorded(raw, request, op, now)
-        where = "record"
-        if found is None and items:
-            states = [self.state(s) for s in subjects]
-            found, where = idempotency.replicated(states, request, items, now), "observations"
-        if found is not None:
-            metrics.REPLAYED.labels(op, where).inc()
-        return found
+        """The first answer of a keyed call seen before (with the subjects' locks held)."""
+        return idempotency.first_answer(
+            self.store, self.state, request, op, subjects, items, self._now_ms()
+        )
 
     def _request_rows(
         self, request: Request | None, op: str, replay: Replay
@@ -347,9 +339,7 @@ class Engine:
         """The rows recording a keyed call's answer (none without a key), written with it."""
         if request is None:
             return []
-        expired = self.store.scan(idempotency.CF, b"T", idempotency.SWEEP)
-        previous = self.store.get_meta(idempotency.CF, request.row_key())
-        return idempotency.record_rows(request, op, self._now_ms(), replay, expired, previous)
+        return idempotency.rows_for(self.store, request, op, replay, self._now_ms())
 
     def _token(self, subjects: Sequence[Subject]) -> str:
         """The handoff token of the subjects' positions now."""

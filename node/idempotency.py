@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
+from node import metrics
 from node.errors import InvalidArgument, Unavailable
 from sync.crdt import SubjectState
 from sync.hlc import physical_ms
@@ -125,6 +126,43 @@ def record_rows(
     return rows
 
 
+class Records(Protocol):
+    """Where records are kept (node.store.Store)."""
+
+    def get_meta(self, cf: str, key: bytes) -> bytes | None: ...
+
+    def scan(self, cf: str, after: bytes = b"", limit: int = 100) -> list[tuple[bytes, bytes]]: ...
+
+
+def first_answer(
+    records: Records,
+    load: Callable[[Subject], SubjectState],
+    request: Request,
+    op: str,
+    subjects: Sequence[Subject],
+    items: Sequence[tuple[int, Subject, str, str, str]],
+    now_ms: int,
+) -> Replay | None:
+    """The first answer of a keyed call seen before: recorded on this node, or (with ``items``:
+    observations) merged from the node that took it (``replicated``); counted by where."""
+    found = recorded(records.get_meta(CF, request.row_key()), request, op, now_ms)
+    where = "record"
+    if found is None and items:
+        states = [load(s) for s in subjects]
+        found, where = replicated(states, request, items, now_ms), "observations"
+    if found is not None:
+        metrics.REPLAYED.labels(op, where).inc()
+    return found
+
+
+def rows_for(records: Records, request: Request, op: str, replay: Replay, now_ms: int) -> list[Row]:
+    """The rows that record a keyed call's answer, written in the call's batch."""
+    expired = records.scan(CF, b"T", SWEEP)
+    return record_rows(
+        request, op, now_ms, replay, expired, records.get_meta(CF, request.row_key())
+    )
+
+
 def replicated(
     states: Sequence[SubjectState],
     request: Request,
@@ -160,4 +198,14 @@ def replicated(
     return Replay(tuple(found[i] for i, *_ in items))
 
 
-__all__ = ["CF", "Replay", "Request", "fingerprint", "record_rows", "recorded", "replicated"]
+__all__ = [
+    "CF",
+    "Replay",
+    "Request",
+    "fingerprint",
+    "first_answer",
+    "record_rows",
+    "recorded",
+    "replicated",
+    "rows_for",
+]
