@@ -147,8 +147,9 @@ class SelfModelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSubjects(self, request, context):
-        """The subjects of one tenant this node holds, a page at a time, in a stable order (kind,
-        then id, bytewise). Only the caller's own tenant.
+        """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+        listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+        own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,8 +54,9 @@ class SelfModelStub:
     ForgetSubject: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]
     """Erases every observation about a subject on every node."""
     ListSubjects: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ListSubjectsRequest, _selfmodel_pb2.ListSubjectsResponse]
-    """The subjects of one tenant this node holds, a page at a time, in a stable order (kind,
-    then id, bytewise). Only the caller's own tenant.
+    """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+    listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+    own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
     """
     ListContexts: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ListContextsRequest, _selfmodel_pb2.ListContextsResponse]
     """The contexts a subject holds beliefs in (each with its policy in force)."""
@@ -87,8 +88,9 @@ class SelfModelAsyncStub(SelfModelStub):
     ForgetSubject: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]  # type: ignore[assignment]
     """Erases every observation about a subject on every node."""
     ListSubjects: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ListSubjectsRequest, _selfmodel_pb2.ListSubjectsResponse]  # type: ignore[assignment]
-    """The subjects of one tenant this node holds, a page at a time, in a stable order (kind,
-    then id, bytewise). Only the caller's own tenant.
+    """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+    listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+    own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
     """
     ListContexts: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ListContextsRequest, _selfmodel_pb2.ListContextsResponse]  # type: ignore[assignment]
     """The contexts a subject holds beliefs in (each with its policy in force)."""
@@ -165,8 +167,9 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         request: _selfmodel_pb2.ListSubjectsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selfmodel_pb2.ListSubjectsResponse, _abc.Awaitable[_selfmodel_pb2.ListSubjectsResponse]]:
-        """The subjects of one tenant this node holds, a page at a time, in a stable order (kind,
-        then id, bytewise). Only the caller's own tenant.
+        """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+        listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+        own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
         """
 
     @_abc_1.abstractmethod
