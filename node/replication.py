@@ -93,45 +93,6 @@ class PeerConfig:
     address: str
 
 
-class StoreOutbox:
-    """sync.ports.DeltaLog over the store's outbox column family."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def read(self, after: int, limit: int, max_bytes: int) -> Batch | None:
-        entries = self.store.outbox(after, limit)
-        if not entries:
-            return None
-        size = len(entries[0].delta)
-        for n, entry in enumerate(entries[1:], 1):
-            size += len(entry.delta)
-            if size > max_bytes:
-                entries = entries[:n]
-                break
-        return Batch(
-            entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms
-        )
-
-    def first_seq(self) -> int:
-        return self.store.outbox_first()
-
-    def last_seq(self) -> int:
-        return self.store.outbox_seq
-
-    def wait(self, after: int, timeout_s: float) -> bool:
-        return self.store.wait_outbox(after, timeout_s)
-
-    def trim(self, upto: int) -> None:
-        self.store.trim_outbox(upto)
-
-    def oldest_unacked_ms(self, acked: int) -> int | None:
-        if acked >= self.store.outbox_seq:
-            return None
-        entries = self.store.outbox(acked, 1)
-        return entries[0].written_ms if entries else None
-
-
 class EngineReplica:
     """sync.ports.Replica over the engine (merges) and the store (digests, positions)."""
 
@@ -606,7 +567,7 @@ def build_replicator(
         )
 
     return Replicator(
-        StoreOutbox(engine.store),
+        engine.store.delta_log,
         EngineReplica(engine),
         {p.name: connector(p) for p in peers},
         settings,
@@ -621,7 +582,6 @@ __all__ = [
     "GrpcPeerLink",
     "PeerConfig",
     "RunClaim",
-    "StoreOutbox",
     "SyncServicer",
     "build_replicator",
     "claim_run",
