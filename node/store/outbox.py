@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import rocksdict
 
@@ -20,7 +20,7 @@ from sync.codec import decode_delta, encode_delta
 from sync.crdt import EraseBound, without_erased
 from sync.delivery import Delta
 from sync.observation import Subject
-from sync.ports import Batch
+from sync.ports import Batch, DeltaLog
 
 OUTBOX_TAIL = 1024
 
@@ -177,3 +177,9 @@ class Outbox:
         for key in self._tables._cf["outbox"].keys(from_key=outbox_key(start)):
             return int.from_bytes(key, "big")
         return self.seq + 1
+
+
+if TYPE_CHECKING:  # mypy checks here that an Outbox is a sync.ports.DeltaLog
+
+    def _is_a_delta_log(outbox: Outbox) -> DeltaLog:
+        return outbox
