@@ -1,18 +1,15 @@
 """Group commit: concurrent writers share one WriteBatch and one WAL sync.
 
-Every mutation writes state + outbox + digest in one WriteBatch with the WAL on. The first
-waiting writer leads: it takes every batch queued behind it, writes them as one batch, syncs the
-WAL (node.store.wal) when one of them is durable, wakes the others and hands the lead to the next
-queued writer. Outbox sequences are assigned by the leader, so they follow commit order and a
-crash never leaves a hole below an acknowledged entry.
+Every mutation writes state + outbox + digest in one WriteBatch. The first waiting writer leads:
+it takes every batch queued behind it, writes them as one, syncs the WAL (node.store.wal) when
+one of them is durable, wakes the others and hands the lead to the next queued writer. Outbox
+sequences are assigned by the leader, so they follow commit order: no hole below an entry.
 
-Until the sync returns, the group's writers are not answered, the state cache does not show the
-batch and the counters do not move; the outbox shows its entries at once, so the delta streams
-ship them to the peers during the sync. If the sync fails, the writers get an error while peers
-may have the write, and the store refuses every later write until it has reopened RocksDB under a
-new actor; after a crash before the sync, the next run finds no clean close and takes a new
-actor. Either way no dot is handed out twice, and anti-entropy brings the write back from the
-peers (docs/replication.md).
+Until the sync returns, the group's writers are not answered, the cache and counters do not show
+the batch, but the outbox does: the delta streams ship it during the sync. A failed sync, or a
+crash before it, costs this run its actor (no dot handed out twice); anti-entropy brings the
+write back from the peers that have it (docs/replication.md). A recorded acknowledgement past
+the outbox's end after a crash is clamped by the delta streams (sync.replicator).
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import rocksdict
@@ -39,39 +37,33 @@ from sync.delivery import Delta
 log = logging.getLogger("node.store")
 
 
+@dataclass(slots=True, eq=False)
 class Change:
     """One subject's transition, and the delta to replicate (None: nothing to send)."""
 
-    def __init__(self, old: SubjectState | None, new: SubjectState, delta: Delta | None) -> None:
-        self.old = old
-        self.new = new
-        self.delta = delta
-        # Set by the commit: the new state's encoded position (encode_position), from which
-        # the writer's handoff token is made (token_of_positions) with no encoding of its own.
-        self.position = b""
-        # The digest stored for the old state, when it is not the old state's (see quarantine).
-        self.old_digest: bytes | None = None
+    old: SubjectState | None
+    new: SubjectState
+    delta: Delta | None
+    # Set by the commit: the new state's encoded position (encode_position), from which the
+    # writer's handoff token is made (token_of_positions) with no encoding of its own.
+    position: bytes = b""
+    # The digest stored for the old state, when it is not the old state's (see quarantine).
+    old_digest: bytes | None = None
 
 
+@dataclass(slots=True, eq=False)
 class _Pending:
     """A writer's batch in the group commit's queue."""
 
-    def __init__(
-        self,
-        changes: Sequence[Change],
-        extra: Sequence[tuple[str, bytes, bytes | None]],
-        durable: bool,
-    ) -> None:
-        self.changes = changes
-        self.extra = extra
-        self.durable = durable
-        # Held while a writer waits (a first leader has none): released once, when its batch
-        # is written, or when it is its turn to lead. A bare lock: waking a writer is one
-        # release, with none of an Event's Python-level bookkeeping under the GIL.
-        self.wake: threading.Lock | None = None
-        self.finished = False
-        self.error: BaseException | None = None
-        self.last_seq = 0
+    changes: Sequence[Change]
+    extra: Sequence[tuple[str, bytes, bytes | None]]
+    durable: bool
+    # Held while a writer waits (a first leader has none): released once, when its batch is
+    # written, or when it is its turn to lead. A bare lock: waking a writer is one release.
+    wake: threading.Lock | None = None
+    finished: bool = False
+    error: BaseException | None = None
+    last_seq: int = 0
 
 
 class GroupCommit(Suspension):
