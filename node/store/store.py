@@ -82,6 +82,7 @@ class Store(Reads):
 
     @property
     def _outbox_grew(self) -> threading.Condition:
+        """The outbox's condition: notified when entries are written or the store closes."""
         return self.delta_log.grew
 
     @_outbox_grew.setter

@@ -3,8 +3,9 @@
 A group's leader writes its batch without sync (RocksDB has then handed the WAL record to the
 OS) and syncs the live WAL files itself: the durability of RocksDB's own WAL sync, while the
 node's other threads keep queueing batches for the next group (why: docs/performance.md, "Group
-commit and the write path"). This holds only while RocksDB runs as assumed, so ``check``
-verifies at every open, from the OPTIONS file RocksDB wrote and from the directory, that:
+commit and the write path"). This holds only while RocksDB runs as assumed, so
+``check_assumptions`` verifies at every open, from the OPTIONS file RocksDB wrote and from the
+directory, that:
 
 - the WAL lives in the data directory (``wal_dir`` unset or the data directory itself);
 - a write without sync has reached the OS when it returns (``manual_wal_flush=false``);
@@ -42,10 +43,14 @@ class WalAssumptionBroken(Exception):
 
 def latest_options(directory: str) -> dict[str, str]:
     """The ``[DBOptions]`` of the newest OPTIONS file RocksDB wrote in ``directory``."""
-    names = [n for n in os.listdir(directory) if n.startswith("OPTIONS-")]
-    if not names:
+    numbered = {
+        int(n.removeprefix("OPTIONS-")): n
+        for n in os.listdir(directory)
+        if n.startswith("OPTIONS-") and n.removeprefix("OPTIONS-").isdigit()  # not a .dbtmp
+    }
+    if not numbered:
         raise WalAssumptionBroken(f"RocksDB wrote no OPTIONS file in {directory}")
-    newest = max(names, key=lambda n: int(n.removeprefix("OPTIONS-").split(".")[0] or 0))
+    newest = numbered[max(numbered)]
     options: dict[str, str] = {}
     section = ""
     for line in Path(directory, newest).read_text().splitlines():
