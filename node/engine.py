@@ -15,26 +15,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from node import metrics
+from node import idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import ResourceExhausted, Unavailable
 from node.handoff import DEFAULT_LEAD, WaitSlots
+from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.reads import ModelView, Reader
 from node.resolution import Explanation, normalize_statement
 from node.screening import screen
+from node.sizes import SubjectSizes
 from node.snapshots import Snapshots
 from node.store import Change, Store
 from node.watches import Subscription, Watches
 from sync.bounds import (
-    Excess,
     Footprint,
-    Footprints,
     SubjectLimits,
-    excess,
-    grew,
-    head_bytes,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
@@ -120,20 +117,32 @@ class Engine:
         self._held = CausalBuffer()
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
-        self._footprints = Footprints()  # of subjects' latest states: a write counts its change
-        # Subjects whose refused merges were logged: once each (bounded like _footprints).
-        self._refused_logged: set[Subject] = set()
+        self.sizes = SubjectSizes(self.subject_limits)
 
     # -- writes --------------------------------------------------------------------------
 
-    def observe(self, source: str, inputs: Sequence[ObservationInput]) -> WriteResult:
-        """Records the observations of one source, all in one durable batch."""
-        self._check_clock()
+    def observe(
+        self, source: str, inputs: Sequence[ObservationInput], request: Request | None = None
+    ) -> WriteResult:
+        """Records the observations of one source, all in one durable batch; a ``request``
+        seen before is answered as it was the first time (node.idempotency)."""
         by_subject: dict[Subject, list[tuple[int, ObservationInput]]] = {}
         for i, item in enumerate(inputs):
             by_subject.setdefault(item.subject, []).append((i, item))
         written: list[Written | None] = [None] * len(inputs)
         with self._locks.held(by_subject):
+            if request is not None:
+                asked = [
+                    (i, x.subject, x.context, _slot_key(x), x.statement)
+                    for i, x in enumerate(inputs)
+                ]
+                replay = self._replay(request, "observe", list(by_subject), asked)
+                if replay is not None:
+                    keys = [_slot_key(x) for x in inputs]
+                    return WriteResult(
+                        tuple(map(Written, replay.ids, keys)), self._token(list(by_subject))
+                    )
+            self._check_clock()
             changes = []
             footprints = []
             for subject, items in by_subject.items():
@@ -143,42 +152,40 @@ class Engine:
                 gone: list[Observation] = []  # of ``old``: removed by the request's writes
                 for i, item in items:
                     before = state.observations
-                    obs, removed, step, state = self._observe_one(state, source, item)
+                    obs, removed, step, state = self._observe_one(state, source, item, request, i)
                     gone += [before[d] for d in removed if d in old.observations]
                     delta = step if delta is None else merge(delta, step)
                     events.append(obs.dot)
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
                 added = [state.observations[d] for d in events if d in state.observations]
-                previous = self.footprint(old)
-                footprint = previous.changed(gone, added)
-                found = excess(state, footprint, self.subject_limits)
-                if found is not None and grew(previous, footprint):
-                    metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
-                    raise ResourceExhausted(
-                        f"subject {subject} {found.describe()}; nothing of this request was "
-                        "written (retract or forget some of its observations first)"
-                    )
+                footprint = self.sizes.check_write(old, state, gone, added)
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
                 footprints.append((state, footprint))
-            self._commit(changes)
+            ids = tuple(w.observation_id for w in written if w is not None)
+            self._commit(changes, extra=self._request_rows(request, "observe", Replay(ids)))
             for state, footprint in footprints:
-                self._remember_footprint(state, footprint)
+                self.sizes.remember(state, footprint)
         changes.sort(key=_subject_of)
         token = token_of_positions([change.position for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
         return WriteResult(tuple(w for w in written if w is not None), token)
 
     def _observe_one(
-        self, state: SubjectState, source: str, item: ObservationInput
+        self,
+        state: SubjectState,
+        source: str,
+        item: ObservationInput,
+        request: Request | None = None,
+        index: int = 0,
     ) -> tuple[Observation, list[Dot], SubjectState, SubjectState]:
         """The observation, the dots it removes, its delta and the state after it."""
         key = item.key or normalize_statement(item.statement)
         policy = self.policies.for_context(item.context)
         mine: list[Dot] = []  # the source's own, which this observation supersedes
         others: list[Dot] = []
-        index = self.snapshots.index(state)
-        for obs in sorted(index.slot(item.context, key), key=_age):  # oldest first
+        slots = self.snapshots.index(state)
+        for obs in sorted(slots.slot(item.context, key), key=_age):  # oldest first
             (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
@@ -192,10 +199,12 @@ class Engine:
             hlc=self._mint(),
             origin=self.node,
             based_on=item.based_on,
+            request_key=request.key if request is not None else "",
+            request_index=index if request is not None else 0,
         )
         removed = [*mine, *evicted]
         new = apply_observe(state, obs, removed)
-        self.snapshots.written(index, new, removed, obs)  # the next write's and read's start
+        self.snapshots.written(slots, new, removed, obs)  # the next write's and read's start
         return obs, removed, observe_delta(state, obs, removed), new
 
     def retract(
@@ -205,16 +214,22 @@ class Engine:
         key: str,
         source: str,
         audit: AuditRecord | None = None,
+        request: Request | None = None,
     ) -> tuple[int, str]:
         """Withdraws ``source``'s observations in a slot from before now, wherever written;
         returns how many this node held and a token.
 
         The withdrawal is recorded (sync.crdt) even when this node holds none of them: it
         applies to those it merges later, from before the retract's time. With ``audit`` the
-        action is recorded (slot and count added to its detail) in the same batch.
+        action is recorded (slot and count added to its detail) in the same batch. A
+        ``request`` seen before is answered as it was the first time (node.idempotency).
         """
-        self._check_clock()
         with self._locks.held([subject]):
+            if request is not None:
+                replay = self._replay(request, "retract", [subject])
+                if replay is not None:
+                    return replay.retracted, self._token([subject])
+            self._check_clock()
             state = self.state(subject)
             slot = self.snapshots.index(state).slot(context, key)
             count = sum(1 for obs in slot if obs.source == source)
@@ -224,49 +239,60 @@ class Engine:
             event = self._next_dot(state)
             delta = retract_delta(state, self.actor, context, key, source, self._mint())
             new = merge(state, delta)
-            self._check_withdrawal(state, new)
+            self.sizes.check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
-            self._commit([change], audit)
+            rows = self._request_rows(request, "retract", Replay(retracted=count))
+            self._commit([change], audit, rows)
             token = token_of_positions([change.position])
         return count, token
 
-    def _check_withdrawal(self, old: SubjectState, new: SubjectState) -> None:
-        """Refuses a retract whose new withdrawal (recorded even where nothing is withdrawn)
-        would grow the subject past its size limit."""
-        if len(new.withdrawals) <= len(old.withdrawals):
-            return
-        gone = [o for d, o in old.observations.items() if d not in new.observations]
-        before = self.footprint(old)
-        after = before.changed(gone, [])
-        found = excess(new, after, self.subject_limits)
-        if found is None or head_bytes(new) + after.observation_bytes <= (
-            head_bytes(old) + before.observation_bytes
-        ):
-            return
-        metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
-        raise ResourceExhausted(
-            f"subject {new.subject} {found.describe()}; the retract was not recorded (forget "
-            "the subject, or retract where its observations are)"
-        )
-
-    def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
+    def forget(
+        self, subject: Subject, audit: AuditRecord | None = None, request: Request | None = None
+    ) -> str:
         """Erases the subject everywhere: every observation before now, wherever written (an
         erase bound), and their rows purged from disk. Writes after it, here or on a node that
         merged it, are kept (sync.crdt).
 
-        With ``audit`` the erase is recorded in the audit log in the same batch.
+        With ``audit`` the erase is recorded in the audit log in the same batch. A ``request``
+        seen before is answered as it was the first time (node.idempotency).
         """
-        self._check_clock()
         with self._locks.held([subject]):
+            if request is not None and self._replay(request, "forget", [subject]) is not None:
+                return self._token([subject])
+            self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts
             delta = erase_delta(state, self.actor, self._mint())
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
-            self._commit([change], audit)
+            self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
+
+    def _replay(
+        self,
+        request: Request,
+        op: str,
+        subjects: Sequence[Subject],
+        items: Sequence[tuple[int, Subject, str, str, str]] = (),
+    ) -> Replay | None:
+        """The first answer of a keyed call seen before (with the subjects' locks held)."""
+        return idempotency.first_answer(
+            self.store, self.state, request, op, subjects, items, self._now_ms()
+        )
+
+    def _request_rows(
+        self, request: Request | None, op: str, replay: Replay
+    ) -> list[tuple[str, bytes, bytes | None]]:
+        """The rows recording a keyed call's answer (none without a key), written with it."""
+        if request is None:
+            return []
+        return idempotency.rows_for(self.store, request, op, replay, self._now_ms())
+
+    def _token(self, subjects: Sequence[Subject]) -> str:
+        """The handoff token of the subjects' positions now."""
+        return encode_token({s: self.state(s).context for s in sorted(subjects)})
 
     def _check_clock(self) -> None:
         """Refuses a write while the clock would mint timestamps peers refuse (sync.hlc)."""
@@ -331,7 +357,7 @@ class Engine:
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
-                    found = self._past_limits(state, new)
+                    found = self.sizes.past_limits(state, new)
                     if found is not None:
                         limited += indexes[subject]
                         reasons.setdefault(subject, f"subject {subject} {found.describe()}")
@@ -370,35 +396,9 @@ class Engine:
             self.watches.notify(change.new.subject)
         self.reader.changed()
 
-    def _past_limits(self, old: SubjectState, new: SubjectState) -> Excess | None:
-        """The limit (logged once per subject, counted) a merge would take ``old`` past, growing
-        it, to ``new``: a peer with larger limits sent it. A subject already past them (limits
-        lowered since) may still take merges that do not grow it."""
-        before = self.footprint(old)
-        # Dots are never reused (an erase keeps the context), so the change is the difference.
-        removed = [old.observations[d] for d in old.observations.keys() - new.observations.keys()]
-        added = [new.observations[d] for d in new.observations.keys() - old.observations.keys()]
-        after = before.changed(removed, added)
-        found = excess(new, after, self.subject_limits)
-        if found is None or not grew(before, after):
-            self._remember_footprint(new, after)
-            return None
-        metrics.SUBJECT_LIMIT_REFUSED.labels("merge", found.limit).inc()
-        if new.subject not in self._refused_logged:
-            if len(self._refused_logged) > 10_000:
-                self._refused_logged.clear()
-            self._refused_logged.add(new.subject)
-            metrics.log.warning(
-                "refused to merge a peer's state of %s: it %s", new.subject, found.describe()
-            )
-        return found
-
     def footprint(self, state: SubjectState) -> Footprint:
-        """What ``state`` holds as the subject limits count it (kept for the next write)."""
-        return self._footprints.of(state)
-
-    def _remember_footprint(self, state: SubjectState, footprint: Footprint) -> None:
-        self._footprints.remember(state, footprint)
+        """What ``state`` holds as the subject limits count it (node.sizes)."""
+        return self.sizes.footprint(state)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -478,6 +478,10 @@ def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
 
 def _age(obs: Observation) -> tuple[int, Dot]:
     return obs.hlc, obs.dot
+
+
+def _slot_key(item: ObservationInput) -> str:
+    return item.key or normalize_statement(item.statement)
 
 
 def _subject_of(change: Change) -> Subject:
