@@ -113,6 +113,10 @@ class BeliefView:
     # reported beside the confidence, which never depends on when it is read. Not compared:
     # two reads of the same belief are equal whenever they were made.
     age: dt.timedelta = field(default=dt.timedelta(0), compare=False)
+    # How many sources support and dissent, whether or not the read listed them all
+    # (``max_positions``).
+    supporter_count: int = 0
+    dissenter_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,8 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             changed := _time(b.changed_at),
             b.policy,
             max(resolved - changed, dt.timedelta(0)),
+            b.supporter_count,
+            b.dissenter_count,
         )
         for b in msg.beliefs
     )
@@ -427,12 +433,16 @@ class Client:
         timeout_s: float | None = None,
         page_size: int = 0,
         page_token: str = "",
+        max_positions: int | None = None,
     ) -> SelfModelView:
         """The subject's model; with ``page_size``, one page of its beliefs (pass the view's
-        ``next_page_token`` as ``page_token`` for the next)."""
+        ``next_page_token`` as ``page_token`` for the next); with ``max_positions``, at most
+        that many supporters and dissenters per belief (0: their counts only)."""
         req = self._req.get(
             subject, at_least, contexts, min_confidence, include_uncertain, page_size, page_token
         )
+        if max_positions is not None:
+            req.max_positions = max_positions
         return self._req.remember(
             view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
         )
@@ -713,12 +723,16 @@ class AsyncClient:
         timeout_s: float | None = None,
         page_size: int = 0,
         page_token: str = "",
+        max_positions: int | None = None,
     ) -> SelfModelView:
         """The subject's model; with ``page_size``, one page of its beliefs (pass the view's
-        ``next_page_token`` as ``page_token`` for the next)."""
+        ``next_page_token`` as ``page_token`` for the next); with ``max_positions``, at most
+        that many supporters and dissenters per belief (0: their counts only)."""
         req = self._req.get(
             subject, at_least, contexts, min_confidence, include_uncertain, page_size, page_token
         )
+        if max_positions is not None:
+            req.max_positions = max_positions
         reply = await self._call(self._stub.GetSelfModel, req, timeout_s)
         return self._req.remember(view_from_proto(reply))
 

@@ -128,6 +128,14 @@ def test_every_node_reads_every_change_it_waited_for_in_full_and_in_summary(
                         len(f.supporters), len(f.dissenters),
                     ) == (f.supporter_count, f.dissenter_count)  # fmt: skip
                     assert not s.supporters and not s.dissenters
+            # The Python client's summary read agrees with the raw one.
+            view = clients[(at, "operator")].self_model(
+                user(subject), at_least=everything, include_uncertain=True, max_positions=0
+            )
+            assert [(b.key, b.supporter_count, b.dissenter_count) for b in view.all_beliefs] == [
+                (b.key, b.supporter_count, b.dissenter_count) for b in full.beliefs
+            ]
+            assert not any(b.supporters or b.dissenters for b in view.all_beliefs)
     finally:
         for c in clients.values():
             c.close()
