@@ -11,7 +11,9 @@ what the reference model of docs/semantics.md (tests/faults/test_model_based.py)
 
 from __future__ import annotations
 
+import gc
 import tempfile
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,5 +243,38 @@ def test_a_snapshot_does_not_depend_on_the_read_instant() -> None:
             assert later.resolved_ms == first.resolved_ms + 1000 * 86_400_000
             state = engine.state(u)
             assert later.beliefs == tuple(resolve(state.observations.values(), fading))
+        finally:
+            store.close()
+
+
+def test_snapshot_memory_is_estimated_on_the_high_side() -> None:
+    """What snapshot_cache_mb bounds: the snapshots, slot indexes and kept replies that reads
+    add to what the state cache holds, measured with tracemalloc."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "db", "sales", sync=False)
+        engine = Engine(store, BOOK)
+        replies = convert.SnapshotReplies(engine.snapshots)
+        try:
+            subjects = [user_of(f"mem-{i}") for i in range(10)]
+            for u in subjects:
+                for k in range(20):
+                    for who in SOURCES:
+                        item = ObservationInput(u, CTX, f"k{k}", f"{who} says {k}", 0.7)
+                        engine.observe(who, [item])
+            engine.snapshots = type(engine.snapshots)(engine.snapshots.budget_bytes)
+            engine.reader.snapshots = replies.snapshots = engine.snapshots
+            gc.collect()
+            tracemalloc.start()
+            try:
+                for u in subjects:
+                    view = engine.model(u)
+                    for limit in (None, 0):
+                        want = convert.Filter(include_uncertain=True, max_positions=limit)
+                        replies.reply(u, view, want, "sales")
+                gc.collect()
+                used, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert 0 < used <= engine.snapshots.cost_bytes, (used, engine.snapshots.cost_bytes)
         finally:
             store.close()
