@@ -1,12 +1,16 @@
 """Resolved snapshots: each subject's model, resolved once per state and kept until it changes.
 
 A subject's beliefs are a pure function of its state and the policy book (node.resolution), and
-a slot's belief depends on that slot's observations alone. A snapshot keeps, per slot, its
-observations and its belief; the snapshot of the subject's next state re-resolves only the slots
-whose observations differ. Dots are never reused and an observation never changes, so the
-difference of two states' dot sets is exactly what changed between them, whatever happened in
-between (writes, merges, retracts, erases, held-back deltas): a snapshot built this way equals
-one resolved from scratch (tests/unit/test_snapshots.py checks it).
+a slot's belief depends on that slot's observations alone. A snapshot keeps its state's slot
+index (the observations grouped by slot) and each slot's belief; the snapshot of the subject's
+next state re-resolves only the slots whose observations differ. An index follows the subject:
+a local write hands it its own change (``after_write``, the slot's work), any other change is
+the difference of the two states' dot sets (dots are never reused and an observation never
+changes, so that difference is exactly what changed, whatever happened in between: merges,
+retracts, erases, held-back deltas). An index made from another keeps the very tuples of the
+slots it did not change, so the slots to resolve again are those whose tuples are new
+(``touched``). A snapshot built this way equals one resolved from scratch
+(tests/unit/test_snapshots.py checks it).
 
 Nothing in a snapshot depends on the read's instant: recency decays within a slot, never
 against the reader's clock (docs/semantics.md), so a snapshot never grows stale with time, only
