@@ -199,8 +199,9 @@ def replicated(
     """The first call's answer from its observations in ``states``, when they hold every one
     of them (``items``: index, subject, context, key and statement of each one asked for).
 
-    Only observations of the caller within the window count. A call found in part (the rest not
-    merged here yet) is Unavailable: retried, it finds the rest once merged.
+    Only observations of the caller within the window count. A call found in part is
+    Unavailable: retried, it finds the rest once merged, unless the rest was lost since (its
+    message then says to retry on the node that took the call).
     """
     found: dict[int, str] = {}
     for state in states:
@@ -218,6 +219,16 @@ def replicated(
     if not found:
         return None
     if len(found) < len(items):
+        # One call's observations of one subject arrive in one delta: a subject holding some of
+        # them and not the others lost those since (replaced, retracted, forgotten), for good.
+        held = {s for i, s, *_ in items if i in found}
+        if any(s in held for i, s, *_ in items if i not in found):
+            raise Unavailable(
+                f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} "
+                "observations of the first call are on this node, the others were since "
+                "replaced, retracted or forgotten here, so retrying here never finds them: "
+                "retry on the node that took the first call, or read the subject"
+            )
         raise Unavailable(
             f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} observations "
             "of the first call are merged on this node, the rest not yet; retry"

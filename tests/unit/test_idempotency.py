@@ -177,6 +177,14 @@ def test_a_call_is_recognised_from_its_merged_observations_only_once_all_are_mer
     assert replicated([_state(ALICE), _state(BOB)], REQUEST, ASKED, BASE_MS) is None
 
 
+def test_a_call_lost_in_part_on_one_subject_says_retrying_here_never_helps() -> None:
+    """A subject's observations of one call arrive together: one present and one not means the
+    other was since replaced here, which no retry on this node finds."""
+    both = [(0, ALICE, "budget", "amount", "ten thousand"), (1, ALICE, "plans", "size", "big")]
+    with pytest.raises(Unavailable, match=r"since replaced.*node that took the first call"):
+        replicated([_state(ALICE, _keyed(1, 0))], REQUEST, both, BASE_MS)
+
+
 def test_merged_observations_of_another_agent_or_past_the_window_are_not_the_call() -> None:
     theirs = _state(ALICE, _keyed(1, 0, source="support_agent"))
     assert replicated([theirs], REQUEST, ASKED[:1], BASE_MS) is None
