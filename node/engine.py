@@ -115,6 +115,7 @@ class Engine:
             members=members | {store.node}, max_handoff_lead=max_handoff_lead,
         )  # fmt: skip
         self._held = CausalBuffer()
+        self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self.sizes = SubjectSizes(self.subject_limits)
@@ -288,7 +289,7 @@ class Engine:
         """The rows recording a keyed call's answer (none without a key), written with it."""
         if request is None:
             return []
-        return idempotency.rows_for(self.store, request, op, replay, self._now_ms())
+        return self._sweeper.rows_for(self.store, request, op, replay, self._now_ms())
 
     def _token(self, subjects: Sequence[Subject]) -> str:
         """The handoff token of the subjects' positions now."""
