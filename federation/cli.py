@@ -16,11 +16,12 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from federation import certs, cluster, tokens
+from federation import calls, certs, cluster, tokens
 from federation.bearer import TOKEN_ENV, TOKEN_FILE_ENV, bearer_token
 from federation.client import Client, parse_subject
 from federation.launcher import PARENT_ENV, die_with_parent
 from node.errors import SelfModelError
+from selfmodel import channels
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 
@@ -51,7 +52,6 @@ def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from node import tls
     from node.auth import TokenBook, TokenFileError
     from node.peers import PeerAuthError
     from node.policy import PolicyBook
@@ -105,7 +105,7 @@ def _node(args: argparse.Namespace) -> int:
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
-            config.server_credentials = tls.agent_server_credentials(
+            config.server_credentials = channels.agent_server_credentials(
                 Path(args.tls_cert), Path(args.tls_key)
             )
         if tokens_file:
@@ -184,9 +184,7 @@ def _cluster_status(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Client:
     credentials = None
     if args.ca:
-        from node import tls
-
-        credentials = tls.agent_channel_credentials(Path(args.ca))
+        credentials = channels.agent_channel_credentials(Path(args.ca))
     return Client(
         args.target,
         agent=args.agent,
@@ -216,16 +214,15 @@ def _observe(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from selfmodel.v1 import selfmodel_pb2
-
     with _client(args) as client:
-        req = selfmodel_pb2.GetSelfModelRequest(
-            subject=client._req.subject(parse_subject(args.subject, args.tenant)),
+        call = calls.self_model(
+            client._req,
+            parse_subject(args.subject, args.tenant),
             include_uncertain=True,
-            contexts=args.context or [],
-            at_least=args.at_least or "",
+            contexts=args.context or (),
+            at_least=args.at_least,
         )
-        _print(client._call(client._stub.GetSelfModel, req))
+        _print(client._run(calls.raw(call)))
     return 0
 
 
@@ -236,11 +233,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from selfmodel.v1 import admin_pb2
-
     with _client(args) as client:
-        req = admin_pb2.ListAuditRequest(after=args.after, limit=args.limit)
-        _print(client._call(client._admin.ListAudit, req))
+        _print(client._run(calls.raw(calls.audit(client._req, args.after, args.limit))))
     return 0
 
 
@@ -259,8 +253,6 @@ def _health(args: argparse.Namespace) -> int:
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from node import tls
-
     target, credentials, server_name = args.target, None, args.server_name
     try:
         if args.cluster:
@@ -275,7 +267,7 @@ def _health(args: argparse.Namespace) -> int:
             server_name = server_name or name
             credentials = spec.agent_credentials()
         elif args.ca:
-            credentials = tls.agent_channel_credentials(Path(args.ca))
+            credentials = channels.agent_channel_credentials(Path(args.ca))
     except OSError as exc:  # the cluster file itself is a ClusterFileError
         raise ValueError(f"cannot read the CA certificate: {exc}") from exc
     options = []
@@ -283,7 +275,7 @@ def _health(args: argparse.Namespace) -> int:
         # Dialed by address (loopback, in a probe): check the certificate against the node's name.
         options.append(("grpc.ssl_target_name_override", server_name))
     request = health_pb2.HealthCheckRequest(service=args.service)
-    with tls.open_channel(target, credentials, options) as channel:
+    with channels.open_channel(target, credentials, options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
         except grpc.RpcError as exc:

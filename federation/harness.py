@@ -28,7 +28,7 @@ from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
 from node.peers import PeerAuth, create_secret, read_secrets
-from node.tls import agent_channel_credentials, open_channel
+from selfmodel.channels import agent_channel_credentials, open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")

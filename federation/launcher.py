@@ -16,7 +16,7 @@ from typing import IO, TextIO
 import grpc
 
 from federation.cluster import Cluster, default_cluster_text
-from node.tls import open_channel
+from selfmodel.channels import open_channel
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0

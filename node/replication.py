@@ -18,8 +18,8 @@ from node.peers import NODE_HEADER, PeerAuth, PeerRefused, foreign_actors
 from node.refusals import Refusals
 from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
-from node.tls import open_channel
 from node.validation import Limits
+from selfmodel.channels import open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import (
