@@ -260,7 +260,7 @@ def pin_process(pid: int, cpus: frozenset[int]) -> None:
 
 
 def threaded_server() -> grpc.Server:
-    """A threaded grpc.server configured as the node configures its own (node.server)."""
+    """A threaded grpc.server configured as the node configures its own (node.listeners)."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],

@@ -33,6 +33,7 @@ from federation.bearer import bearer_token
 from federation.cache import CachedModel
 from federation.calls import Call, Requests, Stream
 from federation.views import (
+    DEFAULT_TARGET,
     DEFAULT_TENANT,
     AuditEntry,
     BeliefView,
@@ -108,7 +109,7 @@ class _Connection(Generic[C]):
 
     def __init__(
         self,
-        target: str = "127.0.0.1:7070",
+        target: str = DEFAULT_TARGET,
         *,
         agent: str | None = None,
         token: str | None = None,

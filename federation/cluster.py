@@ -48,9 +48,9 @@ from typing import Any
 import grpc
 
 from node import peers
+from node.config import NodeConfig
 from node.policy import PolicyBook
 from node.replication import PeerConfig
-from node.server import NodeConfig
 from node.validation import Limits
 from selfmodel import channels
 from sync.bounds import SubjectLimits

@@ -1,5 +1,6 @@
 """What the client library hands back: subjects as agents name them, and frozen views of the
-node's replies (a resolved self-model, a write's acknowledgement, an audit entry)."""
+node's replies (a resolved self-model, a write's acknowledgement, an audit entry); the default
+node and tenant."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from selfmodel.v1 import admin_pb2, model_pb2
 from sync.observation import Subject, SubjectKind
 
 DEFAULT_TENANT = "default"
+DEFAULT_TARGET = "127.0.0.1:7070"  # a development node's agents' port
 
 
 def user(id: str, tenant: str | None = None) -> SubjectRef:
@@ -170,6 +172,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
 
 
 __all__ = [
+    "DEFAULT_TARGET",
     "DEFAULT_TENANT",
     "AuditEntry",
     "BeliefView",
