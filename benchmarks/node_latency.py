@@ -26,8 +26,8 @@ Clients are separate worker processes (one gRPC channel each, one call in flight
 client process's GIL is not what is measured. Every client sends pre-serialized requests and
 does not decode replies, for the node and the echo alike: the figures compare servers.
 
-    python benchmarks/node_latency.py            # about 2 minutes
-    python benchmarks/node_latency.py --quick    # about 15 seconds
+    python -m benchmarks.node_latency            # about 2 minutes
+    python -m benchmarks.node_latency --quick    # about 15 seconds
 """
 
 from __future__ import annotations
@@ -1044,7 +1044,7 @@ def run_rounds(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from federation.harness import NodeProcess
+    from tests.harness import NodeProcess
 
     command = "python " + " ".join(sys.argv if argv is None else ["node_latency.py", *argv])
     info = machine()

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="run a benchmark of this checkout's benchmarks/ (load, handoff, chaos, replication, "
-        "node_latency); its own --help lists its options",
+        "node_latency) from the checkout's root; its own --help lists its options",
     )
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
@@ -127,10 +127,14 @@ BENCHMARKS = ("load", "handoff", "chaos", "replication", "node_latency")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
-    if not script.exists():
-        raise ValueError(f"no {script}: the benchmarks come with a checkout, not the package")
-    return subprocess.call([sys.executable, str(script), *args.options])
+    """Runs ``python -m benchmarks.NAME`` in the checkout: benchmarks use the tests' harness,
+    which comes with a checkout, not with the package."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / f"{args.name}.py").exists():
+        raise ValueError(f"no benchmarks/ in {root}: the benchmarks come with a checkout")
+    return subprocess.call(
+        [sys.executable, "-m", f"benchmarks.{args.name}", *args.options], cwd=root
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
