@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import grpc
@@ -54,8 +54,11 @@ from selfmodel.channels import ChannelOptions, open_aio_channel, open_channel
 from selfmodel.v1 import admin_pb2_grpc, selfmodel_pb2_grpc
 
 T = TypeVar("T")
+D = TypeVar("D")  # a call's description
+R = TypeVar("R")  # what running it returns
 P = ParamSpec("P")
 C = TypeVar("C", grpc.Channel, grpc.aio.Channel)
+S = TypeVar("S", bound="_Connection[Any]")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -138,21 +141,13 @@ class _Connection(Generic[C]):
         return getattr(self._stubs[service], method)
 
 
-def _blocking(
-    describe: Callable[Concatenate[Requests, P], Call[T]],
-) -> Callable[Concatenate[Client, P], T]:
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(describe(self._req, *args, **kwargs))
+def _bind(
+    describe: Callable[Concatenate[Requests, P], D], run: Callable[[S, D], R]
+) -> Callable[Concatenate[S, P], R]:
+    """A client method: ``describe`` the call from the method's arguments, then ``run`` it."""
 
-    functools.update_wrapper(method, describe)
-    return method
-
-
-def _blocking_stream(
-    describe: Callable[Concatenate[Requests, P], Stream[T]],
-) -> Callable[Concatenate[Client, P], Iterator[T]]:
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
-        return self._follow(describe(self._req, *args, **kwargs))
+    def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return run(self, describe(self._req, *args, **kwargs))
 
     functools.update_wrapper(method, describe)
     return method
@@ -189,14 +184,14 @@ class Client(_Connection[grpc.Channel]):
         finally:
             call.cancel()
 
-    observe = _blocking(calls.observe)
-    observe_batch = _blocking(calls.observe_batch)
-    retract = _blocking(calls.retract)
-    self_model = _blocking(calls.self_model)
-    explain = _blocking(calls.explain)
-    forget = _blocking(calls.forget)
-    audit = _blocking(calls.audit)
-    watch = _blocking_stream(calls.watch)
+    observe = _bind(calls.observe, _run)
+    observe_batch = _bind(calls.observe_batch, _run)
+    retract = _bind(calls.retract, _run)
+    self_model = _bind(calls.self_model, _run)
+    explain = _bind(calls.explain, _run)
+    forget = _bind(calls.forget, _run)
+    audit = _bind(calls.audit, _run)
+    watch = _bind(calls.watch, _follow)
 
     def cached(
         self,
@@ -216,26 +211,6 @@ class Client(_Connection[grpc.Channel]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _awaitable(
-    describe: Callable[Concatenate[Requests, P], Call[T]],
-) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
-    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(describe(self._req, *args, **kwargs))
-
-    functools.update_wrapper(method, describe)
-    return method
-
-
-def _async_stream(
-    describe: Callable[Concatenate[Requests, P], Stream[T]],
-) -> Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]:
-    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
-        return self._follow(describe(self._req, *args, **kwargs))
-
-    functools.update_wrapper(method, describe)
-    return method
 
 
 class AsyncClient(_Connection[grpc.aio.Channel]):
@@ -267,14 +242,14 @@ class AsyncClient(_Connection[grpc.aio.Channel]):
         finally:
             call.cancel()
 
-    observe = _awaitable(calls.observe)
-    observe_batch = _awaitable(calls.observe_batch)
-    retract = _awaitable(calls.retract)
-    self_model = _awaitable(calls.self_model)
-    explain = _awaitable(calls.explain)
-    forget = _awaitable(calls.forget)
-    audit = _awaitable(calls.audit)
-    watch = _async_stream(calls.watch)
+    observe = _bind(calls.observe, _run)
+    observe_batch = _bind(calls.observe_batch, _run)
+    retract = _bind(calls.retract, _run)
+    self_model = _bind(calls.self_model, _run)
+    explain = _bind(calls.explain, _run)
+    forget = _bind(calls.forget, _run)
+    audit = _bind(calls.audit, _run)
+    watch = _bind(calls.watch, _follow)
 
     async def close(self) -> None:
         await self._channel.close(None)

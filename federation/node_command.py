@@ -41,6 +41,40 @@ def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
     return parse
 
 
+# Options that set the NodeConfig field of their name over the cluster file's: the option, its
+# least value and type, and its help.
+NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
+    (
+        "--max-message-bytes", 1, int,
+        "the largest gRPC message the node sends or takes, from agents and peers alike "
+        "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
+    ),
+    (
+        "--min-free-mb", 0.0, float,
+        "suspend writes while the data directory's disk has less free space than this "
+        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
+    ),
+    (
+        "--disk-probe-s", 0.01, float,
+        "how often a node whose writes are suspended checks for room again (default: 5)",
+    ),
+    (
+        "--max-connections", 1, int,
+        "TCP connections the node accepts at once, across its ports (default: 1024, or "
+        "the cluster file's [cluster.connections] max)",
+    ),
+    (
+        "--connection-idle-s", 0.01, float,
+        "close a connection without calls after this many seconds (default: 300)",
+    ),
+    (
+        "--handshake-timeout-s", 0.01, float,
+        "close a connection that has not finished its HTTP/2 handshake after this many "
+        "seconds (default: 10)",
+    ),
+)  # fmt: skip
+
+
 def _node(args: argparse.Namespace) -> int:
     from node.auth import TokenBook, TokenFileError
     from node.config import ConfigError, NodeConfig
@@ -82,15 +116,8 @@ def _node(args: argparse.Namespace) -> int:
             max_subject_observations=args.max_subject_observations,
             max_subject_bytes=args.max_subject_bytes,
         )
-        if args.max_message_bytes is not None:
-            config.max_message_bytes = args.max_message_bytes
-        for setting in (
-            "min_free_mb",
-            "disk_probe_s",
-            "max_connections",
-            "connection_idle_s",
-            "handshake_timeout_s",
-        ):
+        for option, *_ in NODE_SETTINGS:
+            setting = option.removeprefix("--").replace("-", "_")
             if getattr(args, setting) is not None:
                 setattr(config, setting, getattr(args, setting))
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -147,40 +174,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             help=f"at most this many {what} per subject; a write past it is refused with "
             f"RESOURCE_EXHAUSTED (default: {default}, or the cluster file's)",
         )
-    node.add_argument(
-        "--max-message-bytes",
-        type=_at_least(1, int),
-        help="the largest gRPC message the node sends or takes, from agents and peers alike "
-        "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
-    )
-    node.add_argument(
-        "--min-free-mb",
-        type=_at_least(0.0, float),
-        help="suspend writes while the data directory's disk has less free space than this "
-        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
-    )
-    node.add_argument(
-        "--disk-probe-s",
-        type=_at_least(0.01, float),
-        help="how often a node whose writes are suspended checks for room again (default: 5)",
-    )
-    node.add_argument(
-        "--max-connections",
-        type=_at_least(1, int),
-        help="TCP connections the node accepts at once, across its ports (default: 1024, or "
-        "the cluster file's [cluster.connections] max)",
-    )
-    node.add_argument(
-        "--connection-idle-s",
-        type=_at_least(0.01, float),
-        help="close a connection without calls after this many seconds (default: 300)",
-    )
-    node.add_argument(
-        "--handshake-timeout-s",
-        type=_at_least(0.01, float),
-        help="close a connection that has not finished its HTTP/2 handshake after this many "
-        "seconds (default: 10)",
-    )
+    for option, least, kind, what in NODE_SETTINGS:
+        node.add_argument(option, type=_at_least(least, kind), help=what)
     node.add_argument(
         "--cluster",
         help="cluster file: run its node --name (its settings replace --data, --listen, "
