@@ -34,9 +34,8 @@ Service = Literal["SelfModel", "Admin"]
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One unary call. Every one is retried on UNAVAILABLE: each is idempotent (an Observe
-    replaces the same source's earlier observation in its slot, so a retried write cannot
-    double-count)."""
+    """One unary call; the clients retry it on UNAVAILABLE only (an Observe replaces the same
+    source's earlier observation in its slot, so a retried write cannot double-count)."""
 
     service: Service
     method: str  # the stub's method name
