@@ -28,26 +28,6 @@ class Child:
     log: Path
 
 
-PARENT_ENV = "SELFMODEL_PARENT_PID"
-
-
-def die_with_parent(parent: int) -> None:
-    """Called by a node at start: SIGTERM it when its launcher dies (Linux; elsewhere a no-op).
-
-    Done in the node itself rather than in a ``preexec_fn``, which can deadlock a child forked
-    from a threaded parent; if the launcher died before this ran, the node stops at once.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def effective_file(cluster: Cluster) -> Path:
     """The cluster file the nodes read: the given one, or the embedded default under data/."""
     if cluster.source is not None:
@@ -65,7 +45,7 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
     for spec in cluster.nodes:
         log_path = spec.data.parent / f"{spec.name}.log"
         command = processes.node_command(spec.name, cluster_file=path, args=extra)
-        proc = processes.spawn(command, log_path, env={PARENT_ENV: str(os.getpid())})
+        proc = processes.spawn(command, log_path, env={processes.PARENT_ENV: str(os.getpid())})
         children.append(Child(spec.name, proc, log_path))
     return children
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from federation import cluster
-from federation.launcher import PARENT_ENV, die_with_parent
+from federation.processes import PARENT_ENV, die_with_parent
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
 

@@ -25,6 +25,27 @@ START_TIMEOUT_S = 30.0
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
 
 
+# Set by a launcher in its nodes' environment: its pid, so that each node dies with it.
+PARENT_ENV = "SELFMODEL_PARENT_PID"
+
+
+def die_with_parent(parent: int) -> None:
+    """Called by a node at start: SIGTERM it when its launcher dies (Linux; elsewhere a no-op).
+
+    Done in the node itself rather than in a ``preexec_fn``, which can deadlock a child forked
+    from a threaded parent; if the launcher died before this ran, the node stops at once.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def node_command(
     name: str,
     *,
@@ -115,9 +136,11 @@ def stop(procs: Iterable[subprocess.Popen[str]], timeout_s: float = 15.0) -> lis
 
 
 __all__ = [
+    "PARENT_ENV",
     "START_TIMEOUT_S",
     "Listening",
     "await_listening",
+    "die_with_parent",
     "node_command",
     "spawn",
     "stop",
