@@ -15,11 +15,11 @@ from node.peers import PeerAuth, PeerAuthError, decide
 from node.policy import PolicyBook
 from node.validation import Limits
 from sync.bounds import SubjectLimits
-from sync.replicator import SyncSettings
+from sync.settings import SyncSettings
 
 if TYPE_CHECKING:
     from node.auth import TokenBook
-    from node.replication import PeerConfig
+    from node.peerlink import PeerConfig
     from node.servicer import Principal
 
 log = logging.getLogger("selfmodel.node")

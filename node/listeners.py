@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 
 from node import connections
 from node.config import ConfigError, NodeConfig, split_address
-from node.replication import SERVER_OPTIONS
+from node.peerlink import SERVER_OPTIONS
 
 
 def grpc_server(
