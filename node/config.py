@@ -56,7 +56,7 @@ class NodeConfig:
     server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
     # Writes are suspended while the data directory's disk has less free space than this, and
-    # resume (checked every disk_probe_s) once it has it again (node.diskwatch).
+    # resume (checked every disk_probe_s) once it has it again (node.store.diskwatch).
     min_free_mb: float = 64.0
     disk_probe_s: float = 5.0
     # TCP connections per listening port, and when idle or half-open ones are closed

@@ -20,7 +20,6 @@ from node import connections, listeners, metrics
 from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
-from node.diskwatch import DiskWatch
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.peers import PeerAuth, refusing
@@ -37,6 +36,7 @@ from node.servicer import (
 )
 from node.status import node_status
 from node.store import Store
+from node.store.diskwatch import DiskWatch
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
 from sync.replicator import Replicator
 
