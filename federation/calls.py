@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
 
+from federation.pages import PolicyView, SubjectsPage, new_idempotency_key, policies, subjects_page
 from federation.views import (
     AuditEntry,
     Observed,
@@ -26,7 +27,7 @@ from federation.views import (
     view_from_proto,
 )
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
-from sync.observation import Evidence
+from sync.observation import Evidence, SubjectKind
 
 T = TypeVar("T")
 Service = Literal["SelfModel", "Admin"]
@@ -34,8 +35,9 @@ Service = Literal["SelfModel", "Admin"]
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One unary call; the clients retry it on UNAVAILABLE only (an Observe replaces the same
-    source's earlier observation in its slot, so a retried write cannot double-count)."""
+    """One unary call; the clients retry it on UNAVAILABLE only, with the same request: a
+    write's idempotency key is the same on every retry, so a retry whose first attempt was
+    recorded (its answer lost) is answered as the first and records nothing new."""
 
     service: Service
     method: str  # the stub's method name
@@ -99,9 +101,11 @@ def observe(
     key: str = "",
     evidence: Iterable[Evidence] = (),
     based_on: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Call[Observed]:
     """Records an observation. ``based_on``: the handoff token of the model read it rests
-    on; by default the last model of this subject read through this client ("" for none)."""
+    on; by default the last model of this subject read through this client ("" for none).
+    ``idempotency_key``: by default a new one, reused by this call's retries."""
     subj = req.subject(subject)
     if based_on is None:
         based_on = req.read.get((subj.tenant, int(subj.kind), subj.id), "")
@@ -112,6 +116,7 @@ def observe(
         statement=statement,
         confidence=confidence,
         based_on=based_on,
+        idempotency_key=idempotency_key or new_idempotency_key(),
     )
     for ev in evidence:
         e = request.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
@@ -120,18 +125,35 @@ def observe(
     return Call("SelfModel", "Observe", request, _observed)
 
 
-def observe_batch(req: Requests, requests: Sequence[selfmodel_pb2.ObserveRequest]) -> Call[str]:
-    """Records the observations in one call; returns the handoff token covering them all."""
-    request = selfmodel_pb2.ObserveBatchRequest(observations=requests)
+def observe_batch(
+    req: Requests,
+    requests: Sequence[selfmodel_pb2.ObserveRequest],
+    *,
+    idempotency_key: str | None = None,
+) -> Call[str]:
+    """Records the observations together (all or none); returns the batch's token."""
+    request = selfmodel_pb2.ObserveBatchRequest(
+        observations=requests, idempotency_key=idempotency_key or new_idempotency_key()
+    )
     return Call("SelfModel", "ObserveBatch", request, _token)
 
 
 def retract(
-    req: Requests, subject: SubjectLike, context: str, key: str, *, source: str = ""
+    req: Requests,
+    subject: SubjectLike,
+    context: str,
+    key: str,
+    *,
+    source: str = "",
+    idempotency_key: str | None = None,
 ) -> Call[Retracted]:
     """Withdraws ``source``'s observations in the slot (by default the caller's own)."""
     request = selfmodel_pb2.RetractRequest(
-        subject=req.subject(subject), context=context, key=key, source=source
+        subject=req.subject(subject),
+        context=context,
+        key=key,
+        source=source,
+        idempotency_key=idempotency_key or new_idempotency_key(),
     )
     return Call(
         "SelfModel",
@@ -150,15 +172,21 @@ def self_model(
     min_confidence: float = 0.0,
     include_uncertain: bool = False,
     timeout_s: float | None = None,
+    page_size: int = 0,
+    page_token: str = "",
 ) -> Call[SelfModelView]:
     """The subject's resolved model; with ``at_least``, once the node holds that handoff
-    token's writes. Its token becomes the default ``based_on`` of the next observation."""
+    token's writes. Its token becomes the default ``based_on`` of the next observation. With
+    ``page_size``, one page of its beliefs (pass the view's ``next_page_token`` as
+    ``page_token`` for the next)."""
     request = selfmodel_pb2.GetSelfModelRequest(
         subject=req.subject(subject),
         contexts=list(contexts),
         min_confidence=min_confidence,
         include_uncertain=include_uncertain,
         at_least=at_least or "",
+        page_size=page_size,
+        page_token=page_token,
     )
     return Call(
         "SelfModel",
@@ -167,6 +195,64 @@ def self_model(
         lambda reply: req.remember(view_from_proto(reply)),
         timeout_s,
     )
+
+
+def self_models(
+    req: Requests,
+    subjects: Sequence[SubjectLike],
+    *,
+    at_least: str | None = None,
+    contexts: Sequence[str] = (),
+    min_confidence: float = 0.0,
+    include_uncertain: bool = False,
+) -> Call[tuple[list[SelfModelView], str]]:
+    """The models of several subjects, in order, and one handoff token covering them all."""
+    request = selfmodel_pb2.BatchGetSelfModelsRequest(
+        subjects=[req.subject(s) for s in subjects],
+        contexts=list(contexts),
+        min_confidence=min_confidence,
+        include_uncertain=include_uncertain,
+        at_least=at_least or "",
+    )
+
+    def answer(reply: selfmodel_pb2.BatchGetSelfModelsResponse) -> tuple[list[SelfModelView], str]:
+        return [req.remember(view_from_proto(m)) for m in reply.models], str(reply.handoff_token)
+
+    return Call("SelfModel", "BatchGetSelfModels", request, answer)
+
+
+def subjects(
+    req: Requests,
+    *,
+    kind: SubjectKind | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+    tenant: str | None = None,
+) -> Call[SubjectsPage]:
+    """One page of the tenant's subjects this node holds (default: the client's tenant)."""
+    request = selfmodel_pb2.ListSubjectsRequest(
+        tenant=tenant or req.tenant,
+        kind=int(kind or 0),  # type: ignore[arg-type]
+        page_size=page_size,
+        page_token=page_token,
+    )
+    return Call("SelfModel", "ListSubjects", request, subjects_page)
+
+
+def contexts(
+    req: Requests, subject: SubjectLike, *, at_least: str | None = None
+) -> Call[list[PolicyView]]:
+    """The contexts the subject holds beliefs in, each with its policy in force."""
+    request = selfmodel_pb2.ListContextsRequest(
+        subject=req.subject(subject), at_least=at_least or ""
+    )
+    return Call("SelfModel", "ListContexts", request, lambda reply: policies(reply.contexts))
+
+
+def policy(req: Requests, *contexts: str) -> Call[list[PolicyView]]:
+    """The policy in force for each context (none given: the default, as context "")."""
+    request = selfmodel_pb2.GetPolicyRequest(contexts=list(contexts))
+    return Call("SelfModel", "GetPolicy", request, lambda reply: policies(reply.policies))
 
 
 def explain(
@@ -179,9 +265,12 @@ def explain(
     return Call("SelfModel", "ExplainBelief", request, lambda reply: reply)
 
 
-def forget(req: Requests, subject: SubjectLike) -> Call[str]:
+def forget(req: Requests, subject: SubjectLike, *, idempotency_key: str | None = None) -> Call[str]:
     """Erases the subject on every node; returns the erasure's handoff token."""
-    request = selfmodel_pb2.ForgetSubjectRequest(subject=req.subject(subject))
+    request = selfmodel_pb2.ForgetSubjectRequest(
+        subject=req.subject(subject),
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
     return Call("SelfModel", "ForgetSubject", request, _token)
 
 
@@ -214,12 +303,16 @@ __all__ = [
     "Requests",
     "Stream",
     "audit",
+    "contexts",
     "explain",
     "forget",
     "observe",
     "observe_batch",
+    "policy",
     "raw",
     "retract",
     "self_model",
+    "self_models",
+    "subjects",
     "watch",
 ]

@@ -7,8 +7,10 @@
 
 ``Client`` and ``AsyncClient`` run the same call descriptions (``federation.calls``): each
 method of either is one of them, bound to the client. Calls are retried with jittered
-exponential backoff on UNAVAILABLE only; any other failure raises the domain exception of
-node.errors that the node raised.
+exponential backoff on UNAVAILABLE only. Every write carries an idempotency key, one per logical
+call and the same on each of its retries, so a retry whose first attempt was recorded (its
+answer lost) is answered as the first and records nothing new (node.idempotency). Any other
+failure raises the domain exception of node.errors that the node raised.
 """
 
 from __future__ import annotations
@@ -191,6 +193,10 @@ class Client(_Connection[grpc.Channel]):
     explain = _bind(calls.explain, _run)
     forget = _bind(calls.forget, _run)
     audit = _bind(calls.audit, _run)
+    self_models = _bind(calls.self_models, _run)
+    subjects = _bind(calls.subjects, _run)
+    contexts = _bind(calls.contexts, _run)
+    policy = _bind(calls.policy, _run)
     watch = _bind(calls.watch, _follow)
 
     def cached(
@@ -249,6 +255,10 @@ class AsyncClient(_Connection[grpc.aio.Channel]):
     explain = _bind(calls.explain, _run)
     forget = _bind(calls.forget, _run)
     audit = _bind(calls.audit, _run)
+    self_models = _bind(calls.self_models, _run)
+    subjects = _bind(calls.subjects, _run)
+    contexts = _bind(calls.contexts, _run)
+    policy = _bind(calls.policy, _run)
     watch = _bind(calls.watch, _follow)
 
     async def close(self) -> None:

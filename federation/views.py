@@ -85,6 +85,8 @@ class SelfModelView:
     node: str
     token: str
     all_beliefs: tuple[BeliefView, ...]
+    # With a page_size: the token of the next page of beliefs ("" after the last).
+    next_page_token: str = ""
 
     def beliefs(self, context: str | None = None) -> list[BeliefView]:
         return [b for b in self.all_beliefs if context is None or b.context == context]
@@ -168,7 +170,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
         for b in msg.beliefs
     )
     subject = Subject(msg.subject.tenant, SubjectKind(msg.subject.kind), msg.subject.id)
-    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs)
+    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs, msg.next_page_token)
 
 
 __all__ = [

@@ -103,6 +103,17 @@ class Reads(GroupCommit):
                 break
             yield Subject.from_storage_key(key)
 
+    def scan_keys(self, cf: str, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys of a column family starting with ``prefix``, in key order,
+        strictly after ``after`` (from the prefix's first key when ``after`` is below it)."""
+        keys: list[bytes] = []
+        for key in self._cf[cf].keys(from_key=max(prefix, after)):
+            if not key.startswith(prefix) or len(keys) >= limit:
+                break
+            if key != after:
+                keys.append(key)
+        return keys
+
     def bucket_hashes(self) -> list[bytes]:
         return list(self._buckets)
 

@@ -22,7 +22,7 @@ from node.store.wal import WalAssumptionBroken, WalSync, check_assumptions
 log = logging.getLogger("node.store")
 
 SCHEMA_VERSION = 1
-COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit")
+COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit", "requests")
 # How long a read waits for RocksDB to be reopened.
 REOPEN_WAIT_S = 10.0
 
