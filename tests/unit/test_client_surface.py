@@ -56,18 +56,20 @@ def test_importing_the_client_loads_nothing_of_the_node_but_its_exceptions() -> 
 
 
 class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminServicer):
-    """Records every request; the first call of each method fails UNAVAILABLE once."""
+    """Records every request; the first call of each method fails UNAVAILABLE once (its request
+    is kept in ``refused``)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, Message]] = []
-        self._failed: set[str] = set()
+        self.refused: dict[str, Message] = {}
         self._lock = threading.Lock()
 
     def _take(self, method: str, request: Message, context: grpc.ServicerContext) -> None:
         with self._lock:
-            first = method not in self._failed
-            self._failed.add(method)
-            if not first:
+            first = method not in self.refused
+            if first:
+                self.refused[method] = request
+            else:
                 self.requests.append((method, request))
         if first:
             context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
@@ -103,6 +105,32 @@ class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminService
             self.requests.append(("WatchSelfModel", request))
         yield snapshot(request.subject, "t-watch-1")
         yield snapshot(request.subject, "t-watch-2")
+
+    def ListSubjects(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._take("ListSubjects", request, context)
+        reply = selfmodel_pb2.ListSubjectsResponse(next_page_token="p-2")
+        reply.subjects.add(tenant=request.tenant, kind=1, id="u-1")
+        return reply
+
+    def ListContexts(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._take("ListContexts", request, context)
+        reply = selfmodel_pb2.ListContextsResponse()
+        reply.contexts.add(context="c", policy="weighted", min_confidence=0.5)
+        return reply
+
+    def BatchGetSelfModels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._take("BatchGetSelfModels", request, context)
+        reply = selfmodel_pb2.BatchGetSelfModelsResponse(handoff_token="t-batch-read")
+        for subject in request.subjects:
+            reply.models.append(snapshot(subject, "t-model"))
+        return reply
+
+    def GetPolicy(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._take("GetPolicy", request, context)
+        reply = selfmodel_pb2.GetPolicyResponse()
+        for name in request.contexts:
+            reply.policies.add(context=name, policy="latest", half_life_seconds=60.0)
+        return reply
 
     def ListAudit(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ListAudit", request, context)
@@ -146,6 +174,10 @@ def every_call_blocking(client: Client) -> list[Any]:
         client.explain(user("u-1"), "c", "k", at_least="t-1"),
         client.forget(user("u-1")),
         client.audit("c-0", 10),
+        client.subjects(page_size=5, page_token="p-1"),
+        client.contexts(user("u-1"), at_least="t-2"),
+        client.self_models([user("u-1"), "team:t-1"], contexts=["c"]),
+        client.policy("c", "d"),
         list(client.watch(user("u-1"), contexts=["c"], include_uncertain=True)),
     ]
 
@@ -164,8 +196,27 @@ async def every_call_async(client: AsyncClient) -> list[Any]:
         await client.explain(user("u-1"), "c", "k", at_least="t-1"),
         await client.forget(user("u-1")),
         await client.audit("c-0", 10),
+        await client.subjects(page_size=5, page_token="p-1"),
+        await client.contexts(user("u-1"), at_least="t-2"),
+        await client.self_models([user("u-1"), "team:t-1"], contexts=["c"]),
+        await client.policy("c", "d"),
         await collect(client.watch(user("u-1"), contexts=["c"], include_uncertain=True)),
     ]
+
+
+WRITES = ("Observe", "ObserveBatch", "Retract", "ForgetSubject")
+
+
+def without_keys(sent: list[tuple[str, Message]]) -> list[tuple[str, Message]]:
+    """The requests with their idempotency keys cleared (each logical call draws a new one)."""
+    cleared = []
+    for method, request in sent:
+        copy = type(request)()
+        copy.CopyFrom(request)
+        if method in WRITES:
+            copy.ClearField("idempotency_key")
+        cleared.append((method, copy))
+    return cleared
 
 
 def test_both_clients_send_the_same_requests_retry_alike_and_answer_alike(
@@ -174,25 +225,31 @@ def test_both_clients_send_the_same_requests_retry_alike_and_answer_alike(
     fake, address = fake_node
     with Client(address, agent="a", tenant="acme", attempts=2) as blocking:
         answers = every_call_blocking(blocking)
-    sent_blocking = list(fake.requests)
+    sent_blocking, refused_blocking = list(fake.requests), dict(fake.refused)
     fake.requests.clear()
-    fake._failed.clear()
+    fake.refused.clear()
 
     async def run() -> list[Any]:
         async with AsyncClient(address, agent="a", tenant="acme", attempts=2) as client:
             return await every_call_async(client)
 
     assert asyncio.run(run()) == answers
-    assert fake.requests == sent_blocking
-    # Each unary call failed UNAVAILABLE once and was retried; the observation rests on the
-    # model read before it.
+    assert without_keys(fake.requests) == without_keys(sent_blocking)
+    # Each unary call failed UNAVAILABLE once and was retried with the same request: a write
+    # with the same idempotency key, a new one per call.
     assert [m for m, _ in sent_blocking] == [
         "GetSelfModel", "Observe", "ObserveBatch", "Retract", "ExplainBelief", "ForgetSubject",
-        "ListAudit", "WatchSelfModel",
+        "ListAudit", "ListSubjects", "ListContexts", "BatchGetSelfModels", "GetPolicy",
+        "WatchSelfModel",
     ]  # fmt: skip
+    for refused, sent in ((refused_blocking, sent_blocking), (fake.refused, fake.requests)):
+        assert all(refused[m] == r for m, r in sent if m != "WatchSelfModel")
+        keys = [r.idempotency_key for m, r in sent if m in WRITES]
+        assert all(keys) and len(set(keys)) == len(WRITES)
     [observe] = [r for m, r in sent_blocking if m == "Observe"]
     assert observe.based_on == "t-read" and observe.subject.tenant == "acme"
     assert [v.token for v in answers[-1]] == ["t-watch-1", "t-watch-2"]
+    assert answers[7].next_page_token == "p-2" and answers[9][1] == "t-batch-read"
 
 
 def test_without_retries_left_an_unavailable_node_raises_the_same_domain_error(
