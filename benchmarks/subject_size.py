@@ -233,7 +233,7 @@ def compute_ratios(report: Report) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    from federation.harness import NodeProcess
+    from tests.harness import NodeProcess
 
     info = node_latency.machine()
     shapes = [Shape(n, k) for n in args.slots for k in args.sources]

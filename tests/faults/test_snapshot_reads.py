@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.client import user
-from federation.harness import LocalCluster, start_with_fresh_ports
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import merge_tokens
 from sync.hlc import wall_ms
@@ -34,6 +33,7 @@ from tests.faults.test_model_based import (
     Model,
     _after_this_millisecond,
 )
+from tests.harness import LocalCluster, start_with_fresh_ports
 from tests.nodes import NEVER_FADE
 from tests.unit.strategies import LAWS
 
