@@ -105,6 +105,11 @@ def test_a_corrupt_subject_is_quarantined_its_digest_rewritten_and_the_actor_ren
     assert digest_row == SubjectState(U1).digest()  # no longer vouching for the lost state
     assert store.bucket_hashes()[bucket] != buckets_before[bucket]
     assert store.verify() == 0  # rewritten: found once
+    # Its rows now live apart from the corrupt block: writing and reading it again is clean.
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k", "after the repair")])
+    assert store.verify() == 0
+    assert keys(engine, U1) == {"k"}
     store.close()
 
 
