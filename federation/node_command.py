@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from federation import cluster
+from federation import settings as numeric
 from federation.processes import PARENT_ENV, die_with_parent
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
@@ -52,7 +53,7 @@ NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
     (
         "--min-free-mb", 0.0, float,
         "suspend writes while the data directory's disk has less free space than this "
-        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
+        "(default: 64, or the cluster file's [cluster.limits] min_free_mb)",
     ),
     (
         "--disk-probe-s", 0.01, float,
@@ -61,7 +62,7 @@ NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
     (
         "--max-connections", 1, int,
         "TCP connections the node accepts at once, across its ports (default: 1024, or "
-        "the cluster file's [cluster.connections] max)",
+        "the cluster file's [cluster.limits] max_connections)",
     ),
     (
         "--connection-idle-s", 0.01, float,
@@ -73,6 +74,11 @@ NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
         "seconds (default: 10)",
     ),
 )  # fmt: skip
+SUBJECT_OPTIONS = ("--max-subject-slots", "--max-subject-observations", "--max-subject-bytes")
+LIMIT_OPTIONS = tuple(
+    o.removeprefix("--").replace("-", "_")
+    for o in ("--cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
+)
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -108,18 +114,9 @@ def _node(args: argparse.Namespace) -> int:
         if args.no_fsync:
             config.fsync = False
         config.accept_saved_clock = args.accept_saved_clock
-        if args.cache_mb is not None:
-            config.cache_mb = args.cache_mb
-        config.subject_limits = cluster.subject_limits(
-            config.subject_limits,
-            max_subject_slots=args.max_subject_slots,
-            max_subject_observations=args.max_subject_observations,
-            max_subject_bytes=args.max_subject_bytes,
-        )
-        for option, *_ in NODE_SETTINGS:
-            setting = option.removeprefix("--").replace("-", "_")
-            if getattr(args, setting) is not None:
-                setattr(config, setting, getattr(args, setting))
+        # Each option sets the [cluster.limits] setting of its name over the cluster file's.
+        given = {name: getattr(args, name) for name in LIMIT_OPTIONS}
+        numeric.apply(config, {k: v for k, v in given.items() if v is not None})
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
