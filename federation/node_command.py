@@ -27,49 +27,52 @@ def _positive_mb(text: str) -> float:
     return mb
 
 
-def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> float:
+def _limit(option: str) -> Any:
+    """The argparse type of an option setting the [cluster.limits] key of its name: a number
+    within that key's bounds (federation.settings.LIMITS)."""
+    name = option.removeprefix("--").replace("-", "_")
+    setting = numeric.LIMITS[name]
+
+    def parse(text: str) -> int | float:
         try:
-            value = kind(text)
+            value: Any = setting.kind(text)
         except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"must be a number of at least {minimum}, got {text!r}"
-            )
-        return value
+            value = text
+        try:
+            return setting.check("cluster.limits", name, value)
+        except numeric.SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("[cluster.limits] ")) from None
 
     return parse
 
 
-# Options that set the NodeConfig field of their name over the cluster file's: the option, its
-# least value and type, and its help.
-NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
+# Options that set the [cluster.limits] key of their name over the cluster file's, and their help.
+NODE_SETTINGS: tuple[tuple[str, str], ...] = (
     (
-        "--max-message-bytes", 1, int,
+        "--max-message-bytes",
         "the largest gRPC message the node sends or takes, from agents and peers alike "
         "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
     ),
     (
-        "--min-free-mb", 0.0, float,
+        "--min-free-mb",
         "suspend writes while the data directory's disk has less free space than this "
         "(default: 64, or the cluster file's [cluster.limits] min_free_mb)",
     ),
     (
-        "--disk-probe-s", 0.01, float,
+        "--disk-probe-s",
         "how often a node whose writes are suspended checks for room again (default: 5)",
     ),
     (
-        "--max-connections", 1, int,
+        "--max-connections",
         "TCP connections the node accepts at once, across its ports (default: 1024, or "
         "the cluster file's [cluster.limits] max_connections)",
     ),
     (
-        "--connection-idle-s", 0.01, float,
+        "--connection-idle-s",
         "close a connection without calls after this many seconds (default: 300)",
     ),
     (
-        "--handshake-timeout-s", 0.01, float,
+        "--handshake-timeout-s",
         "close a connection that has not finished its HTTP/2 handshake after this many "
         "seconds (default: 10)",
     ),
@@ -167,12 +170,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ):
         node.add_argument(
             option,
-            type=_at_least(1, int),
+            type=_limit(option),
             help=f"at most this many {what} per subject; a write past it is refused with "
             f"RESOURCE_EXHAUSTED (default: {default}, or the cluster file's)",
         )
-    for option, least, kind, what in NODE_SETTINGS:
-        node.add_argument(option, type=_at_least(least, kind), help=what)
+    for option, what in NODE_SETTINGS:
+        node.add_argument(option, type=_limit(option), help=what)
     node.add_argument(
         "--cluster",
         help="cluster file: run its node --name (its settings replace --data, --listen, "

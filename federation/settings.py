@@ -70,8 +70,7 @@ def _table() -> dict[str, Setting]:
 # Every key [cluster.limits] takes.
 LIMITS: dict[str, Setting] = _table()
 
-# Every key [cluster.sync] takes: counts at least 1, durations above 0 (claim_wait_s: 0 claims
-# the previous run's actor from the peers reachable at once only).
+# Every key [cluster.sync] takes: counts at least 1, durations above 0 (claim_wait_s: at least 0).
 SYNC: dict[str, Setting] = {
     f.name: Setting(
         type(f.default),  # type: ignore[arg-type]

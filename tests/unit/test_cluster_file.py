@@ -210,3 +210,21 @@ def test_sync_settings_reach_the_node_with_their_types(tmp_path: Path) -> None:
     config = node_config(parse(_file(lines), tmp_path, None), "sales")
     assert (config.sync.batch_size, config.sync.anti_entropy_s) == (8, 2.0)
     assert isinstance(config.sync.anti_entropy_s, float) and config.sync.claim_wait_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-connections", "0", "max_connections must be a whole number of at least 1, got 0"),
+        ("--disk-probe-s", "0", "disk_probe_s must be a number above 0, got 0"),
+        ("--max-subject-slots", "1.5", "max_subject_slots must be a whole number of at least 1"),
+        ("--min-free-mb", "nan", "min_free_mb must be a number of at least 0, got nan"),
+    ],
+)
+def test_selfmodel_node_options_take_the_bounds_of_their_cluster_limits_key(
+    option: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["node", option, value])
+    assert exit.value.code == 2
+    assert says in capsys.readouterr().err
