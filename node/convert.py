@@ -9,14 +9,14 @@ from typing import NamedTuple
 from node.audit import AuditEntry
 from node.engine import ModelView
 from node.policy import ContextPolicy
-from node.resolution import Belief, Explanation, Position, select
+from node.resolution import Belief, Explanation, Support, select
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
 from sync.observation import Subject
 
 
-def _position(p: Position, msg: model_pb2.Support) -> None:
+def _support(p: Support, msg: model_pb2.Support) -> None:
     msg.source = p.source
     msg.statement = p.statement
     msg.confidence = p.confidence
@@ -32,9 +32,9 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
     msg.policy = b.policy
     msg.changed_at.FromMilliseconds(b.changed_ms)
     for p in b.supporters:
-        _position(p, msg.supporters.add())
+        _support(p, msg.supporters.add())
     for p in b.dissenters:
-        _position(p, msg.dissenters.add())
+        _support(p, msg.dissenters.add())
 
 
 def snapshot(

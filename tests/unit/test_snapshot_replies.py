@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from node import convert
 from node.engine import ModelView
-from node.resolution import Belief, Position, select
+from node.resolution import Belief, Support, select
 from selfmodel.v1 import model_pb2
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -14,7 +14,7 @@ STATE = SubjectState(U1)
 
 
 def belief(context: str, key: str, confidence: float, uncertain: bool = False) -> Belief:
-    stance = Position("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
+    stance = Support("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
     return Belief(
         context, key, f"{key} holds", confidence, (stance,), (), uncertain, 1_700_000_000_000,
         "weighted",
