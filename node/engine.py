@@ -34,7 +34,7 @@ from sync.bounds import (
     head_bytes,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
-from sync.codec import Position, encode_token, token_of_positions
+from sync.codec import encode_token, token_of_positions
 from sync.crdt import (
     SubjectState,
     apply_observe,
@@ -544,7 +544,7 @@ class Engine:
     def wait_for(
         self,
         subject: Subject,
-        positions: dict[Subject, Position] | None,
+        positions: dict[Subject, CausalContext] | None,
         timeout_s: float,
         holder: str = "",
     ) -> SubjectState:
@@ -585,7 +585,9 @@ class Engine:
             release()
             metrics.HANDOFF_WAITS.dec()
 
-    def _wait_covered(self, subject: Subject, position: Position, timeout_s: float) -> SubjectState:
+    def _wait_covered(
+        self, subject: Subject, position: CausalContext, timeout_s: float
+    ) -> SubjectState:
         deadline = time.monotonic() + timeout_s
         with self._merged:
             while True:
@@ -605,7 +607,7 @@ class Engine:
     def model(
         self,
         subject: Subject,
-        positions: dict[Subject, Position] | None = None,
+        positions: dict[Subject, CausalContext] | None = None,
         timeout_s: float = 0.0,
         holder: str = "",
     ) -> ModelView:
@@ -634,7 +636,7 @@ class Engine:
         subject: Subject,
         context: str,
         key: str,
-        positions: dict[Subject, Position] | None = None,
+        positions: dict[Subject, CausalContext] | None = None,
         timeout_s: float = 0.0,
         holder: str = "",
     ) -> tuple[Explanation | None, str]:

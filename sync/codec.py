@@ -267,15 +267,12 @@ class InvalidToken(ValueError):
     pass
 
 
-# A subject's position: the causal context a state has merged (SubjectState.covers).
-Position = CausalContext
-
 # What encode_token emits: URL-safe base64 without padding. The decoder would silently drop any
 # other character, so a mangled token could read as "no position" instead of failing.
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def encode_token(positions: Mapping[Subject, Position]) -> str:
+def encode_token(positions: Mapping[Subject, CausalContext]) -> str:
     return token_of_positions(
         encode_position(subject, positions[subject]) for subject in sorted(positions)
     )
@@ -294,7 +291,7 @@ def token_of_positions(encoded: Iterable[bytes]) -> str:
     return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
-def decode_token(token: str) -> dict[Subject, Position]:
+def decode_token(token: str) -> dict[Subject, CausalContext]:
     if not _TOKEN_ALPHABET.fullmatch(token):
         raise InvalidToken("not a handoff token: only URL-safe base64 characters are allowed")
     try:
@@ -307,7 +304,7 @@ def decode_token(token: str) -> dict[Subject, Position]:
 
 def merge_tokens(tokens: Iterable[str]) -> str:
     """One token covering every position of the given tokens (their contexts joined per subject)."""
-    merged: dict[Subject, Position] = {}
+    merged: dict[Subject, CausalContext] = {}
     for token in tokens:
         for subject, context in decode_token(token).items():
             have = merged.get(subject)
