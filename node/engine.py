@@ -34,7 +34,7 @@ from sync.bounds import (
     head_bytes,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
-from sync.codec import encode_token, token_of_positions
+from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
@@ -204,7 +204,7 @@ class Engine:
             for state, footprint in footprints:
                 self._remember_footprint(state, footprint)
         changes.sort(key=_subject_of)
-        token = token_of_positions([change.position for change in changes])
+        token = token_of_entries([change.token_entry for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
         return WriteResult(tuple(w for w in written if w is not None), token)
 
@@ -276,7 +276,7 @@ class Engine:
             change = Change(state, new, Delta(delta, frozenset([event])))
             rows = self._request_rows(request, "retract", Replay(retracted=count))
             self._commit([change], audit, rows)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         return count, token
 
     def _check_withdrawal(self, old: SubjectState, new: SubjectState) -> None:
@@ -318,7 +318,7 @@ class Engine:
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
 

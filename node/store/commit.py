@@ -44,9 +44,9 @@ class Change:
     old: SubjectState | None
     new: SubjectState
     delta: Delta | None
-    # Set by the commit: the new state's encoded position (encode_position), from which the
-    # writer's handoff token is made (token_of_positions) with no encoding of its own.
-    position: bytes = b""
+    # Set by the commit: the new state's handoff token entry (encode_token_entry), from which the
+    # writer's handoff token is made (token_of_entries) with no encoding of its own.
+    token_entry: bytes = b""
     # The digest stored for the old state, when it is not the old state's (see quarantine).
     old_digest: bytes | None = None
 
@@ -190,7 +190,7 @@ class GroupCommit(Suspension):
                 new = change.new
                 key = new.subject.storage_key()
                 cached = cache.get(new.subject)
-                raw, change.position, encoded = encode_state_reusing(
+                raw, change.token_entry, encoded = encode_state_reusing(
                     new, cached.encoded if cached is not None else None
                 )
                 put(key, raw, state_cf)
