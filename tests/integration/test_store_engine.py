@@ -343,11 +343,11 @@ def test_remote_merges_write_the_origin_position_in_the_same_batch(tmp_path: Pat
     store = Store(tmp_path / "db", "sales")
     engine = Engine(store)
     engine.merge_remote(
-        [remote_delta(U1, pack(wall_ms()))], extra=[Store.position_row("applied", "support", 7)]
+        [remote_delta(U1, pack(wall_ms()))], extra=[Store.peer_seq_row("applied", "support", 7)]
     )
     store.close()
     reopened = Store(tmp_path / "db", "sales")
-    assert reopened.position("applied", "support") == 7
+    assert reopened.peer_seq("applied", "support") == 7
     assert reopened.load(U1) is not None
     reopened.close()
 
