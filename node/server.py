@@ -98,7 +98,7 @@ def start(config: NodeConfig) -> RunningNode:
     store = Store(
         config.data_dir,
         config.name,
-        sync=config.fsync,
+        fsync=config.fsync,
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
     )

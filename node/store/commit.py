@@ -70,7 +70,7 @@ class GroupCommit(Suspension):
     """Part of node.store.Store: ``commit``. Store's constructor sets the attributes declared
     here. Callers serialize read-modify-write of one subject (see node.engine)."""
 
-    sync: bool  # fsync: a durable batch is answered once its WAL is synced
+    fsync: bool  # a durable batch is answered once its WAL is synced
     outbox_enabled: bool
 
     def commit(
@@ -123,7 +123,7 @@ class GroupCommit(Suspension):
         One sync covers every batch written before it started, so concurrent callers share
         syncs as group commit does. Nothing to do without fsync.
         """
-        if self.sync and self.wal.pending():
+        if self.fsync and self.wal.pending():
             self.wal.sync([self._db, *self._cf.values()])
 
     def _lead(self, mine: _Pending) -> None:
@@ -238,7 +238,7 @@ class GroupCommit(Suspension):
         self.wal.written_groups += 1
         # Shipped to the peers while the WAL syncs, not after: see the module's doc.
         self.delta_log.written(seq, entries)
-        if self.sync and any(p.durable for p in group):
+        if self.fsync and any(p.durable for p in group):
             self.wal.sync([self._db, *self._cf.values()])
         self.hlc = hlc
         for bucket, value in touched.items():

@@ -31,7 +31,7 @@ def keys(engine: Engine, subject: Subject) -> set[str]:
 def test_after_a_failed_wal_sync_resuming_reopens_rocksdb_under_a_new_actor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     actor, incarnation = store.actor, store.incarnation
