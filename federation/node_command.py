@@ -80,7 +80,7 @@ NODE_SETTINGS: tuple[tuple[str, str], ...] = (
 SUBJECT_OPTIONS = ("--max-subject-slots", "--max-subject-observations", "--max-subject-bytes")
 LIMIT_OPTIONS = tuple(
     o.removeprefix("--").replace("-", "_")
-    for o in ("--cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
+    for o in ("--cache-mb", "--snapshot-cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
 )
 
 
@@ -162,6 +162,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--cache-mb",
         type=_positive_mb,
         help="memory for subject states kept in memory (default: 256, or the cluster file's)",
+    )
+    node.add_argument(
+        "--snapshot-cache-mb",
+        type=_positive_mb,
+        help="memory for resolved snapshots and their replies (default: 64, or the cluster file's)",
     )
     for option, default, what in (
         ("--max-subject-slots", "1000", "slots"),

@@ -54,6 +54,7 @@ def _table() -> dict[str, Setting]:
         "max_message_bytes": (1, False),
         "max_watchers": (1, False),
         "cache_mb": (0, True),
+        "snapshot_cache_mb": (0, True),
         "max_clock_offset_ms": (0, False),
         "min_free_mb": (0, False),
         "disk_probe_s": (0, True),
@@ -85,6 +86,7 @@ SYNC: dict[str, Setting] = {
 # its new key).
 MOVED: dict[tuple[str, str], str] = {
     ("cluster", "cache_mb"): "cache_mb",
+    ("cluster", "snapshot_cache_mb"): "snapshot_cache_mb",
     ("cluster", "max_clock_offset_ms"): "max_clock_offset_ms",
     ("cluster", "max_message_bytes"): "max_message_bytes",
     **{("cluster", s): s for s, _ in SUBJECT_SETTINGS.values()},
