@@ -41,8 +41,9 @@ def _limits(lines: str) -> str:
 
 def test_cache_mb_reaches_the_node_and_defaults_to_256(tmp_path: Path) -> None:
     assert node_config(parse(_file(""), tmp_path, None), "sales").cache_mb == 256.0
-    sized = parse(_file(_limits("cache_mb = 64")), tmp_path, None)
+    sized = parse(_file(_limits("cache_mb = 64\nsnapshot_cache_mb = 8")), tmp_path, None)
     assert node_config(sized, "sales").cache_mb == 64.0
+    assert node_config(sized, "sales").snapshot_cache_mb == 8.0
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "true", '"64"', "inf", "nan"])
