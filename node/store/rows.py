@@ -60,8 +60,8 @@ def row_key(prefix: bytes, dot: Dot) -> bytes:
 
 def head_of(encoded: EncodedState, epoch: int = 0) -> bytes:
     """The head row of an encoded state: its bytes without the observations' fields."""
-    raw, position, observations = encoded
-    head = position + raw[len(position) + sum(map(len, observations.fields)) :]
+    raw, entry, observations = encoded  # the token entry: subject and context, raw's start
+    head = entry + raw[len(entry) + sum(map(len, observations.fields)) :]
     return _EPOCH_MARK + epoch.to_bytes(4, "big") + head if epoch else head
 
 

@@ -50,7 +50,7 @@ def grow(engine: Engine, subject: Subject, slots: int, sources: int) -> None:
 def test_a_write_to_a_large_subject_writes_about_what_a_write_to_a_fresh_one_does(
     tmp_path: Path,
 ):
-    store = Store(tmp_path / "db", "sales", sync=False)
+    store = Store(tmp_path / "db", "sales", fsync=False)
     engine = Engine(store)
     grow(engine, BIG, slots=10, sources=30)
     assert len(engine.state(BIG).observations) == 300
