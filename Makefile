@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# buf (the .proto checks) comes from npm, pinned by package-lock.json; without npm its test skips.
+NPM := $(shell command -v npm 2>/dev/null)
+NODE_INSTALLED := $(if $(NPM),node_modules/.installed)
 
-.PHONY: run test test-meta protos lint bench clean
+.PHONY: run test test-meta protos contract-baseline lint bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,12 +15,16 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 run: $(INSTALLED)
 	$(VENV)/bin/selfmodel cluster up
 
 # Two workers, a test file each at a time: most tests wait on node processes, so two files
 # share the machine's CPUs well (the suite takes about half as long as one at a time).
-test: $(INSTALLED)
+test: $(INSTALLED) $(NODE_INSTALLED)
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # Checks of the tests themselves (pytest marker meta): each fault test fails with the fault
@@ -28,6 +35,10 @@ test-meta: $(INSTALLED)
 protos: $(INSTALLED)
 	$(PY) protos/generate.py
 
+# At a release only: the contract `buf breaking` holds every later change to (tests/unit/test_buf.py).
+contract-baseline: node_modules/.installed
+	node_modules/.bin/buf build --exclude-source-info -o protos/released.binpb
+
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -37,4 +48,4 @@ bench: $(INSTALLED)
 	$(PY) benchmarks/node_latency.py
 
 clean:
-	rm -rf $(VENV) data build
+	rm -rf $(VENV) data build node_modules

@@ -56,8 +56,8 @@ from typing import Any
 import grpc
 
 ECHO_SERVICE = "bench.v1.Echo"
-GET_METHOD = "/selfmodel.v1.SelfModel/GetSelfModel"
-OBSERVE_METHOD = "/selfmodel.v1.SelfModel/Observe"
+GET_METHOD = "/selfmodel.v1.SelfModelService/GetSelfModel"
+OBSERVE_METHOD = "/selfmodel.v1.SelfModelService/Observe"
 ECHO_GET_METHOD = f"/{ECHO_SERVICE}/SelfModelSized"
 ECHO_OBSERVE_METHOD = f"/{ECHO_SERVICE}/ObserveSized"
 TENANT = "bench"
@@ -940,7 +940,7 @@ def seed(address: str, beliefs: int, timeout_s: float) -> Captured:
         get_reply = channel.unary_unary(GET_METHOD, None, None)(
             get_request, metadata=agent_metadata(0), timeout=timeout_s
         )
-        got = len(model_pb2.SelfModelSnapshot.FromString(get_reply).beliefs)
+        got = len(selfmodel_pb2.GetSelfModelResponse.FromString(get_reply).snapshot.beliefs)
         if got != beliefs:
             raise RuntimeError(f"seeded {beliefs} beliefs but GetSelfModel returned {got}")
         probe = observe_requests("probe", 0, 1)[0]

@@ -225,7 +225,7 @@ def _show(args: argparse.Namespace) -> int:
             contexts=args.context or [],
             at_least=args.at_least or "",
         )
-        _print(client._call(client._stub.GetSelfModel, req))
+        _print(client._call(client._stub.GetSelfModel, req).snapshot)
     return 0
 
 
@@ -236,7 +236,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from selfmodel.v1 import admin_pb2
+    from selfmodel.admin.v1 import admin_pb2
 
     with _client(args) as client:
         req = admin_pb2.ListAuditRequest(after=args.after, limit=args.limit)

@@ -33,7 +33,9 @@ from tenacity import (
 from federation.bearer import bearer_token
 from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from node.tls import open_channel
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.codec import POLICIES, EnumWords, evidence_to_proto
 from sync.observation import Evidence, Subject, SubjectKind
 
 T = TypeVar("T")
@@ -151,6 +153,9 @@ class AuditEntry:
     detail: str
 
 
+AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
+
+
 def _audit_page(reply: admin_pb2.ListAuditResponse) -> tuple[list[AuditEntry], str]:
     entries = [
         AuditEntry(
@@ -160,7 +165,7 @@ def _audit_page(reply: admin_pb2.ListAuditResponse) -> tuple[list[AuditEntry], s
             e.actor,
             e.actor_role,
             e.actor_tenant,
-            e.action,
+            AUDIT_ACTIONS.of(e.action),
             Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
             e.detail,
         )
@@ -189,7 +194,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             tuple(_stance(s) for s in b.supporters),
             tuple(_stance(s) for s in b.dissenters),
             changed := _time(b.changed_at),
-            b.policy,
+            POLICIES.of(b.policy),
             max(resolved - changed, dt.timedelta(0)),
         )
         for b in msg.beliefs
@@ -257,9 +262,7 @@ class _Requests:
             based_on=based_on,
         )
         for ev in evidence:
-            e = req.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
-            if ev.time_ms:
-                e.time.FromMilliseconds(ev.time_ms)
+            evidence_to_proto(ev, req.evidence.add())
         return req
 
     def get(
@@ -314,8 +317,8 @@ class Client:
         bearer token sent (see ``bearer_token``); ``agent`` names the caller on a development
         node without tokens."""
         self._channel = open_channel(target, credentials, _channel_options())
-        self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._stub = selfmodel_pb2_grpc.SelfModelServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
@@ -378,16 +381,16 @@ class Client:
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
         return self._req.remember(
-            view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
+            view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s).snapshot)
         )
 
     def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
-    ) -> selfmodel_pb2.Explanation:
+    ) -> selfmodel_pb2.ExplainBeliefResponse:
         req = selfmodel_pb2.ExplainBeliefRequest(
             subject=self._req.subject(subject), context=context, key=key, at_least=at_least or ""
         )
-        reply: selfmodel_pb2.Explanation = self._call(self._stub.ExplainBelief, req)
+        reply: selfmodel_pb2.ExplainBeliefResponse = self._call(self._stub.ExplainBelief, req)
         return reply
 
     def watch(
@@ -407,7 +410,7 @@ class Client:
         stream = self._stub.WatchSelfModel(req, timeout=timeout_s, metadata=self._md)
         try:
             for msg in stream:
-                yield view_from_proto(msg)
+                yield view_from_proto(msg.snapshot)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 return
@@ -504,7 +507,7 @@ class CachedModel:
                     self._request, metadata=self._client._md
                 )
                 for msg in self._stream:
-                    self._view = view_from_proto(msg)
+                    self._view = view_from_proto(msg.snapshot)
                     self._live.set()
                     failures = 0
             except grpc.RpcError:
@@ -537,8 +540,8 @@ class AsyncClient:
             self._channel = grpc.aio.insecure_channel(target, options=_channel_options())
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=_channel_options())
-        self._stub = selfmodel_pb2_grpc.SelfModelStub(self._channel)
-        self._admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._stub = selfmodel_pb2_grpc.SelfModelServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
@@ -598,15 +601,15 @@ class AsyncClient:
     ) -> SelfModelView:
         req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
         reply = await self._call(self._stub.GetSelfModel, req, timeout_s)
-        return self._req.remember(view_from_proto(reply))
+        return self._req.remember(view_from_proto(reply.snapshot))
 
     async def explain(
         self, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
-    ) -> selfmodel_pb2.Explanation:
+    ) -> selfmodel_pb2.ExplainBeliefResponse:
         req = selfmodel_pb2.ExplainBeliefRequest(
             subject=self._req.subject(subject), context=context, key=key, at_least=at_least or ""
         )
-        reply: selfmodel_pb2.Explanation = await self._call(self._stub.ExplainBelief, req)
+        reply: selfmodel_pb2.ExplainBeliefResponse = await self._call(self._stub.ExplainBelief, req)
         return reply
 
     async def watch(
@@ -620,7 +623,7 @@ class AsyncClient:
         call = self._stub.WatchSelfModel(req, metadata=self._md)
         try:
             async for msg in call:
-                yield view_from_proto(msg)
+                yield view_from_proto(msg.snapshot)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 raise error_from_rpc(exc) from exc

@@ -29,7 +29,7 @@ from federation.client import Client
 from federation.faultproxy import FaultProxy, Mode
 from node.peers import PeerAuth, create_secret, read_secrets
 from node.tls import agent_channel_credentials, open_channel
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
 START_TIMEOUT_S = 30.0
@@ -398,7 +398,7 @@ class LocalCluster:
     def bucket_hashes(self, name: str) -> list[bytes]:
         other = next(n for n in self.nodes if n != name)
         with self.peer_channel(name, other) as channel:
-            reply = sync_pb2_grpc.SyncStub(channel).GetBuckets(
+            reply = sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(
                 sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=self.peer_metadata(other)
             )
         return list(reply.hashes)

@@ -17,7 +17,7 @@ import grpc
 
 from federation.cluster import Cluster, default_cluster_text
 from node.tls import open_channel
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 
 START_TIMEOUT_S = 30.0
 
@@ -137,7 +137,7 @@ def status_rows(
     for spec in cluster.nodes:
         try:
             with open_channel(spec.address, credentials) as channel:
-                status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
                     admin_pb2.GetStatusRequest(), timeout=timeout_s, metadata=metadata
                 )
             connected = sum(p.connected for p in status.peers)

@@ -9,10 +9,13 @@ from typing import NamedTuple
 from node.audit import AuditEntry
 from node.engine import ModelView
 from node.resolution import Belief, Explanation, Position, select
-from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
-from sync.codec import evidence_to_proto, subject_to_proto
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
+from sync.codec import POLICIES, EnumWords, evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
 from sync.observation import Subject
+
+AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
 
 
 def _position(p: Position, msg: model_pb2.Support) -> None:
@@ -28,7 +31,7 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
     msg.statement = b.statement
     msg.confidence = b.confidence
     msg.uncertain = b.uncertain
-    msg.policy = b.policy
+    msg.policy = POLICIES.number(b.policy)  # type: ignore[assignment]
     msg.changed_at.FromMilliseconds(b.changed_ms)
     for p in b.supporters:
         _position(p, msg.supporters.add())
@@ -54,6 +57,18 @@ class _Reply(NamedTuple):
     whole: bytes | None  # the body with the view's resolved_at, once a watch asked for it
 
 
+def as_snapshot_field(snapshot: bytes) -> bytes:
+    """A serialized SelfModelSnapshot as the serialized GetSelfModelResponse (and
+    WatchSelfModelResponse) holding it: both carry it as field 1, length-delimited."""
+    header = bytearray(b"\x0a")  # field 1, wire type 2
+    n = len(snapshot)
+    while n > 0x7F:
+        header.append(n & 0x7F | 0x80)
+        n >>= 7
+    header.append(n)
+    return bytes(header) + snapshot
+
+
 class SnapshotReplies:
     """GetSelfModel replies, serialized once per model view and filter, then shared.
 
@@ -64,7 +79,8 @@ class SnapshotReplies:
     that tuple is; only ``resolved_at`` is encoded per call and appended. Protobuf parses
     concatenated encodings as one message, and ``resolved_at`` is absent from the cached part,
     so the reply reads exactly as one built from scratch. Watches share the whole reply too
-    (``shared``).
+    (``shared``). Replies are GetSelfModelResponse (and WatchSelfModelResponse: the same
+    encoding) holding the snapshot.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -85,7 +101,7 @@ class SnapshotReplies:
         node: str,
     ) -> bytes:
         entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        return entry.body + self.stamp(view)
+        return as_snapshot_field(entry.body + self.stamp(view))
 
     def shared(
         self,
@@ -103,7 +119,7 @@ class SnapshotReplies:
         entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
         whole = entry.whole
         if whole is None:
-            whole = entry.body + self.stamp(entry.view)
+            whole = as_snapshot_field(entry.body + self.stamp(entry.view))
             with self._lock:
                 if self._entries.get(key) is entry:
                     self._entries[key] = entry._replace(whole=whole)
@@ -142,12 +158,12 @@ class SnapshotReplies:
 
 def explanation(
     subject: Subject, context: str, key: str, found: Explanation | None, token: str
-) -> selfmodel_pb2.Explanation:
-    msg = selfmodel_pb2.Explanation(context=context, key=key, handoff_token=token)
+) -> selfmodel_pb2.ExplainBeliefResponse:
+    msg = selfmodel_pb2.ExplainBeliefResponse(context=context, key=key, handoff_token=token)
     subject_to_proto(subject, msg.subject)
     if found is None:
         return msg
-    msg.policy = found.belief.policy
+    msg.policy = POLICIES.number(found.belief.policy)  # type: ignore[assignment]
     msg.reason = found.reason
     belief_to_proto(found.belief, msg.belief)
     for w in found.observations:
@@ -186,7 +202,7 @@ def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAudi
             actor=r.actor,
             actor_role=r.role,
             actor_tenant=r.actor_tenant,
-            action=r.action,
+            action=AUDIT_ACTIONS.number(r.action),  # type: ignore[arg-type]
             detail=r.detail,
         )
         item.time.FromMilliseconds(e.time_ms)

@@ -20,7 +20,7 @@ from node.servicer import aborted, map_errors
 from node.store import BUCKETS, Store
 from node.tls import open_channel
 from node.validation import Limits
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import (
     delta_from_proto,
@@ -216,12 +216,12 @@ class GrpcPeerLink:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channel = open_channel(address, credentials, options)
-        self._stub = sync_pb2_grpc.SyncStub(self._channel)
+        self._stub = sync_pb2_grpc.SyncServiceStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
         self._replicate = self._channel.stream_stream(
-            "/selfmodel.v1.Sync/Replicate",
+            "/selfmodel.sync.v1.SyncService/Replicate",
             request_serializer=None,
-            response_deserializer=sync_pb2.ReplicateAck.FromString,
+            response_deserializer=sync_pb2.ReplicateResponse.FromString,
         )
         self._md = auth.metadata()
         self._me = auth.node
@@ -273,7 +273,7 @@ class GrpcPeerLink:
         return bool(reply.granted)
 
     def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
-        msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
+        msg = sync_pb2.ExchangeStatesRequest(states=[state_to_proto(s) for s in states])
         try:
             reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
         except grpc.RpcError as exc:
@@ -297,7 +297,7 @@ class GrpcPeerLink:
         self._channel.close()
 
 
-class SyncServicer(sync_pb2_grpc.SyncServicer):
+class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     """Receives deltas and anti-entropy calls from peers named in the cluster file."""
 
     def __init__(
@@ -335,8 +335,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             raise  # abort raises; this line only tells the type checker
 
     def Replicate(
-        self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
-    ) -> Iterator[sync_pb2.ReplicateAck]:
+        self, request_iterator: Iterator[sync_pb2.ReplicateRequest], context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.ReplicateResponse]:
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
@@ -360,16 +360,16 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     def _replicate(
         self,
         peer: str,
-        request_iterator: Iterator[sync_pb2.ReplicateBatch],
+        request_iterator: Iterator[sync_pb2.ReplicateRequest],
         context: grpc.ServicerContext,
-    ) -> Iterator[sync_pb2.ReplicateAck]:
+    ) -> Iterator[sync_pb2.ReplicateResponse]:
         """Merges each batch and acknowledges the stream's position, naming the deltas it
         refused: deferred (a timestamp ahead of this node's clock bound) or rejected (invalid).
         A refused delta is never merged nor acknowledged as merged, and never ends the stream.
         """
         acked_at = -ACK_INTERVAL_S
         top = 0  # the stream's position: the last sequence of its latest batch in order
-        ack = sync_pb2.ReplicateAck()
+        ack = sync_pb2.ReplicateResponse()
         for batch in request_iterator:
             if batch.origin != peer:
                 context.abort(
@@ -425,7 +425,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             ack.refused = len(ack.deferred_seqs) + len(ack.rejected_seqs)
             ack.wall_ms = self.engine.clock.wall()
             yield ack
-            acked_at, ack = time.monotonic(), sync_pb2.ReplicateAck()
+            acked_at, ack = time.monotonic(), sync_pb2.ReplicateResponse()
 
     def _check_own(
         self, context: grpc.ServicerContext, peer: str, deltas: Sequence[sync_pb2.SubjectState]
@@ -452,20 +452,20 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     @map_errors
     def GetBuckets(
         self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.Buckets:
+    ) -> sync_pb2.GetBucketsResponse:
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
-        return sync_pb2.Buckets(
+        return sync_pb2.GetBucketsResponse(
             hashes=self.engine.store.bucket_hashes(), wall_ms=self.engine.clock.wall()
         )
 
     @map_errors
     def GetDigests(
         self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.Digests:
+    ) -> sync_pb2.GetDigestsResponse:
         self._authorize(context)
-        reply = sync_pb2.Digests()
+        reply = sync_pb2.GetDigestsResponse()
         for bucket in request.buckets:
             if bucket >= BUCKETS:
                 context.abort(
@@ -479,7 +479,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     @map_errors
     def ClaimRun(
         self, request: sync_pb2.ClaimRunRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.ClaimRunReply:
+    ) -> sync_pb2.ClaimRunResponse:
         peer = self._authorize(context)
         if request.run == 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run: must not be 0")
@@ -488,12 +488,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         granted, recorded = self.engine.store.claim_run(
             peer, request.previous, request.run, request.incarnation
         )
-        return sync_pb2.ClaimRunReply(granted=granted, recorded_incarnation=recorded)
+        return sync_pb2.ClaimRunResponse(granted=granted, recorded_incarnation=recorded)
 
     @map_errors
     def ExchangeStates(
-        self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
-    ) -> sync_pb2.StateExchange:
+        self, request: sync_pb2.ExchangeStatesRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.ExchangeStatesResponse:
         peer = self._authorize(context)
         # A state that breaks a rule is left out (logged once); the others merge, so one bad
         # subject does not stop the repair of the rest; a subject refused by the merge
@@ -504,7 +504,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 incoming.append(state_from_proto(msg))
             else:
                 sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
-        reply = sync_pb2.StateExchange()
+        reply = sync_pb2.ExchangeStatesResponse()
         outcome = self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
         for subject, reason in outcome.reasons:
             subject_to_proto(subject, reply.refused.add(reason=reason).subject)

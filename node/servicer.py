@@ -23,7 +23,8 @@ from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import Belief
 from node.validation import Limits
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
@@ -107,7 +108,7 @@ def _holder(who: Principal) -> str:
     return f"token {who.token_id}" if who.token_id else f"agent {who.agent}"
 
 
-class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
+class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def __init__(
         self,
         engine: Engine,
@@ -235,7 +236,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     @map_errors
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
-    ) -> selfmodel_pb2.Explanation:
+    ) -> selfmodel_pb2.ExplainBeliefResponse:
         who, subject = self._caller_and_subject(request, context)
         ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
@@ -319,11 +320,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         return selfmodel_pb2.ForgetSubjectResponse(handoff_token=token)
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,
-        status: Callable[[], admin_pb2.NodeStatus],
+        status: Callable[[], admin_pb2.GetStatusResponse],
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         limits: Limits | None = None,
     ) -> None:
@@ -335,7 +336,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @map_errors
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.NodeStatus:
+    ) -> admin_pb2.GetStatusResponse:
         who = self.identify(context, self.limits)
         status = self.status()
         if who.tenant is not None:  # the subject count of the caller's tenant, for its operators

@@ -6,15 +6,50 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import NO_ERASE, NO_WITHDRAWALS, EraseBound, SubjectState, Withdrawals
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
+
+
+class EnumWords:
+    """A protobuf enum's values as the domain's lowercase words, and back.
+
+    EVIDENCE_KIND_MESSAGE is "message"; the zero value (``*_UNSPECIFIED``), and a number this
+    build does not know, is "".
+    """
+
+    __slots__ = ("names", "value", "word")
+
+    def __init__(self, enum: Any) -> None:
+        values = enum.DESCRIPTOR.values
+        prefix = values[0].name.removesuffix("UNSPECIFIED")
+        self.word: dict[int, str] = {
+            v.number: v.name.removeprefix(prefix).lower() if v.number else "" for v in values
+        }
+        self.value: dict[str, int] = {w: n for n, w in self.word.items()}
+        self.names = ", ".join(v.name for v in values[1:])  # for messages naming the choices
+
+    def of(self, number: int) -> str:
+        return self.word.get(number, "")
+
+    def number(self, word: str) -> int:
+        """The value of ``word``; ValueError naming the words there are for any other."""
+        found = self.value.get(word)
+        if found is None:
+            words = ", ".join(repr(w) for w in self.value if w)
+            raise ValueError(f"{word!r} is none of {words}")
+        return found
+
+
+EVIDENCE_KINDS = EnumWords(model_pb2.EvidenceKind)
+POLICIES = EnumWords(model_pb2.Policy)
 
 
 def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
@@ -46,7 +81,7 @@ def context_from_proto(msg: sync_pb2.CausalContext) -> CausalContext:
 
 
 def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
-    msg.kind = evidence.kind
+    msg.kind = EVIDENCE_KINDS.number(evidence.kind)  # type: ignore[assignment]
     msg.ref = evidence.ref
     msg.quote = evidence.quote
     if evidence.time_ms:
@@ -55,7 +90,7 @@ def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
 
 def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
     time_ms = msg.time.ToMilliseconds() if msg.HasField("time") else 0
-    return Evidence(msg.kind, msg.ref, msg.quote, time_ms)
+    return Evidence(EVIDENCE_KINDS.of(msg.kind), msg.ref, msg.quote, time_ms)
 
 
 def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> None:

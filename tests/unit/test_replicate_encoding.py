@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.replication import encode_batch, encode_batch_origin
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync.ports import Batch
 
 seqs = st.one_of(
@@ -36,10 +36,10 @@ def test_a_hand_serialized_batch_is_the_bytes_protobuf_would_write(
     origin: str, first: int, last: int, raws: list[bytes]
 ) -> None:
     ours = encode_batch(encode_batch_origin(origin), Batch(first, last, raws, 0))
-    expected = sync_pb2.ReplicateBatch(origin=origin, first_seq=first, last_seq=last)
+    expected = sync_pb2.ReplicateRequest(origin=origin, first_seq=first, last_seq=last)
     for raw in raws:
         expected.deltas.add().MergeFromString(raw)
     assert ours == expected.SerializeToString(deterministic=True)
-    parsed = sync_pb2.ReplicateBatch.FromString(ours)
+    parsed = sync_pb2.ReplicateRequest.FromString(ours)
     assert (parsed.origin, parsed.first_seq, parsed.last_seq) == (origin, first, last)
     assert [d.SerializeToString(deterministic=True) for d in parsed.deltas] == raws

@@ -5,7 +5,7 @@ from __future__ import annotations
 from node import convert
 from node.engine import ModelView
 from node.resolution import Belief, Position, select
-from selfmodel.v1 import model_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
 
@@ -35,7 +35,11 @@ def expected(view: ModelView, contexts: frozenset[str], floor: float, uncertain:
 
 
 def parsed(raw: bytes) -> bytes:
-    return model_pb2.SelfModelSnapshot.FromString(raw).SerializeToString(deterministic=True)
+    """The snapshot a GetSelfModelResponse (and the same WatchSelfModelResponse) holds."""
+    watched = selfmodel_pb2.WatchSelfModelResponse.FromString(raw).snapshot
+    got = selfmodel_pb2.GetSelfModelResponse.FromString(raw).snapshot
+    assert got == watched
+    return got.SerializeToString(deterministic=True)
 
 
 def test_the_reply_parses_to_the_snapshot_built_from_scratch_for_every_filter():
@@ -60,9 +64,9 @@ def test_a_cached_reply_carries_each_call_s_resolution_time_and_follows_new_beli
     same_beliefs_later = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_900)
     raw = replies.reply(U1, same_beliefs_later, frozenset(), 0.0, False, "sales")
     assert parsed(raw) == expected(same_beliefs_later, frozenset(), 0.0, False)
-    assert model_pb2.SelfModelSnapshot.FromString(raw).resolved_at.ToMilliseconds() == (
-        1_700_000_000_900
-    )
+    assert selfmodel_pb2.GetSelfModelResponse.FromString(
+        raw
+    ).snapshot.resolved_at.ToMilliseconds() == (1_700_000_000_900)
 
     changed = ModelView(STATE, BELIEFS[:1], "token-2", 1_700_000_001_000)
     raw = replies.reply(U1, changed, frozenset(), 0.0, False, "sales")
@@ -75,3 +79,10 @@ def test_the_cache_stays_bounded():
     for i in range(10):
         replies.reply(U1, view, frozenset(), i / 10, False, "sales")
     assert len(replies) == 3
+
+
+def test_a_snapshot_of_any_size_is_framed_as_the_response_s_field():
+    for size in (0, 1, 127, 128, 16_383, 16_384, 2_100_000):
+        snap = model_pb2.SelfModelSnapshot(node="n" * size)
+        raw = convert.as_snapshot_field(snap.SerializeToString())
+        assert raw == selfmodel_pb2.GetSelfModelResponse(snapshot=snap).SerializeToString()

@@ -40,6 +40,72 @@ SUBJECT_KIND_TEAM: SubjectKind.ValueType  # 2
 SUBJECT_KIND_ORG: SubjectKind.ValueType  # 3
 Global___SubjectKind: _TypeAlias = SubjectKind  # noqa: Y015
 
+class _EvidenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvidenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_KIND_UNSPECIFIED: _EvidenceKind.ValueType  # 0
+    """Not said: Observe refuses it (INVALID_ARGUMENT naming `evidence[i].kind`)."""
+    EVIDENCE_KIND_MESSAGE: _EvidenceKind.ValueType  # 1
+    """A chat, email or other written message from or to the subject."""
+    EVIDENCE_KIND_TICKET: _EvidenceKind.ValueType  # 2
+    """A support or work ticket."""
+    EVIDENCE_KIND_CALL: _EvidenceKind.ValueType  # 3
+    """A phone or video call."""
+    EVIDENCE_KIND_MEETING: _EvidenceKind.ValueType  # 4
+    """A meeting in person."""
+    EVIDENCE_KIND_DOCUMENT: _EvidenceKind.ValueType  # 5
+    """A document: a contract, a form, a note."""
+    EVIDENCE_KIND_RECORD: _EvidenceKind.ValueType  # 6
+    """A record in another system (a CRM deal, an order)."""
+    EVIDENCE_KIND_OTHER: _EvidenceKind.ValueType  # 7
+    """Something else; say what in `ref` or `quote`."""
+
+class EvidenceKind(_EvidenceKind, metaclass=_EvidenceKindEnumTypeWrapper):
+    """What kind of thing a piece of evidence is."""
+
+EVIDENCE_KIND_UNSPECIFIED: EvidenceKind.ValueType  # 0
+"""Not said: Observe refuses it (INVALID_ARGUMENT naming `evidence[i].kind`)."""
+EVIDENCE_KIND_MESSAGE: EvidenceKind.ValueType  # 1
+"""A chat, email or other written message from or to the subject."""
+EVIDENCE_KIND_TICKET: EvidenceKind.ValueType  # 2
+"""A support or work ticket."""
+EVIDENCE_KIND_CALL: EvidenceKind.ValueType  # 3
+"""A phone or video call."""
+EVIDENCE_KIND_MEETING: EvidenceKind.ValueType  # 4
+"""A meeting in person."""
+EVIDENCE_KIND_DOCUMENT: EvidenceKind.ValueType  # 5
+"""A document: a contract, a form, a note."""
+EVIDENCE_KIND_RECORD: EvidenceKind.ValueType  # 6
+"""A record in another system (a CRM deal, an order)."""
+EVIDENCE_KIND_OTHER: EvidenceKind.ValueType  # 7
+"""Something else; say what in `ref` or `quote`."""
+Global___EvidenceKind: _TypeAlias = EvidenceKind  # noqa: Y015
+
+class _Policy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Policy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_UNSPECIFIED: _Policy.ValueType  # 0
+    POLICY_WEIGHTED: _Policy.ValueType  # 1
+    """The strongest support wins: the noisy-OR of each statement's independent weights."""
+    POLICY_LATEST: _Policy.ValueType  # 2
+    """The statement of the newest counted observation wins."""
+
+class Policy(_Policy, metaclass=_PolicyEnumTypeWrapper):
+    """How a context resolves its competing observations (docs/semantics.md)."""
+
+POLICY_UNSPECIFIED: Policy.ValueType  # 0
+POLICY_WEIGHTED: Policy.ValueType  # 1
+"""The strongest support wins: the noisy-OR of each statement's independent weights."""
+POLICY_LATEST: Policy.ValueType  # 2
+"""The statement of the newest counted observation wins."""
+Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
 @_typing.final
 class Subject(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -75,8 +141,7 @@ class Evidence(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """e.g. "message", "ticket", "call" """
+    kind: Global___EvidenceKind.ValueType
     ref: _builtins.str
     """where to find it, e.g. "crm://deal/4411" """
     quote: _builtins.str
@@ -86,7 +151,7 @@ class Evidence(_message.Message):
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
+        kind: Global___EvidenceKind.ValueType = ...,
         ref: _builtins.str = ...,
         quote: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
@@ -157,7 +222,7 @@ class Belief(_message.Message):
     """
     uncertain: _builtins.bool
     """True exactly when `confidence` is below its context's minimum confidence: kept, not a fact."""
-    policy: _builtins.str
+    policy: Global___Policy.ValueType
     @_builtins.property
     def supporters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Support]: ...
     @_builtins.property
@@ -177,7 +242,7 @@ class Belief(_message.Message):
         dissenters: _abc.Iterable[Global___Support] | None = ...,
         uncertain: _builtins.bool = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
-        policy: _builtins.str = ...,
+        policy: Global___Policy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

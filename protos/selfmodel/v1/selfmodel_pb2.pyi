@@ -236,6 +236,26 @@ class GetSelfModelRequest(_message.Message):
 Global___GetSelfModelRequest: _TypeAlias = GetSelfModelRequest  # noqa: Y015
 
 @_typing.final
+class GetSelfModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _model_pb2.SelfModelSnapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: _model_pb2.SelfModelSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSelfModelResponse: _TypeAlias = GetSelfModelResponse  # noqa: Y015
+
+@_typing.final
 class ExplainBeliefRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -372,7 +392,7 @@ class Candidate(_message.Message):
 Global___Candidate: _TypeAlias = Candidate  # noqa: Y015
 
 @_typing.final
-class Explanation(_message.Message):
+class ExplainBeliefResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
@@ -386,7 +406,7 @@ class Explanation(_message.Message):
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
-    policy: _builtins.str
+    policy: _model_pb2.Policy.ValueType
     reason: _builtins.str
     """Why the winner won, in a sentence."""
     handoff_token: _builtins.str
@@ -404,7 +424,7 @@ class Explanation(_message.Message):
         subject: _model_pb2.Subject | None = ...,
         context: _builtins.str = ...,
         key: _builtins.str = ...,
-        policy: _builtins.str = ...,
+        policy: _model_pb2.Policy.ValueType = ...,
         belief: _model_pb2.Belief | None = ...,
         observations: _abc.Iterable[Global___ObservationWeight] | None = ...,
         candidates: _abc.Iterable[Global___Candidate] | None = ...,
@@ -417,7 +437,7 @@ class Explanation(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+Global___ExplainBeliefResponse: _TypeAlias = ExplainBeliefResponse  # noqa: Y015
 
 @_typing.final
 class WatchSelfModelRequest(_message.Message):
@@ -448,6 +468,28 @@ class WatchSelfModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSelfModelRequest: _TypeAlias = WatchSelfModelRequest  # noqa: Y015
+
+@_typing.final
+class WatchSelfModelResponse(_message.Message):
+    """One model of the watched subject: the first is the model when the watch began."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _model_pb2.SelfModelSnapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: _model_pb2.SelfModelSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSelfModelResponse: _TypeAlias = WatchSelfModelResponse  # noqa: Y015
 
 @_typing.final
 class ForgetSubjectRequest(_message.Message):
