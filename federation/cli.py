@@ -221,7 +221,7 @@ def _show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         req = selfmodel_pb2.GetSelfModelRequest(
             subject=client._req.subject(parse_subject(args.subject, args.tenant)),
-            include_uncertain=True,
+            include_uncertain=args.include_uncertain,
             contexts=args.context or [],
             at_least=args.at_least or "",
         )
@@ -433,8 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(obs)
     obs.set_defaults(run=_observe)
 
-    show = sub.add_parser("show", help="print a subject's resolved self-model (uncertain included)")
+    show = sub.add_parser(
+        "show", help="print a subject's resolved self-model (as GetSelfModel: uncertain left out)"
+    )
     show.add_argument("subject")
+    show.add_argument(
+        "--include-uncertain",
+        action="store_true",
+        help="also show beliefs below their context's minimum confidence (flagged uncertain)",
+    )
     show.add_argument("--context", action="append", help="only this context (repeatable)")
     show.add_argument("--at-least", help="a handoff token to wait for")
     client_args(show)

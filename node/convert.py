@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from node.audit import AuditEntry
 from node.engine import ModelView
-from node.resolution import Belief, Explanation, Position, select
+from node.policy import DAY_S, ContextPolicy, PolicyBook
+from node.resolution import Belief, Explanation, LeftOut, Position, left_out, select
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.codec import POLICIES, EnumWords, evidence_to_proto, subject_to_proto
@@ -16,6 +17,7 @@ from sync.hlc import physical_ms
 from sync.observation import Subject
 
 AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
+NONE_LEFT_OUT = LeftOut(0, 0)
 
 
 def _position(p: Position, msg: model_pb2.Support) -> None:
@@ -23,6 +25,11 @@ def _position(p: Position, msg: model_pb2.Support) -> None:
     msg.statement = p.statement
     msg.confidence = p.confidence
     msg.observed_at.FromMilliseconds(p.observed_ms)
+    msg.weight = p.weight
+    msg.reliability = p.reliability
+    msg.recency = p.recency
+    msg.evidence_factor = p.evidence_factor
+    msg.counted = p.counted
 
 
 def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
@@ -40,14 +47,35 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
 
 
 def snapshot(
-    subject: Subject, beliefs: Iterable[Belief], token: str, resolved_ms: int, node: str
+    subject: Subject,
+    beliefs: Iterable[Belief],
+    token: str,
+    resolved_ms: int,
+    node: str,
+    omitted: LeftOut = NONE_LEFT_OUT,
+    minimums: Mapping[str, float] | None = None,
 ) -> model_pb2.SelfModelSnapshot:
-    msg = model_pb2.SelfModelSnapshot(handoff_token=token, node=node)
+    msg = model_pb2.SelfModelSnapshot(
+        handoff_token=token,
+        node=node,
+        uncertain_omitted=omitted.uncertain,
+        below_min_confidence_omitted=omitted.below_min_confidence,
+    )
     subject_to_proto(subject, msg.subject)
     msg.resolved_at.FromMilliseconds(resolved_ms)
     for b in beliefs:
         belief_to_proto(b, msg.beliefs.add())
+    for context, minimum in sorted((minimums or {}).items()):
+        msg.context_min_confidence[context] = minimum
     return msg
+
+
+def context_minimums(
+    beliefs: Iterable[Belief], contexts: frozenset[str], book: PolicyBook
+) -> dict[str, float]:
+    """The minimum confidence of each context read: those named, else those of the beliefs."""
+    read = contexts or {b.context for b in beliefs}
+    return {c: book.for_context(c).min_confidence for c in read}
 
 
 class _Reply(NamedTuple):
@@ -83,7 +111,8 @@ class SnapshotReplies:
     encoding) holding the snapshot.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, policies: PolicyBook | None = None, max_entries: int = 4096) -> None:
+        self.policies = policies or PolicyBook()  # for each context's minimum confidence
         self.max_entries = max_entries
         self._entries: dict[tuple[Subject, frozenset[str], float, bool], _Reply] = {}
         self._lock = threading.Lock()
@@ -139,7 +168,9 @@ class SnapshotReplies:
         if hit is not None and hit.view.beliefs is view.beliefs and hit.view.token == view.token:
             return hit
         beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
-        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
+        omitted = left_out(view.beliefs, contexts, min_confidence, include_uncertain)
+        minimums = context_minimums(view.beliefs, contexts, self.policies)
+        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node, omitted, minimums)
         msg.ClearField("resolved_at")
         entry = _Reply(view, beliefs, msg.SerializeToString(), None)
         with self._lock:
@@ -157,10 +188,21 @@ class SnapshotReplies:
 
 
 def explanation(
-    subject: Subject, context: str, key: str, found: Explanation | None, token: str
+    subject: Subject,
+    context: str,
+    key: str,
+    found: Explanation | None,
+    token: str,
+    policy: ContextPolicy | None = None,
 ) -> selfmodel_pb2.ExplainBeliefResponse:
+    """``policy``: the context's, whose minimum, evidence discount and half-life it shows."""
     msg = selfmodel_pb2.ExplainBeliefResponse(context=context, key=key, handoff_token=token)
     subject_to_proto(subject, msg.subject)
+    if policy is not None:
+        msg.min_confidence = policy.min_confidence
+        msg.evidence_discount = policy.evidence_discount
+        if policy.half_life_s is not None:
+            msg.half_life_days = policy.half_life_s / DAY_S
     if found is None:
         return msg
     msg.policy = POLICIES.number(found.belief.policy)  # type: ignore[assignment]

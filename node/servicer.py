@@ -124,7 +124,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies()
+        self._replies = convert.SnapshotReplies(engine.policies)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -223,7 +223,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def GetSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> bytes:
-        """The serialized SelfModelSnapshot (see SerializedReplies and convert.SnapshotReplies)."""
+        """The serialized GetSelfModelResponse (see SerializedReplies, convert.SnapshotReplies)."""
         who, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
@@ -243,12 +243,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         found, token = self.engine.explain(
             subject, ctx, key, positions, self._wait_s(context), _holder(who)
         )
-        return convert.explanation(subject, ctx, key, found, token)
+        policy = self.engine.policies.for_context(ctx)
+        return convert.explanation(subject, ctx, key, found, token, policy)
 
     def WatchSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Serialized SelfModelSnapshots (see SerializedReplies): the model, then each change.
+        """Serialized WatchSelfModelResponses (see SerializedReplies): the model, then each change.
 
         A watcher that falls behind skips to the latest model: a stream holds at most the one
         snapshot being sent, and every watcher of a subject shares one resolution and one

@@ -93,15 +93,15 @@ def key(value: str, field: str, limits: Limits) -> str:
 
 def slot_key(value: str, field: str, limits: Limits) -> str:
     """A slot's key as Explain and Retract name it: the agent's key, or, for a slot written
-    without one, the normalized statement that Observe derived and returned as its key."""
+    without one, its statement as written or as Observe normalized it (the key it returned),
+    normalized here the same way. A value that is a valid key is that key."""
     if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
         return value
     text(value, field, limits.max_statement, required=True)
-    if normalize_statement(value) != value:
-        raise InvalidArgument(
-            field, "must be a key given on write, or the key Observe returned (a statement's form)"
-        )
-    return value
+    normalized = normalize_statement(value)
+    if not normalized:
+        raise InvalidArgument(field, "must be a key, or a statement with more than final stops")
+    return normalized
 
 
 def text(value: str, field: str, limit: int, *, required: bool) -> str:
@@ -138,6 +138,16 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
     context = context_name(msg.context, f"{prefix}context", limits)
     slot_key = key(msg.key, f"{prefix}key", limits)
     statement = text(msg.statement, f"{prefix}statement", limits.max_statement, required=True)
+    if not slot_key and not normalize_statement(statement):
+        raise InvalidArgument(
+            f"{prefix}statement",
+            "must hold more than spaces, periods and exclamation marks: without a key, the "
+            "slot's key is the normalized statement",
+        )
+    if not msg.HasField("confidence"):  # proto3 would read an absent one as 0
+        raise InvalidArgument(
+            f"{prefix}confidence", "is required: how sure the agent is, within [0, 1]"
+        )
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
     items = msg.evidence
     if len(items) > limits.max_evidence:

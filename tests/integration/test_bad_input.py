@@ -124,10 +124,22 @@ def _batch_of(n: int) -> Callable[[selfmodel_pb2.ObserveBatchRequest], None]:
     return mutate
 
 
+def _keyless(statement: str) -> Callable[[selfmodel_pb2.ObserveRequest], None]:
+    def mutate(req: selfmodel_pb2.ObserveRequest) -> None:
+        req.ClearField("key")
+        req.statement = statement
+
+    mutate.__name__ = f"key=(missing) statement={statement!r}"
+    return mutate
+
+
 def _second_of_batch(path: str, value: Any) -> Callable[[selfmodel_pb2.ObserveBatchRequest], None]:
     def mutate(req: selfmodel_pb2.ObserveBatchRequest) -> None:
         holder, name = _resolve(req.observations[1], path)
-        setattr(holder, name, value)
+        if value is CLEAR:
+            holder.ClearField(name)
+        else:
+            setattr(holder, name, value)
 
     mutate.__name__ = f"observations[1].{path}={value!r}"
     return mutate
@@ -153,6 +165,7 @@ CASES: list[Case] = [
     # Observe: confidence
     *(Case("Observe", "confidence", v, "confidence") for v in (math.nan, math.inf, -math.inf)),
     *(Case("Observe", "confidence", v, "confidence") for v in (-0.1, 1.5, 1.0000001, -1e-300)),
+    Case("Observe", "confidence", CLEAR, "confidence"),  # absent: never read as 0
     # Observe: subject
     Case("Observe", "subject", CLEAR, "subject"),
     *_ids("Observe", "tenant"),
@@ -179,6 +192,7 @@ CASES: list[Case] = [
             "del\x7f",
         )
     ),
+    *(Case("Observe", "", _keyless(v), "statement") for v in ("...", " . ! ", "!")),
     # Observe: evidence
     Case("Observe", "", evidence_17_items, "evidence"),
     *(
@@ -196,6 +210,7 @@ CASES: list[Case] = [
     Case("Observe", "statement", "x" * FIVE_MIB, None, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # ObserveBatch: one bad item refuses all, and the batch itself is bounded
     Case("ObserveBatch", "", _second_of_batch("confidence", 1.5), "observations[1].confidence"),
+    Case("ObserveBatch", "", _second_of_batch("confidence", CLEAR), "observations[1].confidence"),
     Case("ObserveBatch", "", _second_of_batch("subject.id", ""), "observations[1].subject.id"),
     Case("ObserveBatch", "", _batch_of(0), "observations"),
     Case("ObserveBatch", "", _batch_of(501), "observations"),
@@ -220,14 +235,14 @@ CASES: list[Case] = [
     Case("ExplainBelief", "subject.id", "", "subject.id"),
     Case("ExplainBelief", "context", "", "context"),
     Case("ExplainBelief", "context", "Budget", "context"),
-    *(Case("ExplainBelief", "key", v, "key") for v in ("", "Amount!", "a\x07b", "x" * 2001, " a")),
+    *(Case("ExplainBelief", "key", v, "key") for v in ("", "...", "a\x07b", "x" * 2001, " . !")),
     Case("ExplainBelief", "at_least", "garbage", "at_least"),
     # Retract (by the seeding agent itself, so a valid one would change the model)
     Case("Retract", "subject", CLEAR, "subject"),
     Case("Retract", "subject.tenant", "acme/other", "subject.tenant"),
     Case("Retract", "", _kind(model_pb2.SUBJECT_KIND_UNSPECIFIED), "subject.kind"),
     Case("Retract", "context", "", "context"),
-    *(Case("Retract", "key", v, "key") for v in ("", "Amount", "k\x00", " amount ")),
+    *(Case("Retract", "key", v, "key") for v in ("", "!!", "k\x00", "x" * 2001)),
     Case("Retract", "", None, "x-agent-id", agent="bad agent"),
     # ForgetSubject (aimed at the seeded subject, so a valid one would erase it)
     Case("ForgetSubject", "subject", CLEAR, "subject"),

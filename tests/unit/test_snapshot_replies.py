@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from node import convert
 from node.engine import ModelView
-from node.resolution import Belief, Position, select
+from node.policy import PolicyBook
+from node.resolution import Belief, Position, left_out, select
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -30,7 +31,9 @@ BELIEFS = (
 
 def expected(view: ModelView, contexts: frozenset[str], floor: float, uncertain: bool) -> bytes:
     beliefs = select(view.beliefs, contexts, floor, uncertain)
-    msg = convert.snapshot(U1, beliefs, view.token, view.resolved_ms, "sales")
+    omitted = left_out(view.beliefs, contexts, floor, uncertain)
+    minimums = convert.context_minimums(view.beliefs, contexts, PolicyBook())
+    msg = convert.snapshot(U1, beliefs, view.token, view.resolved_ms, "sales", omitted, minimums)
     return msg.SerializeToString(deterministic=True)
 
 
@@ -86,3 +89,12 @@ def test_a_snapshot_of_any_size_is_framed_as_the_response_s_field():
         snap = model_pb2.SelfModelSnapshot(node="n" * size)
         raw = convert.as_snapshot_field(snap.SerializeToString())
         assert raw == selfmodel_pb2.GetSelfModelResponse(snapshot=snap).SerializeToString()
+
+
+def test_the_reply_counts_what_it_left_out_and_names_each_context_s_minimum():
+    view = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_000)
+    raw = convert.SnapshotReplies().reply(U1, view, frozenset(), 0.8, False, "sales")
+    snap = selfmodel_pb2.GetSelfModelResponse.FromString(raw).snapshot
+    assert [b.key for b in snap.beliefs] == ["ceiling"]
+    assert (snap.uncertain_omitted, snap.below_min_confidence_omitted) == (1, 1)
+    assert dict(snap.context_min_confidence) == {"budget": 0.5, "communication_style": 0.5}

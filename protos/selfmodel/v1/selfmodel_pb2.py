@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/v1/selfmodel.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\xb9\x01\n\x0eObserveRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tstatement\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12(\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x10\n\x08\x62\x61sed_on\x18\x07 \x01(\t\"M\n\x0fObserveResponse\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\"I\n\x13ObserveBatchRequest\x12\x32\n\x0cobservations\x18\x01 \x03(\x0b\x32\x1c.selfmodel.v1.ObserveRequest\"]\n\x14ObserveBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.ObserveResponse\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"f\n\x0eRetractRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"M\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\r\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\"\x94\x01\n\x13GetSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\x12\x10\n\x08\x61t_least\x18\x05 \x01(\t\"I\n\x14GetSelfModelResponse\x12\x31\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1f.selfmodel.v1.SelfModelSnapshot\"n\n\x14\x45xplainBeliefRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x10\n\x08\x61t_least\x18\x04 \x01(\t\"\xf5\x02\n\x11ObservationWeight\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12(\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12/\n\x0bobserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0breliability\x18\t \x01(\x01\x12\x0f\n\x07recency\x18\n \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x0b \x01(\x01\x12\x15\n\rbelow_minimum\x18\x0c \x01(\x08\x12\x12\n\nsuperseded\x18\r \x01(\x08\x12\x13\n\x0bindependent\x18\x0e \x01(\x08\x12\x12\n\ndependence\x18\x0f \x01(\t\"l\n\tCandidate\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07support\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12*\n\x06newest\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x02\n\x15\x45xplainBeliefResponse\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12$\n\x06policy\x18\x04 \x01(\x0e\x32\x14.selfmodel.v1.Policy\x12$\n\x06\x62\x65lief\x18\x05 \x01(\x0b\x32\x14.selfmodel.v1.Belief\x12\x35\n\x0cobservations\x18\x06 \x03(\x0b\x32\x1f.selfmodel.v1.ObservationWeight\x12+\n\ncandidates\x18\x07 \x03(\x0b\x32\x17.selfmodel.v1.Candidate\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rhandoff_token\x18\t \x01(\t\"\x84\x01\n\x15WatchSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\"K\n\x16WatchSelfModelResponse\x12\x31\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1f.selfmodel.v1.SelfModelSnapshot\">\n\x14\x46orgetSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\".\n\x15\x46orgetSubjectResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t2\xe3\x04\n\x10SelfModelService\x12\x46\n\x07Observe\x12\x1c.selfmodel.v1.ObserveRequest\x1a\x1d.selfmodel.v1.ObserveResponse\x12U\n\x0cObserveBatch\x12!.selfmodel.v1.ObserveBatchRequest\x1a\".selfmodel.v1.ObserveBatchResponse\x12\x46\n\x07Retract\x12\x1c.selfmodel.v1.RetractRequest\x1a\x1d.selfmodel.v1.RetractResponse\x12U\n\x0cGetSelfModel\x12!.selfmodel.v1.GetSelfModelRequest\x1a\".selfmodel.v1.GetSelfModelResponse\x12X\n\rExplainBelief\x12\".selfmodel.v1.ExplainBeliefRequest\x1a#.selfmodel.v1.ExplainBeliefResponse\x12]\n\x0eWatchSelfModel\x12#.selfmodel.v1.WatchSelfModelRequest\x1a$.selfmodel.v1.WatchSelfModelResponse0\x01\x12X\n\rForgetSubject\x12\".selfmodel.v1.ForgetSubjectRequest\x1a#.selfmodel.v1.ForgetSubjectResponseB}\n\x10\x64\x65v.selfmodel.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\xa2\x02\x03SMX\xaa\x02\x0cSelfModel.V1\xba\x02\x03SMX\xca\x02\x0cSelfModel\\V1\xea\x02\rSelfModel::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/v1/selfmodel.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\xcd\x01\n\x0eObserveRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tstatement\x18\x04 \x01(\t\x12\x17\n\nconfidence\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12(\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x10\n\x08\x62\x61sed_on\x18\x07 \x01(\tB\r\n\x0b_confidence\"M\n\x0fObserveResponse\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\"I\n\x13ObserveBatchRequest\x12\x32\n\x0cobservations\x18\x01 \x03(\x0b\x32\x1c.selfmodel.v1.ObserveRequest\"]\n\x14ObserveBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.ObserveResponse\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"f\n\x0eRetractRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"M\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\r\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\"\x94\x01\n\x13GetSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\x12\x10\n\x08\x61t_least\x18\x05 \x01(\t\"I\n\x14GetSelfModelResponse\x12\x31\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1f.selfmodel.v1.SelfModelSnapshot\"n\n\x14\x45xplainBeliefRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x10\n\x08\x61t_least\x18\x04 \x01(\t\"\xf5\x02\n\x11ObservationWeight\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12(\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12/\n\x0bobserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0breliability\x18\t \x01(\x01\x12\x0f\n\x07recency\x18\n \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x0b \x01(\x01\x12\x15\n\rbelow_minimum\x18\x0c \x01(\x08\x12\x12\n\nsuperseded\x18\r \x01(\x08\x12\x13\n\x0bindependent\x18\x0e \x01(\x08\x12\x12\n\ndependence\x18\x0f \x01(\t\"l\n\tCandidate\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07support\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12*\n\x06newest\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x03\n\x15\x45xplainBeliefResponse\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12$\n\x06policy\x18\x04 \x01(\x0e\x32\x14.selfmodel.v1.Policy\x12$\n\x06\x62\x65lief\x18\x05 \x01(\x0b\x32\x14.selfmodel.v1.Belief\x12\x35\n\x0cobservations\x18\x06 \x03(\x0b\x32\x1f.selfmodel.v1.ObservationWeight\x12+\n\ncandidates\x18\x07 \x03(\x0b\x32\x17.selfmodel.v1.Candidate\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rhandoff_token\x18\t \x01(\t\x12\x16\n\x0emin_confidence\x18\n \x01(\x01\x12\x19\n\x11\x65vidence_discount\x18\x0b \x01(\x01\x12\x1b\n\x0ehalf_life_days\x18\x0c \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_half_life_days\"\x84\x01\n\x15WatchSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\"K\n\x16WatchSelfModelResponse\x12\x31\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1f.selfmodel.v1.SelfModelSnapshot\">\n\x14\x46orgetSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\".\n\x15\x46orgetSubjectResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t2\xe3\x04\n\x10SelfModelService\x12\x46\n\x07Observe\x12\x1c.selfmodel.v1.ObserveRequest\x1a\x1d.selfmodel.v1.ObserveResponse\x12U\n\x0cObserveBatch\x12!.selfmodel.v1.ObserveBatchRequest\x1a\".selfmodel.v1.ObserveBatchResponse\x12\x46\n\x07Retract\x12\x1c.selfmodel.v1.RetractRequest\x1a\x1d.selfmodel.v1.RetractResponse\x12U\n\x0cGetSelfModel\x12!.selfmodel.v1.GetSelfModelRequest\x1a\".selfmodel.v1.GetSelfModelResponse\x12X\n\rExplainBelief\x12\".selfmodel.v1.ExplainBeliefRequest\x1a#.selfmodel.v1.ExplainBeliefResponse\x12]\n\x0eWatchSelfModel\x12#.selfmodel.v1.WatchSelfModelRequest\x1a$.selfmodel.v1.WatchSelfModelResponse0\x01\x12X\n\rForgetSubject\x12\".selfmodel.v1.ForgetSubjectRequest\x1a#.selfmodel.v1.ForgetSubjectResponseB}\n\x10\x64\x65v.selfmodel.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\xa2\x02\x03SMX\xaa\x02\x0cSelfModel.V1\xba\x02\x03SMX\xca\x02\x0cSelfModel\\V1\xea\x02\rSelfModel::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,37 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.selfmodel.v1P\001Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\242\002\003SMX\252\002\014SelfModel.V1\272\002\003SMX\312\002\014SelfModel\\V1\352\002\rSelfModel::V1'
   _globals['_OBSERVEREQUEST']._serialized_start=106
-  _globals['_OBSERVEREQUEST']._serialized_end=291
-  _globals['_OBSERVERESPONSE']._serialized_start=293
-  _globals['_OBSERVERESPONSE']._serialized_end=370
-  _globals['_OBSERVEBATCHREQUEST']._serialized_start=372
-  _globals['_OBSERVEBATCHREQUEST']._serialized_end=445
-  _globals['_OBSERVEBATCHRESPONSE']._serialized_start=447
-  _globals['_OBSERVEBATCHRESPONSE']._serialized_end=540
-  _globals['_RETRACTREQUEST']._serialized_start=542
-  _globals['_RETRACTREQUEST']._serialized_end=644
-  _globals['_RETRACTRESPONSE']._serialized_start=646
-  _globals['_RETRACTRESPONSE']._serialized_end=723
-  _globals['_GETSELFMODELREQUEST']._serialized_start=726
-  _globals['_GETSELFMODELREQUEST']._serialized_end=874
-  _globals['_GETSELFMODELRESPONSE']._serialized_start=876
-  _globals['_GETSELFMODELRESPONSE']._serialized_end=949
-  _globals['_EXPLAINBELIEFREQUEST']._serialized_start=951
-  _globals['_EXPLAINBELIEFREQUEST']._serialized_end=1061
-  _globals['_OBSERVATIONWEIGHT']._serialized_start=1064
-  _globals['_OBSERVATIONWEIGHT']._serialized_end=1437
-  _globals['_CANDIDATE']._serialized_start=1439
-  _globals['_CANDIDATE']._serialized_end=1547
-  _globals['_EXPLAINBELIEFRESPONSE']._serialized_start=1550
-  _globals['_EXPLAINBELIEFRESPONSE']._serialized_end=1858
-  _globals['_WATCHSELFMODELREQUEST']._serialized_start=1861
-  _globals['_WATCHSELFMODELREQUEST']._serialized_end=1993
-  _globals['_WATCHSELFMODELRESPONSE']._serialized_start=1995
-  _globals['_WATCHSELFMODELRESPONSE']._serialized_end=2070
-  _globals['_FORGETSUBJECTREQUEST']._serialized_start=2072
-  _globals['_FORGETSUBJECTREQUEST']._serialized_end=2134
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=2136
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=2182
-  _globals['_SELFMODELSERVICE']._serialized_start=2185
-  _globals['_SELFMODELSERVICE']._serialized_end=2796
+  _globals['_OBSERVEREQUEST']._serialized_end=311
+  _globals['_OBSERVERESPONSE']._serialized_start=313
+  _globals['_OBSERVERESPONSE']._serialized_end=390
+  _globals['_OBSERVEBATCHREQUEST']._serialized_start=392
+  _globals['_OBSERVEBATCHREQUEST']._serialized_end=465
+  _globals['_OBSERVEBATCHRESPONSE']._serialized_start=467
+  _globals['_OBSERVEBATCHRESPONSE']._serialized_end=560
+  _globals['_RETRACTREQUEST']._serialized_start=562
+  _globals['_RETRACTREQUEST']._serialized_end=664
+  _globals['_RETRACTRESPONSE']._serialized_start=666
+  _globals['_RETRACTRESPONSE']._serialized_end=743
+  _globals['_GETSELFMODELREQUEST']._serialized_start=746
+  _globals['_GETSELFMODELREQUEST']._serialized_end=894
+  _globals['_GETSELFMODELRESPONSE']._serialized_start=896
+  _globals['_GETSELFMODELRESPONSE']._serialized_end=969
+  _globals['_EXPLAINBELIEFREQUEST']._serialized_start=971
+  _globals['_EXPLAINBELIEFREQUEST']._serialized_end=1081
+  _globals['_OBSERVATIONWEIGHT']._serialized_start=1084
+  _globals['_OBSERVATIONWEIGHT']._serialized_end=1457
+  _globals['_CANDIDATE']._serialized_start=1459
+  _globals['_CANDIDATE']._serialized_end=1567
+  _globals['_EXPLAINBELIEFRESPONSE']._serialized_start=1570
+  _globals['_EXPLAINBELIEFRESPONSE']._serialized_end=1977
+  _globals['_WATCHSELFMODELREQUEST']._serialized_start=1980
+  _globals['_WATCHSELFMODELREQUEST']._serialized_end=2112
+  _globals['_WATCHSELFMODELRESPONSE']._serialized_start=2114
+  _globals['_WATCHSELFMODELRESPONSE']._serialized_end=2189
+  _globals['_FORGETSUBJECTREQUEST']._serialized_start=2191
+  _globals['_FORGETSUBJECTREQUEST']._serialized_end=2253
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=2255
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=2301
+  _globals['_SELFMODELSERVICE']._serialized_start=2304
+  _globals['_SELFMODELSERVICE']._serialized_end=2915
 # @@protoc_insertion_point(module_scope)

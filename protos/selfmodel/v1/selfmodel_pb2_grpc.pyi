@@ -3,8 +3,19 @@
 isort:skip_file
 The agent API: write observations about a subject, read its resolved self-model.
 
-The source of an observation is never part of a request: it is the caller's authenticated
-identity (call metadata), so attribution cannot be forged.
+Who calls, in call metadata (docs/clients.md):
+- `authorization: Bearer <token>` on every call of a node with a token file: the token names
+  the agent (the source of every observation it writes), its tenant, its role and the
+  contexts and domains it may write. No token: UNAUTHENTICATED.
+- `x-agent-id: <agent id>` in development mode only (a node without a token file): names
+  the agent; without it, writes are credited to `anonymous`. Any tenant is accepted there.
+The source of an observation is never part of a request, so attribution cannot be forged.
+
+Tenant: every Subject names its tenant; a call on a subject of another tenant than the
+token's is PERMISSION_DENIED, whether or not the subject exists.
+
+Defaults: a field whose zero value would be a valid input is either `optional` and required
+by presence (INVALID_ARGUMENT naming it when absent), or says here what its zero means.
 """
 
 from collections import abc as _abc
