@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-# buf (the .proto checks) comes from npm, pinned by package-lock.json; without npm its test skips.
+# buf (the .proto checks) and the Node.js example's packages come from npm, pinned by their
+# lockfiles; without npm their tests skip.
 NPM := $(shell command -v npm 2>/dev/null)
-NODE_INSTALLED := $(if $(NPM),node_modules/.installed)
+NODE_INSTALLED := $(if $(NPM),node_modules/.installed examples/node/node_modules/.installed)
 
 .PHONY: run test test-meta protos contract-baseline lint bench clean
 
@@ -17,6 +18,10 @@ $(INSTALLED): pyproject.toml
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
+	touch $@
+
+examples/node/node_modules/.installed: examples/node/package.json examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund
 	touch $@
 
 run: $(INSTALLED)
@@ -48,4 +53,4 @@ bench: $(INSTALLED)
 	$(PY) benchmarks/node_latency.py
 
 clean:
-	rm -rf $(VENV) data build node_modules
+	rm -rf $(VENV) data build node_modules examples/node/node_modules
