@@ -68,7 +68,7 @@ _REFUSALS = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-# A receiver acknowledges a delta stream at most this often (see ReplicateBatch in sync.proto):
+# A receiver acknowledges a delta stream at most this often (see ReplicateRequest in sync.proto):
 # each acknowledgement costs both nodes a message, and the receiver a WAL sync.
 ACK_INTERVAL_S = 0.05
 
@@ -174,7 +174,7 @@ def encode_batch_origin(origin: str) -> bytes:
 
 
 def encode_batch(origin: bytes, batch: Batch) -> bytes:
-    """The ReplicateBatch of a run of outbox entries, serialized without parsing its deltas.
+    """The ReplicateRequest of a run of outbox entries, serialized without parsing its deltas.
 
     The bytes protobuf's own serializer would produce (fields in number order, zeros left
     out): the stored deltas are already serialized SubjectStates, so decoding them only to

@@ -1,4 +1,4 @@
-"""The sender serializes ReplicateBatch by hand; protobuf must read exactly what it meant."""
+"""The sender serializes ReplicateRequest by hand; protobuf must read exactly what it meant."""
 
 from __future__ import annotations
 
