@@ -341,7 +341,7 @@ def seed_requests(subject_id: str, count: int) -> list[Any]:
             confidence=0.6 + (i % 8) * 0.05,
         )
         ev = req.evidence.add(
-            kind="message",
+            kind=model_pb2.EVIDENCE_KIND_MESSAGE,
             ref=f"crm://conversation/{1000 + i}",
             quote=f"The user said something that supports fact {i} in a real conversation",
         )
@@ -365,7 +365,11 @@ def observe_requests(run: str, writer: int, count: int) -> list[bytes]:
             statement="Motivated by quick time-to-value",
             confidence=0.82,
         )
-        req.evidence.add(kind="call", ref="crm://call/4411", quote="we need this live before Q3")
+        req.evidence.add(
+            kind=model_pb2.EVIDENCE_KIND_CALL,
+            ref="crm://call/4411",
+            quote="we need this live before Q3",
+        )
         out.append(req.SerializeToString())
     return out
 
