@@ -101,8 +101,13 @@ class ObserveResponse(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
+    """"<actor>:<counter>": the node incarnation that recorded it and its counter for the subject."""
     key: _builtins.str
+    """The slot's key: the request's key, or the normalized statement when it had none. Retract
+    and ExplainBelief accept it (and the statement as written).
+    """
     handoff_token: _builtins.str
+    """Opaque: pass it as `at_least` to a read on any node to see this write there."""
     def __init__(
         self,
         *,
