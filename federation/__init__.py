@@ -14,6 +14,7 @@ from federation.client import (
     team,
     user,
 )
+from federation.pages import PolicyView, SubjectsPage
 from node.errors import (
     DeadlineExceeded,
     HandoffTimeout,
@@ -38,6 +39,7 @@ __all__ = [
     "NotFound",
     "Observed",
     "PermissionDenied",
+    "PolicyView",
     "ResourceExhausted",
     "Retracted",
     "SelfModelError",
@@ -45,6 +47,7 @@ __all__ = [
     "Stance",
     "Subject",
     "SubjectKind",
+    "SubjectsPage",
     "Unauthenticated",
     "org",
     "parse_subject",

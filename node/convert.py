@@ -129,8 +129,39 @@ class SnapshotReplies:
         include_uncertain: bool,
         node: str,
     ) -> bytes:
+        """The serialized GetSelfModelResponse."""
+        return as_snapshot_field(
+            self.snapshot(subject, view, contexts, min_confidence, include_uncertain, node)
+        )
+
+    def snapshot(
+        self,
+        subject: Subject,
+        view: ModelView,
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> bytes:
+        """The serialized SelfModelSnapshot alone (as BatchGetSelfModels holds each)."""
         entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        return as_snapshot_field(entry.body + self.stamp(view))
+        return entry.body + self.stamp(view)
+
+    def page(
+        self,
+        subject: Subject,
+        view: ModelView,
+        beliefs: list[Belief],
+        contexts: frozenset[str],
+        min_confidence: float,
+        include_uncertain: bool,
+        node: str,
+    ) -> model_pb2.SelfModelSnapshot:
+        """A snapshot of some of the beliefs the filter selects (a page), saying as a whole
+        reply does what the read left out and each context's minimum."""
+        omitted = left_out(view.beliefs, contexts, min_confidence, include_uncertain)
+        minimums = context_minimums(view.beliefs, contexts, self.policies)
+        return snapshot(subject, beliefs, view.token, view.resolved_ms, node, omitted, minimums)
 
     def shared(
         self,
@@ -232,6 +263,16 @@ def explanation(
         cand = msg.candidates.add(statement=c.statement, support=c.support, sources=c.sources)
         cand.newest.FromMilliseconds(physical_ms(c.newest_hlc))
     return msg
+
+
+def policy_to_proto(context: str, policy: ContextPolicy, msg: selfmodel_pb2.ContextPolicy) -> None:
+    """Sets ``msg`` to the policy in force for ``context`` ("" for the default)."""
+    msg.context = context
+    msg.policy = POLICIES.number(policy.policy)  # type: ignore[assignment]
+    msg.min_confidence = policy.min_confidence
+    msg.half_life_seconds = policy.half_life_s or 0.0
+    msg.evidence_discount = policy.evidence_discount
+    msg.max_observations = policy.max_observations
 
 
 def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAuditResponse:

@@ -70,6 +70,8 @@ def observation_bytes(obs: Observation) -> int:
         size += _EVIDENCE + _utf8(ev.ref) + _utf8(ev.quote)
     if obs.based_on is not None:  # the model its agent read: a frame (4) and its entries
         size += 4 + _context_bytes(obs.based_on)
+    if obs.request_key:  # its string, and its index (tag and a varint of up to 5 bytes)
+        size += _STRING + _utf8(obs.request_key) + 6
     return size
 
 

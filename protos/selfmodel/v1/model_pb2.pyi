@@ -312,12 +312,17 @@ class SelfModelSnapshot(_message.Message):
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     RESOLVED_AT_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     UNCERTAIN_OMITTED_FIELD_NUMBER: _builtins.int
     BELOW_MIN_CONFIDENCE_OMITTED_FIELD_NUMBER: _builtins.int
     CONTEXT_MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     handoff_token: _builtins.str
     """The node's causal position for this subject when the model was read."""
     node: _builtins.str
+    next_page_token: _builtins.str
+    """With GetSelfModelRequest.page_size: pass as page_token for the next page; empty once the
+    last belief was sent.
+    """
     uncertain_omitted: _builtins.int
     """What the reader did not see, of the contexts it read: beliefs left out because they are
     uncertain (below their context's minimum confidence) and include_uncertain was false ...
@@ -346,13 +351,14 @@ class SelfModelSnapshot(_message.Message):
         handoff_token: _builtins.str = ...,
         resolved_at: _timestamp_pb2.Timestamp | None = ...,
         node: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
         uncertain_omitted: _builtins.int = ...,
         below_min_confidence_omitted: _builtins.int = ...,
         context_min_confidence: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "handoff_token", b"handoff_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
