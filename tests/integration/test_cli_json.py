@@ -114,4 +114,4 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     )
     assert forgotten.handoff_token
     audit = reply(run(capsys, "audit", *with_file), admin_pb2.ListAuditResponse)
-    assert [e.action for e in audit.entries] == ["forget"]
+    assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
