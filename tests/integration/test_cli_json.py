@@ -70,12 +70,14 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     assert reply(again, selfmodel_pb2.ObserveResponse).observation_id == written.observation_id
 
     monkeypatch.setenv(TOKEN_ENV, agent)  # the token from the environment from here on
-    model = reply(run(capsys, "show", "user:u-cli", *target), model_pb2.SelfModelSnapshot)
+    shown = run(capsys, "show", "user:u-cli", *target)
+    model = reply(shown, selfmodel_pb2.GetSelfModelResponse).snapshot
     [belief] = model.beliefs
     assert belief.statement == "Pays yearly" and model.handoff_token
     page = reply(
-        run(capsys, "show", "user:u-cli", "--page-size", "1", *target), model_pb2.SelfModelSnapshot
-    )
+        run(capsys, "show", "user:u-cli", "--page-size", "1", *target),
+        selfmodel_pb2.GetSelfModelResponse,
+    ).snapshot
     assert list(page.beliefs) == [belief] and page.next_page_token == ""
     explained = reply(
         run(capsys, "explain", "user:u-cli", "billing", "cycle", *target),

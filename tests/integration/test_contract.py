@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from federation.harness import LocalCluster
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from tests.harness import LocalCluster
 
 AGENT = (("x-agent-id", "sales_agent"),)
 TIMEOUT_S = 10.0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from federation import tokens
-from federation.harness import LocalCluster
+from tests.harness import LocalCluster
 from tests.nodes import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
