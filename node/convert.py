@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from node.audit import AuditEntry
-from node.engine import ModelView
 from node.policy import DAY_S, ContextPolicy, PolicyBook
+from node.reads import ModelView
 from node.resolution import Belief, Explanation, LeftOut, Position, left_out, select
+from node.snapshots import Snapshots
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.codec import POLICIES, EnumWords, evidence_to_proto, subject_to_proto
@@ -32,7 +32,9 @@ def _position(p: Position, msg: model_pb2.Support) -> None:
     msg.counted = p.counted
 
 
-def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
+def belief_to_proto(b: Belief, msg: model_pb2.Belief, max_positions: int | None = None) -> None:
+    """``b`` into ``msg``, with at most ``max_positions`` supporters and as many dissenters
+    (None: all), their counts always."""
     msg.context = b.context
     msg.key = b.key
     msg.statement = b.statement
@@ -40,9 +42,11 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
     msg.uncertain = b.uncertain
     msg.policy = POLICIES.number(b.policy)  # type: ignore[assignment]
     msg.changed_at.FromMilliseconds(b.changed_ms)
-    for p in b.supporters:
+    msg.supporter_count = len(b.supporters)
+    msg.dissenter_count = len(b.dissenters)
+    for p in b.supporters[:max_positions]:
         _position(p, msg.supporters.add())
-    for p in b.dissenters:
+    for p in b.dissenters[:max_positions]:
         _position(p, msg.dissenters.add())
 
 
@@ -52,6 +56,7 @@ def snapshot(
     token: str,
     resolved_ms: int,
     node: str,
+    max_positions: int | None = None,
     omitted: LeftOut = NONE_LEFT_OUT,
     minimums: Mapping[str, float] | None = None,
 ) -> model_pb2.SelfModelSnapshot:
@@ -64,7 +69,7 @@ def snapshot(
     subject_to_proto(subject, msg.subject)
     msg.resolved_at.FromMilliseconds(resolved_ms)
     for b in beliefs:
-        belief_to_proto(b, msg.beliefs.add())
+        belief_to_proto(b, msg.beliefs.add(), max_positions)
     for context, minimum in sorted((minimums or {}).items()):
         msg.context_min_confidence[context] = minimum
     return msg
@@ -76,13 +81,6 @@ def context_minimums(
     """The minimum confidence of each context read: those named, else those of the beliefs."""
     read = contexts or {b.context for b in beliefs}
     return {c: book.for_context(c).min_confidence for c in read}
-
-
-class _Reply(NamedTuple):
-    view: ModelView  # the view it was built from
-    beliefs: list[Belief]  # the view's beliefs the filter selects
-    body: bytes  # the reply without resolved_at
-    whole: bytes | None  # the body with the view's resolved_at, once a watch asked for it
 
 
 def as_snapshot_field(snapshot: bytes) -> bytes:
@@ -97,124 +95,89 @@ def as_snapshot_field(snapshot: bytes) -> bytes:
     return bytes(header) + snapshot
 
 
+class Filter(NamedTuple):
+    """What a read asked for (GetSelfModelRequest, WatchSelfModelRequest)."""
+
+    contexts: frozenset[str] = frozenset()
+    min_confidence: float = 0.0
+    include_uncertain: bool = False
+    max_positions: int | None = None  # None: every supporter and dissenter
+
+
 class SnapshotReplies:
-    """GetSelfModel replies, serialized once per model view and filter, then shared.
+    """GetSelfModel and WatchSelfModel replies, serialized once per snapshot and filter.
 
     Building and serializing the protobuf of a model (50 beliefs: about 12 KB) costs several
-    times what the rest of a read does. The engine hands out the same ``beliefs`` tuple while
-    the subject's state stays the same (resolution never depends on the read instant), so the
-    serialized beliefs, subject, token and node are kept per (subject, filter) and reused while
-    that tuple is; only ``resolved_at`` is encoded per call and appended. Protobuf parses
-    concatenated encodings as one message, and ``resolved_at`` is absent from the cached part,
-    so the reply reads exactly as one built from scratch. Watches share the whole reply too
-    (``shared``). Replies are GetSelfModelResponse (and WatchSelfModelResponse: the same
-    encoding) holding the snapshot.
+    times what the rest of a read does. A snapshot (node.snapshots) stays the same while its
+    subject does, and nothing in it depends on the read instant, so the serialized beliefs,
+    subject, token and node are kept with it, per filter (``Snapshots.add_reply``: bounded and
+    counted with the snapshots), and dropped with it at the subject's next change; only
+    ``resolved_at`` is encoded per call and appended. Protobuf parses concatenated encodings as
+    one message, and ``resolved_at`` is absent from the kept part, so the reply reads exactly as
+    one built from scratch. Watches share the whole reply too (``shared``). Replies are
+    GetSelfModelResponse (and WatchSelfModelResponse: the same encoding) holding the snapshot.
     """
 
-    def __init__(self, policies: PolicyBook | None = None, max_entries: int = 4096) -> None:
+    def __init__(self, snapshots: Snapshots, policies: PolicyBook | None = None) -> None:
+        self.snapshots = snapshots
         self.policies = policies or PolicyBook()  # for each context's minimum confidence
-        self.max_entries = max_entries
-        self._entries: dict[tuple[Subject, frozenset[str], float, bool], _Reply] = {}
-        self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def reply(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
-    ) -> bytes:
+    def reply(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
         """The serialized GetSelfModelResponse."""
-        return as_snapshot_field(
-            self.snapshot(subject, view, contexts, min_confidence, include_uncertain, node)
-        )
+        return as_snapshot_field(self.snapshot(subject, view, want, node))
 
-    def snapshot(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
-    ) -> bytes:
+    def snapshot(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
         """The serialized SelfModelSnapshot alone (as BatchGetSelfModels holds each)."""
-        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        return entry.body + self.stamp(view)
+        return self._body(subject, view, want, node) + self.stamp(view.resolved_ms)
 
     def page(
-        self,
-        subject: Subject,
-        view: ModelView,
-        beliefs: list[Belief],
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
+        self, subject: Subject, view: ModelView, beliefs: list[Belief], want: Filter, node: str
     ) -> model_pb2.SelfModelSnapshot:
         """A snapshot of some of the beliefs the filter selects (a page), saying as a whole
         reply does what the read left out and each context's minimum."""
-        omitted = left_out(view.beliefs, contexts, min_confidence, include_uncertain)
-        minimums = context_minimums(view.beliefs, contexts, self.policies)
-        return snapshot(subject, beliefs, view.token, view.resolved_ms, node, omitted, minimums)
+        return snapshot(
+            subject, beliefs, view.token, view.resolved_ms, node, want.max_positions,
+            *self._left_out(view, want),
+        )  # fmt: skip
+
+    def _left_out(self, view: ModelView, want: Filter) -> tuple[LeftOut, dict[str, float]]:
+        omitted = left_out(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+        return omitted, context_minimums(view.beliefs, want.contexts, self.policies)
 
     def shared(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
+        self, subject: Subject, view: ModelView, want: Filter, node: str
     ) -> tuple[list[Belief], bytes]:
         """The beliefs the filter selects and the reply, with the ``resolved_at`` of the first
-        view it was built for: the same objects for every caller of one view and filter, so the
-        watches of a subject hold one copy of a snapshot between them, not one each."""
-        key = (subject, contexts, min_confidence, include_uncertain)
-        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        whole = entry.whole
+        view it was built for: the same bytes for every caller of one snapshot and filter, so
+        the watches of a subject hold one copy of a snapshot between them, not one each."""
+        beliefs = select(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+        key = ("whole", want)
+        whole = view.snapshot.replies.get(key)
         if whole is None:
-            whole = as_snapshot_field(entry.body + self.stamp(entry.view))
-            with self._lock:
-                if self._entries.get(key) is entry:
-                    self._entries[key] = entry._replace(whole=whole)
-        return entry.beliefs, whole
+            whole = as_snapshot_field(
+                self._body(subject, view, want, node) + self.stamp(view.resolved_ms)
+            )
+            self.snapshots.add_reply(view.snapshot, key, whole)
+        return beliefs, whole
 
-    def _entry(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
-    ) -> _Reply:
-        key = (subject, contexts, min_confidence, include_uncertain)
-        hit = self._entries.get(key)
-        if hit is not None and hit.view.beliefs is view.beliefs and hit.view.token == view.token:
-            return hit
-        beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
-        omitted = left_out(view.beliefs, contexts, min_confidence, include_uncertain)
-        minimums = context_minimums(view.beliefs, contexts, self.policies)
-        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node, omitted, minimums)
+    def _body(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
+        found = view.snapshot.replies.get(want)
+        if found is not None:
+            return found
+        beliefs = select(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+        msg = snapshot(
+            subject, beliefs, view.token, 0, node, want.max_positions, *self._left_out(view, want)
+        )
         msg.ClearField("resolved_at")
-        entry = _Reply(view, beliefs, msg.SerializeToString(), None)
-        with self._lock:
-            while len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]  # the oldest entry
-            self._entries[key] = entry
-        return entry
+        body = msg.SerializeToString()
+        self.snapshots.add_reply(view.snapshot, want, body)
+        return body
 
     @staticmethod
-    def stamp(view: ModelView) -> bytes:
+    def stamp(resolved_ms: int) -> bytes:
         """The ``resolved_at`` field of a reply, appended to its body."""
         stamp = model_pb2.SelfModelSnapshot()
-        stamp.resolved_at.FromMilliseconds(view.resolved_ms)
+        stamp.resolved_at.FromMilliseconds(resolved_ms)
         return stamp.SerializeToString()
 
 

@@ -125,7 +125,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies(engine.policies)
+        self._replies = convert.SnapshotReplies(engine.snapshots, engine.policies)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -251,6 +251,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        limit = request.max_positions if request.HasField("max_positions") else None
         paged = bool(request.page_size or request.page_token)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
@@ -258,14 +259,12 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         if paged:
             chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
             page, token = listing.beliefs_page(subject, chosen, asked, size)
-            msg = self._replies.page(
-                subject, view, page, contexts, floor, request.include_uncertain, self.engine.node
-            )
+            want = convert.Filter(contexts, floor, request.include_uncertain, limit)
+            msg = self._replies.page(subject, view, page, want, self.engine.node)
             msg.next_page_token = token
             return convert.as_snapshot_field(msg.SerializeToString())
-        return self._replies.reply(
-            subject, view, contexts, floor, request.include_uncertain, self.engine.node
-        )
+        want = convert.Filter(contexts, floor, request.include_uncertain, limit)
+        return self._replies.reply(subject, view, want, self.engine.node)
 
     @map_errors
     def ExplainBelief(
@@ -295,6 +294,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
+            want = convert.Filter(contexts, floor, request.include_uncertain)
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -319,9 +319,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                beliefs, whole = self._replies.shared(
-                    subject, view, contexts, floor, request.include_uncertain, node
-                )
+                beliefs, whole = self._replies.shared(subject, view, want, node)
                 if beliefs != last:
                     last = beliefs
                     yield whole
@@ -418,9 +416,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self.engine.model(subject, wanted, self._wait_s(context), _holder(who))
-            body = self._replies.snapshot(
-                subject, view, contexts, floor, request.include_uncertain, self.engine.node
-            )
+            want = convert.Filter(contexts, floor, request.include_uncertain)
+            body = self._replies.snapshot(subject, view, want, self.engine.node)
             reply.models.add().MergeFromString(body)
             read[subject] = view.state.context
         reply.handoff_token = encode_token(read)

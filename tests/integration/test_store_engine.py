@@ -134,7 +134,7 @@ def test_a_reader_waiting_for_a_handoff_token_wakes_when_the_write_arrives(tmp_p
             waiting.set()  # under the lock, after the reader found the position not merged
             return super().wait(timeout)
 
-    support._merged = Observed()
+    support.reader._merged = Observed()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert waiting.wait(10), "the reader never began to wait"
@@ -627,7 +627,8 @@ def test_the_state_cache_estimates_its_memory_on_the_high_side(
             used, _ = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        estimate = store.cache_bytes()
+        # The engine's slot indexes (node.snapshots), which writes keep, are estimated apart.
+        estimate = store.cache_bytes() + engine.snapshots.cost_bytes
         assert used <= estimate <= 2.2 * used, (reread, used, estimate)  # 1.1-1.75 measured
         store.close()
 
