@@ -8,7 +8,7 @@ from typing import NamedTuple
 from node.audit import AuditEntry
 from node.policy import DAY_S, ContextPolicy, PolicyBook
 from node.reads import ModelView
-from node.resolution import Belief, Explanation, LeftOut, Position, left_out, select
+from node.resolution import Belief, Explanation, LeftOut, Support, left_out, select
 from node.snapshots import Snapshots
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
@@ -20,7 +20,7 @@ AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
 NONE_LEFT_OUT = LeftOut(0, 0)
 
 
-def _position(p: Position, msg: model_pb2.Support) -> None:
+def _support(p: Support, msg: model_pb2.Support) -> None:
     msg.source = p.source
     msg.statement = p.statement
     msg.confidence = p.confidence
@@ -45,9 +45,9 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief, max_positions: int | None 
     msg.supporter_count = len(b.supporters)
     msg.dissenter_count = len(b.dissenters)
     for p in b.supporters[:max_positions]:
-        _position(p, msg.supporters.add())
+        _support(p, msg.supporters.add())
     for p in b.dissenters[:max_positions]:
-        _position(p, msg.dissenters.add())
+        _support(p, msg.dissenters.add())
 
 
 def snapshot(

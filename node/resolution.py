@@ -5,7 +5,7 @@ confidence and explanation on every node, whatever order the observations came i
 it is read. Resolution happens at read time and is never replicated. One definition serves every
 policy:
 
-- one source holds one position per slot: its newest observation by the cluster-wide total
+- one source holds one Support per slot: its newest observation by the cluster-wide total
   order (hybrid clock, then id); its older ones, wherever written, are shown as superseded and
   never counted (the same agent's correction wins over its stale statement on another node,
   and its same statement written on two nodes counts once);
@@ -56,12 +56,13 @@ def normalize_statement(statement: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
-    """One source's stance in a slot: the confidence it reported, and what that weighs there.
+class Support:
+    """One source's stance in a slot (its newest observation there): model.proto's Support, with
+    the confidence it reported and what that weighs there.
 
     The weighing (``weight`` = confidence x reliability x recency x evidence_factor, and whether
     it counts in its statement's support) follows from the stance and its slot, so it takes no
-    part in comparing positions.
+    part in comparing supports.
     """
 
     source: str
@@ -81,8 +82,8 @@ class Belief:
     key: str
     statement: str
     confidence: float
-    supporters: tuple[Position, ...]
-    dissenters: tuple[Position, ...]
+    supporters: tuple[Support, ...]
+    dissenters: tuple[Support, ...]
     uncertain: bool
     changed_ms: int
     policy: str
@@ -167,12 +168,12 @@ def explain_slot(
             f"{policy.min_confidence:.2f}"
         )
 
-    supporters: list[Position] = []
-    dissenters: list[Position] = []
+    supporters: list[Support] = []
+    dissenters: list[Support] = []
     in_support = {w.observation.dot for w in counted if w.independent}
     for w in weighted:
         o = w.observation
-        p = Position(
+        p = Support(
             o.source,
             o.statement,
             o.confidence,
