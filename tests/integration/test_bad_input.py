@@ -141,7 +141,8 @@ def _second_of_batch(path: str, value: Any) -> Callable[[selfmodel_pb2.ObserveBa
         else:
             setattr(holder, name, value)
 
-    mutate.__name__ = f"observations[1].{path}={value!r}"
+    shown = "(missing)" if value is CLEAR else repr(value)
+    mutate.__name__ = f"observations[1].{path}={shown}"
     return mutate
 
 
