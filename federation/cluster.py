@@ -11,7 +11,7 @@
     max_subject_bytes = 1048576   # encoded state; at most half of max_message_bytes
     max_message_bytes = 4194304   # every gRPC message a node sends or takes (agents and peers)
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
-                                  # backoff_max_s, ack_request_s, claim_wait_s
+                                  # backoff_max_s, ack_request_s, linger_s, claim_wait_s
                                   # (see sync.replicator.SyncSettings)
     [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name
     ca = "certs/ca.crt"
