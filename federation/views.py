@@ -55,7 +55,9 @@ def parse_subject(text: str, tenant: str = DEFAULT_TENANT) -> Subject:
 
 
 @dataclass(frozen=True, slots=True)
-class Stance:
+class Support:
+    """One source's stance in a slot (model.proto's Support)."""
+
     source: str
     statement: str
     confidence: float
@@ -69,8 +71,8 @@ class BeliefView:
     statement: str
     confidence: float
     uncertain: bool
-    supporters: tuple[Stance, ...]
-    dissenters: tuple[Stance, ...]
+    supporters: tuple[Support, ...]
+    dissenters: tuple[Support, ...]
     changed_at: dt.datetime  # the newest observation's time
     policy: str
     # How old the belief was when read (the node's resolved_at minus changed_at): staleness,
@@ -152,8 +154,8 @@ def _time(ts: Any) -> dt.datetime:
     return ts.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
 
 
-def _stance(msg: model_pb2.Support) -> Stance:
-    return Stance(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
+def _support(msg: model_pb2.Support) -> Support:
+    return Support(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
 
 
 def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
@@ -165,8 +167,8 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             b.statement,
             b.confidence,
             b.uncertain,
-            tuple(_stance(s) for s in b.supporters),
-            tuple(_stance(s) for s in b.dissenters),
+            tuple(_support(s) for s in b.supporters),
+            tuple(_support(s) for s in b.dissenters),
             changed := _time(b.changed_at),
             b.policy,
             max(resolved - changed, dt.timedelta(0)),
@@ -187,9 +189,9 @@ __all__ = [
     "Observed",
     "Retracted",
     "SelfModelView",
-    "Stance",
     "SubjectLike",
     "SubjectRef",
+    "Support",
     "audit_page",
     "org",
     "parse_subject",

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from node.audit import AuditEntry
 from node.policy import ContextPolicy
 from node.reads import ModelView
-from node.resolution import Belief, Explanation, Position, select
+from node.resolution import Belief, Explanation, Support, select
 from node.snapshots import Snapshots
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
@@ -16,7 +16,7 @@ from sync.hlc import physical_ms
 from sync.observation import Subject
 
 
-def _position(p: Position, msg: model_pb2.Support) -> None:
+def _support(p: Support, msg: model_pb2.Support) -> None:
     msg.source = p.source
     msg.statement = p.statement
     msg.confidence = p.confidence
@@ -36,9 +36,9 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief, max_positions: int | None 
     msg.supporter_count = len(b.supporters)
     msg.dissenter_count = len(b.dissenters)
     for p in b.supporters[:max_positions]:
-        _position(p, msg.supporters.add())
+        _support(p, msg.supporters.add())
     for p in b.dissenters[:max_positions]:
-        _position(p, msg.dissenters.add())
+        _support(p, msg.dissenters.add())
 
 
 def snapshot(

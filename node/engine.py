@@ -34,7 +34,7 @@ from sync.bounds import (
     SubjectLimits,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
-from sync.codec import Position, encode_token, token_of_positions
+from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
@@ -168,7 +168,7 @@ class Engine:
             for state, footprint in footprints:
                 self.sizes.remember(state, footprint)
         changes.sort(key=_subject_of)
-        token = token_of_positions([change.position for change in changes])
+        token = token_of_entries([change.token_entry for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
         return WriteResult(tuple(w for w in written if w is not None), token)
 
@@ -244,7 +244,7 @@ class Engine:
             change = Change(state, new, Delta(delta, frozenset([event])))
             rows = self._request_rows(request, "retract", Replay(retracted=count))
             self._commit([change], audit, rows)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         return count, token
 
     def forget(
@@ -267,7 +267,7 @@ class Engine:
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
 
@@ -414,7 +414,7 @@ class Engine:
     def wait_for(
         self,
         subject: Subject,
-        positions: dict[Subject, Position] | None,
+        positions: dict[Subject, CausalContext] | None,
         timeout_s: float,
         holder: str = "",
     ) -> SubjectState:
@@ -424,7 +424,7 @@ class Engine:
     def model(
         self,
         subject: Subject,
-        positions: dict[Subject, Position] | None = None,
+        positions: dict[Subject, CausalContext] | None = None,
         timeout_s: float = 0.0,
         holder: str = "",
     ) -> ModelView:
@@ -437,7 +437,7 @@ class Engine:
         subject: Subject,
         context: str,
         key: str,
-        positions: dict[Subject, Position] | None = None,
+        positions: dict[Subject, CausalContext] | None = None,
         timeout_s: float = 0.0,
         holder: str = "",
     ) -> tuple[Explanation | None, str]:

@@ -20,7 +20,7 @@ from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot
 from node.snapshots import Snapshot, Snapshots
 from node.store import Store
-from sync.codec import Position
+from sync.causal import CausalContext
 from sync.crdt import SubjectState
 from sync.observation import Subject
 
@@ -75,7 +75,7 @@ class Reader:
     def wait_for(
         self,
         subject: Subject,
-        positions: dict[Subject, Position] | None,
+        positions: dict[Subject, CausalContext] | None,
         timeout_s: float,
         holder: str = "",
     ) -> SubjectState:
@@ -117,7 +117,9 @@ class Reader:
             release()
             metrics.HANDOFF_WAITS.dec()
 
-    def _wait_covered(self, subject: Subject, position: Position, timeout_s: float) -> SubjectState:
+    def _wait_covered(
+        self, subject: Subject, position: CausalContext, timeout_s: float
+    ) -> SubjectState:
         deadline = time.monotonic() + timeout_s
         with self._merged:
             while True:

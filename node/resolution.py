@@ -5,7 +5,7 @@ confidence and explanation on every node, whatever order the observations came i
 it is read. Resolution happens at read time and is never replicated. One definition serves every
 policy:
 
-- one source holds one position per slot: its newest observation by the cluster-wide total
+- one source holds one Support per slot: its newest observation by the cluster-wide total
   order (hybrid clock, then id); its older ones, wherever written, are shown as superseded and
   never counted (the same agent's correction wins over its stale statement on another node,
   and its same statement written on two nodes counts once);
@@ -55,8 +55,8 @@ def normalize_statement(statement: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
-    """One source's stance in a slot."""
+class Support:
+    """One source's stance in a slot (its newest observation there): model.proto's Support."""
 
     source: str
     statement: str
@@ -70,8 +70,8 @@ class Belief:
     key: str
     statement: str
     confidence: float
-    supporters: tuple[Position, ...]
-    dissenters: tuple[Position, ...]
+    supporters: tuple[Support, ...]
+    dissenters: tuple[Support, ...]
     uncertain: bool
     changed_ms: int
     policy: str
@@ -156,11 +156,11 @@ def explain_slot(
             f"{policy.min_confidence:.2f}"
         )
 
-    supporters: list[Position] = []
-    dissenters: list[Position] = []
+    supporters: list[Support] = []
+    dissenters: list[Support] = []
     for w in weighted:
         o = w.observation
-        p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
+        p = Support(o.source, o.statement, o.confidence, physical_ms(o.hlc))
         (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
     superseded = tuple(
         dataclasses.replace(_weigh(o, policy, book, newest_ms), superseded=True) for o in replaced

@@ -24,7 +24,7 @@ from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.peers import PeerAuth, refusing
 from node.replication import (
-    SyncServicer,
+    PeerServicer,
     build_replicator,
     claim_run,
 )
@@ -55,7 +55,7 @@ class RunningNode:
     port: int
     metrics_port: int | None
     replicator: Replicator | None = None
-    sync_servicer: SyncServicer | None = None
+    peer_servicer: PeerServicer | None = None
     peer_port: int | None = None
     peer_server: grpc.Server | None = None  # serves Sync on peer_listen
     disk_watch: DiskWatch | None = None
@@ -78,8 +78,8 @@ class RunningNode:
             self._stop_token_watch()
         if self.replicator is not None:
             self.replicator.stop()
-        if self.sync_servicer is not None:
-            self.sync_servicer.close()
+        if self.peer_servicer is not None:
+            self.peer_servicer.close()
         self.engine.close_watches()
         grace = self.config.grace_s if grace_s is None else grace_s
         stopped = [s.stop(grace) for s in (self.server, self.peer_server) if s is not None]
@@ -98,7 +98,7 @@ def start(config: NodeConfig) -> RunningNode:
     store = Store(
         config.data_dir,
         config.name,
-        sync=config.fsync,
+        fsync=config.fsync,
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
     )
@@ -152,7 +152,7 @@ def start(config: NodeConfig) -> RunningNode:
             config.limits,
             config.max_message_bytes,
         )
-    sync_servicer = SyncServicer(
+    peer_servicer = PeerServicer(
         engine,
         auth,
         config.limits,
@@ -167,7 +167,7 @@ def start(config: NodeConfig) -> RunningNode:
         calls = 8 * len(auth.members) + 64
         peer_server = listeners.grpc_server(config, calls, calls, max_connections)
         peer_services = wrapping(peer_server, chain)
-        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
+        sync_pb2_grpc.add_SyncServicer_to_server(peer_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
         wrong_port = refusing(
             config.name,
@@ -176,10 +176,10 @@ def start(config: NodeConfig) -> RunningNode:
             "not on the agents' port",
         )
         sync_pb2_grpc.add_SyncServicer_to_server(
-            SyncServicer(engine, wrong_port, config.limits), services
+            PeerServicer(engine, wrong_port, config.limits), services
         )
     else:
-        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, services)
+        sync_pb2_grpc.add_SyncServicer_to_server(peer_servicer, services)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
             engine, lambda: node_status(config, engine, replicator), identify, config.limits
@@ -246,7 +246,7 @@ def start(config: NodeConfig) -> RunningNode:
         bound,
         metrics_port,
         replicator,
-        sync_servicer,
+        peer_servicer,
         peer_port,
         peer_server,
         disk_watch,

@@ -15,7 +15,7 @@ from node.errors import InvalidArgument
 from node.resolution import normalize_statement
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
 from sync.causal import CausalContext, counter_in_range
-from sync.codec import InvalidToken, Position, decode_token
+from sync.codec import InvalidToken, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
@@ -188,7 +188,7 @@ def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str
     return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))
 
 
-def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Position] | None:
+def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, CausalContext] | None:
     if not value:
         return None
     if len(value) > limits.max_token:

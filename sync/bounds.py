@@ -120,7 +120,8 @@ class SubjectLimits:
     max_bytes: int = 1024 * 1024
 
 
-# What each limit is called where an operator sets it (cluster file [cluster], `selfmodel node`).
+# What each limit is called where an operator sets it (cluster file [cluster.limits],
+# `selfmodel node`).
 SETTINGS = {
     "slots": ("max_subject_slots", "--max-subject-slots"),
     "observations": ("max_subject_observations", "--max-subject-observations"),
@@ -225,7 +226,7 @@ class Excess(NamedTuple):
         unit = {"slots": "slots", "observations": "observations", "bytes": "bytes"}[self.limit]
         return (
             f"would hold {self.value} {unit}, more than the limit of {self.maximum} per subject "
-            f"({setting} in the cluster file's [cluster], or selfmodel node {option})"
+            f"({setting} in the cluster file's [cluster.limits], or selfmodel node {option})"
         )
 
 

@@ -2,8 +2,8 @@
 
 Three messages are also written by hand, as the bytes protobuf's own deterministic serializer
 writes them (fields in number order, zeros left out): a state reusing the bytes of observations
-it encoded before (encode_state_reusing), a handoff token of encoded positions
-(token_of_positions) and a ReplicateBatch of stored deltas (encode_batch). Each has a test
+it encoded before (encode_state_reusing), a handoff token of its encoded entries
+(token_of_entries) and a ReplicateBatch of stored deltas (encode_batch). Each has a test
 that protobuf parses its bytes to the message it meant.
 """
 
@@ -105,8 +105,8 @@ def _state_head(subject: Subject, context: CausalContext) -> sync_pb2.SubjectSta
     return msg
 
 
-def encode_position(subject: Subject, context: CausalContext) -> bytes:
-    """A SubjectPosition's bytes, as handoff tokens hold them.
+def encode_token_entry(subject: Subject, context: CausalContext) -> bytes:
+    """A handoff token's entry for one subject: a SubjectPosition's bytes, as tokens hold them.
 
     They are also the first bytes of the state's encoding (SubjectState's fields 1 and 3 are the
     position's), which is how a write's token costs no encoding of its own (encode_state_reusing).
@@ -247,7 +247,7 @@ class EncodedObservations(dict[Dot, tuple[Observation, bytes]]):
 
 class EncodedState(NamedTuple):
     raw: bytes  # encode_state's bytes
-    position: bytes  # encode_position's bytes of the state: the first bytes of ``raw``
+    token_entry: bytes  # encode_token_entry's bytes of the state: the first bytes of ``raw``
     observations: EncodedObservations  # for the subject's next encoding
 
 
@@ -260,7 +260,7 @@ def encode_state_reusing(
     changed: tuple[Iterable[Dot], Iterable[Dot]] | None = None,
 ) -> EncodedState:
     """``encode_state(state)``, reusing the bytes of observations encoded before; with the
-    state's position and each observation's bytes, for the next encoding of the subject.
+    state's token entry and each observation's bytes, for the next encoding of the subject.
 
     A write changes one or two observations of a subject and keeps the rest, so encoding the
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
@@ -273,18 +273,18 @@ def encode_state_reusing(
     observation the very object it encoded (sync.crdt.observed_change), which spares the
     comparison of the two states' dot sets.
     """
-    position = encode_position(state.subject, state.context)
+    token_entry = encode_token_entry(state.subject, state.context)
     if isinstance(known, EncodedObservations) and known.order is not None:
         fields = _spliced(state.observations, known, changed)
     else:
         fields = _encoded(state.observations, known or {})
-    parts = [position, *fields.fields]
+    parts = [token_entry, *fields.fields]
     if state.erased != NO_ERASE or state.withdrawals:
         tail = sync_pb2.SubjectState()  # fields 6 and 7, after the observations
         _erased_to_proto(state.erased, tail)
         _withdrawals_to_proto(state.withdrawals, tail)
         parts.append(tail.SerializeToString(deterministic=True))
-    return EncodedState(b"".join(parts), position, fields)
+    return EncodedState(b"".join(parts), token_entry, fields)
 
 
 def _field(obs: Observation) -> bytes:
@@ -352,17 +352,14 @@ class InvalidToken(ValueError):
     pass
 
 
-# A subject's position: the causal context a state has merged (SubjectState.covers).
-Position = CausalContext
-
 # What encode_token emits: URL-safe base64 without padding. The decoder would silently drop any
 # other character, so a mangled token could read as "no position" instead of failing.
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def encode_token(positions: Mapping[Subject, Position]) -> str:
-    return token_of_positions(
-        encode_position(subject, positions[subject]) for subject in sorted(positions)
+def encode_token(positions: Mapping[Subject, CausalContext]) -> str:
+    return token_of_entries(
+        encode_token_entry(subject, positions[subject]) for subject in sorted(positions)
     )
 
 
@@ -372,14 +369,14 @@ _POSITIONS_TAG = b"\x0a"  # HandoffToken.positions: field 1, length-delimited
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
-def token_of_positions(encoded: Iterable[bytes]) -> str:
-    """The token of positions already encoded (encode_position), given in subject order."""
-    raw = b"".join(_delimited(_POSITIONS_TAG, p) for p in encoded)
+def token_of_entries(encoded: Iterable[bytes]) -> str:
+    """The token of entries already encoded (encode_token_entry), given in subject order."""
+    raw = b"".join(_delimited(_POSITIONS_TAG, e) for e in encoded)
     # base64.urlsafe_b64encode, without its two interpreted wrappers around binascii
     return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
-def decode_token(token: str) -> dict[Subject, Position]:
+def decode_token(token: str) -> dict[Subject, CausalContext]:
     if not _TOKEN_ALPHABET.fullmatch(token):
         raise InvalidToken("not a handoff token: only URL-safe base64 characters are allowed")
     try:
@@ -392,7 +389,7 @@ def decode_token(token: str) -> dict[Subject, Position]:
 
 def merge_tokens(tokens: Iterable[str]) -> str:
     """One token covering every position of the given tokens (their contexts joined per subject)."""
-    merged: dict[Subject, Position] = {}
+    merged: dict[Subject, CausalContext] = {}
     for token in tokens:
         for subject, context in decode_token(token).items():
             have = merged.get(subject)

@@ -253,12 +253,11 @@ class LocalCluster:
             "[cluster]",
             f'data = "{root}"',
             f"fsync = {'true' if fsync else 'false'}",
-            f"max_clock_offset_ms = {max_clock_offset_ms}",
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
-        if limits:
-            lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in limits.items())]
+        given = {"max_clock_offset_ms": max_clock_offset_ms, **(limits or {})}
+        lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in given.items())]
         lines += policies_toml(policies or {})
         if tokens is not None or self.peer_secret is not None:
             lines.append("[cluster.auth]")

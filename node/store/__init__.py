@@ -1,4 +1,4 @@
-"""The node's RocksDB store: subject states, outbox, peer positions, digests and meta.
+"""The node's RocksDB store: subject states, outbox, peer sequences, digests and meta.
 
 One module per concern; ``Store`` (store) stacks them:
 
@@ -10,7 +10,7 @@ One module per concern; ``Store`` (store) stacks them:
 - outbox: the deltas to replicate (sync.ports.DeltaLog);
 - suspension: refusing writes after a disk failure, reopening RocksDB to resume;
 - commit: group commit, state + outbox + digest in one batch;
-- reads: reads, positions and the quarantine of corrupt states;
+- reads: reads, peer sequences and the quarantine of corrupt states;
 - diskwatch: suspends writes before the disk fills, resumes them once it has room.
 """
 

@@ -44,9 +44,9 @@ class Change:
     old: SubjectState | None
     new: SubjectState
     delta: Delta | None
-    # Set by the commit: the new state's encoded position (encode_position), from which the
-    # writer's handoff token is made (token_of_positions) with no encoding of its own.
-    position: bytes = b""
+    # Set by the commit: the new state's handoff token entry (encode_token_entry), from which the
+    # writer's handoff token is made (token_of_entries) with no encoding of its own.
+    token_entry: bytes = b""
     # The digest stored for the old state, when it is not the old state's (see quarantine).
     old_digest: bytes | None = None
 
@@ -70,7 +70,7 @@ class GroupCommit(Suspension):
     """Part of node.store.Store: ``commit``. Store's constructor sets the attributes declared
     here. Callers serialize read-modify-write of one subject (see node.engine)."""
 
-    sync: bool  # fsync: a durable batch is answered once its WAL is synced
+    fsync: bool  # a durable batch is answered once its WAL is synced
     outbox_enabled: bool
 
     def commit(
@@ -123,7 +123,7 @@ class GroupCommit(Suspension):
         One sync covers every batch written before it started, so concurrent callers share
         syncs as group commit does. Nothing to do without fsync.
         """
-        if self.sync and self.wal.pending():
+        if self.fsync and self.wal.pending():
             self.wal.sync([self._db, *self._cf.values()])
 
     def _lead(self, mine: _Pending) -> None:
@@ -194,7 +194,7 @@ class GroupCommit(Suspension):
                 changed = None  # a local write's own change: no diff of the whole subject
                 if cached is not None and cached.state is old and delta is not None:
                     changed = observed_change(cached.state, new, delta.state)
-                raw, change.position, encoded = encode_state_reusing(
+                raw, change.token_entry, encoded = encode_state_reusing(
                     new, cached.encoded if cached is not None else None, changed
                 )
                 put(key, raw, state_cf)
@@ -245,7 +245,7 @@ class GroupCommit(Suspension):
         self.wal.written_groups += 1
         # Shipped to the peers while the WAL syncs, not after: see the module's doc.
         self.delta_log.written(seq, entries)
-        if self.sync and any(p.durable for p in group):
+        if self.fsync and any(p.durable for p in group):
             self.wal.sync([self._db, *self._cf.values()])
         self.hlc = hlc
         for bucket, value in touched.items():

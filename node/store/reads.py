@@ -21,7 +21,7 @@ from sync.observation import Subject
 
 
 class Reads(GroupCommit):
-    """Part of node.store.Store: reads, positions and quarantine."""
+    """Part of node.store.Store: reads, peer sequences and quarantine."""
 
     _quarantine_lock: threading.Lock  # serializes quarantines, each checked again under it
 
@@ -120,20 +120,20 @@ class Reads(GroupCommit):
     def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]:
         return digests.bucket_digests(self._cf["digest"], bucket)
 
-    def position(self, kind: str, peer: str) -> int:
+    def peer_seq(self, kind: str, peer: str) -> int:
         """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged
         ``peer``'s outbox."""
         raw = self._cf["peers"].get(f"{kind}:{peer}".encode())
         return int(raw) if raw is not None else 0
 
-    def set_position(self, kind: str, peer: str, seq: int) -> None:
-        """Records a position; skipped while writes are suspended (a position recorded lower
+    def set_peer_seq(self, kind: str, peer: str, seq: int) -> None:
+        """Records a sequence; skipped while writes are suspended (a sequence recorded lower
         than it is only makes a peer resend deltas it has)."""
         if self.suspended is None:
             self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
 
     @staticmethod
-    def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
+    def peer_seq_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
         return ("peers", f"{kind}:{peer}".encode(), str(seq).encode())
 
     def scan(

@@ -28,7 +28,7 @@ class Store(Reads):
         path: Path,
         node: str,
         *,
-        sync: bool = True,
+        fsync: bool = True,
         outbox: bool = False,
         cache_size: int = 20_000,
         cache_mb: float = 256.0,
@@ -48,7 +48,7 @@ class Store(Reads):
         self.wal = WalSync(self._dir, self._refusal)
         self._unsynced = unsynced_writes()
         self._open_db()
-        self.sync = sync
+        self.fsync = fsync
         self.outbox_enabled = outbox
         self._synced = rocksdict.WriteOptions()
         self._synced.sync = True

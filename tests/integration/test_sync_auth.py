@@ -303,7 +303,7 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
     sync_pb2_grpc.add_SyncServicer_to_server(peer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    store = Store(tmp_path / "sales", "sales", sync=False)
+    store = Store(tmp_path / "sales", "sales", fsync=False)
     try:
         engine = Engine(store)
         subject = Subject("acme", SubjectKind.USER, "victim")

@@ -33,7 +33,7 @@ class Clock:
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[tuple[DeltaReceiver, Engine, Clock]]:
     clock = Clock()
-    store = Store(tmp_path / "db", "sales", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=False, outbox=True)
     engine = Engine(store)
     screen = Refusals("sales", Limits())
     yield (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from node import convert
 from node.policy import PolicyBook
 from node.reads import ModelView
-from node.resolution import Belief, Position, select
+from node.resolution import Belief, Support, select
 from node.snapshots import MAX_REPLIES, SlotIndex, Snapshot, Snapshots
 from selfmodel.v1 import model_pb2
 from sync.crdt import SubjectState
@@ -16,9 +16,9 @@ STATE = SubjectState(U1)
 
 
 def belief(context: str, key: str, confidence: float, uncertain: bool = False) -> Belief:
-    stance = Position("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
-    other = Position("support_agent", f"{key} holds", 0.5, 1_699_000_000_000)
-    against = Position("billing_agent", f"no {key}", 0.4, 1_698_000_000_000)
+    stance = Support("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
+    other = Support("support_agent", f"{key} holds", 0.5, 1_699_000_000_000)
+    against = Support("billing_agent", f"no {key}", 0.4, 1_698_000_000_000)
     return Belief(
         context, key, f"{key} holds", confidence, (stance, other), (against,), uncertain,
         1_700_000_000_000, "weighted",

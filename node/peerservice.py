@@ -1,5 +1,5 @@
-"""The Sync service: peers named in the cluster file stream deltas (sync.receiver) and run
-anti-entropy and run claims against this node."""
+"""The peers' service (Sync in sync.proto): peers named in the cluster file stream deltas
+(sync.receiver) and run anti-entropy and run claims against this node."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from sync.settings import MAX_MESSAGE_BYTES
 log = logging.getLogger("selfmodel.node")
 
 
-class SyncServicer(sync_pb2_grpc.SyncServicer):
+class PeerServicer(sync_pb2_grpc.SyncServicer):
     """Receives deltas and anti-entropy calls from peers named in the cluster file."""
 
     def __init__(
@@ -165,4 +165,4 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         return reply
 
 
-__all__ = ["SyncServicer"]
+__all__ = ["PeerServicer"]
