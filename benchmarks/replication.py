@@ -182,7 +182,7 @@ def _writer(
     channel = grpc.insecure_channel(target)
     count = int(rate * seconds)
     if kind == "node":
-        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
         call: Any = stub.Observe
         requests: list[Any] = [
             selfmodel_pb2.ObserveRequest(
@@ -240,7 +240,7 @@ def _watcher(target: str, cell: str, conn: Connection) -> None:
     from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 
     channel = grpc.insecure_channel(target)
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     events: list[tuple[float, int, str]] = []
     first = [threading.Event() for _ in range(SUBJECTS)]
     calls: list[Any] = []
@@ -251,7 +251,7 @@ def _watcher(target: str, cell: str, conn: Connection) -> None:
         calls.append(call)
         with contextlib.suppress(grpc.RpcError):
             for snapshot in call:
-                events.append((time.monotonic(), k, snapshot.handoff_token))
+                events.append((time.monotonic(), k, snapshot.snapshot.handoff_token))
                 first[k].set()
 
     threads = [threading.Thread(target=follow, args=(k,), daemon=True) for k in range(SUBJECTS)]
@@ -592,7 +592,7 @@ def p99_ratio(node: Figures, floor: Figures, times: str) -> float:
 
 def snapshot_size() -> int:
     """Bytes of a typical snapshot pushed by the watch (one belief), to size the floor's message."""
-    from selfmodel.v1 import model_pb2
+    from selfmodel.v1 import model_pb2, selfmodel_pb2
 
     snap = model_pb2.SelfModelSnapshot(
         subject=_subject("r3x100", 0), node="n2", handoff_token="x" * 60
@@ -601,7 +601,7 @@ def snapshot_size() -> int:
         context=CONTEXT, key="latest", statement="value 12345", confidence=0.9
     )
     belief.supporters.add(source="bench_writer", statement="value 12345", confidence=0.9)
-    return snap.ByteSize()
+    return selfmodel_pb2.WatchSelfModelResponse(snapshot=snap).ByteSize()
 
 
 def run(args: argparse.Namespace) -> list[Cell]:

@@ -52,8 +52,9 @@ from federation.views import (
     view_from_proto,
 )
 from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
+from selfmodel.admin.v1 import admin_pb2_grpc
 from selfmodel.channels import ChannelOptions, open_aio_channel, open_channel
-from selfmodel.v1 import admin_pb2_grpc, selfmodel_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2_grpc
 
 T = TypeVar("T")
 D = TypeVar("D")  # a call's description
@@ -135,8 +136,8 @@ class _Connection(Generic[C]):
         self._retrying = Retrying(**self._retry)
         self._channel: C = self._open(target, credentials, _channel_options())
         self._stubs: dict[str, Any] = {
-            "SelfModel": selfmodel_pb2_grpc.SelfModelStub(self._channel),
-            "Admin": admin_pb2_grpc.AdminStub(self._channel),
+            "SelfModel": selfmodel_pb2_grpc.SelfModelServiceStub(self._channel),
+            "Admin": admin_pb2_grpc.AdminServiceStub(self._channel),
         }
 
     def _method(self, service: str, method: str) -> Any:

@@ -8,8 +8,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmodel.v1 import admin_pb2, model_pb2
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.v1 import model_pb2
+from sync.codec import POLICIES, EnumWords
 from sync.observation import Subject, SubjectKind
+
+AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
 
 DEFAULT_TENANT = "default"
 DEFAULT_TARGET = "127.0.0.1:7070"  # a development node's agents' port
@@ -141,7 +145,7 @@ def audit_page(reply: admin_pb2.ListAuditResponse) -> tuple[list[AuditEntry], st
             e.actor,
             e.actor_role,
             e.actor_tenant,
-            e.action,
+            AUDIT_ACTIONS.of(e.action),
             Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
             e.detail,
         )
@@ -170,7 +174,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             tuple(_support(s) for s in b.supporters),
             tuple(_support(s) for s in b.dissenters),
             changed := _time(b.changed_at),
-            b.policy,
+            POLICIES.of(b.policy),
             max(resolved - changed, dt.timedelta(0)),
             b.supporter_count,
             b.dissenter_count,

@@ -37,12 +37,18 @@ from node.servicer import (
 from node.status import node_status
 from node.store import Store
 from node.store.diskwatch import DiskWatch
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.replicator import Replicator
 
 log = logging.getLogger("selfmodel.node")
 
-SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "selfmodel.v1.Sync")
+SERVICES = (
+    "selfmodel.v1.SelfModelService",
+    "selfmodel.admin.v1.AdminService",
+    "selfmodel.sync.v1.SyncService",
+)
 
 
 @dataclass
@@ -120,7 +126,7 @@ def start(config: NodeConfig) -> RunningNode:
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
-        ("/selfmodel.v1.Sync/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
+        ("/selfmodel.sync.v1.SyncService/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
     )
     # Every service registers through this, so its handlers are counted and timed, wait for
     # the gate, decode requests strictly and may answer pre-serialized replies (wrapped once,
@@ -135,7 +141,7 @@ def start(config: NodeConfig) -> RunningNode:
     server = listeners.grpc_server(config, held + 64, held + 1024, max_connections)
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header
-    selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
+    selfmodel_pb2_grpc.add_SelfModelServiceServicer_to_server(
         SelfModelServicer(
             engine, config.limits, identify, domain=config.domain, tokens=config.tokens
         ),
@@ -167,7 +173,7 @@ def start(config: NodeConfig) -> RunningNode:
         calls = 8 * len(auth.members) + 64
         peer_server = listeners.grpc_server(config, calls, calls, max_connections)
         peer_services = wrapping(peer_server, chain)
-        sync_pb2_grpc.add_SyncServicer_to_server(peer_servicer, peer_services)
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
         wrong_port = refusing(
             config.name,
@@ -175,12 +181,12 @@ def start(config: NodeConfig) -> RunningNode:
             f"node {config.name} serves Sync on its peers' port {config.peer_listen}, "
             "not on the agents' port",
         )
-        sync_pb2_grpc.add_SyncServicer_to_server(
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(
             PeerServicer(engine, wrong_port, config.limits), services
         )
     else:
-        sync_pb2_grpc.add_SyncServicer_to_server(peer_servicer, services)
-    admin_pb2_grpc.add_AdminServicer_to_server(
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, services)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             engine, lambda: node_status(config, engine, replicator), identify, config.limits
         ),
@@ -188,8 +194,8 @@ def start(config: NodeConfig) -> RunningNode:
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = (
-        selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModel"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModelService"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )

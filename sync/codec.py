@@ -3,7 +3,7 @@
 Three messages are also written by hand, as the bytes protobuf's own deterministic serializer
 writes them (fields in number order, zeros left out): a state reusing the bytes of observations
 it encoded before (encode_state_reusing), a handoff token of its encoded entries
-(token_of_entries) and a ReplicateBatch of stored deltas (encode_batch). Each has a test
+(token_of_entries) and a ReplicateRequest of stored deltas (encode_batch). Each has a test
 that protobuf parses its bytes to the message it meant.
 """
 
@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
     NO_ERASE,
@@ -33,6 +34,40 @@ from sync.crdt import (
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 from sync.ports import Batch
+
+
+class EnumWords:
+    """A protobuf enum's values as the domain's lowercase words, and back.
+
+    EVIDENCE_KIND_MESSAGE is "message"; the zero value (``*_UNSPECIFIED``), and a number this
+    build does not know, is "".
+    """
+
+    __slots__ = ("names", "value", "word")
+
+    def __init__(self, enum: Any) -> None:
+        values = enum.DESCRIPTOR.values
+        prefix = values[0].name.removesuffix("UNSPECIFIED")
+        self.word: dict[int, str] = {
+            v.number: v.name.removeprefix(prefix).lower() if v.number else "" for v in values
+        }
+        self.value: dict[str, int] = {w: n for n, w in self.word.items()}
+        self.names = ", ".join(v.name for v in values[1:])  # for messages naming the choices
+
+    def of(self, number: int) -> str:
+        return self.word.get(number, "")
+
+    def number(self, word: str) -> int:
+        """The value of ``word``; ValueError naming the words there are for any other."""
+        found = self.value.get(word)
+        if found is None:
+            words = ", ".join(repr(w) for w in self.value if w)
+            raise ValueError(f"{word!r} is none of {words}")
+        return found
+
+
+EVIDENCE_KINDS = EnumWords(model_pb2.EvidenceKind)
+POLICIES = EnumWords(model_pb2.Policy)
 
 
 def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
@@ -64,7 +99,7 @@ def context_from_proto(msg: sync_pb2.CausalContext) -> CausalContext:
 
 
 def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
-    msg.kind = evidence.kind
+    msg.kind = EVIDENCE_KINDS.number(evidence.kind)  # type: ignore[assignment]
     msg.ref = evidence.ref
     msg.quote = evidence.quote
     if evidence.time_ms:
@@ -73,7 +108,7 @@ def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
 
 def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
     time_ms = msg.time.ToMilliseconds() if msg.HasField("time") else 0
-    return Evidence(msg.kind, msg.ref, msg.quote, time_ms)
+    return Evidence(EVIDENCE_KINDS.of(msg.kind), msg.ref, msg.quote, time_ms)
 
 
 def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> None:
@@ -397,7 +432,7 @@ def merge_tokens(tokens: Iterable[str]) -> str:
     return encode_token(merged)
 
 
-_ORIGIN_TAG = b"\x0a"  # ReplicateBatch.origin: field 1, length-delimited
+_ORIGIN_TAG = b"\x0a"  # ReplicateRequest.origin: field 1, length-delimited
 _FIRST_SEQ_TAG = b"\x10"  # field 2, varint
 _LAST_SEQ_TAG = b"\x18"  # field 3, varint
 _DELTAS_TAG = b"\x22"  # field 4, length-delimited
@@ -405,13 +440,13 @@ _RESENT_TRUE = b"\x30\x01"  # field 6, varint 1
 
 
 def encode_batch_origin(origin: str) -> bytes:
-    """ReplicateBatch's ``origin`` field: the first bytes of every batch ``origin`` sends."""
+    """ReplicateRequest's ``origin`` field: the first bytes of every batch ``origin`` sends."""
     raw = origin.encode()
     return _delimited(_ORIGIN_TAG, raw) if raw else b""
 
 
 def encode_batch(origin: bytes, batch: Batch) -> bytes:
-    """The ReplicateBatch of a run of outbox entries, serialized without parsing its deltas.
+    """The ReplicateRequest of a run of outbox entries, serialized without parsing its deltas.
 
     The stored deltas are already serialized SubjectStates, so decoding them only to encode
     them again would cost the sender a parse and a serialization per delta. ``origin`` is

@@ -27,7 +27,7 @@ from node.engine import Engine, ObservationInput
 from node.policy import PolicyBook
 from node.resolution import resolve
 from node.store import Store
-from selfmodel.v1 import model_pb2
+from selfmodel.v1 import selfmodel_pb2
 from sync.codec import decode_delta
 from sync.delivery import Delta
 from sync.hlc import wall_ms
@@ -147,7 +147,7 @@ class Cluster:
             raw = replies.reply(
                 u, view, convert.Filter(include_uncertain=True, max_positions=limit), name
             )
-            read[limit] = model_pb2.SelfModelSnapshot.FromString(raw)
+            read[limit] = selfmodel_pb2.GetSelfModelResponse.FromString(raw).snapshot
         full, summary, top = read[None], read[0], read[1]
         assert len(full.beliefs) == len(summary.beliefs) == len(top.beliefs) == len(view.beliefs)
         for f, s, t in zip(full.beliefs, summary.beliefs, top.beliefs, strict=True):

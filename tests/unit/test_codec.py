@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.codec import (
     InvalidToken,
@@ -93,7 +94,9 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
         o.dot.counter = dot.counter
         for ev in obs.evidence:
             e = o.evidence.add()
-            e.kind = ev.kind
+            e.kind = model_pb2.EvidenceKind.Value(
+                f"EVIDENCE_KIND_{ev.kind.upper() or 'UNSPECIFIED'}"
+            )
             e.ref = ev.ref
             e.quote = ev.quote
             if ev.time_ms:
