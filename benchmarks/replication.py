@@ -98,6 +98,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "each measuring duration/rounds seconds, so a change of machine speed hits all three",
     )
     p.add_argument("--quick", action="store_true", help="3 s per cell")
+    p.add_argument(
+        "--linger-s",
+        type=float,
+        default=None,
+        help="the nodes' [cluster.sync] linger_s (default: the node default)",
+    )
     p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (WAL still on)")
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
     p.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
@@ -628,7 +634,11 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     names,
                     proxies=False,
                     fsync=not args.no_fsync,
-                    sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
+                    sync={  # the node defaults, but for --linger-s
+                        "anti_entropy_s": 10.0,
+                        "backoff_max_s": 5.0,
+                        **({} if args.linger_s is None else {"linger_s": args.linger_s}),
+                    },
                     node_prefix=pinned,
                 )
 

@@ -191,6 +191,10 @@ def test_a_bad_cluster_limit_is_refused_naming_it(tmp_path: Path, line: str, say
             '[cluster.sync]\nretention_s = "1h"',
             "[cluster.sync] retention_s must be a number above 0",
         ),
+        (
+            "[cluster.sync]\nlinger_s = -0.01",
+            "[cluster.sync] linger_s must be a number of at least 0",
+        ),
         ("[cluster.sync]\nbatch = 5", "unknown [cluster.sync] keys ['batch']"),
         (
             '[cluster.tls]\nca = "a"\ncert = "b"\nkey = "c"\nagent = true',
@@ -207,9 +211,10 @@ def test_a_bad_sync_or_tls_setting_is_refused_naming_it(
 
 
 def test_sync_settings_reach_the_node_with_their_types(tmp_path: Path) -> None:
-    lines = "[cluster.sync]\nbatch_size = 8\nanti_entropy_s = 2\nclaim_wait_s = 0"
+    lines = "[cluster.sync]\nbatch_size = 8\nanti_entropy_s = 2\nclaim_wait_s = 0\nlinger_s = 0"
     config = node_config(parse(_file(lines), tmp_path, None), "sales")
     assert (config.sync.batch_size, config.sync.anti_entropy_s) == (8, 2.0)
+    assert config.sync.linger_s == 0.0
     assert isinstance(config.sync.anti_entropy_s, float) and config.sync.claim_wait_s == 0.0
 
 
