@@ -65,7 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from node_latency import operator_prefix, parse_cpus, pin_process  # beside this script
+
+from benchmarks.node_latency import operator_prefix, parse_cpus, pin_process
 
 TENANT = "acme"
 CONTEXT = "replication"

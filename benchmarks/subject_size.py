@@ -30,9 +30,9 @@ Server CPU per call is the node's (or echo's) process CPU time over the measured
 5 calls/s each, open loop, in load-generating processes, on ``--fleet-nodes`` nodes (default 3),
 70% reads, 25% writes, 5% handoffs, 2,000 users of skewed popularity.
 
-    python benchmarks/subject_size.py                 # the growth matrix, about 4 minutes
-    python benchmarks/subject_size.py --fleet         # and the fleet (another 90 s)
-    python benchmarks/subject_size.py --quick         # 1 and 15 slots, 1 and 10 sources
+    python -m benchmarks.subject_size                 # the growth matrix, about 4 minutes
+    python -m benchmarks.subject_size --fleet         # and the fleet (another 90 s)
+    python -m benchmarks.subject_size --quick         # 1 and 15 slots, 1 and 10 sources
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> Report:
                 measure(f"write {shape.name}", server, OBSERVE, write_requests(shape))
             )
         pool.close()
-    command = "python benchmarks/subject_size.py " + " ".join(args.argv)
+    command = "python -m benchmarks.subject_size " + " ".join(args.argv)
     report = Report(
         command.strip(),
         info,
