@@ -59,7 +59,7 @@ def page_size(requested: int, field: str, maximum: int, default: int = DEFAULT_P
 
 def subjects_page(
     store: KeyScan,
-    load: Callable[[Subject], SubjectState | None],
+    holds_observations: Callable[[Subject], bool],
     tenant: str,
     kind: SubjectKind | None,
     token: str,
@@ -90,8 +90,7 @@ def subjects_page(
         budget -= len(keys)
         for key in keys:
             subject = Subject.from_storage_key(key)
-            state = load(subject)
-            if state is not None and state.observations:
+            if holds_observations(subject):
                 found.append(subject)
         if len(keys) < want:  # the end of the range
             return found, ""

@@ -367,7 +367,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
         store = self.engine.store
-        subjects, token = listing.subjects_page(store, store.load, tenant, kind, asked, size)
+        subjects, token = listing.subjects_page(
+            store, store.holds_observations, tenant, kind, asked, size
+        )
         reply = selfmodel_pb2.ListSubjectsResponse(next_page_token=token)
         for subject in subjects:
             subject_to_proto(subject, reply.subjects.add())

@@ -44,6 +44,25 @@ class Reads(GroupCommit):
         self._cache_read(state, len(raw), writes)
         return state
 
+    def holds_observations(self, subject: Subject) -> bool:
+        """Whether a subject holds an observation, read from one row without decoding the
+        subject or keeping it in the cache (listings must not push hot states out of it)."""
+        cached = self._cache.get(subject)
+        if cached is not None:
+            return bool(cached.state.observations)
+        key = subject.storage_key()
+        try:
+            value: bytes | None = self._cf["state"].get(key)
+            if value is None:
+                return False
+            epoch, _ = split_head(value)
+            return bool(read_rows(self._cf[OBSERVATIONS], key, epoch, limit=1))
+        except Exception as exc:
+            if not is_corruption(exc):
+                raise
+            self.quarantine(subject, exc)
+            return False
+
     def _stored(self, key: bytes) -> bytes | None:
         """A subject's stored bytes: its head row and its observation rows (node.store.rows),
         which decode as its state; None when it has none. Raises RocksDB's corruption error

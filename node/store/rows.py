@@ -72,9 +72,12 @@ def split_head(value: bytes) -> tuple[int, bytes]:
     return 0, value
 
 
-def read_rows(table: Any, subject_key: bytes, epoch: int = 0) -> list[bytes]:
-    """A subject's observation rows' values, in key order. Raises RocksDB's corruption error
-    when a block of them is corrupt (an iterator stops there; its status tells)."""
+def read_rows(
+    table: Any, subject_key: bytes, epoch: int = 0, limit: int | None = None
+) -> list[bytes]:
+    """A subject's observation rows' values (the first ``limit`` of them, if given), in key
+    order. Raises RocksDB's corruption error when a block of them is corrupt (an iterator
+    stops there; its status tells)."""
     prefix = rows_prefix(subject_key, epoch)
     # Bounded, so the scan never loads the block after the subject's rows (another subject's,
     # which may be the corrupt one).
@@ -84,8 +87,8 @@ def read_rows(table: Any, subject_key: bytes, epoch: int = 0) -> list[bytes]:
     it = table.iter(bounds)
     try:
         it.seek(prefix)
-        values = []
-        while it.valid():
+        values: list[bytes] = []
+        while it.valid() and (limit is None or len(values) < limit):
             values.append(it.value())
             it.next()
         it.status()

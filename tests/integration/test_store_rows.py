@@ -146,3 +146,18 @@ def test_a_directory_of_an_unknown_schema_is_refused_naming_what_to_do(tmp_path:
     gc.collect()
     with pytest.raises(StoreError, match=r"schema 99.*empty directory"):
         Store(tmp_path / "db", "sales")
+
+
+def test_holds_observations_reads_one_row_and_keeps_nothing_in_the_cache(tmp_path: Path):
+    store = Store(tmp_path / "db", "sales", fsync=False)
+    engine = Engine(store)
+    grow(engine, BIG, slots=3, sources=4)
+    grow(engine, FRESH, slots=1, sources=1)
+    engine.forget(FRESH)
+    store._empty_cache()
+
+    assert store.holds_observations(BIG)
+    assert not store.holds_observations(FRESH)  # forgotten: its head stays, no rows
+    assert not store.holds_observations(Subject("acme", SubjectKind.USER, "never"))
+    assert store.cache_bytes() == 0  # a listing does not push hot states out of the cache
+    store.close()

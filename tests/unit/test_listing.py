@@ -12,10 +12,8 @@ from hypothesis import strategies as st
 from node.errors import InvalidArgument
 from node.listing import SCAN_FACTOR, beliefs_page, page_size, subjects_page
 from node.resolution import Belief
-from sync.causal import CausalContext
-from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
-from tests.unit.strategies import VALUES, observation
+from tests.unit.strategies import VALUES
 
 
 class Keys:
@@ -31,19 +29,14 @@ class Keys:
         self.read += len(found)
         return found
 
-    def load(self, subject: Subject) -> SubjectState | None:
-        if subject in self.empty:
-            return SubjectState(subject)  # forgotten: no observation left
-        obs = observation()
-        return SubjectState(
-            subject, context=CausalContext.of([obs.dot]), observations={obs.dot: obs}
-        )
+    def holds_observations(self, subject: Subject) -> bool:
+        return subject not in self.empty  # an empty one was forgotten: no observation left
 
 
 def every_page(keys: Keys, tenant: str, kind: SubjectKind | None, size: int) -> list[list[Subject]]:
     pages, token = [], ""
     for _ in range(1000):
-        page, token = subjects_page(keys, keys.load, tenant, kind, token, size)
+        page, token = subjects_page(keys, keys.holds_observations, tenant, kind, token, size)
         pages.append(page)
         if not token:
             return pages
@@ -81,7 +74,7 @@ def test_the_pages_list_each_subject_of_the_tenant_and_kind_once_in_storage_orde
 def test_forgotten_subjects_are_skipped_and_a_call_reads_a_bounded_number_of_keys() -> None:
     subjects = [Subject("acme", SubjectKind.USER, f"u-{i:03d}") for i in range(100)]
     keys = Keys(subjects, empty=frozenset(subjects[:90]))
-    page, token = subjects_page(keys, keys.load, "acme", None, "", 5)
+    page, token = subjects_page(keys, keys.holds_observations, "acme", None, "", 5)
     assert page == [] and token  # short, but it goes on
     assert keys.read == 5 * SCAN_FACTOR + 1  # the keys of its budget, and one to see what is left
     assert [s for p in every_page(keys, "acme", None, 5) for s in p] == subjects[90:]
@@ -90,16 +83,16 @@ def test_forgotten_subjects_are_skipped_and_a_call_reads_a_bounded_number_of_key
 def test_a_token_is_refused_for_another_tenant_or_kind_and_garbage_is_refused() -> None:
     subjects = [Subject("acme", SubjectKind.USER, f"u-{i}") for i in range(5)]
     keys = Keys(subjects)
-    _, token = subjects_page(keys, keys.load, "acme", None, "", 2)
+    _, token = subjects_page(keys, keys.holds_observations, "acme", None, "", 2)
     for tenant, kind in (("globex", None), ("acme", SubjectKind.USER)):
         with pytest.raises(InvalidArgument, match="page_token: was issued for another listing"):
-            subjects_page(keys, keys.load, tenant, kind, token, 2)
+            subjects_page(keys, keys.holds_observations, tenant, kind, token, 2)
     crafted = base64.urlsafe_b64encode(
         json.dumps({"v": 1, "of": "ListSubjects", "listing": ["acme", 0], "after": ["z"]}).encode()
     ).decode()
     for garbage in ("x", "e30", "!!!", token[:-3], crafted):
         with pytest.raises(InvalidArgument, match="page_token"):
-            subjects_page(keys, keys.load, "acme", None, garbage, 2)
+            subjects_page(keys, keys.holds_observations, "acme", None, garbage, 2)
 
 
 def _belief(context: str, key: str) -> Belief:
