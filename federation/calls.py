@@ -209,14 +209,17 @@ def self_models(
     contexts: Sequence[str] = (),
     min_confidence: float = 0.0,
     include_uncertain: bool = False,
+    max_positions: int | None = None,
 ) -> Call[tuple[list[SelfModelView], str]]:
-    """The models of several subjects, in order, and one handoff token covering them all."""
+    """The models of several subjects, in order, and one handoff token covering them all;
+    ``max_positions`` as in ``self_model``."""
     request = selfmodel_pb2.BatchGetSelfModelsRequest(
         subjects=[req.subject(s) for s in subjects],
         contexts=list(contexts),
         min_confidence=min_confidence,
         include_uncertain=include_uncertain,
         at_least=at_least or "",
+        max_positions=max_positions,
     )
 
     def answer(reply: selfmodel_pb2.BatchGetSelfModelsResponse) -> tuple[list[SelfModelView], str]:
@@ -292,12 +295,15 @@ def watch(
     contexts: Sequence[str] = (),
     include_uncertain: bool = False,
     timeout_s: float | None = None,
+    max_positions: int | None = None,
 ) -> Stream[SelfModelView]:
-    """The subject's model now, then after every change; ends when the call is cancelled."""
+    """The subject's model now, then after every change; ends when the call is cancelled.
+    ``max_positions`` as in ``self_model``."""
     request = selfmodel_pb2.WatchSelfModelRequest(
         subject=req.subject(subject),
         contexts=list(contexts),
         include_uncertain=include_uncertain,
+        max_positions=max_positions,
     )
     return Stream(
         "WatchSelfModel", request, lambda reply: view_from_proto(reply.snapshot), timeout_s

@@ -109,6 +109,11 @@ def _holder(who: Principal) -> str:
     return f"token {who.token_id}" if who.token_id else f"agent {who.agent}"
 
 
+def _positions(request: Any) -> int | None:
+    """A read's ``max_positions``: None (unset) lists every supporter and dissenter."""
+    return request.max_positions if request.HasField("max_positions") else None
+
+
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def __init__(
         self,
@@ -251,7 +256,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        limit = request.max_positions if request.HasField("max_positions") else None
+        limit = _positions(request)
         paged = bool(request.page_size or request.page_token)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
@@ -294,7 +299,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
-            want = convert.Filter(contexts, floor, request.include_uncertain)
+            want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -418,7 +423,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self.engine.model(subject, wanted, self._wait_s(context), _holder(who))
-            want = convert.Filter(contexts, floor, request.include_uncertain)
+            want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
             body = self._replies.snapshot(subject, view, want, self.engine.node)
             reply.models.add().MergeFromString(body)
             read[subject] = view.state.context

@@ -552,8 +552,13 @@ class WatchSelfModelRequest(_message.Message):
     CONTEXTS_FIELD_NUMBER: _builtins.int
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
+    MAX_POSITIONS_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
+    max_positions: _builtins.int
+    """As GetSelfModelRequest.max_positions, in every model the watch sends: unset, every
+    supporter and dissenter; 0, their counts only; N, the N newest of each.
+    """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -569,12 +574,15 @@ class WatchSelfModelRequest(_message.Message):
         contexts: _abc.Iterable[_builtins.str] | None = ...,
         min_confidence: _builtins.float = ...,
         include_uncertain: _builtins.bool = ...,
+        max_positions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "max_positions", b"max_positions", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_positions: _TypeAlias = _typing.Literal["max_positions"]  # noqa: Y015
+    _WhichOneofArgType__max_positions: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_positions) -> _WhichOneofReturnType__max_positions | None: ...
 
 Global___WatchSelfModelRequest: _TypeAlias = WatchSelfModelRequest  # noqa: Y015
 
@@ -740,6 +748,7 @@ class BatchGetSelfModelsRequest(_message.Message):
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
     AT_LEAST_FIELD_NUMBER: _builtins.int
+    MAX_POSITIONS_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     at_least: _builtins.str
@@ -747,6 +756,10 @@ class BatchGetSelfModelsRequest(_message.Message):
     BatchGetSelfModels' included): waits, within the call's deadline, until this node has
     merged its position for each of `subjects` it names (positions of other subjects are
     ignored). A token naming none of `subjects` is INVALID_ARGUMENT.
+    """
+    max_positions: _builtins.int
+    """As GetSelfModelRequest.max_positions, applied to every subject: unset, every supporter
+    and dissenter; 0, their counts only; N, the N newest of each.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Subject]:
@@ -764,12 +777,15 @@ class BatchGetSelfModelsRequest(_message.Message):
         min_confidence: _builtins.float = ...,
         include_uncertain: _builtins.bool = ...,
         at_least: _builtins.str = ...,
+        max_positions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "max_positions", b"max_positions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "subjects", b"subjects"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "subjects", b"subjects"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_positions: _TypeAlias = _typing.Literal["max_positions"]  # noqa: Y015
+    _WhichOneofArgType__max_positions: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_positions) -> _WhichOneofReturnType__max_positions | None: ...
 
 Global___BatchGetSelfModelsRequest: _TypeAlias = BatchGetSelfModelsRequest  # noqa: Y015
 
