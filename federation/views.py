@@ -60,12 +60,21 @@ def parse_subject(text: str, tenant: str = DEFAULT_TENANT) -> Subject:
 
 @dataclass(frozen=True, slots=True)
 class Support:
-    """One source's stance in a slot (model.proto's Support)."""
+    """One source's stance in a slot (model.proto's Support): the confidence it reported and
+    what that weighs in the slot, weight = confidence x reliability x recency x
+    evidence_factor (0.82 without evidence: 0.82 x 0.9 = 0.738 by default)."""
 
     source: str
     statement: str
-    confidence: float
+    confidence: float  # as the source reported it
     observed_at: dt.datetime
+    weight: float = 0.0
+    reliability: float = 1.0  # the operators' reliability of the source in the context
+    recency: float = 1.0  # 0.5 ^ (age within the slot / half-life)
+    evidence_factor: float = 1.0  # 1 - evidence_discount x 0.5 ^ (pieces of evidence)
+    # The weight counts in its statement's support (false: below the context's minimum while
+    # another observation is not, or no independent support).
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,12 @@ class SelfModelView:
     all_beliefs: tuple[BeliefView, ...]
     # With a page_size: the token of the next page of beliefs ("" after the last).
     next_page_token: str = ""
+    # What the read left out: beliefs below their context's minimum (without
+    # include_uncertain), and beliefs below the reader's min_confidence.
+    uncertain_omitted: int = 0
+    below_min_confidence_omitted: int = 0
+    # The minimum confidence in force in each context read; below it a belief is uncertain.
+    context_min_confidence: dict[str, float] = field(default_factory=dict, hash=False)
 
     def beliefs(self, context: str | None = None) -> list[BeliefView]:
         return [b for b in self.all_beliefs if context is None or b.context == context]
@@ -159,7 +174,17 @@ def _time(ts: Any) -> dt.datetime:
 
 
 def _support(msg: model_pb2.Support) -> Support:
-    return Support(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
+    return Support(
+        msg.source,
+        msg.statement,
+        msg.confidence,
+        _time(msg.observed_at),
+        msg.weight,
+        msg.reliability,
+        msg.recency,
+        msg.evidence_factor,
+        msg.counted,
+    )
 
 
 def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
@@ -182,7 +207,16 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
         for b in msg.beliefs
     )
     subject = Subject(msg.subject.tenant, SubjectKind(msg.subject.kind), msg.subject.id)
-    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs, msg.next_page_token)
+    return SelfModelView(
+        subject,
+        msg.node,
+        msg.handoff_token,
+        beliefs,
+        msg.next_page_token,
+        msg.uncertain_omitted,
+        msg.below_min_confidence_omitted,
+        dict(msg.context_min_confidence),
+    )
 
 
 __all__ = [

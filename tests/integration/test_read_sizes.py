@@ -1,14 +1,16 @@
-"""Reply sizes on a real node: watches and batch reads take ``max_positions`` as GetSelfModel
-does."""
+"""Reply sizes and the Python views on a real node: watches and batch reads take
+``max_positions`` as GetSelfModel does, and a view carries every factor the reply does."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
 
 from federation.client import Client, SelfModelView, user
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence
 from tests.nodes import NodeProcess
 
@@ -73,3 +75,54 @@ def test_a_watch_and_a_batch_read_with_max_positions_carry_counts_and_no_lists(
         assert all(b.supporter_count for m in models for b in m.all_beliefs)
         whole, _ = client.self_models(SUBJECTS)
         assert whole == singles
+
+
+def test_a_view_carries_each_positions_factors_and_what_the_read_left_out(
+    node: NodeProcess,
+) -> None:
+    with (
+        Client(node.address, agent="reader", tenant=TENANT) as client,
+        grpc.insecure_channel(node.address) as channel,
+    ):
+        view = client.self_model(SUBJECTS[0], min_confidence=0.7)
+        request = selfmodel_pb2.GetSelfModelRequest(min_confidence=0.7)
+        request.subject.CopyFrom(
+            model_pb2.Subject(tenant=TENANT, kind=model_pb2.SUBJECT_KIND_USER, id="u-sized")
+        )
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+        raw = stub.GetSelfModel(request, metadata=(("x-agent-id", "reader"),)).snapshot
+
+        assert view.uncertain_omitted == raw.uncertain_omitted
+        assert view.below_min_confidence_omitted == raw.below_min_confidence_omitted == 1
+        assert view.context_min_confidence == dict(raw.context_min_confidence)
+        assert set(view.context_min_confidence) == {"company", "style"}
+        (belief,) = view.all_beliefs
+        (proto,) = raw.beliefs
+        for mine, theirs in [
+            *zip(belief.supporters, proto.supporters, strict=True),
+            *zip(belief.dissenters, proto.dissenters, strict=True),
+        ]:
+            assert (
+                mine.source,
+                mine.confidence,
+                mine.weight,
+                mine.reliability,
+                mine.recency,
+                mine.evidence_factor,
+                mine.counted,
+            ) == (
+                theirs.source,
+                theirs.confidence,
+                theirs.weight,
+                theirs.reliability,
+                theirs.recency,
+                theirs.evidence_factor,
+                theirs.counted,
+            )
+        # Why 0.82 became 0.738: no evidence, so 0.9 of it (the default evidence discount).
+        first = next(s for s in belief.supporters if s.source == "sales_agent")
+        assert (first.confidence, first.evidence_factor) == (0.82, pytest.approx(0.9))
+        assert first.weight == pytest.approx(0.82 * 0.9 * first.recency * first.reliability)
+        cited = next(s for s in belief.supporters if s.source == "support_agent")
+        assert cited.evidence_factor == pytest.approx(0.95)
+        assert all(s.counted for s in belief.supporters)
