@@ -14,15 +14,20 @@ from federation.client import (
     team,
     user,
 )
-from node.errors import (
+from selfmodel.errors import (
     DeadlineExceeded,
+    FieldViolation,
+    HandoffPending,
     HandoffTimeout,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaViolation,
+    Reason,
     ResourceExhausted,
     SelfModelError,
     Unauthenticated,
+    Unavailable,
 )
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -33,11 +38,15 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "Evidence",
+    "FieldViolation",
+    "HandoffPending",
     "HandoffTimeout",
     "InvalidArgument",
     "NotFound",
     "Observed",
     "PermissionDenied",
+    "QuotaViolation",
+    "Reason",
     "ResourceExhausted",
     "Retracted",
     "SelfModelError",
@@ -46,6 +55,7 @@ __all__ = [
     "Subject",
     "SubjectKind",
     "Unauthenticated",
+    "Unavailable",
     "org",
     "parse_subject",
     "team",

@@ -5,9 +5,10 @@
                              confidence=0.82, context="purchase_motivation")
     support.self_model(user("u-42"), at_least=written.token).beliefs(context="purchase_motivation")
 
-Calls are retried with jittered exponential backoff on UNAVAILABLE only (an Observe replaces the
-same source's earlier observation in its slot, so a retried write cannot double-count). Any
-other failure raises the domain exception of node.errors that the node raised.
+Calls are retried on UNAVAILABLE only, after the node's RetryInfo delay or jittered exponential
+backoff, and a read whose handoff position is pending is asked again until its deadline
+(federation.retries). Every failure raises the selfmodel.errors exception built from the node's
+status details (reason, field violations, quota, retry delay).
 """
 
 from __future__ import annotations
@@ -22,17 +23,11 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from tenacity import (
-    AsyncRetrying,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from federation import retries
 from federation.bearer import bearer_token
-from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from node.tls import open_channel
+from selfmodel.errors import from_rpc_error as error_from_rpc
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -198,22 +193,6 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
     return SelfModelView(subject, msg.node, msg.handoff_token, beliefs)
 
 
-def error_from_rpc(exc: grpc.RpcError) -> SelfModelError:
-    code = exc.code()  # type: ignore[attr-defined]
-    cls = BY_STATUS.get(code.name, SelfModelError)
-    details = exc.details() or code.name  # type: ignore[attr-defined]
-    if cls is DeadlineExceeded and "handoff token" in details:
-        return HandoffTimeout(details)
-    if cls.__name__ == "InvalidArgument":
-        field, _, reason = details.partition(": ")
-        return BY_STATUS["INVALID_ARGUMENT"](field, reason)  # type: ignore[call-arg]
-    return cls(details)
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-
-
 class _Requests:
     """Builds requests; shared by the sync and asyncio clients."""
 
@@ -319,20 +298,10 @@ class Client:
         self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
-        self._retrying = Retrying(
-            retry=retry_if_exception(_is_unavailable),
-            stop=stop_after_attempt(attempts),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            reraise=True,
-        )
+        self._retries = retries.RetryPolicy(attempts=attempts)
 
     def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
-        try:
-            return self._retrying(
-                method, request, timeout=timeout_s or self.timeout_s, metadata=self._md
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        return retries.call(self._retries, method, request, timeout_s or self.timeout_s, self._md)
 
     def observe(
         self,
@@ -542,23 +511,12 @@ class AsyncClient:
         self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = _Requests(tenant)
         self.timeout_s = timeout_s
-        self._attempts = attempts
+        self._retries = retries.RetryPolicy(attempts=attempts)
 
     async def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_unavailable),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                reraise=True,
-            ):
-                with attempt:
-                    return await method(
-                        request, timeout=timeout_s or self.timeout_s, metadata=self._md
-                    )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        raise AssertionError("unreachable: tenacity reraises")
+        return await retries.call_async(
+            self._retries, method, request, timeout_s or self.timeout_s, self._md
+        )
 
     async def observe(
         self,

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import HandoffTimeout, InvalidArgument, ResourceExhausted, Unavailable
-from node.handoff import DEFAULT_LEAD, WaitSlots, implausible
+from node.errors import (
+    HandoffPending,
+    InvalidArgument,
+    QuotaViolation,
+    Reason,
+    ResourceExhausted,
+    clock_ahead,
+    too_large,
+)
+from node.handoff import DEFAULT_LEAD, DeliveryDelays, implausible, missing
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
@@ -115,8 +122,6 @@ class Engine:
         max_watchers: int = 1024,
         subject_limits: SubjectLimits | None = None,
         members: frozenset[str] = frozenset(),
-        max_handoff_waits: int = 32,
-        max_handoff_waits_per_principal: int = 4,
         max_handoff_lead: int = DEFAULT_LEAD,
     ) -> None:
         self.store = store
@@ -125,15 +130,14 @@ class Engine:
         self.node = store.node
         self._now_ms = now_ms
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
-        self._merged = threading.Condition()
         self._watchers: dict[Subject, list[Subscription]] = {}
         self._watch_lock = threading.Lock()
         self._watch_count = 0
         self.max_watchers = max_watchers
         # The nodes whose actors a handoff token may name (node.handoff.implausible).
         self.members = members | {store.node}
-        self.waits = WaitSlots(store.node, max_handoff_waits, max_handoff_waits_per_principal)
         self.max_handoff_lead = max_handoff_lead
+        self.deliveries = DeliveryDelays()  # how soon a pending handoff read should ask again
         # One resolution at a time per stripe of subjects: readers of one subject that find the
         # cache stale (every watcher of it, woken by one change) resolve it once, not each.
         self._resolving = [threading.Lock() for _ in range(STRIPES)]
@@ -177,9 +181,11 @@ class Engine:
                 found = excess(state, footprint, self.subject_limits)
                 if found is not None and grew(previous, footprint):
                     metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
-                    raise ResourceExhausted(
-                        f"subject {subject} {found.describe()}; nothing of this request was "
-                        "written (retract or forget some of its observations first)"
+                    raise too_large(
+                        subject,
+                        found,
+                        "nothing of this request was written (retract or forget some of its "
+                        "observations first)",
                     )
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
                 footprints.append((state, footprint))
@@ -262,9 +268,11 @@ class Engine:
         ):
             return
         metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
-        raise ResourceExhausted(
-            f"subject {new.subject} {found.describe()}; the retract was not recorded (forget "
-            "the subject, or retract where its observations are)"
+        raise too_large(
+            new.subject,
+            found,
+            "the retract was not recorded (forget the subject, or retract where its "
+            "observations are)",
         )
 
     def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
@@ -291,14 +299,14 @@ class Engine:
         refusal = self.clock.refusal()
         if refusal is not None:
             metrics.WRITES_REFUSED.labels("clock_ahead").inc()
-            raise Unavailable(f"node {self.node}: {refusal}")
+            raise clock_ahead(self.node, refusal)
 
     def _mint(self) -> int:
         try:
             return self.clock.now()
         except ClockAheadError as exc:
             metrics.WRITES_REFUSED.labels("clock_ahead").inc()
-            raise Unavailable(f"node {self.node}: {exc}") from exc
+            raise clock_ahead(self.node, exc) from exc
 
     def _next_dot(self, state: SubjectState) -> Dot:
         """The subject's next dot of this node's actor, never one peers would refuse."""
@@ -308,7 +316,13 @@ class Engine:
             raise ResourceExhausted(
                 f"{state.subject}: the next event counter of actor {self.actor} would be "
                 f"{dot.counter}, beyond the bound every replica accepts ({MAX_COUNTER}); "
-                "this subject takes no more events from this node"
+                "this subject takes no more events from this node",
+                reason=Reason.COUNTER_EXHAUSTED,
+                metadata={
+                    "subject": state.subject,
+                    "actor": self.actor,
+                    "maximum": MAX_COUNTER,
+                },
             )
         return dot
 
@@ -438,8 +452,6 @@ class Engine:
                 self.store.commit(changes, [*extra, row])
         for change in changes:
             self._notify(change.new.subject)
-        with self._merged:
-            self._merged.notify_all()
 
     def _past_limits(self, old: SubjectState, new: SubjectState) -> Excess | None:
         """The limit (logged once per subject, counted) a merge would take ``old`` past, growing
@@ -481,78 +493,66 @@ class Engine:
     def state(self, subject: Subject) -> SubjectState:
         return self.store.load(subject) or SubjectState(subject)
 
-    def wait_for(
-        self,
-        subject: Subject,
-        positions: dict[Subject, Position] | None,
-        timeout_s: float,
-        holder: str = "",
+    def at_position(
+        self, subject: Subject, positions: dict[Subject, Position] | None
     ) -> SubjectState:
-        """The subject's state once it covers the token's position for it.
+        """The subject's state, if it covers the token's position for it; never waits.
 
         A token that names no position of ``subject``, or a position no node can have issued
-        (node.handoff), is InvalidArgument at once; a wait beyond the node's or ``holder``'s
-        share of waits is ResourceExhausted at once; a wait that runs out is HandoffTimeout.
+        (node.handoff), is InvalidArgument; a position not merged yet is HandoffPending, with
+        the first dot missing and how soon to ask again (the client asks until its deadline).
         """
         state = self.state(subject)
         if positions is None:
             return state
         position = positions.get(subject)
         if position is None:
-            named = ", ".join(str(s) for s in sorted(positions)[:3])
+            named = sorted(positions)
+            listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
             raise InvalidArgument(
                 "at_least",
-                f"is a handoff token of {named}{', ...' if len(positions) > 3 else ''}, not of "
-                f"{subject}: pass a token that a write or read of {subject} returned",
+                f"is a handoff token of {listed}, not of {subject}: pass a token that a write "
+                f"or read of {subject} returned",
+                reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
+                metadata={"subject": subject, "token_subjects": listed},
             )
-        if state.covers(position):
+        lacking = missing(state, position)
+        if lacking is None:
             return state
         why = implausible(
             state, position, actor=self.actor, members=self.members, lead=self.max_handoff_lead
         )
         if why is not None:
             metrics.HANDOFF_REFUSED.labels("implausible").inc()
-            raise InvalidArgument("at_least", f"{why}: no node has issued that position")
-        try:
-            release = self.waits.acquire(holder or "anonymous")
-        except ResourceExhausted:
-            metrics.HANDOFF_REFUSED.labels("busy").inc()
-            raise
-        metrics.HANDOFF_WAITS.inc()
-        try:
-            return self._wait_covered(subject, position, timeout_s)
-        finally:
-            release()
-            metrics.HANDOFF_WAITS.dec()
-
-    def _wait_covered(self, subject: Subject, position: Position, timeout_s: float) -> SubjectState:
-        deadline = time.monotonic() + timeout_s
-        with self._merged:
-            while True:
-                state = self.state(subject)
-                if state.covers(position):
-                    return state
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    metrics.HANDOFF_TIMEOUTS.inc()
-                    raise HandoffTimeout(
-                        f"node {self.node} has not yet merged the handoff token's position for "
-                        f"{subject} (waited {timeout_s:.3f}s); retry with a longer deadline "
-                        "or read on the writer's node"
-                    )
-                self._merged.wait(remaining)
+            raise InvalidArgument(
+                "at_least",
+                f"{why}: no node has issued that position",
+                reason=Reason.HANDOFF_POSITION_IMPLAUSIBLE,
+                metadata={
+                    "subject": subject,
+                    "actor": lacking.actor,
+                    "counter": lacking.counter,
+                    "held": lacking.held,
+                    "setting": "max_handoff_lead",
+                },
+            )
+        metrics.HANDOFF_PENDING.inc()
+        actor, counter, held = lacking
+        raise HandoffPending(
+            f"node {self.node} has not yet merged the handoff token's position for {subject} "
+            f"(dot {actor}:{counter}; it holds up to {held}); ask again shortly, or read on "
+            "the writer's node",
+            metadata={"subject": subject, "actor": actor, "counter": counter, "held": held},
+            retry_after_s=self.deliveries.retry_after_s(actor),
+        )
 
     def model(
-        self,
-        subject: Subject,
-        positions: dict[Subject, Position] | None = None,
-        timeout_s: float = 0.0,
-        holder: str = "",
+        self, subject: Subject, positions: dict[Subject, Position] | None = None
     ) -> ModelView:
         """The subject's resolved model: resolved once per state (resolution is a pure function
         of it), shared by every reader of it (readers that find it stale at once wait for one of
         them to resolve it)."""
-        state = self.wait_for(subject, positions, timeout_s, holder)
+        state = self.at_position(subject, positions)
         cached = self._resolved.get(subject)
         if cached is None or cached[0] is not state:
             with self._resolving[hash(subject) % STRIPES]:
@@ -575,10 +575,8 @@ class Engine:
         context: str,
         key: str,
         positions: dict[Subject, Position] | None = None,
-        timeout_s: float = 0.0,
-        holder: str = "",
     ) -> tuple[Explanation | None, str]:
-        state = self.wait_for(subject, positions, timeout_s, holder)
+        state = self.at_position(subject, positions)
         found = [o for o in state.observations.values() if o.context == context and o.key == key]
         token = encode_token({subject: state.context})
         if not found:
@@ -593,8 +591,12 @@ class Engine:
     def subscribe(self, subject: Subject) -> Subscription:
         with self._watch_lock:
             if self._watch_count >= self.max_watchers:
+                limit = f"at most {self.max_watchers} watches (setting max_watchers)"
                 raise ResourceExhausted(
-                    f"node {self.node} serves at most {self.max_watchers} watches; close one first"
+                    f"node {self.node} serves {limit}; close one first, or watch on another node",
+                    reason=Reason.WATCHES_EXHAUSTED,
+                    metadata={"limit": self.max_watchers, "setting": "max_watchers"},
+                    quota=[QuotaViolation(f"node {self.node}", f"serves {limit}")],
                 )
             sub = Subscription(subject)
             self._watchers.setdefault(subject, []).append(sub)

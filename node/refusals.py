@@ -33,9 +33,9 @@ class Refusals:
         try:
             validation.remote_state(msg, field, limits)
         except InvalidArgument as exc:
-            self.last = f"{exc.field.rpartition('.')[2] or exc.field}: {exc.reason}"
+            self.last = f"{exc.field.rpartition('.')[2] or exc.field}: {exc.description}"
             subject = f"{msg.subject.tenant}/{msg.subject.id}"
-            if self._first((peer, f"{subject} {exc.reason}")):
+            if self._first((peer, f"{subject} {exc.description}")):
                 log.warning(
                     "refused %s of %s from %s (logged once): %s",
                     field,

@@ -13,7 +13,15 @@ from typing import Any
 import grpc
 
 from node.engine import Engine
-from node.errors import SelfModelError
+from node.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    SelfModelError,
+    Unavailable,
+    abort,
+    internal,
+)
 from node.peers import NODE_HEADER, PeerAuth, PeerRefused, foreign_actors
 from node.refusals import Refusals
 from node.servicer import aborted, map_errors
@@ -331,8 +339,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         try:
             return self.auth.authenticate(context)
         except PeerRefused as refused:
-            context.abort(refused.status, str(refused))
-            raise  # abort raises; this line only tells the type checker
+            abort(context, refused.error())
 
     def Replicate(
         self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
@@ -342,20 +349,25 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             self._on_peer_session(peer)
         with self._lock:
             if self._closed:
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"node {self.engine.node} is shutting down"
+                abort(
+                    context,
+                    Unavailable(
+                        f"node {self.engine.node} is shutting down",
+                        reason=Reason.NODE_STOPPING,
+                        metadata={"node": self.engine.node},
+                    ),
                 )
             self._streams.add(context)
         context.add_callback(lambda: self._forget_stream(context))
         try:
             yield from self._replicate(peer, request_iterator, context)
         except SelfModelError as exc:  # a refusal (writes suspended on a full disk, say)
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context) or not context.is_active():
                 raise
             log.exception("delta stream from %s failed", peer)
-            context.abort(grpc.StatusCode.INTERNAL, "merging the stream failed; see the node's log")
+            abort(context, internal("Replicate"))
 
     def _replicate(
         self,
@@ -372,21 +384,22 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         ack = sync_pb2.ReplicateAck()
         for batch in request_iterator:
             if batch.origin != peer:
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"{peer} may not send deltas of {batch.origin!r}",
+                raise PermissionDenied(
+                    f"{peer} may not send deltas of {batch.origin}",
+                    reason=Reason.PEER_FOREIGN_WRITE,
+                    metadata={"peer": peer, "origin": batch.origin},
                 )
             if not batch.resent:
                 top = max(top, batch.last_seq)
             if batch.deltas:
                 if batch.last_seq - batch.first_seq + 1 != len(batch.deltas):
-                    context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"deltas: the batch holds {len(batch.deltas)} deltas for sequences "
+                    raise InvalidArgument(
+                        "deltas",
+                        f"the batch holds {len(batch.deltas)} deltas for sequences "
                         f"{batch.first_seq}..{batch.last_seq}",
                     )
                 sync_metrics.DELTAS_RECEIVED.labels(peer).inc(len(batch.deltas))
-                self._check_own(context, peer, batch.deltas)
+                self._check_own(peer, batch.deltas)
                 sync_metrics.BYTES_RECEIVED.labels(peer).inc(batch.ByteSize())
                 seqs, deltas = [], []
                 for i, msg in enumerate(batch.deltas):
@@ -402,6 +415,9 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 # learns it may trim only once it is on disk here (until then it resends it).
                 extra = [] if batch.resent else [Store.position_row("applied", peer, top)]
                 outcome = self.engine.merge_remote(deltas, extra=extra, durable=False, source=peer)
+                if batch.sent_at_ms and not batch.resent:  # how soon a pending read may ask again
+                    delay_ms = self.engine.clock.wall() - batch.sent_at_ms
+                    self.engine.deliveries.note(peer, delay_ms / 1000)
                 deferred = {seqs[i] for i in outcome.refused}
                 if deferred:
                     ack.deferred_seqs.extend(sorted(deferred))
@@ -427,9 +443,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             yield ack
             acked_at, ack = time.monotonic(), sync_pb2.ReplicateAck()
 
-    def _check_own(
-        self, context: grpc.ServicerContext, peer: str, deltas: Sequence[sync_pb2.SubjectState]
-    ) -> None:
+    def _check_own(self, peer: str, deltas: Sequence[sync_pb2.SubjectState]) -> None:
         """A delta stream carries the sender's own writes only: every new observation and event
         is a dot of one of its actors (``<peer>.<run>.<random>``). Other nodes' writes reach a
         node from their own streams, or as whole states through anti-entropy."""
@@ -439,10 +453,11 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             if foreign:
                 sync_metrics.REPLICATION_ERRORS.labels(peer).inc()
                 log.warning("refused a delta of %s from peer %s", foreign[0], peer)
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                raise PermissionDenied(
                     f"deltas[{i}]: peer {peer} may send dots of its own actors only, "
-                    f"got {foreign[0]!r}",
+                    f"got {foreign[0]}",
+                    reason=Reason.PEER_FOREIGN_WRITE,
+                    metadata={"peer": peer, "actor": foreign[0]},
                 )
 
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
@@ -468,9 +483,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         reply = sync_pb2.Digests()
         for bucket in request.buckets:
             if bucket >= BUCKETS:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range"
-                )
+                raise InvalidArgument("buckets", f"{bucket} is out of range [0, {BUCKETS})")
             for subject, digest in self.engine.store.bucket_digests(bucket):
                 d = reply.digests.add(digest=digest)
                 subject_to_proto(subject, d.subject)
@@ -482,7 +495,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     ) -> sync_pb2.ClaimRunReply:
         peer = self._authorize(context)
         if request.run == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run: must not be 0")
+            raise InvalidArgument("run", "must not be 0")
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
         granted, recorded = self.engine.store.claim_run(

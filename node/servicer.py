@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -18,17 +17,27 @@ from node import convert, metrics, validation
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
-from node.errors import InvalidArgument, PermissionDenied, SelfModelError, Unauthenticated
+from node.errors import (
+    HandoffPending,
+    InvalidArgument,
+    PermissionDenied,
+    SelfModelError,
+    Unauthenticated,
+    abort,
+    internal,
+)
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import Belief
 from node.validation import Limits
+from selfmodel.errors import LAST_ASK_S
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
 AGENT_HEADER = "x-agent-id"
@@ -63,20 +72,18 @@ def map_errors(fn: F) -> F:
         try:
             return fn(self, request, context)
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context):
-                raise  # the handler chose its status with context.abort: keep it
+                raise  # the handler chose its status with abort: keep it
             log.exception("%s failed", fn.__name__)
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log"
-            )
+            abort(context, internal(fn.__name__))
 
     return wrapped  # type: ignore[return-value]
 
 
 def aborted(context: grpc.ServicerContext) -> bool:
-    """True once the handler called ``context.abort`` (which raises a bare Exception)."""
+    """True once the handler called ``abort`` (which raises a bare Exception)."""
     code = context.code()  # type: ignore[attr-defined]
     return code is not None and code != grpc.StatusCode.OK
 
@@ -100,11 +107,6 @@ class SerializedReplies(HandlerWrapper):
             return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
 
         return handler._replace(response_serializer=serialize_unless_bytes)
-
-
-def _holder(who: Principal) -> str:
-    """Whose share of the node's handoff waits a call takes: its token, else its agent id."""
-    return f"token {who.token_id}" if who.token_id else f"agent {who.agent}"
 
 
 class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
@@ -147,12 +149,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             raise InvalidArgument("key", f"is required: name the slot to {action}")
         return ctx, key
 
-    def _wait_s(self, context: grpc.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        cap = self.limits.max_handoff_wait_s
-        if remaining is None or not math.isfinite(remaining):
-            return cap
-        return max(0.0, min(cap, remaining - 0.05))
+    def _at_position(self, context: grpc.ServicerContext, read: Callable[[], T]) -> T:
+        """``read()``; a HANDOFF_POSITION_PENDING answer that leaves the caller's deadline less
+        than its retry delay plus LAST_ASK_S is marked ``final`` and counted as a handoff
+        timeout: the caller asks no more (federation.retries)."""
+        try:
+            return read()
+        except HandoffPending as exc:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= (exc.retry_after_s or 0.0) + LAST_ASK_S:
+                metrics.HANDOFF_TIMEOUTS.inc()
+                exc.metadata["final"] = "true"
+            raise
 
     def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
         return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
@@ -178,17 +186,24 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         who = self.identify(context, self.limits)
         if not request.observations:
             raise InvalidArgument("observations", "must hold at least one observation")
-        if len(request.observations) > self.limits.max_batch:
-            raise InvalidArgument(
-                "observations", f"must hold at most {self.limits.max_batch} observations"
-            )
+        validation.too_long(
+            "observations",
+            self.limits.max_batch,
+            len(request.observations),
+            "max_batch",
+            "observations",
+        )
         items = [
             validation.observation(o, f"observations[{i}]", self.limits)
             for i, o in enumerate(request.observations)
         ]
-        if len({item.subject for item in items}) > self.limits.max_batch_subjects:
+        named = len({item.subject for item in items})
+        if named > self.limits.max_batch_subjects:
             raise InvalidArgument(
-                "observations", f"may name at most {self.limits.max_batch_subjects} subjects"
+                "observations",
+                f"may name at most {self.limits.max_batch_subjects} subjects, got {named} "
+                "(setting max_batch_subjects)",
+                metadata={"limit": self.limits.max_batch_subjects, "setting": "max_batch_subjects"},
             )
         for item in items:
             who.check_tenant(item.subject.tenant)
@@ -223,11 +238,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> bytes:
         """The serialized SelfModelSnapshot (see SerializedReplies and convert.SnapshotReplies)."""
-        who, subject = self._caller_and_subject(request, context)
+        _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        view = self.engine.model(subject, positions, self._wait_s(context), _holder(who))
+        view = self._at_position(context, lambda: self.engine.model(subject, positions))
         return self._replies.reply(
             subject, view, contexts, floor, request.include_uncertain, self.engine.node
         )
@@ -236,11 +251,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.Explanation:
-        who, subject = self._caller_and_subject(request, context)
+        _, subject = self._caller_and_subject(request, context)
         ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        found, token = self.engine.explain(
-            subject, ctx, key, positions, self._wait_s(context), _holder(who)
+        found, token = self._at_position(
+            context, lambda: self.engine.explain(subject, ctx, key, positions)
         )
         return convert.explanation(subject, ctx, key, found, token)
 
@@ -266,7 +281,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                 release()
                 raise
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
 
         def on_end() -> None:
             self.engine.unsubscribe(sub)
@@ -291,13 +306,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     yield whole
                 sub.changed.wait(1.0)
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context):
                 raise
             # A failure inside the stream must end it with a status, never kill the node.
             log.exception("WatchSelfModel of %s failed", subject)
-            context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
+            abort(context, internal("WatchSelfModel"))
         finally:
             on_end()
 
@@ -307,7 +322,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             self._caller_and_subject(request, context)
         except (Unauthenticated, PermissionDenied) as exc:
             metrics.WATCHES_ENDED.labels("revoked").inc()
-            raise type(exc)(f"watch ended: {exc}") from None
+            raise type(exc)(
+                f"watch ended: {exc}", reason=exc.reason, metadata=exc.metadata
+            ) from None
 
     @map_errors
     def ForgetSubject(

@@ -21,7 +21,7 @@ from typing import Any
 import rocksdict
 
 from node import metrics
-from node.errors import Unavailable
+from node.errors import Reason, Unavailable
 
 log = logging.getLogger("node.store")
 
@@ -80,7 +80,12 @@ class _Reopening(dict[str, Any]):
             current = getattr(store, self._attribute)
             if not isinstance(current, _Reopening):
                 return current[name]
-        raise Unavailable(f"node {store.node} has its store closed (reopening it); retry")
+        raise Unavailable(
+            f"node {store.node} has its store closed (reopening it); retry",
+            reason=Reason.STORE_UNWRITABLE,
+            metadata={"node": store.node},
+            retry_after_s=1.0,
+        )
 
 
 class StoreFaults:
@@ -94,6 +99,8 @@ class StoreFaults:
     node: str
     problems: list[str]
     suspended: str | None
+    suspended_kind: str = ""  # no space, low space or I/O error, while suspended
+    retry_after_s: float = 5.0  # a refused write's RetryInfo: how often the disk is probed
     on_suspension: Callable[[str | None], None] | None
     _db: Any
     _cf: dict[str, Any]
@@ -181,6 +188,7 @@ class StoreFaults:
         ``low space`` or ``I/O error``. Logs and tells ``on_suspension`` once per suspension."""
         if reopen:
             self._reopen_needed = True
+        self.suspended_kind = kind
         what = {
             "no space": "the disk holding its data directory is full",
             "low space": "the disk holding its data directory is nearly full",
@@ -197,9 +205,13 @@ class StoreFaults:
             self.on_suspension(reason)
 
     def _refusal(self) -> Unavailable:
+        full = self.suspended_kind in ("no space", "low space")
         return Unavailable(
             f"node {self.node} refuses writes: {self.suspended or 'its last write failed'}; they "
-            "resume by themselves once the disk has room again (retry, or write on another node)"
+            "resume by themselves once the disk has room again (retry, or write on another node)",
+            reason=Reason.DISK_FULL if full else Reason.STORE_UNWRITABLE,
+            metadata={"node": self.node, **({"setting": "min_free_mb"} if full else {})},
+            retry_after_s=self.retry_after_s,
         )
 
     def resume_writes(self) -> bool:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node.engine import ObservationInput
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, Reason
 from node.resolution import normalize_statement
+from selfmodel.errors import plain
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
 from sync.causal import CausalContext, counter_in_range
 from sync.codec import InvalidToken, Position, decode_token
@@ -39,20 +40,28 @@ class Limits:
     max_batch: int = 500
     max_filter_contexts: int = 64
     max_token: int = 65536
-    max_handoff_wait_s: float = 30.0
-    max_handoff_waits: int = 32  # reads waiting for a handoff token at once, per node
-    max_handoff_waits_per_principal: int = 4  # of those, per principal (token or agent)
     max_handoff_lead: int = 100_000  # how far a token's counter may lead the node's (handoff)
     max_batch_subjects: int = 100
     max_watches_per_connection: int = 16
 
 
-def _matching(value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str) -> str:
+def too_long(field: str, limit: int, got: int, setting: str, unit: str = "characters") -> None:
+    """Refuses a value longer than ``limit`` (the Limits field ``setting``)."""
+    if got > limit:
+        raise InvalidArgument(
+            field,
+            f"must be at most {limit} {unit}, got {got} (setting {setting})",
+            metadata={"limit": limit, "setting": setting},
+        )
+
+
+def _matching(
+    value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str, setting: str
+) -> str:
     """One rule for every bounded name: required, at most ``limit`` long, of ``pattern``."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
+    too_long(field, limit, len(value), setting)
     if not pattern.fullmatch(value):
         raise InvalidArgument(field, rule)
     return value
@@ -65,6 +74,7 @@ def identifier(value: str, field: str, limit: int) -> str:
         limit,
         _ID,
         "may hold only letters, digits and _ . : @ + - and must start with a letter or digit",
+        "max_id",
     )
 
 
@@ -75,6 +85,7 @@ def context_name(value: str, field: str, limits: Limits) -> str:
         limits.max_context,
         _CONTEXT,
         "must be lowercase snake_case (a-z, 0-9, _), starting with a letter",
+        "max_context",
     )
 
 
@@ -88,6 +99,7 @@ def key(value: str, field: str, limits: Limits) -> str:
         limits.max_key,
         _KEY,
         "may hold only a-z, 0-9, _ . - and must start with a letter or digit",
+        "max_key",
     )
 
 
@@ -96,7 +108,7 @@ def slot_key(value: str, field: str, limits: Limits) -> str:
     without one, the normalized statement that Observe derived and returned as its key."""
     if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
         return value
-    text(value, field, limits.max_statement, required=True)
+    text(value, field, limits.max_statement, required=True, setting="max_statement")
     if normalize_statement(value) != value:
         raise InvalidArgument(
             field, "must be a key given on write, or the key Observe returned (a statement's form)"
@@ -104,10 +116,12 @@ def slot_key(value: str, field: str, limits: Limits) -> str:
     return value
 
 
-def text(value: str, field: str, limit: int, *, required: bool) -> str:
+def text(value: str, field: str, limit: int, *, required: bool, setting: str = "") -> str:
     if required and not value.strip():
         raise InvalidArgument(field, "is required and must not be blank")
-    if len(value) > limit:
+    if setting:
+        too_long(field, limit, len(value), setting)
+    elif len(value) > limit:
         raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
     if _CONTROL.search(value):
         raise InvalidArgument(field, "must not contain control characters")
@@ -116,7 +130,7 @@ def text(value: str, field: str, limit: int, *, required: bool) -> str:
 
 def unit_interval(value: float, field: str) -> float:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InvalidArgument(field, f"must be a finite number within [0, 1], got {value}")
+        raise InvalidArgument(field, f"must be a finite number within [0, 1], got {plain(value)}")
     return value
 
 
@@ -137,14 +151,16 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
     subj = subject(msg.subject, f"{prefix}subject", limits, msg.HasField("subject"))
     context = context_name(msg.context, f"{prefix}context", limits)
     slot_key = key(msg.key, f"{prefix}key", limits)
-    statement = text(msg.statement, f"{prefix}statement", limits.max_statement, required=True)
+    statement = text(
+        msg.statement,
+        f"{prefix}statement",
+        limits.max_statement,
+        required=True,
+        setting="max_statement",
+    )
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
     items = msg.evidence
-    if len(items) > limits.max_evidence:
-        raise InvalidArgument(
-            f"{prefix}evidence",
-            f"must hold at most {limits.max_evidence} items, got {len(items)}",
-        )
+    too_long(f"{prefix}evidence", limits.max_evidence, len(items), "max_evidence", "items")
     evidence = []
     for i, ev in enumerate(items):
         at = f"{prefix}evidence[{i}]"
@@ -152,8 +168,16 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
             raise InvalidArgument(
                 f"{at}.kind", "must be a short lowercase word such as 'message' or 'ticket'"
             )
-        text(ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False)
-        text(ev.quote, f"{at}.quote", limits.max_evidence_quote, required=False)
+        text(
+            ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False, setting="max_evidence_ref"
+        )
+        text(
+            ev.quote,
+            f"{at}.quote",
+            limits.max_evidence_quote,
+            required=False,
+            setting="max_evidence_quote",
+        )
         time_ms = 0
         if ev.HasField("time"):
             if (
@@ -172,8 +196,7 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
 
 
 def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str]:
-    if len(values) > limits.max_filter_contexts:
-        raise InvalidArgument(field, f"must name at most {limits.max_filter_contexts} contexts")
+    too_long(field, limits.max_filter_contexts, len(values), "max_filter_contexts", "contexts")
     return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))
 
 
@@ -181,19 +204,37 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
     if not value:
         return None
     if len(value) > limits.max_token:
-        raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+        raise InvalidArgument(
+            field,
+            f"must be at most {limits.max_token} characters, got {len(value)} (setting max_token)",
+            reason=Reason.HANDOFF_TOKEN_INVALID,
+            metadata={"limit": limits.max_token, "setting": "max_token"},
+        )
+
+    def not_a_token(why: str) -> InvalidArgument:
+        return InvalidArgument(
+            field,
+            f"is not a handoff token returned by a write or read ({why})",
+            reason=Reason.HANDOFF_TOKEN_INVALID,
+        )
+
     # base64 decoding skips characters outside its alphabet, so '!!!' would decode to an empty
     # token and a mangled token would silently ask for no position at all: a stale read.
     if not _TOKEN.fullmatch(value):
-        raise InvalidArgument(field, "is not a handoff token returned by a write (bad characters)")
+        raise not_a_token("only URL-safe base64 characters are allowed")
     try:
         positions = decode_token(value)
-    except InvalidToken as exc:
-        raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+    except InvalidToken:  # its text is the protobuf parser's, which names Python types
+        raise not_a_token("it does not decode to a position") from None
     if not positions:
-        raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
-    for held, context in positions.items():
-        _position(context, f"{field} ({held})")
+        raise not_a_token("it names no position")
+    try:
+        for held, context in positions.items():
+            _position(context, f"{field} ({held})")
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            exc.field, exc.description, reason=Reason.HANDOFF_TOKEN_INVALID
+        ) from None
     return positions
 
 
