@@ -17,16 +17,8 @@ from typing import NamedTuple
 
 from node import metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import (
-    HandoffPending,
-    InvalidArgument,
-    QuotaViolation,
-    Reason,
-    ResourceExhausted,
-    clock_ahead,
-    too_large,
-)
-from node.handoff import DEFAULT_LEAD, DeliveryDelays, implausible, missing
+from node.errors import QuotaViolation, Reason, ResourceExhausted, clock_ahead, too_large
+from node.handoff import DEFAULT_LEAD, Handoffs
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
@@ -134,10 +126,8 @@ class Engine:
         self._watch_lock = threading.Lock()
         self._watch_count = 0
         self.max_watchers = max_watchers
-        # The nodes whose actors a handoff token may name (node.handoff.implausible).
-        self.members = members | {store.node}
-        self.max_handoff_lead = max_handoff_lead
-        self.deliveries = DeliveryDelays()  # how soon a pending handoff read should ask again
+        # What a read with a handoff token is answered (the nodes whose actors it may name).
+        self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
         # One resolution at a time per stripe of subjects: readers of one subject that find the
         # cache stale (every watcher of it, woken by one change) resolve it once, not each.
         self._resolving = [threading.Lock() for _ in range(STRIPES)]
@@ -496,55 +486,12 @@ class Engine:
     def at_position(
         self, subject: Subject, positions: dict[Subject, Position] | None
     ) -> SubjectState:
-        """The subject's state, if it covers the token's position for it; never waits.
-
-        A token that names no position of ``subject``, or a position no node can have issued
-        (node.handoff), is InvalidArgument; a position not merged yet is HandoffPending, with
-        the first dot missing and how soon to ask again (the client asks until its deadline).
-        """
+        """The subject's state, if it covers the token's position for it; never waits (else
+        InvalidArgument or HandoffPending: node.handoff.Handoffs.require)."""
         state = self.state(subject)
-        if positions is None:
-            return state
-        position = positions.get(subject)
-        if position is None:
-            named = sorted(positions)
-            listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
-            raise InvalidArgument(
-                "at_least",
-                f"is a handoff token of {listed}, not of {subject}: pass a token that a write "
-                f"or read of {subject} returned",
-                reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
-                metadata={"subject": subject, "token_subjects": listed},
-            )
-        lacking = missing(state, position)
-        if lacking is None:
-            return state
-        why = implausible(
-            state, position, actor=self.actor, members=self.members, lead=self.max_handoff_lead
-        )
-        if why is not None:
-            metrics.HANDOFF_REFUSED.labels("implausible").inc()
-            raise InvalidArgument(
-                "at_least",
-                f"{why}: no node has issued that position",
-                reason=Reason.HANDOFF_POSITION_IMPLAUSIBLE,
-                metadata={
-                    "subject": subject,
-                    "actor": lacking.actor,
-                    "counter": lacking.counter,
-                    "held": lacking.held,
-                    "setting": "max_handoff_lead",
-                },
-            )
-        metrics.HANDOFF_PENDING.inc()
-        actor, counter, held = lacking
-        raise HandoffPending(
-            f"node {self.node} has not yet merged the handoff token's position for {subject} "
-            f"(dot {actor}:{counter}; it holds up to {held}); ask again shortly, or read on "
-            "the writer's node",
-            metadata={"subject": subject, "actor": actor, "counter": counter, "held": held},
-            retry_after_s=self.deliveries.retry_after_s(actor),
-        )
+        if positions is not None:
+            self.handoffs.require(state, positions, self.actor)
+        return state
 
     def model(
         self, subject: Subject, positions: dict[Subject, Position] | None = None

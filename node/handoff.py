@@ -26,8 +26,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from node import metrics
+from node.errors import HandoffPending, InvalidArgument, Reason
 from sync.causal import CausalContext, Dot
+from sync.codec import Position
 from sync.crdt import SubjectState
+from sync.observation import Subject
 
 DEFAULT_LEAD = 100_000
 
@@ -127,4 +131,69 @@ class DeliveryDelays:
         return min(max(delay, MIN_RETRY_S), MAX_RETRY_S)
 
 
-__all__ = ["DEFAULT_LEAD", "DeliveryDelays", "Missing", "implausible", "missing", "node_of"]
+class Handoffs:
+    """What a node answers a read with a handoff token (``require``), and how soon it tells a
+    pending one to ask again (``deliveries``). ``members``: the nodes of its cluster, itself
+    included, whose actors a token may name."""
+
+    def __init__(self, node: str, members: frozenset[str], lead: int = DEFAULT_LEAD) -> None:
+        self.node = node
+        self.members = members
+        self.lead = lead
+        self.deliveries = DeliveryDelays()
+
+    def require(self, state: SubjectState, positions: dict[Subject, Position], actor: str) -> None:
+        """Returns if ``state`` covers the token's position for its subject; a token of other
+        subjects, or of a position no node can have issued, is InvalidArgument; a position not
+        merged yet is HandoffPending, naming the first dot missing and when to ask again.
+        ``actor``: this run's."""
+        subject = state.subject
+        position = positions.get(subject)
+        if position is None:
+            named = sorted(positions)
+            listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
+            raise InvalidArgument(
+                "at_least",
+                f"is a handoff token of {listed}, not of {subject}: pass a token that a write "
+                f"or read of {subject} returned",
+                reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
+                metadata={"subject": subject, "token_subjects": listed},
+            )
+        lacking = missing(state, position)
+        if lacking is None:
+            return
+        why = implausible(state, position, actor=actor, members=self.members, lead=self.lead)
+        name, counter, held = lacking
+        if why is not None:
+            metrics.HANDOFF_REFUSED.labels("implausible").inc()
+            raise InvalidArgument(
+                "at_least",
+                f"{why}: no node has issued that position",
+                reason=Reason.HANDOFF_POSITION_IMPLAUSIBLE,
+                metadata={
+                    "subject": subject,
+                    "actor": name,
+                    "counter": counter,
+                    "held": held,
+                    "setting": "max_handoff_lead",
+                },
+            )
+        metrics.HANDOFF_PENDING.inc()
+        raise HandoffPending(
+            f"node {self.node} has not yet merged the handoff token's position for {subject} "
+            f"(dot {name}:{counter}; it holds up to {held}); ask again shortly, or read on "
+            "the writer's node",
+            metadata={"subject": subject, "actor": name, "counter": counter, "held": held},
+            retry_after_s=self.deliveries.retry_after_s(name),
+        )
+
+
+__all__ = [
+    "DEFAULT_LEAD",
+    "DeliveryDelays",
+    "Handoffs",
+    "Missing",
+    "implausible",
+    "missing",
+    "node_of",
+]

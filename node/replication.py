@@ -417,7 +417,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 outcome = self.engine.merge_remote(deltas, extra=extra, durable=False, source=peer)
                 if batch.sent_at_ms and not batch.resent:  # how soon a pending read may ask again
                     delay_ms = self.engine.clock.wall() - batch.sent_at_ms
-                    self.engine.deliveries.note(peer, delay_ms / 1000)
+                    self.engine.handoffs.deliveries.note(peer, delay_ms / 1000)
                 deferred = {seqs[i] for i in outcome.refused}
                 if deferred:
                     ack.deferred_seqs.extend(sorted(deferred))
