@@ -20,7 +20,6 @@ import hmac
 import os
 import secrets
 import stat
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,16 +236,6 @@ def refusing(node: str, reason: str, message: str) -> PeerAuth:
     return PeerAuth(node, frozenset(), refuse=(reason, message))
 
 
-def actor_node(actor: str) -> str:
-    """The node an actor belongs to: actors are ``<node>.<run>.<random>`` (node.store)."""
-    return actor.rsplit(".", 2)[0] if actor.count(".") >= 2 else ""
-
-
-def foreign_actors(actors: Collection[str], peer: str) -> list[str]:
-    """The actors among ``actors`` that are not ``peer``'s own."""
-    return sorted(a for a in actors if actor_node(a) != peer)
-
-
 __all__ = [
     "MIN_SECRET_CHARS",
     "NODE_HEADER",
@@ -255,10 +244,8 @@ __all__ = [
     "PeerAuthError",
     "PeerRefused",
     "PeerSecretError",
-    "actor_node",
     "create_secret",
     "decide",
-    "foreign_actors",
     "peer_token",
     "read_secrets",
     "refusing",

@@ -20,20 +20,23 @@ log = logging.getLogger("selfmodel.node")
 
 class Refusals:
     """Validates what a peer sends (node.validation.remote_state) and logs each refusal once:
-    a delta sent again, or a state every anti-entropy round ships, is not logged again."""
+    a delta sent again, or a state every anti-entropy round ships, is not logged again.
+    Implements sync.ports.Screen."""
 
-    def __init__(self, where: str, remember: int = 4096) -> None:
+    def __init__(self, where: str, limits: Limits, remember: int = 4096) -> None:
         self._where = where
+        self._limits = limits
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._remember = remember
         self._lock = threading.Lock()
-        self.last = ""
 
-    def valid(self, msg: sync_pb2.SubjectState, field: str, limits: Limits, peer: str = "") -> bool:
+    def valid(self, msg: sync_pb2.SubjectState, field: str, peer: str = "") -> bool:
+        return not self.refused(msg, field, peer)
+
+    def refused(self, msg: sync_pb2.SubjectState, field: str, peer: str = "") -> str:
         try:
-            validation.remote_state(msg, field, limits)
+            validation.remote_state(msg, field, self._limits)
         except InvalidArgument as exc:
-            self.last = f"{exc.field.rpartition('.')[2] or exc.field}: {exc.description}"
             subject = f"{msg.subject.tenant}/{msg.subject.id}"
             if self._first((peer, f"{subject} {exc.description}")):
                 log.warning(
@@ -43,8 +46,8 @@ class Refusals:
                     peer or self._where,
                     exc,
                 )
-            return False
-        return True
+            return f"{exc.field.rpartition('.')[2] or exc.field}: {exc.description}"
+        return ""
 
     def deferred(self, peer: str, reason: str) -> None:
         if self._first((peer, "clock")):
@@ -55,9 +58,9 @@ class Refusals:
                 reason,
             )
 
-    def forget(self, peer: str, what: str) -> None:
+    def undeferred(self, peer: str) -> None:
         with self._lock:
-            self._seen.pop((peer, what), None)
+            self._seen.pop((peer, "clock"), None)
 
     def _first(self, key: tuple[str, str]) -> bool:
         with self._lock:

@@ -1,7 +1,8 @@
 """The sync layer: the per-subject CRDT, hybrid logical clock, replication and anti-entropy.
 
-The CRDT (causal, crdt, hlc, observation) imports neither gRPC nor RocksDB; the replicator
-reaches storage and peers only through the Protocols of sync.ports.
+The CRDT (causal, crdt, hlc, observation) imports neither gRPC nor RocksDB; the delta stream's
+two ends (sender, receiver), anti-entropy and the replicator reach storage, peers and the
+node's rules only through the Protocols of sync.ports.
 """
 
 from sync.causal import CausalContext, Dot

@@ -1,4 +1,11 @@
-"""Subject states and handoff tokens to and from their protobuf form (storage and wire alike)."""
+"""Subject states and handoff tokens to and from their protobuf form (storage and wire alike).
+
+Three messages are also written by hand, as the bytes protobuf's own deterministic serializer
+writes them (fields in number order, zeros left out): a state reusing the bytes of observations
+it encoded before (encode_state_reusing), a handoff token of encoded positions
+(token_of_positions) and a ReplicateBatch of stored deltas (encode_batch). Each has a test
+that protobuf parses its bytes to the message it meant.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from sync.causal import CausalContext, Dot
 from sync.crdt import NO_ERASE, NO_WITHDRAWALS, EraseBound, SubjectState, Withdrawals
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
+from sync.ports import Batch
 
 
 def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
@@ -177,6 +185,29 @@ def encode_state(state: SubjectState) -> bytes:
     return state_to_proto(state).SerializeToString(deterministic=True)
 
 
+def decode_state(raw: bytes) -> SubjectState:
+    return state_from_proto(sync_pb2.SubjectState.FromString(raw))
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
+
+
+def _delimited(tag: bytes, raw: bytes) -> bytes:
+    """A length-delimited field: its tag, the length of ``raw``, then ``raw``."""
+    return tag + _varint(len(raw)) + raw
+
+
 # Each observation of an encoded state, as the state's bytes hold it: (the observation encoded,
 # its field's bytes). See encode_state_reusing.
 EncodedObservations = dict[Dot, tuple[Observation, bytes]]
@@ -216,7 +247,7 @@ def encode_state_reusing(
             o = sync_pb2.StoredObservation()
             observation_to_proto(obs, o)
             raw = o.SerializeToString(deterministic=True)
-            entry = (obs, _OBSERVATIONS_TAG + _varint(len(raw)) + raw)
+            entry = (obs, _delimited(_OBSERVATIONS_TAG, raw))
         fields[dot] = entry
         parts.append(entry[1])
     if state.erased != NO_ERASE or state.withdrawals:
@@ -225,24 +256,6 @@ def encode_state_reusing(
         _withdrawals_to_proto(state.withdrawals, tail)
         parts.append(tail.SerializeToString(deterministic=True))
     return EncodedState(b"".join(parts), position, fields)
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL_VARINTS[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
-
-
-def decode_state(raw: bytes) -> SubjectState:
-    return state_from_proto(sync_pb2.SubjectState.FromString(raw))
 
 
 class InvalidToken(ValueError):
@@ -271,7 +284,7 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 def token_of_positions(encoded: Iterable[bytes]) -> str:
     """The token of positions already encoded (encode_position), given in subject order."""
-    raw = b"".join(_POSITIONS_TAG + _varint(len(p)) + p for p in encoded)
+    raw = b"".join(_delimited(_POSITIONS_TAG, p) for p in encoded)
     # base64.urlsafe_b64encode, without its two interpreted wrappers around binascii
     return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
@@ -295,3 +308,35 @@ def merge_tokens(tokens: Iterable[str]) -> str:
             have = merged.get(subject)
             merged[subject] = context if have is None else have.join(context)
     return encode_token(merged)
+
+
+_ORIGIN_TAG = b"\x0a"  # ReplicateBatch.origin: field 1, length-delimited
+_FIRST_SEQ_TAG = b"\x10"  # field 2, varint
+_LAST_SEQ_TAG = b"\x18"  # field 3, varint
+_DELTAS_TAG = b"\x22"  # field 4, length-delimited
+_RESENT_TRUE = b"\x30\x01"  # field 6, varint 1
+
+
+def encode_batch_origin(origin: str) -> bytes:
+    """ReplicateBatch's ``origin`` field: the first bytes of every batch ``origin`` sends."""
+    raw = origin.encode()
+    return _delimited(_ORIGIN_TAG, raw) if raw else b""
+
+
+def encode_batch(origin: bytes, batch: Batch) -> bytes:
+    """The ReplicateBatch of a run of outbox entries, serialized without parsing its deltas.
+
+    The stored deltas are already serialized SubjectStates, so decoding them only to encode
+    them again would cost the sender a parse and a serialization per delta. ``origin`` is
+    encode_batch_origin's bytes.
+    """
+    parts = [origin]
+    if batch.first_seq:
+        parts += (_FIRST_SEQ_TAG, _varint(batch.first_seq))
+    if batch.last_seq:
+        parts += (_LAST_SEQ_TAG, _varint(batch.last_seq))
+    for raw in batch.deltas:
+        parts += (_DELTAS_TAG, _varint(len(raw)), raw)
+    if batch.resent:
+        parts.append(_RESENT_TRUE)
+    return b"".join(parts)

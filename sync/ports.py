@@ -1,6 +1,6 @@
-"""What the sync layer needs from storage and transport, as small Protocols.
+"""What the sync layer needs from storage, transport and the node's rules, as small Protocols.
 
-node/ implements them over RocksDB and gRPC; tests can pass in-memory fakes.
+node/ implements them over RocksDB, gRPC and its validation; tests can pass in-memory fakes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from selfmodel.v1 import sync_pb2
 from sync.crdt import SubjectState
+from sync.delivery import Delta
 from sync.observation import Subject
 
 
@@ -42,6 +44,17 @@ class StatesRefused(Exception):
 class Merged:
     merged: int
     refused: int  # observations held back (ahead of the clock bound) or states over the limits
+
+
+@dataclass(frozen=True, slots=True)
+class DeltasMerged:
+    """What a merge of a peer's deltas refused, by their indexes in its input: ``deferred`` for
+    now (a timestamp ahead of this node's clock bound), ``rejected`` for good (past the subject
+    limits); ``reason`` says why the first refusal was refused ("" when none was)."""
+
+    deferred: Sequence[int] = ()
+    rejected: Sequence[int] = ()
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +95,35 @@ class Replica(Protocol):
     def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]: ...
     def acked(self, peer: str) -> int: ...
     def set_acked(self, peer: str, seq: int) -> None: ...
+
+    def merge_deltas(
+        self, deltas: Sequence[Delta], source: str, applied: int | None
+    ) -> DeltasMerged:
+        """Merges deltas of peer ``source``'s delta stream (each one event, in causal order) and,
+        with them in one write, ``applied`` (when not None) as the stream's position. Readers
+        see the merge at once; it is durable only after the next ``make_durable``."""
+        ...
+
+    def make_durable(self) -> None:
+        """Makes every merge written before it durable."""
+        ...
+
+
+class Screen(Protocol):
+    """This node's rules for what a peer sends. A refusal is logged the first time only: a
+    delta sent again is refused again, and the metrics count every refusal."""
+
+    def refused(self, msg: sync_pb2.SubjectState, field: str, peer: str) -> str:
+        """Why ``msg`` (at ``field`` of the peer's message) breaks a rule; "" when none."""
+        ...
+
+    def deferred(self, peer: str, reason: str) -> None:
+        """``peer``'s deltas are held back until this node's clock allows them."""
+        ...
+
+    def undeferred(self, peer: str) -> None:
+        """Every delta of ``peer`` held back so far has merged: a later deferral is news."""
+        ...
 
 
 class PeerLink(Protocol):

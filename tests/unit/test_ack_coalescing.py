@@ -1,5 +1,5 @@
-"""The delta stream's receiver on a clock the test moves: one acknowledgement per interval,
-and at once when the sender asks (node/replication.py, SyncServicer)."""
+"""The delta stream's receiver over a real engine and store, on a clock the test moves: one
+acknowledgement per interval, and at once when the sender asks (sync.receiver)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from node import replication
 from node.engine import Engine
-from node.peers import PeerAuth
-from node.replication import ACK_INTERVAL_S, SyncServicer
+from node.refusals import Refusals
 from node.store import Store
+from node.syncports import EngineReplica
 from node.validation import Limits
 from selfmodel.v1 import sync_pb2
 from sync.hlc import HybridClock
+from sync.receiver import ACK_INTERVAL_S, DeltaReceiver
 from tests.integration.test_replicate_acks import SUBJECT, batch
 
 
 class Clock:
-    """Stands in for the time module inside node.replication: monotonic() is what we set."""
+    """The receiver's monotonic clock: what the test sets."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -31,24 +31,25 @@ class Clock:
 
 
 @pytest.fixture
-def receiver(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[SyncServicer, Clock]]:
+def receiver(tmp_path: Path) -> Iterator[tuple[DeltaReceiver, Engine, Clock]]:
     clock = Clock()
-    monkeypatch.setattr(replication, "time", clock)
     store = Store(tmp_path / "db", "sales", sync=False, outbox=True)
-    peers = PeerAuth("sales", frozenset({"support"}), trust_header=True)
-    servicer = SyncServicer(Engine(store), peers, Limits())
-    yield servicer, clock
+    engine = Engine(store)
+    screen = Refusals("sales", Limits())
+    yield (
+        DeltaReceiver(EngineReplica(engine), screen, engine.clock.wall, monotonic=clock.monotonic),
+        engine,
+        clock,
+    )
     store.close()
-    del servicer, store
+    del engine, store
     gc.collect()
 
 
 def test_acknowledgements_coalesce_within_an_interval_and_an_ask_is_answered_at_once(
-    receiver: tuple[SyncServicer, Clock],
+    receiver: tuple[DeltaReceiver, Engine, Clock],
 ) -> None:
-    servicer, clock = receiver
+    deltas, engine, clock = receiver
     hlc = HybridClock()
     sent: list[tuple[float, sync_pb2.ReplicateBatch]] = []  # (arrival, batch)
 
@@ -64,7 +65,7 @@ def test_acknowledgements_coalesce_within_an_interval_and_an_ask_is_answered_at_
     def ask(seq: int) -> sync_pb2.ReplicateBatch:  # a batch without deltas
         return sync_pb2.ReplicateBatch(origin="support", first_seq=seq + 1, last_seq=seq)
 
-    acks = servicer._replicate("support", requests(), context=None)  # type: ignore[arg-type]
+    acks = deltas.receive("support", requests())
     t = clock.now
     feed(t, batch(1, hlc))
     assert next(acks).acked_seq == 1  # the first batch of a stream: at once
@@ -78,5 +79,5 @@ def test_acknowledgements_coalesce_within_an_interval_and_an_ask_is_answered_at_
     # An interval and more after the last ack: acknowledged on its own.
     feed(t + ACK_INTERVAL_S * 2, batch(43, hlc))
     assert next(acks).acked_seq == 43 and not sent
-    state = servicer.engine.state(SUBJECT)
+    state = engine.state(SUBJECT)
     assert [o.statement for o in state.observations.values()] == ["fact 43"]

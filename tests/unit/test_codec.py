@@ -179,6 +179,28 @@ def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
     assert reused == head + b"".join(mark for _, mark in marks.values()) + bound
 
 
+@VALUES
+@given(state=random_states(), before=random_states())
+def test_a_state_encoded_reusing_parses_to_the_message_of_the_state(
+    state: SubjectState, before: SubjectState
+) -> None:
+    raw = encode_state_reusing(state, encode_state_reusing(before).observations).raw
+    assert sync_pb2.SubjectState.FromString(raw) == _reference_state(state)
+
+
+@pytest.mark.parametrize("actors", [0, 1, 9, 1_200])  # each length a varint of 1, 2 or 3 bytes
+def test_a_token_of_positions_parses_to_the_handoff_token_of_those_positions(actors: int) -> None:
+    contexts = [CausalContext({f"n{i}.1.{j:04x}": j + 1 for j in range(actors)}) for i in range(3)]
+    subjects = sorted([SUBJECT, OTHER, Subject("acme", SubjectKind.USER, "u" * 200)])
+    positions = [encode_position(s, c) for s, c in zip(subjects, contexts, strict=True)]
+    token = token_of_positions(positions)
+    parsed = sync_pb2.HandoffToken.FromString(
+        base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    )
+    assert list(parsed.positions) == [sync_pb2.SubjectPosition.FromString(p) for p in positions]
+    assert decode_token(token) == dict(zip(subjects, contexts, strict=True))
+
+
 @pytest.mark.parametrize("length", [0, 100, 127, 128, 2_000, 16_383, 16_384, 300_000])
 def test_observations_of_every_length_encode_reusing_to_the_bytes_of_encode_state(length: int):
     obs = observation("a.1", 1, statement="x" * length)

@@ -18,15 +18,14 @@ from node.peers import (
     PeerAuthError,
     PeerRefused,
     PeerSecretError,
-    actor_node,
     create_secret,
     decide,
-    foreign_actors,
     peer_token,
     read_secrets,
 )
 from node.replication import PeerConfig
 from node.server import ConfigError, NodeConfig, peer_auth
+from sync.receiver import actor_node, foreign_actors
 
 SECRET = b"s" * MIN_SECRET_CHARS
 OTHER_SECRET = b"o" * MIN_SECRET_CHARS

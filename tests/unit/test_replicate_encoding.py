@@ -1,12 +1,14 @@
-"""The sender serializes ReplicateBatch by hand; protobuf must read exactly what it meant."""
+"""The sender serializes ReplicateBatch by hand (sync.codec.encode_batch); protobuf must read
+exactly what it meant."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.replication import encode_batch, encode_batch_origin
 from selfmodel.v1 import sync_pb2
+from sync.codec import encode_batch, encode_batch_origin
 from sync.ports import Batch
 
 seqs = st.one_of(
@@ -31,15 +33,34 @@ def deltas(draw: st.DrawFn) -> bytes:
     first=seqs,
     last=seqs,
     raws=st.lists(deltas(), max_size=4),
+    resent=st.booleans(),
 )
 def test_a_hand_serialized_batch_is_the_bytes_protobuf_would_write(
-    origin: str, first: int, last: int, raws: list[bytes]
+    origin: str, first: int, last: int, raws: list[bytes], resent: bool
 ) -> None:
-    ours = encode_batch(encode_batch_origin(origin), Batch(first, last, raws, 0))
-    expected = sync_pb2.ReplicateBatch(origin=origin, first_seq=first, last_seq=last)
+    ours = encode_batch(encode_batch_origin(origin), Batch(first, last, raws, 0, resent))
+    expected = sync_pb2.ReplicateBatch(origin=origin, first_seq=first, last_seq=last, resent=resent)
     for raw in raws:
         expected.deltas.add().MergeFromString(raw)
     assert ours == expected.SerializeToString(deterministic=True)
     parsed = sync_pb2.ReplicateBatch.FromString(ours)
-    assert (parsed.origin, parsed.first_seq, parsed.last_seq) == (origin, first, last)
+    assert (parsed.origin, parsed.first_seq, parsed.last_seq, parsed.resent) == (
+        origin,
+        first,
+        last,
+        resent,
+    )
     assert [d.SerializeToString(deterministic=True) for d in parsed.deltas] == raws
+
+
+@pytest.mark.parametrize("length", [0, 127, 128, 16_383, 16_384, 3_000_000])
+def test_a_delta_of_any_length_is_framed_as_protobuf_frames_it(length: int) -> None:
+    msg = sync_pb2.SubjectState()
+    msg.subject.id = "x" * length
+    raw = msg.SerializeToString(deterministic=True)
+    ours = encode_batch(encode_batch_origin("sales"), Batch(7, 7, [raw], 0))
+    parsed = sync_pb2.ReplicateBatch.FromString(ours)
+    assert list(parsed.deltas) == [msg]
+    assert ours == sync_pb2.ReplicateBatch(
+        origin="sales", first_seq=7, last_seq=7, deltas=[msg]
+    ).SerializeToString(deterministic=True)

@@ -233,7 +233,7 @@ def attempts_of(peer: PeerReplicator) -> list[int]:
         seen.append(state.attempt_number)
         return 0.0
 
-    peer._resend_wait = wait  # type: ignore[assignment]
+    peer.resends.wait = wait  # type: ignore[assignment]
     return seen
 
 

@@ -25,7 +25,7 @@ def _install(name: str) -> None:
         def __call__(self, retry_state: Any) -> float:
             return float(self.max)
 
-    tenacity.wait_random_exponential = AtMaximum  # before sync.replicator imports it
+    tenacity.wait_random_exponential = AtMaximum  # before sync.sender and sync.resend import it
 
 
 _NAME = os.environ.get("SELFMODEL_TEST_FULL_BACKOFF")

@@ -1,0 +1,27 @@
+"""The replication settings a cluster file sets (federation.cluster), and the message limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The largest gRPC message a node sends or takes; batches and anti-entropy chunks stay under a
+# quarter of it, and a delta over half of it is left to anti-entropy (sync.sender).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    batch_size: int = 256
+    retention_entries: int = 100_000
+    retention_s: float = 3600.0
+    anti_entropy_s: float = 10.0
+    backoff_max_s: float = 5.0
+    # Idle this long with deltas unacknowledged, the stream asks the peer for its ack.
+    ack_request_s: float = 0.02
+    # At start, how long a node that may resume its previous run's actor keeps asking peers it
+    # cannot reach yet to vouch for that run (node.runclaim.claim_run): peers started at the
+    # same moment need this long to serve. Writes wait for the answer; reads and Sync too.
+    claim_wait_s: float = 5.0
+
+
+__all__ = ["MAX_MESSAGE_BYTES", "SyncSettings"]
