@@ -11,6 +11,7 @@ tests/integration/test_sync_auth.py.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,13 +216,14 @@ ELSEWHERE = {
     Reason.CLOCK_AHEAD_OF_PEERS,
     Reason.DISK_FULL,
 }
+# A node starting while its peers are away: test_a_starting_node_says_so_and_when_to_ask_again.
+STARTING = {Reason.NODE_STARTING}
 # Conditions no caller can bring about on purpose: a failed write's I/O error or a store being
-# reopened (tests/unit/test_errors.py checks their details), a starting or stopping node
+# reopened (tests/unit/test_errors.py checks their details), a stopping node's delta streams
 # (answered in a window of milliseconds), a bug (INTERNAL), and a missing confidence, which
 # needs presence on ObserveRequest.confidence (proto3 optional).
 UNREACHABLE_HERE = {
     Reason.STORE_UNWRITABLE,
-    Reason.NODE_STARTING,
     Reason.NODE_STOPPING,
     Reason.INTERNAL,
     Reason.CONFIDENCE_REQUIRED,
@@ -229,8 +231,8 @@ UNREACHABLE_HERE = {
 
 
 def test_every_reason_is_reached_here_or_named_where_it_is() -> None:
-    assert set(CASES) | ELSEWHERE | UNREACHABLE_HERE == set(Reason)
-    assert not set(CASES) & (ELSEWHERE | UNREACHABLE_HERE)
+    assert set(CASES) | ELSEWHERE | STARTING | UNREACHABLE_HERE == set(Reason)
+    assert not set(CASES) & (ELSEWHERE | STARTING | UNREACHABLE_HERE)
 
 
 def refusal(case: Case, node: Node) -> tuple[grpc.RpcError, SelfModelError]:
@@ -338,3 +340,31 @@ def test_admin_calls_carry_details_too(node: Node) -> None:
     error = from_rpc_error(refused.value)
     assert error.reason == "OPERATOR_REQUIRED"
     assert error.metadata == {"agent": "alice", "action": "read the audit log"}
+
+
+def test_a_starting_node_says_so_and_when_to_ask_again(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """A node whose previous run stopped cleanly asks its peers to vouch for it before it takes
+    calls; with its peer away it keeps asking for claim_wait_s, answering NODE_STARTING."""
+    cluster = make_cluster(("sales", "support"), proxies=False, sync={"claim_wait_s": 8.0})
+    sales = cluster.nodes["sales"]
+    for node in cluster.nodes.values():
+        node.stop()
+    sales.launch()
+    deadline = time.monotonic() + 8.0
+    seen: list[SelfModelError] = []
+    with grpc.insecure_channel(cluster.address("sales")) as channel:
+        # Refused connections first (UNAVAILABLE from gRPC itself, no reason), until it serves.
+        while not any(e.reason for e in seen) and time.monotonic() < deadline:
+            try:
+                stub(channel).GetSelfModel(get(), timeout=2, metadata=(("x-agent-id", "a"),))
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                seen.append(from_rpc_error(exc))
+            time.sleep(0.05)
+    sales.await_started()
+    [error] = [e for e in seen if e.reason][:1]
+    assert error.reason == "NODE_STARTING" and error.metadata == {"node": "sales"}
+    assert error.retry_after_s is not None and 0 < error.retry_after_s <= 1.0

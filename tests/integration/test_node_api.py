@@ -276,6 +276,15 @@ def test_a_pending_handoff_position_is_asked_again_until_the_deadline_then_times
                 hurried.explain(subject, "communication_style", "chat", at_least=future)
             assert handoff_timeouts(node) == before + 2
 
+        async def read_async() -> None:
+            async with AsyncClient(node.address, agent="a", tenant=TENANT, timeout_s=0.5) as a:
+                await a.self_model(subject, at_least=future)
+
+        with pytest.raises(HandoffTimeout) as timed_out:
+            asyncio.run(read_async())
+        assert isinstance(timed_out.value.__cause__, HandoffPending)
+        assert handoff_timeouts(node) == before + 3
+
         model = client.self_model(subject, at_least=written.token, timeout_s=2.0)
         assert statements(model) == {"Prefers chat"}, "a met token is answered at once"
 
