@@ -14,6 +14,7 @@ from federation.client import (
     team,
     user,
 )
+from federation.pages import PolicyView, SubjectsPage
 from selfmodel.errors import (
     DeadlineExceeded,
     FieldViolation,
@@ -45,6 +46,7 @@ __all__ = [
     "NotFound",
     "Observed",
     "PermissionDenied",
+    "PolicyView",
     "QuotaViolation",
     "Reason",
     "ResourceExhausted",
@@ -54,6 +56,7 @@ __all__ = [
     "Stance",
     "Subject",
     "SubjectKind",
+    "SubjectsPage",
     "Unauthenticated",
     "Unavailable",
     "org",

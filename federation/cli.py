@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -21,6 +20,9 @@ from federation.bearer import TOKEN_ENV, TOKEN_FILE_ENV, bearer_token
 from federation.client import Client, parse_subject
 from federation.launcher import PARENT_ENV, die_with_parent
 from node.errors import SelfModelError
+from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
+from sync.codec import evidence_from_proto
+from sync.observation import Evidence, SubjectKind
 
 DEFAULT_TARGET = "127.0.0.1:7070"
 
@@ -198,7 +200,32 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _print(msg: Any) -> None:
-    print(json.dumps(json_format.MessageToDict(msg), indent=2, ensure_ascii=False))
+    """Every command's answer: its reply message in the proto JSON mapping (lowerCamelCase
+    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads."""
+    print(
+        json_format.MessageToJson(
+            msg, indent=2, ensure_ascii=False, always_print_fields_with_no_presence=True
+        )
+    )
+
+
+def _evidence(texts: list[str] | None) -> list[Evidence]:
+    """``--evidence`` values: an Evidence in the proto JSON mapping (``{"kind": "ticket",
+    "ref": "crm://t/1", "quote": "...", "time": "2026-01-05T10:00:00Z"}``) or ``kind:ref``."""
+    found = []
+    for text in texts or []:
+        msg = model_pb2.Evidence()
+        if text.lstrip().startswith("{"):
+            try:
+                json_format.Parse(text, msg)
+            except json_format.ParseError as exc:
+                raise ValueError(f"--evidence {text!r}: {exc}") from exc
+        else:
+            msg.kind, colon, msg.ref = text.partition(":")
+            if not colon or not msg.kind:
+                raise ValueError(f"--evidence {text!r}: give kind:ref, or an Evidence in JSON")
+        found.append(evidence_from_proto(msg))
+    return found
 
 
 def _observe(args: argparse.Namespace) -> int:
@@ -209,23 +236,85 @@ def _observe(args: argparse.Namespace) -> int:
             confidence=args.confidence,
             context=args.context,
             key=args.key,
+            evidence=_evidence(args.evidence),
+            idempotency_key=args.idempotency_key,
         )
-    print(json.dumps({"observation_id": written.observation_id, "key": written.key,
-                      "handoff_token": written.token}, indent=2))  # fmt: skip
+    _print(
+        selfmodel_pb2.ObserveResponse(
+            observation_id=written.observation_id, key=written.key, handoff_token=written.token
+        )
+    )
+    return 0
+
+
+def _retract(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        done = client.retract(
+            parse_subject(args.subject, args.tenant),
+            args.context,
+            args.key,
+            source=args.source,
+            idempotency_key=args.idempotency_key,
+        )
+    _print(
+        selfmodel_pb2.RetractResponse(
+            retracted=done.count, handoff_token=done.token, recorded=done.recorded
+        )
+    )
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from selfmodel.v1 import selfmodel_pb2
-
     with _client(args) as client:
         req = selfmodel_pb2.GetSelfModelRequest(
             subject=client._req.subject(parse_subject(args.subject, args.tenant)),
             include_uncertain=True,
             contexts=args.context or [],
             at_least=args.at_least or "",
+            page_size=args.page_size,
+            page_token=args.page_token,
         )
         _print(client._call(client._stub.GetSelfModel, req))
+    return 0
+
+
+def _show_many(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        req = selfmodel_pb2.BatchGetSelfModelsRequest(
+            subjects=[client._req.subject(parse_subject(s, args.tenant)) for s in args.subjects],
+            include_uncertain=True,
+            contexts=args.context or [],
+            at_least=args.at_least or "",
+        )
+        _print(client._call(client._stub.BatchGetSelfModels, req))
+    return 0
+
+
+def _subjects(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        req = selfmodel_pb2.ListSubjectsRequest(
+            tenant=args.tenant,
+            kind=SubjectKind[args.kind.upper()] if args.kind else 0,  # type: ignore[arg-type]
+            page_size=args.page_size,
+            page_token=args.page_token,
+        )
+        _print(client._call(client._stub.ListSubjects, req))
+    return 0
+
+
+def _contexts(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        req = selfmodel_pb2.ListContextsRequest(
+            subject=client._req.subject(parse_subject(args.subject, args.tenant))
+        )
+        _print(client._call(client._stub.ListContexts, req))
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        req = selfmodel_pb2.GetPolicyRequest(contexts=args.contexts)
+        _print(client._call(client._stub.GetPolicy, req))
     return 0
 
 
@@ -236,8 +325,6 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from selfmodel.v1 import admin_pb2
-
     with _client(args) as client:
         req = admin_pb2.ListAuditRequest(after=args.after, limit=args.limit)
         _print(client._call(client._admin.ListAudit, req))
@@ -246,7 +333,10 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(client.forget(parse_subject(args.subject, args.tenant)))
+        token = client.forget(
+            parse_subject(args.subject, args.tenant), idempotency_key=args.idempotency_key
+        )
+    _print(selfmodel_pb2.ForgetSubjectResponse(handoff_token=token))
     return 0
 
 
@@ -293,6 +383,13 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{target}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def idempotency_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--idempotency-key",
+        help="repeat an earlier call's key to retry it safely (default: a new key)",
+    )
 
 
 def token_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -430,15 +527,57 @@ def build_parser() -> argparse.ArgumentParser:
     obs.add_argument("--context", required=True)
     obs.add_argument("--confidence", type=float, required=True)
     obs.add_argument("--key", default="")
+    obs.add_argument(
+        "--evidence",
+        action="append",
+        help='what it rests on (repeatable): kind:ref, or JSON {"kind": ..., "ref": ..., '
+        '"quote": ..., "time": ...}',
+    )
+    idempotency_arg(obs)
     client_args(obs)
     obs.set_defaults(run=_observe)
+
+    retract = sub.add_parser("retract", help="withdraw a source's observations in a slot")
+    retract.add_argument("subject")
+    retract.add_argument("context")
+    retract.add_argument("key", help="the slot's key (the key observe printed)")
+    retract.add_argument("--source", default="", help="another source's (operators only)")
+    idempotency_arg(retract)
+    client_args(retract)
+    retract.set_defaults(run=_retract)
 
     show = sub.add_parser("show", help="print a subject's resolved self-model (uncertain included)")
     show.add_argument("subject")
     show.add_argument("--context", action="append", help="only this context (repeatable)")
     show.add_argument("--at-least", help="a handoff token to wait for")
+    show.add_argument("--page-size", type=int, default=0, help="beliefs per page (0: all)")
+    show.add_argument("--page-token", default="", help="the nextPageToken of the last page")
     client_args(show)
     show.set_defaults(run=_show)
+
+    many = sub.add_parser("show-many", help="the self-models of several subjects, read together")
+    many.add_argument("subjects", nargs="+")
+    many.add_argument("--context", action="append", help="only this context (repeatable)")
+    many.add_argument("--at-least", help="a handoff token to wait for")
+    client_args(many)
+    many.set_defaults(run=_show_many)
+
+    subjects = sub.add_parser("subjects", help="list the tenant's subjects, a page at a time")
+    subjects.add_argument("--kind", choices=["user", "team", "org"], help="only this kind")
+    subjects.add_argument("--page-size", type=int, default=0, help="subjects per page (0: 100)")
+    subjects.add_argument("--page-token", default="", help="the nextPageToken of the last page")
+    client_args(subjects)
+    subjects.set_defaults(run=_subjects)
+
+    contexts = sub.add_parser("contexts", help="a subject's contexts, each with its policy")
+    contexts.add_argument("subject")
+    client_args(contexts)
+    contexts.set_defaults(run=_contexts)
+
+    policy = sub.add_parser("policy", help="the policy in force for contexts (none: the default)")
+    policy.add_argument("contexts", nargs="*")
+    client_args(policy)
+    policy.set_defaults(run=_policy)
 
     explain = sub.add_parser("explain", help="every observation of a slot and why the winner won")
     explain.add_argument("subject")
@@ -449,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = sub.add_parser("forget", help="erase a subject on every node")
     forget.add_argument("subject")
+    idempotency_arg(forget)
     client_args(forget)
     forget.set_defaults(run=_forget)
 

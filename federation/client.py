@@ -7,8 +7,11 @@
 
 Calls are retried on UNAVAILABLE only, after the node's RetryInfo delay or jittered exponential
 backoff, and a read whose handoff position is pending is asked again until its deadline
-(federation.retries). Every failure raises the selfmodel.errors exception built from the node's
-status details (reason, field violations, quota, retry delay).
+(federation.retries). Every write carries an idempotency key, one per logical call and the same
+on each of its retries, so a retry whose first attempt was recorded (its answer lost) is
+answered as the first and records nothing new (node.idempotency). Every failure raises the
+selfmodel.errors exception built from the node's status details (reason, field violations,
+quota, retry delay).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ import grpc.aio
 
 from federation import retries
 from federation.bearer import bearer_token
+from federation.pages import (
+    PolicyView,
+    SubjectsPage,
+    new_idempotency_key,
+    policies,
+    subjects_page,
+)
 from node.tls import open_channel
 from selfmodel.errors import from_rpc_error as error_from_rpc
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -107,6 +117,8 @@ class SelfModelView:
     node: str
     token: str
     all_beliefs: tuple[BeliefView, ...]
+    # With a page_size: the token of the next page of beliefs ("" after the last).
+    next_page_token: str = ""
 
     def beliefs(self, context: str | None = None) -> list[BeliefView]:
         return [b for b in self.all_beliefs if context is None or b.context == context]
@@ -190,7 +202,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
         for b in msg.beliefs
     )
     subject = Subject(msg.subject.tenant, SubjectKind(msg.subject.kind), msg.subject.id)
-    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs)
+    return SelfModelView(subject, msg.node, msg.handoff_token, beliefs, msg.next_page_token)
 
 
 class _Requests:
@@ -248,9 +260,29 @@ class _Requests:
         contexts: Sequence[str],
         min_confidence: float,
         include_uncertain: bool,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> selfmodel_pb2.GetSelfModelRequest:
         return selfmodel_pb2.GetSelfModelRequest(
             subject=self.subject(subject),
+            contexts=list(contexts),
+            min_confidence=min_confidence,
+            include_uncertain=include_uncertain,
+            at_least=at_least or "",
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    def batch_get(
+        self,
+        subjects: Sequence[SubjectLike],
+        at_least: str | None,
+        contexts: Sequence[str],
+        min_confidence: float,
+        include_uncertain: bool,
+    ) -> selfmodel_pb2.BatchGetSelfModelsRequest:
+        return selfmodel_pb2.BatchGetSelfModelsRequest(
+            subjects=[self.subject(s) for s in subjects],
             contexts=list(contexts),
             min_confidence=min_confidence,
             include_uncertain=include_uncertain,
@@ -313,24 +345,43 @@ class Client:
         key: str = "",
         evidence: Iterable[Evidence] = (),
         based_on: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Observed:
         """Records an observation. ``based_on``: the handoff token of the model read it rests
-        on; by default the last model of this subject read through this client ("" for none)."""
+        on; by default the last model of this subject read through this client ("" for none).
+        ``idempotency_key``: by default a new one, reused by this call's retries."""
         req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
+        req.idempotency_key = idempotency_key or new_idempotency_key()
         reply = self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
-    def observe_batch(self, requests: Sequence[selfmodel_pb2.ObserveRequest]) -> str:
-        reply = self._call(
-            self._stub.ObserveBatch, selfmodel_pb2.ObserveBatchRequest(observations=requests)
+    def observe_batch(
+        self,
+        requests: Sequence[selfmodel_pb2.ObserveRequest],
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Records the observations together (all or none); returns the batch's token."""
+        batch = selfmodel_pb2.ObserveBatchRequest(
+            observations=requests, idempotency_key=idempotency_key or new_idempotency_key()
         )
-        return str(reply.handoff_token)
+        return str(self._call(self._stub.ObserveBatch, batch).handoff_token)
 
     def retract(
-        self, subject: SubjectLike, context: str, key: str, *, source: str = ""
+        self,
+        subject: SubjectLike,
+        context: str,
+        key: str,
+        *,
+        source: str = "",
+        idempotency_key: str | None = None,
     ) -> Retracted:
         req = selfmodel_pb2.RetractRequest(
-            subject=self._req.subject(subject), context=context, key=key, source=source
+            subject=self._req.subject(subject),
+            context=context,
+            key=key,
+            source=source,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
         reply = self._call(self._stub.Retract, req)
         return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
@@ -344,8 +395,14 @@ class Client:
         min_confidence: float = 0.0,
         include_uncertain: bool = False,
         timeout_s: float | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> SelfModelView:
-        req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
+        """The subject's model; with ``page_size``, one page of its beliefs (pass the view's
+        ``next_page_token`` as ``page_token`` for the next)."""
+        req = self._req.get(
+            subject, at_least, contexts, min_confidence, include_uncertain, page_size, page_token
+        )
         return self._req.remember(
             view_from_proto(self._call(self._stub.GetSelfModel, req, timeout_s))
         )
@@ -384,9 +441,56 @@ class Client:
         finally:
             stream.cancel()  # type: ignore[no-untyped-call]
 
-    def forget(self, subject: SubjectLike) -> str:
-        req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
+    def forget(self, subject: SubjectLike, *, idempotency_key: str | None = None) -> str:
+        req = selfmodel_pb2.ForgetSubjectRequest(
+            subject=self._req.subject(subject),
+            idempotency_key=idempotency_key or new_idempotency_key(),
+        )
         return str(self._call(self._stub.ForgetSubject, req).handoff_token)
+
+    def subjects(
+        self,
+        *,
+        kind: SubjectKind | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        tenant: str | None = None,
+    ) -> SubjectsPage:
+        """One page of the tenant's subjects this node holds (default: the client's tenant)."""
+        req = selfmodel_pb2.ListSubjectsRequest(
+            tenant=tenant or self._req.tenant,
+            kind=int(kind or 0),  # type: ignore[arg-type]
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return subjects_page(self._call(self._stub.ListSubjects, req))
+
+    def contexts(self, subject: SubjectLike, *, at_least: str | None = None) -> list[PolicyView]:
+        """The contexts the subject holds beliefs in, each with its policy in force."""
+        req = selfmodel_pb2.ListContextsRequest(
+            subject=self._req.subject(subject), at_least=at_least or ""
+        )
+        return policies((self._call(self._stub.ListContexts, req)).contexts)
+
+    def self_models(
+        self,
+        subjects: Sequence[SubjectLike],
+        *,
+        at_least: str | None = None,
+        contexts: Sequence[str] = (),
+        min_confidence: float = 0.0,
+        include_uncertain: bool = False,
+    ) -> tuple[list[SelfModelView], str]:
+        """The models of several subjects, in order, and one handoff token covering them all."""
+        req = self._req.batch_get(subjects, at_least, contexts, min_confidence, include_uncertain)
+        reply = self._call(self._stub.BatchGetSelfModels, req)
+        views = [self._req.remember(view_from_proto(m)) for m in reply.models]
+        return views, str(reply.handoff_token)
+
+    def policy(self, *contexts: str) -> list[PolicyView]:
+        """The policy in force for each context (none given: the default, as context "")."""
+        req = selfmodel_pb2.GetPolicyRequest(contexts=list(contexts))
+        return policies((self._call(self._stub.GetPolicy, req)).policies)
 
     def audit(self, after: str = "", limit: int = 100) -> tuple[list[AuditEntry], str]:
         """Up to ``limit`` audit entries after the cursor ``after``, oldest first, and the cursor
@@ -528,18 +632,31 @@ class AsyncClient:
         key: str = "",
         evidence: Iterable[Evidence] = (),
         based_on: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Observed:
         """Records an observation. ``based_on``: the handoff token of the model read it rests
-        on; by default the last model of this subject read through this client ("" for none)."""
+        on; by default the last model of this subject read through this client ("" for none).
+        ``idempotency_key``: by default a new one, reused by this call's retries."""
         req = self._req.observe(subject, statement, confidence, context, key, evidence, based_on)
+        req.idempotency_key = idempotency_key or new_idempotency_key()
         reply = await self._call(self._stub.Observe, req)
         return Observed(reply.observation_id, reply.key, reply.handoff_token)
 
     async def retract(
-        self, subject: SubjectLike, context: str, key: str, *, source: str = ""
+        self,
+        subject: SubjectLike,
+        context: str,
+        key: str,
+        *,
+        source: str = "",
+        idempotency_key: str | None = None,
     ) -> Retracted:
         req = selfmodel_pb2.RetractRequest(
-            subject=self._req.subject(subject), context=context, key=key, source=source
+            subject=self._req.subject(subject),
+            context=context,
+            key=key,
+            source=source,
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
         reply = await self._call(self._stub.Retract, req)
         return Retracted(reply.retracted, reply.handoff_token, reply.recorded)
@@ -553,8 +670,14 @@ class AsyncClient:
         min_confidence: float = 0.0,
         include_uncertain: bool = False,
         timeout_s: float | None = None,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> SelfModelView:
-        req = self._req.get(subject, at_least, contexts, min_confidence, include_uncertain)
+        """The subject's model; with ``page_size``, one page of its beliefs (pass the view's
+        ``next_page_token`` as ``page_token`` for the next)."""
+        req = self._req.get(
+            subject, at_least, contexts, min_confidence, include_uncertain, page_size, page_token
+        )
         reply = await self._call(self._stub.GetSelfModel, req, timeout_s)
         return self._req.remember(view_from_proto(reply))
 
@@ -585,9 +708,58 @@ class AsyncClient:
         finally:
             call.cancel()
 
-    async def forget(self, subject: SubjectLike) -> str:
-        req = selfmodel_pb2.ForgetSubjectRequest(subject=self._req.subject(subject))
+    async def forget(self, subject: SubjectLike, *, idempotency_key: str | None = None) -> str:
+        req = selfmodel_pb2.ForgetSubjectRequest(
+            subject=self._req.subject(subject),
+            idempotency_key=idempotency_key or new_idempotency_key(),
+        )
         return str((await self._call(self._stub.ForgetSubject, req)).handoff_token)
+
+    async def subjects(
+        self,
+        *,
+        kind: SubjectKind | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        tenant: str | None = None,
+    ) -> SubjectsPage:
+        """One page of the tenant's subjects this node holds (default: the client's tenant)."""
+        req = selfmodel_pb2.ListSubjectsRequest(
+            tenant=tenant or self._req.tenant,
+            kind=int(kind or 0),  # type: ignore[arg-type]
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return subjects_page(await self._call(self._stub.ListSubjects, req))
+
+    async def contexts(
+        self, subject: SubjectLike, *, at_least: str | None = None
+    ) -> list[PolicyView]:
+        """The contexts the subject holds beliefs in, each with its policy in force."""
+        req = selfmodel_pb2.ListContextsRequest(
+            subject=self._req.subject(subject), at_least=at_least or ""
+        )
+        return policies((await self._call(self._stub.ListContexts, req)).contexts)
+
+    async def self_models(
+        self,
+        subjects: Sequence[SubjectLike],
+        *,
+        at_least: str | None = None,
+        contexts: Sequence[str] = (),
+        min_confidence: float = 0.0,
+        include_uncertain: bool = False,
+    ) -> tuple[list[SelfModelView], str]:
+        """The models of several subjects, in order, and one handoff token covering them all."""
+        req = self._req.batch_get(subjects, at_least, contexts, min_confidence, include_uncertain)
+        reply = await self._call(self._stub.BatchGetSelfModels, req)
+        views = [self._req.remember(view_from_proto(m)) for m in reply.models]
+        return views, str(reply.handoff_token)
+
+    async def policy(self, *contexts: str) -> list[PolicyView]:
+        """The policy in force for each context (none given: the default, as context "")."""
+        req = selfmodel_pb2.GetPolicyRequest(contexts=list(contexts))
+        return policies((await self._call(self._stub.GetPolicy, req)).policies)
 
     async def audit(self, after: str = "", limit: int = 100) -> tuple[list[AuditEntry], str]:
         req = admin_pb2.ListAuditRequest(after=after, limit=limit)

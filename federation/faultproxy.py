@@ -1,9 +1,10 @@
 """A TCP proxy that injects faults on one directed link between two nodes.
 
 Modes: ``pass`` forwards; ``delay`` forwards after a delay; ``blackhole`` keeps connections open
-but silently discards everything (a stalled network); ``cut`` closes every connection and refuses
-new ones (a partition that the sender notices). Used by the fault tests and benchmarks/chaos.py;
-it listens on loopback only.
+but silently discards everything (a stalled network); ``drop_answers`` forwards what the client
+sends and discards what comes back (a request taken, its answer lost); ``cut`` closes every
+connection and refuses new ones (a partition that the sender notices). Used by the fault tests
+and benchmarks/chaos.py; it listens on loopback only.
 
 ``SELFMODEL_FAULTPROXY=off`` in the environment makes every proxy pass everything through,
 whatever mode is set: a fault test run that way must fail, which proves the test depends on its
@@ -19,7 +20,7 @@ import threading
 import time
 from typing import Literal
 
-Mode = Literal["pass", "delay", "blackhole", "cut"]
+Mode = Literal["pass", "delay", "blackhole", "drop_answers", "cut"]
 OFF_ENV = "SELFMODEL_FAULTPROXY"  # "off": every proxy only forwards
 
 
@@ -72,10 +73,11 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._conns.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, answers in ((client, upstream, False), (upstream, client, True)):
+                pump = threading.Thread(target=self._pump, args=(src, dst, answers), daemon=True)
+                pump.start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool = False) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -84,7 +86,7 @@ class FaultProxy:
                 mode, delay = self.mode, self.delay_s
                 if mode == "cut":
                     break
-                if mode == "blackhole":
+                if mode == "blackhole" or (mode == "drop_answers" and answers):
                     continue
                 if mode == "delay" and delay > 0:
                     time.sleep(delay)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from node.audit import AuditEntry
 from node.engine import ModelView
+from node.policy import ContextPolicy
 from node.resolution import Belief, Explanation, Position, select
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
@@ -174,6 +175,16 @@ def explanation(
         cand = msg.candidates.add(statement=c.statement, support=c.support, sources=c.sources)
         cand.newest.FromMilliseconds(physical_ms(c.newest_hlc))
     return msg
+
+
+def policy_to_proto(context: str, policy: ContextPolicy, msg: selfmodel_pb2.ContextPolicy) -> None:
+    """Sets ``msg`` to the policy in force for ``context`` ("" for the default)."""
+    msg.context = context
+    msg.policy = policy.policy
+    msg.min_confidence = policy.min_confidence
+    msg.half_life_seconds = policy.half_life_s or 0.0
+    msg.evidence_discount = policy.evidence_discount
+    msg.max_observations = policy.max_observations
 
 
 def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAuditResponse:

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from node import metrics
+from node import idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import QuotaViolation, Reason, ResourceExhausted, clock_ahead, too_large
 from node.handoff import DEFAULT_LEAD, Handoffs
+from node.idempotency import Replay, Request
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
 from node.store import Change, Store
@@ -142,14 +143,28 @@ class Engine:
 
     # -- writes --------------------------------------------------------------------------
 
-    def observe(self, source: str, inputs: Sequence[ObservationInput]) -> WriteResult:
-        """Records the observations of one source, all in one durable batch."""
-        self._check_clock()
+    def observe(
+        self, source: str, inputs: Sequence[ObservationInput], request: Request | None = None
+    ) -> WriteResult:
+        """Records the observations of one source, all in one durable batch; a ``request``
+        seen before is answered as it was the first time (node.idempotency)."""
         by_subject: dict[Subject, list[tuple[int, ObservationInput]]] = {}
         for i, item in enumerate(inputs):
             by_subject.setdefault(item.subject, []).append((i, item))
         written: list[Written | None] = [None] * len(inputs)
         with self._locked(by_subject):
+            if request is not None:
+                asked = [
+                    (i, x.subject, x.context, _slot_key(x), x.statement)
+                    for i, x in enumerate(inputs)
+                ]
+                replay = self._replay(request, "observe", list(by_subject), asked)
+                if replay is not None:
+                    keys = [_slot_key(x) for x in inputs]
+                    return WriteResult(
+                        tuple(map(Written, replay.ids, keys)), self._token(list(by_subject))
+                    )
+            self._check_clock()
             changes = []
             footprints = []
             for subject, items in by_subject.items():
@@ -159,7 +174,7 @@ class Engine:
                 gone: list[Observation] = []  # of ``old``: removed by the request's writes
                 for i, item in items:
                     before = state.observations
-                    obs, removed, step, state = self._observe_one(state, source, item)
+                    obs, removed, step, state = self._observe_one(state, source, item, request, i)
                     gone += [before[d] for d in removed if d in old.observations]
                     delta = step if delta is None else merge(delta, step)
                     events.append(obs.dot)
@@ -179,7 +194,8 @@ class Engine:
                     )
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
                 footprints.append((state, footprint))
-            self._commit(changes)
+            ids = tuple(w.observation_id for w in written if w is not None)
+            self._commit(changes, extra=self._request_rows(request, "observe", Replay(ids)))
             for state, footprint in footprints:
                 self._remember_footprint(state, footprint)
         changes.sort(key=_subject_of)
@@ -188,7 +204,12 @@ class Engine:
         return WriteResult(tuple(w for w in written if w is not None), token)
 
     def _observe_one(
-        self, state: SubjectState, source: str, item: ObservationInput
+        self,
+        state: SubjectState,
+        source: str,
+        item: ObservationInput,
+        request: Request | None = None,
+        index: int = 0,
     ) -> tuple[Observation, list[Dot], SubjectState, SubjectState]:
         """The observation, the dots it removes, its delta and the state after it."""
         key = item.key or normalize_statement(item.statement)
@@ -209,6 +230,8 @@ class Engine:
             hlc=self._mint(),
             origin=self.node,
             based_on=item.based_on,
+            request_key=request.key if request is not None else "",
+            request_index=index if request is not None else 0,
         )
         removed = [*mine, *evicted]
         return obs, removed, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
@@ -220,16 +243,22 @@ class Engine:
         key: str,
         source: str,
         audit: AuditRecord | None = None,
+        request: Request | None = None,
     ) -> tuple[int, str]:
         """Withdraws ``source``'s observations in a slot from before now, wherever written;
         returns how many this node held and a token.
 
         The withdrawal is recorded (sync.crdt) even when this node holds none of them: it
         applies to those it merges later, from before the retract's time. With ``audit`` the
-        action is recorded (slot and count added to its detail) in the same batch.
+        action is recorded (slot and count added to its detail) in the same batch. A
+        ``request`` seen before is answered as it was the first time (node.idempotency).
         """
-        self._check_clock()
         with self._locked([subject]):
+            if request is not None:
+                replay = self._replay(request, "retract", [subject])
+                if replay is not None:
+                    return replay.retracted, self._token([subject])
+            self._check_clock()
             state = self.state(subject)
             count = len(slot_dots(state, context, key, source))
             if audit is not None:
@@ -240,7 +269,8 @@ class Engine:
             new = merge(state, delta)
             self._check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
-            self._commit([change], audit)
+            rows = self._request_rows(request, "retract", Replay(retracted=count))
+            self._commit([change], audit, rows)
             token = token_of_positions([change.position])
         return count, token
 
@@ -265,24 +295,53 @@ class Engine:
             "observations are)",
         )
 
-    def forget(self, subject: Subject, audit: AuditRecord | None = None) -> str:
+    def forget(
+        self, subject: Subject, audit: AuditRecord | None = None, request: Request | None = None
+    ) -> str:
         """Erases the subject everywhere: every observation before now, wherever written (an
         erase bound), and their rows purged from disk. Writes after it, here or on a node that
         merged it, are kept (sync.crdt).
 
-        With ``audit`` the erase is recorded in the audit log in the same batch.
+        With ``audit`` the erase is recorded in the audit log in the same batch. A ``request``
+        seen before is answered as it was the first time (node.idempotency).
         """
-        self._check_clock()
         with self._locked([subject]):
+            if request is not None and self._replay(request, "forget", [subject]) is not None:
+                return self._token([subject])
+            self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts
             delta = erase_delta(state, self.actor, self._mint())
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
-            self._commit([change], audit)
+            self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
             token = token_of_positions([change.position])
         metrics.FORGOTTEN.inc()
         return token
+
+    def _replay(
+        self,
+        request: Request,
+        op: str,
+        subjects: Sequence[Subject],
+        items: Sequence[tuple[int, Subject, str, str, str]] = (),
+    ) -> Replay | None:
+        """The first answer of a keyed call seen before (with the subjects' locks held)."""
+        return idempotency.first_answer(
+            self.store, self.state, request, op, subjects, items, self._now_ms()
+        )
+
+    def _request_rows(
+        self, request: Request | None, op: str, replay: Replay
+    ) -> list[tuple[str, bytes, bytes | None]]:
+        """The rows recording a keyed call's answer (none without a key), written with it."""
+        if request is None:
+            return []
+        return idempotency.rows_for(self.store, request, op, replay, self._now_ms())
+
+    def _token(self, subjects: Sequence[Subject]) -> str:
+        """The handoff token of the subjects' positions now."""
+        return encode_token({s: self.state(s).context for s in sorted(subjects)})
 
     def _check_clock(self) -> None:
         """Refuses a write while the clock would mint timestamps peers refuse (sync.hlc)."""
@@ -603,6 +662,10 @@ def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
         f"{physical_ms(new.erased.hlc)} (ms since the epoch)"
     )
     return AuditRecord(who, "peer", "forget", new.subject, detail)
+
+
+def _slot_key(item: ObservationInput) -> str:
+    return item.key or normalize_statement(item.statement)
 
 
 def _subject_of(change: Change) -> Subject:

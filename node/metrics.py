@@ -45,6 +45,12 @@ GRPC_MSG_SENT = Counter(
 
 OBSERVATIONS = Counter("selfmodel_observations_total", "Observations accepted from agents.")
 FORGOTTEN = Counter("selfmodel_subjects_forgotten_total", "Subjects erased by ForgetSubject.")
+REPLAYED = Counter(
+    "selfmodel_writes_replayed_total",
+    "Writes answered as an earlier call with their idempotency key, recording nothing: by call "
+    "and by where the earlier call was found (this node's record, or its merged observations).",
+    ["call", "found"],
+)
 WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
 HANDOFF_TIMEOUTS = Counter(
     "selfmodel_handoff_timeouts_total",

@@ -13,7 +13,7 @@ from node.peerlink import SERVER_OPTIONS, GrpcPeerLink, PeerConfig, RunClaim
 from node.peers import NODE_HEADER, PeerAuth
 from node.refusals import Refusals
 from node.runclaim import claim_run
-from node.syncports import EngineReplica, StoreOutbox
+from node.syncports import EngineReplica
 from node.syncservice import SyncServicer
 from node.validation import Limits
 from sync import metrics as sync_metrics
@@ -57,7 +57,7 @@ def build_replicator(
         )
 
     return Replicator(
-        StoreOutbox(engine.store),
+        engine.store.delta_log,
         EngineReplica(engine),
         {p.name: connector(p) for p in peers},
         settings,
@@ -72,7 +72,6 @@ __all__ = [
     "GrpcPeerLink",
     "PeerConfig",
     "RunClaim",
-    "StoreOutbox",
     "SyncServicer",
     "build_replicator",
     "claim_run",

@@ -23,7 +23,6 @@ from node import connections, metrics
 from node.auth import TokenBook
 from node.clock import clock_refusal, start_clock
 from node.decoding import StrictDecoding
-from node.diskwatch import DiskWatch
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.peers import PeerAuth, PeerAuthError, decide, refusing
@@ -43,6 +42,7 @@ from node.servicer import (
     identify_by_header,
 )
 from node.store import Store
+from node.store.diskwatch import DiskWatch
 from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
 from sync.bounds import SubjectLimits
@@ -84,7 +84,7 @@ class NodeConfig:
     server_credentials: grpc.ServerCredentials | None = None
     max_clock_offset_ms: int = 60_000
     # Writes are suspended while the data directory's disk has less free space than this, and
-    # resume (checked every disk_probe_s) once it has it again (node.diskwatch).
+    # resume (checked every disk_probe_s) once it has it again (node.store.diskwatch).
     min_free_mb: float = 64.0
     disk_probe_s: float = 5.0
     # TCP connections per listening port, and when idle or half-open ones are closed

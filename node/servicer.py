@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from node import convert, metrics, validation
+from node import convert, idempotency, listing, metrics, validation
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
@@ -28,10 +28,11 @@ from node.errors import (
 )
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
-from node.resolution import Belief
+from node.resolution import Belief, select
 from node.validation import Limits
 from selfmodel.errors import LAST_ASK_S
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
+from sync.codec import encode_token, subject_to_proto
 from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
@@ -162,6 +163,19 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                 exc.metadata["final"] = "true"
             raise
 
+    def _request(self, who: Principal, tenant: str, request: Any) -> idempotency.Request | None:
+        """The call's idempotency key (None without one), scoped to the caller, with the
+        fingerprint of the rest of the request."""
+        key = validation.request_key(request.idempotency_key, "idempotency_key")
+        if not key:
+            return None
+        rest = type(request)()
+        rest.CopyFrom(request)
+        rest.ClearField("idempotency_key")
+        fingerprint = idempotency.fingerprint(rest.SerializeToString(deterministic=True))
+        window_ms = int(self.limits.idempotency_window_s * 1000)
+        return idempotency.Request(who.tenant or tenant, who.agent, key, fingerprint, window_ms)
+
     def _audit(self, who: Principal, action: str, subject: Subject) -> AuditRecord:
         return AuditRecord(who.agent, who.role, action, subject, actor_tenant=who.tenant or "")
 
@@ -173,7 +187,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         item = validation.observation(request, "", self.limits)
         who.check_tenant(item.subject.tenant)
         who.check_write(item.context, self.domain)
-        result = self.engine.observe(who.agent, [item])
+        keyed = self._request(who, item.subject.tenant, request)
+        result = self.engine.observe(who.agent, [item], keyed)
         w = result.written[0]
         return selfmodel_pb2.ObserveResponse(
             observation_id=w.observation_id, key=w.key, handoff_token=result.token
@@ -197,6 +212,12 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             validation.observation(o, f"observations[{i}]", self.limits)
             for i, o in enumerate(request.observations)
         ]
+        for i, o in enumerate(request.observations):
+            if o.idempotency_key:
+                raise InvalidArgument(
+                    f"observations[{i}].idempotency_key",
+                    "must be empty: set the batch's idempotency_key instead",
+                )
         named = len({item.subject for item in items})
         if named > self.limits.max_batch_subjects:
             raise InvalidArgument(
@@ -208,7 +229,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         for item in items:
             who.check_tenant(item.subject.tenant)
             who.check_write(item.context, self.domain)
-        result = self.engine.observe(who.agent, items)
+        keyed = self._request(who, items[0].subject.tenant, request)
+        result = self.engine.observe(who.agent, items, keyed)
         reply = selfmodel_pb2.ObserveBatchResponse(handoff_token=result.token)
         for w in result.written:
             reply.results.add(
@@ -230,7 +252,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             audit = self._audit(who, "retract_on_behalf", subject)
         else:
             who.check_write(ctx, self.domain)
-        count, token = self.engine.retract(subject, ctx, key, source, audit)
+        keyed = self._request(who, subject.tenant, request)
+        count, token = self.engine.retract(subject, ctx, key, source, audit, keyed)
         return selfmodel_pb2.RetractResponse(retracted=count, handoff_token=token, recorded=True)
 
     @map_errors
@@ -242,7 +265,15 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        paged = bool(request.page_size or request.page_token)
+        size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         view = self._at_position(context, lambda: self.engine.model(subject, positions))
+        if paged:
+            chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
+            page, token = listing.beliefs_page(subject, chosen, request.page_token, size)
+            msg = convert.snapshot(subject, page, view.token, view.resolved_ms, self.engine.node)
+            msg.next_page_token = token
+            return msg.SerializeToString()
         return self._replies.reply(
             subject, view, contexts, floor, request.include_uncertain, self.engine.node
         )
@@ -332,8 +363,95 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     ) -> selfmodel_pb2.ForgetSubjectResponse:
         who, subject = self._caller_and_subject(request, context)
         who.check_operator("forget a subject")
-        token = self.engine.forget(subject, self._audit(who, "forget", subject))
+        keyed = self._request(who, subject.tenant, request)
+        token = self.engine.forget(subject, self._audit(who, "forget", subject), keyed)
         return selfmodel_pb2.ForgetSubjectResponse(handoff_token=token)
+
+    @map_errors
+    def ListSubjects(
+        self, request: selfmodel_pb2.ListSubjectsRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.ListSubjectsResponse:
+        who = self.identify(context, self.limits)
+        tenant = request.tenant or who.tenant
+        if not tenant:
+            raise InvalidArgument("tenant", "is required on a node without tokens")
+        validation.identifier(tenant, "tenant", self.limits.max_id)
+        who.check_tenant(tenant)
+        kind = validation.subject_kind(request.kind, "kind", required=False)
+        size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
+        store = self.engine.store
+        subjects, token = listing.subjects_page(
+            store, store.load, tenant, kind, request.page_token, size
+        )
+        reply = selfmodel_pb2.ListSubjectsResponse(next_page_token=token)
+        for subject in subjects:
+            subject_to_proto(subject, reply.subjects.add())
+        return reply
+
+    @map_errors
+    def ListContexts(
+        self, request: selfmodel_pb2.ListContextsRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.ListContextsResponse:
+        _, subject = self._caller_and_subject(request, context)
+        positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        view = self._at_position(context, lambda: self.engine.model(subject, positions))
+        reply = selfmodel_pb2.ListContextsResponse(handoff_token=view.token)
+        for name in listing.contexts(view.state):
+            policy = self.engine.policies.for_context(name)
+            convert.policy_to_proto(name, policy, reply.contexts.add())
+        return reply
+
+    @map_errors
+    def BatchGetSelfModels(
+        self, request: selfmodel_pb2.BatchGetSelfModelsRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.BatchGetSelfModelsResponse:
+        who = self.identify(context, self.limits)
+        most = self.limits.max_batch_read
+        if not request.subjects or len(request.subjects) > most:
+            raise InvalidArgument(
+                "subjects",
+                f"must name 1 to {most} subjects (the node's max_batch_read), "
+                f"got {len(request.subjects)}",
+            )
+        subjects = listing.distinct(
+            validation.subject(s, f"subjects[{i}]", self.limits)
+            for i, s in enumerate(request.subjects)
+        )
+        for subject in subjects:
+            who.check_tenant(subject.tenant)
+        contexts = validation.contexts(request.contexts, "contexts", self.limits)
+        floor = validation.unit_interval(request.min_confidence, "min_confidence")
+        positions = validation.handoff_token(request.at_least, "at_least", self.limits) or {}
+        if positions and not positions.keys() & set(subjects):
+            raise InvalidArgument(
+                "at_least", "names none of the subjects: pass a token of a write or read of one"
+            )
+        reply = selfmodel_pb2.BatchGetSelfModelsResponse()
+        read = {}
+        for subject in subjects:
+            wanted = {subject: positions[subject]} if subject in positions else None
+            view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
+            body = self._replies.reply(
+                subject, view, contexts, floor, request.include_uncertain, self.engine.node
+            )
+            reply.models.add().MergeFromString(body)
+            read[subject] = view.state.context
+        reply.handoff_token = encode_token(read)
+        return reply
+
+    @map_errors
+    def GetPolicy(
+        self, request: selfmodel_pb2.GetPolicyRequest, context: grpc.ServicerContext
+    ) -> selfmodel_pb2.GetPolicyResponse:
+        self.identify(context, self.limits)
+        validation.contexts(request.contexts, "contexts", self.limits)
+        reply = selfmodel_pb2.GetPolicyResponse()
+        policies = self.engine.policies
+        if not request.contexts:
+            convert.policy_to_proto("", policies.default, reply.policies.add())
+        for name in request.contexts:
+            convert.policy_to_proto(name, policies.for_context(name), reply.policies.add())
+        return reply
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

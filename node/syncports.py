@@ -1,5 +1,5 @@
-"""The sync ports over this node's storage: the outbox (sync.ports.DeltaLog) and the replica
-(sync.ports.Replica: merges through the engine, digests and positions from the store)."""
+"""The sync ports over this node's storage: the replica (sync.ports.Replica: merges through the
+engine, digests and positions from the store). The outbox is one itself (node.store.Outbox)."""
 
 from __future__ import annotations
 
@@ -10,46 +10,7 @@ from node.store import Store
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject
-from sync.ports import Batch, DeltasMerged, Merged
-
-
-class StoreOutbox:
-    """sync.ports.DeltaLog over the store's outbox column family."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def read(self, after: int, limit: int, max_bytes: int) -> Batch | None:
-        entries = self.store.outbox(after, limit)
-        if not entries:
-            return None
-        size = len(entries[0].delta)
-        for n, entry in enumerate(entries[1:], 1):
-            size += len(entry.delta)
-            if size > max_bytes:
-                entries = entries[:n]
-                break
-        return Batch(
-            entries[0].seq, entries[-1].seq, [e.delta for e in entries], entries[0].written_ms
-        )
-
-    def first_seq(self) -> int:
-        return self.store.outbox_first()
-
-    def last_seq(self) -> int:
-        return self.store.outbox_seq
-
-    def wait(self, after: int, timeout_s: float) -> bool:
-        return self.store.wait_outbox(after, timeout_s)
-
-    def trim(self, upto: int) -> None:
-        self.store.trim_outbox(upto)
-
-    def oldest_unacked_ms(self, acked: int) -> int | None:
-        if acked >= self.store.outbox_seq:
-            return None
-        entries = self.store.outbox(acked, 1)
-        return entries[0].written_ms if entries else None
+from sync.ports import DeltasMerged, Merged
 
 
 class EngineReplica:
@@ -95,4 +56,4 @@ class EngineReplica:
         self.store.sync_written()
 
 
-__all__ = ["EngineReplica", "StoreOutbox"]
+__all__ = ["EngineReplica"]

@@ -24,6 +24,8 @@ _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 _EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_REQUEST_KEY = re.compile(r"[A-Za-z0-9._:\-]+")
+MAX_REQUEST_KEY = 128
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+={0,2}")  # urlsafe base64, as encode_token writes it
 _KINDS = {kind.value: kind for kind in SubjectKind}  # a lookup, cheaper than SubjectKind(n)
 
@@ -43,20 +45,25 @@ class Limits:
     max_handoff_lead: int = 100_000  # how far a token's counter may lead the node's (handoff)
     max_batch_subjects: int = 100
     max_watches_per_connection: int = 16
+    max_page_size: int = 1000  # subjects or beliefs per page (ListSubjects, GetSelfModel)
+    max_batch_read: int = 100  # subjects per BatchGetSelfModels
+    idempotency_window_s: float = 3600.0  # how long a write's idempotency key is recognised
 
 
 def too_long(field: str, limit: int, got: int, setting: str, unit: str = "characters") -> None:
-    """Refuses a value longer than ``limit`` (the Limits field ``setting``)."""
+    """Refuses a value longer than ``limit`` (the Limits field ``setting``; "" for a fixed
+    limit)."""
     if got > limit:
+        named = f" (setting {setting})" if setting else ""
         raise InvalidArgument(
             field,
-            f"must be at most {limit} {unit}, got {got} (setting {setting})",
-            metadata={"limit": limit, "setting": setting},
+            f"must be at most {limit} {unit}, got {got}{named}",
+            metadata={"limit": limit, **({"setting": setting} if setting else {})},
         )
 
 
 def _matching(
-    value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str, setting: str
+    value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str, setting: str = ""
 ) -> str:
     """One rule for every bounded name: required, at most ``limit`` long, of ``pattern``."""
     if not value:
@@ -138,12 +145,18 @@ def subject(msg: model_pb2.Subject, field: str, limits: Limits, present: bool = 
     if not present:
         raise InvalidArgument(field, "is required")
     tenant = identifier(msg.tenant, f"{field}.tenant", limits.max_id)
-    kind = _KINDS.get(msg.kind)
-    if kind is None:
-        raise InvalidArgument(
-            f"{field}.kind", "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG"
-        )
+    kind = subject_kind(msg.kind, f"{field}.kind")
+    assert kind is not None
     return Subject(tenant, kind, identifier(msg.id, f"{field}.id", limits.max_id))
+
+
+def subject_kind(value: int, field: str, *, required: bool = True) -> SubjectKind | None:
+    """A subject's kind; SUBJECT_KIND_UNSPECIFIED is None where the kind is optional."""
+    kind = _KINDS.get(value)
+    if kind is None and (required or value != 0):
+        rule = "must be SUBJECT_KIND_USER, SUBJECT_KIND_TEAM or SUBJECT_KIND_ORG"
+        raise InvalidArgument(field, rule + ("" if required else " (or unspecified: every kind)"))
+    return kind
 
 
 def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -> ObservationInput:
@@ -240,6 +253,15 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Posit
 
 def source(value: str, field: str, limits: Limits) -> str:
     return identifier(value, field, limits.max_id)
+
+
+def request_key(value: str, field: str) -> str:
+    """An idempotency key (optional: empty means none)."""
+    if not value:
+        return ""
+    return _matching(
+        value, field, MAX_REQUEST_KEY, _REQUEST_KEY, "may hold only letters, digits and . _ : -"
+    )
 
 
 def audit_cursor(value: str, field: str) -> bytes:
@@ -345,3 +367,5 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         for j, d in enumerate(read.cloud):
             _dot(d.actor, d.counter, f"{at}.based_on.cloud[{j}]", limits)
         identifier(o.origin, f"{at}.origin", limits.max_id)
+        if o.request_key:
+            request_key(o.request_key, f"{at}.request_key")

@@ -67,6 +67,8 @@ def observation_bytes(obs: Observation) -> int:
     )
     for ev in obs.evidence:
         size += _EVIDENCE + _utf8(ev.kind) + _utf8(ev.ref) + _utf8(ev.quote)
+    if obs.request_key:  # its string, and its index (tag and a varint of up to 5 bytes)
+        size += _STRING + _utf8(obs.request_key) + 6
     return size
 
 

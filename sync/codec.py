@@ -82,6 +82,9 @@ def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> Non
     if obs.based_on is not None:
         o.based_on.SetInParent()
         context_to_proto(obs.based_on, o.based_on)
+    if obs.request_key:
+        o.request_key = obs.request_key
+        o.request_index = obs.request_index
 
 
 def _state_head(subject: Subject, context: CausalContext) -> sync_pb2.SubjectState:
@@ -151,6 +154,8 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
             o.hlc,
             o.origin,
             context_from_proto(o.based_on) if o.HasField("based_on") else None,
+            o.request_key,
+            o.request_index,
         )
     return SubjectState(
         subject,

@@ -58,6 +58,10 @@ class Observation(NamedTuple):
     # The model its agent read before writing it (the read's causal context), if it said so:
     # what it may merely repeat (node.resolution: independence).
     based_on: CausalContext | None = None
+    # The idempotency key of the agent's call that wrote it ("" for none) and its index in that
+    # call: a retry of the call is recognised wherever this observation has been merged.
+    request_key: str = ""
+    request_index: int = 0
 
     @property
     def slot(self) -> tuple[str, str]:

@@ -114,6 +114,16 @@ MUTANTS = (
         "        return EraseBound(min(self.hlc, other.hlc), self.seen.join(other.seen))",
         FORGET_TESTS,
     ),
+    Mutant(
+        "a page token of another tenant's listing accepted",
+        "node/listing.py",
+        '        if value.get("listing") != listing:',
+        "        if False:",
+        (
+            "tests/unit/test_listing.py::"
+            "test_a_token_is_refused_for_another_tenant_or_kind_and_garbage_is_refused",
+        ),
+    ),
 )
 
 

@@ -49,6 +49,8 @@ class Reason(StrEnum):
     HANDOFF_TOKEN_INVALID = "HANDOFF_TOKEN_INVALID"
     HANDOFF_TOKEN_OTHER_SUBJECT = "HANDOFF_TOKEN_OTHER_SUBJECT"
     HANDOFF_POSITION_IMPLAUSIBLE = "HANDOFF_POSITION_IMPLAUSIBLE"
+    PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
     TOKEN_MISSING = "TOKEN_MISSING"
     TOKEN_MALFORMED = "TOKEN_MALFORMED"
     TOKEN_UNKNOWN = "TOKEN_UNKNOWN"
@@ -66,6 +68,7 @@ class Reason(StrEnum):
     WATCHES_EXHAUSTED = "WATCHES_EXHAUSTED"
     CONNECTION_WATCHES_EXHAUSTED = "CONNECTION_WATCHES_EXHAUSTED"
     HANDOFF_POSITION_PENDING = "HANDOFF_POSITION_PENDING"
+    IDEMPOTENT_WRITE_PENDING = "IDEMPOTENT_WRITE_PENDING"
     CLOCK_AHEAD = "CLOCK_AHEAD"
     CLOCK_AHEAD_OF_PEERS = "CLOCK_AHEAD_OF_PEERS"
     DISK_FULL = "DISK_FULL"
@@ -120,6 +123,18 @@ REASONS: dict[Reason, ReasonDoc] = {
         "INVALID_ARGUMENT",
         "a handoff token naming a position no node of the cluster has issued",
         ("field", "subject", "actor", "counter", "held", "setting"),
+        False,
+    ),
+    Reason.PAGE_TOKEN_INVALID: ReasonDoc(
+        "INVALID_ARGUMENT",
+        "`page_token` is not the `next_page_token` of the same listing (kind, tenant or subject)",
+        ("field",),
+        False,
+    ),
+    Reason.IDEMPOTENCY_KEY_REUSED: ReasonDoc(
+        "INVALID_ARGUMENT",
+        "an idempotency key this agent used for a different request within the window",
+        ("field", "key"),
         False,
     ),
     Reason.TOKEN_MISSING: ReasonDoc(
@@ -211,6 +226,13 @@ REASONS: dict[Reason, ReasonDoc] = {
         "the node has not merged the handoff token's position yet; RetryInfo says when to ask "
         "again",
         ("subject", "actor", "counter", "held", "final"),
+        True,
+    ),
+    Reason.IDEMPOTENT_WRITE_PENDING: ReasonDoc(
+        "UNAVAILABLE",
+        "a retried write whose first call this node holds only in part (the rest not merged "
+        "yet): ask again",
+        ("key", "found", "wanted"),
         True,
     ),
     Reason.CLOCK_AHEAD: ReasonDoc(

@@ -133,7 +133,7 @@ def test_a_watch_on_billing_receives_a_sales_write(make_cluster):
 
 
 def test_a_peer_shows_a_write_while_the_written_node_is_still_syncing_it(make_cluster, monkeypatch):
-    """sales ships a write to its peers during its WAL sync, not after (node/store.py): with a
+    """sales ships a write to its peers during its WAL sync, not after (node.store.commit): with a
     slow disk on sales, billing's watch has the write before the writer has its answer."""
     monkeypatch.setenv(
         "PYTHONPATH",

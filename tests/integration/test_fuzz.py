@@ -8,6 +8,8 @@ failing example). Each run sends a few thousand requests in well under a minute.
 
 from __future__ import annotations
 
+import base64
+import json
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +34,20 @@ RAW_EXAMPLES = 800
 CALL_TIMEOUT_S = 3.0
 OVERSIZED = "x" * (4 * 1024 * 1024 + 16)  # beyond the node's 4 MiB message limit
 SEEDED = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="seeded")
+
+
+def _page_token(value: dict[str, Any]) -> str:
+    """A page token as a node writes them (node.listing), for another listing than asked."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+PAGE_OF_GLOBEX = _page_token({"v": 1, "of": "ListSubjects", "listing": ["globex", 0], "after": ""})
+PAGE_OF_BOB = _page_token(
+    {"v": 1, "of": "GetSelfModel", "subject": ["acme", 1, "bob"], "after": ["a", "b"]}
+)
+PAGE_AFTER_NOTHING = _page_token(
+    {"v": 1, "of": "ListSubjects", "listing": ["acme", 0], "after": ["zz"]}
+)
 
 # Any other status (INTERNAL, UNKNOWN, UNAVAILABLE, or a client-side deadline) is a failure.
 REFUSALS = {
@@ -171,6 +187,10 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "after": st.just(""),
     "limit": st.integers(0, 2000),
     "count": st.sampled_from([1, 2, 5]),
+    "page_size": st.sampled_from([0, 1, 10, 1000]),
+    "page_token": st.just(""),
+    "idempotency_key": st.sampled_from(["", "call-1", "call-2"]),
+    "list_kind": st.sampled_from([0, 1, 2, 3]),
 }
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "tenant": st.one_of(hostile_ids, st.just("ACME")),
@@ -203,23 +223,37 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     ),
     "limit": st.integers(0, 2**32 - 1),
     "count": st.sampled_from([0, 501]),
+    "page_size": st.integers(1001, 2**32 - 1),
+    "page_token": st.one_of(
+        st.text(max_size=80),
+        st.binary(max_size=60).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+        st.sampled_from([PAGE_OF_GLOBEX, PAGE_OF_BOB, PAGE_AFTER_NOTHING, "e30=", "W10="]),
+    ),
+    "idempotency_key": st.one_of(st.text(max_size=40), st.just("k" * 129)),
+    "list_kind": st.integers(-(2**31), 2**31 - 1),
 }
 SUBJECT_FIELDS = ["tenant", "kind", "id", "subject"]
 OBSERVATION_FIELDS = [*SUBJECT_FIELDS, "context", "key", "statement", "confidence", "evidence"]
 FIELDS = {
-    "Observe": OBSERVATION_FIELDS,
+    "Observe": [*OBSERVATION_FIELDS, "idempotency_key"],
     "ObserveBatch": ["count"],
-    "Retract": [*SUBJECT_FIELDS, "context", "key", "source"],
+    "Retract": [*SUBJECT_FIELDS, "context", "key", "source", "idempotency_key"],
     "GetSelfModel": [
         *SUBJECT_FIELDS,
         "contexts",
         "min_confidence",
         "include_uncertain",
         "at_least",
+        "page_size",
+        "page_token",
     ],
+    "ListSubjects": ["tenant", "list_kind", "page_size", "page_token"],
+    "ListContexts": [*SUBJECT_FIELDS, "at_least"],
+    "BatchGetSelfModels": [*SUBJECT_FIELDS, "count", "contexts", "include_uncertain", "at_least"],
+    "GetPolicy": ["contexts"],
     "WatchSelfModel": [*SUBJECT_FIELDS, "contexts", "min_confidence", "include_uncertain"],
     "ExplainBelief": [*SUBJECT_FIELDS, "context", "key", "at_least"],
-    "ForgetSubject": SUBJECT_FIELDS,
+    "ForgetSubject": [*SUBJECT_FIELDS, "idempotency_key"],
     "ListAudit": ["after", "limit"],
     "GetStatus": [],
 }
@@ -244,6 +278,7 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
         msg = selfmodel_pb2.ObserveRequest(
             context=v["context"], key=v["key"], statement=v["statement"],
             confidence=v["confidence"], evidence=v["evidence"],
+            idempotency_key=v.get("idempotency_key", ""),
         )  # fmt: skip
     elif name == "ObserveBatch":
         msg = selfmodel_pb2.ObserveBatchRequest()
@@ -257,7 +292,10 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
             del msg.observations[:]
         return msg  # type: ignore[no-any-return]
     elif name == "Retract":
-        msg = selfmodel_pb2.RetractRequest(context=v["context"], key=v["key"], source=v["source"])
+        msg = selfmodel_pb2.RetractRequest(
+            context=v["context"], key=v["key"], source=v["source"],
+            idempotency_key=v["idempotency_key"],
+        )  # fmt: skip
     elif name in ("GetSelfModel", "WatchSelfModel"):
         cls = selfmodel_pb2.GetSelfModelRequest if name == "GetSelfModel" else (
             selfmodel_pb2.WatchSelfModelRequest)  # fmt: skip
@@ -267,12 +305,31 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
         )  # fmt: skip
         if name == "GetSelfModel":
             msg.at_least = v["at_least"]
+            msg.page_size, msg.page_token = v["page_size"], v["page_token"]
     elif name == "ExplainBelief":
         msg = selfmodel_pb2.ExplainBeliefRequest(
             context=v["context"], key=v["key"], at_least=v["at_least"]
         )
+    elif name == "ListSubjects":
+        return selfmodel_pb2.ListSubjectsRequest(
+            tenant=v["tenant"], kind=v["list_kind"], page_size=v["page_size"],
+            page_token=v["page_token"],
+        )  # fmt: skip
+    elif name == "ListContexts":
+        msg = selfmodel_pb2.ListContextsRequest(at_least=v["at_least"])
+    elif name == "GetPolicy":
+        return selfmodel_pb2.GetPolicyRequest(contexts=v["contexts"])
+    elif name == "BatchGetSelfModels":
+        batch = selfmodel_pb2.BatchGetSelfModelsRequest(
+            contexts=v["contexts"], include_uncertain=v["include_uncertain"],
+            at_least=v["at_least"],
+        )  # fmt: skip
+        for i in range(v["count"]):
+            one = model_pb2.Subject(tenant=v["tenant"], kind=v["kind"], id=f"{v['id'][:120]}-{i}")
+            batch.subjects.append(one if v["subject"] else model_pb2.Subject())
+        return batch
     elif name == "ForgetSubject":
-        msg = selfmodel_pb2.ForgetSubjectRequest()
+        msg = selfmodel_pb2.ForgetSubjectRequest(idempotency_key=v["idempotency_key"])
         if v["id"] == SEEDED.id:
             v["id"] = "not-seeded"  # forget only other subjects
     elif name == "ListAudit":

@@ -74,6 +74,8 @@ def observation(
     logical: int = 0,
     evidence: Iterable[Evidence] = (Evidence("message", "crm://msg/1"),),
     origin: str | None = None,
+    request_key: str = "",
+    request_index: int = 0,
 ) -> Observation:
     return Observation(
         dot=Dot(actor, counter),
@@ -85,6 +87,8 @@ def observation(
         evidence=tuple(evidence),
         hlc=pack(ms, logical),
         origin=origin if origin is not None else actor.split(".")[0],
+        request_key=request_key,
+        request_index=request_index,
     )
 
 

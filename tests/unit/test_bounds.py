@@ -47,6 +47,8 @@ def _largest_observation(counter: int, slot: int) -> Observation:
         evidence=evidence,
         hlc=2**63 - 1,
         origin="o" * 128,
+        request_key="r" * 128,
+        request_index=2**32 - 1,
     )
 
 
@@ -75,6 +77,17 @@ def test_a_largest_observation_encodes_within_its_estimate() -> None:
     state = SubjectState(SUBJECT, NO_ERASE, CausalContext.of([obs.dot]), {obs.dot: obs})
     assert len(encode_state(state)) <= state_bytes(state)
     assert observation_bytes(obs) > 200_000  # why counts alone cannot bound a subject's size
+
+
+def test_an_idempotency_key_adds_to_the_estimate_at_least_what_it_adds_to_the_encoding() -> None:
+    def encoded(obs: Observation) -> int:
+        return len(encode_state(SubjectState(SUBJECT, observations={obs.dot: obs})))
+
+    plain = _largest_observation(1, 0)._replace(request_key="", request_index=0)
+    keyed = plain._replace(request_key="r" * 128, request_index=2**32 - 1)
+    grown = encoded(keyed) - encoded(plain)
+    assert grown > 128
+    assert observation_bytes(keyed) - observation_bytes(plain) >= grown
 
 
 def test_a_subject_at_the_default_limits_is_well_under_the_message_limit() -> None:

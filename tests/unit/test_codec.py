@@ -98,6 +98,9 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
             e.quote = ev.quote
             if ev.time_ms:
                 e.time.FromMilliseconds(ev.time_ms)
+        if obs.request_key:
+            o.request_key = obs.request_key
+            o.request_index = obs.request_index
         if obs.based_on is not None:
             o.based_on.SetInParent()
             _reference_context(obs.based_on, o.based_on)
@@ -215,10 +218,13 @@ def test_evidence_time_and_every_observation_field_survive() -> None:
         evidence=(Evidence("ticket", "zendesk://1", "we have ten seats", 1_700_000_000_123),),
         confidence=0.8125,
         origin="sales",
+        request_key="call-7",
+        request_index=2,
     )
     state = SubjectState(SUBJECT, EraseBound(4), CausalContext.of([obs.dot]), {obs.dot: obs})
     (back,) = decode_state(encode_state(state)).observations.values()
-    assert back == obs
+    assert back == obs and (back.request_key, back.request_index) == ("call-7", 2)
+    assert encode_state(state) == _reference_state(state).SerializeToString(deterministic=True)
     assert back.evidence[0].time_ms == 1_700_000_000_123
 
 

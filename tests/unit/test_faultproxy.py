@@ -32,7 +32,7 @@ def roundtrip(proxy: FaultProxy) -> bytes:
         return s.recv(4)
 
 
-@pytest.mark.parametrize("mode", ["cut", "blackhole", "delay"])
+@pytest.mark.parametrize("mode", ["cut", "blackhole", "delay", "drop_answers"])
 def test_with_faults_off_a_proxy_forwards_whatever_mode_is_set(
     echo: tuple[str, int], monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
@@ -59,5 +59,39 @@ def test_with_faults_on_a_cut_proxy_refuses(
         except OSError:  # reset by the proxy
             got = b""
         assert got == b"", "a cut proxy forwarded"
+    finally:
+        proxy.close()
+
+
+def test_a_proxy_dropping_answers_forwards_the_request_and_discards_the_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(OFF_ENV, raising=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                received.append(conn.recv(4))
+                conn.sendall(b"pong")
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    proxy = FaultProxy(server.getsockname()[:2])
+    try:
+        proxy.set("drop_answers")
+        host, port = proxy.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"ping")
+            serving.join(5)
+            assert received == [b"ping"]  # the request went through
+            s.settimeout(2.0)
+            try:
+                got = s.recv(4)  # the end of the connection, the answer never
+            except (TimeoutError, OSError):
+                got = b""
+            assert got == b""
     finally:
         proxy.close()

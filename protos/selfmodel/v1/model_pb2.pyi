@@ -198,9 +198,14 @@ class SelfModelSnapshot(_message.Message):
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     RESOLVED_AT_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     handoff_token: _builtins.str
     """The node's causal position for this subject when the model was read."""
     node: _builtins.str
+    next_page_token: _builtins.str
+    """With GetSelfModelRequest.page_size: pass as page_token for the next page; empty once the
+    last belief was sent.
+    """
     @_builtins.property
     def subject(self) -> Global___Subject: ...
     @_builtins.property
@@ -215,10 +220,11 @@ class SelfModelSnapshot(_message.Message):
         handoff_token: _builtins.str = ...,
         resolved_at: _timestamp_pb2.Timestamp | None = ...,
         node: _builtins.str = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "handoff_token", b"handoff_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

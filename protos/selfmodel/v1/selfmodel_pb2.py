@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/v1/selfmodel.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\xb9\x01\n\x0eObserveRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tstatement\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12(\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x10\n\x08\x62\x61sed_on\x18\x07 \x01(\t\"M\n\x0fObserveResponse\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\"I\n\x13ObserveBatchRequest\x12\x32\n\x0cobservations\x18\x01 \x03(\x0b\x32\x1c.selfmodel.v1.ObserveRequest\"]\n\x14ObserveBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.ObserveResponse\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"f\n\x0eRetractRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"M\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\r\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\"\x94\x01\n\x13GetSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\x12\x10\n\x08\x61t_least\x18\x05 \x01(\t\"n\n\x14\x45xplainBeliefRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x10\n\x08\x61t_least\x18\x04 \x01(\t\"\xf5\x02\n\x11ObservationWeight\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12(\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12/\n\x0bobserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0breliability\x18\t \x01(\x01\x12\x0f\n\x07recency\x18\n \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x0b \x01(\x01\x12\x15\n\rbelow_minimum\x18\x0c \x01(\x08\x12\x12\n\nsuperseded\x18\r \x01(\x08\x12\x13\n\x0bindependent\x18\x0e \x01(\x08\x12\x12\n\ndependence\x18\x0f \x01(\t\"l\n\tCandidate\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07support\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12*\n\x06newest\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x02\n\x0b\x45xplanation\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12$\n\x06\x62\x65lief\x18\x05 \x01(\x0b\x32\x14.selfmodel.v1.Belief\x12\x35\n\x0cobservations\x18\x06 \x03(\x0b\x32\x1f.selfmodel.v1.ObservationWeight\x12+\n\ncandidates\x18\x07 \x03(\x0b\x32\x17.selfmodel.v1.Candidate\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rhandoff_token\x18\t \x01(\t\"\x84\x01\n\x15WatchSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\">\n\x14\x46orgetSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\".\n\x15\x46orgetSubjectResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t2\xca\x04\n\tSelfModel\x12\x46\n\x07Observe\x12\x1c.selfmodel.v1.ObserveRequest\x1a\x1d.selfmodel.v1.ObserveResponse\x12U\n\x0cObserveBatch\x12!.selfmodel.v1.ObserveBatchRequest\x1a\".selfmodel.v1.ObserveBatchResponse\x12\x46\n\x07Retract\x12\x1c.selfmodel.v1.RetractRequest\x1a\x1d.selfmodel.v1.RetractResponse\x12R\n\x0cGetSelfModel\x12!.selfmodel.v1.GetSelfModelRequest\x1a\x1f.selfmodel.v1.SelfModelSnapshot\x12N\n\rExplainBelief\x12\".selfmodel.v1.ExplainBeliefRequest\x1a\x19.selfmodel.v1.Explanation\x12X\n\x0eWatchSelfModel\x12#.selfmodel.v1.WatchSelfModelRequest\x1a\x1f.selfmodel.v1.SelfModelSnapshot0\x01\x12X\n\rForgetSubject\x12\".selfmodel.v1.ForgetSubjectRequest\x1a#.selfmodel.v1.ForgetSubjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/v1/selfmodel.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\xd2\x01\n\x0eObserveRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tstatement\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12(\n\x08\x65vidence\x18\x06 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x10\n\x08\x62\x61sed_on\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\"M\n\x0fObserveResponse\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\"b\n\x13ObserveBatchRequest\x12\x32\n\x0cobservations\x18\x01 \x03(\x0b\x32\x1c.selfmodel.v1.ObserveRequest\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"]\n\x14ObserveBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.selfmodel.v1.ObserveResponse\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"\x7f\n\x0eRetractRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"M\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\r\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\x12\x10\n\x08recorded\x18\x03 \x01(\x08\"\xbb\x01\n\x13GetSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\x12\x10\n\x08\x61t_least\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"n\n\x14\x45xplainBeliefRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x10\n\x08\x61t_least\x18\x04 \x01(\t\"\xf5\x02\n\x11ObservationWeight\x12\x16\n\x0eobservation_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12(\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12/\n\x0bobserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0borigin_node\x18\x07 \x01(\t\x12\x0e\n\x06weight\x18\x08 \x01(\x01\x12\x13\n\x0breliability\x18\t \x01(\x01\x12\x0f\n\x07recency\x18\n \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x0b \x01(\x01\x12\x15\n\rbelow_minimum\x18\x0c \x01(\x08\x12\x12\n\nsuperseded\x18\r \x01(\x08\x12\x13\n\x0bindependent\x18\x0e \x01(\x08\x12\x12\n\ndependence\x18\x0f \x01(\t\"l\n\tCandidate\x12\x11\n\tstatement\x18\x01 \x01(\t\x12\x0f\n\x07support\x18\x02 \x01(\x01\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12*\n\x06newest\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x02\n\x0b\x45xplanation\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12$\n\x06\x62\x65lief\x18\x05 \x01(\x0b\x32\x14.selfmodel.v1.Belief\x12\x35\n\x0cobservations\x18\x06 \x03(\x0b\x32\x1f.selfmodel.v1.ObservationWeight\x12+\n\ncandidates\x18\x07 \x03(\x0b\x32\x17.selfmodel.v1.Candidate\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rhandoff_token\x18\t \x01(\t\"\x84\x01\n\x15WatchSelfModelRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\"W\n\x14\x46orgetSubjectRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"u\n\x13ListSubjectsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.selfmodel.v1.SubjectKind\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"X\n\x14ListSubjectsResponse\x12\'\n\x08subjects\x18\x01 \x03(\x0b\x32\x15.selfmodel.v1.Subject\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x13ListContextsRequest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x61t_least\x18\x02 \x01(\t\"\\\n\x14ListContextsResponse\x12-\n\x08\x63ontexts\x18\x01 \x03(\x0b\x32\x1b.selfmodel.v1.ContextPolicy\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"\x9b\x01\n\x19\x42\x61tchGetSelfModelsRequest\x12\'\n\x08subjects\x18\x01 \x03(\x0b\x32\x15.selfmodel.v1.Subject\x12\x10\n\x08\x63ontexts\x18\x02 \x03(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11include_uncertain\x18\x04 \x01(\x08\x12\x10\n\x08\x61t_least\x18\x05 \x01(\t\"d\n\x1a\x42\x61tchGetSelfModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.selfmodel.v1.SelfModelSnapshot\x12\x15\n\rhandoff_token\x18\x02 \x01(\t\"$\n\x10GetPolicyRequest\x12\x10\n\x08\x63ontexts\x18\x01 \x03(\t\"\x98\x01\n\rContextPolicy\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x01\x12\x19\n\x11half_life_seconds\x18\x04 \x01(\x01\x12\x19\n\x11\x65vidence_discount\x18\x05 \x01(\x01\x12\x18\n\x10max_observations\x18\x06 \x01(\r\"B\n\x11GetPolicyResponse\x12-\n\x08policies\x18\x01 \x03(\x0b\x32\x1b.selfmodel.v1.ContextPolicy\".\n\x15\x46orgetSubjectResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t2\xaf\x07\n\tSelfModel\x12\x46\n\x07Observe\x12\x1c.selfmodel.v1.ObserveRequest\x1a\x1d.selfmodel.v1.ObserveResponse\x12U\n\x0cObserveBatch\x12!.selfmodel.v1.ObserveBatchRequest\x1a\".selfmodel.v1.ObserveBatchResponse\x12\x46\n\x07Retract\x12\x1c.selfmodel.v1.RetractRequest\x1a\x1d.selfmodel.v1.RetractResponse\x12R\n\x0cGetSelfModel\x12!.selfmodel.v1.GetSelfModelRequest\x1a\x1f.selfmodel.v1.SelfModelSnapshot\x12N\n\rExplainBelief\x12\".selfmodel.v1.ExplainBeliefRequest\x1a\x19.selfmodel.v1.Explanation\x12X\n\x0eWatchSelfModel\x12#.selfmodel.v1.WatchSelfModelRequest\x1a\x1f.selfmodel.v1.SelfModelSnapshot0\x01\x12X\n\rForgetSubject\x12\".selfmodel.v1.ForgetSubjectRequest\x1a#.selfmodel.v1.ForgetSubjectResponse\x12U\n\x0cListSubjects\x12!.selfmodel.v1.ListSubjectsRequest\x1a\".selfmodel.v1.ListSubjectsResponse\x12U\n\x0cListContexts\x12!.selfmodel.v1.ListContextsRequest\x1a\".selfmodel.v1.ListContextsResponse\x12g\n\x12\x42\x61tchGetSelfModels\x12\'.selfmodel.v1.BatchGetSelfModelsRequest\x1a(.selfmodel.v1.BatchGetSelfModelsResponse\x12L\n\tGetPolicy\x12\x1e.selfmodel.v1.GetPolicyRequest\x1a\x1f.selfmodel.v1.GetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,33 +34,51 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'selfmodel.v1.selfmodel_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OBSERVEREQUEST']._serialized_start=106
-  _globals['_OBSERVEREQUEST']._serialized_end=291
-  _globals['_OBSERVERESPONSE']._serialized_start=293
-  _globals['_OBSERVERESPONSE']._serialized_end=370
-  _globals['_OBSERVEBATCHREQUEST']._serialized_start=372
-  _globals['_OBSERVEBATCHREQUEST']._serialized_end=445
-  _globals['_OBSERVEBATCHRESPONSE']._serialized_start=447
-  _globals['_OBSERVEBATCHRESPONSE']._serialized_end=540
-  _globals['_RETRACTREQUEST']._serialized_start=542
-  _globals['_RETRACTREQUEST']._serialized_end=644
-  _globals['_RETRACTRESPONSE']._serialized_start=646
-  _globals['_RETRACTRESPONSE']._serialized_end=723
-  _globals['_GETSELFMODELREQUEST']._serialized_start=726
-  _globals['_GETSELFMODELREQUEST']._serialized_end=874
-  _globals['_EXPLAINBELIEFREQUEST']._serialized_start=876
-  _globals['_EXPLAINBELIEFREQUEST']._serialized_end=986
-  _globals['_OBSERVATIONWEIGHT']._serialized_start=989
-  _globals['_OBSERVATIONWEIGHT']._serialized_end=1362
-  _globals['_CANDIDATE']._serialized_start=1364
-  _globals['_CANDIDATE']._serialized_end=1472
-  _globals['_EXPLANATION']._serialized_start=1475
-  _globals['_EXPLANATION']._serialized_end=1751
-  _globals['_WATCHSELFMODELREQUEST']._serialized_start=1754
-  _globals['_WATCHSELFMODELREQUEST']._serialized_end=1886
-  _globals['_FORGETSUBJECTREQUEST']._serialized_start=1888
-  _globals['_FORGETSUBJECTREQUEST']._serialized_end=1950
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=1952
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=1998
-  _globals['_SELFMODEL']._serialized_start=2001
-  _globals['_SELFMODEL']._serialized_end=2587
+  _globals['_OBSERVEREQUEST']._serialized_end=316
+  _globals['_OBSERVERESPONSE']._serialized_start=318
+  _globals['_OBSERVERESPONSE']._serialized_end=395
+  _globals['_OBSERVEBATCHREQUEST']._serialized_start=397
+  _globals['_OBSERVEBATCHREQUEST']._serialized_end=495
+  _globals['_OBSERVEBATCHRESPONSE']._serialized_start=497
+  _globals['_OBSERVEBATCHRESPONSE']._serialized_end=590
+  _globals['_RETRACTREQUEST']._serialized_start=592
+  _globals['_RETRACTREQUEST']._serialized_end=719
+  _globals['_RETRACTRESPONSE']._serialized_start=721
+  _globals['_RETRACTRESPONSE']._serialized_end=798
+  _globals['_GETSELFMODELREQUEST']._serialized_start=801
+  _globals['_GETSELFMODELREQUEST']._serialized_end=988
+  _globals['_EXPLAINBELIEFREQUEST']._serialized_start=990
+  _globals['_EXPLAINBELIEFREQUEST']._serialized_end=1100
+  _globals['_OBSERVATIONWEIGHT']._serialized_start=1103
+  _globals['_OBSERVATIONWEIGHT']._serialized_end=1476
+  _globals['_CANDIDATE']._serialized_start=1478
+  _globals['_CANDIDATE']._serialized_end=1586
+  _globals['_EXPLANATION']._serialized_start=1589
+  _globals['_EXPLANATION']._serialized_end=1865
+  _globals['_WATCHSELFMODELREQUEST']._serialized_start=1868
+  _globals['_WATCHSELFMODELREQUEST']._serialized_end=2000
+  _globals['_FORGETSUBJECTREQUEST']._serialized_start=2002
+  _globals['_FORGETSUBJECTREQUEST']._serialized_end=2089
+  _globals['_LISTSUBJECTSREQUEST']._serialized_start=2091
+  _globals['_LISTSUBJECTSREQUEST']._serialized_end=2208
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=2210
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=2298
+  _globals['_LISTCONTEXTSREQUEST']._serialized_start=2300
+  _globals['_LISTCONTEXTSREQUEST']._serialized_end=2379
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_start=2381
+  _globals['_LISTCONTEXTSRESPONSE']._serialized_end=2473
+  _globals['_BATCHGETSELFMODELSREQUEST']._serialized_start=2476
+  _globals['_BATCHGETSELFMODELSREQUEST']._serialized_end=2631
+  _globals['_BATCHGETSELFMODELSRESPONSE']._serialized_start=2633
+  _globals['_BATCHGETSELFMODELSRESPONSE']._serialized_end=2733
+  _globals['_GETPOLICYREQUEST']._serialized_start=2735
+  _globals['_GETPOLICYREQUEST']._serialized_end=2771
+  _globals['_CONTEXTPOLICY']._serialized_start=2774
+  _globals['_CONTEXTPOLICY']._serialized_end=2926
+  _globals['_GETPOLICYRESPONSE']._serialized_start=2928
+  _globals['_GETPOLICYRESPONSE']._serialized_end=2994
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=2996
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=3042
+  _globals['_SELFMODEL']._serialized_start=3045
+  _globals['_SELFMODEL']._serialized_end=3988
 # @@protoc_insertion_point(module_scope)

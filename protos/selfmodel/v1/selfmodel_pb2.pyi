@@ -35,6 +35,7 @@ class ObserveRequest(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
     BASED_ON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     """Optional: without it the slot's key is the normalized statement."""
@@ -44,6 +45,13 @@ class ObserveRequest(_message.Message):
     """Optional: the handoff token of the read of this subject the agent based this observation
     on (the Python client sets it after a read). Re-asserting what another source said there,
     without new evidence, adds no independent support.
+    """
+    idempotency_key: _builtins.str
+    """Optional: makes a retried call safe. A call repeating the key of an earlier call of the
+    same agent within the idempotency window (docs/replication.md) is answered with the first
+    call's answer and records nothing new, on this node after a restart and on any node that
+    has merged the first write. At most 128 characters of [A-Za-z0-9._:-]; reusing a key for a
+    different request is INVALID_ARGUMENT. Empty inside an ObserveBatch (the batch has one).
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -59,10 +67,11 @@ class ObserveRequest(_message.Message):
         confidence: _builtins.float = ...,
         evidence: _abc.Iterable[_model_pb2.Evidence] | None = ...,
         based_on: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "evidence", b"evidence", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "evidence", b"evidence", "idempotency_key", b"idempotency_key", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,16 +107,20 @@ class ObserveBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Optional: as ObserveRequest.idempotency_key, for the whole batch."""
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObserveRequest]: ...
     def __init__(
         self,
         *,
         observations: _abc.Iterable[Global___ObserveRequest] | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observations", b"observations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "observations", b"observations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -145,10 +158,15 @@ class RetractRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     source: _builtins.str
     """Whose observations to withdraw; empty means the caller. Only an operator may name another."""
+    idempotency_key: _builtins.str
+    """Optional: as ObserveRequest.idempotency_key (recognised on the node that took the first
+    call, across its restarts: docs/replication.md).
+    """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     def __init__(
@@ -158,10 +176,11 @@ class RetractRequest(_message.Message):
         context: _builtins.str = ...,
         key: _builtins.str = ...,
         source: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "source", b"source", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "idempotency_key", b"idempotency_key", "key", b"key", "source", b"source", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,12 +224,23 @@ class GetSelfModelRequest(_message.Message):
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
     AT_LEAST_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     at_least: _builtins.str
     """A handoff token: wait (within the call's deadline) until this node has merged that position.
     It must name this subject (else INVALID_ARGUMENT), and a position some node has issued
     (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
+    """
+    page_size: _builtins.int
+    """Optional paging of the beliefs, in (context, key) order: at most this many per reply. 0
+    means every belief in one reply, or 100 when page_token is set. At most the node's
+    max_page_size (default 1000), else INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous page of this subject's read; empty: the first page.
+    A page continues after the previous page's last belief, at the subject's state now.
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -226,10 +256,12 @@ class GetSelfModelRequest(_message.Message):
         min_confidence: _builtins.float = ...,
         include_uncertain: _builtins.bool = ...,
         at_least: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "page_size", b"page_size", "page_token", b"page_token", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,20 +486,284 @@ class ForgetSubjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Optional: as RetractRequest.idempotency_key."""
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     def __init__(
         self,
         *,
         subject: _model_pb2.Subject | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForgetSubjectRequest: _TypeAlias = ForgetSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ListSubjectsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """Whose subjects: empty means the caller's token's tenant (required on a node without
+    tokens). Another tenant's is PERMISSION_DENIED.
+    """
+    kind: _model_pb2.SubjectKind.ValueType
+    """Only subjects of this kind; SUBJECT_KIND_UNSPECIFIED lists every kind."""
+    page_size: _builtins.int
+    """At most this many subjects per reply; 0 means 100. At most max_page_size (default 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same tenant and kind; empty: the first."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        kind: _model_pb2.SubjectKind.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectsRequest: _TypeAlias = ListSubjectsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubjectsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to continue; empty once there are no more subjects."""
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Subject]: ...
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_model_pb2.Subject] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubjectsResponse: _TypeAlias = ListSubjectsResponse  # noqa: Y015
+
+@_typing.final
+class ListContextsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    AT_LEAST_FIELD_NUMBER: _builtins.int
+    at_least: _builtins.str
+    """As GetSelfModelRequest.at_least."""
+    @_builtins.property
+    def subject(self) -> _model_pb2.Subject: ...
+    def __init__(
+        self,
+        *,
+        subject: _model_pb2.Subject | None = ...,
+        at_least: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContextsRequest: _TypeAlias = ListContextsRequest  # noqa: Y015
+
+@_typing.final
+class ListContextsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextPolicy]:
+        """Every context the subject holds an observation in, in name order, with its policy."""
+
+    def __init__(
+        self,
+        *,
+        contexts: _abc.Iterable[Global___ContextPolicy] | None = ...,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContextsResponse: _TypeAlias = ListContextsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetSelfModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
+    AT_LEAST_FIELD_NUMBER: _builtins.int
+    min_confidence: _builtins.float
+    include_uncertain: _builtins.bool
+    at_least: _builtins.str
+    """A handoff token (of a write or read of any of these subjects, an ObserveBatch's or a
+    BatchGetSelfModels' included): waits, within the call's deadline, until this node has
+    merged its position for each of `subjects` it names (positions of other subjects are
+    ignored). A token naming none of `subjects` is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Subject]:
+        """Distinct subjects of the caller's tenant; at most max_batch_read (default 100)."""
+
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in GetSelfModelRequest, applied to every subject."""
+
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_model_pb2.Subject] | None = ...,
+        contexts: _abc.Iterable[_builtins.str] | None = ...,
+        min_confidence: _builtins.float = ...,
+        include_uncertain: _builtins.bool = ...,
+        at_least: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetSelfModelsRequest: _TypeAlias = BatchGetSelfModelsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetSelfModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    """Covers every subject read: pass as at_least to a later read on any node."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.SelfModelSnapshot]:
+        """One model per requested subject, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[_model_pb2.SelfModelSnapshot] | None = ...,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetSelfModelsResponse: _TypeAlias = BatchGetSelfModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contexts to describe; empty: only the default policy (returned with context "")."""
+
+    def __init__(
+        self,
+        *,
+        contexts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ContextPolicy(_message.Message):
+    """How a context's beliefs are resolved on this node (node configuration `[policies]`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    HALF_LIFE_SECONDS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_DISCOUNT_FIELD_NUMBER: _builtins.int
+    MAX_OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    policy: _builtins.str
+    """"weighted" or "latest" (docs/semantics.md)."""
+    min_confidence: _builtins.float
+    """Beliefs below it are uncertain: hidden from reads unless include_uncertain is set."""
+    half_life_seconds: _builtins.float
+    """An observation's weight halves every half-life, relative to the slot's newest
+    observation; 0 means no decay.
+    """
+    evidence_discount: _builtins.float
+    """An observation without evidence weighs 1 - evidence_discount; each piece halves it."""
+    max_observations: _builtins.int
+    """Observations kept per slot."""
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        min_confidence: _builtins.float = ...,
+        half_life_seconds: _builtins.float = ...,
+        evidence_discount: _builtins.float = ...,
+        max_observations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "evidence_discount", b"evidence_discount", "half_life_seconds", b"half_life_seconds", "max_observations", b"max_observations", "min_confidence", b"min_confidence", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextPolicy: _TypeAlias = ContextPolicy  # noqa: Y015
+
+@_typing.final
+class GetPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextPolicy]: ...
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[Global___ContextPolicy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
 
 @_typing.final
 class ForgetSubjectResponse(_message.Message):

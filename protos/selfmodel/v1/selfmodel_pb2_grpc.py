@@ -70,6 +70,26 @@ class SelfModelStub:
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectResponse.FromString,
                 _registered_method=True)
+        self.ListSubjects = channel.unary_unary(
+                '/selfmodel.v1.SelfModel/ListSubjects',
+                request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsResponse.FromString,
+                _registered_method=True)
+        self.ListContexts = channel.unary_unary(
+                '/selfmodel.v1.SelfModel/ListContexts',
+                request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsResponse.FromString,
+                _registered_method=True)
+        self.BatchGetSelfModels = channel.unary_unary(
+                '/selfmodel.v1.SelfModel/BatchGetSelfModels',
+                request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/selfmodel.v1.SelfModel/GetPolicy',
+                request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class SelfModelServicer:
@@ -126,6 +146,37 @@ class SelfModelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubjects(self, request, context):
+        """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+        listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+        own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContexts(self, request, context):
+        """The contexts a subject holds beliefs in (each with its policy in force).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetSelfModels(self, request, context):
+        """The models of several subjects of the caller's tenant, read together, with one handoff
+        token covering every one of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """The resolution settings in force for some contexts (or the default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SelfModelServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +214,26 @@ def add_SelfModelServicer_to_server(servicer, server):
                     servicer.ForgetSubject,
                     request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectRequest.FromString,
                     response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectResponse.SerializeToString,
+            ),
+            'ListSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjects,
+                    request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsResponse.SerializeToString,
+            ),
+            'ListContexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContexts,
+                    request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsResponse.SerializeToString,
+            ),
+            'BatchGetSelfModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetSelfModels,
+                    request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyRequest.FromString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +425,114 @@ class SelfModel:
             '/selfmodel.v1.SelfModel/ForgetSubject',
             selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.SelfModel/ListSubjects',
+            selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsRequest.SerializeToString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.SelfModel/ListContexts',
+            selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsRequest.SerializeToString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetSelfModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.SelfModel/BatchGetSelfModels',
+            selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsRequest.SerializeToString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.v1.SelfModel/GetPolicy',
+            selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyRequest.SerializeToString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,19 @@ class SelfModelStub:
     """
     ForgetSubject: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]
     """Erases every observation about a subject on every node."""
+    ListSubjects: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ListSubjectsRequest, _selfmodel_pb2.ListSubjectsResponse]
+    """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+    listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+    own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
+    """
+    ListContexts: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ListContextsRequest, _selfmodel_pb2.ListContextsResponse]
+    """The contexts a subject holds beliefs in (each with its policy in force)."""
+    BatchGetSelfModels: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.BatchGetSelfModelsRequest, _selfmodel_pb2.BatchGetSelfModelsResponse]
+    """The models of several subjects of the caller's tenant, read together, with one handoff
+    token covering every one of them.
+    """
+    GetPolicy: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.GetPolicyRequest, _selfmodel_pb2.GetPolicyResponse]
+    """The resolution settings in force for some contexts (or the default)."""
 
 @_typing.type_check_only
 class SelfModelAsyncStub(SelfModelStub):
@@ -74,6 +87,19 @@ class SelfModelAsyncStub(SelfModelStub):
     """
     ForgetSubject: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ForgetSubjectRequest, _selfmodel_pb2.ForgetSubjectResponse]  # type: ignore[assignment]
     """Erases every observation about a subject on every node."""
+    ListSubjects: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ListSubjectsRequest, _selfmodel_pb2.ListSubjectsResponse]  # type: ignore[assignment]
+    """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+    listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+    own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
+    """
+    ListContexts: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ListContextsRequest, _selfmodel_pb2.ListContextsResponse]  # type: ignore[assignment]
+    """The contexts a subject holds beliefs in (each with its policy in force)."""
+    BatchGetSelfModels: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.BatchGetSelfModelsRequest, _selfmodel_pb2.BatchGetSelfModelsResponse]  # type: ignore[assignment]
+    """The models of several subjects of the caller's tenant, read together, with one handoff
+    token covering every one of them.
+    """
+    GetPolicy: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.GetPolicyRequest, _selfmodel_pb2.GetPolicyResponse]  # type: ignore[assignment]
+    """The resolution settings in force for some contexts (or the default)."""
 
 class SelfModelServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,5 +160,42 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_selfmodel_pb2.ForgetSubjectResponse, _abc.Awaitable[_selfmodel_pb2.ForgetSubjectResponse]]:
         """Erases every observation about a subject on every node."""
+
+    @_abc_1.abstractmethod
+    def ListSubjects(
+        self,
+        request: _selfmodel_pb2.ListSubjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmodel_pb2.ListSubjectsResponse, _abc.Awaitable[_selfmodel_pb2.ListSubjectsResponse]]:
+        """The subjects of one tenant this node holds an observation of (a forgotten subject is not
+        listed), a page at a time, in a stable order (kind, then id, bytewise). Only the caller's
+        own tenant. A page may hold fewer than page_size subjects and still a next_page_token.
+        """
+
+    @_abc_1.abstractmethod
+    def ListContexts(
+        self,
+        request: _selfmodel_pb2.ListContextsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmodel_pb2.ListContextsResponse, _abc.Awaitable[_selfmodel_pb2.ListContextsResponse]]:
+        """The contexts a subject holds beliefs in (each with its policy in force)."""
+
+    @_abc_1.abstractmethod
+    def BatchGetSelfModels(
+        self,
+        request: _selfmodel_pb2.BatchGetSelfModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmodel_pb2.BatchGetSelfModelsResponse, _abc.Awaitable[_selfmodel_pb2.BatchGetSelfModelsResponse]]:
+        """The models of several subjects of the caller's tenant, read together, with one handoff
+        token covering every one of them.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPolicy(
+        self,
+        request: _selfmodel_pb2.GetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selfmodel_pb2.GetPolicyResponse, _abc.Awaitable[_selfmodel_pb2.GetPolicyResponse]]:
+        """The resolution settings in force for some contexts (or the default)."""
 
 def add_SelfModelServicer_to_server(servicer: SelfModelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -108,6 +108,8 @@ class StoredObservation(_message.Message):
     HLC_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     BASED_ON_FIELD_NUMBER: _builtins.int
+    REQUEST_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_INDEX_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     source: _builtins.str
@@ -116,6 +118,11 @@ class StoredObservation(_message.Message):
     hlc: _builtins.int
     """Hybrid logical clock: milliseconds since the epoch << 16 | logical counter."""
     origin: _builtins.str
+    request_key: _builtins.str
+    """The idempotency key of the agent's call that wrote it (empty: none) and the observation's
+    index in that call: how any node that merged it recognises a retry of the call.
+    """
+    request_index: _builtins.int
     @_builtins.property
     def dot(self) -> Global___Dot: ...
     @_builtins.property
@@ -137,10 +144,12 @@ class StoredObservation(_message.Message):
         hlc: _builtins.int = ...,
         origin: _builtins.str = ...,
         based_on: Global___CausalContext | None = ...,
+        request_key: _builtins.str = ...,
+        request_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "dot", b"dot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "source", b"source", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "dot", b"dot", "evidence", b"evidence", "hlc", b"hlc", "key", b"key", "origin", b"origin", "request_index", b"request_index", "request_key", b"request_key", "source", b"source", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

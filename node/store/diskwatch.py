@@ -18,7 +18,7 @@ import threading
 from grpc_health.v1 import health, health_pb2
 
 from node import metrics
-from node.store import Store
+from node.store.store import Store
 
 log = logging.getLogger("selfmodel.node")
 

@@ -1,0 +1,170 @@
+"""The node's store: opening it, its outbox, purging a forgotten subject, closing it."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from pathlib import Path
+
+import rocksdict
+
+from node.store.digests import load_bucket_hashes
+from node.store.outbox import Outbox, OutboxEntry
+from node.store.reads import Reads
+from node.store.tables import COLUMN_FAMILIES, StoreError
+from node.store.wal import WalSync, unsynced_writes
+from sync.crdt import EraseBound
+from sync.observation import Subject
+
+log = logging.getLogger("node.store")
+
+
+class Store(Reads):
+    """Thread-safe. Callers serialize read-modify-write of one subject (see node.engine)."""
+
+    def __init__(
+        self,
+        path: Path,
+        node: str,
+        *,
+        sync: bool = True,
+        outbox: bool = False,
+        cache_size: int = 20_000,
+        cache_mb: float = 256.0,
+    ) -> None:
+        """``cache_size`` and ``cache_mb``: at most that many subject states kept in memory, of
+        about that much memory in all (see cache_cost)."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {path}: {exc.strerror}") from exc
+        self.path = path
+        self._dir = str(path)
+        self.problems = []
+        self.suspended = None
+        self._reopened = threading.Event()
+        self._reopened.set()
+        self.wal = WalSync(self._dir, self._refusal)
+        self._unsynced = unsynced_writes()
+        self._open_db()
+        self.sync = sync
+        self.outbox_enabled = outbox
+        self._synced = rocksdict.WriteOptions()
+        self._synced.sync = True
+        self._lock = threading.Lock()
+        self._queue = []
+        self._leading = False
+        self._closed = False
+        self._take_identity(node)
+
+        meta = self._cf["meta"]
+        self.hlc_high_water = int(meta.get(b"hlc", b"0"))
+        self.hlc = self.hlc_high_water
+        self._buckets = load_bucket_hashes(self._cf["digest"])
+        self._cache = collections.OrderedDict()
+        self._cache_size = cache_size
+        self._cache_budget = int(cache_mb * 2**20)
+        self._cache_cost = 0
+        self._cache_lock = threading.Lock()
+        self._cache_writes = 0
+        self.context_entries_max = 0
+        self.delta_log = Outbox(self, int(meta.get(b"outbox_seq", b"0")))
+        self._quarantine_lock = threading.Lock()
+        self._reopen_needed = False
+        self.on_suspension = None
+
+    # -- the outbox (sync.ports.DeltaLog: delta_log) --------------------------------------
+
+    @property
+    def outbox_seq(self) -> int:
+        return self.delta_log.seq
+
+    @property
+    def _outbox_grew(self) -> threading.Condition:
+        """The outbox's condition: notified when entries are written or the store closes."""
+        return self.delta_log.grew
+
+    @_outbox_grew.setter
+    def _outbox_grew(self, grew: threading.Condition) -> None:
+        self.delta_log.grew = grew
+
+    def outbox(self, after: int, limit: int) -> list[OutboxEntry]:
+        """Up to ``limit`` outbox entries with a sequence above ``after``, in order."""
+        return self.delta_log.entries(after, limit)
+
+    def outbox_first(self) -> int:
+        return self.delta_log.first_seq()
+
+    def trim_outbox(self, upto: int) -> None:
+        self.delta_log.trim(upto)
+
+    def wait_outbox(self, after: int, timeout_s: float) -> bool:
+        return self.delta_log.wait(after, timeout_s)
+
+    # -- the rest ------------------------------------------------------------------------
+
+    def purge(self, subject: Subject, erased: EraseBound) -> None:
+        """Removes a forgotten subject's erased data from RocksDB's files, not only from view.
+
+        Drops the observations ``erased`` reaches from its deltas in the outbox (Outbox.purge),
+        flushes the memtables (so the WAL holding the old rows becomes obsolete) and compacts
+        the subject's key range, so no SST file or log keeps a superseded version of its
+        observations.
+        """
+        key = subject.storage_key()
+        self.delta_log.purge(subject, erased)
+        # Every column family: a WAL file is deleted only once no family has unflushed rows in
+        # it, and each commit also writes meta (the HLC high-water mark).
+        for name in COLUMN_FAMILIES:
+            self._cf[name].flush(True)
+        # Forced at the bottommost level: otherwise RocksDB may merely move the old files down
+        # a level ("trivial move"), keeping the erased observations in them.
+        rewrite = rocksdict.CompactOptions()
+        rewrite.set_exclusive_manual_compaction(True)
+        rewrite.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+        self._cf["state"].compact_range(key, key + b"\xff", rewrite)
+        self._cf["outbox"].compact_range(None, None, rewrite)
+        self._db.flush_wal(True)
+        self.wal.release()
+
+    def size_bytes(self) -> int:
+        """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""
+        with self._lock:
+            if self._closed or self._db is None:
+                return 0
+            total = 0
+            for name in COLUMN_FAMILIES:
+                for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+                    total += self._cf[name].property_int_value(prop) or 0
+            return total
+
+    def estimate_subjects(self) -> int:
+        with self._lock:
+            if self._closed or self._db is None:
+                return 0
+            return int(self._cf["state"].property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def close(self) -> None:
+        """Flushes and closes RocksDB; marks the run closed cleanly when no write was under way.
+
+        The mark lets the next run resume this run's actor (node.store.identity): written after
+        the flush, synced, and only when no group commit was in flight and no write ever failed,
+        so every dot this run handed out is on disk. A store whose writes are suspended (a full
+        disk) closes all the same, unmarked.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = not self._leading and not self._queue
+        self.delta_log.close()
+        if self._db is not None and self.suspended is None:
+            try:
+                for name in COLUMN_FAMILIES:
+                    self._cf[name].flush(True)
+                if idle and self.wal.failed is None:
+                    self._cf["meta"].put(b"closed_cleanly", str(self.run).encode(), self._synced)
+            except Exception as exc:
+                log.error("node %s: closing without a clean mark: %s", self.node, exc)
+        self._close_db()

@@ -1,0 +1,110 @@
+"""Every client command of the CLI answers one JSON style, the proto JSON mapping of its reply,
+against a real node, with the bearer token from --token, $SELFMODEL_TOKEN or a file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from federation import cli, tokens
+from federation.bearer import TOKEN_ENV
+from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
+from tests.nodes import NodeProcess
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    return out
+
+
+def reply(out: str, kind: type[Message]) -> Any:
+    """``out`` parsed strictly as ``kind`` in the proto JSON mapping (unknown names refused), and
+    checked to use its JSON names (lowerCamelCase), every field shown."""
+    msg = json_format.Parse(out, kind())
+    raw = json.loads(out)
+    assert set(raw) == {f.json_name for f in kind.DESCRIPTOR.fields}, raw.keys()
+    return msg
+
+
+def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
+    start_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    file = tmp_path / "tokens.toml"
+    agent, _ = tokens.create(file, "cli_agent", "acme", "agent", ["*"], ["*"])
+    operator, _ = tokens.create(file, "cli_ops", "acme", "operator", ["*"], ["*"])
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(operator + "\n")
+    node = start_node("sales", "--tokens", str(file))
+    target = ["--target", node.address, "--tenant", "acme"]
+    with_token = [*target, "--token", agent]
+
+    out = run(
+        capsys, "observe", "user:u-cli", "Pays yearly", "--context", "billing", "--key", "cycle",
+        "--confidence", "0.9", "--evidence", "ticket:crm://t/1",
+        "--evidence", '{"kind": "call", "ref": "rec://9", "time": "2026-01-05T10:00:00Z"}',
+        "--idempotency-key", "cli-1", *with_token,
+    )  # fmt: skip
+    written = reply(out, selfmodel_pb2.ObserveResponse)
+    assert written.key == "cycle" and written.observation_id.startswith("sales.")
+    again = run(
+        capsys, "observe", "user:u-cli", "Pays yearly", "--context", "billing", "--key", "cycle",
+        "--confidence", "0.9", "--evidence", "ticket:crm://t/1",
+        "--evidence", '{"kind": "call", "ref": "rec://9", "time": "2026-01-05T10:00:00Z"}',
+        "--idempotency-key", "cli-1", *with_token,
+    )  # fmt: skip
+    assert reply(again, selfmodel_pb2.ObserveResponse).observation_id == written.observation_id
+
+    monkeypatch.setenv(TOKEN_ENV, agent)  # the token from the environment from here on
+    model = reply(run(capsys, "show", "user:u-cli", *target), model_pb2.SelfModelSnapshot)
+    [belief] = model.beliefs
+    assert belief.statement == "Pays yearly" and model.handoff_token
+    page = reply(
+        run(capsys, "show", "user:u-cli", "--page-size", "1", *target), model_pb2.SelfModelSnapshot
+    )
+    assert list(page.beliefs) == [belief] and page.next_page_token == ""
+    explained = reply(
+        run(capsys, "explain", "user:u-cli", "billing", "cycle", *target),
+        selfmodel_pb2.Explanation,
+    )
+    assert [[e.kind for e in o.evidence] for o in explained.observations] == [["ticket", "call"]]
+    many = reply(
+        run(capsys, "show-many", "user:u-cli", "user:u-none", *target),
+        selfmodel_pb2.BatchGetSelfModelsResponse,
+    )
+    assert [m.subject.id for m in many.models] == ["u-cli", "u-none"]
+    listed = reply(
+        run(capsys, "subjects", "--kind", "user", *target), selfmodel_pb2.ListSubjectsResponse
+    )
+    assert [s.id for s in listed.subjects] == ["u-cli"]
+    contexts = reply(
+        run(capsys, "contexts", "user:u-cli", *target), selfmodel_pb2.ListContextsResponse
+    )
+    assert [c.context for c in contexts.contexts] == ["billing"]
+    policy = reply(run(capsys, "policy", "billing", *target), selfmodel_pb2.GetPolicyResponse)
+    assert [(p.context, p.policy) for p in policy.policies] == [("billing", "weighted")]
+    retracted = reply(
+        run(capsys, "retract", "user:u-cli", "billing", "cycle", *target),
+        selfmodel_pb2.RetractResponse,
+    )
+    assert (retracted.retracted, retracted.recorded) == (1, True)
+
+    monkeypatch.delenv(TOKEN_ENV)
+    with_file = [*target, "--token-file", str(token_file)]  # the operator's, from a file
+    forgotten = reply(
+        run(capsys, "forget", "user:u-cli", *with_file), selfmodel_pb2.ForgetSubjectResponse
+    )
+    assert forgotten.handoff_token
+    audit = reply(run(capsys, "audit", *with_file), admin_pb2.ListAuditResponse)
+    assert [e.action for e in audit.entries] == ["forget"]
