@@ -34,7 +34,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/mypy
 
 bench: $(INSTALLED)
-	$(PY) benchmarks/node_latency.py
+	$(PY) -m benchmarks.node_latency
 
 clean:
 	rm -rf $(VENV) data build

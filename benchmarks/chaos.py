@@ -3,7 +3,7 @@
 
 What runs (loopback only, data in a temporary directory removed afterwards unless --keep):
 
-- N ``selfmodel node`` processes (federation.harness.LocalCluster), every directed link behind
+- N ``selfmodel node`` processes (tests.harness.LocalCluster), every directed link behind
   a fault proxy, with the node defaults (fsync on; anti-entropy every 10 s; backoff up to 5 s);
 - writer threads (a few per node, paced, bounded in count and time) observing distinct keys of
   shared subjects, retracting some of their own earlier writes, and writing to a dedicated
@@ -36,8 +36,8 @@ acknowledged Retract must be gone everywhere. Every other acknowledged write mus
 on every node, else it is *lost*. Exit code 1 when anything was lost, came back, or did not
 converge.
 
-    python benchmarks/chaos.py                         # 5 nodes, 120 s
-    python benchmarks/chaos.py --nodes 3 --duration 30 --seed 7
+    python -m benchmarks.chaos                         # 5 nodes, 120 s
+    python -m benchmarks.chaos --nodes 3 --duration 30 --seed 7
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.client import Client, user
-from federation.harness import LocalCluster, start_with_fresh_ports
 from node.clock import CLOCK_OFFSET_ENV
 from node.errors import ResourceExhausted, SelfModelError
 from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2, sync_pb2_grpc
 from sync.hlc import physical_ms
+from tests.harness import LocalCluster, start_with_fresh_ports
 
 FAULTS = ("partition", "split", "kill", "pause", "delay", "oversize", "clock")
 # Drawn only when asked for (--faults ...,stop), so that the default's seeds replay as before.

@@ -3,7 +3,7 @@
 
 What runs (loopback only, data in a temporary directory removed afterwards):
 
-- a ``federation.harness.LocalCluster`` of ``--nodes`` real node processes (default 3);
+- a ``tests.harness.LocalCluster`` of ``--nodes`` real node processes (default 3);
 - ``--journeys`` scripted user journeys (default 20). A journey is a chain of ``--handoffs``
   handoffs (default 8) between agents, agent *i* on node *i mod nodes*: each agent, in its
   stint, learns some facts about the user (``--facts`` per journey, default 24, spread over the
@@ -33,8 +33,8 @@ It prints, per strategy, the share of facts retained and current after handoffs 
 no call, only the tokens they put in the receiving agent's prompt). Exit code 1 when the
 self-model with the handoff token did not retain every fact with its current value.
 
-    python benchmarks/handoff.py                       # 3 nodes, 20 journeys, ~20 s
-    python benchmarks/handoff.py --journeys 5 --window 1000 --summary-k 4 --seed 7
+    python -m benchmarks.handoff                       # 3 nodes, 20 journeys, ~20 s
+    python -m benchmarks.handoff --journeys 5 --window 1000 --summary-k 4 --seed 7
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.client import SelfModelView, user
-from federation.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, start_with_fresh_ports
 
 STRATEGIES = ("selfmodel+token", "selfmodel", "transcript", "summary", "none")
 CONTEXTS = (

@@ -4,7 +4,7 @@
 What runs (loopback only unless ``--cluster`` names a running cluster; data in a temporary
 directory removed afterwards):
 
-- a ``federation.harness.LocalCluster`` of ``--nodes`` real node processes (default 3; 1 is the
+- a ``tests.harness.LocalCluster`` of ``--nodes`` real node processes (default 3; 1 is the
   hub pattern, more the federated one), fsync on, or the nodes of ``--cluster FILE``;
 - ``--agents`` simulated agents (default 20), agent *i* on node *i mod nodes*, spread over
   ``--workers`` load-generating processes (default 2, so one Python process's GIL is not what is
@@ -31,9 +31,9 @@ durable as the nodes'): a hash per user, one field per (context, key), last writ
 attribution, no resolution, no handoff guarantee (one server needs none). Both tables are
 printed side by side with ratios.
 
-    python benchmarks/load.py                                         # 20 agents, 3 nodes, 30 s
-    python benchmarks/load.py --agents 100 --nodes 3 --duration 60 --compare redis
-    python benchmarks/load.py --closed --agents 50 --nodes 1          # saturation, hub pattern
+    python -m benchmarks.load                                         # 20 agents, 3 nodes, 30 s
+    python -m benchmarks.load --agents 100 --nodes 3 --duration 60 --compare redis
+    python -m benchmarks.load --closed --agents 50 --nodes 1          # saturation, hub pattern
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -628,7 +627,7 @@ def drive(target: str, addresses: Sequence[str], args: argparse.Namespace) -> li
 
 
 def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
-    from federation.harness import LocalCluster, start_with_fresh_ports
+    from tests.harness import LocalCluster, start_with_fresh_ports
 
     result = Result("selfmodel", args.duration)
     cluster = None
@@ -665,13 +664,9 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_redis(args: argparse.Namespace, tmp: Path) -> Result:
+    from tests.harness import free_port
+
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("--compare redis needs redis-server (Debian: apt install redis-server)")

@@ -26,8 +26,8 @@ Clients are separate worker processes (one gRPC channel each, one call in flight
 client process's GIL is not what is measured. Every client sends pre-serialized requests and
 does not decode replies, for the node and the echo alike: the figures compare servers.
 
-    python benchmarks/node_latency.py            # about 2 minutes
-    python benchmarks/node_latency.py --quick    # about 15 seconds
+    python -m benchmarks.node_latency            # about 2 minutes
+    python -m benchmarks.node_latency --quick    # about 15 seconds
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def pin_process(pid: int, cpus: frozenset[int]) -> None:
 
 
 def threaded_server() -> grpc.Server:
-    """A threaded grpc.server configured as the node configures its own (node.server)."""
+    """A threaded grpc.server configured as the node configures its own (node.listeners)."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS, thread_name_prefix="rpc"),
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
@@ -1044,7 +1044,7 @@ def run_rounds(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from federation.harness import NodeProcess
+    from tests.harness import NodeProcess
 
     command = "python " + " ".join(sys.argv if argv is None else ["node_latency.py", *argv])
     info = machine()

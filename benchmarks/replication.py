@@ -36,8 +36,8 @@ the same events from the call, beside the floor's time from its call, and counts
 seen before their ack. Only writes issued during the measured interval count (after a
 one-second warm-up).
 
-    python benchmarks/replication.py            # 3 and 5 nodes x 100 and 1,000 writes/s
-    python benchmarks/replication.py --quick    # 3 s per cell
+    python -m benchmarks.replication            # 3 and 5 nodes x 100 and 1,000 writes/s
+    python -m benchmarks.replication --quick    # 3 s per cell
 """
 
 from __future__ import annotations
@@ -599,7 +599,7 @@ def snapshot_size() -> int:
 
 
 def run(args: argparse.Namespace) -> list[Cell]:
-    from federation.harness import LocalCluster, start_with_fresh_ports
+    from tests.harness import LocalCluster, start_with_fresh_ports
 
     cells: list[Cell] = []
     pad = max(0, snapshot_size() - 8)

@@ -19,8 +19,8 @@ It prints the probe read's p50/p99 at 1,000 and at the full size and their ratio
 within 1.5x), reads across users, the reads during loading, the load rate, the start-up time,
 the store's size on disk and the node's peak memory beside its configured cache.
 
-    python benchmarks/scale.py                               # 1,000,000 observations, ~5 min
-    python benchmarks/scale.py --users 1000 --reads 200      # 100,000, under a minute
+    python -m benchmarks.scale                               # 1,000,000 observations, ~5 min
+    python -m benchmarks.scale --users 1000 --reads 200      # 100,000, under a minute
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from pathlib import Path
 import grpc
 
 from federation.client import Client, user
-from federation.harness import NodeProcess
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from tests.harness import NodeProcess
 
 TENANT = "scale"
 AGENTS = 5

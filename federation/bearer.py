@@ -6,6 +6,7 @@ its owner only) or in the environment of the agent's process does not.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -57,4 +58,17 @@ def _checked(token: str, what: str) -> str:
     return token
 
 
-__all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "bearer_token"]
+def token_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--token and --token-file; without either, $SELFMODEL_TOKEN or $SELFMODEL_TOKEN_FILE."""
+    p.add_argument(
+        "--token",
+        help=f"{what} (visible in ps and shell history: prefer --token-file or ${TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--token-file",
+        help=f"file whose first line is the {what}; without --token or --token-file, "
+        f"${TOKEN_ENV} holds the token or ${TOKEN_FILE_ENV} names its file",
+    )
+
+
+__all__ = ["TOKEN_ENV", "TOKEN_FILE_ENV", "bearer_token", "token_args"]

@@ -5,8 +5,8 @@ Each node certificate names the node in its CN (how a node recognizes its peer, 
 local clusters (``--host`` adds more). Keys are EC P-256 and written readable by the owner only.
 Running it again with the same ``--out`` reuses the CA there, so nodes can be added later.
 
-The gRPC credential helpers live in ``node.tls`` (a node imports nothing from ``federation``)
-and are re-exported here.
+The gRPC credential helpers live in ``selfmodel.channels`` and the peer checks in ``node.tls``
+(a node imports nothing from ``federation``); both are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node.tls import channel_credentials, peer_common_name, require_peer, server_credentials
+from node.tls import peer_common_name, require_peer
+from selfmodel.channels import channel_credentials, server_credentials
 
 _NODE = re.compile(r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?")
 CA_NAME = "selfmodel cluster CA"

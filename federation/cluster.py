@@ -47,11 +47,12 @@ from typing import Any
 
 import grpc
 
-from node import peers, tls
+from node import peers
+from node.config import NodeConfig
 from node.policy import PolicyBook
 from node.replication import PeerConfig
-from node.server import NodeConfig
 from node.validation import Limits
+from selfmodel import channels
 from sync.bounds import SubjectLimits
 from sync.replicator import SyncSettings
 
@@ -158,7 +159,7 @@ class Cluster:
         """What an agent (or the launcher) needs to reach the nodes: their CA under agents TLS."""
         if self.tls is None or not self.agents_tls:
             return None
-        return tls.agent_channel_credentials(next(iter(self.tls.values())).ca)
+        return channels.agent_channel_credentials(next(iter(self.tls.values())).ca)
 
     def peers_of(self, name: str) -> tuple[PeerConfig, ...]:
         me = self.node(name)
@@ -428,8 +429,9 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         setattr(config, setting, type(getattr(config, setting))(value))
     if cluster.tls is not None:
         files = cluster.tls[name]
-        config.peer_server_credentials = tls.server_credentials(files.ca, files.cert, files.key)
-        config.peer_channel_credentials = tls.channel_credentials(files.ca, files.cert, files.key)
+        pem = (files.ca, files.cert, files.key)
+        config.peer_server_credentials = channels.server_credentials(*pem)
+        config.peer_channel_credentials = channels.channel_credentials(*pem)
         if cluster.agents_tls:
-            config.server_credentials = tls.agent_server_credentials(files.cert, files.key)
+            config.server_credentials = channels.agent_server_credentials(files.cert, files.key)
     return config

@@ -11,15 +11,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 import grpc
 
+from federation import processes
 from federation.cluster import Cluster, default_cluster_text
-from node.tls import open_channel
+from selfmodel.channels import open_channel
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
-
-START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -27,26 +26,6 @@ class Child:
     name: str
     proc: subprocess.Popen[str]
     log: Path
-
-
-PARENT_ENV = "SELFMODEL_PARENT_PID"
-
-
-def die_with_parent(parent: int) -> None:
-    """Called by a node at start: SIGTERM it when its launcher dies (Linux; elsewhere a no-op).
-
-    Done in the node itself rather than in a ``preexec_fn``, which can deadlock a child forked
-    from a threaded parent; if the launcher died before this ran, the node stops at once.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def effective_file(cluster: Cluster) -> Path:
@@ -64,37 +43,18 @@ def start_children(cluster: Cluster, extra: Sequence[str] = ()) -> list[Child]:
     path = effective_file(cluster)
     children: list[Child] = []
     for spec in cluster.nodes:
-        spec.data.parent.mkdir(parents=True, exist_ok=True)
         log_path = spec.data.parent / f"{spec.name}.log"
-        with open(log_path, "a") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "node",
-                    "--cluster",
-                    str(path),
-                    "--name",
-                    spec.name,
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env={**os.environ, PARENT_ENV: str(os.getpid())},
-            )
+        command = processes.node_command(spec.name, cluster_file=path, args=extra)
+        proc = processes.spawn(command, log_path, env={processes.PARENT_ENV: str(os.getpid())})
         children.append(Child(spec.name, proc, log_path))
     return children
 
 
 def wait_started(children: list[Child], out: TextIO) -> bool:
     ok = True
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + processes.START_TIMEOUT_S
     for child in children:
-        assert child.proc.stdout is not None
-        line = _readline(child.proc.stdout, max(0.1, deadline - time.monotonic()))
-        if "listening on" not in line:
+        if processes.await_listening(child.proc, max(0.1, deadline - time.monotonic())) is None:
             ok = False
             tail = (
                 "".join(child.log.read_text().splitlines(keepends=True)[-15:])
@@ -105,27 +65,8 @@ def wait_started(children: list[Child], out: TextIO) -> bool:
     return ok
 
 
-def _readline(stream: IO[str], timeout_s: float) -> str:
-    result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    return result[0] if result else ""
-
-
 def stop_children(children: list[Child], timeout_s: float = 15.0) -> None:
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for child in children:
-        try:
-            child.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
-        if child.proc.stdout is not None:
-            child.proc.stdout.close()
+    processes.stop([child.proc for child in children], timeout_s)
 
 
 def status_rows(

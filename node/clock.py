@@ -20,7 +20,7 @@ CLOCK_OFFSET_ENV = "SELFMODEL_TEST_CLOCK_OFFSET_MS"
 
 
 class ClockConfig(Protocol):
-    """The settings start_clock reads (node.server.NodeConfig has them)."""
+    """The settings start_clock reads (node.config.NodeConfig has them)."""
 
     name: str
     max_clock_offset_ms: int

@@ -135,6 +135,7 @@ class Engine:
         # subject -> (state, beliefs, token): one resolution per state (a pure function of it).
         self._resolved: dict[Subject, tuple[SubjectState, tuple[Belief, ...], str]] = {}
         self._held = CausalBuffer()
+        self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self._footprints = Footprints()  # of subjects' latest states: a write counts its change
@@ -337,7 +338,7 @@ class Engine:
         """The rows recording a keyed call's answer (none without a key), written with it."""
         if request is None:
             return []
-        return idempotency.rows_for(self.store, request, op, replay, self._now_ms())
+        return self._sweeper.rows_for(self.store, request, op, replay, self._now_ms())
 
     def _token(self, subjects: Sequence[Subject]) -> str:
         """The handoff token of the subjects' positions now."""

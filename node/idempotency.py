@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -161,12 +162,38 @@ def first_answer(
     return found
 
 
-def rows_for(records: Records, request: Request, op: str, replay: Replay, now_ms: int) -> list[Row]:
-    """The rows that record a keyed call's answer, written in the call's batch."""
-    expired = records.scan(CF, b"T", SWEEP)
-    return record_rows(
-        request, op, now_ms, replay, expired, records.get_meta(CF, request.row_key())
-    )
+class Sweeper:
+    """The rows recording keyed calls, each batch also deleting expired records: one per node.
+
+    Records expire oldest first, and a sweep deletes the oldest, so the time index's head is a
+    run of deleted rows, which an LSM store's iterator reads over until compaction drops them.
+    A sweep therefore starts after the last row swept before (``_after``), never at the head:
+    its cost stays that of its own rows, however many records were swept since the start.
+    Invariant: every time-index row at or before ``_after`` is deleted, or in a batch being
+    written; a record timed at or before it (a wall clock stepped back) resets it to the head.
+    A batch that fails after its sweep leaves its rows to the first sweep after a restart.
+    """
+
+    def __init__(self) -> None:
+        self._after = b"T"
+        self._lock = threading.Lock()
+
+    def rows_for(
+        self, records: Records, request: Request, op: str, replay: Replay, now_ms: int
+    ) -> list[Row]:
+        """The rows that record a keyed call's answer, written in the call's batch."""
+        with self._lock:
+            after = self._after
+        expired = records.scan(CF, after, SWEEP)
+        key = request.row_key()
+        rows = record_rows(request, op, now_ms, replay, expired, records.get_meta(CF, key))
+        swept = [k for _, k, v in rows if v is None and k.startswith(b"T") and k[9:] != key]
+        with self._lock:
+            if _time_key(now_ms, key) <= self._after:
+                self._after = b"T"
+            elif swept:
+                self._after = max(self._after, swept[-1])
+        return rows
 
 
 def replicated(
@@ -178,8 +205,9 @@ def replicated(
     """The first call's answer from its observations in ``states``, when they hold every one
     of them (``items``: index, subject, context, key and statement of each one asked for).
 
-    Only observations of the caller within the window count. A call found in part (the rest not
-    merged here yet) is Unavailable: retried, it finds the rest once merged.
+    Only observations of the caller within the window count. A call found in part is
+    Unavailable: retried, it finds the rest once merged, unless the rest was lost since (its
+    message then says to retry on the node that took the call).
     """
     found: dict[int, str] = {}
     for state in states:
@@ -197,6 +225,18 @@ def replicated(
     if not found:
         return None
     if len(found) < len(items):
+        # One call's observations of one subject arrive in one delta: a subject holding some of
+        # them and not the others lost those since (replaced, retracted, forgotten), for good.
+        held = {s for i, s, *_ in items if i in found}
+        if any(s in held for i, s, *_ in items if i not in found):
+            raise Unavailable(
+                f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} "
+                "observations of the first call are on this node, the others were since "
+                "replaced, retracted or forgotten here, so retrying here never finds them: "
+                "retry on the node that took the first call, or read the subject",
+                reason=Reason.IDEMPOTENT_WRITE_LOST,
+                metadata={"key": request.key, "found": len(found), "wanted": len(items)},
+            )
         raise Unavailable(
             f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} observations "
             "of the first call are merged on this node, the rest not yet; retry",
@@ -211,10 +251,10 @@ __all__ = [
     "CF",
     "Replay",
     "Request",
+    "Sweeper",
     "fingerprint",
     "first_answer",
     "record_rows",
     "recorded",
     "replicated",
-    "rows_for",
 ]

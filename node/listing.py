@@ -39,8 +39,8 @@ def _token(value: dict[str, Any]) -> str:
 def _untoken(token: str, field: str, kind: str) -> dict[str, Any]:
     try:
         value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error):
-        value = None
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
+        value = None  # RecursionError: JSON nested past the decoder's depth
     if not isinstance(value, dict) or value.get("v") != 1 or value.get("of") != kind:
         raise InvalidArgument(
             field,

@@ -11,8 +11,8 @@ import grpc
 from node.peers import PeerAuth
 from node.refusals import Refusals
 from node.store import Store
-from node.tls import open_channel
 from node.validation import Limits
+from selfmodel.channels import open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
 from sync.codec import (
     encode_batch,

@@ -1,129 +1,48 @@
-"""Server bootstrap: ports, health, reflection, metrics, graceful shutdown."""
+"""Server bootstrap: the services wired over one engine and store, health, the run's actor,
+graceful shutdown. The configuration's checks are node.config's, the listeners node.listeners'."""
 
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
-from node import connections, metrics
-from node.auth import TokenBook
-from node.clock import clock_refusal, start_clock
+from node import connections, listeners, metrics
+from node.clock import start_clock
+from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
-from node.peers import PeerAuth, PeerAuthError, decide, refusing
-from node.policy import PolicyBook
+from node.peers import PeerAuth, refusing
 from node.replication import (
-    SERVER_OPTIONS,
-    PeerConfig,
     SyncServicer,
     build_replicator,
     claim_run,
 )
 from node.servicer import (
     AdminServicer,
-    Principal,
     SelfModelServicer,
     SerializedReplies,
     identify_by_header,
 )
+from node.status import node_status
 from node.store import Store
 from node.store.diskwatch import DiskWatch
-from node.validation import Limits
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
-from sync.bounds import SubjectLimits
-from sync.replicator import Replicator, SyncSettings
+from sync.replicator import Replicator
 
 log = logging.getLogger("selfmodel.node")
 
 SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "selfmodel.v1.Sync")
-
-
-class ConfigError(Exception):
-    pass
-
-
-@dataclass
-class NodeConfig:
-    name: str = "local"
-    domain: str = ""
-    data_dir: Path = Path("data/local")
-    listen: str = "127.0.0.1:7070"
-    metrics_listen: str | None = "127.0.0.1:0"
-    fsync: bool = True
-    cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
-    policies: PolicyBook = field(default_factory=PolicyBook)
-    limits: Limits = field(default_factory=Limits)
-    max_watchers: int = 256
-    # Every message this node sends or takes, from agents and peers alike; the subject limits
-    # keep a subject's state (and its GetSelfModel reply) well under it (sync.bounds).
-    max_message_bytes: int = 4 * 1024 * 1024
-    subject_limits: SubjectLimits = field(default_factory=SubjectLimits)
-    grace_s: float = 10.0
-    # Set by the security layer: resolves a call's principal (None: development, x-agent-id).
-    identify: Callable[[grpc.ServicerContext, Limits], Principal] | None = None
-    # The token file: identifies callers (when ``identify`` is None) and, on each reload, has
-    # open watches check their caller again.
-    tokens: TokenBook | None = None
-    # TLS on the agents' port (server-authenticated: agents verify the node, tokens stay
-    # secret on the wire); None serves it in plaintext.
-    server_credentials: grpc.ServerCredentials | None = None
-    max_clock_offset_ms: int = 60_000
-    # Writes are suspended while the data directory's disk has less free space than this, and
-    # resume (checked every disk_probe_s) once it has it again (node.store.diskwatch).
-    min_free_mb: float = 64.0
-    disk_probe_s: float = 5.0
-    # TCP connections per listening port, and when idle or half-open ones are closed
-    # (node.connections); the bound is lowered to fit the open-file limit.
-    max_connections: int = 1024
-    connection_idle_s: float = 300.0
-    handshake_timeout_s: float = 10.0
-    # Write with a saved clock ahead of the wall clock (beyond max_clock_offset_ms) at once,
-    # instead of refusing writes until the wall clock catches up (--accept-saved-clock).
-    accept_saved_clock: bool = False
-    # For tests only (node.clock.CLOCK_OFFSET_ENV): milliseconds added to the wall clock read.
-    clock_offset_ms: int = 0
-    # Federation: the peers this node streams to, every node of the cluster, sync settings.
-    peers: tuple[PeerConfig, ...] = ()
-    members: frozenset[str] = frozenset()
-    sync: SyncSettings = field(default_factory=SyncSettings)
-    # Sync on its own port (peer_listen), or on the agents' port. Peers authenticate by
-    # mutual TLS (the credentials: the certificate names the caller) or by peer tokens of the
-    # cluster's secrets (node.peers); neither: loopback development only.
-    peer_listen: str | None = None
-    peer_server_credentials: grpc.ServerCredentials | None = None
-    peer_channel_credentials: grpc.ChannelCredentials | None = None
-    peer_secrets: tuple[bytes, ...] = ()
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"address {address!r} must be HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -175,47 +94,7 @@ class RunningNode:
 
 
 def start(config: NodeConfig) -> RunningNode:
-    host, _ = split_address(config.listen)
-    if config.subject_limits.max_bytes > config.max_message_bytes // 2:
-        raise ConfigError(
-            f"max_subject_bytes ({config.subject_limits.max_bytes}) must be at most half of "
-            f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
-            "takes up to about 1.5 times its state"
-        )
-    if config.identify is None and config.tokens is not None:
-        config.identify = config.tokens.identify
-    if config.identify is None and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to serve {config.listen} without credentials: without a token file a node "
-            "binds loopback only (127.0.0.1 or ::1); pass a token file to serve other addresses "
-            "(selfmodel node --tokens FILE; create tokens with `selfmodel token create`)"
-        )
-    if config.identify is None and config.metrics_listen:
-        metrics_host, _ = split_address(config.metrics_listen)
-        if not is_loopback(metrics_host):
-            raise ConfigError(
-                f"refusing to serve metrics on {config.metrics_listen} without a token file: "
-                "without one a node binds loopback only; bind metrics to 127.0.0.1, or pass a "
-                "token file (selfmodel node --tokens FILE)"
-            )
-    auth = peer_auth(config)
-    if config.server_credentials is not None and config.peers and not config.peer_listen:
-        raise ConfigError(
-            f"node {config.name}: with TLS on the agents' port, Sync needs a port of its own: "
-            "give the node a peer_address and the cluster file a [cluster.tls] section"
-        )
-    if config.identify is not None and config.server_credentials is None and not is_loopback(host):
-        log.warning(
-            "TLS IS OFF on %s: bearer tokens cross the network in the clear; serve the agents' "
-            "port with --tls-cert and --tls-key",
-            config.listen,
-        )
-    if config.identify is None:
-        log.warning(
-            "AUTHENTICATION IS OFF: node %s trusts the x-agent-id header; loopback only, "
-            "for local development",
-            config.name,
-        )
+    auth = admit(config)
     store = Store(
         config.data_dir,
         config.name,
@@ -251,7 +130,7 @@ def start(config: NodeConfig) -> RunningNode:
     # A watch holds a thread while open (a handoff read never waits: node.handoff): watches
     # are bounded, and 64 threads beyond them stay for every other call.
     held = config.max_watchers
-    server = _grpc_server(config, held + 64, held + 1024, max_connections)
+    server = listeners.grpc_server(config, held + 64, held + 1024, max_connections)
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header
     selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
@@ -284,7 +163,7 @@ def start(config: NodeConfig) -> RunningNode:
     if config.peer_listen:
         # A thread per call (delta streams hold theirs), so none waits behind another's stream.
         calls = 8 * len(auth.members) + 64
-        peer_server = _grpc_server(config, calls, calls, max_connections)
+        peer_server = listeners.grpc_server(config, calls, calls, max_connections)
         peer_services = wrapping(peer_server, chain)
         sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
@@ -314,26 +193,10 @@ def start(config: NodeConfig) -> RunningNode:
     )
     reflection.enable_server_reflection(names, services)
     try:
-        if config.server_credentials is None:
-            bound = server.add_insecure_port(config.listen)
-        else:
-            bound = server.add_secure_port(config.listen, config.server_credentials)
-        peer_port = None
-        if peer_server is not None and config.peer_listen:
-            if config.peer_server_credentials is None:
-                peer_port = peer_server.add_insecure_port(config.peer_listen)
-            else:
-                peer_port = peer_server.add_secure_port(
-                    config.peer_listen, config.peer_server_credentials
-                )
-    except RuntimeError as exc:
+        bound, peer_port = listeners.bind(server, peer_server, config)
+    except ConfigError:
         store.close()
-        raise ConfigError(
-            f"cannot listen on {config.listen} / {config.peer_listen}: {exc}"
-        ) from exc
-    if bound == 0 or peer_port == 0:
-        store.close()
-        raise ConfigError(f"cannot listen on {config.listen} / {config.peer_listen}")
+        raise
     for name in ("", *SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     servers = [s for s in (server, peer_server) if s is not None]
@@ -358,17 +221,13 @@ def start(config: NodeConfig) -> RunningNode:
     disk_watch.start()
     threading.Thread(target=_verify, args=(store,), name="verify", daemon=True).start()
 
-    metrics_server, metrics_port = None, None
     metrics.watch_store(
         store.size_bytes,
         store.estimate_subjects,
         lambda: store.context_entries_max,
         store.cache_bytes,
     )
-    if config.metrics_listen:
-        mhost, mport = split_address(config.metrics_listen)
-        metrics_server, _ = start_http_server(mport, addr=mhost)
-        metrics_port = metrics_server.server_port
+    metrics_server, metrics_port = listeners.serve_metrics(config)
     if replicator is not None:
         replicator.start()
     stop_token_watch = None
@@ -390,58 +249,6 @@ def start(config: NodeConfig) -> RunningNode:
         disk_watch,
         metrics_server,
         _stop_token_watch=stop_token_watch,
-    )
-
-
-def peer_auth(config: NodeConfig) -> PeerAuth:
-    """How the node authenticates its peers (node.peers.decide), or ConfigError naming the
-    setting to add; a development cluster trusting node headers is logged loudly."""
-    members = config.members or frozenset(p.name for p in config.peers)
-    hosts = [split_address(a)[0] for a in (config.listen, config.peer_listen) if a]
-    try:
-        auth = decide(
-            config.name,
-            members - {config.name},
-            tls=config.peer_server_credentials is not None,
-            secrets=config.peer_secrets,
-            tokens=config.identify is not None,
-            exposed=not all(is_loopback(h) for h in hosts),
-        )
-    except PeerAuthError as exc:
-        raise ConfigError(str(exc)) from None
-    if auth.trust_header:
-        log.warning(
-            "PEER AUTHENTICATION IS OFF: node %s trusts the x-selfmodel-node header on Sync; "
-            "loopback only, for local development",
-            config.name,
-        )
-    elif auth.secrets and not auth.tls and config.peer_listen:
-        peer_host, _ = split_address(config.peer_listen)
-        if not is_loopback(peer_host):
-            log.warning(
-                "TLS IS OFF between nodes on %s: peer tokens and replicated data cross the "
-                "network in the clear; add [cluster.tls] on an untrusted network",
-                config.peer_listen,
-            )
-    return auth
-
-
-def _grpc_server(
-    config: NodeConfig, max_workers: int, max_rpcs: int, max_connections: int
-) -> grpc.Server:
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-        *SERVER_OPTIONS,
-        *connections.server_options(
-            max_connections, config.connection_idle_s, config.handshake_timeout_s
-        ),
-    ]
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        options=options,
-        maximum_concurrent_rpcs=max_rpcs,
     )
 
 
@@ -501,50 +308,6 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
-def node_status(
-    config: NodeConfig, engine: Engine, replicator: Replicator | None
-) -> admin_pb2.NodeStatus:
-    status = admin_pb2.NodeStatus(
-        node=config.name,
-        domain=config.domain,
-        actor=engine.actor,
-        incarnation=engine.store.incarnation,
-        subjects=engine.store.estimate_subjects(),
-        outbox_seq=engine.store.outbox_seq,
-        serving=engine.store.suspended is None and not clock_refusal(engine.clock),
-        problems=[
-            *([f"writes suspended: {engine.store.suspended}"] if engine.store.suspended else []),
-            *engine.store.problems,
-        ],
-        clock_ahead_ms=engine.clock.ahead_ms(),
-        writes_refused=clock_refusal(engine.clock),
-    )
-    addresses = {p.name: p.address for p in config.peers}
-    offsets, wall = engine.clock.peer_offsets, engine.clock.wall()
-
-    def offset(peer: str) -> int:
-        ahead = offsets.ahead_ms(peer, wall) if offsets is not None else None
-        return ahead or 0
-
-    for peer in replicator.states() if replicator is not None else []:
-        status.peers.add(
-            name=peer.name,
-            address=addresses.get(peer.name, ""),
-            connected=peer.connected,
-            acked_seq=peer.acked,
-            outbox_depth=max(0, engine.store.outbox_seq - peer.acked),
-            lag_seconds=peer.lag_s,
-            failing_sessions=peer.failing_sessions,
-            skipped_subjects=peer.skipped_subjects,
-            deltas_pending=peer.pending,
-            deltas_refused_clock=peer.refused_clock,
-            deltas_refused_invalid=peer.refused_invalid,
-            last_refusal=peer.last_refusal,
-            clock_offset_ms=offset(peer.name),
-        )
-    return status
-
-
 def serve(config: NodeConfig) -> None:
     """Runs a node until SIGTERM or SIGINT, then shuts it down gracefully."""
     done = threading.Event()
@@ -573,3 +336,7 @@ def serve(config: NodeConfig) -> None:
         pass
     node.stop()
     sys.stdout.flush()
+
+
+# NodeConfig and ConfigError are the types of start's signature, so its callers find them here too.
+__all__ = ["SERVICES", "ConfigError", "NodeConfig", "RunningNode", "decide_actor", "serve", "start"]

@@ -267,10 +267,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
         paged = bool(request.page_size or request.page_token)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
+        asked = validation.page_token(request.page_token, "page_token", self.limits)
         view = self._at_position(context, lambda: self.engine.model(subject, positions))
         if paged:
             chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
-            page, token = listing.beliefs_page(subject, chosen, request.page_token, size)
+            page, token = listing.beliefs_page(subject, chosen, asked, size)
             msg = convert.snapshot(subject, page, view.token, view.resolved_ms, self.engine.node)
             msg.next_page_token = token
             return msg.SerializeToString()
@@ -379,10 +380,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         who.check_tenant(tenant)
         kind = validation.subject_kind(request.kind, "kind", required=False)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
+        asked = validation.page_token(request.page_token, "page_token", self.limits)
         store = self.engine.store
-        subjects, token = listing.subjects_page(
-            store, store.load, tenant, kind, request.page_token, size
-        )
+        subjects, token = listing.subjects_page(store, store.load, tenant, kind, asked, size)
         reply = selfmodel_pb2.ListSubjectsResponse(next_page_token=token)
         for subject in subjects:
             subject_to_proto(subject, reply.subjects.add())

@@ -264,6 +264,18 @@ def request_key(value: str, field: str) -> str:
     )
 
 
+def page_token(value: str, field: str, limits: Limits) -> str:
+    """A page token (optional: empty means the first page), checked for its length and
+    alphabet before node.listing decodes it."""
+    if len(value) > limits.max_token:
+        raise InvalidArgument(
+            field, f"must be at most {limits.max_token} characters (the node's max_token)"
+        )
+    if value and not _TOKEN.fullmatch(value):
+        raise InvalidArgument(field, "is not a page token: pass the next_page_token of a page")
+    return value
+
+
 def audit_cursor(value: str, field: str) -> bytes:
     """A cursor of the audit log: empty (from the start) or one returned by ListAudit."""
     if not value:

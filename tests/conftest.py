@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.harness import start_with_fresh_ports
+from tests.harness import start_with_fresh_ports
 from tests.nodes import LocalCluster, NodeProcess
 
 

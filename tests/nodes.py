@@ -1,4 +1,4 @@
-"""Real node processes for integration and fault tests (see federation/harness.py)."""
+"""Real node processes for integration and fault tests (see tests/harness.py)."""
 
 import time
 from collections.abc import Callable
@@ -6,8 +6,8 @@ from typing import TypeVar
 
 import grpc
 
-from federation.harness import LocalCluster, NodeProcess, free_port, wait_healthy
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from tests.harness import LocalCluster, NodeProcess, free_port, wait_healthy
 
 # Policies under which beliefs never fade: two reads of an unchanged model are then equal. Under
 # the default half-life a confidence moves with the clock between them, now and then across the

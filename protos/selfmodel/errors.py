@@ -69,6 +69,7 @@ class Reason(StrEnum):
     CONNECTION_WATCHES_EXHAUSTED = "CONNECTION_WATCHES_EXHAUSTED"
     HANDOFF_POSITION_PENDING = "HANDOFF_POSITION_PENDING"
     IDEMPOTENT_WRITE_PENDING = "IDEMPOTENT_WRITE_PENDING"
+    IDEMPOTENT_WRITE_LOST = "IDEMPOTENT_WRITE_LOST"
     CLOCK_AHEAD = "CLOCK_AHEAD"
     CLOCK_AHEAD_OF_PEERS = "CLOCK_AHEAD_OF_PEERS"
     DISK_FULL = "DISK_FULL"
@@ -234,6 +235,13 @@ REASONS: dict[Reason, ReasonDoc] = {
         "yet): ask again",
         ("key", "found", "wanted"),
         True,
+    ),
+    Reason.IDEMPOTENT_WRITE_LOST: ReasonDoc(
+        "UNAVAILABLE",
+        "a retried write whose first call this node holds in part, the rest since replaced, "
+        "retracted or forgotten here: retry on the node that took the first call",
+        ("key", "found", "wanted"),
+        False,
     ),
     Reason.CLOCK_AHEAD: ReasonDoc(
         "UNAVAILABLE",

@@ -18,7 +18,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from federation.client import Client, user
-from federation.harness import LocalCluster, free_port
 from node.replication import NODE_HEADER, PeerConfig
 from node.server import NodeConfig, RunningNode, start
 from selfmodel.v1 import (
@@ -29,6 +28,7 @@ from selfmodel.v1 import (
     sync_pb2_grpc,
 )
 from sync.replicator import SyncSettings
+from tests.harness import LocalCluster, free_port
 from tests.nodes import node_status, wait_acked
 
 pytestmark = pytest.mark.faults

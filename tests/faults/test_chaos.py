@@ -23,7 +23,7 @@ def test_a_short_chaos_run_loses_no_acknowledged_write_and_no_forgotten_subject_
     )  # fmt: skip
     report = chaos.run(args)
     print(report.render())
-    replay = f"(replay: python benchmarks/chaos.py --nodes 3 --duration 30 --seed {SEED})"
+    replay = f"(replay: python -m benchmarks.chaos --nodes 3 --duration 30 --seed {SEED})"
     assert report.converged, f"no convergence within 60 s after heal {replay}"
     assert report.lost == 0, f"lost {report.lost} writes, e.g. {report.lost_examples} {replay}"
     assert report.resurrected == 0, f"came back: {report.resurrected_examples} {replay}"

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import user
-from federation.harness import LocalCluster
 from node.clock import CLOCK_OFFSET_ENV
 from node.errors import ResourceExhausted, Unavailable
 from selfmodel.v1 import admin_pb2, sync_pb2, sync_pb2_grpc
@@ -22,6 +21,7 @@ from sync.codec import state_to_proto
 from sync.crdt import NO_ERASE, SubjectState
 from sync.hlc import pack, wall_ms
 from sync.observation import Observation, Subject, SubjectKind
+from tests.harness import LocalCluster
 from tests.nodes import node_status
 
 pytestmark = pytest.mark.faults

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from federation.client import user
-from federation.harness import LocalCluster, NodeProcess
 from node.errors import SelfModelError
+from tests.harness import LocalCluster, NodeProcess
 from tests.nodes import node_status
 
 pytestmark = pytest.mark.faults

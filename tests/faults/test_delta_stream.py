@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from federation.client import user
-from federation.harness import LocalCluster
 from node.errors import HandoffTimeout
+from tests.harness import LocalCluster
 from tests.nodes import peers_connected, positions, wait_acked, wait_until
 
 pytestmark = pytest.mark.faults

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from federation.client import user
-from federation.harness import LocalCluster
 from node.errors import HandoffTimeout
+from tests.harness import LocalCluster
 from tests.nodes import node_status, wait_acked
 
 pytestmark = pytest.mark.faults

@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import AsyncClient, Client, Observed, user
-from federation.faultproxy import FaultProxy
 from selfmodel.v1 import selfmodel_pb2
+from tests.faultproxy import FaultProxy
 from tests.nodes import LocalCluster, NodeProcess, wait_until
 
 pytestmark = pytest.mark.faults

@@ -17,7 +17,7 @@ from federation.client import Client, user
 from node.errors import Unavailable
 from node.replication import PeerConfig
 from node.server import ConfigError, NodeConfig, start
-from node.tls import agent_channel_credentials, agent_server_credentials
+from selfmodel.channels import agent_channel_credentials, agent_server_credentials
 from tests.nodes import NodeProcess
 from tests.unit.test_deploy import agents_tls_probe_command
 

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import Client, user
-from federation.harness import policies_toml
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from tests.harness import policies_toml
 from tests.nodes import NEVER_FADE
 
 TENANT = "acme"

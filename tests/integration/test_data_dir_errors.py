@@ -5,20 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from federation.processes import node_command
 from tests.nodes import free_port
 
 
 def run_node(data: Path) -> subprocess.CompletedProcess[str]:
-    command = [
-        sys.executable, "-m", "federation", "node", "--name", "lonely", "--data", str(data),
-        "--listen", f"127.0.0.1:{free_port()}", "--metrics", "",
-    ]  # fmt: skip
+    command = node_command("lonely", data_dir=data, listen=f"127.0.0.1:{free_port()}", metrics="")
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 

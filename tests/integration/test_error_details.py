@@ -236,10 +236,11 @@ STARTING = {Reason.NODE_STARTING}
 # reopened (tests/unit/test_errors.py checks their details), a stopping node's delta streams
 # (answered in a window of milliseconds), a bug (INTERNAL), and a missing confidence, which
 # needs presence on ObserveRequest.confidence (proto3 optional); a retried write whose first
-# call a node holds only in part is a window between two deltas of a peer, not built by any
-# test yet.
+# call a node holds only in part (a window between two deltas of a peer, or the rest lost
+# since) is built on an engine by tests/unit/test_idempotency.py, not on a node process.
 UNREACHABLE_HERE = {
     Reason.IDEMPOTENT_WRITE_PENDING,
+    Reason.IDEMPOTENT_WRITE_LOST,
     Reason.STORE_UNWRITABLE,
     Reason.NODE_STOPPING,
     Reason.INTERNAL,

@@ -20,6 +20,7 @@ import pytest
 
 from federation import tokens
 from federation.client import Client, user
+from federation.processes import node_command
 from node.auth import hash_token, load_tokens, render_tokens
 from selfmodel.errors import HandoffPending, HandoffTimeout, from_rpc_error
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -315,11 +316,12 @@ def test_get_status_counts_subjects_only_for_operators_and_within_their_tenant(
 def test_without_tokens_a_node_refuses_to_serve_metrics_beyond_loopback(
     tmp_path: Path,
 ) -> None:
-    command = [
-        sys.executable, "-m", "federation", "node", "--name", "open",
-        "--data", str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
-        "--metrics", f"0.0.0.0:{free_port()}",
-    ]  # fmt: skip
+    command = node_command(
+        "open",
+        data_dir=tmp_path / "data",
+        listen=f"127.0.0.1:{free_port()}",
+        metrics=f"0.0.0.0:{free_port()}",
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from federation.harness import free_port
+from tests.harness import free_port
 
 
 def node_pids(data: Path) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pytest
 from federation import tokens
 from federation.cli import main
 from federation.client import AsyncClient, AuditEntry, Client, user
+from federation.processes import node_command
 from node.errors import PermissionDenied, Unauthenticated
 from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.nodes import NodeProcess, free_port
@@ -373,22 +373,19 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
     assert printed["nextCursor"] == cursor
 
 
-def run_node(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "federation", "node", "--name", "n", "--metrics", "",
-           "--data", str(tmp_path / "data"), *args]  # fmt: skip
+def run_node(tmp_path: Path, listen: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = node_command("n", data_dir=tmp_path / "data", listen=listen, metrics="", args=args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
 def test_a_node_without_tokens_refuses_to_bind_a_non_loopback_address(tmp_path: Path) -> None:
-    done = run_node(tmp_path, "--listen", f"0.0.0.0:{free_port()}")
+    done = run_node(tmp_path, f"0.0.0.0:{free_port()}")
     assert done.returncode == 2
     assert "refusing to serve 0.0.0.0" in done.stderr and "--tokens FILE" in done.stderr
 
 
 def test_a_node_with_a_missing_token_file_refuses_to_start(tmp_path: Path) -> None:
-    done = run_node(
-        tmp_path, "--listen", f"127.0.0.1:{free_port()}", "--tokens", str(tmp_path / "x")
-    )
+    done = run_node(tmp_path, f"127.0.0.1:{free_port()}", "--tokens", str(tmp_path / "x"))
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 

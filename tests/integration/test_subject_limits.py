@@ -10,10 +10,10 @@ import pytest
 
 from federation import cluster as cluster_file
 from federation.client import Client, user
-from federation.harness import LocalCluster
 from federation.launcher import status_rows
 from node.errors import ResourceExhausted
 from selfmodel.v1 import selfmodel_pb2
+from tests.harness import LocalCluster
 from tests.nodes import node_status, wait_until
 
 CONTEXT = "notes"

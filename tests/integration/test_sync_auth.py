@@ -16,7 +16,6 @@ import pytest
 from federation import tokens
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import user
-from federation.harness import LocalCluster
 from node.engine import Engine
 from node.peers import NODE_HEADER, TOKEN_HEADER, PeerAuth, peer_token, read_secrets
 from node.replication import EngineReplica, GrpcPeerLink
@@ -26,6 +25,7 @@ from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
 from sync.crdt import SubjectState
 from sync.hlc import pack, physical_ms, wall_ms
 from sync.observation import Subject, SubjectKind
+from tests.harness import LocalCluster
 
 METHODS = ("Replicate", "GetBuckets", "GetDigests", "ExchangeStates", "ClaimRun")
 REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}

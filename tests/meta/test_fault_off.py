@@ -1,5 +1,5 @@
 """The fault tests depend on their faults: with every fault proxy forced to pass everything
-through (SELFMODEL_FAULTPROXY=off, federation/faultproxy.py), each test marked ``proxy`` fails.
+through (SELFMODEL_FAULTPROXY=off, tests/faultproxy.py), each test marked ``proxy`` fails.
 
 A fault test that passes without its fault proves nothing about the fault; the normal run of the
 suite is the other half (there every one of them passes).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.faultproxy import OFF_ENV
+from tests.faultproxy import OFF_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 # At least these many tests carry the marker; fewer means the selection broke.

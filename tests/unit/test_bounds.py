@@ -7,10 +7,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from node.config import NodeConfig
 from node.convert import snapshot
 from node.policy import PolicyBook
 from node.resolution import resolve
-from node.server import NodeConfig
 from sync.bounds import (
     Footprint,
     Footprints,

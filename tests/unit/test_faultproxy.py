@@ -1,4 +1,4 @@
-"""federation/faultproxy.py: SELFMODEL_FAULTPROXY=off leaves every link passing."""
+"""tests/faultproxy.py: SELFMODEL_FAULTPROXY=off leaves every link passing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from federation.faultproxy import OFF_ENV, FaultProxy
+from tests.faultproxy import OFF_ENV, FaultProxy
 
 
 @pytest.fixture

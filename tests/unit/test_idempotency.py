@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from node.errors import InvalidArgument, Unavailable
-from node.idempotency import CF, Replay, Request, fingerprint, record_rows, recorded, replicated
+from node.idempotency import (
+    CF,
+    SWEEP,
+    Replay,
+    Request,
+    Sweeper,
+    fingerprint,
+    record_rows,
+    recorded,
+    replicated,
+)
 from sync.causal import CausalContext
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -83,6 +93,61 @@ def test_records_past_the_window_are_swept_by_later_keyed_writes() -> None:
     assert len(times) == 2
 
 
+class Tombstoning:
+    """The requests column family as an LSM store keeps it: a deleted row stays as a tombstone
+    (until a compaction, which never comes here), and a scan reads over the tombstones in its
+    range; ``read_over`` counts them, per scan."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes | None] = {}
+        self.read_over: list[int] = []
+
+    def get_meta(self, cf: str, key: bytes) -> bytes | None:
+        return self.rows.get(key)
+
+    def scan(self, cf: str, after: bytes = b"", limit: int = 100) -> list[tuple[bytes, bytes]]:
+        found: list[tuple[bytes, bytes]] = []
+        tombstones = 0
+        for key in sorted(k for k in self.rows if k > after):
+            value = self.rows[key]
+            if value is None:
+                tombstones += 1
+            elif len(found) < limit:
+                found.append((key, value))
+            else:
+                break
+        self.read_over.append(tombstones)
+        return found
+
+    def write(self, rows: list[tuple[str, bytes, bytes | None]]) -> None:
+        for _, key, value in rows:
+            self.rows[key] = value
+
+
+def test_a_sweep_reads_over_no_more_deleted_records_as_more_are_swept() -> None:
+    """A keyed write's sweep costs its own rows, not the records swept since the node started."""
+    records, sweeper = Tombstoning(), Sweeper()
+    window = REQUEST.window_ms
+    writes = 2000
+    for i in range(writes):  # one each 100 ms: each expires 600 writes later, then is swept
+        now = BASE_MS + i * 100
+        req = REQUEST._replace(key=f"call-{i}")
+        records.write(sweeper.rows_for(records, req, "observe", Replay(), now))
+    swept = sum(1 for k, v in records.rows.items() if k.startswith(b"K") and v is None)
+    assert writes - swept <= window // 100 + 1  # the records left: those of the window
+    assert max(records.read_over) <= 2 * SWEEP, records.read_over[-5:]
+    # A record timed before the last sweep (a wall clock stepped back) is swept in its turn.
+    back = BASE_MS
+    records.write(
+        sweeper.rows_for(records, REQUEST._replace(key="back"), "observe", Replay(), back)
+    )
+    later = BASE_MS + writes * 100 + window
+    for i in range(100):
+        req = REQUEST._replace(key=f"late-{i}")
+        records.write(sweeper.rows_for(records, req, "observe", Replay(), later + i))
+    assert records.rows[REQUEST._replace(key="back").row_key()] is None
+
+
 def _state(subject: Subject, *observations: object) -> SubjectState:
     obs = list(observations)
     return SubjectState(
@@ -107,9 +172,19 @@ ASKED = [
 def test_a_call_is_recognised_from_its_merged_observations_only_once_all_are_merged() -> None:
     alice, bob = _state(ALICE, _keyed(1, 0)), _state(BOB, _keyed(2, 1))
     assert replicated([alice, bob], REQUEST, ASKED, BASE_MS) == Replay(("a.1:1", "a.1:2"))
-    with pytest.raises(Unavailable, match="1 of the 2"):
+    with pytest.raises(Unavailable, match="1 of the 2") as pending:
         replicated([alice, _state(BOB)], REQUEST, ASKED, BASE_MS)
+    assert pending.value.reason == "IDEMPOTENT_WRITE_PENDING" and pending.value.retry_after_s
     assert replicated([_state(ALICE), _state(BOB)], REQUEST, ASKED, BASE_MS) is None
+
+
+def test_a_call_lost_in_part_on_one_subject_says_retrying_here_never_helps() -> None:
+    """A subject's observations of one call arrive together: one present and one not means the
+    other was since replaced here, which no retry on this node finds."""
+    both = [(0, ALICE, "budget", "amount", "ten thousand"), (1, ALICE, "plans", "size", "big")]
+    with pytest.raises(Unavailable, match=r"since replaced.*node that took the first call") as lost:
+        replicated([_state(ALICE, _keyed(1, 0))], REQUEST, both, BASE_MS)
+    assert lost.value.reason == "IDEMPOTENT_WRITE_LOST" and lost.value.retry_after_s is None
 
 
 def test_merged_observations_of_another_agent_or_past_the_window_are_not_the_call() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from federation import cluster
 from federation.cli import main
+from node.config import ConfigError, NodeConfig, peer_auth
 from node.peers import (
     MIN_SECRET_CHARS,
     NODE_HEADER,
@@ -24,7 +25,6 @@ from node.peers import (
     read_secrets,
 )
 from node.replication import PeerConfig
-from node.server import ConfigError, NodeConfig, peer_auth
 from sync.receiver import actor_node, foreign_actors
 
 SECRET = b"s" * MIN_SECRET_CHARS

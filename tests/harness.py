@@ -1,18 +1,17 @@
-"""Local clusters of real node processes, for the tests and the benchmarks.
+"""Local clusters of real node processes, for the tests and the benchmarks (not installed).
 
-Every node runs as its own `selfmodel node` process on free loopback ports; with proxies on,
-each directed link between two nodes goes through a FaultProxy so a test can partition, stall,
-delay or cut it. Everything started here is stopped by ``stop()`` (use it as a context manager).
+Every node runs as its own `selfmodel node` process (started by federation.processes) on free
+loopback ports; with proxies on, each directed link between two nodes goes through a FaultProxy
+so a test can partition, stall, delay or cut it. Everything started here is stopped by
+``stop()`` (use it as a context manager).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,15 +23,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from federation import processes
 from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
-from federation.faultproxy import FaultProxy, Mode
 from node.peers import PeerAuth, create_secret, read_secrets
-from node.tls import agent_channel_credentials, open_channel
+from selfmodel.channels import agent_channel_credentials, open_channel
 from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from tests.faultproxy import FaultProxy, Mode
 
-_LISTENING = re.compile(r"listening on (\S+)(?: metrics http://[^:]+:(\d+)/metrics)?")
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = processes.START_TIMEOUT_S
 
 
 def free_port() -> int:
@@ -87,16 +86,14 @@ class NodeProcess:
         self.log_path = self.data_dir.parent / f"{self.name}.log"
 
     def command(self) -> list[str]:
-        base = [*self.prefix, sys.executable, "-m", "federation", "node", "--name", self.name]
-        if self.cluster_file is not None:
-            return [*base, "--cluster", str(self.cluster_file), *self.args]
-        return [
-            *base,
-            "--data", str(self.data_dir),
-            "--listen", f"127.0.0.1:{self.port}",
-            "--metrics", "127.0.0.1:0",
-            *self.args,
-        ]  # fmt: skip
+        return processes.node_command(
+            self.name,
+            cluster_file=self.cluster_file,
+            data_dir=self.data_dir,
+            listen=f"127.0.0.1:{self.port}",
+            args=self.args,
+            prefix=self.prefix,
+        )
 
     def start(self) -> NodeProcess:
         self.launch()
@@ -104,25 +101,20 @@ class NodeProcess:
 
     def launch(self) -> None:
         """Starts the process; await_started then waits until it serves."""
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = dict(self.env)
         if self.cwd is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(self.cwd / "protos"), str(self.cwd)])
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=self.cwd
-            )
+        self.proc = processes.spawn(self.command(), self.log_path, env, cwd=self.cwd)
 
     def await_started(self) -> NodeProcess:
-        assert self.proc is not None and self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = _LISTENING.search(line)
-        if not match:
+        assert self.proc is not None
+        listening = processes.await_listening(self.proc, START_TIMEOUT_S)
+        if listening is None:
             self.kill()
-            raise RuntimeError(f"node {self.name} did not start: {line!r}\n{self.log()}")
-        self.address = match.group(1)
+            raise RuntimeError(f"node {self.name} did not start:\n{self.log()}")
+        self.address = listening.address
         self.port = int(self.address.rsplit(":", 1)[1])
-        self.metrics_port = int(match.group(2)) if match.group(2) else None
+        self.metrics_port = listening.metrics_port
         wait_healthy(self.address, credentials=self.credentials)
         return self
 
@@ -134,15 +126,7 @@ class NodeProcess:
         """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused node cannot handle SIGTERM
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        [code] = processes.stop([self.proc], timeout_s)
         self._close()
         return code
 
@@ -381,13 +365,12 @@ class LocalCluster:
 
     def peer_channel(self, name: str, as_node: str) -> grpc.Channel:
         """A channel to ``name``'s Sync service, presenting ``as_node``'s certificate under TLS."""
-        target = f"127.0.0.1:{self.peer_ports[name]}"
-        if self.certs is None:
-            return grpc.insecure_channel(target)
-        creds = channel_credentials(
-            self.certs / "ca.pem", self.certs / f"{as_node}.pem", self.certs / f"{as_node}.key"
-        )
-        return grpc.secure_channel(target, creds)
+        creds = None
+        if self.certs is not None:
+            creds = channel_credentials(
+                self.certs / "ca.pem", self.certs / f"{as_node}.pem", self.certs / f"{as_node}.key"
+            )
+        return open_channel(f"127.0.0.1:{self.peer_ports[name]}", creds)
 
     def peer_metadata(self, as_node: str) -> tuple[tuple[str, str], ...]:
         """The metadata of a Sync call from ``as_node``: its name, and its peer token when the

@@ -1,0 +1,332 @@
+"""The commands that call a node as an agent or an operator would (observe, retract, show,
+show-many, subjects, contexts, policy, explain, forget, audit), each printing the node's reply in
+the proto JSON mapping, and the health check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from federation import calls, cluster
+from federation.bearer import token_args
+from federation.client import Client, parse_subject
+from federation.views import DEFAULT_TARGET
+from selfmodel import channels
+from selfmodel.v1 import model_pb2
+from sync.codec import evidence_from_proto
+from sync.observation import Evidence, Subject, SubjectKind
+
+
+def _client(args: argparse.Namespace) -> Client:
+    credentials = None
+    if args.ca:
+        credentials = channels.agent_channel_credentials(Path(args.ca))
+    return Client(
+        args.target,
+        agent=args.agent,
+        token=args.token,
+        token_file=args.token_file,
+        tenant=args.tenant,
+        credentials=credentials,
+    )
+
+
+def _print(msg: Any) -> None:
+    """Every command's answer: its reply message in the proto JSON mapping (lowerCamelCase
+    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads."""
+    print(
+        json_format.MessageToJson(
+            msg, indent=2, ensure_ascii=False, always_print_fields_with_no_presence=True
+        )
+    )
+
+
+def _run(
+    args: argparse.Namespace, describe: Callable[..., calls.Call[Any]], *a: Any, **kw: Any
+) -> int:
+    """Prints the reply of the call ``describe`` builds (on the client of ``args``)."""
+    with _client(args) as client:
+        _print(client._run(calls.raw(describe(client._req, *a, **kw))))
+    return 0
+
+
+def _evidence(texts: list[str] | None) -> list[Evidence]:
+    """``--evidence`` values: an Evidence in the proto JSON mapping (``{"kind": "ticket",
+    "ref": "crm://t/1", "quote": "...", "time": "2026-01-05T10:00:00Z"}``) or ``kind:ref``."""
+    found = []
+    for text in texts or []:
+        msg = model_pb2.Evidence()
+        if text.lstrip().startswith("{"):
+            try:
+                json_format.Parse(text, msg)
+            except json_format.ParseError as exc:
+                raise ValueError(f"--evidence {text!r}: {exc}") from exc
+        else:
+            msg.kind, colon, msg.ref = text.partition(":")
+            if not colon or not msg.kind:
+                raise ValueError(f"--evidence {text!r}: give kind:ref, or an Evidence in JSON")
+        found.append(evidence_from_proto(msg))
+    return found
+
+
+def _subject(args: argparse.Namespace) -> Subject:
+    return parse_subject(args.subject, args.tenant)
+
+
+def _observe(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        calls.observe,
+        _subject(args),
+        args.statement,
+        confidence=args.confidence,
+        context=args.context,
+        key=args.key,
+        evidence=_evidence(args.evidence),
+        idempotency_key=args.idempotency_key,
+    )
+
+
+def _retract(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        calls.retract,
+        _subject(args),
+        args.context,
+        args.key,
+        source=args.source,
+        idempotency_key=args.idempotency_key,
+    )
+
+
+def _show(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        calls.self_model,
+        _subject(args),
+        include_uncertain=True,
+        contexts=args.context or (),
+        at_least=args.at_least,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+
+
+def _show_many(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        calls.self_models,
+        [parse_subject(s, args.tenant) for s in args.subjects],
+        include_uncertain=True,
+        contexts=args.context or (),
+        at_least=args.at_least,
+    )
+
+
+def _subjects(args: argparse.Namespace) -> int:
+    kind = SubjectKind[args.kind.upper()] if args.kind else None
+    return _run(
+        args,
+        calls.subjects,
+        kind=kind,
+        page_size=args.page_size,
+        page_token=args.page_token,
+        tenant=args.tenant,
+    )
+
+
+def _contexts(args: argparse.Namespace) -> int:
+    return _run(args, calls.contexts, _subject(args))
+
+
+def _policy(args: argparse.Namespace) -> int:
+    return _run(args, calls.policy, *args.contexts)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    return _run(args, calls.explain, _subject(args), args.context, args.key)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    return _run(args, calls.audit, args.after, args.limit)
+
+
+def _forget(args: argparse.Namespace) -> int:
+    return _run(args, calls.forget, _subject(args), idempotency_key=args.idempotency_key)
+
+
+def _health(args: argparse.Namespace) -> int:
+    """grpc.health.v1 Check of one node: exit 0 only while it answers SERVING.
+
+    With ``--cluster`` the cluster file says where the node listens, whether its agents' port
+    speaks TLS and which CA to trust; the node is ``--name``, else this machine's hostname (a
+    StatefulSet pod's or a compose service's), so one probe command serves every node.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target, credentials, server_name = args.target, None, args.server_name
+    try:
+        if args.cluster:
+            spec = cluster.load(Path(args.cluster))
+            name = args.name or socket.gethostname()
+            if name not in spec.names():
+                raise ValueError(
+                    f"{args.cluster} has no node named {name!r} (pass --name; nodes: "
+                    f"{', '.join(spec.names())})"
+                )
+            target = cluster.dial_address(spec.node(name).address)
+            server_name = server_name or name
+            credentials = spec.agent_credentials()
+        elif args.ca:
+            credentials = channels.agent_channel_credentials(Path(args.ca))
+    except OSError as exc:  # the cluster file itself is a ClusterFileError
+        raise ValueError(f"cannot read the CA certificate: {exc}") from exc
+    options = []
+    if credentials is not None and server_name:
+        # Dialed by address (loopback, in a probe): check the certificate against the node's name.
+        options.append(("grpc.ssl_target_name_override", server_name))
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    with channels.open_channel(target, credentials, options) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            failure = f"{exc.code().name}: {exc.details()}"
+            print(f"selfmodel health: {target}: {failure}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def client_args(p: argparse.ArgumentParser) -> None:
+    """Where the node is and who calls it."""
+    p.add_argument(
+        "--target", default=DEFAULT_TARGET, help=f"node address (default: {DEFAULT_TARGET})"
+    )
+    p.add_argument("--agent", default="cli", help="agent id for development nodes (default: cli)")
+    token_args(p, "bearer token")
+    p.add_argument("--ca", help="PEM CA certificate: connect over TLS, trusting only it")
+    p.add_argument(
+        "--tenant", default="default", help="tenant of kind:id subjects (default: default)"
+    )
+
+
+def idempotency_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--idempotency-key",
+        help="repeat an earlier call's key to retry it safely (default: a new key)",
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    obs = sub.add_parser("observe", help="record an observation")
+    obs.add_argument("subject", help="tenant/kind/id or kind:id, e.g. user:u-42")
+    obs.add_argument("statement")
+    obs.add_argument("--context", required=True)
+    obs.add_argument("--confidence", type=float, required=True)
+    obs.add_argument("--key", default="")
+    obs.add_argument(
+        "--evidence",
+        action="append",
+        help='what it rests on (repeatable): kind:ref, or JSON {"kind": ..., "ref": ..., '
+        '"quote": ..., "time": ...}',
+    )
+    idempotency_arg(obs)
+    client_args(obs)
+    obs.set_defaults(run=_observe)
+
+    retract = sub.add_parser("retract", help="withdraw a source's observations in a slot")
+    retract.add_argument("subject")
+    retract.add_argument("context")
+    retract.add_argument("key", help="the slot's key (the key observe printed)")
+    retract.add_argument("--source", default="", help="another source's (operators only)")
+    idempotency_arg(retract)
+    client_args(retract)
+    retract.set_defaults(run=_retract)
+
+    show = sub.add_parser("show", help="print a subject's resolved self-model (uncertain included)")
+    show.add_argument("subject")
+    show.add_argument("--context", action="append", help="only this context (repeatable)")
+    show.add_argument("--at-least", help="a handoff token to wait for")
+    show.add_argument("--page-size", type=int, default=0, help="beliefs per page (0: all)")
+    show.add_argument("--page-token", default="", help="the nextPageToken of the last page")
+    client_args(show)
+    show.set_defaults(run=_show)
+
+    many = sub.add_parser("show-many", help="the self-models of several subjects, read together")
+    many.add_argument("subjects", nargs="+")
+    many.add_argument("--context", action="append", help="only this context (repeatable)")
+    many.add_argument("--at-least", help="a handoff token to wait for")
+    client_args(many)
+    many.set_defaults(run=_show_many)
+
+    subjects = sub.add_parser("subjects", help="list the tenant's subjects, a page at a time")
+    subjects.add_argument("--kind", choices=["user", "team", "org"], help="only this kind")
+    subjects.add_argument("--page-size", type=int, default=0, help="subjects per page (0: 100)")
+    subjects.add_argument("--page-token", default="", help="the nextPageToken of the last page")
+    client_args(subjects)
+    subjects.set_defaults(run=_subjects)
+
+    contexts = sub.add_parser("contexts", help="a subject's contexts, each with its policy")
+    contexts.add_argument("subject")
+    client_args(contexts)
+    contexts.set_defaults(run=_contexts)
+
+    policy = sub.add_parser("policy", help="the policy in force for contexts (none: the default)")
+    policy.add_argument("contexts", nargs="*")
+    client_args(policy)
+    policy.set_defaults(run=_policy)
+
+    explain = sub.add_parser("explain", help="every observation of a slot and why the winner won")
+    explain.add_argument("subject")
+    explain.add_argument("context")
+    explain.add_argument("key")
+    client_args(explain)
+    explain.set_defaults(run=_explain)
+
+    forget = sub.add_parser("forget", help="erase a subject on every node")
+    forget.add_argument("subject")
+    idempotency_arg(forget)
+    client_args(forget)
+    forget.set_defaults(run=_forget)
+
+    audit = sub.add_parser("audit", help="the node's log of operator actions (operators only)")
+    audit.add_argument("--after", default="", help="continue after this cursor (next_cursor)")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
+    client_args(audit)
+    audit.set_defaults(run=_audit)
+
+    health = sub.add_parser(
+        "health", help="grpc.health.v1 check of a node: exit 0 only while it is SERVING"
+    )
+    health.add_argument(
+        "--target",
+        default=os.environ.get("SELFMODEL_HEALTH_TARGET", DEFAULT_TARGET),
+        help="node address (default: $SELFMODEL_HEALTH_TARGET, else %(default)s)",
+    )
+    health.add_argument("--ca", help="PEM CA certificate: connect over TLS, trusting only it")
+    health.add_argument(
+        "--server-name", help="the name to check the node's certificate against (TLS)"
+    )
+    health.add_argument(
+        "--cluster",
+        help="cluster file: check its node --name at its address, over TLS when its agents' "
+        "port is (overrides --target and --ca)",
+    )
+    health.add_argument("--name", help="node of --cluster (default: this machine's hostname)")
+    health.add_argument("--service", default="", help="service to check (default: the node)")
+    health.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait (default: %(default)s)"
+    )
+    health.set_defaults(run=_health)
+
+
+__all__ = ["add_commands"]

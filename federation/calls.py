@@ -1,0 +1,318 @@
+"""Each call of the client library, described once: the request it sends, the stub method that
+carries it, and how the reply becomes the answer. ``Client`` and ``AsyncClient`` run these same
+descriptions (``federation.client``), so the two cannot differ in what a call does.
+
+A description function takes the client's ``Requests`` (its tenant, and the token of the last
+model read per subject) followed by the public method's own parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, TypeVar
+
+from google.protobuf.message import Message
+
+from federation.pages import PolicyView, SubjectsPage, new_idempotency_key, policies, subjects_page
+from federation.views import (
+    AuditEntry,
+    Observed,
+    Retracted,
+    SelfModelView,
+    SubjectLike,
+    SubjectRef,
+    audit_page,
+    parse_subject,
+    view_from_proto,
+)
+from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
+from sync.observation import Evidence, SubjectKind
+
+T = TypeVar("T")
+Service = Literal["SelfModel", "Admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One unary call; the clients retry it on UNAVAILABLE only, with the same request: a
+    write's idempotency key is the same on every retry, so a retry whose first attempt was
+    recorded (its answer lost) is answered as the first and records nothing new."""
+
+    service: Service
+    method: str  # the stub's method name
+    request: Message
+    answer: Callable[[Any], T]
+    timeout_s: float | None = None  # None: the client's
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(Generic[T]):
+    """One server-streaming call of the SelfModel service; never retried (the caller decides)."""
+
+    method: str
+    request: Message
+    item: Callable[[Any], T]
+    timeout_s: float | None = None  # None: until cancelled
+
+
+def raw(call: Call[Any]) -> Call[Any]:
+    """The same call, answering with the reply message itself."""
+    return replace(call, answer=lambda reply: reply)
+
+
+class Requests:
+    """What a client's calls are built from: its tenant, and what it has read."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        # The token of the last model read per subject: what the next observation of that
+        # subject is based on (ObserveRequest.based_on), unless the caller says otherwise.
+        self.read: dict[tuple[str, int, str], str] = {}
+
+    def remember(self, view: SelfModelView) -> SelfModelView:
+        s = view.subject
+        self.read[(s.tenant, int(s.kind), s.id)] = view.token
+        return view
+
+    def subject(self, subject: SubjectLike) -> model_pb2.Subject:
+        if isinstance(subject, SubjectRef):
+            subject = subject.resolve(self.tenant)
+        elif isinstance(subject, str):
+            subject = parse_subject(subject, self.tenant)
+        return model_pb2.Subject(tenant=subject.tenant, kind=int(subject.kind), id=subject.id)  # type: ignore[arg-type]
+
+
+def _observed(reply: selfmodel_pb2.ObserveResponse) -> Observed:
+    return Observed(reply.observation_id, reply.key, reply.handoff_token)
+
+
+def _token(reply: Any) -> str:
+    return str(reply.handoff_token)
+
+
+def observe(
+    req: Requests,
+    subject: SubjectLike,
+    statement: str,
+    *,
+    confidence: float,
+    context: str,
+    key: str = "",
+    evidence: Iterable[Evidence] = (),
+    based_on: str | None = None,
+    idempotency_key: str | None = None,
+) -> Call[Observed]:
+    """Records an observation. ``based_on``: the handoff token of the model read it rests
+    on; by default the last model of this subject read through this client ("" for none).
+    ``idempotency_key``: by default a new one, reused by this call's retries."""
+    subj = req.subject(subject)
+    if based_on is None:
+        based_on = req.read.get((subj.tenant, int(subj.kind), subj.id), "")
+    request = selfmodel_pb2.ObserveRequest(
+        subject=subj,
+        context=context,
+        key=key,
+        statement=statement,
+        confidence=confidence,
+        based_on=based_on,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+    for ev in evidence:
+        e = request.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
+        if ev.time_ms:
+            e.time.FromMilliseconds(ev.time_ms)
+    return Call("SelfModel", "Observe", request, _observed)
+
+
+def observe_batch(
+    req: Requests,
+    requests: Sequence[selfmodel_pb2.ObserveRequest],
+    *,
+    idempotency_key: str | None = None,
+) -> Call[str]:
+    """Records the observations together (all or none); returns the batch's token."""
+    request = selfmodel_pb2.ObserveBatchRequest(
+        observations=requests, idempotency_key=idempotency_key or new_idempotency_key()
+    )
+    return Call("SelfModel", "ObserveBatch", request, _token)
+
+
+def retract(
+    req: Requests,
+    subject: SubjectLike,
+    context: str,
+    key: str,
+    *,
+    source: str = "",
+    idempotency_key: str | None = None,
+) -> Call[Retracted]:
+    """Withdraws ``source``'s observations in the slot (by default the caller's own)."""
+    request = selfmodel_pb2.RetractRequest(
+        subject=req.subject(subject),
+        context=context,
+        key=key,
+        source=source,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+    return Call(
+        "SelfModel",
+        "Retract",
+        request,
+        lambda reply: Retracted(reply.retracted, reply.handoff_token, reply.recorded),
+    )
+
+
+def self_model(
+    req: Requests,
+    subject: SubjectLike,
+    *,
+    at_least: str | None = None,
+    contexts: Sequence[str] = (),
+    min_confidence: float = 0.0,
+    include_uncertain: bool = False,
+    timeout_s: float | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+) -> Call[SelfModelView]:
+    """The subject's resolved model; with ``at_least``, once the node holds that handoff
+    token's writes. Its token becomes the default ``based_on`` of the next observation. With
+    ``page_size``, one page of its beliefs (pass the view's ``next_page_token`` as
+    ``page_token`` for the next)."""
+    request = selfmodel_pb2.GetSelfModelRequest(
+        subject=req.subject(subject),
+        contexts=list(contexts),
+        min_confidence=min_confidence,
+        include_uncertain=include_uncertain,
+        at_least=at_least or "",
+        page_size=page_size,
+        page_token=page_token,
+    )
+    return Call(
+        "SelfModel",
+        "GetSelfModel",
+        request,
+        lambda reply: req.remember(view_from_proto(reply)),
+        timeout_s,
+    )
+
+
+def self_models(
+    req: Requests,
+    subjects: Sequence[SubjectLike],
+    *,
+    at_least: str | None = None,
+    contexts: Sequence[str] = (),
+    min_confidence: float = 0.0,
+    include_uncertain: bool = False,
+) -> Call[tuple[list[SelfModelView], str]]:
+    """The models of several subjects, in order, and one handoff token covering them all."""
+    request = selfmodel_pb2.BatchGetSelfModelsRequest(
+        subjects=[req.subject(s) for s in subjects],
+        contexts=list(contexts),
+        min_confidence=min_confidence,
+        include_uncertain=include_uncertain,
+        at_least=at_least or "",
+    )
+
+    def answer(reply: selfmodel_pb2.BatchGetSelfModelsResponse) -> tuple[list[SelfModelView], str]:
+        return [req.remember(view_from_proto(m)) for m in reply.models], str(reply.handoff_token)
+
+    return Call("SelfModel", "BatchGetSelfModels", request, answer)
+
+
+def subjects(
+    req: Requests,
+    *,
+    kind: SubjectKind | None = None,
+    page_size: int = 0,
+    page_token: str = "",
+    tenant: str | None = None,
+) -> Call[SubjectsPage]:
+    """One page of the tenant's subjects this node holds (default: the client's tenant)."""
+    request = selfmodel_pb2.ListSubjectsRequest(
+        tenant=tenant or req.tenant,
+        kind=int(kind or 0),  # type: ignore[arg-type]
+        page_size=page_size,
+        page_token=page_token,
+    )
+    return Call("SelfModel", "ListSubjects", request, subjects_page)
+
+
+def contexts(
+    req: Requests, subject: SubjectLike, *, at_least: str | None = None
+) -> Call[list[PolicyView]]:
+    """The contexts the subject holds beliefs in, each with its policy in force."""
+    request = selfmodel_pb2.ListContextsRequest(
+        subject=req.subject(subject), at_least=at_least or ""
+    )
+    return Call("SelfModel", "ListContexts", request, lambda reply: policies(reply.contexts))
+
+
+def policy(req: Requests, *contexts: str) -> Call[list[PolicyView]]:
+    """The policy in force for each context (none given: the default, as context "")."""
+    request = selfmodel_pb2.GetPolicyRequest(contexts=list(contexts))
+    return Call("SelfModel", "GetPolicy", request, lambda reply: policies(reply.policies))
+
+
+def explain(
+    req: Requests, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
+) -> Call[selfmodel_pb2.Explanation]:
+    """Every observation of the slot and why the winner won."""
+    request = selfmodel_pb2.ExplainBeliefRequest(
+        subject=req.subject(subject), context=context, key=key, at_least=at_least or ""
+    )
+    return Call("SelfModel", "ExplainBelief", request, lambda reply: reply)
+
+
+def forget(req: Requests, subject: SubjectLike, *, idempotency_key: str | None = None) -> Call[str]:
+    """Erases the subject on every node; returns the erasure's handoff token."""
+    request = selfmodel_pb2.ForgetSubjectRequest(
+        subject=req.subject(subject),
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+    return Call("SelfModel", "ForgetSubject", request, _token)
+
+
+def audit(req: Requests, after: str = "", limit: int = 100) -> Call[tuple[list[AuditEntry], str]]:
+    """Up to ``limit`` audit entries after the cursor ``after``, oldest first, and the cursor
+    to continue from ("" once there is nothing further). Operators only."""
+    request = admin_pb2.ListAuditRequest(after=after, limit=limit)
+    return Call("Admin", "ListAudit", request, audit_page)
+
+
+def watch(
+    req: Requests,
+    subject: SubjectLike,
+    *,
+    contexts: Sequence[str] = (),
+    include_uncertain: bool = False,
+    timeout_s: float | None = None,
+) -> Stream[SelfModelView]:
+    """The subject's model now, then after every change; ends when the call is cancelled."""
+    request = selfmodel_pb2.WatchSelfModelRequest(
+        subject=req.subject(subject),
+        contexts=list(contexts),
+        include_uncertain=include_uncertain,
+    )
+    return Stream("WatchSelfModel", request, view_from_proto, timeout_s)
+
+
+__all__ = [
+    "Call",
+    "Requests",
+    "Stream",
+    "audit",
+    "contexts",
+    "explain",
+    "forget",
+    "observe",
+    "observe_batch",
+    "policy",
+    "raw",
+    "retract",
+    "self_model",
+    "self_models",
+    "subjects",
+    "watch",
+]
