@@ -23,11 +23,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from federation import tokens
-from federation.harness import LocalCluster, start_with_fresh_ports
 from selfmodel.errors import DOMAIN, REASONS, Reason, SelfModelError, from_rpc_error
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2
 from sync.causal import CausalContext
 from sync.codec import decode_token, encode_token
+from tests.harness import LocalCluster, start_with_fresh_ports
 
 ACME_U1 = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1")
 GLOBEX = model_pb2.Subject(tenant="globex", kind=model_pb2.SUBJECT_KIND_USER, id="g-1")
