@@ -174,11 +174,13 @@ def self_model(
     timeout_s: float | None = None,
     page_size: int = 0,
     page_token: str = "",
+    max_positions: int | None = None,
 ) -> Call[SelfModelView]:
     """The subject's resolved model; with ``at_least``, once the node holds that handoff
     token's writes. Its token becomes the default ``based_on`` of the next observation. With
     ``page_size``, one page of its beliefs (pass the view's ``next_page_token`` as
-    ``page_token`` for the next)."""
+    ``page_token`` for the next). With ``max_positions``, at most that many supporters and
+    dissenters per belief (0: their counts only, ``BeliefView.supporter_count``)."""
     request = selfmodel_pb2.GetSelfModelRequest(
         subject=req.subject(subject),
         contexts=list(contexts),
@@ -188,6 +190,8 @@ def self_model(
         page_size=page_size,
         page_token=page_token,
     )
+    if max_positions is not None:
+        request.max_positions = max_positions
     return Call(
         "SelfModel",
         "GetSelfModel",

@@ -5,6 +5,7 @@
     fsync = true
     max_clock_offset_ms = 60000
     cache_mb = 256                # memory per node for subject states kept in memory
+    snapshot_cache_mb = 64        # memory per node for resolved snapshots (node.snapshots)
     max_subject_slots = 1000      # per subject (sync.bounds.SubjectLimits); a write past a
     max_subject_observations = 2000  # limit is refused with RESOURCE_EXHAUSTED
     max_subject_bytes = 1048576   # encoded state; at most half of max_message_bytes
@@ -132,6 +133,7 @@ class Cluster:
     fsync: bool = True
     max_clock_offset_ms: int = 60_000
     cache_mb: float = 256.0
+    snapshot_cache_mb: float = 64.0
     subject_limits: SubjectLimits = field(default_factory=SubjectLimits)
     max_message_bytes: int = 4 * 1024 * 1024
     sync: SyncSettings = field(default_factory=SyncSettings)
@@ -194,10 +196,10 @@ def positive_mb(value: Any) -> float | None:
     return float(value)
 
 
-def _cache_mb(value: Any) -> float:
+def _cache_mb(value: Any, name: str = "cache_mb") -> float:
     mb = positive_mb(value)
     if mb is None:
-        raise ClusterFileError(f"[cluster] cache_mb must be a positive number, got {value!r}")
+        raise ClusterFileError(f"[cluster] {name} must be a positive number, got {value!r}")
     return mb
 
 
@@ -263,6 +265,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         "fsync",
         "max_clock_offset_ms",
         "cache_mb",
+        "snapshot_cache_mb",
         "sync",
         "tls",
         "auth",
@@ -363,6 +366,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         fsync=bool(cluster.get("fsync", True)),
         max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
         cache_mb=_cache_mb(cluster.get("cache_mb", 256)),
+        snapshot_cache_mb=_cache_mb(cluster.get("snapshot_cache_mb", 64), "snapshot_cache_mb"),
         subject_limits=subject_limits(SubjectLimits(), **sizes),
         max_message_bytes=max_message_bytes,
         sync=sync,
@@ -411,6 +415,7 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         metrics_listen=spec.metrics,
         fsync=cluster.fsync,
         cache_mb=cluster.cache_mb,
+        snapshot_cache_mb=cluster.snapshot_cache_mb,
         subject_limits=cluster.subject_limits,
         max_message_bytes=cluster.max_message_bytes,
         policies=cluster.policies,

@@ -110,6 +110,8 @@ def _node(args: argparse.Namespace) -> int:
         config.accept_saved_clock = args.accept_saved_clock
         if args.cache_mb is not None:
             config.cache_mb = args.cache_mb
+        if args.snapshot_cache_mb is not None:
+            config.snapshot_cache_mb = args.snapshot_cache_mb
         config.subject_limits = cluster.subject_limits(
             config.subject_limits,
             max_subject_slots=args.max_subject_slots,
@@ -162,6 +164,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--cache-mb",
         type=_positive_mb,
         help="memory for subject states kept in memory (default: 256, or the cluster file's)",
+    )
+    node.add_argument(
+        "--snapshot-cache-mb",
+        type=_positive_mb,
+        help="memory for resolved snapshots and their replies (default: 64, or the cluster file's)",
     )
     for option, default, what in (
         ("--max-subject-slots", "1000", "slots"),

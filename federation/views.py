@@ -77,6 +77,10 @@ class BeliefView:
     # reported beside the confidence, which never depends on when it is read. Not compared:
     # two reads of the same belief are equal whenever they were made.
     age: dt.timedelta = field(default=dt.timedelta(0), compare=False)
+    # How many sources support and dissent, whether or not the read listed them all
+    # (``max_positions``).
+    supporter_count: int = 0
+    dissenter_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,8 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             changed := _time(b.changed_at),
             b.policy,
             max(resolved - changed, dt.timedelta(0)),
+            b.supporter_count,
+            b.dissenter_count,
         )
         for b in msg.beliefs
     )

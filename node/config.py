@@ -38,6 +38,8 @@ class NodeConfig:
     metrics_listen: str | None = "127.0.0.1:0"
     fsync: bool = True
     cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
+    # Memory for resolved snapshots and their serialized replies (node.snapshots).
+    snapshot_cache_mb: float = 64.0
     policies: PolicyBook = field(default_factory=PolicyBook)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from node.audit import AuditEntry
-from node.engine import ModelView
 from node.policy import ContextPolicy
+from node.reads import ModelView
 from node.resolution import Belief, Explanation, Position, select
+from node.snapshots import Snapshots
 from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
 from sync.codec import evidence_to_proto, subject_to_proto
 from sync.hlc import physical_ms
@@ -23,7 +23,9 @@ def _position(p: Position, msg: model_pb2.Support) -> None:
     msg.observed_at.FromMilliseconds(p.observed_ms)
 
 
-def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
+def belief_to_proto(b: Belief, msg: model_pb2.Belief, max_positions: int | None = None) -> None:
+    """``b`` into ``msg``, with at most ``max_positions`` supporters and as many dissenters
+    (None: all), their counts always."""
     msg.context = b.context
     msg.key = b.key
     msg.statement = b.statement
@@ -31,113 +33,88 @@ def belief_to_proto(b: Belief, msg: model_pb2.Belief) -> None:
     msg.uncertain = b.uncertain
     msg.policy = b.policy
     msg.changed_at.FromMilliseconds(b.changed_ms)
-    for p in b.supporters:
+    msg.supporter_count = len(b.supporters)
+    msg.dissenter_count = len(b.dissenters)
+    for p in b.supporters[:max_positions]:
         _position(p, msg.supporters.add())
-    for p in b.dissenters:
+    for p in b.dissenters[:max_positions]:
         _position(p, msg.dissenters.add())
 
 
 def snapshot(
-    subject: Subject, beliefs: Iterable[Belief], token: str, resolved_ms: int, node: str
+    subject: Subject,
+    beliefs: Iterable[Belief],
+    token: str,
+    resolved_ms: int,
+    node: str,
+    max_positions: int | None = None,
 ) -> model_pb2.SelfModelSnapshot:
     msg = model_pb2.SelfModelSnapshot(handoff_token=token, node=node)
     subject_to_proto(subject, msg.subject)
     msg.resolved_at.FromMilliseconds(resolved_ms)
     for b in beliefs:
-        belief_to_proto(b, msg.beliefs.add())
+        belief_to_proto(b, msg.beliefs.add(), max_positions)
     return msg
 
 
-class _Reply(NamedTuple):
-    view: ModelView  # the view it was built from
-    beliefs: list[Belief]  # the view's beliefs the filter selects
-    body: bytes  # the reply without resolved_at
-    whole: bytes | None  # the body with the view's resolved_at, once a watch asked for it
+class Filter(NamedTuple):
+    """What a read asked for (GetSelfModelRequest, WatchSelfModelRequest)."""
+
+    contexts: frozenset[str] = frozenset()
+    min_confidence: float = 0.0
+    include_uncertain: bool = False
+    max_positions: int | None = None  # None: every supporter and dissenter
 
 
 class SnapshotReplies:
-    """GetSelfModel replies, serialized once per model view and filter, then shared.
+    """GetSelfModel and WatchSelfModel replies, serialized once per snapshot and filter.
 
     Building and serializing the protobuf of a model (50 beliefs: about 12 KB) costs several
-    times what the rest of a read does. The engine hands out the same ``beliefs`` tuple while
-    the subject's state stays the same (resolution never depends on the read instant), so the
-    serialized beliefs, subject, token and node are kept per (subject, filter) and reused while
-    that tuple is; only ``resolved_at`` is encoded per call and appended. Protobuf parses
-    concatenated encodings as one message, and ``resolved_at`` is absent from the cached part,
-    so the reply reads exactly as one built from scratch. Watches share the whole reply too
-    (``shared``).
+    times what the rest of a read does. A snapshot (node.snapshots) stays the same while its
+    subject does, and nothing in it depends on the read instant, so the serialized beliefs,
+    subject, token and node are kept with it, per filter (``Snapshots.add_reply``: bounded and
+    counted with the snapshots), and dropped with it at the subject's next change; only
+    ``resolved_at`` is encoded per call and appended. Protobuf parses concatenated encodings as
+    one message, and ``resolved_at`` is absent from the kept part, so the reply reads exactly as
+    one built from scratch. Watches share the whole reply too (``shared``).
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._entries: dict[tuple[Subject, frozenset[str], float, bool], _Reply] = {}
-        self._lock = threading.Lock()
+    def __init__(self, snapshots: Snapshots) -> None:
+        self.snapshots = snapshots
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def reply(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
-    ) -> bytes:
-        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        return entry.body + self.stamp(view)
+    def reply(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
+        return self._body(subject, view, want, node) + self.stamp(view.resolved_ms)
 
     def shared(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
+        self, subject: Subject, view: ModelView, want: Filter, node: str
     ) -> tuple[list[Belief], bytes]:
         """The beliefs the filter selects and the reply, with the ``resolved_at`` of the first
-        view it was built for: the same objects for every caller of one view and filter, so the
-        watches of a subject hold one copy of a snapshot between them, not one each."""
-        key = (subject, contexts, min_confidence, include_uncertain)
-        entry = self._entry(subject, view, contexts, min_confidence, include_uncertain, node)
-        whole = entry.whole
+        view it was built for: the same bytes for every caller of one snapshot and filter, so
+        the watches of a subject hold one copy of a snapshot between them, not one each."""
+        beliefs = select(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+        key = ("whole", want)
+        whole = view.snapshot.replies.get(key)
         if whole is None:
-            whole = entry.body + self.stamp(entry.view)
-            with self._lock:
-                if self._entries.get(key) is entry:
-                    self._entries[key] = entry._replace(whole=whole)
-        return entry.beliefs, whole
+            whole = self._body(subject, view, want, node) + self.stamp(view.resolved_ms)
+            self.snapshots.add_reply(view.snapshot, key, whole)
+        return beliefs, whole
 
-    def _entry(
-        self,
-        subject: Subject,
-        view: ModelView,
-        contexts: frozenset[str],
-        min_confidence: float,
-        include_uncertain: bool,
-        node: str,
-    ) -> _Reply:
-        key = (subject, contexts, min_confidence, include_uncertain)
-        hit = self._entries.get(key)
-        if hit is not None and hit.view.beliefs is view.beliefs and hit.view.token == view.token:
-            return hit
-        beliefs = select(view.beliefs, contexts, min_confidence, include_uncertain)
-        msg = snapshot(subject, beliefs, view.token, view.resolved_ms, node)
+    def _body(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
+        found = view.snapshot.replies.get(want)
+        if found is not None:
+            return found
+        beliefs = select(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+        msg = snapshot(subject, beliefs, view.token, 0, node, want.max_positions)
         msg.ClearField("resolved_at")
-        entry = _Reply(view, beliefs, msg.SerializeToString(), None)
-        with self._lock:
-            while len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]  # the oldest entry
-            self._entries[key] = entry
-        return entry
+        body = msg.SerializeToString()
+        self.snapshots.add_reply(view.snapshot, want, body)
+        return body
 
     @staticmethod
-    def stamp(view: ModelView) -> bytes:
+    def stamp(resolved_ms: int) -> bytes:
         """The ``resolved_at`` field of a reply, appended to its body."""
         stamp = model_pb2.SelfModelSnapshot()
-        stamp.resolved_at.FromMilliseconds(view.resolved_ms)
+        stamp.resolved_at.FromMilliseconds(resolved_ms)
         return stamp.SerializeToString()
 
 

@@ -2,35 +2,36 @@
 
 Read-modify-write of one subject is serialized by a striped lock held until the batch is
 durable, so per-subject changes reach the store in order and each builds on the last; different
-subjects share fsyncs through the store's group commit. Readers take no lock: they see what
-the store's cache shows, a write once it is acknowledged (a subject missing from the cache is
-read from RocksDB, where a write may show while it syncs: see node.store).
+subjects share fsyncs through the store's group commit. Reads are node.reads' (resolved
+snapshots; a handoff read never waits: node.handoff), watches node.watches', the clock's
+screening of peers' deltas node.screening's. A write finds the slot it changes through the
+subject's slot index (node.snapshots), not by scanning the subject.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from node import idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import QuotaViolation, Reason, ResourceExhausted, clock_ahead, too_large
+from node.errors import Reason, ResourceExhausted, clock_ahead
 from node.handoff import DEFAULT_LEAD, Handoffs
 from node.idempotency import Replay, Request
+from node.locks import SubjectLocks
 from node.policy import PolicyBook
-from node.resolution import Belief, Explanation, explain_slot, normalize_statement, resolve
+from node.reads import ModelView, Reader
+from node.resolution import Explanation, normalize_statement
+from node.screening import screen
+from node.sizes import SubjectSizes
+from node.snapshots import Snapshots
 from node.store import Change, Store
+from node.watches import Subscription, Watches
 from sync.bounds import (
-    Excess,
     Footprint,
-    Footprints,
     SubjectLimits,
-    excess,
-    grew,
-    head_bytes,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import Position, encode_token, token_of_positions
@@ -41,15 +42,10 @@ from sync.crdt import (
     merge,
     observe_delta,
     retract_delta,
-    slot_dots,
-    slot_observations,
 )
 from sync.delivery import CausalBuffer, Delta
-from sync.hlc import ClockAheadError, ClockSkewError, HybridClock, physical_ms, wall_ms
-from sync.holdback import too_new, without
+from sync.hlc import ClockAheadError, HybridClock, physical_ms, wall_ms
 from sync.observation import Evidence, Observation, Subject
-
-STRIPES = 256
 
 
 class ObservationInput(NamedTuple):
@@ -70,21 +66,6 @@ class Written(NamedTuple):
 class WriteResult(NamedTuple):
     written: tuple[Written, ...]
     token: str
-
-
-@dataclass(frozen=True, slots=True)
-class ModelView:
-    state: SubjectState
-    beliefs: tuple[Belief, ...]
-    token: str
-    resolved_ms: int
-
-
-@dataclass(slots=True)
-class Subscription:
-    subject: Subject
-    changed: threading.Event = field(default_factory=threading.Event)
-    closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,31 +97,24 @@ class Engine:
         subject_limits: SubjectLimits | None = None,
         members: frozenset[str] = frozenset(),
         max_handoff_lead: int = DEFAULT_LEAD,
+        snapshot_cache_mb: float = 64.0,
     ) -> None:
         self.store = store
         self.policies = policies or PolicyBook()
         self.clock = clock or HybridClock(high_water=store.hlc_high_water)
         self.node = store.node
         self._now_ms = now_ms
-        self._stripes = [threading.Lock() for _ in range(STRIPES)]
-        self._watchers: dict[Subject, list[Subscription]] = {}
-        self._watch_lock = threading.Lock()
-        self._watch_count = 0
-        self.max_watchers = max_watchers
+        self._locks = SubjectLocks()
+        self.watches = Watches(store.node, max_watchers)
+        self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
-        # One resolution at a time per stripe of subjects: readers of one subject that find the
-        # cache stale (every watcher of it, woken by one change) resolve it once, not each.
-        self._resolving = [threading.Lock() for _ in range(STRIPES)]
-        # subject -> (state, beliefs, token): one resolution per state (a pure function of it).
-        self._resolved: dict[Subject, tuple[SubjectState, tuple[Belief, ...], str]] = {}
+        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs)
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
-        self._footprints = Footprints()  # of subjects' latest states: a write counts its change
-        # Subjects whose refused merges were logged: once each (bounded like _footprints).
-        self._refused_logged: set[Subject] = set()
+        self.sizes = SubjectSizes(self.subject_limits)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -153,7 +127,7 @@ class Engine:
         for i, item in enumerate(inputs):
             by_subject.setdefault(item.subject, []).append((i, item))
         written: list[Written | None] = [None] * len(inputs)
-        with self._locked(by_subject):
+        with self._locks.held(by_subject):
             if request is not None:
                 asked = [
                     (i, x.subject, x.context, _slot_key(x), x.statement)
@@ -182,23 +156,13 @@ class Engine:
                     written[i] = Written(str(obs.dot), obs.key)
                 assert delta is not None
                 added = [state.observations[d] for d in events if d in state.observations]
-                previous = self.footprint(old)
-                footprint = previous.changed(gone, added)
-                found = excess(state, footprint, self.subject_limits)
-                if found is not None and grew(previous, footprint):
-                    metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
-                    raise too_large(
-                        subject,
-                        found,
-                        "nothing of this request was written (retract or forget some of its "
-                        "observations first)",
-                    )
+                footprint = self.sizes.check_write(old, state, gone, added)
                 changes.append(Change(old, state, Delta(delta, frozenset(events))))
                 footprints.append((state, footprint))
             ids = tuple(w.observation_id for w in written if w is not None)
             self._commit(changes, extra=self._request_rows(request, "observe", Replay(ids)))
             for state, footprint in footprints:
-                self._remember_footprint(state, footprint)
+                self.sizes.remember(state, footprint)
         changes.sort(key=_subject_of)
         token = token_of_positions([change.position for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
@@ -217,7 +181,8 @@ class Engine:
         policy = self.policies.for_context(item.context)
         mine: list[Dot] = []  # the source's own, which this observation supersedes
         others: list[Dot] = []
-        for obs in slot_observations(state, item.context, key):
+        slots = self.snapshots.index(state)
+        for obs in sorted(slots.slot(item.context, key), key=_age):  # oldest first
             (mine if obs.source == source else others).append(obs.dot)
         evicted = others[: max(0, len(others) + 1 - policy.max_observations)]
         obs = Observation(
@@ -235,7 +200,9 @@ class Engine:
             request_index=index if request is not None else 0,
         )
         removed = [*mine, *evicted]
-        return obs, removed, observe_delta(state, obs, removed), apply_observe(state, obs, removed)
+        new = apply_observe(state, obs, removed)
+        self.snapshots.written(slots, new, removed, obs)  # the next write's and read's start
+        return obs, removed, observe_delta(state, obs, removed), new
 
     def retract(
         self,
@@ -254,47 +221,27 @@ class Engine:
         action is recorded (slot and count added to its detail) in the same batch. A
         ``request`` seen before is answered as it was the first time (node.idempotency).
         """
-        with self._locked([subject]):
+        with self._locks.held([subject]):
             if request is not None:
                 replay = self._replay(request, "retract", [subject])
                 if replay is not None:
                     return replay.retracted, self._token([subject])
             self._check_clock()
             state = self.state(subject)
-            count = len(slot_dots(state, context, key, source))
+            slot = self.snapshots.index(state).slot(context, key)
+            count = sum(1 for obs in slot if obs.source == source)
             if audit is not None:
                 detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
             event = self._next_dot(state)
             delta = retract_delta(state, self.actor, context, key, source, self._mint())
             new = merge(state, delta)
-            self._check_withdrawal(state, new)
+            self.sizes.check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
             rows = self._request_rows(request, "retract", Replay(retracted=count))
             self._commit([change], audit, rows)
             token = token_of_positions([change.position])
         return count, token
-
-    def _check_withdrawal(self, old: SubjectState, new: SubjectState) -> None:
-        """Refuses a retract whose new withdrawal (recorded even where nothing is withdrawn)
-        would grow the subject past its size limit."""
-        if len(new.withdrawals) <= len(old.withdrawals):
-            return
-        gone = [o for d, o in old.observations.items() if d not in new.observations]
-        before = self.footprint(old)
-        after = before.changed(gone, [])
-        found = excess(new, after, self.subject_limits)
-        if found is None or head_bytes(new) + after.observation_bytes <= (
-            head_bytes(old) + before.observation_bytes
-        ):
-            return
-        metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
-        raise too_large(
-            new.subject,
-            found,
-            "the retract was not recorded (forget the subject, or retract where its "
-            "observations are)",
-        )
 
     def forget(
         self, subject: Subject, audit: AuditRecord | None = None, request: Request | None = None
@@ -306,7 +253,7 @@ class Engine:
         With ``audit`` the erase is recorded in the audit log in the same batch. A ``request``
         seen before is answered as it was the first time (node.idempotency).
         """
-        with self._locked([subject]):
+        with self._locks.held([subject]):
             if request is not None and self._replay(request, "forget", [subject]) is not None:
                 return self._token([subject])
             self._check_clock()
@@ -368,11 +315,7 @@ class Engine:
                 f"{dot.counter}, beyond the bound every replica accepts ({MAX_COUNTER}); "
                 "this subject takes no more events from this node",
                 reason=Reason.COUNTER_EXHAUSTED,
-                metadata={
-                    "subject": state.subject,
-                    "actor": self.actor,
-                    "maximum": MAX_COUNTER,
-                },
+                metadata={"subject": state.subject, "actor": self.actor, "maximum": MAX_COUNTER},
             )
         return dot
 
@@ -395,50 +338,11 @@ class Engine:
         sync; the caller then calls ``store.sync_written()`` before acknowledging it. An erase
         merged here (an advanced erase bound) is audited in the same batch, as peer ``source``'s.
         """
-        accepted: dict[Subject, list[Delta]] = {}
-        indexes: dict[Subject, list[int]] = {}
-        refused: list[int] = []
+        screened = screen(deltas, self.clock)
+        accepted, indexes, reasons = screened.accepted, screened.indexes, screened.reasons
         limited: list[int] = []
-        held_back = 0
-        reason = ""
-        reasons: dict[Subject, str] = {}
-        for index, delta in enumerate(deltas):
-            marks = self._too_new_marks(delta.state)
-            if marks is not None:
-                # An erase bound or a withdrawal is one event's, and cannot be taken out of a
-                # whole state without leaving its dot in the context: refused whole.
-                reason = reason or str(marks)
-                reasons.setdefault(delta.state.subject, f"clock skew: {marks}")
-                metrics.CLOCK_SKEW_REFUSED.inc()
-                refused.append(index)
-                continue
-            too_new = self._too_new(delta.state)
-            if too_new:
-                first = self._skew(too_new[0].hlc)
-                reason = reason or str(first)
-                reasons.setdefault(delta.state.subject, f"clock skew: {first}")
-                metrics.CLOCK_SKEW_REFUSED.inc(len(too_new))
-                if delta.events is not None:
-                    refused.append(index)
-                    continue
-                held_back += len(too_new)
-                rest = without(delta.state, too_new)
-                if rest is None:
-                    continue
-                delta = Delta(rest)
-            indexes.setdefault(delta.state.subject, []).append(index)
-            accepted.setdefault(delta.state.subject, []).append(delta)
-        for group in accepted.values():
-            for delta in group:
-                # Past every merged timestamp, the bound's too: a write made here after the
-                # erase is ordered after it on every node, so the erase never reaches it.
-                self.clock.observe(delta.state.erased.hlc)
-                for hlc in delta.state.withdrawals.values():
-                    self.clock.observe(hlc)
-                for obs in delta.state.observations.values():
-                    self.clock.observe(obs.hlc)
         merged = 0
-        with self._locked(accepted):
+        with self._locks.held(accepted):
             changes = []
             erased: list[AuditRecord] = []
             for subject, group in accepted.items():
@@ -452,7 +356,7 @@ class Engine:
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
-                    found = self._past_limits(state, new)
+                    found = self.sizes.past_limits(state, new)
                     if found is not None:
                         limited += indexes[subject]
                         reasons.setdefault(subject, f"subject {subject} {found.describe()}")
@@ -467,26 +371,13 @@ class Engine:
                     if change.new.erased != change.old.erased:  # type: ignore[union-attr]
                         self.store.purge(change.new.subject, change.new.erased)
         return MergeOutcome(
-            merged, tuple(refused), held_back, reason, tuple(limited), tuple(reasons.items())
+            merged,
+            tuple(screened.refused),
+            screened.held_back,
+            screened.reason,
+            tuple(limited),
+            tuple(reasons.items()),
         )
-
-    def _too_new_marks(self, state: SubjectState) -> ClockSkewError | None:
-        """Why this node's clock refuses the state's erase bound or a withdrawal, if it does."""
-        for hlc in (state.erased.hlc, *state.withdrawals.values()):
-            if physical_ms(hlc) > self.clock.wall() + self.clock.max_offset_ms:
-                return self._skew(hlc)
-        return None
-
-    def _too_new(self, state: SubjectState) -> list[Observation]:
-        """The state's observations whose timestamps this node's clock refuses, oldest first."""
-        return too_new(state, self.clock.wall() + self.clock.max_offset_ms)
-
-    def _skew(self, hlc: int) -> ClockSkewError:
-        try:
-            self.clock.check(hlc)
-        except ClockSkewError as exc:
-            return exc
-        return ClockSkewError(physical_ms(hlc), self.clock.wall(), self.clock.max_offset_ms)
 
     def _commit(
         self,
@@ -501,37 +392,11 @@ class Engine:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])
         for change in changes:
-            self._notify(change.new.subject)
-
-    def _past_limits(self, old: SubjectState, new: SubjectState) -> Excess | None:
-        """The limit (logged once per subject, counted) a merge would take ``old`` past, growing
-        it, to ``new``: a peer with larger limits sent it. A subject already past them (limits
-        lowered since) may still take merges that do not grow it."""
-        before = self.footprint(old)
-        # Dots are never reused (an erase keeps the context), so the change is the difference.
-        removed = [o for d, o in old.observations.items() if d not in new.observations]
-        added = [o for d, o in new.observations.items() if d not in old.observations]
-        after = before.changed(removed, added)
-        found = excess(new, after, self.subject_limits)
-        if found is None or not grew(before, after):
-            self._remember_footprint(new, after)
-            return None
-        metrics.SUBJECT_LIMIT_REFUSED.labels("merge", found.limit).inc()
-        if new.subject not in self._refused_logged:
-            if len(self._refused_logged) > 10_000:
-                self._refused_logged.clear()
-            self._refused_logged.add(new.subject)
-            metrics.log.warning(
-                "refused to merge a peer's state of %s: it %s", new.subject, found.describe()
-            )
-        return found
+            self.watches.notify(change.new.subject)
 
     def footprint(self, state: SubjectState) -> Footprint:
-        """What ``state`` holds as the subject limits count it (kept for the next write)."""
-        return self._footprints.of(state)
-
-    def _remember_footprint(self, state: SubjectState, footprint: Footprint) -> None:
-        self._footprints.remember(state, footprint)
+        """What ``state`` holds as the subject limits count it (node.sizes)."""
+        return self.sizes.footprint(state)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -541,40 +406,20 @@ class Engine:
         return self.store.actor
 
     def state(self, subject: Subject) -> SubjectState:
-        return self.store.load(subject) or SubjectState(subject)
+        return self.reader.state(subject)
 
     def at_position(
         self, subject: Subject, positions: dict[Subject, Position] | None
     ) -> SubjectState:
-        """The subject's state, if it covers the token's position for it; never waits (else
-        InvalidArgument or HandoffPending: node.handoff.Handoffs.require)."""
-        state = self.state(subject)
-        if positions is not None:
-            self.handoffs.require(state, positions, self.actor)
-        return state
+        """The subject's state if it covers the token's position (node.reads.Reader)."""
+        return self.reader.at_position(subject, positions)
 
     def model(
         self, subject: Subject, positions: dict[Subject, Position] | None = None
     ) -> ModelView:
-        """The subject's resolved model: resolved once per state (resolution is a pure function
-        of it), shared by every reader of it (readers that find it stale at once wait for one of
-        them to resolve it)."""
-        state = self.at_position(subject, positions)
-        cached = self._resolved.get(subject)
-        if cached is None or cached[0] is not state:
-            with self._resolving[hash(subject) % STRIPES]:
-                # The latest state (it covers whatever this one did): readers that loaded states
-                # a change apart then share its resolution instead of resolving each in turn.
-                state = self.state(subject)
-                cached = self._resolved.get(subject)
-                if cached is None or cached[0] is not state:
-                    metrics.RESOLUTIONS.labels("change").inc()
-                    beliefs = tuple(resolve(state.observations.values(), self.policies))
-                    token = encode_token({subject: state.context})
-                    if len(self._resolved) > 50_000:
-                        self._resolved.clear()
-                    cached = self._resolved[subject] = (state, beliefs, token)
-        return ModelView(cached[0], cached[1], cached[2], self._now_ms())
+        """The subject's resolved snapshot (node.snapshots), if it covers ``positions``."""
+        state = self.reader.at_position(subject, positions)
+        return ModelView(self.reader.snapshot(state), self._now_ms())
 
     def explain(
         self,
@@ -583,12 +428,8 @@ class Engine:
         key: str,
         positions: dict[Subject, Position] | None = None,
     ) -> tuple[Explanation | None, str]:
-        state = self.at_position(subject, positions)
-        found = [o for o in state.observations.values() if o.context == context and o.key == key]
-        token = encode_token({subject: state.context})
-        if not found:
-            return None, token
-        return explain_slot(found, self.policies.for_context(context), self.policies), token
+        state = self.reader.at_position(subject, positions)
+        return self.reader.explain(state, context, key), encode_token({subject: state.context})
 
     def position(self, subject: Subject) -> CausalContext:
         return self.state(subject).context
@@ -596,63 +437,21 @@ class Engine:
     # -- watch ---------------------------------------------------------------------------
 
     def subscribe(self, subject: Subject) -> Subscription:
-        with self._watch_lock:
-            if self._watch_count >= self.max_watchers:
-                limit = f"at most {self.max_watchers} watches (setting max_watchers)"
-                raise ResourceExhausted(
-                    f"node {self.node} serves {limit}; close one first, or watch on another node",
-                    reason=Reason.WATCHES_EXHAUSTED,
-                    metadata={"limit": self.max_watchers, "setting": "max_watchers"},
-                    quota=[QuotaViolation(f"node {self.node}", f"serves {limit}")],
-                )
-            sub = Subscription(subject)
-            self._watchers.setdefault(subject, []).append(sub)
-            self._watch_count += 1
-            metrics.WATCHES.set(self._watch_count)
-        return sub
+        return self.watches.subscribe(subject)
 
     def unsubscribe(self, sub: Subscription) -> None:
-        with self._watch_lock:
-            subs = self._watchers.get(sub.subject, [])
-            if sub in subs:
-                subs.remove(sub)
-                self._watch_count -= 1
-                if not subs:
-                    del self._watchers[sub.subject]
-            sub.closed = True
-            sub.changed.set()
-            metrics.WATCHES.set(self._watch_count)
+        self.watches.unsubscribe(sub)
 
     def wake_watches(self) -> None:
         """Wakes every watch at once (its stream then checks its caller's token again)."""
-        with self._watch_lock:
-            subs = [s for group in self._watchers.values() for s in group]
-        for sub in subs:
-            sub.changed.set()
+        self.watches.wake_all()
+
+    def close_watches(self) -> None:
+        self.watches.close_all()
 
     def count_subjects(self, tenant: str) -> int:
         """How many subjects of ``tenant`` this node holds (an exact count of its key range)."""
         return sum(1 for _ in self.store.subjects(tenant))
-
-    def close_watches(self) -> None:
-        with self._watch_lock:
-            subs = [s for group in self._watchers.values() for s in group]
-        for sub in subs:
-            self.unsubscribe(sub)
-
-    def _notify(self, subject: Subject) -> None:
-        subs = self._watchers.get(subject)
-        if subs:
-            for sub in list(subs):
-                sub.changed.set()
-
-    def _locked(self, subjects: Iterable[Subject]) -> _Held:
-        """Holds the subjects' stripe locks (taken in index order, so writers never deadlock).
-
-        A stripe is the subject's hash, the same for a subject throughout the process (locks are
-        not shared with other processes, so the per-process salt of str hashes is harmless)."""
-        indexes = sorted({hash(s) % STRIPES for s in subjects})
-        return _Held([self._stripes[i] for i in indexes])
 
 
 def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
@@ -665,26 +464,13 @@ def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:
     return AuditRecord(who, "peer", "forget", new.subject, detail)
 
 
+def _age(obs: Observation) -> tuple[int, Dot]:
+    return obs.hlc, obs.dot
+
+
 def _slot_key(item: ObservationInput) -> str:
     return item.key or normalize_statement(item.statement)
 
 
 def _subject_of(change: Change) -> Subject:
     return change.new.subject
-
-
-class _Held:
-    """A context manager over locks: a class, cheaper than a generator on every write."""
-
-    __slots__ = ("_locks",)
-
-    def __init__(self, locks: list[threading.Lock]) -> None:
-        self._locks = locks
-
-    def __enter__(self) -> None:
-        for lock in self._locks:
-            lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        for lock in reversed(self._locks):
-            lock.release()

@@ -70,8 +70,9 @@ HANDOFF_REFUSED = Counter(
 )
 RESOLUTIONS = Counter(
     "selfmodel_resolutions_total",
-    "Subject models resolved, by cause (change: a new state; resolution is a pure function "
-    "of the state). Every reader and watcher of one state shares one resolution.",
+    "Subject snapshots resolved, by how: change (a new state, only the slots the change "
+    "touched resolved again), whole (a subject read cold, or whose snapshot was dropped). Every "
+    "reader and watcher of one state shares one resolution.",
     ["cause"],
 )
 WATCHES_ENDED = Counter(
@@ -146,6 +147,21 @@ STATE_CACHE_BYTES = Gauge(
     "Estimated memory of the subject states this node keeps in memory (at most its cache_mb, "
     "but for one state larger than that).",
 )
+
+
+SNAPSHOT_CACHE_BYTES = Gauge(
+    "selfmodel_snapshot_cache_bytes",
+    "Estimated memory of the resolved snapshots (and their serialized replies) this node keeps "
+    "(at most its snapshot_cache_mb, but for one snapshot larger than that).",
+)
+SNAPSHOTS_KEPT = Gauge(
+    "selfmodel_snapshots_kept", "Subjects whose resolved snapshot or slot index this node keeps."
+)
+
+
+def watch_snapshots(cost_bytes: Callable[[], int], kept: Callable[[], int]) -> None:
+    SNAPSHOT_CACHE_BYTES.set_function(cost_bytes)
+    SNAPSHOTS_KEPT.set_function(kept)
 
 
 def record_commit(batches: int, seconds: float) -> None:

@@ -31,6 +31,7 @@ A belief's staleness is its age, reported beside its confidence: the reader's cl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,7 @@ from sync.observation import Evidence, Observation
 _SPACE = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=2048)  # a slot's resolution compares each statement many times
 def normalize_statement(statement: str) -> str:
     """The form under which statements are compared: case- and whitespace-insensitive.
 
@@ -236,7 +238,9 @@ def _independence(
         if not reason:
             for p in pieces:
                 known.setdefault(p, o.source)
-        judged[o.dot] = dataclasses.replace(w, independent=not reason, dependence=reason)
+        judged[o.dot] = (
+            dataclasses.replace(w, independent=False, dependence=reason) if reason else w
+        )
     return tuple(judged[w.observation.dot] for w in weighted)
 
 

@@ -113,6 +113,7 @@ def start(config: NodeConfig) -> RunningNode:
         subject_limits=config.subject_limits,
         members=config.members | {p.name for p in config.peers},
         max_handoff_lead=limits.max_handoff_lead,
+        snapshot_cache_mb=config.snapshot_cache_mb,
     )
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
@@ -227,6 +228,7 @@ def start(config: NodeConfig) -> RunningNode:
         lambda: store.context_entries_max,
         store.cache_bytes,
     )
+    metrics.watch_snapshots(lambda: engine.snapshots.cost_bytes, lambda: len(engine.snapshots))
     metrics_server, metrics_port = listeners.serve_metrics(config)
     if replicator is not None:
         replicator.start()

@@ -126,7 +126,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies()
+        self._replies = convert.SnapshotReplies(engine.snapshots)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -265,6 +265,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
+        limit = request.max_positions if request.HasField("max_positions") else None
         paged = bool(request.page_size or request.page_token)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
@@ -272,12 +273,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         if paged:
             chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
             page, token = listing.beliefs_page(subject, chosen, asked, size)
-            msg = convert.snapshot(subject, page, view.token, view.resolved_ms, self.engine.node)
+            msg = convert.snapshot(
+                subject, page, view.token, view.resolved_ms, self.engine.node, limit
+            )
             msg.next_page_token = token
             return msg.SerializeToString()
-        return self._replies.reply(
-            subject, view, contexts, floor, request.include_uncertain, self.engine.node
-        )
+        want = convert.Filter(contexts, floor, request.include_uncertain, limit)
+        return self._replies.reply(subject, view, want, self.engine.node)
 
     @map_errors
     def ExplainBelief(
@@ -306,6 +308,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             _, subject = self._caller_and_subject(request, context)
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
+            want = convert.Filter(contexts, floor, request.include_uncertain)
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -330,9 +333,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
-                beliefs, whole = self._replies.shared(
-                    subject, view, contexts, floor, request.include_uncertain, node
-                )
+                beliefs, whole = self._replies.shared(subject, view, want, node)
                 if beliefs != last:
                     last = beliefs
                     yield whole
@@ -431,9 +432,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
-            body = self._replies.reply(
-                subject, view, contexts, floor, request.include_uncertain, self.engine.node
-            )
+            want = convert.Filter(contexts, floor, request.include_uncertain)
+            body = self._replies.reply(subject, view, want, self.engine.node)
             reply.models.add().MergeFromString(body)
             read[subject] = view.state.context
         reply.handoff_token = encode_token(read)

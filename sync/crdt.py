@@ -112,7 +112,15 @@ def merge(a: SubjectState, b: SubjectState) -> SubjectState:
         raise ValueError(f"cannot merge states of {a.subject} and {b.subject}")
     erased = a.erased.join(b.erased)
     a_obs, b_obs = a.observations, b.observations
-    observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in b.context}
+    seen = b.context
+    if sum(seen.vector.values()) + len(seen.cloud) < len(a_obs) // 2:
+        # A delta into a larger state: walk the delta's dots, not the state's (the same result).
+        observations = dict(a_obs)
+        for dot in seen.dots():
+            if dot in observations and dot not in b_obs:
+                del observations[dot]
+    else:
+        observations = {dot: obs for dot, obs in a_obs.items() if dot in b_obs or dot not in seen}
     for dot, obs in b_obs.items():
         if dot not in a.context:
             observations[dot] = obs
@@ -143,6 +151,25 @@ def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Wit
     if joined == a:
         return a
     return joined
+
+
+def observed_change(
+    old: SubjectState, new: SubjectState, delta: SubjectState
+) -> tuple[list[Dot], list[Dot]] | None:
+    """The dots of ``old`` gone from ``new`` and the dots of ``new`` not in ``old``, where
+    ``new`` is ``merge(old, delta)`` for a delta of observes (no erase bound, no withdrawal),
+    found from the delta's few dots instead of both states'; None for any other delta."""
+    seen = delta.context
+    if delta.erased != NO_ERASE or delta.withdrawals or len(seen.cloud) > 64:
+        return None
+    if sum(seen.vector.values()) > 64:
+        return None
+    was, now = old.observations, new.observations
+    gone = [dot for dot in seen.dots() if dot in was and dot not in now]
+    added = [dot for dot in delta.observations if dot in now and dot not in was]
+    if len(now) != len(was) - len(gone) + len(added):
+        return None  # not merge(old, delta): no shortcut
+    return gone, added
 
 
 def observe_delta(
@@ -213,6 +240,23 @@ def digest(
 ) -> bytes:
     """An exact digest of a state: its bound, context, the dots of its observations and its
     withdrawals."""
+    return digest_with(erased, context, b"".join(map(dot_part, sorted(observed))), withdrawals)
+
+
+def dot_part(dot: Dot) -> bytes:
+    """What an observation's dot adds to its state's digest."""
+    return b"o%s\x00%d\x00" % (dot.actor.encode(), dot.counter)
+
+
+def digest_with(
+    erased: EraseBound,
+    context: CausalContext,
+    observed: bytes,
+    withdrawals: Withdrawals = NO_WITHDRAWALS,
+) -> bytes:
+    """``digest``, given its observations' part: their ``dot_part``s joined in dot order (a
+    hash fed two pieces equals one fed them joined, so a writer that keeps the parts in order
+    hashes a large state without a walk of it in Python; sync.codec keeps them)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(erased.hlc.to_bytes(8, "big"))
     for actor, counter in sorted(erased.seen.vector.items()):
@@ -223,8 +267,7 @@ def digest(
         h.update(b"v%s\x00%d\x00" % (actor.encode(), counter))
     for dot in sorted(context.cloud):
         h.update(b"c%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
-    for dot in sorted(observed):
-        h.update(b"o%s\x00%d\x00" % (dot.actor.encode(), dot.counter))
+    h.update(observed)
     for (ctx, key, source), hlc in sorted(withdrawals.items()):
         h.update(b"w%s\x00%s\x00%s\x00%d\x00" % (ctx.encode(), key.encode(), source.encode(), hlc))
     return h.digest()

@@ -23,7 +23,9 @@ def cache_cost(observations: int, stored_bytes: int, encoded: bool) -> int:
     to 200 observations with short and long text; the tests check that it errs on the high side.
     """
     per_byte = 5 if encoded else 3  # halves
-    return 1280 + 768 * observations + stored_bytes * per_byte // 2
+    # The kept encoding's order, fields and digest parts (sync.codec.EncodedObservations).
+    order = 256 + 128 * observations if encoded else 0
+    return 1280 + 768 * observations + stored_bytes * per_byte // 2 + order
 
 
 class Cached(NamedTuple):

@@ -31,7 +31,7 @@ from node.store.outbox import OutboxEntry, outbox_key
 from node.store.suspension import Suspension, disk_failure
 from node.store.tables import StoreError
 from sync.codec import encode_delta, encode_state_reusing
-from sync.crdt import SubjectState
+from sync.crdt import SubjectState, digest_with, observed_change
 from sync.delivery import Delta
 
 log = logging.getLogger("node.store")
@@ -190,11 +190,14 @@ class GroupCommit(Suspension):
                 new = change.new
                 key = new.subject.storage_key()
                 cached = cache.get(new.subject)
+                old, delta = change.old, change.delta
+                changed = None  # a local write's own change: no diff of the whole subject
+                if cached is not None and cached.state is old and delta is not None:
+                    changed = observed_change(cached.state, new, delta.state)
                 raw, change.position, encoded = encode_state_reusing(
-                    new, cached.encoded if cached is not None else None
+                    new, cached.encoded if cached is not None else None, changed
                 )
                 put(key, raw, state_cf)
-                old = change.old
                 if change.old_digest is not None:
                     old_digest = change.old_digest
                 elif old is None:
@@ -202,14 +205,18 @@ class GroupCommit(Suspension):
                 else:
                     known = cached.digest if cached is not None and cached.state is old else None
                     old_digest = state_digest(old, known)
-                new_digest = new.digest()
+                part = encoded.digest_part()  # the observations' part, kept in order
+                new_digest = (
+                    new.digest()
+                    if part is None
+                    else digest_with(new.erased, new.context, part, new.withdrawals)
+                )
                 written.append(Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:
                     bucket = bucket_of(key)
                     current = touched.get(bucket, self._buckets[bucket])
                     touched[bucket] = xor(current, old_digest, new_digest)
                     put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
-                delta = change.delta
                 if delta is not None:
                     for obs in delta.state.observations.values():
                         if obs.hlc > hlc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, load, scale
+from benchmarks import handoff, load, scale, subject_size
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -96,3 +96,25 @@ def test_scale_fills_a_node_and_reads_every_user_whole(tmp_path: Path) -> None:
     assert report.observations == 61 * 100
     assert len(report.small) == len(report.large) == len(report.across) == 20
     assert report.startup_s > 0 and report.store_mb > 0 and report.peak_rss_mb > 0
+
+
+def test_subject_size_measures_every_shape_beside_its_echo_and_runs_a_fleet(tmp_path: Path):
+    args = subject_size.parse_args(
+        ["--slots", "1,3", "--sources", "1,2", "--duration", "0.3", "--rounds", "1",
+         "--warmup-calls", "3", "--fleet", "--fleet-agents", "4", "--fleet-nodes", "2",
+         "--fleet-users", "50", "--fleet-duration", "2", "--data", str(tmp_path), "--quiet"]
+    )  # fmt: skip
+    report = subject_size.run(args)
+    print(subject_size.render(report))
+    assert [(s.slots, s.sources) for s in report.shapes] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    for s in report.shapes:
+        assert s.observations == s.slots * s.sources, s
+        assert 0 < s.summary_bytes < s.reply_bytes
+        for figures in (s.read, s.echo, s.summary, s.write):
+            assert figures["calls"] > 0 and figures["errors"] == 0, (s.name, figures)
+            assert figures["p50_ms"] > 0 and figures["cpu_us"] > 0
+    assert report.fresh_read["calls"] > 0 and report.fresh_write["calls"] > 0
+    assert len(report.ratios) == 5 * len(report.shapes)
+    assert report.fleet is not None
+    assert set(report.fleet["operations"]) == {"read", "observe", "handoff"}
+    assert len(report.fleet["resources"]) == 2

@@ -616,7 +616,8 @@ def test_the_state_cache_estimates_its_memory_on_the_high_side(
             used, _ = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        estimate = store.cache_bytes()
+        # The engine's slot indexes (node.snapshots), which writes keep, are estimated apart.
+        estimate = store.cache_bytes() + engine.snapshots.cost_bytes
         assert used <= estimate <= 2.2 * used, (reread, used, estimate)  # 1.1-1.75 measured
         store.close()
 

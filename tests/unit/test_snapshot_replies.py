@@ -1,10 +1,12 @@
-"""A cached, pre-serialized GetSelfModel reply reads exactly like one built from scratch."""
+"""A kept, pre-serialized GetSelfModel reply reads exactly like one built from scratch."""
 
 from __future__ import annotations
 
 from node import convert
-from node.engine import ModelView
+from node.policy import PolicyBook
+from node.reads import ModelView
 from node.resolution import Belief, Position, select
+from node.snapshots import MAX_REPLIES, SlotIndex, Snapshot, Snapshots
 from selfmodel.v1 import model_pb2
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -15,9 +17,11 @@ STATE = SubjectState(U1)
 
 def belief(context: str, key: str, confidence: float, uncertain: bool = False) -> Belief:
     stance = Position("sales_agent", f"{key} holds", confidence, 1_700_000_000_000)
+    other = Position("support_agent", f"{key} holds", 0.5, 1_699_000_000_000)
+    against = Position("billing_agent", f"no {key}", 0.4, 1_698_000_000_000)
     return Belief(
-        context, key, f"{key} holds", confidence, (stance,), (), uncertain, 1_700_000_000_000,
-        "weighted",
+        context, key, f"{key} holds", confidence, (stance, other), (against,), uncertain,
+        1_700_000_000_000, "weighted",
     )  # fmt: skip
 
 
@@ -28,9 +32,13 @@ BELIEFS = (
 )
 
 
-def expected(view: ModelView, contexts: frozenset[str], floor: float, uncertain: bool) -> bytes:
-    beliefs = select(view.beliefs, contexts, floor, uncertain)
-    msg = convert.snapshot(U1, beliefs, view.token, view.resolved_ms, "sales")
+def snap(beliefs: tuple[Belief, ...], token: str) -> Snapshot:
+    return Snapshot(SlotIndex(STATE, {}), PolicyBook(), {}, beliefs, token)
+
+
+def expected(view: ModelView, want: convert.Filter) -> bytes:
+    beliefs = select(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
+    msg = convert.snapshot(U1, beliefs, view.token, view.resolved_ms, "sales", want.max_positions)
     return msg.SerializeToString(deterministic=True)
 
 
@@ -39,39 +47,65 @@ def parsed(raw: bytes) -> bytes:
 
 
 def test_the_reply_parses_to_the_snapshot_built_from_scratch_for_every_filter():
-    replies = convert.SnapshotReplies()
-    view = ModelView(STATE, BELIEFS, "token-1", 1_700_000_123_456)
-    for contexts, floor, uncertain in [
-        (frozenset(), 0.0, False),
-        (frozenset(), 0.0, True),
-        (frozenset({"budget"}), 0.0, True),
-        (frozenset(), 0.8, False),
+    replies = convert.SnapshotReplies(Snapshots(2**20))
+    view = ModelView(snap(BELIEFS, "token-1"), 1_700_000_123_456)
+    for want in [
+        convert.Filter(),
+        convert.Filter(include_uncertain=True),
+        convert.Filter(frozenset({"budget"}), 0.0, True),
+        convert.Filter(min_confidence=0.8),
+        convert.Filter(max_positions=0),
+        convert.Filter(max_positions=1),
     ]:
-        for _ in range(2):  # built, then from the cache
-            raw = replies.reply(U1, view, contexts, floor, uncertain, "sales")
-            assert parsed(raw) == expected(view, contexts, floor, uncertain)
+        for _ in range(2):  # built, then kept with the snapshot
+            raw = replies.reply(U1, view, want, "sales")
+            assert parsed(raw) == expected(view, want)
 
 
-def test_a_cached_reply_carries_each_call_s_resolution_time_and_follows_new_beliefs():
-    replies = convert.SnapshotReplies()
-    first = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_100)
-    replies.reply(U1, first, frozenset(), 0.0, False, "sales")
+def test_a_summary_lists_no_positions_but_counts_them_and_top_n_lists_the_first_n():
+    replies = convert.SnapshotReplies(Snapshots(2**20))
+    view = ModelView(snap(BELIEFS, "token-1"), 1_700_000_000_000)
+    full = model_pb2.SelfModelSnapshot.FromString(replies.reply(U1, view, convert.Filter(), "s"))
+    summary = model_pb2.SelfModelSnapshot.FromString(
+        replies.reply(U1, view, convert.Filter(max_positions=0), "s")
+    )
+    top = model_pb2.SelfModelSnapshot.FromString(
+        replies.reply(U1, view, convert.Filter(max_positions=1), "s")
+    )
+    for f, s, t in zip(full.beliefs, summary.beliefs, top.beliefs, strict=True):
+        assert (f.supporter_count, f.dissenter_count) == (len(f.supporters), len(f.dissenters))
+        assert (s.supporter_count, s.dissenter_count) == (f.supporter_count, f.dissenter_count)
+        assert not s.supporters and not s.dissenters
+        assert list(t.supporters) == list(f.supporters)[:1]
+        assert list(t.dissenters) == list(f.dissenters)[:1]
+        assert (s.statement, s.confidence, s.uncertain) == (f.statement, f.confidence, f.uncertain)
 
-    same_beliefs_later = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_900)
-    raw = replies.reply(U1, same_beliefs_later, frozenset(), 0.0, False, "sales")
-    assert parsed(raw) == expected(same_beliefs_later, frozenset(), 0.0, False)
+
+def test_a_kept_reply_carries_each_call_s_resolution_time_and_follows_new_snapshots():
+    replies = convert.SnapshotReplies(Snapshots(2**20))
+    first = snap(BELIEFS, "token-1")
+    replies.reply(U1, ModelView(first, 1_700_000_000_100), convert.Filter(), "sales")
+
+    later = ModelView(first, 1_700_000_000_900)
+    raw = replies.reply(U1, later, convert.Filter(), "sales")
+    assert parsed(raw) == expected(later, convert.Filter())
     assert model_pb2.SelfModelSnapshot.FromString(raw).resolved_at.ToMilliseconds() == (
         1_700_000_000_900
     )
 
-    changed = ModelView(STATE, BELIEFS[:1], "token-2", 1_700_000_001_000)
-    raw = replies.reply(U1, changed, frozenset(), 0.0, False, "sales")
-    assert parsed(raw) == expected(changed, frozenset(), 0.0, False)
+    changed = ModelView(snap(BELIEFS[:1], "token-2"), 1_700_000_001_000)
+    raw = replies.reply(U1, changed, convert.Filter(), "sales")
+    assert parsed(raw) == expected(changed, convert.Filter())
 
 
-def test_the_cache_stays_bounded():
-    replies = convert.SnapshotReplies(max_entries=3)
-    view = ModelView(STATE, BELIEFS, "token-1", 1_700_000_000_000)
-    for i in range(10):
-        replies.reply(U1, view, frozenset(), i / 10, False, "sales")
-    assert len(replies) == 3
+def test_the_replies_kept_per_snapshot_are_bounded_and_counted_in_the_budget():
+    snapshots = Snapshots(2**20)
+    replies = convert.SnapshotReplies(snapshots)
+    kept = snap(BELIEFS, "token-1")
+    snapshots._keep(U1, kept, kept.index)
+    before = snapshots.cost_bytes
+    view = ModelView(kept, 1_700_000_000_000)
+    for i in range(3 * MAX_REPLIES):
+        replies.reply(U1, view, convert.Filter(min_confidence=i / 100), "sales")
+    assert len(kept.replies) == MAX_REPLIES
+    assert snapshots.cost_bytes == before + sum(len(r) for r in kept.replies.values())

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/model.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x07Subject\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.selfmodel.v1.SubjectKind\x12\n\n\x02id\x18\x03 \x01(\t\"^\n\x08\x45vidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x07Support\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf6\x01\n\x06\x42\x65lief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12)\n\nsupporters\x18\x05 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12)\n\ndissenters\x18\x06 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12\x11\n\tuncertain\x18\x07 \x01(\x08\x12.\n\nchanged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06policy\x18\t \x01(\t\"\xd1\x01\n\x11SelfModelSnapshot\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12%\n\x07\x62\x65liefs\x18\x02 \x03(\x0b\x32\x14.selfmodel.v1.Belief\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\x12/\n\x0bresolved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\t*o\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x15\n\x11SUBJECT_KIND_TEAM\x10\x02\x12\x14\n\x10SUBJECT_KIND_ORG\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/model.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x07Subject\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.selfmodel.v1.SubjectKind\x12\n\n\x02id\x18\x03 \x01(\t\"^\n\x08\x45vidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x07Support\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x02\n\x06\x42\x65lief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12)\n\nsupporters\x18\x05 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12)\n\ndissenters\x18\x06 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12\x11\n\tuncertain\x18\x07 \x01(\x08\x12.\n\nchanged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06policy\x18\t \x01(\t\x12\x17\n\x0fsupporter_count\x18\n \x01(\r\x12\x17\n\x0f\x64issenter_count\x18\x0b \x01(\r\"\xd1\x01\n\x11SelfModelSnapshot\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12%\n\x07\x62\x65liefs\x18\x02 \x03(\x0b\x32\x14.selfmodel.v1.Belief\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\x12/\n\x0bresolved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\t*o\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x15\n\x11SUBJECT_KIND_TEAM\x10\x02\x12\x14\n\x10SUBJECT_KIND_ORG\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'selfmodel.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBJECTKIND']._serialized_start=827
-  _globals['_SUBJECTKIND']._serialized_end=938
+  _globals['_SUBJECTKIND']._serialized_start=877
+  _globals['_SUBJECTKIND']._serialized_end=988
   _globals['_SUBJECT']._serialized_start=75
   _globals['_SUBJECT']._serialized_end=153
   _globals['_EVIDENCE']._serialized_start=155
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUPPORT']._serialized_start=251
   _globals['_SUPPORT']._serialized_end=364
   _globals['_BELIEF']._serialized_start=367
-  _globals['_BELIEF']._serialized_end=613
-  _globals['_SELFMODELSNAPSHOT']._serialized_start=616
-  _globals['_SELFMODELSNAPSHOT']._serialized_end=825
+  _globals['_BELIEF']._serialized_end=663
+  _globals['_SELFMODELSNAPSHOT']._serialized_start=666
+  _globals['_SELFMODELSNAPSHOT']._serialized_end=875
 # @@protoc_insertion_point(module_scope)

@@ -148,6 +148,8 @@ class Belief(_message.Message):
     UNCERTAIN_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    SUPPORTER_COUNT_FIELD_NUMBER: _builtins.int
+    DISSENTER_COUNT_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     statement: _builtins.str
@@ -158,6 +160,11 @@ class Belief(_message.Message):
     uncertain: _builtins.bool
     """True exactly when `confidence` is below its context's minimum confidence: kept, not a fact."""
     policy: _builtins.str
+    supporter_count: _builtins.int
+    """How many sources support and dissent, whether or not the reply lists them all
+    (GetSelfModelRequest.max_positions).
+    """
+    dissenter_count: _builtins.int
     @_builtins.property
     def supporters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Support]: ...
     @_builtins.property
@@ -178,10 +185,12 @@ class Belief(_message.Message):
         uncertain: _builtins.bool = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
         policy: _builtins.str = ...,
+        supporter_count: _builtins.int = ...,
+        dissenter_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "confidence", b"confidence", "context", b"context", "dissenters", b"dissenters", "key", b"key", "policy", b"policy", "statement", b"statement", "supporters", b"supporters", "uncertain", b"uncertain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "confidence", b"confidence", "context", b"context", "dissenter_count", b"dissenter_count", "dissenters", b"dissenters", "key", b"key", "policy", b"policy", "statement", b"statement", "supporter_count", b"supporter_count", "supporters", b"supporters", "uncertain", b"uncertain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

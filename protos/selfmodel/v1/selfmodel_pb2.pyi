@@ -226,6 +226,7 @@ class GetSelfModelRequest(_message.Message):
     AT_LEAST_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_POSITIONS_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     at_least: _builtins.str
@@ -241,6 +242,12 @@ class GetSelfModelRequest(_message.Message):
     page_token: _builtins.str
     """The next_page_token of the previous page of this subject's read; empty: the first page.
     A page continues after the previous page's last belief, at the subject's state now.
+    """
+    max_positions: _builtins.int
+    """How many of each belief's supporters and of its dissenters the reply lists (newest first):
+    unset, all of them (the default); 0, none (a summary: their counts only, in each belief's
+    supporter_count and dissenter_count); N, the N newest of each. ExplainBelief always tells
+    the whole story of a slot.
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -258,12 +265,15 @@ class GetSelfModelRequest(_message.Message):
         at_least: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        max_positions: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "max_positions", b"max_positions", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "min_confidence", b"min_confidence", "page_size", b"page_size", "page_token", b"page_token", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "page_size", b"page_size", "page_token", b"page_token", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_positions: _TypeAlias = _typing.Literal["max_positions"]  # noqa: Y015
+    _WhichOneofArgType__max_positions: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_positions) -> _WhichOneofReturnType__max_positions | None: ...
 
 Global___GetSelfModelRequest: _TypeAlias = GetSelfModelRequest  # noqa: Y015
 

@@ -1,0 +1,96 @@
+"""What a node answers reads with: a subject's state if it covers a handoff position (a read never
+waits for one: node.handoff), and the
+state's resolved snapshot (node.snapshots).
+
+Readers take no lock to read a state: they see what the store's cache shows, a write once it is
+acknowledged (a subject missing from the cache is read from RocksDB, where a write may show
+while it syncs: see node.store). A snapshot served is always of the state the read loaded, or a
+later one: never of a state without a change the read's state holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node import metrics
+from node.handoff import Handoffs
+from node.policy import PolicyBook
+from node.resolution import Belief, Explanation, explain_slot
+from node.snapshots import Snapshot, Snapshots
+from node.store import Store
+from sync.codec import Position
+from sync.crdt import SubjectState
+from sync.observation import Subject
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    snapshot: Snapshot
+    resolved_ms: int  # the read's instant (nothing resolved depends on it)
+
+    @property
+    def state(self) -> SubjectState:
+        return self.snapshot.state
+
+    @property
+    def beliefs(self) -> tuple[Belief, ...]:
+        return self.snapshot.beliefs
+
+    @property
+    def token(self) -> str:
+        return self.snapshot.token
+
+
+class Reader:
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicyBook,
+        snapshots: Snapshots,
+        handoffs: Handoffs,
+    ) -> None:
+        self.store = store
+        self.node = store.node
+        self.policies = policies
+        self.snapshots = snapshots
+        self.handoffs = handoffs  # what a read with a handoff token is answered
+
+    def state(self, subject: Subject) -> SubjectState:
+        return self.store.load(subject) or SubjectState(subject)
+
+    def at_position(
+        self, subject: Subject, positions: dict[Subject, Position] | None
+    ) -> SubjectState:
+        """The subject's state, if it covers the token's position for it; never waits (else
+        InvalidArgument or HandoffPending: node.handoff.Handoffs.require)."""
+        state = self.state(subject)
+        if positions is not None:
+            self.handoffs.require(state, positions, self.store.actor)
+        return state
+
+    def snapshot(self, state: SubjectState) -> Snapshot:
+        """The snapshot of ``state`` or of a later state of its subject: kept until the subject
+        changes; after a change only the slots it touched are resolved again."""
+        found = self.snapshots.get(state.subject)
+        if found is not None and found.state is state and found.policies is self.policies:
+            return found
+        with self.snapshots.serialized(state.subject):
+            # The latest state (it covers whatever this one did): readers that loaded states
+            # a change apart then share its resolution instead of resolving each in turn.
+            latest = self.state(state.subject)
+            found = self.snapshots.get(state.subject)
+            if found is not None and found.state is latest and found.policies is self.policies:
+                return found
+            snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies)
+        metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
+        return snapshot
+
+    def explain(self, state: SubjectState, context: str, key: str) -> Explanation | None:
+        """The full story of one slot of ``state``: every observation, weighed."""
+        found = self.snapshots.index(state).slot(context, key)
+        if not found:
+            return None
+        return explain_slot(found, self.policies.for_context(context), self.policies)
+
+
+__all__ = ["ModelView", "Reader"]
