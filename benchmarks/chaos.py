@@ -61,7 +61,8 @@ from pathlib import Path
 from federation.client import Client, user
 from node.clock import CLOCK_OFFSET_ENV
 from node.errors import ResourceExhausted, SelfModelError
-from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.hlc import physical_ms
 from tests.harness import LocalCluster, start_with_fresh_ports
 
@@ -766,7 +767,7 @@ def erase_bounds(cluster: LocalCluster, subjects: Sequence[str]) -> dict[str, fl
     if not subjects:
         return {}
     name, other = sorted(cluster.nodes)[:2]
-    ask = sync_pb2.StateExchange(
+    ask = sync_pb2.ExchangeStatesRequest(
         states=[
             sync_pb2.SubjectState(
                 subject=model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id=s)
@@ -775,7 +776,7 @@ def erase_bounds(cluster: LocalCluster, subjects: Sequence[str]) -> dict[str, fl
         ]
     )
     with cluster.peer_channel(name, other) as channel:
-        reply = sync_pb2_grpc.SyncStub(channel).ExchangeStates(
+        reply = sync_pb2_grpc.SyncServiceStub(channel).ExchangeStates(
             ask, timeout=10.0, metadata=cluster.peer_metadata(other)
         )
     return {s.subject.id: physical_ms(s.erased.hlc) / 1000 for s in reply.states if s.erased.hlc}

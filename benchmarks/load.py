@@ -146,7 +146,7 @@ class SelfModelTarget:
 
         self.pb, self.model = selfmodel_pb2, model_pb2
         self.channels = [grpc.aio.insecure_channel(a) for a in plan.addresses]
-        self.stubs = [selfmodel_pb2_grpc.SelfModelStub(c) for c in self.channels]
+        self.stubs = [selfmodel_pb2_grpc.SelfModelServiceStub(c) for c in self.channels]
         self.token = plan.token
         self.error = grpc.aio.AioRpcError
 
@@ -371,7 +371,7 @@ def seed_users(addresses: Sequence[str], users: int, per_user: int, token: str) 
 
     md = (("authorization", f"Bearer {token}"),) if token else (("x-agent-id", "seeder"),)
     channels = [grpc.insecure_channel(a) for a in addresses]
-    stubs = [selfmodel_pb2_grpc.SelfModelStub(c) for c in channels]
+    stubs = [selfmodel_pb2_grpc.SelfModelServiceStub(c) for c in channels]
     rng = random.Random(1)
     try:
         for first in range(0, users, 100):

@@ -56,8 +56,8 @@ from typing import Any
 import grpc
 
 ECHO_SERVICE = "bench.v1.Echo"
-GET_METHOD = "/selfmodel.v1.SelfModel/GetSelfModel"
-OBSERVE_METHOD = "/selfmodel.v1.SelfModel/Observe"
+GET_METHOD = "/selfmodel.v1.SelfModelService/GetSelfModel"
+OBSERVE_METHOD = "/selfmodel.v1.SelfModelService/Observe"
 ECHO_GET_METHOD = f"/{ECHO_SERVICE}/SelfModelSized"
 ECHO_OBSERVE_METHOD = f"/{ECHO_SERVICE}/ObserveSized"
 TENANT = "bench"
@@ -341,7 +341,7 @@ def seed_requests(subject_id: str, count: int) -> list[Any]:
             confidence=0.6 + (i % 8) * 0.05,
         )
         ev = req.evidence.add(
-            kind="message",
+            kind=model_pb2.EVIDENCE_KIND_MESSAGE,
             ref=f"crm://conversation/{1000 + i}",
             quote=f"The user said something that supports fact {i} in a real conversation",
         )
@@ -365,7 +365,11 @@ def observe_requests(run: str, writer: int, count: int) -> list[bytes]:
             statement="Motivated by quick time-to-value",
             confidence=0.82,
         )
-        req.evidence.add(kind="call", ref="crm://call/4411", quote="we need this live before Q3")
+        req.evidence.add(
+            kind=model_pb2.EVIDENCE_KIND_CALL,
+            ref="crm://call/4411",
+            quote="we need this live before Q3",
+        )
         out.append(req.SerializeToString())
     return out
 
@@ -940,7 +944,7 @@ def seed(address: str, beliefs: int, timeout_s: float) -> Captured:
         get_reply = channel.unary_unary(GET_METHOD, None, None)(
             get_request, metadata=agent_metadata(0), timeout=timeout_s
         )
-        got = len(model_pb2.SelfModelSnapshot.FromString(get_reply).beliefs)
+        got = len(selfmodel_pb2.GetSelfModelResponse.FromString(get_reply).snapshot.beliefs)
         if got != beliefs:
             raise RuntimeError(f"seeded {beliefs} beliefs but GetSelfModel returned {got}")
         probe = observe_requests("probe", 0, 1)[0]

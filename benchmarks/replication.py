@@ -98,6 +98,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "each measuring duration/rounds seconds, so a change of machine speed hits all three",
     )
     p.add_argument("--quick", action="store_true", help="3 s per cell")
+    p.add_argument(
+        "--linger-s",
+        type=float,
+        default=None,
+        help="the nodes' [cluster.sync] linger_s (default: the node default)",
+    )
     p.add_argument("--no-fsync", action="store_true", help="nodes without fsync (WAL still on)")
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data directory")
     p.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
@@ -176,7 +182,7 @@ def _writer(
     channel = grpc.insecure_channel(target)
     count = int(rate * seconds)
     if kind == "node":
-        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
         call: Any = stub.Observe
         requests: list[Any] = [
             selfmodel_pb2.ObserveRequest(
@@ -234,7 +240,7 @@ def _watcher(target: str, cell: str, conn: Connection) -> None:
     from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 
     channel = grpc.insecure_channel(target)
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     events: list[tuple[float, int, str]] = []
     first = [threading.Event() for _ in range(SUBJECTS)]
     calls: list[Any] = []
@@ -245,7 +251,7 @@ def _watcher(target: str, cell: str, conn: Connection) -> None:
         calls.append(call)
         with contextlib.suppress(grpc.RpcError):
             for snapshot in call:
-                events.append((time.monotonic(), k, snapshot.handoff_token))
+                events.append((time.monotonic(), k, snapshot.snapshot.handoff_token))
                 first[k].set()
 
     threads = [threading.Thread(target=follow, args=(k,), daemon=True) for k in range(SUBJECTS)]
@@ -586,7 +592,7 @@ def p99_ratio(node: Figures, floor: Figures, times: str) -> float:
 
 def snapshot_size() -> int:
     """Bytes of a typical snapshot pushed by the watch (one belief), to size the floor's message."""
-    from selfmodel.v1 import model_pb2
+    from selfmodel.v1 import model_pb2, selfmodel_pb2
 
     snap = model_pb2.SelfModelSnapshot(
         subject=_subject("r3x100", 0), node="n2", handoff_token="x" * 60
@@ -595,7 +601,7 @@ def snapshot_size() -> int:
         context=CONTEXT, key="latest", statement="value 12345", confidence=0.9
     )
     belief.supporters.add(source="bench_writer", statement="value 12345", confidence=0.9)
-    return snap.ByteSize()
+    return selfmodel_pb2.WatchSelfModelResponse(snapshot=snap).ByteSize()
 
 
 def run(args: argparse.Namespace) -> list[Cell]:
@@ -628,7 +634,11 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     names,
                     proxies=False,
                     fsync=not args.no_fsync,
-                    sync={"anti_entropy_s": 10.0, "backoff_max_s": 5.0},  # the node defaults
+                    sync={  # the node defaults, but for --linger-s
+                        "anti_entropy_s": 10.0,
+                        "backoff_max_s": 5.0,
+                        **({} if args.linger_s is None else {"linger_s": args.linger_s}),
+                    },
                     node_prefix=pinned,
                 )
 

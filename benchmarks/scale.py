@@ -75,7 +75,7 @@ def fill(address: str, users: Sequence[str]) -> float:
     per_call = BATCH // (len(CONTEXTS) * KEYS)  # users per call: 25
     started = time.monotonic()
     with grpc.insecure_channel(address) as channel:
-        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
         for agent in range(AGENTS):
             md = (("x-agent-id", f"agent-{agent}"),)
             for first in range(0, len(users), per_call):

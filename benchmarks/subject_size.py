@@ -66,7 +66,7 @@ Server = node_latency.Server
 
 GET = node_latency.GET_METHOD
 OBSERVE = node_latency.OBSERVE_METHOD
-BATCH = "/selfmodel.v1.SelfModel/ObserveBatch"
+BATCH = "/selfmodel.v1.SelfModelService/ObserveBatch"
 ECHO = node_latency.ECHO_SERVICE
 TENANT = node_latency.TENANT
 CONTEXTS = node_latency.CONTEXTS
@@ -136,7 +136,7 @@ def source_of(k: int) -> str:
 
 def seed(channel: grpc.Channel, shape: Shape, timeout_s: float, subject_id: str = "") -> None:
     """Each source writes one observation to each slot, in one ObserveBatch per source."""
-    from selfmodel.v1 import selfmodel_pb2
+    from selfmodel.v1 import model_pb2, selfmodel_pb2
 
     batch = channel.unary_unary(BATCH, None, None)
     subject = subject_msg(subject_id or shape.subject_id)
@@ -151,7 +151,7 @@ def seed(channel: grpc.Channel, shape: Shape, timeout_s: float, subject_id: str 
                 statement=f"Answer {k % 3} to question {key} of {context.replace('_', ' ')}",
                 confidence=0.55 + (k % 8) * 0.05,
             )
-            o.evidence.add(kind="message", ref=f"crm://conversation/{k}-{s}")
+            o.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref=f"crm://conversation/{k}-{s}")
         batch(req.SerializeToString(), metadata=(("x-agent-id", source_of(k)),), timeout=timeout_s)
 
 
@@ -166,7 +166,7 @@ def read_request(subject_id: str, max_positions: int | None = None) -> bytes:
 
 def write_requests(shape: Shape) -> list[bytes]:
     """Observes by source 0 that change its position in each slot in turn."""
-    from selfmodel.v1 import selfmodel_pb2
+    from selfmodel.v1 import model_pb2, selfmodel_pb2
 
     out = []
     for v in range(2):
@@ -179,20 +179,22 @@ def write_requests(shape: Shape) -> list[bytes]:
                 statement=f"Answer {v} to question {key} of {context.replace('_', ' ')}",
                 confidence=0.8,
             )
-            req.evidence.add(kind="message", ref=f"crm://conversation/w{v}-{s}")
+            req.evidence.add(
+                kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref=f"crm://conversation/w{v}-{s}"
+            )
             out.append(req.SerializeToString())
     return out
 
 
 def capture(channel: grpc.Channel, shape: Shape, timeout_s: float) -> bytes:
     """The subject's full reply (what its echo answers); fills the shape's sizes."""
-    from selfmodel.v1 import model_pb2
+    from selfmodel.v1 import selfmodel_pb2
 
     get = channel.unary_unary(GET, None, None)
     md = node_latency.agent_metadata(0)
     reply = get(read_request(shape.subject_id), metadata=md, timeout=timeout_s)
     summary = get(read_request(shape.subject_id, 0), metadata=md, timeout=timeout_s)
-    model = model_pb2.SelfModelSnapshot.FromString(reply)
+    model = selfmodel_pb2.GetSelfModelResponse.FromString(reply).snapshot
     if len(model.beliefs) != shape.slots:
         raise RuntimeError(f"{shape.name}: seeded {shape.slots} slots, read {len(model.beliefs)}")
     shape.observations = sum(len(b.supporters) + len(b.dissenters) for b in model.beliefs)

@@ -21,7 +21,7 @@ from federation.client import Client, parse_subject
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
 from selfmodel.v1 import model_pb2
-from sync.codec import evidence_from_proto
+from sync.codec import EVIDENCE_KINDS, evidence_from_proto
 from sync.observation import Evidence, Subject, SubjectKind
 
 
@@ -58,9 +58,18 @@ def _run(
     return 0
 
 
+def uncertain_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--include-uncertain",
+        action="store_true",
+        help="also show beliefs below their context's minimum confidence (flagged uncertain)",
+    )
+
+
 def _evidence(texts: list[str] | None) -> list[Evidence]:
-    """``--evidence`` values: an Evidence in the proto JSON mapping (``{"kind": "ticket",
-    "ref": "crm://t/1", "quote": "...", "time": "2026-01-05T10:00:00Z"}``) or ``kind:ref``."""
+    """``--evidence`` values: an Evidence in the proto JSON mapping (``{"kind":
+    "EVIDENCE_KIND_TICKET", "ref": "crm://t/1", "quote": "...", "time":
+    "2026-01-05T10:00:00Z"}``) or ``kind:ref`` (``ticket:crm://t/1``)."""
     found = []
     for text in texts or []:
         msg = model_pb2.Evidence()
@@ -70,9 +79,13 @@ def _evidence(texts: list[str] | None) -> list[Evidence]:
             except json_format.ParseError as exc:
                 raise ValueError(f"--evidence {text!r}: {exc}") from exc
         else:
-            msg.kind, colon, msg.ref = text.partition(":")
-            if not colon or not msg.kind:
+            kind, colon, msg.ref = text.partition(":")
+            if not colon or not kind:
                 raise ValueError(f"--evidence {text!r}: give kind:ref, or an Evidence in JSON")
+            try:
+                msg.kind = EVIDENCE_KINDS.number(kind.lower())  # type: ignore[assignment]
+            except ValueError as exc:
+                raise ValueError(f"--evidence {text!r}: the kind {exc}") from None
         found.append(evidence_from_proto(msg))
     return found
 
@@ -112,7 +125,7 @@ def _show(args: argparse.Namespace) -> int:
         args,
         calls.self_model,
         _subject(args),
-        include_uncertain=True,
+        include_uncertain=args.include_uncertain,
         contexts=args.context or (),
         at_least=args.at_least,
         page_size=args.page_size,
@@ -125,7 +138,7 @@ def _show_many(args: argparse.Namespace) -> int:
         args,
         calls.self_models,
         [parse_subject(s, args.tenant) for s in args.subjects],
-        include_uncertain=True,
+        include_uncertain=args.include_uncertain,
         contexts=args.context or (),
         at_least=args.at_least,
     )
@@ -252,8 +265,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     client_args(retract)
     retract.set_defaults(run=_retract)
 
-    show = sub.add_parser("show", help="print a subject's resolved self-model (uncertain included)")
+    show = sub.add_parser(
+        "show", help="print a subject's resolved self-model (as GetSelfModel: uncertain left out)"
+    )
     show.add_argument("subject")
+    uncertain_arg(show)
     show.add_argument("--context", action="append", help="only this context (repeatable)")
     show.add_argument("--at-least", help="a handoff token to wait for")
     show.add_argument("--page-size", type=int, default=0, help="beliefs per page (0: all)")
@@ -263,6 +279,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     many = sub.add_parser("show-many", help="the self-models of several subjects, read together")
     many.add_argument("subjects", nargs="+")
+    uncertain_arg(many)
     many.add_argument("--context", action="append", help="only this context (repeatable)")
     many.add_argument("--at-least", help="a handoff token to wait for")
     client_args(many)

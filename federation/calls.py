@@ -26,7 +26,9 @@ from federation.views import (
     parse_subject,
     view_from_proto,
 )
-from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
+from sync.codec import evidence_to_proto
 from sync.observation import Evidence, SubjectKind
 
 T = TypeVar("T")
@@ -119,9 +121,7 @@ def observe(
         idempotency_key=idempotency_key or new_idempotency_key(),
     )
     for ev in evidence:
-        e = request.evidence.add(kind=ev.kind, ref=ev.ref, quote=ev.quote)
-        if ev.time_ms:
-            e.time.FromMilliseconds(ev.time_ms)
+        evidence_to_proto(ev, request.evidence.add())
     return Call("SelfModel", "Observe", request, _observed)
 
 
@@ -196,7 +196,7 @@ def self_model(
         "SelfModel",
         "GetSelfModel",
         request,
-        lambda reply: req.remember(view_from_proto(reply)),
+        lambda reply: req.remember(view_from_proto(reply.snapshot)),
         timeout_s,
     )
 
@@ -261,7 +261,7 @@ def policy(req: Requests, *contexts: str) -> Call[list[PolicyView]]:
 
 def explain(
     req: Requests, subject: SubjectLike, context: str, key: str, *, at_least: str | None = None
-) -> Call[selfmodel_pb2.Explanation]:
+) -> Call[selfmodel_pb2.ExplainBeliefResponse]:
     """Every observation of the slot and why the winner won."""
     request = selfmodel_pb2.ExplainBeliefRequest(
         subject=req.subject(subject), context=context, key=key, at_least=at_least or ""
@@ -299,7 +299,9 @@ def watch(
         contexts=list(contexts),
         include_uncertain=include_uncertain,
     )
-    return Stream("WatchSelfModel", request, view_from_proto, timeout_s)
+    return Stream(
+        "WatchSelfModel", request, lambda reply: view_from_proto(reply.snapshot), timeout_s
+    )
 
 
 __all__ = [

@@ -37,18 +37,19 @@ from federation.views import (
     Observed,
     Retracted,
     SelfModelView,
-    Stance,
     SubjectLike,
     SubjectRef,
+    Support,
     org,
     parse_subject,
     team,
     user,
     view_from_proto,
 )
+from selfmodel.admin.v1 import admin_pb2_grpc
 from selfmodel.channels import ChannelOptions, open_aio_channel, open_channel
 from selfmodel.errors import from_rpc_error as error_from_rpc
-from selfmodel.v1 import admin_pb2_grpc, selfmodel_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2_grpc
 
 T = TypeVar("T")
 D = TypeVar("D")  # a call's description
@@ -102,8 +103,8 @@ class _Connection(Generic[C]):
         self._retries = retries.RetryPolicy(attempts=attempts)
         self._channel: C = self._open(target, credentials, _channel_options())
         self._stubs: dict[str, Any] = {
-            "SelfModel": selfmodel_pb2_grpc.SelfModelStub(self._channel),
-            "Admin": admin_pb2_grpc.AdminStub(self._channel),
+            "SelfModel": selfmodel_pb2_grpc.SelfModelServiceStub(self._channel),
+            "Admin": admin_pb2_grpc.AdminServiceStub(self._channel),
         }
 
     def _method(self, service: str, method: str) -> Any:
@@ -237,9 +238,9 @@ __all__ = [
     "Observed",
     "Retracted",
     "SelfModelView",
-    "Stance",
     "SubjectLike",
     "SubjectRef",
+    "Support",
     "error_from_rpc",
     "org",
     "parse_subject",

@@ -3,16 +3,11 @@
     [cluster]
     data = "data"                 # data root; a node's data defaults to <data>/<name>
     fsync = true
-    max_clock_offset_ms = 60000
-    cache_mb = 256                # memory per node for subject states kept in memory
-    snapshot_cache_mb = 64        # memory per node for resolved snapshots (node.snapshots)
-    max_subject_slots = 1000      # per subject (sync.bounds.SubjectLimits); a write past a
-    max_subject_observations = 2000  # limit is refused with RESOURCE_EXHAUSTED
-    max_subject_bytes = 1048576   # encoded state; at most half of max_message_bytes
-    max_message_bytes = 4194304   # every gRPC message a node sends or takes (agents and peers)
+    [cluster.limits]              # every limit of a node (federation.limits.LIMITS): subject
+    max_subject_bytes = 1048576   # sizes, message size, connections, disk floor, ids, pages...
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
-                                  # backoff_max_s, ack_request_s, claim_wait_s
-                                  # (see sync.replicator.SyncSettings)
+                                  # backoff_max_s, ack_request_s, linger_s, claim_wait_s
+                                  # (federation.settings.SYNC)
     [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name
     ca = "certs/ca.crt"
     cert = "certs/{node}.crt"
@@ -22,8 +17,6 @@
     tokens = "tokens.toml"        # optional; without it nodes serve loopback only
     peer_secret = "peer.secret"   # where TLS is off: proves each node's name to its peers
                                   # (`selfmodel peer-secret create FILE`; see docs/security.md)
-    [cluster.storage]             # min_free_mb, probe_s (docs/operating.md)
-    [cluster.connections]         # max, idle_s, handshake_s (docs/operating.md)
 
     [[node]]
     name = "sales"
@@ -38,7 +31,6 @@ Relative paths are relative to the file's folder (for the embedded default: the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping
@@ -48,13 +40,12 @@ from typing import Any
 
 import grpc
 
+from federation import settings as numeric
 from node import peers
 from node.config import NodeConfig
 from node.policy import PolicyBook
 from node.replication import PeerConfig
-from node.validation import Limits
 from selfmodel import channels
-from sync.bounds import SubjectLimits
 from sync.replicator import SyncSettings
 
 DEFAULT_NODES = (  # name, agents' port, peers' port (with TLS), metrics port
@@ -131,11 +122,6 @@ class NodeSpec:
 class Cluster:
     nodes: tuple[NodeSpec, ...]
     fsync: bool = True
-    max_clock_offset_ms: int = 60_000
-    cache_mb: float = 256.0
-    snapshot_cache_mb: float = 64.0
-    subject_limits: SubjectLimits = field(default_factory=SubjectLimits)
-    max_message_bytes: int = 4 * 1024 * 1024
     sync: SyncSettings = field(default_factory=SyncSettings)
     tls: Mapping[str, TlsFiles] | None = None  # per node
     agents_tls: bool = False  # the agents' port over TLS too (with tls)
@@ -143,10 +129,8 @@ class Cluster:
     peer_secret: Path | None = None  # file of the cluster's peer secrets (node.peers)
     policies: PolicyBook = field(default_factory=PolicyBook)
     source: Path | None = None  # the file it was read from (None: embedded default)
-    # NodeConfig fields set by [cluster.storage] and [cluster.connections] (NODE_TABLES).
-    node_settings: Mapping[str, float] = field(default_factory=dict)
-    limits: Limits = field(default_factory=Limits)  # [cluster.limits]
-    max_watchers: int = 256  # [cluster.limits] max_watchers: open watches per node
+    # [cluster.limits]: the limits given (federation.limits.LIMITS), each a NodeConfig setting.
+    limits: Mapping[str, int | float] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -196,55 +180,13 @@ def positive_mb(value: Any) -> float | None:
     return float(value)
 
 
-def _cache_mb(value: Any, name: str = "cache_mb") -> float:
-    mb = positive_mb(value)
-    if mb is None:
-        raise ClusterFileError(f"[cluster] {name} must be a positive number, got {value!r}")
-    return mb
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ClusterFileError(f"[cluster] {name} must be a positive whole number, got {value!r}")
-    return value
-
-
-def subject_limits(base: SubjectLimits, **settings: int | None) -> SubjectLimits:
-    """``base`` with the settings given (``max_subject_slots``, ``max_subject_observations``,
-    ``max_subject_bytes``; None: unchanged)."""
-    given = {name.removeprefix("max_subject_"): v for name, v in settings.items() if v is not None}
-    return dataclasses.replace(base, **{f"max_{k}": v for k, v in given.items()})
-
-
-# Each table's keys, and the NodeConfig field each sets (a positive number).
-NODE_TABLES: dict[str, dict[str, str]] = {
-    "storage": {"min_free_mb": "min_free_mb", "probe_s": "disk_probe_s"},
-    "connections": {
-        "max": "max_connections",
-        "idle_s": "connection_idle_s",
-        "handshake_s": "handshake_timeout_s",
-    },
-}
-
-
-def _node_settings(cluster: Mapping[str, Any]) -> dict[str, float]:
-    settings: dict[str, float] = {}
-    for table, keys in NODE_TABLES.items():
-        raw = cluster.get(table, {})
-        unknown = set(raw) - set(keys)
-        if unknown:
-            raise ClusterFileError(
-                f"[cluster.{table}]: unknown keys {sorted(unknown)}; it takes {sorted(keys)}"
-            )
-        for key, value in raw.items():
-            minimum: float = {"min_free_mb": 0, "max": 1}.get(key, 0.001)
-            kinds = int if key == "max" else int | float
-            if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-                raise ClusterFileError(
-                    f"[cluster.{table}] {key} must be a number of at least {minimum}, got {value!r}"
-                )
-            settings[keys[key]] = value
-    return settings
+# The keys each table takes besides the numeric ones of federation.settings (LIMITS, SYNC).
+CLUSTER_KEYS = frozenset({"data", "fsync", "limits", "sync", "tls", "auth"})
+TLS_KEYS = frozenset({"ca", "cert", "key", "agents"})
+AUTH_KEYS = frozenset({"tokens", "peer_secret"})
+NODE_KEYS = frozenset(
+    {"name", "domain", "address", "peer_address", "metrics", "data", "peers", "routes"}
+)
 
 
 def _path(base: Path, value: str) -> Path:
@@ -254,26 +196,15 @@ def _path(base: Path, value: str) -> Path:
 
 def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     cluster = raw.get("cluster", {})
-    limit_keys = (
-        "max_subject_slots",
-        "max_subject_observations",
-        "max_subject_bytes",
-        "max_message_bytes",
-    )
-    known = {
-        "data",
-        "fsync",
-        "max_clock_offset_ms",
-        "cache_mb",
-        "snapshot_cache_mb",
-        "sync",
-        "tls",
-        "auth",
-        *limit_keys,
-        *NODE_TABLES,
-        "limits",
-    }
-    unknown = set(cluster) - known
+    try:
+        numeric.moved("cluster", cluster)
+        for table in ("storage", "connections"):
+            numeric.moved(f"cluster.{table}", cluster.get(table, {}))
+        limits = numeric.parse_limits(cluster.get("limits", {}))
+        sync = numeric.parse_sync(cluster.get("sync", {}))
+    except numeric.SettingError as exc:
+        raise ClusterFileError(str(exc)) from None
+    unknown = set(cluster) - CLUSTER_KEYS
     if unknown:
         raise ClusterFileError(f"unknown [cluster] keys {sorted(unknown)}")
     data_root = _path(base, cluster.get("data", "data"))
@@ -285,16 +216,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         raise ClusterFileError(f"every [[node]] needs a unique name, got {names}")
     nodes = []
     for s in specs:
-        unknown = set(s) - {
-            "name",
-            "domain",
-            "address",
-            "peer_address",
-            "metrics",
-            "data",
-            "peers",
-            "routes",
-        }
+        unknown = set(s) - NODE_KEYS
         if unknown:
             raise ClusterFileError(f"node {s['name']}: unknown keys {sorted(unknown)}")
         if "address" not in s:
@@ -317,15 +239,13 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
                 routes=dict(s.get("routes", {})),
             )
         )
-    sync_raw = cluster.get("sync", {})
-    try:
-        sync = SyncSettings(**sync_raw)
-    except TypeError as exc:
-        raise ClusterFileError(f"[cluster.sync]: {exc}") from exc
     tls = None
     agents_tls = False
     if "tls" in cluster:
         t = cluster["tls"]
+        unknown = set(t) - TLS_KEYS
+        if unknown:
+            raise ClusterFileError(f"unknown [cluster.tls] keys {sorted(unknown)}")
         missing = {"ca", "cert", "key"} - set(t)
         if missing:
             raise ClusterFileError(
@@ -348,9 +268,8 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
                     f"node {n.name}: with [cluster.tls] give a peer_address for Sync apart from "
                     "the agents' address"
                 )
-    limits, max_watchers = _limits(cluster.get("limits", {}))
     auth = cluster.get("auth", {})
-    unknown = set(auth) - {"tokens", "peer_secret"}
+    unknown = set(auth) - AUTH_KEYS
     if unknown:
         raise ClusterFileError(f"unknown [cluster.auth] keys {sorted(unknown)}")
     tokens = _path(base, auth["tokens"]) if "tokens" in auth else None
@@ -359,16 +278,9 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         policies = PolicyBook.from_config(raw.get("policies", {}))
     except ValueError as exc:
         raise ClusterFileError(f"[policies]: {exc}") from exc
-    sizes = {k: _positive_int(k, cluster[k]) for k in limit_keys if k in cluster}
-    max_message_bytes = sizes.pop("max_message_bytes", 4 * 1024 * 1024)
     return Cluster(
         nodes=tuple(nodes),
         fsync=bool(cluster.get("fsync", True)),
-        max_clock_offset_ms=int(cluster.get("max_clock_offset_ms", 60_000)),
-        cache_mb=_cache_mb(cluster.get("cache_mb", 256)),
-        snapshot_cache_mb=_cache_mb(cluster.get("snapshot_cache_mb", 64), "snapshot_cache_mb"),
-        subject_limits=subject_limits(SubjectLimits(), **sizes),
-        max_message_bytes=max_message_bytes,
         sync=sync,
         tls=tls,
         agents_tls=agents_tls,
@@ -376,32 +288,8 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         peer_secret=peer_secret,
         policies=policies,
         source=source,
-        node_settings=_node_settings(cluster),
         limits=limits,
-        max_watchers=max_watchers,
     )
-
-
-def _limits(raw: Mapping[str, Any]) -> tuple[Limits, int]:
-    """``[cluster.limits]``: any field of node.validation.Limits, and ``max_watchers``; each a
-    positive number of the field's type."""
-    defaults = Limits()
-    fields = {"max_watchers": 256, **{k: getattr(defaults, k) for k in Limits.__slots__}}
-    unknown = set(raw) - set(fields)
-    if unknown:
-        raise ClusterFileError(
-            f"unknown [cluster.limits] keys {sorted(unknown)}; known: {', '.join(sorted(fields))}"
-        )
-    for key, value in raw.items():
-        kind = type(fields[key])
-        ok = type(value) in ((int, float) if kind is float else (int,))
-        if not ok or not math.isfinite(value) or value <= 0:
-            raise ClusterFileError(
-                f"[cluster.limits] {key} must be a positive {kind.__name__}, got {value!r}"
-            )
-    values = dict(raw)
-    max_watchers = int(values.pop("max_watchers", 256))
-    return Limits(**values), max_watchers
 
 
 def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig:
@@ -414,24 +302,16 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         listen=spec.address,
         metrics_listen=spec.metrics,
         fsync=cluster.fsync,
-        cache_mb=cluster.cache_mb,
-        snapshot_cache_mb=cluster.snapshot_cache_mb,
-        subject_limits=cluster.subject_limits,
-        max_message_bytes=cluster.max_message_bytes,
         policies=cluster.policies,
         identify=identify,
-        max_clock_offset_ms=cluster.max_clock_offset_ms,
         peers=cluster.peers_of(name),
         members=frozenset(cluster.names()),
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
-        limits=cluster.limits,
-        max_watchers=cluster.max_watchers,
     )
+    numeric.apply(config, cluster.limits)
     if cluster.peer_secret is not None:
         config.peer_secrets = peers.read_secrets(cluster.peer_secret)
-    for setting, value in cluster.node_settings.items():
-        setattr(config, setting, type(getattr(config, setting))(value))
     if cluster.tls is not None:
         files = cluster.tls[name]
         pem = (files.ca, files.cert, files.key)

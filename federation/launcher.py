@@ -17,8 +17,8 @@ import grpc
 
 from federation import processes
 from federation.cluster import Cluster, default_cluster_text
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.channels import open_channel
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
 
 
 @dataclass
@@ -78,7 +78,7 @@ def status_rows(
     for spec in cluster.nodes:
         try:
             with open_channel(spec.address, credentials) as channel:
-                status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                status = admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
                     admin_pb2.GetStatusRequest(), timeout=timeout_s, metadata=metadata
                 )
             connected = sum(p.connected for p in status.peers)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from federation import cluster
+from federation import settings as numeric
 from federation.processes import PARENT_ENV, die_with_parent
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
@@ -26,53 +27,61 @@ def _positive_mb(text: str) -> float:
     return mb
 
 
-def _at_least(minimum: float, kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> float:
+def _limit(option: str) -> Any:
+    """The argparse type of an option setting the [cluster.limits] key of its name: a number
+    within that key's bounds (federation.settings.LIMITS)."""
+    name = option.removeprefix("--").replace("-", "_")
+    setting = numeric.LIMITS[name]
+
+    def parse(text: str) -> int | float:
         try:
-            value = kind(text)
+            value: Any = setting.kind(text)
         except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"must be a number of at least {minimum}, got {text!r}"
-            )
-        return value
+            value = text
+        try:
+            return setting.check("cluster.limits", name, value)
+        except numeric.SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("[cluster.limits] ")) from None
 
     return parse
 
 
-# Options that set the NodeConfig field of their name over the cluster file's: the option, its
-# least value and type, and its help.
-NODE_SETTINGS: tuple[tuple[str, float, type[float] | type[int], str], ...] = (
+# Options that set the [cluster.limits] key of their name over the cluster file's, and their help.
+NODE_SETTINGS: tuple[tuple[str, str], ...] = (
     (
-        "--max-message-bytes", 1, int,
+        "--max-message-bytes",
         "the largest gRPC message the node sends or takes, from agents and peers alike "
         "(default: 4194304, or the cluster file's; at least twice --max-subject-bytes)",
     ),
     (
-        "--min-free-mb", 0.0, float,
+        "--min-free-mb",
         "suspend writes while the data directory's disk has less free space than this "
-        "(default: 64, or the cluster file's [cluster.storage] min_free_mb)",
+        "(default: 64, or the cluster file's [cluster.limits] min_free_mb)",
     ),
     (
-        "--disk-probe-s", 0.01, float,
+        "--disk-probe-s",
         "how often a node whose writes are suspended checks for room again (default: 5)",
     ),
     (
-        "--max-connections", 1, int,
+        "--max-connections",
         "TCP connections the node accepts at once, across its ports (default: 1024, or "
-        "the cluster file's [cluster.connections] max)",
+        "the cluster file's [cluster.limits] max_connections)",
     ),
     (
-        "--connection-idle-s", 0.01, float,
+        "--connection-idle-s",
         "close a connection without calls after this many seconds (default: 300)",
     ),
     (
-        "--handshake-timeout-s", 0.01, float,
+        "--handshake-timeout-s",
         "close a connection that has not finished its HTTP/2 handshake after this many "
         "seconds (default: 10)",
     ),
 )  # fmt: skip
+SUBJECT_OPTIONS = ("--max-subject-slots", "--max-subject-observations", "--max-subject-bytes")
+LIMIT_OPTIONS = tuple(
+    o.removeprefix("--").replace("-", "_")
+    for o in ("--cache-mb", "--snapshot-cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
+)
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -108,20 +117,9 @@ def _node(args: argparse.Namespace) -> int:
         if args.no_fsync:
             config.fsync = False
         config.accept_saved_clock = args.accept_saved_clock
-        if args.cache_mb is not None:
-            config.cache_mb = args.cache_mb
-        if args.snapshot_cache_mb is not None:
-            config.snapshot_cache_mb = args.snapshot_cache_mb
-        config.subject_limits = cluster.subject_limits(
-            config.subject_limits,
-            max_subject_slots=args.max_subject_slots,
-            max_subject_observations=args.max_subject_observations,
-            max_subject_bytes=args.max_subject_bytes,
-        )
-        for option, *_ in NODE_SETTINGS:
-            setting = option.removeprefix("--").replace("-", "_")
-            if getattr(args, setting) is not None:
-                setattr(config, setting, getattr(args, setting))
+        # Each option sets the [cluster.limits] setting of its name over the cluster file's.
+        given = {name: getattr(args, name) for name in LIMIT_OPTIONS}
+        numeric.apply(config, {k: v for k, v in given.items() if v is not None})
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if args.tls_cert:
@@ -177,12 +175,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ):
         node.add_argument(
             option,
-            type=_at_least(1, int),
+            type=_limit(option),
             help=f"at most this many {what} per subject; a write past it is refused with "
             f"RESOURCE_EXHAUSTED (default: {default}, or the cluster file's)",
         )
-    for option, least, kind, what in NODE_SETTINGS:
-        node.add_argument(option, type=_at_least(least, kind), help=what)
+    for option, what in NODE_SETTINGS:
+        node.add_argument(option, type=_limit(option), help=what)
     node.add_argument(
         "--cluster",
         help="cluster file: run its node --name (its settings replace --data, --listen, "

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from selfmodel.v1 import selfmodel_pb2
+from sync.codec import POLICIES
 from sync.observation import Subject, SubjectKind
 
 
@@ -45,7 +46,7 @@ def policies(items: Iterable[selfmodel_pb2.ContextPolicy]) -> list[PolicyView]:
     return [
         PolicyView(
             p.context,
-            p.policy,
+            POLICIES.of(p.policy),
             p.min_confidence,
             p.half_life_seconds or None,
             p.evidence_discount,

@@ -8,8 +8,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfmodel.v1 import admin_pb2, model_pb2
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.v1 import model_pb2
+from sync.codec import POLICIES, EnumWords
 from sync.observation import Subject, SubjectKind
+
+AUDIT_ACTIONS = EnumWords(admin_pb2.AuditAction)
 
 DEFAULT_TENANT = "default"
 DEFAULT_TARGET = "127.0.0.1:7070"  # a development node's agents' port
@@ -55,7 +59,9 @@ def parse_subject(text: str, tenant: str = DEFAULT_TENANT) -> Subject:
 
 
 @dataclass(frozen=True, slots=True)
-class Stance:
+class Support:
+    """One source's stance in a slot (model.proto's Support)."""
+
     source: str
     statement: str
     confidence: float
@@ -69,8 +75,8 @@ class BeliefView:
     statement: str
     confidence: float
     uncertain: bool
-    supporters: tuple[Stance, ...]
-    dissenters: tuple[Stance, ...]
+    supporters: tuple[Support, ...]
+    dissenters: tuple[Support, ...]
     changed_at: dt.datetime  # the newest observation's time
     policy: str
     # How old the belief was when read (the node's resolved_at minus changed_at): staleness,
@@ -139,7 +145,7 @@ def audit_page(reply: admin_pb2.ListAuditResponse) -> tuple[list[AuditEntry], st
             e.actor,
             e.actor_role,
             e.actor_tenant,
-            e.action,
+            AUDIT_ACTIONS.of(e.action),
             Subject(e.subject.tenant, SubjectKind(e.subject.kind), e.subject.id),
             e.detail,
         )
@@ -152,8 +158,8 @@ def _time(ts: Any) -> dt.datetime:
     return ts.ToDatetime(tzinfo=dt.UTC)  # type: ignore[no-any-return]
 
 
-def _stance(msg: model_pb2.Support) -> Stance:
-    return Stance(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
+def _support(msg: model_pb2.Support) -> Support:
+    return Support(msg.source, msg.statement, msg.confidence, _time(msg.observed_at))
 
 
 def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
@@ -165,10 +171,10 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             b.statement,
             b.confidence,
             b.uncertain,
-            tuple(_stance(s) for s in b.supporters),
-            tuple(_stance(s) for s in b.dissenters),
+            tuple(_support(s) for s in b.supporters),
+            tuple(_support(s) for s in b.dissenters),
             changed := _time(b.changed_at),
-            b.policy,
+            POLICIES.of(b.policy),
             max(resolved - changed, dt.timedelta(0)),
             b.supporter_count,
             b.dissenter_count,
@@ -187,9 +193,9 @@ __all__ = [
     "Observed",
     "Retracted",
     "SelfModelView",
-    "Stance",
     "SubjectLike",
     "SubjectRef",
+    "Support",
     "audit_page",
     "org",
     "parse_subject",

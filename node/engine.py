@@ -34,7 +34,7 @@ from sync.bounds import (
     SubjectLimits,
 )
 from sync.causal import MAX_COUNTER, CausalContext, Dot
-from sync.codec import Position, encode_token, token_of_positions
+from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
@@ -164,7 +164,7 @@ class Engine:
             for state, footprint in footprints:
                 self.sizes.remember(state, footprint)
         changes.sort(key=_subject_of)
-        token = token_of_positions([change.position for change in changes])
+        token = token_of_entries([change.token_entry for change in changes])
         metrics.OBSERVATIONS.inc(len(inputs))
         return WriteResult(tuple(w for w in written if w is not None), token)
 
@@ -240,7 +240,7 @@ class Engine:
             change = Change(state, new, Delta(delta, frozenset([event])))
             rows = self._request_rows(request, "retract", Replay(retracted=count))
             self._commit([change], audit, rows)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         return count, token
 
     def forget(
@@ -263,7 +263,7 @@ class Engine:
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
-            token = token_of_positions([change.position])
+            token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
 
@@ -409,13 +409,13 @@ class Engine:
         return self.reader.state(subject)
 
     def at_position(
-        self, subject: Subject, positions: dict[Subject, Position] | None
+        self, subject: Subject, positions: dict[Subject, CausalContext] | None
     ) -> SubjectState:
         """The subject's state if it covers the token's position (node.reads.Reader)."""
         return self.reader.at_position(subject, positions)
 
     def model(
-        self, subject: Subject, positions: dict[Subject, Position] | None = None
+        self, subject: Subject, positions: dict[Subject, CausalContext] | None = None
     ) -> ModelView:
         """The subject's resolved snapshot (node.snapshots), if it covers ``positions``."""
         state = self.reader.at_position(subject, positions)
@@ -426,7 +426,7 @@ class Engine:
         subject: Subject,
         context: str,
         key: str,
-        positions: dict[Subject, Position] | None = None,
+        positions: dict[Subject, CausalContext] | None = None,
     ) -> tuple[Explanation | None, str]:
         state = self.reader.at_position(subject, positions)
         return self.reader.explain(state, context, key), encode_token({subject: state.context})

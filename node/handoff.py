@@ -29,7 +29,6 @@ from typing import NamedTuple
 from node import metrics
 from node.errors import HandoffPending, InvalidArgument, Reason
 from sync.causal import CausalContext, Dot
-from sync.codec import Position
 from sync.crdt import SubjectState
 from sync.observation import Subject
 
@@ -142,7 +141,9 @@ class Handoffs:
         self.lead = lead
         self.deliveries = DeliveryDelays()
 
-    def require(self, state: SubjectState, positions: dict[Subject, Position], actor: str) -> None:
+    def require(
+        self, state: SubjectState, positions: dict[Subject, CausalContext], actor: str
+    ) -> None:
         """Returns if ``state`` covers the token's position for its subject; a token of other
         subjects, or of a position no node can have issued, is InvalidArgument; a position not
         merged yet is HandoffPending, naming the first dot missing and when to ask again.

@@ -13,7 +13,7 @@ from node.refusals import Refusals
 from node.store import Store
 from node.validation import Limits
 from selfmodel.channels import open_channel
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from sync.codec import (
     encode_batch,
     encode_batch_origin,
@@ -104,12 +104,12 @@ class GrpcPeerLink:
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self._channel = open_channel(address, credentials, options)
-        self._stub = sync_pb2_grpc.SyncStub(self._channel)
+        self._stub = sync_pb2_grpc.SyncServiceStub(self._channel)
         # Sends batches already serialized (encode_batch): the deltas are stored encoded.
         self._replicate = self._channel.stream_stream(
-            "/selfmodel.v1.Sync/Replicate",
+            "/selfmodel.sync.v1.SyncService/Replicate",
             request_serializer=None,
-            response_deserializer=sync_pb2.ReplicateAck.FromString,
+            response_deserializer=sync_pb2.ReplicateResponse.FromString,
         )
         self._md = auth.metadata()
         self._me = auth.node
@@ -160,7 +160,7 @@ class GrpcPeerLink:
         return bool(reply.granted)
 
     def exchange(self, states: Sequence[SubjectState]) -> Exchanged:
-        msg = sync_pb2.StateExchange(states=[state_to_proto(s) for s in states])
+        msg = sync_pb2.ExchangeStatesRequest(states=[state_to_proto(s) for s in states])
         try:
             reply = self._stub.ExchangeStates(msg, timeout=CALL_TIMEOUT_S, metadata=self._md)
         except grpc.RpcError as exc:

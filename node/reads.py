@@ -18,7 +18,7 @@ from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, explain_slot
 from node.snapshots import Snapshot, Snapshots
 from node.store import Store
-from sync.codec import Position
+from sync.causal import CausalContext
 from sync.crdt import SubjectState
 from sync.observation import Subject
 
@@ -59,7 +59,7 @@ class Reader:
         return self.store.load(subject) or SubjectState(subject)
 
     def at_position(
-        self, subject: Subject, positions: dict[Subject, Position] | None
+        self, subject: Subject, positions: dict[Subject, CausalContext] | None
     ) -> SubjectState:
         """The subject's state, if it covers the token's position for it; never waits (else
         InvalidArgument or HandoffPending: node.handoff.Handoffs.require)."""

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from node import validation
 from node.errors import InvalidArgument
 from node.validation import Limits
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 
 log = logging.getLogger("selfmodel.node")
 

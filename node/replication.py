@@ -1,6 +1,6 @@
 """This node's replication: the replicator wired over the store, the engine and gRPC links to
 the peers (sync.replicator), and the node's side of the Sync protocol gathered in one surface:
-the links (node.peerlink), the Sync service (node.syncservice), the run claim (node.runclaim)."""
+the links (node.peerlink), the peers' service (node.peerservice), the run claim (node.runclaim)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import grpc
 from node.engine import Engine
 from node.peerlink import SERVER_OPTIONS, GrpcPeerLink, PeerConfig, RunClaim
 from node.peers import NODE_HEADER, PeerAuth
+from node.peerservice import PeerServicer
 from node.refusals import Refusals
 from node.runclaim import claim_run
 from node.syncports import EngineReplica
-from node.syncservice import SyncServicer
 from node.validation import Limits
 from sync import metrics as sync_metrics
 from sync.hlc import PeerOffsets
@@ -71,8 +71,8 @@ __all__ = [
     "EngineReplica",
     "GrpcPeerLink",
     "PeerConfig",
+    "PeerServicer",
     "RunClaim",
-    "SyncServicer",
     "build_replicator",
     "claim_run",
 ]

@@ -5,7 +5,7 @@ confidence and explanation on every node, whatever order the observations came i
 it is read. Resolution happens at read time and is never replicated. One definition serves every
 policy:
 
-- one source holds one position per slot: its newest observation by the cluster-wide total
+- one source holds one Support per slot: its newest observation by the cluster-wide total
   order (hybrid clock, then id); its older ones, wherever written, are shown as superseded and
   never counted (the same agent's correction wins over its stale statement on another node,
   and its same statement written on two nodes counts once);
@@ -35,7 +35,8 @@ import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from node.policy import ContextPolicy, PolicyBook
 from sync.causal import Dot
@@ -55,13 +56,24 @@ def normalize_statement(statement: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Position:
-    """One source's stance in a slot."""
+class Support:
+    """One source's stance in a slot (its newest observation there): model.proto's Support, with
+    the confidence it reported and what that weighs there.
+
+    The weighing (``weight`` = confidence x reliability x recency x evidence_factor, and whether
+    it counts in its statement's support) follows from the stance and its slot, so it takes no
+    part in comparing supports.
+    """
 
     source: str
     statement: str
     confidence: float
     observed_ms: int
+    weight: float = field(default=0.0, compare=False)
+    reliability: float = field(default=1.0, compare=False)
+    recency: float = field(default=1.0, compare=False)
+    evidence_factor: float = field(default=1.0, compare=False)
+    counted: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +82,8 @@ class Belief:
     key: str
     statement: str
     confidence: float
-    supporters: tuple[Position, ...]
-    dissenters: tuple[Position, ...]
+    supporters: tuple[Support, ...]
+    dissenters: tuple[Support, ...]
     uncertain: bool
     changed_ms: int
     policy: str
@@ -156,11 +168,22 @@ def explain_slot(
             f"{policy.min_confidence:.2f}"
         )
 
-    supporters: list[Position] = []
-    dissenters: list[Position] = []
+    supporters: list[Support] = []
+    dissenters: list[Support] = []
+    in_support = {w.observation.dot for w in counted if w.independent}
     for w in weighted:
         o = w.observation
-        p = Position(o.source, o.statement, o.confidence, physical_ms(o.hlc))
+        p = Support(
+            o.source,
+            o.statement,
+            o.confidence,
+            physical_ms(o.hlc),
+            weight=w.weight,
+            reliability=w.reliability,
+            recency=w.recency,
+            evidence_factor=w.evidence_factor,
+            counted=o.dot in in_support,
+        )
         (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
     superseded = tuple(
         dataclasses.replace(_weigh(o, policy, book, newest_ms), superseded=True) for o in replaced
@@ -282,6 +305,30 @@ def _weighted_reason(candidates: Sequence[Candidate]) -> str:
         else:
             text += f" over {runner.statement!r} at {runner.support:.2f}"
     return text
+
+
+class LeftOut(NamedTuple):
+    """What a read of some contexts leaves out of them (``select``'s complement, counted)."""
+
+    uncertain: int  # uncertain beliefs, when the reader did not ask for them
+    below_min_confidence: int  # the others below the reader's own floor
+
+
+def left_out(
+    beliefs: Iterable[Belief],
+    contexts: frozenset[str] = frozenset(),
+    min_confidence: float = 0.0,
+    include_uncertain: bool = False,
+) -> LeftOut:
+    uncertain = below = 0
+    for b in beliefs:
+        if contexts and b.context not in contexts:
+            continue
+        if b.uncertain and not include_uncertain:
+            uncertain += 1
+        elif b.confidence < min_confidence:
+            below += 1
+    return LeftOut(uncertain, below)
 
 
 def select(

@@ -24,7 +24,7 @@ from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
 from node.peers import PeerAuth, refusing
 from node.replication import (
-    SyncServicer,
+    PeerServicer,
     build_replicator,
     claim_run,
 )
@@ -37,12 +37,18 @@ from node.servicer import (
 from node.status import node_status
 from node.store import Store
 from node.store.diskwatch import DiskWatch
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.replicator import Replicator
 
 log = logging.getLogger("selfmodel.node")
 
-SERVICES = ("selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "selfmodel.v1.Sync")
+SERVICES = (
+    "selfmodel.v1.SelfModelService",
+    "selfmodel.admin.v1.AdminService",
+    "selfmodel.sync.v1.SyncService",
+)
 
 
 @dataclass
@@ -55,7 +61,7 @@ class RunningNode:
     port: int
     metrics_port: int | None
     replicator: Replicator | None = None
-    sync_servicer: SyncServicer | None = None
+    peer_servicer: PeerServicer | None = None
     peer_port: int | None = None
     peer_server: grpc.Server | None = None  # serves Sync on peer_listen
     disk_watch: DiskWatch | None = None
@@ -78,8 +84,8 @@ class RunningNode:
             self._stop_token_watch()
         if self.replicator is not None:
             self.replicator.stop()
-        if self.sync_servicer is not None:
-            self.sync_servicer.close()
+        if self.peer_servicer is not None:
+            self.peer_servicer.close()
         self.engine.close_watches()
         grace = self.config.grace_s if grace_s is None else grace_s
         stopped = [s.stop(grace) for s in (self.server, self.peer_server) if s is not None]
@@ -98,7 +104,7 @@ def start(config: NodeConfig) -> RunningNode:
     store = Store(
         config.data_dir,
         config.name,
-        sync=config.fsync,
+        fsync=config.fsync,
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
     )
@@ -118,7 +124,7 @@ def start(config: NodeConfig) -> RunningNode:
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
-        ("/selfmodel.v1.Sync/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
+        ("/selfmodel.sync.v1.SyncService/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
         node=config.name,
     )
     # Every service registers through this, so its handlers are counted and timed, wait for
@@ -134,7 +140,7 @@ def start(config: NodeConfig) -> RunningNode:
     server = listeners.grpc_server(config, held + 64, held + 1024, max_connections)
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header
-    selfmodel_pb2_grpc.add_SelfModelServicer_to_server(
+    selfmodel_pb2_grpc.add_SelfModelServiceServicer_to_server(
         SelfModelServicer(
             engine, config.limits, identify, domain=config.domain, tokens=config.tokens
         ),
@@ -151,7 +157,7 @@ def start(config: NodeConfig) -> RunningNode:
             config.limits,
             config.max_message_bytes,
         )
-    sync_servicer = SyncServicer(
+    peer_servicer = PeerServicer(
         engine,
         auth,
         config.limits,
@@ -166,7 +172,7 @@ def start(config: NodeConfig) -> RunningNode:
         calls = 8 * len(auth.members) + 64
         peer_server = listeners.grpc_server(config, calls, calls, max_connections)
         peer_services = wrapping(peer_server, chain)
-        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, peer_services)
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, peer_services)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, peer_services)
         wrong_port = refusing(
             config.name,
@@ -174,12 +180,12 @@ def start(config: NodeConfig) -> RunningNode:
             f"node {config.name} serves Sync on its peers' port {config.peer_listen}, "
             "not on the agents' port",
         )
-        sync_pb2_grpc.add_SyncServicer_to_server(
-            SyncServicer(engine, wrong_port, config.limits), services
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(
+            PeerServicer(engine, wrong_port, config.limits), services
         )
     else:
-        sync_pb2_grpc.add_SyncServicer_to_server(sync_servicer, services)
-    admin_pb2_grpc.add_AdminServicer_to_server(
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, services)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
             engine, lambda: node_status(config, engine, replicator), identify, config.limits
         ),
@@ -187,8 +193,8 @@ def start(config: NodeConfig) -> RunningNode:
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
     names = (
-        selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModel"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModelService"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -245,7 +251,7 @@ def start(config: NodeConfig) -> RunningNode:
         bound,
         metrics_port,
         replicator,
-        sync_servicer,
+        peer_servicer,
         peer_port,
         peer_server,
         disk_watch,

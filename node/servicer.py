@@ -30,8 +30,9 @@ from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
 from node.validation import Limits
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import LAST_ASK_S
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import encode_token, subject_to_proto
 from sync.observation import Subject
 
@@ -110,7 +111,7 @@ class SerializedReplies(HandlerWrapper):
         return handler._replace(response_serializer=serialize_unless_bytes)
 
 
-class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
+class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def __init__(
         self,
         engine: Engine,
@@ -126,7 +127,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies(engine.snapshots)
+        self._replies = convert.SnapshotReplies(engine.snapshots, engine.policies)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -260,7 +261,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
     def GetSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> bytes:
-        """The serialized SelfModelSnapshot (see SerializedReplies and convert.SnapshotReplies)."""
+        """The serialized GetSelfModelResponse (see SerializedReplies, convert.SnapshotReplies)."""
         _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
@@ -273,30 +274,30 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         if paged:
             chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
             page, token = listing.beliefs_page(subject, chosen, asked, size)
-            msg = convert.snapshot(
-                subject, page, view.token, view.resolved_ms, self.engine.node, limit
-            )
+            want = convert.Filter(contexts, floor, request.include_uncertain, limit)
+            msg = self._replies.page(subject, view, page, want, self.engine.node)
             msg.next_page_token = token
-            return msg.SerializeToString()
+            return convert.as_snapshot_field(msg.SerializeToString())
         want = convert.Filter(contexts, floor, request.include_uncertain, limit)
         return self._replies.reply(subject, view, want, self.engine.node)
 
     @map_errors
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
-    ) -> selfmodel_pb2.Explanation:
+    ) -> selfmodel_pb2.ExplainBeliefResponse:
         _, subject = self._caller_and_subject(request, context)
         ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
         found, token = self._at_position(
             context, lambda: self.engine.explain(subject, ctx, key, positions)
         )
-        return convert.explanation(subject, ctx, key, found, token)
+        policy = self.engine.policies.for_context(ctx)
+        return convert.explanation(subject, ctx, key, found, token, policy)
 
     def WatchSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Serialized SelfModelSnapshots (see SerializedReplies): the model, then each change.
+        """Serialized WatchSelfModelResponses (see SerializedReplies): the model, then each change.
 
         A watcher that falls behind skips to the latest model: a stream holds at most the one
         snapshot being sent, and every watcher of a subject shares one resolution and one
@@ -433,7 +434,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
             want = convert.Filter(contexts, floor, request.include_uncertain)
-            body = self._replies.reply(subject, view, want, self.engine.node)
+            body = self._replies.snapshot(subject, view, want, self.engine.node)
             reply.models.add().MergeFromString(body)
             read[subject] = view.state.context
         reply.handoff_token = encode_token(read)
@@ -454,11 +455,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServicer):
         return reply
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,
-        status: Callable[[], admin_pb2.NodeStatus],
+        status: Callable[[], admin_pb2.GetStatusResponse],
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         limits: Limits | None = None,
     ) -> None:
@@ -470,7 +471,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @map_errors
     def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.NodeStatus:
+    ) -> admin_pb2.GetStatusResponse:
         who = self.identify(context, self.limits)
         status = self.status()
         if who.tenant is not None:  # the subject count of the caller's tenant, for its operators

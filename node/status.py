@@ -5,14 +5,14 @@ from __future__ import annotations
 from node.clock import clock_refusal
 from node.config import NodeConfig
 from node.engine import Engine
-from selfmodel.v1 import admin_pb2
+from selfmodel.admin.v1 import admin_pb2
 from sync.replicator import Replicator
 
 
 def node_status(
     config: NodeConfig, engine: Engine, replicator: Replicator | None
-) -> admin_pb2.NodeStatus:
-    status = admin_pb2.NodeStatus(
+) -> admin_pb2.GetStatusResponse:
+    status = admin_pb2.GetStatusResponse(
         node=config.name,
         domain=config.domain,
         actor=engine.actor,

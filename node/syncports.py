@@ -1,5 +1,5 @@
 """The sync ports over this node's storage: the replica (sync.ports.Replica: merges through the
-engine, digests and positions from the store). The outbox is one itself (node.store.Outbox)."""
+engine, digests and peer sequences from the store). The outbox is one itself (node.store.Outbox)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sync.ports import DeltasMerged, Merged
 
 
 class EngineReplica:
-    """sync.ports.Replica over the engine (merges) and the store (digests, positions)."""
+    """sync.ports.Replica over the engine (merges) and the store (digests, peer sequences)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -34,15 +34,15 @@ class EngineReplica:
         return self.store.bucket_digests(bucket)
 
     def acked(self, peer: str) -> int:
-        return self.store.position("acked", peer)
+        return self.store.peer_seq("acked", peer)
 
     def set_acked(self, peer: str, seq: int) -> None:
-        self.store.set_position("acked", peer, seq)
+        self.store.set_peer_seq("acked", peer, seq)
 
     def merge_deltas(
         self, deltas: Sequence[Delta], source: str, applied: int | None
     ) -> DeltasMerged:
-        extra = [] if applied is None else [Store.position_row("applied", source, applied)]
+        extra = [] if applied is None else [Store.peer_seq_row("applied", source, applied)]
         outcome = self.engine.merge_remote(deltas, extra=extra, durable=False, source=source)
         if outcome.refused:
             reason = outcome.reason

@@ -14,15 +14,15 @@ from node.engine import ObservationInput
 from node.errors import InvalidArgument, Reason
 from node.resolution import normalize_statement
 from selfmodel.errors import plain
-from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import CausalContext, counter_in_range
-from sync.codec import InvalidToken, Position, decode_token
+from sync.codec import EVIDENCE_KINDS, InvalidToken, decode_token
 from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
 _CONTEXT = re.compile(r"[a-z][a-z0-9_]*")
 _KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
-_EVIDENCE_KIND = re.compile(r"[a-z][a-z0-9_\-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _REQUEST_KEY = re.compile(r"[A-Za-z0-9._:\-]+")
 MAX_REQUEST_KEY = 128
@@ -112,15 +112,15 @@ def key(value: str, field: str, limits: Limits) -> str:
 
 def slot_key(value: str, field: str, limits: Limits) -> str:
     """A slot's key as Explain and Retract name it: the agent's key, or, for a slot written
-    without one, the normalized statement that Observe derived and returned as its key."""
+    without one, its statement as written or as Observe normalized it (the key it returned),
+    normalized here the same way. A value that is a valid key is that key."""
     if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
         return value
     text(value, field, limits.max_statement, required=True, setting="max_statement")
-    if normalize_statement(value) != value:
-        raise InvalidArgument(
-            field, "must be a key given on write, or the key Observe returned (a statement's form)"
-        )
-    return value
+    normalized = normalize_statement(value)
+    if not normalized:
+        raise InvalidArgument(field, "must be a key, or a statement with more than final stops")
+    return normalized
 
 
 def text(value: str, field: str, limit: int, *, required: bool, setting: str = "") -> str:
@@ -171,16 +171,27 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
         required=True,
         setting="max_statement",
     )
+    if not slot_key and not normalize_statement(statement):
+        raise InvalidArgument(
+            f"{prefix}statement",
+            "must hold more than spaces, periods and exclamation marks: without a key, the "
+            "slot's key is the normalized statement",
+        )
+    if not msg.HasField("confidence"):  # proto3 would read an absent one as 0
+        raise InvalidArgument(
+            f"{prefix}confidence",
+            "is required: how sure the agent is, within [0, 1]",
+            reason=Reason.CONFIDENCE_REQUIRED,
+        )
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
     items = msg.evidence
     too_long(f"{prefix}evidence", limits.max_evidence, len(items), "max_evidence", "items")
     evidence = []
     for i, ev in enumerate(items):
         at = f"{prefix}evidence[{i}]"
-        if not _EVIDENCE_KIND.fullmatch(ev.kind) or len(ev.kind) > 32:
-            raise InvalidArgument(
-                f"{at}.kind", "must be a short lowercase word such as 'message' or 'ticket'"
-            )
+        kind = EVIDENCE_KINDS.of(ev.kind)
+        if not kind:
+            raise InvalidArgument(f"{at}.kind", f"must be one of {EVIDENCE_KINDS.names}")
         text(
             ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False, setting="max_evidence_ref"
         )
@@ -200,7 +211,7 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
             ):
                 raise InvalidArgument(f"{at}.time", "must be a valid timestamp after 1970")
             time_ms = ev.time.seconds * 1000 + ev.time.nanos // 1_000_000  # ToMilliseconds
-        evidence.append(Evidence(ev.kind, ev.ref, ev.quote, time_ms))
+        evidence.append(Evidence(kind, ev.ref, ev.quote, time_ms))
     read = handoff_token(msg.based_on, f"{prefix}based_on", limits)  # None when empty
     based_on = None if read is None else read.get(subj, CausalContext())
     return ObservationInput(
@@ -213,7 +224,7 @@ def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str
     return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))
 
 
-def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Position] | None:
+def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, CausalContext] | None:
     if not value:
         return None
     if len(value) > limits.max_token:
@@ -364,7 +375,8 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
                 f"{at}.evidence", f"must hold at most {limits.max_evidence} items"
             )
         for j, ev in enumerate(o.evidence):
-            text(ev.kind, f"{at}.evidence[{j}].kind", 32, required=False)
+            if ev.kind and not EVIDENCE_KINDS.of(ev.kind):  # unspecified: stored before kinds
+                raise InvalidArgument(f"{at}.evidence[{j}].kind", "is no known evidence kind")
             text(ev.ref, f"{at}.evidence[{j}].ref", limits.max_evidence_ref, required=False)
             text(ev.quote, f"{at}.evidence[{j}].quote", limits.max_evidence_quote, required=False)
             if not 0 <= ev.time.seconds <= 253402300799 or not 0 <= ev.time.nanos < 10**9:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent
 def generate(out: Path) -> None:
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "selfmodel" / "v1").glob("*.proto"))
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "selfmodel").rglob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
     bindir = Path(sys.executable).parent
     args = [

@@ -38,8 +38,9 @@ _STRING = 4
 # One observation's fixed part: its frame in the state (tag, 3-byte length), its dot's frame,
 # tag and counter (17 bytes beside the actor), five strings' prefixes, confidence (9), hlc (11).
 _OBSERVATION = 4 + 17 + 5 * _STRING + 9 + 11
-# One piece of evidence: frame (4), three strings' prefixes, a timestamp (frame, seconds, nanos).
-_EVIDENCE = 4 + 3 * _STRING + 19
+# One piece of evidence: frame (4), its kind (tag and value: 2), two strings' prefixes, a
+# timestamp (frame, seconds, nanos).
+_EVIDENCE = 4 + 2 + 2 * _STRING + 19
 # A version vector entry or a cloud dot: frame (2), actor's prefix, counter (11).
 _CONTEXT_ENTRY = 2 + _STRING + 11
 # A state's head: subject (frame, tenant and id prefixes, kind), context's frame.
@@ -66,7 +67,9 @@ def observation_bytes(obs: Observation) -> int:
         + _utf8(obs.origin)
     )
     for ev in obs.evidence:
-        size += _EVIDENCE + _utf8(ev.kind) + _utf8(ev.ref) + _utf8(ev.quote)
+        size += _EVIDENCE + _utf8(ev.ref) + _utf8(ev.quote)
+    if obs.based_on is not None:  # the model its agent read: a frame (4) and its entries
+        size += 4 + _context_bytes(obs.based_on)
     if obs.request_key:  # its string, and its index (tag and a varint of up to 5 bytes)
         size += _STRING + _utf8(obs.request_key) + 6
     return size
@@ -120,7 +123,8 @@ class SubjectLimits:
     max_bytes: int = 1024 * 1024
 
 
-# What each limit is called where an operator sets it (cluster file [cluster], `selfmodel node`).
+# What each limit is called where an operator sets it (cluster file [cluster.limits],
+# `selfmodel node`).
 SETTINGS = {
     "slots": ("max_subject_slots", "--max-subject-slots"),
     "observations": ("max_subject_observations", "--max-subject-observations"),
@@ -225,7 +229,7 @@ class Excess(NamedTuple):
         unit = {"slots": "slots", "observations": "observations", "bytes": "bytes"}[self.limit]
         return (
             f"would hold {self.value} {unit}, more than the limit of {self.maximum} per subject "
-            f"({setting} in the cluster file's [cluster], or selfmodel node {option})"
+            f"({setting} in the cluster file's [cluster.limits], or selfmodel node {option})"
         )
 
 

@@ -2,8 +2,8 @@
 
 Three messages are also written by hand, as the bytes protobuf's own deterministic serializer
 writes them (fields in number order, zeros left out): a state reusing the bytes of observations
-it encoded before (encode_state_reusing), a handoff token of encoded positions
-(token_of_positions) and a ReplicateBatch of stored deltas (encode_batch). Each has a test
+it encoded before (encode_state_reusing), a handoff token of its encoded entries
+(token_of_entries) and a ReplicateRequest of stored deltas (encode_batch). Each has a test
 that protobuf parses its bytes to the message it meant.
 """
 
@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
     NO_ERASE,
@@ -33,6 +34,40 @@ from sync.crdt import (
 from sync.delivery import Delta
 from sync.observation import Evidence, Observation, Subject, SubjectKind
 from sync.ports import Batch
+
+
+class EnumWords:
+    """A protobuf enum's values as the domain's lowercase words, and back.
+
+    EVIDENCE_KIND_MESSAGE is "message"; the zero value (``*_UNSPECIFIED``), and a number this
+    build does not know, is "".
+    """
+
+    __slots__ = ("names", "value", "word")
+
+    def __init__(self, enum: Any) -> None:
+        values = enum.DESCRIPTOR.values
+        prefix = values[0].name.removesuffix("UNSPECIFIED")
+        self.word: dict[int, str] = {
+            v.number: v.name.removeprefix(prefix).lower() if v.number else "" for v in values
+        }
+        self.value: dict[str, int] = {w: n for n, w in self.word.items()}
+        self.names = ", ".join(v.name for v in values[1:])  # for messages naming the choices
+
+    def of(self, number: int) -> str:
+        return self.word.get(number, "")
+
+    def number(self, word: str) -> int:
+        """The value of ``word``; ValueError naming the words there are for any other."""
+        found = self.value.get(word)
+        if found is None:
+            words = ", ".join(repr(w) for w in self.value if w)
+            raise ValueError(f"{word!r} is none of {words}")
+        return found
+
+
+EVIDENCE_KINDS = EnumWords(model_pb2.EvidenceKind)
+POLICIES = EnumWords(model_pb2.Policy)
 
 
 def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
@@ -64,7 +99,7 @@ def context_from_proto(msg: sync_pb2.CausalContext) -> CausalContext:
 
 
 def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
-    msg.kind = evidence.kind
+    msg.kind = EVIDENCE_KINDS.number(evidence.kind)  # type: ignore[assignment]
     msg.ref = evidence.ref
     msg.quote = evidence.quote
     if evidence.time_ms:
@@ -73,7 +108,7 @@ def evidence_to_proto(evidence: Evidence, msg: model_pb2.Evidence) -> None:
 
 def evidence_from_proto(msg: model_pb2.Evidence) -> Evidence:
     time_ms = msg.time.ToMilliseconds() if msg.HasField("time") else 0
-    return Evidence(msg.kind, msg.ref, msg.quote, time_ms)
+    return Evidence(EVIDENCE_KINDS.of(msg.kind), msg.ref, msg.quote, time_ms)
 
 
 def observation_to_proto(obs: Observation, o: sync_pb2.StoredObservation) -> None:
@@ -105,8 +140,8 @@ def _state_head(subject: Subject, context: CausalContext) -> sync_pb2.SubjectSta
     return msg
 
 
-def encode_position(subject: Subject, context: CausalContext) -> bytes:
-    """A SubjectPosition's bytes, as handoff tokens hold them.
+def encode_token_entry(subject: Subject, context: CausalContext) -> bytes:
+    """A handoff token's entry for one subject: a SubjectPosition's bytes, as tokens hold them.
 
     They are also the first bytes of the state's encoding (SubjectState's fields 1 and 3 are the
     position's), which is how a write's token costs no encoding of its own (encode_state_reusing).
@@ -247,7 +282,7 @@ class EncodedObservations(dict[Dot, tuple[Observation, bytes]]):
 
 class EncodedState(NamedTuple):
     raw: bytes  # encode_state's bytes
-    position: bytes  # encode_position's bytes of the state: the first bytes of ``raw``
+    token_entry: bytes  # encode_token_entry's bytes of the state: the first bytes of ``raw``
     observations: EncodedObservations  # for the subject's next encoding
 
 
@@ -260,7 +295,7 @@ def encode_state_reusing(
     changed: tuple[Iterable[Dot], Iterable[Dot]] | None = None,
 ) -> EncodedState:
     """``encode_state(state)``, reusing the bytes of observations encoded before; with the
-    state's position and each observation's bytes, for the next encoding of the subject.
+    state's token entry and each observation's bytes, for the next encoding of the subject.
 
     A write changes one or two observations of a subject and keeps the rest, so encoding the
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
@@ -273,18 +308,18 @@ def encode_state_reusing(
     observation the very object it encoded (sync.crdt.observed_change), which spares the
     comparison of the two states' dot sets.
     """
-    position = encode_position(state.subject, state.context)
+    token_entry = encode_token_entry(state.subject, state.context)
     if isinstance(known, EncodedObservations) and known.order is not None:
         fields = _spliced(state.observations, known, changed)
     else:
         fields = _encoded(state.observations, known or {})
-    parts = [position, *fields.fields]
+    parts = [token_entry, *fields.fields]
     if state.erased != NO_ERASE or state.withdrawals:
         tail = sync_pb2.SubjectState()  # fields 6 and 7, after the observations
         _erased_to_proto(state.erased, tail)
         _withdrawals_to_proto(state.withdrawals, tail)
         parts.append(tail.SerializeToString(deterministic=True))
-    return EncodedState(b"".join(parts), position, fields)
+    return EncodedState(b"".join(parts), token_entry, fields)
 
 
 def _field(obs: Observation) -> bytes:
@@ -352,17 +387,14 @@ class InvalidToken(ValueError):
     pass
 
 
-# A subject's position: the causal context a state has merged (SubjectState.covers).
-Position = CausalContext
-
 # What encode_token emits: URL-safe base64 without padding. The decoder would silently drop any
 # other character, so a mangled token could read as "no position" instead of failing.
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def encode_token(positions: Mapping[Subject, Position]) -> str:
-    return token_of_positions(
-        encode_position(subject, positions[subject]) for subject in sorted(positions)
+def encode_token(positions: Mapping[Subject, CausalContext]) -> str:
+    return token_of_entries(
+        encode_token_entry(subject, positions[subject]) for subject in sorted(positions)
     )
 
 
@@ -372,14 +404,14 @@ _POSITIONS_TAG = b"\x0a"  # HandoffToken.positions: field 1, length-delimited
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
-def token_of_positions(encoded: Iterable[bytes]) -> str:
-    """The token of positions already encoded (encode_position), given in subject order."""
-    raw = b"".join(_delimited(_POSITIONS_TAG, p) for p in encoded)
+def token_of_entries(encoded: Iterable[bytes]) -> str:
+    """The token of entries already encoded (encode_token_entry), given in subject order."""
+    raw = b"".join(_delimited(_POSITIONS_TAG, e) for e in encoded)
     # base64.urlsafe_b64encode, without its two interpreted wrappers around binascii
     return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
-def decode_token(token: str) -> dict[Subject, Position]:
+def decode_token(token: str) -> dict[Subject, CausalContext]:
     if not _TOKEN_ALPHABET.fullmatch(token):
         raise InvalidToken("not a handoff token: only URL-safe base64 characters are allowed")
     try:
@@ -392,7 +424,7 @@ def decode_token(token: str) -> dict[Subject, Position]:
 
 def merge_tokens(tokens: Iterable[str]) -> str:
     """One token covering every position of the given tokens (their contexts joined per subject)."""
-    merged: dict[Subject, Position] = {}
+    merged: dict[Subject, CausalContext] = {}
     for token in tokens:
         for subject, context in decode_token(token).items():
             have = merged.get(subject)
@@ -400,7 +432,7 @@ def merge_tokens(tokens: Iterable[str]) -> str:
     return encode_token(merged)
 
 
-_ORIGIN_TAG = b"\x0a"  # ReplicateBatch.origin: field 1, length-delimited
+_ORIGIN_TAG = b"\x0a"  # ReplicateRequest.origin: field 1, length-delimited
 _FIRST_SEQ_TAG = b"\x10"  # field 2, varint
 _LAST_SEQ_TAG = b"\x18"  # field 3, varint
 _DELTAS_TAG = b"\x22"  # field 4, length-delimited
@@ -408,13 +440,13 @@ _RESENT_TRUE = b"\x30\x01"  # field 6, varint 1
 
 
 def encode_batch_origin(origin: str) -> bytes:
-    """ReplicateBatch's ``origin`` field: the first bytes of every batch ``origin`` sends."""
+    """ReplicateRequest's ``origin`` field: the first bytes of every batch ``origin`` sends."""
     raw = origin.encode()
     return _delimited(_ORIGIN_TAG, raw) if raw else b""
 
 
 def encode_batch(origin: bytes, batch: Batch) -> bytes:
-    """The ReplicateBatch of a run of outbox entries, serialized without parsing its deltas.
+    """The ReplicateRequest of a run of outbox entries, serialized without parsing its deltas.
 
     The stored deltas are already serialized SubjectStates, so decoding them only to encode
     them again would cost the sender a parse and a serialization per delta. ``origin`` is

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync.crdt import SubjectState
 from sync.delivery import Delta
 from sync.observation import Subject

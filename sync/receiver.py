@@ -26,14 +26,14 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 from selfmodel.errors import Reason
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync import metrics
 from sync.codec import delta_from_proto
 from sync.ports import Replica, Screen
 
 log = logging.getLogger("selfmodel.sync")
 
-# See ReplicateBatch in sync.proto and the module docstring.
+# See ReplicateRequest in sync.proto and the module docstring.
 ACK_INTERVAL_S = 0.05
 
 
@@ -82,12 +82,12 @@ class DeltaReceiver:
         self._monotonic = monotonic
 
     def receive(
-        self, peer: str, batches: Iterable[sync_pb2.ReplicateBatch]
-    ) -> Iterator[sync_pb2.ReplicateAck]:
+        self, peer: str, batches: Iterable[sync_pb2.ReplicateRequest]
+    ) -> Iterator[sync_pb2.ReplicateResponse]:
         """The acknowledgements of ``peer``'s stream of ``batches``; raises StreamRefused."""
         acked_at = float("-inf")
         top = 0  # the stream's position
-        ack = sync_pb2.ReplicateAck()
+        ack = sync_pb2.ReplicateResponse()
         for batch in batches:
             if batch.origin != peer:
                 raise StreamRefused(
@@ -107,10 +107,10 @@ class DeltaReceiver:
             ack.refused = len(ack.deferred_seqs) + len(ack.rejected_seqs)
             ack.wall_ms = self._wall_ms()
             yield ack
-            acked_at, ack = self._monotonic(), sync_pb2.ReplicateAck()
+            acked_at, ack = self._monotonic(), sync_pb2.ReplicateResponse()
 
     def _merge(
-        self, peer: str, batch: sync_pb2.ReplicateBatch, top: int, ack: sync_pb2.ReplicateAck
+        self, peer: str, batch: sync_pb2.ReplicateRequest, top: int, ack: sync_pb2.ReplicateResponse
     ) -> None:
         """Merges ``batch`` (not yet durable), naming in ``ack`` the deltas it refused."""
         if batch.last_seq - batch.first_seq + 1 != len(batch.deltas):

@@ -274,6 +274,7 @@ class PeerReplicator:
         asked = self.acked  # the position an acknowledgement was last asked for
         deltas_sent = metrics.DELTAS_SENT.labels(self.peer)
         bytes_sent = metrics.BYTES_SENT.labels(self.peer)
+        last_sent = float("-inf")  # when the last batch of deltas went (monotonic seconds)
         while not self._stop.is_set():
             resent = False
             for again in self._resends():
@@ -295,6 +296,13 @@ class PeerReplicator:
                     asked = position
                     yield Batch(position + 1, position, [], 0)
                 continue
+            linger = last_sent + self._settings.linger_s - time.monotonic()
+            if linger > 0 and len(batch.deltas) < self._settings.batch_size:
+                # Sent one moments ago: what is written while this one lingers goes with it.
+                self._stop.wait(linger)
+                batch = self._outbox.read(position, self._settings.batch_size, self._max_bytes)
+                if batch is None:  # trimmed meanwhile: the check below cannot pass
+                    raise OutboxGap(f"outbox no longer holds entry {position + 1}")
             if batch.first_seq != position + 1:
                 raise OutboxGap(f"outbox starts at {batch.first_seq}, peer needs {position + 1}")
             if len(batch.deltas) == 1 and len(batch.deltas[0]) > self._max_delta:
@@ -310,6 +318,7 @@ class PeerReplicator:
                 batch = Batch(batch.first_seq, batch.last_seq, [], batch.oldest_ms)
             deltas_sent.inc(len(batch.deltas))
             bytes_sent.inc(sum(len(d) for d in batch.deltas))
+            last_sent = time.monotonic()
             yield batch
             position = batch.last_seq
 

@@ -18,6 +18,10 @@ class SyncSettings:
     backoff_max_s: float = 5.0
     # Idle this long with deltas unacknowledged, the stream asks the peer for its ack.
     ack_request_s: float = 0.02
+    # A batch sent less than this long after the previous one waits out the rest, so the
+    # deltas written meanwhile travel together: a delta after a quiet spell goes at once, and
+    # none waits longer than this (the latency a handoff read on a peer may gain).
+    linger_s: float = 0.0
     # At start, how long a node that may resume its previous run's actor keeps asking peers it
     # cannot reach yet to vouch for that run (node.runclaim.claim_run): peers started at the
     # same moment need this long to serve. Writes wait for the answer; reads and Sync too.

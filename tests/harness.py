@@ -28,7 +28,7 @@ from federation.certs import channel_credentials, create_cluster_certs
 from federation.client import Client
 from node.peers import PeerAuth, create_secret, read_secrets
 from selfmodel.channels import agent_channel_credentials, open_channel
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from tests.faultproxy import FaultProxy, Mode
 
 START_TIMEOUT_S = processes.START_TIMEOUT_S
@@ -253,12 +253,11 @@ class LocalCluster:
             "[cluster]",
             f'data = "{root}"',
             f"fsync = {'true' if fsync else 'false'}",
-            f"max_clock_offset_ms = {max_clock_offset_ms}",
             "[cluster.sync]",
             *(f"{k} = {v!r}" for k, v in settings.items()),
         ]
-        if limits:
-            lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in limits.items())]
+        given = {"max_clock_offset_ms": max_clock_offset_ms, **(limits or {})}
+        lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in given.items())]
         lines += policies_toml(policies or {})
         if tokens is not None or self.peer_secret is not None:
             lines.append("[cluster.auth]")
@@ -381,7 +380,7 @@ class LocalCluster:
     def bucket_hashes(self, name: str) -> list[bytes]:
         other = next(n for n in self.nodes if n != name)
         with self.peer_channel(name, other) as channel:
-            reply = sync_pb2_grpc.SyncStub(channel).GetBuckets(
+            reply = sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(
                 sync_pb2.GetBucketsRequest(), timeout=5.0, metadata=self.peer_metadata(other)
             )
         return list(reply.hashes)

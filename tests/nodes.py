@@ -6,7 +6,7 @@ from typing import TypeVar
 
 import grpc
 
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.harness import LocalCluster, NodeProcess, free_port, wait_healthy
 
 # Policies under which beliefs never fade: two reads of an unchanged model are then equal. Under
@@ -16,10 +16,10 @@ NEVER_FADE = {"default": {"half_life_days": 0}}
 T = TypeVar("T")
 
 
-def node_status(address: str) -> admin_pb2.NodeStatus:
+def node_status(address: str) -> admin_pb2.GetStatusResponse:
     """Admin.GetStatus of the node serving plaintext at ``address``."""
     with grpc.insecure_channel(address) as channel:
-        return admin_pb2_grpc.AdminStub(channel).GetStatus(
+        return admin_pb2_grpc.AdminServiceStub(channel).GetStatus(
             admin_pb2.GetStatusRequest(), timeout=5.0
         )
 

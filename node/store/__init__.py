@@ -1,16 +1,17 @@
-"""The node's RocksDB store: subject states, outbox, peer positions, digests and meta.
+"""The node's RocksDB store: subject states, outbox, peer sequences, digests and meta.
 
 One module per concern; ``Store`` (store) stacks them:
 
 - tables: the column families, opening and closing RocksDB, damage found at open;
 - wal: the group commit's WAL sync, and the RocksDB behaviour it checks at open;
 - identity: the node a directory belongs to, each run's incarnation, run and actor;
+- rows: a subject as a head row and a row per observation, and migrating one-value states;
 - cache: the subject state cache;
 - digests: anti-entropy's per-subject digests and bucket hashes;
 - outbox: the deltas to replicate (sync.ports.DeltaLog);
 - suspension: refusing writes after a disk failure, reopening RocksDB to resume;
-- commit: group commit, state + outbox + digest in one batch;
-- reads: reads, positions and the quarantine of corrupt states;
+- commit: group commit, a subject's changed rows + outbox + digest in one batch;
+- reads: reads, peer sequences and the quarantine of corrupt states;
 - diskwatch: suspends writes before the disk fills, resumes them once it has room.
 """
 

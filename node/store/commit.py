@@ -1,6 +1,7 @@
 """Group commit: concurrent writers share one WriteBatch and one WAL sync.
 
-Every mutation writes state + outbox + digest in one WriteBatch. The first waiting writer leads:
+Every mutation writes a subject's rows (node.store.rows) + outbox + digest in one WriteBatch:
+its head and only the observation rows it adds and removes. The first waiting writer leads:
 it takes every batch queued behind it, writes them as one, syncs the WAL (node.store.wal) when
 one of them is durable, wakes the others and hands the lead to the next queued writer. Outbox
 sequences are assigned by the leader, so they follow commit order: no hole below an entry.
@@ -28,8 +29,17 @@ from node.errors import SelfModelError
 from node.store.cache import Cached
 from node.store.digests import EMPTY_HASH, bucket_of, bucket_row, state_digest, xor
 from node.store.outbox import OutboxEntry, outbox_key
+from node.store.rows import (
+    OBSERVATIONS,
+    head_of,
+    new_epoch,
+    put_rows,
+    rows_end,
+    rows_prefix,
+)
 from node.store.suspension import Suspension, disk_failure
 from node.store.tables import StoreError
+from sync.causal import Dot
 from sync.codec import encode_delta, encode_state_reusing
 from sync.crdt import SubjectState, digest_with, observed_change
 from sync.delivery import Delta
@@ -44,11 +54,24 @@ class Change:
     old: SubjectState | None
     new: SubjectState
     delta: Delta | None
-    # Set by the commit: the new state's encoded position (encode_position), from which the
-    # writer's handoff token is made (token_of_positions) with no encoding of its own.
-    position: bytes = b""
+    # Set by the commit: the new state's handoff token entry (encode_token_entry), from which the
+    # writer's handoff token is made (token_of_entries) with no encoding of its own.
+    token_entry: bytes = b""
     # The digest stored for the old state, when it is not the old state's (see quarantine).
     old_digest: bytes | None = None
+    # The stored rows are not ``old``'s (a quarantined subject's): every one is replaced.
+    rewrite: bool = False
+
+
+def rows_changed(old: SubjectState | None, new: SubjectState) -> tuple[list[Dot], list[Dot]]:
+    """The dots whose rows a change deletes and puts, ``old`` being what RocksDB holds: those
+    gone, and those added or holding another observation object (a state's unchanged
+    observations are the very objects of the state it was made from)."""
+    if old is None:
+        return [], list(new.observations)
+    was, now = old.observations, new.observations
+    gone = [dot for dot in was if dot not in now]
+    return gone, [dot for dot, obs in now.items() if was.get(dot) is not obs]
 
 
 @dataclass(slots=True, eq=False)
@@ -70,7 +93,10 @@ class GroupCommit(Suspension):
     """Part of node.store.Store: ``commit``. Store's constructor sets the attributes declared
     here. Callers serialize read-modify-write of one subject (see node.engine)."""
 
-    sync: bool  # fsync: a durable batch is answered once its WAL is synced
+    fsync: bool  # a durable batch is answered once its WAL is synced
+    # The row epoch of each subject whose epoch is not 0 (node.store.rows), as read or written:
+    # a subject is read (or created) before it is written.
+    _epochs: dict[bytes, int]
     outbox_enabled: bool
 
     def commit(
@@ -123,7 +149,7 @@ class GroupCommit(Suspension):
         One sync covers every batch written before it started, so concurrent callers share
         syncs as group commit does. Nothing to do without fsync.
         """
-        if self.sync and self.wal.pending():
+        if self.fsync and self.wal.pending():
             self.wal.sync([self._db, *self._cf.values()])
 
     def _lead(self, mine: _Pending) -> None:
@@ -176,6 +202,8 @@ class GroupCommit(Suspension):
         put = batch.put
         handle = self._handle
         state_cf, outbox_cf, digest_cf = handle["state"], handle["outbox"], handle["digest"]
+        rows_cf = handle[OBSERVATIONS]
+        epochs = self._epochs
         outbox_enabled = self.outbox_enabled
         seq = self.delta_log.seq
         now_ms = time.time_ns() // 1_000_000
@@ -194,10 +222,22 @@ class GroupCommit(Suspension):
                 changed = None  # a local write's own change: no diff of the whole subject
                 if cached is not None and cached.state is old and delta is not None:
                     changed = observed_change(cached.state, new, delta.state)
-                raw, change.position, encoded = encode_state_reusing(
+                state = encode_state_reusing(
                     new, cached.encoded if cached is not None else None, changed
                 )
-                put(key, raw, state_cf)
+                raw, change.token_entry, encoded = state
+                epoch = epochs.get(key, 0)
+                if change.rewrite:  # quarantined: its rows' block may be corrupt
+                    batch.delete_range(rows_prefix(key, epoch), rows_end(key, epoch), rows_cf)
+                    epoch = epochs[key] = new_epoch()
+                put(key, head_of(state, epoch), state_cf)
+                prefix = rows_prefix(key, epoch)
+                if change.rewrite:
+                    put_rows(batch, rows_cf, prefix, state, (), new.observations)
+                elif changed is not None:
+                    put_rows(batch, rows_cf, prefix, state, *changed)
+                else:
+                    put_rows(batch, rows_cf, prefix, state, *rows_changed(old, new))
                 if change.old_digest is not None:
                     old_digest = change.old_digest
                 elif old is None:
@@ -245,7 +285,7 @@ class GroupCommit(Suspension):
         self.wal.written_groups += 1
         # Shipped to the peers while the WAL syncs, not after: see the module's doc.
         self.delta_log.written(seq, entries)
-        if self.sync and any(p.durable for p in group):
+        if self.fsync and any(p.durable for p in group):
             self.wal.sync([self._db, *self._cf.values()])
         self.hlc = hlc
         for bucket, value in touched.items():

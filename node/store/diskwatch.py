@@ -22,7 +22,7 @@ from node.store.store import Store
 
 log = logging.getLogger("selfmodel.node")
 
-WRITE_SERVICE = "selfmodel.v1.SelfModel"
+WRITE_SERVICE = "selfmodel.v1.SelfModelService"
 
 
 class DiskWatch:

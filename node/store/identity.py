@@ -11,12 +11,16 @@ claim to follow it (node.server, Sync.ClaimRun).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 
 import rocksdict
 
+from node.store.rows import ONE_VALUE_SCHEMA, migrate_one_value_states
 from node.store.tables import SCHEMA_VERSION, StoreError, Tables
+
+log = logging.getLogger("node.store")
 
 
 class RunIdentity(Tables):
@@ -41,10 +45,17 @@ class RunIdentity(Tables):
                 "give each node its own data directory"
             )
         schema = meta.get(b"schema")
-        if schema is not None and int(schema) != SCHEMA_VERSION:
+        if schema is not None and int(schema) == ONE_VALUE_SCHEMA:
+            migrated = migrate_one_value_states(
+                self._db, self._cf["state"], self._handle, self._synced
+            )
+            log.info("node %s: %d subjects rewritten as rows (schema 1 to 2)", node, migrated)
+        elif schema is not None and int(schema) != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(
-                f"{self.path} has schema {int(schema)}, this build reads {SCHEMA_VERSION}"
+                f"{self.path} has schema {int(schema)}, this build reads {SCHEMA_VERSION} "
+                f"(and migrates {ONE_VALUE_SCHEMA}): run the build that wrote it, or start "
+                "this node on an empty directory and let anti-entropy fill it from its peers"
             )
         self.node = node
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1

@@ -1,8 +1,9 @@
 """Reading the store, and what a read does with damage it finds.
 
-A state is read from the cache, else from RocksDB, where a write may show while its WAL syncs
-(node.store.commit). A state RocksDB finds corrupt is quarantined: written down as the empty
-state, digest included, so anti-entropy brings it back from the peers.
+A state is read from the cache, else from RocksDB (its head and rows: node.store.rows), where a
+write may show while its WAL syncs (node.store.commit). A state with a row RocksDB finds corrupt
+is quarantined: written down as the empty state, digest included, so anti-entropy brings it back
+from the peers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import cast
 
 from node.store import digests
 from node.store.commit import Change, GroupCommit
+from node.store.rows import OBSERVATIONS, read_rows, split_head
 from node.store.tables import is_corruption
 from sync.codec import decode_state
 from sync.crdt import SubjectState
@@ -21,7 +23,7 @@ from sync.observation import Subject
 
 
 class Reads(GroupCommit):
-    """Part of node.store.Store: reads, positions and quarantine."""
+    """Part of node.store.Store: reads, peer sequences and quarantine."""
 
     _quarantine_lock: threading.Lock  # serializes quarantines, each checked again under it
 
@@ -31,7 +33,7 @@ class Reads(GroupCommit):
             return cached.state
         writes = self._cache_writes
         try:
-            raw = self._cf["state"].get(subject.storage_key())
+            raw = self._stored(subject.storage_key())
         except Exception as exc:
             if not is_corruption(exc):
                 raise
@@ -41,6 +43,18 @@ class Reads(GroupCommit):
         state = decode_state(raw)
         self._cache_read(state, len(raw), writes)
         return state
+
+    def _stored(self, key: bytes) -> bytes | None:
+        """A subject's stored bytes: its head row and its observation rows (node.store.rows),
+        which decode as its state; None when it has none. Raises RocksDB's corruption error
+        when a row of it is corrupt."""
+        value: bytes | None = self._cf["state"].get(key)
+        if value is None:
+            return None
+        epoch, head = split_head(value)
+        if epoch:
+            self._epochs[key] = epoch
+        return head + b"".join(read_rows(self._cf[OBSERVATIONS], key, epoch))
 
     def quarantine(self, subject: Subject, exc: BaseException) -> SubjectState | None:
         """Stops vouching for a subject whose stored state RocksDB finds corrupt; returns None,
@@ -55,7 +69,7 @@ class Reads(GroupCommit):
         key = subject.storage_key()
         with self._quarantine_lock:
             try:
-                raw = self._cf["state"].get(key)
+                raw = self._stored(key)
             except Exception as again:
                 if not is_corruption(again):
                     raise
@@ -67,16 +81,18 @@ class Reads(GroupCommit):
             stored = self._cf["digest"].get(digests.digest_row(key))
             self.renew_actor()
             change = Change(None, SubjectState(subject), None)
+            change.rewrite = True  # its rows, corrupt or not, are deleted
             change.old_digest = stored if stored is not None else digests.EMPTY_HASH
             self.commit([change])
         return None
 
     def verify(self, pause_s: float = 0.0) -> int:
-        """Reads every stored state, quarantining those RocksDB finds corrupt; returns how many.
+        """Reads every stored state (head and rows), quarantining those RocksDB finds corrupt;
+        returns how many.
 
-        A get per subject (listed by its digest row), not a scan: an iterator over a corrupt
-        block ends there without an error, hiding the subjects after it. ``pause_s`` after each
-        thousand subjects leaves the node's other threads most of the time.
+        A get per subject (listed by its digest row), not a scan of heads: an iterator over a
+        corrupt block ends there (its status tells, but the subjects after it stay unread).
+        ``pause_s`` after each thousand subjects leaves the node's other threads most of the time.
         """
         found = 0
         after = b"S"
@@ -85,7 +101,7 @@ class Reads(GroupCommit):
             keys = [k for k, _ in rows if k.startswith(b"S")]
             for k in keys:
                 try:
-                    self._cf["state"].get(k[3:])
+                    self._stored(k[3:])
                 except Exception as exc:
                     if not is_corruption(exc):
                         raise
@@ -120,20 +136,20 @@ class Reads(GroupCommit):
     def bucket_digests(self, bucket: int) -> list[tuple[Subject, bytes]]:
         return digests.bucket_digests(self._cf["digest"], bucket)
 
-    def position(self, kind: str, peer: str) -> int:
+    def peer_seq(self, kind: str, peer: str) -> int:
         """``acked``: how far ``peer`` acknowledged our outbox; ``applied``: how far we merged
         ``peer``'s outbox."""
         raw = self._cf["peers"].get(f"{kind}:{peer}".encode())
         return int(raw) if raw is not None else 0
 
-    def set_position(self, kind: str, peer: str, seq: int) -> None:
-        """Records a position; skipped while writes are suspended (a position recorded lower
+    def set_peer_seq(self, kind: str, peer: str, seq: int) -> None:
+        """Records a sequence; skipped while writes are suspended (a sequence recorded lower
         than it is only makes a peer resend deltas it has)."""
         if self.suspended is None:
             self._cf["peers"].put(f"{kind}:{peer}".encode(), str(seq).encode())
 
     @staticmethod
-    def position_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
+    def peer_seq_row(kind: str, peer: str, seq: int) -> tuple[str, bytes, bytes]:
         return ("peers", f"{kind}:{peer}".encode(), str(seq).encode())
 
     def scan(

@@ -12,6 +12,7 @@ import rocksdict
 from node.store.digests import load_bucket_hashes
 from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
+from node.store.rows import OBSERVATIONS, rows_end, rows_prefix
 from node.store.tables import COLUMN_FAMILIES, StoreError
 from node.store.wal import WalSync, unsynced_writes
 from sync.crdt import EraseBound
@@ -28,7 +29,7 @@ class Store(Reads):
         path: Path,
         node: str,
         *,
-        sync: bool = True,
+        fsync: bool = True,
         outbox: bool = False,
         cache_size: int = 20_000,
         cache_mb: float = 256.0,
@@ -48,7 +49,7 @@ class Store(Reads):
         self.wal = WalSync(self._dir, self._refusal)
         self._unsynced = unsynced_writes()
         self._open_db()
-        self.sync = sync
+        self.fsync = fsync
         self.outbox_enabled = outbox
         self._synced = rocksdict.WriteOptions()
         self._synced.sync = True
@@ -71,6 +72,7 @@ class Store(Reads):
         self.context_entries_max = 0
         self.delta_log = Outbox(self, int(meta.get(b"outbox_seq", b"0")))
         self._quarantine_lock = threading.Lock()
+        self._epochs = {}
         self._reopen_needed = False
         self.on_suspension = None
 
@@ -124,6 +126,8 @@ class Store(Reads):
         rewrite.set_exclusive_manual_compaction(True)
         rewrite.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
         self._cf["state"].compact_range(key, key + b"\xff", rewrite)
+        epoch = self._epochs.get(key, 0)
+        self._cf[OBSERVATIONS].compact_range(rows_prefix(key, epoch), rows_end(key, epoch), rewrite)
         self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
         self.wal.release()

@@ -1,7 +1,7 @@
 """The store's RocksDB: its column families, options, and opening and closing it.
 
 Every column family lives in one RocksDB in the data directory, so one WriteBatch writes a
-subject's state, its outbox entry and its digest atomically. At open, a damaged WAL is reported
+subject's rows, its outbox entry and its digest atomically. At open, a damaged WAL is reported
 and the store opened up to the damage; the WAL sync's assumptions are checked (node.store.wal).
 """
 
@@ -21,8 +21,18 @@ from node.store.wal import WalAssumptionBroken, WalSync, check_assumptions
 
 log = logging.getLogger("node.store")
 
-SCHEMA_VERSION = 1
-COLUMN_FAMILIES = ("state", "outbox", "peers", "digest", "meta", "audit", "requests")
+# 2: a subject is a head row and a row per observation (node.store.rows); 1 was one value.
+SCHEMA_VERSION = 2
+COLUMN_FAMILIES = (
+    "state",
+    "observations",
+    "outbox",
+    "peers",
+    "digest",
+    "meta",
+    "audit",
+    "requests",
+)
 # How long a read waits for RocksDB to be reopened.
 REOPEN_WAIT_S = 10.0
 

@@ -20,13 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from federation.client import Client, user
 from node.replication import NODE_HEADER, PeerConfig
 from node.server import NodeConfig, RunningNode, start
-from selfmodel.v1 import (
-    model_pb2,
-    selfmodel_pb2,
-    selfmodel_pb2_grpc,
-    sync_pb2,
-    sync_pb2_grpc,
-)
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.replicator import SyncSettings
 from tests.harness import LocalCluster, free_port
 from tests.nodes import node_status, wait_acked
@@ -163,14 +158,14 @@ def test_a_node_starting_with_a_peer_down_answers_claims_but_takes_no_call_until
             health = health_pb2_grpc.HealthStub(channel)
             reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5, wait_for_ready=True)
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            claim = sync_pb2_grpc.SyncStub(channel).ClaimRun(
+            claim = sync_pb2_grpc.SyncServiceStub(channel).ClaimRun(
                 sync_pb2.ClaimRunRequest(previous=0, run=7, incarnation=1),
                 timeout=5,
                 metadata=((NODE_HEADER, "support"),),
             )
             assert not claim.granted
             with pytest.raises(grpc.RpcError) as refused:
-                selfmodel_pb2_grpc.SelfModelStub(channel).Observe(
+                selfmodel_pb2_grpc.SelfModelServiceStub(channel).Observe(
                     selfmodel_pb2.ObserveRequest(
                         subject=model_pb2.Subject(
                             tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1"

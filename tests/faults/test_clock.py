@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from federation.client import user
 from node.clock import CLOCK_OFFSET_ENV
 from node.errors import ResourceExhausted, Unavailable
-from selfmodel.v1 import admin_pb2, sync_pb2, sync_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from sync.causal import MAX_COUNTER, CausalContext, Dot
 from sync.codec import state_to_proto
 from sync.crdt import NO_ERASE, SubjectState
@@ -200,8 +201,10 @@ U = Subject("acme", SubjectKind.USER, "jam")
 
 def batch(
     first: int, states: list[SubjectState], origin: str = "support"
-) -> sync_pb2.ReplicateBatch:
-    msg = sync_pb2.ReplicateBatch(origin=origin, first_seq=first, last_seq=first + len(states) - 1)
+) -> sync_pb2.ReplicateRequest:
+    msg = sync_pb2.ReplicateRequest(
+        origin=origin, first_seq=first, last_seq=first + len(states) - 1
+    )
     for state in states:
         msg.deltas.append(state_to_proto(state))
     return msg
@@ -214,17 +217,20 @@ def one_observation(actor: str, counter: int, key: str) -> SubjectState:
 
 
 def replicate(
-    cluster: LocalCluster, batches: list[sync_pb2.ReplicateBatch]
-) -> list[sync_pb2.ReplicateAck]:
+    cluster: LocalCluster, batches: list[sync_pb2.ReplicateRequest]
+) -> list[sync_pb2.ReplicateResponse]:
     """One delta stream to sales, as its peer support, of ``batches`` then a request for an ack."""
     last = batches[-1].last_seq
-    asks = [*batches, sync_pb2.ReplicateBatch(origin="support", first_seq=last + 1, last_seq=last)]
+    asks = [
+        *batches,
+        sync_pb2.ReplicateRequest(origin="support", first_seq=last + 1, last_seq=last),
+    ]
 
-    def requests() -> Iterator[sync_pb2.ReplicateBatch]:
+    def requests() -> Iterator[sync_pb2.ReplicateRequest]:
         yield from asks
 
     with cluster.peer_channel("sales", "support") as channel:
-        call = sync_pb2_grpc.SyncStub(channel).Replicate(
+        call = sync_pb2_grpc.SyncServiceStub(channel).Replicate(
             requests(), metadata=(("x-selfmodel-node", "support"),), timeout=10
         )
         return list(call)

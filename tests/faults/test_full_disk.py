@@ -111,7 +111,7 @@ def test_a_full_disk_refuses_writes_clearly_reports_it_and_resumes_once_freed(tm
                         client.observe(user("u-other"), f"Later {i}", confidence=0.8, context="c")
                 model = client.self_model(user("u-disk"), include_uncertain=True)
                 assert set(acked) <= {b.statement for b in model.all_beliefs}
-                assert health(node.address, "selfmodel.v1.SelfModel") == NOT_SERVING
+                assert health(node.address, "selfmodel.v1.SelfModelService") == NOT_SERVING
                 assert health(node.address, "") == SERVING  # alive: reads and Sync go on
                 assert metric(node, "selfmodel_store_writable") == 0
                 status = node_status(node.address)
@@ -120,7 +120,7 @@ def test_a_full_disk_refuses_writes_clearly_reports_it_and_resumes_once_freed(tm
 
                 filler.unlink()
                 wait_until(
-                    lambda: health(node.address, "selfmodel.v1.SelfModel") == SERVING,
+                    lambda: health(node.address, "selfmodel.v1.SelfModelService") == SERVING,
                     "writes never resumed after the disk was freed",
                     WAIT_S,
                 )
@@ -154,7 +154,7 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
                                                       text=True).split()[-1])  # fmt: skip
                 filler.write_bytes(b"\0" * (max(0, free_mb - 2) * 2**20))
                 wait_until(
-                    lambda: health(node.address, "selfmodel.v1.SelfModel") == NOT_SERVING,
+                    lambda: health(node.address, "selfmodel.v1.SelfModelService") == NOT_SERVING,
                     "writes not suspended under min_free_mb",
                     WAIT_S,
                 )
@@ -165,7 +165,7 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
                 assert refused.value.retry_after_s is not None  # the disk probe's interval
                 filler.unlink()
                 wait_until(
-                    lambda: health(node.address, "selfmodel.v1.SelfModel") == SERVING,
+                    lambda: health(node.address, "selfmodel.v1.SelfModelService") == SERVING,
                     "writes never resumed",
                     WAIT_S,
                 )
@@ -198,7 +198,10 @@ def test_a_node_with_a_full_disk_catches_up_with_its_peers_once_freed(tmp_path: 
                         sales.observe(user("u-peer"), statement, confidence=0.8, context="facts")
                     )
             wait_until(
-                lambda: health(cluster.address("support"), "selfmodel.v1.SelfModel") == NOT_SERVING,
+                lambda: (
+                    health(cluster.address("support"), "selfmodel.v1.SelfModelService")
+                    == NOT_SERVING
+                ),
                 "support's writes were not suspended by its peer's deltas on a full disk",
                 WAIT_S,
             )

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation import retries
 from federation.client import user
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import merge_tokens
@@ -67,13 +68,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         started.stop()
 
 
-def read(stub: selfmodel_pb2_grpc.SelfModelStub, subject: str, token: str, limit: int | None):
+def read(
+    stub: selfmodel_pb2_grpc.SelfModelServiceStub, subject: str, token: str, limit: int | None
+):
     req = selfmodel_pb2.GetSelfModelRequest(include_uncertain=True, at_least=token)
     req.subject.CopyFrom(model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER))
     req.subject.id = subject
     if limit is not None:
         req.max_positions = limit
-    return stub.GetSelfModel(req, metadata=(("x-agent-id", "auditor"),), timeout=30)
+    # A node that has not merged the token's position answers HANDOFF_POSITION_PENDING at once:
+    # asked again, as every client does, until the 30 s deadline.
+    reply = retries.call(
+        retries.RetryPolicy(), stub.GetSelfModel, req, 30.0, (("x-agent-id", "auditor"),)
+    )
+    return reply.snapshot
 
 
 def shown(model: model_pb2.SelfModelSnapshot) -> dict[str, tuple[str, frozenset]]:
@@ -97,7 +105,7 @@ def test_every_node_reads_every_change_it_waited_for_in_full_and_in_summary(
     channels = {n: grpc.insecure_channel(cluster.address(n)) for n in NODES}
     clients = {(n, s): cluster.client(n, s) for n in NODES for s in (*SOURCES, "operator")}
     try:
-        stubs = {n: selfmodel_pb2_grpc.SelfModelStub(c) for n, c in channels.items()}
+        stubs = {n: selfmodel_pb2_grpc.SelfModelServiceStub(c) for n, c in channels.items()}
         for op in steps:
             kind, at = op[0], op[1]
             if kind == "observe":

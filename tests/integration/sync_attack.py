@@ -22,7 +22,8 @@ import grpc
 
 from node.peers import NODE_HEADER
 from node.store import BUCKETS
-from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.v1 import model_pb2
 from sync.hlc import pack, wall_ms
 
 REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -82,7 +83,7 @@ def attack(
     if subject:
         found.append(_subject(subject))
     with grpc.insecure_channel(target) as channel:
-        stub = sync_pb2_grpc.SyncStub(channel)
+        stub = sync_pb2_grpc.SyncServiceStub(channel)
 
         def enumerate_subjects() -> str:
             stub.GetBuckets(sync_pb2.GetBucketsRequest(), timeout=timeout_s, metadata=metadata)
@@ -97,7 +98,7 @@ def attack(
         victim = found[0] if found else model_pb2.Subject(tenant="acme", kind=1, id="u-1")
 
         def read_state() -> str:
-            request = sync_pb2.StateExchange(states=[sync_pb2.SubjectState(subject=victim)])
+            request = sync_pb2.ExchangeStatesRequest(states=[sync_pb2.SubjectState(subject=victim)])
             reply = stub.ExchangeStates(request, timeout=timeout_s, metadata=metadata)
             statements = [o.statement for s in reply.states for o in s.observations]
             return f"read {len(statements)} statements of {victim.id}: {statements[:3]}"
@@ -105,7 +106,7 @@ def attack(
         def forge() -> str:
             """As a delta of the claimed node, then as a state relayed by anti-entropy: refused
             only when both are."""
-            batch = sync_pb2.ReplicateBatch(origin=as_node, first_seq=1, last_seq=1)
+            batch = sync_pb2.ReplicateRequest(origin=as_node, first_seq=1, last_seq=1)
             delta = batch.deltas.add()
             delta.CopyFrom(_forged_state(victim, as_node, erase=False, observe=True))
             delta.events.add(actor=f"{as_node}.1.f0f0f0f0", counter=1)
@@ -117,7 +118,9 @@ def attack(
                     break
             except grpc.RpcError as exc:
                 refusal = exc
-            relayed = sync_pb2.StateExchange(states=[_forged_state(victim, as_node, False, True)])
+            relayed = sync_pb2.ExchangeStatesRequest(
+                states=[_forged_state(victim, as_node, False, True)]
+            )
             try:
                 stub.ExchangeStates(relayed, timeout=timeout_s, metadata=metadata)
                 accepted.append("ExchangeStates")
@@ -130,7 +133,9 @@ def attack(
         def erase() -> str:
             raised = _forged_state(victim, as_node, erase=True, observe=False)
             stub.ExchangeStates(
-                sync_pb2.StateExchange(states=[raised]), timeout=timeout_s, metadata=metadata
+                sync_pb2.ExchangeStatesRequest(states=[raised]),
+                timeout=timeout_s,
+                metadata=metadata,
             )
             return f"{victim.id} sent back with an erase bound at the present"
 

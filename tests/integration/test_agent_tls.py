@@ -97,7 +97,7 @@ def test_the_command_line_connects_with_ca(
     assert json.loads(capsys.readouterr().out)["key"] == "cycle"
     assert cli("show", *target, "user:u-cli") == 0
     shown = json.loads(capsys.readouterr().out)
-    assert [b["statement"] for b in shown["beliefs"]] == ["Pays yearly"]
+    assert [b["statement"] for b in shown["snapshot"]["beliefs"]] == ["Pays yearly"]
 
 
 def test_a_certificate_without_its_key_is_refused_at_start(

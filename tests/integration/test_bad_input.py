@@ -44,7 +44,9 @@ def observe_request() -> selfmodel_pb2.ObserveRequest:
         statement="Has a 90k budget",
         confidence=0.9,
     )
-    req.evidence.add(kind="call", ref="gong://call/1", quote="ninety thousand")
+    req.evidence.add(
+        kind=model_pb2.EVIDENCE_KIND_CALL, ref="gong://call/1", quote="ninety thousand"
+    )
     return req
 
 
@@ -110,7 +112,7 @@ class Case:
 def evidence_17_items(req: selfmodel_pb2.ObserveRequest) -> None:
     """The base request's one piece of evidence plus 16: one over the limit."""
     for i in range(16):
-        req.evidence.add(kind="message", ref=f"mail://{i}")
+        req.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref=f"mail://{i}")
 
 
 def _batch_of(n: int) -> Callable[[selfmodel_pb2.ObserveBatchRequest], None]:
@@ -122,12 +124,25 @@ def _batch_of(n: int) -> Callable[[selfmodel_pb2.ObserveBatchRequest], None]:
     return mutate
 
 
+def _keyless(statement: str) -> Callable[[selfmodel_pb2.ObserveRequest], None]:
+    def mutate(req: selfmodel_pb2.ObserveRequest) -> None:
+        req.ClearField("key")
+        req.statement = statement
+
+    mutate.__name__ = f"key=(missing) statement={statement!r}"
+    return mutate
+
+
 def _second_of_batch(path: str, value: Any) -> Callable[[selfmodel_pb2.ObserveBatchRequest], None]:
     def mutate(req: selfmodel_pb2.ObserveBatchRequest) -> None:
         holder, name = _resolve(req.observations[1], path)
-        setattr(holder, name, value)
+        if value is CLEAR:
+            holder.ClearField(name)
+        else:
+            setattr(holder, name, value)
 
-    mutate.__name__ = f"observations[1].{path}={value!r}"
+    shown = "(missing)" if value is CLEAR else repr(value)
+    mutate.__name__ = f"observations[1].{path}={shown}"
     return mutate
 
 
@@ -151,6 +166,7 @@ CASES: list[Case] = [
     # Observe: confidence
     *(Case("Observe", "confidence", v, "confidence") for v in (math.nan, math.inf, -math.inf)),
     *(Case("Observe", "confidence", v, "confidence") for v in (-0.1, 1.5, 1.0000001, -1e-300)),
+    Case("Observe", "confidence", CLEAR, "confidence"),  # absent: never read as 0
     # Observe: subject
     Case("Observe", "subject", CLEAR, "subject"),
     *_ids("Observe", "tenant"),
@@ -177,11 +193,12 @@ CASES: list[Case] = [
             "del\x7f",
         )
     ),
+    *(Case("Observe", "", _keyless(v), "statement") for v in ("...", " . ! ", "!")),
     # Observe: evidence
     Case("Observe", "", evidence_17_items, "evidence"),
     *(
         Case("Observe", "evidence[0].kind", v, "evidence[0].kind")
-        for v in ("", "Phone Call", "call!", "c" * 33)
+        for v in (model_pb2.EVIDENCE_KIND_UNSPECIFIED, 8, -1)  # open enum: any number travels
     ),
     Case("Observe", "evidence[0].ref", "r" * 1025, "evidence[0].ref"),
     Case("Observe", "evidence[0].quote", "q\x00", "evidence[0].quote"),
@@ -194,6 +211,7 @@ CASES: list[Case] = [
     Case("Observe", "statement", "x" * FIVE_MIB, None, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # ObserveBatch: one bad item refuses all, and the batch itself is bounded
     Case("ObserveBatch", "", _second_of_batch("confidence", 1.5), "observations[1].confidence"),
+    Case("ObserveBatch", "", _second_of_batch("confidence", CLEAR), "observations[1].confidence"),
     Case("ObserveBatch", "", _second_of_batch("subject.id", ""), "observations[1].subject.id"),
     Case("ObserveBatch", "", _batch_of(0), "observations"),
     Case("ObserveBatch", "", _batch_of(501), "observations"),
@@ -218,14 +236,14 @@ CASES: list[Case] = [
     Case("ExplainBelief", "subject.id", "", "subject.id"),
     Case("ExplainBelief", "context", "", "context"),
     Case("ExplainBelief", "context", "Budget", "context"),
-    *(Case("ExplainBelief", "key", v, "key") for v in ("", "Amount!", "a\x07b", "x" * 2001, " a")),
+    *(Case("ExplainBelief", "key", v, "key") for v in ("", "...", "a\x07b", "x" * 2001, " . !")),
     Case("ExplainBelief", "at_least", "garbage", "at_least"),
     # Retract (by the seeding agent itself, so a valid one would change the model)
     Case("Retract", "subject", CLEAR, "subject"),
     Case("Retract", "subject.tenant", "acme/other", "subject.tenant"),
     Case("Retract", "", _kind(model_pb2.SUBJECT_KIND_UNSPECIFIED), "subject.kind"),
     Case("Retract", "context", "", "context"),
-    *(Case("Retract", "key", v, "key") for v in ("", "Amount", "k\x00", " amount ")),
+    *(Case("Retract", "key", v, "key") for v in ("", "!!", "k\x00", "x" * 2001)),
     Case("Retract", "", None, "x-agent-id", agent="bad agent"),
     # ForgetSubject (aimed at the seeded subject, so a valid one would erase it)
     Case("ForgetSubject", "subject", CLEAR, "subject"),
@@ -265,7 +283,7 @@ def module_node_args(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...
 
 
 @pytest.fixture(scope="module")
-def stub(module_node) -> Iterator[selfmodel_pb2_grpc.SelfModelStub]:
+def stub(module_node) -> Iterator[selfmodel_pb2_grpc.SelfModelServiceStub]:
     with Client(module_node.address, agent=SEED_AGENT, tenant=TENANT) as seeder:
         written = seeder.observe(
             user(SEEDED_ID), STATEMENT, confidence=0.8, context=CONTEXT, key=KEY
@@ -275,12 +293,13 @@ def stub(module_node) -> Iterator[selfmodel_pb2_grpc.SelfModelStub]:
         explained = seeder.explain(user(SEEDED_ID), CONTEXT, KEY)
         assert [w.recency for w in explained.observations] == [1.0]
     with grpc.insecure_channel(module_node.address) as channel:
-        yield selfmodel_pb2_grpc.SelfModelStub(channel)
+        yield selfmodel_pb2_grpc.SelfModelServiceStub(channel)
 
 
-def _snapshot(stub: selfmodel_pb2_grpc.SelfModelStub) -> model_pb2.SelfModelSnapshot:
+def _snapshot(stub: selfmodel_pb2_grpc.SelfModelServiceStub) -> model_pb2.SelfModelSnapshot:
     req = selfmodel_pb2.GetSelfModelRequest(subject=seeded_subject(), include_uncertain=True)
-    snap = stub.GetSelfModel(req, timeout=TIMEOUT_S, metadata=(("x-agent-id", SEED_AGENT),))
+    reply = stub.GetSelfModel(req, timeout=TIMEOUT_S, metadata=(("x-agent-id", SEED_AGENT),))
+    snap = reply.snapshot
     snap.ClearField("resolved_at")
     return snap
 
@@ -296,7 +315,7 @@ def _write_counters(node) -> dict[str, float]:
     return found
 
 
-def _call(stub: selfmodel_pb2_grpc.SelfModelStub, case: Case, request: Any) -> grpc.RpcError:
+def _call(stub: selfmodel_pb2_grpc.SelfModelServiceStub, case: Case, request: Any) -> grpc.RpcError:
     method = getattr(stub, case.method)
     metadata = (("x-agent-id", case.agent),)
     try:

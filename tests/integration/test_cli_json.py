@@ -14,8 +14,11 @@ from google.protobuf.message import Message
 
 from federation import cli, tokens
 from federation.bearer import TOKEN_ENV
-from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2
+from selfmodel.admin.v1 import admin_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
 from tests.nodes import NodeProcess
+
+CALL_EVIDENCE = '{"kind": "EVIDENCE_KIND_CALL", "ref": "rec://9", "time": "2026-01-05T10:00:00Z"}'
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -53,7 +56,7 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     out = run(
         capsys, "observe", "user:u-cli", "Pays yearly", "--context", "billing", "--key", "cycle",
         "--confidence", "0.9", "--evidence", "ticket:crm://t/1",
-        "--evidence", '{"kind": "call", "ref": "rec://9", "time": "2026-01-05T10:00:00Z"}',
+        "--evidence", CALL_EVIDENCE,
         "--idempotency-key", "cli-1", *with_token,
     )  # fmt: skip
     written = reply(out, selfmodel_pb2.ObserveResponse)
@@ -61,24 +64,28 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     again = run(
         capsys, "observe", "user:u-cli", "Pays yearly", "--context", "billing", "--key", "cycle",
         "--confidence", "0.9", "--evidence", "ticket:crm://t/1",
-        "--evidence", '{"kind": "call", "ref": "rec://9", "time": "2026-01-05T10:00:00Z"}',
+        "--evidence", CALL_EVIDENCE,
         "--idempotency-key", "cli-1", *with_token,
     )  # fmt: skip
     assert reply(again, selfmodel_pb2.ObserveResponse).observation_id == written.observation_id
 
     monkeypatch.setenv(TOKEN_ENV, agent)  # the token from the environment from here on
-    model = reply(run(capsys, "show", "user:u-cli", *target), model_pb2.SelfModelSnapshot)
+    shown = run(capsys, "show", "user:u-cli", *target)
+    model = reply(shown, selfmodel_pb2.GetSelfModelResponse).snapshot
     [belief] = model.beliefs
     assert belief.statement == "Pays yearly" and model.handoff_token
     page = reply(
-        run(capsys, "show", "user:u-cli", "--page-size", "1", *target), model_pb2.SelfModelSnapshot
-    )
+        run(capsys, "show", "user:u-cli", "--page-size", "1", *target),
+        selfmodel_pb2.GetSelfModelResponse,
+    ).snapshot
     assert list(page.beliefs) == [belief] and page.next_page_token == ""
     explained = reply(
         run(capsys, "explain", "user:u-cli", "billing", "cycle", *target),
-        selfmodel_pb2.Explanation,
+        selfmodel_pb2.ExplainBeliefResponse,
     )
-    assert [[e.kind for e in o.evidence] for o in explained.observations] == [["ticket", "call"]]
+    assert [[e.kind for e in o.evidence] for o in explained.observations] == [
+        [model_pb2.EVIDENCE_KIND_TICKET, model_pb2.EVIDENCE_KIND_CALL]
+    ]
     many = reply(
         run(capsys, "show-many", "user:u-cli", "user:u-none", *target),
         selfmodel_pb2.BatchGetSelfModelsResponse,
@@ -93,7 +100,9 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     )
     assert [c.context for c in contexts.contexts] == ["billing"]
     policy = reply(run(capsys, "policy", "billing", *target), selfmodel_pb2.GetPolicyResponse)
-    assert [(p.context, p.policy) for p in policy.policies] == [("billing", "weighted")]
+    assert [(p.context, p.policy) for p in policy.policies] == [
+        ("billing", model_pb2.POLICY_WEIGHTED)
+    ]
     retracted = reply(
         run(capsys, "retract", "user:u-cli", "billing", "cycle", *target),
         selfmodel_pb2.RetractResponse,
@@ -107,4 +116,4 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     )
     assert forgotten.handoff_token
     audit = reply(run(capsys, "audit", *with_file), admin_pb2.ListAuditResponse)
-    assert [e.action for e in audit.entries] == ["forget"]
+    assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]

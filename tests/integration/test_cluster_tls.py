@@ -12,7 +12,7 @@ from federation.client import user
 from federation.cluster import load as load_cluster
 from federation.launcher import status_rows
 from node.errors import HandoffTimeout, Unavailable
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from tests.nodes import wait_until
 
 
@@ -68,7 +68,7 @@ def test_sync_refuses_a_certificate_of_another_ca_or_none_and_an_unknown_node(
     other = create_cluster_certs(tmp_path / "other", ["support"])
     creds = channel_credentials(other.ca, other.nodes["support"].cert, other.nodes["support"].key)
     with grpc.secure_channel(target, creds) as channel, pytest.raises(grpc.RpcError) as refused:
-        sync_pb2_grpc.SyncStub(channel).GetBuckets(request, timeout=3)
+        sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(request, timeout=3)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
     # no client certificate at all
@@ -76,7 +76,7 @@ def test_sync_refuses_a_certificate_of_another_ca_or_none_and_an_unknown_node(
         root_certificates=(cluster.certs / "ca.pem").read_bytes()
     )
     with grpc.secure_channel(target, ca_only) as channel, pytest.raises(grpc.RpcError) as refused:
-        sync_pb2_grpc.SyncStub(channel).GetBuckets(request, timeout=3)
+        sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(request, timeout=3)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
     # the plaintext agents' port never serves Sync: a node with a peers' port serves it there only
@@ -84,7 +84,7 @@ def test_sync_refuses_a_certificate_of_another_ca_or_none_and_an_unknown_node(
         grpc.insecure_channel(cluster.address("sales")) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
-        sync_pb2_grpc.SyncStub(channel).GetBuckets(
+        sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(
             request, timeout=3, metadata=(("x-selfmodel-node", "support"),)
         )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -95,7 +95,7 @@ def test_sync_refuses_a_certificate_of_another_ca_or_none_and_an_unknown_node(
         cluster.certs / "ca.pem", cluster.certs / "intruder.pem", cluster.certs / "intruder.key"
     )
     with grpc.secure_channel(target, creds) as channel, pytest.raises(grpc.RpcError) as refused:
-        sync_pb2_grpc.SyncStub(channel).GetBuckets(request, timeout=3)
+        sync_pb2_grpc.SyncServiceStub(channel).GetBuckets(request, timeout=3)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not a peer" in refused.value.details()
 

@@ -22,7 +22,7 @@ B = Subject("acme", SubjectKind.USER, "b")
 
 def test_the_kept_footprint_is_the_states_and_a_refused_request_writes_nothing(tmp_path: Path):
     limits = SubjectLimits(max_slots=12, max_observations=20, max_bytes=6000)
-    engine = Engine(Store(tmp_path / "db", "n1", sync=False), subject_limits=limits)
+    engine = Engine(Store(tmp_path / "db", "n1", fsync=False), subject_limits=limits)
     rnd = random.Random(3)
     refused = taken = 0
     for _ in range(300):
@@ -55,11 +55,11 @@ def test_the_kept_footprint_is_the_states_and_a_refused_request_writes_nothing(t
 def test_a_merge_that_takes_a_subject_past_the_limits_is_refused_with_its_reason(
     tmp_path: Path,
 ) -> None:
-    big = Engine(Store(tmp_path / "big", "n1", sync=False))
+    big = Engine(Store(tmp_path / "big", "n1", fsync=False))
     big.observe("agent", [ObservationInput(A, "notes", "", f"s{i}", 0.7) for i in range(10)])
     big.observe("agent", [ObservationInput(B, "notes", "", "one", 0.7)])
     small = Engine(
-        Store(tmp_path / "small", "n2", sync=False),
+        Store(tmp_path / "small", "n2", fsync=False),
         subject_limits=SubjectLimits(max_observations=5),
     )
     outcome = small.merge_remote([Delta(big.state(A)), Delta(big.state(B))])
@@ -75,7 +75,7 @@ def test_each_limit_refuses_on_its_own(tmp_path: Path, limit: str) -> None:
     values = {"max_slots": 3, "max_observations": 3, "max_bytes": 1200}
     wide = {"max_slots": 10**6, "max_observations": 10**6, "max_bytes": 10**9}
     engine = Engine(
-        Store(tmp_path / "db", "n1", sync=False),
+        Store(tmp_path / "db", "n1", fsync=False),
         subject_limits=SubjectLimits(**{**wide, limit: values[limit]}),
     )
     setting = {"max_slots": "max_subject_slots", "max_observations": "max_subject_observations"}
@@ -91,7 +91,7 @@ def test_withdrawals_count_towards_the_subject_size_and_a_retract_past_it_is_ref
     arrives later): without the size limit, retracts of made-up slots would grow a subject
     without bound."""
     limits = SubjectLimits(max_bytes=2000)
-    engine = Engine(Store(tmp_path / "db", "n1", sync=False), subject_limits=limits)
+    engine = Engine(Store(tmp_path / "db", "n1", fsync=False), subject_limits=limits)
     engine.observe("agent", [ObservationInput(A, "notes", "k", "a fact", 0.7)])
     recorded = 0
     with pytest.raises(ResourceExhausted, match="max_subject_bytes") as refused:

@@ -23,8 +23,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from federation import tokens
+from selfmodel.admin.v1 import admin_pb2
 from selfmodel.errors import DOMAIN, REASONS, Reason, SelfModelError, from_rpc_error
-from selfmodel.v1 import admin_pb2, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.causal import CausalContext
 from sync.codec import decode_token, encode_token
 from tests.harness import LocalCluster, start_with_fresh_ports
@@ -88,8 +90,8 @@ def with_dot(token: str, actor: str, counter: int) -> str:
     return encode_token({subject: CausalContext({**context.vector, actor: counter})})
 
 
-def stub(channel: grpc.Channel) -> selfmodel_pb2_grpc.SelfModelStub:
-    return selfmodel_pb2_grpc.SelfModelStub(channel)
+def stub(channel: grpc.Channel) -> selfmodel_pb2_grpc.SelfModelServiceStub:
+    return selfmodel_pb2_grpc.SelfModelServiceStub(channel)
 
 
 def get(at_least: str = "", subject: model_pb2.Subject = ACME_U1) -> Any:
@@ -111,7 +113,7 @@ Case = Callable[[grpc.Channel, Node], object]
 
 
 def _undecodable(channel: grpc.Channel, node: Node) -> object:
-    raw = channel.unary_unary("/selfmodel.v1.SelfModel/Observe")
+    raw = channel.unary_unary("/selfmodel.v1.SelfModelService/Observe")
     return raw(b"\xff\xff\xff\xff", timeout=5, metadata=bearer(node.tokens["bob"]))
 
 
@@ -158,6 +160,11 @@ def _watches(per_connection: bool) -> Case:
 CASES: dict[Reason, Case] = {
     Reason.FIELD_INVALID: lambda c, n: stub(c).Observe(
         observe(confidence=float("nan")), timeout=5, metadata=bearer(n.tokens["bob"])
+    ),
+    Reason.CONFIDENCE_REQUIRED: lambda c, n: stub(c).Observe(
+        selfmodel_pb2.ObserveRequest(subject=ACME_U1, context="facts", statement="s"),
+        timeout=5,
+        metadata=bearer(n.tokens["bob"]),
     ),
     Reason.REQUEST_UNDECODABLE: _undecodable,
     Reason.HANDOFF_TOKEN_INVALID: lambda c, n: stub(c).GetSelfModel(
@@ -208,7 +215,7 @@ CASES: dict[Reason, Case] = {
         metadata=bearer(n.tokens["alice"]),
     ),
     Reason.PEER_DENIED: lambda c, n: c.unary_unary(
-        "/selfmodel.v1.Sync/GetBuckets",
+        "/selfmodel.sync.v1.SyncService/GetBuckets",
         request_serializer=sync_pb2.GetBucketsRequest.SerializeToString,
     )(sync_pb2.GetBucketsRequest(), timeout=5, metadata=n.cluster.peer_metadata("sales")),
     Reason.SUBJECT_TOO_LARGE: _too_large,
@@ -234,8 +241,7 @@ ELSEWHERE = {
 STARTING = {Reason.NODE_STARTING}
 # Conditions no caller can bring about on purpose: a failed write's I/O error or a store being
 # reopened (tests/unit/test_errors.py checks their details), a stopping node's delta streams
-# (answered in a window of milliseconds), a bug (INTERNAL), and a missing confidence, which
-# needs presence on ObserveRequest.confidence (proto3 optional); a retried write whose first
+# (answered in a window of milliseconds), a bug (INTERNAL); a retried write whose first
 # call a node holds only in part (a window between two deltas of a peer, or the rest lost
 # since) is built on an engine by tests/unit/test_idempotency.py, not on a node process.
 UNREACHABLE_HERE = {
@@ -244,7 +250,6 @@ UNREACHABLE_HERE = {
     Reason.STORE_UNWRITABLE,
     Reason.NODE_STOPPING,
     Reason.INTERNAL,
-    Reason.CONFIDENCE_REQUIRED,
 }
 
 
@@ -350,7 +355,7 @@ def test_a_subject_limit_names_the_subject_the_limit_and_the_setting(node: Node)
 def test_admin_calls_carry_details_too(node: Node) -> None:
     with grpc.insecure_channel(node.address) as channel:
         audit = channel.unary_unary(
-            "/selfmodel.v1.Admin/ListAudit",
+            "/selfmodel.admin.v1.AdminService/ListAudit",
             request_serializer=admin_pb2.ListAuditRequest.SerializeToString,
         )
         with pytest.raises(grpc.RpcError) as refused:

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from federation import tokens
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.nodes import NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -59,8 +60,8 @@ REFUSALS = {
 }
 
 SERVICES = [
-    selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModel"],
-    admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+    selfmodel_pb2.DESCRIPTOR.services_by_name["SelfModelService"],
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
 ]
 METHODS = [f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods]
 STREAMING = {f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods if m.server_streaming}
@@ -78,10 +79,10 @@ class Target:
         return (("authorization", f"Bearer {self.tokens[who]}"),)
 
     def seeded_token(self) -> str:
-        stub = selfmodel_pb2_grpc.SelfModelStub(self.channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(self.channel)
         req = selfmodel_pb2.GetSelfModelRequest(subject=SEEDED, include_uncertain=True)
         reply = stub.GetSelfModel(req, metadata=self.md("operator"), timeout=CALL_TIMEOUT_S)
-        return str(reply.handoff_token)
+        return str(reply.snapshot.handoff_token)
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def target(start_node: Callable[..., NodeProcess], tmp_path: Path) -> Iterator[T
     options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
     with grpc.insecure_channel(node.address, options=options) as channel:
         t = Target(node, channel, made)
-        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
         for ctx, key, statement in [
             ("purchase_motivation", "motivation", "Wants quick time-to-value"),
             ("team", "team_size", "12 people"),
@@ -108,7 +109,9 @@ def target(start_node: Callable[..., NodeProcess], tmp_path: Path) -> Iterator[T
             req = selfmodel_pb2.ObserveRequest(
                 subject=SEEDED, context=ctx, key=key, statement=statement, confidence=0.8
             )
-            req.evidence.add(kind="message", ref="m-1", quote="we need it fast")
+            req.evidence.add(
+                kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="m-1", quote="we need it fast"
+            )
             stub.Observe(req, metadata=t.md("seeder"), timeout=CALL_TIMEOUT_S)
         t.baseline = t.seeded_token()
         yield t
@@ -138,11 +141,13 @@ hostile_floats = st.one_of(
 good_text = st.text(string.ascii_letters + " .,", min_size=1, max_size=40).filter(str.strip)
 
 
-EVIDENCE_KINDS = st.sampled_from(["message", "ticket"])
+EVIDENCE_KINDS = st.sampled_from([model_pb2.EVIDENCE_KIND_MESSAGE, model_pb2.EVIDENCE_KIND_TICKET])
 EVIDENCE_TEXT = st.text(string.ascii_letters, max_size=20)
 EVIDENCE_MS = st.integers(0, 2**41)
 EVIDENCE_FLAW = st.sampled_from(["kind", "ref", "quote", "time", "none"])
-HOSTILE_EVIDENCE_KIND = st.one_of(st.sampled_from(["", "Bad", "x" * 33]), st.text(max_size=40))
+HOSTILE_EVIDENCE_KIND = st.one_of(
+    st.sampled_from([model_pb2.EVIDENCE_KIND_UNSPECIFIED, 8]), st.integers(-(2**31), 2**31 - 1)
+)
 HOSTILE_EVIDENCE_TEXT = st.one_of(st.sampled_from(["q" * 2001, "\x01"]), st.text(max_size=40))
 INT64 = st.integers(-(2**63), 2**63 - 1)
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -418,8 +423,10 @@ def test_every_method_answers_hostile_requests_with_a_proper_status(target: Targ
         suppress_health_check=list(HealthCheck), print_blob=True,
     )  # fmt: skip
     @given(request=requests(), who=whos)
-    @example(request=("/selfmodel.v1.SelfModel/Observe", oversized()), who="fuzzer")
-    @example(request=("/selfmodel.v1.SelfModel/ObserveBatch", oversized(batch=True)), who="fuzzer")
+    @example(request=("/selfmodel.v1.SelfModelService/Observe", oversized()), who="fuzzer")
+    @example(
+        request=("/selfmodel.v1.SelfModelService/ObserveBatch", oversized(batch=True)), who="fuzzer"
+    )
     def typed(request: tuple[str, Message], who: str) -> None:
         method, msg = request
         code, details = send(target, method, msg.SerializeToString(), metadata(target, who))
@@ -442,12 +449,12 @@ def test_every_method_answers_hostile_requests_with_a_proper_status(target: Targ
     raw()
     assert target.sent >= EXAMPLES + RAW_EXAMPLES
 
-    code, _ = send(target, "/selfmodel.v1.SelfModel/NoSuchMethod", b"", target.md("fuzzer"))
+    code, _ = send(target, "/selfmodel.v1.SelfModelService/NoSuchMethod", b"", target.md("fuzzer"))
     assert code == grpc.StatusCode.UNIMPLEMENTED
     health = health_pb2_grpc.HealthStub(target.channel)
     reply = health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    status = admin_pb2_grpc.AdminStub(target.channel).GetStatus(
+    status = admin_pb2_grpc.AdminServiceStub(target.channel).GetStatus(
         admin_pb2.GetStatusRequest(), metadata=target.md("fuzzer"), timeout=CALL_TIMEOUT_S
     )
     assert status.serving and target.node.running

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.client import user
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def states(draw: st.DrawFn, hostile: str | None) -> sync_pb2.SubjectState:
         if pick("in_context", st.just(True), st.booleans()):  # the dot in the causal context
             msg.context.cloud.add(actor=o.dot.actor, counter=o.dot.counter)
         for _ in range(pick("evidence", st.sampled_from([0, 1, 16]), st.sampled_from([17, 40]))):
-            o.evidence.add(kind="message", ref="r")
+            o.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="r")
     if draw(st.booleans()) or "events" in spoiled:
         msg.events.add(
             actor=pick("events", good_ids, ids), counter=pick("events", good_counters, counters)
@@ -192,16 +193,16 @@ def call(channel: grpc.Channel, method: str, payload: bytes | list[bytes]) -> gr
     try:
         if method == "Replicate":
             stream = channel.stream_stream(
-                "/selfmodel.v1.Sync/Replicate",
+                "/selfmodel.sync.v1.SyncService/Replicate",
                 request_serializer=lambda b: b,
-                response_deserializer=sync_pb2.ReplicateAck.FromString,
+                response_deserializer=sync_pb2.ReplicateResponse.FromString,
             )
             acks = list(stream(iter(payload), timeout=5, metadata=PEER_MD))  # type: ignore[arg-type]
             if any(a.rejected_seqs for a in acks):
                 return REJECTED
         else:
             unary = channel.unary_unary(
-                f"/selfmodel.v1.Sync/{method}",
+                f"/selfmodel.sync.v1.SyncService/{method}",
                 request_serializer=lambda b: b,
                 response_deserializer=lambda b: b,
             )
@@ -223,7 +224,7 @@ def foreign(state: sync_pb2.SubjectState) -> bool:
 def read_back(channel: grpc.Channel) -> list[sync_pb2.SubjectState]:
     """The states `sales` holds of every subject the fuzzed states could validly name: an
     ExchangeStates of empty states merges nothing and answers with the receiver's own."""
-    empty = sync_pb2.StateExchange(
+    empty = sync_pb2.ExchangeStatesRequest(
         states=[
             sync_pb2.SubjectState(subject=model_pb2.Subject(tenant=t, kind=k, id=i))
             for t in ("fuzz", "fuzz2", "fu")
@@ -232,11 +233,11 @@ def read_back(channel: grpc.Channel) -> list[sync_pb2.SubjectState]:
         ]
     )
     stub = channel.unary_unary(
-        "/selfmodel.v1.Sync/ExchangeStates",
-        request_serializer=sync_pb2.StateExchange.SerializeToString,
-        response_deserializer=sync_pb2.StateExchange.FromString,
+        "/selfmodel.sync.v1.SyncService/ExchangeStates",
+        request_serializer=sync_pb2.ExchangeStatesRequest.SerializeToString,
+        response_deserializer=sync_pb2.ExchangeStatesResponse.FromString,
     )
-    reply: sync_pb2.StateExchange = stub(empty, timeout=10, metadata=PEER_MD)
+    reply: sync_pb2.ExchangeStatesResponse = stub(empty, timeout=10, metadata=PEER_MD)
     return list(reply.states)
 
 
@@ -270,12 +271,14 @@ def test_sync_refuses_invalid_peer_states_and_keeps_nothing_they_carried(make_cl
 
     def one(method: str, state: sync_pb2.SubjectState, buckets: list[int], junk: bytes) -> None:
         if method == "Replicate":
-            batch = sync_pb2.ReplicateBatch(origin="support", first_seq=1, last_seq=1)
+            batch = sync_pb2.ReplicateRequest(origin="support", first_seq=1, last_seq=1)
             batch.deltas.append(state)
             code = call(channel, method, [batch.SerializeToString()])
             expect(method, [state], code)
         elif method == "ExchangeStates":
-            code = call(channel, method, sync_pb2.StateExchange(states=[state]).SerializeToString())
+            code = call(
+                channel, method, sync_pb2.ExchangeStatesRequest(states=[state]).SerializeToString()
+            )
             expect(method, [state], code)
         elif method == "GetDigests":
             code = call(
@@ -286,7 +289,7 @@ def test_sync_refuses_invalid_peer_states_and_keeps_nothing_they_carried(make_cl
         else:
             code = call(channel, "ExchangeStates", junk)
             try:  # junk that happens to parse is a state exchange like any other
-                parsed = list(sync_pb2.StateExchange.FromString(junk).states)
+                parsed = list(sync_pb2.ExchangeStatesRequest.FromString(junk).states)
             except DecodeError:
                 parsed = []
             if parsed:

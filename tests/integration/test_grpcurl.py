@@ -73,9 +73,13 @@ def test_grpcurl_lists_the_services_through_reflection(start_node, grpcurl):
     done = run(grpcurl, node.address, "list")
     assert done.returncode == 0, done.stderr
     services = set(done.stdout.split())
-    assert {"selfmodel.v1.SelfModel", "selfmodel.v1.Admin", "grpc.health.v1.Health"} <= services
+    assert {
+        "selfmodel.v1.SelfModelService",
+        "selfmodel.admin.v1.AdminService",
+        "grpc.health.v1.Health",
+    } <= services
 
-    described = run(grpcurl, node.address, "describe", "selfmodel.v1.SelfModel")
+    described = run(grpcurl, node.address, "describe", "selfmodel.v1.SelfModelService")
     assert described.returncode == 0, described.stderr
     for rpc in ("Observe", "ObserveBatch", "GetSelfModel", "ExplainBelief", "WatchSelfModel"):
         assert f"rpc {rpc}" in described.stdout
@@ -83,7 +87,7 @@ def test_grpcurl_lists_the_services_through_reflection(start_node, grpcurl):
 
 def test_grpcurl_health_check_answers_serving(start_node, grpcurl):
     node = start_node()
-    for service in ("", "selfmodel.v1.SelfModel"):
+    for service in ("", "selfmodel.v1.SelfModelService"):
         reply = call(grpcurl, node.address, "grpc.health.v1.Health/Check", {"service": service})
         assert reply == {"status": "SERVING"}, service
 
@@ -94,14 +98,20 @@ def test_grpcurl_observe_then_get_self_model_shows_the_caller_as_source(start_no
     written = call(
         grpcurl,
         node.address,
-        "selfmodel.v1.SelfModel/Observe",
+        "selfmodel.v1.SelfModelService/Observe",
         {
             "subject": subject,
             "context": "communication_style",
             "key": "channel",
             "statement": "Answers fastest on Slack",
             "confidence": 0.75,
-            "evidence": [{"kind": "message", "ref": "slack://C1/p1", "quote": "ping me on slack"}],
+            "evidence": [
+                {
+                    "kind": "EVIDENCE_KIND_MESSAGE",
+                    "ref": "slack://C1/p1",
+                    "quote": "ping me on slack",
+                }
+            ],
         },
         f"x-agent-id: {AGENT}",
     )
@@ -111,9 +121,9 @@ def test_grpcurl_observe_then_get_self_model_shows_the_caller_as_source(start_no
     model = call(
         grpcurl,
         node.address,
-        "selfmodel.v1.SelfModel/GetSelfModel",
+        "selfmodel.v1.SelfModelService/GetSelfModel",
         {"subject": subject, "at_least": written["handoff_token"]},
-    )
+    )["snapshot"]
     [belief] = model["beliefs"]
     assert belief["statement"] == "Answers fastest on Slack"
     assert belief["context"] == "communication_style"
@@ -129,6 +139,8 @@ def test_grpcurl_sees_invalid_argument_with_the_field_named(start_node, grpcurl)
         "statement": "Too sure",
         "confidence": 1.5,
     }
-    done = run(grpcurl, "-d", json.dumps(body), node.address, "selfmodel.v1.SelfModel/Observe")
+    done = run(
+        grpcurl, "-d", json.dumps(body), node.address, "selfmodel.v1.SelfModelService/Observe"
+    )
     assert done.returncode == 64 + 3, (done.returncode, done.stderr)  # grpcurl: 64 + status code
     assert "InvalidArgument" in done.stderr and "confidence: " in done.stderr

@@ -22,8 +22,9 @@ from federation import tokens
 from federation.client import Client, user
 from federation.processes import node_command
 from node.auth import hash_token, load_tokens, render_tokens
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import HandoffPending, HandoffTimeout, from_rpc_error
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.causal import CausalContext
 from sync.codec import decode_token, encode_token
 from tests.nodes import LocalCluster, NodeProcess, free_port
@@ -68,7 +69,7 @@ class Watch:
     def _read(self) -> None:
         try:
             for snapshot in self.stream:
-                self.snapshots.append(snapshot)
+                self.snapshots.append(snapshot.snapshot)
         except grpc.RpcError as exc:
             self.code, self.details = exc.code(), exc.details()
         self.ended_at = time.monotonic()
@@ -135,7 +136,7 @@ def test_a_token_taken_back_ends_its_open_watches_within_a_second_and_others_go_
     secured: Any, change: Callable[[Path, str], None], code: grpc.StatusCode, says: str
 ) -> None:
     node, file, made, channel = secured
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     req = selfmodel_pb2.WatchSelfModelRequest(subject=SUBJECT)
     doomed = Watch(stub.WatchSelfModel(req, metadata=bearer(made["alice"]), timeout=60))
     kept = Watch(stub.WatchSelfModel(req, metadata=bearer(made["bob"]), timeout=60))
@@ -170,7 +171,7 @@ def test_made_up_handoff_positions_are_refused_at_once_and_ordinary_calls_still_
     secured: Any,
 ) -> None:
     node, _, made, channel = secured
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     with Client(node.address, token=made["alice"], tenant="acme") as alice:
         written = alice.observe(user("u-1"), "Prefers chat", confidence=0.8, context="style")
     own_actor = written.observation_id.rpartition(":")[0]
@@ -185,7 +186,7 @@ def test_made_up_handoff_positions_are_refused_at_once_and_ordinary_calls_still_
             req = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT, at_least=token)
             calls.append(stub.GetSelfModel.future(req, metadata=bearer(made["alice"]), timeout=60))
     plain = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT)
-    assert stub.GetSelfModel(plain, metadata=bearer(made["bob"]), timeout=WAIT_S).beliefs
+    assert stub.GetSelfModel(plain, metadata=bearer(made["bob"]), timeout=WAIT_S).snapshot.beliefs
     whats = [what for what in forged for _ in range(40)]
     for what, call in zip(whats, calls, strict=True):
         with pytest.raises(grpc.RpcError) as refused:
@@ -201,7 +202,7 @@ def test_a_token_of_one_subject_does_not_read_another(secured: Any) -> None:
     with Client(node.address, token=made["alice"], tenant="acme") as alice:
         written = alice.observe(user("u-1"), "Prefers chat", confidence=0.8, context="style")
         assert alice.self_model(user("u-1"), at_least=written.token).beliefs()
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     u2 = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-2")
     for call in (
         lambda: stub.GetSelfModel(
@@ -244,7 +245,7 @@ def test_pending_handoff_reads_hold_no_thread_and_ordinary_calls_stay_fast(
     # A dot of an earlier run of this node: plausible (a peer could deliver it), never merged.
     pending = made_up(written.token, "sales.0.feedbeef", 3)
     channel = grpc.insecure_channel(node.address)
-    stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
     req = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT, at_least=pending)
     started = time.monotonic()
     calls = [
@@ -252,7 +253,7 @@ def test_pending_handoff_reads_hold_no_thread_and_ordinary_calls_stay_fast(
         for _ in range(400)
     ]
     plain = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT)
-    assert stub.GetSelfModel(plain, metadata=bearer(made["bob"]), timeout=WAIT_S).beliefs
+    assert stub.GetSelfModel(plain, metadata=bearer(made["bob"]), timeout=WAIT_S).snapshot.beliefs
     for call in calls:
         with pytest.raises(grpc.RpcError) as answered:
             call.result(timeout=WAIT_S)
@@ -300,7 +301,7 @@ def test_get_status_counts_subjects_only_for_operators_and_within_their_tenant(
         with Client(node.address, token=made[who], tenant=tenant) as client:
             for i in ids:
                 client.observe(user(i), "Prefers chat", confidence=0.8, context="style")
-    admin = admin_pb2_grpc.AdminStub(channel)
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
 
     def subjects(who: str) -> int:
         status = admin.GetStatus(
@@ -353,7 +354,7 @@ def test_unread_watches_share_one_resolution_per_change_and_hold_one_snapshot_ea
     rss_before = rss_kib(node)
     try:
         for i in range(watchers):
-            stub = selfmodel_pb2_grpc.SelfModelStub(channels[i // per_connection])
+            stub = selfmodel_pb2_grpc.SelfModelServiceStub(channels[i // per_connection])
             stream = stub.WatchSelfModel(req, metadata=(("x-agent-id", f"w{i}"),), timeout=120)
             size = next(stream).ByteSize()  # then never read again
             streams.append(stream)

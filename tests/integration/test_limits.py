@@ -67,7 +67,7 @@ def test_an_oversized_message_is_resource_exhausted_on_server_and_client(
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     with grpc.insecure_channel(node.address, options=options) as channel:
         code, details = code_of(
-            lambda: selfmodel_pb2_grpc.SelfModelStub(channel).Observe(req, timeout=10)
+            lambda: selfmodel_pb2_grpc.SelfModelServiceStub(channel).Observe(req, timeout=10)
         )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     with Client(node.address, agent="a", tenant="acme") as client:
@@ -87,16 +87,20 @@ def test_watches_are_bounded_per_connection_and_per_node(
     streams = []
     try:
         for channel in (first, first):
-            stream = selfmodel_pb2_grpc.SelfModelStub(channel).WatchSelfModel(req, metadata=md)
+            stream = selfmodel_pb2_grpc.SelfModelServiceStub(channel).WatchSelfModel(
+                req, metadata=md
+            )
             next(stream)
             streams.append(stream)
         code, details = code_of(
-            lambda: next(selfmodel_pb2_grpc.SelfModelStub(first).WatchSelfModel(req, metadata=md))
+            lambda: next(
+                selfmodel_pb2_grpc.SelfModelServiceStub(first).WatchSelfModel(req, metadata=md)
+            )
         )
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "a connection may hold at most 2 open watches" in details
 
-        other = selfmodel_pb2_grpc.SelfModelStub(second)
+        other = selfmodel_pb2_grpc.SelfModelServiceStub(second)
         stream = other.WatchSelfModel(req, metadata=md)
         next(stream)
         streams.append(stream)
@@ -131,7 +135,7 @@ def test_a_pending_handoff_position_is_answered_at_once_whatever_the_deadline(
     with grpc.insecure_channel(node.address) as channel:
         started = time.monotonic()
         code, details = code_of(
-            lambda: selfmodel_pb2_grpc.SelfModelStub(channel).GetSelfModel(req, timeout=30)
+            lambda: selfmodel_pb2_grpc.SelfModelServiceStub(channel).GetSelfModel(req, timeout=30)
         )
     assert code == grpc.StatusCode.UNAVAILABLE and "has not yet merged" in details
     assert time.monotonic() - started < 3
@@ -145,7 +149,7 @@ def test_a_batch_may_name_only_so_many_subjects(local_node: Callable[..., Runnin
             model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id=f"u-{i}")
         )
     with grpc.insecure_channel(node.address) as channel:
-        stub = selfmodel_pb2_grpc.SelfModelStub(channel)
+        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
         code, details = code_of(lambda: stub.ObserveBatch(batch, timeout=5))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details == (

@@ -12,7 +12,7 @@ from prometheus_client.samples import Sample
 from federation.client import Client, user
 from node.errors import InvalidArgument
 
-SERVICE = "selfmodel.v1.SelfModel"
+SERVICE = "selfmodel.v1.SelfModelService"
 # Distinctive ids, so a label value that leaked one would be found.
 AGENT, TENANT, SUBJECT = "agent-zq7x", "tenant-zq7x", "u-zq7x"
 

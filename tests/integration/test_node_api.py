@@ -94,7 +94,7 @@ def test_explain_names_every_source_with_its_weight_factors_and_why_the_winner_w
         billing.observe(subject, "Team of 12", confidence=0.7, **slot)
         explanation = sales.explain(subject, "company", "team_size")
 
-    assert explanation.policy == "weighted"
+    assert explanation.policy == model_pb2.POLICY_WEIGHTED
     assert explanation.belief.statement == "Team of 12"
     by_source = {o.source: o for o in explanation.observations}
     assert set(by_source) == {"sales_agent", "support_agent", "billing_agent"}
@@ -110,7 +110,11 @@ def test_explain_names_every_source_with_its_weight_factors_and_why_the_winner_w
         assert not o.below_minimum
     assert by_source["support_agent"].evidence_factor > by_source["sales_agent"].evidence_factor
     [ev] = by_source["support_agent"].evidence
-    assert (ev.kind, ev.ref, ev.quote) == ("ticket", "zendesk://4411", "we are twelve people now")
+    assert (ev.kind, ev.ref, ev.quote) == (
+        model_pb2.EVIDENCE_KIND_TICKET,
+        "zendesk://4411",
+        "we are twelve people now",
+    )
 
     assert [c.statement for c in explanation.candidates] == ["Team of 12", "Team of 5"]
     assert list(explanation.candidates[0].sources) == ["billing_agent", "support_agent"]

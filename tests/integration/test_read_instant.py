@@ -37,7 +37,7 @@ class ReadClock:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[tuple[Engine, ReadClock]]:
-    store = Store(tmp_path / "db", "sales", sync=False)
+    store = Store(tmp_path / "db", "sales", fsync=False)
     clock = ReadClock()
     yield Engine(store, BOOK, now_ms=clock), clock
     store.close()
@@ -89,7 +89,7 @@ _observations = st.lists(
 
 def test_any_merge_order_and_any_read_instant_give_the_same_answer() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "db", "sales", sync=False)
+        store = Store(Path(tmp) / "db", "sales", fsync=False)
         try:
             clock = ReadClock()
             eng = Engine(store, BOOK, now_ms=clock)

@@ -40,7 +40,7 @@ def observe(tenant: str, id: str, statement: str, key: str = "") -> selfmodel_pb
 class Node:
     process: NodeProcess
     tokens: dict[str, str]
-    stub: selfmodel_pb2_grpc.SelfModelStub
+    stub: selfmodel_pb2_grpc.SelfModelServiceStub
 
     def md(self, who: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.tokens[who]}"),)
@@ -62,7 +62,7 @@ def node(start_node: Callable[..., NodeProcess], tmp_path: Path) -> Iterator[Nod
         made[name], _ = tokens.create(file, agent, tenant, role, ["*"], ["*"])
     process = start_node("sales", "--tokens", str(file))
     with grpc.insecure_channel(process.address) as channel:
-        yield Node(process, made, selfmodel_pb2_grpc.SelfModelStub(channel))
+        yield Node(process, made, selfmodel_pb2_grpc.SelfModelServiceStub(channel))
 
 
 def _token(value: object) -> str:

@@ -16,7 +16,7 @@ import grpc
 
 from federation.client import user
 from node.replication import NODE_HEADER
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from sync.causal import CausalContext, Dot
 from sync.codec import delta_to_proto
 from sync.crdt import NO_ERASE, SubjectState
@@ -29,7 +29,7 @@ SUBJECT = Subject("acme", SubjectKind.USER, "acked")
 ACTOR = "support.99.5eed0001"  # an actor of `support` (<node>.<run>.<random>)
 
 
-def batch(seq: int, clock: HybridClock) -> sync_pb2.ReplicateBatch:
+def batch(seq: int, clock: HybridClock) -> sync_pb2.ReplicateRequest:
     """Outbox entry ``seq`` of `support`: the slot's newest fact, replacing the previous one."""
     dot = Dot(ACTOR, seq)
     obs = Observation(
@@ -39,19 +39,19 @@ def batch(seq: int, clock: HybridClock) -> sync_pb2.ReplicateBatch:
     delta = Delta(
         SubjectState(SUBJECT, NO_ERASE, CausalContext.of(dots), {dot: obs}), frozenset(dots)
     )
-    msg = sync_pb2.ReplicateBatch(origin="support", first_seq=seq, last_seq=seq)
+    msg = sync_pb2.ReplicateRequest(origin="support", first_seq=seq, last_seq=seq)
     msg.deltas.append(delta_to_proto(delta))
     return msg
 
 
 def test_the_receiver_coalesces_acks_and_answers_an_ask_at_once(make_cluster):
     cluster = make_cluster(("sales", "support"))
-    stub = sync_pb2_grpc.SyncStub(grpc.insecure_channel(cluster.address("sales")))
+    stub = sync_pb2_grpc.SyncServiceStub(grpc.insecure_channel(cluster.address("sales")))
     clock = HybridClock()
-    outgoing: queue.Queue[sync_pb2.ReplicateBatch | None] = queue.Queue()
+    outgoing: queue.Queue[sync_pb2.ReplicateRequest | None] = queue.Queue()
     acks: queue.Queue[int] = queue.Queue()
 
-    def requests() -> Iterator[sync_pb2.ReplicateBatch]:
+    def requests() -> Iterator[sync_pb2.ReplicateRequest]:
         while (msg := outgoing.get()) is not None:
             yield msg
 
@@ -86,7 +86,7 @@ def test_the_receiver_coalesces_acks_and_answers_an_ask_at_once(make_cluster):
         assert seen == sorted(seen) and all(1 < s <= 41 for s in seen), seen
 
         # A batch without deltas asks: it is answered at once with everything merged so far.
-        outgoing.put(sync_pb2.ReplicateBatch(origin="support", first_seq=42, last_seq=41))
+        outgoing.put(sync_pb2.ReplicateRequest(origin="support", first_seq=42, last_seq=41))
         while (final := acks.get(timeout=10)) != 41:
             assert final < 41
     finally:

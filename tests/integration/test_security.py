@@ -18,7 +18,8 @@ from federation.cli import main
 from federation.client import AsyncClient, AuditEntry, Client, user
 from federation.processes import node_command
 from node.errors import PermissionDenied, Unauthenticated
-from selfmodel.v1 import admin_pb2, admin_pb2_grpc, model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.nodes import NodeProcess, free_port
 
 USER = model_pb2.SUBJECT_KIND_USER
@@ -35,11 +36,11 @@ class Secured:
     tokens: dict[str, str]
     channel: grpc.Channel
 
-    def stub(self) -> selfmodel_pb2_grpc.SelfModelStub:
-        return selfmodel_pb2_grpc.SelfModelStub(self.channel)
+    def stub(self) -> selfmodel_pb2_grpc.SelfModelServiceStub:
+        return selfmodel_pb2_grpc.SelfModelServiceStub(self.channel)
 
-    def admin(self) -> admin_pb2_grpc.AdminStub:
-        return admin_pb2_grpc.AdminStub(self.channel)
+    def admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        return admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def md(self, who: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.tokens[who]}"),)
@@ -105,7 +106,9 @@ def observe(
 
 def get(s: Secured, who: str, tenant: str = "acme", id: str = "u-1") -> model_pb2.SelfModelSnapshot:
     req = selfmodel_pb2.GetSelfModelRequest(subject=subject(tenant, id), include_uncertain=True)
-    reply: model_pb2.SelfModelSnapshot = s.stub().GetSelfModel(req, metadata=s.md(who), timeout=5)
+    reply: model_pb2.SelfModelSnapshot = (
+        s.stub().GetSelfModel(req, metadata=s.md(who), timeout=5).snapshot
+    )
     return reply
 
 
@@ -282,7 +285,7 @@ def test_the_source_is_the_tokens_agent_whatever_the_call_claims(secured: Secure
                                 context="purchase_motivation", key="motivation")  # fmt: skip
     # A payload carrying a source anyway (an unknown field 15 = "mallory") changes nothing.
     raw = observe(statement="Budget is tight").SerializeToString() + b"\x7a\x07mallory"
-    call = secured.channel.unary_unary("/selfmodel.v1.SelfModel/Observe")
+    call = secured.channel.unary_unary("/selfmodel.v1.SelfModelService/Observe")
     call(raw, metadata=secured.md("sales"), timeout=5)
     model = get(secured, "operator")
     sources = {s.source for b in model.beliefs for s in [*b.supporters, *b.dissenters]}
@@ -322,9 +325,9 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
         admin_pb2.ListAuditRequest(), metadata=secured.md("operator"), timeout=5
     )
     assert [(e.action, e.actor, e.actor_role, e.subject.id, e.detail) for e in reply.entries] == [
-        ("retract_on_behalf", "acme_ops", "operator", "u-1",
+        (admin_pb2.AUDIT_ACTION_RETRACT_ON_BEHALF, "acme_ops", "operator", "u-1",
          "context=team key=team_size source=sales_agent retracted=1"),
-        ("forget", "acme_ops", "operator", "u-2", ""),
+        (admin_pb2.AUDIT_ACTION_FORGET, "acme_ops", "operator", "u-2", ""),
     ]  # fmt: skip
     assert all(e.node == "sales" and e.time.seconds > 0 for e in reply.entries)
     assert reply.next_cursor == ""
@@ -343,7 +346,7 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
     assert len(page.entries) == 1 and page.next_cursor
     rest = admin.ListAudit(admin_pb2.ListAuditRequest(after=page.next_cursor),
                            metadata=secured.md("operator"), timeout=5)  # fmt: skip
-    assert [e.action for e in rest.entries] == ["forget"]
+    assert [e.action for e in rest.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
     # The same log through the client library and the command line.
     with secured.client("operator") as ops:
         first, cursor = ops.audit(limit=1)
@@ -369,7 +372,7 @@ def test_an_agent_cannot_retract_anothers_observation_an_operator_can_and_the_au
         main(cli)
     assert ended.value.code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert [e["action"] for e in printed["entries"]] == ["retract_on_behalf"]
+    assert [e["action"] for e in printed["entries"]] == ["AUDIT_ACTION_RETRACT_ON_BEHALF"]
     assert printed["nextCursor"] == cursor
 
 

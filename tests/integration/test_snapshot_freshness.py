@@ -27,7 +27,7 @@ from node.engine import Engine, ObservationInput
 from node.policy import PolicyBook
 from node.resolution import resolve
 from node.store import Store
-from selfmodel.v1 import model_pb2
+from selfmodel.v1 import selfmodel_pb2
 from sync.codec import decode_delta
 from sync.delivery import Delta
 from sync.hlc import wall_ms
@@ -77,7 +77,7 @@ def user_of(name: str) -> Subject:
 @contextmanager
 def engines() -> Iterator[dict[str, Engine]]:
     with tempfile.TemporaryDirectory() as tmp:
-        stores = [Store(Path(tmp) / n, n, sync=False, outbox=True) for n in NODES]
+        stores = [Store(Path(tmp) / n, n, fsync=False, outbox=True) for n in NODES]
         try:
             # A small snapshot budget: snapshots are dropped and rebuilt on the way too.
             yield {s.node: Engine(s, BOOK, snapshot_cache_mb=0.004) for s in stores}
@@ -147,7 +147,7 @@ class Cluster:
             raw = replies.reply(
                 u, view, convert.Filter(include_uncertain=True, max_positions=limit), name
             )
-            read[limit] = model_pb2.SelfModelSnapshot.FromString(raw)
+            read[limit] = selfmodel_pb2.GetSelfModelResponse.FromString(raw).snapshot
         full, summary, top = read[None], read[0], read[1]
         assert len(full.beliefs) == len(summary.beliefs) == len(top.beliefs) == len(view.beliefs)
         for f, s, t in zip(full.beliefs, summary.beliefs, top.beliefs, strict=True):
@@ -227,7 +227,7 @@ def test_a_snapshot_does_not_depend_on_the_read_instant() -> None:
     """Recency decays within a slot (docs/semantics.md): a snapshot kept for years reads as a
     resolution made at any instant, so nothing of it is recomputed per read."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "db", "sales", sync=False)
+        store = Store(Path(tmp) / "db", "sales", fsync=False)
         now = [wall_ms()]
         fading = PolicyBook.from_config({"default": {"half_life_days": 1}})
         engine = Engine(store, fading, now_ms=lambda: now[0])
@@ -251,7 +251,7 @@ def test_snapshot_memory_is_estimated_on_the_high_side() -> None:
     """What snapshot_cache_mb bounds: the snapshots, slot indexes and kept replies that reads
     add to what the state cache holds, measured with tracemalloc."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "db", "sales", sync=False)
+        store = Store(Path(tmp) / "db", "sales", fsync=False)
         engine = Engine(store, BOOK)
         replies = convert.SnapshotReplies(engine.snapshots)
         try:

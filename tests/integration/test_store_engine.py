@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from node.engine import Engine, ObservationInput
 from node.errors import HandoffPending, Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
+from node.store.rows import read_rows
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta, decode_state, decode_token, encode_state
 from sync.crdt import NO_ERASE, EraseBound, SubjectState
@@ -143,7 +144,7 @@ def test_a_data_directory_of_another_node_is_refused(tmp_path: Path):
 
 
 def test_concurrent_writers_share_group_commits_and_the_outbox_has_no_holes(tmp_path: Path):
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     engine = Engine(store)
     errors: list[BaseException] = []
 
@@ -332,11 +333,11 @@ def test_remote_merges_write_the_origin_position_in_the_same_batch(tmp_path: Pat
     store = Store(tmp_path / "db", "sales")
     engine = Engine(store)
     engine.merge_remote(
-        [remote_delta(U1, pack(wall_ms()))], extra=[Store.position_row("applied", "support", 7)]
+        [remote_delta(U1, pack(wall_ms()))], extra=[Store.peer_seq_row("applied", "support", 7)]
     )
     store.close()
     reopened = Store(tmp_path / "db", "sales")
-    assert reopened.position("applied", "support") == 7
+    assert reopened.peer_seq("applied", "support") == 7
     assert reopened.load(U1) is not None
     reopened.close()
 
@@ -368,9 +369,17 @@ def test_a_subject_s_stored_bytes_are_its_whole_encoding_over_every_kind_of_writ
 
     def stored_is_encoded(token: str | None = None) -> None:
         state = engine.state(U1)
-        raw = store.get_meta("state", U1.storage_key())
-        assert raw == encode_state(state)
-        assert decode_state(raw) == state
+        key = U1.storage_key()
+        head = store.get_meta("state", key)
+        assert head is not None
+        rows = read_rows(store._cf["observations"], key)
+        assert len(rows) == len(state.observations)
+        # The head and the rows are encode_state's bytes: its observations' fields in dot
+        # order are the rows in key order, the rest is the head.
+        body = b"".join(rows)
+        full = encode_state(state)
+        assert body in full and full.replace(body, b"", 1) == head
+        assert decode_state(head + body) == state
         if token is not None:
             assert decode_token(token) == {U1: state.context}
 
@@ -521,7 +530,7 @@ def test_writers_and_cold_readers_hammering_a_tiny_cache_lose_nothing(tmp_path: 
     cache of two. Every acknowledged write is kept, under its own dot, and no call fails (an
     unguarded cache raised KeyError from its LRU eviction here, and a leader that raised left
     its group's writers waiting forever)."""
-    store = Store(tmp_path / "db", "sales", sync=False, cache_size=2)
+    store = Store(tmp_path / "db", "sales", fsync=False, cache_size=2)
     engine = Engine(store)
     subjects = [Subject("acme", SubjectKind.USER, f"u{i}") for i in range(6)]
     acked: list[tuple[Subject, str]] = []
@@ -601,7 +610,7 @@ def test_the_state_cache_estimates_its_memory_on_the_high_side(
     (with their encoding kept) or read back from RocksDB, measured with tracemalloc."""
     subjects = [Subject("acme", SubjectKind.USER, f"u{i}") for i in range(10)]
     for reread in (False, True):
-        store = Store(tmp_path / "db", "sales", sync=False)
+        store = Store(tmp_path / "db", "sales", fsync=False)
         engine = Engine(store)
         gc.collect()
         tracemalloc.start()
@@ -623,7 +632,7 @@ def test_the_state_cache_estimates_its_memory_on_the_high_side(
 
 
 def test_the_state_cache_keeps_within_its_memory_budget_and_keeps_the_newest(tmp_path: Path):
-    store = Store(tmp_path / "db", "sales", sync=False, cache_mb=0.25)
+    store = Store(tmp_path / "db", "sales", fsync=False, cache_mb=0.25)
     engine = Engine(store)
     subjects = [Subject("acme", SubjectKind.USER, f"u{i}") for i in range(40)]
     for k in range(20):
@@ -701,7 +710,7 @@ def test_a_durable_commit_fdatasyncs_every_live_wal_file_even_after_a_wal_switch
     def live_wals() -> list[str]:
         return sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".log"))
 
-    store = Store(tmp_path / "db", "sales", sync=True)
+    store = Store(tmp_path / "db", "sales", fsync=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     before = live_wals()
@@ -734,7 +743,7 @@ def open_files() -> set[str]:
 def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
     tmp_path: Path, synced: list[str]
 ):
-    store = Store(tmp_path / "db", "sales", sync=True)
+    store = Store(tmp_path / "db", "sales", fsync=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     before = set(synced)
@@ -750,7 +759,7 @@ def test_a_full_memtable_s_new_wal_is_synced_and_the_deleted_one_let_go(
 
 
 def test_without_fsync_nothing_is_fdatasynced(tmp_path: Path, synced: list[str]):
-    store = Store(tmp_path / "db", "sales", sync=False)
+    store = Store(tmp_path / "db", "sales", fsync=False)
     Engine(store).observe("agent", [item(U1, "k")])
     assert synced == []
     store.close()
@@ -761,7 +770,7 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_reopened_an
 ):
     # A logged failure's traceback would keep the store's column-family handles (its LOCK) alive.
     caplog.set_level(logging.CRITICAL, logger="node.store")
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     actor = store.actor
@@ -784,7 +793,7 @@ def test_after_a_failed_wal_sync_the_store_refuses_every_write_until_reopened_an
     gc.collect()  # the failed writes' tracebacks are in reference cycles holding the handles
 
     # So the next run never hands that dot out again: it cannot resume the actor.
-    reopened = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    reopened = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     assert reopened.resumable is None
     with pytest.raises(StoreError, match="not resumable"):
         reopened.resume_actor()
@@ -799,7 +808,7 @@ def test_a_group_s_outbox_entries_are_shipped_while_its_wal_syncs_not_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The delta streams may send a write to the peers in parallel with its local sync."""
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     during: list[tuple[list[int], bool, bool]] = []
@@ -823,9 +832,9 @@ def test_a_merge_shown_before_its_sync_is_on_disk_after_sync_written(
     tmp_path: Path, synced: list[str]
 ):
     """A receiver merges a peer's batch unsynced, shows it, and syncs before acknowledging."""
-    peer = Engine(Store(tmp_path / "peer", "support", sync=False))
+    peer = Engine(Store(tmp_path / "peer", "support", fsync=False))
     peer.observe("agent", [item(U1, "k1")])
-    store = Store(tmp_path / "db", "sales", sync=True)
+    store = Store(tmp_path / "db", "sales", fsync=True)
     engine = Engine(store)
     engine.merge_remote([Delta(peer.state(U1))], durable=False)
     assert [o.key for o in engine.state(U1).observations.values()] == ["k1"]  # shown at once

@@ -31,7 +31,7 @@ def keys(engine: Engine, subject: Subject) -> set[str]:
 def test_after_a_failed_wal_sync_resuming_reopens_rocksdb_under_a_new_actor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    store = Store(tmp_path / "db", "sales", sync=True, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=True, outbox=True)
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k1")])
     actor, incarnation = store.actor, store.incarnation
@@ -46,7 +46,7 @@ def test_after_a_failed_wal_sync_resuming_reopens_rocksdb_under_a_new_actor(
     assert store.suspended is not None
     with pytest.raises(Unavailable, match="refuses writes"):
         engine.observe("agent", [item(U2, "k3")])
-    store.set_position("acked", "peer", 5)  # skipped, not an error
+    store.set_peer_seq("acked", "peer", 5)  # skipped, not an error
     assert [r.message for r in caplog.records].count(
         f"node sales: writes suspended: {store.suspended}"
     ) == 1
@@ -105,6 +105,11 @@ def test_a_corrupt_subject_is_quarantined_its_digest_rewritten_and_the_actor_ren
     assert digest_row == SubjectState(U1).digest()  # no longer vouching for the lost state
     assert store.bucket_hashes()[bucket] != buckets_before[bucket]
     assert store.verify() == 0  # rewritten: found once
+    # Its rows now live apart from the corrupt block: writing and reading it again is clean.
+    engine = Engine(store)
+    engine.observe("agent", [item(U1, "k", "after the repair")])
+    assert store.verify() == 0
+    assert keys(engine, U1) == {"k"}
     store.close()
 
 

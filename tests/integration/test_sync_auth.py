@@ -21,7 +21,8 @@ from node.peers import NODE_HEADER, TOKEN_HEADER, PeerAuth, peer_token, read_sec
 from node.replication import EngineReplica, GrpcPeerLink
 from node.store import BUCKETS, Store
 from selfmodel.errors import from_rpc_error
-from selfmodel.v1 import model_pb2, sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.v1 import model_pb2
 from sync.crdt import SubjectState
 from sync.hlc import pack, physical_ms, wall_ms
 from sync.observation import Subject, SubjectKind
@@ -61,7 +62,7 @@ def forged_state(node: str, erase: bool, observe: bool) -> sync_pb2.SubjectState
 def request(method: str, claimed: str) -> Any:
     """A request of ``method`` that would change or reveal the node's data if it were served."""
     if method == "Replicate":
-        batch = sync_pb2.ReplicateBatch(origin=claimed, first_seq=1, last_seq=1)
+        batch = sync_pb2.ReplicateRequest(origin=claimed, first_seq=1, last_seq=1)
         batch.deltas.append(forged_state(claimed, erase=False, observe=True))
         batch.deltas[0].events.add(actor=f"{claimed}.1.f00d", counter=1)
         return batch
@@ -70,7 +71,9 @@ def request(method: str, claimed: str) -> Any:
     if method == "GetDigests":
         return sync_pb2.GetDigestsRequest(buckets=range(BUCKETS))
     if method == "ExchangeStates":  # an erase: the subject with an erase bound at the present
-        return sync_pb2.StateExchange(states=[forged_state(claimed, erase=True, observe=False)])
+        return sync_pb2.ExchangeStatesRequest(
+            states=[forged_state(claimed, erase=True, observe=False)]
+        )
     return sync_pb2.ClaimRunRequest(previous=0, run=7, incarnation=1_000)
 
 
@@ -82,14 +85,14 @@ def call(
     reasons: set[str] | None = None,
 ) -> grpc.StatusCode:
     """The status of ``method``; the ErrorInfo reason of a refusal is added to ``reasons``."""
-    path = f"/selfmodel.v1.Sync/{method}"
+    path = f"/selfmodel.sync.v1.SyncService/{method}"
     msg = request(method, claimed)
     try:
         if method == "Replicate":
             stream = channel.stream_stream(
                 path,
-                request_serializer=sync_pb2.ReplicateBatch.SerializeToString,
-                response_deserializer=sync_pb2.ReplicateAck.FromString,
+                request_serializer=sync_pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=sync_pb2.ReplicateResponse.FromString,
             )
             for _ in stream(iter([msg]), timeout=5, metadata=metadata):
                 break
@@ -254,9 +257,9 @@ def test_a_peer_sends_its_own_dots_only_and_its_erases_are_audited(
         batch.deltas[0].CopyFrom(forged_state("sales", erase=False, observe=True))
         batch.deltas[0].events.add(actor="sales.1.f00d", counter=1)
         replicate = channel.stream_stream(
-            "/selfmodel.v1.Sync/Replicate",
-            request_serializer=sync_pb2.ReplicateBatch.SerializeToString,
-            response_deserializer=sync_pb2.ReplicateAck.FromString,
+            "/selfmodel.sync.v1.SyncService/Replicate",
+            request_serializer=sync_pb2.ReplicateRequest.SerializeToString,
+            response_deserializer=sync_pb2.ReplicateResponse.FromString,
         )
         with pytest.raises(grpc.RpcError) as refused:
             for _ in replicate(iter([batch]), timeout=5, metadata=support):
@@ -306,11 +309,11 @@ def test_the_attack_script_is_refused_at_every_step_and_the_data_stays(
     assert snapshot(cluster, made) == before
 
 
-class HostilePeer(sync_pb2_grpc.SyncServicer):
+class HostilePeer(sync_pb2_grpc.SyncServiceServicer):
     """A peer whose anti-entropy replies carry whatever the test sets."""
 
     def __init__(self) -> None:
-        self.reply = sync_pb2.StateExchange()
+        self.reply = sync_pb2.ExchangeStatesResponse()
 
     def ExchangeStates(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.reply
@@ -319,10 +322,10 @@ class HostilePeer(sync_pb2_grpc.SyncServicer):
 def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: Path) -> None:
     peer = HostilePeer()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    sync_pb2_grpc.add_SyncServicer_to_server(peer, server)
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(peer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    store = Store(tmp_path / "sales", "sales", sync=False)
+    store = Store(tmp_path / "sales", "sales", fsync=False)
     try:
         engine = Engine(store)
         subject = Subject("acme", SubjectKind.USER, "victim")
@@ -330,13 +333,13 @@ def test_anti_entropy_replies_are_validated_and_their_erases_audited(tmp_path: P
         link = GrpcPeerLink(auth, f"127.0.0.1:{port}", None)
         asked = [SubjectState(subject)]
         # a reply no agent could have written: a NaN confidence
-        peer.reply = sync_pb2.StateExchange(
+        peer.reply = sync_pb2.ExchangeStatesResponse(
             states=[forged_state("support", erase=False, observe=True)]
         )
         peer.reply.states[0].observations[0].confidence = float("nan")
         assert link.exchange(asked).states == []  # left out, the rest of a reply merges
         # a well-formed erase: merged, and audited as the peer's act
-        peer.reply = sync_pb2.StateExchange(
+        peer.reply = sync_pb2.ExchangeStatesResponse(
             states=[forged_state("support", erase=True, observe=False)]
         )
         states = link.exchange(asked).states

@@ -369,7 +369,7 @@ dots = st.builds(Dot, st.sampled_from(ACTORS), st.integers(1, 2**40))
 contexts = st.builds(CausalContext.of, st.lists(dots, max_size=12))
 evidence = st.builds(
     Evidence,
-    names,
+    st.sampled_from(["", "message", "ticket", "call", "meeting", "document", "record", "other"]),
     names,
     names,
     st.one_of(st.just(0), st.integers(1, 2**40)),

@@ -14,7 +14,7 @@ from node.refusals import Refusals
 from node.store import Store
 from node.syncports import EngineReplica
 from node.validation import Limits
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync.hlc import HybridClock
 from sync.receiver import ACK_INTERVAL_S, DeltaReceiver
 from tests.integration.test_replicate_acks import SUBJECT, batch
@@ -33,7 +33,7 @@ class Clock:
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[tuple[DeltaReceiver, Engine, Clock]]:
     clock = Clock()
-    store = Store(tmp_path / "db", "sales", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "sales", fsync=False, outbox=True)
     engine = Engine(store)
     screen = Refusals("sales", Limits())
     yield (
@@ -51,19 +51,19 @@ def test_acknowledgements_coalesce_within_an_interval_and_an_ask_is_answered_at_
 ) -> None:
     deltas, engine, clock = receiver
     hlc = HybridClock()
-    sent: list[tuple[float, sync_pb2.ReplicateBatch]] = []  # (arrival, batch)
+    sent: list[tuple[float, sync_pb2.ReplicateRequest]] = []  # (arrival, batch)
 
-    def requests() -> Iterator[sync_pb2.ReplicateBatch]:
+    def requests() -> Iterator[sync_pb2.ReplicateRequest]:
         while True:
             assert sent, "the receiver wants another batch where it should have acknowledged"
             clock.now, msg = sent.pop(0)
             yield msg
 
-    def feed(at: float, *msgs: sync_pb2.ReplicateBatch) -> None:
+    def feed(at: float, *msgs: sync_pb2.ReplicateRequest) -> None:
         sent.extend((at, msg) for msg in msgs)
 
-    def ask(seq: int) -> sync_pb2.ReplicateBatch:  # a batch without deltas
-        return sync_pb2.ReplicateBatch(origin="support", first_seq=seq + 1, last_seq=seq)
+    def ask(seq: int) -> sync_pb2.ReplicateRequest:  # a batch without deltas
+        return sync_pb2.ReplicateRequest(origin="support", first_seq=seq + 1, last_seq=seq)
 
     acks = deltas.receive("support", requests())
     t = clock.now

@@ -19,7 +19,7 @@ def record(subject: Subject, action: str = "forget") -> AuditRecord:
 def test_audit_rows_keep_append_order_when_the_clock_stands_still_or_steps_back(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "db", "n1", sync=False)
+    store = Store(tmp_path / "db", "n1", fsync=False)
     times = iter([1000, 1000, 999, 1001])
     log = AuditLog(store, now_ms=lambda: next(times))
     for i in range(4):
@@ -33,7 +33,7 @@ def test_audit_rows_keep_append_order_when_the_clock_stands_still_or_steps_back(
     del store, log
     gc.collect()  # rocksdict releases the db lock only when every handle is gone
 
-    reopened = Store(tmp_path / "db", "n1", sync=False)
+    reopened = Store(tmp_path / "db", "n1", fsync=False)
     log = AuditLog(reopened, now_ms=lambda: 5)  # a clock far behind: keys still grow
     with log.appending(record(ACME, "after restart")) as row:
         reopened.commit([], [row])
@@ -42,7 +42,7 @@ def test_audit_rows_keep_append_order_when_the_clock_stands_still_or_steps_back(
 
 
 def test_audit_pages_by_cursor_and_filters_by_tenant(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db", "n1", sync=False)
+    store = Store(tmp_path / "db", "n1", fsync=False)
     log = AuditLog(store)
     for i in range(7):
         with log.appending(record(ACME if i % 2 else GLOBEX, f"a{i}")) as row:
@@ -64,7 +64,7 @@ def test_the_audit_never_holds_a_statement_used_as_a_key() -> None:
 
 
 def test_forget_and_retract_on_behalf_are_audited_in_the_same_batch(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db", "n1", sync=False)
+    store = Store(tmp_path / "db", "n1", fsync=False)
     engine = Engine(store)
     engine.observe("sales_agent", [ObservationInput(ACME, "team", "team_size", "12", 0.9)])
     who = AuditRecord("boss", "operator", "retract_on_behalf", ACME, actor_tenant="acme")

@@ -35,7 +35,7 @@ _WIDE = "\U0001f600"
 def _largest_observation(counter: int, slot: int) -> Observation:
     statement = f"{slot:06d}" + _WIDE * 1994
     evidence = tuple(
-        Evidence("m" * 32, _WIDE * 1024, _WIDE * 2000, 253402300799000) for _ in range(16)
+        Evidence("document", _WIDE * 1024, _WIDE * 2000, 253402300799000) for _ in range(16)
     )
     return Observation(
         dot=Dot("n" * 128, counter),

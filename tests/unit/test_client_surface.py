@@ -22,13 +22,8 @@ import pytest
 from google.protobuf.message import Message
 
 from federation.client import AsyncClient, Client, user
-from selfmodel.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    model_pb2,
-    selfmodel_pb2,
-    selfmodel_pb2_grpc,
-)
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 
 # What an agent's process must not load to reach a node: RocksDB, the node's metrics (their
 # registration is an import-time side effect), its store, engine and server. node.errors is still
@@ -55,7 +50,7 @@ def test_importing_the_client_loads_nothing_of_the_node_but_its_exceptions() -> 
     assert not [m for m in NODE_ONLY if m in loaded], sorted(m for m in NODE_ONLY if m in loaded)
 
 
-class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminServicer):
+class FakeNode(selfmodel_pb2_grpc.SelfModelServiceServicer, admin_pb2_grpc.AdminServiceServicer):
     """Records every request; the first call of each method fails UNAVAILABLE once (its request
     is kept in ``refused``)."""
 
@@ -90,11 +85,11 @@ class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminService
 
     def GetSelfModel(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("GetSelfModel", request, context)
-        return snapshot(request.subject, "t-read")
+        return selfmodel_pb2.GetSelfModelResponse(snapshot=snapshot(request.subject, "t-read"))
 
     def ExplainBelief(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ExplainBelief", request, context)
-        return selfmodel_pb2.Explanation(context=request.context, key=request.key)
+        return selfmodel_pb2.ExplainBeliefResponse(context=request.context, key=request.key)
 
     def ForgetSubject(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ForgetSubject", request, context)
@@ -103,8 +98,8 @@ class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminService
     def WatchSelfModel(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         with self._lock:
             self.requests.append(("WatchSelfModel", request))
-        yield snapshot(request.subject, "t-watch-1")
-        yield snapshot(request.subject, "t-watch-2")
+        for token in ("t-watch-1", "t-watch-2"):
+            yield selfmodel_pb2.WatchSelfModelResponse(snapshot=snapshot(request.subject, token))
 
     def ListSubjects(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ListSubjects", request, context)
@@ -115,7 +110,7 @@ class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminService
     def ListContexts(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ListContexts", request, context)
         reply = selfmodel_pb2.ListContextsResponse()
-        reply.contexts.add(context="c", policy="weighted", min_confidence=0.5)
+        reply.contexts.add(context="c", policy=model_pb2.POLICY_WEIGHTED, min_confidence=0.5)
         return reply
 
     def BatchGetSelfModels(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -129,13 +124,15 @@ class FakeNode(selfmodel_pb2_grpc.SelfModelServicer, admin_pb2_grpc.AdminService
         self._take("GetPolicy", request, context)
         reply = selfmodel_pb2.GetPolicyResponse()
         for name in request.contexts:
-            reply.policies.add(context=name, policy="latest", half_life_seconds=60.0)
+            reply.policies.add(context=name, policy=model_pb2.POLICY_LATEST, half_life_seconds=60.0)
         return reply
 
     def ListAudit(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._take("ListAudit", request, context)
         reply = admin_pb2.ListAuditResponse(next_cursor="c-2")
-        entry = reply.entries.add(cursor="c-1", node="n", actor="ops", action="forget")
+        entry = reply.entries.add(
+            cursor="c-1", node="n", actor="ops", action=admin_pb2.AUDIT_ACTION_FORGET
+        )
         entry.subject.CopyFrom(model_pb2.Subject(tenant="acme", kind=1, id="u-1"))
         return reply
 
@@ -144,7 +141,11 @@ def snapshot(subject: model_pb2.Subject, token: str) -> model_pb2.SelfModelSnaps
     reply = model_pb2.SelfModelSnapshot(node="n", handoff_token=token)
     reply.subject.CopyFrom(subject)
     belief = reply.beliefs.add(
-        context="c", key="k", statement="likes tea", confidence=0.75, policy="default"
+        context="c",
+        key="k",
+        statement="likes tea",
+        confidence=0.75,
+        policy=model_pb2.POLICY_WEIGHTED,
     )
     belief.supporters.add(source="a", statement="likes tea", confidence=0.75)
     return reply
@@ -154,8 +155,8 @@ def snapshot(subject: model_pb2.Subject, token: str) -> model_pb2.SelfModelSnaps
 def fake_node() -> Iterator[tuple[FakeNode, str]]:
     fake = FakeNode()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    selfmodel_pb2_grpc.add_SelfModelServicer_to_server(fake, server)
-    admin_pb2_grpc.add_AdminServicer_to_server(fake, server)
+    selfmodel_pb2_grpc.add_SelfModelServiceServicer_to_server(fake, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

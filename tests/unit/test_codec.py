@@ -9,19 +9,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.codec import (
     InvalidToken,
     decode_state,
     decode_token,
     encode_delta,
-    encode_position,
     encode_state,
     encode_state_reusing,
     encode_token,
+    encode_token_entry,
     merge_tokens,
-    token_of_positions,
+    token_of_entries,
 )
 from sync.crdt import NO_ERASE, EraseBound, SubjectState
 from sync.delivery import Delta
@@ -93,7 +94,9 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
         o.dot.counter = dot.counter
         for ev in obs.evidence:
             e = o.evidence.add()
-            e.kind = ev.kind
+            e.kind = model_pb2.EvidenceKind.Value(
+                f"EVIDENCE_KIND_{ev.kind.upper() or 'UNSPECIFIED'}"
+            )
             e.ref = ev.ref
             e.quote = ev.quote
             if ev.time_ms:
@@ -144,12 +147,12 @@ def test_tokens_encode_to_the_characters_of_the_reference_encoder(
 
 @VALUES
 @given(states=st.lists(random_states(), max_size=4, unique_by=lambda s: s.subject))
-def test_a_token_made_from_the_positions_of_encoded_states_is_their_token(
+def test_a_token_made_from_the_entries_of_encoded_states_is_their_token(
     states: list[SubjectState],
 ) -> None:
-    """A write's token comes from the position its state's encoding starts with (node.store)."""
+    """A write's token comes from the entry its state's encoding starts with (node.store)."""
     states.sort(key=lambda s: s.subject)
-    token = token_of_positions([encode_state_reusing(s).position for s in states])
+    token = token_of_entries([encode_state_reusing(s).token_entry for s in states])
     assert token == encode_token({s.subject: s.context for s in states})
 
 
@@ -159,10 +162,10 @@ def test_a_state_encoded_reusing_earlier_bytes_has_exactly_the_bytes_of_encode_s
     state: SubjectState, before: SubjectState
 ) -> None:
     stale = encode_state_reusing(before).observations  # others, perhaps under the same dots
-    raw, position, encoded = encode_state_reusing(state, stale)
+    raw, token_entry, encoded = encode_state_reusing(state, stale)
     assert raw == encode_state(state)
-    assert position == encode_position(state.subject, state.context)
-    assert raw.startswith(position)
+    assert token_entry == encode_token_entry(state.subject, state.context)
+    assert raw.startswith(token_entry)
     assert set(encoded) == set(state.observations)
     assert encode_state_reusing(state, encoded).raw == raw
 
@@ -192,15 +195,15 @@ def test_a_state_encoded_reusing_parses_to_the_message_of_the_state(
 
 
 @pytest.mark.parametrize("actors", [0, 1, 9, 1_200])  # each length a varint of 1, 2 or 3 bytes
-def test_a_token_of_positions_parses_to_the_handoff_token_of_those_positions(actors: int) -> None:
+def test_a_token_of_entries_parses_to_the_handoff_token_of_those_positions(actors: int) -> None:
     contexts = [CausalContext({f"n{i}.1.{j:04x}": j + 1 for j in range(actors)}) for i in range(3)]
     subjects = sorted([SUBJECT, OTHER, Subject("acme", SubjectKind.USER, "u" * 200)])
-    positions = [encode_position(s, c) for s, c in zip(subjects, contexts, strict=True)]
-    token = token_of_positions(positions)
+    entries = [encode_token_entry(s, c) for s, c in zip(subjects, contexts, strict=True)]
+    token = token_of_entries(entries)
     parsed = sync_pb2.HandoffToken.FromString(
         base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     )
-    assert list(parsed.positions) == [sync_pb2.SubjectPosition.FromString(p) for p in positions]
+    assert list(parsed.positions) == [sync_pb2.SubjectPosition.FromString(e) for e in entries]
     assert decode_token(token) == dict(zip(subjects, contexts, strict=True))
 
 

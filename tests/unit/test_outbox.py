@@ -29,7 +29,7 @@ def seqs(store: Store) -> list[int]:
 def test_trimming_drops_exactly_the_acknowledged_entries_and_survives_a_reopen(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "db", "n1", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "n1", fsync=False, outbox=True)
     engine = Engine(store)
     for i in range(10):
         observe(engine, f"u{i % 3}", f"k{i}")
@@ -43,7 +43,7 @@ def test_trimming_drops_exactly_the_acknowledged_entries_and_survives_a_reopen(
     del engine, store
     gc.collect()  # RocksDB releases its lock once the column family handles are gone
 
-    store = Store(tmp_path / "db", "n1", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "n1", fsync=False, outbox=True)
     assert store.outbox_first() == 8
     store.trim_outbox(10)
     assert seqs(store) == []
@@ -58,7 +58,7 @@ def test_trimming_after_every_write_leaves_point_deletes_and_no_range_tombstone(
     acknowledgement with range deletes made each outbox read slower by the second. Counted in
     RocksDB's memtable rather than timed: one point delete per trimmed entry, and every other
     memtable entry a write (a range tombstone would be an entry that is neither)."""
-    store = Store(tmp_path / "db", "n1", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "n1", fsync=False, outbox=True)
     engine = Engine(store)
     for i in range(1_500):  # as the replicator does: trim on every acknowledgement, then read
         observe(engine, "u", f"k{i % 20}")
@@ -76,7 +76,7 @@ def test_trimming_after_every_write_leaves_point_deletes_and_no_range_tombstone(
 def test_a_forget_empties_the_subjects_old_deltas_without_leaving_a_hole_in_the_outbox(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "db", "n1", sync=False, outbox=True)
+    store = Store(tmp_path / "db", "n1", fsync=False, outbox=True)
     engine = Engine(store)
     observe(engine, "gone", "secret-one")
     observe(engine, "kept", "public")

@@ -13,7 +13,8 @@ import pytest
 
 from node import validation
 from node.errors import InvalidArgument
-from selfmodel.v1 import model_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2
 
 LIMITS = validation.Limits()
 State = sync_pb2.SubjectState
@@ -39,7 +40,7 @@ def valid() -> State:
         origin="sales",
     )
     o.dot.actor, o.dot.counter = "sales.1", 2
-    o.evidence.add(kind="message", ref="crm://1", quote="we have 10k")
+    o.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="crm://1", quote="we have 10k")
     return msg
 
 
@@ -193,14 +194,17 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
         "[0, 1]",
     ),
     "too much evidence": (
-        lambda m: [obs(m).evidence.add(kind="message") for _ in range(LIMITS.max_evidence)],
+        lambda m: [
+            obs(m).evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE)
+            for _ in range(LIMITS.max_evidence)
+        ],
         "deltas[0].observations[0].evidence",
         f"at most {LIMITS.max_evidence}",
     ),
     "evidence kind": (
-        _set(lambda m: obs(m).evidence[0], "kind", "k" * 33),
+        _set(lambda m: obs(m).evidence[0], "kind", 8),
         "deltas[0].observations[0].evidence[0].kind",
-        "at most 32",
+        "no known evidence kind",
     ),
     "evidence ref": (
         _set(lambda m: obs(m).evidence[0], "ref", "r" * 1025),
@@ -270,7 +274,8 @@ ACCEPTED: dict[str, Callable[[State], object]] = {
     "statement of 2000": _obs_field("statement", "y" * 2000),
     "a normalized statement as key": _obs_field("key", "budget is 10k"),
     "16 evidence items": lambda m: [
-        obs(m).evidence.add(kind="message") for _ in range(LIMITS.max_evidence - 1)
+        obs(m).evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE)
+        for _ in range(LIMITS.max_evidence - 1)
     ],
     "no evidence time": lambda m: obs(m).evidence[0].ClearField("time"),
 }

@@ -7,24 +7,30 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "protos" / "selfmodel" / "v1"
+PROTOS = ROOT / "protos"
 
 
 def test_generated_code_matches_the_proto_files(tmp_path: Path):
     subprocess.run(
-        [sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)],
+        [sys.executable, str(PROTOS / "generate.py"), "--out", str(tmp_path)],
         check=True,
         capture_output=True,
         timeout=120,
     )
-    fresh = {
-        p.relative_to(tmp_path / "selfmodel" / "v1"): p.read_bytes()
-        for p in (tmp_path / "selfmodel" / "v1").iterdir()
-    }
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert fresh, "protoc generated nothing"
     stale = [
         str(name)
         for name, content in sorted(fresh.items())
-        if not (GENERATED / name).exists() or (GENERATED / name).read_bytes() != content
+        if not (PROTOS / name).exists() or (PROTOS / name).read_bytes() != content
     ]
     assert not stale, f"stale generated files {stale}: run `make protos` and commit the result"
+    # Every generated module has its contract: none is left behind by a moved or removed file.
+    kept = {
+        p.relative_to(PROTOS)
+        for p in (PROTOS / "selfmodel").rglob("*_pb2*")
+        if p.suffix in (".py", ".pyi")
+    }
+    assert kept <= set(fresh), (
+        f"generated files without a .proto: {sorted(map(str, kept - set(fresh)))}"
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync.causal import CausalContext, Dot
 from sync.codec import delta_to_proto
 from sync.crdt import NO_ERASE, SubjectState
@@ -37,20 +37,20 @@ def delta(seq: int, statement: str = "", actor: str = ACTOR) -> sync_pb2.Subject
 
 def batch(
     first: int, *deltas: sync_pb2.SubjectState, resent: bool = False
-) -> sync_pb2.ReplicateBatch:
+) -> sync_pb2.ReplicateRequest:
     """Outbox entries ``first``.. of the peer; without deltas, the sender asking for its ack."""
     last = first + len(deltas) - 1
-    msg = sync_pb2.ReplicateBatch(origin=PEER, first_seq=first, last_seq=last, resent=resent)
+    msg = sync_pb2.ReplicateRequest(origin=PEER, first_seq=first, last_seq=last, resent=resent)
     msg.deltas.extend(deltas)
     return msg
 
 
-def entries(first: int, last: int) -> sync_pb2.ReplicateBatch:
+def entries(first: int, last: int) -> sync_pb2.ReplicateRequest:
     return batch(first, *(delta(seq) for seq in range(first, last + 1)))
 
 
-def ask(position: int) -> sync_pb2.ReplicateBatch:
-    return sync_pb2.ReplicateBatch(origin=PEER, first_seq=position + 1, last_seq=position)
+def ask(position: int) -> sync_pb2.ReplicateRequest:
+    return sync_pb2.ReplicateRequest(origin=PEER, first_seq=position + 1, last_seq=position)
 
 
 class Replica:
@@ -126,18 +126,18 @@ class Stream:
         receiver = DeltaReceiver(
             self.replica, self.screen, lambda: WALL_MS, monotonic=self.clock.monotonic
         )
-        self.pending: list[tuple[float, sync_pb2.ReplicateBatch]] = []
+        self.pending: list[tuple[float, sync_pb2.ReplicateRequest]] = []
         self.acks = receiver.receive(PEER, self._requests())
 
-    def _requests(self) -> Iterator[sync_pb2.ReplicateBatch]:
+    def _requests(self) -> Iterator[sync_pb2.ReplicateRequest]:
         while self.pending:
             self.clock.now, msg = self.pending.pop(0)
             yield msg
 
-    def send(self, *msgs: sync_pb2.ReplicateBatch, at: float | None = None) -> None:
+    def send(self, *msgs: sync_pb2.ReplicateRequest, at: float | None = None) -> None:
         self.pending.extend((self.clock.now if at is None else at, m) for m in msgs)
 
-    def ack(self) -> sync_pb2.ReplicateAck:
+    def ack(self) -> sync_pb2.ReplicateResponse:
         """The next acknowledgement; every batch sent must have been taken in by then."""
         ack = next(self.acks)
         assert not self.pending, "acknowledged before taking in every batch sent"
@@ -194,7 +194,7 @@ def test_an_acknowledgement_never_covers_a_delta_not_yet_durable() -> None:
     stream = Stream()
     t = stream.clock.now
 
-    def covered(ack: sync_pb2.ReplicateAck) -> int:
+    def covered(ack: sync_pb2.ReplicateResponse) -> int:
         # When the ack leaves, what it covers is on disk: every delta, and the position.
         replica = stream.replica
         assert replica.durable == len(replica.merged) == ack.acked_seq
@@ -289,7 +289,7 @@ def test_a_deferred_delta_is_named_not_merged_and_not_acknowledged_as_merged() -
     ("msg", "status", "says"),
     [
         (
-            sync_pb2.ReplicateBatch(origin="billing", first_seq=1, last_seq=0),
+            sync_pb2.ReplicateRequest(origin="billing", first_seq=1, last_seq=0),
             "PERMISSION_DENIED",
             "may not send deltas of 'billing'",
         ),
@@ -299,7 +299,7 @@ def test_a_deferred_delta_is_named_not_merged_and_not_acknowledged_as_merged() -
             "deltas[1]: peer support may send dots of its own actors only",
         ),
         (
-            sync_pb2.ReplicateBatch(origin=PEER, first_seq=1, last_seq=3, deltas=[delta(1)]),
+            sync_pb2.ReplicateRequest(origin=PEER, first_seq=1, last_seq=3, deltas=[delta(1)]),
             "INVALID_ARGUMENT",
             "the batch holds 1 deltas for sequences 1..3",
         ),
@@ -307,7 +307,7 @@ def test_a_deferred_delta_is_named_not_merged_and_not_acknowledged_as_merged() -
     ids=["another node's batch", "another node's dot", "a miscounted batch"],
 )
 def test_a_stream_breaking_the_protocol_ends_with_a_status_and_merges_nothing(
-    msg: sync_pb2.ReplicateBatch, status: str, says: str
+    msg: sync_pb2.ReplicateRequest, status: str, says: str
 ) -> None:
     stream = Stream()
     stream.send(msg)

@@ -1,4 +1,4 @@
-"""The sender serializes ReplicateBatch by hand (sync.codec.encode_batch); protobuf must read
+"""The sender serializes ReplicateRequest by hand (sync.codec.encode_batch); protobuf must read
 exactly what it meant."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmodel.v1 import sync_pb2
+from selfmodel.sync.v1 import sync_pb2
 from sync.codec import encode_batch, encode_batch_origin
 from sync.ports import Batch
 
@@ -39,11 +39,13 @@ def test_a_hand_serialized_batch_is_the_bytes_protobuf_would_write(
     origin: str, first: int, last: int, raws: list[bytes], resent: bool
 ) -> None:
     ours = encode_batch(encode_batch_origin(origin), Batch(first, last, raws, 0, resent))
-    expected = sync_pb2.ReplicateBatch(origin=origin, first_seq=first, last_seq=last, resent=resent)
+    expected = sync_pb2.ReplicateRequest(
+        origin=origin, first_seq=first, last_seq=last, resent=resent
+    )
     for raw in raws:
         expected.deltas.add().MergeFromString(raw)
     assert ours == expected.SerializeToString(deterministic=True)
-    parsed = sync_pb2.ReplicateBatch.FromString(ours)
+    parsed = sync_pb2.ReplicateRequest.FromString(ours)
     assert (parsed.origin, parsed.first_seq, parsed.last_seq, parsed.resent) == (
         origin,
         first,
@@ -59,8 +61,8 @@ def test_a_delta_of_any_length_is_framed_as_protobuf_frames_it(length: int) -> N
     msg.subject.id = "x" * length
     raw = msg.SerializeToString(deterministic=True)
     ours = encode_batch(encode_batch_origin("sales"), Batch(7, 7, [raw], 0))
-    parsed = sync_pb2.ReplicateBatch.FromString(ours)
+    parsed = sync_pb2.ReplicateRequest.FromString(ours)
     assert list(parsed.deltas) == [msg]
-    assert ours == sync_pb2.ReplicateBatch(
+    assert ours == sync_pb2.ReplicateRequest(
         origin="sales", first_seq=7, last_seq=7, deltas=[msg]
     ).SerializeToString(deterministic=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from tenacity import RetryCallState
@@ -287,3 +288,45 @@ def test_a_deferred_delta_trimmed_meanwhile_is_left_to_anti_entropy() -> None:
     outbox.read = lambda after, limit, max_bytes: Batch(3, 3, [b"d"], 0)  # type: ignore[method-assign]
     assert list(peer._resends()) == []
     assert peer.delivered == 3
+
+
+class Writing(Growing):
+    """Each read finds one more entry written since the last."""
+
+    def read(self, after: int, limit: int, max_bytes: int = 0) -> Batch | None:
+        self.end += 1
+        return super().read(after, limit, max_bytes)
+
+
+def test_a_batch_right_after_another_lingers_and_carries_what_was_written_meanwhile() -> None:
+    outbox = Writing(0)
+    peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings(linger_s=0.05))
+    stream = peer._batches(0)
+    started = time.monotonic()
+    assert next(stream) == Batch(1, 1, [b"d"], 0)  # nothing sent before: goes at once
+    first = time.monotonic()
+    assert first - started < 0.05
+    # Entry 2 is written just after: it waits out the linger, and entry 3, written meanwhile,
+    # goes in the same batch.
+    assert next(stream) == Batch(2, 3, [b"d", b"d"], 0)
+    assert 0.05 <= time.monotonic() - first < 1.0
+
+
+def test_a_batch_after_a_quiet_spell_does_not_linger() -> None:
+    outbox = Writing(0)
+    peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings(linger_s=0.05))
+    stream = peer._batches(0)
+    next(stream)
+    quiet = time.monotonic() + 0.05
+    while time.monotonic() < quiet:  # the spell passes (bounded: 50 ms)
+        time.sleep(0.01)
+    asked = time.monotonic()
+    assert next(stream) == Batch(2, 2, [b"d"], 0)
+    assert time.monotonic() - asked < 0.05
+
+
+def test_without_a_linger_every_batch_goes_at_once() -> None:
+    outbox = Writing(0)
+    peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings())
+    stream = peer._batches(0)
+    assert [next(stream) for _ in range(3)] == [Batch(i, i, [b"d"], 0) for i in (1, 2, 3)]

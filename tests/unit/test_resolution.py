@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from node.policy import DAY_S, ContextPolicy, PolicyBook
 from node.resolution import (
     Belief,
-    Position,
+    Support,
     evidence_factor,
     explain_slot,
     normalize_statement,
@@ -126,7 +126,7 @@ def test_a_belief_accounts_for_each_kept_observation_once(
     assert [w.observation for w in explanation.observations if w.superseded] == [
         o for o in newest_first if o not in current
     ]
-    positions = [Position(o.source, o.statement, o.confidence, physical_ms(o.hlc)) for o in kept]
+    positions = [Support(o.source, o.statement, o.confidence, physical_ms(o.hlc)) for o in kept]
     assert sorted([*belief.supporters, *belief.dissenters], key=repr) == sorted(positions, key=repr)
     winner = normalize_statement(belief.statement)
     assert all(normalize_statement(p.statement) == winner for p in belief.supporters)
@@ -248,8 +248,8 @@ def test_the_newer_more_confident_better_evidenced_source_wins_and_the_loser_dis
         assert belief.statement == "25 people"
         assert belief.key == "team_size"
         assert not belief.uncertain
-        assert belief.supporters == (Position("support_agent", "25 people", 0.85, NOW - HOUR_MS),)
-        assert belief.dissenters == (Position("sales_agent", "10 people", 0.6, NOW - 2 * DAY_MS),)
+        assert belief.supporters == (Support("support_agent", "25 people", 0.85, NOW - HOUR_MS),)
+        assert belief.dissenters == (Support("sales_agent", "10 people", 0.6, NOW - 2 * DAY_MS),)
         discount = ContextPolicy().evidence_discount
         expected = 0.85 * evidence_factor(2, discount)  # the newest of its slot: no decay
         assert belief.confidence == pytest.approx(expected, abs=1e-6)
@@ -575,7 +575,7 @@ def _shifted(obs: list[Observation], by_ms: int) -> list[Observation]:
 
 
 def _without_times(beliefs: list[Belief]) -> list[tuple[Any, ...]]:
-    def stances(ps: tuple[Position, ...]) -> tuple[tuple[str, str, float], ...]:
+    def stances(ps: tuple[Support, ...]) -> tuple[tuple[str, str, float], ...]:
         return tuple((p.source, p.statement, p.confidence) for p in ps)
 
     return [

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from node import validation
 from node.errors import InvalidArgument
 from node.validation import Limits
-from selfmodel.v1 import model_pb2, selfmodel_pb2, sync_pb2
+from selfmodel.sync.v1 import sync_pb2
+from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import MAX_COUNTER, CausalContext, Dot, counter_in_range
 from sync.codec import encode_token
 from sync.observation import Subject, SubjectKind
@@ -21,7 +22,7 @@ def test_an_evidence_time_becomes_what_protobuf_reads_as_its_milliseconds(second
         context="budget",
         statement="has a budget",
         confidence=0.5,
-        evidence=[model_pb2.Evidence(kind="message", ref="m1")],
+        evidence=[model_pb2.Evidence(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="m1")],
     )
     request.evidence[0].time.seconds, request.evidence[0].time.nanos = seconds, nanos
     item = validation.observation(request, "", validation.Limits())

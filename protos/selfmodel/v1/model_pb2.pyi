@@ -40,6 +40,72 @@ SUBJECT_KIND_TEAM: SubjectKind.ValueType  # 2
 SUBJECT_KIND_ORG: SubjectKind.ValueType  # 3
 Global___SubjectKind: _TypeAlias = SubjectKind  # noqa: Y015
 
+class _EvidenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvidenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_KIND_UNSPECIFIED: _EvidenceKind.ValueType  # 0
+    """Not said: Observe refuses it (INVALID_ARGUMENT naming `evidence[i].kind`)."""
+    EVIDENCE_KIND_MESSAGE: _EvidenceKind.ValueType  # 1
+    """A chat, email or other written message from or to the subject."""
+    EVIDENCE_KIND_TICKET: _EvidenceKind.ValueType  # 2
+    """A support or work ticket."""
+    EVIDENCE_KIND_CALL: _EvidenceKind.ValueType  # 3
+    """A phone or video call."""
+    EVIDENCE_KIND_MEETING: _EvidenceKind.ValueType  # 4
+    """A meeting in person."""
+    EVIDENCE_KIND_DOCUMENT: _EvidenceKind.ValueType  # 5
+    """A document: a contract, a form, a note."""
+    EVIDENCE_KIND_RECORD: _EvidenceKind.ValueType  # 6
+    """A record in another system (a CRM deal, an order)."""
+    EVIDENCE_KIND_OTHER: _EvidenceKind.ValueType  # 7
+    """Something else; say what in `ref` or `quote`."""
+
+class EvidenceKind(_EvidenceKind, metaclass=_EvidenceKindEnumTypeWrapper):
+    """What kind of thing a piece of evidence is."""
+
+EVIDENCE_KIND_UNSPECIFIED: EvidenceKind.ValueType  # 0
+"""Not said: Observe refuses it (INVALID_ARGUMENT naming `evidence[i].kind`)."""
+EVIDENCE_KIND_MESSAGE: EvidenceKind.ValueType  # 1
+"""A chat, email or other written message from or to the subject."""
+EVIDENCE_KIND_TICKET: EvidenceKind.ValueType  # 2
+"""A support or work ticket."""
+EVIDENCE_KIND_CALL: EvidenceKind.ValueType  # 3
+"""A phone or video call."""
+EVIDENCE_KIND_MEETING: EvidenceKind.ValueType  # 4
+"""A meeting in person."""
+EVIDENCE_KIND_DOCUMENT: EvidenceKind.ValueType  # 5
+"""A document: a contract, a form, a note."""
+EVIDENCE_KIND_RECORD: EvidenceKind.ValueType  # 6
+"""A record in another system (a CRM deal, an order)."""
+EVIDENCE_KIND_OTHER: EvidenceKind.ValueType  # 7
+"""Something else; say what in `ref` or `quote`."""
+Global___EvidenceKind: _TypeAlias = EvidenceKind  # noqa: Y015
+
+class _Policy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Policy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_UNSPECIFIED: _Policy.ValueType  # 0
+    POLICY_WEIGHTED: _Policy.ValueType  # 1
+    """The strongest support wins: the noisy-OR of each statement's independent weights."""
+    POLICY_LATEST: _Policy.ValueType  # 2
+    """The statement of the newest counted observation wins."""
+
+class Policy(_Policy, metaclass=_PolicyEnumTypeWrapper):
+    """How a context resolves its competing observations (docs/semantics.md)."""
+
+POLICY_UNSPECIFIED: Policy.ValueType  # 0
+POLICY_WEIGHTED: Policy.ValueType  # 1
+"""The strongest support wins: the noisy-OR of each statement's independent weights."""
+POLICY_LATEST: Policy.ValueType  # 2
+"""The statement of the newest counted observation wins."""
+Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
 @_typing.final
 class Subject(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -75,8 +141,7 @@ class Evidence(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """e.g. "message", "ticket", "call" """
+    kind: Global___EvidenceKind.ValueType
     ref: _builtins.str
     """where to find it, e.g. "crm://deal/4411" """
     quote: _builtins.str
@@ -86,7 +151,7 @@ class Evidence(_message.Message):
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
+        kind: Global___EvidenceKind.ValueType = ...,
         ref: _builtins.str = ...,
         quote: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
@@ -101,7 +166,7 @@ Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
 
 @_typing.final
 class Support(_message.Message):
-    """One source's position in a slot, as shown in a belief."""
+    """One source's position in a slot, as shown in a belief, with what it weighs there."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -109,9 +174,31 @@ class Support(_message.Message):
     STATEMENT_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    RELIABILITY_FIELD_NUMBER: _builtins.int
+    RECENCY_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FACTOR_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
+    """The confidence the source reported (ObserveRequest.confidence), as it was written."""
+    weight: _builtins.float
+    """What the position weighs in the slot: weight = confidence x reliability x recency x
+    evidence_factor (ExplainBelief shows the same factors, and why).
+    """
+    reliability: _builtins.float
+    """The operators' reliability of the source in this context (policy; 1 unless set)."""
+    recency: _builtins.float
+    """0.5 ^ (age / half-life), the age measured from the slot's newest observation (1 for the
+    newest, and in a context without decay).
+    """
+    evidence_factor: _builtins.float
+    """1 - evidence_discount x 0.5 ^ (pieces of evidence): 0.9 without evidence by default."""
+    counted: _builtins.bool
+    """The weight counts in its statement's support: false when it is below the context's minimum
+    while another observation of the slot is not, or when it adds no independent support.
+    """
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -121,10 +208,15 @@ class Support(_message.Message):
         statement: _builtins.str = ...,
         confidence: _builtins.float = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        weight: _builtins.float = ...,
+        reliability: _builtins.float = ...,
+        recency: _builtins.float = ...,
+        evidence_factor: _builtins.float = ...,
+        counted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "observed_at", b"observed_at", "source", b"source", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "counted", b"counted", "evidence_factor", b"evidence_factor", "observed_at", b"observed_at", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,12 +246,14 @@ class Belief(_message.Message):
     key: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
-    """The winning statement's support, under every policy: the noisy-OR of its observations'
-    weights (confidence x reliability x recency within the slot x evidence).
+    """The winning statement's support, under every policy: the noisy-OR of its counted
+    supporters' weights, 1 - (1 - w1)(1 - w2)..., each weight being the reported confidence x
+    reliability x recency within the slot x evidence factor. One supporter at 0.82 without
+    evidence reads back as 0.82 x 0.9 = 0.738 (the default evidence discount is 0.1).
     """
     uncertain: _builtins.bool
     """True exactly when `confidence` is below its context's minimum confidence: kept, not a fact."""
-    policy: _builtins.str
+    policy: Global___Policy.ValueType
     supporter_count: _builtins.int
     """How many sources support and dissent, whether or not the reply lists them all
     (GetSelfModelRequest.max_positions).
@@ -184,7 +278,7 @@ class Belief(_message.Message):
         dissenters: _abc.Iterable[Global___Support] | None = ...,
         uncertain: _builtins.bool = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
-        policy: _builtins.str = ...,
+        policy: Global___Policy.ValueType = ...,
         supporter_count: _builtins.int = ...,
         dissenter_count: _builtins.int = ...,
     ) -> None: ...
@@ -202,12 +296,35 @@ class SelfModelSnapshot(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ContextMinConfidenceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SUBJECT_FIELD_NUMBER: _builtins.int
     BELIEFS_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     RESOLVED_AT_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    UNCERTAIN_OMITTED_FIELD_NUMBER: _builtins.int
+    BELOW_MIN_CONFIDENCE_OMITTED_FIELD_NUMBER: _builtins.int
+    CONTEXT_MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     handoff_token: _builtins.str
     """The node's causal position for this subject when the model was read."""
     node: _builtins.str
@@ -215,12 +332,26 @@ class SelfModelSnapshot(_message.Message):
     """With GetSelfModelRequest.page_size: pass as page_token for the next page; empty once the
     last belief was sent.
     """
+    uncertain_omitted: _builtins.int
+    """What the reader did not see, of the contexts it read: beliefs left out because they are
+    uncertain (below their context's minimum confidence) and include_uncertain was false ...
+    """
+    below_min_confidence_omitted: _builtins.int
+    """... and beliefs left out because their confidence is below the request's min_confidence
+    (those not counted in uncertain_omitted).
+    """
     @_builtins.property
     def subject(self) -> Global___Subject: ...
     @_builtins.property
     def beliefs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Belief]: ...
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def context_min_confidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The minimum confidence in force in each context read (each context of the subject when the
+        read named none): a belief below its context's minimum is uncertain.
+        """
+
     def __init__(
         self,
         *,
@@ -230,10 +361,13 @@ class SelfModelSnapshot(_message.Message):
         resolved_at: _timestamp_pb2.Timestamp | None = ...,
         node: _builtins.str = ...,
         next_page_token: _builtins.str = ...,
+        uncertain_omitted: _builtins.int = ...,
+        below_min_confidence_omitted: _builtins.int = ...,
+        context_min_confidence: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

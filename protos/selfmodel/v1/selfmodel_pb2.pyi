@@ -3,8 +3,19 @@
 isort:skip_file
 The agent API: write observations about a subject, read its resolved self-model.
 
-The source of an observation is never part of a request: it is the caller's authenticated
-identity (call metadata), so attribution cannot be forged.
+Who calls, in call metadata (docs/clients.md):
+- `authorization: Bearer <token>` on every call of a node with a token file: the token names
+  the agent (the source of every observation it writes), its tenant, its role and the
+  contexts and domains it may write. No token: UNAUTHENTICATED.
+- `x-agent-id: <agent id>` in development mode only (a node without a token file): names
+  the agent; without it, writes are credited to `anonymous`. Any tenant is accepted there.
+The source of an observation is never part of a request, so attribution cannot be forged.
+
+Tenant: every Subject names its tenant; a call on a subject of another tenant than the
+token's is PERMISSION_DENIED, whether or not the subject exists.
+
+Defaults: a field whose zero value would be a valid input is either `optional` and required
+by presence (INVALID_ARGUMENT naming it when absent), or says here what its zero means.
 """
 
 from collections import abc as _abc
@@ -37,10 +48,22 @@ class ObserveRequest(_message.Message):
     BASED_ON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     context: _builtins.str
+    """Required: snake_case, e.g. "purchase_motivation"."""
     key: _builtins.str
-    """Optional: without it the slot's key is the normalized statement."""
+    """Optional: a slot key (a-z, 0-9, _ . -, starting with a letter or digit), e.g. "team_size":
+    observations with the same key compete. Empty: the slot's key is the normalized
+    statement, so different statements sit side by side. Normalizing (docs/clients.md, with
+    test vectors in docs/slot_keys.json): every run of whitespace becomes one space; trailing
+    spaces, periods and exclamation marks go; leading spaces go; then Unicode case folding.
+    "  Prefers  Email. " is "prefers email". ObserveResponse.key says which key was used.
+    """
     statement: _builtins.str
+    """Required, not blank."""
     confidence: _builtins.float
+    """Required: how sure the agent is, within [0, 1]. Absent: INVALID_ARGUMENT naming
+    `confidence` (it never defaults to 0). The belief's confidence is this times the source's
+    reliability, recency and evidence factor (Support, ExplainBelief).
+    """
     based_on: _builtins.str
     """Optional: the handoff token of the read of this subject the agent based this observation
     on (the Python client sets it after a read). Re-asserting what another source said there,
@@ -64,16 +87,18 @@ class ObserveRequest(_message.Message):
         context: _builtins.str = ...,
         key: _builtins.str = ...,
         statement: _builtins.str = ...,
-        confidence: _builtins.float = ...,
+        confidence: _builtins.float | None = ...,
         evidence: _abc.Iterable[_model_pb2.Evidence] | None = ...,
         based_on: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "confidence", b"confidence", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["based_on", b"based_on", "confidence", b"confidence", "context", b"context", "evidence", b"evidence", "idempotency_key", b"idempotency_key", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "based_on", b"based_on", "confidence", b"confidence", "context", b"context", "evidence", b"evidence", "idempotency_key", b"idempotency_key", "key", b"key", "statement", b"statement", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
+    _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence) -> _WhichOneofReturnType__confidence | None: ...
 
 Global___ObserveRequest: _TypeAlias = ObserveRequest  # noqa: Y015
 
@@ -85,8 +110,13 @@ class ObserveResponse(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
+    """"<actor>:<counter>": the node incarnation that recorded it and its counter for the subject."""
     key: _builtins.str
+    """The slot's key: the request's key, or the normalized statement when it had none. Retract
+    and ExplainBelief accept it (and the statement as written).
+    """
     handoff_token: _builtins.str
+    """Opaque: pass it as `at_least` to a read on any node to see this write there."""
     def __init__(
         self,
         *,
@@ -161,6 +191,10 @@ class RetractRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
+    """Required: the slot's key as Observe was given it, or, for a slot written without a key,
+    its statement as written (normalized here as Observe normalizes it) or the key Observe
+    returned. A value that is a valid slot key is taken as that key.
+    """
     source: _builtins.str
     """Whose observations to withdraw; empty means the caller. Only an operator may name another."""
     idempotency_key: _builtins.str
@@ -228,11 +262,20 @@ class GetSelfModelRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     MAX_POSITIONS_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
+    """A floor of the reader's own, within [0, 1]; beliefs below it are left out and counted in
+    SelfModelSnapshot.below_min_confidence_omitted. 0 (the default): no floor beyond each
+    context's minimum confidence.
+    """
     include_uncertain: _builtins.bool
+    """Also show uncertain beliefs (below their context's minimum confidence, flagged
+    `uncertain`). False (the default): they are left out and counted in
+    SelfModelSnapshot.uncertain_omitted. The command line's `show` does the same.
+    """
     at_least: _builtins.str
-    """A handoff token: wait (within the call's deadline) until this node has merged that position.
-    It must name this subject (else INVALID_ARGUMENT), and a position some node has issued
-    (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
+    """A handoff token: read once this node has merged that position. It must name this subject
+    (else INVALID_ARGUMENT), and a position some node has issued (else INVALID_ARGUMENT); one
+    not merged yet is answered at once UNAVAILABLE (HANDOFF_POSITION_PENDING, with RetryInfo):
+    ask again until the call's deadline. A node never holds the read waiting.
     """
     page_size: _builtins.int
     """Optional paging of the beliefs, in (context, key) order: at most this many per reply. 0
@@ -278,6 +321,26 @@ class GetSelfModelRequest(_message.Message):
 Global___GetSelfModelRequest: _TypeAlias = GetSelfModelRequest  # noqa: Y015
 
 @_typing.final
+class GetSelfModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _model_pb2.SelfModelSnapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: _model_pb2.SelfModelSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSelfModelResponse: _TypeAlias = GetSelfModelResponse  # noqa: Y015
+
+@_typing.final
 class ExplainBeliefRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -287,7 +350,9 @@ class ExplainBeliefRequest(_message.Message):
     AT_LEAST_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
+    """Required: as in RetractRequest.key (a key, or the statement of a slot without one)."""
     at_least: _builtins.str
+    """Optional: a handoff token to read at, as in GetSelfModelRequest.at_least."""
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     def __init__(
@@ -329,11 +394,14 @@ class ObservationWeight(_message.Message):
     source: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
+    """The confidence the source reported."""
     origin_node: _builtins.str
     weight: _builtins.float
     """The observation's weight in the resolution and its factors: weight = confidence x
     reliability x recency x evidence_factor, recency decaying with the observation's age
-    relative to the newest observation of the slot (never to the reader's clock).
+    relative to the newest observation of the slot (never to the reader's clock):
+    0.5 ^ (age / half_life), and evidence_factor = 1 - evidence_discount x 0.5 ^ (pieces of
+    evidence cited).
     """
     reliability: _builtins.float
     recency: _builtins.float
@@ -414,7 +482,7 @@ class Candidate(_message.Message):
 Global___Candidate: _TypeAlias = Candidate  # noqa: Y015
 
 @_typing.final
-class Explanation(_message.Message):
+class ExplainBeliefResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_FIELD_NUMBER: _builtins.int
@@ -426,12 +494,23 @@ class Explanation(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_DISCOUNT_FIELD_NUMBER: _builtins.int
+    HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
-    policy: _builtins.str
+    policy: _model_pb2.Policy.ValueType
     reason: _builtins.str
     """Why the winner won, in a sentence."""
     handoff_token: _builtins.str
+    min_confidence: _builtins.float
+    """The context's policy in force: below this a belief is uncertain, and an observation's
+    weight below it counts only when every observation of the slot is below it.
+    """
+    evidence_discount: _builtins.float
+    """An observation without evidence weighs 1 - this; each piece of evidence halves it."""
+    half_life_days: _builtins.float
+    """Recency halves an observation's weight every half-life; absent: the context does not decay."""
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -446,20 +525,25 @@ class Explanation(_message.Message):
         subject: _model_pb2.Subject | None = ...,
         context: _builtins.str = ...,
         key: _builtins.str = ...,
-        policy: _builtins.str = ...,
+        policy: _model_pb2.Policy.ValueType = ...,
         belief: _model_pb2.Belief | None = ...,
         observations: _abc.Iterable[Global___ObservationWeight] | None = ...,
         candidates: _abc.Iterable[Global___Candidate] | None = ...,
         reason: _builtins.str = ...,
         handoff_token: _builtins.str = ...,
+        min_confidence: _builtins.float = ...,
+        evidence_discount: _builtins.float = ...,
+        half_life_days: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["belief", b"belief", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "half_life_days", b"half_life_days", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["belief", b"belief", "candidates", b"candidates", "context", b"context", "handoff_token", b"handoff_token", "key", b"key", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "candidates", b"candidates", "context", b"context", "evidence_discount", b"evidence_discount", "half_life_days", b"half_life_days", "handoff_token", b"handoff_token", "key", b"key", "min_confidence", b"min_confidence", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__half_life_days: _TypeAlias = _typing.Literal["half_life_days"]  # noqa: Y015
+    _WhichOneofArgType__half_life_days: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__half_life_days) -> _WhichOneofReturnType__half_life_days | None: ...
 
-Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+Global___ExplainBeliefResponse: _TypeAlias = ExplainBeliefResponse  # noqa: Y015
 
 @_typing.final
 class WatchSelfModelRequest(_message.Message):
@@ -474,7 +558,11 @@ class WatchSelfModelRequest(_message.Message):
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
-    def contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def contexts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As in GetSelfModelRequest: empty means all; 0 means no floor of the reader's own; false
+        leaves uncertain beliefs out (counted in each snapshot).
+        """
+
     def __init__(
         self,
         *,
@@ -490,6 +578,28 @@ class WatchSelfModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSelfModelRequest: _TypeAlias = WatchSelfModelRequest  # noqa: Y015
+
+@_typing.final
+class WatchSelfModelResponse(_message.Message):
+    """One model of the watched subject: the first is the model when the watch began."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _model_pb2.SelfModelSnapshot: ...
+    def __init__(
+        self,
+        *,
+        snapshot: _model_pb2.SelfModelSnapshot | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSelfModelResponse: _TypeAlias = WatchSelfModelResponse  # noqa: Y015
 
 @_typing.final
 class ForgetSubjectRequest(_message.Message):
@@ -725,8 +835,8 @@ class ContextPolicy(_message.Message):
     EVIDENCE_DISCOUNT_FIELD_NUMBER: _builtins.int
     MAX_OBSERVATIONS_FIELD_NUMBER: _builtins.int
     context: _builtins.str
-    policy: _builtins.str
-    """"weighted" or "latest" (docs/semantics.md)."""
+    policy: _model_pb2.Policy.ValueType
+    """How the context resolves competing observations (docs/semantics.md)."""
     min_confidence: _builtins.float
     """Beliefs below it are uncertain: hidden from reads unless include_uncertain is set."""
     half_life_seconds: _builtins.float
@@ -741,7 +851,7 @@ class ContextPolicy(_message.Message):
         self,
         *,
         context: _builtins.str = ...,
-        policy: _builtins.str = ...,
+        policy: _model_pb2.Policy.ValueType = ...,
         min_confidence: _builtins.float = ...,
         half_life_seconds: _builtins.float = ...,
         evidence_discount: _builtins.float = ...,

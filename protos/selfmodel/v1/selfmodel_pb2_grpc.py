@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 from selfmodel.v1 import selfmodel_pb2 as selfmodel_dot_v1_dot_selfmodel__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -26,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SelfModelStub:
+class SelfModelServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -36,63 +35,63 @@ class SelfModelStub:
             channel: A grpc.Channel.
         """
         self.Observe = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/Observe',
+                '/selfmodel.v1.SelfModelService/Observe',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ObserveRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ObserveResponse.FromString,
                 _registered_method=True)
         self.ObserveBatch = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/ObserveBatch',
+                '/selfmodel.v1.SelfModelService/ObserveBatch',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ObserveBatchRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ObserveBatchResponse.FromString,
                 _registered_method=True)
         self.Retract = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/Retract',
+                '/selfmodel.v1.SelfModelService/Retract',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.RetractRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.RetractResponse.FromString,
                 _registered_method=True)
         self.GetSelfModel = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/GetSelfModel',
+                '/selfmodel.v1.SelfModelService/GetSelfModel',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.FromString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelResponse.FromString,
                 _registered_method=True)
         self.ExplainBelief = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/ExplainBelief',
+                '/selfmodel.v1.SelfModelService/ExplainBelief',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.Explanation.FromString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefResponse.FromString,
                 _registered_method=True)
         self.WatchSelfModel = channel.unary_stream(
-                '/selfmodel.v1.SelfModel/WatchSelfModel',
+                '/selfmodel.v1.SelfModelService/WatchSelfModel',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.FromString,
+                response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelResponse.FromString,
                 _registered_method=True)
         self.ForgetSubject = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/ForgetSubject',
+                '/selfmodel.v1.SelfModelService/ForgetSubject',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectResponse.FromString,
                 _registered_method=True)
         self.ListSubjects = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/ListSubjects',
+                '/selfmodel.v1.SelfModelService/ListSubjects',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsResponse.FromString,
                 _registered_method=True)
         self.ListContexts = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/ListContexts',
+                '/selfmodel.v1.SelfModelService/ListContexts',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsResponse.FromString,
                 _registered_method=True)
         self.BatchGetSelfModels = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/BatchGetSelfModels',
+                '/selfmodel.v1.SelfModelService/BatchGetSelfModels',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsResponse.FromString,
                 _registered_method=True)
         self.GetPolicy = channel.unary_unary(
-                '/selfmodel.v1.SelfModel/GetPolicy',
+                '/selfmodel.v1.SelfModelService/GetPolicy',
                 request_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyResponse.FromString,
                 _registered_method=True)
 
 
-class SelfModelServicer:
+class SelfModelServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Observe(self, request, context):
@@ -178,7 +177,7 @@ class SelfModelServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SelfModelServicer_to_server(servicer, server):
+def add_SelfModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Observe': grpc.unary_unary_rpc_method_handler(
                     servicer.Observe,
@@ -198,17 +197,17 @@ def add_SelfModelServicer_to_server(servicer, server):
             'GetSelfModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSelfModel,
                     request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.SerializeToString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelResponse.SerializeToString,
             ),
             'ExplainBelief': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainBelief,
                     request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.Explanation.SerializeToString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefResponse.SerializeToString,
             ),
             'WatchSelfModel': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSelfModel,
                     request_deserializer=selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.SerializeToString,
+                    response_serializer=selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelResponse.SerializeToString,
             ),
             'ForgetSubject': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetSubject,
@@ -237,13 +236,13 @@ def add_SelfModelServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'selfmodel.v1.SelfModel', rpc_method_handlers)
+            'selfmodel.v1.SelfModelService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('selfmodel.v1.SelfModel', rpc_method_handlers)
+    server.add_registered_method_handlers('selfmodel.v1.SelfModelService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SelfModel:
+class SelfModelService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -260,7 +259,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/Observe',
+            '/selfmodel.v1.SelfModelService/Observe',
             selfmodel_dot_v1_dot_selfmodel__pb2.ObserveRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ObserveResponse.FromString,
             options,
@@ -287,7 +286,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/ObserveBatch',
+            '/selfmodel.v1.SelfModelService/ObserveBatch',
             selfmodel_dot_v1_dot_selfmodel__pb2.ObserveBatchRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ObserveBatchResponse.FromString,
             options,
@@ -314,7 +313,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/Retract',
+            '/selfmodel.v1.SelfModelService/Retract',
             selfmodel_dot_v1_dot_selfmodel__pb2.RetractRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.RetractResponse.FromString,
             options,
@@ -341,9 +340,9 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/GetSelfModel',
+            '/selfmodel.v1.SelfModelService/GetSelfModel',
             selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelRequest.SerializeToString,
-            selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.FromString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.GetSelfModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -368,9 +367,9 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/ExplainBelief',
+            '/selfmodel.v1.SelfModelService/ExplainBelief',
             selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefRequest.SerializeToString,
-            selfmodel_dot_v1_dot_selfmodel__pb2.Explanation.FromString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.ExplainBeliefResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -395,9 +394,9 @@ class SelfModel:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/selfmodel.v1.SelfModel/WatchSelfModel',
+            '/selfmodel.v1.SelfModelService/WatchSelfModel',
             selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelRequest.SerializeToString,
-            selfmodel_dot_v1_dot_model__pb2.SelfModelSnapshot.FromString,
+            selfmodel_dot_v1_dot_selfmodel__pb2.WatchSelfModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -422,7 +421,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/ForgetSubject',
+            '/selfmodel.v1.SelfModelService/ForgetSubject',
             selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ForgetSubjectResponse.FromString,
             options,
@@ -449,7 +448,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/ListSubjects',
+            '/selfmodel.v1.SelfModelService/ListSubjects',
             selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ListSubjectsResponse.FromString,
             options,
@@ -476,7 +475,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/ListContexts',
+            '/selfmodel.v1.SelfModelService/ListContexts',
             selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.ListContextsResponse.FromString,
             options,
@@ -503,7 +502,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/BatchGetSelfModels',
+            '/selfmodel.v1.SelfModelService/BatchGetSelfModels',
             selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.BatchGetSelfModelsResponse.FromString,
             options,
@@ -530,7 +529,7 @@ class SelfModel:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.SelfModel/GetPolicy',
+            '/selfmodel.v1.SelfModelService/GetPolicy',
             selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyRequest.SerializeToString,
             selfmodel_dot_v1_dot_selfmodel__pb2.GetPolicyResponse.FromString,
             options,

@@ -3,13 +3,23 @@
 isort:skip_file
 The agent API: write observations about a subject, read its resolved self-model.
 
-The source of an observation is never part of a request: it is the caller's authenticated
-identity (call metadata), so attribution cannot be forged.
+Who calls, in call metadata (docs/clients.md):
+- `authorization: Bearer <token>` on every call of a node with a token file: the token names
+  the agent (the source of every observation it writes), its tenant, its role and the
+  contexts and domains it may write. No token: UNAUTHENTICATED.
+- `x-agent-id: <agent id>` in development mode only (a node without a token file): names
+  the agent; without it, writes are credited to `anonymous`. Any tenant is accepted there.
+The source of an observation is never part of a request, so attribution cannot be forged.
+
+Tenant: every Subject names its tenant; a call on a subject of another tenant than the
+token's is PERMISSION_DENIED, whether or not the subject exists.
+
+Defaults: a field whose zero value would be a valid input is either `optional` and required
+by presence (INVALID_ARGUMENT naming it when absent), or says here what its zero means.
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from selfmodel.v1 import model_pb2 as _model_pb2
 from selfmodel.v1 import selfmodel_pb2 as _selfmodel_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -31,22 +41,22 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class SelfModelStub:
+class SelfModelServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> SelfModelAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> SelfModelServiceAsyncStub: ...
     Observe: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ObserveRequest, _selfmodel_pb2.ObserveResponse]
     """Records what the calling agent observed; replaces its earlier observation in the same slot."""
     ObserveBatch: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ObserveBatchRequest, _selfmodel_pb2.ObserveBatchResponse]
     """Several observations, validated together: either all are recorded or none."""
     Retract: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.RetractRequest, _selfmodel_pb2.RetractResponse]
     """Withdraws the caller's observations in a slot (an operator may name another source)."""
-    GetSelfModel: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.GetSelfModelRequest, _model_pb2.SelfModelSnapshot]
+    GetSelfModel: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.GetSelfModelRequest, _selfmodel_pb2.GetSelfModelResponse]
     """The resolved beliefs of a subject."""
-    ExplainBelief: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.Explanation]
+    ExplainBelief: _grpc.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.ExplainBeliefResponse]
     """Every observation of one slot, its weight, and why the winner won."""
-    WatchSelfModel: _grpc.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _model_pb2.SelfModelSnapshot]
+    WatchSelfModel: _grpc.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _selfmodel_pb2.WatchSelfModelResponse]
     """The subject's model now, then again after every change to it (a slow reader gets the
     latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
     revoked, removed or narrowed.
@@ -68,7 +78,7 @@ class SelfModelStub:
     """The resolution settings in force for some contexts (or the default)."""
 
 @_typing.type_check_only
-class SelfModelAsyncStub(SelfModelStub):
+class SelfModelServiceAsyncStub(SelfModelServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Observe: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ObserveRequest, _selfmodel_pb2.ObserveResponse]  # type: ignore[assignment]
     """Records what the calling agent observed; replaces its earlier observation in the same slot."""
@@ -76,11 +86,11 @@ class SelfModelAsyncStub(SelfModelStub):
     """Several observations, validated together: either all are recorded or none."""
     Retract: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.RetractRequest, _selfmodel_pb2.RetractResponse]  # type: ignore[assignment]
     """Withdraws the caller's observations in a slot (an operator may name another source)."""
-    GetSelfModel: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.GetSelfModelRequest, _model_pb2.SelfModelSnapshot]  # type: ignore[assignment]
+    GetSelfModel: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.GetSelfModelRequest, _selfmodel_pb2.GetSelfModelResponse]  # type: ignore[assignment]
     """The resolved beliefs of a subject."""
-    ExplainBelief: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.Explanation]  # type: ignore[assignment]
+    ExplainBelief: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.ExplainBeliefRequest, _selfmodel_pb2.ExplainBeliefResponse]  # type: ignore[assignment]
     """Every observation of one slot, its weight, and why the winner won."""
-    WatchSelfModel: _aio.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _model_pb2.SelfModelSnapshot]  # type: ignore[assignment]
+    WatchSelfModel: _aio.UnaryStreamMultiCallable[_selfmodel_pb2.WatchSelfModelRequest, _selfmodel_pb2.WatchSelfModelResponse]  # type: ignore[assignment]
     """The subject's model now, then again after every change to it (a slow reader gets the
     latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
     revoked, removed or narrowed.
@@ -101,7 +111,7 @@ class SelfModelAsyncStub(SelfModelStub):
     GetPolicy: _aio.UnaryUnaryMultiCallable[_selfmodel_pb2.GetPolicyRequest, _selfmodel_pb2.GetPolicyResponse]  # type: ignore[assignment]
     """The resolution settings in force for some contexts (or the default)."""
 
-class SelfModelServicer(metaclass=_abc_1.ABCMeta):
+class SelfModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Observe(
         self,
@@ -131,7 +141,7 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _selfmodel_pb2.GetSelfModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_model_pb2.SelfModelSnapshot, _abc.Awaitable[_model_pb2.SelfModelSnapshot]]:
+    ) -> _typing.Union[_selfmodel_pb2.GetSelfModelResponse, _abc.Awaitable[_selfmodel_pb2.GetSelfModelResponse]]:
         """The resolved beliefs of a subject."""
 
     @_abc_1.abstractmethod
@@ -139,7 +149,7 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _selfmodel_pb2.ExplainBeliefRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_selfmodel_pb2.Explanation, _abc.Awaitable[_selfmodel_pb2.Explanation]]:
+    ) -> _typing.Union[_selfmodel_pb2.ExplainBeliefResponse, _abc.Awaitable[_selfmodel_pb2.ExplainBeliefResponse]]:
         """Every observation of one slot, its weight, and why the winner won."""
 
     @_abc_1.abstractmethod
@@ -147,7 +157,7 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _selfmodel_pb2.WatchSelfModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_model_pb2.SelfModelSnapshot], _abc.AsyncIterator[_model_pb2.SelfModelSnapshot]]:
+    ) -> _typing.Union[_abc.Iterator[_selfmodel_pb2.WatchSelfModelResponse], _abc.AsyncIterator[_selfmodel_pb2.WatchSelfModelResponse]]:
         """The subject's model now, then again after every change to it (a slow reader gets the
         latest model only). Ends UNAUTHENTICATED or PERMISSION_DENIED once the caller's token is
         revoked, removed or narrowed.
@@ -198,4 +208,4 @@ class SelfModelServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_selfmodel_pb2.GetPolicyResponse, _abc.Awaitable[_selfmodel_pb2.GetPolicyResponse]]:
         """The resolution settings in force for some contexts (or the default)."""
 
-def add_SelfModelServicer_to_server(servicer: SelfModelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_SelfModelServiceServicer_to_server(servicer: SelfModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from selfmodel.v1 import admin_pb2 as selfmodel_dot_v1_dot_admin__pb2
+from selfmodel.admin.v1 import admin_pb2 as selfmodel_dot_admin_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in selfmodel/v1/admin_pb2_grpc.py depends on'
+        + ' but the generated code in selfmodel/admin/v1/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class AdminStub:
+class AdminServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,18 +35,18 @@ class AdminStub:
             channel: A grpc.Channel.
         """
         self.GetStatus = channel.unary_unary(
-                '/selfmodel.v1.Admin/GetStatus',
-                request_serializer=selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_admin__pb2.NodeStatus.FromString,
+                '/selfmodel.admin.v1.AdminService/GetStatus',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
         self.ListAudit = channel.unary_unary(
-                '/selfmodel.v1.Admin/ListAudit',
-                request_serializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                '/selfmodel.admin.v1.AdminService/ListAudit',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
 
 
-class AdminServicer:
+class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetStatus(self, request, context):
@@ -64,27 +64,27 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AdminServicer_to_server(servicer, server):
+def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_admin__pb2.NodeStatus.SerializeToString,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
-                    request_deserializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'selfmodel.v1.Admin', rpc_method_handlers)
+            'selfmodel.admin.v1.AdminService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('selfmodel.v1.Admin', rpc_method_handlers)
+    server.add_registered_method_handlers('selfmodel.admin.v1.AdminService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Admin:
+class AdminService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -101,9 +101,9 @@ class Admin:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Admin/GetStatus',
-            selfmodel_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
-            selfmodel_dot_v1_dot_admin__pb2.NodeStatus.FromString,
+            '/selfmodel.admin.v1.AdminService/GetStatus',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -128,9 +128,9 @@ class Admin:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Admin/ListAudit',
-            selfmodel_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
-            selfmodel_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            '/selfmodel.admin.v1.AdminService/ListAudit',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from selfmodel.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AuditAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_ACTION_UNSPECIFIED: _AuditAction.ValueType  # 0
+    AUDIT_ACTION_FORGET: _AuditAction.ValueType  # 1
+    """ForgetSubject: every observation about a subject erased."""
+    AUDIT_ACTION_RETRACT_ON_BEHALF: _AuditAction.ValueType  # 2
+    """Retract naming another source than the caller."""
+
+class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
+    """An operator action the audit log records."""
+
+AUDIT_ACTION_UNSPECIFIED: AuditAction.ValueType  # 0
+AUDIT_ACTION_FORGET: AuditAction.ValueType  # 1
+"""ForgetSubject: every observation about a subject erased."""
+AUDIT_ACTION_RETRACT_ON_BEHALF: AuditAction.ValueType  # 2
+"""Retract naming another source than the caller."""
+Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
@@ -102,7 +125,7 @@ class PeerStatus(_message.Message):
 Global___PeerStatus: _TypeAlias = PeerStatus  # noqa: Y015
 
 @_typing.final
-class NodeStatus(_message.Message):
+class GetStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_FIELD_NUMBER: _builtins.int
@@ -158,7 +181,7 @@ class NodeStatus(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditRequest(_message.Message):
@@ -205,8 +228,7 @@ class AuditEntry(_message.Message):
     """The authenticated principal that asked for it."""
     actor_role: _builtins.str
     actor_tenant: _builtins.str
-    action: _builtins.str
-    """forget | retract_on_behalf"""
+    action: Global___AuditAction.ValueType
     detail: _builtins.str
     """The slot, source and count of a retraction (never a statement)."""
     @_builtins.property
@@ -222,7 +244,7 @@ class AuditEntry(_message.Message):
         actor: _builtins.str = ...,
         actor_role: _builtins.str = ...,
         actor_tenant: _builtins.str = ...,
-        action: _builtins.str = ...,
+        action: Global___AuditAction.ValueType = ...,
         subject: _model_pb2.Subject | None = ...,
         detail: _builtins.str = ...,
     ) -> None: ...

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from selfmodel.v1 import sync_pb2 as selfmodel_dot_v1_dot_sync__pb2
+from selfmodel.sync.v1 import sync_pb2 as selfmodel_dot_sync_dot_v1_dot_sync__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in selfmodel/v1/sync_pb2_grpc.py depends on'
+        + ' but the generated code in selfmodel/sync/v1/sync_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SyncStub:
+class SyncServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,33 +35,33 @@ class SyncStub:
             channel: A grpc.Channel.
         """
         self.Replicate = channel.stream_stream(
-                '/selfmodel.v1.Sync/Replicate',
-                request_serializer=selfmodel_dot_v1_dot_sync__pb2.ReplicateBatch.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.ReplicateAck.FromString,
+                '/selfmodel.sync.v1.SyncService/Replicate',
+                request_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
         self.GetBuckets = channel.unary_unary(
-                '/selfmodel.v1.Sync/GetBuckets',
-                request_serializer=selfmodel_dot_v1_dot_sync__pb2.GetBucketsRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.Buckets.FromString,
+                '/selfmodel.sync.v1.SyncService/GetBuckets',
+                request_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsResponse.FromString,
                 _registered_method=True)
         self.GetDigests = channel.unary_unary(
-                '/selfmodel.v1.Sync/GetDigests',
-                request_serializer=selfmodel_dot_v1_dot_sync__pb2.GetDigestsRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.Digests.FromString,
+                '/selfmodel.sync.v1.SyncService/GetDigests',
+                request_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsResponse.FromString,
                 _registered_method=True)
         self.ExchangeStates = channel.unary_unary(
-                '/selfmodel.v1.Sync/ExchangeStates',
-                request_serializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
+                '/selfmodel.sync.v1.SyncService/ExchangeStates',
+                request_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesResponse.FromString,
                 _registered_method=True)
         self.ClaimRun = channel.unary_unary(
-                '/selfmodel.v1.Sync/ClaimRun',
-                request_serializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
-                response_deserializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.FromString,
+                '/selfmodel.sync.v1.SyncService/ClaimRun',
+                request_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunResponse.FromString,
                 _registered_method=True)
 
 
-class SyncServicer:
+class SyncServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Replicate(self, request_iterator, context):
@@ -103,42 +103,42 @@ class SyncServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SyncServicer_to_server(servicer, server):
+def add_SyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Replicate': grpc.stream_stream_rpc_method_handler(
                     servicer.Replicate,
-                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.ReplicateBatch.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.ReplicateAck.SerializeToString,
+                    request_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateRequest.FromString,
+                    response_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateResponse.SerializeToString,
             ),
             'GetBuckets': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBuckets,
-                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.GetBucketsRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.Buckets.SerializeToString,
+                    request_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsRequest.FromString,
+                    response_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsResponse.SerializeToString,
             ),
             'GetDigests': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDigests,
-                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.GetDigestsRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.Digests.SerializeToString,
+                    request_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsRequest.FromString,
+                    response_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsResponse.SerializeToString,
             ),
             'ExchangeStates': grpc.unary_unary_rpc_method_handler(
                     servicer.ExchangeStates,
-                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
+                    request_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesRequest.FromString,
+                    response_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesResponse.SerializeToString,
             ),
             'ClaimRun': grpc.unary_unary_rpc_method_handler(
                     servicer.ClaimRun,
-                    request_deserializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.FromString,
-                    response_serializer=selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.SerializeToString,
+                    request_deserializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunRequest.FromString,
+                    response_serializer=selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'selfmodel.v1.Sync', rpc_method_handlers)
+            'selfmodel.sync.v1.SyncService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('selfmodel.v1.Sync', rpc_method_handlers)
+    server.add_registered_method_handlers('selfmodel.sync.v1.SyncService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Sync:
+class SyncService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -155,9 +155,9 @@ class Sync:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/selfmodel.v1.Sync/Replicate',
-            selfmodel_dot_v1_dot_sync__pb2.ReplicateBatch.SerializeToString,
-            selfmodel_dot_v1_dot_sync__pb2.ReplicateAck.FromString,
+            '/selfmodel.sync.v1.SyncService/Replicate',
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateRequest.SerializeToString,
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ReplicateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,9 +182,9 @@ class Sync:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Sync/GetBuckets',
-            selfmodel_dot_v1_dot_sync__pb2.GetBucketsRequest.SerializeToString,
-            selfmodel_dot_v1_dot_sync__pb2.Buckets.FromString,
+            '/selfmodel.sync.v1.SyncService/GetBuckets',
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsRequest.SerializeToString,
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetBucketsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -209,9 +209,9 @@ class Sync:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Sync/GetDigests',
-            selfmodel_dot_v1_dot_sync__pb2.GetDigestsRequest.SerializeToString,
-            selfmodel_dot_v1_dot_sync__pb2.Digests.FromString,
+            '/selfmodel.sync.v1.SyncService/GetDigests',
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsRequest.SerializeToString,
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.GetDigestsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -236,9 +236,9 @@ class Sync:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Sync/ExchangeStates',
-            selfmodel_dot_v1_dot_sync__pb2.StateExchange.SerializeToString,
-            selfmodel_dot_v1_dot_sync__pb2.StateExchange.FromString,
+            '/selfmodel.sync.v1.SyncService/ExchangeStates',
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesRequest.SerializeToString,
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ExchangeStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,9 +263,9 @@ class Sync:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/selfmodel.v1.Sync/ClaimRun',
-            selfmodel_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
-            selfmodel_dot_v1_dot_sync__pb2.ClaimRunReply.FromString,
+            '/selfmodel.sync.v1.SyncService/ClaimRun',
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunRequest.SerializeToString,
+            selfmodel_dot_sync_dot_v1_dot_sync__pb2.ClaimRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

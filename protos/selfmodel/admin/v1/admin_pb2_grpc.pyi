@@ -5,7 +5,7 @@ The operator API: node and cluster status."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from selfmodel.v1 import admin_pb2 as _admin_pb2
+from selfmodel.admin.v1 import admin_pb2 as _admin_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -26,33 +26,33 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class AdminStub:
+class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
-    GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.NodeStatus]
+    def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
     """
 
 @_typing.type_check_only
-class AdminAsyncStub(AdminStub):
+class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.NodeStatus]  # type: ignore[assignment]
+    GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.GetStatusResponse]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
     """
 
-class AdminServicer(metaclass=_abc_1.ABCMeta):
+class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def GetStatus(
         self,
         request: _admin_pb2.GetStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.NodeStatus, _abc.Awaitable[_admin_pb2.NodeStatus]]: ...
+    ) -> _typing.Union[_admin_pb2.GetStatusResponse, _abc.Awaitable[_admin_pb2.GetStatusResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListAudit(
@@ -64,4 +64,4 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         first. Operators only; an operator sees the entries about its own tenant's subjects.
         """
 
-def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,5 @@
-"""The Sync service: peers named in the cluster file stream deltas (sync.receiver) and run
-anti-entropy and run claims against this node."""
+"""The peers' service (Sync in sync.proto): peers named in the cluster file stream deltas
+(sync.receiver) and run anti-entropy and run claims against this node."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from node.servicer import aborted, map_errors
 from node.store import BUCKETS
 from node.syncports import EngineReplica
 from node.validation import Limits
-from selfmodel.v1 import sync_pb2, sync_pb2_grpc
+from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from sync import metrics as sync_metrics
 from sync.codec import state_from_proto, state_to_proto, subject_to_proto
 from sync.delivery import Delta
@@ -35,7 +35,7 @@ from sync.settings import MAX_MESSAGE_BYTES
 log = logging.getLogger("selfmodel.node")
 
 
-class SyncServicer(sync_pb2_grpc.SyncServicer):
+class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
     """Receives deltas and anti-entropy calls from peers named in the cluster file."""
 
     def __init__(
@@ -73,8 +73,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             abort(context, refused.error())
 
     def Replicate(
-        self, request_iterator: Iterator[sync_pb2.ReplicateBatch], context: grpc.ServicerContext
-    ) -> Iterator[sync_pb2.ReplicateAck]:
+        self, request_iterator: Iterator[sync_pb2.ReplicateRequest], context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.ReplicateResponse]:
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
@@ -104,8 +104,8 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
             abort(context, internal("Replicate"))
 
     def _timed(
-        self, peer: str, batches: Iterator[sync_pb2.ReplicateBatch]
-    ) -> Iterator[sync_pb2.ReplicateBatch]:
+        self, peer: str, batches: Iterator[sync_pb2.ReplicateRequest]
+    ) -> Iterator[sync_pb2.ReplicateRequest]:
         """``batches``, noting how long each took to arrive: how soon a read pending for
         ``peer``'s writes is told to ask again (node.handoff.DeliveryDelays)."""
         deliveries = self.engine.handoffs.deliveries
@@ -121,20 +121,20 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     @map_errors
     def GetBuckets(
         self, request: sync_pb2.GetBucketsRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.Buckets:
+    ) -> sync_pb2.GetBucketsResponse:
         peer = self._authorize(context)
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
-        return sync_pb2.Buckets(
+        return sync_pb2.GetBucketsResponse(
             hashes=self.engine.store.bucket_hashes(), wall_ms=self.engine.clock.wall()
         )
 
     @map_errors
     def GetDigests(
         self, request: sync_pb2.GetDigestsRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.Digests:
+    ) -> sync_pb2.GetDigestsResponse:
         self._authorize(context)
-        reply = sync_pb2.Digests()
+        reply = sync_pb2.GetDigestsResponse()
         for bucket in request.buckets:
             if bucket >= BUCKETS:
                 raise InvalidArgument("buckets", f"{bucket} is out of range [0, {BUCKETS})")
@@ -146,7 +146,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
     @map_errors
     def ClaimRun(
         self, request: sync_pb2.ClaimRunRequest, context: grpc.ServicerContext
-    ) -> sync_pb2.ClaimRunReply:
+    ) -> sync_pb2.ClaimRunResponse:
         peer = self._authorize(context)
         if request.run == 0:
             raise InvalidArgument("run", "must not be 0")
@@ -155,12 +155,12 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
         granted, recorded = self.engine.store.claim_run(
             peer, request.previous, request.run, request.incarnation
         )
-        return sync_pb2.ClaimRunReply(granted=granted, recorded_incarnation=recorded)
+        return sync_pb2.ClaimRunResponse(granted=granted, recorded_incarnation=recorded)
 
     @map_errors
     def ExchangeStates(
-        self, request: sync_pb2.StateExchange, context: grpc.ServicerContext
-    ) -> sync_pb2.StateExchange:
+        self, request: sync_pb2.ExchangeStatesRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.ExchangeStatesResponse:
         peer = self._authorize(context)
         # A state that breaks a rule is left out (logged once); the others merge, so one bad
         # subject does not stop the repair of the rest; a subject refused by the merge
@@ -171,7 +171,7 @@ class SyncServicer(sync_pb2_grpc.SyncServicer):
                 incoming.append(state_from_proto(msg))
             else:
                 sync_metrics.DELTAS_REFUSED_FROM_PEER.labels(peer, "invalid").inc()
-        reply = sync_pb2.StateExchange()
+        reply = sync_pb2.ExchangeStatesResponse()
         outcome = self.engine.merge_remote((Delta(s) for s in incoming), source=peer)
         for subject, reason in outcome.reasons:
             subject_to_proto(subject, reply.refused.add(reason=reason).subject)
@@ -197,4 +197,4 @@ def _stream_error(refused: StreamRefused) -> SelfModelError:
     )
 
 
-__all__ = ["SyncServicer"]
+__all__ = ["PeerServicer"]
