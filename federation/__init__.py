@@ -15,15 +15,20 @@ from federation.client import (
     user,
 )
 from federation.pages import PolicyView, SubjectsPage
-from node.errors import (
+from selfmodel.errors import (
     DeadlineExceeded,
+    FieldViolation,
+    HandoffPending,
     HandoffTimeout,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaViolation,
+    Reason,
     ResourceExhausted,
     SelfModelError,
     Unauthenticated,
+    Unavailable,
 )
 from sync.observation import Evidence, Subject, SubjectKind
 
@@ -34,12 +39,16 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "Evidence",
+    "FieldViolation",
+    "HandoffPending",
     "HandoffTimeout",
     "InvalidArgument",
     "NotFound",
     "Observed",
     "PermissionDenied",
     "PolicyView",
+    "QuotaViolation",
+    "Reason",
     "ResourceExhausted",
     "Retracted",
     "SelfModelError",
@@ -49,6 +58,7 @@ __all__ = [
     "SubjectsPage",
     "Support",
     "Unauthenticated",
+    "Unavailable",
     "org",
     "parse_subject",
     "team",

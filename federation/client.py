@@ -6,11 +6,13 @@
     support.self_model(user("u-42"), at_least=written.token).beliefs(context="purchase_motivation")
 
 ``Client`` and ``AsyncClient`` run the same call descriptions (``federation.calls``): each
-method of either is one of them, bound to the client. Calls are retried with jittered
-exponential backoff on UNAVAILABLE only. Every write carries an idempotency key, one per logical
-call and the same on each of its retries, so a retry whose first attempt was recorded (its
-answer lost) is answered as the first and records nothing new (node.idempotency). Any other
-failure raises the domain exception of node.errors that the node raised.
+method of either is one of them, bound to the client. Calls are retried on UNAVAILABLE
+only, after the node's RetryInfo delay or jittered exponential backoff, and a read whose
+handoff position is pending is asked again until its deadline (federation.retries). Every write
+carries an idempotency key, one per logical call and the same on each of its retries, so a
+retry whose first attempt was recorded (its answer lost) is answered as the first and records
+nothing new (node.idempotency). Every failure raises the selfmodel.errors exception built from
+the node's status details (reason, field violations, quota, retry delay).
 """
 
 from __future__ import annotations
@@ -22,15 +24,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import grpc
 import grpc.aio
-from tenacity import (
-    AsyncRetrying,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
-from federation import calls
+from federation import calls, retries
 from federation.bearer import bearer_token
 from federation.cache import CachedModel
 from federation.calls import Call, Requests, Stream
@@ -51,9 +46,9 @@ from federation.views import (
     user,
     view_from_proto,
 )
-from node.errors import BY_STATUS, DeadlineExceeded, HandoffTimeout, SelfModelError
 from selfmodel.admin.v1 import admin_pb2_grpc
 from selfmodel.channels import ChannelOptions, open_aio_channel, open_channel
+from selfmodel.errors import from_rpc_error as error_from_rpc
 from selfmodel.v1 import selfmodel_pb2_grpc
 
 T = TypeVar("T")
@@ -64,32 +59,6 @@ C = TypeVar("C", grpc.Channel, grpc.aio.Channel)
 S = TypeVar("S", bound="_Connection[Any]")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-
-def error_from_rpc(exc: grpc.RpcError) -> SelfModelError:
-    code = exc.code()  # type: ignore[attr-defined]
-    cls = BY_STATUS.get(code.name, SelfModelError)
-    details = exc.details() or code.name  # type: ignore[attr-defined]
-    if cls is DeadlineExceeded and "handoff token" in details:
-        return HandoffTimeout(details)
-    if cls.__name__ == "InvalidArgument":
-        field, _, reason = details.partition(": ")
-        return BY_STATUS["INVALID_ARGUMENT"](field, reason)  # type: ignore[call-arg]
-    return cls(details)
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-
-
-def _retry_policy(attempts: int) -> dict[str, Any]:
-    """Both clients' retries: UNAVAILABLE only, jittered exponential backoff."""
-    return {
-        "retry": retry_if_exception(_is_unavailable),
-        "stop": stop_after_attempt(attempts),
-        "wait": wait_random_exponential(multiplier=0.05, max=2.0),
-        "reraise": True,
-    }
 
 
 def _metadata(agent: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
@@ -131,9 +100,7 @@ class _Connection(Generic[C]):
         self._md = _metadata(agent, bearer_token(token, token_file))
         self._req = Requests(tenant)
         self.timeout_s = timeout_s
-        self._retry = _retry_policy(attempts)
-        # The blocking client's; safe across threads (tenacity keeps a call's state per thread).
-        self._retrying = Retrying(**self._retry)
+        self._retries = retries.RetryPolicy(attempts=attempts)
         self._channel: C = self._open(target, credentials, _channel_options())
         self._stubs: dict[str, Any] = {
             "SelfModel": selfmodel_pb2_grpc.SelfModelServiceStub(self._channel),
@@ -163,12 +130,8 @@ class Client(_Connection[grpc.Channel]):
 
     def _run(self, call: Call[T]) -> T:
         method = self._method(call.service, call.method)
-        try:
-            reply = self._retrying(
-                method, call.request, timeout=call.timeout_s or self.timeout_s, metadata=self._md
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        timeout = call.timeout_s or self.timeout_s
+        reply = retries.call(self._retries, method, call.request, timeout, self._md)
         return call.answer(reply)
 
     def _start(self, stream: Stream[Any]) -> Any:
@@ -228,13 +191,7 @@ class AsyncClient(_Connection[grpc.aio.Channel]):
     async def _run(self, call: Call[T]) -> T:
         method = self._method(call.service, call.method)
         timeout = call.timeout_s or self.timeout_s
-        try:
-            # A retrying state per call: coroutines of one thread would share one otherwise.
-            async for attempt in AsyncRetrying(**self._retry):
-                with attempt:
-                    reply = await method(call.request, timeout=timeout, metadata=self._md)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
+        reply = await retries.call_async(self._retries, method, call.request, timeout, self._md)
         return call.answer(reply)
 
     async def _follow(self, stream: Stream[T]) -> AsyncIterator[T]:

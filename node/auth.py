@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import Counter
 
-from node.errors import PermissionDenied, Unauthenticated
+from node.errors import PermissionDenied, Reason, Unauthenticated
 
 if TYPE_CHECKING:  # node.validation imports the engine; the CLI's token commands need neither
     from node.validation import Limits
@@ -91,7 +91,9 @@ class Principal:
             PERMISSION_REFUSED.labels("tenant").inc()
             raise PermissionDenied(
                 f"agent {self.agent} of tenant {self.tenant!r} may not use subjects of tenant "
-                f"{tenant!r}: use a token of that tenant"
+                f"{tenant!r}: use a token of that tenant",
+                reason=Reason.TENANT_DENIED,
+                metadata={"agent": self.agent, "tenant": tenant, "token_tenant": self.tenant},
             )
 
     def check_write(self, context: str, domain: str) -> None:
@@ -101,21 +103,27 @@ class Principal:
             allowed = ", ".join(self.write) or "no context"
             raise PermissionDenied(
                 f"agent {self.agent} may not write context {context!r}: its token allows "
-                f"{allowed}; ask an operator for a token that covers it"
+                f"{allowed}; ask an operator for a token that covers it",
+                reason=Reason.CONTEXT_DENIED,
+                metadata={"agent": self.agent, "context": context, "allowed": allowed},
             )
         if not _matches_any(domain, self.domains):
             PERMISSION_REFUSED.labels("domain").inc()
+            allowed = ", ".join(self.domains) or "none"
             raise PermissionDenied(
                 f"agent {self.agent} may not write through this node (domain {domain!r}): its "
-                f"token allows domains {', '.join(self.domains) or 'none'}; write through a node "
-                "of one of them"
+                f"token allows domains {allowed}; write through a node of one of them",
+                reason=Reason.DOMAIN_DENIED,
+                metadata={"agent": self.agent, "domain": domain, "allowed": allowed},
             )
 
     def check_operator(self, action: str) -> None:
         if not self.is_operator:
             PERMISSION_REFUSED.labels("operator").inc()
             raise PermissionDenied(
-                f"only an operator may {action}, not agent {self.agent}: use an operator token"
+                f"only an operator may {action}, not agent {self.agent}: use an operator token",
+                reason=Reason.OPERATOR_REQUIRED,
+                metadata={"agent": self.agent, "action": action},
             )
 
     def check_source(self, source: str) -> None:
@@ -124,7 +132,9 @@ class Principal:
             PERMISSION_REFUSED.labels("source").inc()
             raise PermissionDenied(
                 f"agent {self.agent} may retract only its own observations, not {source!r}'s: "
-                "ask an operator to retract on its behalf"
+                "ask an operator to retract on its behalf",
+                reason=Reason.SOURCE_DENIED,
+                metadata={"agent": self.agent, "source": source},
             )
 
 
@@ -285,7 +295,8 @@ def bearer_token(context: grpc.ServicerContext) -> str:
         AUTH_REFUSED.labels("missing").inc()
         raise Unauthenticated(
             "missing bearer token: send call metadata 'authorization: Bearer <token>' "
-            "(an operator creates tokens with `selfmodel token create`)"
+            "(an operator creates tokens with `selfmodel token create`)",
+            reason=Reason.TOKEN_MISSING,
         )
     match = (
         _BEARER.fullmatch(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
@@ -293,7 +304,8 @@ def bearer_token(context: grpc.ServicerContext) -> str:
     if match is None:
         AUTH_REFUSED.labels("malformed").inc()
         raise Unauthenticated(
-            "malformed authorization metadata: send exactly one 'authorization: Bearer <token>'"
+            "malformed authorization metadata: send exactly one 'authorization: Bearer <token>'",
+            reason=Reason.TOKEN_MALFORMED,
         )
     return match.group(1)
 
@@ -392,12 +404,15 @@ class TokenBook:
         if found is None:
             AUTH_REFUSED.labels("unknown").inc()
             raise Unauthenticated(
-                "unknown bearer token: check it, or ask an operator for a new one"
+                "unknown bearer token: check it, or ask an operator for a new one",
+                reason=Reason.TOKEN_UNKNOWN,
             )
         if found.revoked:
             AUTH_REFUSED.labels("revoked").inc()
             raise Unauthenticated(
-                f"bearer token {found.id} was revoked: ask an operator for a new one"
+                f"bearer token {found.id} was revoked: ask an operator for a new one",
+                reason=Reason.TOKEN_REVOKED,
+                metadata={"token_id": found.id},
             )
         return found.principal()
 

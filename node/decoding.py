@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from node.errors import InvalidArgument, Reason, abort
 from node.interceptors import HandlerWrapper
 
 
@@ -22,10 +23,15 @@ def _decoder(
         try:
             return parse(raw)
         except Exception:  # protobuf raises DecodeError, and others for some inputs
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid message for {method}: send a serialized request "
-                "of the method's type",
+            abort(
+                context,
+                InvalidArgument(
+                    "",
+                    f"the request is not a valid message for {method}: send a serialized "
+                    "request of the method's type",
+                    reason=Reason.REQUEST_UNDECODABLE,
+                    metadata={"method": method},
+                ),
             )
 
     return decode

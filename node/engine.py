@@ -3,9 +3,9 @@
 Read-modify-write of one subject is serialized by a striped lock held until the batch is
 durable, so per-subject changes reach the store in order and each builds on the last; different
 subjects share fsyncs through the store's group commit. Reads are node.reads' (resolved
-snapshots, handoff waits), watches node.watches', the clock's screening of peers' deltas
-node.screening's. A write finds the slot it changes through the subject's slot index
-(node.snapshots), not by scanning the subject.
+snapshots; a handoff read never waits: node.handoff), watches node.watches', the clock's
+screening of peers' deltas node.screening's. A write finds the slot it changes through the
+subject's slot index (node.snapshots), not by scanning the subject.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from node import idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.errors import ResourceExhausted, Unavailable
-from node.handoff import DEFAULT_LEAD, WaitSlots
+from node.errors import Reason, ResourceExhausted, clock_ahead
+from node.handoff import DEFAULT_LEAD, Handoffs
 from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
@@ -96,8 +96,6 @@ class Engine:
         max_watchers: int = 1024,
         subject_limits: SubjectLimits | None = None,
         members: frozenset[str] = frozenset(),
-        max_handoff_waits: int = 32,
-        max_handoff_waits_per_principal: int = 4,
         max_handoff_lead: int = DEFAULT_LEAD,
         snapshot_cache_mb: float = 64.0,
     ) -> None:
@@ -109,11 +107,9 @@ class Engine:
         self._locks = SubjectLocks()
         self.watches = Watches(store.node, max_watchers)
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
-        self.waits = WaitSlots(store.node, max_handoff_waits, max_handoff_waits_per_principal)
-        self.reader = Reader(
-            store, self.policies, self.snapshots, self.waits,
-            members=members | {store.node}, max_handoff_lead=max_handoff_lead,
-        )  # fmt: skip
+        # What a read with a handoff token is answered (the nodes whose actors it may name).
+        self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
+        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs)
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
@@ -300,14 +296,14 @@ class Engine:
         refusal = self.clock.refusal()
         if refusal is not None:
             metrics.WRITES_REFUSED.labels("clock_ahead").inc()
-            raise Unavailable(f"node {self.node}: {refusal}")
+            raise clock_ahead(self.node, refusal)
 
     def _mint(self) -> int:
         try:
             return self.clock.now()
         except ClockAheadError as exc:
             metrics.WRITES_REFUSED.labels("clock_ahead").inc()
-            raise Unavailable(f"node {self.node}: {exc}") from exc
+            raise clock_ahead(self.node, exc) from exc
 
     def _next_dot(self, state: SubjectState) -> Dot:
         """The subject's next dot of this node's actor, never one peers would refuse."""
@@ -317,7 +313,9 @@ class Engine:
             raise ResourceExhausted(
                 f"{state.subject}: the next event counter of actor {self.actor} would be "
                 f"{dot.counter}, beyond the bound every replica accepts ({MAX_COUNTER}); "
-                "this subject takes no more events from this node"
+                "this subject takes no more events from this node",
+                reason=Reason.COUNTER_EXHAUSTED,
+                metadata={"subject": state.subject, "actor": self.actor, "maximum": MAX_COUNTER},
             )
         return dot
 
@@ -395,7 +393,6 @@ class Engine:
                 self.store.commit(changes, [*extra, row])
         for change in changes:
             self.watches.notify(change.new.subject)
-        self.reader.changed()
 
     def footprint(self, state: SubjectState) -> Footprint:
         """What ``state`` holds as the subject limits count it (node.sizes)."""
@@ -411,25 +408,17 @@ class Engine:
     def state(self, subject: Subject) -> SubjectState:
         return self.reader.state(subject)
 
-    def wait_for(
-        self,
-        subject: Subject,
-        positions: dict[Subject, CausalContext] | None,
-        timeout_s: float,
-        holder: str = "",
+    def at_position(
+        self, subject: Subject, positions: dict[Subject, CausalContext] | None
     ) -> SubjectState:
-        """The subject's state once it covers the token's position (node.reads.Reader)."""
-        return self.reader.wait_for(subject, positions, timeout_s, holder)
+        """The subject's state if it covers the token's position (node.reads.Reader)."""
+        return self.reader.at_position(subject, positions)
 
     def model(
-        self,
-        subject: Subject,
-        positions: dict[Subject, CausalContext] | None = None,
-        timeout_s: float = 0.0,
-        holder: str = "",
+        self, subject: Subject, positions: dict[Subject, CausalContext] | None = None
     ) -> ModelView:
-        """The subject's resolved snapshot (node.snapshots), once it covers ``positions``."""
-        state = self.reader.wait_for(subject, positions, timeout_s, holder)
+        """The subject's resolved snapshot (node.snapshots), if it covers ``positions``."""
+        state = self.reader.at_position(subject, positions)
         return ModelView(self.reader.snapshot(state), self._now_ms())
 
     def explain(
@@ -438,10 +427,8 @@ class Engine:
         context: str,
         key: str,
         positions: dict[Subject, CausalContext] | None = None,
-        timeout_s: float = 0.0,
-        holder: str = "",
     ) -> tuple[Explanation | None, str]:
-        state = self.reader.wait_for(subject, positions, timeout_s, holder)
+        state = self.reader.at_position(subject, positions)
         return self.reader.explain(state, context, key), encode_token({subject: state.context})
 
     def position(self, subject: Subject) -> CausalContext:

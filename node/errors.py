@@ -1,71 +1,120 @@
-"""One exception hierarchy for the domain; each names the gRPC status it maps to at the edge.
+"""How the node ends a failed call: one way, ``abort``, for every service and wrapper.
 
-The servicer maps these to status codes in one place (node/servicer.py) and the client library
-maps status codes back to the same classes (federation/client.py), so agents catch domain errors.
+The exceptions themselves, their reasons and their google.rpc details live in
+``selfmodel.errors``, which clients import without the node; this module re-exports them so
+the node's code raises them by the same names, and turns one into the call's status: code,
+message, ErrorInfo and the details that apply, sent as grpc-status-details-bin (grpcio-status).
 """
 
 from __future__ import annotations
 
+from typing import NoReturn
 
-class SelfModelError(Exception):
-    status = "INTERNAL"
+import grpc
+from grpc_status import rpc_status
 
+from selfmodel.errors import (
+    BY_STATUS,
+    REASONS,
+    DeadlineExceeded,
+    FieldViolation,
+    HandoffPending,
+    HandoffTimeout,
+    InvalidArgument,
+    InvalidObservation,
+    NotFound,
+    PermissionDenied,
+    QuotaViolation,
+    Reason,
+    ResourceExhausted,
+    SelfModelError,
+    Unauthenticated,
+    Unavailable,
+    to_status,
+)
+from sync.bounds import SETTINGS as SUBJECT_SETTINGS
+from sync.bounds import Excess
+from sync.hlc import ClockAheadError, ClockAheadOfPeersError
+from sync.observation import Subject
 
-class InvalidArgument(SelfModelError):
-    """A request field breaks a rule; nothing was changed."""
-
-    status = "INVALID_ARGUMENT"
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-class InvalidObservation(InvalidArgument):
-    pass
-
-
-class Unauthenticated(SelfModelError):
-    status = "UNAUTHENTICATED"
-
-
-class PermissionDenied(SelfModelError):
-    status = "PERMISSION_DENIED"
-
-
-class NotFound(SelfModelError):
-    status = "NOT_FOUND"
-
-
-class DeadlineExceeded(SelfModelError):
-    """The call's deadline passed before the node answered."""
-
-    status = "DEADLINE_EXCEEDED"
+# How soon a write refused for a clock ahead of its peers may be tried again: the node learns
+# its peers' clocks from their replies, within a few seconds.
+PEER_CLOCK_RETRY_S = 2.0
 
 
-class HandoffTimeout(DeadlineExceeded):
-    """The local node had not merged the handoff token's position before the deadline."""
+def abort(context: grpc.ServicerContext, exc: SelfModelError) -> NoReturn:
+    """Ends the call with ``exc`` as its google.rpc.Status (raises, as ``context.abort`` does)."""
+    context.abort_with_status(rpc_status.to_status(to_status(exc)))
+    raise AssertionError("unreachable: abort_with_status raises")
 
 
-class ResourceExhausted(SelfModelError):
-    status = "RESOURCE_EXHAUSTED"
-
-
-class Unavailable(SelfModelError):
-    status = "UNAVAILABLE"
-
-
-BY_STATUS: dict[str, type[SelfModelError]] = {
-    cls.status: cls
-    for cls in (
-        SelfModelError,
-        InvalidArgument,
-        Unauthenticated,
-        PermissionDenied,
-        NotFound,
-        DeadlineExceeded,
-        ResourceExhausted,
-        Unavailable,
+def internal(method: str) -> SelfModelError:
+    """What a caller is told of a failure inside the node (the node logs the cause)."""
+    return SelfModelError(
+        f"{method} failed inside the node; see its log",
+        reason=Reason.INTERNAL,
+        metadata={"method": method},
     )
-}
+
+
+def too_large(subject: Subject, found: Excess, outcome: str) -> ResourceExhausted:
+    """A write or retract refused because it would take ``subject`` past a subject limit."""
+    setting, option = SUBJECT_SETTINGS[found.limit]
+    return ResourceExhausted(
+        f"subject {subject} {found.describe()}; {outcome}",
+        reason=Reason.SUBJECT_TOO_LARGE,
+        metadata={
+            "subject": subject,
+            "limit": found.limit,
+            "value": found.value,
+            "maximum": found.maximum,
+            "setting": setting,
+        },
+        quota=[
+            QuotaViolation(
+                f"subject {subject}",
+                f"at most {found.maximum} {found.limit} per subject ({setting}, {option})",
+            )
+        ],
+    )
+
+
+def clock_ahead(node: str, refusal: ClockAheadError) -> Unavailable:
+    """A write refused while the node's clock would mint timestamps its peers refuse."""
+    metadata: dict[str, object] = {
+        "ahead_ms": refusal.ahead_ms,
+        "max_offset_ms": refusal.max_offset_ms,
+        "setting": "max_clock_offset_ms",
+    }
+    if isinstance(refusal, ClockAheadOfPeersError):
+        metadata["peers"] = ",".join(refusal.peers)
+        reason, retry_s = Reason.CLOCK_AHEAD_OF_PEERS, PEER_CLOCK_RETRY_S
+    else:
+        reason, retry_s = Reason.CLOCK_AHEAD, max(0.001, refusal.wait_ms / 1000)
+    return Unavailable(
+        f"node {node}: {refusal}", reason=reason, metadata=metadata, retry_after_s=retry_s
+    )
+
+
+__all__ = [
+    "BY_STATUS",
+    "REASONS",
+    "DeadlineExceeded",
+    "FieldViolation",
+    "HandoffPending",
+    "HandoffTimeout",
+    "InvalidArgument",
+    "InvalidObservation",
+    "NotFound",
+    "PermissionDenied",
+    "QuotaViolation",
+    "Reason",
+    "ResourceExhausted",
+    "SelfModelError",
+    "Unauthenticated",
+    "Unavailable",
+    "abort",
+    "clock_ahead",
+    "internal",
+    "too_large",
+]

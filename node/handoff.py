@@ -1,10 +1,11 @@
-"""Handoff waits: which positions a node agrees to wait for, and how many waits it holds.
+"""Handoff positions: which a node refuses as made up, and what it answers for one not merged yet.
 
-A read with ``at_least`` waits until the node has merged the token's position. grpcio's
-threaded server answers a unary call on the thread that runs it, so a waiting read holds that
-thread until it is answered: waits are therefore bounded in time (``max_handoff_wait_s``), in
-number per node and per principal (``WaitSlots``), and a position no node can have issued is
-refused at once (``implausible``) instead of being waited on.
+A read with ``at_least`` is answered at once, never held: grpcio's threaded server answers a
+unary call on the thread that runs it, so a read waiting there would hold a thread for as long
+as it waits. A position the node has merged is read; a position no node can have issued is
+refused (``implausible``: INVALID_ARGUMENT, HANDOFF_POSITION_IMPLAUSIBLE); any other is
+answered UNAVAILABLE with HANDOFF_POSITION_PENDING, naming the first dot missing (``missing``)
+and a RetryInfo delay (``DeliveryDelays``), and the client asks again until its deadline.
 
 The rule for "no node can have issued it", for a token's position (a causal context) of a
 subject whose local state has the context ``c`` (a position ``c`` covers is answered at once and
@@ -22,12 +23,14 @@ never judged; an erase's bound travels with its dot, so the context alone is the
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import NamedTuple
 
-from node.errors import ResourceExhausted
-from sync.causal import CausalContext
+from node import metrics
+from node.errors import HandoffPending, InvalidArgument, Reason
+from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState
+from sync.observation import Subject
 
 DEFAULT_LEAD = 100_000
 
@@ -78,51 +81,120 @@ def implausible(
     return None
 
 
-class WaitSlots:
-    """How many handoff waits a node holds at once: at most ``per_node``, of which at most
-    ``per_principal`` for one principal. ``acquire`` never blocks: over a bound it refuses."""
+class Missing(NamedTuple):
+    """The first dot (by actor name) of a position that a state does not cover: ``actor``'s
+    ``counter``, of which the state holds up to ``held``."""
 
-    def __init__(self, node: str, per_node: int, per_principal: int) -> None:
+    actor: str
+    counter: int
+    held: int
+
+
+def missing(state: SubjectState, context: CausalContext) -> Missing | None:
+    """The first dot of the position ``context`` that ``state`` lacks, or None if it has all."""
+    have = state.context
+    wanted = [Dot(actor, top) for actor, top in context.vector.items()]
+    for dot in sorted([*wanted, *context.cloud]):
+        covered = (
+            have.includes(CausalContext({dot.actor: dot.counter})) if dot in wanted else dot in have
+        )
+        if not covered:
+            return Missing(dot.actor, dot.counter, have.max_counter(dot.actor))
+    return None
+
+
+MIN_RETRY_S = 0.005  # the least a pending read is told to wait: a delta is rarely sooner
+MAX_RETRY_S = 1.0  # the most: an absent peer's writes come by anti-entropy, the client grows it
+
+
+class DeliveryDelays:
+    """How long each peer's deltas have lately taken to reach this node (from the batch's
+    ``sent_at_ms`` to its merge here), as a moving average: the RetryInfo delay of a read
+    whose position waits for that peer's writes is about that, within [MIN_RETRY_S,
+    MAX_RETRY_S]; for a peer never heard from, twice the floor."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._delay_s: dict[str, float] = {}
+
+    def note(self, peer: str, delay_s: float) -> None:
+        delay_s = min(max(delay_s, 0.0), MAX_RETRY_S)
+        old = self._delay_s.get(peer)
+        self._delay_s[peer] = delay_s if old is None else old + self._weight * (delay_s - old)
+
+    def retry_after_s(self, actor: str) -> float:
+        node = node_of(actor)
+        delay = self._delay_s.get(node) if node is not None else None
+        if delay is None:
+            return 2 * MIN_RETRY_S
+        return min(max(delay, MIN_RETRY_S), MAX_RETRY_S)
+
+
+class Handoffs:
+    """What a node answers a read with a handoff token (``require``), and how soon it tells a
+    pending one to ask again (``deliveries``). ``members``: the nodes of its cluster, itself
+    included, whose actors a token may name."""
+
+    def __init__(self, node: str, members: frozenset[str], lead: int = DEFAULT_LEAD) -> None:
         self.node = node
-        self.per_node = per_node
-        self.per_principal = per_principal
-        self._held: dict[str, int] = {}
-        self._total = 0
-        self._lock = threading.Lock()
+        self.members = members
+        self.lead = lead
+        self.deliveries = DeliveryDelays()
 
-    @property
-    def held(self) -> int:
-        return self._total
+    def require(
+        self, state: SubjectState, positions: dict[Subject, CausalContext], actor: str
+    ) -> None:
+        """Returns if ``state`` covers the token's position for its subject; a token of other
+        subjects, or of a position no node can have issued, is InvalidArgument; a position not
+        merged yet is HandoffPending, naming the first dot missing and when to ask again.
+        ``actor``: this run's."""
+        subject = state.subject
+        position = positions.get(subject)
+        if position is None:
+            named = sorted(positions)
+            listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
+            raise InvalidArgument(
+                "at_least",
+                f"is a handoff token of {listed}, not of {subject}: pass a token that a write "
+                f"or read of {subject} returned",
+                reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
+                metadata={"subject": subject, "token_subjects": listed},
+            )
+        lacking = missing(state, position)
+        if lacking is None:
+            return
+        why = implausible(state, position, actor=actor, members=self.members, lead=self.lead)
+        name, counter, held = lacking
+        if why is not None:
+            metrics.HANDOFF_REFUSED.labels("implausible").inc()
+            raise InvalidArgument(
+                "at_least",
+                f"{why}: no node has issued that position",
+                reason=Reason.HANDOFF_POSITION_IMPLAUSIBLE,
+                metadata={
+                    "subject": subject,
+                    "actor": name,
+                    "counter": counter,
+                    "held": held,
+                    "setting": "max_handoff_lead",
+                },
+            )
+        metrics.HANDOFF_PENDING.inc()
+        raise HandoffPending(
+            f"node {self.node} has not yet merged the handoff token's position for {subject} "
+            f"(dot {name}:{counter}; it holds up to {held}); ask again shortly, or read on "
+            "the writer's node",
+            metadata={"subject": subject, "actor": name, "counter": counter, "held": held},
+            retry_after_s=self.deliveries.retry_after_s(name),
+        )
 
-    def acquire(self, holder: str) -> Callable[[], None]:
-        """Takes a slot for ``holder`` or raises ResourceExhausted; returns its release."""
-        with self._lock:
-            mine = self._held.get(holder, 0)
-            if mine >= self.per_principal:
-                raise ResourceExhausted(
-                    f"{holder} already holds {mine} handoff waits on node {self.node}, the most "
-                    f"one principal may (setting max_handoff_waits_per_principal = "
-                    f"{self.per_principal}); retry once one is answered"
-                )
-            if self._total >= self.per_node:
-                raise ResourceExhausted(
-                    f"node {self.node} already holds {self._total} handoff waits, its most "
-                    f"(setting max_handoff_waits = {self.per_node}); retry shortly, or read "
-                    "on the writer's node"
-                )
-            self._held[holder] = mine + 1
-            self._total += 1
 
-        def release() -> None:
-            with self._lock:
-                left = self._held[holder] - 1
-                if left:
-                    self._held[holder] = left
-                else:
-                    del self._held[holder]
-                self._total -= 1
-
-        return release
-
-
-__all__ = ["DEFAULT_LEAD", "WaitSlots", "implausible", "node_of"]
+__all__ = [
+    "DEFAULT_LEAD",
+    "DeliveryDelays",
+    "Handoffs",
+    "Missing",
+    "implausible",
+    "missing",
+    "node_of",
+]

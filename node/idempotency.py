@@ -24,10 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from node import metrics
-from node.errors import InvalidArgument, Unavailable
+from node.errors import InvalidArgument, Reason, Unavailable
 from sync.crdt import SubjectState
 from sync.hlc import physical_ms
 from sync.observation import Subject
+
+# How soon a retried write found here in part is told to ask again: the rest of its first call
+# is a peer's delta away.
+PARTIAL_RETRY_S = 0.05
 
 CF = "requests"
 SWEEP = 4
@@ -73,6 +77,8 @@ def _reused(request: Request) -> InvalidArgument:
         "idempotency_key",
         f"{request.key!r} was used by this agent for a different request within the "
         "idempotency window: use a new key for a new request",
+        reason=Reason.IDEMPOTENCY_KEY_REUSED,
+        metadata={"key": request.key},
     )
 
 
@@ -227,11 +233,16 @@ def replicated(
                 f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} "
                 "observations of the first call are on this node, the others were since "
                 "replaced, retracted or forgotten here, so retrying here never finds them: "
-                "retry on the node that took the first call, or read the subject"
+                "retry on the node that took the first call, or read the subject",
+                reason=Reason.IDEMPOTENT_WRITE_LOST,
+                metadata={"key": request.key, "found": len(found), "wanted": len(items)},
             )
         raise Unavailable(
             f"idempotency_key {request.key!r}: {len(found)} of the {len(items)} observations "
-            "of the first call are merged on this node, the rest not yet; retry"
+            "of the first call are merged on this node, the rest not yet; retry",
+            reason=Reason.IDEMPOTENT_WRITE_PENDING,
+            metadata={"key": request.key, "found": len(found), "wanted": len(items)},
+            retry_after_s=PARTIAL_RETRY_S,
         )
     return Replay(tuple(found[i] for i, *_ in items))
 

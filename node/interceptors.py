@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import grpc
 
+from node.errors import Reason, Unavailable, abort
+
 
 class HandlerWrapper:
     """Wraps a method's handler, when it applies to it."""
@@ -95,6 +97,9 @@ class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return wrapped
 
 
+GATE_RETRY_S = 0.2  # a starting node asks its peers again about as often (node.replication)
+
+
 class Gate(HandlerWrapper):
     """Refuses calls with UNAVAILABLE until opened, but for the methods it lets through.
 
@@ -103,13 +108,22 @@ class Gate(HandlerWrapper):
     only those claims, health and reflection are answered.
     """
 
-    def __init__(self, reason: str, let_through: tuple[str, ...]) -> None:
+    def __init__(self, reason: str, let_through: tuple[str, ...], node: str = "") -> None:
         self.reason = reason
+        self.node = node
         self.let_through = let_through  # method prefixes, e.g. "/grpc.health.v1.Health/"
         self.is_open = False
 
     def open(self) -> None:
         self.is_open = True
+
+    def refusal(self) -> Unavailable:
+        return Unavailable(
+            self.reason,
+            reason=Reason.NODE_STARTING,
+            metadata={"node": self.node},
+            retry_after_s=GATE_RETRY_S,
+        )
 
     def wrap(self, handler: Any, method: str) -> Any:
         if method.startswith(self.let_through):
@@ -123,7 +137,7 @@ class Gate(HandlerWrapper):
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             if not self.is_open:
-                context.abort(grpc.StatusCode.UNAVAILABLE, self.reason)
+                abort(context, self.refusal())
             return inner(request, context)  # a reply, or the iterator of a streaming method
 
         return handler._replace(**{kind: guarded})

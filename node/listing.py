@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, Reason
 from node.resolution import Belief
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -43,7 +43,9 @@ def _untoken(token: str, field: str, kind: str) -> dict[str, Any]:
         value = None  # RecursionError: JSON nested past the decoder's depth
     if not isinstance(value, dict) or value.get("v") != 1 or value.get("of") != kind:
         raise InvalidArgument(
-            field, f"is not a page token of {kind}: pass the next_page_token of its last page"
+            field,
+            f"is not a page token of {kind}: pass the next_page_token of its last page",
+            reason=Reason.PAGE_TOKEN_INVALID,
         )
     return value
 
@@ -52,7 +54,9 @@ def page_size(requested: int, field: str, maximum: int, default: int = DEFAULT_P
     """``requested``, or ``default`` for 0; more than ``maximum`` is refused, naming it."""
     if requested > maximum:
         raise InvalidArgument(
-            field, f"must be at most {maximum} (the node's max_page_size), got {requested}"
+            field,
+            f"must be at most {maximum} (the node's max_page_size), got {requested}",
+            metadata={"limit": maximum, "setting": "max_page_size"},
         )
     return requested or min(default, maximum)
 
@@ -80,7 +84,11 @@ def subjects_page(
         try:
             after = bytes.fromhex(value.get("after", ""))
         except (TypeError, ValueError):
-            raise InvalidArgument("page_token", "is not a page token of ListSubjects") from None
+            raise InvalidArgument(
+                "page_token",
+                "is not a page token of ListSubjects",
+                reason=Reason.PAGE_TOKEN_INVALID,
+            ) from None
     found: list[Subject] = []
     last = after
     budget = size * SCAN_FACTOR
@@ -110,11 +118,17 @@ def beliefs_page(
         value = _untoken(token, "page_token", "GetSelfModel")
         if value.get("subject") != list(subject):
             raise InvalidArgument(
-                "page_token", f"was issued for another subject's read, not {subject}"
+                "page_token",
+                f"was issued for another subject's read, not {subject}",
+                reason=Reason.PAGE_TOKEN_INVALID,
             )
         slot = value.get("after")
         if not (isinstance(slot, list) and len(slot) == 2 and _strings(slot)):
-            raise InvalidArgument("page_token", "is not a page token of GetSelfModel")
+            raise InvalidArgument(
+                "page_token",
+                "is not a page token of GetSelfModel",
+                reason=Reason.PAGE_TOKEN_INVALID,
+            )
         after = (slot[0], slot[1])
     rest = [b for b in beliefs if after is None or (b.context, b.key) > after]
     page = rest[:size]

@@ -53,15 +53,19 @@ REPLAYED = Counter(
 )
 WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
 HANDOFF_TIMEOUTS = Counter(
-    "selfmodel_handoff_timeouts_total", "Reads whose handoff token was not merged in time."
+    "selfmodel_handoff_timeouts_total",
+    "Reads whose handoff token's position was still not merged when the reader's deadline left "
+    "no time to ask again (the last HANDOFF_POSITION_PENDING answer a reader gets).",
 )
-HANDOFF_WAITS = Gauge(
-    "selfmodel_handoff_waits", "Reads waiting for their handoff token's position (node.handoff)."
+HANDOFF_PENDING = Counter(
+    "selfmodel_handoff_pending_total",
+    "Reads with a handoff token answered HANDOFF_POSITION_PENDING (UNAVAILABLE, ask again): "
+    "the position was not merged yet. No read waits in the node.",
 )
 HANDOFF_REFUSED = Counter(
     "selfmodel_handoff_refused_total",
     "Reads with a handoff token refused at once, by reason (implausible: a position no node "
-    "issued; busy: the node's or the principal's waits are all taken).",
+    "issued).",
     ["reason"],
 )
 RESOLUTIONS = Counter(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from node.errors import PermissionDenied, Reason, SelfModelError, Unauthenticated
 from node.tls import PEERS_REFUSED, peer_common_name
 
 NODE_HEADER = "x-selfmodel-node"
@@ -48,6 +49,16 @@ class PeerRefused(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+    def error(self) -> SelfModelError:
+        """The refusal as the caller is told it (ErrorInfo ``cause``: the counted reason)."""
+        if self.status == grpc.StatusCode.UNAUTHENTICATED:
+            return Unauthenticated(
+                str(self), reason=Reason.PEER_UNAUTHENTICATED, metadata={"cause": self.reason}
+            )
+        return PermissionDenied(
+            str(self), reason=Reason.PEER_DENIED, metadata={"cause": self.reason}
+        )
 
 
 def peer_token(secret: bytes, node: str) -> str:

@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from node.engine import Engine
-from node.errors import SelfModelError
+from node.errors import (
+    BY_STATUS,
+    InvalidArgument,
+    Reason,
+    SelfModelError,
+    Unavailable,
+    abort,
+    internal,
+)
 from node.peers import PeerAuth, PeerRefused
 from node.refusals import Refusals
 from node.servicer import aborted, map_errors
@@ -62,8 +70,7 @@ class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
         try:
             return self.auth.authenticate(context)
         except PeerRefused as refused:
-            context.abort(refused.status, str(refused))
-            raise  # abort raises; this line only tells the type checker
+            abort(context, refused.error())
 
     def Replicate(
         self, request_iterator: Iterator[sync_pb2.ReplicateRequest], context: grpc.ServicerContext
@@ -73,22 +80,39 @@ class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
             self._on_peer_session(peer)
         with self._lock:
             if self._closed:
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"node {self.engine.node} is shutting down"
+                node = self.engine.node
+                abort(
+                    context,
+                    Unavailable(
+                        f"node {node} is shutting down",
+                        reason=Reason.NODE_STOPPING,
+                        metadata={"node": node},
+                    ),
                 )
             self._streams.add(context)
         context.add_callback(lambda: self._forget_stream(context))
         try:
-            yield from self.receiver.receive(peer, request_iterator)
+            yield from self.receiver.receive(peer, self._timed(peer, request_iterator))
         except StreamRefused as refused:  # the stream broke the protocol
-            context.abort(grpc.StatusCode[refused.status], str(refused))
+            abort(context, _stream_error(refused))
         except SelfModelError as exc:  # a refusal (writes suspended on a full disk, say)
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context) or not context.is_active():
                 raise
             log.exception("delta stream from %s failed", peer)
-            context.abort(grpc.StatusCode.INTERNAL, "merging the stream failed; see the node's log")
+            abort(context, internal("Replicate"))
+
+    def _timed(
+        self, peer: str, batches: Iterator[sync_pb2.ReplicateRequest]
+    ) -> Iterator[sync_pb2.ReplicateRequest]:
+        """``batches``, noting how long each took to arrive: how soon a read pending for
+        ``peer``'s writes is told to ask again (node.handoff.DeliveryDelays)."""
+        deliveries = self.engine.handoffs.deliveries
+        for batch in batches:
+            if batch.sent_at_ms and not batch.resent:
+                deliveries.note(peer, (self.engine.clock.wall() - batch.sent_at_ms) / 1000)
+            yield batch
 
     def _forget_stream(self, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -113,9 +137,7 @@ class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
         reply = sync_pb2.GetDigestsResponse()
         for bucket in request.buckets:
             if bucket >= BUCKETS:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"buckets: {bucket} is out of range"
-                )
+                raise InvalidArgument("buckets", f"{bucket} is out of range [0, {BUCKETS})")
             for subject, digest in self.engine.store.bucket_digests(bucket):
                 d = reply.digests.add(digest=digest)
                 subject_to_proto(subject, d.subject)
@@ -127,7 +149,7 @@ class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.ClaimRunResponse:
         peer = self._authorize(context)
         if request.run == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run: must not be 0")
+            raise InvalidArgument("run", "must not be 0")
         if self._on_peer_session is not None:
             self._on_peer_session(peer)
         granted, recorded = self.engine.store.claim_run(
@@ -163,6 +185,16 @@ class PeerServicer(sync_pb2_grpc.SyncServiceServicer):
                     break
                 reply.states.append(msg)
         return reply
+
+
+def _stream_error(refused: StreamRefused) -> SelfModelError:
+    """What a peer whose stream broke the protocol is told."""
+    if refused.status == "INVALID_ARGUMENT":
+        field, _, description = str(refused).partition(": ")
+        return InvalidArgument(field, description)
+    return BY_STATUS[refused.status](
+        str(refused), reason=refused.reason or None, metadata=refused.metadata
+    )
 
 
 __all__ = ["PeerServicer"]

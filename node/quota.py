@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from node.errors import ResourceExhausted
+from node.errors import QuotaViolation, Reason, ResourceExhausted
 
 
 class ConnectionQuota:
@@ -15,9 +15,12 @@ class ConnectionQuota:
     taking all of them.
     """
 
-    def __init__(self, per_peer: int, what: str = "watches") -> None:
+    def __init__(
+        self, per_peer: int, what: str = "watches", setting: str = "max_watches_per_connection"
+    ) -> None:
         self.per_peer = per_peer
         self.what = what
+        self.setting = setting
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -30,9 +33,12 @@ class ConnectionQuota:
         with self._lock:
             held = self._open.get(peer, 0)
             if held >= self.per_peer:
+                limit = f"at most {self.per_peer} open {self.what} (setting {self.setting})"
                 raise ResourceExhausted(
-                    f"a connection may hold at most {self.per_peer} open {self.what}; "
-                    "close one first"
+                    f"a connection may hold {limit}; close one first",
+                    reason=Reason.CONNECTION_WATCHES_EXHAUSTED,
+                    metadata={"limit": self.per_peer, "setting": self.setting},
+                    quota=[QuotaViolation("connection", f"a connection may hold {limit}")],
                 )
             self._open[peer] = held + 1
         released = threading.Event()

@@ -38,7 +38,7 @@ class Refusals:
             validation.remote_state(msg, field, self._limits)
         except InvalidArgument as exc:
             subject = f"{msg.subject.tenant}/{msg.subject.id}"
-            if self._first((peer, f"{subject} {exc.reason}")):
+            if self._first((peer, f"{subject} {exc.description}")):
                 log.warning(
                     "refused %s of %s from %s (logged once): %s",
                     field,
@@ -46,7 +46,7 @@ class Refusals:
                     peer or self._where,
                     exc,
                 )
-            return f"{exc.field.rpartition('.')[2] or exc.field}: {exc.reason}"
+            return f"{exc.field.rpartition('.')[2] or exc.field}: {exc.description}"
         return ""
 
     def deferred(self, peer: str, reason: str) -> None:

@@ -118,8 +118,6 @@ def start(config: NodeConfig) -> RunningNode:
         max_watchers=config.max_watchers,
         subject_limits=config.subject_limits,
         members=config.members | {p.name for p in config.peers},
-        max_handoff_waits=limits.max_handoff_waits,
-        max_handoff_waits_per_principal=limits.max_handoff_waits_per_principal,
         max_handoff_lead=limits.max_handoff_lead,
         snapshot_cache_mb=config.snapshot_cache_mb,
     )
@@ -127,6 +125,7 @@ def start(config: NodeConfig) -> RunningNode:
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
         ("/selfmodel.sync.v1.SyncService/ClaimRun", "/grpc.health.v1.Health/", "/grpc.reflection."),
+        node=config.name,
     )
     # Every service registers through this, so its handlers are counted and timed, wait for
     # the gate, decode requests strictly and may answer pre-serialized replies (wrapped once,
@@ -135,9 +134,9 @@ def start(config: NodeConfig) -> RunningNode:
     max_connections = connections.connection_bound(
         config.max_connections, 2 if config.peer_listen else 1, connections.open_file_limit()
     )
-    # A watch and a handoff wait each hold a thread while open: both are bounded, and 64
-    # threads beyond them stay for every other call.
-    held = config.max_watchers + limits.max_handoff_waits
+    # A watch holds a thread while open (a handoff read never waits: node.handoff): watches
+    # are bounded, and 64 threads beyond them stay for every other call.
+    held = config.max_watchers
     server = listeners.grpc_server(config, held + 64, held + 1024, max_connections)
     services = wrapping(server, chain)
     identify = config.identify or identify_by_header

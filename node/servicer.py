@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -18,12 +17,21 @@ from node import convert, idempotency, listing, metrics, validation
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
-from node.errors import InvalidArgument, PermissionDenied, SelfModelError, Unauthenticated
+from node.errors import (
+    HandoffPending,
+    InvalidArgument,
+    PermissionDenied,
+    SelfModelError,
+    Unauthenticated,
+    abort,
+    internal,
+)
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.errors import LAST_ASK_S
 from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import encode_token, subject_to_proto
 from sync.observation import Subject
@@ -31,6 +39,7 @@ from sync.observation import Subject
 log = logging.getLogger("selfmodel.node")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
 AGENT_HEADER = "x-agent-id"
@@ -65,20 +74,18 @@ def map_errors(fn: F) -> F:
         try:
             return fn(self, request, context)
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context):
-                raise  # the handler chose its status with context.abort: keep it
+                raise  # the handler chose its status with abort: keep it
             log.exception("%s failed", fn.__name__)
-            context.abort(
-                grpc.StatusCode.INTERNAL, f"{fn.__name__} failed inside the node; see its log"
-            )
+            abort(context, internal(fn.__name__))
 
     return wrapped  # type: ignore[return-value]
 
 
 def aborted(context: grpc.ServicerContext) -> bool:
-    """True once the handler called ``context.abort`` (which raises a bare Exception)."""
+    """True once the handler called ``abort`` (which raises a bare Exception)."""
     code = context.code()  # type: ignore[attr-defined]
     return code is not None and code != grpc.StatusCode.OK
 
@@ -102,11 +109,6 @@ class SerializedReplies(HandlerWrapper):
             return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
 
         return handler._replace(response_serializer=serialize_unless_bytes)
-
-
-def _holder(who: Principal) -> str:
-    """Whose share of the node's handoff waits a call takes: its token, else its agent id."""
-    return f"token {who.token_id}" if who.token_id else f"agent {who.agent}"
 
 
 def _positions(request: Any) -> int | None:
@@ -154,12 +156,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             raise InvalidArgument("key", f"is required: name the slot to {action}")
         return ctx, key
 
-    def _wait_s(self, context: grpc.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        cap = self.limits.max_handoff_wait_s
-        if remaining is None or not math.isfinite(remaining):
-            return cap
-        return max(0.0, min(cap, remaining - 0.05))
+    def _at_position(self, context: grpc.ServicerContext, read: Callable[[], T]) -> T:
+        """``read()``; a HANDOFF_POSITION_PENDING answer that leaves the caller's deadline less
+        than its retry delay plus LAST_ASK_S is marked ``final`` and counted as a handoff
+        timeout: the caller asks no more (federation.retries)."""
+        try:
+            return read()
+        except HandoffPending as exc:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= (exc.retry_after_s or 0.0) + LAST_ASK_S:
+                metrics.HANDOFF_TIMEOUTS.inc()
+                exc.metadata["final"] = "true"
+            raise
 
     def _request(self, who: Principal, tenant: str, request: Any) -> idempotency.Request | None:
         """The call's idempotency key (None without one), scoped to the caller, with the
@@ -199,10 +207,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         who = self.identify(context, self.limits)
         if not request.observations:
             raise InvalidArgument("observations", "must hold at least one observation")
-        if len(request.observations) > self.limits.max_batch:
-            raise InvalidArgument(
-                "observations", f"must hold at most {self.limits.max_batch} observations"
-            )
+        validation.too_long(
+            "observations",
+            self.limits.max_batch,
+            len(request.observations),
+            "max_batch",
+            "observations",
+        )
         items = [
             validation.observation(o, f"observations[{i}]", self.limits)
             for i, o in enumerate(request.observations)
@@ -213,9 +224,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                     f"observations[{i}].idempotency_key",
                     "must be empty: set the batch's idempotency_key instead",
                 )
-        if len({item.subject for item in items}) > self.limits.max_batch_subjects:
+        named = len({item.subject for item in items})
+        if named > self.limits.max_batch_subjects:
             raise InvalidArgument(
-                "observations", f"may name at most {self.limits.max_batch_subjects} subjects"
+                "observations",
+                f"may name at most {self.limits.max_batch_subjects} subjects, got {named} "
+                "(setting max_batch_subjects)",
+                metadata={"limit": self.limits.max_batch_subjects, "setting": "max_batch_subjects"},
             )
         for item in items:
             who.check_tenant(item.subject.tenant)
@@ -252,7 +267,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self, request: selfmodel_pb2.GetSelfModelRequest, context: grpc.ServicerContext
     ) -> bytes:
         """The serialized GetSelfModelResponse (see SerializedReplies, convert.SnapshotReplies)."""
-        who, subject = self._caller_and_subject(request, context)
+        _, subject = self._caller_and_subject(request, context)
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
@@ -260,7 +275,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         paged = bool(request.page_size or request.page_token)
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
-        view = self.engine.model(subject, positions, self._wait_s(context), _holder(who))
+        view = self._at_position(context, lambda: self.engine.model(subject, positions))
         if paged:
             chosen = select(view.beliefs, contexts, floor, request.include_uncertain)
             page, token = listing.beliefs_page(subject, chosen, asked, size)
@@ -275,11 +290,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def ExplainBelief(
         self, request: selfmodel_pb2.ExplainBeliefRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ExplainBeliefResponse:
-        who, subject = self._caller_and_subject(request, context)
+        _, subject = self._caller_and_subject(request, context)
         ctx, key = self._slot(request, "explain")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        found, token = self.engine.explain(
-            subject, ctx, key, positions, self._wait_s(context), _holder(who)
+        found, token = self._at_position(
+            context, lambda: self.engine.explain(subject, ctx, key, positions)
         )
         policy = self.engine.policies.for_context(ctx)
         return convert.explanation(subject, ctx, key, found, token, policy)
@@ -307,7 +322,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                 release()
                 raise
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
 
         def on_end() -> None:
             self.engine.unsubscribe(sub)
@@ -330,13 +345,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                     yield whole
                 sub.changed.wait(1.0)
         except SelfModelError as exc:
-            context.abort(grpc.StatusCode[exc.status], str(exc))
+            abort(context, exc)
         except Exception:
             if aborted(context):
                 raise
             # A failure inside the stream must end it with a status, never kill the node.
             log.exception("WatchSelfModel of %s failed", subject)
-            context.abort(grpc.StatusCode.INTERNAL, "the watch failed inside the node; see its log")
+            abort(context, internal("WatchSelfModel"))
         finally:
             on_end()
 
@@ -346,7 +361,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             self._caller_and_subject(request, context)
         except (Unauthenticated, PermissionDenied) as exc:
             metrics.WATCHES_ENDED.labels("revoked").inc()
-            raise type(exc)(f"watch ended: {exc}") from None
+            raise type(exc)(
+                f"watch ended: {exc}", reason=exc.reason, metadata=exc.metadata
+            ) from None
 
     @map_errors
     def ForgetSubject(
@@ -384,9 +401,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     def ListContexts(
         self, request: selfmodel_pb2.ListContextsRequest, context: grpc.ServicerContext
     ) -> selfmodel_pb2.ListContextsResponse:
-        who, subject = self._caller_and_subject(request, context)
+        _, subject = self._caller_and_subject(request, context)
         positions = validation.handoff_token(request.at_least, "at_least", self.limits)
-        view = self.engine.model(subject, positions, self._wait_s(context), _holder(who))
+        view = self._at_position(context, lambda: self.engine.model(subject, positions))
         reply = selfmodel_pb2.ListContextsResponse(handoff_token=view.token)
         for name in listing.contexts(view.state):
             policy = self.engine.policies.for_context(name)
@@ -422,7 +439,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         read = {}
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
-            view = self.engine.model(subject, wanted, self._wait_s(context), _holder(who))
+            view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
             want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
             body = self._replies.snapshot(subject, view, want, self.engine.node)
             reply.models.add().MergeFromString(body)

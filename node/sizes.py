@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from node import metrics
-from node.errors import ResourceExhausted
+from node.errors import too_large
 from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew, head_bytes
 from sync.crdt import SubjectState
 from sync.observation import Observation, Subject
@@ -44,9 +44,11 @@ class SubjectSizes:
         found = excess(new, footprint, self.limits)
         if found is not None and grew(previous, footprint):
             metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
-            raise ResourceExhausted(
-                f"subject {new.subject} {found.describe()}; nothing of this request was "
-                "written (retract or forget some of its observations first)"
+            raise too_large(
+                new.subject,
+                found,
+                "nothing of this request was written (retract or forget some of its "
+                "observations first)",
             )
         return footprint
 
@@ -64,9 +66,11 @@ class SubjectSizes:
         ):
             return
         metrics.SUBJECT_LIMIT_REFUSED.labels("retract", found.limit).inc()
-        raise ResourceExhausted(
-            f"subject {new.subject} {found.describe()}; the retract was not recorded (forget "
-            "the subject, or retract where its observations are)"
+        raise too_large(
+            new.subject,
+            found,
+            "the retract was not recorded (forget the subject, or retract where its "
+            "observations are)",
         )
 
     def past_limits(self, old: SubjectState, new: SubjectState) -> Excess | None:

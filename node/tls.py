@@ -15,7 +15,7 @@ from typing import cast
 import grpc
 from prometheus_client import Counter
 
-from node.errors import PermissionDenied
+from node.errors import PermissionDenied, Reason
 
 PEERS_REFUSED = Counter(
     "selfmodel_peers_refused_total",
@@ -40,12 +40,16 @@ def require_peer(context: grpc.ServicerContext, allowed: Collection[str]) -> str
     if name is None:
         PEERS_REFUSED.labels("no_certificate").inc()
         raise PermissionDenied(
-            "node-to-node calls need mutual TLS: connect with a certificate of the cluster's CA"
+            "node-to-node calls need mutual TLS: connect with a certificate of the cluster's CA",
+            reason=Reason.PEER_DENIED,
+            metadata={"cause": "no_certificate"},
         )
     if name not in allowed:
         PEERS_REFUSED.labels("unknown_node").inc()
         raise PermissionDenied(
-            f"certificate of node {name!r}, which is not in the cluster file: add it there first"
+            f"certificate of node {name!r}, which is not in the cluster file: add it there first",
+            reason=Reason.PEER_DENIED,
+            metadata={"cause": "unknown_node"},
         )
     return name
 

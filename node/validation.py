@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node.engine import ObservationInput
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, Reason
 from node.resolution import normalize_statement
+from selfmodel.errors import plain
 from selfmodel.sync.v1 import sync_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import CausalContext, counter_in_range
@@ -41,9 +42,6 @@ class Limits:
     max_batch: int = 500
     max_filter_contexts: int = 64
     max_token: int = 65536
-    max_handoff_wait_s: float = 30.0
-    max_handoff_waits: int = 32  # reads waiting for a handoff token at once, per node
-    max_handoff_waits_per_principal: int = 4  # of those, per principal (token or agent)
     max_handoff_lead: int = 100_000  # how far a token's counter may lead the node's (handoff)
     max_batch_subjects: int = 100
     max_watches_per_connection: int = 16
@@ -52,12 +50,25 @@ class Limits:
     idempotency_window_s: float = 3600.0  # how long a write's idempotency key is recognised
 
 
-def _matching(value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str) -> str:
+def too_long(field: str, limit: int, got: int, setting: str, unit: str = "characters") -> None:
+    """Refuses a value longer than ``limit`` (the Limits field ``setting``; "" for a fixed
+    limit)."""
+    if got > limit:
+        named = f" (setting {setting})" if setting else ""
+        raise InvalidArgument(
+            field,
+            f"must be at most {limit} {unit}, got {got}{named}",
+            metadata={"limit": limit, **({"setting": setting} if setting else {})},
+        )
+
+
+def _matching(
+    value: str, field: str, limit: int, pattern: re.Pattern[str], rule: str, setting: str = ""
+) -> str:
     """One rule for every bounded name: required, at most ``limit`` long, of ``pattern``."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) > limit:
-        raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
+    too_long(field, limit, len(value), setting)
     if not pattern.fullmatch(value):
         raise InvalidArgument(field, rule)
     return value
@@ -70,6 +81,7 @@ def identifier(value: str, field: str, limit: int) -> str:
         limit,
         _ID,
         "may hold only letters, digits and _ . : @ + - and must start with a letter or digit",
+        "max_id",
     )
 
 
@@ -80,6 +92,7 @@ def context_name(value: str, field: str, limits: Limits) -> str:
         limits.max_context,
         _CONTEXT,
         "must be lowercase snake_case (a-z, 0-9, _), starting with a letter",
+        "max_context",
     )
 
 
@@ -93,6 +106,7 @@ def key(value: str, field: str, limits: Limits) -> str:
         limits.max_key,
         _KEY,
         "may hold only a-z, 0-9, _ . - and must start with a letter or digit",
+        "max_key",
     )
 
 
@@ -102,17 +116,19 @@ def slot_key(value: str, field: str, limits: Limits) -> str:
     normalized here the same way. A value that is a valid key is that key."""
     if not value or (_KEY.fullmatch(value) and len(value) <= limits.max_key):
         return value
-    text(value, field, limits.max_statement, required=True)
+    text(value, field, limits.max_statement, required=True, setting="max_statement")
     normalized = normalize_statement(value)
     if not normalized:
         raise InvalidArgument(field, "must be a key, or a statement with more than final stops")
     return normalized
 
 
-def text(value: str, field: str, limit: int, *, required: bool) -> str:
+def text(value: str, field: str, limit: int, *, required: bool, setting: str = "") -> str:
     if required and not value.strip():
         raise InvalidArgument(field, "is required and must not be blank")
-    if len(value) > limit:
+    if setting:
+        too_long(field, limit, len(value), setting)
+    elif len(value) > limit:
         raise InvalidArgument(field, f"must be at most {limit} characters, got {len(value)}")
     if _CONTROL.search(value):
         raise InvalidArgument(field, "must not contain control characters")
@@ -121,7 +137,7 @@ def text(value: str, field: str, limit: int, *, required: bool) -> str:
 
 def unit_interval(value: float, field: str) -> float:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise InvalidArgument(field, f"must be a finite number within [0, 1], got {value}")
+        raise InvalidArgument(field, f"must be a finite number within [0, 1], got {plain(value)}")
     return value
 
 
@@ -148,7 +164,13 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
     subj = subject(msg.subject, f"{prefix}subject", limits, msg.HasField("subject"))
     context = context_name(msg.context, f"{prefix}context", limits)
     slot_key = key(msg.key, f"{prefix}key", limits)
-    statement = text(msg.statement, f"{prefix}statement", limits.max_statement, required=True)
+    statement = text(
+        msg.statement,
+        f"{prefix}statement",
+        limits.max_statement,
+        required=True,
+        setting="max_statement",
+    )
     if not slot_key and not normalize_statement(statement):
         raise InvalidArgument(
             f"{prefix}statement",
@@ -157,23 +179,29 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
         )
     if not msg.HasField("confidence"):  # proto3 would read an absent one as 0
         raise InvalidArgument(
-            f"{prefix}confidence", "is required: how sure the agent is, within [0, 1]"
+            f"{prefix}confidence",
+            "is required: how sure the agent is, within [0, 1]",
+            reason=Reason.CONFIDENCE_REQUIRED,
         )
     confidence = unit_interval(msg.confidence, f"{prefix}confidence")
     items = msg.evidence
-    if len(items) > limits.max_evidence:
-        raise InvalidArgument(
-            f"{prefix}evidence",
-            f"must hold at most {limits.max_evidence} items, got {len(items)}",
-        )
+    too_long(f"{prefix}evidence", limits.max_evidence, len(items), "max_evidence", "items")
     evidence = []
     for i, ev in enumerate(items):
         at = f"{prefix}evidence[{i}]"
         kind = EVIDENCE_KINDS.of(ev.kind)
         if not kind:
             raise InvalidArgument(f"{at}.kind", f"must be one of {EVIDENCE_KINDS.names}")
-        text(ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False)
-        text(ev.quote, f"{at}.quote", limits.max_evidence_quote, required=False)
+        text(
+            ev.ref, f"{at}.ref", limits.max_evidence_ref, required=False, setting="max_evidence_ref"
+        )
+        text(
+            ev.quote,
+            f"{at}.quote",
+            limits.max_evidence_quote,
+            required=False,
+            setting="max_evidence_quote",
+        )
         time_ms = 0
         if ev.HasField("time"):
             if (
@@ -192,8 +220,7 @@ def observation(msg: selfmodel_pb2.ObserveRequest, field: str, limits: Limits) -
 
 
 def contexts(values: Sequence[str], field: str, limits: Limits) -> frozenset[str]:
-    if len(values) > limits.max_filter_contexts:
-        raise InvalidArgument(field, f"must name at most {limits.max_filter_contexts} contexts")
+    too_long(field, limits.max_filter_contexts, len(values), "max_filter_contexts", "contexts")
     return frozenset(context_name(v, f"{field}[{i}]", limits) for i, v in enumerate(values))
 
 
@@ -201,19 +228,37 @@ def handoff_token(value: str, field: str, limits: Limits) -> dict[Subject, Causa
     if not value:
         return None
     if len(value) > limits.max_token:
-        raise InvalidArgument(field, f"must be at most {limits.max_token} characters")
+        raise InvalidArgument(
+            field,
+            f"must be at most {limits.max_token} characters, got {len(value)} (setting max_token)",
+            reason=Reason.HANDOFF_TOKEN_INVALID,
+            metadata={"limit": limits.max_token, "setting": "max_token"},
+        )
+
+    def not_a_token(why: str) -> InvalidArgument:
+        return InvalidArgument(
+            field,
+            f"is not a handoff token returned by a write or read ({why})",
+            reason=Reason.HANDOFF_TOKEN_INVALID,
+        )
+
     # base64 decoding skips characters outside its alphabet, so '!!!' would decode to an empty
     # token and a mangled token would silently ask for no position at all: a stale read.
     if not _TOKEN.fullmatch(value):
-        raise InvalidArgument(field, "is not a handoff token returned by a write (bad characters)")
+        raise not_a_token("only URL-safe base64 characters are allowed")
     try:
         positions = decode_token(value)
-    except InvalidToken as exc:
-        raise InvalidArgument(field, f"is not a handoff token returned by a write ({exc})") from exc
+    except InvalidToken:  # its text is the protobuf parser's, which names Python types
+        raise not_a_token("it does not decode to a position") from None
     if not positions:
-        raise InvalidArgument(field, "is not a handoff token returned by a write (no position)")
-    for held, context in positions.items():
-        _position(context, f"{field} ({held})")
+        raise not_a_token("it names no position")
+    try:
+        for held, context in positions.items():
+            _position(context, f"{field} ({held})")
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            exc.field, exc.description, reason=Reason.HANDOFF_TOKEN_INVALID
+        ) from None
     return positions
 
 

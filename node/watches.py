@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from node import metrics
-from node.errors import ResourceExhausted
+from node.errors import QuotaViolation, Reason, ResourceExhausted
 from sync.observation import Subject
 
 
@@ -35,8 +35,12 @@ class Watches:
     def subscribe(self, subject: Subject) -> Subscription:
         with self._lock:
             if self._count >= self.max_watchers:
+                limit = f"at most {self.max_watchers} watches (setting max_watchers)"
                 raise ResourceExhausted(
-                    f"node {self.node} serves at most {self.max_watchers} watches; close one first"
+                    f"node {self.node} serves {limit}; close one first, or watch on another node",
+                    reason=Reason.WATCHES_EXHAUSTED,
+                    metadata={"limit": self.max_watchers, "setting": "max_watchers"},
+                    quota=[QuotaViolation(f"node {self.node}", f"serves {limit}")],
                 )
             sub = Subscription(subject)
             self._watchers.setdefault(subject, []).append(sub)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
+from selfmodel.errors import Reason
 from selfmodel.sync.v1 import sync_pb2
 from sync import metrics
 from sync.codec import delta_from_proto
@@ -37,11 +38,20 @@ ACK_INTERVAL_S = 0.05
 
 
 class StreamRefused(Exception):
-    """The stream broke the protocol and ends; ``status`` names its gRPC status code."""
+    """The stream broke the protocol and ends; ``status`` names its gRPC status code, ``reason``
+    and ``metadata`` its ErrorInfo (selfmodel.errors), if any."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 def actor_node(actor: str) -> str:
@@ -81,7 +91,10 @@ class DeltaReceiver:
         for batch in batches:
             if batch.origin != peer:
                 raise StreamRefused(
-                    "PERMISSION_DENIED", f"{peer} may not send deltas of {batch.origin!r}"
+                    "PERMISSION_DENIED",
+                    f"{peer} may not send deltas of {batch.origin!r}",
+                    Reason.PEER_FOREIGN_WRITE,
+                    {"peer": peer, "origin": batch.origin},
                 )
             if not batch.resent:
                 top = max(top, batch.last_seq)
@@ -149,6 +162,8 @@ def _check_own(peer: str, deltas: Iterable[sync_pb2.SubjectState]) -> None:
                 "PERMISSION_DENIED",
                 f"deltas[{i}]: peer {peer} may send dots of its own actors only, "
                 f"got {foreign[0]!r}",
+                Reason.PEER_FOREIGN_WRITE,
+                {"peer": peer, "actor": foreign[0]},
             )
 
 

@@ -215,7 +215,7 @@ class LocalCluster:
         ``root`` (default: with tokens, which need peer authentication, and without TLS);
         ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
 
-        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_handoff_waits": 3}``).
+        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_watchers": 3}``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).

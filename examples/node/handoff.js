@@ -58,6 +58,27 @@ function call(client, method, request) {
   });
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// A read with a handoff token on a node that has not merged its position yet is answered at
+// once UNAVAILABLE (reason HANDOFF_POSITION_PENDING, with a RetryInfo delay; docs/errors.md):
+// the node never holds the read. Ask again, waiting longer each time, until the deadline.
+async function readAtLeast(client, request) {
+  const deadline = Date.now() + DEADLINE_MS;
+  let delayMs = 10;
+  for (;;) {
+    try {
+      return await call(client, "GetSelfModel", request);
+    } catch (err) {
+      if (err.code !== grpc.status.UNAVAILABLE || Date.now() + delayMs >= deadline) {
+        throw err;
+      }
+    }
+    await sleep(delayMs);
+    delayMs = Math.min(delayMs * 2, 1000);
+  }
+}
+
 function required(name) {
   const value = process.env[name];
   if (!value) {
@@ -78,9 +99,9 @@ async function main() {
       confidence: 0.82,
       evidence: [{ kind: "EVIDENCE_KIND_CALL", ref: "crm://call/77", quote: "we need it live this quarter" }],
     });
-    // The token is opaque: pass it as at_least, and the other node answers once it has merged
-    // this write (or DEADLINE_EXCEEDED).
-    const read = await call(reader, "GetSelfModel", { subject, at_least: written.handoff_token });
+    // The token is opaque: pass it as at_least; the other node answers the model once it has
+    // merged this write, UNAVAILABLE (ask again) until then.
+    const read = await readAtLeast(reader, { subject, at_least: written.handoff_token });
     const snapshot = read.snapshot;
 
     let refused = null;

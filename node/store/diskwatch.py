@@ -41,6 +41,7 @@ class DiskWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="diskwatch", daemon=True)
         store.on_suspension = self._show
+        store.retry_after_s = probe_s  # writes may resume at the next probe
 
     def start(self) -> None:
         self.check()

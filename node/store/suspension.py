@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from node import metrics
-from node.errors import Unavailable
+from node.errors import Reason, Unavailable
 from node.store.cache import StateCache
 from node.store.digests import load_bucket_hashes
 from node.store.identity import RunIdentity
@@ -47,12 +47,15 @@ class Suspension(RunIdentity, StateCache):
     delta_log: Outbox
     _buckets: list[bytes]
     hlc: int
+    suspended_kind: str = ""  # no space, low space or I/O error, while suspended
+    retry_after_s: float = 5.0  # a refused write's RetryInfo: how often the disk is probed
 
     def suspend(self, kind: str, detail: str, *, reopen: bool = False) -> None:
         """Refuses writes from now on (UNAVAILABLE) until resume_writes; ``kind``: ``no space``,
         ``low space`` or ``I/O error``. Logs and tells ``on_suspension`` once per suspension."""
         if reopen:
             self._reopen_needed = True
+        self.suspended_kind = kind
         what = {
             "no space": "the disk holding its data directory is full",
             "low space": "the disk holding its data directory is nearly full",
@@ -72,9 +75,13 @@ class Suspension(RunIdentity, StateCache):
         self._buckets = load_bucket_hashes(self._cf["digest"])
 
     def _refusal(self) -> Unavailable:
+        full = self.suspended_kind in ("no space", "low space")
         return Unavailable(
             f"node {self.node} refuses writes: {self.suspended or 'its last write failed'}; they "
-            "resume by themselves once the disk has room again (retry, or write on another node)"
+            "resume by themselves once the disk has room again (retry, or write on another node)",
+            reason=Reason.DISK_FULL if full else Reason.STORE_UNWRITABLE,
+            metadata={"node": self.node, **({"setting": "min_free_mb"} if full else {})},
+            retry_after_s=self.retry_after_s,
         )
 
     def resume_writes(self) -> bool:

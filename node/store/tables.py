@@ -16,7 +16,7 @@ from typing import Any
 import rocksdict
 
 from node import metrics
-from node.errors import Unavailable
+from node.errors import Reason, Unavailable
 from node.store.wal import WalAssumptionBroken, WalSync, check_assumptions
 
 log = logging.getLogger("node.store")
@@ -73,7 +73,12 @@ class _Reopening(dict[str, Any]):
             current = getattr(tables, self._attribute)
             if not isinstance(current, _Reopening):
                 return current[name]
-        raise Unavailable(f"node {tables.node} has its store closed (reopening it); retry")
+        raise Unavailable(
+            f"node {tables.node} has its store closed (reopening it); retry",
+            reason=Reason.STORE_UNWRITABLE,
+            metadata={"node": tables.node},
+            retry_after_s=1.0,
+        )
 
 
 class Tables:

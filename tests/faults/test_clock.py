@@ -93,8 +93,14 @@ def test_a_node_restarted_with_its_saved_clock_ahead_refuses_writes_until_the_cl
     assert metric(cluster, "sales", "selfmodel_clock_ahead_seconds") > bound_ms / 1000
     assert "CLOCK AHEAD" in cluster.nodes["sales"].log()
     with cluster.client("sales", "agent", attempts=1) as sales:
-        with pytest.raises(Unavailable, match="max_clock_offset_ms = 8000"):
+        with pytest.raises(Unavailable, match="max_clock_offset_ms = 8000") as refused:
             sales.observe(user("u"), "Too soon", confidence=0.9, context="facts", key="soon")
+        assert refused.value.reason == "CLOCK_AHEAD"
+        assert refused.value.metadata["setting"] == "max_clock_offset_ms"
+        assert refused.value.metadata["max_offset_ms"] == "8000"
+        # RetryInfo: until the wall clock catches up with the saved clock.
+        assert refused.value.retry_after_s is not None
+        assert 0 < refused.value.retry_after_s <= (ahead_ms - bound_ms) / 1000
         assert metric(cluster, "sales", "selfmodel_writes_refused_total", reason="clock_ahead") >= 1
 
         # Taken as soon as the wall clock is within the bound of the saved clock, and then
@@ -252,8 +258,9 @@ def test_a_bad_counter_is_refused_once_and_never_jams_the_stream_nor_is_minted(
     replicate(cluster, [batch(3, [at_bound])])
     ended = cluster.nodes["sales"].log().count("delta stream to support ended")
     with cluster.client("sales", "agent", attempts=1) as sales:
-        with pytest.raises(ResourceExhausted, match="beyond the bound every replica accepts"):
+        with pytest.raises(ResourceExhausted, match="beyond the bound every replica accepts") as r:
             sales.observe(user("jam"), "Next", confidence=0.9, context="facts", key="next")
+        assert r.value.reason == "COUNTER_EXHAUSTED" and r.value.metadata["actor"] == actor
         written = sales.observe(user("other"), "Fine", confidence=0.9, context="facts")
     with cluster.client("support", "reader") as support:
         support.self_model(user("other"), at_least=written.token, timeout_s=5.0)
@@ -276,9 +283,12 @@ def test_a_node_whose_clock_is_ahead_of_most_of_its_cluster_takes_no_writes(
     assert metric(cluster, "billing", "selfmodel_peer_clock_offset_seconds", peer="sales") > 590
     with (
         cluster.client("billing", "agent", attempts=1) as billing,
-        pytest.raises(Unavailable, match="ahead of its peers sales, support"),
+        pytest.raises(Unavailable, match="ahead of its peers sales, support") as refused,
     ):
         billing.observe(user("u"), "Skewed", confidence=0.9, context="facts", key="k")
+    assert refused.value.reason == "CLOCK_AHEAD_OF_PEERS"
+    assert refused.value.metadata["peers"] == "sales,support"
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
     with cluster.client("sales", "agent", attempts=1) as sales:  # the others write on
         written = sales.observe(user("u"), "Fine", confidence=0.9, context="facts", key="k")
     # The clock is fixed: billing writes again, and everything converges.

@@ -158,8 +158,11 @@ def test_writes_stop_before_the_disk_is_full_and_resume_above_the_floor(tmp_path
                     "writes not suspended under min_free_mb",
                     WAIT_S,
                 )
-                with pytest.raises(Unavailable, match=r"nearly full.*min_free_mb"):
+                with pytest.raises(Unavailable, match=r"nearly full.*min_free_mb") as refused:
                     client.observe(user("u-floor"), "Refused", confidence=0.8, context="facts")
+                assert refused.value.reason == "DISK_FULL"
+                assert refused.value.metadata == {"node": node.name, "setting": "min_free_mb"}
+                assert refused.value.retry_after_s is not None  # the disk probe's interval
                 filler.unlink()
                 wait_until(
                     lambda: health(node.address, "selfmodel.v1.SelfModelService") == SERVING,

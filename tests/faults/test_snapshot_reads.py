@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from federation import retries
 from federation.client import user
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import merge_tokens
@@ -75,7 +76,12 @@ def read(
     req.subject.id = subject
     if limit is not None:
         req.max_positions = limit
-    return stub.GetSelfModel(req, metadata=(("x-agent-id", "auditor"),), timeout=30).snapshot
+    # A node that has not merged the token's position answers HANDOFF_POSITION_PENDING at once:
+    # asked again, as every client does, until the 30 s deadline.
+    reply = retries.call(
+        retries.RetryPolicy(), stub.GetSelfModel, req, 30.0, (("x-agent-id", "auditor"),)
+    )
+    return reply.snapshot
 
 
 def shown(model: model_pb2.SelfModelSnapshot) -> dict[str, tuple[str, frozenset]]:

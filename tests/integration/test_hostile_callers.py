@@ -1,5 +1,5 @@
 """What a caller with a valid token cannot do to a node: keep watching after its token is
-revoked, pin the node's threads with handoff waits, read a subject under another subject's
+revoked, pin the node's threads with pending handoff reads, read a subject under another subject's
 token, learn other tenants' subject counts; and a node without tokens keeps metrics on loopback.
 Real node processes throughout."""
 
@@ -23,6 +23,7 @@ from federation.client import Client, user
 from federation.processes import node_command
 from node.auth import hash_token, load_tokens, render_tokens
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.errors import HandoffPending, HandoffTimeout, from_rpc_error
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.causal import CausalContext
 from sync.codec import decode_token, encode_token
@@ -222,63 +223,74 @@ def test_a_token_of_one_subject_does_not_read_another(secured: Any) -> None:
         assert "not of acme/user/u-2" in refused.value.details()
 
 
-def waiting(node: NodeProcess) -> float:
-    return metric(node, "selfmodel_handoff_waits")
-
-
-def test_handoff_waits_are_bounded_per_principal_and_per_node(
+def test_pending_handoff_reads_hold_no_thread_and_ordinary_calls_stay_fast(
     make_cluster: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
+    """400 reads naming a position a peer may yet deliver (the finding held 400 threads for 30 s)
+    are each answered at once, UNAVAILABLE with HANDOFF_POSITION_PENDING and a retry delay;
+    clients asking again until their deadlines leave the node's threads free for other calls."""
     file = tmp_path / "tokens.toml"
-    made = [tokens.create(file, f"agent{i}", "acme", write=["*"])[0] for i in range(3)]
+    made = {name: tokens.create(file, name, "acme", write=["*"])[0] for name in ("alice", "bob")}
+    # One watch at most: the node's pool is then 65 threads (max_watchers + 64), far fewer than
+    # the reads below, which would all be held if a pending read held its thread.
     cluster = make_cluster(
         ("sales",),
         proxies=False,
-        limits={"max_handoff_waits": 3, "max_handoff_waits_per_principal": 2},
+        limits={"max_watchers": 1},
         node_args={"sales": ["--tokens", str(file)]},
     )
     node = cluster.nodes["sales"]
-    with Client(node.address, token=made[0], tenant="acme") as client:
-        written = client.observe(user("u-1"), "Prefers chat", confidence=0.8, context="style")
-    # A dot of an earlier run of this node: plausible (a peer could deliver it), so waited for.
-    unmet = made_up(written.token, "sales.0.feedbeef", 3)
-    req = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT, at_least=unmet)
-    held = []
-    with grpc.insecure_channel(node.address) as channel:
-        stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+    with Client(node.address, token=made["alice"], tenant="acme") as alice:
+        written = alice.observe(user("u-1"), "Prefers chat", confidence=0.8, context="style")
+    # A dot of an earlier run of this node: plausible (a peer could deliver it), never merged.
+    pending = made_up(written.token, "sales.0.feedbeef", 3)
+    channel = grpc.insecure_channel(node.address)
+    stub = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+    req = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT, at_least=pending)
+    started = time.monotonic()
+    calls = [
+        stub.GetSelfModel.future(req, metadata=bearer(made["alice"]), timeout=60)
+        for _ in range(400)
+    ]
+    plain = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT)
+    assert stub.GetSelfModel(plain, metadata=bearer(made["bob"]), timeout=WAIT_S).snapshot.beliefs
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as answered:
+            call.result(timeout=WAIT_S)
+        assert answered.value.code() == grpc.StatusCode.UNAVAILABLE
+        error = from_rpc_error(answered.value)
+        assert isinstance(error, HandoffPending), error
+        assert error.metadata["actor"] == "sales.0.feedbeef" and error.metadata["counter"] == "3"
+        assert error.retry_after_s is not None and 0 < error.retry_after_s <= 1.0
+    assert time.monotonic() - started < WAIT_S, "400 reads a deadline of 60 s answered at once"
+    assert metric(node, "selfmodel_handoff_pending_total") >= 400
 
-        def wait(i: int) -> Any:
-            call = stub.GetSelfModel.future(req, metadata=bearer(made[i]), timeout=60)
-            held.append(call)
-            return call
+    # Clients asking again until their deadline, while others read: no read is held in the node.
+    timed_out: list[float] = []
 
-        def refused(i: int) -> tuple[grpc.StatusCode, str]:
+    def hold_on() -> None:
+        with Client(node.address, token=made["alice"], tenant="acme", timeout_s=3.0) as client:
             try:
-                stub.GetSelfModel(req, metadata=bearer(made[i]), timeout=WAIT_S)
-            except grpc.RpcError as exc:
-                return exc.code(), exc.details()
-            return grpc.StatusCode.OK, ""
+                client.self_model(user("u-1"), at_least=pending)
+            except HandoffTimeout:
+                timed_out.append(time.monotonic())
 
-        try:
-            wait(0), wait(0)
-            wait_until("two waits of agent0", lambda: waiting(node) == 2)
-            code, details = refused(0)
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
-            assert "max_handoff_waits_per_principal = 2" in details, details
-            wait(1)
-            wait_until("three waits", lambda: waiting(node) == 3)
-            code, details = refused(2)
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
-            assert "(setting max_handoff_waits = 3)" in details, details
-            plain = selfmodel_pb2.GetSelfModelRequest(subject=SUBJECT)
-            assert stub.GetSelfModel(
-                plain, metadata=bearer(made[2]), timeout=WAIT_S
-            ).snapshot.beliefs
-            assert metric(node, 'selfmodel_handoff_refused_total{reason="busy"}') == 2
-        finally:
-            for call in held:
-                call.cancel()
-        wait_until("a cancelled wait gives its place back", lambda: waiting(node) == 0, 40)
+    holders = [threading.Thread(target=hold_on, daemon=True) for _ in range(32)]
+    for t in holders:
+        t.start()
+    slowest = 0.0
+    with Client(node.address, token=made["bob"], tenant="acme") as bob:
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert bob.self_model(user("u-1")).beliefs()
+            slowest = max(slowest, time.monotonic() - t0)
+    for t in holders:
+        t.join(WAIT_S)
+    channel.close()
+    assert len(timed_out) == len(holders), "every pending read ended at its client's deadline"
+    assert slowest < 1.0, f"an ordinary read took {slowest:.2f}s beside pending ones"
+    # The node counts each pending read's last answer, the one that ended it at the deadline.
+    assert metric(node, "selfmodel_handoff_timeouts_total") == len(holders)
 
 
 def test_get_status_counts_subjects_only_for_operators_and_within_their_tenant(

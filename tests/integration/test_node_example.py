@@ -42,10 +42,11 @@ def node_example() -> Path:
     return Path(node)
 
 
-def _waiting_reads(cluster: LocalCluster, name: str) -> float:
-    """The node's reads waiting for a handoff token's position (selfmodel_handoff_waits)."""
+def _pending_reads(cluster: LocalCluster, name: str) -> float:
+    """The node's reads answered that a handoff token's position is not merged yet
+    (selfmodel_handoff_pending_total)."""
     for line in cluster.nodes[name].metrics().splitlines():
-        if line.startswith("selfmodel_handoff_waits "):
+        if line.startswith("selfmodel_handoff_pending_total "):
             return float(line.split(" ")[1])
     return 0.0
 
@@ -56,7 +57,7 @@ def test_the_node_example_reads_its_write_on_another_node_with_the_handoff_token
     token_file = tmp_path / "tokens.toml"
     token, _ = tokens.create(token_file, "node_example_agent", "acme", "agent", ["*"])
     cluster = make_cluster(("sales", "support"), tokens=token_file)
-    # Replication cut: the other node can show the write only by waiting for its token.
+    # Replication cut: the other node can show the write only once the example asks again.
     cluster.partition(["sales"], ["support"])
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -76,8 +77,8 @@ def test_the_node_example_reads_its_write_on_another_node_with_the_handoff_token
     ) as example:
         try:
             wait_until(
-                lambda: _waiting_reads(cluster, "support") >= 1 or example.poll() is not None,
-                "the example's read waiting on support for its handoff token",
+                lambda: _pending_reads(cluster, "support") >= 1 or example.poll() is not None,
+                "the example's read answered pending on support for its handoff token",
                 timeout_s=60,
             )
             cluster.heal()

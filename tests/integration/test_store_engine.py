@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from node.engine import Engine, ObservationInput
-from node.errors import Unavailable
+from node.errors import HandoffPending, Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from node.store.rows import read_rows
 from sync.causal import CausalContext, Dot
@@ -112,37 +113,25 @@ def test_a_node_restored_from_a_backup_never_reuses_a_dot_it_handed_out_since(tm
     peer.store.close()
 
 
-def test_a_reader_waiting_for_a_handoff_token_wakes_when_the_write_arrives(tmp_path: Path):
-    """The merge wakes it: a reader that missed the wake-up would wait out its deadline."""
+def test_a_handoff_position_not_merged_yet_is_pending_at_once_and_read_once_merged(
+    tmp_path: Path,
+):
+    """The engine never waits for a position: it answers HandoffPending naming the missing dot
+    and a retry delay, and the same read succeeds once the write is merged."""
     sales = Engine(Store(tmp_path / "sales", "sales"))
-    # Its cluster's nodes: a token naming an actor of none of them is refused, not waited on.
+    # Its cluster's nodes: a token naming an actor of none of them is refused, not pending.
     support = Engine(Store(tmp_path / "support", "support"), members=frozenset({"sales"}))
     token = decode_token(sales.observe("sales_agent", [item(U1, "plan", "Pro")]).token)
-    results: list[Any] = []
-
-    def read() -> None:
-        try:
-            results.append(support.wait_for(U1, token, timeout_s=60))
-        except Exception as exc:
-            results.append(exc)
-
-    waiting = threading.Event()
-
-    class Observed(threading.Condition):
-        """The engine's merge condition, telling when a reader begins to wait on it."""
-
-        def wait(self, timeout: float | None = None) -> bool:
-            waiting.set()  # under the lock, after the reader found the position not merged
-            return super().wait(timeout)
-
-    support.reader._merged = Observed()
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert waiting.wait(10), "the reader never began to wait"
+    started = time.monotonic()
+    with pytest.raises(HandoffPending) as pending:
+        support.at_position(U1, token)
+    assert time.monotonic() - started < 1.0, "a pending position is answered at once"
+    assert pending.value.reason == "HANDOFF_POSITION_PENDING"
+    assert pending.value.metadata["actor"] == sales.actor
+    assert pending.value.metadata["counter"] == "1" and pending.value.metadata["held"] == "0"
+    assert pending.value.retry_after_s is not None and 0 < pending.value.retry_after_s <= 1
     support.merge_remote([Delta(sales.state(U1))])
-    reader.join(timeout=30)
-    assert not reader.is_alive(), "the merge did not wake the waiting reader"
-    assert len(results) == 1 and isinstance(results[0], SubjectState), results
+    assert isinstance(support.at_position(U1, token), SubjectState)
     assert _keys(support, U1) == {"plan"}
     sales.store.close()
     support.store.close()

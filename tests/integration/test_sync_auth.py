@@ -20,6 +20,7 @@ from node.engine import Engine
 from node.peers import NODE_HEADER, TOKEN_HEADER, PeerAuth, peer_token, read_secrets
 from node.replication import EngineReplica, GrpcPeerLink
 from node.store import BUCKETS, Store
+from selfmodel.errors import from_rpc_error
 from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
 from selfmodel.v1 import model_pb2
 from sync.crdt import SubjectState
@@ -76,7 +77,14 @@ def request(method: str, claimed: str) -> Any:
     return sync_pb2.ClaimRunRequest(previous=0, run=7, incarnation=1_000)
 
 
-def call(channel: grpc.Channel, method: str, metadata: Metadata, claimed: str) -> grpc.StatusCode:
+def call(
+    channel: grpc.Channel,
+    method: str,
+    metadata: Metadata,
+    claimed: str,
+    reasons: set[str] | None = None,
+) -> grpc.StatusCode:
+    """The status of ``method``; the ErrorInfo reason of a refusal is added to ``reasons``."""
     path = f"/selfmodel.sync.v1.SyncService/{method}"
     msg = request(method, claimed)
     try:
@@ -94,6 +102,8 @@ def call(channel: grpc.Channel, method: str, metadata: Metadata, claimed: str) -
             )
         return grpc.StatusCode.OK
     except grpc.RpcError as exc:
+        if reasons is not None:
+            reasons.add(from_rpc_error(exc).reason)
         return exc.code()  # type: ignore[no-any-return]
 
 
@@ -156,8 +166,14 @@ def assert_all_refused(
     with open_channel(target) as channel:
         for name, metadata in sets.items():
             for method in METHODS:
-                code = call(channel, method, metadata, "support")
+                reasons: set[str] = set()
+                code = call(channel, method, metadata, "support", reasons)
                 assert code in REFUSED, f"{target} {method} with {name}: {code}"
+                wanted = {
+                    grpc.StatusCode.UNAUTHENTICATED: "PEER_UNAUTHENTICATED",
+                    grpc.StatusCode.PERMISSION_DENIED: "PEER_DENIED",
+                }[code]
+                assert reasons == {wanted}, f"{target} {method} with {name}: {reasons}"
 
 
 @pytest.mark.parametrize("own_peer_port", [False, True], ids=["shared port", "peers' port"])
@@ -250,6 +266,9 @@ def test_a_peer_sends_its_own_dots_only_and_its_erases_are_audited(
                 break
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "own actors" in str(refused.value.details())
+        error = from_rpc_error(refused.value)
+        assert error.reason == "PEER_FOREIGN_WRITE"
+        assert error.metadata == {"peer": "support", "actor": "sales.1.f00d"}
         # an erase relayed by the peer is merged, and audited on the receiving node
         assert call(channel, "ExchangeStates", support, "support") == grpc.StatusCode.OK
     with cluster.client("sales", "ops", token=made["operator"]) as ops:

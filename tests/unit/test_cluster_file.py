@@ -155,22 +155,24 @@ def test_a_limit_outside_cluster_limits_is_refused_naming_where_it_goes(
 
 def test_cluster_limits_reach_the_node_and_default_to_the_node_limits(tmp_path: Path) -> None:
     plain = node_config(parse(_file(""), tmp_path, None), "sales")
-    assert plain.limits.max_handoff_waits == 32 and plain.max_watchers == 256
-    lines = "[cluster.limits]\nmax_handoff_waits = 3\nmax_handoff_wait_s = 2.5\nmax_watchers = 9"
+    assert plain.limits.max_handoff_lead == 100_000 and plain.max_watchers == 256
+    lines = "[cluster.limits]\nmax_handoff_lead = 3\nmax_batch = 7\nmax_watchers = 9"
     config = node_config(parse(_file(lines), tmp_path, None), "sales")
-    assert config.limits.max_handoff_waits == 3
-    assert config.limits.max_handoff_wait_s == 2.5
+    assert config.limits.max_handoff_lead == 3
+    assert config.limits.max_batch == 7
     assert config.max_watchers == 9
 
 
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ("max_handoff_waits = 0", "max_handoff_waits must be a whole number above 0, got 0"),
-        ("max_handoff_waits = 2.5", "max_handoff_waits must be a whole number above 0, got 2.5"),
-        ("max_handoff_waits = true", "max_handoff_waits must be a whole number above 0, got True"),
-        ("max_handoff_wait_s = -1", "max_handoff_wait_s must be a number above 0, got -1"),
+        ("max_handoff_lead = 0", "max_handoff_lead must be a whole number above 0, got 0"),
+        ("max_handoff_lead = 2.5", "max_handoff_lead must be a whole number above 0, got 2.5"),
+        ("max_handoff_lead = true", "max_handoff_lead must be a whole number above 0, got True"),
+        ("idempotency_window_s = -1", "idempotency_window_s must be a number above 0, got -1"),
         ("max_waits = 3", "unknown [cluster.limits] keys ['max_waits']"),
+        # The handoff wait bounds are gone with the waits (a read never waits in the node).
+        ("max_handoff_waits = 3", "unknown [cluster.limits] keys ['max_handoff_waits']"),
     ],
 )
 def test_a_bad_cluster_limit_is_refused_naming_it(tmp_path: Path, line: str, says: str) -> None:

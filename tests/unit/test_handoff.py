@@ -1,13 +1,20 @@
-"""Which handoff positions a node refuses at once, and how many waits it holds (node.handoff)."""
+"""Which handoff positions a node refuses at once, which dot it names as pending, and how soon it
+tells a pending read to ask again (node.handoff)."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.errors import ResourceExhausted
-from node.handoff import WaitSlots, implausible, node_of
+from node.handoff import (
+    MAX_RETRY_S,
+    MIN_RETRY_S,
+    DeliveryDelays,
+    Missing,
+    implausible,
+    missing,
+    node_of,
+)
 from sync.causal import CausalContext, Dot
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
@@ -33,7 +40,7 @@ def test_an_actor_is_named_by_its_node() -> None:
     assert node_of("sales") is None and node_of(".3.a") is None
 
 
-def test_a_position_a_peer_may_yet_deliver_is_waited_for() -> None:
+def test_a_position_a_peer_may_yet_deliver_is_not_refused() -> None:
     local = state(**{"sales_3_aaaaaaaa": 5})
     assert judge(local, {ME: 5, PEER: 100}) == ""  # a peer's dots within the lead
     assert judge(local, {"sales.2.cccccccc": 7}) == ""  # an earlier run of this node
@@ -74,18 +81,37 @@ def test_whatever_the_node_holds_is_never_refused(have: int, asked: int) -> None
         assert judge(local, {PEER: asked, ME: asked}) == ""
 
 
-def test_waits_are_bounded_per_principal_and_per_node_and_released() -> None:
-    slots = WaitSlots("sales", per_node=3, per_principal=2)
-    a1, a2 = slots.acquire("token a"), slots.acquire("token a")
-    with pytest.raises(ResourceExhausted, match="max_handoff_waits_per_principal = 2"):
-        slots.acquire("token a")
-    b1 = slots.acquire("token b")
-    with pytest.raises(ResourceExhausted, match=r"\(setting max_handoff_waits = 3\)"):
-        slots.acquire("token c")
-    assert slots.held == 3
-    a1()
-    c1 = slots.acquire("token c")
-    for release in (a2, b1, c1):
-        release()
-    assert slots.held == 0
-    slots.acquire("token a"), slots.acquire("token a")
+def test_the_first_missing_dot_is_named_with_what_the_node_holds_of_its_actor() -> None:
+    local = state(**{"sales_3_aaaaaaaa": 5, "support_1_bbbbbbbb": 7})
+    assert missing(local, CausalContext({ME: 5, PEER: 7})) is None
+    assert missing(local, CausalContext({ME: 4, PEER: 9})) == Missing(PEER, 9, 7)
+    assert missing(local, CausalContext({"a.1.x": 1, PEER: 9})) == Missing("a.1.x", 1, 0)
+    # A cloud dot beyond a gap is missing although the actor's top counter is higher.
+    gap = SubjectState(SUBJECT, context=CausalContext({PEER: 3}, frozenset([Dot(PEER, 9)])))
+    assert missing(gap, CausalContext({PEER: 9})) == Missing(PEER, 9, 9)
+    assert missing(gap, CausalContext({}, frozenset([Dot(PEER, 9)]))) is None
+    assert missing(gap, CausalContext({}, frozenset([Dot(PEER, 5)]))) == Missing(PEER, 5, 9)
+
+
+@given(st.integers(0, 50), st.integers(0, 50))
+def test_a_position_is_missing_exactly_when_the_state_does_not_cover_it(
+    have: int, asked: int
+) -> None:
+    local = state(**{"support_1_bbbbbbbb": have})
+    position = CausalContext({PEER: asked})
+    assert (missing(local, position) is None) == local.covers(position)
+
+
+def test_a_pending_read_is_told_to_wait_about_as_long_as_the_peers_deltas_take() -> None:
+    delays = DeliveryDelays(weight=0.5)
+    assert delays.retry_after_s(PEER) == 2 * MIN_RETRY_S  # never heard from
+    delays.note("support", 0.040)
+    assert delays.retry_after_s(PEER) == 0.040
+    delays.note("support", 0.020)
+    assert abs(delays.retry_after_s(PEER) - 0.030) < 1e-9  # a moving average
+    delays.note("sales", 0.0)
+    assert delays.retry_after_s(ME) == MIN_RETRY_S  # never below the floor
+    delays.note("sales", 60.0)
+    delays.note("sales", 60.0)
+    assert delays.retry_after_s(ME) <= MAX_RETRY_S  # nor above the ceiling
+    assert delays.retry_after_s("not-an-actor") == 2 * MIN_RETRY_S

@@ -172,8 +172,9 @@ ASKED = [
 def test_a_call_is_recognised_from_its_merged_observations_only_once_all_are_merged() -> None:
     alice, bob = _state(ALICE, _keyed(1, 0)), _state(BOB, _keyed(2, 1))
     assert replicated([alice, bob], REQUEST, ASKED, BASE_MS) == Replay(("a.1:1", "a.1:2"))
-    with pytest.raises(Unavailable, match="1 of the 2"):
+    with pytest.raises(Unavailable, match="1 of the 2") as pending:
         replicated([alice, _state(BOB)], REQUEST, ASKED, BASE_MS)
+    assert pending.value.reason == "IDEMPOTENT_WRITE_PENDING" and pending.value.retry_after_s
     assert replicated([_state(ALICE), _state(BOB)], REQUEST, ASKED, BASE_MS) is None
 
 
@@ -181,8 +182,9 @@ def test_a_call_lost_in_part_on_one_subject_says_retrying_here_never_helps() -> 
     """A subject's observations of one call arrive together: one present and one not means the
     other was since replaced here, which no retry on this node finds."""
     both = [(0, ALICE, "budget", "amount", "ten thousand"), (1, ALICE, "plans", "size", "big")]
-    with pytest.raises(Unavailable, match=r"since replaced.*node that took the first call"):
+    with pytest.raises(Unavailable, match=r"since replaced.*node that took the first call") as lost:
         replicated([_state(ALICE, _keyed(1, 0))], REQUEST, both, BASE_MS)
+    assert lost.value.reason == "IDEMPOTENT_WRITE_LOST" and lost.value.retry_after_s is None
 
 
 def test_merged_observations_of_another_agent_or_past_the_window_are_not_the_call() -> None:

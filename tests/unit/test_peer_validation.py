@@ -236,7 +236,7 @@ def test_a_state_breaking_one_rule_is_refused_naming_the_field(case: str) -> Non
     change, field, words = BROKEN[case]
     error = refused(change)
     assert error.field == field, str(error)
-    assert words in error.reason, str(error)
+    assert words in error.description, str(error)
 
 
 def test_a_state_with_more_dots_than_any_subject_may_hold_is_refused() -> None:
@@ -247,7 +247,7 @@ def test_a_state_with_more_dots_than_any_subject_may_hold_is_refused() -> None:
         )
 
     error = refused(many)
-    assert error.field == "deltas[0]" and "more dots or observations" in error.reason
+    assert error.field == "deltas[0]" and "more dots or observations" in error.description
 
 
 def test_a_state_with_more_observations_than_any_subject_may_hold_is_refused() -> None:
@@ -256,7 +256,7 @@ def test_a_state_with_more_observations_than_any_subject_may_hold_is_refused() -
         msg.observations.extend(extra)  # counted before any of them is looked at
 
     error = refused(many)
-    assert error.field == "deltas[0]" and "more dots or observations" in error.reason
+    assert error.field == "deltas[0]" and "more dots or observations" in error.description
 
 
 ACCEPTED: dict[str, Callable[[State], object]] = {

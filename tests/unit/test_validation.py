@@ -55,7 +55,7 @@ def test_a_peer_state_at_the_counter_bound_passes_and_one_past_it_is_refused() -
         validation.remote_state(remote(MAX_COUNTER + 1), "deltas[0]", Limits())
     except InvalidArgument as exc:
         assert exc.field == "deltas[0].context.vector[0].counter"
-        assert "2^62" in exc.reason and str(MAX_COUNTER + 1) in exc.reason
+        assert "2^62" in exc.description and str(MAX_COUNTER + 1) in exc.description
     else:
         raise AssertionError("a counter past the bound passed")
 
@@ -87,6 +87,6 @@ def test_an_agents_handoff_token_holds_to_the_same_counter_bound() -> None:
             validation.handoff_token(token, "at_least", Limits())
         except InvalidArgument as exc:
             assert exc.field.startswith("at_least")
-            assert "2^62" in exc.reason
+            assert "2^62" in exc.description
         else:
             raise AssertionError("a token naming a counter past the bound passed")

@@ -272,9 +272,10 @@ class GetSelfModelRequest(_message.Message):
     SelfModelSnapshot.uncertain_omitted. The command line's `show` does the same.
     """
     at_least: _builtins.str
-    """A handoff token: wait (within the call's deadline) until this node has merged that position.
-    It must name this subject (else INVALID_ARGUMENT), and a position some node has issued
-    (else INVALID_ARGUMENT at once); a wait beyond the node's limits is RESOURCE_EXHAUSTED.
+    """A handoff token: read once this node has merged that position. It must name this subject
+    (else INVALID_ARGUMENT), and a position some node has issued (else INVALID_ARGUMENT); one
+    not merged yet is answered at once UNAVAILABLE (HANDOFF_POSITION_PENDING, with RetryInfo):
+    ask again until the call's deadline. A node never holds the read waiting.
     """
     page_size: _builtins.int
     """Optional paging of the beliefs, in (context, key) order: at most this many per reply. 0
@@ -351,7 +352,7 @@ class ExplainBeliefRequest(_message.Message):
     key: _builtins.str
     """Required: as in RetractRequest.key (a key, or the statement of a slot without one)."""
     at_least: _builtins.str
-    """Optional: a handoff token to wait for, as in GetSelfModelRequest.at_least."""
+    """Optional: a handoff token to read at, as in GetSelfModelRequest.at_least."""
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     def __init__(
