@@ -177,8 +177,22 @@ class SelfModelTarget:
         await self.stubs[node].ObserveBatch(req, metadata=self._md(agent), timeout=CALL_TIMEOUT_S)
 
     async def read(self, node: int, agent: str, u: int, at_least: str = "") -> None:
+        """A read; with ``at_least``, asked again after each RetryInfo delay while the node
+        answers HANDOFF_POSITION_PENDING (the contract every client follows)."""
+        from selfmodel.errors import HandoffPending, from_rpc_error
+
         req = self.pb.GetSelfModelRequest(subject=self.subject(u), at_least=at_least)
-        await self.stubs[node].GetSelfModel(req, metadata=self._md(agent), timeout=CALL_TIMEOUT_S)
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await self.stubs[node].GetSelfModel(req, metadata=self._md(agent), timeout=left)
+                return
+            except self.error as exc:
+                error = from_rpc_error(exc)
+                if not isinstance(error, HandoffPending) or error.metadata.get("final") == "true":
+                    raise
+                await asyncio.sleep(min(error.retry_after_s or 0.005, max(0.0, left)))
 
     async def retract(self, node: int, agent: str, u: int, c: str, k: str) -> None:
         req = self.pb.RetractRequest(subject=self.subject(u), context=c, key=k)
