@@ -115,6 +115,10 @@ class Engine:
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self.sizes = SubjectSizes(self.subject_limits)
+        # Called with every committed batch of changes (local writes and merges alike), under
+        # the subjects' locks, before watches are woken: what follows the subjects' states
+        # (roll-ups, governance) keeps up with every change, in commit order.
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
 
     # -- writes --------------------------------------------------------------------------
 
@@ -391,6 +395,8 @@ class Engine:
         else:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])
+        for listen in self.listeners:
+            listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
 
