@@ -13,6 +13,7 @@ import grpc
 
 from node.peers import PeerAuth, PeerAuthError, decide
 from node.policy import PolicyBook
+from node.reliability import LearningSettings
 from node.validation import Limits
 from sync.bounds import SubjectLimits
 from sync.settings import SyncSettings
@@ -41,6 +42,8 @@ class NodeConfig:
     # Memory for resolved snapshots and their serialized replies (node.snapshots).
     snapshot_cache_mb: float = 64.0
     policies: PolicyBook = field(default_factory=PolicyBook)
+    # Learned reliability (node.learning): off unless enabled.
+    learning: LearningSettings = field(default_factory=LearningSettings)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
     # Every message this node sends or takes, from agents and peers alike; the subject limits

@@ -121,6 +121,16 @@ class Engine:
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
 
+    def resolve_with(self, book: PolicyBook, contexts: frozenset[str]) -> None:
+        """Puts ``book`` in force for reads and writes, a book that resolves only ``contexts``
+        differently from the one in force (node.learning): each cached snapshot is resolved
+        again in those contexts on its next read (never served as resolved before), and watches
+        look again."""
+        self.snapshots.rebooked(self.policies, book, contexts)
+        self.policies = book
+        self.reader.policies = book
+        self.watches.wake_all()
+
     # -- writes --------------------------------------------------------------------------
 
     def observe(

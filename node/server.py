@@ -22,6 +22,7 @@ from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
+from node.learning import Learning
 from node.peers import PeerAuth, refusing
 from node.replication import (
     PeerServicer,
@@ -68,6 +69,7 @@ class RunningNode:
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _stop_token_watch: Callable[[], None] | None = None
+    learning: Learning | None = None  # learned reliability, when enabled
 
     @property
     def address(self) -> str:
@@ -93,6 +95,8 @@ class RunningNode:
             done.wait()
         if self.disk_watch is not None:
             self.disk_watch.stop()
+        if self.learning is not None:
+            self.learning.stop()
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -121,6 +125,7 @@ def start(config: NodeConfig) -> RunningNode:
         max_handoff_lead=limits.max_handoff_lead,
         snapshot_cache_mb=config.snapshot_cache_mb,
     )
+    learning = start_learning(config, engine, store)
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
@@ -187,7 +192,11 @@ def start(config: NodeConfig) -> RunningNode:
         sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, services)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
-            engine, lambda: node_status(config, engine, replicator), identify, config.limits
+            engine,
+            lambda: node_status(config, engine, replicator),
+            identify,
+            config.limits,
+            learning,
         ),
         services,
     )
@@ -238,6 +247,8 @@ def start(config: NodeConfig) -> RunningNode:
     metrics_server, metrics_port = listeners.serve_metrics(config)
     if replicator is not None:
         replicator.start()
+    if learning is not None:
+        learning.start()
     stop_token_watch = None
     if config.tokens is not None:
         stop_token_watch = config.tokens.watch(engine.wake_watches)
@@ -257,7 +268,20 @@ def start(config: NodeConfig) -> RunningNode:
         disk_watch,
         metrics_server,
         _stop_token_watch=stop_token_watch,
+        learning=learning,
     )
+
+
+def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning | None:
+    """Learned reliability, when enabled: every slot stored judged once (before the node takes
+    writes or merges), then each change followed (node.learning)."""
+    if not config.learning.enabled:
+        return None
+    learning = Learning(engine, config.learning)
+    count = learning.load(store.subjects())
+    engine.listeners.append(learning.follow)
+    log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
+    return learning
 
 
 def _verify(store: Store) -> None:

@@ -44,6 +44,11 @@ class AdminServiceStub:
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListSourceWeights = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ListSourceWeights',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -63,6 +68,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSourceWeights(self, request, context):
+        """The learned reliability weights in force on this node, per source and context (empty when
+        learning is off: [cluster.learning] enabled). Operators only; with a token file an
+        operator sees the sources that spoke in its own tenant's slots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListSourceWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSourceWeights,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class AdminService:
             '/selfmodel.admin.v1.AdminService/ListAudit',
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSourceWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ListSourceWeights',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

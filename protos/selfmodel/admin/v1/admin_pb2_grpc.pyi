@@ -36,6 +36,11 @@ class AdminServiceStub:
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
     """
+    ListSourceWeights: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]
+    """The learned reliability weights in force on this node, per source and context (empty when
+    learning is off: [cluster.learning] enabled). Operators only; with a token file an
+    operator sees the sources that spoke in its own tenant's slots.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -44,6 +49,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
+    """
+    ListSourceWeights: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]  # type: ignore[assignment]
+    """The learned reliability weights in force on this node, per source and context (empty when
+    learning is off: [cluster.learning] enabled). Operators only; with a token file an
+    operator sees the sources that spoke in its own tenant's slots.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +72,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
         """The audit log of operator actions (forget, retract on behalf of another source), oldest
         first. Operators only; an operator sees the entries about its own tenant's subjects.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSourceWeights(
+        self,
+        request: _admin_pb2.ListSourceWeightsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSourceWeightsResponse, _abc.Awaitable[_admin_pb2.ListSourceWeightsResponse]]:
+        """The learned reliability weights in force on this node, per source and context (empty when
+        learning is off: [cluster.learning] enabled). Operators only; with a token file an
+        operator sees the sources that spoke in its own tenant's slots.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
