@@ -260,6 +260,7 @@ FIELDS = {
     "ExplainBelief": [*SUBJECT_FIELDS, "context", "key", "at_least"],
     "ForgetSubject": [*SUBJECT_FIELDS, "idempotency_key"],
     "ListAudit": ["after", "limit"],
+    "ListSourceWeights": ["context"],
     "GetStatus": [],
 }
 
@@ -339,6 +340,8 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
             v["id"] = "not-seeded"  # forget only other subjects
     elif name == "ListAudit":
         return admin_pb2.ListAuditRequest(after=v["after"], limit=v["limit"])
+    elif name == "ListSourceWeights":
+        return admin_pb2.ListSourceWeightsRequest(context=v["context"])
     elif name == "GetStatus":
         return admin_pb2.GetStatusRequest()
     else:
