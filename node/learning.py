@@ -99,9 +99,10 @@ class Outcomes:
         self._by_subject: dict[Subject, set[tuple[str, str]]] = {}
         self._order: dict[Key, list[_Entry]] = {}  # sorted by (hlc, dot, slot)
         self._tenants: dict[Key, Counter[str]] = {}  # outcomes per tenant, for listings
+        self._count = 0
 
     def __len__(self) -> int:
-        return sum(len(o) for o in self._slots.values())
+        return self._count
 
     def slots_of(self, subject: Subject) -> set[tuple[str, str]]:
         """The judged slots (context, key) of ``subject``."""
@@ -118,6 +119,7 @@ class Outcomes:
             self._remove(slot, o)
         for o in new:
             self._add(slot, o)
+        self._count += len(new) - len(old)
         held = self._by_subject.setdefault(slot.subject, set())
         if new:
             self._slots[slot] = new
@@ -202,9 +204,11 @@ class Learning:
         self.settings = settings
         self.configured = engine.policies
         self._outcomes = Outcomes()
-        self._dirty: set[Key] = set()
+        # The slots changed since they were last judged, per subject (None: every slot).
+        self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
+        self._dirty: set[Key] = set()  # (source, context) whose outcomes changed
         self._learned: dict[Key, Learned] = {}
-        self._lock = threading.Lock()  # over _outcomes and _dirty
+        self._lock = threading.Lock()  # over _outcomes, _pending and _dirty
         self._refreshing = threading.Lock()  # one recomputation at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,36 +218,60 @@ class Learning:
         merges) and puts the weights in force; how many subjects it read."""
         count = 0
         for subject in subjects:
-            state = self.engine.state(subject)
-            self._follow_one(None, state)
+            if not reserved(subject.tenant):
+                self._judge(self.engine.state(subject), None)
             count += 1
         self.refresh()
         return count
 
     def follow(self, changes: Sequence[Change]) -> None:
-        """An ``Engine.listeners`` callable: judges again the slots each change touched."""
+        """An ``Engine.listeners`` callable: notes the slots each change touched, judged again
+        by the next ``refresh`` (off the write path, once however often they changed)."""
         for change in changes:
-            old = None if change.rewrite else change.old
-            self._follow_one(old, change.new)
+            subject = change.new.subject
+            if reserved(subject.tenant):
+                continue
+            if change.rewrite or change.old is None:
+                with self._lock:
+                    self._pending[subject] = None
+                continue
+            slots = touched_slots(change.old, change.new)
+            with self._lock:
+                if subject not in self._pending:
+                    self._pending[subject] = slots
+                else:
+                    held = self._pending[subject]
+                    if held is not None:
+                        held |= slots
 
-    def _follow_one(self, old: SubjectState | None, new: SubjectState) -> None:
-        subject = new.subject
-        if reserved(subject.tenant):
-            return
-        index = self.engine.snapshots.index(new)
+    def _judge(self, state: SubjectState, slots: set[tuple[str, str]] | None) -> None:
+        """Judges again ``slots`` of ``state`` (None: all) and the judged slots it no longer
+        has, against the configured book."""
+        subject = state.subject
+        index = self.engine.snapshots.index(state)
         with self._lock:
             gone = {s for s in self._outcomes.slots_of(subject) if s not in index.slots}
-        judged = {}
-        for context, key in touched_slots(old, new) | gone:
-            judged[SlotId(subject, context, key)] = judge(index.slot(context, key), self.configured)
+        wanted = set(index.slots) if slots is None else slots
+        judged = {
+            SlotId(subject, context, key): judge(index.slot(context, key), self.configured)
+            for context, key in wanted | gone
+        }
         with self._lock:
             for slot, outcomes in judged.items():
                 self._dirty |= self._outcomes.replace(slot, outcomes)
 
     def refresh(self) -> frozenset[str]:
-        """Recomputes the weights whose outcomes changed since the last time and, when one
-        moved, puts the book they give in force; the contexts whose weights moved."""
+        """Judges the slots changed since the last time against their subjects' states now,
+        recomputes the weights whose outcomes changed and, when one moved, puts the book they
+        give in force; the contexts whose weights moved.
+
+        A change committed while it runs is judged by the next: its slots are noted after the
+        pending ones are taken here, so no change is missed."""
         with self._refreshing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for subject, slots in pending.items():
+                self._judge(self.engine.state(subject), slots)
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
                 found = {key: self._outcomes.learned(key, self.settings) for key in dirty}
