@@ -38,6 +38,7 @@ from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
+    clear_delta,
     erase_delta,
     merge,
     observe_delta,
@@ -115,6 +116,10 @@ class Engine:
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self.sizes = SubjectSizes(self.subject_limits)
+        # Called with every committed batch of changes (local writes and merges alike), under
+        # the subjects' locks, before watches are woken: what follows the subjects' states
+        # (roll-ups, governance) keeps up with every change, in commit order.
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
 
     # -- writes --------------------------------------------------------------------------
 
@@ -272,6 +277,50 @@ class Engine:
         metrics.FORGOTTEN.inc()
         return token
 
+    def put(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        statement: str | None,
+        source: str,
+        audit: AuditRecord | None = None,
+    ) -> str:
+        """A register in a node's own slot (a name ``node.validation.reserved``): sets it to
+        ``statement`` (an observation of confidence 1 by ``source``, superseding every
+        observation of the slot this node holds), or clears it (None: removes them). Two
+        concurrent puts leave both observations: the newer by (timestamp, dot) is the value,
+        on every node. Returns the handoff token; ``audit`` is written in the same batch."""
+        with self._locks.held([subject]):
+            self._check_clock()
+            state = self.state(subject)
+            event = self._next_dot(state)
+            gone = self.snapshots.index(state).slot(context, key)
+            held = [o.dot for o in gone]
+            if statement is None:
+                delta = clear_delta(state, self.actor, context, key)
+                new = merge(state, delta)
+            else:
+                obs = Observation(
+                    dot=event,
+                    context=context,
+                    key=key,
+                    source=source,
+                    statement=statement,
+                    confidence=1.0,
+                    evidence=(),
+                    hlc=self._mint(),
+                    origin=self.node,
+                )
+                delta = observe_delta(state, obs, held)
+                new = apply_observe(state, obs, held)
+            added = list(delta.observations.values())
+            footprint = self.sizes.check_write(state, new, gone, added)
+            change = Change(state, new, Delta(delta, frozenset([event])))
+            self._commit([change], audit)
+            self.sizes.remember(new, footprint)
+            return token_of_entries([change.token_entry])
+
     def _replay(
         self,
         request: Request,
@@ -397,6 +446,8 @@ class Engine:
         else:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])
+        for listen in self.listeners:
+            listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
 

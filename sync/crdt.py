@@ -279,6 +279,14 @@ def retract_delta(
     return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {}, withdrawal, calls)
 
 
+def clear_delta(state: SubjectState, actor: str, context: str, key: str) -> SubjectState:
+    """Removes the slot's observations ``state`` holds, and only those (observed-remove: one
+    written concurrently, unseen here, survives): the delta's context holds the clear's dot
+    (``state.next_dot(actor)``) and theirs, and it carries no observation."""
+    dots = [state.next_dot(actor), *slot_dots(state, context, key)]
+    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {})
+
+
 def erase_delta(
     state: SubjectState, actor: str, hlc: int, calls: KeyedCalls = NO_KEYED_CALLS
 ) -> SubjectState:
@@ -363,3 +371,10 @@ def slot_dots(state: SubjectState, context: str, key: str, source: str | None = 
         for obs in slot_observations(state, context, key)
         if source is None or obs.source == source
     ]
+
+
+def register(state: SubjectState, context: str, key: str) -> Observation | None:
+    """A register slot's value (``node.engine.Engine.put``): its newest observation by
+    (timestamp, dot), the same on every replica holding the same state; None when cleared."""
+    found = slot_observations(state, context, key)
+    return found[-1] if found else None

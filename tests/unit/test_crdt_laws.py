@@ -21,6 +21,7 @@ from sync.crdt import (
     KeyedCalls,
     SubjectState,
     apply_observe,
+    clear_delta,
     digest,
     erase_delta,
     join_keyed_calls,
@@ -32,7 +33,9 @@ from sync.crdt import (
 from sync.hlc import pack
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import (
+    ACTORS,
     BASE_MS,
+    KEYS,
     LAWS,
     SUBJECT,
     VALUES,
@@ -536,3 +539,39 @@ def test_slot_dots_are_one_slot_of_one_source_oldest_first() -> None:
     assert slot_dots(state, "budget", "amount", "sales_agent") == [Dot("a.1", 1), Dot("a.1", 3)]
     assert slot_dots(state, "budget", "amount") == [Dot("a.1", n) for n in (1, 2, 3)]
     assert slot_dots(state, "budget", "missing") == []
+
+
+# --- clear: an observed-remove of a slot (the registers in a node's own slots) ---------------
+
+
+@LAWS
+@given(run=runs, data=st.data())
+def test_a_clear_removes_what_its_replica_held_of_the_slot_and_nothing_else(
+    run: Run, data: st.DataObject
+) -> None:
+    """Wherever merged and in any order: the slot's observations the clearing replica held
+    are gone; one it had not seen (written concurrently) survives; merge stays a join."""
+    r = data.draw(st.integers(0, len(run.replicas) - 1))
+    state, key = run.replicas[r], data.draw(st.sampled_from(KEYS))
+    clear = clear_delta(state, ACTORS[r], "budget", key)
+    held = set(slot_dots(state, "budget", key))
+    for other in [*run.replicas, *run.deltas]:
+        merged = merge(other, clear)
+        assert merged == merge(clear, other) == merge(merged, clear)
+        for dot, obs in other.observations.items():
+            assert merged.observations.get(dot) == (None if dot in held else obs)
+
+
+def test_a_put_concurrent_with_a_clear_survives_it() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    first = observe_delta(a, observation("a.1", 1, statement="weighted", ms=1_000))
+    a, b = merge(a, first), merge(b, first)
+    clear = clear_delta(b, "b.1", "budget", "amount")  # b held the first, not the next
+    again = observe_delta(a, observation("a.1", 2, statement="latest", ms=2_000), [first_dot(a)])
+    a, b = merge(merge(a, again), clear), merge(merge(b, clear), again)
+    assert a == b
+    assert [o.statement for o in a.observations.values()] == ["latest"]
+
+
+def first_dot(state: SubjectState) -> Dot:
+    return min(state.observations)

@@ -274,6 +274,29 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
 }
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (_set(lambda m: m.subject, "tenant", "__cluster"), "deltas[0].subject.tenant"),
+        (_set(lambda m: m.subject, "id", "_"), "deltas[0].subject.id"),
+        (_obs_field("context", "_Members"), "deltas[0].observations[0].context"),
+    ],
+)
+def test_a_node_s_own_name_holds_to_the_agents_rule_after_its_underscore(
+    change: Callable[[State], object], field: str
+) -> None:
+    assert refused(change).field == field
+
+
+@pytest.mark.parametrize("name", ["_members", "_cluster"])
+def test_no_agent_can_write_a_node_s_own_name(name: str) -> None:
+    assert validation.reserved(name)
+    with pytest.raises(InvalidArgument):
+        validation.context_name(name, "context", LIMITS)
+    with pytest.raises(InvalidArgument):
+        validation.identifier(name, "subject.tenant", LIMITS.max_id)
+
+
 @pytest.mark.parametrize("case", BROKEN)
 def test_a_state_breaking_one_rule_is_refused_naming_the_field(case: str) -> None:
     change, field, words = BROKEN[case]
@@ -321,6 +344,9 @@ ACCEPTED: dict[str, Callable[[State], object]] = {
         for _ in range(LIMITS.max_evidence - 1)
     ],
     "no evidence time": lambda m: obs(m).evidence[0].ClearField("time"),
+    "a node's own tenant": lambda m: setattr(m.subject, "tenant", "_cluster"),
+    "a node's own subject id": lambda m: setattr(m.subject, "id", "_governance"),
+    "a node's own context": _obs_field("context", "_members"),
 }
 
 
