@@ -126,7 +126,7 @@ def _positions(belief: model_pb2.Belief) -> tuple[int, int, int, int]:
     return (*listed, belief.supporter_count, belief.dissenter_count)
 
 
-def test_show_show_many_and_watch_list_at_most_max_positions_per_belief(
+def test_show_show_many_and_watch_list_at_most_max_positions_per_belief_and_no_uncertain_one(
     start_node: Callable[..., NodeProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = start_node("sales")
@@ -161,6 +161,17 @@ def test_show_show_many_and_watch_list_at_most_max_positions_per_belief(
         [belief] = reply(line, selfmodel_pb2.WatchSelfModelResponse).snapshot.beliefs
         assert _positions(belief) == (2, 1, 2, 1)
     assert out
+
+    # show leaves uncertain beliefs out, as GetSelfModel does, and says so; asked, it shows them.
+    with Client(node.address, agent="a1", tenant="acme") as client:
+        client.observe(user("u-unsure"), "Maybe yearly", confidence=0.55, context="billing")
+    hidden = reply(
+        run(capsys, "show", "user:u-unsure", *target), selfmodel_pb2.GetSelfModelResponse
+    ).snapshot
+    assert (list(hidden.beliefs), hidden.uncertain_omitted) == ([], 1)
+    out = run(capsys, "show", "user:u-unsure", "--include-uncertain", *target)
+    [belief] = reply(out, selfmodel_pb2.GetSelfModelResponse).snapshot.beliefs
+    assert belief.uncertain and belief.statement == "Maybe yearly"
 
     for bad in ("-1", "2.5", str(2**32)):
         with pytest.raises(SystemExit) as done:
