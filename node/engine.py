@@ -121,11 +121,11 @@ class Engine:
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
 
-    def resolve_with(self, book: PolicyBook, contexts: frozenset[str]) -> None:
+    def resolve_with(self, book: PolicyBook, contexts: frozenset[str] | None) -> None:
         """Puts ``book`` in force for reads and writes, a book that resolves only ``contexts``
-        differently from the one in force (node.learning): each cached snapshot is resolved
-        again in those contexts on its next read (never served as resolved before), and watches
-        look again."""
+        differently from the one in force (None: any context may differ; node.learning): a
+        cached snapshot is never served as resolved before, but resolved again on its next
+        read, in those contexts only where they are known; and watches look again."""
         self.snapshots.rebooked(self.policies, book, contexts)
         self.policies = book
         self.reader.policies = book

@@ -160,6 +160,9 @@ class Outcomes:
         agreed = sum(e.agreed for e in kept)
         return _learned(key, agreed, len(kept), settings)
 
+    def keys(self) -> list[Key]:
+        return sorted(self._order)
+
     def tenants(self, key: Key) -> frozenset[str]:
         """The tenants of the subjects ``key``'s outcomes are in."""
         return frozenset(self._tenants.get(key, ()))
@@ -259,6 +262,26 @@ class Learning:
         with self._lock:
             for slot, outcomes in judged.items():
                 self._dirty |= self._outcomes.replace(slot, outcomes)
+
+    def configure(self, book: PolicyBook, subjects: Iterable[Subject]) -> None:
+        """Judges against ``book`` from now on (the operators' book changed at run time): every
+        slot of ``subjects`` (every subject the node holds) judged again, every weight
+        recomputed, and ``learned_book(book, weights)`` put in force, every snapshot resolved
+        again whole. A full pass, for a rare change."""
+        with self._refreshing:
+            self.configured = book
+            with self._lock:
+                self._pending = {}
+            for subject in subjects:
+                if not reserved(subject.tenant):
+                    self._judge(self.engine.state(subject), None)
+            with self._lock:
+                self._dirty.clear()
+                keys = self._outcomes.keys()
+                learned = {k: v for k in keys if (v := self._outcomes.learned(k, self.settings))}
+            self._learned = learned
+            self.engine.resolve_with(learned_book(book, learned), None)
+            _show(learned, {key[1] for key in learned}, self.settings.floor)
 
     def refresh(self) -> frozenset[str]:
         """Judges the slots changed since the last time against their subjects' states now,

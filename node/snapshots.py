@@ -214,11 +214,14 @@ class Snapshots:
         # the one before (``rebooked``); the oldest first, at most MAX_BOOKS.
         self._books: list[tuple[PolicyBook, frozenset[str]]] = []
 
-    def rebooked(self, old: PolicyBook, new: PolicyBook, contexts: frozenset[str]) -> None:
-        """Records that ``new`` replaces ``old`` and resolves only ``contexts`` differently: a
-        snapshot resolved under a book recorded here is then re-resolved in the contexts
-        changed since, not whole."""
+    def rebooked(self, old: PolicyBook, new: PolicyBook, contexts: frozenset[str] | None) -> None:
+        """Records that ``new`` replaces ``old`` and resolves only ``contexts`` differently
+        (None: any context may differ): a snapshot resolved under a book recorded here is then
+        re-resolved in the contexts changed since, not whole."""
         with self._lock:
+            if contexts is None:
+                self._books = [(new, frozenset())]
+                return
             if not self._books or self._books[-1][0] is not old:
                 self._books = [(old, frozenset())]
             self._books.append((new, contexts))

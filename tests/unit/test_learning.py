@@ -58,14 +58,16 @@ operations = st.lists(
 )
 
 
-def from_scratch(engine: Engine) -> dict[tuple[str, str], Learned]:
+def from_scratch(
+    engine: Engine, book: PolicyBook = BOOK, settings: LearningSettings = SETTINGS
+) -> dict[tuple[str, str], Learned]:
     """The weights ``reliability.learn`` gives from judging every slot the node holds."""
     outcomes = []
     for subject in engine.store.subjects():
         slots = engine.snapshots.index(engine.state(subject)).slots
         for slot in slots.values():
-            outcomes += judge(slot, BOOK)
-    return learn(outcomes, SETTINGS)
+            outcomes += judge(slot, book)
+    return learn(outcomes, settings)
 
 
 def tracked(learning: Learning) -> dict[tuple[str, str], Learned]:
@@ -174,6 +176,15 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
         by_source = {s.source: s for s in explained.belief.dissenters}
         assert by_source["liar"].learned == pytest.approx(0.5)
         assert by_source["liar"].reliability == pytest.approx(0.5)
+        # The operators then trust the two others far less: judged again under that book, the
+        # liar won every slot, and the weights and beliefs follow at once.
+        distrust = PolicyBook(reliability={("a", "*"): 0.3, ("b", "*"): 0.3})
+        learning.configure(distrust, engine.store.subjects())
+        found = {(w.source, w.context): w for w in learning.weights()}
+        assert found == from_scratch(engine, distrust, learning.settings)
+        assert found["liar", "budget"].agreed == 5
+        explained, _ = engine.explain(subject, "budget", "k")
+        assert explained is not None and explained.belief.statement == "no"
     finally:
         engine.store.close()
 
@@ -202,10 +213,14 @@ def test_a_book_change_re_resolves_only_the_contexts_it_changes() -> None:
     assert second.by_slot == resolve_snapshot(state, after).by_slot
     assert second.by_slot["channel", "k"] is first.by_slot["channel", "k"]  # kept
     assert [p.learned for p in second.by_slot["budget", "k"].dissenters] == [0.2]
-    # Under a book it knows nothing of, a snapshot is resolved whole.
+    # Under a book it knows nothing of, or one that may change any context, a snapshot is
+    # resolved whole.
     other = PolicyBook(ContextPolicy(min_confidence=0.1))
     third, incremental = snapshots.resolve(state, other)
     assert not incremental and third.by_slot == resolve_snapshot(state, other).by_slot
+    snapshots.rebooked(other, before, None)
+    fourth, incremental = snapshots.resolve(state, before)
+    assert not incremental and fourth.by_slot == first.by_slot
 
 
 @pytest.mark.parametrize(
