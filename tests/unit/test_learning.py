@@ -167,6 +167,8 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
         assert learning.refresh() == {"budget"}
         liar = {w.source: w for w in learning.weights()}["liar"]
         assert (liar.agreed, liar.judged) == (0, 5) and liar.weight == pytest.approx(0.5)
+        # An operator of another tenant sees none of these sources.
+        assert learning.weights("acme") == learning.weights() and learning.weights("beta") == []
         # A later slot where it speaks against one source: before learning it would win.
         subject = Subject("acme", SubjectKind.USER, "later")
         engine.observe("a", [ObservationInput(subject, "budget", "k", "yes", 0.8)])
@@ -248,3 +250,18 @@ def test_learning_is_off_unless_enabled_and_takes_its_settings() -> None:
     raw = tomllib.loads(f"[cluster.learning]\nenabled = true\nwindow = 7\nfloor = 0.2\n{node}")
     learning = parse(raw, Path("."), None).learning
     assert (learning.enabled, learning.window, learning.floor) == (True, 7, 0.2)
+
+
+def test_a_node_learns_nothing_unless_its_cluster_file_enables_it(tmp_path: Path) -> None:
+    from node.config import NodeConfig
+    from node.server import start_learning
+
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    try:
+        assert start_learning(NodeConfig(), engine, engine.store) is None
+        assert engine.listeners == []
+        on = NodeConfig(learning=LearningSettings(enabled=True))
+        assert start_learning(on, engine, engine.store) is not None
+        assert len(engine.listeners) == 1
+    finally:
+        engine.store.close()
