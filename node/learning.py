@@ -6,12 +6,14 @@ change, and the weights they give put in force (node.reliability defines both).
   outcomes are replaced whole when it changes, so what it holds equals judging every slot of
   the states followed from scratch (tests/unit/test_learning.py checks it), whatever order the
   changes came in: the weights are a pure function of the replicated state.
-- ``Learning`` follows the engine's committed changes (``Engine.listeners``), judging again
-  only the slots a change touched (the dots it added or removed, found through the subject's
-  slot index), and, at most once per ``interval_s``, recomputes the weights of the (source,
-  context) pairs whose outcomes changed and puts the book they give in force
+- ``Learning`` follows the engine's committed changes (``Engine.listeners``), noting the slots
+  a change touched (the dots it added or removed); at most once per ``interval_s`` it judges
+  those slots again against their subject's state then (through the subject's slot index;
+  once each however often they changed, off the write path), recomputes the weights of the
+  (source, context) pairs whose outcomes changed and puts the book they give in force
   (``Engine.resolve_with``): cached snapshots re-resolve only the slots of the contexts whose
-  weights moved. Between two recomputations reads resolve with the previous weights; once
+  weights moved. Judging needs the belief under the operators' book, which the snapshots
+  (resolved under the learned one) do not hold, so it resolves each such slot once. Between two recomputations reads resolve with the previous weights; once
   writes stop, every node holding the same state puts the same weights in force within one
   interval.
 
