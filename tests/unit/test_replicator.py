@@ -13,6 +13,7 @@ from sync.crdt import SubjectState
 from sync.observation import Subject
 from sync.ports import Ack, Batch, Exchanged, Merged
 from sync.replicator import PeerReplicator, SyncSettings
+from sync.resend import Resends
 
 BUCKETS = [bytes(16)] * 4
 
@@ -409,3 +410,18 @@ def test_a_delta_deferred_before_a_reconnect_is_resent_by_the_next_session() -> 
     state = peer.state()
     assert (state.pending, state.acked) == (0, 3)
     assert late == [None]  # the ended session's stream sent nothing more
+
+
+def test_an_ended_session_resends_nothing_so_the_next_one_sends_every_deferred_delta() -> None:
+    """Checked with the marking, under one lock: a stream that passed its session's check just
+    before the session ended still leaves nothing in flight for the next one."""
+    resends = Resends(1.0)
+    resends.wait = lambda state: 0.0  # type: ignore[assignment]
+    resends.take(Ack(3, deferred=[2]))
+    ended = resends.begin()
+    resends.unanswered()
+    assert list(resends.due(Growing(3), 1024, ended)) == []
+    assert resends.answered() and not resends.current(ended)
+    assert list(resends.due(Growing(3), 1024, resends.begin())) == [
+        Batch(2, 2, [b"d"], 0, resent=True)
+    ]
