@@ -38,6 +38,7 @@ from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
+    clear_delta,
     erase_delta,
     merge,
     observe_delta,
@@ -115,6 +116,10 @@ class Engine:
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self.sizes = SubjectSizes(self.subject_limits)
+        # Called with every committed batch of changes (local writes and merges alike), under
+        # the subjects' locks, before watches are woken: what follows the subjects' states
+        # (roll-ups, governance) keeps up with every change, in commit order.
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
 
     # -- writes --------------------------------------------------------------------------
 
@@ -234,7 +239,9 @@ class Engine:
                 detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
             event = self._next_dot(state)
-            delta = retract_delta(state, self.actor, context, key, source, self._mint())
+            hlc = self._mint()
+            calls = idempotency.keyed_calls(request, "retract", hlc, count)
+            delta = retract_delta(state, self.actor, context, key, source, hlc, calls)
             new = merge(state, delta)
             self.sizes.check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
@@ -259,13 +266,60 @@ class Engine:
             self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts
-            delta = erase_delta(state, self.actor, self._mint())
+            hlc = self._mint()
+            delta = erase_delta(
+                state, self.actor, hlc, idempotency.keyed_calls(request, "forget", hlc)
+            )
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
             token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
+
+    def put(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        statement: str | None,
+        source: str,
+        audit: AuditRecord | None = None,
+    ) -> str:
+        """A register in a node's own slot (a name ``node.validation.reserved``): sets it to
+        ``statement`` (an observation of confidence 1 by ``source``, superseding every
+        observation of the slot this node holds), or clears it (None: removes them). Two
+        concurrent puts leave both observations: the newer by (timestamp, dot) is the value,
+        on every node. Returns the handoff token; ``audit`` is written in the same batch."""
+        with self._locks.held([subject]):
+            self._check_clock()
+            state = self.state(subject)
+            event = self._next_dot(state)
+            gone = self.snapshots.index(state).slot(context, key)
+            held = [o.dot for o in gone]
+            if statement is None:
+                delta = clear_delta(state, self.actor, context, key)
+                new = merge(state, delta)
+            else:
+                obs = Observation(
+                    dot=event,
+                    context=context,
+                    key=key,
+                    source=source,
+                    statement=statement,
+                    confidence=1.0,
+                    evidence=(),
+                    hlc=self._mint(),
+                    origin=self.node,
+                )
+                delta = observe_delta(state, obs, held)
+                new = apply_observe(state, obs, held)
+            added = list(delta.observations.values())
+            footprint = self.sizes.check_write(state, new, gone, added)
+            change = Change(state, new, Delta(delta, frozenset([event])))
+            self._commit([change], audit)
+            self.sizes.remember(new, footprint)
+            return token_of_entries([change.token_entry])
 
     def _replay(
         self,
@@ -353,6 +407,7 @@ class Engine:
                 if (
                     new.erased != state.erased
                     or new.withdrawals != state.withdrawals
+                    or new.keyed_calls != state.keyed_calls
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
@@ -391,6 +446,8 @@ class Engine:
         else:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])
+        for listen in self.listeners:
+            listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
 
