@@ -66,7 +66,14 @@ class Seed:
             per_context = value if isinstance(value, Mapping) else {DEFAULT: value}
             for context, r in per_context.items():
                 reliability[source, context] = float(r)
-        return cls({k: _typed(k[1], v) for k, v in settings.items()}, reliability)
+        typed = {}
+        for (context, name), value in settings.items():
+            try:
+                typed[context, name] = _typed(name, value)
+            except ValueError as exc:
+                where = "default" if context == DEFAULT else f"contexts.{context}"
+                raise ValueError(f"{where}.{name}: {exc}") from None
+        return cls(typed, reliability)
 
     @property
     def book(self) -> PolicyBook:

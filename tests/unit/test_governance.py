@@ -309,3 +309,8 @@ def test_a_reliability_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="source: must name a source"):
         check_reliability("", 0.2)
     assert reliability_register("bot", "", 0.2) == ("_reliability", "bot/_default", "0.2")
+
+
+def test_a_file_value_of_the_wrong_type_is_refused_naming_where_it_is() -> None:
+    with pytest.raises(ValueError, match=r"contexts\.budget\.min_confidence: must be a finite"):
+        Seed.from_config({"contexts": {"budget": {"min_confidence": True}}})
