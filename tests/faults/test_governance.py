@@ -214,6 +214,7 @@ def test_an_agent_token_is_refused_on_every_governance_call(
     assert winner(clients["sales"]) == AGREED  # nothing changed
 
 
+@pytest.mark.proxy
 def test_two_concurrent_policy_changes_resolve_the_same_way_everywhere_after_the_heal(
     secured: tuple[LocalCluster, dict[str, str], dict[str, Client]],
 ) -> None:
@@ -225,6 +226,10 @@ def test_two_concurrent_policy_changes_resolve_the_same_way_everywhere_after_the
     admin(cluster, "support", made["ops"])("SetSetting", set_policy(model_pb2.POLICY_WEIGHTED))
     wait_until(lambda: winner(clients["sales"]) == NEWER, "sales resolves its own latest")
     assert all_resolve(clients, AGREED, ("support", "billing"))
+    with pytest.raises(TimeoutError):  # the cut holds: neither side has the other's change
+        cluster.wait_converged(timeout_s=1.0)
+    assert policy_setting(admin(cluster, "sales", made["ops"]), "budget").write.node == "sales"
+    assert winner(clients["sales"]) == NEWER
 
     cluster.heal()
     wait_until(lambda: all(connected(cluster, n, made["ops"]) for n in NODES), "links up", 30)
