@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def secured(
         for (agent, statement, confidence), node in zip(WRITERS, NODES, strict=True):
             with cluster.client(node, agent, token=made[agent]) as writer:
                 writer.observe(U, statement, confidence=confidence, context="budget", key="amount")
-        wait_until(lambda: all_resolve(clients, AGREED), "every node resolves weighted", 30)
+        cluster.wait_converged(60)  # every node holds the three observations
+        assert all_resolve(clients, AGREED)
         yield cluster, made, clients
     finally:
         for c in clients.values():
@@ -221,8 +223,11 @@ def test_two_concurrent_policy_changes_resolve_the_same_way_everywhere_after_the
     cluster, made, clients = secured
     cluster.partition(["sales"], ["support", "billing"])
     admin(cluster, "sales", made["ops"])("SetSetting", set_policy(model_pb2.POLICY_LATEST))
-    # Later by the hybrid clock, on the other side: it wins everywhere, though sales merges it
-    # after its own and support and billing merge sales's after theirs.
+    first = policy_setting(admin(cluster, "sales", made["ops"]), "budget").write.time
+    # Later by the hybrid clock (written after the first one's millisecond: within it, the
+    # nodes' logical counters would order them), on the other side: it wins everywhere, though
+    # sales merges it after its own and support and billing merge sales's after theirs.
+    wait_until(lambda: time.time_ns() // 1_000_000 > first.ToMilliseconds(), "the next ms")
     admin(cluster, "support", made["ops"])("SetSetting", set_policy(model_pb2.POLICY_WEIGHTED))
     wait_until(lambda: winner(clients["sales"]) == NEWER, "sales resolves its own latest")
     assert all_resolve(clients, AGREED, ("support", "billing"))
