@@ -8,21 +8,15 @@ from node.engine import Engine
 from node.store import Store
 from sync.crdt import register
 from sync.delivery import Delta
-from sync.hlc import HybridClock, wall_ms
 from sync.observation import Subject, SubjectKind
 
 BOOK = Subject("_cluster", SubjectKind.ORG, "_governance")
 
 
 def engines(tmp_path: Path) -> tuple[Engine, Engine]:
-    """Two nodes; n2's clock a second ahead, so its writes are later than n1's concurrent ones
-    (two clocks read within one millisecond would order them by their logical counters)."""
     return (
         Engine(Store(tmp_path / "n1", "n1", fsync=False)),
-        Engine(
-            Store(tmp_path / "n2", "n2", fsync=False),
-            clock=HybridClock(lambda: wall_ms() + 1000),
-        ),
+        Engine(Store(tmp_path / "n2", "n2", fsync=False)),
     )
 
 
