@@ -37,9 +37,15 @@ class SettingsAdmin:
     limits: Limits
     governor: Governor | None
 
-    def _operator(self, context: grpc.ServicerContext, action: str) -> tuple[Principal, Governor]:
+    def _operator(
+        self, context: grpc.ServicerContext, action: str, *, cluster: bool = True
+    ) -> tuple[Principal, Governor]:
+        """The caller, an operator; for a change (``cluster``), a cluster operator."""
         who = self.identify(context, self.limits)
-        who.check_operator(action)
+        if cluster:
+            who.check_cluster_operator(action)
+        else:
+            who.check_operator(action)
         assert self.governor is not None, "AdminServicer without a governor serves no settings"
         return who, self.governor
 
@@ -56,7 +62,7 @@ class SettingsAdmin:
     def GetSettings(
         self, request: admin_pb2.GetSettingsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.GetSettingsResponse:
-        _, governor = self._operator(context, "read the cluster's settings")
+        _, governor = self._operator(context, "read the cluster's settings", cluster=False)
         settings, reliability, disagreements = governor.in_force()
         reply = admin_pb2.GetSettingsResponse(disagreements=[str(d) for d in disagreements])
         for s in settings:

@@ -38,7 +38,8 @@ def make_tokens(root: Path) -> tuple[Path, dict[str, str]]:
     made = {}
     for agent, *_ in WRITERS:
         made[agent], _ = tokens.create(file, agent, "acme", "agent", ["*"], ["*"])
-    made["ops"], _ = tokens.create(file, "acme_ops", "acme", "operator", ["*"], ["*"])
+    made["ops"], _ = tokens.create(file, "acme_ops", "acme", "cluster_operator", ["*"], ["*"])
+    made["tenant_ops"], _ = tokens.create(file, "acme_admin", "acme", "operator", ["*"], ["*"])
     return file, made
 
 
@@ -186,7 +187,7 @@ def disagreements(page: str) -> float:
     return float(found.group(1))
 
 
-def test_an_agent_token_is_refused_on_every_governance_call(
+def test_an_agent_or_a_tenant_operator_token_is_refused_on_every_governance_change(
     secured: tuple[LocalCluster, dict[str, str], dict[str, Client]],
 ) -> None:
     cluster, made, clients = secured
@@ -203,6 +204,13 @@ def test_an_agent_token_is_refused_on_every_governance_call(
             agent(method, request)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
         assert "only an operator may" in refused.value.details(), method
+    tenant_ops = admin(cluster, "sales", made["tenant_ops"])
+    tenant_ops("GetSettings", admin_pb2.GetSettingsRequest())  # an operator reads them
+    for method, request in calls[1:]:  # an operator of one tenant changes none of them
+        with pytest.raises(grpc.RpcError) as refused:
+            tenant_ops(method, request)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        assert "only a cluster operator may" in refused.value.details(), method
     ops = admin(cluster, "sales", made["ops"])
     with pytest.raises(grpc.RpcError) as bad:
         ops(
