@@ -122,14 +122,14 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
 
 
-def test_policy_get_set_and_clear_change_the_cluster_s_settings_for_operators_only(
+def test_policy_get_set_and_clear_change_the_cluster_s_settings_for_cluster_operators_only(
     start_node: Callable[..., NodeProcess],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     file = tmp_path / "tokens.toml"
     agent, _ = tokens.create(file, "cli_agent", "acme", "agent", ["*"], ["*"])
-    operator, _ = tokens.create(file, "cli_ops", "acme", "operator", ["*"], ["*"])
+    operator, _ = tokens.create(file, "cli_ops", "acme", "cluster_operator", ["*"], ["*"])
     node = start_node("sales", "--tokens", str(file))
     ops = ["--target", node.address, "--tenant", "acme", "--token", operator]
 
