@@ -11,11 +11,12 @@ change, and the weights they give put in force (node.reliability defines both).
   those slots again against their subject's state then (through the subject's slot index;
   once each however often they changed, off the write path), recomputes the weights of the
   (source, context) pairs whose outcomes changed and puts the book they give in force
-  (``Engine.resolve_with``): cached snapshots re-resolve only the slots of the contexts whose
+  (``Engine.use_learned``): cached snapshots re-resolve only the slots of the contexts whose
   weights moved. Judging needs the belief under the operators' book, which the snapshots
-  (resolved under the learned one) do not hold, so it resolves each such slot once. Between two recomputations reads resolve with the previous weights; once
-  writes stop, every node holding the same state puts the same weights in force within one
-  interval.
+  (resolved under the learned one) do not hold, so it resolves each such slot once. Between
+  two recomputations reads resolve with the previous weights; once writes stop, every node
+  holding the same state puts the same weights in force within one interval. When the
+  operators' book changes (``reconfigure``), the next recomputation judges every slot again.
 
 Memory: an exact window must know the outcomes beyond it (the newest may go: a retract, an
 erase, a slot gone quiet), so every judged outcome is kept, one entry per source speaking in a
@@ -42,7 +43,6 @@ from node.reliability import (
     Learned,
     LearningSettings,
     Outcome,
-    learned_book,
     outcomes_of_slot,
     weight,
 )
@@ -199,15 +199,17 @@ def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str,
 class Learning:
     """Learned reliability wired into ``engine``: follows its changes, puts weights in force.
 
-    ``configured`` is the book outcomes are judged against (the operators'); what reads resolve
-    with is ``learned_book(configured, weights)``. Thread-safe: listeners run on the writers'
+    ``configured`` is the book outcomes are judged against (the operators': ``Engine.operators``,
+    followed through ``reconfigure``); what reads resolve with is the engine's
+    ``learned_book(operators, weights)``. Thread-safe: listeners run on the writers'
     threads, ``refresh`` on its own.
     """
 
     def __init__(self, engine: Engine, settings: LearningSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self.configured = engine.policies
+        self.configured = engine.operators
+        self._rejudge = False  # the operators' book changed: judge every slot again
         self._outcomes = Outcomes()
         # The slots changed since they were last judged, per subject (None: every slot).
         self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
@@ -265,25 +267,21 @@ class Learning:
             for slot, outcomes in judged.items():
                 self._dirty |= self._outcomes.replace(slot, outcomes)
 
-    def configure(self, book: PolicyBook, subjects: Iterable[Subject]) -> None:
-        """Judges against ``book`` from now on (the operators' book changed at run time): every
-        slot of ``subjects`` (every subject the node holds) judged again, every weight
-        recomputed, and ``learned_book(book, weights)`` put in force, every snapshot resolved
-        again whole. A full pass, for a rare change."""
-        with self._refreshing:
-            self.configured = book
-            with self._lock:
-                self._pending = {}
-            for subject in subjects:
-                if not reserved(subject.tenant):
-                    self._judge(self.engine.state(subject), None)
-            with self._lock:
-                self._dirty.clear()
-                keys = self._outcomes.keys()
-                learned = {k: v for k in keys if (v := self._outcomes.learned(k, self.settings))}
-            self._learned = learned
-            self.engine.resolve_with(learned_book(book, learned), None)
-            _show(learned, {key[1] for key in learned}, self.settings.floor)
+    def reconfigure(self, book: PolicyBook) -> None:
+        """A ``Engine.book_listeners`` callable: the operators' book changed (replicated
+        governance), so the next ``refresh`` judges every slot again against it (a full pass
+        over the node's subjects, for a rare change; off the write path that brought it)."""
+        with self._lock:
+            self._rejudge = True
+
+    def _judge_all(self, book: PolicyBook) -> None:
+        """Judges every slot the node holds against ``book``."""
+        self.configured = book
+        with self._lock:
+            self._pending = {}
+        for subject in self.engine.store.subjects():
+            if not reserved(subject.tenant):
+                self._judge(self.engine.state(subject), None)
 
     def refresh(self) -> frozenset[str]:
         """Judges the slots changed since the last time against their subjects' states now,
@@ -294,11 +292,16 @@ class Learning:
         pending ones are taken here, so no change is missed."""
         with self._refreshing:
             with self._lock:
+                rejudge, self._rejudge = self._rejudge, False
                 pending, self._pending = self._pending, {}
+            if rejudge:
+                self._judge_all(self.engine.operators)
             for subject, slots in pending.items():
                 self._judge(self.engine.state(subject), slots)
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
+                if rejudge:
+                    dirty.update(self._outcomes.keys(), self._learned)
                 found = {key: self._outcomes.learned(key, self.settings) for key in dirty}
                 LEARNED_OUTCOMES.set(len(self._outcomes))
             learned = dict(self._learned)
@@ -311,7 +314,7 @@ class Learning:
                     moved.add(key[1])
             self._learned = learned
             if moved:
-                self.engine.resolve_with(learned_book(self.configured, learned), frozenset(moved))
+                self.engine.use_learned(learned, frozenset(moved))
             _show(learned, {key[1] for key in found}, self.settings.floor)
             LEARNING_REFRESHES.labels("moved" if moved else "same").inc()
             return frozenset(moved)

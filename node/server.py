@@ -21,6 +21,7 @@ from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
+from node.governor import Governor
 from node.interceptors import Chain, Gate, wrapping
 from node.learning import Learning
 from node.peers import PeerAuth, refusing
@@ -116,7 +117,7 @@ def start(config: NodeConfig) -> RunningNode:
     limits = config.limits
     engine = Engine(
         store,
-        config.policies,
+        config.policies.book,
         clock=clock,
         now_ms=clock.wall,
         max_watchers=config.max_watchers,
@@ -125,6 +126,7 @@ def start(config: NodeConfig) -> RunningNode:
         max_handoff_lead=limits.max_handoff_lead,
         snapshot_cache_mb=config.snapshot_cache_mb,
     )
+    governor = Governor(engine, config.policies)
     learning = start_learning(config, engine, store)
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
@@ -196,6 +198,7 @@ def start(config: NodeConfig) -> RunningNode:
             lambda: node_status(config, engine, replicator),
             identify,
             config.limits,
+            governor,
             learning,
         ),
         services,
@@ -280,6 +283,7 @@ def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning
     learning = Learning(engine, config.learning)
     count = learning.load(store.subjects())
     engine.listeners.append(learning.follow)
+    engine.book_listeners.append(learning.reconfigure)
     log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
     return learning
 

@@ -140,12 +140,37 @@ def test_a_source_the_consensus_contradicts_loses_weight_on_every_node_but_never
                 )
                 (dissenter,) = reply.belief.dissenters
                 assert dissenter.source == "liar" and dissenter.learned_weight == 2 / 3
+        # An operator's reliability, set cluster-wide, is what positions are judged under and
+        # what the learned weight multiplies: at 0.5 the liar loses "later" too (judged again,
+        # its window is four disagreements: the floor), and weighs 0.5 x 0.4 on every node.
+        with grpc.insecure_channel(cluster.address("sales")) as channel:
+            admin_pb2_grpc.AdminServiceStub(channel).SetReliability(
+                admin_pb2.SetReliabilityRequest(source="liar", context=CONTEXT, reliability=0.5),
+                timeout=10,
+                metadata=(("x-agent-id", "ops"),),
+            )
+        found = wait_for(lambda: same_weights_everywhere(cluster, (0, 4)), "the same weights")
+        assert found["liar"] == (0, 4, 0.4)
+        for name in NODES:
+            reply = wait_for(
+                lambda n=name: _dissenter_reliability(explained(cluster, n, "later"), 0.2),
+                f"the operators' reliability times the learned weight on {name}",
+            )
+            (dissenter,) = reply.belief.dissenters
+            assert dissenter.learned_weight == 0.4
 
 
 def _won_by(
     reply: selfmodel_pb2.ExplainBeliefResponse, statement: str
 ) -> selfmodel_pb2.ExplainBeliefResponse | None:
     return reply if reply.belief.statement == statement else None
+
+
+def _dissenter_reliability(
+    reply: selfmodel_pb2.ExplainBeliefResponse, reliability: float
+) -> selfmodel_pb2.ExplainBeliefResponse | None:
+    found = [d.reliability for d in reply.belief.dissenters]
+    return reply if found and abs(found[0] - reliability) < 1e-9 else None
 
 
 def _gauge(page: str, name: str, **labels: str) -> float:

@@ -181,7 +181,9 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
         # The operators then trust the two others far less: judged again under that book, the
         # liar won every slot, and the weights and beliefs follow at once.
         distrust = PolicyBook(reliability={("a", "*"): 0.3, ("b", "*"): 0.3})
-        learning.configure(distrust, engine.store.subjects())
+        engine.book_listeners.append(learning.reconfigure)
+        engine.use_policies(distrust)
+        learning.refresh()
         found = {(w.source, w.context): w for w in learning.weights()}
         assert found == from_scratch(engine, distrust, learning.settings)
         assert found["liar", "budget"].agreed == 5
