@@ -294,6 +294,9 @@ class Learning:
             with self._lock:
                 rejudge, self._rejudge = self._rejudge, False
                 pending, self._pending = self._pending, {}
+            if not (rejudge or pending or self._dirty):
+                LEARNING_REFRESHES.labels("same").inc()
+                return frozenset()
             if rejudge:
                 self._judge_all(self.engine.operators)
             for subject, slots in pending.items():
