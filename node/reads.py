@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from node import metrics
 from node.handoff import Handoffs
 from node.policy import PolicyBook
+from node.reliability import Books
 from node.resolution import Belief, Explanation, explain_slot
 from node.snapshots import Snapshot, Snapshots
 from node.store import Store
@@ -51,9 +52,15 @@ class Reader:
     ) -> None:
         self.store = store
         self.node = store.node
-        self.policies = policies
+        # The books in force: a subject resolves with its tenant's (node.reliability.Books).
+        self.books = Books(policies)
         self.snapshots = snapshots
         self.handoffs = handoffs  # what a read with a handoff token is answered
+
+    @property
+    def policies(self) -> PolicyBook:
+        """The operators' book (every context's policy; reliability without learned weights)."""
+        return self.books.operators
 
     def state(self, subject: Subject) -> SubjectState:
         return self.store.load(subject) or SubjectState(subject)
@@ -70,27 +77,31 @@ class Reader:
 
     def snapshot(self, state: SubjectState) -> Snapshot:
         """The snapshot of ``state`` or of a later state of its subject: kept until the subject
-        changes; after a change only the slots it touched are resolved again."""
+        changes; after a change only the slots it touched are resolved again. Resolved with
+        the book of the subject's tenant."""
+        book = self.books.of(state.subject.tenant)
         found = self.snapshots.get(state.subject)
-        if found is not None and found.state is state and found.policies is self.policies:
+        if found is not None and found.state is state and found.policies is book:
             return found
         with self.snapshots.serialized(state.subject):
             # The latest state (it covers whatever this one did): readers that loaded states
             # a change apart then share its resolution instead of resolving each in turn.
             latest = self.state(state.subject)
             found = self.snapshots.get(state.subject)
-            if found is not None and found.state is latest and found.policies is self.policies:
+            if found is not None and found.state is latest and found.policies is book:
                 return found
-            snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies)
+            snapshot, incremental = self.snapshots.resolve_locked(latest, book)
         metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
         return snapshot
 
     def explain(self, state: SubjectState, context: str, key: str) -> Explanation | None:
-        """The full story of one slot of ``state``: every observation, weighed."""
+        """The full story of one slot of ``state``: every observation, weighed (with the book of
+        the subject's tenant)."""
         found = self.snapshots.index(state).slot(context, key)
         if not found:
             return None
-        return explain_slot(found, self.policies.for_context(context), self.policies)
+        book = self.books.of(state.subject.tenant)
+        return explain_slot(found, book.for_context(context), book)
 
 
 __all__ = ["ModelView", "Reader"]
