@@ -73,13 +73,14 @@ class _Entry(NamedTuple):
 
 LEARNED_WEIGHT = Gauge(
     "selfmodel_learned_weight",
-    "Learned reliability weights of the sources judged in a context (node.reliability): the "
-    "lowest, the mean and the highest. No source ids.",
+    "Learned reliability weights of the sources judged in a context, over every tenant's "
+    "(node.reliability): the lowest, the mean and the highest. No source or tenant ids.",
     ["context", "stat"],
 )
 LEARNED_SOURCES = Gauge(
     "selfmodel_learned_sources",
-    "Sources judged in a context, and of them those at the floor (band=floor).",
+    "Sources judged in a context (per tenant: one id in two tenants counts twice), and of them "
+    "those at the floor (band=floor).",
     ["context", "band"],
 )
 LEARNED_OUTCOMES = Gauge(
