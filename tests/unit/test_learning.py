@@ -226,7 +226,7 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
 def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_path: Path) -> None:
     """Agent ids are per tenant: globex's consensus against its ``sales_agent`` leaves acme's
     ``sales_agent`` (another agent, the same id) at weight 1, its beliefs and its snapshots
-    as they were."""
+    as they were; globex's own snapshots are re-resolved in the context that moved only."""
     engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
     learning = Learning(engine, LearningSettings(window=5, enabled=True))
     engine.listeners.append(learning.follow)
@@ -234,10 +234,15 @@ def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_pat
         mine = Subject("acme", SubjectKind.USER, "u-1")
         engine.observe("a", [ObservationInput(mine, "budget", "k", "yes", 0.8)])
         engine.observe("sales_agent", [ObservationInput(mine, "budget", "k", "no", 0.9)])
+        same_id = Subject("globex", SubjectKind.USER, "u-1")  # globex's, of the same id
+        engine.observe("a", [ObservationInput(same_id, "budget", "k", "yes", 0.8)])
+        engine.observe("sales_agent", [ObservationInput(same_id, "budget", "k", "no", 0.9)])
+        engine.observe("a", [ObservationInput(same_id, "channel", "k", "email", 0.8)])
         learning.refresh()
         before = engine.model(mine).snapshot
         assert before.by_slot["budget", "k"].statement == "no"
-        for i in range(6):
+        theirs_before = engine.model(same_id).snapshot
+        for i in range(2, 8):
             theirs = Subject("globex", SubjectKind.USER, f"u-{i}")
             engine.observe("sales_agent", [ObservationInput(theirs, "budget", "k", "no", 0.9)])
             for source in ("a", "b"):
@@ -253,8 +258,12 @@ def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_pat
         assert dissenter.source == "a" and dissenter.learned == pytest.approx(4 / 6 / 0.8)
         (supporter,) = explained.belief.supporters
         assert supporter.source == "sales_agent" and supporter.learned == 1.0
-        # acme's subject was not resolved again: its book did not move.
+        # acme's subject was not resolved again: its book did not move. globex's was, in the
+        # context whose weights moved only: there its sales_agent no longer wins.
         assert engine.model(mine).snapshot is before
+        theirs_after = engine.model(same_id).snapshot
+        assert theirs_after.by_slot["budget", "k"].statement == "yes"
+        assert theirs_after.by_slot["channel", "k"] is theirs_before.by_slot["channel", "k"]
         # acme's weights count acme's slot only: its sales_agent won it, a lost it.
         acme = {w.source: (w.agreed, w.judged, w.weight) for w in learning.weights("acme")}
         assert acme == {"a": (0, 1, pytest.approx(4 / 6 / 0.8)), "sales_agent": (1, 1, 1.0)}
