@@ -271,6 +271,55 @@ def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_pat
         engine.store.close()
 
 
+@pytest.mark.parametrize(
+    ("role", "token_tenant", "asked", "listed"),
+    [
+        ("operator", None, "", ["acme", "globex"]),  # the development principal: every tenant
+        ("operator", None, "globex", ["globex"]),
+        ("operator", "acme", "", ["acme"]),
+        ("operator", "acme", "acme", ["acme"]),
+        ("operator", "acme", "globex", None),  # refused
+        ("cluster_operator", "acme", "", ["acme"]),
+        ("cluster_operator", "acme", "globex", ["globex"]),
+    ],
+)
+def test_an_operator_lists_its_own_tenants_weights_a_cluster_operator_any(
+    tmp_path: Path, role: str, token_tenant: str | None, asked: str, listed: list[str] | None
+) -> None:
+    from node.auth import Principal
+    from node.errors import PermissionDenied
+    from node.servicer import AdminServicer
+    from selfmodel.admin.v1 import admin_pb2
+
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, LearningSettings(enabled=True))
+    engine.listeners.append(learning.follow)
+    try:
+        for tenant in ("acme", "globex"):
+            subject = Subject(tenant, SubjectKind.USER, "u-1")
+            for source, statement in (("a", "yes"), ("sales_agent", "no")):
+                engine.observe(source, [ObservationInput(subject, "budget", "k", statement, 0.8)])
+        learning.refresh()
+        who = Principal("ops", role, token_tenant)
+        admin = AdminServicer(
+            engine, admin_pb2.GetStatusResponse, lambda *_: who, None, None, learning
+        )
+        call = AdminServicer.ListSourceWeights.__wrapped__  # type: ignore[attr-defined]
+        request = admin_pb2.ListSourceWeightsRequest(tenant=asked)
+        if listed is None:
+            with pytest.raises(PermissionDenied, match="tenant 'globex'"):
+                call(admin, request, None)
+            return
+        reply = call(admin, request, None)
+        assert [(w.tenant, w.source) for w in reply.weights] == [
+            (t, s) for t in listed for s in ("a", "sales_agent")
+        ]
+        # Each tenant's counts are of its own slot.
+        assert all(w.judged == 1 for w in reply.weights)
+    finally:
+        engine.store.close()
+
+
 def test_a_book_change_re_resolves_only_the_contexts_it_changes() -> None:
     from tests.unit.strategies import observation
 
