@@ -267,7 +267,7 @@ class Engine:
             delta = erase_delta(state, self.actor, self._mint())
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
-            self.store.purge(subject, change.new.erased)
+            self.store.purge(subject, change.new.erased, _sources(state))
             token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
@@ -418,7 +418,8 @@ class Engine:
                     self._commit(changes, extra=[*extra, *rows], durable=durable)
                 for change in changes:
                     if change.new.erased != change.old.erased:  # type: ignore[union-attr]
-                        self.store.purge(change.new.subject, change.new.erased)
+                        bound, sources = change.new.erased, _sources(change.old)
+                        self.store.purge(change.new.subject, bound, sources)
         return MergeOutcome(
             merged,
             tuple(screened.refused),
@@ -521,6 +522,11 @@ def _age(obs: Observation) -> tuple[int, Dot]:
 
 def _slot_key(item: ObservationInput) -> str:
     return item.key or normalize_statement(item.statement)
+
+
+def _sources(state: SubjectState | None) -> set[str]:
+    """The sources of ``state``'s observations (whose index rows a purge compacts away)."""
+    return set() if state is None else {obs.source for obs in state.observations.values()}
 
 
 def _subject_of(change: Change) -> Subject:
