@@ -29,6 +29,7 @@ from node.sizes import SubjectSizes
 from node.snapshots import Snapshots
 from node.store import Change, Store
 from node.watches import Subscription, Watches
+from node.withdrawals import Withdrawals, follower
 from sync.bounds import (
     Footprint,
     SubjectLimits,
@@ -110,7 +111,9 @@ class Engine:
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
-        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs)
+        # Each tenant's withdrawn sources (node.withdrawals), followed as they change.
+        self.withdrawals = Withdrawals(lambda s: store.load(s) or SubjectState(s))
+        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs, self.withdrawals)
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
@@ -119,7 +122,9 @@ class Engine:
         # Called with every committed batch of changes (local writes and merges alike), under
         # the subjects' locks, before watches are woken: what follows the subjects' states
         # (roll-ups, governance) keeps up with every change, in commit order.
-        self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        self.listeners: list[Callable[[Sequence[Change]], None]] = [
+            follower(self.withdrawals, store, self.refresh)
+        ]
 
     # -- writes --------------------------------------------------------------------------
 
@@ -445,6 +450,13 @@ class Engine:
             listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
+
+    def refresh(self, subject: Subject) -> None:
+        """Re-resolves ``subject``'s kept snapshot (none is resolved for a subject not kept)
+        and wakes its watchers: for a change of what resolution takes besides the state."""
+        if self.snapshots.get(subject) is not None:
+            self.reader.snapshot(self.state(subject))
+        self.watches.notify(subject)
 
     def footprint(self, state: SubjectState) -> Footprint:
         """What ``state`` holds as the subject limits count it (node.sizes)."""

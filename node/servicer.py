@@ -29,6 +29,7 @@ from node.errors import (
 from node.interceptors import HandlerWrapper
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
+from node.sources_admin import SourcesAdmin
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import LAST_ASK_S
@@ -462,7 +463,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SourcesAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,
@@ -495,6 +496,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         limit = min(request.limit or 100, 1000)
         entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
         return convert.audit_page(entries, cursor)
+
+    ListSourceContributions = map_errors(SourcesAdmin.ListSourceContributions)
+    WithdrawSource = map_errors(SourcesAdmin.WithdrawSource)
+    LiftSourceWithdrawal = map_errors(SourcesAdmin.LiftSourceWithdrawal)
 
 
 __all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
-from node.resolution import Belief, explain_slot
+from node.resolution import NO_WITHDRAWN, Belief, Withdrawn, counted, explain_slot
 from sync.causal import Dot
 from sync.codec import encode_token
 from sync.crdt import SubjectState
@@ -65,6 +65,9 @@ class Snapshot:
     by_slot: Mapping[Slot, Belief]
     beliefs: tuple[Belief, ...]  # ordered by (context, key)
     token: str  # the handoff token of the state's position
+    # The tenant's withdrawals it was resolved with (node.withdrawals): served only while they
+    # are the tenant's current ones (the very object).
+    withdrawn: Withdrawn = field(default_factory=lambda: NO_WITHDRAWN)
     # Serialized replies built from it (node.convert), by what they were built for.
     replies: dict[Hashable, bytes] = field(default_factory=dict)
 
@@ -145,24 +148,49 @@ def touched(previous: SlotIndex, index: SlotIndex) -> set[Slot]:
     return found
 
 
-def resolve_snapshot(state: SubjectState, policies: PolicyBook) -> Snapshot:
+def resolve_snapshot(
+    state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+) -> Snapshot:
     """The snapshot of ``state``, every slot resolved."""
     index = index_of(state)
-    return _snapshot(index, policies, {}, set(index.slots))
+    return _snapshot(index, policies, withdrawn, {}, set(index.slots))
 
 
-def advance(previous: Snapshot, index: SlotIndex) -> Snapshot:
+def advance(previous: Snapshot, index: SlotIndex, withdrawn: Withdrawn | None = None) -> Snapshot:
     """The snapshot of ``index``'s state (another state of the subject, under the same
-    policies): ``previous`` with the slots whose observations differ resolved again."""
-    return _snapshot(index, previous.policies, previous.by_slot, touched(previous.index, index))
+    policies, and ``withdrawn``, by default the same withdrawals): ``previous`` with the slots
+    whose observations differ resolved again, and those holding an observation of a source
+    whose withdrawal changed."""
+    slots = touched(previous.index, index)
+    if withdrawn is None:
+        withdrawn = previous.withdrawn
+    elif withdrawn is not previous.withdrawn:
+        slots |= sources_in(index, changed_sources(previous.withdrawn, withdrawn))
+    return _snapshot(index, previous.policies, withdrawn, previous.by_slot, slots)
+
+
+def changed_sources(before: Withdrawn, after: Withdrawn) -> set[str]:
+    """The sources whose withdrawal differs between two withdrawals of a tenant."""
+    return {s for s in before.keys() | after.keys() if before.get(s) != after.get(s)}
+
+
+def sources_in(index: SlotIndex, sources: AbstractSet[str]) -> set[Slot]:
+    """The slots of ``index`` holding an observation of one of ``sources``."""
+    if not sources:
+        return set()
+    return {slot for slot, found in index.slots.items() if any(o.source in sources for o in found)}
 
 
 def _snapshot(
-    index: SlotIndex, policies: PolicyBook, resolved: Mapping[Slot, Belief], touched: set[Slot]
+    index: SlotIndex,
+    policies: PolicyBook,
+    withdrawn: Withdrawn,
+    resolved: Mapping[Slot, Belief],
+    touched: set[Slot],
 ) -> Snapshot:
     by_slot = dict(resolved)
     for slot in touched:
-        found = index.slots.get(slot)
+        found = counted(index.slots.get(slot, ()), withdrawn)
         if found:
             by_slot[slot] = explain_slot(found, policies.for_context(slot[0]), policies).belief
         else:
@@ -170,7 +198,7 @@ def _snapshot(
     beliefs = tuple(by_slot[s] for s in sorted(by_slot))
     state = index.state
     token = encode_token({state.subject: state.context})
-    return Snapshot(index, policies, by_slot, beliefs, token)
+    return Snapshot(index, policies, by_slot, beliefs, token, withdrawn)
 
 
 class _Kept(NamedTuple):
@@ -208,24 +236,29 @@ class Snapshots:
         kept = self._entries.get(subject)
         return None if kept is None else kept.snapshot
 
-    def resolve(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
-        """The snapshot of ``state``, kept; True when built from the subject's previous snapshot
-        or index (only the changed slots resolved), False when resolved whole."""
+    def resolve(
+        self, state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+    ) -> tuple[Snapshot, bool]:
+        """The snapshot of ``state`` under ``policies`` and its tenant's ``withdrawn``, kept;
+        True when built from the subject's previous snapshot or index (only the changed slots
+        resolved), False when resolved whole."""
         with self.serialized(state.subject):
-            return self.resolve_locked(state, policies)
+            return self.resolve_locked(state, policies, withdrawn)
 
-    def resolve_locked(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
+    def resolve_locked(
+        self, state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+    ) -> tuple[Snapshot, bool]:
         """``resolve``, with ``serialized(state.subject)`` held by the caller."""
         kept = self._entries.get(state.subject)
         previous = None if kept is None else kept.snapshot
         if previous is not None and previous.policies is policies:
-            if previous.state is state:
+            if previous.state is state and previous.withdrawn is withdrawn:
                 return previous, True
             assert kept is not None
-            snapshot = advance(previous, advance_index(kept.latest, state))
+            snapshot = advance(previous, advance_index(kept.latest, state), withdrawn)
             incremental = True
         else:
-            snapshot, incremental = resolve_snapshot(state, policies), False
+            snapshot, incremental = resolve_snapshot(state, policies, withdrawn), False
         self._keep(state.subject, snapshot, snapshot.index)
         return snapshot, incremental
 
@@ -293,7 +326,9 @@ __all__ = [
     "advance",
     "advance_index",
     "after_write",
+    "changed_sources",
     "index_of",
     "resolve_snapshot",
+    "sources_in",
     "touched",
 ]
