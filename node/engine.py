@@ -123,7 +123,8 @@ class Engine:
         # the subjects' locks, before watches are woken: what follows the subjects' states
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = [
-            follower(self.withdrawals, store, self.refresh)
+            follower(self.withdrawals, store, self.refresh),
+            self.reader.follow,  # kept snapshots advance with every change
         ]
 
     # -- writes --------------------------------------------------------------------------

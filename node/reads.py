@@ -10,6 +10,7 @@ later one: never of a state without a change the read's state holds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node import metrics
@@ -17,7 +18,7 @@ from node.handoff import Handoffs
 from node.policy import PolicyBook
 from node.resolution import Belief, Explanation, Withdrawn, counted, explain_slot
 from node.snapshots import Snapshot, Snapshots
-from node.store import Store
+from node.store import Change, Store
 from node.withdrawals import Withdrawals
 from sync.causal import CausalContext
 from sync.crdt import SubjectState
@@ -92,6 +93,14 @@ class Reader:
             snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies, withdrawn)
         metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
         return snapshot
+
+    def follow(self, changes: Sequence[Change]) -> None:
+        """Advances the kept snapshot of each changed subject (a listener of the engine: every
+        committed change), so what is kept, and node.quality's figures, follow every change;
+        a subject with no snapshot kept is resolved on its next read only."""
+        for change in changes:
+            if self.snapshots.get(change.new.subject) is not None:
+                self.snapshot(change.new)
 
     def _current(self, found: Snapshot | None, state: SubjectState, withdrawn: Withdrawn) -> bool:
         """Whether ``found`` is the resolution of ``state`` as this node resolves it now."""

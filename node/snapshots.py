@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
+from node.quality import NO_TALLIES, Quality, Tallies, moved
 from node.resolution import NO_WITHDRAWN, Belief, Withdrawn, counted, explain_slot
 from sync.causal import Dot
 from sync.codec import encode_token
@@ -68,6 +69,10 @@ class Snapshot:
     # The tenant's withdrawals it was resolved with (node.withdrawals): served only while they
     # are the tenant's current ones (the very object).
     withdrawn: Withdrawn = field(default_factory=lambda: NO_WITHDRAWN)
+    # Its beliefs tallied per context, and the winner changes since the snapshot it was
+    # advanced from (node.quality).
+    tallies: Tallies = field(default_factory=dict)
+    flips: Mapping[str, int] = field(default_factory=dict)
     # Serialized replies built from it (node.convert), by what they were built for.
     replies: dict[Hashable, bytes] = field(default_factory=dict)
 
@@ -153,7 +158,7 @@ def resolve_snapshot(
 ) -> Snapshot:
     """The snapshot of ``state``, every slot resolved."""
     index = index_of(state)
-    return _snapshot(index, policies, withdrawn, {}, set(index.slots))
+    return _snapshot(index, policies, withdrawn, {}, set(index.slots), NO_TALLIES)
 
 
 def advance(previous: Snapshot, index: SlotIndex, withdrawn: Withdrawn | None = None) -> Snapshot:
@@ -166,7 +171,7 @@ def advance(previous: Snapshot, index: SlotIndex, withdrawn: Withdrawn | None = 
         withdrawn = previous.withdrawn
     elif withdrawn is not previous.withdrawn:
         slots |= sources_in(index, changed_sources(previous.withdrawn, withdrawn))
-    return _snapshot(index, previous.policies, withdrawn, previous.by_slot, slots)
+    return _snapshot(index, previous.policies, withdrawn, previous.by_slot, slots, previous.tallies)
 
 
 def changed_sources(before: Withdrawn, after: Withdrawn) -> set[str]:
@@ -187,6 +192,7 @@ def _snapshot(
     withdrawn: Withdrawn,
     resolved: Mapping[Slot, Belief],
     touched: set[Slot],
+    tallies: Tallies,
 ) -> Snapshot:
     by_slot = dict(resolved)
     for slot in touched:
@@ -198,7 +204,8 @@ def _snapshot(
     beliefs = tuple(by_slot[s] for s in sorted(by_slot))
     state = index.state
     token = encode_token({state.subject: state.context})
-    return Snapshot(index, policies, by_slot, beliefs, token, withdrawn)
+    tallies, flips = moved(tallies, [(resolved.get(s), by_slot.get(s)) for s in touched])
+    return Snapshot(index, policies, by_slot, beliefs, token, withdrawn, tallies, flips)
 
 
 class _Kept(NamedTuple):
@@ -219,6 +226,8 @@ class Snapshots:
         self._bytes = 0
         self._lock = threading.Lock()
         self._subject_locks = SubjectLocks()
+        # The tallies of the snapshots kept (node.quality): /metrics' model quality.
+        self.quality = Quality()
 
     def serialized(self, subject: Subject) -> threading.Lock:
         """The lock under which ``subject``'s snapshot and index change (one per stripe)."""
@@ -310,11 +319,23 @@ class Snapshots:
             replaced = self._entries.get(subject)
             if replaced is not None:
                 self._bytes -= replaced.cost
+            before = None if replaced is None else replaced.snapshot
+            if snapshot is not before:
+                # A snapshot's winner changes are against the one it replaces, which it was
+                # advanced from (resolve_locked), or none when resolved whole.
+                self.quality.replaced(
+                    NO_TALLIES if before is None else before.tallies,
+                    NO_TALLIES if snapshot is None else snapshot.tallies,
+                    None if snapshot is None else snapshot.flips,
+                )
             self._entries[subject] = _Kept(snapshot, index, cost)
             self._entries.move_to_end(subject)
             self._bytes += cost
             while len(self._entries) > 1 and self._bytes > self.budget_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1].cost
+                dropped = self._entries.popitem(last=False)[1]
+                self._bytes -= dropped.cost
+                if dropped.snapshot is not None:
+                    self.quality.replaced(dropped.snapshot.tallies, NO_TALLIES)
 
 
 __all__ = [

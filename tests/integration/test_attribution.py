@@ -17,6 +17,8 @@ from federation import calls, tokens
 from federation.client import Client, SelfModelView, user, view_from_proto
 from node.errors import InvalidArgument, PermissionDenied
 from tests.harness import LocalCluster
+from tests.integration.test_metrics import values
+from tests.nodes import NodeProcess
 
 NODES = ("sales", "support", "billing")
 DEADLINE_S = 60.0
@@ -172,3 +174,33 @@ def test_listing_a_sources_contributions_pages_and_is_tenant_scoped(
     first = ops.source_contributions("bot", page_size=2)
     with pytest.raises(InvalidArgument, match="another listing"):
         other_ops.source_contributions("bot", page_token=first.next_page_token)
+
+
+def test_model_quality_metrics_move_with_a_contradiction_and_a_winner_change(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node("sales")
+    context = "mood"
+
+    def scraped(name: str) -> float:
+        found = values(node.metrics(), name, context=context)
+        return found[0] if found else 0.0
+
+    with Client(node.address, agent="first", tenant="acme") as first:
+        first.observe(user("u-1"), "Happy", context=context, key="now", confidence=0.6)
+        first.self_model(user("u-1"))  # resolved, and kept: its changes are followed
+        assert scraped("selfmodel_beliefs_kept") == 1
+        assert scraped("selfmodel_belief_contradiction_ratio") == 0
+        assert scraped("selfmodel_belief_winner_changes_total") == 0
+        assert 0 <= scraped("selfmodel_belief_staleness_seconds") < 60
+        with Client(node.address, agent="second", tenant="acme") as second:
+            second.observe(user("u-1"), "Sad", context=context, key="now", confidence=0.9)
+        # No read since: the kept model followed the write.
+        wait_for(lambda: scraped("selfmodel_belief_winner_changes_total") == 1, "the winner change")
+        assert scraped("selfmodel_belief_contradiction_ratio") == 1  # "Happy" dissents
+        first.observe(user("u-2"), "Calm", context=context, key="now", confidence=0.1)
+        first.self_model(user("u-2"))
+        assert scraped("selfmodel_beliefs_kept") == 2
+        assert scraped("selfmodel_belief_contradiction_ratio") == 0.5
+        assert scraped("selfmodel_belief_uncertain_ratio") == 0.5  # 0.1 is below the minimum
+    assert "u-1" not in node.metrics() and "first" not in node.metrics()
