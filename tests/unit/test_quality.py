@@ -4,6 +4,9 @@ is counted once."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -60,3 +63,19 @@ def test_a_winner_change_is_counted_once_and_a_contradiction_shows_in_the_tally(
     assert counted(context) == before + 1
     snapshots.resolve(state, BOOK)  # the same state again: nothing moves
     assert counted(context) == before + 1
+
+
+def test_the_dashboard_has_a_panel_for_each_model_quality_metric():
+    board = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/selfmodel.json"
+    panels = json.loads(board.read_text())["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    for name in (
+        "selfmodel_belief_contradiction_ratio",
+        "selfmodel_belief_winner_changes_total",
+        "selfmodel_belief_uncertain_ratio",
+        "selfmodel_belief_staleness_seconds",
+    ):
+        [expr] = [e for e in exprs if name in e]
+        assert "by (context)" in expr, expr
+    names = {f.name for f in REGISTRY.collect()}
+    assert {"selfmodel_belief_contradiction_ratio", "selfmodel_belief_winner_changes"} <= names
