@@ -98,7 +98,8 @@ def subjects_page(
         budget -= len(keys)
         for key in keys:
             subject = Subject.from_storage_key(key)
-            if holds_observations(subject):
+            # A node's own subjects (``_``-named: a tenant's withdrawals) are never listed.
+            if not subject.id.startswith("_") and holds_observations(subject):
                 found.append(subject)
         if len(keys) < want:  # the end of the range
             return found, ""

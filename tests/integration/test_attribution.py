@@ -170,6 +170,9 @@ def test_listing_a_sources_contributions_pages_and_is_tenant_scoped(
         other_ops.withdraw_source("bot", tenant="acme")
     with pytest.raises(PermissionDenied):  # an agent is not an operator
         bot.source_contributions("bot")
+    # The tenant's own subject of withdrawals is never listed as a subject.
+    ops.withdraw_source("nobody")
+    assert [s.id for s in ops.subjects().subjects] == [f"u-{n}" for n in range(5)]
     # A token of acme's listing is refused for other's.
     first = ops.source_contributions("bot", page_size=2)
     with pytest.raises(InvalidArgument, match="another listing"):
