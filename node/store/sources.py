@@ -118,6 +118,26 @@ def build_index(db: Any, tables: dict[str, Any], cf: Any, write_options: Any) ->
     return count
 
 
+def subject_rows(table: Any, subject: Subject) -> list[bytes]:
+    """The keys of every index row of ``subject``, whatever its source: a skip over the
+    tenant's sources (a seek per source), then each source's range of the subject. For a
+    subject whose stored state is lost (a quarantine), whose observations are unknown."""
+    tenant = subject.tenant.encode() + b"\x00"
+    found: list[bytes] = []
+    start = tenant
+    while True:
+        first = next(iter(table.keys(from_key=start)), None)
+        if first is None or not first.startswith(tenant):
+            return found
+        source = first[len(tenant) :].split(b"\x00", 1)[0]
+        prefix = subject_prefix(subject.tenant, source.decode(), subject)
+        for key in table.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            found.append(key)
+        start = tenant + source + b"\x01"  # past every row of this source: names hold no NUL
+
+
 def scan(
     table: Any, tenant: str, source: str, after: bytes, limit: int
 ) -> list[tuple[bytes, Contribution]]:
@@ -152,4 +172,5 @@ __all__ = [
     "scan",
     "source_prefix",
     "subject_prefix",
+    "subject_rows",
 ]
