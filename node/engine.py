@@ -11,7 +11,8 @@ subject's slot index (node.snapshots), not by scanning the subject.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.reads import ModelView, Reader
+from node.reliability import Learned, learned_book
 from node.resolution import Explanation, normalize_statement
 from node.screening import screen
 from node.sizes import SubjectSizes
@@ -102,7 +104,6 @@ class Engine:
         snapshot_cache_mb: float = 64.0,
     ) -> None:
         self.store = store
-        self.policies = policies or PolicyBook()
         self.clock = clock or HybridClock(high_water=store.hlc_high_water)
         self.node = store.node
         self._now_ms = now_ms
@@ -113,7 +114,9 @@ class Engine:
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
         # Each tenant's withdrawn sources (node.withdrawals), followed as they change.
         self.withdrawals = Withdrawals(lambda s: store.load(s) or SubjectState(s))
-        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs, self.withdrawals)
+        self.reader = Reader(
+            store, policies or PolicyBook(), self.snapshots, self.handoffs, self.withdrawals
+        )
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
@@ -126,6 +129,45 @@ class Engine:
             follower(self.withdrawals, store, self.refresh),
             self.reader.follow,  # kept snapshots advance with every change
         ]
+        # The book in force is the operators' (node.governor) times the learned weights
+        # (node.learning; none unless it is on): node.reliability.learned_book.
+        self.operators = self.reader.policies
+        self.learned: Mapping[tuple[str, str], Learned] = {}
+        self._book_lock = threading.Lock()
+        # Told the operators' new book when it changes (learning judges against it).
+        self.book_listeners: list[Callable[[PolicyBook], None]] = []
+
+    @property
+    def policies(self) -> PolicyBook:
+        """The policy book in force: ``learned_book(operators, learned)``."""
+        return self.reader.policies
+
+    def use_policies(self, book: PolicyBook) -> None:
+        """Resolves with the operators' ``book`` from now on (node.governor keeps it: the file
+        under the replicated settings), times the learned weights: no snapshot resolved under
+        another book is served again (node.reads), and every watch is woken to read its model
+        again. ``book_listeners`` are told."""
+        with self._book_lock:
+            self.operators = book
+            self._put_in_force(None)
+        for listen in self.book_listeners:
+            listen(book)
+
+    def use_learned(
+        self, learned: Mapping[tuple[str, str], Learned], contexts: frozenset[str] | None
+    ) -> None:
+        """Resolves with the ``learned`` weights from now on (node.learning), which move only
+        ``contexts``' beliefs (None: any context's): a cached snapshot is resolved again on its
+        next read, in those contexts only (node.snapshots); watches look again."""
+        with self._book_lock:
+            self.learned = learned
+            self._put_in_force(contexts)
+
+    def _put_in_force(self, contexts: frozenset[str] | None) -> None:
+        book = learned_book(self.operators, self.learned)
+        self.snapshots.rebooked(self.reader.policies, book, contexts)
+        self.reader.policies = book
+        self.watches.wake_all()
 
     # -- writes --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from node import listing, validation
 from node.audit import AuditRecord
 from node.auth import Principal
 from node.engine import Engine
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, map_errors
 from node.validation import Limits
 from node.withdrawals import WITHDRAWN, concerned, sources_subject
 from selfmodel.admin.v1 import admin_pb2
@@ -49,6 +49,7 @@ class SourcesAdmin:
         source = validation.source(request.source, "source", self.limits)
         return who, tenant, source
 
+    @map_errors
     def ListSourceContributions(
         self, request: admin_pb2.ListSourceContributionsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListSourceContributionsResponse:
@@ -76,6 +77,7 @@ class SourcesAdmin:
             reply.next_page_token = listing.position_token(LISTING, [tenant, source], rows[-1][0])
         return reply
 
+    @map_errors
     def WithdrawSource(
         self, request: admin_pb2.WithdrawSourceRequest, context: grpc.ServicerContext
     ) -> admin_pb2.WithdrawSourceResponse:
@@ -92,6 +94,7 @@ class SourcesAdmin:
         reply.subjects = len(concerned(self.engine.store, tenant, {source}))
         return reply
 
+    @map_errors
     def LiftSourceWithdrawal(
         self, request: admin_pb2.LiftSourceWithdrawalRequest, context: grpc.ServicerContext
     ) -> admin_pb2.LiftSourceWithdrawalResponse:
