@@ -1,10 +1,11 @@
 """The commands that call a node as an agent or an operator would (observe, retract, show,
-show-many, subjects, contexts, policy, explain, forget, audit), each printing the node's reply in
-the proto JSON mapping, and the health check."""
+show-many, watch, subjects, contexts, policy, explain, forget, audit), each printing the node's
+reply in the proto JSON mapping (watch: one reply per line), and the health check."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import sys
@@ -20,6 +21,7 @@ from federation.bearer import token_args
 from federation.client import Client, parse_subject
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
+from selfmodel.errors import DeadlineExceeded
 from selfmodel.v1 import model_pb2
 from sync.codec import EVIDENCE_KINDS, evidence_from_proto
 from sync.observation import Evidence, Subject, SubjectKind
@@ -39,13 +41,15 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _print(msg: Any) -> None:
+def _print(msg: Any, indent: int | None = 2) -> None:
     """Every command's answer: its reply message in the proto JSON mapping (lowerCamelCase
-    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads."""
+    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads;
+    ``indent`` None: on one line."""
     print(
         json_format.MessageToJson(
-            msg, indent=2, ensure_ascii=False, always_print_fields_with_no_presence=True
-        )
+            msg, indent=indent, ensure_ascii=False, always_print_fields_with_no_presence=True
+        ),
+        flush=True,
     )
 
 
@@ -56,6 +60,25 @@ def _run(
     with _client(args) as client:
         _print(client._run(calls.raw(describe(client._req, *a, **kw))))
     return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be a whole number within [0, 2^32), got {text!r}")
+    return value
+
+
+def positions_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-positions",
+        type=_count,
+        help="list at most this many supporters and dissenters per belief, the newest (0: their "
+        "counts only; default: all)",
+    )
 
 
 def uncertain_arg(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +153,7 @@ def _show(args: argparse.Namespace) -> int:
         at_least=args.at_least,
         page_size=args.page_size,
         page_token=args.page_token,
+        max_positions=args.max_positions,
     )
 
 
@@ -141,7 +165,35 @@ def _show_many(args: argparse.Namespace) -> int:
         include_uncertain=args.include_uncertain,
         contexts=args.context or (),
         at_least=args.at_least,
+        max_positions=args.max_positions,
     )
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Prints the subject's model now and after every change, one reply per line, until
+    ``--count`` replies, ``--timeout`` seconds or an interrupt."""
+    with _client(args) as client:
+        stream = calls.watch(
+            client._req,
+            _subject(args),
+            contexts=args.context or (),
+            include_uncertain=args.include_uncertain,
+            timeout_s=args.timeout,
+            max_positions=args.max_positions,
+        )
+        printed = 0
+        try:
+            for reply in client._follow(dataclasses.replace(stream, item=lambda msg: msg)):
+                _print(reply, indent=None)
+                printed += 1
+                if printed == args.count:
+                    break
+        except DeadlineExceeded:
+            if args.timeout is None:
+                raise
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def _subjects(args: argparse.Namespace) -> int:
@@ -162,6 +214,43 @@ def _contexts(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     return _run(args, calls.policy, *args.contexts)
+
+
+def _policy_get(args: argparse.Namespace) -> int:
+    """The settings in force with where each comes from, of ``--context`` (and the default
+    it inherits) if given."""
+    with _client(args) as client:
+        reply = client._run(calls.raw(calls.settings(client._req)))
+    if args.context is not None:
+        kept = [s for s in reply.settings if s.context == args.context]
+        reliability = [r for r in reply.reliability if r.context in ("", args.context)]
+        del reply.settings[:], reply.reliability[:]
+        reply.settings.extend(kept)
+        reply.reliability.extend(reliability)
+    _print(reply)
+    return 0
+
+
+def _policy_set(args: argparse.Namespace) -> int:
+    value: str | float = args.value
+    if args.field != "policy":
+        try:
+            value = float(args.value)
+        except ValueError:
+            raise ValueError(f"{args.field}: takes a number, got {args.value!r}") from None
+    return _run(args, calls.set_setting, args.field, value, context=args.context or "")
+
+
+def _policy_clear(args: argparse.Namespace) -> int:
+    return _run(args, calls.clear_setting, args.field, context=args.context or "")
+
+
+def _reliability_set(args: argparse.Namespace) -> int:
+    return _run(args, calls.set_reliability, args.source, args.value, context=args.context or "")
+
+
+def _reliability_clear(args: argparse.Namespace) -> int:
+    return _run(args, calls.clear_reliability, args.source, context=args.context or "")
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -239,6 +328,50 @@ def idempotency_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+FIELDS = [w for w in calls.SETTING_FIELDS.value if w]
+
+
+def policy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``policy show|get|set|clear|reliability``: the policy in force, and the cluster's
+    replicated settings (operators)."""
+    policy = sub.add_parser("policy", help="the policy in force, and the cluster's settings")
+    verbs = policy.add_subparsers(dest="verb", required=True, metavar="VERB")
+    show = verbs.add_parser("show", help="the policy in force for contexts (none: the default)")
+    show.add_argument("contexts", nargs="*")
+    show.set_defaults(run=_policy)
+    get = verbs.add_parser(
+        "get", help="every setting in force and where it comes from (operators only)"
+    )
+    get.set_defaults(run=_policy_get)
+    set_ = verbs.add_parser("set", help="set a policy field on every node (operators only)")
+    set_.add_argument("field", choices=FIELDS)
+    set_.add_argument("value", help="latest|weighted for policy, else a number")
+    set_.set_defaults(run=_policy_set)
+    clear = verbs.add_parser(
+        "clear", help="hand a field back to each node's cluster file (operators only)"
+    )
+    clear.add_argument("field", choices=FIELDS)
+    clear.set_defaults(run=_policy_clear)
+    reliability = verbs.add_parser(
+        "reliability", help="set a source's reliability on every node (operators only)"
+    )
+    reliability.add_argument("source")
+    reliability.add_argument("value", type=float, help="within [0, 1]")
+    reliability.set_defaults(run=_reliability_set)
+    unreliability = verbs.add_parser(
+        "clear-reliability",
+        help="hand a source's reliability back to each node's cluster file (operators only)",
+    )
+    unreliability.add_argument("source")
+    unreliability.set_defaults(run=_reliability_clear)
+    for verb in (get, set_, clear, reliability, unreliability):
+        verb.add_argument(
+            "--context", help="the context (default: every context's default)", default=None
+        )
+    for verb in (show, get, set_, clear, reliability, unreliability):
+        client_args(verb)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     obs = sub.add_parser("observe", help="record an observation")
     obs.add_argument("subject", help="tenant/kind/id or kind:id, e.g. user:u-42")
@@ -274,6 +407,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     show.add_argument("--at-least", help="a handoff token to wait for")
     show.add_argument("--page-size", type=int, default=0, help="beliefs per page (0: all)")
     show.add_argument("--page-token", default="", help="the nextPageToken of the last page")
+    positions_arg(show)
     client_args(show)
     show.set_defaults(run=_show)
 
@@ -282,8 +416,25 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     uncertain_arg(many)
     many.add_argument("--context", action="append", help="only this context (repeatable)")
     many.add_argument("--at-least", help="a handoff token to wait for")
+    positions_arg(many)
     client_args(many)
     many.set_defaults(run=_show_many)
+
+    watch = sub.add_parser(
+        "watch", help="print a subject's model now and after every change, one JSON per line"
+    )
+    watch.add_argument("subject")
+    uncertain_arg(watch)
+    watch.add_argument("--context", action="append", help="only this context (repeatable)")
+    positions_arg(watch)
+    watch.add_argument(
+        "--count", type=_count, default=0, help="stop after this many models (0: never)"
+    )
+    watch.add_argument(
+        "--timeout", type=float, help="stop after this many seconds (default: never)"
+    )
+    client_args(watch)
+    watch.set_defaults(run=_watch)
 
     subjects = sub.add_parser("subjects", help="list the tenant's subjects, a page at a time")
     subjects.add_argument("--kind", choices=["user", "team", "org"], help="only this kind")
@@ -297,10 +448,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     client_args(contexts)
     contexts.set_defaults(run=_contexts)
 
-    policy = sub.add_parser("policy", help="the policy in force for contexts (none: the default)")
-    policy.add_argument("contexts", nargs="*")
-    client_args(policy)
-    policy.set_defaults(run=_policy)
+    policy_commands(sub)
 
     explain = sub.add_parser("explain", help="every observation of a slot and why the winner won")
     explain.add_argument("subject")

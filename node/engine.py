@@ -11,7 +11,8 @@ subject's slot index (node.snapshots), not by scanning the subject.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.reads import ModelView, Reader
+from node.reliability import Learned, learned_book
 from node.resolution import Explanation, normalize_statement
 from node.screening import screen
 from node.sizes import SubjectSizes
@@ -38,6 +40,7 @@ from sync.codec import encode_token, token_of_entries
 from sync.crdt import (
     SubjectState,
     apply_observe,
+    clear_delta,
     erase_delta,
     merge,
     observe_delta,
@@ -100,7 +103,6 @@ class Engine:
         snapshot_cache_mb: float = 64.0,
     ) -> None:
         self.store = store
-        self.policies = policies or PolicyBook()
         self.clock = clock or HybridClock(high_water=store.hlc_high_water)
         self.node = store.node
         self._now_ms = now_ms
@@ -109,12 +111,55 @@ class Engine:
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
-        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs)
+        self.reader = Reader(store, policies or PolicyBook(), self.snapshots, self.handoffs)
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
         self.subject_limits = subject_limits or SubjectLimits()
         self.sizes = SubjectSizes(self.subject_limits)
+        # Called with every committed batch of changes (local writes and merges alike), under
+        # the subjects' locks, before watches are woken: what follows the subjects' states
+        # (roll-ups, governance) keeps up with every change, in commit order.
+        self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        # The book in force is the operators' (node.governor) times the learned weights
+        # (node.learning; none unless it is on): node.reliability.learned_book.
+        self.operators = self.reader.policies
+        self.learned: Mapping[tuple[str, str], Learned] = {}
+        self._book_lock = threading.Lock()
+        # Told the operators' new book when it changes (learning judges against it).
+        self.book_listeners: list[Callable[[PolicyBook], None]] = []
+
+    @property
+    def policies(self) -> PolicyBook:
+        """The policy book in force: ``learned_book(operators, learned)``."""
+        return self.reader.policies
+
+    def use_policies(self, book: PolicyBook) -> None:
+        """Resolves with the operators' ``book`` from now on (node.governor keeps it: the file
+        under the replicated settings), times the learned weights: no snapshot resolved under
+        another book is served again (node.reads), and every watch is woken to read its model
+        again. ``book_listeners`` are told."""
+        with self._book_lock:
+            self.operators = book
+            self._put_in_force(None)
+        for listen in self.book_listeners:
+            listen(book)
+
+    def use_learned(
+        self, learned: Mapping[tuple[str, str], Learned], contexts: frozenset[str] | None
+    ) -> None:
+        """Resolves with the ``learned`` weights from now on (node.learning), which move only
+        ``contexts``' beliefs (None: any context's): a cached snapshot is resolved again on its
+        next read, in those contexts only (node.snapshots); watches look again."""
+        with self._book_lock:
+            self.learned = learned
+            self._put_in_force(contexts)
+
+    def _put_in_force(self, contexts: frozenset[str] | None) -> None:
+        book = learned_book(self.operators, self.learned)
+        self.snapshots.rebooked(self.reader.policies, book, contexts)
+        self.reader.policies = book
+        self.watches.wake_all()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -234,7 +279,9 @@ class Engine:
                 detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
             event = self._next_dot(state)
-            delta = retract_delta(state, self.actor, context, key, source, self._mint())
+            hlc = self._mint()
+            calls = idempotency.keyed_calls(request, "retract", hlc, count)
+            delta = retract_delta(state, self.actor, context, key, source, hlc, calls)
             new = merge(state, delta)
             self.sizes.check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
@@ -259,13 +306,60 @@ class Engine:
             self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts
-            delta = erase_delta(state, self.actor, self._mint())
+            hlc = self._mint()
+            delta = erase_delta(
+                state, self.actor, hlc, idempotency.keyed_calls(request, "forget", hlc)
+            )
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
             token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
+
+    def put(
+        self,
+        subject: Subject,
+        context: str,
+        key: str,
+        statement: str | None,
+        source: str,
+        audit: AuditRecord | None = None,
+    ) -> str:
+        """A register in a node's own slot (a name ``node.validation.reserved``): sets it to
+        ``statement`` (an observation of confidence 1 by ``source``, superseding every
+        observation of the slot this node holds), or clears it (None: removes them). Two
+        concurrent puts leave both observations: the newer by (timestamp, dot) is the value,
+        on every node. Returns the handoff token; ``audit`` is written in the same batch."""
+        with self._locks.held([subject]):
+            self._check_clock()
+            state = self.state(subject)
+            event = self._next_dot(state)
+            gone = self.snapshots.index(state).slot(context, key)
+            held = [o.dot for o in gone]
+            if statement is None:
+                delta = clear_delta(state, self.actor, context, key)
+                new = merge(state, delta)
+            else:
+                obs = Observation(
+                    dot=event,
+                    context=context,
+                    key=key,
+                    source=source,
+                    statement=statement,
+                    confidence=1.0,
+                    evidence=(),
+                    hlc=self._mint(),
+                    origin=self.node,
+                )
+                delta = observe_delta(state, obs, held)
+                new = apply_observe(state, obs, held)
+            added = list(delta.observations.values())
+            footprint = self.sizes.check_write(state, new, gone, added)
+            change = Change(state, new, Delta(delta, frozenset([event])))
+            self._commit([change], audit)
+            self.sizes.remember(new, footprint)
+            return token_of_entries([change.token_entry])
 
     def _replay(
         self,
@@ -353,6 +447,7 @@ class Engine:
                 if (
                     new.erased != state.erased
                     or new.withdrawals != state.withdrawals
+                    or new.keyed_calls != state.keyed_calls
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):
@@ -391,6 +486,8 @@ class Engine:
         else:
             with self.audit.appending(audit) as row:
                 self.store.commit(changes, [*extra, row])
+        for listen in self.listeners:
+            listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
 

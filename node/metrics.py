@@ -48,7 +48,8 @@ FORGOTTEN = Counter("selfmodel_subjects_forgotten_total", "Subjects erased by Fo
 REPLAYED = Counter(
     "selfmodel_writes_replayed_total",
     "Writes answered as an earlier call with their idempotency key, recording nothing: by call "
-    "and by where the earlier call was found (this node's record, or its merged observations).",
+    "and by where the earlier call was found (this node's record, its merged observations, or "
+    "its merged keyed call: Retract, ForgetSubject).",
     ["call", "found"],
 )
 WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")
@@ -156,6 +157,12 @@ SNAPSHOT_CACHE_BYTES = Gauge(
 )
 SNAPSHOTS_KEPT = Gauge(
     "selfmodel_snapshots_kept", "Subjects whose resolved snapshot or slot index this node keeps."
+)
+POLICY_DISAGREEMENTS = Gauge(
+    "selfmodel_policy_disagreements",
+    "Values of this node's cluster file ([policies]) that a replicated setting overrides with "
+    "another, by kind (setting, reliability): 0 when the file agrees with the cluster.",
+    ["kind"],
 )
 
 

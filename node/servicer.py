@@ -1,7 +1,7 @@
 """The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
 
-Domain errors become gRPC status codes here, in one place (``map_errors``, which the Sync
-servicer uses too).
+Domain errors become gRPC status codes in one place (``node.errors.map_errors``, which every
+servicer uses).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from node import convert, idempotency, listing, metrics, validation
+from node.adminsettings import SettingsAdmin
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
@@ -24,9 +25,13 @@ from node.errors import (
     SelfModelError,
     Unauthenticated,
     abort,
+    aborted,
     internal,
+    map_errors,
 )
+from node.governor import Governor
 from node.interceptors import HandlerWrapper
+from node.learning import Learning
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
 from node.validation import Limits
@@ -38,7 +43,6 @@ from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
@@ -64,30 +68,6 @@ def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Princip
             _PRINCIPALS.clear()
         found = _PRINCIPALS[agent] = Principal(agent)
     return found
-
-
-def map_errors(fn: F) -> F:
-    """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
-
-    @functools.wraps(fn)
-    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except SelfModelError as exc:
-            abort(context, exc)
-        except Exception:
-            if aborted(context):
-                raise  # the handler chose its status with abort: keep it
-            log.exception("%s failed", fn.__name__)
-            abort(context, internal(fn.__name__))
-
-    return wrapped  # type: ignore[return-value]
-
-
-def aborted(context: grpc.ServicerContext) -> bool:
-    """True once the handler called ``abort`` (which raises a bare Exception)."""
-    code = context.code()  # type: ignore[attr-defined]
-    return code is not None and code != grpc.StatusCode.OK
 
 
 class SerializedReplies(HandlerWrapper):
@@ -132,7 +112,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies(engine.snapshots, engine.policies)
+        self._replies = convert.SnapshotReplies(engine.snapshots)
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -462,18 +442,22 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SettingsAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,
         status: Callable[[], admin_pb2.GetStatusResponse],
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         limits: Limits | None = None,
+        governor: Governor | None = None,
+        learning: Learning | None = None,
     ) -> None:
         self.engine = engine
         self.status = status
         self.identify = identify
         self.limits = limits or Limits()
+        self.governor = governor  # the cluster's settings (node.adminsettings)
+        self.learning = learning  # None: the node does not learn reliability
 
     @map_errors
     def GetStatus(
@@ -495,6 +479,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         limit = min(request.limit or 100, 1000)
         entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
         return convert.audit_page(entries, cursor)
+
+    @map_errors
+    def ListSourceWeights(
+        self, request: admin_pb2.ListSourceWeightsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListSourceWeightsResponse:
+        who = self.identify(context, self.limits)
+        who.check_operator("list learned source weights")
+        if request.context:
+            validation.context_name(request.context, "context", self.limits)
+        if self.learning is None:
+            return convert.source_weights(False, [])
+        found = self.learning.weights(who.tenant)
+        wanted = [w for w in found if not request.context or w.context == request.context]
+        return convert.source_weights(True, wanted)
 
 
 __all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

@@ -17,7 +17,8 @@ from selfmodel.errors import plain
 from selfmodel.sync.v1 import sync_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import CausalContext, counter_in_range
-from sync.codec import EVIDENCE_KINDS, InvalidToken, decode_token
+from sync.codec import EVIDENCE_KINDS, KEYED_CALL_KINDS, InvalidToken, decode_token
+from sync.crdt import FINGERPRINT_BYTES, MAX_KEYED_CALLS
 from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
@@ -326,13 +327,51 @@ def _position(context: CausalContext, field: str) -> None:
         counter(dot.counter, f"{field}.context.cloud[{dot.actor}]")
 
 
+def _keyed_calls(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None:
+    if len(msg.keyed_calls) > MAX_KEYED_CALLS:
+        raise InvalidArgument(f"{field}.keyed_calls", f"must hold at most {MAX_KEYED_CALLS}")
+    for i, c in enumerate(msg.keyed_calls):
+        at = f"{field}.keyed_calls[{i}]"
+        identifier(c.agent, f"{at}.agent", limits.max_id)
+        if not request_key(c.key, f"{at}.key"):
+            raise InvalidArgument(f"{at}.key", "must be an idempotency key")
+        if not KEYED_CALL_KINDS.of(c.kind):
+            raise InvalidArgument(f"{at}.kind", f"must be one of {KEYED_CALL_KINDS.names}")
+        if len(c.fingerprint) != FINGERPRINT_BYTES:
+            raise InvalidArgument(f"{at}.fingerprint", f"must be {FINGERPRINT_BYTES} bytes")
+        hlc(c.hlc, f"{at}.hlc")
+
+
+RESERVED = "_"
+
+
+def reserved(name: str) -> bool:
+    """Names beginning with ``_`` (a context, a tenant, a subject id) are the node's own: the
+    state it keeps in subjects (a group's members, the cluster's governance). No agent can write
+    one (every agent-facing rule refuses a leading ``_``); peers replicate them."""
+    return name.startswith(RESERVED)
+
+
+def _unreserved(name: str) -> str:
+    """``name`` without one leading ``_``, to check a node's own name by the agents' rule."""
+    return name[1:] if reserved(name) else name
+
+
 def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None:
     """A state or delta from a peer holds to the same bounds as agents' input, or is refused.
 
     Peers are authenticated, but a buggy or compromised one must not plant an observation no
-    agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind).
+    agent could have written (a NaN confidence, a 10 MB statement, an unknown subject kind),
+    except that the node's own names (``reserved``) are allowed.
     """
-    subject(msg.subject, f"{field}.subject", limits, msg.HasField("subject"))
+    if not msg.HasField("subject"):
+        raise InvalidArgument(f"{field}.subject", "is required")
+    remote = model_pb2.Subject(
+        tenant=_unreserved(msg.subject.tenant),
+        kind=msg.subject.kind,
+        id=_unreserved(msg.subject.id),
+    )
+    subject(remote, f"{field}.subject", limits)
     if msg.HasField("erased"):
         hlc(msg.erased.hlc, f"{field}.erased.hlc")
     seen = msg.erased.seen
@@ -350,11 +389,12 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         _dot(d.actor, d.counter, f"{field}.erased.seen.cloud[{i}]", limits)
     for i, w in enumerate(msg.withdrawals):
         at = f"{field}.withdrawals[{i}]"
-        context_name(w.context, f"{at}.context", limits)
+        context_name(_unreserved(w.context), f"{at}.context", limits)
         if not w.key or len(w.key) > limits.max_statement or _CONTROL.search(w.key):
             raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
         identifier(w.source, f"{at}.source", limits.max_id)
         hlc(w.hlc, f"{at}.hlc")
+    _keyed_calls(msg, field, limits)
     for i, d in enumerate(msg.events):
         _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
     known = {e.actor: e.counter for e in msg.context.vector}
@@ -364,7 +404,7 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         _dot(o.dot.actor, o.dot.counter, f"{at}.dot", limits)
         if o.dot.counter > known.get(o.dot.actor, 0) and (o.dot.actor, o.dot.counter) not in cloud:
             raise InvalidArgument(f"{at}.dot", "is not in the state's causal context")
-        context_name(o.context, f"{at}.context", limits)
+        context_name(_unreserved(o.context), f"{at}.context", limits)
         if not o.key or len(o.key) > limits.max_statement or _CONTROL.search(o.key):
             raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
         identifier(o.source, f"{at}.source", limits.max_id)

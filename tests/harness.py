@@ -29,6 +29,9 @@ from federation.client import Client
 from node.peers import PeerAuth, create_secret, read_secrets
 from selfmodel.channels import agent_channel_credentials, open_channel
 from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from sync.codec import state_from_proto, subject_to_proto
+from sync.crdt import SubjectState, merge
+from sync.observation import Subject
 from tests.faultproxy import FaultProxy, Mode
 
 START_TIMEOUT_S = processes.START_TIMEOUT_S
@@ -185,6 +188,10 @@ def policies_toml(policies: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _toml(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+
+
 class LocalCluster:
     """N nodes with full replication, each directed link behind a fault proxy."""
 
@@ -206,6 +213,7 @@ class LocalCluster:
         peer_secret: bool | None = None,
         peer_ports: bool = False,
         limits: Mapping[str, Any] | None = None,
+        learning: Mapping[str, Any] | None = None,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--no-fsync``);
         ``node_prefix``: a command to run those nodes under (``taskset -c 1``).
@@ -215,7 +223,8 @@ class LocalCluster:
         ``root`` (default: with tokens, which need peer authentication, and without TLS);
         ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
 
-        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_watchers": 3}``).
+        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_watchers": 3}``);
+        ``learning``: its ``[cluster.learning]`` (``{"enabled": True, "window": 5}``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -258,6 +267,8 @@ class LocalCluster:
         ]
         given = {"max_clock_offset_ms": max_clock_offset_ms, **(limits or {})}
         lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in given.items())]
+        if learning is not None:
+            lines += ["[cluster.learning]", *(f"{k} = {_toml(v)}" for k, v in learning.items())]
         lines += policies_toml(policies or {})
         if tokens is not None or self.peer_secret is not None:
             lines.append("[cluster.auth]")
@@ -385,6 +396,20 @@ class LocalCluster:
             )
         return list(reply.hashes)
 
+    def subject_state(self, name: str, subject: Subject) -> SubjectState:
+        """The replicated state ``name`` holds of ``subject`` (an anti-entropy exchange that
+        offers it nothing)."""
+        other = next(n for n in self.nodes if n != name)
+        offer = sync_pb2.SubjectState()
+        subject_to_proto(subject, offer.subject)
+        with self.peer_channel(name, other) as channel:
+            reply = sync_pb2_grpc.SyncServiceStub(channel).ExchangeStates(
+                sync_pb2.ExchangeStatesRequest(states=[offer]),
+                timeout=5.0,
+                metadata=self.peer_metadata(other),
+            )
+        return fold_states(subject, map(state_from_proto, reply.states))
+
     def converged(self, names: Iterable[str] | None = None) -> bool:
         hashes = [self.bucket_hashes(n) for n in (names or self.nodes)]
         return all(h == hashes[0] for h in hashes)
@@ -402,3 +427,11 @@ class LocalCluster:
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"nodes {chosen} did not converge within {timeout_s}s")
             time.sleep(0.1)
+
+
+def fold_states(subject: Subject, parts: Iterable[SubjectState]) -> SubjectState:
+    """The state of a subject sent in parts (sync.bounds.split)."""
+    state = SubjectState(subject)
+    for part in parts:
+        state = merge(state, part)
+    return state

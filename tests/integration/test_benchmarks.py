@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, load, scale, subject_size
+from benchmarks import handoff, learning, load, scale, subject_size
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -118,3 +118,10 @@ def test_subject_size_measures_every_shape_beside_its_echo_and_runs_a_fleet(tmp_
     assert report.fleet is not None
     assert set(report.fleet["operations"]) == {"read", "observe", "handoff"}
     assert len(report.fleet["resources"]) == 2
+
+
+def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> None:
+    off, none = learning.writes_per_s(tmp_path, "off", 60, learning=False)
+    on, refresh = learning.writes_per_s(tmp_path, "on", 60, learning=True)
+    assert off > 0 and on > 0 and none == 0 and refresh > 0
+    assert 100 < learning.bytes_per_position(300) < 10_000

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from federation import cli, tokens
 from federation.bearer import TOKEN_ENV
+from federation.client import Client, user
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from tests.nodes import NodeProcess
@@ -99,7 +100,9 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
         run(capsys, "contexts", "user:u-cli", *target), selfmodel_pb2.ListContextsResponse
     )
     assert [c.context for c in contexts.contexts] == ["billing"]
-    policy = reply(run(capsys, "policy", "billing", *target), selfmodel_pb2.GetPolicyResponse)
+    policy = reply(
+        run(capsys, "policy", "show", "billing", *target), selfmodel_pb2.GetPolicyResponse
+    )
     assert [(p.context, p.policy) for p in policy.policies] == [
         ("billing", model_pb2.POLICY_WEIGHTED)
     ]
@@ -117,3 +120,134 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     assert forgotten.handoff_token
     audit = reply(run(capsys, "audit", *with_file), admin_pb2.ListAuditResponse)
     assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
+
+
+def test_policy_get_set_and_clear_change_the_cluster_s_settings_for_cluster_operators_only(
+    start_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "tokens.toml"
+    agent, _ = tokens.create(file, "cli_agent", "acme", "agent", ["*"], ["*"])
+    operator, _ = tokens.create(file, "cli_ops", "acme", "cluster_operator", ["*"], ["*"])
+    node = start_node("sales", "--tokens", str(file))
+    ops = ["--target", node.address, "--tenant", "acme", "--token", operator]
+
+    def settings(*context: str) -> dict[tuple[str, str], admin_pb2.Setting]:
+        got = reply(run(capsys, "policy", "get", *context, *ops), admin_pb2.GetSettingsResponse)
+        return {(s.context, admin_pb2.SettingField.Name(s.field)): s for s in got.settings}
+
+    before = settings()
+    assert before["", "SETTING_FIELD_POLICY"].origin == admin_pb2.SETTING_ORIGIN_DEFAULT
+    set_ = ["policy", "set", "policy", "latest", "--context", "billing", *ops]
+    assert reply(run(capsys, *set_), admin_pb2.SetSettingResponse).handoff_token
+    set_ = ["policy", "set", "min_confidence", "0.8", *ops]  # every context's default
+    reply(run(capsys, *set_), admin_pb2.SetSettingResponse)
+    billing = settings("--context", "billing")
+    assert {c for c, _ in billing} == {"billing"}
+    policy = billing["billing", "SETTING_FIELD_POLICY"]
+    assert (policy.policy, policy.origin) == (
+        model_pb2.POLICY_LATEST,
+        admin_pb2.SETTING_ORIGIN_REPLICATED,
+    )
+    assert (policy.write.set_by, policy.write.node) == ("cli_ops", "sales")
+    minimum = billing["billing", "SETTING_FIELD_MIN_CONFIDENCE"]
+    assert (minimum.number, minimum.inherited) == (0.8, True)
+    shown = reply(run(capsys, "policy", "show", "billing", *ops), selfmodel_pb2.GetPolicyResponse)
+    assert [(p.policy, p.min_confidence) for p in shown.policies] == [
+        (model_pb2.POLICY_LATEST, 0.8)
+    ]
+
+    clear = ["policy", "clear", "policy", "--context", "billing", *ops]
+    reply(run(capsys, *clear), admin_pb2.ClearSettingResponse)
+    assert ("billing", "SETTING_FIELD_POLICY") not in settings("--context", "billing")
+    reliability = ["policy", "reliability", "bot", "0.25", "--context", "billing", *ops]
+    reply(run(capsys, *reliability), admin_pb2.SetReliabilityResponse)
+    got = reply(run(capsys, "policy", "get", *ops), admin_pb2.GetSettingsResponse)
+    assert [(r.source, r.context, r.reliability) for r in got.reliability] == [
+        ("bot", "billing", 0.25)
+    ]
+    unset = ["policy", "clear-reliability", "bot", "--context", "billing", *ops]
+    reply(run(capsys, *unset), admin_pb2.ClearReliabilityResponse)
+    got = reply(run(capsys, "policy", "get", *ops), admin_pb2.GetSettingsResponse)
+    assert not got.reliability
+    audit = reply(run(capsys, "audit", *ops), admin_pb2.ListAuditResponse)
+    assert [e.action for e in audit.entries] == [
+        admin_pb2.AUDIT_ACTION_SET_SETTING,
+        admin_pb2.AUDIT_ACTION_SET_SETTING,
+        admin_pb2.AUDIT_ACTION_CLEAR_SETTING,
+        admin_pb2.AUDIT_ACTION_SET_RELIABILITY,
+        admin_pb2.AUDIT_ACTION_CLEAR_RELIABILITY,
+    ]
+    assert audit.entries[0].detail == 'context=billing field=policy value="latest"'
+
+    as_agent = ["--target", node.address, "--tenant", "acme", "--token", agent]
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["policy", "set", "policy", "weighted", *as_agent])
+    assert refused.value.code != 0
+    assert "PermissionDenied" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["policy", "set", "min_confidence", "1.5", *ops])
+    err = capsys.readouterr().err
+    assert refused.value.code != 0
+    assert "number: min_confidence must be within [0, 1], got 1.5" in err
+
+
+def _positions(belief: model_pb2.Belief) -> tuple[int, int, int, int]:
+    """Supporters and dissenters listed, then counted."""
+    listed = (len(belief.supporters), len(belief.dissenters))
+    return (*listed, belief.supporter_count, belief.dissenter_count)
+
+
+def test_show_show_many_and_watch_list_at_most_max_positions_per_belief_and_no_uncertain_one(
+    start_node: Callable[..., NodeProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = start_node("sales")
+    target = ["--target", node.address, "--tenant", "acme"]
+    for agent, statement in [("a1", "Pays yearly"), ("a2", "Pays yearly"), ("a3", "Pays monthly")]:
+        with Client(node.address, agent=agent, tenant="acme") as client:
+            client.observe(user("u-pos"), statement, confidence=0.9, context="billing", key="cycle")
+
+    def shown(*argv: str) -> model_pb2.Belief:
+        out = run(capsys, "show", "user:u-pos", *argv, *target)
+        [belief] = reply(out, selfmodel_pb2.GetSelfModelResponse).snapshot.beliefs
+        return belief
+
+    assert _positions(shown()) == (2, 1, 2, 1)  # every position by default
+    assert _positions(shown("--max-positions", "0")) == (0, 0, 2, 1)
+    assert _positions(shown("--max-positions", "1")) == (1, 1, 2, 1)
+
+    many = reply(
+        run(capsys, "show-many", "user:u-pos", "user:u-none", "--max-positions", "0", *target),
+        selfmodel_pb2.BatchGetSelfModelsResponse,
+    )
+    [belief] = many.models[0].beliefs
+    assert _positions(belief) == (0, 0, 2, 1)
+
+    # watch: one reply per line, in the same JSON style.
+    out = run(capsys, "watch", "user:u-pos", "--max-positions", "1", "--count", "1", *target)
+    [line] = out.splitlines()
+    [belief] = reply(line, selfmodel_pb2.WatchSelfModelResponse).snapshot.beliefs
+    assert _positions(belief) == (1, 1, 2, 1)
+    out = run(capsys, "watch", "user:u-pos", "--timeout", "1", *target)  # ends at the deadline
+    for line in out.splitlines():
+        [belief] = reply(line, selfmodel_pb2.WatchSelfModelResponse).snapshot.beliefs
+        assert _positions(belief) == (2, 1, 2, 1)
+    assert out
+
+    # show leaves uncertain beliefs out, as GetSelfModel does, and says so; asked, it shows them.
+    with Client(node.address, agent="a1", tenant="acme") as client:
+        client.observe(user("u-unsure"), "Maybe yearly", confidence=0.55, context="billing")
+    hidden = reply(
+        run(capsys, "show", "user:u-unsure", *target), selfmodel_pb2.GetSelfModelResponse
+    ).snapshot
+    assert (list(hidden.beliefs), hidden.uncertain_omitted) == ([], 1)
+    out = run(capsys, "show", "user:u-unsure", "--include-uncertain", *target)
+    [belief] = reply(out, selfmodel_pb2.GetSelfModelResponse).snapshot.beliefs
+    assert belief.uncertain and belief.statement == "Maybe yearly"
+
+    for bad in ("-1", "2.5", str(2**32)):
+        with pytest.raises(SystemExit) as done:
+            cli.main(["show", "user:u-pos", "--max-positions", bad, *target])
+        assert done.value.code == 2
+        assert "--max-positions: must be a whole number within [0, 2^32)" in capsys.readouterr().err

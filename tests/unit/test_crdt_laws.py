@@ -14,12 +14,17 @@ from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
+    MAX_KEYED_CALLS,
     NO_ERASE,
     EraseBound,
+    KeyedCall,
+    KeyedCalls,
     SubjectState,
     apply_observe,
+    clear_delta,
     digest,
     erase_delta,
+    join_keyed_calls,
     merge,
     observe_delta,
     retract_delta,
@@ -28,9 +33,12 @@ from sync.crdt import (
 from sync.hlc import pack
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import (
+    ACTORS,
     BASE_MS,
+    KEYS,
     LAWS,
     SUBJECT,
+    VALUES,
     Run,
     causal_runs,
     fold,
@@ -406,6 +414,66 @@ def test_a_forget_makes_earlier_withdrawals_moot() -> None:
     assert a.withdrawals == {("budget", "owner", "bot"): pack(3_000)}
 
 
+# --- keyed calls: the greater per (agent, key), the MAX_KEYED_CALLS greatest kept -------------
+
+# Few agents, keys and instants: keys meet, timestamps tie, and there are more than a state keeps.
+_calls = st.dictionaries(
+    st.tuples(st.sampled_from(("bot", "ops")), st.sampled_from([f"k{i}" for i in range(45)])),
+    st.builds(
+        KeyedCall,
+        st.integers(1, 40),
+        st.sampled_from(("retract", "forget")),
+        st.sampled_from((b"a" * 16, b"b" * 16)),
+        st.integers(0, 2),
+    ),
+    max_size=90,
+).map(lambda calls: join_keyed_calls({}, calls))  # as a state holds them
+
+
+@VALUES
+@given(a=_calls, b=_calls, c=_calls)
+def test_joining_keyed_calls_is_commutative_associative_and_idempotent(
+    a: KeyedCalls, b: KeyedCalls, c: KeyedCalls
+) -> None:
+    assert join_keyed_calls(a, b) == join_keyed_calls(b, a)
+    assert join_keyed_calls(join_keyed_calls(a, b), c) == join_keyed_calls(
+        a, join_keyed_calls(b, c)
+    )
+    assert join_keyed_calls(a, a) == a
+    assert len(join_keyed_calls(a, b)) <= MAX_KEYED_CALLS
+
+
+@VALUES
+@given(a=_calls, b=_calls)
+def test_a_joined_call_is_the_greatest_of_its_key_and_none_kept_is_below_one_dropped(
+    a: KeyedCalls, b: KeyedCalls
+) -> None:
+    joined = join_keyed_calls(a, b)
+    union = {**a, **b}
+    for who in union:
+        best = max(c for c in (a.get(who), b.get(who)) if c is not None)
+        if who in joined:
+            assert joined[who] == best
+        else:  # dropped for the MAX_KEYED_CALLS greater ones
+            assert len(joined) == MAX_KEYED_CALLS
+            assert all((c.hlc, k) > (best.hlc, who) for k, c in joined.items())
+
+
+def test_a_retract_and_a_forget_carry_their_keyed_calls_to_every_replica() -> None:
+    """A retry on a replica that merged the call finds it, the erase leaving it in place."""
+    a = SubjectState(SUBJECT)
+    withdrawn = KeyedCall(pack(1_000), "retract", b"r" * 16, 1)
+    erased = KeyedCall(pack(2_000), "forget", b"f" * 16)
+    step = retract_delta(
+        a, "a.1", "budget", "amount", "bot", pack(1_000), {("bot", "r"): withdrawn}
+    )
+    a = merge(a, step)
+    a = merge(a, erase_delta(a, "a.1", pack(2_000), {("ops", "f"): erased}))
+    b = merge(SubjectState(SUBJECT), a)
+    assert b.keyed_calls == {("bot", "r"): withdrawn, ("ops", "f"): erased}
+    assert b.digest() == a.digest() != a._replace(keyed_calls={}).digest()
+
+
 # --- covers --------------------------------------------------------------------------------
 
 
@@ -471,3 +539,39 @@ def test_slot_dots_are_one_slot_of_one_source_oldest_first() -> None:
     assert slot_dots(state, "budget", "amount", "sales_agent") == [Dot("a.1", 1), Dot("a.1", 3)]
     assert slot_dots(state, "budget", "amount") == [Dot("a.1", n) for n in (1, 2, 3)]
     assert slot_dots(state, "budget", "missing") == []
+
+
+# --- clear: an observed-remove of a slot (the registers in a node's own slots) ---------------
+
+
+@LAWS
+@given(run=runs, data=st.data())
+def test_a_clear_removes_what_its_replica_held_of_the_slot_and_nothing_else(
+    run: Run, data: st.DataObject
+) -> None:
+    """Wherever merged and in any order: the slot's observations the clearing replica held
+    are gone; one it had not seen (written concurrently) survives; merge stays a join."""
+    r = data.draw(st.integers(0, len(run.replicas) - 1))
+    state, key = run.replicas[r], data.draw(st.sampled_from(KEYS))
+    clear = clear_delta(state, ACTORS[r], "budget", key)
+    held = set(slot_dots(state, "budget", key))
+    for other in [*run.replicas, *run.deltas]:
+        merged = merge(other, clear)
+        assert merged == merge(clear, other) == merge(merged, clear)
+        for dot, obs in other.observations.items():
+            assert merged.observations.get(dot) == (None if dot in held else obs)
+
+
+def test_a_put_concurrent_with_a_clear_survives_it() -> None:
+    a, b = SubjectState(SUBJECT), SubjectState(SUBJECT)
+    first = observe_delta(a, observation("a.1", 1, statement="weighted", ms=1_000))
+    a, b = merge(a, first), merge(b, first)
+    clear = clear_delta(b, "b.1", "budget", "amount")  # b held the first, not the next
+    again = observe_delta(a, observation("a.1", 2, statement="latest", ms=2_000), [first_dot(a)])
+    a, b = merge(merge(a, again), clear), merge(merge(b, clear), again)
+    assert a == b
+    assert [o.statement for o in a.observations.values()] == ["latest"]
+
+
+def first_dot(state: SubjectState) -> Dot:
+    return min(state.observations)

@@ -41,6 +41,14 @@ def valid() -> State:
     )
     o.dot.actor, o.dot.counter = "sales.1", 2
     o.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="crm://1", quote="we have 10k")
+    msg.keyed_calls.add(
+        agent="sales_agent",
+        key="retract-1",
+        kind=sync_pb2.KEYED_CALL_KIND_RETRACT,
+        fingerprint=bytes(16),
+        hlc=1_700_000_000_000 << 16,
+        retracted=1,
+    )
     return msg
 
 
@@ -227,8 +235,66 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
         "valid timestamp",
     ),
     "hlc": (_obs_field("hlc", 2**63), "deltas[0].observations[0].hlc", "range"),
+    "keyed call agent": (
+        _set(lambda m: m.keyed_calls[0], "agent", "bad agent"),
+        "deltas[0].keyed_calls[0].agent",
+        "letters",
+    ),
+    "keyed call key": (
+        _set(lambda m: m.keyed_calls[0], "key", ""),
+        "deltas[0].keyed_calls[0].key",
+        "idempotency key",
+    ),
+    "keyed call key alphabet": (
+        _set(lambda m: m.keyed_calls[0], "key", "bad key!"),
+        "deltas[0].keyed_calls[0].key",
+        "letters",
+    ),
+    "keyed call kind": (
+        _set(lambda m: m.keyed_calls[0], "kind", 0),
+        "deltas[0].keyed_calls[0].kind",
+        "KEYED_CALL_KIND_RETRACT",
+    ),
+    "keyed call fingerprint": (
+        _set(lambda m: m.keyed_calls[0], "fingerprint", b"short"),
+        "deltas[0].keyed_calls[0].fingerprint",
+        "16 bytes",
+    ),
+    "keyed call hlc": (
+        _set(lambda m: m.keyed_calls[0], "hlc", 0),
+        "deltas[0].keyed_calls[0].hlc",
+        "[1, 2^63)",
+    ),
+    "keyed calls count": (
+        lambda m: [m.keyed_calls.add().CopyFrom(m.keyed_calls[0]) for _ in range(64)],
+        "deltas[0].keyed_calls",
+        "at most 64",
+    ),
     "origin": (_obs_field("origin", ""), "deltas[0].observations[0].origin", "required"),
 }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (_set(lambda m: m.subject, "tenant", "__cluster"), "deltas[0].subject.tenant"),
+        (_set(lambda m: m.subject, "id", "_"), "deltas[0].subject.id"),
+        (_obs_field("context", "_Members"), "deltas[0].observations[0].context"),
+    ],
+)
+def test_a_node_s_own_name_holds_to_the_agents_rule_after_its_underscore(
+    change: Callable[[State], object], field: str
+) -> None:
+    assert refused(change).field == field
+
+
+@pytest.mark.parametrize("name", ["_members", "_cluster"])
+def test_no_agent_can_write_a_node_s_own_name(name: str) -> None:
+    assert validation.reserved(name)
+    with pytest.raises(InvalidArgument):
+        validation.context_name(name, "context", LIMITS)
+    with pytest.raises(InvalidArgument):
+        validation.identifier(name, "subject.tenant", LIMITS.max_id)
 
 
 @pytest.mark.parametrize("case", BROKEN)
@@ -278,6 +344,9 @@ ACCEPTED: dict[str, Callable[[State], object]] = {
         for _ in range(LIMITS.max_evidence - 1)
     ],
     "no evidence time": lambda m: obs(m).evidence[0].ClearField("time"),
+    "a node's own tenant": lambda m: setattr(m.subject, "tenant", "_cluster"),
+    "a node's own subject id": lambda m: setattr(m.subject, "id", "_governance"),
+    "a node's own context": _obs_field("context", "_members"),
 }
 
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eselfmodel/admin/v1/admin.proto\x12\x12selfmodel.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\x12\n\x10GetStatusRequest\"\xb5\x02\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x06 \x01(\x01\x12\x18\n\x10\x66\x61iling_sessions\x18\x07 \x01(\x04\x12\x18\n\x10skipped_subjects\x18\x08 \x01(\r\x12\x16\n\x0e\x64\x65ltas_pending\x18\t \x01(\x04\x12\x1c\n\x14\x64\x65ltas_refused_clock\x18\n \x01(\x04\x12\x1e\n\x16\x64\x65ltas_refused_invalid\x18\x0b \x01(\x04\x12\x14\n\x0clast_refusal\x18\x0c \x01(\t\x12\x17\n\x0f\x63lock_offset_ms\x18\r \x01(\x03\"\xfd\x01\n\x11GetStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\x12\x10\n\x08subjects\x18\x05 \x01(\x04\x12\x12\n\noutbox_seq\x18\x06 \x01(\x04\x12-\n\x05peers\x18\x07 \x03(\x0b\x32\x1e.selfmodel.admin.v1.PeerStatus\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x10\n\x08problems\x18\x14 \x03(\t\x12\x16\n\x0e\x63lock_ahead_ms\x18\t \x01(\x04\x12\x16\n\x0ewrites_refused\x18\n \x01(\t\"0\n\x10ListAuditRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf6\x01\n\nAuditEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_role\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x63tor_tenant\x18\x06 \x01(\t\x12/\n\x06\x61\x63tion\x18\x07 \x01(\x0e\x32\x1f.selfmodel.admin.v1.AuditAction\x12&\n\x07subject\x18\x08 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"Y\n\x11ListAuditResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.selfmodel.admin.v1.AuditEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t*h\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41UDIT_ACTION_FORGET\x10\x01\x12\"\n\x1e\x41UDIT_ACTION_RETRACT_ON_BEHALF\x10\x02\x32\xc2\x01\n\x0c\x41\x64minService\x12X\n\tGetStatus\x12$.selfmodel.admin.v1.GetStatusRequest\x1a%.selfmodel.admin.v1.GetStatusResponse\x12X\n\tListAudit\x12$.selfmodel.admin.v1.ListAuditRequest\x1a%.selfmodel.admin.v1.ListAuditResponseB\x98\x01\n\x16\x64\x65v.selfmodel.admin.v1P\x01Z/selfmodel.dev/gen/go/selfmodel/admin/v1;adminv1\xa2\x02\x03SMA\xaa\x02\x12SelfModel.Admin.V1\xba\x02\x03SMA\xca\x02\x12SelfModel\\Admin\\V1\xea\x02\x14SelfModel::Admin::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eselfmodel/admin/v1/admin.proto\x12\x12selfmodel.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18selfmodel/v1/model.proto\"\x12\n\x10GetStatusRequest\"\xb5\x02\n\nPeerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x05 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x06 \x01(\x01\x12\x18\n\x10\x66\x61iling_sessions\x18\x07 \x01(\x04\x12\x18\n\x10skipped_subjects\x18\x08 \x01(\r\x12\x16\n\x0e\x64\x65ltas_pending\x18\t \x01(\x04\x12\x1c\n\x14\x64\x65ltas_refused_clock\x18\n \x01(\x04\x12\x1e\n\x16\x64\x65ltas_refused_invalid\x18\x0b \x01(\x04\x12\x14\n\x0clast_refusal\x18\x0c \x01(\t\x12\x17\n\x0f\x63lock_offset_ms\x18\r \x01(\x03\"\xfd\x01\n\x11GetStatusResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\x12\x10\n\x08subjects\x18\x05 \x01(\x04\x12\x12\n\noutbox_seq\x18\x06 \x01(\x04\x12-\n\x05peers\x18\x07 \x03(\x0b\x32\x1e.selfmodel.admin.v1.PeerStatus\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x10\n\x08problems\x18\x14 \x03(\t\x12\x16\n\x0e\x63lock_ahead_ms\x18\t \x01(\x04\x12\x16\n\x0ewrites_refused\x18\n \x01(\t\"0\n\x10ListAuditRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf6\x01\n\nAuditEntry\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nactor_role\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x63tor_tenant\x18\x06 \x01(\t\x12/\n\x06\x61\x63tion\x18\x07 \x01(\x0e\x32\x1f.selfmodel.admin.v1.AuditAction\x12&\n\x07subject\x18\x08 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"Y\n\x11ListAuditResponse\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.selfmodel.admin.v1.AuditEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"V\n\x0cSettingWrite\x12\x0e\n\x06set_by\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x02\n\x07Setting\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12/\n\x05\x66ield\x18\x02 \x01(\x0e\x32 .selfmodel.admin.v1.SettingField\x12&\n\x06policy\x18\x03 \x01(\x0e\x32\x14.selfmodel.v1.PolicyH\x00\x12\x10\n\x06number\x18\x04 \x01(\x01H\x00\x12\x31\n\x06origin\x18\x05 \x01(\x0e\x32!.selfmodel.admin.v1.SettingOrigin\x12\x11\n\tinherited\x18\x06 \x01(\x08\x12/\n\x05write\x18\x07 \x01(\x0b\x32 .selfmodel.admin.v1.SettingWriteB\x07\n\x05value\"\xad\x01\n\x11SourceReliability\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x13\n\x0breliability\x18\x03 \x01(\x01\x12\x31\n\x06origin\x18\x04 \x01(\x0e\x32!.selfmodel.admin.v1.SettingOrigin\x12/\n\x05write\x18\x05 \x01(\x0b\x32 .selfmodel.admin.v1.SettingWrite\"\x14\n\x12GetSettingsRequest\"\x97\x01\n\x13GetSettingsResponse\x12-\n\x08settings\x18\x01 \x03(\x0b\x32\x1b.selfmodel.admin.v1.Setting\x12:\n\x0breliability\x18\x02 \x03(\x0b\x32%.selfmodel.admin.v1.SourceReliability\x12\x15\n\rdisagreements\x18\x03 \x03(\t\"\x98\x01\n\x11SetSettingRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12/\n\x05\x66ield\x18\x02 \x01(\x0e\x32 .selfmodel.admin.v1.SettingField\x12&\n\x06policy\x18\x03 \x01(\x0e\x32\x14.selfmodel.v1.PolicyH\x00\x12\x10\n\x06number\x18\x04 \x01(\x01H\x00\x42\x07\n\x05value\"+\n\x12SetSettingResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t\"W\n\x13\x43learSettingRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12/\n\x05\x66ield\x18\x02 \x01(\x0e\x32 .selfmodel.admin.v1.SettingField\"-\n\x14\x43learSettingResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t\"M\n\x15SetReliabilityRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x13\n\x0breliability\x18\x03 \x01(\x01\"/\n\x16SetReliabilityResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t\":\n\x17\x43learReliabilityRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\"1\n\x18\x43learReliabilityResponse\x12\x15\n\rhandoff_token\x18\x01 \x01(\t\"+\n\x18ListSourceWeightsRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\"_\n\x0cSourceWeight\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0e\n\x06\x61greed\x18\x03 \x01(\r\x12\x0e\n\x06judged\x18\x04 \x01(\r\x12\x0e\n\x06weight\x18\x05 \x01(\x01\"_\n\x19ListSourceWeightsResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x31\n\x07weights\x18\x02 \x03(\x0b\x32 .selfmodel.admin.v1.SourceWeight*\xec\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41UDIT_ACTION_FORGET\x10\x01\x12\"\n\x1e\x41UDIT_ACTION_RETRACT_ON_BEHALF\x10\x02\x12\x1c\n\x18\x41UDIT_ACTION_SET_SETTING\x10\n\x12\x1e\n\x1a\x41UDIT_ACTION_CLEAR_SETTING\x10\x0b\x12 \n\x1c\x41UDIT_ACTION_SET_RELIABILITY\x10\x0c\x12\"\n\x1e\x41UDIT_ACTION_CLEAR_RELIABILITY\x10\r*\xd7\x01\n\x0cSettingField\x12\x1d\n\x19SETTING_FIELD_UNSPECIFIED\x10\x00\x12\x18\n\x14SETTING_FIELD_POLICY\x10\x01\x12 \n\x1cSETTING_FIELD_MIN_CONFIDENCE\x10\x02\x12#\n\x1fSETTING_FIELD_HALF_LIFE_SECONDS\x10\x03\x12\"\n\x1eSETTING_FIELD_MAX_OBSERVATIONS\x10\x04\x12#\n\x1fSETTING_FIELD_EVIDENCE_DISCOUNT\x10\x05*\x83\x01\n\rSettingOrigin\x12\x1e\n\x1aSETTING_ORIGIN_UNSPECIFIED\x10\x00\x12\x1d\n\x19SETTING_ORIGIN_REPLICATED\x10\x01\x12\x17\n\x13SETTING_ORIGIN_FILE\x10\x02\x12\x1a\n\x16SETTING_ORIGIN_DEFAULT\x10\x03\x32\xac\x06\n\x0c\x41\x64minService\x12X\n\tGetStatus\x12$.selfmodel.admin.v1.GetStatusRequest\x1a%.selfmodel.admin.v1.GetStatusResponse\x12X\n\tListAudit\x12$.selfmodel.admin.v1.ListAuditRequest\x1a%.selfmodel.admin.v1.ListAuditResponse\x12^\n\x0bGetSettings\x12&.selfmodel.admin.v1.GetSettingsRequest\x1a\'.selfmodel.admin.v1.GetSettingsResponse\x12[\n\nSetSetting\x12%.selfmodel.admin.v1.SetSettingRequest\x1a&.selfmodel.admin.v1.SetSettingResponse\x12\x61\n\x0c\x43learSetting\x12\'.selfmodel.admin.v1.ClearSettingRequest\x1a(.selfmodel.admin.v1.ClearSettingResponse\x12g\n\x0eSetReliability\x12).selfmodel.admin.v1.SetReliabilityRequest\x1a*.selfmodel.admin.v1.SetReliabilityResponse\x12m\n\x10\x43learReliability\x12+.selfmodel.admin.v1.ClearReliabilityRequest\x1a,.selfmodel.admin.v1.ClearReliabilityResponse\x12p\n\x11ListSourceWeights\x12,.selfmodel.admin.v1.ListSourceWeightsRequest\x1a-.selfmodel.admin.v1.ListSourceWeightsResponseB\x98\x01\n\x16\x64\x65v.selfmodel.admin.v1P\x01Z/selfmodel.dev/gen/go/selfmodel/admin/v1;adminv1\xa2\x02\x03SMA\xaa\x02\x12SelfModel.Admin.V1\xba\x02\x03SMA\xca\x02\x12SelfModel\\Admin\\V1\xea\x02\x14SelfModel::Admin::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'selfmodel.admin.v1.admin_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026dev.selfmodel.admin.v1P\001Z/selfmodel.dev/gen/go/selfmodel/admin/v1;adminv1\242\002\003SMA\252\002\022SelfModel.Admin.V1\272\002\003SMA\312\002\022SelfModel\\Admin\\V1\352\002\024SelfModel::Admin::V1'
-  _globals['_AUDITACTION']._serialized_start=1091
-  _globals['_AUDITACTION']._serialized_end=1195
+  _globals['_AUDITACTION']._serialized_start=2610
+  _globals['_AUDITACTION']._serialized_end=2846
+  _globals['_SETTINGFIELD']._serialized_start=2849
+  _globals['_SETTINGFIELD']._serialized_end=3064
+  _globals['_SETTINGORIGIN']._serialized_start=3067
+  _globals['_SETTINGORIGIN']._serialized_end=3198
   _globals['_GETSTATUSREQUEST']._serialized_start=113
   _globals['_GETSTATUSREQUEST']._serialized_end=131
   _globals['_PEERSTATUS']._serialized_start=134
@@ -48,6 +52,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITENTRY']._serialized_end=998
   _globals['_LISTAUDITRESPONSE']._serialized_start=1000
   _globals['_LISTAUDITRESPONSE']._serialized_end=1089
-  _globals['_ADMINSERVICE']._serialized_start=1198
-  _globals['_ADMINSERVICE']._serialized_end=1392
+  _globals['_SETTINGWRITE']._serialized_start=1091
+  _globals['_SETTINGWRITE']._serialized_end=1177
+  _globals['_SETTING']._serialized_start=1180
+  _globals['_SETTING']._serialized_end=1441
+  _globals['_SOURCERELIABILITY']._serialized_start=1444
+  _globals['_SOURCERELIABILITY']._serialized_end=1617
+  _globals['_GETSETTINGSREQUEST']._serialized_start=1619
+  _globals['_GETSETTINGSREQUEST']._serialized_end=1639
+  _globals['_GETSETTINGSRESPONSE']._serialized_start=1642
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=1793
+  _globals['_SETSETTINGREQUEST']._serialized_start=1796
+  _globals['_SETSETTINGREQUEST']._serialized_end=1948
+  _globals['_SETSETTINGRESPONSE']._serialized_start=1950
+  _globals['_SETSETTINGRESPONSE']._serialized_end=1993
+  _globals['_CLEARSETTINGREQUEST']._serialized_start=1995
+  _globals['_CLEARSETTINGREQUEST']._serialized_end=2082
+  _globals['_CLEARSETTINGRESPONSE']._serialized_start=2084
+  _globals['_CLEARSETTINGRESPONSE']._serialized_end=2129
+  _globals['_SETRELIABILITYREQUEST']._serialized_start=2131
+  _globals['_SETRELIABILITYREQUEST']._serialized_end=2208
+  _globals['_SETRELIABILITYRESPONSE']._serialized_start=2210
+  _globals['_SETRELIABILITYRESPONSE']._serialized_end=2257
+  _globals['_CLEARRELIABILITYREQUEST']._serialized_start=2259
+  _globals['_CLEARRELIABILITYREQUEST']._serialized_end=2317
+  _globals['_CLEARRELIABILITYRESPONSE']._serialized_start=2319
+  _globals['_CLEARRELIABILITYRESPONSE']._serialized_end=2368
+  _globals['_LISTSOURCEWEIGHTSREQUEST']._serialized_start=2370
+  _globals['_LISTSOURCEWEIGHTSREQUEST']._serialized_end=2413
+  _globals['_SOURCEWEIGHT']._serialized_start=2415
+  _globals['_SOURCEWEIGHT']._serialized_end=2510
+  _globals['_LISTSOURCEWEIGHTSRESPONSE']._serialized_start=2512
+  _globals['_LISTSOURCEWEIGHTSRESPONSE']._serialized_end=2607
+  _globals['_ADMINSERVICE']._serialized_start=3201
+  _globals['_ADMINSERVICE']._serialized_end=4013
 # @@protoc_insertion_point(module_scope)
