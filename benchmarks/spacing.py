@@ -125,6 +125,9 @@ def measure(gap_s: float, n: int, spin: bool, root: Path) -> tuple[list[float], 
 
         for _ in receiver.receive("n1", stream()):
             pass  # the acknowledgements: their making is timed with the batch before them
+        for subject in subjects:  # what was timed is a merge of every write, not a refusal
+            if merging.state(subject).observations != engine.state(subject).observations:
+                raise RuntimeError(f"n2 did not merge every write of n1 to {subject}")
         return observed, merged
     finally:
         writer.close()
