@@ -10,15 +10,17 @@ later one: never of a state without a change the read's state holds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node import metrics
 from node.handoff import Handoffs
 from node.policy import PolicyBook
 from node.reliability import Books
-from node.resolution import Belief, Explanation, explain_slot
+from node.resolution import Belief, Explanation, Withdrawn, counted, explain_slot
 from node.snapshots import Snapshot, Snapshots
-from node.store import Store
+from node.store import Change, Store
+from node.withdrawals import Withdrawals
 from sync.causal import CausalContext
 from sync.crdt import SubjectState
 from sync.observation import Subject
@@ -49,6 +51,7 @@ class Reader:
         policies: PolicyBook,
         snapshots: Snapshots,
         handoffs: Handoffs,
+        withdrawals: Withdrawals | None = None,
     ) -> None:
         self.store = store
         self.node = store.node
@@ -56,6 +59,8 @@ class Reader:
         self.books = Books(policies)
         self.snapshots = snapshots
         self.handoffs = handoffs  # what a read with a handoff token is answered
+        # Each tenant's withdrawn sources, an input of resolution (node.withdrawals).
+        self.withdrawals = withdrawals or Withdrawals(self.state)
 
     @property
     def policies(self) -> PolicyBook:
@@ -80,24 +85,52 @@ class Reader:
         changes; after a change only the slots it touched are resolved again. Resolved with
         the book of the subject's tenant."""
         book = self.books.of(state.subject.tenant)
+        withdrawn = self.withdrawals.of(state.subject.tenant)
         found = self.snapshots.get(state.subject)
-        if found is not None and found.state is state and found.policies is book:
+        if self._current(found, state, book, withdrawn):
+            assert found is not None
             return found
         with self.snapshots.serialized(state.subject):
             # The latest state (it covers whatever this one did): readers that loaded states
             # a change apart then share its resolution instead of resolving each in turn.
             latest = self.state(state.subject)
+            withdrawn = self.withdrawals.of(state.subject.tenant)
             found = self.snapshots.get(state.subject)
-            if found is not None and found.state is latest and found.policies is book:
+            if self._current(found, latest, book, withdrawn):
+                assert found is not None
                 return found
-            snapshot, incremental = self.snapshots.resolve_locked(latest, book)
+            snapshot, incremental = self.snapshots.resolve_locked(latest, book, withdrawn)
         metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
         return snapshot
 
+    def follow(self, changes: Sequence[Change]) -> None:
+        """Advances the kept snapshot of each changed subject (a listener of the engine: every
+        committed change), so what is kept, and node.quality's figures, follow every change;
+        a subject with no snapshot kept is resolved on its next read only."""
+        for change in changes:
+            if self.snapshots.get(change.new.subject) is not None:
+                self.snapshot(change.new)
+
+    @staticmethod
+    def _current(
+        found: Snapshot | None, state: SubjectState, book: PolicyBook, withdrawn: Withdrawn
+    ) -> bool:
+        """Whether ``found`` is the resolution of ``state`` under ``book`` and ``withdrawn``
+        (its tenant's, as this node resolves it now)."""
+        return (
+            found is not None
+            and found.state is state
+            and found.policies is book
+            and found.withdrawn is withdrawn
+        )
+
     def explain(self, state: SubjectState, context: str, key: str) -> Explanation | None:
-        """The full story of one slot of ``state``: every observation, weighed (with the book of
-        the subject's tenant)."""
-        found = self.snapshots.index(state).slot(context, key)
+        """The full story of one slot of ``state``: every observation counted, weighed with
+        the book of the subject's tenant (those of a withdrawn source are left out)."""
+        found = counted(
+            self.snapshots.index(state).slot(context, key),
+            self.withdrawals.of(state.subject.tenant),
+        )
         if not found:
             return None
         book = self.books.of(state.subject.tenant)

@@ -34,6 +34,7 @@ from node.interceptors import HandlerWrapper
 from node.learning import Learning
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
+from node.sources_admin import SourcesAdmin
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import LAST_ASK_S
@@ -442,7 +443,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(SettingsAdmin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SettingsAdmin, SourcesAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,

@@ -58,6 +58,20 @@ class AdminServiceStub:
     Operators only; an operator sees its own tenant's, a cluster operator (or the development
     principal of a node without tokens) may name any tenant.
     """
+    ListSourceContributions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]
+    """What one source contributed in a tenant: each observation of it this node holds in the
+    agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+    only; an operator of a tenant lists its own tenant only.
+    """
+    WithdrawSource: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WithdrawSourceRequest, _admin_pb2.WithdrawSourceResponse]
+    """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+    before now is left out of resolution on every node, including ones written on a node that
+    had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+    """
+    LiftSourceWithdrawal: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LiftSourceWithdrawalRequest, _admin_pb2.LiftSourceWithdrawalResponse]
+    """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+    observations count again. Operators only.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -88,6 +102,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     the weights: a tenant's are learned from its own slots and resolve its own subjects only.
     Operators only; an operator sees its own tenant's, a cluster operator (or the development
     principal of a node without tokens) may name any tenant.
+    """
+    ListSourceContributions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]  # type: ignore[assignment]
+    """What one source contributed in a tenant: each observation of it this node holds in the
+    agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+    only; an operator of a tenant lists its own tenant only.
+    """
+    WithdrawSource: _aio.UnaryUnaryMultiCallable[_admin_pb2.WithdrawSourceRequest, _admin_pb2.WithdrawSourceResponse]  # type: ignore[assignment]
+    """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+    before now is left out of resolution on every node, including ones written on a node that
+    had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+    """
+    LiftSourceWithdrawal: _aio.UnaryUnaryMultiCallable[_admin_pb2.LiftSourceWithdrawalRequest, _admin_pb2.LiftSourceWithdrawalResponse]  # type: ignore[assignment]
+    """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+    observations count again. Operators only.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +192,38 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         the weights: a tenant's are learned from its own slots and resolve its own subjects only.
         Operators only; an operator sees its own tenant's, a cluster operator (or the development
         principal of a node without tokens) may name any tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSourceContributions(
+        self,
+        request: _admin_pb2.ListSourceContributionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSourceContributionsResponse, _abc.Awaitable[_admin_pb2.ListSourceContributionsResponse]]:
+        """What one source contributed in a tenant: each observation of it this node holds in the
+        agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+        only; an operator of a tenant lists its own tenant only.
+        """
+
+    @_abc_1.abstractmethod
+    def WithdrawSource(
+        self,
+        request: _admin_pb2.WithdrawSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.WithdrawSourceResponse, _abc.Awaitable[_admin_pb2.WithdrawSourceResponse]]:
+        """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+        before now is left out of resolution on every node, including ones written on a node that
+        had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def LiftSourceWithdrawal(
+        self,
+        request: _admin_pb2.LiftSourceWithdrawalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LiftSourceWithdrawalResponse, _abc.Awaitable[_admin_pb2.LiftSourceWithdrawalResponse]]:
+        """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+        observations count again. Operators only.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
