@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from node import idempotency, metrics
+from node import groups, idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import Reason, ResourceExhausted, clock_ahead
 from node.handoff import DEFAULT_LEAD, Handoffs
@@ -120,6 +120,7 @@ class Engine:
         # the subjects' locks, before watches are woken: what follows the subjects' states
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -98,8 +98,8 @@ def subjects_page(
         budget -= len(keys)
         for key in keys:
             subject = Subject.from_storage_key(key)
-            if holds_observations(subject):
-                found.append(subject)
+            if not subject.id.startswith("_") and holds_observations(subject):
+                found.append(subject)  # a node's own subjects (a leading "_") are not listed
         if len(keys) < want:  # the end of the range
             return found, ""
         last = keys[-1]
@@ -144,8 +144,9 @@ def _strings(values: list[Any]) -> bool:
 
 
 def contexts(state: SubjectState) -> list[str]:
-    """The contexts the subject holds an observation in, in name order."""
-    return sorted({obs.context for obs in state.observations.values()})
+    """The contexts the subject holds an observation in, in name order, but a node's own
+    (node.validation.reserved: a leading "_")."""
+    return sorted({o.context for o in state.observations.values() if not o.context.startswith("_")})
 
 
 def distinct(subjects: Iterable[Subject]) -> list[Subject]:

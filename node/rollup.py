@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node.resolution import Belief, normalize_statement
-from sync.membership import check_member
+from sync.members import check_member
 from sync.observation import Subject, SubjectKind
 
 Slot = tuple[str, str]  # (context, key)
