@@ -35,7 +35,7 @@ class AuditRecord:
 
     actor: str
     role: str
-    action: str  # forget | retract_on_behalf
+    action: str  # forget | retract_on_behalf | add_member | remove_member
     subject: Subject
     detail: str = ""
     actor_tenant: str = ""  # empty: the development principal of a node without tokens

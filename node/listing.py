@@ -139,6 +139,33 @@ def beliefs_page(
     return page, _token({**value, "after": [last.context, last.key]})
 
 
+def members_page(
+    group: Subject, members: Iterable[Subject], token: str, size: int
+) -> tuple[list[Subject], str]:
+    """Up to ``size`` of a group's ``members`` by id, after the id of ``token``; and the token
+    of the next page ("" after the last)."""
+    after = ""
+    if token:
+        value = _untoken(token, "page_token", "ListMembers")
+        if value.get("group") != list(group):
+            raise InvalidArgument(
+                "page_token",
+                f"was issued for another group's members, not {group}",
+                reason=Reason.PAGE_TOKEN_INVALID,
+            )
+        found = value.get("after")
+        if not isinstance(found, str):
+            raise InvalidArgument(
+                "page_token", "is not a page token of ListMembers", reason=Reason.PAGE_TOKEN_INVALID
+            )
+        after = found
+    rest = sorted(m for m in members if m.id > after)
+    page = rest[:size]
+    if len(rest) <= size:
+        return page, ""
+    return page, _token({"v": 1, "of": "ListMembers", "group": list(group), "after": page[-1].id})
+
+
 def _strings(values: list[Any]) -> bool:
     return all(isinstance(v, str) for v in values)
 
@@ -161,4 +188,4 @@ def distinct(subjects: Iterable[Subject]) -> list[Subject]:
     return listed
 
 
-__all__ = ["beliefs_page", "contexts", "distinct", "page_size", "subjects_page"]
+__all__ = ["beliefs_page", "contexts", "distinct", "members_page", "page_size", "subjects_page"]

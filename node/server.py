@@ -22,6 +22,7 @@ from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.interceptors import Chain, Gate, wrapping
+from node.memberservice import AdminServicer
 from node.peers import PeerAuth, refusing
 from node.replication import (
     PeerServicer,
@@ -29,7 +30,6 @@ from node.replication import (
     claim_run,
 )
 from node.servicer import (
-    AdminServicer,
     SelfModelServicer,
     SerializedReplies,
     identify_by_header,
