@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from node import listing
 from node.engine import Engine, ObservationInput
 from node.rollup import compute_rollup
 from node.store import Store
@@ -111,3 +112,15 @@ def test_reads_never_show_the_members_context(tmp_path: Path) -> None:
     add(e, TEAM, U1)
     e.observe("lead", [ObservationInput(TEAM, "goals", "q3", "ship it", 0.9)])
     assert [b.context for b in e.model(TEAM).beliefs] == ["goals"]
+
+
+def test_listings_never_name_a_nodes_own_subjects_or_contexts(tmp_path: Path) -> None:
+    e = engine(tmp_path, "n1")
+    own = Subject(T, SubjectKind.ORG, "_sources")
+    e.put(own, "_withdrawn", "bot", "withdrawn", "ops")
+    add(e, TEAM, U1)
+    say(e, U1, "ten thousand")
+    store = e.store
+    found, _ = listing.subjects_page(store, store.holds_observations, T, None, "", 10)
+    assert found == [U1, TEAM]
+    assert listing.contexts(e.state(TEAM)) == []
