@@ -156,13 +156,15 @@ class Following:
         moved: set[Subject] = set()
         if new.erased.hlc > old.erased.hlc:
             moved |= groups.erased(subject, new.erased.hlc)
-        slots = touched_slots(old, new)
-        if is_group(subject) and any(context == MEMBERS for context, _ in slots):
-            moved |= groups.group_changed(new)
-        if subject.kind == SubjectKind.USER and slots and groups.follows(subject):
-            belief = self._beliefs_of(new)
-            for context, key in sorted(slots):
-                moved |= groups.slot_changed(subject, context, key, belief((context, key)))
+        if is_group(subject):
+            if any(context == MEMBERS for context, _ in touched_slots(old, new)):
+                moved |= groups.group_changed(new)
+        elif subject.kind == SubjectKind.USER and groups.follows(subject):
+            slots = touched_slots(old, new)  # only for a user whose beliefs count somewhere
+            if slots:
+                belief = self._beliefs_of(new)
+                for context, key in sorted(slots):
+                    moved |= groups.slot_changed(subject, context, key, belief((context, key)))
         return frozenset(moved)
 
     def rollup(self, group: Subject) -> GroupRollup:
