@@ -261,6 +261,9 @@ FIELDS = {
     "ForgetSubject": [*SUBJECT_FIELDS, "idempotency_key"],
     "ListAudit": ["after", "limit"],
     "GetStatus": [],
+    "AddMember": SUBJECT_FIELDS,
+    "RemoveMember": SUBJECT_FIELDS,
+    "ListMembers": [*SUBJECT_FIELDS, "page_size", "page_token"],
 }
 
 
@@ -341,6 +344,25 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
         return admin_pb2.ListAuditRequest(after=v["after"], limit=v["limit"])
     elif name == "GetStatus":
         return admin_pb2.GetStatusRequest()
+    elif name in ("AddMember", "RemoveMember"):
+        # the group from these fields, the member (or none) from a second draw of them
+        pair = admin_pb2.AddMemberRequest if name == "AddMember" else admin_pb2.RemoveMemberRequest
+        change = pair()
+        other = draw(fields(name))
+        if v["subject"]:
+            change.group.CopyFrom(model_pb2.Subject(tenant=v["tenant"], kind=v["kind"], id=v["id"]))
+        if other["subject"]:
+            change.member.CopyFrom(
+                model_pb2.Subject(tenant=other["tenant"], kind=other["kind"], id=other["id"])
+            )
+        return change  # type: ignore[no-any-return]
+    elif name == "ListMembers":
+        listing = admin_pb2.ListMembersRequest(page_size=v["page_size"], page_token=v["page_token"])
+        if v["subject"]:
+            listing.group.CopyFrom(
+                model_pb2.Subject(tenant=v["tenant"], kind=v["kind"], id=v["id"])
+            )
+        return listing
     else:
         raise AssertionError(f"no strategy for {name}: add one")
     if v["subject"]:
