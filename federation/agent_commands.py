@@ -1,10 +1,11 @@
 """The commands that call a node as an agent or an operator would (observe, retract, show,
-show-many, subjects, contexts, policy, explain, forget, audit), each printing the node's reply in
-the proto JSON mapping, and the health check."""
+show-many, watch, subjects, contexts, policy, explain, forget, audit), each printing the node's
+reply in the proto JSON mapping (watch: one reply per line), and the health check."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import sys
@@ -20,6 +21,7 @@ from federation.bearer import token_args
 from federation.client import Client, parse_subject
 from federation.views import DEFAULT_TARGET
 from selfmodel import channels
+from selfmodel.errors import DeadlineExceeded
 from selfmodel.v1 import model_pb2
 from sync.codec import EVIDENCE_KINDS, evidence_from_proto
 from sync.observation import Evidence, Subject, SubjectKind
@@ -39,13 +41,15 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _print(msg: Any) -> None:
+def _print(msg: Any, indent: int | None = 2) -> None:
     """Every command's answer: its reply message in the proto JSON mapping (lowerCamelCase
-    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads."""
+    names, enums by name, every field shown, defaults included), as any gRPC JSON tool reads;
+    ``indent`` None: on one line."""
     print(
         json_format.MessageToJson(
-            msg, indent=2, ensure_ascii=False, always_print_fields_with_no_presence=True
-        )
+            msg, indent=indent, ensure_ascii=False, always_print_fields_with_no_presence=True
+        ),
+        flush=True,
     )
 
 
@@ -56,6 +60,25 @@ def _run(
     with _client(args) as client:
         _print(client._run(calls.raw(describe(client._req, *a, **kw))))
     return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be a whole number within [0, 2^32), got {text!r}")
+    return value
+
+
+def positions_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-positions",
+        type=_count,
+        help="list at most this many supporters and dissenters per belief, the newest (0: their "
+        "counts only; default: all)",
+    )
 
 
 def uncertain_arg(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +153,7 @@ def _show(args: argparse.Namespace) -> int:
         at_least=args.at_least,
         page_size=args.page_size,
         page_token=args.page_token,
+        max_positions=args.max_positions,
     )
 
 
@@ -141,7 +165,35 @@ def _show_many(args: argparse.Namespace) -> int:
         include_uncertain=args.include_uncertain,
         contexts=args.context or (),
         at_least=args.at_least,
+        max_positions=args.max_positions,
     )
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Prints the subject's model now and after every change, one reply per line, until
+    ``--count`` replies, ``--timeout`` seconds or an interrupt."""
+    with _client(args) as client:
+        stream = calls.watch(
+            client._req,
+            _subject(args),
+            contexts=args.context or (),
+            include_uncertain=args.include_uncertain,
+            timeout_s=args.timeout,
+            max_positions=args.max_positions,
+        )
+        printed = 0
+        try:
+            for reply in client._follow(dataclasses.replace(stream, item=lambda msg: msg)):
+                _print(reply, indent=None)
+                printed += 1
+                if printed == args.count:
+                    break
+        except DeadlineExceeded:
+            if args.timeout is None:
+                raise
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def _subjects(args: argparse.Namespace) -> int:
@@ -274,6 +326,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     show.add_argument("--at-least", help="a handoff token to wait for")
     show.add_argument("--page-size", type=int, default=0, help="beliefs per page (0: all)")
     show.add_argument("--page-token", default="", help="the nextPageToken of the last page")
+    positions_arg(show)
     client_args(show)
     show.set_defaults(run=_show)
 
@@ -282,8 +335,25 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     uncertain_arg(many)
     many.add_argument("--context", action="append", help="only this context (repeatable)")
     many.add_argument("--at-least", help="a handoff token to wait for")
+    positions_arg(many)
     client_args(many)
     many.set_defaults(run=_show_many)
+
+    watch = sub.add_parser(
+        "watch", help="print a subject's model now and after every change, one JSON per line"
+    )
+    watch.add_argument("subject")
+    uncertain_arg(watch)
+    watch.add_argument("--context", action="append", help="only this context (repeatable)")
+    positions_arg(watch)
+    watch.add_argument(
+        "--count", type=_count, default=0, help="stop after this many models (0: never)"
+    )
+    watch.add_argument(
+        "--timeout", type=float, help="stop after this many seconds (default: never)"
+    )
+    client_args(watch)
+    watch.set_defaults(run=_watch)
 
     subjects = sub.add_parser("subjects", help="list the tenant's subjects, a page at a time")
     subjects.add_argument("--kind", choices=["user", "team", "org"], help="only this kind")

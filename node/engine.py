@@ -240,7 +240,9 @@ class Engine:
                 detail = slot_detail(context, key, source, count)
                 audit = dataclasses.replace(audit, detail=detail)
             event = self._next_dot(state)
-            delta = retract_delta(state, self.actor, context, key, source, self._mint())
+            hlc = self._mint()
+            calls = idempotency.keyed_calls(request, "retract", hlc, count)
+            delta = retract_delta(state, self.actor, context, key, source, hlc, calls)
             new = merge(state, delta)
             self.sizes.check_withdrawal(state, new)
             change = Change(state, new, Delta(delta, frozenset([event])))
@@ -265,7 +267,10 @@ class Engine:
             self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts
-            delta = erase_delta(state, self.actor, self._mint())
+            hlc = self._mint()
+            delta = erase_delta(
+                state, self.actor, hlc, idempotency.keyed_calls(request, "forget", hlc)
+            )
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
             self.store.purge(subject, change.new.erased)
@@ -403,6 +408,7 @@ class Engine:
                 if (
                     new.erased != state.erased
                     or new.withdrawals != state.withdrawals
+                    or new.keyed_calls != state.keyed_calls
                     or new.context != state.context
                     or new.observations.keys() != state.observations.keys()
                 ):

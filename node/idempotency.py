@@ -7,9 +7,12 @@ A call's key is scoped to its caller (tenant and agent). It is recognised, withi
   write (``requests`` column family), so a restart, even a kill -9 after the write and before
   its answer, keeps it: every write (Observe, ObserveBatch, Retract, ForgetSubject);
 - on every node that has merged the first call's observations, from the observations
-  themselves (``Observation.request_key``, replicated with them): Observe and ObserveBatch.
+  themselves (``Observation.request_key``, replicated with them): Observe and ObserveBatch;
+- on every node that has merged the first call's withdrawal or erase, from the keyed call
+  replicated with it (``SubjectState.keyed_calls``, sync.crdt): Retract and ForgetSubject.
 
-A replayed answer names the first call's observation ids and keys; its handoff token is the
+A replayed answer names the first call's observation ids and keys, or its count of withdrawn
+observations; its handoff token is the
 subject's position now, which covers the first write. A record holds no statement: only the
 fingerprint of the request, the ids written and a count. Each keyed write deletes up to
 ``SWEEP`` expired records in its batch, so the records never outgrow the window's writes.
@@ -25,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from node import metrics
 from node.errors import InvalidArgument, Reason, Unavailable
-from sync.crdt import SubjectState
+from sync.crdt import FINGERPRINT_BYTES, KEYED_CALL_OPS, KeyedCall, KeyedCalls, SubjectState
 from sync.hlc import physical_ms
 from sync.observation import Subject
 
@@ -61,7 +64,7 @@ class Replay(NamedTuple):
 
 def fingerprint(*parts: bytes) -> str:
     """Of a request's canonical bytes (its key left out): equal exactly for equal requests."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
     for part in parts:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
@@ -150,13 +153,17 @@ def first_answer(
     items: Sequence[tuple[int, Subject, str, str, str]],
     now_ms: int,
 ) -> Replay | None:
-    """The first answer of a keyed call seen before: recorded on this node, or (with ``items``:
-    observations) merged from the node that took it (``replicated``); counted by where."""
+    """The first answer of a keyed call seen before: recorded on this node, or merged from the
+    node that took it, with its observations (``items``: ``replicated``) or as a keyed call
+    (Retract, Forget: ``merged_call``); counted by where."""
     found = recorded(records.get_meta(CF, request.row_key()), request, op, now_ms)
     where = "record"
     if found is None and items:
         states = [load(s) for s in subjects]
         found, where = replicated(states, request, items, now_ms), "observations"
+    elif found is None and op in KEYED_CALL_OPS:
+        states = [load(s) for s in subjects]
+        found, where = merged_call(states, request, op, now_ms), "call"
     if found is not None:
         metrics.REPLAYED.labels(op, where).inc()
     return found
@@ -194,6 +201,31 @@ class Sweeper:
             elif swept:
                 self._after = max(self._after, swept[-1])
         return rows
+
+
+def keyed_calls(request: Request | None, op: str, hlc: int, retracted: int = 0) -> KeyedCalls:
+    """The keyed call a Retract or Forget (``op``) with ``request`` replicates with its withdrawal
+    or erase (timed ``hlc``), so any node that merges it recognises a retry; none without a key."""
+    if request is None:
+        return {}
+    call = KeyedCall(hlc, op, bytes.fromhex(request.fingerprint), retracted)
+    return {(request.agent, request.key): call}
+
+
+def merged_call(
+    states: Sequence[SubjectState], request: Request, op: str, now_ms: int
+) -> Replay | None:
+    """The first call's answer from its keyed call in ``states`` (merged from the node that took
+    it), if the call is the caller's and within the window; a call of the key that asked for
+    something else is refused."""
+    for state in states:
+        call = state.keyed_calls.get((request.agent, request.key))
+        if call is None or physical_ms(call.hlc) + request.window_ms < now_ms:
+            continue
+        if call.op != op or call.fingerprint.hex() != request.fingerprint:
+            raise _reused(request)
+        return Replay(retracted=call.retracted)
+    return None
 
 
 def replicated(
@@ -254,6 +286,8 @@ __all__ = [
     "Sweeper",
     "fingerprint",
     "first_answer",
+    "keyed_calls",
+    "merged_call",
     "record_rows",
     "recorded",
     "replicated",

@@ -48,7 +48,8 @@ FORGOTTEN = Counter("selfmodel_subjects_forgotten_total", "Subjects erased by Fo
 REPLAYED = Counter(
     "selfmodel_writes_replayed_total",
     "Writes answered as an earlier call with their idempotency key, recording nothing: by call "
-    "and by where the earlier call was found (this node's record, or its merged observations).",
+    "and by where the earlier call was found (this node's record, its merged observations, or "
+    "its merged keyed call: Retract, ForgetSubject).",
     ["call", "found"],
 )
 WATCHES = Gauge("selfmodel_watches", "Open WatchSelfModel streams.")

@@ -75,8 +75,10 @@ def screen(deltas: Iterable[Delta], clock: HybridClock) -> Screened:
 
 
 def _too_new_marks(state: SubjectState, clock: HybridClock) -> ClockSkewError | None:
-    """Why this node's clock refuses the state's erase bound or a withdrawal, if it does."""
-    for hlc in (state.erased.hlc, *state.withdrawals.values()):
+    """Why this node's clock refuses the state's erase bound, a withdrawal or a keyed call (never
+    later than its withdrawal or bound), if it does."""
+    calls = (call.hlc for call in state.keyed_calls.values())
+    for hlc in (state.erased.hlc, *state.withdrawals.values(), *calls):
         if physical_ms(hlc) > clock.wall() + clock.max_offset_ms:
             return _skew(hlc, clock)
     return None

@@ -17,7 +17,8 @@ from selfmodel.errors import plain
 from selfmodel.sync.v1 import sync_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import CausalContext, counter_in_range
-from sync.codec import EVIDENCE_KINDS, InvalidToken, decode_token
+from sync.codec import EVIDENCE_KINDS, KEYED_CALL_KINDS, InvalidToken, decode_token
+from sync.crdt import FINGERPRINT_BYTES, MAX_KEYED_CALLS
 from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
@@ -326,6 +327,21 @@ def _position(context: CausalContext, field: str) -> None:
         counter(dot.counter, f"{field}.context.cloud[{dot.actor}]")
 
 
+def _keyed_calls(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None:
+    if len(msg.keyed_calls) > MAX_KEYED_CALLS:
+        raise InvalidArgument(f"{field}.keyed_calls", f"must hold at most {MAX_KEYED_CALLS}")
+    for i, c in enumerate(msg.keyed_calls):
+        at = f"{field}.keyed_calls[{i}]"
+        identifier(c.agent, f"{at}.agent", limits.max_id)
+        if not request_key(c.key, f"{at}.key"):
+            raise InvalidArgument(f"{at}.key", "must be an idempotency key")
+        if not KEYED_CALL_KINDS.of(c.kind):
+            raise InvalidArgument(f"{at}.kind", f"must be one of {KEYED_CALL_KINDS.names}")
+        if len(c.fingerprint) != FINGERPRINT_BYTES:
+            raise InvalidArgument(f"{at}.fingerprint", f"must be {FINGERPRINT_BYTES} bytes")
+        hlc(c.hlc, f"{at}.hlc")
+
+
 RESERVED = "_"
 
 
@@ -378,6 +394,7 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
             raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
         identifier(w.source, f"{at}.source", limits.max_id)
         hlc(w.hlc, f"{at}.hlc")
+    _keyed_calls(msg, field, limits)
     for i, d in enumerate(msg.events):
         _dot(d.actor, d.counter, f"{field}.events[{i}]", limits)
     known = {e.actor: e.counter for e in msg.context.vector}

@@ -15,7 +15,8 @@ removes (``Footprint.changed``), without encoding the subject.
 ``split`` cuts a state into parts that each stay under a size and each remain a correct delta:
 a part's causal context holds exactly the dots of the observations it carries, or, for the
 parts that carry no observation, dots the state removed; the erase bound and the withdrawals
-go first, in a part of their own with an empty context (they apply wherever they are merged).
+go first, in a part of their own with an empty context (they apply wherever they are merged),
+then the keyed calls, in parts of their own with an empty context too.
 A part whose context held a dot of an observation it does not carry would make the receiver
 drop that observation as removed. So merging the parts, in any order and into any replica,
 equals merging the whole state.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sync.causal import CausalContext, Dot
-from sync.crdt import NO_ERASE, EraseBound, SubjectState
+from sync.crdt import NO_ERASE, EraseBound, KeyedCall, SubjectState
 from sync.observation import Observation, Subject
 
 # A string field: tag, a length prefix of up to 3 bytes (under 2 MiB), the UTF-8 bytes.
@@ -49,6 +50,9 @@ _HEAD = 4 + 2 * _STRING + 2 + 4
 _BOUND = 4 + 11 + 4
 # A withdrawal: its frame, three strings' prefixes (context, key, source), a timestamp (11).
 _WITHDRAWAL = 4 + 3 * _STRING + 11
+# A keyed call: its frame, three strings' prefixes (agent, key, fingerprint), its kind (2), a
+# timestamp (11) and a count (6).
+_KEYED_CALL = 4 + 3 * _STRING + 2 + 11 + 6
 
 
 def _utf8(text: str) -> int:
@@ -90,18 +94,25 @@ def _context_bytes(context: CausalContext) -> int:
 
 
 def marks_bytes(state: SubjectState) -> int:
-    """At most the encoding of ``state``'s erase bound and withdrawals."""
+    """At most the encoding of ``state``'s erase bound, withdrawals and keyed calls."""
     size = 0
     if state.erased != NO_ERASE:
         size += _BOUND + _context_bytes(state.erased.seen)
     for context, key, source in state.withdrawals:
         size += _WITHDRAWAL + _utf8(context) + _utf8(key) + _utf8(source)
+    for who, call in state.keyed_calls.items():
+        size += keyed_call_bytes(who, call)
     return size
 
 
+def keyed_call_bytes(who: tuple[str, str], call: KeyedCall) -> int:
+    """At most what one keyed call adds to an encoded state."""
+    return _KEYED_CALL + _utf8(who[0]) + _utf8(who[1]) + len(call.fingerprint)
+
+
 def head_bytes(state: SubjectState) -> int:
-    """At most the encoding of ``state`` without its observations: subject, context, erase bound
-    and withdrawals."""
+    """At most the encoding of ``state`` without its observations: subject, context, erase bound,
+    withdrawals and keyed calls."""
     subject = state.subject
     size = _HEAD + _utf8(subject.tenant) + _utf8(subject.id)
     return size + _context_bytes(state.context) + marks_bytes(state)
@@ -262,11 +273,11 @@ def split(state: SubjectState, max_bytes: int) -> list[SubjectState]:
     """``state`` as parts of at most ``max_bytes`` each (by ``state_bytes``; a single observation
     larger than that is a part of its own), whose merge in any order equals ``state``.
 
-    The erase bound and withdrawals come first (one part, whatever its size), then the parts
-    that carry removed dots only: a receiver that has merged some parts but not yet the others
-    then never shows an observation a part it has merged erased or removed. A state that
-    removed more than MAX_SPELLED dots past its actors' first observations is not split (one
-    part: itself).
+    The erase bound and withdrawals come first (one part, whatever its size), the keyed calls
+    next, then the parts that carry removed dots only: a receiver that has merged some parts but
+    not yet the others then never shows an observation a part it has merged erased or removed.
+    A state that removed more than MAX_SPELLED dots past its actors' first observations is not
+    split (one part: itself).
     """
     subject = state.subject
     removed = _removed(state.context, set(state.observations))
@@ -277,6 +288,17 @@ def split(state: SubjectState, max_bytes: int) -> list[SubjectState]:
     parts: list[SubjectState] = []
     if state.erased != NO_ERASE or state.withdrawals:
         parts.append(SubjectState(subject, state.erased, withdrawals=state.withdrawals))
+    calls: dict[tuple[str, str], KeyedCall] = {}
+    size = 0
+    for who, call in sorted(state.keyed_calls.items()):
+        step = keyed_call_bytes(who, call)
+        if calls and size + step > budget:
+            parts.append(SubjectState(subject, keyed_calls=calls))
+            calls, size = {}, 0
+        calls[who] = call
+        size += step
+    if calls:
+        parts.append(SubjectState(subject, keyed_calls=calls))
     vector: dict[str, int] = prefixes
     dots: list[Dot] = []
     size = sum(_CONTEXT_ENTRY + _utf8(actor) for actor in prefixes)

@@ -25,8 +25,11 @@ from selfmodel.v1 import model_pb2
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
     NO_ERASE,
+    NO_KEYED_CALLS,
     NO_WITHDRAWALS,
     EraseBound,
+    KeyedCall,
+    KeyedCalls,
     SubjectState,
     Withdrawals,
     dot_part,
@@ -68,6 +71,7 @@ class EnumWords:
 
 EVIDENCE_KINDS = EnumWords(model_pb2.EvidenceKind)
 POLICIES = EnumWords(model_pb2.Policy)
+KEYED_CALL_KINDS = EnumWords(sync_pb2.KeyedCallKind)
 
 
 def subject_to_proto(subject: Subject, msg: model_pb2.Subject) -> None:
@@ -172,6 +176,28 @@ def _withdrawals_from_proto(msg: sync_pb2.SubjectState) -> Withdrawals:
     return {(w.context, w.key, w.source): w.hlc for w in msg.withdrawals}
 
 
+def _keyed_calls_to_proto(calls: KeyedCalls, msg: sync_pb2.SubjectState) -> None:
+    for (agent, key), call in sorted(calls.items()):
+        kind = KEYED_CALL_KINDS.number(call.op)
+        msg.keyed_calls.add(
+            agent=agent,
+            key=key,
+            kind=kind,  # type: ignore[arg-type]
+            fingerprint=call.fingerprint,
+            hlc=call.hlc,
+            retracted=call.retracted,
+        )
+
+
+def _keyed_calls_from_proto(msg: sync_pb2.SubjectState) -> KeyedCalls:
+    if not msg.keyed_calls:
+        return NO_KEYED_CALLS
+    return {
+        (c.agent, c.key): KeyedCall(c.hlc, KEYED_CALL_KINDS.of(c.kind), c.fingerprint, c.retracted)
+        for c in msg.keyed_calls
+    }
+
+
 def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
     msg = _state_head(state.subject, state.context)
     observations = state.observations
@@ -180,6 +206,7 @@ def state_to_proto(state: SubjectState) -> sync_pb2.SubjectState:
         observation_to_proto(observations[dot], add())
     _erased_to_proto(state.erased, msg)
     _withdrawals_to_proto(state.withdrawals, msg)
+    _keyed_calls_to_proto(state.keyed_calls, msg)
     return msg
 
 
@@ -208,6 +235,7 @@ def state_from_proto(msg: sync_pb2.SubjectState) -> SubjectState:
         context_from_proto(msg.context),
         observations,
         _withdrawals_from_proto(msg),
+        _keyed_calls_from_proto(msg),
     )
 
 
@@ -301,9 +329,10 @@ def encode_state_reusing(
     whole state again made a write's cost grow with the subject's size. A field of ``known`` is
     reused only for the very observation object it encoded (never by dot alone). The bytes are
     exactly encode_state's: a message's fields in field-number order (subject, context, the
-    observations by dot, the erase bound, the withdrawals), a repeated field its elements one
-    after another. When ``known`` is what the previous encoding returned, only the changed
-    observations are encoded and spliced in at their place (set operations and a join in C).
+    observations by dot, the erase bound, the withdrawals, the keyed calls), a repeated field
+    its elements one after another. When ``known`` is what the previous encoding returned, only
+    the changed observations are encoded and spliced in at their place (set operations and a
+    join in C).
     ``changed``: the dots gone and added since the state ``known`` encoded, every other
     observation the very object it encoded (sync.crdt.observed_change), which spares the
     comparison of the two states' dot sets.
@@ -314,10 +343,11 @@ def encode_state_reusing(
     else:
         fields = _encoded(state.observations, known or {})
     parts = [token_entry, *fields.fields]
-    if state.erased != NO_ERASE or state.withdrawals:
-        tail = sync_pb2.SubjectState()  # fields 6 and 7, after the observations
+    if state.erased != NO_ERASE or state.withdrawals or state.keyed_calls:
+        tail = sync_pb2.SubjectState()  # fields 6 to 8, after the observations
         _erased_to_proto(state.erased, tail)
         _withdrawals_to_proto(state.withdrawals, tail)
+        _keyed_calls_to_proto(state.keyed_calls, tail)
         parts.append(tail.SerializeToString(deterministic=True))
     return EncodedState(b"".join(parts), token_entry, fields)
 

@@ -1,4 +1,5 @@
-"""One delta-state CRDT per subject: ``(erase bound, causal context, observations, withdrawals)``.
+"""One delta-state CRDT per subject: ``(erase bound, causal context, observations, withdrawals,
+keyed calls)``.
 
 Every event (observe, retract, erase) gets a fresh dot, and dots are never reused: an erase
 keeps the context, so counters go on after it. An observe's delta carries its new observation
@@ -23,6 +24,14 @@ partition) is ordered by the same total order on every node: before the erase's 
 erased, after it it stays. Bounds merge by maximum of timestamps and union of contexts, so
 concurrent erases compose and the later bound wins. A state's observations are never erased by
 its own bound nor by its own withdrawals (merge drops them as soon as either reaches them).
+
+A keyed call records a Retract or Forget made with an idempotency key: ``(agent, key) ->
+KeyedCall``, so a retry of it on any replica that merged it is answered as the first call and
+records nothing new. Per (agent, key) the greater call holds (by timestamp, then its fields), and
+a state keeps the ``MAX_KEYED_CALLS`` greatest: the join of two states' calls is that selection
+over their union, a function of the union alone, so it is commutative, associative and
+idempotent. Calls are neither erased nor withdrawn: they hold no statement, only the call's key,
+caller, fingerprint and answer.
 
 A delta is itself a state, so ``merge`` is commutative, associative and idempotent. The
 context alone is a state's position (handoff tokens): a bound reaches a replica only together
@@ -80,6 +89,31 @@ def withdrawn(withdrawals: Withdrawals, obs: Observation) -> bool:
     return obs.hlc < withdrawals.get((obs.context, obs.key, obs.source), 0)
 
 
+class KeyedCall(NamedTuple):
+    """A Retract or Forget made with an idempotency key, as every replica recognises its retry
+    (node.idempotency): what it was, the fingerprint of its request and its answer."""
+
+    hlc: int  # the call's timestamp: its withdrawal's or its erase bound's
+    op: str  # "retract" or "forget"
+    fingerprint: bytes  # of the request without its key
+    retracted: int = 0  # a Retract's answer: the observations it withdrew where it was taken
+
+
+KEYED_CALL_OPS = ("retract", "forget")
+FINGERPRINT_BYTES = 16
+# How many keyed calls a state keeps (the greatest): the same on every replica, as merge needs.
+MAX_KEYED_CALLS = 64
+
+# (agent, idempotency key) -> the call; the tenant is the subject's.
+KeyedCalls = Mapping[tuple[str, str], KeyedCall]
+NO_KEYED_CALLS: KeyedCalls = MappingProxyType({})
+
+
+def _call_rank(item: tuple[tuple[str, str], KeyedCall]) -> tuple[int, tuple[str, str], KeyedCall]:
+    (who, call) = item
+    return call.hlc, who, call
+
+
 class SubjectState(NamedTuple):
     """Immutable by convention: ``observations`` is never mutated after construction.
 
@@ -94,6 +128,7 @@ class SubjectState(NamedTuple):
     context: CausalContext = CausalContext()
     observations: Mapping[Dot, Observation] = MappingProxyType({})
     withdrawals: Withdrawals = NO_WITHDRAWALS
+    keyed_calls: KeyedCalls = NO_KEYED_CALLS
 
     def next_dot(self, actor: str) -> Dot:
         return Dot(actor, self.context.max_counter(actor) + 1)
@@ -104,7 +139,9 @@ class SubjectState(NamedTuple):
         return self.context.includes(context)
 
     def digest(self) -> bytes:
-        return digest(self.erased, self.context, self.observations, self.withdrawals)
+        return digest(
+            self.erased, self.context, self.observations, self.withdrawals, self.keyed_calls
+        )
 
 
 def merge(a: SubjectState, b: SubjectState) -> SubjectState:
@@ -135,7 +172,8 @@ def merge(a: SubjectState, b: SubjectState) -> SubjectState:
             dot: obs for dot, obs in observations.items() if not withdrawn(withdrawals, obs)
         }
     context = a.context.join(b.context)
-    return SubjectState(a.subject, erased, context, observations, withdrawals)
+    calls = join_keyed_calls(a.keyed_calls, b.keyed_calls)
+    return SubjectState(a.subject, erased, context, observations, withdrawals, calls)
 
 
 def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Withdrawals:
@@ -153,6 +191,23 @@ def _join_withdrawals(a: Withdrawals, b: Withdrawals, erased: EraseBound) -> Wit
     return joined
 
 
+def join_keyed_calls(a: KeyedCalls, b: KeyedCalls) -> KeyedCalls:
+    """The greater call per (agent, key), the ``MAX_KEYED_CALLS`` greatest of those kept."""
+    if not b:
+        return a
+    joined = dict(a)
+    for who, call in b.items():
+        have = joined.get(who)
+        if have is None or (call.hlc, call) > (have.hlc, have):
+            joined[who] = call
+    if len(joined) > MAX_KEYED_CALLS:
+        kept = sorted(joined.items(), key=_call_rank, reverse=True)[:MAX_KEYED_CALLS]
+        joined = dict(kept)
+    if joined == a:
+        return a
+    return joined
+
+
 def observed_change(
     old: SubjectState, new: SubjectState, delta: SubjectState
 ) -> tuple[list[Dot], list[Dot]] | None:
@@ -160,7 +215,7 @@ def observed_change(
     ``new`` is ``merge(old, delta)`` for a delta of observes (no erase bound, no withdrawal),
     found from the delta's few dots instead of both states'; None for any other delta."""
     seen = delta.context
-    if delta.erased != NO_ERASE or delta.withdrawals or len(seen.cloud) > 64:
+    if delta.erased != NO_ERASE or delta.withdrawals or delta.keyed_calls or len(seen.cloud) > 64:
         return None
     if sum(seen.vector.values()) > 64:
         return None
@@ -202,18 +257,26 @@ def apply_observe(
         state.context.add(observation.dot),
         observations,
         state.withdrawals,
+        state.keyed_calls,
     )
 
 
 def retract_delta(
-    state: SubjectState, actor: str, context: str, key: str, source: str, hlc: int
+    state: SubjectState,
+    actor: str,
+    context: str,
+    key: str,
+    source: str,
+    hlc: int,
+    calls: KeyedCalls = NO_KEYED_CALLS,
 ) -> SubjectState:
     """Withdraws ``source``'s observations in the slot from before ``hlc`` (the retract's
     timestamp, after everything ``state``'s replica merged), wherever written; the delta's
-    context holds the retract's dot and the dots ``state`` shows withdrawn."""
+    context holds the retract's dot and the dots ``state`` shows withdrawn. ``calls``: the
+    retract's keyed call, if it has a key."""
     dots = [state.next_dot(actor), *slot_dots(state, context, key, source)]
     withdrawal = {(context, key, source): hlc}
-    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {}, withdrawal)
+    return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {}, withdrawal, calls)
 
 
 def clear_delta(state: SubjectState, actor: str, context: str, key: str) -> SubjectState:
@@ -224,12 +287,15 @@ def clear_delta(state: SubjectState, actor: str, context: str, key: str) -> Subj
     return SubjectState(state.subject, NO_ERASE, CausalContext.of(dots), {})
 
 
-def erase_delta(state: SubjectState, actor: str, hlc: int) -> SubjectState:
+def erase_delta(
+    state: SubjectState, actor: str, hlc: int, calls: KeyedCalls = NO_KEYED_CALLS
+) -> SubjectState:
     """Erases every observation before ``hlc`` (the erase's timestamp, after everything
     ``state``'s replica merged) and every one ``state`` has seen: the bound, and the erase's dot
-    (``state.next_dot(actor)``) as the delta's context."""
+    (``state.next_dot(actor)``) as the delta's context. ``calls``: the erase's keyed call."""
     bound = EraseBound(hlc, state.context).join(state.erased)
-    return SubjectState(state.subject, bound, CausalContext.of([state.next_dot(actor)]), {})
+    dot = CausalContext.of([state.next_dot(actor)])
+    return SubjectState(state.subject, bound, dot, {}, NO_WITHDRAWALS, calls)
 
 
 def without_erased(state: SubjectState, bound: EraseBound) -> SubjectState:
@@ -245,10 +311,12 @@ def digest(
     context: CausalContext,
     observed: Iterable[Dot] = (),
     withdrawals: Withdrawals = NO_WITHDRAWALS,
+    calls: KeyedCalls = NO_KEYED_CALLS,
 ) -> bytes:
-    """An exact digest of a state: its bound, context, the dots of its observations and its
-    withdrawals."""
-    return digest_with(erased, context, b"".join(map(dot_part, sorted(observed))), withdrawals)
+    """An exact digest of a state: its bound, context, the dots of its observations, its
+    withdrawals and its keyed calls."""
+    observed_part = b"".join(map(dot_part, sorted(observed)))
+    return digest_with(erased, context, observed_part, withdrawals, calls)
 
 
 def dot_part(dot: Dot) -> bytes:
@@ -261,6 +329,7 @@ def digest_with(
     context: CausalContext,
     observed: bytes,
     withdrawals: Withdrawals = NO_WITHDRAWALS,
+    calls: KeyedCalls = NO_KEYED_CALLS,
 ) -> bytes:
     """``digest``, given its observations' part: their ``dot_part``s joined in dot order (a
     hash fed two pieces equals one fed them joined, so a writer that keeps the parts in order
@@ -278,6 +347,9 @@ def digest_with(
     h.update(observed)
     for (ctx, key, source), hlc in sorted(withdrawals.items()):
         h.update(b"w%s\x00%s\x00%s\x00%d\x00" % (ctx.encode(), key.encode(), source.encode(), hlc))
+    for (agent, key), call in sorted(calls.items()):  # none: the digest of a state before calls
+        h.update(b"k%s\x00%s\x00%d\x00" % (agent.encode(), key.encode(), call.hlc))
+        h.update(b"%s\x00%d\x00%s" % (call.op.encode(), call.retracted, call.fingerprint))
     return h.digest()
 
 

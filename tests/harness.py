@@ -29,6 +29,9 @@ from federation.client import Client
 from node.peers import PeerAuth, create_secret, read_secrets
 from selfmodel.channels import agent_channel_credentials, open_channel
 from selfmodel.sync.v1 import sync_pb2, sync_pb2_grpc
+from sync.codec import state_from_proto, subject_to_proto
+from sync.crdt import SubjectState, merge
+from sync.observation import Subject
 from tests.faultproxy import FaultProxy, Mode
 
 START_TIMEOUT_S = processes.START_TIMEOUT_S
@@ -385,6 +388,20 @@ class LocalCluster:
             )
         return list(reply.hashes)
 
+    def subject_state(self, name: str, subject: Subject) -> SubjectState:
+        """The replicated state ``name`` holds of ``subject`` (an anti-entropy exchange that
+        offers it nothing)."""
+        other = next(n for n in self.nodes if n != name)
+        offer = sync_pb2.SubjectState()
+        subject_to_proto(subject, offer.subject)
+        with self.peer_channel(name, other) as channel:
+            reply = sync_pb2_grpc.SyncServiceStub(channel).ExchangeStates(
+                sync_pb2.ExchangeStatesRequest(states=[offer]),
+                timeout=5.0,
+                metadata=self.peer_metadata(other),
+            )
+        return fold_states(subject, map(state_from_proto, reply.states))
+
     def converged(self, names: Iterable[str] | None = None) -> bool:
         hashes = [self.bucket_hashes(n) for n in (names or self.nodes)]
         return all(h == hashes[0] for h in hashes)
@@ -402,3 +419,11 @@ class LocalCluster:
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"nodes {chosen} did not converge within {timeout_s}s")
             time.sleep(0.1)
+
+
+def fold_states(subject: Subject, parts: Iterable[SubjectState]) -> SubjectState:
+    """The state of a subject sent in parts (sync.bounds.split)."""
+    state = SubjectState(subject)
+    for part in parts:
+        state = merge(state, part)
+    return state

@@ -13,13 +13,15 @@
 //   SELFMODEL_SUBJECT                the user's id (default "u-node-example")
 //   SELFMODEL_PROTOS                 the include root of the .proto files (default ../../protos)
 //
-// Prints one JSON object: what was written, what the other node read, and how a write without
-// a confidence is refused. Exits 1 on any unexpected failure.
+// Prints one JSON object: what was written, what the other node read (and each time it was
+// asked again because the node had not merged the write yet), and how a write without a
+// confidence is refused. Exits 1 on any unexpected failure.
 "use strict";
 
 const path = require("node:path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
+const protobuf = require("protobufjs");
 
 const PROTOS = process.env.SELFMODEL_PROTOS || path.join(__dirname, "..", "..", "protos");
 const TENANT = process.env.SELFMODEL_TENANT || "acme";
@@ -39,6 +41,41 @@ const definition = protoLoader.loadSync("selfmodel/v1/selfmodel.proto", {
 });
 const api = grpc.loadPackageDefinition(definition).selfmodel.v1;
 
+// The error details every node sends (docs/errors.md): google.rpc.Status in the
+// `grpc-status-details-bin` trailer, its details ErrorInfo, RetryInfo, BadRequest, ... packed
+// as Any. protos/google/rpc/ holds googleapis' status.proto and error_details.proto as
+// published; protobufjs knows google/protobuf/{any,duration}.proto itself.
+const rpc = new protobuf.Root();
+rpc.resolvePath = (_origin, target) => path.join(__dirname, "protos", target);
+rpc.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
+const Status = rpc.lookupType("google.rpc.Status");
+const TYPE_PREFIX = "type.googleapis.com/";
+
+// The details of a failed call, by type name ("google.rpc.ErrorInfo": {reason, metadata, ...}),
+// or {} when it carried none.
+function errorDetails(err) {
+  const found = {};
+  const raw = err.metadata ? err.metadata.get("grpc-status-details-bin") : [];
+  if (raw.length === 0) {
+    return found;
+  }
+  for (const any of Status.decode(raw[0]).details) {
+    if (!any.type_url.startsWith(TYPE_PREFIX)) {
+      continue;
+    }
+    const name = any.type_url.slice(TYPE_PREFIX.length);
+    const type = rpc.lookup(name);
+    if (type instanceof protobuf.Type) {
+      found[name] = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
+    }
+  }
+  return found;
+}
+
+function durationMs(duration) {
+  return Number(duration.seconds || 0) * 1000 + Math.round((duration.nanos || 0) / 1e6);
+}
+
 function metadata() {
   const md = new grpc.Metadata();
   if (process.env.SELFMODEL_TOKEN) {
@@ -49,10 +86,10 @@ function metadata() {
   return md;
 }
 
-function call(client, method, request) {
-  const deadline = new Date(Date.now() + DEADLINE_MS);
+// `deadline` (ms since the epoch): the whole logical call's, which the node sees (grpc-timeout).
+function call(client, method, request, deadline = Date.now() + DEADLINE_MS) {
   return new Promise((resolve, reject) => {
-    client[method](request, metadata(), { deadline }, (err, reply) =>
+    client[method](request, metadata(), { deadline: new Date(deadline) }, (err, reply) =>
       err ? reject(err) : resolve(reply),
     );
   });
@@ -60,22 +97,51 @@ function call(client, method, request) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// The longest wait between two asks of a pending read, however long it has been pending.
+const MAX_PENDING_WAIT_MS = 1000;
+
+// What a pending handoff read says (null for any other failure): UNAVAILABLE with ErrorInfo
+// reason HANDOFF_POSITION_PENDING and a RetryInfo delay; `final` when the node saw that the
+// deadline leaves no time to ask again.
+function pendingRead(err) {
+  if (err.code !== grpc.status.UNAVAILABLE) {
+    return null;
+  }
+  const details = errorDetails(err);
+  const info = details["google.rpc.ErrorInfo"];
+  const retry = details["google.rpc.RetryInfo"];
+  if (!info || info.reason !== "HANDOFF_POSITION_PENDING" || !retry || !retry.retry_delay) {
+    return null;
+  }
+  return {
+    reason: info.reason,
+    retry_delay_ms: durationMs(retry.retry_delay),
+    final: info.metadata.final === "true",
+  };
+}
+
 // A read with a handoff token on a node that has not merged its position yet is answered at
-// once UNAVAILABLE (reason HANDOFF_POSITION_PENDING, with a RetryInfo delay; docs/errors.md):
-// the node never holds the read. Ask again, waiting longer each time, until the deadline.
-async function readAtLeast(client, request) {
+// once UNAVAILABLE, reason HANDOFF_POSITION_PENDING, with a RetryInfo delay (docs/errors.md):
+// the node never holds the read. Wait that delay and ask again, half as long again each
+// further time (at most MAX_PENDING_WAIT_MS), until the deadline; `asked` records each pending
+// answer. Every other failure, a final answer, or a wait past the deadline ends the read.
+async function readAtLeast(client, request, asked) {
   const deadline = Date.now() + DEADLINE_MS;
-  let delayMs = 10;
-  for (;;) {
+  for (let attempt = 0; ; attempt += 1) {
     try {
-      return await call(client, "GetSelfModel", request);
+      return await call(client, "GetSelfModel", request, deadline);
     } catch (err) {
-      if (err.code !== grpc.status.UNAVAILABLE || Date.now() + delayMs >= deadline) {
+      const pending = pendingRead(err);
+      if (pending === null || pending.final) {
         throw err;
       }
+      const waitMs = Math.min(pending.retry_delay_ms * 1.5 ** attempt, MAX_PENDING_WAIT_MS);
+      if (Date.now() + waitMs >= deadline) {
+        throw err;
+      }
+      asked.push({ ...pending, waited_ms: waitMs });
+      await sleep(waitMs);
     }
-    await sleep(delayMs);
-    delayMs = Math.min(delayMs * 2, 1000);
   }
 }
 
@@ -101,20 +167,23 @@ async function main() {
     });
     // The token is opaque: pass it as at_least; the other node answers the model once it has
     // merged this write, UNAVAILABLE (ask again) until then.
-    const read = await readAtLeast(reader, { subject, at_least: written.handoff_token });
+    const pending = [];
+    const read = await readAtLeast(reader, { subject, at_least: written.handoff_token }, pending);
     const snapshot = read.snapshot;
 
     let refused = null;
     try {
       await call(writer, "Observe", { subject, context: "purchase_motivation", statement: "No confidence given" });
     } catch (err) {
-      refused = { code: grpc.status[err.code], details: err.details };
+      const violations = (errorDetails(err)["google.rpc.BadRequest"] || {}).field_violations || [];
+      refused = { code: grpc.status[err.code], details: err.details, fields: violations.map((v) => v.field) };
     }
 
     const out = {
       written: { key: written.key, observation_id: written.observation_id, handoff_token: written.handoff_token },
       read: {
         node: snapshot.node,
+        pending,
         beliefs: (snapshot.beliefs || []).map((b) => ({
           context: b.context,
           key: b.key,

@@ -249,7 +249,9 @@ class GroupCommit(Suspension):
                 new_digest = (
                     new.digest()
                     if part is None
-                    else digest_with(new.erased, new.context, part, new.withdrawals)
+                    else digest_with(
+                        new.erased, new.context, part, new.withdrawals, new.keyed_calls
+                    )
                 )
                 written.append(Cached.of(new, len(raw), new_digest, encoded))
                 if old_digest != new_digest:

@@ -48,6 +48,7 @@ def state_digest(state: SubjectState, known: bytes | None) -> bytes:
         state.erased == NO_ERASE
         and not state.observations
         and not state.withdrawals
+        and not state.keyed_calls
         and state.context.is_empty()
     ):
         return UNWRITTEN_DIGEST

@@ -3,7 +3,8 @@
 The client sets one key per logical call and sends it again on each retry (federation.client);
 the node answers a key it has seen with the first answer (node.idempotency): after the network
 dropped the answer, after a kill -9 between the write and its answer, and on another node that
-merged the first write.
+merged the first write: an Observe by its observations, a Retract or ForgetSubject by the keyed
+call replicated with its withdrawal or erase.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from federation.client import AsyncClient, Client, Observed, user
 from selfmodel.v1 import selfmodel_pb2
 from tests.faultproxy import FaultProxy
-from tests.nodes import LocalCluster, NodeProcess, wait_until
+from tests.nodes import LocalCluster, NodeProcess, node_status, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -41,10 +42,10 @@ def handled(node: NodeProcess, method: str) -> float:
     )
 
 
-def answer_lost(node: NodeProcess, done: Callable[[], bool]) -> bool:
-    """Whether the node answered its first Observe and the client still has no answer a
-    second later (with the answers passing, it has one within milliseconds)."""
-    wait_until(lambda: handled(node, "Observe") >= 1, "the node answered the write")
+def answer_lost(node: NodeProcess, done: Callable[[], bool], method: str = "Observe") -> bool:
+    """Whether the node answered its first call of ``method`` and the client still has no
+    answer a second later (with the answers passing, it has one within milliseconds)."""
+    wait_until(lambda: handled(node, method) >= 1, "the node answered the write")
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         if done():
@@ -85,6 +86,51 @@ def test_a_write_repeated_on_another_node_after_replication_records_nothing_new(
         cluster.wait_converged()
         assert [ids(on_sales, s) for s in (subject, other)] == written
         assert all(len(w) == 1 for w in written)
+
+
+def test_a_retract_or_forget_repeated_on_another_node_after_replication_records_nothing_new(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(("sales", "support"))
+    subject = user("u-moved-marks")
+    stored = subject.resolve("acme")  # the clients' tenant
+    support = cluster.nodes["support"]
+
+    def outbox_seq() -> int:
+        return node_status(cluster.address("support")).outbox_seq
+
+    with (
+        cluster.client("sales", "sales_agent") as on_sales,
+        cluster.client("support", "sales_agent") as on_support,
+    ):
+        on_sales.observe(subject, "Prefers email", **WRITE)  # type: ignore[arg-type]
+        first = on_sales.retract(subject, *SLOT, idempotency_key="r-1")
+        assert first.count == 1
+        on_support.self_model(subject, at_least=first.token)  # merged there
+        withdrawals = cluster.subject_state("support", stored).withdrawals
+        assert len(withdrawals) == 1
+        seq = outbox_seq()
+        again = on_support.retract(subject, *SLOT, idempotency_key="r-1")
+        assert again.count == first.count == 1  # the first answer, not this node's (0)
+        assert cluster.subject_state("support", stored).withdrawals == withdrawals
+        assert outbox_seq() == seq  # nothing new to replicate
+        replayed = 'selfmodel_writes_replayed_total{call="retract",found="call"} 1.0'
+        assert replayed in support.metrics()
+
+        token = on_sales.forget(subject, idempotency_key="f-1")
+        on_support.self_model(subject, at_least=token)
+        bound = cluster.subject_state("support", stored).erased
+        kept = on_sales.observe(subject, "Prefers chat", **WRITE)  # type: ignore[arg-type]
+        on_support.self_model(subject, at_least=kept.token)
+        seq = outbox_seq()
+        on_support.forget(subject, idempotency_key="f-1")
+        assert ids(on_support, subject) == [kept.observation_id]  # the later write survives
+        assert cluster.subject_state("support", stored).erased == bound
+        assert outbox_seq() == seq
+        replayed = 'selfmodel_writes_replayed_total{call="forget",found="call"} 1.0'
+        assert replayed in support.metrics()
+        cluster.wait_converged()
+        assert ids(on_sales, subject) == [kept.observation_id]
 
 
 @pytest.mark.proxy
@@ -172,6 +218,45 @@ def test_a_write_retried_through_a_kill_9_between_the_write_and_its_answer_is_re
         with Client(node.address, agent="reader") as reader:
             assert ids(reader, subject) == recorded == [written.observation_id]
         assert handled(node, "Observe") >= 1  # the retry reached the restarted node
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        proxy.close()
+
+
+@pytest.mark.proxy
+@pytest.mark.parametrize("call", ["Retract", "ForgetSubject"])
+def test_a_retract_or_forget_retried_through_a_kill_9_withdraws_nothing_written_since(
+    start_node: Callable[..., NodeProcess], call: str
+) -> None:
+    """The retry arrives after a later observation of the same source in the slot: recorded
+    again, the withdrawal or erase would take that observation too."""
+    node = start_node("sales")
+    proxy = FaultProxy(("127.0.0.1", node.port))
+    subject = user(f"u-killed-{call.lower()}")
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        with Client(proxy.address, agent="sales_agent", attempts=60, timeout_s=30) as agent:
+            agent.observe(subject, "Prefers email", **WRITE)  # type: ignore[arg-type]
+            proxy.set("drop_answers")  # holds the answer until the node is gone
+            if call == "Retract":
+                pending = pool.submit(agent.retract, subject, *SLOT)
+            else:
+                pending = pool.submit(agent.forget, subject)
+            lost = answer_lost(node, pending.done, call)
+            proxy.set("cut")  # the client's retries fail until the later write is in
+            node.kill()
+            node.start()
+            with Client(node.address, agent="sales_agent") as direct:
+                assert ids(direct, subject) == []  # the first call was written
+                later = direct.observe(subject, "Prefers chat", **WRITE)  # type: ignore[arg-type]
+            proxy.set("pass")
+            answer = pending.result(timeout=120)
+        assert lost, "the answer reached the client before the kill"
+        if call == "Retract":
+            assert answer.count == 1
+        with Client(node.address, agent="reader") as reader:
+            assert ids(reader, subject) == [later.observation_id]
+        assert handled(node, call) >= 1  # the retry reached the restarted node
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         proxy.close()

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from federation import cli, tokens
 from federation.bearer import TOKEN_ENV
+from federation.client import Client, user
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from tests.nodes import NodeProcess
@@ -155,3 +156,63 @@ def test_members_commands_and_show_of_a_team_print_their_replies_in_the_proto_js
         model = shown.snapshot
         assert model.group_users == 1 and not model.beliefs
         assert [(r.statement, r.holders) for r in model.rollups] == [("Pays yearly", 1)]
+
+
+def _positions(belief: model_pb2.Belief) -> tuple[int, int, int, int]:
+    """Supporters and dissenters listed, then counted."""
+    listed = (len(belief.supporters), len(belief.dissenters))
+    return (*listed, belief.supporter_count, belief.dissenter_count)
+
+
+def test_show_show_many_and_watch_list_at_most_max_positions_per_belief_and_no_uncertain_one(
+    start_node: Callable[..., NodeProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = start_node("sales")
+    target = ["--target", node.address, "--tenant", "acme"]
+    for agent, statement in [("a1", "Pays yearly"), ("a2", "Pays yearly"), ("a3", "Pays monthly")]:
+        with Client(node.address, agent=agent, tenant="acme") as client:
+            client.observe(user("u-pos"), statement, confidence=0.9, context="billing", key="cycle")
+
+    def shown(*argv: str) -> model_pb2.Belief:
+        out = run(capsys, "show", "user:u-pos", *argv, *target)
+        [belief] = reply(out, selfmodel_pb2.GetSelfModelResponse).snapshot.beliefs
+        return belief
+
+    assert _positions(shown()) == (2, 1, 2, 1)  # every position by default
+    assert _positions(shown("--max-positions", "0")) == (0, 0, 2, 1)
+    assert _positions(shown("--max-positions", "1")) == (1, 1, 2, 1)
+
+    many = reply(
+        run(capsys, "show-many", "user:u-pos", "user:u-none", "--max-positions", "0", *target),
+        selfmodel_pb2.BatchGetSelfModelsResponse,
+    )
+    [belief] = many.models[0].beliefs
+    assert _positions(belief) == (0, 0, 2, 1)
+
+    # watch: one reply per line, in the same JSON style.
+    out = run(capsys, "watch", "user:u-pos", "--max-positions", "1", "--count", "1", *target)
+    [line] = out.splitlines()
+    [belief] = reply(line, selfmodel_pb2.WatchSelfModelResponse).snapshot.beliefs
+    assert _positions(belief) == (1, 1, 2, 1)
+    out = run(capsys, "watch", "user:u-pos", "--timeout", "1", *target)  # ends at the deadline
+    for line in out.splitlines():
+        [belief] = reply(line, selfmodel_pb2.WatchSelfModelResponse).snapshot.beliefs
+        assert _positions(belief) == (2, 1, 2, 1)
+    assert out
+
+    # show leaves uncertain beliefs out, as GetSelfModel does, and says so; asked, it shows them.
+    with Client(node.address, agent="a1", tenant="acme") as client:
+        client.observe(user("u-unsure"), "Maybe yearly", confidence=0.55, context="billing")
+    hidden = reply(
+        run(capsys, "show", "user:u-unsure", *target), selfmodel_pb2.GetSelfModelResponse
+    ).snapshot
+    assert (list(hidden.beliefs), hidden.uncertain_omitted) == ([], 1)
+    out = run(capsys, "show", "user:u-unsure", "--include-uncertain", *target)
+    [belief] = reply(out, selfmodel_pb2.GetSelfModelResponse).snapshot.beliefs
+    assert belief.uncertain and belief.statement == "Maybe yearly"
+
+    for bad in ("-1", "2.5", str(2**32)):
+        with pytest.raises(SystemExit) as done:
+            cli.main(["show", "user:u-pos", "--max-positions", bad, *target])
+        assert done.value.code == 2
+        assert "--max-positions: must be a whole number within [0, 2^32)" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """examples/node/handoff.js, a Node.js client generated from the protos at run time, against a
-real two-node cluster: it observes on one node, reads on the other with the handoff token, and
-sees a write without a confidence refused.
+real two-node cluster: it observes on one node, reads on the other with the handoff token while
+replication between them is cut (answered HANDOFF_POSITION_PENDING, read from the google.rpc
+details, until the cut heals), and sees a write without a confidence refused.
 
 Its packages install with `npm ci` from its lockfile (`make test` does it first); without node
 and npm the test skips.
@@ -94,6 +95,14 @@ def test_the_node_example_reads_its_write_on_another_node_with_the_handoff_token
     assert out["written"]["observation_id"].startswith("sales.")
     read = out["read"]
     assert read["node"] == "support"
+    # Each pending answer's RetryInfo delay was read from the status details and waited.
+    pending = read["pending"]
+    assert pending, "the example never saw its read pending"
+    assert len(pending) <= _pending_reads(cluster, "support")
+    assert {p["reason"] for p in pending} == {"HANDOFF_POSITION_PENDING"}
+    assert all(0 < p["retry_delay_ms"] <= 1000 and not p["final"] for p in pending)
+    assert pending[0]["waited_ms"] == pending[0]["retry_delay_ms"]
+    assert all(p["waited_ms"] >= p["retry_delay_ms"] for p in pending)
     [belief] = read["beliefs"]
     assert belief["statement"] == "Motivated by quick time-to-value"
     assert belief["policy"] == "POLICY_WEIGHTED"
@@ -108,3 +117,4 @@ def test_the_node_example_reads_its_write_on_another_node_with_the_handoff_token
     assert refused is not None, "a write without a confidence was accepted"
     assert refused["code"] == "INVALID_ARGUMENT"
     assert refused["details"].startswith("confidence: ")
+    assert refused["fields"] == ["confidence"]  # the BadRequest field violation

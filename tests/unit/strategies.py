@@ -23,6 +23,7 @@ from sync.causal import CausalContext, Dot
 from sync.crdt import (
     NO_ERASE,
     EraseBound,
+    KeyedCall,
     SubjectState,
     erase_delta,
     merge,
@@ -248,6 +249,10 @@ def newest_stamp(state: SubjectState) -> int:
     return max([state.erased.hlc, *state.withdrawals.values(), *stamps])
 
 
+def forget_call(hlc: int) -> KeyedCall:
+    return KeyedCall(hlc, "forget", b"f" * 16)
+
+
 def causally_ready(state: SubjectState, delta: SubjectState, event: Dot) -> bool:
     """True when ``state`` already merged every dot ``delta`` removes (a causal delivery)."""
     return all(dot in state.context for dot in dots_of(delta.context) - {event})
@@ -300,7 +305,8 @@ def simulate(
                 removes = slot_dots(state, context, key, source)
                 hlc = pack(BASE_MS + step)
                 clocks[r] = hlc
-                delta = retract_delta(state, actor, context, key, source, hlc)
+                call = {(source, f"k{step % 3}"): KeyedCall(hlc, "retract", b"r" * 16, step % 2)}
+                delta = retract_delta(state, actor, context, key, source, hlc, call)
                 event = state.next_dot(actor)
                 run.removed.update(removes)
                 run.retractions.append(
@@ -308,7 +314,7 @@ def simulate(
                 )
             case Erase():
                 hlc = pack(BASE_MS + step)
-                delta = erase_delta(state, actor, hlc)
+                delta = erase_delta(state, actor, hlc, {("ops", f"k{step % 3}"): forget_call(hlc)})
                 (event,) = dots_of(delta.context)
                 clocks[r] = hlc
                 erased = frozenset(state.observations.values())
@@ -375,6 +381,13 @@ evidence = st.builds(
     st.one_of(st.just(0), st.integers(1, 2**40)),
 )
 subjects = st.builds(Subject, names, st.sampled_from(SubjectKind), names)
+keyed_calls = st.builds(
+    KeyedCall,
+    st.integers(1, 2**63 - 1),
+    st.sampled_from(["retract", "forget"]),
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 2**32 - 1),
+)
 
 
 @st.composite
@@ -406,4 +419,5 @@ def random_states(draw: st.DrawFn) -> SubjectState:
     withdrawals = draw(
         st.dictionaries(st.tuples(names, names, names), st.integers(1, 2**63 - 1), max_size=3)
     )
-    return SubjectState(draw(subjects), erased, context, observations, withdrawals)
+    calls = draw(st.dictionaries(st.tuples(names, names), keyed_calls, max_size=3))
+    return SubjectState(draw(subjects), erased, context, observations, withdrawals, calls)

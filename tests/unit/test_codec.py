@@ -109,6 +109,15 @@ def _reference_state(state: SubjectState) -> sync_pb2.SubjectState:
             _reference_context(obs.based_on, o.based_on)
     for (context, key, source), hlc in sorted(state.withdrawals.items()):
         msg.withdrawals.add(context=context, key=key, source=source, hlc=hlc)
+    for (agent, key), call in sorted(state.keyed_calls.items()):
+        msg.keyed_calls.add(
+            agent=agent,
+            key=key,
+            kind=sync_pb2.KeyedCallKind.Value(f"KEYED_CALL_KIND_{call.op.upper()}"),
+            fingerprint=call.fingerprint,
+            hlc=call.hlc,
+            retracted=call.retracted,
+        )
     return msg
 
 
@@ -179,8 +188,10 @@ def test_encoded_bytes_are_reused_for_the_very_observation_object_only(
     copies = {dot: (obs._replace(), b"not these") for dot, (obs, _) in encoded.items()}
     assert encode_state_reusing(state, copies).raw == encode_state(state)  # equal, not the same
     marks = {dot: (obs, b"<%d>" % i) for i, (dot, (obs, _)) in enumerate(sorted(encoded.items()))}
-    head = encode_state(state._replace(observations={}, erased=NO_ERASE, withdrawals={}))
-    bound = encode_state(state._replace(observations={}))[len(head) :]  # fields 6-7, after them
+    head = encode_state(
+        state._replace(observations={}, erased=NO_ERASE, withdrawals={}, keyed_calls={})
+    )
+    bound = encode_state(state._replace(observations={}))[len(head) :]  # fields 6-8, after them
     reused = encode_state_reusing(state, marks).raw
     assert reused == head + b"".join(mark for _, mark in marks.values()) + bound
 

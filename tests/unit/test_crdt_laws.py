@@ -14,13 +14,17 @@ from hypothesis import strategies as st
 
 from sync.causal import CausalContext, Dot
 from sync.crdt import (
+    MAX_KEYED_CALLS,
     NO_ERASE,
     EraseBound,
+    KeyedCall,
+    KeyedCalls,
     SubjectState,
     apply_observe,
     clear_delta,
     digest,
     erase_delta,
+    join_keyed_calls,
     merge,
     observe_delta,
     retract_delta,
@@ -34,6 +38,7 @@ from tests.unit.strategies import (
     KEYS,
     LAWS,
     SUBJECT,
+    VALUES,
     Run,
     causal_runs,
     fold,
@@ -407,6 +412,66 @@ def test_a_forget_makes_earlier_withdrawals_moot() -> None:
     a = merge(a, retract_delta(a, "a.1", "budget", "owner", "bot", pack(3_000)))
     a = merge(a, erase_delta(a, "a.1", pack(2_000)))
     assert a.withdrawals == {("budget", "owner", "bot"): pack(3_000)}
+
+
+# --- keyed calls: the greater per (agent, key), the MAX_KEYED_CALLS greatest kept -------------
+
+# Few agents, keys and instants: keys meet, timestamps tie, and there are more than a state keeps.
+_calls = st.dictionaries(
+    st.tuples(st.sampled_from(("bot", "ops")), st.sampled_from([f"k{i}" for i in range(45)])),
+    st.builds(
+        KeyedCall,
+        st.integers(1, 40),
+        st.sampled_from(("retract", "forget")),
+        st.sampled_from((b"a" * 16, b"b" * 16)),
+        st.integers(0, 2),
+    ),
+    max_size=90,
+).map(lambda calls: join_keyed_calls({}, calls))  # as a state holds them
+
+
+@VALUES
+@given(a=_calls, b=_calls, c=_calls)
+def test_joining_keyed_calls_is_commutative_associative_and_idempotent(
+    a: KeyedCalls, b: KeyedCalls, c: KeyedCalls
+) -> None:
+    assert join_keyed_calls(a, b) == join_keyed_calls(b, a)
+    assert join_keyed_calls(join_keyed_calls(a, b), c) == join_keyed_calls(
+        a, join_keyed_calls(b, c)
+    )
+    assert join_keyed_calls(a, a) == a
+    assert len(join_keyed_calls(a, b)) <= MAX_KEYED_CALLS
+
+
+@VALUES
+@given(a=_calls, b=_calls)
+def test_a_joined_call_is_the_greatest_of_its_key_and_none_kept_is_below_one_dropped(
+    a: KeyedCalls, b: KeyedCalls
+) -> None:
+    joined = join_keyed_calls(a, b)
+    union = {**a, **b}
+    for who in union:
+        best = max(c for c in (a.get(who), b.get(who)) if c is not None)
+        if who in joined:
+            assert joined[who] == best
+        else:  # dropped for the MAX_KEYED_CALLS greater ones
+            assert len(joined) == MAX_KEYED_CALLS
+            assert all((c.hlc, k) > (best.hlc, who) for k, c in joined.items())
+
+
+def test_a_retract_and_a_forget_carry_their_keyed_calls_to_every_replica() -> None:
+    """A retry on a replica that merged the call finds it, the erase leaving it in place."""
+    a = SubjectState(SUBJECT)
+    withdrawn = KeyedCall(pack(1_000), "retract", b"r" * 16, 1)
+    erased = KeyedCall(pack(2_000), "forget", b"f" * 16)
+    step = retract_delta(
+        a, "a.1", "budget", "amount", "bot", pack(1_000), {("bot", "r"): withdrawn}
+    )
+    a = merge(a, step)
+    a = merge(a, erase_delta(a, "a.1", pack(2_000), {("ops", "f"): erased}))
+    b = merge(SubjectState(SUBJECT), a)
+    assert b.keyed_calls == {("bot", "r"): withdrawn, ("ops", "f"): erased}
+    assert b.digest() == a.digest() != a._replace(keyed_calls={}).digest()
 
 
 # --- covers --------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ from node.idempotency import (
     Request,
     Sweeper,
     fingerprint,
+    keyed_calls,
+    merged_call,
     record_rows,
     recorded,
     replicated,
 )
 from sync.causal import CausalContext
 from sync.crdt import SubjectState
+from sync.hlc import pack
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import BASE_MS, observation
 
@@ -199,3 +202,23 @@ def test_merged_observations_of_the_key_that_say_something_else_refuse_the_call(
     other = [(0, ALICE, "budget", "amount", "fifty thousand")]
     with pytest.raises(InvalidArgument, match="idempotency_key"):
         replicated([alice], REQUEST, other, BASE_MS)
+
+
+def test_a_retract_or_forget_is_recognised_from_its_merged_keyed_call_within_the_window() -> None:
+    calls = keyed_calls(REQUEST, "retract", pack(BASE_MS), retracted=2)
+    alice = SubjectState(ALICE, keyed_calls=calls)
+    assert merged_call([alice], REQUEST, "retract", BASE_MS + WINDOW_MS) == Replay(retracted=2)
+    assert merged_call([alice], REQUEST, "retract", BASE_MS + WINDOW_MS + 1) is None
+    assert merged_call([SubjectState(ALICE)], REQUEST, "retract", BASE_MS) is None
+    theirs = REQUEST._replace(agent="support_agent")
+    assert merged_call([alice], theirs, "retract", BASE_MS) is None
+    assert keyed_calls(None, "forget", pack(BASE_MS)) == {}
+
+
+def test_a_merged_keyed_call_of_another_request_or_call_refuses_the_key() -> None:
+    alice = SubjectState(ALICE, keyed_calls=keyed_calls(REQUEST, "retract", pack(BASE_MS)))
+    with pytest.raises(InvalidArgument, match="idempotency_key"):
+        merged_call([alice], REQUEST, "forget", BASE_MS)
+    other = REQUEST._replace(fingerprint=fingerprint(b"retract", b"y"))
+    with pytest.raises(InvalidArgument, match="different request"):
+        merged_call([alice], other, "retract", BASE_MS)

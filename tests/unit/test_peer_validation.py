@@ -41,6 +41,14 @@ def valid() -> State:
     )
     o.dot.actor, o.dot.counter = "sales.1", 2
     o.evidence.add(kind=model_pb2.EVIDENCE_KIND_MESSAGE, ref="crm://1", quote="we have 10k")
+    msg.keyed_calls.add(
+        agent="sales_agent",
+        key="retract-1",
+        kind=sync_pb2.KEYED_CALL_KIND_RETRACT,
+        fingerprint=bytes(16),
+        hlc=1_700_000_000_000 << 16,
+        retracted=1,
+    )
     return msg
 
 
@@ -227,6 +235,41 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
         "valid timestamp",
     ),
     "hlc": (_obs_field("hlc", 2**63), "deltas[0].observations[0].hlc", "range"),
+    "keyed call agent": (
+        _set(lambda m: m.keyed_calls[0], "agent", "bad agent"),
+        "deltas[0].keyed_calls[0].agent",
+        "letters",
+    ),
+    "keyed call key": (
+        _set(lambda m: m.keyed_calls[0], "key", ""),
+        "deltas[0].keyed_calls[0].key",
+        "idempotency key",
+    ),
+    "keyed call key alphabet": (
+        _set(lambda m: m.keyed_calls[0], "key", "bad key!"),
+        "deltas[0].keyed_calls[0].key",
+        "letters",
+    ),
+    "keyed call kind": (
+        _set(lambda m: m.keyed_calls[0], "kind", 0),
+        "deltas[0].keyed_calls[0].kind",
+        "KEYED_CALL_KIND_RETRACT",
+    ),
+    "keyed call fingerprint": (
+        _set(lambda m: m.keyed_calls[0], "fingerprint", b"short"),
+        "deltas[0].keyed_calls[0].fingerprint",
+        "16 bytes",
+    ),
+    "keyed call hlc": (
+        _set(lambda m: m.keyed_calls[0], "hlc", 0),
+        "deltas[0].keyed_calls[0].hlc",
+        "[1, 2^63)",
+    ),
+    "keyed calls count": (
+        lambda m: [m.keyed_calls.add().CopyFrom(m.keyed_calls[0]) for _ in range(64)],
+        "deltas[0].keyed_calls",
+        "at most 64",
+    ),
     "origin": (_obs_field("origin", ""), "deltas[0].observations[0].origin", "required"),
 }
 

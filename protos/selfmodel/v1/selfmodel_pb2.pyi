@@ -198,8 +198,9 @@ class RetractRequest(_message.Message):
     source: _builtins.str
     """Whose observations to withdraw; empty means the caller. Only an operator may name another."""
     idempotency_key: _builtins.str
-    """Optional: as ObserveRequest.idempotency_key (recognised on the node that took the first
-    call, across its restarts: docs/replication.md).
+    """Optional: as ObserveRequest.idempotency_key: recognised on the node that took the first
+    call, across its restarts, and on any node that has merged its withdrawal (the answer is
+    then the first call's count; docs/replication.md).
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -656,7 +657,7 @@ class ForgetSubjectRequest(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
-    """Optional: as RetractRequest.idempotency_key."""
+    """Optional: as RetractRequest.idempotency_key (on any node that has merged the erase)."""
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     def __init__(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from selfmodel.v1 import model_pb2 as selfmodel_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/sync/v1/sync.proto\x12\x11selfmodel.sync.v1\x1a\x18selfmodel/v1/model.proto\"%\n\x03\x44ot\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\".\n\x0cVersionEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"g\n\rCausalContext\x12/\n\x06vector\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.VersionEntry\x12%\n\x05\x63loud\x18\x02 \x03(\x0b\x32\x16.selfmodel.sync.v1.Dot\"\xb4\x02\n\x11StoredObservation\x12#\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x16.selfmodel.sync.v1.Dot\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12(\n\x08\x65vidence\x18\x07 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x0b\n\x03hlc\x18\x08 \x01(\x04\x12\x0e\n\x06origin\x18\t \x01(\t\x12\x32\n\x08\x62\x61sed_on\x18\n \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\x12\x13\n\x0brequest_key\x18\x0b \x01(\t\x12\x15\n\rrequest_index\x18\x0c \x01(\r\"I\n\nEraseBound\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12.\n\x04seen\x18\x02 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\"G\n\nWithdrawal\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"\xc2\x02\n\x0cSubjectState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\x12:\n\x0cobservations\x18\x04 \x03(\x0b\x32$.selfmodel.sync.v1.StoredObservation\x12&\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x16.selfmodel.sync.v1.Dot\x12-\n\x06\x65rased\x18\x06 \x01(\x0b\x32\x1d.selfmodel.sync.v1.EraseBound\x12\x32\n\x0bwithdrawals\x18\x07 \x03(\x0b\x32\x1d.selfmodel.sync.v1.WithdrawalJ\x04\x08\x02\x10\x03R\ngeneration\"\x9c\x01\n\x10ReplicateRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12/\n\x06\x64\x65ltas\x18\x04 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\x12\x0e\n\x06resent\x18\x06 \x01(\x08\"\x9b\x01\n\x11ReplicateResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\r\x12\x15\n\rdeferred_seqs\x18\x03 \x03(\x04\x12\x15\n\rrejected_seqs\x18\x04 \x03(\x04\x12\x13\n\x0bmerged_seqs\x18\x05 \x03(\x04\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07wall_ms\x18\x07 \x01(\x04\"\x13\n\x11GetBucketsRequest\"5\n\x12GetBucketsResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x0f\n\x07wall_ms\x18\x02 \x01(\x04\"$\n\x11GetDigestsRequest\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\"G\n\rSubjectDigest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"G\n\x12GetDigestsResponse\x12\x31\n\x07\x64igests\x18\x01 \x03(\x0b\x32 .selfmodel.sync.v1.SubjectDigest\"H\n\x15\x45xchangeStatesRequest\x12/\n\x06states\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\"{\n\x16\x45xchangeStatesResponse\x12/\n\x06states\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\x12\x30\n\x07refused\x18\x02 \x03(\x0b\x32\x1f.selfmodel.sync.v1.RefusedState\"F\n\x0cRefusedState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06reason\x18\x02 \x01(\t\"~\n\x0fSubjectPosition\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContextJ\x04\x08\x02\x10\x03R\ngeneration\"E\n\x0cHandoffToken\x12\x35\n\tpositions\x18\x01 \x03(\x0b\x32\".selfmodel.sync.v1.SubjectPosition\"E\n\x0f\x43laimRunRequest\x12\x10\n\x08previous\x18\x01 \x01(\x06\x12\x0b\n\x03run\x18\x02 \x01(\x06\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\"A\n\x10\x43laimRunResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x1c\n\x14recorded_incarnation\x18\x02 \x01(\x04\x32\xdb\x03\n\x0bSyncService\x12Z\n\tReplicate\x12#.selfmodel.sync.v1.ReplicateRequest\x1a$.selfmodel.sync.v1.ReplicateResponse(\x01\x30\x01\x12Y\n\nGetBuckets\x12$.selfmodel.sync.v1.GetBucketsRequest\x1a%.selfmodel.sync.v1.GetBucketsResponse\x12Y\n\nGetDigests\x12$.selfmodel.sync.v1.GetDigestsRequest\x1a%.selfmodel.sync.v1.GetDigestsResponse\x12\x65\n\x0e\x45xchangeStates\x12(.selfmodel.sync.v1.ExchangeStatesRequest\x1a).selfmodel.sync.v1.ExchangeStatesResponse\x12S\n\x08\x43laimRun\x12\".selfmodel.sync.v1.ClaimRunRequest\x1a#.selfmodel.sync.v1.ClaimRunResponseB\x92\x01\n\x15\x64\x65v.selfmodel.sync.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/sync/v1;syncv1\xa2\x02\x03SMS\xaa\x02\x11SelfModel.Sync.V1\xba\x02\x03SMS\xca\x02\x11SelfModel\\Sync\\V1\xea\x02\x13SelfModel::Sync::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cselfmodel/sync/v1/sync.proto\x12\x11selfmodel.sync.v1\x1a\x18selfmodel/v1/model.proto\"%\n\x03\x44ot\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\".\n\x0cVersionEntry\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\"g\n\rCausalContext\x12/\n\x06vector\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.VersionEntry\x12%\n\x05\x63loud\x18\x02 \x03(\x0b\x32\x16.selfmodel.sync.v1.Dot\"\xb4\x02\n\x11StoredObservation\x12#\n\x03\x64ot\x18\x01 \x01(\x0b\x32\x16.selfmodel.sync.v1.Dot\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\x05 \x01(\t\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12(\n\x08\x65vidence\x18\x07 \x03(\x0b\x32\x16.selfmodel.v1.Evidence\x12\x0b\n\x03hlc\x18\x08 \x01(\x04\x12\x0e\n\x06origin\x18\t \x01(\t\x12\x32\n\x08\x62\x61sed_on\x18\n \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\x12\x13\n\x0brequest_key\x18\x0b \x01(\t\x12\x15\n\rrequest_index\x18\x0c \x01(\r\"I\n\nEraseBound\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12.\n\x04seen\x18\x02 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\"G\n\nWithdrawal\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"\x8c\x01\n\tKeyedCall\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .selfmodel.sync.v1.KeyedCallKind\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\x0c\x12\x0b\n\x03hlc\x18\x05 \x01(\x04\x12\x11\n\tretracted\x18\x06 \x01(\r\"\xf5\x02\n\x0cSubjectState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContext\x12:\n\x0cobservations\x18\x04 \x03(\x0b\x32$.selfmodel.sync.v1.StoredObservation\x12&\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x16.selfmodel.sync.v1.Dot\x12-\n\x06\x65rased\x18\x06 \x01(\x0b\x32\x1d.selfmodel.sync.v1.EraseBound\x12\x32\n\x0bwithdrawals\x18\x07 \x03(\x0b\x32\x1d.selfmodel.sync.v1.Withdrawal\x12\x31\n\x0bkeyed_calls\x18\x08 \x03(\x0b\x32\x1c.selfmodel.sync.v1.KeyedCallJ\x04\x08\x02\x10\x03R\ngeneration\"\x9c\x01\n\x10ReplicateRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12/\n\x06\x64\x65ltas\x18\x04 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\x12\x0e\n\x06resent\x18\x06 \x01(\x08\"\x9b\x01\n\x11ReplicateResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07refused\x18\x02 \x01(\r\x12\x15\n\rdeferred_seqs\x18\x03 \x03(\x04\x12\x15\n\rrejected_seqs\x18\x04 \x03(\x04\x12\x13\n\x0bmerged_seqs\x18\x05 \x03(\x04\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07wall_ms\x18\x07 \x01(\x04\"\x13\n\x11GetBucketsRequest\"5\n\x12GetBucketsResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x12\x0f\n\x07wall_ms\x18\x02 \x01(\x04\"$\n\x11GetDigestsRequest\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\r\"G\n\rSubjectDigest\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"G\n\x12GetDigestsResponse\x12\x31\n\x07\x64igests\x18\x01 \x03(\x0b\x32 .selfmodel.sync.v1.SubjectDigest\"H\n\x15\x45xchangeStatesRequest\x12/\n\x06states\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\"{\n\x16\x45xchangeStatesResponse\x12/\n\x06states\x18\x01 \x03(\x0b\x32\x1f.selfmodel.sync.v1.SubjectState\x12\x30\n\x07refused\x18\x02 \x03(\x0b\x32\x1f.selfmodel.sync.v1.RefusedState\"F\n\x0cRefusedState\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x0e\n\x06reason\x18\x02 \x01(\t\"~\n\x0fSubjectPosition\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12\x31\n\x07\x63ontext\x18\x03 \x01(\x0b\x32 .selfmodel.sync.v1.CausalContextJ\x04\x08\x02\x10\x03R\ngeneration\"E\n\x0cHandoffToken\x12\x35\n\tpositions\x18\x01 \x03(\x0b\x32\".selfmodel.sync.v1.SubjectPosition\"E\n\x0f\x43laimRunRequest\x12\x10\n\x08previous\x18\x01 \x01(\x06\x12\x0b\n\x03run\x18\x02 \x01(\x06\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\"A\n\x10\x43laimRunResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x1c\n\x14recorded_incarnation\x18\x02 \x01(\x04*i\n\rKeyedCallKind\x12\x1f\n\x1bKEYED_CALL_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17KEYED_CALL_KIND_RETRACT\x10\x01\x12\x1a\n\x16KEYED_CALL_KIND_FORGET\x10\x02\x32\xdb\x03\n\x0bSyncService\x12Z\n\tReplicate\x12#.selfmodel.sync.v1.ReplicateRequest\x1a$.selfmodel.sync.v1.ReplicateResponse(\x01\x30\x01\x12Y\n\nGetBuckets\x12$.selfmodel.sync.v1.GetBucketsRequest\x1a%.selfmodel.sync.v1.GetBucketsResponse\x12Y\n\nGetDigests\x12$.selfmodel.sync.v1.GetDigestsRequest\x1a%.selfmodel.sync.v1.GetDigestsResponse\x12\x65\n\x0e\x45xchangeStates\x12(.selfmodel.sync.v1.ExchangeStatesRequest\x1a).selfmodel.sync.v1.ExchangeStatesResponse\x12S\n\x08\x43laimRun\x12\".selfmodel.sync.v1.ClaimRunRequest\x1a#.selfmodel.sync.v1.ClaimRunResponseB\x92\x01\n\x15\x64\x65v.selfmodel.sync.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/sync/v1;syncv1\xa2\x02\x03SMS\xaa\x02\x11SelfModel.Sync.V1\xba\x02\x03SMS\xca\x02\x11SelfModel\\Sync\\V1\xea\x02\x13SelfModel::Sync::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'selfmodel.sync.v1.sync_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025dev.selfmodel.sync.v1P\001Z-selfmodel.dev/gen/go/selfmodel/sync/v1;syncv1\242\002\003SMS\252\002\021SelfModel.Sync.V1\272\002\003SMS\312\002\021SelfModel\\Sync\\V1\352\002\023SelfModel::Sync::V1'
+  _globals['_KEYEDCALLKIND']._serialized_start=2432
+  _globals['_KEYEDCALLKIND']._serialized_end=2537
   _globals['_DOT']._serialized_start=77
   _globals['_DOT']._serialized_end=114
   _globals['_VERSIONENTRY']._serialized_start=116
@@ -45,36 +47,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEBOUND']._serialized_end=653
   _globals['_WITHDRAWAL']._serialized_start=655
   _globals['_WITHDRAWAL']._serialized_end=726
-  _globals['_SUBJECTSTATE']._serialized_start=729
-  _globals['_SUBJECTSTATE']._serialized_end=1051
-  _globals['_REPLICATEREQUEST']._serialized_start=1054
-  _globals['_REPLICATEREQUEST']._serialized_end=1210
-  _globals['_REPLICATERESPONSE']._serialized_start=1213
-  _globals['_REPLICATERESPONSE']._serialized_end=1368
-  _globals['_GETBUCKETSREQUEST']._serialized_start=1370
-  _globals['_GETBUCKETSREQUEST']._serialized_end=1389
-  _globals['_GETBUCKETSRESPONSE']._serialized_start=1391
-  _globals['_GETBUCKETSRESPONSE']._serialized_end=1444
-  _globals['_GETDIGESTSREQUEST']._serialized_start=1446
-  _globals['_GETDIGESTSREQUEST']._serialized_end=1482
-  _globals['_SUBJECTDIGEST']._serialized_start=1484
-  _globals['_SUBJECTDIGEST']._serialized_end=1555
-  _globals['_GETDIGESTSRESPONSE']._serialized_start=1557
-  _globals['_GETDIGESTSRESPONSE']._serialized_end=1628
-  _globals['_EXCHANGESTATESREQUEST']._serialized_start=1630
-  _globals['_EXCHANGESTATESREQUEST']._serialized_end=1702
-  _globals['_EXCHANGESTATESRESPONSE']._serialized_start=1704
-  _globals['_EXCHANGESTATESRESPONSE']._serialized_end=1827
-  _globals['_REFUSEDSTATE']._serialized_start=1829
-  _globals['_REFUSEDSTATE']._serialized_end=1899
-  _globals['_SUBJECTPOSITION']._serialized_start=1901
-  _globals['_SUBJECTPOSITION']._serialized_end=2027
-  _globals['_HANDOFFTOKEN']._serialized_start=2029
-  _globals['_HANDOFFTOKEN']._serialized_end=2098
-  _globals['_CLAIMRUNREQUEST']._serialized_start=2100
-  _globals['_CLAIMRUNREQUEST']._serialized_end=2169
-  _globals['_CLAIMRUNRESPONSE']._serialized_start=2171
-  _globals['_CLAIMRUNRESPONSE']._serialized_end=2236
-  _globals['_SYNCSERVICE']._serialized_start=2239
-  _globals['_SYNCSERVICE']._serialized_end=2714
+  _globals['_KEYEDCALL']._serialized_start=729
+  _globals['_KEYEDCALL']._serialized_end=869
+  _globals['_SUBJECTSTATE']._serialized_start=872
+  _globals['_SUBJECTSTATE']._serialized_end=1245
+  _globals['_REPLICATEREQUEST']._serialized_start=1248
+  _globals['_REPLICATEREQUEST']._serialized_end=1404
+  _globals['_REPLICATERESPONSE']._serialized_start=1407
+  _globals['_REPLICATERESPONSE']._serialized_end=1562
+  _globals['_GETBUCKETSREQUEST']._serialized_start=1564
+  _globals['_GETBUCKETSREQUEST']._serialized_end=1583
+  _globals['_GETBUCKETSRESPONSE']._serialized_start=1585
+  _globals['_GETBUCKETSRESPONSE']._serialized_end=1638
+  _globals['_GETDIGESTSREQUEST']._serialized_start=1640
+  _globals['_GETDIGESTSREQUEST']._serialized_end=1676
+  _globals['_SUBJECTDIGEST']._serialized_start=1678
+  _globals['_SUBJECTDIGEST']._serialized_end=1749
+  _globals['_GETDIGESTSRESPONSE']._serialized_start=1751
+  _globals['_GETDIGESTSRESPONSE']._serialized_end=1822
+  _globals['_EXCHANGESTATESREQUEST']._serialized_start=1824
+  _globals['_EXCHANGESTATESREQUEST']._serialized_end=1896
+  _globals['_EXCHANGESTATESRESPONSE']._serialized_start=1898
+  _globals['_EXCHANGESTATESRESPONSE']._serialized_end=2021
+  _globals['_REFUSEDSTATE']._serialized_start=2023
+  _globals['_REFUSEDSTATE']._serialized_end=2093
+  _globals['_SUBJECTPOSITION']._serialized_start=2095
+  _globals['_SUBJECTPOSITION']._serialized_end=2221
+  _globals['_HANDOFFTOKEN']._serialized_start=2223
+  _globals['_HANDOFFTOKEN']._serialized_end=2292
+  _globals['_CLAIMRUNREQUEST']._serialized_start=2294
+  _globals['_CLAIMRUNREQUEST']._serialized_end=2363
+  _globals['_CLAIMRUNRESPONSE']._serialized_start=2365
+  _globals['_CLAIMRUNRESPONSE']._serialized_end=2430
+  _globals['_SYNCSERVICE']._serialized_start=2540
+  _globals['_SYNCSERVICE']._serialized_end=3015
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from selfmodel.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
 import sys
@@ -22,6 +23,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _KeyedCallKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyedCallKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyedCallKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEYED_CALL_KIND_UNSPECIFIED: _KeyedCallKind.ValueType  # 0
+    KEYED_CALL_KIND_RETRACT: _KeyedCallKind.ValueType  # 1
+    KEYED_CALL_KIND_FORGET: _KeyedCallKind.ValueType  # 2
+
+class KeyedCallKind(_KeyedCallKind, metaclass=_KeyedCallKindEnumTypeWrapper): ...
+
+KEYED_CALL_KIND_UNSPECIFIED: KeyedCallKind.ValueType  # 0
+KEYED_CALL_KIND_RETRACT: KeyedCallKind.ValueType  # 1
+KEYED_CALL_KIND_FORGET: KeyedCallKind.ValueType  # 2
+Global___KeyedCallKind: _TypeAlias = KeyedCallKind  # noqa: Y015
 
 @_typing.final
 class Dot(_message.Message):
@@ -217,6 +235,50 @@ class Withdrawal(_message.Message):
 Global___Withdrawal: _TypeAlias = Withdrawal  # noqa: Y015
 
 @_typing.final
+class KeyedCall(_message.Message):
+    """A Retract or ForgetSubject call made with an idempotency key (selfmodel.v1): a retry of it on
+    any node that merged it is answered as the first call was and records nothing new. Per
+    (agent, key) the call with the greater hlc holds; a state keeps the 64 greatest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    HLC_FIELD_NUMBER: _builtins.int
+    RETRACTED_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The caller: a key is its caller's (the tenant is the subject's)."""
+    key: _builtins.str
+    """The call's idempotency key."""
+    kind: Global___KeyedCallKind.ValueType
+    fingerprint: _builtins.bytes
+    """The fingerprint of the request without its key (16 bytes): a retry asks the same."""
+    hlc: _builtins.int
+    """The call's hybrid timestamp: its withdrawal's or its erase bound's."""
+    retracted: _builtins.int
+    """A Retract's answer: how many observations it withdrew on the node that took it."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        key: _builtins.str = ...,
+        kind: Global___KeyedCallKind.ValueType = ...,
+        fingerprint: _builtins.bytes = ...,
+        hlc: _builtins.int = ...,
+        retracted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "fingerprint", b"fingerprint", "hlc", b"hlc", "key", b"key", "kind", b"kind", "retracted", b"retracted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyedCall: _TypeAlias = KeyedCall  # noqa: Y015
+
+@_typing.final
 class SubjectState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -226,6 +288,7 @@ class SubjectState(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
     WITHDRAWALS_FIELD_NUMBER: _builtins.int
+    KEYED_CALLS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -244,6 +307,10 @@ class SubjectState(_message.Message):
     def withdrawals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Withdrawal]:
         """Ordered by (context, key, source); none at or below the erase bound's timestamp."""
 
+    @_builtins.property
+    def keyed_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyedCall]:
+        """Ordered by (agent, key); at most 64."""
+
     def __init__(
         self,
         *,
@@ -253,10 +320,11 @@ class SubjectState(_message.Message):
         events: _abc.Iterable[Global___Dot] | None = ...,
         erased: Global___EraseBound | None = ...,
         withdrawals: _abc.Iterable[Global___Withdrawal] | None = ...,
+        keyed_calls: _abc.Iterable[Global___KeyedCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "observations", b"observations", "subject", b"subject", "withdrawals", b"withdrawals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "erased", b"erased", "events", b"events", "keyed_calls", b"keyed_calls", "observations", b"observations", "subject", b"subject", "withdrawals", b"withdrawals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
