@@ -86,15 +86,15 @@ def _members(client: Client, group: object) -> set[Subject]:
 ops = st.lists(
     st.tuples(
         st.sampled_from(["join", "join", "leave", "team joins", "team leaves", "say", "say",
-                         "say", "forget"]),
+                         "say", "forget", "join", "forget team"]),
         st.integers(0, len(NODES) - 1),
         st.integers(0, len(USERS) - 1),
         st.integers(0, len(TEAMS) - 1),
         st.integers(0, len(STATEMENTS) - 1),
         st.sampled_from([0.5, 0.7, 0.9]),
     ),
-    min_size=4,
-    max_size=14,
+    min_size=8,
+    max_size=16,
 )  # fmt: skip
 
 
@@ -112,26 +112,42 @@ def test_every_node_serves_the_same_rollups_equal_to_the_rollups_from_scratch(
     tenant = f"g{next(_tenants)}"  # each example in a tenant of its own
     clients = [cluster.client(n, "ops", tenant) for n in NODES]
     try:
-        forgotten_at: dict[str, int] = {}  # user -> the step of its last forget
-        joined_at: dict[str, int] = {}  # user -> the step of its last add to a team
+        forgotten_at: dict[str, int] = {}  # user or team -> the step of its last forget
+        joined_at: dict[str, int] = {}  # user or team -> the step of its last add to a group
+        filled_at: dict[str, int] = {}  # team -> the step of its last add of a user
+        # a start every script moves from: each user in a team, both teams in the organization,
+        # each user holding a statement, written on alternate nodes
+        for i, who in enumerate(USERS):
+            clients[i % 2].add_member(team(TEAMS[i % 2]), user(who))
+            clients[(i + 1) % 2].observe(
+                user(who), STATEMENTS[i % 3], confidence=0.9, context="budget", key="amount"
+            )
+            joined_at[who] = filled_at[TEAMS[i % 2]] = -1
+        for i, tm in enumerate(TEAMS):
+            clients[i % 2].add_member(org(ORG), team(tm))
+            joined_at[tm] = -1
         for step, (kind, n, u, t, s, confidence) in enumerate(script):
             c, who, tm = clients[n], USERS[u], TEAMS[t]
             match kind:
                 case "join":
                     c.add_member(team(tm), user(who))
-                    joined_at[who] = step
+                    joined_at[who] = filled_at[tm] = step
                 case "leave":
                     c.remove_member(team(tm), user(who))
                 case "team joins":
                     c.add_member(org(ORG), team(tm))
+                    joined_at[tm] = step
                 case "team leaves":
                     c.remove_member(org(ORG), team(tm))
                 case "say":
                     c.observe(user(who), STATEMENTS[s], confidence=confidence, context="budget",
                               key="amount")  # fmt: skip
-                case _:
+                case "forget":
                     c.forget(user(who))
                     forgotten_at[who] = step
+                case _:
+                    c.forget(team(tm))
+                    forgotten_at[tm] = step
         cluster.wait_converged(WAIT_S)
         groups = [Subject(tenant, SubjectKind.TEAM, t) for t in TEAMS]
         groups.append(Subject(tenant, SubjectKind.ORG, ORG))
@@ -150,11 +166,15 @@ def test_every_node_serves_the_same_rollups_equal_to_the_rollups_from_scratch(
                 view = c.self_model(g)
                 assert view.group_users == expected.users
                 assert _rows(view) == _expected(expected), (g, c)
-        # a user forgotten after its last add is in no team, on any node
+        # a user (team) forgotten after its last add is in no team (organization), on any
+        # node; a team forgotten after its last add of a user has no member
         for who, step in forgotten_at.items():
+            kind = SubjectKind.TEAM if who in TEAMS else SubjectKind.USER
+            gone = Subject(tenant, kind, who)
             if joined_at.get(who, -1) < step:
-                gone = Subject(tenant, SubjectKind.USER, who)
-                assert all(gone not in direct[g] for g in groups[:-1])
+                assert all(gone not in members for members in direct.values())
+            if kind == SubjectKind.TEAM and filled_at.get(who, -1) < step:
+                assert direct[gone] == set()
     finally:
         for c in clients:
             c.close()
