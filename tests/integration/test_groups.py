@@ -12,7 +12,7 @@ import pytest
 
 from federation import tokens
 from federation.client import Client, holders, org, team, user
-from node.errors import InvalidArgument, PermissionDenied, Reason
+from node.errors import InvalidArgument, PermissionDenied, Reason, ResourceExhausted
 from tests.harness import NodeProcess
 
 PRINCIPALS = {
@@ -140,3 +140,17 @@ def test_a_group_read_serves_its_own_beliefs_and_its_rollup_never_its_members_co
             ("u2", held.statement),
             ("u3", "fifty"),
         ]
+
+
+def test_a_group_past_its_subject_limits_refuses_another_member_naming_the_setting(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node("n1", "--max-subject-slots", "2")
+    with Client(node.address, agent="ops", tenant="acme") as ops:
+        assert ops.add_member(team("t1"), user("u1")) == "added"
+        assert ops.add_member(team("t1"), user("u2")) == "added"
+        with pytest.raises(ResourceExhausted) as refused:
+            ops.add_member(team("t1"), user("u3"))
+        assert refused.value.reason == Reason.SUBJECT_TOO_LARGE
+        assert "max_subject_slots" in str(refused.value.metadata)
+        assert [m.id for m in ops.members(team("t1")).members] == ["u1", "u2"]
