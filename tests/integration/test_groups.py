@@ -4,6 +4,7 @@ BatchGetSelfModels, ExplainBelief, ListContexts)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from federation import tokens
-from federation.client import Client, holders, org, team, user
+from federation.client import AsyncClient, Client, holders, org, team, user
 from node.errors import InvalidArgument, PermissionDenied, Reason, ResourceExhausted
 from tests.harness import NodeProcess
 
@@ -154,3 +155,19 @@ def test_a_group_past_its_subject_limits_refuses_another_member_naming_the_setti
         assert refused.value.reason == Reason.SUBJECT_TOO_LARGE
         assert "max_subject_slots" in str(refused.value.metadata)
         assert [m.id for m in ops.members(team("t1")).members] == ["u1", "u2"]
+
+
+def test_the_async_client_changes_and_lists_members_as_the_client_does(
+    start_node: Callable[..., NodeProcess],
+) -> None:
+    node = start_node("n1")
+
+    async def scenario() -> tuple[str, str, list[str], str]:
+        async with AsyncClient(node.address, agent="ops", tenant="acme") as ops:
+            added = await ops.add_member(team("t1"), user("u1"))
+            again = await ops.add_member(team("t1"), user("u1"))
+            page = await ops.members(team("t1"))
+            removed = await ops.remove_member(team("t1"), user("u1"))
+            return added, again, [m.id for m in page.members], removed
+
+    assert asyncio.run(scenario()) == ("added", "already_member", ["u1"], "removed")
