@@ -216,6 +216,43 @@ def _policy(args: argparse.Namespace) -> int:
     return _run(args, calls.policy, *args.contexts)
 
 
+def _policy_get(args: argparse.Namespace) -> int:
+    """The settings in force with where each comes from, of ``--context`` (and the default
+    it inherits) if given."""
+    with _client(args) as client:
+        reply = client._run(calls.raw(calls.settings(client._req)))
+    if args.context is not None:
+        kept = [s for s in reply.settings if s.context == args.context]
+        reliability = [r for r in reply.reliability if r.context in ("", args.context)]
+        del reply.settings[:], reply.reliability[:]
+        reply.settings.extend(kept)
+        reply.reliability.extend(reliability)
+    _print(reply)
+    return 0
+
+
+def _policy_set(args: argparse.Namespace) -> int:
+    value: str | float = args.value
+    if args.field != "policy":
+        try:
+            value = float(args.value)
+        except ValueError:
+            raise ValueError(f"{args.field}: takes a number, got {args.value!r}") from None
+    return _run(args, calls.set_setting, args.field, value, context=args.context or "")
+
+
+def _policy_clear(args: argparse.Namespace) -> int:
+    return _run(args, calls.clear_setting, args.field, context=args.context or "")
+
+
+def _reliability_set(args: argparse.Namespace) -> int:
+    return _run(args, calls.set_reliability, args.source, args.value, context=args.context or "")
+
+
+def _reliability_clear(args: argparse.Namespace) -> int:
+    return _run(args, calls.clear_reliability, args.source, context=args.context or "")
+
+
 def _explain(args: argparse.Namespace) -> int:
     return _run(args, calls.explain, _subject(args), args.context, args.key)
 
@@ -289,6 +326,50 @@ def idempotency_arg(p: argparse.ArgumentParser) -> None:
         "--idempotency-key",
         help="repeat an earlier call's key to retry it safely (default: a new key)",
     )
+
+
+FIELDS = [w for w in calls.SETTING_FIELDS.value if w]
+
+
+def policy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``policy show|get|set|clear|reliability``: the policy in force, and the cluster's
+    replicated settings (operators)."""
+    policy = sub.add_parser("policy", help="the policy in force, and the cluster's settings")
+    verbs = policy.add_subparsers(dest="verb", required=True, metavar="VERB")
+    show = verbs.add_parser("show", help="the policy in force for contexts (none: the default)")
+    show.add_argument("contexts", nargs="*")
+    show.set_defaults(run=_policy)
+    get = verbs.add_parser(
+        "get", help="every setting in force and where it comes from (operators only)"
+    )
+    get.set_defaults(run=_policy_get)
+    set_ = verbs.add_parser("set", help="set a policy field on every node (operators only)")
+    set_.add_argument("field", choices=FIELDS)
+    set_.add_argument("value", help="latest|weighted for policy, else a number")
+    set_.set_defaults(run=_policy_set)
+    clear = verbs.add_parser(
+        "clear", help="hand a field back to each node's cluster file (operators only)"
+    )
+    clear.add_argument("field", choices=FIELDS)
+    clear.set_defaults(run=_policy_clear)
+    reliability = verbs.add_parser(
+        "reliability", help="set a source's reliability on every node (operators only)"
+    )
+    reliability.add_argument("source")
+    reliability.add_argument("value", type=float, help="within [0, 1]")
+    reliability.set_defaults(run=_reliability_set)
+    unreliability = verbs.add_parser(
+        "clear-reliability",
+        help="hand a source's reliability back to each node's cluster file (operators only)",
+    )
+    unreliability.add_argument("source")
+    unreliability.set_defaults(run=_reliability_clear)
+    for verb in (get, set_, clear, reliability, unreliability):
+        verb.add_argument(
+            "--context", help="the context (default: every context's default)", default=None
+        )
+    for verb in (show, get, set_, clear, reliability, unreliability):
+        client_args(verb)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -367,10 +448,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     client_args(contexts)
     contexts.set_defaults(run=_contexts)
 
-    policy = sub.add_parser("policy", help="the policy in force for contexts (none: the default)")
-    policy.add_argument("contexts", nargs="*")
-    client_args(policy)
-    policy.set_defaults(run=_policy)
+    policy_commands(sub)
 
     explain = sub.add_parser("explain", help="every observation of a slot and why the winner won")
     explain.add_argument("subject")

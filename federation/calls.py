@@ -31,11 +31,13 @@ from federation.views import (
 )
 from selfmodel.admin.v1 import admin_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2
-from sync.codec import evidence_to_proto
+from sync.codec import POLICIES, EnumWords, evidence_to_proto
 from sync.observation import Evidence, SubjectKind
 
 T = TypeVar("T")
 Service = Literal["SelfModel", "Admin"]
+
+SETTING_FIELDS = EnumWords(admin_pb2.SettingField)  # "min_confidence" and back
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +316,47 @@ def members(
     return Call("Admin", "ListMembers", request, members_page)
 
 
+def settings(req: Requests) -> Call[admin_pb2.GetSettingsResponse]:
+    """Every setting and source reliability in force on the node, and where each comes from
+    (replicated, the node's cluster file, built in). Operators only."""
+    return Call("Admin", "GetSettings", admin_pb2.GetSettingsRequest(), lambda reply: reply)
+
+
+def set_setting(req: Requests, field: str, value: str | float, *, context: str = "") -> Call[str]:
+    """Sets a policy field of ``context`` ("": every context's default) on every node;
+    ``field`` a SettingField word (``policy``, ``min_confidence``, ``half_life_seconds``,
+    ``max_observations``, ``evidence_discount``), ``value`` a policy word or a number.
+    Operators only; returns the change's handoff token."""
+    request = admin_pb2.SetSettingRequest(context=context, field=SETTING_FIELDS.number(field))  # type: ignore[arg-type]
+    if isinstance(value, str):
+        request.policy = POLICIES.number(value)  # type: ignore[assignment]
+    else:
+        request.number = value
+    return Call("Admin", "SetSetting", request, _token)
+
+
+def clear_setting(req: Requests, field: str, *, context: str = "") -> Call[str]:
+    """Hands a setting back to each node's cluster file. Operators only."""
+    request = admin_pb2.ClearSettingRequest(context=context, field=SETTING_FIELDS.number(field))  # type: ignore[arg-type]
+    return Call("Admin", "ClearSetting", request, _token)
+
+
+def set_reliability(
+    req: Requests, source: str, reliability: float, *, context: str = ""
+) -> Call[str]:
+    """Sets ``source``'s reliability in ``context`` ("": every context) on every node."""
+    request = admin_pb2.SetReliabilityRequest(
+        source=source, context=context, reliability=reliability
+    )
+    return Call("Admin", "SetReliability", request, _token)
+
+
+def clear_reliability(req: Requests, source: str, *, context: str = "") -> Call[str]:
+    """Hands ``source``'s reliability in ``context`` back to each node's cluster file."""
+    request = admin_pb2.ClearReliabilityRequest(source=source, context=context)
+    return Call("Admin", "ClearReliability", request, _token)
+
+
 def watch(
     req: Requests,
     subject: SubjectLike,
@@ -342,6 +385,8 @@ __all__ = [
     "Stream",
     "add_member",
     "audit",
+    "clear_reliability",
+    "clear_setting",
     "contexts",
     "explain",
     "forget",
@@ -354,6 +399,9 @@ __all__ = [
     "retract",
     "self_model",
     "self_models",
+    "set_reliability",
+    "set_setting",
+    "settings",
     "subjects",
     "watch",
 ]

@@ -43,7 +43,7 @@ import grpc
 from federation import settings as numeric
 from node import peers
 from node.config import NodeConfig
-from node.policy import PolicyBook
+from node.governance import NO_SEED, Seed
 from node.replication import PeerConfig
 from selfmodel import channels
 from sync.replicator import SyncSettings
@@ -127,7 +127,7 @@ class Cluster:
     agents_tls: bool = False  # the agents' port over TLS too (with tls)
     tokens: Path | None = None
     peer_secret: Path | None = None  # file of the cluster's peer secrets (node.peers)
-    policies: PolicyBook = field(default_factory=PolicyBook)
+    policies: Seed = NO_SEED
     source: Path | None = None  # the file it was read from (None: embedded default)
     # [cluster.limits]: the limits given (federation.limits.LIMITS), each a NodeConfig setting.
     limits: Mapping[str, int | float] = field(default_factory=dict)
@@ -275,7 +275,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
     tokens = _path(base, auth["tokens"]) if "tokens" in auth else None
     peer_secret = _path(base, auth["peer_secret"]) if "peer_secret" in auth else None
     try:
-        policies = PolicyBook.from_config(raw.get("policies", {}))
+        policies = Seed.from_config(raw.get("policies", {}))
     except ValueError as exc:
         raise ClusterFileError(f"[policies]: {exc}") from exc
     return Cluster(

@@ -87,8 +87,8 @@ LIMIT_OPTIONS = tuple(
 def _node(args: argparse.Namespace) -> int:
     from node.auth import TokenBook, TokenFileError
     from node.config import ConfigError, NodeConfig
+    from node.governance import NO_SEED, Seed
     from node.peers import PeerAuthError
-    from node.policy import PolicyBook
     from node.server import serve
     from node.store import StoreError
 
@@ -101,10 +101,10 @@ def _node(args: argparse.Namespace) -> int:
             config = cluster.node_config(spec, args.name)
             tokens_file = args.tokens or spec.tokens
         else:
-            policies = PolicyBook()
+            policies = NO_SEED
             if args.policies:
                 with open(args.policies, "rb") as f:
-                    policies = PolicyBook.from_config(tomllib.load(f).get("policies", {}))
+                    policies = Seed.from_config(tomllib.load(f).get("policies", {}))
             config = NodeConfig(
                 name=args.name,
                 domain=args.domain,

@@ -251,7 +251,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     file_arg(c)
     c.add_argument("--agent", required=True, help="agent id: the source of its observations")
     c.add_argument("--tenant", required=True, help="the only tenant whose subjects it may use")
-    c.add_argument("--role", choices=ROLES, default="agent", help="agent (default) or operator")
+    c.add_argument(
+        "--role",
+        choices=ROLES,
+        default="agent",
+        help="agent (default); operator (of its tenant: retract for any source, forget, audit); "
+        "cluster_operator (an operator who may also change the cluster's policies)",
+    )
     c.add_argument(
         "--write",
         action="append",

@@ -25,6 +25,7 @@ from node.store import Store
 from sync.observation import Subject, SubjectKind
 
 CF = "audit"
+CLUSTER = "_cluster"  # the tenant of the cluster's own subjects (sync.governance)
 KEY_BYTES = 16
 _PLAIN_KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
 
@@ -35,7 +36,9 @@ class AuditRecord:
 
     actor: str
     role: str
-    action: str  # forget | retract_on_behalf | add_member | remove_member
+    # forget | retract_on_behalf | add_member | remove_member | set_setting | clear_setting |
+    # set_reliability | clear_reliability
+    action: str
     subject: Subject
     detail: str = ""
     actor_tenant: str = ""  # empty: the development principal of a node without tokens
@@ -137,7 +140,8 @@ class AuditLog:
         tenant: str | None = None,
         scan_budget: int = 10_000,
     ) -> tuple[list[AuditEntry], str]:
-        """Entries after a cursor (of ``tenant`` only, unless None), and the cursor to go on.
+        """Entries after a cursor (of ``tenant`` only, unless None, and those of the cluster's
+        own subjects, which concern every tenant), and the cursor to go on.
 
         The cursor is empty when the log holds nothing further. At most ``scan_budget`` rows
         are read per call, so a tenant with few entries in a long log still gets a bounded
@@ -154,7 +158,7 @@ class AuditLog:
                 scanned += 1
                 cursor = key
                 entry = _decode(key, raw)
-                if tenant is None or entry.record.subject.tenant == tenant:
+                if tenant is None or entry.record.subject.tenant in (tenant, CLUSTER):
                     found.append(entry)
                     if len(found) >= limit:
                         break

@@ -35,7 +35,10 @@ if TYPE_CHECKING:  # node.validation imports the engine; the CLI's token command
 
 log = logging.getLogger("selfmodel.node")
 
-ROLES = ("agent", "operator")
+# An operator acts on its tenant's subjects (retracts, forgets, audit, members, sources); a
+# cluster operator also changes what governs every tenant (the cluster's policies).
+ROLES = ("agent", "operator", "cluster_operator")
+OPERATORS = frozenset({"operator", "cluster_operator"})
 TOKEN_FILE_VERSION = 1
 MAX_TOKEN_CHARS = 512
 RELOAD_INTERVAL_S = 1.0
@@ -54,7 +57,8 @@ AUTH_REFUSED = Counter(
 )
 PERMISSION_REFUSED = Counter(
     "selfmodel_permission_refused_total",
-    "Calls refused PERMISSION_DENIED, by rule (tenant, context, domain, operator, source).",
+    "Calls refused PERMISSION_DENIED, by rule (tenant, context, domain, operator, "
+    "cluster_operator, source).",
     ["rule"],
 )
 TOKEN_RELOADS = Counter(
@@ -71,7 +75,7 @@ class Principal:
     """
 
     agent: str
-    role: str = "agent"  # agent | operator
+    role: str = "agent"  # one of ROLES
     tenant: str | None = None
     write: tuple[str, ...] = ("*",)  # context globs it may write
     domains: tuple[str, ...] = ("*",)  # domain globs of the nodes it may write through
@@ -80,7 +84,7 @@ class Principal:
 
     @property
     def is_operator(self) -> bool:
-        return self.role == "operator" or self.tenant is None
+        return self.role in OPERATORS or self.tenant is None
 
     def check_tenant(self, tenant: str) -> None:
         """Refuses a subject of another tenant, before anything about it is looked up.
@@ -138,9 +142,23 @@ class Principal:
                 metadata={"agent": self.agent, "action": action},
             )
 
+    def check_cluster_operator(self, action: str) -> None:
+        """What governs every tenant is changed by a cluster operator only: an operator of one
+        tenant may not change how another tenant's beliefs resolve."""
+        self.check_operator(action)
+        if self.role != "cluster_operator" and self.tenant is not None:
+            PERMISSION_REFUSED.labels("cluster_operator").inc()
+            raise PermissionDenied(
+                f"only a cluster operator may {action}, not operator {self.agent} of tenant "
+                f"{self.tenant!r}: the cluster's settings govern every tenant; use a token "
+                "of role cluster_operator",
+                reason=Reason.OPERATOR_REQUIRED,
+                metadata={"agent": self.agent, "action": action, "role": self.role},
+            )
+
     def check_source(self, source: str) -> None:
         """An agent retracts only its own observations; an operator may name any source."""
-        if source != self.agent and self.role != "operator":
+        if source != self.agent and self.role not in OPERATORS:
             PERMISSION_REFUSED.labels("source").inc()
             raise PermissionDenied(
                 f"agent {self.agent} may retract only its own observations, not {source!r}'s: "

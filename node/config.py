@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from node.governance import NO_SEED, Seed
 from node.peers import PeerAuth, PeerAuthError, decide
-from node.policy import PolicyBook
 from node.validation import Limits
 from sync.bounds import SubjectLimits
 from sync.settings import SyncSettings
@@ -40,7 +40,9 @@ class NodeConfig:
     cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
     # Memory for resolved snapshots and their serialized replies (node.snapshots).
     snapshot_cache_mb: float = 64.0
-    policies: PolicyBook = field(default_factory=PolicyBook)
+    # The cluster file's [policies]: the seed under the cluster's replicated settings
+    # (node.governor).
+    policies: Seed = NO_SEED
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
     # Every message this node sends or takes, from agents and peers alike; the subject limits

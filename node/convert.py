@@ -118,9 +118,8 @@ class SnapshotReplies:
     GetSelfModelResponse (and WatchSelfModelResponse: the same encoding) holding the snapshot.
     """
 
-    def __init__(self, snapshots: Snapshots, policies: PolicyBook | None = None) -> None:
+    def __init__(self, snapshots: Snapshots) -> None:
         self.snapshots = snapshots
-        self.policies = policies or PolicyBook()  # for each context's minimum confidence
 
     def reply(self, subject: Subject, view: ModelView, want: Filter, node: str) -> bytes:
         """The serialized GetSelfModelResponse."""
@@ -142,7 +141,8 @@ class SnapshotReplies:
 
     def _left_out(self, view: ModelView, want: Filter) -> tuple[LeftOut, dict[str, float]]:
         omitted = left_out(view.beliefs, want.contexts, want.min_confidence, want.include_uncertain)
-        return omitted, context_minimums(view.beliefs, want.contexts, self.policies)
+        # Each context's minimum as the snapshot was resolved under (node.governor may move it).
+        return omitted, context_minimums(view.beliefs, want.contexts, view.snapshot.policies)
 
     def shared(
         self, subject: Subject, view: ModelView, want: Filter, node: str

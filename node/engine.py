@@ -101,7 +101,6 @@ class Engine:
         snapshot_cache_mb: float = 64.0,
     ) -> None:
         self.store = store
-        self.policies = policies or PolicyBook()
         self.clock = clock or HybridClock(high_water=store.hlc_high_water)
         self.node = store.node
         self._now_ms = now_ms
@@ -110,7 +109,7 @@ class Engine:
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
-        self.reader = Reader(store, self.policies, self.snapshots, self.handoffs)
+        self.reader = Reader(store, policies or PolicyBook(), self.snapshots, self.handoffs)
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
@@ -121,6 +120,18 @@ class Engine:
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
         self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
+
+    @property
+    def policies(self) -> PolicyBook:
+        """The policy book in force (node.governor keeps it: the file under the replicated
+        settings)."""
+        return self.reader.policies
+
+    def use_policies(self, book: PolicyBook) -> None:
+        """Resolves with ``book`` from now on: no snapshot resolved under another book is
+        served again (node.reads), and every watch is woken to read its model again."""
+        self.reader.policies = book
+        self.watches.wake_all()
 
     # -- writes --------------------------------------------------------------------------
 

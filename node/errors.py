@@ -8,7 +8,10 @@ message, ErrorInfo and the details that apply, sent as grpc-status-details-bin (
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_status import rpc_status
@@ -37,6 +40,9 @@ from sync.bounds import Excess
 from sync.hlc import ClockAheadError, ClockAheadOfPeersError
 from sync.observation import Subject
 
+log = logging.getLogger("selfmodel.node")
+F = TypeVar("F", bound=Callable[..., Any])
+
 # How soon a write refused for a clock ahead of its peers may be tried again: the node learns
 # its peers' clocks from their replies, within a few seconds.
 PEER_CLOCK_RETRY_S = 2.0
@@ -46,6 +52,30 @@ def abort(context: grpc.ServicerContext, exc: SelfModelError) -> NoReturn:
     """Ends the call with ``exc`` as its google.rpc.Status (raises, as ``context.abort`` does)."""
     context.abort_with_status(rpc_status.to_status(to_status(exc)))
     raise AssertionError("unreachable: abort_with_status raises")
+
+
+def map_errors(fn: F) -> F:
+    """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
+
+    @functools.wraps(fn)
+    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except SelfModelError as exc:
+            abort(context, exc)
+        except Exception:
+            if aborted(context):
+                raise  # the handler chose its status with abort: keep it
+            log.exception("%s failed", fn.__name__)
+            abort(context, internal(fn.__name__))
+
+    return wrapped  # type: ignore[return-value]
+
+
+def aborted(context: grpc.ServicerContext) -> bool:
+    """True once the handler called ``abort`` (which raises a bare Exception)."""
+    code = context.code()  # type: ignore[attr-defined]
+    return code is not None and code != grpc.StatusCode.OK
 
 
 def internal(method: str) -> SelfModelError:
@@ -114,7 +144,9 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "abort",
+    "aborted",
     "clock_ahead",
     "internal",
+    "map_errors",
     "too_large",
 ]

@@ -7,13 +7,16 @@ present member and a remove of an absent one change nothing, and say so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import grpc
 
-from node import listing, servicer, validation
+from node import listing, validation
 from node.audit import AuditRecord
 from node.auth import Principal
-from node.errors import InvalidArgument, Reason
-from node.servicer import map_errors
+from node.errors import InvalidArgument, Reason, map_errors
+from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2
 from sync.codec import EnumWords, encode_token, subject_to_proto
 from sync.members import MEMBERS, check_member, is_group, member_statement
@@ -23,8 +26,16 @@ OUTCOMES = EnumWords(admin_pb2.MembershipOutcome)
 Pair = admin_pb2.AddMemberRequest | admin_pb2.RemoveMemberRequest
 
 
-class AdminServicer(servicer.AdminServicer):
-    """The node's AdminService: status and audit (node.servicer), and membership."""
+if TYPE_CHECKING:
+    from node.engine import Engine
+
+
+class MembersAdmin:
+    """The membership calls of AdminService (node.servicer.AdminServicer takes them)."""
+
+    engine: Engine
+    identify: Callable[[grpc.ServicerContext, Limits], Principal]
+    limits: Limits
 
     @map_errors
     def AddMember(
@@ -36,7 +47,7 @@ class AdminServicer(servicer.AdminServicer):
                 outcome=OUTCOMES.number("already_member"),  # type: ignore[arg-type]
                 handoff_token=self._position(group),
             )
-        audit = self._audit(who, "add_member", group, member)
+        audit = _audit(who, "add_member", group, member)
         statement = member_statement(member)
         token = self.engine.put(group, MEMBERS, member.id, statement, who.agent, audit)
         return admin_pb2.AddMemberResponse(
@@ -54,7 +65,7 @@ class AdminServicer(servicer.AdminServicer):
                 outcome=OUTCOMES.number("not_member"),  # type: ignore[arg-type]
                 handoff_token=self._position(group),
             )
-        audit = self._audit(who, "remove_member", group, member)
+        audit = _audit(who, "remove_member", group, member)
         token = self.engine.put(group, MEMBERS, member.id, None, who.agent, audit)
         return admin_pb2.RemoveMemberResponse(
             outcome=OUTCOMES.number("removed"),  # type: ignore[arg-type]
@@ -117,10 +128,10 @@ class AdminServicer(servicer.AdminServicer):
     def _position(self, group: Subject) -> str:
         return encode_token({group: self.engine.position(group)})
 
-    @staticmethod
-    def _audit(who: Principal, action: str, group: Subject, member: Subject) -> AuditRecord:
-        detail = f"member={member_statement(member)}"
-        return AuditRecord(who.agent, who.role, action, group, detail, who.tenant or "")
+
+def _audit(who: Principal, action: str, group: Subject, member: Subject) -> AuditRecord:
+    detail = f"member={member_statement(member)}"
+    return AuditRecord(who.agent, who.role, action, group, detail, who.tenant or "")
 
 
-__all__ = ["AdminServicer"]
+__all__ = ["MembersAdmin"]

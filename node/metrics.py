@@ -158,6 +158,12 @@ SNAPSHOT_CACHE_BYTES = Gauge(
 SNAPSHOTS_KEPT = Gauge(
     "selfmodel_snapshots_kept", "Subjects whose resolved snapshot or slot index this node keeps."
 )
+POLICY_DISAGREEMENTS = Gauge(
+    "selfmodel_policy_disagreements",
+    "Values of this node's cluster file ([policies]) that a replicated setting overrides with "
+    "another, by kind (setting, reliability): 0 when the file agrees with the cluster.",
+    ["kind"],
+)
 
 
 def watch_snapshots(cost_bytes: Callable[[], int], kept: Callable[[], int]) -> None:

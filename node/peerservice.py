@@ -17,11 +17,12 @@ from node.errors import (
     SelfModelError,
     Unavailable,
     abort,
+    aborted,
     internal,
+    map_errors,
 )
 from node.peers import PeerAuth, PeerRefused
 from node.refusals import Refusals
-from node.servicer import aborted, map_errors
 from node.store import BUCKETS
 from node.syncports import EngineReplica
 from node.validation import Limits

@@ -21,8 +21,8 @@ from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
+from node.governor import Governor
 from node.interceptors import Chain, Gate, wrapping
-from node.memberservice import AdminServicer
 from node.peers import PeerAuth, refusing
 from node.replication import (
     PeerServicer,
@@ -30,6 +30,7 @@ from node.replication import (
     claim_run,
 )
 from node.servicer import (
+    AdminServicer,
     SelfModelServicer,
     SerializedReplies,
     identify_by_header,
@@ -112,7 +113,7 @@ def start(config: NodeConfig) -> RunningNode:
     limits = config.limits
     engine = Engine(
         store,
-        config.policies,
+        config.policies.book,
         clock=clock,
         now_ms=clock.wall,
         max_watchers=config.max_watchers,
@@ -121,6 +122,7 @@ def start(config: NodeConfig) -> RunningNode:
         max_handoff_lead=limits.max_handoff_lead,
         snapshot_cache_mb=config.snapshot_cache_mb,
     )
+    governor = Governor(engine, config.policies)
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
@@ -187,7 +189,11 @@ def start(config: NodeConfig) -> RunningNode:
         sync_pb2_grpc.add_SyncServiceServicer_to_server(peer_servicer, services)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(
-            engine, lambda: node_status(config, engine, replicator), identify, config.limits
+            engine,
+            lambda: node_status(config, engine, replicator),
+            identify,
+            config.limits,
+            governor,
         ),
         services,
     )

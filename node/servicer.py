@@ -1,7 +1,7 @@
 """The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
 
-Domain errors become gRPC status codes here, in one place (``map_errors``, which the Sync
-servicer uses too).
+Domain errors become gRPC status codes in one place (``node.errors.map_errors``, which every
+servicer uses).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from node import convert, idempotency, listing, metrics, validation
+from node.adminsettings import SettingsAdmin
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
@@ -24,10 +25,14 @@ from node.errors import (
     SelfModelError,
     Unauthenticated,
     abort,
+    aborted,
     internal,
+    map_errors,
 )
+from node.governor import Governor
 from node.groupreads import RollupReads
 from node.interceptors import HandlerWrapper
+from node.memberservice import MembersAdmin
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
 from node.validation import Limits
@@ -39,7 +44,6 @@ from sync.observation import Subject
 
 log = logging.getLogger("selfmodel.node")
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 ANONYMOUS = "anonymous"
@@ -65,30 +69,6 @@ def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Princip
             _PRINCIPALS.clear()
         found = _PRINCIPALS[agent] = Principal(agent)
     return found
-
-
-def map_errors(fn: F) -> F:
-    """Maps domain errors to status codes; an unexpected error is logged and never crashes."""
-
-    @functools.wraps(fn)
-    def wrapped(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except SelfModelError as exc:
-            abort(context, exc)
-        except Exception:
-            if aborted(context):
-                raise  # the handler chose its status with abort: keep it
-            log.exception("%s failed", fn.__name__)
-            abort(context, internal(fn.__name__))
-
-    return wrapped  # type: ignore[return-value]
-
-
-def aborted(context: grpc.ServicerContext) -> bool:
-    """True once the handler called ``abort`` (which raises a bare Exception)."""
-    code = context.code()  # type: ignore[attr-defined]
-    return code is not None and code != grpc.StatusCode.OK
 
 
 class SerializedReplies(HandlerWrapper):
@@ -133,7 +113,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.domain = domain  # the node's domain, which a principal's domain globs must match
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
-        self._replies = convert.SnapshotReplies(engine.snapshots, engine.policies)
+        self._replies = convert.SnapshotReplies(engine.snapshots)
         self._rollups = RollupReads(engine.groups.rollup, engine.groups.holders)  # of groups
 
     def _caller_and_subject(
@@ -470,18 +450,20 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SettingsAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,
         status: Callable[[], admin_pb2.GetStatusResponse],
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         limits: Limits | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self.engine = engine
         self.status = status
         self.identify = identify
         self.limits = limits or Limits()
+        self.governor = governor  # the cluster's settings (node.adminsettings)
 
     @map_errors
     def GetStatus(

@@ -1,48 +1,53 @@
-"""Governance that replicates: policy settings and source reliability as last-writer-wins
-registers, one per setting, ordered by hybrid clock.
+"""Governance that replicates: the cluster's policy settings and source reliability, read from
+the registers of one subject.
 
-The state is two maps of registers: ``settings``, ``(context, field) -> Register`` (context
-``"*"`` is every context's default), and ``reliability``, ``(source, context) -> Register``
-(context ``"*"``: every context). A register holds its value, the hybrid timestamp of the write,
-the replica that wrote it and who asked (for the audit); ``cleared`` marks a write that hands the
-setting back to the cluster file.
+Every setting is a register (``node.engine.Engine.put``) of the subject ``GOVERNANCE``:
 
-Merge keeps, per key, the later register: by timestamp, then replica (two replicas' clocks can
-meet), then the rest of the register, so the order is total even over states no replica made and
-merge is commutative, associative and idempotent. A write is after everything its replica had
-merged (hybrid clocks), so an operator's change always replaces what its node showed; of two
-concurrent changes, the later by that total order wins on every node. A delta is itself a state.
-The values are checked where a setting is written (node.governance); this module only orders them.
+- a policy setting at context = the policy's context, or ``DEFAULT`` (``_default``) for every
+  context's default, key = the field (``policy``, ``min_confidence``, ``half_life_s``,
+  ``max_observations``, ``evidence_discount``);
+- a source's reliability at context ``RELIABILITY`` (``_reliability``), key
+  ``<source>/<context or _default>`` (neither a source nor a context holds a ``/``).
+
+The statement is the value in JSON (a policy name, a number, or null: no decay); the
+observation's source is who set it, its origin the node that took the call.
+
+The laws are the subject CRDT's (tests/unit/test_governance.py shows them on it): a register's
+value is its newest observation by (timestamp, dot), the same on every node that holds the same
+state; a put, after everything its node had merged (hybrid clocks), replaces what that node
+showed; of two concurrent puts, the later by (timestamp, dot) wins on every node; a clear
+removes the values its node held (observed-remove: a put it had not seen survives) and hands the
+setting back to each node's cluster file. ``view`` is a pure function of the state: nodes that
+hold the same state see the same settings.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
+
+from sync.causal import Dot
+from sync.crdt import SubjectState
+from sync.observation import Observation, Subject, SubjectKind
+
+GOVERNANCE = Subject("_cluster", SubjectKind.ORG, "_governance")
+DEFAULT = "_default"  # the register context (and reliability key part) of every context
+RELIABILITY = "_reliability"
+EVERY = "*"  # how the view (and the policy book, and the cluster file) names every context
 
 SettingValue = str | float | int | None
 
 
 class Register(NamedTuple):
+    """A setting's value in force, and whose write it is."""
+
     hlc: int
-    actor: str  # the replica that wrote it
+    node: str  # the node that took the write
     value: SettingValue
     by: str = ""  # who set it: the principal the audit names
-    cleared: bool = False  # the setting goes back to the cluster file's
-
-    def order(self) -> tuple[int, str, bool, str, str, str]:
-        """The total order of registers: timestamp, replica, then the rest (ties of made-up
-        states only)."""
-        return (
-            self.hlc,
-            self.actor,
-            self.cleared,
-            type(self.value).__name__,
-            repr(self.value),
-            self.by,
-        )
+    dot: Dot = Dot("", 0)
 
 
 Registers = Mapping[tuple[str, str], Register]
@@ -50,44 +55,68 @@ _EMPTY: Registers = MappingProxyType({})
 
 
 class Governance(NamedTuple):
-    settings: Registers = _EMPTY  # (context, field) -> register
-    reliability: Registers = _EMPTY  # (source, context) -> register
-
-    def digest(self) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        for tag, registers in ((b"s", self.settings), (b"r", self.reliability)):
-            for (a, b), r in sorted(registers.items()):
-                h.update(b"%s%r\x00%r\x00%r\x00" % (tag, a, b, r))
-        return h.digest()
+    settings: Registers = _EMPTY  # (context or EVERY, field) -> register
+    reliability: Registers = _EMPTY  # (source, context or EVERY) -> register
 
 
-def _join(a: Registers, b: Registers) -> Registers:
-    if not b:
-        return a
-    if not a:
-        return b
-    joined = dict(a)
-    for key, r in b.items():
-        have = joined.get(key)
-        if have is None or r.order() > have.order():
-            joined[key] = r
-    return joined
+def setting_slot(context: str, field: str) -> tuple[str, str]:
+    """The register (context, key) of a policy setting; ``context`` EVERY or "" is the
+    default's."""
+    return (DEFAULT if context in ("", EVERY) else context), field
 
 
-def merge(a: Governance, b: Governance) -> Governance:
-    return Governance(_join(a.settings, b.settings), _join(a.reliability, b.reliability))
+def reliability_slot(source: str, context: str) -> tuple[str, str]:
+    """The register (context, key) of a source's reliability in a context (EVERY or "": all)."""
+    return RELIABILITY, f"{source}/{DEFAULT if context in ('', EVERY) else context}"
 
 
-def setting_delta(context: str, field: str, register: Register) -> Governance:
-    """The delta of one setting's write (its value checked by the caller)."""
-    return Governance(settings={(context, field): register})
+def encode(value: SettingValue) -> str:
+    return json.dumps(value)
 
 
-def reliability_delta(source: str, context: str, register: Register) -> Governance:
-    """The delta of one source's reliability write (its value checked by the caller)."""
-    return Governance(reliability={(source, context): register})
+def decode(statement: str) -> SettingValue:
+    """A register's value; ValueError for a statement no node writes."""
+    value = json.loads(statement)
+    if value is None or (isinstance(value, str | int | float) and not isinstance(value, bool)):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"not a setting's value: {statement!r}")
 
 
-def in_force(registers: Registers) -> dict[tuple[str, str], Register]:
-    """The registers that set a value (a cleared one leaves the cluster file's)."""
-    return {k: r for k, r in registers.items() if not r.cleared}
+def view(state: SubjectState) -> Governance:
+    """The settings ``state`` (of GOVERNANCE) holds: each register's newest value by
+    (timestamp, dot); a statement that is no value is left out (no node writes one)."""
+    newest: dict[tuple[str, str], Observation] = {}
+    for obs in state.observations.values():
+        have = newest.get(obs.slot)
+        if have is None or (obs.hlc, obs.dot) > (have.hlc, have.dot):
+            newest[obs.slot] = obs
+    settings: dict[tuple[str, str], Register] = {}
+    reliability: dict[tuple[str, str], Register] = {}
+    for (context, key), obs in sorted(newest.items()):
+        try:
+            register = Register(obs.hlc, obs.origin, decode(obs.statement), obs.source, obs.dot)
+        except ValueError:
+            continue
+        if context == RELIABILITY:
+            source, _, scope = key.rpartition("/")
+            if source:
+                reliability[source, EVERY if scope == DEFAULT else scope] = register
+        else:
+            settings[EVERY if context == DEFAULT else context, key] = register
+    return Governance(settings, reliability)
+
+
+__all__ = [
+    "DEFAULT",
+    "EVERY",
+    "GOVERNANCE",
+    "RELIABILITY",
+    "Governance",
+    "Register",
+    "SettingValue",
+    "decode",
+    "encode",
+    "reliability_slot",
+    "setting_slot",
+    "view",
+]

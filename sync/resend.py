@@ -4,6 +4,11 @@ A deferred delta is not delivered: the peer's position for trimming stays below 
 again alone, marked as resent, with full-jitter backoff that grows with each round the peer
 keeps deferring it; the deltas after it flow meanwhile. A delta rejected for good, or merged,
 is forgotten; so is one the outbox no longer holds (anti-entropy ships its subject).
+
+Resends belong to a session: the transport may draw once more from a stream after its session
+ended (gRPC's request thread finishes the draw it is in), and a delta marked as sent by that
+draw would wait for an answer no session gives, never to be sent again. So each stream resends
+only while its session is the current one (``begin``, ``unanswered``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class Resends:
     def __init__(self, backoff_max_s: float, monotonic: Callable[[], float] = time.monotonic):
         self._lock = threading.Lock()
         self.deferred: set[int] = set()
-        self._in_flight: set[int] = set()  # resent, not yet answered
+        self._in_flight: set[int] = set()  # resent by the current session, not yet answered
+        self._session = 0  # the current session's number; ended sessions resend nothing
         self._round = 0
         self._at = 0.0
         self.wait = wait_random_exponential(multiplier=0.1, max=backoff_max_s)
@@ -59,9 +65,23 @@ class Resends:
         with self._lock:
             return not self._in_flight
 
-    def unanswered(self) -> None:
-        """The session ended: what it resent unanswered goes again with the next one."""
+    def begin(self) -> int:
+        """A session starts streaming: returns its number, for ``due`` and ``current``."""
         with self._lock:
+            self._session += 1
+            self._in_flight.clear()
+            return self._session
+
+    def current(self, session: int) -> bool:
+        """``session`` has not ended: its stream may still send."""
+        with self._lock:
+            return session == self._session
+
+    def unanswered(self) -> None:
+        """The session ended: what it resent unanswered goes again with the next one, and its
+        stream, should the transport draw from it again, resends nothing."""
+        with self._lock:
+            self._session += 1
             self._in_flight.clear()
 
     def take(self, ack: Ack) -> Taken:
@@ -91,9 +111,12 @@ class Resends:
         state.attempt_number = self._round
         self._at = self._monotonic() + self.wait(state)
 
-    def due(self, outbox: DeltaLog, max_bytes: int) -> Iterator[Batch]:
-        """The deferred deltas due to go again, each alone (the peer may defer it again)."""
+    def due(self, outbox: DeltaLog, max_bytes: int, session: int) -> Iterator[Batch]:
+        """The deferred deltas due to go again, each alone (the peer may defer it again), for
+        the stream of ``session``: none once it ended."""
         with self._lock:
+            if session != self._session:  # marked in flight here, no session would answer them
+                return
             if self._in_flight or not self.deferred or self._monotonic() < self._at:
                 return
             due = sorted(self.deferred)[:RESEND_BATCH]

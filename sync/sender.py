@@ -267,17 +267,22 @@ class PeerReplicator:
             log.info("peer %s merged every delta it had refused", self.peer)
         metrics.DELTAS_PENDING.labels(self.peer).set(pending)
 
-    def _resends(self) -> Iterator[Batch]:
-        return self.resends.due(self._outbox, self._max_bytes)
+    def _resends(self, session: int) -> Iterator[Batch]:
+        return self.resends.due(self._outbox, self._max_bytes, session)
 
     def _batches(self, position: int) -> Iterator[Batch]:
+        """The stream of a session starting now, from ``position``: it ends once the session
+        has ended (the transport may draw from it once more meanwhile; see sync.resend)."""
+        return self._stream(position, self.resends.begin())
+
+    def _stream(self, position: int, session: int) -> Iterator[Batch]:
         asked = self.acked  # the position an acknowledgement was last asked for
         deltas_sent = metrics.DELTAS_SENT.labels(self.peer)
         bytes_sent = metrics.BYTES_SENT.labels(self.peer)
         last_sent = float("-inf")  # when the last batch of deltas went (monotonic seconds)
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.resends.current(session):
             resent = False
-            for again in self._resends():
+            for again in self._resends(session):
                 resent = True
                 deltas_sent.inc(1)
                 yield again

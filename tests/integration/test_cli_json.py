@@ -100,7 +100,9 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
         run(capsys, "contexts", "user:u-cli", *target), selfmodel_pb2.ListContextsResponse
     )
     assert [c.context for c in contexts.contexts] == ["billing"]
-    policy = reply(run(capsys, "policy", "billing", *target), selfmodel_pb2.GetPolicyResponse)
+    policy = reply(
+        run(capsys, "policy", "show", "billing", *target), selfmodel_pb2.GetPolicyResponse
+    )
     assert [(p.context, p.policy) for p in policy.policies] == [
         ("billing", model_pb2.POLICY_WEIGHTED)
     ]
@@ -120,42 +122,75 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
 
 
-def test_members_commands_and_show_of_a_team_print_their_replies_in_the_proto_json_mapping(
+def test_policy_get_set_and_clear_change_the_cluster_s_settings_for_cluster_operators_only(
     start_node: Callable[..., NodeProcess],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     file = tmp_path / "tokens.toml"
-    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    agent, _ = tokens.create(file, "cli_agent", "acme", "agent", ["*"], ["*"])
+    operator, _ = tokens.create(file, "cli_ops", "acme", "cluster_operator", ["*"], ["*"])
     node = start_node("sales", "--tokens", str(file))
-    target = ["--target", node.address, "--tenant", "acme", "--token", hr]
+    ops = ["--target", node.address, "--tenant", "acme", "--token", operator]
 
-    def member(action: str, *argv: str) -> Any:
-        kind = admin_pb2.AddMemberResponse if action == "add" else admin_pb2.RemoveMemberResponse
-        return reply(run(capsys, "members", action, *argv, *target), kind)
+    def settings(*context: str) -> dict[tuple[str, str], admin_pb2.Setting]:
+        got = reply(run(capsys, "policy", "get", *context, *ops), admin_pb2.GetSettingsResponse)
+        return {(s.context, admin_pb2.SettingField.Name(s.field)): s for s in got.settings}
 
-    assert member("add", "team:t1", "user:u1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
-    again = member("add", "team:t1", "user:u1")
-    assert again.outcome == admin_pb2.MEMBERSHIP_OUTCOME_ALREADY_MEMBER
-    assert member("add", "team:t1", "user:u2").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
-    assert member("add", "org:o1", "team:t1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
-    listed = reply(
-        run(capsys, "members", "list", "team:t1", "--page-size", "1", *target),
-        admin_pb2.ListMembersResponse,
+    before = settings()
+    assert before["", "SETTING_FIELD_POLICY"].origin == admin_pb2.SETTING_ORIGIN_DEFAULT
+    set_ = ["policy", "set", "policy", "latest", "--context", "billing", *ops]
+    assert reply(run(capsys, *set_), admin_pb2.SetSettingResponse).handoff_token
+    set_ = ["policy", "set", "min_confidence", "0.8", *ops]  # every context's default
+    reply(run(capsys, *set_), admin_pb2.SetSettingResponse)
+    billing = settings("--context", "billing")
+    assert {c for c, _ in billing} == {"billing"}
+    policy = billing["billing", "SETTING_FIELD_POLICY"]
+    assert (policy.policy, policy.origin) == (
+        model_pb2.POLICY_LATEST,
+        admin_pb2.SETTING_ORIGIN_REPLICATED,
     )
-    assert [m.id for m in listed.members] == ["u1"] and listed.group_users == 2
-    assert listed.next_page_token
-    removed = member("remove", "team:t1", "user:u2")
-    assert removed.outcome == admin_pb2.MEMBERSHIP_OUTCOME_REMOVED
-    run(
-        capsys, "observe", "user:u1", "Pays yearly", "--context", "billing", "--key", "cycle",
-        "--confidence", "0.9", *target,
-    )  # fmt: skip
-    for group in ("team:t1", "org:o1"):
-        shown = reply(run(capsys, "show", group, *target), selfmodel_pb2.GetSelfModelResponse)
-        model = shown.snapshot
-        assert model.group_users == 1 and not model.beliefs
-        assert [(r.statement, r.holders) for r in model.rollups] == [("Pays yearly", 1)]
+    assert (policy.write.set_by, policy.write.node) == ("cli_ops", "sales")
+    minimum = billing["billing", "SETTING_FIELD_MIN_CONFIDENCE"]
+    assert (minimum.number, minimum.inherited) == (0.8, True)
+    shown = reply(run(capsys, "policy", "show", "billing", *ops), selfmodel_pb2.GetPolicyResponse)
+    assert [(p.policy, p.min_confidence) for p in shown.policies] == [
+        (model_pb2.POLICY_LATEST, 0.8)
+    ]
+
+    clear = ["policy", "clear", "policy", "--context", "billing", *ops]
+    reply(run(capsys, *clear), admin_pb2.ClearSettingResponse)
+    assert ("billing", "SETTING_FIELD_POLICY") not in settings("--context", "billing")
+    reliability = ["policy", "reliability", "bot", "0.25", "--context", "billing", *ops]
+    reply(run(capsys, *reliability), admin_pb2.SetReliabilityResponse)
+    got = reply(run(capsys, "policy", "get", *ops), admin_pb2.GetSettingsResponse)
+    assert [(r.source, r.context, r.reliability) for r in got.reliability] == [
+        ("bot", "billing", 0.25)
+    ]
+    unset = ["policy", "clear-reliability", "bot", "--context", "billing", *ops]
+    reply(run(capsys, *unset), admin_pb2.ClearReliabilityResponse)
+    got = reply(run(capsys, "policy", "get", *ops), admin_pb2.GetSettingsResponse)
+    assert not got.reliability
+    audit = reply(run(capsys, "audit", *ops), admin_pb2.ListAuditResponse)
+    assert [e.action for e in audit.entries] == [
+        admin_pb2.AUDIT_ACTION_SET_SETTING,
+        admin_pb2.AUDIT_ACTION_SET_SETTING,
+        admin_pb2.AUDIT_ACTION_CLEAR_SETTING,
+        admin_pb2.AUDIT_ACTION_SET_RELIABILITY,
+        admin_pb2.AUDIT_ACTION_CLEAR_RELIABILITY,
+    ]
+    assert audit.entries[0].detail == 'context=billing field=policy value="latest"'
+
+    as_agent = ["--target", node.address, "--tenant", "acme", "--token", agent]
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["policy", "set", "policy", "weighted", *as_agent])
+    assert refused.value.code != 0
+    assert "PermissionDenied" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["policy", "set", "min_confidence", "1.5", *ops])
+    err = capsys.readouterr().err
+    assert refused.value.code != 0
+    assert "number: min_confidence must be within [0, 1], got 1.5" in err
 
 
 def _positions(belief: model_pb2.Belief) -> tuple[int, int, int, int]:
@@ -216,3 +251,41 @@ def test_show_show_many_and_watch_list_at_most_max_positions_per_belief_and_no_u
             cli.main(["show", "user:u-pos", "--max-positions", bad, *target])
         assert done.value.code == 2
         assert "--max-positions: must be a whole number within [0, 2^32)" in capsys.readouterr().err
+
+
+def test_members_commands_and_show_of_a_team_print_their_replies_in_the_proto_json_mapping(
+    start_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    node = start_node("sales", "--tokens", str(file))
+    target = ["--target", node.address, "--tenant", "acme", "--token", hr]
+
+    def member(action: str, *argv: str) -> Any:
+        kind = admin_pb2.AddMemberResponse if action == "add" else admin_pb2.RemoveMemberResponse
+        return reply(run(capsys, "members", action, *argv, *target), kind)
+
+    assert member("add", "team:t1", "user:u1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    again = member("add", "team:t1", "user:u1")
+    assert again.outcome == admin_pb2.MEMBERSHIP_OUTCOME_ALREADY_MEMBER
+    assert member("add", "team:t1", "user:u2").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    assert member("add", "org:o1", "team:t1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    listed = reply(
+        run(capsys, "members", "list", "team:t1", "--page-size", "1", *target),
+        admin_pb2.ListMembersResponse,
+    )
+    assert [m.id for m in listed.members] == ["u1"] and listed.group_users == 2
+    assert listed.next_page_token
+    removed = member("remove", "team:t1", "user:u2")
+    assert removed.outcome == admin_pb2.MEMBERSHIP_OUTCOME_REMOVED
+    run(
+        capsys, "observe", "user:u1", "Pays yearly", "--context", "billing", "--key", "cycle",
+        "--confidence", "0.9", *target,
+    )  # fmt: skip
+    for group in ("team:t1", "org:o1"):
+        shown = reply(run(capsys, "show", group, *target), selfmodel_pb2.GetSelfModelResponse)
+        model = shown.snapshot
+        assert model.group_users == 1 and not model.beliefs
+        assert [(r.statement, r.holders) for r in model.rollups] == [("Pays yearly", 1)]

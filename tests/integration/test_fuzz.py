@@ -264,6 +264,11 @@ FIELDS = {
     "AddMember": SUBJECT_FIELDS,
     "RemoveMember": SUBJECT_FIELDS,
     "ListMembers": [*SUBJECT_FIELDS, "page_size", "page_token"],
+    "GetSettings": [],
+    "SetSetting": ["context", "confidence"],
+    "ClearSetting": ["context"],
+    "SetReliability": ["context", "source", "confidence"],
+    "ClearReliability": ["context", "source"],
 }
 
 
@@ -356,6 +361,24 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
                 model_pb2.Subject(tenant=other["tenant"], kind=other["kind"], id=other["id"])
             )
         return change  # type: ignore[no-any-return]
+    elif name == "GetSettings":
+        return admin_pb2.GetSettingsRequest()
+    elif name in ("SetSetting", "ClearSetting"):
+        field = draw(st.integers(-1, 7))  # SettingField, known or not
+        if name == "ClearSetting":
+            return admin_pb2.ClearSettingRequest(context=v["context"], field=field)  # type: ignore[arg-type]
+        setting = admin_pb2.SetSettingRequest(context=v["context"], field=field)  # type: ignore[arg-type]
+        if draw(st.booleans()):
+            setting.number = v["confidence"]
+        else:
+            setting.policy = draw(st.integers(-1, 3))  # type: ignore[assignment]
+        return setting
+    elif name == "SetReliability":
+        return admin_pb2.SetReliabilityRequest(
+            source=v["source"], context=v["context"], reliability=v["confidence"]
+        )
+    elif name == "ClearReliability":
+        return admin_pb2.ClearReliabilityRequest(source=v["source"], context=v["context"])
     elif name == "ListMembers":
         listing = admin_pb2.ListMembersRequest(page_size=v["page_size"], page_token=v["page_token"])
         if v["subject"]:

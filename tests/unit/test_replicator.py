@@ -13,6 +13,7 @@ from sync.crdt import SubjectState
 from sync.observation import Subject
 from sync.ports import Ack, Batch, Exchanged, Merged
 from sync.replicator import PeerReplicator, SyncSettings
+from sync.resend import Resends
 
 BUCKETS = [bytes(16)] * 4
 
@@ -258,12 +259,12 @@ def test_a_deferred_delta_is_not_delivered_and_goes_again_alone_until_merged() -
     assert next(stream) == Batch(4, 4, [b"d"], 0)
     # Deferred again: resent again, with a backoff one step longer each round.
     peer._acknowledged(Ack(4, deferred=[2]))
-    assert next(peer._resends()) == Batch(2, 2, [b"d"], 0, resent=True)
+    assert next(peer._resends(peer.resends.begin())) == Batch(2, 2, [b"d"], 0, resent=True)
     peer._acknowledged(Ack(4, deferred=[2]))
     assert attempts == [1, 2, 3]
     assert peer.state().refused_clock == 1  # one refusal, however often it went again
     # Merged at last: delivered, and the next refusal starts the backoff afresh.
-    next(peer._resends())
+    next(peer._resends(peer.resends.begin()))
     peer._acknowledged(Ack(4, merged=[2]))
     assert peer.delivered == 4 and peer.state().pending == 0
     peer.persist()
@@ -277,7 +278,7 @@ def test_a_rejected_delta_is_counted_and_not_sent_again() -> None:
     peer._acknowledged(Ack(3, rejected=[2], reason="counter: must be within [1, 2^62]"))
     state = peer.state()
     assert (state.acked, state.pending, state.refused_invalid) == (3, 0, 1)
-    assert list(peer._resends()) == []
+    assert list(peer._resends(peer.resends.begin())) == []
 
 
 def test_a_deferred_delta_trimmed_meanwhile_is_left_to_anti_entropy() -> None:
@@ -286,7 +287,7 @@ def test_a_deferred_delta_trimmed_meanwhile_is_left_to_anti_entropy() -> None:
     attempts_of(peer)
     peer._acknowledged(Ack(3, deferred=[2]))
     outbox.read = lambda after, limit, max_bytes: Batch(3, 3, [b"d"], 0)  # type: ignore[method-assign]
-    assert list(peer._resends()) == []
+    assert list(peer._resends(peer.resends.begin())) == []
     assert peer.delivered == 3
 
 
@@ -330,3 +331,97 @@ def test_without_a_linger_every_batch_goes_at_once() -> None:
     peer = PeerReplicator("billing", outbox, Replica(), Link, SyncSettings())
     stream = peer._batches(0)
     assert [next(stream) for _ in range(3)] == [Batch(i, i, [b"d"], 0) for i in (1, 2, 3)]
+
+
+class Quiet(Growing):
+    """Entries 1..end and nothing new: each wait times out at once; after ``limit`` waits the
+    replicator stops (so a stream that would wait for good ends, and the test with it)."""
+
+    def __init__(self, end: int, limit: int) -> None:
+        super().__init__(end)
+        self.limit = limit
+        self.waits = 0
+        self.stop: threading.Event | None = None
+
+    def wait(self, after: int, timeout_s: float) -> bool:
+        self.waits += 1
+        if self.stop is not None and self.waits >= self.limit:
+            self.stop.set()
+        return False
+
+
+class Acked3(Replica):
+    def acked(self, peer: str) -> int:
+        return 3
+
+
+class Deferring(Link):
+    """A peer that defers delta 2 when it comes, then drops the stream. Like gRPC's request
+    thread, the transport finishes the draw it was in from a stream after its session ended:
+    ``late`` draws once more from the last stream."""
+
+    def __init__(self) -> None:
+        self.stream: Iterator[Batch] | None = None
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
+        assert next(batches) == Batch(2, 2, [b"d"], 0, resent=True)
+        self.stream = batches
+        yield Ack(3, deferred=[2], reason="observations[0].hlc: 600000 ms ahead")
+        raise ConnectionError("the peer restarted")
+
+    def late(self) -> Batch | None:
+        assert self.stream is not None
+        return next(self.stream, None)
+
+
+class Merging(Link):
+    """The restarted peer, whose clock now allows delta 2: merges every delta resent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Batch] = []
+
+    def replicate(self, batches: Iterator[Batch]) -> Iterator[Ack]:
+        self.sent = list(batches)  # until the stream ends (the outbox's waits stop it)
+        yield Ack(3, merged=[b.first_seq for b in self.sent if b.resent])
+
+
+def test_a_delta_deferred_before_a_reconnect_is_resent_by_the_next_session() -> None:
+    """The stream of a session that ended resends nothing: were the transport's late draw from
+    it to mark delta 2 as sent and awaiting an answer, no later session would send it again,
+    and the peer would never be told it was merged (pending for good)."""
+    outbox = Quiet(3, limit=8)
+    before, after = Deferring(), Merging()
+    late: list[Batch | None] = []
+
+    def connect() -> Link:
+        if before.stream is None:
+            return before
+        late.append(before.late())  # the session ended and was torn down; then the late draw
+        return after
+
+    peer = PeerReplicator("sales", outbox, Acked3(), connect, SyncSettings())
+    outbox.stop = peer._stop
+    attempts_of(peer)  # resends due at once
+    peer._acknowledged(Ack(3, deferred=[2]))
+    peer._retry = Waits(limit=5, stop=peer._stop)
+    peer._stream_forever()
+
+    assert Batch(2, 2, [b"d"], 0, resent=True) in after.sent
+    state = peer.state()
+    assert (state.pending, state.acked) == (0, 3)
+    assert late == [None]  # the ended session's stream sent nothing more
+
+
+def test_an_ended_session_resends_nothing_so_the_next_one_sends_every_deferred_delta() -> None:
+    """Checked with the marking, under one lock: a stream that passed its session's check just
+    before the session ended still leaves nothing in flight for the next one."""
+    resends = Resends(1.0)
+    resends.wait = lambda state: 0.0  # type: ignore[assignment]
+    resends.take(Ack(3, deferred=[2]))
+    ended = resends.begin()
+    resends.unanswered()
+    assert list(resends.due(Growing(3), 1024, ended)) == []
+    assert resends.answered() and not resends.current(ended)
+    assert list(resends.due(Growing(3), 1024, resends.begin())) == [
+        Batch(2, 2, [b"d"], 0, resent=True)
+    ]

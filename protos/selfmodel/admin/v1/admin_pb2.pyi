@@ -35,6 +35,13 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     AUDIT_ACTION_ADD_MEMBER: _AuditAction.ValueType  # 3
     """AddMember and RemoveMember that changed a group (the detail names the member)."""
     AUDIT_ACTION_REMOVE_MEMBER: _AuditAction.ValueType  # 4
+    AUDIT_ACTION_SET_SETTING: _AuditAction.ValueType  # 10
+    """Governance (subject _cluster/org/_governance): SetSetting, ClearSetting, SetReliability,
+    ClearReliability; the detail names the setting and its value.
+    """
+    AUDIT_ACTION_CLEAR_SETTING: _AuditAction.ValueType  # 11
+    AUDIT_ACTION_SET_RELIABILITY: _AuditAction.ValueType  # 12
+    AUDIT_ACTION_CLEAR_RELIABILITY: _AuditAction.ValueType  # 13
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An operator action the audit log records."""
@@ -47,6 +54,13 @@ AUDIT_ACTION_RETRACT_ON_BEHALF: AuditAction.ValueType  # 2
 AUDIT_ACTION_ADD_MEMBER: AuditAction.ValueType  # 3
 """AddMember and RemoveMember that changed a group (the detail names the member)."""
 AUDIT_ACTION_REMOVE_MEMBER: AuditAction.ValueType  # 4
+AUDIT_ACTION_SET_SETTING: AuditAction.ValueType  # 10
+"""Governance (subject _cluster/org/_governance): SetSetting, ClearSetting, SetReliability,
+ClearReliability; the detail names the setting and its value.
+"""
+AUDIT_ACTION_CLEAR_SETTING: AuditAction.ValueType  # 11
+AUDIT_ACTION_SET_RELIABILITY: AuditAction.ValueType  # 12
+AUDIT_ACTION_CLEAR_RELIABILITY: AuditAction.ValueType  # 13
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _MembershipOutcome:
@@ -74,6 +88,66 @@ MEMBERSHIP_OUTCOME_REMOVED: MembershipOutcome.ValueType  # 3
 MEMBERSHIP_OUTCOME_NOT_MEMBER: MembershipOutcome.ValueType  # 4
 """The member was absent already: nothing changed."""
 Global___MembershipOutcome: _TypeAlias = MembershipOutcome  # noqa: Y015
+
+class _SettingField:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettingFieldEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettingField.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTING_FIELD_UNSPECIFIED: _SettingField.ValueType  # 0
+    SETTING_FIELD_POLICY: _SettingField.ValueType  # 1
+    """How a slot resolves: value `policy`."""
+    SETTING_FIELD_MIN_CONFIDENCE: _SettingField.ValueType  # 2
+    """Beliefs below it are uncertain: value `number` within [0, 1]."""
+    SETTING_FIELD_HALF_LIFE_SECONDS: _SettingField.ValueType  # 3
+    """An observation's weight halves every half-life: `number` seconds, 0 for no decay."""
+    SETTING_FIELD_MAX_OBSERVATIONS: _SettingField.ValueType  # 4
+    """Observations kept per slot: `number`, a whole number of at least 1."""
+    SETTING_FIELD_EVIDENCE_DISCOUNT: _SettingField.ValueType  # 5
+    """Weight lost by an observation without evidence: `number` within [0, 1)."""
+
+class SettingField(_SettingField, metaclass=_SettingFieldEnumTypeWrapper):
+    """A field of a context's policy (selfmodel.v1.ContextPolicy)."""
+
+SETTING_FIELD_UNSPECIFIED: SettingField.ValueType  # 0
+SETTING_FIELD_POLICY: SettingField.ValueType  # 1
+"""How a slot resolves: value `policy`."""
+SETTING_FIELD_MIN_CONFIDENCE: SettingField.ValueType  # 2
+"""Beliefs below it are uncertain: value `number` within [0, 1]."""
+SETTING_FIELD_HALF_LIFE_SECONDS: SettingField.ValueType  # 3
+"""An observation's weight halves every half-life: `number` seconds, 0 for no decay."""
+SETTING_FIELD_MAX_OBSERVATIONS: SettingField.ValueType  # 4
+"""Observations kept per slot: `number`, a whole number of at least 1."""
+SETTING_FIELD_EVIDENCE_DISCOUNT: SettingField.ValueType  # 5
+"""Weight lost by an observation without evidence: `number` within [0, 1)."""
+Global___SettingField: _TypeAlias = SettingField  # noqa: Y015
+
+class _SettingOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettingOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettingOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTING_ORIGIN_UNSPECIFIED: _SettingOrigin.ValueType  # 0
+    SETTING_ORIGIN_REPLICATED: _SettingOrigin.ValueType  # 1
+    """Set through SetSetting / SetReliability and replicated to every node."""
+    SETTING_ORIGIN_FILE: _SettingOrigin.ValueType  # 2
+    """This node's cluster file ([policies])."""
+    SETTING_ORIGIN_DEFAULT: _SettingOrigin.ValueType  # 3
+    """Built in."""
+
+class SettingOrigin(_SettingOrigin, metaclass=_SettingOriginEnumTypeWrapper):
+    """Where a setting in force comes from."""
+
+SETTING_ORIGIN_UNSPECIFIED: SettingOrigin.ValueType  # 0
+SETTING_ORIGIN_REPLICATED: SettingOrigin.ValueType  # 1
+"""Set through SetSetting / SetReliability and replicated to every node."""
+SETTING_ORIGIN_FILE: SettingOrigin.ValueType  # 2
+"""This node's cluster file ([policies])."""
+SETTING_ORIGIN_DEFAULT: SettingOrigin.ValueType  # 3
+"""Built in."""
+Global___SettingOrigin: _TypeAlias = SettingOrigin  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
@@ -464,3 +538,338 @@ class ListMembersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
+
+@_typing.final
+class SettingWrite(_message.Message):
+    """Who set a replicated setting, on which node, and when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_BY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    set_by: _builtins.str
+    node: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        set_by: _builtins.str = ...,
+        node: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "set_by", b"set_by", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettingWrite: _TypeAlias = SettingWrite  # noqa: Y015
+
+@_typing.final
+class Setting(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    INHERITED_FIELD_NUMBER: _builtins.int
+    WRITE_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """Empty: every context's default."""
+    field: Global___SettingField.ValueType
+    policy: _model_pb2.Policy.ValueType
+    number: _builtins.float
+    origin: Global___SettingOrigin.ValueType
+    inherited: _builtins.bool
+    """True when the context takes the value of every context's default."""
+    @_builtins.property
+    def write(self) -> Global___SettingWrite:
+        """Set when origin is SETTING_ORIGIN_REPLICATED."""
+
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        field: Global___SettingField.ValueType = ...,
+        policy: _model_pb2.Policy.ValueType = ...,
+        number: _builtins.float = ...,
+        origin: Global___SettingOrigin.ValueType = ...,
+        inherited: _builtins.bool = ...,
+        write: Global___SettingWrite | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "policy", b"policy", "value", b"value", "write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "field", b"field", "inherited", b"inherited", "number", b"number", "origin", b"origin", "policy", b"policy", "value", b"value", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["policy", "number"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___Setting: _TypeAlias = Setting  # noqa: Y015
+
+@_typing.final
+class SourceReliability(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    RELIABILITY_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    WRITE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    context: _builtins.str
+    """Empty: every context."""
+    reliability: _builtins.float
+    origin: Global___SettingOrigin.ValueType
+    @_builtins.property
+    def write(self) -> Global___SettingWrite: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        context: _builtins.str = ...,
+        reliability: _builtins.float = ...,
+        origin: Global___SettingOrigin.ValueType = ...,
+        write: Global___SettingWrite | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "origin", b"origin", "reliability", b"reliability", "source", b"source", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceReliability: _TypeAlias = SourceReliability  # noqa: Y015
+
+@_typing.final
+class GetSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSettingsRequest: _TypeAlias = GetSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    RELIABILITY_FIELD_NUMBER: _builtins.int
+    DISAGREEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Setting]:
+        """Every context's default first (context empty), then each context the cluster file or a
+        replicated setting names; every field of each.
+        """
+
+    @_builtins.property
+    def reliability(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceReliability]: ...
+    @_builtins.property
+    def disagreements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where this node's cluster file says otherwise than a replicated setting in force."""
+
+    def __init__(
+        self,
+        *,
+        settings: _abc.Iterable[Global___Setting] | None = ...,
+        reliability: _abc.Iterable[Global___SourceReliability] | None = ...,
+        disagreements: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disagreements", b"disagreements", "reliability", b"reliability", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSettingsResponse: _TypeAlias = GetSettingsResponse  # noqa: Y015
+
+@_typing.final
+class SetSettingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """Empty: every context's default."""
+    field: Global___SettingField.ValueType
+    policy: _model_pb2.Policy.ValueType
+    """For SETTING_FIELD_POLICY."""
+    number: _builtins.float
+    """For every other field."""
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        field: Global___SettingField.ValueType = ...,
+        policy: _model_pb2.Policy.ValueType = ...,
+        number: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "policy", b"policy", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "field", b"field", "number", b"number", "policy", b"policy", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["policy", "number"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___SetSettingRequest: _TypeAlias = SetSettingRequest  # noqa: Y015
+
+@_typing.final
+class SetSettingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    """The handoff token of the change (a read of a node with it sees the setting's state)."""
+    def __init__(
+        self,
+        *,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSettingResponse: _TypeAlias = SetSettingResponse  # noqa: Y015
+
+@_typing.final
+class ClearSettingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    field: Global___SettingField.ValueType
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        field: Global___SettingField.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearSettingRequest: _TypeAlias = ClearSettingRequest  # noqa: Y015
+
+@_typing.final
+class ClearSettingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearSettingResponse: _TypeAlias = ClearSettingResponse  # noqa: Y015
+
+@_typing.final
+class SetReliabilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    RELIABILITY_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    context: _builtins.str
+    """Empty: every context."""
+    reliability: _builtins.float
+    """Within [0, 1]; multiplies the weight of the source's observations."""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        context: _builtins.str = ...,
+        reliability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "reliability", b"reliability", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReliabilityRequest: _TypeAlias = SetReliabilityRequest  # noqa: Y015
+
+@_typing.final
+class SetReliabilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReliabilityResponse: _TypeAlias = SetReliabilityResponse  # noqa: Y015
+
+@_typing.final
+class ClearReliabilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    context: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        context: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearReliabilityRequest: _TypeAlias = ClearReliabilityRequest  # noqa: Y015
+
+@_typing.final
+class ClearReliabilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearReliabilityResponse: _TypeAlias = ClearReliabilityResponse  # noqa: Y015

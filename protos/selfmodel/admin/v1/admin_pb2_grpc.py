@@ -44,6 +44,31 @@ class AdminServiceStub:
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.GetSettings = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/GetSettings',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
+                _registered_method=True)
+        self.SetSetting = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/SetSetting',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingResponse.FromString,
+                _registered_method=True)
+        self.ClearSetting = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ClearSetting',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingResponse.FromString,
+                _registered_method=True)
+        self.SetReliability = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/SetReliability',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityResponse.FromString,
+                _registered_method=True)
+        self.ClearReliability = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ClearReliability',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.FromString,
+                _registered_method=True)
         self.AddMember = channel.unary_unary(
                 '/selfmodel.admin.v1.AdminService/AddMember',
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.SerializeToString,
@@ -74,6 +99,44 @@ class AdminServiceServicer:
         """The audit log of operator actions (forget, retract on behalf of another source), oldest
         first. Operators only; an operator sees the entries about its own tenant's subjects.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSettings(self, request, context):
+        """Governance: every policy setting and source reliability in force on this node, and where
+        each comes from (replicated through the cluster, this node's cluster file, built in).
+        Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSetting(self, request, context):
+        """Sets one policy setting of a context (or every context's default) on every node: the
+        setting replicates, and of two concurrent sets the later by hybrid clock wins everywhere.
+        Operators only, audited; a bad value is refused INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearSetting(self, request, context):
+        """Hands a setting back to each node's cluster file (a set this node had not seen survives).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReliability(self, request, context):
+        """Sets (or hands back to the file) a source's reliability in a context, cluster-wide.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearReliability(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -114,6 +177,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
                     response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettings,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsResponse.SerializeToString,
+            ),
+            'SetSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSetting,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingResponse.SerializeToString,
+            ),
+            'ClearSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearSetting,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingResponse.SerializeToString,
+            ),
+            'SetReliability': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReliability,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityResponse.SerializeToString,
+            ),
+            'ClearReliability': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearReliability,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.SerializeToString,
             ),
             'AddMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMember,
@@ -185,6 +273,141 @@ class AdminService:
             '/selfmodel.admin.v1.AdminService/ListAudit',
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/GetSettings',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/SetSetting',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ClearSetting',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReliability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/SetReliability',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.SetReliabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearReliability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ClearReliability',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

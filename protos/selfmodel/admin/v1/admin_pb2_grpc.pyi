@@ -36,6 +36,21 @@ class AdminServiceStub:
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
     """
+    GetSettings: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSettingsRequest, _admin_pb2.GetSettingsResponse]
+    """Governance: every policy setting and source reliability in force on this node, and where
+    each comes from (replicated through the cluster, this node's cluster file, built in).
+    Operators only.
+    """
+    SetSetting: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetSettingRequest, _admin_pb2.SetSettingResponse]
+    """Sets one policy setting of a context (or every context's default) on every node: the
+    setting replicates, and of two concurrent sets the later by hybrid clock wins everywhere.
+    Operators only, audited; a bad value is refused INVALID_ARGUMENT naming the field.
+    """
+    ClearSetting: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearSettingRequest, _admin_pb2.ClearSettingResponse]
+    """Hands a setting back to each node's cluster file (a set this node had not seen survives)."""
+    SetReliability: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetReliabilityRequest, _admin_pb2.SetReliabilityResponse]
+    """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
+    ClearReliability: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]
     AddMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
     tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -56,6 +71,21 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The audit log of operator actions (forget, retract on behalf of another source), oldest
     first. Operators only; an operator sees the entries about its own tenant's subjects.
     """
+    GetSettings: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSettingsRequest, _admin_pb2.GetSettingsResponse]  # type: ignore[assignment]
+    """Governance: every policy setting and source reliability in force on this node, and where
+    each comes from (replicated through the cluster, this node's cluster file, built in).
+    Operators only.
+    """
+    SetSetting: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetSettingRequest, _admin_pb2.SetSettingResponse]  # type: ignore[assignment]
+    """Sets one policy setting of a context (or every context's default) on every node: the
+    setting replicates, and of two concurrent sets the later by hybrid clock wins everywhere.
+    Operators only, audited; a bad value is refused INVALID_ARGUMENT naming the field.
+    """
+    ClearSetting: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearSettingRequest, _admin_pb2.ClearSettingResponse]  # type: ignore[assignment]
+    """Hands a setting back to each node's cluster file (a set this node had not seen survives)."""
+    SetReliability: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetReliabilityRequest, _admin_pb2.SetReliabilityResponse]  # type: ignore[assignment]
+    """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
+    ClearReliability: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]  # type: ignore[assignment]
     AddMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]  # type: ignore[assignment]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
     tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -85,6 +115,51 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The audit log of operator actions (forget, retract on behalf of another source), oldest
         first. Operators only; an operator sees the entries about its own tenant's subjects.
         """
+
+    @_abc_1.abstractmethod
+    def GetSettings(
+        self,
+        request: _admin_pb2.GetSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetSettingsResponse, _abc.Awaitable[_admin_pb2.GetSettingsResponse]]:
+        """Governance: every policy setting and source reliability in force on this node, and where
+        each comes from (replicated through the cluster, this node's cluster file, built in).
+        Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSetting(
+        self,
+        request: _admin_pb2.SetSettingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetSettingResponse, _abc.Awaitable[_admin_pb2.SetSettingResponse]]:
+        """Sets one policy setting of a context (or every context's default) on every node: the
+        setting replicates, and of two concurrent sets the later by hybrid clock wins everywhere.
+        Operators only, audited; a bad value is refused INVALID_ARGUMENT naming the field.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearSetting(
+        self,
+        request: _admin_pb2.ClearSettingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ClearSettingResponse, _abc.Awaitable[_admin_pb2.ClearSettingResponse]]:
+        """Hands a setting back to each node's cluster file (a set this node had not seen survives)."""
+
+    @_abc_1.abstractmethod
+    def SetReliability(
+        self,
+        request: _admin_pb2.SetReliabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetReliabilityResponse, _abc.Awaitable[_admin_pb2.SetReliabilityResponse]]:
+        """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
+
+    @_abc_1.abstractmethod
+    def ClearReliability(
+        self,
+        request: _admin_pb2.ClearReliabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ClearReliabilityResponse, _abc.Awaitable[_admin_pb2.ClearReliabilityResponse]]: ...
 
     @_abc_1.abstractmethod
     def AddMember(
