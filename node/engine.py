@@ -131,6 +131,7 @@ class Engine:
         """Resolves with ``book`` from now on: no snapshot resolved under another book is
         served again (node.reads), and every watch is woken to read its model again."""
         self.reader.policies = book
+        self.groups.policies_changed()  # members' beliefs moved: so do roll-ups
         self.watches.wake_all()
 
     # -- writes --------------------------------------------------------------------------

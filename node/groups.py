@@ -45,6 +45,7 @@ class Groups:
         self.adds: dict[Subject, dict[Subject, int]] = {}  # group -> member -> newest add
         self.forgets: dict[Subject, int] = {}  # member -> its erase bound's timestamp
         self.index = RollupIndex(model_of)
+        self._model_of = model_of
         self._erased_at = erased_at
         self._rollups: dict[Subject, GroupRollup] = {}  # kept until the group's roll-up moves
 
@@ -86,6 +87,14 @@ class Groups:
         self, user: Subject, old: Iterable[Belief], new: Iterable[Belief]
     ) -> frozenset[Subject]:
         return self._moved(self.index.model_changed(user, old, new))
+
+    def resolved_anew(self) -> frozenset[Subject]:
+        """Follows every followed user's model as ``model_of`` now resolves it (after the
+        node's policy book changed: beliefs move without their subjects changing)."""
+        moved: set[Subject] = set()
+        for user in self.index.followed():
+            moved |= self.index.model_is(user, self._model_of(user))
+        return self._moved(moved)
 
     def rollup(self, group: Subject) -> GroupRollup:
         found = self._rollups.get(group)
@@ -166,6 +175,14 @@ class Following:
                 for context, key in sorted(slots):
                     moved |= groups.slot_changed(subject, context, key, belief((context, key)))
         return frozenset(moved)
+
+    def policies_changed(self) -> None:
+        """The engine resolves under another policy book: every member's beliefs are read
+        again (the cost of one read per user in a team), and moved groups' watches woken."""
+        with self.lock:
+            moved = self.groups.resolved_anew()
+        for group in sorted(moved):
+            self._notify(group)
 
     def rollup(self, group: Subject) -> GroupRollup:
         with self.lock:

@@ -323,6 +323,22 @@ class RollupIndex:
                 moved |= self.slot_changed(user, slot[0], slot[1], after.get(slot))
         return frozenset(moved)
 
+    def followed(self) -> list[Subject]:
+        """The users whose beliefs count in a roll-up (those in at least one team), by id."""
+        return sorted(self._held)
+
+    def model_is(self, user: Subject, beliefs: Iterable[Belief]) -> frozenset[Subject]:
+        """Follows ``user``'s whole resolved model (a model resolved anew, under another policy
+        book): every slot it held or holds now."""
+        held_now = self._held.get(user)
+        if held_now is None:
+            return frozenset()
+        after = {(b.context, b.key): b for b in beliefs}
+        moved: set[Subject] = set()
+        for slot in sorted(held_now.keys() | after.keys()):
+            moved |= self.slot_changed(user, slot[0], slot[1], after.get(slot))
+        return frozenset(moved)
+
     def _tally_add(self, group: Subject, slot: Slot, user: Subject, h: Held) -> None:
         tallies = self._tallies.setdefault(group, {})
         tallies.setdefault((slot[0], slot[1], h.statement), _Tally()).add(user, h)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from node import listing
 from node.engine import Engine, ObservationInput
+from node.policy import ContextPolicy, PolicyBook
 from node.rollup import compute_rollup
 from node.store import Store
 from sync.delivery import Delta
@@ -124,3 +125,18 @@ def test_listings_never_name_a_nodes_own_subjects_or_contexts(tmp_path: Path) ->
     found, _ = listing.subjects_page(store, store.holds_observations, T, None, "", 10)
     assert found == [U1, TEAM]
     assert listing.contexts(e.state(TEAM)) == []
+
+
+def test_a_new_policy_book_moves_the_rollups_of_the_beliefs_it_moves(tmp_path: Path) -> None:
+    e = engine(tmp_path, "n1")
+    add(e, TEAM, U1)
+    e.observe("sales", [ObservationInput(U1, "budget", "amount", "fifty", 0.7)])
+    assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]  # 0.63 >= 0.5
+    watch = e.subscribe(TEAM)
+    watch.changed.clear()
+    stricter = PolicyBook(contexts={"budget": ContextPolicy(min_confidence=0.7)})
+    e.use_policies(stricter)  # the belief is now uncertain: no user holds it
+    assert e.groups.rollup(TEAM).beliefs == () and watch.changed.is_set()
+    assert e.groups.rollup(TEAM) == from_scratch(e, TEAM)
+    e.use_policies(PolicyBook())
+    assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]
