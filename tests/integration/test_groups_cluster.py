@@ -2,7 +2,8 @@
 changes, member writes on different nodes, removals and forgets, and convergence, every node
 serves the same roll-ups, equal to the roll-up computed from scratch (node.rollup) from the
 members and the members' models read from the nodes; a team's watch fires on one node when a
-member writes on another; Explain on a roll-up lists the members behind it."""
+member writes on another; Explain on a roll-up lists the members behind it; a policy set on one
+node moves the roll-ups on every node."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 from federation.client import Client, SelfModelView, holders, org, team, user
 from node.resolution import Belief
 from node.rollup import GroupRollup, compute_rollup
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from sync.observation import Subject, SubjectKind
 from tests.harness import LocalCluster, start_with_fresh_ports
 from tests.nodes import NEVER_FADE
@@ -222,3 +225,35 @@ def test_a_members_write_on_another_node_fires_the_teams_watch_and_explain_lists
         assert [(h.user.id, h.statement, h.confidence) for h in holders(why)] == [
             ("u2", "fifty", pytest.approx(0.81))
         ]
+
+
+def test_a_policy_set_on_one_node_moves_the_rollups_on_every_node(cluster: LocalCluster) -> None:
+    tenant = "governed"
+    with (
+        cluster.client("east", "ops", tenant) as east,
+        cluster.client("west", "ops", tenant) as west,
+        grpc.insecure_channel(cluster.address("east")) as channel,
+    ):
+        east.add_member(team("t"), user("u1"))
+        west.observe(user("u1"), "fifty", confidence=0.7, context="mood", key="k")  # 0.63
+        cluster.wait_converged(WAIT_S)
+        for c in (east, west):
+            assert [r.statement for r in c.self_model(team("t")).rollups] == ["fifty"]
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        field = admin_pb2.SETTING_FIELD_MIN_CONFIDENCE
+        md = (("x-agent-id", "ops"),)
+        # u1's belief turns uncertain under the new minimum
+        admin.SetSetting(
+            admin_pb2.SetSettingRequest(context="mood", field=field, number=0.7), metadata=md
+        )
+        try:
+            cluster.wait_converged(WAIT_S)
+            for c in (east, west):
+                assert c.self_model(team("t")).rollups == ()
+        finally:
+            admin.ClearSetting(
+                admin_pb2.ClearSettingRequest(context="mood", field=field), metadata=md
+            )
+        cluster.wait_converged(WAIT_S)
+        for c in (east, west):
+            assert [r.statement for r in c.self_model(team("t")).rollups] == ["fifty"]
