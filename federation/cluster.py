@@ -8,6 +8,8 @@
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
                                   # backoff_max_s, ack_request_s, linger_s, claim_wait_s
                                   # (federation.settings.SYNC)
+    [cluster.learning]            # learned reliability: enabled (default false), window,
+                                  # prior_agree, prior_disagree, floor, ceiling, interval_s
     [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name
     ca = "certs/ca.crt"
     cert = "certs/{node}.crt"
@@ -44,6 +46,7 @@ from federation import settings as numeric
 from node import peers
 from node.config import NodeConfig
 from node.governance import NO_SEED, Seed
+from node.reliability import LearningSettings
 from node.replication import PeerConfig
 from selfmodel import channels
 from sync.replicator import SyncSettings
@@ -131,6 +134,7 @@ class Cluster:
     source: Path | None = None  # the file it was read from (None: embedded default)
     # [cluster.limits]: the limits given (federation.limits.LIMITS), each a NodeConfig setting.
     limits: Mapping[str, int | float] = field(default_factory=dict)
+    learning: LearningSettings = field(default_factory=LearningSettings)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -181,7 +185,7 @@ def positive_mb(value: Any) -> float | None:
 
 
 # The keys each table takes besides the numeric ones of federation.settings (LIMITS, SYNC).
-CLUSTER_KEYS = frozenset({"data", "fsync", "limits", "sync", "tls", "auth"})
+CLUSTER_KEYS = frozenset({"data", "fsync", "limits", "sync", "learning", "tls", "auth"})
 TLS_KEYS = frozenset({"ca", "cert", "key", "agents"})
 AUTH_KEYS = frozenset({"tokens", "peer_secret"})
 NODE_KEYS = frozenset(
@@ -202,6 +206,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
             numeric.moved(f"cluster.{table}", cluster.get(table, {}))
         limits = numeric.parse_limits(cluster.get("limits", {}))
         sync = numeric.parse_sync(cluster.get("sync", {}))
+        learning = numeric.parse_learning(cluster.get("learning", {}))
     except numeric.SettingError as exc:
         raise ClusterFileError(str(exc)) from None
     unknown = set(cluster) - CLUSTER_KEYS
@@ -289,6 +294,7 @@ def parse(raw: Mapping[str, Any], base: Path, source: Path | None) -> Cluster:
         policies=policies,
         source=source,
         limits=limits,
+        learning=learning,
     )
 
 
@@ -308,6 +314,7 @@ def node_config(cluster: Cluster, name: str, identify: Any = None) -> NodeConfig
         members=frozenset(cluster.names()),
         sync=cluster.sync,
         peer_listen=spec.peer_address if spec.peer_address != spec.address else None,
+        learning=cluster.learning,
     )
     numeric.apply(config, cluster.limits)
     if cluster.peer_secret is not None:

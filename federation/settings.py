@@ -1,7 +1,8 @@
 """The cluster file's numeric settings, each described once (its type, default and least value)
 and checked by one parser: ``[cluster.limits]`` (every limit of a node; a limit's name is the
 NodeConfig or ``node.validation.Limits`` field it sets, and the ``selfmodel node`` option where
-there is one) and ``[cluster.sync]`` (how replication behaves: sync.settings.SyncSettings)."""
+there is one), ``[cluster.sync]`` (how replication behaves: sync.settings.SyncSettings) and
+``[cluster.learning]`` (learned reliability: node.reliability.LearningSettings)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import NodeConfig
+from node.reliability import LearningSettings
 from node.validation import Limits
 from sync.bounds import SETTINGS as SUBJECT_SETTINGS
 from sync.bounds import SubjectLimits
@@ -83,6 +85,20 @@ SYNC: dict[str, Setting] = {
     for f in dataclasses.fields(SyncSettings)
 }
 
+# Every number [cluster.learning] takes (its `enabled` is true or false): counts at least 1, the
+# rest above 0; LearningSettings checks the rest (floor <= ceiling <= 1).
+LEARNING: dict[str, Setting] = {
+    f.name: Setting(
+        type(f.default),  # type: ignore[arg-type]
+        f.default,  # type: ignore[arg-type]
+        1 if type(f.default) is int else 0,
+        above=type(f.default) is float,
+    )
+    for f in dataclasses.fields(LearningSettings)
+    if f.name != "enabled"
+}
+
+
 # Where each key of an earlier cluster file layout now is (a file naming one is refused, naming
 # its new key).
 MOVED: dict[tuple[str, str], str] = {
@@ -128,6 +144,21 @@ def parse_sync(raw: Any) -> SyncSettings:
     return SyncSettings(**parse_table("cluster.sync", raw, SYNC))
 
 
+def parse_learning(raw: Any) -> LearningSettings:
+    """``[cluster.learning]``: learned reliability, off unless ``enabled = true``."""
+    if not isinstance(raw, Mapping):
+        raise SettingError(f"[cluster.learning] must be a table, got {raw!r}")
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SettingError(f"[cluster.learning] enabled must be true or false, got {enabled!r}")
+    numbers = {k: v for k, v in raw.items() if k != "enabled"}
+    values = parse_table("cluster.learning", numbers, LEARNING)
+    try:
+        return LearningSettings(**values, enabled=enabled)
+    except ValueError as exc:
+        raise SettingError(f"[cluster.learning] {exc}") from None
+
+
 def apply(config: NodeConfig, values: Mapping[str, Any]) -> None:
     """Sets ``config``'s fields (its Limits and SubjectLimits too) to ``values``."""
     subject = {s: f"max_{k}" for k, (s, _) in SUBJECT_SETTINGS.items()}
@@ -141,6 +172,7 @@ def apply(config: NodeConfig, values: Mapping[str, Any]) -> None:
 
 
 __all__ = [
+    "LEARNING",
     "LIMITS",
     "MOVED",
     "SYNC",
@@ -148,6 +180,7 @@ __all__ = [
     "SettingError",
     "apply",
     "moved",
+    "parse_learning",
     "parse_limits",
     "parse_sync",
     "parse_table",

@@ -13,6 +13,7 @@ import grpc
 
 from node.governance import NO_SEED, Seed
 from node.peers import PeerAuth, PeerAuthError, decide
+from node.reliability import LearningSettings
 from node.validation import Limits
 from sync.bounds import SubjectLimits
 from sync.settings import SyncSettings
@@ -43,6 +44,8 @@ class NodeConfig:
     # The cluster file's [policies]: the seed under the cluster's replicated settings
     # (node.governor).
     policies: Seed = NO_SEED
+    # Learned reliability (node.learning): off unless enabled.
+    learning: LearningSettings = field(default_factory=LearningSettings)
     limits: Limits = field(default_factory=Limits)
     max_watchers: int = 256
     # Every message this node sends or takes, from agents and peers alike; the subject limits

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from node.audit import AuditEntry
 from node.policy import DAY_S, ContextPolicy, PolicyBook
 from node.reads import ModelView
+from node.reliability import Learned
 from node.resolution import Belief, Explanation, LeftOut, Support, left_out, select
 from node.snapshots import Snapshots
 from selfmodel.admin.v1 import admin_pb2
@@ -30,6 +31,7 @@ def _support(p: Support, msg: model_pb2.Support) -> None:
     msg.recency = p.recency
     msg.evidence_factor = p.evidence_factor
     msg.counted = p.counted
+    msg.learned_weight = p.learned
 
 
 def belief_to_proto(b: Belief, msg: model_pb2.Belief, max_positions: int | None = None) -> None:
@@ -218,6 +220,7 @@ def explanation(
             superseded=w.superseded,
             independent=w.independent,
             dependence=w.dependence,
+            learned_weight=w.learned,
         )
         item.observed_at.FromMilliseconds(physical_ms(o.hlc))
         for ev in o.evidence:
@@ -236,6 +239,17 @@ def policy_to_proto(context: str, policy: ContextPolicy, msg: selfmodel_pb2.Cont
     msg.half_life_seconds = policy.half_life_s or 0.0
     msg.evidence_discount = policy.evidence_discount
     msg.max_observations = policy.max_observations
+
+
+def source_weights(
+    enabled: bool, weights: Iterable[Learned]
+) -> admin_pb2.ListSourceWeightsResponse:
+    msg = admin_pb2.ListSourceWeightsResponse(enabled=enabled)
+    for w in weights:
+        msg.weights.add(
+            source=w.source, context=w.context, agreed=w.agreed, judged=w.judged, weight=w.weight
+        )
+    return msg
 
 
 def audit_page(entries: Iterable[AuditEntry], cursor: str) -> admin_pb2.ListAuditResponse:

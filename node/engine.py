@@ -11,7 +11,8 @@ subject's slot index (node.snapshots), not by scanning the subject.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.reads import ModelView, Reader
+from node.reliability import Learned, learned_book
 from node.resolution import Explanation, normalize_statement
 from node.screening import screen
 from node.sizes import SubjectSizes
@@ -119,19 +121,46 @@ class Engine:
         # the subjects' locks, before watches are woken: what follows the subjects' states
         # (roll-ups, governance) keeps up with every change, in commit order.
         self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        # The book in force is the operators' (node.governor) times the learned weights
+        # (node.learning; none unless it is on): node.reliability.learned_book.
+        self.operators = self.reader.policies
+        self.learned: Mapping[tuple[str, str], Learned] = {}
+        self._book_lock = threading.Lock()
+        # Told the operators' new book when it changes (learning judges against it).
+        self.book_listeners: list[Callable[[PolicyBook], None]] = []
         self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
 
     @property
     def policies(self) -> PolicyBook:
-        """The policy book in force (node.governor keeps it: the file under the replicated
-        settings)."""
+        """The policy book in force: ``learned_book(operators, learned)``."""
         return self.reader.policies
 
     def use_policies(self, book: PolicyBook) -> None:
-        """Resolves with ``book`` from now on: no snapshot resolved under another book is
-        served again (node.reads), and every watch is woken to read its model again."""
+        """Resolves with the operators' ``book`` from now on (node.governor keeps it: the file
+        under the replicated settings), times the learned weights: no snapshot resolved under
+        another book is served again (node.reads), and every watch is woken to read its model
+        again. ``book_listeners`` are told."""
+        with self._book_lock:
+            self.operators = book
+            self._put_in_force(None)
+        for listen in self.book_listeners:
+            listen(book)
+
+    def use_learned(
+        self, learned: Mapping[tuple[str, str], Learned], contexts: frozenset[str] | None
+    ) -> None:
+        """Resolves with the ``learned`` weights from now on (node.learning), which move only
+        ``contexts``' beliefs (None: any context's): a cached snapshot is resolved again on its
+        next read, in those contexts only (node.snapshots); watches look again."""
+        with self._book_lock:
+            self.learned = learned
+            self._put_in_force(contexts)
+
+    def _put_in_force(self, contexts: frozenset[str] | None) -> None:
+        book = learned_book(self.operators, self.learned)
+        self.snapshots.rebooked(self.reader.policies, book, contexts)
         self.reader.policies = book
-        self.groups.policies_changed()  # members' beliefs moved: so do roll-ups
+        self.groups.policies_changed(contexts)  # members' beliefs moved: so do roll-ups
         self.watches.wake_all()
 
     # -- writes --------------------------------------------------------------------------

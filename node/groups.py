@@ -88,12 +88,13 @@ class Groups:
     ) -> frozenset[Subject]:
         return self._moved(self.index.model_changed(user, old, new))
 
-    def resolved_anew(self) -> frozenset[Subject]:
-        """Follows every followed user's model as ``model_of`` now resolves it (after the
-        node's policy book changed: beliefs move without their subjects changing)."""
+    def resolved_anew(self, contexts: frozenset[str] | None = None) -> frozenset[Subject]:
+        """Follows every followed user's model as ``model_of`` now resolves it, in ``contexts``
+        (None: all), after the node's policy book changed there: beliefs move without their
+        subjects changing."""
         moved: set[Subject] = set()
         for user in self.index.followed():
-            moved |= self.index.model_is(user, self._model_of(user))
+            moved |= self.index.model_is(user, self._model_of(user), contexts)
         return self._moved(moved)
 
     def rollup(self, group: Subject) -> GroupRollup:
@@ -176,11 +177,12 @@ class Following:
                     moved |= groups.slot_changed(subject, context, key, belief((context, key)))
         return frozenset(moved)
 
-    def policies_changed(self) -> None:
-        """The engine resolves under another policy book: every member's beliefs are read
-        again (the cost of one read per user in a team), and moved groups' watches woken."""
+    def policies_changed(self, contexts: frozenset[str] | None = None) -> None:
+        """The engine resolves under another policy book (operators' settings, learned weights)
+        that moves beliefs in ``contexts`` (None: any): every member's beliefs there are read
+        again (one model read per user in a team), and moved groups' watches woken."""
         with self.lock:
-            moved = self.groups.resolved_anew()
+            moved = self.groups.resolved_anew(contexts)
         for group in sorted(moved):
             self._notify(group)
 

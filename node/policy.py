@@ -45,6 +45,9 @@ class PolicyBook:
     contexts: Mapping[str, ContextPolicy] = field(default_factory=dict)
     # (source, context) -> reliability in [0, 1]; context "*" applies to every context.
     reliability: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # (source, context) -> the learned weight already multiplied into ``reliability``
+    # (node.reliability.learned_book), shown beside it; 1 for a source not learned.
+    learned: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     def for_context(self, context: str) -> ContextPolicy:
         return self.contexts.get(context, self.default)
@@ -54,6 +57,9 @@ class PolicyBook:
         if not r:
             return 1.0
         return r.get((source, context), r.get((source, "*"), 1.0))
+
+    def learned_of(self, source: str, context: str) -> float:
+        return self.learned.get((source, context), 1.0) if self.learned else 1.0
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any]) -> PolicyBook:

@@ -31,6 +31,7 @@ The weight multiplies the operator's reliability of the source in the context (`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -48,8 +49,14 @@ class LearningSettings:
     prior_disagree: float = 1.0  # and disagreements (b)
     floor: float = 0.1
     ceiling: float = 1.0
+    # Whether the node resolves with the learned weights (off: it neither tracks nor learns).
+    enabled: bool = False
+    # How often, at most, the weights are recomputed from the outcomes and put in force.
+    interval_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
+            raise ValueError(f"interval_s: must be a positive number, got {self.interval_s}")
         if self.window < 1:
             raise ValueError(f"window: must be at least 1, got {self.window}")
         if not (self.prior_agree > 0 and self.prior_disagree > 0):
@@ -130,6 +137,8 @@ def learned_book(book: PolicyBook, learned: Mapping[tuple[str, str], Learned]) -
     if not learned:
         return book
     reliability = dict(book.reliability)
+    weights = {}
     for (source, context), found in learned.items():
         reliability[source, context] = book.reliability_of(source, context) * found.weight
-    return PolicyBook(book.default, book.contexts, reliability)
+        weights[source, context] = found.weight
+    return PolicyBook(book.default, book.contexts, reliability, weights)

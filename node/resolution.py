@@ -74,6 +74,7 @@ class Support:
     recency: float = field(default=1.0, compare=False)
     evidence_factor: float = field(default=1.0, compare=False)
     counted: bool = field(default=True, compare=False)
+    learned: float = field(default=1.0, compare=False)  # the part of reliability learned
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Weighted:
     superseded: bool = False  # a newer observation of its source in the slot replaces it
     independent: bool = True
     dependence: str = ""  # why it is not independent
+    learned: float = 1.0  # the part of reliability learned (node.reliability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,7 @@ def explain_slot(
             recency=w.recency,
             evidence_factor=w.evidence_factor,
             counted=o.dot in in_support,
+            learned=w.learned,
         )
         (supporters if normalize_statement(o.statement) == winner_norm else dissenters).append(p)
     superseded = tuple(
@@ -225,6 +228,7 @@ def _weigh(o: Observation, policy: ContextPolicy, book: PolicyBook, newest_ms: i
         recency=rec,
         evidence_factor=ev,
         below_minimum=weight < policy.min_confidence,
+        learned=book.learned_of(o.source, o.context),
     )
 
 

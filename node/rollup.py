@@ -327,15 +327,20 @@ class RollupIndex:
         """The users whose beliefs count in a roll-up (those in at least one team), by id."""
         return sorted(self._held)
 
-    def model_is(self, user: Subject, beliefs: Iterable[Belief]) -> frozenset[Subject]:
-        """Follows ``user``'s whole resolved model (a model resolved anew, under another policy
-        book): every slot it held or holds now."""
+    def model_is(
+        self, user: Subject, beliefs: Iterable[Belief], contexts: frozenset[str] | None = None
+    ) -> frozenset[Subject]:
+        """Follows ``user``'s resolved model (resolved anew, under another policy book): every
+        slot it held or holds now, of ``contexts`` only when given."""
         held_now = self._held.get(user)
         if held_now is None:
             return frozenset()
         after = {(b.context, b.key): b for b in beliefs}
+        slots = held_now.keys() | after.keys()
+        if contexts is not None:
+            slots = {slot for slot in slots if slot[0] in contexts}
         moved: set[Subject] = set()
-        for slot in sorted(held_now.keys() | after.keys()):
+        for slot in sorted(slots):
             moved |= self.slot_changed(user, slot[0], slot[1], after.get(slot))
         return frozenset(moved)
 

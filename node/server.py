@@ -23,6 +23,7 @@ from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.governor import Governor
 from node.interceptors import Chain, Gate, wrapping
+from node.learning import Learning
 from node.peers import PeerAuth, refusing
 from node.replication import (
     PeerServicer,
@@ -69,6 +70,7 @@ class RunningNode:
     _metrics_server: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _stop_token_watch: Callable[[], None] | None = None
+    learning: Learning | None = None  # learned reliability, when enabled
 
     @property
     def address(self) -> str:
@@ -94,6 +96,8 @@ class RunningNode:
             done.wait()
         if self.disk_watch is not None:
             self.disk_watch.stop()
+        if self.learning is not None:
+            self.learning.stop()
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -123,6 +127,7 @@ def start(config: NodeConfig) -> RunningNode:
         snapshot_cache_mb=config.snapshot_cache_mb,
     )
     governor = Governor(engine, config.policies)
+    learning = start_learning(config, engine, store)
     # Until the node has decided its actor (below), only run claims, health and reflection.
     gate = Gate(
         f"node {config.name} is starting: it is asking its peers to vouch for its previous run",
@@ -194,6 +199,7 @@ def start(config: NodeConfig) -> RunningNode:
             identify,
             config.limits,
             governor,
+            learning,
         ),
         services,
     )
@@ -244,6 +250,8 @@ def start(config: NodeConfig) -> RunningNode:
     metrics_server, metrics_port = listeners.serve_metrics(config)
     if replicator is not None:
         replicator.start()
+    if learning is not None:
+        learning.start()
     stop_token_watch = None
     if config.tokens is not None:
         stop_token_watch = config.tokens.watch(engine.wake_watches)
@@ -263,7 +271,21 @@ def start(config: NodeConfig) -> RunningNode:
         disk_watch,
         metrics_server,
         _stop_token_watch=stop_token_watch,
+        learning=learning,
     )
+
+
+def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning | None:
+    """Learned reliability, when enabled: every slot stored judged once (before the node takes
+    writes or merges), then each change followed (node.learning)."""
+    if not config.learning.enabled:
+        return None
+    learning = Learning(engine, config.learning)
+    count = learning.load(store.subjects())
+    engine.listeners.append(learning.follow)
+    engine.book_listeners.append(learning.reconfigure)
+    log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
+    return learning
 
 
 def _verify(store: Store) -> None:

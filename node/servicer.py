@@ -32,6 +32,7 @@ from node.errors import (
 from node.governor import Governor
 from node.groupreads import RollupReads
 from node.interceptors import HandlerWrapper
+from node.learning import Learning
 from node.memberservice import MembersAdmin
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
@@ -458,12 +459,14 @@ class AdminServicer(SettingsAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServ
         identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
         limits: Limits | None = None,
         governor: Governor | None = None,
+        learning: Learning | None = None,
     ) -> None:
         self.engine = engine
         self.status = status
         self.identify = identify
         self.limits = limits or Limits()
         self.governor = governor  # the cluster's settings (node.adminsettings)
+        self.learning = learning  # None: the node does not learn reliability
 
     @map_errors
     def GetStatus(
@@ -485,6 +488,20 @@ class AdminServicer(SettingsAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServ
         limit = min(request.limit or 100, 1000)
         entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
         return convert.audit_page(entries, cursor)
+
+    @map_errors
+    def ListSourceWeights(
+        self, request: admin_pb2.ListSourceWeightsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ListSourceWeightsResponse:
+        who = self.identify(context, self.limits)
+        who.check_operator("list learned source weights")
+        if request.context:
+            validation.context_name(request.context, "context", self.limits)
+        if self.learning is None:
+            return convert.source_weights(False, [])
+        found = self.learning.weights(who.tenant)
+        wanted = [w for w in found if not request.context or w.context == request.context]
+        return convert.source_weights(True, wanted)
 
 
 __all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]

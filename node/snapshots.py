@@ -20,6 +20,11 @@ A snapshot also keeps the serialized replies built from it (``replies``, filled 
 node.convert), so a read of an unchanged subject serializes nothing. The snapshots of all
 subjects together stay within a memory budget (``Snapshots``): the least recently used go first,
 and a subject whose snapshot went is resolved again, whole, on its next read.
+
+A snapshot is of one book (the policies and reliabilities it was resolved with). When another
+book is put in force and what it changes is known (``Snapshots.rebooked``: the learned weights
+of some contexts moved, node.learning), a snapshot of the older book is re-resolved in those
+contexts' slots only; otherwise whole.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ Slot = tuple[str, str]  # (context, key)
 
 # Serialized replies kept per snapshot (per filter and detail asked for); the oldest goes first.
 MAX_REPLIES = 8
+# Books in force remembered with what each changed (Snapshots.rebooked): a snapshot resolved
+# under an older one is resolved again whole.
+MAX_BOOKS = 32
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -157,6 +165,17 @@ def advance(previous: Snapshot, index: SlotIndex) -> Snapshot:
     return _snapshot(index, previous.policies, previous.by_slot, touched(previous.index, index))
 
 
+def rebook(
+    previous: Snapshot, policies: PolicyBook, contexts: AbstractSet[str], index: SlotIndex
+) -> Snapshot:
+    """The snapshot of ``index``'s state under ``policies``, a book that resolves only the
+    slots of ``contexts`` differently from ``previous``'s: those and the changed slots resolved
+    again, the rest kept."""
+    again = touched(previous.index, index)
+    again.update(slot for slot in index.slots if slot[0] in contexts)
+    return _snapshot(index, policies, previous.by_slot, again)
+
+
 def _snapshot(
     index: SlotIndex, policies: PolicyBook, resolved: Mapping[Slot, Belief], touched: set[Slot]
 ) -> Snapshot:
@@ -192,6 +211,32 @@ class Snapshots:
         self._bytes = 0
         self._lock = threading.Lock()
         self._subject_locks = SubjectLocks()
+        # The latest books put in force, each with the contexts it resolves differently from
+        # the one before (``rebooked``); the oldest first, at most MAX_BOOKS.
+        self._books: list[tuple[PolicyBook, frozenset[str]]] = []
+
+    def rebooked(self, old: PolicyBook, new: PolicyBook, contexts: frozenset[str] | None) -> None:
+        """Records that ``new`` replaces ``old`` and resolves only ``contexts`` differently
+        (None: any context may differ): a snapshot resolved under a book recorded here is then
+        re-resolved in the contexts changed since, not whole."""
+        with self._lock:
+            if contexts is None:
+                self._books = [(new, frozenset())]
+                return
+            if not self._books or self._books[-1][0] is not old:
+                self._books = [(old, frozenset())]
+            self._books.append((new, contexts))
+            del self._books[:-MAX_BOOKS]
+
+    def _changed_between(self, old: PolicyBook, new: PolicyBook) -> frozenset[str] | None:
+        """The contexts resolved differently under ``new`` than under ``old`` (None: unknown)."""
+        with self._lock:
+            books = [b for b, _ in self._books]
+            at = next((i for i, b in enumerate(books) if b is old), None)
+            to = next((i for i, b in enumerate(books) if b is new), None)
+            if at is None or to is None or to < at:
+                return None
+            return frozenset().union(*(c for _, c in self._books[at + 1 : to + 1]))
 
     def serialized(self, subject: Subject) -> threading.Lock:
         """The lock under which ``subject``'s snapshot and index change (one per stripe)."""
@@ -224,6 +269,13 @@ class Snapshots:
                 return previous, True
             assert kept is not None
             snapshot = advance(previous, advance_index(kept.latest, state))
+            incremental = True
+        elif (
+            previous is not None
+            and (contexts := self._changed_between(previous.policies, policies)) is not None
+        ):
+            assert kept is not None
+            snapshot = rebook(previous, policies, contexts, advance_index(kept.latest, state))
             incremental = True
         else:
             snapshot, incremental = resolve_snapshot(state, policies), False
@@ -295,6 +347,7 @@ __all__ = [
     "advance_index",
     "after_write",
     "index_of",
+    "rebook",
     "resolve_snapshot",
     "touched",
 ]

@@ -188,6 +188,10 @@ def policies_toml(policies: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _toml(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+
+
 class LocalCluster:
     """N nodes with full replication, each directed link behind a fault proxy."""
 
@@ -209,6 +213,7 @@ class LocalCluster:
         peer_secret: bool | None = None,
         peer_ports: bool = False,
         limits: Mapping[str, Any] | None = None,
+        learning: Mapping[str, Any] | None = None,
     ) -> None:
         """``node_args``: more ``selfmodel node`` arguments for the nodes named (``--no-fsync``);
         ``node_prefix``: a command to run those nodes under (``taskset -c 1``).
@@ -218,7 +223,8 @@ class LocalCluster:
         ``root`` (default: with tokens, which need peer authentication, and without TLS);
         ``peer_ports``: Sync on a port of its own per node without TLS too (always with TLS).
 
-        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_watchers": 3}``).
+        ``limits``: the cluster file's ``[cluster.limits]`` (``{"max_watchers": 3}``);
+        ``learning``: its ``[cluster.learning]`` (``{"enabled": True, "window": 5}``).
 
         ``policies``: the cluster file's ``[policies.<section>]`` tables of scalars
         (``{"default": {"half_life_days": 0}}``).
@@ -261,6 +267,8 @@ class LocalCluster:
         ]
         given = {"max_clock_offset_ms": max_clock_offset_ms, **(limits or {})}
         lines += ["[cluster.limits]", *(f"{k} = {v!r}" for k, v in given.items())]
+        if learning is not None:
+            lines += ["[cluster.learning]", *(f"{k} = {_toml(v)}" for k, v in learning.items())]
         lines += policies_toml(policies or {})
         if tokens is not None or self.peer_secret is not None:
             lines.append("[cluster.auth]")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, load, rollup, scale, subject_size
+from benchmarks import handoff, learning, load, rollup, scale, subject_size
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -137,3 +137,10 @@ def test_rollup_reads_groups_beside_a_user_and_writes_as_a_member_of_several_gro
     # a group's reply holds its roll-up rows: larger than a bare snapshot of no belief
     assert all(f.reply_bytes > 200 for f in report.reads)
     assert all(f.cpu_us > 0 for f in report.writes)
+
+
+def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> None:
+    off, none = learning.writes_per_s(tmp_path, "off", 60, learning=False)
+    on, refresh = learning.writes_per_s(tmp_path, "on", 60, learning=True)
+    assert off > 0 and on > 0 and none == 0 and refresh > 0
+    assert 100 < learning.bytes_per_position(300) < 10_000

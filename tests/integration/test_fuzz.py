@@ -196,6 +196,9 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "page_token": st.just(""),
     "idempotency_key": st.sampled_from(["", "call-1", "call-2"]),
     "list_kind": st.sampled_from([0, 1, 2, 3]),
+    "setting_field": st.integers(1, 5),
+    "policy": st.sampled_from([1, 2]),
+    "number": st.floats(0.0, 1.0),
 }
 HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     "tenant": st.one_of(hostile_ids, st.just("ACME")),
@@ -236,6 +239,9 @@ HOSTILE: dict[str, st.SearchStrategy[Any]] = {
     ),
     "idempotency_key": st.one_of(st.text(max_size=40), st.just("k" * 129)),
     "list_kind": st.integers(-(2**31), 2**31 - 1),
+    "setting_field": st.one_of(st.just(0), st.integers(6, 2**31 - 1), st.integers(-(2**31), -1)),
+    "policy": st.integers(-(2**31), 2**31 - 1),
+    "number": hostile_floats,
 }
 SUBJECT_FIELDS = ["tenant", "kind", "id", "subject"]
 OBSERVATION_FIELDS = [*SUBJECT_FIELDS, "context", "key", "statement", "confidence", "evidence"]
@@ -260,15 +266,16 @@ FIELDS = {
     "ExplainBelief": [*SUBJECT_FIELDS, "context", "key", "at_least"],
     "ForgetSubject": [*SUBJECT_FIELDS, "idempotency_key"],
     "ListAudit": ["after", "limit"],
+    "ListSourceWeights": ["context"],
+    "GetSettings": [],
+    "SetSetting": ["context", "setting_field", "policy", "number"],
+    "ClearSetting": ["context", "setting_field"],
+    "SetReliability": ["source", "context", "number"],
+    "ClearReliability": ["source", "context"],
     "GetStatus": [],
     "AddMember": SUBJECT_FIELDS,
     "RemoveMember": SUBJECT_FIELDS,
     "ListMembers": [*SUBJECT_FIELDS, "page_size", "page_token"],
-    "GetSettings": [],
-    "SetSetting": ["context", "confidence"],
-    "ClearSetting": ["context"],
-    "SetReliability": ["context", "source", "confidence"],
-    "ClearReliability": ["context", "source"],
 }
 
 
@@ -347,6 +354,25 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
             v["id"] = "not-seeded"  # forget only other subjects
     elif name == "ListAudit":
         return admin_pb2.ListAuditRequest(after=v["after"], limit=v["limit"])
+    elif name == "ListSourceWeights":
+        return admin_pb2.ListSourceWeightsRequest(context=v["context"])
+    elif name == "GetSettings":
+        return admin_pb2.GetSettingsRequest()
+    elif name == "SetSetting":
+        setting = admin_pb2.SetSettingRequest(context=v["context"], field=v["setting_field"])
+        if draw(st.booleans()):
+            setting.policy = v["policy"]
+        else:
+            setting.number = v["number"]
+        return setting
+    elif name == "ClearSetting":
+        return admin_pb2.ClearSettingRequest(context=v["context"], field=v["setting_field"])
+    elif name == "SetReliability":
+        return admin_pb2.SetReliabilityRequest(
+            source=v["source"], context=v["context"], reliability=v["number"]
+        )
+    elif name == "ClearReliability":
+        return admin_pb2.ClearReliabilityRequest(source=v["source"], context=v["context"])
     elif name == "GetStatus":
         return admin_pb2.GetStatusRequest()
     elif name in ("AddMember", "RemoveMember"):
@@ -361,24 +387,6 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
                 model_pb2.Subject(tenant=other["tenant"], kind=other["kind"], id=other["id"])
             )
         return change  # type: ignore[no-any-return]
-    elif name == "GetSettings":
-        return admin_pb2.GetSettingsRequest()
-    elif name in ("SetSetting", "ClearSetting"):
-        field = draw(st.integers(-1, 7))  # SettingField, known or not
-        if name == "ClearSetting":
-            return admin_pb2.ClearSettingRequest(context=v["context"], field=field)  # type: ignore[arg-type]
-        setting = admin_pb2.SetSettingRequest(context=v["context"], field=field)  # type: ignore[arg-type]
-        if draw(st.booleans()):
-            setting.number = v["confidence"]
-        else:
-            setting.policy = draw(st.integers(-1, 3))  # type: ignore[assignment]
-        return setting
-    elif name == "SetReliability":
-        return admin_pb2.SetReliabilityRequest(
-            source=v["source"], context=v["context"], reliability=v["confidence"]
-        )
-    elif name == "ClearReliability":
-        return admin_pb2.ClearReliabilityRequest(source=v["source"], context=v["context"])
     elif name == "ListMembers":
         listing = admin_pb2.ListMembersRequest(page_size=v["page_size"], page_token=v["page_token"])
         if v["subject"]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from federation.cluster import AUTH_KEYS, CLUSTER_KEYS, NODE_KEYS, TLS_KEYS, parse
-from federation.settings import LIMITS, SYNC, apply
+from federation.settings import LEARNING, LIMITS, SYNC, apply
 from node.config import NodeConfig
 
 DOC = (Path(__file__).parents[2] / "docs" / "operating.md").read_text()
@@ -55,6 +55,7 @@ def test_the_example_is_a_cluster_file_the_parser_takes(tmp_path: Path) -> None:
     [
         ("cluster", CLUSTER_KEYS),
         ("sync", set(SYNC)),
+        ("learning", {*LEARNING, "enabled"}),
         ("tls", TLS_KEYS),
         ("auth", AUTH_KEYS),
         ("node", NODE_KEYS),

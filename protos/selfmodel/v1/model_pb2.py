@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/model.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x07Subject\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.selfmodel.v1.SubjectKind\x12\n\n\x02id\x18\x03 \x01(\t\"\x80\x01\n\x08\x45vidence\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.selfmodel.v1.EvidenceKind\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x01\x10\x02\"\xd1\x01\n\x07Support\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x13\n\x0breliability\x18\x06 \x01(\x01\x12\x0f\n\x07recency\x18\x07 \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x08 \x01(\x01\x12\x0f\n\x07\x63ounted\x18\t \x01(\x08\"\xbe\x02\n\x06\x42\x65lief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12)\n\nsupporters\x18\x05 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12)\n\ndissenters\x18\x06 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12\x11\n\tuncertain\x18\x07 \x01(\x08\x12.\n\nchanged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06policy\x18\t \x01(\x0e\x32\x14.selfmodel.v1.Policy\x12\x17\n\x0fsupporter_count\x18\n \x01(\r\x12\x17\n\x0f\x64issenter_count\x18\x0b \x01(\r\"\xec\x03\n\x11SelfModelSnapshot\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12%\n\x07\x62\x65liefs\x18\x02 \x03(\x0b\x32\x14.selfmodel.v1.Belief\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\x12/\n\x0bresolved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\t\x12\x19\n\x11uncertain_omitted\x18\x07 \x01(\r\x12$\n\x1c\x62\x65low_min_confidence_omitted\x18\x08 \x01(\r\x12Y\n\x16\x63ontext_min_confidence\x18\t \x03(\x0b\x32\x39.selfmodel.v1.SelfModelSnapshot.ContextMinConfidenceEntry\x12+\n\x07rollups\x18\n \x03(\x0b\x32\x1a.selfmodel.v1.RollupBelief\x12\x13\n\x0bgroup_users\x18\x0b \x01(\r\x1a;\n\x19\x43ontextMinConfidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa8\x01\n\x0cRollupBelief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x0f\n\x07holders\x18\x04 \x01(\r\x12\r\n\x05share\x18\x05 \x01(\x01\x12\x17\n\x0fmean_confidence\x18\x06 \x01(\x01\x12.\n\nchanged_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*o\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x15\n\x11SUBJECT_KIND_TEAM\x10\x02\x12\x14\n\x10SUBJECT_KIND_ORG\x10\x03*\xe4\x01\n\x0c\x45videnceKind\x12\x1d\n\x19\x45VIDENCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VIDENCE_KIND_MESSAGE\x10\x01\x12\x18\n\x14\x45VIDENCE_KIND_TICKET\x10\x02\x12\x16\n\x12\x45VIDENCE_KIND_CALL\x10\x03\x12\x19\n\x15\x45VIDENCE_KIND_MEETING\x10\x04\x12\x1a\n\x16\x45VIDENCE_KIND_DOCUMENT\x10\x05\x12\x18\n\x14\x45VIDENCE_KIND_RECORD\x10\x06\x12\x17\n\x13\x45VIDENCE_KIND_OTHER\x10\x07*H\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOLICY_WEIGHTED\x10\x01\x12\x11\n\rPOLICY_LATEST\x10\x02\x42}\n\x10\x64\x65v.selfmodel.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\xa2\x02\x03SMX\xaa\x02\x0cSelfModel.V1\xba\x02\x03SMX\xca\x02\x0cSelfModel\\V1\xea\x02\rSelfModel::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18selfmodel/v1/model.proto\x12\x0cselfmodel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x07Subject\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.selfmodel.v1.SubjectKind\x12\n\n\x02id\x18\x03 \x01(\t\"\x80\x01\n\x08\x45vidence\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.selfmodel.v1.EvidenceKind\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\r\n\x05quote\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x01\x10\x02\"\xe9\x01\n\x07Support\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12/\n\x0bobserved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06weight\x18\x05 \x01(\x01\x12\x13\n\x0breliability\x18\x06 \x01(\x01\x12\x0f\n\x07recency\x18\x07 \x01(\x01\x12\x17\n\x0f\x65vidence_factor\x18\x08 \x01(\x01\x12\x0f\n\x07\x63ounted\x18\t \x01(\x08\x12\x16\n\x0elearned_weight\x18\n \x01(\x01\"\xbe\x02\n\x06\x42\x65lief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12)\n\nsupporters\x18\x05 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12)\n\ndissenters\x18\x06 \x03(\x0b\x32\x15.selfmodel.v1.Support\x12\x11\n\tuncertain\x18\x07 \x01(\x08\x12.\n\nchanged_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06policy\x18\t \x01(\x0e\x32\x14.selfmodel.v1.Policy\x12\x17\n\x0fsupporter_count\x18\n \x01(\r\x12\x17\n\x0f\x64issenter_count\x18\x0b \x01(\r\"\xec\x03\n\x11SelfModelSnapshot\x12&\n\x07subject\x18\x01 \x01(\x0b\x32\x15.selfmodel.v1.Subject\x12%\n\x07\x62\x65liefs\x18\x02 \x03(\x0b\x32\x14.selfmodel.v1.Belief\x12\x15\n\rhandoff_token\x18\x03 \x01(\t\x12/\n\x0bresolved_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x06 \x01(\t\x12\x19\n\x11uncertain_omitted\x18\x07 \x01(\r\x12$\n\x1c\x62\x65low_min_confidence_omitted\x18\x08 \x01(\r\x12Y\n\x16\x63ontext_min_confidence\x18\t \x03(\x0b\x32\x39.selfmodel.v1.SelfModelSnapshot.ContextMinConfidenceEntry\x12+\n\x07rollups\x18\n \x03(\x0b\x32\x1a.selfmodel.v1.RollupBelief\x12\x13\n\x0bgroup_users\x18\x0b \x01(\r\x1a;\n\x19\x43ontextMinConfidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa8\x01\n\x0cRollupBelief\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x0f\n\x07holders\x18\x04 \x01(\r\x12\r\n\x05share\x18\x05 \x01(\x01\x12\x17\n\x0fmean_confidence\x18\x06 \x01(\x01\x12.\n\nchanged_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*o\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11SUBJECT_KIND_USER\x10\x01\x12\x15\n\x11SUBJECT_KIND_TEAM\x10\x02\x12\x14\n\x10SUBJECT_KIND_ORG\x10\x03*\xe4\x01\n\x0c\x45videnceKind\x12\x1d\n\x19\x45VIDENCE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VIDENCE_KIND_MESSAGE\x10\x01\x12\x18\n\x14\x45VIDENCE_KIND_TICKET\x10\x02\x12\x16\n\x12\x45VIDENCE_KIND_CALL\x10\x03\x12\x19\n\x15\x45VIDENCE_KIND_MEETING\x10\x04\x12\x1a\n\x16\x45VIDENCE_KIND_DOCUMENT\x10\x05\x12\x18\n\x14\x45VIDENCE_KIND_RECORD\x10\x06\x12\x17\n\x13\x45VIDENCE_KIND_OTHER\x10\x07*H\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOLICY_WEIGHTED\x10\x01\x12\x11\n\rPOLICY_LATEST\x10\x02\x42}\n\x10\x64\x65v.selfmodel.v1P\x01Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\xa2\x02\x03SMX\xaa\x02\x0cSelfModel.V1\xba\x02\x03SMX\xca\x02\x0cSelfModel\\V1\xea\x02\rSelfModel::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.selfmodel.v1P\001Z-selfmodel.dev/gen/go/selfmodel/v1;selfmodelv1\242\002\003SMX\252\002\014SelfModel.V1\272\002\003SMX\312\002\014SelfModel\\V1\352\002\rSelfModel::V1'
   _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._loaded_options = None
   _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._serialized_options = b'8\001'
-  _globals['_SUBJECTKIND']._serialized_start=1485
-  _globals['_SUBJECTKIND']._serialized_end=1596
-  _globals['_EVIDENCEKIND']._serialized_start=1599
-  _globals['_EVIDENCEKIND']._serialized_end=1827
-  _globals['_POLICY']._serialized_start=1829
-  _globals['_POLICY']._serialized_end=1901
+  _globals['_SUBJECTKIND']._serialized_start=1509
+  _globals['_SUBJECTKIND']._serialized_end=1620
+  _globals['_EVIDENCEKIND']._serialized_start=1623
+  _globals['_EVIDENCEKIND']._serialized_end=1851
+  _globals['_POLICY']._serialized_start=1853
+  _globals['_POLICY']._serialized_end=1925
   _globals['_SUBJECT']._serialized_start=75
   _globals['_SUBJECT']._serialized_end=153
   _globals['_EVIDENCE']._serialized_start=156
   _globals['_EVIDENCE']._serialized_end=284
   _globals['_SUPPORT']._serialized_start=287
-  _globals['_SUPPORT']._serialized_end=496
-  _globals['_BELIEF']._serialized_start=499
-  _globals['_BELIEF']._serialized_end=817
-  _globals['_SELFMODELSNAPSHOT']._serialized_start=820
-  _globals['_SELFMODELSNAPSHOT']._serialized_end=1312
-  _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._serialized_start=1253
-  _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._serialized_end=1312
-  _globals['_ROLLUPBELIEF']._serialized_start=1315
-  _globals['_ROLLUPBELIEF']._serialized_end=1483
+  _globals['_SUPPORT']._serialized_end=520
+  _globals['_BELIEF']._serialized_start=523
+  _globals['_BELIEF']._serialized_end=841
+  _globals['_SELFMODELSNAPSHOT']._serialized_start=844
+  _globals['_SELFMODELSNAPSHOT']._serialized_end=1336
+  _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._serialized_start=1277
+  _globals['_SELFMODELSNAPSHOT_CONTEXTMINCONFIDENCEENTRY']._serialized_end=1336
+  _globals['_ROLLUPBELIEF']._serialized_start=1339
+  _globals['_ROLLUPBELIEF']._serialized_end=1507
 # @@protoc_insertion_point(module_scope)

@@ -179,6 +179,7 @@ class Support(_message.Message):
     RECENCY_FIELD_NUMBER: _builtins.int
     EVIDENCE_FACTOR_FIELD_NUMBER: _builtins.int
     COUNTED_FIELD_NUMBER: _builtins.int
+    LEARNED_WEIGHT_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     statement: _builtins.str
     confidence: _builtins.float
@@ -188,7 +189,9 @@ class Support(_message.Message):
     evidence_factor (ExplainBelief shows the same factors, and why).
     """
     reliability: _builtins.float
-    """The operators' reliability of the source in this context (policy; 1 unless set)."""
+    """The source's reliability in this context: the operators' (policy; 1 unless set) times
+    learned_weight.
+    """
     recency: _builtins.float
     """0.5 ^ (age / half-life), the age measured from the slot's newest observation (1 for the
     newest, and in a context without decay).
@@ -198,6 +201,10 @@ class Support(_message.Message):
     counted: _builtins.bool
     """The weight counts in its statement's support: false when it is below the context's minimum
     while another observation of the slot is not, or when it adds no independent support.
+    """
+    learned_weight: _builtins.float
+    """The learned weight of the source in this context, already part of reliability: 1 unless
+    the node learns reliability ([cluster.learning]) and has judged the source there.
     """
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -213,10 +220,11 @@ class Support(_message.Message):
         recency: _builtins.float = ...,
         evidence_factor: _builtins.float = ...,
         counted: _builtins.bool = ...,
+        learned_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "counted", b"counted", "evidence_factor", b"evidence_factor", "observed_at", b"observed_at", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "counted", b"counted", "evidence_factor", b"evidence_factor", "learned_weight", b"learned_weight", "observed_at", b"observed_at", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

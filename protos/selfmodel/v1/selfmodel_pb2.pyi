@@ -391,6 +391,7 @@ class ObservationWeight(_message.Message):
     SUPERSEDED_FIELD_NUMBER: _builtins.int
     INDEPENDENT_FIELD_NUMBER: _builtins.int
     DEPENDENCE_FIELD_NUMBER: _builtins.int
+    LEARNED_WEIGHT_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
     source: _builtins.str
     statement: _builtins.str
@@ -421,6 +422,10 @@ class ObservationWeight(_message.Message):
     """
     dependence: _builtins.str
     """Why it is not independent; empty when it is."""
+    learned_weight: _builtins.float
+    """The learned weight of the source in this context, already part of reliability
+    (Support.learned_weight).
+    """
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Evidence]: ...
     @_builtins.property
@@ -443,10 +448,11 @@ class ObservationWeight(_message.Message):
         superseded: _builtins.bool = ...,
         independent: _builtins.bool = ...,
         dependence: _builtins.str = ...,
+        learned_weight: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "dependence", b"dependence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "independent", b"independent", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "superseded", b"superseded", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_minimum", b"below_minimum", "confidence", b"confidence", "dependence", b"dependence", "evidence", b"evidence", "evidence_factor", b"evidence_factor", "independent", b"independent", "learned_weight", b"learned_weight", "observation_id", b"observation_id", "observed_at", b"observed_at", "origin_node", b"origin_node", "recency", b"recency", "reliability", b"reliability", "source", b"source", "statement", b"statement", "superseded", b"superseded", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

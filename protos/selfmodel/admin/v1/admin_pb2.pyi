@@ -873,3 +873,88 @@ class ClearReliabilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearReliabilityResponse: _TypeAlias = ClearReliabilityResponse  # noqa: Y015
+
+@_typing.final
+class ListSourceWeightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    """Only this context's weights; empty: every context's."""
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourceWeightsRequest: _TypeAlias = ListSourceWeightsRequest  # noqa: Y015
+
+@_typing.final
+class SourceWeight(_message.Message):
+    """One source's learned weight in one context (docs/groups.md, "Learned reliability")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    AGREED_FIELD_NUMBER: _builtins.int
+    JUDGED_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    context: _builtins.str
+    agreed: _builtins.int
+    """Of the source's newest positions judged in the context (at most the window), how many
+    agreed with the slot's belief resolved under the operators' book.
+    """
+    judged: _builtins.int
+    weight: _builtins.float
+    """Multiplies the operators' reliability of the source in the context: within
+    [floor, ceiling].
+    """
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        context: _builtins.str = ...,
+        agreed: _builtins.int = ...,
+        judged: _builtins.int = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "context", b"context", "judged", b"judged", "source", b"source", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceWeight: _TypeAlias = SourceWeight  # noqa: Y015
+
+@_typing.final
+class ListSourceWeightsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether this node learns ([cluster.learning] enabled)."""
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceWeight]:
+        """By source, then context."""
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        weights: _abc.Iterable[Global___SourceWeight] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourceWeightsResponse: _TypeAlias = ListSourceWeightsResponse  # noqa: Y015

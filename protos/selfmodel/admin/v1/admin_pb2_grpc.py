@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.FromString,
                 _registered_method=True)
+        self.ListSourceWeights = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ListSourceWeights',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
+                _registered_method=True)
         self.AddMember = channel.unary_unary(
                 '/selfmodel.admin.v1.AdminService/AddMember',
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.SerializeToString,
@@ -141,6 +146,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSourceWeights(self, request, context):
+        """The learned reliability weights in force on this node, per source and context (empty when
+        learning is off: [cluster.learning] enabled). Operators only; with a token file an
+        operator sees the sources that spoke in its own tenant's slots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddMember(self, request, context):
         """Adds a member to a group: a user to a team, a team to an organization, of the group's
         tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -202,6 +216,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ClearReliability,
                     request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.FromString,
                     response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.SerializeToString,
+            ),
+            'ListSourceWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSourceWeights,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.SerializeToString,
             ),
             'AddMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMember,
@@ -408,6 +427,33 @@ class AdminService:
             '/selfmodel.admin.v1.AdminService/ClearReliability',
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityRequest.SerializeToString,
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ClearReliabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSourceWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ListSourceWeights',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class AdminServiceStub:
     SetReliability: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetReliabilityRequest, _admin_pb2.SetReliabilityResponse]
     """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
     ClearReliability: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]
+    ListSourceWeights: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]
+    """The learned reliability weights in force on this node, per source and context (empty when
+    learning is off: [cluster.learning] enabled). Operators only; with a token file an
+    operator sees the sources that spoke in its own tenant's slots.
+    """
     AddMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
     tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -86,6 +91,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetReliability: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetReliabilityRequest, _admin_pb2.SetReliabilityResponse]  # type: ignore[assignment]
     """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
     ClearReliability: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]  # type: ignore[assignment]
+    ListSourceWeights: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]  # type: ignore[assignment]
+    """The learned reliability weights in force on this node, per source and context (empty when
+    learning is off: [cluster.learning] enabled). Operators only; with a token file an
+    operator sees the sources that spoke in its own tenant's slots.
+    """
     AddMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]  # type: ignore[assignment]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
     tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -160,6 +170,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ClearReliabilityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ClearReliabilityResponse, _abc.Awaitable[_admin_pb2.ClearReliabilityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSourceWeights(
+        self,
+        request: _admin_pb2.ListSourceWeightsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSourceWeightsResponse, _abc.Awaitable[_admin_pb2.ListSourceWeightsResponse]]:
+        """The learned reliability weights in force on this node, per source and context (empty when
+        learning is off: [cluster.learning] enabled). Operators only; with a token file an
+        operator sees the sources that spoke in its own tenant's slots.
+        """
 
     @_abc_1.abstractmethod
     def AddMember(

@@ -1,0 +1,102 @@
+"""What learned reliability (node.learning) costs a node, in process: the engine's time per
+write with learning off and on (each write lands in a slot where three sources speak), the
+recomputation that judges the slots written (one resolution each, off the write path) and
+recomputes the weights, and the memory per judged position.
+
+    .venv/bin/python -m benchmarks.learning [--writes 3000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from node.engine import Engine, ObservationInput
+from node.learning import Learning, Outcomes, SlotId
+from node.reliability import LearningSettings, Outcome
+from node.store import Store
+from sync.causal import Dot
+from sync.observation import Subject, SubjectKind
+
+SOURCES = ("a", "b", "c")
+STATEMENTS = ("yes", "yes", "no")
+
+
+def writes_per_s(root: Path, name: str, writes: int, learning: bool) -> tuple[float, float]:
+    """Observe calls per second, and the time of one recomputation of the weights (0 off)."""
+    engine = Engine(Store(root / name, name, fsync=False))
+    follow = Learning(engine, LearningSettings(enabled=True)) if learning else None
+    if follow is not None:
+        engine.listeners.append(follow.follow)
+    try:
+        items = [
+            (
+                SOURCES[i % 3],
+                ObservationInput(
+                    Subject("acme", SubjectKind.USER, f"u-{i // 30}"),
+                    "plan",
+                    f"k{(i // 3) % 10}",
+                    STATEMENTS[i % 3],
+                    0.8,
+                ),
+            )
+            for i in range(writes)
+        ]
+        start = time.perf_counter()
+        for source, item in items:
+            engine.observe(source, [item])
+        rate = writes / (time.perf_counter() - start)
+        refresh = 0.0
+        if follow is not None:
+            start = time.perf_counter()
+            follow.refresh()
+            refresh = time.perf_counter() - start
+        return rate, refresh
+    finally:
+        engine.store.close()
+
+
+def bytes_per_position(count: int) -> float:
+    """Memory Outcomes takes per judged position, three positions a slot."""
+    outcomes = Outcomes()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(count // 3):
+        slot = SlotId(Subject("acme", SubjectKind.USER, f"u-{i // 10}"), "plan", f"k{i % 10}")
+        found = [
+            Outcome(s, "plan", s != "c", 1_000_000 + 3 * i + j, Dot("n1.1", 3 * i + j + 1))
+            for j, s in enumerate(SOURCES)
+        ]
+        outcomes.replace(slot, found)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / (count // 3 * 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writes", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    offs, ons, refreshes = [], [], []
+    with tempfile.TemporaryDirectory() as root:
+        for i in range(args.rounds):  # alternated, the best of each: this machine drifts
+            offs.append(writes_per_s(Path(root), f"off{i}", args.writes, learning=False)[0])
+            on, refresh = writes_per_s(Path(root), f"on{i}", args.writes, learning=True)
+            ons.append(on)
+            refreshes.append(refresh)
+    off, on, refresh = max(offs), max(ons), min(refreshes)
+    print(f"writes/s, learning off: {off:.0f}")
+    print(f"writes/s, learning on:  {on:.0f} ({on / off:.2f} of off)")
+    print(f"per write, added: {1e6 / on - 1e6 / off:.0f} us")
+    slots = args.writes // 3
+    print(f"recomputation judging {slots} slots: {refresh * 1e3:.0f} ms", end=" ")
+    print(f"({refresh * 1e6 / slots:.0f} us per slot)")
+    print(f"memory per judged position: {bytes_per_position(30_000):.0f} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Learned reliability with real node processes: a source the consensus keeps contradicting
+loses weight on every node, down to the floor and never below, until its contradiction no
+longer wins; every node shows the same weights (Admin), each supporter's learned weight
+(ExplainBelief) and the weights' spread on /metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from federation.client import user
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import selfmodel_pb2
+from tests.harness import LocalCluster
+
+CONTEXT = "plan_choice"
+NODES = ("sales", "support", "billing")
+# Window 4, a flat prior: four disagreements in a row weigh (0 + 1) / (4 + 2) / 0.5 = 1/3,
+# below the floor, so the floor holds.
+LEARNING = {
+    "enabled": True,
+    "window": 4,
+    "prior_agree": 1.0,
+    "prior_disagree": 1.0,
+    "floor": 0.4,
+    "ceiling": 1.0,
+    "interval_s": 0.2,
+}
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], what: str, timeout_s: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s}s")
+        time.sleep(0.1)
+
+
+def weights(cluster: LocalCluster, name: str) -> admin_pb2.ListSourceWeightsResponse:
+    with grpc.insecure_channel(cluster.address(name)) as channel:
+        reply: admin_pb2.ListSourceWeightsResponse = admin_pb2_grpc.AdminServiceStub(
+            channel
+        ).ListSourceWeights(
+            admin_pb2.ListSourceWeightsRequest(context=CONTEXT),
+            timeout=10,
+            metadata=(("x-agent-id", "ops"),),
+        )
+    return reply
+
+
+def table(reply: admin_pb2.ListSourceWeightsResponse) -> dict[str, tuple[int, int, float]]:
+    return {w.source: (w.agreed, w.judged, w.weight) for w in reply.weights}
+
+
+def explained(
+    cluster: LocalCluster, name: str, subject: str
+) -> selfmodel_pb2.ExplainBeliefResponse:
+    with cluster.client(name, "reader") as reader:
+        return reader.explain(user(subject), CONTEXT, "plan")
+
+
+def same_weights_everywhere(
+    cluster: LocalCluster, liar: tuple[int, int]
+) -> dict[str, tuple[int, int, float]] | None:
+    """The weights every node shows once they agree and count the liar's (agreed, judged)."""
+    found = [table(weights(cluster, name)) for name in NODES]
+    if found[0].get("liar", (0, 0, 0))[:2] != liar or any(f != found[0] for f in found):
+        return None
+    return found[0]
+
+
+def test_a_source_the_consensus_contradicts_loses_weight_on_every_node_but_never_all(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(learning=LEARNING)
+    with (
+        cluster.client("sales", "a") as a,
+        cluster.client("support", "b") as b,
+        cluster.client("billing", "liar") as liar,
+    ):
+        # Alone against one source, the liar's surer statement wins while nothing is learned.
+        a.observe(user("first"), "monthly", confidence=0.8, context=CONTEXT, key="plan")
+        liar.observe(user("first"), "yearly", confidence=0.9, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        for name in NODES:
+            assert explained(cluster, name, "first").belief.statement == "yearly"
+        # Then two sources agree against it, slot after slot: the consensus wins each.
+        for i in range(6):
+            subject = user(f"u-{i}")
+            liar.observe(subject, "yearly", confidence=0.9, context=CONTEXT, key="plan")
+            a.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+            b.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        found = wait_for(lambda: same_weights_everywhere(cluster, (0, 4)), "the same weights")
+        # Its newest four positions all disagreed: 1/3, held at the floor; the others agreed.
+        assert found["liar"] == (0, 4, 0.4)
+        assert found["a"] == (4, 4, 1.0) and found["b"] == (4, 4, 1.0)
+        for name in NODES:
+            assert weights(cluster, name).enabled
+        for name in NODES:  # the slot it won, it no longer wins
+            reply = wait_for(
+                lambda n=name: _won_by(explained(cluster, n, "first"), "monthly"),
+                f"the first slot resolved with the learned weights on {name}",
+            )
+            (dissenter,) = reply.belief.dissenters
+            assert (dissenter.source, dissenter.learned_weight, dissenter.reliability) == (
+                "liar",
+                0.4,
+                0.4,
+            )
+            (mine,) = [o for o in reply.observations if o.source == "liar"]
+            assert (mine.learned_weight, mine.reliability) == (0.4, 0.4)
+        # The metrics page shows the spread of the context's weights, no source ids.
+        page = cluster.nodes["support"].metrics()
+        assert _gauge(page, "selfmodel_learned_weight", stat="min") == 0.4
+        assert _gauge(page, "selfmodel_learned_weight", stat="max") == 1.0
+        assert _gauge(page, "selfmodel_learned_sources", band="floor") == 1.0
+        assert "liar" not in page
+        # A new contradiction against one source, as in the first slot, no longer wins either.
+        # (Judged under the operators' book it wins there, so it counts as an agreement: the
+        # liar's window is then three disagreements and one agreement, 2/3.)
+        a.observe(user("later"), "monthly", confidence=0.8, context=CONTEXT, key="plan")
+        liar.observe(user("later"), "yearly", confidence=0.9, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        found = wait_for(lambda: same_weights_everywhere(cluster, (1, 4)), "the same weights")
+        assert found["liar"] == (1, 4, 2 / 3)
+        for name in NODES:
+            for subject in ("first", "later"):
+                reply = wait_for(
+                    lambda n=name, s=subject: _won_by(explained(cluster, n, s), "monthly"),
+                    f"{subject} resolved with the learned weights on {name}",
+                )
+                (dissenter,) = reply.belief.dissenters
+                assert dissenter.source == "liar" and dissenter.learned_weight == 2 / 3
+        # An operator's reliability, set cluster-wide, is what positions are judged under and
+        # what the learned weight multiplies: at 0.5 the liar loses "later" too (judged again,
+        # its window is four disagreements: the floor), and weighs 0.5 x 0.4 on every node.
+        with grpc.insecure_channel(cluster.address("sales")) as channel:
+            admin_pb2_grpc.AdminServiceStub(channel).SetReliability(
+                admin_pb2.SetReliabilityRequest(source="liar", context=CONTEXT, reliability=0.5),
+                timeout=10,
+                metadata=(("x-agent-id", "ops"),),
+            )
+        found = wait_for(lambda: same_weights_everywhere(cluster, (0, 4)), "the same weights")
+        assert found["liar"] == (0, 4, 0.4)
+        for name in NODES:
+            reply = wait_for(
+                lambda n=name: _dissenter_reliability(explained(cluster, n, "later"), 0.2),
+                f"the operators' reliability times the learned weight on {name}",
+            )
+            (dissenter,) = reply.belief.dissenters
+            assert dissenter.learned_weight == 0.4
+
+
+def _won_by(
+    reply: selfmodel_pb2.ExplainBeliefResponse, statement: str
+) -> selfmodel_pb2.ExplainBeliefResponse | None:
+    return reply if reply.belief.statement == statement else None
+
+
+def _dissenter_reliability(
+    reply: selfmodel_pb2.ExplainBeliefResponse, reliability: float
+) -> selfmodel_pb2.ExplainBeliefResponse | None:
+    found = [d.reliability for d in reply.belief.dissenters]
+    return reply if found and abs(found[0] - reliability) < 1e-9 else None
+
+
+def _gauge(page: str, name: str, **labels: str) -> float:
+    for line in page.splitlines():
+        found = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if not found:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+        if have.get("context") == CONTEXT and all(have.get(k) == v for k, v in labels.items()):
+            return float(found.group(2))
+    raise AssertionError(f"{name} {labels} of {CONTEXT} not on the metrics page")

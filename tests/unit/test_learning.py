@@ -1,0 +1,270 @@
+"""Learned reliability in a node (node.learning): the weights followed change by change equal
+those learned from scratch from the state, on every node; a book change re-resolves only the
+contexts it changes; the cluster file's [cluster.learning] is checked."""
+
+from __future__ import annotations
+
+import tempfile
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from federation.cluster import ClusterFileError, parse
+from node.engine import Engine, ObservationInput
+from node.learning import Learning, Outcomes, SlotId, judge
+from node.policy import ContextPolicy, PolicyBook
+from node.reliability import Learned, LearningSettings, learn, learned_book
+from node.snapshots import Snapshots, resolve_snapshot
+from node.store import Store
+from sync.delivery import Delta
+from sync.observation import Subject, SubjectKind
+from tests.unit.strategies import VALUES
+
+# Few slots, so that sources meet in them and retracts and forgets find what they remove.
+SUBJECTS = (Subject("acme", SubjectKind.USER, "u-1"), Subject("beta", SubjectKind.USER, "u-1"))
+SOURCES = ("a", "b", "d")
+CONTEXTS = ("budget", "channel")
+KEYS = ("k1",)
+STATEMENTS = ("yes", "no", "maybe")
+SETTINGS = LearningSettings(window=3, enabled=True)
+# Learning judges against the operators' book: here one that weighs "d" less.
+BOOK = PolicyBook(reliability={("d", "*"): 0.5})
+
+observe = st.tuples(
+    st.just("observe"),
+    st.integers(0, 1),
+    st.sampled_from(SOURCES),
+    st.sampled_from(SUBJECTS),
+    st.sampled_from(CONTEXTS),
+    st.sampled_from(KEYS),
+    st.sampled_from(STATEMENTS),
+    st.sampled_from((0.6, 0.9)),
+)
+retract = st.tuples(
+    st.just("retract"),
+    st.integers(0, 1),
+    st.sampled_from(SOURCES),
+    st.sampled_from(SUBJECTS),
+    st.sampled_from(CONTEXTS),
+    st.sampled_from(KEYS),
+)
+forget = st.tuples(st.just("forget"), st.integers(0, 1), st.sampled_from(SUBJECTS))
+exchange = st.tuples(st.just("exchange"), st.sampled_from(SUBJECTS))
+operations = st.lists(
+    st.one_of(observe, observe, observe, retract, forget, exchange), min_size=1, max_size=60
+)
+
+
+def from_scratch(
+    engine: Engine, book: PolicyBook = BOOK, settings: LearningSettings = SETTINGS
+) -> dict[tuple[str, str], Learned]:
+    """The weights ``reliability.learn`` gives from judging every slot the node holds."""
+    outcomes = []
+    for subject in engine.store.subjects():
+        slots = engine.snapshots.index(engine.state(subject)).slots
+        for slot in slots.values():
+            outcomes += judge(slot, book)
+    return learn(outcomes, settings)
+
+
+def tracked(learning: Learning) -> dict[tuple[str, str], Learned]:
+    learning.refresh()
+    return {(w.source, w.context): w for w in learning.weights()}
+
+
+def run(engines: list[Engine], ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    for op in ops:
+        if op[0] == "observe":
+            _, n, source, subject, context, key, statement, confidence = op
+            item = ObservationInput(subject, context, key, statement, confidence)
+            engines[n].observe(source, [item])
+        elif op[0] == "retract":
+            _, n, source, subject, context, key = op
+            engines[n].retract(subject, context, key, source)
+        elif op[0] == "forget":
+            engines[n := op[1]].forget(op[2])
+        else:
+            a, b = engines
+            a.merge_remote([Delta(b.state(op[1]))])
+            b.merge_remote([Delta(a.state(op[1]))])
+
+
+@VALUES
+@given(ops=operations)
+def test_the_weights_followed_change_by_change_equal_those_learned_from_the_state(
+    ops: list[tuple],  # type: ignore[type-arg]
+) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        engines, learnings = [], []
+        for name in ("n1", "n2"):
+            engine = Engine(Store(Path(root) / name, name, fsync=False), BOOK)
+            learning = Learning(engine, SETTINGS)
+            engine.listeners.append(learning.follow)
+            engines.append(engine)
+            learnings.append(learning)
+        try:
+            run(engines, ops)
+            for engine, learning in zip(engines, learnings, strict=True):
+                assert tracked(learning) == from_scratch(engine)
+            run(engines, [("exchange", s) for s in SUBJECTS])
+            assert tracked(learnings[0]) == tracked(learnings[1]) == from_scratch(engines[0])
+            # A node started on the same state learns the same weights from it at start.
+            fresh = Learning(engines[1], SETTINGS)
+            fresh.load(engines[1].store.subjects())
+            assert {(w.source, w.context): w for w in fresh.weights()} == tracked(learnings[0])
+        finally:
+            for engine in engines:
+                engine.store.close()
+
+
+@VALUES
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(SUBJECTS),
+            st.sampled_from(KEYS),
+            st.lists(st.tuples(st.sampled_from(SOURCES), st.sampled_from(STATEMENTS)), max_size=4),
+        ),
+        max_size=30,
+    )
+)
+def test_outcomes_replaced_slot_by_slot_equal_those_of_the_last_slots(
+    steps: list[tuple[Subject, str, list[tuple[str, str]]]],
+) -> None:
+    from tests.unit.strategies import observation
+
+    outcomes, last, counter = Outcomes(), {}, 0
+    for subject, key, positions in steps:
+        slot = []
+        for source, statement in positions:
+            counter += 1
+            slot.append(observation("a.1", counter, key=key, source=source, statement=statement))
+        found = judge(slot, BOOK)
+        outcomes.replace(SlotId(subject, "budget", key), found)
+        last[subject, key] = found
+    everything = [o for found in last.values() for o in found]
+    expected = learn(everything, SETTINGS)
+    assert {k: outcomes.learned(k, SETTINGS) for k in expected} == expected
+    assert sorted(outcomes.outcomes()) == sorted(everything)
+    assert len(outcomes) == len(everything)
+
+
+def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wins(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, LearningSettings(window=5, enabled=True))
+    engine.listeners.append(learning.follow)
+    try:
+        for i in range(6):
+            subject = Subject("acme", SubjectKind.USER, f"u-{i}")
+            engine.observe("liar", [ObservationInput(subject, "budget", "k", "no", 0.9)])
+            for source in ("a", "b"):
+                engine.observe(source, [ObservationInput(subject, "budget", "k", "yes", 0.8)])
+        assert learning.refresh() == {"budget"}
+        liar = {w.source: w for w in learning.weights()}["liar"]
+        assert (liar.agreed, liar.judged) == (0, 5) and liar.weight == pytest.approx(0.5)
+        # An operator of another tenant sees none of these sources.
+        assert learning.weights("acme") == learning.weights() and learning.weights("beta") == []
+        # A later slot where it speaks against one source: before learning it would win.
+        subject = Subject("acme", SubjectKind.USER, "later")
+        engine.observe("a", [ObservationInput(subject, "budget", "k", "yes", 0.8)])
+        engine.observe("liar", [ObservationInput(subject, "budget", "k", "no", 0.9)])
+        explained, _ = engine.explain(subject, "budget", "k")
+        assert explained is not None and explained.belief.statement == "yes"
+        by_source = {s.source: s for s in explained.belief.dissenters}
+        assert by_source["liar"].learned == pytest.approx(0.5)
+        assert by_source["liar"].reliability == pytest.approx(0.5)
+        # The operators then trust the two others far less: judged again under that book, the
+        # liar won every slot, and the weights and beliefs follow at once.
+        distrust = PolicyBook(reliability={("a", "*"): 0.3, ("b", "*"): 0.3})
+        engine.book_listeners.append(learning.reconfigure)
+        engine.use_policies(distrust)
+        learning.refresh()
+        found = {(w.source, w.context): w for w in learning.weights()}
+        assert found == from_scratch(engine, distrust, learning.settings)
+        assert found["liar", "budget"].agreed == 5
+        explained, _ = engine.explain(subject, "budget", "k")
+        assert explained is not None and explained.belief.statement == "no"
+    finally:
+        engine.store.close()
+
+
+def test_a_book_change_re_resolves_only_the_contexts_it_changes() -> None:
+    from tests.unit.strategies import observation
+
+    state_obs = [
+        observation("a.1", 1, context="budget", key="k", source="x", statement="yes"),
+        observation("a.1", 2, context="budget", key="k", source="y", statement="no"),
+        observation("a.1", 3, context="channel", key="k", source="x", statement="email"),
+    ]
+    from sync.crdt import SubjectState, apply_observe
+
+    state = SubjectState(Subject("acme", SubjectKind.USER, "u-1"))
+    for o in state_obs:
+        state = apply_observe(state, o, [])
+    before = PolicyBook(ContextPolicy())
+    weights = {("x", "budget"): Learned("x", "budget", 0.2, 0, 4)}
+    after = learned_book(before, weights)
+    snapshots = Snapshots(2**20)
+    first, _ = snapshots.resolve(state, before)
+    snapshots.rebooked(before, after, frozenset({"budget"}))
+    second, incremental = snapshots.resolve(state, after)
+    assert incremental and second.policies is after
+    assert second.by_slot == resolve_snapshot(state, after).by_slot
+    assert second.by_slot["channel", "k"] is first.by_slot["channel", "k"]  # kept
+    assert [p.learned for p in second.by_slot["budget", "k"].dissenters] == [0.2]
+    # Under a book it knows nothing of, or one that may change any context, a snapshot is
+    # resolved whole.
+    other = PolicyBook(ContextPolicy(min_confidence=0.1))
+    third, incremental = snapshots.resolve(state, other)
+    assert not incremental and third.by_slot == resolve_snapshot(state, other).by_slot
+    snapshots.rebooked(other, before, None)
+    fourth, incremental = snapshots.resolve(state, before)
+    assert not incremental and fourth.by_slot == first.by_slot
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("enabled = 1", "enabled must be true or false"),
+        ("window = 0", "window must be a whole number of at least 1"),
+        ("floor = 0", "floor must be a number above 0"),
+        ("floor = 0.5\nceiling = 0.4", "floor, ceiling: must satisfy"),
+        ("ceiling = 1.5", "floor, ceiling: must satisfy"),
+        ("interval_s = 0", "interval_s must be a number above 0"),
+        ("rate = 1", "unknown [cluster.learning] keys ['rate']"),
+    ],
+)
+def test_a_bad_learning_setting_is_refused_naming_it(table: str, message: str) -> None:
+    raw = tomllib.loads(f'[cluster.learning]\n{table}\n[[node]]\nname = "a"\naddress = "x:1"\n')
+    with pytest.raises(ClusterFileError, match=r"\[cluster\.learning\]") as found:
+        parse(raw, Path("."), None)
+    assert message in str(found.value)
+
+
+def test_learning_is_off_unless_enabled_and_takes_its_settings() -> None:
+    node = '[[node]]\nname = "a"\naddress = "x:1"\n'
+    assert not parse(tomllib.loads(node), Path("."), None).learning.enabled
+    raw = tomllib.loads(f"[cluster.learning]\nenabled = true\nwindow = 7\nfloor = 0.2\n{node}")
+    learning = parse(raw, Path("."), None).learning
+    assert (learning.enabled, learning.window, learning.floor) == (True, 7, 0.2)
+
+
+def test_a_node_learns_nothing_unless_its_cluster_file_enables_it(tmp_path: Path) -> None:
+    from node.config import NodeConfig
+    from node.server import start_learning
+
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    before = list(engine.listeners)  # the engine's own (node.groups)
+    try:
+        assert start_learning(NodeConfig(), engine, engine.store) is None
+        assert engine.listeners == before
+        on = NodeConfig(learning=LearningSettings(enabled=True))
+        assert start_learning(on, engine, engine.store) is not None
+        assert len(engine.listeners) == len(before) + 1
+    finally:
+        engine.store.close()
