@@ -385,8 +385,10 @@ class Figures:
     unseen: int = 0
     first_error: str = ""
     acked_total: int = 0  # acknowledged writes, warm-up included
-    writer_cpu_ms: float = float("nan")  # CPU time of the written node per acknowledged write
-    peer_cpu_ms: float = float("nan")  # CPU time of each other node per write (mean)
+    # CPU time per acknowledged write of the written node (the floor's origin), and of each
+    # other node (each relay of the relay floor), mean.
+    writer_cpu_ms: float = float("nan")
+    peer_cpu_ms: float = float("nan")
 
     def p(self, values: Sequence[float], q: float) -> float:
         return percentile(sorted(values), q)
@@ -544,7 +546,14 @@ def measure_floor(
         for _, conn in subs:
             if _expect(conn, "subscriber") != "ready":
                 raise RuntimeError("a subscriber did not subscribe")
+        pids = [spawned[0][0].pid] + [proc.pid for proc, _ in relays]
+        cpu0 = [process_cpu_s(pid) for pid in pids]
         measured, _, _, figures = _drive("floor", target, "floor", rate, duration_s, pad, subs)
+        used = [process_cpu_s(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        done = max(1, figures.acked_total)
+        figures.writer_cpu_ms = used[0] / done * 1000
+        if relays:
+            figures.peer_cpu_ms = sum(used[1:]) / len(used[1:]) / done * 1000
         for _, conn in subs:
             conn.send("stop")
         received = [dict((seq, at) for at, seq in _expect(conn, "subscriber")) for _, conn in subs]
@@ -725,13 +734,16 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
     )  # fmt: skip
     lines.append("")
     lines += _table(
-        "beside the relay floor (origin -> stream -> relay -> watcher: a node's hops)",
+        "beside the relay floor (origin -> stream -> relay -> watcher: a node's hops, and the "
+        "bare gRPC CPU of a node's messages per write)",
         [("nodes", 5), ("writes/s", 8), ("vis p99", 9), ("relay p50", 9), ("relay p99", 9),
-         ("vs relay", 9), ("unseen", 6), ("errors", 6)],
+         ("vs relay", 9), ("unseen", 6), ("errors", 6), ("CPU/write origin", 16),
+         ("CPU/write relay", 15)],
         [
             [str(c.nodes), f"{c.rate:g}", ms(c.node.p(c.node.visible_ms, 0.99)),
              ms(c.relay.p(c.relay.visible_ms, 0.5)), ms(c.relay.p(c.relay.visible_ms, 0.99)),
-             f"{c.relay_ratio:.1f}x", str(c.relay.unseen), str(c.relay.errors + c.relay.skipped)]
+             f"{c.relay_ratio:.1f}x", str(c.relay.unseen), str(c.relay.errors + c.relay.skipped),
+             ms(c.relay.writer_cpu_ms), ms(c.relay.peer_cpu_ms)]
             for c in cells
         ],
     )  # fmt: skip
@@ -752,7 +764,9 @@ def render(cells: Sequence[Cell], args: argparse.Namespace) -> str:
         "'before ack' counts those; the second table times from the call instead); "
         "floor = Publish ack -> receipt on each subscriber; relay floor = the same through one "
         "client stream and a relay process per subscriber (informational, not the target's "
-        "floor); acked/s = Observe calls issued in "
+        "floor); CPU/write origin and relay = the relay floor's processes, the gRPC messages of "
+        "a write (one unary call, a stream message per peer, a push per watcher) with no "
+        "engine; acked/s = Observe calls issued in "
         "the measured interval and acknowledged; errors = failed or skipped calls; "
         f"fsync {'off' if args.no_fsync else 'on (node default)'}; "
         + (

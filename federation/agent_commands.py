@@ -1,6 +1,6 @@
 """The commands that call a node as an agent or an operator would (observe, retract, show,
-show-many, watch, subjects, contexts, policy, explain, forget, audit), each printing the node's
-reply in the proto JSON mapping (watch: one reply per line), and the health check."""
+show-many, watch, subjects, contexts, policy, explain, forget, audit, sources), each printing
+the node's reply in the proto JSON mapping (watch: one reply per line), and the health check."""
 
 from __future__ import annotations
 
@@ -261,6 +261,24 @@ def _audit(args: argparse.Namespace) -> int:
     return _run(args, calls.audit, args.after, args.limit)
 
 
+def _sources_list(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        calls.source_contributions,
+        args.source,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+
+
+def _sources_withdraw(args: argparse.Namespace) -> int:
+    return _run(args, calls.withdraw_source, args.source)
+
+
+def _sources_lift(args: argparse.Namespace) -> int:
+    return _run(args, calls.lift_withdrawal, args.source)
+
+
 def _forget(args: argparse.Namespace) -> int:
     return _run(args, calls.forget, _subject(args), idempotency_key=args.idempotency_key)
 
@@ -468,6 +486,29 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     audit.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
     client_args(audit)
     audit.set_defaults(run=_audit)
+
+    sources = sub.add_parser(
+        "sources", help="what a source contributed in a tenant; withdraw it (operators only)"
+    )
+    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
+    listed = sources_sub.add_parser(
+        "list", help="the observations a source holds in the tenant, a page at a time"
+    )
+    listed.add_argument("source")
+    listed.add_argument("--page-size", type=int, default=0, help="at most this many (0: 100)")
+    listed.add_argument("--page-token", default="", help="continue (next_page_token)")
+    client_args(listed)
+    listed.set_defaults(run=_sources_list)
+    withdraw = sources_sub.add_parser(
+        "withdraw", help="leave a source's observations out across the tenant, on every node"
+    )
+    withdraw.add_argument("source")
+    client_args(withdraw)
+    withdraw.set_defaults(run=_sources_withdraw)
+    lift = sources_sub.add_parser("lift", help="lift a source's withdrawal in the tenant")
+    lift.add_argument("source")
+    client_args(lift)
+    lift.set_defaults(run=_sources_lift)
 
     health = sub.add_parser(
         "health", help="grpc.health.v1 check of a node: exit 0 only while it is SERVING"

@@ -357,6 +357,37 @@ def clear_reliability(req: Requests, source: str, *, context: str = "") -> Call[
     return Call("Admin", "ClearReliability", request, _token)
 
 
+def source_contributions(
+    req: Requests, source: str, *, page_size: int = 0, page_token: str = "", tenant: str = ""
+) -> Call[admin_pb2.ListSourceContributionsResponse]:
+    """One page of what ``source`` contributed in the tenant (default: the client's), as the
+    node holds it. Operators only."""
+    request = admin_pb2.ListSourceContributionsRequest(
+        tenant=tenant or req.tenant, source=source, page_size=page_size, page_token=page_token
+    )
+    return Call("Admin", "ListSourceContributions", request, _same)
+
+
+def withdraw_source(
+    req: Requests, source: str, *, tenant: str = ""
+) -> Call[admin_pb2.WithdrawSourceResponse]:
+    """Withdraws ``source`` across the tenant (default: the client's), audited. Operators only."""
+    request = admin_pb2.WithdrawSourceRequest(tenant=tenant or req.tenant, source=source)
+    return Call("Admin", "WithdrawSource", request, _same)
+
+
+def lift_withdrawal(
+    req: Requests, source: str, *, tenant: str = ""
+) -> Call[admin_pb2.LiftSourceWithdrawalResponse]:
+    """Lifts ``source``'s withdrawal in the tenant (default: the client's). Operators only."""
+    request = admin_pb2.LiftSourceWithdrawalRequest(tenant=tenant or req.tenant, source=source)
+    return Call("Admin", "LiftSourceWithdrawal", request, _same)
+
+
+def _same(reply: T) -> T:
+    return reply
+
+
 def watch(
     req: Requests,
     subject: SubjectLike,
@@ -390,6 +421,7 @@ __all__ = [
     "contexts",
     "explain",
     "forget",
+    "lift_withdrawal",
     "members",
     "observe",
     "observe_batch",
@@ -402,6 +434,8 @@ __all__ = [
     "set_reliability",
     "set_setting",
     "settings",
+    "source_contributions",
     "subjects",
     "watch",
+    "withdraw_source",
 ]

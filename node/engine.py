@@ -31,6 +31,7 @@ from node.sizes import SubjectSizes
 from node.snapshots import Snapshots
 from node.store import Change, Store
 from node.watches import Subscription, Watches
+from node.withdrawals import Withdrawals, follower
 from sync.bounds import (
     Footprint,
     SubjectLimits,
@@ -111,7 +112,11 @@ class Engine:
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
-        self.reader = Reader(store, policies or PolicyBook(), self.snapshots, self.handoffs)
+        # Each tenant's withdrawn sources (node.withdrawals), followed as they change.
+        self.withdrawals = Withdrawals(lambda s: store.load(s) or SubjectState(s))
+        self.reader = Reader(
+            store, policies or PolicyBook(), self.snapshots, self.handoffs, self.withdrawals
+        )
         self._held = CausalBuffer()
         self._sweeper = idempotency.Sweeper()  # of the requests column family (node.idempotency)
         self.audit = AuditLog(store)
@@ -120,7 +125,10 @@ class Engine:
         # Called with every committed batch of changes (local writes and merges alike), under
         # the subjects' locks, before watches are woken: what follows the subjects' states
         # (roll-ups, governance) keeps up with every change, in commit order.
-        self.listeners: list[Callable[[Sequence[Change]], None]] = []
+        self.listeners: list[Callable[[Sequence[Change]], None]] = [
+            follower(self.withdrawals, store, self.refresh),
+            self.reader.follow,  # kept snapshots advance with every change
+        ]
         # The book in force is the operators' (node.governor) times the learned weights
         # (node.learning; none unless it is on): node.reliability.learned_book.
         self.operators = self.reader.policies
@@ -314,7 +322,7 @@ class Engine:
             )
             change = Change(state, merge(state, delta), Delta(delta, delta.context.dots()))
             self._commit([change], audit, self._request_rows(request, "forget", Replay()))
-            self.store.purge(subject, change.new.erased)
+            self.store.purge(subject, change.new.erased, _sources(state))
             token = token_of_entries([change.token_entry])
         metrics.FORGOTTEN.inc()
         return token
@@ -466,7 +474,8 @@ class Engine:
                     self._commit(changes, extra=[*extra, *rows], durable=durable)
                 for change in changes:
                     if change.new.erased != change.old.erased:  # type: ignore[union-attr]
-                        self.store.purge(change.new.subject, change.new.erased)
+                        bound, sources = change.new.erased, _sources(change.old)
+                        self.store.purge(change.new.subject, bound, sources)
         return MergeOutcome(
             merged,
             tuple(screened.refused),
@@ -492,6 +501,14 @@ class Engine:
             listen(changes)
         for change in changes:
             self.watches.notify(change.new.subject)
+
+    def refresh(self, subject: Subject) -> None:
+        """Re-resolves ``subject``'s kept snapshot (none is resolved for a subject not kept)
+        and wakes its watchers: for a change of what resolution takes besides the state."""
+        if self.snapshots.get(subject) is not None:
+            self.reader.snapshot(self.state(subject))
+        self.groups.resolved_anew(subject)  # a member's beliefs moved: so do its roll-ups
+        self.watches.notify(subject)
 
     def footprint(self, state: SubjectState) -> Footprint:
         """What ``state`` holds as the subject limits count it (node.sizes)."""
@@ -569,6 +586,11 @@ def _age(obs: Observation) -> tuple[int, Dot]:
 
 def _slot_key(item: ObservationInput) -> str:
     return item.key or normalize_statement(item.statement)
+
+
+def _sources(state: SubjectState | None) -> set[str]:
+    """The sources of ``state``'s observations (whose index rows a purge compacts away)."""
+    return set() if state is None else {obs.source for obs in state.observations.values()}
 
 
 def _subject_of(change: Change) -> Subject:

@@ -97,6 +97,12 @@ class Groups:
             moved |= self.index.model_is(user, self._model_of(user), contexts)
         return self._moved(moved)
 
+    def user_resolved_anew(self, user: Subject) -> frozenset[Subject]:
+        """Follows ``user``'s whole model as ``model_of`` now resolves it (if it is followed)."""
+        if not self.follows(user):
+            return frozenset()
+        return self._moved(self.index.model_is(user, self._model_of(user)))
+
     def rollup(self, group: Subject) -> GroupRollup:
         found = self._rollups.get(group)
         if found is None:
@@ -183,6 +189,16 @@ class Following:
         again (one model read per user in a team), and moved groups' watches woken."""
         with self.lock:
             moved = self.groups.resolved_anew(contexts)
+        for group in sorted(moved):
+            self._notify(group)
+
+    def resolved_anew(self, subject: Subject) -> None:
+        """``subject`` resolves anew with no change to its state (a tenant's withdrawal of a
+        source): a user in a team has its beliefs read again, and moved groups' watches woken."""
+        if subject.kind != SubjectKind.USER:
+            return
+        with self.lock:
+            moved = self.groups.user_resolved_anew(subject)
         for group in sorted(moved):
             self._notify(group)
 

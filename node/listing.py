@@ -98,8 +98,9 @@ def subjects_page(
         budget -= len(keys)
         for key in keys:
             subject = Subject.from_storage_key(key)
+            # A node's own subjects (``_``-named: a tenant's withdrawals) are never listed.
             if not subject.id.startswith("_") and holds_observations(subject):
-                found.append(subject)  # a node's own subjects (a leading "_") are not listed
+                found.append(subject)
         if len(keys) < want:  # the end of the range
             return found, ""
         last = keys[-1]
@@ -166,6 +167,32 @@ def members_page(
     return page, _token({"v": 1, "of": "ListMembers", "group": list(group), "after": page[-1].id})
 
 
+def position_token(kind: str, listing: list[str], after: bytes) -> str:
+    """The page token of ``kind``'s ``listing`` continuing after the row key ``after``."""
+    return _token({"v": 1, "of": kind, "listing": listing, "after": after.hex()})
+
+
+def position_of(token: str, field: str, kind: str, listing: list[str]) -> bytes:
+    """The row key a ``position_token`` continues after (empty for no token), refused when it
+    belongs to another listing (another tenant or source, say)."""
+    if not token:
+        return b""
+    value = _untoken(token, field, kind)
+    if value.get("listing") != listing:
+        raise InvalidArgument(
+            field,
+            f"was issued for another listing of {kind} (another tenant or source): list again "
+            "without it",
+            reason=Reason.PAGE_TOKEN_INVALID,
+        )
+    try:
+        return bytes.fromhex(value.get("after", ""))
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            field, f"is not a page token of {kind}", reason=Reason.PAGE_TOKEN_INVALID
+        ) from None
+
+
 def _strings(values: list[Any]) -> bool:
     return all(isinstance(v, str) for v in values)
 
@@ -188,4 +215,13 @@ def distinct(subjects: Iterable[Subject]) -> list[Subject]:
     return listed
 
 
-__all__ = ["beliefs_page", "contexts", "distinct", "members_page", "page_size", "subjects_page"]
+__all__ = [
+    "beliefs_page",
+    "contexts",
+    "distinct",
+    "members_page",
+    "page_size",
+    "position_of",
+    "position_token",
+    "subjects_page",
+]

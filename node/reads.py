@@ -10,14 +10,16 @@ later one: never of a state without a change the read's state holds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from node import metrics
 from node.handoff import Handoffs
 from node.policy import PolicyBook
-from node.resolution import Belief, Explanation, explain_slot
+from node.resolution import Belief, Explanation, Withdrawn, counted, explain_slot
 from node.snapshots import Snapshot, Snapshots
-from node.store import Store
+from node.store import Change, Store
+from node.withdrawals import Withdrawals
 from sync.causal import CausalContext
 from sync.crdt import SubjectState
 from sync.observation import Subject
@@ -48,12 +50,15 @@ class Reader:
         policies: PolicyBook,
         snapshots: Snapshots,
         handoffs: Handoffs,
+        withdrawals: Withdrawals | None = None,
     ) -> None:
         self.store = store
         self.node = store.node
         self.policies = policies
         self.snapshots = snapshots
         self.handoffs = handoffs  # what a read with a handoff token is answered
+        # Each tenant's withdrawn sources, an input of resolution (node.withdrawals).
+        self.withdrawals = withdrawals or Withdrawals(self.state)
 
     def state(self, subject: Subject) -> SubjectState:
         return self.store.load(subject) or SubjectState(subject)
@@ -71,23 +76,48 @@ class Reader:
     def snapshot(self, state: SubjectState) -> Snapshot:
         """The snapshot of ``state`` or of a later state of its subject: kept until the subject
         changes; after a change only the slots it touched are resolved again."""
+        withdrawn = self.withdrawals.of(state.subject.tenant)
         found = self.snapshots.get(state.subject)
-        if found is not None and found.state is state and found.policies is self.policies:
+        if self._current(found, state, withdrawn):
+            assert found is not None
             return found
         with self.snapshots.serialized(state.subject):
             # The latest state (it covers whatever this one did): readers that loaded states
             # a change apart then share its resolution instead of resolving each in turn.
             latest = self.state(state.subject)
+            withdrawn = self.withdrawals.of(state.subject.tenant)
             found = self.snapshots.get(state.subject)
-            if found is not None and found.state is latest and found.policies is self.policies:
+            if self._current(found, latest, withdrawn):
+                assert found is not None
                 return found
-            snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies)
+            snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies, withdrawn)
         metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
         return snapshot
 
+    def follow(self, changes: Sequence[Change]) -> None:
+        """Advances the kept snapshot of each changed subject (a listener of the engine: every
+        committed change), so what is kept, and node.quality's figures, follow every change;
+        a subject with no snapshot kept is resolved on its next read only."""
+        for change in changes:
+            if self.snapshots.get(change.new.subject) is not None:
+                self.snapshot(change.new)
+
+    def _current(self, found: Snapshot | None, state: SubjectState, withdrawn: Withdrawn) -> bool:
+        """Whether ``found`` is the resolution of ``state`` as this node resolves it now."""
+        return (
+            found is not None
+            and found.state is state
+            and found.policies is self.policies
+            and found.withdrawn is withdrawn
+        )
+
     def explain(self, state: SubjectState, context: str, key: str) -> Explanation | None:
-        """The full story of one slot of ``state``: every observation, weighed."""
-        found = self.snapshots.index(state).slot(context, key)
+        """The full story of one slot of ``state``: every observation counted, weighed (those of
+        a withdrawn source are left out)."""
+        found = counted(
+            self.snapshots.index(state).slot(context, key),
+            self.withdrawals.of(state.subject.tenant),
+        )
         if not found:
             return None
         return explain_slot(found, self.policies.for_context(context), self.policies)

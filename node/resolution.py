@@ -22,7 +22,10 @@ policy:
   observations (agents repeating each other do not make a belief surer);
 - the winner is the strongest support (``weighted``) or the statement of the newest counted
   observation (``latest``), and the belief's *confidence* is the winner's support;
-- a belief is *uncertain* exactly when its confidence is below the minimum.
+- a belief is *uncertain* exactly when its confidence is below the minimum;
+- a tenant's withdrawals (``withdrawn``: source -> timestamp, an input of resolution like the
+  policy book) leave out every observation of a withdrawn source from before its withdrawal, in
+  the agents' contexts (names not beginning with ``_``); a slot left with none has no belief.
 
 A belief's staleness is its age, reported beside its confidence: the reader's clock minus
 ``changed_ms`` (the newest observation's time), never folded into the confidence.
@@ -34,8 +37,9 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from node.policy import ContextPolicy, PolicyBook
@@ -44,6 +48,11 @@ from sync.hlc import physical_ms
 from sync.observation import Evidence, Observation
 
 _SPACE = re.compile(r"\s+")
+
+# A tenant's withdrawn sources: source -> the timestamp before which its observations are left
+# out of resolution.
+Withdrawn = Mapping[str, int]
+NO_WITHDRAWN: Withdrawn = MappingProxyType({})
 
 
 @functools.lru_cache(maxsize=2048)  # a slot's resolution compares each statement many times
@@ -205,10 +214,25 @@ def explain_slot(
     return Explanation(belief, weighted + superseded, tuple(candidates), reason)
 
 
-def resolve(observations: Iterable[Observation], book: PolicyBook) -> list[Belief]:
-    """Every slot's belief, ordered by (context, key)."""
+def counted(
+    observations: Sequence[Observation], withdrawn: Withdrawn = NO_WITHDRAWN
+) -> Sequence[Observation]:
+    """``observations`` less those ``withdrawn`` leaves out: a withdrawn source's, from before
+    its withdrawal, in an agents' context (the node's own, ``_``-named, are never left out)."""
+    if not withdrawn:
+        return observations
+    return [
+        o for o in observations if o.hlc >= withdrawn.get(o.source, 0) or o.context.startswith("_")
+    ]
+
+
+def resolve(
+    observations: Iterable[Observation], book: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+) -> list[Belief]:
+    """Every slot's belief, ordered by (context, key); a slot whose every observation is
+    withdrawn has none."""
     slots: dict[tuple[str, str], list[Observation]] = {}
-    for obs in observations:
+    for obs in counted(list(observations), withdrawn):
         slots.setdefault((obs.context, obs.key), []).append(obs)
     return [
         explain_slot(slots[slot], book.for_context(slot[0]), book).belief for slot in sorted(slots)

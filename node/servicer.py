@@ -36,6 +36,7 @@ from node.learning import Learning
 from node.memberservice import MembersAdmin
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
+from node.sources_admin import SourcesAdmin
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import LAST_ASK_S
@@ -451,7 +452,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(SettingsAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,

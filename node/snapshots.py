@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
-from node.resolution import Belief, explain_slot
+from node.quality import NO_TALLIES, Quality, Tallies, moved
+from node.resolution import NO_WITHDRAWN, Belief, Withdrawn, counted, explain_slot
 from sync.causal import Dot
 from sync.codec import encode_token
 from sync.crdt import SubjectState
@@ -73,6 +74,13 @@ class Snapshot:
     by_slot: Mapping[Slot, Belief]
     beliefs: tuple[Belief, ...]  # ordered by (context, key)
     token: str  # the handoff token of the state's position
+    # The tenant's withdrawals it was resolved with (node.withdrawals): served only while they
+    # are the tenant's current ones (the very object).
+    withdrawn: Withdrawn = field(default_factory=lambda: NO_WITHDRAWN)
+    # Its beliefs tallied per context, and the winner changes since the snapshot it was
+    # advanced from (node.quality).
+    tallies: Tallies = field(default_factory=dict)
+    flips: Mapping[str, int] = field(default_factory=dict)
     # Serialized replies built from it (node.convert), by what they were built for.
     replies: dict[Hashable, bytes] = field(default_factory=dict)
 
@@ -153,35 +161,70 @@ def touched(previous: SlotIndex, index: SlotIndex) -> set[Slot]:
     return found
 
 
-def resolve_snapshot(state: SubjectState, policies: PolicyBook) -> Snapshot:
+def resolve_snapshot(
+    state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+) -> Snapshot:
     """The snapshot of ``state``, every slot resolved."""
     index = index_of(state)
-    return _snapshot(index, policies, {}, set(index.slots))
+    return _snapshot(index, policies, withdrawn, {}, set(index.slots), NO_TALLIES)
 
 
-def advance(previous: Snapshot, index: SlotIndex) -> Snapshot:
+def advance(previous: Snapshot, index: SlotIndex, withdrawn: Withdrawn | None = None) -> Snapshot:
     """The snapshot of ``index``'s state (another state of the subject, under the same
-    policies): ``previous`` with the slots whose observations differ resolved again."""
-    return _snapshot(index, previous.policies, previous.by_slot, touched(previous.index, index))
+    policies, and ``withdrawn``, by default the same withdrawals): ``previous`` with the slots
+    whose observations differ resolved again, and those holding an observation of a source
+    whose withdrawal changed."""
+    slots = touched(previous.index, index)
+    if withdrawn is None:
+        withdrawn = previous.withdrawn
+    elif withdrawn is not previous.withdrawn:
+        slots |= sources_in(index, changed_sources(previous.withdrawn, withdrawn))
+    return _snapshot(index, previous.policies, withdrawn, previous.by_slot, slots, previous.tallies)
+
+
+def changed_sources(before: Withdrawn, after: Withdrawn) -> set[str]:
+    """The sources whose withdrawal differs between two withdrawals of a tenant."""
+    return {s for s in before.keys() | after.keys() if before.get(s) != after.get(s)}
+
+
+def sources_in(index: SlotIndex, sources: AbstractSet[str]) -> set[Slot]:
+    """The slots of ``index`` holding an observation of one of ``sources``."""
+    if not sources:
+        return set()
+    return {slot for slot, found in index.slots.items() if any(o.source in sources for o in found)}
 
 
 def rebook(
-    previous: Snapshot, policies: PolicyBook, contexts: AbstractSet[str], index: SlotIndex
+    previous: Snapshot,
+    policies: PolicyBook,
+    contexts: AbstractSet[str],
+    index: SlotIndex,
+    withdrawn: Withdrawn | None = None,
 ) -> Snapshot:
     """The snapshot of ``index``'s state under ``policies``, a book that resolves only the
-    slots of ``contexts`` differently from ``previous``'s: those and the changed slots resolved
-    again, the rest kept."""
+    slots of ``contexts`` differently from ``previous``'s (and ``withdrawn``, by default the
+    same withdrawals): those, the changed slots and those of a source whose withdrawal changed
+    resolved again, the rest kept."""
     again = touched(previous.index, index)
     again.update(slot for slot in index.slots if slot[0] in contexts)
-    return _snapshot(index, policies, previous.by_slot, again)
+    if withdrawn is None:
+        withdrawn = previous.withdrawn
+    elif withdrawn is not previous.withdrawn:
+        again |= sources_in(index, changed_sources(previous.withdrawn, withdrawn))
+    return _snapshot(index, policies, withdrawn, previous.by_slot, again, previous.tallies)
 
 
 def _snapshot(
-    index: SlotIndex, policies: PolicyBook, resolved: Mapping[Slot, Belief], touched: set[Slot]
+    index: SlotIndex,
+    policies: PolicyBook,
+    withdrawn: Withdrawn,
+    resolved: Mapping[Slot, Belief],
+    touched: set[Slot],
+    tallies: Tallies,
 ) -> Snapshot:
     by_slot = dict(resolved)
     for slot in touched:
-        found = index.slots.get(slot)
+        found = counted(index.slots.get(slot, ()), withdrawn)
         if found:
             by_slot[slot] = explain_slot(found, policies.for_context(slot[0]), policies).belief
         else:
@@ -190,7 +233,8 @@ def _snapshot(
     beliefs = tuple(by_slot[s] for s in sorted(by_slot) if not s[0].startswith("_"))
     state = index.state
     token = encode_token({state.subject: state.context})
-    return Snapshot(index, policies, by_slot, beliefs, token)
+    tallies, flips = moved(tallies, [(resolved.get(s), by_slot.get(s)) for s in touched])
+    return Snapshot(index, policies, by_slot, beliefs, token, withdrawn, tallies, flips)
 
 
 class _Kept(NamedTuple):
@@ -211,6 +255,8 @@ class Snapshots:
         self._bytes = 0
         self._lock = threading.Lock()
         self._subject_locks = SubjectLocks()
+        # The tallies of the snapshots kept (node.quality): /metrics' model quality.
+        self.quality = Quality()
         # The latest books put in force, each with the contexts it resolves differently from
         # the one before (``rebooked``); the oldest first, at most MAX_BOOKS.
         self._books: list[tuple[PolicyBook, frozenset[str]]] = []
@@ -254,31 +300,37 @@ class Snapshots:
         kept = self._entries.get(subject)
         return None if kept is None else kept.snapshot
 
-    def resolve(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
-        """The snapshot of ``state``, kept; True when built from the subject's previous snapshot
-        or index (only the changed slots resolved), False when resolved whole."""
+    def resolve(
+        self, state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+    ) -> tuple[Snapshot, bool]:
+        """The snapshot of ``state`` under ``policies`` and its tenant's ``withdrawn``, kept;
+        True when built from the subject's previous snapshot or index (only the changed slots
+        resolved), False when resolved whole."""
         with self.serialized(state.subject):
-            return self.resolve_locked(state, policies)
+            return self.resolve_locked(state, policies, withdrawn)
 
-    def resolve_locked(self, state: SubjectState, policies: PolicyBook) -> tuple[Snapshot, bool]:
+    def resolve_locked(
+        self, state: SubjectState, policies: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+    ) -> tuple[Snapshot, bool]:
         """``resolve``, with ``serialized(state.subject)`` held by the caller."""
         kept = self._entries.get(state.subject)
         previous = None if kept is None else kept.snapshot
         if previous is not None and previous.policies is policies:
-            if previous.state is state:
+            if previous.state is state and previous.withdrawn is withdrawn:
                 return previous, True
             assert kept is not None
-            snapshot = advance(previous, advance_index(kept.latest, state))
+            snapshot = advance(previous, advance_index(kept.latest, state), withdrawn)
             incremental = True
         elif (
             previous is not None
             and (contexts := self._changed_between(previous.policies, policies)) is not None
         ):
             assert kept is not None
-            snapshot = rebook(previous, policies, contexts, advance_index(kept.latest, state))
+            index = advance_index(kept.latest, state)
+            snapshot = rebook(previous, policies, contexts, index, withdrawn)
             incremental = True
         else:
-            snapshot, incremental = resolve_snapshot(state, policies), False
+            snapshot, incremental = resolve_snapshot(state, policies, withdrawn), False
         self._keep(state.subject, snapshot, snapshot.index)
         return snapshot, incremental
 
@@ -330,11 +382,23 @@ class Snapshots:
             replaced = self._entries.get(subject)
             if replaced is not None:
                 self._bytes -= replaced.cost
+            before = None if replaced is None else replaced.snapshot
+            if snapshot is not before:
+                # A snapshot's winner changes are against the one it replaces, which it was
+                # advanced from (resolve_locked), or none when resolved whole.
+                self.quality.replaced(
+                    NO_TALLIES if before is None else before.tallies,
+                    NO_TALLIES if snapshot is None else snapshot.tallies,
+                    None if snapshot is None else snapshot.flips,
+                )
             self._entries[subject] = _Kept(snapshot, index, cost)
             self._entries.move_to_end(subject)
             self._bytes += cost
             while len(self._entries) > 1 and self._bytes > self.budget_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1].cost
+                dropped = self._entries.popitem(last=False)[1]
+                self._bytes -= dropped.cost
+                if dropped.snapshot is not None:
+                    self.quality.replaced(dropped.snapshot.tallies, NO_TALLIES)
 
 
 __all__ = [
@@ -346,8 +410,10 @@ __all__ = [
     "advance",
     "advance_index",
     "after_write",
+    "changed_sources",
     "index_of",
     "rebook",
     "resolve_snapshot",
+    "sources_in",
     "touched",
 ]

@@ -1,7 +1,8 @@
 """Group commit: concurrent writers share one WriteBatch and one WAL sync.
 
 Every mutation writes a subject's rows (node.store.rows) + outbox + digest in one WriteBatch:
-its head and only the observation rows it adds and removes. The first waiting writer leads:
+its head and only the observation rows it adds and removes, and their attribution index rows
+(node.store.sources). The first waiting writer leads:
 it takes every batch queued behind it, writes them as one, syncs the WAL (node.store.wal) when
 one of them is durable, wakes the others and hands the lead to the next queued writer. Outbox
 sequences are assigned by the leader, so they follow commit order: no hole below an entry.
@@ -37,6 +38,7 @@ from node.store.rows import (
     rows_end,
     rows_prefix,
 )
+from node.store.sources import SOURCES, put_index_rows
 from node.store.suspension import Suspension, disk_failure
 from node.store.tables import StoreError
 from sync.causal import Dot
@@ -202,7 +204,7 @@ class GroupCommit(Suspension):
         put = batch.put
         handle = self._handle
         state_cf, outbox_cf, digest_cf = handle["state"], handle["outbox"], handle["digest"]
-        rows_cf = handle[OBSERVATIONS]
+        rows_cf, sources_cf = handle[OBSERVATIONS], handle[SOURCES]
         epochs = self._epochs
         outbox_enabled = self.outbox_enabled
         seq = self.delta_log.seq
@@ -232,12 +234,22 @@ class GroupCommit(Suspension):
                     epoch = epochs[key] = new_epoch()
                 put(key, head_of(state, epoch), state_cf)
                 prefix = rows_prefix(key, epoch)
+                gone: list[Dot]
+                added: list[Dot]
                 if change.rewrite:
-                    put_rows(batch, rows_cf, prefix, state, (), new.observations)
-                elif changed is not None:
-                    put_rows(batch, rows_cf, prefix, state, *changed)
+                    gone, added = [], list(new.observations)
                 else:
-                    put_rows(batch, rows_cf, prefix, state, *rows_changed(old, new))
+                    gone, added = changed if changed is not None else rows_changed(old, new)
+                put_rows(batch, rows_cf, prefix, state, gone, added)
+                if gone or added:  # the attribution index follows the rows (node.store.sources)
+                    was, now = old.observations if old is not None else {}, new.observations
+                    put_index_rows(
+                        batch,
+                        sources_cf,
+                        new.subject,
+                        [was[dot] for dot in gone],
+                        [now[dot] for dot in added],
+                    )
                 if change.old_digest is not None:
                     old_digest = change.old_digest
                 elif old is None:

@@ -18,6 +18,7 @@ import threading
 import rocksdict
 
 from node.store.rows import ONE_VALUE_SCHEMA, migrate_one_value_states
+from node.store.sources import SOURCES, UNINDEXED_SCHEMA, build_index
 from node.store.tables import SCHEMA_VERSION, StoreError, Tables
 
 log = logging.getLogger("node.store")
@@ -50,12 +51,16 @@ class RunIdentity(Tables):
                 self._db, self._cf["state"], self._handle, self._synced
             )
             log.info("node %s: %d subjects rewritten as rows (schema 1 to 2)", node, migrated)
+        if schema is not None and int(schema) in (ONE_VALUE_SCHEMA, UNINDEXED_SCHEMA):
+            indexed = build_index(self._db, self._cf, self._handle[SOURCES], self._synced)
+            log.info("node %s: %d subjects indexed by source (schema 2 to 3)", node, indexed)
         elif schema is not None and int(schema) != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(
                 f"{self.path} has schema {int(schema)}, this build reads {SCHEMA_VERSION} "
-                f"(and migrates {ONE_VALUE_SCHEMA}): run the build that wrote it, or start "
-                "this node on an empty directory and let anti-entropy fill it from its peers"
+                f"(and migrates {ONE_VALUE_SCHEMA} and {UNINDEXED_SCHEMA}): run the build that "
+                "wrote it, or start this node on an empty directory and let anti-entropy fill it "
+                "from its peers"
             )
         self.node = node
         self.incarnation = int(meta.get(b"incarnation", b"0")) + 1

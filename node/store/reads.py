@@ -16,6 +16,7 @@ from typing import cast
 from node.store import digests
 from node.store.commit import Change, GroupCommit
 from node.store.rows import OBSERVATIONS, read_rows, split_head
+from node.store.sources import SOURCES, subject_rows
 from node.store.tables import is_corruption
 from sync.codec import decode_state
 from sync.crdt import SubjectState
@@ -102,7 +103,9 @@ class Reads(GroupCommit):
             change = Change(None, SubjectState(subject), None)
             change.rewrite = True  # its rows, corrupt or not, are deleted
             change.old_digest = stored if stored is not None else digests.EMPTY_HASH
-            self.commit([change])
+            # Its attribution index rows too: they name observations it no longer holds.
+            index = [(SOURCES, k, None) for k in subject_rows(self._cf[SOURCES], subject)]
+            self.commit([change], index)
         return None
 
     def verify(self, pause_s: float = 0.0) -> int:

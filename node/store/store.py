@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import rocksdict
@@ -13,6 +14,7 @@ from node.store.digests import load_bucket_hashes
 from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
 from node.store.rows import OBSERVATIONS, rows_end, rows_prefix
+from node.store.sources import SOURCES, Contribution, scan, subject_prefix
 from node.store.tables import COLUMN_FAMILIES, StoreError
 from node.store.wal import WalSync, unsynced_writes
 from sync.crdt import EraseBound
@@ -106,13 +108,14 @@ class Store(Reads):
 
     # -- the rest ------------------------------------------------------------------------
 
-    def purge(self, subject: Subject, erased: EraseBound) -> None:
+    def purge(self, subject: Subject, erased: EraseBound, sources: Iterable[str] = ()) -> None:
         """Removes a forgotten subject's erased data from RocksDB's files, not only from view.
 
         Drops the observations ``erased`` reaches from its deltas in the outbox (Outbox.purge),
         flushes the memtables (so the WAL holding the old rows becomes obsolete) and compacts
         the subject's key range, so no SST file or log keeps a superseded version of its
-        observations.
+        observations; and the subject's attribution index rows of ``sources`` (the sources of
+        its observations erased: their keys hold slot keys, which may be statements).
         """
         key = subject.storage_key()
         self.delta_log.purge(subject, erased)
@@ -128,9 +131,19 @@ class Store(Reads):
         self._cf["state"].compact_range(key, key + b"\xff", rewrite)
         epoch = self._epochs.get(key, 0)
         self._cf[OBSERVATIONS].compact_range(rows_prefix(key, epoch), rows_end(key, epoch), rewrite)
+        for source in sorted(set(sources)):
+            start = subject_prefix(subject.tenant, source, subject)
+            self._cf[SOURCES].compact_range(start, start + b"\xff", rewrite)
         self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
         self.wal.release()
+
+    def contributions(
+        self, tenant: str, source: str, after: bytes = b"", limit: int = 100
+    ) -> list[tuple[bytes, Contribution]]:
+        """Up to ``limit`` observations ``source`` holds in ``tenant``'s subjects after the
+        row key ``after``, with their row keys (node.store.sources), in key order."""
+        return scan(self._cf[SOURCES], tenant, source, after, limit)
 
     def size_bytes(self) -> int:
         """Bytes in SST files and memtables (0 once closed: metrics may scrape after a stop)."""

@@ -21,8 +21,9 @@ from node.store.wal import WalAssumptionBroken, WalSync, check_assumptions
 
 log = logging.getLogger("node.store")
 
-# 2: a subject is a head row and a row per observation (node.store.rows); 1 was one value.
-SCHEMA_VERSION = 2
+# 3: with the attribution index (node.store.sources); 2: a subject is a head row and a row per
+# observation (node.store.rows); 1 was one value.
+SCHEMA_VERSION = 3
 COLUMN_FAMILIES = (
     "state",
     "observations",
@@ -32,6 +33,7 @@ COLUMN_FAMILIES = (
     "meta",
     "audit",
     "requests",
+    "sources",
 )
 # How long a read waits for RocksDB to be reopened.
 REOPEN_WAIT_S = 10.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, learning, load, rollup, scale, subject_size
+from benchmarks import handoff, learning, load, rollup, scale, spacing, subject_size
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -144,3 +144,14 @@ def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> 
     on, refresh = learning.writes_per_s(tmp_path, "on", 60, learning=True)
     assert off > 0 and on > 0 and none == 0 and refresh > 0
     assert 100 < learning.bytes_per_position(300) < 10_000
+
+
+def test_spacing_times_writes_and_merges_back_to_back_and_spaced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert spacing.main(["--gaps-ms", "0,2", "--calls", "20", "--warmup", "5"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    rows = [line.split() for line in out.splitlines() if line.lstrip().endswith("x")]
+    assert [row[0] for row in rows] == ["0ms", "2ms"], out
+    assert all(float(row[1]) > 0 and float(row[5]) > 0 for row in rows), out

@@ -122,6 +122,62 @@ def test_every_client_command_prints_its_reply_in_the_proto_json_mapping(
     assert [e.action for e in audit.entries] == [admin_pb2.AUDIT_ACTION_FORGET]
 
 
+def test_the_sources_commands_list_withdraw_and_lift_a_source(
+    start_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "tokens.toml"
+    agent, _ = tokens.create(file, "cli_bot", "acme", "agent", ["*"], ["*"])
+    operator, _ = tokens.create(file, "cli_ops", "acme", "operator", ["*"], ["*"])
+    node = start_node("sales", "--tokens", str(file))
+    target = ["--target", node.address, "--tenant", "acme"]
+    for n in range(3):
+        run(
+            capsys, "observe", f"user:u-{n}", "Pays yearly", "--context", "billing",
+            "--key", "cycle", "--confidence", "0.9", *target, "--token", agent,
+        )  # fmt: skip
+    as_operator = [*target, "--token", operator]
+
+    withdrawn = reply(
+        run(capsys, "sources", "withdraw", "cli_bot", *as_operator),
+        admin_pb2.WithdrawSourceResponse,
+    )
+    assert withdrawn.subjects == 3 and withdrawn.withdrawn_at.ToMilliseconds() > 0
+    first = reply(
+        run(capsys, "sources", "list", "cli_bot", "--page-size", "2", *as_operator),
+        admin_pb2.ListSourceContributionsResponse,
+    )
+    assert [(c.subject.id, c.key, c.withdrawn) for c in first.contributions] == [
+        ("u-0", "cycle", True),
+        ("u-1", "cycle", True),
+    ]
+    assert first.withdrawn_at == withdrawn.withdrawn_at
+    rest = reply(
+        run(
+            capsys, "sources", "list", "cli_bot", "--page-size", "2",
+            "--page-token", first.next_page_token, *as_operator,
+        ),
+        admin_pb2.ListSourceContributionsResponse,
+    )  # fmt: skip
+    assert [c.subject.id for c in rest.contributions] == ["u-2"] and not rest.next_page_token
+    shown = reply(run(capsys, "show", "user:u-0", *as_operator), selfmodel_pb2.GetSelfModelResponse)
+    assert list(shown.snapshot.beliefs) == []  # its only source is withdrawn
+    lifted = reply(
+        run(capsys, "sources", "lift", "cli_bot", *as_operator),
+        admin_pb2.LiftSourceWithdrawalResponse,
+    )
+    assert lifted.handoff_token
+    shown = reply(run(capsys, "show", "user:u-0", *as_operator), selfmodel_pb2.GetSelfModelResponse)
+    assert [b.statement for b in shown.snapshot.beliefs] == ["Pays yearly"]
+    audit = reply(run(capsys, "audit", *as_operator), admin_pb2.ListAuditResponse)
+    assert [e.action for e in audit.entries] == [
+        admin_pb2.AUDIT_ACTION_WITHDRAW_SOURCE,
+        admin_pb2.AUDIT_ACTION_LIFT_WITHDRAWAL,
+    ]
+    assert {e.actor for e in audit.entries} == {"cli_ops"}
+
+
 def test_policy_get_set_and_clear_change_the_cluster_s_settings_for_cluster_operators_only(
     start_node: Callable[..., NodeProcess],
     tmp_path: Path,

@@ -273,6 +273,9 @@ FIELDS = {
     "SetReliability": ["source", "context", "number"],
     "ClearReliability": ["source", "context"],
     "GetStatus": [],
+    "ListSourceContributions": ["tenant", "source", "page_size", "page_token"],
+    "WithdrawSource": ["tenant", "source"],
+    "LiftSourceWithdrawal": ["tenant", "source"],
     "AddMember": SUBJECT_FIELDS,
     "RemoveMember": SUBJECT_FIELDS,
     "ListMembers": [*SUBJECT_FIELDS, "page_size", "page_token"],
@@ -375,6 +378,15 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
         return admin_pb2.ClearReliabilityRequest(source=v["source"], context=v["context"])
     elif name == "GetStatus":
         return admin_pb2.GetStatusRequest()
+    elif name == "ListSourceContributions":
+        return admin_pb2.ListSourceContributionsRequest(
+            tenant=v["tenant"], source=v["source"], page_size=v["page_size"],
+            page_token=v["page_token"],
+        )  # fmt: skip
+    elif name == "WithdrawSource":
+        return admin_pb2.WithdrawSourceRequest(tenant=v["tenant"], source=v["source"])
+    elif name == "LiftSourceWithdrawal":
+        return admin_pb2.LiftSourceWithdrawalRequest(tenant=v["tenant"], source=v["source"])
     elif name in ("AddMember", "RemoveMember"):
         # the group from these fields, the member (or none) from a second draw of them
         pair = admin_pb2.AddMemberRequest if name == "AddMember" else admin_pb2.RemoveMemberRequest

@@ -117,11 +117,16 @@ def test_a_corrupt_subject_is_quarantined_its_digest_rewritten_and_the_actor_ren
     assert digest_row == SubjectState(U1).digest()  # no longer vouching for the lost state
     assert store.bucket_hashes()[bucket] != buckets_before[bucket]
     assert store.verify() == 0  # rewritten: found once
+    # The attribution index names what the subjects hold: nothing of a quarantined one.
+    listed = {c.subject for _, c in store.contributions("acme", "agent", limit=1000)}
+    holding = {s for s in store.subjects("acme") if (store.load(s) or SubjectState(s)).observations}
+    assert U1 not in listed and listed == holding and len(listed) >= 40
     # Its rows now live apart from the corrupt block: writing and reading it again is clean.
     engine = Engine(store)
     engine.observe("agent", [item(U1, "k", "after the repair")])
     assert store.verify() == 0
     assert keys(engine, U1) == {"k"}
+    assert [c.subject for _, c in store.contributions("acme", "agent", limit=1000)].count(U1) == 1
     store.close()
 
 

@@ -11,6 +11,7 @@ from node.engine import Engine, ObservationInput
 from node.policy import ContextPolicy, PolicyBook
 from node.rollup import compute_rollup
 from node.store import Store
+from node.withdrawals import WITHDRAWN, sources_subject
 from sync.delivery import Delta
 from sync.members import MEMBERS, member_statement
 from sync.observation import Subject, SubjectKind
@@ -139,4 +140,18 @@ def test_a_new_policy_book_moves_the_rollups_of_the_beliefs_it_moves(tmp_path: P
     assert e.groups.rollup(TEAM).beliefs == () and watch.changed.is_set()
     assert e.groups.rollup(TEAM) == from_scratch(e, TEAM)
     e.use_policies(PolicyBook())
+    assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]
+
+
+def test_a_tenant_wide_withdrawal_of_a_source_moves_the_rollups_of_its_members(
+    tmp_path: Path,
+) -> None:
+    e = engine(tmp_path, "n1")
+    add(e, TEAM, U1)
+    say(e, U1, "fifty", source="bot")
+    assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]
+    e.put(sources_subject(T), WITHDRAWN, "bot", "withdrawn", "ops")  # U1's state is unchanged
+    assert e.groups.rollup(TEAM).beliefs == ()
+    assert e.groups.rollup(TEAM) == from_scratch(e, TEAM)
+    e.put(sources_subject(T), WITHDRAWN, "bot", None, "ops")  # lifted
     assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]

@@ -259,12 +259,12 @@ def test_a_node_learns_nothing_unless_its_cluster_file_enables_it(tmp_path: Path
     from node.server import start_learning
 
     engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
-    before = list(engine.listeners)  # the engine's own (node.groups)
+    own = list(engine.listeners)  # the engine's own (withdrawals, kept snapshots)
     try:
         assert start_learning(NodeConfig(), engine, engine.store) is None
-        assert engine.listeners == before
+        assert engine.listeners == own
         on = NodeConfig(learning=LearningSettings(enabled=True))
         assert start_learning(on, engine, engine.store) is not None
-        assert len(engine.listeners) == len(before) + 1
+        assert len(engine.listeners) == len(own) + 1
     finally:
         engine.store.close()

@@ -42,6 +42,10 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     AUDIT_ACTION_CLEAR_SETTING: _AuditAction.ValueType  # 11
     AUDIT_ACTION_SET_RELIABILITY: _AuditAction.ValueType  # 12
     AUDIT_ACTION_CLEAR_RELIABILITY: _AuditAction.ValueType  # 13
+    AUDIT_ACTION_WITHDRAW_SOURCE: _AuditAction.ValueType  # 20
+    """WithdrawSource: a source's observations left out across a tenant."""
+    AUDIT_ACTION_LIFT_WITHDRAWAL: _AuditAction.ValueType  # 21
+    """LiftSourceWithdrawal: a source's withdrawal lifted."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """An operator action the audit log records."""
@@ -61,6 +65,10 @@ ClearReliability; the detail names the setting and its value.
 AUDIT_ACTION_CLEAR_SETTING: AuditAction.ValueType  # 11
 AUDIT_ACTION_SET_RELIABILITY: AuditAction.ValueType  # 12
 AUDIT_ACTION_CLEAR_RELIABILITY: AuditAction.ValueType  # 13
+AUDIT_ACTION_WITHDRAW_SOURCE: AuditAction.ValueType  # 20
+"""WithdrawSource: a source's observations left out across a tenant."""
+AUDIT_ACTION_LIFT_WITHDRAWAL: AuditAction.ValueType  # 21
+"""LiftSourceWithdrawal: a source's withdrawal lifted."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 class _MembershipOutcome:
@@ -958,3 +966,201 @@ class ListSourceWeightsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSourceWeightsResponse: _TypeAlias = ListSourceWeightsResponse  # noqa: Y015
+
+@_typing.final
+class ListSourceContributionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant; empty: the caller's (required on a node without tokens)."""
+    source: _builtins.str
+    """The source (an agent id) whose contributions to list."""
+    page_size: _builtins.int
+    """At most this many contributions; 0 means 100; at most the node's max_page_size."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty: the first page."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        source: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "source", b"source", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourceContributionsRequest: _TypeAlias = ListSourceContributionsRequest  # noqa: Y015
+
+@_typing.final
+class SourceContribution(_message.Message):
+    """One observation a source holds in a subject's slot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    OBSERVATION_ID_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    key: _builtins.str
+    observation_id: _builtins.str
+    withdrawn: _builtins.bool
+    """Left out of resolution by the source's withdrawal in the tenant."""
+    @_builtins.property
+    def subject(self) -> _model_pb2.Subject: ...
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        subject: _model_pb2.Subject | None = ...,
+        context: _builtins.str = ...,
+        key: _builtins.str = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+        observation_id: _builtins.str = ...,
+        withdrawn: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "key", b"key", "observation_id", b"observation_id", "observed_at", b"observed_at", "subject", b"subject", "withdrawn", b"withdrawn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceContribution: _TypeAlias = SourceContribution  # noqa: Y015
+
+@_typing.final
+class ListSourceContributionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token to continue; empty after the last page."""
+    @_builtins.property
+    def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceContribution]: ...
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
+        """Since when the source is withdrawn in the tenant; unset when it is not."""
+
+    def __init__(
+        self,
+        *,
+        contributions: _abc.Iterable[Global___SourceContribution] | None = ...,
+        next_page_token: _builtins.str = ...,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "next_page_token", b"next_page_token", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSourceContributionsResponse: _TypeAlias = ListSourceContributionsResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawSourceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant; empty: the caller's (required on a node without tokens)."""
+    source: _builtins.str
+    """The source (an agent id) to withdraw."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawSourceRequest: _TypeAlias = WithdrawSourceRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawSourceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    """A read passing it as at_least on any node waits for the withdrawal there."""
+    subjects: _builtins.int
+    """Subjects of the tenant this node holds observations of the source in."""
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
+        """The withdrawal's time: the source's observations from before it are left out."""
+
+    def __init__(
+        self,
+        *,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+        handoff_token: _builtins.str = ...,
+        subjects: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "subjects", b"subjects", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawSourceResponse: _TypeAlias = WithdrawSourceResponse  # noqa: Y015
+
+@_typing.final
+class LiftSourceWithdrawalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant; empty: the caller's (required on a node without tokens)."""
+    source: _builtins.str
+    """The source whose withdrawal to lift."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftSourceWithdrawalRequest: _TypeAlias = LiftSourceWithdrawalRequest  # noqa: Y015
+
+@_typing.final
+class LiftSourceWithdrawalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    handoff_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftSourceWithdrawalResponse: _TypeAlias = LiftSourceWithdrawalResponse  # noqa: Y015

@@ -74,6 +74,21 @@ class AdminServiceStub:
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
                 _registered_method=True)
+        self.ListSourceContributions = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ListSourceContributions',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsResponse.FromString,
+                _registered_method=True)
+        self.WithdrawSource = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/WithdrawSource',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceResponse.FromString,
+                _registered_method=True)
+        self.LiftSourceWithdrawal = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/LiftSourceWithdrawal',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.FromString,
+                _registered_method=True)
         self.AddMember = channel.unary_unary(
                 '/selfmodel.admin.v1.AdminService/AddMember',
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.SerializeToString,
@@ -155,6 +170,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSourceContributions(self, request, context):
+        """What one source contributed in a tenant: each observation of it this node holds in the
+        agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+        only; an operator of a tenant lists its own tenant only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawSource(self, request, context):
+        """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+        before now is left out of resolution on every node, including ones written on a node that
+        had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftSourceWithdrawal(self, request, context):
+        """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+        observations count again. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddMember(self, request, context):
         """Adds a member to a group: a user to a team, a team to an organization, of the group's
         tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -221,6 +262,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListSourceWeights,
                     request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.FromString,
                     response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.SerializeToString,
+            ),
+            'ListSourceContributions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSourceContributions,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsResponse.SerializeToString,
+            ),
+            'WithdrawSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawSource,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceResponse.SerializeToString,
+            ),
+            'LiftSourceWithdrawal': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftSourceWithdrawal,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.SerializeToString,
             ),
             'AddMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMember,
@@ -454,6 +510,87 @@ class AdminService:
             '/selfmodel.admin.v1.AdminService/ListSourceWeights',
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsRequest.SerializeToString,
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSourceContributions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ListSourceContributions',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListSourceContributionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/WithdrawSource',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.WithdrawSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftSourceWithdrawal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/LiftSourceWithdrawal',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,20 @@ class AdminServiceStub:
     learning is off: [cluster.learning] enabled). Operators only; with a token file an
     operator sees the sources that spoke in its own tenant's slots.
     """
+    ListSourceContributions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]
+    """What one source contributed in a tenant: each observation of it this node holds in the
+    agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+    only; an operator of a tenant lists its own tenant only.
+    """
+    WithdrawSource: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WithdrawSourceRequest, _admin_pb2.WithdrawSourceResponse]
+    """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+    before now is left out of resolution on every node, including ones written on a node that
+    had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+    """
+    LiftSourceWithdrawal: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LiftSourceWithdrawalRequest, _admin_pb2.LiftSourceWithdrawalResponse]
+    """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+    observations count again. Operators only.
+    """
     AddMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
     tenant. Operators, and agents whose token has the membership permission; audited. Adding
@@ -95,6 +109,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The learned reliability weights in force on this node, per source and context (empty when
     learning is off: [cluster.learning] enabled). Operators only; with a token file an
     operator sees the sources that spoke in its own tenant's slots.
+    """
+    ListSourceContributions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]  # type: ignore[assignment]
+    """What one source contributed in a tenant: each observation of it this node holds in the
+    agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+    only; an operator of a tenant lists its own tenant only.
+    """
+    WithdrawSource: _aio.UnaryUnaryMultiCallable[_admin_pb2.WithdrawSourceRequest, _admin_pb2.WithdrawSourceResponse]  # type: ignore[assignment]
+    """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+    before now is left out of resolution on every node, including ones written on a node that
+    had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+    """
+    LiftSourceWithdrawal: _aio.UnaryUnaryMultiCallable[_admin_pb2.LiftSourceWithdrawalRequest, _admin_pb2.LiftSourceWithdrawalResponse]  # type: ignore[assignment]
+    """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+    observations count again. Operators only.
     """
     AddMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]  # type: ignore[assignment]
     """Adds a member to a group: a user to a team, a team to an organization, of the group's
@@ -180,6 +208,38 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The learned reliability weights in force on this node, per source and context (empty when
         learning is off: [cluster.learning] enabled). Operators only; with a token file an
         operator sees the sources that spoke in its own tenant's slots.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSourceContributions(
+        self,
+        request: _admin_pb2.ListSourceContributionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSourceContributionsResponse, _abc.Awaitable[_admin_pb2.ListSourceContributionsResponse]]:
+        """What one source contributed in a tenant: each observation of it this node holds in the
+        agents' contexts (subject, slot, time), by subject then slot, a page at a time. Operators
+        only; an operator of a tenant lists its own tenant only.
+        """
+
+    @_abc_1.abstractmethod
+    def WithdrawSource(
+        self,
+        request: _admin_pb2.WithdrawSourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.WithdrawSourceResponse, _abc.Awaitable[_admin_pb2.WithdrawSourceResponse]]:
+        """Withdraws a source across a tenant, audited: every observation of it in the tenant from
+        before now is left out of resolution on every node, including ones written on a node that
+        had not merged the withdrawal yet; a later observation of it counts again. Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def LiftSourceWithdrawal(
+        self,
+        request: _admin_pb2.LiftSourceWithdrawalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LiftSourceWithdrawalResponse, _abc.Awaitable[_admin_pb2.LiftSourceWithdrawalResponse]]:
+        """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
+        observations count again. Operators only.
         """
 
     @_abc_1.abstractmethod
