@@ -3,7 +3,7 @@ changes, member writes on different nodes, removals and forgets, and convergence
 serves the same roll-ups, equal to the roll-up computed from scratch (node.rollup) from the
 members and the members' models read from the nodes; a team's watch fires on one node when a
 member writes on another; Explain on a roll-up lists the members behind it; a policy set on one
-node moves the roll-ups on every node."""
+node moves the roll-ups on every node, and so does a source withdrawn across the tenant."""
 
 from __future__ import annotations
 
@@ -257,3 +257,25 @@ def test_a_policy_set_on_one_node_moves_the_rollups_on_every_node(cluster: Local
         cluster.wait_converged(WAIT_S)
         for c in (east, west):
             assert [r.statement for r in c.self_model(team("t")).rollups] == ["fifty"]
+
+
+def test_a_source_withdrawn_on_one_node_leaves_the_rollups_of_every_node(
+    cluster: LocalCluster,
+) -> None:
+    tenant = "withdrawing"
+    with (
+        cluster.client("east", "ops", tenant) as east,
+        cluster.client("west", "bot", tenant) as west,
+        grpc.insecure_channel(cluster.address("east")) as channel,
+    ):
+        east.add_member(team("t"), user("u1"))
+        west.observe(user("u1"), "fifty", confidence=0.9, context="mood", key="k")  # by "bot"
+        cluster.wait_converged(WAIT_S)
+        for c in (east, west):
+            assert [r.statement for r in c.self_model(team("t")).rollups] == ["fifty"]
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        withdraw = admin_pb2.WithdrawSourceRequest(tenant=tenant, source="bot")
+        admin.WithdrawSource(withdraw, metadata=(("x-agent-id", "ops"),), timeout=10)
+        cluster.wait_converged(WAIT_S)
+        for c in (east, west):
+            assert c.self_model(team("t")).rollups == ()
