@@ -242,12 +242,18 @@ def policy_to_proto(context: str, policy: ContextPolicy, msg: selfmodel_pb2.Cont
 
 
 def source_weights(
-    enabled: bool, weights: Iterable[Learned]
+    enabled: bool, weights: Iterable[tuple[str, Learned]]
 ) -> admin_pb2.ListSourceWeightsResponse:
+    """``weights``: each with its tenant."""
     msg = admin_pb2.ListSourceWeightsResponse(enabled=enabled)
-    for w in weights:
+    for tenant, w in weights:
         msg.weights.add(
-            source=w.source, context=w.context, agreed=w.agreed, judged=w.judged, weight=w.weight
+            tenant=tenant,
+            source=w.source,
+            context=w.context,
+            agreed=w.agreed,
+            judged=w.judged,
+            weight=w.weight,
         )
     return msg
 

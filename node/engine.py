@@ -24,7 +24,7 @@ from node.idempotency import Replay, Request
 from node.locks import SubjectLocks
 from node.policy import PolicyBook
 from node.reads import ModelView, Reader
-from node.reliability import Learned, learned_book
+from node.reliability import Books, Weights, books_of, learned_book
 from node.resolution import Explanation, normalize_statement
 from node.screening import screen
 from node.sizes import SubjectSizes
@@ -129,10 +129,11 @@ class Engine:
             follower(self.withdrawals, store, self.refresh),
             self.reader.follow,  # kept snapshots advance with every change
         ]
-        # The book in force is the operators' (node.governor) times the learned weights
-        # (node.learning; none unless it is on): node.reliability.learned_book.
+        # The books in force are the operators' (node.governor) and, per tenant, the
+        # operators' times that tenant's learned weights (node.learning; none unless it is
+        # on): node.reliability.Books, kept by the reader.
         self.operators = self.reader.policies
-        self.learned: Mapping[tuple[str, str], Learned] = {}
+        self.learned: Mapping[str, Weights] = {}  # per tenant
         self._book_lock = threading.Lock()
         # Told the operators' new book when it changes (learning judges against it).
         self.book_listeners: list[Callable[[PolicyBook], None]] = []
@@ -140,36 +141,52 @@ class Engine:
 
     @property
     def policies(self) -> PolicyBook:
-        """The policy book in force: ``learned_book(operators, learned)``."""
+        """The operators' book in force: every context's policy, the same for every tenant
+        (a subject resolves with ``book_of`` its tenant, which adds its learned weights)."""
         return self.reader.policies
+
+    def book_of(self, tenant: str) -> PolicyBook:
+        """The book ``tenant``'s subjects resolve with: ``learned_book(operators, its
+        weights)``."""
+        return self.reader.books.of(tenant)
 
     def use_policies(self, book: PolicyBook) -> None:
         """Resolves with the operators' ``book`` from now on (node.governor keeps it: the file
-        under the replicated settings), times the learned weights: no snapshot resolved under
-        another book is served again (node.reads), and every watch is woken to read its model
-        again. ``book_listeners`` are told."""
+        under the replicated settings), times each tenant's learned weights: no snapshot
+        resolved under another book is served again (node.reads), and every watch is woken to
+        read its model again. ``book_listeners`` are told."""
         with self._book_lock:
             self.operators = book
-            self._put_in_force(None)
+            self.snapshots.rebooked_all()
+            self.reader.books = books_of(book, self.learned)
+            self.groups.policies_changed()  # members' beliefs moved: so do roll-ups
+            self.watches.wake_all()
         for listen in self.book_listeners:
             listen(book)
 
     def use_learned(
-        self, learned: Mapping[tuple[str, str], Learned], contexts: frozenset[str] | None
+        self, learned: Mapping[str, Weights], moved: Mapping[str, frozenset[str]]
     ) -> None:
-        """Resolves with the ``learned`` weights from now on (node.learning), which move only
-        ``contexts``' beliefs (None: any context's): a cached snapshot is resolved again on its
-        next read, in those contexts only (node.snapshots); watches look again."""
+        """Resolves with the ``learned`` weights (per tenant) from now on (node.learning), which
+        move only the beliefs of ``moved``'s tenants, in its contexts: a cached snapshot of
+        such a tenant is resolved again on its next read, in those contexts only
+        (node.snapshots), and its tenant's watches look again; other tenants' are untouched."""
         with self._book_lock:
             self.learned = learned
-            self._put_in_force(contexts)
-
-    def _put_in_force(self, contexts: frozenset[str] | None) -> None:
-        book = learned_book(self.operators, self.learned)
-        self.snapshots.rebooked(self.reader.policies, book, contexts)
-        self.reader.policies = book
-        self.groups.policies_changed(contexts)  # members' beliefs moved: so do roll-ups
-        self.watches.wake_all()
+            books = self.reader.books
+            tenants = dict(books.tenants)
+            for tenant, contexts in moved.items():
+                new = learned_book(self.operators, learned.get(tenant, {}))
+                self.snapshots.rebooked(tenant, books.of(tenant), new, contexts)
+                if new is self.operators:
+                    tenants.pop(tenant, None)
+                else:
+                    tenants[tenant] = new
+            self.reader.books = Books(self.operators, tenants)
+            for tenant, contexts in moved.items():  # members' beliefs moved: so do roll-ups
+                self.groups.policies_changed(contexts, tenant)
+        for tenant in moved:
+            self.watches.wake_tenant(tenant)
 
     # -- writes --------------------------------------------------------------------------
 

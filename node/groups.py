@@ -88,13 +88,16 @@ class Groups:
     ) -> frozenset[Subject]:
         return self._moved(self.index.model_changed(user, old, new))
 
-    def resolved_anew(self, contexts: frozenset[str] | None = None) -> frozenset[Subject]:
-        """Follows every followed user's model as ``model_of`` now resolves it, in ``contexts``
-        (None: all), after the node's policy book changed there: beliefs move without their
-        subjects changing."""
+    def resolved_anew(
+        self, contexts: frozenset[str] | None = None, tenant: str | None = None
+    ) -> frozenset[Subject]:
+        """Follows every followed user's model (of ``tenant``, None: any) as ``model_of`` now
+        resolves it, in ``contexts`` (None: all), after the book it resolves with changed
+        there: beliefs move without their subjects changing."""
         moved: set[Subject] = set()
         for user in self.index.followed():
-            moved |= self.index.model_is(user, self._model_of(user), contexts)
+            if tenant is None or user.tenant == tenant:
+                moved |= self.index.model_is(user, self._model_of(user), contexts)
         return self._moved(moved)
 
     def user_resolved_anew(self, user: Subject) -> frozenset[Subject]:
@@ -183,12 +186,15 @@ class Following:
                     moved |= groups.slot_changed(subject, context, key, belief((context, key)))
         return frozenset(moved)
 
-    def policies_changed(self, contexts: frozenset[str] | None = None) -> None:
-        """The engine resolves under another policy book (operators' settings, learned weights)
-        that moves beliefs in ``contexts`` (None: any): every member's beliefs there are read
-        again (one model read per user in a team), and moved groups' watches woken."""
+    def policies_changed(
+        self, contexts: frozenset[str] | None = None, tenant: str | None = None
+    ) -> None:
+        """The engine resolves under another book (operators' settings; a tenant's learned
+        weights) that moves beliefs in ``contexts`` (None: any) of ``tenant`` (None: any): every
+        member's beliefs there are read again (one model read per user in a team), and moved
+        groups' watches woken."""
         with self.lock:
-            moved = self.groups.resolved_anew(contexts)
+            moved = self.groups.resolved_anew(contexts, tenant)
         for group in sorted(moved):
             self._notify(group)
 

@@ -2,7 +2,8 @@
 change, and the weights they give put in force (node.reliability defines both).
 
 - ``Outcomes`` keeps each judged slot's outcomes (one per source speaking there, newest
-  position) and, per (source, context), the outcomes in (timestamp, dot, slot) order. A slot's
+  position) and, per (tenant, source, context), the outcomes in (timestamp, dot, slot) order:
+  agent ids are per tenant, so a tenant's weights count its own slots only. A slot's
   outcomes are replaced whole when it changes, so what it holds equals judging every slot of
   the states followed from scratch (tests/unit/test_learning.py checks it), whatever order the
   changes came in: the weights are a pure function of the replicated state.
@@ -10,10 +11,11 @@ change, and the weights they give put in force (node.reliability defines both).
   a change touched (the dots it added or removed); at most once per ``interval_s`` it judges
   those slots again against their subject's state then (through the subject's slot index;
   once each however often they changed, off the write path), recomputes the weights of the
-  (source, context) pairs whose outcomes changed and puts the book they give in force
-  (``Engine.use_learned``): cached snapshots re-resolve only the slots of the contexts whose
-  weights moved. Judging needs the belief under the operators' book, which the snapshots
-  (resolved under the learned one) do not hold, so it resolves each such slot once. Between
+  (tenant, source, context) triples whose outcomes changed and puts the books they give in
+  force (``Engine.use_learned``): cached snapshots of the tenants whose weights moved
+  re-resolve only the slots of the contexts where they moved; other tenants' are untouched.
+  Judging needs the belief under the operators' book, which the snapshots (resolved under
+  the learned one) do not hold, so it resolves each such slot once. Between
   two recomputations reads resolve with the previous weights; once writes stop, every node
   holding the same state puts the same weights in force within one interval. When the
   operators' book changes (``reconfigure``), the next recomputation judges every slot again.
@@ -30,7 +32,6 @@ import bisect
 import contextlib
 import logging
 import threading
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -54,7 +55,7 @@ from sync.observation import Observation, Subject
 
 log = logging.getLogger("selfmodel.node")
 
-Key = tuple[str, str]  # (source, context)
+Key = tuple[str, str, str]  # (tenant, source, context)
 
 
 class SlotId(NamedTuple):
@@ -72,13 +73,14 @@ class _Entry(NamedTuple):
 
 LEARNED_WEIGHT = Gauge(
     "selfmodel_learned_weight",
-    "Learned reliability weights of the sources judged in a context (node.reliability): the "
-    "lowest, the mean and the highest. No source ids.",
+    "Learned reliability weights of the sources judged in a context, over every tenant's "
+    "(node.reliability): the lowest, the mean and the highest. No source or tenant ids.",
     ["context", "stat"],
 )
 LEARNED_SOURCES = Gauge(
     "selfmodel_learned_sources",
-    "Sources judged in a context, and of them those at the floor (band=floor).",
+    "Sources judged in a context (per tenant: one id in two tenants counts twice), and of them "
+    "those at the floor (band=floor).",
     ["context", "band"],
 )
 LEARNED_OUTCOMES = Gauge(
@@ -93,14 +95,13 @@ LEARNING_REFRESHES = MetricCounter(
 
 
 class Outcomes:
-    """Every judged slot's outcomes, and per (source, context) its outcomes in order. Not
-    thread-safe: ``Learning`` serializes it."""
+    """Every judged slot's outcomes, and per (tenant, source, context) its outcomes in order
+    (the tenant: of the slot's subject). Not thread-safe: ``Learning`` serializes it."""
 
     def __init__(self) -> None:
         self._slots: dict[SlotId, tuple[Outcome, ...]] = {}
         self._by_subject: dict[Subject, set[tuple[str, str]]] = {}
         self._order: dict[Key, list[_Entry]] = {}  # sorted by (hlc, dot, slot)
-        self._tenants: dict[Key, Counter[str]] = {}  # outcomes per tenant, for listings
         self._count = 0
 
     def __len__(self) -> int:
@@ -111,8 +112,8 @@ class Outcomes:
         return set(self._by_subject.get(subject, ()))
 
     def replace(self, slot: SlotId, outcomes: Sequence[Outcome]) -> set[Key]:
-        """Sets ``slot``'s outcomes (none: it no longer judges); the (source, context) pairs
-        whose outcomes changed."""
+        """Sets ``slot``'s outcomes (none: it no longer judges); the (tenant, source, context)
+        triples whose outcomes changed."""
         old = self._slots.get(slot, ())
         new = tuple(outcomes)
         if old == new:
@@ -131,30 +132,26 @@ class Outcomes:
             held.discard((slot.context, slot.key))
             if not held:
                 del self._by_subject[slot.subject]
-        return {(o.source, o.context) for o in (*old, *new)}
+        tenant = slot.subject.tenant
+        return {(tenant, o.source, o.context) for o in (*old, *new)}
 
     def _add(self, slot: SlotId, o: Outcome) -> None:
-        key = (o.source, o.context)
+        key = (slot.subject.tenant, o.source, o.context)
         bisect.insort(self._order.setdefault(key, []), _Entry(o.hlc, o.dot, slot, o.agreed))
-        self._tenants.setdefault(key, Counter())[slot.subject.tenant] += 1
 
     def _remove(self, slot: SlotId, o: Outcome) -> None:
-        key = (o.source, o.context)
+        key = (slot.subject.tenant, o.source, o.context)
         entries = self._order[key]
         entry = _Entry(o.hlc, o.dot, slot, o.agreed)
         at = bisect.bisect_left(entries, entry)
         assert entries[at] == entry  # every outcome removed was added (replace keeps _slots)
         del entries[at]
-        tenants = self._tenants[key]
-        tenants[slot.subject.tenant] -= 1
-        if not tenants[slot.subject.tenant]:
-            del tenants[slot.subject.tenant]
         if not entries:
-            del self._order[key], self._tenants[key]
+            del self._order[key]
 
     def learned(self, key: Key, settings: LearningSettings) -> Learned | None:
         """``key``'s weight from its newest ``window`` outcomes (None: it has none); equals
-        ``reliability.learn`` of every outcome held."""
+        ``reliability.learn`` of the tenant's outcomes held."""
         entries = self._order.get(key)
         if not entries:
             return None
@@ -165,16 +162,15 @@ class Outcomes:
     def keys(self) -> list[Key]:
         return sorted(self._order)
 
-    def tenants(self, key: Key) -> frozenset[str]:
-        """The tenants of the subjects ``key``'s outcomes are in."""
-        return frozenset(self._tenants.get(key, ()))
-
-    def outcomes(self) -> list[Outcome]:
-        return [o for found in self._slots.values() for o in found]
+    def outcomes(self, tenant: str) -> list[Outcome]:
+        """The outcomes held of ``tenant``'s slots."""
+        return [
+            o for slot, found in self._slots.items() if slot.subject.tenant == tenant for o in found
+        ]
 
 
 def _learned(key: Key, agreed: int, judged: int, settings: LearningSettings) -> Learned:
-    return Learned(key[0], key[1], weight(agreed, judged, settings), agreed, judged)
+    return Learned(key[1], key[2], weight(agreed, judged, settings), agreed, judged)
 
 
 def judge(slot: Sequence[Observation], book: PolicyBook) -> list[Outcome]:
@@ -200,8 +196,8 @@ class Learning:
     """Learned reliability wired into ``engine``: follows its changes, puts weights in force.
 
     ``configured`` is the book outcomes are judged against (the operators': ``Engine.operators``,
-    followed through ``reconfigure``); what reads resolve with is the engine's
-    ``learned_book(operators, weights)``. Thread-safe: listeners run on the writers'
+    followed through ``reconfigure``); what a tenant's reads resolve with is the engine's
+    ``learned_book(operators, the tenant's weights)``. Thread-safe: listeners run on the writers'
     threads, ``refresh`` on its own.
     """
 
@@ -213,8 +209,8 @@ class Learning:
         self._outcomes = Outcomes()
         # The slots changed since they were last judged, per subject (None: every slot).
         self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
-        self._dirty: set[Key] = set()  # (source, context) whose outcomes changed
-        self._learned: dict[Key, Learned] = {}
+        self._dirty: set[Key] = set()  # (tenant, source, context) whose outcomes changed
+        self._learned: dict[str, dict[tuple[str, str], Learned]] = {}  # per tenant, in force
         self._lock = threading.Lock()  # over _outcomes, _pending and _dirty
         self._refreshing = threading.Lock()  # one recomputation at a time
         self._stop = threading.Event()
@@ -285,8 +281,8 @@ class Learning:
 
     def refresh(self) -> frozenset[str]:
         """Judges the slots changed since the last time against their subjects' states now,
-        recomputes the weights whose outcomes changed and, when one moved, puts the book they
-        give in force; the contexts whose weights moved.
+        recomputes the weights whose outcomes changed and, when one of a tenant moved, puts the
+        book they give that tenant in force; the contexts where a weight moved (of any tenant).
 
         A change committed while it runs is judged by the next: its slots are noted after the
         pending ones are taken here, so no change is missed."""
@@ -304,32 +300,38 @@ class Learning:
             with self._lock:
                 dirty, self._dirty = self._dirty, set()
                 if rejudge:
-                    dirty.update(self._outcomes.keys(), self._learned)
+                    dirty.update(self._outcomes.keys())
+                    dirty.update((t, *k) for t, found in self._learned.items() for k in found)
                 found = {key: self._outcomes.learned(key, self.settings) for key in dirty}
                 LEARNED_OUTCOMES.set(len(self._outcomes))
-            learned = dict(self._learned)
-            moved: set[str] = set()
-            for key, now in found.items():
-                was = learned.pop(key, None)
+            learned = dict(self._learned)  # the tenants found in: copied before they change
+            for tenant in {key[0] for key in found}:
+                learned[tenant] = dict(learned.get(tenant, {}))
+            moved: dict[str, set[str]] = {}
+            for (tenant, source, context), now in found.items():
+                was = learned[tenant].pop((source, context), None)
                 if now is not None:
-                    learned[key] = now
+                    learned[tenant][source, context] = now
                 if (was.weight if was else 1.0) != (now.weight if now else 1.0):
-                    moved.add(key[1])
-            self._learned = learned
+                    moved.setdefault(tenant, set()).add(context)
+            self._learned = {tenant: weights for tenant, weights in learned.items() if weights}
             if moved:
-                self.engine.use_learned(learned, frozenset(moved))
-            _show(learned, {key[1] for key in found}, self.settings.floor)
+                self.engine.use_learned(
+                    self._learned, {tenant: frozenset(c) for tenant, c in moved.items()}
+                )
+            _show(self._learned, {key[2] for key in found}, self.settings.floor)
             LEARNING_REFRESHES.labels("moved" if moved else "same").inc()
-            return frozenset(moved)
+            return frozenset().union(*moved.values())
 
-    def weights(self, tenant: str | None = None) -> list[Learned]:
-        """The weights in force, by (source, context); with ``tenant``, of the sources that
-        spoke in that tenant's slots."""
-        learned = self._learned
-        if tenant is None:
-            return [learned[k] for k in sorted(learned)]
-        with self._lock:
-            return [learned[k] for k in sorted(learned) if tenant in self._outcomes.tenants(k)]
+    def weights(self, tenant: str) -> list[Learned]:
+        """``tenant``'s weights in force, by (source, context): of the sources that spoke in
+        its slots, counting those slots only."""
+        found = self._learned.get(tenant, {})
+        return [found[k] for k in sorted(found)]
+
+    def tenants(self) -> list[str]:
+        """The tenants with weights in force."""
+        return sorted(self._learned)
 
     def start(self) -> None:
         """Recomputes the weights every ``interval_s`` until ``stop``."""
@@ -349,11 +351,15 @@ class Learning:
                 log.exception("node %s: recomputing learned weights failed", self.engine.node)
 
 
-def _show(learned: dict[Key, Learned], contexts: Iterable[str], floor: float) -> None:
-    """The metrics of ``contexts``' weights (a context without judged sources: none)."""
+def _show(
+    learned: dict[str, dict[tuple[str, str], Learned]], contexts: Iterable[str], floor: float
+) -> None:
+    """The metrics of ``contexts``' weights, over every tenant's sources (a context without
+    judged sources: none)."""
     by_context: dict[str, list[Learned]] = {}
-    for (_, context), found in learned.items():
-        by_context.setdefault(context, []).append(found)
+    for of_tenant in learned.values():
+        for (_, context), found in of_tenant.items():
+            by_context.setdefault(context, []).append(found)
     for context in contexts:
         weights = by_context.get(context)
         if not weights:

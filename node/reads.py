@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from node import metrics
 from node.handoff import Handoffs
 from node.policy import PolicyBook
+from node.reliability import Books
 from node.resolution import Belief, Explanation, Withdrawn, counted, explain_slot
 from node.snapshots import Snapshot, Snapshots
 from node.store import Change, Store
@@ -54,11 +55,17 @@ class Reader:
     ) -> None:
         self.store = store
         self.node = store.node
-        self.policies = policies
+        # The books in force: a subject resolves with its tenant's (node.reliability.Books).
+        self.books = Books(policies)
         self.snapshots = snapshots
         self.handoffs = handoffs  # what a read with a handoff token is answered
         # Each tenant's withdrawn sources, an input of resolution (node.withdrawals).
         self.withdrawals = withdrawals or Withdrawals(self.state)
+
+    @property
+    def policies(self) -> PolicyBook:
+        """The operators' book (every context's policy; reliability without learned weights)."""
+        return self.books.operators
 
     def state(self, subject: Subject) -> SubjectState:
         return self.store.load(subject) or SubjectState(subject)
@@ -75,10 +82,12 @@ class Reader:
 
     def snapshot(self, state: SubjectState) -> Snapshot:
         """The snapshot of ``state`` or of a later state of its subject: kept until the subject
-        changes; after a change only the slots it touched are resolved again."""
+        changes; after a change only the slots it touched are resolved again. Resolved with
+        the book of the subject's tenant."""
+        book = self.books.of(state.subject.tenant)
         withdrawn = self.withdrawals.of(state.subject.tenant)
         found = self.snapshots.get(state.subject)
-        if self._current(found, state, withdrawn):
+        if self._current(found, state, book, withdrawn):
             assert found is not None
             return found
         with self.snapshots.serialized(state.subject):
@@ -87,10 +96,10 @@ class Reader:
             latest = self.state(state.subject)
             withdrawn = self.withdrawals.of(state.subject.tenant)
             found = self.snapshots.get(state.subject)
-            if self._current(found, latest, withdrawn):
+            if self._current(found, latest, book, withdrawn):
                 assert found is not None
                 return found
-            snapshot, incremental = self.snapshots.resolve_locked(latest, self.policies, withdrawn)
+            snapshot, incremental = self.snapshots.resolve_locked(latest, book, withdrawn)
         metrics.RESOLUTIONS.labels("change" if incremental else "whole").inc()
         return snapshot
 
@@ -102,25 +111,30 @@ class Reader:
             if self.snapshots.get(change.new.subject) is not None:
                 self.snapshot(change.new)
 
-    def _current(self, found: Snapshot | None, state: SubjectState, withdrawn: Withdrawn) -> bool:
-        """Whether ``found`` is the resolution of ``state`` as this node resolves it now."""
+    @staticmethod
+    def _current(
+        found: Snapshot | None, state: SubjectState, book: PolicyBook, withdrawn: Withdrawn
+    ) -> bool:
+        """Whether ``found`` is the resolution of ``state`` under ``book`` and ``withdrawn``
+        (its tenant's, as this node resolves it now)."""
         return (
             found is not None
             and found.state is state
-            and found.policies is self.policies
+            and found.policies is book
             and found.withdrawn is withdrawn
         )
 
     def explain(self, state: SubjectState, context: str, key: str) -> Explanation | None:
-        """The full story of one slot of ``state``: every observation counted, weighed (those of
-        a withdrawn source are left out)."""
+        """The full story of one slot of ``state``: every observation counted, weighed with
+        the book of the subject's tenant (those of a withdrawn source are left out)."""
         found = counted(
             self.snapshots.index(state).slot(context, key),
             self.withdrawals.of(state.subject.tenant),
         )
         if not found:
             return None
-        return explain_slot(found, self.policies.for_context(context), self.policies)
+        book = self.books.of(state.subject.tenant)
+        return explain_slot(found, book.for_context(context), book)
 
 
 __all__ = ["ModelView", "Reader"]

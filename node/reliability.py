@@ -12,8 +12,8 @@ state:
   sources was rejected: in a slot of two agreeing sources and one stronger dissenter, each of the
   two would be judged against a split it loses, and found to disagree.) Where two sources
   contradict each other alone, the one resolution prefers is judged to agree;
-- per (source, context), the newest ``window`` outcomes (by hybrid timestamp, then dot) count:
-  ``agreed`` of ``judged``;
+- per (tenant, source, context), the newest ``window`` outcomes (by hybrid timestamp, then
+  dot) count: ``agreed`` of ``judged``;
 - the weight is the Beta posterior mean of agreeing, relative to the prior mean, kept within
   ``[floor, ceiling]``::
 
@@ -27,13 +27,17 @@ state:
   added to the window raises it or keeps it.
 
 The weight multiplies the operator's reliability of the source in the context (``learned_book``).
+
+Weights are per tenant: agent ids are (a token names one tenant, and two tenants may each have
+an agent of the same id), so a tenant's beliefs resolve with the weights learned from its own
+slots only (``Books``), and the functions below take one tenant's outcomes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node.policy import ContextPolicy, PolicyBook
@@ -88,6 +92,9 @@ class Learned:
     judged: int
 
 
+Weights = Mapping[tuple[str, str], Learned]  # one tenant's, by (source, context)
+
+
 def outcomes_of_slot(
     observations: Sequence[Observation], policy: ContextPolicy, book: PolicyBook
 ) -> list[Outcome]:
@@ -118,7 +125,8 @@ def weight(agreed: int, judged: int, settings: LearningSettings) -> float:
 def learn(
     outcomes: Iterable[Outcome], settings: LearningSettings = LearningSettings()
 ) -> dict[tuple[str, str], Learned]:
-    """Every (source, context)'s learned weight, from the newest ``window`` of its outcomes."""
+    """Every (source, context)'s learned weight, from the newest ``window`` of its outcomes (of
+    one tenant's slots)."""
     by_key: dict[tuple[str, str], list[Outcome]] = {}
     for o in outcomes:
         by_key.setdefault((o.source, o.context), []).append(o)
@@ -132,8 +140,9 @@ def learn(
     return learned
 
 
-def learned_book(book: PolicyBook, learned: Mapping[tuple[str, str], Learned]) -> PolicyBook:
-    """``book`` with each learned source's reliability in its context multiplied by its weight."""
+def learned_book(book: PolicyBook, learned: Weights) -> PolicyBook:
+    """``book`` with each learned source's reliability in its context multiplied by its weight
+    (``learned``: one tenant's weights); ``book`` itself when there are none."""
     if not learned:
         return book
     reliability = dict(book.reliability)
@@ -142,3 +151,20 @@ def learned_book(book: PolicyBook, learned: Mapping[tuple[str, str], Learned]) -
         reliability[source, context] = book.reliability_of(source, context) * found.weight
         weights[source, context] = found.weight
     return PolicyBook(book.default, book.contexts, reliability, weights)
+
+
+@dataclass(frozen=True, slots=True)
+class Books:
+    """The books in force: the operators', and per tenant with learned weights the operators'
+    times them (``learned_book``). A tenant without weights resolves with the operators'."""
+
+    operators: PolicyBook
+    tenants: Mapping[str, PolicyBook] = field(default_factory=dict)
+
+    def of(self, tenant: str) -> PolicyBook:
+        return self.tenants.get(tenant, self.operators)
+
+
+def books_of(operators: PolicyBook, learned: Mapping[str, Weights]) -> Books:
+    """The books in force under ``operators`` with each tenant's ``learned`` weights."""
+    return Books(operators, {t: learned_book(operators, w) for t, w in learned.items() if w})

@@ -498,10 +498,20 @@ class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.Ad
         who.check_operator("list learned source weights")
         if request.context:
             validation.context_name(request.context, "context", self.limits)
+        tenant = request.tenant or who.tenant
+        if tenant is not None:
+            validation.identifier(tenant, "tenant", self.limits.max_id)
+            if who.role != "cluster_operator":  # weights are per tenant, as agent ids are
+                who.check_tenant(tenant)
         if self.learning is None:
             return convert.source_weights(False, [])
-        found = self.learning.weights(who.tenant)
-        wanted = [w for w in found if not request.context or w.context == request.context]
+        tenants = [tenant] if tenant is not None else self.learning.tenants()
+        wanted = [
+            (t, w)
+            for t in tenants
+            for w in self.learning.weights(t)
+            if not request.context or w.context == request.context
+        ]
         return convert.source_weights(True, wanted)
 
 

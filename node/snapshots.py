@@ -21,10 +21,11 @@ node.convert), so a read of an unchanged subject serializes nothing. The snapsho
 subjects together stay within a memory budget (``Snapshots``): the least recently used go first,
 and a subject whose snapshot went is resolved again, whole, on its next read.
 
-A snapshot is of one book (the policies and reliabilities it was resolved with). When another
-book is put in force and what it changes is known (``Snapshots.rebooked``: the learned weights
-of some contexts moved, node.learning), a snapshot of the older book is re-resolved in those
-contexts' slots only; otherwise whole.
+A snapshot is of one book (the policies and reliabilities it was resolved with): its tenant's
+(learned weights are per tenant, node.reliability.Books). When another book is put in force for
+a tenant and what it changes is known (``Snapshots.rebooked``: the tenant's learned weights of
+some contexts moved, node.learning), a snapshot of that tenant's older book is re-resolved in
+those contexts' slots only; otherwise whole. Other tenants' snapshots keep their book.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ Slot = tuple[str, str]  # (context, key)
 
 # Serialized replies kept per snapshot (per filter and detail asked for); the oldest goes first.
 MAX_REPLIES = 8
-# Books in force remembered with what each changed (Snapshots.rebooked): a snapshot resolved
-# under an older one is resolved again whole.
+# Books in force remembered per tenant with what each changed (Snapshots.rebooked): a snapshot
+# resolved under an older one is resolved again whole.
 MAX_BOOKS = 32
 
 
@@ -257,32 +258,47 @@ class Snapshots:
         self._subject_locks = SubjectLocks()
         # The tallies of the snapshots kept (node.quality): /metrics' model quality.
         self.quality = Quality()
-        # The latest books put in force, each with the contexts it resolves differently from
-        # the one before (``rebooked``); the oldest first, at most MAX_BOOKS.
-        self._books: list[tuple[PolicyBook, frozenset[str]]] = []
+        # Per tenant, the latest books put in force for its subjects, each with the contexts it
+        # resolves differently from the one before (``rebooked``); the oldest first, at most
+        # MAX_BOOKS.
+        self._books: dict[str, list[tuple[PolicyBook, frozenset[str]]]] = {}
 
-    def rebooked(self, old: PolicyBook, new: PolicyBook, contexts: frozenset[str] | None) -> None:
-        """Records that ``new`` replaces ``old`` and resolves only ``contexts`` differently
-        (None: any context may differ): a snapshot resolved under a book recorded here is then
-        re-resolved in the contexts changed since, not whole."""
+    def rebooked(
+        self, tenant: str, old: PolicyBook, new: PolicyBook, contexts: frozenset[str] | None
+    ) -> None:
+        """Records that ``new`` replaces ``old`` for ``tenant``'s subjects and resolves only
+        ``contexts`` differently (None: any context may differ): a snapshot of the tenant
+        resolved under a book recorded here is then re-resolved in the contexts changed since,
+        not whole."""
         with self._lock:
             if contexts is None:
-                self._books = [(new, frozenset())]
+                self._books[tenant] = [(new, frozenset())]
                 return
-            if not self._books or self._books[-1][0] is not old:
-                self._books = [(old, frozenset())]
-            self._books.append((new, contexts))
-            del self._books[:-MAX_BOOKS]
+            chain = self._books.get(tenant)
+            if not chain or chain[-1][0] is not old:
+                chain = self._books[tenant] = [(old, frozenset())]
+            chain.append((new, contexts))
+            del chain[:-MAX_BOOKS]
 
-    def _changed_between(self, old: PolicyBook, new: PolicyBook) -> frozenset[str] | None:
-        """The contexts resolved differently under ``new`` than under ``old`` (None: unknown)."""
+    def rebooked_all(self) -> None:
+        """Every tenant's book was replaced by one that may differ in any context (the
+        operators' changed): every snapshot is resolved again whole."""
         with self._lock:
-            books = [b for b, _ in self._books]
+            self._books = {}
+
+    def _changed_between(
+        self, tenant: str, old: PolicyBook, new: PolicyBook
+    ) -> frozenset[str] | None:
+        """The contexts resolved differently under ``new`` than under ``old``, both books of
+        ``tenant`` (None: unknown)."""
+        with self._lock:
+            chain = self._books.get(tenant, [])
+            books = [b for b, _ in chain]
             at = next((i for i, b in enumerate(books) if b is old), None)
             to = next((i for i, b in enumerate(books) if b is new), None)
             if at is None or to is None or to < at:
                 return None
-            return frozenset().union(*(c for _, c in self._books[at + 1 : to + 1]))
+            return frozenset().union(*(c for _, c in chain[at + 1 : to + 1]))
 
     def serialized(self, subject: Subject) -> threading.Lock:
         """The lock under which ``subject``'s snapshot and index change (one per stripe)."""
@@ -321,13 +337,13 @@ class Snapshots:
             assert kept is not None
             snapshot = advance(previous, advance_index(kept.latest, state), withdrawn)
             incremental = True
-        elif (
-            previous is not None
-            and (contexts := self._changed_between(previous.policies, policies)) is not None
+        elif previous is not None and (
+            (changed := self._changed_between(state.subject.tenant, previous.policies, policies))
+            is not None
         ):
             assert kept is not None
             index = advance_index(kept.latest, state)
-            snapshot = rebook(previous, policies, contexts, index, withdrawn)
+            snapshot = rebook(previous, policies, changed, index, withdrawn)
             incremental = True
         else:
             snapshot, incremental = resolve_snapshot(state, policies, withdrawn), False

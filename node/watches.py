@@ -65,6 +65,12 @@ class Watches:
         for sub in self._all():
             sub.changed.set()
 
+    def wake_tenant(self, tenant: str) -> None:
+        """Wakes the watches of ``tenant``'s subjects (its book in force changed)."""
+        for sub in self._all():
+            if sub.subject.tenant == tenant:
+                sub.changed.set()
+
     def close_all(self) -> None:
         for sub in self._all():
             self.unsubscribe(sub)

@@ -266,7 +266,7 @@ FIELDS = {
     "ExplainBelief": [*SUBJECT_FIELDS, "context", "key", "at_least"],
     "ForgetSubject": [*SUBJECT_FIELDS, "idempotency_key"],
     "ListAudit": ["after", "limit"],
-    "ListSourceWeights": ["context"],
+    "ListSourceWeights": ["context", "tenant"],
     "GetSettings": [],
     "SetSetting": ["context", "setting_field", "policy", "number"],
     "ClearSetting": ["context", "setting_field"],
@@ -358,7 +358,7 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
     elif name == "ListAudit":
         return admin_pb2.ListAuditRequest(after=v["after"], limit=v["limit"])
     elif name == "ListSourceWeights":
-        return admin_pb2.ListSourceWeightsRequest(context=v["context"])
+        return admin_pb2.ListSourceWeightsRequest(context=v["context"], tenant=v["tenant"])
     elif name == "GetSettings":
         return admin_pb2.GetSettingsRequest()
     elif name == "SetSetting":

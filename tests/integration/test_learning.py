@@ -1,17 +1,20 @@
 """Learned reliability with real node processes: a source the consensus keeps contradicting
 loses weight on every node, down to the floor and never below, until its contradiction no
 longer wins; every node shows the same weights (Admin), each supporter's learned weight
-(ExplainBelief) and the weights' spread on /metrics."""
+(ExplainBelief) and the weights' spread on /metrics. Weights are per tenant: one tenant's
+consensus never moves another tenant's beliefs, nor shows in its operator's listing."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+from federation import tokens
 from federation.client import user
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.v1 import selfmodel_pb2
@@ -44,14 +47,19 @@ def wait_for(predicate: Callable[[], T | None], what: str, timeout_s: float = 60
         time.sleep(0.1)
 
 
-def weights(cluster: LocalCluster, name: str) -> admin_pb2.ListSourceWeightsResponse:
+def weights(
+    cluster: LocalCluster, name: str, token: str = "", tenant: str = ""
+) -> admin_pb2.ListSourceWeightsResponse:
+    """``name``'s weights in CONTEXT, listed by ``token``'s operator (without one: the
+    development principal, of a node without tokens)."""
+    caller = (("authorization", f"Bearer {token}"),) if token else (("x-agent-id", "ops"),)
     with grpc.insecure_channel(cluster.address(name)) as channel:
         reply: admin_pb2.ListSourceWeightsResponse = admin_pb2_grpc.AdminServiceStub(
             channel
         ).ListSourceWeights(
-            admin_pb2.ListSourceWeightsRequest(context=CONTEXT),
+            admin_pb2.ListSourceWeightsRequest(context=CONTEXT, tenant=tenant),
             timeout=10,
-            metadata=(("x-agent-id", "ops"),),
+            metadata=caller,
         )
     return reply
 
@@ -182,3 +190,90 @@ def _gauge(page: str, name: str, **labels: str) -> float:
         if have.get("context") == CONTEXT and all(have.get(k) == v for k, v in labels.items()):
             return float(found.group(2))
     raise AssertionError(f"{name} {labels} of {CONTEXT} not on the metrics page")
+
+
+def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another_on_every_node(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """Agent ids are per tenant: globex's consensus against its sales_agent floors that agent's
+    weight on every node, while acme's sales_agent (another agent, the same id) keeps its weight
+    and wins acme's slot; each tenant's operator sees its own tenant's weights only."""
+    file = tmp_path / "tokens.toml"
+    agents = ("sales_agent", "acme"), ("a", "acme"), ("sales_agent", "globex"), ("a", "globex")
+    made = {
+        (agent, tenant): tokens.create(file, agent, tenant, write=["*"])[0]
+        for agent, tenant in (*agents, ("b", "globex"))
+    }
+    acme_ops = tokens.create(file, "ops", "acme", role="operator")[0]
+    cluster_ops = tokens.create(file, "root", "acme", role="cluster_operator")[0]
+    names = ("sales", "support")
+    cluster = make_cluster(names, tokens=file, learning=LEARNING)
+
+    def write(node: str, agent: str, tenant: str, subject: str, statement: str, c: float) -> None:
+        token = made[agent, tenant]
+        with cluster.client(node, agent, tenant=tenant, token=token) as client:
+            client.observe(user(subject), statement, confidence=c, context=CONTEXT, key="plan")
+
+    # In each tenant, one slot where sales_agent's surer statement stands against a's alone.
+    for tenant in ("acme", "globex"):
+        write("sales", "a", tenant, "first", "monthly", 0.8)
+        write("sales", "sales_agent", tenant, "first", "yearly", 0.9)
+    # Then globex's consensus contradicts its sales_agent, slot after slot, through the other
+    # node.
+    for i in range(4):
+        write("support", "sales_agent", "globex", f"u-{i}", "yearly", 0.9)
+        write("support", "a", "globex", f"u-{i}", "monthly", 0.8)
+        write("support", "b", "globex", f"u-{i}", "monthly", 0.8)
+    cluster.wait_converged()
+
+    def read(node: str, tenant: str) -> selfmodel_pb2.ExplainBeliefResponse:
+        with cluster.client(node, "a", tenant=tenant, token=made["a", tenant]) as reader:
+            return reader.explain(user("first"), CONTEXT, "plan")
+
+    for name in names:
+        # globex's sales_agent, at the floor once every globex slot is judged, no longer wins
+        # globex's first slot.
+        wait_for(
+            lambda n=name: _positions(read(n, "globex"), [("a", 1.0)], [("sales_agent", 0.4)]),
+            f"globex's first slot resolved with globex's final weights on {name}",
+        )
+        # acme's is resolved with acme's weights: its sales_agent agreed there (it won), a did
+        # not; globex's slots count nothing in acme.
+        reply = wait_for(
+            lambda n=name: _positions(read(n, "acme"), [("sales_agent", 1.0)], [("a", 2 / 3)]),
+            f"acme's first slot resolved with acme's own weights on {name}",
+        )
+        assert reply.belief.statement == "yearly"
+        # acme's operator sees acme's weights and counts only, and may not name globex.
+        mine = table(weights(cluster, name, acme_ops))
+        assert mine == {"sales_agent": (1, 1, 1.0), "a": (0, 1, 2 / 3)}
+        try:
+            weights(cluster, name, acme_ops, tenant="globex")
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        else:
+            raise AssertionError("an operator of acme listed globex's weights")
+        # A cluster operator may name globex.
+        theirs = table(weights(cluster, name, cluster_ops, tenant="globex"))
+        assert theirs == {"sales_agent": (0, 4, 0.4), "a": (4, 4, 1.0), "b": (4, 4, 1.0)}
+
+
+def _positions(
+    reply: selfmodel_pb2.ExplainBeliefResponse,
+    supporters: list[tuple[str, float]],
+    dissenters: list[tuple[str, float]],
+) -> selfmodel_pb2.ExplainBeliefResponse | None:
+    """``reply`` when its belief's supporters and dissenters are these (source, learned
+    weight)s."""
+    belief = reply.belief
+    found = [
+        [(p.source, p.learned_weight) for p in side]
+        for side in (belief.supporters, belief.dissenters)
+    ]
+    wanted = [supporters, dissenters]
+    same = all(
+        [s for s, _ in f] == [s for s, _ in w]
+        and all(abs(a - b) < 1e-9 for (_, a), (_, b) in zip(f, w, strict=True))
+        for f, w in zip(found, wanted, strict=True)
+    )
+    return reply if same else None

@@ -1,6 +1,7 @@
 """Learned reliability in a node (node.learning): the weights followed change by change equal
-those learned from scratch from the state, on every node; a book change re-resolves only the
-contexts it changes; the cluster file's [cluster.learning] is checked."""
+those learned from scratch from the state, tenant by tenant, on every node; one tenant's
+weights never move another's beliefs; a book change re-resolves only the contexts it changes;
+the cluster file's [cluster.learning] is checked."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from federation.cluster import ClusterFileError, parse
 from node.engine import Engine, ObservationInput
 from node.learning import Learning, Outcomes, SlotId, judge
 from node.policy import ContextPolicy, PolicyBook
-from node.reliability import Learned, LearningSettings, learn, learned_book
+from node.reliability import Learned, LearningSettings, Outcome, learn, learned_book
 from node.snapshots import Snapshots, resolve_snapshot
 from node.store import Store
 from sync.delivery import Delta
@@ -53,26 +54,39 @@ retract = st.tuples(
 )
 forget = st.tuples(st.just("forget"), st.integers(0, 1), st.sampled_from(SUBJECTS))
 exchange = st.tuples(st.just("exchange"), st.sampled_from(SUBJECTS))
+read = st.tuples(st.just("read"), st.integers(0, 1), st.sampled_from(SUBJECTS))
 operations = st.lists(
-    st.one_of(observe, observe, observe, retract, forget, exchange), min_size=1, max_size=60
+    st.one_of(observe, observe, observe, retract, forget, exchange, read), min_size=1, max_size=60
 )
+
+
+Weights = dict[tuple[str, str, str], Learned]  # by (tenant, source, context)
 
 
 def from_scratch(
     engine: Engine, book: PolicyBook = BOOK, settings: LearningSettings = SETTINGS
-) -> dict[tuple[str, str], Learned]:
-    """The weights ``reliability.learn`` gives from judging every slot the node holds."""
-    outcomes = []
+) -> Weights:
+    """The weights ``reliability.learn`` gives from judging every slot the node holds, each
+    tenant's from its own slots."""
+    outcomes: dict[str, list[Outcome]] = {}
     for subject in engine.store.subjects():
         slots = engine.snapshots.index(engine.state(subject)).slots
         for slot in slots.values():
-            outcomes += judge(slot, book)
-    return learn(outcomes, settings)
+            outcomes.setdefault(subject.tenant, []).extend(judge(slot, book))
+    return {
+        (tenant, *key): found
+        for tenant, of_tenant in outcomes.items()
+        for key, found in learn(of_tenant, settings).items()
+    }
 
 
-def tracked(learning: Learning) -> dict[tuple[str, str], Learned]:
+def listed(learning: Learning) -> Weights:
+    return {(t, w.source, w.context): w for t in learning.tenants() for w in learning.weights(t)}
+
+
+def tracked(learning: Learning) -> Weights:
     learning.refresh()
-    return {(w.source, w.context): w for w in learning.weights()}
+    return listed(learning)
 
 
 def run(engines: list[Engine], ops: list[tuple]) -> None:  # type: ignore[type-arg]
@@ -86,6 +100,8 @@ def run(engines: list[Engine], ops: list[tuple]) -> None:  # type: ignore[type-a
             engines[n].retract(subject, context, key, source)
         elif op[0] == "forget":
             engines[n := op[1]].forget(op[2])
+        elif op[0] == "read":  # keeps a snapshot, which later weights re-resolve in part
+            engines[op[1]].model(op[2])
         else:
             a, b = engines
             a.merge_remote([Delta(b.state(op[1]))])
@@ -114,7 +130,17 @@ def test_the_weights_followed_change_by_change_equal_those_learned_from_the_stat
             # A node started on the same state learns the same weights from it at start.
             fresh = Learning(engines[1], SETTINGS)
             fresh.load(engines[1].store.subjects())
-            assert {(w.source, w.context): w for w in fresh.weights()} == tracked(learnings[0])
+            assert listed(fresh) == tracked(learnings[0])
+            # Each subject resolves with its own tenant's weights, and only those.
+            expected = from_scratch(engines[0])
+            for engine in engines:
+                for subject in SUBJECTS:
+                    weights = {
+                        (s, c): w for (t, s, c), w in expected.items() if t == subject.tenant
+                    }
+                    book = learned_book(BOOK, weights)
+                    again = resolve_snapshot(engine.state(subject), book)
+                    assert engine.model(subject).beliefs == again.beliefs
         finally:
             for engine in engines:
                 engine.store.close()
@@ -145,11 +171,15 @@ def test_outcomes_replaced_slot_by_slot_equal_those_of_the_last_slots(
         found = judge(slot, BOOK)
         outcomes.replace(SlotId(subject, "budget", key), found)
         last[subject, key] = found
-    everything = [o for found in last.values() for o in found]
-    expected = learn(everything, SETTINGS)
-    assert {k: outcomes.learned(k, SETTINGS) for k in expected} == expected
-    assert sorted(outcomes.outcomes()) == sorted(everything)
-    assert len(outcomes) == len(everything)
+    for tenant in {subject.tenant for subject in SUBJECTS}:
+        everything = [o for (s, _), found in last.items() if s.tenant == tenant for o in found]
+        expected = learn(everything, SETTINGS)
+        assert {k: outcomes.learned((tenant, *k), SETTINGS) for k in expected} == expected
+        assert sorted(outcomes.outcomes(tenant)) == sorted(everything)
+    assert outcomes.keys() == sorted(
+        (s.tenant, o.source, o.context) for (s, _), found in last.items() for o in found
+    )
+    assert len(outcomes) == sum(map(len, last.values()))
 
 
 def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wins(
@@ -165,10 +195,10 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
             for source in ("a", "b"):
                 engine.observe(source, [ObservationInput(subject, "budget", "k", "yes", 0.8)])
         assert learning.refresh() == {"budget"}
-        liar = {w.source: w for w in learning.weights()}["liar"]
+        liar = {w.source: w for w in learning.weights("acme")}["liar"]
         assert (liar.agreed, liar.judged) == (0, 5) and liar.weight == pytest.approx(0.5)
-        # An operator of another tenant sees none of these sources.
-        assert learning.weights("acme") == learning.weights() and learning.weights("beta") == []
+        # Another tenant has none of these weights.
+        assert learning.tenants() == ["acme"] and learning.weights("beta") == []
         # A later slot where it speaks against one source: before learning it would win.
         subject = Subject("acme", SubjectKind.USER, "later")
         engine.observe("a", [ObservationInput(subject, "budget", "k", "yes", 0.8)])
@@ -184,11 +214,108 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
         engine.book_listeners.append(learning.reconfigure)
         engine.use_policies(distrust)
         learning.refresh()
-        found = {(w.source, w.context): w for w in learning.weights()}
+        found = listed(learning)
         assert found == from_scratch(engine, distrust, learning.settings)
-        assert found["liar", "budget"].agreed == 5
+        assert found["acme", "liar", "budget"].agreed == 5
         explained, _ = engine.explain(subject, "budget", "k")
         assert explained is not None and explained.belief.statement == "no"
+    finally:
+        engine.store.close()
+
+
+def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_path: Path) -> None:
+    """Agent ids are per tenant: globex's consensus against its ``sales_agent`` leaves acme's
+    ``sales_agent`` (another agent, the same id) at weight 1, its beliefs and its snapshots
+    as they were; globex's own snapshots are re-resolved in the context that moved only."""
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, LearningSettings(window=5, enabled=True))
+    engine.listeners.append(learning.follow)
+    try:
+        mine = Subject("acme", SubjectKind.USER, "u-1")
+        engine.observe("a", [ObservationInput(mine, "budget", "k", "yes", 0.8)])
+        engine.observe("sales_agent", [ObservationInput(mine, "budget", "k", "no", 0.9)])
+        same_id = Subject("globex", SubjectKind.USER, "u-1")  # globex's, of the same id
+        engine.observe("a", [ObservationInput(same_id, "budget", "k", "yes", 0.8)])
+        engine.observe("sales_agent", [ObservationInput(same_id, "budget", "k", "no", 0.9)])
+        engine.observe("a", [ObservationInput(same_id, "channel", "k", "email", 0.8)])
+        learning.refresh()
+        before = engine.model(mine).snapshot
+        assert before.by_slot["budget", "k"].statement == "no"
+        theirs_before = engine.model(same_id).snapshot
+        for i in range(2, 8):
+            theirs = Subject("globex", SubjectKind.USER, f"u-{i}")
+            engine.observe("sales_agent", [ObservationInput(theirs, "budget", "k", "no", 0.9)])
+            for source in ("a", "b"):
+                engine.observe(source, [ObservationInput(theirs, "budget", "k", "yes", 0.8)])
+        assert learning.refresh() == {"budget"}
+        globex = {w.source: w for w in learning.weights("globex")}
+        assert (globex["sales_agent"].agreed, globex["sales_agent"].judged) == (0, 5)
+        assert globex["sales_agent"].weight == pytest.approx(0.5)
+        # acme's slot still says "no", resolved with acme's weights only.
+        explained, _ = engine.explain(mine, "budget", "k")
+        assert explained is not None and explained.belief.statement == "no"
+        (dissenter,) = explained.belief.dissenters
+        assert dissenter.source == "a" and dissenter.learned == pytest.approx(4 / 6 / 0.8)
+        (supporter,) = explained.belief.supporters
+        assert supporter.source == "sales_agent" and supporter.learned == 1.0
+        # acme's subject was not resolved again: its book did not move. globex's was, in the
+        # context whose weights moved only: there its sales_agent no longer wins.
+        assert engine.model(mine).snapshot is before
+        theirs_after = engine.model(same_id).snapshot
+        assert theirs_after.by_slot["budget", "k"].statement == "yes"
+        assert theirs_after.by_slot["channel", "k"] is theirs_before.by_slot["channel", "k"]
+        # acme's weights count acme's slot only: its sales_agent won it, a lost it.
+        acme = {w.source: (w.agreed, w.judged, w.weight) for w in learning.weights("acme")}
+        assert acme == {"a": (0, 1, pytest.approx(4 / 6 / 0.8)), "sales_agent": (1, 1, 1.0)}
+    finally:
+        engine.store.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "token_tenant", "asked", "listed"),
+    [
+        ("operator", None, "", ["acme", "globex"]),  # the development principal: every tenant
+        ("operator", None, "globex", ["globex"]),
+        ("operator", "acme", "", ["acme"]),
+        ("operator", "acme", "acme", ["acme"]),
+        ("operator", "acme", "globex", None),  # refused
+        ("cluster_operator", "acme", "", ["acme"]),
+        ("cluster_operator", "acme", "globex", ["globex"]),
+    ],
+)
+def test_an_operator_lists_its_own_tenants_weights_a_cluster_operator_any(
+    tmp_path: Path, role: str, token_tenant: str | None, asked: str, listed: list[str] | None
+) -> None:
+    from node.auth import Principal
+    from node.errors import PermissionDenied
+    from node.servicer import AdminServicer
+    from selfmodel.admin.v1 import admin_pb2
+
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, LearningSettings(enabled=True))
+    engine.listeners.append(learning.follow)
+    try:
+        for tenant in ("acme", "globex"):
+            subject = Subject(tenant, SubjectKind.USER, "u-1")
+            for source, statement in (("a", "yes"), ("sales_agent", "no")):
+                engine.observe(source, [ObservationInput(subject, "budget", "k", statement, 0.8)])
+        learning.refresh()
+        who = Principal("ops", role, token_tenant)
+        admin = AdminServicer(
+            engine, admin_pb2.GetStatusResponse, lambda *_: who, None, None, learning
+        )
+        call = AdminServicer.ListSourceWeights.__wrapped__  # type: ignore[attr-defined]
+        request = admin_pb2.ListSourceWeightsRequest(tenant=asked)
+        if listed is None:
+            with pytest.raises(PermissionDenied, match="tenant 'globex'"):
+                call(admin, request, None)
+            return
+        reply = call(admin, request, None)
+        assert [(w.tenant, w.source) for w in reply.weights] == [
+            (t, s) for t in listed for s in ("a", "sales_agent")
+        ]
+        # Each tenant's counts are of its own slot.
+        assert all(w.judged == 1 for w in reply.weights)
     finally:
         engine.store.close()
 
@@ -211,7 +338,7 @@ def test_a_book_change_re_resolves_only_the_contexts_it_changes() -> None:
     after = learned_book(before, weights)
     snapshots = Snapshots(2**20)
     first, _ = snapshots.resolve(state, before)
-    snapshots.rebooked(before, after, frozenset({"budget"}))
+    snapshots.rebooked("acme", before, after, frozenset({"budget"}))
     second, incremental = snapshots.resolve(state, after)
     assert incremental and second.policies is after
     assert second.by_slot == resolve_snapshot(state, after).by_slot
@@ -222,7 +349,7 @@ def test_a_book_change_re_resolves_only_the_contexts_it_changes() -> None:
     other = PolicyBook(ContextPolicy(min_confidence=0.1))
     third, incremental = snapshots.resolve(state, other)
     assert not incremental and third.by_slot == resolve_snapshot(state, other).by_slot
-    snapshots.rebooked(other, before, None)
+    snapshots.rebooked("acme", other, before, None)
     fourth, incremental = snapshots.resolve(state, before)
     assert not incremental and fourth.by_slot == first.by_slot
 

@@ -887,16 +887,22 @@ class ListSourceWeightsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     """Only this context's weights; empty: every context's."""
+    tenant: _builtins.str
+    """Whose weights: empty means the caller's token's tenant (on a node without tokens: every
+    tenant's). Another tenant's is PERMISSION_DENIED unless the caller is a cluster operator.
+    """
     def __init__(
         self,
         *,
         context: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -913,6 +919,7 @@ class SourceWeight(_message.Message):
     AGREED_FIELD_NUMBER: _builtins.int
     JUDGED_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     context: _builtins.str
     agreed: _builtins.int
@@ -924,6 +931,8 @@ class SourceWeight(_message.Message):
     """Multiplies the operators' reliability of the source in the context: within
     [floor, ceiling].
     """
+    tenant: _builtins.str
+    """The tenant whose slots it was learned from, and whose subjects it resolves."""
     def __init__(
         self,
         *,
@@ -932,10 +941,11 @@ class SourceWeight(_message.Message):
         agreed: _builtins.int = ...,
         judged: _builtins.int = ...,
         weight: _builtins.float = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "context", b"context", "judged", b"judged", "source", b"source", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "context", b"context", "judged", b"judged", "source", b"source", "tenant", b"tenant", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -951,7 +961,7 @@ class ListSourceWeightsResponse(_message.Message):
     """Whether this node learns ([cluster.learning] enabled)."""
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceWeight]:
-        """By source, then context."""
+        """By tenant, then source, then context."""
 
     def __init__(
         self,

@@ -162,9 +162,11 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSourceWeights(self, request, context):
-        """The learned reliability weights in force on this node, per source and context (empty when
-        learning is off: [cluster.learning] enabled). Operators only; with a token file an
-        operator sees the sources that spoke in its own tenant's slots.
+        """The learned reliability weights in force on this node, per tenant, source and context
+        (empty when learning is off: [cluster.learning] enabled). Agent ids are per tenant, so are
+        the weights: a tenant's are learned from its own slots and resolve its own subjects only.
+        Operators only; an operator sees its own tenant's, a cluster operator (or the development
+        principal of a node without tokens) may name any tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

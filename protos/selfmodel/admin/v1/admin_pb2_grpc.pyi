@@ -52,9 +52,11 @@ class AdminServiceStub:
     """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
     ClearReliability: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]
     ListSourceWeights: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]
-    """The learned reliability weights in force on this node, per source and context (empty when
-    learning is off: [cluster.learning] enabled). Operators only; with a token file an
-    operator sees the sources that spoke in its own tenant's slots.
+    """The learned reliability weights in force on this node, per tenant, source and context
+    (empty when learning is off: [cluster.learning] enabled). Agent ids are per tenant, so are
+    the weights: a tenant's are learned from its own slots and resolve its own subjects only.
+    Operators only; an operator sees its own tenant's, a cluster operator (or the development
+    principal of a node without tokens) may name any tenant.
     """
     ListSourceContributions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]
     """What one source contributed in a tenant: each observation of it this node holds in the
@@ -106,9 +108,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Sets (or hands back to the file) a source's reliability in a context, cluster-wide."""
     ClearReliability: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearReliabilityRequest, _admin_pb2.ClearReliabilityResponse]  # type: ignore[assignment]
     ListSourceWeights: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceWeightsRequest, _admin_pb2.ListSourceWeightsResponse]  # type: ignore[assignment]
-    """The learned reliability weights in force on this node, per source and context (empty when
-    learning is off: [cluster.learning] enabled). Operators only; with a token file an
-    operator sees the sources that spoke in its own tenant's slots.
+    """The learned reliability weights in force on this node, per tenant, source and context
+    (empty when learning is off: [cluster.learning] enabled). Agent ids are per tenant, so are
+    the weights: a tenant's are learned from its own slots and resolve its own subjects only.
+    Operators only; an operator sees its own tenant's, a cluster operator (or the development
+    principal of a node without tokens) may name any tenant.
     """
     ListSourceContributions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSourceContributionsRequest, _admin_pb2.ListSourceContributionsResponse]  # type: ignore[assignment]
     """What one source contributed in a tenant: each observation of it this node holds in the
@@ -205,9 +209,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListSourceWeightsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListSourceWeightsResponse, _abc.Awaitable[_admin_pb2.ListSourceWeightsResponse]]:
-        """The learned reliability weights in force on this node, per source and context (empty when
-        learning is off: [cluster.learning] enabled). Operators only; with a token file an
-        operator sees the sources that spoke in its own tenant's slots.
+        """The learned reliability weights in force on this node, per tenant, source and context
+        (empty when learning is off: [cluster.learning] enabled). Agent ids are per tenant, so are
+        the weights: a tenant's are learned from its own slots and resolve its own subjects only.
+        Operators only; an operator sees its own tenant's, a cluster operator (or the development
+        principal of a node without tokens) may name any tenant.
         """
 
     @_abc_1.abstractmethod
