@@ -9,6 +9,7 @@ from pathlib import Path
 from node import listing
 from node.engine import Engine, ObservationInput
 from node.policy import ContextPolicy, PolicyBook
+from node.reliability import Learned
 from node.rollup import compute_rollup
 from node.store import Store
 from node.withdrawals import WITHDRAWN, sources_subject
@@ -155,3 +156,18 @@ def test_a_tenant_wide_withdrawal_of_a_source_moves_the_rollups_of_its_members(
     assert e.groups.rollup(TEAM) == from_scratch(e, TEAM)
     e.put(sources_subject(T), WITHDRAWN, "bot", None, "ops")  # lifted
     assert [r.statement for r in e.groups.rollup(TEAM).beliefs] == ["fifty"]
+
+
+def test_learned_weights_of_a_tenant_move_the_rollups_of_its_groups_only(tmp_path: Path) -> None:
+    e = engine(tmp_path, "n1")
+    other_team, other_user = (
+        Subject("globex", k, i) for k, i in ((TEAM.kind, "t"), (U1.kind, "u"))
+    )
+    for group, member in ((TEAM, U1), (other_team, other_user)):
+        add(e, group, member)
+        e.observe("bot", [ObservationInput(member, "budget", "amount", "fifty", 0.7)])  # 0.63
+    low = {("bot", "budget"): Learned("bot", "budget", 0.5, 0, 5)}  # 0.63 x 0.5 < 0.5
+    e.use_learned({T: low}, {T: frozenset({"budget"})})
+    assert e.groups.rollup(TEAM).beliefs == ()
+    assert e.groups.rollup(TEAM) == from_scratch(e, TEAM)
+    assert [r.statement for r in e.groups.rollup(other_team).beliefs] == ["fifty"]
