@@ -17,12 +17,15 @@ from google.protobuf.message import Message
 from federation.pages import PolicyView, SubjectsPage, new_idempotency_key, policies, subjects_page
 from federation.views import (
     AuditEntry,
+    MembersPage,
     Observed,
     Retracted,
     SelfModelView,
     SubjectLike,
     SubjectRef,
     audit_page,
+    members_page,
+    outcome,
     parse_subject,
     view_from_proto,
 )
@@ -290,6 +293,29 @@ def audit(req: Requests, after: str = "", limit: int = 100) -> Call[tuple[list[A
     return Call("Admin", "ListAudit", request, audit_page)
 
 
+def add_member(req: Requests, group: SubjectLike, member: SubjectLike) -> Call[str]:
+    """Adds a user to a team or a team to an organization; answers ``added`` or
+    ``already_member`` (nothing changed). Operators and tokens with the membership permission."""
+    request = admin_pb2.AddMemberRequest(group=req.subject(group), member=req.subject(member))
+    return Call("Admin", "AddMember", request, outcome)
+
+
+def remove_member(req: Requests, group: SubjectLike, member: SubjectLike) -> Call[str]:
+    """Removes a member; answers ``removed`` or ``not_member`` (nothing changed)."""
+    request = admin_pb2.RemoveMemberRequest(group=req.subject(group), member=req.subject(member))
+    return Call("Admin", "RemoveMember", request, outcome)
+
+
+def members(
+    req: Requests, group: SubjectLike, *, page_size: int = 0, page_token: str = ""
+) -> Call[MembersPage]:
+    """One page of a group's direct members, by id, as the node holds them."""
+    request = admin_pb2.ListMembersRequest(
+        group=req.subject(group), page_size=page_size, page_token=page_token
+    )
+    return Call("Admin", "ListMembers", request, members_page)
+
+
 def settings(req: Requests) -> Call[admin_pb2.GetSettingsResponse]:
     """Every setting and source reliability in force on the node, and where each comes from
     (replicated, the node's cluster file, built in). Operators only."""
@@ -388,6 +414,7 @@ __all__ = [
     "Call",
     "Requests",
     "Stream",
+    "add_member",
     "audit",
     "clear_reliability",
     "clear_setting",
@@ -395,10 +422,12 @@ __all__ = [
     "explain",
     "forget",
     "lift_withdrawal",
+    "members",
     "observe",
     "observe_batch",
     "policy",
     "raw",
+    "remove_member",
     "retract",
     "self_model",
     "self_models",

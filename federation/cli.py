@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from federation import agent_commands, certs, cluster, node_command, tokens
+from federation import agent_commands, certs, cluster, member_commands, node_command, tokens
 from federation.bearer import bearer_token, token_args
 from node.errors import SelfModelError
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_args(status, "operator token")
     status.set_defaults(run=_cluster_status)
     agent_commands.add_commands(sub)
+    member_commands.add_commands(sub)
     bench = sub.add_parser(
         "bench",
         help="run a benchmark of this checkout's benchmarks/ (load, handoff, chaos, replication, "

@@ -34,12 +34,16 @@ from federation.views import (
     DEFAULT_TENANT,
     AuditEntry,
     BeliefView,
+    Holder,
+    MembersPage,
     Observed,
     Retracted,
+    RollupView,
     SelfModelView,
     SubjectLike,
     SubjectRef,
     Support,
+    holders,
     org,
     parse_subject,
     team,
@@ -164,6 +168,9 @@ class Client(_Connection[grpc.Channel]):
     subjects = _bind(calls.subjects, _run)
     contexts = _bind(calls.contexts, _run)
     policy = _bind(calls.policy, _run)
+    add_member = _bind(calls.add_member, _run)
+    remove_member = _bind(calls.remove_member, _run)
+    members = _bind(calls.members, _run)
     watch = _bind(calls.watch, _follow)
 
     def cached(
@@ -223,6 +230,9 @@ class AsyncClient(_Connection[grpc.aio.Channel]):
     subjects = _bind(calls.subjects, _run)
     contexts = _bind(calls.contexts, _run)
     policy = _bind(calls.policy, _run)
+    add_member = _bind(calls.add_member, _run)
+    remove_member = _bind(calls.remove_member, _run)
+    members = _bind(calls.members, _run)
     watch = _bind(calls.watch, _follow)
 
     async def close(self) -> None:
@@ -241,13 +251,17 @@ __all__ = [
     "BeliefView",
     "CachedModel",
     "Client",
+    "Holder",
+    "MembersPage",
     "Observed",
     "Retracted",
+    "RollupView",
     "SelfModelView",
     "SubjectLike",
     "SubjectRef",
     "Support",
     "error_from_rpc",
+    "holders",
     "org",
     "parse_subject",
     "team",

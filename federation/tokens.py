@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import getpass
@@ -129,6 +130,7 @@ def create(
     role: str = "agent",
     write: Sequence[str] = (),
     domains: Sequence[str] = ("*",),
+    members: bool = False,
 ) -> tuple[str, TokenEntry]:
     """Adds a new token for a principal; returns the plain token (shown once) and its entry."""
     _check(agent, "agent", _NAME)
@@ -147,8 +149,9 @@ def create(
             if not find(entries, id=digest[:12]):
                 break
         entry = TokenEntry(
-            digest, agent, tenant, role, tuple(write), tuple(domains) or ("*",), created=_now()
-        )
+            digest, agent, tenant, role, tuple(write), tuple(domains) or ("*",), created=_now(),
+            members=members,
+        )  # fmt: skip
         _write(token_file, [*entries, entry])
         _audit(token_file, "token_create", entry)
     return token, entry
@@ -175,10 +178,7 @@ def revoke(
             raise ValueError(f"no live token in {token_file} matches; see `selfmodel token list`")
         when = _now()
         updated = [
-            TokenEntry(e.sha256, e.agent, e.tenant, e.role, e.write, e.domains, e.created, when)
-            if e.sha256 in doomed
-            else e
-            for e in entries
+            dataclasses.replace(e, revoked=when) if e.sha256 in doomed else e for e in entries
         ]
         _write(token_file, updated)
         revoked = [e for e in updated if e.sha256 in doomed]
@@ -192,8 +192,9 @@ def revoke(
 
 def _create(args: argparse.Namespace) -> int:
     token, entry = create(
-        Path(args.file), args.agent, args.tenant, args.role, args.write or [], args.domain or ["*"]
-    )
+        Path(args.file), args.agent, args.tenant, args.role, args.write or [],
+        args.domain or ["*"], args.members,
+    )  # fmt: skip
     print(token)
     scope = ", ".join(entry.write) or "no context (read only)"
     print(
@@ -268,6 +269,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="append",
         metavar="GLOB",
         help="a domain glob of the nodes it may write through (repeatable; default: any)",
+    )
+    c.add_argument(
+        "--members",
+        action="store_true",
+        help="may add and remove group members (selfmodel members add|remove)",
     )
     c.set_defaults(run=_guarded(_create))
 

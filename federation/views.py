@@ -99,6 +99,20 @@ class BeliefView:
 
 
 @dataclass(frozen=True, slots=True)
+class RollupView:
+    """What a group's users hold in one slot (model.proto's RollupBelief): how many hold the
+    statement, their share of the group's users, their mean confidence, the newest change."""
+
+    context: str
+    key: str
+    statement: str
+    holders: int
+    share: float
+    mean_confidence: float
+    changed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SelfModelView:
     subject: Subject
     node: str
@@ -112,6 +126,13 @@ class SelfModelView:
     below_min_confidence_omitted: int = 0
     # The minimum confidence in force in each context read; below it a belief is uncertain.
     context_min_confidence: dict[str, float] = field(default_factory=dict, hash=False)
+    # Of a team or an organization: what its users hold, and how many users it has.
+    rollups: tuple[RollupView, ...] = ()
+    group_users: int = 0
+
+    def rollup(self, context: str, key: str) -> list[RollupView]:
+        """The roll-up rows of one slot, most held first."""
+        return [r for r in self.rollups if r.context == context and r.key == key]
 
     def beliefs(self, context: str | None = None) -> list[BeliefView]:
         return [b for b in self.all_beliefs if context is None or b.context == context]
@@ -146,7 +167,7 @@ class AuditEntry:
     actor: str
     actor_role: str
     actor_tenant: str
-    action: str  # forget | retract_on_behalf
+    action: str  # forget | retract_on_behalf | add_member | remove_member
     subject: Subject
     detail: str
 
@@ -216,7 +237,64 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
         msg.uncertain_omitted,
         msg.below_min_confidence_omitted,
         dict(msg.context_min_confidence),
+        tuple(
+            RollupView(
+                r.context,
+                r.key,
+                r.statement,
+                r.holders,
+                r.share,
+                r.mean_confidence,
+                _time(r.changed_at),
+            )
+            for r in msg.rollups
+        ),
+        msg.group_users,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A user behind a rolled-up statement (ExplainBelief of a group's slot)."""
+
+    user: Subject
+    statement: str
+    confidence: float
+    changed_at: dt.datetime
+
+
+def holders(msg: Any) -> list[Holder]:
+    """The holders of an ExplainBeliefResponse."""
+    return [
+        Holder(_subject(h.user), h.statement, h.confidence, _time(h.changed_at))
+        for h in msg.holders
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    """One page of a group's direct members (Admin.ListMembers)."""
+
+    members: tuple[Subject, ...]
+    next_page_token: str
+    group_users: int
+
+
+def members_page(reply: admin_pb2.ListMembersResponse) -> MembersPage:
+    found = tuple(_subject(m) for m in reply.members)
+    return MembersPage(found, reply.next_page_token, reply.group_users)
+
+
+MEMBERSHIP_OUTCOMES = EnumWords(admin_pb2.MembershipOutcome)
+
+
+def outcome(reply: Any) -> str:
+    """A membership change's outcome: added, already_member, removed or not_member."""
+    return MEMBERSHIP_OUTCOMES.of(reply.outcome)
+
+
+def _subject(msg: model_pb2.Subject) -> Subject:
+    return Subject(msg.tenant, SubjectKind(msg.kind), msg.id)
 
 
 __all__ = [
@@ -224,14 +302,20 @@ __all__ = [
     "DEFAULT_TENANT",
     "AuditEntry",
     "BeliefView",
+    "Holder",
+    "MembersPage",
     "Observed",
     "Retracted",
+    "RollupView",
     "SelfModelView",
     "SubjectLike",
     "SubjectRef",
     "Support",
     "audit_page",
+    "holders",
+    "members_page",
     "org",
+    "outcome",
     "parse_subject",
     "team",
     "user",

@@ -36,8 +36,8 @@ class AuditRecord:
 
     actor: str
     role: str
-    # forget | retract_on_behalf | set_setting | clear_setting | set_reliability |
-    # clear_reliability
+    # forget | retract_on_behalf | add_member | remove_member | set_setting | clear_setting |
+    # set_reliability | clear_reliability
     action: str
     subject: Subject
     detail: str = ""

@@ -80,6 +80,7 @@ class Principal:
     write: tuple[str, ...] = ("*",)  # context globs it may write
     domains: tuple[str, ...] = ("*",)  # domain globs of the nodes it may write through
     token_id: str = ""
+    members: bool = False  # may add and remove group members (AddMember, RemoveMember)
 
     @property
     def is_operator(self) -> bool:
@@ -127,6 +128,17 @@ class Principal:
             raise PermissionDenied(
                 f"only an operator may {action}, not agent {self.agent}: use an operator token",
                 reason=Reason.OPERATOR_REQUIRED,
+                metadata={"agent": self.agent, "action": action},
+            )
+
+    def check_members(self, action: str) -> None:
+        """Operators, and agents whose token has the membership permission, change groups."""
+        if not (self.is_operator or self.members):
+            PERMISSION_REFUSED.labels("members").inc()
+            raise PermissionDenied(
+                f"agent {self.agent} may not {action}: its token lacks the membership "
+                "permission; use an operator token or one created with --members",
+                reason=Reason.MEMBERSHIP_DENIED,
                 metadata={"agent": self.agent, "action": action},
             )
 
@@ -180,6 +192,7 @@ class TokenEntry:
     domains: tuple[str, ...] = ("*",)
     created: str = ""
     revoked: str = ""  # when it was revoked (ISO 8601); empty while valid
+    members: bool = False  # the membership permission (Principal.members)
 
     @property
     def id(self) -> str:
@@ -188,7 +201,13 @@ class TokenEntry:
 
     def principal(self) -> Principal:
         return Principal(
-            self.agent, self.role, self.tenant, self.write, self.domains, token_id=self.id
+            self.agent,
+            self.role,
+            self.tenant,
+            self.write,
+            self.domains,
+            token_id=self.id,
+            members=self.members,
         )
 
 
@@ -209,7 +228,7 @@ def _entry(raw: Any, where: str) -> TokenEntry:
     if not isinstance(raw, dict):
         raise TokenFileError(f"{where} must be a table")
     unknown = set(raw) - {"id", "sha256", "agent", "tenant", "role", "write", "domains",
-                          "created", "revoked"}  # fmt: skip
+                          "created", "revoked", "members"}  # fmt: skip
     if unknown:
         raise TokenFileError(f"{where} has unknown fields {sorted(unknown)}")
     for name in ("sha256", "agent", "tenant"):
@@ -226,6 +245,8 @@ def _entry(raw: Any, where: str) -> TokenEntry:
     for name in ("created", "revoked"):
         if not isinstance(raw.get(name, ""), str):
             raise TokenFileError(f"{where}.{name} must be a string")
+    if not isinstance(raw.get("members", False), bool):
+        raise TokenFileError(f"{where}.members must be true or false")
     return TokenEntry(
         sha256=raw["sha256"],
         agent=raw["agent"],
@@ -235,6 +256,7 @@ def _entry(raw: Any, where: str) -> TokenEntry:
         domains=_strings(raw.get("domains", ["*"]), f"{where}.domains", _GLOB),
         created=raw.get("created", ""),
         revoked=raw.get("revoked", ""),
+        members=raw.get("members", False),
     )
 
 
@@ -300,6 +322,8 @@ def render_tokens(entries: Iterable[TokenEntry]) -> str:
         ]
         if e.revoked:
             lines.append(f"revoked = {_toml_str(e.revoked)}")
+        if e.members:
+            lines.append("members = true")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from node import idempotency, metrics
+from node import groups, idempotency, metrics
 from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import Reason, ResourceExhausted, clock_ahead
 from node.handoff import DEFAULT_LEAD, Handoffs
@@ -137,6 +137,7 @@ class Engine:
         self._book_lock = threading.Lock()
         # Told the operators' new book when it changes (learning judges against it).
         self.book_listeners: list[Callable[[PolicyBook], None]] = []
+        self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
 
     @property
     def policies(self) -> PolicyBook:
@@ -158,6 +159,7 @@ class Engine:
             self.operators = book
             self.snapshots.rebooked_all()
             self.reader.books = books_of(book, self.learned)
+            self.groups.policies_changed()  # members' beliefs moved: so do roll-ups
             self.watches.wake_all()
         for listen in self.book_listeners:
             listen(book)
@@ -181,6 +183,8 @@ class Engine:
                 else:
                     tenants[tenant] = new
             self.reader.books = Books(self.operators, tenants)
+            for tenant, contexts in moved.items():  # members' beliefs moved: so do roll-ups
+                self.groups.policies_changed(contexts, tenant)
         for tenant in moved:
             self.watches.wake_tenant(tenant)
 
@@ -520,6 +524,7 @@ class Engine:
         and wakes its watchers: for a change of what resolution takes besides the state."""
         if self.snapshots.get(subject) is not None:
             self.reader.snapshot(self.state(subject))
+        self.groups.resolved_anew(subject)  # a member's beliefs moved: so do its roll-ups
         self.watches.notify(subject)
 
     def footprint(self, state: SubjectState) -> Footprint:

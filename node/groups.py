@@ -1,60 +1,237 @@
-"""A replica's groups: membership states, forgets and roll-ups, moved together.
+"""A replica's groups: memberships, members' forgets and roll-ups, moved together.
 
-What a node calls after each change it merges, so the roll-ups follow the replicated state:
+``Groups`` is pure: what a node calls as its subjects change, so the roll-ups follow the
+replicated state (sync.members, node.rollup):
 
-- ``merge_group`` after a membership delta (local or a peer's);
+- ``group_changed`` after a group subject's ``_members`` slots changed (a local put or a merge);
 - ``erased`` after a subject's erase bound moved (a forget, local or a peer's): the subject
-  leaves every group, and a forgotten group is emptied (sync.membership's forget rule);
-- ``model_changed`` after a user's resolved model changed (its old and new beliefs).
+  leaves every group whose add of it is before the forget;
+- ``slot_changed`` / ``model_changed`` after a user's resolved belief changed.
 
 Each returns the groups whose roll-up moved (whose watches fire). Not thread-safe: the caller
 serializes, as for RollupIndex.
+
+``Following`` wires it to a node: it rebuilds the groups from the store at start
+(``load``) and follows every committed batch (``Engine.listeners``), under one lock; the
+subjects' locks are taken before it and the snapshots' after it, never the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from node.resolution import Belief
 from node.rollup import GroupRollup, Holder, RollupIndex
-from sync.membership import GroupState, members, merge, purge
-from sync.observation import Subject
+from node.snapshots import Slot
+from node.store import Change
+from sync.crdt import SubjectState
+from sync.members import MEMBERS, adds, in_effect, is_group
+from sync.observation import Subject, SubjectKind
+
+if TYPE_CHECKING:
+    from node.engine import Engine
 
 
 class Groups:
-    def __init__(self, model_of: Callable[[Subject], Iterable[Belief]]) -> None:
-        self.states: dict[Subject, GroupState] = {}
-        self.forgets: dict[Subject, int] = {}  # subject -> its erase bound's timestamp
+    def __init__(
+        self,
+        model_of: Callable[[Subject], Iterable[Belief]],
+        erased_at: Callable[[Subject], int] = lambda s: 0,
+    ) -> None:
+        """``model_of``: a user's resolved beliefs; ``erased_at``: a subject's erase bound's
+        timestamp as stored (asked once per member, then followed through ``erased``)."""
+        self.adds: dict[Subject, dict[Subject, int]] = {}  # group -> member -> newest add
+        self.forgets: dict[Subject, int] = {}  # member -> its erase bound's timestamp
         self.index = RollupIndex(model_of)
+        self._model_of = model_of
+        self._erased_at = erased_at
+        self._rollups: dict[Subject, GroupRollup] = {}  # kept until the group's roll-up moves
 
-    def state(self, group: Subject) -> GroupState:
-        return self.states.get(group) or GroupState(group)
+    def members(self, group: Subject) -> frozenset[Subject]:
+        found = self.adds.get(group, {})
+        return frozenset(m for m, hlc in found.items() if in_effect(m, hlc, self.forgets))
 
-    def merge_group(self, delta: GroupState) -> frozenset[Subject]:
-        state = purge(merge(self.state(delta.group), delta), self.forgets)
-        self.states[delta.group] = state
-        return self.index.set_members(delta.group, members(state, self.forgets))
+    def group_changed(self, state: SubjectState) -> frozenset[Subject]:
+        """Follows a group subject's new state (its ``_members`` view)."""
+        group = state.subject
+        found = adds(state)
+        for member in found.keys() - self.forgets.keys():
+            self.forgets[member] = self._erased_at(member)
+        if found:
+            self.adds[group] = found
+        else:
+            self.adds.pop(group, None)
+        return self._moved(self.index.set_members(group, self.members(group)))
 
     def erased(self, subject: Subject, hlc: int) -> frozenset[Subject]:
         if hlc <= self.forgets.get(subject, 0):
             return frozenset()
         self.forgets[subject] = hlc
         moved: set[Subject] = set()
-        touched = set(self.index.direct_groups(subject))
-        if subject in self.states:
-            touched.add(subject)
-        for group in sorted(touched):
-            state = self.states[group] = purge(self.states[group], self.forgets)
-            moved |= self.index.set_members(group, members(state, self.forgets))
-        return frozenset(moved)
+        for group in sorted(self.index.direct_groups(subject)):
+            moved |= self.index.set_members(group, self.members(group))
+        return self._moved(moved)
+
+    def follows(self, user: Subject) -> bool:
+        """True when ``user`` is in at least one team (its beliefs count in a roll-up)."""
+        return bool(self.index.direct_groups(user))
+
+    def slot_changed(
+        self, user: Subject, context: str, key: str, belief: Belief | None
+    ) -> frozenset[Subject]:
+        return self._moved(self.index.slot_changed(user, context, key, belief))
 
     def model_changed(
         self, user: Subject, old: Iterable[Belief], new: Iterable[Belief]
     ) -> frozenset[Subject]:
-        return self.index.model_changed(user, old, new)
+        return self._moved(self.index.model_changed(user, old, new))
+
+    def resolved_anew(
+        self, contexts: frozenset[str] | None = None, tenant: str | None = None
+    ) -> frozenset[Subject]:
+        """Follows every followed user's model (of ``tenant``, None: any) as ``model_of`` now
+        resolves it, in ``contexts`` (None: all), after the book it resolves with changed
+        there: beliefs move without their subjects changing."""
+        moved: set[Subject] = set()
+        for user in self.index.followed():
+            if tenant is None or user.tenant == tenant:
+                moved |= self.index.model_is(user, self._model_of(user), contexts)
+        return self._moved(moved)
+
+    def user_resolved_anew(self, user: Subject) -> frozenset[Subject]:
+        """Follows ``user``'s whole model as ``model_of`` now resolves it (if it is followed)."""
+        if not self.follows(user):
+            return frozenset()
+        return self._moved(self.index.model_is(user, self._model_of(user)))
 
     def rollup(self, group: Subject) -> GroupRollup:
-        return self.index.rollup(group)
+        found = self._rollups.get(group)
+        if found is None:
+            found = self._rollups[group] = self.index.rollup(group)
+        return found
 
     def holders(self, group: Subject, context: str, key: str, statement: str) -> tuple[Holder, ...]:
         return self.index.holders(group, context, key, statement)
+
+    def _moved(self, groups: Iterable[Subject]) -> frozenset[Subject]:
+        moved = frozenset(groups)
+        for group in moved:
+            self._rollups.pop(group, None)
+        return moved
+
+
+def touched_slots(old: SubjectState, new: SubjectState) -> set[Slot]:
+    """The slots whose observations differ between two states of a subject (dots are never
+    reused and an observation never changes, so the dot sets' difference is what changed)."""
+    was, now = old.observations, new.observations
+    slots = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
+    slots.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
+    return slots
+
+
+class Following:
+    """A node's ``Groups``, kept up with its subjects.
+
+    ``model_of`` and ``beliefs_of`` read resolved snapshots (the latter the belief per slot of
+    a state); ``notify`` wakes a subject's watches; ``subjects`` lists the stored subjects and
+    ``load`` reads one (for ``load_all`` at start).
+    """
+
+    def __init__(
+        self,
+        model_of: Callable[[Subject], Iterable[Belief]],
+        beliefs_of: Callable[[SubjectState], Callable[[Slot], Belief | None]],
+        state_of: Callable[[Subject], SubjectState],
+        notify: Callable[[Subject], None],
+    ) -> None:
+        self.groups = Groups(model_of, lambda s: state_of(s).erased.hlc)
+        self._beliefs_of = beliefs_of
+        self._state_of = state_of
+        self._notify = notify
+        self.lock = threading.Lock()
+
+    def load_all(self, subjects: Iterable[Subject]) -> None:
+        """Follows the stored group subjects (the node's start)."""
+        for subject in subjects:
+            if is_group(subject):
+                with self.lock:
+                    self.groups.group_changed(self._state_of(subject))
+
+    def changed(self, changes: Sequence[Change]) -> None:
+        """An Engine listener: follows one committed batch."""
+        moved: set[Subject] = set()
+        with self.lock:
+            for change in changes:
+                moved |= self._follow(change)
+        for group in sorted(moved):
+            self._notify(group)
+
+    def _follow(self, change: Change) -> frozenset[Subject]:
+        new = change.new
+        old = change.old or SubjectState(new.subject)
+        subject, groups = new.subject, self.groups
+        moved: set[Subject] = set()
+        if new.erased.hlc > old.erased.hlc:
+            moved |= groups.erased(subject, new.erased.hlc)
+        if is_group(subject):
+            if any(context == MEMBERS for context, _ in touched_slots(old, new)):
+                moved |= groups.group_changed(new)
+        elif subject.kind == SubjectKind.USER and groups.follows(subject):
+            slots = touched_slots(old, new)  # only for a user whose beliefs count somewhere
+            if slots:
+                belief = self._beliefs_of(new)
+                for context, key in sorted(slots):
+                    moved |= groups.slot_changed(subject, context, key, belief((context, key)))
+        return frozenset(moved)
+
+    def policies_changed(
+        self, contexts: frozenset[str] | None = None, tenant: str | None = None
+    ) -> None:
+        """The engine resolves under another book (operators' settings; a tenant's learned
+        weights) that moves beliefs in ``contexts`` (None: any) of ``tenant`` (None: any): every
+        member's beliefs there are read again (one model read per user in a team), and moved
+        groups' watches woken."""
+        with self.lock:
+            moved = self.groups.resolved_anew(contexts, tenant)
+        for group in sorted(moved):
+            self._notify(group)
+
+    def resolved_anew(self, subject: Subject) -> None:
+        """``subject`` resolves anew with no change to its state (a tenant's withdrawal of a
+        source): a user in a team has its beliefs read again, and moved groups' watches woken."""
+        if subject.kind != SubjectKind.USER:
+            return
+        with self.lock:
+            moved = self.groups.user_resolved_anew(subject)
+        for group in sorted(moved):
+            self._notify(group)
+
+    def rollup(self, group: Subject) -> GroupRollup:
+        with self.lock:
+            return self.groups.rollup(group)
+
+    def holders(self, group: Subject, context: str, key: str, statement: str) -> tuple[Holder, ...]:
+        with self.lock:
+            return self.groups.holders(group, context, key, statement)
+
+    def members(self, group: Subject) -> frozenset[Subject]:
+        with self.lock:
+            return self.groups.members(group)
+
+
+def follow(engine: Engine) -> Following:
+    """The groups of ``engine``'s store, followed through its listeners from now on."""
+    following = Following(
+        lambda user: engine.model(user).beliefs,
+        lambda state: engine.reader.snapshot(state).by_slot.get,
+        engine.state,
+        engine.watches.notify,
+    )
+    following.load_all(engine.store.subjects())
+    engine.listeners.append(following.changed)
+    return following
+
+
+__all__ = ["Following", "Groups", "follow", "touched_slots"]

@@ -140,6 +140,33 @@ def beliefs_page(
     return page, _token({**value, "after": [last.context, last.key]})
 
 
+def members_page(
+    group: Subject, members: Iterable[Subject], token: str, size: int
+) -> tuple[list[Subject], str]:
+    """Up to ``size`` of a group's ``members`` by id, after the id of ``token``; and the token
+    of the next page ("" after the last)."""
+    after = ""
+    if token:
+        value = _untoken(token, "page_token", "ListMembers")
+        if value.get("group") != list(group):
+            raise InvalidArgument(
+                "page_token",
+                f"was issued for another group's members, not {group}",
+                reason=Reason.PAGE_TOKEN_INVALID,
+            )
+        found = value.get("after")
+        if not isinstance(found, str):
+            raise InvalidArgument(
+                "page_token", "is not a page token of ListMembers", reason=Reason.PAGE_TOKEN_INVALID
+            )
+        after = found
+    rest = sorted(m for m in members if m.id > after)
+    page = rest[:size]
+    if len(rest) <= size:
+        return page, ""
+    return page, _token({"v": 1, "of": "ListMembers", "group": list(group), "after": page[-1].id})
+
+
 def position_token(kind: str, listing: list[str], after: bytes) -> str:
     """The page token of ``kind``'s ``listing`` continuing after the row key ``after``."""
     return _token({"v": 1, "of": kind, "listing": listing, "after": after.hex()})
@@ -171,8 +198,9 @@ def _strings(values: list[Any]) -> bool:
 
 
 def contexts(state: SubjectState) -> list[str]:
-    """The contexts the subject holds an observation in, in name order."""
-    return sorted({obs.context for obs in state.observations.values()})
+    """The contexts the subject holds an observation in, in name order, but a node's own
+    (node.validation.reserved: a leading "_")."""
+    return sorted({o.context for o in state.observations.values() if not o.context.startswith("_")})
 
 
 def distinct(subjects: Iterable[Subject]) -> list[Subject]:
@@ -191,6 +219,7 @@ __all__ = [
     "beliefs_page",
     "contexts",
     "distinct",
+    "members_page",
     "page_size",
     "position_of",
     "position_token",

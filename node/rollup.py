@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from node.resolution import Belief, normalize_statement
-from sync.membership import check_member
+from sync.members import check_member
 from sync.observation import Subject, SubjectKind
 
 Slot = tuple[str, str]  # (context, key)
@@ -321,6 +321,27 @@ class RollupIndex:
         for slot in sorted(before.keys() | after.keys()):
             if before.get(slot) != after.get(slot):
                 moved |= self.slot_changed(user, slot[0], slot[1], after.get(slot))
+        return frozenset(moved)
+
+    def followed(self) -> list[Subject]:
+        """The users whose beliefs count in a roll-up (those in at least one team), by id."""
+        return sorted(self._held)
+
+    def model_is(
+        self, user: Subject, beliefs: Iterable[Belief], contexts: frozenset[str] | None = None
+    ) -> frozenset[Subject]:
+        """Follows ``user``'s resolved model (resolved anew, under another policy book): every
+        slot it held or holds now, of ``contexts`` only when given."""
+        held_now = self._held.get(user)
+        if held_now is None:
+            return frozenset()
+        after = {(b.context, b.key): b for b in beliefs}
+        slots = held_now.keys() | after.keys()
+        if contexts is not None:
+            slots = {slot for slot in slots if slot[0] in contexts}
+        moved: set[Subject] = set()
+        for slot in sorted(slots):
+            moved |= self.slot_changed(user, slot[0], slot[1], after.get(slot))
         return frozenset(moved)
 
     def _tally_add(self, group: Subject, slot: Slot, user: Subject, h: Held) -> None:

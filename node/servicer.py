@@ -30,8 +30,10 @@ from node.errors import (
     map_errors,
 )
 from node.governor import Governor
+from node.groupreads import RollupReads
 from node.interceptors import HandlerWrapper
 from node.learning import Learning
+from node.memberservice import MembersAdmin
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
 from node.sources_admin import SourcesAdmin
@@ -114,6 +116,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
         self._replies = convert.SnapshotReplies(engine.snapshots)
+        self._rollups = RollupReads(engine.groups.rollup, engine.groups.holders)  # of groups
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -262,10 +265,13 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             page, token = listing.beliefs_page(subject, chosen, asked, size)
             want = convert.Filter(contexts, floor, request.include_uncertain, limit)
             msg = self._replies.page(subject, view, page, want, self.engine.node)
+            if not asked:  # a group's roll-up comes with the first page
+                msg.MergeFromString(self._rollups.part(subject, want))
             msg.next_page_token = token
             return convert.as_snapshot_field(msg.SerializeToString())
         want = convert.Filter(contexts, floor, request.include_uncertain, limit)
-        return self._replies.reply(subject, view, want, self.engine.node)
+        reply = self._replies.reply(subject, view, want, self.engine.node)
+        return reply + self._rollups.field(subject, want)
 
     @map_errors
     def ExplainBelief(
@@ -278,7 +284,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             context, lambda: self.engine.explain(subject, ctx, key, positions)
         )
         policy = self.engine.policies.for_context(ctx)
-        return convert.explanation(subject, ctx, key, found, token, policy)
+        reply = convert.explanation(subject, ctx, key, found, token, policy)
+        self._rollups.explain(subject, ctx, key, reply)
+        return reply
 
     def WatchSelfModel(  # type: ignore[override]
         self, request: selfmodel_pb2.WatchSelfModelRequest, context: grpc.ServicerContext
@@ -313,7 +321,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         tokens_seen = self.tokens.version if self.tokens is not None else 0
         node = self.engine.node
         try:
-            last: list[Belief] | None = None
+            last: tuple[list[Belief], bytes] | None = None
             while context.is_active() and not sub.closed:
                 sub.changed.clear()
                 if self.tokens is not None and self.tokens.version != tokens_seen:
@@ -321,9 +329,10 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                     self._still_allowed(request, context)
                 view = self.engine.model(subject)
                 beliefs, whole = self._replies.shared(subject, view, want, node)
-                if beliefs != last:
-                    last = beliefs
-                    yield whole
+                rollup = self._rollups.field(subject, want)  # a group's: fires as it moves
+                if (beliefs, rollup) != last:
+                    last = (beliefs, rollup)
+                    yield whole + rollup
                 sub.changed.wait(1.0)
         except SelfModelError as exc:
             abort(context, exc)
@@ -423,7 +432,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
             want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
             body = self._replies.snapshot(subject, view, want, self.engine.node)
-            reply.models.add().MergeFromString(body)
+            reply.models.add().MergeFromString(body + self._rollups.part(subject, want))
             read[subject] = view.state.context
         reply.handoff_token = encode_token(read)
         return reply
@@ -443,7 +452,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(SettingsAdmin, SourcesAdmin, admin_pb2_grpc.AdminServiceServicer):
+class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         engine: Engine,

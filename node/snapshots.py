@@ -230,7 +230,8 @@ def _snapshot(
             by_slot[slot] = explain_slot(found, policies.for_context(slot[0]), policies).belief
         else:
             by_slot.pop(slot, None)
-    beliefs = tuple(by_slot[s] for s in sorted(by_slot))
+    # A node's own contexts (node.validation.reserved: a leading "_") are never shown.
+    beliefs = tuple(by_slot[s] for s in sorted(by_slot) if not s[0].startswith("_"))
     state = index.state
     token = encode_token({state.subject: state.context})
     tallies, flips = moved(tallies, [(resolved.get(s), by_slot.get(s)) for s in touched])

@@ -45,6 +45,7 @@ class Reason(StrEnum):
 
     FIELD_INVALID = "FIELD_INVALID"
     CONFIDENCE_REQUIRED = "CONFIDENCE_REQUIRED"
+    MEMBER_INVALID = "MEMBER_INVALID"
     REQUEST_UNDECODABLE = "REQUEST_UNDECODABLE"
     HANDOFF_TOKEN_INVALID = "HANDOFF_TOKEN_INVALID"
     HANDOFF_TOKEN_OTHER_SUBJECT = "HANDOFF_TOKEN_OTHER_SUBJECT"
@@ -60,6 +61,7 @@ class Reason(StrEnum):
     DOMAIN_DENIED = "DOMAIN_DENIED"
     OPERATOR_REQUIRED = "OPERATOR_REQUIRED"
     SOURCE_DENIED = "SOURCE_DENIED"
+    MEMBERSHIP_DENIED = "MEMBERSHIP_DENIED"
     PEER_UNAUTHENTICATED = "PEER_UNAUTHENTICATED"
     PEER_DENIED = "PEER_DENIED"
     PEER_FOREIGN_WRITE = "PEER_FOREIGN_WRITE"
@@ -100,6 +102,13 @@ REASONS: dict[Reason, ReasonDoc] = {
         "INVALID_ARGUMENT",
         "an observation without a confidence (the field was not set)",
         ("field",),
+        False,
+    ),
+    Reason.MEMBER_INVALID: ReasonDoc(
+        "INVALID_ARGUMENT",
+        "a member that cannot belong to the group: of another tenant, or not the kind the group "
+        "holds (a team's members are users, an organization's teams)",
+        ("field", "group", "member"),
         False,
     ),
     Reason.REQUEST_UNDECODABLE: ReasonDoc(
@@ -178,6 +187,12 @@ REASONS: dict[Reason, ReasonDoc] = {
         "PERMISSION_DENIED",
         "an agent retracting another source's observations",
         ("agent", "source"),
+        False,
+    ),
+    Reason.MEMBERSHIP_DENIED: ReasonDoc(
+        "PERMISSION_DENIED",
+        "an agent without the membership permission adding or removing a group member",
+        ("agent", "action"),
         False,
     ),
     Reason.PEER_UNAUTHENTICATED: ReasonDoc(

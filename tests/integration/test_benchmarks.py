@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import handoff, learning, load, scale, spacing, subject_size
+from benchmarks import handoff, learning, load, rollup, scale, spacing, subject_size
 
 
 def test_handoff_the_self_model_with_its_token_keeps_every_fact_current(tmp_path: Path) -> None:
@@ -118,6 +118,25 @@ def test_subject_size_measures_every_shape_beside_its_echo_and_runs_a_fleet(tmp_
     assert report.fleet is not None
     assert set(report.fleet["operations"]) == {"read", "observe", "handoff"}
     assert len(report.fleet["resources"]) == 2
+
+
+def test_rollup_reads_groups_beside_a_user_and_writes_as_a_member_of_several_groups(
+    tmp_path: Path,
+) -> None:
+    args = rollup.parse_args(
+        ["--users", "120", "--slots", "4", "--teams", "10,100", "--org-users", "120",
+         "--write-groups", "0,1,5", "--reads", "30", "--writes", "12", "--data", str(tmp_path)]
+    )  # fmt: skip
+    report = rollup.run(args)
+    table = rollup.render(report)
+    print(table)
+    assert [f.name for f in report.reads] == ["user", "team of 10", "team of 100", "org of 120"]
+    assert [f.name for f in report.writes] == ["member of 0", "member of 1", "member of 5"]
+    for f in (*report.reads, *report.writes):
+        assert f.calls > 0 and f.p50_ms > 0, f
+    # a group's reply holds its roll-up rows: larger than a bare snapshot of no belief
+    assert all(f.reply_bytes > 200 for f in report.reads)
+    assert all(f.cpu_us > 0 for f in report.writes)
 
 
 def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> None:

@@ -307,3 +307,41 @@ def test_show_show_many_and_watch_list_at_most_max_positions_per_belief_and_no_u
             cli.main(["show", "user:u-pos", "--max-positions", bad, *target])
         assert done.value.code == 2
         assert "--max-positions: must be a whole number within [0, 2^32)" in capsys.readouterr().err
+
+
+def test_members_commands_and_show_of_a_team_print_their_replies_in_the_proto_json_mapping(
+    start_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    node = start_node("sales", "--tokens", str(file))
+    target = ["--target", node.address, "--tenant", "acme", "--token", hr]
+
+    def member(action: str, *argv: str) -> Any:
+        kind = admin_pb2.AddMemberResponse if action == "add" else admin_pb2.RemoveMemberResponse
+        return reply(run(capsys, "members", action, *argv, *target), kind)
+
+    assert member("add", "team:t1", "user:u1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    again = member("add", "team:t1", "user:u1")
+    assert again.outcome == admin_pb2.MEMBERSHIP_OUTCOME_ALREADY_MEMBER
+    assert member("add", "team:t1", "user:u2").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    assert member("add", "org:o1", "team:t1").outcome == admin_pb2.MEMBERSHIP_OUTCOME_ADDED
+    listed = reply(
+        run(capsys, "members", "list", "team:t1", "--page-size", "1", *target),
+        admin_pb2.ListMembersResponse,
+    )
+    assert [m.id for m in listed.members] == ["u1"] and listed.group_users == 2
+    assert listed.next_page_token
+    removed = member("remove", "team:t1", "user:u2")
+    assert removed.outcome == admin_pb2.MEMBERSHIP_OUTCOME_REMOVED
+    run(
+        capsys, "observe", "user:u1", "Pays yearly", "--context", "billing", "--key", "cycle",
+        "--confidence", "0.9", *target,
+    )  # fmt: skip
+    for group in ("team:t1", "org:o1"):
+        shown = reply(run(capsys, "show", group, *target), selfmodel_pb2.GetSelfModelResponse)
+        model = shown.snapshot
+        assert model.group_users == 1 and not model.beliefs
+        assert [(r.statement, r.holders) for r in model.rollups] == [("Pays yearly", 1)]

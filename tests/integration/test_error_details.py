@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from federation import tokens
-from selfmodel.admin.v1 import admin_pb2
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import DOMAIN, REASONS, Reason, SelfModelError, from_rpc_error
 from selfmodel.sync.v1 import sync_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -33,6 +33,7 @@ from tests.harness import LocalCluster, start_with_fresh_ports
 
 ACME_U1 = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_USER, id="u-1")
 GLOBEX = model_pb2.Subject(tenant="globex", kind=model_pb2.SUBJECT_KIND_USER, id="g-1")
+ACME_T1 = model_pb2.Subject(tenant="acme", kind=model_pb2.SUBJECT_KIND_TEAM, id="t-1")
 
 
 @dataclass
@@ -58,6 +59,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         "bob": tokens.create(file, "bob", "acme", write=["*"])[0],
         "elsewhere": tokens.create(file, "eve", "acme", write=["*"], domains=["support"])[0],
         "revoked": tokens.create(file, "rex", "acme", write=["*"])[0],
+        "hr": tokens.create(file, "hr", "acme", members=True)[0],
     }
     tokens.revoke(file, token=made["revoked"])
 
@@ -92,6 +94,10 @@ def with_dot(token: str, actor: str, counter: int) -> str:
 
 def stub(channel: grpc.Channel) -> selfmodel_pb2_grpc.SelfModelServiceStub:
     return selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+
+
+def admin(channel: grpc.Channel) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(channel)
 
 
 def get(at_least: str = "", subject: model_pb2.Subject = ACME_U1) -> Any:
@@ -213,6 +219,16 @@ CASES: dict[Reason, Case] = {
         selfmodel_pb2.RetractRequest(subject=ACME_U1, context="style", key="k", source="bob"),
         timeout=5,
         metadata=bearer(n.tokens["alice"]),
+    ),
+    Reason.MEMBERSHIP_DENIED: lambda c, n: admin(c).AddMember(
+        admin_pb2.AddMemberRequest(group=ACME_T1, member=ACME_U1),
+        timeout=5,
+        metadata=bearer(n.tokens["alice"]),
+    ),
+    Reason.MEMBER_INVALID: lambda c, n: admin(c).AddMember(
+        admin_pb2.AddMemberRequest(group=ACME_T1, member=ACME_T1),
+        timeout=5,
+        metadata=bearer(n.tokens["hr"]),
     ),
     Reason.PEER_DENIED: lambda c, n: c.unary_unary(
         "/selfmodel.sync.v1.SyncService/GetBuckets",

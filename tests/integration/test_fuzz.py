@@ -276,6 +276,9 @@ FIELDS = {
     "ListSourceContributions": ["tenant", "source", "page_size", "page_token"],
     "WithdrawSource": ["tenant", "source"],
     "LiftSourceWithdrawal": ["tenant", "source"],
+    "AddMember": SUBJECT_FIELDS,
+    "RemoveMember": SUBJECT_FIELDS,
+    "ListMembers": [*SUBJECT_FIELDS, "page_size", "page_token"],
 }
 
 
@@ -384,6 +387,25 @@ def build(name: str, v: dict[str, Any], draw: st.DrawFn) -> Message:
         return admin_pb2.WithdrawSourceRequest(tenant=v["tenant"], source=v["source"])
     elif name == "LiftSourceWithdrawal":
         return admin_pb2.LiftSourceWithdrawalRequest(tenant=v["tenant"], source=v["source"])
+    elif name in ("AddMember", "RemoveMember"):
+        # the group from these fields, the member (or none) from a second draw of them
+        pair = admin_pb2.AddMemberRequest if name == "AddMember" else admin_pb2.RemoveMemberRequest
+        change = pair()
+        other = draw(fields(name))
+        if v["subject"]:
+            change.group.CopyFrom(model_pb2.Subject(tenant=v["tenant"], kind=v["kind"], id=v["id"]))
+        if other["subject"]:
+            change.member.CopyFrom(
+                model_pb2.Subject(tenant=other["tenant"], kind=other["kind"], id=other["id"])
+            )
+        return change  # type: ignore[no-any-return]
+    elif name == "ListMembers":
+        listing = admin_pb2.ListMembersRequest(page_size=v["page_size"], page_token=v["page_token"])
+        if v["subject"]:
+            listing.group.CopyFrom(
+                model_pb2.Subject(tenant=v["tenant"], kind=v["kind"], id=v["id"])
+            )
+        return listing
     else:
         raise AssertionError(f"no strategy for {name}: add one")
     if v["subject"]:

@@ -17,7 +17,7 @@ from node.rollup import compute_rollup
 from sync.crdt import SubjectState, erase_delta, observe_delta, slot_dots
 from sync.crdt import merge as merge_subject
 from sync.hlc import pack
-from sync.membership import GroupState, add_delta, forget_deltas, members, remove_delta
+from sync.members import add_delta, is_group, members, remove_delta
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import ACTORS, BASE_MS, LAWS, SOURCES, observation, shuffles
 
@@ -37,29 +37,27 @@ class Replica:
     groups: Groups = field(init=False)
 
     def __post_init__(self) -> None:
-        self.groups = Groups(self.model)
+        self.groups = Groups(self.model, lambda s: self.user(s).erased.hlc)
 
     def user(self, user: Subject) -> SubjectState:
+        """Any subject's state (users and groups alike)."""
         return self.users.get(user) or SubjectState(user)
 
     def model(self, user: Subject) -> list[Belief]:
         return resolve(self.user(user).observations.values(), BOOK)
 
-    def apply_user(self, delta: SubjectState) -> None:
-        """What a node does after merging a user's delta."""
-        user = delta.subject
-        old = self.user(user)
-        new = self.users[user] = merge_subject(old, delta)
+    def apply(self, delta: SubjectState) -> None:
+        """What a node does after merging a subject's delta."""
+        subject = delta.subject
+        old = self.user(subject)
+        new = self.users[subject] = merge_subject(old, delta)
         if new.erased.hlc > old.erased.hlc:
-            self.groups.erased(user, new.erased.hlc)
-        old_model = resolve(old.observations.values(), BOOK)
-        self.groups.model_changed(user, old_model, self.model(user))
-
-    def apply(self, delta: SubjectState | GroupState) -> None:
-        if isinstance(delta, GroupState):
-            self.groups.merge_group(delta)
+            self.groups.erased(subject, new.erased.hlc)
+        if is_group(subject):
+            self.groups.group_changed(new)
         else:
-            self.apply_user(delta)
+            old_model = resolve(old.observations.values(), BOOK)
+            self.groups.model_changed(subject, old_model, self.model(subject))
 
 
 _KINDS = (
@@ -70,28 +68,26 @@ _KINDS = (
 )
 
 
-def simulate(
-    n: int, script: list[tuple[int, ...]]
-) -> tuple[list[Replica], list[SubjectState | GroupState]]:
+def simulate(n: int, script: list[tuple[int, ...]]) -> tuple[list[Replica], list[SubjectState]]:
     replicas = [Replica(a) for a in ACTORS[:n]]
-    deltas: list[SubjectState | GroupState] = []
+    deltas: list[SubjectState] = []
     for step, (kind, r, u, t, s, w, c) in enumerate(script):
         replica = replicas[r % n]
         actor, hlc = replica.actor, pack(BASE_MS + step)
         user, team = USERS[u % len(USERS)], TEAMS[t % len(TEAMS)]
-        new: list[SubjectState | GroupState] = []
+        new: list[SubjectState] = []
         match _KINDS[kind % len(_KINDS)]:
             case "join":
-                new = [add_delta(replica.groups.state(team), user, actor, hlc)]
+                new = [add_delta(replica.user(team), user, actor, hlc, "op")]
             case "leave":
-                new = [remove_delta(replica.groups.state(team), user, actor)]
+                new = [remove_delta(replica.user(team), user, actor)]
             case "team joins":
-                new = [add_delta(replica.groups.state(ORG), team, actor, hlc)]
+                new = [add_delta(replica.user(ORG), team, actor, hlc, "op")]
             case "team leaves":
-                new = [remove_delta(replica.groups.state(ORG), team, actor)]
+                new = [remove_delta(replica.user(ORG), team, actor)]
             case "forget":
-                new = [erase_delta(replica.user(user), actor, hlc)]
-                new += forget_deltas(replica.groups.states, user, actor)
+                who = (*USERS, *TEAMS)[(u + t) % (len(USERS) + len(TEAMS))]
+                new = [erase_delta(replica.user(who), actor, hlc)]
             case "observe":
                 state = replica.user(user)
                 context, key = SLOTS[s % len(SLOTS)]
@@ -131,21 +127,21 @@ def test_every_replica_converges_to_the_same_rollups_equal_to_the_rollups_from_s
         for delta in pending:
             replica.apply(delta)
     first = replicas[0]
-    forgets = {u: first.user(u).erased.hlc for u in USERS}
-    direct = {g: members(first.groups.state(g), forgets) for g in (*TEAMS, ORG)}
+    forgets = {s: first.user(s).erased.hlc for s in (*USERS, *TEAMS)}
+    direct = {g: members(first.user(g), forgets) for g in (*TEAMS, ORG)}
     models = {u: first.model(u) for u in USERS}
     for group in (*TEAMS, ORG):
         expected = compute_rollup(group, direct, models)
         for replica in replicas:
             assert replica.groups.rollup(group) == expected
-            assert replica.groups.state(group) == first.groups.state(group)
+            assert replica.user(group) == first.user(group)
 
 
 def test_a_forget_merged_before_the_add_it_erases_keeps_the_user_out() -> None:
     a, b = Replica("a.1"), Replica("b.1")
     user, team = USERS[0], TEAMS[0]
-    a.apply_user(observe_delta(a.user(user), observation("a.1", 1, ms=BASE_MS)))
-    add = add_delta(b.groups.state(team), user, "b.1", pack(BASE_MS + 1))  # b, concurrently
+    a.apply(observe_delta(a.user(user), observation("a.1", 1, ms=BASE_MS)))
+    add = add_delta(b.user(team), user, "b.1", pack(BASE_MS + 1), "op")  # b, concurrently
     b.apply(add)
     forget = erase_delta(a.user(user), "a.1", pack(BASE_MS + 2))
     a.apply(forget)
@@ -153,7 +149,7 @@ def test_a_forget_merged_before_the_add_it_erases_keeps_the_user_out() -> None:
     b.apply(forget)
     for replica in (a, b):
         assert replica.groups.rollup(team).users == 0
-    rejoin = add_delta(b.groups.state(team), user, "b.1", pack(BASE_MS + 3))
+    rejoin = add_delta(b.user(team), user, "b.1", pack(BASE_MS + 3), "op")
     for replica in (a, b):
         replica.apply(rejoin)
         assert replica.groups.rollup(team).users == 1
@@ -164,9 +160,14 @@ def test_forgetting_a_team_empties_it_and_takes_it_out_of_its_organization() -> 
         lambda u: [Belief("budget", "amount", "fifty", 0.9, (), (), False, 1, "weighted")]
     )
     team = TEAMS[0]
-    groups.merge_group(add_delta(GroupState(team), USERS[0], "a.1", pack(BASE_MS)))
-    groups.merge_group(add_delta(GroupState(ORG), team, "a.1", pack(BASE_MS)))
+    team_state = merge_subject(
+        SubjectState(team), add_delta(SubjectState(team), USERS[0], "a.1", pack(BASE_MS), "op")
+    )
+    groups.group_changed(team_state)
+    groups.group_changed(add_delta(SubjectState(ORG), team, "a.1", pack(BASE_MS), "op"))
     assert groups.rollup(ORG).users == 1
-    assert groups.erased(team, pack(BASE_MS + 1)) == {team, ORG}
+    forget = erase_delta(team_state, "a.1", pack(BASE_MS + 1))
+    assert groups.erased(team, pack(BASE_MS + 1)) == {ORG}
+    assert groups.group_changed(merge_subject(team_state, forget)) == {team}
     assert (groups.rollup(ORG).users, groups.rollup(team).users) == (0, 0)
     assert groups.erased(team, pack(BASE_MS)) == frozenset()  # an older bound moves nothing

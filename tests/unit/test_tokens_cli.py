@@ -93,3 +93,20 @@ def test_a_token_never_starts_with_a_dash_so_the_command_line_takes_it(
     assert code == 0 and out.strip() == "b" * 43
     code, out, _ = run(capsys, "token", "revoke", *f, "--token", out.strip())
     assert code == 0 and "a1" in out
+
+
+def test_a_token_created_with_members_carries_the_membership_permission_through_a_revoke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tokens.toml"
+    code, out, _ = run(
+        capsys, "token", "create", "--file", str(path), "--agent", "hr_agent",
+        "--tenant", "acme", "--members",
+    )  # fmt: skip
+    assert code == 0
+    hr = out.strip()
+    plain, _ = tokens.create(path, "sales_agent", "acme")
+    book = TokenBook(path)
+    assert book.principal(hr).members and not book.principal(plain).members
+    tokens.revoke(path, agent="sales_agent", tenant="acme")
+    assert TokenBook(path).principal(hr).members  # rewriting the file keeps it

@@ -333,6 +333,8 @@ class SelfModelSnapshot(_message.Message):
     UNCERTAIN_OMITTED_FIELD_NUMBER: _builtins.int
     BELOW_MIN_CONFIDENCE_OMITTED_FIELD_NUMBER: _builtins.int
     CONTEXT_MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ROLLUPS_FIELD_NUMBER: _builtins.int
+    GROUP_USERS_FIELD_NUMBER: _builtins.int
     handoff_token: _builtins.str
     """The node's causal position for this subject when the model was read."""
     node: _builtins.str
@@ -348,6 +350,10 @@ class SelfModelSnapshot(_message.Message):
     """... and beliefs left out because their confidence is below the request's min_confidence
     (those not counted in uncertain_omitted).
     """
+    group_users: _builtins.int
+    """Of a TEAM or ORG subject: its users (an organization's: the users of its teams, each
+    counted once), the denominator of each roll-up's share.
+    """
     @_builtins.property
     def subject(self) -> Global___Subject: ...
     @_builtins.property
@@ -358,6 +364,13 @@ class SelfModelSnapshot(_message.Message):
     def context_min_confidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """The minimum confidence in force in each context read (each context of the subject when the
         read named none): a belief below its context's minimum is uncertain.
+        """
+
+    @_builtins.property
+    def rollups(self) -> _containers.RepeatedCompositeFieldContainer[Global___RollupBelief]:
+        """Of a TEAM or ORG subject: what its members believe (docs/groups.md), per (context, key,
+        statement) held by at least one of its users, by (context, key), then most held first.
+        The reader's contexts and min_confidence (against mean_confidence) apply; empty for a user.
         """
 
     def __init__(
@@ -372,11 +385,60 @@ class SelfModelSnapshot(_message.Message):
         uncertain_omitted: _builtins.int = ...,
         below_min_confidence_omitted: _builtins.int = ...,
         context_min_confidence: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        rollups: _abc.Iterable[Global___RollupBelief] | None = ...,
+        group_users: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "group_users", b"group_users", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "rollups", b"rollups", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelfModelSnapshot: _TypeAlias = SelfModelSnapshot  # noqa: Y015
+
+@_typing.final
+class RollupBelief(_message.Message):
+    """What a group's users hold in one slot: a statement held by at least one of them (a user holds
+    its belief's statement when the belief is not uncertain).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    MEAN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    context: _builtins.str
+    key: _builtins.str
+    statement: _builtins.str
+    """The wording of the most recently changed holder's belief."""
+    holders: _builtins.int
+    """How many of the group's users hold it, and that number over the group's users."""
+    share: _builtins.float
+    mean_confidence: _builtins.float
+    """The mean of the holders' belief confidences."""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """The newest change of a holder's belief."""
+
+    def __init__(
+        self,
+        *,
+        context: _builtins.str = ...,
+        key: _builtins.str = ...,
+        statement: _builtins.str = ...,
+        holders: _builtins.int = ...,
+        share: _builtins.float = ...,
+        mean_confidence: _builtins.float = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "context", b"context", "holders", b"holders", "key", b"key", "mean_confidence", b"mean_confidence", "share", b"share", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollupBelief: _TypeAlias = RollupBelief  # noqa: Y015

@@ -504,6 +504,7 @@ class ExplainBeliefResponse(_message.Message):
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     EVIDENCE_DISCOUNT_FIELD_NUMBER: _builtins.int
     HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
+    HOLDERS_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     policy: _model_pb2.Policy.ValueType
@@ -526,6 +527,12 @@ class ExplainBeliefResponse(_message.Message):
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObservationWeight]: ...
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]: ...
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___RollupHolder]:
+        """Of a TEAM or ORG subject: the users behind each roll-up statement of the slot, by
+        statement then user (only users of the caller's tenant: a group's users are of its own).
+        """
+
     def __init__(
         self,
         *,
@@ -541,16 +548,49 @@ class ExplainBeliefResponse(_message.Message):
         min_confidence: _builtins.float = ...,
         evidence_discount: _builtins.float = ...,
         half_life_days: _builtins.float | None = ...,
+        holders: _abc.Iterable[Global___RollupHolder] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "half_life_days", b"half_life_days", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "candidates", b"candidates", "context", b"context", "evidence_discount", b"evidence_discount", "half_life_days", b"half_life_days", "handoff_token", b"handoff_token", "key", b"key", "min_confidence", b"min_confidence", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "candidates", b"candidates", "context", b"context", "evidence_discount", b"evidence_discount", "half_life_days", b"half_life_days", "handoff_token", b"handoff_token", "holders", b"holders", "key", b"key", "min_confidence", b"min_confidence", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__half_life_days: _TypeAlias = _typing.Literal["half_life_days"]  # noqa: Y015
     _WhichOneofArgType__half_life_days: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__half_life_days) -> _WhichOneofReturnType__half_life_days | None: ...
 
 Global___ExplainBeliefResponse: _TypeAlias = ExplainBeliefResponse  # noqa: Y015
+
+@_typing.final
+class RollupHolder(_message.Message):
+    """One user holding a rolled-up statement, with its belief's confidence and newest change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    statement: _builtins.str
+    confidence: _builtins.float
+    @_builtins.property
+    def user(self) -> _model_pb2.Subject: ...
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        user: _model_pb2.Subject | None = ...,
+        statement: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "confidence", b"confidence", "statement", b"statement", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollupHolder: _TypeAlias = RollupHolder  # noqa: Y015
 
 @_typing.final
 class WatchSelfModelRequest(_message.Message):

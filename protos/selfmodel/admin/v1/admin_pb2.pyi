@@ -32,6 +32,9 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """ForgetSubject: every observation about a subject erased."""
     AUDIT_ACTION_RETRACT_ON_BEHALF: _AuditAction.ValueType  # 2
     """Retract naming another source than the caller."""
+    AUDIT_ACTION_ADD_MEMBER: _AuditAction.ValueType  # 3
+    """AddMember and RemoveMember that changed a group (the detail names the member)."""
+    AUDIT_ACTION_REMOVE_MEMBER: _AuditAction.ValueType  # 4
     AUDIT_ACTION_SET_SETTING: _AuditAction.ValueType  # 10
     """Governance (subject _cluster/org/_governance): SetSetting, ClearSetting, SetReliability,
     ClearReliability; the detail names the setting and its value.
@@ -52,6 +55,9 @@ AUDIT_ACTION_FORGET: AuditAction.ValueType  # 1
 """ForgetSubject: every observation about a subject erased."""
 AUDIT_ACTION_RETRACT_ON_BEHALF: AuditAction.ValueType  # 2
 """Retract naming another source than the caller."""
+AUDIT_ACTION_ADD_MEMBER: AuditAction.ValueType  # 3
+"""AddMember and RemoveMember that changed a group (the detail names the member)."""
+AUDIT_ACTION_REMOVE_MEMBER: AuditAction.ValueType  # 4
 AUDIT_ACTION_SET_SETTING: AuditAction.ValueType  # 10
 """Governance (subject _cluster/org/_governance): SetSetting, ClearSetting, SetReliability,
 ClearReliability; the detail names the setting and its value.
@@ -64,6 +70,32 @@ AUDIT_ACTION_WITHDRAW_SOURCE: AuditAction.ValueType  # 20
 AUDIT_ACTION_LIFT_WITHDRAWAL: AuditAction.ValueType  # 21
 """LiftSourceWithdrawal: a source's withdrawal lifted."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
+
+class _MembershipOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MembershipOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MembershipOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBERSHIP_OUTCOME_UNSPECIFIED: _MembershipOutcome.ValueType  # 0
+    MEMBERSHIP_OUTCOME_ADDED: _MembershipOutcome.ValueType  # 1
+    MEMBERSHIP_OUTCOME_ALREADY_MEMBER: _MembershipOutcome.ValueType  # 2
+    """The member was present already: nothing changed."""
+    MEMBERSHIP_OUTCOME_REMOVED: _MembershipOutcome.ValueType  # 3
+    MEMBERSHIP_OUTCOME_NOT_MEMBER: _MembershipOutcome.ValueType  # 4
+    """The member was absent already: nothing changed."""
+
+class MembershipOutcome(_MembershipOutcome, metaclass=_MembershipOutcomeEnumTypeWrapper):
+    """What a membership call did."""
+
+MEMBERSHIP_OUTCOME_UNSPECIFIED: MembershipOutcome.ValueType  # 0
+MEMBERSHIP_OUTCOME_ADDED: MembershipOutcome.ValueType  # 1
+MEMBERSHIP_OUTCOME_ALREADY_MEMBER: MembershipOutcome.ValueType  # 2
+"""The member was present already: nothing changed."""
+MEMBERSHIP_OUTCOME_REMOVED: MembershipOutcome.ValueType  # 3
+MEMBERSHIP_OUTCOME_NOT_MEMBER: MembershipOutcome.ValueType  # 4
+"""The member was absent already: nothing changed."""
+Global___MembershipOutcome: _TypeAlias = MembershipOutcome  # noqa: Y015
 
 class _SettingField:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -361,6 +393,159 @@ class ListAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
+class AddMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> _model_pb2.Subject:
+        """A TEAM or ORG subject."""
+
+    @_builtins.property
+    def member(self) -> _model_pb2.Subject:
+        """A USER of the team's tenant, or a TEAM of the organization's tenant."""
+
+    def __init__(
+        self,
+        *,
+        group: _model_pb2.Subject | None = ...,
+        member: _model_pb2.Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMemberRequest: _TypeAlias = AddMemberRequest  # noqa: Y015
+
+@_typing.final
+class AddMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    outcome: Global___MembershipOutcome.ValueType
+    handoff_token: _builtins.str
+    """The group's position after the call (a read's at_least)."""
+    def __init__(
+        self,
+        *,
+        outcome: Global___MembershipOutcome.ValueType = ...,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMemberResponse: _TypeAlias = AddMemberResponse  # noqa: Y015
+
+@_typing.final
+class RemoveMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def group(self) -> _model_pb2.Subject: ...
+    @_builtins.property
+    def member(self) -> _model_pb2.Subject: ...
+    def __init__(
+        self,
+        *,
+        group: _model_pb2.Subject | None = ...,
+        member: _model_pb2.Subject | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberRequest: _TypeAlias = RemoveMemberRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMemberResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HANDOFF_TOKEN_FIELD_NUMBER: _builtins.int
+    outcome: Global___MembershipOutcome.ValueType
+    handoff_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        outcome: Global___MembershipOutcome.ValueType = ...,
+        handoff_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff_token", b"handoff_token", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberResponse: _TypeAlias = RemoveMemberResponse  # noqa: Y015
+
+@_typing.final
+class ListMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many members; 0 means 100 (at most the node's max_page_size)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty: the first page."""
+    @_builtins.property
+    def group(self) -> _model_pb2.Subject: ...
+    def __init__(
+        self,
+        *,
+        group: _model_pb2.Subject | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GROUP_USERS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty after the last."""
+    group_users: _builtins.int
+    """The group's users: a team's members; an organization's, the users of its teams, each once."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.Subject]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_model_pb2.Subject] | None = ...,
+        next_page_token: _builtins.str = ...,
+        group_users: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_users", b"group_users", "members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
 
 @_typing.final
 class SettingWrite(_message.Message):

@@ -89,6 +89,21 @@ class AdminServiceStub:
                 request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.SerializeToString,
                 response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.FromString,
                 _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/AddMember',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/RemoveMember',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/selfmodel.admin.v1.AdminService/ListMembers',
+                request_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -183,6 +198,30 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMember(self, request, context):
+        """Adds a member to a group: a user to a team, a team to an organization, of the group's
+        tenant. Operators, and agents whose token has the membership permission; audited. Adding
+        a present member changes nothing (MEMBERSHIP_OUTCOME_ALREADY_MEMBER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Removes a member (observed-remove: an add made concurrently elsewhere survives it). As
+        AddMember; removing an absent member changes nothing (MEMBERSHIP_OUTCOME_NOT_MEMBER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """A group's direct members as this node holds them, by id, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +279,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.LiftSourceWithdrawal,
                     request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.FromString,
                     response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersRequest.FromString,
+                    response_serializer=selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -539,6 +593,87 @@ class AdminService:
             '/selfmodel.admin.v1.AdminService/LiftSourceWithdrawal',
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalRequest.SerializeToString,
             selfmodel_dot_admin_dot_v1_dot_admin__pb2.LiftSourceWithdrawalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/AddMember',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.AddMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/RemoveMember',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/selfmodel.admin.v1.AdminService/ListMembers',
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersRequest.SerializeToString,
+            selfmodel_dot_admin_dot_v1_dot_admin__pb2.ListMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,17 @@ class AdminServiceStub:
     """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
     observations count again. Operators only.
     """
+    AddMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]
+    """Adds a member to a group: a user to a team, a team to an organization, of the group's
+    tenant. Operators, and agents whose token has the membership permission; audited. Adding
+    a present member changes nothing (MEMBERSHIP_OUTCOME_ALREADY_MEMBER).
+    """
+    RemoveMember: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RemoveMemberRequest, _admin_pb2.RemoveMemberResponse]
+    """Removes a member (observed-remove: an add made concurrently elsewhere survives it). As
+    AddMember; removing an absent member changes nothing (MEMBERSHIP_OUTCOME_NOT_MEMBER).
+    """
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListMembersRequest, _admin_pb2.ListMembersResponse]
+    """A group's direct members as this node holds them, by id, a page at a time."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -117,6 +128,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
     observations count again. Operators only.
     """
+    AddMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddMemberRequest, _admin_pb2.AddMemberResponse]  # type: ignore[assignment]
+    """Adds a member to a group: a user to a team, a team to an organization, of the group's
+    tenant. Operators, and agents whose token has the membership permission; audited. Adding
+    a present member changes nothing (MEMBERSHIP_OUTCOME_ALREADY_MEMBER).
+    """
+    RemoveMember: _aio.UnaryUnaryMultiCallable[_admin_pb2.RemoveMemberRequest, _admin_pb2.RemoveMemberResponse]  # type: ignore[assignment]
+    """Removes a member (observed-remove: an add made concurrently elsewhere survives it). As
+    AddMember; removing an absent member changes nothing (MEMBERSHIP_OUTCOME_NOT_MEMBER).
+    """
+    ListMembers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListMembersRequest, _admin_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """A group's direct members as this node holds them, by id, a page at a time."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -225,5 +247,34 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lifts a source's withdrawal in a tenant (the withdrawals this node holds), audited: its
         observations count again. Operators only.
         """
+
+    @_abc_1.abstractmethod
+    def AddMember(
+        self,
+        request: _admin_pb2.AddMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddMemberResponse, _abc.Awaitable[_admin_pb2.AddMemberResponse]]:
+        """Adds a member to a group: a user to a team, a team to an organization, of the group's
+        tenant. Operators, and agents whose token has the membership permission; audited. Adding
+        a present member changes nothing (MEMBERSHIP_OUTCOME_ALREADY_MEMBER).
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveMember(
+        self,
+        request: _admin_pb2.RemoveMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RemoveMemberResponse, _abc.Awaitable[_admin_pb2.RemoveMemberResponse]]:
+        """Removes a member (observed-remove: an add made concurrently elsewhere survives it). As
+        AddMember; removing an absent member changes nothing (MEMBERSHIP_OUTCOME_NOT_MEMBER).
+        """
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _admin_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListMembersResponse, _abc.Awaitable[_admin_pb2.ListMembersResponse]]:
+        """A group's direct members as this node holds them, by id, a page at a time."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

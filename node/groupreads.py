@@ -1,0 +1,98 @@
+"""What a read of a TEAM or ORG subject adds to its own beliefs: its roll-up (node.rollup),
+as the rows the reader's filter selects, and on Explain the users behind a slot's rows.
+
+A roll-up part is a SelfModelSnapshot holding only ``rollups`` and ``group_users``, serialized:
+appended to a snapshot's bytes (protobuf merges the concatenation as one message), or wrapped
+as the response's field 1 and appended to a serialized response (a message field seen twice is
+merged). A group's parts are kept per filter until its roll-up moves (the roll-up is a new
+object then), so a read of an unchanged group serializes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from node.convert import Filter, as_snapshot_field
+from node.rollup import GroupRollup, Holder, select_rollup
+from selfmodel.v1 import model_pb2, selfmodel_pb2
+from sync.codec import subject_to_proto
+from sync.members import is_group
+from sync.observation import Subject
+
+# Roll-up parts kept (per group and filter); the least recently used goes first.
+MAX_PARTS = 4096
+
+
+class RollupReads:
+    def __init__(
+        self,
+        rollup: Callable[[Subject], GroupRollup],
+        holders: Callable[[Subject, str, str, str], tuple[Holder, ...]],
+    ) -> None:
+        self._rollup = rollup
+        self._holders = holders
+        self._parts: OrderedDict[tuple[Subject, Filter], tuple[GroupRollup, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def part(self, subject: Subject, want: Filter) -> bytes:
+        """The serialized roll-up part of a read of ``subject`` (empty for a user)."""
+        if not is_group(subject):
+            return b""
+        rollup = self._rollup(subject)
+        key = (subject, want)
+        with self._lock:
+            found = self._parts.get(key)
+            if found is not None and found[0] is rollup:
+                self._parts.move_to_end(key)
+                return found[1]
+        body = rollup_part(rollup, want).SerializeToString()
+        with self._lock:
+            self._parts[key] = (rollup, body)
+            self._parts.move_to_end(key)
+            while len(self._parts) > MAX_PARTS:
+                self._parts.popitem(last=False)
+        return body
+
+    def field(self, subject: Subject, want: Filter) -> bytes:
+        """``part`` as a response's snapshot field (GetSelfModel, WatchSelfModel)."""
+        body = self.part(subject, want)
+        return as_snapshot_field(body) if body else b""
+
+    def explain(
+        self, subject: Subject, context: str, key: str, msg: selfmodel_pb2.ExplainBeliefResponse
+    ) -> None:
+        """Adds to ``msg`` the users behind each roll-up row of the slot (a group's own users:
+        of its tenant, as every member is)."""
+        if not is_group(subject):
+            return
+        for row in self._rollup(subject).beliefs:
+            if (row.context, row.key) != (context, key):
+                continue
+            for h in self._holders(subject, context, key, row.statement):
+                if h.user.tenant != subject.tenant:
+                    continue
+                item = msg.holders.add(statement=row.statement, confidence=h.confidence)
+                subject_to_proto(h.user, item.user)
+                item.changed_at.FromMilliseconds(h.changed_ms)
+
+
+def rollup_part(rollup: GroupRollup, want: Filter) -> model_pb2.SelfModelSnapshot:
+    """The rows ``want`` selects (its contexts; its minimum against the mean confidence) and
+    the group's users."""
+    msg = model_pb2.SelfModelSnapshot(group_users=rollup.users)
+    for r in select_rollup(rollup, want.contexts, want.min_confidence).beliefs:
+        row = msg.rollups.add(
+            context=r.context,
+            key=r.key,
+            statement=r.statement,
+            holders=r.holders,
+            share=r.share,
+            mean_confidence=r.mean_confidence,
+        )
+        row.changed_at.FromMilliseconds(r.changed_ms)
+    return msg
+
+
+__all__ = ["MAX_PARTS", "RollupReads", "rollup_part"]
