@@ -501,8 +501,7 @@ class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.Ad
         tenant = request.tenant or who.tenant
         if tenant is not None:
             validation.identifier(tenant, "tenant", self.limits.max_id)
-            if who.role != "cluster_operator":  # weights are per tenant, as agent ids are
-                who.check_tenant(tenant)
+            who.check_tenant(tenant)  # weights are per tenant, as agent ids are
         if self.learning is None:
             return convert.source_weights(False, [])
         tenants = [tenant] if tenant is not None else self.learning.tenants()
