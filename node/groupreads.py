@@ -6,6 +6,10 @@ appended to a snapshot's bytes (protobuf merges the concatenation as one message
 as the response's field 1 and appended to a serialized response (a message field seen twice is
 merged). A group's parts are kept per filter until its roll-up moves (the roll-up is a new
 object then), so a read of an unchanged group serializes nothing.
+
+A part carries at most ``budget`` bytes of rows (the node's max_rollup_bytes), the first in
+the roll-up's order, and counts the rest in ``rollups_omitted``: however many distinct
+statements a group's users hold, its reads fit a reply.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from sync.codec import subject_to_proto
 from sync.members import is_group
 from sync.observation import Subject
 
+_FRAMING = 6  # a repeated field's tag and length prefix, at most, per row
+
 # Roll-up parts kept (per group and filter); the least recently used goes first.
 MAX_PARTS = 4096
 
@@ -30,8 +36,10 @@ class RollupReads:
         self,
         rollup: Callable[[Subject], GroupRollup],
         holders: Callable[[Subject, str, str, str], tuple[Holder, ...]],
+        budget: int,
     ) -> None:
         self._rollup = rollup
+        self._budget = budget
         self._holders = holders
         self._parts: OrderedDict[tuple[Subject, Filter], tuple[GroupRollup, bytes]] = OrderedDict()
         self._lock = threading.Lock()
@@ -47,7 +55,7 @@ class RollupReads:
             if found is not None and found[0] is rollup:
                 self._parts.move_to_end(key)
                 return found[1]
-        body = rollup_part(rollup, want).SerializeToString()
+        body = rollup_part(rollup, want, self._budget).SerializeToString()
         with self._lock:
             self._parts[key] = (rollup, body)
             self._parts.move_to_end(key)
@@ -78,12 +86,14 @@ class RollupReads:
                 item.changed_at.FromMilliseconds(h.changed_ms)
 
 
-def rollup_part(rollup: GroupRollup, want: Filter) -> model_pb2.SelfModelSnapshot:
-    """The rows ``want`` selects (its contexts; its minimum against the mean confidence) and
-    the group's users."""
+def rollup_part(rollup: GroupRollup, want: Filter, budget: int) -> model_pb2.SelfModelSnapshot:
+    """The rows ``want`` selects (its contexts; its minimum against the mean confidence), in
+    order while they fit in ``budget`` bytes, the count of the rest, and the group's users."""
     msg = model_pb2.SelfModelSnapshot(group_users=rollup.users)
-    for r in select_rollup(rollup, want.contexts, want.min_confidence).beliefs:
-        row = msg.rollups.add(
+    rows = select_rollup(rollup, want.contexts, want.min_confidence).beliefs
+    used = 0
+    for i, r in enumerate(rows):
+        row = model_pb2.RollupBelief(
             context=r.context,
             key=r.key,
             statement=r.statement,
@@ -92,6 +102,11 @@ def rollup_part(rollup: GroupRollup, want: Filter) -> model_pb2.SelfModelSnapsho
             mean_confidence=r.mean_confidence,
         )
         row.changed_at.FromMilliseconds(r.changed_ms)
+        used += row.ByteSize() + _FRAMING
+        if used > budget:
+            msg.rollups_omitted = len(rows) - i
+            break
+        msg.rollups.append(row)
     return msg
 
 

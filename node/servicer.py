@@ -116,7 +116,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
         self._replies = convert.SnapshotReplies(engine.snapshots)
-        self._rollups = RollupReads(engine.groups.rollup, engine.groups.holders)  # of groups
+        self._rollups = RollupReads(  # of groups
+            engine.groups.rollup, engine.groups.holders, limits.max_rollup_bytes
+        )
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext

@@ -1,0 +1,80 @@
+"""Groups under hostile and careless use, on a real node: a roll-up larger than a reply can
+carry stays readable (bounded, counted, narrowed by the reader's filter), and another tenant's
+governance actions tell an operator nothing about that tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from federation import tokens
+from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
+from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
+from tests.harness import NodeProcess
+
+USERS, SLOTS, WORDS = 100, 25, 1900  # 2,500 distinct rows of about 2 KB: past a 4 MiB reply
+USER, TEAM = model_pb2.SUBJECT_KIND_USER, model_pb2.SUBJECT_KIND_TEAM
+BIG = model_pb2.Subject(tenant="acme", kind=TEAM, id="big")
+
+
+def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_contexts(
+    start_node: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    node = start_node("n1", "--tokens", str(file))
+    md = (("authorization", f"Bearer {hr}"),)
+    with grpc.insecure_channel(node.address) as channel:
+        models = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        for u in range(USERS):
+            member = model_pb2.Subject(tenant="acme", kind=USER, id=f"u{u}")
+            admin.AddMember(admin_pb2.AddMemberRequest(group=BIG, member=member), metadata=md)
+            writes = [
+                selfmodel_pb2.ObserveRequest(
+                    subject=member,
+                    context="work",
+                    key=f"k{s}",
+                    confidence=0.9,
+                    statement=f"u{u} s{s} " + "x" * WORDS,
+                )
+                for s in range(SLOTS)
+            ]
+            writes.append(
+                selfmodel_pb2.ObserveRequest(
+                    subject=member,
+                    context="home",
+                    key="city",
+                    statement=f"city {u % 7}",
+                    confidence=0.9,
+                )
+            )
+            models.ObserveBatch(selfmodel_pb2.ObserveBatchRequest(observations=writes), metadata=md)
+
+        whole = models.GetSelfModel(
+            selfmodel_pb2.GetSelfModelRequest(subject=BIG), metadata=md, timeout=30
+        ).snapshot
+        assert whole.group_users == USERS
+        assert 0 < whole.rollups_omitted < USERS * SLOTS + 7
+        assert len(whole.rollups) + whole.rollups_omitted == USERS * SLOTS + 7
+        assert whole.ByteSize() <= 2 * 1024 * 1024  # max_rollup_bytes (1 MiB) and the rest
+        home = models.GetSelfModel(
+            selfmodel_pb2.GetSelfModelRequest(subject=BIG, contexts=["home"]), metadata=md
+        ).snapshot
+        assert home.rollups_omitted == 0 and len(home.rollups) == 7
+        assert sum(r.holders for r in home.rollups) == USERS
+
+        batch = models.BatchGetSelfModels(
+            selfmodel_pb2.BatchGetSelfModelsRequest(subjects=[BIG]), metadata=md, timeout=30
+        )
+        assert [m.rollups_omitted for m in batch.models] == [whole.rollups_omitted]
+        stream = models.WatchSelfModel(
+            selfmodel_pb2.WatchSelfModelRequest(subject=BIG), metadata=md, timeout=30
+        )
+        try:
+            first = next(stream).snapshot
+        finally:
+            stream.cancel()
+        assert first.rollups_omitted == whole.rollups_omitted
