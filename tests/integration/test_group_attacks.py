@@ -78,3 +78,51 @@ def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_co
         finally:
             stream.cancel()
         assert first.rollups_omitted == whole.rollups_omitted
+
+
+def test_another_tenants_governance_and_withdrawals_tell_an_operator_nothing_of_that_tenant(
+    start_node: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "tokens.toml"
+    made = {
+        name: tokens.create(file, agent, tenant, role, ["*"], ["*"])[0]
+        for name, agent, tenant, role in (
+            ("root", "root_ops", "acme", "cluster_operator"),
+            ("acme", "acme_ops", "acme", "operator"),
+            ("globex", "globex_ops", "globex", "operator"),
+            ("agent", "gag", "globex", "agent"),
+        )
+    }
+    node = start_node("n1", "--tokens", str(file))
+
+    def md(who: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {made[who]}"),)
+
+    with grpc.insecure_channel(node.address) as channel:
+        models = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        spy = model_pb2.Subject(tenant="globex", kind=USER, id="gu1")
+        observe = selfmodel_pb2.ObserveRequest(
+            subject=spy, context="work", key="role", statement="analyst", confidence=0.9
+        )
+        models.Observe(observe, metadata=md("agent"))
+        admin.SetReliability(
+            admin_pb2.SetReliabilityRequest(source="gag", reliability=0.5), metadata=md("root")
+        )
+        admin.WithdrawSource(
+            admin_pb2.WithdrawSourceRequest(tenant="globex", source="gag"), metadata=md("globex")
+        )
+
+        seen = admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=md("globex"))
+        actions = [admin_pb2.AuditAction.Name(e.action) for e in seen.entries]
+        assert actions == ["AUDIT_ACTION_SET_RELIABILITY", "AUDIT_ACTION_WITHDRAW_SOURCE"]
+        assert "acme" not in str(seen)  # the cluster operator acted for the cluster
+        assert seen.entries[0].actor_tenant == "_cluster"
+        own = admin.ListAudit(admin_pb2.ListAuditRequest(), metadata=md("acme"))
+        assert [(e.actor, e.actor_tenant) for e in own.entries] == [("root_ops", "acme")]
+
+        # The tenant's withdrawals are the node's own subject: neither listed nor counted.
+        listed = models.ListSubjects(selfmodel_pb2.ListSubjectsRequest(), metadata=md("globex"))
+        assert [s.id for s in listed.subjects] == ["gu1"]
+        status = admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=md("globex"))
+        assert status.subjects == 1
