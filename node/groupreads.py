@@ -72,18 +72,28 @@ class RollupReads:
         self, subject: Subject, context: str, key: str, msg: selfmodel_pb2.ExplainBeliefResponse
     ) -> None:
         """Adds to ``msg`` the users behind each roll-up row of the slot (a group's own users:
-        of its tenant, as every member is)."""
+        of its tenant, as every member is), while they fit in the budget, and the count of the
+        rest."""
         if not is_group(subject):
             return
+        used = 0
         for row in self._rollup(subject).beliefs:
             if (row.context, row.key) != (context, key):
                 continue
             for h in self._holders(subject, context, key, row.statement):
                 if h.user.tenant != subject.tenant:
                     continue
-                item = msg.holders.add(statement=row.statement, confidence=h.confidence)
+                if used > self._budget:
+                    msg.holders_omitted += 1
+                    continue
+                item = selfmodel_pb2.RollupHolder(statement=row.statement, confidence=h.confidence)
                 subject_to_proto(h.user, item.user)
                 item.changed_at.FromMilliseconds(h.changed_ms)
+                used += item.ByteSize() + _FRAMING
+                if used > self._budget:
+                    msg.holders_omitted += 1
+                else:
+                    msg.holders.append(item)
 
 
 def rollup_part(rollup: GroupRollup, want: Filter, budget: int) -> model_pb2.SelfModelSnapshot:

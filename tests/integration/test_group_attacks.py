@@ -4,6 +4,7 @@ governance actions tell an operator nothing about that tenant."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,3 +127,48 @@ def test_another_tenants_governance_and_withdrawals_tell_an_operator_nothing_of_
         assert [s.id for s in listed.subjects] == ["gu1"]
         status = admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=md("globex"))
         assert status.subjects == 1
+
+
+def test_explain_of_an_organizations_slot_held_by_thousands_is_bounded_and_counted(
+    start_node: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    node = start_node("n1", "--tokens", str(file))
+    md = (("authorization", f"Bearer {hr}"),)
+    users, teams = 2200, 3  # 2,200 holders of one 2,000-character statement: past 4 MiB
+    wording = "same " + "y" * 1990
+    acme = functools.partial(model_pb2.Subject, tenant="acme")
+    o = acme(kind=model_pb2.SUBJECT_KIND_ORG, id="o")
+    with grpc.insecure_channel(node.address) as channel:
+        models = selfmodel_pb2_grpc.SelfModelServiceStub(channel)
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        for t in range(teams):
+            member = acme(kind=TEAM, id=f"t{t}")
+            admin.AddMember(admin_pb2.AddMemberRequest(group=o, member=member), metadata=md)
+        for u in range(users):
+            add = admin_pb2.AddMemberRequest(
+                group=acme(kind=TEAM, id=f"t{u % teams}"), member=acme(kind=USER, id=f"u{u}")
+            )
+            admin.AddMember(add, metadata=md)
+        for first in range(0, users, 100):
+            writes = [
+                selfmodel_pb2.ObserveRequest(
+                    subject=acme(kind=USER, id=f"u{u}"),
+                    context="work",
+                    key="k",
+                    statement=wording,
+                    confidence=0.9,
+                )
+                for u in range(first, min(users, first + 100))
+            ]
+            models.ObserveBatch(selfmodel_pb2.ObserveBatchRequest(observations=writes), metadata=md)
+
+        explain = selfmodel_pb2.ExplainBeliefRequest(subject=o, context="work", key="k")
+        reply = models.ExplainBelief(explain, metadata=md, timeout=30)
+        assert 0 < reply.holders_omitted < users
+        assert len(reply.holders) + reply.holders_omitted == users
+        assert [h.user.id for h in reply.holders] == sorted(f"u{u}" for u in range(users))[
+            : len(reply.holders)
+        ]
+        assert reply.ByteSize() <= 2 * 1024 * 1024
