@@ -27,8 +27,10 @@ from sync.observation import Subject
 
 _FRAMING = 6  # a repeated field's tag and length prefix, at most, per row
 
-# Roll-up parts kept (per group and filter); the least recently used goes first.
+# Roll-up parts kept (per group and filter), in count and in bytes (a part holds up to
+# max_rollup_bytes, and a reader names its filters); the least recently used goes first.
 MAX_PARTS = 4096
+MAX_PART_BYTES = 64 * 1024 * 1024
 
 
 class RollupReads:
@@ -42,6 +44,7 @@ class RollupReads:
         self._budget = budget
         self._holders = holders
         self._parts: OrderedDict[tuple[Subject, Filter], tuple[GroupRollup, bytes]] = OrderedDict()
+        self._bytes = 0  # of the kept parts' bodies
         self._lock = threading.Lock()
 
     def part(self, subject: Subject, want: Filter) -> bytes:
@@ -57,11 +60,19 @@ class RollupReads:
                 return found[1]
         body = rollup_part(rollup, want, self._budget).SerializeToString()
         with self._lock:
+            replaced = self._parts.pop(key, None)
+            if replaced is not None:
+                self._bytes -= len(replaced[1])
             self._parts[key] = (rollup, body)
-            self._parts.move_to_end(key)
-            while len(self._parts) > MAX_PARTS:
-                self._parts.popitem(last=False)
+            self._bytes += len(body)
+            while len(self._parts) > MAX_PARTS or self._bytes > MAX_PART_BYTES:
+                _, (_, dropped) = self._parts.popitem(last=False)
+                self._bytes -= len(dropped)
         return body
+
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def field(self, subject: Subject, want: Filter) -> bytes:
         """``part`` as a response's snapshot field (GetSelfModel, WatchSelfModel)."""
@@ -120,4 +131,4 @@ def rollup_part(rollup: GroupRollup, want: Filter, budget: int) -> model_pb2.Sel
     return msg
 
 
-__all__ = ["MAX_PARTS", "RollupReads", "rollup_part"]
+__all__ = ["MAX_PARTS", "MAX_PART_BYTES", "RollupReads", "rollup_part"]
