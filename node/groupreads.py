@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from node.convert import Filter, as_snapshot_field
 from node.rollup import GroupRollup, Holder, select_rollup
@@ -73,6 +73,18 @@ class RollupReads:
     def kept_bytes(self) -> int:
         with self._lock:
             return self._bytes
+
+    def parts(self, subjects: Sequence[Subject], want: Filter) -> list[bytes]:
+        """``part`` of each of ``subjects`` (BatchGetSelfModels), the rows of them all within
+        one budget: a group read once the budget is spent carries its users and counts."""
+        left, found = self._budget, []
+        for subject in subjects:
+            body = self.part(subject, want)
+            if len(body) > left:
+                body = rollup_part(self._rollup(subject), want, left).SerializeToString()
+            left = max(0, left - len(body))
+            found.append(body)
+        return found
 
     def field(self, subject: Subject, want: Filter) -> bytes:
         """``part`` as a response's snapshot field (GetSelfModel, WatchSelfModel)."""

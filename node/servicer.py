@@ -429,13 +429,16 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             )
         reply = selfmodel_pb2.BatchGetSelfModelsResponse()
         read = {}
+        want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
-            want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
-            body = self._replies.snapshot(subject, view, want, self.engine.node)
-            reply.models.add().MergeFromString(body + self._rollups.part(subject, want))
+            reply.models.add().MergeFromString(
+                self._replies.snapshot(subject, view, want, self.engine.node)
+            )
             read[subject] = view.state.context
+        for msg, part in zip(reply.models, self._rollups.parts(subjects, want), strict=True):
+            msg.MergeFromString(part)  # the batch's roll-ups share one max_rollup_bytes
         reply.handoff_token = encode_token(read)
         return reply
 

@@ -18,6 +18,7 @@ from tests.harness import NodeProcess
 USERS, SLOTS, WORDS = 100, 25, 1900  # 2,500 distinct rows of about 2 KB: past a 4 MiB reply
 USER, TEAM = model_pb2.SUBJECT_KIND_USER, model_pb2.SUBJECT_KIND_TEAM
 BIG = model_pb2.Subject(tenant="acme", kind=TEAM, id="big")
+COPIES = tuple(model_pb2.Subject(tenant="acme", kind=TEAM, id=f"big{i}") for i in range(4))
 
 
 def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_contexts(
@@ -32,7 +33,9 @@ def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_co
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         for u in range(USERS):
             member = model_pb2.Subject(tenant="acme", kind=USER, id=f"u{u}")
-            admin.AddMember(admin_pb2.AddMemberRequest(group=BIG, member=member), metadata=md)
+            for group in (BIG, *COPIES):
+                add = admin_pb2.AddMemberRequest(group=group, member=member)
+                admin.AddMember(add, metadata=md)
             writes = [
                 selfmodel_pb2.ObserveRequest(
                     subject=member,
@@ -71,6 +74,14 @@ def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_co
             selfmodel_pb2.BatchGetSelfModelsRequest(subjects=[BIG]), metadata=md, timeout=30
         )
         assert [m.rollups_omitted for m in batch.models] == [whole.rollups_omitted]
+        # Five such teams in one batch share one max_rollup_bytes: the reply still fits.
+        batch = models.BatchGetSelfModels(
+            selfmodel_pb2.BatchGetSelfModelsRequest(subjects=[BIG, *COPIES]), metadata=md
+        )
+        assert [m.group_users for m in batch.models] == [USERS] * 5
+        assert batch.models[0].rollups == whole.rollups
+        assert all(len(m.rollups) + m.rollups_omitted == USERS * SLOTS + 7 for m in batch.models)
+        assert sum(r.ByteSize() for m in batch.models for r in m.rollups) <= 1024 * 1024
         stream = models.WatchSelfModel(
             selfmodel_pb2.WatchSelfModelRequest(subject=BIG), metadata=md, timeout=30
         )
