@@ -15,7 +15,7 @@ import grpc
 from node import listing, validation
 from node.audit import AuditRecord
 from node.auth import Principal
-from node.errors import InvalidArgument, Reason, map_errors
+from node.errors import InvalidArgument, QuotaViolation, Reason, ResourceExhausted, map_errors
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2
 from sync.codec import EnumWords, encode_token, subject_to_proto
@@ -47,6 +47,7 @@ class MembersAdmin:
                 outcome=OUTCOMES.number("already_member"),  # type: ignore[arg-type]
                 handoff_token=self._position(group),
             )
+        self._room_for(member)
         audit = _audit(who, "add_member", group, member)
         statement = member_statement(member)
         token = self.engine.put(group, MEMBERS, member.id, statement, who.agent, audit)
@@ -124,6 +125,20 @@ class MembersAdmin:
                 metadata={"group": str(group), "member": str(member)},
             ) from None
         return who, group, member
+
+    def _room_for(self, member: Subject) -> None:
+        """Refuses a new group of a member already in ``max_groups_per_member``: each write of
+        a member moves every group it is in, under the node's one groups lock."""
+        most = self.limits.max_groups_per_member
+        joined = len(self.engine.groups.groups_of(member))
+        if joined >= most:
+            raise ResourceExhausted(
+                f"member {member} is in {joined} groups, the most a member may join "
+                "(setting max_groups_per_member): remove it from one first",
+                reason=Reason.MEMBER_GROUPS_EXHAUSTED,
+                metadata={"member": str(member), "limit": most, "setting": "max_groups_per_member"},
+                quota=[QuotaViolation(f"member {member}", f"at most {most} groups")],
+            )
 
     def _position(self, group: Subject) -> str:
         return encode_token({group: self.engine.position(group)})

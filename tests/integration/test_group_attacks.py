@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 
 from federation import tokens
+from federation.client import Client, org, team, user
+from node.errors import Reason, ResourceExhausted
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.harness import NodeProcess
@@ -183,3 +186,30 @@ def test_explain_of_an_organizations_slot_held_by_thousands_is_bounded_and_count
             : len(reply.holders)
         ]
         assert reply.ByteSize() <= 2 * 1024 * 1024
+
+
+def test_a_member_joins_at_most_max_groups_per_member_groups_and_its_writes_stay_cheap(
+    start_node: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """Each write of a member moves every group it is in: a member in thousands of teams would
+    make each of its writes, under the node's one groups lock, cost thousands of tally moves."""
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    node = start_node("n1", "--tokens", str(file))
+    most = 100  # the default of max_groups_per_member
+    with Client(node.address, token=hr, tenant="acme") as c:
+        for t in range(most):
+            assert c.add_member(team(f"t{t}"), user("victim")) == "added"
+        with pytest.raises(ResourceExhausted) as refused:
+            c.add_member(team(f"t{most}"), user("victim"))
+        assert refused.value.reason == Reason.MEMBER_GROUPS_EXHAUSTED
+        assert refused.value.metadata["setting"] == "max_groups_per_member"
+        assert refused.value.metadata["limit"] == str(most)
+        assert c.members(team(f"t{most}")).members == ()
+        assert c.add_member(team("t0"), user("victim")) == "already_member"  # not a new group
+        assert c.remove_member(team("t0"), user("victim")) == "removed"
+        assert c.add_member(team(f"t{most}"), user("victim")) == "added"  # room again
+        for o in range(most):
+            assert c.add_member(org(f"o{o}"), team("t1")) == "added"
+        with pytest.raises(ResourceExhausted):
+            c.add_member(org(f"o{most}"), team("t1"))  # a team's organizations alike
