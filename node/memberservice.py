@@ -36,6 +36,7 @@ class MembersAdmin:
     engine: Engine
     identify: Callable[[grpc.ServicerContext, Limits], Principal]
     limits: Limits
+    domain: str  # the node's domain, which an agent's token domains must match
 
     @map_errors
     def AddMember(
@@ -114,6 +115,8 @@ class MembersAdmin:
         )
         who.check_tenant(group.tenant)
         who.check_members(action)
+        if not who.is_operator:  # an agent writes through the nodes of its domains only
+            who.check_domain(self.domain)
         try:
             check_member(group, member)
         except ValueError as exc:

@@ -466,8 +466,10 @@ class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.Ad
         limits: Limits | None = None,
         governor: Governor | None = None,
         learning: Learning | None = None,
+        domain: str = "",
     ) -> None:
         self.engine = engine
+        self.domain = domain  # the node's domain, which an agent's token domains must match
         self.status = status
         self.identify = identify
         self.limits = limits or Limits()

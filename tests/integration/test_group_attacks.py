@@ -13,7 +13,7 @@ import pytest
 
 from federation import tokens
 from federation.client import Client, org, team, user
-from node.errors import Reason, ResourceExhausted
+from node.errors import PermissionDenied, Reason, ResourceExhausted
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.harness import NodeProcess
@@ -213,3 +213,26 @@ def test_a_member_joins_at_most_max_groups_per_member_groups_and_its_writes_stay
             assert c.add_member(org(f"o{o}"), team("t1")) == "added"
         with pytest.raises(ResourceExhausted):
             c.add_member(org(f"o{most}"), team("t1"))  # a team's organizations alike
+
+
+def test_an_agent_changes_members_only_through_a_node_of_its_tokens_domains(
+    start_node: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """A token's domains bound where its agent writes; membership is a write like any other."""
+    file = tmp_path / "tokens.toml"
+    sales, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["sales"], members=True)
+    ops, _ = tokens.create(file, "acme_ops", "acme", "operator", ["*"], ["sales"])
+    node = start_node("n1", "--tokens", str(file), "--domain", "support")
+    with (
+        Client(node.address, token=sales, tenant="acme") as hr,
+        Client(node.address, token=ops, tenant="acme") as operator,
+    ):
+        with pytest.raises(PermissionDenied) as observed:
+            hr.observe(user("u1"), "fifty", confidence=0.9, context="budget", key="amount")
+        assert observed.value.reason == Reason.DOMAIN_DENIED
+        for change in (hr.add_member, hr.remove_member):
+            with pytest.raises(PermissionDenied) as refused:
+                change(team("t1"), user("u1"))
+            assert refused.value.reason == Reason.DOMAIN_DENIED
+        assert operator.members(team("t1")).members == ()
+        assert operator.add_member(team("t1"), user("u1")) == "added"  # operators: any node
