@@ -67,6 +67,8 @@ def test_a_rollup_past_a_reply_is_bounded_counted_and_narrowed_by_the_readers_co
         assert 0 < whole.rollups_omitted < USERS * SLOTS + 7
         assert len(whole.rollups) + whole.rollups_omitted == USERS * SLOTS + 7
         assert whole.ByteSize() <= 2 * 1024 * 1024  # max_rollup_bytes (1 MiB) and the rest
+        with Client(node.address, token=hr, tenant="acme") as client:
+            assert client.self_model(team("big")).rollups_omitted == whole.rollups_omitted
         home = models.GetSelfModel(
             selfmodel_pb2.GetSelfModelRequest(subject=BIG, contexts=["home"]), metadata=md
         ).snapshot
