@@ -19,6 +19,13 @@ change, and the weights they give put in force (node.reliability defines both).
   two recomputations reads resolve with the previous weights; once writes stop, every node
   holding the same state puts the same weights in force within one interval. When the
   operators' book changes (``reconfigure``), the next recomputation judges every slot again.
+- A slot is judged as resolution counts it: without its tenant's withdrawn observations
+  (node.withdrawals, ``resolution.counted``), as if they were not there. When a tenant's
+  withdrawals change (its ``_sources`` subject, followed through the same listeners), the next
+  recomputation judges again every slot holding an observation of a source whose withdrawal
+  changed (found through the attribution index, node.store.sources), against the tenant's
+  withdrawals then: a withdrawn source is neither judged nor part of the consensus judging the
+  others.
 
 Memory: an exact window must know the outcomes beyond it (the newest may go: a retract, an
 erase, a slot gone quiet), so every judged outcome is kept, one entry per source speaking in a
@@ -47,8 +54,11 @@ from node.reliability import (
     outcomes_of_slot,
     weight,
 )
-from node.store import Change
+from node.resolution import NO_WITHDRAWN, Withdrawn, counted
+from node.snapshots import changed_sources
+from node.store import Change, Store
 from node.validation import reserved
+from node.withdrawals import FOLLOW_PAGE, is_sources_subject, withdrawn_of
 from sync.causal import Dot
 from sync.crdt import SubjectState
 from sync.observation import Observation, Subject
@@ -173,8 +183,12 @@ def _learned(key: Key, agreed: int, judged: int, settings: LearningSettings) -> 
     return Learned(key[1], key[2], weight(agreed, judged, settings), agreed, judged)
 
 
-def judge(slot: Sequence[Observation], book: PolicyBook) -> list[Outcome]:
-    """The outcomes of one slot's observations under ``book`` (none for a reserved context)."""
+def judge(
+    slot: Sequence[Observation], book: PolicyBook, withdrawn: Withdrawn = NO_WITHDRAWN
+) -> list[Outcome]:
+    """The outcomes of one slot's observations under ``book`` (none for a reserved context),
+    those ``withdrawn`` leaves out not there (``resolution.counted``)."""
+    slot = counted(slot, withdrawn)
     if len(slot) < 2 or reserved(slot[0].context):
         return []
     context = slot[0].context
@@ -189,6 +203,24 @@ def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str,
     was, now = old.observations, new.observations
     found = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
     found.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
+    return found
+
+
+def slots_of_sources(
+    store: Store, tenant: str, sources: set[str]
+) -> dict[Subject, set[tuple[str, str]]]:
+    """The slots (context, key) of ``tenant``'s subjects holding an observation of one of
+    ``sources``, per subject (from the attribution index, a page at a time)."""
+    found: dict[Subject, set[tuple[str, str]]] = {}
+    for source in sorted(sources):
+        after = b""
+        while True:
+            rows = store.contributions(tenant, source, after, FOLLOW_PAGE)
+            for _, row in rows:
+                found.setdefault(row.subject, set()).add((row.context, row.key))
+            if len(rows) < FOLLOW_PAGE:
+                break
+            after = rows[-1][0]
     return found
 
 
@@ -210,8 +242,10 @@ class Learning:
         # The slots changed since they were last judged, per subject (None: every slot).
         self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
         self._dirty: set[Key] = set()  # (tenant, source, context) whose outcomes changed
+        # Per tenant, the sources whose withdrawal changed since their slots were last judged.
+        self._withdrawn: dict[str, set[str]] = {}
         self._learned: dict[str, dict[tuple[str, str], Learned]] = {}  # per tenant, in force
-        self._lock = threading.Lock()  # over _outcomes, _pending and _dirty
+        self._lock = threading.Lock()  # over _outcomes, _pending, _withdrawn and _dirty
         self._refreshing = threading.Lock()  # one recomputation at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,6 +268,13 @@ class Learning:
             subject = change.new.subject
             if reserved(subject.tenant):
                 continue
+            if is_sources_subject(subject):  # the tenant's withdrawals: their slots, judged again
+                before = withdrawn_of(change.old) if change.old is not None else {}
+                moved = changed_sources(before, withdrawn_of(change.new))
+                if moved:
+                    with self._lock:
+                        self._withdrawn.setdefault(subject.tenant, set()).update(moved)
+                continue
             if change.rewrite or change.old is None:
                 with self._lock:
                     self._pending[subject] = None
@@ -249,14 +290,17 @@ class Learning:
 
     def _judge(self, state: SubjectState, slots: set[tuple[str, str]] | None) -> None:
         """Judges again ``slots`` of ``state`` (None: all) and the judged slots it no longer
-        has, against the configured book."""
+        has, against the configured book and the tenant's withdrawals now."""
         subject = state.subject
+        withdrawn = self.engine.withdrawals.of(subject.tenant)
         index = self.engine.snapshots.index(state)
         with self._lock:
             gone = {s for s in self._outcomes.slots_of(subject) if s not in index.slots}
         wanted = set(index.slots) if slots is None else slots
         judged = {
-            SlotId(subject, context, key): judge(index.slot(context, key), self.configured)
+            SlotId(subject, context, key): judge(
+                index.slot(context, key), self.configured, withdrawn
+            )
             for context, key in wanted | gone
         }
         with self._lock:
@@ -275,6 +319,7 @@ class Learning:
         self.configured = book
         with self._lock:
             self._pending = {}
+            self._withdrawn = {}
         for subject in self.engine.store.subjects():
             if not reserved(subject.tenant):
                 self._judge(self.engine.state(subject), None)
@@ -285,11 +330,21 @@ class Learning:
         book they give that tenant in force; the contexts where a weight moved (of any tenant).
 
         A change committed while it runs is judged by the next: its slots are noted after the
-        pending ones are taken here, so no change is missed."""
+        pending ones are taken here, so no change is missed (a withdrawal's slots are read from
+        the index after it was committed, and judged against the tenant's withdrawals then)."""
         with self._refreshing:
             with self._lock:
                 rejudge, self._rejudge = self._rejudge, False
                 pending, self._pending = self._pending, {}
+                withdrawn, self._withdrawn = self._withdrawn, {}
+            for tenant, sources in sorted(withdrawn.items()):
+                for subject, of_source in slots_of_sources(
+                    self.engine.store, tenant, sources
+                ).items():
+                    if subject not in pending:
+                        pending[subject] = of_source
+                    elif (held := pending[subject]) is not None:
+                        held |= of_source
             if not (rejudge or pending or self._dirty):
                 LEARNING_REFRESHES.labels("same").inc()
                 return frozenset()
@@ -381,4 +436,4 @@ def _drop(gauge: Gauge, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-__all__ = ["Learning", "Outcomes", "SlotId", "judge", "touched_slots"]
+__all__ = ["Learning", "Outcomes", "SlotId", "judge", "slots_of_sources", "touched_slots"]

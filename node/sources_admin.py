@@ -4,6 +4,12 @@ Part of node.servicer.AdminServicer (a base class of it): each method identifies
 checks it is an operator of the tenant named, calls the engine once, and builds the reply.
 Listing pages follow the attribution index (node.store.sources); a page token is the position
 after the last contribution sent, bound to its tenant and source (node.listing's tokens).
+
+Tenants, as in the other tenant-scoped Admin calls (ListAudit, GetStatus, ListSourceWeights):
+an empty ``tenant`` is the caller's token's; the development principal of a node without
+tokens may name any, and a listing of it without one spans every tenant. A withdrawal or a lift
+always changes one tenant's register, so it must name one there: agent ids are per tenant (the
+same id in two tenants names two agents), never withdrawn across tenants at once.
 """
 
 from __future__ import annotations
@@ -35,36 +41,51 @@ class SourcesAdmin:
     identify: Callable[[grpc.ServicerContext, Limits], Principal]
     limits: Limits
 
+    def _scope(
+        self, request: Any, context: grpc.ServicerContext, action: str
+    ) -> tuple[Principal, str | None, str]:
+        """The caller (an operator of the tenant named), the tenant named (None: every tenant,
+        for the development principal naming none) and the source named."""
+        who = self.identify(context, self.limits)
+        who.check_operator(action)
+        tenant = request.tenant or who.tenant
+        if tenant is not None:
+            validation.identifier(tenant, "tenant", self.limits.max_id)
+            who.check_tenant(tenant)
+        source = validation.source(request.source, "source", self.limits)
+        return who, tenant, source
+
     def _operator_of(
         self, request: Any, context: grpc.ServicerContext, action: str
     ) -> tuple[Principal, str, str]:
-        """The caller (an operator of the tenant named), the tenant and the source named."""
-        who = self.identify(context, self.limits)
-        who.check_operator(action)
-        tenant = request.tenant or who.tenant or ""
-        if not tenant:
-            raise InvalidArgument("tenant", "is required on a node without tokens")
-        validation.identifier(tenant, "tenant", self.limits.max_id)
-        who.check_tenant(tenant)
-        source = validation.source(request.source, "source", self.limits)
+        """``_scope`` of a call that changes one tenant: it must name one."""
+        who, tenant, source = self._scope(request, context, action)
+        if tenant is None:
+            raise InvalidArgument(
+                "tenant",
+                "is required on a node without tokens to withdraw or lift a source: agent ids "
+                "are per tenant, so a withdrawal names the tenant whose source it is",
+            )
         return who, tenant, source
 
     @map_errors
     def ListSourceContributions(
         self, request: admin_pb2.ListSourceContributionsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListSourceContributionsResponse:
-        _, tenant, source = self._operator_of(request, context, "list a source's contributions")
+        _, tenant, source = self._scope(request, context, "list a source's contributions")
         size = listing.page_size(request.page_size, "page_size", self.limits.max_page_size)
         asked = validation.page_token(request.page_token, "page_token", self.limits)
-        after = listing.position_of(asked, "page_token", LISTING, [tenant, source])
+        bound = [tenant or "", source]  # "" (never a tenant's name): every tenant's listing
+        after = listing.position_of(asked, "page_token", LISTING, bound)
         rows = self.engine.store.contributions(tenant, source, after, size + 1)
         more = len(rows) > size
         rows = rows[:size]
         reply = admin_pb2.ListSourceContributionsResponse()
-        since = self.engine.withdrawals.of(tenant).get(source)
-        if since is not None:
-            reply.withdrawn_at.FromMilliseconds(physical_ms(since))
+        withdrawn_at = None if tenant is None else self.engine.withdrawals.of(tenant).get(source)
+        if withdrawn_at is not None:
+            reply.withdrawn_at.FromMilliseconds(physical_ms(withdrawn_at))
         for _, c in rows:
+            since = self.engine.withdrawals.of(c.subject.tenant).get(source)
             item = reply.contributions.add(
                 context=c.context,
                 key=c.key,
@@ -74,7 +95,7 @@ class SourcesAdmin:
             subject_to_proto(c.subject, item.subject)
             item.observed_at.FromMilliseconds(physical_ms(c.hlc))
         if more:
-            reply.next_page_token = listing.position_token(LISTING, [tenant, source], rows[-1][0])
+            reply.next_page_token = listing.position_token(LISTING, bound, rows[-1][0])
         return reply
 
     @map_errors

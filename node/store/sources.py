@@ -159,6 +159,26 @@ def scan(
     return found
 
 
+def scan_every_tenant(
+    table: Any, source: str, after: bytes, limit: int
+) -> list[tuple[bytes, Contribution]]:
+    """``scan`` over every agents' tenant (names beginning with ``_`` are the node's own):
+    up to ``limit`` contributions of ``source`` whose row keys follow ``after``, by tenant,
+    then as ``scan``. A seek per tenant passed, as ``subject_rows`` skips sources."""
+    found: list[tuple[bytes, Contribution]] = []
+    start = after
+    while len(found) < limit:
+        first = next(iter(table.keys(from_key=start)), None)
+        if first is None:
+            return found
+        tenant = first.split(b"\x00", 1)[0]
+        start = tenant + b"\x01"  # past every row of this tenant: names hold no NUL
+        if tenant.startswith(b"_"):
+            continue
+        found += scan(table, tenant.decode(), source, after, limit - len(found))
+    return found
+
+
 __all__ = [
     "INDEX_BATCH",
     "SOURCES",
@@ -170,6 +190,7 @@ __all__ = [
     "put_index_rows",
     "row_key",
     "scan",
+    "scan_every_tenant",
     "source_prefix",
     "subject_prefix",
     "subject_rows",

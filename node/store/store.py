@@ -14,7 +14,7 @@ from node.store.digests import load_bucket_hashes
 from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
 from node.store.rows import OBSERVATIONS, rows_end, rows_prefix
-from node.store.sources import SOURCES, Contribution, scan, subject_prefix
+from node.store.sources import SOURCES, Contribution, scan, scan_every_tenant, subject_prefix
 from node.store.tables import COLUMN_FAMILIES, StoreError
 from node.store.wal import WalSync, unsynced_writes
 from sync.crdt import EraseBound
@@ -139,10 +139,13 @@ class Store(Reads):
         self.wal.release()
 
     def contributions(
-        self, tenant: str, source: str, after: bytes = b"", limit: int = 100
+        self, tenant: str | None, source: str, after: bytes = b"", limit: int = 100
     ) -> list[tuple[bytes, Contribution]]:
-        """Up to ``limit`` observations ``source`` holds in ``tenant``'s subjects after the
-        row key ``after``, with their row keys (node.store.sources), in key order."""
+        """Up to ``limit`` observations ``source`` holds in ``tenant``'s subjects (None: every
+        agents' tenant's) after the row key ``after``, with their row keys
+        (node.store.sources), in key order."""
+        if tenant is None:
+            return scan_every_tenant(self._cf[SOURCES], source, after, limit)
         return scan(self._cf[SOURCES], tenant, source, after, limit)
 
     def size_bytes(self) -> int:

@@ -2,7 +2,8 @@
 loses weight on every node, down to the floor and never below, until its contradiction no
 longer wins; every node shows the same weights (Admin), each supporter's learned weight
 (ExplainBelief) and the weights' spread on /metrics. Weights are per tenant: one tenant's
-consensus never moves another tenant's beliefs, nor shows in its operator's listing."""
+consensus never moves another tenant's beliefs, nor shows in its operator's listing. A source
+withdrawn across its tenant is judged on every node as if it had never spoken."""
 
 from __future__ import annotations
 
@@ -166,6 +167,42 @@ def test_a_source_the_consensus_contradicts_loses_weight_on_every_node_but_never
             )
             (dissenter,) = reply.belief.dissenters
             assert dissenter.learned_weight == 0.4
+
+
+def test_a_withdrawn_source_is_judged_on_every_node_as_if_it_never_spoke(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """``w`` and ``a`` outweigh ``b`` in each slot, so ``b`` is judged to disagree; once ``w`` is
+    withdrawn on one node, every node judges the slots again without it: ``w`` has no weight,
+    ``b`` now wins each slot against ``a`` alone and agrees, ``a`` disagrees, and a lift on
+    another node brings the first weights back everywhere."""
+    cluster = make_cluster(learning=LEARNING)
+    with (
+        cluster.client("sales", "w") as w,
+        cluster.client("support", "a") as a,
+        cluster.client("billing", "b") as b,
+        cluster.client("sales", "ops") as ops_sales,
+        cluster.client("billing", "ops") as ops_billing,
+    ):
+        for i in range(4):
+            subject = user(f"u-{i}")
+            w.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+            a.observe(subject, "monthly", confidence=0.6, context=CONTEXT, key="plan")
+            b.observe(subject, "yearly", confidence=0.9, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        first = {"w": (4, 4, 1.0), "a": (4, 4, 1.0), "b": (0, 4, 0.4)}
+        wait_for(lambda: same_everywhere(cluster, first), "the first weights on every node")
+        ops_sales.withdraw_source("w")
+        cluster.wait_converged()
+        withdrawn = {"a": (0, 4, 0.4), "b": (4, 4, 1.0)}
+        wait_for(lambda: same_everywhere(cluster, withdrawn), "w's outcomes gone everywhere")
+        ops_billing.lift_withdrawal("w")
+        cluster.wait_converged()
+        wait_for(lambda: same_everywhere(cluster, first), "w's outcomes back everywhere")
+
+
+def same_everywhere(cluster: LocalCluster, expected: dict[str, tuple[int, int, float]]) -> bool:
+    return all(table(weights(cluster, name)) == expected for name in NODES)
 
 
 def _won_by(

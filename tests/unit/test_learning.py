@@ -18,8 +18,10 @@ from node.engine import Engine, ObservationInput
 from node.learning import Learning, Outcomes, SlotId, judge
 from node.policy import ContextPolicy, PolicyBook
 from node.reliability import Learned, LearningSettings, Outcome, learn, learned_book
+from node.resolution import counted
 from node.snapshots import Snapshots, resolve_snapshot
 from node.store import Store
+from node.withdrawals import WITHDRAWN, sources_subject
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import VALUES
@@ -55,8 +57,21 @@ retract = st.tuples(
 forget = st.tuples(st.just("forget"), st.integers(0, 1), st.sampled_from(SUBJECTS))
 exchange = st.tuples(st.just("exchange"), st.sampled_from(SUBJECTS))
 read = st.tuples(st.just("read"), st.integers(0, 1), st.sampled_from(SUBJECTS))
+TENANTS = sorted({s.tenant for s in SUBJECTS})
+# A tenant-wide withdrawal of a source, and its lift (node.withdrawals).
+withdraw = st.tuples(
+    st.sampled_from(("withdraw", "lift")),
+    st.integers(0, 1),
+    st.sampled_from(TENANTS),
+    st.sampled_from(SOURCES),
+)
+# Three steps in eight observe (one_of would pick each distinct branch alike), at least 20
+# steps: so that sources meet in slots often enough to be judged.
+step = st.sampled_from((observe, observe, observe, retract, forget, exchange, read, withdraw))
 operations = st.lists(
-    st.one_of(observe, observe, observe, retract, forget, exchange, read), min_size=1, max_size=60
+    step.flatmap(lambda kind: kind),
+    min_size=20,
+    max_size=60,
 )
 
 
@@ -67,12 +82,13 @@ def from_scratch(
     engine: Engine, book: PolicyBook = BOOK, settings: LearningSettings = SETTINGS
 ) -> Weights:
     """The weights ``reliability.learn`` gives from judging every slot the node holds, each
-    tenant's from its own slots."""
+    tenant's from its own slots without its withdrawn observations."""
     outcomes: dict[str, list[Outcome]] = {}
     for subject in engine.store.subjects():
         slots = engine.snapshots.index(engine.state(subject)).slots
+        withdrawn = engine.withdrawals.of(subject.tenant)
         for slot in slots.values():
-            outcomes.setdefault(subject.tenant, []).extend(judge(slot, book))
+            outcomes.setdefault(subject.tenant, []).extend(judge(counted(slot, withdrawn), book))
     return {
         (tenant, *key): found
         for tenant, of_tenant in outcomes.items()
@@ -102,10 +118,15 @@ def run(engines: list[Engine], ops: list[tuple]) -> None:  # type: ignore[type-a
             engines[n := op[1]].forget(op[2])
         elif op[0] == "read":  # keeps a snapshot, which later weights re-resolve in part
             engines[op[1]].model(op[2])
+        elif op[0] in ("withdraw", "lift"):
+            _, n, tenant, source = op
+            value = "withdrawn" if op[0] == "withdraw" else None
+            engines[n].put(sources_subject(tenant), WITHDRAWN, source, value, "op")
         else:
             a, b = engines
-            a.merge_remote([Delta(b.state(op[1]))])
-            b.merge_remote([Delta(a.state(op[1]))])
+            for subject in (op[1], sources_subject(op[1].tenant)):
+                a.merge_remote([Delta(b.state(subject))])
+                b.merge_remote([Delta(a.state(subject))])
 
 
 @VALUES
@@ -139,7 +160,8 @@ def test_the_weights_followed_change_by_change_equal_those_learned_from_the_stat
                         (s, c): w for (t, s, c), w in expected.items() if t == subject.tenant
                     }
                     book = learned_book(BOOK, weights)
-                    again = resolve_snapshot(engine.state(subject), book)
+                    withdrawn = engine.withdrawals.of(subject.tenant)
+                    again = resolve_snapshot(engine.state(subject), book, withdrawn)
                     assert engine.model(subject).beliefs == again.beliefs
         finally:
             for engine in engines:
@@ -219,6 +241,66 @@ def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wi
         assert found["acme", "liar", "budget"].agreed == 5
         explained, _ = engine.explain(subject, "budget", "k")
         assert explained is not None and explained.belief.statement == "no"
+    finally:
+        engine.store.close()
+
+
+def _learning(path: Path) -> tuple[Engine, Learning]:
+    engine = Engine(Store(path, path.name, fsync=False))
+    learning = Learning(engine, LearningSettings(window=5, enabled=True))
+    engine.listeners.append(learning.follow)
+    return engine, learning
+
+
+def _speak(engine: Engine, positions: list[tuple[str, str, float]], subjects: int) -> None:
+    for i in range(subjects):
+        subject = Subject("acme", SubjectKind.USER, f"u-{i}")
+        for source, statement, confidence in positions:
+            item = ObservationInput(subject, "budget", "k", statement, confidence)
+            engine.observe(source, [item])
+
+
+def test_a_withdrawn_source_is_judged_as_if_it_never_spoke(tmp_path: Path) -> None:
+    """A liar that contradicted the consensus and lost weight is withdrawn across its tenant:
+    its outcomes are gone, and the weights are those of a node where it never spoke; a lift
+    brings them back."""
+    engine, learning = _learning(tmp_path / "n1")
+    silent, never = _learning(tmp_path / "n2")
+    try:
+        _speak(engine, [("liar", "no", 0.9), ("a", "yes", 0.8), ("b", "yes", 0.8)], 6)
+        _speak(silent, [("a", "yes", 0.8), ("b", "yes", 0.8)], 6)
+        learning.refresh()
+        never.refresh()
+        liar = listed(learning)["acme", "liar", "budget"]
+        assert (liar.agreed, liar.judged, liar.weight) == (0, 5, pytest.approx(0.5))
+        engine.put(sources_subject("acme"), WITHDRAWN, "liar", "withdrawn", "op")
+        assert learning.refresh() == {"budget"}
+        expected = from_scratch(engine, PolicyBook(), learning.settings)
+        assert listed(learning) == listed(never) == expected
+        assert ("acme", "liar", "budget") not in listed(learning)
+        engine.put(sources_subject("acme"), WITHDRAWN, "liar", None, "op")
+        assert learning.refresh() == {"budget"}
+        assert listed(learning)["acme", "liar", "budget"] == liar
+    finally:
+        engine.store.close()
+        silent.store.close()
+
+
+def test_a_withdrawn_source_no_longer_judges_the_others(tmp_path: Path) -> None:
+    """With ``w`` beside it, ``a``'s "yes" outweighs ``b``'s "no" and ``b`` is judged to
+    disagree; once ``w`` is withdrawn, ``b``'s "no" wins each slot, so ``b`` agrees and ``a``
+    does not: ``w`` no longer judges them."""
+    engine, learning = _learning(tmp_path / "n1")
+    try:
+        _speak(engine, [("w", "yes", 0.8), ("a", "yes", 0.6), ("b", "no", 0.9)], 5)
+        learning.refresh()
+        before = {s: (w.agreed, w.judged) for (_, s, _), w in listed(learning).items()}
+        assert before == {"w": (5, 5), "a": (5, 5), "b": (0, 5)}
+        engine.put(sources_subject("acme"), WITHDRAWN, "w", "withdrawn", "op")
+        learning.refresh()
+        after = {s: (w.agreed, w.judged) for (_, s, _), w in listed(learning).items()}
+        assert after == {"a": (0, 5), "b": (5, 5)}
+        assert listed(learning) == from_scratch(engine, PolicyBook(), learning.settings)
     finally:
         engine.store.close()
 

@@ -986,7 +986,9 @@ class ListSourceContributionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """The tenant; empty: the caller's (required on a node without tokens)."""
+    """The tenant; empty: the caller's (on a node without tokens: every tenant's, by tenant, as
+    ListSourceWeights and ListAudit answer the development principal).
+    """
     source: _builtins.str
     """The source (an agent id) whose contributions to list."""
     page_size: _builtins.int
@@ -1061,7 +1063,9 @@ class ListSourceContributionsResponse(_message.Message):
     def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceContribution]: ...
     @_builtins.property
     def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
-        """Since when the source is withdrawn in the tenant; unset when it is not."""
+        """Since when the source is withdrawn in the tenant; unset when it is not, or when the listing
+        spans every tenant (each contribution still says whether it is withdrawn).
+        """
 
     def __init__(
         self,
@@ -1085,7 +1089,9 @@ class WithdrawSourceRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """The tenant; empty: the caller's (required on a node without tokens)."""
+    """The tenant; empty: the caller's (required on a node without tokens: agent ids are per
+    tenant, so a withdrawal never spans tenants).
+    """
     source: _builtins.str
     """The source (an agent id) to withdraw."""
     def __init__(
@@ -1139,7 +1145,9 @@ class LiftSourceWithdrawalRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """The tenant; empty: the caller's (required on a node without tokens)."""
+    """The tenant; empty: the caller's (required on a node without tokens: agent ids are per
+    tenant, so a withdrawal never spans tenants).
+    """
     source: _builtins.str
     """The source whose withdrawal to lift."""
     def __init__(
