@@ -129,6 +129,7 @@ class SelfModelView:
     # Of a team or an organization: what its users hold, and how many users it has.
     rollups: tuple[RollupView, ...] = ()
     group_users: int = 0
+    rollups_omitted: int = 0  # rows past the node's max_rollup_bytes: narrow the read to see them
 
     def rollup(self, context: str, key: str) -> list[RollupView]:
         """The roll-up rows of one slot, most held first."""
@@ -250,6 +251,7 @@ def view_from_proto(msg: model_pb2.SelfModelSnapshot) -> SelfModelView:
             for r in msg.rollups
         ),
         msg.group_users,
+        msg.rollups_omitted,
     )
 
 

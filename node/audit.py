@@ -13,6 +13,7 @@ statement as its key) is recorded as a hash.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -159,11 +160,23 @@ class AuditLog:
                 cursor = key
                 entry = _decode(key, raw)
                 if tenant is None or entry.record.subject.tenant in (tenant, CLUSTER):
-                    found.append(entry)
+                    found.append(_as_seen_by(entry, tenant))
                     if len(found) >= limit:
                         break
         more = self.store.scan(CF, after=cursor, limit=1)
         return found, cursor.hex() if more else ""
+
+
+def _as_seen_by(entry: AuditEntry, tenant: str | None) -> AuditEntry:
+    """``entry`` as a reader of ``tenant`` (None: every tenant) sees it: a change of the
+    cluster's own subjects made by a principal of another tenant names the actor as acting for
+    the cluster, never its tenant (a tenant learns nothing of another)."""
+    actor_tenant = entry.record.actor_tenant
+    if tenant is None or actor_tenant in ("", tenant, CLUSTER):
+        return entry
+    return dataclasses.replace(
+        entry, record=dataclasses.replace(entry.record, actor_tenant=CLUSTER)
+    )
 
 
 __all__ = ["AuditEntry", "AuditLog", "AuditRecord", "slot_detail"]

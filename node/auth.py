@@ -112,6 +112,10 @@ class Principal:
                 reason=Reason.CONTEXT_DENIED,
                 metadata={"agent": self.agent, "context": context, "allowed": allowed},
             )
+        self.check_domain(domain)
+
+    def check_domain(self, domain: str) -> None:
+        """Refuses a node outside the principal's domains: where its agent may write."""
         if not _matches_any(domain, self.domains):
             PERMISSION_REFUSED.labels("domain").inc()
             allowed = ", ".join(self.domains) or "none"

@@ -116,6 +116,12 @@ def admit(config: NodeConfig) -> PeerAuth:
             f"max_message_bytes ({config.max_message_bytes}): a subject's GetSelfModel reply "
             "takes up to about 1.5 times its state"
         )
+    if config.limits.max_rollup_bytes > config.max_message_bytes // 4:
+        raise ConfigError(
+            f"max_rollup_bytes ({config.limits.max_rollup_bytes}) must be at most a quarter of "
+            f"max_message_bytes ({config.max_message_bytes}): a group's read carries its own "
+            "beliefs (up to 1.5 times max_subject_bytes) beside its roll-up"
+        )
     if config.identify is None and config.tokens is not None:
         config.identify = config.tokens.identify
     if config.identify is None and not is_loopback(host):

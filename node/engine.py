@@ -583,8 +583,9 @@ class Engine:
         self.watches.close_all()
 
     def count_subjects(self, tenant: str) -> int:
-        """How many subjects of ``tenant`` this node holds (an exact count of its key range)."""
-        return sum(1 for _ in self.store.subjects(tenant))
+        """How many subjects of ``tenant`` this node holds (an exact count of its key range),
+        the node's own (``_``-named, as ListSubjects leaves them out) aside."""
+        return sum(1 for s in self.store.subjects(tenant) if not s.id.startswith("_"))
 
 
 def _peer_erase(peer: str, old: SubjectState, new: SubjectState) -> AuditRecord:

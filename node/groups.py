@@ -220,6 +220,11 @@ class Following:
         with self.lock:
             return self.groups.members(group)
 
+    def groups_of(self, member: Subject) -> frozenset[Subject]:
+        """The groups ``member`` is in (a user's teams, a team's organizations)."""
+        with self.lock:
+            return self.groups.index.direct_groups(member)
+
 
 def follow(engine: Engine) -> Following:
     """The groups of ``engine``'s store, followed through its listeners from now on."""

@@ -15,7 +15,7 @@ import grpc
 from node import listing, validation
 from node.audit import AuditRecord
 from node.auth import Principal
-from node.errors import InvalidArgument, Reason, map_errors
+from node.errors import InvalidArgument, QuotaViolation, Reason, ResourceExhausted, map_errors
 from node.validation import Limits
 from selfmodel.admin.v1 import admin_pb2
 from sync.codec import EnumWords, encode_token, subject_to_proto
@@ -36,6 +36,7 @@ class MembersAdmin:
     engine: Engine
     identify: Callable[[grpc.ServicerContext, Limits], Principal]
     limits: Limits
+    domain: str  # the node's domain, which an agent's token domains must match
 
     @map_errors
     def AddMember(
@@ -47,6 +48,7 @@ class MembersAdmin:
                 outcome=OUTCOMES.number("already_member"),  # type: ignore[arg-type]
                 handoff_token=self._position(group),
             )
+        self._room_for(member)
         audit = _audit(who, "add_member", group, member)
         statement = member_statement(member)
         token = self.engine.put(group, MEMBERS, member.id, statement, who.agent, audit)
@@ -113,6 +115,8 @@ class MembersAdmin:
         )
         who.check_tenant(group.tenant)
         who.check_members(action)
+        if not who.is_operator:  # an agent writes through the nodes of its domains only
+            who.check_domain(self.domain)
         try:
             check_member(group, member)
         except ValueError as exc:
@@ -124,6 +128,20 @@ class MembersAdmin:
                 metadata={"group": str(group), "member": str(member)},
             ) from None
         return who, group, member
+
+    def _room_for(self, member: Subject) -> None:
+        """Refuses a new group of a member already in ``max_groups_per_member``: each write of
+        a member moves every group it is in, under the node's one groups lock."""
+        most = self.limits.max_groups_per_member
+        joined = len(self.engine.groups.groups_of(member))
+        if joined >= most:
+            raise ResourceExhausted(
+                f"member {member} is in {joined} groups, the most a member may join "
+                "(setting max_groups_per_member): remove it from one first",
+                reason=Reason.MEMBER_GROUPS_EXHAUSTED,
+                metadata={"member": str(member), "limit": most, "setting": "max_groups_per_member"},
+                quota=[QuotaViolation(f"member {member}", f"at most {most} groups")],
+            )
 
     def _position(self, group: Subject) -> str:
         return encode_token({group: self.engine.position(group)})

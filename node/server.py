@@ -200,6 +200,7 @@ def start(config: NodeConfig) -> RunningNode:
             config.limits,
             governor,
             learning,
+            config.domain,
         ),
         services,
     )

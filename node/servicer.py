@@ -116,7 +116,9 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         self.tokens = tokens  # whose reloads open watches check their caller against again
         self.watches = ConnectionQuota(limits.max_watches_per_connection)
         self._replies = convert.SnapshotReplies(engine.snapshots)
-        self._rollups = RollupReads(engine.groups.rollup, engine.groups.holders)  # of groups
+        self._rollups = RollupReads(  # of groups
+            engine.groups.rollup, engine.groups.holders, limits.max_rollup_bytes
+        )
 
     def _caller_and_subject(
         self, request: Any, context: grpc.ServicerContext
@@ -427,13 +429,16 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             )
         reply = selfmodel_pb2.BatchGetSelfModelsResponse()
         read = {}
+        want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
         for subject in subjects:
             wanted = {subject: positions[subject]} if subject in positions else None
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
-            want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
-            body = self._replies.snapshot(subject, view, want, self.engine.node)
-            reply.models.add().MergeFromString(body + self._rollups.part(subject, want))
+            reply.models.add().MergeFromString(
+                self._replies.snapshot(subject, view, want, self.engine.node)
+            )
             read[subject] = view.state.context
+        for msg, part in zip(reply.models, self._rollups.parts(subjects, want), strict=True):
+            msg.MergeFromString(part)  # the batch's roll-ups share one max_rollup_bytes
         reply.handoff_token = encode_token(read)
         return reply
 
@@ -461,8 +466,10 @@ class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.Ad
         limits: Limits | None = None,
         governor: Governor | None = None,
         learning: Learning | None = None,
+        domain: str = "",
     ) -> None:
         self.engine = engine
+        self.domain = domain  # the node's domain, which an agent's token domains must match
         self.status = status
         self.identify = identify
         self.limits = limits or Limits()

@@ -48,6 +48,8 @@ class Limits:
     max_watches_per_connection: int = 16
     max_page_size: int = 1000  # subjects or beliefs per page (ListSubjects, GetSelfModel)
     max_batch_read: int = 100  # subjects per BatchGetSelfModels
+    max_rollup_bytes: int = 1024 * 1024  # roll-up rows per group in one read's reply
+    max_groups_per_member: int = 100  # teams a user joins, organizations a team joins
     idempotency_window_s: float = 3600.0  # how long a write's idempotency key is recognised
 
 

@@ -66,6 +66,7 @@ class Reason(StrEnum):
     PEER_DENIED = "PEER_DENIED"
     PEER_FOREIGN_WRITE = "PEER_FOREIGN_WRITE"
     SUBJECT_TOO_LARGE = "SUBJECT_TOO_LARGE"
+    MEMBER_GROUPS_EXHAUSTED = "MEMBER_GROUPS_EXHAUSTED"
     COUNTER_EXHAUSTED = "COUNTER_EXHAUSTED"
     WATCHES_EXHAUSTED = "WATCHES_EXHAUSTED"
     CONNECTION_WATCHES_EXHAUSTED = "CONNECTION_WATCHES_EXHAUSTED"
@@ -217,6 +218,13 @@ REASONS: dict[Reason, ReasonDoc] = {
         "RESOURCE_EXHAUSTED",
         "a write that would take a subject past a subject limit; QuotaFailure names it",
         ("subject", "limit", "value", "maximum", "setting"),
+        False,
+    ),
+    Reason.MEMBER_GROUPS_EXHAUSTED: ReasonDoc(
+        "RESOURCE_EXHAUSTED",
+        "an add of a member already in as many groups as a member may join "
+        "(max_groups_per_member); QuotaFailure names it",
+        ("member", "limit", "setting"),
         False,
     ),
     Reason.COUNTER_EXHAUSTED: ReasonDoc(

@@ -279,3 +279,50 @@ def test_a_source_withdrawn_on_one_node_leaves_the_rollups_of_every_node(
         cluster.wait_converged(WAIT_S)
         for c in (east, west):
             assert c.self_model(team("t")).rollups == ()
+
+
+def test_a_team_forgotten_while_members_join_on_another_node_converges_to_one_rollup(
+    cluster: LocalCluster,
+) -> None:
+    """East forgets a team while west adds users to it and they write: wherever the adds fall
+    against the forget, both nodes end with the same members, and the roll-up counts exactly
+    the members (each holding its statement), never a member the forget erased."""
+    tenant, joins = "raced", 60
+    with (
+        cluster.client("east", "ops", tenant) as east,
+        cluster.client("west", "ops", tenant) as west,
+    ):
+        for i in range(joins):
+            west.observe(user(f"u{i}"), "fifty", confidence=0.9, context="budget", key="amount")
+        east.add_member(team("t"), user("early"))
+        cluster.wait_converged(WAIT_S)
+        started = threading.Event()
+        failed: list[BaseException] = []
+
+        def join() -> None:
+            try:
+                with cluster.client("west", "ops", tenant) as adder:
+                    for i in range(joins):
+                        adder.add_member(team("t"), user(f"u{i}"))
+                        if i == joins // 3:
+                            started.set()
+            except BaseException as exc:  # reported by the test's thread
+                failed.append(exc)
+                started.set()
+
+        adder = threading.Thread(target=join, daemon=True)
+        adder.start()
+        assert started.wait(WAIT_S)
+        east.forget(team("t"))
+        adder.join(WAIT_S)
+        assert not adder.is_alive() and not failed, failed
+        cluster.wait_converged(WAIT_S)
+        members = _members(east, team("t"))
+        assert members == _members(west, team("t"))
+        assert Subject(tenant, SubjectKind.USER, "early") not in members
+        assert Subject(tenant, SubjectKind.USER, "u0") not in members  # added before the forget
+        for c in (east, west):
+            view = c.self_model(team("t"))
+            assert view.group_users == len(members)
+            expected = [("fifty", len(members))] if members else []
+            assert [(r.statement, r.holders) for r in view.rollups] == expected

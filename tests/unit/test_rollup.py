@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.resolution import Belief
-from node.rollup import GroupRollup, Holder, RollupIndex, compute_rollup, select_rollup
+from node.rollup import (
+    GroupRollup,
+    Holder,
+    RolledUp,
+    RollupIndex,
+    compute_rollup,
+    select_rollup,
+)
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import LAWS
 
@@ -221,3 +228,23 @@ def test_an_organization_takes_only_teams_and_a_team_only_users() -> None:
         index.add_member(T1, T2)
     with pytest.raises(ValueError, match="member: the members of an organization are teams"):
         index.add_member(ORG, ANN)
+
+
+def test_the_roll_up_parts_kept_for_reads_stay_within_their_byte_bound() -> None:
+    """A reader cycling filters (min_confidence 0.0001, 0.0002, ...) over a large roll-up keeps
+    at most MAX_PART_BYTES of parts: the parts are a cache, never a reader's memory to grow."""
+    from node.convert import Filter
+    from node.groupreads import MAX_PART_BYTES, RollupReads
+
+    team = TEAMS[0]
+    rows = tuple(
+        RolledUp("work", f"k{i}", f"s{i} " + "x" * 1900, 1, 1.0, 0.9, 1) for i in range(500)
+    )
+    rollup = GroupRollup(team, 1, rows)
+    reads = RollupReads(lambda g: rollup, lambda *a: (), budget=1024 * 1024)
+    size = len(reads.part(team, Filter()))
+    assert size > 900_000
+    for i in range(1, 2 * MAX_PART_BYTES // size + 2):
+        assert len(reads.part(team, Filter(min_confidence=i / 10_000))) == size
+    assert reads.kept_bytes() <= MAX_PART_BYTES
+    assert reads.kept_bytes() >= MAX_PART_BYTES - size  # still a cache: the newest are kept

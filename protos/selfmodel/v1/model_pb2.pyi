@@ -335,6 +335,7 @@ class SelfModelSnapshot(_message.Message):
     CONTEXT_MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     ROLLUPS_FIELD_NUMBER: _builtins.int
     GROUP_USERS_FIELD_NUMBER: _builtins.int
+    ROLLUPS_OMITTED_FIELD_NUMBER: _builtins.int
     handoff_token: _builtins.str
     """The node's causal position for this subject when the model was read."""
     node: _builtins.str
@@ -353,6 +354,11 @@ class SelfModelSnapshot(_message.Message):
     group_users: _builtins.int
     """Of a TEAM or ORG subject: its users (an organization's: the users of its teams, each
     counted once), the denominator of each roll-up's share.
+    """
+    rollups_omitted: _builtins.int
+    """Of a TEAM or ORG subject: roll-up rows the reader's filter selects that the reply left out,
+    the last in the order above: a reply carries at most the node's max_rollup_bytes of them.
+    Narrow the read (contexts, min_confidence) to see the rest.
     """
     @_builtins.property
     def subject(self) -> Global___Subject: ...
@@ -387,10 +393,11 @@ class SelfModelSnapshot(_message.Message):
         context_min_confidence: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         rollups: _abc.Iterable[Global___RollupBelief] | None = ...,
         group_users: _builtins.int = ...,
+        rollups_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resolved_at", b"resolved_at", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "group_users", b"group_users", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "rollups", b"rollups", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beliefs", b"beliefs", "below_min_confidence_omitted", b"below_min_confidence_omitted", "context_min_confidence", b"context_min_confidence", "group_users", b"group_users", "handoff_token", b"handoff_token", "next_page_token", b"next_page_token", "node", b"node", "resolved_at", b"resolved_at", "rollups", b"rollups", "rollups_omitted", b"rollups_omitted", "subject", b"subject", "uncertain_omitted", b"uncertain_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -505,6 +505,7 @@ class ExplainBeliefResponse(_message.Message):
     EVIDENCE_DISCOUNT_FIELD_NUMBER: _builtins.int
     HALF_LIFE_DAYS_FIELD_NUMBER: _builtins.int
     HOLDERS_FIELD_NUMBER: _builtins.int
+    HOLDERS_OMITTED_FIELD_NUMBER: _builtins.int
     context: _builtins.str
     key: _builtins.str
     policy: _model_pb2.Policy.ValueType
@@ -519,6 +520,10 @@ class ExplainBeliefResponse(_message.Message):
     """An observation without evidence weighs 1 - this; each piece of evidence halves it."""
     half_life_days: _builtins.float
     """Recency halves an observation's weight every half-life; absent: the context does not decay."""
+    holders_omitted: _builtins.int
+    """Holders the reply left out, the last in the order above: a reply carries at most the node's
+    max_rollup_bytes of them (an organization's users may be many more).
+    """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
     @_builtins.property
@@ -549,10 +554,11 @@ class ExplainBeliefResponse(_message.Message):
         evidence_discount: _builtins.float = ...,
         half_life_days: _builtins.float | None = ...,
         holders: _abc.Iterable[Global___RollupHolder] | None = ...,
+        holders_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "half_life_days", b"half_life_days", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "candidates", b"candidates", "context", b"context", "evidence_discount", b"evidence_discount", "half_life_days", b"half_life_days", "handoff_token", b"handoff_token", "holders", b"holders", "key", b"key", "min_confidence", b"min_confidence", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days", "belief", b"belief", "candidates", b"candidates", "context", b"context", "evidence_discount", b"evidence_discount", "half_life_days", b"half_life_days", "handoff_token", b"handoff_token", "holders", b"holders", "holders_omitted", b"holders_omitted", "key", b"key", "min_confidence", b"min_confidence", "observations", b"observations", "policy", b"policy", "reason", b"reason", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__half_life_days: _TypeAlias = _typing.Literal["half_life_days"]  # noqa: Y015
     _WhichOneofArgType__half_life_days: _TypeAlias = _typing.Literal["_half_life_days", b"_half_life_days"]  # noqa: Y015
