@@ -19,6 +19,7 @@ from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.causal import CausalContext, counter_in_range
 from sync.codec import EVIDENCE_KINDS, KEYED_CALL_KINDS, InvalidToken, decode_token
 from sync.crdt import FINGERPRINT_BYTES, MAX_KEYED_CALLS
+from sync.members import MEMBERS
 from sync.observation import Evidence, Subject, SubjectKind
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+\-]*")
@@ -407,7 +408,9 @@ def remote_state(msg: sync_pb2.SubjectState, field: str, limits: Limits) -> None
         if o.dot.counter > known.get(o.dot.actor, 0) and (o.dot.actor, o.dot.counter) not in cloud:
             raise InvalidArgument(f"{at}.dot", "is not in the state's causal context")
         context_name(_unreserved(o.context), f"{at}.context", limits)
-        if not o.key or len(o.key) > limits.max_statement or _CONTROL.search(o.key):
+        if o.context == MEMBERS:  # a member's id, by the rule AddMember applies
+            identifier(o.key, f"{at}.key", limits.max_id)
+        elif not o.key or len(o.key) > limits.max_statement or _CONTROL.search(o.key):
             raise InvalidArgument(f"{at}.key", "must be a slot key or a normalized statement")
         identifier(o.source, f"{at}.source", limits.max_id)
         text(o.statement, f"{at}.statement", limits.max_statement, required=True)

@@ -81,6 +81,15 @@ def _obs_field(name: str, value: object) -> Callable[[State], None]:
     return _set(obs, name, value)
 
 
+def _member_key(value: str) -> Callable[[State], None]:
+    """An observation of a group's members (its ``_members`` context) whose key is ``value``."""
+
+    def change(msg: State) -> None:
+        obs(msg).context, obs(msg).key = "_members", value
+
+    return change
+
+
 BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
     # case: (change, field named, words of the reason)
     "no subject": (lambda m: m.ClearField("subject"), "deltas[0].subject", "required"),
@@ -163,6 +172,19 @@ BROKEN: dict[str, tuple[Callable[[State], object], str, str]] = {
         "at most 64",
     ),
     "empty key": (_obs_field("key", ""), "deltas[0].observations[0].key", "slot key"),
+    # a group's member ids, by the rule AddMember applies to a member's id
+    "member id with a space": (
+        _member_key("budget is 10k"),
+        "deltas[0].observations[0].key",
+        "letters, digits",
+    ),
+    "a node's own name as member id": (
+        _member_key("_members"),
+        "deltas[0].observations[0].key",
+        "start with a letter or digit",
+    ),
+    "long member id": (_member_key("u" * 129), "deltas[0].observations[0].key", "at most 128"),
+    "empty member id": (_member_key(""), "deltas[0].observations[0].key", "required"),
     "long key": (_obs_field("key", "k" * 2001), "deltas[0].observations[0].key", "slot key"),
     "control key": (_obs_field("key", "a\x01"), "deltas[0].observations[0].key", "slot key"),
     "source": (_obs_field("source", "bad source"), "deltas[0].observations[0].source", "letters"),
@@ -347,6 +369,7 @@ ACCEPTED: dict[str, Callable[[State], object]] = {
     "a node's own tenant": lambda m: setattr(m.subject, "tenant", "_cluster"),
     "a node's own subject id": lambda m: setattr(m.subject, "id", "_governance"),
     "a node's own context": _obs_field("context", "_members"),
+    "a member id of 128": _member_key("U-1.x@y:z+" + "u" * 118),
 }
 
 
