@@ -103,7 +103,8 @@ def too_large(subject: Subject, found: Excess, outcome: str) -> ResourceExhauste
         quota=[
             QuotaViolation(
                 f"subject {subject}",
-                f"at most {found.maximum} {found.limit} per subject ({setting}, {option})",
+                f"at most {found.maximum} {found.unit or found.limit} per subject "
+                f"({', '.join(filter(None, (setting, option)))})",
             )
         ],
     )

@@ -132,6 +132,22 @@ class SubjectLimits:
     max_slots: int = 1000
     max_observations: int = 2000
     max_bytes: int = 1024 * 1024
+    # The node's own slots (``own``: a group's members), which the agents' limits above do not
+    # count, so no agent's beliefs can crowd them out: at most this many slots, twice as many
+    # observations (concurrent adds of one member) and OWN_SLOT_BYTES per slot.
+    max_members: int = 1000
+
+
+# What one of the node's own slots may take of a state's encoding (a member's register with
+# 128-character ids takes about 800 bytes). A subject's whole state stays within
+# ``max_bytes + max_members * OWN_SLOT_BYTES``.
+OWN_SLOT_BYTES = 1024
+
+
+def own(context: str) -> bool:
+    """A context of the node's own (node.validation.reserved: ``_members``, governance), kept
+    apart from the agents' slots by the limits."""
+    return context.startswith("_")
 
 
 # What each limit is called where an operator sets it (cluster file [cluster.limits],
@@ -140,31 +156,31 @@ SETTINGS = {
     "slots": ("max_subject_slots", "--max-subject-slots"),
     "observations": ("max_subject_observations", "--max-subject-observations"),
     "bytes": ("max_subject_bytes", "--max-subject-bytes"),
+    "members": ("max_group_members", ""),
 }
 
 
 class Footprint(NamedTuple):
-    """What a subject's state holds, as the limits count it."""
+    """What a subject's state holds, as the limits count it: every slot and observation, and
+    apart, those of the node's own contexts (``own``), which are within them."""
 
     slots: dict[tuple[str, str], int]  # observations per slot; never mutated once built
     observations: int
     observation_bytes: int
+    own_slots: int = 0
+    own_observations: int = 0
+    own_bytes: int = 0
 
     @classmethod
     def of(cls, state: SubjectState) -> Footprint:
-        slots: dict[tuple[str, str], int] = {}
-        size = 0
-        for obs in state.observations.values():
-            slot = (obs.context, obs.key)
-            slots[slot] = slots.get(slot, 0) + 1
-            size += observation_bytes(obs)
-        return cls(slots, len(state.observations), size)
+        return cls({}, 0, 0).changed((), state.observations.values())
 
     def changed(self, removed: Iterable[Observation], added: Iterable[Observation]) -> Footprint:
         """The footprint of this state without ``removed`` (each one of its observations) and
         with ``added`` (each new): ``Footprint.of`` of the state after, without a scan of it."""
         slots = dict(self.slots)
         count, size = self.observations, self.observation_bytes
+        own_slots, own_count, own_size = self.own_slots, self.own_observations, self.own_bytes
         for obs in removed:
             slot = (obs.context, obs.key)
             left = slots[slot] - 1
@@ -172,14 +188,25 @@ class Footprint(NamedTuple):
                 slots[slot] = left
             else:
                 del slots[slot]
+            step = observation_bytes(obs)
             count -= 1
-            size -= observation_bytes(obs)
+            size -= step
+            if own(obs.context):
+                own_slots -= not left
+                own_count -= 1
+                own_size -= step
         for obs in added:
             slot = (obs.context, obs.key)
-            slots[slot] = slots.get(slot, 0) + 1
+            held = slots.get(slot, 0)
+            slots[slot] = held + 1
+            step = observation_bytes(obs)
             count += 1
-            size += observation_bytes(obs)
-        return Footprint(slots, count, size)
+            size += step
+            if own(obs.context):
+                own_slots += not held
+                own_count += 1
+                own_size += step
+        return Footprint(slots, count, size, own_slots, own_count, own_size)
 
 
 class Footprints:
@@ -229,30 +256,44 @@ class Footprints:
 
 
 class Excess(NamedTuple):
-    """A limit a state passes: which (a key of SETTINGS), how much it holds, and the limit."""
+    """A limit a state passes: which (a key of SETTINGS), how much it holds, and the limit;
+    ``unit``: what it counts, when not the limit's name."""
 
     limit: str
     value: int
     maximum: int
+    unit: str = ""
 
     def describe(self) -> str:
         setting, option = SETTINGS[self.limit]
-        unit = {"slots": "slots", "observations": "observations", "bytes": "bytes"}[self.limit]
+        where = f", or selfmodel node {option}" if option else ""
         return (
-            f"would hold {self.value} {unit}, more than the limit of {self.maximum} per subject "
-            f"({setting} in the cluster file's [cluster.limits], or selfmodel node {option})"
+            f"would hold {self.value} {self.unit or self.limit}, more than the limit of "
+            f"{self.maximum} per subject ({setting} in the cluster file's [cluster.limits]{where})"
         )
 
 
 def excess(state: SubjectState, footprint: Footprint, limits: SubjectLimits) -> Excess | None:
-    """The first limit ``state`` (whose footprint is ``footprint``) passes, or None."""
-    if len(footprint.slots) > limits.max_slots:
-        return Excess("slots", len(footprint.slots), limits.max_slots)
-    if footprint.observations > limits.max_observations:
-        return Excess("observations", footprint.observations, limits.max_observations)
-    size = head_bytes(state) + footprint.observation_bytes
+    """The first limit ``state`` (whose footprint is ``footprint``) passes, or None. The agents'
+    limits count the agents' contexts (and the state's head); the node's own contexts (``own``)
+    have theirs, ``max_members``: the whole state stays within ``max_bytes + max_members *
+    OWN_SLOT_BYTES``."""
+    slots = len(footprint.slots) - footprint.own_slots
+    if slots > limits.max_slots:
+        return Excess("slots", slots, limits.max_slots)
+    observations = footprint.observations - footprint.own_observations
+    if observations > limits.max_observations:
+        return Excess("observations", observations, limits.max_observations)
+    size = head_bytes(state) + footprint.observation_bytes - footprint.own_bytes
     if size > limits.max_bytes:
         return Excess("bytes", size, limits.max_bytes)
+    most = limits.max_members
+    if footprint.own_slots > most:
+        return Excess("members", footprint.own_slots, most)
+    if footprint.own_observations > 2 * most:
+        return Excess("members", footprint.own_observations, 2 * most, "member observations")
+    if footprint.own_bytes > most * OWN_SLOT_BYTES:
+        return Excess("members", footprint.own_bytes, most * OWN_SLOT_BYTES, "bytes of members")
     return None
 
 

@@ -16,7 +16,7 @@ from federation.client import Client, org, team, user
 from node.errors import PermissionDenied, Reason, ResourceExhausted
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
-from tests.harness import NodeProcess
+from tests.harness import LocalCluster, NodeProcess
 
 USERS, SLOTS, WORDS = 100, 25, 1900  # 2,500 distinct rows of about 2 KB: past a 4 MiB reply
 USER, TEAM = model_pb2.SUBJECT_KIND_USER, model_pb2.SUBJECT_KIND_TEAM
@@ -238,3 +238,37 @@ def test_an_agent_changes_members_only_through_a_node_of_its_tokens_domains(
             assert refused.value.reason == Reason.DOMAIN_DENIED
         assert operator.members(team("t1")).members == ()
         assert operator.add_member(team("t1"), user("u1")) == "added"  # operators: any node
+
+
+def test_an_agent_filling_a_teams_belief_slots_cannot_block_its_membership_changes(
+    tmp_path: Path,
+) -> None:
+    """A group's members are the node's own slots of the group subject: they count against
+    max_group_members, not against the slots the agents' beliefs fill."""
+    file = tmp_path / "tokens.toml"
+    hr, _ = tokens.create(file, "hr_agent", "acme", "agent", ["*"], ["*"], members=True)
+    slots, most = 5, 20
+    limits = {"max_subject_slots": slots, "max_group_members": most}
+    with (
+        LocalCluster(tmp_path / "c", ("n1",), proxies=False, tokens=file, limits=limits) as c,
+        Client(c.address("n1"), token=hr, tenant="acme") as hr_agent,
+    ):
+        for s in range(slots):
+            hr_agent.observe(team("t1"), f"note {s}", confidence=0.9, context="notes", key=f"k{s}")
+        with pytest.raises(ResourceExhausted) as full:  # the agent's slots are full
+            hr_agent.observe(team("t1"), "one more", confidence=0.9, context="notes", key="k9")
+        assert full.value.metadata["setting"] == "max_subject_slots"
+        for u in range(most):
+            assert hr_agent.add_member(team("t1"), user(f"u{u}")) == "added"
+        with pytest.raises(ResourceExhausted) as refused:
+            hr_agent.add_member(team("t1"), user(f"u{most}"))
+        assert refused.value.reason == Reason.SUBJECT_TOO_LARGE
+        assert refused.value.metadata["setting"] == "max_group_members"
+        assert f"{most + 1} members" in str(refused.value)
+        listed = hr_agent.members(team("t1"), page_size=100).members
+        assert sorted(m.id for m in listed) == sorted(f"u{u}" for u in range(most))
+        assert hr_agent.remove_member(team("t1"), user("u0")) == "removed"
+        assert hr_agent.add_member(team("t1"), user(f"u{most}")) == "added"  # room again
+        with pytest.raises(ResourceExhausted) as still:  # and the beliefs stay bounded
+            hr_agent.observe(team("t1"), "one more", confidence=0.9, context="notes", key="k9")
+        assert still.value.metadata["setting"] == "max_subject_slots"
