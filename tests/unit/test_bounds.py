@@ -12,9 +12,11 @@ from node.convert import snapshot
 from node.policy import PolicyBook
 from node.resolution import resolve
 from sync.bounds import (
+    OWN_SLOT_BYTES,
     Footprint,
     Footprints,
     SubjectLimits,
+    dot_bytes,
     excess,
     observation_bytes,
     split,
@@ -23,6 +25,7 @@ from sync.bounds import (
 from sync.causal import CausalContext, Dot
 from sync.codec import encode_state, encode_token
 from sync.crdt import NO_ERASE, SubjectState, apply_observe, merge
+from sync.members import MEMBERS
 from sync.observation import Evidence, Observation
 from tests.unit.strategies import LAWS, SUBJECT, VALUES, Run, random_states, runs, shuffles
 
@@ -113,7 +116,10 @@ def test_footprint_changed_equals_footprint_of_the_state_after() -> None:
     footprint = Footprint.of(state)
     for i in range(1, 200):
         obs = _largest_observation(i, rnd.randrange(20))._replace(
-            source=f"s{rnd.randrange(5)}", evidence=(), statement="x" * rnd.randrange(1, 50)
+            source=f"s{rnd.randrange(5)}",
+            evidence=(),
+            statement="x" * rnd.randrange(1, 50),
+            context=rnd.choice(["c" * 64, MEMBERS]),  # the node's own slots counted apart
         )
         mine = [
             o for o in state.observations.values() if o.slot == obs.slot and o.source == obs.source
@@ -206,3 +212,51 @@ def test_kept_footprints_are_bounded_by_their_slots_and_found_by_position() -> N
     assert len(kept) == 9  # 31 slots: the least recently kept (u-1) dropped
     other = states[0]._replace(observations={})  # the same position, fewer observations
     assert kept.of(other) == Footprint.of(other)
+
+
+def _member(counter: int, member: int) -> Observation:
+    """A group member's register as Engine.put writes it, every id of the longest."""
+    return Observation(
+        dot=Dot("n" * 128, counter),
+        context=MEMBERS,
+        key=f"{member:06d}" + "u" * 122,
+        source="s" * 128,
+        statement="user:" + f"{member:06d}" + "u" * 122,
+        confidence=1.0,
+        evidence=(),
+        hlc=2**63 - 1,
+        origin="o" * 128,
+    )
+
+
+def test_members_do_not_count_against_the_agents_limits_but_against_their_own() -> None:
+    limits = SubjectLimits(max_slots=3, max_members=5)
+    state = _filled(limits, lambda i: _largest_observation(i, i)._replace(evidence=()))
+    assert len(state.observations) == 3  # the agents' slots are full
+    footprint = Footprint.of(state)
+    for m in range(5):
+        obs = _member(10 + m, m)
+        state, footprint = apply_observe(state, obs), footprint.changed((), [obs])
+        assert excess(state, footprint, limits) is None
+    obs = _member(20, 5)
+    found = excess(apply_observe(state, obs), footprint.changed((), [obs]), limits)
+    assert found is not None and found.limit == "members" and found.value == 6
+    assert "max_group_members" in found.describe() and "6 members" in found.describe()
+    agents = _largest_observation(30, 30)._replace(evidence=())
+    found = excess(apply_observe(state, agents), footprint.changed((), [agents]), limits)
+    assert found is not None and found.limit == "slots" and found.value == 4
+
+
+def test_a_member_fits_its_share_and_a_full_group_stays_under_half_a_message() -> None:
+    """A subject's whole state is within max_bytes plus OWN_SLOT_BYTES per member: with the
+    agents' contexts at their limits and max_members members, under half a message."""
+    limits, message = SubjectLimits(), NodeConfig().max_message_bytes
+    state = _filled(limits, lambda i: _largest_observation(i, i))
+    footprint = Footprint.of(state)
+    for m in range(limits.max_members):
+        obs = _member(10_000 + m, m)
+        assert observation_bytes(obs) + dot_bytes(obs.dot) <= OWN_SLOT_BYTES
+        state, footprint = apply_observe(state, obs), footprint.changed((), [obs])
+    assert excess(state, footprint, limits) is None and footprint == Footprint.of(state)
+    size = len(encode_state(state))
+    assert size <= limits.max_bytes + limits.max_members * OWN_SLOT_BYTES <= message // 2, size
