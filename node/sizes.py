@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 from node import metrics
 from node.errors import too_large
-from sync.bounds import Excess, Footprint, Footprints, SubjectLimits, excess, grew, head_bytes
+from sync.bounds import (
+    Excess,
+    Footprint,
+    Footprints,
+    SubjectLimits,
+    excess,
+    grown_excess,
+    head_bytes,
+)
 from sync.crdt import SubjectState
 from sync.observation import Observation, Subject
 
@@ -41,8 +49,8 @@ class SubjectSizes:
         it grows the subject past a limit."""
         previous = self.footprint(old)
         footprint = previous.changed(gone, added)
-        found = excess(new, footprint, self.limits)
-        if found is not None and grew(previous, footprint):
+        found = grown_excess(new, previous, footprint, self.limits)
+        if found is not None:
             metrics.SUBJECT_LIMIT_REFUSED.labels("write", found.limit).inc()
             raise too_large(
                 new.subject,
@@ -82,8 +90,8 @@ class SubjectSizes:
         removed = [old.observations[d] for d in old.observations.keys() - new.observations.keys()]
         added = [new.observations[d] for d in new.observations.keys() - old.observations.keys()]
         after = before.changed(removed, added)
-        found = excess(new, after, self.limits)
-        if found is None or not grew(before, after):
+        found = grown_excess(new, before, after, self.limits)
+        if found is None:
             self.remember(new, after)
             return None
         metrics.SUBJECT_LIMIT_REFUSED.labels("merge", found.limit).inc()

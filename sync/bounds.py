@@ -278,6 +278,27 @@ def excess(state: SubjectState, footprint: Footprint, limits: SubjectLimits) -> 
     limits count the agents' contexts (and the state's head); the node's own contexts (``own``)
     have theirs, ``max_members``: the whole state stays within ``max_bytes + max_members *
     OWN_SLOT_BYTES``."""
+    return _agents_excess(state, footprint, limits) or _own_excess(footprint, limits)
+
+
+def grown_excess(
+    state: SubjectState, before: Footprint, after: Footprint, limits: SubjectLimits
+) -> Excess | None:
+    """The first limit ``state`` (whose footprint is ``after``, and was ``before``) passes
+    where it grew: a subject past one limit (lowered since) may still take what does not grow
+    what that limit counts."""
+    found = _agents_excess(state, after, limits)
+    if found is not None and grew(before, after, found.limit):
+        return found
+    found = _own_excess(after, limits)
+    if found is not None and grew(before, after, found.limit):
+        return found
+    return None
+
+
+def _agents_excess(
+    state: SubjectState, footprint: Footprint, limits: SubjectLimits
+) -> Excess | None:
     slots = len(footprint.slots) - footprint.own_slots
     if slots > limits.max_slots:
         return Excess("slots", slots, limits.max_slots)
@@ -287,6 +308,10 @@ def excess(state: SubjectState, footprint: Footprint, limits: SubjectLimits) -> 
     size = head_bytes(state) + footprint.observation_bytes - footprint.own_bytes
     if size > limits.max_bytes:
         return Excess("bytes", size, limits.max_bytes)
+    return None
+
+
+def _own_excess(footprint: Footprint, limits: SubjectLimits) -> Excess | None:
     most = limits.max_members
     if footprint.own_slots > most:
         return Excess("members", footprint.own_slots, most)
@@ -297,8 +322,25 @@ def excess(state: SubjectState, footprint: Footprint, limits: SubjectLimits) -> 
     return None
 
 
-def grew(before: Footprint, after: Footprint) -> bool:
-    """True when ``after`` holds more of anything the limits count than ``before``."""
+def grew(before: Footprint, after: Footprint, limit: str = "") -> bool:
+    """True when ``after`` holds more of anything the limits count than ``before``; with a
+    ``limit`` (a key of SETTINGS), of what that limit counts: the node's own contexts for
+    ``members``, the agents' for the others (a subject past one, lowered since it grew, may
+    still take what the other counts)."""
+    if limit == "members":
+        return (
+            after.own_slots > before.own_slots
+            or after.own_observations > before.own_observations
+            or after.own_bytes > before.own_bytes
+        )
+    if limit:
+        return (
+            len(after.slots) - after.own_slots > len(before.slots) - before.own_slots
+            or after.observations - after.own_observations
+            > before.observations - before.own_observations
+            or after.observation_bytes - after.own_bytes
+            > before.observation_bytes - before.own_bytes
+        )
     return (
         len(after.slots) > len(before.slots)
         or after.observations > before.observations

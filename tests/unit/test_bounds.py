@@ -18,6 +18,7 @@ from sync.bounds import (
     SubjectLimits,
     dot_bytes,
     excess,
+    grown_excess,
     observation_bytes,
     split,
     state_bytes,
@@ -260,3 +261,24 @@ def test_a_member_fits_its_share_and_a_full_group_stays_under_half_a_message() -
     assert excess(state, footprint, limits) is None and footprint == Footprint.of(state)
     size = len(encode_state(state))
     assert size <= limits.max_bytes + limits.max_members * OWN_SLOT_BYTES <= message // 2, size
+
+
+def test_a_subject_past_one_of_its_limits_still_takes_what_the_other_counts() -> None:
+    """Limits lowered since a subject grew: past the agents' slots, a member is still added;
+    past the members, a belief still is; what grows the passed limit is refused."""
+    filled = SubjectLimits(max_slots=3)
+    state = _filled(filled, lambda i: _largest_observation(i, i)._replace(evidence=()))
+    for m in range(3):
+        state = apply_observe(state, _member(10_000 + m, m))
+    before = Footprint.of(state)
+    lowered = SubjectLimits(max_slots=1, max_members=1)
+    assert excess(state, before, lowered) is not None
+    for obs, limit in (
+        (_member(20_000, 7), "members"),
+        (_largest_observation(20_001, 20_001)._replace(evidence=()), "slots"),
+    ):
+        after = before.changed((), [obs])
+        found = grown_excess(apply_observe(state, obs), before, after, lowered)
+        assert found is not None and found.limit == limit
+        others = SubjectLimits(max_slots=1) if limit == "members" else SubjectLimits(max_members=1)
+        assert grown_excess(apply_observe(state, obs), before, after, others) is None
