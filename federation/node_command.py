@@ -77,7 +77,12 @@ NODE_SETTINGS: tuple[tuple[str, str], ...] = (
         "seconds (default: 10)",
     ),
 )  # fmt: skip
-SUBJECT_OPTIONS = ("--max-subject-slots", "--max-subject-observations", "--max-subject-bytes")
+SUBJECT_OPTIONS = (
+    "--max-subject-slots",
+    "--max-subject-observations",
+    "--max-subject-bytes",
+    "--max-group-members",
+)
 LIMIT_OPTIONS = tuple(
     o.removeprefix("--").replace("-", "_")
     for o in ("--cache-mb", "--snapshot-cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
@@ -172,6 +177,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ("--max-subject-slots", "1000", "slots"),
         ("--max-subject-observations", "2000", "observations"),
         ("--max-subject-bytes", "1048576", "bytes of encoded state"),
+        ("--max-group-members", "1000", "members of a team or organization"),
     ):
         node.add_argument(
             option,

@@ -156,7 +156,7 @@ SETTINGS = {
     "slots": ("max_subject_slots", "--max-subject-slots"),
     "observations": ("max_subject_observations", "--max-subject-observations"),
     "bytes": ("max_subject_bytes", "--max-subject-bytes"),
-    "members": ("max_group_members", ""),
+    "members": ("max_group_members", "--max-group-members"),
 }
 
 

@@ -17,6 +17,7 @@ from node.errors import PermissionDenied, Reason, ResourceExhausted
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from tests.harness import LocalCluster, NodeProcess
+from tests.nodes import node_status, wait_until
 
 USERS, SLOTS, WORDS = 100, 25, 1900  # 2,500 distinct rows of about 2 KB: past a 4 MiB reply
 USER, TEAM = model_pb2.SUBJECT_KIND_USER, model_pb2.SUBJECT_KIND_TEAM
@@ -272,3 +273,36 @@ def test_an_agent_filling_a_teams_belief_slots_cannot_block_its_membership_chang
         with pytest.raises(ResourceExhausted) as still:  # and the beliefs stay bounded
             hr_agent.observe(team("t1"), "one more", confidence=0.9, context="notes", key="k9")
         assert still.value.metadata["setting"] == "max_subject_slots"
+
+
+def test_a_peers_group_past_max_group_members_is_refused_and_the_others_replicate(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """The members' limit holds on the peer side as the agents' limits do: a group a peer with
+    a larger limit grew is refused whole, counted, and the stream goes on."""
+    cluster = make_cluster(
+        ("sales", "support"), proxies=False, node_args={"support": ["--max-group-members", "3"]}
+    )
+    with cluster.client("sales", "ops") as ops:
+        for u in range(5):  # past support's limit only
+            assert ops.add_member(team("big"), user(f"u{u}")) == "added"
+        assert ops.add_member(team("small"), user("u0")) == "added"
+
+    def members_on_support(group: str) -> list[str]:
+        with cluster.client("support", "ops") as reader:
+            return sorted(m.id for m in reader.members(team(group)).members)
+
+    wait_until(lambda: members_on_support("small") == ["u0"], "team small on support", 30)
+
+    def refused() -> bool:
+        (peer,) = node_status(cluster.address("sales")).peers
+        return peer.skipped_subjects == 1
+
+    wait_until(refused, "support refused team big", 30)
+    held = members_on_support("big")  # the deltas within the limit, merged one by one
+    assert len(held) <= 3 and set(held) <= {f"u{u}" for u in range(5)}, held
+    metrics = cluster.nodes["support"].metrics()
+    assert 'selfmodel_subject_limit_refused_total{kind="merge",limit="members"}' in metrics
+    log = cluster.nodes["support"].log()
+    assert "refused to merge a peer's state of acme/team/big" in log, log[-3000:]
+    assert "max_group_members" in log
