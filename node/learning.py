@@ -56,9 +56,9 @@ from node.reliability import (
 )
 from node.resolution import NO_WITHDRAWN, Withdrawn, counted
 from node.snapshots import changed_sources
-from node.store import Change, Store
+from node.store import Change
 from node.validation import reserved
-from node.withdrawals import FOLLOW_PAGE, is_sources_subject, withdrawn_of
+from node.withdrawals import is_sources_subject, slots_of_sources, withdrawn_of
 from sync.causal import Dot
 from sync.crdt import SubjectState
 from sync.observation import Observation, Subject
@@ -203,24 +203,6 @@ def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str,
     was, now = old.observations, new.observations
     found = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
     found.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
-    return found
-
-
-def slots_of_sources(
-    store: Store, tenant: str, sources: set[str]
-) -> dict[Subject, set[tuple[str, str]]]:
-    """The slots (context, key) of ``tenant``'s subjects holding an observation of one of
-    ``sources``, per subject (from the attribution index, a page at a time)."""
-    found: dict[Subject, set[tuple[str, str]]] = {}
-    for source in sorted(sources):
-        after = b""
-        while True:
-            rows = store.contributions(tenant, source, after, FOLLOW_PAGE)
-            for _, row in rows:
-                found.setdefault(row.subject, set()).add((row.context, row.key))
-            if len(rows) < FOLLOW_PAGE:
-                break
-            after = rows[-1][0]
     return found
 
 
@@ -436,4 +418,4 @@ def _drop(gauge: Gauge, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-__all__ = ["Learning", "Outcomes", "SlotId", "judge", "slots_of_sources", "touched_slots"]
+__all__ = ["Learning", "Outcomes", "SlotId", "judge", "touched_slots"]

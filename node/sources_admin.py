@@ -25,7 +25,7 @@ from node.auth import Principal
 from node.engine import Engine
 from node.errors import InvalidArgument, map_errors
 from node.validation import Limits
-from node.withdrawals import WITHDRAWN, concerned, sources_subject
+from node.withdrawals import WITHDRAWN, slots_of_sources, sources_subject
 from selfmodel.admin.v1 import admin_pb2
 from sync.codec import subject_to_proto
 from sync.crdt import register
@@ -112,7 +112,7 @@ class SourcesAdmin:
         reply = admin_pb2.WithdrawSourceResponse(handoff_token=token)
         if value is not None:
             reply.withdrawn_at.FromMilliseconds(physical_ms(value.hlc))
-        reply.subjects = len(concerned(self.engine.store, tenant, {source}))
+        reply.subjects = len(slots_of_sources(self.engine.store, tenant, {source}))
         return reply
 
     @map_errors

@@ -97,20 +97,23 @@ class Withdrawals:
         return moved
 
 
-def concerned(store: Store, tenant: str, sources: set[str]) -> list[Subject]:
-    """The subjects of ``tenant`` holding an observation of one of ``sources`` (from the
-    attribution index, a page at a time), in storage order per source."""
-    found: dict[Subject, None] = {}
+def slots_of_sources(
+    store: Store, tenant: str, sources: set[str]
+) -> dict[Subject, set[tuple[str, str]]]:
+    """The slots (context, key) of ``tenant``'s subjects holding an observation of one of
+    ``sources``, per subject in storage order per source (from the attribution index, a page
+    at a time)."""
+    found: dict[Subject, set[tuple[str, str]]] = {}
     for source in sorted(sources):
         after = b""
         while True:
             rows = store.contributions(tenant, source, after, FOLLOW_PAGE)
-            for _, contribution in rows:
-                found.setdefault(contribution.subject)
+            for _, row in rows:
+                found.setdefault(row.subject, set()).add((row.context, row.key))
             if len(rows) < FOLLOW_PAGE:
                 break
             after = rows[-1][0]
-    return list(found)
+    return found
 
 
 def follower(
@@ -121,7 +124,7 @@ def follower(
 
     def follow(changes: Sequence[Change]) -> None:
         for tenant, sources in withdrawals.follow(changes):
-            for subject in concerned(store, tenant, sources):
+            for subject in slots_of_sources(store, tenant, sources):
                 refresh(subject)
 
     return follow
@@ -135,9 +138,9 @@ __all__ = [
     "SOURCES_ID",
     "WITHDRAWN",
     "Withdrawals",
-    "concerned",
     "follower",
     "is_sources_subject",
+    "slots_of_sources",
     "sources_subject",
     "withdrawn_of",
 ]
