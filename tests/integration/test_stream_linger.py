@@ -14,7 +14,10 @@ LINGER_S = 2.0
 
 
 def test_a_write_right_after_another_reaches_the_peer_once_the_linger_has_passed(make_cluster):
-    cluster = make_cluster(("sales", "support"), sync={"linger_s": LINGER_S})
+    # No anti-entropy round within the test: one would carry `second` whatever the linger.
+    cluster = make_cluster(
+        ("sales", "support"), sync={"linger_s": LINGER_S, "anti_entropy_s": 600.0}
+    )
     subject = user("u-linger")
     with (
         cluster.client("sales", "sales_agent") as sales,
