@@ -9,6 +9,7 @@ import pytest
 
 from federation.client import user
 from node.errors import HandoffTimeout
+from tests.nodes import peers_connected, wait_until
 
 LINGER_S = 2.0
 
@@ -19,6 +20,10 @@ def test_a_write_right_after_another_reaches_the_peer_once_the_linger_has_passed
         ("sales", "support"), sync={"linger_s": LINGER_S, "anti_entropy_s": 600.0}
     )
     subject = user("u-linger")
+    # With the stream up before `first`, `first` goes at once and the read below returns at once:
+    # `second` is then written well within the linger (a stream still connecting would send
+    # `first` late, and a read asking again at its growing delays could return after most of it).
+    wait_until(lambda: peers_connected(cluster, "sales"), "sales' delta stream to support is up")
     with (
         cluster.client("sales", "sales_agent") as sales,
         cluster.client("support", "support_agent") as support,
