@@ -131,8 +131,7 @@ class Engine:
         ]
         # The books in force are the operators' (node.governor) and, per tenant, the
         # operators' times that tenant's learned weights (node.learning; none unless it is
-        # on): node.reliability.Books, kept by the reader.
-        self.operators = self.reader.policies
+        # on): node.reliability.Books, kept by the reader (``policies``, ``book_of``).
         self.learned: Mapping[str, Weights] = {}  # per tenant
         self._book_lock = threading.Lock()
         # Told the operators' new book when it changes (learning judges against it).
@@ -156,7 +155,6 @@ class Engine:
         resolved under another book is served again (node.reads), and every watch is woken to
         read its model again. ``book_listeners`` are told."""
         with self._book_lock:
-            self.operators = book
             self.snapshots.rebooked_all()
             self.reader.books = books_of(book, self.learned)
             self.groups.policies_changed()  # members' beliefs moved: so do roll-ups
@@ -176,13 +174,13 @@ class Engine:
             books = self.reader.books
             tenants = dict(books.tenants)
             for tenant, contexts in moved.items():
-                new = learned_book(self.operators, learned.get(tenant, {}))
+                new = learned_book(self.policies, learned.get(tenant, {}))
                 self.snapshots.rebooked(tenant, books.of(tenant), new, contexts)
-                if new is self.operators:
+                if new is self.policies:
                     tenants.pop(tenant, None)
                 else:
                     tenants[tenant] = new
-            self.reader.books = Books(self.operators, tenants)
+            self.reader.books = Books(self.policies, tenants)
             for tenant, contexts in moved.items():  # members' beliefs moved: so do roll-ups
                 self.groups.policies_changed(contexts, tenant)
         for tenant in moved:

@@ -64,7 +64,7 @@ class Governor:
         at start and whenever the replicated settings moved."""
         replicated = checked(view(state))
         found = book_in_force(self.seed, state)
-        if found.book != self.engine.operators:  # the book in force is it times learned weights
+        if found.book != self.engine.policies:  # the book in force is it times learned weights
             self.engine.use_policies(found.book)
         moved = starting or replicated != self.replicated
         self.replicated = replicated

@@ -209,7 +209,7 @@ def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str,
 class Learning:
     """Learned reliability wired into ``engine``: follows its changes, puts weights in force.
 
-    ``configured`` is the book outcomes are judged against (the operators': ``Engine.operators``,
+    ``configured`` is the book outcomes are judged against (the operators': ``Engine.policies``,
     followed through ``reconfigure``); what a tenant's reads resolve with is the engine's
     ``learned_book(operators, the tenant's weights)``. Thread-safe: listeners run on the writers'
     threads, ``refresh`` on its own.
@@ -218,7 +218,7 @@ class Learning:
     def __init__(self, engine: Engine, settings: LearningSettings) -> None:
         self.engine = engine
         self.settings = settings
-        self.configured = engine.operators
+        self.configured = engine.policies
         self._rejudge = False  # the operators' book changed: judge every slot again
         self._outcomes = Outcomes()
         # The slots changed since they were last judged, per subject (None: every slot).
@@ -331,7 +331,7 @@ class Learning:
                 LEARNING_REFRESHES.labels("same").inc()
                 return frozenset()
             if rejudge:
-                self._judge_all(self.engine.operators)
+                self._judge_all(self.engine.policies)
             for subject, slots in pending.items():
                 self._judge(self.engine.state(subject), slots)
             with self._lock:
