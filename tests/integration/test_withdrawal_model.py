@@ -166,6 +166,10 @@ class Model:
         newest = {s.source: s.seq for s in said}
         return sorted((s.source, s.statement, s.seq < newest[s.source]) for s in said)
 
+    def subjects_of(self, source: str) -> set[str]:
+        """The users holding a stored observation of ``source``."""
+        return {s.user for s in self.said if s.source == source}
+
     def contributions(self, source: str) -> list[tuple[str, str, str, bool]]:
         """(user, context, key, withdrawn) of each stored observation of ``source``."""
         return sorted((s.user, *s.slot, self.withdrawn(s)) for s in self.said if s.source == source)
@@ -222,6 +226,8 @@ def _run(cluster: LocalCluster, tenant: str, script: list[Step], model: Model) -
                 case "withdraw":
                     reply = ops[n].withdraw_source(source)
                     model.withdraw(n, source, reply.withdrawn_at.ToMilliseconds())
+                    if model.cut is None:  # the node holds every subject the source is in
+                        assert reply.subjects == len(model.subjects_of(source)), reply
                 case "lift":
                     ops[n].lift_withdrawal(source)
                     model.lift(n, source)
