@@ -423,15 +423,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits) or {}
-        if positions and not positions.keys() & set(subjects):
+        wanted_of = {s: self.engine.positions_of(s, positions) for s in subjects}
+        if positions and not any(wanted_of.values()):
             raise InvalidArgument(
-                "at_least", "names none of the subjects: pass a token of a write or read of one"
+                "at_least",
+                "names none of the subjects (nor a member of a team or organization among "
+                "them): pass a token of a write or read of one",
             )
         reply = selfmodel_pb2.BatchGetSelfModelsResponse()
         read = {}
         want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
         for subject in subjects:
-            wanted = {subject: positions[subject]} if subject in positions else None
+            wanted = wanted_of[subject]
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
             reply.models.add().MergeFromString(
                 self._replies.snapshot(subject, view, want, self.engine.node)
