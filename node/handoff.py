@@ -7,6 +7,14 @@ refused (``implausible``: INVALID_ARGUMENT, HANDOFF_POSITION_IMPLAUSIBLE); any o
 answered UNAVAILABLE with HANDOFF_POSITION_PENDING, naming the first dot missing (``missing``)
 and a RetryInfo delay (``DeliveryDelays``), and the client asks again until its deadline.
 
+A read of a team or an organization carries its roll-up, which follows its members' states:
+its token may name the group and any subject whose changes move that roll-up (its members and,
+for an organization, its teams' users, as this node knows them), and each such position is
+required as a subject read requires its own (``Handoffs.require_group``). Positions of other
+subjects are ignored, as a batch read ignores those of subjects it does not read; membership
+is known as of the group's position the node has merged, so the group's own position is judged
+first (a member just added elsewhere counts once its add is merged here).
+
 The rule for "no node can have issued it", for a token's position (a causal context) of a
 subject whose local state has the context ``c`` (a position ``c`` covers is answered at once and
 never judged; an erase's bound travels with its dot, so the context alone is the position):
@@ -207,7 +215,6 @@ class Handoffs:
                     "setting": "max_handoff_lead",
                 },
             )
-        metrics.HANDOFF_PENDING.inc()
         raise HandoffPending(
             f"node {self.node} has not yet merged the handoff token's position for {subject} "
             f"(dot {name}:{counter}; it holds up to {held}); ask again shortly, or read on "

@@ -149,6 +149,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         try:
             return read()
         except HandoffPending as exc:
+            metrics.HANDOFF_PENDING.inc()
             remaining = context.time_remaining()
             if remaining is not None and remaining <= (exc.retry_after_s or 0.0) + LAST_ASK_S:
                 metrics.HANDOFF_TIMEOUTS.inc()
@@ -295,6 +296,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     ) -> Iterator[bytes]:
         """Serialized WatchSelfModelResponses (see SerializedReplies): the model, then each change.
 
+        With ``at_least``, the first model waits until the node has merged the token's
+        positions (a watch holds its thread while open anyway), looking again as the subject
+        changes or after the retry delay a read would be told; a token a read refuses ends the
+        stream before any model.
+
         A watcher that falls behind skips to the latest model: a stream holds at most the one
         snapshot being sent, and every watcher of a subject shares one resolution and one
         encoding of each change (Engine.model, convert.SnapshotReplies). When the token file
@@ -306,6 +312,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
             want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
+            positions = validation.handoff_token(request.at_least, "at_least", self.limits)
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -329,7 +336,12 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                 if self.tokens is not None and self.tokens.version != tokens_seen:
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
-                view = self.engine.model(subject)
+                try:
+                    view = self.engine.model(subject, positions)
+                except HandoffPending as exc:  # the first model waits for the token's positions
+                    sub.changed.wait(min(exc.retry_after_s or 1.0, 1.0))
+                    continue
+                positions = None
                 beliefs, whole = self._replies.shared(subject, view, want, node)
                 rollup = self._rollups.field(subject, want)  # a group's: fires as it moves
                 if (beliefs, rollup) != last:

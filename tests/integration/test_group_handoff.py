@@ -260,3 +260,67 @@ def test_another_tenants_position_in_a_token_is_never_waited_for_and_reveals_not
         after = _other_subject(_raw(cluster, "GetSelfModel", request))
         assert (after.message, after.metadata) == (before.message, before.metadata)
         assert "Secret" not in after.message
+
+
+def _gauge(cluster: LocalCluster, name: str) -> float:
+    for line in cluster.nodes[READER].metrics().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split(" ")[1])
+    return 0.0
+
+
+def test_a_watchs_first_model_waits_for_its_tokens_positions(
+    cluster: LocalCluster, tenant: str
+) -> None:
+    with (
+        cluster.client(WRITER, "ops", tenant) as east,
+        cluster.client(READER, "b", tenant) as west,
+    ):
+        east.add_member(team("t"), user("u1"))
+        cluster.wait_converged(WAIT_S)
+        cluster.partition([WRITER], [READER])
+        token = east.observe(
+            user("u1"), "Wants a yearly plan", confidence=0.9, context="budget", key="plan"
+        ).token
+        firsts: dict[str, SelfModelView | BaseException] = {}
+
+        def first(name: str, subject: Any) -> None:
+            try:
+                for view in west.watch(subject, at_least=token, timeout_s=WAIT_S):
+                    firsts[name] = view
+                    return
+            except BaseException as exc:  # handed to the test's thread
+                firsts[name] = exc
+
+        open_before = _gauge(cluster, "selfmodel_watches")
+        watchers = [
+            threading.Thread(target=first, args=("team", team("t"))),
+            threading.Thread(target=first, args=("user", user("u1"))),
+        ]
+        for w in watchers:
+            w.start()
+        try:
+            wait_until(
+                lambda: _gauge(cluster, "selfmodel_watches") >= open_before + 2 or firsts,
+                "both watches open on the reader's node",
+                timeout_s=WAIT_S,
+            )
+            # Open while the write is held back: no model yet (a read is still pending).
+            pending = _raw(cluster, "GetSelfModel", _get(tenant, TEAM, "t", token))
+            assert isinstance(pending, HandoffPending), pending
+            assert not firsts, firsts
+            cluster.heal()
+        finally:
+            for w in watchers:
+                w.join(WAIT_S + 5)
+        team_view, user_view = firsts["team"], firsts["user"]
+        assert isinstance(team_view, SelfModelView), team_view
+        assert _statements(team_view) == {"Wants a yearly plan"}
+        assert isinstance(user_view, SelfModelView), user_view
+        assert [b.statement for b in user_view.all_beliefs] == ["Wants a yearly plan"]
+
+        # A token a read refuses ends the watch before any model.
+        stranger = west.observe(user("u9"), "Likes mail", confidence=0.9, context="style").token
+        with pytest.raises(InvalidArgument) as refused:
+            next(iter(west.watch(team("t"), at_least=stranger, timeout_s=WAIT_S)))
+        assert refused.value.reason == Reason.HANDOFF_TOKEN_OTHER_SUBJECT
