@@ -598,6 +598,8 @@ class Engine:
             return None
         wanted = {subject} | (self._reach(subject) if is_group(subject) else set())
         found = {s: p for s, p in positions.items() if s in wanted}
+        if found and is_group(subject):  # a member removed since is then ignored, not refused
+            found.setdefault(subject, CausalContext())
         return found or None
 
     # -- watch ---------------------------------------------------------------------------
