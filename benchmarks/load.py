@@ -34,6 +34,7 @@ printed side by side with ratios.
     python -m benchmarks.load                                         # 20 agents, 3 nodes, 30 s
     python -m benchmarks.load --agents 100 --nodes 3 --duration 60 --compare redis
     python -m benchmarks.load --closed --agents 50 --nodes 1          # saturation, hub pattern
+    python -m benchmarks.load --agents 100 --users 2000 --duration 60 --profile  # where CPU goes
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from benchmarks.nodeprofile import NodeProfile, Profile
+from benchmarks.nodeprofile import render as render_profile
 
 OPS = ("read", "observe", "batch", "retract", "explain", "watch", "handoff")
 DEFAULT_MIX = "read=70,observe=15,batch=3,retract=2,explain=3,watch=2,handoff=5"
@@ -562,6 +566,7 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
     visibility_ms: list[float] = field(default_factory=list)
     resources: list[Resources] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)  # where the nodes' CPU went
 
     def of(self, op: str) -> list[Sample]:
         return [s for s in self.samples if s.op == op]
@@ -669,7 +674,13 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
         probe = VisibilityProbe(addresses, args.token or "") if len(addresses) > 1 else None
         if probe is not None:
             probe.start()
+        profile = None
+        if args.profile and cluster is not None:
+            pids = {n: p.proc.pid for n, p in cluster.nodes.items()}
+            profile = NodeProfile.start(pids, 3.0 + WARMUP_S, args.duration)
         result.samples = drive("selfmodel", addresses, args)
+        if profile is not None:
+            result.profiles = profile.finish()
         result.visibility_ms = probe.finish() if probe is not None else []
         result.resources = watch.finish()
     finally:
@@ -800,6 +811,8 @@ def render(results: Sequence[Result], args: argparse.Namespace) -> str:
                 f"({res.cpu_s / r.duration_s:.0%} of a CPU), store {res.store_mb:.1f} MiB"
             )
         lines.append(f"  keeps: {KEEPS[r.target]}")
+        if r.profiles:
+            lines += ["", render_profile(r.profiles, r.duration_s)]
     return "\n".join(lines)
 
 
@@ -852,6 +865,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="where each node's CPU goes over the measured window (py-spy; a local cluster)",
+    )
     args = p.parse_args(argv)
     if args.agents < 1 or args.nodes < 1 or args.workers < 1 or args.duration <= 0:
         p.error("--agents, --nodes, --workers and --duration must be positive")
