@@ -31,6 +31,7 @@ from node.errors import (
 )
 from node.governor import Governor
 from node.groupreads import RollupReads
+from node.handoff import MAX_RETRY_S, MIN_RETRY_S
 from node.interceptors import HandlerWrapper
 from node.learning import Learning
 from node.memberservice import MembersAdmin
@@ -298,8 +299,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
 
         With ``at_least``, the first model waits until the node has merged the token's
         positions (a watch holds its thread while open anyway), looking again as the subject
-        changes or after the retry delay a read would be told; a token a read refuses ends the
-        stream before any model.
+        changes or after the retry delay a read would be told, doubled each time up to
+        MAX_RETRY_S; a token a read refuses ends the stream before any model.
 
         A watcher that falls behind skips to the latest model: a stream holds at most the one
         snapshot being sent, and every watcher of a subject shares one resolution and one
@@ -331,6 +332,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         node = self.engine.node
         try:
             last: tuple[list[Belief], bytes] | None = None
+            waited_s = 0.0  # doubles, from the delay a read is told, while the first model waits
             while context.is_active() and not sub.closed:
                 sub.changed.clear()
                 if self.tokens is not None and self.tokens.version != tokens_seen:
@@ -339,7 +341,8 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
                 try:
                     view = self.engine.model(subject, positions)
                 except HandoffPending as exc:  # the first model waits for the token's positions
-                    sub.changed.wait(min(exc.retry_after_s or 1.0, 1.0))
+                    waited_s = min(max(2 * waited_s, exc.retry_after_s or MIN_RETRY_S), MAX_RETRY_S)
+                    sub.changed.wait(waited_s)
                     continue
                 positions = None
                 beliefs, whole = self._replies.shared(subject, view, want, node)

@@ -236,7 +236,9 @@ def test_another_tenants_position_in_a_token_is_never_waited_for_and_reveals_not
     with (
         cluster.client(WRITER, "g", foreign) as elsewhere,
         cluster.client(READER, "ops", tenant, timeout_s=WAIT_S) as west,
-        Client(cluster.address(READER), agent="b", tenant=foreign) as foreign_west,
+        Client(
+            cluster.address(READER), agent="b", tenant=foreign, timeout_s=WAIT_S
+        ) as foreign_west,
     ):
         west.add_member(team("t"), user("u1"))
         member = west.observe(user("u1"), "Likes chat", confidence=0.9, context="style").token
