@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLE_RATE_HZ = 100
+SAMPLE_RATE_HZ = 50
 _CALL = re.compile(r"^(\w+Servicer)\.(\w+) \(node/")
 # By a thread's Python stack (any frame containing the key), first match wins.
 _THREAD_ROLES = (
@@ -236,6 +237,13 @@ class NodeProfile:
         return profile
 
     def _run(self) -> None:
+        try:
+            self._window()
+        except Exception as exc:  # reported with the profiles, never a silent empty table
+            for profile in self.profiles.values():
+                profile.error = profile.error or f"{type(exc).__name__}: {exc}"
+
+    def _window(self) -> None:
         time.sleep(self.delay_s)
         spy = py_spy()
         before = {name: thread_cpu(pid) for name, pid in self.pids.items()}
@@ -250,13 +258,12 @@ class NodeProfile:
             )
             for name, pid in self.pids.items()
         }
+        time.sleep(self.duration_s)
+        after = {name: thread_cpu(pid) for name, pid in self.pids.items()}
         for name, recorder in recorders.items():
-            _, err = recorder.communicate(timeout=self.duration_s + 60)
-            if recorder.returncode:
-                self.profiles[name].error = err.strip().splitlines()[-1] if err.strip() else "?"
+            self.profiles[name].error = _stopped(recorder)
         for name, pid in self.pids.items():
             profile = self.profiles[name]
-            after = thread_cpu(pid)
             dump = subprocess.run(
                 [spy, "dump", "--pid", str(pid), "--nonblocking"],
                 capture_output=True,
@@ -264,7 +271,7 @@ class NodeProfile:
                 timeout=60,
             )
             stacks = dumped_stacks(dump.stdout)
-            for tid, (os_name, cpu) in after.items():
+            for tid, (os_name, cpu) in after[name].items():
                 used = cpu - before[name].get(tid, (os_name, 0.0))[1]
                 profile.threads[thread_role(stacks.get(tid, []), os_name)] += used
             profile.cpu_s = sum(profile.threads.values())
@@ -272,11 +279,29 @@ class NodeProfile:
             if samples.exists():
                 read_samples(samples.read_text(), profile)
 
-    def finish(self, timeout_s: float = 120.0) -> list[Profile]:
+    def finish(self) -> list[Profile]:
         """The profiles, once the window has ended (waits for it)."""
-        self._thread.join(timeout_s)
+        self._thread.join(self.delay_s + self.duration_s + 180)
         shutil.rmtree(self._dir, ignore_errors=True)
         return list(self.profiles.values())
+
+
+def _stopped(recorder: subprocess.Popen[str]) -> str:
+    """Waits for a ``py-spy record`` at the window's end; "" when it wrote its samples. One
+    that fell behind (a loaded machine) is interrupted: it writes what it has, as on Ctrl-C."""
+    try:
+        _, err = recorder.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            _, err = recorder.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.communicate()
+            return "py-spy did not stop"
+    if recorder.returncode and recorder.returncode != -signal.SIGINT:
+        return err.strip().splitlines()[-1] if err.strip() else f"py-spy exit {recorder.returncode}"
+    return ""
 
 
 def _shares(counts: Mapping[str, Counter[str]], unit: str) -> list[str]:

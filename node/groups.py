@@ -26,7 +26,7 @@ from node.resolution import Belief
 from node.rollup import GroupRollup, Holder, RollupIndex
 from node.snapshots import Slot
 from node.store import Change
-from sync.crdt import SubjectState
+from sync.crdt import SubjectState, touched_slots
 from sync.members import MEMBERS, adds, in_effect, is_group
 from sync.observation import Subject, SubjectKind
 
@@ -120,15 +120,6 @@ class Groups:
         for group in moved:
             self._rollups.pop(group, None)
         return moved
-
-
-def touched_slots(old: SubjectState, new: SubjectState) -> set[Slot]:
-    """The slots whose observations differ between two states of a subject (dots are never
-    reused and an observation never changes, so the dot sets' difference is what changed)."""
-    was, now = old.observations, new.observations
-    slots = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
-    slots.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
-    return slots
 
 
 class Following:
@@ -249,4 +240,4 @@ def follow(engine: Engine) -> Following:
     return following
 
 
-__all__ = ["Following", "Groups", "follow", "touched_slots"]
+__all__ = ["Following", "Groups", "follow"]
