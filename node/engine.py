@@ -126,7 +126,8 @@ class Engine:
         self.sizes = SubjectSizes(self.subject_limits)
         # Called with every committed batch of changes (local writes and merges alike), under
         # the subjects' locks, before watches are woken: what follows the subjects' states
-        # (roll-ups, governance) keeps up with every change, in commit order.
+        # (roll-ups, governance) keeps up with every change, in commit order; a group read
+        # with a handoff token passes the locks to wait for them (``settled``).
         self.listeners: list[Callable[[Sequence[Change]], None]] = [
             follower(self.withdrawals, store, self.refresh),
             self.reader.follow,  # kept snapshots advance with every change
