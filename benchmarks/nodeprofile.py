@@ -44,20 +44,24 @@ _THREAD_ROLES = (
     ("PeerServicer.Replicate (", "delta streams in (Replicate)"),
     ("WatchSelfModel (", "watch streams"),
     ("_consume_request_iterator (", "delta streams out (gRPC's request threads)"),
-    ("sync/sender.py", "delta streams out (acknowledgements)"),
-    ("antientropy.py", "anti-entropy"),
     ("_serve (grpc/_server.py", "gRPC serving thread"),
     ("grpc/_channel.py", "gRPC channel threads"),
     ("concurrent/futures/thread.py", "handler pool (unary calls)"),
 )
+# By the Python name of a thread the node starts itself (sync.sender: one of each per peer).
+_NAMED_THREADS = (
+    ("ae-", "anti-entropy"),
+    ("sync-", "delta streams out (acknowledgements)"),
+)
 # By a sample's stack, first match wins (after the servicer methods, matched by _CALL).
 _SAMPLE_TASKS = (
+    ("antientropy.py", "anti-entropy"),
     ("_consume_request_iterator (", "delta streams out"),
     ("sync/sender.py", "delta streams out"),
-    ("antientropy.py", "anti-entropy"),
     ("node/learning.py", "learned reliability"),
     ("prometheus_client", "/metrics scrapes"),
     ("_unary_response_in_pool (", "gRPC's Python around unary handlers"),
+    ("Future.set_result (", "gRPC's Python around unary handlers"),
     ("_stream_response_in_pool (", "gRPC's Python around streaming handlers"),
     ("_serve (grpc/_server.py", "gRPC serving thread"),
     ("grpc/_channel.py", "gRPC channel threads"),
@@ -75,7 +79,9 @@ _WAITS = frozenset(
         "wait",
         "select",
         "_PollLikeSelector.select",
-        "_serve",
+        "_serve",  # gRPC's serving thread in its completion queue's poll
+        "channel_spin",  # a channel's thread in its completion queue's poll
+        "_blocking",  # a unary call waiting for its reply
     }
 )
 # By the innermost frame's file, first match wins.
@@ -153,20 +159,27 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-def dumped_stacks(text: str) -> dict[int, list[str]]:
-    """A ``py-spy dump``'s Python stack per OS thread id (innermost frame first)."""
-    stacks: dict[int, list[str]] = {}
+def dumped_stacks(text: str) -> dict[int, tuple[str, list[str]]]:
+    """A ``py-spy dump``'s Python thread name and stack (innermost frame first) per OS
+    thread id."""
+    stacks: dict[int, tuple[str, list[str]]] = {}
     frames: list[str] | None = None
     for line in text.splitlines():
-        header = re.match(r"^Thread (\d+) \(", line)
+        header = re.match(r'^Thread (\d+) \([^)]*\): "(.*)"', line)
         if header:
-            frames = stacks.setdefault(int(header.group(1)), [])
+            frames = []
+            stacks[int(header.group(1))] = (header.group(2), frames)
         elif frames is not None and line.startswith("    "):
             frames.append(line.strip())
     return stacks
 
 
-def thread_role(stack: Sequence[str], os_name: str) -> str:
+def thread_role(name: str, stack: Sequence[str], os_name: str) -> str:
+    """A thread's role, by the Python ``name`` and ``stack`` a dump gave it (none: a thread
+    running no Python), else by its ``os_name``."""
+    for prefix, role in _NAMED_THREADS:
+        if name.startswith(prefix):
+            return role
     for key, role in _THREAD_ROLES:
         if any(key in frame for frame in stack):
             return role
@@ -273,7 +286,8 @@ class NodeProfile:
             stacks = dumped_stacks(dump.stdout)
             for tid, (os_name, cpu) in after[name].items():
                 used = cpu - before[name].get(tid, (os_name, 0.0))[1]
-                profile.threads[thread_role(stacks.get(tid, []), os_name)] += used
+                name_of, stack = stacks.get(tid, ("", []))
+                profile.threads[thread_role(name_of, stack, os_name)] += used
             profile.cpu_s = sum(profile.threads.values())
             samples = self._dir / f"{name}.txt"
             if samples.exists():
