@@ -396,13 +396,14 @@ class PeerReplicator:
         self._wake_anti_entropy.set()
 
     def yields_round(self) -> bool:
-        """Whether the next scheduled anti-entropy round is put off (counted as a round with
-        result "yielded"): the delta stream is connected and behind on deltas the outbox holds
-        for the peer, the oldest more than ``anti_entropy_yield_lag_s`` old, with nothing
-        refused or trimmed past it (the peer is not behind for a reason the outbox does not
-        show). A round then would ship the whole states of the very subjects whose deltas are
-        on their way, when the node has the least CPU to spare. At most MAX_YIELDED_ROUNDS in
-        a row, so a peer is compared at least every (1 + MAX_YIELDED_ROUNDS) periods."""
+        """Whether the next anti-entropy round is put off (counted as a round with result
+        "yielded"): the delta stream is connected and behind on deltas the outbox holds for the
+        peer, the oldest more than ``anti_entropy_yield_lag_s`` old, with nothing refused or
+        trimmed past it (the peer is not behind for a reason the outbox does not show: then,
+        as after a delta too large to stream, the round always runs). A round then would ship
+        the whole states of the very subjects whose deltas are on their way, when the node has
+        the least CPU to spare. At most MAX_YIELDED_ROUNDS in a row, so a peer is compared at
+        least every (1 + MAX_YIELDED_ROUNDS) periods."""
         if (
             self.connected
             and self._behind_since is None
@@ -418,11 +419,11 @@ class PeerReplicator:
     def _anti_entropy_forever(self) -> None:
         period = self._settings.anti_entropy_s
         while not self._stop.is_set():
-            woken = self._wake_anti_entropy.wait(period * random.uniform(0.8, 1.2))
+            self._wake_anti_entropy.wait(period * random.uniform(0.8, 1.2))
             self._wake_anti_entropy.clear()
             if self._stop.is_set():
                 return
-            if not woken and self.yields_round():  # a round asked for is never put off
+            if self.yields_round():
                 continue
             try:
                 link = self._connect()
