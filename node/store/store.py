@@ -72,6 +72,7 @@ class Store(Reads):
         self._cache_lock = threading.Lock()
         self._cache_writes = 0
         self.context_entries_max = 0
+        self.on_dropped = None
         self.delta_log = Outbox(self, int(meta.get(b"outbox_seq", b"0")))
         self._quarantine_lock = threading.Lock()
         self._epochs = {}
