@@ -19,7 +19,9 @@ with a change, and only ``resolved_at`` is stamped per read.
 A snapshot also keeps the serialized replies built from it (``replies``, filled by
 node.convert), so a read of an unchanged subject serializes nothing. The snapshots of all
 subjects together stay within a memory budget (``Snapshots``): the least recently used go first,
-and a subject whose snapshot went is resolved again, whole, on its next read.
+and a subject whose snapshot went is resolved again, whole, on its next read. An index kept for
+writes alone holds its subject's whole state, which the state cache counts: it goes when the
+cache drops that state (``Snapshots.state_dropped``).
 
 A snapshot is of one book (the policies and reliabilities it was resolved with): its tenant's
 (learned weights are per tenant, node.reliability.Books). When another book is put in force for
