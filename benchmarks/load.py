@@ -34,6 +34,7 @@ printed side by side with ratios.
     python -m benchmarks.load                                         # 20 agents, 3 nodes, 30 s
     python -m benchmarks.load --agents 100 --nodes 3 --duration 60 --compare redis
     python -m benchmarks.load --closed --agents 50 --nodes 1          # saturation, hub pattern
+    python -m benchmarks.load --agents 100 --users 2000 --duration 60 --profile  # where CPU goes
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from benchmarks.nodeprofile import NodeProfile, Profile
+from benchmarks.nodeprofile import render as render_profile
+from federation.retries import RetryPolicy
 
 OPS = ("read", "observe", "batch", "retract", "explain", "watch", "handoff")
 DEFAULT_MIX = "read=70,observe=15,batch=3,retract=2,explain=3,watch=2,handoff=5"
@@ -97,6 +102,19 @@ class Plan:
     max_in_flight: int
     seed: int
     token: str = ""
+
+
+def parse_sync(text: str) -> dict[str, float]:
+    """``name=value,...`` as [cluster.sync] numbers (the cluster file checks the names)."""
+    settings = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected name=number") from None
+        settings[name.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return settings
 
 
 def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
@@ -183,16 +201,24 @@ class SelfModelTarget:
 
         req = self.pb.GetSelfModelRequest(subject=self.subject(u), at_least=at_least)
         deadline = time.monotonic() + CALL_TIMEOUT_S
+        policy = RetryPolicy()  # the Python client's: each wait `growth` times the one before
+        asks = 0
         while True:
             left = deadline - time.monotonic()
             try:
-                await self.stubs[node].GetSelfModel(req, metadata=self._md(agent), timeout=left)
+                await self.stubs[node].GetSelfModel(
+                    req, metadata=self._md(agent), timeout=max(0.001, left)
+                )
                 return
             except self.error as exc:
                 error = from_rpc_error(exc)
                 if not isinstance(error, HandoffPending) or error.metadata.get("final") == "true":
                     raise
-                await asyncio.sleep(min(error.retry_after_s or 0.005, max(0.0, left)))
+                if left <= 0.001:
+                    raise
+                wait = (error.retry_after_s or policy.multiplier_s) * policy.growth**asks
+                asks += 1
+                await asyncio.sleep(min(wait, policy.max_pending_wait_s, left))
 
     async def retract(self, node: int, agent: str, u: int, c: str, k: str) -> None:
         req = self.pb.RetractRequest(subject=self.subject(u), context=c, key=k)
@@ -562,6 +588,7 @@ class Result:
     samples: list[Sample] = field(default_factory=list)
     visibility_ms: list[float] = field(default_factory=list)
     resources: list[Resources] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)  # where the nodes' CPU went
 
     def of(self, op: str) -> list[Sample]:
         return [s for s in self.samples if s.op == op]
@@ -641,7 +668,7 @@ def drive(target: str, addresses: Sequence[str], args: argparse.Namespace) -> li
 
 
 def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
-    from tests.harness import LocalCluster, start_with_fresh_ports
+    from tests.harness import LocalCluster, node_sync_defaults, start_with_fresh_ports
 
     result = Result("selfmodel", args.duration)
     cluster = None
@@ -655,7 +682,13 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
         names = [f"n{i + 1}" for i in range(args.nodes)]
 
         def make(attempt: int) -> LocalCluster:
-            return LocalCluster(tmp / f"cluster-{attempt}", names, proxies=False, fsync=True)
+            return LocalCluster(
+                tmp / f"cluster-{attempt}",
+                names,
+                proxies=False,
+                fsync=True,
+                sync={**node_sync_defaults(), **args.sync},
+            )
 
         cluster = start_with_fresh_ports(make)
         addresses = [cluster.address(n) for n in names]
@@ -665,11 +698,22 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
     try:
         if args.seed_per_user:
             seed_users(addresses, args.users, args.seed_per_user, args.token or "")
-        watch = ResourceWatch({n: node_reader(m) for n, m in metrics.items()})
+        readers = (  # a local node's from /proc: a scrape of /metrics a second costs it CPU
+            {n: process_reader(p.proc.pid, p.data_dir) for n, p in cluster.nodes.items()}
+            if cluster is not None
+            else {n: node_reader(m) for n, m in metrics.items()}
+        )
+        watch = ResourceWatch(readers)
         probe = VisibilityProbe(addresses, args.token or "") if len(addresses) > 1 else None
         if probe is not None:
             probe.start()
+        profile = None
+        if args.profile and cluster is not None:
+            pids = {n: p.proc.pid for n, p in cluster.nodes.items()}
+            profile = NodeProfile.start(pids, 3.0 + WARMUP_S, args.duration)
         result.samples = drive("selfmodel", addresses, args)
+        if profile is not None:
+            result.profiles = profile.finish()
         result.visibility_ms = probe.finish() if probe is not None else []
         result.resources = watch.finish()
     finally:
@@ -800,6 +844,8 @@ def render(results: Sequence[Result], args: argparse.Namespace) -> str:
                 f"({res.cpu_s / r.duration_s:.0%} of a CPU), store {res.store_mb:.1f} MiB"
             )
         lines.append(f"  keeps: {KEEPS[r.target]}")
+        if r.profiles:
+            lines += ["", render_profile(r.profiles, r.duration_s)]
     return "\n".join(lines)
 
 
@@ -852,6 +898,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--sync",
+        type=parse_sync,
+        default={},
+        metavar="NAME=VALUE,...",
+        help="[cluster.sync] settings of the local cluster (docs/operating.md), e.g. linger_s=0.05",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="where each node's CPU goes over the measured window (py-spy; a local cluster)",
+    )
     args = p.parse_args(argv)
     if args.agents < 1 or args.nodes < 1 or args.workers < 1 or args.duration <= 0:
         p.error("--agents, --nodes, --workers and --duration must be positive")

@@ -40,7 +40,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from benchmarks.nodeprofile import py_spy, record_command
 
 ECHO_SERVICE = "bench.v1.Echo"
 GET_METHOD = "/selfmodel.v1.SelfModelService/GetSelfModel"
@@ -603,9 +604,10 @@ class Profiler:
     """Samples the node with py-spy while a scenario runs (costs CPU: not a reference run)."""
 
     def __init__(self, out_dir: Path, fmt: str, rate: int, gil: bool) -> None:
-        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        if not Path(exe).exists():
-            raise SystemExit("--py-spy needs py-spy: pip install py-spy")
+        try:
+            exe = py_spy()
+        except FileNotFoundError as missing:
+            raise SystemExit(f"--py-spy: {missing}") from missing
         self.exe, self.out_dir, self.fmt, self.rate, self.gil = exe, out_dir, fmt, rate, gil
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -613,11 +615,7 @@ class Profiler:
     def record(self, name: str, pid: int, seconds: float) -> Iterator[None]:
         suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[self.fmt]
         path = self.out_dir / f"{name.replace(' ', '_')}.{suffix}"
-        cmd = [
-            self.exe, "record", "--pid", str(pid), "--rate", str(self.rate),
-            "--duration", str(max(1, round(seconds))), "--format", self.fmt,
-            "--output", str(path), "--nonblocking",
-        ]  # fmt: skip
+        cmd = record_command(self.exe, pid, self.rate, seconds, self.fmt, path)
         if self.gil:
             cmd.append("--gil")
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

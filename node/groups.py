@@ -26,7 +26,7 @@ from node.resolution import Belief
 from node.rollup import GroupRollup, Holder, RollupIndex
 from node.snapshots import Slot
 from node.store import Change
-from sync.crdt import SubjectState
+from sync.crdt import SubjectState, touched_slots
 from sync.members import MEMBERS, adds, in_effect, is_group
 from sync.observation import Subject, SubjectKind
 
@@ -122,15 +122,6 @@ class Groups:
         return moved
 
 
-def touched_slots(old: SubjectState, new: SubjectState) -> set[Slot]:
-    """The slots whose observations differ between two states of a subject (dots are never
-    reused and an observation never changes, so the dot sets' difference is what changed)."""
-    was, now = old.observations, new.observations
-    slots = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
-    slots.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
-    return slots
-
-
 class Following:
     """A node's ``Groups``, kept up with its subjects.
 
@@ -220,6 +211,16 @@ class Following:
         with self.lock:
             return self.groups.members(group)
 
+    def reach(self, group: Subject) -> frozenset[Subject]:
+        """The subjects whose changes move ``group``'s roll-up, as it has them now: its members
+        and, for an organization, its teams' members (the users it counts)."""
+        with self.lock:
+            index = self.groups.index
+            direct = index.members(group)
+            if group.kind != SubjectKind.ORG:
+                return direct
+            return direct.union(*(index.members(team) for team in direct))
+
     def groups_of(self, member: Subject) -> frozenset[Subject]:
         """The groups ``member`` is in (a user's teams, a team's organizations)."""
         with self.lock:
@@ -239,4 +240,4 @@ def follow(engine: Engine) -> Following:
     return following
 
 
-__all__ = ["Following", "Groups", "follow", "touched_slots"]
+__all__ = ["Following", "Groups", "follow"]

@@ -60,7 +60,7 @@ from node.store import Change
 from node.validation import reserved
 from node.withdrawals import is_sources_subject, slots_of_sources, withdrawn_of
 from sync.causal import Dot
-from sync.crdt import SubjectState
+from sync.crdt import SubjectState, touched_slots
 from sync.observation import Observation, Subject
 
 log = logging.getLogger("selfmodel.node")
@@ -193,17 +193,6 @@ def judge(
         return []
     context = slot[0].context
     return outcomes_of_slot(slot, book.for_context(context), book)
-
-
-def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str, str]]:
-    """The slots (context, key) whose observations differ between two states of a subject:
-    those of the dots one holds and the other does not (dots are never reused)."""
-    if old is None:
-        return {(o.context, o.key) for o in new.observations.values()}
-    was, now = old.observations, new.observations
-    found = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
-    found.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
-    return found
 
 
 class Learning:
@@ -418,4 +407,4 @@ def _drop(gauge: Gauge, *labels: str) -> None:
         gauge.remove(*labels)
 
 
-__all__ = ["Learning", "Outcomes", "SlotId", "judge", "touched_slots"]
+__all__ = ["Learning", "Outcomes", "SlotId", "judge"]

@@ -61,7 +61,8 @@ HANDOFF_TIMEOUTS = Counter(
 HANDOFF_PENDING = Counter(
     "selfmodel_handoff_pending_total",
     "Reads with a handoff token answered HANDOFF_POSITION_PENDING (UNAVAILABLE, ask again): "
-    "the position was not merged yet. No read waits in the node.",
+    "the position was not merged yet. No read waits in the node (a watch's first model "
+    "waits for its token's positions instead, not counted here).",
 )
 HANDOFF_REFUSED = Counter(
     "selfmodel_handoff_refused_total",
@@ -149,6 +150,16 @@ STATE_CACHE_BYTES = Gauge(
     "but for one state larger than that).",
 )
 
+ROCKSDB_CACHE_BYTES = Gauge(
+    "selfmodel_rocksdb_cache_bytes",
+    "Memory RocksDB holds within this node's rocksdb_cache_mb: the data, index and filter "
+    "blocks it cached and its memtables, charged to one cache for every column family.",
+)
+ROCKSDB_MEMTABLE_BYTES = Gauge(
+    "selfmodel_rocksdb_memtable_bytes",
+    "Memory of RocksDB's memtables (writes not yet flushed), of every column family: part of "
+    "selfmodel_rocksdb_cache_bytes, flushed once they take half of rocksdb_cache_mb.",
+)
 
 SNAPSHOT_CACHE_BYTES = Gauge(
     "selfmodel_snapshot_cache_bytes",
@@ -182,11 +193,15 @@ def watch_store(
     subjects: Callable[[], int],
     context_entries: Callable[[], int],
     cache_bytes: Callable[[], int],
+    rocksdb_bytes: Callable[[], int],
+    memtable_bytes: Callable[[], int],
 ) -> None:
     STORE_BYTES.set_function(size_bytes)
     SUBJECTS.set_function(subjects)
     CONTEXT_ENTRIES_MAX.set_function(context_entries)
     STATE_CACHE_BYTES.set_function(cache_bytes)
+    ROCKSDB_CACHE_BYTES.set_function(rocksdb_bytes)
+    ROCKSDB_MEMTABLE_BYTES.set_function(memtable_bytes)
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

@@ -353,6 +353,18 @@ def digest_with(
     return h.digest()
 
 
+def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str, str]]:
+    """The slots (context, key) whose observations differ between two states of a subject:
+    those of the dots one holds and the other does not (dots are never reused, and an
+    observation never changes)."""
+    if old is None:
+        return {(o.context, o.key) for o in new.observations.values()}
+    was, now = old.observations, new.observations
+    found = {(was[d].context, was[d].key) for d in was.keys() - now.keys()}
+    found.update((now[d].context, now[d].key) for d in now.keys() - was.keys())
+    return found
+
+
 def slot_observations(state: SubjectState, context: str, key: str) -> list[Observation]:
     """A slot's observations, oldest first."""
     found = [o for o in state.observations.values() if o.context == context and o.key == key]

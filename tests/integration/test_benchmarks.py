@@ -50,7 +50,8 @@ def test_load_drives_a_fleet_and_reports_every_operation(tmp_path: Path) -> None
     args = load.parse_args(
         ["--agents", "6", "--nodes", "2", "--users", "200", "--duration", "3", "--rate", "4",
          "--mix", ",".join(f"{op}=1" for op in load.OPS),  # each operation about 10 times
-         "--data", str(tmp_path), "--quiet", "--png", str(tmp_path / "load.png"), *compare]
+         "--data", str(tmp_path), "--quiet", "--png", str(tmp_path / "load.png"), "--profile",
+         *compare]
     )  # fmt: skip
     results = load.run(args)
     print(load.render(results, args))
@@ -59,6 +60,17 @@ def test_load_drives_a_fleet_and_reports_every_operation(tmp_path: Path) -> None
     assert {s.op for s in node.samples} == set(load.OPS)
     assert node.visibility_ms and len(node.resources) == 2
     assert all(r.peak_rss_mb > 0 and r.cpu_s > 0 for r in node.resources)
+    # Where each node's CPU went: every thread's time by role, and the handlers that ran.
+    assert [p.name for p in node.profiles] == ["n1", "n2"]
+    for profile in node.profiles:
+        assert not profile.error, profile.error
+        assert profile.cpu_s == pytest.approx(sum(profile.threads.values()))
+        assert profile.threads["handler pool (unary calls)"] > 0
+        assert profile.threads["delta streams in (Replicate)"] > 0
+    seen = Counter[str]()
+    for profile in node.profiles:
+        seen.update(profile.tasks)
+    assert seen["Observe"] > 0 and seen["delta streams in (Replicate)"] > 0, seen
     load.plot(results, tmp_path / "load.png")
     assert (tmp_path / "load.png").stat().st_size > 0
     if compare:
