@@ -350,7 +350,7 @@ LIFTED = [
 
 
 @settings(
-    max_examples=12,
+    max_examples=8,
     derandomize=True,
     print_blob=True,
     deadline=None,
