@@ -60,6 +60,7 @@ def test_load_drives_a_fleet_and_reports_every_operation(tmp_path: Path) -> None
     assert {s.op for s in node.samples} == set(load.OPS)
     assert node.visibility_ms and len(node.resources) == 2
     assert all(r.peak_rss_mb > 0 and r.cpu_s > 0 for r in node.resources)
+    assert all(r.max_lag_s is not None and r.max_lag_s >= 0 for r in node.resources)
     # Where each node's CPU went: every thread's time by role, and the handlers that ran.
     assert [p.name for p in node.profiles] == ["n1", "n2"]
     for profile in node.profiles:
