@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.client import SelfModelView, user
-from tests.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, node_sync_defaults, start_with_fresh_ports
 
 STRATEGIES = ("selfmodel+token", "selfmodel", "transcript", "summary", "none")
 CONTEXTS = (
@@ -259,7 +259,13 @@ def run(args: argparse.Namespace) -> Report:
     with tempfile.TemporaryDirectory(prefix="selfmodel-handoff-", dir=args.data) as tmp:
 
         def make(attempt: int) -> LocalCluster:
-            return LocalCluster(Path(tmp) / f"cluster-{attempt}", nodes, proxies=False, fsync=True)
+            return LocalCluster(  # as deployed: the node's sync defaults
+                Path(tmp) / f"cluster-{attempt}",
+                nodes,
+                proxies=False,
+                fsync=True,
+                sync=node_sync_defaults(),
+            )
 
         cluster = start_with_fresh_ports(make)
         try:

@@ -103,6 +103,19 @@ class Plan:
     token: str = ""
 
 
+def parse_sync(text: str) -> dict[str, float]:
+    """``name=value,...`` as [cluster.sync] numbers (the cluster file checks the names)."""
+    settings = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected name=number") from None
+        settings[name.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return settings
+
+
 def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
     mix = []
     for part in text.split(","):
@@ -646,7 +659,7 @@ def drive(target: str, addresses: Sequence[str], args: argparse.Namespace) -> li
 
 
 def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
-    from tests.harness import LocalCluster, start_with_fresh_ports
+    from tests.harness import LocalCluster, node_sync_defaults, start_with_fresh_ports
 
     result = Result("selfmodel", args.duration)
     cluster = None
@@ -660,7 +673,13 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
         names = [f"n{i + 1}" for i in range(args.nodes)]
 
         def make(attempt: int) -> LocalCluster:
-            return LocalCluster(tmp / f"cluster-{attempt}", names, proxies=False, fsync=True)
+            return LocalCluster(
+                tmp / f"cluster-{attempt}",
+                names,
+                proxies=False,
+                fsync=True,
+                sync={**node_sync_defaults(), **args.sync},
+            )
 
         cluster = start_with_fresh_ports(make)
         addresses = [cluster.address(n) for n in names]
@@ -670,7 +689,12 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
     try:
         if args.seed_per_user:
             seed_users(addresses, args.users, args.seed_per_user, args.token or "")
-        watch = ResourceWatch({n: node_reader(m) for n, m in metrics.items()})
+        readers = (  # a local node's from /proc: a scrape of /metrics a second costs it CPU
+            {n: process_reader(p.proc.pid, p.data_dir) for n, p in cluster.nodes.items()}
+            if cluster is not None
+            else {n: node_reader(m) for n, m in metrics.items()}
+        )
+        watch = ResourceWatch(readers)
         probe = VisibilityProbe(addresses, args.token or "") if len(addresses) > 1 else None
         if probe is not None:
             probe.start()
@@ -865,6 +889,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--sync",
+        type=parse_sync,
+        default={},
+        metavar="NAME=VALUE,...",
+        help="[cluster.sync] settings of the local cluster (docs/operating.md), e.g. linger_s=0.05",
+    )
     p.add_argument(
         "--profile",
         action="store_true",

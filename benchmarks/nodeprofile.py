@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,27 +37,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLE_RATE_HZ = 100
+SAMPLE_RATE_HZ = 50
 _CALL = re.compile(r"^(\w+Servicer)\.(\w+) \(node/")
 # By a thread's Python stack (any frame containing the key), first match wins.
 _THREAD_ROLES = (
     ("PeerServicer.Replicate (", "delta streams in (Replicate)"),
     ("WatchSelfModel (", "watch streams"),
     ("_consume_request_iterator (", "delta streams out (gRPC's request threads)"),
-    ("sync/sender.py", "delta streams out (acknowledgements)"),
-    ("antientropy.py", "anti-entropy"),
     ("_serve (grpc/_server.py", "gRPC serving thread"),
     ("grpc/_channel.py", "gRPC channel threads"),
     ("concurrent/futures/thread.py", "handler pool (unary calls)"),
 )
+# By the Python name of a thread the node starts itself (sync.sender: one of each per peer).
+_NAMED_THREADS = (
+    ("ae-", "anti-entropy"),
+    ("sync-", "delta streams out (acknowledgements)"),
+)
 # By a sample's stack, first match wins (after the servicer methods, matched by _CALL).
 _SAMPLE_TASKS = (
+    ("antientropy.py", "anti-entropy"),
     ("_consume_request_iterator (", "delta streams out"),
     ("sync/sender.py", "delta streams out"),
-    ("antientropy.py", "anti-entropy"),
     ("node/learning.py", "learned reliability"),
     ("prometheus_client", "/metrics scrapes"),
     ("_unary_response_in_pool (", "gRPC's Python around unary handlers"),
+    ("Future.set_result (", "gRPC's Python around unary handlers"),
     ("_stream_response_in_pool (", "gRPC's Python around streaming handlers"),
     ("_serve (grpc/_server.py", "gRPC serving thread"),
     ("grpc/_channel.py", "gRPC channel threads"),
@@ -74,7 +79,9 @@ _WAITS = frozenset(
         "wait",
         "select",
         "_PollLikeSelector.select",
-        "_serve",
+        "_serve",  # gRPC's serving thread in its completion queue's poll
+        "channel_spin",  # a channel's thread in its completion queue's poll
+        "_blocking",  # a unary call waiting for its reply
     }
 )
 # By the innermost frame's file, first match wins.
@@ -152,20 +159,27 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-def dumped_stacks(text: str) -> dict[int, list[str]]:
-    """A ``py-spy dump``'s Python stack per OS thread id (innermost frame first)."""
-    stacks: dict[int, list[str]] = {}
+def dumped_stacks(text: str) -> dict[int, tuple[str, list[str]]]:
+    """A ``py-spy dump``'s Python thread name and stack (innermost frame first) per OS
+    thread id."""
+    stacks: dict[int, tuple[str, list[str]]] = {}
     frames: list[str] | None = None
     for line in text.splitlines():
-        header = re.match(r"^Thread (\d+) \(", line)
+        header = re.match(r'^Thread (\d+) \([^)]*\): "(.*)"', line)
         if header:
-            frames = stacks.setdefault(int(header.group(1)), [])
+            frames = []
+            stacks[int(header.group(1))] = (header.group(2), frames)
         elif frames is not None and line.startswith("    "):
             frames.append(line.strip())
     return stacks
 
 
-def thread_role(stack: Sequence[str], os_name: str) -> str:
+def thread_role(name: str, stack: Sequence[str], os_name: str) -> str:
+    """A thread's role, by the Python ``name`` and ``stack`` a dump gave it (none: a thread
+    running no Python), else by its ``os_name``."""
+    for prefix, role in _NAMED_THREADS:
+        if name.startswith(prefix):
+            return role
     for key, role in _THREAD_ROLES:
         if any(key in frame for frame in stack):
             return role
@@ -236,6 +250,13 @@ class NodeProfile:
         return profile
 
     def _run(self) -> None:
+        try:
+            self._window()
+        except Exception as exc:  # reported with the profiles, never a silent empty table
+            for profile in self.profiles.values():
+                profile.error = profile.error or f"{type(exc).__name__}: {exc}"
+
+    def _window(self) -> None:
         time.sleep(self.delay_s)
         spy = py_spy()
         before = {name: thread_cpu(pid) for name, pid in self.pids.items()}
@@ -250,13 +271,12 @@ class NodeProfile:
             )
             for name, pid in self.pids.items()
         }
+        time.sleep(self.duration_s)
+        after = {name: thread_cpu(pid) for name, pid in self.pids.items()}
         for name, recorder in recorders.items():
-            _, err = recorder.communicate(timeout=self.duration_s + 60)
-            if recorder.returncode:
-                self.profiles[name].error = err.strip().splitlines()[-1] if err.strip() else "?"
+            self.profiles[name].error = _stopped(recorder)
         for name, pid in self.pids.items():
             profile = self.profiles[name]
-            after = thread_cpu(pid)
             dump = subprocess.run(
                 [spy, "dump", "--pid", str(pid), "--nonblocking"],
                 capture_output=True,
@@ -264,19 +284,38 @@ class NodeProfile:
                 timeout=60,
             )
             stacks = dumped_stacks(dump.stdout)
-            for tid, (os_name, cpu) in after.items():
+            for tid, (os_name, cpu) in after[name].items():
                 used = cpu - before[name].get(tid, (os_name, 0.0))[1]
-                profile.threads[thread_role(stacks.get(tid, []), os_name)] += used
+                name_of, stack = stacks.get(tid, ("", []))
+                profile.threads[thread_role(name_of, stack, os_name)] += used
             profile.cpu_s = sum(profile.threads.values())
             samples = self._dir / f"{name}.txt"
             if samples.exists():
                 read_samples(samples.read_text(), profile)
 
-    def finish(self, timeout_s: float = 120.0) -> list[Profile]:
+    def finish(self) -> list[Profile]:
         """The profiles, once the window has ended (waits for it)."""
-        self._thread.join(timeout_s)
+        self._thread.join(self.delay_s + self.duration_s + 180)
         shutil.rmtree(self._dir, ignore_errors=True)
         return list(self.profiles.values())
+
+
+def _stopped(recorder: subprocess.Popen[str]) -> str:
+    """Waits for a ``py-spy record`` at the window's end; "" when it wrote its samples. One
+    that fell behind (a loaded machine) is interrupted: it writes what it has, as on Ctrl-C."""
+    try:
+        _, err = recorder.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            _, err = recorder.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.communicate()
+            return "py-spy did not stop"
+    if recorder.returncode and recorder.returncode != -signal.SIGINT:
+        return err.strip().splitlines()[-1] if err.strip() else f"py-spy exit {recorder.returncode}"
+    return ""
 
 
 def _shares(counts: Mapping[str, Counter[str]], unit: str) -> list[str]:

@@ -615,7 +615,7 @@ def snapshot_size() -> int:
 
 
 def run(args: argparse.Namespace) -> list[Cell]:
-    from tests.harness import LocalCluster, start_with_fresh_ports
+    from tests.harness import LocalCluster, node_sync_defaults, start_with_fresh_ports
 
     cells: list[Cell] = []
     pad = max(0, snapshot_size() - 8)
@@ -645,8 +645,7 @@ def run(args: argparse.Namespace) -> list[Cell]:
                     proxies=False,
                     fsync=not args.no_fsync,
                     sync={  # the node defaults, but for --linger-s
-                        "anti_entropy_s": 10.0,
-                        "backoff_max_s": 5.0,
+                        **node_sync_defaults(),
                         **({} if args.linger_s is None else {"linger_s": args.linger_s}),
                     },
                     node_prefix=pinned,

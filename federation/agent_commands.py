@@ -180,6 +180,7 @@ def _watch(args: argparse.Namespace) -> int:
             include_uncertain=args.include_uncertain,
             timeout_s=args.timeout,
             max_positions=args.max_positions,
+            at_least=args.at_least,
         )
         printed = 0
         try:
@@ -444,6 +445,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     watch.add_argument("subject")
     uncertain_arg(watch)
     watch.add_argument("--context", action="append", help="only this context (repeatable)")
+    watch.add_argument("--at-least", help="a handoff token the first model waits for")
     positions_arg(watch)
     watch.add_argument(
         "--count", type=_count, default=0, help="stop after this many models (0: never)"

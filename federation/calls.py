@@ -396,14 +396,17 @@ def watch(
     include_uncertain: bool = False,
     timeout_s: float | None = None,
     max_positions: int | None = None,
+    at_least: str | None = None,
 ) -> Stream[SelfModelView]:
     """The subject's model now, then after every change; ends when the call is cancelled.
-    ``max_positions`` as in ``self_model``."""
+    ``max_positions`` as in ``self_model``; with ``at_least``, the first model is sent once
+    the node holds that handoff token's writes."""
     request = selfmodel_pb2.WatchSelfModelRequest(
         subject=req.subject(subject),
         contexts=list(contexts),
         include_uncertain=include_uncertain,
         max_positions=max_positions,
+        at_least=at_least or "",
     )
     return Stream(
         "WatchSelfModel", request, lambda reply: view_from_proto(reply.snapshot), timeout_s

@@ -11,6 +11,7 @@ subject's slot index (node.snapshots), not by scanning the subject.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from sync.crdt import (
 )
 from sync.delivery import CausalBuffer, Delta
 from sync.hlc import ClockAheadError, HybridClock, physical_ms, wall_ms
+from sync.members import is_group
 from sync.observation import Evidence, Observation, Subject
 
 
@@ -124,7 +126,8 @@ class Engine:
         self.sizes = SubjectSizes(self.subject_limits)
         # Called with every committed batch of changes (local writes and merges alike), under
         # the subjects' locks, before watches are woken: what follows the subjects' states
-        # (roll-ups, governance) keeps up with every change, in commit order.
+        # (roll-ups, governance) keeps up with every change, in commit order; a group read
+        # with a handoff token passes the locks to wait for them (``settled``).
         self.listeners: list[Callable[[Sequence[Change]], None]] = [
             follower(self.withdrawals, store, self.refresh),
             self.reader.follow,  # kept snapshots advance with every change
@@ -542,14 +545,36 @@ class Engine:
     def at_position(
         self, subject: Subject, positions: dict[Subject, CausalContext] | None
     ) -> SubjectState:
-        """The subject's state if it covers the token's position (node.reads.Reader)."""
-        return self.reader.at_position(subject, positions)
+        """The subject's state if it covers the token's position (node.reads.Reader); for a
+        team or an organization, if it and its roll-up cover the token's positions of it and
+        of its members (node.handoff.Handoffs.require_group)."""
+        if positions is None or not is_group(subject):
+            return self.reader.at_position(subject, positions)
+        state = self.state(subject)
+        reach = functools.partial(self._reach, subject)
+        named = self.handoffs.require_group(state, positions, self.actor, reach, self.state)
+        for covered in named:
+            self.settled(covered)
+        return state
+
+    def _reach(self, group: Subject) -> frozenset[Subject]:
+        """``group``'s members as its roll-up has them (node.groups.Following.reach), once the
+        roll-up has every state of the group a read has seen."""
+        self.settled(group)
+        return self.groups.reach(group)
+
+    def settled(self, subject: Subject) -> None:
+        """Returns once every commit of ``subject`` that a read may see has run the listeners
+        (a commit holds the subject's lock from before its state shows until after them): a
+        roll-up then has every state of its members that a read found covering a position."""
+        with self._locks.held([subject]):
+            pass
 
     def model(
         self, subject: Subject, positions: dict[Subject, CausalContext] | None = None
     ) -> ModelView:
         """The subject's resolved snapshot (node.snapshots), if it covers ``positions``."""
-        state = self.reader.at_position(subject, positions)
+        state = self.at_position(subject, positions)
         return ModelView(self.reader.snapshot(state), self._now_ms())
 
     def explain(
@@ -559,11 +584,24 @@ class Engine:
         key: str,
         positions: dict[Subject, CausalContext] | None = None,
     ) -> tuple[Explanation | None, str]:
-        state = self.reader.at_position(subject, positions)
+        state = self.at_position(subject, positions)
         return self.reader.explain(state, context, key), encode_token({subject: state.context})
 
     def position(self, subject: Subject) -> CausalContext:
         return self.state(subject).context
+
+    def positions_of(
+        self, subject: Subject, positions: dict[Subject, CausalContext]
+    ) -> dict[Subject, CausalContext] | None:
+        """The token's positions a read of ``subject`` waits for, within a read of several
+        subjects (none: it waits for nothing): the subject's; a group's and its members'."""
+        if not positions:
+            return None
+        wanted = {subject} | (self._reach(subject) if is_group(subject) else set())
+        found = {s: p for s, p in positions.items() if s in wanted}
+        if found and is_group(subject):  # a member removed since is then ignored, not refused
+            found.setdefault(subject, CausalContext())
+        return found or None
 
     # -- watch ---------------------------------------------------------------------------
 

@@ -259,6 +259,16 @@ class Following:
         with self.lock:
             return self.groups.members(group)
 
+    def reach(self, group: Subject) -> frozenset[Subject]:
+        """The subjects whose changes move ``group``'s roll-up, as it has them now: its members
+        and, for an organization, its teams' members (the users it counts)."""
+        with self.lock:
+            index = self.groups.index
+            direct = index.members(group)
+            if group.kind != SubjectKind.ORG:
+                return direct
+            return direct.union(*(index.members(team) for team in direct))
+
     def groups_of(self, member: Subject) -> frozenset[Subject]:
         """The groups ``member`` is in (a user's teams, a team's organizations)."""
         if not self.complete.is_set():

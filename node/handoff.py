@@ -7,6 +7,14 @@ refused (``implausible``: INVALID_ARGUMENT, HANDOFF_POSITION_IMPLAUSIBLE); any o
 answered UNAVAILABLE with HANDOFF_POSITION_PENDING, naming the first dot missing (``missing``)
 and a RetryInfo delay (``DeliveryDelays``), and the client asks again until its deadline.
 
+A read of a team or an organization carries its roll-up, which follows its members' states:
+its token may name the group and any subject whose changes move that roll-up (its members and,
+for an organization, its teams' users, as this node knows them), and each such position is
+required as a subject read requires its own (``Handoffs.require_group``). Positions of other
+subjects are ignored, as a batch read ignores those of subjects it does not read; membership
+is known as of the group's position the node has merged, so the group's own position is judged
+first (a member just added elsewhere counts once its add is merged here).
+
 The rule for "no node can have issued it", for a token's position (a causal context) of a
 subject whose local state has the context ``c`` (a position ``c`` covers is answered at once and
 never judged; an erase's bound travels with its dot, so the context alone is the position):
@@ -23,7 +31,7 @@ never judged; an erase's bound travels with its dot, so the context alone is the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from node import metrics
@@ -148,18 +156,46 @@ class Handoffs:
         subjects, or of a position no node can have issued, is InvalidArgument; a position not
         merged yet is HandoffPending, naming the first dot missing and when to ask again.
         ``actor``: this run's."""
-        subject = state.subject
-        position = positions.get(subject)
+        position = positions.get(state.subject)
         if position is None:
-            named = sorted(positions)
-            listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
-            raise InvalidArgument(
-                "at_least",
-                f"is a handoff token of {listed}, not of {subject}: pass a token that a write "
-                f"or read of {subject} returned",
-                reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
-                metadata={"subject": subject, "token_subjects": listed},
-            )
+            raise other_subject(state.subject, positions)
+        self.covers(state, position, actor)
+
+    def require_group(
+        self,
+        state: SubjectState,
+        positions: dict[Subject, CausalContext],
+        actor: str,
+        reach: Callable[[], frozenset[Subject]],
+        load: Callable[[Subject], SubjectState],
+    ) -> list[Subject]:
+        """As ``require``, for a read of the group ``state`` is of, whose reply carries its
+        roll-up: the token's positions of the group and of the subjects ``reach`` returns (its
+        members and, for an organization, its teams' users, as this node's roll-up has them,
+        asked once the group's own position is merged) must be covered by their states
+        (``load``). Positions of any other subject are ignored (another tenant's among them: it
+        is never a member, and nothing of it is read), and a token naming none of these
+        subjects is InvalidArgument as in ``require``. Returns the subjects whose positions it
+        checked, group first."""
+        group = state.subject
+        checked = []
+        if group in positions:
+            self.covers(state, positions[group], actor)
+            checked.append(group)
+        others = sorted(s for s in positions if s != group and s.tenant == group.tenant)
+        if others:
+            members = reach()
+            for subject in others:
+                if subject in members:
+                    self.covers(load(subject), positions[subject], actor)
+                    checked.append(subject)
+        if not checked:
+            raise other_subject(group, positions, group_read=True)
+        return checked
+
+    def covers(self, state: SubjectState, position: CausalContext, actor: str) -> None:
+        """Returns if ``state`` covers ``position``, else as ``require`` says."""
+        subject = state.subject
         lacking = missing(state, position)
         if lacking is None:
             return
@@ -179,7 +215,6 @@ class Handoffs:
                     "setting": "max_handoff_lead",
                 },
             )
-        metrics.HANDOFF_PENDING.inc()
         raise HandoffPending(
             f"node {self.node} has not yet merged the handoff token's position for {subject} "
             f"(dot {name}:{counter}; it holds up to {held}); ask again shortly, or read on "
@@ -187,6 +222,28 @@ class Handoffs:
             metadata={"subject": subject, "actor": name, "counter": counter, "held": held},
             retry_after_s=self.deliveries.retry_after_s(name),
         )
+
+
+def other_subject(
+    subject: Subject, positions: dict[Subject, CausalContext], *, group_read: bool = False
+) -> InvalidArgument:
+    """The refusal of a token that names no subject a read of ``subject`` waits for (told from
+    the token alone: nothing of the subjects it names is read)."""
+    named = sorted(positions)
+    listed = ", ".join(str(s) for s in named[:3]) + (", ..." if len(named) > 3 else "")
+    whose = (
+        f"{subject} or of a member of it on this node (a member added elsewhere counts once "
+        f"this node has merged the add: pass a token that also names {subject})"
+        if group_read
+        else str(subject)
+    )
+    return InvalidArgument(
+        "at_least",
+        f"is a handoff token of {listed}, not of {whose}: pass a token that a write "
+        f"or read of {subject} returned",
+        reason=Reason.HANDOFF_TOKEN_OTHER_SUBJECT,
+        metadata={"subject": subject, "token_subjects": listed},
+    )
 
 
 __all__ = [
@@ -197,4 +254,5 @@ __all__ = [
     "implausible",
     "missing",
     "node_of",
+    "other_subject",
 ]

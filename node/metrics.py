@@ -61,7 +61,8 @@ HANDOFF_TIMEOUTS = Counter(
 HANDOFF_PENDING = Counter(
     "selfmodel_handoff_pending_total",
     "Reads with a handoff token answered HANDOFF_POSITION_PENDING (UNAVAILABLE, ask again): "
-    "the position was not merged yet. No read waits in the node.",
+    "the position was not merged yet. No read waits in the node (a watch's first model "
+    "waits for its token's positions instead, not counted here).",
 )
 HANDOFF_REFUSED = Counter(
     "selfmodel_handoff_refused_total",

@@ -31,6 +31,7 @@ from node.errors import (
 )
 from node.governor import Governor
 from node.groupreads import RollupReads
+from node.handoff import MAX_RETRY_S, MIN_RETRY_S
 from node.interceptors import HandlerWrapper
 from node.learning import Learning
 from node.memberservice import MembersAdmin
@@ -149,6 +150,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         try:
             return read()
         except HandoffPending as exc:
+            metrics.HANDOFF_PENDING.inc()
             remaining = context.time_remaining()
             if remaining is not None and remaining <= (exc.retry_after_s or 0.0) + LAST_ASK_S:
                 metrics.HANDOFF_TIMEOUTS.inc()
@@ -295,6 +297,11 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
     ) -> Iterator[bytes]:
         """Serialized WatchSelfModelResponses (see SerializedReplies): the model, then each change.
 
+        With ``at_least``, the first model waits until the node has merged the token's
+        positions (a watch holds its thread while open anyway), looking again as the subject
+        changes or after the retry delay a read would be told, doubled each time up to
+        MAX_RETRY_S; a token a read refuses ends the stream before any model.
+
         A watcher that falls behind skips to the latest model: a stream holds at most the one
         snapshot being sent, and every watcher of a subject shares one resolution and one
         encoding of each change (Engine.model, convert.SnapshotReplies). When the token file
@@ -306,6 +313,7 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
             contexts = validation.contexts(request.contexts, "contexts", self.limits)
             floor = validation.unit_interval(request.min_confidence, "min_confidence")
             want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
+            positions = validation.handoff_token(request.at_least, "at_least", self.limits)
             release = self.watches.acquire(context.peer())
             try:
                 sub = self.engine.subscribe(subject)
@@ -324,12 +332,19 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         node = self.engine.node
         try:
             last: tuple[list[Belief], bytes] | None = None
+            waited_s = 0.0  # doubles, from the delay a read is told, while the first model waits
             while context.is_active() and not sub.closed:
                 sub.changed.clear()
                 if self.tokens is not None and self.tokens.version != tokens_seen:
                     tokens_seen = self.tokens.version
                     self._still_allowed(request, context)
-                view = self.engine.model(subject)
+                try:
+                    view = self.engine.model(subject, positions)
+                except HandoffPending as exc:  # the first model waits for the token's positions
+                    waited_s = min(max(2 * waited_s, exc.retry_after_s or MIN_RETRY_S), MAX_RETRY_S)
+                    sub.changed.wait(waited_s)
+                    continue
+                positions = None
                 beliefs, whole = self._replies.shared(subject, view, want, node)
                 rollup = self._rollups.field(subject, want)  # a group's: fires as it moves
                 if (beliefs, rollup) != last:
@@ -423,15 +438,18 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         contexts = validation.contexts(request.contexts, "contexts", self.limits)
         floor = validation.unit_interval(request.min_confidence, "min_confidence")
         positions = validation.handoff_token(request.at_least, "at_least", self.limits) or {}
-        if positions and not positions.keys() & set(subjects):
+        wanted_of = {s: self.engine.positions_of(s, positions) for s in subjects}
+        if positions and not any(wanted_of.values()):
             raise InvalidArgument(
-                "at_least", "names none of the subjects: pass a token of a write or read of one"
+                "at_least",
+                "names none of the subjects (nor a member of a team or organization among "
+                "them): pass a token of a write or read of one",
             )
         reply = selfmodel_pb2.BatchGetSelfModelsResponse()
         read = {}
         want = convert.Filter(contexts, floor, request.include_uncertain, _positions(request))
         for subject in subjects:
-            wanted = {subject: positions[subject]} if subject in positions else None
+            wanted = wanted_of[subject]
             view = self._at_position(context, functools.partial(self.engine.model, subject, wanted))
             reply.models.add().MergeFromString(
                 self._replies.snapshot(subject, view, want, self.engine.node)

@@ -29,7 +29,8 @@ BYTES_RECEIVED = Counter(
 )
 ANTI_ENTROPY_ROUNDS = Counter(
     "selfmodel_anti_entropy_rounds_total",
-    "Anti-entropy rounds run with a peer.",
+    "Anti-entropy rounds with a peer, by result: ok, error, or yielded (put off while the delta "
+    "stream to the peer is behind on deltas it holds).",
     ["peer", "result"],
 )
 ANTI_ENTROPY_REPAIRED = Counter(

@@ -31,7 +31,7 @@ from sync.antientropy import Round, reconcile
 from sync.observation import Subject
 from sync.ports import Ack, Batch, DeltaLog, PeerLink, Replica
 from sync.resend import Resends
-from sync.settings import MAX_MESSAGE_BYTES, SyncSettings
+from sync.settings import MAX_MESSAGE_BYTES, MAX_YIELDED_ROUNDS, SyncSettings
 
 log = logging.getLogger("selfmodel.sync")
 
@@ -80,6 +80,7 @@ class PeerReplicator:
         self.skipped: tuple[tuple[Subject, str], ...] = ()
         self._logged: set[Subject] = set()
         self._behind_since: float | None = None
+        self._yielded = 0  # anti-entropy rounds put off in a row (see yields_round)
         self._streamed = False  # the current session got as far as streaming deltas
         self._outbox = outbox
         self._replica = replica
@@ -331,6 +332,8 @@ class PeerReplicator:
         if up != self.connected:
             self.connected = up
             metrics.PEER_CONNECTED.labels(self.peer).set(1 if up else 0)
+            if up:  # (re)connected: compare at once what the time apart may have missed
+                self._wake_anti_entropy.set()
         self.report()
 
     def persist(self) -> None:
@@ -392,6 +395,27 @@ class PeerReplicator:
     def trigger_anti_entropy(self) -> None:
         self._wake_anti_entropy.set()
 
+    def yields_round(self) -> bool:
+        """Whether the next anti-entropy round is put off (counted as a round with result
+        "yielded"): the delta stream is connected and behind on deltas the outbox holds for the
+        peer, the oldest more than ``anti_entropy_yield_lag_s`` old, with nothing refused or
+        trimmed past it (the peer is not behind for a reason the outbox does not show: then,
+        as after a delta too large to stream, the round always runs). A round then would ship
+        the whole states of the very subjects whose deltas are on their way, when the node has
+        the least CPU to spare. At most MAX_YIELDED_ROUNDS in a row, so a peer is compared at
+        least every (1 + MAX_YIELDED_ROUNDS) periods."""
+        if (
+            self.connected
+            and self._behind_since is None
+            and self._yielded < MAX_YIELDED_ROUNDS
+            and self.lag_s() > self._settings.anti_entropy_yield_lag_s
+        ):
+            self._yielded += 1
+            metrics.ANTI_ENTROPY_ROUNDS.labels(self.peer, "yielded").inc()
+            return True
+        self._yielded = 0
+        return False
+
     def _anti_entropy_forever(self) -> None:
         period = self._settings.anti_entropy_s
         while not self._stop.is_set():
@@ -399,6 +423,8 @@ class PeerReplicator:
             self._wake_anti_entropy.clear()
             if self._stop.is_set():
                 return
+            if self.yields_round():
+                continue
             try:
                 link = self._connect()
                 self._ae_link = link

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 # The largest gRPC message a node sends or takes; batches and anti-entropy chunks stay under a
 # quarter of it, and a delta over half of it is left to anti-entropy (sync.sender).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Rounds put off in a row at most: a peer is compared at least every (1 + this) rounds' time.
+MAX_YIELDED_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +17,9 @@ class SyncSettings:
     retention_entries: int = 100_000
     retention_s: float = 3600.0
     anti_entropy_s: float = 10.0
+    # A round with a peer is put off while the delta stream to it is connected and this far
+    # behind on deltas it holds (sync.sender): those subjects' deltas are on their way.
+    anti_entropy_yield_lag_s: float = 1.0
     backoff_max_s: float = 5.0
     # Idle this long with deltas unacknowledged, the stream asks the peer for its ack.
     ack_request_s: float = 0.02
@@ -28,4 +33,4 @@ class SyncSettings:
     claim_wait_s: float = 5.0
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "SyncSettings"]
+__all__ = ["MAX_MESSAGE_BYTES", "MAX_YIELDED_ROUNDS", "SyncSettings"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from sync.antientropy import reconcile
@@ -137,3 +138,40 @@ def test_failed_sessions_are_counted_and_a_refusal_makes_the_peer_behind():
     assert replicator.state().failing_sessions == 2 and replicator.state().lag_s > 0.0
     replicator.run_anti_entropy(Peer())
     assert replicator.state().failing_sessions == 0
+
+
+class Backlog(Outbox):
+    """An outbox whose oldest delta not yet acknowledged by the peer was written ``age_s`` ago."""
+
+    def __init__(self, age_s: float) -> None:
+        self.age_s = age_s
+
+    def last_seq(self) -> int:
+        return 10
+
+    def oldest_unacked_ms(self, acked: int) -> int | None:
+        return round((time.time() - self.age_s) * 1000) if self.age_s else None
+
+
+def test_a_round_yields_to_a_connected_stream_behind_on_its_own_deltas_at_most_three_in_a_row():
+    outbox = Backlog(age_s=5.0)
+    replicator = PeerReplicator("support", outbox, Replica([]), Peer, SyncSettings())
+    assert not replicator.yields_round()  # not connected: the stream is not at work on it
+    replicator._set_connected(True)
+    assert [replicator.yields_round() for _ in range(9)] == [True, True, True, False] * 2 + [True]
+    outbox.age_s = 0.5  # within anti_entropy_yield_lag_s: the stream keeps up
+    assert not replicator.yields_round()
+    outbox.age_s = 5.0
+    assert replicator.yields_round()
+    replicator._fell_behind()  # behind for a reason the outbox does not show: no yielding
+    assert not replicator.yields_round()
+
+
+def test_a_reconnected_stream_asks_for_a_round_at_once():
+    replicator = PeerReplicator("support", Outbox(), Replica([]), Peer, SyncSettings())
+    assert not replicator._wake_anti_entropy.is_set()
+    replicator._set_connected(True)
+    assert replicator._wake_anti_entropy.is_set()
+    replicator._wake_anti_entropy.clear()
+    replicator._set_connected(True)  # still connected: nothing new to compare
+    assert not replicator._wake_anti_entropy.is_set()

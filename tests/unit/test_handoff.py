@@ -3,13 +3,16 @@ tells a pending read to ask again (node.handoff)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from node.errors import HandoffPending, InvalidArgument, Reason
 from node.handoff import (
     MAX_RETRY_S,
     MIN_RETRY_S,
     DeliveryDelays,
+    Handoffs,
     Missing,
     implausible,
     missing,
@@ -115,3 +118,76 @@ def test_a_pending_read_is_told_to_wait_about_as_long_as_the_peers_deltas_take()
     delays.note("sales", 60.0)
     assert delays.retry_after_s(ME) <= MAX_RETRY_S  # nor above the ceiling
     assert delays.retry_after_s("not-an-actor") == 2 * MIN_RETRY_S
+
+
+# -- a read of a team or an organization (Handoffs.require_group) --------------------------
+
+TEAM = Subject("acme", SubjectKind.TEAM, "t-1")
+MEMBER = Subject("acme", SubjectKind.USER, "u-1")
+STRANGER = Subject("acme", SubjectKind.USER, "u-9")
+FOREIGN = Subject("globex", SubjectKind.USER, "u-1")
+
+
+def of(subject: Subject, n: int) -> SubjectState:
+    return SubjectState(subject, context=CausalContext({PEER: n} if n else {}))
+
+
+def group_read(
+    positions: dict[Subject, int], held: dict[Subject, int], members: frozenset[Subject]
+) -> list[Subject]:
+    """``require_group`` of TEAM on a node holding ``held`` (counters of PEER per subject),
+    whose roll-up has ``members``; records each subject whose state it read."""
+    loaded: list[Subject] = []
+
+    def load(subject: Subject) -> SubjectState:
+        loaded.append(subject)
+        return of(subject, held.get(subject, 0))
+
+    token = {s: CausalContext({PEER: n}) for s, n in positions.items()}
+    checked = Handoffs("sales", frozenset(MEMBERS)).require_group(
+        of(TEAM, held.get(TEAM, 0)), token, ME, lambda: members, load
+    )
+    assert set(loaded) <= members  # only members' states are read
+    return checked
+
+
+def test_a_group_read_waits_for_its_members_positions_and_its_own() -> None:
+    members = frozenset({MEMBER})
+    assert group_read({MEMBER: 2}, {MEMBER: 2}, members) == [MEMBER]
+    assert group_read({TEAM: 1, MEMBER: 2}, {TEAM: 1, MEMBER: 3}, members) == [TEAM, MEMBER]
+    with pytest.raises(HandoffPending) as pending:
+        group_read({MEMBER: 3}, {MEMBER: 2}, members)
+    assert pending.value.metadata["subject"] == str(MEMBER)
+    assert pending.value.retry_after_s is not None
+    with pytest.raises(HandoffPending) as pending:  # the group's position first: it may add
+        group_read({TEAM: 2, MEMBER: 3}, {TEAM: 1}, frozenset())
+    assert pending.value.metadata["subject"] == str(TEAM)
+
+
+def test_a_group_read_ignores_other_subjects_and_refuses_a_token_of_none_of_its_own() -> None:
+    members = frozenset({MEMBER})
+    assert group_read({MEMBER: 1, STRANGER: 50, FOREIGN: 50}, {MEMBER: 1}, members) == [MEMBER]
+    for token in ({STRANGER: 1}, {FOREIGN: 1}, {FOREIGN: 1, STRANGER: 1}):
+        with pytest.raises(InvalidArgument) as refused:
+            group_read(token, {MEMBER: 1}, members)
+        assert refused.value.reason == Reason.HANDOFF_TOKEN_OTHER_SUBJECT
+        assert "or of a member of it on this node" in str(refused.value)
+
+
+def test_a_foreign_subject_is_refused_alike_whatever_the_node_holds_of_it() -> None:
+    """A token naming only another tenant's subject gets the same answer whether or not the
+    node holds it, or makes it a member (it cannot): nothing of it is read."""
+    answers = set()
+    for held, members in (({}, frozenset()), ({FOREIGN: 5}, frozenset({FOREIGN}))):
+        with pytest.raises(InvalidArgument) as refused:
+            group_read({FOREIGN: 3}, held, members)
+        answers.add((str(refused.value), tuple(sorted(refused.value.metadata.items()))))
+    assert len(answers) == 1
+
+
+def test_a_subject_read_still_refuses_a_token_that_does_not_name_it() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        Handoffs("sales", frozenset(MEMBERS)).require(
+            of(TEAM, 0), {MEMBER: CausalContext({PEER: 1})}, ME
+        )
+    assert refused.value.reason == Reason.HANDOFF_TOKEN_OTHER_SUBJECT

@@ -18,18 +18,26 @@ Thread 104 (active): "rpc_3"
     _worker (concurrent/futures/thread.py:83)
 Thread 105 (idle): "rpc_4"
     _worker (concurrent/futures/thread.py:81)
+Thread 106 (idle): "ae-n2"
+    Event.wait (threading.py:629)
+    PeerReplicator._anti_entropy_forever (sync/sender.py:406)
 """
 
 
 def test_a_dump_gives_each_thread_its_stack_and_the_stack_its_role() -> None:
     stacks = dumped_stacks(DUMP)
-    assert sorted(stacks) == [100, 104, 105]
-    assert stacks[104][-2] == "PeerServicer.Replicate (node/peerservice.py:97)"
-    assert thread_role(stacks[104], "python") == "delta streams in (Replicate)"
-    assert thread_role(stacks[105], "python") == "handler pool (unary calls)"
-    assert thread_role(stacks[100], "python") == "other Python threads"
-    assert thread_role([], "rocksdb:low") == "RocksDB background threads"
-    assert thread_role([], "event_engine") == "gRPC core threads (EventEngine, timers)"
+    assert sorted(stacks) == [100, 104, 105, 106]
+    assert stacks[104][0] == "rpc_3"
+    assert stacks[104][1][-2] == "PeerServicer.Replicate (node/peerservice.py:97)"
+    role = {tid: thread_role(name, stack, "python") for tid, (name, stack) in stacks.items()}
+    assert role == {
+        100: "other Python threads",
+        104: "delta streams in (Replicate)",
+        105: "handler pool (unary calls)",
+        106: "anti-entropy",
+    }
+    assert thread_role("", [], "rocksdb:low") == "RocksDB background threads"
+    assert thread_role("", [], "event_engine") == "gRPC core threads (EventEngine, timers)"
 
 
 def test_samples_go_to_their_call_and_innermost_layer_and_waits_are_left_out() -> None:

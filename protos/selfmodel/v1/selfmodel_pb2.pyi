@@ -276,7 +276,11 @@ class GetSelfModelRequest(_message.Message):
     """A handoff token: read once this node has merged that position. It must name this subject
     (else INVALID_ARGUMENT), and a position some node has issued (else INVALID_ARGUMENT); one
     not merged yet is answered at once UNAVAILABLE (HANDOFF_POSITION_PENDING, with RetryInfo):
-    ask again until the call's deadline. A node never holds the read waiting.
+    ask again until the call's deadline. A node never holds the read waiting. For a team or
+    an organization it may name the group or any of its members (an organization's: its teams
+    and their users) as this node knows them: each such position is waited for, and is in the
+    roll-up read; positions of other subjects are ignored, and a token naming none of these
+    is INVALID_ARGUMENT (docs/groups.md).
     """
     page_size: _builtins.int
     """Optional paging of the beliefs, in (context, key) order: at most this many per reply. 0
@@ -607,11 +611,19 @@ class WatchSelfModelRequest(_message.Message):
     MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_UNCERTAIN_FIELD_NUMBER: _builtins.int
     MAX_POSITIONS_FIELD_NUMBER: _builtins.int
+    AT_LEAST_FIELD_NUMBER: _builtins.int
     min_confidence: _builtins.float
     include_uncertain: _builtins.bool
     max_positions: _builtins.int
     """As GetSelfModelRequest.max_positions, in every model the watch sends: unset, every
     supporter and dissenter; 0, their counts only; N, the N newest of each.
+    """
+    at_least: _builtins.str
+    """Optional: a handoff token, as in GetSelfModelRequest.at_least (for a team or an
+    organization, naming it or any of its members). The first model is sent once this node
+    has merged those positions: the watch waits for them, as it waits for changes, within
+    the call's deadline. A token refused by a read is refused here too (INVALID_ARGUMENT),
+    before any model is sent.
     """
     @_builtins.property
     def subject(self) -> _model_pb2.Subject: ...
@@ -629,10 +641,11 @@ class WatchSelfModelRequest(_message.Message):
         min_confidence: _builtins.float = ...,
         include_uncertain: _builtins.bool = ...,
         max_positions: _builtins.int | None = ...,
+        at_least: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "max_positions", b"max_positions", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions", "at_least", b"at_least", "contexts", b"contexts", "include_uncertain", b"include_uncertain", "max_positions", b"max_positions", "min_confidence", b"min_confidence", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_positions: _TypeAlias = _typing.Literal["max_positions"]  # noqa: Y015
     _WhichOneofArgType__max_positions: _TypeAlias = _typing.Literal["_max_positions", b"_max_positions"]  # noqa: Y015
@@ -808,8 +821,9 @@ class BatchGetSelfModelsRequest(_message.Message):
     at_least: _builtins.str
     """A handoff token (of a write or read of any of these subjects, an ObserveBatch's or a
     BatchGetSelfModels' included): waits, within the call's deadline, until this node has
-    merged its position for each of `subjects` it names (positions of other subjects are
-    ignored). A token naming none of `subjects` is INVALID_ARGUMENT.
+    merged its position for each of `subjects` it names, and for a team or organization among
+    them, for each of its members' (as GetSelfModelRequest.at_least; positions of other
+    subjects are ignored). A token naming none of these is INVALID_ARGUMENT.
     """
     max_positions: _builtins.int
     """As GetSelfModelRequest.max_positions, applied to every subject: unset, every supporter
