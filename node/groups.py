@@ -262,6 +262,7 @@ class Following:
     def reach(self, group: Subject) -> frozenset[Subject]:
         """The subjects whose changes move ``group``'s roll-up, as it has them now: its members
         and, for an organization, its teams' members (the users it counts)."""
+        self._ensure(group)
         with self.lock:
             index = self.groups.index
             direct = index.members(group)
