@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import Client, user
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
@@ -108,6 +109,25 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# What the node says it holds (/metrics), beside its resident memory.
+MEMORY = (
+    ("state cache", "selfmodel_state_cache_bytes"),
+    ("snapshots and slot indexes", "selfmodel_snapshot_cache_bytes"),
+    ("RocksDB (blocks and memtables)", "selfmodel_rocksdb_cache_bytes"),
+    ("of which memtables", "selfmodel_rocksdb_memtable_bytes"),
+    ("resident", "process_resident_memory_bytes"),
+)
+
+
+def memory_mb(exposition: str) -> dict[str, float]:
+    found = {
+        s.name: s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    return {label: found.get(name, float("nan")) / 2**20 for label, name in MEMORY}
+
+
 def du_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -126,6 +146,8 @@ class Report:
     store_mb: float = 0.0
     peak_rss_mb: float = 0.0
     cache_mb: float = 0.0
+    # After loading and reading across the store: what the node holds, in MiB (MEMORY).
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def p99_ratio(self) -> float:
@@ -155,6 +177,8 @@ class Report:
             f"start-up on the full store: {self.startup_s:.2f} s until serving",
             f"store on disk: {self.store_mb:,.1f} MiB; node peak RSS {self.peak_rss_mb:,.0f} MiB "
             f"with cache_mb {self.cache_mb:g}",
+            "after loading and reading, in MiB: "
+            + ", ".join(f"{label} {mb:,.0f}" for label, mb in self.memory.items()),
         ]
         return "\n".join(lines)
 
@@ -192,6 +216,7 @@ def run(args: argparse.Namespace) -> Report:
         step = max(1, len(ids) // args.reads)
         report.across = reads_ms(client, ids[::step][: args.reads])
         report.peak_rss_mb = peak_rss_mb(node.proc.pid)
+        report.memory = memory_mb(node.metrics())
         client.close()
 
         node.stop()

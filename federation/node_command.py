@@ -85,7 +85,13 @@ SUBJECT_OPTIONS = (
 )
 LIMIT_OPTIONS = tuple(
     o.removeprefix("--").replace("-", "_")
-    for o in ("--cache-mb", "--snapshot-cache-mb", *SUBJECT_OPTIONS, *(s[0] for s in NODE_SETTINGS))
+    for o in (
+        "--cache-mb",
+        "--snapshot-cache-mb",
+        "--rocksdb-cache-mb",
+        *SUBJECT_OPTIONS,
+        *(s[0] for s in NODE_SETTINGS),
+    )
 )
 
 
@@ -172,6 +178,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--snapshot-cache-mb",
         type=_positive_mb,
         help="memory for resolved snapshots and their replies (default: 64, or the cluster file's)",
+    )
+    node.add_argument(
+        "--rocksdb-cache-mb",
+        type=_positive_mb,
+        help="memory for RocksDB's cached blocks and memtables (default: 128, or the cluster "
+        "file's)",
     )
     for option, default, what in (
         ("--max-subject-slots", "1000", "slots"),

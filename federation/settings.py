@@ -57,6 +57,7 @@ def _table() -> dict[str, Setting]:
         "max_watchers": (1, False),
         "cache_mb": (0, True),
         "snapshot_cache_mb": (0, True),
+        "rocksdb_cache_mb": (0, True),
         "max_clock_offset_ms": (0, False),
         "min_free_mb": (0, False),
         "disk_probe_s": (0, True),

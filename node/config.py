@@ -41,6 +41,8 @@ class NodeConfig:
     cache_mb: float = 256.0  # memory for subject states kept in memory (node.store.cache_cost)
     # Memory for resolved snapshots and their serialized replies (node.snapshots).
     snapshot_cache_mb: float = 64.0
+    # RocksDB's blocks cached and memtables, of every column family (node.store.tables.Memory).
+    rocksdb_cache_mb: float = 128.0
     # The cluster file's [policies]: the seed under the cluster's replicated settings
     # (node.governor).
     policies: Seed = NO_SEED

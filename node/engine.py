@@ -112,6 +112,7 @@ class Engine:
         self._locks = SubjectLocks()
         self.watches = Watches(store.node, max_watchers)
         self.snapshots = Snapshots(int(snapshot_cache_mb * 2**20))
+        store.on_dropped = self.snapshots.state_dropped
         # What a read with a handoff token is answered (the nodes whose actors it may name).
         self.handoffs = Handoffs(store.node, members | {store.node}, max_handoff_lead)
         # Each tenant's withdrawn sources (node.withdrawals), followed as they change.

@@ -150,6 +150,16 @@ STATE_CACHE_BYTES = Gauge(
     "but for one state larger than that).",
 )
 
+ROCKSDB_CACHE_BYTES = Gauge(
+    "selfmodel_rocksdb_cache_bytes",
+    "Memory RocksDB holds within this node's rocksdb_cache_mb: the data, index and filter "
+    "blocks it cached and its memtables, charged to one cache for every column family.",
+)
+ROCKSDB_MEMTABLE_BYTES = Gauge(
+    "selfmodel_rocksdb_memtable_bytes",
+    "Memory of RocksDB's memtables (writes not yet flushed), of every column family: part of "
+    "selfmodel_rocksdb_cache_bytes, flushed once they take half of rocksdb_cache_mb.",
+)
 
 SNAPSHOT_CACHE_BYTES = Gauge(
     "selfmodel_snapshot_cache_bytes",
@@ -183,11 +193,15 @@ def watch_store(
     subjects: Callable[[], int],
     context_entries: Callable[[], int],
     cache_bytes: Callable[[], int],
+    rocksdb_bytes: Callable[[], int],
+    memtable_bytes: Callable[[], int],
 ) -> None:
     STORE_BYTES.set_function(size_bytes)
     SUBJECTS.set_function(subjects)
     CONTEXT_ENTRIES_MAX.set_function(context_entries)
     STATE_CACHE_BYTES.set_function(cache_bytes)
+    ROCKSDB_CACHE_BYTES.set_function(rocksdb_bytes)
+    ROCKSDB_MEMTABLE_BYTES.set_function(memtable_bytes)
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

@@ -113,6 +113,7 @@ def start(config: NodeConfig) -> RunningNode:
         fsync=config.fsync,
         outbox=bool(config.peers),
         cache_mb=config.cache_mb,
+        rocksdb_cache_mb=config.rocksdb_cache_mb,
     )
     clock = start_clock(config, store.hlc_high_water)
     limits = config.limits
@@ -248,6 +249,8 @@ def start(config: NodeConfig) -> RunningNode:
         store.estimate_subjects,
         lambda: store.context_entries_max,
         store.cache_bytes,
+        store.memory_bytes,
+        store.memtable_bytes,
     )
     metrics.watch_snapshots(lambda: engine.snapshots.cost_bytes, lambda: len(engine.snapshots))
     metrics_server, metrics_port = listeners.serve_metrics(config)

@@ -19,7 +19,9 @@ with a change, and only ``resolved_at`` is stamped per read.
 A snapshot also keeps the serialized replies built from it (``replies``, filled by
 node.convert), so a read of an unchanged subject serializes nothing. The snapshots of all
 subjects together stay within a memory budget (``Snapshots``): the least recently used go first,
-and a subject whose snapshot went is resolved again, whole, on its next read.
+and a subject whose snapshot went is resolved again, whole, on its next read. An index kept for
+writes alone holds its subject's whole state, which the state cache counts: it goes when the
+cache drops that state (``Snapshots.state_dropped``).
 
 A snapshot is of one book (the policies and reliabilities it was resolved with): its tenant's
 (learned weights are per tenant, node.reliability.Books). When another book is put in force for
@@ -374,6 +376,24 @@ class Snapshots:
             self._keep(state.subject, None if kept is None else kept.snapshot, index)
         return index
 
+    def state_dropped(self, subject: Subject) -> None:
+        """The store's state cache no longer holds ``subject``'s state (its
+        ``on_dropped``): an index kept for writes alone goes with it, as does the index a
+        kept snapshot was written past (the snapshot's own stays). Such an index holds a
+        whole state, counted in the cache's budget and not here (``_keep``): kept beyond
+        the cache, the states of every subject written would stay in memory."""
+        with self._lock:
+            kept = self._entries.get(subject)
+            if kept is None or (kept.snapshot is not None and kept.latest is kept.snapshot.index):
+                return
+            self._bytes -= kept.cost
+            if kept.snapshot is None:
+                del self._entries[subject]
+            else:  # the snapshot stays where it was in the order of use
+                cost = kept.snapshot.cost
+                self._entries[subject] = _Kept(kept.snapshot, kept.snapshot.index, cost)
+                self._bytes += cost
+
     def add_reply(self, snapshot: Snapshot, key: Hashable, body: bytes) -> None:
         """Keeps a serialized reply of ``snapshot`` (at most MAX_REPLIES, the oldest dropped),
         counted against the budget while the snapshot is its subject's."""
@@ -394,6 +414,8 @@ class Snapshots:
             # Under the lock: add_reply may be adding to the snapshot's replies.
             cost = snapshot.cost if snapshot is not None else 0
             if snapshot is None or index is not snapshot.index:
+                # The index's own dict and tuples; its state is the state cache's, and goes
+                # when the cache drops it (state_dropped).
                 cost += 512 + 128 * len(index.state.observations)
             replaced = self._entries.get(subject)
             if replaced is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from sync.codec import EncodedObservations
@@ -69,6 +70,9 @@ class StateCache:
     # The largest causal context written since the start (metrics: a start that takes a new
     # actor adds one to the contexts written from then on, and handoff tokens carry them).
     context_entries_max: int
+    # Told of each subject whose state leaves the cache, with _cache_lock held (node.snapshots
+    # drops what it kept for that state alone); None: nobody is told.
+    on_dropped: Callable[[Subject], None] | None
 
     def cache_bytes(self) -> int:
         """The estimated memory of the cached states (see cache_cost)."""
@@ -99,9 +103,12 @@ class StateCache:
         """Drops every cached state, for when RocksDB may hold newer ones: later reads load
         what RocksDB has (and a read racing this caches nothing: see _cache_read)."""
         with self._cache_lock:
+            dropped = list(self._cache)
             self._cache.clear()
             self._cache_cost = 0
             self._cache_writes += 1
+            for subject in dropped:
+                self._dropped(subject)
 
     def _remember(self, cached: Cached) -> None:
         """Caches a state (with _cache_lock held), dropping the least recently cached beyond
@@ -117,4 +124,10 @@ class StateCache:
         while len(cache) > 1 and (
             len(cache) > self._cache_size or self._cache_cost > self._cache_budget
         ):
-            self._cache_cost -= cache.popitem(last=False)[1].cost
+            gone, dropped = cache.popitem(last=False)
+            self._cache_cost -= dropped.cost
+            self._dropped(gone)
+
+    def _dropped(self, subject: Subject) -> None:
+        if self.on_dropped is not None:
+            self.on_dropped(subject)

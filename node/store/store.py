@@ -15,7 +15,7 @@ from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
 from node.store.rows import OBSERVATIONS, rows_end, rows_prefix
 from node.store.sources import SOURCES, Contribution, scan, scan_every_tenant, subject_prefix
-from node.store.tables import COLUMN_FAMILIES, StoreError
+from node.store.tables import COLUMN_FAMILIES, Memory, StoreError
 from node.store.wal import WalSync, unsynced_writes
 from sync.crdt import EraseBound
 from sync.observation import Subject
@@ -35,9 +35,11 @@ class Store(Reads):
         outbox: bool = False,
         cache_size: int = 20_000,
         cache_mb: float = 256.0,
+        rocksdb_cache_mb: float = 128.0,
     ) -> None:
         """``cache_size`` and ``cache_mb``: at most that many subject states kept in memory, of
-        about that much memory in all (see cache_cost)."""
+        about that much memory in all (see cache_cost); ``rocksdb_cache_mb``: RocksDB's blocks
+        cached and memtables (node.store.tables.Memory)."""
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -49,6 +51,7 @@ class Store(Reads):
         self._reopened = threading.Event()
         self._reopened.set()
         self.wal = WalSync(self._dir, self._refusal)
+        self.memory = Memory.of(int(rocksdb_cache_mb * 2**20))
         self._unsynced = unsynced_writes()
         self._open_db()
         self.fsync = fsync
@@ -72,6 +75,7 @@ class Store(Reads):
         self._cache_lock = threading.Lock()
         self._cache_writes = 0
         self.context_entries_max = 0
+        self.on_dropped = None
         self.delta_log = Outbox(self, int(meta.get(b"outbox_seq", b"0")))
         self._quarantine_lock = threading.Lock()
         self._epochs = {}
