@@ -63,6 +63,7 @@ from typing import Any
 
 from benchmarks.nodeprofile import NodeProfile, Profile
 from benchmarks.nodeprofile import render as render_profile
+from federation.retries import RetryPolicy
 
 OPS = ("read", "observe", "batch", "retract", "explain", "watch", "handoff")
 DEFAULT_MIX = "read=70,observe=15,batch=3,retract=2,explain=3,watch=2,handoff=5"
@@ -200,16 +201,24 @@ class SelfModelTarget:
 
         req = self.pb.GetSelfModelRequest(subject=self.subject(u), at_least=at_least)
         deadline = time.monotonic() + CALL_TIMEOUT_S
+        policy = RetryPolicy()  # the Python client's: each wait `growth` times the one before
+        asks = 0
         while True:
             left = deadline - time.monotonic()
             try:
-                await self.stubs[node].GetSelfModel(req, metadata=self._md(agent), timeout=left)
+                await self.stubs[node].GetSelfModel(
+                    req, metadata=self._md(agent), timeout=max(0.001, left)
+                )
                 return
             except self.error as exc:
                 error = from_rpc_error(exc)
                 if not isinstance(error, HandoffPending) or error.metadata.get("final") == "true":
                     raise
-                await asyncio.sleep(min(error.retry_after_s or 0.005, max(0.0, left)))
+                if left <= 0.001:
+                    raise
+                wait = (error.retry_after_s or policy.multiplier_s) * policy.growth**asks
+                asks += 1
+                await asyncio.sleep(min(wait, policy.max_pending_wait_s, left))
 
     async def retract(self, node: int, agent: str, u: int, c: str, k: str) -> None:
         req = self.pb.RetractRequest(subject=self.subject(u), context=c, key=k)
