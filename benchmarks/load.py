@@ -521,13 +521,20 @@ class Resources:
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
     store_mb: float = 0.0
+    max_lag_s: float | None = None  # the node's delta streams' replication lag, at most
 
 
 class ResourceWatch:
-    """Samples each process's memory once a second (peak), CPU time at start and end."""
+    """Samples each process's memory once a second (peak), CPU time at start and end, and
+    with ``lags`` each node's replication lag (its most behind delta stream; the highest)."""
 
-    def __init__(self, read: dict[str, Callable[[], tuple[float, float, float]]]) -> None:
+    def __init__(
+        self,
+        read: dict[str, Callable[[], tuple[float, float, float]]],
+        lags: dict[str, Callable[[], float]] | None = None,
+    ) -> None:
         self.read = read  # name -> () -> (rss MiB, cpu s, store MiB)
+        self.lags = lags or {}
         self.found = {n: Resources(n) for n in read}
         self.cpu0 = {n: f()[1] for n, f in read.items()}
         self.stop = threading.Event()
@@ -542,6 +549,10 @@ class ResourceWatch:
                 r.peak_rss_mb = max(r.peak_rss_mb, rss)
                 r.cpu_s = cpu - self.cpu0[n]
                 r.store_mb = store
+        for n, lag in self.lags.items():
+            with contextlib.suppress(Exception):
+                r = self.found[n]
+                r.max_lag_s = max(r.max_lag_s or 0.0, lag())
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
@@ -564,6 +575,13 @@ def node_reader(metrics: str) -> Callable[[], tuple[float, float, float]]:
         )
 
     return read
+
+
+def lag_reader(address: str) -> Callable[[], float]:
+    """A node's replication lag: its most behind delta stream's (Admin.GetStatus)."""
+    from tests.nodes import node_status
+
+    return lambda: max((p.lag_seconds for p in node_status(address).peers), default=0.0)
 
 
 def process_reader(pid: int, store: Path) -> Callable[[], tuple[float, float, float]]:
@@ -703,7 +721,12 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
             if cluster is not None
             else {n: node_reader(m) for n, m in metrics.items()}
         )
-        watch = ResourceWatch(readers)
+        lags = (
+            {n: lag_reader(cluster.address(n)) for n in cluster.nodes}
+            if cluster is not None
+            else None
+        )
+        watch = ResourceWatch(readers, lags)
         probe = VisibilityProbe(addresses, args.token or "") if len(addresses) > 1 else None
         if probe is not None:
             probe.start()
@@ -839,9 +862,12 @@ def render(results: Sequence[Result], args: argparse.Namespace) -> str:
                 f"p99 {pct(r.visibility_ms, 0.99):.1f} ms ({len(r.visibility_ms)} sightings)"
             )
         for res in r.resources:
+            lag = (
+                "" if res.max_lag_s is None else f", replication lag at most {res.max_lag_s:.1f} s"
+            )
             lines.append(
                 f"  {res.name}: peak RSS {res.peak_rss_mb:.0f} MiB, CPU {res.cpu_s:.1f} s "
-                f"({res.cpu_s / r.duration_s:.0%} of a CPU), store {res.store_mb:.1f} MiB"
+                f"({res.cpu_s / r.duration_s:.0%} of a CPU), store {res.store_mb:.1f} MiB{lag}"
             )
         lines.append(f"  keeps: {KEEPS[r.target]}")
         if r.profiles:

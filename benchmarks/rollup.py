@@ -18,9 +18,15 @@ Measured, one client calling sequentially with pre-serialized requests and undec
 - ``write``: Observe by a user in 0, 1, 5 and 20 teams (``--write-groups``), each call flipping
   one slot between two statements (every write moves the roll-up of each of its teams): p50
   and the node's CPU per call.
+- ``start-up``: the node stopped and started again on its store, the time until it serves,
+  then the first read of each group (the organization first: its roll-up is built on that read
+  if the node's background load of the groups has not reached it; node.groups), and the time
+  the node took to load every group (its log). ``--learning`` runs the node with learned
+  reliability on (``[cluster.learning]``), which judges every stored slot before serving.
 
     python -m benchmarks.rollup                  # about 2 minutes on 2 CPUs
     python -m benchmarks.rollup --users 2000 --teams 10,100,1000 --org-users 2000
+    python -m benchmarks.rollup --learning        # the same, learned reliability on
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import concurrent.futures
 import datetime as dt
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -86,6 +93,10 @@ class Report:
     writes: list[Figures] = field(default_factory=list)
     setup_s: float = 0.0
     when: str = ""
+    learning: bool = False
+    startup_s: float = 0.0  # stopped, started again: until it serves
+    first_reads: dict[str, float] = field(default_factory=dict)  # seconds, after the restart
+    groups_loaded_s: float = float("nan")  # the node's background load of every group (its log)
 
     def ratio(self, name: str) -> float:
         by = {f.name: f for f in self.reads}
@@ -233,10 +244,60 @@ def measure_writes(
     return list(figures.values())
 
 
+def first_reads(channel: grpc.Channel, read: dict[str, model_pb2.Subject]) -> dict[str, float]:
+    """The seconds of the first GetSelfModel of each subject, the last named first."""
+    get = _call(channel, GET)
+    found = {}
+    for name, subject in reversed(read.items()):
+        body = selfmodel_pb2.GetSelfModelRequest(subject=subject).SerializeToString()
+        started = time.perf_counter()
+        get(body, metadata=MD, timeout=300)  # type: ignore[call-arg]
+        found[name] = time.perf_counter() - started
+    return found
+
+
+LOADED = re.compile(r"group\(s\) loaded in ([0-9.]+) s")
+
+
+def restart(node: NodeProcess, read: dict[str, model_pb2.Subject], report: Report) -> None:
+    """Stops the node, starts it on its store, times it until it serves and its first reads."""
+    node.stop()
+    logged = len(node.log())
+    started = time.monotonic()
+    node.start()
+    report.startup_s = time.monotonic() - started
+    with grpc.insecure_channel(node.address) as channel:
+        report.first_reads = first_reads(channel, read)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the background load's line, once it is written
+        found = LOADED.search(node.log()[logged:])
+        if found is not None:
+            report.groups_loaded_s = float(found.group(1))
+            break
+        time.sleep(0.2)
+
+
+def node_process(tmp: Path, learning: bool) -> NodeProcess:
+    """The node measured: on a data directory of its own, learned reliability on or off."""
+    data = tmp / "rollup" / "data"
+    if not learning:
+        return NodeProcess("rollup", data, ("--max-subject-observations", "20000"))
+    cluster = tmp / "cluster.toml"
+    lines = [
+        "[cluster]", f'data = "{tmp}"', "fsync = true",
+        "[cluster.limits]", "max_subject_observations = 20000",
+        "[cluster.learning]", "enabled = true",
+        "[[node]]", 'name = "rollup"', 'address = "127.0.0.1:0"', f'data = "{data}"',
+    ]  # fmt: skip
+    cluster.write_text("\n".join(lines) + "\n")
+    return NodeProcess("rollup", data, cluster_file=cluster)
+
+
 def run(args: argparse.Namespace) -> Report:
     report = Report(args.users, args.slots, when=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"))
+    report.learning = args.learning
     tmp = Path(tempfile.mkdtemp(prefix="selfmodel-rollup-", dir=args.data))
-    node = NodeProcess("rollup", tmp / "rollup" / "data", ("--max-subject-observations", "20000"))
+    node = node_process(tmp, args.learning)
     try:
         node.start()
         assert node.proc is not None
@@ -257,6 +318,7 @@ def run(args: argparse.Namespace) -> Report:
             read = {"user": _user(0), **read}
             report.reads = measure_reads(channel, read, args.reads, args.rounds)
             report.writes = measure_writes(channel, found, args.writes, args.rounds, node.proc.pid)
+        restart(node, read, report)
     finally:
         node.stop()
         if not args.keep:
@@ -280,6 +342,14 @@ def render(report: Report) -> str:
     lines += ["", "| write (Observe) | p50 ms | p90 ms | node CPU µs / call |", "|---|--:|--:|--:|"]
     for f in report.writes:
         lines.append(f"| {f.name} | {f.p50_ms:.2f} | {f.p90_ms:.2f} | {f.cpu_us:,.0f} |")
+    lines += [
+        "",
+        f"start-up on this store{' (learned reliability on)' if report.learning else ''}: "
+        f"{report.startup_s:.2f} s until serving; every group loaded "
+        f"{report.groups_loaded_s:.2f} s after it began (in the background)",
+        "first read after the restart: "
+        + ", ".join(f"{name} {s * 1000:,.0f} ms" for name, s in report.first_reads.items()),
+    ]
     team = next((f.name for f in report.reads if f.name == "team of 1,000"), None)
     if team is not None:
         ratio = report.ratio(team)
@@ -303,6 +373,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--writes", type=int, default=300, help="writes per writer")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--learning", action="store_true", help="learned reliability on")
     p.add_argument("--data", type=Path, default=None, help="parent folder for the data")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")

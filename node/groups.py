@@ -11,9 +11,14 @@ replicated state (sync.members, node.rollup):
 Each returns the groups whose roll-up moved (whose watches fire). Not thread-safe: the caller
 serializes, as for RollupIndex.
 
-``Following`` wires it to a node: it rebuilds the groups from the store at start
-(``load``) and follows every committed batch (``Engine.listeners``), under one lock; the
-subjects' locks are taken before it and the snapshots' after it, never the other way round.
+``Following`` wires it to a node: it follows every committed batch (``Engine.listeners``)
+from the engine's start, and loads the stored groups after it (``load_every``, in the
+background once the node serves), under one lock; the subjects' locks are taken before it and
+the snapshots' after it, never the other way round. A group is loaded once, from its stored
+state under the lock, or from a committed change of its memberships: what ``Groups`` holds for
+a loaded group is then what a load at start would have built. A read of a group loads what
+its roll-up needs first (the group and, for an organization, its teams), so no read answers
+from a group not loaded yet; ``groups_of`` (every group of a member) loads every group first.
 """
 
 from __future__ import annotations
@@ -126,8 +131,8 @@ class Following:
     """A node's ``Groups``, kept up with its subjects.
 
     ``model_of`` and ``beliefs_of`` read resolved snapshots (the latter the belief per slot of
-    a state); ``notify`` wakes a subject's watches; ``subjects`` lists the stored subjects and
-    ``load`` reads one (for ``load_all`` at start).
+    a state); ``notify`` wakes a subject's watches; ``stored_groups`` lists the stored group
+    subjects and ``state_of`` reads one (to load it).
     """
 
     def __init__(
@@ -136,19 +141,57 @@ class Following:
         beliefs_of: Callable[[SubjectState], Callable[[Slot], Belief | None]],
         state_of: Callable[[Subject], SubjectState],
         notify: Callable[[Subject], None],
+        stored_groups: Callable[[], Iterable[Subject]] = lambda: (),
     ) -> None:
         self.groups = Groups(model_of, lambda s: state_of(s).erased.hlc)
+        self._model_of = model_of
         self._beliefs_of = beliefs_of
         self._state_of = state_of
         self._notify = notify
+        self._stored_groups = stored_groups
         self.lock = threading.Lock()
+        self._loaded: set[Subject] = set()  # groups whose memberships Groups follows
+        self.complete = threading.Event()  # set once every stored group is loaded
 
-    def load_all(self, subjects: Iterable[Subject]) -> None:
-        """Follows the stored group subjects (the node's start)."""
-        for subject in subjects:
-            if is_group(subject):
-                with self.lock:
-                    self.groups.group_changed(self._state_of(subject))
+    def load_every(self) -> int:
+        """Loads every stored group not loaded yet (a node's start, off its serving path);
+        how many it loaded. A group stored after the listing began is loaded by its change."""
+        count = 0
+        for group in list(self._stored_groups()):
+            count += self._load(group)
+        self.complete.set()
+        return count
+
+    def _load(self, group: Subject) -> bool:
+        """Follows ``group``'s stored state, if no load or change did yet; whether it did.
+
+        Its users' models are resolved first, outside the lock (into the snapshots' cache), so
+        that the lock, which every committed batch waits for, is held for the bookkeeping."""
+        if group in self._loaded:
+            return False
+        for member in adds(self._state_of(group)):
+            if member.kind == SubjectKind.USER:
+                self._model_of(member)
+        with self.lock:
+            if group in self._loaded:
+                return False
+            moved = self.groups.group_changed(self._state_of(group))
+            self._loaded.add(group)
+        for other in sorted(moved):
+            self._notify(other)
+        return True
+
+    def _ensure(self, group: Subject) -> None:
+        """Loads what ``group``'s roll-up needs: the group and, for an organization, each of
+        its teams (whose users are the organization's)."""
+        if self.complete.is_set():
+            return
+        self._load(group)
+        if group.kind == SubjectKind.ORG:
+            with self.lock:
+                teams = self.groups.members(group)
+            for team in sorted(teams):
+                self._load(team)
 
     def changed(self, changes: Sequence[Change]) -> None:
         """An Engine listener: follows one committed batch."""
@@ -169,6 +212,7 @@ class Following:
         if is_group(subject):
             if any(context == MEMBERS for context, _ in touched_slots(old, new)):
                 moved |= groups.group_changed(new)
+                self._loaded.add(subject)  # its whole memberships, as stored now
         elif subject.kind == SubjectKind.USER and groups.follows(subject):
             slots = touched_slots(old, new)  # only for a user whose beliefs count somewhere
             if slots:
@@ -200,20 +244,25 @@ class Following:
             self._notify(group)
 
     def rollup(self, group: Subject) -> GroupRollup:
+        self._ensure(group)
         with self.lock:
             return self.groups.rollup(group)
 
     def holders(self, group: Subject, context: str, key: str, statement: str) -> tuple[Holder, ...]:
+        self._ensure(group)
         with self.lock:
             return self.groups.holders(group, context, key, statement)
 
     def members(self, group: Subject) -> frozenset[Subject]:
+        if not self.complete.is_set():
+            self._load(group)
         with self.lock:
             return self.groups.members(group)
 
     def reach(self, group: Subject) -> frozenset[Subject]:
         """The subjects whose changes move ``group``'s roll-up, as it has them now: its members
         and, for an organization, its teams' members (the users it counts)."""
+        self._ensure(group)
         with self.lock:
             index = self.groups.index
             direct = index.members(group)
@@ -223,20 +272,23 @@ class Following:
 
     def groups_of(self, member: Subject) -> frozenset[Subject]:
         """The groups ``member`` is in (a user's teams, a team's organizations)."""
+        if not self.complete.is_set():
+            self.load_every()
         with self.lock:
             return self.groups.index.direct_groups(member)
 
 
 def follow(engine: Engine) -> Following:
-    """The groups of ``engine``'s store, followed through its listeners from now on."""
+    """The groups of ``engine``'s store, followed through its listeners from now on, each
+    loaded on its first read or by ``load_every``."""
     following = Following(
         lambda user: engine.model(user).beliefs,
         lambda state: engine.reader.snapshot(state).by_slot.get,
         engine.state,
         engine.watches.notify,
+        engine.store.group_subjects,
     )
-    following.load_all(engine.store.subjects())
-    engine.listeners.append(following.changed)
+    engine.listeners.append(following.changed)  # before any load: no change is missed
     return following
 
 

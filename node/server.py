@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,6 +241,7 @@ def start(config: NodeConfig) -> RunningNode:
         probe_s=config.disk_probe_s,
     )
     disk_watch.start()
+    threading.Thread(target=_load_groups, args=(engine,), name="groups", daemon=True).start()
     threading.Thread(target=_verify, args=(store,), name="verify", daemon=True).start()
 
     metrics.watch_store(
@@ -290,6 +292,20 @@ def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning
     engine.book_listeners.append(learning.reconfigure)
     log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
     return learning
+
+
+def _load_groups(engine: Engine) -> None:
+    """Loads every stored group's memberships and roll-up once the node serves (node.groups):
+    a read of a group before that loads that group first, so none waits for the rest."""
+    started = time.monotonic()
+    try:
+        count = engine.groups.load_every()
+    except Exception as exc:  # the store closed meanwhile, say: reads still load what they need
+        log.info("node %s: loading the groups stopped: %s", engine.node, exc)
+        return
+    log.info(
+        "node %s: %d group(s) loaded in %.2f s", engine.node, count, time.monotonic() - started
+    )
 
 
 def _verify(store: Store) -> None:

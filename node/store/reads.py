@@ -20,7 +20,7 @@ from node.store.sources import SOURCES, subject_rows
 from node.store.tables import is_corruption
 from sync.codec import decode_state
 from sync.crdt import SubjectState
-from sync.observation import Subject
+from sync.observation import Subject, SubjectKind
 
 
 class Reads(GroupCommit):
@@ -140,6 +140,22 @@ class Reads(GroupCommit):
             if not key.startswith(prefix):
                 break
             yield Subject.from_storage_key(key)
+
+    def group_subjects(self) -> list[Subject]:
+        """The stored teams and organizations, in key order, without reading the users' keys:
+        a key is tenant, NUL, kind, id, so each tenant's groups are one range (its teams, then
+        its organizations) found by a seek, and the next tenant by a seek past this one's."""
+        table, after = self._cf["state"], b""
+        found: list[Subject] = []
+        while (first := next(iter(table.keys(from_key=after)), None)) is not None:
+            tenant = first.partition(b"\x00")[0] + b"\x00"
+            start, end = tenant + bytes([SubjectKind.TEAM]), tenant + bytes([SubjectKind.ORG + 1])
+            for key in table.keys(from_key=start):
+                if key >= end:
+                    break
+                found.append(Subject.from_storage_key(key))
+            after = tenant + b"\xff"
+        return found
 
     def scan_keys(self, cf: str, prefix: bytes, after: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a column family starting with ``prefix``, in key order,

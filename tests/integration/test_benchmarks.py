@@ -60,6 +60,7 @@ def test_load_drives_a_fleet_and_reports_every_operation(tmp_path: Path) -> None
     assert {s.op for s in node.samples} == set(load.OPS)
     assert node.visibility_ms and len(node.resources) == 2
     assert all(r.peak_rss_mb > 0 and r.cpu_s > 0 for r in node.resources)
+    assert all(r.max_lag_s is not None and r.max_lag_s >= 0 for r in node.resources)
     # Where each node's CPU went: every thread's time by role, and the handlers that ran.
     assert [p.name for p in node.profiles] == ["n1", "n2"]
     for profile in node.profiles:
@@ -149,6 +150,25 @@ def test_rollup_reads_groups_beside_a_user_and_writes_as_a_member_of_several_gro
     # a group's reply holds its roll-up rows: larger than a bare snapshot of no belief
     assert all(f.reply_bytes > 200 for f in report.reads)
     assert all(f.cpu_us > 0 for f in report.writes)
+    # restarted on its store: it serves, each group's first read answers, every group loads
+    assert report.startup_s > 0
+    assert list(report.first_reads) == ["org of 120", "team of 100", "team of 10", "user"]
+    assert all(s > 0 for s in report.first_reads.values())
+    assert report.groups_loaded_s >= 0
+
+
+def test_rollup_restarts_a_node_with_learned_reliability_on(tmp_path: Path) -> None:
+    args = rollup.parse_args(
+        ["--users", "40", "--slots", "2", "--teams", "10", "--org-users", "40",
+         "--write-groups", "0", "--reads", "3", "--writes", "3", "--learning",
+         "--data", str(tmp_path)]
+    )  # fmt: skip
+    report = rollup.run(args)
+    table = rollup.render(report)
+    print(table)
+    assert report.learning and "learned reliability on" in table
+    assert report.startup_s > 0 and report.groups_loaded_s >= 0
+    assert list(report.first_reads) == ["org of 40", "team of 10", "user"]
 
 
 def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> None:
