@@ -87,9 +87,13 @@ def test_rocksdb_keeps_its_blocks_and_memtables_within_rocksdb_cache_mb(tmp_path
             time.sleep(0.05)
         assert 0 < store.memtable_bytes() <= store.memory_bytes() <= budget
         store._empty_cache()
+        # RocksDB's block cache is not strict: a block being inserted, and the L0 index and
+        # filter blocks it keeps pinned, may take it past its capacity for a while (up to 6%
+        # seen with this 8 MiB budget; the code before the shared cache took twice the budget).
+        slack = budget // 8
         for subject in subjects:
             assert len(store.load(subject).observations) == 50  # read from RocksDB's files
-            assert store.memory_bytes() <= budget
+            assert store.memory_bytes() <= budget + slack
         assert store.memory_bytes() > store.memtable_bytes() + budget // 4  # blocks cached
     finally:
         store.close()
