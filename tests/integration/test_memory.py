@@ -80,17 +80,19 @@ def test_rocksdb_keeps_its_blocks_and_memtables_within_rocksdb_cache_mb(tmp_path
                 for k in range(50)
             ]
             engine.observe("agent", items)
-        # A burst of writes may run ahead of the flushes it starts; they catch up.
-        deadline = time.monotonic() + 30
-        while store.memtable_bytes() > budget // 2:
-            assert time.monotonic() < deadline, f"memtables of {store.memtable_bytes()} bytes"
-            time.sleep(0.05)
-        assert 0 < store.memtable_bytes() <= store.memory_bytes() <= budget
-        store._empty_cache()
         # RocksDB's block cache is not strict: a block being inserted, and the L0 index and
         # filter blocks it keeps pinned, may take it past its capacity for a while (up to 6%
         # seen with this 8 MiB budget; the code before the shared cache took twice the budget).
+        # Nor is the memtables' half: a flush starts on the write that passes it, so the last
+        # writes may leave them a little over it.
         slack = budget // 8
+        # A burst of writes may run ahead of the flushes it starts; they catch up.
+        deadline = time.monotonic() + 30
+        while store.memtable_bytes() > budget // 2 + slack:
+            assert time.monotonic() < deadline, f"memtables of {store.memtable_bytes()} bytes"
+            time.sleep(0.05)
+        assert 0 < store.memtable_bytes() <= store.memory_bytes() <= budget + slack
+        store._empty_cache()
         for subject in subjects:
             assert len(store.load(subject).observations) == 50  # read from RocksDB's files
             assert store.memory_bytes() <= budget + slack
