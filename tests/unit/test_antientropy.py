@@ -165,13 +165,3 @@ def test_a_round_yields_to_a_connected_stream_behind_on_its_own_deltas_at_most_t
     assert replicator.yields_round()
     replicator._fell_behind()  # behind for a reason the outbox does not show: no yielding
     assert not replicator.yields_round()
-
-
-def test_a_reconnected_stream_asks_for_a_round_at_once():
-    replicator = PeerReplicator("support", Outbox(), Replica([]), Peer, SyncSettings())
-    assert not replicator._wake_anti_entropy.is_set()
-    replicator._set_connected(True)
-    assert replicator._wake_anti_entropy.is_set()
-    replicator._wake_anti_entropy.clear()
-    replicator._set_connected(True)  # still connected: nothing new to compare
-    assert not replicator._wake_anti_entropy.is_set()
