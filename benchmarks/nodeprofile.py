@@ -51,6 +51,7 @@ _THREAD_ROLES = (
 # By the Python name of a thread the node starts itself (sync.sender: one of each per peer).
 _NAMED_THREADS = (
     ("ae-", "anti-entropy"),
+    ("sync-housekeeping", "other Python threads"),  # sync.replicator's, not a peer's stream
     ("sync-", "delta streams out (acknowledgements)"),
 )
 # By a sample's stack, first match wins (after the servicer methods, matched by _CALL).

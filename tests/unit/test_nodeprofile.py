@@ -36,6 +36,8 @@ def test_a_dump_gives_each_thread_its_stack_and_the_stack_its_role() -> None:
         105: "handler pool (unary calls)",
         106: "anti-entropy",
     }
+    assert thread_role("sync-n2", [], "python") == "delta streams out (acknowledgements)"
+    assert thread_role("sync-housekeeping", [], "python") == "other Python threads"
     assert thread_role("", [], "rocksdb:low") == "RocksDB background threads"
     assert thread_role("", [], "event_engine") == "gRPC core threads (EventEngine, timers)"
 
