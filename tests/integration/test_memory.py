@@ -83,12 +83,13 @@ def test_rocksdb_keeps_its_blocks_and_memtables_within_rocksdb_cache_mb(tmp_path
         # RocksDB's block cache is not strict: a block being inserted, and the L0 index and
         # filter blocks it keeps pinned, may take it past its capacity for a while (up to 6%
         # seen with this 8 MiB budget; the code before the shared cache took twice the budget).
-        # Nor is the memtables' half: a flush starts on the write that passes it, so the last
-        # writes may leave them a little over it.
         slack = budget // 8
-        # A burst of writes may run ahead of the flushes it starts; they catch up.
+        # Nor is the memtables' half: a memtable grows by 1 MiB arena blocks, and a flush starts
+        # at a write that finds them past half, so the last write may leave one block more in
+        # each column family it wrote (5 MiB of 8 seen). A burst of writes may also run ahead of
+        # the flushes it starts; they catch up.
         deadline = time.monotonic() + 30
-        while store.memtable_bytes() > budget // 2 + slack:
+        while store.memtable_bytes() > budget * 3 // 4:
             assert time.monotonic() < deadline, f"memtables of {store.memtable_bytes()} bytes"
             time.sleep(0.05)
         assert 0 < store.memtable_bytes() <= store.memory_bytes() <= budget + slack
