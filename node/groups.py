@@ -24,11 +24,13 @@ from a group not loaded yet; ``groups_of`` (every group of a member) loads every
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from node.resolution import Belief
-from node.rollup import GroupRollup, Holder, RollupIndex
+from node.heldkeep import HeldKeeper, Resolved
+from node.policy import PolicyBook
+from node.resolution import Belief, Withdrawn
+from node.rollup import GroupRollup, Held, Holder, RollupIndex, held_by_slot
 from node.snapshots import Slot
 from node.store import Change
 from sync.crdt import SubjectState, touched_slots
@@ -38,18 +40,24 @@ from sync.observation import Subject, SubjectKind
 if TYPE_CHECKING:
     from node.engine import Engine
 
+# How often the held records of members whose beliefs moved are written (Following.checkpoint):
+# a start re-resolves at most the members changed within the last interval before a crash.
+CHECKPOINT_S = 10.0
+
 
 class Groups:
     def __init__(
         self,
         model_of: Callable[[Subject], Iterable[Belief]],
         erased_at: Callable[[Subject], int] = lambda s: 0,
+        held_of: Callable[[Subject], Mapping[Slot, Held]] | None = None,
     ) -> None:
         """``model_of``: a user's resolved beliefs; ``erased_at``: a subject's erase bound's
-        timestamp as stored (asked once per member, then followed through ``erased``)."""
+        timestamp as stored (asked once per member, then followed through ``erased``);
+        ``held_of``: a user's held beliefs when it joins its first team (node.rollup)."""
         self.adds: dict[Subject, dict[Subject, int]] = {}  # group -> member -> newest add
         self.forgets: dict[Subject, int] = {}  # member -> its erase bound's timestamp
-        self.index = RollupIndex(model_of)
+        self.index = RollupIndex(model_of, held_of)
         self._model_of = model_of
         self._erased_at = erased_at
         self._rollups: dict[Subject, GroupRollup] = {}  # kept until the group's roll-up moves
@@ -132,7 +140,8 @@ class Following:
 
     ``model_of`` and ``beliefs_of`` read resolved snapshots (the latter the belief per slot of
     a state); ``notify`` wakes a subject's watches; ``stored_groups`` lists the stored group
-    subjects and ``state_of`` reads one (to load it).
+    subjects and ``state_of`` reads one (to load it); ``keeper`` keeps the users' held records
+    (node.heldkeep; None: each user loaded is resolved).
     """
 
     def __init__(
@@ -142,16 +151,32 @@ class Following:
         state_of: Callable[[Subject], SubjectState],
         notify: Callable[[Subject], None],
         stored_groups: Callable[[], Iterable[Subject]] = lambda: (),
+        keeper: HeldKeeper | None = None,
     ) -> None:
-        self.groups = Groups(model_of, lambda s: state_of(s).erased.hlc)
+        self.groups = Groups(model_of, self._erased_at, self._held_of)
         self._model_of = model_of
         self._beliefs_of = beliefs_of
         self._state_of = state_of
         self._notify = notify
         self._stored_groups = stored_groups
+        self.keeper = keeper
         self.lock = threading.Lock()
         self._loaded: set[Subject] = set()  # groups whose memberships Groups follows
+        # A group being loaded, and the event set once its load ends: a second read of it
+        # waits for that load instead of doing it again (guarded by _loading_lock).
+        self._loading: dict[Subject, threading.Event] = {}
+        self._loading_lock = threading.Lock()
         self.complete = threading.Event()  # set once every stored group is loaded
+        self.closing = threading.Event()  # set when the node stops: checkpoints end
+
+    def _erased_at(self, subject: Subject) -> int:
+        known = None if self.keeper is None else self.keeper.erased_of(subject)
+        return known if known is not None else self._state_of(subject).erased.hlc
+
+    def _held_of(self, user: Subject) -> Mapping[Slot, Held]:
+        if self.keeper is None:
+            return held_by_slot(self._model_of(user))
+        return self.keeper.held_of(user, self._model_of)
 
     def load_every(self) -> int:
         """Loads every stored group not loaded yet (a node's start, off its serving path);
@@ -163,19 +188,51 @@ class Following:
         return count
 
     def _load(self, group: Subject) -> bool:
-        """Follows ``group``'s stored state, if no load or change did yet; whether it did.
+        """Follows ``group``'s stored state, if no load or change did yet; whether this call
+        did. One load of a group at a time: a call finding it under way waits for it."""
+        for _ in range(3):  # a load that failed (the store closing, say) is tried again
+            with self._loading_lock:
+                if group in self._loaded:
+                    return False
+                running = self._loading.get(group)
+                if running is None:
+                    done = self._loading[group] = threading.Event()
+            if running is not None:
+                running.wait()
+                continue
+            try:
+                return self._load_now(group)
+            finally:
+                with self._loading_lock:
+                    del self._loading[group]
+                done.set()
+        return self._load_now(group)
 
-        Its users' models are resolved first, outside the lock (into the snapshots' cache), so
-        that the lock, which every committed batch waits for, is held for the bookkeeping."""
-        if group in self._loaded:
-            return False
-        for member in adds(self._state_of(group)):
-            if member.kind == SubjectKind.USER:
-                self._model_of(member)
+    def _load_now(self, group: Subject) -> bool:
+        """Its users' contributions are found first, outside the lock (node.heldkeep: stored
+        records still valid, else their models resolved), so that the lock, which every
+        committed batch waits for, is held for the bookkeeping; under it they are confirmed
+        against the stored states (a user changed meanwhile is resolved there)."""
+        users = [m for m in adds(self._state_of(group)) if m.kind == SubjectKind.USER]
+        found = {}
+        if self.keeper is not None:
+            with self.lock:
+                users = [u for u in users if not self.groups.follows(u)]
+            found = self.keeper.prepare(users)
+        else:
+            for user in users:
+                self._model_of(user)  # into the snapshots' cache
         with self.lock:
             if group in self._loaded:
                 return False
-            moved = self.groups.group_changed(self._state_of(group))
+            if self.keeper is not None:
+                self.keeper.confirm(found)
+            try:
+                moved = self.groups.group_changed(self._state_of(group))
+            finally:
+                if self.keeper is not None:
+                    for user in found:
+                        self.keeper.ready.pop(user, None)
             self._loaded.add(group)
         for other in sorted(moved):
             self._notify(other)
@@ -192,6 +249,30 @@ class Following:
                 teams = self.groups.members(group)
             for team in sorted(teams):
                 self._load(team)
+
+    def checkpoint(self) -> int:
+        """Writes the held records of the users whose beliefs moved since the last checkpoint
+        (and deletes those of users no longer in a team); how many it wrote or deleted."""
+        if self.keeper is None:
+            return 0
+        with self.lock:
+            dirty, self.keeper.dirty = self.keeper.dirty, set()
+            followed = sorted(u for u in dirty if self.groups.follows(u))
+        gone = sorted(dirty.difference(followed))
+        made = {u: self.keeper.record_of(u) for u in followed}
+        with self.lock:
+            self.keeper.write(made, gone)
+        return len(dirty)
+
+    def run_checkpoints(self, interval_s: float) -> None:
+        """Checkpoints every ``interval_s`` until ``close``."""
+        while not self.closing.wait(interval_s):
+            self.checkpoint()
+
+    def close(self) -> None:
+        """Ends the checkpoints, after a last one (the node stops: its store is still open)."""
+        self.closing.set()
+        self.checkpoint()
 
     def changed(self, changes: Sequence[Change]) -> None:
         """An Engine listener: follows one committed batch."""
@@ -214,6 +295,8 @@ class Following:
                 moved |= groups.group_changed(new)
                 self._loaded.add(subject)  # its whole memberships, as stored now
         elif subject.kind == SubjectKind.USER and groups.follows(subject):
+            if self.keeper is not None:
+                self.keeper.dirty.add(subject)  # its record's digest is no longer stored
             slots = touched_slots(old, new)  # only for a user whose beliefs count somewhere
             if slots:
                 belief = self._beliefs_of(new)
@@ -230,6 +313,10 @@ class Following:
         groups' watches woken."""
         with self.lock:
             moved = self.groups.resolved_anew(contexts, tenant)
+            if self.keeper is not None:  # their records name another book now
+                self.keeper.dirty.update(
+                    u for u in self.groups.index.followed() if tenant in (None, u.tenant)
+                )
         for group in sorted(moved):
             self._notify(group)
 
@@ -240,6 +327,8 @@ class Following:
             return
         with self.lock:
             moved = self.groups.user_resolved_anew(subject)
+            if self.keeper is not None and self.groups.follows(subject):
+                self.keeper.dirty.add(subject)
         for group in sorted(moved):
             self._notify(group)
 
@@ -281,12 +370,21 @@ class Following:
 def follow(engine: Engine) -> Following:
     """The groups of ``engine``'s store, followed through its listeners from now on, each
     loaded on its first read or by ``load_every``."""
+
+    def resolve(user: Subject) -> Resolved:
+        found = engine.model(user).snapshot
+        return Resolved(found.state, found.beliefs, found.policies, found.withdrawn)
+
+    def resolving_with(tenant: str) -> tuple[PolicyBook, Withdrawn]:
+        return engine.book_of(tenant), engine.reader.withdrawals.of(tenant)
+
     following = Following(
         lambda user: engine.model(user).beliefs,
         lambda state: engine.reader.snapshot(state).by_slot.get,
         engine.state,
         engine.watches.notify,
         engine.store.group_subjects,
+        HeldKeeper(engine.store, resolve, resolving_with),
     )
     engine.listeners.append(following.changed)  # before any load: no change is missed
     return following

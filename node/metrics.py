@@ -70,6 +70,13 @@ HANDOFF_REFUSED = Counter(
     "issued).",
     ["reason"],
 )
+ROLLUP_MEMBERS = Counter(
+    "selfmodel_rollup_members_total",
+    "Users' contributions taken into a group's roll-up as a node loads it (after a start, or "
+    "when a user joins its first team), by how: stored (its held record, valid for its state "
+    "and book now) or resolved (its model resolved).",
+    ["how"],
+)
 RESOLUTIONS = Counter(
     "selfmodel_resolutions_total",
     "Subject snapshots resolved, by how: change (a new state, only the slots the change "

@@ -50,6 +50,16 @@ def held(belief: Belief | None) -> Held | None:
     return Held(normalize_statement(belief.statement), belief.statement, micro, belief.changed_ms)
 
 
+def held_by_slot(beliefs: Iterable[Belief]) -> dict[Slot, Held]:
+    """A resolved model's contribution to its groups' roll-ups, per slot."""
+    found: dict[Slot, Held] = {}
+    for belief in beliefs:
+        h = held(belief)
+        if h is not None:
+            found[belief.context, belief.key] = h
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class RolledUp:
     context: str
@@ -164,12 +174,19 @@ class RollupIndex:
 
     It follows membership (``add_member``, ``remove_member``, ``set_members``, ``forget``) and
     the beliefs of users in at least one team (``slot_changed``, ``model_changed``); it keeps a
-    copy of those users' held beliefs, read once through ``model_of`` when a user joins its
-    first team. Every change returns the groups whose roll-up it moved (whose watches fire).
+    copy of those users' held beliefs, read once when a user joins its first team: through
+    ``held_of`` when given (a user's held beliefs as a node kept them, node.heldrecords), else
+    from ``model_of``. Every change returns the groups whose roll-up it moved (whose watches
+    fire).
     """
 
-    def __init__(self, model_of: Callable[[Subject], Iterable[Belief]]) -> None:
+    def __init__(
+        self,
+        model_of: Callable[[Subject], Iterable[Belief]],
+        held_of: Callable[[Subject], Mapping[Slot, Held]] | None = None,
+    ) -> None:
         self._model_of = model_of
+        self._held_of = held_of or (lambda user: held_by_slot(model_of(user)))
         self._held: dict[Subject, dict[Slot, Held]] = {}  # users in at least one team
         self._members: dict[Subject, set[Subject]] = {}  # group -> direct members
         self._groups: dict[Subject, set[Subject]] = {}  # member -> groups holding it directly
@@ -211,11 +228,7 @@ class RollupIndex:
         if member in self._members.get(group, ()):
             return frozenset()
         if member.kind == SubjectKind.USER and member not in self._held:
-            self._held[member] = {}
-            for belief in self._model_of(member):
-                h = held(belief)
-                if h is not None:
-                    self._held[member][belief.context, belief.key] = h
+            self._held[member] = dict(self._held_of(member))
         self._members.setdefault(group, set()).add(member)
         self._groups.setdefault(member, set()).add(group)
         moved = {group}

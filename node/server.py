@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node import connections, listeners, metrics
+from node import connections, groups, listeners, metrics
 from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
@@ -99,6 +99,10 @@ class RunningNode:
             self.disk_watch.stop()
         if self.learning is not None:
             self.learning.stop()
+        try:  # the held records of members changed since the last checkpoint (node.groups)
+            self.engine.groups.close()
+        except Exception as exc:
+            log.info("node %s: the last roll-up checkpoint failed: %s", self.config.name, exc)
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -306,6 +310,10 @@ def _load_groups(engine: Engine) -> None:
     log.info(
         "node %s: %d group(s) loaded in %.2f s", engine.node, count, time.monotonic() - started
     )
+    try:
+        engine.groups.run_checkpoints(groups.CHECKPOINT_S)
+    except Exception as exc:  # the store closed meanwhile: the stop writes the last one
+        log.info("node %s: roll-up checkpoints stopped: %s", engine.node, exc)
 
 
 def _verify(store: Store) -> None:

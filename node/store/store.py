@@ -5,12 +5,12 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import rocksdict
 
-from node.store.digests import load_bucket_hashes
+from node.store.digests import digest_row, load_bucket_hashes
 from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
 from node.store.rows import OBSERVATIONS, rows_end, rows_prefix
@@ -21,6 +21,13 @@ from sync.crdt import EraseBound
 from sync.observation import Subject
 
 log = logging.getLogger("node.store")
+
+# Meta rows holding each followed user's held record (node.heldrecords), by its storage key.
+HELD = b"held/"
+
+
+def held_key(subject: Subject) -> bytes:
+    return HELD + subject.storage_key()
 
 
 class Store(Reads):
@@ -135,12 +142,41 @@ class Store(Reads):
         self._cf["state"].compact_range(key, key + b"\xff", rewrite)
         epoch = self._epochs.get(key, 0)
         self._cf[OBSERVATIONS].compact_range(rows_prefix(key, epoch), rows_end(key, epoch), rewrite)
+        # Its held record (node.heldrecords) may hold the erased beliefs' statements.
+        held = held_key(subject)
+        self._cf["meta"].delete(held)
+        self._cf["meta"].flush(True)
+        self._cf["meta"].compact_range(held, held + b"\xff", rewrite)
         for source in sorted(set(sources)):
             start = subject_prefix(subject.tenant, source, subject)
             self._cf[SOURCES].compact_range(start, start + b"\xff", rewrite)
         self._cf["outbox"].compact_range(None, None, rewrite)
         self._db.flush_wal(True)
         self.wal.release()
+
+    def stored_digests(self, subjects: Sequence[Subject]) -> list[bytes | None]:
+        """Each subject's digest as stored with its state (None: never written): one get."""
+        rows = [digest_row(s.storage_key()) for s in subjects]
+        return list(self._cf["digest"].get(rows)) if rows else []
+
+    def held_records(self, subjects: Sequence[Subject]) -> list[bytes | None]:
+        """Each subject's held record as stored (node.heldrecords; None: none)."""
+        rows = [held_key(s) for s in subjects]
+        return list(self._cf["meta"].get(rows)) if rows else []
+
+    def write_held_records(self, rows: Sequence[tuple[Subject, bytes | None]]) -> None:
+        """Puts (or, for None, deletes) held records in one batch, unsynced: a record lost to
+        a crash is resolved again. Skipped while writes are suspended."""
+        if not rows or self.suspended is not None:
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        meta = self._handle["meta"]
+        for subject, value in rows:
+            if value is None:
+                batch.delete(held_key(subject), meta)
+            else:
+                batch.put(held_key(subject), value, meta)
+        self._db.write(batch, self._unsynced)
 
     def contributions(
         self, tenant: str | None, source: str, after: bytes = b"", limit: int = 100
