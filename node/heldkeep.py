@@ -91,7 +91,7 @@ class HeldKeeper:
         raws = self._rows.held_records(users)
         fingerprints = {t: self.fingerprint(t) for t in {u.tenant for u in users}}
         for user, digest, raw in zip(users, digests, raws, strict=True):
-            record = heldrecords.valid(raw, digest, fingerprints, user.tenant)
+            record = heldrecords.valid(raw, user, digest, fingerprints)
             if record is not None:
                 found[user] = (record, False)
                 metrics.ROLLUP_MEMBERS.labels("stored").inc()
@@ -104,7 +104,7 @@ class HeldKeeper:
         metrics.ROLLUP_MEMBERS.labels("resolved").inc()
         r = self._resolve(user)
         return Record(
-            r.state.digest(),
+            heldrecords.bound(user, r.state.digest()),
             heldrecords.fingerprint(r.policies, r.withdrawn),
             r.state.erased.hlc,
             held_by_slot(r.beliefs),
@@ -152,7 +152,9 @@ class HeldKeeper:
         return {
             u: records[u]
             for u, digest in zip(users, current, strict=True)
-            if records[u].digest == digest and records[u].fingerprint == fingerprints[u.tenant]
+            if digest is not None
+            and records[u].digest == heldrecords.bound(u, digest)
+            and records[u].fingerprint == fingerprints[u.tenant]
         }
 
     def _write(self, rows: Sequence[tuple[Subject, bytes | None]]) -> None:

@@ -27,6 +27,7 @@ from node import policy, resolution, rollup, snapshots
 from node.policy import PolicyBook
 from node.resolution import Withdrawn
 from node.rollup import Held, Slot
+from sync.observation import Subject
 
 _SIZE = 16  # bytes of a digest and of a fingerprint
 
@@ -39,10 +40,16 @@ _CODE = hashlib.blake2b(
 
 
 class Record(NamedTuple):
-    digest: bytes  # of the state resolved
+    digest: bytes  # of the state resolved, bound to its subject (``bound``)
     fingerprint: bytes  # of the book, withdrawals and code it was resolved with
     erased_hlc: int  # the state's erase bound's timestamp
     held: dict[Slot, Held]
+
+
+def bound(subject: Subject, digest: bytes) -> bytes:
+    """A state's digest bound to its subject: two subjects of equal histories have equal
+    digests (dots count per subject), never equal bound ones."""
+    return hashlib.blake2b(digest + subject.storage_key(), digest_size=_SIZE).digest()
 
 
 def fingerprint(book: PolicyBook, withdrawn: Withdrawn) -> bytes:
@@ -80,16 +87,21 @@ def decode(raw: bytes) -> Record | None:
 
 
 def valid(
-    raw: bytes | None, stored_digest: bytes | None, fingerprints: Mapping[str, bytes], tenant: str
+    raw: bytes | None,
+    subject: Subject,
+    stored_digest: bytes | None,
+    fingerprints: Mapping[str, bytes],
 ) -> Record | None:
-    """The record ``raw``, if it is valid for a user of ``tenant`` whose stored digest is
+    """The record ``raw``, if it is valid for ``subject`` whose stored digest is
     ``stored_digest`` (None: nothing stored) and whose tenant's fingerprint is in
     ``fingerprints``; else None. Checks the digest and fingerprint before decoding."""
     if raw is None or stored_digest is None or len(raw) <= 2 * _SIZE:
         return None
-    if raw[:_SIZE] != stored_digest or raw[_SIZE : 2 * _SIZE] != fingerprints.get(tenant):
+    if raw[_SIZE : 2 * _SIZE] != fingerprints.get(subject.tenant):
+        return None
+    if raw[:_SIZE] != bound(subject, stored_digest):
         return None
     return decode(raw)
 
 
-__all__ = ["Record", "decode", "encode", "fingerprint", "valid"]
+__all__ = ["Record", "bound", "decode", "encode", "fingerprint", "valid"]
