@@ -230,13 +230,28 @@ class Following:
             try:
                 moved = self.groups.group_changed(self._state_of(group))
             finally:
-                if self.keeper is not None:
-                    for user in found:
-                        self.keeper.ready.pop(user, None)
+                self._unready(found)
             self._loaded.add(group)
         for other in sorted(moved):
             self._notify(other)
         return True
+
+    def _records(self, state: SubjectState) -> Iterable[Subject]:
+        """With the lock held: the held records of the group's users not followed yet, valid
+        now, ready for its change (node.heldkeep); the users whose records were looked up."""
+        if self.keeper is None:
+            return ()
+        users = [
+            m for m in adds(state) if m.kind == SubjectKind.USER and not self.groups.follows(m)
+        ]
+        found = self.keeper.prepare(users)
+        self.keeper.confirm(found)
+        return found
+
+    def _unready(self, users: Iterable[Subject]) -> None:
+        if self.keeper is not None:
+            for user in users:
+                self.keeper.ready.pop(user, None)
 
     def _ensure(self, group: Subject) -> None:
         """Loads what ``group``'s roll-up needs: the group and, for an organization, each of
@@ -292,7 +307,11 @@ class Following:
             moved |= groups.erased(subject, new.erased.hlc)
         if is_group(subject):
             if any(context == MEMBERS for context, _ in touched_slots(old, new)):
-                moved |= groups.group_changed(new)
+                found = self._records(new)
+                try:
+                    moved |= groups.group_changed(new)
+                finally:
+                    self._unready(found)
                 self._loaded.add(subject)  # its whole memberships, as stored now
         elif subject.kind == SubjectKind.USER and groups.follows(subject):
             if self.keeper is not None:
