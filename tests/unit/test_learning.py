@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from federation.cluster import ClusterFileError, parse
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.learning import Learning, Outcomes, SlotId, judge
 from node.policy import ContextPolicy, PolicyBook
 from node.reliability import Learned, LearningSettings, Outcome, learn, learned_book
@@ -22,6 +22,7 @@ from node.resolution import counted
 from node.snapshots import Snapshots, resolve_snapshot
 from node.store import Store
 from node.withdrawals import WITHDRAWN, sources_subject
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import VALUES
