@@ -369,9 +369,9 @@ def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_pat
 def test_an_operator_lists_its_own_tenants_weights_only(
     tmp_path: Path, role: str, token_tenant: str | None, asked: str, listed: list[str] | None
 ) -> None:
+    from node.adminservice import AdminServicer
     from node.auth import Principal
     from node.errors import PermissionDenied
-    from node.servicer import AdminServicer
     from selfmodel.admin.v1 import admin_pb2
 
     engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
