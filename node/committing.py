@@ -59,7 +59,7 @@ class Committing:
             self.store.commit(changes, extra, durable=durable)
         else:
             with self.audit.appending(audit) as row:
-                self.store.commit(changes, [*extra, row])
+                self.store.commit(changes, [*extra, row], durable=durable)
         for listen in self.listeners:
             listen(changes)
         for change in changes:
