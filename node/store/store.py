@@ -31,7 +31,7 @@ def held_key(subject: Subject) -> bytes:
 
 
 class Store(Reads):
-    """Thread-safe. Callers serialize read-modify-write of one subject (see node.engine)."""
+    """Thread-safe. Callers serialize read-modify-write of one subject (see node.committing)."""
 
     def __init__(
         self,

@@ -9,11 +9,12 @@ import threading
 from pathlib import Path
 
 from node import metrics
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.policy import ContextPolicy, PolicyBook
 from node.reads import ModelView
 from node.rollup import GroupRollup, compute_rollup
 from node.store import Store
+from node.writes import ObservationInput
 from sync.members import MEMBERS, member_statement
 from sync.observation import Subject, SubjectKind
 
