@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,12 +32,21 @@ from sync.observation import Subject
 
 _SIZE = 16  # bytes of a digest and of a fingerprint
 
+
 # The code a record's held beliefs come from: a release that changes how beliefs resolve or
-# roll up never reads records another one wrote.
-_CODE = hashlib.blake2b(
-    b"".join(Path(m.__file__ or "").read_bytes() for m in (policy, resolution, rollup, snapshots)),
-    digest_size=_SIZE,
-).digest()
+# roll up never reads records another one wrote (its sources; else, where they are not
+# shipped, the installed release's version).
+def _code() -> bytes:
+    try:
+        text = b"".join(
+            Path(m.__file__ or "").read_bytes() for m in (policy, resolution, rollup, snapshots)
+        )
+    except OSError:
+        text = importlib.metadata.version("selfmodel").encode()
+    return hashlib.blake2b(text, digest_size=_SIZE).digest()
+
+
+_CODE = _code()
 
 
 class Record(NamedTuple):

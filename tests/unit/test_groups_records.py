@@ -10,9 +10,10 @@ from pathlib import Path
 
 from node import metrics
 from node.engine import Engine
+from node.heldrecords import Record, bound, decode, encode, fingerprint, valid
 from node.policy import ContextPolicy, PolicyBook
 from node.reads import ModelView
-from node.rollup import GroupRollup, compute_rollup
+from node.rollup import GroupRollup, Held, compute_rollup
 from node.store import Store
 from node.writes import ObservationInput
 from sync.members import MEMBERS, member_statement
@@ -194,3 +195,19 @@ def test_concurrent_first_reads_of_a_group_share_one_load(tmp_path: Path) -> Non
         assert e.groups.rollup(ORG) == from_scratch(e, ORG)
     finally:
         e.store.close()
+
+
+def test_a_record_reads_back_as_written_and_a_corrupt_one_as_none() -> None:
+    held = {("budget", "amount"): Held("ten thousand", "Ten thousand.", 540_000, 1_700_000_000_123)}
+    book = PolicyBook()
+    record = Record(bound(USERS[0], b"d" * 16), fingerprint(book, {}), 7, held)
+    raw = encode(record)
+    assert decode(raw) == record
+    fingerprints = {T: fingerprint(PolicyBook(), {})}  # an equal book: the same fingerprint
+    assert valid(raw, USERS[0], b"d" * 16, fingerprints) == record
+    assert valid(raw, USERS[1], b"d" * 16, fingerprints) is None  # another user's
+    assert valid(raw, USERS[0], b"e" * 16, fingerprints) is None  # another state
+    assert valid(raw, USERS[0], None, fingerprints) is None  # nothing stored
+    assert valid(raw, USERS[0], b"d" * 16, {T: fingerprint(book, {"sales": 1})}) is None
+    assert valid(raw[:-3], USERS[0], b"d" * 16, fingerprints) is None  # cut short
+    assert decode(b"\x00" * 40) is None
