@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from node import groups, idempotency, metrics
+from node.admission import admit_every_write
 from node.audit import AuditLog, AuditRecord, slot_detail
 from node.errors import Reason, ResourceExhausted, clock_ahead
 from node.handoff import DEFAULT_LEAD, Handoffs
@@ -141,6 +142,7 @@ class Engine:
         # Told the operators' new book when it changes (learning judges against it).
         self.book_listeners: list[Callable[[PolicyBook], None]] = []
         self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
+        self.admit: Callable[[], None] = admit_every_write  # agent writes ask (node.admission)
 
     @property
     def policies(self) -> PolicyBook:
@@ -213,6 +215,7 @@ class Engine:
                     return WriteResult(
                         tuple(map(Written, replay.ids, keys)), self._token(list(by_subject))
                     )
+            self.admit()
             self._check_clock()
             changes = []
             footprints = []
@@ -300,6 +303,7 @@ class Engine:
                 replay = self._replay(request, "retract", [subject])
                 if replay is not None:
                     return replay.retracted, self._token([subject])
+            self.admit()
             self._check_clock()
             state = self.state(subject)
             slot = self.snapshots.index(state).slot(context, key)
@@ -332,6 +336,7 @@ class Engine:
         with self._locks.held([subject]):
             if request is not None and self._replay(request, "forget", [subject]) is not None:
                 return self._token([subject])
+            self.admit()
             self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts

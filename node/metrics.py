@@ -104,7 +104,8 @@ CLOCK_AHEAD = Gauge(
 WRITES_REFUSED = Counter(
     "selfmodel_writes_refused_total",
     "Writes refused before any change: clock_ahead (the clock is beyond max_clock_offset_ms), "
-    "counter_exhausted (the next event counter would pass the bound peers accept).",
+    "counter_exhausted (the next event counter would pass the bound peers accept), "
+    "replication_behind (a peer's delta stream falls behind: max_replication_lag_s).",
     ["reason"],
 )
 COMMIT_GROUPS = Counter("selfmodel_commit_groups_total", "Group commits written to RocksDB.")

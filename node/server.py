@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node import connections, listeners, metrics
+from node.admission import WriteAdmission
 from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
@@ -166,6 +167,7 @@ def start(config: NodeConfig) -> RunningNode:
             config.limits,
             config.max_message_bytes,
         )
+        engine.admit = WriteAdmission(replicator.admission, config.name).check
     peer_servicer = PeerServicer(
         engine,
         auth,

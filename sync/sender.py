@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, wait_random_exponential
 
 from sync import metrics
+from sync.admission import Stream
 from sync.antientropy import Round, reconcile
 from sync.observation import Subject
 from sync.ports import Ack, Batch, DeltaLog, PeerLink, Replica
@@ -162,6 +163,15 @@ class PeerReplicator:
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
         behind = self._behind_since
         return lag if behind is None else max(lag, time.monotonic() - behind)
+
+    def stream(self) -> Stream:
+        """The delta stream as admission sees it (sync.admission): its lag is the age of the
+        oldest delta after the acknowledged position, deferred deltas and refused subjects
+        aside (a peer refusing is not a peer overloaded)."""
+        oldest = self._outbox.oldest_unacked_ms(self.acked)
+        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        head = self._outbox.last_seq()
+        return Stream(self.peer, self.connected, self.dropped, self.acked, head, lag)
 
     def _failed(self, exc: BaseException) -> None:
         """A session ended in ``exc``: counted; a refusal (not a peer out of reach) means the

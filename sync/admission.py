@@ -1,0 +1,138 @@
+"""Admission of agent writes by replication lag: overload slows writes down instead of letting
+a delta stream fall behind without bound.
+
+A node takes agent writes as fast as they come; its peers merge its deltas at their own pace.
+When they merge them more slowly than the writes come, the stream's backlog grows, and so does
+the wait of every read elsewhere with a handoff token of a write here. Admission refuses agent
+writes (node.admission: UNAVAILABLE, REPLICATION_BEHIND, with a retry delay) while the delta
+stream to some peer is
+
+- connected (the stream is up: a peer out of reach is a partition, and writes go on: AP),
+- acknowledging (its acknowledged position moved within the last ``window_s``: a link that
+  takes deltas and answers nothing is stalled, a partition too),
+- within the outbox retention (a dropped peer is caught up by anti-entropy, not the stream),
+- behind: the age of its oldest unacknowledged delta (``Stream.lag_s``) is over ``max_lag_s``,
+- and falling further: its backlog did not shrink over the last ``window_s``. A long backlog
+  that shrinks (a stream catching up after a heal) never refuses a write.
+
+Hysteresis: once refusing for a peer, admission goes on refusing for it until its lag is down
+to half the bound (``max_lag_s / 2``), or it disconnects, stalls or is dropped. While writes are
+refused the backlog shrinks by itself, so "not shrinking" cannot be the condition to hold on;
+and without the lower mark writes would resume the moment the lag dips under the bound and be
+refused again a sample later.
+
+The decision is made on samples (``observe``, from the sync housekeeping once a second), and
+read on the write path as one attribute, ``held`` (None: writes are admitted): no lock, no I/O.
+Time is the injected ``clock`` (monotonic seconds); a stream's lag is measured on this node
+alone, so the peers' clocks never enter it. ``max_lag_s`` at 0 admits every write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sync.settings import ADMISSION_RETRY_S, ADMISSION_WINDOW_S
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """What admission sees of the delta stream to one peer at one instant."""
+
+    peer: str
+    connected: bool
+    dropped: bool  # behind the outbox retention (sync.replicator)
+    acked: int  # the position the peer acknowledged
+    head: int  # the outbox's last position: the backlog is head - acked
+    lag_s: float  # the age of the oldest delta after ``acked`` (0 when there is none)
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self.head - self.acked)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Why writes are refused: the peer most behind of those falling behind, and its lag."""
+
+    peer: str
+    lag_s: float
+    max_lag_s: float
+    retry_after_s: float
+
+
+class Admission:
+    """Whether agent writes are admitted (``held`` is None), from the peers' streams sampled
+    by ``observe``. Keeps per peer the samples of the last ``window_s`` (one more, the
+    reference at or before its start): a few per peer at one sample a second."""
+
+    def __init__(
+        self,
+        max_lag_s: float,
+        *,
+        window_s: float = ADMISSION_WINDOW_S,
+        retry_after_s: float = ADMISSION_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_lag_s = max_lag_s
+        self.window_s = window_s
+        self.retry_after_s = retry_after_s
+        self._clock = clock
+        self.held: Held | None = None
+        self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (time, acked, backlog)
+        self._holding: set[str] = set()  # peers writes are refused for
+
+    @property
+    def admitted(self) -> bool:
+        return self.held is None
+
+    def observe(self, streams: Iterable[Stream]) -> Held | None:
+        """Takes in one sample of every peer's stream; returns (and sets) ``held``."""
+        now = self._clock()
+        worst: Stream | None = None
+        seen: set[str] = set()
+        for stream in streams:
+            seen.add(stream.peer)
+            if self._behind(stream, now) and (worst is None or stream.lag_s > worst.lag_s):
+                worst = stream
+        for gone in set(self._samples) - seen:  # a peer no longer replicated to
+            del self._samples[gone]
+            self._holding.discard(gone)
+        self.held = (
+            None
+            if worst is None
+            else Held(worst.peer, worst.lag_s, self.max_lag_s, self.retry_after_s)
+        )
+        return self.held
+
+    def _behind(self, stream: Stream, now: float) -> bool:
+        """Whether writes are to be refused for ``stream`` (see the module docstring)."""
+        if self.max_lag_s <= 0 or not stream.connected or stream.dropped:
+            self._samples.pop(stream.peer, None)  # a new connection starts a new history
+            self._holding.discard(stream.peer)
+            return False
+        samples = self._samples.setdefault(stream.peer, deque())
+        while len(samples) >= 2 and samples[1][0] <= now - self.window_s:
+            samples.popleft()  # samples[0] stays the newest at or before the window's start
+        samples.append((now, stream.acked, stream.backlog))
+        start, acked_then, backlog_then = samples[0]
+        if now - start < self.window_s:
+            # Too short a history to tell a stall or a trend: a peer already held stays held
+            # (its history is never cut short while connected), a new one is not.
+            return stream.peer in self._holding
+        acknowledging = stream.acked > acked_then
+        if stream.peer in self._holding:
+            stalled = not acknowledging and stream.backlog > 0
+            if stalled or stream.lag_s <= self.max_lag_s / 2:
+                self._holding.discard(stream.peer)
+                return False
+            return True
+        if acknowledging and stream.backlog >= backlog_then and stream.lag_s > self.max_lag_s:
+            self._holding.add(stream.peer)
+            return True
+        return False
+
+
+__all__ = ["Admission", "Held", "Stream"]

@@ -1,0 +1,182 @@
+"""Admission of agent writes by replication lag (sync.admission): refused only while a peer's
+stream is connected, acknowledging and falling behind; held until it is back to half the bound."""
+
+from __future__ import annotations
+
+from sync.admission import Admission, Stream
+
+BOUND = 2.0
+WINDOW = 3.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Peer:
+    """A peer's stream over time: writes arrive at ``written`` deltas a second, the peer
+    acknowledges ``acked`` a second, and the lag is the oldest unacknowledged delta's age."""
+
+    def __init__(self, name: str = "support") -> None:
+        self.name = name
+        self.head = 0
+        self.acked = 0
+        self.lag_s = 0.0
+        self.connected = True
+        self.dropped = False
+
+    def step(self, written: int, acked: int, lag_s: float) -> Stream:
+        self.head += written
+        self.acked = min(self.head, self.acked + acked)
+        self.lag_s = lag_s
+        return self.stream()
+
+    def stream(self) -> Stream:
+        return Stream(self.name, self.connected, self.dropped, self.acked, self.head, self.lag_s)
+
+
+def admission(bound: float = BOUND) -> tuple[Admission, Clock]:
+    clock = Clock()
+    return Admission(bound, window_s=WINDOW, retry_after_s=1.0, clock=clock), clock
+
+
+def run(
+    adm: Admission, clock: Clock, peer: Peer, seconds: int, written: int, acked: int, lag: float
+) -> list[bool]:
+    """One sample a second; whether writes were admitted after each."""
+    admitted = []
+    for _ in range(seconds):
+        clock.now += 1.0
+        adm.observe([peer.step(written, acked, lag)])
+        admitted.append(adm.admitted)
+    return admitted
+
+
+# -- falling behind --------------------------------------------------------------------------
+
+
+def test_writes_are_refused_while_a_connected_acknowledging_peer_falls_behind() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    assert run(adm, clock, peer, 4, written=100, acked=50, lag=1.0) == [True] * 4
+    run(adm, clock, peer, 1, written=100, acked=50, lag=2.5)
+    assert adm.held is not None
+    assert (adm.held.peer, adm.held.lag_s, adm.held.max_lag_s) == ("support", 2.5, BOUND)
+    assert adm.held.retry_after_s == 1.0
+
+
+def test_a_lag_over_the_bound_with_a_shrinking_backlog_refuses_nothing() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    peer.head = 5000  # the backlog a heal left: long, and the peer takes it faster than writes
+    assert run(adm, clock, peer, 20, written=100, acked=300, lag=30.0) == [True] * 20
+
+
+def test_a_lag_within_the_bound_refuses_nothing_however_the_backlog_grows() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    assert run(adm, clock, peer, 20, written=100, acked=50, lag=BOUND) == [True] * 20
+
+
+def test_no_trend_is_read_from_a_history_shorter_than_the_window() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    # Samples a second apart: the fourth is the first a window after the first.
+    assert run(adm, clock, peer, 3, written=100, acked=50, lag=10.0) == [True] * 3
+    assert run(adm, clock, peer, 1, written=100, acked=50, lag=10.0) == [False]
+
+
+def test_the_peer_most_behind_is_named() -> None:
+    adm, clock = admission()
+    a, b = Peer("support"), Peer("billing")
+    for lag in (1.0, 1.0, 1.0, 3.0):
+        clock.now += 1.0
+        adm.observe([a.step(100, 50, lag), b.step(100, 50, lag * 2)])
+    assert adm.held is not None and adm.held.peer == "billing"
+
+
+# -- hysteresis --------------------------------------------------------------------------------
+
+
+def test_held_writes_stay_refused_until_the_lag_is_down_to_half_the_bound() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    run(adm, clock, peer, 4, written=100, acked=50, lag=2.5)
+    assert not adm.admitted
+    # Writes are refused: the backlog shrinks, and the lag under the bound is not enough.
+    assert run(adm, clock, peer, 3, written=0, acked=50, lag=1.5) == [False] * 3
+    assert run(adm, clock, peer, 1, written=0, acked=50, lag=BOUND / 2) == [True]
+    # Admitted again, the lag climbing back under the bound refuses nothing.
+    assert run(adm, clock, peer, 3, written=100, acked=50, lag=1.9) == [True] * 3
+
+
+def test_a_lag_hovering_at_the_bound_flips_admission_at_most_once_per_crossing() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    lags = [1.0, 1.0, 1.0, 2.1, 1.9, 2.1, 1.9, 2.1, 1.9]
+    admitted = [run(adm, clock, peer, 1, 100, 50, lag)[0] for lag in lags]
+    assert admitted == [True, True, True, False, False, False, False, False, False]
+
+
+# -- never for a partition ---------------------------------------------------------------------
+
+
+def test_a_peer_out_of_reach_never_refuses_a_write() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    peer.connected = False
+    assert run(adm, clock, peer, 30, written=100, acked=0, lag=60.0) == [True] * 30
+
+
+def test_a_connected_peer_that_acknowledges_nothing_is_stalled_and_refuses_nothing() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    assert run(adm, clock, peer, 30, written=100, acked=0, lag=60.0) == [True] * 30
+
+
+def test_a_peer_behind_the_outbox_retention_refuses_nothing() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    peer.dropped = True
+    assert run(adm, clock, peer, 10, written=100, acked=50, lag=60.0) == [True] * 10
+
+
+def test_a_held_peer_that_disconnects_releases_writes_at_once() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    run(adm, clock, peer, 4, written=100, acked=50, lag=2.5)
+    assert not adm.admitted
+    peer.connected = False
+    assert run(adm, clock, peer, 1, written=100, acked=0, lag=3.5) == [True]
+    # Back, still behind: a new history must show it falling behind again first.
+    peer.connected = True
+    assert run(adm, clock, peer, 3, written=100, acked=50, lag=4.0) == [True, True, True]
+    assert run(adm, clock, peer, 1, written=100, acked=50, lag=4.0) == [False]
+
+
+def test_a_held_peer_that_stops_acknowledging_releases_writes() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    run(adm, clock, peer, 4, written=100, acked=50, lag=2.5)
+    assert not adm.admitted
+    admitted = run(adm, clock, peer, 4, written=0, acked=0, lag=6.0)
+    assert admitted[-1] and not admitted[0], admitted  # within a window of its last ack
+
+
+def test_a_peer_no_longer_replicated_to_releases_writes() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    run(adm, clock, peer, 4, written=100, acked=50, lag=2.5)
+    assert not adm.admitted
+    clock.now += 1.0
+    assert adm.observe([]) is None and adm.admitted
+
+
+def test_a_bound_of_zero_admits_every_write() -> None:
+    adm, clock = admission(bound=0.0)
+    peer = Peer()
+    assert run(adm, clock, peer, 20, written=100, acked=50, lag=100.0) == [True] * 20
