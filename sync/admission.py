@@ -8,8 +8,11 @@ writes (node.admission: UNAVAILABLE, REPLICATION_BEHIND, with a retry delay) whi
 stream to some peer is
 
 - connected (the stream is up: a peer out of reach is a partition, and writes go on: AP),
-- acknowledging (its acknowledged position moved within the last ``window_s``: a link that
-  takes deltas and answers nothing is stalled, a partition too),
+- acknowledging: its acknowledged position moved within the last half of its lag, and within
+  ``window_s``. A link that takes deltas and answers nothing is stalled, a partition too: it
+  has acknowledged nothing since about when its oldest unacknowledged delta was written, so the
+  time since its last acknowledgement is about its lag, where a slow peer's acknowledgements
+  keep coming while its lag grows,
 - within the outbox retention (a dropped peer is caught up by anti-entropy, not the stream),
 - behind: the age of its oldest unacknowledged delta (``Stream.lag_s``) is over ``max_lag_s``,
 - and falling further: its backlog did not shrink over the last ``window_s``. A long backlog
@@ -47,6 +50,8 @@ class Stream:
     acked: int  # the position the peer acknowledged
     head: int  # the outbox's last position: the backlog is head - acked
     lag_s: float  # the age of the oldest delta after ``acked`` (0 when there is none)
+    # Since the acknowledged position last moved in this session (inf: not yet).
+    since_ack_s: float = float("inf")
 
     @property
     def backlog(self) -> int:
@@ -81,7 +86,7 @@ class Admission:
         self.retry_after_s = retry_after_s
         self._clock = clock
         self.held: Held | None = None
-        self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (time, acked, backlog)
+        self._samples: dict[str, deque[tuple[float, int]]] = {}  # (time, backlog)
         self._holding: set[str] = set()  # peers writes are refused for
 
     @property
@@ -116,13 +121,13 @@ class Admission:
         samples = self._samples.setdefault(stream.peer, deque())
         while len(samples) >= 2 and samples[1][0] <= now - self.window_s:
             samples.popleft()  # samples[0] stays the newest at or before the window's start
-        samples.append((now, stream.acked, stream.backlog))
-        start, acked_then, backlog_then = samples[0]
+        samples.append((now, stream.backlog))
+        start, backlog_then = samples[0]
         if now - start < self.window_s:
-            # Too short a history to tell a stall or a trend: a peer already held stays held
-            # (its history is never cut short while connected), a new one is not.
+            # Too short a history to tell a trend: a peer already held stays held (its history
+            # is never cut short while connected), a new one is not.
             return stream.peer in self._holding
-        acknowledging = stream.acked > acked_then
+        acknowledging = stream.since_ack_s < min(self.window_s, stream.lag_s / 2)
         if stream.peer in self._holding:
             stalled = not acknowledging and stream.backlog > 0
             if stalled or stream.lag_s <= self.max_lag_s / 2:

@@ -83,6 +83,7 @@ class PeerReplicator:
         self._behind_since: float | None = None
         self._yielded = 0  # anti-entropy rounds put off in a row (see yields_round)
         self._streamed = False  # the current session got as far as streaming deltas
+        self._acked_at: float | None = None  # when this session's ack last moved (monotonic)
         self._outbox = outbox
         self._replica = replica
         self._connect = connect
@@ -171,7 +172,9 @@ class PeerReplicator:
         oldest = self._outbox.oldest_unacked_ms(self.acked)
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
         head = self._outbox.last_seq()
-        return Stream(self.peer, self.connected, self.dropped, self.acked, head, lag)
+        at = self._acked_at
+        since = float("inf") if at is None else time.monotonic() - at
+        return Stream(self.peer, self.connected, self.dropped, self.acked, head, lag, since)
 
     def _failed(self, exc: BaseException) -> None:
         """A session ended in ``exc``: counted; a refusal (not a peer out of reach) means the
@@ -237,6 +240,7 @@ class PeerReplicator:
                 self.acked = first - 1
                 self.persist()
             self.dropped = False
+            self._acked_at = None
             self._set_connected(True)
             self._streamed = True
             for ack in link.replicate(self._batches(self.acked)):
@@ -252,7 +256,9 @@ class PeerReplicator:
         """Takes in a peer's acknowledgement: its position, and what it refused or merged."""
         taken = self.resends.take(ack)
         newly, pending = taken.newly, taken.pending
-        self.acked = max(self.acked, ack.acked_seq)
+        if ack.acked_seq > self.acked:
+            self._acked_at = time.monotonic()
+            self.acked = ack.acked_seq
         if ack.reason:
             self.last_refusal = ack.reason
         if newly:

@@ -19,7 +19,8 @@ class Clock:
 
 class Peer:
     """A peer's stream over time: writes arrive at ``written`` deltas a second, the peer
-    acknowledges ``acked`` a second, and the lag is the oldest unacknowledged delta's age."""
+    acknowledges ``acked`` a second (its last acknowledgement 0.2 s before the sample), and the
+    lag is the oldest unacknowledged delta's age."""
 
     def __init__(self, name: str = "support") -> None:
         self.name = name
@@ -28,15 +29,26 @@ class Peer:
         self.lag_s = 0.0
         self.connected = True
         self.dropped = False
+        self.since_ack_s = float("inf")
 
     def step(self, written: int, acked: int, lag_s: float) -> Stream:
         self.head += written
+        moved = min(self.head, self.acked + acked) > self.acked
         self.acked = min(self.head, self.acked + acked)
+        self.since_ack_s = 0.2 if moved else self.since_ack_s + 1.0
         self.lag_s = lag_s
         return self.stream()
 
     def stream(self) -> Stream:
-        return Stream(self.name, self.connected, self.dropped, self.acked, self.head, self.lag_s)
+        return Stream(
+            self.name,
+            self.connected,
+            self.dropped,
+            self.acked,
+            self.head,
+            self.lag_s,
+            self.since_ack_s,
+        )
 
 
 def admission(bound: float = BOUND) -> tuple[Admission, Clock]:
@@ -136,6 +148,33 @@ def test_a_connected_peer_that_acknowledges_nothing_is_stalled_and_refuses_nothi
     adm, clock = admission()
     peer = Peer()
     assert run(adm, clock, peer, 30, written=100, acked=0, lag=60.0) == [True] * 30
+
+
+def test_a_peer_that_stalls_after_keeping_up_refuses_nothing_while_its_lag_passes_the_bound() -> (
+    None
+):
+    adm, clock = admission()
+    peer = Peer()
+    assert run(adm, clock, peer, 5, written=100, acked=100, lag=0.1) == [True] * 5
+    # Stalled (a blackhole): it last acknowledged about when its oldest pending delta was
+    # written, so the time since then is its lag, which passes the bound a window before the
+    # history shows no acknowledgement.
+    admitted = []
+    for second in range(1, 10):
+        clock.now += 1.0
+        peer.head += 100
+        peer.since_ack_s = second + 0.2
+        peer.lag_s = second + 0.1
+        adm.observe([peer.stream()])
+        admitted.append(adm.admitted)
+    assert admitted == [True] * 9
+
+
+def test_a_peer_that_connects_and_acknowledges_nothing_refuses_nothing() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    peer.head = 1000  # a backlog from before it connected
+    assert run(adm, clock, peer, 10, written=100, acked=0, lag=30.0) == [True] * 10
 
 
 def test_a_peer_behind_the_outbox_retention_refuses_nothing() -> None:
