@@ -107,7 +107,7 @@ def test_writes_are_refused_while_a_slow_peer_falls_behind_and_taken_again_once_
     cluster.proxies[("sales", "support")].set("throttle", rate_bps=THROTTLE)
     with cluster.client("sales", "sales_agent", attempts=1) as sales:
         writer = Writer(sales)
-        refusal = writer.until_refused(timeout_s=20)
+        refusal = writer.until_refused(timeout_s=12)
         assert refusal.reason == "REPLICATION_BEHIND", refusal
         assert refusal.retry_after_s == 1.0
         assert refusal.metadata["peer"] == "support"
@@ -171,7 +171,7 @@ def test_a_peer_cut_off_or_blackholed_never_stops_writes_however_far_behind_it_f
         writer = Writer(sales)
         # Written on until the peer is 4 bounds behind, every write taken (attempts=1: one
         # refusal would raise out of the loop as a failed assertion).
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 12
         stalled = 0  # samples of a stream still up, over the bound: the blackhole's case
         while True:
             status = next(p for p in node_status(cluster.address("sales")).peers)
@@ -199,7 +199,7 @@ def test_writes_are_taken_throughout_the_catch_up_of_a_long_backlog_after_a_heal
     cluster.links("sales", "support", "cut")
     with cluster.client("sales", "sales_agent", attempts=1) as sales:
         writer = Writer(sales)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 12
         while lag_s(cluster, "sales", "support") < 5 * BOUND:
             assert time.monotonic() < deadline, "the cut left sales no backlog"
             for _ in range(10):
@@ -235,7 +235,7 @@ def test_the_python_client_retries_a_refused_write_until_it_is_taken_and_records
     proxy = cluster.proxies[("sales", "support")]
     proxy.set("throttle", rate_bps=THROTTLE)
     with cluster.client("sales", "sales_agent", attempts=1) as sales:
-        Writer(sales).until_refused(timeout_s=20)
+        Writer(sales).until_refused(timeout_s=12)
     refused = lambda: metric(  # noqa: E731
         cluster, "sales", "selfmodel_writes_refused_replication_behind_total", peer="support"
     )
