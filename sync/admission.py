@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sync.settings import ADMISSION_RETRY_S, ADMISSION_WINDOW_S
+from sync.settings import ADMISSION_MAX_RETRY_S, ADMISSION_RETRY_S, ADMISSION_WINDOW_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +79,16 @@ class Admission:
         *,
         window_s: float = ADMISSION_WINDOW_S,
         retry_after_s: float = ADMISSION_RETRY_S,
+        max_retry_after_s: float = ADMISSION_MAX_RETRY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_lag_s = max_lag_s
         self.window_s = window_s
         self.retry_after_s = retry_after_s
+        self.max_retry_after_s = max_retry_after_s
         self._clock = clock
         self.held: Held | None = None
-        self._samples: dict[str, deque[tuple[float, int]]] = {}  # (time, backlog)
+        self._samples: dict[str, deque[tuple[float, int, int]]] = {}  # (time, acked, backlog)
         self._holding: set[str] = set()  # peers writes are refused for
 
     @property
@@ -108,9 +110,20 @@ class Admission:
         self.held = (
             None
             if worst is None
-            else Held(worst.peer, worst.lag_s, self.max_lag_s, self.retry_after_s)
+            else Held(worst.peer, worst.lag_s, self.max_lag_s, self._retry_s(worst.peer, now))
         )
         return self.held
+
+    def _retry_s(self, peer: str, now: float) -> float:
+        """The retry delay while ``peer`` holds writes: about how long its backlog takes at the
+        rate the peer acknowledged over the window, within [retry_after_s,
+        max_retry_after_s]. A write refused then is asked again about when writes are taken,
+        not several times over a hold longer than a client's few retries."""
+        start, acked_then, _ = self._samples[peer][0]
+        _, acked, backlog = self._samples[peer][-1]
+        rate = (acked - acked_then) / max(now - start, 1e-9)
+        drain = backlog / rate if rate > 0 else self.max_retry_after_s
+        return min(self.max_retry_after_s, max(self.retry_after_s, drain))
 
     def _behind(self, stream: Stream, now: float) -> bool:
         """Whether writes are to be refused for ``stream`` (see the module docstring)."""
@@ -121,8 +134,8 @@ class Admission:
         samples = self._samples.setdefault(stream.peer, deque())
         while len(samples) >= 2 and samples[1][0] <= now - self.window_s:
             samples.popleft()  # samples[0] stays the newest at or before the window's start
-        samples.append((now, stream.backlog))
-        start, backlog_then = samples[0]
+        samples.append((now, stream.acked, stream.backlog))
+        start, _, backlog_then = samples[0]
         if now - start < self.window_s:
             # Too short a history to tell a trend: a peer already held stays held (its history
             # is never cut short while connected), a new one is not.

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Rounds put off in a row at most: a peer is compared at least every (1 + this) rounds' time.
 MAX_YIELDED_ROUNDS = 3
-# Admission of agent writes (sync.admission): how far back a stream's backlog and acknowledged
-# position are compared (falling behind, stalled), and the retry delay a refused write is told
-# (the decision is sampled once a second: it changes no sooner).
+# Admission of agent writes (sync.admission): how far back a stream's backlog is compared
+# (falling behind or not), and the bounds of the retry delay a refused write is told: at least
+# the decision's period (it is sampled once a second), at most a third of the Python client's
+# default deadline (10 s), so that its retries span a hold.
 ADMISSION_WINDOW_S = 3.0
 ADMISSION_RETRY_S = 1.0
+ADMISSION_MAX_RETRY_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class SyncSettings:
 
 
 __all__ = [
+    "ADMISSION_MAX_RETRY_S",
     "ADMISSION_RETRY_S",
     "ADMISSION_WINDOW_S",
     "MAX_MESSAGE_BYTES",

@@ -109,7 +109,7 @@ def test_writes_are_refused_while_a_slow_peer_falls_behind_and_taken_again_once_
         writer = Writer(sales)
         refusal = writer.until_refused(timeout_s=12)
         assert refusal.reason == "REPLICATION_BEHIND", refusal
-        assert refusal.retry_after_s == 1.0
+        assert 1.0 <= (refusal.retry_after_s or 0.0) <= 3.0  # about the backlog's drain time
         assert refusal.metadata["peer"] == "support"
         assert refusal.metadata["setting"] == "max_replication_lag_s"
         assert float(refusal.metadata["lag_s"]) > BOUND  # the fault took effect

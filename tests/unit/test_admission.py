@@ -3,6 +3,8 @@ stream is connected, acknowledging and falling behind; held until it is back to 
 
 from __future__ import annotations
 
+import pytest
+
 from sync.admission import Admission, Stream
 
 BOUND = 2.0
@@ -53,7 +55,8 @@ class Peer:
 
 def admission(bound: float = BOUND) -> tuple[Admission, Clock]:
     clock = Clock()
-    return Admission(bound, window_s=WINDOW, retry_after_s=1.0, clock=clock), clock
+    adm = Admission(bound, window_s=WINDOW, retry_after_s=1.0, max_retry_after_s=3.0, clock=clock)
+    return adm, clock
 
 
 def run(
@@ -78,7 +81,15 @@ def test_writes_are_refused_while_a_connected_acknowledging_peer_falls_behind() 
     run(adm, clock, peer, 1, written=100, acked=50, lag=2.5)
     assert adm.held is not None
     assert (adm.held.peer, adm.held.lag_s, adm.held.max_lag_s) == ("support", 2.5, BOUND)
-    assert adm.held.retry_after_s == 1.0
+
+
+def test_the_retry_delay_is_about_how_long_the_backlog_takes_within_its_bounds() -> None:
+    for written, delay in ((60, 1.0), (80, 2.4), (150, 3.0)):  # backlog 40, 120, 400 at 50/s
+        adm, clock = admission()
+        peer = Peer()
+        run(adm, clock, peer, 4, written=written, acked=50, lag=2.5)
+        assert adm.held is not None
+        assert adm.held.retry_after_s == pytest.approx(delay), written
 
 
 def test_a_lag_over_the_bound_with_a_shrinking_backlog_refuses_nothing() -> None:
