@@ -4,8 +4,9 @@ a delta stream fall behind without bound.
 A node takes agent writes as fast as they come; its peers merge its deltas at their own pace.
 When they merge them more slowly than the writes come, the stream's backlog grows, and so does
 the wait of every read elsewhere with a handoff token of a write here. Admission refuses agent
-writes (node.admission: UNAVAILABLE, REPLICATION_BEHIND, with a retry delay) while the delta
-stream to some peer is
+writes (node.admission: UNAVAILABLE, REPLICATION_BEHIND, with a retry delay of about the
+backlog's time, within [retry_after_s, max_retry_after_s]) while the delta stream to some peer
+is
 
 - connected (the stream is up: a peer out of reach is a partition, and writes go on: AP),
 - acknowledging: its acknowledged position moved within the last half of its lag, and within
@@ -14,15 +15,20 @@ stream to some peer is
   time since its last acknowledgement is about its lag, where a slow peer's acknowledgements
   keep coming while its lag grows,
 - within the outbox retention (a dropped peer is caught up by anti-entropy, not the stream),
-- behind: the age of its oldest unacknowledged delta (``Stream.lag_s``) is over ``max_lag_s``,
+- behind by more than ``max_lag_s``: the age of its oldest unacknowledged delta
+  (``Stream.lag_s``) or, when longer, how long its backlog takes at the rate the peer
+  acknowledged over the last ``window_s`` (what a write taken now would wait: under a steady
+  overload the newest delta waits longer than the oldest has, by the ratio of the write rate to
+  the peer's; holding writes on the oldest's age alone would let the lag overshoot the bound by
+  that ratio),
 - and falling further: its backlog did not shrink over the last ``window_s``. A long backlog
   that shrinks (a stream catching up after a heal) never refuses a write.
 
-Hysteresis: once refusing for a peer, admission goes on refusing for it until its lag is down
-to half the bound (``max_lag_s / 2``), or it disconnects, stalls or is dropped. While writes are
-refused the backlog shrinks by itself, so "not shrinking" cannot be the condition to hold on;
-and without the lower mark writes would resume the moment the lag dips under the bound and be
-refused again a sample later.
+Hysteresis: once refusing for a peer, admission goes on refusing for it until it is within half
+the bound (``max_lag_s / 2``) by both measures, or it disconnects, stalls or is dropped. While
+writes are refused the backlog shrinks by itself, so "not shrinking" cannot be the condition to
+hold on; and without the lower mark writes would resume the moment the lag dips under the bound
+and be refused again a sample later.
 
 The decision is made on samples (``observe``, from the sync housekeeping once a second), and
 read on the write path as one attribute, ``held`` (None: writes are admitted): no lock, no I/O.
@@ -98,59 +104,64 @@ class Admission:
     def observe(self, streams: Iterable[Stream]) -> Held | None:
         """Takes in one sample of every peer's stream; returns (and sets) ``held``."""
         now = self._clock()
-        worst: Stream | None = None
+        worst: tuple[float, Stream] | None = None
         seen: set[str] = set()
         for stream in streams:
             seen.add(stream.peer)
-            if self._behind(stream, now) and (worst is None or stream.lag_s > worst.lag_s):
-                worst = stream
+            behind = self._behind(stream, now)
+            if behind is not None and (worst is None or behind > worst[0]):
+                worst = (behind, stream)
         for gone in set(self._samples) - seen:  # a peer no longer replicated to
             del self._samples[gone]
             self._holding.discard(gone)
-        self.held = (
-            None
-            if worst is None
-            else Held(worst.peer, worst.lag_s, self.max_lag_s, self._retry_s(worst.peer, now))
-        )
+        if worst is None:
+            self.held = None
+        else:
+            behind, stream = worst
+            retry = min(self.max_retry_after_s, max(self.retry_after_s, self._drain_s(stream)))
+            self.held = Held(stream.peer, behind, self.max_lag_s, retry)
         return self.held
 
-    def _retry_s(self, peer: str, now: float) -> float:
-        """The retry delay while ``peer`` holds writes: about how long its backlog takes at the
-        rate the peer acknowledged over the window, within [retry_after_s,
-        max_retry_after_s]. A write refused then is asked again about when writes are taken,
-        not several times over a hold longer than a client's few retries."""
-        start, acked_then, _ = self._samples[peer][0]
-        _, acked, backlog = self._samples[peer][-1]
+    def _drain_s(self, stream: Stream) -> float:
+        """How long the stream's backlog takes at the rate the peer acknowledged over the
+        window: what a write taken now would wait (inf while it acknowledges nothing)."""
+        samples = self._samples[stream.peer]
+        start, acked_then, _ = samples[0]
+        now, acked, backlog = samples[-1]
+        if backlog == 0:
+            return 0.0
         rate = (acked - acked_then) / max(now - start, 1e-9)
-        drain = backlog / rate if rate > 0 else self.max_retry_after_s
-        return min(self.max_retry_after_s, max(self.retry_after_s, drain))
+        return backlog / rate if rate > 0 else float("inf")
 
-    def _behind(self, stream: Stream, now: float) -> bool:
-        """Whether writes are to be refused for ``stream`` (see the module docstring)."""
+    def _behind(self, stream: Stream, now: float) -> float | None:
+        """How far behind ``stream`` holds writes back (seconds), or None when it does not
+        (see the module docstring)."""
         if self.max_lag_s <= 0 or not stream.connected or stream.dropped:
             self._samples.pop(stream.peer, None)  # a new connection starts a new history
             self._holding.discard(stream.peer)
-            return False
+            return None
         samples = self._samples.setdefault(stream.peer, deque())
         while len(samples) >= 2 and samples[1][0] <= now - self.window_s:
             samples.popleft()  # samples[0] stays the newest at or before the window's start
         samples.append((now, stream.acked, stream.backlog))
         start, _, backlog_then = samples[0]
+        held = stream.peer in self._holding
         if now - start < self.window_s:
             # Too short a history to tell a trend: a peer already held stays held (its history
             # is never cut short while connected), a new one is not.
-            return stream.peer in self._holding
+            return stream.lag_s if held else None
         acknowledging = stream.since_ack_s < min(self.window_s, stream.lag_s / 2)
-        if stream.peer in self._holding:
+        behind = max(stream.lag_s, self._drain_s(stream))
+        if held:
             stalled = not acknowledging and stream.backlog > 0
-            if stalled or stream.lag_s <= self.max_lag_s / 2:
+            if stalled or behind <= self.max_lag_s / 2:
                 self._holding.discard(stream.peer)
-                return False
-            return True
-        if acknowledging and stream.backlog >= backlog_then and stream.lag_s > self.max_lag_s:
+                return None
+            return behind
+        if acknowledging and stream.backlog >= backlog_then and behind > self.max_lag_s:
             self._holding.add(stream.peer)
-            return True
-        return False
+            return behind
+        return None
 
 
 __all__ = ["Admission", "Held", "Stream"]

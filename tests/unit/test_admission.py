@@ -77,10 +77,20 @@ def run(
 def test_writes_are_refused_while_a_connected_acknowledging_peer_falls_behind() -> None:
     adm, clock = admission()
     peer = Peer()
-    assert run(adm, clock, peer, 4, written=100, acked=50, lag=1.0) == [True] * 4
-    run(adm, clock, peer, 1, written=100, acked=50, lag=2.5)
+    assert run(adm, clock, peer, 4, written=60, acked=50, lag=1.0) == [True] * 4
+    run(adm, clock, peer, 1, written=60, acked=50, lag=2.5)
     assert adm.held is not None
     assert (adm.held.peer, adm.held.lag_s, adm.held.max_lag_s) == ("support", 2.5, BOUND)
+
+
+def test_a_backlog_longer_than_the_bound_to_take_refuses_before_its_oldest_delta_is_that_old() -> (
+    None
+):
+    adm, clock = admission()
+    peer = Peer()
+    # Twice as many writes as acknowledgements: 200 deltas behind after 4 s, 4 s at 50/s.
+    assert run(adm, clock, peer, 4, written=100, acked=50, lag=1.0) == [True] * 3 + [False]
+    assert adm.held is not None and adm.held.lag_s == pytest.approx(4.0)
 
 
 def test_the_retry_delay_is_about_how_long_the_backlog_takes_within_its_bounds() -> None:
@@ -99,10 +109,11 @@ def test_a_lag_over_the_bound_with_a_shrinking_backlog_refuses_nothing() -> None
     assert run(adm, clock, peer, 20, written=100, acked=300, lag=30.0) == [True] * 20
 
 
-def test_a_lag_within_the_bound_refuses_nothing_however_the_backlog_grows() -> None:
+def test_a_backlog_growing_within_the_bound_refuses_nothing() -> None:
     adm, clock = admission()
     peer = Peer()
-    assert run(adm, clock, peer, 20, written=100, acked=50, lag=BOUND) == [True] * 20
+    # 5 deltas a second more than the peer takes: 100 behind after 20 s, about 1 s of them.
+    assert run(adm, clock, peer, 20, written=100, acked=95, lag=BOUND) == [True] * 20
 
 
 def test_no_trend_is_read_from_a_history_shorter_than_the_window() -> None:
@@ -134,14 +145,14 @@ def test_held_writes_stay_refused_until_the_lag_is_down_to_half_the_bound() -> N
     assert run(adm, clock, peer, 3, written=0, acked=50, lag=1.5) == [False] * 3
     assert run(adm, clock, peer, 1, written=0, acked=50, lag=BOUND / 2) == [True]
     # Admitted again, the lag climbing back under the bound refuses nothing.
-    assert run(adm, clock, peer, 3, written=100, acked=50, lag=1.9) == [True] * 3
+    assert run(adm, clock, peer, 3, written=60, acked=50, lag=1.9) == [True] * 3
 
 
 def test_a_lag_hovering_at_the_bound_flips_admission_at_most_once_per_crossing() -> None:
     adm, clock = admission()
     peer = Peer()
     lags = [1.0, 1.0, 1.0, 2.1, 1.9, 2.1, 1.9, 2.1, 1.9]
-    admitted = [run(adm, clock, peer, 1, 100, 50, lag)[0] for lag in lags]
+    admitted = [run(adm, clock, peer, 1, 51, 50, lag)[0] for lag in lags]
     assert admitted == [True, True, True, False, False, False, False, False, False]
 
 
