@@ -259,3 +259,33 @@ def test_the_python_client_retries_a_refused_write_until_it_is_taken_and_records
         with cluster.client(name, "auditor") as reader:
             explained = reader.explain(user("adm-retried"), CTX, "once")
         assert [o.statement for o in explained.observations] == ["retried"], name
+
+
+@pytest.mark.proxy
+def test_writes_held_for_a_slow_peer_are_taken_again_at_once_when_it_goes_down_and_after(
+    make_cluster,
+):
+    cluster = make_cluster(("sales", "support"), sync=SYNC)
+    wait_until(lambda: peers_connected(cluster, "sales"), "sales's stream to support is up")
+    cluster.proxies[("sales", "support")].set("throttle", rate_bps=THROTTLE)
+    with cluster.client("sales", "sales_agent", attempts=1) as sales:
+        writer = Writer(sales)
+        writer.until_refused(timeout_s=12)
+        # The slow peer dies while writes are held for it: out of reach, it holds nothing.
+        cluster.nodes["support"].kill()
+        wait_until(
+            lambda: metric(cluster, "sales", "selfmodel_writes_admitted") == 1.0,
+            "sales admits writes with support down",
+            timeout_s=10,
+        )
+        refused = len(writer.refused)
+        for _ in range(20):
+            assert writer.write() is None
+        # Back, on a link that keeps up, it catches up and no write is held for it.
+        cluster.proxies[("sales", "support")].set("pass")
+        cluster.nodes["support"].start()
+        wait_until(lambda: peers_connected(cluster, "sales"), "sales's stream to support is up")
+        for _ in range(40):
+            assert writer.write() is None
+        assert len(writer.refused) == refused
+    assert_every_acknowledged_write_everywhere(cluster, writer)
