@@ -1,7 +1,8 @@
 """What learned reliability (node.learning) costs a node, in process: the engine's time per
 write with learning off and on (each write lands in a slot where three sources speak), the
 recomputation that judges the slots written (one resolution each, off the write path) and
-recomputes the weights, and the memory per judged position.
+recomputes the weights, the memory per judged position kept, and the memory kept for many
+positions under the default window (at most window + margin positions per source and context).
 
     .venv/bin/python -m benchmarks.learning [--writes 3000] [--rounds 5]
 """
@@ -59,9 +60,10 @@ def writes_per_s(root: Path, name: str, writes: int, learning: bool) -> tuple[fl
         engine.store.close()
 
 
-def bytes_per_position(count: int) -> float:
-    """Memory Outcomes takes per judged position, three positions a slot."""
-    outcomes = Outcomes()
+def outcomes_memory(count: int, window: int, margin: int) -> tuple[int, int]:
+    """Memory ``Outcomes(window, margin)`` takes after ``count`` judged positions, three a slot
+    (one per source, one context): bytes and positions kept."""
+    outcomes = Outcomes(window, margin)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count // 3):
@@ -73,7 +75,7 @@ def bytes_per_position(count: int) -> float:
         outcomes.replace(slot, found)
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return used / (count // 3 * 3)
+    return used, len(outcomes)
 
 
 def main() -> None:
@@ -95,7 +97,11 @@ def main() -> None:
     slots = args.writes // 3
     print(f"recomputation judging {slots} slots: {refresh * 1e3:.0f} ms", end=" ")
     print(f"({refresh * 1e6 / slots:.0f} us per slot)")
-    print(f"memory per judged position: {bytes_per_position(30_000):.0f} bytes")
+    used, kept = outcomes_memory(30_000, 30_000, 0)  # room for every one: the cost of each
+    print(f"memory per judged position kept: {used / kept:.0f} bytes")
+    window = LearningSettings().window
+    used, kept = outcomes_memory(300_000, window, window)
+    print(f"300,000 positions of 3 sources, window {window}: {kept} kept, {used / 1e3:.0f} kB")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Learned reliability in a running node: the outcomes of every slot it holds, followed as slots
 change, and the weights they give put in force (node.reliability defines both).
 
-- ``Outcomes`` keeps each judged slot's outcomes (one per source speaking there, newest
-  position) and, per (tenant, source, context), the outcomes in (timestamp, dot, slot) order:
-  agent ids are per tenant, so a tenant's weights count its own slots only. A slot's
-  outcomes are replaced whole when it changes, so what it holds equals judging every slot of
-  the states followed from scratch (tests/unit/test_learning.py checks it), whatever order the
-  changes came in: the weights are a pure function of the replicated state.
+- ``Outcomes`` keeps, per (tenant, source, context), the newest of its outcomes (one per slot
+  where the source speaks with another, its newest position there) in (timestamp, dot, slot)
+  order, at most ``window + margin`` of them, and per slot the ones of them it holds: agent
+  ids are per tenant, so a tenant's weights count its own slots only. A slot's outcomes are
+  replaced whole when it changes, so the weights equal those of judging every slot of the
+  states followed from scratch (tests/unit/test_learning.py checks it after every step),
+  whatever order the changes came in: the weights are a pure function of the replicated
+  state.
 - ``Learning`` follows the engine's committed changes (``Engine.listeners``), noting the slots
   a change touched (the dots it added or removed); at most once per ``interval_s`` it judges
   those slots again against their subject's state then (through the subject's slot index;
@@ -27,10 +29,16 @@ change, and the weights they give put in force (node.reliability defines both).
   withdrawals then: a withdrawn source is neither judged nor part of the consensus judging the
   others.
 
-Memory: an exact window must know the outcomes beyond it (the newest may go: a retract, an
-erase, a slot gone quiet), so every judged outcome is kept, one entry per source speaking in a
-slot with at least two sources (docs/performance.md measures it); the weights count the newest
-``window`` of them.
+Memory: at most ``window + margin`` outcomes per (tenant, source, context) with weights (the
+margin is the window again: twice the window in all; ``selfmodel_learned_outcomes`` counts
+them). The newest may go (a retract, an erase, a slot gone quiet, a withdrawal) while older
+ones not held would enter the window: a key whose outcomes held fall below ``window`` while
+older ones may exist is read again from the store when its weight is next recomputed
+(``Learning._rebuild``): the slots where its source speaks in its context, from the
+attribution index (node.store.sources), newest first by the source's position there, judged
+until ``window + margin`` outcomes are found. So the weights are exactly those of every
+outcome, at the cost of a scan of the source's index rows each time ``margin`` of its newest
+outcomes go without newer ones (``selfmodel_learning_rebuilds_total``).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from typing import NamedTuple
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
+from node import metrics
 from node.engine import Engine
 from node.policy import PolicyBook
 from node.reliability import (
@@ -64,6 +73,9 @@ from sync.crdt import SubjectState, touched_slots
 from sync.observation import Observation, Subject
 
 log = logging.getLogger("selfmodel.node")
+
+# Attribution index rows read per page while a key's outcomes are rebuilt from the store.
+REBUILD_PAGE = 1000
 
 Key = tuple[str, str, str]  # (tenant, source, context)
 
@@ -93,9 +105,6 @@ LEARNED_SOURCES = Gauge(
     "those at the floor (band=floor).",
     ["context", "band"],
 )
-LEARNED_OUTCOMES = Gauge(
-    "selfmodel_learned_outcomes", "Judged positions (source, slot) this node keeps to learn from."
-)
 LEARNING_REFRESHES = MetricCounter(
     "selfmodel_learning_refreshes_total",
     "Recomputations of the learned weights, by whether a weight moved (and the book in force "
@@ -104,79 +113,140 @@ LEARNING_REFRESHES = MetricCounter(
 )
 
 
-class Outcomes:
-    """Every judged slot's outcomes, and per (tenant, source, context) its outcomes in order
-    (the tenant: of the slot's subject). Not thread-safe: ``Learning`` serializes it."""
+class _Kept:
+    """One (tenant, source, context)'s newest outcomes, in (hlc, dot, slot) order: all of them
+    when ``whole``, else the newest ``len(entries)`` (older ones exist, or may)."""
 
-    def __init__(self) -> None:
-        self._slots: dict[SlotId, tuple[Outcome, ...]] = {}
-        self._by_subject: dict[Subject, set[tuple[str, str]]] = {}
-        self._order: dict[Key, list[_Entry]] = {}  # sorted by (hlc, dot, slot)
+    __slots__ = ("entries", "whole")
+
+    def __init__(self, entries: list[_Entry], whole: bool) -> None:
+        self.entries = entries
+        self.whole = whole
+
+
+class Outcomes:
+    """Per (tenant, source, context) its newest outcomes, at most ``window + margin`` (the
+    tenant: of the slot's subject), and per slot the ones of them it holds. Not thread-safe:
+    ``Learning`` serializes it.
+
+    Each key's entries are the newest of its outcomes, all of them when ``whole``: an outcome
+    older than every entry of a key that is not whole is not kept (older ones, not held, may
+    come before it), and a removed outcome that is not kept was older than every entry. So
+    the weight from the entries is exact while they are ``window`` or more, or whole; below
+    that the key is ``stale`` and its entries must be ``rebuilt`` from the stored slots."""
+
+    def __init__(self, window: int, margin: int) -> None:
+        self.window = window
+        self.capacity = window + margin
+        self._keys: dict[Key, _Kept] = {}
+        self._slots: dict[SlotId, dict[Key, _Entry]] = {}  # the entries kept, per slot
+        self._by_subject: dict[Subject, set[tuple[str, str]]] = {}  # slots with one
         self._count = 0
+        self.rebuilds = 0
 
     def __len__(self) -> int:
+        """Outcomes kept: at most ``window + margin`` per key."""
         return self._count
 
     def slots_of(self, subject: Subject) -> set[tuple[str, str]]:
-        """The judged slots (context, key) of ``subject``."""
+        """The slots (context, key) of ``subject`` of which an outcome is kept."""
         return set(self._by_subject.get(subject, ()))
 
     def replace(self, slot: SlotId, outcomes: Sequence[Outcome]) -> set[Key]:
         """Sets ``slot``'s outcomes (none: it no longer judges); the (tenant, source, context)
-        triples whose outcomes changed."""
-        old = self._slots.get(slot, ())
-        new = tuple(outcomes)
-        if old == new:
-            return set()
-        for o in old:
-            self._remove(slot, o)
-        for o in new:
-            self._add(slot, o)
-        self._count += len(new) - len(old)
+        triples whose entries changed."""
+        old = self._slots.pop(slot, {})
+        for key, entry in old.items():
+            self._discard(key, entry)
+        new: dict[Key, _Entry] = {}
+        for o in outcomes:  # one per source: each key once
+            key = (slot.subject.tenant, o.source, o.context)
+            entry = _Entry(o.hlc, o.dot, slot, o.agreed)
+            if self._insert(key, entry):
+                new[key] = entry
+        self._hold(slot, new)
+        return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+
+    def _hold(self, slot: SlotId, entries: dict[Key, _Entry]) -> None:
         held = self._by_subject.setdefault(slot.subject, set())
-        if new:
-            self._slots[slot] = new
+        if entries:
+            self._slots[slot] = entries
             held.add((slot.context, slot.key))
         else:
             self._slots.pop(slot, None)
             held.discard((slot.context, slot.key))
             if not held:
                 del self._by_subject[slot.subject]
-        tenant = slot.subject.tenant
-        return {(tenant, o.source, o.context) for o in (*old, *new)}
 
-    def _add(self, slot: SlotId, o: Outcome) -> None:
-        key = (slot.subject.tenant, o.source, o.context)
-        bisect.insort(self._order.setdefault(key, []), _Entry(o.hlc, o.dot, slot, o.agreed))
+    def _insert(self, key: Key, entry: _Entry) -> bool:
+        """Adds ``entry`` to ``key``'s if it is among its newest held; whether it is kept."""
+        kept = self._keys.get(key)
+        if kept is None:
+            kept = self._keys[key] = _Kept([], True)
+        if not kept.whole and (not kept.entries or entry < kept.entries[0]):
+            return False  # older outcomes, not held, may come before it
+        bisect.insort(kept.entries, entry)
+        self._count += 1
+        if len(kept.entries) <= self.capacity:
+            return True
+        oldest = kept.entries.pop(0)
+        kept.whole = False
+        self._count -= 1
+        if oldest == entry:
+            return False
+        of_slot = self._slots[oldest.slot]
+        del of_slot[key]
+        self._hold(oldest.slot, of_slot)
+        return True
 
-    def _remove(self, slot: SlotId, o: Outcome) -> None:
-        key = (slot.subject.tenant, o.source, o.context)
-        entries = self._order[key]
-        entry = _Entry(o.hlc, o.dot, slot, o.agreed)
-        at = bisect.bisect_left(entries, entry)
-        assert entries[at] == entry  # every outcome removed was added (replace keeps _slots)
-        del entries[at]
-        if not entries:
-            del self._order[key]
+    def _discard(self, key: Key, entry: _Entry) -> None:
+        kept = self._keys[key]
+        at = bisect.bisect_left(kept.entries, entry)
+        assert kept.entries[at] == entry  # every entry a slot holds is its key's
+        del kept.entries[at]
+        self._count -= 1
+        if not kept.entries and kept.whole:
+            del self._keys[key]
+
+    def stale(self, key: Key) -> bool:
+        """Whether ``key``'s entries no longer give its weight: fewer than ``window``, and
+        older outcomes not held may exist."""
+        kept = self._keys.get(key)
+        return kept is not None and not kept.whole and len(kept.entries) < self.window
+
+    def rebuilt(self, key: Key, found: Sequence[tuple[SlotId, Outcome]], whole: bool) -> None:
+        """Sets ``key``'s entries from the stored slots: ``found`` its newest outcomes, each
+        with its slot (at most ``window + margin``; all of them when ``whole``)."""
+        assert whole or len(found) >= self.window  # a rebuilt key is not stale
+        entries = [_Entry(o.hlc, o.dot, slot, o.agreed) for slot, o in found]
+        kept = self._keys.pop(key, None)
+        for entry in kept.entries if kept is not None else ():
+            of_slot = self._slots[entry.slot]
+            del of_slot[key]
+            self._hold(entry.slot, of_slot)
+            self._count -= 1
+        if entries or not whole:
+            self._keys[key] = _Kept(sorted(entries), whole)
+        for entry in entries:
+            of_slot = self._slots.get(entry.slot, {})
+            of_slot[key] = entry
+            self._hold(entry.slot, of_slot)
+            self._count += 1
+        self.rebuilds += 1
 
     def learned(self, key: Key, settings: LearningSettings) -> Learned | None:
         """``key``'s weight from its newest ``window`` outcomes (None: it has none); equals
-        ``reliability.learn`` of the tenant's outcomes held."""
-        entries = self._order.get(key)
-        if not entries:
+        ``reliability.learn`` of the tenant's outcomes. Not of a ``stale`` key."""
+        kept = self._keys.get(key)
+        if kept is None:
             return None
-        kept = entries[-settings.window :]
-        agreed = sum(e.agreed for e in kept)
-        return _learned(key, agreed, len(kept), settings)
+        assert kept.whole or len(kept.entries) >= self.window  # not stale
+        newest = kept.entries[-self.window :]
+        agreed = sum(e.agreed for e in newest)
+        return _learned(key, agreed, len(newest), settings)
 
     def keys(self) -> list[Key]:
-        return sorted(self._order)
-
-    def outcomes(self, tenant: str) -> list[Outcome]:
-        """The outcomes held of ``tenant``'s slots."""
-        return [
-            o for slot, found in self._slots.items() if slot.subject.tenant == tenant for o in found
-        ]
+        return sorted(self._keys)
 
 
 def _learned(key: Key, agreed: int, judged: int, settings: LearningSettings) -> Learned:
@@ -204,12 +274,16 @@ class Learning:
     threads, ``refresh`` on its own.
     """
 
-    def __init__(self, engine: Engine, settings: LearningSettings) -> None:
+    def __init__(
+        self, engine: Engine, settings: LearningSettings, margin: int | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.configured = engine.policies
         self._rejudge = False  # the operators' book changed: judge every slot again
-        self._outcomes = Outcomes()
+        # Outcomes kept per key beyond the window (default: the window's size again).
+        self.margin = settings.window if margin is None else margin
+        self._outcomes = Outcomes(settings.window, self.margin)
         # The slots changed since they were last judged, per subject (None: every slot).
         self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
         self._dirty: set[Key] = set()  # (tenant, source, context) whose outcomes changed
@@ -286,11 +360,12 @@ class Learning:
             self._rejudge = True
 
     def _judge_all(self, book: PolicyBook) -> None:
-        """Judges every slot the node holds against ``book``."""
+        """Judges every slot the node holds against ``book``, from no outcomes."""
         self.configured = book
         with self._lock:
             self._pending = {}
             self._withdrawn = {}
+            self._outcomes = Outcomes(self.settings.window, self.margin)
         for subject in self.engine.store.subjects():
             if not reserved(subject.tenant):
                 self._judge(self.engine.state(subject), None)
@@ -328,8 +403,11 @@ class Learning:
                 if rejudge:
                     dirty.update(self._outcomes.keys())
                     dirty.update((t, *k) for t, found in self._learned.items() for k in found)
+                stale = sorted(key for key in dirty if self._outcomes.stale(key))
+            for key in stale:
+                self._rebuild(key)
+            with self._lock:
                 found = {key: self._outcomes.learned(key, self.settings) for key in dirty}
-                LEARNED_OUTCOMES.set(len(self._outcomes))
             learned = dict(self._learned)  # the tenants found in: copied before they change
             for tenant in {key[0] for key in found}:
                 learned[tenant] = dict(learned.get(tenant, {}))
@@ -348,6 +426,54 @@ class Learning:
             _show(self._learned, {key[2] for key in found}, self.settings.floor)
             LEARNING_REFRESHES.labels("moved" if moved else "same").inc()
             return frozenset().union(*moved.values())
+
+    def _rebuild(self, key: Key) -> None:
+        """Sets ``key``'s outcomes kept from the stored slots: the slots where its source
+        speaks in its context (the attribution index), newest first by the source's position
+        there (its newest observation resolution counts), judged until ``window + margin``
+        outcomes are found.
+
+        Exact when no change lands meanwhile; a slot changed after the index was read is
+        pending, judged again by the next recomputation, which sets what it holds."""
+        tenant, source, context = key
+        withdrawn = self.engine.withdrawals.of(tenant)
+        since = withdrawn.get(source, 0)  # resolution.counted: older ones are left out
+        newest: dict[SlotId, tuple[int, Dot]] = {}
+        after = b""
+        while True:
+            rows = self.engine.store.contributions(tenant, source, after, REBUILD_PAGE)
+            for _, row in rows:
+                if row.context == context and row.hlc >= since:
+                    slot = SlotId(row.subject, context, row.key)
+                    held = newest.get(slot)
+                    if held is None or (row.hlc, row.dot) > held:
+                        newest[slot] = (row.hlc, row.dot)
+            if len(rows) < REBUILD_PAGE:
+                break
+            after = rows[-1][0]
+        candidates = sorted(((*at, slot) for slot, at in newest.items()), reverse=True)
+        capacity = self.settings.window + self.margin
+        found: list[tuple[SlotId, Outcome]] = []
+        looked = 0
+        for _, _, slot in candidates:
+            if len(found) == capacity:
+                break
+            looked += 1
+            state = self.engine.state(slot.subject)
+            observations = [
+                o for o in state.observations.values() if o.context == context and o.key == slot.key
+            ]
+            for o in judge(observations, self.configured, withdrawn):
+                if o.source == source:
+                    found.append((slot, o))
+        with self._lock:
+            self._outcomes.rebuilt(key, found, whole=looked == len(candidates))
+        metrics.LEARNING_REBUILDS.inc()
+
+    def kept(self) -> int:
+        """Outcomes held in memory: at most ``window + margin`` per (tenant, source, context)
+        with weights."""
+        return len(self._outcomes)
 
     def weights(self, tenant: str) -> list[Learned]:
         """``tenant``'s weights in force, by (source, context): of the sources that spoke in

@@ -290,6 +290,7 @@ def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning
     count = learning.load(store.subjects())
     engine.listeners.append(learning.follow)
     engine.book_listeners.append(learning.reconfigure)
+    metrics.watch_learning(learning.kept)
     log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
     return learning
 
