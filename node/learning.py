@@ -62,6 +62,7 @@ from node.reliability import (
     outcomes_of_slot,
 )
 from node.resolution import NO_WITHDRAWN, Withdrawn, counted
+from node.savedlearning import ROW, decode, encode, fingerprint
 from node.snapshots import changed_sources
 from node.store import Change
 from node.validation import reserved
@@ -311,6 +312,45 @@ class Learning:
         with self._lock:
             self._outcomes.rebuilt(key, found, whole=looked == len(candidates))
         metrics.LEARNING_REBUILDS.inc()
+
+    def save(self) -> bool:
+        """Judges every change not judged yet, then writes the outcomes kept with the
+        fingerprint of what they were judged from (node.savedlearning); whether it did (not
+        when a change landed meanwhile). At a clean stop, once every writer has stopped."""
+        store = self.engine.store
+        before = store.bucket_hashes()
+        self.refresh()
+        with self._lock:
+            busy = bool(self._pending or self._withdrawn or self._dirty or self._rejudge)
+            held = self._outcomes.held()
+        if busy or store.bucket_hashes() != before:
+            return False
+        judged_from = fingerprint(before, self.configured, self.settings.window, self.margin)
+        store.commit([], [("meta", ROW, encode(judged_from, held))])
+        return True
+
+    def restore(self) -> bool:
+        """In place of ``load``, at start: puts in force the weights of the outcomes the last
+        clean stop saved, if they were judged from the state the node holds now, under the
+        book it judges against and the same window and margin; whether it did (if not,
+        nothing changed: ``load`` judges every slot)."""
+        store = self.engine.store
+        judged_from = fingerprint(
+            store.bucket_hashes(), self.configured, self.settings.window, self.margin
+        )
+        held = decode(store.get_meta("meta", ROW), judged_from)
+        if held is None or any(
+            len(found) > self._outcomes.capacity
+            or not (whole or len(found) >= self.settings.window)
+            for _, whole, found in held
+        ):
+            return False
+        with self._lock:
+            for key, whole, found in held:
+                self._outcomes.rebuilt(key, found, whole)
+                self._dirty.add(key)
+        self.refresh()
+        return True
 
     def kept(self) -> int:
         """Outcomes held in memory: at most ``window + margin`` per (tenant, source, context)

@@ -158,6 +158,17 @@ class Outcomes:
         agreed = sum(e.agreed for e in newest)
         return _learned(key, agreed, len(newest), settings)
 
+    def held(self) -> list[tuple[Key, bool, list[tuple[SlotId, Outcome]]]]:
+        """Every key's entries, each with its slot, and whether they are all its outcomes."""
+        return [
+            (
+                key,
+                kept.whole,
+                [(e.slot, Outcome(key[1], key[2], e.agreed, e.hlc, e.dot)) for e in kept.entries],
+            )
+            for key, kept in sorted(self._keys.items())
+        ]
+
     def keys(self) -> list[Key]:
         return sorted(self._keys)
 

@@ -620,3 +620,37 @@ def test_a_node_learns_nothing_unless_its_cluster_file_enables_it(tmp_path: Path
         assert len(engine.listeners) == len(own) + 1
     finally:
         engine.store.close()
+
+
+def test_outcomes_saved_are_read_back_only_for_the_state_and_book_they_were_judged_from(
+    tmp_path: Path,
+) -> None:
+    """A node's saved outcomes give a node started on the same state, under the same book,
+    the weights judging every slot gives; once the state or the book differs they are not
+    read back (and judging every slot gives that state's weights)."""
+    settings = LearningSettings(window=3, enabled=True)
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, settings)
+    engine.listeners.append(learning.follow)
+    try:
+        _speak(engine, [("liar", "no", 0.9), ("a", "yes", 0.8), ("b", "yes", 0.8)], 10)
+        assert learning.save()
+        expected = from_scratch(engine, PolicyBook(), settings)
+        assert listed(learning) == expected and expected["acme", "liar", "budget"].agreed == 0
+        again = Learning(engine, settings)
+        assert again.restore() and listed(again) == expected
+        assert again.kept() == learning.kept() == 3 * 6
+        # Under another book, or another window: judged again.
+        assert not Learning(engine, LearningSettings(window=4, enabled=True)).restore()
+        engine.use_policies(PolicyBook(reliability={("liar", "*"): 0.5}))
+        assert not Learning(engine, settings).restore()
+        engine.use_policies(PolicyBook())
+        assert Learning(engine, settings).restore()
+        # A write after the save: the state is no longer the one they were judged from.
+        engine.observe("liar", [ObservationInput(SUBJECTS[0], "budget", "k", "yes", 0.9)])
+        assert not Learning(engine, settings).restore()
+        fresh = Learning(engine, settings)
+        fresh.load(engine.store.subjects())
+        assert listed(fresh) == from_scratch(engine, PolicyBook(), settings) != expected
+    finally:
+        engine.store.close()
