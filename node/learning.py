@@ -29,6 +29,12 @@ change, and the weights they give put in force (node.reliability defines both).
   withdrawals then: a withdrawn source is neither judged nor part of the consensus judging the
   others.
 
+At start (node.server) a node reads back the outcomes its last clean stop saved (``save``,
+``restore``: node.savedlearning) when they were judged from the very state it holds, under the
+same book, window and margin; otherwise, a kill -9 after changes included, it judges every
+stored slot (``load``) before it serves. Either way the weights in force when it serves are
+those of its state.
+
 Memory: at most ``window + margin`` outcomes per (tenant, source, context) with weights (the
 margin is the window again: twice the window in all; ``selfmodel_learned_outcomes`` counts
 them). The newest may go (a retract, an erase, a slot gone quiet, a withdrawal) while older
