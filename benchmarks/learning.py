@@ -15,10 +15,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.learning import Learning, Outcomes, SlotId
 from node.reliability import LearningSettings, Outcome
 from node.store import Store
+from node.writes import ObservationInput
 from sync.causal import Dot
 from sync.observation import Subject, SubjectKind
 

@@ -371,8 +371,8 @@ async def run_worker(plan: Plan, conn: Connection) -> list[Sample]:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             due += agent.rng.expovariate(plan.rate)
-        if pending:
-            await asyncio.wait(pending, timeout=CALL_TIMEOUT_S + 1)
+        if pending:  # a handoff is two calls, each within CALL_TIMEOUT_S; the channels close next
+            await asyncio.wait(pending, timeout=2 * CALL_TIMEOUT_S + 1)
 
     async def closed_loop(agent: Agent) -> None:
         await asyncio.sleep(max(0.0, warm_from - time.monotonic()))

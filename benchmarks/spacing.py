@@ -80,11 +80,12 @@ def _timed(calls: Iterator[Callable[[], object]], gap_s: float, spin: bool) -> l
 
 def measure(gap_s: float, n: int, spin: bool, root: Path) -> tuple[list[float], list[float]]:
     """CPU seconds per observe on n1 and per merged delta on n2, ``n`` of each."""
-    from node.engine import Engine, ObservationInput
+    from node.engine import Engine
     from node.refusals import Refusals
     from node.store import Store
     from node.syncports import EngineReplica
     from node.validation import Limits
+    from node.writes import ObservationInput
     from selfmodel.sync.v1 import sync_pb2
     from sync.codec import encode_batch, encode_batch_origin
     from sync.observation import Subject, SubjectKind

@@ -31,7 +31,7 @@ _WORDS = {name: word for word, name in _NAMES.items()}
 
 
 class SettingsAdmin:
-    """The governance calls of AdminService (node.servicer.AdminServicer takes them)."""
+    """The governance calls of AdminService (node.adminservice.AdminServicer takes them)."""
 
     identify: Callable[[grpc.ServicerContext, Limits], Principal]
     limits: Limits

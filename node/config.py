@@ -19,9 +19,8 @@ from sync.bounds import SubjectLimits
 from sync.settings import SyncSettings
 
 if TYPE_CHECKING:
-    from node.auth import TokenBook
+    from node.auth import Principal, TokenBook
     from node.peerlink import PeerConfig
-    from node.servicer import Principal
 
 log = logging.getLogger("selfmodel.node")
 

@@ -40,6 +40,27 @@ class Chain(HandlerWrapper):
         return handler
 
 
+class SerializedReplies(HandlerWrapper):
+    """Lets a method answer with its replies already serialized, as GetSelfModel and
+    WatchSelfModel do.
+
+    A reply that is ``bytes`` goes out as it is; any other is serialized as the generated code
+    says.
+    """
+
+    def applies(self, handler: Any) -> bool:
+        answers = handler.unary_unary is not None or handler.unary_stream is not None
+        return answers and handler.response_serializer is not None
+
+    def wrap(self, handler: Any, method: str) -> Any:
+        serialize = handler.response_serializer
+
+        def serialize_unless_bytes(reply: Any) -> bytes:
+            return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
+
+        return handler._replace(response_serializer=serialize_unless_bytes)
+
+
 class WrappingRegistrar:
     """Stands in for the server when a service registers, so its handlers go in wrapped.
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class MembersAdmin:
-    """The membership calls of AdminService (node.servicer.AdminServicer takes them)."""
+    """The membership calls of AdminService (node.adminservice.AdminServicer takes them)."""
 
     engine: Engine
     identify: Callable[[grpc.ServicerContext, Limits], Principal]

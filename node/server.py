@@ -18,12 +18,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node import connections, listeners, metrics
+from node.adminservice import AdminServicer
 from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
 from node.engine import Engine
 from node.governor import Governor
-from node.interceptors import Chain, Gate, wrapping
+from node.identity import identify_by_header
+from node.interceptors import Chain, Gate, SerializedReplies, wrapping
 from node.learning import Learning
 from node.peers import PeerAuth, refusing
 from node.replication import (
@@ -31,12 +33,7 @@ from node.replication import (
     build_replicator,
     claim_run,
 )
-from node.servicer import (
-    AdminServicer,
-    SelfModelServicer,
-    SerializedReplies,
-    identify_by_header,
-)
+from node.servicer import SelfModelServicer
 from node.status import node_status
 from node.store import Store
 from node.store.diskwatch import DiskWatch

@@ -1,4 +1,5 @@
-"""The gRPC servicers: read the request, call the engine, build the reply. Nothing else.
+"""SelfModelService, the agents' calls: read the request, call the engine, build the reply.
+Nothing else (AdminService is node.adminservice's).
 
 Domain errors become gRPC status codes in one place (``node.errors.map_errors``, which every
 servicer uses).
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 import grpc
 
 from node import convert, idempotency, listing, metrics, validation
-from node.adminsettings import SettingsAdmin
 from node.audit import AuditRecord
 from node.auth import Principal, TokenBook
 from node.engine import Engine
@@ -29,17 +29,12 @@ from node.errors import (
     internal,
     map_errors,
 )
-from node.governor import Governor
 from node.groupreads import RollupReads
 from node.handoff import MAX_RETRY_S, MIN_RETRY_S
-from node.interceptors import HandlerWrapper
-from node.learning import Learning
-from node.memberservice import MembersAdmin
+from node.identity import identify_by_header
 from node.quota import ConnectionQuota
 from node.resolution import Belief, select
-from node.sources_admin import SourcesAdmin
 from node.validation import Limits
-from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import LAST_ASK_S
 from selfmodel.v1 import selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import encode_token, subject_to_proto
@@ -48,51 +43,6 @@ from sync.observation import Subject
 log = logging.getLogger("selfmodel.node")
 
 T = TypeVar("T")
-
-ANONYMOUS = "anonymous"
-AGENT_HEADER = "x-agent-id"
-
-
-# The principals of agent ids seen (a frozen dataclass's __init__ runs interpreted, on every
-# call); emptied when full, as a client may send any number of ids.
-_PRINCIPALS: dict[str, Principal] = {}
-_PRINCIPALS_MAX = 4096
-
-
-def identify_by_header(context: grpc.ServicerContext, limits: Limits) -> Principal:
-    """Development identity: the agent id from ``x-agent-id`` metadata, else ``anonymous``."""
-    agent = ANONYMOUS
-    for k, v in context.invocation_metadata():
-        if k == AGENT_HEADER:
-            agent = validation.source(str(v), AGENT_HEADER, limits)
-            break
-    found = _PRINCIPALS.get(agent)
-    if found is None:
-        if len(_PRINCIPALS) >= _PRINCIPALS_MAX:
-            _PRINCIPALS.clear()
-        found = _PRINCIPALS[agent] = Principal(agent)
-    return found
-
-
-class SerializedReplies(HandlerWrapper):
-    """Lets a method answer with its replies already serialized, as GetSelfModel and
-    WatchSelfModel do.
-
-    A reply that is ``bytes`` goes out as it is; any other is serialized as the generated code
-    says.
-    """
-
-    def applies(self, handler: Any) -> bool:
-        answers = handler.unary_unary is not None or handler.unary_stream is not None
-        return answers and handler.response_serializer is not None
-
-    def wrap(self, handler: Any, method: str) -> Any:
-        serialize = handler.response_serializer
-
-        def serialize_unless_bytes(reply: Any) -> bytes:
-            return reply if isinstance(reply, bytes) else serialize(reply)  # type: ignore[no-any-return]
-
-        return handler._replace(response_serializer=serialize_unless_bytes)
 
 
 def _positions(request: Any) -> int | None:
@@ -475,68 +425,4 @@ class SelfModelServicer(selfmodel_pb2_grpc.SelfModelServiceServicer):
         return reply
 
 
-class AdminServicer(SettingsAdmin, SourcesAdmin, MembersAdmin, admin_pb2_grpc.AdminServiceServicer):
-    def __init__(
-        self,
-        engine: Engine,
-        status: Callable[[], admin_pb2.GetStatusResponse],
-        identify: Callable[[grpc.ServicerContext, Limits], Principal] = identify_by_header,
-        limits: Limits | None = None,
-        governor: Governor | None = None,
-        learning: Learning | None = None,
-        domain: str = "",
-    ) -> None:
-        self.engine = engine
-        self.domain = domain  # the node's domain, which an agent's token domains must match
-        self.status = status
-        self.identify = identify
-        self.limits = limits or Limits()
-        self.governor = governor  # the cluster's settings (node.adminsettings)
-        self.learning = learning  # None: the node does not learn reliability
-
-    @map_errors
-    def GetStatus(
-        self, request: admin_pb2.GetStatusRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.GetStatusResponse:
-        who = self.identify(context, self.limits)
-        status = self.status()
-        if who.tenant is not None:  # the subject count of the caller's tenant, for its operators
-            status.subjects = self.engine.count_subjects(who.tenant) if who.is_operator else 0
-        return status
-
-    @map_errors
-    def ListAudit(
-        self, request: admin_pb2.ListAuditRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.ListAuditResponse:
-        who = self.identify(context, self.limits)
-        who.check_operator("read the audit log")
-        after = validation.audit_cursor(request.after, "after")
-        limit = min(request.limit or 100, 1000)
-        entries, cursor = self.engine.audit.list(after, limit, tenant=who.tenant)
-        return convert.audit_page(entries, cursor)
-
-    @map_errors
-    def ListSourceWeights(
-        self, request: admin_pb2.ListSourceWeightsRequest, context: grpc.ServicerContext
-    ) -> admin_pb2.ListSourceWeightsResponse:
-        who = self.identify(context, self.limits)
-        who.check_operator("list learned source weights")
-        if request.context:
-            validation.context_name(request.context, "context", self.limits)
-        tenant = request.tenant or who.tenant
-        if tenant is not None:
-            validation.identifier(tenant, "tenant", self.limits.max_id)
-            who.check_tenant(tenant)  # weights are per tenant, as agent ids are
-        if self.learning is None:
-            return convert.source_weights(False, [])
-        tenants = [tenant] if tenant is not None else self.learning.tenants()
-        wanted = [
-            (t, w)
-            for t in tenants
-            for w in self.learning.weights(t)
-            if not request.context or w.context == request.context
-        ]
-        return convert.source_weights(True, wanted)
-
-
-__all__ = ["AdminServicer", "Principal", "SelfModelServicer", "identify_by_header"]
+__all__ = ["SelfModelServicer"]

@@ -1,6 +1,6 @@
 """The Admin RPCs of attribution: what a source contributed, and withdrawing it across a tenant.
 
-Part of node.servicer.AdminServicer (a base class of it): each method identifies the caller,
+Part of node.adminservice.AdminServicer (a base class of it): each method identifies the caller,
 checks it is an operator of the tenant named, calls the engine once, and builds the reply.
 Listing pages follow the attribution index (node.store.sources); a page token is the position
 after the last contribution sent, bound to its tenant and source (node.listing's tokens).

@@ -10,9 +10,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.engine import ObservationInput
 from node.errors import InvalidArgument, Reason
 from node.resolution import normalize_statement
+from node.writes import ObservationInput
 from selfmodel.errors import plain
 from selfmodel.sync.v1 import sync_pb2
 from selfmodel.v1 import model_pb2, selfmodel_pb2

@@ -93,7 +93,7 @@ class _Pending:
 
 class GroupCommit(Suspension):
     """Part of node.store.Store: ``commit``. Store's constructor sets the attributes declared
-    here. Callers serialize read-modify-write of one subject (see node.engine)."""
+    here. Callers serialize read-modify-write of one subject (see node.committing)."""
 
     fsync: bool  # a durable batch is answered once its WAL is synced
     # The row epoch of each subject whose epoch is not 0 (node.store.rows), as read or written:

@@ -24,7 +24,7 @@ log = logging.getLogger("node.store")
 
 
 class Store(Reads):
-    """Thread-safe. Callers serialize read-modify-write of one subject (see node.engine)."""
+    """Thread-safe. Callers serialize read-modify-write of one subject (see node.committing)."""
 
     def __init__(
         self,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.errors import ResourceExhausted
 from node.store import Store
+from node.writes import ObservationInput
 from sync.bounds import Footprint, SubjectLimits, state_bytes
 from sync.crdt import SubjectState
 from sync.delivery import Delta

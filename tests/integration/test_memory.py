@@ -14,8 +14,9 @@ import tracemalloc
 from pathlib import Path
 
 from federation.client import Client, user
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import Store
+from node.writes import ObservationInput
 from sync.observation import Subject, SubjectKind
 from tests.integration.test_metrics import one
 

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.policy import DAY_S, ContextPolicy, PolicyBook
 from node.store import Store
+from node.writes import ObservationInput
 from sync.causal import CausalContext
 from sync.crdt import NO_ERASE, SubjectState
 from sync.delivery import Delta

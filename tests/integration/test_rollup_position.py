@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.rollup import GroupRollup
 from node.store import Change, Store
+from node.writes import ObservationInput
 from sync.members import MEMBERS, member_statement
 from sync.observation import Subject, SubjectKind
 

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from node import convert
 from node.audit import AuditRecord
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.policy import PolicyBook
 from node.resolution import resolve
 from node.store import Store
+from node.writes import ObservationInput
 from selfmodel.v1 import selfmodel_pb2
 from sync.codec import decode_delta
 from sync.delivery import Delta

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import rocksdict
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import COLUMN_FAMILIES, SCHEMA_VERSION, Store
 from node.store.sources import SOURCES, Contribution
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
 

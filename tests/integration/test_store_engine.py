@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.errors import HandoffPending, Unavailable
 from node.store import BUCKETS, Change, Store, StoreError, bucket_of
 from node.store.rows import read_rows
+from node.writes import ObservationInput
 from sync.causal import CausalContext, Dot
 from sync.codec import decode_delta, decode_state, decode_token, encode_state
 from sync.crdt import NO_ERASE, EraseBound, SubjectState

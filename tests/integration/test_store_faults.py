@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.errors import Unavailable
 from node.store import Store, bucket_of
+from node.writes import ObservationInput
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import rocksdict
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import COLUMN_FAMILIES, SCHEMA_VERSION, Store, StoreError
 from node.store.rows import OBSERVATIONS, read_rows, rows_end, rows_prefix
+from node.writes import ObservationInput
 from sync.codec import encode_state
 from sync.crdt import SubjectState
 from sync.observation import Subject, SubjectKind

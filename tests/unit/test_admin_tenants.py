@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from node.adminservice import AdminServicer
 from node.auth import Principal
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.errors import InvalidArgument, PermissionDenied
 from node.learning import Learning
 from node.reliability import LearningSettings
-from node.servicer import AdminServicer
 from node.store import Store
+from node.writes import ObservationInput
 from selfmodel.admin.v1 import admin_pb2
 from sync.governance import GOVERNANCE
 from sync.observation import Subject, SubjectKind

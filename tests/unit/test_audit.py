@@ -4,8 +4,9 @@ import gc
 from pathlib import Path
 
 from node.audit import AuditLog, AuditRecord, slot_detail
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import Store
+from node.writes import ObservationInput
 from sync.observation import Subject, SubjectKind
 
 ACME = Subject("acme", SubjectKind.USER, "u-1")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import Change, Store
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
 

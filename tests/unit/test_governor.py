@@ -11,10 +11,11 @@ import pytest
 
 from node import metrics
 from node.audit import AuditRecord
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.governance import Seed
 from node.governor import Governor
 from node.store import Store
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.governance import GOVERNANCE
 from sync.observation import Evidence, Subject, SubjectKind

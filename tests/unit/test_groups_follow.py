@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from node import listing
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.policy import ContextPolicy, PolicyBook
 from node.reliability import Learned
 from node.rollup import compute_rollup
 from node.store import Store
 from node.withdrawals import WITHDRAWN, sources_subject
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.members import MEMBERS, member_statement
 from sync.observation import Subject, SubjectKind

@@ -8,9 +8,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.rollup import GroupRollup, compute_rollup
 from node.store import Store
+from node.writes import ObservationInput
 from sync.members import MEMBERS, is_group, member_statement
 from sync.observation import Subject, SubjectKind
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from federation.cluster import ClusterFileError, parse
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.learning import Learning, Outcomes, SlotId, judge
 from node.policy import ContextPolicy, PolicyBook
 from node.reliability import Learned, LearningSettings, Outcome, learn, learned_book
@@ -23,6 +23,7 @@ from node.resolution import counted
 from node.snapshots import Snapshots, resolve_snapshot
 from node.store import Store
 from node.withdrawals import WITHDRAWN, sources_subject
+from node.writes import ObservationInput
 from sync.delivery import Delta
 from sync.observation import Subject, SubjectKind
 from tests.unit.strategies import VALUES
@@ -511,9 +512,9 @@ def test_a_source_contradicted_in_one_tenant_keeps_its_weight_in_another(tmp_pat
 def test_an_operator_lists_its_own_tenants_weights_only(
     tmp_path: Path, role: str, token_tenant: str | None, asked: str, listed: list[str] | None
 ) -> None:
+    from node.adminservice import AdminServicer
     from node.auth import Principal
     from node.errors import PermissionDenied
-    from node.servicer import AdminServicer
     from selfmodel.admin.v1 import admin_pb2
 
     engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))

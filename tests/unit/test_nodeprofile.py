@@ -47,12 +47,13 @@ def test_samples_go_to_their_call_and_innermost_layer_and_waits_are_left_out() -
     observe = f"{worker};SelfModelServicer.Observe (node/servicer.py:200)"
     raw = "\n".join(
         [
-            f"{observe};Engine.observe (node/engine.py:191);GroupCommit._write_group "
+            f"{observe};LocalWrites.observe (node/writes.py:69);GroupCommit._write_group "
             "(node/store/commit.py:240) 7",
             f"{observe};state_to_proto (sync/codec.py:201) 3",
             f"{worker};PeerServicer.Replicate (node/peerservice.py:97);DeltaReceiver.receive "
             "(sync/receiver.py:90);Condition.wait (threading.py:331) 50",
-            f"{worker};AdminServicer.GetStatus (node/servicer.py:500);status (node/status.py:9) 2",
+            f"{worker};AdminServicer.GetStatus (node/adminservice.py:49);status "
+            "(node/status.py:9) 2",
             " 4",  # a thread with no Python frame
         ]
     )

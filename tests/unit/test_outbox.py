@@ -5,8 +5,9 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from node.engine import Engine, ObservationInput
+from node.engine import Engine
 from node.store import Store
+from node.writes import ObservationInput
 from sync.causal import Dot
 from sync.codec import decode_state
 from sync.crdt import merge
