@@ -179,6 +179,8 @@ def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> 
     used, kept = learning.outcomes_memory(300, 300, 0)
     assert kept == 300 and 100 < used / kept < 10_000
     assert learning.outcomes_memory(3000, 5, 5)[1] == 3 * 10  # three sources, 2 x the window
+    found = learning.store_figures(tmp_path, 30)
+    assert all(found[k] > 0 for k in ("rebuild", "save", "row", "restore", "load"))
 
 
 def test_spacing_times_writes_and_merges_back_to_back_and_spaced(
