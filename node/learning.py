@@ -1,5 +1,6 @@
-"""Learned reliability in a running node: the outcomes of every slot it holds, followed as slots
-change, and the weights they give put in force (node.reliability defines both).
+"""Learned reliability in a running node: the outcomes of the slots it holds (the newest of each
+source's), followed as slots change, and the weights they give put in force (node.reliability
+defines both).
 
 - ``Outcomes`` keeps, per (tenant, source, context), the newest of its outcomes (one per slot
   where the source speaks with another, its newest position there) in (timestamp, dot, slot)

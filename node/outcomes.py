@@ -131,7 +131,7 @@ class Outcomes:
     def rebuilt(self, key: Key, found: Sequence[tuple[SlotId, Outcome]], whole: bool) -> None:
         """Sets ``key``'s entries from the stored slots: ``found`` its newest outcomes, each
         with its slot (at most ``window + margin``; all of them when ``whole``)."""
-        assert whole or len(found) >= self.window  # a rebuilt key is not stale
+        assert self.window <= len(found) <= self.capacity or (whole and len(found) <= self.capacity)
         entries = [Entry(o.hlc, o.dot, slot, o.agreed) for slot, o in found]
         kept = self._keys.pop(key, None)
         for entry in kept.entries if kept is not None else ():
