@@ -177,6 +177,21 @@ POLICY_DISAGREEMENTS = Gauge(
     ["kind"],
 )
 
+LEARNED_OUTCOMES = Gauge(
+    "selfmodel_learned_outcomes",
+    "Judged positions (source, slot) this node keeps in memory to learn from (node.learning): "
+    "at most 2 x [cluster.learning] window per tenant, source and context with weights.",
+)
+LEARNING_REBUILDS = Counter(
+    "selfmodel_learning_rebuilds_total",
+    "Times a tenant, source and context's kept positions fell below the window after "
+    "removals and were read again from the stored slots (node.learning).",
+)
+
+
+def watch_learning(kept: Callable[[], int]) -> None:
+    LEARNED_OUTCOMES.set_function(kept)
+
 
 def watch_snapshots(cost_bytes: Callable[[], int], kept: Callable[[], int]) -> None:
     SNAPSHOT_CACHE_BYTES.set_function(cost_bytes)

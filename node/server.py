@@ -97,10 +97,25 @@ class RunningNode:
             self.disk_watch.stop()
         if self.learning is not None:
             self.learning.stop()
+            _save_learning(self.config.name, self.learning)
         self.store.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("node %s stopped", self.config.name)
+
+
+def _save_learning(name: str, learning: Learning) -> None:
+    """The learned outcomes saved for the next start (node.savedlearning), every writer
+    stopped; a failure only costs that start its judging of every slot."""
+    try:
+        saved = learning.save()
+    except Exception:
+        log.exception("node %s: saving the learned outcomes failed", name)
+        return
+    if saved:
+        log.info("node %s: learned outcomes saved (%d kept)", name, learning.kept())
+    else:
+        log.warning("node %s: learned outcomes not saved: the state changed meanwhile", name)
 
 
 def start(config: NodeConfig) -> RunningNode:
@@ -286,10 +301,20 @@ def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning
     if not config.learning.enabled:
         return None
     learning = Learning(engine, config.learning)
-    count = learning.load(store.subjects())
+    if learning.restore():
+        log.info(
+            "node %s: learned reliability on, the outcomes saved at the last stop read back "
+            "(judged from the state it holds)",
+            config.name,
+        )
+    else:
+        count = learning.load(store.subjects())
+        log.info(
+            "node %s: learned reliability on, %d subject(s) judged at start", config.name, count
+        )
     engine.listeners.append(learning.follow)
     engine.book_listeners.append(learning.reconfigure)
-    log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
+    metrics.watch_learning(learning.kept)
     return learning
 
 
