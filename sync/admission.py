@@ -21,8 +21,9 @@ is
   overload the newest delta waits longer than the oldest has, by the ratio of the write rate to
   the peer's; holding writes on the oldest's age alone would let the lag overshoot the bound by
   that ratio),
-- and falling further: its backlog did not shrink over the last ``window_s``. A long backlog
-  that shrinks (a stream catching up after a heal) never refuses a write.
+- and falling further: its backlog did not shrink over the last ``window_s``, nor since the
+  previous sample. A long backlog that shrinks (a stream catching up after a heal, the tail of
+  a burst) never refuses a write.
 
 Hysteresis: once refusing for a peer, admission goes on refusing for it until it is within half
 the bound (``max_lag_s / 2``) by both measures, or it disconnects, stalls or is dropped. While
@@ -143,6 +144,7 @@ class Admission:
         samples = self._samples.setdefault(stream.peer, deque())
         while len(samples) >= 2 and samples[1][0] <= now - self.window_s:
             samples.popleft()  # samples[0] stays the newest at or before the window's start
+        last = samples[-1][2] if samples else stream.backlog
         samples.append((now, stream.acked, stream.backlog))
         start, _, backlog_then = samples[0]
         held = stream.peer in self._holding
@@ -158,7 +160,10 @@ class Admission:
                 self._holding.discard(stream.peer)
                 return None
             return behind
-        if acknowledging and stream.backlog >= backlog_then and behind > self.max_lag_s:
+        # Falling further: more behind than at the window's start and than a sample ago (the
+        # tail of a burst, longer than at the start but shrinking now, is not).
+        growing = stream.backlog >= max(backlog_then, last)
+        if acknowledging and growing and behind > self.max_lag_s:
             self._holding.add(stream.peer)
             return behind
         return None

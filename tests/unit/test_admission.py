@@ -109,6 +109,18 @@ def test_a_lag_over_the_bound_with_a_shrinking_backlog_refuses_nothing() -> None
     assert run(adm, clock, peer, 20, written=100, acked=300, lag=30.0) == [True] * 20
 
 
+def test_the_tail_of_a_burst_refuses_nothing_though_its_oldest_delta_passes_the_bound() -> None:
+    adm, clock = admission()
+    peer = Peer()
+    assert run(adm, clock, peer, 3, written=50, acked=50, lag=0.1) == [True] * 3
+    # 1,000 deltas at once, 400 left after a second: 1.7 s at the 233 a second acknowledged
+    # over the window, within the bound.
+    assert run(adm, clock, peer, 1, written=1000, acked=600, lag=0.9) == [True]
+    # Its tail: the oldest delta left passes the bound, the backlog (longer than at the
+    # window's start) shrinks.
+    assert run(adm, clock, peer, 2, written=0, acked=200, lag=2.5) == [True] * 2
+
+
 def test_a_backlog_growing_within_the_bound_refuses_nothing() -> None:
     adm, clock = admission()
     peer = Peer()
