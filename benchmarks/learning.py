@@ -1,9 +1,14 @@
 """What learned reliability (node.learning) costs a node, in process: the engine's time per
 write with learning off and on (each write lands in a slot where three sources speak), the
 recomputation that judges the slots written (one resolution each, off the write path) and
-recomputes the weights, and the memory per judged position.
+recomputes the weights, the memory per judged position kept, and the memory kept for many
+positions under the default window (at most window + margin positions per source and context);
+then, on a store of ``--slots`` slots of three sources (default window): one source's positions
+read again from the store (what a node does when removals take those it keeps below the
+window), and a start's two ways to its weights: judging every slot, or reading back what a
+clean stop saved.
 
-    .venv/bin/python -m benchmarks.learning [--writes 3000] [--rounds 5]
+    .venv/bin/python -m benchmarks.learning [--writes 3000] [--rounds 5] [--slots 10000]
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ def writes_per_s(root: Path, name: str, writes: int, learning: bool) -> tuple[fl
         engine.store.close()
 
 
-def bytes_per_position(count: int) -> float:
-    """Memory Outcomes takes per judged position, three positions a slot."""
-    outcomes = Outcomes()
+def outcomes_memory(count: int, window: int, margin: int) -> tuple[int, int]:
+    """Memory ``Outcomes(window, margin)`` takes after ``count`` judged positions, three a slot
+    (one per source, one context): bytes and positions kept."""
+    outcomes = Outcomes(window, margin)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(count // 3):
@@ -74,13 +80,46 @@ def bytes_per_position(count: int) -> float:
         outcomes.replace(slot, found)
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return used / (count // 3 * 3)
+    return used, len(outcomes)
+
+
+def store_figures(root: Path, slots: int) -> dict[str, float]:
+    """Milliseconds of one source's rebuild, of ``save``, of ``restore`` and of ``load`` on a
+    store of ``slots`` slots where three sources speak; the saved row's bytes."""
+    engine = Engine(Store(root / "store", "store", fsync=False))
+    follow = Learning(engine, LearningSettings(enabled=True))
+    engine.listeners.append(follow.follow)
+    try:
+        for i in range(slots):
+            subject = Subject("acme", SubjectKind.USER, f"u-{i // 10}")
+            for source, statement in zip(SOURCES, STATEMENTS, strict=True):
+                item = ObservationInput(subject, "plan", f"k{i % 10}", statement, 0.8)
+                engine.observe(source, [item])
+        follow.refresh()
+        found: dict[str, float] = {}
+        start = time.perf_counter()
+        follow._rebuild(("acme", "a", "plan"))
+        found["rebuild"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        assert follow.save()
+        found["save"] = (time.perf_counter() - start) * 1e3
+        found["row"] = len(engine.store.get_meta("meta", b"learning") or b"")
+        start = time.perf_counter()
+        assert Learning(engine, follow.settings).restore()
+        found["restore"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        Learning(engine, follow.settings).load(engine.store.subjects())
+        found["load"] = (time.perf_counter() - start) * 1e3
+        return found
+    finally:
+        engine.store.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--slots", type=int, default=10_000)
     args = parser.parse_args()
     offs, ons, refreshes = [], [], []
     with tempfile.TemporaryDirectory() as root:
@@ -96,7 +135,24 @@ def main() -> None:
     slots = args.writes // 3
     print(f"recomputation judging {slots} slots: {refresh * 1e3:.0f} ms", end=" ")
     print(f"({refresh * 1e6 / slots:.0f} us per slot)")
-    print(f"memory per judged position: {bytes_per_position(30_000):.0f} bytes")
+    used, kept = outcomes_memory(30_000, 30_000, 0)  # room for every one: the cost of each
+    print(f"memory per judged position kept: {used / kept:.0f} bytes")
+    window = LearningSettings().window
+    used, kept = outcomes_memory(300_000, window, window)
+    print(f"300,000 positions of 3 sources, window {window}: {kept} kept, {used / 1e3:.0f} kB")
+    with tempfile.TemporaryDirectory() as root:
+        found = store_figures(Path(root), args.slots)
+    print(
+        f"{args.slots} slots of 3 sources: one source's positions read again from the store:",
+        end=" ",
+    )
+    print(f"{found['rebuild']:.0f} ms")
+    print(f"start: judging every slot {found['load']:.0f} ms; reading back the saved", end=" ")
+    print(
+        f"positions {found['restore']:.0f} ms (saved at the stop in {found['save']:.0f} ms,",
+        end=" ",
+    )
+    print(f"{found['row'] / 1e3:.0f} kB)")
 
 
 if __name__ == "__main__":

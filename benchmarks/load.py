@@ -184,15 +184,36 @@ class SelfModelTarget:
             subject=self.subject(u), context=context, key=key, statement=statement, confidence=0.8
         )
 
+    async def _write(self, method: Any, request: Any, agent: str) -> Any:
+        """A write; an UNAVAILABLE answer (a node holding writes back while a peer's delta
+        stream catches up: REPLICATION_BEHIND) is asked again as the Python client does
+        (federation.retries): after its RetryInfo delay or the client's backoff, whichever is
+        longer, at most ``attempts`` asks within the call's deadline."""
+        from selfmodel.errors import Unavailable, from_rpc_error
+
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        policy = RetryPolicy()
+        for attempt in range(1, policy.attempts + 1):
+            left = deadline - time.monotonic()
+            try:
+                return await method(request, metadata=self._md(agent), timeout=max(0.001, left))
+            except self.error as exc:
+                error = from_rpc_error(exc)
+                backoff = min(policy.max_wait_s, policy.multiplier_s * 2**attempt)
+                wait = max(error.retry_after_s or 0.0, random.uniform(0, backoff))
+                last = attempt == policy.attempts or wait >= deadline - time.monotonic()
+                if not isinstance(error, Unavailable) or last:
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def observe(self, node: int, agent: str, u: int, c: str, k: str, s: str) -> str:
-        reply = await self.stubs[node].Observe(
-            self._observe(u, c, k, s), metadata=self._md(agent), timeout=CALL_TIMEOUT_S
-        )
+        reply = await self._write(self.stubs[node].Observe, self._observe(u, c, k, s), agent)
         return str(reply.handoff_token)
 
     async def batch(self, node: int, agent: str, u: int, writes: Sequence[tuple[str, str, str]]):
         req = self.pb.ObserveBatchRequest(observations=[self._observe(u, *w) for w in writes])
-        await self.stubs[node].ObserveBatch(req, metadata=self._md(agent), timeout=CALL_TIMEOUT_S)
+        await self._write(self.stubs[node].ObserveBatch, req, agent)
 
     async def read(self, node: int, agent: str, u: int, at_least: str = "") -> None:
         """A read; with ``at_least``, asked again after each RetryInfo delay while the node
@@ -222,7 +243,7 @@ class SelfModelTarget:
 
     async def retract(self, node: int, agent: str, u: int, c: str, k: str) -> None:
         req = self.pb.RetractRequest(subject=self.subject(u), context=c, key=k)
-        await self.stubs[node].Retract(req, metadata=self._md(agent), timeout=CALL_TIMEOUT_S)
+        await self._write(self.stubs[node].Retract, req, agent)
 
     async def explain(self, node: int, agent: str, u: int, c: str, k: str) -> None:
         req = self.pb.ExplainBeliefRequest(subject=self.subject(u), context=c, key=k)
@@ -515,6 +536,15 @@ def scrape(address: str) -> dict[str, float]:
     return out
 
 
+def refused_writes(address: str) -> float:
+    """How many agent writes a node refused while a peer's delta stream fell behind."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    prefix = "selfmodel_writes_refused_replication_behind_total{"
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
 @dataclass
 class Resources:
     name: str
@@ -522,6 +552,7 @@ class Resources:
     cpu_s: float = 0.0
     store_mb: float = 0.0
     max_lag_s: float | None = None  # the node's delta streams' replication lag, at most
+    refused_writes: float | None = None  # agent writes refused for a peer falling behind
 
 
 class ResourceWatch:
@@ -739,6 +770,10 @@ def run_selfmodel(args: argparse.Namespace, tmp: Path) -> Result:
             result.profiles = profile.finish()
         result.visibility_ms = probe.finish() if probe is not None else []
         result.resources = watch.finish()
+        for res in result.resources:
+            if res.name in metrics:
+                with contextlib.suppress(Exception):
+                    res.refused_writes = refused_writes(metrics[res.name])
     finally:
         if cluster is not None:
             cluster.stop()
@@ -865,6 +900,8 @@ def render(results: Sequence[Result], args: argparse.Namespace) -> str:
             lag = (
                 "" if res.max_lag_s is None else f", replication lag at most {res.max_lag_s:.1f} s"
             )
+            if res.refused_writes is not None:
+                lag += f", writes refused {res.refused_writes:.0f}"
             lines.append(
                 f"  {res.name}: peak RSS {res.peak_rss_mb:.0f} MiB, CPU {res.cpu_s:.1f} s "
                 f"({res.cpu_s / r.duration_s:.0%} of a CPU), store {res.store_mb:.1f} MiB{lag}"

@@ -7,7 +7,8 @@
     max_subject_bytes = 1048576   # sizes, message size, connections, disk floor, ids, pages...
     [cluster.sync]                # batch_size, retention_entries, retention_s, anti_entropy_s,
                                   # anti_entropy_yield_lag_s, backoff_max_s, ack_request_s,
-                                  # linger_s, claim_wait_s (federation.settings.SYNC)
+                                  # linger_s, claim_wait_s, max_replication_lag_s
+                                  # (federation.settings.SYNC)
     [cluster.learning]            # learned reliability: enabled (default false), window,
                                   # prior_agree, prior_disagree, floor, ceiling, interval_s
     [cluster.tls]                 # optional mutual TLS between nodes; {node} is the node's name

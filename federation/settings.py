@@ -74,14 +74,15 @@ def _table() -> dict[str, Setting]:
 # Every key [cluster.limits] takes.
 LIMITS: dict[str, Setting] = _table()
 
-# Every key [cluster.sync] takes: counts at least 1, durations above 0 (claim_wait_s and
-# linger_s: at least 0).
+_MAY_BE_ZERO = ("claim_wait_s", "linger_s", "max_replication_lag_s")
+# Every key [cluster.sync] takes: counts at least 1, durations above 0 (claim_wait_s, linger_s
+# and max_replication_lag_s: at least 0).
 SYNC: dict[str, Setting] = {
     f.name: Setting(
         type(f.default),  # type: ignore[arg-type]
         f.default,  # type: ignore[arg-type]
         1 if type(f.default) is int else 0,
-        above=type(f.default) is float and f.name not in ("claim_wait_s", "linger_s"),
+        above=type(f.default) is float and f.name not in _MAY_BE_ZERO,
     )
     for f in dataclasses.fields(SyncSettings)
 }

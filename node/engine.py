@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from node import groups, idempotency
+from node.admission import admit_every_write
 from node.audit import AuditLog
 from node.handoff import DEFAULT_LEAD, Handoffs
 from node.locks import SubjectLocks
@@ -90,6 +91,7 @@ class Engine(LocalWrites, PeerMerges):
         # Told the operators' new book when it changes (learning judges against it).
         self.book_listeners: list[Callable[[PolicyBook], None]] = []
         self.groups = groups.follow(self)  # memberships and roll-ups (node.groups)
+        self.admit = admit_every_write  # agent writes ask (node.admission)
 
     @property
     def policies(self) -> PolicyBook:

@@ -35,6 +35,7 @@ from selfmodel.errors import (
     Unavailable,
     to_status,
 )
+from sync.admission import Held
 from sync.bounds import SETTINGS as SUBJECT_SETTINGS
 from sync.bounds import Excess
 from sync.hlc import ClockAheadError, ClockAheadOfPeersError
@@ -127,6 +128,24 @@ def clock_ahead(node: str, refusal: ClockAheadError) -> Unavailable:
     )
 
 
+def replication_behind(node: str, held: Held) -> Unavailable:
+    """An agent write refused while a peer's delta stream falls behind (sync.admission)."""
+    return Unavailable(
+        f"node {node}: writes are held back while the delta stream to peer {held.peer} is "
+        f"{held.lag_s:.1f} s behind and not catching up (max_replication_lag_s = "
+        f"{held.max_lag_s:g}); ask again in {held.retry_after_s:g} s",
+        reason=Reason.REPLICATION_BEHIND,
+        metadata={
+            "node": node,
+            "peer": held.peer,
+            "lag_s": round(held.lag_s, 3),
+            "max_lag_s": held.max_lag_s,
+            "setting": "max_replication_lag_s",
+        },
+        retry_after_s=held.retry_after_s,
+    )
+
+
 __all__ = [
     "BY_STATUS",
     "REASONS",
@@ -149,5 +168,6 @@ __all__ = [
     "clock_ahead",
     "internal",
     "map_errors",
+    "replication_behind",
     "too_large",
 ]

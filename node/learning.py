@@ -1,12 +1,15 @@
-"""Learned reliability in a running node: the outcomes of every slot it holds, followed as slots
-change, and the weights they give put in force (node.reliability defines both).
+"""Learned reliability in a running node: the outcomes of the slots it holds (the newest of each
+source's), followed as slots change, and the weights they give put in force (node.reliability
+defines both).
 
-- ``Outcomes`` keeps each judged slot's outcomes (one per source speaking there, newest
-  position) and, per (tenant, source, context), the outcomes in (timestamp, dot, slot) order:
-  agent ids are per tenant, so a tenant's weights count its own slots only. A slot's
-  outcomes are replaced whole when it changes, so what it holds equals judging every slot of
-  the states followed from scratch (tests/unit/test_learning.py checks it), whatever order the
-  changes came in: the weights are a pure function of the replicated state.
+- ``Outcomes`` keeps, per (tenant, source, context), the newest of its outcomes (one per slot
+  where the source speaks with another, its newest position there) in (timestamp, dot, slot)
+  order, at most ``window + margin`` of them, and per slot the ones of them it holds: agent
+  ids are per tenant, so a tenant's weights count its own slots only. A slot's outcomes are
+  replaced whole when it changes, so the weights equal those of judging every slot of the
+  states followed from scratch (tests/unit/test_learning.py checks it after every step),
+  whatever order the changes came in: the weights are a pure function of the replicated
+  state.
 - ``Learning`` follows the engine's committed changes (``Engine.listeners``), noting the slots
   a change touched (the dots it added or removed); at most once per ``interval_s`` it judges
   those slots again against their subject's state then (through the subject's slot index;
@@ -27,34 +30,46 @@ change, and the weights they give put in force (node.reliability defines both).
   withdrawals then: a withdrawn source is neither judged nor part of the consensus judging the
   others.
 
-Memory: an exact window must know the outcomes beyond it (the newest may go: a retract, an
-erase, a slot gone quiet), so every judged outcome is kept, one entry per source speaking in a
-slot with at least two sources (docs/performance.md measures it); the weights count the newest
-``window`` of them.
+At start (node.server) a node reads back the outcomes its last clean stop saved (``save``,
+``restore``: node.savedlearning) when they were judged from the very state it holds, under the
+same book, window and margin; otherwise, a kill -9 after changes included, it judges every
+stored slot (``load``) before it serves. Either way the weights in force when it serves are
+those of its state.
+
+Memory: at most ``window + margin`` outcomes per (tenant, source, context) with weights (the
+margin is the window again: twice the window in all; ``selfmodel_learned_outcomes`` counts
+them). The newest may go (a retract, an erase, a slot gone quiet, a withdrawal) while older
+ones not held would enter the window: a key whose outcomes held fall below ``window`` while
+older ones may exist is read again from the store when its weight is next recomputed
+(``Learning._rebuild``): the slots where its source speaks in its context, from the
+attribution index (node.store.sources), newest first by the source's position there, judged
+until ``window + margin`` outcomes are found. So the weights are exactly those of every
+outcome, at the cost of a scan of the source's index rows each time ``margin`` of its newest
+outcomes go without newer ones (``selfmodel_learning_rebuilds_total``).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
 
+from node import metrics
 from node.engine import Engine
+from node.outcomes import Key, Outcomes, SlotId
 from node.policy import PolicyBook
 from node.reliability import (
     Learned,
     LearningSettings,
     Outcome,
     outcomes_of_slot,
-    weight,
 )
 from node.resolution import NO_WITHDRAWN, Withdrawn, counted
+from node.savedlearning import ROW, decode, encode, fingerprint
 from node.snapshots import changed_sources
 from node.store import Change
 from node.validation import reserved
@@ -65,21 +80,8 @@ from sync.observation import Observation, Subject
 
 log = logging.getLogger("selfmodel.node")
 
-Key = tuple[str, str, str]  # (tenant, source, context)
-
-
-class SlotId(NamedTuple):
-    subject: Subject
-    context: str
-    key: str
-
-
-class _Entry(NamedTuple):
-    hlc: int
-    dot: Dot
-    slot: SlotId  # ties of (hlc, dot) across subjects broken by the slot: a total order
-    agreed: bool
-
+# Attribution index rows read per page while a key's outcomes are rebuilt from the store.
+REBUILD_PAGE = 1000
 
 LEARNED_WEIGHT = Gauge(
     "selfmodel_learned_weight",
@@ -93,94 +95,12 @@ LEARNED_SOURCES = Gauge(
     "those at the floor (band=floor).",
     ["context", "band"],
 )
-LEARNED_OUTCOMES = Gauge(
-    "selfmodel_learned_outcomes", "Judged positions (source, slot) this node keeps to learn from."
-)
 LEARNING_REFRESHES = MetricCounter(
     "selfmodel_learning_refreshes_total",
     "Recomputations of the learned weights, by whether a weight moved (and the book in force "
     "with it): moved, same.",
     ["result"],
 )
-
-
-class Outcomes:
-    """Every judged slot's outcomes, and per (tenant, source, context) its outcomes in order
-    (the tenant: of the slot's subject). Not thread-safe: ``Learning`` serializes it."""
-
-    def __init__(self) -> None:
-        self._slots: dict[SlotId, tuple[Outcome, ...]] = {}
-        self._by_subject: dict[Subject, set[tuple[str, str]]] = {}
-        self._order: dict[Key, list[_Entry]] = {}  # sorted by (hlc, dot, slot)
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def slots_of(self, subject: Subject) -> set[tuple[str, str]]:
-        """The judged slots (context, key) of ``subject``."""
-        return set(self._by_subject.get(subject, ()))
-
-    def replace(self, slot: SlotId, outcomes: Sequence[Outcome]) -> set[Key]:
-        """Sets ``slot``'s outcomes (none: it no longer judges); the (tenant, source, context)
-        triples whose outcomes changed."""
-        old = self._slots.get(slot, ())
-        new = tuple(outcomes)
-        if old == new:
-            return set()
-        for o in old:
-            self._remove(slot, o)
-        for o in new:
-            self._add(slot, o)
-        self._count += len(new) - len(old)
-        held = self._by_subject.setdefault(slot.subject, set())
-        if new:
-            self._slots[slot] = new
-            held.add((slot.context, slot.key))
-        else:
-            self._slots.pop(slot, None)
-            held.discard((slot.context, slot.key))
-            if not held:
-                del self._by_subject[slot.subject]
-        tenant = slot.subject.tenant
-        return {(tenant, o.source, o.context) for o in (*old, *new)}
-
-    def _add(self, slot: SlotId, o: Outcome) -> None:
-        key = (slot.subject.tenant, o.source, o.context)
-        bisect.insort(self._order.setdefault(key, []), _Entry(o.hlc, o.dot, slot, o.agreed))
-
-    def _remove(self, slot: SlotId, o: Outcome) -> None:
-        key = (slot.subject.tenant, o.source, o.context)
-        entries = self._order[key]
-        entry = _Entry(o.hlc, o.dot, slot, o.agreed)
-        at = bisect.bisect_left(entries, entry)
-        assert entries[at] == entry  # every outcome removed was added (replace keeps _slots)
-        del entries[at]
-        if not entries:
-            del self._order[key]
-
-    def learned(self, key: Key, settings: LearningSettings) -> Learned | None:
-        """``key``'s weight from its newest ``window`` outcomes (None: it has none); equals
-        ``reliability.learn`` of the tenant's outcomes held."""
-        entries = self._order.get(key)
-        if not entries:
-            return None
-        kept = entries[-settings.window :]
-        agreed = sum(e.agreed for e in kept)
-        return _learned(key, agreed, len(kept), settings)
-
-    def keys(self) -> list[Key]:
-        return sorted(self._order)
-
-    def outcomes(self, tenant: str) -> list[Outcome]:
-        """The outcomes held of ``tenant``'s slots."""
-        return [
-            o for slot, found in self._slots.items() if slot.subject.tenant == tenant for o in found
-        ]
-
-
-def _learned(key: Key, agreed: int, judged: int, settings: LearningSettings) -> Learned:
-    return Learned(key[1], key[2], weight(agreed, judged, settings), agreed, judged)
 
 
 def judge(
@@ -204,12 +124,16 @@ class Learning:
     threads, ``refresh`` on its own.
     """
 
-    def __init__(self, engine: Engine, settings: LearningSettings) -> None:
+    def __init__(
+        self, engine: Engine, settings: LearningSettings, margin: int | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.configured = engine.policies
         self._rejudge = False  # the operators' book changed: judge every slot again
-        self._outcomes = Outcomes()
+        # Outcomes kept per key beyond the window (default: the window's size again).
+        self.margin = settings.window if margin is None else margin
+        self._outcomes = Outcomes(settings.window, self.margin)
         # The slots changed since they were last judged, per subject (None: every slot).
         self._pending: dict[Subject, set[tuple[str, str]] | None] = {}
         self._dirty: set[Key] = set()  # (tenant, source, context) whose outcomes changed
@@ -286,11 +210,12 @@ class Learning:
             self._rejudge = True
 
     def _judge_all(self, book: PolicyBook) -> None:
-        """Judges every slot the node holds against ``book``."""
+        """Judges every slot the node holds against ``book``, from no outcomes."""
         self.configured = book
         with self._lock:
             self._pending = {}
             self._withdrawn = {}
+            self._outcomes = Outcomes(self.settings.window, self.margin)
         for subject in self.engine.store.subjects():
             if not reserved(subject.tenant):
                 self._judge(self.engine.state(subject), None)
@@ -328,8 +253,11 @@ class Learning:
                 if rejudge:
                     dirty.update(self._outcomes.keys())
                     dirty.update((t, *k) for t, found in self._learned.items() for k in found)
+                stale = sorted(key for key in dirty if self._outcomes.stale(key))
+            for key in stale:
+                self._rebuild(key)
+            with self._lock:
                 found = {key: self._outcomes.learned(key, self.settings) for key in dirty}
-                LEARNED_OUTCOMES.set(len(self._outcomes))
             learned = dict(self._learned)  # the tenants found in: copied before they change
             for tenant in {key[0] for key in found}:
                 learned[tenant] = dict(learned.get(tenant, {}))
@@ -348,6 +276,93 @@ class Learning:
             _show(self._learned, {key[2] for key in found}, self.settings.floor)
             LEARNING_REFRESHES.labels("moved" if moved else "same").inc()
             return frozenset().union(*moved.values())
+
+    def _rebuild(self, key: Key) -> None:
+        """Sets ``key``'s outcomes kept from the stored slots: the slots where its source
+        speaks in its context (the attribution index), newest first by the source's position
+        there (its newest observation resolution counts), judged until ``window + margin``
+        outcomes are found.
+
+        Exact when no change lands meanwhile; a slot changed after the index was read is
+        pending, judged again by the next recomputation, which sets what it holds."""
+        tenant, source, context = key
+        withdrawn = self.engine.withdrawals.of(tenant)
+        since = withdrawn.get(source, 0)  # resolution.counted: older ones are left out
+        newest: dict[SlotId, tuple[int, Dot]] = {}
+        after = b""
+        while True:
+            rows = self.engine.store.contributions(tenant, source, after, REBUILD_PAGE)
+            for _, row in rows:
+                if row.context == context and row.hlc >= since:
+                    slot = SlotId(row.subject, context, row.key)
+                    held = newest.get(slot)
+                    if held is None or (row.hlc, row.dot) > held:
+                        newest[slot] = (row.hlc, row.dot)
+            if len(rows) < REBUILD_PAGE:
+                break
+            after = rows[-1][0]
+        candidates = sorted(((*at, slot) for slot, at in newest.items()), reverse=True)
+        capacity = self.settings.window + self.margin
+        found: list[tuple[SlotId, Outcome]] = []
+        looked = 0
+        for _, _, slot in candidates:
+            if len(found) == capacity:
+                break
+            looked += 1
+            state = self.engine.state(slot.subject)
+            observations = [
+                o for o in state.observations.values() if o.context == context and o.key == slot.key
+            ]
+            for o in judge(observations, self.configured, withdrawn):
+                if o.source == source:
+                    found.append((slot, o))
+        with self._lock:
+            self._outcomes.rebuilt(key, found, whole=looked == len(candidates))
+        metrics.LEARNING_REBUILDS.inc()
+
+    def save(self) -> bool:
+        """Judges every change not judged yet, then writes the outcomes kept with the
+        fingerprint of what they were judged from (node.savedlearning); whether it did (not
+        when a change landed meanwhile). At a clean stop, once every writer has stopped."""
+        store = self.engine.store
+        before = store.bucket_hashes()
+        self.refresh()
+        with self._lock:
+            busy = bool(self._pending or self._withdrawn or self._dirty or self._rejudge)
+            held = self._outcomes.held()
+        if busy or store.bucket_hashes() != before:
+            return False
+        judged_from = fingerprint(before, self.configured, self.settings.window, self.margin)
+        store.commit([], [("meta", ROW, encode(judged_from, held))])
+        return True
+
+    def restore(self) -> bool:
+        """In place of ``load``, at start: puts in force the weights of the outcomes the last
+        clean stop saved, if they were judged from the state the node holds now, under the
+        book it judges against and the same window and margin; whether it did (if not,
+        nothing changed: ``load`` judges every slot)."""
+        store = self.engine.store
+        judged_from = fingerprint(
+            store.bucket_hashes(), self.configured, self.settings.window, self.margin
+        )
+        held = decode(store.get_meta("meta", ROW), judged_from)
+        if held is None or any(
+            len(found) > self._outcomes.capacity
+            or not (whole or len(found) >= self.settings.window)
+            for _, whole, found in held
+        ):
+            return False
+        with self._lock:
+            for key, whole, found in held:
+                self._outcomes.rebuilt(key, found, whole)
+                self._dirty.add(key)
+        self.refresh()
+        return True
+
+    def kept(self) -> int:
+        """Outcomes held in memory: at most ``window + margin`` per (tenant, source, context)
+        with weights."""
+        return len(self._outcomes)
 
     def weights(self, tenant: str) -> list[Learned]:
         """``tenant``'s weights in force, by (source, context): of the sources that spoke in

@@ -111,7 +111,8 @@ CLOCK_AHEAD = Gauge(
 WRITES_REFUSED = Counter(
     "selfmodel_writes_refused_total",
     "Writes refused before any change: clock_ahead (the clock is beyond max_clock_offset_ms), "
-    "counter_exhausted (the next event counter would pass the bound peers accept).",
+    "counter_exhausted (the next event counter would pass the bound peers accept), "
+    "replication_behind (a peer's delta stream falls behind: max_replication_lag_s).",
     ["reason"],
 )
 COMMIT_GROUPS = Counter("selfmodel_commit_groups_total", "Group commits written to RocksDB.")
@@ -182,6 +183,21 @@ POLICY_DISAGREEMENTS = Gauge(
     "another, by kind (setting, reliability): 0 when the file agrees with the cluster.",
     ["kind"],
 )
+
+LEARNED_OUTCOMES = Gauge(
+    "selfmodel_learned_outcomes",
+    "Judged positions (source, slot) this node keeps in memory to learn from (node.learning): "
+    "at most 2 x [cluster.learning] window per tenant, source and context with weights.",
+)
+LEARNING_REBUILDS = Counter(
+    "selfmodel_learning_rebuilds_total",
+    "Times a tenant, source and context's kept positions fell below the window after "
+    "removals and were read again from the stored slots (node.learning).",
+)
+
+
+def watch_learning(kept: Callable[[], int]) -> None:
+    LEARNED_OUTCOMES.set_function(kept)
 
 
 def watch_snapshots(cost_bytes: Callable[[], int], kept: Callable[[], int]) -> None:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from node import connections, groups, listeners, metrics
 from node.adminservice import AdminServicer
+from node.admission import WriteAdmission
 from node.clock import start_clock
 from node.config import ConfigError, NodeConfig, admit, split_address
 from node.decoding import StrictDecoding
@@ -96,6 +97,7 @@ class RunningNode:
             self.disk_watch.stop()
         if self.learning is not None:
             self.learning.stop()
+            _save_learning(self.config.name, self.learning)
         try:  # the held records of members changed since the last checkpoint (node.groups)
             self.engine.groups.close()
         except Exception as exc:
@@ -104,6 +106,20 @@ class RunningNode:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         log.info("node %s stopped", self.config.name)
+
+
+def _save_learning(name: str, learning: Learning) -> None:
+    """The learned outcomes saved for the next start (node.savedlearning), every writer
+    stopped; a failure only costs that start its judging of every slot."""
+    try:
+        saved = learning.save()
+    except Exception:
+        log.exception("node %s: saving the learned outcomes failed", name)
+        return
+    if saved:
+        log.info("node %s: learned outcomes saved (%d kept)", name, learning.kept())
+    else:
+        log.warning("node %s: learned outcomes not saved: the state changed meanwhile", name)
 
 
 def start(config: NodeConfig) -> RunningNode:
@@ -167,6 +183,7 @@ def start(config: NodeConfig) -> RunningNode:
             config.limits,
             config.max_message_bytes,
         )
+        engine.admit = WriteAdmission(replicator.admission, config.name).check
     peer_servicer = PeerServicer(
         engine,
         auth,
@@ -288,10 +305,20 @@ def start_learning(config: NodeConfig, engine: Engine, store: Store) -> Learning
     if not config.learning.enabled:
         return None
     learning = Learning(engine, config.learning)
-    count = learning.load(store.subjects())
+    if learning.restore():
+        log.info(
+            "node %s: learned reliability on, the outcomes saved at the last stop read back "
+            "(judged from the state it holds)",
+            config.name,
+        )
+    else:
+        count = learning.load(store.subjects())
+        log.info(
+            "node %s: learned reliability on, %d subject(s) judged at start", config.name, count
+        )
     engine.listeners.append(learning.follow)
     engine.book_listeners.append(learning.reconfigure)
-    log.info("node %s: learned reliability on, %d subject(s) judged at start", config.name, count)
+    metrics.watch_learning(learning.kept)
     return learning
 
 

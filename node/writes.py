@@ -66,6 +66,7 @@ class LocalWrites(Committing):
     snapshots: Snapshots
     _sweeper: idempotency.Sweeper
     _now_ms: Callable[[], int]
+    admit: Callable[[], None]  # asked by callers' writes, not registers (node.admission)
 
     def observe(
         self, source: str, inputs: Sequence[ObservationInput], request: Request | None = None
@@ -88,6 +89,7 @@ class LocalWrites(Committing):
                     return WriteResult(
                         tuple(map(Written, replay.ids, keys)), self._token(list(by_subject))
                     )
+            self.admit()
             self._check_clock()
             changes = []
             footprints = []
@@ -175,6 +177,7 @@ class LocalWrites(Committing):
                 replay = self._replay(request, "retract", [subject])
                 if replay is not None:
                     return replay.retracted, self._token([subject])
+            self.admit()
             self._check_clock()
             state = self.state(subject)
             slot = self.snapshots.index(state).slot(context, key)
@@ -207,6 +210,7 @@ class LocalWrites(Committing):
         with self._locks.held([subject]):
             if request is not None and self._replay(request, "forget", [subject]) is not None:
                 return self._token([subject])
+            self.admit()
             self._check_clock()
             state = self.state(subject)
             self._next_dot(state)  # the erase's dot, within the bound every replica accepts

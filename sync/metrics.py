@@ -16,6 +16,17 @@ OUTBOX_DEPTH = Gauge(
 PEER_CONNECTED = Gauge(
     "selfmodel_peer_connected", "1 while the delta stream to a peer is up.", ["peer"]
 )
+WRITES_ADMITTED = Gauge(
+    "selfmodel_writes_admitted",
+    "1 while agent writes are admitted; 0 while they are refused because the delta stream to a "
+    "connected peer is further behind than max_replication_lag_s and not catching up.",
+)
+WRITES_REFUSED_BEHIND = Counter(
+    "selfmodel_writes_refused_replication_behind_total",
+    "Agent writes refused (UNAVAILABLE, REPLICATION_BEHIND) for the peer whose delta stream "
+    "was falling behind.",
+    ["peer"],
+)
 PEERS_CONNECTED = Gauge("selfmodel_peers_connected", "Peers whose delta stream is up.")
 DELTAS_SENT = Counter("selfmodel_deltas_sent_total", "Deltas streamed to a peer.", ["peer"])
 BYTES_SENT = Counter(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from sync import metrics
+from sync.admission import Admission
 from sync.ports import DeltaLog, PeerLink, Replica
 from sync.sender import PeerReplicator, PeerState
 from sync.settings import MAX_MESSAGE_BYTES, SyncSettings
@@ -39,6 +40,9 @@ class Replicator:
             name: PeerReplicator(name, outbox, replica, connect, self.settings, max_message_bytes)
             for name, connect in peers.items()
         }
+        # Whether agent writes are admitted (sync.admission), decided at each housekeeping.
+        self.admission = Admission(self.settings.max_replication_lag_s)
+        metrics.WRITES_ADMITTED.set(1)
 
     def start(self) -> None:
         for p in self.peers.values():
@@ -53,8 +57,9 @@ class Replicator:
             p.persist()
 
     def _housekeeping(self) -> None:
-        """Once a second: persists the peers' acknowledgements, trims the outbox to them and
-        reports lag and depth (kept off the delta stream, which only sends and counts acks)."""
+        """Once a second: persists the peers' acknowledgements, trims the outbox to them,
+        reports lag and depth and decides the admission of writes (kept off the delta stream,
+        which only sends and counts acks)."""
         while not self._stopped.wait(1.0):
             self.housekeep()
 
@@ -68,6 +73,24 @@ class Replicator:
             log.exception("outbox trim failed")
         for p in self.peers.values():
             p.report()
+        self.admit()
+
+    def admit(self) -> None:
+        """Samples the peers' streams for the admission of writes (sync.admission)."""
+        was = self.admission.held
+        held = self.admission.observe(p.stream() for p in self.peers.values())
+        metrics.WRITES_ADMITTED.set(0 if held else 1)
+        if (was is None) != (held is None):
+            if held is not None:
+                log.warning(
+                    "refusing agent writes: the delta stream to %s is %.1f s behind and not "
+                    "catching up (max_replication_lag_s = %g)",
+                    held.peer,
+                    held.lag_s,
+                    held.max_lag_s,
+                )
+            else:
+                log.info("admitting agent writes again: every delta stream keeps up")
 
     def trim(self) -> None:
         """Trims to the lowest persisted acknowledgement of the peers still within retention."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, wait_random_exponential
 
 from sync import metrics
+from sync.admission import Stream
 from sync.antientropy import Round, reconcile
 from sync.observation import Subject
 from sync.ports import Ack, Batch, DeltaLog, PeerLink, Replica
@@ -82,6 +83,7 @@ class PeerReplicator:
         self._behind_since: float | None = None
         self._yielded = 0  # anti-entropy rounds put off in a row (see yields_round)
         self._streamed = False  # the current session got as far as streaming deltas
+        self._acked_at: float | None = None  # when this session's ack last moved (monotonic)
         self._outbox = outbox
         self._replica = replica
         self._connect = connect
@@ -163,6 +165,17 @@ class PeerReplicator:
         behind = self._behind_since
         return lag if behind is None else max(lag, time.monotonic() - behind)
 
+    def stream(self) -> Stream:
+        """The delta stream as admission sees it (sync.admission): its lag is the age of the
+        oldest delta after the acknowledged position, deferred deltas and refused subjects
+        aside (a peer refusing is not a peer overloaded)."""
+        oldest = self._outbox.oldest_unacked_ms(self.acked)
+        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        head = self._outbox.last_seq()
+        at = self._acked_at
+        since = float("inf") if at is None else time.monotonic() - at
+        return Stream(self.peer, self.connected, self.dropped, self.acked, head, lag, since)
+
     def _failed(self, exc: BaseException) -> None:
         """A session ended in ``exc``: counted; a refusal (not a peer out of reach) means the
         peer is behind until an anti-entropy round gets everything through."""
@@ -227,6 +240,7 @@ class PeerReplicator:
                 self.acked = first - 1
                 self.persist()
             self.dropped = False
+            self._acked_at = None
             self._set_connected(True)
             self._streamed = True
             for ack in link.replicate(self._batches(self.acked)):
@@ -242,7 +256,9 @@ class PeerReplicator:
         """Takes in a peer's acknowledgement: its position, and what it refused or merged."""
         taken = self.resends.take(ack)
         newly, pending = taken.newly, taken.pending
-        self.acked = max(self.acked, ack.acked_seq)
+        if ack.acked_seq > self.acked:
+            self._acked_at = time.monotonic()
+            self.acked = ack.acked_seq
         if ack.reason:
             self.last_refusal = ack.reason
         if newly:

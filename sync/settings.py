@@ -9,6 +9,13 @@ from dataclasses import dataclass
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Rounds put off in a row at most: a peer is compared at least every (1 + this) rounds' time.
 MAX_YIELDED_ROUNDS = 3
+# Admission of agent writes (sync.admission): how far back a stream's backlog is compared
+# (falling behind or not), and the bounds of the retry delay a refused write is told: at least
+# the decision's period (it is sampled once a second), at most a third of the Python client's
+# default deadline (10 s), so that its retries span a hold.
+ADMISSION_WINDOW_S = 3.0
+ADMISSION_RETRY_S = 1.0
+ADMISSION_MAX_RETRY_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,17 @@ class SyncSettings:
     # cannot reach yet to vouch for that run (node.runclaim.claim_run): peers started at the
     # same moment need this long to serve. Writes wait for the answer; reads and Sync too.
     claim_wait_s: float = 5.0
+    # Agent writes are refused (UNAVAILABLE, REPLICATION_BEHIND) while the delta stream to a
+    # connected, acknowledging peer is further behind than this and not catching up
+    # (sync.admission); 0 admits every write.
+    max_replication_lag_s: float = 5.0
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAX_YIELDED_ROUNDS", "SyncSettings"]
+__all__ = [
+    "ADMISSION_MAX_RETRY_S",
+    "ADMISSION_RETRY_S",
+    "ADMISSION_WINDOW_S",
+    "MAX_MESSAGE_BYTES",
+    "MAX_YIELDED_ROUNDS",
+    "SyncSettings",
+]

@@ -3,7 +3,9 @@
 Modes: ``pass`` forwards; ``delay`` forwards after a delay; ``blackhole`` keeps connections open
 but silently discards everything (a stalled network); ``drop_answers`` forwards what the client
 sends and discards what comes back (a request taken, its answer lost); ``cut`` closes every
-connection and refuses new ones (a partition that the sender notices). Used by the fault tests
+connection and refuses new ones (a partition that the sender notices); ``throttle`` forwards what
+the client sends at most ``rate_bps`` bytes a second over all its connections, and what comes
+back at once (a slow link or peer that still answers). Used by the fault tests
 and benchmarks/chaos.py; it listens on loopback only.
 
 ``SELFMODEL_FAULTPROXY=off`` in the environment makes every proxy pass everything through,
@@ -20,7 +22,7 @@ import threading
 import time
 from typing import Literal
 
-Mode = Literal["pass", "delay", "blackhole", "drop_answers", "cut"]
+Mode = Literal["pass", "delay", "blackhole", "drop_answers", "cut", "throttle"]
 OFF_ENV = "SELFMODEL_FAULTPROXY"  # "off": every proxy only forwards
 
 
@@ -35,18 +37,23 @@ class FaultProxy:
         self.address = f"{listen_host}:{self._server.getsockname()[1]}"
         self.mode: Mode = "pass"
         self.delay_s = 0.0
+        self.rate_bps = 0
+        self._next_send = 0.0  # monotonic: when the throttled link may send its next bytes
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
         self._off = faults_off()
         threading.Thread(target=self._accept, name=f"proxy-{self.address}", daemon=True).start()
 
-    def set(self, mode: Mode, delay_s: float = 0.0) -> None:
+    def set(self, mode: Mode, delay_s: float = 0.0, rate_bps: int = 0) -> None:
         if self._off and not self._closed:
-            mode, delay_s = "pass", 0.0
+            mode, delay_s, rate_bps = "pass", 0.0, 0
+        if mode == "throttle" and rate_bps <= 0:
+            raise ValueError(f"throttle needs rate_bps above 0, got {rate_bps}")
         with self._lock:
             self.mode = mode
             self.delay_s = delay_s
+            self.rate_bps = rate_bps
             doomed = list(self._conns) if mode == "cut" else []
         for s in doomed:
             _close(s)
@@ -90,6 +97,9 @@ class FaultProxy:
                     continue
                 if mode == "delay" and delay > 0:
                     time.sleep(delay)
+                if mode == "throttle" and not answers:
+                    self._throttled(data, dst)
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -99,6 +109,22 @@ class FaultProxy:
                 self._conns.discard(dst)
             _close(src)
             _close(dst)
+
+    def _throttled(self, data: bytes, dst: socket.socket) -> None:
+        """Sends ``data`` in slices of a tenth of a second's bytes, each when the link's rate
+        allows (one schedule for every connection); the rest at once if the mode changes."""
+        start = 0
+        while start < len(data):
+            with self._lock:
+                throttled, rate = self.mode == "throttle", self.rate_bps
+                size = max(1, rate // 10) if throttled else len(data) - start
+                now = time.monotonic()
+                at = max(now, self._next_send) if throttled else now
+                if throttled:
+                    self._next_send = at + size / rate
+            time.sleep(at - now)
+            dst.sendall(data[start : start + size])
+            start += size
 
 
 def _close(s: socket.socket) -> None:

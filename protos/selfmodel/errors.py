@@ -75,6 +75,7 @@ class Reason(StrEnum):
     IDEMPOTENT_WRITE_LOST = "IDEMPOTENT_WRITE_LOST"
     CLOCK_AHEAD = "CLOCK_AHEAD"
     CLOCK_AHEAD_OF_PEERS = "CLOCK_AHEAD_OF_PEERS"
+    REPLICATION_BEHIND = "REPLICATION_BEHIND"
     DISK_FULL = "DISK_FULL"
     STORE_UNWRITABLE = "STORE_UNWRITABLE"
     NODE_STARTING = "NODE_STARTING"
@@ -276,6 +277,13 @@ REASONS: dict[Reason, ReasonDoc] = {
         "UNAVAILABLE",
         "the node's wall clock is ahead of most of its peers': writes wait until it is fixed",
         ("ahead_ms", "max_offset_ms", "setting", "peers"),
+        True,
+    ),
+    Reason.REPLICATION_BEHIND: ReasonDoc(
+        "UNAVAILABLE",
+        "writes are held back: the delta stream to a connected peer is further behind than the "
+        "bound and not catching up; they are taken again once it has caught up to half of it",
+        ("node", "peer", "lag_s", "max_lag_s", "setting"),
         True,
     ),
     Reason.DISK_FULL: ReasonDoc(

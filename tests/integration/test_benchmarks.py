@@ -176,7 +176,11 @@ def test_learning_measures_the_write_path_judging_and_memory(tmp_path: Path) -> 
     off, none = learning.writes_per_s(tmp_path, "off", 60, learning=False)
     on, refresh = learning.writes_per_s(tmp_path, "on", 60, learning=True)
     assert off > 0 and on > 0 and none == 0 and refresh > 0
-    assert 100 < learning.bytes_per_position(300) < 10_000
+    used, kept = learning.outcomes_memory(300, 300, 0)
+    assert kept == 300 and 100 < used / kept < 10_000
+    assert learning.outcomes_memory(3000, 5, 5)[1] == 3 * 10  # three sources, 2 x the window
+    found = learning.store_figures(tmp_path, 30)
+    assert all(found[k] > 0 for k in ("rebuild", "save", "row", "restore", "load"))
 
 
 def test_spacing_times_writes_and_merges_back_to_back_and_spaced(

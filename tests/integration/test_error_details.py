@@ -252,6 +252,7 @@ ELSEWHERE = {
     Reason.CLOCK_AHEAD,
     Reason.CLOCK_AHEAD_OF_PEERS,
     Reason.DISK_FULL,
+    Reason.REPLICATION_BEHIND,  # tests/faults/test_admission.py
     Reason.MEMBER_GROUPS_EXHAUSTED,  # tests/integration/test_group_attacks.py
 }
 # A node starting while its peers are away: test_a_starting_node_says_so_and_when_to_ask_again.

@@ -169,6 +169,66 @@ def test_a_source_the_consensus_contradicts_loses_weight_on_every_node_but_never
             assert dissenter.learned_weight == 0.4
 
 
+READ_BACK = "the outcomes saved at the last stop read back"
+JUDGED = "subject(s) judged at start"
+
+
+def weights_of(
+    cluster: LocalCluster, names: tuple[str, ...], liar: tuple[int, int]
+) -> dict[str, tuple[int, int, float]] | None:
+    """The weights ``names`` show once they agree and count the liar's (agreed, judged)."""
+    found = [table(weights(cluster, name)) for name in names]
+    if found[0].get("liar", (0, 0, 0))[:2] != liar or any(f != found[0] for f in found):
+        return None
+    return found[0]
+
+
+def test_a_restarted_node_serves_at_once_the_weights_of_the_state_it_holds(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Stopped cleanly, a node saves its learned outcomes; started again on the same state it
+    reads them back instead of judging every stored slot, and serves its peer's weights from
+    its first call. Killed (kill -9) with no change since, it reads them back again; killed
+    after changes, they are no longer of its state: it judges every slot, and serves its
+    peer's weights of the new state from its first call."""
+    names = ("sales", "support")
+    cluster = make_cluster(names, learning=LEARNING)
+    node = cluster.nodes["support"]
+    with (
+        cluster.client("sales", "a") as a,
+        cluster.client("sales", "b") as b,
+        cluster.client("sales", "liar") as liar,
+    ):
+        for i in range(6):
+            subject = user(f"u-{i}")
+            liar.observe(subject, "yearly", confidence=0.9, context=CONTEXT, key="plan")
+            a.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+            b.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        before = wait_for(lambda: weights_of(cluster, names, (0, 4)), "the same weights")
+        assert node.log().count(JUDGED) == 1  # its first start: nothing saved
+        node.stop()
+        assert "learned outcomes saved" in node.log()
+        node.start()
+        assert table(weights(cluster, "support")) == before
+        assert node.log().count(READ_BACK) == 1 and node.log().count(JUDGED) == 1
+        node.kill()
+        node.start()
+        assert table(weights(cluster, "support")) == before
+        assert node.log().count(READ_BACK) == 2 and node.log().count(JUDGED) == 1
+        # The liar now agrees, slot after slot; the node is killed once it has them.
+        for i in range(6, 10):
+            subject = user(f"u-{i}")
+            for agent in (liar, a, b):
+                agent.observe(subject, "monthly", confidence=0.8, context=CONTEXT, key="plan")
+        cluster.wait_converged()
+        after = wait_for(lambda: weights_of(cluster, names, (4, 4)), "the same weights")
+        node.kill()
+        node.start()
+        assert table(weights(cluster, "support")) == after != before
+        assert node.log().count(READ_BACK) == 2 and node.log().count(JUDGED) == 2
+
+
 def test_a_withdrawn_source_is_judged_on_every_node_as_if_it_never_spoke(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -93,5 +94,55 @@ def test_a_proxy_dropping_answers_forwards_the_request_and_discards_the_reply(
             except (TimeoutError, OSError):
                 got = b""
             assert got == b""
+    finally:
+        proxy.close()
+
+
+def test_a_throttled_proxy_forwards_requests_at_its_rate_and_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(OFF_ENV, raising=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    size, rate = 8000, 16000  # half a second's bytes
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                got = 0
+                while got < size and (data := conn.recv(65536)):
+                    got += len(data)
+                conn.sendall(b"x" * size)
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = FaultProxy(server.getsockname()[:2])
+    try:
+        proxy.set("throttle", rate_bps=rate)
+        host, port = proxy.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            started = time.monotonic()
+            s.sendall(b"y" * size)
+            answer = b""
+            while len(answer) < size and (data := s.recv(65536)):
+                if not answer:
+                    sent_s = time.monotonic() - started
+                answer += data
+            answered_s = time.monotonic() - started - sent_s
+        assert len(answer) == size
+        assert sent_s >= 0.35, f"{size} bytes at {rate} B/s went through in {sent_s:.2f}s"
+        assert answered_s < 0.3, f"the answer was held back {answered_s:.2f}s"
+    finally:
+        proxy.close()
+
+
+def test_with_faults_off_a_throttled_proxy_forwards_at_once(
+    echo: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(OFF_ENV, "off")
+    proxy = FaultProxy(echo)
+    try:
+        proxy.set("throttle", rate_bps=1)
+        assert (proxy.mode, proxy.rate_bps) == ("pass", 0)
+        assert roundtrip(proxy) == b"ping"
     finally:
         proxy.close()

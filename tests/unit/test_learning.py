@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from federation.cluster import ClusterFileError, parse
 from node.engine import Engine
@@ -37,44 +38,47 @@ SETTINGS = LearningSettings(window=3, enabled=True)
 # Learning judges against the operators' book: here one that weighs "d" less.
 BOOK = PolicyBook(reliability={("d", "*"): 0.5})
 
-observe = st.tuples(
-    st.just("observe"),
-    st.integers(0, 1),
-    st.sampled_from(SOURCES),
-    st.sampled_from(SUBJECTS),
-    st.sampled_from(CONTEXTS),
-    st.sampled_from(KEYS),
-    st.sampled_from(STATEMENTS),
-    st.sampled_from((0.6, 0.9)),
-)
-retract = st.tuples(
-    st.just("retract"),
-    st.integers(0, 1),
-    st.sampled_from(SOURCES),
-    st.sampled_from(SUBJECTS),
-    st.sampled_from(CONTEXTS),
-    st.sampled_from(KEYS),
-)
-forget = st.tuples(st.just("forget"), st.integers(0, 1), st.sampled_from(SUBJECTS))
-exchange = st.tuples(st.just("exchange"), st.sampled_from(SUBJECTS))
-read = st.tuples(st.just("read"), st.integers(0, 1), st.sampled_from(SUBJECTS))
-TENANTS = sorted({s.tenant for s in SUBJECTS})
-# A tenant-wide withdrawal of a source, and its lift (node.withdrawals).
-withdraw = st.tuples(
-    st.sampled_from(("withdraw", "lift")),
-    st.integers(0, 1),
-    st.sampled_from(TENANTS),
-    st.sampled_from(SOURCES),
-)
-# Three steps in eight observe (one_of would pick each distinct branch alike), at least 20
-# steps: so that sources meet in slots often enough to be judged.
-step = st.sampled_from((observe, observe, observe, retract, forget, exchange, read, withdraw))
-operations = st.lists(
-    step.flatmap(lambda kind: kind),
-    min_size=20,
-    max_size=60,
-)
 
+def operations_over(
+    subjects: tuple[Subject, ...], contexts: tuple[str, ...], keys: tuple[str, ...]
+) -> st.SearchStrategy:  # type: ignore[type-arg]
+    """Random writes, retracts, erases, reads, merges, withdrawals and lifts on two nodes, of
+    ``subjects``' slots of ``contexts`` and ``keys``."""
+    observe = st.tuples(
+        st.just("observe"),
+        st.integers(0, 1),
+        st.sampled_from(SOURCES),
+        st.sampled_from(subjects),
+        st.sampled_from(contexts),
+        st.sampled_from(keys),
+        st.sampled_from(STATEMENTS),
+        st.sampled_from((0.6, 0.9)),
+    )
+    retract = st.tuples(
+        st.just("retract"),
+        st.integers(0, 1),
+        st.sampled_from(SOURCES),
+        st.sampled_from(subjects),
+        st.sampled_from(contexts),
+        st.sampled_from(keys),
+    )
+    forget = st.tuples(st.just("forget"), st.integers(0, 1), st.sampled_from(subjects))
+    exchange = st.tuples(st.just("exchange"), st.sampled_from(subjects))
+    read = st.tuples(st.just("read"), st.integers(0, 1), st.sampled_from(subjects))
+    # A tenant-wide withdrawal of a source, and its lift (node.withdrawals).
+    withdraw = st.tuples(
+        st.sampled_from(("withdraw", "lift")),
+        st.integers(0, 1),
+        st.sampled_from(sorted({s.tenant for s in subjects})),
+        st.sampled_from(SOURCES),
+    )
+    # Three steps in eight observe (one_of would pick each distinct branch alike), at least 20
+    # steps: so that sources meet in slots often enough to be judged.
+    step = st.sampled_from((observe, observe, observe, retract, forget, exchange, read, withdraw))
+    return st.lists(step.flatmap(lambda kind: kind), min_size=20, max_size=60)
+
+
+operations = operations_over(SUBJECTS, CONTEXTS, KEYS)
 
 Weights = dict[tuple[str, str, str], Learned]  # by (tenant, source, context)
 
@@ -169,23 +173,67 @@ def test_the_weights_followed_change_by_change_equal_those_learned_from_the_stat
                 engine.store.close()
 
 
-@VALUES
-@given(
-    steps=st.lists(
-        st.tuples(
-            st.sampled_from(SUBJECTS),
-            st.sampled_from(KEYS),
-            st.lists(st.tuples(st.sampled_from(SOURCES), st.sampled_from(STATEMENTS)), max_size=4),
-        ),
-        max_size=30,
+# More slots per (tenant, source, context) than a window of 1 or 2 and a margin of 0 or 1 hold.
+MANY_SUBJECTS = (*SUBJECTS, *(Subject("acme", SubjectKind.USER, f"u-{i}") for i in (2, 3)))
+
+
+def rebuilds_counted() -> float:
+    return REGISTRY.get_sample_value("selfmodel_learning_rebuilds_total") or 0.0
+
+
+def test_weights_from_outcomes_kept_within_window_and_margin_equal_those_of_the_state() -> None:
+    """Two nodes keeping at most ``window + margin`` outcomes per (tenant, source, context),
+    through writes, retracts, erases, merges, withdrawals and lifts: after every step each
+    node's weights equal those learned from scratch from its state (keys whose newest outcomes
+    went are read again from the store, which some runs do), and its memory stays in bound."""
+    before = rebuilds_counted()
+
+    @VALUES
+    @given(
+        ops=operations_over(MANY_SUBJECTS, ("budget",), ("k1", "k2")),
+        window=st.integers(1, 2),
+        margin=st.integers(0, 1),
     )
-)
-def test_outcomes_replaced_slot_by_slot_equal_those_of_the_last_slots(
-    steps: list[tuple[Subject, str, list[tuple[str, str]]]],
-) -> None:
+    def check(ops: list[tuple], window: int, margin: int) -> None:  # type: ignore[type-arg]
+        settings = LearningSettings(window=window, enabled=True)
+        with tempfile.TemporaryDirectory() as root:
+            engines, learnings = [], []
+            for name in ("n1", "n2"):
+                engine = Engine(Store(Path(root) / name, name, fsync=False), BOOK)
+                learning = Learning(engine, settings, margin)
+                engine.listeners.append(learning.follow)
+                engines.append(engine)
+                learnings.append(learning)
+            try:
+                for op in ops:
+                    run(engines, [op])
+                    for engine, learning in zip(engines, learnings, strict=True):
+                        expected = from_scratch(engine, BOOK, settings)
+                        assert tracked(learning) == expected
+                        assert learning.kept() <= (window + margin) * len(expected)
+            finally:
+                for engine in engines:
+                    engine.store.close()
+
+    check()
+    assert rebuilds_counted() > before
+
+
+# Slots enough for a key's outcomes to outgrow a small window and margin.
+MANY_KEYS = ("k1", "k2", "k3", "k4", "k5")
+
+
+def bounded_outcomes_equal_every_outcome(
+    steps: list[tuple[Subject, str, list[tuple[str, str]]]], window: int, margin: int
+) -> int:
+    """Plays ``steps`` (each sets a slot's positions) on ``Outcomes(window, margin)``, rebuilding
+    a stale key from every outcome held (as a node does from its store), and checks after each
+    step the weights against ``learn`` over every outcome and the memory against its bound;
+    the rebuilds it took."""
     from tests.unit.strategies import observation
 
-    outcomes, last, counter = Outcomes(), {}, 0
+    settings = LearningSettings(window=window, enabled=True)
+    outcomes, last, counter, rebuilds = Outcomes(window, margin), {}, 0, 0
     for subject, key, positions in steps:
         slot = []
         for source, statement in positions:
@@ -194,15 +242,110 @@ def test_outcomes_replaced_slot_by_slot_equal_those_of_the_last_slots(
         found = judge(slot, BOOK)
         outcomes.replace(SlotId(subject, "budget", key), found)
         last[subject, key] = found
-    for tenant in {subject.tenant for subject in SUBJECTS}:
-        everything = [o for (s, _), found in last.items() if s.tenant == tenant for o in found]
-        expected = learn(everything, SETTINGS)
-        assert {k: outcomes.learned((tenant, *k), SETTINGS) for k in expected} == expected
-        assert sorted(outcomes.outcomes(tenant)) == sorted(everything)
-    assert outcomes.keys() == sorted(
-        (s.tenant, o.source, o.context) for (s, _), found in last.items() for o in found
-    )
-    assert len(outcomes) == sum(map(len, last.values()))
+        every: dict[tuple[str, str, str], list[tuple[SlotId, Outcome]]] = {}
+        for (s, k), held in last.items():
+            for o in held:
+                every.setdefault((s.tenant, o.source, o.context), []).append(
+                    (SlotId(s, "budget", k), o)
+                )
+        for tenant_key in list(outcomes.keys()):
+            if outcomes.stale(tenant_key):  # what a node reads again from its store
+                newest = sorted(every.get(tenant_key, []), key=lambda f: (f[1].hlc, f[1].dot, f[0]))
+                capacity = window + margin
+                outcomes.rebuilt(tenant_key, newest[-capacity:], len(newest) <= capacity)
+                rebuilds += 1
+        for tenant in {subject.tenant for subject in SUBJECTS}:
+            of_tenant = [o for (s, _), held in last.items() if s.tenant == tenant for o in held]
+            expected = learn(of_tenant, settings)
+            assert {k: outcomes.learned((tenant, *k), settings) for k in expected} == expected
+        assert set(outcomes.keys()) == set(every)
+        assert len(outcomes) <= (window + margin) * len(every)
+    return rebuilds
+
+
+slot_steps = st.lists(
+    st.tuples(
+        st.sampled_from(SUBJECTS),
+        st.sampled_from(MANY_KEYS),
+        st.lists(st.tuples(st.sampled_from(SOURCES), st.sampled_from(STATEMENTS)), max_size=4),
+    ),
+    max_size=40,
+)
+
+
+def test_outcomes_kept_within_window_and_margin_give_the_weights_of_every_outcome() -> None:
+    """Bounded to ``window + margin`` per key, rebuilt when removals leave fewer than the
+    window: the weights equal those of every outcome after every step, and some runs rebuild."""
+    rebuilds = []
+
+    @VALUES
+    @given(steps=slot_steps, window=st.integers(1, 3), margin=st.integers(0, 2))
+    def check(
+        steps: list[tuple[Subject, str, list[tuple[str, str]]]], window: int, margin: int
+    ) -> None:
+        rebuilds.append(bounded_outcomes_equal_every_outcome(steps, window, margin))
+
+    check()
+    assert sum(rebuilds) > 0
+
+
+def test_outcomes_unbounded_by_their_margin_equal_those_of_the_last_slots() -> None:
+    """With room for every outcome no key is ever stale."""
+
+    @VALUES
+    @given(steps=slot_steps)
+    def check(steps: list[tuple[Subject, str, list[tuple[str, str]]]]) -> None:
+        assert bounded_outcomes_equal_every_outcome(steps, 3, 10_000) == 0
+
+    check()
+
+
+def test_memory_for_learning_stays_within_twice_the_window_over_many_slots(
+    tmp_path: Path,
+) -> None:
+    """A node learning with a window of 5 over 600 slots of three sources keeps 2 x 5 outcomes
+    per (tenant, source, context), as selfmodel_learned_outcomes shows, where it once kept
+    every one; when the newest go (retracts, erases) it reads the newest left again from its
+    store, and its weights stay those learned from its state."""
+    from node.config import NodeConfig
+    from node.server import start_learning
+
+    settings = LearningSettings(window=5, enabled=True)
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = start_learning(NodeConfig(learning=settings), engine, engine.store)
+    assert learning is not None
+    before = rebuilds_counted()
+    subjects = [Subject("acme", SubjectKind.USER, f"u-{i:03}") for i in range(200)]
+    keys = ("k1", "k2", "k3")
+    try:
+        for n, subject in enumerate(subjects):  # the liar agrees in the older half only
+            for key in keys:
+                for source in ("a", "b", "liar"):
+                    said = "no" if source == "liar" and n >= 100 else "yes"
+                    engine.observe(source, [ObservationInput(subject, "budget", key, said, 0.8)])
+        learning.refresh()
+        bound = 3 * 2 * settings.window  # three sources in one context
+        assert REGISTRY.get_sample_value("selfmodel_learned_outcomes") == bound
+        assert learning.kept() == bound
+        assert listed(learning) == from_scratch(engine, PolicyBook(), settings)
+        assert listed(learning)["acme", "liar", "budget"].agreed == 0
+        for n, subject in reversed(list(enumerate(subjects))):  # the liar's newest retracted
+            if n < 95:
+                break
+            for key in keys:
+                engine.retract(subject, "budget", key, "liar")
+            if n >= 100 and n % 2:
+                engine.forget(subjects[n - 100])  # and older slots of its erased, some
+            learning.refresh()
+            assert learning.kept() <= bound
+            assert listed(learning) == from_scratch(engine, PolicyBook(), settings)
+        assert rebuilds_counted() > before
+        # Its newest five left are of the older half, where it agreed.
+        liar = listed(learning)["acme", "liar", "budget"]
+        assert (liar.agreed, liar.judged) == (5, 5)
+        assert REGISTRY.get_sample_value("selfmodel_learned_outcomes") == learning.kept()
+    finally:
+        engine.store.close()
 
 
 def test_a_contradicted_source_loses_weight_until_its_contradiction_no_longer_wins(
@@ -476,5 +619,39 @@ def test_a_node_learns_nothing_unless_its_cluster_file_enables_it(tmp_path: Path
         on = NodeConfig(learning=LearningSettings(enabled=True))
         assert start_learning(on, engine, engine.store) is not None
         assert len(engine.listeners) == len(own) + 1
+    finally:
+        engine.store.close()
+
+
+def test_outcomes_saved_are_read_back_only_for_the_state_and_book_they_were_judged_from(
+    tmp_path: Path,
+) -> None:
+    """A node's saved outcomes give a node started on the same state, under the same book,
+    the weights judging every slot gives; once the state or the book differs they are not
+    read back (and judging every slot gives that state's weights)."""
+    settings = LearningSettings(window=3, enabled=True)
+    engine = Engine(Store(tmp_path / "n1", "n1", fsync=False))
+    learning = Learning(engine, settings)
+    engine.listeners.append(learning.follow)
+    try:
+        _speak(engine, [("liar", "no", 0.9), ("a", "yes", 0.8), ("b", "yes", 0.8)], 10)
+        assert learning.save()
+        expected = from_scratch(engine, PolicyBook(), settings)
+        assert listed(learning) == expected and expected["acme", "liar", "budget"].agreed == 0
+        again = Learning(engine, settings)
+        assert again.restore() and listed(again) == expected
+        assert again.kept() == learning.kept() == 3 * 6
+        # Under another book, or another window: judged again.
+        assert not Learning(engine, LearningSettings(window=4, enabled=True)).restore()
+        engine.use_policies(PolicyBook(reliability={("liar", "*"): 0.5}))
+        assert not Learning(engine, settings).restore()
+        engine.use_policies(PolicyBook())
+        assert Learning(engine, settings).restore()
+        # A write after the save: the state is no longer the one they were judged from.
+        engine.observe("liar", [ObservationInput(SUBJECTS[0], "budget", "k", "yes", 0.9)])
+        assert not Learning(engine, settings).restore()
+        fresh = Learning(engine, settings)
+        fresh.load(engine.store.subjects())
+        assert listed(fresh) == from_scratch(engine, PolicyBook(), settings) != expected
     finally:
         engine.store.close()
