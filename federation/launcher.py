@@ -94,8 +94,10 @@ def status_rows(
             pending = sum(p.deltas_pending for p in status.peers)
             invalid = sum(p.deltas_refused_invalid for p in status.peers)
             state = "serving"
-            if status.writes_refused:
+            if status.clock_ahead_ms and status.writes_refused.startswith("clock"):
                 state = f"refusing writes: clock {status.clock_ahead_ms} ms ahead"
+            elif status.writes_refused:
+                state = f"refusing writes: {status.writes_refused}"
             elif not status.serving:
                 state = "writes suspended"
             rows.append([

@@ -25,7 +25,7 @@ def node_status(
             *engine.store.problems,
         ],
         clock_ahead_ms=engine.clock.ahead_ms(),
-        writes_refused=clock_refusal(engine.clock),
+        writes_refused=clock_refusal(engine.clock) or _held_back(replicator),
     )
     addresses = {p.name: p.address for p in config.peers}
     offsets, wall = engine.clock.peer_offsets, engine.clock.wall()
@@ -51,6 +51,17 @@ def node_status(
             clock_offset_ms=offset(peer.name),
         )
     return status
+
+
+def _held_back(replicator: Replicator | None) -> str:
+    """Why admission holds agent writes back now (sync.admission), or ""."""
+    held = replicator.admission.held if replicator is not None else None
+    if held is None:
+        return ""
+    return (
+        f"replication behind: the delta stream to peer {held.peer} is {held.lag_s:.1f} s "
+        f"behind (max_replication_lag_s = {held.max_lag_s:g})"
+    )
 
 
 __all__ = ["node_status"]

@@ -118,18 +118,22 @@ def test_writes_are_refused_while_a_slow_peer_falls_behind_and_taken_again_once_
         # Still throttled, the writer goes on (after each refusal's delay): writes are taken
         # again once the stream is back within half the bound, and refused again as it falls
         # behind, so the lag stays bounded instead of growing with the time written.
-        lags, cycles, refused_at = [], 0, True
+        lags, said, cycles, refused_at = [], set(), 0, True
         ends = time.monotonic() + 10
         while time.monotonic() < ends:
             refusal = writer.write()
             if refusal is not None:
                 cycles += not refused_at
                 refused_at = True
-                lags.append(lag_s(cluster, "sales", "support"))
+                status = node_status(cluster.address("sales"))
+                lags.append(next(p.lag_seconds for p in status.peers if p.name == "support"))
+                said.add(status.writes_refused)
                 time.sleep(refusal.retry_after_s or 0.0)  # as the RetryInfo says
             else:
                 refused_at = False
         assert len(writer.acked) > taken_before, "no write was taken again while throttled"
+        # Admin.GetStatus says why (`selfmodel cluster status` shows it).
+        assert any("replication behind" in w and "peer support" in w for w in said), said
         assert cycles >= 1, "writes were never refused again after being taken again"
         # Bounded: after its peak the lag fell back to under half of it, still throttled (it
         # overshoots the bound while the backlog held at the first refusal is taken).

@@ -29,6 +29,7 @@ def test_every_fault_test_fails_with_the_fault_proxies_passing_everything(tmp_pa
     report = tmp_path / "fault-off.xml"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "proxy", "-q", "-p", "no:cacheprovider",
+         "-n", "2", "--dist", "loadfile",
          "--junitxml", str(report), "tests"],
         cwd=ROOT, env={**os.environ, OFF_ENV: "off"}, capture_output=True, text=True,
         timeout=560,

@@ -267,7 +267,9 @@ class GetStatusResponse(_message.Message):
     clock_ahead_ms: _builtins.int
     """Milliseconds this node's hybrid clock is ahead of its wall clock (0 when it is not)."""
     writes_refused: _builtins.str
-    """Why writes are refused, empty while they are taken (e.g. the clock is ahead)."""
+    """Why writes are refused, empty while they are taken: the clock is ahead, or agent writes
+    are held back while a peer's delta stream falls behind (max_replication_lag_s).
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
     @_builtins.property
