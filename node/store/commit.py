@@ -29,6 +29,7 @@ from node import metrics
 from node.errors import SelfModelError
 from node.store.cache import Cached
 from node.store.digests import EMPTY_HASH, bucket_of, bucket_row, state_digest, xor
+from node.store.digests import part as bucket_part
 from node.store.outbox import OutboxEntry, outbox_key
 from node.store.rows import (
     OBSERVATIONS,
@@ -269,7 +270,9 @@ class GroupCommit(Suspension):
                 if old_digest != new_digest:
                     bucket = bucket_of(key)
                     current = touched.get(bucket, self._buckets[bucket])
-                    touched[bucket] = xor(current, old_digest, new_digest)
+                    touched[bucket] = xor(
+                        current, bucket_part(key, old_digest), bucket_part(key, new_digest)
+                    )
                     put(b"S" + bucket.to_bytes(2, "big") + key, new_digest, digest_cf)
                 if delta is not None:
                     for obs in delta.state.observations.values():

@@ -2,8 +2,14 @@
 
 A subject's digest row (``S`` + bucket + key) and its bucket's hash (``B`` + bucket) are written
 in the same batch as its state, so they always match what RocksDB holds. A bucket's hash is the
-XOR over its subjects of (the unwritten state's digest ^ the subject's digest): each write XORs
-in the digest it replaces and the one it writes.
+XOR over its subjects of their ``part``: the subject's digest bound to its key, none for the
+unwritten state. Each write XORs out the part it replaces and XORs in the one it writes.
+
+Bound to the key, because a state's digest does not name its subject: two subjects of one
+bucket with equal states (one batch writing the same statement to both) would otherwise cancel
+out of the XOR, so a peer missing the same change of both would hold the same bucket hash, and
+anti-entropy would never look inside that bucket. A store whose bucket hashes were written
+before (no ``bucket_format`` meta row) has them rebuilt from its digest rows when it opens.
 """
 
 from __future__ import annotations
@@ -31,6 +37,18 @@ def digest_row(subject_key: bytes) -> bytes:
 
 def bucket_row(bucket: int) -> bytes:
     return b"B" + bucket.to_bytes(2, "big")
+
+
+# Meta row (and its value) saying the bucket hashes XOR ``part``s.
+FORMAT_ROW, FORMAT = b"bucket_format", b"2"
+
+
+def part(subject_key: bytes, digest: bytes) -> bytes:
+    """A subject's part of its bucket's hash: its digest bound to its key (the digest is of a
+    fixed size, so digest + key is unambiguous); none for the unwritten state or none stored."""
+    if digest in (UNWRITTEN_DIGEST, EMPTY_HASH):
+        return EMPTY_HASH
+    return hashlib.blake2b(digest + subject_key, digest_size=16).digest()
 
 
 def xor(a: bytes, b: bytes, c: bytes) -> bytes:
@@ -63,6 +81,17 @@ def load_bucket_hashes(digests: Any) -> list[bytes]:
             break
         buckets[int.from_bytes(key[1:3], "big")] = value
     return buckets
+
+
+def rebuilt_bucket_hashes(digests: Any) -> list[bytes]:
+    """Every bucket's hash computed from the subjects' digest rows (``part``)."""
+    buckets = [0] * BUCKETS
+    for key, value in digests.items(from_key=b"S"):
+        if not key.startswith(b"S"):
+            break
+        value = part(key[3:], value)
+        buckets[int.from_bytes(key[1:3], "big")] ^= int.from_bytes(value, "big")
+    return [b.to_bytes(16, "big") for b in buckets]
 
 
 def bucket_digests(digests: Any, bucket: int) -> list[tuple[Subject, bytes]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import rocksdict
 
+from node.store import digests
 from node.store.digests import digest_row, load_bucket_hashes
 from node.store.outbox import Outbox, OutboxEntry
 from node.store.reads import Reads
@@ -74,7 +75,7 @@ class Store(Reads):
         meta = self._cf["meta"]
         self.hlc_high_water = int(meta.get(b"hlc", b"0"))
         self.hlc = self.hlc_high_water
-        self._buckets = load_bucket_hashes(self._cf["digest"])
+        self._buckets = self._bucket_hashes()
         self._cache = collections.OrderedDict()
         self._cache_size = cache_size
         self._cache_budget = int(cache_mb * 2**20)
@@ -118,6 +119,19 @@ class Store(Reads):
         return self.delta_log.wait(after, timeout_s)
 
     # -- the rest ------------------------------------------------------------------------
+
+    def _bucket_hashes(self) -> list[bytes]:
+        """The bucket hashes, rebuilt from the digest rows (in one batch with the format row)
+        if they were written in another format (node.store.digests)."""
+        if self._cf["meta"].get(digests.FORMAT_ROW) == digests.FORMAT:
+            return load_bucket_hashes(self._cf["digest"])
+        buckets = digests.rebuilt_bucket_hashes(self._cf["digest"])
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for bucket, value in enumerate(buckets):
+            batch.put(digests.bucket_row(bucket), value, self._handle["digest"])
+        batch.put(digests.FORMAT_ROW, digests.FORMAT, self._handle["meta"])
+        self._db.write(batch, self._synced)
+        return buckets
 
     def purge(self, subject: Subject, erased: EraseBound, sources: Iterable[str] = ()) -> None:
         """Removes a forgotten subject's erased data from RocksDB's files, not only from view.

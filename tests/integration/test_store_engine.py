@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import hashlib
 import logging
 import os
 import random
@@ -651,14 +652,13 @@ def test_the_state_cache_keeps_within_its_memory_budget_and_keeps_the_newest(tmp
 
 
 def _bucket_hashes_from_scratch(store: Store, subjects: list[Subject]) -> list[bytes]:
-    """Each bucket: the XOR, over its subjects, of (digest of the unwritten state ^ digest)."""
+    """Each bucket: the XOR, over its subjects written, of blake2b(digest + key)."""
     hashes = [0] * BUCKETS
     for subject in subjects:
         state = store.load(subject)
-        assert state is not None
-        unwritten = int.from_bytes(SubjectState(subject).digest(), "big")
-        now = int.from_bytes(state.digest(), "big")
-        hashes[bucket_of(subject.storage_key())] ^= unwritten ^ now
+        assert state is not None and state.digest() != SubjectState(subject).digest()
+        bound = hashlib.blake2b(state.digest() + subject.storage_key(), digest_size=16)
+        hashes[bucket_of(subject.storage_key())] ^= int.from_bytes(bound.digest(), "big")
     return [h.to_bytes(16, "big") for h in hashes]
 
 
