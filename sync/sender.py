@@ -160,17 +160,20 @@ class PeerReplicator:
         return self.resends.below(self.acked)
 
     def lag_s(self) -> float:
-        oldest = self._outbox.oldest_unacked_ms(self.delivered)
-        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        lag = self._age_after_s(self.delivered)
         behind = self._behind_since
         return lag if behind is None else max(lag, time.monotonic() - behind)
+
+    def _age_after_s(self, position: int) -> float:
+        """The age of the oldest outbox delta after ``position`` (0 when there is none)."""
+        oldest = self._outbox.oldest_unacked_ms(position)
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
 
     def stream(self) -> Stream:
         """The delta stream as admission sees it (sync.admission): its lag is the age of the
         oldest delta after the acknowledged position, deferred deltas and refused subjects
         aside (a peer refusing is not a peer overloaded)."""
-        oldest = self._outbox.oldest_unacked_ms(self.acked)
-        lag = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000.0)
+        lag = self._age_after_s(self.acked)
         head = self._outbox.last_seq()
         at = self._acked_at
         since = float("inf") if at is None else time.monotonic() - at
