@@ -28,6 +28,7 @@ from node import policy, resolution, rollup, snapshots
 from node.policy import PolicyBook
 from node.resolution import Withdrawn
 from node.rollup import Held, Slot
+from sync.crdt import bound_digest
 from sync.observation import Subject
 
 _SIZE = 16  # bytes of a digest and of a fingerprint
@@ -57,9 +58,9 @@ class Record(NamedTuple):
 
 
 def bound(subject: Subject, digest: bytes) -> bytes:
-    """A state's digest bound to its subject: two subjects of equal histories have equal
-    digests (dots count per subject), never equal bound ones."""
-    return hashlib.blake2b(digest + subject.storage_key(), digest_size=_SIZE).digest()
+    """A state's digest bound to its subject (sync.crdt.bound_digest): two subjects of equal
+    histories have equal digests (dots count per subject), never equal bound ones."""
+    return bound_digest(subject.storage_key(), digest)
 
 
 def fingerprint(book: PolicyBook, withdrawn: Withdrawn) -> bytes:

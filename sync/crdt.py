@@ -353,6 +353,13 @@ def digest_with(
     return h.digest()
 
 
+def bound_digest(subject_key: bytes, state_digest: bytes) -> bytes:
+    """A state's digest bound to its subject (its storage key): a digest does not name its
+    subject, so subjects with equal states have equal digests, never equal bound ones. The
+    digest is of a fixed size, so digest + key is unambiguous."""
+    return hashlib.blake2b(state_digest + subject_key, digest_size=16).digest()
+
+
 def touched_slots(old: SubjectState | None, new: SubjectState) -> set[tuple[str, str]]:
     """The slots (context, key) whose observations differ between two states of a subject:
     those of the dots one holds and the other does not (dots are never reused, and an

@@ -18,7 +18,7 @@ import hashlib
 from typing import Any
 
 from sync.causal import CausalContext
-from sync.crdt import NO_ERASE, SubjectState, digest
+from sync.crdt import NO_ERASE, SubjectState, bound_digest, digest
 from sync.observation import Subject
 
 BUCKETS = 1024
@@ -44,11 +44,11 @@ FORMAT_ROW, FORMAT = b"bucket_format", b"2"
 
 
 def part(subject_key: bytes, digest: bytes) -> bytes:
-    """A subject's part of its bucket's hash: its digest bound to its key (the digest is of a
-    fixed size, so digest + key is unambiguous); none for the unwritten state or none stored."""
+    """A subject's part of its bucket's hash: its digest bound to its key (sync.crdt); none
+    for the unwritten state or none stored."""
     if digest in (UNWRITTEN_DIGEST, EMPTY_HASH):
         return EMPTY_HASH
-    return hashlib.blake2b(digest + subject_key, digest_size=16).digest()
+    return bound_digest(subject_key, digest)
 
 
 def xor(a: bytes, b: bytes, c: bytes) -> bytes:
