@@ -16,7 +16,6 @@ Pure: no RocksDB (node.store keeps the rows), no gRPC.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -66,13 +65,7 @@ def bound(subject: Subject, digest: bytes) -> bytes:
 def fingerprint(book: PolicyBook, withdrawn: Withdrawn) -> bytes:
     """What a user's resolution takes besides its state: its tenant's ``book`` and
     ``withdrawn`` sources, and the code, as 16 bytes equal exactly when those are equal."""
-    canonical = [
-        dataclasses.astuple(book.default),
-        sorted((name, dataclasses.astuple(p)) for name, p in book.contexts.items()),
-        sorted([*k, v] for k, v in book.reliability.items()),
-        sorted([*k, v] for k, v in book.learned.items()),
-        sorted(withdrawn.items()),
-    ]
+    canonical = [*book.canonical(), sorted(withdrawn.items())]
     text = json.dumps(canonical, separators=(",", ":")).encode()
     return hashlib.blake2b(text, key=_CODE, digest_size=_SIZE).digest()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any, Literal
 
 PolicyName = Literal["latest", "weighted"]
@@ -60,6 +60,16 @@ class PolicyBook:
 
     def learned_of(self, source: str, context: str) -> float:
         return self.learned.get((source, context), 1.0) if self.learned else 1.0
+
+    def canonical(self) -> list[Any]:
+        """The book as JSON-ready lists, equal exactly when the books are (for fingerprints of
+        what was resolved or judged with it)."""
+        return [
+            astuple(self.default),
+            sorted((name, astuple(p)) for name, p in self.contexts.items()),
+            sorted([*k, v] for k, v in self.reliability.items()),
+            sorted([*k, v] for k, v in self.learned.items()),
+        ]
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any]) -> PolicyBook:

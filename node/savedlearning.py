@@ -32,7 +32,7 @@ from sync.causal import Dot
 from sync.observation import Subject, SubjectKind
 
 ROW = b"learning"  # in the meta column family
-FORMAT = 1
+FORMAT = 2
 
 Held = list[tuple[Key, bool, list[tuple[SlotId, Outcome]]]]  # per key: whole, newest outcomes
 
@@ -45,9 +45,9 @@ def fingerprint(
     return {
         "format": FORMAT,
         "state": hashlib.blake2b(b"".join(buckets), digest_size=16).hexdigest(),
-        "book": repr(
-            (book.default, sorted(book.contexts.items()), sorted(book.reliability.items()))
-        ),
+        "book": hashlib.blake2b(
+            json.dumps(book.canonical(), separators=(",", ":")).encode(), digest_size=16
+        ).hexdigest(),
         "window": window,
         "margin": margin,
     }
