@@ -8,13 +8,14 @@ so a test can partition, stall, delay or cut it. Everything started here is stop
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -178,6 +179,17 @@ def start_with_fresh_ports(make: Callable[[int], LocalCluster], attempts: int = 
                 raise
             print("a free port was taken before a node bound it; again with new ports", flush=True)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, names: tuple[str, ...], **kwargs: Any) -> Iterator[LocalCluster]:
+    """A ``LocalCluster`` of ``names`` under ``root`` (``kwargs``: its settings), started with
+    fresh ports if need be (start_with_fresh_ports) and stopped on leaving."""
+    made = start_with_fresh_ports(lambda n: LocalCluster(root / f"c{n}", names, **kwargs))
+    try:
+        yield made
+    finally:
+        made.stop()
 
 
 def policies_toml(policies: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -25,7 +25,7 @@ from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from selfmodel.errors import HandoffPending, InvalidArgument, Reason, from_rpc_error
 from selfmodel.v1 import model_pb2, selfmodel_pb2, selfmodel_pb2_grpc
 from sync.codec import merge_tokens
-from tests.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, running_cluster
 from tests.nodes import NEVER_FADE, wait_until
 
 WRITER, READER = "east", "west"
@@ -35,14 +35,10 @@ _tenants = itertools.count()
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    root = tmp_path_factory.mktemp("group-handoff")
-    made = start_with_fresh_ports(
-        lambda n: LocalCluster(root / f"c{n}", (WRITER, READER), policies=NEVER_FADE)
-    )
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("group-handoff"), (WRITER, READER), policies=NEVER_FADE
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from node.resolution import Belief
 from node.rollup import GroupRollup, compute_rollup
 from selfmodel.admin.v1 import admin_pb2, admin_pb2_grpc
 from sync.observation import Subject, SubjectKind
-from tests.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, running_cluster
 from tests.nodes import NEVER_FADE
 
 NODES = ("east", "west")
@@ -40,14 +40,10 @@ _tenants = itertools.count()
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    root = tmp_path_factory.mktemp("groups")
-    made = start_with_fresh_ports(
-        lambda n: LocalCluster(root / f"c{n}", NODES, proxies=False, policies=NEVER_FADE)
-    )
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("groups"), NODES, proxies=False, policies=NEVER_FADE
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def _belief(b: object) -> Belief:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from federation.client import org, team, user
 from selfmodel.v1 import model_pb2, selfmodel_pb2
-from tests.harness import LocalCluster, NodeProcess, start_with_fresh_ports
+from tests.harness import LocalCluster, NodeProcess, running_cluster
 from tests.integration.test_groups_restart import (
     NODES,
     ORGS,
@@ -36,14 +36,10 @@ FOLLOWED = len(TEAMS) * PER_TEAM  # the users in a team
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    root = tmp_path_factory.mktemp("records")
-    made = start_with_fresh_ports(
-        lambda n: LocalCluster(root / f"c{n}", NODES, proxies=False, policies=NEVER_FADE)
-    )
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("records"), NODES, proxies=False, policies=NEVER_FADE
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def _counter(node: NodeProcess, name: str, **labels: str) -> float:

@@ -14,7 +14,7 @@ from federation.client import Client, SelfModelView, org, team, user
 from node.rollup import compute_rollup
 from selfmodel.v1 import model_pb2, selfmodel_pb2
 from sync.observation import Subject, SubjectKind
-from tests.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, running_cluster
 from tests.integration.test_groups_cluster import _belief, _expected, _members, _rows
 from tests.nodes import NEVER_FADE
 
@@ -29,14 +29,10 @@ STATEMENTS = ("ten thousand", "Ten thousand.", "fifty", "a million")
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    root = tmp_path_factory.mktemp("restart")
-    made = start_with_fresh_ports(
-        lambda n: LocalCluster(root / f"c{n}", NODES, proxies=False, policies=NEVER_FADE)
-    )
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("restart"), NODES, proxies=False, policies=NEVER_FADE
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def _groups() -> list[Subject]:

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from federation.client import Client, user
 from sync.hlc import wall_ms
-from tests.harness import LocalCluster, start_with_fresh_ports
+from tests.harness import LocalCluster, running_cluster
 from tests.nodes import NEVER_FADE
 
 NODES = ("sales", "support", "billing")
@@ -180,14 +180,10 @@ class Model:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    root = tmp_path_factory.mktemp("withdrawals")
-    made = start_with_fresh_ports(
-        lambda n: LocalCluster(root / f"c{n}", NODES, policies=NEVER_FADE)
-    )
-    try:
+    with running_cluster(
+        tmp_path_factory.mktemp("withdrawals"), NODES, policies=NEVER_FADE
+    ) as made:
         yield made
-    finally:
-        made.stop()
 
 
 def _after_this_millisecond() -> None:
